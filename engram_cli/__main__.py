@@ -1,0 +1,3 @@
+from engram_cli.app import main
+
+raise SystemExit(main())

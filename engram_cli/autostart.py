@@ -1,0 +1,106 @@
+"""Starting engramd on demand, detached, with its log in the data dir.
+
+Used by the clients when nothing answers on the socket (unless
+``ENGRAM_NO_AUTOSTART=1``) and by ``engram daemon start``. Clients that race to
+start a daemon take turns through a lock file beside the socket, so exactly one
+daemon is spawned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+
+from engram_cli.errors import DaemonUnavailable
+from engramd.protocol import log_file_in, resolve_data_dir
+
+START_TIMEOUT = 10.0
+_POLL_INTERVAL = 0.01
+
+
+def daemon_answers(socket_path: str) -> bool:
+    """True when something accepts connections on *socket_path*."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(socket_path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+@contextlib.contextmanager
+def _start_lock(socket_path: str) -> Iterator[None]:
+    directory = os.path.dirname(socket_path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(socket_path + ".start", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as file:
+            file.seek(max(0, os.path.getsize(path) - 4096))
+            lines = file.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def start_daemon(
+    socket_path: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = START_TIMEOUT,
+) -> bool:
+    """Start engramd on *socket_path* unless one already answers there.
+
+    Returns:
+        True if this call started a daemon, False if one was already running.
+
+    Raises:
+        DaemonUnavailable: the daemon did not come up within *timeout*; the
+            message names the log file and quotes its last line.
+    """
+    env = dict(os.environ if env is None else env)
+    data_dir = resolve_data_dir(None, env)
+    log_path = log_file_in(data_dir)
+    with _start_lock(socket_path):
+        if daemon_answers(socket_path):
+            return False
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "engramd", "--socket", socket_path,
+                 "--log-file", log_path],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not daemon_answers(socket_path):
+            status = process.poll()
+            if status is not None or time.monotonic() > deadline:
+                why = (f"exited with status {status}" if status is not None
+                       else f"did not answer within {timeout:g}s")
+                last = _last_line(log_path)
+                raise DaemonUnavailable(
+                    f"engramd {why}; see {log_path}" + (f": {last}" if last else "")
+                )
+            time.sleep(_POLL_INTERVAL)
+    return True

@@ -1,0 +1,267 @@
+"""The blocking client library: one connection to engramd over its Unix socket.
+
+It uses the plain ``socket`` module and imports neither trio nor rich, so that
+an ``engram`` command starts fast. Methods are named after the operations::
+
+    from engram_cli.client import Client
+
+    with Client() as engram:          # finds the socket like the CLI does
+        status = engram.status()
+
+Every error is an :class:`engram_cli.errors.EngramError`; errors the daemon
+reported carry its code in ``err.code``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TypeVar
+
+from engram_cli.autostart import start_daemon
+from engram_cli.errors import (
+    ClientTimeout,
+    DaemonUnavailable,
+    EngramError,
+    error_from_reply,
+)
+from engram_cli.settings import autostart_enabled, default_agent_id, socket_path
+from engramd.protocol import (
+    CLOSED,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    ClientConnection,
+    ClientMessage,
+    DaemonStatus,
+    ErrorReply,
+    GetStatus,
+    Ping,
+    Pong,
+    ProtocolError,
+    ServerMessage,
+    Shutdown,
+    ShuttingDown,
+    SocketPathTooLong,
+)
+
+ReplyT = TypeVar("ReplyT", bound=ServerMessage)
+
+_RECEIVE_SIZE = 256 * 1024
+DEFAULT_TIMEOUT = 30.0
+
+_UNREACHABLE = (FileNotFoundError, ConnectionRefusedError)
+
+
+class Client:
+    """A connection to engramd.
+
+    Args:
+        socket_path: the daemon's socket; by default ``ENGRAM_SOCKET``, else the
+            XDG rules (see SPECS.md).
+        agent_id: who this client acts as; by default ``ENGRAM_AGENT``, else the
+            user name.
+        client_name: a label for the daemon's logs.
+        autostart: start engramd when nothing answers; by default on unless
+            ``ENGRAM_NO_AUTOSTART=1``.
+        timeout: seconds to wait for any one reply.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        *,
+        agent_id: str | None = None,
+        client_name: str = "engram-python",
+        autostart: bool | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if env is None else env
+        try:
+            self.socket_path = _socket_path(socket_path, env)
+        except SocketPathTooLong as exc:
+            raise EngramError(str(exc)) from None
+        self.agent_id = agent_id or default_agent_id(env)
+        self.client_name = client_name
+        self.autostart = autostart_enabled(env) if autostart is None else autostart
+        self.timeout = timeout
+        self._env = env
+        self._sock: socket.socket | None = None
+        self._protocol: ClientConnection | None = None
+        self._early: dict[int, ServerMessage] = {}
+
+    # -- connection ---------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect and shake hands (starting the daemon if allowed); idempotent."""
+        if self._sock is not None:
+            return
+        try:
+            sock = self._open_socket()
+        except _UNREACHABLE as exc:
+            if not self.autostart:
+                raise DaemonUnavailable(
+                    f"engramd is not running on {self.socket_path} ({exc.strerror}); "
+                    "start it with 'engram daemon start'"
+                ) from None
+            start_daemon(self.socket_path, env=self._env)
+            try:
+                sock = self._open_socket()
+            except _UNREACHABLE as exc2:
+                raise DaemonUnavailable(
+                    f"engramd started but {self.socket_path} refuses connections "
+                    f"({exc2.strerror})"
+                ) from None
+        self._sock = sock
+        self._protocol = ClientConnection(client_name=self.client_name, agent_id=self.agent_id)
+        try:
+            self._send_bytes(self._protocol.hello(PROTOCOL_VERSION))
+            reply = self._next_message()
+        except BaseException:
+            self.close()
+            raise
+        if isinstance(reply, ErrorReply):
+            self.close()
+            raise error_from_reply(reply)
+
+    def _open_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except PermissionError:
+            sock.close()
+            raise DaemonUnavailable(
+                f"permission denied on {self.socket_path}: the daemon belongs to another user"
+            ) from None
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    @property
+    def daemon_pid(self) -> int | None:
+        """The daemon's pid, from the handshake."""
+        welcome = self._protocol.welcome if self._protocol else None
+        return welcome.pid if welcome else None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        self._protocol = None
+        self._early.clear()
+
+    def __enter__(self) -> Client:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the request loop ---------------------------------------------------
+
+    def _send_bytes(self, data: bytes) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.sendall(data)
+        except TimeoutError:
+            raise ClientTimeout(f"engramd did not take a request within {self.timeout}s") from None
+        except OSError as exc:
+            self.close()
+            raise DaemonUnavailable(f"lost the connection to engramd: {exc.strerror}") from None
+
+    def _next_message(self) -> ServerMessage:
+        assert self._sock is not None and self._protocol is not None
+        protocol = self._protocol
+        while True:
+            try:
+                event = protocol.next_event()
+            except ProtocolError as exc:
+                self.close()
+                raise DaemonUnavailable(f"protocol error: {exc}") from None
+            if event is NEED_DATA:
+                try:
+                    data = self._sock.recv(_RECEIVE_SIZE)
+                except TimeoutError:
+                    raise ClientTimeout(
+                        f"engramd did not answer within {self.timeout}s"
+                    ) from None
+                except OSError as exc:
+                    self.close()
+                    raise DaemonUnavailable(
+                        f"lost the connection to engramd: {exc.strerror}"
+                    ) from None
+                protocol.receive_data(data)
+                continue
+            if event is CLOSED:
+                self.close()
+                raise DaemonUnavailable("engramd closed the connection")
+            assert isinstance(event, ServerMessage)
+            return event
+
+    def send(self, request: ClientMessage) -> int:
+        """Send *request* without waiting (pipelining); returns its id."""
+        self.connect()
+        assert self._protocol is not None
+        self._send_bytes(self._protocol.send(request))
+        return request.id
+
+    def receive(self, request_id: int) -> ServerMessage:
+        """Wait for the reply to *request_id*, keeping others that arrive first."""
+        if request_id in self._early:
+            return self._early.pop(request_id)
+        while True:
+            message = self._next_message()
+            message_id = getattr(message, "id", None)
+            if message_id == request_id:
+                return message
+            if isinstance(message, ErrorReply) and message_id is None:
+                # The daemon is closing this connection and says why.
+                self.close()
+                raise error_from_reply(message)
+            if message_id is not None:
+                self._early[message_id] = message
+
+    def request(self, request: ClientMessage, expect: type[ReplyT]) -> ReplyT:
+        """Send *request*, wait for its reply, and raise if it is an error."""
+        reply = self.receive(self.send(request))
+        if isinstance(reply, ErrorReply):
+            raise error_from_reply(reply)
+        if not isinstance(reply, expect):
+            raise EngramError(
+                f"engramd answered {type(reply).__name__} to {type(request).__name__}"
+            )
+        return reply
+
+    def next_id(self) -> int:
+        self.connect()
+        assert self._protocol is not None
+        return self._protocol.allocate_id()
+
+    # -- operations ---------------------------------------------------------
+
+    def ping(self) -> Pong:
+        return self.request(Ping(id=self.next_id()), Pong)
+
+    def status(self) -> DaemonStatus:
+        return self.request(GetStatus(id=self.next_id()), DaemonStatus)
+
+    def shutdown(self) -> ShuttingDown:
+        """Ask the daemon to stop; it answers before it goes."""
+        return self.request(Shutdown(id=self.next_id()), ShuttingDown)
+
+
+def _socket_path(explicit: str | None, env: Mapping[str, str]) -> str:
+    return socket_path(explicit, env)

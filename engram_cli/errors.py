@@ -1,0 +1,118 @@
+"""Errors of the client library and the CLI, each with its exit status.
+
+:class:`EngramError` is the root. Errors the daemon reported are
+:class:`DaemonError` subclasses chosen by the error code (``err.code``); the
+CLI turns any :class:`EngramError` into one line on stderr and ``exit_code``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from engramd.protocol import ErrorCode, ErrorReply
+
+
+class ExitCode(enum.IntEnum):
+    """The CLI's exit statuses (documented in SPECS.md and ``engram --help``)."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    CONFLICT = 4
+    """A conflict, or a lock held by someone else."""
+    TIMEOUT = 5
+    UNAVAILABLE = 69
+    """The daemon cannot be reached or cannot serve now (EX_UNAVAILABLE)."""
+
+
+class EngramError(Exception):
+    exit_code: ExitCode = ExitCode.ERROR
+
+
+class UsageProblem(EngramError):
+    """The command line itself is wrong in a way the parser could not see."""
+
+    exit_code = ExitCode.USAGE
+
+
+class DaemonUnavailable(EngramError):
+    """The daemon could not be reached, or went away mid-conversation."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class ClientTimeout(EngramError):
+    """The daemon did not answer within the client's timeout."""
+
+    exit_code = ExitCode.TIMEOUT
+
+
+class DaemonError(EngramError):
+    """The daemon answered a request with an error frame."""
+
+    code: str = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(DaemonError):
+    code = ErrorCode.BAD_REQUEST
+    exit_code = ExitCode.ERROR
+
+
+class NotFound(DaemonError):
+    code = ErrorCode.NOT_FOUND
+    exit_code = ExitCode.NOT_FOUND
+
+
+class Conflict(DaemonError):
+    code = ErrorCode.CONFLICT
+    exit_code = ExitCode.CONFLICT
+
+
+class LockHeld(DaemonError):
+    code = ErrorCode.LOCK_HELD
+    exit_code = ExitCode.CONFLICT
+
+
+class Timeout(DaemonError):
+    code = ErrorCode.TIMEOUT
+    exit_code = ExitCode.TIMEOUT
+
+
+class TooLarge(DaemonError):
+    code = ErrorCode.TOO_LARGE
+
+
+class Unavailable(DaemonError):
+    code = ErrorCode.UNAVAILABLE
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class Forbidden(DaemonError):
+    code = ErrorCode.FORBIDDEN
+
+
+class VersionMismatch(DaemonError):
+    code = ErrorCode.VERSION_MISMATCH
+
+
+class InternalError(DaemonError):
+    code = ErrorCode.INTERNAL
+
+
+_BY_CODE: dict[str, type[DaemonError]] = {
+    cls.code: cls
+    for cls in (BadRequest, NotFound, Conflict, LockHeld, Timeout, TooLarge, Unavailable,
+                Forbidden, VersionMismatch, InternalError)
+}
+
+
+def error_from_reply(reply: ErrorReply) -> DaemonError:
+    """The exception for an error frame; an unknown code becomes :class:`DaemonError`."""
+    cls = _BY_CODE.get(reply.code, DaemonError)
+    return cls(reply.message, reply.code)

@@ -1,0 +1,3 @@
+from engramd.main import main
+
+raise SystemExit(main())

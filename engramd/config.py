@@ -1,0 +1,223 @@
+"""Daemon configuration: defaults < TOML file < ``ENGRAM_*`` environment < flags.
+
+Every key is declared once in :data:`SETTINGS` with its type, default, bounds
+and help; the loader, ``engramd --print-config``, SPECS.md and ``engramd(8)``
+all read that table. The socket path and data dir are not file keys: clients
+must find the socket without reading the daemon's config, so both follow the
+flag > environment > XDG rules of :mod:`engramd.protocol.address`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from engramd.protocol import (
+    DEFAULT_MAX_FRAME,
+    SocketPathTooLong,
+    default_config_file,
+    resolve_data_dir,
+    resolve_socket_path,
+)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    key: str
+    """Dotted name, as in the TOML file (``limits.max_connections``)."""
+    kind: type
+    default: Any
+    help: str
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def env_var(self) -> str:
+        return "ENGRAM_" + self.key.upper().replace(".", "_")
+
+    @property
+    def attr(self) -> str:
+        return self.key.rsplit(".", 1)[-1]
+
+    def parse_text(self, text: str, where: str) -> Any:
+        """Convert a string from the environment or a flag."""
+        try:
+            if self.kind is bool:
+                lowered = text.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return self.check(True, where)
+                if lowered in ("0", "false", "no", "off"):
+                    return self.check(False, where)
+                raise ValueError(text)
+            return self.check(self.kind(text), where)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: {self.key} must be {self.kind.__name__}, got {text!r}"
+            ) from None
+
+    def check(self, value: Any, where: str) -> Any:
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not self.kind:
+            raise ConfigError(
+                f"{where}: {self.key} must be {self.kind.__name__}, got {value!r}"
+            )
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{where}: {self.key} must be at least {self.minimum}, got {value}")
+        if self.choices and value not in self.choices:
+            raise ConfigError(
+                f"{where}: {self.key} must be one of {', '.join(self.choices)}, got {value!r}"
+            )
+        return value
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("log_level", str, "info", "Daemon log verbosity.",
+            choices=("debug", "info", "warning", "error")),
+    Setting("shutdown_grace", float, 5.0,
+            "Seconds that in-flight requests get to finish on shutdown.", minimum=0),
+    Setting("limits.max_frame_bytes", int, DEFAULT_MAX_FRAME,
+            "Largest frame accepted, checked from the length prefix.", minimum=1024),
+    Setting("limits.max_connections", int, 256,
+            "Connections served at once; more are refused with unavailable.", minimum=1),
+    Setting("limits.max_inflight_per_connection", int, 64,
+            "Requests of one connection processed at once; the daemon stops "
+            "reading that connection until one finishes.", minimum=1),
+    Setting("limits.handshake_timeout", float, 10.0,
+            "Seconds a new connection has to complete its hello.", minimum=0.1),
+)
+_BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DaemonConfig:
+    socket: str
+    data_dir: str
+    config_file: str | None
+    log_file: str | None = None
+    log_level: str = "info"
+    shutdown_grace: float = 5.0
+    max_frame_bytes: int = DEFAULT_MAX_FRAME
+    max_connections: int = 256
+    max_inflight_per_connection: int = 64
+    handshake_timeout: float = 10.0
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    """Where each value came from: ``default``, ``file``, ``env:NAME`` or ``flag``."""
+
+    def describe(self) -> list[tuple[str, Any, str]]:
+        """``(key, value, source)`` rows for ``--print-config``."""
+        rows: list[tuple[str, Any, str]] = [
+            ("socket", self.socket, self.sources.get("socket", "default")),
+            ("data_dir", self.data_dir, self.sources.get("data_dir", "default")),
+            ("config_file", self.config_file, self.sources.get("config_file", "default")),
+        ]
+        for setting in SETTINGS:
+            rows.append(
+                (setting.key, getattr(self, setting.attr),
+                 self.sources.get(setting.key, "default"))
+            )
+        return rows
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and key not in _BY_KEY:
+            flat.update(_flatten(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Parse and check a TOML config file; unknown keys are errors."""
+    try:
+        with open(path, "rb") as file:
+            table = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in _flatten(table).items():
+        setting = _BY_KEY.get(key)
+        if setting is None:
+            hint = " (set it with --socket/--data-dir or the environment)" if key in (
+                "socket", "data_dir") else ""
+            raise ConfigError(f"{path}: unknown key {key!r}{hint}")
+        values[key] = setting.check(value, path)
+    return values
+
+
+def load_config(
+    *,
+    env: Mapping[str, str],
+    uid: int,
+    socket: str | None = None,
+    data_dir: str | None = None,
+    config_file: str | None = None,
+    overrides: Mapping[str, str] | None = None,
+    log_file: str | None = None,
+) -> DaemonConfig:
+    """Build the effective configuration.
+
+    Args:
+        env: the process environment.
+        socket, data_dir, config_file: values given as flags, if any.
+        overrides: ``--set KEY=VALUE`` flags.
+
+    Raises:
+        ConfigError: a bad file, an unknown key or a bad value.
+    """
+    sources: dict[str, str] = {}
+    values: dict[str, Any] = {}
+
+    explicit_file = config_file is not None
+    path = config_file or default_config_file(env)
+    if explicit_file or os.path.exists(path):
+        for key, value in read_config_file(path).items():
+            values[key] = value
+            sources[key] = "file"
+        sources["config_file"] = "flag" if explicit_file else "default"
+        used_file: str | None = path
+    else:
+        used_file = None
+
+    for setting in SETTINGS:
+        text = env.get(setting.env_var)
+        if text is not None:
+            values[setting.key] = setting.parse_text(text, setting.env_var)
+            sources[setting.key] = f"env:{setting.env_var}"
+
+    for key, text in (overrides or {}).items():
+        setting = _BY_KEY.get(key)
+        if setting is None:
+            raise ConfigError(f"--set: unknown key {key!r}")
+        values[key] = setting.parse_text(text, f"--set {key}")
+        sources[key] = "flag"
+
+    sources["socket"] = "flag" if socket else (
+        "env:ENGRAM_SOCKET" if env.get("ENGRAM_SOCKET") else "default")
+    sources["data_dir"] = "flag" if data_dir else (
+        "env:ENGRAM_DATA_DIR" if env.get("ENGRAM_DATA_DIR") else "default")
+    try:
+        socket_path = resolve_socket_path(socket, env, uid)
+    except SocketPathTooLong as exc:
+        raise ConfigError(str(exc)) from None
+
+    return DaemonConfig(
+        socket=socket_path,
+        data_dir=resolve_data_dir(data_dir, env),
+        config_file=used_file,
+        log_file=os.path.abspath(log_file) if log_file else None,
+        sources=sources,
+        **{_BY_KEY[key].attr: value for key, value in values.items()},
+    )

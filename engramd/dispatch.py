@@ -1,0 +1,107 @@
+"""From a request to an engine call to a reply: one ``match``.
+
+This is the one place where :class:`~engramd.errors.EngramError` becomes an
+error frame; anything else raised here is a bug, logged and reported as
+``internal``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from typing import Protocol
+
+from engramd.engine import Engine
+from engramd.errors import BadRequest, EngramError
+from engramd.protocol import (
+    ClientMessage,
+    DaemonStatus,
+    ErrorCode,
+    PROTOCOL_VERSION,
+    ErrorReply,
+    GetStatus,
+    Limits,
+    Ping,
+    Pong,
+    ServerMessage,
+    Shutdown,
+    ShuttingDown,
+)
+
+log = logging.getLogger("engramd.dispatch")
+
+
+class ServerView(Protocol):
+    """What dispatch needs to know of the server (connection counts)."""
+
+    @property
+    def connection_count(self) -> int: ...
+
+    @property
+    def requests_served(self) -> int: ...
+
+
+class Dispatcher:
+    def __init__(self, engine: Engine, server: ServerView) -> None:
+        self.engine = engine
+        self.server = server
+
+    async def dispatch(self, request: ClientMessage) -> ServerMessage:
+        """Answer *request*; never raises except for cancellation."""
+        try:
+            return await self._handle(request)
+        except EngramError as exc:
+            return ErrorReply(id=request.id, code=exc.code, message=str(exc))
+        except Exception:
+            log.exception("internal error while handling %s", type(request).__name__)
+            return ErrorReply(
+                id=request.id,
+                code=ErrorCode.INTERNAL,
+                message="internal error; see the daemon log",
+            )
+
+    async def _handle(self, request: ClientMessage) -> ServerMessage:
+        engine = self.engine
+        match request:
+            case Ping():
+                return Pong(
+                    id=request.id,
+                    daemon_version=engine.version,
+                    uptime=engine.uptime,
+                    server_time=dt.datetime.now(dt.UTC),
+                )
+            case GetStatus():
+                return self._status(request.id)
+            case Shutdown():
+                log.info("shutdown requested by a client")
+                engine.request_shutdown()
+                return ShuttingDown(id=request.id, pid=os.getpid())
+            case _:
+                raise BadRequest(f"unsupported request {type(request).__name__}")
+
+    def _status(self, request_id: int) -> DaemonStatus:
+        engine = self.engine
+        config = engine.config
+        return DaemonStatus(
+            id=request_id,
+            state=engine.state,
+            daemon_version=engine.version,
+            protocol_version=PROTOCOL_VERSION,
+            pid=os.getpid(),
+            instance_id=engine.instance_id,
+            started_at=engine.started_at,
+            uptime=engine.uptime,
+            socket=config.socket,
+            data_dir=config.data_dir,
+            config_file=config.config_file,
+            log_file=config.log_file,
+            connections=self.server.connection_count,
+            requests_served=self.server.requests_served,
+            limits=Limits(
+                max_frame_bytes=config.max_frame_bytes,
+                max_connections=config.max_connections,
+                max_inflight_per_connection=config.max_inflight_per_connection,
+            ),
+        )
+

@@ -1,0 +1,169 @@
+"""``engramd``: arguments, logging, signals, and the daemon's lifetime.
+
+Exit status: 0 after a clean stop, 1 when the daemon cannot start or fails,
+2 for bad arguments or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+import trio
+
+from engramd import __version__
+from engramd.config import SETTINGS, ConfigError, DaemonConfig, load_config
+from engramd.engine import Engine, open_engine
+from engramd.errors import StartupError
+from engramd.runtime import claim_runtime
+from engramd.server import Server
+
+log = logging.getLogger("engramd")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engramd",
+        description="The engram daemon: journal, leases, live stream and search "
+        "for the agents of one machine. Runs in the foreground.",
+        epilog="Configuration keys (TOML file, ENGRAM_<KEY> environment, --set): "
+        + ", ".join(setting.key for setting in SETTINGS)
+        + ". See engramd(8).",
+    )
+    parser.add_argument("--socket", metavar="PATH",
+                        help="Unix socket to listen on (default: $ENGRAM_SOCKET, else "
+                        "$XDG_RUNTIME_DIR/engram/engramd.sock, else /tmp/engram-$UID/engramd.sock)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="where the journal lives (default: $ENGRAM_DATA_DIR, else "
+                        "$XDG_DATA_HOME/engram)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML configuration file (default: "
+                        "$XDG_CONFIG_HOME/engram/config.toml when it exists)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        dest="overrides", help="override one configuration key (repeatable)")
+    parser.add_argument("--log-file", metavar="FILE",
+                        help="append the log to FILE instead of standard error")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective configuration and where each value "
+                        "came from, then exit")
+    parser.add_argument("--version", action="version", version=f"engramd {__version__}")
+    return parser
+
+
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def print_config(config: DaemonConfig) -> None:
+    width = max(len(key) for key, _, _ in config.describe())
+    for key, value, source in config.describe():
+        shown = "(none)" if value is None else value
+        print(f"{key:<{width}} = {shown!s:<40} # {source}")
+
+
+class _UTCFormatter(logging.Formatter):
+    converter = time.gmtime
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+
+def setup_logging(config: DaemonConfig) -> None:
+    handler: logging.Handler
+    if config.log_file:
+        handler = logging.FileHandler(config.log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _UTCFormatter(f"%(asctime)s engramd[{os.getpid()}] %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger("engramd")
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+    root.propagate = False
+
+
+async def run_daemon(
+    config: DaemonConfig,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one daemon until it is asked to stop; importable for in-process tests.
+
+    Raises:
+        StartupError: the data dir or socket cannot be claimed.
+    """
+    with claim_runtime(config.socket, config.data_dir) as listen_socket:
+        async with open_engine(config) as engine:
+            server = Server(config, engine)
+            async with trio.open_nursery() as nursery:
+                signal_scope = trio.CancelScope()
+                if handle_signals:
+                    nursery.start_soon(_stop_on_signal, engine, signal_scope)
+                await nursery.start(server.serve, listen_socket)
+                log.info("engramd %s ready on %s (data dir %s)", __version__,
+                         config.socket, config.data_dir)
+                task_status.started(server)
+                await engine.shutdown_requested.wait()
+                # The server finishes its graceful stop inside this nursery.
+                signal_scope.cancel()
+    log.info("stopped")
+
+
+async def _stop_on_signal(engine: Engine, scope: trio.CancelScope) -> None:
+    with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            engine.request_shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(
+            env=os.environ,
+            uid=os.geteuid(),
+            socket=args.socket,
+            data_dir=args.data_dir,
+            config_file=args.config,
+            overrides=_parse_overrides(args.overrides),
+            log_file=args.log_file,
+        )
+    except ConfigError as exc:
+        print(f"engramd: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.print_config:
+        print_config(config)
+        return EXIT_OK
+    try:
+        setup_logging(config)
+    except OSError as exc:
+        print(f"engramd: error: cannot open log file: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        trio.run(run_daemon, config)
+    except StartupError as exc:
+        log.error("%s", exc)
+        if config.log_file:
+            print(f"engramd: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK

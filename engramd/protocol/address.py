@@ -1,0 +1,78 @@
+"""Where things live: the rules that find the socket, data dir and config file.
+
+Pure functions of an environment mapping, so that the daemon, the blocking
+client and the tests all resolve paths the same way without touching the disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+# sun_path holds 108 bytes on Linux, one of them the terminating NUL.
+MAX_SOCKET_PATH_BYTES = 107
+SOCKET_NAME = "engramd.sock"
+
+
+class SocketPathTooLong(ValueError):
+    """A socket path that bind(2)/connect(2) could not take."""
+
+    def __init__(self, path: str) -> None:
+        length = len(os.fsencode(path))
+        super().__init__(
+            f"socket path is {length} bytes, over the limit of {MAX_SOCKET_PATH_BYTES}: "
+            f"{path} (choose a shorter --socket or ENGRAM_SOCKET)"
+        )
+        self.path = path
+
+
+def check_socket_path(path: str) -> str:
+    """Return *path* if a Unix socket can live there, else raise :class:`SocketPathTooLong`."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+        raise SocketPathTooLong(path)
+    return path
+
+
+def resolve_socket_path(explicit: str | None, env: Mapping[str, str], uid: int) -> str:
+    """The socket path: *explicit* (a flag), else ``ENGRAM_SOCKET``, else the default.
+
+    The default is ``$XDG_RUNTIME_DIR/engram/engramd.sock`` when that variable
+    is set, else ``/tmp/engram-$UID/engramd.sock``.
+    """
+    if explicit:
+        path = explicit
+    elif env.get("ENGRAM_SOCKET"):
+        path = env["ENGRAM_SOCKET"]
+    elif env.get("XDG_RUNTIME_DIR"):
+        path = os.path.join(env["XDG_RUNTIME_DIR"], "engram", SOCKET_NAME)
+    else:
+        path = os.path.join("/tmp", f"engram-{uid}", SOCKET_NAME)
+    return check_socket_path(os.path.abspath(path))
+
+
+def _home(env: Mapping[str, str]) -> str:
+    return env.get("HOME") or os.path.expanduser("~")
+
+
+def resolve_data_dir(explicit: str | None, env: Mapping[str, str]) -> str:
+    """The data dir: *explicit*, else ``ENGRAM_DATA_DIR``, else ``$XDG_DATA_HOME/engram``."""
+    if explicit:
+        return os.path.abspath(explicit)
+    if env.get("ENGRAM_DATA_DIR"):
+        return os.path.abspath(env["ENGRAM_DATA_DIR"])
+    base = env.get("XDG_DATA_HOME") or os.path.join(_home(env), ".local", "share")
+    return os.path.join(base, "engram")
+
+
+def default_config_file(env: Mapping[str, str]) -> str:
+    """``$XDG_CONFIG_HOME/engram/config.toml`` (read only when it exists)."""
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(_home(env), ".config")
+    return os.path.join(base, "engram", "config.toml")
+
+
+LOG_NAME = "engramd.log"
+
+
+def log_file_in(data_dir: str) -> str:
+    """Where a detached daemon writes its log."""
+    return os.path.join(data_dir, LOG_NAME)

@@ -1,0 +1,240 @@
+"""Sans-IO connection state for both ends of the socket, in the style of h11.
+
+Neither class touches a socket. Feed received bytes to ``receive_data`` (``b""``
+at end of stream), then call ``next_event`` until it returns
+:data:`NEED_DATA`; call ``send`` to get the bytes to write. The blocking
+client, the trio client and the trio server are thin loops around these.
+
+The handshake::
+
+    client                              daemon
+      Hello(id, protocol_version, ...) ->
+                                     <- Welcome(id, ...)  or  ErrorReply(id, version_mismatch)
+      requests (pipelined) ->
+                                     <- replies (any order, matched by id)
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+import msgspec
+
+from engramd.protocol.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from engramd.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from engramd.protocol.messages import (
+    AnyClientMessage,
+    AnyServerMessage,
+    ClientMessage,
+    ErrorReply,
+    Hello,
+    Reply,
+    ServerMessage,
+    Welcome,
+)
+
+
+class _Sentinel(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+    CLOSED = "CLOSED"
+
+
+NEED_DATA: Final = _Sentinel.NEED_DATA
+"""``next_event`` needs more bytes before it can return a message."""
+CLOSED: Final = _Sentinel.CLOSED
+"""The peer closed the stream cleanly, between frames."""
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+_encoder = msgspec.msgpack.Encoder()
+_client_decoder = msgspec.msgpack.Decoder(AnyClientMessage)
+_server_decoder = msgspec.msgpack.Decoder(AnyServerMessage)
+
+
+class _IdOnly(msgspec.Struct):
+    """Just enough of a client message to answer it, when the rest is invalid."""
+
+    id: int | None = None
+
+
+_id_decoder = msgspec.msgpack.Decoder(_IdOnly)
+
+
+def encode_message(message: ClientMessage | ServerMessage) -> bytes:
+    """Encode one message as a complete frame."""
+    return encode_frame(_encoder.encode(message))
+
+
+class InvalidMessage(msgspec.Struct, frozen=True):
+    """A well-framed client message that is not a valid message.
+
+    The stream is still in step, so the server answers with ``bad_request``
+    (using ``id`` when it could be read) and carries on.
+    """
+
+    id: int | None
+    reason: str
+
+
+class ServerConnection:
+    """The daemon's side of one client connection."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._frames = FrameDecoder(max_frame)
+        self.state = State.HANDSHAKE
+        self.hello: Hello | None = None
+
+    def receive_data(self, data: bytes) -> None:
+        self._frames.receive_data(data)
+
+    def next_event(self) -> ClientMessage | InvalidMessage | _Sentinel:
+        """Return the next client message.
+
+        Raises:
+            RemoteProtocolError: the stream is broken (bad framing, malformed
+                MessagePack, a request before the handshake); send an error
+                frame if possible and close.
+        """
+        body = self._frames.next_frame()
+        if body is None:
+            return CLOSED if self._frames.at_eof else NEED_DATA
+        try:
+            message = _client_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            return self._invalid(body, exc)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            # RecursionError: msgspec's answer to deeply nested input.
+            raise RemoteProtocolError(f"malformed MessagePack frame: {exc}") from None
+        if self.state is State.HANDSHAKE and not isinstance(message, Hello):
+            raise RemoteProtocolError("the first message must be a hello")
+        if self.state is State.READY and isinstance(message, Hello):
+            return InvalidMessage(message.id, "hello sent twice on one connection")
+        if isinstance(message, Hello):
+            self.hello = message
+        return message
+
+    def _invalid(self, body: bytes, exc: msgspec.ValidationError) -> InvalidMessage:
+        try:
+            request_id = _id_decoder.decode(body).id
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            request_id = None
+        if self.state is State.HANDSHAKE:
+            raise RemoteProtocolError(f"invalid hello: {exc}") from None
+        return InvalidMessage(request_id, f"invalid request: {exc}")
+
+    def send(self, message: ServerMessage) -> bytes:
+        """Return the frame for *message*, updating the handshake state."""
+        if self.state is State.CLOSED:
+            raise LocalProtocolError("connection is closed")
+        if self.state is State.HANDSHAKE:
+            if isinstance(message, Welcome):
+                self.state = State.READY
+            elif isinstance(message, ErrorReply):
+                self.state = State.CLOSED
+            else:
+                raise LocalProtocolError("only welcome or error may answer a hello")
+        return encode_message(message)
+
+
+class ClientConnection:
+    """The client's side of one connection."""
+
+    def __init__(
+        self, *, client_name: str, agent_id: str, max_frame: int = DEFAULT_MAX_FRAME
+    ) -> None:
+        self._frames = FrameDecoder(max_frame)
+        self.client_name = client_name
+        self.agent_id = agent_id
+        self.state = State.HANDSHAKE
+        self.welcome: Welcome | None = None
+        self._hello_id: int | None = None
+        self._next_id = 1
+        self._pending: set[int] = set()
+
+    def allocate_id(self) -> int:
+        request_id = self._next_id
+        self._next_id += 1
+        return request_id
+
+    def hello(self, protocol_version: int) -> bytes:
+        """Return the handshake frame; send it before anything else."""
+        if self._hello_id is not None:
+            raise LocalProtocolError("hello already sent")
+        self._hello_id = self.allocate_id()
+        return encode_message(
+            Hello(
+                id=self._hello_id,
+                protocol_version=protocol_version,
+                client_name=self.client_name,
+                agent_id=self.agent_id,
+            )
+        )
+
+    def send(self, request: ClientMessage) -> bytes:
+        """Return the frame for *request*; its id must be new on this connection."""
+        if self.state is not State.READY:
+            raise LocalProtocolError(f"cannot send a request in state {self.state.value}")
+        if request.id in self._pending:
+            raise LocalProtocolError(f"request id {request.id} is already in flight")
+        self._pending.add(request.id)
+        return encode_message(request)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def receive_data(self, data: bytes) -> None:
+        self._frames.receive_data(data)
+
+    def next_event(self) -> ServerMessage | _Sentinel:
+        """Return the next message from the daemon.
+
+        Raises:
+            RemoteProtocolError: the daemon sent something this client cannot
+                read or did not ask for.
+        """
+        body = self._frames.next_frame()
+        if body is None:
+            if self._frames.at_eof:
+                self.state = State.CLOSED
+                return CLOSED
+            return NEED_DATA
+        try:
+            message = _server_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            raise RemoteProtocolError(f"unreadable message from the daemon: {exc}") from None
+        if self.state is State.HANDSHAKE:
+            if isinstance(message, Welcome) and message.id == self._hello_id:
+                self.state = State.READY
+                self.welcome = message
+            elif isinstance(message, ErrorReply):
+                self.state = State.CLOSED
+            else:
+                raise RemoteProtocolError("the daemon did not answer the hello")
+        elif isinstance(message, Reply | ErrorReply) and message.id is not None:
+            if message.id not in self._pending:
+                raise RemoteProtocolError(f"reply to unknown request id {message.id}")
+            self._pending.discard(message.id)
+        return message
+
+
+__all__ = [
+    "CLOSED",
+    "NEED_DATA",
+    "ClientConnection",
+    "ErrorCode",
+    "InvalidMessage",
+    "ServerConnection",
+    "State",
+    "encode_message",
+]

@@ -1,0 +1,150 @@
+"""The daemon's footprint on the file system: private dirs, lock files, the socket file.
+
+Synchronous and trio-free; :mod:`engramd.main` calls these before serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import stat
+from collections.abc import Iterator
+
+from engramd.errors import StartupError
+
+
+def ensure_private_dir(path: str, *, what: str) -> None:
+    """Create *path* (mode 0700) if needed, then refuse it unless it is safe.
+
+    Safe means: a real directory (not a symlink), owned by us, and writable by
+    no one else. Anything else could let another user replace our socket or
+    read our data.
+
+    Raises:
+        StartupError: with a message that says how to fix the directory.
+    """
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise StartupError(f"cannot create {what} {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise StartupError(f"{what} {path} is not a directory (or is a symlink); refusing it")
+    if info.st_uid != os.geteuid():
+        raise StartupError(
+            f"{what} {path} is owned by uid {info.st_uid}, not by you (uid {os.geteuid()}); "
+            "refusing it"
+        )
+    if info.st_mode & 0o022:
+        raise StartupError(
+            f"{what} {path} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"run: chmod 700 {path}"
+        )
+
+
+class LockFile:
+    """An exclusive ``flock`` held for the daemon's lifetime, naming its holder's pid."""
+
+    def __init__(self, path: str, *, what: str) -> None:
+        self.path = path
+        self._what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Raises :class:`StartupError` when another process holds the lock."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StartupError(
+                f"{self._what} is in use by another engramd (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _socket_answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def bind_socket(path: str) -> socket.socket:
+    """Bind a listening Unix socket at *path*, mode 0600, replacing a stale one.
+
+    The caller holds the socket's lock file, so a socket file found here was
+    left behind by a daemon that died, unless something answers on it.
+
+    Raises:
+        StartupError: another server answers on *path*, or bind fails.
+    """
+    if os.path.lexists(path):
+        if _socket_answers(path):
+            raise StartupError(f"another server is already listening on {path}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # The directory is already 0700; the umask closes the window between
+        # bind() and chmod() anyway.
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
+    return sock
+
+
+@contextlib.contextmanager
+def claim_runtime(socket_path: str, data_dir: str) -> Iterator[socket.socket]:
+    """Own the data dir and the socket for as long as the context lasts.
+
+    Order matters: the data dir lock first (two daemons must never share
+    one), then the socket lock (two daemons must never fight over one path),
+    then the socket itself. On exit the socket file is removed before the
+    locks are released, so the next daemon finds a clean place.
+    """
+    ensure_private_dir(data_dir, what="data dir")
+    ensure_private_dir(os.path.dirname(socket_path), what="socket directory")
+    data_lock = LockFile(os.path.join(data_dir, "engramd.lock"), what=f"data dir {data_dir}")
+    socket_lock = LockFile(socket_path + ".lock", what=f"socket {socket_path}")
+    data_lock.acquire()
+    try:
+        socket_lock.acquire()
+        try:
+            sock = bind_socket(socket_path)
+            try:
+                yield sock
+            finally:
+                sock.close()
+                try:
+                    os.unlink(socket_path)
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
+        finally:
+            socket_lock.release()
+    finally:
+        data_lock.release()

@@ -1,0 +1,257 @@
+"""The socket server: accept loop, one task per connection, graceful stop.
+
+Each connection is a thin loop around :class:`~engramd.protocol.ServerConnection`:
+bytes in, messages out; requests run concurrently in the connection's own
+nursery (up to ``max_inflight_per_connection``, after which the reader simply
+stops reading, which pushes back on the client) and their replies are written
+under one lock so frames never interleave.
+
+Resource handling: every connection task lives in the server's nursery and
+closes its stream in ``finally``. Error handling: a broken or hostile peer
+ends only its own connection; an unexpected exception in a connection is
+logged and ends only that connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+
+import trio
+
+from engramd.config import DaemonConfig
+from engramd.dispatch import Dispatcher
+from engramd.engine import Engine
+from engramd.protocol import (
+    CLOSED,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    ErrorReply,
+    Hello,
+    InvalidMessage,
+    RemoteProtocolError,
+    ServerConnection,
+    ServerMessage,
+    Welcome,
+)
+
+log = logging.getLogger("engramd.server")
+
+# accept() errors that mean "the system is out of something right now": wait
+# and retry instead of crashing the server (the same list trio uses).
+_ACCEPT_CAPACITY_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_RETRY_DELAY = 0.1
+_RECEIVE_SIZE = 256 * 1024
+# A goodbye error frame to a misbehaving peer must not hold the task forever.
+_GOODBYE_TIMEOUT = 1.0
+_MAX_NAME = 256
+
+_PEERCRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True)
+class PeerCredentials:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: trio.socket.SocketType) -> PeerCredentials:
+    """The connecting process's ids, as the kernel recorded them at connect()."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid)
+
+
+@dataclass(eq=False)
+class Session:
+    """One client connection's state on the daemon side."""
+
+    stream: trio.SocketStream
+    peer: PeerCredentials
+    protocol: ServerConnection
+    reader_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    send_lock: trio.Lock = field(default_factory=trio.Lock)
+    hello: Hello | None = None
+
+    async def send(self, message: ServerMessage) -> None:
+        data = self.protocol.send(message)
+        async with self.send_lock:
+            await self.stream.send_all(data)
+
+
+class Server:
+    def __init__(self, config: DaemonConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.dispatcher = Dispatcher(engine, self)
+        self._sessions: set[Session] = set()
+        self._requests_served = 0
+        self._uid = os.geteuid()
+        self._nursery: trio.Nursery | None = None
+        self._accept_scope = trio.CancelScope()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def requests_served(self) -> int:
+        return self._requests_served
+
+    async def serve(
+        self,
+        listen_socket: socket.socket,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until the engine asks for shutdown, then stop gracefully.
+
+        Graceful means: stop accepting, stop reading requests, give in-flight
+        requests ``shutdown_grace`` seconds to answer, then close everything.
+        """
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(listen_socket))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._accept_loop, listener)
+            task_status.started()
+            await self.engine.shutdown_requested.wait()
+            log.info("stopping: %d connection(s) open", len(self._sessions))
+            self._accept_scope.cancel()
+            for session in list(self._sessions):
+                session.reader_scope.cancel()
+            nursery.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        assert self._nursery is not None
+        with self._accept_scope:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRORS:
+                        raise
+                    log.warning("accept failed (%s); retrying", os.strerror(exc.errno))
+                    await trio.sleep(_ACCEPT_RETRY_DELAY)
+                    continue
+                self._nursery.start_soon(self._run_session, stream)
+
+    async def _run_session(self, stream: trio.SocketStream) -> None:
+        session: Session | None = None
+        try:
+            peer = peer_credentials(stream.socket)
+            session = Session(stream, peer, ServerConnection(self.config.max_frame_bytes))
+            if peer.uid != self._uid:
+                log.warning("refused pid %d: uid %d is not ours", peer.pid, peer.uid)
+                await self._goodbye(session, ErrorCode.FORBIDDEN,
+                                    f"uid {peer.uid} may not use this daemon")
+                return
+            if len(self._sessions) >= self.config.max_connections:
+                log.warning("refused pid %d: %d connections open", peer.pid, len(self._sessions))
+                await self._goodbye(session, ErrorCode.UNAVAILABLE,
+                                    f"too many connections (limit {self.config.max_connections})")
+                return
+            self._sessions.add(session)
+            await self._serve_session(session)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            log.exception("connection failed")
+        finally:
+            if session is not None:
+                self._sessions.discard(session)
+            await trio.aclose_forcefully(stream)
+
+    async def _goodbye(self, session: Session, code: ErrorCode, message: str) -> None:
+        """Best effort: tell the peer why, then let the caller close."""
+        with trio.move_on_after(_GOODBYE_TIMEOUT):
+            try:
+                await session.send(ErrorReply(id=None, code=code, message=message))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _serve_session(self, session: Session) -> None:
+        inflight = trio.Semaphore(self.config.max_inflight_per_connection)
+        async with trio.open_nursery() as requests:
+            with session.reader_scope:
+                session.reader_scope.deadline = trio.current_time() + self.config.handshake_timeout
+                try:
+                    await self._read_requests(session, inflight, requests)
+                except RemoteProtocolError as exc:
+                    log.info("pid %d broke the protocol: %s", session.peer.pid, exc)
+                    await self._goodbye(session, exc.code, str(exc))
+            if session.hello is None and session.reader_scope.cancelled_caught:
+                if not self.engine.shutdown_requested.is_set():
+                    await self._goodbye(session, ErrorCode.BAD_REQUEST, "no hello in time")
+        # Leaving the nursery waited for in-flight requests to answer.
+
+    async def _read_requests(
+        self, session: Session, inflight: trio.Semaphore, requests: trio.Nursery
+    ) -> None:
+        protocol = session.protocol
+        while True:
+            event = protocol.next_event()
+            if event is NEED_DATA:
+                data = await session.stream.receive_some(_RECEIVE_SIZE)
+                protocol.receive_data(data)
+                continue
+            if event is CLOSED:
+                return
+            if isinstance(event, InvalidMessage):
+                await session.send(ErrorReply(id=event.id, code=ErrorCode.BAD_REQUEST,
+                                              message=event.reason))
+                continue
+            if isinstance(event, Hello):
+                if not await self._welcome(session, event):
+                    return
+                continue
+            await inflight.acquire()
+            requests.start_soon(self._run_request, session, inflight, event)
+
+    async def _welcome(self, session: Session, hello: Hello) -> bool:
+        problem = None
+        code = ErrorCode.BAD_REQUEST
+        if hello.protocol_version != PROTOCOL_VERSION:
+            code = ErrorCode.VERSION_MISMATCH
+            problem = (f"the daemon speaks protocol {PROTOCOL_VERSION}, the client "
+                       f"{hello.protocol_version}; restart the daemon with "
+                       "'engram daemon restart' after upgrading")
+        elif not hello.agent_id or len(hello.agent_id) > _MAX_NAME:
+            problem = f"agent id must be 1 to {_MAX_NAME} characters"
+        elif len(hello.client_name) > _MAX_NAME:
+            problem = f"client name must be at most {_MAX_NAME} characters"
+        if problem is not None:
+            await session.send(ErrorReply(id=hello.id, code=code, message=problem))
+            return False
+        session.hello = hello
+        session.reader_scope.deadline = float("inf")
+        await session.send(
+            Welcome(
+                id=hello.id,
+                protocol_version=PROTOCOL_VERSION,
+                daemon_version=self.engine.version,
+                pid=os.getpid(),
+                instance_id=self.engine.instance_id,
+            )
+        )
+        log.debug("pid %d connected as %s (%s)", session.peer.pid, hello.agent_id,
+                  hello.client_name)
+        return True
+
+    async def _run_request(
+        self, session: Session, inflight: trio.Semaphore, request: object
+    ) -> None:
+        try:
+            reply = await self.dispatcher.dispatch(request)  # type: ignore[arg-type]
+        finally:
+            inflight.release()
+        self._requests_served += 1
+        try:
+            await session.send(reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("pid %d left before its reply", session.peer.pid)
