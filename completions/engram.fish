@@ -1,0 +1,1 @@
+complete --command engram --no-files --arguments "(env _ENGRAM_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) engram)" --condition "env _ENGRAM_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) engram"

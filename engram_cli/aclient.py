@@ -1,0 +1,211 @@
+"""The trio client library, for agents written with trio.
+
+One connection, shared by any number of tasks: requests are pipelined and a
+reader task hands each reply to the task waiting for it::
+
+    from engram_cli.aclient import open_client
+
+    async with open_client() as engram:
+        pong = await engram.ping()
+
+Same socket rules, auto-start and errors as :class:`engram_cli.client.Client`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import TypeVar
+
+import trio
+
+from engram_cli.autostart import start_daemon
+from engram_cli.errors import DaemonUnavailable, EngramError, error_from_reply
+from engram_cli.settings import autostart_enabled, default_agent_id, socket_path
+from engramd.protocol import (
+    CLOSED,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    ClientConnection,
+    ClientMessage,
+    DaemonStatus,
+    ErrorReply,
+    GetStatus,
+    Ping,
+    Pong,
+    ProtocolError,
+    ServerMessage,
+    Shutdown,
+    ShuttingDown,
+    SocketPathTooLong,
+    Welcome,
+)
+
+ReplyT = TypeVar("ReplyT", bound=ServerMessage)
+_RECEIVE_SIZE = 256 * 1024
+
+
+class _Waiter:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: ServerMessage | None = None
+
+
+class AsyncClient:
+    """A connection to engramd used from trio; make one with :func:`open_client`."""
+
+    def __init__(self, stream: trio.SocketStream, protocol: ClientConnection) -> None:
+        self._stream = stream
+        self._protocol = protocol
+        self._send_lock = trio.Lock()
+        self._waiters: dict[int, _Waiter] = {}
+        self._broken: EngramError | None = None
+
+    @property
+    def welcome(self) -> Welcome | None:
+        return self._protocol.welcome
+
+    async def _read_replies(self) -> None:
+        """Hand each reply to its waiter until the stream ends."""
+        try:
+            while True:
+                event = self._protocol.next_event()
+                if event is NEED_DATA:
+                    self._protocol.receive_data(await self._stream.receive_some(_RECEIVE_SIZE))
+                    continue
+                if event is CLOSED:
+                    self._fail(DaemonUnavailable("engramd closed the connection"))
+                    return
+                assert isinstance(event, ServerMessage)
+                message_id = getattr(event, "id", None)
+                if message_id is None and isinstance(event, ErrorReply):
+                    self._fail(error_from_reply(event))
+                    return
+                waiter = self._waiters.pop(message_id, None) if message_id is not None else None
+                if waiter is not None:
+                    waiter.reply = event
+                    waiter.event.set()
+        except ProtocolError as exc:
+            self._fail(DaemonUnavailable(f"protocol error: {exc}"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._fail(DaemonUnavailable("lost the connection to engramd"))
+
+    def _fail(self, error: EngramError) -> None:
+        self._broken = error
+        for waiter in self._waiters.values():
+            waiter.event.set()
+        self._waiters.clear()
+
+    async def request(self, request: ClientMessage, expect: type[ReplyT]) -> ReplyT:
+        """Send *request* and wait for its reply; raise if it is an error."""
+        if self._broken is not None:
+            raise self._broken
+        waiter = _Waiter()
+        self._waiters[request.id] = waiter
+        try:
+            async with self._send_lock:
+                await self._stream.send_all(self._protocol.send(request))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._waiters.pop(request.id, None)
+            raise DaemonUnavailable("lost the connection to engramd") from None
+        await waiter.event.wait()
+        reply = waiter.reply
+        if reply is None:
+            assert self._broken is not None
+            raise self._broken
+        if isinstance(reply, ErrorReply):
+            raise error_from_reply(reply)
+        if not isinstance(reply, expect):
+            raise EngramError(
+                f"engramd answered {type(reply).__name__} to {type(request).__name__}"
+            )
+        return reply
+
+    def _next_id(self) -> int:
+        return self._protocol.allocate_id()
+
+    async def ping(self) -> Pong:
+        return await self.request(Ping(id=self._next_id()), Pong)
+
+    async def status(self) -> DaemonStatus:
+        return await self.request(GetStatus(id=self._next_id()), DaemonStatus)
+
+    async def shutdown(self) -> ShuttingDown:
+        return await self.request(Shutdown(id=self._next_id()), ShuttingDown)
+
+
+async def _connect(path: str) -> trio.SocketStream:
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+async def _handshake(stream: trio.SocketStream, protocol: ClientConnection) -> None:
+    await stream.send_all(protocol.hello(PROTOCOL_VERSION))
+    while True:
+        event = protocol.next_event()
+        if event is NEED_DATA:
+            protocol.receive_data(await stream.receive_some(_RECEIVE_SIZE))
+            continue
+        if event is CLOSED:
+            raise DaemonUnavailable("engramd closed the connection during the handshake")
+        if isinstance(event, ErrorReply):
+            raise error_from_reply(event)
+        return
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    socket_path_: str | None = None,
+    *,
+    agent_id: str | None = None,
+    client_name: str = "engram-trio",
+    autostart: bool | None = None,
+    connect_timeout: float = 10.0,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[AsyncClient]:
+    """Connect to engramd (starting it if allowed) and yield an :class:`AsyncClient`.
+
+    The connection and its reader task close when the block exits.
+    """
+    env = os.environ if env is None else env
+    try:
+        path = socket_path(socket_path_, env)
+    except SocketPathTooLong as exc:
+        raise EngramError(str(exc)) from None
+    allow_start = autostart_enabled(env) if autostart is None else autostart
+    protocol = ClientConnection(
+        client_name=client_name, agent_id=agent_id or default_agent_id(env)
+    )
+    with trio.fail_after(connect_timeout if connect_timeout else math.inf):
+        try:
+            stream = await _connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            if not allow_start:
+                raise DaemonUnavailable(
+                    f"engramd is not running on {path} ({exc.strerror})"
+                ) from None
+            await trio.to_thread.run_sync(lambda: start_daemon(path, env=env))
+            stream = await _connect(path)
+    try:
+        try:
+            await _handshake(stream, protocol)
+        except ProtocolError as exc:
+            raise DaemonUnavailable(f"protocol error: {exc}") from None
+        client = AsyncClient(stream, protocol)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._read_replies)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)

@@ -1,0 +1,96 @@
+"""The root of the ``engram`` command line: global options, command groups, exit codes.
+
+Any :class:`~engram_cli.errors.EngramError` a command raises becomes one line on
+stderr and its exit status, here and nowhere else; ``ENGRAM_DEBUG=1`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from engram_cli import output
+from engram_cli.commands import bench, daemon, info
+from engram_cli.context import CliContext
+from engram_cli.errors import EngramError, ExitCode
+
+EXIT_CODES_HELP = (
+    "Exit status: 0 success, 1 error, 2 usage, 3 not found, "
+    "4 conflict or lock held, 5 timeout, 69 daemon unavailable."
+)
+
+app = typer.Typer(
+    name="engram",
+    help="engram: a coordination journal for the agents, scripts and git hooks "
+    "of one machine. Talks to engramd, starting it when needed.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    socket: Annotated[str | None, typer.Option(
+        "--socket", metavar="PATH", envvar="ENGRAM_SOCKET", show_envvar=True,
+        help="The daemon's socket (default: $XDG_RUNTIME_DIR/engram/engramd.sock, "
+        "else /tmp/engram-$UID/engramd.sock).")] = None,
+    agent: Annotated[str | None, typer.Option(
+        "--agent", metavar="NAME", envvar="ENGRAM_AGENT", show_envvar=True,
+        help="Act as this agent (default: the user name).")] = None,
+    json: Annotated[bool, typer.Option(
+        "--json", help="Print JSON, one object per line, for every command.")] = False,
+) -> None:
+    cli = CliContext(socket=socket, agent=agent, json=json)
+    ctx.obj = cli
+    ctx.call_on_close(cli.close)
+
+
+app.command()(info.ping)
+app.command()(info.status)
+app.command()(info.version)
+app.add_typer(daemon.app, name="daemon")
+app.command()(bench.bench)
+
+
+COMPLETE_VAR = "_ENGRAM_COMPLETE"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    if COMPLETE_VAR in os.environ:
+        # The shell asks for completions (see completions/); load the shell
+        # classes only then, to keep ordinary start-up fast.
+        from typer._completion_classes import completion_init
+
+        completion_init()
+    try:
+        app(args=argv, prog_name="engram", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else ExitCode.ERROR)
+    except EngramError as exc:
+        if os.environ.get("ENGRAM_DEBUG") == "1":
+            raise
+        output.error(str(exc))
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`engram ... | head`); not our failure.
+        sys.stderr.close()
+        return ExitCode.OK
+    except Exception as exc:
+        if os.environ.get("ENGRAM_DEBUG") == "1":
+            raise
+        output.error(f"internal error: {type(exc).__name__}: {exc} "
+                     "(run with ENGRAM_DEBUG=1 for the traceback)")
+        return ExitCode.ERROR
+    return ExitCode.OK

@@ -1,0 +1,1 @@
+"""The command groups, one Typer sub-app (or command module) each."""

@@ -1,0 +1,67 @@
+"""``engram bench``: run the benchmark workloads and print their figures."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+from typing import Annotated
+
+import typer
+
+from engram_cli import bench as harness
+from engram_cli import context
+from engram_cli.context import JsonOption
+from engram_cli.errors import UsageProblem
+from engram_cli.output import note
+
+
+def bench(
+    ctx: typer.Context,
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", metavar="NAME",
+        help="Run only this workload (repeatable); see --list.")] = None,
+    use_running: Annotated[bool, typer.Option(
+        "--use-running",
+        help="Measure the daemon on --socket instead of starting a temporary one.")] = False,
+    scale: Annotated[float, typer.Option(
+        "--scale", min=0.01, help="Multiply every workload's operation count.")] = 1.0,
+    list_: Annotated[bool, typer.Option("--list", help="List the workloads and exit.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Measure latency (p50/p99/max) and throughput of named workloads."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    if list_:
+        for name, workload in harness.WORKLOADS.items():
+            out.line(f"{name}\t{(workload.__doc__ or '').strip()}")
+        return
+    names = only or list(harness.WORKLOADS)
+    unknown = [name for name in names if name not in harness.WORKLOADS]
+    if unknown:
+        raise UsageProblem(f"unknown workload {', '.join(unknown)} (see engram bench --list)")
+    with _target(cli, use_running) as target:
+        target = dataclasses.replace(target, scale=scale)
+        results = harness.run_workloads(target, names, lambda name: note(f"bench: {name}"))
+    if out.json:
+        for result in results:
+            out.json_line(result)
+        return
+    out.table(
+        "engram bench",
+        ["workload", "ops", "p50 ms", "p99 ms", "max ms", "ops/s", "note"],
+        ([r.name, str(r.ops), f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.max_ms:.3f}",
+          f"{r.throughput:,.0f}", r.note] for r in results),
+    )
+
+
+@contextlib.contextmanager
+def _target(cli: context.CliContext, use_running: bool) -> Iterator[harness.BenchTarget]:
+    if not use_running:
+        with harness.bench_daemon() as target:
+            yield target
+        return
+    client = cli.client(autostart=False)
+    env = {**os.environ, "ENGRAM_SOCKET": client.socket_path, "ENGRAM_NO_AUTOSTART": "1"}
+    yield harness.BenchTarget(socket_path=client.socket_path, env=env, scale=1.0)

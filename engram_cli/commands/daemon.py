@@ -1,0 +1,168 @@
+"""``engram daemon start|stop|restart|status|logs``: the daemon's lifecycle."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from engram_cli import context
+from engram_cli.autostart import START_TIMEOUT, daemon_answers, start_daemon
+from engram_cli.context import JsonOption
+from engram_cli.errors import ClientTimeout, DaemonUnavailable
+from engram_cli.output import format_duration, to_plain_data
+from engramd.protocol import log_file_in, resolve_data_dir
+
+app = typer.Typer(help="Start, stop and inspect the engram daemon.", no_args_is_help=True)
+
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the daemon.")
+]
+_POLL_INTERVAL = 0.02
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # The state letter follows the parenthesised command name.
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (FileNotFoundError, IndexError):
+        return True
+    except OSError:
+        return False
+
+
+def _stop(cli: context.CliContext, timeout: float) -> int | None:
+    """Stop the daemon if one runs; returns its pid, or None if none ran."""
+    client = cli.unconnected_client()
+    try:
+        client.connect()
+    except DaemonUnavailable:
+        return None
+    pid = client.daemon_pid
+    assert pid is not None
+    client.shutdown()
+    client.close()
+    deadline = time.monotonic() + timeout
+    while os.path.exists(client.socket_path) or not _process_gone(pid):
+        if time.monotonic() > deadline:
+            raise ClientTimeout(f"engramd (pid {pid}) did not stop within {timeout:g}s")
+        time.sleep(_POLL_INTERVAL)
+    return pid
+
+
+def _start(cli: context.CliContext, timeout: float, json: bool) -> None:
+    client = cli.unconnected_client()
+    started = start_daemon(client.socket_path, timeout=timeout)
+    client.connect()
+    status = client.status()
+    client.close()
+    out = cli.output(json)
+    if out.json:
+        out.json_line({"started": started, **to_plain_data(status)})
+    elif started:
+        out.line(f"started engramd (pid {status.pid}) on {status.socket}")
+    else:
+        out.line(f"engramd is already running (pid {status.pid}) on {status.socket}")
+
+
+@app.command()
+def start(ctx: typer.Context, timeout: TimeoutOption = START_TIMEOUT,
+          json: JsonOption = False) -> None:
+    """Start the daemon in the background (log in the data dir), unless it runs."""
+    _start(context.get(ctx), timeout, json)
+
+
+@app.command()
+def stop(ctx: typer.Context, timeout: TimeoutOption = 10.0) -> None:
+    """Stop the daemon gracefully and wait until it has gone."""
+    cli = context.get(ctx)
+    pid = _stop(cli, timeout)
+    cli.output().line("engramd is not running" if pid is None else f"stopped engramd (pid {pid})")
+
+
+@app.command()
+def restart(ctx: typer.Context, timeout: TimeoutOption = 10.0,
+            json: JsonOption = False) -> None:
+    """Stop the daemon if it runs, then start it."""
+    cli = context.get(ctx)
+    _stop(cli, timeout)
+    _start(cli, timeout, json)
+
+
+@app.command()
+def status(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Say whether the daemon runs (never starts it); exit 69 when it does not."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    client = cli.unconnected_client()
+    try:
+        client.connect()
+    except DaemonUnavailable:
+        raise DaemonUnavailable(f"engramd is not running on {client.socket_path}") from None
+    reply = client.status()
+    client.close()
+    if out.json:
+        out.json_line(reply)
+        return
+    out.fields("engramd", [
+        ("state", f"running ({reply.state})"),
+        ("pid", reply.pid),
+        ("version", reply.daemon_version),
+        ("uptime", format_duration(reply.uptime)),
+        ("socket", reply.socket),
+        ("data_dir", reply.data_dir),
+        ("log_file", reply.log_file or "standard error"),
+    ])
+
+
+def _log_path(cli: context.CliContext) -> str:
+    client = cli.unconnected_client()
+    try:
+        client.connect()
+    except DaemonUnavailable:
+        return log_file_in(resolve_data_dir(None, os.environ))
+    reply = client.status()
+    client.close()
+    if reply.log_file is None:
+        raise DaemonUnavailable(
+            "engramd logs to its standard error (under systemd: "
+            "journalctl --user -u engramd)"
+        )
+    return reply.log_file
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0,
+                                       help="Show this many last lines.")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f",
+                                         help="Keep printing new lines until Ctrl-C.")] = False,
+) -> None:
+    """Show the log of a daemon started by engram (in the data dir)."""
+    path = _log_path(context.get(ctx))
+    try:
+        file = open(path, "rb")  # noqa: SIM115 (kept open while following)
+    except FileNotFoundError:
+        raise DaemonUnavailable(f"no daemon log at {path}") from None
+    with file:
+        tail = file.read().splitlines(keepends=True)[-lines:] if lines else []
+        out = sys.stdout.buffer
+        out.writelines(tail)
+        out.flush()
+        if not follow:
+            return
+        try:
+            while True:
+                chunk = file.read()
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                else:
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            return

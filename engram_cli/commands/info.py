@@ -1,0 +1,72 @@
+"""``engram ping``, ``engram status``, ``engram version``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from engram_cli import __version__, context
+from engram_cli.context import JsonOption
+from engram_cli.errors import EngramError
+from engram_cli.output import format_duration, to_plain_data
+from engramd.protocol import PROTOCOL_VERSION
+
+
+def ping(
+    ctx: typer.Context,
+    count: Annotated[int, typer.Option("--count", "-n", min=1,
+                                       help="Send this many pings.")] = 1,
+    json: JsonOption = False,
+) -> None:
+    """Check that the daemon answers, and how fast (round trip over the socket)."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    client = cli.client()
+    for _ in range(count):
+        started = time.perf_counter()
+        pong = client.ping()
+        rtt_ms = (time.perf_counter() - started) * 1000
+        if out.json:
+            out.json_line({**to_plain_data(pong), "rtt_ms": round(rtt_ms, 3)})
+        else:
+            out.line(f"pong from engramd {pong.daemon_version} (pid {client.daemon_pid}) "
+                     f"in {rtt_ms:.3f} ms")
+
+
+def status(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Show the daemon's state, paths, counts and limits."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    reply = cli.client().status()
+    if out.json:
+        out.json_line(reply)
+        return
+    data = to_plain_data(reply)
+    data["uptime"] = format_duration(reply.uptime)
+    out.fields("engramd", data.items())
+
+
+def version(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Show the versions of engram and of the running daemon (never starts one)."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    daemon: dict[str, object] | None
+    try:
+        client = cli.client(autostart=False)
+        welcome = client.status()
+        daemon = {"daemon_version": welcome.daemon_version,
+                  "protocol_version": welcome.protocol_version, "pid": welcome.pid}
+    except EngramError:
+        daemon = None
+    if out.json:
+        out.json_line({"version": __version__, "protocol_version": PROTOCOL_VERSION,
+                       "daemon": daemon})
+        return
+    out.line(f"engram {__version__} (protocol {PROTOCOL_VERSION})")
+    if daemon is None:
+        out.line("engramd not running")
+    else:
+        out.line(f"engramd {daemon['daemon_version']} (protocol {daemon['protocol_version']}, "
+                 f"pid {daemon['pid']})")

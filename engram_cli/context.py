@@ -1,0 +1,51 @@
+"""What every command gets: the global options, a lazily connected client, an output."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+import typer
+
+from engram_cli.client import Client
+from engram_cli.output import Output
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON (the daemon's field names) instead of text.")
+]
+
+
+@dataclasses.dataclass
+class CliContext:
+    socket: str | None
+    agent: str | None
+    json: bool
+    _client: Client | None = None
+
+    def client(self, *, autostart: bool | None = None) -> Client:
+        """A connected client (starting the daemon unless told not to)."""
+        if self._client is None:
+            client = Client(self.socket, agent_id=self.agent, client_name="engram-cli",
+                            autostart=autostart)
+            client.connect()
+            self._client = client
+        return self._client
+
+    def unconnected_client(self) -> Client:
+        """A client that has resolved its paths but not touched the socket."""
+        return Client(self.socket, agent_id=self.agent, client_name="engram-cli",
+                      autostart=False)
+
+    def output(self, json: bool = False) -> Output:
+        return Output(json=json or self.json)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def get(ctx: typer.Context) -> CliContext:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, CliContext)
+    return obj

@@ -1,0 +1,241 @@
+"""Generate the shell completions and man pages from the code itself.
+
+``python -m engram_cli.docgen completions DIR`` and ``... man DIR`` (the make
+targets ``completions`` and ``man``). The command tree comes from the Typer app
+and the daemon's options from its argparse parser and settings table, so the
+checked-in files can be regenerated and compared by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Iterator
+
+import typer
+from typer._completion_shared import get_completion_script
+
+from engram_cli import __version__
+from engram_cli.app import COMPLETE_VAR, EXIT_CODES_HELP, app
+from engramd.config import SETTINGS
+from engramd.main import build_parser
+
+PROG = "engram"
+SHELLS = {"bash": "engram.bash", "zsh": "_engram", "fish": "engram.fish"}
+# Pinned, so regenerating on another day does not change the files.
+DATE = "2026-11-23"
+
+
+def completion_scripts() -> dict[str, str]:
+    return {
+        filename: get_completion_script(prog_name=PROG, complete_var=COMPLETE_VAR,
+                                        shell=shell) + "\n"
+        for shell, filename in SHELLS.items()
+    }
+
+
+# -- roff -------------------------------------------------------------------
+
+
+def _roff(text: str) -> str:
+    """Escape text for roff: backslashes, leading dots and quotes, hyphens."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    lines = []
+    for line in text.splitlines() or [""]:
+        if line.startswith((".", "'")):
+            line = "\\&" + line
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _walk(command: typer.core.TyperGroup | typer.core.TyperCommand, path: list[str],
+          ctx: typer.Context) -> Iterator[tuple[list[str], object, typer.Context]]:
+    yield path, command, ctx
+    commands = getattr(command, "commands", None)
+    if commands:
+        for name in sorted(commands):
+            sub = commands[name]
+            sub_ctx = typer.Context(sub, info_name=name, parent=ctx)
+            yield from _walk(sub, [*path, name], sub_ctx)
+
+
+def _options(command: object, ctx: typer.Context) -> list[tuple[str, str]]:
+    records = []
+    for param in getattr(command, "params", []):
+        record = param.get_help_record(ctx)
+        if record is not None:
+            records.append(record)
+    return records
+
+
+def _arguments(command: object) -> str:
+    names = []
+    for param in getattr(command, "params", []):
+        if param.param_type_name == "argument":
+            names.append(param.make_metavar(typer.Context(command)) if False else
+                         (param.human_readable_name.upper()))
+    return " ".join(names)
+
+
+ENGRAM_ENVIRONMENT = [
+    ("ENGRAM_SOCKET", "The daemon's socket, like --socket."),
+    ("ENGRAM_AGENT", "The agent to act as, like --agent (default: the user name)."),
+    ("ENGRAM_DATA_DIR", "The data dir of a daemon that engram starts."),
+    ("ENGRAM_NO_AUTOSTART", "Set to 1 to never start engramd automatically."),
+    ("ENGRAM_DEBUG", "Set to 1 to show tracebacks instead of one-line errors."),
+    ("XDG_RUNTIME_DIR", "Holds the default socket directory, engram/."),
+    ("XDG_DATA_HOME", "Holds the default data dir, engram/ (default ~/.local/share)."),
+    ("NO_COLOR", "Set to anything to turn colour off."),
+]
+
+
+def engram_man_page() -> str:
+    root = typer.main.get_command(app)
+    root_ctx = typer.Context(root, info_name=PROG)
+    out = [
+        f'.TH ENGRAM 1 "{DATE}" "engram {__version__}" "User Commands"',
+        ".SH NAME",
+        "engram \\- coordination journal for the agents, scripts and git hooks of one machine",
+        ".SH SYNOPSIS",
+        ".B engram",
+        "[\\fIGLOBAL OPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...",
+        ".SH DESCRIPTION",
+        _roff(
+            "engram talks to engramd, the local daemon that keeps the journal, leases, "
+            "live stream and search index, over a Unix socket. When no daemon answers, "
+            "engram starts one in the background (see ENGRAM_NO_AUTOSTART). Output is "
+            "plain text when piped, formatted on a terminal, and JSON with --json."
+        ),
+        ".SH GLOBAL OPTIONS",
+    ]
+    for opts, help_text in _options(root, root_ctx):
+        out += [".TP", f".B {_roff(opts)}", _roff(help_text)]
+    out.append(".SH COMMANDS")
+    for path, command, ctx in _walk(root, [], root_ctx):
+        if not path:
+            continue
+        is_group = bool(getattr(command, "commands", None))
+        arguments = _arguments(command)
+        synopsis = " ".join([PROG, *path]) + (" COMMAND" if is_group else " [OPTIONS]")
+        if arguments:
+            synopsis += " " + arguments
+        out += [".SS " + _roff(synopsis), _roff(command.help or "")]  # type: ignore[attr-defined]
+        for opts, help_text in _options(command, ctx):
+            if opts.startswith("-h, --help"):
+                continue
+            out += [".TP", f".B {_roff(opts)}", _roff(help_text)]
+    out += [".SH EXIT STATUS", _roff(EXIT_CODES_HELP)]
+    out += [".TP", ".B 0", "Success.", ".TP", ".B 1", "Error.",
+            ".TP", ".B 2", "Usage: bad command line.",
+            ".TP", ".B 3", "Not found.", ".TP", ".B 4", "Conflict, or lock held by another.",
+            ".TP", ".B 5", "Timeout.", ".TP", ".B 69", "The daemon is unavailable."]
+    out.append(".SH ENVIRONMENT")
+    for name, text in ENGRAM_ENVIRONMENT:
+        out += [".TP", f".B {name}", _roff(text)]
+    out += [
+        ".SH FILES",
+        ".TP", ".I $XDG_RUNTIME_DIR/engram/engramd.sock",
+        _roff("The daemon's socket (else /tmp/engram-$UID/engramd.sock)."),
+        ".TP", ".I $XDG_DATA_HOME/engram/engramd.log",
+        _roff("The log of a daemon that engram started."),
+        ".SH EXAMPLES",
+        ".nf",
+        _roff("engram ping\nengram status --json\nengram daemon logs -f\n"
+              "ENGRAM_NO_AUTOSTART=1 engram ping || echo 'daemon down'"),
+        ".fi",
+        ".SH SEE ALSO",
+        ".BR engramd (8)",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def engramd_man_page() -> str:
+    parser = build_parser()
+    out = [
+        f'.TH ENGRAMD 8 "{DATE}" "engram {__version__}" "System Administration"',
+        ".SH NAME",
+        "engramd \\- the engram daemon",
+        ".SH SYNOPSIS",
+        ".B engramd",
+        "[\\fIOPTIONS\\fR]",
+        ".SH DESCRIPTION",
+        _roff(
+            "engramd owns the engram journal and serves clients over a Unix socket that "
+            "only its owner can reach (directory 0700, socket 0600; peers of another uid "
+            "are refused). It runs in the foreground; engram(1) starts it detached when "
+            "needed. A lock file in the data dir keeps two daemons from sharing it."
+        ),
+        ".SH OPTIONS",
+    ]
+    for action in parser._actions:
+        if not action.option_strings:
+            continue
+        flags = ", ".join(action.option_strings)
+        if action.metavar:
+            flags += f" {action.metavar}"
+        text = (action.help or "") % {"prog": "engramd"} if action.help else ""
+        if isinstance(action, argparse._VersionAction):
+            text = "print the version and exit"
+        out += [".TP", f".B {_roff(flags)}", _roff(text)]
+    out += [
+        ".SH CONFIGURATION",
+        _roff(
+            "Values come from the defaults, then the TOML file, then ENGRAM_<KEY> "
+            "environment variables (the key upper-cased, dots as underscores), then "
+            "--set KEY=VALUE flags. Unknown keys and bad values are errors. "
+            "engramd --print-config shows each value and its source."
+        ),
+    ]
+    for setting in SETTINGS:
+        default = setting.default
+        out += [".TP", f".B {_roff(setting.key)} \\fR({setting.kind.__name__}, default "
+                f"{_roff(str(default))}; {setting.env_var})",
+                _roff(setting.help)]
+    out += [
+        ".SH SIGNALS",
+        ".TP", ".B SIGTERM, SIGINT",
+        _roff("Stop gracefully: stop accepting, finish in-flight requests, close storage, "
+              "remove the socket, exit 0."),
+        ".SH EXIT STATUS",
+        ".TP", ".B 0", "Stopped cleanly.",
+        ".TP", ".B 1", _roff("Could not start (data dir or socket in use, unsafe directory) "
+                             "or failed."),
+        ".TP", ".B 2", "Bad arguments or configuration.",
+        ".SH FILES",
+        ".TP", ".I $XDG_RUNTIME_DIR/engram/engramd.sock",
+        _roff("The socket (else /tmp/engram-$UID/engramd.sock), with engramd.sock.lock."),
+        ".TP", ".I $XDG_DATA_HOME/engram/",
+        _roff("The data dir (default ~/.local/share/engram): engramd.lock, engramd.log."),
+        ".TP", ".I $XDG_CONFIG_HOME/engram/config.toml",
+        _roff("The configuration file, read when it exists."),
+        ".SH SEE ALSO",
+        ".BR engram (1)",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def man_pages() -> dict[str, str]:
+    return {"engram.1": engram_man_page(), "engramd.8": engramd_man_page()}
+
+
+def write(files: dict[str, str], directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    for name, text in files.items():
+        with open(os.path.join(directory, name), "w", encoding="utf-8") as file:
+            file.write(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] not in ("completions", "man"):
+        print("usage: python -m engram_cli.docgen completions|man DIR", file=sys.stderr)
+        return 2
+    kind, directory = args
+    write(completion_scripts() if kind == "completions" else man_pages(), directory)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Everything the CLI prints: the only module that imports rich.
+
+Three audiences: people at a terminal (rich tables and colour, ``NO_COLOR``
+honoured), scripts reading a pipe (plain tab-separated text, no colour) and
+programs asking for ``--json`` (the daemon's own field names, one JSON value
+per line). Errors are one line on stderr in every case.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from typing import IO, TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# Fields of the wire envelope, not of the answer itself.
+_ENVELOPE = ("msg", "id")
+_json_encoder = msgspec.json.Encoder()
+
+
+def to_plain_data(value: Any) -> Any:
+    """A protocol Struct as JSON-ready data, without the wire envelope."""
+    data = msgspec.to_builtins(value)
+    if isinstance(data, dict):
+        for key in _ENVELOPE:
+            data.pop(key, None)
+    return data
+
+
+def _color_allowed(stream: IO[str]) -> bool:
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+class Output:
+    """Where a command's results go, and in which form."""
+
+    def __init__(self, *, json: bool, stream: IO[str] | None = None) -> None:
+        self.json = json
+        self.stream = stream if stream is not None else sys.stdout
+        self.is_terminal = self.stream.isatty()
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(file=self.stream, highlight=False)
+        return self._console
+
+    def json_line(self, value: Any) -> None:
+        """One JSON value on one line, flushed (for pipes that follow along)."""
+        self.stream.write(_json_encoder.encode(to_plain_data(value)).decode() + "\n")
+        self.stream.flush()
+
+    def line(self, text: str, *, style: str | None = None) -> None:
+        if self.is_terminal and style:
+            self.console.print(text, style=style, markup=False)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def fields(self, title: str, rows: Iterable[tuple[str, Any]]) -> None:
+        """Named values: a two-column table on a terminal, ``key<TAB>value`` lines otherwise."""
+        rows = [(key, _text(value)) for key, value in rows]
+        if not self.is_terminal:
+            for key, value in rows:
+                self.stream.write(f"{key}\t{value}\n")
+            self.stream.flush()
+            return
+        from rich.table import Table
+
+        table = Table(title=title, show_header=False, title_justify="left", box=None,
+                      pad_edge=False)
+        table.add_column(style="bold cyan", no_wrap=True)
+        table.add_column(overflow="fold")
+        for key, value in rows:
+            table.add_row(key, value)
+        self.console.print(table)
+
+    def table(self, title: str, columns: list[str], rows: Iterable[list[str]]) -> None:
+        """Rows: a rich table on a terminal, tab-separated lines with a header otherwise."""
+        rows = list(rows)
+        if not self.is_terminal:
+            self.stream.write("\t".join(columns) + "\n")
+            for row in rows:
+                self.stream.write("\t".join(row) + "\n")
+            self.stream.flush()
+            return
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left")
+        for index, column in enumerate(columns):
+            table.add_column(column, justify="left" if index == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        self.console.print(table)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_text(v)}" for k, v in value.items())
+    return str(value)
+
+
+def error(message: str) -> None:
+    """The CLI's one line on stderr for a failure."""
+    stream = sys.stderr
+    if _color_allowed(stream):
+        stream.write(f"\x1b[1;31mengram: error:\x1b[0m {message}\n")
+    else:
+        stream.write(f"engram: error: {message}\n")
+    stream.flush()
+
+
+def note(message: str) -> None:
+    """A side remark on stderr (progress, hints); never mixed into stdout."""
+    sys.stderr.write(f"engram: {message}\n")
+    sys.stderr.flush()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    if hours:
+        return f"{hours}h {minutes}m {secs}s"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
