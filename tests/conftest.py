@@ -1,0 +1,234 @@
+"""Shared fixtures: short private temp dirs, daemons in-process and as processes, the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+
+from engramd.config import DaemonConfig, load_config
+from engramd.main import run_daemon
+from engramd.protocol import ErrorReply, FrameDecoder, encode_message
+from engramd.protocol.messages import AnyServerMessage
+from engramd.server import Server
+
+import msgspec
+
+WAIT = 10.0
+"""Upper bound for every wait in the tests; reached only when something is broken."""
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Poll *predicate* (bounded), failing the test with *what* if it never holds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+@pytest.fixture
+def scratch() -> Iterator[str]:
+    """A private (0700) temp dir with a short path: Unix socket paths must stay short."""
+    path = tempfile.mkdtemp(prefix="eg-", dir="/tmp")
+    os.chmod(path, 0o700)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def env(scratch: str) -> dict[str, str]:
+    """An environment that points engram at the scratch dir and never at the user's daemon."""
+    cleaned = {k: v for k, v in os.environ.items()
+               if not k.startswith("ENGRAM_") and k not in ("XDG_RUNTIME_DIR", "NO_COLOR")}
+    return {
+        **cleaned,
+        "ENGRAM_SOCKET": os.path.join(scratch, "run", "engramd.sock"),
+        "ENGRAM_DATA_DIR": os.path.join(scratch, "data"),
+        "XDG_CONFIG_HOME": os.path.join(scratch, "config"),
+        "ENGRAM_AGENT": "tester",
+    }
+
+
+def make_config(env: dict[str, str], **overrides: str) -> DaemonConfig:
+    return load_config(env=env, uid=os.geteuid(), overrides=overrides)
+
+
+@pytest.fixture
+def config(env: dict[str, str]) -> DaemonConfig:
+    return make_config(env)
+
+
+def socket_answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+@pytest.fixture
+async def daemon(config: DaemonConfig) -> Iterator[Server]:
+    """A daemon in this trio run, on a real socket; stopped gracefully afterwards."""
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(lambda task_status: run_daemon(
+            config, handle_signals=False, task_status=task_status))
+        yield server
+        server.engine.request_shutdown()
+
+
+@dataclass
+class ThreadedDaemon:
+    config: DaemonConfig
+    thread: threading.Thread
+    server: Server | None = None
+    token: trio.lowlevel.TrioToken | None = None
+    errors: list[BaseException] = field(default_factory=list)
+
+    def __enter__(self) -> ThreadedDaemon:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.thread.is_alive() and self.server is not None and self.token is not None:
+            try:
+                trio.from_thread.run_sync(self.server.engine.request_shutdown,
+                                          trio_token=self.token)
+            except trio.RunFinishedError:
+                pass
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive(), "daemon thread did not stop"
+        if self.errors:
+            raise self.errors[0]
+
+
+def start_threaded(config: DaemonConfig) -> ThreadedDaemon:
+    """Run a daemon in a background thread, for tests written with the blocking client."""
+    holder = ThreadedDaemon(config, threading.Thread())
+    ready = threading.Event()
+
+    async def body() -> None:
+        async with trio.open_nursery() as nursery:
+            holder.server = await nursery.start(lambda task_status: run_daemon(
+                config, handle_signals=False, task_status=task_status))
+            holder.token = trio.lowlevel.current_trio_token()
+            ready.set()
+
+    def run() -> None:
+        try:
+            trio.run(body)
+        except BaseException as exc:  # re-raised by stop() or right below
+            holder.errors.append(exc)
+            ready.set()
+
+    holder.thread = threading.Thread(target=run, daemon=True)
+    holder.thread.start()
+    assert ready.wait(WAIT), "daemon did not start"
+    if holder.errors:
+        raise holder.errors[0]
+    return holder
+
+
+@pytest.fixture
+def threaded_daemon(config: DaemonConfig) -> Iterator[ThreadedDaemon]:
+    holder = start_threaded(config)
+    yield holder
+    holder.stop()
+
+
+@dataclass
+class DaemonProcess:
+    process: subprocess.Popen[bytes]
+    socket: str
+    env: dict[str, str]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(WAIT)
+
+
+def spawn_engramd(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "engramd", *args], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+def engramd(env: dict[str, str]) -> Iterator[DaemonProcess]:
+    """``engramd`` as a real process on the scratch socket and data dir."""
+    process = spawn_engramd(env)
+    path = env["ENGRAM_SOCKET"]
+    wait_until(lambda: socket_answers(path) or process.poll() is not None, "engramd to listen")
+    assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+    handle = DaemonProcess(process, path, env)
+    yield handle
+    handle.stop()
+    for stream in (process.stdout, process.stderr):
+        if stream:
+            stream.close()
+
+
+def run_cli(env: dict[str, str], *args: str, input: bytes | None = None,
+            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run the real ``engram`` program as a process."""
+    return subprocess.run([sys.executable, "-m", "engram_cli", *args], env=env,
+                          input=input.decode() if input is not None else None,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+class RawConnection:
+    """A bare socket speaking frames, for sending what a well-behaved client never would."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(WAIT)
+        self.sock.connect(path)
+        self.frames = FrameDecoder()
+        self._decoder = msgspec.msgpack.Decoder(AnyServerMessage)
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send(self, message: msgspec.Struct) -> None:
+        self.sock.sendall(encode_message(message))  # type: ignore[arg-type]
+
+    def receive(self) -> AnyServerMessage | None:
+        """The next message, or None when the daemon closed the connection."""
+        while True:
+            body = self.frames.next_frame()
+            if body is not None:
+                return self._decoder.decode(body)
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.frames.receive_data(data)
+
+    def receive_error(self) -> ErrorReply:
+        message = self.receive()
+        assert isinstance(message, ErrorReply), message
+        return message
+
+    def closed_by_peer(self) -> bool:
+        return self.receive() is None
+
+    def close(self) -> None:
+        self.sock.close()

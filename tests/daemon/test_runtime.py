@@ -1,0 +1,176 @@
+"""The daemon's footprint: private dirs, the socket's mode, single ownership, stale sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from engram_cli.client import Client
+from engramd.errors import StartupError
+from engramd.runtime import claim_runtime, ensure_private_dir
+from tests.conftest import (
+    ThreadedDaemon,
+    make_config,
+    spawn_engramd,
+    start_threaded,
+    wait_until,
+)
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown or setuid")
+
+
+def mode(path: str) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_socket_is_0600_in_a_0700_dir(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    assert stat.S_ISSOCK(os.lstat(config.socket).st_mode)
+    assert mode(config.socket) == 0o600
+    assert mode(os.path.dirname(config.socket)) == 0o700
+    assert mode(config.data_dir) == 0o700
+
+
+def test_world_writable_socket_dir_is_refused(scratch: str) -> None:
+    path = os.path.join(scratch, "open")
+    os.mkdir(path)
+    os.chmod(path, 0o777)
+    with pytest.raises(StartupError, match="writable by others.*chmod 700"):
+        ensure_private_dir(path, what="socket directory")
+
+
+@needs_root
+def test_dir_owned_by_another_user_is_refused(scratch: str) -> None:
+    path = os.path.join(scratch, "theirs")
+    os.mkdir(path, 0o700)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(StartupError, match="owned by uid 65534"):
+        ensure_private_dir(path, what="socket directory")
+
+
+def test_symlinked_dir_is_refused(scratch: str) -> None:
+    target = os.path.join(scratch, "real")
+    os.mkdir(target, 0o700)
+    link = os.path.join(scratch, "link")
+    os.symlink(target, link)
+    with pytest.raises(StartupError, match="symlink"):
+        ensure_private_dir(link, what="socket directory")
+
+
+def test_two_daemons_never_share_a_data_dir(env: dict[str, str], scratch: str) -> None:
+    config = make_config(env)
+    with start_threaded(config):
+        other_env = {**env, "ENGRAM_SOCKET": os.path.join(scratch, "other", "s.sock")}
+        second = spawn_engramd(other_env)
+        _, err = second.communicate(timeout=10)
+        assert second.returncode == 1
+        assert f"data dir {config.data_dir} is in use by another engramd (pid {os.getpid()})" \
+            in err.decode()
+
+
+def test_second_daemon_on_the_same_socket_exits(env: dict[str, str], scratch: str) -> None:
+    config = make_config(env)
+    with start_threaded(config):
+        other_env = {**env, "ENGRAM_DATA_DIR": os.path.join(scratch, "data2")}
+        second = spawn_engramd(other_env)
+        _, err = second.communicate(timeout=10)
+        assert second.returncode == 1
+        assert f"socket {config.socket} is in use" in err.decode()
+        with Client(config.socket, autostart=False) as engram:
+            engram.ping()
+
+
+def test_stale_socket_file_is_replaced(env: dict[str, str]) -> None:
+    config = make_config(env)
+    os.makedirs(os.path.dirname(config.socket), mode=0o700)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(config.socket)
+    dead.close()  # the file stays behind, nothing listens
+    with start_threaded(config), Client(config.socket, autostart=False) as engram:
+        engram.ping()
+
+
+def test_live_foreign_listener_is_not_replaced(env: dict[str, str]) -> None:
+    config = make_config(env)
+    os.makedirs(os.path.dirname(config.socket), mode=0o700)
+    os.makedirs(config.data_dir, mode=0o700)
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(config.socket)
+    squatter.listen(1)
+    try:
+        with pytest.raises(StartupError, match="already listening"), \
+                claim_runtime(config.socket, config.data_dir):
+            pass
+        assert os.path.exists(config.socket)
+    finally:
+        squatter.close()
+
+
+def test_socket_file_is_removed_on_stop(env: dict[str, str]) -> None:
+    config = make_config(env)
+    with start_threaded(config):
+        assert os.path.exists(config.socket)
+    assert not os.path.exists(config.socket)
+
+
+@needs_root
+def test_peer_of_another_uid_is_refused_by_credentials(env: dict[str, str]) -> None:
+    """Second layer: even with the file modes opened up, SO_PEERCRED keeps others out."""
+    config = make_config(env)
+    with start_threaded(config):
+        os.chmod(os.path.dirname(config.socket), 0o755)
+        os.chmod(config.socket, 0o777)
+        os.chmod(os.path.dirname(os.path.dirname(config.socket)), 0o755)
+        script = textwrap.dedent(f"""
+            import os, socket, msgspec
+            from engramd.protocol import ClientConnection, PROTOCOL_VERSION
+            os.setgid(65534); os.setuid(65534)
+            sock = socket.socket(socket.AF_UNIX); sock.settimeout(10)
+            sock.connect({config.socket!r})
+            conn = ClientConnection(client_name="intruder", agent_id="x")
+            sock.sendall(conn.hello(PROTOCOL_VERSION))
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    print("closed"); break
+                conn.receive_data(data)
+                event = conn.next_event()
+                if hasattr(event, "code"):
+                    print(event.code); break
+        """)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                text=True, timeout=10, cwd=os.getcwd(),
+                                env={**env, "PYTHONPATH": os.getcwd()})
+        assert result.stdout.strip() == "forbidden", result.stderr
+        with Client(config.socket, autostart=False) as engram:
+            engram.ping()
+
+
+@needs_root
+def test_other_uid_cannot_even_connect_with_default_modes(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    script = (f"import os, socket; os.setgid(65534); os.setuid(65534); "
+              f"s = socket.socket(socket.AF_UNIX); s.connect({config.socket!r})")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=10)
+    assert "PermissionError" in result.stderr
+
+
+def test_sigterm_stops_the_daemon_cleanly(env: dict[str, str]) -> None:
+    process = spawn_engramd(env)
+    path = env["ENGRAM_SOCKET"]
+    wait_until(lambda: os.path.exists(path) or process.poll() is not None, "the socket")
+    with Client(path, autostart=False) as engram:
+        engram.ping()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    assert not os.path.exists(path)
+    _, err = process.communicate()
+    assert b"received SIGTERM; stopping" in err
