@@ -1,0 +1,187 @@
+"""The ``engram`` program at its boundary: command line in, exit status and output out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import DaemonProcess, run_cli, socket_answers
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("engram: error: ")
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_ping_starts_the_daemon_when_none_runs(env: dict[str, str]) -> None:
+    assert not os.path.exists(env["ENGRAM_SOCKET"])
+    result = run_cli(env, "ping")
+    try:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("pong from engramd")
+        log = os.path.join(env["ENGRAM_DATA_DIR"], "engramd.log")
+        assert "ready on" in open(log).read()
+    finally:
+        stopped = run_cli(env, "daemon", "stop")
+    assert stopped.returncode == 0 and "stopped engramd" in stopped.stdout
+    assert not os.path.exists(env["ENGRAM_SOCKET"])
+
+
+def test_no_autostart_gives_exit_69_and_one_line(env: dict[str, str]) -> None:
+    env["ENGRAM_NO_AUTOSTART"] = "1"
+    result = run_cli(env, "ping")
+    assert result.returncode == 69
+    assert "engramd is not running on" in one_error_line(result)
+    assert not socket_answers(env["ENGRAM_SOCKET"])
+
+
+def test_concurrent_autostarts_start_one_daemon(env: dict[str, str]) -> None:
+    processes = [subprocess.Popen([sys.executable, "-m", "engram_cli", "--json", "status"],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(4)]
+    try:
+        outputs = [process.communicate(timeout=30) for process in processes]
+        assert [process.returncode for process in processes] == [0] * 4, outputs
+        pids = {json.loads(out)["pid"] for out, _ in outputs}
+        assert len(pids) == 1
+    finally:
+        run_cli(env, "daemon", "stop")
+
+
+def test_json_status_uses_the_protocol_field_names(engramd: DaemonProcess) -> None:
+    result = run_cli(engramd.env, "--json", "status")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["state"] == "ready"
+    assert data["socket"] == engramd.socket
+    assert data["pid"] == engramd.process.pid
+    assert data["limits"]["max_frame_bytes"] == 16 * 1024 * 1024
+    assert "msg" not in data and "id" not in data
+
+
+def test_json_flag_after_the_command_works_too(engramd: DaemonProcess) -> None:
+    result = run_cli(engramd.env, "ping", "--count", "2", "--json")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 2
+    assert {"daemon_version", "uptime", "server_time", "rtt_ms"} <= set(lines[0])
+
+
+def test_piped_status_is_tab_separated(engramd: DaemonProcess) -> None:
+    result = run_cli(engramd.env, "status")
+    rows = dict(line.split("\t", 1) for line in result.stdout.splitlines())
+    assert rows["state"] == "ready"
+    assert rows["pid"] == str(engramd.process.pid)
+    assert "\x1b[" not in result.stdout
+
+
+@pytest.mark.parametrize("args", [["ping", "--count", "0"], ["no-such-command"],
+                                  ["daemon", "start", "--timeout", "x"]])
+def test_usage_errors_exit_2(env: dict[str, str], args: list[str]) -> None:
+    env["ENGRAM_NO_AUTOSTART"] = "1"
+    result = run_cli(env, *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_the_exit_codes(env: dict[str, str]) -> None:
+    result = run_cli(env, "--help")
+    assert result.returncode == 0
+    assert "69 daemon unavailable" in result.stdout
+
+
+def test_daemon_status_when_stopped_exits_69(env: dict[str, str]) -> None:
+    result = run_cli(env, "daemon", "status")
+    assert result.returncode == 69
+    one_error_line(result)
+    assert not os.path.exists(env["ENGRAM_SOCKET"]), "daemon status must not start a daemon"
+
+
+def test_daemon_stop_when_stopped_is_fine(env: dict[str, str]) -> None:
+    result = run_cli(env, "daemon", "stop")
+    assert result.returncode == 0
+    assert result.stdout.strip() == "engramd is not running"
+
+
+def test_daemon_start_status_restart_logs_stop(env: dict[str, str]) -> None:
+    try:
+        started = run_cli(env, "--json", "daemon", "start")
+        assert started.returncode == 0, started.stderr
+        first = json.loads(started.stdout)
+        assert first["started"] is True
+        again = run_cli(env, "daemon", "start")
+        assert f"already running (pid {first['pid']})" in again.stdout
+        status = run_cli(env, "daemon", "status")
+        assert status.returncode == 0 and "running (ready)" in status.stdout
+        restarted = run_cli(env, "--json", "daemon", "restart")
+        second = json.loads(restarted.stdout)
+        assert second["started"] is True and second["pid"] != first["pid"]
+        logs = run_cli(env, "daemon", "logs", "-n", "100")
+        assert logs.stdout.count("ready on") == 2
+        assert "stopping" in logs.stdout
+    finally:
+        assert run_cli(env, "daemon", "stop").returncode == 0
+
+
+def test_version_never_starts_a_daemon(env: dict[str, str]) -> None:
+    result = run_cli(env, "--json", "version")
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert data["daemon"] is None and data["protocol_version"] == 1
+    assert not os.path.exists(env["ENGRAM_SOCKET"])
+
+
+def test_version_reports_a_running_daemon(engramd: DaemonProcess) -> None:
+    result = run_cli(engramd.env, "version")
+    assert f"pid {engramd.process.pid}" in result.stdout
+
+
+def test_over_long_socket_path_is_one_clear_line(env: dict[str, str]) -> None:
+    result = run_cli(env, "--socket", "/tmp/" + "x" * 200 + "/s.sock", "ping")
+    assert result.returncode == 1
+    assert "over the limit of 107" in one_error_line(result)
+
+
+def test_daemon_refuses_over_long_socket_path(env: dict[str, str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "engramd", "--socket", "/" + "y" * 200],
+                            env=env, capture_output=True, text=True, timeout=10)
+    assert result.returncode == 2
+    assert "over the limit of 107" in result.stderr
+
+
+def test_debug_shows_the_traceback(env: dict[str, str]) -> None:
+    env.update(ENGRAM_NO_AUTOSTART="1", ENGRAM_DEBUG="1")
+    result = run_cli(env, "ping")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "DaemonUnavailable" in result.stderr
+
+
+def test_daemon_that_cannot_start_names_its_log(env: dict[str, str]) -> None:
+    os.makedirs(os.path.dirname(env["XDG_CONFIG_HOME"] + "/engram/config.toml"))
+    with open(env["XDG_CONFIG_HOME"] + "/engram/config.toml", "w") as file:
+        file.write("bogus = 1\n")
+    result = run_cli(env, "ping")
+    assert result.returncode == 69
+    line = one_error_line(result)
+    assert "engramd.log" in line and "unknown key 'bogus'" in line
+
+
+def test_bench_reports_percentiles(env: dict[str, str]) -> None:
+    result = run_cli(env, "bench", "--only", "ping", "--scale", "0.01", "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row["name"] == "ping" and row["ops"] == 50
+    assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert row["throughput"] > 0
+
+
+def test_bench_rejects_unknown_workloads(env: dict[str, str]) -> None:
+    result = run_cli(env, "bench", "--only", "nope")
+    assert result.returncode == 2
+    assert "unknown workload nope" in one_error_line(result)

@@ -1,0 +1,82 @@
+"""The documents must say what the code does: generated files current, specs complete."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import typer
+
+from engram_cli.app import app
+from engram_cli.docgen import completion_scripts, man_pages
+from engram_cli.errors import ExitCode
+from engramd.config import SETTINGS
+from engramd.protocol import ErrorCode
+
+ROOT = Path(__file__).parent.parent
+
+
+def command_paths() -> list[str]:
+    paths = []
+
+    def walk(command: object, path: list[str]) -> None:
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            paths.append(" ".join([*path, name]))
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+@pytest.mark.parametrize("name, text", sorted(completion_scripts().items()))
+def test_checked_in_completions_are_current(name: str, text: str) -> None:
+    assert (ROOT / "completions" / name).read_text() == text, "run: make completions"
+
+
+@pytest.mark.parametrize("name, text", sorted(man_pages().items()))
+def test_checked_in_man_pages_are_current(name: str, text: str) -> None:
+    assert (ROOT / "man" / name).read_text() == text, "run: make man"
+
+
+def test_every_command_is_in_the_man_page() -> None:
+    page = (ROOT / "man" / "engram.1").read_text().replace("\\-", "-")
+    for path in command_paths():
+        assert f".SS engram {path}" in page, path
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="man is not installed")
+@pytest.mark.parametrize("page", ["engram.1", "engramd.8"])
+def test_man_pages_render_without_warnings(page: str) -> None:
+    result = subprocess.run(["man", "--warnings", "-l", "-E", "UTF-8", str(ROOT / "man" / page)],
+                            capture_output=True, text=True, timeout=30,
+                            env={"MANWIDTH": "80", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert "NAME" in result.stdout
+
+
+def test_specs_document_every_error_code_exit_code_and_setting() -> None:
+    specs = (ROOT / "SPECS.md").read_text()
+    for code in ErrorCode:
+        assert f"`{code.value}`" in specs, code
+    for exit_code in ExitCode:
+        assert f"| {exit_code.value} |" in specs, exit_code
+    for setting in SETTINGS:
+        assert f"`{setting.key}`" in specs, setting.key
+
+
+def test_specs_list_every_command() -> None:
+    specs = (ROOT / "SPECS.md").read_text()
+    for path in command_paths():
+        assert f"engram {path}" in specs, path
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    head = "\n".join((ROOT / "README.md").read_text().splitlines()[:25])
+    assert "make demo" in head and "make test" in head
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

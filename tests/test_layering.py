@@ -1,0 +1,69 @@
+"""Import rules that keep the layers honest (see SPECS.md, Architecture)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+# Standard modules that do I/O or concurrency have no place in the pure protocol.
+IMPURE = {"socket", "select", "selectors", "subprocess", "threading", "asyncio", "io"}
+
+
+@pytest.mark.parametrize("path", modules("engramd/protocol"), ids=lambda p: p.name)
+def test_protocol_is_pure(path: Path) -> None:
+    for name in imports_of(path):
+        top = name.split(".")[0]
+        assert top in sys.stdlib_module_names or top == "msgspec" or \
+            name.startswith("engramd.protocol"), f"{path.name} imports {name}"
+        assert top not in IMPURE, f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("path", modules("engramd"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_daemon_never_imports_the_cli_side(path: Path) -> None:
+    for name in imports_of(path):
+        assert name.split(".")[0] not in ("engram_cli", "typer", "rich"), f"{path} imports {name}"
+
+
+@pytest.mark.parametrize("path", modules("engram_cli"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_cli_uses_only_the_protocol_of_the_daemon(path: Path) -> None:
+    allowed = {"engramd", "engramd.protocol"}
+    if path.name == "docgen.py":  # documents the daemon's options and settings
+        allowed |= {"engramd.config", "engramd.main"}
+    for name in imports_of(path):
+        if name.split(".")[0] == "engramd":
+            assert name in allowed or name.startswith("engramd.protocol"), f"{path} imports {name}"
+
+
+def test_only_output_imports_rich() -> None:
+    for path in modules("engram_cli"):
+        if any(name.split(".")[0] == "rich" for name in imports_of(path)):
+            assert path.name == "output.py", path
+
+
+def test_an_ordinary_command_loads_neither_trio_nor_rich() -> None:
+    code = ("import sys; from engram_cli import app, client; "
+            "print(sorted(m for m in ('trio', 'rich') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30, check=True)
+    assert result.stdout.strip() == "[]"
