@@ -9,10 +9,10 @@ checked-in files can be regenerated and compared by the tests.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import typer
 from typer._completion_shared import get_completion_script
@@ -42,16 +42,14 @@ def completion_scripts() -> dict[str, str]:
 def _roff(text: str) -> str:
     """Escape text for roff: backslashes, leading dots and quotes, hyphens."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
-    lines = []
-    for line in text.splitlines() or [""]:
-        if line.startswith((".", "'")):
-            line = "\\&" + line
-        lines.append(line)
-    return "\n".join(lines)
+    return "\n".join(
+        "\\&" + line if line.startswith((".", "'")) else line
+        for line in text.splitlines() or [""]
+    )
 
 
-def _walk(command: typer.core.TyperGroup | typer.core.TyperCommand, path: list[str],
-          ctx: typer.Context) -> Iterator[tuple[list[str], object, typer.Context]]:
+def _walk(command: Any, path: list[str],
+          ctx: typer.Context) -> Iterator[tuple[list[str], Any, typer.Context]]:
     yield path, command, ctx
     commands = getattr(command, "commands", None)
     if commands:
@@ -61,7 +59,7 @@ def _walk(command: typer.core.TyperGroup | typer.core.TyperCommand, path: list[s
             yield from _walk(sub, [*path, name], sub_ctx)
 
 
-def _options(command: object, ctx: typer.Context) -> list[tuple[str, str]]:
+def _options(command: Any, ctx: typer.Context) -> list[tuple[str, str]]:
     records = []
     for param in getattr(command, "params", []):
         record = param.get_help_record(ctx)
@@ -70,13 +68,10 @@ def _options(command: object, ctx: typer.Context) -> list[tuple[str, str]]:
     return records
 
 
-def _arguments(command: object) -> str:
-    names = []
-    for param in getattr(command, "params", []):
-        if param.param_type_name == "argument":
-            names.append(param.make_metavar(typer.Context(command)) if False else
-                         (param.human_readable_name.upper()))
-    return " ".join(names)
+def _arguments(command: Any) -> str:
+    return " ".join(param.human_readable_name.upper()
+                    for param in getattr(command, "params", [])
+                    if param.param_type_name == "argument")
 
 
 ENGRAM_ENVIRONMENT = [
@@ -121,7 +116,7 @@ def engram_man_page() -> str:
         synopsis = " ".join([PROG, *path]) + (" COMMAND" if is_group else " [OPTIONS]")
         if arguments:
             synopsis += " " + arguments
-        out += [".SS " + _roff(synopsis), _roff(command.help or "")]  # type: ignore[attr-defined]
+        out += [".SS " + _roff(synopsis), _roff(command.help or "")]
         for opts, help_text in _options(command, ctx):
             if opts.startswith("-h, --help"):
                 continue

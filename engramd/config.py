@@ -69,7 +69,7 @@ class Setting:
             raise ConfigError(
                 f"{where}: {self.key} must be {self.kind.__name__}, got {value!r}"
             )
-        if self.minimum is not None and value < self.minimum:
+        if self.minimum is not None and isinstance(value, int | float) and value < self.minimum:
             raise ConfigError(f"{where}: {self.key} must be at least {self.minimum}, got {value}")
         if self.choices and value not in self.choices:
             raise ConfigError(
@@ -198,10 +198,10 @@ def load_config(
             sources[setting.key] = f"env:{setting.env_var}"
 
     for key, text in (overrides or {}).items():
-        setting = _BY_KEY.get(key)
-        if setting is None:
+        override = _BY_KEY.get(key)
+        if override is None:
             raise ConfigError(f"--set: unknown key {key!r}")
-        values[key] = setting.parse_text(text, f"--set {key}")
+        values[key] = override.parse_text(text, f"--set {key}")
         sources[key] = "flag"
 
     sources["socket"] = "flag" if socket else (

@@ -15,10 +15,10 @@ from typing import Protocol
 from engramd.engine import Engine
 from engramd.errors import BadRequest, EngramError
 from engramd.protocol import (
+    PROTOCOL_VERSION,
     ClientMessage,
     DaemonStatus,
     ErrorCode,
-    PROTOCOL_VERSION,
     ErrorReply,
     GetStatus,
     Limits,

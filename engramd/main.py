@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 import trio
+from trio_typing import TaskStatus
 
 from engramd import __version__
 from engramd.config import SETTINGS, ConfigError, DaemonConfig, load_config
@@ -77,10 +78,8 @@ def print_config(config: DaemonConfig) -> None:
 
 
 class _UTCFormatter(logging.Formatter):
-    converter = time.gmtime
-
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created))
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         return f"{stamp}.{int(record.msecs):03d}Z"
 
 
@@ -103,7 +102,7 @@ async def run_daemon(
     config: DaemonConfig,
     *,
     handle_signals: bool = True,
-    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    task_status: TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one daemon until it is asked to stop; importable for in-process tests.
 

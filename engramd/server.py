@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass, field
 
 import trio
+from trio_typing import TaskStatus
 
 from engramd.config import DaemonConfig
 from engramd.dispatch import Dispatcher
@@ -29,6 +30,7 @@ from engramd.engine import Engine
 from engramd.protocol import (
     CLOSED,
     NEED_DATA,
+    ClientMessage,
     PROTOCOL_VERSION,
     ErrorCode,
     ErrorReply,
@@ -108,7 +110,7 @@ class Server:
         self,
         listen_socket: socket.socket,
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until the engine asks for shutdown, then stop gracefully.
 
@@ -185,9 +187,9 @@ class Server:
                 except RemoteProtocolError as exc:
                     log.info("pid %d broke the protocol: %s", session.peer.pid, exc)
                     await self._goodbye(session, exc.code, str(exc))
-            if session.hello is None and session.reader_scope.cancelled_caught:
-                if not self.engine.shutdown_requested.is_set():
-                    await self._goodbye(session, ErrorCode.BAD_REQUEST, "no hello in time")
+            timed_out = session.hello is None and session.reader_scope.cancelled_caught
+            if timed_out and not self.engine.shutdown_requested.is_set():
+                await self._goodbye(session, ErrorCode.BAD_REQUEST, "no hello in time")
         # Leaving the nursery waited for in-flight requests to answer.
 
     async def _read_requests(
@@ -244,10 +246,10 @@ class Server:
         return True
 
     async def _run_request(
-        self, session: Session, inflight: trio.Semaphore, request: object
+        self, session: Session, inflight: trio.Semaphore, request: ClientMessage
     ) -> None:
         try:
-            reply = await self.dispatcher.dispatch(request)  # type: ignore[arg-type]
+            reply = await self.dispatcher.dispatch(request)
         finally:
             inflight.release()
         self._requests_served += 1

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 import trio
 
@@ -22,8 +23,6 @@ from engramd.main import run_daemon
 from engramd.protocol import ErrorReply, FrameDecoder, encode_message
 from engramd.protocol.messages import AnyServerMessage
 from engramd.server import Server
-
-import msgspec
 
 WAIT = 10.0
 """Upper bound for every wait in the tests; reached only when something is broken."""

@@ -42,8 +42,8 @@ def bench(
     if unknown:
         raise UsageProblem(f"unknown workload {', '.join(unknown)} (see engram bench --list)")
     with _target(cli, use_running) as target:
-        target = dataclasses.replace(target, scale=scale)
-        results = harness.run_workloads(target, names, lambda name: note(f"bench: {name}"))
+        results = harness.run_workloads(dataclasses.replace(target, scale=scale), names,
+                                         lambda name: note(f"bench: {name}"))
     if out.json:
         for result in results:
             out.json_line(result)

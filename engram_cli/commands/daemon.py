@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from engram_cli import context
-from engram_cli.autostart import START_TIMEOUT, daemon_answers, start_daemon
+from engram_cli.autostart import START_TIMEOUT, start_daemon
 from engram_cli.context import JsonOption
 from engram_cli.errors import ClientTimeout, DaemonUnavailable
 from engram_cli.output import format_duration, to_plain_data

@@ -6,50 +6,118 @@ This package is the only part of :mod:`engramd` that :mod:`engram_cli` uses.
 
 from engramd.protocol.address import (
     MAX_SOCKET_PATH_BYTES as MAX_SOCKET_PATH_BYTES,
+)
+from engramd.protocol.address import (
     SocketPathTooLong as SocketPathTooLong,
+)
+from engramd.protocol.address import (
     check_socket_path as check_socket_path,
+)
+from engramd.protocol.address import (
     default_config_file as default_config_file,
+)
+from engramd.protocol.address import (
     log_file_in as log_file_in,
+)
+from engramd.protocol.address import (
     resolve_data_dir as resolve_data_dir,
+)
+from engramd.protocol.address import (
     resolve_socket_path as resolve_socket_path,
 )
 from engramd.protocol.connection import (
     CLOSED as CLOSED,
+)
+from engramd.protocol.connection import (
     NEED_DATA as NEED_DATA,
+)
+from engramd.protocol.connection import (
     ClientConnection as ClientConnection,
+)
+from engramd.protocol.connection import (
     InvalidMessage as InvalidMessage,
+)
+from engramd.protocol.connection import (
     ServerConnection as ServerConnection,
+)
+from engramd.protocol.connection import (
     State as State,
+)
+from engramd.protocol.connection import (
     encode_message as encode_message,
 )
 from engramd.protocol.errors import (
     ErrorCode as ErrorCode,
+)
+from engramd.protocol.errors import (
     FrameTooLarge as FrameTooLarge,
+)
+from engramd.protocol.errors import (
     LocalProtocolError as LocalProtocolError,
+)
+from engramd.protocol.errors import (
     ProtocolError as ProtocolError,
+)
+from engramd.protocol.errors import (
     RemoteProtocolError as RemoteProtocolError,
 )
 from engramd.protocol.framing import (
     DEFAULT_MAX_FRAME as DEFAULT_MAX_FRAME,
+)
+from engramd.protocol.framing import (
     FrameDecoder as FrameDecoder,
+)
+from engramd.protocol.framing import (
     encode_frame as encode_frame,
 )
 from engramd.protocol.messages import (
     PROTOCOL_VERSION as PROTOCOL_VERSION,
+)
+from engramd.protocol.messages import (
     AnyClientMessage as AnyClientMessage,
+)
+from engramd.protocol.messages import (
     AnyServerMessage as AnyServerMessage,
+)
+from engramd.protocol.messages import (
     ClientMessage as ClientMessage,
+)
+from engramd.protocol.messages import (
     DaemonStatus as DaemonStatus,
+)
+from engramd.protocol.messages import (
     ErrorReply as ErrorReply,
+)
+from engramd.protocol.messages import (
     GetStatus as GetStatus,
+)
+from engramd.protocol.messages import (
     Hello as Hello,
+)
+from engramd.protocol.messages import (
     Limits as Limits,
+)
+from engramd.protocol.messages import (
     Ping as Ping,
+)
+from engramd.protocol.messages import (
     Pong as Pong,
+)
+from engramd.protocol.messages import (
     Reply as Reply,
+)
+from engramd.protocol.messages import (
     Request as Request,
+)
+from engramd.protocol.messages import (
     ServerMessage as ServerMessage,
+)
+from engramd.protocol.messages import (
     Shutdown as Shutdown,
+)
+from engramd.protocol.messages import (
     ShuttingDown as ShuttingDown,
+)
+from engramd.protocol.messages import (
     Welcome as Welcome,
 )

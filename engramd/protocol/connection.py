@@ -109,7 +109,7 @@ class ServerConnection:
         if body is None:
             return CLOSED if self._frames.at_eof else NEED_DATA
         try:
-            message = _client_decoder.decode(body)
+            message: ClientMessage = _client_decoder.decode(body)
         except msgspec.ValidationError as exc:
             return self._invalid(body, exc)
         except (msgspec.DecodeError, RecursionError) as exc:
@@ -210,7 +210,7 @@ class ClientConnection:
                 return CLOSED
             return NEED_DATA
         try:
-            message = _server_decoder.decode(body)
+            message: ServerMessage = _server_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise RemoteProtocolError(f"unreadable message from the daemon: {exc}") from None
         if self.state is State.HANDSHAKE:

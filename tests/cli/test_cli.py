@@ -27,7 +27,8 @@ def test_ping_starts_the_daemon_when_none_runs(env: dict[str, str]) -> None:
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("pong from engramd")
         log = os.path.join(env["ENGRAM_DATA_DIR"], "engramd.log")
-        assert "ready on" in open(log).read()
+        with open(log) as file:
+            assert "ready on" in file.read()
     finally:
         stopped = run_cli(env, "daemon", "stop")
     assert stopped.returncode == 0 and "stopped engramd" in stopped.stdout
@@ -150,7 +151,7 @@ def test_over_long_socket_path_is_one_clear_line(env: dict[str, str]) -> None:
 
 def test_daemon_refuses_over_long_socket_path(env: dict[str, str]) -> None:
     result = subprocess.run([sys.executable, "-m", "engramd", "--socket", "/" + "y" * 200],
-                            env=env, capture_output=True, text=True, timeout=10)
+                            env=env, capture_output=True, text=True, timeout=10, check=False)
     assert result.returncode == 2
     assert "over the limit of 107" in result.stderr
 

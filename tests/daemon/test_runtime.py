@@ -42,7 +42,7 @@ def test_world_writable_socket_dir_is_refused(scratch: str) -> None:
     path = os.path.join(scratch, "open")
     os.mkdir(path)
     os.chmod(path, 0o777)
-    with pytest.raises(StartupError, match="writable by others.*chmod 700"):
+    with pytest.raises(StartupError, match=r"writable by others.*chmod 700"):
         ensure_private_dir(path, what="socket directory")
 
 
@@ -146,7 +146,7 @@ def test_peer_of_another_uid_is_refused_by_credentials(env: dict[str, str]) -> N
                     print(event.code); break
         """)
         result = subprocess.run([sys.executable, "-c", script], capture_output=True,
-                                text=True, timeout=10, cwd=os.getcwd(),
+                                text=True, timeout=10, cwd=os.getcwd(), check=False,
                                 env={**env, "PYTHONPATH": os.getcwd()})
         assert result.stdout.strip() == "forbidden", result.stderr
         with Client(config.socket, autostart=False) as engram:
@@ -159,7 +159,7 @@ def test_other_uid_cannot_even_connect_with_default_modes(threaded_daemon: Threa
     script = (f"import os, socket; os.setgid(65534); os.setuid(65534); "
               f"s = socket.socket(socket.AF_UNIX); s.connect({config.socket!r})")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=10)
+                            timeout=10, check=False)
     assert "PermissionError" in result.stderr
 
 

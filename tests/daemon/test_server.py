@@ -70,10 +70,10 @@ async def test_many_tasks_share_one_trio_connection(daemon: Server, config: Daem
         replies.append(await engram.ping())
 
     with trio.fail_after(10):
-        async with open_client(config.socket, autostart=False) as engram:
-            async with trio.open_nursery() as nursery:
-                for _ in range(200):
-                    nursery.start_soon(one, engram)
+        async with open_client(config.socket, autostart=False) as engram, \
+                trio.open_nursery() as nursery:
+            for _ in range(200):
+                nursery.start_soon(one, engram)
     assert len(replies) == 200
     assert daemon.requests_served == 200
 

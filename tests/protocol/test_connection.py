@@ -131,7 +131,7 @@ def test_deep_nesting_never_escapes_as_recursion_error(body: bytes) -> None:
 
 
 def test_second_hello_is_invalid() -> None:
-    client, server = handshake()
+    _, server = handshake()
     server.receive_data(encode_frame(msgspec.msgpack.encode(
         Hello(id=50, protocol_version=1, client_name="x", agent_id="y"))))
     event = server.next_event()
@@ -178,6 +178,6 @@ def test_server_must_answer_hello_with_welcome_or_error() -> None:
 
 
 def test_clean_close_between_frames() -> None:
-    client, server = handshake()
+    _, server = handshake()
     server.receive_data(b"")
     assert server.next_event() is CLOSED
