@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
@@ -83,8 +83,12 @@ class Output:
             table.add_row(key, value)
         self.console.print(table)
 
-    def table(self, title: str, columns: list[str], rows: Iterable[list[str]]) -> None:
-        """Rows: a rich table on a terminal, tab-separated lines with a header otherwise."""
+    def table(self, title: str, columns: list[str], rows: Iterable[list[str]], *,
+              numeric: Collection[str] = ()) -> None:
+        """Rows: a rich table on a terminal, tab-separated lines with a header otherwise.
+
+        Columns named in *numeric* are right-aligned on a terminal.
+        """
         rows = list(rows)
         if not self.is_terminal:
             self.stream.write("\t".join(columns) + "\n")
@@ -95,8 +99,8 @@ class Output:
         from rich.table import Table
 
         table = Table(title=title, title_justify="left")
-        for index, column in enumerate(columns):
-            table.add_column(column, justify="left" if index == 0 else "right")
+        for column in columns:
+            table.add_column(column, justify="right" if column in numeric else "left")
         for row in rows:
             table.add_row(*row)
         self.console.print(table)

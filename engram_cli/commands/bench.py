@@ -53,6 +53,7 @@ def bench(
         ["workload", "ops", "p50 ms", "p99 ms", "max ms", "ops/s", "note"],
         ([r.name, str(r.ops), f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.max_ms:.3f}",
           f"{r.throughput:,.0f}", r.note] for r in results),
+        numeric={"ops", "p50 ms", "p99 ms", "max ms", "ops/s"},
     )
 
 
