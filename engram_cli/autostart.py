@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -74,6 +73,8 @@ def start_daemon(
         DaemonUnavailable: the daemon did not come up within *timeout*; the
             message names the log file and quotes its last line.
     """
+    import subprocess  # only here: starting a daemon is rare, start-up time is not
+
     env = dict(os.environ if env is None else env)
     data_dir = resolve_data_dir(None, env)
     log_path = log_file_in(data_dir)

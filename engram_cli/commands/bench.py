@@ -6,15 +6,17 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from engram_cli import bench as harness
 from engram_cli import context
 from engram_cli.context import JsonOption
 from engram_cli.errors import UsageProblem
 from engram_cli.output import note
+
+if TYPE_CHECKING:
+    from engram_cli.bench import BenchTarget
 
 
 def bench(
@@ -31,6 +33,10 @@ def bench(
     json: JsonOption = False,
 ) -> None:
     """Measure latency (p50/p99/max) and throughput of named workloads."""
+    # Imported here: the harness pulls in subprocess and tempfile, which an
+    # ordinary command should not pay for at start-up.
+    from engram_cli import bench as harness
+
     cli = context.get(ctx)
     out = cli.output(json)
     if list_:
@@ -58,7 +64,9 @@ def bench(
 
 
 @contextlib.contextmanager
-def _target(cli: context.CliContext, use_running: bool) -> Iterator[harness.BenchTarget]:
+def _target(cli: context.CliContext, use_running: bool) -> Iterator[BenchTarget]:
+    from engram_cli import bench as harness
+
     if not use_running:
         with harness.bench_daemon() as target:
             yield target
