@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TypeVar
 
-from engram_cli.autostart import start_daemon
+from engram_cli.autostart import START_TIMEOUT, start_daemon
 from engram_cli.errors import (
     ClientTimeout,
     DaemonUnavailable,
@@ -114,6 +115,13 @@ class Client:
                     f"engramd started but {self.socket_path} refuses connections "
                     f"({exc2.strerror})"
                 ) from None
+            self._adopt(sock)
+            self.wait_ready()
+            return
+        self._adopt(sock)
+
+    def _adopt(self, sock: socket.socket) -> None:
+        """Shake hands on a freshly connected socket."""
         self._sock = sock
         self._protocol = ClientConnection(client_name=self.client_name, agent_id=self.agent_id)
         try:
@@ -125,6 +133,17 @@ class Client:
         if isinstance(reply, ErrorReply):
             self.close()
             raise error_from_reply(reply)
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> DaemonStatus:
+        """Wait (bounded) until the daemon has finished recovering its journal."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if status.state == "ready":
+                return status
+            if time.monotonic() > deadline:
+                raise DaemonUnavailable(f"engramd is still {status.state} after {timeout:g}s")
+            time.sleep(0.01)
 
     def _open_socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

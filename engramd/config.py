@@ -83,6 +83,32 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("debug", "info", "warning", "error")),
     Setting("shutdown_grace", float, 5.0,
             "Seconds that in-flight requests get to finish on shutdown.", minimum=0),
+    Setting("durability", str, "fsync",
+            "fsync: a write is acknowledged only after fdatasync covered it; none: after "
+            "it reached the operating system (survives a crash of engramd, not of the "
+            "machine).", choices=("fsync", "none")),
+    Setting("wal.batch_size", int, 64,
+            "Most commits written together with one fsync.", minimum=1),
+    Setting("wal.window_ms", float, 2.0,
+            "Under load, milliseconds a batch may wait to fill; a lone write never waits.",
+            minimum=0),
+    Setting("wal.segment_bytes", int, 64 * 1024 * 1024,
+            "WAL segment size at which a new segment file starts.", minimum=4096),
+    Setting("wal.checkpoint_bytes", int, 64 * 1024 * 1024,
+            "WAL bytes written between store flushes; older segments are then removed.",
+            minimum=4096),
+    Setting("limits.max_payload_bytes", int, 1024 * 1024,
+            "Largest unit payload.", minimum=0),
+    Setting("limits.max_batch_units", int, 1000,
+            "Most units in one create request.", minimum=1),
+    Setting("limits.max_meta_entries", int, 64,
+            "Most metadata entries on a unit or context.", minimum=0),
+    Setting("limits.max_meta_key_bytes", int, 128,
+            "Longest metadata key.", minimum=1),
+    Setting("limits.max_meta_value_bytes", int, 4096,
+            "Longest metadata value.", minimum=0),
+    Setting("limits.max_relationships", int, 64,
+            "Most relationships on one unit.", minimum=0),
     Setting("limits.max_frame_bytes", int, DEFAULT_MAX_FRAME,
             "Largest frame accepted, checked from the length prefix.", minimum=1024),
     Setting("limits.max_connections", int, 256,
@@ -104,6 +130,17 @@ class DaemonConfig:
     log_file: str | None = None
     log_level: str = "info"
     shutdown_grace: float = 5.0
+    durability: str = "fsync"
+    batch_size: int = 64
+    window_ms: float = 2.0
+    segment_bytes: int = 64 * 1024 * 1024
+    checkpoint_bytes: int = 64 * 1024 * 1024
+    max_payload_bytes: int = 1024 * 1024
+    max_batch_units: int = 1000
+    max_meta_entries: int = 64
+    max_meta_key_bytes: int = 128
+    max_meta_value_bytes: int = 4096
+    max_relationships: int = 64
     max_frame_bytes: int = DEFAULT_MAX_FRAME
     max_connections: int = 256
     max_inflight_per_connection: int = 64

@@ -12,21 +12,33 @@ import logging
 import os
 from typing import Protocol
 
-from engramd.engine import Engine
+import msgspec
+
+from engramd.engine import Caller, Engine
 from engramd.errors import BadRequest, EngramError
 from engramd.protocol import (
     PROTOCOL_VERSION,
     ClientMessage,
+    ContextFound,
+    ContextPage,
+    CreateContext,
+    CreateUnits,
     DaemonStatus,
     ErrorCode,
     ErrorReply,
+    GetContext,
     GetStatus,
+    GetUnits,
     Limits,
+    ListContexts,
+    ListUnits,
     Ping,
     Pong,
+    RelatedUnits,
     ServerMessage,
     Shutdown,
     ShuttingDown,
+    UpdateContext,
 )
 
 log = logging.getLogger("engramd.dispatch")
@@ -47,10 +59,10 @@ class Dispatcher:
         self.engine = engine
         self.server = server
 
-    async def dispatch(self, request: ClientMessage) -> ServerMessage:
+    async def dispatch(self, request: ClientMessage, caller: Caller) -> ServerMessage:
         """Answer *request*; never raises except for cancellation."""
         try:
-            return await self._handle(request)
+            return await self._handle(request, caller)
         except EngramError as exc:
             return ErrorReply(id=request.id, code=exc.code, message=str(exc))
         except Exception:
@@ -61,9 +73,29 @@ class Dispatcher:
                 message="internal error; see the daemon log",
             )
 
-    async def _handle(self, request: ClientMessage) -> ServerMessage:
+    async def _handle(self, request: ClientMessage, caller: Caller) -> ServerMessage:
         engine = self.engine
+        replace = msgspec.structs.replace
         match request:
+            case CreateUnits():
+                return replace(await engine.create_units(request.units, caller), id=request.id)
+            case GetUnits():
+                return replace(engine.get_units(request.ids), id=request.id)
+            case ListUnits():
+                return replace(engine.list_units(request), id=request.id)
+            case RelatedUnits():
+                return replace(engine.related_units(request), id=request.id)
+            case CreateContext():
+                context = await engine.create_context(request, caller)
+                return ContextFound(id=request.id, context=context, created=True)
+            case GetContext():
+                return ContextFound(id=request.id, context=engine.get_context(request.context_id))
+            case ListContexts():
+                contexts, cursor = engine.list_contexts(request)
+                return ContextPage(id=request.id, contexts=contexts, next_cursor=cursor)
+            case UpdateContext():
+                context = await engine.update_context(request, caller)
+                return ContextFound(id=request.id, context=context)
             case Ping():
                 return Pong(
                     id=request.id,
@@ -102,6 +134,9 @@ class Dispatcher:
                 max_frame_bytes=config.max_frame_bytes,
                 max_connections=config.max_connections,
                 max_inflight_per_connection=config.max_inflight_per_connection,
+                max_payload_bytes=config.max_payload_bytes,
+                max_batch_units=config.max_batch_units,
             ),
+            journal=engine.journal_status(),
         )
 

@@ -158,11 +158,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     try:
         trio.run(run_daemon, config)
-    except StartupError as exc:
-        log.error("%s", exc)
-        if config.log_file:
-            print(f"engramd: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
+    except BaseException as exc:
+        startup = _find_startup_error(exc)
+        if startup is None:
+            raise
+        log.error("%s", startup)
+        if config.log_file:
+            print(f"engramd: error: {startup}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
+
+
+def _find_startup_error(exc: BaseException) -> StartupError | None:
+    """The StartupError inside *exc*, which trio may have wrapped in exception groups."""
+    if isinstance(exc, StartupError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find_startup_error(inner)
+            if found is not None:
+                return found
+    return None

@@ -26,12 +26,12 @@ from trio_typing import TaskStatus
 
 from engramd.config import DaemonConfig
 from engramd.dispatch import Dispatcher
-from engramd.engine import Engine
+from engramd.engine import Caller, Engine
 from engramd.protocol import (
     CLOSED,
     NEED_DATA,
-    ClientMessage,
     PROTOCOL_VERSION,
+    ClientMessage,
     ErrorCode,
     ErrorReply,
     Hello,
@@ -223,8 +223,8 @@ class Server:
             problem = (f"the daemon speaks protocol {PROTOCOL_VERSION}, the client "
                        f"{hello.protocol_version}; restart the daemon with "
                        "'engram daemon restart' after upgrading")
-        elif not hello.agent_id or len(hello.agent_id) > _MAX_NAME:
-            problem = f"agent id must be 1 to {_MAX_NAME} characters"
+        elif not hello.agent_id or len(hello.agent_id) > _MAX_NAME or "\0" in hello.agent_id:
+            problem = f"agent id must be 1 to {_MAX_NAME} characters without NUL"
         elif len(hello.client_name) > _MAX_NAME:
             problem = f"client name must be at most {_MAX_NAME} characters"
         if problem is not None:
@@ -248,8 +248,11 @@ class Server:
     async def _run_request(
         self, session: Session, inflight: trio.Semaphore, request: ClientMessage
     ) -> None:
+        assert session.hello is not None
+        caller = Caller(agent_id=session.hello.agent_id, uid=session.peer.uid,
+                        pid=session.peer.pid)
         try:
-            reply = await self.dispatcher.dispatch(request)
+            reply = await self.dispatcher.dispatch(request, caller)
         finally:
             inflight.release()
         self._requests_served += 1

@@ -18,6 +18,7 @@ import msgspec
 import pytest
 import trio
 
+from engram_cli.client import Client
 from engramd.config import DaemonConfig, load_config
 from engramd.main import run_daemon
 from engramd.protocol import ErrorReply, FrameDecoder, encode_message
@@ -88,6 +89,9 @@ async def daemon(config: DaemonConfig) -> Iterator[Server]:
     async with trio.open_nursery() as nursery:
         server = await nursery.start(lambda task_status: run_daemon(
             config, handle_signals=False, task_status=task_status))
+        with trio.fail_after(WAIT):
+            while server.engine.state != "ready":
+                await trio.sleep(0.001)
         yield server
         server.engine.request_shutdown()
 
@@ -143,6 +147,10 @@ def start_threaded(config: DaemonConfig) -> ThreadedDaemon:
     assert ready.wait(WAIT), "daemon did not start"
     if holder.errors:
         raise holder.errors[0]
+    wait_until(lambda: holder.server is not None and holder.server.engine.state == "ready"
+               or bool(holder.errors), "the journal to open")
+    if holder.errors:
+        raise holder.errors[0]
     return holder
 
 
@@ -178,6 +186,8 @@ def engramd(env: dict[str, str]) -> Iterator[DaemonProcess]:
     path = env["ENGRAM_SOCKET"]
     wait_until(lambda: socket_answers(path) or process.poll() is not None, "engramd to listen")
     assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+    with Client(path, autostart=False) as client:
+        client.wait_ready()
     handle = DaemonProcess(process, path, env)
     yield handle
     handle.stop()

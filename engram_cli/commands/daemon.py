@@ -58,7 +58,7 @@ def _start(cli: context.CliContext, timeout: float, json: bool) -> None:
     client = cli.unconnected_client()
     started = start_daemon(client.socket_path, timeout=timeout)
     client.connect()
-    status = client.status()
+    status = client.wait_ready(timeout)
     client.close()
     out = cli.output(json)
     if out.json:

@@ -83,25 +83,61 @@ from engramd.protocol.messages import (
     ClientMessage as ClientMessage,
 )
 from engramd.protocol.messages import (
+    ContextFound as ContextFound,
+)
+from engramd.protocol.messages import (
+    ContextPage as ContextPage,
+)
+from engramd.protocol.messages import (
+    CreateContext as CreateContext,
+)
+from engramd.protocol.messages import (
+    CreateUnits as CreateUnits,
+)
+from engramd.protocol.messages import (
     DaemonStatus as DaemonStatus,
 )
 from engramd.protocol.messages import (
     ErrorReply as ErrorReply,
 )
 from engramd.protocol.messages import (
+    GetContext as GetContext,
+)
+from engramd.protocol.messages import (
     GetStatus as GetStatus,
+)
+from engramd.protocol.messages import (
+    GetUnits as GetUnits,
 )
 from engramd.protocol.messages import (
     Hello as Hello,
 )
 from engramd.protocol.messages import (
+    JournalStatus as JournalStatus,
+)
+from engramd.protocol.messages import (
     Limits as Limits,
+)
+from engramd.protocol.messages import (
+    ListContexts as ListContexts,
+)
+from engramd.protocol.messages import (
+    ListUnits as ListUnits,
 )
 from engramd.protocol.messages import (
     Ping as Ping,
 )
 from engramd.protocol.messages import (
     Pong as Pong,
+)
+from engramd.protocol.messages import (
+    RelatedEdge as RelatedEdge,
+)
+from engramd.protocol.messages import (
+    RelatedFound as RelatedFound,
+)
+from engramd.protocol.messages import (
+    RelatedUnits as RelatedUnits,
 )
 from engramd.protocol.messages import (
     Reply as Reply,
@@ -119,5 +155,56 @@ from engramd.protocol.messages import (
     ShuttingDown as ShuttingDown,
 )
 from engramd.protocol.messages import (
+    UnitDraft as UnitDraft,
+)
+from engramd.protocol.messages import (
+    UnitPage as UnitPage,
+)
+from engramd.protocol.messages import (
+    UnitsCreated as UnitsCreated,
+)
+from engramd.protocol.messages import (
+    UnitsFound as UnitsFound,
+)
+from engramd.protocol.messages import (
+    UpdateContext as UpdateContext,
+)
+from engramd.protocol.messages import (
     Welcome as Welcome,
+)
+from engramd.protocol.model import (
+    CONTEXT_CHANGES as CONTEXT_CHANGES,
+)
+from engramd.protocol.model import (
+    RELATIONSHIP_TYPES as RELATIONSHIP_TYPES,
+)
+from engramd.protocol.model import (
+    UNIT_TYPES as UNIT_TYPES,
+)
+from engramd.protocol.model import (
+    AnyEvent as AnyEvent,
+)
+from engramd.protocol.model import (
+    Context as Context,
+)
+from engramd.protocol.model import (
+    ContextChange as ContextChange,
+)
+from engramd.protocol.model import (
+    ContextCreated as ContextCreated,
+)
+from engramd.protocol.model import (
+    ContextUpdated as ContextUpdated,
+)
+from engramd.protocol.model import (
+    Event as Event,
+)
+from engramd.protocol.model import (
+    Relationship as Relationship,
+)
+from engramd.protocol.model import (
+    Unit as Unit,
+)
+from engramd.protocol.model import (
+    UnitCreated as UnitCreated,
 )

@@ -25,6 +25,8 @@ import datetime as dt
 
 import msgspec
 
+from engramd.protocol.model import Context, Relationship, Unit
+
 PROTOCOL_VERSION = 1
 
 
@@ -59,10 +61,94 @@ class Shutdown(ClientMessage, tag="shutdown"):
     """Ask the daemon to stop gracefully (like SIGTERM)."""
 
 
-Request = Ping | GetStatus | Shutdown
+class UnitDraft(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A unit as a client writes it; the daemon adds id, seq, agent, time and origin."""
+
+    context_id: str
+    type: str
+    """A unit type, in any case."""
+    payload: bytes = b""
+    meta: dict[str, str] = {}
+    relationships: list[Relationship] = []
+    idempotency_key: str | None = None
+    """A retry with the same key returns the unit first written with it."""
+
+
+class CreateUnits(ClientMessage, tag="unit.create"):
+    """Write units: all or nothing, one fsync."""
+
+    units: list[UnitDraft]
+
+
+class GetUnits(ClientMessage, tag="unit.get"):
+    ids: list[str]
+
+
+class ListUnits(ClientMessage, tag="unit.list"):
+    """A context's units in sequence order: the newest ``limit`` unless paging.
+
+    ``before=SEQ`` pages back from SEQ (exclusive), ``after=SEQ`` pages forward
+    from SEQ (exclusive, oldest first). ``reverse`` returns newest first.
+    """
+
+    context_id: str
+    limit: int = 100
+    before: int | None = None
+    after: int | None = None
+    reverse: bool = False
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    agents: list[str] = []
+    types: list[str] = []
+
+
+class RelatedUnits(ClientMessage, tag="unit.related"):
+    unit_id: str
+    types: list[str] = []
+    direction: str = "both"
+    """``out`` (relationships this unit has), ``in`` (units pointing at it), or ``both``."""
+    depth: int = 1
+
+
+class CreateContext(ClientMessage, tag="context.create"):
+    context_id: str | None = None
+    """A slug such as ``build-42`` or ``git:engram/main``; generated when absent."""
+    display_name: str | None = None
+    meta: dict[str, str] = {}
+
+
+class GetContext(ClientMessage, tag="context.get"):
+    context_id: str
+
+
+class ListContexts(ClientMessage, tag="context.list"):
+    limit: int = 100
+    after: str | None = None
+    """Page on from this context id (exclusive)."""
+    prefix: str = ""
+
+
+class UpdateContext(ClientMessage, tag="context.update"):
+    context_id: str
+    display_name: str | None = None
+    add_agents: list[str] = []
+    remove_agents: list[str] = []
+    pin: list[str] = []
+    unpin: list[str] = []
+    set_meta: dict[str, str] = {}
+    unset_meta: list[str] = []
+
+
+Request = (
+    Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
+    | CreateContext | GetContext | ListContexts | UpdateContext
+)
 """Requests allowed after the handshake."""
 
-AnyClientMessage = Hello | Ping | GetStatus | Shutdown
+AnyClientMessage = (
+    Hello | Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
+    | CreateContext | GetContext | ListContexts | UpdateContext
+)
 
 
 # -- daemon to client -------------------------------------------------------
@@ -99,6 +185,22 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_frame_bytes: int
     max_connections: int
     max_inflight_per_connection: int
+    max_payload_bytes: int = 0
+    max_batch_units: int = 0
+
+
+class JournalStatus(msgspec.Struct, frozen=True, kw_only=True):
+    last_seq: int
+    """The newest durable sequence number."""
+    checkpoint_seq: int
+    """Everything up to here is in the store's own files; replay starts after it."""
+    units: int
+    contexts: int
+    wal_segments: int
+    wal_bytes: int
+    durability: str
+    write_error: str | None
+    """Why writes are refused, when they are (a failed fsync)."""
 
 
 class DaemonStatus(Reply, tag="status"):
@@ -117,6 +219,7 @@ class DaemonStatus(Reply, tag="status"):
     connections: int
     requests_served: int
     limits: Limits
+    journal: JournalStatus | None = None
 
 
 class ShuttingDown(Reply, tag="shutdown"):
@@ -137,4 +240,49 @@ class ErrorReply(ServerMessage, tag="error"):
     message: str
 
 
-AnyServerMessage = Welcome | Pong | DaemonStatus | ShuttingDown | ErrorReply
+class UnitsCreated(Reply, tag="unit.created"):
+    units: list[Unit]
+    """In the order of the drafts."""
+    reused: list[str] = []
+    """Ids of units returned for an idempotency key already used, not written again."""
+
+
+class UnitsFound(Reply, tag="unit.found"):
+    units: list[Unit]
+    missing: list[str]
+
+
+class UnitPage(Reply, tag="unit.page"):
+    units: list[Unit]
+    next_cursor: int | None
+    """Pass as ``before`` (or ``after`` when paging forward) for the next page; None at the end."""
+
+
+class RelatedEdge(msgspec.Struct, frozen=True, kw_only=True):
+    source: str
+    type: str
+    target: str
+    depth: int
+
+
+class RelatedFound(Reply, tag="unit.related"):
+    root: str
+    edges: list[RelatedEdge]
+    units: list[Unit]
+    """The root and every unit an edge touches."""
+
+
+class ContextFound(Reply, tag="context.found"):
+    context: Context
+    created: bool = False
+
+
+class ContextPage(Reply, tag="context.page"):
+    contexts: list[Context]
+    next_cursor: str | None
+
+
+AnyServerMessage = (
+    Welcome | Pong | DaemonStatus | ShuttingDown | ErrorReply | UnitsCreated | UnitsFound
+    | UnitPage | RelatedFound | ContextFound | ContextPage
+)

@@ -14,7 +14,21 @@ import msgspec
 import pytest
 
 from engramd.protocol import (
+    Context,
+    ContextChange,
+    ContextCreated,
+    ContextFound,
+    ContextUpdated,
+    CreateUnits,
     DaemonStatus,
+    JournalStatus,
+    ListUnits,
+    Relationship,
+    Unit,
+    UnitCreated,
+    UnitDraft,
+    UnitPage,
+    UpdateContext,
     ErrorReply,
     GetStatus,
     Hello,
@@ -27,15 +41,32 @@ from engramd.protocol import (
     encode_message,
 )
 from engramd.protocol.messages import AnyClientMessage, AnyServerMessage
+from engramd.wal.record import Entry, SegmentHeader, encode_record
 
 GOLDEN = Path(__file__).parent.parent / "data" / "golden_messages.txt"
 WHEN = dt.datetime(2026, 11, 23, 12, 0, 0, 123456, tzinfo=dt.UTC)
+
+UNIT = Unit(id="0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b", seq=7, context_id="build-42",
+            agent_id="alice", type="TOOL_RESULT", ts=WHEN, meta={"exit": "0"},
+            payload=b"all tests passed\n",
+            relationships=[Relationship(type="RESPONDS_TO",
+                                        target="0193a1b2-c3d4-7e5f-8a6b-000000000001")],
+            uid=1000, pid=4242)
+CONTEXT = Context(id="build-42", display_name="Build 42", agent_ids=["alice"],
+                  pinned_units=[UNIT.id], meta={"branch": "main"}, created_at=WHEN,
+                  updated_at=WHEN)
 
 CLIENT_MESSAGES = {
     "hello": Hello(id=1, protocol_version=1, client_name="engram-cli", agent_id="alice"),
     "ping": Ping(id=2),
     "status": GetStatus(id=3),
     "shutdown": Shutdown(id=4),
+    "unit_create": CreateUnits(id=5, units=[UnitDraft(
+        context_id="build-42", type="tool_result", payload=b"ok", meta={"exit": "0"},
+        relationships=[Relationship(type="CAUSES", target=UNIT.id)], idempotency_key="k1")]),
+    "unit_list": ListUnits(id=6, context_id="build-42", limit=10, before=100),
+    "context_update": UpdateContext(id=7, context_id="build-42", add_agents=["bob"],
+                                    pin=[UNIT.id], set_meta={"k": "v"}),
 }
 SERVER_MESSAGES = {
     "welcome": Welcome(id=1, protocol_version=1, daemon_version="0.1.0", pid=42,
@@ -45,9 +76,23 @@ SERVER_MESSAGES = {
         id=3, state="ready", daemon_version="0.1.0", protocol_version=1, pid=42,
         instance_id="abc", started_at=WHEN, uptime=1.5, socket="/s", data_dir="/d",
         config_file=None, log_file="/d/engramd.log", connections=1, requests_served=2,
-        limits=Limits(max_frame_bytes=16, max_connections=2, max_inflight_per_connection=3)),
+        limits=Limits(max_frame_bytes=16, max_connections=2, max_inflight_per_connection=3,
+                      max_payload_bytes=4, max_batch_units=5),
+        journal=JournalStatus(last_seq=9, checkpoint_seq=8, units=3, contexts=1,
+                              wal_segments=1, wal_bytes=100, durability="fsync",
+                              write_error=None)),
     "shutting_down": ShuttingDown(id=4, pid=42),
     "error": ErrorReply(id=None, code="bad_request", message="no"),
+    "unit_page": UnitPage(id=6, units=[UNIT], next_cursor=None),
+    "context_found": ContextFound(id=7, context=CONTEXT, created=False),
+}
+EVENTS = {
+    "event_unit_created": UnitCreated(seq=7, ts=WHEN, context_id="build-42", unit=UNIT),
+    "event_context_created": ContextCreated(seq=1, ts=WHEN, context_id="build-42",
+                                            context=CONTEXT),
+    "event_context_updated": ContextUpdated(
+        seq=8, ts=WHEN, context_id="build-42", context=CONTEXT,
+        changes=[ContextChange(kind="unit_pinned", value=UNIT.id)]),
 }
 
 
@@ -72,3 +117,15 @@ def test_golden_client_bytes_decode_back(name: str) -> None:
 def test_golden_server_bytes_decode_back(name: str) -> None:
     body = bytes.fromhex(golden()[name])[4:]
     assert msgspec.msgpack.decode(body, type=AnyServerMessage) == SERVER_MESSAGES[name]
+
+
+@pytest.mark.parametrize("name", EVENTS)
+def test_event_bytes_match_golden(name: str) -> None:
+    assert msgspec.msgpack.encode(EVENTS[name]).hex() == golden()[name]
+
+
+def test_wal_record_bytes_match_golden() -> None:
+    entry = Entry(first_seq=7, events=[EVENTS["event_unit_created"]],
+                  idempotency_keys={"k1": UNIT.id})
+    assert encode_record(entry).hex() == golden()["wal_record"]
+    assert SegmentHeader(7, b"\x01" * 8).encode().hex() == golden()["wal_header"]

@@ -1,0 +1,196 @@
+"""Group commit: one writer turns the requests that arrive together into one fsync.
+
+Requests hand the committer a *build* function. The committer runs the builds
+of a batch in arrival order (each gets the next sequence number and the commit
+time, and sees every change built before it), writes their records with one
+``write`` and one ``fdatasync`` in a worker thread, applies them to the store in
+the same thread, and only then wakes the requests. Nothing is acknowledged
+before the fsync that covers it.
+
+Batching: a request that arrives while the log is idle is written at once.
+Requests that arrive while a write is in flight form the next batch (up to
+``batch_size``). Under load (the previous batch held more than one request)
+the committer waits up to ``window`` seconds for a batch to fill.
+
+Failure: a failed write (disk full) fails its batch, which is cut back off the
+log; the log stays writable and later requests are tried again. A failed
+fsync, or a store that cannot apply what the log holds, fails the committer for
+good: every later request gets ``unavailable`` until a restart replays the log.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import trio
+from trio_typing import TaskStatus
+
+from engramd.errors import EngramError, Unavailable
+from engramd.storage import Store
+from engramd.wal.log import SyncFailed, WriteAheadLog, WriteFailed
+from engramd.wal.record import Entry, encode_record
+
+log = logging.getLogger("engramd.commit")
+
+T = TypeVar("T")
+Build = Callable[[int, dt.datetime], tuple[Entry | None, T]]
+"""``build(first_seq, ts) -> (entry or None, result)``; may raise EngramError."""
+
+
+@dataclass(eq=False)
+class _Submission(Generic[T]):
+    build: Build[T]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: EngramError | None = None
+
+
+@dataclass
+class CommitStatistics:
+    batches: int = 0
+    entries: int = 0
+    fsync_seconds: float = 0.0
+    bytes_written: int = 0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.entries / self.batches if self.batches else 0.0
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        wal: WriteAheadLog,
+        store: Store,
+        *,
+        batch_size: int,
+        window: float,
+        checkpoint_bytes: int,
+        on_applied: Callable[[], None],
+        on_aborted: Callable[[], None],
+    ) -> None:
+        self.wal = wal
+        self.store = store
+        self.batch_size = batch_size
+        self.window = window
+        self.checkpoint_bytes = checkpoint_bytes
+        self._on_applied = on_applied
+        self._on_aborted = on_aborted
+        self._queue: collections.deque[_Submission[Any]] = collections.deque()
+        self._wakeup = trio.Event()
+        self._busy = False
+        self._last_ts = dt.datetime.now(dt.UTC)
+        self.failure: str | None = None
+        self.limiter = trio.CapacityLimiter(1)
+        """Serializes every use of the WAL file from worker threads."""
+        self.stats = CommitStatistics()
+        self.bytes_since_checkpoint = 0
+        self.checkpoint_wanted = trio.Event()
+
+    async def commit(self, build: Build[T]) -> T:
+        """Build, write and apply one change; return what *build* returned with it.
+
+        Raises:
+            EngramError: from *build* (validation), or ``unavailable`` when the
+                write failed or the committer has failed.
+        """
+        if self.failure is not None:
+            raise Unavailable(self.failure)
+        submission: _Submission[T] = _Submission(build)
+        self._queue.append(submission)
+        self._wakeup.set()
+        await submission.done.wait()
+        if submission.error is not None:
+            raise submission.error
+        result: T = submission.result
+        return result
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wakeup.wait()
+            if self.window > 0 and self._busy and len(self._queue) < self.batch_size:
+                await trio.sleep(self.window)
+            batch = [self._queue.popleft()
+                     for _ in range(min(self.batch_size, len(self._queue)))]
+            if not self._queue:
+                self._wakeup = trio.Event()
+            self._busy = len(batch) > 1
+            await self._commit_batch(batch)
+
+    def _now(self) -> dt.datetime:
+        now = dt.datetime.now(dt.UTC)
+        self._last_ts = max(now, self._last_ts)
+        return self._last_ts
+
+    async def _commit_batch(self, batch: list[_Submission[Any]]) -> None:
+        entries: list[Entry] = []
+        built: list[_Submission[Any]] = []
+        seq = self.wal.last_seq + 1
+        for submission in batch:
+            try:
+                entry, submission.result = submission.build(seq, self._now())
+            except EngramError as exc:
+                submission.error = exc
+                submission.done.set()
+                continue
+            except Exception:
+                log.exception("internal error while building a commit")
+                submission.error = EngramError("internal error; see the daemon log")
+                submission.done.set()
+                continue
+            built.append(submission)
+            if entry is not None and entry.events:
+                entries.append(entry)
+                seq = entry.last_seq + 1
+        if entries:
+            data = b"".join(encode_record(entry) for entry in entries)
+            try:
+                await trio.to_thread.run_sync(self._write, entries, data, limiter=self.limiter)
+            except WriteFailed as exc:
+                self._abort(built, exc, fatal=False)
+                return
+            except (SyncFailed, Exception) as exc:
+                self._abort(built, exc, fatal=True)
+                return
+            self.stats.batches += 1
+            self.stats.entries += len(entries)
+            self.stats.bytes_written += len(data)
+            self.bytes_since_checkpoint += len(data)
+            if self.bytes_since_checkpoint >= self.checkpoint_bytes:
+                self.checkpoint_wanted.set()
+            self._on_applied()
+        for submission in built:
+            submission.done.set()
+
+    def _write(self, entries: list[Entry], data: bytes) -> None:
+        started = time.perf_counter()
+        self.wal.append(entries[0].first_seq, entries[-1].last_seq, data)
+        self.stats.fsync_seconds += time.perf_counter() - started
+        self.store.apply(entries)
+
+    def _abort(self, built: list[_Submission[Any]], exc: BaseException, *, fatal: bool) -> None:
+        """Fail this batch; when *fatal*, also everything still queued."""
+        failed = list(built)
+        if fatal:
+            self.failure = f"journal writes stopped: {exc}; restart engramd to recover"
+            log.error("%s", self.failure)
+            message = self.failure
+            failed += self._queue
+            self._queue.clear()
+            self._wakeup = trio.Event()
+        else:
+            message = f"write refused: {exc}"
+            log.warning("%s", message)
+        # Queued requests are built after this, against what really is stored.
+        self._on_aborted()
+        for submission in failed:
+            submission.result = None
+            submission.error = Unavailable(message)
+            submission.done.set()

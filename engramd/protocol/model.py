@@ -1,0 +1,102 @@
+"""The data model: work units, contexts and the events that change them.
+
+These Structs travel on the wire and are also what the daemon stores: the
+journal (WAL) holds events in exactly this encoding, and the store keeps each
+unit's encoded bytes so that a read can send them on without decoding. A change
+here is therefore a change of both formats (see SPECS.md and tests/data/).
+"""
+
+# msgspec Struct options are inherited; see the note in messages.py.
+# mypy: disable-error-code="misc"
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+UNIT_TYPES = (
+    "MESSAGE", "REASONING", "TOOL_CALL", "TOOL_RESULT", "FILE_CHANGE", "TASK_STATUS",
+    "ERROR", "SYSTEM",
+)
+RELATIONSHIP_TYPES = (
+    "SEQUENTIAL", "CAUSES", "DEPENDS_ON", "REFERENCES", "RESPONDS_TO", "MODIFIES", "REPLACES",
+)
+CONTEXT_CHANGES = (
+    "agent_joined", "agent_left", "unit_pinned", "unit_unpinned", "renamed", "meta_set",
+    "meta_unset",
+)
+
+
+class Relationship(msgspec.Struct, frozen=True, kw_only=True):
+    type: str
+    """One of :data:`RELATIONSHIP_TYPES`."""
+    target: str
+    """The id of an existing unit."""
+    meta: dict[str, str] = {}
+
+
+class Unit(msgspec.Struct, frozen=True, kw_only=True):
+    """An immutable record of one step of work."""
+
+    id: str
+    """UUIDv7 text, time-ordered."""
+    seq: int
+    """Global sequence number, strictly increasing, assigned by the daemon."""
+    context_id: str
+    agent_id: str
+    type: str
+    ts: dt.datetime
+    """UTC, microseconds, assigned by the daemon."""
+    meta: dict[str, str]
+    payload: bytes
+    relationships: list[Relationship]
+    uid: int
+    """The writer's uid, from the socket."""
+    pid: int
+    """The writer's pid, from the socket."""
+
+
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    """A group of units (a task, a branch, a session) and the agents taking part."""
+
+    id: str
+    display_name: str
+    agent_ids: list[str]
+    pinned_units: list[str]
+    meta: dict[str, str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ContextChange(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str
+    """One of :data:`CONTEXT_CHANGES`."""
+    value: str
+    """The agent, unit id, new name, or meta key concerned."""
+
+
+# -- events: every change, in sequence order --------------------------------
+
+
+class Event(msgspec.Struct, tag_field="kind", frozen=True, kw_only=True):
+    seq: int
+    ts: dt.datetime
+    context_id: str
+
+
+class UnitCreated(Event, tag="unit.created"):
+    unit: Unit
+
+
+class ContextCreated(Event, tag="context.created"):
+    context: Context
+
+
+class ContextUpdated(Event, tag="context.updated"):
+    context: Context
+    """The context after the change."""
+    changes: list[ContextChange]
+
+
+AnyEvent = UnitCreated | ContextCreated | ContextUpdated

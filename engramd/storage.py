@@ -1,0 +1,206 @@
+"""The RocksDB store: units, contexts, indexes and the event log, derived from the WAL.
+
+Synchronous and trio-free. Everything here can be rebuilt by replaying the
+WAL; :meth:`Store.apply` writes a batch of entries and the new applied
+sequence number in one atomic RocksDB write, with RocksDB's own WAL off (ours
+is the source of truth). :meth:`Store.flush` makes the store's files durable,
+after which WAL segments up to :attr:`Store.checkpoint_seq` may go.
+
+Key layout (one column family, raw bytes; ``<seq>`` is 8 bytes big-endian so
+keys sort by sequence; ``\\0`` separates text parts, which never contain NUL)::
+
+    m/schema, m/applied, m/units, m/contexts     store metadata
+    u/<unit id>               -> <context>\\0<seq>   where the unit lives
+    c/<context>\\0<seq>        -> unit (wire encoding)   per-context order
+    e/<seq>                   -> event (wire encoding), or b"U" + unit location
+    a/<agent>\\0<seq>          -> ""                  agent index
+    t/<TYPE>\\0<seq>           -> ""                  type index
+    k/<key>\\0<value>\\0<seq>   -> ""                  metadata inverted index
+    r/o/<src>\\0<TYPE>\\0<dst>  -> ""                  relationships, outgoing
+    r/i/<dst>\\0<TYPE>\\0<src>  -> ""                  relationships, incoming
+    x/<context>               -> context (wire encoding)
+    i/<idempotency key>       -> unit id
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from engramd.protocol.model import ContextCreated, ContextUpdated, UnitCreated
+from engramd.wal.record import Entry
+
+SCHEMA_VERSION = 1
+_SEQ = struct.Struct(">Q")
+_encoder = msgspec.msgpack.Encoder()
+
+
+def seq_bytes(seq: int) -> bytes:
+    return _SEQ.pack(seq)
+
+
+def seq_from(key: bytes) -> int:
+    return int(_SEQ.unpack_from(key, len(key) - 8)[0])
+
+
+def _text(value: str) -> bytes:
+    return value.encode()
+
+
+class SchemaMismatch(Exception):
+    """The store was written by an incompatible version of engramd."""
+
+
+class Store:
+    def __init__(self, path: str) -> None:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self.db = Rdict(path, options)
+        self._write = WriteOptions()
+        self._write.disable_wal = True  # type: ignore[method-assign,assignment]
+        schema = self.db.get(b"m/schema")
+        if schema is None:
+            self.db.put(b"m/schema", seq_bytes(SCHEMA_VERSION), self._write)
+        elif seq_from(schema) != SCHEMA_VERSION:
+            raise SchemaMismatch(f"store schema {seq_from(schema)}, this engramd needs "
+                                 f"{SCHEMA_VERSION}")
+        self.applied_seq = self._counter(b"m/applied")
+        self.unit_count = self._counter(b"m/units")
+        self.context_count = self._counter(b"m/contexts")
+        self.checkpoint_seq = self.applied_seq
+        """The applied seq as of the last flush: what survives a crash of the store."""
+
+    def _counter(self, key: bytes) -> int:
+        raw = self.db.get(key)
+        return 0 if raw is None else seq_from(raw)
+
+    # -- writing ------------------------------------------------------------
+
+    def apply(self, entries: list[Entry]) -> None:
+        """Write *entries* (consecutive, after :attr:`applied_seq`) atomically."""
+        batch = WriteBatch(raw_mode=True)
+        units = self.unit_count
+        contexts = self.context_count
+        for entry in entries:
+            for event in entry.events:
+                seq = seq_bytes(event.seq)
+                if isinstance(event, UnitCreated):
+                    unit = event.unit
+                    location = _text(unit.context_id) + b"\0" + seq
+                    batch.put(b"u/" + _text(unit.id), location)
+                    batch.put(b"c/" + location, _encoder.encode(unit))
+                    batch.put(b"e/" + seq, b"U" + location)
+                    batch.put(b"a/" + _text(unit.agent_id) + b"\0" + seq, b"")
+                    batch.put(b"t/" + _text(unit.type) + b"\0" + seq, b"")
+                    for key, value in unit.meta.items():
+                        batch.put(b"k/" + _text(key) + b"\0" + _text(value) + b"\0" + seq, b"")
+                    for rel in unit.relationships:
+                        kind = _text(rel.type)
+                        source, target = _text(unit.id), _text(rel.target)
+                        batch.put(b"r/o/" + source + b"\0" + kind + b"\0" + target, b"")
+                        batch.put(b"r/i/" + target + b"\0" + kind + b"\0" + source, b"")
+                    units += 1
+                else:
+                    assert isinstance(event, ContextCreated | ContextUpdated)
+                    batch.put(b"x/" + _text(event.context.id), _encoder.encode(event.context))
+                    batch.put(b"e/" + seq, _encoder.encode(event))
+                    if isinstance(event, ContextCreated):
+                        contexts += 1
+            for key, unit_id in entry.idempotency_keys.items():
+                batch.put(b"i/" + _text(key), _text(unit_id))
+        last = entries[-1].last_seq
+        batch.put(b"m/applied", seq_bytes(last))
+        batch.put(b"m/units", seq_bytes(units))
+        batch.put(b"m/contexts", seq_bytes(contexts))
+        self.db.write(batch, self._write)
+        self.applied_seq = last
+        self.unit_count = units
+        self.context_count = contexts
+
+    def flush(self) -> None:
+        """Make everything applied durable in the store's own files."""
+        seq = self.applied_seq  # everything applied so far is in the memtables being flushed
+        self.db.flush(True)
+        self.checkpoint_seq = seq
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- reading ------------------------------------------------------------
+
+    def unit_location(self, unit_id: str) -> bytes | None:
+        value: bytes | None = self.db.get(b"u/" + _text(unit_id))
+        return value
+
+    def units_by_id(self, unit_ids: list[str]) -> list[bytes | None]:
+        """Encoded units, ``None`` where an id is unknown."""
+        if not unit_ids:
+            return []
+        keys: list[Any] = [b"u/" + _text(unit_id) for unit_id in unit_ids]
+        locations: list[bytes | None] = self.db.get(keys)  # type: ignore[assignment]
+        wanted: list[Any] = [b"c/" + location for location in locations if location is not None]
+        found: Iterator[bytes] = iter(self.db.get(wanted) if wanted else [])  # type: ignore[arg-type]
+        return [None if location is None else next(found) for location in locations]
+
+    def scan_context(
+        self, context_id: str, *, after: int | None = None, before: int | None = None,
+        newest_first: bool = True,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, encoded unit)`` of a context, within ``(after, before)`` exclusive."""
+        prefix = b"c/" + _text(context_id) + b"\0"
+        read = ReadOptions()
+        read.set_iterate_lower_bound(prefix + seq_bytes((after or 0) + 1))
+        read.set_iterate_upper_bound(prefix + seq_bytes(before) if before is not None
+                                     else prefix + b"\xff" * 9)
+        iterator = self.db.iter(read)
+        if newest_first:
+            iterator.seek_to_last()
+            while iterator.valid():
+                yield iterator.key(), iterator.value()
+                iterator.prev()
+        else:
+            iterator.seek_to_first()
+            while iterator.valid():
+                yield iterator.key(), iterator.value()
+                iterator.next()
+
+    def context(self, context_id: str) -> bytes | None:
+        value: bytes | None = self.db.get(b"x/" + _text(context_id))
+        return value
+
+    def contexts(self, *, prefix: str = "", after: str | None = None) -> Iterator[bytes]:
+        read = ReadOptions()
+        start = b"x/" + _text(prefix)
+        read.set_iterate_lower_bound(start)
+        read.set_iterate_upper_bound(start + b"\xff")
+        iterator = self.db.iter(read)
+        if after is not None:
+            iterator.seek(b"x/" + _text(after) + b"\0")
+        else:
+            iterator.seek_to_first()
+        while iterator.valid():
+            yield iterator.value()
+            iterator.next()
+
+    def idempotent_unit(self, key: str) -> str | None:
+        value = self.db.get(b"i/" + _text(key))
+        return None if value is None else bytes(value).decode()
+
+    def relationships(self, unit_id: str, direction: str) -> Iterator[tuple[str, str, str]]:
+        """``(source, TYPE, target)`` edges touching *unit_id*; direction ``o`` or ``i``."""
+        prefix = b"r/" + direction.encode() + b"/" + _text(unit_id) + b"\0"
+        read = ReadOptions()
+        read.set_iterate_lower_bound(prefix)
+        read.set_iterate_upper_bound(prefix[:-1] + b"\x01")
+        iterator = self.db.iter(read)
+        iterator.seek_to_first()
+        while iterator.valid():
+            kind, other = iterator.key()[len(prefix):].decode().split("\0", 1)
+            yield (unit_id, kind, other) if direction == "o" else (other, kind, unit_id)
+            iterator.next()

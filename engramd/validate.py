@@ -1,0 +1,98 @@
+"""Checks on what clients write, each failing with one clear :class:`BadRequest`.
+
+Pure functions over protocol data; the limits come from the configuration.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from engramd.errors import BadRequest, TooLarge
+from engramd.protocol.messages import UnitDraft
+from engramd.protocol.model import RELATIONSHIP_TYPES, UNIT_TYPES, Relationship
+
+CONTEXT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,127}")
+MAX_ID = 128
+MAX_NAME = 256
+MAX_KEY = 256
+
+
+@dataclass(frozen=True)
+class WriteLimits:
+    max_payload_bytes: int = 1024 * 1024
+    max_batch_units: int = 1000
+    max_meta_entries: int = 64
+    max_meta_key_bytes: int = 128
+    max_meta_value_bytes: int = 4096
+    max_relationships: int = 64
+
+
+def unit_type(text: str) -> str:
+    upper = text.upper()
+    if upper not in UNIT_TYPES:
+        raise BadRequest(f"unknown unit type {text!r} (one of {', '.join(UNIT_TYPES)})")
+    return upper
+
+
+def relationship_type(text: str) -> str:
+    upper = text.upper()
+    if upper not in RELATIONSHIP_TYPES:
+        raise BadRequest(
+            f"unknown relationship type {text!r} (one of {', '.join(RELATIONSHIP_TYPES)})")
+    return upper
+
+
+def context_id(text: str) -> str:
+    if not CONTEXT_ID.fullmatch(text):
+        raise BadRequest(
+            f"bad context id {text!r}: 1 to 128 characters, letters, digits and . _ : / @ + -, "
+            "starting with a letter or digit")
+    return text
+
+
+def name(text: str, what: str, limit: int = MAX_NAME) -> str:
+    if not text or len(text) > limit or "\0" in text:
+        raise BadRequest(f"{what} must be 1 to {limit} characters without NUL, got {text!r:.60}")
+    return text
+
+
+def unit_id(text: str) -> str:
+    return name(text, "unit id", MAX_ID)
+
+
+def meta(values: dict[str, str], limits: WriteLimits) -> dict[str, str]:
+    if len(values) > limits.max_meta_entries:
+        raise TooLarge(f"{len(values)} metadata entries, limit {limits.max_meta_entries}")
+    for key, value in values.items():
+        if not key or "\0" in key or len(key.encode()) > limits.max_meta_key_bytes:
+            raise BadRequest(f"metadata key {key!r:.60} must be 1 to "
+                             f"{limits.max_meta_key_bytes} bytes without NUL")
+        if "\0" in value or len(value.encode()) > limits.max_meta_value_bytes:
+            raise BadRequest(f"metadata value of {key!r:.60} must be at most "
+                             f"{limits.max_meta_value_bytes} bytes without NUL")
+    return values
+
+
+def draft(unit: UnitDraft, limits: WriteLimits) -> UnitDraft:
+    """A checked draft, with its types in canonical upper case."""
+    if len(unit.payload) > limits.max_payload_bytes:
+        raise TooLarge(f"payload of {len(unit.payload)} bytes, limit {limits.max_payload_bytes}")
+    if len(unit.relationships) > limits.max_relationships:
+        raise TooLarge(f"{len(unit.relationships)} relationships, limit "
+                       f"{limits.max_relationships}")
+    if unit.idempotency_key is not None:
+        name(unit.idempotency_key, "idempotency key", MAX_KEY)
+    relationships = [
+        Relationship(type=relationship_type(rel.type), target=unit_id(rel.target),
+                     meta=meta(rel.meta, limits))
+        for rel in unit.relationships
+    ]
+    return UnitDraft(
+        context_id=context_id(unit.context_id),
+        type=unit_type(unit.type),
+        payload=unit.payload,
+        meta=meta(unit.meta, limits),
+        relationships=relationships,
+        idempotency_key=unit.idempotency_key,
+    )

@@ -1,0 +1,1 @@
+"""The write-ahead log: the source of truth for everything engramd stores."""

@@ -1,0 +1,159 @@
+"""WAL segment and record format. Pure: bytes in, records out.
+
+A segment file starts with a 32-byte header::
+
+    +----------+---------+----------+---------------+---------------+
+    | magic 8  | ver u32 | rsvd u32 | first_seq u64 | segment_id 8  |
+    | ENGRAMWL |   1     |    0     | big-endian    | random bytes  |
+    +----------+---------+----------+---------------+---------------+
+
+followed by records::
+
+    +------------+-----------+----------------------------------------+
+    | length u32 | crc32 u32 | body: `length` bytes of MessagePack     |
+    +------------+-----------+----------------------------------------+
+
+Rules:
+
+* ``crc32`` is zlib's CRC-32 of the 4 length bytes followed by the body, so a
+  damaged length cannot point at a region that happens to check out.
+* A body is one :class:`Entry`: the events of one commit, with consecutive
+  sequence numbers starting at ``first_seq``. Entries are contiguous across
+  the whole log: each starts where the previous one ended, and the first entry
+  of a segment starts at the header's ``first_seq``.
+* A record is never larger than :data:`MAX_RECORD`; a length above it is damage.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import msgspec
+
+from engramd.protocol.model import AnyEvent
+
+MAGIC = b"ENGRAMWL"
+VERSION = 1
+HEADER = struct.Struct(">8sIIQ8s")
+RECORD_HEAD = struct.Struct(">II")
+MAX_RECORD = 256 * 1024 * 1024
+
+
+class Entry(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One commit: every event it made, in sequence order."""
+
+    first_seq: int
+    events: list[AnyEvent]
+    idempotency_keys: dict[str, str] = {}
+    """Idempotency key -> id of the unit first written with it."""
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.events) - 1
+
+
+_entry_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(Entry)
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    first_seq: int
+    segment_id: bytes
+
+    def encode(self) -> bytes:
+        return HEADER.pack(MAGIC, VERSION, 0, self.first_seq, self.segment_id)
+
+    @staticmethod
+    def new(first_seq: int) -> SegmentHeader:
+        return SegmentHeader(first_seq, os.urandom(8))
+
+
+class BadHeader(ValueError):
+    """A segment that does not start with a valid header."""
+
+
+def decode_header(data: bytes) -> SegmentHeader:
+    if len(data) < HEADER.size:
+        raise BadHeader(f"header is {len(data)} bytes, expected {HEADER.size}")
+    magic, version, _, first_seq, segment_id = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise BadHeader("not an engram WAL segment (bad magic)")
+    if version != VERSION:
+        raise BadHeader(f"unsupported WAL version {version}")
+    return SegmentHeader(first_seq, segment_id)
+
+
+def encode_record(entry: Entry) -> bytes:
+    body = _entry_encoder.encode(entry)
+    length = struct.pack(">I", len(body))
+    return length + struct.pack(">I", zlib.crc32(body, zlib.crc32(length))) + body
+
+
+def decode_entry(body: bytes) -> Entry:
+    return _entry_decoder.decode(body)
+
+
+@dataclass(frozen=True)
+class Record:
+    offset: int
+    end: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Why reading stopped before the end of the data."""
+
+    offset: int
+    reason: str
+    is_tail: bool
+    """True when no valid record follows: a torn write, not corruption."""
+
+
+def _record_at(data: bytes, offset: int) -> Record | str:
+    """The valid record at *offset*, or a reason it is not one."""
+    if len(data) - offset < RECORD_HEAD.size:
+        return "truncated record header"
+    length, crc = RECORD_HEAD.unpack_from(data, offset)
+    if length == 0 or length > MAX_RECORD:
+        return f"implausible record length {length}"
+    end = offset + RECORD_HEAD.size + length
+    if end > len(data):
+        return f"record of {length} bytes runs past the end of the file"
+    body = data[offset + RECORD_HEAD.size : end]
+    if zlib.crc32(body, zlib.crc32(data[offset : offset + 4])) != crc:
+        return "checksum mismatch"
+    return Record(offset, end, body)
+
+
+def scan_records(data: bytes, start: int) -> tuple[list[Record], Damage | None]:
+    """Read the records of *data* from *start* until the end or the first damage.
+
+    Damage is a torn tail when no valid record can be found anywhere after it
+    (a crash cut the last write short, or left zeros or garbage behind);
+    otherwise it is corruption in the middle of the log.
+    """
+    records: list[Record] = []
+    offset = start
+    while offset < len(data):
+        found = _record_at(data, offset)
+        if isinstance(found, str):
+            return records, Damage(offset, found, is_tail=not _any_record_after(data, offset))
+        records.append(found)
+        offset = found.end
+    return records, None
+
+
+def _any_record_after(data: bytes, offset: int) -> bool:
+    return any(isinstance(_record_at(data, position), Record)
+               for position in range(offset + 1, len(data) - RECORD_HEAD.size + 1))
+
+
+def iter_entries(records: list[Record]) -> Iterator[tuple[Record, Entry]]:
+    for record in records:
+        yield record, decode_entry(record.body)
