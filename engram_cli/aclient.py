@@ -16,13 +16,15 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import AsyncIterator, Mapping
-from typing import TypeVar
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, TypeVar
 
 import trio
 
+from engram_cli import requests
 from engram_cli.autostart import start_daemon
-from engram_cli.errors import DaemonUnavailable, EngramError, error_from_reply
+from engram_cli.errors import DaemonUnavailable, EngramError, NotFound, error_from_reply
+from engram_cli.requests import Payload
 from engram_cli.settings import autostart_enabled, default_agent_id, socket_path
 from engramd.protocol import (
     CLOSED,
@@ -30,16 +32,27 @@ from engramd.protocol import (
     PROTOCOL_VERSION,
     ClientConnection,
     ClientMessage,
+    Context,
+    ContextFound,
+    ContextPage,
     DaemonStatus,
     ErrorReply,
+    GetContext,
     GetStatus,
+    GetUnits,
     Ping,
     Pong,
     ProtocolError,
+    RelatedFound,
     ServerMessage,
     Shutdown,
     ShuttingDown,
     SocketPathTooLong,
+    Unit,
+    UnitDraft,
+    UnitPage,
+    UnitsCreated,
+    UnitsFound,
     Welcome,
 )
 
@@ -136,6 +149,56 @@ class AsyncClient:
 
     async def shutdown(self) -> ShuttingDown:
         return await self.request(Shutdown(id=self._next_id()), ShuttingDown)
+
+    # -- journal --------------------------------------------------------------
+
+    async def create_unit(self, context_id: str, type: str = "MESSAGE", payload: Payload = b"",
+                    **options: Any) -> Unit:
+        """Write one unit; see :func:`engram_cli.requests.draft` for the options."""
+        created = await self.create_units([requests.draft(context_id, type, payload, **options)])
+        return created.units[0]
+
+    async def create_units(self, drafts: Iterable[UnitDraft]) -> UnitsCreated:
+        """Write units all or nothing, with one fsync."""
+        return await self.request(requests.create_units(self._next_id(), drafts), UnitsCreated)
+
+    async def get_units(self, unit_ids: Iterable[str]) -> UnitsFound:
+        return await self.request(GetUnits(id=self._next_id(), ids=list(unit_ids)), UnitsFound)
+
+    async def get_unit(self, unit_id: str) -> Unit:
+        """One unit; raises :class:`~engram_cli.errors.NotFound` when it does not exist."""
+        found = await self.get_units([unit_id])
+        if not found.units:
+            raise NotFound(f"no unit {unit_id}")
+        return found.units[0]
+
+    async def list_units(self, context_id: str, **options: Any) -> UnitPage:
+        """A context's units; see :func:`engram_cli.requests.list_units` for the options."""
+        return await self.request(
+            requests.list_units(self._next_id(), context_id, **options), UnitPage)
+
+    async def related_units(self, unit_id: str, **options: Any) -> RelatedFound:
+        return await self.request(requests.related_units(self._next_id(), unit_id, **options),
+                            RelatedFound)
+
+    async def create_context(self, context_id: str | None = None, **options: Any) -> Context:
+        found = await self.request(
+            requests.create_context(self._next_id(), context_id, **options), ContextFound)
+        return found.context
+
+    async def get_context(self, context_id: str) -> Context:
+        found = await self.request(GetContext(id=self._next_id(), context_id=context_id),
+                                   ContextFound)
+        return found.context
+
+    async def list_contexts(self, **options: Any) -> ContextPage:
+        return await self.request(requests.list_contexts(self._next_id(), **options), ContextPage)
+
+    async def update_context(self, context_id: str, **changes: Any) -> Context:
+        """Rename, add or remove agents, pin or unpin units, set or unset meta."""
+        found = await self.request(
+            requests.update_context(self._next_id(), context_id, **changes), ContextFound)
+        return found.context
 
 
 async def _connect(path: str) -> trio.SocketStream:

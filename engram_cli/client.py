@@ -17,17 +17,20 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from engram_cli import requests
 from engram_cli.autostart import START_TIMEOUT, start_daemon
 from engram_cli.errors import (
     ClientTimeout,
     DaemonUnavailable,
     EngramError,
+    NotFound,
     error_from_reply,
 )
+from engram_cli.requests import Payload
 from engram_cli.settings import autostart_enabled, default_agent_id, socket_path
 from engramd.protocol import (
     CLOSED,
@@ -35,16 +38,27 @@ from engramd.protocol import (
     PROTOCOL_VERSION,
     ClientConnection,
     ClientMessage,
+    Context,
+    ContextFound,
+    ContextPage,
     DaemonStatus,
     ErrorReply,
+    GetContext,
     GetStatus,
+    GetUnits,
     Ping,
     Pong,
     ProtocolError,
+    RelatedFound,
     ServerMessage,
     Shutdown,
     ShuttingDown,
     SocketPathTooLong,
+    Unit,
+    UnitDraft,
+    UnitPage,
+    UnitsCreated,
+    UnitsFound,
 )
 
 ReplyT = TypeVar("ReplyT", bound=ServerMessage)
@@ -280,6 +294,51 @@ class Client:
     def shutdown(self) -> ShuttingDown:
         """Ask the daemon to stop; it answers before it goes."""
         return self.request(Shutdown(id=self.next_id()), ShuttingDown)
+
+    # -- journal --------------------------------------------------------------
+
+    def create_unit(self, context_id: str, type: str = "MESSAGE", payload: Payload = b"",
+                    **options: Any) -> Unit:
+        """Write one unit; see :func:`engram_cli.requests.draft` for the options."""
+        return self.create_units([requests.draft(context_id, type, payload, **options)]).units[0]
+
+    def create_units(self, drafts: Iterable[UnitDraft]) -> UnitsCreated:
+        """Write units all or nothing, with one fsync."""
+        return self.request(requests.create_units(self.next_id(), drafts), UnitsCreated)
+
+    def get_units(self, unit_ids: Iterable[str]) -> UnitsFound:
+        return self.request(GetUnits(id=self.next_id(), ids=list(unit_ids)), UnitsFound)
+
+    def get_unit(self, unit_id: str) -> Unit:
+        """One unit; raises :class:`~engram_cli.errors.NotFound` when it does not exist."""
+        found = self.get_units([unit_id])
+        if not found.units:
+            raise NotFound(f"no unit {unit_id}")
+        return found.units[0]
+
+    def list_units(self, context_id: str, **options: Any) -> UnitPage:
+        """A context's units; see :func:`engram_cli.requests.list_units` for the options."""
+        return self.request(requests.list_units(self.next_id(), context_id, **options), UnitPage)
+
+    def related_units(self, unit_id: str, **options: Any) -> RelatedFound:
+        return self.request(requests.related_units(self.next_id(), unit_id, **options),
+                            RelatedFound)
+
+    def create_context(self, context_id: str | None = None, **options: Any) -> Context:
+        return self.request(requests.create_context(self.next_id(), context_id, **options),
+                            ContextFound).context
+
+    def get_context(self, context_id: str) -> Context:
+        return self.request(GetContext(id=self.next_id(), context_id=context_id),
+                            ContextFound).context
+
+    def list_contexts(self, **options: Any) -> ContextPage:
+        return self.request(requests.list_contexts(self.next_id(), **options), ContextPage)
+
+    def update_context(self, context_id: str, **changes: Any) -> Context:
+        """Rename, add or remove agents, pin or unpin units, set or unset meta."""
+        return self.request(requests.update_context(self.next_id(), context_id, **changes),
+                            ContextFound).context
 
 
 def _socket_path(explicit: str | None, env: Mapping[str, str]) -> str:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
-from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from engramd.protocol.model import ContextCreated, ContextUpdated, UnitCreated
 from engramd.wal.record import Entry
@@ -154,37 +154,37 @@ class Store:
     ) -> Iterator[tuple[bytes, bytes]]:
         """``(key, encoded unit)`` of a context, within ``(after, before)`` exclusive."""
         prefix = b"c/" + _text(context_id) + b"\0"
-        read = ReadOptions()
-        read.set_iterate_lower_bound(prefix + seq_bytes((after or 0) + 1))
-        read.set_iterate_upper_bound(prefix + seq_bytes(before) if before is not None
-                                     else prefix + b"\xff" * 9)
-        iterator = self.db.iter(read)
+        low = after or 0
+        high = before if before is not None else 1 << 64
+        iterator = self.db.iter()
         if newest_first:
-            iterator.seek_to_last()
-            while iterator.valid():
-                yield iterator.key(), iterator.value()
-                iterator.prev()
+            iterator.seek_for_prev(prefix + seq_bytes(min(high, (1 << 64) - 1)))
+            step = iterator.prev
         else:
-            iterator.seek_to_first()
-            while iterator.valid():
-                yield iterator.key(), iterator.value()
-                iterator.next()
+            iterator.seek(prefix + seq_bytes(low + 1))
+            step = iterator.next
+        while iterator.valid():
+            key: bytes = iterator.key()
+            if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                return
+            seq = seq_from(key)
+            if seq <= low or seq >= high:
+                if newest_first and seq >= high:
+                    step()
+                    continue
+                return
+            yield key, iterator.value()
+            step()
 
     def context(self, context_id: str) -> bytes | None:
         value: bytes | None = self.db.get(b"x/" + _text(context_id))
         return value
 
     def contexts(self, *, prefix: str = "", after: str | None = None) -> Iterator[bytes]:
-        read = ReadOptions()
         start = b"x/" + _text(prefix)
-        read.set_iterate_lower_bound(start)
-        read.set_iterate_upper_bound(start + b"\xff")
-        iterator = self.db.iter(read)
-        if after is not None:
-            iterator.seek(b"x/" + _text(after) + b"\0")
-        else:
-            iterator.seek_to_first()
-        while iterator.valid():
+        iterator = self.db.iter()
+        iterator.seek(b"x/" + _text(after) + b"\0" if after is not None else start)
+        while iterator.valid() and iterator.key().startswith(start):
             yield iterator.value()
             iterator.next()
 
@@ -195,12 +195,9 @@ class Store:
     def relationships(self, unit_id: str, direction: str) -> Iterator[tuple[str, str, str]]:
         """``(source, TYPE, target)`` edges touching *unit_id*; direction ``o`` or ``i``."""
         prefix = b"r/" + direction.encode() + b"/" + _text(unit_id) + b"\0"
-        read = ReadOptions()
-        read.set_iterate_lower_bound(prefix)
-        read.set_iterate_upper_bound(prefix[:-1] + b"\x01")
-        iterator = self.db.iter(read)
-        iterator.seek_to_first()
-        while iterator.valid():
+        iterator = self.db.iter()
+        iterator.seek(prefix)
+        while iterator.valid() and iterator.key().startswith(prefix):
             kind, other = iterator.key()[len(prefix):].decode().split("\0", 1)
             yield (unit_id, kind, other) if direction == "o" else (other, kind, unit_id)
             iterator.next()

@@ -1,0 +1,106 @@
+"""Request builders shared by the blocking and the trio client.
+
+Each turns friendly Python arguments into the protocol's request Struct, so
+that both clients stay one-liners per operation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+
+from engramd.protocol import (
+    CreateContext,
+    CreateUnits,
+    ListContexts,
+    ListUnits,
+    RelatedUnits,
+    Relationship,
+    UnitDraft,
+    UpdateContext,
+)
+
+Payload = bytes | str
+
+
+def relationship(kind: str, target: str, meta: Mapping[str, str] | None = None) -> Relationship:
+    return Relationship(type=kind, target=target, meta=dict(meta or {}))
+
+
+def draft(
+    context_id: str,
+    type: str = "MESSAGE",
+    payload: Payload = b"",
+    *,
+    meta: Mapping[str, str] | None = None,
+    relationships: Iterable[Relationship | tuple[str, str]] = (),
+    idempotency_key: str | None = None,
+) -> UnitDraft:
+    """A unit to write; ``relationships`` may be ``(TYPE, target id)`` pairs."""
+    return UnitDraft(
+        context_id=context_id,
+        type=type,
+        payload=payload.encode() if isinstance(payload, str) else payload,
+        meta=dict(meta or {}),
+        relationships=[rel if isinstance(rel, Relationship) else relationship(*rel)
+                       for rel in relationships],
+        idempotency_key=idempotency_key,
+    )
+
+
+def create_units(request_id: int, drafts: Iterable[UnitDraft]) -> CreateUnits:
+    return CreateUnits(id=request_id, units=list(drafts))
+
+
+def list_units(
+    request_id: int,
+    context_id: str,
+    *,
+    limit: int = 100,
+    before: int | None = None,
+    after: int | None = None,
+    reverse: bool = False,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    agents: Iterable[str] = (),
+    types: Iterable[str] = (),
+) -> ListUnits:
+    return ListUnits(id=request_id, context_id=context_id, limit=limit, before=before,
+                     after=after, reverse=reverse, since=since, until=until,
+                     agents=list(agents), types=list(types))
+
+
+def related_units(request_id: int, unit_id: str, *, types: Iterable[str] = (),
+                  direction: str = "both", depth: int = 1) -> RelatedUnits:
+    return RelatedUnits(id=request_id, unit_id=unit_id, types=list(types),
+                        direction=direction, depth=depth)
+
+
+def create_context(request_id: int, context_id: str | None = None, *,
+                   display_name: str | None = None,
+                   meta: Mapping[str, str] | None = None) -> CreateContext:
+    return CreateContext(id=request_id, context_id=context_id, display_name=display_name,
+                         meta=dict(meta or {}))
+
+
+def list_contexts(request_id: int, *, limit: int = 100, after: str | None = None,
+                  prefix: str = "") -> ListContexts:
+    return ListContexts(id=request_id, limit=limit, after=after, prefix=prefix)
+
+
+def update_context(
+    request_id: int,
+    context_id: str,
+    *,
+    display_name: str | None = None,
+    add_agents: Iterable[str] = (),
+    remove_agents: Iterable[str] = (),
+    pin: Iterable[str] = (),
+    unpin: Iterable[str] = (),
+    set_meta: Mapping[str, str] | None = None,
+    unset_meta: Iterable[str] = (),
+) -> UpdateContext:
+    return UpdateContext(id=request_id, context_id=context_id, display_name=display_name,
+                         add_agents=list(add_agents), remove_agents=list(remove_agents),
+                         pin=list(pin), unpin=list(unpin), set_meta=dict(set_meta or {}),
+                         unset_meta=list(unset_meta))
