@@ -8,12 +8,15 @@ per line). Errors are one line on stderr in every case.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 from collections.abc import Collection, Iterable, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
+
+from engramd.protocol import Context, ServerMessage, Unit
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -24,9 +27,9 @@ _json_encoder = msgspec.json.Encoder()
 
 
 def to_plain_data(value: Any) -> Any:
-    """A protocol Struct as JSON-ready data, without the wire envelope."""
+    """JSON-ready data; a daemon message loses its wire envelope (``msg``, ``id``)."""
     data = msgspec.to_builtins(value)
-    if isinstance(data, dict):
+    if isinstance(value, ServerMessage) and isinstance(data, dict):
         for key in _ENVELOPE:
             data.pop(key, None)
     return data
@@ -84,14 +87,16 @@ class Output:
         self.console.print(table)
 
     def table(self, title: str, columns: list[str], rows: Iterable[list[str]], *,
-              numeric: Collection[str] = ()) -> None:
-        """Rows: a rich table on a terminal, tab-separated lines with a header otherwise.
+              numeric: Collection[str] = (), header: bool = True) -> None:
+        """Rows: a rich table on a terminal, tab-separated lines otherwise.
 
-        Columns named in *numeric* are right-aligned on a terminal.
+        Columns named in *numeric* are right-aligned on a terminal; *header*
+        says whether piped output starts with a line of column names.
         """
         rows = list(rows)
         if not self.is_terminal:
-            self.stream.write("\t".join(columns) + "\n")
+            if header:
+                self.stream.write("\t".join(columns) + "\n")
             for row in rows:
                 self.stream.write("\t".join(row) + "\n")
             self.stream.flush()
@@ -114,6 +119,12 @@ def _text(value: Any) -> str:
     if isinstance(value, Mapping):
         return ", ".join(f"{k}={_text(v)}" for k, v in value.items())
     return str(value)
+
+
+def stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(file=sys.stderr)
 
 
 def error(message: str) -> None:
@@ -144,3 +155,89 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs}s"
     return f"{secs}s"
+
+
+# -- units and contexts -----------------------------------------------------
+
+
+def preview(unit: Unit, width: int = 200) -> str:
+    """The payload on one line: text with newlines and tabs flattened, or its size."""
+    try:
+        text = unit.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"<{len(unit.payload)} bytes>"
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _local_time(value: dt.datetime) -> str:
+    return value.astimezone().strftime("%H:%M:%S.%f")[:-3]
+
+
+def _meta_text(meta: Mapping[str, str]) -> str:
+    return " ".join(f"{key}={value}" for key, value in meta.items())
+
+
+def unit_row(unit: Unit) -> list[str]:
+    """The plain, tab-separated form of a unit (``unit list`` when piped)."""
+    return [str(unit.seq), unit.ts.isoformat().replace("+00:00", "Z"), unit.context_id,
+            unit.agent_id, unit.type, unit.id, preview(unit), _meta_text(unit.meta)]
+
+
+def units(out: Output, found: list[Unit]) -> None:
+    """A list of units: a table on a terminal, tab-separated rows otherwise."""
+    if not out.is_terminal:
+        for unit in found:
+            out.stream.write("\t".join(unit_row(unit)) + "\n")
+        out.stream.flush()
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for column, style in (("seq", "dim"), ("time", "dim"), ("agent", "bold"),
+                          ("type", "magenta"), ("payload", ""), ("meta", "cyan")):
+        table.add_column(column, style=style or None, no_wrap=column != "payload",
+                         overflow="ellipsis", justify="right" if column == "seq" else "left")
+    for unit in found:
+        table.add_row(str(unit.seq), _local_time(unit.ts), unit.agent_id, unit.type,
+                      preview(unit, 500), _meta_text(unit.meta))
+    out.console.print(table)
+
+
+def unit_panels(out: Output, found: list[Unit]) -> None:
+    """Units in full, one panel each (``unit get`` on a terminal)."""
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    for unit in found:
+        fields = Table.grid(padding=(0, 2))
+        fields.add_column(style="bold cyan")
+        fields.add_column()
+        for key, value in (("id", unit.id), ("seq", str(unit.seq)),
+                           ("context", unit.context_id), ("agent", unit.agent_id),
+                           ("time", unit.ts.isoformat()),
+                           ("from", f"uid {unit.uid}, pid {unit.pid}")):
+            fields.add_row(key, value)
+        for key, value in unit.meta.items():
+            fields.add_row(f"meta {key}", value)
+        for rel in unit.relationships:
+            fields.add_row(rel.type.lower(), rel.target)
+        try:
+            body = Text(unit.payload.decode("utf-8"))
+        except UnicodeDecodeError:
+            body = Text(f"<{len(unit.payload)} bytes of binary payload; use --raw>", style="dim")
+        from rich.console import Group
+
+        out.console.print(Panel(Group(fields, Text(""), body), title=unit.type,
+                                title_align="left", border_style="magenta"))
+
+
+def context_fields(out: Output, context: Context) -> None:
+    out.fields(context.id, [
+        ("id", context.id), ("name", context.display_name),
+        ("agents", ", ".join(context.agent_ids) or "-"),
+        ("pinned", ", ".join(context.pinned_units) or "-"),
+        ("meta", _meta_text(context.meta) or "-"),
+        ("created", context.created_at.isoformat()), ("updated", context.updated_at.isoformat()),
+    ])

@@ -1,0 +1,373 @@
+"""``engram unit create|get|list|import|export|related``: the journal of work units."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json as jsonlib
+import sys
+from collections.abc import Iterator
+from typing import Annotated, Any, BinaryIO
+
+import typer
+
+from engram_cli import context, output, requests
+from engram_cli.client import Client
+from engram_cli.context import JsonOption
+from engram_cli.errors import EngramError, NotFound, UsageProblem
+from engram_cli.timeparse import parse_time
+from engram_cli.unitjson import BadLine, draft_from_json, unit_to_json
+from engramd.protocol import RELATIONSHIP_TYPES, UNIT_TYPES, Unit, UnitDraft
+
+app = typer.Typer(help="Write and read work units.", no_args_is_help=True)
+
+ContextOption = Annotated[str | None, typer.Option(
+    "--context", "-c", metavar="CTX", envvar="ENGRAM_CONTEXT", show_envvar=True,
+    help="The context (a slug such as build-42).")]
+MetaOption = Annotated[list[str] | None, typer.Option(
+    "--meta", "-m", metavar="KEY=VALUE", help="Metadata (repeatable).")]
+
+
+def parse_pairs(pairs: list[str] | None, what: str = "--meta") -> dict[str, str]:
+    result = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageProblem(f"{what} expects KEY=VALUE, got {pair!r}")
+        result[key] = value
+    return result
+
+
+def parse_relationships(values: list[str] | None) -> list[tuple[str, str]]:
+    result = []
+    for value in values or []:
+        kind, sep, target = value.partition(":")
+        if not sep or not kind or not target:
+            raise UsageProblem(f"-r expects TYPE:ID (TYPE one of {', '.join(RELATIONSHIP_TYPES)}),"
+                               f" got {value!r}")
+        result.append((kind, target))
+    return result
+
+
+def require_context(value: str | None) -> str:
+    if not value:
+        raise UsageProblem("give a context with -c/--context (or ENGRAM_CONTEXT)")
+    return value
+
+
+def _time(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+@app.command()
+def create(
+    ctx: typer.Context,
+    context_id: ContextOption = None,
+    type_: Annotated[str, typer.Option(
+        "--type", "-t", metavar="TYPE",
+        help=f"Unit type: {', '.join(UNIT_TYPES)} (any case).")] = "MESSAGE",
+    payload: Annotated[str | None, typer.Option(
+        "--payload", "-p", metavar="TEXT", help="The payload (else --file, else stdin).")] = None,
+    file: Annotated[str | None, typer.Option(
+        "--file", "-f", metavar="PATH", help="Read the payload from this file.")] = None,
+    meta: MetaOption = None,
+    relationship: Annotated[list[str] | None, typer.Option(
+        "--rel", "-r", metavar="TYPE:ID",
+        help="A relationship to an existing unit (repeatable).")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(
+        "--idempotency-key", metavar="KEY",
+        help="A retry with the same key returns the first unit instead of writing again.")
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Write one unit and print its id (or the whole unit with --json)."""
+    cli = context.get(ctx)
+    if payload is not None and file is not None:
+        raise UsageProblem("give --payload or --file, not both")
+    if payload is not None:
+        data = payload.encode()
+    elif file is not None:
+        try:
+            with open(file, "rb") as source:
+                data = source.read()
+        except OSError as exc:
+            raise EngramError(f"cannot read {file}: {exc.strerror}") from None
+    elif not sys.stdin.isatty():
+        data = sys.stdin.buffer.read()
+    else:
+        data = b""
+    unit = cli.client().create_unit(
+        require_context(context_id), type_, data, meta=parse_pairs(meta),
+        relationships=parse_relationships(relationship), idempotency_key=idempotency_key)
+    out = cli.output(json)
+    if out.json:
+        out.json_line(unit_to_json(unit))
+    else:
+        out.line(unit.id)
+
+
+@app.command()
+def get(
+    ctx: typer.Context,
+    ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Unit ids.")],
+    raw: Annotated[bool, typer.Option("--raw", help="Write the payload bytes only.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Show units by id; exit 3 if any is missing (the others are still shown)."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    found = cli.client().get_units(ids)
+    if raw:
+        for unit in found.units:
+            sys.stdout.buffer.write(unit.payload)
+        sys.stdout.buffer.flush()
+    elif out.json:
+        for unit in found.units:
+            out.json_line(unit_to_json(unit))
+    elif out.is_terminal:
+        output.unit_panels(out, found.units)
+    else:
+        output.units(out, found.units)
+    if found.missing:
+        raise NotFound(f"no unit {', '.join(found.missing)}")
+
+
+def _list_options(agent: list[str] | None, type_: list[str] | None, since: str | None,
+                  until: str | None) -> dict[str, Any]:
+    return {"agents": agent or [], "types": type_ or [], "since": _time(since),
+            "until": _time(until)}
+
+
+AgentFilter = Annotated[list[str] | None, typer.Option(
+    "--agent", metavar="AGENT", help="Only units of this agent (repeatable).")]
+TypeFilter = Annotated[list[str] | None, typer.Option(
+    "--type", "-t", metavar="TYPE", help="Only units of this type (repeatable).")]
+SinceOption = Annotated[str | None, typer.Option(
+    "--since", metavar="TIME", help="Only units from TIME on (10m, 2h, 3d, ISO 8601).")]
+UntilOption = Annotated[str | None, typer.Option(
+    "--until", metavar="TIME", help="Only units up to TIME.")]
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    context_id: ContextOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000,
+                                       help="How many units.")] = 100,
+    before: Annotated[int | None, typer.Option(
+        "--before", metavar="SEQ", help="Page back: units before this sequence number.")
+    ] = None,
+    after: Annotated[int | None, typer.Option(
+        "--after", metavar="SEQ", help="Page forward: units after this sequence number.")
+    ] = None,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Newest first.")] = False,
+    agent: AgentFilter = None,
+    type_: TypeFilter = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    json: JsonOption = False,
+) -> None:
+    """A context's units in order: the newest N, oldest first (like tail)."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    page = cli.client().list_units(require_context(context_id), limit=limit, before=before,
+                                   after=after, reverse=reverse,
+                                   **_list_options(agent, type_, since, until))
+    if out.json:
+        for unit in page.units:
+            out.json_line(unit_to_json(unit))
+    else:
+        output.units(out, page.units)
+    if page.next_cursor is not None and out.is_terminal and not out.json:
+        flag = "--after" if after is not None else "--before"
+        output.note(f"more: {flag} {page.next_cursor}")
+
+
+def _all_units(client: Client, context_id: str, **options: Any) -> Iterator[Unit]:
+    cursor = 0
+    while True:
+        page = client.list_units(context_id, after=cursor, limit=1000, **options)
+        yield from page.units
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    context_id: ContextOption = None,
+    agent: AgentFilter = None,
+    type_: TypeFilter = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+) -> None:
+    """Write a context's units as JSON lines, oldest first (what import reads)."""
+    cli = context.get(ctx)
+    out = cli.output(True)
+    for unit in _all_units(cli.client(), require_context(context_id),
+                           **_list_options(agent, type_, since, until)):
+        out.json_line(unit_to_json(unit))
+
+
+def _read_lines(source: BinaryIO, context_id: str | None
+                ) -> Iterator[tuple[int, UnitDraft, str | None]]:
+    for number, line in enumerate(source, start=1):
+        if not line.strip():
+            continue
+        try:
+            draft, agent = draft_from_json(jsonlib.loads(line), context_id=context_id)
+        except (ValueError, BadLine) as exc:
+            raise EngramError(f"line {number}: {exc}") from None
+        yield number, draft, agent
+
+
+def _remap(draft: UnitDraft, new_ids: dict[str, str]) -> UnitDraft:
+    """Point relationships at the units this import created for the old ids."""
+    if not any(rel.target in new_ids for rel in draft.relationships):
+        return draft
+    relationships = [requests.relationship(rel.type, new_ids.get(rel.target, rel.target),
+                                           rel.meta) for rel in draft.relationships]
+    return requests.draft(draft.context_id, draft.type, draft.payload, meta=draft.meta,
+                          relationships=relationships, idempotency_key=draft.idempotency_key)
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Annotated[str | None, typer.Argument(
+        metavar="[FILE]", help="JSON lines to read (default: stdin).")] = None,
+    context_id: Annotated[str | None, typer.Option(
+        "--context", "-c", metavar="CTX", help="Put every unit in this context instead.")
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=1000,
+                                       help="Units written per request (all or nothing).")
+    ] = 500,
+    json: JsonOption = False,
+) -> None:
+    """Write units from JSON lines (as export writes them), in batches.
+
+    Each line's id serves as its idempotency key, so importing a file twice
+    writes it once. Units keep their agent. A bad line stops the import with its
+    line number; earlier batches stay written, nothing of the bad one is.
+    """
+    cli = context.get(ctx)
+    out = cli.output(json)
+    try:
+        source: BinaryIO = open(file, "rb") if file else sys.stdin.buffer  # noqa: SIM115
+    except OSError as exc:
+        raise EngramError(f"cannot read {file}: {exc.strerror}") from None
+    clients: dict[str, Client] = {}
+    new_ids: dict[str, str] = {}
+    written = reused = 0
+    run: list[UnitDraft] = []
+    run_agent: str | None = None
+    run_start = 0
+
+    def flush(next_line: int) -> None:
+        """Write the run of lines by one agent, as that agent, all or nothing."""
+        nonlocal written, reused
+        client = clients.get(run_agent or "")
+        if client is None:
+            client = cli.client() if run_agent is None else Client(
+                cli.socket, agent_id=run_agent, client_name="engram-import")
+            clients[run_agent or ""] = client
+        drafts = [_remap(draft, new_ids) for draft in run]
+        try:
+            created = client.create_units(drafts)
+        except EngramError as exc:
+            exc.args = (f"lines {run_start}-{next_line - 1}: {exc}",)
+            raise
+        for draft, unit in zip(drafts, created.units, strict=True):
+            if draft.idempotency_key:
+                new_ids[draft.idempotency_key] = unit.id
+        written += len(created.units) - len(created.reused)
+        reused += len(created.reused)
+        run.clear()
+
+    try:
+        with _Progress(out) as advance:
+            number = 0
+            for number, draft, agent in _read_lines(source, context_id):
+                if run and (agent != run_agent or len(run) >= batch):
+                    count = len(run)
+                    flush(number)
+                    advance(count)
+                if not run:
+                    run_agent, run_start = agent, number
+                run.append(draft)
+            if run:
+                count = len(run)
+                flush(number + 1)
+                advance(count)
+    finally:
+        if file:
+            source.close()
+        for agent, client in clients.items():
+            if agent:
+                client.close()
+    if out.json:
+        out.json_line({"written": written, "reused": reused})
+    else:
+        output.note(f"imported {written} unit(s), {reused} already present")
+
+
+class _Progress:
+    """A progress counter on a terminal's stderr; nothing otherwise."""
+
+    def __init__(self, out: output.Output) -> None:
+        self.show = sys.stderr.isatty() and not out.json
+        self._progress: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.show:
+            return lambda count: None
+        from rich.progress import Progress
+
+        self._progress = Progress(transient=True, console=output.stderr_console())
+        self._progress.start()
+        task = self._progress.add_task("importing", total=None)
+        return lambda count: self._progress.advance(task, count)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@app.command()
+def related(
+    ctx: typer.Context,
+    unit_id: Annotated[str, typer.Argument(metavar="ID", help="The unit to start from.")],
+    type_: Annotated[list[str] | None, typer.Option(
+        "--type", "-t", metavar="TYPE", help="Only these relationship types (repeatable).")
+    ] = None,
+    direction: Annotated[str, typer.Option(
+        "--direction", "-d", help="out (its relationships), in (pointing at it) or both.")
+    ] = "both",
+    depth: Annotated[int, typer.Option("--depth", min=1, max=16,
+                                       help="How many hops to follow.")] = 1,
+    json: JsonOption = False,
+) -> None:
+    """Units linked to a unit by relationships, to a depth."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    found = cli.client().related_units(unit_id, types=type_ or [], direction=direction,
+                                       depth=depth)
+    if out.json:
+        out.json_line({"root": found.root,
+                       "edges": [output.to_plain_data(edge) for edge in found.edges],
+                       "units": [unit_to_json(unit) for unit in found.units]})
+        return
+    by_id = {unit.id: unit for unit in found.units}
+    rows = [[edge.source, edge.type, edge.target, str(edge.depth),
+             output.preview(by_id[edge.target], 80) if edge.target in by_id else ""]
+            for edge in found.edges]
+    if not rows and out.is_terminal:
+        output.note("no related units")
+    out.table(f"related to {found.root}", ["source", "type", "target", "depth", "target payload"],
+              rows, header=False)
+

@@ -1,0 +1,34 @@
+"""Times on the command line: ``now``, ``90s``, ``10m``, ``2h``, ``3d`` ago, or ISO 8601."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """An aware UTC datetime; naive ISO times are taken as local time.
+
+    Raises:
+        ValueError: with a message that shows the accepted forms.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    text = text.strip()
+    if text == "now":
+        return now
+    match = _RELATIVE.fullmatch(text)
+    if match:
+        return now - dt.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"cannot read time {text!r}: use now, 30s, 10m, 2h, 3d, 1w (ago) or ISO 8601 "
+            "such as 2026-11-23T14:00"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return parsed.astimezone(dt.UTC)
