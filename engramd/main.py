@@ -21,8 +21,10 @@ from engramd import __version__
 from engramd.config import SETTINGS, ConfigError, DaemonConfig, load_config
 from engramd.engine import Engine, open_engine
 from engramd.errors import StartupError
-from engramd.runtime import claim_runtime
+from engramd.runtime import LockFile, claim_runtime
 from engramd.server import Server
+from engramd.storage import Store
+from engramd.wal.log import Corruption, WriteAheadLog, cut_log
 
 log = logging.getLogger("engramd")
 
@@ -56,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective configuration and where each value "
                         "came from, then exit")
+    parser.add_argument("--repair", action="store_true",
+                        help="check the journal; if a damaged record stops recovery, say what "
+                        "cutting the log there would lose and, once confirmed, cut it; then exit")
+    parser.add_argument("--yes", action="store_true",
+                        help="with --repair: do not ask for confirmation")
     parser.add_argument("--version", action="version", version=f"engramd {__version__}")
     return parser
 
@@ -151,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print_config(config)
         return EXIT_OK
+    if args.repair:
+        return repair(config, assume_yes=args.yes)
     try:
         setup_logging(config)
     except OSError as exc:
@@ -169,6 +178,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"engramd: error: {startup}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def repair(config: DaemonConfig, *, assume_yes: bool) -> int:
+    """``engramd --repair``: find mid-log damage and, once confirmed, cut the log there."""
+    data_lock = LockFile(os.path.join(config.data_dir, "engramd.lock"),
+                         what=f"data dir {config.data_dir}")
+    try:
+        data_lock.acquire()
+    except (StartupError, OSError) as exc:
+        print(f"engramd: error: {exc}; stop the daemon first", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        store = Store(os.path.join(config.data_dir, "store"))
+        try:
+            wal = WriteAheadLog(os.path.join(config.data_dir, "wal"),
+                                segment_bytes=config.segment_bytes, sync=True)
+            try:
+                wal.recover(store.applied_seq, lambda entries: None)
+            except Corruption as exc:
+                print(f"{exc}.")
+                print(f"Cutting the log there loses {exc.bytes_after} bytes of records "
+                      "after it (units, context changes) that were written after the damage.")
+                if not assume_yes:
+                    if not sys.stdin.isatty():
+                        print("engramd: error: not cut; run with --yes to confirm",
+                              file=sys.stderr)
+                        return EXIT_FAILURE
+                    if input("Cut the log there? [y/N] ").strip().lower() not in ("y", "yes"):
+                        print("not cut")
+                        return EXIT_FAILURE
+                removed = cut_log(wal.directory, exc.path, exc.offset)
+                print(f"cut {removed} bytes; engramd will start from the records before "
+                      f"offset {exc.offset} of {exc.path}")
+                return EXIT_OK
+            finally:
+                wal.close()
+            print(f"the journal is intact (seq {wal.last_seq})")
+            return EXIT_OK
+        finally:
+            store.close()
+    finally:
+        data_lock.release()
 
 
 def _find_startup_error(exc: BaseException) -> StartupError | None:
