@@ -147,7 +147,7 @@ def start_threaded(config: DaemonConfig) -> ThreadedDaemon:
     assert ready.wait(WAIT), "daemon did not start"
     if holder.errors:
         raise holder.errors[0]
-    wait_until(lambda: holder.server is not None and holder.server.engine.state == "ready"
+    wait_until(lambda: (holder.server is not None and holder.server.engine.state == "ready")
                or bool(holder.errors), "the journal to open")
     if holder.errors:
         raise holder.errors[0]
