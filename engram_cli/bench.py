@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import msgspec
 
-from engram_cli.autostart import start_daemon
+from engram_cli.autostart import daemon_answers, start_daemon
 from engram_cli.client import Client
 
 
@@ -45,6 +46,10 @@ class BenchTarget:
     """Environment for child processes: points them at this daemon, no auto-start."""
     scale: float
     """Multiplier for operation counts (``--scale``)."""
+    data_dir: str | None = None
+    """The daemon's data dir, when the harness owns the daemon (else None)."""
+    restart: Callable[[bool], float] | None = None
+    """Restart the harness's daemon (``True``: after SIGKILL); returns seconds to ready."""
 
     def count(self, base: int, minimum: int = 5) -> int:
         return max(minimum, int(base * self.scale))
@@ -139,10 +144,181 @@ def bench_floor_import(target: BenchTarget) -> Measurement:
     return measurement
 
 
+PAYLOAD = b"x" * 256
+
+
+def bench_floor_fdatasync(target: BenchTarget) -> Measurement:
+    """The disk's floor: append 256 bytes and fdatasync, in the data dir's file system."""
+    directory = target.data_dir or tempfile.gettempdir()
+    fd, path = tempfile.mkstemp(dir=directory, prefix="bench-fsync-")
+    try:
+        def append() -> None:
+            os.write(fd, PAYLOAD)
+            os.fdatasync(fd)
+
+        measurement = _timed_loop(target.count(2000), append)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    measurement.note = "floor under every durable write"
+    return measurement
+
+
+def bench_write_single(target: BenchTarget) -> Measurement:
+    """One durable unit write (256-byte payload) at a time, on one connection."""
+    with target.client() as client:
+        for _ in range(50):
+            client.create_unit("bench-single", "MESSAGE", PAYLOAD)
+        return _timed_loop(target.count(3000),
+                           lambda: client.create_unit("bench-single", "MESSAGE", PAYLOAD))
+
+
+def _write_worker(socket_path: str, name: str, requests_: int, per_request: int,
+                  window: int) -> None:
+    """A writer process: waits for "go" on stdin, writes, prints its latencies."""
+    from engram_cli import requests
+
+    drafts = [requests.draft(f"bench-{name}", "MESSAGE", PAYLOAD)] * per_request
+    with Client(socket_path, agent_id=name, autostart=False, timeout=120) as client:
+        client.ping()
+        sys.stdin.readline()
+        sent: dict[int, float] = {}
+        latencies = []
+        pending: list[int] = []
+        for _ in range(requests_):
+            if len(pending) >= window:
+                request_id = pending.pop(0)
+                client.receive(request_id)
+                latencies.append(time.perf_counter() - sent.pop(request_id))
+            request = requests.create_units(client.next_id(), drafts)
+            sent[request.id] = time.perf_counter()
+            pending.append(client.send(request))
+        for request_id in pending:
+            client.receive(request_id)
+            latencies.append(time.perf_counter() - sent.pop(request_id))
+    sys.stdout.write(" ".join(f"{value:.7f}" for value in latencies) + "\n")
+
+
+def _concurrent_writers(target: BenchTarget, processes: int, requests_: int,
+                        per_request: int, window: int) -> Measurement:
+    code = ("import sys; from engram_cli.bench import _write_worker; "
+            "_write_worker(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:]))")
+    workers = [subprocess.Popen(
+        [sys.executable, "-c", code, target.socket_path, f"w{n}", str(requests_),
+         str(per_request), str(window)],
+        env=dict(target.env), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for n in range(processes)]
+    time.sleep(1.0)  # let every worker connect before the clock starts
+    started = time.perf_counter()
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    latencies: list[float] = []
+    for worker in workers:
+        out, _ = worker.communicate(timeout=600)
+        if worker.returncode != 0:
+            raise RuntimeError("a bench writer failed")
+        latencies += [float(value) for value in out.split()]
+    wall = time.perf_counter() - started
+    units = processes * requests_ * per_request
+    return Measurement(latencies, wall,
+                       note=f"{units / wall:,.0f} units/s; latency per request")
+
+
+def bench_write_8procs(target: BenchTarget) -> Measurement:
+    """8 writer processes, 1 unit per request, 16 requests in flight each."""
+    return _concurrent_writers(target, 8, target.count(1500), 1, 16)
+
+
+def bench_write_8procs_batch(target: BenchTarget) -> Measurement:
+    """8 writer processes, 100 units per request, 2 requests in flight each."""
+    return _concurrent_writers(target, 8, target.count(60), 100, 2)
+
+
+FILL_UNITS = 1_000_000
+FILL_CONTEXTS = 100
+
+
+def _daemon_rss_mib(target: BenchTarget) -> float:
+    with target.client() as client:
+        pid = client.status().pid
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _fill(target: BenchTarget) -> int:
+    """Bring the store to FILL_UNITS (scaled) units, spread over FILL_CONTEXTS contexts."""
+    from engram_cli import requests
+
+    wanted = target.count(FILL_UNITS, minimum=10_000)
+    with target.client() as client:
+        journal = client.status().journal
+        have = journal.units if journal else 0
+        batch = 1000
+        context = 0
+        pending: list[int] = []
+        while have < wanted:
+            drafts = [requests.draft(f"bench-fill-{(context + i) % FILL_CONTEXTS}", "MESSAGE",
+                                     PAYLOAD, meta={"n": str(have + i)})
+                      for i in range(min(batch, wanted - have))]
+            context += len(drafts)
+            request = requests.create_units(client.next_id(), drafts)
+            pending.append(client.send(request))
+            if len(pending) >= 4:
+                client.receive(pending.pop(0))
+            have += len(drafts)
+        for request_id in pending:
+            client.receive(request_id)
+    return wanted
+
+
+def bench_list_last100(target: BenchTarget) -> Measurement:
+    """The last 100 units of a context while the store holds 1,000,000 (scaled) units."""
+    total = _fill(target)
+    with target.client() as client:
+        for _ in range(50):
+            client.list_units("bench-fill-7", limit=100)
+        measurement = _timed_loop(target.count(2000),
+                                  lambda: client.list_units("bench-fill-7", limit=100))
+    measurement.note = f"store holds {total:,} units; daemon RSS {_daemon_rss_mib(target):.0f} MiB"
+    return measurement
+
+
+def _bench_restart(target: BenchTarget, kill: bool) -> Measurement:
+    if target.restart is None:
+        return Measurement([], 0.0, note="skipped: needs the harness's own daemon")
+    total = _fill(target)
+    seconds = target.restart(kill)
+    rss = _daemon_rss_mib(target)
+    return Measurement([seconds], seconds,
+                       note=f"{total:,} units; spawn to ready; RSS after {rss:.0f} MiB")
+
+
+def bench_restart_clean(target: BenchTarget) -> Measurement:
+    """Stop gracefully, start, wait until ready (1,000,000 units, scaled)."""
+    return _bench_restart(target, kill=False)
+
+
+def bench_restart_crash(target: BenchTarget) -> Measurement:
+    """SIGKILL, start, replay the log, wait until ready (1,000,000 units, scaled)."""
+    return _bench_restart(target, kill=True)
+
+
 WORKLOADS: dict[str, Workload] = {
     "ping": bench_ping,
     "cli.ping": bench_cli_ping,
     "floor.import": bench_floor_import,
+    "floor.fdatasync": bench_floor_fdatasync,
+    "write.single": bench_write_single,
+    "write.8procs": bench_write_8procs,
+    "write.8procs.batch": bench_write_8procs_batch,
+    "list.last100": bench_list_last100,
+    "restart.clean": bench_restart_clean,
+    "restart.crash": bench_restart_crash,
 }
 
 
@@ -158,19 +334,49 @@ def bench_daemon() -> Iterator[BenchTarget]:
         env = {**os.environ, "ENGRAM_SOCKET": socket_path,
                "ENGRAM_DATA_DIR": os.path.join(scratch, "data"), "ENGRAM_NO_AUTOSTART": "1"}
         start_daemon(socket_path, env=env)
-        target = BenchTarget(socket_path=socket_path, env=env, scale=1.0)
+
+        def restart(kill: bool) -> float:
+            with Client(socket_path, autostart=False) as client:
+                pid = client.status().pid
+                if not kill:
+                    client.shutdown()
+            if kill:
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(socket_path, pid)
+            started = time.perf_counter()
+            start_daemon(socket_path, env=env)
+            with Client(socket_path, autostart=False) as client:
+                client.wait_ready(timeout=600)
+            return time.perf_counter() - started
+
+        target = BenchTarget(socket_path=socket_path, env=env, scale=1.0,
+                             data_dir=env["ENGRAM_DATA_DIR"], restart=restart)
         try:
             yield target
         finally:
             with contextlib.suppress(Exception), target.client() as client:
+                pid = client.status().pid
                 client.shutdown()
-            _wait_gone(socket_path)
+                client.close()
+                _wait_gone(socket_path, pid)
 
 
-def _wait_gone(socket_path: str, timeout: float = 10.0) -> None:
+def _wait_gone(socket_path: str, pid: int | None = None, timeout: float = 60.0) -> None:
+    """Until the daemon's socket answers no more and its process has gone."""
     deadline = time.monotonic() + timeout
-    while os.path.exists(socket_path) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while time.monotonic() < deadline:
+        alive = pid is not None and os.path.exists(f"/proc/{pid}") and not _zombie(pid)
+        if not alive and not daemon_answers(socket_path):
+            return
+        time.sleep(0.005)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def run_workloads(

@@ -8,10 +8,11 @@ per line). Errors are one line on stderr in every case.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sys
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
@@ -121,10 +122,21 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def stderr_console() -> Console:
-    from rich.console import Console
+@contextlib.contextmanager
+def progress(out: Output, what: str) -> Iterator[Callable[[int], None]]:
+    """A running count on a terminal's stderr (nothing when piped or with --json).
 
-    return Console(file=sys.stderr)
+    Yields a function to call with how many more items are done.
+    """
+    if out.json or not sys.stderr.isatty():
+        yield lambda count: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=Console(file=sys.stderr)) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda count: bar.advance(task, count)
 
 
 def error(message: str) -> None:

@@ -290,7 +290,7 @@ def import_(
         run.clear()
 
     try:
-        with _Progress(out) as advance:
+        with output.progress(out, "importing") as advance:
             number = 0
             for number, draft, agent in _read_lines(source, context_id):
                 if run and (agent != run_agent or len(run) >= batch):
@@ -314,28 +314,6 @@ def import_(
         out.json_line({"written": written, "reused": reused})
     else:
         output.note(f"imported {written} unit(s), {reused} already present")
-
-
-class _Progress:
-    """A progress counter on a terminal's stderr; nothing otherwise."""
-
-    def __init__(self, out: output.Output) -> None:
-        self.show = sys.stderr.isatty() and not out.json
-        self._progress: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.show:
-            return lambda count: None
-        from rich.progress import Progress
-
-        self._progress = Progress(transient=True, console=output.stderr_console())
-        self._progress.start()
-        task = self._progress.add_task("importing", total=None)
-        return lambda count: self._progress.advance(task, count)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 @app.command()
