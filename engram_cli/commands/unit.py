@@ -266,6 +266,7 @@ def import_(
     written = reused = 0
     run: list[UnitDraft] = []
     run_agent: str | None = None
+    run_keys: set[str] = set()
     run_start = 0
 
     def flush(next_line: int) -> None:
@@ -293,13 +294,19 @@ def import_(
         with output.progress(out, "importing") as advance:
             number = 0
             for number, draft, agent in _read_lines(source, context_id):
-                if run and (agent != run_agent or len(run) >= batch):
+                # A relationship to a unit of the current run needs that unit's new
+                # id, which only exists once the run is written.
+                refers_back = any(rel.target in run_keys for rel in draft.relationships)
+                if run and (agent != run_agent or len(run) >= batch or refers_back):
                     count = len(run)
                     flush(number)
                     advance(count)
                 if not run:
                     run_agent, run_start = agent, number
+                    run_keys.clear()
                 run.append(draft)
+                if draft.idempotency_key:
+                    run_keys.add(draft.idempotency_key)
             if run:
                 count = len(run)
                 flush(number + 1)

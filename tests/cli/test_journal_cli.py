@@ -1,0 +1,130 @@
+"""``engram unit ...`` and ``engram context ...`` at the command-line boundary."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+
+from tests.conftest import DaemonProcess, run_cli
+
+
+def cli(daemon: DaemonProcess, *args: str, input: bytes | None = None):  # type: ignore[no-untyped-def]
+    return run_cli(daemon.env, *args, input=input)
+
+
+def create(daemon: DaemonProcess, *args: str, input: bytes | None = None) -> str:
+    result = cli(daemon, "unit", "create", *args, input=input)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_create_prints_only_the_id_and_reads_stdin(engramd: DaemonProcess) -> None:
+    unit_id = create(engramd, "-c", "build-42", "-t", "tool_result", "-m", "exit=0",
+                     input=b"log line\n")
+    assert len(unit_id) == 36 and unit_id[14] == "7"
+    shown = json.loads(cli(engramd, "unit", "get", unit_id, "--json").stdout)
+    assert shown["payload"] == "log line\n" and shown["type"] == "TOOL_RESULT"
+    assert shown["meta"] == {"exit": "0"} and shown["agent_id"] == "tester"
+
+
+def test_binary_payload_is_base64_in_json_and_exact_with_raw(engramd: DaemonProcess,
+                                                             tmp_path) -> None:  # type: ignore[no-untyped-def]
+    blob = bytes(range(256))
+    path = tmp_path / "blob"
+    path.write_bytes(blob)
+    unit_id = create(engramd, "-c", "bin", "--file", str(path))
+    shown = json.loads(cli(engramd, "unit", "get", unit_id, "--json").stdout)
+    assert "payload" not in shown and base64.b64decode(shown["payload_base64"]) == blob
+    raw = subprocess.run([sys.executable, "-m", "engram_cli", "unit", "get", unit_id, "--raw"],
+                         env=engramd.env, capture_output=True, timeout=30, check=False)
+    assert raw.returncode == 0 and raw.stdout == blob
+
+
+def test_list_rows_are_tab_separated_in_order(engramd: DaemonProcess) -> None:
+    first = create(engramd, "-c", "rows", "-p", "one")
+    second = create(engramd, "-c", "rows", "-p", "two\tand\nmore", "-t", "reasoning")
+    lines = cli(engramd, "unit", "list", "-c", "rows").stdout.splitlines()
+    assert [line.split("\t")[5] for line in lines] == [first, second]
+    fields = lines[1].split("\t")
+    assert fields[2:5] == ["rows", "tester", "REASONING"] and fields[6] == "two and more"
+    newest = cli(engramd, "unit", "list", "-c", "rows", "-n", "1", "--json").stdout
+    assert json.loads(newest)["id"] == second
+
+
+def test_missing_unit_exits_3_after_showing_the_others(engramd: DaemonProcess) -> None:
+    unit_id = create(engramd, "-c", "m", "-p", "here")
+    result = cli(engramd, "unit", "get", unit_id, "no-such-id")
+    assert result.returncode == 3
+    assert unit_id in result.stdout
+    assert result.stderr.strip() == "engram: error: no unit no-such-id"
+
+
+def test_relationships_and_related(engramd: DaemonProcess) -> None:
+    cause = create(engramd, "-c", "r", "-p", "cause")
+    effect = create(engramd, "-c", "r", "-p", "effect", "-r", f"CAUSES:{cause}")
+    related = json.loads(cli(engramd, "unit", "related", cause, "--json").stdout)
+    assert related["edges"] == [{"source": effect, "type": "CAUSES", "target": cause,
+                                 "depth": 1}]
+    bad = cli(engramd, "unit", "create", "-c", "r", "-r", "CAUSES:nowhere")
+    assert bad.returncode == 1 and "unknown unit nowhere" in bad.stderr
+    usage = cli(engramd, "unit", "create", "-c", "r", "-r", "nonsense")
+    assert usage.returncode == 2 and "TYPE:ID" in usage.stderr
+
+
+def test_validation_errors_are_one_line(engramd: DaemonProcess) -> None:
+    result = cli(engramd, "unit", "create", "-c", "bad slug!", "-p", "x")
+    assert result.returncode == 1
+    assert result.stderr.startswith("engram: error: bad context id") and \
+        result.stderr.count("\n") == 1
+    no_context = run_cli(engramd.env, "unit", "create", "-p", "x")
+    assert no_context.returncode == 2 and "--context" in no_context.stderr
+
+
+def test_export_then_import_round_trips(engramd: DaemonProcess) -> None:
+    first = create(engramd, "-c", "src", "-p", "first")
+    create(engramd, "-c", "src", "-p", "second", "-r", f"RESPONDS_TO:{first}")
+    run_cli({**engramd.env, "ENGRAM_AGENT": "bob"}, "unit", "create", "-c", "src", "-p", "bob's")
+    exported = cli(engramd, "unit", "export", "-c", "src").stdout
+    assert len(exported.splitlines()) == 3
+    imported = cli(engramd, "unit", "import", "-c", "dst", input=exported.encode())
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 3 unit(s), 0 already present" in imported.stderr
+    again = cli(engramd, "unit", "import", "-c", "dst", input=exported.encode())
+    assert "imported 0 unit(s), 3 already present" in again.stderr
+    copies = [json.loads(line) for line in cli(engramd, "unit", "list", "-c", "dst",
+                                               "--json").stdout.splitlines()]
+    assert [c["payload"] for c in copies] == ["first", "second", "bob's"]
+    assert [c["agent_id"] for c in copies] == ["tester", "tester", "bob"]
+    assert copies[1]["relationships"][0]["target"] == copies[0]["id"]
+
+
+def test_import_reports_the_bad_line_and_writes_nothing_of_its_batch(
+        engramd: DaemonProcess) -> None:
+    lines = b'{"context_id": "imp", "payload": "ok"}\nnot json\n'
+    result = cli(engramd, "unit", "import", input=lines)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("engram: error: line 2:")
+    assert cli(engramd, "unit", "list", "-c", "imp").stdout == ""
+
+
+def test_context_commands(engramd: DaemonProcess) -> None:
+    assert cli(engramd, "context", "create", "proj", "--name", "Project").stdout.strip() == "proj"
+    exists = cli(engramd, "context", "create", "proj")
+    assert exists.returncode == 4
+    unit_id = create(engramd, "-c", "proj", "-p", "pin me")
+    cli(engramd, "context", "pin", "proj", unit_id)
+    cli(engramd, "context", "join", "proj", "bob")
+    cli(engramd, "context", "update", "proj", "-m", "team=core", "--name", "Renamed")
+    shown = json.loads(cli(engramd, "context", "get", "proj", "--json").stdout)
+    assert shown["pinned_units"] == [unit_id] and shown["agent_ids"] == ["tester", "bob"]
+    assert shown["display_name"] == "Renamed" and shown["meta"] == {"team": "core"}
+    cli(engramd, "context", "leave", "proj")
+    cli(engramd, "context", "unpin", "proj", unit_id)
+    shown = json.loads(cli(engramd, "context", "get", "proj", "--json").stdout)
+    assert shown["agent_ids"] == ["bob"] and shown["pinned_units"] == []
+    listed = cli(engramd, "context", "list").stdout.splitlines()
+    assert listed[0].split("\t")[0] == "proj"
+    missing = cli(engramd, "context", "get", "nope")
+    assert missing.returncode == 3
