@@ -1,8 +1,9 @@
 """``make demo``: engram's main job, end to end, on a throwaway daemon.
 
-Starts engramd on a temporary socket and data dir, runs real ``engram``
-commands against it the way a script or a person would, and stops it. Every
-command is printed before it runs, so the demo doubles as a tour.
+Starts engramd on a temporary socket and data dir, has two agents (alice and
+bob) record their work in one context with real ``engram`` commands, the way a
+script or an agent would, reads it back, and stops the daemon. Every command is
+printed before it runs, so the demo doubles as a tour.
 """
 
 from __future__ import annotations
@@ -16,6 +17,50 @@ import tempfile
 from engram_cli.bench import _engram_command
 
 
+class Demo:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.engram = _engram_command()
+
+    def run(self, *args: str, agent: str | None = None, stdin: str | None = None,
+            capture: bool = False) -> str:
+        shown = f"engram {shlex.join(args)}"
+        if agent:
+            shown = f"ENGRAM_AGENT={agent} {shown}"
+        if stdin is not None:
+            shown = f"echo {shlex.quote(stdin.strip())} | {shown}"
+        print(f"\n$ {shown}", flush=True)
+        env = {**self.env, "ENGRAM_AGENT": agent or self.env["ENGRAM_AGENT"]}
+        result = subprocess.run([*self.engram, *args], env=env, input=stdin, text=True,
+                                stdout=subprocess.PIPE if capture else None, check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"demo: '{shown}' exited {result.returncode}")
+        if capture:
+            print(result.stdout, end="", flush=True)
+            return result.stdout.strip()
+        return ""
+
+
+def tour(demo: Demo) -> None:
+    demo.run("daemon", "start")
+    started = demo.run("unit", "create", "-c", "build-42", "-t", "task_status",
+                       "-m", "step=build", stdin="build 42 started\n", agent="alice",
+                       capture=True)
+    call = demo.run("unit", "create", "-c", "build-42", "-t", "tool_call", "-p", "pytest -q",
+                    "-r", f"RESPONDS_TO:{started}", agent="bob", capture=True)
+    demo.run("unit", "create", "-c", "build-42", "-t", "tool_result", "-m", "exit=0",
+             "-p", "179 passed in 7.2s", "-r", f"CAUSES:{call}", agent="bob", capture=True)
+    demo.run("unit", "create", "-c", "build-42", "-t", "reasoning", "-p",
+             "tests pass; safe to merge", "-r", f"DEPENDS_ON:{call}", agent="alice",
+             capture=True)
+    demo.run("context", "pin", "build-42", started)
+    demo.run("unit", "list", "-c", "build-42")
+    demo.run("unit", "related", call)
+    demo.run("--json", "unit", "list", "-c", "build-42", "--agent", "bob", "-n", "1")
+    demo.run("status")
+    demo.run("daemon", "stop")
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="engram-demo-") as scratch:
         os.chmod(scratch, 0o700)
@@ -25,27 +70,15 @@ def main() -> int:
             "ENGRAM_DATA_DIR": os.path.join(scratch, "data"),
             "ENGRAM_AGENT": "demo",
         }
-        engram = _engram_command()
         print(f"# a throwaway daemon: socket {env['ENGRAM_SOCKET']}, data {env['ENGRAM_DATA_DIR']}")
-        steps = [
-            ["daemon", "start"],
-            ["ping", "--count", "3"],
-            ["status"],
-            ["--json", "ping"],
-            ["daemon", "status"],
-            ["daemon", "logs", "--lines", "5"],
-            ["daemon", "stop"],
-        ]
+        demo = Demo(env)
         try:
-            for args in steps:
-                print(f"\n$ engram {shlex.join(args)}", flush=True)
-                result = subprocess.run([*engram, *args], env=env, check=False)
-                if result.returncode != 0:
-                    print(f"demo: 'engram {shlex.join(args)}' exited {result.returncode}",
-                          file=sys.stderr)
-                    return 1
+            tour(demo)
+        except SystemExit as exc:
+            print(exc, file=sys.stderr)
+            return 1
         finally:
-            subprocess.run([*engram, "daemon", "stop"], env=env, check=False,
+            subprocess.run([*demo.engram, "daemon", "stop"], env=env, check=False,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print("\n# done: the daemon is stopped and its temporary data removed")
     return 0
