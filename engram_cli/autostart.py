@@ -23,6 +23,18 @@ START_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.01
 
 
+def process_gone(pid: int) -> bool:
+    """True when *pid* has exited (a zombie counts as gone: it runs no more)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # The state letter follows the parenthesised command name.
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (FileNotFoundError, IndexError):
+        return True
+    except OSError:
+        return False
+
+
 def daemon_answers(socket_path: str) -> bool:
     """True when something accepts connections on *socket_path*."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import msgspec
 
-from engram_cli.autostart import daemon_answers, start_daemon
+from engram_cli.autostart import daemon_answers, process_gone, start_daemon
 from engram_cli.client import Client
 
 
@@ -365,18 +365,9 @@ def _wait_gone(socket_path: str, pid: int | None = None, timeout: float = 60.0) 
     """Until the daemon's socket answers no more and its process has gone."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = pid is not None and os.path.exists(f"/proc/{pid}") and not _zombie(pid)
-        if not alive and not daemon_answers(socket_path):
+        if (pid is None or process_gone(pid)) and not daemon_answers(socket_path):
             return
         time.sleep(0.005)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 def run_workloads(

@@ -18,14 +18,16 @@ MAX_NAME = 256
 MAX_KEY = 256
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WriteLimits:
-    max_payload_bytes: int = 1024 * 1024
-    max_batch_units: int = 1000
-    max_meta_entries: int = 64
-    max_meta_key_bytes: int = 128
-    max_meta_value_bytes: int = 4096
-    max_relationships: int = 64
+    """The configured limits on writes (``limits.*`` in the configuration)."""
+
+    max_payload_bytes: int
+    max_batch_units: int
+    max_meta_entries: int
+    max_meta_key_bytes: int
+    max_meta_value_bytes: int
+    max_relationships: int
 
 
 def unit_type(text: str) -> str:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from engram_cli import context
-from engram_cli.autostart import START_TIMEOUT, start_daemon
+from engram_cli.autostart import START_TIMEOUT, process_gone, start_daemon
 from engram_cli.context import JsonOption
 from engram_cli.errors import ClientTimeout, DaemonUnavailable
 from engram_cli.output import format_duration, to_plain_data
@@ -22,17 +22,6 @@ TimeoutOption = Annotated[
     float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the daemon.")
 ]
 _POLL_INTERVAL = 0.02
-
-
-def _process_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            # The state letter follows the parenthesised command name.
-            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (FileNotFoundError, IndexError):
-        return True
-    except OSError:
-        return False
 
 
 def _stop(cli: context.CliContext, timeout: float) -> int | None:
@@ -47,7 +36,7 @@ def _stop(cli: context.CliContext, timeout: float) -> int | None:
     client.shutdown()
     client.close()
     deadline = time.monotonic() + timeout
-    while os.path.exists(client.socket_path) or not _process_gone(pid):
+    while os.path.exists(client.socket_path) or not process_gone(pid):
         if time.monotonic() > deadline:
             raise ClientTimeout(f"engramd (pid {pid}) did not stop within {timeout:g}s")
         time.sleep(_POLL_INTERVAL)
