@@ -24,6 +24,7 @@ import msgspec
 
 from engram_cli.autostart import daemon_answers, process_gone, start_daemon
 from engram_cli.client import Client
+from engramd.protocol import CreateUnits, UnitsCreated
 
 
 class BenchResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -182,20 +183,23 @@ def _write_worker(socket_path: str, name: str, requests_: int, per_request: int,
     with Client(socket_path, agent_id=name, autostart=False, timeout=120) as client:
         client.ping()
         sys.stdin.readline()
-        sent: dict[int, float] = {}
+        sent: dict[int, tuple[CreateUnits, float]] = {}
         latencies = []
         pending: list[int] = []
+
+        def settle(request_id: int) -> None:
+            request, started = sent.pop(request_id)
+            client.expect(client.receive(request_id), request, UnitsCreated)
+            latencies.append(time.perf_counter() - started)
+
         for _ in range(requests_):
             if len(pending) >= window:
-                request_id = pending.pop(0)
-                client.receive(request_id)
-                latencies.append(time.perf_counter() - sent.pop(request_id))
+                settle(pending.pop(0))
             request = requests.create_units(client.next_id(), drafts)
-            sent[request.id] = time.perf_counter()
+            sent[request.id] = (request, time.perf_counter())
             pending.append(client.send(request))
         for request_id in pending:
-            client.receive(request_id)
-            latencies.append(time.perf_counter() - sent.pop(request_id))
+            settle(request_id)
     sys.stdout.write(" ".join(f"{value:.7f}" for value in latencies) + "\n")
 
 
@@ -260,19 +264,21 @@ def _fill(target: BenchTarget) -> int:
         have = journal.units if journal else 0
         batch = 1000
         context = 0
-        pending: list[int] = []
+        pending: list[CreateUnits] = []
         while have < wanted:
             drafts = [requests.draft(f"bench-fill-{(context + i) % FILL_CONTEXTS}", "MESSAGE",
                                      PAYLOAD, meta={"n": str(have + i)})
                       for i in range(min(batch, wanted - have))]
             context += len(drafts)
             request = requests.create_units(client.next_id(), drafts)
-            pending.append(client.send(request))
+            client.send(request)
+            pending.append(request)
             if len(pending) >= 4:
-                client.receive(pending.pop(0))
+                done = pending.pop(0)
+                client.expect(client.receive(done.id), done, UnitsCreated)
             have += len(drafts)
-        for request_id in pending:
-            client.receive(request_id)
+        for done in pending:
+            client.expect(client.receive(done.id), done, UnitsCreated)
     return wanted
 
 
@@ -334,6 +340,8 @@ def bench_daemon() -> Iterator[BenchTarget]:
         env = {**os.environ, "ENGRAM_SOCKET": socket_path,
                "ENGRAM_DATA_DIR": os.path.join(scratch, "data"), "ENGRAM_NO_AUTOSTART": "1"}
         start_daemon(socket_path, env=env)
+        with Client(socket_path, autostart=False) as client:
+            client.wait_ready(timeout=600)
 
         def restart(kill: bool) -> float:
             with Client(socket_path, autostart=False) as client:

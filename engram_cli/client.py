@@ -269,7 +269,11 @@ class Client:
 
     def request(self, request: ClientMessage, expect: type[ReplyT]) -> ReplyT:
         """Send *request*, wait for its reply, and raise if it is an error."""
-        reply = self.receive(self.send(request))
+        return self.expect(self.receive(self.send(request)), request, expect)
+
+    def expect(self, reply: ServerMessage, request: ClientMessage,
+               expect: type[ReplyT]) -> ReplyT:
+        """*reply* as the answer to *request*; raises if it is an error or of another kind."""
         if isinstance(reply, ErrorReply):
             raise error_from_reply(reply)
         if not isinstance(reply, expect):

@@ -33,6 +33,7 @@ from engramd.wal.record import (
     SegmentHeader,
     decode_entry,
     decode_header,
+    decode_span,
     scan_records,
 )
 
@@ -167,17 +168,18 @@ class WriteAheadLog:
             end = HEADER.size
             for record in records:
                 try:
-                    entry = decode_entry(record.body)
+                    span = decode_span(record.body)
+                    entry = decode_entry(record.body) if span.last_seq > checkpoint_seq else span
                 except msgspec.MsgspecError as exc:
                     damage = Damage(record.offset, f"undecodable entry: {exc}", is_tail=False)
                     break
-                if entry.first_seq != expected or not entry.events:
+                if entry.first_seq != expected or entry.last_seq < entry.first_seq:
                     raise Corruption(path, record.offset,
                                      f"entry starts at seq {entry.first_seq}, expected {expected}",
                                      self._bytes_from(paths, index, record.offset))
                 expected = entry.last_seq + 1
                 end = record.end
-                if entry.last_seq > checkpoint_seq:
+                if isinstance(entry, Entry):
                     pending.append(entry)
                     if len(pending) >= batch:
                         apply(pending)

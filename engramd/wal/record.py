@@ -56,8 +56,33 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
         return self.first_seq + len(self.events) - 1
 
 
+class EntrySpan(msgspec.Struct, frozen=True, array_like=True):
+    """Just the sequence range of an entry: recovery's view of entries it need not replay."""
+
+    first_seq: int
+    events: msgspec.Raw
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + _array_length(self.events) - 1
+
+
+def _array_length(raw: msgspec.Raw) -> int:
+    """The element count of an encoded MessagePack array, read from its header."""
+    data = memoryview(raw)[:5].tobytes()
+    tag = data[0]
+    if 0x90 <= tag <= 0x9F:
+        return tag & 0x0F
+    if tag == 0xDC:
+        return int.from_bytes(data[1:3], "big")
+    if tag == 0xDD:
+        return int.from_bytes(data[1:5], "big")
+    raise msgspec.DecodeError("entry events are not an array")
+
+
 _entry_encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(Entry)
+_span_decoder = msgspec.msgpack.Decoder(EntrySpan)
 
 
 @dataclass(frozen=True)
@@ -96,6 +121,11 @@ def encode_record(entry: Entry) -> bytes:
 
 def decode_entry(body: bytes) -> Entry:
     return _entry_decoder.decode(body)
+
+
+def decode_span(body: bytes) -> EntrySpan:
+    """Only the seq range: fast, for entries the store already holds."""
+    return _span_decoder.decode(body)
 
 
 @dataclass(frozen=True)
