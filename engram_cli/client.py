@@ -14,10 +14,11 @@ reported carry its code in ``err.code``.
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -32,20 +33,27 @@ from engram_cli.errors import (
 )
 from engram_cli.requests import Payload
 from engram_cli.settings import autostart_enabled, default_agent_id, socket_path
+from engram_cli.stream import Push, Subscription, watch
 from engramd.protocol import (
     CLOSED,
     NEED_DATA,
     PROTOCOL_VERSION,
+    AckCursor,
     ClientConnection,
     ClientMessage,
     Context,
     ContextFound,
     ContextPage,
     DaemonStatus,
+    Done,
     ErrorReply,
+    Event,
+    EventPush,
     GetContext,
     GetStatus,
     GetUnits,
+    Heartbeat,
+    Lagged,
     Ping,
     Pong,
     ProtocolError,
@@ -54,11 +62,13 @@ from engramd.protocol import (
     Shutdown,
     ShuttingDown,
     SocketPathTooLong,
+    Subscribed,
     Unit,
     UnitDraft,
     UnitPage,
     UnitsCreated,
     UnitsFound,
+    Unsubscribe,
 )
 
 ReplyT = TypeVar("ReplyT", bound=ServerMessage)
@@ -106,6 +116,7 @@ class Client:
         self._sock: socket.socket | None = None
         self._protocol: ClientConnection | None = None
         self._early: dict[int, ServerMessage] = {}
+        self._pushes: dict[int, collections.deque[Push]] = {}
 
     # -- connection ---------------------------------------------------------
 
@@ -190,6 +201,7 @@ class Client:
         self._sock = None
         self._protocol = None
         self._early.clear()
+        self._pushes.clear()
 
     def __enter__(self) -> Client:
         self.connect()
@@ -253,19 +265,29 @@ class Client:
 
     def receive(self, request_id: int) -> ServerMessage:
         """Wait for the reply to *request_id*, keeping others that arrive first."""
-        if request_id in self._early:
-            return self._early.pop(request_id)
-        while True:
-            message = self._next_message()
-            message_id = getattr(message, "id", None)
-            if message_id == request_id:
-                return message
-            if isinstance(message, ErrorReply) and message_id is None:
-                # The daemon is closing this connection and says why.
-                self.close()
-                raise error_from_reply(message)
-            if message_id is not None:
-                self._early[message_id] = message
+        while request_id not in self._early:
+            self._route(self._next_message())
+        return self._early.pop(request_id)
+
+    def next_push(self, subscription: int) -> Push:
+        """The next event, heartbeat or lag notice pushed for *subscription* (blocking)."""
+        queue = self._pushes.setdefault(subscription, collections.deque())
+        while not queue:
+            self._route(self._next_message())
+        return queue.popleft()
+
+    def _route(self, message: ServerMessage) -> None:
+        """File a message under its request id or its subscription."""
+        if isinstance(message, EventPush | Heartbeat | Lagged):
+            self._pushes.setdefault(message.subscription, collections.deque()).append(message)
+            return
+        message_id = getattr(message, "id", None)
+        if isinstance(message, ErrorReply) and message_id is None:
+            # The daemon is closing this connection and says why.
+            self.close()
+            raise error_from_reply(message)
+        if message_id is not None:
+            self._early[message_id] = message
 
     def request(self, request: ClientMessage, expect: type[ReplyT]) -> ReplyT:
         """Send *request*, wait for its reply, and raise if it is an error."""
@@ -343,6 +365,32 @@ class Client:
         """Rename, add or remove agents, pin or unpin units, set or unset meta."""
         return self.request(requests.update_context(self.next_id(), context_id, **changes),
                             ContextFound).context
+
+    def context_info(self, context_id: str) -> ContextFound:
+        """A context with who is watching it right now (``watching``)."""
+        return self.request(GetContext(id=self.next_id(), context_id=context_id), ContextFound)
+
+    # -- the live stream ------------------------------------------------------
+
+    def subscribe(self, **options: Any) -> Subscription:
+        """Start a subscription; iterate it for events (see :mod:`engram_cli.stream`)."""
+        request = requests.subscribe(self.next_id(), **options)
+        return Subscription(self, request, self.request(request, Subscribed))
+
+    def unsubscribe(self, subscription: int) -> None:
+        self.request(Unsubscribe(id=self.next_id(), subscription=subscription), Done)
+        self._pushes.pop(subscription, None)
+
+    def ack_cursor(self, name: str, seq: int) -> None:
+        """Record that the named cursor has processed every event up to *seq*."""
+        self.request(AckCursor(id=self.next_id(), cursor=name, seq=seq), Done)
+
+    def watch(self, **options: Any) -> Iterator[Event | Heartbeat]:
+        """Events (and heartbeats) for good, reconnecting across daemon restarts.
+
+        See :func:`engram_cli.stream.watch` for the options.
+        """
+        return watch(self, **options)
 
 
 def _socket_path(explicit: str | None, env: Mapping[str, str]) -> str:

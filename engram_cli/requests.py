@@ -16,6 +16,7 @@ from engramd.protocol import (
     ListUnits,
     RelatedUnits,
     Relationship,
+    Subscribe,
     UnitDraft,
     UpdateContext,
 )
@@ -46,6 +47,24 @@ def draft(
                        for rel in relationships],
         idempotency_key=idempotency_key,
     )
+
+
+def subscribe(
+    request_id: int,
+    *,
+    contexts: Iterable[str] = (),
+    kinds: Iterable[str] = (),
+    agents: Iterable[str] = (),
+    types: Iterable[str] = (),
+    meta: Mapping[str, str] | None = None,
+    after: int | None = None,
+    cursor: str | None = None,
+    heartbeat: float | None = None,
+) -> Subscribe:
+    """``after``: None from now on, 0 from the start, else a seq; ``cursor``: a name."""
+    return Subscribe(id=request_id, contexts=list(contexts), kinds=list(kinds),
+                     agents=list(agents), types=list(types), meta=dict(meta or {}),
+                     after=after, cursor=cursor, heartbeat=heartbeat)
 
 
 def create_units(request_id: int, drafts: Iterable[UnitDraft]) -> CreateUnits:

@@ -72,7 +72,7 @@ class GroupCommitter:
         batch_size: int,
         window: float,
         checkpoint_bytes: int,
-        on_applied: Callable[[], None],
+        on_applied: Callable[[list[Entry]], None],
         on_aborted: Callable[[], None],
     ) -> None:
         self.wal = wal
@@ -165,7 +165,7 @@ class GroupCommitter:
             self.bytes_since_checkpoint += len(data)
             if self.bytes_since_checkpoint >= self.checkpoint_bytes:
                 self.checkpoint_wanted.set()
-            self._on_applied()
+            self._on_applied(entries)
         for submission in built:
             submission.done.set()
 

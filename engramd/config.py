@@ -109,6 +109,18 @@ SETTINGS: tuple[Setting, ...] = (
             "Longest metadata value.", minimum=0),
     Setting("limits.max_relationships", int, 64,
             "Most relationships on one unit.", minimum=0),
+    Setting("stream.heartbeat_seconds", float, 5.0,
+            "Seconds between heartbeats on an idle subscription.", minimum=0.01),
+    Setting("stream.dead_after_seconds", float, 30.0,
+            "A connection whose pushes stay unread this long is dropped.", minimum=0.1),
+    Setting("stream.buffer_events", int, 1024,
+            "Events buffered per live subscriber before it is moved back to reading "
+            "from the store.", minimum=1),
+    Setting("stream.max_lag_events", int, 100_000,
+            "A subscriber that fell back this far behind the head gets a lagged notice "
+            "and its subscription ends.", minimum=1),
+    Setting("limits.max_subscriptions_per_connection", int, 64,
+            "Subscriptions one connection may hold.", minimum=1),
     Setting("limits.max_frame_bytes", int, DEFAULT_MAX_FRAME,
             "Largest frame accepted, checked from the length prefix.", minimum=1024),
     Setting("limits.max_connections", int, 256,
@@ -141,6 +153,11 @@ class DaemonConfig:
     max_meta_key_bytes: int = 128
     max_meta_value_bytes: int = 4096
     max_relationships: int = 64
+    heartbeat_seconds: float = 5.0
+    dead_after_seconds: float = 30.0
+    buffer_events: int = 1024
+    max_lag_events: int = 100_000
+    max_subscriptions_per_connection: int = 64
     max_frame_bytes: int = DEFAULT_MAX_FRAME
     max_connections: int = 256
     max_inflight_per_connection: int = 64

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import msgspec
@@ -18,12 +19,14 @@ from engramd.engine import Caller, Engine
 from engramd.errors import BadRequest, EngramError
 from engramd.protocol import (
     PROTOCOL_VERSION,
+    AckCursor,
     ClientMessage,
     ContextFound,
     ContextPage,
     CreateContext,
     CreateUnits,
     DaemonStatus,
+    Done,
     ErrorCode,
     ErrorReply,
     GetContext,
@@ -61,8 +64,13 @@ class Dispatcher:
 
     async def dispatch(self, request: ClientMessage, caller: Caller) -> ServerMessage:
         """Answer *request*; never raises except for cancellation."""
+        return await self.guard(request, lambda: self._handle(request, caller))
+
+    async def guard(self, request: ClientMessage,
+                    handle: Callable[[], Awaitable[ServerMessage]]) -> ServerMessage:
+        """Run *handle*, turning its errors into the error reply to *request*."""
         try:
-            return await self._handle(request, caller)
+            return await handle()
         except EngramError as exc:
             return ErrorReply(id=request.id, code=exc.code, message=str(exc))
         except Exception:
@@ -89,7 +97,11 @@ class Dispatcher:
                 context = await engine.create_context(request, caller)
                 return ContextFound(id=request.id, context=context, created=True)
             case GetContext():
-                return ContextFound(id=request.id, context=engine.get_context(request.context_id))
+                return ContextFound(id=request.id, context=engine.get_context(request.context_id),
+                                    watching=engine.watchers(request.context_id))
+            case AckCursor():
+                engine.ack_cursor(request.cursor, request.seq)
+                return Done(id=request.id)
             case ListContexts():
                 contexts, cursor = engine.list_contexts(request)
                 return ContextPage(id=request.id, contexts=contexts, next_cursor=cursor)

@@ -27,6 +27,7 @@ from engramd import __version__, ids, validate
 from engramd.commit import GroupCommitter
 from engramd.config import DaemonConfig
 from engramd.errors import BadRequest, Conflict, NotFound, StartupError, TooLarge, Unavailable
+from engramd.events import EventHub, Filter, Subscriber, describe_live
 from engramd.protocol import (
     CreateContext,
     JournalStatus,
@@ -35,6 +36,7 @@ from engramd.protocol import (
     RelatedEdge,
     RelatedFound,
     RelatedUnits,
+    Subscribe,
     UnitDraft,
     UnitPage,
     UnitsCreated,
@@ -58,6 +60,7 @@ log = logging.getLogger("engramd.engine")
 _unit_decoder = msgspec.msgpack.Decoder(Unit)
 _context_decoder = msgspec.msgpack.Decoder(Context)
 MAX_PAGE = 10_000
+EVENT_KINDS = ("unit.created", "context.created", "context.updated")
 MAX_DEPTH = 16
 MAX_EDGES = 10_000
 
@@ -107,6 +110,7 @@ class Engine:
         self.store: Store | None = None
         self.wal: WriteAheadLog | None = None
         self.committer: GroupCommitter | None = None
+        self.hub: EventHub | None = None
         # Changes built into the batch being written, not yet in the store.
         self._units_in_flight: dict[str, Unit] = {}
         self._keys_in_flight: dict[str, str] = {}
@@ -148,16 +152,24 @@ class Engine:
         task_status.started()
         await trio.to_thread.run_sync(self._open_storage)
         assert self.store is not None and self.wal is not None
+        self.hub = EventHub(self.store, buffer=self.config.buffer_events,
+                            max_lag=self.config.max_lag_events, head=self.wal.last_seq)
         self.committer = GroupCommitter(
             self.wal, self.store, batch_size=self.config.batch_size,
             window=self.config.window_ms / 1000,
             checkpoint_bytes=self.config.checkpoint_bytes,
-            on_applied=self._forget_in_flight, on_aborted=self._forget_in_flight)
+            on_applied=self._applied, on_aborted=self._forget_in_flight)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.committer.run)
             nursery.start_soon(self._checkpoints)
             self.state = "ready"
             log.info("ready")
+
+    def _applied(self, entries: list[Entry]) -> None:
+        """A batch is durable and in the store: drop its in-flight state, publish it."""
+        self._forget_in_flight()
+        assert self.hub is not None
+        self.hub.publish(describe_live(event) for entry in entries for event in entry.events)
 
     def _forget_in_flight(self) -> None:
         self._units_in_flight.clear()
@@ -364,6 +376,44 @@ class Engine:
         found = store.units_by_id(sorted(visited))
         return RelatedFound(id=0, root=root, edges=edges,
                             units=_raw_units([raw for raw in found if raw is not None]))
+
+    # -- the live stream -----------------------------------------------------------
+
+    def subscriber(self, request: Subscribe, caller: Caller) -> Subscriber:
+        """A subscriber for *request*, its cursor resolved (named cursor, after, or now)."""
+        store, _ = self._ready()
+        assert self.hub is not None
+        for context_id in request.contexts:
+            validate.context_id(context_id)
+        unknown = set(request.kinds) - set(EVENT_KINDS)
+        if unknown:
+            raise BadRequest(f"unknown event kind {', '.join(sorted(unknown))} "
+                             f"(one of {', '.join(EVENT_KINDS)})")
+        for kind in request.types:
+            validate.unit_type(kind)
+        if request.heartbeat is not None and request.heartbeat < 0.01:
+            raise BadRequest("heartbeat must be at least 0.01 seconds")
+        cursor = self.hub.head if request.after is None else request.after
+        if request.after is not None and not request.after >= 0:
+            raise BadRequest("after must be a sequence number (0 for the start)")
+        if request.cursor is not None:
+            validate.name(request.cursor, "cursor name")
+            stored = store.cursor(request.cursor)
+            if stored is not None:
+                cursor = stored
+        return Subscriber(id=request.id, agent_id=caller.agent_id, filter=Filter.of(request),
+                          cursor=cursor, heartbeat=request.heartbeat or
+                          self.config.heartbeat_seconds, cursor_name=request.cursor)
+
+    def ack_cursor(self, name: str, seq: int) -> None:
+        store, _ = self._ready()
+        validate.name(name, "cursor name")
+        if seq < 0:
+            raise BadRequest("seq must not be negative")
+        store.set_cursor(name, seq)
+
+    def watchers(self, context_id: str) -> list[str]:
+        return self.hub.watchers(context_id) if self.hub is not None else []
 
     # -- contexts ---------------------------------------------------------------
 

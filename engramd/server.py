@@ -21,25 +21,34 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+import msgspec
 import trio
 from trio_typing import TaskStatus
 
 from engramd.config import DaemonConfig
 from engramd.dispatch import Dispatcher
 from engramd.engine import Caller, Engine
+from engramd.errors import NotFound, TooLarge
+from engramd.events import Subscriber
 from engramd.protocol import (
     CLOSED,
     NEED_DATA,
     PROTOCOL_VERSION,
     ClientMessage,
+    Done,
     ErrorCode,
     ErrorReply,
+    EventPush,
     Hello,
     InvalidMessage,
     RemoteProtocolError,
     ServerConnection,
     ServerMessage,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
     Welcome,
+    encode_frame,
 )
 
 log = logging.getLogger("engramd.server")
@@ -54,6 +63,15 @@ _GOODBYE_TIMEOUT = 1.0
 _MAX_NAME = 256
 
 _PEERCRED = struct.Struct("3i")
+
+
+_push_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_event_push(subscription: int, event: bytes) -> bytes:
+    """An ``event`` push around already encoded event bytes (encoded once for all)."""
+    return _push_encoder.encode(EventPush(subscription=subscription,
+                                          event=msgspec.Raw(event)))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -80,9 +98,18 @@ class Session:
     reader_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
     hello: Hello | None = None
+    streams: trio.Nursery | None = None
+    """Where this connection's subscriptions run; cancelled when the connection ends."""
+    subscriptions: dict[int, trio.CancelScope] = field(default_factory=dict)
 
     async def send(self, message: ServerMessage) -> None:
         data = self.protocol.send(message)
+        async with self.send_lock:
+            await self.stream.send_all(data)
+
+    async def push(self, body: bytes) -> None:
+        """Write one pushed message (already encoded) as a frame."""
+        data = encode_frame(body)
         async with self.send_lock:
             await self.stream.send_all(data)
 
@@ -178,6 +205,12 @@ class Server:
                 pass
 
     async def _serve_session(self, session: Session) -> None:
+        async with trio.open_nursery() as streams:
+            session.streams = streams
+            await self._serve_requests(session)
+            streams.cancel_scope.cancel()
+
+    async def _serve_requests(self, session: Session) -> None:
         inflight = trio.Semaphore(self.config.max_inflight_per_connection)
         async with trio.open_nursery() as requests:
             with session.reader_scope:
@@ -245,6 +278,53 @@ class Server:
                   hello.client_name)
         return True
 
+    async def _subscription_request(
+        self, session: Session, request: Subscribe | Unsubscribe, caller: Caller
+    ) -> ServerMessage:
+        if isinstance(request, Unsubscribe):
+            scope = session.subscriptions.pop(request.subscription, None)
+            if scope is None:
+                raise NotFound(f"no subscription {request.subscription} on this connection")
+            scope.cancel()
+            return Done(id=request.id)
+        if len(session.subscriptions) >= self.config.max_subscriptions_per_connection:
+            raise TooLarge(f"too many subscriptions on one connection (limit "
+                           f"{self.config.max_subscriptions_per_connection})")
+        subscriber = self.engine.subscriber(request, caller)
+        hub = self.engine.hub
+        assert hub is not None and session.streams is not None
+        scope = trio.CancelScope()
+        session.subscriptions[request.id] = scope
+        reply = Subscribed(id=request.id, subscription=request.id, after=subscriber.cursor,
+                           head_seq=hub.head)
+        # The reply goes out before the first event: the task waits for this send.
+        await session.send(reply)
+        session.streams.start_soon(self._run_subscription, session, subscriber, scope)
+        return reply
+
+    async def _run_subscription(self, session: Session, subscriber: Subscriber,
+                                scope: trio.CancelScope) -> None:
+        hub = self.engine.hub
+        assert hub is not None
+        dead_after = self.config.dead_after_seconds
+
+        async def push(body: bytes) -> None:
+            with trio.fail_after(dead_after):
+                await session.push(body)
+
+        with scope:
+            try:
+                await hub.serve(subscriber, push, encode_event_push)
+            except trio.TooSlowError:
+                log.warning("pid %d read nothing for %gs; dropping the connection",
+                            session.peer.pid, dead_after)
+                session.reader_scope.cancel()
+                if session.streams is not None:
+                    session.streams.cancel_scope.cancel()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        session.subscriptions.pop(subscriber.id, None)
+
     async def _run_request(
         self, session: Session, inflight: trio.Semaphore, request: ClientMessage
     ) -> None:
@@ -252,10 +332,18 @@ class Server:
         caller = Caller(agent_id=session.hello.agent_id, uid=session.peer.uid,
                         pid=session.peer.pid)
         try:
-            reply = await self.dispatcher.dispatch(request, caller)
+            # Subscriptions belong to the connection, not to the engine: they are
+            # opened here, and everything else goes through dispatch.
+            if isinstance(request, Subscribe | Unsubscribe):
+                reply = await self.dispatcher.guard(
+                    request, lambda: self._subscription_request(session, request, caller))
+            else:
+                reply = await self.dispatcher.dispatch(request, caller)
         finally:
             inflight.release()
         self._requests_served += 1
+        if isinstance(reply, Subscribed):
+            return  # already sent, ahead of the events
         try:
             await session.send(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

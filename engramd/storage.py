@@ -20,6 +20,7 @@ keys sort by sequence; ``\\0`` separates text parts, which never contain NUL)::
     r/i/<dst>\\0<TYPE>\\0<src>  -> ""                  relationships, incoming
     x/<context>               -> context (wire encoding)
     i/<idempotency key>       -> unit id
+    n/<cursor name>           -> seq                  named cursors (written with RocksDB's WAL)
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class Store:
         self.db = Rdict(path, options)
         self._write = WriteOptions()
         self._write.disable_wal = True  # type: ignore[method-assign,assignment]
+        # Cursor acks are not in our WAL: let RocksDB's own log keep them across a crash.
+        self._logged_write = WriteOptions()
         schema = self.db.get(b"m/schema")
         if schema is None:
             self.db.put(b"m/schema", seq_bytes(SCHEMA_VERSION), self._write)
@@ -187,6 +190,31 @@ class Store:
         while iterator.valid() and iterator.key().startswith(start):
             yield iterator.value()
             iterator.next()
+
+    def events_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to *limit* ``(seq, stored event)`` after *seq*, in order (see the key layout)."""
+        iterator = self.db.iter()
+        iterator.seek(b"e/" + seq_bytes(seq + 1))
+        found: list[tuple[int, bytes]] = []
+        while iterator.valid() and len(found) < limit:
+            key: bytes = iterator.key()
+            if not key.startswith(b"e/"):
+                break
+            value: bytes = iterator.value()
+            if value[:1] == b"U":
+                unit: bytes | None = self.db.get(b"c/" + value[1:])
+                assert unit is not None, "the event log points at a missing unit"
+                value = b"U" + unit
+            found.append((seq_from(key), value))
+            iterator.next()
+        return found
+
+    def cursor(self, name: str) -> int | None:
+        raw = self.db.get(b"n/" + _text(name))
+        return None if raw is None else seq_from(raw)
+
+    def set_cursor(self, name: str, seq: int) -> None:
+        self.db.put(b"n/" + _text(name), seq_bytes(seq), self._logged_write)
 
     def idempotent_unit(self, key: str) -> str | None:
         value = self.db.get(b"i/" + _text(key))

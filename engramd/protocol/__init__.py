@@ -74,6 +74,9 @@ from engramd.protocol.messages import (
     PROTOCOL_VERSION as PROTOCOL_VERSION,
 )
 from engramd.protocol.messages import (
+    AckCursor as AckCursor,
+)
+from engramd.protocol.messages import (
     AnyClientMessage as AnyClientMessage,
 )
 from engramd.protocol.messages import (
@@ -98,7 +101,13 @@ from engramd.protocol.messages import (
     DaemonStatus as DaemonStatus,
 )
 from engramd.protocol.messages import (
+    Done as Done,
+)
+from engramd.protocol.messages import (
     ErrorReply as ErrorReply,
+)
+from engramd.protocol.messages import (
+    EventPush as EventPush,
 )
 from engramd.protocol.messages import (
     GetContext as GetContext,
@@ -110,10 +119,16 @@ from engramd.protocol.messages import (
     GetUnits as GetUnits,
 )
 from engramd.protocol.messages import (
+    Heartbeat as Heartbeat,
+)
+from engramd.protocol.messages import (
     Hello as Hello,
 )
 from engramd.protocol.messages import (
     JournalStatus as JournalStatus,
+)
+from engramd.protocol.messages import (
+    Lagged as Lagged,
 )
 from engramd.protocol.messages import (
     Limits as Limits,
@@ -155,6 +170,12 @@ from engramd.protocol.messages import (
     ShuttingDown as ShuttingDown,
 )
 from engramd.protocol.messages import (
+    Subscribe as Subscribe,
+)
+from engramd.protocol.messages import (
+    Subscribed as Subscribed,
+)
+from engramd.protocol.messages import (
     UnitDraft as UnitDraft,
 )
 from engramd.protocol.messages import (
@@ -165,6 +186,9 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     UnitsFound as UnitsFound,
+)
+from engramd.protocol.messages import (
+    Unsubscribe as Unsubscribe,
 )
 from engramd.protocol.messages import (
     UpdateContext as UpdateContext,

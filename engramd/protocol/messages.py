@@ -25,7 +25,7 @@ import datetime as dt
 
 import msgspec
 
-from engramd.protocol.model import Context, Relationship, Unit
+from engramd.protocol.model import AnyEvent, Context, Relationship, Unit
 
 PROTOCOL_VERSION = 1
 
@@ -139,15 +139,48 @@ class UpdateContext(ClientMessage, tag="context.update"):
     unset_meta: list[str] = []
 
 
+class Subscribe(ClientMessage, tag="subscribe"):
+    """Start pushing matching events; the subscription's id is this request's id.
+
+    Filters combine with AND; each list matches any of its values; empty means all.
+    ``after`` is the cursor: events with a greater seq are delivered (None: from
+    now on, 0: from the start). A ``cursor`` name resumes after that name's last
+    acknowledged seq, when it has one.
+    """
+
+    contexts: list[str] = []
+    kinds: list[str] = []
+    agents: list[str] = []
+    types: list[str] = []
+    meta: dict[str, str] = {}
+    after: int | None = None
+    cursor: str | None = None
+    heartbeat: float | None = None
+    """Seconds between heartbeats on an idle subscription (None: the daemon's setting)."""
+
+
+class Unsubscribe(ClientMessage, tag="unsubscribe"):
+    subscription: int
+
+
+class AckCursor(ClientMessage, tag="cursor.ack"):
+    """Remember that the named cursor has processed everything up to ``seq``."""
+
+    cursor: str
+    seq: int
+
+
 Request = (
     Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
-    | CreateContext | GetContext | ListContexts | UpdateContext
+    | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
+    | AckCursor
 )
 """Requests allowed after the handshake."""
 
 AnyClientMessage = (
     Hello | Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
-    | CreateContext | GetContext | ListContexts | UpdateContext
+    | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
+    | AckCursor
 )
 
 
@@ -275,6 +308,8 @@ class RelatedFound(Reply, tag="unit.related"):
 class ContextFound(Reply, tag="context.found"):
     context: Context
     created: bool = False
+    watching: list[str] = []
+    """Agents with a live subscription that covers this context right now."""
 
 
 class ContextPage(Reply, tag="context.page"):
@@ -282,7 +317,42 @@ class ContextPage(Reply, tag="context.page"):
     next_cursor: str | None
 
 
+class Subscribed(Reply, tag="subscribed"):
+    subscription: int
+    after: int
+    """The effective cursor: events after this seq will come."""
+    head_seq: int
+
+
+class Done(Reply, tag="done"):
+    """The request (unsubscribe, cursor ack) took effect."""
+
+
+class EventPush(ServerMessage, tag="event"):
+    """One event for one subscription, pushed by the daemon."""
+
+    subscription: int
+    event: AnyEvent
+
+
+class Heartbeat(ServerMessage, tag="heartbeat"):
+    """An idle subscription is alive; ``cursor`` is the last seq it was sent."""
+
+    subscription: int
+    head_seq: int
+    cursor: int
+
+
+class Lagged(ServerMessage, tag="lagged"):
+    """The subscription fell too far behind and has ended; resume with ``after=cursor``."""
+
+    subscription: int
+    cursor: int
+    head_seq: int
+
+
 AnyServerMessage = (
     Welcome | Pong | DaemonStatus | ShuttingDown | ErrorReply | UnitsCreated | UnitsFound
-    | UnitPage | RelatedFound | ContextFound | ContextPage
+    | UnitPage | RelatedFound | ContextFound | ContextPage | Subscribed | Done | EventPush
+    | Heartbeat | Lagged
 )

@@ -1,0 +1,115 @@
+"""Following the live stream with the blocking client.
+
+A :class:`Subscription` is an iterator over the events the daemon pushes for it
+(and the heartbeats it sends when idle). :func:`watch` adds what a long-running
+follower needs: when the daemon goes away it reconnects, and it resumes after
+the last event it delivered, so nothing is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from engram_cli.errors import ClientTimeout, DaemonUnavailable, Unavailable
+from engramd.protocol import Event, EventPush, Heartbeat, Lagged, Subscribe, Subscribed
+
+if TYPE_CHECKING:
+    from engram_cli.client import Client
+
+Push = EventPush | Heartbeat | Lagged
+
+
+class LaggedBehind(DaemonUnavailable):
+    """The subscription fell too far behind and the daemon ended it; resume from ``cursor``."""
+
+    def __init__(self, cursor: int) -> None:
+        super().__init__(f"fell too far behind the stream (at seq {cursor}); resume from there")
+        self.cursor = cursor
+
+
+class Subscription:
+    """Events of one subscription, in order; iterate it. Heartbeats come through too.
+
+    ``cursor`` is the seq of the last event delivered (or passed over): resume
+    there with ``subscribe(after=cursor)``.
+    """
+
+    def __init__(self, client: Client, request: Subscribe, reply: Subscribed) -> None:
+        self.client = client
+        self.request = request
+        self.id = reply.subscription
+        self.cursor = reply.after
+        self.head_seq = reply.head_seq
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> Event | Heartbeat:
+        push = self.client.next_push(self.id)
+        if isinstance(push, EventPush):
+            self.cursor = push.event.seq
+            self.head_seq = max(self.head_seq, push.event.seq)
+            return push.event
+        if isinstance(push, Heartbeat):
+            self.head_seq = push.head_seq
+            self.cursor = max(self.cursor, push.cursor)
+            return push
+        raise LaggedBehind(push.cursor)
+
+    def ack(self) -> None:
+        """Store the cursor under the subscription's name (``cursor=`` when subscribing)."""
+        if self.request.cursor is None:
+            raise ValueError("this subscription has no cursor name")
+        self.client.ack_cursor(self.request.cursor, self.cursor)
+
+    def close(self) -> None:
+        self.client.unsubscribe(self.id)
+
+
+def watch(
+    client: Client,
+    *,
+    reconnect: bool = True,
+    on_status: Callable[[str, Subscription | None], None] | None = None,
+    retry_interval: float = 0.2,
+    **options: Any,
+) -> Iterator[Event | Heartbeat]:
+    """Follow the stream for good, resuming after a daemon restart or a lag notice.
+
+    Args:
+        on_status: told ``"connected"`` (with the subscription) and
+            ``"reconnecting"`` (with None) as the connection comes and goes.
+        options: the filters and cursor of :func:`engram_cli.requests.subscribe`.
+    """
+    after = options.pop("after", None)
+    while True:
+        try:
+            subscription = client.subscribe(after=after, **options)
+            after = subscription.cursor
+            if on_status:
+                on_status("connected", subscription)
+            for item in subscription:
+                after = subscription.cursor
+                yield item
+        except LaggedBehind as exc:
+            after = exc.cursor
+        except (DaemonUnavailable, Unavailable, ClientTimeout):
+            if not reconnect:
+                raise
+            client.close()
+            if on_status:
+                on_status("reconnecting", None)
+            _wait_for_daemon(client, retry_interval)
+
+
+def _wait_for_daemon(client: Client, interval: float) -> None:
+    while True:
+        try:
+            client.connect()
+            client.wait_ready()
+            return
+        except (DaemonUnavailable, Unavailable, ClientTimeout):
+            client.close()
+            time.sleep(interval)
