@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from engram_cli import output
-from engram_cli.commands import bench, context, daemon, info, unit
+from engram_cli.commands import bench, context, daemon, info, unit, watch
 from engram_cli.context import CliContext
 from engram_cli.errors import EngramError, ExitCode
 
@@ -59,6 +59,8 @@ app.command()(info.version)
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(unit.app, name="unit")
 app.add_typer(context.app, name="context")
+app.command()(watch.watch)
+app.command()(watch.wait)
 app.command()(bench.bench)
 
 

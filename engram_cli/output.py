@@ -12,15 +12,25 @@ import contextlib
 import datetime as dt
 import os
 import sys
+import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
-from engramd.protocol import Context, ServerMessage, Unit
+from engramd.protocol import (
+    Context,
+    ContextCreated,
+    ContextUpdated,
+    Event,
+    ServerMessage,
+    Unit,
+    UnitCreated,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.text import Text
 
 # Fields of the wire envelope, not of the answer itself.
 _ENVELOPE = ("msg", "id")
@@ -253,3 +263,78 @@ def context_fields(out: Output, context: Context) -> None:
         ("meta", _meta_text(context.meta) or "-"),
         ("created", context.created_at.isoformat()), ("updated", context.updated_at.isoformat()),
     ])
+
+
+# -- events -------------------------------------------------------------------
+
+_TYPE_STYLES = {
+    "MESSAGE": ("»", "white"), "REASONING": ("∴", "blue"), "TOOL_CALL": ("→", "yellow"),
+    "TOOL_RESULT": ("←", "green"), "FILE_CHANGE": ("±", "magenta"),
+    "TASK_STATUS": ("■", "cyan"), "ERROR": ("✗", "bold red"), "SYSTEM": ("⚙", "dim"),
+}
+_AGENT_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_green",
+                  "bright_blue", "bright_magenta", "bright_cyan")
+
+
+def agent_colour(agent: str) -> str:
+    """One colour per agent name, the same in every run (not Python's salted hash)."""
+    return _AGENT_COLOURS[zlib.crc32(agent.encode()) % len(_AGENT_COLOURS)]
+
+
+def _changes_text(event: ContextUpdated) -> str:
+    words = {"agent_joined": "{} joined", "agent_left": "{} left",
+             "unit_pinned": "pinned {}", "unit_unpinned": "unpinned {}",
+             "renamed": "renamed to {}", "meta_set": "set {}", "meta_unset": "unset {}"}
+    return ", ".join(words.get(change.kind, change.kind + " {}").format(change.value)
+                     for change in event.changes)
+
+
+def event_row(event: Event) -> list[str]:
+    """The plain, tab-separated form of an event (``watch`` when piped)."""
+    stamp = event.ts.isoformat().replace("+00:00", "Z")
+    kind = type(event).__struct_config__.tag
+    if isinstance(event, UnitCreated):
+        return [str(event.seq), stamp, str(kind), *unit_row(event.unit)[2:]]
+    if isinstance(event, ContextCreated):
+        return [str(event.seq), stamp, str(kind), event.context_id,
+                ",".join(event.context.agent_ids)]
+    assert isinstance(event, ContextUpdated)
+    return [str(event.seq), stamp, str(kind), event.context_id, _changes_text(event)]
+
+
+def event_text(event: Event, width: int) -> Text:
+    """One line of the live feed on a terminal."""
+    from rich.text import Text
+
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append(_local_time(event.ts) + " ", style="dim")
+    line.append(event.context_id + " ", style="bold")
+    if isinstance(event, UnitCreated):
+        unit = event.unit
+        marker, style = _TYPE_STYLES.get(unit.type, ("·", "white"))
+        line.append(unit.agent_id + " ", style=agent_colour(unit.agent_id))
+        line.append(f"{marker} {unit.type:<11} ", style=style)
+        meta = _meta_text(unit.meta)
+        room = max(10, width - line.cell_len - len(meta) - 2)
+        line.append(preview(unit, room))
+        if meta:
+            line.append("  " + meta, style="cyan")
+    elif isinstance(event, ContextCreated):
+        line.append("◆ context created", style="bold yellow")
+        if event.context.agent_ids:
+            line.append(" by " + ", ".join(event.context.agent_ids), style="yellow")
+    else:
+        assert isinstance(event, ContextUpdated)
+        line.append("◆ " + _changes_text(event), style="yellow")
+    line.truncate(width, overflow="ellipsis")
+    return line
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """An event as JSON, with its unit's payload as text or base64 (see unitjson)."""
+    from engram_cli.unitjson import unit_to_json
+
+    data: dict[str, Any] = msgspec.to_builtins(event)
+    if isinstance(event, UnitCreated):
+        data["unit"] = unit_to_json(event.unit)
+    return data

@@ -1,0 +1,197 @@
+"""``engram watch`` (follow the live stream) and ``engram wait`` (block until one event)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import typer
+
+from engram_cli import context, output
+from engram_cli.client import Client
+from engram_cli.commands.unit import parse_pairs
+from engram_cli.context import JsonOption
+from engram_cli.errors import ClientTimeout, UsageProblem
+from engram_cli.stream import Subscription
+from engramd.protocol import Event, Heartbeat, Unit, UnitCreated
+
+ContextsOption = Annotated[list[str] | None, typer.Option(
+    "--context", "-c", metavar="CTX", help="Only this context (repeatable; default: all).")]
+TypesOption = Annotated[list[str] | None, typer.Option(
+    "--type", "-t", metavar="TYPE", help="Only units of this type (repeatable).")]
+AgentsOption = Annotated[list[str] | None, typer.Option(
+    "--agent", metavar="AGENT", help="Only events of this agent (repeatable).")]
+KindsOption = Annotated[list[str] | None, typer.Option(
+    "--kind", "-k", metavar="KIND",
+    help="Only these events: unit.created, context.created, context.updated (repeatable).")]
+MetaOption = Annotated[list[str] | None, typer.Option(
+    "--meta", "-m", metavar="KEY=VALUE", help="Only units with this metadata (repeatable).")]
+SinceOption = Annotated[str, typer.Option(
+    "--since", metavar="now|start|SEQ",
+    help="Start after this point: now (default), the start, or a sequence number.")]
+
+
+def _after(since: str) -> int | None:
+    if since == "now":
+        return None
+    if since == "start":
+        return 0
+    if since.isdigit():
+        return int(since)
+    raise UsageProblem(f"--since takes now, start or a sequence number, got {since!r}")
+
+
+def _filters(contexts: list[str] | None, types: list[str] | None, agents: list[str] | None,
+             kinds: list[str] | None, meta: list[str] | None) -> dict[str, Any]:
+    return {"contexts": contexts or [], "types": types or [], "agents": agents or [],
+            "kinds": kinds or [], "meta": parse_pairs(meta)}
+
+
+def _last_units(client: Client, filters: dict[str, Any], count: int) -> list[Unit]:
+    """The newest *count* units that match, across the watched contexts."""
+    contexts = filters["contexts"] or [c.id for c in client.list_contexts(limit=10_000).contexts]
+    units: list[Unit] = []
+    for context_id in contexts:
+        page = client.list_units(context_id, limit=count, types=filters["types"],
+                                 agents=filters["agents"])
+        units += [unit for unit in page.units
+                  if all(unit.meta.get(k) == v for k, v in filters["meta"].items())]
+    return sorted(units, key=lambda unit: unit.seq)[-count:]
+
+
+class _Feed:
+    """Prints events for people (rich, with a status line) or for programs."""
+
+    def __init__(self, out: output.Output) -> None:
+        self.out = out
+        self.rich = out.is_terminal and not out.json
+        self._live: Any = None
+        self._status = ""
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[_Feed]:
+        if not self.rich:
+            yield self
+            return
+        from rich.live import Live
+
+        with Live(console=self.out.console, auto_refresh=False, transient=True,
+                  redirect_stdout=False) as live:
+            self._live = live
+            yield self
+
+    def status(self, text: str) -> None:
+        if self._live is not None and text != self._status:
+            from rich.text import Text
+
+            self._status = text
+            self._live.update(Text(text, style="dim"), refresh=True)
+
+    def show(self, event: Event) -> None:
+        if self.out.json:
+            self.out.json_line(output.event_json(event))
+        elif self._live is not None:
+            self._live.console.print(output.event_text(event, self.out.console.width))
+            self._live.refresh()
+        else:
+            self.out.stream.write("\t".join(output.event_row(event)) + "\n")
+            self.out.stream.flush()
+
+
+def watch(
+    ctx: typer.Context,
+    contexts: ContextsOption = None,
+    types: TypesOption = None,
+    agents: AgentsOption = None,
+    kinds: KindsOption = None,
+    meta: MetaOption = None,
+    since: SinceOption = "now",
+    last: Annotated[int, typer.Option(
+        "--last", "-n", min=0, metavar="N",
+        help="First show the last N matching units (with --since now).")] = 0,
+    count: Annotated[int | None, typer.Option("--count", min=1, metavar="N",
+                                              help="Exit after N events.")] = None,
+    cursor: Annotated[str | None, typer.Option(
+        "--cursor", metavar="NAME",
+        help="A named cursor kept by the daemon: resume where it was last acknowledged.")
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Follow the live stream of events; reconnects and resumes across daemon restarts."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    client = cli.client()
+    filters = _filters(contexts, types, agents, kinds, meta)
+    after = _after(since)
+    feed = _Feed(out)
+    shown = 0
+    acked_at = 0.0
+    state = {"connected": False}
+
+    def on_status(kind: str, subscription: Subscription | None) -> None:
+        state["connected"] = kind == "connected"
+        if subscription is not None:
+            feed.status(f"● watching · head {subscription.head_seq} · lag 0")
+        else:
+            feed.status("○ reconnecting to engramd …")
+
+    try:
+        with feed.running():
+            if last and cursor is None and after is None:
+                # The head first: a unit written while the last ones are read still comes.
+                after = client.status().journal.last_seq  # type: ignore[union-attr]
+                for unit in _last_units(client, filters, last):
+                    if unit.seq <= after:
+                        feed.show(UnitCreated(seq=unit.seq, ts=unit.ts,
+                                              context_id=unit.context_id, unit=unit))
+            stream = client.watch(on_status=on_status, after=after, cursor=cursor, **filters)
+            for item in stream:
+                if isinstance(item, Heartbeat):
+                    feed.status(f"● watching · head {item.head_seq} · "
+                                f"lag {item.head_seq - item.cursor}")
+                    continue
+                feed.show(item)
+                shown += 1
+                if cursor is not None and time.monotonic() - acked_at > 0.5:
+                    client.ack_cursor(cursor, item.seq)
+                    acked_at = time.monotonic()
+                if count is not None and shown >= count:
+                    if cursor is not None:
+                        client.ack_cursor(cursor, item.seq)
+                    return
+    except KeyboardInterrupt:
+        return
+
+
+def wait(
+    ctx: typer.Context,
+    contexts: ContextsOption = None,
+    types: TypesOption = None,
+    agents: AgentsOption = None,
+    kinds: KindsOption = None,
+    meta: MetaOption = None,
+    since: SinceOption = "now",
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", min=0.0, metavar="SECONDS",
+        help="Give up after this long: exit 5.")] = None,
+    json: JsonOption = False,
+) -> None:
+    """Block until one matching event arrives, print it and exit 0 (exit 5 on timeout)."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    client = cli.client()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    heartbeat = 1.0 if timeout is None else max(0.05, min(1.0, timeout / 4))
+    for item in client.watch(after=_after(since), heartbeat=heartbeat,
+                             **_filters(contexts, types, agents, kinds, meta)):
+        if not isinstance(item, Heartbeat):
+            if out.is_terminal and not out.json:
+                out.console.print(output.event_text(item, out.console.width))
+            else:
+                _Feed(out).show(item)
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            raise ClientTimeout(f"no matching event within {timeout:g}s")
+
