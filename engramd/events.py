@@ -271,9 +271,10 @@ class EventHub:
         receive = subscriber._receive
         assert receive is not None
         while True:
-            if receive.statistics().current_buffer_used == 0:
-                # Everything published so far has reached this subscriber: whatever
-                # else lies before the head did not match, so the cursor may move on.
+            if subscriber in self._live and receive.statistics().current_buffer_used == 0:
+                # Still attached and nothing buffered: everything published so far that
+                # matched has been sent, so the cursor may move on to the head. (Once
+                # detached, events past the buffer were never handed over: keep it.)
                 subscriber.cursor = max(subscriber.cursor, self.head)
             with trio.move_on_after(subscriber.heartbeat or math.inf) as idle:
                 try:

@@ -1,0 +1,213 @@
+"""The live stream through the real daemon: replay, live, filters, slow and dead readers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from engram_cli import requests
+from engram_cli.client import Client
+from engram_cli.errors import BadRequest
+from engram_cli.stream import LaggedBehind
+from engramd.config import DaemonConfig
+from engramd.protocol import (
+    PROTOCOL_VERSION,
+    EventPush,
+    Heartbeat,
+    Hello,
+    Lagged,
+    Subscribed,
+    UnitCreated,
+    Welcome,
+)
+from tests.conftest import RawConnection, ThreadedDaemon, make_config, start_threaded, wait_until
+
+
+def client(config: DaemonConfig, agent: str = "alice") -> Client:
+    return Client(config.socket, agent_id=agent, autostart=False, timeout=30)
+
+
+def all_seqs(config: DaemonConfig) -> list[int]:
+    with client(config) as engram:
+        journal = engram.status().journal
+        assert journal is not None
+        return list(range(1, journal.last_seq + 1))
+
+
+def events(subscription, count: int) -> list:  # type: ignore[no-untyped-def]
+    received = []
+    for item in subscription:
+        if not isinstance(item, Heartbeat):
+            received.append(item)
+            if len(received) == count:
+                return received
+    return received
+
+
+def test_replay_joins_the_live_flow_with_no_gap_or_duplicate(
+        threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    stop = threading.Event()
+
+    def write(name: str) -> None:
+        with client(config, name) as engram:
+            while not stop.is_set():
+                engram.create_unit(f"ctx-{name}", "MESSAGE", "x")
+
+    writers = [threading.Thread(target=write, args=(f"w{n}",)) for n in range(3)]
+    for writer in writers:
+        writer.start()
+    try:
+        with client(config) as engram:
+            wait_until(lambda: engram.status().journal.last_seq > 300,  # type: ignore[union-attr]
+                       "some history")
+            subscription = engram.subscribe(after=0)
+            received = [event.seq for event in events(subscription, 1500)]
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join(30)
+    assert received == list(range(1, 1501))
+
+
+def test_subscription_from_now_skips_history(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    with client(config) as engram:
+        engram.create_unit("c", "MESSAGE", "old")
+        subscription = engram.subscribe()
+        new = engram.create_unit("c", "MESSAGE", "new")
+        (event,) = events(subscription, 1)
+    assert isinstance(event, UnitCreated) and event.unit == new
+
+
+def test_filters(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    with client(config) as alice, client(config, "bob") as bob:
+        by_context = alice.subscribe(after=0, contexts=["a"])
+        by_kind = alice.subscribe(after=0, kinds=["context.created"])
+        by_agent = alice.subscribe(after=0, agents=["bob"], kinds=["unit.created"])
+        by_type = alice.subscribe(after=0, types=["tool_call"])
+        by_meta = alice.subscribe(after=0, meta={"exit": "1"})
+        alice.create_unit("a", "MESSAGE", "1")
+        bob.create_unit("b", "TOOL_CALL", "2", meta={"exit": "1"})
+        alice.create_unit("b", "TOOL_RESULT", "3", meta={"exit": "0"})
+        bob.create_unit("a", "ERROR", "4", meta={"exit": "1"})
+        assert [e.seq for e in events(by_context, 4)] == [1, 2, 7, 8]  # 7: bob joins a
+        assert [e.context_id for e in events(by_kind, 2)] == ["a", "b"]
+        assert [e.unit.payload for e in events(by_agent, 2)] == [b"2", b"4"]
+        assert [e.unit.payload for e in events(by_type, 1)] == [b"2"]
+        assert [e.unit.payload for e in events(by_meta, 2)] == [b"2", b"4"]
+        with pytest.raises(BadRequest, match="unknown event kind"):
+            alice.subscribe(kinds=["unit.deleted"])
+
+
+def test_idle_subscription_gets_heartbeats_with_the_head(threaded_daemon: ThreadedDaemon) -> None:
+    with client(threaded_daemon.config) as engram:
+        engram.create_unit("quiet", "MESSAGE", "x")
+        subscription = engram.subscribe(contexts=["elsewhere"], heartbeat=0.05)
+        beat = next(subscription)
+    assert isinstance(beat, Heartbeat) and beat.head_seq == 2 and beat.cursor == 2
+
+
+def test_presence_shows_who_is_watching(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    with client(config) as engram:
+        engram.create_unit("room", "MESSAGE", "x")
+        watcher = client(config, "carol")
+        subscription = watcher.subscribe(contexts=["room"])
+        wait_until(lambda: engram.context_info("room").watching == ["carol"], "presence")
+        assert engram.context_info("room").context.agent_ids == ["alice"]
+        subscription.close()
+        wait_until(lambda: engram.context_info("room").watching == [], "carol gone")
+        watcher.subscribe()  # everything: watching every context
+        wait_until(lambda: engram.context_info("room").watching == ["carol"], "presence")
+        watcher.close()
+        wait_until(lambda: engram.context_info("room").watching == [], "disconnect")
+
+
+def test_named_cursor_resumes_where_it_acknowledged(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    with client(config) as engram:
+        for number in range(6):
+            engram.create_unit("n", "MESSAGE", str(number))
+    with client(config, "bot") as bot:
+        subscription = bot.subscribe(after=0, cursor="bot-feed", kinds=["unit.created"])
+        first = events(subscription, 3)
+        subscription.ack()
+    with client(config, "bot") as bot:
+        resumed = events(bot.subscribe(cursor="bot-feed", kinds=["unit.created"]), 3)
+    assert [e.unit.payload for e in first + resumed] == [str(n).encode() for n in range(6)]
+
+
+def subscribed_raw(config: DaemonConfig, after: int = 0) -> RawConnection:
+    raw = RawConnection(config.socket)
+    raw.send(Hello(id=1, protocol_version=PROTOCOL_VERSION, client_name="slow", agent_id="s"))
+    assert isinstance(raw.receive(), Welcome)
+    raw.send(requests.subscribe(2, after=after))
+    assert isinstance(raw.receive(), Subscribed)
+    return raw
+
+
+def test_a_reader_that_stalls_slows_no_writer_and_misses_nothing(env: dict[str, str]) -> None:
+    config = make_config(env, **{"stream.buffer_events": "8"})
+    with start_threaded(config) as running:
+        stalled = subscribed_raw(config)
+        with client(config) as engram:
+            payload = b"p" * 2000
+            for _ in range(20):  # 2,000 units: far more than the socket buffers hold
+                engram.create_units([requests.draft("s", "MESSAGE", payload)] * 100)
+            head = engram.status().journal.last_seq  # type: ignore[union-attr]
+        assert running.server is not None and running.server.engine.hub is not None
+        assert running.server.engine.hub.detached_for_lag >= 1
+        seqs = []
+        while len(seqs) < head:
+            message = stalled.receive()
+            if isinstance(message, EventPush):
+                seqs.append(message.event.seq)
+        assert seqs == list(range(1, head + 1))
+
+
+def test_past_the_lag_limit_the_reader_is_told_and_may_resume(env: dict[str, str]) -> None:
+    config = make_config(env, **{"stream.buffer_events": "4", "stream.max_lag_events": "50"})
+    with start_threaded(config):
+        stalled = subscribed_raw(config)
+        with client(config) as engram:
+            for _ in range(20):
+                engram.create_units([requests.draft("l", "MESSAGE", b"q" * 2000)] * 100)
+        seqs = []
+        while True:
+            message = stalled.receive()
+            if isinstance(message, Lagged):
+                break
+            if isinstance(message, EventPush):
+                seqs.append(message.event.seq)
+        assert message.cursor == seqs[-1] and message.head_seq > message.cursor + 50
+        with client(config) as engram:
+            rest = events(engram.subscribe(after=message.cursor), message.head_seq - message.cursor)
+        assert seqs + [e.seq for e in rest] == list(range(1, message.head_seq + 1))
+
+
+def test_library_reports_a_lag_as_lagged_behind(env: dict[str, str]) -> None:
+    config = make_config(env, **{"stream.buffer_events": "2", "stream.max_lag_events": "10"})
+    with start_threaded(config), client(config, "reader") as reader, client(config) as writer:
+        subscription = reader.subscribe(after=0)
+        for _ in range(20):
+            writer.create_units([requests.draft("x", "MESSAGE", b"r" * 4000)] * 100)
+        with pytest.raises(LaggedBehind) as caught:
+            for _ in subscription:
+                pass
+        assert caught.value.cursor >= 0
+
+
+def test_a_reader_that_reads_nothing_is_dropped(env: dict[str, str]) -> None:
+    config = make_config(env, **{"stream.dead_after_seconds": "0.3"})
+    with start_threaded(config) as running:
+        stalled = subscribed_raw(config)
+        assert running.server is not None
+        with client(config) as engram:
+            for _ in range(20):
+                engram.create_units([requests.draft("d", "MESSAGE", b"z" * 2000)] * 100)
+            wait_until(lambda: running.server.connection_count == 1, "the silent reader dropped")
+            engram.ping()
+        stalled.close()
