@@ -338,3 +338,42 @@ def event_json(event: Event) -> dict[str, Any]:
     if isinstance(event, UnitCreated):
         data["unit"] = unit_to_json(event.unit)
     return data
+
+
+class LiveFeed:
+    """Prints events for people (rich, with a status line) or for programs."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+        self.rich = out.is_terminal and not out.json
+        self._live: Any = None
+        self._status = ""
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[LiveFeed]:
+        if not self.rich:
+            yield self
+            return
+        from rich.live import Live
+
+        with Live(console=self.out.console, auto_refresh=False, transient=True,
+                  redirect_stdout=False) as live:
+            self._live = live
+            yield self
+
+    def status(self, text: str) -> None:
+        if self._live is not None and text != self._status:
+            from rich.text import Text
+
+            self._status = text
+            self._live.update(Text(text, style="dim"), refresh=True)
+
+    def show(self, event: Event) -> None:
+        if self.out.json:
+            self.out.json_line(event_json(event))
+        elif self._live is not None:
+            self._live.console.print(event_text(event, self.out.console.width))
+            self._live.refresh()
+        else:
+            self.out.stream.write("\t".join(event_row(event)) + "\n")
+            self.out.stream.flush()

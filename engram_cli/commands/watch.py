@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -15,7 +13,7 @@ from engram_cli.commands.unit import parse_pairs
 from engram_cli.context import JsonOption
 from engram_cli.errors import ClientTimeout, UsageProblem
 from engram_cli.stream import Subscription
-from engramd.protocol import Event, Heartbeat, Unit, UnitCreated
+from engramd.protocol import Heartbeat, Unit, UnitCreated
 
 ContextsOption = Annotated[list[str] | None, typer.Option(
     "--context", "-c", metavar="CTX", help="Only this context (repeatable; default: all).")]
@@ -61,45 +59,6 @@ def _last_units(client: Client, filters: dict[str, Any], count: int) -> list[Uni
     return sorted(units, key=lambda unit: unit.seq)[-count:]
 
 
-class _Feed:
-    """Prints events for people (rich, with a status line) or for programs."""
-
-    def __init__(self, out: output.Output) -> None:
-        self.out = out
-        self.rich = out.is_terminal and not out.json
-        self._live: Any = None
-        self._status = ""
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[_Feed]:
-        if not self.rich:
-            yield self
-            return
-        from rich.live import Live
-
-        with Live(console=self.out.console, auto_refresh=False, transient=True,
-                  redirect_stdout=False) as live:
-            self._live = live
-            yield self
-
-    def status(self, text: str) -> None:
-        if self._live is not None and text != self._status:
-            from rich.text import Text
-
-            self._status = text
-            self._live.update(Text(text, style="dim"), refresh=True)
-
-    def show(self, event: Event) -> None:
-        if self.out.json:
-            self.out.json_line(output.event_json(event))
-        elif self._live is not None:
-            self._live.console.print(output.event_text(event, self.out.console.width))
-            self._live.refresh()
-        else:
-            self.out.stream.write("\t".join(output.event_row(event)) + "\n")
-            self.out.stream.flush()
-
-
 def watch(
     ctx: typer.Context,
     contexts: ContextsOption = None,
@@ -125,7 +84,7 @@ def watch(
     client = cli.client()
     filters = _filters(contexts, types, agents, kinds, meta)
     after = _after(since)
-    feed = _Feed(out)
+    feed = output.LiveFeed(out)
     shown = 0
     acked_at = 0.0
     state = {"connected": False}
@@ -190,7 +149,7 @@ def wait(
             if out.is_terminal and not out.json:
                 out.console.print(output.event_text(item, out.console.width))
             else:
-                _Feed(out).show(item)
+                output.LiveFeed(out).show(item)
             return
         if deadline is not None and time.monotonic() >= deadline:
             raise ClientTimeout(f"no matching event within {timeout:g}s")

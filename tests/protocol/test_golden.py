@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from engramd.protocol import (
+    AckCursor,
     Context,
     ContextChange,
     ContextCreated,
@@ -21,10 +22,14 @@ from engramd.protocol import (
     ContextUpdated,
     CreateUnits,
     DaemonStatus,
+    Done,
     ErrorReply,
+    EventPush,
     GetStatus,
+    Heartbeat,
     Hello,
     JournalStatus,
+    Lagged,
     Limits,
     ListUnits,
     Ping,
@@ -32,10 +37,13 @@ from engramd.protocol import (
     Relationship,
     Shutdown,
     ShuttingDown,
+    Subscribe,
+    Subscribed,
     Unit,
     UnitCreated,
     UnitDraft,
     UnitPage,
+    Unsubscribe,
     UpdateContext,
     Welcome,
     encode_message,
@@ -67,6 +75,11 @@ CLIENT_MESSAGES = {
     "unit_list": ListUnits(id=6, context_id="build-42", limit=10, before=100),
     "context_update": UpdateContext(id=7, context_id="build-42", add_agents=["bob"],
                                     pin=[UNIT.id], set_meta={"k": "v"}),
+    "subscribe": Subscribe(id=8, contexts=["build-42"], kinds=["unit.created"],
+                           types=["TOOL_RESULT"], meta={"exit": "0"}, after=0,
+                           cursor="bot", heartbeat=2.0),
+    "unsubscribe": Unsubscribe(id=9, subscription=8),
+    "cursor_ack": AckCursor(id=10, cursor="bot", seq=7),
 }
 SERVER_MESSAGES = {
     "welcome": Welcome(id=1, protocol_version=1, daemon_version="0.1.0", pid=42,
@@ -84,7 +97,13 @@ SERVER_MESSAGES = {
     "shutting_down": ShuttingDown(id=4, pid=42),
     "error": ErrorReply(id=None, code="bad_request", message="no"),
     "unit_page": UnitPage(id=6, units=[UNIT], next_cursor=None),
-    "context_found": ContextFound(id=7, context=CONTEXT, created=False),
+    "context_found": ContextFound(id=7, context=CONTEXT, created=False, watching=["carol"]),
+    "subscribed": Subscribed(id=8, subscription=8, after=0, head_seq=9),
+    "done": Done(id=9),
+    "event_push": EventPush(subscription=8,
+                            event=UnitCreated(seq=7, ts=WHEN, context_id="build-42", unit=UNIT)),
+    "heartbeat": Heartbeat(subscription=8, head_seq=9, cursor=7),
+    "lagged": Lagged(subscription=8, cursor=7, head_seq=200000),
 }
 EVENTS = {
     "event_unit_created": UnitCreated(seq=7, ts=WHEN, context_id="build-42", unit=UNIT),
@@ -129,3 +148,11 @@ def test_wal_record_bytes_match_golden() -> None:
                   idempotency_keys={"k1": UNIT.id})
     assert encode_record(entry).hex() == golden()["wal_record"]
     assert SegmentHeader(7, b"\x01" * 8).encode().hex() == golden()["wal_header"]
+
+
+def test_a_push_built_from_shared_event_bytes_is_the_golden_push() -> None:
+    from engramd.server import encode_event_push
+
+    event = SERVER_MESSAGES["event_push"].event  # type: ignore[attr-defined]
+    body = encode_event_push(8, msgspec.msgpack.encode(event))
+    assert body.hex() == golden()["event_push"][8:]  # without the length prefix
