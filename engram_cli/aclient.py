@@ -26,20 +26,27 @@ from engram_cli.autostart import start_daemon
 from engram_cli.errors import DaemonUnavailable, EngramError, NotFound, error_from_reply
 from engram_cli.requests import Payload
 from engram_cli.settings import autostart_enabled, default_agent_id, socket_path
+from engram_cli.stream import Position, Push
 from engramd.protocol import (
     CLOSED,
     NEED_DATA,
     PROTOCOL_VERSION,
+    AckCursor,
     ClientConnection,
     ClientMessage,
     Context,
     ContextFound,
     ContextPage,
     DaemonStatus,
+    Done,
     ErrorReply,
+    Event,
+    EventPush,
     GetContext,
     GetStatus,
     GetUnits,
+    Heartbeat,
+    Lagged,
     Ping,
     Pong,
     ProtocolError,
@@ -48,11 +55,14 @@ from engramd.protocol import (
     Shutdown,
     ShuttingDown,
     SocketPathTooLong,
+    Subscribe,
+    Subscribed,
     Unit,
     UnitDraft,
     UnitPage,
     UnitsCreated,
     UnitsFound,
+    Unsubscribe,
     Welcome,
 )
 
@@ -76,6 +86,7 @@ class AsyncClient:
         self._protocol = protocol
         self._send_lock = trio.Lock()
         self._waiters: dict[int, _Waiter] = {}
+        self._pushes: dict[int, trio.MemorySendChannel[Push]] = {}
         self._broken: EngramError | None = None
 
     @property
@@ -94,6 +105,12 @@ class AsyncClient:
                     self._fail(DaemonUnavailable("engramd closed the connection"))
                     return
                 assert isinstance(event, ServerMessage)
+                if isinstance(event, EventPush | Heartbeat | Lagged):
+                    channel = self._pushes.get(event.subscription)
+                    if channel is not None:
+                        # A slow consumer holds up this connection, not the daemon.
+                        await channel.send(event)
+                    continue
                 message_id = getattr(event, "id", None)
                 if message_id is None and isinstance(event, ErrorReply):
                     self._fail(error_from_reply(event))
@@ -112,6 +129,9 @@ class AsyncClient:
         for waiter in self._waiters.values():
             waiter.event.set()
         self._waiters.clear()
+        for channel in self._pushes.values():
+            channel.close()
+        self._pushes.clear()
 
     async def request(self, request: ClientMessage, expect: type[ReplyT]) -> ReplyT:
         """Send *request* and wait for its reply; raise if it is an error."""
@@ -149,6 +169,27 @@ class AsyncClient:
 
     async def shutdown(self) -> ShuttingDown:
         return await self.request(Shutdown(id=self._next_id()), ShuttingDown)
+
+    async def subscribe(self, **options: Any) -> AsyncSubscription:
+        """Start a subscription: an async iterator of events and heartbeats."""
+        request = requests.subscribe(self._next_id(), **options)
+        send, receive = trio.open_memory_channel[Push](PUSH_BUFFER)
+        self._pushes[request.id] = send  # pushes may follow the reply at once
+        try:
+            reply = await self.request(request, Subscribed)
+        except BaseException:
+            self._pushes.pop(request.id, None)
+            raise
+        return AsyncSubscription(self, request, reply, receive)
+
+    async def unsubscribe(self, subscription: int) -> None:
+        await self.request(Unsubscribe(id=self._next_id(), subscription=subscription), Done)
+        channel = self._pushes.pop(subscription, None)
+        if channel is not None:
+            channel.close()
+
+    async def ack_cursor(self, name: str, seq: int) -> None:
+        await self.request(AckCursor(id=self._next_id(), cursor=name, seq=seq), Done)
 
     # -- journal --------------------------------------------------------------
 
@@ -199,6 +240,39 @@ class AsyncClient:
         found = await self.request(
             requests.update_context(self._next_id(), context_id, **changes), ContextFound)
         return found.context
+
+
+PUSH_BUFFER = 4096
+
+
+class AsyncSubscription(Position):
+    """Events of one subscription, in order: ``async for event in subscription``."""
+
+    def __init__(self, client: AsyncClient, request: Subscribe, reply: Subscribed,
+                 receive: trio.MemoryReceiveChannel[Push]) -> None:
+        super().__init__(request, reply)
+        self.client = client
+        self._receive = receive
+
+    def __aiter__(self) -> AsyncSubscription:
+        return self
+
+    async def __anext__(self) -> Event | Heartbeat:
+        try:
+            push = await self._receive.receive()
+        except trio.EndOfChannel:
+            if self.client._broken is not None:
+                raise self.client._broken from None
+            raise StopAsyncIteration from None
+        return self.accept(push)
+
+    async def ack(self) -> None:
+        if self.request.cursor is None:
+            raise ValueError("this subscription has no cursor name")
+        await self.client.ack_cursor(self.request.cursor, self.cursor)
+
+    async def aclose(self) -> None:
+        await self.client.unsubscribe(self.id)
 
 
 async def _connect(path: str) -> trio.SocketStream:

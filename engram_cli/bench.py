@@ -24,7 +24,7 @@ import msgspec
 
 from engram_cli.autostart import daemon_answers, process_gone, start_daemon
 from engram_cli.client import Client
-from engramd.protocol import CreateUnits, UnitsCreated
+from engramd.protocol import CreateUnits, Heartbeat, UnitsCreated
 
 
 class BenchResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -314,6 +314,62 @@ def bench_restart_crash(target: BenchTarget) -> Measurement:
     return _bench_restart(target, kill=True)
 
 
+def _fan_worker(socket_path: str, context_id: str, count: int) -> None:
+    """A watcher process: subscribes, says "ready", prints ``seq:receipt`` for *count* units."""
+    with Client(socket_path, agent_id="fan", autostart=False, timeout=120) as client:
+        subscription = client.subscribe(contexts=[context_id], kinds=["unit.created"])
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        received = []
+        for item in subscription:
+            if not isinstance(item, Heartbeat):
+                received.append(f"{item.seq}:{time.time():.7f}")
+                if len(received) == count:
+                    break
+    sys.stdout.write(" ".join(received) + "\n")
+
+
+def bench_stream_fanout10(target: BenchTarget) -> Measurement:
+    """Write acknowledged -> event received, at each of 10 watcher processes."""
+    count = target.count(2000)
+    context_id = f"bench-fan-{os.getpid()}"
+    code = ("import sys; from engram_cli.bench import _fan_worker; "
+            "_fan_worker(sys.argv[1], sys.argv[2], int(sys.argv[3]))")
+    watchers = [subprocess.Popen([sys.executable, "-c", code, target.socket_path, context_id,
+                                  str(count)], env=dict(target.env), stdout=subprocess.PIPE,
+                                 text=True) for _ in range(10)]
+    for watcher in watchers:
+        assert watcher.stdout is not None
+        if watcher.stdout.readline().strip() != "ready":
+            raise RuntimeError("a bench watcher failed to subscribe")
+    sent: dict[int, float] = {}
+    acked: dict[int, float] = {}
+    started = time.perf_counter()
+    with target.client() as client:
+        for _ in range(count):
+            before = time.time()
+            unit = client.create_unit(context_id, "MESSAGE", PAYLOAD)
+            acked[unit.seq] = time.time()
+            sent[unit.seq] = before
+    latencies: list[float] = []
+    from_send: list[float] = []
+    early = 0
+    for watcher in watchers:
+        out, _ = watcher.communicate(timeout=300)
+        for pair in out.split():
+            seq, received = int(pair.split(":")[0]), float(pair.split(":")[1])
+            delay = received - acked[seq]
+            early += delay < 0
+            latencies.append(max(0.0, delay))
+            from_send.append(received - sent[seq])
+    wall = time.perf_counter() - started
+    from_send.sort()
+    return Measurement(latencies, wall, note=(
+        f"{len(latencies):,} receipts, {early} before the writer read its ack (counted as 0); "
+        f"from the write's send: p50 {percentile(from_send, 0.5) * 1000:.3f} ms, "
+        f"p99 {percentile(from_send, 0.99) * 1000:.3f} ms"))
+
+
 WORKLOADS: dict[str, Workload] = {
     "ping": bench_ping,
     "cli.ping": bench_cli_ping,
@@ -325,6 +381,7 @@ WORKLOADS: dict[str, Workload] = {
     "list.last100": bench_list_last100,
     "restart.clean": bench_restart_clean,
     "restart.crash": bench_restart_crash,
+    "stream.fanout10": bench_stream_fanout10,
 }
 
 

@@ -29,25 +29,21 @@ class LaggedBehind(DaemonUnavailable):
         self.cursor = cursor
 
 
-class Subscription:
-    """Events of one subscription, in order; iterate it. Heartbeats come through too.
+class Position:
+    """Where a subscription stands; shared by the blocking and the trio flavour.
 
     ``cursor`` is the seq of the last event delivered (or passed over): resume
     there with ``subscribe(after=cursor)``.
     """
 
-    def __init__(self, client: Client, request: Subscribe, reply: Subscribed) -> None:
-        self.client = client
+    def __init__(self, request: Subscribe, reply: Subscribed) -> None:
         self.request = request
         self.id = reply.subscription
         self.cursor = reply.after
         self.head_seq = reply.head_seq
 
-    def __iter__(self) -> Subscription:
-        return self
-
-    def __next__(self) -> Event | Heartbeat:
-        push = self.client.next_push(self.id)
+    def accept(self, push: Push) -> Event | Heartbeat:
+        """Move along with *push* and return what to hand the caller."""
         if isinstance(push, EventPush):
             self.cursor = push.event.seq
             self.head_seq = max(self.head_seq, push.event.seq)
@@ -57,6 +53,20 @@ class Subscription:
             self.cursor = max(self.cursor, push.cursor)
             return push
         raise LaggedBehind(push.cursor)
+
+
+class Subscription(Position):
+    """Events of one subscription, in order; iterate it. Heartbeats come through too."""
+
+    def __init__(self, client: Client, request: Subscribe, reply: Subscribed) -> None:
+        super().__init__(request, reply)
+        self.client = client
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> Event | Heartbeat:
+        return self.accept(self.client.next_push(self.id))
 
     def ack(self) -> None:
         """Store the cursor under the subscription's name (``cursor=`` when subscribing)."""

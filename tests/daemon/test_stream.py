@@ -211,3 +211,27 @@ def test_a_reader_that_reads_nothing_is_dropped(env: dict[str, str]) -> None:
             wait_until(lambda: running.server.connection_count == 1, "the silent reader dropped")
             engram.ping()
         stalled.close()
+
+
+async def test_trio_client_subscription_is_an_async_iterator(daemon, config: DaemonConfig) -> None:  # type: ignore[no-untyped-def]
+    import trio
+
+    from engram_cli.aclient import open_client
+
+    with trio.fail_after(10):
+        async with open_client(config.socket, autostart=False, agent_id="t") as engram:
+            subscription = await engram.subscribe(after=0, kinds=["unit.created"],
+                                                  heartbeat=0.05)
+            written = [await engram.create_unit("async", "MESSAGE", f"u{n}") for n in range(5)]
+            received = []
+            beats = 0
+            async for item in subscription:
+                if isinstance(item, Heartbeat):
+                    beats += 1
+                else:
+                    received.append(item.unit)
+                if len(received) == 5 and beats:
+                    break
+            await subscription.aclose()
+            assert engram.welcome is not None
+    assert received == written
