@@ -2,17 +2,20 @@
 
 Starts engramd on a temporary socket and data dir, has two agents (alice and
 bob) record their work in one context with real ``engram`` commands, the way a
-script or an agent would, reads it back, and stops the daemon. Every command is
+script or an agent would, while a live ``engram watch`` shows each event as it
+happens; then reads it back and stops the daemon. Every command is
 printed before it runs, so the demo doubles as a tour.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 
 from engram_cli.bench import _engram_command
 
@@ -23,26 +26,48 @@ class Demo:
         self.engram = _engram_command()
 
     def run(self, *args: str, agent: str | None = None, stdin: str | None = None,
-            capture: bool = False) -> str:
+            capture: bool = False, quiet: bool = False) -> str:
         shown = f"engram {shlex.join(args)}"
         if agent:
             shown = f"ENGRAM_AGENT={agent} {shown}"
         if stdin is not None:
             shown = f"echo {shlex.quote(stdin.strip())} | {shown}"
-        print(f"\n$ {shown}", flush=True)
+        if not quiet:
+            print(f"\n$ {shown}", flush=True)
         env = {**self.env, "ENGRAM_AGENT": agent or self.env["ENGRAM_AGENT"]}
         result = subprocess.run([*self.engram, *args], env=env, input=stdin, text=True,
                                 stdout=subprocess.PIPE if capture else None, check=False)
         if result.returncode != 0:
             raise SystemExit(f"demo: '{shown}' exited {result.returncode}")
         if capture:
-            print(result.stdout, end="", flush=True)
+            if not quiet:
+                print(result.stdout, end="", flush=True)
             return result.stdout.strip()
         return ""
 
 
+def watch_in_background(demo: Demo, count: int) -> tuple[subprocess.Popen[str], threading.Thread]:
+    """A live ``engram watch`` whose lines the demo prints as they come, marked [watch]."""
+    head = json.loads(demo.run("--json", "status", capture=True, quiet=True))["journal"]["last_seq"]
+    args = ["watch", "--since", str(head), "--count", str(count)]
+    print(f"\n$ engram {shlex.join(args)} &    # a live feed, printed below as [watch]",
+          flush=True)
+    process = subprocess.Popen([*demo.engram, *args], env=demo.env, stdout=subprocess.PIPE,
+                               text=True)
+
+    def relay() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            print(f"  [watch] {line}", end="", flush=True)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    return process, thread
+
+
 def tour(demo: Demo) -> None:
     demo.run("daemon", "start")
+    watcher, relay = watch_in_background(demo, count=7)
     started = demo.run("unit", "create", "-c", "build-42", "-t", "task_status",
                        "-m", "step=build", stdin="build 42 started\n", agent="alice",
                        capture=True)
@@ -54,6 +79,8 @@ def tour(demo: Demo) -> None:
              "tests pass; safe to merge", "-r", f"DEPENDS_ON:{call}", agent="alice",
              capture=True)
     demo.run("context", "pin", "build-42", started)
+    watcher.wait(30)
+    relay.join(5)
     demo.run("unit", "list", "-c", "build-42")
     demo.run("unit", "related", call)
     demo.run("--json", "unit", "list", "-c", "build-42", "--agent", "bob", "-n", "1")
