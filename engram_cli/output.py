@@ -361,7 +361,10 @@ class LiveFeed:
             self._live = live
             yield self
 
-    def status(self, text: str) -> None:
+    def status(self, text: str, *, announce: bool = False) -> None:
+        """Update the status line; *announce* also tells a non-terminal reader, on stderr."""
+        if announce and self._live is None and not self.out.json:
+            note(text.lstrip("●○ "))
         if self._live is not None and text != self._status:
             from rich.text import Text
 

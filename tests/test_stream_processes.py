@@ -72,6 +72,7 @@ def test_watch_resumes_across_a_daemon_restart(engramd: DaemonProcess) -> None:
         restarted.wait(WAIT)
         restarted.communicate()
     assert follower.returncode == 0, err
+    assert "reconnecting to engramd" in err and "watching" in err
     payloads = [json.loads(line).get("unit", {}).get("payload") for line in out.splitlines()]
     units = [p for p in payloads if p is not None]
     assert units == [f"before {n}" for n in range(5)] + [f"after {n}" for n in range(5)]

@@ -87,14 +87,16 @@ def watch(
     feed = output.LiveFeed(out)
     shown = 0
     acked_at = 0.0
-    state = {"connected": False}
+    was_reconnecting = {"value": False}
 
     def on_status(kind: str, subscription: Subscription | None) -> None:
-        state["connected"] = kind == "connected"
         if subscription is not None:
-            feed.status(f"● watching · head {subscription.head_seq} · lag 0")
+            feed.status(f"● watching · head {subscription.head_seq} · lag 0",
+                        announce=was_reconnecting["value"])
+            was_reconnecting["value"] = False
         else:
-            feed.status("○ reconnecting to engramd …")
+            feed.status("○ reconnecting to engramd …", announce=True)
+            was_reconnecting["value"] = True
 
     try:
         with feed.running():
