@@ -363,7 +363,7 @@ class LiveFeed:
 
     def status(self, text: str, *, announce: bool = False) -> None:
         """Update the status line; *announce* also tells a non-terminal reader, on stderr."""
-        if announce and self._live is None and not self.out.json:
+        if announce and self._live is None:
             note(text.lstrip("●○ "))
         if self._live is not None and text != self._status:
             from rich.text import Text
