@@ -22,7 +22,7 @@ import trio
 
 from engramd.protocol import Heartbeat, Lagged
 from engramd.protocol.messages import Subscribe
-from engramd.protocol.model import AnyEvent, ContextChange, ContextCreated, UnitCreated
+from engramd.protocol.model import AnyEvent, ContextChange, UnitCreated
 from engramd.storage import Store
 
 _encoder = msgspec.msgpack.Encoder()
@@ -108,12 +108,8 @@ def describe_live(event: AnyEvent) -> Described:
         unit = event.unit
         return Described(event.seq, "unit.created", event.context_id,
                          frozenset([unit.agent_id]), unit.type, unit.meta, data)
-    if isinstance(event, ContextCreated):
-        return Described(event.seq, "context.created", event.context_id,
-                         frozenset(event.context.agent_ids), None, {}, data)
-    agents = frozenset(change.value for change in event.changes
-                       if change.kind in _AGENT_CHANGES)
-    return Described(event.seq, "context.updated", event.context_id, agents, None, {}, data)
+    # Context events are rare: read them the one way the stored ones are read.
+    return describe_context_event(data)
 
 
 def describe_stored(value: bytes) -> Described:

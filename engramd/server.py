@@ -321,6 +321,8 @@ class Server:
                 session.reader_scope.cancel()
                 if session.streams is not None:
                     session.streams.cancel_scope.cancel()
+                # Replies stuck on the full socket fail at once instead of waiting.
+                await trio.aclose_forcefully(session.stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         session.subscriptions.pop(subscriber.id, None)
