@@ -224,8 +224,31 @@ class Client:
         except TimeoutError:
             raise ClientTimeout(f"engramd did not take a request within {self.timeout}s") from None
         except OSError as exc:
+            parting = self._parting_error()
             self.close()
+            if parting is not None:
+                raise parting from None
             raise DaemonUnavailable(f"lost the connection to engramd: {exc.strerror}") from None
+
+    def _parting_error(self) -> EngramError | None:
+        """The error frame a daemon sent before closing on us (say, too many connections).
+
+        A write can fail because the daemon already hung up; what it said first
+        may still wait in the socket and is the better answer.
+        """
+        assert self._sock is not None and self._protocol is not None
+        try:
+            self._sock.settimeout(0.5)
+            while True:
+                data = self._sock.recv(_RECEIVE_SIZE)
+                self._protocol.receive_data(data)
+                event = self._protocol.next_event()
+                if isinstance(event, ErrorReply):
+                    return error_from_reply(event)
+                if not data:
+                    return None
+        except (OSError, ProtocolError):
+            return None
 
     def _next_message(self) -> ServerMessage:
         assert self._sock is not None and self._protocol is not None

@@ -119,6 +119,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stream.max_lag_events", int, 100_000,
             "A subscriber that fell back this far behind the head gets a lagged notice "
             "and its subscription ends.", minimum=1),
+    Setting("locks.default_ttl", float, 60.0,
+            "Seconds a lease lasts when the request gives no ttl.", minimum=0.001),
+    Setting("locks.max_ttl", float, 3600.0,
+            "Longest ttl a lease may ask for.", minimum=0.001),
+    Setting("limits.max_leases_per_agent", int, 100,
+            "Leases one agent may hold at once.", minimum=1),
+    Setting("limits.max_waiters_per_resource", int, 1000,
+            "Requests that may wait in line for one resource.", minimum=1),
     Setting("limits.max_subscriptions_per_connection", int, 64,
             "Subscriptions one connection may hold.", minimum=1),
     Setting("limits.max_frame_bytes", int, DEFAULT_MAX_FRAME,
@@ -157,6 +165,10 @@ class DaemonConfig:
     dead_after_seconds: float = 30.0
     buffer_events: int = 1024
     max_lag_events: int = 100_000
+    default_ttl: float = 60.0
+    max_ttl: float = 3600.0
+    max_leases_per_agent: int = 100
+    max_waiters_per_resource: int = 1000
     max_subscriptions_per_connection: int = 64
     max_frame_bytes: int = DEFAULT_MAX_FRAME
     max_connections: int = 256

@@ -20,6 +20,8 @@ from engramd.errors import BadRequest, EngramError
 from engramd.protocol import (
     PROTOCOL_VERSION,
     AckCursor,
+    AcquireLock,
+    BreakLock,
     ClientMessage,
     ContextFound,
     ContextPage,
@@ -30,14 +32,22 @@ from engramd.protocol import (
     ErrorCode,
     ErrorReply,
     GetContext,
+    GetLock,
     GetStatus,
     GetUnits,
+    LeaseRenewed,
     Limits,
     ListContexts,
+    ListLocks,
     ListUnits,
+    LockFound,
+    LockPage,
+    LocksGranted,
     Ping,
     Pong,
     RelatedUnits,
+    ReleaseLock,
+    RenewLock,
     ServerMessage,
     Shutdown,
     ShuttingDown,
@@ -102,6 +112,27 @@ class Dispatcher:
             case AckCursor():
                 engine.ack_cursor(request.cursor, request.seq)
                 return Done(id=request.id)
+            case AcquireLock():
+                leases = await engine.lease_manager().acquire(
+                    request, caller.agent_id, caller.session, caller.push)
+                return LocksGranted(id=request.id, leases=leases)
+            case ReleaseLock():
+                await engine.lease_manager().release(request.lock_id, caller.agent_id)
+                return Done(id=request.id)
+            case RenewLock():
+                lease = await engine.lease_manager().renew(request.lock_id, caller.agent_id,
+                                                           request.ttl)
+                return LeaseRenewed(id=request.id, lease=lease)
+            case BreakLock():
+                await engine.lease_manager().break_lease(request.resource, request.reason,
+                                                         caller.agent_id)
+                return Done(id=request.id)
+            case GetLock():
+                state = engine.lease_manager().state(request.resource)
+                return LockFound(id=request.id, state=state)
+            case ListLocks():
+                states = engine.lease_manager().states(request.agent, request.prefix)
+                return LockPage(id=request.id, locks=states)
             case ListContexts():
                 contexts, cursor = engine.list_contexts(request)
                 return ContextPage(id=request.id, contexts=contexts, next_cursor=cursor)

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -28,6 +28,7 @@ from engramd.commit import GroupCommitter
 from engramd.config import DaemonConfig
 from engramd.errors import BadRequest, Conflict, NotFound, StartupError, TooLarge, Unavailable
 from engramd.events import EventHub, Filter, Subscriber, describe_live
+from engramd.leases import LeaseManager
 from engramd.protocol import (
     CreateContext,
     JournalStatus,
@@ -83,6 +84,10 @@ class Caller:
     agent_id: str
     uid: int
     pid: int
+    session: object | None = None
+    """The connection, for what is bound to it (leases, notices)."""
+    push: Callable[[bytes], Awaitable[None]] | None = None
+    """Writes a pushed message to that connection."""
 
 
 def _raw_units(encoded: list[bytes]) -> list[Unit]:
@@ -111,6 +116,7 @@ class Engine:
         self.wal: WriteAheadLog | None = None
         self.committer: GroupCommitter | None = None
         self.hub: EventHub | None = None
+        self.leases: LeaseManager | None = None
         # Changes built into the batch being written, not yet in the store.
         self._units_in_flight: dict[str, Unit] = {}
         self._keys_in_flight: dict[str, str] = {}
@@ -159,8 +165,14 @@ class Engine:
             window=self.config.window_ms / 1000,
             checkpoint_bytes=self.config.checkpoint_bytes,
             on_applied=self._applied, on_aborted=self._forget_in_flight)
+        self.leases = LeaseManager(
+            self.store, self.committer, default_ttl=self.config.default_ttl,
+            max_ttl=self.config.max_ttl, max_per_agent=self.config.max_leases_per_agent,
+            max_waiters=self.config.max_waiters_per_resource)
+        self.leases.restore()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.committer.run)
+            await nursery.start(self.leases.run)
             nursery.start_soon(self._checkpoints)
             self.state = "ready"
             log.info("ready")
@@ -197,6 +209,15 @@ class Engine:
                 self.wal.drop_through(self.store.checkpoint_seq)
                 self.wal.close()
             self.store.close()
+
+    def lease_manager(self) -> LeaseManager:
+        self._ready()
+        assert self.leases is not None
+        return self.leases
+
+    async def connection_closed(self, session: object) -> None:
+        if self.leases is not None and self.state == "ready":
+            await self.leases.connection_closed(session)
 
     def _ready(self) -> tuple[Store, GroupCommitter]:
         if self.state != "ready" or self.store is None or self.committer is None:
@@ -254,6 +275,9 @@ class Engine:
             keys: dict[str, str] = {}
             contexts: dict[str, Context] = {}
             for draft in checked:
+                if draft.fence is not None:
+                    assert self.leases is not None
+                    self.leases.check_fence(draft.fence)
                 key = draft.idempotency_key
                 if key is not None:
                     known = keys.get(key) or self._keys_in_flight.get(key) \

@@ -29,6 +29,24 @@ class Conflict(EngramError):
     code = ErrorCode.CONFLICT
 
 
+class LockHeld(EngramError):
+    """The resource is leased by someone else (and the request would not wait)."""
+
+    code = ErrorCode.LOCK_HELD
+
+
+class Timeout(EngramError):
+    """A wait the client asked for ran out."""
+
+    code = ErrorCode.TIMEOUT
+
+
+class Deadlock(EngramError):
+    """Waiting would close a cycle of agents waiting for each other."""
+
+    code = ErrorCode.DEADLOCK
+
+
 class TooLarge(EngramError):
     code = ErrorCode.TOO_LARGE
 

@@ -68,6 +68,30 @@ class _ContextUpdatedHead(_EventHead, tag="context.updated"):
     changes: list[ContextChange]
 
 
+class _LeaseHead(msgspec.Struct):
+    holder: str
+
+
+class _LockHead(_EventHead):
+    lease: _LeaseHead
+
+
+class _LockAcquiredHead(_LockHead, tag="lock.acquired"):
+    pass
+
+
+class _LockRenewedHead(_LockHead, tag="lock.renewed"):
+    pass
+
+
+class _LockReleasedHead(_LockHead, tag="lock.released"):
+    by: str
+
+
+class _LockExpiredHead(_LockHead, tag="lock.expired"):
+    pass
+
+
 class _UnitCreatedFromStore(msgspec.Struct, tag_field="kind", tag="unit.created"):
     """A ``unit.created`` event rebuilt around a stored unit's bytes, never decoding them."""
 
@@ -78,7 +102,9 @@ class _UnitCreatedFromStore(msgspec.Struct, tag_field="kind", tag="unit.created"
 
 
 _unit_head = msgspec.msgpack.Decoder(_UnitHead)
-_context_head = msgspec.msgpack.Decoder(_ContextCreatedHead | _ContextUpdatedHead)
+_context_head = msgspec.msgpack.Decoder(
+    _ContextCreatedHead | _ContextUpdatedHead | _LockAcquiredHead | _LockRenewedHead
+    | _LockReleasedHead | _LockExpiredHead)
 _AGENT_CHANGES = ("agent_joined", "agent_left")
 
 
@@ -92,7 +118,15 @@ def describe_unit(unit_bytes: bytes) -> Described:
 
 
 def describe_context_event(data: bytes) -> Described:
+    """A context or lock event described for the filters (its agents: who it concerns)."""
     head = _context_head.decode(data)
+    if isinstance(head, _LockHead):
+        concerned = {head.lease.holder}
+        if isinstance(head, _LockReleasedHead):
+            concerned.add(head.by)
+        kind = type(head).__struct_config__.tag
+        return Described(head.seq, str(kind), head.context_id, frozenset(concerned), None, {},
+                         data)
     if isinstance(head, _ContextCreatedHead):
         return Described(head.seq, "context.created", head.context_id,
                          frozenset(head.context.agent_ids), None, {}, data)
@@ -108,7 +142,7 @@ def describe_live(event: AnyEvent) -> Described:
         unit = event.unit
         return Described(event.seq, "unit.created", event.context_id,
                          frozenset([unit.agent_id]), unit.type, unit.meta, data)
-    # Context events are rare: read them the one way the stored ones are read.
+    # Context and lock events are rare: read them the one way the stored ones are read.
     return describe_context_event(data)
 
 

@@ -101,6 +101,8 @@ class Session:
     streams: trio.Nursery | None = None
     """Where this connection's subscriptions run; cancelled when the connection ends."""
     subscriptions: dict[int, trio.CancelScope] = field(default_factory=dict)
+    peer_closed: bool = False
+    """The client hung up (as opposed to the daemon stopping or dropping it)."""
 
     async def send(self, message: ServerMessage) -> None:
         data = self.protocol.send(message)
@@ -195,6 +197,12 @@ class Server:
             if session is not None:
                 self._sessions.discard(session)
             await trio.aclose_forcefully(stream)
+            if session is not None and not self.engine.shutdown_requested.is_set():
+                # Its connection-bound leases end with it (not when the daemon stops:
+                # then they outlive the restart, bounded by their ttl).
+                with trio.move_on_after(_GOODBYE_TIMEOUT * 5) as scope:
+                    scope.shield = True
+                    await self.engine.connection_closed(session)
 
     async def _goodbye(self, session: Session, code: ErrorCode, message: str) -> None:
         """Best effort: tell the peer why, then let the caller close."""
@@ -223,6 +231,8 @@ class Server:
             timed_out = session.hello is None and session.reader_scope.cancelled_caught
             if timed_out and not self.engine.shutdown_requested.is_set():
                 await self._goodbye(session, ErrorCode.BAD_REQUEST, "no hello in time")
+            if session.peer_closed:
+                requests.cancel_scope.cancel()  # no one is left to read the answers
         # Leaving the nursery waited for in-flight requests to answer.
 
     async def _read_requests(
@@ -236,6 +246,7 @@ class Server:
                 protocol.receive_data(data)
                 continue
             if event is CLOSED:
+                session.peer_closed = True
                 return
             if isinstance(event, InvalidMessage):
                 await session.send(ErrorReply(id=event.id, code=ErrorCode.BAD_REQUEST,
@@ -332,7 +343,7 @@ class Server:
     ) -> None:
         assert session.hello is not None
         caller = Caller(agent_id=session.hello.agent_id, uid=session.peer.uid,
-                        pid=session.peer.pid)
+                        pid=session.peer.pid, session=session, push=session.push)
         try:
             # Subscriptions belong to the connection, not to the engine: they are
             # opened here, and everything else goes through dispatch.

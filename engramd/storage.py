@@ -21,6 +21,7 @@ keys sort by sequence; ``\\0`` separates text parts, which never contain NUL)::
     x/<context>               -> context (wire encoding)
     i/<idempotency key>       -> unit id
     n/<cursor name>           -> seq                  named cursors (written with RocksDB's WAL)
+    l/<resource>              -> lease (wire encoding)   leases held now
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ from typing import Any
 import msgspec
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
-from engramd.protocol.model import ContextCreated, ContextUpdated, UnitCreated
+from engramd.protocol.model import (
+    ContextCreated,
+    ContextUpdated,
+    LockAcquired,
+    LockRenewed,
+    UnitCreated,
+)
 from engramd.wal.record import Entry
 
 SCHEMA_VERSION = 1
@@ -109,12 +116,18 @@ class Store:
                         batch.put(b"r/o/" + source + b"\0" + kind + b"\0" + target, b"")
                         batch.put(b"r/i/" + target + b"\0" + kind + b"\0" + source, b"")
                     units += 1
-                else:
-                    assert isinstance(event, ContextCreated | ContextUpdated)
+                elif isinstance(event, ContextCreated | ContextUpdated):
                     batch.put(b"x/" + _text(event.context.id), _encoder.encode(event.context))
                     batch.put(b"e/" + seq, _encoder.encode(event))
                     if isinstance(event, ContextCreated):
                         contexts += 1
+                else:
+                    lease_key = b"l/" + _text(event.lease.resource)
+                    if isinstance(event, LockAcquired | LockRenewed):
+                        batch.put(lease_key, _encoder.encode(event.lease))
+                    else:
+                        batch.delete(lease_key)
+                    batch.put(b"e/" + seq, _encoder.encode(event))
             for key, unit_id in entry.idempotency_keys.items():
                 batch.put(b"i/" + _text(key), _text(unit_id))
         last = entries[-1].last_seq
@@ -208,6 +221,14 @@ class Store:
             found.append((seq_from(key), value))
             iterator.next()
         return found
+
+    def leases(self) -> Iterator[bytes]:
+        """Every lease held as of the last applied event."""
+        iterator = self.db.iter()
+        iterator.seek(b"l/")
+        while iterator.valid() and iterator.key().startswith(b"l/"):
+            yield iterator.value()
+            iterator.next()
 
     def cursor(self, name: str) -> int | None:
         raw = self.db.get(b"n/" + _text(name))

@@ -97,4 +97,5 @@ def draft(unit: UnitDraft, limits: WriteLimits) -> UnitDraft:
         meta=meta(unit.meta, limits),
         relationships=relationships,
         idempotency_key=unit.idempotency_key,
+        fence=unit.fence,
     )

@@ -77,10 +77,16 @@ from engramd.protocol.messages import (
     AckCursor as AckCursor,
 )
 from engramd.protocol.messages import (
+    AcquireLock as AcquireLock,
+)
+from engramd.protocol.messages import (
     AnyClientMessage as AnyClientMessage,
 )
 from engramd.protocol.messages import (
     AnyServerMessage as AnyServerMessage,
+)
+from engramd.protocol.messages import (
+    BreakLock as BreakLock,
 )
 from engramd.protocol.messages import (
     ClientMessage as ClientMessage,
@@ -110,7 +116,13 @@ from engramd.protocol.messages import (
     EventPush as EventPush,
 )
 from engramd.protocol.messages import (
+    Fence as Fence,
+)
+from engramd.protocol.messages import (
     GetContext as GetContext,
+)
+from engramd.protocol.messages import (
+    GetLock as GetLock,
 )
 from engramd.protocol.messages import (
     GetStatus as GetStatus,
@@ -131,13 +143,34 @@ from engramd.protocol.messages import (
     Lagged as Lagged,
 )
 from engramd.protocol.messages import (
+    LeaseLost as LeaseLost,
+)
+from engramd.protocol.messages import (
+    LeaseRenewed as LeaseRenewed,
+)
+from engramd.protocol.messages import (
     Limits as Limits,
 )
 from engramd.protocol.messages import (
     ListContexts as ListContexts,
 )
 from engramd.protocol.messages import (
+    ListLocks as ListLocks,
+)
+from engramd.protocol.messages import (
     ListUnits as ListUnits,
+)
+from engramd.protocol.messages import (
+    LockFound as LockFound,
+)
+from engramd.protocol.messages import (
+    LockPage as LockPage,
+)
+from engramd.protocol.messages import (
+    LocksGranted as LocksGranted,
+)
+from engramd.protocol.messages import (
+    LockState as LockState,
 )
 from engramd.protocol.messages import (
     Ping as Ping,
@@ -153,6 +186,12 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     RelatedUnits as RelatedUnits,
+)
+from engramd.protocol.messages import (
+    ReleaseLock as ReleaseLock,
+)
+from engramd.protocol.messages import (
+    RenewLock as RenewLock,
 )
 from engramd.protocol.messages import (
     Reply as Reply,
@@ -194,6 +233,9 @@ from engramd.protocol.messages import (
     UpdateContext as UpdateContext,
 )
 from engramd.protocol.messages import (
+    Waiter as Waiter,
+)
+from engramd.protocol.messages import (
     Welcome as Welcome,
 )
 from engramd.protocol.model import (
@@ -222,6 +264,24 @@ from engramd.protocol.model import (
 )
 from engramd.protocol.model import (
     Event as Event,
+)
+from engramd.protocol.model import (
+    Lease as Lease,
+)
+from engramd.protocol.model import (
+    LockAcquired as LockAcquired,
+)
+from engramd.protocol.model import (
+    LockEvent as LockEvent,
+)
+from engramd.protocol.model import (
+    LockExpired as LockExpired,
+)
+from engramd.protocol.model import (
+    LockReleased as LockReleased,
+)
+from engramd.protocol.model import (
+    LockRenewed as LockRenewed,
 )
 from engramd.protocol.model import (
     Relationship as Relationship,

@@ -22,6 +22,8 @@ class ErrorCode(enum.StrEnum):
     """The request contradicts current state (a stale fence, a duplicate id)."""
     LOCK_HELD = "lock_held"
     """The resource is leased by someone else."""
+    DEADLOCK = "deadlock"
+    """Waiting would close a cycle of agents each waiting for another's lease."""
     TIMEOUT = "timeout"
     """A wait the client asked for ran out."""
     TOO_LARGE = "too_large"

@@ -25,7 +25,7 @@ import datetime as dt
 
 import msgspec
 
-from engramd.protocol.model import AnyEvent, Context, Relationship, Unit
+from engramd.protocol.model import AnyEvent, Context, Lease, Relationship, Unit
 
 PROTOCOL_VERSION = 1
 
@@ -61,6 +61,13 @@ class Shutdown(ClientMessage, tag="shutdown"):
     """Ask the daemon to stop gracefully (like SIGTERM)."""
 
 
+class Fence(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A write allowed only while this lease token holds the resource."""
+
+    resource: str
+    token: int
+
+
 class UnitDraft(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A unit as a client writes it; the daemon adds id, seq, agent, time and origin."""
 
@@ -72,6 +79,8 @@ class UnitDraft(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     relationships: list[Relationship] = []
     idempotency_key: str | None = None
     """A retry with the same key returns the unit first written with it."""
+    fence: Fence | None = None
+    """Refused with ``conflict`` unless this token's lease holds the resource now."""
 
 
 class CreateUnits(ClientMessage, tag="unit.create"):
@@ -170,17 +179,58 @@ class AckCursor(ClientMessage, tag="cursor.ack"):
     seq: int
 
 
+class AcquireLock(ClientMessage, tag="lock.acquire"):
+    """Take leases on all of ``resources`` together, or none.
+
+    ``wait``: 0 tries once; N waits up to N seconds in a first-come, first-served
+    line. ``bind``: ``connection`` releases the leases when this connection
+    closes; ``pid`` releases them when that process exits.
+    """
+
+    resources: list[str]
+    ttl: float | None = None
+    wait: float = 0.0
+    bind_connection: bool = False
+    pid: int | None = None
+
+
+class ReleaseLock(ClientMessage, tag="lock.release"):
+    lock_id: str
+
+
+class RenewLock(ClientMessage, tag="lock.renew"):
+    lock_id: str
+    ttl: float | None = None
+    """The new time to live from now (None: the lease's own ttl)."""
+
+
+class BreakLock(ClientMessage, tag="lock.break"):
+    """End someone else's lease, recording who did it and why."""
+
+    resource: str
+    reason: str
+
+
+class GetLock(ClientMessage, tag="lock.get"):
+    resource: str
+
+
+class ListLocks(ClientMessage, tag="lock.list"):
+    agent: str | None = None
+    prefix: str = ""
+
+
 Request = (
     Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
     | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
-    | AckCursor
+    | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock | ListLocks
 )
 """Requests allowed after the handshake."""
 
 AnyClientMessage = (
     Hello | Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
     | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
-    | AckCursor
+    | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock | ListLocks
 )
 
 
@@ -351,8 +401,47 @@ class Lagged(ServerMessage, tag="lagged"):
     head_seq: int
 
 
+class Waiter(msgspec.Struct, frozen=True, kw_only=True):
+    agent: str
+    position: int
+    """1 is next in line."""
+    resources: list[str]
+
+
+class LockState(msgspec.Struct, frozen=True, kw_only=True):
+    resource: str
+    lease: Lease | None
+    waiters: list[Waiter]
+
+
+class LocksGranted(Reply, tag="lock.granted"):
+    leases: list[Lease]
+    """One per resource, in lexical order of the resources."""
+
+
+class LeaseRenewed(Reply, tag="lock.renewed"):
+    lease: Lease
+
+
+class LockFound(Reply, tag="lock.found"):
+    state: LockState
+
+
+class LockPage(Reply, tag="lock.page"):
+    locks: list[LockState]
+
+
+class LeaseLost(ServerMessage, tag="lease.lost"):
+    """Pushed to the holder's connection the moment one of its leases ends without it."""
+
+    lease: Lease
+    reason: str
+    """``expired`` or ``broken``."""
+    by: str
+
+
 AnyServerMessage = (
     Welcome | Pong | DaemonStatus | ShuttingDown | ErrorReply | UnitsCreated | UnitsFound
     | UnitPage | RelatedFound | ContextFound | ContextPage | Subscribed | Done | EventPush
-    | Heartbeat | Lagged
+    | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LeaseLost
 )

@@ -99,4 +99,52 @@ class ContextUpdated(Event, tag="context.updated"):
     changes: list[ContextChange]
 
 
-AnyEvent = UnitCreated | ContextCreated | ContextUpdated
+class Lease(msgspec.Struct, frozen=True, kw_only=True):
+    """A time-boxed exclusive hold on one resource path."""
+
+    resource: str
+    holder: str
+    """The agent holding it."""
+    lock_id: str
+    """Random and unguessable: the holder's proof of ownership."""
+    fencing_token: int
+    """Strictly greater than every token handed out before (the seq of the grant)."""
+    acquired_at: dt.datetime
+    expires_at: dt.datetime
+    ttl: float
+    boot_id: str = ""
+    """The machine's boot id at the grant (``/proc/sys/kernel/random/boot_id``)."""
+    deadline_boottime: float = 0.0
+    """Expiry on CLOCK_BOOTTIME, so a daemon restart keeps the remaining time exactly."""
+    pid: int | None = None
+    """Released as soon as this process is gone."""
+    bound_to_connection: bool = False
+
+
+class LockAcquired(Event, tag="lock.acquired"):
+    lease: Lease
+
+
+class LockRenewed(Event, tag="lock.renewed"):
+    lease: Lease
+    """The lease with its new expiry."""
+
+
+class LockReleased(Event, tag="lock.released"):
+    lease: Lease
+    reason: str
+    """``released`` by its holder, ``disconnected``, ``process exited``, or ``broken``."""
+    by: str
+    """The agent that ended it."""
+
+
+class LockExpired(Event, tag="lock.expired"):
+    lease: Lease
+
+
+LockEvent = LockAcquired | LockRenewed | LockReleased | LockExpired
+
+AnyEvent = (
+    UnitCreated | ContextCreated | ContextUpdated | LockAcquired | LockRenewed | LockReleased
+    | LockExpired
+)

@@ -1,0 +1,343 @@
+"""The lease manager: acquire, wait, renew, release, break and expire, through the WAL.
+
+Every grant, renewal, release and expiry is an event committed like any other
+change, so an acknowledged grant survives a restart and its fencing token (the
+grant's seq) is greater than every token before it. Expiry runs on trio's
+monotonic clock; the remaining time survives a restart through CLOCK_BOOTTIME
+and the boot id (a reboot ends every lease: their holders are gone).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import trio
+from trio_typing import TaskStatus
+
+from engramd import validate
+from engramd.commit import GroupCommitter
+from engramd.errors import (
+    BadRequest,
+    Conflict,
+    Deadlock,
+    EngramError,
+    Forbidden,
+    LockHeld,
+    NotFound,
+    Timeout,
+    TooLarge,
+)
+from engramd.locks import Holding, LockTable, Waiting
+from engramd.protocol import (
+    AcquireLock,
+    Fence,
+    Lease,
+    LeaseLost,
+    LockAcquired,
+    LockExpired,
+    LockReleased,
+    LockRenewed,
+    LockState,
+)
+from engramd.storage import Store
+from engramd.wal.record import Entry
+
+log = logging.getLogger("engramd.leases")
+MAX_RESOURCE_BYTES = 1024
+MAX_RESOURCES = 64
+_lease_decoder = msgspec.msgpack.Decoder(Lease)
+_push_encoder = msgspec.msgpack.Encoder()
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
+def boottime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def check_resource(resource: str) -> str:
+    if not resource or "\0" in resource or len(resource.encode()) > MAX_RESOURCE_BYTES:
+        raise BadRequest(f"a resource is 1 to {MAX_RESOURCE_BYTES} bytes without NUL, "
+                         f"got {resource!r:.60}")
+    return resource
+
+
+class LeaseManager:
+    def __init__(self, store: Store, committer: GroupCommitter, *, default_ttl: float,
+                 max_ttl: float, max_per_agent: int, max_waiters: int) -> None:
+        self.store = store
+        self.committer = committer
+        self.table = LockTable()
+        self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
+        self.max_per_agent = max_per_agent
+        self.max_waiters = max_waiters
+        self.boot_id = boot_id()
+        self._nursery: trio.Nursery | None = None
+        self.granted = 0
+        self.expired = 0
+
+    # -- start-up and background work ------------------------------------------------
+
+    def restore(self) -> None:
+        """Hold again what the store says is held, with the time it had left."""
+        now, boot = trio.current_time(), boottime()
+        for raw in self.store.leases():
+            lease = _lease_decoder.decode(raw)
+            same_boot = lease.boot_id == self.boot_id and bool(self.boot_id)
+            remaining = lease.deadline_boottime - boot if same_boot else 0.0
+            self.table.install(Holding(lease, now + max(0.0, remaining)))
+        log.info("%d lease(s) restored", len(self.table.held))
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for holding in list(self.table.held.values()):
+                if holding.lease.pid is not None:
+                    nursery.start_soon(self._watch_pid, holding.lease.pid)
+            task_status.started()
+            await self._expire_forever()
+
+    async def _expire_forever(self) -> None:
+        while True:
+            self.table.deadline_changed = trio.Event()
+            with trio.move_on_at(self.table.next_deadline()):
+                await self.table.deadline_changed.wait()
+            for holding in self.table.expired(trio.current_time()):
+                await self._end(holding, LockExpired, reason="expired", by="engramd",
+                                tell="expired")
+
+    async def _watch_pid(self, pid: int) -> None:
+        """Release the leases bound to *pid* the moment it exits (a pidfd, no polling)."""
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            fd = None
+        if fd is not None:
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            finally:
+                os.close(fd)
+        for holding in list(self.table.held.values()):
+            if holding.lease.pid == pid:
+                await self._end(holding, LockReleased, reason="process exited", by="engramd")
+
+    # -- committing changes ------------------------------------------------------------
+
+    async def _end(self, holding: Holding, kind: type[LockReleased] | type[LockExpired], *,
+                   reason: str, by: str, tell: str | None = None) -> None:
+        """End *holding* durably, wake the line, and tell the holder (*tell*) when it lost it."""
+        lease = holding.lease
+
+        def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, None]:
+            if self.table.by_lock_id.get(lease.lock_id) is not holding:
+                return None, None  # ended meanwhile
+            if kind is LockExpired:
+                event: LockReleased | LockExpired = LockExpired(
+                    seq=first_seq, ts=ts, context_id="", lease=lease)
+            else:
+                event = LockReleased(seq=first_seq, ts=ts, context_id="", lease=lease,
+                                     reason=reason, by=by)
+            return Entry(first_seq=first_seq, events=[event]), None
+
+        await self.committer.commit(build)
+        if self.table.by_lock_id.get(lease.lock_id) is not holding:
+            return
+        self.table.remove(holding)
+        if kind is LockExpired:
+            self.expired += 1
+        if tell is not None and holding.push is not None and self._nursery is not None:
+            notice = LeaseLost(lease=lease, reason=tell, by=by)
+            self._nursery.start_soon(_tell, holding.push, _push_encoder.encode(notice))
+        self.table.pump()
+
+    async def _grant(self, resources: list[str], agent: str, ttl: float,
+                     request: AcquireLock, session: object | None,
+                     push: Callable[[bytes], Awaitable[None]] | None) -> list[Lease]:
+        """Commit leases on *resources*, already reserved for this caller."""
+        boot = boottime()
+
+        def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, list[Lease]]:
+            expires = ts + dt.timedelta(seconds=ttl)
+            leases = [Lease(resource=resource, holder=agent, lock_id=secrets.token_hex(16),
+                            fencing_token=first_seq + index, acquired_at=ts,
+                            expires_at=expires, ttl=ttl, boot_id=self.boot_id,
+                            deadline_boottime=boot + ttl, pid=request.pid,
+                            bound_to_connection=request.bind_connection)
+                      for index, resource in enumerate(resources)]
+            events = [LockAcquired(seq=lease.fencing_token, ts=ts, context_id="", lease=lease)
+                      for lease in leases]
+            return Entry(first_seq=first_seq, events=list(events)), leases
+
+        try:
+            leases = await self.committer.commit(build)
+        except BaseException:
+            self.table.unreserve(resources)
+            self.table.pump()
+            raise
+        deadline = trio.current_time() + ttl
+        for lease in leases:
+            self.table.install(Holding(lease, deadline, session, push))
+        self.granted += len(leases)
+        if request.pid is not None and self._nursery is not None:
+            self._nursery.start_soon(self._watch_pid, request.pid)
+        return leases
+
+    # -- operations ----------------------------------------------------------------------
+
+    async def acquire(self, request: AcquireLock, agent: str, session: object | None,
+                      push: Callable[[bytes], Awaitable[None]] | None) -> list[Lease]:
+        resources = sorted({check_resource(resource) for resource in request.resources})
+        if not resources or len(resources) > MAX_RESOURCES:
+            raise BadRequest(f"ask for 1 to {MAX_RESOURCES} resources")
+        ttl = self.default_ttl if request.ttl is None else request.ttl
+        if not 0 < ttl <= self.max_ttl or not math.isfinite(ttl):
+            raise BadRequest(f"ttl must be more than 0 and at most {self.max_ttl:g} seconds")
+        if not 0 <= request.wait < math.inf:
+            raise BadRequest("wait must be 0 or more seconds")
+        if request.pid is not None and request.pid <= 0:
+            raise BadRequest("pid must be a process id")
+        for resource in resources:
+            holding = self.table.held.get(resource)
+            if holding is not None and holding.lease.holder == agent:
+                raise Conflict(f"you already hold {resource} (lock id {holding.lease.lock_id}); "
+                               "renew that lease instead of asking again")
+        if len(self.table.held_by(agent)) + len(resources) > self.max_per_agent:
+            raise TooLarge(f"{agent} would hold more than {self.max_per_agent} leases")
+        if self.table.can_take(resources):
+            self.table.reserve(resources)
+            return await self._grant(resources, agent, ttl, request, session, push)
+        if request.wait == 0:
+            raise LockHeld(self._why_held(resources))
+        cycle = self.table.cycle(agent, resources)
+        if cycle:
+            raise Deadlock("deadlock: " + ", ".join(cycle) + ": refusing to wait")
+        for resource in resources:
+            if self.table.waiting_count(resource) >= self.max_waiters:
+                raise TooLarge(f"{self.max_waiters} requests already wait for {resource}")
+        waiting = Waiting(agent, resources)
+        self.table.enqueue(waiting)
+        try:
+            with trio.move_on_after(request.wait):
+                await waiting.turn.wait()
+        finally:
+            if not waiting.turn.is_set():
+                self.table.dequeue(waiting)
+                self.table.pump()
+        if not waiting.turn.is_set():
+            raise Timeout(f"waited {request.wait:g}s; {self._why_held(resources)}")
+        return await self._grant(resources, agent, ttl, request, session, push)
+
+    def _why_held(self, resources: list[str]) -> str:
+        parts = []
+        for resource in resources:
+            holding = self.table.held.get(resource)
+            if holding is not None:
+                left = max(0.0, holding.deadline - trio.current_time())
+                parts.append(f"{resource} is held by {holding.lease.holder} until "
+                             f"{holding.lease.expires_at.isoformat(timespec='seconds')} "
+                             f"({left:.1f}s left)")
+            elif self.table.waiting_count(resource):
+                parts.append(f"{resource} has {self.table.waiting_count(resource)} "
+                             "request(s) waiting ahead")
+            elif resource in self.table.reserved:
+                parts.append(f"{resource} is being granted to someone else")
+        return "; ".join(parts) or "held"
+
+    def _held(self, lock_id: str, agent: str) -> Holding:
+        holding = self.table.by_lock_id.get(lock_id)
+        if holding is None or holding.deadline <= trio.current_time():
+            raise NotFound(f"no lease with lock id {lock_id:.40}: it expired, was released, "
+                           "or never existed")
+        if holding.lease.holder != agent:
+            raise Forbidden(f"lease {lock_id:.40} is held by {holding.lease.holder}, not you")
+        return holding
+
+    async def release(self, lock_id: str, agent: str) -> Lease:
+        holding = self._held(lock_id, agent)
+        await self._end(holding, LockReleased, reason="released", by=agent)
+        return holding.lease
+
+    async def renew(self, lock_id: str, agent: str, ttl: float | None) -> Lease:
+        holding = self._held(lock_id, agent)
+        ttl = holding.lease.ttl if ttl is None else ttl
+        if not 0 < ttl <= self.max_ttl or not math.isfinite(ttl):
+            raise BadRequest(f"ttl must be more than 0 and at most {self.max_ttl:g} seconds")
+        boot = boottime()
+
+        def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, Lease]:
+            if self.table.by_lock_id.get(lock_id) is not holding:
+                raise NotFound(f"lease {lock_id:.40} ended while being renewed")
+            lease = msgspec.structs.replace(
+                holding.lease, expires_at=ts + dt.timedelta(seconds=ttl), ttl=ttl,
+                deadline_boottime=boot + ttl)
+            event = LockRenewed(seq=first_seq, ts=ts, context_id="", lease=lease)
+            return Entry(first_seq=first_seq, events=[event]), lease
+
+        lease = await self.committer.commit(build)
+        holding.lease = lease
+        holding.deadline = trio.current_time() + ttl
+        self.table.deadline_changed.set()
+        return lease
+
+    async def break_lease(self, resource: str, reason: str, agent: str) -> Lease:
+        check_resource(resource)
+        validate.name(reason, "reason", 1024)
+        holding = self.table.held.get(resource)
+        if holding is None:
+            raise NotFound(f"{resource} is not held")
+        await self._end(holding, LockReleased, reason=f"broken: {reason}", by=agent,
+                        tell="broken")
+        return holding.lease
+
+    async def connection_closed(self, session: object) -> None:
+        """Release the connection-bound leases of a connection that has gone."""
+        for holding in list(self.table.held.values()):
+            if holding.session is not session:
+                continue
+            if holding.lease.bound_to_connection:
+                await self._end(holding, LockReleased, reason="disconnected",
+                                by=holding.lease.holder)
+            else:
+                holding.session = holding.push = None  # no one left to tell
+
+    def check_fence(self, fence: Fence) -> None:
+        """Raise Conflict unless the lease with this token holds the resource now."""
+        holding = self.table.held.get(fence.resource)
+        if holding is None or holding.deadline <= trio.current_time():
+            raise Conflict(f"stale fence: {fence.resource} is not held (token {fence.token})")
+        if holding.lease.fencing_token != fence.token:
+            raise Conflict(f"stale fence: {fence.resource} is held with token "
+                           f"{holding.lease.fencing_token}, not {fence.token}")
+
+    def state(self, resource: str) -> LockState:
+        return self.table.state(check_resource(resource))
+
+    def states(self, agent: str | None, prefix: str) -> list[LockState]:
+        states = [self.table.state(r) for r in self.table.resources() if r.startswith(prefix)]
+        if agent is not None:
+            states = [s for s in states if (s.lease and s.lease.holder == agent)
+                      or any(w.agent == agent for w in s.waiters)]
+        return states
+
+
+async def _tell(push: Callable[[bytes], Awaitable[None]], body: bytes) -> None:
+    """Best effort: a holder that cannot be told learns it at its next renewal."""
+    with trio.move_on_after(5):
+        try:
+            await push(body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, EngramError):
+            pass
