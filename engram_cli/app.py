@@ -14,13 +14,13 @@ from typing import Annotated
 import typer
 
 from engram_cli import output
-from engram_cli.commands import bench, context, daemon, info, unit, watch
+from engram_cli.commands import bench, context, daemon, info, lock, unit, watch
 from engram_cli.context import CliContext
 from engram_cli.errors import EngramError, ExitCode
 
 EXIT_CODES_HELP = (
     "Exit status: 0 success, 1 error, 2 usage, 3 not found, "
-    "4 conflict or lock held, 5 timeout, 69 daemon unavailable."
+    "4 conflict or lock held, 5 timeout, 6 lease lost (lock run), 69 daemon unavailable."
 )
 
 app = typer.Typer(
@@ -59,6 +59,7 @@ app.command()(info.version)
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(unit.app, name="unit")
 app.add_typer(context.app, name="context")
+app.add_typer(lock.app, name="lock")
 app.command()(watch.watch)
 app.command()(watch.wait)
 app.command()(bench.bench)

@@ -39,6 +39,8 @@ from engramd.protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
     AckCursor,
+    AcquireLock,
+    BreakLock,
     ClientConnection,
     ClientMessage,
     Context,
@@ -50,14 +52,25 @@ from engramd.protocol import (
     Event,
     EventPush,
     GetContext,
+    GetLock,
     GetStatus,
     GetUnits,
     Heartbeat,
     Lagged,
+    Lease,
+    LeaseLost,
+    LeaseRenewed,
+    ListLocks,
+    LockFound,
+    LockPage,
+    LocksGranted,
+    LockState,
     Ping,
     Pong,
     ProtocolError,
     RelatedFound,
+    ReleaseLock,
+    RenewLock,
     ServerMessage,
     Shutdown,
     ShuttingDown,
@@ -117,6 +130,7 @@ class Client:
         self._protocol: ClientConnection | None = None
         self._early: dict[int, ServerMessage] = {}
         self._pushes: dict[int, collections.deque[Push]] = {}
+        self._lost: collections.deque[LeaseLost] = collections.deque()
 
     # -- connection ---------------------------------------------------------
 
@@ -304,6 +318,9 @@ class Client:
         if isinstance(message, EventPush | Heartbeat | Lagged):
             self._pushes.setdefault(message.subscription, collections.deque()).append(message)
             return
+        if isinstance(message, LeaseLost):
+            self._lost.append(message)
+            return
         message_id = getattr(message, "id", None)
         if isinstance(message, ErrorReply) and message_id is None:
             # The daemon is closing this connection and says why.
@@ -407,6 +424,53 @@ class Client:
     def ack_cursor(self, name: str, seq: int) -> None:
         """Record that the named cursor has processed every event up to *seq*."""
         self.request(AckCursor(id=self.next_id(), cursor=name, seq=seq), Done)
+
+    # -- leases ---------------------------------------------------------------
+
+    def acquire_lock(self, resources: str | Iterable[str], *, ttl: float | None = None,
+                     wait: float = 0.0, bind_connection: bool = False,
+                     pid: int | None = None) -> list[Lease]:
+        """Lease every resource together or none; ``wait`` seconds in line (0: try once).
+
+        Raises ``LockHeld`` (held, no wait), ``Timeout`` (waited), ``Deadlock``.
+        """
+        names = [resources] if isinstance(resources, str) else list(resources)
+        request = AcquireLock(id=self.next_id(), resources=names, ttl=ttl, wait=wait,
+                              bind_connection=bind_connection, pid=pid)
+        return self.request(request, LocksGranted).leases
+
+    def release_lock(self, lock_id: str) -> None:
+        self.request(ReleaseLock(id=self.next_id(), lock_id=lock_id), Done)
+
+    def renew_lock(self, lock_id: str, ttl: float | None = None) -> Lease:
+        return self.request(RenewLock(id=self.next_id(), lock_id=lock_id, ttl=ttl),
+                            LeaseRenewed).lease
+
+    def break_lock(self, resource: str, reason: str) -> None:
+        self.request(BreakLock(id=self.next_id(), resource=resource, reason=reason), Done)
+
+    def get_lock(self, resource: str) -> LockState:
+        return self.request(GetLock(id=self.next_id(), resource=resource), LockFound).state
+
+    def list_locks(self, *, agent: str | None = None, prefix: str = "") -> list[LockState]:
+        return self.request(ListLocks(id=self.next_id(), agent=agent, prefix=prefix),
+                            LockPage).locks
+
+    def lease_lost(self, timeout: float | None) -> LeaseLost | None:
+        """Wait up to *timeout* for the daemon to say a lease of ours was lost."""
+        if self._lost:
+            return self._lost.popleft()
+        assert self._sock is not None
+        self._sock.settimeout(timeout)
+        try:
+            while not self._lost:
+                self._route(self._next_message())
+        except ClientTimeout:
+            return None
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(self.timeout)
+        return self._lost.popleft()
 
     def watch(self, **options: Any) -> Iterator[Event | Heartbeat]:
         """Events (and heartbeats) for good, reconnecting across daemon restarts.

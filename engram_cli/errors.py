@@ -22,6 +22,8 @@ class ExitCode(enum.IntEnum):
     CONFLICT = 4
     """A conflict, or a lock held by someone else."""
     TIMEOUT = 5
+    LEASE_LOST = 6
+    """``lock run``: a lease was lost while the command ran (it was stopped)."""
     UNAVAILABLE = 69
     """The daemon cannot be reached or cannot serve now (EX_UNAVAILABLE)."""
 
@@ -79,6 +81,11 @@ class LockHeld(DaemonError):
     exit_code = ExitCode.CONFLICT
 
 
+class Deadlock(DaemonError):
+    code = ErrorCode.DEADLOCK
+    exit_code = ExitCode.CONFLICT
+
+
 class Timeout(DaemonError):
     code = ErrorCode.TIMEOUT
     exit_code = ExitCode.TIMEOUT
@@ -107,8 +114,8 @@ class InternalError(DaemonError):
 
 _BY_CODE: dict[str, type[DaemonError]] = {
     cls.code: cls
-    for cls in (BadRequest, NotFound, Conflict, LockHeld, Timeout, TooLarge, Unavailable,
-                Forbidden, VersionMismatch, InternalError)
+    for cls in (BadRequest, NotFound, Conflict, LockHeld, Deadlock, Timeout, TooLarge,
+                Unavailable, Forbidden, VersionMismatch, InternalError)
 }
 
 

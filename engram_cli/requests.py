@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from engramd.protocol import (
     CreateContext,
     CreateUnits,
+    Fence,
     ListContexts,
     ListUnits,
     RelatedUnits,
@@ -36,8 +37,12 @@ def draft(
     meta: Mapping[str, str] | None = None,
     relationships: Iterable[Relationship | tuple[str, str]] = (),
     idempotency_key: str | None = None,
+    fence: tuple[str, int] | None = None,
 ) -> UnitDraft:
-    """A unit to write; ``relationships`` may be ``(TYPE, target id)`` pairs."""
+    """A unit to write; ``relationships`` may be ``(TYPE, target id)`` pairs.
+
+    ``fence=(resource, token)`` makes the write conditional on that lease.
+    """
     return UnitDraft(
         context_id=context_id,
         type=type,
@@ -46,6 +51,7 @@ def draft(
         relationships=[rel if isinstance(rel, Relationship) else relationship(*rel)
                        for rel in relationships],
         idempotency_key=idempotency_key,
+        fence=None if fence is None else Fence(resource=fence[0], token=fence[1]),
     )
 
 

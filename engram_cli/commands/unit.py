@@ -48,6 +48,17 @@ def parse_relationships(values: list[str] | None) -> list[tuple[str, str]]:
     return result
 
 
+def parse_fence(value: str | None) -> tuple[str, int] | None:
+    """``RES:TOKEN`` (the first of a comma-separated list, as ``lock run`` sets it)."""
+    if not value:
+        return None
+    first = value.split(",")[0]
+    resource, sep, token = first.rpartition(":")
+    if not sep or not resource or not token.isdigit():
+        raise UsageProblem(f"--fence expects RES:TOKEN, got {value!r}")
+    return resource, int(token)
+
+
 def require_context(value: str | None) -> str:
     if not value:
         raise UsageProblem("give a context with -c/--context (or ENGRAM_CONTEXT)")
@@ -82,6 +93,9 @@ def create(
         "--idempotency-key", metavar="KEY",
         help="A retry with the same key returns the first unit instead of writing again.")
     ] = None,
+    fence: Annotated[str | None, typer.Option(
+        "--fence", metavar="RES:TOKEN", envvar="ENGRAM_FENCE", show_envvar=True,
+        help="Write only while the lease with TOKEN holds RES (exit 4 otherwise).")] = None,
     json: JsonOption = False,
 ) -> None:
     """Write one unit and print its id (or the whole unit with --json)."""
@@ -102,7 +116,8 @@ def create(
         data = b""
     unit = cli.client().create_unit(
         require_context(context_id), type_, data, meta=parse_pairs(meta),
-        relationships=parse_relationships(relationship), idempotency_key=idempotency_key)
+        relationships=parse_relationships(relationship), idempotency_key=idempotency_key,
+        fence=parse_fence(fence))
     out = cli.output(json)
     if out.json:
         out.json_line(unit_to_json(unit))
