@@ -23,6 +23,11 @@ from engramd.protocol import (
     ContextCreated,
     ContextUpdated,
     Event,
+    LockAcquired,
+    LockEvent,
+    LockExpired,
+    LockReleased,
+    LockRenewed,
     ServerMessage,
     Unit,
     UnitCreated,
@@ -289,10 +294,24 @@ def _changes_text(event: ContextUpdated) -> str:
                      for change in event.changes)
 
 
+def _lock_text(event: LockEvent) -> str:
+    lease = event.lease
+    if isinstance(event, LockAcquired):
+        return (f"{lease.resource} acquired by {lease.holder} (token {lease.fencing_token}, "
+                f"ttl {lease.ttl:g}s)")
+    if isinstance(event, LockRenewed):
+        return f"{lease.resource} renewed by {lease.holder} (ttl {lease.ttl:g}s)"
+    if isinstance(event, LockReleased):
+        return f"{lease.resource} released by {event.by}: {event.reason}"
+    return f"{lease.resource} expired (held by {lease.holder})"
+
+
 def event_row(event: Event) -> list[str]:
     """The plain, tab-separated form of an event (``watch`` when piped)."""
     stamp = event.ts.isoformat().replace("+00:00", "Z")
     kind = type(event).__struct_config__.tag
+    if isinstance(event, LockAcquired | LockRenewed | LockReleased | LockExpired):
+        return [str(event.seq), stamp, str(kind), event.lease.resource, _lock_text(event)]
     if isinstance(event, UnitCreated):
         return [str(event.seq), stamp, str(kind), *unit_row(event.unit)[2:]]
     if isinstance(event, ContextCreated):
@@ -308,6 +327,11 @@ def event_text(event: Event, width: int) -> Text:
 
     line = Text(no_wrap=True, overflow="ellipsis")
     line.append(_local_time(event.ts) + " ", style="dim")
+    if isinstance(event, LockAcquired | LockRenewed | LockReleased | LockExpired):
+        style = "bold red" if isinstance(event, LockExpired) else "bold blue"
+        line.append("⚿ " + _lock_text(event), style=style)
+        line.truncate(width, overflow="ellipsis")
+        return line
     line.append(event.context_id + " ", style="bold")
     if isinstance(event, UnitCreated):
         unit = event.unit

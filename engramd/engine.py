@@ -61,7 +61,8 @@ log = logging.getLogger("engramd.engine")
 _unit_decoder = msgspec.msgpack.Decoder(Unit)
 _context_decoder = msgspec.msgpack.Decoder(Context)
 MAX_PAGE = 10_000
-EVENT_KINDS = ("unit.created", "context.created", "context.updated")
+EVENT_KINDS = ("unit.created", "context.created", "context.updated", "lock.acquired",
+               "lock.renewed", "lock.released", "lock.expired")
 MAX_DEPTH = 16
 MAX_EDGES = 10_000
 

@@ -224,7 +224,9 @@ class LeaseManager:
             raise LockHeld(self._why_held(resources))
         cycle = self.table.cycle(agent, resources)
         if cycle:
-            raise Deadlock("deadlock: " + ", ".join(cycle) + ": refusing to wait")
+            raise Deadlock("deadlock: " + ", then ".join(
+                f"{waiter} waits for {resource} held by {holder}"
+                for waiter, resource, holder in cycle) + "; refusing to wait")
         for resource in resources:
             if self.table.waiting_count(resource) >= self.max_waiters:
                 raise TooLarge(f"{self.max_waiters} requests already wait for {resource}")

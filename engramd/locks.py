@@ -124,8 +124,8 @@ class LockTable:
 
     # -- the wait-for graph ----------------------------------------------------------
 
-    def cycle(self, agent: str, resources: list[str]) -> list[str] | None:
-        """The chain ``agent -> resource -> holder -> ...`` if *agent* waiting would close it."""
+    def cycle(self, agent: str, resources: list[str]) -> list[tuple[str, str, str]] | None:
+        """``(waiter, resource, holder)`` steps back to *agent*, if its wait closes a cycle."""
 
         def holders(of: list[str]) -> Iterator[tuple[str, str]]:
             for resource in of:
@@ -133,21 +133,22 @@ class LockTable:
                 if holding is not None:
                     yield resource, holding.lease.holder
 
-        def search(current: list[str], path: list[str], seen: set[str]) -> list[str] | None:
-            for resource, holder in holders(current):
-                step = [*path, f"waits for {resource} held by {holder}"]
+        def search(waiter: str, wanted: list[str], path: list[tuple[str, str, str]],
+                   seen: set[str]) -> list[tuple[str, str, str]] | None:
+            for resource, holder in holders(wanted):
+                step = [*path, (waiter, resource, holder)]
                 if holder == agent:
                     return step
                 if holder in seen:
                     continue
                 seen.add(holder)
                 for waiting in self._waits_of(holder):
-                    found = search(waiting.resources, [*step, holder], seen)
+                    found = search(holder, waiting.resources, step, seen)
                     if found:
                         return found
             return None
 
-        return search(resources, [agent], {agent})
+        return search(agent, resources, [], {agent})
 
     def _waits_of(self, agent: str) -> list[Waiting]:
         seen: dict[int, Waiting] = {}

@@ -1,0 +1,348 @@
+"""Leases through the real daemon: exclusion, order, expiry, death, restart, fencing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from engram_cli.client import Client
+from engram_cli.errors import (
+    BadRequest,
+    Conflict,
+    Deadlock,
+    Forbidden,
+    LockHeld,
+    NotFound,
+    Timeout,
+    TooLarge,
+)
+from engramd.config import DaemonConfig
+from engramd.protocol import Heartbeat, Lease
+from tests.conftest import (
+    WAIT,
+    DaemonProcess,
+    ThreadedDaemon,
+    make_config,
+    start_threaded,
+    wait_until,
+)
+
+ROOT = Path(__file__).parent.parent.parent
+
+
+def client(config: DaemonConfig | str, agent: str = "alice") -> Client:
+    path = config if isinstance(config, str) else config.socket
+    return Client(path, agent_id=agent, autostart=False, timeout=60)
+
+
+def waiters(engram: Client, resource: str) -> list[str]:
+    return [w.agent for w in engram.get_lock(resource).waiters]
+
+
+def test_mutual_exclusion_keeps_the_count_exact(engramd: DaemonProcess, tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    workers = [subprocess.Popen([sys.executable, "-m", "tests.helpers.counter_worker",
+                                 engramd.socket, f"w{n}", str(counter), "200"],
+                                env=engramd.env, cwd=ROOT) for n in range(6)]
+    script = (f"v=$(cat {counter}); sleep 0.001; echo $((v+1)) > {counter}")
+    runners = [subprocess.Popen(
+        ["sh", "-c", f"for i in $(seq 20); do {sys.executable} -m engram_cli lock run "
+                     f"counter --wait 60 -- sh -c '{script}' || exit 1; done"],
+        env={**engramd.env, "ENGRAM_AGENT": f"sh{n}"}) for n in range(2)]
+    for process in workers + runners:
+        assert process.wait(300) == 0
+    assert int(counter.read_text()) == 6 * 200 + 2 * 20
+
+
+def test_waiters_are_served_first_come_first_served(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    order: list[str] = []
+    with client(config) as holder:
+        (lease,) = holder.acquire_lock("queue", ttl=30)
+
+        def wait_for(agent: str) -> None:
+            with client(config, agent) as engram:
+                (mine,) = engram.acquire_lock("queue", ttl=30, wait=30)
+                order.append(agent)
+                engram.release_lock(mine.lock_id)
+
+        threads = []
+        for agent in ("b", "c", "d"):
+            thread = threading.Thread(target=wait_for, args=(agent,))
+            thread.start()
+            threads.append(thread)
+            wait_until(lambda agent=agent: agent in waiters(holder, "queue"), f"{agent} in line")
+        assert waiters(holder, "queue") == ["b", "c", "d"]
+        holder.release_lock(lease.lock_id)
+        for thread in threads:
+            thread.join(WAIT)
+    assert order == ["b", "c", "d"]
+
+
+def test_expiry_hands_the_resource_to_the_next_waiter(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    with client(config) as first, client(config, "bob") as second:
+        (old,) = first.acquire_lock("short", ttl=0.3)
+        (new,) = second.acquire_lock("short", ttl=5, wait=10)
+        assert new.acquired_at >= old.expires_at
+        assert new.fencing_token > old.fencing_token
+        with pytest.raises(NotFound, match="expired"):
+            first.renew_lock(old.lock_id)
+        with pytest.raises(NotFound):
+            first.release_lock(old.lock_id)
+
+
+def test_a_lost_lease_is_told_to_its_holder(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    with client(config) as holder, client(config, "ops") as ops:
+        holder.acquire_lock("doomed", ttl=30)
+        ops.break_lock("doomed", "stuck deploy")
+        notice = holder.lease_lost(WAIT)
+        assert notice is not None and notice.reason == "broken" and notice.by == "ops"
+        holder.acquire_lock("brief", ttl=0.2)
+        notice = holder.lease_lost(WAIT)
+        assert notice is not None and notice.reason == "expired"
+
+
+def holder_process(socket_path: str, *, bind: bool) -> subprocess.Popen[str]:
+    code = ("import sys, time; from engram_cli.client import Client; "
+            f"c = Client({socket_path!r}, agent_id='victim', autostart=False); "
+            f"c.acquire_lock('held', ttl=30, bind_connection={bind}); "
+            "print('held', flush=True); time.sleep(300)")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_killed_holder_frees_a_connection_bound_lease_at_once(
+        threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    victim = holder_process(config.socket, bind=True)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(WAIT)
+    with client(config, "next") as engram:
+        (lease,) = engram.acquire_lock("held", ttl=30, wait=10)  # well before the 30 s ttl
+    assert lease.holder == "next"
+
+
+def test_killed_holder_of_a_plain_lease_keeps_it_until_expiry(
+        threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    victim = holder_process(config.socket, bind=False)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(WAIT)
+    with client(config, "next") as engram:
+        with pytest.raises(Timeout, match="held by victim"):
+            engram.acquire_lock("held", wait=0.3)
+        assert engram.get_lock("held").lease.holder == "victim"  # type: ignore[union-attr]
+
+
+def test_a_pid_bound_lease_ends_with_its_process(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        with client(config, "script") as engram:
+            engram.acquire_lock("pidfile", ttl=60, pid=sleeper.pid)
+    finally:
+        sleeper.kill()
+        sleeper.wait(WAIT)
+    with client(config, "next") as engram:
+        (lease,) = engram.acquire_lock("pidfile", wait=10)
+    assert lease.holder == "next"
+
+
+def test_restart_keeps_leases_holders_and_rising_tokens(env: dict[str, str]) -> None:
+    config = make_config(env)
+    with start_threaded(config), client(config) as engram:
+        (kept,) = engram.acquire_lock("survivor", ttl=600)
+    with start_threaded(config), client(config, "bob") as bob:
+        state = bob.get_lock("survivor")
+        assert state.lease == kept
+        with pytest.raises(LockHeld, match="held by alice"):
+            bob.acquire_lock("survivor")
+        (other,) = bob.acquire_lock("another")
+        assert other.fencing_token > kept.fencing_token
+    with start_threaded(config), client(config) as engram:
+        engram.release_lock(kept.lock_id)
+
+
+def test_opposite_orders_never_deadlock(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    done: list[int] = []
+
+    def loop(agent: str, resources: list[str]) -> None:
+        with client(config, agent) as engram:
+            for _ in range(50):
+                leases = engram.acquire_lock(resources, ttl=30, wait=30)
+                assert sorted(lease.resource for lease in leases) == ["a", "b"]
+                for lease in leases:
+                    engram.release_lock(lease.lock_id)
+            done.append(1)
+
+    threads = [threading.Thread(target=loop, args=("x", ["a", "b"])),
+               threading.Thread(target=loop, args=("y", ["b", "a"]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert done == [1, 1]
+
+
+def test_a_wait_that_closes_a_cycle_is_refused(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    with client(config, "A") as a, client(config, "B") as b:
+        (x,) = a.acquire_lock("x", ttl=30)
+        b.acquire_lock("y", ttl=30)
+
+        def a_waits() -> None:
+            with client(config, "A") as again, pytest.raises(Timeout):
+                again.acquire_lock("y", wait=2)
+
+        thread = threading.Thread(target=a_waits)
+        thread.start()
+        wait_until(lambda: waiters(b, "y") == ["A"], "A waiting for y")
+        with pytest.raises(Deadlock, match="B waits for x held by A, then A waits for y held by B"):
+            b.acquire_lock("x", wait=30)
+        thread.join(WAIT)
+        a.release_lock(x.lock_id)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda c: c.acquire_lock(""), BadRequest, "resource is 1 to 1024 bytes"),
+    (lambda c: c.acquire_lock("r" * 1025), BadRequest, "resource is 1 to 1024 bytes"),
+    (lambda c: c.acquire_lock("r", ttl=-1), BadRequest, "ttl must be more than 0"),
+    (lambda c: c.acquire_lock("r", ttl=10**6), BadRequest, "at most 3600"),
+    (lambda c: c.acquire_lock("r", wait=-1), BadRequest, "wait must be"),
+    (lambda c: c.release_lock("no-such-id"), NotFound, "no lease with lock id"),
+    (lambda c: c.renew_lock("no-such-id"), NotFound, "no lease with lock id"),
+    (lambda c: c.break_lock("free", "why"), NotFound, "is not held"),
+])
+def test_bad_lock_requests_get_clear_errors(threaded_daemon: ThreadedDaemon, call,  # type: ignore[no-untyped-def]
+                                            error: type[Exception], message: str) -> None:
+    with client(threaded_daemon.config) as engram:
+        with pytest.raises(error, match=message):
+            call(engram)
+        engram.ping()
+
+
+def test_someone_elses_lock_id_is_refused(threaded_daemon: ThreadedDaemon) -> None:
+    with client(threaded_daemon.config) as alice, client(threaded_daemon.config, "eve") as eve:
+        (lease,) = alice.acquire_lock("mine")
+        with pytest.raises(Forbidden, match="held by alice"):
+            eve.release_lock(lease.lock_id)
+        with pytest.raises(Forbidden):
+            eve.renew_lock(lease.lock_id)
+
+
+def test_asking_again_for_a_held_resource_is_a_conflict(threaded_daemon: ThreadedDaemon) -> None:
+    with client(threaded_daemon.config) as engram:
+        (lease,) = engram.acquire_lock("twice")
+        with pytest.raises(Conflict, match="you already hold twice"):
+            engram.acquire_lock(["other", "twice"], wait=5)
+        renewed = engram.renew_lock(lease.lock_id, ttl=120)
+        assert renewed.ttl == 120 and renewed.expires_at > lease.expires_at
+        assert renewed.fencing_token == lease.fencing_token
+
+
+def test_leases_per_agent_are_limited(env: dict[str, str]) -> None:
+    config = make_config(env, **{"limits.max_leases_per_agent": "2"})
+    with start_threaded(config), client(config) as engram:
+        engram.acquire_lock(["a", "b"])
+        with pytest.raises(TooLarge, match="more than 2 leases"):
+            engram.acquire_lock("c")
+
+
+def test_unit_writes_are_fenced_by_the_current_token(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    with client(config) as old, client(config, "new") as new:
+        (stale,) = old.acquire_lock("repo/file", ttl=0.2)
+        (fresh,) = new.acquire_lock("repo/file", ttl=30, wait=10)
+        with pytest.raises(Conflict, match=f"held with token {fresh.fencing_token}"):
+            old.create_unit("fenced", "FILE_CHANGE", "late", fence=("repo/file",
+                                                                    stale.fencing_token))
+        unit = new.create_unit("fenced", "FILE_CHANGE", "ok",
+                               fence=("repo/file", fresh.fencing_token))
+        assert unit.payload == b"ok"
+
+
+def test_every_grant_release_and_expiry_is_on_the_stream(threaded_daemon: ThreadedDaemon
+                                                         ) -> None:
+    with client(threaded_daemon.config) as engram:
+        subscription = engram.subscribe(kinds=["lock.acquired", "lock.released",
+                                               "lock.expired"])
+        (lease,) = engram.acquire_lock("watched", ttl=30)
+        engram.release_lock(lease.lock_id)
+        engram.acquire_lock("watched", ttl=0.1)
+        kinds = []
+        for item in subscription:
+            if not isinstance(item, Heartbeat):
+                kinds.append(type(item).__struct_config__.tag)
+                assert isinstance(item.lease, Lease)  # type: ignore[attr-defined]
+            if len(kinds) == 4:
+                break
+    assert kinds == ["lock.acquired", "lock.released", "lock.acquired", "lock.expired"]
+
+
+def test_lock_run_gives_cmd_its_token_and_passes_its_status(engramd: DaemonProcess) -> None:
+    env = {**engramd.env, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "engram_cli", "lock", "run", "deploy:prod", "--ttl", "5", "--",
+         "sh", "-c", 'echo "$ENGRAM_FENCING_TOKEN $ENGRAM_FENCE"; '
+                     'engram unit create -c d -p deployed >/dev/null && exit 7'],
+        env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 7, result.stderr
+    token, fence = result.stdout.split()
+    assert fence == f"deploy:prod:{token}"
+    with client(engramd.socket) as engram:
+        assert engram.get_lock("deploy:prod").lease is None
+        assert [u.payload for u in engram.list_units("d").units] == [b"deployed"]
+
+
+def test_lock_run_stops_cmd_when_its_lease_is_broken(engramd: DaemonProcess) -> None:
+    runner = subprocess.Popen([sys.executable, "-m", "engram_cli", "lock", "run", "job",
+                               "--ttl", "30", "--", "sleep", "300"], env=engramd.env,
+                              stderr=subprocess.PIPE, text=True)
+    with client(engramd.socket, "ops") as ops:
+        wait_until(lambda: ops.get_lock("job").lease is not None, "the lease")
+        ops.break_lock("job", "taking over")
+    _, err = runner.communicate(timeout=30)
+    assert runner.returncode == 6
+    assert "lease on job broken (by ops)" in err
+
+
+def test_lock_cli_exit_codes(engramd: DaemonProcess) -> None:
+    def cli(*args: str, agent: str = "tester") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "engram_cli", "lock", *args],
+                              env={**engramd.env, "ENGRAM_AGENT": agent},
+                              capture_output=True, text=True, timeout=30, check=False)
+
+    lock_id = cli("acquire", "res").stdout.strip()
+    held = cli("acquire", "res", agent="bob")
+    assert held.returncode == 4 and "held by tester" in held.stderr
+    waited = cli("acquire", "res", "--wait", "0.2", agent="bob")
+    assert waited.returncode == 5
+    listed = cli("list").stdout.split("\t")
+    assert listed[:2] == ["res", "tester"]
+    assert cli("release", "res", "--lock-id", lock_id).returncode == 0
+    assert cli("release", "res", "--lock-id", lock_id).returncode == 3
+    assert cli("acquire", "", agent="bob").returncode == 1
+
+
+def test_watch_shows_lock_events(engramd: DaemonProcess) -> None:
+    with client(engramd.socket) as engram:
+        (lease,) = engram.acquire_lock("shown", ttl=30)
+        engram.release_lock(lease.lock_id)
+    result = subprocess.run([sys.executable, "-m", "engram_cli", "watch", "--since", "start",
+                             "--count", "2"], env=engramd.env, capture_output=True, text=True,
+                            timeout=30, check=False)
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [row[2] for row in rows] == ["lock.acquired", "lock.released"]
+    assert rows[0][4] == f"shown acquired by alice (token {lease.fencing_token}, ttl 30s)"
+    assert rows[1][4] == "shown released by alice: released"
