@@ -314,6 +314,76 @@ def bench_restart_crash(target: BenchTarget) -> Measurement:
     return _bench_restart(target, kill=True)
 
 
+def bench_lock_cycle(target: BenchTarget) -> Measurement:
+    """Uncontended acquire + release of one lease (two durable writes), one at a time."""
+    with target.client() as client:
+        def cycle() -> None:
+            (lease,) = client.acquire_lock("bench:cycle", ttl=30)
+            client.release_lock(lease.lock_id)
+
+        for _ in range(50):
+            cycle()
+        return _timed_loop(target.count(2000), cycle)
+
+
+def bench_lock_handover(target: BenchTarget) -> Measurement:
+    """From the holder's release call to the grant at the waiter queued behind it."""
+    import threading
+
+    count = target.count(500)
+    granted_at: list[float] = []
+    released_at: list[float] = []
+    turn = threading.Semaphore(0)
+    queued = threading.Event()
+
+    def waiter() -> None:
+        with Client(target.socket_path, agent_id="bench-waiter", autostart=False) as client:
+            for _ in range(count):
+                turn.acquire()
+                queued.set()
+                (lease,) = client.acquire_lock("bench:handover", ttl=30, wait=60)
+                granted_at.append(time.perf_counter())
+                client.release_lock(lease.lock_id)
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    started = time.perf_counter()
+    with target.client() as holder:
+        thread.start()
+        for _ in range(count):
+            (lease,) = holder.acquire_lock("bench:handover", ttl=30, wait=60)
+            queued.clear()
+            turn.release()
+            queued.wait(10)
+            while not holder.get_lock("bench:handover").waiters:
+                time.sleep(0.0002)  # until the waiter is really in line
+            released_at.append(time.perf_counter())
+            holder.release_lock(lease.lock_id)
+            while len(granted_at) < len(released_at):
+                time.sleep(0.0001)
+    thread.join(30)
+    latencies = [granted - released for granted, released in zip(granted_at, released_at,
+                                                                   strict=True)]
+    return Measurement(latencies, time.perf_counter() - started,
+                       note="includes the release's own fsync and the grant's")
+
+
+def bench_lock_run(target: BenchTarget) -> Measurement:
+    """Wall time of a whole `engram lock run RES -- true` process."""
+    measurement = _timed_processes(target.count(30),
+                                   [*_engram_command(), "lock", "run", "bench:run", "--", "true"],
+                                   target.env)
+    measurement.note = "compare with floor.flock"
+    return measurement
+
+
+def bench_floor_flock(target: BenchTarget) -> Measurement:
+    """Wall time of `flock FILE true`: the classic tool's floor."""
+    path = os.path.join(target.data_dir or tempfile.gettempdir(), "bench.flock")
+    measurement = _timed_processes(target.count(30), ["flock", path, "true"], target.env)
+    measurement.note = "floor: flock FILE true"
+    return measurement
+
+
 def _fan_worker(socket_path: str, context_id: str, count: int) -> None:
     """A watcher process: subscribes, says "ready", prints ``seq:receipt`` for *count* units."""
     with Client(socket_path, agent_id="fan", autostart=False, timeout=120) as client:
@@ -381,6 +451,10 @@ WORKLOADS: dict[str, Workload] = {
     "list.last100": bench_list_last100,
     "restart.clean": bench_restart_clean,
     "restart.crash": bench_restart_crash,
+    "lock.cycle": bench_lock_cycle,
+    "lock.handover": bench_lock_handover,
+    "lock.run": bench_lock_run,
+    "floor.flock": bench_floor_flock,
     "stream.fanout10": bench_stream_fanout10,
 }
 
