@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -16,7 +17,7 @@ from engram_cli import context, output
 from engram_cli.client import Client
 from engram_cli.context import JsonOption
 from engram_cli.errors import EngramError, ExitCode, UsageProblem
-from engramd.protocol import Lease, LockState
+from engramd.protocol import Lease, LeaseLost, LockState
 
 app = typer.Typer(help="Take and manage leases on shared resources.", no_args_is_help=True)
 
@@ -169,8 +170,7 @@ class _Keeper(threading.Thread):
                 # Short slices: when CMD ends, engram exits without waiting long.
                 notice = self.client.lease_lost(min(self.interval, 0.02))
                 if notice is not None:
-                    self._lose(f"lease on {notice.lease.resource} {notice.reason} "
-                               f"(by {notice.by})")
+                    self._lose(_lost(notice))
                     return
                 if self.stop.is_set():
                     return
@@ -178,7 +178,15 @@ class _Keeper(threading.Thread):
                     for lease in self.leases:
                         self.client.renew_lock(lease.lock_id)
         except EngramError as exc:
-            self._lose(f"lease lost: {exc}")
+            # A renewal that finds the lease gone usually has the daemon's notice
+            # right behind it, which says why; wait a moment for it.
+            notice = None
+            with contextlib.suppress(EngramError):
+                notice = self.client.lease_lost(0.5)
+            if notice is not None:
+                self._lose(_lost(notice))
+            else:
+                self._lose(f"lease lost: {exc}")
 
     _last = 0.0
 
@@ -195,6 +203,10 @@ class _Keeper(threading.Thread):
         self.lost = why
         output.error(f"{why}; stopping the command")
         _terminate(self.child)
+
+
+def _lost(notice: LeaseLost) -> str:
+    return f"lease on {notice.lease.resource} {notice.reason} (by {notice.by})"
 
 
 def _terminate(child: subprocess.Popen[bytes]) -> None:
