@@ -68,9 +68,12 @@ from engramd.protocol import (
     Ping,
     Pong,
     ProtocolError,
+    Reindex,
     RelatedFound,
     ReleaseLock,
     RenewLock,
+    Search,
+    SearchResults,
     ServerMessage,
     Shutdown,
     ShuttingDown,
@@ -455,6 +458,16 @@ class Client:
     def list_locks(self, *, agent: str | None = None, prefix: str = "") -> list[LockState]:
         return self.request(ListLocks(id=self.next_id(), agent=agent, prefix=prefix),
                             LockPage).locks
+
+    # -- search -----------------------------------------------------------------
+
+    def search(self, query: str = "", **options: Any) -> SearchResults:
+        """Ranked search; options are the fields of :class:`engramd.protocol.Search`."""
+        return self.request(Search(id=self.next_id(), query=query, **options), SearchResults)
+
+    def reindex(self) -> None:
+        """Rebuild the search index from the store (it catches up in the background)."""
+        self.request(Reindex(id=self.next_id()), Done)
 
     def lease_lost(self, timeout: float | None) -> LeaseLost | None:
         """Wait up to *timeout* for the daemon to say a lease of ours was lost."""

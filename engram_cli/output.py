@@ -28,6 +28,8 @@ from engramd.protocol import (
     LockExpired,
     LockReleased,
     LockRenewed,
+    RelatedFound,
+    SearchHit,
     ServerMessage,
     Unit,
     UnitCreated,
@@ -404,3 +406,87 @@ class LiveFeed:
         else:
             self.out.stream.write("\t".join(event_row(event)) + "\n")
             self.out.stream.flush()
+
+
+def _marked(snippet: str) -> Text:
+    """A snippet with its ``**``-marked matches highlighted."""
+    from rich.text import Text
+
+    text = Text()
+    for index, part in enumerate(snippet.split("**")):
+        text.append(" ".join(part.split()), style="bold yellow" if index % 2 else None)
+    return text
+
+
+def search_hits(out: Output, hits: list[SearchHit], units: Mapping[str, Unit]) -> None:
+    """Search results: a table on a terminal, tab-separated rows when piped."""
+    if not out.is_terminal:
+        for hit in hits:
+            unit = units.get(hit.unit_id)
+            row = [f"{hit.score:.3f}", str(hit.seq), unit.context_id if unit else "",
+                   unit.agent_id if unit else "", unit.type if unit else "", hit.unit_id,
+                   " ".join(hit.snippet.split()) or (preview(unit) if unit else "")]
+            out.stream.write("\t".join(row) + "\n")
+        out.stream.flush()
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("score", "time", "context", "agent", "type", "match"):
+        table.add_column(column, justify="right" if column == "score" else "left",
+                         no_wrap=column != "match")
+    for hit in hits:
+        unit = units.get(hit.unit_id)
+        if unit is None:
+            continue
+        match = _marked(hit.snippet) if hit.snippet else preview(unit, 200)
+        table.add_row(f"{hit.score:.2f}", _local_time(unit.ts), unit.context_id,
+                      unit.agent_id, unit.type, match)
+    out.console.print(table)
+
+
+def trace_tree(out: Output, found: RelatedFound, label: Callable[[Unit], str]) -> None:
+    """The relationships around a unit as a tree: what it points at, what points at it."""
+    units = {unit.id: unit for unit in found.units}
+    outgoing: dict[str, list[tuple[str, str]]] = {}
+    incoming: dict[str, list[tuple[str, str]]] = {}
+    for edge in found.edges:
+        outgoing.setdefault(edge.source, []).append((edge.type, edge.target))
+        incoming.setdefault(edge.target, []).append((edge.type, edge.source))
+
+    def name(unit_id: str) -> str:
+        unit = units.get(unit_id)
+        return label(unit) if unit else unit_id
+
+    lines: list[tuple[int, str]] = []
+    shown: set[tuple[str, str, str]] = set()
+
+    def walk(unit_id: str, level: int, seen: set[str]) -> None:
+        for kind, other in outgoing.get(unit_id, []):
+            if (unit_id, kind, other) not in shown:
+                shown.add((unit_id, kind, other))
+                lines.append((level, f"→ {kind} {name(other)}"))
+                if other not in seen:
+                    walk(other, level + 1, seen | {other})
+        for kind, other in incoming.get(unit_id, []):
+            if (other, kind, unit_id) not in shown:
+                shown.add((other, kind, unit_id))
+                lines.append((level, f"← {kind} from {name(other)}"))
+                if other not in seen:
+                    walk(other, level + 1, seen | {other})
+
+    walk(found.root, 1, {found.root})
+    if not out.is_terminal:
+        out.stream.write(name(found.root) + "\n")
+        for level, text in lines:
+            out.stream.write("  " * level + text + "\n")
+        out.stream.flush()
+        return
+    from rich.tree import Tree
+
+    root = Tree(name(found.root), guide_style="dim")
+    stack = [root]
+    for level, text in lines:
+        del stack[level:]
+        stack.append(stack[-1].add(text))
+    out.console.print(root)

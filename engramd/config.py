@@ -148,6 +148,8 @@ class DaemonConfig:
     data_dir: str
     config_file: str | None
     log_file: str | None = None
+    reindex: bool = False
+    """``engramd --reindex``: rebuild the search index from the store at start."""
     log_level: str = "info"
     shutdown_grace: float = 5.0
     durability: str = "fsync"

@@ -45,9 +45,11 @@ from engramd.protocol import (
     LocksGranted,
     Ping,
     Pong,
+    Reindex,
     RelatedUnits,
     ReleaseLock,
     RenewLock,
+    Search,
     ServerMessage,
     Shutdown,
     ShuttingDown,
@@ -111,6 +113,11 @@ class Dispatcher:
                                     watching=engine.watchers(request.context_id))
             case AckCursor():
                 engine.ack_cursor(request.cursor, request.seq)
+                return Done(id=request.id)
+            case Search():
+                return await engine.search(request)
+            case Reindex():
+                await engine.reindex()
                 return Done(id=request.id)
             case AcquireLock():
                 leases = await engine.lease_manager().acquire(

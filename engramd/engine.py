@@ -37,6 +37,9 @@ from engramd.protocol import (
     RelatedEdge,
     RelatedFound,
     RelatedUnits,
+    Search,
+    SearchHit,
+    SearchResults,
     Subscribe,
     UnitDraft,
     UnitPage,
@@ -52,6 +55,7 @@ from engramd.protocol.model import (
     Unit,
     UnitCreated,
 )
+from engramd.search import Document, Hit, QueryError, SearchIndex, plain_query
 from engramd.storage import SchemaMismatch, Store, seq_from
 from engramd.wal.log import Corruption, WriteAheadLog
 from engramd.wal.record import Entry
@@ -61,6 +65,7 @@ log = logging.getLogger("engramd.engine")
 _unit_decoder = msgspec.msgpack.Decoder(Unit)
 _context_decoder = msgspec.msgpack.Decoder(Context)
 MAX_PAGE = 10_000
+INDEX_BATCH = 2000
 EVENT_KINDS = ("unit.created", "context.created", "context.updated", "lock.acquired",
                "lock.renewed", "lock.released", "lock.expired")
 MAX_DEPTH = 16
@@ -91,6 +96,10 @@ class Caller:
     """Writes a pushed message to that connection."""
 
 
+def _micros(value: dt.datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1_000_000)
+
+
 def _raw_units(encoded: list[bytes]) -> list[Unit]:
     """Stored unit bytes, sent on as they are: msgspec embeds Raw values verbatim."""
     return cast(list[Unit], [msgspec.Raw(data) for data in encoded])
@@ -118,6 +127,9 @@ class Engine:
         self.committer: GroupCommitter | None = None
         self.hub: EventHub | None = None
         self.leases: LeaseManager | None = None
+        self.index: SearchIndex | None = None
+        self._index_wanted = trio.Event()
+        self._index_limiter = trio.CapacityLimiter(1)
         # Changes built into the batch being written, not yet in the store.
         self._units_in_flight: dict[str, Unit] = {}
         self._keys_in_flight: dict[str, str] = {}
@@ -150,6 +162,16 @@ class Engine:
             raise StartupError(
                 f"{exc}. Nothing was changed; 'engramd --repair' cuts the log there, "
                 "losing what follows") from None
+        index_path = os.path.join(self.config.data_dir, "search.db")
+        if self.config.reindex:
+            SearchIndex.destroy(index_path)
+        index = SearchIndex(index_path)
+        if index.indexed_seq > store.applied_seq:
+            # The index is ahead of the store (a store from elsewhere): start it over.
+            index.close()
+            SearchIndex.destroy(index_path)
+            index = SearchIndex(index_path)
+        self.index = index
         self.store, self.wal = store, wal
         log.info("journal open: seq %d, %d entries replayed, %d torn bytes cut, %.3fs",
                  recovery.last_seq, recovery.entries_replayed, recovery.truncated_bytes,
@@ -175,6 +197,7 @@ class Engine:
             await nursery.start(self.committer.run)
             await nursery.start(self.leases.run)
             nursery.start_soon(self._checkpoints)
+            nursery.start_soon(self._index_forever)
             self.state = "ready"
             log.info("ready")
 
@@ -183,6 +206,86 @@ class Engine:
         self._forget_in_flight()
         assert self.hub is not None
         self.hub.publish(describe_live(event) for entry in entries for event in entry.events)
+        self._index_wanted.set()
+
+    async def _index_forever(self) -> None:
+        """Feed the search index from the event log, in a worker thread, in batches."""
+        self._index_wanted.set()  # catch up with what came before this start
+        while True:
+            await self._index_wanted.wait()
+            self._index_wanted = trio.Event()
+            while await trio.to_thread.run_sync(self._index_batch,
+                                                limiter=self._index_limiter):
+                pass
+
+    def _index_batch(self) -> bool:
+        """Index the next events after the index's seq; True if more may remain."""
+        assert self.store is not None and self.index is not None
+        stored = self.store.events_after(self.index.indexed_seq, INDEX_BATCH)
+        if not stored:
+            return False
+        documents = []
+        for seq, value in stored:
+            if value[:1] != b"U":
+                continue
+            unit = _unit_decoder.decode(value[1:])
+            try:
+                text: str | None = unit.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            documents.append(Document(seq, unit.id, unit.context_id, unit.agent_id, unit.type,
+                                      int(unit.ts.timestamp() * 1_000_000), text, unit.meta))
+        self.index.add(documents, stored[-1][0])
+        return len(stored) == INDEX_BATCH
+
+    async def reindex(self) -> None:
+        """Start the index over from the store; it catches up in the background."""
+        self._ready()
+
+        def rebuild() -> None:
+            assert self.index is not None
+            path = self.index.path
+            self.index.close()
+            SearchIndex.destroy(path)
+            self.index = SearchIndex(path)
+
+        await trio.to_thread.run_sync(rebuild, limiter=self._index_limiter)
+        self._index_wanted.set()
+
+    async def search(self, request: Search) -> SearchResults:
+        self._ready()
+        if not 1 <= request.limit <= 1000 or request.offset < 0:
+            raise BadRequest("limit must be 1 to 1000 and offset at least 0")
+        if len(request.query) > 4096:
+            raise TooLarge("query over 4096 characters")
+        query = request.query if request.advanced else plain_query(request.query)
+        if request.advanced and not request.query.strip():
+            raise BadRequest("an advanced query needs some FTS5 syntax")
+        unit_ids: set[str] | None = None
+        if request.related_to is not None:
+            related = self.related_units(RelatedUnits(
+                id=0, unit_id=request.related_to, types=request.related_types,
+                direction=request.related_direction, depth=request.related_depth))
+            unit_ids = {edge.source for edge in related.edges} | {
+                edge.target for edge in related.edges}
+            unit_ids.discard(related.root)
+
+        def run() -> tuple[int, list[Hit]]:
+            assert self.index is not None
+            return self.index.search(
+                query, contexts=request.contexts, agents=request.agents,
+                types=[validate.unit_type(kind) for kind in request.types],
+                meta=request.meta, since_us=_micros(request.since),
+                until_us=_micros(request.until), unit_ids=unit_ids, limit=request.limit,
+                offset=request.offset)
+
+        try:
+            total, hits = await trio.to_thread.run_sync(run, limiter=self._index_limiter)
+        except QueryError as exc:
+            raise BadRequest(f"cannot read the query: {exc}") from None
+        return SearchResults(id=request.id, total=total, hits=[
+            SearchHit(unit_id=hit.unit_id, seq=hit.seq, score=round(hit.score, 6),
+                      snippet=hit.snippet) for hit in hits])
 
     def _forget_in_flight(self) -> None:
         self._units_in_flight.clear()
@@ -210,6 +313,8 @@ class Engine:
                 self.wal.drop_through(self.store.checkpoint_seq)
                 self.wal.close()
             self.store.close()
+        if self.index is not None:
+            self.index.close()
 
     def lease_manager(self) -> LeaseManager:
         self._ready()
@@ -233,7 +338,8 @@ class Engine:
             units=self.store.unit_count, contexts=self.store.context_count,
             wal_segments=len(self.wal.segments), wal_bytes=self.wal.size,
             durability=self.config.durability,
-            write_error=self.committer.failure if self.committer else None)
+            write_error=self.committer.failure if self.committer else None,
+            indexed_seq=self.index.indexed_seq if self.index else 0)
 
     # -- state lookups, in-flight first --------------------------------------
 

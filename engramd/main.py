@@ -7,6 +7,7 @@ Exit status: 0 after a clean stop, 1 when the daemon cannot start or fails,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective configuration and where each value "
                         "came from, then exit")
+    parser.add_argument("--reindex", action="store_true",
+                        help="rebuild the search index from the store while starting")
     parser.add_argument("--repair", action="store_true",
                         help="check the journal; if a damaged record stops recovery, say what "
                         "cutting the log there would lose and, once confirmed, cut it; then exit")
@@ -160,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.repair:
         return repair(config, assume_yes=args.yes)
+    if args.reindex:
+        config = dataclasses.replace(config, reindex=True)
     try:
         setup_logging(config)
     except OSError as exc:

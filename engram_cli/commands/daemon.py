@@ -155,3 +155,9 @@ def logs(
                     time.sleep(0.2)
         except KeyboardInterrupt:
             return
+
+
+@app.command()
+def reindex(ctx: typer.Context) -> None:
+    """Rebuild the search index from the store; searches catch up as it fills."""
+    context.get(ctx).client().reindex()

@@ -179,6 +179,9 @@ from engramd.protocol.messages import (
     Pong as Pong,
 )
 from engramd.protocol.messages import (
+    Reindex as Reindex,
+)
+from engramd.protocol.messages import (
     RelatedEdge as RelatedEdge,
 )
 from engramd.protocol.messages import (
@@ -198,6 +201,15 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     Request as Request,
+)
+from engramd.protocol.messages import (
+    Search as Search,
+)
+from engramd.protocol.messages import (
+    SearchHit as SearchHit,
+)
+from engramd.protocol.messages import (
+    SearchResults as SearchResults,
 )
 from engramd.protocol.messages import (
     ServerMessage as ServerMessage,

@@ -220,10 +220,38 @@ class ListLocks(ClientMessage, tag="lock.list"):
     prefix: str = ""
 
 
+class Search(ClientMessage, tag="search"):
+    """Ranked full-text search with filters; a query may be filters alone.
+
+    ``query`` words are matched as plain terms (all required); with ``advanced``
+    the query is FTS5 syntax (phrases, prefix*, NEAR, AND/OR/NOT).
+    """
+
+    query: str = ""
+    advanced: bool = False
+    contexts: list[str] = []
+    agents: list[str] = []
+    types: list[str] = []
+    meta: dict[str, str] = {}
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    related_to: str | None = None
+    related_types: list[str] = []
+    related_direction: str = "both"
+    related_depth: int = 1
+    limit: int = 20
+    offset: int = 0
+
+
+class Reindex(ClientMessage, tag="search.reindex"):
+    """Rebuild the search index from the store (in the background)."""
+
+
 Request = (
     Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
     | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
     | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock | ListLocks
+    | Search | Reindex
 )
 """Requests allowed after the handshake."""
 
@@ -231,6 +259,7 @@ AnyClientMessage = (
     Hello | Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
     | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
     | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock | ListLocks
+    | Search | Reindex
 )
 
 
@@ -284,6 +313,8 @@ class JournalStatus(msgspec.Struct, frozen=True, kw_only=True):
     durability: str
     write_error: str | None
     """Why writes are refused, when they are (a failed fsync)."""
+    indexed_seq: int = 0
+    """The search index has taken in everything up to here (its lag: last_seq - this)."""
 
 
 class DaemonStatus(Reply, tag="status"):
@@ -431,6 +462,20 @@ class LockPage(Reply, tag="lock.page"):
     locks: list[LockState]
 
 
+class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
+    unit_id: str
+    seq: int
+    score: float
+    """BM25 relevance, higher is better (0 without words)."""
+    snippet: str
+    """Payload text around the matches, each match between ``**`` marks."""
+
+
+class SearchResults(Reply, tag="search.results"):
+    total: int
+    hits: list[SearchHit]
+
+
 class LeaseLost(ServerMessage, tag="lease.lost"):
     """Pushed to the holder's connection the moment one of its leases ends without it."""
 
@@ -444,4 +489,5 @@ AnyServerMessage = (
     Welcome | Pong | DaemonStatus | ShuttingDown | ErrorReply | UnitsCreated | UnitsFound
     | UnitPage | RelatedFound | ContextFound | ContextPage | Subscribed | Done | EventPush
     | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LeaseLost
+    | SearchResults
 )

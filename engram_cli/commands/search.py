@@ -1,0 +1,93 @@
+"""``engram search`` (ranked full-text search with filters) and ``engram trace`` (causal story)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from engram_cli import context, output
+from engram_cli.commands.unit import parse_pairs
+from engram_cli.context import JsonOption
+from engram_cli.errors import NotFound, UsageProblem
+from engram_cli.timeparse import parse_time
+from engram_cli.unitjson import unit_to_json
+from engramd.protocol import Unit
+
+
+def search(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(
+        metavar="[QUERY]", help="Words to find (all of them); none: filters alone.")] = "",
+    contexts: Annotated[list[str] | None, typer.Option(
+        "--context", "-c", metavar="CTX", help="Only this context (repeatable).")] = None,
+    agents: Annotated[list[str] | None, typer.Option(
+        "--agent", metavar="AGENT", help="Only units of this agent (repeatable).")] = None,
+    types: Annotated[list[str] | None, typer.Option(
+        "--type", "-t", metavar="TYPE", help="Only units of this type (repeatable).")] = None,
+    meta: Annotated[list[str] | None, typer.Option(
+        "--meta", "-m", metavar="KEY=VALUE", help="Only units with this metadata.")] = None,
+    since: Annotated[str | None, typer.Option("--since", metavar="TIME",
+                                              help="From TIME on (10m, 2h, ISO 8601).")] = None,
+    until: Annotated[str | None, typer.Option("--until", metavar="TIME",
+                                              help="Up to TIME.")] = None,
+    related_to: Annotated[str | None, typer.Option(
+        "--related-to", metavar="ID", help="Only units related to this unit.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000)] = 20,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    advanced: Annotated[bool, typer.Option(
+        "--advanced", help="QUERY is FTS5 syntax: \"phrases\", prefix*, NEAR(a b), AND/OR/NOT."
+    )] = False,
+    json: JsonOption = False,
+) -> None:
+    """Find units by words (ranked by relevance, then newest) and filters; exit 3 if none."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    client = cli.client()
+    try:
+        since_ts = parse_time(since) if since else None
+        until_ts = parse_time(until) if until else None
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+    results = client.search(query, advanced=advanced, contexts=contexts or [],
+                            agents=agents or [], types=types or [], meta=parse_pairs(meta),
+                            since=since_ts, until=until_ts, related_to=related_to, limit=limit,
+                            offset=offset)
+    units = {unit.id: unit for unit in client.get_units([h.unit_id for h in results.hits]).units}
+    if out.json:
+        for hit in results.hits:
+            unit = units.get(hit.unit_id)
+            out.json_line({**output.to_plain_data(hit),
+                           "unit": unit_to_json(unit) if unit else None})
+    else:
+        output.search_hits(out, results.hits, units)
+        if out.is_terminal:
+            output.note(f"{results.total} match(es)" + (
+                f", showing {offset + 1}-{offset + len(results.hits)}"
+                if results.total > len(results.hits) else ""))
+    if not results.hits:
+        raise NotFound("nothing matched")
+
+
+def trace(
+    ctx: typer.Context,
+    unit_id: Annotated[str, typer.Argument(metavar="ID", help="The unit whose story to tell.")],
+    depth: Annotated[int, typer.Option("--depth", min=1, max=16,
+                                       help="How many relationship hops.")] = 4,
+    json: JsonOption = False,
+) -> None:
+    """The causal story of a unit: what led to it and what followed, across agents."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    found = cli.client().related_units(unit_id, depth=depth)
+    if out.json:
+        out.json_line({"root": found.root,
+                       "edges": [output.to_plain_data(edge) for edge in found.edges],
+                       "units": [unit_to_json(unit) for unit in found.units]})
+        return
+    output.trace_tree(out, found, _label)
+
+
+def _label(unit: Unit) -> str:
+    return f"{unit.type} {unit.agent_id}@{unit.context_id}: {output.preview(unit, 80)}"
+

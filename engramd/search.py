@@ -1,0 +1,188 @@
+"""Full-text search: an SQLite FTS5 index of units, fed from the event log.
+
+Synchronous and trio-free; one connection, used from one worker thread at a
+time (the engine's limiter). The index remembers the last seq it took in, so it
+catches up after a restart, and can be rebuilt from the store at any time.
+
+Tokenising: FTS5's ``unicode61`` tokenizer (case and diacritics folded) splits
+on anything but letters and digits, so prose, ``snake_case`` parts, path parts
+(``src/engram/app.py`` -> src, engram, app, py) and the words of error messages
+are all terms. CamelCase is one token to unicode61, so a second column holds
+each identifier's parts (``FrameTooLarge`` -> frame, too, large) next to the
+whole word: ``TooLarge`` and ``large`` find it as well as ``FrameTooLarge``.
+Metadata keys and values, agent, type and context are indexed in columns of
+their own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    seq INTEGER PRIMARY KEY, unit_id TEXT NOT NULL, context_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL, type TEXT NOT NULL, ts INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS docs_context ON docs (context_id, seq);
+CREATE INDEX IF NOT EXISTS docs_unit ON docs (unit_id);
+CREATE TABLE IF NOT EXISTS meta_kv (seq INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS meta_kv_pair ON meta_kv (key, value, seq);
+CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5 (
+    body, parts, meta, agent, type, context,
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+# Column weights for bm25: words in the payload count most, then identifier parts.
+WEIGHTS = (10.0, 4.0, 2.0, 1.0, 1.0, 1.0)
+_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9]*[a-z][A-Z][A-Za-z0-9]*")
+_TERM = re.compile(r"\w+", re.UNICODE)
+MARK_OPEN, MARK_CLOSE = "**", "**"
+
+
+class QueryError(ValueError):
+    """An advanced-mode query that FTS5 cannot read; the message says why."""
+
+
+@dataclass(frozen=True)
+class Document:
+    seq: int
+    unit_id: str
+    context_id: str
+    agent_id: str
+    type: str
+    ts_us: int
+    text: str | None
+    meta: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Hit:
+    unit_id: str
+    seq: int
+    score: float
+    snippet: str
+
+
+def identifier_parts(text: str) -> str:
+    """The CamelCase identifiers of *text* split into their words."""
+    return " ".join(" ".join(_CAMEL.findall(word)) for word in _IDENTIFIER.findall(text))
+
+
+def plain_query(text: str) -> str | None:
+    """User words as a safe FTS5 query: every term quoted, all required (None: no terms).
+
+    A CamelCase term also matches as the phrase of its parts, so ``TooLarge``
+    finds ``FrameTooLarge``.
+    """
+    clauses = []
+    for term in _TERM.findall(text):
+        parts = _CAMEL.findall(term) if _IDENTIFIER.fullmatch(term) else []
+        if len(parts) > 1:
+            clauses.append(f'("{term}" OR parts : "{" ".join(parts)}")')
+        else:
+            clauses.append(f'"{term}"')
+    return " ".join(clauses) if clauses else None
+
+
+class SearchIndex:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        row = self.db.execute("SELECT value FROM state WHERE key='indexed_seq'").fetchone()
+        self.indexed_seq: int = row[0] if row else 0
+
+    def add(self, documents: Iterable[Document], up_to: int) -> int:
+        """Index *documents* and record *up_to* as taken in, in one transaction."""
+        count = 0
+        with self.db:
+            self.db.execute("BEGIN")
+            for doc in documents:
+                meta_text = " ".join(f"{k} {v}" for k, v in doc.meta.items())
+                self.db.execute("INSERT OR REPLACE INTO docs VALUES (?, ?, ?, ?, ?, ?)",
+                                (doc.seq, doc.unit_id, doc.context_id, doc.agent_id, doc.type,
+                                 doc.ts_us))
+                self.db.execute("INSERT INTO fts (rowid, body, parts, meta, agent, type, context)"
+                                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (doc.seq, doc.text or "", identifier_parts(doc.text or ""),
+                                 meta_text, doc.agent_id, doc.type, doc.context_id))
+                self.db.executemany("INSERT INTO meta_kv VALUES (?, ?, ?)",
+                                    [(doc.seq, k, v) for k, v in doc.meta.items()])
+                count += 1
+            self.db.execute("INSERT OR REPLACE INTO state VALUES ('indexed_seq', ?)", (up_to,))
+        self.indexed_seq = up_to
+        return count
+
+    def search(
+        self, query: str | None, *, contexts: list[str], agents: list[str], types: list[str],
+        meta: dict[str, str], since_us: int | None, until_us: int | None,
+        unit_ids: set[str] | None, limit: int, offset: int,
+    ) -> tuple[int, list[Hit]]:
+        """``(total, hits)``: ranked by BM25 then newest first, or newest first without words.
+
+        Raises:
+            QueryError: FTS5 could not parse *query* (advanced mode).
+        """
+        where: list[str] = []
+        args: list[object] = []
+        for column, values in (("d.context_id", contexts), ("d.agent_id", agents),
+                               ("d.type", types)):
+            if values:
+                where.append(f"{column} IN ({','.join('?' * len(values))})")
+                args += values
+        for key, value in meta.items():
+            where.append("d.seq IN (SELECT seq FROM meta_kv WHERE key = ? AND value = ?)")
+            args += [key, value]
+        if since_us is not None:
+            where.append("d.ts >= ?")
+            args.append(since_us)
+        if until_us is not None:
+            where.append("d.ts <= ?")
+            args.append(until_us)
+        if unit_ids is not None:
+            if not unit_ids:
+                return 0, []
+            where.append(f"d.unit_id IN ({','.join('?' * len(unit_ids))})")
+            args += sorted(unit_ids)
+        try:
+            if query is None:
+                clause = " AND ".join(where) or "1"
+                total = self.db.execute(f"SELECT count(*) FROM docs d WHERE {clause}",
+                                        args).fetchone()[0]
+                rows = self.db.execute(
+                    f"SELECT d.unit_id, d.seq, 0.0, '' FROM docs d WHERE {clause} "
+                    "ORDER BY d.seq DESC LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+            else:
+                clause = " AND ".join(["fts MATCH ?", *where])
+                params = [query, *args]
+                total = self.db.execute(
+                    f"SELECT count(*) FROM fts JOIN docs d ON d.seq = fts.rowid WHERE {clause}",
+                    params).fetchone()[0]
+                weights = ", ".join(str(w) for w in WEIGHTS)
+                rows = self.db.execute(
+                    f"SELECT d.unit_id, d.seq, bm25(fts, {weights}) AS score, "
+                    f"snippet(fts, 0, '{MARK_OPEN}', '{MARK_CLOSE}', '…', 16) "
+                    f"FROM fts JOIN docs d ON d.seq = fts.rowid WHERE {clause} "
+                    "ORDER BY score, d.seq DESC LIMIT ? OFFSET ?",
+                    [*params, limit, offset]).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise QueryError(str(exc)) from None
+        return total, [Hit(unit_id, seq, -score, snippet) for unit_id, seq, score, snippet in rows]
+
+    def close(self) -> None:
+        self.db.close()
+
+    @staticmethod
+    def destroy(path: str) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.unlink(path + suffix)
+
