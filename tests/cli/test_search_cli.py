@@ -9,12 +9,13 @@ from tests.conftest import DaemonProcess, run_cli, wait_until
 
 
 def test_search_rows_json_and_exit_status(engramd: DaemonProcess) -> None:
-    with Client(engramd.socket, autostart=False) as engram:
+    with Client(engramd.socket, agent_id="tester", autostart=False) as engram:
         cause = engram.create_unit("s", "ERROR", "disk quota exceeded on /var/log")
         effect = engram.create_unit("s", "REASONING", "rotate the logs; quota again",
                                     relationships=[("CAUSES", cause.id)])
         wait_until(lambda: engram.search("quota").total == 2, "indexed")
-    rows = [line.split("\t") for line in run_cli(engramd.env, "search", "quota").stdout.splitlines()]
+    out = run_cli(engramd.env, "search", "quota").stdout
+    rows = [line.split("\t") for line in out.splitlines()]
     assert {row[5] for row in rows} == {cause.id, effect.id}
     assert all("**quota**" in row[6] for row in rows)
     found = [json.loads(line) for line in
