@@ -242,6 +242,16 @@ def bench_write_8procs_batch(target: BenchTarget) -> Measurement:
 
 FILL_UNITS = 1_000_000
 FILL_CONTEXTS = 100
+_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "shi", "po", "de", "vu", "ga", "ze", "fo",
+              "bi", "ny", "qua"]
+VOCABULARY = [a + b + c for a in _SYLLABLES for b in _SYLLABLES for c in _SYLLABLES]
+"""4,096 made-up words; fill payloads are sentences of them, so searches have work to do."""
+
+
+def fill_text(n: int) -> bytes:
+    """A deterministic 12-word sentence for fill unit *n* (about 80 bytes)."""
+    words = [VOCABULARY[(n * 7919 + i * 104729) % len(VOCABULARY)] for i in range(12)]
+    return (f"step {n}: " + " ".join(words)).encode()
 
 
 def _daemon_rss_mib(target: BenchTarget) -> float:
@@ -267,7 +277,7 @@ def _fill(target: BenchTarget) -> int:
         pending: list[CreateUnits] = []
         while have < wanted:
             drafts = [requests.draft(f"bench-fill-{(context + i) % FILL_CONTEXTS}", "MESSAGE",
-                                     PAYLOAD, meta={"n": str(have + i)})
+                                     fill_text(have + i), meta={"n": str(have + i)})
                       for i in range(min(batch, wanted - have))]
             context += len(drafts)
             request = requests.create_units(client.next_id(), drafts)
@@ -292,6 +302,50 @@ def bench_list_last100(target: BenchTarget) -> Measurement:
                                   lambda: client.list_units("bench-fill-7", limit=100))
     measurement.note = f"store holds {total:,} units; daemon RSS {_daemon_rss_mib(target):.0f} MiB"
     return measurement
+
+
+def _wait_indexed(target: BenchTarget, timeout: float = 1800.0) -> None:
+    deadline = time.monotonic() + timeout
+    with target.client() as client:
+        while True:
+            journal = client.status().journal
+            if journal is not None and journal.indexed_seq >= journal.last_seq:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the search index did not catch up")
+            time.sleep(0.05)
+
+
+def bench_search_query(target: BenchTarget) -> Measurement:
+    """A two-word query, limit 20, over 1,000,000 (scaled) units."""
+    total = _fill(target)
+    _wait_indexed(target)
+    sentences = [fill_text(i * 997).decode().split()[2:] for i in range(200)]
+    pairs = [(words[1], words[7]) for words in sentences]  # words that occur together
+    hits = []
+    with target.client() as client:
+        def query(state: list[int] = [0]) -> None:  # noqa: B006 (a counter across calls)
+            a, b = pairs[state[0] % len(pairs)]
+            state[0] += 1
+            hits.append(client.search(f"{a} {b}", limit=20).total)
+
+        measurement = _timed_loop(target.count(500), query)
+    measurement.note = (f"{total:,} units indexed; median matches per query "
+                        f"{sorted(hits)[len(hits) // 2]:,}")
+    return measurement
+
+
+def bench_index_throughput(target: BenchTarget) -> Measurement:
+    """Rebuild the index over 1,000,000 (scaled) units: units indexed per second."""
+    total = _fill(target)
+    _wait_indexed(target)
+    with target.client() as client:
+        started = time.perf_counter()
+        client.reindex()
+    _wait_indexed(target)
+    seconds = time.perf_counter() - started
+    return Measurement([seconds], seconds,
+                       note=f"{total / seconds:,.0f} units/s over {total:,} units (wall in p50)")
 
 
 def _bench_restart(target: BenchTarget, kill: bool) -> Measurement:
@@ -456,6 +510,8 @@ WORKLOADS: dict[str, Workload] = {
     "lock.run": bench_lock_run,
     "floor.flock": bench_floor_flock,
     "stream.fanout10": bench_stream_fanout10,
+    "search.query": bench_search_query,
+    "index.rebuild": bench_index_throughput,
 }
 
 

@@ -102,24 +102,24 @@ class SearchIndex:
 
     def add(self, documents: Iterable[Document], up_to: int) -> int:
         """Index *documents* and record *up_to* as taken in, in one transaction."""
-        count = 0
+        documents = list(documents)
         with self.db:
             self.db.execute("BEGIN")
-            for doc in documents:
-                meta_text = " ".join(f"{k} {v}" for k, v in doc.meta.items())
-                self.db.execute("INSERT OR REPLACE INTO docs VALUES (?, ?, ?, ?, ?, ?)",
-                                (doc.seq, doc.unit_id, doc.context_id, doc.agent_id, doc.type,
-                                 doc.ts_us))
-                self.db.execute("INSERT INTO fts (rowid, body, parts, meta, agent, type, context)"
-                                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                (doc.seq, doc.text or "", identifier_parts(doc.text or ""),
-                                 meta_text, doc.agent_id, doc.type, doc.context_id))
-                self.db.executemany("INSERT INTO meta_kv VALUES (?, ?, ?)",
-                                    [(doc.seq, k, v) for k, v in doc.meta.items()])
-                count += 1
+            self.db.executemany(
+                "INSERT OR REPLACE INTO docs VALUES (?, ?, ?, ?, ?, ?)",
+                [(d.seq, d.unit_id, d.context_id, d.agent_id, d.type, d.ts_us)
+                 for d in documents])
+            self.db.executemany(
+                "INSERT INTO fts (rowid, body, parts, meta, agent, type, context)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(d.seq, d.text or "", identifier_parts(d.text or ""),
+                  " ".join(f"{k} {v}" for k, v in d.meta.items()), d.agent_id, d.type,
+                  d.context_id) for d in documents])
+            self.db.executemany("INSERT INTO meta_kv VALUES (?, ?, ?)",
+                                [(d.seq, k, v) for d in documents for k, v in d.meta.items()])
             self.db.execute("INSERT OR REPLACE INTO state VALUES ('indexed_seq', ?)", (up_to,))
         self.indexed_seq = up_to
-        return count
+        return len(documents)
 
     def search(
         self, query: str | None, *, contexts: list[str], agents: list[str], types: list[str],
