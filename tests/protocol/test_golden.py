@@ -47,9 +47,13 @@ from engramd.protocol import (
     LockState,
     Ping,
     Pong,
+    Reindex,
     Relationship,
     ReleaseLock,
     RenewLock,
+    Search,
+    SearchHit,
+    SearchResults,
     Shutdown,
     ShuttingDown,
     Subscribe,
@@ -103,6 +107,9 @@ CLIENT_MESSAGES = {
     "lock_break": BreakLock(id=14, resource="deploy:prod", reason="stuck"),
     "lock_get": GetLock(id=15, resource="deploy:prod"),
     "lock_list": ListLocks(id=16, agent="alice", prefix="deploy:"),
+    "search": Search(id=17, query="frame limit", contexts=["build-42"], types=["ERROR"],
+                     meta={"exit": "1"}, since=WHEN, related_to=UNIT.id, limit=5, offset=10),
+    "search_reindex": Reindex(id=18),
 }
 LEASE = Lease(resource="deploy:prod", holder="alice", lock_id="0123456789abcdef",
               fencing_token=42, acquired_at=WHEN, expires_at=WHEN, ttl=30.0, boot_id="b",
@@ -137,6 +144,8 @@ SERVER_MESSAGES = {
         waiters=[Waiter(agent="bob", position=1, resources=["deploy:prod"])])),
     "lock_page": LockPage(id=16, locks=[]),
     "lease_lost": LeaseLost(lease=LEASE, reason="expired", by="engramd"),
+    "search_results": SearchResults(id=17, total=1, hits=[SearchHit(
+        unit_id=UNIT.id, seq=7, score=1.5, snippet="the **frame** **limit**")]),
 }
 EVENTS = {
     "event_unit_created": UnitCreated(seq=7, ts=WHEN, context_id="build-42", unit=UNIT),
