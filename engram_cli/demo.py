@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 from engram_cli.bench import _engram_command
 
@@ -65,9 +66,24 @@ def watch_in_background(demo: Demo, count: int) -> tuple[subprocess.Popen[str], 
     return process, thread
 
 
+def contend_for_a_lock(demo: Demo) -> None:
+    """alice holds the merge lock while her command runs; bob waits in line for it."""
+    args = ["lock", "run", "build-42/merge", "--ttl", "30", "--", "sleep", "1"]
+    print(f"\n$ ENGRAM_AGENT=alice engram {shlex.join(args)} &", flush=True)
+    holder = subprocess.Popen([*demo.engram, *args],
+                              env={**demo.env, "ENGRAM_AGENT": "alice"})
+    while '"lease":null' in demo.run("--json", "lock", "show", "build-42/merge", capture=True,
+                                     quiet=True).replace(" ", ""):
+        time.sleep(0.02)
+    lock_id = demo.run("lock", "acquire", "build-42/merge", "--wait", "10", agent="bob",
+                       capture=True)
+    demo.run("lock", "release", "build-42/merge", "--lock-id", lock_id, agent="bob")
+    holder.wait(30)
+
+
 def tour(demo: Demo) -> None:
     demo.run("daemon", "start")
-    watcher, relay = watch_in_background(demo, count=7)
+    watcher, relay = watch_in_background(demo, count=11)
     started = demo.run("unit", "create", "-c", "build-42", "-t", "task_status",
                        "-m", "step=build", stdin="build 42 started\n", agent="alice",
                        capture=True)
@@ -79,11 +95,14 @@ def tour(demo: Demo) -> None:
              "tests pass; safe to merge", "-r", f"DEPENDS_ON:{call}", agent="alice",
              capture=True)
     demo.run("context", "pin", "build-42", started)
+    contend_for_a_lock(demo)
     watcher.wait(30)
     relay.join(5)
     demo.run("unit", "list", "-c", "build-42")
     demo.run("unit", "related", call)
     demo.run("--json", "unit", "list", "-c", "build-42", "--agent", "bob", "-n", "1")
+    demo.run("search", "tests pass")
+    demo.run("trace", call)
     demo.run("status")
     demo.run("daemon", "stop")
 

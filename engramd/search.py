@@ -163,16 +163,28 @@ class SearchIndex:
             else:
                 clause = " AND ".join(["fts MATCH ?", *where])
                 params = [query, *args]
-                total = self.db.execute(
-                    f"SELECT count(*) FROM fts JOIN docs d ON d.seq = fts.rowid WHERE {clause}",
-                    params).fetchone()[0]
                 weights = ", ".join(str(w) for w in WEIGHTS)
-                rows = self.db.execute(
-                    f"SELECT d.unit_id, d.seq, bm25(fts, {weights}) AS score, "
-                    f"snippet(fts, 0, '{MARK_OPEN}', '{MARK_CLOSE}', '…', 16) "
-                    f"FROM fts JOIN docs d ON d.seq = fts.rowid WHERE {clause} "
-                    "ORDER BY score, d.seq DESC LIMIT ? OFFSET ?",
+                # Rank every match but build snippets for the page only: a snippet costs
+                # far more than a score, and a query may match thousands of units.
+                # Without filters the ranking needs the FTS table alone; the page's unit
+                # ids are looked up afterwards.
+                source = "fts JOIN docs d ON d.seq = fts.rowid" if where else "fts"
+                ranked = self.db.execute(
+                    f"SELECT fts.rowid, bm25(fts, {weights}) AS score FROM {source} "
+                    f"WHERE {clause} ORDER BY score, fts.rowid DESC LIMIT ? OFFSET ?",
                     [*params, limit, offset]).fetchall()
+                total = self.db.execute(f"SELECT count(*) FROM {source} WHERE {clause}",
+                                        params).fetchone()[0]
+                seqs = [row[0] for row in ranked]
+                ids_by_seq = dict(self.db.execute(
+                    f"SELECT seq, unit_id FROM docs WHERE seq IN ({','.join('?' * len(seqs))})",
+                    seqs).fetchall()) if seqs else {}
+                snippets = dict(self.db.execute(
+                    f"SELECT rowid, snippet(fts, 0, '{MARK_OPEN}', '{MARK_CLOSE}', '…', 16) "
+                    f"FROM fts WHERE fts MATCH ? AND rowid IN ({','.join('?' * len(seqs))})",
+                    [query, *seqs]).fetchall()) if seqs else {}
+                rows = [(ids_by_seq[seq], seq, score, snippets.get(seq, ""))
+                        for seq, score in ranked]
         except sqlite3.OperationalError as exc:
             raise QueryError(str(exc)) from None
         return total, [Hit(unit_id, seq, -score, snippet) for unit_id, seq, score, snippet in rows]
