@@ -163,6 +163,7 @@ class _Keeper(threading.Thread):
         self.stop = threading.Event()
         self.lost: str | None = None
         self.interval = max(0.05, min(lease.ttl for lease in leases) / 3)
+        self._last = time.monotonic()  # just granted: the first renewal is due later
 
     def run(self) -> None:
         try:
@@ -187,8 +188,6 @@ class _Keeper(threading.Thread):
                 self._lose(_lost(notice))
             else:
                 self._lose(f"lease lost: {exc}")
-
-    _last = 0.0
 
     def _due(self) -> bool:
         now = time.monotonic()
