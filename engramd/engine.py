@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,6 +67,7 @@ _unit_decoder = msgspec.msgpack.Decoder(Unit)
 _context_decoder = msgspec.msgpack.Decoder(Context)
 MAX_PAGE = 10_000
 INDEX_BATCH = 2000
+INDEX_RETRY_SECONDS = 1.0
 EVENT_KINDS = ("unit.created", "context.created", "context.updated", "lock.acquired",
                "lock.renewed", "lock.released", "lock.expired")
 MAX_DEPTH = 16
@@ -214,9 +216,17 @@ class Engine:
         while True:
             await self._index_wanted.wait()
             self._index_wanted = trio.Event()
-            while await trio.to_thread.run_sync(self._index_batch,
-                                                limiter=self._index_limiter):
-                pass
+            try:
+                while await trio.to_thread.run_sync(self._index_batch,
+                                                    limiter=self._index_limiter):
+                    pass
+            except (sqlite3.Error, OSError) as exc:
+                # The index is derived: a full disk or a damaged file must not take
+                # the journal down. Searches lag meanwhile (status shows by how much).
+                log.warning("search index not updated (%s); retrying in %gs", exc,
+                            INDEX_RETRY_SECONDS)
+                await trio.sleep(INDEX_RETRY_SECONDS)
+                self._index_wanted.set()
 
     def _index_batch(self) -> bool:
         """Index the next events after the index's seq; True if more may remain."""

@@ -40,7 +40,11 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 # Column weights for bm25: words in the payload count most, then identifier parts.
 WEIGHTS = (10.0, 4.0, 2.0, 1.0, 1.0, 1.0)
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
-_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9]*[a-z][A-Z][A-Za-z0-9]*")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+# A lower-case letter or digit followed by a capital: a CamelCase hump. (Simple
+# patterns only: text comes from users, and a backtracking pattern over a long
+# word would stall the indexer.)
+_HUMP = re.compile(r"[a-z0-9][A-Z]")
 _TERM = re.compile(r"\w+", re.UNICODE)
 MARK_OPEN, MARK_CLOSE = "**", "**"
 
@@ -71,7 +75,8 @@ class Hit:
 
 def identifier_parts(text: str) -> str:
     """The CamelCase identifiers of *text* split into their words."""
-    return " ".join(" ".join(_CAMEL.findall(word)) for word in _IDENTIFIER.findall(text))
+    return " ".join(" ".join(_CAMEL.findall(word)) for word in _WORD.findall(text)
+                    if _HUMP.search(word))
 
 
 def plain_query(text: str) -> str | None:
@@ -82,7 +87,7 @@ def plain_query(text: str) -> str | None:
     """
     clauses = []
     for term in _TERM.findall(text):
-        parts = _CAMEL.findall(term) if _IDENTIFIER.fullmatch(term) else []
+        parts = _CAMEL.findall(term) if _HUMP.search(term) else []
         if len(parts) > 1:
             clauses.append(f'("{term}" OR parts : "{" ".join(parts)}")')
         else:

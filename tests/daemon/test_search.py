@@ -136,3 +136,10 @@ def test_the_index_catches_up_after_a_restart_and_a_reindex(env: dict[str, str])
         engram.reindex()
         wait_until(lambda: set(ids(engram.search("zebra"))) == {first.id, second.id},
                    "rebuilt")
+
+
+def test_huge_words_do_not_stall_the_indexer(threaded_daemon: ThreadedDaemon) -> None:
+    with client(threaded_daemon.config) as engram:
+        engram.create_unit("big", "MESSAGE", "p" * 1_000_000)
+        engram.create_unit("big", "MESSAGE", "aB" * 400_000 + " needle")
+        wait_until(lambda: engram.search("needle").total == 1, "the index past huge words")
