@@ -115,11 +115,20 @@ def watch(
 
 
 def _wait_for_daemon(client: Client, interval: float) -> None:
-    while True:
-        try:
-            client.connect()
-            client.wait_ready()
-            return
-        except (DaemonUnavailable, Unavailable, ClientTimeout):
-            client.close()
-            time.sleep(interval)
+    """Reconnect to the daemon that went away, without starting one of our own.
+
+    Whoever stopped or restarts it (a supervisor, a person, a test) owns that
+    decision; a follower that started its own could race the real one.
+    """
+    autostart, client.autostart = client.autostart, False
+    try:
+        while True:
+            try:
+                client.connect()
+                client.wait_ready()
+                return
+            except (DaemonUnavailable, Unavailable, ClientTimeout):
+                client.close()
+                time.sleep(interval)
+    finally:
+        client.autostart = autostart

@@ -7,15 +7,34 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+
+import pytest
 
 from engram_cli import requests
 from engram_cli.client import Client
 from tests.conftest import WAIT, DaemonProcess, socket_answers, spawn_engramd, wait_until
 
+STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    """A failing test must not leave watchers behind (they would follow the next daemon)."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(WAIT)
+
 
 def watcher(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "engram_cli", "watch", "--json", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "engram_cli", "watch", "--json", *args],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    STARTED.append(process)
+    return process
 
 
 def seqs_of(output: str) -> list[int]:
@@ -91,6 +110,7 @@ def test_wait_exits_0_on_a_match_and_5_on_timeout(engramd: DaemonProcess) -> Non
     waiting = subprocess.Popen([sys.executable, "-m", "engram_cli", "wait", "-c", "w",
                                 "-t", "task_status", "-m", "state=done", "--timeout", "30",
                                 "--json"], env=env, stdout=subprocess.PIPE, text=True)
+    STARTED.append(waiting)
     wait_until(lambda: _watching(engramd.socket, "w"), "the waiter to subscribe")
     with Client(engramd.socket, autostart=False) as engram:
         engram.create_unit("w", "TASK_STATUS", "half", meta={"state": "running"})
