@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +28,7 @@ from engramd.commit import GroupCommitter
 from engramd.config import DaemonConfig
 from engramd.errors import BadRequest, Conflict, NotFound, StartupError, TooLarge, Unavailable
 from engramd.events import EventHub, Filter, Subscriber, describe_live
+from engramd.indexer import Indexer, open_index
 from engramd.leases import LeaseManager
 from engramd.protocol import (
     CreateContext,
@@ -56,7 +56,7 @@ from engramd.protocol.model import (
     Unit,
     UnitCreated,
 )
-from engramd.search import Document, Hit, QueryError, SearchIndex, plain_query
+from engramd.search import QueryError, plain_query
 from engramd.storage import SchemaMismatch, Store, seq_from
 from engramd.wal.log import Corruption, WriteAheadLog
 from engramd.wal.record import Entry
@@ -66,8 +66,6 @@ log = logging.getLogger("engramd.engine")
 _unit_decoder = msgspec.msgpack.Decoder(Unit)
 _context_decoder = msgspec.msgpack.Decoder(Context)
 MAX_PAGE = 10_000
-INDEX_BATCH = 2000
-INDEX_RETRY_SECONDS = 1.0
 EVENT_KINDS = ("unit.created", "context.created", "context.updated", "lock.acquired",
                "lock.renewed", "lock.released", "lock.expired")
 MAX_DEPTH = 16
@@ -129,9 +127,7 @@ class Engine:
         self.committer: GroupCommitter | None = None
         self.hub: EventHub | None = None
         self.leases: LeaseManager | None = None
-        self.index: SearchIndex | None = None
-        self._index_wanted = trio.Event()
-        self._index_limiter = trio.CapacityLimiter(1)
+        self.indexer: Indexer | None = None
         # Changes built into the batch being written, not yet in the store.
         self._units_in_flight: dict[str, Unit] = {}
         self._keys_in_flight: dict[str, str] = {}
@@ -164,16 +160,8 @@ class Engine:
             raise StartupError(
                 f"{exc}. Nothing was changed; 'engramd --repair' cuts the log there, "
                 "losing what follows") from None
-        index_path = os.path.join(self.config.data_dir, "search.db")
-        if self.config.reindex:
-            SearchIndex.destroy(index_path)
-        index = SearchIndex(index_path)
-        if index.indexed_seq > store.applied_seq:
-            # The index is ahead of the store (a store from elsewhere): start it over.
-            index.close()
-            SearchIndex.destroy(index_path)
-            index = SearchIndex(index_path)
-        self.index = index
+        self.indexer = Indexer(store, open_index(self.config.data_dir, store,
+                                                 rebuild=self.config.reindex))
         self.store, self.wal = store, wal
         log.info("journal open: seq %d, %d entries replayed, %d torn bytes cut, %.3fs",
                  recovery.last_seq, recovery.entries_replayed, recovery.truncated_bytes,
@@ -182,7 +170,7 @@ class Engine:
     async def _run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         await trio.to_thread.run_sync(self._open_storage)
-        assert self.store is not None and self.wal is not None
+        assert self.store is not None and self.wal is not None and self.indexer is not None
         self.hub = EventHub(self.store, buffer=self.config.buffer_events,
                             max_lag=self.config.max_lag_events, head=self.wal.last_seq)
         self.committer = GroupCommitter(
@@ -199,7 +187,7 @@ class Engine:
             await nursery.start(self.committer.run)
             await nursery.start(self.leases.run)
             nursery.start_soon(self._checkpoints)
-            nursery.start_soon(self._index_forever)
+            nursery.start_soon(self.indexer.run)
             self.state = "ready"
             log.info("ready")
 
@@ -208,62 +196,17 @@ class Engine:
         self._forget_in_flight()
         assert self.hub is not None
         self.hub.publish(describe_live(event) for entry in entries for event in entry.events)
-        self._index_wanted.set()
-
-    async def _index_forever(self) -> None:
-        """Feed the search index from the event log, in a worker thread, in batches."""
-        self._index_wanted.set()  # catch up with what came before this start
-        while True:
-            await self._index_wanted.wait()
-            self._index_wanted = trio.Event()
-            try:
-                while await trio.to_thread.run_sync(self._index_batch,
-                                                    limiter=self._index_limiter):
-                    pass
-            except (sqlite3.Error, OSError) as exc:
-                # The index is derived: a full disk or a damaged file must not take
-                # the journal down. Searches lag meanwhile (status shows by how much).
-                log.warning("search index not updated (%s); retrying in %gs", exc,
-                            INDEX_RETRY_SECONDS)
-                await trio.sleep(INDEX_RETRY_SECONDS)
-                self._index_wanted.set()
-
-    def _index_batch(self) -> bool:
-        """Index the next events after the index's seq; True if more may remain."""
-        assert self.store is not None and self.index is not None
-        stored = self.store.events_after(self.index.indexed_seq, INDEX_BATCH)
-        if not stored:
-            return False
-        documents = []
-        for seq, value in stored:
-            if value[:1] != b"U":
-                continue
-            unit = _unit_decoder.decode(value[1:])
-            try:
-                text: str | None = unit.payload.decode("utf-8")
-            except UnicodeDecodeError:
-                text = None
-            documents.append(Document(seq, unit.id, unit.context_id, unit.agent_id, unit.type,
-                                      int(unit.ts.timestamp() * 1_000_000), text, unit.meta))
-        self.index.add(documents, stored[-1][0])
-        return len(stored) == INDEX_BATCH
+        assert self.indexer is not None
+        self.indexer.wake()
 
     async def reindex(self) -> None:
-        """Start the index over from the store; it catches up in the background."""
         self._ready()
-
-        def rebuild() -> None:
-            assert self.index is not None
-            path = self.index.path
-            self.index.close()
-            SearchIndex.destroy(path)
-            self.index = SearchIndex(path)
-
-        await trio.to_thread.run_sync(rebuild, limiter=self._index_limiter)
-        self._index_wanted.set()
+        assert self.indexer is not None
+        await self.indexer.rebuild()
 
     async def search(self, request: Search) -> SearchResults:
         self._ready()
+        assert self.indexer is not None
         if not 1 <= request.limit <= 1000 or request.offset < 0:
             raise BadRequest("limit must be 1 to 1000 and offset at least 0")
         if len(request.query) > 4096:
@@ -280,17 +223,13 @@ class Engine:
                 edge.target for edge in related.edges}
             unit_ids.discard(related.root)
 
-        def run() -> tuple[int, list[Hit]]:
-            assert self.index is not None
-            return self.index.search(
+        try:
+            total, hits = await self.indexer.search(
                 query, contexts=request.contexts, agents=request.agents,
                 types=[validate.unit_type(kind) for kind in request.types],
                 meta=request.meta, since_us=_micros(request.since),
                 until_us=_micros(request.until), unit_ids=unit_ids, limit=request.limit,
                 offset=request.offset)
-
-        try:
-            total, hits = await trio.to_thread.run_sync(run, limiter=self._index_limiter)
         except QueryError as exc:
             raise BadRequest(f"cannot read the query: {exc}") from None
         return SearchResults(id=request.id, total=total, hits=[
@@ -323,8 +262,8 @@ class Engine:
                 self.wal.drop_through(self.store.checkpoint_seq)
                 self.wal.close()
             self.store.close()
-        if self.index is not None:
-            self.index.close()
+        if self.indexer is not None:
+            self.indexer.close()
 
     def lease_manager(self) -> LeaseManager:
         self._ready()
@@ -349,7 +288,7 @@ class Engine:
             wal_segments=len(self.wal.segments), wal_bytes=self.wal.size,
             durability=self.config.durability,
             write_error=self.committer.failure if self.committer else None,
-            indexed_seq=self.index.indexed_seq if self.index else 0)
+            indexed_seq=self.indexer.indexed_seq if self.indexer else 0)
 
     # -- state lookups, in-flight first --------------------------------------
 
