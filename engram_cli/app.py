@@ -14,7 +14,17 @@ from typing import Annotated
 import typer
 
 from engram_cli import output
-from engram_cli.commands import bench, context, daemon, info, lock, search, unit, watch
+from engram_cli.commands import (
+    bench,
+    context,
+    daemon,
+    hooks,
+    info,
+    lock,
+    search,
+    unit,
+    watch,
+)
 from engram_cli.context import CliContext
 from engram_cli.errors import EngramError, ExitCode
 
@@ -60,6 +70,7 @@ app.add_typer(daemon.app, name="daemon")
 app.add_typer(unit.app, name="unit")
 app.add_typer(context.app, name="context")
 app.add_typer(lock.app, name="lock")
+app.add_typer(hooks.app, name="hooks")
 app.command()(search.search)
 app.command()(search.trace)
 app.command()(watch.watch)

@@ -26,7 +26,15 @@ from trio_typing import TaskStatus
 from engramd import __version__, ids, validate
 from engramd.commit import GroupCommitter
 from engramd.config import DaemonConfig
-from engramd.errors import BadRequest, Conflict, NotFound, StartupError, TooLarge, Unavailable
+from engramd.errors import (
+    BadRequest,
+    Conflict,
+    EngramError,
+    NotFound,
+    StartupError,
+    TooLarge,
+    Unavailable,
+)
 from engramd.events import EventHub, Filter, Subscriber, describe_live
 from engramd.indexer import Indexer, open_index
 from engramd.leases import LeaseManager
@@ -41,6 +49,7 @@ from engramd.protocol import (
     Search,
     SearchHit,
     SearchResults,
+    SpooledUnit,
     Subscribe,
     UnitDraft,
     UnitPage,
@@ -64,6 +73,7 @@ from engramd.wal.record import Entry
 log = logging.getLogger("engramd.engine")
 
 _unit_decoder = msgspec.msgpack.Decoder(Unit)
+_spool_decoder = msgspec.json.Decoder(SpooledUnit)
 _context_decoder = msgspec.msgpack.Decoder(Context)
 MAX_PAGE = 10_000
 EVENT_KINDS = ("unit.created", "context.created", "context.updated", "lock.acquired",
@@ -190,6 +200,30 @@ class Engine:
             nursery.start_soon(self.indexer.run)
             self.state = "ready"
             log.info("ready")
+            nursery.start_soon(self._deliver_spool)
+
+    async def _deliver_spool(self) -> None:
+        """Write the units clients spooled while this daemon was away (git hooks)."""
+        directory = os.path.join(self.config.data_dir, "spool")
+        try:
+            names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
+        except FileNotFoundError:
+            return
+        delivered = 0
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                data = await trio.Path(path).read_bytes()
+                spooled = _spool_decoder.decode(data)
+                await self.create_units([spooled.draft],
+                                        Caller(agent_id=spooled.agent_id, uid=os.getuid(), pid=0))
+            except (OSError, msgspec.MsgspecError, EngramError) as exc:
+                log.warning("spooled unit %s not delivered: %s", name, exc)
+                continue
+            os.unlink(path)
+            delivered += 1
+        if delivered:
+            log.info("delivered %d spooled unit(s)", delivered)
 
     def _applied(self, entries: list[Entry]) -> None:
         """A batch is durable and in the store: drop its in-flight state, publish it."""

@@ -221,6 +221,9 @@ from engramd.protocol.messages import (
     ShuttingDown as ShuttingDown,
 )
 from engramd.protocol.messages import (
+    SpooledUnit as SpooledUnit,
+)
+from engramd.protocol.messages import (
     Subscribe as Subscribe,
 )
 from engramd.protocol.messages import (

@@ -83,6 +83,17 @@ class UnitDraft(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """Refused with ``conflict`` unless this token's lease holds the resource now."""
 
 
+class SpooledUnit(msgspec.Struct, frozen=True, kw_only=True):
+    """A unit written to ``<data dir>/spool/`` (JSON) while the daemon was unreachable.
+
+    The daemon writes spooled units when it starts, as ``agent_id``; their
+    idempotency key makes a second delivery a no-op.
+    """
+
+    agent_id: str
+    draft: UnitDraft
+
+
 class CreateUnits(ClientMessage, tag="unit.create"):
     """Write units: all or nothing, one fsync."""
 

@@ -1,0 +1,88 @@
+"""``engram hooks install|uninstall|status`` (and ``run``, which the hooks call)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from engram_cli import context, hooks
+from engram_cli.context import JsonOption
+from engram_cli.errors import EngramError, UsageProblem
+from engram_cli.gitinfo import GitError, git, toplevel
+from engram_cli.output import note
+
+app = typer.Typer(help="Record git commits, checkouts, merges and rewrites as work units.",
+                  no_args_is_help=True)
+
+RepoOption = Annotated[str, typer.Option("--repo", metavar="PATH",
+                                         help="The repository (default: here).")]
+
+
+def _repo(path: str) -> str:
+    try:
+        return toplevel(path)
+    except (GitError, OSError) as exc:
+        raise EngramError(f"not a git repository: {path} ({exc})") from None
+
+
+@app.command()
+def install(
+    ctx: typer.Context,
+    repo: RepoOption = ".",
+    context_id: Annotated[str | None, typer.Option(
+        "--context", metavar="CTX",
+        help="Record into this context (default: git:<repo>/<branch>).")] = None,
+    guard: Annotated[str, typer.Option(
+        "--guard", metavar="off|warn|block",
+        help="Before a commit, warn about or refuse staged files under another's lease.")
+    ] = "off",
+) -> None:
+    """Install the hooks; any hook already there keeps running first."""
+    if guard not in ("off", "warn", "block"):
+        raise UsageProblem("--guard takes off, warn or block")
+    names = hooks.install(_repo(repo), context=context_id, guard=guard)
+    context.get(ctx).output().line("installed: " + " ".join(names))
+
+
+@app.command()
+def uninstall(ctx: typer.Context, repo: RepoOption = ".") -> None:
+    """Remove the hooks and restore exactly what was there before."""
+    removed = hooks.uninstall(_repo(repo))
+    context.get(ctx).output().line("removed: " + (" ".join(removed) or "nothing"))
+
+
+@app.command()
+def status(ctx: typer.Context, repo: RepoOption = ".", json: JsonOption = False) -> None:
+    """Which hooks are installed, and which kept an earlier hook."""
+    top = _repo(repo)
+    out = context.get(ctx).output(json)
+    states = hooks.status(top)
+    if out.json:
+        out.json_line({"repo": top, "context": hooks.context_for(top),
+                       "hooks": [s.__dict__ for s in states]})
+        return
+    out.table("hooks", ["hook", "installed", "kept original"],
+              ([s.name, "yes" if s.installed else "no", "yes" if s.original else "no"]
+               for s in states), header=False)
+
+
+@app.command(hidden=True, context_settings={"allow_extra_args": True,
+                                            "ignore_unknown_options": True})
+def run(ctx: typer.Context, hook: str, args: Annotated[list[str] | None, typer.Argument()] = None
+        ) -> None:
+    """Called by the installed hooks: record the event (or check the guard)."""
+    cli = context.get(ctx)
+    repo = _repo(".")
+    if hook == "pre-commit":
+        mode = git(repo, "config", "--get", "engram.guard", check=False) or "off"
+        problems = hooks.guard(repo, mode, cli.socket, os.environ)
+        for problem in problems:
+            note(("refusing the commit: " if mode == "block" else "warning: ") + problem)
+        if problems and mode == "block":
+            raise typer.Exit(1)
+        return
+    stdin = "" if sys.stdin.isatty() else sys.stdin.read()
+    hooks.record(repo, hook, list(args or []), stdin, cli.socket, os.environ)

@@ -1,0 +1,63 @@
+"""What git says about a repository, for the hooks: small, synchronous, stdlib only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+
+class GitError(Exception):
+    """git failed or this is not a repository."""
+
+
+def git(repo: str, *args: str, check: bool = True) -> str:
+    result = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True,
+                            check=False)
+    if check and result.returncode != 0:
+        raise GitError(result.stderr.strip() or f"git {' '.join(args)} failed")
+    return result.stdout.strip()
+
+
+def toplevel(repo: str) -> str:
+    return git(repo, "rev-parse", "--show-toplevel")
+
+
+def hooks_dir(repo: str) -> str:
+    """The hooks directory git uses here (``core.hooksPath`` respected)."""
+    path = git(repo, "rev-parse", "--git-path", "hooks")
+    return path if os.path.isabs(path) else os.path.join(toplevel(repo), path)
+
+
+def git_dir(repo: str) -> str:
+    path = git(repo, "rev-parse", "--git-dir")
+    return path if os.path.isabs(path) else os.path.join(toplevel(repo), path)
+
+
+def repo_name(repo: str) -> str:
+    return os.path.basename(toplevel(repo))
+
+
+def branch(repo: str) -> str:
+    name = git(repo, "rev-parse", "--abbrev-ref", "HEAD", check=False)
+    return name if name and name != "HEAD" else "detached"
+
+
+def commit_info(repo: str, commit: str) -> dict[str, str]:
+    fields = git(repo, "show", "-s", "--format=%H%x00%P%x00%an <%ae>%x00%B", commit)
+    sha, parents, author, message = [*fields.split("\0", 3), "", "", ""][:4]
+    return {"commit": sha, "parents": parents, "author": author, "message": message.strip()}
+
+
+def numstat(repo: str, commit: str) -> list[tuple[str, str, str]]:
+    """``(added, removed, path)`` for each file the commit changed."""
+    out = git(repo, "show", "--numstat", "--format=", commit, check=False)
+    rows = []
+    for line in out.splitlines():
+        parts = line.split("\t", 2)
+        if len(parts) == 3:
+            rows.append((parts[0], parts[1], parts[2]))
+    return rows
+
+
+def staged_files(repo: str) -> list[str]:
+    return [p for p in git(repo, "diff", "--cached", "--name-only").splitlines() if p]
