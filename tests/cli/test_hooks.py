@@ -1,0 +1,140 @@
+"""Git hooks against a real repository and a real daemon."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engram_cli.client import Client
+from tests.conftest import WAIT, DaemonProcess, run_cli, socket_answers, spawn_engramd, wait_until
+
+
+def git(repo: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(repo), *args], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)
+
+
+@pytest.fixture
+def repo(tmp_path: Path, env: dict[str, str]) -> Path:
+    path = tmp_path / "proj"
+    path.mkdir()
+    env.update(GIT_AUTHOR_NAME="Ann", GIT_AUTHOR_EMAIL="ann@example.org",
+               GIT_COMMITTER_NAME="Ann", GIT_COMMITTER_EMAIL="ann@example.org",
+               PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    git(path, "init", "-q", "-b", "main", env=env)
+    return path
+
+
+def commit(repo: Path, env: dict[str, str], name: str, text: str, message: str) -> str:
+    (repo / name).write_text(text)
+    git(repo, "add", name, env=env)
+    git(repo, "commit", "-q", "-m", message, env=env)
+    return git(repo, "rev-parse", "HEAD", env=env).stdout.strip()
+
+
+def units(socket: str, context: str) -> list:  # type: ignore[type-arg]
+    with Client(socket, autostart=False) as engram:
+        return engram.list_units(context).units
+
+
+def test_commits_branches_merges_and_rebases_are_recorded(
+        engramd: DaemonProcess, repo: Path, env: dict[str, str]) -> None:
+    assert run_cli(env, "hooks", "install", "--repo", str(repo)).returncode == 0
+    first = commit(repo, env, "a.txt", "one\ntwo\n", "first commit")
+    second = commit(repo, env, "a.txt", "one\ntwo\nthree\n", "add a line")
+    main = units(engramd.socket, "git:proj/main")
+    assert [u.meta["git.commit"] for u in main] == [first, second]
+    assert main[1].meta["git.author"] == "Ann <ann@example.org>"
+    assert main[1].meta["git.added"] == "1" and main[1].type == "FILE_CHANGE"
+    assert main[1].payload.decode().startswith("add a line\n\n1\t0\ta.txt")
+    assert [(r.type, r.target) for r in main[1].relationships] == [("SEQUENTIAL", main[0].id)]
+    git(repo, "checkout", "-q", "-b", "feature", env=env)
+    switched = units(engramd.socket, "git:proj/feature")
+    assert switched[0].type == "SYSTEM" and switched[0].meta["git.branch"] == "feature"
+    feature = commit(repo, env, "b.txt", "b\n", "feature work")
+    git(repo, "checkout", "-q", "main", env=env)
+    commit(repo, env, "c.txt", "c\n", "main work")
+    git(repo, "merge", "-q", "--no-ff", "feature", "-m", "merge feature", env=env)
+    merged = units(engramd.socket, "git:proj/main")[-1]
+    assert merged.meta["git.hook"] == "post-merge" and merged.payload.startswith(b"merge feature")
+    git(repo, "checkout", "-q", "feature", env=env)
+    git(repo, "commit", "-q", "--amend", "-m", "feature work, amended", env=env)
+    rewritten = units(engramd.socket, "git:proj/feature")[-1]
+    assert rewritten.meta["git.rewritten-from"] == feature
+    assert rewritten.meta["git.hook"] == "post-rewrite-amend"
+
+
+def test_an_existing_hook_still_runs_and_uninstall_restores_it(
+        engramd: DaemonProcess, repo: Path, env: dict[str, str]) -> None:
+    hook = repo / ".git" / "hooks" / "post-commit"
+    original = "#!/bin/sh\necho ran >> \"$(git rev-parse --git-dir)/original.log\"\nexit 0\n"
+    hook.write_text(original)
+    hook.chmod(0o755)
+    for _ in range(2):  # installing twice changes nothing
+        assert run_cli(env, "hooks", "install", "--repo", str(repo)).returncode == 0
+    status = run_cli(env, "hooks", "status", "--repo", str(repo)).stdout
+    assert "post-commit\tyes\tyes" in status
+    commit(repo, env, "a.txt", "a\n", "one")
+    assert (repo / ".git" / "original.log").read_text() == "ran\n"
+    assert len(units(engramd.socket, "git:proj/main")) == 1
+    assert run_cli(env, "hooks", "uninstall", "--repo", str(repo)).returncode == 0
+    assert hook.read_text() == original
+    assert sorted(p.name for p in (repo / ".git" / "hooks").iterdir()
+                  if not p.name.endswith(".sample")) == ["post-commit"]
+
+
+def test_a_failing_pre_commit_hook_still_stops_the_commit(
+        engramd: DaemonProcess, repo: Path, env: dict[str, str]) -> None:
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho no >&2\nexit 3\n")
+    hook.chmod(0o755)
+    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "warn")
+    (repo / "x").write_text("x")
+    git(repo, "add", "x", env=env)
+    refused = subprocess.run(["git", "-C", str(repo), "commit", "-qm", "x"], env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0
+
+
+def test_the_guard_names_the_holder(engramd: DaemonProcess, repo: Path,
+                                    env: dict[str, str]) -> None:
+    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    with Client(engramd.socket, agent_id="other-agent", autostart=False) as other:
+        (lease,) = other.acquire_lock("proj/locked.txt", ttl=600)
+        (repo / "locked.txt").write_text("mine")
+        git(repo, "add", "locked.txt", env=env)
+        refused = subprocess.run(["git", "-C", str(repo), "commit", "-qm", "x"], env=env,
+                                 capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode == 1
+        assert "locked.txt is leased by other-agent until" in refused.stderr
+        other.release_lock(lease.lock_id)
+    git(repo, "commit", "-qm", "now it may", env=env)
+
+
+def test_with_the_daemon_down_a_commit_is_spooled_and_arrives_once(
+        engramd: DaemonProcess, repo: Path, env: dict[str, str]) -> None:
+    run_cli(env, "hooks", "install", "--repo", str(repo))
+    engramd.process.send_signal(signal.SIGTERM)
+    assert engramd.process.wait(WAIT) == 0
+    sha = commit(repo, env, "a.txt", "offline\n", "made offline")
+    spooled = list(Path(env["ENGRAM_DATA_DIR"], "spool").glob("*.json"))
+    assert len(spooled) == 1
+    # the same hook again (a retry): still one unit in the end
+    subprocess.run([sys.executable, "-m", "engram_cli", "hooks", "run", "post-commit"],
+                   cwd=repo, env={**env, "ENGRAM_NO_AUTOSTART": "1"}, check=True, timeout=60)
+    restarted = spawn_engramd(env)
+    try:
+        wait_until(lambda: socket_answers(engramd.socket), "the daemon back")
+        wait_until(lambda: not list(Path(env["ENGRAM_DATA_DIR"], "spool").glob("*.json")),
+                   "the spool delivered")
+        delivered = units(engramd.socket, "git:proj/main")
+        assert [u.meta["git.commit"] for u in delivered] == [sha]
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(WAIT)
+        restarted.communicate()
