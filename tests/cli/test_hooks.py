@@ -67,6 +67,15 @@ def test_commits_branches_merges_and_rebases_are_recorded(
     rewritten = units(engramd.socket, "git:proj/feature")[-1]
     assert rewritten.meta["git.rewritten-from"] == feature
     assert rewritten.meta["git.hook"] == "post-rewrite-amend"
+    git(repo, "checkout", "-q", "-b", "topic", "main", env=env)
+    topic = commit(repo, env, "d.txt", "d\n", "topic work")
+    git(repo, "checkout", "-q", "main", env=env)
+    commit(repo, env, "e.txt", "e\n", "more main work")
+    git(repo, "checkout", "-q", "topic", env=env)
+    git(repo, "rebase", "-q", "main", env=env)
+    rebased = units(engramd.socket, "git:proj/topic")[-1]
+    assert rebased.meta["git.hook"] == "post-rewrite-rebase"
+    assert rebased.meta["git.rewritten-from"] == topic
 
 
 def test_an_existing_hook_still_runs_and_uninstall_restores_it(
