@@ -445,6 +445,14 @@ def search_hits(out: Output, hits: list[SearchHit], units: Mapping[str, Unit]) -
     out.console.print(table)
 
 
+def related_json(found: RelatedFound) -> dict[str, Any]:
+    """Relationships around a unit as JSON (``unit related`` and ``trace``)."""
+    from engram_cli.unitjson import unit_to_json
+
+    return {"root": found.root, "edges": [to_plain_data(edge) for edge in found.edges],
+            "units": [unit_to_json(unit) for unit in found.units]}
+
+
 def trace_tree(out: Output, found: RelatedFound, label: Callable[[Unit], str]) -> None:
     """The relationships around a unit as a tree: what it points at, what points at it."""
     units = {unit.id: unit for unit in found.units}

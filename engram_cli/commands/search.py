@@ -81,9 +81,7 @@ def trace(
     out = cli.output(json)
     found = cli.client().related_units(unit_id, depth=depth)
     if out.json:
-        out.json_line({"root": found.root,
-                       "edges": [output.to_plain_data(edge) for edge in found.edges],
-                       "units": [unit_to_json(unit) for unit in found.units]})
+        out.json_line(output.related_json(found))
         return
     output.trace_tree(out, found, _label)
 

@@ -358,9 +358,7 @@ def related(
     found = cli.client().related_units(unit_id, types=type_ or [], direction=direction,
                                        depth=depth)
     if out.json:
-        out.json_line({"root": found.root,
-                       "edges": [output.to_plain_data(edge) for edge in found.edges],
-                       "units": [unit_to_json(unit) for unit in found.units]})
+        out.json_line(output.related_json(found))
         return
     by_id = {unit.id: unit for unit in found.units}
     rows = [[edge.source, edge.type, edge.target, str(edge.depth),
