@@ -109,3 +109,13 @@ def test_bad_configuration_exits_2_with_one_line(
     assert main(["--set", "limits.max_connections=-1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("engramd: error:")
+
+
+def test_the_settings_table_and_the_config_agree_on_defaults() -> None:
+    import dataclasses
+
+    from engramd.config import DaemonConfig
+
+    fields = {field.name: field.default for field in dataclasses.fields(DaemonConfig)}
+    for setting in SETTINGS:
+        assert fields[setting.attr] == setting.default, setting.key
