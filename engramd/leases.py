@@ -153,7 +153,8 @@ class LeaseManager:
                                      reason=reason, by=by)
             return Entry(first_seq=first_seq, events=[event]), None
 
-        await self.committer.commit(build)
+        with trio.CancelScope(shield=True):  # the table follows what the journal says
+            await self.committer.commit(build)
         if self.table.by_lock_id.get(lease.lock_id) is not holding:
             return
         self.table.remove(holding)
@@ -183,7 +184,10 @@ class LeaseManager:
             return Entry(first_seq=first_seq, events=list(events)), leases
 
         try:
-            leases = await self.committer.commit(build)
+            # Shielded: once submitted, the grant may be written; the table must
+            # then hold it too (a connection-bound lease is released right after).
+            with trio.CancelScope(shield=True):
+                leases = await self.committer.commit(build)
         except BaseException:
             self.table.unreserve(resources)
             self.table.pump()
@@ -232,16 +236,23 @@ class LeaseManager:
                 raise TooLarge(f"{self.max_waiters} requests already wait for {resource}")
         waiting = Waiting(agent, resources)
         self.table.enqueue(waiting)
+        handed_over = False
         try:
             with trio.move_on_after(request.wait):
                 await waiting.turn.wait()
+            if waiting.turn.is_set():
+                handed_over = True  # from here _grant owns the reservation
+                return await self._grant(resources, agent, ttl, request, session, push)
         finally:
-            if not waiting.turn.is_set():
-                self.table.dequeue(waiting)
+            if not handed_over:
+                # Timed out, or cancelled (the client left) perhaps just as our turn
+                # came: give the line, or the reservation made for us, back.
+                if waiting.turn.is_set():
+                    self.table.unreserve(resources)
+                else:
+                    self.table.dequeue(waiting)
                 self.table.pump()
-        if not waiting.turn.is_set():
-            raise Timeout(f"waited {request.wait:g}s; {self._why_held(resources)}")
-        return await self._grant(resources, agent, ttl, request, session, push)
+        raise Timeout(f"waited {request.wait:g}s; {self._why_held(resources)}")
 
     def _why_held(self, resources: list[str]) -> str:
         parts = []
@@ -289,7 +300,8 @@ class LeaseManager:
             event = LockRenewed(seq=first_seq, ts=ts, context_id="", lease=lease)
             return Entry(first_seq=first_seq, events=[event]), lease
 
-        lease = await self.committer.commit(build)
+        with trio.CancelScope(shield=True):  # the table follows what the journal says
+            lease = await self.committer.commit(build)
         holding.lease = lease
         holding.deadline = trio.current_time() + ttl
         self.table.deadline_changed.set()

@@ -346,3 +346,21 @@ def test_watch_shows_lock_events(engramd: DaemonProcess) -> None:
     assert [row[2] for row in rows] == ["lock.acquired", "lock.released"]
     assert rows[0][4] == f"shown acquired by alice (token {lease.fencing_token}, ttl 30s)"
     assert rows[1][4] == "shown released by alice: released"
+
+
+def test_a_waiter_that_goes_away_leaves_the_line(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    code = ("from engram_cli.client import Client; "
+            f"c = Client({config.socket!r}, agent_id='quitter', autostart=False); "
+            "c.acquire_lock('line', wait=300)")
+    with client(config) as holder:
+        (lease,) = holder.acquire_lock("line", ttl=60)
+        quitter = subprocess.Popen([sys.executable, "-c", code])
+        wait_until(lambda: waiters(holder, "line") == ["quitter"], "the quitter in line")
+        quitter.send_signal(signal.SIGKILL)
+        quitter.wait(WAIT)
+        wait_until(lambda: waiters(holder, "line") == [], "the line to forget it")
+        holder.release_lock(lease.lock_id)
+    with client(config, "next") as engram:
+        (mine,) = engram.acquire_lock("line", wait=5)
+    assert mine.holder == "next"
