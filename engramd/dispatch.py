@@ -188,5 +188,6 @@ class Dispatcher:
                 max_batch_units=config.max_batch_units,
             ),
             journal=engine.journal_status(),
+            stream=engine.stream_status(),
         )
 

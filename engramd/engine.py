@@ -50,6 +50,7 @@ from engramd.protocol import (
     SearchHit,
     SearchResults,
     SpooledUnit,
+    StreamStatus,
     Subscribe,
     UnitDraft,
     UnitPage,
@@ -322,7 +323,21 @@ class Engine:
             wal_segments=len(self.wal.segments), wal_bytes=self.wal.size,
             durability=self.config.durability,
             write_error=self.committer.failure if self.committer else None,
-            indexed_seq=self.indexer.indexed_seq if self.indexer else 0)
+            indexed_seq=self.indexer.indexed_seq if self.indexer else 0,
+            commit_batches=self.committer.stats.batches if self.committer else 0,
+            commit_entries=self.committer.stats.entries if self.committer else 0,
+            fsync_seconds=round(self.committer.stats.fsync_seconds, 6) if self.committer else 0.0)
+
+    def stream_status(self) -> StreamStatus | None:
+        if self.hub is None or self.leases is None:
+            return None
+        hub = self.hub.statistics()
+        return StreamStatus(subscribers=hub.subscribers, live=hub.live,
+                            published=hub.published, delivered=hub.delivered,
+                            detached_for_lag=hub.detached_for_lag,
+                            leases_held=len(self.leases.table.held),
+                            leases_granted=self.leases.granted,
+                            leases_expired=self.leases.expired)
 
     # -- state lookups, in-flight first --------------------------------------
 

@@ -224,6 +224,9 @@ from engramd.protocol.messages import (
     SpooledUnit as SpooledUnit,
 )
 from engramd.protocol.messages import (
+    StreamStatus as StreamStatus,
+)
+from engramd.protocol.messages import (
     Subscribe as Subscribe,
 )
 from engramd.protocol.messages import (

@@ -326,6 +326,24 @@ class JournalStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Why writes are refused, when they are (a failed fsync)."""
     indexed_seq: int = 0
     """The search index has taken in everything up to here (its lag: last_seq - this)."""
+    commit_batches: int = 0
+    """Group commits (one write and one fsync each) since the daemon started."""
+    commit_entries: int = 0
+    """Commits they held: entries / batches is the mean batch size."""
+    fsync_seconds: float = 0.0
+    """Time spent writing and syncing the WAL since the start."""
+
+
+class StreamStatus(msgspec.Struct, frozen=True, kw_only=True):
+    subscribers: int
+    live: int
+    """Subscribers following the live flow (the others are reading the stored log)."""
+    published: int
+    delivered: int
+    detached_for_lag: int
+    leases_held: int
+    leases_granted: int
+    leases_expired: int
 
 
 class DaemonStatus(Reply, tag="status"):
@@ -345,6 +363,8 @@ class DaemonStatus(Reply, tag="status"):
     requests_served: int
     limits: Limits
     journal: JournalStatus | None = None
+    stream: StreamStatus | None = None
+    """Live stream and lease counters (nil while recovering)."""
 
 
 class ShuttingDown(Reply, tag="shutdown"):

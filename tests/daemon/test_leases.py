@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engram_cli import requests
 from engram_cli.client import Client
 from engram_cli.errors import (
     BadRequest,
@@ -364,3 +365,17 @@ def test_a_waiter_that_goes_away_leaves_the_line(threaded_daemon: ThreadedDaemon
     with client(config, "next") as engram:
         (mine,) = engram.acquire_lock("line", wait=5)
     assert mine.holder == "next"
+
+
+def test_status_counts_commits_subscribers_and_leases(threaded_daemon: ThreadedDaemon) -> None:
+    with client(threaded_daemon.config) as engram:
+        engram.create_units([requests.draft("s", "MESSAGE", "x")] * 3)
+        engram.subscribe()
+        engram.acquire_lock("counted")
+        status = engram.status()
+    assert status.journal is not None and status.stream is not None
+    assert status.journal.commit_batches >= 2
+    assert status.journal.commit_entries >= status.journal.commit_batches
+    assert status.journal.fsync_seconds > 0
+    assert status.stream.subscribers == 1 and status.stream.leases_held == 1
+    assert status.stream.leases_granted == 1 and status.stream.published >= 5
