@@ -25,7 +25,7 @@ from engram_cli import requests
 from engram_cli.autostart import start_daemon
 from engram_cli.errors import DaemonUnavailable, EngramError, NotFound, error_from_reply
 from engram_cli.requests import Payload
-from engram_cli.settings import autostart_enabled, default_agent_id, socket_path
+from engram_cli.settings import autostart_enabled, default_agent_id, find_socket
 from engram_cli.stream import Position, Push
 from engramd.protocol import (
     CLOSED,
@@ -301,7 +301,7 @@ async def _handshake(stream: trio.SocketStream, protocol: ClientConnection) -> N
 
 @contextlib.asynccontextmanager
 async def open_client(
-    socket_path_: str | None = None,
+    socket_path: str | None = None,
     *,
     agent_id: str | None = None,
     client_name: str = "engram-trio",
@@ -315,7 +315,7 @@ async def open_client(
     """
     env = os.environ if env is None else env
     try:
-        path = socket_path(socket_path_, env)
+        path = find_socket(socket_path, env)
     except SocketPathTooLong as exc:
         raise EngramError(str(exc)) from None
     allow_start = autostart_enabled(env) if autostart is None else autostart

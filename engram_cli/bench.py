@@ -121,7 +121,8 @@ def bench_ping(target: BenchTarget) -> Measurement:
         return _timed_loop(target.count(5000), client.ping)
 
 
-def _engram_command() -> list[str]:
+def engram_command() -> list[str]:
+    """How to run this installation's ``engram`` as a process (the bench and the demo)."""
     script = os.path.join(os.path.dirname(sys.executable), "engram")
     if os.path.exists(script):
         return [script]
@@ -131,7 +132,7 @@ def _engram_command() -> list[str]:
 
 def bench_cli_ping(target: BenchTarget) -> Measurement:
     """Wall time of a whole `engram ping` process."""
-    measurement = _timed_processes(target.count(30), [*_engram_command(), "ping"], target.env)
+    measurement = _timed_processes(target.count(30), [*engram_command(), "ping"], target.env)
     measurement.note = "compare with floor.import"
     return measurement
 
@@ -424,7 +425,7 @@ def bench_lock_handover(target: BenchTarget) -> Measurement:
 def bench_lock_run(target: BenchTarget) -> Measurement:
     """Wall time of a whole `engram lock run RES -- true` process."""
     measurement = _timed_processes(target.count(30),
-                                   [*_engram_command(), "lock", "run", "bench:run", "--", "true"],
+                                   [*engram_command(), "lock", "run", "bench:run", "--", "true"],
                                    target.env)
     measurement.note = "compare with floor.flock"
     return measurement

@@ -32,7 +32,7 @@ from engram_cli.errors import (
     error_from_reply,
 )
 from engram_cli.requests import Payload
-from engram_cli.settings import autostart_enabled, default_agent_id, socket_path
+from engram_cli.settings import autostart_enabled, default_agent_id, find_socket
 from engram_cli.stream import Push, Subscription, watch
 from engramd.protocol import (
     CLOSED,
@@ -121,7 +121,7 @@ class Client:
     ) -> None:
         env = os.environ if env is None else env
         try:
-            self.socket_path = _socket_path(socket_path, env)
+            self.socket_path = find_socket(socket_path, env)
         except SocketPathTooLong as exc:
             raise EngramError(str(exc)) from None
         self.agent_id = agent_id or default_agent_id(env)
@@ -491,7 +491,3 @@ class Client:
         See :func:`engram_cli.stream.watch` for the options.
         """
         return watch(self, **options)
-
-
-def _socket_path(explicit: str | None, env: Mapping[str, str]) -> str:
-    return socket_path(explicit, env)

@@ -18,13 +18,13 @@ import tempfile
 import threading
 import time
 
-from engram_cli.bench import _engram_command
+from engram_cli.bench import engram_command
 
 
 class Demo:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
-        self.engram = _engram_command()
+        self.engram = engram_command()
 
     def run(self, *args: str, agent: str | None = None, stdin: str | None = None,
             capture: bool = False, quiet: bool = False) -> str:

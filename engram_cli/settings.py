@@ -25,6 +25,6 @@ def autostart_enabled(env: Mapping[str, str]) -> bool:
     return env.get("ENGRAM_NO_AUTOSTART", "") in ("", "0")
 
 
-def socket_path(explicit: str | None, env: Mapping[str, str]) -> str:
+def find_socket(explicit: str | None, env: Mapping[str, str]) -> str:
     """The socket path, by the same rules as engramd (raises ``SocketPathTooLong``)."""
     return resolve_socket_path(explicit, env, os.getuid())
