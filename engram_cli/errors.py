@@ -100,6 +100,13 @@ class Unavailable(DaemonError):
     exit_code = ExitCode.UNAVAILABLE
 
 
+class RateLimited(DaemonError):
+    """Over the connection's request rate: retry later (like EX_UNAVAILABLE)."""
+
+    code = ErrorCode.RATE_LIMITED
+    exit_code = ExitCode.UNAVAILABLE
+
+
 class Forbidden(DaemonError):
     code = ErrorCode.FORBIDDEN
 
@@ -115,7 +122,7 @@ class InternalError(DaemonError):
 _BY_CODE: dict[str, type[DaemonError]] = {
     cls.code: cls
     for cls in (BadRequest, NotFound, Conflict, LockHeld, Deadlock, Timeout, TooLarge,
-                Unavailable, Forbidden, VersionMismatch, InternalError)
+                Unavailable, RateLimited, Forbidden, VersionMismatch, InternalError)
 }
 
 

@@ -112,7 +112,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stream.heartbeat_seconds", float, 5.0,
             "Seconds between heartbeats on an idle subscription.", minimum=0.01),
     Setting("stream.dead_after_seconds", float, 30.0,
-            "A connection whose pushes stay unread this long is dropped.", minimum=0.1),
+            "A connection whose replies or pushes stay unread this long is dropped.",
+            minimum=0.1),
     Setting("stream.buffer_events", int, 1024,
             "Events buffered per live subscriber before it is moved back to reading "
             "from the store.", minimum=1),
@@ -138,6 +139,18 @@ SETTINGS: tuple[Setting, ...] = (
             "reading that connection until one finishes.", minimum=1),
     Setting("limits.handshake_timeout", float, 10.0,
             "Seconds a new connection has to complete its hello.", minimum=0.1),
+    Setting("limits.frame_timeout", float, 10.0,
+            "Seconds a frame may take to arrive once its first byte has; a peer that "
+            "stops mid-frame is dropped.", minimum=0.1),
+    Setting("limits.rate_per_second", float, 0.0,
+            "Requests per second one connection may send on average (a token bucket); "
+            "over it, requests are answered at once with rate_limited. 0 turns it off.",
+            minimum=0),
+    Setting("limits.rate_burst", int, 200,
+            "Requests one connection may send at once before the rate applies.", minimum=1),
+    Setting("auth.require_tokens", bool, False,
+            "Connections must present an agent token (engram agent token create); the "
+            "connection then acts as the token's agent only.",),
 )
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
 
@@ -176,6 +189,10 @@ class DaemonConfig:
     max_connections: int = 256
     max_inflight_per_connection: int = 64
     handshake_timeout: float = 10.0
+    frame_timeout: float = 10.0
+    rate_per_second: float = 0.0
+    rate_burst: int = 200
+    require_tokens: bool = False
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     """Where each value came from: ``default``, ``file``, ``env:NAME`` or ``flag``."""
 

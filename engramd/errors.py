@@ -57,6 +57,12 @@ class Unavailable(EngramError):
     code = ErrorCode.UNAVAILABLE
 
 
+class RateLimited(EngramError):
+    """The connection is over its request rate."""
+
+    code = ErrorCode.RATE_LIMITED
+
+
 class Forbidden(EngramError):
     code = ErrorCode.FORBIDDEN
 

@@ -50,6 +50,7 @@ from engramd.protocol import (
     Welcome,
     encode_frame,
 )
+from engramd.ratelimit import TokenBucket
 
 log = logging.getLogger("engramd.server")
 
@@ -103,17 +104,31 @@ class Session:
     subscriptions: dict[int, trio.CancelScope] = field(default_factory=dict)
     peer_closed: bool = False
     """The client hung up (as opposed to the daemon stopping or dropping it)."""
+    write_timeout: float = 30.0
+    rate: TokenBucket | None = None
 
     async def send(self, message: ServerMessage) -> None:
-        data = self.protocol.send(message)
-        async with self.send_lock:
-            await self.stream.send_all(data)
+        await self._write(self.protocol.send(message))
 
     async def push(self, body: bytes) -> None:
         """Write one pushed message (already encoded) as a frame."""
-        data = encode_frame(body)
+        await self._write(encode_frame(body))
+
+    async def _write(self, data: bytes) -> None:
+        """Write one frame; a peer that leaves it unread ``write_timeout`` is cut off.
+
+        Closing the stream wakes every task of the connection (its reader and
+        any writer queued on the lock) with ``ClosedResourceError``, so a peer
+        that reads nothing holds no task, buffer or slot past the timeout.
+        """
         async with self.send_lock:
-            await self.stream.send_all(data)
+            with trio.move_on_after(self.write_timeout) as scope:
+                await self.stream.send_all(data)
+        if scope.cancelled_caught:
+            log.warning("pid %d read nothing for %gs; dropping the connection",
+                        self.peer.pid, self.write_timeout)
+            await trio.aclose_forcefully(self.stream)
+            raise trio.ClosedResourceError("the peer stopped reading")
 
 
 class Server:
@@ -176,7 +191,11 @@ class Server:
         session: Session | None = None
         try:
             peer = peer_credentials(stream.socket)
-            session = Session(stream, peer, ServerConnection(self.config.max_frame_bytes))
+            session = Session(stream, peer, ServerConnection(self.config.max_frame_bytes),
+                              write_timeout=self.config.dead_after_seconds)
+            if self.config.rate_per_second > 0:
+                session.rate = TokenBucket(self.config.rate_per_second,
+                                           self.config.rate_burst, trio.current_time())
             if peer.uid != self._uid:
                 log.warning("refused pid %d: uid %d is not ours", peer.pid, peer.uid)
                 await self._goodbye(session, ErrorCode.FORBIDDEN,
@@ -242,8 +261,7 @@ class Server:
         while True:
             event = protocol.next_event()
             if event is NEED_DATA:
-                data = await session.stream.receive_some(_RECEIVE_SIZE)
-                protocol.receive_data(data)
+                await self._receive(session)
                 continue
             if event is CLOSED:
                 session.peer_closed = True
@@ -256,8 +274,27 @@ class Server:
                 if not await self._welcome(session, event):
                     return
                 continue
+            if session.rate is not None:
+                wait = session.rate.take(trio.current_time())
+                if wait:
+                    await session.send(ErrorReply(
+                        id=event.id, code=ErrorCode.RATE_LIMITED,
+                        message=f"over {self.config.rate_per_second:g} requests/s on this "
+                                f"connection; retry in {wait:.3f}s"))
+                    continue
             await inflight.acquire()
             requests.start_soon(self._run_request, session, inflight, event)
+
+    async def _receive(self, session: Session) -> None:
+        """Read more bytes; a peer that stops in the middle of a frame is dropped."""
+        if not session.protocol.mid_frame:
+            session.protocol.receive_data(await session.stream.receive_some(_RECEIVE_SIZE))
+            return
+        with trio.move_on_after(self.config.frame_timeout):
+            session.protocol.receive_data(await session.stream.receive_some(_RECEIVE_SIZE))
+            return
+        raise RemoteProtocolError(
+            f"frame not completed within {self.config.frame_timeout:g}s")
 
     async def _welcome(self, session: Session, hello: Hello) -> bool:
         problem = None
@@ -317,25 +354,14 @@ class Server:
                                 scope: trio.CancelScope) -> None:
         hub = self.engine.hub
         assert hub is not None
-        dead_after = self.config.dead_after_seconds
-
-        async def push(body: bytes) -> None:
-            with trio.fail_after(dead_after):
-                await session.push(body)
-
         with scope:
             try:
-                await hub.serve(subscriber, push, encode_event_push)
-            except trio.TooSlowError:
-                log.warning("pid %d read nothing for %gs; dropping the connection",
-                            session.peer.pid, dead_after)
+                await hub.serve(subscriber, session.push, encode_event_push)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # Gone, or cut off by Session.write: end the whole connection.
                 session.reader_scope.cancel()
                 if session.streams is not None:
                     session.streams.cancel_scope.cancel()
-                # Replies stuck on the full socket fail at once instead of waiting.
-                await trio.aclose_forcefully(session.stream)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
         session.subscriptions.pop(subscriber.id, None)
 
     async def _run_request(

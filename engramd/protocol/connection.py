@@ -97,6 +97,11 @@ class ServerConnection:
     def receive_data(self, data: bytes) -> None:
         self._frames.receive_data(data)
 
+    @property
+    def mid_frame(self) -> bool:
+        """Part of a frame has arrived and the rest has not (call after ``NEED_DATA``)."""
+        return self._frames.buffered > 0
+
     def next_event(self) -> ClientMessage | InvalidMessage | _Sentinel:
         """Return the next client message.
 

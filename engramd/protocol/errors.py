@@ -30,6 +30,8 @@ class ErrorCode(enum.StrEnum):
     """A frame, payload or batch exceeds a configured limit."""
     UNAVAILABLE = "unavailable"
     """The daemon cannot serve this now (recovering, shutting down, full, failed)."""
+    RATE_LIMITED = "rate_limited"
+    """The connection sent requests faster than its configured rate; retry later."""
     FORBIDDEN = "forbidden"
     """The peer is not allowed to do this (another uid, a missing token)."""
     VERSION_MISMATCH = "version_mismatch"

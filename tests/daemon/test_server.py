@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import msgspec
 import pytest
@@ -10,11 +11,12 @@ import trio
 
 from engram_cli.aclient import open_client
 from engram_cli.client import Client
-from engram_cli.errors import Unavailable, VersionMismatch
+from engram_cli.errors import RateLimited, Unavailable, VersionMismatch
 from engramd.config import DaemonConfig
 from engramd.protocol import (
     PROTOCOL_VERSION,
     ErrorReply,
+    GetStatus,
     Hello,
     Ping,
     Pong,
@@ -217,3 +219,55 @@ def test_error_reply_without_id_is_sent_as_error_frame(threaded_daemon: Threaded
     raw.send_raw(b"\x00\x00\x00\x00")
     error = raw.receive()
     assert isinstance(error, ErrorReply) and error.id is None
+
+
+def test_a_peer_that_stops_mid_frame_is_dropped(env: dict[str, str]) -> None:
+    config = make_config(env, **{"limits.frame_timeout": "0.3"})
+    with start_threaded(config) as running:
+        raw = greeted(config)
+        frame = encode_frame(msgspec.msgpack.encode(Ping(id=2)))
+        raw.send_raw(frame[:3])
+        assert_still_serving(config)
+        error = raw.receive_error()
+        assert error.code == "bad_request" and "frame not completed" in error.message
+        assert raw.closed_by_peer()
+        assert running.server is not None
+        wait_until(lambda: running.server.connection_count == 0, "the slot given back")
+
+
+def test_a_peer_that_reads_no_replies_is_dropped(env: dict[str, str]) -> None:
+    config = make_config(env, **{"stream.dead_after_seconds": "0.5"})
+    with start_threaded(config) as running:
+        raw = greeted(config)
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # Pipeline far more replies than the socket buffers hold, and read none.
+        for request_id in range(2, 5000):
+            try:
+                raw.send(GetStatus(id=request_id))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        assert running.server is not None
+        with client(config) as other:
+            wait_until(lambda: other.ping() and running.server.connection_count == 1,
+                       "the silent reader dropped")
+
+
+def test_a_connection_over_its_rate_is_answered_rate_limited(env: dict[str, str]) -> None:
+    config = make_config(env, **{"limits.rate_per_second": "0.01", "limits.rate_burst": "3"})
+    with start_threaded(config):
+        raw = greeted(config)
+        for request_id in range(2, 12):
+            raw.send(Ping(id=request_id))
+        replies = [raw.receive() for _ in range(10)]
+        granted = [reply for reply in replies if isinstance(reply, Pong)]
+        limited = [reply for reply in replies if isinstance(reply, ErrorReply)]
+        assert len(granted) == 3 and len(limited) == 7
+        assert all(error.code == "rate_limited" and "retry in" in error.message
+                   for error in limited)
+        assert_still_serving(config)  # a new connection has its own bucket
+        with client(config) as engram:
+            for _ in range(3):
+                engram.ping()
+            with pytest.raises(RateLimited) as caught:
+                engram.ping()
+            assert caught.value.exit_code == 69
