@@ -25,7 +25,7 @@ from engram_cli import requests
 from engram_cli.autostart import start_daemon
 from engram_cli.errors import DaemonUnavailable, EngramError, NotFound, error_from_reply
 from engram_cli.requests import Payload
-from engram_cli.settings import autostart_enabled, default_agent_id, find_socket
+from engram_cli.settings import autostart_enabled, default_agent_id, default_token, find_socket
 from engram_cli.stream import Position, Push
 from engramd.protocol import (
     CLOSED,
@@ -307,6 +307,7 @@ async def open_client(
     client_name: str = "engram-trio",
     autostart: bool | None = None,
     connect_timeout: float = 10.0,
+    token: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[AsyncClient]:
     """Connect to engramd (starting it if allowed) and yield an :class:`AsyncClient`.
@@ -320,7 +321,8 @@ async def open_client(
         raise EngramError(str(exc)) from None
     allow_start = autostart_enabled(env) if autostart is None else autostart
     protocol = ClientConnection(
-        client_name=client_name, agent_id=agent_id or default_agent_id(env)
+        client_name=client_name, agent_id=agent_id or default_agent_id(env),
+        token=token or default_token(env),
     )
     with trio.fail_after(connect_timeout if connect_timeout else math.inf):
         try:

@@ -15,6 +15,7 @@ import typer
 
 from engram_cli import output
 from engram_cli.commands import (
+    agent,
     bench,
     context,
     daemon,
@@ -66,11 +67,13 @@ def _root(
 app.command()(info.ping)
 app.command()(info.status)
 app.command()(info.version)
+app.command()(info.stats)
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(unit.app, name="unit")
 app.add_typer(context.app, name="context")
 app.add_typer(lock.app, name="lock")
 app.add_typer(hooks.app, name="hooks")
+app.add_typer(agent.app, name="agent")
 app.command()(search.search)
 app.command()(search.trace)
 app.command()(watch.watch)

@@ -32,7 +32,13 @@ from engram_cli.errors import (
     error_from_reply,
 )
 from engram_cli.requests import Payload
-from engram_cli.settings import autostart_enabled, default_agent_id, find_socket
+from engram_cli.settings import (
+    autostart_enabled,
+    default_agent_id,
+    default_token,
+    find_socket,
+    read_admin_token,
+)
 from engram_cli.stream import Push, Subscription, watch
 from engramd.protocol import (
     CLOSED,
@@ -46,6 +52,8 @@ from engramd.protocol import (
     Context,
     ContextFound,
     ContextPage,
+    CreateToken,
+    DaemonStats,
     DaemonStatus,
     Done,
     ErrorReply,
@@ -53,6 +61,7 @@ from engramd.protocol import (
     EventPush,
     GetContext,
     GetLock,
+    GetStats,
     GetStatus,
     GetUnits,
     Heartbeat,
@@ -61,6 +70,7 @@ from engramd.protocol import (
     LeaseLost,
     LeaseRenewed,
     ListLocks,
+    ListTokens,
     LockFound,
     LockPage,
     LocksGranted,
@@ -72,6 +82,7 @@ from engramd.protocol import (
     RelatedFound,
     ReleaseLock,
     RenewLock,
+    RevokeTokens,
     Search,
     SearchResults,
     ServerMessage,
@@ -79,6 +90,10 @@ from engramd.protocol import (
     ShuttingDown,
     SocketPathTooLong,
     Subscribed,
+    TokenCreated,
+    TokenInfo,
+    TokenPage,
+    TokensRevoked,
     Unit,
     UnitDraft,
     UnitPage,
@@ -107,6 +122,9 @@ class Client:
         autostart: start engramd when nothing answers; by default on unless
             ``ENGRAM_NO_AUTOSTART=1``.
         timeout: seconds to wait for any one reply.
+        token: the agent token to present; by default ``ENGRAM_TOKEN``.
+        admin: present the daemon's admin token instead (read from beside the
+            socket; token management needs it).
     """
 
     def __init__(
@@ -117,6 +135,8 @@ class Client:
         client_name: str = "engram-python",
         autostart: bool | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        admin: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if env is None else env
@@ -128,6 +148,8 @@ class Client:
         self.client_name = client_name
         self.autostart = autostart_enabled(env) if autostart is None else autostart
         self.timeout = timeout
+        self.token = token or default_token(env)
+        self.admin = admin
         self._env = env
         self._sock: socket.socket | None = None
         self._protocol: ClientConnection | None = None
@@ -165,7 +187,9 @@ class Client:
     def _adopt(self, sock: socket.socket) -> None:
         """Shake hands on a freshly connected socket."""
         self._sock = sock
-        self._protocol = ClientConnection(client_name=self.client_name, agent_id=self.agent_id)
+        token = self._admin_token() if self.admin else self.token
+        self._protocol = ClientConnection(client_name=self.client_name, agent_id=self.agent_id,
+                                          token=token)
         try:
             self._send_bytes(self._protocol.hello(PROTOCOL_VERSION))
             reply = self._next_message()
@@ -175,6 +199,14 @@ class Client:
         if isinstance(reply, ErrorReply):
             self.close()
             raise error_from_reply(reply)
+
+    def _admin_token(self) -> str | None:
+        """The admin token, or the agent token when it cannot be read (the daemon
+        then decides, and says what is missing)."""
+        try:
+            return read_admin_token(self.socket_path)
+        except OSError:
+            return self.token
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> DaemonStatus:
         """Wait (bounded) until the daemon has finished recovering its journal."""
@@ -360,6 +392,10 @@ class Client:
     def status(self) -> DaemonStatus:
         return self.request(GetStatus(id=self.next_id()), DaemonStatus)
 
+    def stats(self) -> DaemonStats:
+        """Counters, gauges and latency histograms (see SPECS.md, engram stats)."""
+        return self.request(GetStats(id=self.next_id()), DaemonStats)
+
     def shutdown(self) -> ShuttingDown:
         """Ask the daemon to stop; it answers before it goes."""
         return self.request(Shutdown(id=self.next_id()), ShuttingDown)
@@ -468,6 +504,19 @@ class Client:
     def reindex(self) -> None:
         """Rebuild the search index from the store (it catches up in the background)."""
         self.request(Reindex(id=self.next_id()), Done)
+
+    def create_token(self, agent: str) -> TokenCreated:
+        """Issue a token for *agent*; needs a client made with ``admin=True``."""
+        return self.request(CreateToken(id=self.next_id(), agent=agent), TokenCreated)
+
+    def list_tokens(self) -> list[TokenInfo]:
+        return self.request(ListTokens(id=self.next_id()), TokenPage).tokens
+
+    def revoke_tokens(self, *, agent: str | None = None,
+                      token_id: str | None = None) -> list[TokenInfo]:
+        """Revoke one token by id, or every token of *agent*; their connections close."""
+        request = RevokeTokens(id=self.next_id(), agent=agent, token_id=token_id)
+        return self.request(request, TokensRevoked).tokens
 
     def lease_lost(self, timeout: float | None) -> LeaseLost | None:
         """Wait up to *timeout* for the daemon to say a lease of ours was lost."""

@@ -22,19 +22,19 @@ class CliContext:
     json: bool
     _client: Client | None = None
 
-    def client(self, *, autostart: bool | None = None) -> Client:
+    def client(self, *, autostart: bool | None = None, admin: bool = False) -> Client:
         """A connected client (starting the daemon unless told not to)."""
         if self._client is None:
             client = Client(self.socket, agent_id=self.agent, client_name="engram-cli",
-                            autostart=autostart)
+                            autostart=autostart, admin=admin)
             client.connect()
             self._client = client
         return self._client
 
     def unconnected_client(self) -> Client:
-        """A client that has resolved its paths but not touched the socket."""
+        """An admin client (daemon management) that has not touched the socket yet."""
         return Client(self.socket, agent_id=self.agent, client_name="engram-cli",
-                      autostart=False)
+                      autostart=False, admin=True)
 
     def output(self, json: bool = False) -> Output:
         return Output(json=json or self.json)

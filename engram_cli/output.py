@@ -79,6 +79,11 @@ class Output:
         self.stream.write(_json_encoder.encode(to_plain_data(value)).decode() + "\n")
         self.stream.flush()
 
+    def write(self, text: str) -> None:
+        """Text exactly as given (a format of its own, such as Prometheus')."""
+        self.stream.write(text)
+        self.stream.flush()
+
     def line(self, text: str, *, style: str | None = None) -> None:
         if self.is_terminal and style:
             self.console.print(text, style=style, markup=False)

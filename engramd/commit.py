@@ -32,6 +32,7 @@ import trio
 from trio_typing import TaskStatus
 
 from engramd.errors import EngramError, Unavailable
+from engramd.metrics import Histogram
 from engramd.storage import Store
 from engramd.wal.log import SyncFailed, WriteAheadLog, WriteFailed
 from engramd.wal.record import Entry, encode_record
@@ -74,6 +75,7 @@ class GroupCommitter:
         checkpoint_bytes: int,
         on_applied: Callable[[list[Entry]], None],
         on_aborted: Callable[[], None],
+        fsync: Histogram | None = None,
     ) -> None:
         self.wal = wal
         self.store = store
@@ -90,8 +92,15 @@ class GroupCommitter:
         self.limiter = trio.CapacityLimiter(1)
         """Serializes every use of the WAL file from worker threads."""
         self.stats = CommitStatistics()
+        self.fsync = fsync if fsync is not None else Histogram()
+        """How long each batch's write + fdatasync took."""
         self.bytes_since_checkpoint = 0
         self.checkpoint_wanted = trio.Event()
+
+    @property
+    def queue_depth(self) -> int:
+        """Changes waiting for the next batch."""
+        return len(self._queue)
 
     async def commit(self, build: Build[T]) -> T:
         """Build, write and apply one change; return what *build* returned with it.
@@ -172,7 +181,9 @@ class GroupCommitter:
     def _write(self, entries: list[Entry], data: bytes) -> None:
         started = time.perf_counter()
         self.wal.append(entries[0].first_seq, entries[-1].last_seq, data)
-        self.stats.fsync_seconds += time.perf_counter() - started
+        took = time.perf_counter() - started
+        self.stats.fsync_seconds += took
+        self.fsync.observe(took)
         self.store.apply(entries)
 
     def _abort(self, built: list[_Submission[Any]], exc: BaseException, *, fatal: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -17,6 +18,7 @@ import msgspec
 
 from engramd.engine import Caller, Engine
 from engramd.errors import BadRequest, EngramError
+from engramd.metrics import resident_bytes
 from engramd.protocol import (
     PROTOCOL_VERSION,
     AckCursor,
@@ -27,12 +29,14 @@ from engramd.protocol import (
     ContextPage,
     CreateContext,
     CreateUnits,
+    DaemonStats,
     DaemonStatus,
     Done,
     ErrorCode,
     ErrorReply,
     GetContext,
     GetLock,
+    GetStats,
     GetStatus,
     GetUnits,
     LeaseRenewed,
@@ -68,6 +72,9 @@ class ServerView(Protocol):
     @property
     def requests_served(self) -> int: ...
 
+    @property
+    def requests_in_flight(self) -> int: ...
+
 
 class Dispatcher:
     def __init__(self, engine: Engine, server: ServerView) -> None:
@@ -81,17 +88,26 @@ class Dispatcher:
     async def guard(self, request: ClientMessage,
                     handle: Callable[[], Awaitable[ServerMessage]]) -> ServerMessage:
         """Run *handle*, turning its errors into the error reply to *request*."""
+        started = time.perf_counter()
+        reply: ServerMessage
         try:
-            return await handle()
+            reply = await handle()
         except EngramError as exc:
-            return ErrorReply(id=request.id, code=exc.code, message=str(exc))
+            reply = ErrorReply(id=request.id, code=exc.code, message=str(exc))
         except Exception:
             log.exception("internal error while handling %s", type(request).__name__)
-            return ErrorReply(
+            reply = ErrorReply(
                 id=request.id,
                 code=ErrorCode.INTERNAL,
                 message="internal error; see the daemon log",
             )
+        metrics = self.engine.metrics
+        op = request.__struct_config__.tag
+        metrics.observe(f'request_seconds{{op="{op}"}}', time.perf_counter() - started)
+        metrics.count(f'requests_total{{op="{op}"}}')
+        if isinstance(reply, ErrorReply):
+            metrics.count(f'errors_total{{code="{reply.code}"}}')
+        return reply
 
     async def _handle(self, request: ClientMessage, caller: Caller) -> ServerMessage:
         engine = self.engine
@@ -155,12 +171,49 @@ class Dispatcher:
                 )
             case GetStatus():
                 return self._status(request.id)
+            case GetStats():
+                return self._stats(request.id)
             case Shutdown():
                 log.info("shutdown requested by a client")
                 engine.request_shutdown()
                 return ShuttingDown(id=request.id, pid=os.getpid())
             case _:
                 raise BadRequest(f"unsupported request {type(request).__name__}")
+
+    def _stats(self, request_id: int) -> DaemonStats:
+        engine = self.engine
+        metrics = engine.metrics
+        counters = dict(metrics.counters)
+        gauges: dict[str, float] = {
+            "uptime_seconds": round(engine.uptime, 3),
+            "resident_memory_bytes": resident_bytes(),
+            "connections": self.server.connection_count,
+            "requests_in_flight": self.server.requests_in_flight,
+        }
+        journal = engine.journal_status()
+        if journal is not None:
+            gauges.update(units=journal.units, contexts=journal.contexts,
+                          last_seq=journal.last_seq, wal_bytes=journal.wal_bytes,
+                          wal_segments=journal.wal_segments,
+                          index_lag_events=journal.last_seq - journal.indexed_seq,
+                          journal_failed=int(journal.write_error is not None))
+            counters.update(commit_batches_total=journal.commit_batches,
+                            commit_entries_total=journal.commit_entries)
+        if engine.committer is not None:
+            gauges["commit_queue"] = engine.committer.queue_depth
+        stream = engine.stream_status()
+        if stream is not None:
+            gauges.update(subscribers=stream.subscribers, live_subscribers=stream.live,
+                          leases_held=stream.leases_held)
+            counters.update(events_published_total=stream.published,
+                            events_delivered_total=stream.delivered,
+                            subscribers_detached_total=stream.detached_for_lag,
+                            leases_granted_total=stream.leases_granted,
+                            leases_expired_total=stream.leases_expired)
+        return DaemonStats(
+            id=request_id, counters=dict(sorted(counters.items())), gauges=gauges,
+            histograms={name: histogram.data()
+                        for name, histogram in sorted(metrics.histograms.items())})
 
     def _status(self, request_id: int) -> DaemonStatus:
         engine = self.engine

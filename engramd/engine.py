@@ -38,6 +38,7 @@ from engramd.errors import (
 from engramd.events import EventHub, Filter, Subscriber, describe_live
 from engramd.indexer import Indexer, open_index
 from engramd.leases import LeaseManager
+from engramd.metrics import Metrics
 from engramd.protocol import (
     CreateContext,
     JournalStatus,
@@ -125,6 +126,7 @@ class Engine:
         self._started_monotonic = time.monotonic()
         self.state = "recovering"
         self.shutdown_requested = trio.Event()
+        self.metrics = Metrics()
         self.limits = validate.WriteLimits(
             max_payload_bytes=config.max_payload_bytes,
             max_batch_units=config.max_batch_units,
@@ -183,12 +185,14 @@ class Engine:
         await trio.to_thread.run_sync(self._open_storage)
         assert self.store is not None and self.wal is not None and self.indexer is not None
         self.hub = EventHub(self.store, buffer=self.config.buffer_events,
-                            max_lag=self.config.max_lag_events, head=self.wal.last_seq)
+                            max_lag=self.config.max_lag_events, head=self.wal.last_seq,
+                            fanout=self.metrics.histograms["fanout_seconds"])
         self.committer = GroupCommitter(
             self.wal, self.store, batch_size=self.config.batch_size,
             window=self.config.window_ms / 1000,
             checkpoint_bytes=self.config.checkpoint_bytes,
-            on_applied=self._applied, on_aborted=self._forget_in_flight)
+            on_applied=self._applied, on_aborted=self._forget_in_flight,
+            fsync=self.metrics.histograms["fsync_seconds"])
         self.leases = LeaseManager(
             self.store, self.committer, default_ttl=self.config.default_ttl,
             max_ttl=self.config.max_ttl, max_per_agent=self.config.max_leases_per_agent,

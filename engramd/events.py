@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import msgspec
 import trio
 
+from engramd.metrics import Histogram
 from engramd.protocol import Heartbeat, Lagged
 from engramd.protocol.messages import Subscribe
 from engramd.protocol.model import AnyEvent, ContextChange, UnitCreated
@@ -193,8 +194,8 @@ class Subscriber:
     """The last seq this subscriber was sent (or skipped past)."""
     heartbeat: float
     cursor_name: str | None = None
-    _send: trio.MemorySendChannel[Described] | None = None
-    _receive: trio.MemoryReceiveChannel[Described] | None = None
+    _send: trio.MemorySendChannel[tuple[Described, float]] | None = None
+    _receive: trio.MemoryReceiveChannel[tuple[Described, float]] | None = None
     was_live: bool = False
 
 
@@ -219,9 +220,12 @@ class EventHub:
     published: int = 0
     delivered: int = 0
     detached_for_lag: int = 0
+    fanout: Histogram = field(default_factory=Histogram)
+    """From publication (durable, applied) to the push written to a live subscriber."""
 
     def publish(self, events: Iterable[Described]) -> None:
         """Hand durable events to live subscribers; never waits."""
+        now = trio.current_time()
         for event in events:
             self.head = max(self.head, event.seq)
             self.published += 1
@@ -230,13 +234,13 @@ class EventHub:
                     continue
                 assert subscriber._send is not None
                 try:
-                    subscriber._send.send_nowait(event)
+                    subscriber._send.send_nowait((event, now))
                 except trio.WouldBlock:
                     self._detach(subscriber)
                     self.detached_for_lag += 1
 
     def _attach(self, subscriber: Subscriber) -> None:
-        send, receive = trio.open_memory_channel[Described](self.buffer)
+        send, receive = trio.open_memory_channel[tuple[Described, float]](self.buffer)
         subscriber._send, subscriber._receive = send, receive
         self._live.add(subscriber)
         subscriber.was_live = True
@@ -308,7 +312,7 @@ class EventHub:
                 subscriber.cursor = max(subscriber.cursor, self.head)
             with trio.move_on_after(subscriber.heartbeat or math.inf) as idle:
                 try:
-                    event = await receive.receive()
+                    event, published = await receive.receive()
                 except trio.EndOfChannel:
                     return  # detached for lag: back to the store
             if idle.cancelled_caught:
@@ -319,5 +323,6 @@ class EventHub:
             if event.seq <= subscriber.cursor:
                 continue  # already sent during catch-up
             await push(encode_push(subscriber.id, event.data))
+            self.fanout.observe(trio.current_time() - published)
             self.delivered += 1
             subscriber.cursor = event.seq

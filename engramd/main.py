@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -22,9 +23,12 @@ from engramd import __version__
 from engramd.config import SETTINGS, ConfigError, DaemonConfig, load_config
 from engramd.engine import Engine, open_engine
 from engramd.errors import StartupError
+from engramd.protocol import admin_token_path
+from engramd.protocol.logline import format_line
 from engramd.runtime import LockFile, claim_runtime
 from engramd.server import Server
 from engramd.storage import Store
+from engramd.tokens import Authenticator, TokenRegistry
 from engramd.wal.log import Corruption, WriteAheadLog, cut_log
 
 log = logging.getLogger("engramd")
@@ -87,10 +91,18 @@ def print_config(config: DaemonConfig) -> None:
         print(f"{key:<{width}} = {shown!s:<40} # {source}")
 
 
-class _UTCFormatter(logging.Formatter):
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+class LogfmtFormatter(logging.Formatter):
+    """Log records as logfmt lines (:mod:`engramd.protocol.logline`), times in UTC."""
+
+    def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"{stamp}.{int(record.msecs):03d}Z"
+        message = record.getMessage()
+        pairs = [("ts", f"{stamp}.{int(record.msecs):03d}Z"),
+                 ("level", record.levelname.lower()), ("pid", str(record.process)),
+                 ("logger", record.name), ("msg", message)]
+        if record.exc_info:
+            pairs.append(("exc", self.formatException(record.exc_info)))
+        return format_line(pairs)
 
 
 def setup_logging(config: DaemonConfig) -> None:
@@ -99,9 +111,7 @@ def setup_logging(config: DaemonConfig) -> None:
         handler = logging.FileHandler(config.log_file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _UTCFormatter(f"%(asctime)s engramd[{os.getpid()}] %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(LogfmtFormatter())
     root = logging.getLogger("engramd")
     root.handlers[:] = [handler]
     root.setLevel(config.log_level.upper())
@@ -120,20 +130,33 @@ async def run_daemon(
         StartupError: the data dir or socket cannot be claimed.
     """
     with claim_runtime(config.socket, config.data_dir) as listen_socket:
-        async with open_engine(config) as engine:
-            server = Server(config, engine)
-            async with trio.open_nursery() as nursery:
-                signal_scope = trio.CancelScope()
-                if handle_signals:
-                    nursery.start_soon(_stop_on_signal, engine, signal_scope)
-                await nursery.start(server.serve, listen_socket)
-                log.info("engramd %s ready on %s (data dir %s)", __version__,
-                         config.socket, config.data_dir)
-                task_status.started(server)
-                await engine.shutdown_requested.wait()
-                # The server finishes its graceful stop inside this nursery.
-                signal_scope.cancel()
+        authenticator = Authenticator(TokenRegistry(config.data_dir),
+                                      admin_token_path(config.socket),
+                                      require_tokens=config.require_tokens)
+        authenticator.publish_admin_token()
+        try:
+            await _serve(config, listen_socket, authenticator, handle_signals, task_status)
+        finally:
+            authenticator.withdraw_admin_token()
     log.info("stopped")
+
+
+async def _serve(config: DaemonConfig, listen_socket: socket.socket,
+                 authenticator: Authenticator, handle_signals: bool,
+                 task_status: TaskStatus[Server]) -> None:
+    async with open_engine(config) as engine:
+        server = Server(config, engine, authenticator)
+        async with trio.open_nursery() as nursery:
+            signal_scope = trio.CancelScope()
+            if handle_signals:
+                nursery.start_soon(_stop_on_signal, engine, signal_scope)
+            await nursery.start(server.serve, listen_socket)
+            log.info("engramd %s ready on %s (data dir %s)", __version__,
+                     config.socket, config.data_dir)
+            task_status.started(server)
+            await engine.shutdown_requested.wait()
+            # The server finishes its graceful stop inside this nursery.
+            signal_scope.cancel()
 
 
 async def _stop_on_signal(engine: Engine, scope: trio.CancelScope) -> None:

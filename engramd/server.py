@@ -19,38 +19,47 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
 import trio
 from trio_typing import TaskStatus
 
+from engramd import validate
 from engramd.config import DaemonConfig
 from engramd.dispatch import Dispatcher
 from engramd.engine import Caller, Engine
-from engramd.errors import NotFound, TooLarge
+from engramd.errors import Forbidden, NotFound, TooLarge
 from engramd.events import Subscriber
 from engramd.protocol import (
     CLOSED,
     NEED_DATA,
     PROTOCOL_VERSION,
     ClientMessage,
+    CreateToken,
     Done,
     ErrorCode,
     ErrorReply,
     EventPush,
     Hello,
     InvalidMessage,
+    ListTokens,
     RemoteProtocolError,
+    RevokeTokens,
     ServerConnection,
     ServerMessage,
     Subscribe,
     Subscribed,
+    TokenCreated,
+    TokenPage,
+    TokensRevoked,
     Unsubscribe,
     Welcome,
     encode_frame,
 )
 from engramd.ratelimit import TokenBucket
+from engramd.tokens import Authenticator, Identity
 
 log = logging.getLogger("engramd.server")
 
@@ -99,12 +108,16 @@ class Session:
     reader_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
     hello: Hello | None = None
+    identity: Identity | None = None
+    """Who the hello proved this connection acts as."""
     streams: trio.Nursery | None = None
     """Where this connection's subscriptions run; cancelled when the connection ends."""
     subscriptions: dict[int, trio.CancelScope] = field(default_factory=dict)
     peer_closed: bool = False
     """The client hung up (as opposed to the daemon stopping or dropping it)."""
     write_timeout: float = 30.0
+    on_unread: Callable[[], None] = lambda: None
+    """Called when the peer is cut off for leaving a frame unread."""
     rate: TokenBucket | None = None
 
     async def send(self, message: ServerMessage) -> None:
@@ -125,6 +138,7 @@ class Session:
             with trio.move_on_after(self.write_timeout) as scope:
                 await self.stream.send_all(data)
         if scope.cancelled_caught:
+            self.on_unread()
             log.warning("pid %d read nothing for %gs; dropping the connection",
                         self.peer.pid, self.write_timeout)
             await trio.aclose_forcefully(self.stream)
@@ -132,12 +146,16 @@ class Session:
 
 
 class Server:
-    def __init__(self, config: DaemonConfig, engine: Engine) -> None:
+    def __init__(self, config: DaemonConfig, engine: Engine,
+                 authenticator: Authenticator) -> None:
         self.config = config
         self.engine = engine
+        self.authenticator = authenticator
         self.dispatcher = Dispatcher(engine, self)
         self._sessions: set[Session] = set()
         self._requests_served = 0
+        self._requests_in_flight = 0
+        self.metrics = engine.metrics
         self._uid = os.geteuid()
         self._nursery: trio.Nursery | None = None
         self._accept_scope = trio.CancelScope()
@@ -149,6 +167,10 @@ class Server:
     @property
     def requests_served(self) -> int:
         return self._requests_served
+
+    @property
+    def requests_in_flight(self) -> int:
+        return self._requests_in_flight
 
     async def serve(
         self,
@@ -192,16 +214,21 @@ class Server:
         try:
             peer = peer_credentials(stream.socket)
             session = Session(stream, peer, ServerConnection(self.config.max_frame_bytes),
-                              write_timeout=self.config.dead_after_seconds)
+                              write_timeout=self.config.dead_after_seconds,
+                              on_unread=lambda: self.metrics.count(
+                                  'connections_dropped_total{reason="unread"}'))
             if self.config.rate_per_second > 0:
                 session.rate = TokenBucket(self.config.rate_per_second,
                                            self.config.rate_burst, trio.current_time())
+            self.metrics.count("connections_accepted_total")
             if peer.uid != self._uid:
+                self.metrics.count('connections_refused_total{reason="uid"}')
                 log.warning("refused pid %d: uid %d is not ours", peer.pid, peer.uid)
                 await self._goodbye(session, ErrorCode.FORBIDDEN,
                                     f"uid {peer.uid} may not use this daemon")
                 return
             if len(self._sessions) >= self.config.max_connections:
+                self.metrics.count('connections_refused_total{reason="limit"}')
                 log.warning("refused pid %d: %d connections open", peer.pid, len(self._sessions))
                 await self._goodbye(session, ErrorCode.UNAVAILABLE,
                                     f"too many connections (limit {self.config.max_connections})")
@@ -246,6 +273,7 @@ class Server:
                     await self._read_requests(session, inflight, requests)
                 except RemoteProtocolError as exc:
                     log.info("pid %d broke the protocol: %s", session.peer.pid, exc)
+                    self.metrics.count('connections_dropped_total{reason="protocol"}')
                     await self._goodbye(session, exc.code, str(exc))
             timed_out = session.hello is None and session.reader_scope.cancelled_caught
             if timed_out and not self.engine.shutdown_requested.is_set():
@@ -277,12 +305,14 @@ class Server:
             if session.rate is not None:
                 wait = session.rate.take(trio.current_time())
                 if wait:
+                    self.metrics.count('errors_total{code="rate_limited"}')
                     await session.send(ErrorReply(
                         id=event.id, code=ErrorCode.RATE_LIMITED,
                         message=f"over {self.config.rate_per_second:g} requests/s on this "
                                 f"connection; retry in {wait:.3f}s"))
                     continue
             await inflight.acquire()
+            self._requests_in_flight += 1
             requests.start_soon(self._run_request, session, inflight, event)
 
     async def _receive(self, session: Session) -> None:
@@ -308,7 +338,14 @@ class Server:
             problem = f"agent id must be 1 to {_MAX_NAME} characters without NUL"
         elif len(hello.client_name) > _MAX_NAME:
             problem = f"client name must be at most {_MAX_NAME} characters"
+        if problem is None:
+            try:
+                session.identity = self.authenticator.authenticate(hello)
+            except Forbidden as exc:
+                code, problem = exc.code, str(exc)
         if problem is not None:
+            log.warning("refused pid %d as %s: %s", session.peer.pid, hello.agent_id[:_MAX_NAME],
+                        problem)
             await session.send(ErrorReply(id=hello.id, code=code, message=problem))
             return False
         session.hello = hello
@@ -350,6 +387,29 @@ class Server:
         session.streams.start_soon(self._run_subscription, session, subscriber, scope)
         return reply
 
+    async def _token_request(self, session: Session,
+                             request: CreateToken | ListTokens | RevokeTokens) -> ServerMessage:
+        assert session.identity is not None
+        if not session.identity.admin:
+            raise Forbidden("managing tokens needs the admin token (the 'engram agent token' "
+                            "commands read it from beside the socket)")
+        registry = self.authenticator.registry
+        if isinstance(request, ListTokens):
+            return TokenPage(id=request.id, tokens=[token.info for token in registry])
+        if isinstance(request, CreateToken):
+            validate.name(request.agent, "agent", _MAX_NAME)
+            secret, stored = registry.create(request.agent)
+            log.info("token %s created for agent %s", stored.id, stored.agent)
+            return TokenCreated(id=request.id, token=secret, info=stored.info)
+        revoked = registry.revoke(agent=request.agent, token_id=request.token_id)
+        gone = {token.id for token in revoked}
+        log.info("revoked token(s) %s", ", ".join(sorted(gone)))
+        for other in list(self._sessions):
+            if other.identity is not None and other.identity.token_id in gone:
+                other.reader_scope.cancel()
+                await trio.aclose_forcefully(other.stream)
+        return TokensRevoked(id=request.id, tokens=[token.info for token in revoked])
+
     async def _run_subscription(self, session: Session, subscriber: Subscriber,
                                 scope: trio.CancelScope) -> None:
         hub = self.engine.hub
@@ -367,19 +427,23 @@ class Server:
     async def _run_request(
         self, session: Session, inflight: trio.Semaphore, request: ClientMessage
     ) -> None:
-        assert session.hello is not None
-        caller = Caller(agent_id=session.hello.agent_id, uid=session.peer.uid,
+        assert session.identity is not None
+        caller = Caller(agent_id=session.identity.agent_id, uid=session.peer.uid,
                         pid=session.peer.pid, session=session, push=session.push)
         try:
-            # Subscriptions belong to the connection, not to the engine: they are
-            # opened here, and everything else goes through dispatch.
+            # Subscriptions and tokens belong to connections, not to the engine:
+            # they are handled here, and everything else goes through dispatch.
             if isinstance(request, Subscribe | Unsubscribe):
                 reply = await self.dispatcher.guard(
                     request, lambda: self._subscription_request(session, request, caller))
+            elif isinstance(request, CreateToken | ListTokens | RevokeTokens):
+                reply = await self.dispatcher.guard(
+                    request, lambda: self._token_request(session, request))
             else:
                 reply = await self.dispatcher.dispatch(request, caller)
         finally:
             inflight.release()
+            self._requests_in_flight -= 1
         self._requests_served += 1
         if isinstance(reply, Subscribed):
             return  # already sent, ahead of the events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import sys
 import time
@@ -15,6 +16,15 @@ from engram_cli.context import JsonOption
 from engram_cli.errors import ClientTimeout, DaemonUnavailable
 from engram_cli.output import format_duration, to_plain_data
 from engramd.protocol import log_file_in, resolve_data_dir
+from engramd.protocol.logline import at_least
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
 
 app = typer.Typer(help="Start, stop and inspect the engram daemon.", no_args_is_help=True)
 
@@ -131,28 +141,35 @@ def logs(
                                        help="Show this many last lines.")] = 50,
     follow: Annotated[bool, typer.Option("--follow", "-f",
                                          help="Keep printing new lines until Ctrl-C.")] = False,
+    level: Annotated[LogLevel, typer.Option(
+        "--level", "-l", help="Show only lines at this level or more severe.")] = LogLevel.DEBUG,
 ) -> None:
-    """Show the log of a daemon started by engram (in the data dir)."""
+    """Show the log of a daemon started by engram (in the data dir), in logfmt."""
     path = _log_path(context.get(ctx))
     try:
         file = open(path, "rb")  # noqa: SIM115 (kept open while following)
     except FileNotFoundError:
         raise DaemonUnavailable(f"no daemon log at {path}") from None
     with file:
-        tail = file.read().splitlines(keepends=True)[-lines:] if lines else []
+        kept = [line for line in file.read().splitlines(keepends=True)
+                if at_least(line.decode(errors="replace"), level.value)]
         out = sys.stdout.buffer
-        out.writelines(tail)
+        out.writelines(kept[-lines:] if lines else [])
         out.flush()
         if not follow:
             return
+        partial = b""
         try:
             while True:
                 chunk = file.read()
-                if chunk:
-                    out.write(chunk)
-                    out.flush()
-                else:
+                if not chunk:
                     time.sleep(0.2)
+                    continue
+                *complete, partial = (partial + chunk).split(b"\n")
+                for line in complete:
+                    if at_least(line.decode(errors="replace"), level.value):
+                        out.write(line + b"\n")
+                out.flush()
         except KeyboardInterrupt:
             return
 
@@ -160,4 +177,4 @@ def logs(
 @app.command()
 def reindex(ctx: typer.Context) -> None:
     """Rebuild the search index from the store; searches catch up as it fills."""
-    context.get(ctx).client().reindex()
+    context.get(ctx).client(admin=True).reindex()

@@ -11,6 +11,7 @@ from engram_cli import __version__, context
 from engram_cli.context import JsonOption
 from engram_cli.errors import EngramError
 from engram_cli.output import format_duration, to_plain_data
+from engram_cli.statsview import prometheus_text, quantile
 from engramd.protocol import PROTOCOL_VERSION
 
 
@@ -39,7 +40,7 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
     """Show the daemon's state, paths, counts and limits."""
     cli = context.get(ctx)
     out = cli.output(json)
-    reply = cli.client().status()
+    reply = cli.client(admin=True).status()
     if out.json:
         out.json_line(reply)
         return
@@ -54,7 +55,7 @@ def version(ctx: typer.Context, json: JsonOption = False) -> None:
     out = cli.output(json)
     daemon: dict[str, object] | None
     try:
-        client = cli.client(autostart=False)
+        client = cli.client(autostart=False, admin=True)
         welcome = client.status()
         daemon = {"daemon_version": welcome.daemon_version,
                   "protocol_version": welcome.protocol_version, "pid": welcome.pid}
@@ -70,3 +71,40 @@ def version(ctx: typer.Context, json: JsonOption = False) -> None:
     else:
         out.line(f"engramd {daemon['daemon_version']} (protocol {daemon['protocol_version']}, "
                  f"pid {daemon['pid']})")
+
+
+def stats(
+    ctx: typer.Context,
+    json: JsonOption = False,
+    prometheus: Annotated[bool, typer.Option(
+        "--prometheus", help="Print the Prometheus text exposition format.")] = False,
+) -> None:
+    """Show the daemon's counters, gauges and latency histograms (p50, p99)."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    reply = cli.client(admin=True).stats()
+    if prometheus:
+        out.write(prometheus_text(reply))
+        return
+    if out.json:
+        out.json_line(reply)
+        return
+    out.fields("counters", ((name, str(value)) for name, value in reply.counters.items()))
+    out.fields("gauges", ((name, _gauge(name, value)) for name, value in reply.gauges.items()))
+    rows = []
+    for name, histogram in reply.histograms.items():
+        p50, p99 = quantile(histogram, 0.5), quantile(histogram, 0.99)
+        mean = histogram.sum / histogram.count if histogram.count else None
+        rows.append([name, str(histogram.count), _ms(mean), _ms(p50), _ms(p99)])
+    out.table("latency (ms)", ["histogram", "count", "mean", "p50", "p99"], rows,
+              numeric=("count", "mean", "p50", "p99"))
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.3f}"
+
+
+def _gauge(name: str, value: float) -> str:
+    if name.endswith("_bytes"):
+        return f"{value / 2**20:.1f} MiB" if value >= 2**20 else f"{value:g} B"
+    return f"{value:g}"

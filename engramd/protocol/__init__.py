@@ -11,6 +11,9 @@ from engramd.protocol.address import (
     SocketPathTooLong as SocketPathTooLong,
 )
 from engramd.protocol.address import (
+    admin_token_path as admin_token_path,
+)
+from engramd.protocol.address import (
     check_socket_path as check_socket_path,
 )
 from engramd.protocol.address import (
@@ -101,7 +104,13 @@ from engramd.protocol.messages import (
     CreateContext as CreateContext,
 )
 from engramd.protocol.messages import (
+    CreateToken as CreateToken,
+)
+from engramd.protocol.messages import (
     CreateUnits as CreateUnits,
+)
+from engramd.protocol.messages import (
+    DaemonStats as DaemonStats,
 )
 from engramd.protocol.messages import (
     DaemonStatus as DaemonStatus,
@@ -125,6 +134,9 @@ from engramd.protocol.messages import (
     GetLock as GetLock,
 )
 from engramd.protocol.messages import (
+    GetStats as GetStats,
+)
+from engramd.protocol.messages import (
     GetStatus as GetStatus,
 )
 from engramd.protocol.messages import (
@@ -135,6 +147,9 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     Hello as Hello,
+)
+from engramd.protocol.messages import (
+    HistogramData as HistogramData,
 )
 from engramd.protocol.messages import (
     JournalStatus as JournalStatus,
@@ -156,6 +171,9 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     ListLocks as ListLocks,
+)
+from engramd.protocol.messages import (
+    ListTokens as ListTokens,
 )
 from engramd.protocol.messages import (
     ListUnits as ListUnits,
@@ -203,6 +221,9 @@ from engramd.protocol.messages import (
     Request as Request,
 )
 from engramd.protocol.messages import (
+    RevokeTokens as RevokeTokens,
+)
+from engramd.protocol.messages import (
     Search as Search,
 )
 from engramd.protocol.messages import (
@@ -231,6 +252,18 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     Subscribed as Subscribed,
+)
+from engramd.protocol.messages import (
+    TokenCreated as TokenCreated,
+)
+from engramd.protocol.messages import (
+    TokenInfo as TokenInfo,
+)
+from engramd.protocol.messages import (
+    TokenPage as TokenPage,
+)
+from engramd.protocol.messages import (
+    TokensRevoked as TokensRevoked,
 )
 from engramd.protocol.messages import (
     UnitDraft as UnitDraft,

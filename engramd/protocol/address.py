@@ -76,3 +76,8 @@ LOG_NAME = "engramd.log"
 def log_file_in(data_dir: str) -> str:
     """Where a detached daemon writes its log."""
     return os.path.join(data_dir, LOG_NAME)
+
+
+def admin_token_path(socket_path: str) -> str:
+    """Where the daemon leaves its admin token for the socket's owner: beside the socket."""
+    return socket_path + ".admin-token"

@@ -155,11 +155,13 @@ class ClientConnection:
     """The client's side of one connection."""
 
     def __init__(
-        self, *, client_name: str, agent_id: str, max_frame: int = DEFAULT_MAX_FRAME
+        self, *, client_name: str, agent_id: str, token: str | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:
         self._frames = FrameDecoder(max_frame)
         self.client_name = client_name
         self.agent_id = agent_id
+        self.token = token
         self.state = State.HANDSHAKE
         self.welcome: Welcome | None = None
         self._hello_id: int | None = None
@@ -182,6 +184,7 @@ class ClientConnection:
                 protocol_version=protocol_version,
                 client_name=self.client_name,
                 agent_id=self.agent_id,
+                token=self.token,
             )
         )
 

@@ -41,12 +41,18 @@ class ClientMessage(
     id: int
 
 
-class Hello(ClientMessage, tag="hello"):
-    """The first message on every connection."""
+class Hello(ClientMessage, tag="hello", omit_defaults=True):
+    """The first message on every connection.
+
+    ``omit_defaults``: a hello without a token encodes as it did before tokens
+    existed, so a newer client still greets an older daemon.
+    """
 
     protocol_version: int
     client_name: str
     agent_id: str
+    token: str | None = None
+    """An agent token (the connection then acts as that agent only) or the admin token."""
 
 
 class Ping(ClientMessage, tag="ping"):
@@ -258,11 +264,32 @@ class Reindex(ClientMessage, tag="search.reindex"):
     """Rebuild the search index from the store (in the background)."""
 
 
+class CreateToken(ClientMessage, tag="token.create"):
+    """Issue a new token for *agent* (needs the admin token)."""
+
+    agent: str
+
+
+class ListTokens(ClientMessage, tag="token.list"):
+    """Every token issued and not revoked (needs the admin token)."""
+
+
+class RevokeTokens(ClientMessage, tag="token.revoke"):
+    """Revoke the token *token_id*, or every token of *agent* (needs the admin token)."""
+
+    agent: str | None = None
+    token_id: str | None = None
+
+
+class GetStats(ClientMessage, tag="stats"):
+    """Counters, gauges and latency histograms (``engram stats``)."""
+
+
 Request = (
     Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
     | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
     | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock | ListLocks
-    | Search | Reindex
+    | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
 )
 """Requests allowed after the handshake."""
 
@@ -270,7 +297,7 @@ AnyClientMessage = (
     Hello | Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
     | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
     | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock | ListLocks
-    | Search | Reindex
+    | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
 )
 
 
@@ -516,9 +543,49 @@ class LeaseLost(ServerMessage, tag="lease.lost"):
     by: str
 
 
+class TokenInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A token as listed: never its secret, which only its creation returns."""
+
+    id: str
+    agent: str
+    created_at: dt.datetime
+
+
+class TokenCreated(Reply, tag="token.created"):
+    token: str
+    """The secret; the daemon keeps only its hash, so this is the one time it is shown."""
+    info: TokenInfo
+
+
+class TokenPage(Reply, tag="token.page"):
+    tokens: list[TokenInfo]
+
+
+class TokensRevoked(Reply, tag="token.revoked"):
+    tokens: list[TokenInfo]
+
+
+class HistogramData(msgspec.Struct, frozen=True, kw_only=True):
+    """A latency histogram: ``counts[i]`` observations were at most ``bounds[i]``
+    seconds (and more than ``bounds[i-1]``); the last count is above every bound."""
+
+    bounds: list[float]
+    counts: list[int]
+    count: int
+    sum: float
+
+
+class DaemonStats(Reply, tag="stats"):
+    counters: dict[str, int]
+    """Totals since the daemon started, named like Prometheus counters (labels included)."""
+    gauges: dict[str, float]
+    """Values now: connections, subscribers, queue depths, WAL size, index lag, memory."""
+    histograms: dict[str, HistogramData]
+
+
 AnyServerMessage = (
     Welcome | Pong | DaemonStatus | ShuttingDown | ErrorReply | UnitsCreated | UnitsFound
     | UnitPage | RelatedFound | ContextFound | ContextPage | Subscribed | Done | EventPush
     | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LeaseLost
-    | SearchResults
+    | SearchResults | TokenCreated | TokenPage | TokensRevoked | DaemonStats
 )

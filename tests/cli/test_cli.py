@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from engramd.protocol.logline import LEVELS, parse_line
 from tests.conftest import DaemonProcess, run_cli, socket_answers
 
 
@@ -126,6 +127,12 @@ def test_daemon_start_status_restart_logs_stop(env: dict[str, str]) -> None:
         logs = run_cli(env, "daemon", "logs", "-n", "100")
         assert logs.stdout.count("ready on") == 2
         assert "stopping" in logs.stdout
+        for line in logs.stdout.splitlines():
+            fields = parse_line(line)
+            assert fields["level"] in LEVELS and fields["ts"].endswith("Z"), line
+            assert fields["logger"].startswith("engramd") and "msg" in fields
+        warnings = run_cli(env, "daemon", "logs", "-n", "100", "--level", "warning")
+        assert warnings.returncode == 0 and "ready on" not in warnings.stdout
     finally:
         assert run_cli(env, "daemon", "stop").returncode == 0
 

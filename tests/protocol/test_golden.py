@@ -22,6 +22,7 @@ from engramd.protocol import (
     ContextCreated,
     ContextFound,
     ContextUpdated,
+    CreateToken,
     CreateUnits,
     DaemonStatus,
     Done,
@@ -38,6 +39,7 @@ from engramd.protocol import (
     LeaseRenewed,
     Limits,
     ListLocks,
+    ListTokens,
     ListUnits,
     LockAcquired,
     LockFound,
@@ -51,6 +53,7 @@ from engramd.protocol import (
     Relationship,
     ReleaseLock,
     RenewLock,
+    RevokeTokens,
     Search,
     SearchHit,
     SearchResults,
@@ -58,6 +61,10 @@ from engramd.protocol import (
     ShuttingDown,
     Subscribe,
     Subscribed,
+    TokenCreated,
+    TokenInfo,
+    TokenPage,
+    TokensRevoked,
     Unit,
     UnitCreated,
     UnitDraft,
@@ -110,7 +117,13 @@ CLIENT_MESSAGES = {
     "search": Search(id=17, query="frame limit", contexts=["build-42"], types=["ERROR"],
                      meta={"exit": "1"}, since=WHEN, related_to=UNIT.id, limit=5, offset=10),
     "search_reindex": Reindex(id=18),
+    "hello_token": Hello(id=1, protocol_version=1, client_name="engram-cli", agent_id="alice",
+                         token="egt_0123456789ab_secret"),
+    "token_create": CreateToken(id=19, agent="alice"),
+    "token_list": ListTokens(id=20),
+    "token_revoke": RevokeTokens(id=21, agent="alice", token_id=None),
 }
+TOKEN = TokenInfo(id="0123456789ab", agent="alice", created_at=WHEN)
 LEASE = Lease(resource="deploy:prod", holder="alice", lock_id="0123456789abcdef",
               fencing_token=42, acquired_at=WHEN, expires_at=WHEN, ttl=30.0, boot_id="b",
               deadline_boottime=1030.5, pid=None, bound_to_connection=True)
@@ -146,6 +159,9 @@ SERVER_MESSAGES = {
     "lease_lost": LeaseLost(lease=LEASE, reason="expired", by="engramd"),
     "search_results": SearchResults(id=17, total=1, hits=[SearchHit(
         unit_id=UNIT.id, seq=7, score=1.5, snippet="the **frame** **limit**")]),
+    "token_created": TokenCreated(id=19, token="egt_0123456789ab_secret", info=TOKEN),
+    "token_page": TokenPage(id=20, tokens=[TOKEN]),
+    "token_revoked": TokensRevoked(id=21, tokens=[TOKEN]),
 }
 EVENTS = {
     "event_unit_created": UnitCreated(seq=7, ts=WHEN, context_id="build-42", unit=UNIT),

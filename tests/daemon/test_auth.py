@@ -1,0 +1,140 @@
+"""Agent tokens: with auth.require_tokens a connection acts only as its token's agent."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from engram_cli.client import Client
+from engram_cli.errors import DaemonUnavailable, Forbidden
+from engramd.config import DaemonConfig
+from engramd.protocol import admin_token_path
+from tests.conftest import make_config, run_cli, spawn_engramd, start_threaded, wait_until
+
+
+def connect(config: DaemonConfig, agent: str, token: str | None = None,
+            admin: bool = False) -> Client:
+    client = Client(config.socket, agent_id=agent, token=token, admin=admin,
+                    autostart=False, timeout=10, env={})
+    client.connect()
+    return client
+
+
+@pytest.fixture
+def strict(env: dict[str, str]) -> DaemonConfig:
+    return make_config(env, **{"auth.require_tokens": "true"})
+
+
+def test_a_connection_without_a_token_is_refused(strict: DaemonConfig) -> None:
+    with start_threaded(strict):
+        with pytest.raises(Forbidden, match="requires an agent token"):
+            connect(strict, "alice")
+        with pytest.raises(Forbidden, match="unknown or revoked"):
+            connect(strict, "alice", token="egt_0000_forged")
+
+
+def test_a_token_binds_the_connection_to_its_agent(strict: DaemonConfig) -> None:
+    with start_threaded(strict):
+        with connect(strict, "admin", admin=True) as admin:
+            alice_token = admin.create_token("alice").token
+            bob_token = admin.create_token("bob").token
+        with pytest.raises(Forbidden, match="belongs to agent alice"):
+            connect(strict, "bob", token=alice_token)
+        with connect(strict, "alice", token=alice_token) as alice, \
+                connect(strict, "bob", token=bob_token) as bob:
+            unit = alice.create_unit("auth", "MESSAGE", "hello")
+            assert unit.agent_id == "alice"
+            lease = alice.acquire_lock("repo/file")[0]
+            with pytest.raises(Forbidden, match="held by alice"):
+                bob.release_lock(lease.lock_id)
+            with pytest.raises(Forbidden, match="admin token"):
+                bob.create_token("mallory")
+            alice.release_lock(lease.lock_id)
+
+
+def test_revoking_closes_the_connections_and_refuses_new_ones(strict: DaemonConfig) -> None:
+    with start_threaded(strict), connect(strict, "admin", admin=True) as admin:
+        token = admin.create_token("alice")
+        alice = connect(strict, "alice", token=token.token)
+        alice.ping()
+        revoked = admin.revoke_tokens(agent="alice")
+        assert [info.id for info in revoked] == [token.info.id]
+        with pytest.raises(DaemonUnavailable):
+            alice.ping()
+        alice.close()
+        with pytest.raises(Forbidden, match="unknown or revoked"):
+            connect(strict, "alice", token=token.token)
+        assert admin.list_tokens() == []
+
+
+def test_tokens_are_stored_hashed_and_survive_a_restart(strict: DaemonConfig) -> None:
+    with start_threaded(strict):
+        with connect(strict, "admin", admin=True) as admin:
+            created = admin.create_token("alice")
+        first_admin_token = Path(admin_token_path(strict.socket)).read_text()
+    assert not os.path.exists(admin_token_path(strict.socket))  # withdrawn at stop
+    stored = os.path.join(strict.data_dir, "tokens.json")
+    assert stat.S_IMODE(os.stat(stored).st_mode) == 0o600
+    with open(stored) as file:
+        text = file.read()
+    assert created.info.id in text and created.token not in text
+    with start_threaded(strict):
+        path = admin_token_path(strict.socket)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert Path(path).read_text() != first_admin_token  # a new secret per start
+        with connect(strict, "alice", token=created.token) as alice:
+            alice.ping()
+        with connect(strict, "admin", admin=True) as admin:
+            assert [info.agent for info in admin.list_tokens()] == ["alice"]
+
+
+def test_a_damaged_token_file_stops_the_start_with_its_name(env: dict[str, str]) -> None:
+    data_dir = env["ENGRAM_DATA_DIR"]
+    os.makedirs(data_dir, mode=0o700)
+    with open(os.path.join(data_dir, "tokens.json"), "w") as file:
+        file.write("{not json")
+    process = spawn_engramd(env)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "tokens.json" in stderr.decode() and "Traceback" not in stderr.decode()
+
+
+def test_without_require_tokens_a_token_still_binds(config: DaemonConfig) -> None:
+    with start_threaded(config):
+        with connect(config, "anyone") as anyone:
+            anyone.ping()  # no token needed
+            with pytest.raises(Forbidden, match="admin token"):
+                anyone.list_tokens()
+        with connect(config, "admin", admin=True) as admin:
+            token = admin.create_token("alice").token
+        with pytest.raises(Forbidden, match="belongs to agent alice"):
+            connect(config, "bob", token=token)
+
+
+def test_cli_token_commands(env: dict[str, str]) -> None:
+    env["ENGRAM_AUTH_REQUIRE_TOKENS"] = "true"
+    try:
+        created = run_cli(env, "agent", "token", "create", "alice")
+        assert created.returncode == 0, created.stderr
+        token = created.stdout.strip()
+        assert token.startswith("egt_")
+        refused = run_cli(env, "unit", "create", "-c", "c", "-p", "x")
+        assert refused.returncode == 1
+        assert refused.stderr.count("\n") == 1 and "ENGRAM_TOKEN" in refused.stderr
+        alice = {**env, "ENGRAM_TOKEN": token, "ENGRAM_AGENT": "alice"}
+        wrote = run_cli(alice, "unit", "create", "-c", "c", "-p", "x", "--json")
+        assert wrote.returncode == 0, wrote.stderr
+        listed = run_cli(env, "agent", "token", "list")
+        assert "alice" in listed.stdout and token not in listed.stdout
+        usage = run_cli(env, "agent", "token", "revoke")
+        assert usage.returncode == 2
+        revoked = run_cli(env, "agent", "token", "revoke", "alice")
+        assert revoked.returncode == 0 and "revoked 1 token" in revoked.stdout
+        after = run_cli(alice, "ping")
+        assert after.returncode == 1 and "revoked" in after.stderr
+    finally:
+        run_cli(env, "daemon", "stop")
+    wait_until(lambda: not os.path.exists(env["ENGRAM_SOCKET"]), "the daemon to stop")
