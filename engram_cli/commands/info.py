@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from typing import Annotated
 
@@ -9,10 +11,11 @@ import typer
 
 from engram_cli import __version__, context
 from engram_cli.context import JsonOption
+from engram_cli.doctor import Doctor
 from engram_cli.errors import EngramError
 from engram_cli.output import format_duration, to_plain_data
 from engram_cli.statsview import prometheus_text, quantile
-from engramd.protocol import PROTOCOL_VERSION
+from engramd.protocol import PROTOCOL_VERSION, resolve_data_dir
 
 
 def ping(
@@ -108,3 +111,24 @@ def _gauge(name: str, value: float) -> str:
     if name.endswith("_bytes"):
         return f"{value / 2**20:.1f} MiB" if value >= 2**20 else f"{value:g} B"
     return f"{value:g}"
+
+
+def doctor(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Check the daemon, its files and its health; one line per check, with a fix.
+
+    Exits 0 when every check is ok, 1 otherwise. Never starts the daemon.
+    """
+    cli = context.get(ctx)
+    out = cli.output(json)
+    client = cli.unconnected_client()
+    findings = []
+    for finding in Doctor(client, resolve_data_dir(None, os.environ)).run():
+        findings.append(finding)
+        if out.json:
+            out.json_line(dataclasses.asdict(finding))
+            continue
+        fix = f" (fix: {finding.fix})" if finding.fix else ""
+        style = {"ok": "green", "warn": "yellow", "fail": "bold red"}.get(finding.status)
+        out.line(f"{finding.status:<4}  {finding.check:<12}  {finding.detail}{fix}", style=style)
+    if any(finding.status in ("warn", "fail") for finding in findings):
+        raise typer.Exit(1)

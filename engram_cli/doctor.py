@@ -1,0 +1,187 @@
+"""``engram doctor``: checks that explain what is wrong and how to fix it.
+
+Each check returns one :class:`Finding`; they run in order and a check that
+needs the daemon is skipped (not failed) when the first check found none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from engram_cli import __version__
+from engram_cli.client import Client
+from engram_cli.errors import EngramError
+from engramd.protocol import PROTOCOL_VERSION, DaemonStatus, log_file_in
+from engramd.protocol.logline import parse_line
+
+MIN_FREE_BYTES = 1 << 30
+MIN_FREE_FRACTION = 0.05
+INDEX_LAG_WARNING = 10_000
+LOG_LINES_READ = 2000
+LEASE_WARNING_FRACTION = 0.1
+LEASE_WARNING_SECONDS = 1.0
+"""A lease with less than a tenth of its ttl or a second left is near expiry."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    status: str
+    """``ok``, ``warn`` or ``fail``."""
+    detail: str
+    fix: str = ""
+
+
+def _ok(check: str, detail: str) -> Finding:
+    return Finding(check, "ok", detail)
+
+
+def _private_dir(check: str, path: str) -> Finding:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return _ok(check, f"{path} does not exist yet (engramd creates it 0700)")
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        return Finding(check, "fail", f"{path} is not a directory", f"remove or rename {path}")
+    if info.st_uid != os.geteuid():
+        return Finding(check, "fail", f"{path} belongs to uid {info.st_uid}",
+                       "use a directory of your own (ENGRAM_SOCKET / ENGRAM_DATA_DIR)")
+    if info.st_mode & 0o077:
+        return Finding(check, "warn", f"{path} is mode {stat.S_IMODE(info.st_mode):04o}",
+                       f"chmod 700 {path}")
+    return _ok(check, f"{path} is private (0700)")
+
+
+class Doctor:
+    def __init__(self, client: Client, data_dir: str) -> None:
+        self.client = client
+        self.data_dir = data_dir
+        self.status: DaemonStatus | None = None
+
+    def run(self) -> Iterator[Finding]:
+        checks: list[Callable[[], Finding]] = [
+            self.daemon, self.version, self.socket, self.data, self.disk, self.recovery,
+            self.log_errors, self.index, self.leases]
+        for check in checks:
+            yield check()
+
+    def _needs_daemon(self, check: str) -> Finding | None:
+        if self.status is None:
+            return Finding(check, "skip", "engramd is not running")
+        return None
+
+    def daemon(self) -> Finding:
+        try:
+            self.client.connect()
+            self.status = self.client.status()
+        except EngramError as exc:
+            return Finding("daemon", "fail", str(exc).split(";")[0],
+                           "engram daemon start (or any command)")
+        self.data_dir = self.status.data_dir
+        return _ok("daemon", f"engramd pid {self.status.pid} answers on {self.status.socket}")
+
+    def version(self) -> Finding:
+        if (skipped := self._needs_daemon("version")) is not None:
+            return skipped
+        assert self.status is not None
+        if self.status.protocol_version != PROTOCOL_VERSION:
+            return Finding("version", "fail",
+                           f"daemon speaks protocol {self.status.protocol_version}, this "
+                           f"client {PROTOCOL_VERSION}", "engram daemon restart")
+        if self.status.daemon_version != __version__:
+            return Finding("version", "warn",
+                           f"daemon {self.status.daemon_version}, client {__version__}",
+                           "engram daemon restart")
+        return _ok("version", f"daemon and client are both {__version__}")
+
+    def socket(self) -> Finding:
+        path = self.client.socket_path
+        directory = _private_dir("socket", os.path.dirname(path))
+        if directory.status != "ok" or not os.path.exists(path):
+            return directory
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077:
+            return Finding("socket", "warn", f"{path} is mode {mode:04o}", f"chmod 600 {path}")
+        return _ok("socket", f"{path} is 0600 in a private directory")
+
+    def data(self) -> Finding:
+        found = _private_dir("data dir", self.data_dir)
+        if found.status != "ok" or not os.path.isdir(self.data_dir):
+            return found
+        if not os.access(self.data_dir, os.W_OK):
+            return Finding("data dir", "fail", f"{self.data_dir} is not writable",
+                           f"chmod u+w {self.data_dir}")
+        return _ok("data dir", f"{self.data_dir} is private and writable")
+
+    def disk(self) -> Finding:
+        path = self.data_dir if os.path.isdir(self.data_dir) else os.path.dirname(self.data_dir)
+        try:
+            usage = shutil.disk_usage(path)
+        except OSError as exc:
+            return Finding("disk", "warn", f"cannot measure {path}: {exc.strerror}")
+        free_mib = usage.free / 2**20
+        if usage.free < MIN_FREE_BYTES or usage.free < usage.total * MIN_FREE_FRACTION:
+            return Finding("disk", "warn", f"{free_mib:,.0f} MiB free under {path}",
+                           "free some space: writes are refused when the disk fills")
+        return _ok("disk", f"{free_mib:,.0f} MiB free under {path}")
+
+    def recovery(self) -> Finding:
+        if (skipped := self._needs_daemon("journal")) is not None:
+            return skipped
+        assert self.status is not None
+        if self.status.state != "ready":
+            return Finding("journal", "warn", f"engramd is {self.status.state}",
+                           "wait for the replay to finish (engram daemon status)")
+        journal = self.status.journal
+        if journal is not None and journal.write_error:
+            return Finding("journal", "fail", journal.write_error, "engram daemon restart")
+        seq = journal.last_seq if journal else 0
+        return _ok("journal", f"ready, writes accepted, last seq {seq}")
+
+    def log_errors(self) -> Finding:
+        path = self.status.log_file if self.status else log_file_in(self.data_dir)
+        if path is None:
+            return _ok("log", "engramd logs to its standard error (not checked)")
+        try:
+            with open(path, "rb") as file:
+                lines = file.read().splitlines()[-LOG_LINES_READ:]
+        except FileNotFoundError:
+            return _ok("log", f"no log at {path}")
+        errors = [parse_line(line.decode(errors="replace")) for line in lines]
+        errors = [fields for fields in errors if fields.get("level") in ("error", "critical")]
+        if errors:
+            last = errors[-1]
+            return Finding("log", "warn",
+                           f"{len(errors)} error line(s) in the log, last at {last.get('ts')}: "
+                           f"{last.get('msg', '')[:120]}",
+                           "engram daemon logs --level error")
+        return _ok("log", f"no errors in the last {len(lines)} lines of {path}")
+
+    def index(self) -> Finding:
+        if (skipped := self._needs_daemon("search index")) is not None:
+            return skipped
+        lag = int(self.client.stats().gauges.get("index_lag_events", 0))
+        if lag > INDEX_LAG_WARNING:
+            return Finding("search index", "warn", f"{lag} events behind the journal",
+                           "wait, or rebuild with engram daemon reindex")
+        return _ok("search index", f"{lag} events behind the journal")
+
+    def leases(self) -> Finding:
+        if (skipped := self._needs_daemon("leases")) is not None:
+            return skipped
+        now = dt.datetime.now(dt.UTC)
+        held = [state.lease for state in self.client.list_locks() if state.lease is not None]
+        near = []
+        for lease in held:
+            left = (lease.expires_at - now).total_seconds()
+            if left < max(LEASE_WARNING_SECONDS, lease.ttl * LEASE_WARNING_FRACTION):
+                near.append(f"{lease.resource} ({lease.holder}, {max(left, 0):.1f}s left)")
+        if near:
+            return Finding("leases", "warn", "near expiry: " + ", ".join(near[:5]),
+                           "their holders should renew (engram lock renew) or release")
+        return _ok("leases", f"{len(held)} held, none near expiry")
