@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import msgspec
+import trio
 
 from engramd.engine import Caller, Engine
 from engramd.errors import BadRequest, EngramError
@@ -94,6 +95,8 @@ class Dispatcher:
             reply = await handle()
         except EngramError as exc:
             reply = ErrorReply(id=request.id, code=exc.code, message=str(exc))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise  # the connection is gone: nothing to answer, not a bug
         except Exception:
             log.exception("internal error while handling %s", type(request).__name__)
             reply = ErrorReply(

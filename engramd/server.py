@@ -238,6 +238,7 @@ class Server:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
+            self.metrics.count("connections_failed_total")
             log.exception("connection failed")
         finally:
             if session is not None:
@@ -271,6 +272,9 @@ class Server:
                 session.reader_scope.deadline = trio.current_time() + self.config.handshake_timeout
                 try:
                     await self._read_requests(session, inflight, requests)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # Reset by the peer, or cut off by Session._write: gone either way.
+                    session.peer_closed = True
                 except RemoteProtocolError as exc:
                     log.info("pid %d broke the protocol: %s", session.peer.pid, exc)
                     self.metrics.count('connections_dropped_total{reason="protocol"}')
@@ -424,6 +428,18 @@ class Server:
                     session.streams.cancel_scope.cancel()
         session.subscriptions.pop(subscriber.id, None)
 
+    async def _answer(self, session: Session, request: ClientMessage,
+                      caller: Caller) -> ServerMessage:
+        # Subscriptions and tokens belong to connections, not to the engine: they
+        # are handled here, and everything else goes through dispatch.
+        if isinstance(request, Subscribe | Unsubscribe):
+            return await self.dispatcher.guard(
+                request, lambda: self._subscription_request(session, request, caller))
+        if isinstance(request, CreateToken | ListTokens | RevokeTokens):
+            return await self.dispatcher.guard(
+                request, lambda: self._token_request(session, request))
+        return await self.dispatcher.dispatch(request, caller)
+
     async def _run_request(
         self, session: Session, inflight: trio.Semaphore, request: ClientMessage
     ) -> None:
@@ -431,16 +447,9 @@ class Server:
         caller = Caller(agent_id=session.identity.agent_id, uid=session.peer.uid,
                         pid=session.peer.pid, session=session, push=session.push)
         try:
-            # Subscriptions and tokens belong to connections, not to the engine:
-            # they are handled here, and everything else goes through dispatch.
-            if isinstance(request, Subscribe | Unsubscribe):
-                reply = await self.dispatcher.guard(
-                    request, lambda: self._subscription_request(session, request, caller))
-            elif isinstance(request, CreateToken | ListTokens | RevokeTokens):
-                reply = await self.dispatcher.guard(
-                    request, lambda: self._token_request(session, request))
-            else:
-                reply = await self.dispatcher.dispatch(request, caller)
+            reply = await self._answer(session, request, caller)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # a subscription's reply found the peer gone
         finally:
             inflight.release()
             self._requests_in_flight -= 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 import trio
+from hypothesis import HealthCheck, settings
 
 from engram_cli.client import Client
 from engramd.config import DaemonConfig, load_config
@@ -24,6 +25,12 @@ from engramd.main import run_daemon
 from engramd.protocol import ErrorReply, FrameDecoder, encode_message
 from engramd.protocol.messages import AnyServerMessage
 from engramd.server import Server
+
+settings.register_profile("ci", max_examples=200, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=20_000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 WAIT = 10.0
 """Upper bound for every wait in the tests; reached only when something is broken."""

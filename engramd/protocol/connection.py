@@ -115,7 +115,9 @@ class ServerConnection:
             return CLOSED if self._frames.at_eof else NEED_DATA
         try:
             message: ClientMessage = _client_decoder.decode(body)
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, UnicodeDecodeError) as exc:
+            # Invalid UTF-8 in a string surfaces as UnicodeDecodeError, not as a
+            # msgspec error; the frame boundary is intact either way.
             return self._invalid(body, exc)
         except (msgspec.DecodeError, RecursionError) as exc:
             # RecursionError: msgspec's answer to deeply nested input.
@@ -128,10 +130,11 @@ class ServerConnection:
             self.hello = message
         return message
 
-    def _invalid(self, body: bytes, exc: msgspec.ValidationError) -> InvalidMessage:
+    def _invalid(self, body: bytes, exc: Exception) -> InvalidMessage:
         try:
             request_id = _id_decoder.decode(body).id
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError,
+                UnicodeDecodeError):
             request_id = None
         if self.state is State.HANDSHAKE:
             raise RemoteProtocolError(f"invalid hello: {exc}") from None
@@ -219,7 +222,8 @@ class ClientConnection:
             return NEED_DATA
         try:
             message: ServerMessage = _server_decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError,
+                UnicodeDecodeError) as exc:
             raise RemoteProtocolError(f"unreadable message from the daemon: {exc}") from None
         if self.state is State.HANDSHAKE:
             if isinstance(message, Welcome) and message.id == self._hello_id:

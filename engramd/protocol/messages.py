@@ -22,12 +22,20 @@ Rules for changing this module (the wire format is a promise):
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 import msgspec
 
-from engramd.protocol.model import AnyEvent, Context, Lease, Relationship, Unit
+from engramd.protocol.model import MAX_MAP_ENTRIES, AnyEvent, Context, Lease, Relationship, Unit
 
 PROTOCOL_VERSION = 1
+
+MAX_LIST_ITEMS = 10_000
+"""Most items in any list of a request, checked from the length before decoding them."""
+# Bounds checked by the decoder from a container's header, before any element is
+# built: without them a frame of tiny strings decodes to ~20 times its size.
+Names = Annotated[list[str], msgspec.Meta(max_length=MAX_LIST_ITEMS)]
+Pairs = Annotated[dict[str, str], msgspec.Meta(max_length=MAX_MAP_ENTRIES)]
 
 
 # -- client to daemon -------------------------------------------------------
@@ -81,8 +89,8 @@ class UnitDraft(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     type: str
     """A unit type, in any case."""
     payload: bytes = b""
-    meta: dict[str, str] = {}
-    relationships: list[Relationship] = []
+    meta: Pairs = {}
+    relationships: Annotated[list[Relationship], msgspec.Meta(max_length=MAX_MAP_ENTRIES)] = []
     idempotency_key: str | None = None
     """A retry with the same key returns the unit first written with it."""
     fence: Fence | None = None
@@ -103,11 +111,11 @@ class SpooledUnit(msgspec.Struct, frozen=True, kw_only=True):
 class CreateUnits(ClientMessage, tag="unit.create"):
     """Write units: all or nothing, one fsync."""
 
-    units: list[UnitDraft]
+    units: Annotated[list[UnitDraft], msgspec.Meta(max_length=MAX_LIST_ITEMS)]
 
 
 class GetUnits(ClientMessage, tag="unit.get"):
-    ids: list[str]
+    ids: Names
 
 
 class ListUnits(ClientMessage, tag="unit.list"):
@@ -124,13 +132,13 @@ class ListUnits(ClientMessage, tag="unit.list"):
     reverse: bool = False
     since: dt.datetime | None = None
     until: dt.datetime | None = None
-    agents: list[str] = []
-    types: list[str] = []
+    agents: Names = []
+    types: Names = []
 
 
 class RelatedUnits(ClientMessage, tag="unit.related"):
     unit_id: str
-    types: list[str] = []
+    types: Names = []
     direction: str = "both"
     """``out`` (relationships this unit has), ``in`` (units pointing at it), or ``both``."""
     depth: int = 1
@@ -140,7 +148,7 @@ class CreateContext(ClientMessage, tag="context.create"):
     context_id: str | None = None
     """A slug such as ``build-42`` or ``git:engram/main``; generated when absent."""
     display_name: str | None = None
-    meta: dict[str, str] = {}
+    meta: Pairs = {}
 
 
 class GetContext(ClientMessage, tag="context.get"):
@@ -157,12 +165,12 @@ class ListContexts(ClientMessage, tag="context.list"):
 class UpdateContext(ClientMessage, tag="context.update"):
     context_id: str
     display_name: str | None = None
-    add_agents: list[str] = []
-    remove_agents: list[str] = []
-    pin: list[str] = []
-    unpin: list[str] = []
-    set_meta: dict[str, str] = {}
-    unset_meta: list[str] = []
+    add_agents: Names = []
+    remove_agents: Names = []
+    pin: Names = []
+    unpin: Names = []
+    set_meta: Pairs = {}
+    unset_meta: Names = []
 
 
 class Subscribe(ClientMessage, tag="subscribe"):
@@ -174,11 +182,11 @@ class Subscribe(ClientMessage, tag="subscribe"):
     acknowledged seq, when it has one.
     """
 
-    contexts: list[str] = []
-    kinds: list[str] = []
-    agents: list[str] = []
-    types: list[str] = []
-    meta: dict[str, str] = {}
+    contexts: Names = []
+    kinds: Names = []
+    agents: Names = []
+    types: Names = []
+    meta: Pairs = {}
     after: int | None = None
     cursor: str | None = None
     heartbeat: float | None = None
@@ -204,7 +212,7 @@ class AcquireLock(ClientMessage, tag="lock.acquire"):
     closes; ``pid`` releases them when that process exits.
     """
 
-    resources: list[str]
+    resources: Names
     ttl: float | None = None
     wait: float = 0.0
     bind_connection: bool = False
@@ -246,14 +254,14 @@ class Search(ClientMessage, tag="search"):
 
     query: str = ""
     advanced: bool = False
-    contexts: list[str] = []
-    agents: list[str] = []
-    types: list[str] = []
-    meta: dict[str, str] = {}
+    contexts: Names = []
+    agents: Names = []
+    types: Names = []
+    meta: Pairs = {}
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     related_to: str | None = None
-    related_types: list[str] = []
+    related_types: Names = []
     related_direction: str = "both"
     related_depth: int = 1
     limit: int = 20

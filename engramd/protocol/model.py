@@ -12,6 +12,7 @@ here is therefore a change of both formats (see SPECS.md and tests/data/).
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 import msgspec
 
@@ -28,12 +29,16 @@ CONTEXT_CHANGES = (
 )
 
 
+MAX_MAP_ENTRIES = 1_024
+"""Most entries in a map (metadata) or relationship list of a request."""
+
+
 class Relationship(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     """One of :data:`RELATIONSHIP_TYPES`."""
     target: str
     """The id of an existing unit."""
-    meta: dict[str, str] = {}
+    meta: Annotated[dict[str, str], msgspec.Meta(max_length=MAX_MAP_ENTRIES)] = {}
 
 
 class Unit(msgspec.Struct, frozen=True, kw_only=True):
