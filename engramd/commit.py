@@ -35,7 +35,7 @@ from engramd.errors import EngramError, Unavailable
 from engramd.metrics import Histogram
 from engramd.storage import Store
 from engramd.wal.log import SyncFailed, WriteAheadLog, WriteFailed
-from engramd.wal.record import Entry, encode_record
+from engramd.wal.record import Entry, encode_batch
 
 log = logging.getLogger("engramd.commit")
 
@@ -159,7 +159,7 @@ class GroupCommitter:
                 entries.append(entry)
                 seq = entry.last_seq + 1
         if entries:
-            data = b"".join(encode_record(entry) for entry in entries)
+            data = encode_batch(entries)
             try:
                 await trio.to_thread.run_sync(self._write, entries, data, limiter=self.limiter)
             except WriteFailed as exc:

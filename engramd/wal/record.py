@@ -17,8 +17,9 @@ Rules:
 
 * ``crc32`` is zlib's CRC-32 of the 4 length bytes followed by the body, so a
   damaged length cannot point at a region that happens to check out.
-* A body is one :class:`Entry`: the events of one commit, with consecutive
-  sequence numbers starting at ``first_seq``. Entries are contiguous across
+* A body is one :class:`Entry`: the events of one group-commit batch (one or
+  more commits, see :func:`encode_batch`), with consecutive sequence numbers
+  starting at ``first_seq``. Entries are contiguous across
   the whole log: each starts where the previous one ended, and the first entry
   of a segment starts at the header's ``first_seq``.
 * A record is never larger than :data:`MAX_RECORD`; a length above it is damage.
@@ -115,6 +116,34 @@ def decode_header(data: bytes) -> SegmentHeader:
 
 def encode_record(entry: Entry) -> bytes:
     body = _entry_encoder.encode(entry)
+    length = struct.pack(">I", len(body))
+    return length + struct.pack(">I", zlib.crc32(body, zlib.crc32(length))) + body
+
+
+def merge_entries(entries: list[Entry]) -> Entry:
+    """Consecutive entries as one: their events in order, their idempotency keys."""
+    if len(entries) == 1:
+        return entries[0]
+    keys: dict[str, str] = {}
+    for entry in entries:
+        keys.update(entry.idempotency_keys)
+    return Entry(first_seq=entries[0].first_seq,
+                 events=[event for entry in entries for event in entry.events],
+                 idempotency_keys=keys)
+
+
+def encode_batch(entries: list[Entry]) -> bytes:
+    """The records for one group-commit batch: a single record when it fits.
+
+    One write and one fsync cover a batch, so a crash can leave only the batch
+    being written undurable. Written as one record, that batch is all or
+    nothing to recovery: damage anywhere in it is damage at the tail, cut
+    without losing anything that was acknowledged.
+    """
+    body = _entry_encoder.encode(merge_entries(entries))
+    if len(body) > MAX_RECORD and len(entries) > 1:
+        half = len(entries) // 2
+        return encode_batch(entries[:half]) + encode_batch(entries[half:])
     length = struct.pack(">I", len(body))
     return length + struct.pack(">I", zlib.crc32(body, zlib.crc32(length))) + body
 

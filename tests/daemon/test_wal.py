@@ -12,7 +12,7 @@ import pytest
 from engramd.protocol import Unit, UnitCreated
 from engramd.wal import log as wal_log
 from engramd.wal.log import Corruption, SyncFailed, WriteAheadLog, WriteFailed, cut_log
-from engramd.wal.record import HEADER, Entry, encode_record
+from engramd.wal.record import HEADER, Entry, encode_batch, encode_record, scan_records
 
 WHEN = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
 
@@ -212,3 +212,30 @@ def test_incomplete_new_segment_is_removed(tmp_path: Path) -> None:
     (tmp_path / wal_log.segment_name(3)).write_bytes(b"ENGR")
     _, replayed, recovery = open_log(tmp_path)
     assert recovery.last_seq == 2 and len(replayed) == 2
+
+
+def test_a_batch_is_one_record_so_damage_anywhere_in_the_last_batch_is_a_tail(
+        tmp_path: Path) -> None:
+    """One write + one fsync per batch: a power loss can garble only the last batch, and
+    written as one record it is cut whole, wherever the damage lies in it."""
+    kept = write(tmp_path, 2)
+    wal, _, _ = open_log(tmp_path)
+    batch = [entry(3 + i, b"batched %d" % i) for i in range(4)]
+    data = encode_batch(batch)
+    assert len(scan_records(data, 0)[0]) == 1
+    wal.append(3, 6, data)
+    wal.close()
+    path = only_segment(tmp_path)
+    whole = path.read_bytes()
+    start = len(whole) - len(data)
+    for offset in range(start, len(whole), 7):
+        damaged = bytearray(whole)
+        damaged[offset] ^= 0x40
+        path.write_bytes(bytes(damaged))
+        wal, replayed, recovery = open_log(tmp_path)
+        wal.close()
+        assert replayed == kept, offset
+        assert recovery.truncated_bytes == len(data)
+    path.write_bytes(whole)
+    _, replayed, _ = open_log(tmp_path)
+    assert [event.seq for item in replayed for event in item.events] == [1, 2, 3, 4, 5, 6]
