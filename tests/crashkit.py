@@ -15,26 +15,40 @@ from tests.helpers.crash_writer import payload
 ROOT = Path(__file__).parent.parent
 
 
-class AckLog:
-    """Collects the ``ack`` lines of one writer process as they come."""
+class LineLog:
+    """Collects the output lines of a helper process as they come, split into words."""
 
     def __init__(self, process: subprocess.Popen[str]) -> None:
         self.process = process
-        self.acks: dict[str, str] = {}
+        self.lines: list[list[str]] = []
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            kind, key, unit_id = line.split()
-            if kind == "ack":
-                self.acks[key] = unit_id
+            self.lines.append(line.split())
+
+    def of(self, kind: str) -> list[list[str]]:
+        return [words[1:] for words in list(self.lines) if words[0] == kind]
 
     def stop(self) -> None:
         self.process.kill()
         self.process.wait(WAIT)
         self._thread.join(WAIT)
+
+
+class AckLog(LineLog):
+    """A crash_writer's ``ack KEY ID`` lines."""
+
+    @property
+    def acks(self) -> dict[str, str]:
+        return {key: unit_id for key, unit_id in self.of("ack")}
+
+
+def start_helper(env: dict[str, str], module: str, *args: str) -> LineLog:
+    return LineLog(subprocess.Popen([sys.executable, "-m", f"tests.helpers.{module}", *args],
+                                    env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True))
 
 
 def start_daemon(env: dict[str, str],

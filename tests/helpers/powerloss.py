@@ -24,7 +24,6 @@ from typing import Any
 
 from engramd.wal.log import SUFFIX
 
-
 SYNC_DELAY = 0.002
 
 
