@@ -1,0 +1,235 @@
+"""A hypothesis state machine over the lease manager of a real daemon.
+
+Agents acquire (one or several resources, bound to their connection or not),
+renew, release, release what is not theirs, disconnect, let a short lease
+expire, queue behind a holder, close a waiting cycle, and the daemon restarts.
+After every step the daemon's lock table is exactly the model's: never two
+holders, waiters served first come first served, a cycle refused with
+``deadlock`` instead of waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from engram_cli.client import Client
+from engram_cli.errors import Conflict, Deadlock, Forbidden, LockHeld
+from engramd.protocol import Lease
+from tests.conftest import WAIT, ThreadedDaemon, make_config, start_threaded, wait_until
+
+AGENTS = ("ann", "bob", "cat")
+RESOURCES = ("res/1", "res/2", "res/3")
+TTL = 120.0
+
+
+@dataclass
+class Held:
+    agent: str
+    lease: Lease
+
+
+class Waiter(threading.Thread):
+    """One agent's waiting acquire, on a connection of its own."""
+
+    def __init__(self, socket_path: str, agent: str, resource: str) -> None:
+        super().__init__(daemon=True)
+        self.client = Client(socket_path, agent_id=agent, autostart=False, timeout=WAIT)
+        self.client.connect()
+        self.resource = resource
+        self.outcome: Lease | BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            (self.outcome,) = self.client.acquire_lock(self.resource, ttl=TTL, wait=WAIT)
+        except BaseException as exc:  # handed to the test thread
+            self.outcome = exc
+
+    def result(self) -> Lease:
+        self.join(WAIT)
+        assert isinstance(self.outcome, Lease), self.outcome
+        return self.outcome
+
+
+class LeaseMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scratch = tempfile.mkdtemp(prefix="eg-", dir="/tmp")
+        env = {"ENGRAM_SOCKET": os.path.join(self.scratch, "s.sock"),
+               "ENGRAM_DATA_DIR": os.path.join(self.scratch, "data")}
+        self.config = make_config(env)
+        self.daemon: ThreadedDaemon = start_threaded(self.config)
+        self.clients: dict[str, Client] = {}
+        self.held: dict[str, Held] = {}
+        self.last_token: dict[str, int] = {}
+
+    def client(self, agent: str) -> Client:
+        if agent not in self.clients:
+            client = Client(self.config.socket, agent_id=agent, autostart=False, timeout=WAIT)
+            client.connect()
+            self.clients[agent] = client
+        return self.clients[agent]
+
+    def grant(self, agent: str, lease: Lease) -> None:
+        assert lease.fencing_token > self.last_token.get(lease.resource, 0), "token went back"
+        self.last_token[lease.resource] = lease.fencing_token
+        self.held[lease.resource] = Held(agent, lease)
+
+    def free(self) -> list[str]:
+        return [r for r in RESOURCES if r not in self.held]
+
+    # -- rules --------------------------------------------------------------
+
+    @rule(agent=st.sampled_from(AGENTS),
+          wanted=st.lists(st.sampled_from(RESOURCES), min_size=1, max_size=2, unique=True),
+          bind=st.booleans())
+    def acquire(self, agent: str, wanted: list[str], bind: bool) -> None:
+        owners = {self.held[r].agent for r in wanted if r in self.held}
+        client = self.client(agent)
+        if not owners:
+            leases = client.acquire_lock(wanted, ttl=TTL, bind_connection=bind)
+            assert sorted(lease.resource for lease in leases) == sorted(wanted)
+            for lease in leases:
+                assert lease.holder == agent and lease.bound_to_connection == bind
+                self.grant(agent, lease)
+        elif owners == {agent}:
+            with pytest.raises(Conflict):
+                client.acquire_lock(wanted, ttl=TTL)
+        else:
+            with pytest.raises((LockHeld, Conflict)):
+                client.acquire_lock(wanted, ttl=TTL)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        resource = data.draw(st.sampled_from(sorted(self.held)))
+        held = self.held.pop(resource)
+        self.client(held.agent).release_lock(held.lease.lock_id)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def renew(self, data: st.DataObject) -> None:
+        held = self.held[data.draw(st.sampled_from(sorted(self.held)))]
+        renewed = self.client(held.agent).renew_lock(held.lease.lock_id, ttl=TTL)
+        assert renewed.fencing_token == held.lease.fencing_token
+        held.lease = renewed
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def release_someone_elses(self, data: st.DataObject) -> None:
+        held = self.held[data.draw(st.sampled_from(sorted(self.held)))]
+        other = data.draw(st.sampled_from([a for a in AGENTS if a != held.agent]))
+        with pytest.raises(Forbidden):
+            self.client(other).release_lock(held.lease.lock_id)
+
+    @rule(agent=st.sampled_from(AGENTS))
+    def disconnect(self, agent: str) -> None:
+        client = self.clients.pop(agent, None)
+        if client is None:
+            return
+        client.close()
+        for resource, held in list(self.held.items()):
+            if held.agent == agent and held.lease.bound_to_connection:
+                del self.held[resource]
+                wait_until(lambda r=resource: self.lock_holder(r) is None,  # type: ignore[misc]
+                           f"{resource} released with its connection")
+
+    @precondition(lambda self: len(self.held) < len(RESOURCES))
+    @rule(agent=st.sampled_from(AGENTS), data=st.data())
+    def let_expire(self, agent: str, data: st.DataObject) -> None:
+        resource = data.draw(st.sampled_from(self.free()))
+        (lease,) = self.client(agent).acquire_lock(resource, ttl=0.2)
+        self.grant(agent, lease)
+        del self.held[resource]
+        wait_until(lambda: self.lock_holder(resource) is None, f"{resource} to expire")
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def queue_behind(self, data: st.DataObject) -> None:
+        resource = data.draw(st.sampled_from(sorted(self.held)))
+        holder = self.held[resource]
+        first, second = data.draw(st.permutations([a for a in AGENTS if a != holder.agent]))
+        waiters = []
+        for agent in (first, second):
+            waiter = Waiter(self.config.socket, agent, resource)
+            waiter.start()
+            waiters.append(waiter)
+            wait_until(lambda a=agent: a in self.waiting(resource),  # type: ignore[misc]
+                       f"{agent} in line")
+        assert self.waiting(resource) == [first, second]
+        self.client(holder.agent).release_lock(holder.lease.lock_id)
+        for waiter in waiters:  # first come, first served
+            lease = waiter.result()
+            assert lease.holder == waiter.client.agent_id
+            self.grant(waiter.client.agent_id, lease)
+            waiter.client.release_lock(lease.lock_id)
+            waiter.client.close()
+        del self.held[resource]
+
+    @precondition(lambda self: len(self.free()) >= 2)
+    @rule(data=st.data())
+    def close_a_cycle(self, data: st.DataObject) -> None:
+        one, two = data.draw(st.permutations(self.free()))[:2]
+        ann, bob = data.draw(st.permutations(AGENTS))[:2]
+        (mine,) = self.client(ann).acquire_lock(one, ttl=TTL)
+        (theirs,) = self.client(bob).acquire_lock(two, ttl=TTL)
+        waiter = Waiter(self.config.socket, ann, two)  # ann waits for bob's resource...
+        waiter.start()
+        wait_until(lambda: ann in self.waiting(two), "ann in line")
+        with pytest.raises(Deadlock):  # ...so bob waiting for ann's would close a cycle
+            self.client(bob).acquire_lock(one, ttl=TTL, wait=WAIT)
+        self.client(bob).release_lock(theirs.lock_id)
+        granted = waiter.result()
+        waiter.client.release_lock(granted.lock_id)
+        waiter.client.close()
+        self.client(ann).release_lock(mine.lock_id)
+        for lease in (mine, theirs, granted):
+            self.last_token[lease.resource] = max(self.last_token.get(lease.resource, 0),
+                                                  lease.fencing_token)
+
+    @rule()
+    def restart(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        self.clients.clear()
+        self.daemon.stop()
+        self.daemon = start_threaded(self.config)
+
+    # -- the daemon agrees with the model ------------------------------------
+
+    def lock_holder(self, resource: str) -> str | None:
+        with Client(self.config.socket, autostart=False, timeout=WAIT) as probe:
+            lease = probe.get_lock(resource).lease
+        return None if lease is None else lease.holder
+
+    def waiting(self, resource: str) -> list[str]:
+        with Client(self.config.socket, autostart=False, timeout=WAIT) as probe:
+            return [waiter.agent for waiter in probe.get_lock(resource).waiters]
+
+    @invariant()
+    def table_matches_the_model(self) -> None:
+        with Client(self.config.socket, autostart=False, timeout=WAIT) as probe:
+            table = {state.resource: state.lease for state in probe.list_locks()
+                     if state.lease is not None}
+        assert {r: lease.lock_id for r, lease in table.items()} == \
+            {r: held.lease.lock_id for r, held in self.held.items()}
+
+    def teardown(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        self.daemon.stop()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+LeaseMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("ENGRAM_LEASE_MACHINE_EXAMPLES", "25")),
+    stateful_step_count=20, deadline=None)
+test_lease_state_machine = LeaseMachine.TestCase
