@@ -9,6 +9,23 @@ _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``10m``, ``2h``.
+
+    Raises:
+        ValueError: with a message that shows the accepted forms.
+    """
+    text = text.strip()
+    match = _RELATIVE.fullmatch(text)
+    try:
+        seconds = float(match[1]) * _UNITS[match[2]] if match else float(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ValueError(f"cannot read duration {text!r}: use 90, 90s, 10m or 2h")
+    return seconds
+
+
 def parse_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """An aware UTC datetime; naive ISO times are taken as local time.
 

@@ -14,9 +14,11 @@ from engram_cli import context
 from engram_cli.context import JsonOption
 from engram_cli.errors import UsageProblem
 from engram_cli.output import note
+from engram_cli.timeparse import parse_duration
 
 if TYPE_CHECKING:
-    from engram_cli.bench import BenchTarget
+    from engram_cli.bench import BenchResult, BenchTarget
+    from engram_cli.output import Output
 
 
 def bench(
@@ -30,6 +32,11 @@ def bench(
     scale: Annotated[float, typer.Option(
         "--scale", min=0.01, help="Multiply every workload's operation count.")] = 1.0,
     list_: Annotated[bool, typer.Option("--list", help="List the workloads and exit.")] = False,
+    soak: Annotated[str | None, typer.Option(
+        "--soak", metavar="DURATION",
+        help="Instead of the workloads, hold a mixed load (writers, watchers, lock "
+             "contention, searches) for DURATION (90s, 10m) and report latencies, errors "
+             "and the daemon's memory over time.")] = None,
     json: JsonOption = False,
 ) -> None:
     """Measure latency (p50/p99/max) and throughput of named workloads."""
@@ -43,6 +50,9 @@ def bench(
         for name, workload in harness.WORKLOADS.items():
             out.line(f"{name}\t{(workload.__doc__ or '').strip()}")
         return
+    if soak is not None:
+        _soak(cli, use_running, _duration(soak), json)
+        return
     names = only or list(harness.WORKLOADS)
     unknown = [name for name in names if name not in harness.WORKLOADS]
     if unknown:
@@ -54,6 +64,10 @@ def bench(
         for result in results:
             out.json_line(result)
         return
+    _table(out, results)
+
+
+def _table(out: Output, results: list[BenchResult]) -> None:
     out.table(
         "engram bench",
         ["workload", "ops", "p50 ms", "p99 ms", "max ms", "ops/s", "note"],
@@ -61,6 +75,41 @@ def bench(
           f"{r.throughput:,.0f}", r.note] for r in results),
         numeric={"ops", "p50 ms", "p99 ms", "max ms", "ops/s"},
     )
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def _soak(cli: context.CliContext, use_running: bool, seconds: float, json: bool) -> None:
+    from engram_cli import soak
+
+    out = cli.output(json)
+    with _target(cli, use_running) as target:
+        report = soak.run_soak(target, seconds, note)
+    memory = report.memory_summary()
+    if out.json:
+        for result in report.results:
+            out.json_line(result)
+        out.json_line({"memory": memory, "memory_samples": report.memory_mib,
+                       "errors": report.errors, "gaps": report.gaps,
+                       "daemon_errors": report.daemon_errors})
+        return
+    _table(out, report.results)
+    out.fields("soak", [
+        ("duration", f"{seconds:g}s"),
+        ("daemon memory", f"start {memory['start_mib']} MiB, after warm-up "
+                          f"{memory['warm_mib']} MiB, end {memory['end_mib']} MiB, max "
+                          f"{memory['max_mib']} MiB (growth after warm-up "
+                          f"{memory['growth_after_warm_up_mib']} MiB)"),
+        ("client errors", ", ".join(f"{k} {v}" for k, v in report.errors.items()) or "none"),
+        ("events missed by watchers", str(report.gaps)),
+        ("daemon error counters",
+         ", ".join(f"{k} {v}" for k, v in report.daemon_errors.items()) or "none"),
+    ])
 
 
 @contextlib.contextmanager
