@@ -264,6 +264,11 @@ class WriteAheadLog:
             try:
                 os.fdatasync(self._fd)
             except OSError as exc:
+                # The batch is refused, so take it out of the file as well (best
+                # effort, no fsync: that is what just failed); a restart then does
+                # not bring back what the writers were told failed.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, current.size)
                 raise SyncFailed(f"fdatasync of {current.path} failed: {exc.strerror}") from None
         current.size += len(data)
         self.last_seq = last_seq
