@@ -1,5 +1,10 @@
 """The socket server: accept loop, one task per connection, graceful stop.
 
+Connections are where identity and limits live: the hello is checked against
+the tokens (:mod:`engramd.tokens`), each connection may have a request rate
+(:mod:`engramd.ratelimit`), a frame must arrive within ``frame_timeout`` once
+begun, and a frame left unread ``dead_after_seconds`` cuts the peer off.
+
 Each connection is a thin loop around :class:`~engramd.protocol.ServerConnection`:
 bytes in, messages out; requests run concurrently in the connection's own
 nursery (up to ``max_inflight_per_connection``, after which the reader simply
@@ -26,7 +31,6 @@ import msgspec
 import trio
 from trio_typing import TaskStatus
 
-from engramd import validate
 from engramd.config import DaemonConfig
 from engramd.dispatch import Dispatcher
 from engramd.engine import Caller, Engine
@@ -51,15 +55,12 @@ from engramd.protocol import (
     ServerMessage,
     Subscribe,
     Subscribed,
-    TokenCreated,
-    TokenPage,
-    TokensRevoked,
     Unsubscribe,
     Welcome,
     encode_frame,
 )
 from engramd.ratelimit import TokenBucket
-from engramd.tokens import Authenticator, Identity
+from engramd.tokens import Authenticator, Identity, answer_token_request
 
 log = logging.getLogger("engramd.server")
 
@@ -397,22 +398,12 @@ class Server:
         if not session.identity.admin:
             raise Forbidden("managing tokens needs the admin token (the 'engram agent token' "
                             "commands read it from beside the socket)")
-        registry = self.authenticator.registry
-        if isinstance(request, ListTokens):
-            return TokenPage(id=request.id, tokens=[token.info for token in registry])
-        if isinstance(request, CreateToken):
-            validate.name(request.agent, "agent", _MAX_NAME)
-            secret, stored = registry.create(request.agent)
-            log.info("token %s created for agent %s", stored.id, stored.agent)
-            return TokenCreated(id=request.id, token=secret, info=stored.info)
-        revoked = registry.revoke(agent=request.agent, token_id=request.token_id)
-        gone = {token.id for token in revoked}
-        log.info("revoked token(s) %s", ", ".join(sorted(gone)))
+        reply, revoked = answer_token_request(self.authenticator.registry, request)
         for other in list(self._sessions):
-            if other.identity is not None and other.identity.token_id in gone:
+            if other.identity is not None and other.identity.token_id in revoked:
                 other.reader_scope.cancel()
                 await trio.aclose_forcefully(other.stream)
-        return TokensRevoked(id=request.id, tokens=[token.info for token in revoked])
+        return reply
 
     async def _run_subscription(self, session: Session, subscriber: Subscriber,
                                 scope: trio.CancelScope) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -28,10 +29,24 @@ from dataclasses import dataclass
 
 import msgspec
 
+from engramd import validate
 from engramd.errors import BadRequest, Forbidden, NotFound, StartupError
-from engramd.protocol import Hello, TokenInfo
+from engramd.protocol import (
+    CreateToken,
+    Hello,
+    ListTokens,
+    RevokeTokens,
+    ServerMessage,
+    TokenCreated,
+    TokenInfo,
+    TokenPage,
+    TokensRevoked,
+)
+
+log = logging.getLogger("engramd.tokens")
 
 AGENT_TOKEN_PREFIX = "egt_"
+MAX_AGENT = 256
 ADMIN_TOKEN_PREFIX = "ega_"
 TOKENS_FILE = "tokens.json"
 
@@ -161,3 +176,21 @@ class Authenticator:
             raise Forbidden(f"this token belongs to agent {stored.agent}, not "
                             f"{hello.agent_id} (set ENGRAM_AGENT={stored.agent})")
         return Identity(stored.agent, token_id=stored.id)
+
+
+def answer_token_request(
+    registry: TokenRegistry, request: CreateToken | ListTokens | RevokeTokens
+) -> tuple[ServerMessage, set[str]]:
+    """The reply to a token request (the caller checked the admin token), and the ids
+    of the tokens it revoked, whose connections must close."""
+    if isinstance(request, ListTokens):
+        return TokenPage(id=request.id, tokens=[token.info for token in registry]), set()
+    if isinstance(request, CreateToken):
+        validate.name(request.agent, "agent", MAX_AGENT)
+        secret, stored = registry.create(request.agent)
+        log.info("token %s created for agent %s", stored.id, stored.agent)
+        return TokenCreated(id=request.id, token=secret, info=stored.info), set()
+    revoked = registry.revoke(agent=request.agent, token_id=request.token_id)
+    log.info("revoked token(s) %s", ", ".join(token.id for token in revoked))
+    return (TokensRevoked(id=request.id, tokens=[token.info for token in revoked]),
+            {token.id for token in revoked})
