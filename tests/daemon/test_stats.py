@@ -23,7 +23,7 @@ def test_stats_count_requests_errors_latencies_and_fanout(threaded_daemon: Threa
         subscription = watcher.subscribe(contexts=["s"], kinds=["unit.created"])
         for number in range(5):
             writer.create_unit("s", "MESSAGE", f"unit {number}")
-        received = [item for item, _ in zip(subscription, range(5), strict=False)]
+        received = [item for _, item in zip(range(5), subscription, strict=False)]
         assert all(isinstance(event, UnitCreated) for event in received)
         writer.search("unit")
         with pytest.raises(NotFound):
