@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,14 @@ def test_twenty_sigkills_lose_nothing(env: dict[str, str], tmp_path: Path) -> No
     lockers = [start_helper({**env, "ENGRAM_AGENT": f"l{n}"}, "lock_worker", socket_path,
                             f"l{n}", str(counter)) for n in range(2)]
     watcher = start_helper(env, "watch_worker", socket_path, "crash-w0")
+    with stopping(watcher):
+        run_kill_loop(env, rng, daemon, writers, lockers, watcher, counter)
+
+
+def run_kill_loop(env: dict[str, str], rng: random.Random, daemon: subprocess.Popen[bytes],
+                  writers: list[AckLog], lockers: list[LineLog], watcher: LineLog,
+                  counter: Path) -> None:
+    socket_path = env["ENGRAM_SOCKET"]
 
     def sections() -> int:
         return sum(len(locker.of("inc")) for locker in lockers)
@@ -76,7 +85,7 @@ def test_twenty_sigkills_lose_nothing(env: dict[str, str], tmp_path: Path) -> No
             helper.stop()
     assert not any(locker.of("error") for locker in lockers)
     acked = {key: unit_id for writer in writers for key, unit_id in writer.acks.items()}
-    with Client(socket_path, autostart=False, timeout=30) as engram, stopping(watcher):
+    with Client(socket_path, autostart=False, timeout=30) as engram:
         check_journal(engram, acked, ["w0", "w1"])
         stored = []
         cursor = 0
