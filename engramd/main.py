@@ -129,11 +129,13 @@ async def run_daemon(
     Raises:
         StartupError: the data dir or socket cannot be claimed.
     """
-    with claim_runtime(config.socket, config.data_dir) as listen_socket:
-        authenticator = Authenticator(TokenRegistry(config.data_dir),
-                                      admin_token_path(config.socket),
-                                      require_tokens=config.require_tokens)
-        authenticator.publish_admin_token()
+    authenticator = Authenticator(TokenRegistry(config.data_dir),
+                                  admin_token_path(config.socket),
+                                  require_tokens=config.require_tokens)
+    # The admin token is in place before the socket listens: a client that
+    # started this daemon reads it as soon as it can connect.
+    with claim_runtime(config.socket, config.data_dir,
+                       before_listen=authenticator.publish_admin_token) as listen_socket:
         try:
             await _serve(config, listen_socket, authenticator, handle_signals, task_status)
         finally:

@@ -11,7 +11,7 @@ import fcntl
 import os
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from engramd.errors import StartupError
 
@@ -118,11 +118,13 @@ def bind_socket(path: str) -> socket.socket:
 
 
 @contextlib.contextmanager
-def claim_runtime(socket_path: str, data_dir: str) -> Iterator[socket.socket]:
+def claim_runtime(socket_path: str, data_dir: str,
+                  before_listen: Callable[[], None] = lambda: None) -> Iterator[socket.socket]:
     """Own the data dir and the socket for as long as the context lasts.
 
     Order matters: the data dir lock first (two daemons must never share
     one), then the socket lock (two daemons must never fight over one path),
+    then *before_listen* (what a client may read as soon as it can connect),
     then the socket itself. On exit the socket file is removed before the
     locks are released, so the next daemon finds a clean place.
     """
@@ -134,6 +136,7 @@ def claim_runtime(socket_path: str, data_dir: str) -> Iterator[socket.socket]:
     try:
         socket_lock.acquire()
         try:
+            before_listen()
             sock = bind_socket(socket_path)
             try:
                 yield sock

@@ -12,7 +12,14 @@ from engram_cli.client import Client
 from engram_cli.errors import DaemonUnavailable, Forbidden
 from engramd.config import DaemonConfig
 from engramd.protocol import admin_token_path
-from tests.conftest import make_config, run_cli, spawn_engramd, start_threaded, wait_until
+from tests.conftest import (
+    make_config,
+    run_cli,
+    socket_answers,
+    spawn_engramd,
+    start_threaded,
+    wait_until,
+)
 
 
 def connect(config: DaemonConfig, agent: str, token: str | None = None,
@@ -138,3 +145,15 @@ def test_cli_token_commands(env: dict[str, str]) -> None:
     finally:
         run_cli(env, "daemon", "stop")
     wait_until(lambda: not os.path.exists(env["ENGRAM_SOCKET"]), "the daemon to stop")
+
+
+def test_the_admin_token_is_in_place_before_the_socket_answers(env: dict[str, str]) -> None:
+    """A client that started the daemon reads the admin token as soon as it can connect."""
+    process = spawn_engramd(env)
+    try:
+        wait_until(lambda: socket_answers(env["ENGRAM_SOCKET"]), "engramd to listen")
+        assert os.path.exists(admin_token_path(env["ENGRAM_SOCKET"]))
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert not os.path.exists(admin_token_path(env["ENGRAM_SOCKET"]))
