@@ -82,9 +82,6 @@ class Dispatcher:
         self.engine = engine
         self.server = server
 
-    async def dispatch(self, request: ClientMessage, caller: Caller) -> ServerMessage:
-        """Answer *request*; never raises except for cancellation."""
-        return await self.guard(request, lambda: self._handle(request, caller))
 
     async def guard(self, request: ClientMessage,
                     handle: Callable[[], Awaitable[ServerMessage]]) -> ServerMessage:
@@ -112,7 +109,8 @@ class Dispatcher:
             metrics.count(f'errors_total{{code="{reply.code}"}}')
         return reply
 
-    async def _handle(self, request: ClientMessage, caller: Caller) -> ServerMessage:
+    async def handle(self, request: ClientMessage, caller: Caller) -> ServerMessage:
+        """Answer *request*; raises :class:`EngramError` (call it inside :meth:`guard`)."""
         engine = self.engine
         replace = msgspec.structs.replace
         match request:

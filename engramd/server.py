@@ -392,12 +392,8 @@ class Server:
         session.streams.start_soon(self._run_subscription, session, subscriber, scope)
         return reply
 
-    async def _token_request(self, session: Session,
-                             request: CreateToken | ListTokens | RevokeTokens) -> ServerMessage:
-        assert session.identity is not None
-        if not session.identity.admin:
-            raise Forbidden("managing tokens needs the admin token (the 'engram agent token' "
-                            "commands read it from beside the socket)")
+    async def _token_request(
+            self, request: CreateToken | ListTokens | RevokeTokens) -> ServerMessage:
         reply, revoked = answer_token_request(self.authenticator.registry, request)
         for other in list(self._sessions):
             if other.identity is not None and other.identity.token_id in revoked:
@@ -421,15 +417,20 @@ class Server:
 
     async def _answer(self, session: Session, request: ClientMessage,
                       caller: Caller) -> ServerMessage:
+        return await self.dispatcher.guard(
+            request, lambda: self._handle(session, request, caller))
+
+    async def _handle(self, session: Session, request: ClientMessage,
+                      caller: Caller) -> ServerMessage:
+        assert session.identity is not None
+        self.authenticator.check_allowed(session.identity, request)
         # Subscriptions and tokens belong to connections, not to the engine: they
         # are handled here, and everything else goes through dispatch.
         if isinstance(request, Subscribe | Unsubscribe):
-            return await self.dispatcher.guard(
-                request, lambda: self._subscription_request(session, request, caller))
+            return await self._subscription_request(session, request, caller)
         if isinstance(request, CreateToken | ListTokens | RevokeTokens):
-            return await self.dispatcher.guard(
-                request, lambda: self._token_request(session, request))
-        return await self.dispatcher.dispatch(request, caller)
+            return await self._token_request(request)
+        return await self.dispatcher.handle(request, caller)
 
     async def _run_request(
         self, session: Session, inflight: trio.Semaphore, request: ClientMessage

@@ -32,11 +32,15 @@ import msgspec
 from engramd import validate
 from engramd.errors import BadRequest, Forbidden, NotFound, StartupError
 from engramd.protocol import (
+    BreakLock,
+    ClientMessage,
     CreateToken,
     Hello,
     ListTokens,
+    Reindex,
     RevokeTokens,
     ServerMessage,
+    Shutdown,
     TokenCreated,
     TokenInfo,
     TokenPage,
@@ -158,6 +162,22 @@ class Authenticator:
     def withdraw_admin_token(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.admin_token_path)
+
+    def check_allowed(self, identity: Identity, request: ClientMessage) -> None:
+        """Raise :class:`Forbidden` unless *identity* may send *request*.
+
+        Token management always needs the admin token; with ``require_tokens``
+        so do the requests that reach beyond the caller's own work: stopping
+        the daemon, breaking someone's lease, rebuilding the index.
+        """
+        if identity.admin:
+            return
+        if isinstance(request, CreateToken | ListTokens | RevokeTokens):
+            raise Forbidden("managing tokens needs the admin token (the 'engram agent "
+                            "token' commands read it from beside the socket)")
+        if self.require_tokens and isinstance(request, Shutdown | BreakLock | Reindex):
+            raise Forbidden(f"{request.__struct_config__.tag} needs the admin token when "
+                            "auth.require_tokens is on")
 
     def authenticate(self, hello: Hello) -> Identity:
         """The identity *hello* proves. Raises :class:`Forbidden` when it proves none."""

@@ -148,7 +148,7 @@ def list_(
 def break_(ctx: typer.Context, resource: ResourceArg,
            reason: Annotated[str, typer.Option("--reason", help="Why (recorded).")]) -> None:
     """End someone else's lease; who did it and why go into the journal."""
-    context.get(ctx).client().break_lock(resource, reason)
+    context.get(ctx).client(admin=True).break_lock(resource, reason)
 
 
 class _Keeper(threading.Thread):

@@ -157,3 +157,24 @@ def test_the_admin_token_is_in_place_before_the_socket_answers(env: dict[str, st
         process.terminate()
         process.communicate(timeout=30)
     assert not os.path.exists(admin_token_path(env["ENGRAM_SOCKET"]))
+
+
+def test_with_required_tokens_only_the_admin_stops_breaks_and_reindexes(
+        strict: DaemonConfig) -> None:
+    with start_threaded(strict):
+        with connect(strict, "admin", admin=True) as admin:
+            alice_token = admin.create_token("alice").token
+            bob_token = admin.create_token("bob").token
+        with connect(strict, "alice", token=alice_token) as alice, \
+                connect(strict, "bob", token=bob_token) as bob:
+            alice.acquire_lock("deploy:prod", ttl=30)
+            with pytest.raises(Forbidden, match="lock.break needs the admin token"):
+                bob.break_lock("deploy:prod", "mine now")
+            with pytest.raises(Forbidden, match="search.reindex needs the admin token"):
+                bob.reindex()
+            with pytest.raises(Forbidden, match="shutdown needs the admin token"):
+                bob.shutdown()
+            bob.ping()  # refused requests, not a refused connection
+            with connect(strict, "operator", admin=True) as admin:
+                admin.break_lock("deploy:prod", "stuck deploy")
+            assert alice.get_lock("deploy:prod").lease is None
