@@ -168,9 +168,9 @@ def test_with_required_tokens_only_the_admin_stops_breaks_and_reindexes(
         with connect(strict, "alice", token=alice_token) as alice, \
                 connect(strict, "bob", token=bob_token) as bob:
             alice.acquire_lock("deploy:prod", ttl=30)
-            with pytest.raises(Forbidden, match="lock.break needs the admin token"):
+            with pytest.raises(Forbidden, match=r"lock\.break needs the admin token"):
                 bob.break_lock("deploy:prod", "mine now")
-            with pytest.raises(Forbidden, match="search.reindex needs the admin token"):
+            with pytest.raises(Forbidden, match=r"search\.reindex needs the admin token"):
                 bob.reindex()
             with pytest.raises(Forbidden, match="shutdown needs the admin token"):
                 bob.shutdown()
