@@ -156,6 +156,7 @@ class Server:
         self._sessions: set[Session] = set()
         self._requests_served = 0
         self._requests_in_flight = 0
+        self._token_writes = trio.CapacityLimiter(1)
         self.metrics = engine.metrics
         self._uid = os.geteuid()
         self._nursery: trio.Nursery | None = None
@@ -394,7 +395,10 @@ class Server:
 
     async def _token_request(
             self, request: CreateToken | ListTokens | RevokeTokens) -> ServerMessage:
-        reply, revoked = answer_token_request(self.authenticator.registry, request)
+        # The token file is rewritten with fsyncs: off the event loop, one at a time.
+        reply, revoked = await trio.to_thread.run_sync(
+            answer_token_request, self.authenticator.registry, request,
+            limiter=self._token_writes)
         for other in list(self._sessions):
             if other.identity is not None and other.identity.token_id in revoked:
                 other.reader_scope.cancel()
