@@ -17,13 +17,20 @@ import contextlib
 import math
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
 from engram_cli import requests
 from engram_cli.autostart import start_daemon
-from engram_cli.errors import DaemonUnavailable, EngramError, NotFound, error_from_reply
+from engram_cli.errors import (
+    DaemonUnavailable,
+    EngramError,
+    NotFound,
+    ReplyT,
+    error_from_reply,
+    reply_as,
+)
 from engram_cli.requests import Payload
 from engram_cli.settings import autostart_enabled, default_agent_id, default_token, find_socket
 from engram_cli.stream import Position, Push
@@ -66,7 +73,6 @@ from engramd.protocol import (
     Welcome,
 )
 
-ReplyT = TypeVar("ReplyT", bound=ServerMessage)
 _RECEIVE_SIZE = 256 * 1024
 
 
@@ -150,13 +156,7 @@ class AsyncClient:
         if reply is None:
             assert self._broken is not None
             raise self._broken
-        if isinstance(reply, ErrorReply):
-            raise error_from_reply(reply)
-        if not isinstance(reply, expect):
-            raise EngramError(
-                f"engramd answered {type(reply).__name__} to {type(request).__name__}"
-            )
-        return reply
+        return reply_as(reply, request, expect)
 
     def _next_id(self) -> int:
         return self._protocol.allocate_id()

@@ -20,7 +20,7 @@ import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from engram_cli import requests
 from engram_cli.autostart import START_TIMEOUT, start_daemon
@@ -29,7 +29,9 @@ from engram_cli.errors import (
     DaemonUnavailable,
     EngramError,
     NotFound,
+    ReplyT,
     error_from_reply,
+    reply_as,
 )
 from engram_cli.requests import Payload
 from engram_cli.settings import (
@@ -101,8 +103,6 @@ from engramd.protocol import (
     UnitsFound,
     Unsubscribe,
 )
-
-ReplyT = TypeVar("ReplyT", bound=ServerMessage)
 
 _RECEIVE_SIZE = 256 * 1024
 DEFAULT_TIMEOUT = 30.0
@@ -371,13 +371,7 @@ class Client:
     def expect(self, reply: ServerMessage, request: ClientMessage,
                expect: type[ReplyT]) -> ReplyT:
         """*reply* as the answer to *request*; raises if it is an error or of another kind."""
-        if isinstance(reply, ErrorReply):
-            raise error_from_reply(reply)
-        if not isinstance(reply, expect):
-            raise EngramError(
-                f"engramd answered {type(reply).__name__} to {type(request).__name__}"
-            )
-        return reply
+        return reply_as(reply, request, expect)
 
     def next_id(self) -> int:
         self.connect()

@@ -8,8 +8,9 @@ CLI turns any :class:`EngramError` into one line on stderr and ``exit_code``.
 from __future__ import annotations
 
 import enum
+from typing import TypeVar
 
-from engramd.protocol import ErrorCode, ErrorReply
+from engramd.protocol import ClientMessage, ErrorCode, ErrorReply, ServerMessage
 
 
 class ExitCode(enum.IntEnum):
@@ -124,6 +125,20 @@ _BY_CODE: dict[str, type[DaemonError]] = {
     for cls in (BadRequest, NotFound, Conflict, LockHeld, Deadlock, Timeout, TooLarge,
                 Unavailable, RateLimited, Forbidden, VersionMismatch, InternalError)
 }
+
+
+ReplyT = TypeVar("ReplyT", bound=ServerMessage)
+
+
+def reply_as(reply: ServerMessage, request: ClientMessage, expect: type[ReplyT]) -> ReplyT:
+    """*reply* as the answer to *request*; raises if it is an error or of another kind."""
+    if isinstance(reply, ErrorReply):
+        raise error_from_reply(reply)
+    if not isinstance(reply, expect):
+        raise EngramError(
+            f"engramd answered {type(reply).__name__} to {type(request).__name__}"
+        )
+    return reply
 
 
 def error_from_reply(reply: ErrorReply) -> DaemonError:
