@@ -255,14 +255,18 @@ def fill_text(n: int) -> bytes:
     return (f"step {n}: " + " ".join(words)).encode()
 
 
-def _daemon_rss_mib(target: BenchTarget) -> float:
-    with target.client() as client:
-        pid = client.status().pid
+def resident_mib(pid: int) -> float:
+    """Resident memory of process *pid*, from ``/proc/PID/status``."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _daemon_rss_mib(target: BenchTarget) -> float:
+    with target.client() as client:
+        return resident_mib(client.status().pid)
 
 
 def _fill(target: BenchTarget) -> int:

@@ -17,7 +17,14 @@ from collections.abc import Callable
 
 import msgspec
 
-from engram_cli.bench import BenchResult, BenchTarget, Measurement, fill_text, summarize
+from engram_cli.bench import (
+    BenchResult,
+    BenchTarget,
+    Measurement,
+    fill_text,
+    resident_mib,
+    summarize,
+)
 from engram_cli.client import Client
 from engram_cli.errors import ClientTimeout, DaemonUnavailable, EngramError, Timeout
 from engramd.protocol import Heartbeat, UnitCreated
@@ -137,14 +144,6 @@ def _worker(role: str, socket_path: str, name: str, seconds: float) -> None:
     tally.report(started)
 
 
-def _resident_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as file:
-        for line in file:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 @dataclasses.dataclass
 class SoakReport:
     results: list[BenchResult]
@@ -186,7 +185,7 @@ def run_soak(target: BenchTarget, seconds: float,
             worker.stdin.flush()
         memory = []
         while time.monotonic() - started < seconds:
-            memory.append((round(time.monotonic() - started, 1), _resident_mib(pid)))
+            memory.append((round(time.monotonic() - started, 1), resident_mib(pid)))
             if len(memory) % ANNOUNCE_EVERY == 1:
                 progress(f"soak: {memory[-1][0]:.0f}/{seconds:.0f}s, daemon "
                          f"{memory[-1][1]:.1f} MiB")
@@ -195,7 +194,7 @@ def run_soak(target: BenchTarget, seconds: float,
         for role, worker in workers:
             out, _ = worker.communicate(timeout=seconds + 120)
             tallies.setdefault(role, []).append(msgspec.json.decode(out, type=Tally))
-        memory.append((round(time.monotonic() - started, 1), _resident_mib(pid)))
+        memory.append((round(time.monotonic() - started, 1), resident_mib(pid)))
         counters = client.stats().counters
     daemon_errors = {name: value for name, value in counters.items()
                      if name.startswith(("errors_total", "connections_failed"))}
