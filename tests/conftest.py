@@ -22,7 +22,14 @@ from hypothesis import HealthCheck, settings
 from engram_cli.client import Client
 from engramd.config import DaemonConfig, load_config
 from engramd.main import run_daemon
-from engramd.protocol import ErrorReply, FrameDecoder, encode_message
+from engramd.protocol import (
+    PROTOCOL_VERSION,
+    ErrorReply,
+    FrameDecoder,
+    Hello,
+    Welcome,
+    encode_message,
+)
 from engramd.protocol.messages import AnyServerMessage
 from engramd.server import Server
 
@@ -220,6 +227,15 @@ class RawConnection:
         self.sock.connect(path)
         self.frames = FrameDecoder()
         self._decoder = msgspec.msgpack.Decoder(AnyServerMessage)
+
+    @classmethod
+    def greeted(cls, path: str, agent: str = "raw") -> RawConnection:
+        """A connection that has completed its handshake."""
+        raw = cls(path)
+        raw.send(Hello(id=1, protocol_version=PROTOCOL_VERSION, client_name="raw",
+                       agent_id=agent))
+        assert isinstance(raw.receive(), Welcome)
+        return raw
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from engram_cli.client import Client
 from engramd.config import DaemonConfig
-from engramd.protocol import PROTOCOL_VERSION, Hello, Ping, Welcome, encode_frame
+from engramd.protocol import Ping, encode_frame
 from tests.conftest import (
     DaemonProcess,
     RawConnection,
@@ -28,11 +28,7 @@ FUZZ_READ_TIMEOUT = 0.2
 
 
 def greeted(path: str) -> RawConnection:
-    raw = RawConnection(path)
-    raw.send(Hello(id=1, protocol_version=PROTOCOL_VERSION, client_name="hostile",
-                   agent_id="hostile"))
-    assert isinstance(raw.receive(), Welcome)
-    return raw
+    return RawConnection.greeted(path, "hostile")
 
 
 def read_what_comes(raw: RawConnection, frames: int) -> None:

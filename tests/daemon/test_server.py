@@ -20,7 +20,6 @@ from engramd.protocol import (
     Hello,
     Ping,
     Pong,
-    Welcome,
     encode_frame,
 )
 from engramd.protocol.framing import PREFIX
@@ -39,10 +38,7 @@ def client(config: DaemonConfig, **kwargs: object) -> Client:
 
 
 def greeted(config: DaemonConfig) -> RawConnection:
-    raw = RawConnection(config.socket)
-    raw.send(Hello(id=1, protocol_version=PROTOCOL_VERSION, client_name="raw", agent_id="r"))
-    assert isinstance(raw.receive(), Welcome)
-    return raw
+    return RawConnection.greeted(config.socket, "r")
 
 
 def assert_still_serving(config: DaemonConfig) -> None:

@@ -30,8 +30,8 @@ from engramd.protocol.messages import ClientMessage
 from tests.fuzzing import encode, request_maps, values
 
 
-def ready_connection() -> ServerConnection:
-    connection = ServerConnection(max_frame=1 << 20)
+def ready_connection(max_frame: int = 1 << 20) -> ServerConnection:
+    connection = ServerConnection(max_frame=max_frame)
     connection.receive_data(encode_message(
         Hello(id=1, protocol_version=PROTOCOL_VERSION, client_name="fuzz", agent_id="f")))
     connection.next_event()
@@ -150,12 +150,7 @@ AMPLIFIERS = {
 @pytest.mark.parametrize("name", AMPLIFIERS)
 def test_frames_that_blow_up_when_decoded_are_refused_cheaply(name: str) -> None:
     body = AMPLIFIERS[name]
-    connection = ServerConnection(max_frame=2 * N)
-    connection.receive_data(encode_message(
-        Hello(id=1, protocol_version=PROTOCOL_VERSION, client_name="fuzz", agent_id="f")))
-    connection.next_event()
-    connection.send(Welcome(id=1, protocol_version=PROTOCOL_VERSION, daemon_version="t",
-                            pid=1, instance_id="i"))
+    connection = ready_connection(max_frame=2 * N)
     connection.receive_data(encode_frame(body))
     tracemalloc.start()
     try:
