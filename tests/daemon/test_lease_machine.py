@@ -197,9 +197,10 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
-        for client in self.clients.values():
-            client.close()
-        self.clients.clear()
+        # Closing the connections first is a disconnect of each: their bound leases end
+        # (the daemon only keeps bound leases whose connection outlived it).
+        for agent in list(self.clients):
+            self.disconnect(agent)
         self.daemon.stop()
         self.daemon = start_threaded(self.config)
 
