@@ -68,6 +68,20 @@ class _IdOnly(msgspec.Struct):
 
 
 _id_decoder = msgspec.msgpack.Decoder(_IdOnly)
+_skimmer = msgspec.msgpack.Decoder(msgspec.Raw)
+
+
+def _well_formed(body: bytes) -> bool:
+    """Whether *body* is one complete MessagePack object, its strings unchecked.
+
+    Decoding to ``Raw`` walks the structure (lengths, nesting, trailing bytes)
+    without looking inside strings, under every msgspec version we allow.
+    """
+    try:
+        _skimmer.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return True
 
 
 def encode_message(message: ClientMessage | ServerMessage) -> bytes:
@@ -116,11 +130,16 @@ class ServerConnection:
         try:
             message: ClientMessage = _client_decoder.decode(body)
         except (msgspec.ValidationError, UnicodeDecodeError) as exc:
-            # Invalid UTF-8 in a string surfaces as UnicodeDecodeError, not as a
-            # msgspec error; the frame boundary is intact either way.
             return self._invalid(body, exc)
-        except (msgspec.DecodeError, RecursionError) as exc:
-            # RecursionError: msgspec's answer to deeply nested input.
+        except msgspec.DecodeError as exc:
+            # Invalid UTF-8 in a string is a DecodeError in msgspec 0.23 and later
+            # (a UnicodeDecodeError before): a bad value in well-formed MessagePack,
+            # which leaves the stream in step. Only malformed MessagePack breaks it.
+            if _well_formed(body):
+                return self._invalid(body, exc)
+            raise RemoteProtocolError(f"malformed MessagePack frame: {exc}") from None
+        except RecursionError as exc:
+            # msgspec's answer to deeply nested input.
             raise RemoteProtocolError(f"malformed MessagePack frame: {exc}") from None
         if self.state is State.HANDSHAKE and not isinstance(message, Hello):
             raise RemoteProtocolError("the first message must be a hello")

@@ -128,27 +128,27 @@ def test_peer_of_another_uid_is_refused_by_credentials(env: dict[str, str]) -> N
         os.chmod(os.path.dirname(config.socket), 0o755)
         os.chmod(config.socket, 0o777)
         os.chmod(os.path.dirname(os.path.dirname(config.socket)), 0o755)
+        # The daemon refuses on the kernel's word alone, before reading anything:
+        # the intruder only listens (a hello it wrote could race the close).
         script = textwrap.dedent(f"""
-            import os, socket, msgspec
-            from engramd.protocol import ClientConnection, PROTOCOL_VERSION
+            import os, socket
+            import msgspec
+            from engramd.protocol import AnyServerMessage, ErrorReply, FrameDecoder
             os.setgid(65534); os.setuid(65534)
             sock = socket.socket(socket.AF_UNIX); sock.settimeout(10)
             sock.connect({config.socket!r})
-            conn = ClientConnection(client_name="intruder", agent_id="x")
-            sock.sendall(conn.hello(PROTOCOL_VERSION))
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    print("closed"); break
-                conn.receive_data(data)
-                event = conn.next_event()
-                if hasattr(event, "code"):
-                    print(event.code); break
+            frames, said = FrameDecoder(), []
+            while (data := sock.recv(65536)):
+                frames.receive_data(data)
+                while (body := frames.next_frame()) is not None:
+                    said.append(msgspec.msgpack.decode(body, type=AnyServerMessage))
+            assert all(isinstance(m, ErrorReply) for m in said), said
+            print(" ".join(m.code for m in said), "then closed")
         """)
         result = subprocess.run([sys.executable, "-c", script], capture_output=True,
                                 text=True, timeout=10, cwd=os.getcwd(), check=False,
                                 env={**env, "PYTHONPATH": os.getcwd()})
-        assert result.stdout.strip() == "forbidden", result.stderr
+        assert result.stdout.strip() == "forbidden then closed", result.stderr
         with Client(config.socket, autostart=False) as engram:
             engram.ping()
 
