@@ -5,16 +5,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+PIP := --quiet --disable-pip-version-check
+UV_VERSION := 0.13.9
 
-.PHONY: setup demo test lint bench completions man check clean
+.PHONY: setup demo test test-latest lock lint bench completions man check clean
 
 setup: $(STAMP)
 
-# Reinstall only when the project metadata changed: `make setup` is cheap.
-$(STAMP): pyproject.toml
+# A fresh venv from the lock (exact versions, checked against their hashes)
+# whenever the lock or the project metadata changed; otherwise instant.
+# (PYTHONWARNINGS: setuptools warns about every editable install, to no purpose.)
+$(STAMP): pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install $(PIP) --require-hashes -r $(LOCK)
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install $(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +28,26 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The suite against the newest releases pyproject.toml's ranges allow, in a venv
+# of its own: the next upstream change shows up here before a user meets it.
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install $(PIP) --upgrade pip
+	PYTHONWARNINGS=ignore .venv-latest/bin/python -m pip install $(PIP) --upgrade \
+		--upgrade-strategy eager -e '.[dev]'
+	.venv-latest/bin/python -m pip list --format=freeze
+	.venv-latest/bin/python -m pytest -q
+
+# Refresh requirements.lock to the newest versions the ranges allow (uv: fast,
+# resolves for every platform and Python >= 3.11 at once, hashes every file).
+lock:
+	test -x .venv-tools/bin/uv || { $(PYTHON) -m venv .venv-tools && \
+		.venv-tools/bin/python -m pip install $(PIP) uv==$(UV_VERSION); }
+	.venv-tools/bin/uv pip compile --quiet --upgrade --universal --python-version 3.11 \
+		--generate-hashes --extra dev --custom-compile-command 'make lock' \
+		pyproject.toml requirements-build.in -o $(LOCK)
 
 lint: $(STAMP)
 	$(BIN)/ruff check engramd engram_cli tests
@@ -39,4 +65,4 @@ man: $(STAMP)
 check: lint test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-latest .venv-tools .pytest_cache .mypy_cache .ruff_cache
