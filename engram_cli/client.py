@@ -15,6 +15,7 @@ reported carry its code in ``err.code``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import socket
 import time
@@ -106,6 +107,8 @@ from engramd.protocol import (
 
 _RECEIVE_SIZE = 256 * 1024
 DEFAULT_TIMEOUT = 30.0
+
+
 
 _UNREACHABLE = (FileNotFoundError, ConnectionRefusedError)
 
@@ -368,6 +371,20 @@ class Client:
         """Send *request*, wait for its reply, and raise if it is an error."""
         return self.expect(self.receive(self.send(request)), request, expect)
 
+    @contextlib.contextmanager
+    def reply_timeout(self, seconds: float | None) -> Iterator[None]:
+        """Wait up to *seconds* (None: for good) for each reply inside this block."""
+        self.connect()
+        assert self._sock is not None
+        saved, self.timeout = self.timeout, seconds
+        self._sock.settimeout(seconds)
+        try:
+            yield
+        finally:
+            self.timeout = saved
+            if self._sock is not None:
+                self._sock.settimeout(saved)
+
     def expect(self, reply: ServerMessage, request: ClientMessage,
                expect: type[ReplyT]) -> ReplyT:
         """*reply* as the answer to *request*; raises if it is an error or of another kind."""
@@ -461,23 +478,31 @@ class Client:
     # -- leases ---------------------------------------------------------------
 
     def acquire_lock(self, resources: str | Iterable[str], *, ttl: float | None = None,
-                     wait: float = 0.0, bind_connection: bool = False,
+                     wait: float | None = 0.0, bind_connection: bool = False,
                      pid: int | None = None) -> list[Lease]:
-        """Lease every resource together or none; ``wait`` seconds in line (0: try once).
+        """Lease every resource together or none; ``wait`` seconds in line (0: try once,
+        None: as long as it takes). The lease belongs to this connection, or with
+        ``pid`` to that process (two connections of one process are then one holder).
 
         Raises ``LockHeld`` (held, no wait), ``Timeout`` (waited), ``Deadlock``.
         """
         names = [resources] if isinstance(resources, str) else list(resources)
         request = AcquireLock(id=self.next_id(), resources=names, ttl=ttl, wait=wait,
                               bind_connection=bind_connection, pid=pid)
-        return self.request(request, LocksGranted).leases
+        # The reply comes when the wait ends: allow for it on top of our own timeout.
+        reply_timeout = None if wait is None or self.timeout is None else wait + self.timeout
+        with self.reply_timeout(reply_timeout):
+            return self.request(request, LocksGranted).leases
 
-    def release_lock(self, lock_id: str) -> None:
-        self.request(ReleaseLock(id=self.next_id(), lock_id=lock_id), Done)
+    def release_lock(self, lock_id: str, resource: str | None = None) -> None:
+        """End a lease; with *resource*, only if the lease is on that resource."""
+        self.request(ReleaseLock(id=self.next_id(), lock_id=lock_id, resource=resource), Done)
 
-    def renew_lock(self, lock_id: str, ttl: float | None = None) -> Lease:
-        return self.request(RenewLock(id=self.next_id(), lock_id=lock_id, ttl=ttl),
-                            LeaseRenewed).lease
+    def renew_lock(self, lock_id: str, ttl: float | None = None,
+                   resource: str | None = None) -> Lease:
+        """Extend a lease (and adopt it on this connection if its own has gone)."""
+        return self.request(RenewLock(id=self.next_id(), lock_id=lock_id, ttl=ttl,
+                                      resource=resource), LeaseRenewed).lease
 
     def break_lock(self, resource: str, reason: str) -> None:
         self.request(BreakLock(id=self.next_id(), resource=resource, reason=reason), Done)
@@ -516,7 +541,8 @@ class Client:
         """Wait up to *timeout* for the daemon to say a lease of ours was lost."""
         if self._lost:
             return self._lost.popleft()
-        assert self._sock is not None
+        if self._sock is None:
+            raise DaemonUnavailable("not connected to engramd")
         self._sock.settimeout(timeout)
         try:
             while not self._lost:

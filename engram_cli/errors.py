@@ -25,6 +25,10 @@ class ExitCode(enum.IntEnum):
     TIMEOUT = 5
     LEASE_LOST = 6
     """``lock run``: a lease was lost while the command ran (it was stopped)."""
+    CANNOT_RUN = 126
+    """``lock run``: the command was found but could not be started (as ``env`` says)."""
+    COMMAND_NOT_FOUND = 127
+    """``lock run``: the command was not found."""
     UNAVAILABLE = 69
     """The daemon cannot be reached or cannot serve now (EX_UNAVAILABLE)."""
 

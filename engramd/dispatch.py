@@ -17,7 +17,8 @@ from typing import Protocol
 import msgspec
 import trio
 
-from engramd.engine import Caller, Engine
+from engramd.caller import Caller
+from engramd.engine import Engine
 from engramd.errors import BadRequest, EngramError
 from engramd.metrics import resident_bytes
 from engramd.protocol import (
@@ -137,15 +138,14 @@ class Dispatcher:
                 await engine.reindex()
                 return Done(id=request.id)
             case AcquireLock():
-                leases = await engine.lease_manager().acquire(
-                    request, caller.agent_id, caller.session, caller.push)
+                leases = await engine.lease_manager().acquire(request, caller)
                 return LocksGranted(id=request.id, leases=leases)
             case ReleaseLock():
-                await engine.lease_manager().release(request.lock_id, caller.agent_id)
+                await engine.lease_manager().release(request.lock_id, caller, request.resource)
                 return Done(id=request.id)
             case RenewLock():
-                lease = await engine.lease_manager().renew(request.lock_id, caller.agent_id,
-                                                           request.ttl)
+                lease = await engine.lease_manager().renew(request.lock_id, caller, request.ttl,
+                                                           request.resource)
                 return LeaseRenewed(id=request.id, lease=lease)
             case BreakLock():
                 await engine.lease_manager().break_lease(request.resource, request.reason,

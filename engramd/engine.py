@@ -15,8 +15,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import cast
 
 import msgspec
@@ -24,6 +23,7 @@ import trio
 from trio_typing import TaskStatus
 
 from engramd import __version__, ids, validate
+from engramd.caller import Caller
 from engramd.commit import GroupCommitter
 from engramd.config import DaemonConfig
 from engramd.errors import (
@@ -93,19 +93,6 @@ class _UnitHeader(msgspec.Struct):
 
 
 _header_decoder = msgspec.msgpack.Decoder(_UnitHeader)
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who sent a request: the agent named in the handshake, and the kernel's ids."""
-
-    agent_id: str
-    uid: int
-    pid: int
-    session: object | None = None
-    """The connection, for what is bound to it (leases, notices)."""
-    push: Callable[[bytes], Awaitable[None]] | None = None
-    """Writes a pushed message to that connection."""
 
 
 def _micros(value: dt.datetime | None) -> int | None:
@@ -309,9 +296,9 @@ class Engine:
         assert self.leases is not None
         return self.leases
 
-    async def connection_closed(self, session: object) -> None:
+    async def connection_closed(self, connection: object) -> None:
         if self.leases is not None and self.state == "ready":
-            await self.leases.connection_closed(session)
+            await self.leases.connection_closed(connection)
 
     def _ready(self) -> tuple[Store, GroupCommitter]:
         if self.state != "ready" or self.store is None or self.committer is None:

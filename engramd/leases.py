@@ -22,6 +22,7 @@ import trio
 from trio_typing import TaskStatus
 
 from engramd import validate
+from engramd.caller import Caller
 from engramd.commit import GroupCommitter
 from engramd.errors import (
     BadRequest,
@@ -34,7 +35,7 @@ from engramd.errors import (
     Timeout,
     TooLarge,
 )
-from engramd.locks import Holding, LockTable, Waiting
+from engramd.locks import Holding, LockTable, Waiting, describe
 from engramd.protocol import (
     AcquireLock,
     Fence,
@@ -75,6 +76,18 @@ def check_resource(resource: str) -> str:
     return resource
 
 
+def session_of(caller: Caller, pid: int | None) -> tuple[str, int]:
+    """The session a lease request is made in, and that session's process.
+
+    A lease bound to a process belongs to that process (several connections of
+    one script, or a reconnect after a daemon restart, are the same holder);
+    otherwise the connection is the session.
+    """
+    if pid is not None:
+        return f"pid:{pid}", pid
+    return caller.connection_id, caller.pid
+
+
 class LeaseManager:
     def __init__(self, store: Store, committer: GroupCommitter, *, default_ttl: float,
                  max_ttl: float, max_per_agent: int, max_waiters: int) -> None:
@@ -97,6 +110,8 @@ class LeaseManager:
         now, boot = trio.current_time(), boottime()
         for raw in self.store.leases():
             lease = _lease_decoder.decode(raw)
+            if not lease.session:  # granted before sessions: a session of its own
+                lease = msgspec.structs.replace(lease, session=f"lease:{lease.lock_id}")
             same_boot = lease.boot_id == self.boot_id and bool(self.boot_id)
             remaining = lease.deadline_boottime - boot if same_boot else 0.0
             self.table.install(Holding(lease, now + max(0.0, remaining)))
@@ -165,19 +180,19 @@ class LeaseManager:
             self._nursery.start_soon(_tell, holding.push, _push_encoder.encode(notice))
         self.table.pump()
 
-    async def _grant(self, resources: list[str], agent: str, ttl: float,
-                     request: AcquireLock, session: object | None,
-                     push: Callable[[bytes], Awaitable[None]] | None) -> list[Lease]:
+    async def _grant(self, resources: list[str], ttl: float, request: AcquireLock,
+                     caller: Caller, session: str, holder_pid: int) -> list[Lease]:
         """Commit leases on *resources*, already reserved for this caller."""
         boot = boottime()
 
         def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, list[Lease]]:
             expires = ts + dt.timedelta(seconds=ttl)
-            leases = [Lease(resource=resource, holder=agent, lock_id=secrets.token_hex(16),
-                            fencing_token=first_seq + index, acquired_at=ts,
-                            expires_at=expires, ttl=ttl, boot_id=self.boot_id,
+            leases = [Lease(resource=resource, holder=caller.agent_id,
+                            lock_id=secrets.token_hex(16), fencing_token=first_seq + index,
+                            acquired_at=ts, expires_at=expires, ttl=ttl, boot_id=self.boot_id,
                             deadline_boottime=boot + ttl, pid=request.pid,
-                            bound_to_connection=request.bind_connection)
+                            bound_to_connection=request.bind_connection, session=session,
+                            holder_pid=holder_pid)
                       for index, resource in enumerate(resources)]
             events = [LockAcquired(seq=lease.fencing_token, ts=ts, context_id="", lease=lease)
                       for lease in leases]
@@ -194,7 +209,7 @@ class LeaseManager:
             raise
         deadline = trio.current_time() + ttl
         for lease in leases:
-            self.table.install(Holding(lease, deadline, session, push))
+            self.table.install(Holding(lease, deadline, caller.connection, caller.push))
         self.granted += len(leases)
         if request.pid is not None and self._nursery is not None:
             self._nursery.start_soon(self._watch_pid, request.pid)
@@ -202,47 +217,51 @@ class LeaseManager:
 
     # -- operations ----------------------------------------------------------------------
 
-    async def acquire(self, request: AcquireLock, agent: str, session: object | None,
-                      push: Callable[[bytes], Awaitable[None]] | None) -> list[Lease]:
+    async def acquire(self, request: AcquireLock, caller: Caller) -> list[Lease]:
         resources = sorted({check_resource(resource) for resource in request.resources})
         if not resources or len(resources) > MAX_RESOURCES:
             raise BadRequest(f"ask for 1 to {MAX_RESOURCES} resources")
         ttl = self.default_ttl if request.ttl is None else request.ttl
         if not 0 < ttl <= self.max_ttl or not math.isfinite(ttl):
             raise BadRequest(f"ttl must be more than 0 and at most {self.max_ttl:g} seconds")
-        if not 0 <= request.wait < math.inf:
-            raise BadRequest("wait must be 0 or more seconds")
+        wait = math.inf if request.wait is None else request.wait
+        if not 0 <= wait <= math.inf:
+            raise BadRequest("wait must be 0 or more seconds (or nil: as long as it takes)")
         if request.pid is not None and request.pid <= 0:
             raise BadRequest("pid must be a process id")
-        for resource in resources:
-            holding = self.table.held.get(resource)
-            if holding is not None and holding.lease.holder == agent:
-                raise Conflict(f"you already hold {resource} (lock id {holding.lease.lock_id}); "
-                               "renew that lease instead of asking again")
+        session, holder_pid = session_of(caller, request.pid)
+        agent = caller.agent_id
+        mine = self.table.held_in((agent, session), resources)
+        if mine is not None:
+            who = f"process {request.pid}" if request.pid is not None else "this connection"
+            raise Conflict(f"{who} already holds {mine.lease.resource} (lock id "
+                           f"{mine.lease.lock_id}); renew that lease instead of asking again")
         if len(self.table.held_by(agent)) + len(resources) > self.max_per_agent:
             raise TooLarge(f"{agent} would hold more than {self.max_per_agent} leases")
         if self.table.can_take(resources):
             self.table.reserve(resources)
-            return await self._grant(resources, agent, ttl, request, session, push)
-        if request.wait == 0:
+            return await self._grant(resources, ttl, request, caller, session, holder_pid)
+        if wait == 0:
             raise LockHeld(self._why_held(resources))
-        cycle = self.table.cycle(agent, resources)
+        cycle = self.table.cycle((agent, session), resources)
         if cycle:
+            waiters = [describe(agent, holder_pid)] + [holding.holder for _, holding in cycle]
             raise Deadlock("deadlock: " + ", then ".join(
-                f"{waiter} waits for {resource} held by {holder}"
-                for waiter, resource, holder in cycle) + "; refusing to wait")
+                f"{waiter} waits for {resource} held by {holding.holder}"
+                for waiter, (resource, holding) in zip(waiters, cycle, strict=False))
+                + "; refusing to wait")
         for resource in resources:
             if self.table.waiting_count(resource) >= self.max_waiters:
                 raise TooLarge(f"{self.max_waiters} requests already wait for {resource}")
-        waiting = Waiting(agent, resources)
+        waiting = Waiting(agent, session, holder_pid, resources)
         self.table.enqueue(waiting)
         handed_over = False
         try:
-            with trio.move_on_after(request.wait):
+            with trio.move_on_after(wait):
                 await waiting.turn.wait()
             if waiting.turn.is_set():
                 handed_over = True  # from here _grant owns the reservation
-                return await self._grant(resources, agent, ttl, request, session, push)
+                return await self._grant(resources, ttl, request, caller, session, holder_pid)
         finally:
             if not handed_over:
                 # Timed out, or cancelled (the client left) perhaps just as our turn
@@ -252,7 +271,7 @@ class LeaseManager:
                 else:
                     self.table.dequeue(waiting)
                 self.table.pump()
-        raise Timeout(f"waited {request.wait:g}s; {self._why_held(resources)}")
+        raise Timeout(f"waited {wait:g}s; {self._why_held(resources)}")
 
     def _why_held(self, resources: list[str]) -> str:
         parts = []
@@ -260,7 +279,7 @@ class LeaseManager:
             holding = self.table.held.get(resource)
             if holding is not None:
                 left = max(0.0, holding.deadline - trio.current_time())
-                parts.append(f"{resource} is held by {holding.lease.holder} until "
+                parts.append(f"{resource} is held by {holding.holder} until "
                              f"{holding.lease.expires_at.isoformat(timespec='seconds')} "
                              f"({left:.1f}s left)")
             elif self.table.waiting_count(resource):
@@ -270,33 +289,44 @@ class LeaseManager:
                 parts.append(f"{resource} is being granted to someone else")
         return "; ".join(parts) or "held"
 
-    def _held(self, lock_id: str, agent: str) -> Holding:
+    def _held(self, lock_id: str, caller: Caller, resource: str | None) -> Holding:
         holding = self.table.by_lock_id.get(lock_id)
         if holding is None or holding.deadline <= trio.current_time():
             raise NotFound(f"no lease with lock id {lock_id:.40}: it expired, was released, "
                            "or never existed")
-        if holding.lease.holder != agent:
+        if resource is not None and holding.lease.resource != resource:
+            raise NotFound(f"{resource:.200} has no lease with lock id {lock_id:.40} (that "
+                           f"lock id is a lease on {holding.lease.resource:.200})")
+        if holding.lease.holder != caller.agent_id:
             raise Forbidden(f"lease {lock_id:.40} is held by {holding.lease.holder}, not you")
         return holding
 
-    async def release(self, lock_id: str, agent: str) -> Lease:
-        holding = self._held(lock_id, agent)
-        await self._end(holding, LockReleased, reason="released", by=agent)
+    async def release(self, lock_id: str, caller: Caller, resource: str | None = None
+                      ) -> Lease:
+        holding = self._held(lock_id, caller, resource)
+        await self._end(holding, LockReleased, reason="released", by=caller.agent_id)
         return holding.lease
 
-    async def renew(self, lock_id: str, agent: str, ttl: float | None) -> Lease:
-        holding = self._held(lock_id, agent)
+    async def renew(self, lock_id: str, caller: Caller, ttl: float | None,
+                    resource: str | None = None) -> Lease:
+        """Extend a lease by *ttl* from now; a lease whose connection has gone
+        (a restart, a reconnect) is adopted by the renewing connection."""
+        holding = self._held(lock_id, caller, resource)
         ttl = holding.lease.ttl if ttl is None else ttl
         if not 0 < ttl <= self.max_ttl or not math.isfinite(ttl):
             raise BadRequest(f"ttl must be more than 0 and at most {self.max_ttl:g} seconds")
         boot = boottime()
+        adopt = holding.connection is None and caller.connection is not None
+        session, holder_pid = holding.lease.session, holding.lease.holder_pid
+        if adopt and holding.lease.pid is None:
+            session, holder_pid = caller.connection_id, caller.pid
 
         def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, Lease]:
             if self.table.by_lock_id.get(lock_id) is not holding:
                 raise NotFound(f"lease {lock_id:.40} ended while being renewed")
             lease = msgspec.structs.replace(
                 holding.lease, expires_at=ts + dt.timedelta(seconds=ttl), ttl=ttl,
-                deadline_boottime=boot + ttl)
+                deadline_boottime=boot + ttl, session=session, holder_pid=holder_pid)
             event = LockRenewed(seq=first_seq, ts=ts, context_id="", lease=lease)
             return Entry(first_seq=first_seq, events=[event]), lease
 
@@ -304,6 +334,8 @@ class LeaseManager:
             lease = await self.committer.commit(build)
         holding.lease = lease
         holding.deadline = trio.current_time() + ttl
+        if adopt and holding.connection is None:
+            holding.connection, holding.push = caller.connection, caller.push
         self.table.deadline_changed.set()
         return lease
 
@@ -317,16 +349,16 @@ class LeaseManager:
                         tell="broken")
         return holding.lease
 
-    async def connection_closed(self, session: object) -> None:
+    async def connection_closed(self, connection: object) -> None:
         """Release the connection-bound leases of a connection that has gone."""
         for holding in list(self.table.held.values()):
-            if holding.session is not session:
+            if holding.connection is not connection:
                 continue
             if holding.lease.bound_to_connection:
                 await self._end(holding, LockReleased, reason="disconnected",
                                 by=holding.lease.holder)
             else:
-                holding.session = holding.push = None  # no one left to tell
+                holding.connection = holding.push = None  # no one left to tell; adoptable
 
     def check_fence(self, fence: Fence) -> None:
         """Raise Conflict unless the lease with this token holds the resource now."""

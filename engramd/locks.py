@@ -9,18 +9,29 @@ WAL and calls in here around it. Invariants kept here:
   waiter is granted only when it is first in line on all of them and they are
   all free, so no partial set is ever held while waiting (no deadlock between
   overlapping multi-resource requests).
+* Holders and waiters are *sessions* of agents (``Lease.holder`` and
+  ``Lease.session`` together), not agents: two scripts of one agent are two
+  holders, and the wait-for graph is drawn between sessions.
 """
 
 from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from engramd.protocol import Lease, LockState, Waiter
+
+SessionKey = tuple[str, str]
+"""``(agent, session)``: one running instance of one agent."""
+
+
+def describe(agent: str, pid: int) -> str:
+    """How a person tells sessions apart: ``alice (pid 4242)``."""
+    return f"{agent} (pid {pid})" if pid else agent
 
 
 @dataclass(eq=False)
@@ -28,18 +39,32 @@ class Holding:
     lease: Lease
     deadline: float
     """When the lease expires, on trio's (monotonic) clock."""
-    session: object | None = None
-    """The connection that took it, while that connection is open."""
+    connection: object | None = None
+    """The connection that took (or last adopted) it, while that connection is open."""
     push: Callable[[bytes], Awaitable[None]] | None = None
     """Tells the holder's connection about a lost lease."""
+
+    @property
+    def holder(self) -> str:
+        return describe(self.lease.holder, self.lease.holder_pid)
+
+    @property
+    def key(self) -> SessionKey:
+        return self.lease.holder, self.lease.session
 
 
 @dataclass(eq=False)
 class Waiting:
     agent: str
+    session: str
+    pid: int
     resources: list[str]
     turn: trio.Event = field(default_factory=trio.Event)
     """Set when the resources have been reserved for this waiter."""
+
+    @property
+    def key(self) -> SessionKey:
+        return self.agent, self.session
 
 
 class LockTable:
@@ -68,6 +93,14 @@ class LockTable:
 
     def held_by(self, agent: str) -> list[Holding]:
         return [holding for holding in self.held.values() if holding.lease.holder == agent]
+
+    def held_in(self, session: SessionKey, resources: list[str]) -> Holding | None:
+        """The first of *resources* that *session* holds already, if any."""
+        for resource in resources:
+            holding = self.held.get(resource)
+            if holding is not None and holding.key == session:
+                return holding
+        return None
 
     def expired(self, now: float) -> list[Holding]:
         return [holding for holding in self.held.values() if holding.deadline <= now]
@@ -124,37 +157,40 @@ class LockTable:
 
     # -- the wait-for graph ----------------------------------------------------------
 
-    def cycle(self, agent: str, resources: list[str]) -> list[tuple[str, str, str]] | None:
-        """``(waiter, resource, holder)`` steps back to *agent*, if its wait closes a cycle."""
+    def cycle(self, session: SessionKey, resources: list[str]
+              ) -> list[tuple[str, Holding]] | None:
+        """The ``(resource, holding)`` steps back to *session*, if its wait closes a cycle.
 
-        def holders(of: list[str]) -> Iterator[tuple[str, str]]:
-            for resource in of:
+        Step one is a resource *session* wants and who holds it; each next step is
+        a resource that holder waits for, and so on until a holder is *session*.
+        """
+
+        def search(wanted: list[str], path: list[tuple[str, Holding]],
+                   seen: set[SessionKey]) -> list[tuple[str, Holding]] | None:
+            for resource in wanted:
                 holding = self.held.get(resource)
-                if holding is not None:
-                    yield resource, holding.lease.holder
-
-        def search(waiter: str, wanted: list[str], path: list[tuple[str, str, str]],
-                   seen: set[str]) -> list[tuple[str, str, str]] | None:
-            for resource, holder in holders(wanted):
-                step = [*path, (waiter, resource, holder)]
-                if holder == agent:
+                if holding is None:
+                    continue
+                step = [*path, (resource, holding)]
+                holder = holding.key
+                if holder == session:
                     return step
                 if holder in seen:
                     continue
                 seen.add(holder)
                 for waiting in self._waits_of(holder):
-                    found = search(holder, waiting.resources, step, seen)
+                    found = search(waiting.resources, step, seen)
                     if found:
                         return found
             return None
 
-        return search(agent, resources, [], {agent})
+        return search(resources, [], {session})
 
-    def _waits_of(self, agent: str) -> list[Waiting]:
+    def _waits_of(self, session: SessionKey) -> list[Waiting]:
         seen: dict[int, Waiting] = {}
         for queue in self.queues.values():
             for waiting in queue:
-                if waiting.agent == agent:
+                if waiting.key == session:
                     seen[id(waiting)] = waiting
         return list(seen.values())
 
@@ -165,7 +201,8 @@ class LockTable:
         queue = self.queues.get(resource, ())
         return LockState(
             resource=resource, lease=holding.lease if holding else None,
-            waiters=[Waiter(agent=w.agent, position=n, resources=list(w.resources))
+            waiters=[Waiter(agent=w.agent, position=n, resources=list(w.resources),
+                            session=w.session, pid=w.pid)
                      for n, w in enumerate(queue, start=1)])
 
     def resources(self) -> list[str]:

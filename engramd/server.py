@@ -31,9 +31,10 @@ import msgspec
 import trio
 from trio_typing import TaskStatus
 
+from engramd.caller import Caller, connection_id
 from engramd.config import DaemonConfig
 from engramd.dispatch import Dispatcher
-from engramd.engine import Caller, Engine
+from engramd.engine import Engine
 from engramd.errors import Forbidden, NotFound, TooLarge
 from engramd.events import Subscriber
 from engramd.protocol import (
@@ -116,6 +117,8 @@ class Session:
     subscriptions: dict[int, trio.CancelScope] = field(default_factory=dict)
     peer_closed: bool = False
     """The client hung up (as opposed to the daemon stopping or dropping it)."""
+    number: int = 0
+    """Counts connections from 1 in this daemon start (for ``Caller.connection_id``)."""
     write_timeout: float = 30.0
     on_unread: Callable[[], None] = lambda: None
     """Called when the peer is cut off for leaving a frame unread."""
@@ -154,6 +157,7 @@ class Server:
         self.authenticator = authenticator
         self.dispatcher = Dispatcher(engine, self)
         self._sessions: set[Session] = set()
+        self._connections_accepted = 0
         self._requests_served = 0
         self._requests_in_flight = 0
         self._token_writes = trio.CapacityLimiter(1)
@@ -215,7 +219,9 @@ class Server:
         session: Session | None = None
         try:
             peer = peer_credentials(stream.socket)
+            self._connections_accepted += 1
             session = Session(stream, peer, ServerConnection(self.config.max_frame_bytes),
+                              number=self._connections_accepted,
                               write_timeout=self.config.dead_after_seconds,
                               on_unread=lambda: self.metrics.count(
                                   'connections_dropped_total{reason="unread"}'))
@@ -441,7 +447,9 @@ class Server:
     ) -> None:
         assert session.identity is not None
         caller = Caller(agent_id=session.identity.agent_id, uid=session.peer.uid,
-                        pid=session.peer.pid, session=session, push=session.push)
+                        pid=session.peer.pid,
+                        connection_id=connection_id(session.number, self.engine.instance_id),
+                        connection=session, push=session.push)
         try:
             reply = await self._answer(session, request, caller)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -208,25 +208,36 @@ class AcquireLock(ClientMessage, tag="lock.acquire"):
     """Take leases on all of ``resources`` together, or none.
 
     ``wait``: 0 tries once; N waits up to N seconds in a first-come, first-served
-    line. ``bind``: ``connection`` releases the leases when this connection
-    closes; ``pid`` releases them when that process exits.
+    line; None waits as long as it takes. ``bind_connection`` releases the
+    leases when this connection closes; ``pid`` releases them when that process
+    exits and makes that process the holding session (else this connection is).
     """
 
     resources: Names
     ttl: float | None = None
-    wait: float = 0.0
+    wait: float | None = 0.0
     bind_connection: bool = False
     pid: int | None = None
 
 
-class ReleaseLock(ClientMessage, tag="lock.release"):
+# omit_defaults: without a resource these encode as they did before it existed,
+# so an older daemon still reads them.
+class ReleaseLock(ClientMessage, tag="lock.release", omit_defaults=True):
     lock_id: str
+    resource: str | None = None
+    """When given, the lease must be on this resource (else ``not_found``)."""
 
 
-class RenewLock(ClientMessage, tag="lock.renew"):
+class RenewLock(ClientMessage, tag="lock.renew", omit_defaults=True):
+    """Extend a lease; from a connection other than the one that took it, also
+    adopt it when that one has gone (its lost-lease notices, and the binding of
+    a connection-bound lease, move here)."""
+
     lock_id: str
     ttl: float | None = None
     """The new time to live from now (None: the lease's own ttl)."""
+    resource: str | None = None
+    """When given, the lease must be on this resource (else ``not_found``)."""
 
 
 class BreakLock(ClientMessage, tag="lock.break"):
@@ -503,6 +514,10 @@ class Waiter(msgspec.Struct, frozen=True, kw_only=True):
     position: int
     """1 is next in line."""
     resources: list[str]
+    session: str = ""
+    """The waiting session (see :attr:`Lease.session`)."""
+    pid: int = 0
+    """The waiting session's process."""
 
 
 class LockState(msgspec.Struct, frozen=True, kw_only=True):

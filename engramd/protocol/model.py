@@ -105,11 +105,11 @@ class ContextUpdated(Event, tag="context.updated"):
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True):
-    """A time-boxed exclusive hold on one resource path."""
+    """A time-boxed exclusive hold on one resource path, by one session of an agent."""
 
     resource: str
     holder: str
-    """The agent holding it."""
+    """The agent holding it (who: attribution, tokens, the per-agent limit)."""
     lock_id: str
     """Random and unguessable: the holder's proof of ownership."""
     fencing_token: int
@@ -124,6 +124,13 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     pid: int | None = None
     """Released as soon as this process is gone."""
     bound_to_connection: bool = False
+    session: str = ""
+    """Which running instance of the holder holds it: ``pid:N`` when bound to
+    process N, else ``conn:N@I``, connection N of daemon start I. Asking again
+    is a conflict only for the same session; other sessions of the same agent
+    wait in line like anyone. Empty in leases granted before sessions existed."""
+    holder_pid: int = 0
+    """The session's process: the bound pid, else the process that connected."""
 
 
 class LockAcquired(Event, tag="lock.acquired"):

@@ -3,9 +3,12 @@
 Agents acquire (one or several resources, bound to their connection or not),
 renew, release, release what is not theirs, disconnect, let a short lease
 expire, queue behind a holder, close a waiting cycle, and the daemon restarts.
-After every step the daemon's lock table is exactly the model's: never two
-holders, waiters served first come first served, a cycle refused with
-``deadlock`` instead of waiting.
+Each agent has one connection at a time, and each connection is a session of
+its own: after a reconnect the agent's old leases belong to a session that is
+gone (another session of the same agent waits for them like anyone) until a
+renewal adopts them. After every step the daemon's lock table is exactly the
+model's: never two holders, waiters served first come first served, a cycle
+refused with ``deadlock`` instead of waiting.
 """
 
 from __future__ import annotations
@@ -35,21 +38,26 @@ TTL = 120.0
 class Held:
     agent: str
     lease: Lease
+    session: int
+    """The model's number for the connection that holds it."""
 
 
 class Waiter(threading.Thread):
     """One agent's waiting acquire, on a connection of its own."""
 
-    def __init__(self, socket_path: str, agent: str, resource: str) -> None:
+    def __init__(self, socket_path: str, agent: str, resource: str,
+                 pid: int | None = None) -> None:
         super().__init__(daemon=True)
         self.client = Client(socket_path, agent_id=agent, autostart=False, timeout=WAIT)
         self.client.connect()
         self.resource = resource
+        self.pid = pid
         self.outcome: Lease | BaseException | None = None
 
     def run(self) -> None:
         try:
-            (self.outcome,) = self.client.acquire_lock(self.resource, ttl=TTL, wait=WAIT)
+            (self.outcome,) = self.client.acquire_lock(self.resource, ttl=TTL, wait=WAIT,
+                                                       pid=self.pid)
         except BaseException as exc:  # handed to the test thread
             self.outcome = exc
 
@@ -68,6 +76,8 @@ class LeaseMachine(RuleBasedStateMachine):
         self.config = make_config(env)
         self.daemon: ThreadedDaemon = start_threaded(self.config)
         self.clients: dict[str, Client] = {}
+        self.sessions: dict[str, int] = {}
+        self.connections = 0
         self.held: dict[str, Held] = {}
         self.last_token: dict[str, int] = {}
 
@@ -76,12 +86,18 @@ class LeaseMachine(RuleBasedStateMachine):
             client = Client(self.config.socket, agent_id=agent, autostart=False, timeout=WAIT)
             client.connect()
             self.clients[agent] = client
+            self.connections += 1
+            self.sessions[agent] = self.connections
         return self.clients[agent]
 
-    def grant(self, agent: str, lease: Lease) -> None:
+    def session(self, agent: str) -> int:
+        self.client(agent)
+        return self.sessions[agent]
+
+    def grant(self, agent: str, lease: Lease, session: int = 0) -> None:
         assert lease.fencing_token > self.last_token.get(lease.resource, 0), "token went back"
         self.last_token[lease.resource] = lease.fencing_token
-        self.held[lease.resource] = Held(agent, lease)
+        self.held[lease.resource] = Held(agent, lease, session)
 
     def free(self) -> list[str]:
         return [r for r in RESOURCES if r not in self.held]
@@ -92,19 +108,19 @@ class LeaseMachine(RuleBasedStateMachine):
           wanted=st.lists(st.sampled_from(RESOURCES), min_size=1, max_size=2, unique=True),
           bind=st.booleans())
     def acquire(self, agent: str, wanted: list[str], bind: bool) -> None:
-        owners = {self.held[r].agent for r in wanted if r in self.held}
+        holders = {(self.held[r].agent, self.held[r].session) for r in wanted if r in self.held}
         client = self.client(agent)
-        if not owners:
+        if not holders:
             leases = client.acquire_lock(wanted, ttl=TTL, bind_connection=bind)
             assert sorted(lease.resource for lease in leases) == sorted(wanted)
             for lease in leases:
                 assert lease.holder == agent and lease.bound_to_connection == bind
-                self.grant(agent, lease)
-        elif owners == {agent}:
+                self.grant(agent, lease, self.session(agent))
+        elif (agent, self.session(agent)) in holders:  # asking again in the same session
             with pytest.raises(Conflict):
                 client.acquire_lock(wanted, ttl=TTL)
-        else:
-            with pytest.raises((LockHeld, Conflict)):
+        else:  # held by others, or by a session of this agent that is gone
+            with pytest.raises(LockHeld):
                 client.acquire_lock(wanted, ttl=TTL)
 
     @precondition(lambda self: self.held)
@@ -121,6 +137,9 @@ class LeaseMachine(RuleBasedStateMachine):
         renewed = self.client(held.agent).renew_lock(held.lease.lock_id, ttl=TTL)
         assert renewed.fencing_token == held.lease.fencing_token
         held.lease = renewed
+        # A lease whose connection has gone is adopted by the renewing one (the
+        # agent has one connection at a time: its own session, or a gone one).
+        held.session = self.session(held.agent)
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())
@@ -136,8 +155,9 @@ class LeaseMachine(RuleBasedStateMachine):
         if client is None:
             return
         client.close()
+        session = self.sessions.pop(agent)
         for resource, held in list(self.held.items()):
-            if held.agent == agent and held.lease.bound_to_connection:
+            if held.session == session and held.lease.bound_to_connection:
                 del self.held[resource]
                 wait_until(lambda r=resource: self.lock_holder(r) is None,  # type: ignore[misc]
                            f"{resource} released with its connection")
@@ -147,7 +167,7 @@ class LeaseMachine(RuleBasedStateMachine):
     def let_expire(self, agent: str, data: st.DataObject) -> None:
         resource = data.draw(st.sampled_from(self.free()))
         (lease,) = self.client(agent).acquire_lock(resource, ttl=0.2)
-        self.grant(agent, lease)
+        self.grant(agent, lease, self.session(agent))
         del self.held[resource]
         wait_until(lambda: self.lock_holder(resource) is None, f"{resource} to expire")
 
@@ -156,7 +176,9 @@ class LeaseMachine(RuleBasedStateMachine):
     def queue_behind(self, data: st.DataObject) -> None:
         resource = data.draw(st.sampled_from(sorted(self.held)))
         holder = self.held[resource]
-        first, second = data.draw(st.permutations([a for a in AGENTS if a != holder.agent]))
+        # Waiters come on connections of their own: even the holder's own agent
+        # waits in line like anyone, being another session.
+        first, second = data.draw(st.permutations(AGENTS))[:2]
         waiters = []
         for agent in (first, second):
             waiter = Waiter(self.config.socket, agent, resource)
@@ -179,9 +201,10 @@ class LeaseMachine(RuleBasedStateMachine):
     def close_a_cycle(self, data: st.DataObject) -> None:
         one, two = data.draw(st.permutations(self.free()))[:2]
         ann, bob = data.draw(st.permutations(AGENTS))[:2]
-        (mine,) = self.client(ann).acquire_lock(one, ttl=TTL)
+        me = os.getpid()  # ann's two connections are one session: this process's
+        (mine,) = self.client(ann).acquire_lock(one, ttl=TTL, pid=me)
         (theirs,) = self.client(bob).acquire_lock(two, ttl=TTL)
-        waiter = Waiter(self.config.socket, ann, two)  # ann waits for bob's resource...
+        waiter = Waiter(self.config.socket, ann, two, pid=me)  # ann waits for bob's...
         waiter.start()
         wait_until(lambda: ann in self.waiting(two), "ann in line")
         with pytest.raises(Deadlock):  # ...so bob waiting for ann's would close a cycle

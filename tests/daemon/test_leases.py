@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,22 +198,44 @@ def test_opposite_orders_never_deadlock(threaded_daemon: ThreadedDaemon) -> None
 
 
 def test_a_wait_that_closes_a_cycle_is_refused(threaded_daemon: ThreadedDaemon) -> None:
+    """The wait-for graph is drawn between sessions: here A is one process on two
+    connections (its leases bound to it), so its two requests are one holder."""
     config = threaded_daemon.config
+    me = os.getpid()
     with client(config, "A") as a, client(config, "B") as b:
-        (x,) = a.acquire_lock("x", ttl=30)
+        (x,) = a.acquire_lock("x", ttl=30, pid=me)
         b.acquire_lock("y", ttl=30)
 
         def a_waits() -> None:
             with client(config, "A") as again, pytest.raises(Timeout):
-                again.acquire_lock("y", wait=2)
+                again.acquire_lock("y", wait=2, pid=me)
 
         thread = threading.Thread(target=a_waits)
         thread.start()
         wait_until(lambda: waiters(b, "y") == ["A"], "A waiting for y")
-        with pytest.raises(Deadlock, match="B waits for x held by A, then A waits for y held by B"):
+        with pytest.raises(Deadlock, match=fr"B \(pid {me}\) waits for x held by A \(pid {me}\), "
+                                           fr"then A \(pid {me}\) waits for y held by B"):
             b.acquire_lock("x", wait=30)
         thread.join(WAIT)
         a.release_lock(x.lock_id)
+
+
+def test_two_sessions_of_one_agent_wait_for_each_other_without_deadlock(
+        threaded_daemon: ThreadedDaemon) -> None:
+    """Two connections of A are two holders: A's second one waiting for y does not
+    make the first one wait, so B waiting for x closes no cycle."""
+    config = threaded_daemon.config
+    with client(config, "A") as a, client(config, "B") as b, client(config, "A") as again:
+        a.acquire_lock("x", ttl=30)
+        (y,) = b.acquire_lock("y", ttl=30)
+        thread = threading.Thread(target=lambda: again.acquire_lock("y", wait=WAIT))
+        thread.start()
+        wait_until(lambda: waiters(a, "y") == ["A"], "A's second session waiting for y")
+        with pytest.raises(Timeout, match=r"x is held by A \(pid \d+\)"):
+            b.acquire_lock("x", wait=0.2)
+        b.release_lock(y.lock_id)
+        thread.join(WAIT)
+        assert again.get_lock("y").lease.session != a.get_lock("x").lease.session  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -242,14 +265,89 @@ def test_someone_elses_lock_id_is_refused(threaded_daemon: ThreadedDaemon) -> No
             eve.renew_lock(lease.lock_id)
 
 
-def test_asking_again_for_a_held_resource_is_a_conflict(threaded_daemon: ThreadedDaemon) -> None:
+def test_asking_again_in_the_same_session_is_a_conflict(threaded_daemon: ThreadedDaemon) -> None:
     with client(threaded_daemon.config) as engram:
         (lease,) = engram.acquire_lock("twice")
-        with pytest.raises(Conflict, match="you already hold twice"):
+        with pytest.raises(Conflict, match="this connection already holds twice"):
             engram.acquire_lock(["other", "twice"], wait=5)
         renewed = engram.renew_lock(lease.lock_id, ttl=120)
         assert renewed.ttl == 120 and renewed.expires_at > lease.expires_at
         assert renewed.fencing_token == lease.fencing_token
+        (bound,) = engram.acquire_lock("mine", pid=os.getpid())
+        with client(threaded_daemon.config) as same_process:
+            with pytest.raises(Conflict, match=f"process {os.getpid()} already holds mine"):
+                same_process.acquire_lock("mine", pid=os.getpid())
+
+
+def test_another_session_of_the_same_agent_waits_in_line(threaded_daemon: ThreadedDaemon
+                                                         ) -> None:
+    config = threaded_daemon.config
+    with client(config) as first, client(config) as second:
+        (lease,) = first.acquire_lock("shared", ttl=30)
+        assert lease.session.startswith("conn:") and lease.holder_pid == os.getpid()
+        with pytest.raises(LockHeld, match=fr"shared is held by alice \(pid {os.getpid()}\)"):
+            second.acquire_lock("shared")
+        granted: list[Lease] = []
+        thread = threading.Thread(target=lambda: granted.extend(
+            second.acquire_lock("shared", ttl=30, wait=WAIT)))
+        thread.start()
+        wait_until(lambda: waiters(first, "shared") == ["alice"], "the second session in line")
+        first.release_lock(lease.lock_id)
+        thread.join(WAIT)
+        assert granted[0].fencing_token > lease.fencing_token
+        assert granted[0].session != lease.session
+
+
+def test_release_and_renew_check_the_resource_in_the_same_request(
+        threaded_daemon: ThreadedDaemon) -> None:
+    with client(threaded_daemon.config) as engram:
+        (lease,) = engram.acquire_lock("right", ttl=30)
+        for call in (lambda: engram.release_lock(lease.lock_id, resource="wrong"),
+                     lambda: engram.renew_lock(lease.lock_id, resource="wrong")):
+            with pytest.raises(NotFound, match="wrong has no lease with lock id .* a lease on "
+                                               "right"):
+                call()
+        assert engram.get_lock("right").lease == lease  # neither released nor renewed
+        engram.renew_lock(lease.lock_id, resource="right")
+        engram.release_lock(lease.lock_id, resource="right")
+        assert engram.get_lock("right").lease is None
+
+
+def test_a_later_connection_releases_by_lock_id(threaded_daemon: ThreadedDaemon) -> None:
+    with client(threaded_daemon.config) as engram:
+        (lease,) = engram.acquire_lock("handed", ttl=30)
+    with client(threaded_daemon.config) as later:
+        later.release_lock(lease.lock_id, resource="handed")
+        assert later.get_lock("handed").lease is None
+
+
+def test_renewing_from_a_new_connection_adopts_an_orphaned_lease(
+        threaded_daemon: ThreadedDaemon) -> None:
+    """After a reconnect, the renewing connection is told when the lease is lost."""
+    config = threaded_daemon.config
+    with client(config) as engram:
+        (lease,) = engram.acquire_lock("orphan", ttl=30)
+    with client(config) as adopter, client(config, "ops") as ops:
+        adopted = adopter.renew_lock(lease.lock_id)
+        assert adopted.session != lease.session and adopted.fencing_token == lease.fencing_token
+        ops.break_lock("orphan", "testing")
+        notice = adopter.lease_lost(WAIT)
+        assert notice is not None and notice.lease.lock_id == lease.lock_id
+
+
+def test_waiting_for_good_is_granted_when_the_holder_leaves(threaded_daemon: ThreadedDaemon
+                                                           ) -> None:
+    config = threaded_daemon.config
+    with client(config) as holder, client(config, "bob") as bob:
+        (lease,) = holder.acquire_lock("forever", ttl=30)
+        granted: list[Lease] = []
+        thread = threading.Thread(target=lambda: granted.extend(
+            bob.acquire_lock("forever", wait=None)))
+        thread.start()
+        wait_until(lambda: waiters(holder, "forever") == ["bob"], "bob in line")
+        holder.release_lock(lease.lock_id)
+        thread.join(WAIT)
+    assert granted[0].holder == "bob"
 
 
 def test_leases_per_agent_are_limited(env: dict[str, str]) -> None:
@@ -318,22 +416,51 @@ def test_lock_run_stops_cmd_when_its_lease_is_broken(engramd: DaemonProcess) -> 
     assert "lease on job broken (by ops)" in err
 
 
+def lock_cli(engramd: DaemonProcess, *args: str, agent: str = "tester",
+             timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engram_cli", "lock", *args],
+                          env={**engramd.env, "ENGRAM_AGENT": agent},
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def test_lock_cli_exit_codes(engramd: DaemonProcess) -> None:
     def cli(*args: str, agent: str = "tester") -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "engram_cli", "lock", *args],
-                              env={**engramd.env, "ENGRAM_AGENT": agent},
-                              capture_output=True, text=True, timeout=30, check=False)
+        return lock_cli(engramd, *args, agent=agent)
 
     lock_id = cli("acquire", "res").stdout.strip()
-    held = cli("acquire", "res", agent="bob")
-    assert held.returncode == 4 and "held by tester" in held.stderr
+    for flag in (["-n"], ["--no-wait"], ["--wait", "0"]):
+        for agent in ("bob", "tester"):  # another process of tester is another holder
+            held = cli("acquire", "res", *flag, agent=agent)
+            assert held.returncode == 4, held.stderr
+            assert re.search(r"held by tester \(pid \d+\)", held.stderr), held.stderr
     waited = cli("acquire", "res", "--wait", "0.2", agent="bob")
     assert waited.returncode == 5
+    assert len(waited.stderr.strip().splitlines()) == 1
     listed = cli("list").stdout.split("\t")
     assert listed[:2] == ["res", "tester"]
+    for command in ("release", "renew"):
+        wrong = cli(command, "other", "--lock-id", lock_id)
+        assert wrong.returncode == 3, wrong.stderr
+        assert wrong.stderr.strip() == (f"engram: error: other has no lease with lock id "
+                                        f"{lock_id} (that lock id is a lease on res)")
+    assert cli("list").stdout.split("\t")[:2] == ["res", "tester"]  # still held
     assert cli("release", "res", "--lock-id", lock_id).returncode == 0
     assert cli("release", "res", "--lock-id", lock_id).returncode == 3
     assert cli("acquire", "", agent="bob").returncode == 1
+    assert cli("acquire", "res", "-n", "--wait", "5").returncode == 2
+
+
+def test_lock_acquire_waits_by_default(engramd: DaemonProcess) -> None:
+    with client(engramd.socket) as holder:
+        (lease,) = holder.acquire_lock("queue/cli", ttl=30)
+        waiter = subprocess.Popen([sys.executable, "-m", "engram_cli", "lock", "acquire",
+                                   "queue/cli"], env={**engramd.env, "ENGRAM_AGENT": "alice"},
+                                  stdout=subprocess.PIPE, text=True)
+        wait_until(lambda: waiters(holder, "queue/cli") == ["alice"], "the CLI in line")
+        holder.release_lock(lease.lock_id)
+        out, _ = waiter.communicate(timeout=WAIT)
+        assert waiter.returncode == 0
+        assert holder.get_lock("queue/cli").lease.lock_id == out.strip()  # type: ignore[union-attr]
 
 
 def test_watch_shows_lock_events(engramd: DaemonProcess) -> None:

@@ -111,6 +111,10 @@ CLIENT_MESSAGES = {
                                 wait=5.0, bind_connection=True, pid=4242),
     "lock_release": ReleaseLock(id=12, lock_id="0123456789abcdef"),
     "lock_renew": RenewLock(id=13, lock_id="0123456789abcdef", ttl=60.0),
+    "lock_acquire_unbounded": AcquireLock(id=11, resources=["deploy:prod"], wait=None,
+                                          pid=4242),
+    "lock_release_on": ReleaseLock(id=12, lock_id="0123456789abcdef", resource="deploy:prod"),
+    "lock_renew_on": RenewLock(id=13, lock_id="0123456789abcdef", resource="deploy:prod"),
     "lock_break": BreakLock(id=14, resource="deploy:prod", reason="stuck"),
     "lock_get": GetLock(id=15, resource="deploy:prod"),
     "lock_list": ListLocks(id=16, agent="alice", prefix="deploy:"),
@@ -126,7 +130,9 @@ CLIENT_MESSAGES = {
 TOKEN = TokenInfo(id="0123456789ab", agent="alice", created_at=WHEN)
 LEASE = Lease(resource="deploy:prod", holder="alice", lock_id="0123456789abcdef",
               fencing_token=42, acquired_at=WHEN, expires_at=WHEN, ttl=30.0, boot_id="b",
-              deadline_boottime=1030.5, pid=None, bound_to_connection=True)
+              deadline_boottime=1030.5, pid=None, bound_to_connection=True,
+              session="conn:3@0123abcd", holder_pid=4242)
+LEASE_BEFORE_SESSIONS = msgspec.structs.replace(LEASE, session="", holder_pid=0)
 SERVER_MESSAGES = {
     "welcome": Welcome(id=1, protocol_version=1, daemon_version="0.1.0", pid=42,
                        instance_id="abc"),
@@ -154,7 +160,8 @@ SERVER_MESSAGES = {
     "lock_renewed": LeaseRenewed(id=13, lease=LEASE),
     "lock_found": LockFound(id=15, state=LockState(
         resource="deploy:prod", lease=LEASE,
-        waiters=[Waiter(agent="bob", position=1, resources=["deploy:prod"])])),
+        waiters=[Waiter(agent="bob", position=1, resources=["deploy:prod"],
+                        session="pid:4343", pid=4343)])),
     "lock_page": LockPage(id=16, locks=[]),
     "lease_lost": LeaseLost(lease=LEASE, reason="expired", by="engramd"),
     "search_results": SearchResults(id=17, total=1, hits=[SearchHit(
@@ -202,6 +209,13 @@ def test_golden_server_bytes_decode_back(name: str) -> None:
 @pytest.mark.parametrize("name", EVENTS)
 def test_event_bytes_match_golden(name: str) -> None:
     assert msgspec.msgpack.encode(EVENTS[name]).hex() == golden()[name]
+
+
+def test_leases_journaled_before_sessions_still_decode() -> None:
+    """A daemon upgraded over an older journal reads its leases (with no session)."""
+    body = bytes.fromhex(golden()["event_lock_acquired_before_sessions"])
+    event = msgspec.msgpack.decode(body, type=LockAcquired)
+    assert event.lease == LEASE_BEFORE_SESSIONS
 
 
 def test_wal_record_bytes_match_golden() -> None:
