@@ -31,7 +31,8 @@ from engram_cli.errors import EngramError, ExitCode
 
 EXIT_CODES_HELP = (
     "Exit status: 0 success, 1 error, 2 usage, 3 not found, "
-    "4 conflict or lock held, 5 timeout, 6 lease lost (lock run), 69 daemon unavailable."
+    "4 conflict or lock held, 5 timeout, 6 lease lost (lock run), 69 daemon unavailable; "
+    "lock run: 126 CMD cannot run, 127 CMD not found."
 )
 
 app = typer.Typer(

@@ -273,10 +273,10 @@ def test_asking_again_in_the_same_session_is_a_conflict(threaded_daemon: Threade
         renewed = engram.renew_lock(lease.lock_id, ttl=120)
         assert renewed.ttl == 120 and renewed.expires_at > lease.expires_at
         assert renewed.fencing_token == lease.fencing_token
-        (bound,) = engram.acquire_lock("mine", pid=os.getpid())
-        with client(threaded_daemon.config) as same_process:
-            with pytest.raises(Conflict, match=f"process {os.getpid()} already holds mine"):
-                same_process.acquire_lock("mine", pid=os.getpid())
+        engram.acquire_lock("mine", pid=os.getpid())
+        with client(threaded_daemon.config) as same_process, \
+                pytest.raises(Conflict, match=f"process {os.getpid()} already holds mine"):
+            same_process.acquire_lock("mine", pid=os.getpid())
 
 
 def test_another_session_of_the_same_agent_waits_in_line(threaded_daemon: ThreadedDaemon
@@ -304,8 +304,8 @@ def test_release_and_renew_check_the_resource_in_the_same_request(
         (lease,) = engram.acquire_lock("right", ttl=30)
         for call in (lambda: engram.release_lock(lease.lock_id, resource="wrong"),
                      lambda: engram.renew_lock(lease.lock_id, resource="wrong")):
-            with pytest.raises(NotFound, match="wrong has no lease with lock id .* a lease on "
-                                               "right"):
+            with pytest.raises(NotFound, match=r"wrong has no lease with lock id .* a lease on "
+                                               r"right"):
                 call()
         assert engram.get_lock("right").lease == lease  # neither released nor renewed
         engram.renew_lock(lease.lock_id, resource="right")

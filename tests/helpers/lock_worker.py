@@ -4,14 +4,16 @@ Usage: python -m tests.helpers.lock_worker SOCKET NAME COUNTER
 
 Forever: take the lease on ``kill/counter`` (waiting), read the file, pause,
 write the value plus one and print ``inc TOKEN``, then release, retrying the
-release through daemon restarts until it is done or the lease is gone. A grant
-whose reply was lost to a crash is found again (``conflict``: already held). If two
-holders ever overlapped, an update would be lost and the file would end below
-the number of ``inc`` lines.
+release through daemon restarts until it is done or the lease is gone. The
+leases are bound to this process, so that after a reconnect it is still their
+holder: a grant whose reply was lost to a crash is found again (``conflict``:
+this process already holds it). If two holders ever overlapped, an update would
+be lost and the file would end below the number of ``inc`` lines.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -57,13 +59,13 @@ def main() -> None:
     client = connected(socket_path, name)
     while True:
         try:
-            (lease,) = client.acquire_lock("kill/counter", ttl=5, wait=10)
+            (lease,) = client.acquire_lock("kill/counter", ttl=5, wait=10, pid=os.getpid())
         except Timeout:
             continue
         except Conflict:
             # Granted, but the daemon died before the reply came: the lease is ours.
             held = client.get_lock("kill/counter").lease
-            if held is None or held.holder != name:
+            if held is None or held.session != f"pid:{os.getpid()}":
                 continue
             lease = held
         except GONE:
