@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -20,6 +21,7 @@ import trio
 from hypothesis import HealthCheck, settings
 
 from engram_cli.client import Client
+from engram_cli.errors import EngramError
 from engramd.config import DaemonConfig, load_config
 from engramd.main import run_daemon
 from engramd.protocol import (
@@ -193,21 +195,42 @@ def spawn_engramd(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
                             stderr=subprocess.PIPE)
 
 
+def engramd_log(env: dict[str, str]) -> Path:
+    """Where :func:`start_engramd` sends a daemon's output: beside its data dir."""
+    return Path(env["ENGRAM_DATA_DIR"]).parent / "engramd.out"
+
+
+def start_engramd(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``engramd`` as a process, ready to serve; if it is not, fail with what it said.
+
+    Its output goes to a file (:func:`engramd_log`), which no pipe left unread can block.
+    """
+    log_path = engramd_log(env)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "engramd"], env=env,
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    path = env["ENGRAM_SOCKET"]
+    try:
+        wait_until(lambda: socket_answers(path) or process.poll() is not None,
+                   "engramd to listen")
+        with Client(path, autostart=False) as client:
+            client.wait_ready()
+    except (EngramError, AssertionError, pytest.fail.Exception) as exc:
+        if process.poll() is None:
+            process.kill()
+        process.wait(WAIT)
+        said = log_path.read_text(errors="replace")[-4000:]
+        pytest.fail(f"engramd did not start ({exc}; exit status {process.returncode}); "
+                    f"it said:\n{said}")
+    return process
+
+
 @pytest.fixture
 def engramd(env: dict[str, str]) -> Iterator[DaemonProcess]:
     """``engramd`` as a real process on the scratch socket and data dir."""
-    process = spawn_engramd(env)
-    path = env["ENGRAM_SOCKET"]
-    wait_until(lambda: socket_answers(path) or process.poll() is not None, "engramd to listen")
-    assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-    with Client(path, autostart=False) as client:
-        client.wait_ready()
-    handle = DaemonProcess(process, path, env)
+    handle = DaemonProcess(start_engramd(env), env["ENGRAM_SOCKET"], env)
     yield handle
     handle.stop()
-    for stream in (process.stdout, process.stderr):
-        if stream:
-            stream.close()
 
 
 def run_cli(env: dict[str, str], *args: str, input: bytes | None = None,

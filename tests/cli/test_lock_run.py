@@ -22,7 +22,7 @@ from engram_cli.client import Client
 from engram_cli.errors import EngramError
 from engram_cli.lockrun import Command, LeaseKeeper, Timing, supervise
 from engramd.protocol import Lease, LockAcquired, LockRenewed
-from tests.conftest import WAIT, DaemonProcess, ThreadedDaemon, socket_answers, wait_until
+from tests.conftest import WAIT, DaemonProcess, ThreadedDaemon, start_engramd, wait_until
 
 # CMD: note the pid, then the time every 20 ms (to "beats") until "stop" appears,
 # then the end time, and exit 0.
@@ -64,13 +64,7 @@ def restart(daemon: DaemonProcess, how: signal.Signals | None) -> None:
     if how is not None:
         daemon.process.send_signal(how)
     daemon.process.wait(WAIT)
-    log = open(Path(daemon.env["ENGRAM_DATA_DIR"]).parent / "engramd.out", "ab")  # noqa: SIM115
-    daemon.process = subprocess.Popen([sys.executable, "-m", "engramd"], env=daemon.env,
-                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    log.close()
-    wait_until(lambda: socket_answers(daemon.socket), "engramd to listen again")
-    with client(daemon.socket) as engram:
-        engram.wait_ready()
+    daemon.process = start_engramd(daemon.env)
 
 
 def lease_history(socket: str, resource: str) -> list[Lease]:
