@@ -7,6 +7,7 @@ Exit status: 0 after a clean stop, 1 when the daemon cannot start or fails,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -14,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 from trio_typing import TaskStatus
@@ -132,26 +133,32 @@ async def run_daemon(
     authenticator = Authenticator(TokenRegistry(config.data_dir),
                                   admin_token_path(config.socket),
                                   require_tokens=config.require_tokens)
-    # The admin token is in place before the socket listens: a client that
-    # started this daemon reads it as soon as it can connect.
-    with claim_runtime(config.socket, config.data_dir,
-                       before_listen=authenticator.publish_admin_token) as listen_socket:
-        try:
-            await _serve(config, listen_socket, authenticator, handle_signals, task_status)
-        finally:
-            authenticator.withdraw_admin_token()
+    with contextlib.ExitStack() as stack:
+        # Signals are caught from the start: one that arrives while the journal
+        # opens (the socket may answer already) waits and then stops the daemon
+        # gracefully, instead of killing it with its files left behind.
+        signals = (stack.enter_context(trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT))
+                   if handle_signals else None)
+        # The admin token is in place before the socket listens: a client that
+        # started this daemon reads it as soon as it can connect.
+        with claim_runtime(config.socket, config.data_dir,
+                           before_listen=authenticator.publish_admin_token) as listen_socket:
+            try:
+                await _serve(config, listen_socket, authenticator, signals, task_status)
+            finally:
+                authenticator.withdraw_admin_token()
     log.info("stopped")
 
 
 async def _serve(config: DaemonConfig, listen_socket: socket.socket,
-                 authenticator: Authenticator, handle_signals: bool,
+                 authenticator: Authenticator, signals: AsyncIterator[int] | None,
                  task_status: TaskStatus[Server]) -> None:
     async with open_engine(config) as engine:
         server = Server(config, engine, authenticator)
         async with trio.open_nursery() as nursery:
             signal_scope = trio.CancelScope()
-            if handle_signals:
-                nursery.start_soon(_stop_on_signal, engine, signal_scope)
+            if signals is not None:
+                nursery.start_soon(_stop_on_signal, engine, signals, signal_scope)
             await nursery.start(server.serve, listen_socket)
             log.info("engramd %s ready on %s (data dir %s)", __version__,
                      config.socket, config.data_dir)
@@ -161,8 +168,9 @@ async def _serve(config: DaemonConfig, listen_socket: socket.socket,
             signal_scope.cancel()
 
 
-async def _stop_on_signal(engine: Engine, scope: trio.CancelScope) -> None:
-    with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _stop_on_signal(engine: Engine, signals: AsyncIterator[int],
+                          scope: trio.CancelScope) -> None:
+    with scope:
         async for signum in signals:
             log.info("received %s; stopping", signal.Signals(signum).name)
             engine.request_shutdown()

@@ -154,8 +154,9 @@ def test_the_admin_token_is_in_place_before_the_socket_answers(env: dict[str, st
         wait_until(lambda: socket_answers(env["ENGRAM_SOCKET"]), "engramd to listen")
         assert os.path.exists(admin_token_path(env["ENGRAM_SOCKET"]))
     finally:
-        process.terminate()
+        process.terminate()  # perhaps still opening its journal: it stops as gracefully
         process.communicate(timeout=30)
+    assert process.returncode == 0
     assert not os.path.exists(admin_token_path(env["ENGRAM_SOCKET"]))
 
 
