@@ -3,6 +3,7 @@ that can be killed, and the check that the journal kept every acknowledged write
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -32,8 +33,8 @@ class LineLog:
     def of(self, kind: str) -> list[list[str]]:
         return [words[1:] for words in list(self.lines) if words[0] == kind]
 
-    def stop(self) -> None:
-        self.process.kill()
+    def stop(self, signum: int = signal.SIGKILL) -> None:
+        self.process.send_signal(signum)
         self.process.wait(WAIT)
         self._thread.join(WAIT)
 

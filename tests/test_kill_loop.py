@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -81,8 +82,10 @@ def run_kill_loop(env: dict[str, str], rng: random.Random, daemon: subprocess.Po
         wait_until(lambda: acked_total(writers) >= final, "writes after the last kill",
                    timeout=60)
     finally:
-        for helper in writers + lockers:
-            helper.stop()
+        for writer in writers:
+            writer.stop()
+        for locker in lockers:
+            locker.stop(signal.SIGTERM)  # between critical sections, not inside one
     assert not any(locker.of("error") for locker in lockers)
     acked = {key: unit_id for writer in writers for key, unit_id in writer.acks.items()}
     with Client(socket_path, autostart=False, timeout=30) as engram:

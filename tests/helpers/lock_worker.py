@@ -9,11 +9,15 @@ leases are bound to this process, so that after a reconnect it is still their
 holder: a grant whose reply was lost to a crash is found again (``conflict``:
 this process already holds it). If two holders ever overlapped, an update would
 be lost and the file would end below the number of ``inc`` lines.
+
+SIGTERM stops it between critical sections, never inside one (where it would
+have written the file without saying ``inc``).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -54,8 +58,22 @@ def release(client: Client, socket_path: str, name: str, lock_id: str) -> Client
             client = connected(socket_path, name)
 
 
+class Section:
+    """Whether a critical section is under way, and whether a stop waits for its end."""
+
+    active = False
+    stop_after = False
+
+    @classmethod
+    def on_sigterm(cls, signum: int, frame: object) -> None:
+        if not cls.active:
+            raise SystemExit(0)
+        cls.stop_after = True
+
+
 def main() -> None:
     socket_path, name, path = sys.argv[1], sys.argv[2], sys.argv[3]
+    signal.signal(signal.SIGTERM, Section.on_sigterm)
     client = connected(socket_path, name)
     while True:
         try:
@@ -75,12 +93,16 @@ def main() -> None:
         except EngramError as exc:
             print(f"error {exc}", flush=True)
             raise
+        Section.active = True
         with open(path) as file:
             value = int(file.read())
         time.sleep(0.002)
         with open(path, "w") as file:
             file.write(str(value + 1))
         print(f"inc {lease.fencing_token}", flush=True)
+        Section.active = False
+        if Section.stop_after:
+            return  # the lease is bound to this process: it ends with it
         client = release(client, socket_path, name, lease.lock_id)
 
 
