@@ -247,6 +247,14 @@ class Client:
         welcome = self._protocol.welcome if self._protocol else None
         return welcome.pid if welcome else None
 
+    def interrupt(self) -> None:
+        """Shut the connection down, from another thread: a call blocked on it
+        returns (raising ``DaemonUnavailable``); the next request connects again."""
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()

@@ -48,8 +48,8 @@ MARGIN_SECONDS = 1.0
 """CMD is dead at least this long before the lease expires, at most (less for a short ttl)."""
 RETRY_SECONDS = 0.1
 """How often an unreachable daemon is tried again."""
-SLICE_SECONDS = 0.02
-"""The keeper's longest blind spot: when CMD ends, it notices within this."""
+SLICE_SECONDS = 0.25
+"""The longest the keeper waits for a notice before it looks at the clock again."""
 POLL_SECONDS = 0.05
 """How often the main thread looks at the clock while CMD runs."""
 
@@ -138,8 +138,9 @@ class LeaseKeeper(threading.Thread):
                 f"{left:.1f}s")
 
     def finish(self) -> Client:
-        """Stop renewing; the client is the caller's again."""
+        """Stop renewing; the client is the caller's again (it reconnects when used)."""
         self._done.set()
+        self.client.interrupt()  # wake the thread from its wait for a notice
         self.join()
         return self.client
 
