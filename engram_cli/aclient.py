@@ -24,10 +24,10 @@ import trio
 from engram_cli import requests
 from engram_cli.autostart import start_daemon
 from engram_cli.errors import (
-    DaemonUnavailable,
     EngramError,
     NotFound,
     ReplyT,
+    Unavailable,
     error_from_reply,
     reply_as,
 )
@@ -108,7 +108,7 @@ class AsyncClient:
                     self._protocol.receive_data(await self._stream.receive_some(_RECEIVE_SIZE))
                     continue
                 if event is CLOSED:
-                    self._fail(DaemonUnavailable("engramd closed the connection"))
+                    self._fail(Unavailable("engramd closed the connection"))
                     return
                 assert isinstance(event, ServerMessage)
                 if isinstance(event, EventPush | Heartbeat | Lagged):
@@ -126,9 +126,9 @@ class AsyncClient:
                     waiter.reply = event
                     waiter.event.set()
         except ProtocolError as exc:
-            self._fail(DaemonUnavailable(f"protocol error: {exc}"))
+            self._fail(Unavailable(f"protocol error: {exc}"))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._fail(DaemonUnavailable("lost the connection to engramd"))
+            self._fail(Unavailable("lost the connection to engramd"))
 
     def _fail(self, error: EngramError) -> None:
         self._broken = error
@@ -150,7 +150,7 @@ class AsyncClient:
                 await self._stream.send_all(self._protocol.send(request))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._waiters.pop(request.id, None)
-            raise DaemonUnavailable("lost the connection to engramd") from None
+            raise Unavailable("lost the connection to engramd") from None
         await waiter.event.wait()
         reply = waiter.reply
         if reply is None:
@@ -293,7 +293,7 @@ async def _handshake(stream: trio.SocketStream, protocol: ClientConnection) -> N
             protocol.receive_data(await stream.receive_some(_RECEIVE_SIZE))
             continue
         if event is CLOSED:
-            raise DaemonUnavailable("engramd closed the connection during the handshake")
+            raise Unavailable("engramd closed the connection during the handshake")
         if isinstance(event, ErrorReply):
             raise error_from_reply(event)
         return
@@ -329,7 +329,7 @@ async def open_client(
             stream = await _connect(path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             if not allow_start:
-                raise DaemonUnavailable(
+                raise Unavailable(
                     f"engramd is not running on {path} ({exc.strerror})"
                 ) from None
             await trio.to_thread.run_sync(lambda: start_daemon(path, env=env))
@@ -338,7 +338,7 @@ async def open_client(
         try:
             await _handshake(stream, protocol)
         except ProtocolError as exc:
-            raise DaemonUnavailable(f"protocol error: {exc}") from None
+            raise Unavailable(f"protocol error: {exc}") from None
         client = AsyncClient(stream, protocol)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._read_replies)

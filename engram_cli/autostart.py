@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 
-from engram_cli.errors import DaemonUnavailable
+from engram_cli.errors import Unavailable
 from engramd.protocol import log_file_in, resolve_data_dir
 
 START_TIMEOUT = 10.0
@@ -82,7 +82,7 @@ def start_daemon(
         True if this call started a daemon, False if one was already running.
 
     Raises:
-        DaemonUnavailable: the daemon did not come up within *timeout*; the
+        Unavailable: the daemon did not come up within *timeout*; the
             message names the log file and quotes its last line.
     """
     import subprocess  # only here: starting a daemon is rare, start-up time is not
@@ -112,7 +112,7 @@ def start_daemon(
                 why = (f"exited with status {status}" if status is not None
                        else f"did not answer within {timeout:g}s")
                 last = _last_line(log_path)
-                raise DaemonUnavailable(
+                raise Unavailable(
                     f"engramd {why}; see {log_path}" + (f": {last}" if last else "")
                 )
             time.sleep(_POLL_INTERVAL)

@@ -27,10 +27,10 @@ from engram_cli import requests
 from engram_cli.autostart import START_TIMEOUT, start_daemon
 from engram_cli.errors import (
     ClientTimeout,
-    DaemonUnavailable,
     EngramError,
     NotFound,
     ReplyT,
+    Unavailable,
     error_from_reply,
     reply_as,
 )
@@ -170,7 +170,7 @@ class Client:
             sock = self._open_socket()
         except _UNREACHABLE as exc:
             if not self.autostart:
-                raise DaemonUnavailable(
+                raise Unavailable(
                     f"engramd is not running on {self.socket_path} ({exc.strerror}); "
                     "start it with 'engram daemon start'"
                 ) from None
@@ -178,7 +178,7 @@ class Client:
             try:
                 sock = self._open_socket()
             except _UNREACHABLE as exc2:
-                raise DaemonUnavailable(
+                raise Unavailable(
                     f"engramd started but {self.socket_path} refuses connections "
                     f"({exc2.strerror})"
                 ) from None
@@ -219,7 +219,7 @@ class Client:
             if status.state == "ready":
                 return status
             if time.monotonic() > deadline:
-                raise DaemonUnavailable(f"engramd is still {status.state} after {timeout:g}s")
+                raise Unavailable(f"engramd is still {status.state} after {timeout:g}s")
             time.sleep(0.01)
 
     def _open_socket(self) -> socket.socket:
@@ -229,7 +229,7 @@ class Client:
             sock.connect(self.socket_path)
         except PermissionError:
             sock.close()
-            raise DaemonUnavailable(
+            raise Unavailable(
                 f"permission denied on {self.socket_path}: the daemon belongs to another user"
             ) from None
         except BaseException:
@@ -249,7 +249,7 @@ class Client:
 
     def interrupt(self) -> None:
         """Shut the connection down, from another thread: a call blocked on it
-        returns (raising ``DaemonUnavailable``); the next request connects again."""
+        returns (raising ``Unavailable``); the next request connects again."""
         sock = self._sock
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -288,7 +288,7 @@ class Client:
             self.close()
             if parting is not None:
                 raise parting from None
-            raise DaemonUnavailable(f"lost the connection to engramd: {exc.strerror}") from None
+            raise Unavailable(f"lost the connection to engramd: {exc.strerror}") from None
 
     def _parting_error(self) -> EngramError | None:
         """The error frame a daemon sent before closing on us (say, too many connections).
@@ -318,7 +318,7 @@ class Client:
                 event = protocol.next_event()
             except ProtocolError as exc:
                 self.close()
-                raise DaemonUnavailable(f"protocol error: {exc}") from None
+                raise Unavailable(f"protocol error: {exc}") from None
             if event is NEED_DATA:
                 try:
                     data = self._sock.recv(_RECEIVE_SIZE)
@@ -328,14 +328,14 @@ class Client:
                     ) from None
                 except OSError as exc:
                     self.close()
-                    raise DaemonUnavailable(
+                    raise Unavailable(
                         f"lost the connection to engramd: {exc.strerror}"
                     ) from None
                 protocol.receive_data(data)
                 continue
             if event is CLOSED:
                 self.close()
-                raise DaemonUnavailable("engramd closed the connection")
+                raise Unavailable("engramd closed the connection")
             assert isinstance(event, ServerMessage)
             return event
 
@@ -550,7 +550,7 @@ class Client:
         if self._lost:
             return self._lost.popleft()
         if self._sock is None:
-            raise DaemonUnavailable("not connected to engramd")
+            raise Unavailable("not connected to engramd")
         self._sock.settimeout(timeout)
         try:
             while not self._lost:

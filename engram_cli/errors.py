@@ -1,8 +1,10 @@
-"""Errors of the client library and the CLI, each with its exit status.
+"""Errors of the client library and the CLI, and the CLI's exit statuses.
 
-:class:`EngramError` is the root. Errors the daemon reported are
-:class:`DaemonError` subclasses chosen by the error code (``err.code``); the
-CLI turns any :class:`EngramError` into one line on stderr and ``exit_code``.
+The errors are the protocol's own (:mod:`engramd.protocol.errors`: one vocabulary on
+both sides of the socket), re-exported here for the library's users; an error the
+daemon reported carries its code in ``err.code``. The CLI adds the few of its own
+below, and turns any :class:`EngramError` into one line on stderr and its
+``exit_code``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,26 @@ from __future__ import annotations
 import enum
 from typing import TypeVar
 
-from engramd.protocol import ClientMessage, ErrorCode, ErrorReply, ServerMessage
+from engramd.protocol import (
+    BadRequest,
+    ClientMessage,
+    Conflict,
+    Deadlock,
+    EngramError,
+    ErrorCode,
+    ErrorReply,
+    Forbidden,
+    InternalError,
+    LockHeld,
+    NotFound,
+    RateLimited,
+    ServerMessage,
+    Timeout,
+    TooLarge,
+    Unavailable,
+    VersionMismatch,
+    error_for,
+)
 
 
 class ExitCode(enum.IntEnum):
@@ -33,102 +54,15 @@ class ExitCode(enum.IntEnum):
     """The daemon cannot be reached or cannot serve now (EX_UNAVAILABLE)."""
 
 
-class EngramError(Exception):
-    exit_code: ExitCode = ExitCode.ERROR
-
-
 class UsageProblem(EngramError):
     """The command line itself is wrong in a way the parser could not see."""
 
+    code = ErrorCode.BAD_REQUEST
     exit_code = ExitCode.USAGE
 
 
-class DaemonUnavailable(EngramError):
-    """The daemon could not be reached, or went away mid-conversation."""
-
-    exit_code = ExitCode.UNAVAILABLE
-
-
-class ClientTimeout(EngramError):
-    """The daemon did not answer within the client's timeout."""
-
-    exit_code = ExitCode.TIMEOUT
-
-
-class DaemonError(EngramError):
-    """The daemon answered a request with an error frame."""
-
-    code: str = ErrorCode.INTERNAL
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
-
-
-class BadRequest(DaemonError):
-    code = ErrorCode.BAD_REQUEST
-    exit_code = ExitCode.ERROR
-
-
-class NotFound(DaemonError):
-    code = ErrorCode.NOT_FOUND
-    exit_code = ExitCode.NOT_FOUND
-
-
-class Conflict(DaemonError):
-    code = ErrorCode.CONFLICT
-    exit_code = ExitCode.CONFLICT
-
-
-class LockHeld(DaemonError):
-    code = ErrorCode.LOCK_HELD
-    exit_code = ExitCode.CONFLICT
-
-
-class Deadlock(DaemonError):
-    code = ErrorCode.DEADLOCK
-    exit_code = ExitCode.CONFLICT
-
-
-class Timeout(DaemonError):
-    code = ErrorCode.TIMEOUT
-    exit_code = ExitCode.TIMEOUT
-
-
-class TooLarge(DaemonError):
-    code = ErrorCode.TOO_LARGE
-
-
-class Unavailable(DaemonError):
-    code = ErrorCode.UNAVAILABLE
-    exit_code = ExitCode.UNAVAILABLE
-
-
-class RateLimited(DaemonError):
-    """Over the connection's request rate: retry later (like EX_UNAVAILABLE)."""
-
-    code = ErrorCode.RATE_LIMITED
-    exit_code = ExitCode.UNAVAILABLE
-
-
-class Forbidden(DaemonError):
-    code = ErrorCode.FORBIDDEN
-
-
-class VersionMismatch(DaemonError):
-    code = ErrorCode.VERSION_MISMATCH
-
-
-class InternalError(DaemonError):
-    code = ErrorCode.INTERNAL
-
-
-_BY_CODE: dict[str, type[DaemonError]] = {
-    cls.code: cls
-    for cls in (BadRequest, NotFound, Conflict, LockHeld, Deadlock, Timeout, TooLarge,
-                Unavailable, RateLimited, Forbidden, VersionMismatch, InternalError)
-}
+class ClientTimeout(Timeout):
+    """The daemon did not answer within the client's own timeout."""
 
 
 ReplyT = TypeVar("ReplyT", bound=ServerMessage)
@@ -145,7 +79,14 @@ def reply_as(reply: ServerMessage, request: ClientMessage, expect: type[ReplyT])
     return reply
 
 
-def error_from_reply(reply: ErrorReply) -> DaemonError:
-    """The exception for an error frame; an unknown code becomes :class:`DaemonError`."""
-    cls = _BY_CODE.get(reply.code, DaemonError)
-    return cls(reply.message, reply.code)
+def error_from_reply(reply: ErrorReply) -> EngramError:
+    """The exception for an error frame; an unknown code gives a plain :class:`EngramError`."""
+    return error_for(reply.code, reply.message)
+
+
+__all__ = [
+    "BadRequest", "ClientTimeout", "Conflict", "Deadlock", "EngramError", "ExitCode",
+    "Forbidden", "InternalError", "LockHeld", "NotFound", "RateLimited", "Timeout",
+    "TooLarge", "Unavailable", "UsageProblem", "VersionMismatch", "error_from_reply",
+    "reply_as",
+]

@@ -27,7 +27,7 @@ import msgspec
 
 from engram_cli import gitinfo, requests
 from engram_cli.client import Client
-from engram_cli.errors import ClientTimeout, DaemonUnavailable, EngramError
+from engram_cli.errors import ClientTimeout, EngramError, Unavailable
 from engram_cli.settings import default_agent_id
 from engramd.protocol import SpooledUnit, UnitDraft, resolve_data_dir
 
@@ -253,7 +253,7 @@ def record(repo: str, hook: str, args: list[str], stdin: str, socket: str | None
                     _remember(repo, commit, unit.id)
                 written += 1
             return written, 0
-    except (DaemonUnavailable, ClientTimeout):
+    except (Unavailable, ClientTimeout):
         for draft in drafts:
             spool(draft, agent, env)
         return 0, len(drafts)
@@ -274,6 +274,6 @@ def guard(repo: str, mode: str, socket: str | None, env: Mapping[str, str]) -> l
                     if lease is not None and lease.holder != agent:
                         problems.append(f"{path} is leased by {lease.holder} until "
                                         f"{lease.expires_at.isoformat(timespec='seconds')}")
-    except (DaemonUnavailable, ClientTimeout, EngramError):
+    except (Unavailable, ClientTimeout, EngramError):
         return []  # no daemon, no guard: never stop a commit for engram's sake
     return problems

@@ -33,8 +33,6 @@ from engram_cli import output
 from engram_cli.client import Client
 from engram_cli.errors import (
     ClientTimeout,
-    DaemonError,
-    DaemonUnavailable,
     EngramError,
     ExitCode,
     RateLimited,
@@ -54,7 +52,7 @@ POLL_SECONDS = 0.05
 """How often the main thread looks at the clock while CMD runs."""
 
 # The keeper retries these: the daemon is away, restarting, recovering or busy.
-_PASSING = (DaemonUnavailable, ClientTimeout, Unavailable, RateLimited)
+_PASSING = (Unavailable, ClientTimeout, Unavailable, RateLimited)
 
 
 class CannotRun(EngramError):
@@ -183,7 +181,7 @@ class LeaseKeeper(threading.Thread):
         except _PASSING as exc:
             self._away(exc)
             return False
-        except DaemonError as exc:  # not found, forbidden: the lease is gone
+        except EngramError as exc:  # not found, forbidden: the lease is gone
             self.lost = self._why_gone(exc)
             return False
         self._away_since = None
@@ -197,7 +195,7 @@ class LeaseKeeper(threading.Thread):
             self._away_since = dt.datetime.now(dt.UTC)
         self._away_why = str(exc)
 
-    def _why_gone(self, exc: DaemonError) -> str:
+    def _why_gone(self, exc: EngramError) -> str:
         # A renewal that finds the lease gone usually has the daemon's notice
         # right behind it, which says why; give it a moment.
         with contextlib.suppress(EngramError):
@@ -352,5 +350,5 @@ def _release(client: Client, leases: list[Lease]) -> None:
     except _PASSING as exc:
         output.note(f"warning: could not release the lease now ({exc}); it ends with this "
                     "process")
-    except DaemonError:
+    except EngramError:
         pass  # already gone

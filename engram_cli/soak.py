@@ -26,7 +26,7 @@ from engram_cli.bench import (
     summarize,
 )
 from engram_cli.client import Client
-from engram_cli.errors import ClientTimeout, DaemonUnavailable, EngramError, Timeout
+from engram_cli.errors import ClientTimeout, EngramError, Timeout, Unavailable
 from engramd.protocol import Heartbeat, UnitCreated
 
 WRITERS = 4
@@ -132,7 +132,7 @@ def _worker(role: str, socket_path: str, name: str, seconds: float) -> None:
     tally = Tally()
     try:
         client = _client(socket_path, name)
-    except (DaemonUnavailable, ClientTimeout) as exc:
+    except (Unavailable, ClientTimeout) as exc:
         tally.error(exc)
         tally.report(time.perf_counter())
         return

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from engram_cli.errors import ClientTimeout, DaemonUnavailable, Unavailable
+from engram_cli.errors import ClientTimeout, Unavailable
 from engramd.protocol import Event, EventPush, Heartbeat, Lagged, Subscribe, Subscribed
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 Push = EventPush | Heartbeat | Lagged
 
 
-class LaggedBehind(DaemonUnavailable):
+class LaggedBehind(Unavailable):
     """The subscription fell too far behind and the daemon ended it; resume from ``cursor``."""
 
     def __init__(self, cursor: int) -> None:
@@ -105,7 +105,7 @@ def watch(
                 yield item
         except LaggedBehind as exc:
             after = exc.cursor
-        except (DaemonUnavailable, Unavailable, ClientTimeout):
+        except (Unavailable, ClientTimeout):
             if not reconnect:
                 raise
             client.close()
@@ -127,7 +127,7 @@ def _wait_for_daemon(client: Client, interval: float) -> None:
                 client.connect()
                 client.wait_ready()
                 return
-            except (DaemonUnavailable, Unavailable, ClientTimeout):
+            except (Unavailable, ClientTimeout):
                 client.close()
                 time.sleep(interval)
     finally:

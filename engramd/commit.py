@@ -31,8 +31,8 @@ from typing import Any, Generic, TypeVar
 import trio
 from trio_typing import TaskStatus
 
-from engramd.errors import EngramError, Unavailable
 from engramd.metrics import Histogram
+from engramd.protocol import EngramError, Unavailable
 from engramd.storage import Store
 from engramd.wal.log import SyncFailed, WriteAheadLog, WriteFailed
 from engramd.wal.record import Entry, encode_batch

@@ -19,12 +19,12 @@ import trio
 
 from engramd.caller import Caller
 from engramd.engine import Engine
-from engramd.errors import BadRequest, EngramError
 from engramd.metrics import resident_bytes
 from engramd.protocol import (
     PROTOCOL_VERSION,
     AckCursor,
     AcquireLock,
+    BadRequest,
     BreakLock,
     ClientMessage,
     ContextFound,
@@ -34,6 +34,7 @@ from engramd.protocol import (
     DaemonStats,
     DaemonStatus,
     Done,
+    EngramError,
     ErrorCode,
     ErrorReply,
     GetContext,

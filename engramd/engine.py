@@ -26,24 +26,20 @@ from engramd import __version__, ids, validate
 from engramd.caller import Caller
 from engramd.commit import GroupCommitter
 from engramd.config import DaemonConfig
-from engramd.errors import (
-    BadRequest,
-    Conflict,
-    EngramError,
-    NotFound,
-    StartupError,
-    TooLarge,
-    Unavailable,
-)
+from engramd.errors import StartupError
 from engramd.events import EventHub, Filter, Subscriber, describe_live
 from engramd.indexer import Indexer, open_index
 from engramd.leases import LeaseManager
 from engramd.metrics import Metrics
 from engramd.protocol import (
+    BadRequest,
+    Conflict,
     CreateContext,
+    EngramError,
     JournalStatus,
     ListContexts,
     ListUnits,
+    NotFound,
     RelatedEdge,
     RelatedFound,
     RelatedUnits,
@@ -53,6 +49,8 @@ from engramd.protocol import (
     SpooledUnit,
     StreamStatus,
     Subscribe,
+    TooLarge,
+    Unavailable,
     UnitDraft,
     UnitPage,
     UnitsCreated,

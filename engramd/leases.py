@@ -24,28 +24,26 @@ from trio_typing import TaskStatus
 from engramd import validate
 from engramd.caller import Caller
 from engramd.commit import GroupCommitter
-from engramd.errors import (
+from engramd.locks import Holding, LockTable, Waiting, describe
+from engramd.protocol import (
+    AcquireLock,
     BadRequest,
     Conflict,
     Deadlock,
     EngramError,
-    Forbidden,
-    LockHeld,
-    NotFound,
-    Timeout,
-    TooLarge,
-)
-from engramd.locks import Holding, LockTable, Waiting, describe
-from engramd.protocol import (
-    AcquireLock,
     Fence,
+    Forbidden,
     Lease,
     LeaseLost,
     LockAcquired,
     LockExpired,
+    LockHeld,
     LockReleased,
     LockRenewed,
     LockState,
+    NotFound,
+    Timeout,
+    TooLarge,
 )
 from engramd.storage import Store
 from engramd.wal.record import Entry

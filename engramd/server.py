@@ -35,7 +35,6 @@ from engramd.caller import Caller, connection_id
 from engramd.config import DaemonConfig
 from engramd.dispatch import Dispatcher
 from engramd.engine import Engine
-from engramd.errors import Forbidden, NotFound, TooLarge
 from engramd.events import Subscriber
 from engramd.protocol import (
     CLOSED,
@@ -47,15 +46,18 @@ from engramd.protocol import (
     ErrorCode,
     ErrorReply,
     EventPush,
+    Forbidden,
     Hello,
     InvalidMessage,
     ListTokens,
+    NotFound,
     RemoteProtocolError,
     RevokeTokens,
     ServerConnection,
     ServerMessage,
     Subscribe,
     Subscribed,
+    TooLarge,
     Unsubscribe,
     Welcome,
     encode_frame,

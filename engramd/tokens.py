@@ -30,13 +30,16 @@ from dataclasses import dataclass
 import msgspec
 
 from engramd import validate
-from engramd.errors import BadRequest, Forbidden, NotFound, StartupError
+from engramd.errors import StartupError
 from engramd.protocol import (
+    BadRequest,
     BreakLock,
     ClientMessage,
     CreateToken,
+    Forbidden,
     Hello,
     ListTokens,
+    NotFound,
     Reindex,
     RevokeTokens,
     ServerMessage,

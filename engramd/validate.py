@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engramd.errors import BadRequest, TooLarge
+from engramd.protocol import BadRequest, TooLarge
 from engramd.protocol.messages import UnitDraft
 from engramd.protocol.model import RELATIONSHIP_TYPES, UNIT_TYPES, Relationship
 

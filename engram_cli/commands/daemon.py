@@ -13,7 +13,7 @@ import typer
 from engram_cli import context
 from engram_cli.autostart import START_TIMEOUT, process_gone, start_daemon
 from engram_cli.context import JsonOption
-from engram_cli.errors import ClientTimeout, DaemonUnavailable
+from engram_cli.errors import ClientTimeout, Unavailable
 from engram_cli.output import format_duration, to_plain_data
 from engramd.protocol import log_file_in, resolve_data_dir
 from engramd.protocol.logline import at_least
@@ -39,7 +39,7 @@ def _stop(cli: context.CliContext, timeout: float) -> int | None:
     client = cli.unconnected_client()
     try:
         client.connect()
-    except DaemonUnavailable:
+    except Unavailable:
         return None
     pid = client.daemon_pid
     assert pid is not None
@@ -100,8 +100,8 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
     client = cli.unconnected_client()
     try:
         client.connect()
-    except DaemonUnavailable:
-        raise DaemonUnavailable(f"engramd is not running on {client.socket_path}") from None
+    except Unavailable:
+        raise Unavailable(f"engramd is not running on {client.socket_path}") from None
     reply = client.status()
     client.close()
     if out.json:
@@ -122,12 +122,12 @@ def _log_path(cli: context.CliContext) -> str:
     client = cli.unconnected_client()
     try:
         client.connect()
-    except DaemonUnavailable:
+    except Unavailable:
         return log_file_in(resolve_data_dir(None, os.environ))
     reply = client.status()
     client.close()
     if reply.log_file is None:
-        raise DaemonUnavailable(
+        raise Unavailable(
             "engramd logs to its standard error (under systemd: "
             "journalctl --user -u engramd)"
         )
@@ -149,7 +149,7 @@ def logs(
     try:
         file = open(path, "rb")  # noqa: SIM115 (kept open while following)
     except FileNotFoundError:
-        raise DaemonUnavailable(f"no daemon log at {path}") from None
+        raise Unavailable(f"no daemon log at {path}") from None
     with file:
         kept = [line for line in file.read().splitlines(keepends=True)
                 if at_least(line.decode(errors="replace"), level.value)]

@@ -50,19 +50,61 @@ from engramd.protocol.connection import (
     encode_message as encode_message,
 )
 from engramd.protocol.errors import (
+    BadRequest as BadRequest,
+)
+from engramd.protocol.errors import (
+    Conflict as Conflict,
+)
+from engramd.protocol.errors import (
+    Deadlock as Deadlock,
+)
+from engramd.protocol.errors import (
+    EngramError as EngramError,
+)
+from engramd.protocol.errors import (
     ErrorCode as ErrorCode,
+)
+from engramd.protocol.errors import (
+    Forbidden as Forbidden,
 )
 from engramd.protocol.errors import (
     FrameTooLarge as FrameTooLarge,
 )
 from engramd.protocol.errors import (
+    InternalError as InternalError,
+)
+from engramd.protocol.errors import (
     LocalProtocolError as LocalProtocolError,
+)
+from engramd.protocol.errors import (
+    LockHeld as LockHeld,
+)
+from engramd.protocol.errors import (
+    NotFound as NotFound,
 )
 from engramd.protocol.errors import (
     ProtocolError as ProtocolError,
 )
 from engramd.protocol.errors import (
+    RateLimited as RateLimited,
+)
+from engramd.protocol.errors import (
     RemoteProtocolError as RemoteProtocolError,
+)
+from engramd.protocol.errors import (
+    Timeout as Timeout,
+)
+from engramd.protocol.errors import (
+    TooLarge as TooLarge,
+)
+from engramd.protocol.errors import (
+    Unavailable as Unavailable,
+)
+from engramd.protocol.errors import (
+    VersionMismatch as VersionMismatch,
+)
+from engramd.protocol.errors import (
+    error_for as error_for,
 )
 from engramd.protocol.framing import (
     DEFAULT_MAX_FRAME as DEFAULT_MAX_FRAME,

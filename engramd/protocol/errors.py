@@ -40,6 +40,118 @@ class ErrorCode(enum.StrEnum):
     """A bug in the daemon; the daemon log has the details."""
 
 
+class EngramError(Exception):
+    """Every error engram reports, on either side of the socket: a stable code and a message.
+
+    The daemon raises these; exactly one place (``engramd.dispatch``) turns them
+    into error frames, and the clients turn error frames back into them
+    (:func:`error_for`). An unknown code from a newer daemon keeps its text in
+    ``code`` on a plain :class:`EngramError`. ``exit_code`` is the status the
+    command line exits with (SPECS.md, error codes).
+    """
+
+    code: str = ErrorCode.INTERNAL
+    exit_code: int = 1
+
+    def __init__(self, message: str = "", code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(EngramError):
+    """The request is malformed or invalid; resending it unchanged fails again."""
+
+    code = ErrorCode.BAD_REQUEST
+
+
+class NotFound(EngramError):
+    """The named thing (unit, context, lease, subscription) does not exist."""
+
+    code = ErrorCode.NOT_FOUND
+    exit_code = 3
+
+
+class Conflict(EngramError):
+    """The request contradicts current state (a stale fence, an id in use, asking again)."""
+
+    code = ErrorCode.CONFLICT
+    exit_code = 4
+
+
+class LockHeld(EngramError):
+    """The resource is leased by another session (and the request would not wait)."""
+
+    code = ErrorCode.LOCK_HELD
+    exit_code = 4
+
+
+class Deadlock(EngramError):
+    """Waiting would close a cycle of sessions waiting for each other's leases."""
+
+    code = ErrorCode.DEADLOCK
+    exit_code = 4
+
+
+class Timeout(EngramError):
+    """A wait the client asked for ran out."""
+
+    code = ErrorCode.TIMEOUT
+    exit_code = 5
+
+
+class TooLarge(EngramError):
+    """A frame, payload, batch or list exceeds a limit."""
+
+    code = ErrorCode.TOO_LARGE
+
+
+class Unavailable(EngramError):
+    """The daemon cannot serve this now: recovering, stopping, full, failed writes;
+    or, on the client's side, it cannot be reached or the connection was lost."""
+
+    code = ErrorCode.UNAVAILABLE
+    exit_code = 69
+
+
+class RateLimited(EngramError):
+    """The connection is over its request rate; the message says when to retry."""
+
+    code = ErrorCode.RATE_LIMITED
+    exit_code = 69
+
+
+class Forbidden(EngramError):
+    """The peer may not do this: another uid, a token problem, another agent's lease."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class VersionMismatch(EngramError):
+    """The client and the daemon speak different protocol versions."""
+
+    code = ErrorCode.VERSION_MISMATCH
+
+
+class InternalError(EngramError):
+    """A bug in the daemon; its log has the details."""
+
+    code = ErrorCode.INTERNAL
+
+
+_BY_CODE: dict[str, type[EngramError]] = {
+    cls.code: cls
+    for cls in (BadRequest, NotFound, Conflict, LockHeld, Deadlock, Timeout, TooLarge,
+                Unavailable, RateLimited, Forbidden, VersionMismatch, InternalError)
+}
+
+
+def error_for(code: str, message: str) -> EngramError:
+    """The error an error frame reports; an unknown code gives a plain :class:`EngramError`."""
+    cls = _BY_CODE.get(code)
+    return cls(message) if cls is not None else EngramError(message, code)
+
+
 class ProtocolError(Exception):
     """The byte stream or message sequence broke the protocol.
 

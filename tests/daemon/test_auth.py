@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engram_cli.client import Client
-from engram_cli.errors import DaemonUnavailable, Forbidden
+from engram_cli.errors import Forbidden, Unavailable
 from engramd.config import DaemonConfig
 from engramd.protocol import admin_token_path
 from tests.conftest import (
@@ -69,7 +69,7 @@ def test_revoking_closes_the_connections_and_refuses_new_ones(strict: DaemonConf
         alice.ping()
         revoked = admin.revoke_tokens(agent="alice")
         assert [info.id for info in revoked] == [token.info.id]
-        with pytest.raises(DaemonUnavailable):
+        with pytest.raises(Unavailable):
             alice.ping()
         alice.close()
         with pytest.raises(Forbidden, match="unknown or revoked"):

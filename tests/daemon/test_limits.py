@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from engram_cli.client import Client
-from engram_cli.errors import BadRequest, DaemonError, TooLarge
+from engram_cli.errors import BadRequest, EngramError, TooLarge
 from engramd.protocol import Relationship
 from tests.conftest import WAIT, make_config, start_threaded, wait_until
 
@@ -41,7 +41,7 @@ def client(socket: str, agent: str = "limits") -> Client:
 ])
 def test_a_request_over_a_limit_gets_a_clear_error(
         env: dict[str, str], setting: str, value: str, attempt: object,
-        error: type[DaemonError], message: str) -> None:
+        error: type[EngramError], message: str) -> None:
     config = make_config(env, **{setting: value})
     with start_threaded(config), client(config.socket) as engram:
         with pytest.raises(error, match=re.escape(message)):

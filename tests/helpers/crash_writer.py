@@ -15,7 +15,7 @@ import sys
 import time
 
 from engram_cli.client import Client
-from engram_cli.errors import ClientTimeout, DaemonUnavailable, Unavailable
+from engram_cli.errors import ClientTimeout, Unavailable
 
 
 def payload(key: str) -> bytes:
@@ -34,7 +34,7 @@ def main() -> None:
                 client.connect()
             unit = client.create_unit(f"crash-{name}", "MESSAGE", payload(key),
                                       meta={"key": key}, idempotency_key=key)
-        except (DaemonUnavailable, Unavailable, ClientTimeout):
+        except (Unavailable, ClientTimeout):
             if client is not None:
                 client.close()
             client = None

@@ -25,14 +25,13 @@ from engram_cli.client import Client
 from engram_cli.errors import (
     ClientTimeout,
     Conflict,
-    DaemonUnavailable,
     EngramError,
     NotFound,
     Timeout,
     Unavailable,
 )
 
-GONE = (DaemonUnavailable, Unavailable, ClientTimeout)
+GONE = (Unavailable, Unavailable, ClientTimeout)
 
 
 def connected(socket_path: str, name: str) -> Client:
