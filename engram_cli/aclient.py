@@ -1,7 +1,10 @@
 """The trio client library, for agents written with trio.
 
 One connection, shared by any number of tasks: requests are pipelined and a
-reader task hands each reply to the task waiting for it::
+reader task files what arrives in the protocol's sans-IO
+:class:`~engramd.protocol.ClientConnection`, where each task finds its own
+answer, push or notice. The operations are the blocking client's, from the same
+definitions (:mod:`engram_cli.operations`), awaited here::
 
     from engram_cli.aclient import open_client
 
@@ -15,255 +18,273 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
 
 import trio
 
 from engram_cli import requests
-from engram_cli.autostart import start_daemon
-from engram_cli.errors import (
-    EngramError,
-    NotFound,
-    ReplyT,
-    Unavailable,
-    error_from_reply,
-    reply_as,
-)
-from engram_cli.requests import Payload
-from engram_cli.settings import autostart_enabled, default_agent_id, default_token, find_socket
-from engram_cli.stream import Position, Push
+from engram_cli.autostart import START_TIMEOUT, start_daemon
+from engram_cli.errors import ClientTimeout, Unavailable
+from engram_cli.operations import Call, Operations
+from engram_cli.settings import Target
+from engram_cli.stream import LaggedBehind, Position
 from engramd.protocol import (
-    CLOSED,
-    NEED_DATA,
     PROTOCOL_VERSION,
-    AckCursor,
     ClientConnection,
     ClientMessage,
-    Context,
-    ContextFound,
-    ContextPage,
     DaemonStatus,
-    Done,
-    ErrorReply,
     Event,
-    EventPush,
-    GetContext,
     GetStatus,
-    GetUnits,
     Heartbeat,
-    Lagged,
-    Ping,
-    Pong,
-    ProtocolError,
-    RelatedFound,
+    LeaseLost,
+    Push,
     ServerMessage,
-    Shutdown,
-    ShuttingDown,
-    SocketPathTooLong,
     Subscribe,
     Subscribed,
-    Unit,
-    UnitDraft,
-    UnitPage,
-    UnitsCreated,
-    UnitsFound,
     Unsubscribe,
     Welcome,
+    reply_type,
+    result,
 )
 
 _RECEIVE_SIZE = 256 * 1024
+PUSH_BUFFER = 4096
+"""Pushes read ahead of their subscribers before the reader stops reading (back-pressure)."""
+
+R = TypeVar("R", bound=ServerMessage)
+T = TypeVar("T")
 
 
-class _Waiter:
-    __slots__ = ("event", "reply")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.reply: ServerMessage | None = None
-
-
-class AsyncClient:
+class AsyncClient(Operations):
     """A connection to engramd used from trio; make one with :func:`open_client`."""
 
-    def __init__(self, stream: trio.SocketStream, protocol: ClientConnection) -> None:
-        self._stream = stream
-        self._protocol = protocol
+    def __init__(self, target: Target, nursery: trio.Nursery,
+                 connect_timeout: float = 10.0) -> None:
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self._nursery = nursery
+        self._stream: trio.SocketStream | None = None
+        self._protocol: ClientConnection | None = None
+        self._reader = trio.CancelScope()
         self._send_lock = trio.Lock()
-        self._waiters: dict[int, _Waiter] = {}
-        self._pushes: dict[int, trio.MemorySendChannel[Push]] = {}
-        self._broken: EngramError | None = None
+        self._arrived = trio.Event()
+        """Set (and replaced) whenever the reader has filed something, or stopped."""
+
+    @property
+    def socket_path(self) -> str:
+        return self.target.socket_path
+
+    @property
+    def agent_id(self) -> str:
+        return self.target.agent_id
 
     @property
     def welcome(self) -> Welcome | None:
-        return self._protocol.welcome
+        return self._protocol.welcome if self._protocol else None
 
-    async def _read_replies(self) -> None:
-        """Hand each reply to its waiter until the stream ends."""
-        try:
-            while True:
-                event = self._protocol.next_event()
-                if event is NEED_DATA:
-                    self._protocol.receive_data(await self._stream.receive_some(_RECEIVE_SIZE))
-                    continue
-                if event is CLOSED:
-                    self._fail(Unavailable("engramd closed the connection"))
-                    return
-                assert isinstance(event, ServerMessage)
-                if isinstance(event, EventPush | Heartbeat | Lagged):
-                    channel = self._pushes.get(event.subscription)
-                    if channel is not None:
-                        # A slow consumer holds up this connection, not the daemon.
-                        await channel.send(event)
-                    continue
-                message_id = getattr(event, "id", None)
-                if message_id is None and isinstance(event, ErrorReply):
-                    self._fail(error_from_reply(event))
-                    return
-                waiter = self._waiters.pop(message_id, None) if message_id is not None else None
-                if waiter is not None:
-                    waiter.reply = event
-                    waiter.event.set()
-        except ProtocolError as exc:
-            self._fail(Unavailable(f"protocol error: {exc}"))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._fail(Unavailable("lost the connection to engramd"))
+    @property
+    def daemon_pid(self) -> int | None:
+        """The daemon's pid, from the handshake."""
+        return self.welcome.pid if self.welcome else None
 
-    def _fail(self, error: EngramError) -> None:
-        self._broken = error
-        for waiter in self._waiters.values():
-            waiter.event.set()
-        self._waiters.clear()
-        for channel in self._pushes.values():
-            channel.close()
-        self._pushes.clear()
+    @property
+    def connected(self) -> bool:
+        return self._stream is not None
 
-    async def request(self, request: ClientMessage, expect: type[ReplyT]) -> ReplyT:
-        """Send *request* and wait for its reply; raise if it is an error."""
-        if self._broken is not None:
-            raise self._broken
-        waiter = _Waiter()
-        self._waiters[request.id] = waiter
+    # -- connection ---------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect and shake hands (starting the daemon if allowed); idempotent."""
+        if self._stream is not None:
+            return
+        started = False
+        with trio.fail_after(self.connect_timeout or math.inf):
+            try:
+                stream = await trio.open_unix_socket(self.socket_path)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                if not self.target.autostart:
+                    raise self.target.unreachable(exc) from None
+                started = await trio.to_thread.run_sync(
+                    lambda: start_daemon(self.socket_path, env=self.target.env))
+                stream = await trio.open_unix_socket(self.socket_path)
+            self._stream, self._protocol = stream, self.target.conversation()
+            self._reader = trio.CancelScope()
+            self._nursery.start_soon(self._read, self._protocol, stream, self._reader)
+            try:
+                await self._send(self._protocol.hello(PROTOCOL_VERSION))
+                result(await self._answer(self._protocol.hello_id), Welcome)
+            except BaseException:
+                await self.aclose()
+                raise
+        if started:
+            await self.wait_ready()
+
+    async def aclose(self) -> None:
+        self._reader.cancel()
+        if self._stream is not None:
+            await trio.aclose_forcefully(self._stream)
+        self._stream = self._protocol = None
+        self._wake()
+
+    # The timeouts below mirror the blocking client's arguments (ASYNC109).
+    async def wait_ready(self, timeout: float = START_TIMEOUT  # noqa: ASYNC109
+                         ) -> DaemonStatus:
+        """Wait (bounded) until the daemon has finished recovering its journal."""
+        with trio.move_on_after(timeout):
+            # The daemon's state is polled: it has no event to wait on (ASYNC110).
+            while (status := await self.call(GetStatus())).state != "ready":  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            return status
+        raise Unavailable(f"engramd is still recovering after {timeout:g}s")
+
+    # -- the request loop ---------------------------------------------------
+
+    async def run(self, call: Call[T]) -> T:
+        """Run one operation (see :mod:`engram_cli.operations`)."""
+        return call.then(await self.call(call.request))
+
+    async def call(self, request: ClientMessage[R]) -> R:
+        """Send *request*, wait for its reply, and raise the error it reports."""
+        await self.connect()
+        protocol = self._ready()
+        request = protocol.numbered(request)
+        await self._send(protocol.send(request))
+        return result(await self._answer(request.id), reply_type(type(request)))
+
+    async def next_push(self, subscription: int) -> Push | None:
+        """The next push for *subscription*; None once it has been closed here."""
+        while True:
+            protocol = self._ready()
+            if subscription not in protocol.subscriptions:
+                return None
+            push = protocol.push(subscription)
+            if push is not None:
+                return push
+            await self._arrival()
+
+    async def lease_lost(self, timeout: float | None  # noqa: ASYNC109
+                         ) -> LeaseLost | None:
+        """Wait up to *timeout* (None: for good) for the daemon to say a lease was lost."""
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            while (notice := self._ready().notice()) is None:
+                await self._arrival()
+        if scope.cancelled_caught:
+            return None
+        assert isinstance(notice, LeaseLost)  # the one kind of notice there is
+        return notice
+
+    def _ready(self) -> ClientConnection:
+        if self._protocol is None:
+            raise Unavailable("not connected to engramd")
+        return self._protocol
+
+    async def _send(self, data: bytes) -> None:
+        assert self._stream is not None
         try:
             async with self._send_lock:
-                await self._stream.send_all(self._protocol.send(request))
+                await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._waiters.pop(request.id, None)
             raise Unavailable("lost the connection to engramd") from None
-        await waiter.event.wait()
-        reply = waiter.reply
-        if reply is None:
-            assert self._broken is not None
-            raise self._broken
-        return reply_as(reply, request, expect)
 
-    def _next_id(self) -> int:
-        return self._protocol.allocate_id()
+    async def _answer(self, request_id: int) -> ServerMessage:
+        while (answer := self._ready().answer(request_id)) is None:
+            await self._arrival()
+        return answer
 
-    async def ping(self) -> Pong:
-        return await self.request(Ping(id=self._next_id()), Pong)
+    async def _arrival(self) -> None:
+        await self._arrived.wait()
 
-    async def status(self) -> DaemonStatus:
-        return await self.request(GetStatus(id=self._next_id()), DaemonStatus)
+    def _wake(self) -> None:
+        self._arrived.set()
+        self._arrived = trio.Event()
 
-    async def shutdown(self) -> ShuttingDown:
-        return await self.request(Shutdown(id=self._next_id()), ShuttingDown)
+    async def _read(self, protocol: ClientConnection, stream: trio.SocketStream,
+                    scope: trio.CancelScope) -> None:
+        """File what the daemon sends until the conversation ends."""
+        with scope:
+            try:
+                while protocol.ended is None:
+                    # A slow subscriber holds up this connection, not the daemon.
+                    while protocol.queued_pushes >= PUSH_BUFFER:
+                        await self._arrival()
+                    protocol.receive_data(await stream.receive_some(_RECEIVE_SIZE))
+                    protocol.collect()
+                    self._wake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                protocol.fail(Unavailable("lost the connection to engramd"))
+            finally:
+                self._wake()
+
+    # -- the live stream ------------------------------------------------------
 
     async def subscribe(self, **options: Any) -> AsyncSubscription:
         """Start a subscription: an async iterator of events and heartbeats."""
-        request = requests.subscribe(self._next_id(), **options)
-        send, receive = trio.open_memory_channel[Push](PUSH_BUFFER)
-        self._pushes[request.id] = send  # pushes may follow the reply at once
-        try:
-            reply = await self.request(request, Subscribed)
-        except BaseException:
-            self._pushes.pop(request.id, None)
-            raise
-        return AsyncSubscription(self, request, reply, receive)
+        request = requests.subscribe(**options)
+        return AsyncSubscription(self, request, await self.call(request))
 
     async def unsubscribe(self, subscription: int) -> None:
-        await self.request(Unsubscribe(id=self._next_id(), subscription=subscription), Done)
-        channel = self._pushes.pop(subscription, None)
-        if channel is not None:
-            channel.close()
+        await self.call(Unsubscribe(subscription=subscription))
+        if self._protocol is not None:
+            self._protocol.forget(subscription)
+        self._wake()
 
-    async def ack_cursor(self, name: str, seq: int) -> None:
-        await self.request(AckCursor(id=self._next_id(), cursor=name, seq=seq), Done)
+    async def watch(self, *, reconnect: bool = True,
+                    on_status: Callable[[str, AsyncSubscription | None], None] | None = None,
+                    retry_interval: float = 0.2,
+                    **options: Any) -> AsyncIterator[Event | Heartbeat]:
+        """Events (and heartbeats) for good, reconnecting across daemon restarts and
+        resuming after the last event; see :func:`engram_cli.stream.watch`."""
+        after = options.pop("after", None)
+        while True:
+            try:
+                subscription = await self.subscribe(after=after, **options)
+                after = subscription.cursor
+                if on_status:
+                    on_status("connected", subscription)
+                async for item in subscription:
+                    after = subscription.cursor
+                    yield item
+            except LaggedBehind as exc:
+                after = exc.cursor
+            except (Unavailable, ClientTimeout):
+                if not reconnect:
+                    raise
+                await self.aclose()
+                if on_status:
+                    on_status("reconnecting", None)
+                await self._come_back(retry_interval)
 
-    # -- journal --------------------------------------------------------------
-
-    async def create_unit(self, context_id: str, type: str = "MESSAGE", payload: Payload = b"",
-                    **options: Any) -> Unit:
-        """Write one unit; see :func:`engram_cli.requests.draft` for the options."""
-        created = await self.create_units([requests.draft(context_id, type, payload, **options)])
-        return created.units[0]
-
-    async def create_units(self, drafts: Iterable[UnitDraft]) -> UnitsCreated:
-        """Write units all or nothing, with one fsync."""
-        return await self.request(requests.create_units(self._next_id(), drafts), UnitsCreated)
-
-    async def get_units(self, unit_ids: Iterable[str]) -> UnitsFound:
-        return await self.request(GetUnits(id=self._next_id(), ids=list(unit_ids)), UnitsFound)
-
-    async def get_unit(self, unit_id: str) -> Unit:
-        """One unit; raises :class:`~engram_cli.errors.NotFound` when it does not exist."""
-        found = await self.get_units([unit_id])
-        if not found.units:
-            raise NotFound(f"no unit {unit_id}")
-        return found.units[0]
-
-    async def list_units(self, context_id: str, **options: Any) -> UnitPage:
-        """A context's units; see :func:`engram_cli.requests.list_units` for the options."""
-        return await self.request(
-            requests.list_units(self._next_id(), context_id, **options), UnitPage)
-
-    async def related_units(self, unit_id: str, **options: Any) -> RelatedFound:
-        return await self.request(requests.related_units(self._next_id(), unit_id, **options),
-                            RelatedFound)
-
-    async def create_context(self, context_id: str | None = None, **options: Any) -> Context:
-        found = await self.request(
-            requests.create_context(self._next_id(), context_id, **options), ContextFound)
-        return found.context
-
-    async def get_context(self, context_id: str) -> Context:
-        found = await self.request(GetContext(id=self._next_id(), context_id=context_id),
-                                   ContextFound)
-        return found.context
-
-    async def list_contexts(self, **options: Any) -> ContextPage:
-        return await self.request(requests.list_contexts(self._next_id(), **options), ContextPage)
-
-    async def update_context(self, context_id: str, **changes: Any) -> Context:
-        """Rename, add or remove agents, pin or unpin units, set or unset meta."""
-        found = await self.request(
-            requests.update_context(self._next_id(), context_id, **changes), ContextFound)
-        return found.context
-
-
-PUSH_BUFFER = 4096
+    async def _come_back(self, interval: float) -> None:
+        """Reconnect to a daemon that went away, never starting one of our own."""
+        autostart, self.target.autostart = self.target.autostart, False
+        try:
+            while True:
+                try:
+                    await self.connect()
+                    await self.wait_ready()
+                    return
+                except (Unavailable, ClientTimeout, trio.TooSlowError):
+                    await self.aclose()
+                    await trio.sleep(interval)
+        finally:
+            self.target.autostart = autostart
 
 
 class AsyncSubscription(Position):
     """Events of one subscription, in order: ``async for event in subscription``."""
 
-    def __init__(self, client: AsyncClient, request: Subscribe, reply: Subscribed,
-                 receive: trio.MemoryReceiveChannel[Push]) -> None:
+    def __init__(self, client: AsyncClient, request: Subscribe, reply: Subscribed) -> None:
         super().__init__(request, reply)
         self.client = client
-        self._receive = receive
 
     def __aiter__(self) -> AsyncSubscription:
         return self
 
     async def __anext__(self) -> Event | Heartbeat:
-        try:
-            push = await self._receive.receive()
-        except trio.EndOfChannel:
-            if self.client._broken is not None:
-                raise self.client._broken from None
-            raise StopAsyncIteration from None
+        push = await self.client.next_push(self.id)
+        if push is None:
+            raise StopAsyncIteration
         return self.accept(push)
 
     async def ack(self) -> None:
@@ -275,30 +296,6 @@ class AsyncSubscription(Position):
         await self.client.unsubscribe(self.id)
 
 
-async def _connect(path: str) -> trio.SocketStream:
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    try:
-        await sock.connect(path)
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketStream(sock)
-
-
-async def _handshake(stream: trio.SocketStream, protocol: ClientConnection) -> None:
-    await stream.send_all(protocol.hello(PROTOCOL_VERSION))
-    while True:
-        event = protocol.next_event()
-        if event is NEED_DATA:
-            protocol.receive_data(await stream.receive_some(_RECEIVE_SIZE))
-            continue
-        if event is CLOSED:
-            raise Unavailable("engramd closed the connection during the handshake")
-        if isinstance(event, ErrorReply):
-            raise error_from_reply(event)
-        return
-
-
 @contextlib.asynccontextmanager
 async def open_client(
     socket_path: str | None = None,
@@ -308,43 +305,20 @@ async def open_client(
     autostart: bool | None = None,
     connect_timeout: float = 10.0,
     token: str | None = None,
+    admin: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[AsyncClient]:
     """Connect to engramd (starting it if allowed) and yield an :class:`AsyncClient`.
 
-    The connection and its reader task close when the block exits.
+    The arguments are those of :class:`~engram_cli.settings.Target`. The
+    connection and its reader task close when the block exits.
     """
-    env = os.environ if env is None else env
-    try:
-        path = find_socket(socket_path, env)
-    except SocketPathTooLong as exc:
-        raise EngramError(str(exc)) from None
-    allow_start = autostart_enabled(env) if autostart is None else autostart
-    protocol = ClientConnection(
-        client_name=client_name, agent_id=agent_id or default_agent_id(env),
-        token=token or default_token(env),
-    )
-    with trio.fail_after(connect_timeout if connect_timeout else math.inf):
+    target = Target.resolve(socket_path, agent_id=agent_id, client_name=client_name,
+                            autostart=autostart, token=token, admin=admin, env=env)
+    async with trio.open_nursery() as nursery:
+        client = AsyncClient(target, nursery, connect_timeout)
         try:
-            stream = await _connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            if not allow_start:
-                raise Unavailable(
-                    f"engramd is not running on {path} ({exc.strerror})"
-                ) from None
-            await trio.to_thread.run_sync(lambda: start_daemon(path, env=env))
-            stream = await _connect(path)
-    try:
-        try:
-            await _handshake(stream, protocol)
-        except ProtocolError as exc:
-            raise Unavailable(f"protocol error: {exc}") from None
-        client = AsyncClient(stream, protocol)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._read_replies)
-            try:
-                yield client
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        await trio.aclose_forcefully(stream)
+            await client.connect()
+            yield client
+        finally:
+            await client.aclose()

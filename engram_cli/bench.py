@@ -24,7 +24,7 @@ import msgspec
 
 from engram_cli.autostart import daemon_answers, process_gone, start_daemon
 from engram_cli.client import Client
-from engramd.protocol import CreateUnits, Heartbeat, UnitsCreated
+from engramd.protocol import Heartbeat, UnitsCreated, result
 
 
 class BenchResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -184,21 +184,22 @@ def _write_worker(socket_path: str, name: str, requests_: int, per_request: int,
     with Client(socket_path, agent_id=name, autostart=False, timeout=120) as client:
         client.ping()
         sys.stdin.readline()
-        sent: dict[int, tuple[CreateUnits, float]] = {}
+        sent: dict[int, float] = {}
         latencies = []
         pending: list[int] = []
 
         def settle(request_id: int) -> None:
-            request, started = sent.pop(request_id)
-            client.expect(client.receive(request_id), request, UnitsCreated)
+            started = sent.pop(request_id)
+            result(client.receive(request_id), UnitsCreated)
             latencies.append(time.perf_counter() - started)
 
         for _ in range(requests_):
             if len(pending) >= window:
                 settle(pending.pop(0))
-            request = requests.create_units(client.next_id(), drafts)
-            sent[request.id] = (request, time.perf_counter())
-            pending.append(client.send(request))
+            started = time.perf_counter()
+            request_id = client.send(requests.create_units(drafts))
+            sent[request_id] = started
+            pending.append(request_id)
         for request_id in pending:
             settle(request_id)
     sys.stdout.write(" ".join(f"{value:.7f}" for value in latencies) + "\n")
@@ -279,21 +280,18 @@ def _fill(target: BenchTarget) -> int:
         have = journal.units if journal else 0
         batch = 1000
         context = 0
-        pending: list[CreateUnits] = []
+        pending: list[int] = []
         while have < wanted:
             drafts = [requests.draft(f"bench-fill-{(context + i) % FILL_CONTEXTS}", "MESSAGE",
                                      fill_text(have + i), meta={"n": str(have + i)})
                       for i in range(min(batch, wanted - have))]
             context += len(drafts)
-            request = requests.create_units(client.next_id(), drafts)
-            client.send(request)
-            pending.append(request)
+            pending.append(client.send(requests.create_units(drafts)))
             if len(pending) >= 4:
-                done = pending.pop(0)
-                client.expect(client.receive(done.id), done, UnitsCreated)
+                result(client.receive(pending.pop(0)), UnitsCreated)
             have += len(drafts)
-        for done in pending:
-            client.expect(client.receive(done.id), done, UnitsCreated)
+        for request_id in pending:
+            result(client.receive(request_id), UnitsCreated)
     return wanted
 
 

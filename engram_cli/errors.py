@@ -10,27 +10,22 @@ below, and turns any :class:`EngramError` into one line on stderr and its
 from __future__ import annotations
 
 import enum
-from typing import TypeVar
 
 from engramd.protocol import (
     BadRequest,
-    ClientMessage,
     Conflict,
     Deadlock,
     EngramError,
     ErrorCode,
-    ErrorReply,
     Forbidden,
     InternalError,
     LockHeld,
     NotFound,
     RateLimited,
-    ServerMessage,
     Timeout,
     TooLarge,
     Unavailable,
     VersionMismatch,
-    error_for,
 )
 
 
@@ -65,28 +60,8 @@ class ClientTimeout(Timeout):
     """The daemon did not answer within the client's own timeout."""
 
 
-ReplyT = TypeVar("ReplyT", bound=ServerMessage)
-
-
-def reply_as(reply: ServerMessage, request: ClientMessage, expect: type[ReplyT]) -> ReplyT:
-    """*reply* as the answer to *request*; raises if it is an error or of another kind."""
-    if isinstance(reply, ErrorReply):
-        raise error_from_reply(reply)
-    if not isinstance(reply, expect):
-        raise EngramError(
-            f"engramd answered {type(reply).__name__} to {type(request).__name__}"
-        )
-    return reply
-
-
-def error_from_reply(reply: ErrorReply) -> EngramError:
-    """The exception for an error frame; an unknown code gives a plain :class:`EngramError`."""
-    return error_for(reply.code, reply.message)
-
-
 __all__ = [
     "BadRequest", "ClientTimeout", "Conflict", "Deadlock", "EngramError", "ExitCode",
     "Forbidden", "InternalError", "LockHeld", "NotFound", "RateLimited", "Timeout",
-    "TooLarge", "Unavailable", "UsageProblem", "VersionMismatch", "error_from_reply",
-    "reply_as",
+    "TooLarge", "Unavailable", "UsageProblem", "VersionMismatch",
 ]

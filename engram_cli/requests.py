@@ -1,7 +1,7 @@
 """Request builders shared by the blocking and the trio client.
 
-Each turns friendly Python arguments into the protocol's request Struct, so
-that both clients stay one-liners per operation.
+Each turns friendly Python arguments into the protocol's request Struct (its id
+left for the connection to assign), for :mod:`engram_cli.operations`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ def draft(
 
 
 def subscribe(
-    request_id: int,
     *,
     contexts: Iterable[str] = (),
     kinds: Iterable[str] = (),
@@ -68,17 +67,16 @@ def subscribe(
     heartbeat: float | None = None,
 ) -> Subscribe:
     """``after``: None from now on, 0 from the start, else a seq; ``cursor``: a name."""
-    return Subscribe(id=request_id, contexts=list(contexts), kinds=list(kinds),
+    return Subscribe(contexts=list(contexts), kinds=list(kinds),
                      agents=list(agents), types=list(types), meta=dict(meta or {}),
                      after=after, cursor=cursor, heartbeat=heartbeat)
 
 
-def create_units(request_id: int, drafts: Iterable[UnitDraft]) -> CreateUnits:
-    return CreateUnits(id=request_id, units=list(drafts))
+def create_units(drafts: Iterable[UnitDraft]) -> CreateUnits:
+    return CreateUnits(units=list(drafts))
 
 
 def list_units(
-    request_id: int,
     context_id: str,
     *,
     limit: int = 100,
@@ -90,31 +88,29 @@ def list_units(
     agents: Iterable[str] = (),
     types: Iterable[str] = (),
 ) -> ListUnits:
-    return ListUnits(id=request_id, context_id=context_id, limit=limit, before=before,
+    return ListUnits(context_id=context_id, limit=limit, before=before,
                      after=after, reverse=reverse, since=since, until=until,
                      agents=list(agents), types=list(types))
 
 
-def related_units(request_id: int, unit_id: str, *, types: Iterable[str] = (),
-                  direction: str = "both", depth: int = 1) -> RelatedUnits:
-    return RelatedUnits(id=request_id, unit_id=unit_id, types=list(types),
-                        direction=direction, depth=depth)
+def related_units(unit_id: str, *, types: Iterable[str] = (), direction: str = "both",
+                  depth: int = 1) -> RelatedUnits:
+    return RelatedUnits(unit_id=unit_id, types=list(types), direction=direction, depth=depth)
 
 
-def create_context(request_id: int, context_id: str | None = None, *,
+def create_context(context_id: str | None = None, *,
                    display_name: str | None = None,
                    meta: Mapping[str, str] | None = None) -> CreateContext:
-    return CreateContext(id=request_id, context_id=context_id, display_name=display_name,
+    return CreateContext(context_id=context_id, display_name=display_name,
                          meta=dict(meta or {}))
 
 
-def list_contexts(request_id: int, *, limit: int = 100, after: str | None = None,
+def list_contexts(*, limit: int = 100, after: str | None = None,
                   prefix: str = "") -> ListContexts:
-    return ListContexts(id=request_id, limit=limit, after=after, prefix=prefix)
+    return ListContexts(limit=limit, after=after, prefix=prefix)
 
 
 def update_context(
-    request_id: int,
     context_id: str,
     *,
     display_name: str | None = None,
@@ -125,7 +121,7 @@ def update_context(
     set_meta: Mapping[str, str] | None = None,
     unset_meta: Iterable[str] = (),
 ) -> UpdateContext:
-    return UpdateContext(id=request_id, context_id=context_id, display_name=display_name,
+    return UpdateContext(context_id=context_id, display_name=display_name,
                          add_agents=list(add_agents), remove_agents=list(remove_agents),
                          pin=list(pin), unpin=list(unpin), set_meta=dict(set_meta or {}),
                          unset_meta=list(unset_meta))

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from engramd.protocol import admin_token_path, resolve_socket_path
+from engramd.protocol import (
+    ClientConnection,
+    EngramError,
+    SocketPathTooLong,
+    Unavailable,
+    admin_token_path,
+    resolve_socket_path,
+)
 
 
 def default_agent_id(env: Mapping[str, str]) -> str:
@@ -43,3 +52,61 @@ def read_admin_token(socket_path: str) -> str:
     """
     with open(admin_token_path(socket_path), encoding="ascii") as file:
         return file.read().strip()
+
+
+@dataclass
+class Target:
+    """Where a client connects and who it says it is: resolved once, for both clients.
+
+    Args:
+        socket_path: the daemon's socket; by default ``ENGRAM_SOCKET``, else the
+            XDG rules (see SPECS.md).
+        agent_id: who the client acts as; by default ``ENGRAM_AGENT``, else the
+            user name.
+        client_name: a label for the daemon's logs.
+        autostart: start engramd when nothing answers; by default on unless
+            ``ENGRAM_NO_AUTOSTART=1``.
+        token: the agent token to present; by default ``ENGRAM_TOKEN``.
+        admin: present the daemon's admin token instead (read from beside the
+            socket; token management needs it).
+    """
+
+    socket_path: str
+    agent_id: str
+    client_name: str
+    autostart: bool
+    token: str | None
+    admin: bool
+    env: Mapping[str, str]
+
+    @classmethod
+    def resolve(cls, socket_path: str | None = None, *, agent_id: str | None = None,
+                client_name: str, autostart: bool | None = None, token: str | None = None,
+                admin: bool = False, env: Mapping[str, str] | None = None) -> Target:
+        env = os.environ if env is None else env
+        try:
+            path = find_socket(socket_path, env)
+        except SocketPathTooLong as exc:
+            raise EngramError(str(exc)) from None
+        return cls(socket_path=path, agent_id=agent_id or default_agent_id(env),
+                   client_name=client_name,
+                   autostart=autostart_enabled(env) if autostart is None else autostart,
+                   token=token or default_token(env), admin=admin, env=env)
+
+    def conversation(self) -> ClientConnection:
+        """A fresh sans-IO connection whose hello names this target's agent and token.
+
+        With ``admin``, the admin token, or the agent token when it cannot be read
+        (the daemon then decides, and says what is missing).
+        """
+        token = self.token
+        if self.admin:
+            with contextlib.suppress(OSError):
+                token = read_admin_token(self.socket_path)
+        return ClientConnection(client_name=self.client_name, agent_id=self.agent_id,
+                                token=token)
+
+    def unreachable(self, exc: OSError) -> Unavailable:
+        """The error for a socket that nothing answers on (and that we may not start)."""
+        return Unavailable(f"engramd is not running on {self.socket_path} ({exc.strerror}); "
+                           "start it with 'engram daemon start'")

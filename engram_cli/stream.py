@@ -13,12 +13,10 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from engram_cli.errors import ClientTimeout, Unavailable
-from engramd.protocol import Event, EventPush, Heartbeat, Lagged, Subscribe, Subscribed
+from engramd.protocol import Event, EventPush, Heartbeat, Lagged, Push, Subscribe, Subscribed
 
 if TYPE_CHECKING:
     from engram_cli.client import Client
-
-Push = EventPush | Heartbeat | Lagged
 
 
 class LaggedBehind(Unavailable):
@@ -52,6 +50,7 @@ class Position:
             self.head_seq = push.head_seq
             self.cursor = max(self.cursor, push.cursor)
             return push
+        assert isinstance(push, Lagged)
         raise LaggedBehind(push.cursor)
 
 

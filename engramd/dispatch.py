@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 import trio
@@ -85,7 +85,7 @@ class Dispatcher:
         self.server = server
 
 
-    async def guard(self, request: ClientMessage,
+    async def guard(self, request: ClientMessage[Any],
                     handle: Callable[[], Awaitable[ServerMessage]]) -> ServerMessage:
         """Run *handle*, turning its errors into the error reply to *request*."""
         started = time.perf_counter()
@@ -111,7 +111,7 @@ class Dispatcher:
             metrics.count(f'errors_total{{code="{reply.code}"}}')
         return reply
 
-    async def handle(self, request: ClientMessage, caller: Caller) -> ServerMessage:
+    async def handle(self, request: ClientMessage[Any], caller: Caller) -> ServerMessage:
         """Answer *request*; raises :class:`EngramError` (call it inside :meth:`guard`)."""
         engine = self.engine
         replace = msgspec.structs.replace

@@ -26,6 +26,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import trio
@@ -427,12 +428,12 @@ class Server:
                     session.streams.cancel_scope.cancel()
         session.subscriptions.pop(subscriber.id, None)
 
-    async def _answer(self, session: Session, request: ClientMessage,
+    async def _answer(self, session: Session, request: ClientMessage[Any],
                       caller: Caller) -> ServerMessage:
         return await self.dispatcher.guard(
             request, lambda: self._handle(session, request, caller))
 
-    async def _handle(self, session: Session, request: ClientMessage,
+    async def _handle(self, session: Session, request: ClientMessage[Any],
                       caller: Caller) -> ServerMessage:
         assert session.identity is not None
         self.authenticator.check_allowed(session.identity, request)
@@ -445,7 +446,7 @@ class Server:
         return await self.dispatcher.handle(request, caller)
 
     async def _run_request(
-        self, session: Session, inflight: trio.Semaphore, request: ClientMessage
+        self, session: Session, inflight: trio.Semaphore, request: ClientMessage[Any]
     ) -> None:
         assert session.identity is not None
         caller = Caller(agent_id=session.identity.agent_id, uid=session.peer.uid,

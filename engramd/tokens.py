@@ -26,6 +26,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -166,7 +167,7 @@ class Authenticator:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.admin_token_path)
 
-    def check_allowed(self, identity: Identity, request: ClientMessage) -> None:
+    def check_allowed(self, identity: Identity, request: ClientMessage[Any]) -> None:
         """Raise :class:`Forbidden` unless *identity* may send *request*.
 
         Token management always needs the admin token; with ``require_tokens``

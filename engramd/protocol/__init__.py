@@ -28,14 +28,17 @@ from engramd.protocol.address import (
 from engramd.protocol.address import (
     resolve_socket_path as resolve_socket_path,
 )
+from engramd.protocol.client import (
+    ClientConnection as ClientConnection,
+)
+from engramd.protocol.client import (
+    result as result,
+)
 from engramd.protocol.connection import (
     CLOSED as CLOSED,
 )
 from engramd.protocol.connection import (
     NEED_DATA as NEED_DATA,
-)
-from engramd.protocol.connection import (
-    ClientConnection as ClientConnection,
 )
 from engramd.protocol.connection import (
     InvalidMessage as InvalidMessage,
@@ -233,10 +236,16 @@ from engramd.protocol.messages import (
     LockState as LockState,
 )
 from engramd.protocol.messages import (
+    Notice as Notice,
+)
+from engramd.protocol.messages import (
     Ping as Ping,
 )
 from engramd.protocol.messages import (
     Pong as Pong,
+)
+from engramd.protocol.messages import (
+    Push as Push,
 )
 from engramd.protocol.messages import (
     Reindex as Reindex,
@@ -258,6 +267,9 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     Reply as Reply,
+)
+from engramd.protocol.messages import (
+    ReplyT as ReplyT,
 )
 from engramd.protocol.messages import (
     Request as Request,
@@ -330,6 +342,9 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     Welcome as Welcome,
+)
+from engramd.protocol.messages import (
+    reply_type as reply_type,
 )
 from engramd.protocol.model import (
     CONTEXT_CHANGES as CONTEXT_CHANGES,

@@ -1,9 +1,10 @@
-"""Sans-IO connection state for both ends of the socket, in the style of h11.
+"""Sans-IO connection state for the daemon's end of the socket, in the style of h11.
 
-Neither class touches a socket. Feed received bytes to ``receive_data`` (``b""``
-at end of stream), then call ``next_event`` until it returns
-:data:`NEED_DATA`; call ``send`` to get the bytes to write. The blocking
-client, the trio client and the trio server are thin loops around these.
+Neither :class:`ServerConnection` nor the client's
+:class:`~engramd.protocol.client.ClientConnection` touches a socket. Feed received
+bytes to ``receive_data`` (``b""`` at end of stream), then call ``next_event``
+until it returns :data:`NEED_DATA`; call ``send`` to get the bytes to write. The
+trio server and both clients are thin loops around these.
 
 The handshake::
 
@@ -17,7 +18,7 @@ The handshake::
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -33,7 +34,6 @@ from engramd.protocol.messages import (
     ClientMessage,
     ErrorReply,
     Hello,
-    Reply,
     ServerMessage,
     Welcome,
 )
@@ -84,7 +84,7 @@ def _well_formed(body: bytes) -> bool:
     return True
 
 
-def encode_message(message: ClientMessage | ServerMessage) -> bytes:
+def encode_message(message: ClientMessage[Any] | ServerMessage) -> bytes:
     """Encode one message as a complete frame."""
     return encode_frame(_encoder.encode(message))
 
@@ -116,7 +116,7 @@ class ServerConnection:
         """Part of a frame has arrived and the rest has not (call after ``NEED_DATA``)."""
         return self._frames.buffered > 0
 
-    def next_event(self) -> ClientMessage | InvalidMessage | _Sentinel:
+    def next_event(self) -> ClientMessage[Any] | InvalidMessage | _Sentinel:
         """Return the next client message.
 
         Raises:
@@ -128,7 +128,7 @@ class ServerConnection:
         if body is None:
             return CLOSED if self._frames.at_eof else NEED_DATA
         try:
-            message: ClientMessage = _client_decoder.decode(body)
+            message: ClientMessage[Any] = _client_decoder.decode(body)
         except (msgspec.ValidationError, UnicodeDecodeError) as exc:
             return self._invalid(body, exc)
         except msgspec.DecodeError as exc:
@@ -173,96 +173,9 @@ class ServerConnection:
         return encode_message(message)
 
 
-class ClientConnection:
-    """The client's side of one connection."""
-
-    def __init__(
-        self, *, client_name: str, agent_id: str, token: str | None = None,
-        max_frame: int = DEFAULT_MAX_FRAME,
-    ) -> None:
-        self._frames = FrameDecoder(max_frame)
-        self.client_name = client_name
-        self.agent_id = agent_id
-        self.token = token
-        self.state = State.HANDSHAKE
-        self.welcome: Welcome | None = None
-        self._hello_id: int | None = None
-        self._next_id = 1
-        self._pending: set[int] = set()
-
-    def allocate_id(self) -> int:
-        request_id = self._next_id
-        self._next_id += 1
-        return request_id
-
-    def hello(self, protocol_version: int) -> bytes:
-        """Return the handshake frame; send it before anything else."""
-        if self._hello_id is not None:
-            raise LocalProtocolError("hello already sent")
-        self._hello_id = self.allocate_id()
-        return encode_message(
-            Hello(
-                id=self._hello_id,
-                protocol_version=protocol_version,
-                client_name=self.client_name,
-                agent_id=self.agent_id,
-                token=self.token,
-            )
-        )
-
-    def send(self, request: ClientMessage) -> bytes:
-        """Return the frame for *request*; its id must be new on this connection."""
-        if self.state is not State.READY:
-            raise LocalProtocolError(f"cannot send a request in state {self.state.value}")
-        if request.id in self._pending:
-            raise LocalProtocolError(f"request id {request.id} is already in flight")
-        self._pending.add(request.id)
-        return encode_message(request)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
-
-    def receive_data(self, data: bytes) -> None:
-        self._frames.receive_data(data)
-
-    def next_event(self) -> ServerMessage | _Sentinel:
-        """Return the next message from the daemon.
-
-        Raises:
-            RemoteProtocolError: the daemon sent something this client cannot
-                read or did not ask for.
-        """
-        body = self._frames.next_frame()
-        if body is None:
-            if self._frames.at_eof:
-                self.state = State.CLOSED
-                return CLOSED
-            return NEED_DATA
-        try:
-            message: ServerMessage = _server_decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError,
-                UnicodeDecodeError) as exc:
-            raise RemoteProtocolError(f"unreadable message from the daemon: {exc}") from None
-        if self.state is State.HANDSHAKE:
-            if isinstance(message, Welcome) and message.id == self._hello_id:
-                self.state = State.READY
-                self.welcome = message
-            elif isinstance(message, ErrorReply):
-                self.state = State.CLOSED
-            else:
-                raise RemoteProtocolError("the daemon did not answer the hello")
-        elif isinstance(message, Reply | ErrorReply) and message.id is not None:
-            if message.id not in self._pending:
-                raise RemoteProtocolError(f"reply to unknown request id {message.id}")
-            self._pending.discard(message.id)
-        return message
-
-
 __all__ = [
     "CLOSED",
     "NEED_DATA",
-    "ClientConnection",
     "ErrorCode",
     "InvalidMessage",
     "ServerConnection",

@@ -3,7 +3,13 @@
 Messages are MessagePack maps tagged by their ``msg`` field. Client messages
 (the handshake and requests) all carry a client-chosen ``id``; every reply
 carries the ``id`` of the request it answers, so a client may pipeline many
-requests on one connection and match the answers as they come.
+requests on one connection and match the answers as they come. Each request
+type names the reply it gets (``Ping(ClientMessage[Pong])``); besides replies
+the daemon sends :class:`Push` messages for subscriptions, :class:`Notice`
+messages (a lost lease), and an :class:`ErrorReply` without an id when it
+closes a connection and says why.
+
+The replies come first in this module because the requests name them.
 
 Rules for changing this module (the wire format is a promise):
 
@@ -22,7 +28,7 @@ Rules for changing this module (the wire format is a promise):
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any, Generic, TypeVar, cast, get_args
 
 import msgspec
 
@@ -36,288 +42,6 @@ MAX_LIST_ITEMS = 10_000
 # built: without them a frame of tiny strings decodes to ~20 times its size.
 Names = Annotated[list[str], msgspec.Meta(max_length=MAX_LIST_ITEMS)]
 Pairs = Annotated[dict[str, str], msgspec.Meta(max_length=MAX_MAP_ENTRIES)]
-
-
-# -- client to daemon -------------------------------------------------------
-
-
-class ClientMessage(
-    msgspec.Struct, tag_field="msg", frozen=True, kw_only=True, forbid_unknown_fields=True
-):
-    """Base of everything a client sends."""
-
-    id: int
-
-
-class Hello(ClientMessage, tag="hello", omit_defaults=True):
-    """The first message on every connection.
-
-    ``omit_defaults``: a hello without a token encodes as it did before tokens
-    existed, so a newer client still greets an older daemon.
-    """
-
-    protocol_version: int
-    client_name: str
-    agent_id: str
-    token: str | None = None
-    """An agent token (the connection then acts as that agent only) or the admin token."""
-
-
-class Ping(ClientMessage, tag="ping"):
-    """Round trip: the daemon answers with :class:`Pong`."""
-
-
-class GetStatus(ClientMessage, tag="status"):
-    """Ask for the daemon's state, paths, counts and limits."""
-
-
-class Shutdown(ClientMessage, tag="shutdown"):
-    """Ask the daemon to stop gracefully (like SIGTERM)."""
-
-
-class Fence(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A write allowed only while this lease token holds the resource."""
-
-    resource: str
-    token: int
-
-
-class UnitDraft(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A unit as a client writes it; the daemon adds id, seq, agent, time and origin."""
-
-    context_id: str
-    type: str
-    """A unit type, in any case."""
-    payload: bytes = b""
-    meta: Pairs = {}
-    relationships: Annotated[list[Relationship], msgspec.Meta(max_length=MAX_MAP_ENTRIES)] = []
-    idempotency_key: str | None = None
-    """A retry with the same key returns the unit first written with it."""
-    fence: Fence | None = None
-    """Refused with ``conflict`` unless this token's lease holds the resource now."""
-
-
-class SpooledUnit(msgspec.Struct, frozen=True, kw_only=True):
-    """A unit written to ``<data dir>/spool/`` (JSON) while the daemon was unreachable.
-
-    The daemon writes spooled units when it starts, as ``agent_id``; their
-    idempotency key makes a second delivery a no-op.
-    """
-
-    agent_id: str
-    draft: UnitDraft
-
-
-class CreateUnits(ClientMessage, tag="unit.create"):
-    """Write units: all or nothing, one fsync."""
-
-    units: Annotated[list[UnitDraft], msgspec.Meta(max_length=MAX_LIST_ITEMS)]
-
-
-class GetUnits(ClientMessage, tag="unit.get"):
-    ids: Names
-
-
-class ListUnits(ClientMessage, tag="unit.list"):
-    """A context's units in sequence order: the newest ``limit`` unless paging.
-
-    ``before=SEQ`` pages back from SEQ (exclusive), ``after=SEQ`` pages forward
-    from SEQ (exclusive, oldest first). ``reverse`` returns newest first.
-    """
-
-    context_id: str
-    limit: int = 100
-    before: int | None = None
-    after: int | None = None
-    reverse: bool = False
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
-    agents: Names = []
-    types: Names = []
-
-
-class RelatedUnits(ClientMessage, tag="unit.related"):
-    unit_id: str
-    types: Names = []
-    direction: str = "both"
-    """``out`` (relationships this unit has), ``in`` (units pointing at it), or ``both``."""
-    depth: int = 1
-
-
-class CreateContext(ClientMessage, tag="context.create"):
-    context_id: str | None = None
-    """A slug such as ``build-42`` or ``git:engram/main``; generated when absent."""
-    display_name: str | None = None
-    meta: Pairs = {}
-
-
-class GetContext(ClientMessage, tag="context.get"):
-    context_id: str
-
-
-class ListContexts(ClientMessage, tag="context.list"):
-    limit: int = 100
-    after: str | None = None
-    """Page on from this context id (exclusive)."""
-    prefix: str = ""
-
-
-class UpdateContext(ClientMessage, tag="context.update"):
-    context_id: str
-    display_name: str | None = None
-    add_agents: Names = []
-    remove_agents: Names = []
-    pin: Names = []
-    unpin: Names = []
-    set_meta: Pairs = {}
-    unset_meta: Names = []
-
-
-class Subscribe(ClientMessage, tag="subscribe"):
-    """Start pushing matching events; the subscription's id is this request's id.
-
-    Filters combine with AND; each list matches any of its values; empty means all.
-    ``after`` is the cursor: events with a greater seq are delivered (None: from
-    now on, 0: from the start). A ``cursor`` name resumes after that name's last
-    acknowledged seq, when it has one.
-    """
-
-    contexts: Names = []
-    kinds: Names = []
-    agents: Names = []
-    types: Names = []
-    meta: Pairs = {}
-    after: int | None = None
-    cursor: str | None = None
-    heartbeat: float | None = None
-    """Seconds between heartbeats on an idle subscription (None: the daemon's setting)."""
-
-
-class Unsubscribe(ClientMessage, tag="unsubscribe"):
-    subscription: int
-
-
-class AckCursor(ClientMessage, tag="cursor.ack"):
-    """Remember that the named cursor has processed everything up to ``seq``."""
-
-    cursor: str
-    seq: int
-
-
-class AcquireLock(ClientMessage, tag="lock.acquire"):
-    """Take leases on all of ``resources`` together, or none.
-
-    ``wait``: 0 tries once; N waits up to N seconds in a first-come, first-served
-    line; None waits as long as it takes. ``bind_connection`` releases the
-    leases when this connection closes; ``pid`` releases them when that process
-    exits and makes that process the holding session (else this connection is).
-    """
-
-    resources: Names
-    ttl: float | None = None
-    wait: float | None = 0.0
-    bind_connection: bool = False
-    pid: int | None = None
-
-
-# omit_defaults: without a resource these encode as they did before it existed,
-# so an older daemon still reads them.
-class ReleaseLock(ClientMessage, tag="lock.release", omit_defaults=True):
-    lock_id: str
-    resource: str | None = None
-    """When given, the lease must be on this resource (else ``not_found``)."""
-
-
-class RenewLock(ClientMessage, tag="lock.renew", omit_defaults=True):
-    """Extend a lease; from a connection other than the one that took it, also
-    adopt it when that one has gone (its lost-lease notices, and the binding of
-    a connection-bound lease, move here)."""
-
-    lock_id: str
-    ttl: float | None = None
-    """The new time to live from now (None: the lease's own ttl)."""
-    resource: str | None = None
-    """When given, the lease must be on this resource (else ``not_found``)."""
-
-
-class BreakLock(ClientMessage, tag="lock.break"):
-    """End someone else's lease, recording who did it and why."""
-
-    resource: str
-    reason: str
-
-
-class GetLock(ClientMessage, tag="lock.get"):
-    resource: str
-
-
-class ListLocks(ClientMessage, tag="lock.list"):
-    agent: str | None = None
-    prefix: str = ""
-
-
-class Search(ClientMessage, tag="search"):
-    """Ranked full-text search with filters; a query may be filters alone.
-
-    ``query`` words are matched as plain terms (all required); with ``advanced``
-    the query is FTS5 syntax (phrases, prefix*, NEAR, AND/OR/NOT).
-    """
-
-    query: str = ""
-    advanced: bool = False
-    contexts: Names = []
-    agents: Names = []
-    types: Names = []
-    meta: Pairs = {}
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
-    related_to: str | None = None
-    related_types: Names = []
-    related_direction: str = "both"
-    related_depth: int = 1
-    limit: int = 20
-    offset: int = 0
-
-
-class Reindex(ClientMessage, tag="search.reindex"):
-    """Rebuild the search index from the store (in the background)."""
-
-
-class CreateToken(ClientMessage, tag="token.create"):
-    """Issue a new token for *agent* (needs the admin token)."""
-
-    agent: str
-
-
-class ListTokens(ClientMessage, tag="token.list"):
-    """Every token issued and not revoked (needs the admin token)."""
-
-
-class RevokeTokens(ClientMessage, tag="token.revoke"):
-    """Revoke the token *token_id*, or every token of *agent* (needs the admin token)."""
-
-    agent: str | None = None
-    token_id: str | None = None
-
-
-class GetStats(ClientMessage, tag="stats"):
-    """Counters, gauges and latency histograms (``engram stats``)."""
-
-
-Request = (
-    Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
-    | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
-    | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock | ListLocks
-    | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
-)
-"""Requests allowed after the handshake."""
-
-AnyClientMessage = (
-    Hello | Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
-    | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
-    | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock | ListLocks
-    | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
-)
 
 
 # -- daemon to client -------------------------------------------------------
@@ -486,25 +210,33 @@ class Done(Reply, tag="done"):
     """The request (unsubscribe, cursor ack) took effect."""
 
 
-class EventPush(ServerMessage, tag="event"):
-    """One event for one subscription, pushed by the daemon."""
+class Push(ServerMessage):
+    """Base of what a subscription pushes, unasked, until it ends."""
 
     subscription: int
+    """The id of the ``subscribe`` request that started the subscription."""
+
+
+class Notice(ServerMessage):
+    """Base of what the daemon tells a connection unasked, outside any subscription."""
+
+
+class EventPush(Push, tag="event"):
+    """One event for one subscription, pushed by the daemon."""
+
     event: AnyEvent
 
 
-class Heartbeat(ServerMessage, tag="heartbeat"):
+class Heartbeat(Push, tag="heartbeat"):
     """An idle subscription is alive; ``cursor`` is the last seq it was sent."""
 
-    subscription: int
     head_seq: int
     cursor: int
 
 
-class Lagged(ServerMessage, tag="lagged"):
+class Lagged(Push, tag="lagged"):
     """The subscription fell too far behind and has ended; resume with ``after=cursor``."""
 
-    subscription: int
     cursor: int
     head_seq: int
 
@@ -557,7 +289,7 @@ class SearchResults(Reply, tag="search.results"):
     hits: list[SearchHit]
 
 
-class LeaseLost(ServerMessage, tag="lease.lost"):
+class LeaseLost(Notice, tag="lease.lost"):
     """Pushed to the holder's connection the moment one of its leases ends without it."""
 
     lease: Lease
@@ -606,9 +338,310 @@ class DaemonStats(Reply, tag="stats"):
     histograms: dict[str, HistogramData]
 
 
+# -- client to daemon -------------------------------------------------------
+
+
+ReplyT = TypeVar("ReplyT", bound=ServerMessage)
+
+
+class ClientMessage(
+    msgspec.Struct, Generic[ReplyT], tag_field="msg", frozen=True, kw_only=True,
+    forbid_unknown_fields=True,
+):
+    """Base of everything a client sends; ``ReplyT`` is what a success is answered with.
+
+    The client connection numbers requests as it sends them (a request built
+    with the default ``id`` 0 gets the next number), so callers leave it out.
+    """
+
+    id: int = 0
+
+
+class Hello(ClientMessage[Welcome], tag="hello", omit_defaults=True):
+    """The first message on every connection.
+
+    ``omit_defaults``: a hello without a token encodes as it did before tokens
+    existed, so a newer client still greets an older daemon.
+    """
+
+    protocol_version: int
+    client_name: str
+    agent_id: str
+    token: str | None = None
+    """An agent token (the connection then acts as that agent only) or the admin token."""
+
+
+class Ping(ClientMessage[Pong], tag="ping"):
+    """Round trip: the daemon answers with :class:`Pong`."""
+
+
+class GetStatus(ClientMessage[DaemonStatus], tag="status"):
+    """Ask for the daemon's state, paths, counts and limits."""
+
+
+class Shutdown(ClientMessage[ShuttingDown], tag="shutdown"):
+    """Ask the daemon to stop gracefully (like SIGTERM)."""
+
+
+class Fence(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A write allowed only while this lease token holds the resource."""
+
+    resource: str
+    token: int
+
+
+class UnitDraft(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A unit as a client writes it; the daemon adds id, seq, agent, time and origin."""
+
+    context_id: str
+    type: str
+    """A unit type, in any case."""
+    payload: bytes = b""
+    meta: Pairs = {}
+    relationships: Annotated[list[Relationship], msgspec.Meta(max_length=MAX_MAP_ENTRIES)] = []
+    idempotency_key: str | None = None
+    """A retry with the same key returns the unit first written with it."""
+    fence: Fence | None = None
+    """Refused with ``conflict`` unless this token's lease holds the resource now."""
+
+
+class SpooledUnit(msgspec.Struct, frozen=True, kw_only=True):
+    """A unit written to ``<data dir>/spool/`` (JSON) while the daemon was unreachable.
+
+    The daemon writes spooled units when it starts, as ``agent_id``; their
+    idempotency key makes a second delivery a no-op.
+    """
+
+    agent_id: str
+    draft: UnitDraft
+
+
+class CreateUnits(ClientMessage[UnitsCreated], tag="unit.create"):
+    """Write units: all or nothing, one fsync."""
+
+    units: Annotated[list[UnitDraft], msgspec.Meta(max_length=MAX_LIST_ITEMS)]
+
+
+class GetUnits(ClientMessage[UnitsFound], tag="unit.get"):
+    ids: Names
+
+
+class ListUnits(ClientMessage[UnitPage], tag="unit.list"):
+    """A context's units in sequence order: the newest ``limit`` unless paging.
+
+    ``before=SEQ`` pages back from SEQ (exclusive), ``after=SEQ`` pages forward
+    from SEQ (exclusive, oldest first). ``reverse`` returns newest first.
+    """
+
+    context_id: str
+    limit: int = 100
+    before: int | None = None
+    after: int | None = None
+    reverse: bool = False
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    agents: Names = []
+    types: Names = []
+
+
+class RelatedUnits(ClientMessage[RelatedFound], tag="unit.related"):
+    unit_id: str
+    types: Names = []
+    direction: str = "both"
+    """``out`` (relationships this unit has), ``in`` (units pointing at it), or ``both``."""
+    depth: int = 1
+
+
+class CreateContext(ClientMessage[ContextFound], tag="context.create"):
+    context_id: str | None = None
+    """A slug such as ``build-42`` or ``git:engram/main``; generated when absent."""
+    display_name: str | None = None
+    meta: Pairs = {}
+
+
+class GetContext(ClientMessage[ContextFound], tag="context.get"):
+    context_id: str
+
+
+class ListContexts(ClientMessage[ContextPage], tag="context.list"):
+    limit: int = 100
+    after: str | None = None
+    """Page on from this context id (exclusive)."""
+    prefix: str = ""
+
+
+class UpdateContext(ClientMessage[ContextFound], tag="context.update"):
+    context_id: str
+    display_name: str | None = None
+    add_agents: Names = []
+    remove_agents: Names = []
+    pin: Names = []
+    unpin: Names = []
+    set_meta: Pairs = {}
+    unset_meta: Names = []
+
+
+class Subscribe(ClientMessage[Subscribed], tag="subscribe"):
+    """Start pushing matching events; the subscription's id is this request's id.
+
+    Filters combine with AND; each list matches any of its values; empty means all.
+    ``after`` is the cursor: events with a greater seq are delivered (None: from
+    now on, 0: from the start). A ``cursor`` name resumes after that name's last
+    acknowledged seq, when it has one.
+    """
+
+    contexts: Names = []
+    kinds: Names = []
+    agents: Names = []
+    types: Names = []
+    meta: Pairs = {}
+    after: int | None = None
+    cursor: str | None = None
+    heartbeat: float | None = None
+    """Seconds between heartbeats on an idle subscription (None: the daemon's setting)."""
+
+
+class Unsubscribe(ClientMessage[Done], tag="unsubscribe"):
+    subscription: int
+
+
+class AckCursor(ClientMessage[Done], tag="cursor.ack"):
+    """Remember that the named cursor has processed everything up to ``seq``."""
+
+    cursor: str
+    seq: int
+
+
+class AcquireLock(ClientMessage[LocksGranted], tag="lock.acquire"):
+    """Take leases on all of ``resources`` together, or none.
+
+    ``wait``: 0 tries once; N waits up to N seconds in a first-come, first-served
+    line; None waits as long as it takes. ``bind_connection`` releases the
+    leases when this connection closes; ``pid`` releases them when that process
+    exits and makes that process the holding session (else this connection is).
+    """
+
+    resources: Names
+    ttl: float | None = None
+    wait: float | None = 0.0
+    bind_connection: bool = False
+    pid: int | None = None
+
+
+# omit_defaults: without a resource these encode as they did before it existed,
+# so an older daemon still reads them.
+class ReleaseLock(ClientMessage[Done], tag="lock.release", omit_defaults=True):
+    lock_id: str
+    resource: str | None = None
+    """When given, the lease must be on this resource (else ``not_found``)."""
+
+
+class RenewLock(ClientMessage[LeaseRenewed], tag="lock.renew", omit_defaults=True):
+    """Extend a lease; from a connection other than the one that took it, also
+    adopt it when that one has gone (its lost-lease notices, and the binding of
+    a connection-bound lease, move here)."""
+
+    lock_id: str
+    ttl: float | None = None
+    """The new time to live from now (None: the lease's own ttl)."""
+    resource: str | None = None
+    """When given, the lease must be on this resource (else ``not_found``)."""
+
+
+class BreakLock(ClientMessage[Done], tag="lock.break"):
+    """End someone else's lease, recording who did it and why."""
+
+    resource: str
+    reason: str
+
+
+class GetLock(ClientMessage[LockFound], tag="lock.get"):
+    resource: str
+
+
+class ListLocks(ClientMessage[LockPage], tag="lock.list"):
+    agent: str | None = None
+    prefix: str = ""
+
+
+class Search(ClientMessage[SearchResults], tag="search"):
+    """Ranked full-text search with filters; a query may be filters alone.
+
+    ``query`` words are matched as plain terms (all required); with ``advanced``
+    the query is FTS5 syntax (phrases, prefix*, NEAR, AND/OR/NOT).
+    """
+
+    query: str = ""
+    advanced: bool = False
+    contexts: Names = []
+    agents: Names = []
+    types: Names = []
+    meta: Pairs = {}
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    related_to: str | None = None
+    related_types: Names = []
+    related_direction: str = "both"
+    related_depth: int = 1
+    limit: int = 20
+    offset: int = 0
+
+
+class Reindex(ClientMessage[Done], tag="search.reindex"):
+    """Rebuild the search index from the store (in the background)."""
+
+
+class CreateToken(ClientMessage[TokenCreated], tag="token.create"):
+    """Issue a new token for *agent* (needs the admin token)."""
+
+    agent: str
+
+
+class ListTokens(ClientMessage[TokenPage], tag="token.list"):
+    """Every token issued and not revoked (needs the admin token)."""
+
+
+class RevokeTokens(ClientMessage[TokensRevoked], tag="token.revoke"):
+    """Revoke the token *token_id*, or every token of *agent* (needs the admin token)."""
+
+    agent: str | None = None
+    token_id: str | None = None
+
+
+class GetStats(ClientMessage[DaemonStats], tag="stats"):
+    """Counters, gauges and latency histograms (``engram stats``)."""
+
+
+Request = (
+    Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
+    | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
+    | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock | ListLocks
+    | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
+)
+"""Requests allowed after the handshake."""
+
+AnyClientMessage = (
+    Hello | Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
+    | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
+    | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock | ListLocks
+    | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
+)
+
+
 AnyServerMessage = (
     Welcome | Pong | DaemonStatus | ShuttingDown | ErrorReply | UnitsCreated | UnitsFound
     | UnitPage | RelatedFound | ContextFound | ContextPage | Subscribed | Done | EventPush
     | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LeaseLost
     | SearchResults | TokenCreated | TokenPage | TokensRevoked | DaemonStats
 )
+
+
+def reply_type(request: type[ClientMessage[ReplyT]]) -> type[ReplyT]:
+    """The message a request of this type is answered with when it succeeds."""
+    return cast(type[ReplyT], _REPLY_TYPES[request])
+
+
+_REPLY_TYPES: dict[type[ClientMessage[Any]], type[ServerMessage]] = {
+    cls: get_args(cls.__orig_bases__[0])[0]
+    for cls in get_args(AnyClientMessage)
+}

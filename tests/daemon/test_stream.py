@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import msgspec
 import pytest
 
 from engram_cli import requests
@@ -144,7 +145,7 @@ def subscribed_raw(config: DaemonConfig, after: int = 0) -> RawConnection:
     raw = RawConnection(config.socket)
     raw.send(Hello(id=1, protocol_version=PROTOCOL_VERSION, client_name="slow", agent_id="s"))
     assert isinstance(raw.receive(), Welcome)
-    raw.send(requests.subscribe(2, after=after))
+    raw.send(msgspec.structs.replace(requests.subscribe(after=after), id=2))
     assert isinstance(raw.receive(), Subscribed)
     return raw
 

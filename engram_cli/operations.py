@@ -1,0 +1,296 @@
+"""Every one-request operation of the client library, written once for both clients.
+
+An operation builds a :class:`Call`: the request, and what to make of its
+reply. A client runs it: :class:`~engram_cli.client.Client` blocks for the
+reply, :class:`~engram_cli.aclient.AsyncClient` awaits it. So ``engram.ping()``
+returns a ``Pong`` from the one and an awaitable of it from the other, from the
+same definition below (the :class:`operation` descriptor binds it to the
+client it is read from). What is not one request (subscriptions, waiting for
+readiness or for a lost lease) each client writes in its own terms.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar, overload
+
+from engram_cli import requests
+from engram_cli.requests import Payload
+from engramd.protocol import (
+    AckCursor,
+    AcquireLock,
+    BreakLock,
+    ClientMessage,
+    Context,
+    ContextFound,
+    ContextPage,
+    CreateToken,
+    DaemonStats,
+    DaemonStatus,
+    GetContext,
+    GetLock,
+    GetStats,
+    GetStatus,
+    GetUnits,
+    Lease,
+    ListLocks,
+    ListTokens,
+    LockState,
+    NotFound,
+    Ping,
+    Pong,
+    Reindex,
+    RelatedFound,
+    ReleaseLock,
+    RenewLock,
+    RevokeTokens,
+    Search,
+    SearchResults,
+    ServerMessage,
+    Shutdown,
+    ShuttingDown,
+    TokenCreated,
+    TokenInfo,
+    Unit,
+    UnitDraft,
+    UnitPage,
+    UnitsCreated,
+    UnitsFound,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+R = TypeVar("R", bound=ServerMessage)
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request, and what its reply gives the caller."""
+
+    request: ClientMessage[Any]
+    then: Callable[[Any], T]
+    wait: float | None = 0.0
+    """How much longer than the client's timeout the daemon may take (None: no limit)."""
+
+
+@overload
+def ask(request: ClientMessage[R]) -> Call[R]: ...
+@overload
+def ask(request: ClientMessage[R], then: Callable[[R], T], *,
+        wait: float | None = 0.0) -> Call[T]: ...
+def ask(request: ClientMessage[Any], then: Callable[[Any], Any] | None = None, *,
+        wait: float | None = 0.0) -> Call[Any]:
+    """A call of *request*; its result is the reply, or ``then(reply)``."""
+    return Call(request, then or _reply, wait)
+
+
+def _reply(reply: T) -> T:
+    return reply
+
+
+def _nothing(reply: object) -> None:
+    return None
+
+
+class Runs(Protocol):
+    """A blocking client: runs a call and returns its result."""
+
+    def run(self, call: Call[T]) -> T: ...
+
+
+class RunsAsync(Protocol):
+    """A trio client: runs a call in a coroutine."""
+
+    def run(self, call: Call[T]) -> Coroutine[Any, Any, T]: ...
+
+
+class operation(Generic[P, T]):  # noqa: N801 (used like a decorator, as property is)
+    """Makes a method that builds a :class:`Call` into one the client runs."""
+
+    def __init__(self, build: Callable[Concatenate[Any, P], Call[T]]) -> None:
+        self._build = build
+        functools.update_wrapper(self, build)  # type: ignore[arg-type]
+
+    @overload
+    def __get__(self, client: None, owner: type) -> Self: ...
+    @overload
+    def __get__(self, client: RunsAsync,
+                owner: type) -> Callable[P, Coroutine[Any, Any, T]]: ...
+    @overload
+    def __get__(self, client: Runs, owner: type) -> Callable[P, T]: ...
+    def __get__(self, client: Any, owner: type) -> Any:
+        if client is None:
+            return self
+        build = self._build
+
+        @functools.wraps(build)
+        def bound(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return client.run(build(client, *args, **kwargs))
+
+        return bound
+
+
+class Operations:
+    """The operations both clients offer; see SPECS.md, client library."""
+
+    # -- the daemon -----------------------------------------------------------
+
+    @operation
+    def ping(self) -> Call[Pong]:
+        return ask(Ping())
+
+    @operation
+    def status(self) -> Call[DaemonStatus]:
+        return ask(GetStatus())
+
+    @operation
+    def stats(self) -> Call[DaemonStats]:
+        """Counters, gauges and latency histograms (see SPECS.md, engram stats)."""
+        return ask(GetStats())
+
+    @operation
+    def shutdown(self) -> Call[ShuttingDown]:
+        """Ask the daemon to stop; it answers before it goes."""
+        return ask(Shutdown())
+
+    # -- journal --------------------------------------------------------------
+
+    @operation
+    def create_unit(self, /, context_id: str, type: str = "MESSAGE", payload: Payload = b"",
+                    **options: Any) -> Call[Unit]:
+        """Write one unit; see :func:`engram_cli.requests.draft` for the options."""
+        drafts = [requests.draft(context_id, type, payload, **options)]
+        return ask(requests.create_units(drafts), lambda created: created.units[0])
+
+    @operation
+    def create_units(self, drafts: Iterable[UnitDraft]) -> Call[UnitsCreated]:
+        """Write units all or nothing, with one fsync."""
+        return ask(requests.create_units(drafts))
+
+    @operation
+    def get_units(self, unit_ids: Iterable[str]) -> Call[UnitsFound]:
+        return ask(GetUnits(ids=list(unit_ids)))
+
+    @operation
+    def get_unit(self, unit_id: str) -> Call[Unit]:
+        """One unit; raises :class:`~engram_cli.errors.NotFound` when it does not exist."""
+        def first(found: UnitsFound) -> Unit:
+            if not found.units:
+                raise NotFound(f"no unit {unit_id}")
+            return found.units[0]
+
+        return ask(GetUnits(ids=[unit_id]), first)
+
+    @operation
+    def list_units(self, /, context_id: str, **options: Any) -> Call[UnitPage]:
+        """A context's units; see :func:`engram_cli.requests.list_units` for the options."""
+        return ask(requests.list_units(context_id, **options))
+
+    @operation
+    def related_units(self, /, unit_id: str, **options: Any) -> Call[RelatedFound]:
+        return ask(requests.related_units(unit_id, **options))
+
+    @operation
+    def create_context(self, /, context_id: str | None = None, **options: Any) -> Call[Context]:
+        return ask(requests.create_context(context_id, **options), _context)
+
+    @operation
+    def get_context(self, context_id: str) -> Call[Context]:
+        return ask(GetContext(context_id=context_id), _context)
+
+    @operation
+    def context_info(self, context_id: str) -> Call[ContextFound]:
+        """A context with who is watching it right now (``watching``)."""
+        return ask(GetContext(context_id=context_id))
+
+    @operation
+    def list_contexts(self, /, **options: Any) -> Call[ContextPage]:
+        return ask(requests.list_contexts(**options))
+
+    @operation
+    def update_context(self, /, context_id: str, **changes: Any) -> Call[Context]:
+        """Rename, add or remove agents, pin or unpin units, set or unset meta."""
+        return ask(requests.update_context(context_id, **changes), _context)
+
+    @operation
+    def ack_cursor(self, name: str, seq: int) -> Call[None]:
+        """Record that the named cursor has processed every event up to *seq*."""
+        return ask(AckCursor(cursor=name, seq=seq), _nothing)
+
+    # -- leases ---------------------------------------------------------------
+
+    @operation
+    def acquire_lock(self, resources: str | Iterable[str], *, ttl: float | None = None,
+                     wait: float | None = 0.0, bind_connection: bool = False,
+                     pid: int | None = None) -> Call[list[Lease]]:
+        """Lease every resource together or none; ``wait`` seconds in line (0: try once,
+        None: as long as it takes). The lease belongs to this connection, or with
+        ``pid`` to that process (two connections of one process are then one holder).
+
+        Raises ``LockHeld`` (held, no wait), ``Timeout`` (waited), ``Deadlock``.
+        """
+        names = [resources] if isinstance(resources, str) else list(resources)
+        request = AcquireLock(resources=names, ttl=ttl, wait=wait,
+                              bind_connection=bind_connection, pid=pid)
+        # The reply comes when the wait ends: allow for it on top of the timeout.
+        return ask(request, lambda granted: granted.leases, wait=wait)
+
+    @operation
+    def release_lock(self, lock_id: str, resource: str | None = None) -> Call[None]:
+        """End a lease; with *resource*, only if the lease is on that resource."""
+        return ask(ReleaseLock(lock_id=lock_id, resource=resource), _nothing)
+
+    @operation
+    def renew_lock(self, lock_id: str, ttl: float | None = None,
+                   resource: str | None = None) -> Call[Lease]:
+        """Extend a lease (and adopt it on this connection if its own has gone)."""
+        return ask(RenewLock(lock_id=lock_id, ttl=ttl, resource=resource),
+                   lambda renewed: renewed.lease)
+
+    @operation
+    def break_lock(self, resource: str, reason: str) -> Call[None]:
+        return ask(BreakLock(resource=resource, reason=reason), _nothing)
+
+    @operation
+    def get_lock(self, resource: str) -> Call[LockState]:
+        return ask(GetLock(resource=resource), lambda found: found.state)
+
+    @operation
+    def list_locks(self, *, agent: str | None = None,
+                   prefix: str = "") -> Call[list[LockState]]:
+        return ask(ListLocks(agent=agent, prefix=prefix), lambda page: page.locks)
+
+    # -- search ---------------------------------------------------------------
+
+    @operation
+    def search(self, /, query: str = "", **options: Any) -> Call[SearchResults]:
+        """Ranked search; options are the fields of :class:`engramd.protocol.Search`."""
+        return ask(Search(query=query, **options))
+
+    @operation
+    def reindex(self) -> Call[None]:
+        """Rebuild the search index from the store (it catches up in the background)."""
+        return ask(Reindex(), _nothing)
+
+    # -- tokens ---------------------------------------------------------------
+
+    @operation
+    def create_token(self, agent: str) -> Call[TokenCreated]:
+        """Issue a token for *agent*; needs a client made with ``admin=True``."""
+        return ask(CreateToken(agent=agent))
+
+    @operation
+    def list_tokens(self) -> Call[list[TokenInfo]]:
+        return ask(ListTokens(), lambda page: page.tokens)
+
+    @operation
+    def revoke_tokens(self, *, agent: str | None = None,
+                      token_id: str | None = None) -> Call[list[TokenInfo]]:
+        """Revoke one token by id, or every token of *agent*; their connections close."""
+        return ask(RevokeTokens(agent=agent, token_id=token_id), lambda page: page.tokens)
+
+
+def _context(found: ContextFound) -> Context:
+    return found.context
