@@ -1,0 +1,92 @@
+"""The blocking and the trio client: one contract and the same operations, against a daemon."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import trio
+
+from engram_cli.aclient import AsyncClient, open_client
+from engram_cli.client import Client
+from engram_cli.errors import Forbidden, NotFound, Unavailable
+from engram_cli.operations import Operations, operation
+from engramd.config import DaemonConfig
+from engramd.protocol import LeaseLost, Pong, reply_type
+from engramd.protocol.messages import AnyClientMessage
+from engramd.server import Server
+from tests.conftest import WAIT
+
+# How each client talks to its transport, beside the operations they share.
+BLOCKING_ONLY = {"close", "interrupt", "send", "receive", "next_id", "reply_timeout",
+                 "autostart", "timeout"}
+TRIO_ONLY = {"aclose", "welcome", "connect_timeout"}
+
+
+def public(cls: type) -> set[str]:
+    return {name for name in dir(cls) if not name.startswith("_")}
+
+
+def test_both_clients_offer_the_same_operations() -> None:
+    assert public(Client) - BLOCKING_ONLY == public(AsyncClient) - TRIO_ONLY
+    for name in public(Client) - BLOCKING_ONLY:
+        blocking, trio_flavour = getattr(Client, name), getattr(AsyncClient, name)
+        if isinstance(blocking, property):
+            assert isinstance(trio_flavour, property), name
+        elif not isinstance(blocking, operation):
+            assert inspect.iscoroutinefunction(trio_flavour) or \
+                inspect.isasyncgenfunction(trio_flavour), f"AsyncClient.{name} is not async"
+
+
+def test_every_operation_is_written_once() -> None:
+    """The operations are the shared class's, not redefined by either client."""
+    shared = {name for name, value in vars(Operations).items() if isinstance(value, operation)}
+    assert len(shared) >= 25
+    for cls in (Client, AsyncClient):
+        assert not shared & set(vars(cls)), f"{cls.__name__} redefines {shared & set(vars(cls))}"
+
+
+def test_every_request_names_its_reply() -> None:
+    for request in AnyClientMessage.__args__:  # type: ignore[attr-defined]
+        assert reply_type(request).__struct_config__.tag  # a real, tagged server message
+
+
+async def test_the_trio_client_runs_leases_tokens_and_hears_a_lost_lease(
+        daemon: Server, config: DaemonConfig) -> None:
+    with trio.fail_after(WAIT):
+        async with open_client(config.socket, autostart=False, agent_id="t") as engram, \
+                open_client(config.socket, autostart=False, agent_id="ops",
+                            admin=True) as ops:
+            assert isinstance(await engram.ping(), Pong)
+            (lease,) = await engram.acquire_lock("res", ttl=30)
+            assert (await engram.get_lock("res")).lease == lease
+            renewed = await engram.renew_lock(lease.lock_id, ttl=60, resource="res")
+            assert renewed.fencing_token == lease.fencing_token
+            await ops.break_lock("res", "testing")
+            notice = await engram.lease_lost(WAIT)
+            assert isinstance(notice, LeaseLost) and notice.reason == "broken"
+            assert notice.lease.lock_id == lease.lock_id
+            assert await engram.lease_lost(0.05) is None
+            with pytest.raises(NotFound):
+                await engram.release_lock(lease.lock_id)
+            created = await ops.create_token("t")
+            assert [info.agent for info in await ops.list_tokens()] == ["t"]
+            assert created.info in await ops.revoke_tokens(agent="t")
+            with pytest.raises(Forbidden):
+                await engram.create_token("x")
+            unit = await engram.create_unit("ctx", "MESSAGE", "hello there")
+            assert (await engram.get_unit(unit.id)).payload == b"hello there"
+            with pytest.raises(NotFound):
+                await engram.get_unit("0" * 36)
+            assert (await engram.get_context("ctx")).agent_ids == ["t"]
+
+
+async def test_a_trio_call_after_the_daemon_closed_raises_unavailable(
+        daemon: Server, config: DaemonConfig) -> None:
+    with trio.fail_after(WAIT):
+        async with open_client(config.socket, autostart=False, agent_id="t") as engram:
+            await engram.ping()
+            daemon.engine.request_shutdown()
+            with pytest.raises(Unavailable):
+                for _ in range(100):  # the goodbye may take a moment
+                    await engram.lease_lost(0.05)
