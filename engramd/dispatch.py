@@ -1,8 +1,12 @@
-"""From a request to an engine call to a reply: one ``match``.
+"""The one way in: from a request to the part that serves it, and back to a reply.
 
-This is the one place where :class:`~engramd.errors.EngramError` becomes an
-error frame; anything else raised here is a bug, logged and reported as
-``internal``.
+:meth:`Dispatcher.answer` is where every request goes, whatever it is: it checks
+that the connection may send it (:mod:`engramd.tokens`), that the journal is
+open if the request needs it, runs one ``match`` over every request type, builds
+the reply, turns an :class:`~engramd.protocol.EngramError` into an error frame
+(the only place that does; anything else raised here is a bug, logged and
+reported as ``internal``), and counts it all for ``engram stats``. The server
+around it only moves frames.
 """
 
 from __future__ import annotations
@@ -11,25 +15,24 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
-import msgspec
 import trio
 
 from engramd.caller import Caller
 from engramd.engine import Engine
+from engramd.events import EventHub, Subscriber
 from engramd.metrics import resident_bytes
 from engramd.protocol import (
     PROTOCOL_VERSION,
     AckCursor,
     AcquireLock,
-    BadRequest,
     BreakLock,
-    ClientMessage,
     ContextFound,
     ContextPage,
     CreateContext,
+    CreateToken,
     CreateUnits,
     DaemonStats,
     DaemonStatus,
@@ -46,28 +49,64 @@ from engramd.protocol import (
     Limits,
     ListContexts,
     ListLocks,
+    ListTokens,
     ListUnits,
     LockFound,
     LockPage,
     LocksGranted,
+    NotFound,
     Ping,
     Pong,
     Reindex,
+    RelatedFound,
     RelatedUnits,
     ReleaseLock,
     RenewLock,
+    Request,
+    RevokeTokens,
     Search,
+    SearchResults,
     ServerMessage,
     Shutdown,
     ShuttingDown,
+    Subscribe,
+    Subscribed,
+    TokenCreated,
+    TokenPage,
+    TokensRevoked,
+    TooLarge,
+    UnitPage,
+    UnitsCreated,
+    UnitsFound,
+    Unsubscribe,
     UpdateContext,
 )
+from engramd.tokens import Authenticator
 
 log = logging.getLogger("engramd.dispatch")
+T = TypeVar("T")
+
+# Requests that do not need the journal open: answered while it is replayed.
+_ALWAYS = (Ping, GetStatus, GetStats, Shutdown, CreateToken, ListTokens, RevokeTokens)
+
+
+class Connection(Protocol):
+    """What dispatch needs of the connection a request came on."""
+
+    async def send(self, message: ServerMessage) -> None: ...
+
+    def follow(self, subscriber: Subscriber, hub: EventHub) -> None:
+        """Push *subscriber*'s events from *hub* on this connection, from now on."""
+
+    def unfollow(self, subscription: int) -> bool:
+        """Stop pushing *subscription*; False when there is no such subscription."""
+
+    @property
+    def subscriptions(self) -> int: ...
 
 
 class ServerView(Protocol):
-    """What dispatch needs to know of the server (connection counts)."""
+    """What dispatch needs of the server: its counts, and closing connections."""
 
     @property
     def connection_count(self) -> int: ...
@@ -78,31 +117,35 @@ class ServerView(Protocol):
     @property
     def requests_in_flight(self) -> int: ...
 
+    async def close_connections_of(self, token_ids: set[str]) -> None: ...
+
 
 class Dispatcher:
-    def __init__(self, engine: Engine, server: ServerView) -> None:
+    def __init__(self, engine: Engine, server: ServerView, authenticator: Authenticator,
+                 max_subscriptions: int) -> None:
         self.engine = engine
         self.server = server
+        self.authenticator = authenticator
+        self.max_subscriptions = max_subscriptions
+        self._token_writes = trio.CapacityLimiter(1)
 
-
-    async def guard(self, request: ClientMessage[Any],
-                    handle: Callable[[], Awaitable[ServerMessage]]) -> ServerMessage:
-        """Run *handle*, turning its errors into the error reply to *request*."""
+    async def answer(self, request: Request, caller: Caller,
+                     connection: Connection) -> ServerMessage | None:
+        """The reply to *request*; None when it has been sent already (``subscribed``)."""
         started = time.perf_counter()
-        reply: ServerMessage
+        reply: ServerMessage | None
         try:
-            reply = await handle()
+            assert caller.identity is not None, "requests come after the hello"
+            self.authenticator.check_allowed(caller.identity, request)
+            reply = await self._handle(request, caller, connection)
         except EngramError as exc:
             reply = ErrorReply(id=request.id, code=exc.code, message=str(exc))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise  # the connection is gone: nothing to answer, not a bug
         except Exception:
             log.exception("internal error while handling %s", type(request).__name__)
-            reply = ErrorReply(
-                id=request.id,
-                code=ErrorCode.INTERNAL,
-                message="internal error; see the daemon log",
-            )
+            reply = ErrorReply(id=request.id, code=ErrorCode.INTERNAL,
+                               message="internal error; see the daemon log")
         metrics = self.engine.metrics
         op = request.__struct_config__.tag
         metrics.observe(f'request_seconds{{op="{op}"}}', time.perf_counter() - started)
@@ -111,66 +154,90 @@ class Dispatcher:
             metrics.count(f'errors_total{{code="{reply.code}"}}')
         return reply
 
-    async def handle(self, request: ClientMessage[Any], caller: Caller) -> ServerMessage:
-        """Answer *request*; raises :class:`EngramError` (call it inside :meth:`guard`)."""
-        engine = self.engine
-        replace = msgspec.structs.replace
+    async def _handle(self, request: Request, caller: Caller,
+                      connection: Connection) -> ServerMessage | None:
+        if isinstance(request, _ALWAYS):
+            return await self._without_journal(request)
+        parts = self.engine.ready()
+        queries, writer, leases = parts.queries, parts.writer, parts.leases
         match request:
             case CreateUnits():
-                return replace(await engine.create_units(request.units, caller), id=request.id)
+                written = await writer.create_units(request.units, caller)
+                return UnitsCreated(id=request.id, units=written.units, reused=written.reused)
             case GetUnits():
-                return replace(engine.get_units(request.ids), id=request.id)
+                units, missing = queries.get_units(request.ids)
+                return UnitsFound(id=request.id, units=units, missing=missing)
             case ListUnits():
-                return replace(engine.list_units(request), id=request.id)
+                units, cursor = queries.list_units(request)
+                return UnitPage(id=request.id, units=units, next_cursor=cursor)
             case RelatedUnits():
-                return replace(engine.related_units(request), id=request.id)
+                related = queries.related(request.unit_id, request.types, request.direction,
+                                          request.depth)
+                return RelatedFound(id=request.id, root=related.root, edges=related.edges,
+                                    units=related.units)
             case CreateContext():
-                context = await engine.create_context(request, caller)
+                context = await writer.create_context(request, caller)
                 return ContextFound(id=request.id, context=context, created=True)
             case GetContext():
-                return ContextFound(id=request.id, context=engine.get_context(request.context_id),
-                                    watching=engine.watchers(request.context_id))
-            case AckCursor():
-                engine.ack_cursor(request.cursor, request.seq)
+                return ContextFound(id=request.id,
+                                    context=queries.get_context(request.context_id),
+                                    watching=queries.watchers(request.context_id))
+            case ListContexts():
+                contexts, after = queries.list_contexts(request.limit, request.after,
+                                                        request.prefix)
+                return ContextPage(id=request.id, contexts=contexts, next_cursor=after)
+            case UpdateContext():
+                context = await writer.update_context(request)
+                return ContextFound(id=request.id, context=context)
+            case Subscribe():
+                if connection.subscriptions >= self.max_subscriptions:
+                    raise TooLarge(f"too many subscriptions on one connection (limit "
+                                   f"{self.max_subscriptions})")
+                subscriber = queries.subscriber(request, caller)
+                # The reply goes out before the first event.
+                await connection.send(Subscribed(id=request.id, subscription=request.id,
+                                                 after=subscriber.cursor,
+                                                 head_seq=parts.hub.head))
+                connection.follow(subscriber, parts.hub)
+                return None
+            case Unsubscribe():
+                if not connection.unfollow(request.subscription):
+                    raise NotFound(f"no subscription {request.subscription} on this connection")
                 return Done(id=request.id)
-            case Search():
-                return await engine.search(request)
-            case Reindex():
-                await engine.reindex()
+            case AckCursor():
+                queries.ack_cursor(request.cursor, request.seq)
                 return Done(id=request.id)
             case AcquireLock():
-                leases = await engine.lease_manager().acquire(request, caller)
-                return LocksGranted(id=request.id, leases=leases)
+                return LocksGranted(id=request.id, leases=await leases.acquire(request, caller))
             case ReleaseLock():
-                await engine.lease_manager().release(request.lock_id, caller, request.resource)
+                await leases.release(request.lock_id, caller, request.resource)
                 return Done(id=request.id)
             case RenewLock():
-                lease = await engine.lease_manager().renew(request.lock_id, caller, request.ttl,
-                                                           request.resource)
+                lease = await leases.renew(request.lock_id, caller, request.ttl,
+                                           request.resource)
                 return LeaseRenewed(id=request.id, lease=lease)
             case BreakLock():
-                await engine.lease_manager().break_lease(request.resource, request.reason,
-                                                         caller.agent_id)
+                await leases.break_lease(request.resource, request.reason, caller.agent_id)
                 return Done(id=request.id)
             case GetLock():
-                state = engine.lease_manager().state(request.resource)
-                return LockFound(id=request.id, state=state)
+                return LockFound(id=request.id, state=leases.state(request.resource))
             case ListLocks():
-                states = engine.lease_manager().states(request.agent, request.prefix)
-                return LockPage(id=request.id, locks=states)
-            case ListContexts():
-                contexts, cursor = engine.list_contexts(request)
-                return ContextPage(id=request.id, contexts=contexts, next_cursor=cursor)
-            case UpdateContext():
-                context = await engine.update_context(request, caller)
-                return ContextFound(id=request.id, context=context)
+                return LockPage(id=request.id, locks=leases.states(request.agent,
+                                                                   request.prefix))
+            case Search():
+                total, hits = await queries.search(request)
+                return SearchResults(id=request.id, total=total, hits=hits)
+            case Reindex():
+                await parts.indexer.rebuild()
+                return Done(id=request.id)
+        raise AssertionError(f"no arm for {type(request).__name__}")
+
+    async def _without_journal(self, request: Request) -> ServerMessage:
+        engine, registry = self.engine, self.authenticator.registry
+        match request:
             case Ping():
-                return Pong(
-                    id=request.id,
-                    daemon_version=engine.version,
-                    uptime=engine.uptime,
-                    server_time=dt.datetime.now(dt.UTC),
-                )
+                return Pong(id=request.id, daemon_version=engine.version,
+                            uptime=engine.uptime, server_time=dt.datetime.now(dt.UTC))
             case GetStatus():
                 return self._status(request.id)
             case GetStats():
@@ -179,8 +246,45 @@ class Dispatcher:
                 log.info("shutdown requested by a client")
                 engine.request_shutdown()
                 return ShuttingDown(id=request.id, pid=os.getpid())
-            case _:
-                raise BadRequest(f"unsupported request {type(request).__name__}")
+            case CreateToken():
+                secret, stored = await self._on_token_file(registry.create, request.agent)
+                return TokenCreated(id=request.id, token=secret, info=stored.info)
+            case ListTokens():
+                return TokenPage(id=request.id, tokens=[token.info for token in registry])
+            case RevokeTokens():
+                revoked = await self._on_token_file(
+                    lambda: registry.revoke(agent=request.agent, token_id=request.token_id))
+                await self.server.close_connections_of({token.id for token in revoked})
+                return TokensRevoked(id=request.id, tokens=[token.info for token in revoked])
+        raise AssertionError(f"no arm for {type(request).__name__}")
+
+    async def _on_token_file(self, change: Callable[..., T], *args: Any) -> T:
+        """The token file is rewritten with fsyncs: off the event loop, one at a time."""
+        return await trio.to_thread.run_sync(change, *args, limiter=self._token_writes)
+
+    # -- status and statistics ----------------------------------------------------------
+
+    def _status(self, request_id: int) -> DaemonStatus:
+        engine = self.engine
+        config = engine.config
+        return DaemonStatus(
+            id=request_id, state=engine.state, daemon_version=engine.version,
+            protocol_version=PROTOCOL_VERSION, pid=os.getpid(),
+            instance_id=engine.instance_id, started_at=engine.started_at,
+            uptime=engine.uptime, socket=config.socket, data_dir=config.data_dir,
+            config_file=config.config_file, log_file=config.log_file,
+            connections=self.server.connection_count,
+            requests_served=self.server.requests_served,
+            limits=Limits(
+                max_frame_bytes=config.max_frame_bytes,
+                max_connections=config.max_connections,
+                max_inflight_per_connection=config.max_inflight_per_connection,
+                max_payload_bytes=config.max_payload_bytes,
+                max_batch_units=config.max_batch_units,
+            ),
+            journal=engine.journal_status(),
+            stream=engine.stream_status(),
+        )
 
     def _stats(self, request_id: int) -> DaemonStats:
         engine = self.engine
@@ -201,8 +305,9 @@ class Dispatcher:
                           journal_failed=int(journal.write_error is not None))
             counters.update(commit_batches_total=journal.commit_batches,
                             commit_entries_total=journal.commit_entries)
-        if engine.committer is not None:
-            gauges["commit_queue"] = engine.committer.queue_depth
+        queue = engine.commit_queue()
+        if queue is not None:
+            gauges["commit_queue"] = queue
         stream = engine.stream_status()
         if stream is not None:
             gauges.update(subscribers=stream.subscribers, live_subscribers=stream.live,
@@ -216,33 +321,3 @@ class Dispatcher:
             id=request_id, counters=dict(sorted(counters.items())), gauges=gauges,
             histograms={name: histogram.data()
                         for name, histogram in sorted(metrics.histograms.items())})
-
-    def _status(self, request_id: int) -> DaemonStatus:
-        engine = self.engine
-        config = engine.config
-        return DaemonStatus(
-            id=request_id,
-            state=engine.state,
-            daemon_version=engine.version,
-            protocol_version=PROTOCOL_VERSION,
-            pid=os.getpid(),
-            instance_id=engine.instance_id,
-            started_at=engine.started_at,
-            uptime=engine.uptime,
-            socket=config.socket,
-            data_dir=config.data_dir,
-            config_file=config.config_file,
-            log_file=config.log_file,
-            connections=self.server.connection_count,
-            requests_served=self.server.requests_served,
-            limits=Limits(
-                max_frame_bytes=config.max_frame_bytes,
-                max_connections=config.max_connections,
-                max_inflight_per_connection=config.max_inflight_per_connection,
-                max_payload_bytes=config.max_payload_bytes,
-                max_batch_units=config.max_batch_units,
-            ),
-            journal=engine.journal_status(),
-            stream=engine.stream_status(),
-        )
-

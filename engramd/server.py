@@ -1,9 +1,11 @@
-"""The socket server: accept loop, one task per connection, graceful stop.
+"""The socket server: transport only. Accept loop, one task per connection, graceful stop.
 
-Connections are where identity and limits live: the hello is checked against
-the tokens (:mod:`engramd.tokens`), each connection may have a request rate
-(:mod:`engramd.ratelimit`), a frame must arrive within ``frame_timeout`` once
-begun, and a frame left unread ``dead_after_seconds`` cuts the peer off.
+A connection is moved here as frames and guarded by the transport's limits: the
+peer's uid and the hello (who it is: :mod:`engramd.caller`, :mod:`engramd.tokens`),
+a request rate (:mod:`engramd.ratelimit`), a frame must arrive within
+``frame_timeout`` once begun, and a frame left unread ``dead_after_seconds`` cuts
+the peer off. Every request goes to :meth:`engramd.dispatch.Dispatcher.answer`
+and its reply comes back as a frame.
 
 Each connection is a thin loop around :class:`~engramd.protocol.ServerConnection`:
 bytes in, messages out; requests run concurrently in the connection's own
@@ -23,48 +25,44 @@ import errno
 import logging
 import os
 import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 import trio
 from trio_typing import TaskStatus
 
-from engramd.caller import Caller, connection_id
+from engramd.caller import (
+    Caller,
+    Identity,
+    PeerCredentials,
+    check_hello,
+    connection_id,
+    peer_credentials,
+)
 from engramd.config import DaemonConfig
 from engramd.dispatch import Dispatcher
 from engramd.engine import Engine
-from engramd.events import Subscriber
+from engramd.events import EventHub, Subscriber
 from engramd.protocol import (
     CLOSED,
     NEED_DATA,
     PROTOCOL_VERSION,
-    ClientMessage,
-    CreateToken,
-    Done,
+    EngramError,
     ErrorCode,
     ErrorReply,
     EventPush,
-    Forbidden,
     Hello,
     InvalidMessage,
-    ListTokens,
-    NotFound,
     RemoteProtocolError,
-    RevokeTokens,
+    Request,
     ServerConnection,
     ServerMessage,
-    Subscribe,
-    Subscribed,
-    TooLarge,
-    Unsubscribe,
     Welcome,
     encode_frame,
 )
 from engramd.ratelimit import TokenBucket
-from engramd.tokens import Authenticator, Identity, answer_token_request
+from engramd.tokens import Authenticator
 
 log = logging.getLogger("engramd.server")
 
@@ -75,10 +73,6 @@ _ACCEPT_RETRY_DELAY = 0.1
 _RECEIVE_SIZE = 256 * 1024
 # A goodbye error frame to a misbehaving peer must not hold the task forever.
 _GOODBYE_TIMEOUT = 1.0
-_MAX_NAME = 256
-
-_PEERCRED = struct.Struct("3i")
-
 
 _push_encoder = msgspec.msgpack.Encoder()
 
@@ -89,43 +83,28 @@ def encode_event_push(subscription: int, event: bytes) -> bytes:
                                           event=msgspec.Raw(event)))  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class PeerCredentials:
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_credentials(sock: trio.socket.SocketType) -> PeerCredentials:
-    """The connecting process's ids, as the kernel recorded them at connect()."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    pid, uid, gid = _PEERCRED.unpack(raw)
-    return PeerCredentials(pid=pid, uid=uid, gid=gid)
-
-
 @dataclass(eq=False)
 class Session:
-    """One client connection's state on the daemon side."""
+    """One client connection's state on the daemon side (the dispatcher's ``Connection``)."""
 
     stream: trio.SocketStream
     peer: PeerCredentials
     protocol: ServerConnection
-    reader_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    send_lock: trio.Lock = field(default_factory=trio.Lock)
-    hello: Hello | None = None
-    identity: Identity | None = None
-    """Who the hello proved this connection acts as."""
-    streams: trio.Nursery | None = None
-    """Where this connection's subscriptions run; cancelled when the connection ends."""
-    subscriptions: dict[int, trio.CancelScope] = field(default_factory=dict)
-    peer_closed: bool = False
-    """The client hung up (as opposed to the daemon stopping or dropping it)."""
     number: int = 0
     """Counts connections from 1 in this daemon start (for ``Caller.connection_id``)."""
     write_timeout: float = 30.0
     on_unread: Callable[[], None] = lambda: None
     """Called when the peer is cut off for leaving a frame unread."""
     rate: TokenBucket | None = None
+    reader_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    send_lock: trio.Lock = field(default_factory=trio.Lock)
+    caller: Caller | None = None
+    """Who the hello proved this connection is; None until then."""
+    streams: trio.Nursery | None = None
+    """Where this connection's subscriptions run; cancelled when the connection ends."""
+    _following: dict[int, trio.CancelScope] = field(default_factory=dict)
+    peer_closed: bool = False
+    """The client hung up (as opposed to the daemon stopping or dropping it)."""
 
     async def send(self, message: ServerMessage) -> None:
         await self._write(self.protocol.send(message))
@@ -151,6 +130,37 @@ class Session:
             await trio.aclose_forcefully(self.stream)
             raise trio.ClosedResourceError("the peer stopped reading")
 
+    # -- subscriptions (see engramd.dispatch.Connection) ---------------------------
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self._following)
+
+    def follow(self, subscriber: Subscriber, hub: EventHub) -> None:
+        assert self.streams is not None
+        scope = trio.CancelScope()
+        self._following[subscriber.id] = scope
+        self.streams.start_soon(self._push_events, subscriber, hub, scope)
+
+    def unfollow(self, subscription: int) -> bool:
+        scope = self._following.pop(subscription, None)
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
+
+    async def _push_events(self, subscriber: Subscriber, hub: EventHub,
+                           scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                await hub.serve(subscriber, self.push, encode_event_push)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # Gone, or cut off by _write: end the whole connection.
+                self.reader_scope.cancel()
+                if self.streams is not None:
+                    self.streams.cancel_scope.cancel()
+        self._following.pop(subscriber.id, None)
+
 
 class Server:
     def __init__(self, config: DaemonConfig, engine: Engine,
@@ -158,12 +168,12 @@ class Server:
         self.config = config
         self.engine = engine
         self.authenticator = authenticator
-        self.dispatcher = Dispatcher(engine, self)
+        self.dispatcher = Dispatcher(engine, self, authenticator,
+                                     config.max_subscriptions_per_connection)
         self._sessions: set[Session] = set()
         self._connections_accepted = 0
         self._requests_served = 0
         self._requests_in_flight = 0
-        self._token_writes = trio.CapacityLimiter(1)
         self.metrics = engine.metrics
         self._uid = os.geteuid()
         self._nursery: trio.Nursery | None = None
@@ -180,6 +190,14 @@ class Server:
     @property
     def requests_in_flight(self) -> int:
         return self._requests_in_flight
+
+    async def close_connections_of(self, token_ids: set[str]) -> None:
+        """Close at once the connections that presented one of these (revoked) tokens."""
+        for other in list(self._sessions):
+            identity = other.caller.identity if other.caller else None
+            if identity is not None and identity.token_id in token_ids:
+                other.reader_scope.cancel()
+                await trio.aclose_forcefully(other.stream)
 
     async def serve(
         self,
@@ -218,20 +236,25 @@ class Server:
                     continue
                 self._nursery.start_soon(self._run_session, stream)
 
+    def _new_session(self, stream: trio.SocketStream) -> Session:
+        self._connections_accepted += 1
+        session = Session(stream, peer_credentials(stream.socket),  # type: ignore[arg-type]
+                          ServerConnection(self.config.max_frame_bytes),
+                          number=self._connections_accepted,
+                          write_timeout=self.config.dead_after_seconds,
+                          on_unread=lambda: self.metrics.count(
+                              'connections_dropped_total{reason="unread"}'))
+        if self.config.rate_per_second > 0:
+            session.rate = TokenBucket(self.config.rate_per_second,
+                                       self.config.rate_burst, trio.current_time())
+        self.metrics.count("connections_accepted_total")
+        return session
+
     async def _run_session(self, stream: trio.SocketStream) -> None:
         session: Session | None = None
         try:
-            peer = peer_credentials(stream.socket)
-            self._connections_accepted += 1
-            session = Session(stream, peer, ServerConnection(self.config.max_frame_bytes),
-                              number=self._connections_accepted,
-                              write_timeout=self.config.dead_after_seconds,
-                              on_unread=lambda: self.metrics.count(
-                                  'connections_dropped_total{reason="unread"}'))
-            if self.config.rate_per_second > 0:
-                session.rate = TokenBucket(self.config.rate_per_second,
-                                           self.config.rate_burst, trio.current_time())
-            self.metrics.count("connections_accepted_total")
+            session = self._new_session(stream)
+            peer = session.peer
             if peer.uid != self._uid:
                 self.metrics.count('connections_refused_total{reason="uid"}')
                 log.warning("refused pid %d: uid %d is not ours", peer.pid, peer.uid)
@@ -290,7 +313,7 @@ class Server:
                     log.info("pid %d broke the protocol: %s", session.peer.pid, exc)
                     self.metrics.count('connections_dropped_total{reason="protocol"}')
                     await self._goodbye(session, exc.code, str(exc))
-            timed_out = session.hello is None and session.reader_scope.cancelled_caught
+            timed_out = session.caller is None and session.reader_scope.cancelled_caught
             if timed_out and not self.engine.shutdown_requested.is_set():
                 await self._goodbye(session, ErrorCode.BAD_REQUEST, "no hello in time")
             if session.peer_closed:
@@ -342,126 +365,38 @@ class Server:
             f"frame not completed within {self.config.frame_timeout:g}s")
 
     async def _welcome(self, session: Session, hello: Hello) -> bool:
-        problem = None
-        code = ErrorCode.BAD_REQUEST
-        if hello.protocol_version != PROTOCOL_VERSION:
-            code = ErrorCode.VERSION_MISMATCH
-            problem = (f"the daemon speaks protocol {PROTOCOL_VERSION}, the client "
-                       f"{hello.protocol_version}; restart the daemon with "
-                       "'engram daemon restart' after upgrading")
-        elif not hello.agent_id or len(hello.agent_id) > _MAX_NAME or "\0" in hello.agent_id:
-            problem = f"agent id must be 1 to {_MAX_NAME} characters without NUL"
-        elif len(hello.client_name) > _MAX_NAME:
-            problem = f"client name must be at most {_MAX_NAME} characters"
-        if problem is None:
-            try:
-                session.identity = self.authenticator.authenticate(hello)
-            except Forbidden as exc:
-                code, problem = exc.code, str(exc)
-        if problem is not None:
-            log.warning("refused pid %d as %s: %s", session.peer.pid, hello.agent_id[:_MAX_NAME],
-                        problem)
-            await session.send(ErrorReply(id=hello.id, code=code, message=problem))
+        """Greet or refuse; a greeted connection knows its caller from here on."""
+        try:
+            check_hello(hello)
+            identity: Identity = self.authenticator.authenticate(hello)
+        except EngramError as exc:
+            log.warning("refused pid %d as %s: %s", session.peer.pid, hello.agent_id[:256], exc)
+            await session.send(ErrorReply(id=hello.id, code=exc.code, message=str(exc)))
             return False
-        session.hello = hello
+        session.caller = Caller(
+            agent_id=identity.agent_id, uid=session.peer.uid, pid=session.peer.pid,
+            connection_id=connection_id(session.number, self.engine.instance_id),
+            connection=session, push=session.push, identity=identity)
         session.reader_scope.deadline = float("inf")
-        await session.send(
-            Welcome(
-                id=hello.id,
-                protocol_version=PROTOCOL_VERSION,
-                daemon_version=self.engine.version,
-                pid=os.getpid(),
-                instance_id=self.engine.instance_id,
-            )
-        )
+        await session.send(Welcome(id=hello.id, protocol_version=PROTOCOL_VERSION,
+                                   daemon_version=self.engine.version, pid=os.getpid(),
+                                   instance_id=self.engine.instance_id))
         log.debug("pid %d connected as %s (%s)", session.peer.pid, hello.agent_id,
                   hello.client_name)
         return True
 
-    async def _subscription_request(
-        self, session: Session, request: Subscribe | Unsubscribe, caller: Caller
-    ) -> ServerMessage:
-        if isinstance(request, Unsubscribe):
-            scope = session.subscriptions.pop(request.subscription, None)
-            if scope is None:
-                raise NotFound(f"no subscription {request.subscription} on this connection")
-            scope.cancel()
-            return Done(id=request.id)
-        if len(session.subscriptions) >= self.config.max_subscriptions_per_connection:
-            raise TooLarge(f"too many subscriptions on one connection (limit "
-                           f"{self.config.max_subscriptions_per_connection})")
-        subscriber = self.engine.subscriber(request, caller)
-        hub = self.engine.hub
-        assert hub is not None and session.streams is not None
-        scope = trio.CancelScope()
-        session.subscriptions[request.id] = scope
-        reply = Subscribed(id=request.id, subscription=request.id, after=subscriber.cursor,
-                           head_seq=hub.head)
-        # The reply goes out before the first event: the task waits for this send.
-        await session.send(reply)
-        session.streams.start_soon(self._run_subscription, session, subscriber, scope)
-        return reply
-
-    async def _token_request(
-            self, request: CreateToken | ListTokens | RevokeTokens) -> ServerMessage:
-        # The token file is rewritten with fsyncs: off the event loop, one at a time.
-        reply, revoked = await trio.to_thread.run_sync(
-            answer_token_request, self.authenticator.registry, request,
-            limiter=self._token_writes)
-        for other in list(self._sessions):
-            if other.identity is not None and other.identity.token_id in revoked:
-                other.reader_scope.cancel()
-                await trio.aclose_forcefully(other.stream)
-        return reply
-
-    async def _run_subscription(self, session: Session, subscriber: Subscriber,
-                                scope: trio.CancelScope) -> None:
-        hub = self.engine.hub
-        assert hub is not None
-        with scope:
-            try:
-                await hub.serve(subscriber, session.push, encode_event_push)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                # Gone, or cut off by Session.write: end the whole connection.
-                session.reader_scope.cancel()
-                if session.streams is not None:
-                    session.streams.cancel_scope.cancel()
-        session.subscriptions.pop(subscriber.id, None)
-
-    async def _answer(self, session: Session, request: ClientMessage[Any],
-                      caller: Caller) -> ServerMessage:
-        return await self.dispatcher.guard(
-            request, lambda: self._handle(session, request, caller))
-
-    async def _handle(self, session: Session, request: ClientMessage[Any],
-                      caller: Caller) -> ServerMessage:
-        assert session.identity is not None
-        self.authenticator.check_allowed(session.identity, request)
-        # Subscriptions and tokens belong to connections, not to the engine: they
-        # are handled here, and everything else goes through dispatch.
-        if isinstance(request, Subscribe | Unsubscribe):
-            return await self._subscription_request(session, request, caller)
-        if isinstance(request, CreateToken | ListTokens | RevokeTokens):
-            return await self._token_request(request)
-        return await self.dispatcher.handle(request, caller)
-
-    async def _run_request(
-        self, session: Session, inflight: trio.Semaphore, request: ClientMessage[Any]
-    ) -> None:
-        assert session.identity is not None
-        caller = Caller(agent_id=session.identity.agent_id, uid=session.peer.uid,
-                        pid=session.peer.pid,
-                        connection_id=connection_id(session.number, self.engine.instance_id),
-                        connection=session, push=session.push)
+    async def _run_request(self, session: Session, inflight: trio.Semaphore,
+                           request: Request) -> None:
+        assert session.caller is not None
         try:
-            reply = await self._answer(session, request, caller)
+            reply = await self.dispatcher.answer(request, session.caller, session)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # a subscription's reply found the peer gone
         finally:
             inflight.release()
             self._requests_in_flight -= 1
         self._requests_served += 1
-        if isinstance(reply, Subscribed):
+        if reply is None:
             return  # already sent, ahead of the events
         try:
             await session.send(reply)

@@ -25,12 +25,12 @@ import logging
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from engramd import validate
+from engramd.caller import Identity
 from engramd.errors import StartupError
 from engramd.protocol import (
     BadRequest,
@@ -43,12 +43,8 @@ from engramd.protocol import (
     NotFound,
     Reindex,
     RevokeTokens,
-    ServerMessage,
     Shutdown,
-    TokenCreated,
     TokenInfo,
-    TokenPage,
-    TokensRevoked,
 )
 
 log = logging.getLogger("engramd.tokens")
@@ -68,15 +64,6 @@ class StoredToken(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def info(self) -> TokenInfo:
         return TokenInfo(id=self.id, agent=self.agent, created_at=self.created_at)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What a connection proved in its hello."""
-
-    agent_id: str
-    token_id: str | None = None
-    admin: bool = False
 
 
 def _digest(token: str) -> str:
@@ -121,12 +108,15 @@ class TokenRegistry:
         write_private_file(self.path, msgspec.json.encode(list(self)))
 
     def create(self, agent: str) -> tuple[str, StoredToken]:
+        """Issue a token for *agent*: the secret (shown once) and what is kept of it."""
+        validate.name(agent, "agent", MAX_AGENT)
         token_id = secrets.token_hex(6)
         token = f"{AGENT_TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(24)}"
         stored = StoredToken(id=token_id, agent=agent, sha256=_digest(token),
                              created_at=dt.datetime.now(dt.UTC))
         self._tokens[token_id] = stored
         self._save()
+        log.info("token %s created for agent %s", stored.id, stored.agent)
         return token, stored
 
     def revoke(self, *, agent: str | None, token_id: str | None) -> list[StoredToken]:
@@ -140,6 +130,7 @@ class TokenRegistry:
         for token in gone:
             del self._tokens[token.id]
         self._save()
+        log.info("revoked token(s) %s", ", ".join(token.id for token in gone))
         return gone
 
     def verify(self, token: str) -> StoredToken | None:
@@ -201,20 +192,3 @@ class Authenticator:
                             f"{hello.agent_id} (set ENGRAM_AGENT={stored.agent})")
         return Identity(stored.agent, token_id=stored.id)
 
-
-def answer_token_request(
-    registry: TokenRegistry, request: CreateToken | ListTokens | RevokeTokens
-) -> tuple[ServerMessage, set[str]]:
-    """The reply to a token request (the caller checked the admin token), and the ids
-    of the tokens it revoked, whose connections must close."""
-    if isinstance(request, ListTokens):
-        return TokenPage(id=request.id, tokens=[token.info for token in registry]), set()
-    if isinstance(request, CreateToken):
-        validate.name(request.agent, "agent", MAX_AGENT)
-        secret, stored = registry.create(request.agent)
-        log.info("token %s created for agent %s", stored.id, stored.agent)
-        return TokenCreated(id=request.id, token=secret, info=stored.info), set()
-    revoked = registry.revoke(agent=request.agent, token_id=request.token_id)
-    log.info("revoked token(s) %s", ", ".join(token.id for token in revoked))
-    return (TokensRevoked(id=request.id, tokens=[token.info for token in revoked]),
-            {token.id for token in revoked})

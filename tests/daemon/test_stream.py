@@ -159,8 +159,8 @@ def test_a_reader_that_stalls_slows_no_writer_and_misses_nothing(env: dict[str, 
             for _ in range(20):  # 2,000 units: far more than the socket buffers hold
                 engram.create_units([requests.draft("s", "MESSAGE", payload)] * 100)
             head = engram.status().journal.last_seq  # type: ignore[union-attr]
-        assert running.server is not None and running.server.engine.hub is not None
-        assert running.server.engine.hub.detached_for_lag >= 1
+        assert running.server is not None and running.server.engine.ready().hub is not None
+        assert running.server.engine.ready().hub.detached_for_lag >= 1
         seqs = []
         while len(seqs) < head:
             message = stalled.receive()

@@ -1,0 +1,240 @@
+"""Reads: units, relationships, contexts, search, and where a subscription starts.
+
+Everything here reads the store, which only ever holds durable changes (the
+write path is :mod:`engramd.writes`), and returns plain values; the dispatcher
+builds the replies. Units travel as the stored bytes, never decoded on the way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import cast
+
+import msgspec
+
+from engramd import validate
+from engramd.caller import Caller
+from engramd.events import EventHub, Filter, Subscriber
+from engramd.indexer import Indexer
+from engramd.protocol import (
+    BadRequest,
+    ListUnits,
+    NotFound,
+    RelatedEdge,
+    Search,
+    SearchHit,
+    Subscribe,
+    TooLarge,
+)
+from engramd.protocol.model import Context, Unit
+from engramd.search import QueryError, plain_query
+from engramd.storage import Store, seq_from
+
+_context_decoder = msgspec.msgpack.Decoder(Context)
+MAX_PAGE = 10_000
+MAX_DEPTH = 16
+MAX_EDGES = 10_000
+EVENT_KINDS = ("unit.created", "context.created", "context.updated", "lock.acquired",
+               "lock.renewed", "lock.released", "lock.expired")
+
+
+class _UnitHeader(msgspec.Struct):
+    """The fields list filters look at, decoded without the payload."""
+
+    agent_id: str
+    type: str
+    ts: dt.datetime
+
+
+_header_decoder = msgspec.msgpack.Decoder(_UnitHeader)
+
+
+def _micros(value: dt.datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1_000_000)
+
+
+def _raw_units(encoded: Iterable[bytes | None]) -> list[Unit]:
+    """Stored unit bytes, sent on as they are: msgspec embeds Raw values verbatim."""
+    return cast(list[Unit], [msgspec.Raw(data) for data in encoded if data is not None])
+
+
+@dataclass(frozen=True)
+class Related:
+    """A unit and the relationships around it, to the requested depth."""
+
+    root: str
+    edges: list[RelatedEdge]
+    units: list[Unit]
+
+
+class Queries:
+    def __init__(self, store: Store, hub: EventHub, indexer: Indexer,
+                 heartbeat_seconds: float) -> None:
+        self.store = store
+        self.hub = hub
+        self.indexer = indexer
+        self.heartbeat_seconds = heartbeat_seconds
+
+    # -- units ----------------------------------------------------------------------
+
+    def get_units(self, unit_ids: list[str]) -> tuple[list[Unit], list[str]]:
+        """The units found, in request order, and the ids that were not."""
+        if len(unit_ids) > MAX_PAGE:
+            raise TooLarge(f"{len(unit_ids)} ids in one request, limit {MAX_PAGE}")
+        found = self.store.units_by_id([validate.unit_id(unit_id) for unit_id in unit_ids])
+        missing = [unit_id for unit_id, raw in zip(unit_ids, found, strict=True) if raw is None]
+        return _raw_units(found), missing
+
+    def list_units(self, request: ListUnits) -> tuple[list[Unit], int | None]:
+        """A page of a context's units, and the cursor of the next page (None at the end)."""
+        validate.context_id(request.context_id)
+        if not 1 <= request.limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be 1 to {MAX_PAGE}")
+        if request.before is not None and request.after is not None:
+            raise BadRequest("give before or after, not both")
+        types = {validate.unit_type(kind) for kind in request.types}
+        agents = set(request.agents)
+        filtering = bool(types or agents or request.since or request.until)
+        forward = request.after is not None
+        rows = self.store.scan_context(request.context_id, after=request.after,
+                                       before=request.before, newest_first=not forward)
+        picked: list[tuple[int, bytes]] = []
+        more = False
+        for key, raw in rows:
+            if filtering:
+                header = _header_decoder.decode(raw)
+                if ((types and header.type not in types)
+                        or (agents and header.agent_id not in agents)
+                        or (request.since and header.ts < request.since)
+                        or (request.until and header.ts > request.until)):
+                    continue
+            if len(picked) == request.limit:
+                more = True
+                break
+            picked.append((seq_from(key), raw))
+        next_cursor = picked[-1][0] if more else None
+        if forward == request.reverse:  # stored order is the wrong way round
+            picked.reverse()
+        return _raw_units(raw for _, raw in picked), next_cursor
+
+    def related(self, unit_id: str, types: list[str], direction: str, depth: int) -> Related:
+        """Units linked to *unit_id* by relationships of *types*, breadth first."""
+        root = validate.unit_id(unit_id)
+        if self.store.unit_location(root) is None:
+            raise NotFound(f"no unit {root}")
+        if direction not in ("out", "in", "both"):
+            raise BadRequest("direction must be out, in or both")
+        if not 1 <= depth <= MAX_DEPTH:
+            raise BadRequest(f"depth must be 1 to {MAX_DEPTH}")
+        kinds = {validate.relationship_type(kind) for kind in types}
+        directions = {"out": "o", "in": "i", "both": "oi"}[direction]
+        edges: list[RelatedEdge] = []
+        seen_edges: set[tuple[str, str, str]] = set()
+        visited = {root}
+        frontier = [root]
+        for level in range(1, depth + 1):
+            following = []
+            for current in frontier:
+                for way in directions:
+                    for source, kind, target in self.store.relationships(current, way):
+                        if (kinds and kind not in kinds) or (source, kind, target) in seen_edges:
+                            continue
+                        seen_edges.add((source, kind, target))
+                        edges.append(RelatedEdge(source=source, type=kind, target=target,
+                                                 depth=level))
+                        other = target if source == current else source
+                        if other not in visited:
+                            visited.add(other)
+                            following.append(other)
+                        if len(edges) >= MAX_EDGES:
+                            raise TooLarge(f"more than {MAX_EDGES} relationships; lower the depth")
+            frontier = following
+        return Related(root, edges, _raw_units(self.store.units_by_id(sorted(visited))))
+
+    # -- contexts ---------------------------------------------------------------------
+
+    def get_context(self, context_id: str) -> Context:
+        raw = self.store.context(validate.context_id(context_id))
+        if raw is None:
+            raise NotFound(f"no context {context_id}")
+        return _context_decoder.decode(raw)
+
+    def list_contexts(self, limit: int, after: str | None, prefix: str
+                      ) -> tuple[list[Context], str | None]:
+        """A page of contexts by id, and the id to continue after (None at the end)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be 1 to {MAX_PAGE}")
+        contexts: list[Context] = []
+        for raw in self.store.contexts(prefix=prefix, after=after):
+            if len(contexts) == limit:
+                return contexts, contexts[-1].id
+            contexts.append(_context_decoder.decode(raw))
+        return contexts, None
+
+    def watchers(self, context_id: str) -> list[str]:
+        """Agents whose live subscriptions cover *context_id* now (presence)."""
+        return self.hub.watchers(context_id)
+
+    # -- search -----------------------------------------------------------------------
+
+    async def search(self, request: Search) -> tuple[int, list[SearchHit]]:
+        """How many units match in all, and the page of hits asked for."""
+        if not 1 <= request.limit <= 1000 or request.offset < 0:
+            raise BadRequest("limit must be 1 to 1000 and offset at least 0")
+        if len(request.query) > 4096:
+            raise TooLarge("query over 4096 characters")
+        if request.advanced and not request.query.strip():
+            raise BadRequest("an advanced query needs some FTS5 syntax")
+        query = request.query if request.advanced else plain_query(request.query)
+        unit_ids: set[str] | None = None
+        if request.related_to is not None:
+            related = self.related(request.related_to, request.related_types,
+                                   request.related_direction, request.related_depth)
+            unit_ids = {edge.source for edge in related.edges} | {
+                edge.target for edge in related.edges}
+            unit_ids.discard(related.root)
+        try:
+            total, hits = await self.indexer.search(
+                query, contexts=request.contexts, agents=request.agents,
+                types=[validate.unit_type(kind) for kind in request.types],
+                meta=request.meta, since_us=_micros(request.since),
+                until_us=_micros(request.until), unit_ids=unit_ids, limit=request.limit,
+                offset=request.offset)
+        except QueryError as exc:
+            raise BadRequest(f"cannot read the query: {exc}") from None
+        return total, [SearchHit(unit_id=hit.unit_id, seq=hit.seq, score=round(hit.score, 6),
+                                 snippet=hit.snippet) for hit in hits]
+
+    # -- the live stream ----------------------------------------------------------------
+
+    def subscriber(self, request: Subscribe, caller: Caller) -> Subscriber:
+        """A subscriber for *request*, its cursor resolved (named cursor, after, or now)."""
+        for context_id in request.contexts:
+            validate.context_id(context_id)
+        unknown = set(request.kinds) - set(EVENT_KINDS)
+        if unknown:
+            raise BadRequest(f"unknown event kind {', '.join(sorted(unknown))} "
+                             f"(one of {', '.join(EVENT_KINDS)})")
+        for kind in request.types:
+            validate.unit_type(kind)
+        if request.heartbeat is not None and request.heartbeat < 0.01:
+            raise BadRequest("heartbeat must be at least 0.01 seconds")
+        cursor = self.hub.head if request.after is None else request.after
+        if request.after is not None and not request.after >= 0:
+            raise BadRequest("after must be a sequence number (0 for the start)")
+        if request.cursor is not None:
+            validate.name(request.cursor, "cursor name")
+            stored = self.store.cursor(request.cursor)
+            if stored is not None:
+                cursor = stored
+        return Subscriber(id=request.id, agent_id=caller.agent_id, filter=Filter.of(request),
+                          cursor=cursor, heartbeat=request.heartbeat or self.heartbeat_seconds,
+                          cursor_name=request.cursor)
+
+    def ack_cursor(self, name: str, seq: int) -> None:
+        validate.name(name, "cursor name")
+        if seq < 0:
+            raise BadRequest("seq must not be negative")
+        self.store.set_cursor(name, seq)

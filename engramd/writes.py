@@ -1,0 +1,277 @@
+"""The write path, top to bottom: validate -> build -> commit -> apply -> publish -> index.
+
+1. **Validate** (:class:`Writer`): a request's drafts are checked against the
+   limits (:mod:`engramd.validate`) before anything is queued.
+2. **Build** (the ``build`` closures below): in the committer's batch order each
+   change is numbered and time-stamped and checked against current state — the
+   store, plus what the earlier changes of the same batch did (:class:`InFlight`):
+   contexts, relationship targets, idempotency keys, fences.
+3. **Commit** (:mod:`engramd.commit`): the batch's records go to the log with one
+   ``write`` and one ``fdatasync`` in a worker thread. Durable from here.
+4. **Apply**: the same thread applies the batch to the store.
+5. **Publish** (:func:`published`): the committer hands the applied events here,
+   and they go to the event hub for the live stream,
+6. **Index**: and the search indexer is woken to take them.
+
+Only then are the requests answered.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from engramd import ids, validate
+from engramd.caller import Caller
+from engramd.commit import GroupCommitter
+from engramd.events import EventHub, describe_live
+from engramd.indexer import Indexer
+from engramd.protocol import (
+    BadRequest,
+    Conflict,
+    CreateContext,
+    Fence,
+    NotFound,
+    TooLarge,
+    UnitDraft,
+    UpdateContext,
+)
+from engramd.protocol.model import (
+    Context,
+    ContextChange,
+    ContextCreated,
+    ContextUpdated,
+    Unit,
+    UnitCreated,
+)
+from engramd.storage import Store
+from engramd.wal.record import Entry
+
+_unit_decoder = msgspec.msgpack.Decoder(Unit)
+_context_decoder = msgspec.msgpack.Decoder(Context)
+
+
+@dataclass
+class InFlight:
+    """What the changes built into the batch being written did, before the store has it."""
+
+    units: dict[str, Unit] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    contexts: dict[str, Context] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        """The batch is in the store (or was refused): the store is the truth again."""
+        self.units.clear()
+        self.keys.clear()
+        self.contexts.clear()
+
+
+def published(in_flight: InFlight, hub: EventHub, indexer: Indexer
+              ) -> Callable[[list[Entry]], None]:
+    """What the committer calls once a batch is durable and applied: steps 5 and 6."""
+
+    def applied(entries: list[Entry]) -> None:
+        in_flight.clear()
+        hub.publish(describe_live(event) for entry in entries for event in entry.events)
+        indexer.wake()
+
+    return applied
+
+
+@dataclass(frozen=True)
+class Written:
+    """What ``unit.create`` wrote: the units in draft order, and the ids reused by key."""
+
+    units: list[Unit]
+    reused: list[str]
+
+
+class Writer:
+    """Units and contexts, through validation, the batch and the log."""
+
+    def __init__(self, store: Store, committer: GroupCommitter, in_flight: InFlight,
+                 limits: validate.WriteLimits, check_fence: Callable[[Fence], None]) -> None:
+        self.store = store
+        self.committer = committer
+        self.in_flight = in_flight
+        self.limits = limits
+        self.check_fence = check_fence
+
+    # -- state lookups, in-flight first ------------------------------------------
+
+    def _context(self, context_id: str) -> Context | None:
+        found = self.in_flight.contexts.get(context_id)
+        if found is not None:
+            return found
+        raw = self.store.context(context_id)
+        return None if raw is None else _context_decoder.decode(raw)
+
+    def _unit_exists(self, unit_id: str) -> bool:
+        return unit_id in self.in_flight.units or self.store.unit_location(unit_id) is not None
+
+    def _unit(self, unit_id: str) -> Unit:
+        found = self.in_flight.units.get(unit_id)
+        if found is not None:
+            return found
+        (raw,) = self.store.units_by_id([unit_id])
+        assert raw is not None, unit_id  # its key said it exists
+        return _unit_decoder.decode(raw)
+
+    # -- units ----------------------------------------------------------------------
+
+    async def create_units(self, drafts: list[UnitDraft], caller: Caller) -> Written:
+        if not drafts:
+            raise BadRequest("no units to create")
+        if len(drafts) > self.limits.max_batch_units:
+            raise TooLarge(f"{len(drafts)} units in one request, limit "
+                           f"{self.limits.max_batch_units}")
+        checked = [validate.draft(draft, self.limits) for draft in drafts]
+        validate.name(caller.agent_id, "agent id")
+        in_flight = self.in_flight
+
+        def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, Written]:
+            seq = first_seq
+            events: list[UnitCreated | ContextCreated | ContextUpdated] = []
+            units: list[Unit] = []
+            reused: list[str] = []
+            new_units: dict[str, Unit] = {}
+            keys: dict[str, str] = {}
+            contexts: dict[str, Context] = {}
+            for draft in checked:
+                if draft.fence is not None:
+                    self.check_fence(draft.fence)
+                key = draft.idempotency_key
+                if key is not None:
+                    known = keys.get(key) or in_flight.keys.get(key) \
+                        or self.store.idempotent_unit(key)
+                    if known is not None:
+                        units.append(new_units.get(known) or self._unit(known))
+                        reused.append(known)
+                        continue
+                for rel in draft.relationships:
+                    if rel.target not in new_units and not self._unit_exists(rel.target):
+                        raise BadRequest(f"relationship {rel.type} to unknown unit {rel.target}")
+                context = contexts.get(draft.context_id) or self._context(draft.context_id)
+                if context is None:
+                    context = Context(id=draft.context_id, display_name=draft.context_id,
+                                      agent_ids=[caller.agent_id], pinned_units=[], meta={},
+                                      created_at=ts, updated_at=ts)
+                    events.append(ContextCreated(seq=seq, ts=ts, context_id=context.id,
+                                                 context=context))
+                    seq += 1
+                elif caller.agent_id not in context.agent_ids:
+                    context = msgspec.structs.replace(
+                        context, agent_ids=[*context.agent_ids, caller.agent_id], updated_at=ts)
+                    events.append(ContextUpdated(
+                        seq=seq, ts=ts, context_id=context.id, context=context,
+                        changes=[ContextChange(kind="agent_joined", value=caller.agent_id)]))
+                    seq += 1
+                contexts[context.id] = context
+                unit = Unit(id=ids.uuid7(), seq=seq, context_id=draft.context_id,
+                            agent_id=caller.agent_id, type=draft.type, ts=ts, meta=draft.meta,
+                            payload=draft.payload, relationships=draft.relationships,
+                            uid=caller.uid, pid=caller.pid)
+                events.append(UnitCreated(seq=seq, ts=ts, context_id=unit.context_id, unit=unit))
+                seq += 1
+                units.append(unit)
+                new_units[unit.id] = unit
+                if key is not None:
+                    keys[key] = unit.id
+            in_flight.units.update(new_units)
+            in_flight.keys.update(keys)
+            in_flight.contexts.update(contexts)
+            entry = Entry(first_seq=first_seq, events=list(events), idempotency_keys=keys)
+            return (entry if events else None), Written(units, reused)
+
+        return await self.committer.commit(build)
+
+    # -- contexts ---------------------------------------------------------------------
+
+    async def create_context(self, request: CreateContext, caller: Caller) -> Context:
+        context_id = validate.context_id(request.context_id) if request.context_id \
+            else ids.context_slug()
+        display_name = validate.name(request.display_name or context_id, "display name")
+        meta = validate.meta(request.meta, self.limits)
+
+        def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, Context]:
+            if self._context(context_id) is not None:
+                raise Conflict(f"context {context_id} already exists")
+            context = Context(id=context_id, display_name=display_name,
+                              agent_ids=[caller.agent_id], pinned_units=[], meta=meta,
+                              created_at=ts, updated_at=ts)
+            self.in_flight.contexts[context_id] = context
+            event = ContextCreated(seq=first_seq, ts=ts, context_id=context_id, context=context)
+            return Entry(first_seq=first_seq, events=[event]), context
+
+        return await self.committer.commit(build)
+
+    async def update_context(self, request: UpdateContext) -> Context:
+        validate.context_id(request.context_id)
+        for agent in [*request.add_agents, *request.remove_agents]:
+            validate.name(agent, "agent id")
+        for unit_id in [*request.pin, *request.unpin]:
+            validate.unit_id(unit_id)
+        if request.display_name is not None:
+            validate.name(request.display_name, "display name")
+        validate.meta(request.set_meta, self.limits)
+
+        def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, Context]:
+            context = self._context(request.context_id)
+            if context is None:
+                raise NotFound(f"no context {request.context_id}")
+            updated, changes = self._changed(context, request)
+            if not changes:
+                return None, context
+            updated = msgspec.structs.replace(updated, updated_at=ts)
+            self.in_flight.contexts[updated.id] = updated
+            event = ContextUpdated(seq=first_seq, ts=ts, context_id=updated.id,
+                                   context=updated, changes=changes)
+            return Entry(first_seq=first_seq, events=[event]), updated
+
+        return await self.committer.commit(build)
+
+    def _changed(self, context: Context, request: UpdateContext
+                 ) -> tuple[Context, list[ContextChange]]:
+        """*context* as *request* changes it, and the changes (none: nothing to write)."""
+        changes: list[ContextChange] = []
+
+        def change(kind: str, values: Iterable[str]) -> None:
+            changes.extend(ContextChange(kind=kind, value=value) for value in values)
+
+        name = context.display_name
+        if request.display_name is not None and request.display_name != name:
+            name = request.display_name
+            change("renamed", [name])
+        agents = list(context.agent_ids)
+        joining = [agent for agent in dict.fromkeys(request.add_agents) if agent not in agents]
+        agents += joining
+        change("agent_joined", joining)
+        leaving = [agent for agent in dict.fromkeys(request.remove_agents) if agent in agents]
+        agents = [agent for agent in agents if agent not in leaving]
+        change("agent_left", leaving)
+        pinned = list(context.pinned_units)
+        for unit_id in request.pin:
+            if not self._unit_exists(unit_id):
+                raise NotFound(f"cannot pin unknown unit {unit_id}")
+        pinning = [unit for unit in dict.fromkeys(request.pin) if unit not in pinned]
+        pinned += pinning
+        change("unit_pinned", pinning)
+        unpinning = [unit for unit in dict.fromkeys(request.unpin) if unit in pinned]
+        pinned = [unit for unit in pinned if unit not in unpinning]
+        change("unit_unpinned", unpinning)
+        meta = dict(context.meta)
+        setting = {key: value for key, value in request.set_meta.items()
+                   if meta.get(key) != value}
+        meta.update(setting)
+        change("meta_set", setting)
+        unsetting = [key for key in dict.fromkeys(request.unset_meta) if key in meta]
+        for key in unsetting:
+            del meta[key]
+        change("meta_unset", unsetting)
+        if len(meta) > self.limits.max_meta_entries:
+            raise TooLarge(f"{len(meta)} metadata entries, limit {self.limits.max_meta_entries}")
+        return msgspec.structs.replace(context, display_name=name, agent_ids=agents,
+                                       pinned_units=pinned, meta=meta), changes
