@@ -50,17 +50,17 @@ lock:
 		pyproject.toml requirements-build.in -o $(LOCK)
 
 lint: $(STAMP)
-	$(BIN)/ruff check engramd engram_cli tests
+	$(BIN)/ruff check engramd engram_cli tools tests
 	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/engram bench
 
 completions: $(STAMP)
-	$(BIN)/python -m engram_cli.docgen completions completions
+	$(BIN)/python -m tools.docgen completions completions
 
 man: $(STAMP)
-	$(BIN)/python -m engram_cli.docgen man man
+	$(BIN)/python -m tools.docgen man man
 
 check: lint test
 

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if COMPLETE_VAR in os.environ:
         # The shell asks for completions (see completions/); load the shell
         # classes only then, to keep ordinary start-up fast.
-        from typer._completion_classes import completion_init
+        from typer.completion import completion_init
 
         completion_init()
     try:

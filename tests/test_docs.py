@@ -10,10 +10,10 @@ import pytest
 import typer
 
 from engram_cli.app import app
-from engram_cli.docgen import completion_scripts, man_pages
 from engram_cli.errors import ExitCode
 from engramd.config import SETTINGS
 from engramd.protocol import ErrorCode
+from tools.docgen import completion_scripts, man_pages
 
 ROOT = Path(__file__).parent.parent
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -48,11 +49,24 @@ def test_daemon_never_imports_the_cli_side(path: Path) -> None:
 @pytest.mark.parametrize("path", modules("engram_cli"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_cli_uses_only_the_protocol_of_the_daemon(path: Path) -> None:
     allowed = {"engramd", "engramd.protocol"}
-    if path.name == "docgen.py":  # documents the daemon's options and settings
-        allowed |= {"engramd.config", "engramd.main"}
     for name in imports_of(path):
         if name.split(".")[0] == "engramd":
             assert name in allowed or name.startswith("engramd.protocol"), f"{path} imports {name}"
+
+
+@pytest.mark.parametrize("path", modules("engram_cli"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_cli_uses_only_typer_s_public_modules(path: Path) -> None:
+    for name in imports_of(path):
+        top, *rest = name.split(".")
+        assert top != "typer" or not any(part.startswith("_") for part in rest), \
+            f"{path} imports {name}"
+
+
+def test_build_tooling_is_not_installed() -> None:
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())[
+        "tool"]["setuptools"]["packages"]["find"]["include"]
+    assert not [pattern for pattern in include if pattern.startswith("tools")]
+    assert not list((ROOT / "engram_cli").glob("docgen*"))
 
 
 def test_only_output_imports_rich() -> None:

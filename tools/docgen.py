@@ -1,6 +1,6 @@
 """Generate the shell completions and man pages from the code itself.
 
-``python -m engram_cli.docgen completions DIR`` and ``... man DIR`` (the make
+``python -m tools.docgen completions DIR`` and ``... man DIR`` (the make
 targets ``completions`` and ``man``). The command tree comes from the Typer app
 and the daemon's options from its argparse parser and settings table, so the
 checked-in files can be regenerated and compared by the tests.
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import typer
-from typer._completion_shared import get_completion_script
+from typer.completion import get_completion_script
 
 from engram_cli import __version__
 from engram_cli.app import COMPLETE_VAR, EXIT_CODES_HELP, app
@@ -225,7 +225,7 @@ def write(files: dict[str, str], directory: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[0] not in ("completions", "man"):
-        print("usage: python -m engram_cli.docgen completions|man DIR", file=sys.stderr)
+        print("usage: python -m tools.docgen completions|man DIR", file=sys.stderr)
         return 2
     kind, directory = args
     write(completion_scripts() if kind == "completions" else man_pages(), directory)
