@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import get_args
 
 import msgspec
 import pytest
@@ -21,35 +22,48 @@ from engramd.protocol import (
     ContextChange,
     ContextCreated,
     ContextFound,
+    ContextPage,
     ContextUpdated,
+    CreateContext,
     CreateToken,
     CreateUnits,
+    DaemonStats,
     DaemonStatus,
     Done,
     ErrorReply,
     EventPush,
+    GetContext,
     GetLock,
+    GetStats,
     GetStatus,
+    GetUnits,
     Heartbeat,
     Hello,
+    HistogramData,
     JournalStatus,
     Lagged,
     Lease,
     LeaseLost,
     LeaseRenewed,
     Limits,
+    ListContexts,
     ListLocks,
     ListTokens,
     ListUnits,
     LockAcquired,
+    LockExpired,
     LockFound,
     LockPage,
     LockReleased,
+    LockRenewed,
     LocksGranted,
     LockState,
     Ping,
     Pong,
     Reindex,
+    RelatedEdge,
+    RelatedFound,
+    RelatedUnits,
     Relationship,
     ReleaseLock,
     RenewLock,
@@ -69,6 +83,8 @@ from engramd.protocol import (
     UnitCreated,
     UnitDraft,
     UnitPage,
+    UnitsCreated,
+    UnitsFound,
     Unsubscribe,
     UpdateContext,
     Waiter,
@@ -76,6 +92,7 @@ from engramd.protocol import (
     encode_message,
 )
 from engramd.protocol.messages import AnyClientMessage, AnyServerMessage
+from engramd.protocol.model import AnyEvent
 from engramd.wal.record import Entry, SegmentHeader, encode_record
 
 GOLDEN = Path(__file__).parent.parent / "data" / "golden_messages.txt"
@@ -126,6 +143,14 @@ CLIENT_MESSAGES = {
     "token_create": CreateToken(id=19, agent="alice"),
     "token_list": ListTokens(id=20),
     "token_revoke": RevokeTokens(id=21, agent="alice", token_id=None),
+    "unit_get": GetUnits(id=22, ids=[UNIT.id]),
+    "unit_related": RelatedUnits(id=23, unit_id=UNIT.id, types=["CAUSES"], direction="out",
+                                 depth=2),
+    "context_create": CreateContext(id=24, context_id="build-42", display_name="Build 42",
+                                    meta={"branch": "main"}),
+    "context_get": GetContext(id=25, context_id="build-42"),
+    "context_list": ListContexts(id=26, limit=10, after="build-41", prefix="build-"),
+    "stats": GetStats(id=27),
 }
 TOKEN = TokenInfo(id="0123456789ab", agent="alice", created_at=WHEN)
 LEASE = Lease(resource="deploy:prod", holder="alice", lock_id="0123456789abcdef",
@@ -169,6 +194,17 @@ SERVER_MESSAGES = {
     "token_created": TokenCreated(id=19, token="egt_0123456789ab_secret", info=TOKEN),
     "token_page": TokenPage(id=20, tokens=[TOKEN]),
     "token_revoked": TokensRevoked(id=21, tokens=[TOKEN]),
+    "unit_created": UnitsCreated(id=5, units=[UNIT], reused=[]),
+    "unit_found": UnitsFound(id=22, units=[UNIT], missing=["0193a1b2-c3d4-7e5f-8a6b-0000000000ff"]),
+    "unit_related_found": RelatedFound(id=23, root=UNIT.id, edges=[RelatedEdge(
+        source=UNIT.id, type="RESPONDS_TO", target="0193a1b2-c3d4-7e5f-8a6b-000000000001",
+        depth=1)], units=[UNIT]),
+    "context_page": ContextPage(id=26, contexts=[CONTEXT], next_cursor="build-42"),
+    "daemon_stats": DaemonStats(id=27, counters={"requests_total{op=\"ping\"}": 3},
+                                gauges={"connections": 1.0}, histograms={
+                                    "fsync_seconds": HistogramData(bounds=[0.001, 0.01],
+                                                                   counts=[4, 1, 0], count=5,
+                                                                   sum=0.0123)}),
 }
 EVENTS = {
     "event_unit_created": UnitCreated(seq=7, ts=WHEN, context_id="build-42", unit=UNIT),
@@ -177,10 +213,22 @@ EVENTS = {
     "event_lock_acquired": LockAcquired(seq=42, ts=WHEN, context_id="", lease=LEASE),
     "event_lock_released": LockReleased(seq=43, ts=WHEN, context_id="", lease=LEASE,
                                         reason="released", by="alice"),
+    "event_lock_renewed": LockRenewed(seq=44, ts=WHEN, context_id="", lease=LEASE),
+    "event_lock_expired": LockExpired(seq=45, ts=WHEN, context_id="", lease=LEASE),
     "event_context_updated": ContextUpdated(
         seq=8, ts=WHEN, context_id="build-42", context=CONTEXT,
         changes=[ContextChange(kind="unit_pinned", value=UNIT.id)]),
 }
+
+
+def test_every_message_and_event_type_has_golden_bytes() -> None:
+    """A new message or event type fails here until it has a line in the golden file."""
+    covered = {type(example) for example in
+               [*CLIENT_MESSAGES.values(), *SERVER_MESSAGES.values(), *EVENTS.values()]}
+    every = {*get_args(AnyClientMessage), *get_args(AnyServerMessage), *get_args(AnyEvent)}
+    assert not every - covered, sorted(cls.__name__ for cls in every - covered)
+    names = set(golden())
+    assert set(CLIENT_MESSAGES) | set(SERVER_MESSAGES) | set(EVENTS) <= names
 
 
 def golden() -> dict[str, str]:
