@@ -1,0 +1,275 @@
+"""The lease table, the group committer and the event hub on their own, on trio's virtual clock.
+
+Each is driven directly (no socket, no server) over a real store and log in a
+temporary directory; time is trio's autojump clock, so a 60-second ttl or a
+5-second batching window takes no real time and is exact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from engramd.caller import Caller
+from engramd.commit import GroupCommitter
+from engramd.events import EventHub, Filter, Subscriber, describe_live
+from engramd.leases import LeaseManager
+from engramd.locks import Holding, LockTable, Waiting
+from engramd.protocol import AcquireLock, BadRequest, Heartbeat, Lagged, Lease
+from engramd.protocol.messages import AnyServerMessage
+from engramd.protocol.model import Context, ContextCreated
+from engramd.server import encode_event_push
+from engramd.storage import Store
+from engramd.wal.log import WriteAheadLog
+from engramd.wal.record import Entry
+
+WHEN = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+_push = msgspec.msgpack.Decoder(AnyServerMessage)
+
+
+# -- the lease table ------------------------------------------------------------------
+
+
+def lease(resource: str, agent: str, session: str) -> Lease:
+    return Lease(resource=resource, holder=agent, lock_id=f"{resource}-{session}",
+                 fencing_token=1, acquired_at=WHEN, expires_at=WHEN, ttl=60,
+                 session=session, holder_pid=1)
+
+
+async def test_a_waiter_is_served_when_first_in_line_on_every_resource() -> None:
+    table = LockTable()
+    table.install(Holding(lease("a", "x", "s1"), deadline=10))
+    first, both = Waiting("y", "s2", 2, ["a"]), Waiting("z", "s3", 3, ["a", "b"])
+    table.enqueue(first)
+    table.enqueue(both)
+    table.pump()
+    assert not first.turn.is_set() and not both.turn.is_set()  # a is held
+    table.remove(table.held["a"])
+    table.pump()
+    assert first.turn.is_set() and not both.turn.is_set()  # a is reserved for first
+    assert not table.free("a") and table.free("b")
+    table.install(Holding(lease("a", "y", "s2"), deadline=20))
+    table.remove(table.held["a"])
+    table.pump()
+    assert both.turn.is_set()
+    assert table.reserved == {"a", "b"}
+
+
+async def test_holders_and_cycles_are_sessions_of_agents() -> None:
+    table = LockTable()
+    table.install(Holding(lease("x", "A", "s1"), deadline=10))
+    table.install(Holding(lease("y", "B", "s2"), deadline=10))
+    assert table.held_in(("A", "s1"), ["y", "x"]) is table.held["x"]
+    assert table.held_in(("A", "s9"), ["x"]) is None  # another session of A
+    assert table.held_in(("C", "s1"), ["x"]) is None  # the same session name, another agent
+    table.enqueue(Waiting("A", "s1", 1, ["y"]))
+    steps = table.cycle(("B", "s2"), ["x"])
+    assert steps is not None
+    assert [(resource, holding.lease.holder) for resource, holding in steps] == [
+        ("x", "A"), ("y", "B")]
+    table.dequeue(next(iter(table.queues["y"])))
+    table.enqueue(Waiting("A", "s9", 1, ["y"]))  # A's other session waits: no cycle
+    assert table.cycle(("B", "s2"), ["x"]) is None
+
+
+async def test_the_next_deadline_is_the_earliest_holding() -> None:
+    table = LockTable()
+    assert table.next_deadline() == float("inf")
+    table.install(Holding(lease("a", "x", "s"), deadline=30))
+    table.install(Holding(lease("b", "x", "s"), deadline=20))
+    assert table.next_deadline() == 20
+    assert [h.lease.resource for h in table.expired(25)] == ["b"]
+
+
+# -- a store and a log in a temporary directory ----------------------------------------
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[tuple[Store, WriteAheadLog]]:
+    store = Store(os.path.join(tmp_path, "store"))
+    wal = WriteAheadLog(os.path.join(tmp_path, "wal"), segment_bytes=1 << 20, sync=False)
+    wal.recover(store.applied_seq, store.apply)
+    yield store, wal
+    wal.close()
+    store.close()
+
+
+def committer_over(storage: tuple[Store, WriteAheadLog], *, batch_size: int = 64,
+                   window: float = 0.0) -> tuple[GroupCommitter, list[Entry]]:
+    applied: list[Entry] = []
+    store, wal = storage
+    return GroupCommitter(wal, store, batch_size=batch_size, window=window,
+                          checkpoint_bytes=1 << 30, on_applied=applied.extend,
+                          on_aborted=lambda: None), applied
+
+
+def context_created(name: str):  # type: ignore[no-untyped-def]
+    """A build that creates context *name*; returns the seq it got."""
+    def build(first_seq: int, ts: dt.datetime) -> tuple[Entry, int]:
+        context = Context(id=name, display_name=name, agent_ids=["t"], pinned_units=[],
+                          meta={}, created_at=ts, updated_at=ts)
+        event = ContextCreated(seq=first_seq, ts=ts, context_id=name, context=context)
+        return Entry(first_seq=first_seq, events=[event]), first_seq
+    return build
+
+
+@pytest.fixture
+async def running(storage: tuple[Store, WriteAheadLog]
+                  ) -> AsyncIterator[tuple[GroupCommitter, list[Entry]]]:
+    committer, applied = committer_over(storage, window=5.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        yield committer, applied
+        nursery.cancel_scope.cancel()
+
+
+# -- the group committer ---------------------------------------------------------------
+
+
+async def test_requests_that_arrive_together_share_one_batch_in_order(
+        running: tuple[GroupCommitter, list[Entry]]) -> None:
+    committer, applied = running
+    seqs: dict[int, int] = {}
+
+    async def one(n: int) -> None:
+        seqs[n] = await committer.commit(context_created(f"c{n}"))
+
+    async with trio.open_nursery() as nursery:
+        for n in range(20):
+            nursery.start_soon(one, n)
+    assert committer.stats.batches == 1 and committer.stats.entries == 20
+    assert sorted(seqs.values()) == list(range(1, 21))
+    assert [entry.first_seq for entry in applied] == list(range(1, 21))
+
+
+async def test_a_failing_build_fails_only_its_own_request(
+        running: tuple[GroupCommitter, list[Entry]]) -> None:
+    committer, applied = running
+
+    def refused(first_seq: int, ts: dt.datetime) -> tuple[Entry, int]:
+        raise BadRequest("no")
+
+    results: dict[int, object] = {}
+
+    async def attempt(n: int, build) -> None:  # type: ignore[no-untyped-def]
+        try:
+            results[n] = await committer.commit(build)
+        except BadRequest as exc:
+            results[n] = exc
+
+    async with trio.open_nursery() as nursery:
+        for n, build in enumerate((context_created("a"), refused, context_created("b"))):
+            nursery.start_soon(attempt, n, build)
+    # (trio starts tasks in no promised order: the batch's order is the commits')
+    assert isinstance(results[1], BadRequest) and {results[0], results[2]} == {1, 2}
+    assert [entry.first_seq for entry in applied] == [1, 2]
+
+
+async def test_under_load_a_batch_waits_the_window_to_fill(
+        running: tuple[GroupCommitter, list[Entry]], autojump_clock: trio.abc.Clock) -> None:
+    committer, _ = running
+    async with trio.open_nursery() as nursery:  # a busy batch first (more than one request)
+        for n in range(3):
+            nursery.start_soon(committer.commit, context_created(f"busy{n}"))
+    started = trio.current_time()
+    await committer.commit(context_created("late"))
+    assert trio.current_time() - started == pytest.approx(5.0)
+    started = trio.current_time()
+    await committer.commit(context_created("alone"))  # the last batch held one: no wait
+    assert trio.current_time() - started < 0.001
+
+
+# -- leases on virtual time ---------------------------------------------------------------
+
+
+async def test_a_lease_expires_after_its_ttl_and_the_waiter_gets_it(
+        running: tuple[GroupCommitter, list[Entry]], storage: tuple[Store, WriteAheadLog],
+        autojump_clock: trio.abc.Clock) -> None:
+    committer, _ = running
+    leases = LeaseManager(storage[0], committer, default_ttl=60, max_ttl=3600,
+                          max_per_agent=10, max_waiters=10)
+    alice = Caller(agent_id="alice", uid=0, pid=1, connection_id="conn:1@t")
+    bob = Caller(agent_id="bob", uid=0, pid=2, connection_id="conn:2@t")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(leases.run)
+        started = trio.current_time()
+        (held,) = await leases.acquire(AcquireLock(resources=["r"], ttl=60), alice)
+        # No deadline of its own while waiting (wait=None): the clock can only jump to
+        # the lease's expiry, never past a commit still running in its worker thread.
+        (granted,) = await leases.acquire(AcquireLock(resources=["r"], ttl=60, wait=None),
+                                          bob)
+        assert trio.current_time() - started == pytest.approx(60, abs=0.01)
+        assert granted.holder == "bob" and granted.fencing_token > held.fencing_token
+        assert leases.expired == 1
+        nursery.cancel_scope.cancel()
+
+
+# -- the event hub ------------------------------------------------------------------------
+
+
+def subscriber(heartbeat: float = 5.0) -> Subscriber:
+    return Subscriber(id=9, agent_id="t", filter=Filter(frozenset(), frozenset(), frozenset(),
+                                                        frozenset(), {}),
+                      cursor=0, heartbeat=heartbeat)
+
+
+def created(seq: int) -> ContextCreated:
+    context = Context(id=f"c{seq}", display_name="c", agent_ids=["t"], pinned_units=[],
+                      meta={}, created_at=WHEN, updated_at=WHEN)
+    return ContextCreated(seq=seq, ts=WHEN, context_id=context.id, context=context)
+
+
+async def test_an_idle_subscription_gets_a_heartbeat_each_interval(
+        storage: tuple[Store, WriteAheadLog], autojump_clock: trio.abc.Clock) -> None:
+    hub = EventHub(storage[0], buffer=8, max_lag=100)
+    pushes: list[tuple[float, object]] = []
+
+    async def push(body: bytes) -> None:
+        pushes.append((trio.current_time(), _push.decode(body)))
+
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        nursery.start_soon(hub.serve, subscriber(heartbeat=5.0), push, encode_event_push)
+        await trio.sleep(16)
+        nursery.cancel_scope.cancel()
+    assert [round(at - started, 3) for at, _ in pushes] == [5.0, 10.0, 15.0]
+    assert all(isinstance(message, Heartbeat) for _, message in pushes)
+
+
+async def test_live_events_reach_a_subscriber_in_order_and_a_stalled_one_lags_out(
+        storage: tuple[Store, WriteAheadLog]) -> None:
+    store, _ = storage
+    hub = EventHub(store, buffer=2, max_lag=3)
+    fast: list[object] = []
+    release_slow = trio.Event()
+    slow: list[object] = []
+
+    async def push_fast(body: bytes) -> None:
+        fast.append(_push.decode(body))
+
+    async def push_slow(body: bytes) -> None:
+        await release_slow.wait()
+        slow.append(_push.decode(body))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.serve, subscriber(heartbeat=0), push_fast, encode_event_push)
+        nursery.start_soon(hub.serve, subscriber(heartbeat=0), push_slow, encode_event_push)
+        await trio.testing.wait_all_tasks_blocked()
+        for seq in range(1, 9):
+            event = created(seq)
+            store.apply([Entry(first_seq=seq, events=[event])])
+            hub.publish([describe_live(event)])
+            await trio.testing.wait_all_tasks_blocked()
+        assert [message.event.seq for message in fast] == list(range(1, 9))  # type: ignore[attr-defined]
+        assert hub.detached_for_lag == 1
+        release_slow.set()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert isinstance(slow[-1], Lagged) and slow[-1].head_seq == 8
