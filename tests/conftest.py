@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -231,6 +232,18 @@ def engramd(env: dict[str, str]) -> Iterator[DaemonProcess]:
     handle = DaemonProcess(start_engramd(env), env["ENGRAM_SOCKET"], env)
     yield handle
     handle.stop()
+
+
+def connect(target: DaemonConfig | str, agent: str = "alice", *, timeout: float = 60.0,
+            **options: Any) -> Client:
+    """A blocking client of the test daemon at *target* (a config or a socket path).
+
+    It never starts a daemon, and reads no ``ENGRAM_*`` variable of the test
+    process (unless *options* give ``env``); ``with connect(...) as c`` connects.
+    """
+    path = target if isinstance(target, str) else target.socket
+    options.setdefault("env", {})
+    return Client(path, agent_id=agent, autostart=False, timeout=timeout, **options)
 
 
 def run_cli(env: dict[str, str], *args: str, input: bytes | None = None,

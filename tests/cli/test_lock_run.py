@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from engram_cli.client import Client
 from engram_cli.errors import EngramError
 from engram_cli.lockrun import Command, LeaseKeeper, Timing, supervise
 from engramd.protocol import Lease, LockAcquired, LockRenewed
-from tests.conftest import WAIT, DaemonProcess, ThreadedDaemon, start_engramd, wait_until
+from tests.conftest import WAIT, DaemonProcess, ThreadedDaemon, connect, start_engramd, wait_until
 
 # CMD: note the pid, then the time every 20 ms (to "beats") until "stop" appears,
 # then the end time, and exit 0.
@@ -38,10 +37,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def client(socket: str, agent: str = "observer") -> Client:
-    return Client(socket, agent_id=agent, autostart=False, timeout=WAIT)
-
-
 def start_lock_run(daemon: DaemonProcess, here: Path, ttl: float, resource: str = "job",
                    agent: str = "runner") -> subprocess.Popen[str]:
     return subprocess.Popen(
@@ -53,7 +48,7 @@ def start_lock_run(daemon: DaemonProcess, here: Path, ttl: float, resource: str 
 
 def held(socket: str, resource: str) -> Lease | None:
     try:
-        with client(socket) as engram:
+        with connect(socket, "observer") as engram:
             return engram.get_lock(resource).lease
     except EngramError:  # the daemon is away: nothing can be seen
         return None
@@ -70,7 +65,7 @@ def restart(daemon: DaemonProcess, how: signal.Signals | None) -> None:
 def lease_history(socket: str, resource: str) -> list[Lease]:
     """Every grant and renewal of *resource*, from the journal, in order."""
     leases = []
-    with client(socket) as engram:
+    with connect(socket, "observer") as engram:
         subscription = engram.subscribe(kinds=["lock.acquired", "lock.renewed"], after=0,
                                         heartbeat=0.05)
         head = subscription.head_seq
@@ -98,7 +93,7 @@ def test_cmd_runs_on_through_a_daemon_restart_and_no_one_else_is_granted(
                and lease.expires_at > granted.expires_at, "a renewal after the restart", 15)
     assert held(engramd.socket, "job").lock_id == granted.lock_id  # type: ignore[union-attr]
     rival: list[Lease] = []
-    with client(engramd.socket, "rival") as engram:
+    with connect(engramd.socket, "rival") as engram:
         thread = threading.Thread(target=lambda: rival.extend(
             engram.acquire_lock("job", ttl=5, wait=60)))
         thread.start()
@@ -114,7 +109,7 @@ def test_cmd_runs_on_through_a_daemon_restart_and_no_one_else_is_granted(
 
 
 def client_waiters(socket: str, resource: str) -> list[str]:
-    with client(socket) as engram:
+    with connect(socket, "observer") as engram:
         return [waiter.agent for waiter in engram.get_lock(resource).waiters]
 
 
@@ -136,7 +131,7 @@ def test_cmd_is_stopped_before_its_lease_ends_when_the_daemon_stays_away(
     last_known = lease_history(engramd.socket, "job")[-1]
     margin = Timing(ttl).margin
     assert last_beat < last_known.expires_at.timestamp() - margin * 0.9
-    with client(engramd.socket, "rival") as engram:
+    with connect(engramd.socket, "rival") as engram:
         (rival,) = engram.acquire_lock("job", wait=WAIT)
     assert rival.acquired_at.timestamp() > last_beat
 
@@ -163,7 +158,7 @@ def test_killing_lock_run_kills_cmd_and_frees_the_lease(engramd: DaemonProcess,
     runner.wait(WAIT)
     wait_until(lambda: not Path(f"/proc/{cmd}").exists()
                or "Z" in Path(f"/proc/{cmd}/stat").read_text().split()[2], "CMD to die")
-    with client(engramd.socket, "rival") as engram:
+    with connect(engramd.socket, "rival") as engram:
         (lease,) = engram.acquire_lock("job", wait=WAIT)  # long before the 60 s ttl
     assert lease.holder == "rival"
 
@@ -183,7 +178,7 @@ def test_a_cmd_that_cannot_run_exits_126_or_127_and_takes_no_lease(
 
 
 def test_lock_run_no_wait_exits_4_when_held(engramd: DaemonProcess) -> None:
-    with client(engramd.socket, "holder") as engram:
+    with connect(engramd.socket, "holder") as engram:
         engram.acquire_lock("job", ttl=30)
         for flag in ("-n", "--no-wait"):
             result = subprocess.run(
@@ -206,7 +201,7 @@ def test_timing_stops_cmd_in_time_for_any_ttl() -> None:
 def test_an_unexpected_error_in_the_renewal_stops_cmd(
         threaded_daemon: ThreadedDaemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    with client(threaded_daemon.config.socket, "runner") as engram:
+    with connect(threaded_daemon.config.socket, "runner") as engram:
         leases = engram.acquire_lock("job", ttl=0.9, pid=os.getpid())
 
         def broken(*args: object, **kwargs: object) -> Lease:

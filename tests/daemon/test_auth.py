@@ -13,6 +13,7 @@ from engram_cli.errors import Forbidden, Unavailable
 from engramd.config import DaemonConfig
 from engramd.protocol import admin_token_path
 from tests.conftest import (
+    connect,
     make_config,
     run_cli,
     socket_answers,
@@ -22,10 +23,10 @@ from tests.conftest import (
 )
 
 
-def connect(config: DaemonConfig, agent: str, token: str | None = None,
-            admin: bool = False) -> Client:
-    client = Client(config.socket, agent_id=agent, token=token, admin=admin,
-                    autostart=False, timeout=10, env={})
+def connected(config: DaemonConfig, agent: str, token: str | None = None,
+              admin: bool = False) -> Client:
+    """A client that has shaken hands already, so that a refused hello raises here."""
+    client = connect(config, agent, token=token, admin=admin, timeout=10)
     client.connect()
     return client
 
@@ -38,20 +39,20 @@ def strict(env: dict[str, str]) -> DaemonConfig:
 def test_a_connection_without_a_token_is_refused(strict: DaemonConfig) -> None:
     with start_threaded(strict):
         with pytest.raises(Forbidden, match="requires an agent token"):
-            connect(strict, "alice")
+            connected(strict, "alice")
         with pytest.raises(Forbidden, match="unknown or revoked"):
-            connect(strict, "alice", token="egt_0000_forged")
+            connected(strict, "alice", token="egt_0000_forged")
 
 
 def test_a_token_binds_the_connection_to_its_agent(strict: DaemonConfig) -> None:
     with start_threaded(strict):
-        with connect(strict, "admin", admin=True) as admin:
+        with connected(strict, "admin", admin=True) as admin:
             alice_token = admin.create_token("alice").token
             bob_token = admin.create_token("bob").token
         with pytest.raises(Forbidden, match="belongs to agent alice"):
-            connect(strict, "bob", token=alice_token)
-        with connect(strict, "alice", token=alice_token) as alice, \
-                connect(strict, "bob", token=bob_token) as bob:
+            connected(strict, "bob", token=alice_token)
+        with connected(strict, "alice", token=alice_token) as alice, \
+                connected(strict, "bob", token=bob_token) as bob:
             unit = alice.create_unit("auth", "MESSAGE", "hello")
             assert unit.agent_id == "alice"
             lease = alice.acquire_lock("repo/file")[0]
@@ -63,9 +64,9 @@ def test_a_token_binds_the_connection_to_its_agent(strict: DaemonConfig) -> None
 
 
 def test_revoking_closes_the_connections_and_refuses_new_ones(strict: DaemonConfig) -> None:
-    with start_threaded(strict), connect(strict, "admin", admin=True) as admin:
+    with start_threaded(strict), connected(strict, "admin", admin=True) as admin:
         token = admin.create_token("alice")
-        alice = connect(strict, "alice", token=token.token)
+        alice = connected(strict, "alice", token=token.token)
         alice.ping()
         revoked = admin.revoke_tokens(agent="alice")
         assert [info.id for info in revoked] == [token.info.id]
@@ -73,13 +74,13 @@ def test_revoking_closes_the_connections_and_refuses_new_ones(strict: DaemonConf
             alice.ping()
         alice.close()
         with pytest.raises(Forbidden, match="unknown or revoked"):
-            connect(strict, "alice", token=token.token)
+            connected(strict, "alice", token=token.token)
         assert admin.list_tokens() == []
 
 
 def test_tokens_are_stored_hashed_and_survive_a_restart(strict: DaemonConfig) -> None:
     with start_threaded(strict):
-        with connect(strict, "admin", admin=True) as admin:
+        with connected(strict, "admin", admin=True) as admin:
             created = admin.create_token("alice")
         first_admin_token = Path(admin_token_path(strict.socket)).read_text()
     assert not os.path.exists(admin_token_path(strict.socket))  # withdrawn at stop
@@ -92,9 +93,9 @@ def test_tokens_are_stored_hashed_and_survive_a_restart(strict: DaemonConfig) ->
         path = admin_token_path(strict.socket)
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert Path(path).read_text() != first_admin_token  # a new secret per start
-        with connect(strict, "alice", token=created.token) as alice:
+        with connected(strict, "alice", token=created.token) as alice:
             alice.ping()
-        with connect(strict, "admin", admin=True) as admin:
+        with connected(strict, "admin", admin=True) as admin:
             assert [info.agent for info in admin.list_tokens()] == ["alice"]
 
 
@@ -111,14 +112,14 @@ def test_a_damaged_token_file_stops_the_start_with_its_name(env: dict[str, str])
 
 def test_without_require_tokens_a_token_still_binds(config: DaemonConfig) -> None:
     with start_threaded(config):
-        with connect(config, "anyone") as anyone:
+        with connected(config, "anyone") as anyone:
             anyone.ping()  # no token needed
             with pytest.raises(Forbidden, match="admin token"):
                 anyone.list_tokens()
-        with connect(config, "admin", admin=True) as admin:
+        with connected(config, "admin", admin=True) as admin:
             token = admin.create_token("alice").token
         with pytest.raises(Forbidden, match="belongs to agent alice"):
-            connect(config, "bob", token=token)
+            connected(config, "bob", token=token)
 
 
 def test_cli_token_commands(env: dict[str, str]) -> None:
@@ -163,11 +164,11 @@ def test_the_admin_token_is_in_place_before_the_socket_answers(env: dict[str, st
 def test_with_required_tokens_only_the_admin_stops_breaks_and_reindexes(
         strict: DaemonConfig) -> None:
     with start_threaded(strict):
-        with connect(strict, "admin", admin=True) as admin:
+        with connected(strict, "admin", admin=True) as admin:
             alice_token = admin.create_token("alice").token
             bob_token = admin.create_token("bob").token
-        with connect(strict, "alice", token=alice_token) as alice, \
-                connect(strict, "bob", token=bob_token) as bob:
+        with connected(strict, "alice", token=alice_token) as alice, \
+                connected(strict, "bob", token=bob_token) as bob:
             alice.acquire_lock("deploy:prod", ttl=30)
             with pytest.raises(Forbidden, match=r"lock\.break needs the admin token"):
                 bob.break_lock("deploy:prod", "mine now")
@@ -176,6 +177,6 @@ def test_with_required_tokens_only_the_admin_stops_breaks_and_reindexes(
             with pytest.raises(Forbidden, match="shutdown needs the admin token"):
                 bob.shutdown()
             bob.ping()  # refused requests, not a refused connection
-            with connect(strict, "operator", admin=True) as admin:
+            with connected(strict, "operator", admin=True) as admin:
                 admin.break_lock("deploy:prod", "stuck deploy")
             assert alice.get_lock("deploy:prod").lease is None

@@ -8,18 +8,12 @@ from pathlib import Path
 import pytest
 
 from engram_cli import requests
-from engram_cli.client import Client
 from engram_cli.errors import BadRequest, Conflict, NotFound, TooLarge
-from engramd.config import DaemonConfig
-from tests.conftest import ThreadedDaemon, make_config, start_threaded
-
-
-def client(config: DaemonConfig, agent: str = "alice") -> Client:
-    return Client(config.socket, agent_id=agent, autostart=False, timeout=30)
+from tests.conftest import ThreadedDaemon, connect, make_config, start_threaded
 
 
 def test_a_unit_comes_back_as_written(threaded_daemon: ThreadedDaemon) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         unit = engram.create_unit("build-42", "tool_result", "all green",
                                   meta={"exit": "0"})
         again = engram.get_unit(unit.id)
@@ -33,7 +27,7 @@ def test_a_unit_comes_back_as_written(threaded_daemon: ThreadedDaemon) -> None:
 def test_writing_to_a_new_context_creates_it_and_joins_the_agent(
         threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
-    with client(config) as alice, client(config, "bob") as bob:
+    with connect(config) as alice, connect(config, "bob") as bob:
         alice.create_unit("fresh", "MESSAGE", "hi")
         assert alice.get_context("fresh").agent_ids == ["alice"]
         bob.create_unit("fresh", "MESSAGE", "hello")
@@ -44,14 +38,14 @@ def test_writing_to_a_new_context_creates_it_and_joins_the_agent(
 
 def test_restart_keeps_units_contexts_and_idempotency_keys(env: dict[str, str]) -> None:
     config = make_config(env)
-    with start_threaded(config), client(config) as engram:
+    with start_threaded(config), connect(config) as engram:
         first = engram.create_unit("c1", "MESSAGE", "one", idempotency_key="k-1")
         second = engram.create_unit("c1", "REASONING", b"\x00\xff",
                                     relationships=[("RESPONDS_TO", first.id)])
         engram.update_context("c1", pin=[first.id], display_name="Context one",
                               set_meta={"team": "core"})
         before = engram.status().journal
-    with start_threaded(config), client(config) as engram:
+    with start_threaded(config), connect(config) as engram:
         assert engram.get_units([first.id, second.id]).units == [first, second]
         context = engram.get_context("c1")
         assert context.pinned_units == [first.id] and context.display_name == "Context one"
@@ -67,7 +61,7 @@ def test_restart_keeps_units_contexts_and_idempotency_keys(env: dict[str, str]) 
 
 
 def test_a_batch_is_all_or_nothing(threaded_daemon: ThreadedDaemon) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         good = requests.draft("atomic", "MESSAGE", "fine")
         bad = requests.draft("atomic", "MESSAGE", "points nowhere",
                              relationships=[("CAUSES", "no-such-unit")])
@@ -81,7 +75,7 @@ def test_a_batch_is_all_or_nothing(threaded_daemon: ThreadedDaemon) -> None:
 
 def test_relationships_inside_one_batch_are_not_allowed_forward(
         threaded_daemon: ThreadedDaemon) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         first = engram.create_unit("r", "MESSAGE", "a")
         second = engram.create_unit("r", "MESSAGE", "b", relationships=[("CAUSES", first.id)])
         found = engram.related_units(first.id, direction="in")
@@ -108,7 +102,7 @@ def test_bad_units_get_clear_errors(env: dict[str, str], draft: dict[str, object
     config = make_config(env, **{"limits.max_payload_bytes": "4096"})
     fields: dict[str, object] = {"context_id": "v", "type": "MESSAGE", "payload": b"p"}
     fields.update(draft)
-    with start_threaded(config), client(config) as engram:
+    with start_threaded(config), connect(config) as engram:
         with pytest.raises(error, match=message):
             engram.create_units([requests.draft(**fields)])  # type: ignore[arg-type]
         engram.ping()  # the daemon carries on
@@ -116,14 +110,14 @@ def test_bad_units_get_clear_errors(env: dict[str, str], draft: dict[str, object
 
 def test_too_many_units_in_one_request(env: dict[str, str]) -> None:
     config = make_config(env, **{"limits.max_batch_units": "3"})
-    with start_threaded(config), client(config) as engram, \
+    with start_threaded(config), connect(config) as engram, \
             pytest.raises(TooLarge, match="4 units in one request, limit 3"):
         engram.create_units([requests.draft("c", "MESSAGE", "x")] * 4)
 
 
 def test_list_pages_back_and_forward_with_filters(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
-    with client(config) as alice, client(config, "bob") as bob:
+    with connect(config) as alice, connect(config, "bob") as bob:
         written = []
         for number in range(10):
             writer = alice if number % 2 else bob
@@ -147,7 +141,7 @@ def test_list_pages_back_and_forward_with_filters(threaded_daemon: ThreadedDaemo
 
 
 def test_contexts_create_update_and_list(threaded_daemon: ThreadedDaemon) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         created = engram.create_context("proj-1", display_name="Project", meta={"a": "1"})
         assert created.agent_ids == ["alice"]
         with pytest.raises(Conflict, match="already exists"):
@@ -177,7 +171,7 @@ def test_concurrent_writers_keep_per_context_order(env: dict[str, str]) -> None:
     writers, per_writer = 4, 2500
     with start_threaded(config):
         def write(number: int) -> None:
-            with client(config, f"w{number}") as engram:
+            with connect(config, f"w{number}") as engram:
                 for index in range(per_writer):
                     engram.create_unit(f"ctx-{number % 2}", "MESSAGE", f"{number}:{index}",
                                        meta={"writer": str(number), "n": str(index)})
@@ -188,7 +182,7 @@ def test_concurrent_writers_keep_per_context_order(env: dict[str, str]) -> None:
         for thread in threads:
             thread.join(300)
             assert not thread.is_alive()
-        with client(config) as engram:
+        with connect(config) as engram:
             seen: dict[str, list[int]] = {}
             total = 0
             for context_id in ("ctx-0", "ctx-1"):
@@ -212,12 +206,12 @@ def test_concurrent_writers_keep_per_context_order(env: dict[str, str]) -> None:
 
 def test_torn_tail_is_repaired_on_start(env: dict[str, str]) -> None:
     config = make_config(env)
-    with start_threaded(config), client(config) as engram:
+    with start_threaded(config), connect(config) as engram:
         kept = [engram.create_unit("t", "MESSAGE", f"u{i}") for i in range(3)]
     # the clean stop flushed the store; make it replay by removing its checkpoint
     segment = sorted(Path(config.data_dir, "wal").glob("*.wal"))[-1]
     with segment.open("ab") as file:
         file.write(b"\x00\x00\x01\x00garbage-from-a-torn-write")
-    with start_threaded(config), client(config) as engram:
+    with start_threaded(config), connect(config) as engram:
         assert engram.get_units([u.id for u in kept]).units == kept
         engram.create_unit("t", "MESSAGE", "after repair")

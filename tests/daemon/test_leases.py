@@ -24,23 +24,18 @@ from engram_cli.errors import (
     Timeout,
     TooLarge,
 )
-from engramd.config import DaemonConfig
 from engramd.protocol import Heartbeat, Lease
 from tests.conftest import (
     WAIT,
     DaemonProcess,
     ThreadedDaemon,
+    connect,
     make_config,
     start_threaded,
     wait_until,
 )
 
 ROOT = Path(__file__).parent.parent.parent
-
-
-def client(config: DaemonConfig | str, agent: str = "alice") -> Client:
-    path = config if isinstance(config, str) else config.socket
-    return Client(path, agent_id=agent, autostart=False, timeout=60)
 
 
 def waiters(engram: Client, resource: str) -> list[str]:
@@ -66,11 +61,11 @@ def test_mutual_exclusion_keeps_the_count_exact(engramd: DaemonProcess, tmp_path
 def test_waiters_are_served_first_come_first_served(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
     order: list[str] = []
-    with client(config) as holder:
+    with connect(config) as holder:
         (lease,) = holder.acquire_lock("queue", ttl=30)
 
         def wait_for(agent: str) -> None:
-            with client(config, agent) as engram:
+            with connect(config, agent) as engram:
                 (mine,) = engram.acquire_lock("queue", ttl=30, wait=30)
                 order.append(agent)
                 engram.release_lock(mine.lock_id)
@@ -90,7 +85,7 @@ def test_waiters_are_served_first_come_first_served(threaded_daemon: ThreadedDae
 
 def test_expiry_hands_the_resource_to_the_next_waiter(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
-    with client(config) as first, client(config, "bob") as second:
+    with connect(config) as first, connect(config, "bob") as second:
         (old,) = first.acquire_lock("short", ttl=0.3)
         (new,) = second.acquire_lock("short", ttl=5, wait=10)
         assert new.acquired_at >= old.expires_at
@@ -103,7 +98,7 @@ def test_expiry_hands_the_resource_to_the_next_waiter(threaded_daemon: ThreadedD
 
 def test_a_lost_lease_is_told_to_its_holder(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
-    with client(config) as holder, client(config, "ops") as ops:
+    with connect(config) as holder, connect(config, "ops") as ops:
         holder.acquire_lock("doomed", ttl=30)
         ops.break_lock("doomed", "stuck deploy")
         notice = holder.lease_lost(WAIT)
@@ -129,7 +124,7 @@ def test_killed_holder_frees_a_connection_bound_lease_at_once(
     victim = holder_process(config.socket, bind=True)
     victim.send_signal(signal.SIGKILL)
     victim.wait(WAIT)
-    with client(config, "next") as engram:
+    with connect(config, "next") as engram:
         (lease,) = engram.acquire_lock("held", ttl=30, wait=10)  # well before the 30 s ttl
     assert lease.holder == "next"
 
@@ -140,7 +135,7 @@ def test_killed_holder_of_a_plain_lease_keeps_it_until_expiry(
     victim = holder_process(config.socket, bind=False)
     victim.send_signal(signal.SIGKILL)
     victim.wait(WAIT)
-    with client(config, "next") as engram:
+    with connect(config, "next") as engram:
         with pytest.raises(Timeout, match="held by victim"):
             engram.acquire_lock("held", wait=0.3)
         assert engram.get_lock("held").lease.holder == "victim"  # type: ignore[union-attr]
@@ -150,28 +145,28 @@ def test_a_pid_bound_lease_ends_with_its_process(threaded_daemon: ThreadedDaemon
     config = threaded_daemon.config
     sleeper = subprocess.Popen(["sleep", "300"])
     try:
-        with client(config, "script") as engram:
+        with connect(config, "script") as engram:
             engram.acquire_lock("pidfile", ttl=60, pid=sleeper.pid)
     finally:
         sleeper.kill()
         sleeper.wait(WAIT)
-    with client(config, "next") as engram:
+    with connect(config, "next") as engram:
         (lease,) = engram.acquire_lock("pidfile", wait=10)
     assert lease.holder == "next"
 
 
 def test_restart_keeps_leases_holders_and_rising_tokens(env: dict[str, str]) -> None:
     config = make_config(env)
-    with start_threaded(config), client(config) as engram:
+    with start_threaded(config), connect(config) as engram:
         (kept,) = engram.acquire_lock("survivor", ttl=600)
-    with start_threaded(config), client(config, "bob") as bob:
+    with start_threaded(config), connect(config, "bob") as bob:
         state = bob.get_lock("survivor")
         assert state.lease == kept
         with pytest.raises(LockHeld, match="held by alice"):
             bob.acquire_lock("survivor")
         (other,) = bob.acquire_lock("another")
         assert other.fencing_token > kept.fencing_token
-    with start_threaded(config), client(config) as engram:
+    with start_threaded(config), connect(config) as engram:
         engram.release_lock(kept.lock_id)
 
 
@@ -180,7 +175,7 @@ def test_opposite_orders_never_deadlock(threaded_daemon: ThreadedDaemon) -> None
     done: list[int] = []
 
     def loop(agent: str, resources: list[str]) -> None:
-        with client(config, agent) as engram:
+        with connect(config, agent) as engram:
             for _ in range(50):
                 leases = engram.acquire_lock(resources, ttl=30, wait=30)
                 assert sorted(lease.resource for lease in leases) == ["a", "b"]
@@ -202,12 +197,12 @@ def test_a_wait_that_closes_a_cycle_is_refused(threaded_daemon: ThreadedDaemon) 
     connections (its leases bound to it), so its two requests are one holder."""
     config = threaded_daemon.config
     me = os.getpid()
-    with client(config, "A") as a, client(config, "B") as b:
+    with connect(config, "A") as a, connect(config, "B") as b:
         (x,) = a.acquire_lock("x", ttl=30, pid=me)
         b.acquire_lock("y", ttl=30)
 
         def a_waits() -> None:
-            with client(config, "A") as again, pytest.raises(Timeout):
+            with connect(config, "A") as again, pytest.raises(Timeout):
                 again.acquire_lock("y", wait=2, pid=me)
 
         thread = threading.Thread(target=a_waits)
@@ -225,7 +220,7 @@ def test_two_sessions_of_one_agent_wait_for_each_other_without_deadlock(
     """Two connections of A are two holders: A's second one waiting for y does not
     make the first one wait, so B waiting for x closes no cycle."""
     config = threaded_daemon.config
-    with client(config, "A") as a, client(config, "B") as b, client(config, "A") as again:
+    with connect(config, "A") as a, connect(config, "B") as b, connect(config, "A") as again:
         a.acquire_lock("x", ttl=30)
         (y,) = b.acquire_lock("y", ttl=30)
         thread = threading.Thread(target=lambda: again.acquire_lock("y", wait=WAIT))
@@ -250,14 +245,14 @@ def test_two_sessions_of_one_agent_wait_for_each_other_without_deadlock(
 ])
 def test_bad_lock_requests_get_clear_errors(threaded_daemon: ThreadedDaemon, call,  # type: ignore[no-untyped-def]
                                             error: type[Exception], message: str) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         with pytest.raises(error, match=message):
             call(engram)
         engram.ping()
 
 
 def test_someone_elses_lock_id_is_refused(threaded_daemon: ThreadedDaemon) -> None:
-    with client(threaded_daemon.config) as alice, client(threaded_daemon.config, "eve") as eve:
+    with connect(threaded_daemon.config) as alice, connect(threaded_daemon.config, "eve") as eve:
         (lease,) = alice.acquire_lock("mine")
         with pytest.raises(Forbidden, match="held by alice"):
             eve.release_lock(lease.lock_id)
@@ -266,7 +261,7 @@ def test_someone_elses_lock_id_is_refused(threaded_daemon: ThreadedDaemon) -> No
 
 
 def test_asking_again_in_the_same_session_is_a_conflict(threaded_daemon: ThreadedDaemon) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         (lease,) = engram.acquire_lock("twice")
         with pytest.raises(Conflict, match="this connection already holds twice"):
             engram.acquire_lock(["other", "twice"], wait=5)
@@ -274,7 +269,7 @@ def test_asking_again_in_the_same_session_is_a_conflict(threaded_daemon: Threade
         assert renewed.ttl == 120 and renewed.expires_at > lease.expires_at
         assert renewed.fencing_token == lease.fencing_token
         engram.acquire_lock("mine", pid=os.getpid())
-        with client(threaded_daemon.config) as same_process, \
+        with connect(threaded_daemon.config) as same_process, \
                 pytest.raises(Conflict, match=f"process {os.getpid()} already holds mine"):
             same_process.acquire_lock("mine", pid=os.getpid())
 
@@ -282,7 +277,7 @@ def test_asking_again_in_the_same_session_is_a_conflict(threaded_daemon: Threade
 def test_another_session_of_the_same_agent_waits_in_line(threaded_daemon: ThreadedDaemon
                                                          ) -> None:
     config = threaded_daemon.config
-    with client(config) as first, client(config) as second:
+    with connect(config) as first, connect(config) as second:
         (lease,) = first.acquire_lock("shared", ttl=30)
         assert lease.session.startswith("conn:") and lease.holder_pid == os.getpid()
         with pytest.raises(LockHeld, match=fr"shared is held by alice \(pid {os.getpid()}\)"):
@@ -300,7 +295,7 @@ def test_another_session_of_the_same_agent_waits_in_line(threaded_daemon: Thread
 
 def test_release_and_renew_check_the_resource_in_the_same_request(
         threaded_daemon: ThreadedDaemon) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         (lease,) = engram.acquire_lock("right", ttl=30)
         for call in (lambda: engram.release_lock(lease.lock_id, resource="wrong"),
                      lambda: engram.renew_lock(lease.lock_id, resource="wrong")):
@@ -314,9 +309,9 @@ def test_release_and_renew_check_the_resource_in_the_same_request(
 
 
 def test_a_later_connection_releases_by_lock_id(threaded_daemon: ThreadedDaemon) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         (lease,) = engram.acquire_lock("handed", ttl=30)
-    with client(threaded_daemon.config) as later:
+    with connect(threaded_daemon.config) as later:
         later.release_lock(lease.lock_id, resource="handed")
         assert later.get_lock("handed").lease is None
 
@@ -325,9 +320,9 @@ def test_renewing_from_a_new_connection_adopts_an_orphaned_lease(
         threaded_daemon: ThreadedDaemon) -> None:
     """After a reconnect, the renewing connection is told when the lease is lost."""
     config = threaded_daemon.config
-    with client(config) as engram:
+    with connect(config) as engram:
         (lease,) = engram.acquire_lock("orphan", ttl=30)
-    with client(config) as adopter, client(config, "ops") as ops:
+    with connect(config) as adopter, connect(config, "ops") as ops:
         adopted = adopter.renew_lock(lease.lock_id)
         assert adopted.session != lease.session and adopted.fencing_token == lease.fencing_token
         ops.break_lock("orphan", "testing")
@@ -338,7 +333,7 @@ def test_renewing_from_a_new_connection_adopts_an_orphaned_lease(
 def test_waiting_for_good_is_granted_when_the_holder_leaves(threaded_daemon: ThreadedDaemon
                                                            ) -> None:
     config = threaded_daemon.config
-    with client(config) as holder, client(config, "bob") as bob:
+    with connect(config) as holder, connect(config, "bob") as bob:
         (lease,) = holder.acquire_lock("forever", ttl=30)
         granted: list[Lease] = []
         thread = threading.Thread(target=lambda: granted.extend(
@@ -352,7 +347,7 @@ def test_waiting_for_good_is_granted_when_the_holder_leaves(threaded_daemon: Thr
 
 def test_leases_per_agent_are_limited(env: dict[str, str]) -> None:
     config = make_config(env, **{"limits.max_leases_per_agent": "2"})
-    with start_threaded(config), client(config) as engram:
+    with start_threaded(config), connect(config) as engram:
         engram.acquire_lock(["a", "b"])
         with pytest.raises(TooLarge, match="more than 2 leases"):
             engram.acquire_lock("c")
@@ -360,7 +355,7 @@ def test_leases_per_agent_are_limited(env: dict[str, str]) -> None:
 
 def test_unit_writes_are_fenced_by_the_current_token(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
-    with client(config) as old, client(config, "new") as new:
+    with connect(config) as old, connect(config, "new") as new:
         (stale,) = old.acquire_lock("repo/file", ttl=0.2)
         (fresh,) = new.acquire_lock("repo/file", ttl=30, wait=10)
         with pytest.raises(Conflict, match=f"held with token {fresh.fencing_token}"):
@@ -373,7 +368,7 @@ def test_unit_writes_are_fenced_by_the_current_token(threaded_daemon: ThreadedDa
 
 def test_every_grant_release_and_expiry_is_on_the_stream(threaded_daemon: ThreadedDaemon
                                                          ) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         subscription = engram.subscribe(kinds=["lock.acquired", "lock.released",
                                                "lock.expired"])
         (lease,) = engram.acquire_lock("watched", ttl=30)
@@ -399,7 +394,7 @@ def test_lock_run_gives_cmd_its_token_and_passes_its_status(engramd: DaemonProce
     assert result.returncode == 7, result.stderr
     token, fence = result.stdout.split()
     assert fence == f"deploy:prod:{token}"
-    with client(engramd.socket) as engram:
+    with connect(engramd.socket) as engram:
         assert engram.get_lock("deploy:prod").lease is None
         assert [u.payload for u in engram.list_units("d").units] == [b"deployed"]
 
@@ -408,7 +403,7 @@ def test_lock_run_stops_cmd_when_its_lease_is_broken(engramd: DaemonProcess) -> 
     runner = subprocess.Popen([sys.executable, "-m", "engram_cli", "lock", "run", "job",
                                "--ttl", "30", "--", "sleep", "300"], env=engramd.env,
                               stderr=subprocess.PIPE, text=True)
-    with client(engramd.socket, "ops") as ops:
+    with connect(engramd.socket, "ops") as ops:
         wait_until(lambda: ops.get_lock("job").lease is not None, "the lease")
         ops.break_lock("job", "taking over")
     _, err = runner.communicate(timeout=30)
@@ -451,7 +446,7 @@ def test_lock_cli_exit_codes(engramd: DaemonProcess) -> None:
 
 
 def test_lock_acquire_waits_by_default(engramd: DaemonProcess) -> None:
-    with client(engramd.socket) as holder:
+    with connect(engramd.socket) as holder:
         (lease,) = holder.acquire_lock("queue/cli", ttl=30)
         waiter = subprocess.Popen([sys.executable, "-m", "engram_cli", "lock", "acquire",
                                    "queue/cli"], env={**engramd.env, "ENGRAM_AGENT": "alice"},
@@ -464,7 +459,7 @@ def test_lock_acquire_waits_by_default(engramd: DaemonProcess) -> None:
 
 
 def test_watch_shows_lock_events(engramd: DaemonProcess) -> None:
-    with client(engramd.socket) as engram:
+    with connect(engramd.socket) as engram:
         (lease,) = engram.acquire_lock("shown", ttl=30)
         engram.release_lock(lease.lock_id)
     result = subprocess.run([sys.executable, "-m", "engram_cli", "watch", "--since", "start",
@@ -481,7 +476,7 @@ def test_a_waiter_that_goes_away_leaves_the_line(threaded_daemon: ThreadedDaemon
     code = ("from engram_cli.client import Client; "
             f"c = Client({config.socket!r}, agent_id='quitter', autostart=False); "
             "c.acquire_lock('line', wait=300)")
-    with client(config) as holder:
+    with connect(config) as holder:
         (lease,) = holder.acquire_lock("line", ttl=60)
         quitter = subprocess.Popen([sys.executable, "-c", code])
         wait_until(lambda: waiters(holder, "line") == ["quitter"], "the quitter in line")
@@ -489,13 +484,13 @@ def test_a_waiter_that_goes_away_leaves_the_line(threaded_daemon: ThreadedDaemon
         quitter.wait(WAIT)
         wait_until(lambda: waiters(holder, "line") == [], "the line to forget it")
         holder.release_lock(lease.lock_id)
-    with client(config, "next") as engram:
+    with connect(config, "next") as engram:
         (mine,) = engram.acquire_lock("line", wait=5)
     assert mine.holder == "next"
 
 
 def test_status_counts_commits_subscribers_and_leases(threaded_daemon: ThreadedDaemon) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         engram.create_units([requests.draft("s", "MESSAGE", "x")] * 3)
         engram.subscribe()
         engram.acquire_lock("counted")

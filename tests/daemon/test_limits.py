@@ -7,14 +7,9 @@ import threading
 
 import pytest
 
-from engram_cli.client import Client
 from engram_cli.errors import BadRequest, EngramError, TooLarge
 from engramd.protocol import Relationship
-from tests.conftest import WAIT, make_config, start_threaded, wait_until
-
-
-def client(socket: str, agent: str = "limits") -> Client:
-    return Client(socket, agent_id=agent, autostart=False, timeout=WAIT, env={})
+from tests.conftest import WAIT, connect, make_config, start_threaded, wait_until
 
 
 @pytest.mark.parametrize("setting, value, attempt, error, message", [
@@ -43,7 +38,7 @@ def test_a_request_over_a_limit_gets_a_clear_error(
         env: dict[str, str], setting: str, value: str, attempt: object,
         error: type[EngramError], message: str) -> None:
     config = make_config(env, **{setting: value})
-    with start_threaded(config), client(config.socket) as engram:
+    with start_threaded(config), connect(config.socket, "limits") as engram:
         with pytest.raises(error, match=re.escape(message)):
             attempt(engram)  # type: ignore[operator]
         engram.ping()  # the connection goes on
@@ -52,8 +47,8 @@ def test_a_request_over_a_limit_gets_a_clear_error(
 
 def test_waiters_beyond_the_limit_are_refused(env: dict[str, str]) -> None:
     config = make_config(env, **{"limits.max_waiters_per_resource": "1"})
-    with start_threaded(config), client(config.socket, "holder") as holder, \
-            client(config.socket, "second") as second, client(config.socket, "third") as third:
+    with start_threaded(config), connect(config.socket, "holder") as holder, \
+            connect(config.socket, "second") as second, connect(config.socket, "third") as third:
         (lease,) = holder.acquire_lock("busy", ttl=30)
         waited: list[object] = []
         waiter = threading.Thread(

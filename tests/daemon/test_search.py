@@ -9,12 +9,7 @@ import pytest
 
 from engram_cli.client import Client
 from engram_cli.errors import BadRequest
-from engramd.config import DaemonConfig
-from tests.conftest import ThreadedDaemon, make_config, start_threaded, wait_until
-
-
-def client(config: DaemonConfig, agent: str = "alice") -> Client:
-    return Client(config.socket, agent_id=agent, autostart=False, timeout=30)
+from tests.conftest import ThreadedDaemon, connect, make_config, start_threaded, wait_until
 
 
 def indexed(engram: Client) -> bool:
@@ -31,7 +26,7 @@ def ids(results) -> list[str]:  # type: ignore[no-untyped-def]
 def corpus(threaded_daemon: ThreadedDaemon) -> dict[str, str]:
     config = threaded_daemon.config
     units = {}
-    with client(config) as alice, client(config, "bob") as bob:
+    with connect(config) as alice, connect(config, "bob") as bob:
         units["error"] = alice.create_unit(
             "build-1", "ERROR", "FrameTooLarge raised in src/engramd/protocol/framing.py: "
             "frame of 20000000 bytes exceeds the limit", meta={"exit": "1"}).id
@@ -50,7 +45,7 @@ def corpus(threaded_daemon: ThreadedDaemon) -> dict[str, str]:
 
 def test_better_match_ranks_first_with_highlighted_snippets(
         threaded_daemon: ThreadedDaemon, corpus: dict[str, str]) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         results = engram.search("frame limit")
     assert results.total == 2
     assert set(ids(results)) == {corpus["error"], corpus["fix"]}
@@ -60,7 +55,7 @@ def test_better_match_ranks_first_with_highlighted_snippets(
 
 def test_identifiers_paths_and_snake_case_are_findable(
         threaded_daemon: ThreadedDaemon, corpus: dict[str, str]) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         assert ids(engram.search("FrameTooLarge")) == [corpus["error"]]
         assert ids(engram.search("TooLarge")) == [corpus["error"]]
         assert ids(engram.search("framing.py")) == [corpus["error"]]
@@ -70,7 +65,7 @@ def test_identifiers_paths_and_snake_case_are_findable(
 
 def test_each_filter_alone_and_combined(threaded_daemon: ThreadedDaemon,
                                         corpus: dict[str, str]) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         assert set(ids(engram.search("frame", contexts=["build-1"]))) == {
             corpus["error"], corpus["fix"]}
         assert set(ids(engram.search("frame", agents=["bob"]))) == {corpus["fix"],
@@ -87,7 +82,7 @@ def test_each_filter_alone_and_combined(threaded_daemon: ThreadedDaemon,
 
 def test_filters_without_words_list_newest_first(threaded_daemon: ThreadedDaemon,
                                                  corpus: dict[str, str]) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         results = engram.search(contexts=["deploy"])
         assert ids(results) == [corpus["binary"], corpus["deploy"]]
         page = engram.search(limit=2, offset=1)
@@ -98,14 +93,14 @@ def test_filters_without_words_list_newest_first(threaded_daemon: ThreadedDaemon
                                   "a:b", "col:frame", "'; DROP TABLE docs; --", "\\", "{}"])
 def test_any_user_text_is_safe(threaded_daemon: ThreadedDaemon, corpus: dict[str, str],
                                text: str) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         engram.search(text)  # an answer, perhaps empty; never an internal error
         engram.ping()
 
 
 def test_advanced_mode_passes_fts5_syntax(threaded_daemon: ThreadedDaemon,
                                           corpus: dict[str, str]) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         assert ids(engram.search("fram*", advanced=True, types=["ERROR"])) == [corpus["error"]]
         assert ids(engram.search('"frame limit"', advanced=True)) == [corpus["fix"]]
         assert set(ids(engram.search("weather OR finished", advanced=True))) == {
@@ -115,14 +110,14 @@ def test_advanced_mode_passes_fts5_syntax(threaded_daemon: ThreadedDaemon,
 
 
 def test_a_unit_is_findable_right_after_it_is_written(threaded_daemon: ThreadedDaemon) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         unit = engram.create_unit("fresh", "MESSAGE", "xylophone quartet")
         wait_until(lambda: ids(engram.search("xylophone")) == [unit.id], "findable", timeout=5)
 
 
 def test_the_index_catches_up_after_a_restart_and_a_reindex(env: dict[str, str]) -> None:
     config = make_config(env)
-    with start_threaded(config), client(config) as engram:
+    with start_threaded(config), connect(config) as engram:
         first = engram.create_unit("r", "MESSAGE", "zebra crossing")
         wait_until(lambda: indexed(engram), "indexed")
     index = f"{config.data_dir}/search.db"
@@ -130,7 +125,7 @@ def test_the_index_catches_up_after_a_restart_and_a_reindex(env: dict[str, str])
     for suffix in ("-wal", "-shm"):
         if os.path.exists(index + suffix):
             os.unlink(index + suffix)
-    with start_threaded(config), client(config) as engram:
+    with start_threaded(config), connect(config) as engram:
         second = engram.create_unit("r", "MESSAGE", "zebra stripes")
         wait_until(lambda: engram.search("zebra").total == 2, "caught up")
         engram.reindex()
@@ -139,7 +134,7 @@ def test_the_index_catches_up_after_a_restart_and_a_reindex(env: dict[str, str])
 
 
 def test_huge_words_do_not_stall_the_indexer(threaded_daemon: ThreadedDaemon) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         engram.create_unit("big", "MESSAGE", "p" * 1_000_000)
         engram.create_unit("big", "MESSAGE", "aB" * 400_000 + " needle")
         wait_until(lambda: engram.search("needle").total == 1, "the index past huge words")

@@ -10,7 +10,6 @@ import pytest
 import trio
 
 from engram_cli.aclient import open_client
-from engram_cli.client import Client
 from engram_cli.errors import RateLimited, Unavailable, VersionMismatch
 from engramd.config import DaemonConfig
 from engramd.protocol import (
@@ -27,14 +26,11 @@ from engramd.server import Server
 from tests.conftest import (
     RawConnection,
     ThreadedDaemon,
+    connect,
     make_config,
     start_threaded,
     wait_until,
 )
-
-
-def client(config: DaemonConfig, **kwargs: object) -> Client:
-    return Client(config.socket, autostart=False, timeout=10, **kwargs)  # type: ignore[arg-type]
 
 
 def greeted(config: DaemonConfig) -> RawConnection:
@@ -42,7 +38,7 @@ def greeted(config: DaemonConfig) -> RawConnection:
 
 
 def assert_still_serving(config: DaemonConfig) -> None:
-    with client(config) as other:
+    with connect(config) as other:
         assert other.ping().daemon_version
 
 
@@ -81,7 +77,7 @@ async def test_many_tasks_share_one_trio_connection(daemon: Server, config: Daem
 
 def test_blocking_client_round_trip(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
-    with client(config, agent_id="b1") as engram:
+    with connect(config, "b1") as engram:
         assert engram.daemon_pid == os.getpid()
         status = engram.status()
         assert engram.ping().daemon_version == status.daemon_version
@@ -90,7 +86,7 @@ def test_blocking_client_round_trip(threaded_daemon: ThreadedDaemon) -> None:
 
 def test_pipelined_requests_are_all_answered(env: dict[str, str]) -> None:
     config = make_config(env, **{"limits.max_inflight_per_connection": "4"})
-    with start_threaded(config), client(config) as engram:
+    with start_threaded(config), connect(config) as engram:
         ids = [engram.send(Ping(id=engram.next_id())) for _ in range(500)]
         replies = [engram.receive(request_id) for request_id in reversed(ids)]
     assert all(isinstance(reply, Pong) for reply in replies)
@@ -165,7 +161,7 @@ def test_blocking_client_raises_version_mismatch(
 ) -> None:
     monkeypatch.setattr("engram_cli.client.PROTOCOL_VERSION", PROTOCOL_VERSION + 1)
     with pytest.raises(VersionMismatch) as caught:
-        client(threaded_daemon.config).connect()
+        connect(threaded_daemon.config).connect()
     assert caught.value.code == "version_mismatch"
 
 
@@ -188,22 +184,22 @@ def test_silent_connection_is_dropped_after_the_handshake_timeout(env: dict[str,
 def test_connections_over_the_limit_are_refused(env: dict[str, str]) -> None:
     config = make_config(env, **{"limits.max_connections": "2"})
     with start_threaded(config) as running:
-        first, second = client(config), client(config)
+        first, second = connect(config), connect(config)
         first.connect()
         second.connect()
         with pytest.raises(Unavailable, match="too many connections"):
-            client(config).connect()
+            connect(config).connect()
         first.close()
         assert running.server is not None
         wait_until(lambda: running.server.connection_count < 2, "a connection slot")
-        with client(config) as third:
+        with connect(config) as third:
             third.ping()
         second.close()
 
 
 def test_shutdown_request_answers_then_stops(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
-    with client(config) as engram:
+    with connect(config) as engram:
         assert engram.shutdown().pid == os.getpid()
     threaded_daemon.thread.join(10)
     assert not threaded_daemon.thread.is_alive()
@@ -243,7 +239,7 @@ def test_a_peer_that_reads_no_replies_is_dropped(env: dict[str, str]) -> None:
             except (BrokenPipeError, ConnectionResetError):
                 break
         assert running.server is not None
-        with client(config) as other:
+        with connect(config) as other:
             wait_until(lambda: other.ping() and running.server.connection_count == 1,
                        "the silent reader dropped")
 
@@ -261,7 +257,7 @@ def test_a_connection_over_its_rate_is_answered_rate_limited(env: dict[str, str]
         assert all(error.code == "rate_limited" and "retry in" in error.message
                    for error in limited)
         assert_still_serving(config)  # a new connection has its own bucket
-        with client(config) as engram:
+        with connect(config) as engram:
             for _ in range(3):
                 engram.ping()
             with pytest.raises(RateLimited) as caught:

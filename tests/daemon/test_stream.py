@@ -8,7 +8,6 @@ import msgspec
 import pytest
 
 from engram_cli import requests
-from engram_cli.client import Client
 from engram_cli.errors import BadRequest
 from engram_cli.stream import LaggedBehind
 from engramd.config import DaemonConfig
@@ -22,15 +21,18 @@ from engramd.protocol import (
     UnitCreated,
     Welcome,
 )
-from tests.conftest import RawConnection, ThreadedDaemon, make_config, start_threaded, wait_until
-
-
-def client(config: DaemonConfig, agent: str = "alice") -> Client:
-    return Client(config.socket, agent_id=agent, autostart=False, timeout=30)
+from tests.conftest import (
+    RawConnection,
+    ThreadedDaemon,
+    connect,
+    make_config,
+    start_threaded,
+    wait_until,
+)
 
 
 def all_seqs(config: DaemonConfig) -> list[int]:
-    with client(config) as engram:
+    with connect(config) as engram:
         journal = engram.status().journal
         assert journal is not None
         return list(range(1, journal.last_seq + 1))
@@ -52,7 +54,7 @@ def test_replay_joins_the_live_flow_with_no_gap_or_duplicate(
     stop = threading.Event()
 
     def write(name: str) -> None:
-        with client(config, name) as engram:
+        with connect(config, name) as engram:
             while not stop.is_set():
                 engram.create_unit(f"ctx-{name}", "MESSAGE", "x")
 
@@ -60,7 +62,7 @@ def test_replay_joins_the_live_flow_with_no_gap_or_duplicate(
     for writer in writers:
         writer.start()
     try:
-        with client(config) as engram:
+        with connect(config) as engram:
             wait_until(lambda: engram.status().journal.last_seq > 300,  # type: ignore[union-attr]
                        "some history")
             subscription = engram.subscribe(after=0)
@@ -74,7 +76,7 @@ def test_replay_joins_the_live_flow_with_no_gap_or_duplicate(
 
 def test_subscription_from_now_skips_history(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
-    with client(config) as engram:
+    with connect(config) as engram:
         engram.create_unit("c", "MESSAGE", "old")
         subscription = engram.subscribe()
         new = engram.create_unit("c", "MESSAGE", "new")
@@ -84,7 +86,7 @@ def test_subscription_from_now_skips_history(threaded_daemon: ThreadedDaemon) ->
 
 def test_filters(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
-    with client(config) as alice, client(config, "bob") as bob:
+    with connect(config) as alice, connect(config, "bob") as bob:
         by_context = alice.subscribe(after=0, contexts=["a"])
         by_kind = alice.subscribe(after=0, kinds=["context.created"])
         by_agent = alice.subscribe(after=0, agents=["bob"], kinds=["unit.created"])
@@ -104,7 +106,7 @@ def test_filters(threaded_daemon: ThreadedDaemon) -> None:
 
 
 def test_idle_subscription_gets_heartbeats_with_the_head(threaded_daemon: ThreadedDaemon) -> None:
-    with client(threaded_daemon.config) as engram:
+    with connect(threaded_daemon.config) as engram:
         engram.create_unit("quiet", "MESSAGE", "x")
         subscription = engram.subscribe(contexts=["elsewhere"], heartbeat=0.05)
         beat = next(subscription)
@@ -113,9 +115,9 @@ def test_idle_subscription_gets_heartbeats_with_the_head(threaded_daemon: Thread
 
 def test_presence_shows_who_is_watching(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
-    with client(config) as engram:
+    with connect(config) as engram:
         engram.create_unit("room", "MESSAGE", "x")
-        watcher = client(config, "carol")
+        watcher = connect(config, "carol")
         subscription = watcher.subscribe(contexts=["room"])
         wait_until(lambda: engram.context_info("room").watching == ["carol"], "presence")
         assert engram.context_info("room").context.agent_ids == ["alice"]
@@ -129,14 +131,14 @@ def test_presence_shows_who_is_watching(threaded_daemon: ThreadedDaemon) -> None
 
 def test_named_cursor_resumes_where_it_acknowledged(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
-    with client(config) as engram:
+    with connect(config) as engram:
         for number in range(6):
             engram.create_unit("n", "MESSAGE", str(number))
-    with client(config, "bot") as bot:
+    with connect(config, "bot") as bot:
         subscription = bot.subscribe(after=0, cursor="bot-feed", kinds=["unit.created"])
         first = events(subscription, 3)
         subscription.ack()
-    with client(config, "bot") as bot:
+    with connect(config, "bot") as bot:
         resumed = events(bot.subscribe(cursor="bot-feed", kinds=["unit.created"]), 3)
     assert [e.unit.payload for e in first + resumed] == [str(n).encode() for n in range(6)]
 
@@ -154,7 +156,7 @@ def test_a_reader_that_stalls_slows_no_writer_and_misses_nothing(env: dict[str, 
     config = make_config(env, **{"stream.buffer_events": "8"})
     with start_threaded(config) as running:
         stalled = subscribed_raw(config)
-        with client(config) as engram:
+        with connect(config) as engram:
             payload = b"p" * 2000
             for _ in range(20):  # 2,000 units: far more than the socket buffers hold
                 engram.create_units([requests.draft("s", "MESSAGE", payload)] * 100)
@@ -173,7 +175,7 @@ def test_past_the_lag_limit_the_reader_is_told_and_may_resume(env: dict[str, str
     config = make_config(env, **{"stream.buffer_events": "4", "stream.max_lag_events": "50"})
     with start_threaded(config):
         stalled = subscribed_raw(config)
-        with client(config) as engram:
+        with connect(config) as engram:
             for _ in range(20):
                 engram.create_units([requests.draft("l", "MESSAGE", b"q" * 2000)] * 100)
         seqs = []
@@ -184,14 +186,14 @@ def test_past_the_lag_limit_the_reader_is_told_and_may_resume(env: dict[str, str
             if isinstance(message, EventPush):
                 seqs.append(message.event.seq)
         assert message.cursor == seqs[-1] and message.head_seq > message.cursor + 50
-        with client(config) as engram:
+        with connect(config) as engram:
             rest = events(engram.subscribe(after=message.cursor), message.head_seq - message.cursor)
         assert seqs + [e.seq for e in rest] == list(range(1, message.head_seq + 1))
 
 
 def test_library_reports_a_lag_as_lagged_behind(env: dict[str, str]) -> None:
     config = make_config(env, **{"stream.buffer_events": "2", "stream.max_lag_events": "10"})
-    with start_threaded(config), client(config, "reader") as reader, client(config) as writer:
+    with start_threaded(config), connect(config, "reader") as reader, connect(config) as writer:
         subscription = reader.subscribe(after=0)
         for _ in range(20):
             writer.create_units([requests.draft("x", "MESSAGE", b"r" * 4000)] * 100)
@@ -206,7 +208,7 @@ def test_a_reader_that_reads_nothing_is_dropped(env: dict[str, str]) -> None:
     with start_threaded(config) as running:
         stalled = subscribed_raw(config)
         assert running.server is not None
-        with client(config) as engram:
+        with connect(config) as engram:
             for _ in range(20):
                 engram.create_units([requests.draft("d", "MESSAGE", b"z" * 2000)] * 100)
             wait_until(lambda: running.server.connection_count == 1, "the silent reader dropped")
