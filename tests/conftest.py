@@ -42,6 +42,13 @@ settings.register_profile("fuzz", max_examples=20_000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test with an ``engramd`` process is slow (``pytest -m "not slow"`` skips it)."""
+    for item in items:
+        if "engramd" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 WAIT = 10.0
 """Upper bound for every wait in the tests; reached only when something is broken."""
 

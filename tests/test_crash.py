@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engram_cli.client import Client
 from tests.conftest import WAIT, spawn_engramd
 from tests.crashkit import start_daemon
+
+pytestmark = pytest.mark.slow  # every test here runs processes
 
 ROOT = Path(__file__).parent.parent
 

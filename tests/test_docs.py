@@ -48,6 +48,7 @@ def test_every_command_is_in_the_man_page() -> None:
 
 @pytest.mark.skipif(shutil.which("man") is None, reason="man is not installed")
 @pytest.mark.parametrize("page", ["engram.1", "engramd.8"])
+@pytest.mark.slow
 def test_man_pages_render_without_warnings(page: str) -> None:
     result = subprocess.run(["man", "--warnings", "-l", "-E", "UTF-8", str(ROOT / "man" / page)],
                             capture_output=True, text=True, timeout=30, check=False,

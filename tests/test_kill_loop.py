@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from engram_cli.client import Client
 from tests.conftest import WAIT, wait_until
 from tests.crashkit import (
@@ -26,6 +28,8 @@ from tests.crashkit import (
     start_helper,
     start_writers,
 )
+
+pytestmark = pytest.mark.slow  # every test here runs processes
 
 KILLS = 20
 

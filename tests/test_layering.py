@@ -75,6 +75,7 @@ def test_only_output_imports_rich() -> None:
             assert path.name == "output.py", path
 
 
+@pytest.mark.slow
 def test_an_ordinary_command_loads_neither_trio_nor_rich() -> None:
     code = ("import sys; from engram_cli import app, client; "
             "print(sorted(m for m in ('trio', 'rich') if m in sys.modules))")

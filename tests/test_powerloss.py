@@ -8,10 +8,14 @@ import os
 import random
 import sys
 
+import pytest
+
 from engram_cli.client import Client
 from tests.conftest import WAIT, wait_until
 from tests.crashkit import acked_total, check_journal, kill, start_daemon, start_writers
 from tests.helpers.powerloss import lose_power
+
+pytestmark = pytest.mark.slow  # every test here runs processes
 
 POWER_CUTS = 6
 

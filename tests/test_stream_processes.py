@@ -15,6 +15,8 @@ from engram_cli import requests
 from engram_cli.client import Client
 from tests.conftest import WAIT, DaemonProcess, socket_answers, spawn_engramd, wait_until
 
+pytestmark = pytest.mark.slow  # every test here runs processes
+
 STARTED: list[subprocess.Popen[str]] = []
 
 

@@ -12,6 +12,8 @@ import pytest
 from engramd.protocol.logline import LEVELS, parse_line
 from tests.conftest import DaemonProcess, run_cli, socket_answers
 
+pytestmark = pytest.mark.slow  # every test here runs processes
+
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.splitlines()

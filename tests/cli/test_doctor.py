@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from engram_cli.client import Client
 from engram_cli.doctor import Doctor
 from engramd.config import DaemonConfig
 from tests.conftest import ThreadedDaemon, run_cli
+
+pytestmark = pytest.mark.slow  # every test here runs processes
 
 
 def findings(env: dict[str, str]) -> tuple[int, dict[str, dict[str, str]]]:

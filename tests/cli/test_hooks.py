@@ -13,6 +13,8 @@ import pytest
 from engram_cli.client import Client
 from tests.conftest import WAIT, DaemonProcess, run_cli, socket_answers, spawn_engramd, wait_until
 
+pytestmark = pytest.mark.slow  # every test here runs processes
+
 
 def git(repo: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", "-C", str(repo), *args], env=env, capture_output=True,

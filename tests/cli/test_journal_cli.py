@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import DaemonProcess, run_cli
+
+pytestmark = pytest.mark.slow  # every test here runs processes
 
 
 def cli(daemon: DaemonProcess, *args: str, input: bytes | None = None):  # type: ignore[no-untyped-def]

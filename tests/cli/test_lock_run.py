@@ -23,6 +23,8 @@ from engram_cli.lockrun import Command, LeaseKeeper, Timing, supervise
 from engramd.protocol import Lease, LockAcquired, LockRenewed
 from tests.conftest import WAIT, DaemonProcess, ThreadedDaemon, connect, start_engramd, wait_until
 
+pytestmark = pytest.mark.slow  # every test here runs processes
+
 # CMD: note the pid, then the time every 20 ms (to "beats") until "stop" appears,
 # then the end time, and exit 0.
 WORKER = textwrap.dedent("""

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from engram_cli.client import Client
 from tests.conftest import DaemonProcess, run_cli, wait_until
+
+pytestmark = pytest.mark.slow  # every test here runs processes
 
 
 def test_search_rows_json_and_exit_status(engramd: DaemonProcess) -> None:

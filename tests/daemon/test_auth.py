@@ -99,6 +99,7 @@ def test_tokens_are_stored_hashed_and_survive_a_restart(strict: DaemonConfig) ->
             assert [info.agent for info in admin.list_tokens()] == ["alice"]
 
 
+@pytest.mark.slow
 def test_a_damaged_token_file_stops_the_start_with_its_name(env: dict[str, str]) -> None:
     data_dir = env["ENGRAM_DATA_DIR"]
     os.makedirs(data_dir, mode=0o700)
@@ -122,6 +123,7 @@ def test_without_require_tokens_a_token_still_binds(config: DaemonConfig) -> Non
             connected(config, "bob", token=token)
 
 
+@pytest.mark.slow
 def test_cli_token_commands(env: dict[str, str]) -> None:
     env["ENGRAM_AUTH_REQUIRE_TOKENS"] = "true"
     try:
@@ -148,6 +150,7 @@ def test_cli_token_commands(env: dict[str, str]) -> None:
     wait_until(lambda: not os.path.exists(env["ENGRAM_SOCKET"]), "the daemon to stop")
 
 
+@pytest.mark.slow
 def test_the_admin_token_is_in_place_before_the_socket_answers(env: dict[str, str]) -> None:
     """A client that started the daemon reads the admin token as soon as it can connect."""
     process = spawn_engramd(env)

@@ -118,6 +118,7 @@ def holder_process(socket_path: str, *, bind: bool) -> subprocess.Popen[str]:
     return process
 
 
+@pytest.mark.slow
 def test_killed_holder_frees_a_connection_bound_lease_at_once(
         threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
@@ -129,6 +130,7 @@ def test_killed_holder_frees_a_connection_bound_lease_at_once(
     assert lease.holder == "next"
 
 
+@pytest.mark.slow
 def test_killed_holder_of_a_plain_lease_keeps_it_until_expiry(
         threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
@@ -141,6 +143,7 @@ def test_killed_holder_of_a_plain_lease_keeps_it_until_expiry(
         assert engram.get_lock("held").lease.holder == "victim"  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_a_pid_bound_lease_ends_with_its_process(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
     sleeper = subprocess.Popen(["sleep", "300"])
@@ -471,6 +474,7 @@ def test_watch_shows_lock_events(engramd: DaemonProcess) -> None:
     assert rows[1][4] == "shown released by alice: released"
 
 
+@pytest.mark.slow
 def test_a_waiter_that_goes_away_leaves_the_line(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
     code = ("from engram_cli.client import Client; "

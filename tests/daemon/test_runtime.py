@@ -64,6 +64,7 @@ def test_symlinked_dir_is_refused(scratch: str) -> None:
         ensure_private_dir(link, what="socket directory")
 
 
+@pytest.mark.slow
 def test_two_daemons_never_share_a_data_dir(env: dict[str, str], scratch: str) -> None:
     config = make_config(env)
     with start_threaded(config):
@@ -75,6 +76,7 @@ def test_two_daemons_never_share_a_data_dir(env: dict[str, str], scratch: str) -
             in err.decode()
 
 
+@pytest.mark.slow
 def test_second_daemon_on_the_same_socket_exits(env: dict[str, str], scratch: str) -> None:
     config = make_config(env)
     with start_threaded(config):
@@ -121,6 +123,7 @@ def test_socket_file_is_removed_on_stop(env: dict[str, str]) -> None:
 
 
 @needs_root
+@pytest.mark.slow
 def test_peer_of_another_uid_is_refused_by_credentials(env: dict[str, str]) -> None:
     """Second layer: even with the file modes opened up, SO_PEERCRED keeps others out."""
     config = make_config(env)
@@ -154,6 +157,7 @@ def test_peer_of_another_uid_is_refused_by_credentials(env: dict[str, str]) -> N
 
 
 @needs_root
+@pytest.mark.slow
 def test_other_uid_cannot_even_connect_with_default_modes(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
     script = (f"import os, socket; os.setgid(65534); os.setuid(65534); "
@@ -163,6 +167,7 @@ def test_other_uid_cannot_even_connect_with_default_modes(threaded_daemon: Threa
     assert "PermissionError" in result.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_daemon_cleanly(env: dict[str, str]) -> None:
     process = spawn_engramd(env)
     path = env["ENGRAM_SOCKET"]
