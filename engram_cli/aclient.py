@@ -28,7 +28,7 @@ from engram_cli.autostart import START_TIMEOUT, start_daemon
 from engram_cli.errors import ClientTimeout, Unavailable
 from engram_cli.operations import Call, Operations
 from engram_cli.settings import Target
-from engram_cli.stream import LaggedBehind, Position
+from engram_cli.stream import Follower, Position
 from engramd.protocol import (
     PROTOCOL_VERSION,
     ClientConnection,
@@ -40,8 +40,6 @@ from engramd.protocol import (
     LeaseLost,
     Push,
     ServerMessage,
-    Subscribe,
-    Subscribed,
     Unsubscribe,
     Welcome,
     reply_type,
@@ -70,23 +68,6 @@ class AsyncClient(Operations):
         self._send_lock = trio.Lock()
         self._arrived = trio.Event()
         """Set (and replaced) whenever the reader has filed something, or stopped."""
-
-    @property
-    def socket_path(self) -> str:
-        return self.target.socket_path
-
-    @property
-    def agent_id(self) -> str:
-        return self.target.agent_id
-
-    @property
-    def welcome(self) -> Welcome | None:
-        return self._protocol.welcome if self._protocol else None
-
-    @property
-    def daemon_pid(self) -> int | None:
-        """The daemon's pid, from the handshake."""
-        return self.welcome.pid if self.welcome else None
 
     @property
     def connected(self) -> bool:
@@ -235,25 +216,17 @@ class AsyncClient(Operations):
                     **options: Any) -> AsyncIterator[Event | Heartbeat]:
         """Events (and heartbeats) for good, reconnecting across daemon restarts and
         resuming after the last event; see :func:`engram_cli.stream.watch`."""
-        after = options.pop("after", None)
+        follower = Follower(options, on_status)
         while True:
             try:
-                subscription = await self.subscribe(after=after, **options)
-                after = subscription.cursor
-                if on_status:
-                    on_status("connected", subscription)
+                subscription = follower.connected(await self.subscribe(**follower.options))
                 async for item in subscription:
-                    after = subscription.cursor
+                    follower.passed(subscription)
                     yield item
-            except LaggedBehind as exc:
-                after = exc.cursor
-            except (Unavailable, ClientTimeout):
-                if not reconnect:
-                    raise
-                await self.aclose()
-                if on_status:
-                    on_status("reconnecting", None)
-                await self._come_back(retry_interval)
+            except (Unavailable, ClientTimeout) as exc:
+                if follower.must_reconnect(exc, reconnect):
+                    await self.aclose()
+                    await self._come_back(retry_interval)
 
     async def _come_back(self, interval: float) -> None:
         """Reconnect to a daemon that went away, never starting one of our own."""
@@ -274,9 +247,7 @@ class AsyncClient(Operations):
 class AsyncSubscription(Position):
     """Events of one subscription, in order: ``async for event in subscription``."""
 
-    def __init__(self, client: AsyncClient, request: Subscribe, reply: Subscribed) -> None:
-        super().__init__(request, reply)
-        self.client = client
+    client: AsyncClient
 
     def __aiter__(self) -> AsyncSubscription:
         return self

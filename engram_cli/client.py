@@ -78,14 +78,6 @@ class Client(Operations):
         self._protocol: ClientConnection | None = None
 
     @property
-    def socket_path(self) -> str:
-        return self.target.socket_path
-
-    @property
-    def agent_id(self) -> str:
-        return self.target.agent_id
-
-    @property
     def autostart(self) -> bool:
         return self.target.autostart
 
@@ -153,12 +145,6 @@ class Client(Operations):
     @property
     def connected(self) -> bool:
         return self._sock is not None
-
-    @property
-    def daemon_pid(self) -> int | None:
-        """The daemon's pid, from the handshake."""
-        welcome = self._protocol.welcome if self._protocol else None
-        return welcome.pid if welcome else None
 
     def interrupt(self) -> None:
         """Shut the connection down, from another thread: a call blocked on it

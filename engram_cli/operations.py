@@ -18,10 +18,12 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar
 
 from engram_cli import requests
 from engram_cli.requests import Payload
+from engram_cli.settings import Target
 from engramd.protocol import (
     AckCursor,
     AcquireLock,
     BreakLock,
+    ClientConnection,
     ClientMessage,
     Context,
     ContextFound,
@@ -58,6 +60,7 @@ from engramd.protocol import (
     UnitPage,
     UnitsCreated,
     UnitsFound,
+    Welcome,
 )
 
 P = ParamSpec("P")
@@ -133,7 +136,28 @@ class operation(Generic[P, T]):  # noqa: N801 (used like a decorator, as propert
 
 
 class Operations:
-    """The operations both clients offer; see SPECS.md, client library."""
+    """What both clients offer: who they are, and the operations (SPECS.md, client library)."""
+
+    target: Target
+    _protocol: ClientConnection | None
+
+    @property
+    def socket_path(self) -> str:
+        return self.target.socket_path
+
+    @property
+    def agent_id(self) -> str:
+        return self.target.agent_id
+
+    @property
+    def welcome(self) -> Welcome | None:
+        """The daemon's answer to the handshake (its version, pid, instance)."""
+        return self._protocol.welcome if self._protocol else None
+
+    @property
+    def daemon_pid(self) -> int | None:
+        """The daemon's pid, from the handshake."""
+        return self.welcome.pid if self.welcome else None
 
     # -- the daemon -----------------------------------------------------------
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from engram_cli.errors import ClientTimeout, Unavailable
 from engramd.protocol import Event, EventPush, Heartbeat, Lagged, Push, Subscribe, Subscribed
 
 if TYPE_CHECKING:
     from engram_cli.client import Client
+
+
+P = TypeVar("P", bound="Position")
 
 
 class LaggedBehind(Unavailable):
@@ -34,7 +37,8 @@ class Position:
     there with ``subscribe(after=cursor)``.
     """
 
-    def __init__(self, request: Subscribe, reply: Subscribed) -> None:
+    def __init__(self, client: Any, request: Subscribe, reply: Subscribed) -> None:
+        self.client = client
         self.request = request
         self.id = reply.subscription
         self.cursor = reply.after
@@ -57,9 +61,7 @@ class Position:
 class Subscription(Position):
     """Events of one subscription, in order; iterate it. Heartbeats come through too."""
 
-    def __init__(self, client: Client, request: Subscribe, reply: Subscribed) -> None:
-        super().__init__(request, reply)
-        self.client = client
+    client: Client
 
     def __iter__(self) -> Subscription:
         return self
@@ -92,25 +94,53 @@ def watch(
             ``"reconnecting"`` (with None) as the connection comes and goes.
         options: the filters and cursor of :func:`engram_cli.requests.subscribe`.
     """
-    after = options.pop("after", None)
+    follower = Follower(options, on_status)
     while True:
         try:
-            subscription = client.subscribe(after=after, **options)
-            after = subscription.cursor
-            if on_status:
-                on_status("connected", subscription)
+            subscription = follower.connected(client.subscribe(**follower.options))
             for item in subscription:
-                after = subscription.cursor
+                follower.passed(subscription)
                 yield item
-        except LaggedBehind as exc:
-            after = exc.cursor
-        except (Unavailable, ClientTimeout):
-            if not reconnect:
-                raise
-            client.close()
-            if on_status:
-                on_status("reconnecting", None)
-            _wait_for_daemon(client, retry_interval)
+        except (Unavailable, ClientTimeout) as exc:
+            if follower.must_reconnect(exc, reconnect):
+                client.close()
+                _wait_for_daemon(client, retry_interval)
+
+
+class Follower:
+    """What a follower that outlives its connections keeps (both clients' ``watch``):
+    where to resume — after the last event it passed on — and whom to tell."""
+
+    def __init__(self, options: dict[str, Any],
+                 on_status: Callable[[str, Any], None] | None) -> None:
+        self._after: int | None = options.pop("after", None)
+        self._filters = options
+        self._on_status = on_status
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """What to subscribe with now."""
+        return {**self._filters, "after": self._after}
+
+    def connected(self, subscription: P) -> P:
+        self.passed(subscription)
+        if self._on_status:
+            self._on_status("connected", subscription)
+        return subscription
+
+    def passed(self, subscription: Position) -> None:
+        self._after = subscription.cursor
+
+    def must_reconnect(self, exc: Unavailable | ClientTimeout, reconnect: bool) -> bool:
+        """After *exc*: subscribe again at once (lagged behind), reconnect first, or raise."""
+        if isinstance(exc, LaggedBehind):
+            self._after = exc.cursor
+            return False
+        if not reconnect:
+            raise exc
+        if self._on_status:
+            self._on_status("reconnecting", None)
+        return True
 
 
 def _wait_for_daemon(client: Client, interval: float) -> None:
