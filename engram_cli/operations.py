@@ -126,12 +126,14 @@ class operation(Generic[P, T]):  # noqa: N801 (used like a decorator, as propert
     def __get__(self, client: Any, owner: type) -> Any:
         if client is None:
             return self
-        build = self._build
+        build, run = self._build, client.run
 
         @functools.wraps(build)
         def bound(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return client.run(build(client, *args, **kwargs))
+            return run(build(client, *args, **kwargs))
 
+        # Kept on the client: later lookups find it there and skip this descriptor.
+        client.__dict__[build.__name__] = bound
         return bound
 
 
