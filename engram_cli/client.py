@@ -267,8 +267,7 @@ class Client(Operations):
                 data = self._sock.recv(_RECEIVE_SIZE)
                 self._protocol.receive_data(data)
                 self._protocol.collect()
-        ended = self._protocol.ended
-        return ended if ended is not None and not isinstance(ended, Unavailable) else None
+        return self._protocol.goodbye
 
     def _read_more(self) -> None:
         """Read what the daemon sent and file it; raises when the conversation ended."""

@@ -72,6 +72,8 @@ class ClientConnection:
         self.welcome: Welcome | None = None
         self.ended: EngramError | None = None
         """Why the conversation is over, once it is; every later wait raises it."""
+        self.goodbye: EngramError | None = None
+        """What the daemon said when it closed this connection, if it said anything."""
         self._hello_id: int | None = None
         self._next_id = 1
         self._pending: dict[int, type[ServerMessage]] = {}
@@ -187,7 +189,7 @@ class ClientConnection:
                 case Notice():
                     self._notices.append(message)
                 case ErrorReply(id=None):  # goodbye: the daemon closes and says why
-                    self.ended = error_for(message.code, message.message)
+                    self.ended = self.goodbye = error_for(message.code, message.message)
                 case Reply() | ErrorReply():
                     assert message.id is not None
                     if isinstance(message, Subscribed):

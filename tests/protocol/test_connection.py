@@ -181,3 +181,40 @@ def test_clean_close_between_frames() -> None:
     _, server = handshake()
     server.receive_data(b"")
     assert server.next_event() is CLOSED
+
+
+# -- the client's inbox: what arrives is filed for whoever waits ---------------------
+
+
+def test_answers_pushes_and_notices_are_filed_where_their_readers_look() -> None:
+    from engramd.protocol import Heartbeat, Subscribe, Subscribed
+
+    client, server = handshake()
+    subscribe = client.numbered(Subscribe())
+    ping = client.numbered(Ping())
+    assert (subscribe.id, ping.id) == (2, 3)  # numbered after the hello
+    server.receive_data(client.send(subscribe) + client.send(ping))
+    frames = [server.send(Subscribed(id=2, subscription=2, after=0, head_seq=0)),
+              encode_frame(msgspec.msgpack.encode(Heartbeat(subscription=2, head_seq=0,
+                                                            cursor=0))),
+              server.send(pong(3))]
+    client.receive_data(b"".join(frames))
+    client.collect()
+    assert isinstance(client.answer(3), Pong) and client.answer(3) is None  # once
+    assert isinstance(client.answer(2), Subscribed) and client.subscriptions == {2}
+    assert isinstance(client.push(2), Heartbeat) and client.push(2) is None
+    assert client.notice() is None and client.ended is None
+
+
+def test_a_goodbye_ends_the_conversation_and_is_kept_apart_from_a_plain_close() -> None:
+    client, server = handshake()
+    client.receive_data(server.send(ErrorReply(id=None, code=ErrorCode.UNAVAILABLE,
+                                               message="too many connections")))
+    client.collect()
+    assert client.goodbye is client.ended and "too many" in str(client.ended)
+    with pytest.raises(type(client.ended)):
+        client.answer(5)
+    closed, _ = handshake()
+    closed.receive_data(b"")
+    closed.collect()
+    assert closed.ended is not None and closed.goodbye is None
