@@ -7,25 +7,15 @@ traceback instead.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from engram_cli import output
-from engram_cli.commands import (
-    agent,
-    bench,
-    context,
-    daemon,
-    hooks,
-    info,
-    lock,
-    search,
-    unit,
-    watch,
-)
 from engram_cli.context import CliContext
 from engram_cli.errors import EngramError, ExitCode
 
@@ -35,7 +25,52 @@ EXIT_CODES_HELP = (
     "lock run: 126 CMD cannot run, 127 CMD not found."
 )
 
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module in engram_cli.commands, its Typer sub-app or command function)
+    "ping": ("info", "ping"),
+    "status": ("info", "status"),
+    "version": ("info", "version"),
+    "stats": ("info", "stats"),
+    "doctor": ("info", "doctor"),
+    "daemon": ("daemon", "app"),
+    "unit": ("unit", "app"),
+    "context": ("context", "app"),
+    "lock": ("lock", "app"),
+    "hooks": ("hooks", "app"),
+    "agent": ("agent", "app"),
+    "search": ("search", "search"),
+    "trace": ("search", "trace"),
+    "watch": ("watch", "watch"),
+    "wait": ("watch", "wait"),
+    "bench": ("bench", "bench"),
+}
+"""Every command, loaded only when it runs (or when help lists them all)."""
+
+
+class LazyGroup(typer.core.TyperGroup):
+    """The root command group: imports a command's module and builds its command from
+    its Typer definition only when that command is asked for, so that ``engram ping``
+    pays for ``ping`` alone, not for every command's module and signature."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module_name, attribute = COMMANDS[cmd_name]
+            module = importlib.import_module(f"engram_cli.commands.{module_name}")
+            target = getattr(module, attribute)
+            if not isinstance(target, typer.Typer):
+                target = typer.Typer(add_completion=False)
+                target.command(name=cmd_name)(getattr(module, attribute))
+            command = typer.main.get_command(target)
+            command.name = cmd_name
+            self.commands[cmd_name] = command
+        return self.commands.get(cmd_name)
+
+
 app = typer.Typer(
+    cls=LazyGroup,
     name="engram",
     help="engram: a coordination journal for the agents, scripts and git hooks "
     "of one machine. Talks to engramd, starting it when needed.",
@@ -63,24 +98,6 @@ def _root(
     cli = CliContext(socket=socket, agent=agent, json=json)
     ctx.obj = cli
     ctx.call_on_close(cli.close)
-
-
-app.command()(info.ping)
-app.command()(info.status)
-app.command()(info.version)
-app.command()(info.stats)
-app.command()(info.doctor)
-app.add_typer(daemon.app, name="daemon")
-app.add_typer(unit.app, name="unit")
-app.add_typer(context.app, name="context")
-app.add_typer(lock.app, name="lock")
-app.add_typer(hooks.app, name="hooks")
-app.add_typer(agent.app, name="agent")
-app.command()(search.search)
-app.command()(search.trace)
-app.command()(watch.watch)
-app.command()(watch.wait)
-app.command()(bench.bench)
 
 
 COMPLETE_VAR = "_ENGRAM_COMPLETE"

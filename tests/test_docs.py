@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -13,7 +14,7 @@ from engram_cli.app import app
 from engram_cli.errors import ExitCode
 from engramd.config import SETTINGS
 from engramd.protocol import ErrorCode
-from tools.docgen import completion_scripts, man_pages
+from tools.docgen import completion_scripts, man_pages, subcommands
 
 ROOT = Path(__file__).parent.parent
 
@@ -21,12 +22,14 @@ ROOT = Path(__file__).parent.parent
 def command_paths() -> list[str]:
     paths = []
 
-    def walk(command: object, path: list[str]) -> None:
-        for name, sub in sorted(getattr(command, "commands", {}).items()):
+    def walk(command: Any, path: list[str], ctx: typer.Context) -> None:
+        for name in sorted(subcommands(command, ctx)):
+            sub = command.get_command(ctx, name)
             paths.append(" ".join([*path, name]))
-            walk(sub, [*path, name])
+            walk(sub, [*path, name], typer.Context(sub, info_name=name, parent=ctx))
 
-    walk(typer.main.get_command(app), [])
+    root = typer.main.get_command(app)
+    walk(root, [], typer.Context(root, info_name="engram"))
     return paths
 
 

@@ -76,6 +76,19 @@ def test_only_output_imports_rich() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_command_loads_its_own_module_only() -> None:
+    code = ("import sys, typer; from engram_cli.app import app; "
+            "before = sorted(m for m in sys.modules if m.startswith('engram_cli.commands.')); "
+            "root = typer.main.get_command(app); "
+            "root.get_command(typer.Context(root), 'ping'); "
+            "after = sorted(m for m in sys.modules if m.startswith('engram_cli.commands.')); "
+            "print(before, after)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30, check=True)
+    assert result.stdout.strip() == "[] ['engram_cli.commands.info']"
+
+
 def test_an_ordinary_command_loads_neither_trio_nor_rich() -> None:
     code = ("import sys; from engram_cli import app, client; "
             "print(sorted(m for m in ('trio', 'rich') if m in sys.modules))")

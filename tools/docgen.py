@@ -51,12 +51,16 @@ def _roff(text: str) -> str:
 def _walk(command: Any, path: list[str],
           ctx: typer.Context) -> Iterator[tuple[list[str], Any, typer.Context]]:
     yield path, command, ctx
-    commands = getattr(command, "commands", None)
-    if commands:
-        for name in sorted(commands):
-            sub = commands[name]
-            sub_ctx = typer.Context(sub, info_name=name, parent=ctx)
-            yield from _walk(sub, [*path, name], sub_ctx)
+    for name in sorted(subcommands(command, ctx)):
+        sub = command.get_command(ctx, name)
+        sub_ctx = typer.Context(sub, info_name=name, parent=ctx)
+        yield from _walk(sub, [*path, name], sub_ctx)
+
+
+def subcommands(command: Any, ctx: typer.Context) -> list[str]:
+    """The names of a group's commands (loading them: the root group loads lazily)."""
+    list_commands = getattr(command, "list_commands", None)
+    return list(list_commands(ctx)) if list_commands is not None else []
 
 
 def _options(command: Any, ctx: typer.Context) -> list[tuple[str, str]]:
@@ -111,7 +115,7 @@ def engram_man_page() -> str:
     for path, command, ctx in _walk(root, [], root_ctx):
         if not path:
             continue
-        is_group = bool(getattr(command, "commands", None))
+        is_group = bool(subcommands(command, ctx))
         arguments = _arguments(command)
         synopsis = " ".join([PROG, *path]) + (" COMMAND" if is_group else " [OPTIONS]")
         if arguments:

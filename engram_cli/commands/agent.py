@@ -11,7 +11,8 @@ from engram_cli.context import JsonOption
 from engram_cli.errors import UsageProblem
 from engram_cli.output import to_plain_data
 
-app = typer.Typer(help="Manage agents' identities.", no_args_is_help=True)
+app = typer.Typer(help="Manage agents' identities.", no_args_is_help=True,
+                  add_completion=False)
 token_app = typer.Typer(
     help="Issue and revoke agent tokens (with auth.require_tokens, every connection needs "
          "one). These commands use the daemon's admin token, found beside its socket.",

@@ -12,7 +12,8 @@ from engram_cli.commands.unit import parse_pairs
 from engram_cli.context import JsonOption
 from engramd.protocol import Context
 
-app = typer.Typer(help="Create, inspect and change contexts.", no_args_is_help=True)
+app = typer.Typer(help="Create, inspect and change contexts.", no_args_is_help=True,
+                  add_completion=False)
 
 ContextArg = Annotated[str, typer.Argument(metavar="CTX", help="The context id.")]
 

@@ -26,7 +26,8 @@ class LogLevel(enum.StrEnum):
     ERROR = "error"
 
 
-app = typer.Typer(help="Start, stop and inspect the engram daemon.", no_args_is_help=True)
+app = typer.Typer(help="Start, stop and inspect the engram daemon.", no_args_is_help=True,
+                  add_completion=False)
 
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the daemon.")

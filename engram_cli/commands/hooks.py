@@ -15,7 +15,7 @@ from engram_cli.gitinfo import GitError, git, toplevel
 from engram_cli.output import note
 
 app = typer.Typer(help="Record git commits, checkouts, merges and rewrites as work units.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False)
 
 RepoOption = Annotated[str, typer.Option("--repo", metavar="PATH",
                                          help="The repository (default: here).")]

@@ -11,10 +11,8 @@ import typer
 
 from engram_cli import __version__, context
 from engram_cli.context import JsonOption
-from engram_cli.doctor import Doctor
 from engram_cli.errors import EngramError
 from engram_cli.output import format_duration, to_plain_data
-from engram_cli.statsview import prometheus_text, quantile
 from engramd.protocol import PROTOCOL_VERSION, resolve_data_dir
 
 
@@ -86,6 +84,8 @@ def stats(
     cli = context.get(ctx)
     out = cli.output(json)
     reply = cli.client(admin=True).stats()
+    from engram_cli.statsview import prometheus_text, quantile  # only this command needs it
+
     if prometheus:
         out.write(prometheus_text(reply))
         return
@@ -122,6 +122,8 @@ def doctor(ctx: typer.Context, json: JsonOption = False) -> None:
     out = cli.output(json)
     client = cli.unconnected_client()
     findings = []
+    from engram_cli.doctor import Doctor  # only this command needs it
+
     for finding in Doctor(client, resolve_data_dir(None, os.environ)).run():
         findings.append(finding)
         if out.json:

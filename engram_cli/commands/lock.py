@@ -12,7 +12,8 @@ from engram_cli.context import JsonOption
 from engram_cli.errors import UsageProblem
 from engramd.protocol import Lease, LockState
 
-app = typer.Typer(help="Take and manage leases on shared resources.", no_args_is_help=True)
+app = typer.Typer(help="Take and manage leases on shared resources.", no_args_is_help=True,
+                  add_completion=False)
 
 ResourcesArg = Annotated[list[str], typer.Argument(
     metavar="RES...", help="Resource paths, such as repo/README.md or deploy:prod.")]

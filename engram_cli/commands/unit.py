@@ -18,7 +18,8 @@ from engram_cli.timeparse import parse_time
 from engram_cli.unitjson import BadLine, draft_from_json, unit_to_json
 from engramd.protocol import RELATIONSHIP_TYPES, UNIT_TYPES, Unit, UnitDraft
 
-app = typer.Typer(help="Write and read work units.", no_args_is_help=True)
+app = typer.Typer(help="Write and read work units.", no_args_is_help=True,
+                  add_completion=False)
 
 ContextOption = Annotated[str | None, typer.Option(
     "--context", "-c", metavar="CTX", envvar="ENGRAM_CONTEXT", show_envvar=True,

@@ -18,6 +18,7 @@ The handshake::
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Any, Final
 
 import msgspec
@@ -30,7 +31,6 @@ from engramd.protocol.errors import (
 from engramd.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from engramd.protocol.messages import (
     AnyClientMessage,
-    AnyServerMessage,
     ClientMessage,
     ErrorReply,
     Hello,
@@ -57,8 +57,12 @@ class State(enum.Enum):
 
 
 _encoder = msgspec.msgpack.Encoder()
-_client_decoder = msgspec.msgpack.Decoder(AnyClientMessage)
-_server_decoder = msgspec.msgpack.Decoder(AnyServerMessage)
+
+
+@functools.cache
+def _client_decoder() -> msgspec.msgpack.Decoder[Any]:
+    """Built when the first connection needs it: the command line never does."""
+    return msgspec.msgpack.Decoder(AnyClientMessage)
 
 
 class _IdOnly(msgspec.Struct):
@@ -105,6 +109,7 @@ class ServerConnection:
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._frames = FrameDecoder(max_frame)
+        self._decoder = _client_decoder()
         self.state = State.HANDSHAKE
         self.hello: Hello | None = None
 
@@ -128,7 +133,7 @@ class ServerConnection:
         if body is None:
             return CLOSED if self._frames.at_eof else NEED_DATA
         try:
-            message: ClientMessage[Any] = _client_decoder.decode(body)
+            message: ClientMessage[Any] = self._decoder.decode(body)
         except (msgspec.ValidationError, UnicodeDecodeError) as exc:
             return self._invalid(body, exc)
         except msgspec.DecodeError as exc:
