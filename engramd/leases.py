@@ -16,6 +16,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import msgspec
 import trio
@@ -72,6 +73,36 @@ def check_resource(resource: str) -> str:
         raise BadRequest(f"a resource is 1 to {MAX_RESOURCE_BYTES} bytes without NUL, "
                          f"got {resource!r:.60}")
     return resource
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the leases of one acquire are made of, built once their seqs are known."""
+
+    resources: list[str]
+    ttl: float
+    request: AcquireLock
+    caller: Caller
+    session: str
+    holder_pid: int
+
+    def leases(self, first_seq: int, ts: dt.datetime, boot_id: str) -> list[Lease]:
+        # CLOCK_BOOTTIME read now, before the commit: the deadline it gives is never
+        # later than the one the table will hold (see engram_cli.lockrun).
+        boot = boottime()
+        expires = ts + dt.timedelta(seconds=self.ttl)
+        return [Lease(resource=resource, holder=self.caller.agent_id,
+                      lock_id=secrets.token_hex(16), fencing_token=first_seq + index,
+                      acquired_at=ts, expires_at=expires, ttl=self.ttl, boot_id=boot_id,
+                      deadline_boottime=boot + self.ttl, pid=self.request.pid,
+                      bound_to_connection=self.request.bind_connection,
+                      session=self.session, holder_pid=self.holder_pid)
+                for index, resource in enumerate(self.resources)]
+
+
+def acquired(leases: list[Lease]) -> list[LockAcquired]:
+    return [LockAcquired(seq=lease.fencing_token, ts=lease.acquired_at, context_id="",
+                         lease=lease) for lease in leases]
 
 
 def session_of(caller: Caller, pid: int | None) -> tuple[str, int]:
@@ -152,49 +183,77 @@ class LeaseManager:
 
     async def _end(self, holding: Holding, kind: type[LockReleased] | type[LockExpired], *,
                    reason: str, by: str, tell: str | None = None) -> None:
-        """End *holding* durably, wake the line, and tell the holder (*tell*) when it lost it."""
-        lease = holding.lease
+        """End *holding* durably, hand it to the next in line in the same commit, and
+        tell the holder (*tell*) when it lost it.
 
-        def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, None]:
-            if self.table.by_lock_id.get(lease.lock_id) is not holding:
-                return None, None  # ended meanwhile
+        The end and the grant to the waiter whose turn it makes are one WAL record:
+        one fsync per handover, and a crash keeps both or neither.
+        """
+        lease = holding.lease
+        follower: Waiting | None = None
+        ending = False
+
+        def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, list[Lease]]:
+            nonlocal follower, ending
+            if self.table.by_lock_id.get(lease.lock_id) is not holding or holding.ending:
+                return None, []  # ended meanwhile, or its end is being written already
+            holding.ending = ending = True
             if kind is LockExpired:
                 event: LockReleased | LockExpired = LockExpired(
                     seq=first_seq, ts=ts, context_id="", lease=lease)
             else:
                 event = LockReleased(seq=first_seq, ts=ts, context_id="", lease=lease,
                                      reason=reason, by=by)
-            return Entry(first_seq=first_seq, events=[event]), None
+            follower = self.table.successor(holding)
+            granted: list[Lease] = []
+            if follower is not None:
+                assert isinstance(follower.grant, Grant)
+                granted = follower.grant.leases(first_seq + 1, ts, self.boot_id)
+            return Entry(first_seq=first_seq, events=[event, *acquired(granted)]), granted
 
-        with trio.CancelScope(shield=True):  # the table follows what the journal says
-            await self.committer.commit(build)
-        if self.table.by_lock_id.get(lease.lock_id) is not holding:
-            return
+        try:
+            with trio.CancelScope(shield=True):  # the table follows what the journal says
+                granted = await self.committer.commit(build)
+        except BaseException as exc:
+            if ending:  # not written: it holds on, as the journal says
+                holding.ending = False
+            if follower is not None:  # the handover was not written: the follower hears why
+                self.table.unreserve(follower.resources)
+                follower.failure = exc
+                follower.turn.set()
+                self.table.pump()
+            raise
+        if not ending:
+            return  # another end wrote it, or is writing it
         self.table.remove(holding)
         if kind is LockExpired:
             self.expired += 1
         if tell is not None and holding.push is not None and self._nursery is not None:
             notice = LeaseLost(lease=lease, reason=tell, by=by)
             self._nursery.start_soon(_tell, holding.push, _push_encoder.encode(notice))
+        if follower is not None:
+            assert isinstance(follower.grant, Grant)
+            self._install(follower.grant, granted)
+            follower.granted = granted
+            follower.turn.set()
+            if follower.abandoned and self._nursery is not None:
+                # Its connection closed while the grant was written: what is bound to
+                # the connection ends with it, as it would have had it been held then.
+                for bound in (g for g in granted if g.bound_to_connection):
+                    self._nursery.start_soon(self._end_abandoned, bound)
         self.table.pump()
 
-    async def _grant(self, resources: list[str], ttl: float, request: AcquireLock,
-                     caller: Caller, session: str, holder_pid: int) -> list[Lease]:
-        """Commit leases on *resources*, already reserved for this caller."""
-        boot = boottime()
+    async def _end_abandoned(self, lease: Lease) -> None:
+        holding = self.table.by_lock_id.get(lease.lock_id)
+        if holding is not None:
+            await self._end(holding, LockReleased, reason="disconnected", by=lease.holder)
+
+    async def _grant(self, grant: Grant) -> list[Lease]:
+        """Commit leases on the grant's resources, already reserved for this caller."""
 
         def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, list[Lease]]:
-            expires = ts + dt.timedelta(seconds=ttl)
-            leases = [Lease(resource=resource, holder=caller.agent_id,
-                            lock_id=secrets.token_hex(16), fencing_token=first_seq + index,
-                            acquired_at=ts, expires_at=expires, ttl=ttl, boot_id=self.boot_id,
-                            deadline_boottime=boot + ttl, pid=request.pid,
-                            bound_to_connection=request.bind_connection, session=session,
-                            holder_pid=holder_pid)
-                      for index, resource in enumerate(resources)]
-            events = [LockAcquired(seq=lease.fencing_token, ts=ts, context_id="", lease=lease)
-                      for lease in leases]
-            return Entry(first_seq=first_seq, events=list(events)), leases
+            leases = grant.leases(first_seq, ts, self.boot_id)
+            return Entry(first_seq=first_seq, events=list(acquired(leases))), leases
 
         try:
             # Shielded: once submitted, the grant may be written; the table must
@@ -202,16 +261,21 @@ class LeaseManager:
             with trio.CancelScope(shield=True):
                 leases = await self.committer.commit(build)
         except BaseException:
-            self.table.unreserve(resources)
+            self.table.unreserve(grant.resources)
             self.table.pump()
             raise
-        deadline = trio.current_time() + ttl
-        for lease in leases:
-            self.table.install(Holding(lease, deadline, caller.connection, caller.push))
-        self.granted += len(leases)
-        if request.pid is not None and self._nursery is not None:
-            self._nursery.start_soon(self._watch_pid, request.pid)
+        self._install(grant, leases)
         return leases
+
+    def _install(self, grant: Grant, leases: list[Lease]) -> None:
+        """Hold durably granted *leases* in the table."""
+        deadline = trio.current_time() + grant.ttl
+        for lease in leases:
+            self.table.install(Holding(lease, deadline, grant.caller.connection,
+                                       grant.caller.push))
+        self.granted += len(leases)
+        if grant.request.pid is not None and self._nursery is not None:
+            self._nursery.start_soon(self._watch_pid, grant.request.pid)
 
     # -- operations ----------------------------------------------------------------------
 
@@ -236,9 +300,10 @@ class LeaseManager:
                            f"{mine.lease.lock_id}); renew that lease instead of asking again")
         if len(self.table.held_by(agent)) + len(resources) > self.max_per_agent:
             raise TooLarge(f"{agent} would hold more than {self.max_per_agent} leases")
+        grant = Grant(resources, ttl, request, caller, session, holder_pid)
         if self.table.can_take(resources):
             self.table.reserve(resources)
-            return await self._grant(resources, ttl, request, caller, session, holder_pid)
+            return await self._grant(grant)
         if wait == 0:
             raise LockHeld(self._why_held(resources))
         cycle = self.table.cycle((agent, session), resources)
@@ -251,20 +316,32 @@ class LeaseManager:
         for resource in resources:
             if self.table.waiting_count(resource) >= self.max_waiters:
                 raise TooLarge(f"{self.max_waiters} requests already wait for {resource}")
-        waiting = Waiting(agent, session, holder_pid, resources)
+        waiting = Waiting(agent, session, holder_pid, resources, grant)
         self.table.enqueue(waiting)
-        handed_over = False
+        settled = False
         try:
             with trio.move_on_after(wait):
                 await waiting.turn.wait()
+            if waiting.handed_over:
+                # Chosen by a holder's end being written now: its outcome is ours,
+                # whatever our deadline says (the grant may be durable already).
+                await waiting.turn.wait()
+                settled = True
+                if waiting.failure is not None:
+                    raise waiting.failure
+                assert waiting.granted is not None
+                return waiting.granted
             if waiting.turn.is_set():
-                handed_over = True  # from here _grant owns the reservation
-                return await self._grant(resources, ttl, request, caller, session, holder_pid)
+                settled = True  # from here _grant owns the reservation
+                return await self._grant(grant)
         finally:
-            if not handed_over:
+            if not settled:
                 # Timed out, or cancelled (the client left) perhaps just as our turn
-                # came: give the line, or the reservation made for us, back.
-                if waiting.turn.is_set():
+                # came: give the line, or the reservation made for us, back. A
+                # handover under way finishes, and ends what it grants us.
+                if waiting.handed_over:
+                    waiting.abandoned = True
+                elif waiting.turn.is_set():
                     self.table.unreserve(resources)
                 else:
                     self.table.dequeue(waiting)
@@ -320,7 +397,7 @@ class LeaseManager:
             session, holder_pid = caller.connection_id, caller.pid
 
         def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, Lease]:
-            if self.table.by_lock_id.get(lock_id) is not holding:
+            if self.table.by_lock_id.get(lock_id) is not holding or holding.ending:
                 raise NotFound(f"lease {lock_id:.40} ended while being renewed")
             lease = msgspec.structs.replace(
                 holding.lease, expires_at=ts + dt.timedelta(seconds=ttl), ttl=ttl,
@@ -361,7 +438,7 @@ class LeaseManager:
     def check_fence(self, fence: Fence) -> None:
         """Raise Conflict unless the lease with this token holds the resource now."""
         holding = self.table.held.get(fence.resource)
-        if holding is None or holding.deadline <= trio.current_time():
+        if holding is None or holding.ending or holding.deadline <= trio.current_time():
             raise Conflict(f"stale fence: {fence.resource} is not held (token {fence.token})")
         if holding.lease.fencing_token != fence.token:
             raise Conflict(f"stale fence: {fence.resource} is held with token "

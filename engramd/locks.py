@@ -43,6 +43,9 @@ class Holding:
     """The connection that took (or last adopted) it, while that connection is open."""
     push: Callable[[bytes], Awaitable[None]] | None = None
     """Tells the holder's connection about a lost lease."""
+    ending: bool = False
+    """Its end is built into the batch being written: nothing may end, renew or fence
+    with it again (it stays in the table until that end is durable)."""
 
     @property
     def holder(self) -> str:
@@ -59,8 +62,18 @@ class Waiting:
     session: str
     pid: int
     resources: list[str]
+    grant: object = None
+    """What its leases are made of (the lease manager's; the table never looks inside)."""
     turn: trio.Event = field(default_factory=trio.Event)
-    """Set when the resources have been reserved for this waiter."""
+    """Set when the resources have been reserved for this waiter, or handed over to it."""
+    handed_over: bool = False
+    """Chosen to follow a holder in the same commit that ends the holder's lease."""
+    granted: list[Lease] | None = None
+    """The leases a handover granted it, once durable."""
+    failure: BaseException | None = None
+    """Why the handover that chose it was not written."""
+    abandoned: bool = False
+    """It stopped waiting (its client left) after a handover had chosen it."""
 
     @property
     def key(self) -> SessionKey:
@@ -151,6 +164,22 @@ class LockTable:
                 self.dequeue(waiting)
                 self.reserve(waiting.resources)
                 waiting.turn.set()
+
+    def successor(self, holding: Holding) -> Waiting | None:
+        """The waiter whose turn comes when *holding* ends, taken out of the line with its
+        resources reserved; None when no one is first in line with all else free."""
+        resource = holding.lease.resource
+        queue = self.queues.get(resource)
+        if not queue:
+            return None
+        waiting = queue[0]
+        others_free = all(r == resource or self.free(r) for r in waiting.resources)
+        if waiting.turn.is_set() or not self.first_in_line(waiting) or not others_free:
+            return None
+        self.dequeue(waiting)
+        self.reserve(waiting.resources)
+        waiting.handed_over = True
+        return waiting
 
     def waiting_count(self, resource: str) -> int:
         return len(self.queues.get(resource, ()))

@@ -48,6 +48,13 @@ _SEQ = struct.Struct(">Q")
 _encoder = msgspec.msgpack.Encoder()
 
 
+class _LeaseId(msgspec.Struct):
+    lock_id: str
+
+
+_lease_id = msgspec.msgpack.Decoder(_LeaseId)
+
+
 def seq_bytes(seq: int) -> bytes:
     return _SEQ.pack(seq)
 
@@ -97,6 +104,7 @@ class Store:
         batch = WriteBatch(raw_mode=True)
         units = self.unit_count
         contexts = self.context_count
+        leases: dict[bytes, str | None] = {}  # lease key -> lock id held, as of this batch
         for entry in entries:
             for event in entry.events:
                 seq = seq_bytes(event.seq)
@@ -125,8 +133,12 @@ class Store:
                     lease_key = b"l/" + _text(event.lease.resource)
                     if isinstance(event, LockAcquired | LockRenewed):
                         batch.put(lease_key, _encoder.encode(event.lease))
-                    else:
+                        leases[lease_key] = event.lease.lock_id
+                    elif self._holds(leases, lease_key, event.lease.lock_id):
+                        # (An end of a lease that no longer holds the resource — a
+                        # late duplicate — must not take its successor's record.)
                         batch.delete(lease_key)
+                        leases[lease_key] = None
                     batch.put(b"e/" + seq, _encoder.encode(event))
             for key, unit_id in entry.idempotency_keys.items():
                 batch.put(b"i/" + _text(key), _text(unit_id))
@@ -138,6 +150,13 @@ class Store:
         self.applied_seq = last
         self.unit_count = units
         self.context_count = contexts
+
+    def _holds(self, leases: dict[bytes, str | None], key: bytes, lock_id: str) -> bool:
+        """Whether the lease stored under *key* (this batch's changes first) is *lock_id*."""
+        if key in leases:
+            return leases[key] == lock_id
+        raw: bytes | None = self.db.get(key)
+        return raw is not None and _lease_id.decode(raw).lock_id == lock_id
 
     def flush(self) -> None:
         """Make everything applied durable in the store's own files."""

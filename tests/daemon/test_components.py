@@ -273,3 +273,87 @@ async def test_live_events_reach_a_subscriber_in_order_and_a_stalled_one_lags_ou
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert isinstance(slow[-1], Lagged) and slow[-1].head_seq == 8
+
+
+async def test_a_release_and_the_grant_to_the_next_in_line_are_one_commit(
+        running: tuple[GroupCommitter, list[Entry]], storage: tuple[Store, WriteAheadLog],
+        autojump_clock: trio.abc.Clock) -> None:
+    committer, applied = running
+    leases = LeaseManager(storage[0], committer, default_ttl=60, max_ttl=3600,
+                          max_per_agent=10, max_waiters=10)
+    alice = Caller(agent_id="alice", uid=0, pid=1, connection_id="conn:1@t")
+    bob = Caller(agent_id="bob", uid=0, pid=2, connection_id="conn:2@t")
+    granted: list[Lease] = []
+
+    async def bob_waits() -> None:
+        granted.extend(await leases.acquire(AcquireLock(resources=["r"], ttl=60, wait=None),
+                                            bob))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(leases.run)
+        (held,) = await leases.acquire(AcquireLock(resources=["r"], ttl=60), alice)
+        nursery.start_soon(bob_waits)
+        await trio.testing.wait_all_tasks_blocked()
+        batches = committer.stats.batches
+        await leases.release(held.lock_id, alice)
+        await trio.testing.wait_all_tasks_blocked()
+        assert committer.stats.batches == batches + 1  # one write, one fdatasync
+        handover = applied[-1]
+        assert [type(event).__name__ for event in handover.events] == [
+            "LockReleased", "LockAcquired"]
+        assert granted[0].holder == "bob" and granted[0].fencing_token == handover.last_seq
+        assert leases.state("r").lease == granted[0]
+        # An expiry hands over the same way.
+        carol = Caller(agent_id="carol", uid=0, pid=3, connection_id="conn:3@t")
+        later: list[Lease] = []
+        carol_granted = trio.Event()
+
+        async def carol_waits() -> None:
+            later.extend(await leases.acquire(
+                AcquireLock(resources=["r"], ttl=60, wait=None), carol))
+            carol_granted.set()
+
+        nursery.start_soon(carol_waits)
+        await carol_granted.wait()  # at bob's expiry, once its commit (a thread) is done
+        assert [type(event).__name__ for event in applied[-1].events] == [
+            "LockExpired", "LockAcquired"]
+        assert later[0].holder == "carol"
+        nursery.cancel_scope.cancel()
+
+
+async def test_two_ends_of_one_lease_in_one_batch_write_one(
+        running: tuple[GroupCommitter, list[Entry]], storage: tuple[Store, WriteAheadLog],
+        autojump_clock: trio.abc.Clock) -> None:
+    committer, applied = running
+    leases = LeaseManager(storage[0], committer, default_ttl=60, max_ttl=3600,
+                          max_per_agent=10, max_waiters=10)
+    alice = Caller(agent_id="alice", uid=0, pid=1, connection_id="conn:1@t")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(leases.run)
+        (held,) = await leases.acquire(AcquireLock(resources=["r"], ttl=60), alice)
+        async with trio.open_nursery() as both:  # submitted together: one batch
+            both.start_soon(leases.release, held.lock_id, alice)
+            both.start_soon(leases.break_lease, "r", "ops", "ops")
+        ends = [event for entry in applied for event in entry.events
+                if type(event).__name__ in ("LockReleased", "LockExpired")]
+        assert len(ends) == 1
+        assert leases.state("r").lease is None
+        nursery.cancel_scope.cancel()
+
+
+def test_a_late_end_of_a_lease_leaves_its_successor_stored(
+        storage: tuple[Store, WriteAheadLog]) -> None:
+    """A journal with an end of a lease after the next holder's grant (written by an
+    older daemon's race) replays without losing that holder's lease."""
+    from engramd.protocol import LockAcquired, LockExpired, LockReleased
+
+    store, _ = storage
+    first, second = lease("r", "a", "s1"), lease("r", "b", "s2")
+    store.apply([Entry(first_seq=1, events=[LockAcquired(seq=1, ts=WHEN, context_id="",
+                                                         lease=first)])])
+    store.apply([Entry(first_seq=2, events=[
+        LockReleased(seq=2, ts=WHEN, context_id="", lease=first, reason="released", by="a"),
+        LockAcquired(seq=3, ts=WHEN, context_id="", lease=second)])])
+    store.apply([Entry(first_seq=4, events=[LockExpired(seq=4, ts=WHEN, context_id="",
+                                                        lease=first)])])
+    assert [msgspec.msgpack.decode(raw, type=Lease) for raw in store.leases()] == [second]
