@@ -38,6 +38,12 @@ class BenchResult(msgspec.Struct, frozen=True, kw_only=True):
     throughput: float
     """Operations per second over the whole run (wall time)."""
     note: str = ""
+    daemon_cpu_ms: float | None = None
+    """The daemon's CPU time (user + system, from /proc) per operation while timed."""
+    target: str = ""
+    """The target for this row, worked out from the floors measured in the same run."""
+    met: bool | None = None
+    """Whether the row meets its target (None: no target, or its floor did not run)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +64,23 @@ class BenchTarget:
     def client(self) -> Client:
         return Client(self.socket_path, client_name="engram-bench", autostart=False)
 
+    def daemon_cpu(self) -> float | None:
+        """The daemon's CPU seconds so far (user + system), or None where /proc cannot say."""
+        with self.client() as client:
+            pid = client.status().pid
+        return cpu_seconds(pid)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process *pid*, from ``/proc/PID/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    # Fields 14 and 15 of proc(5), counted after the command name's closing parenthesis.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 Workload = Callable[[BenchTarget], "Measurement"]
 
@@ -67,6 +90,21 @@ class Measurement:
     latencies: list[float]
     wall: float
     note: str = ""
+    daemon_cpu: float | None = None
+    """The daemon's CPU seconds spent while the operations were timed."""
+    ops: int | None = None
+    """Operations done, when not one per latency (an import: units, one wall time)."""
+
+
+@contextlib.contextmanager
+def daemon_cpu(target: BenchTarget) -> Iterator[Callable[[], float | None]]:
+    """Measure the daemon's CPU time over the block; call the result afterwards."""
+    before = target.daemon_cpu()
+    spent: list[float | None] = [None]
+    yield lambda: spent[0]
+    after = target.daemon_cpu()
+    if before is not None and after is not None:
+        spent[0] = after - before
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -79,7 +117,8 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 def summarize(name: str, measurement: Measurement) -> BenchResult:
     values = sorted(measurement.latencies)
-    ops = len(values)
+    ops = measurement.ops if measurement.ops is not None else len(values)
+    cpu = measurement.daemon_cpu
     return BenchResult(
         name=name,
         ops=ops,
@@ -88,26 +127,30 @@ def summarize(name: str, measurement: Measurement) -> BenchResult:
         max_ms=round((values[-1] if values else 0.0) * 1000, 4),
         throughput=round(ops / measurement.wall, 1) if measurement.wall > 0 else 0.0,
         note=measurement.note,
+        daemon_cpu_ms=round(cpu / ops * 1000, 4) if cpu is not None and ops else None,
     )
 
 
-def _timed_loop(count: int, operation: Callable[[], object]) -> Measurement:
+def _timed_loop(target: BenchTarget, count: int, operation: Callable[[], object]
+                ) -> Measurement:
     latencies = []
-    started = time.perf_counter()
-    for _ in range(count):
-        before = time.perf_counter()
-        operation()
-        latencies.append(time.perf_counter() - before)
-    return Measurement(latencies, time.perf_counter() - started)
+    with daemon_cpu(target) as cpu:
+        started = time.perf_counter()
+        for _ in range(count):
+            before = time.perf_counter()
+            operation()
+            latencies.append(time.perf_counter() - before)
+        wall = time.perf_counter() - started
+    return Measurement(latencies, wall, daemon_cpu=cpu())
 
 
-def _timed_processes(count: int, argv: list[str], env: Mapping[str, str]) -> Measurement:
+def _timed_processes(target: BenchTarget, count: int, argv: list[str]) -> Measurement:
     def run() -> None:
-        subprocess.run(argv, env=dict(env), check=True, stdout=subprocess.DEVNULL,
+        subprocess.run(argv, env=dict(target.env), check=True, stdout=subprocess.DEVNULL,
                        stdin=subprocess.DEVNULL)
 
     run()  # warm the page cache and bytecode cache
-    return _timed_loop(count, run)
+    return _timed_loop(target, count, run)
 
 
 # -- workloads --------------------------------------------------------------
@@ -118,7 +161,7 @@ def bench_ping(target: BenchTarget) -> Measurement:
     with target.client() as client:
         for _ in range(100):
             client.ping()
-        return _timed_loop(target.count(5000), client.ping)
+        return _timed_loop(target, target.count(5000), client.ping)
 
 
 def engram_command() -> list[str]:
@@ -132,16 +175,38 @@ def engram_command() -> list[str]:
 
 def bench_cli_ping(target: BenchTarget) -> Measurement:
     """Wall time of a whole `engram ping` process."""
-    measurement = _timed_processes(target.count(30), [*engram_command(), "ping"], target.env)
-    measurement.note = "compare with floor.import"
+    measurement = _timed_processes(target, target.count(30), [*engram_command(), "ping"])
+    measurement.note = _install_kind()
     return measurement
+
+
+def bench_cli_unit_create(target: BenchTarget) -> Measurement:
+    """Wall time of a whole `engram unit create -c CTX -p TEXT` process."""
+    measurement = _timed_processes(target, target.count(30), [
+        *engram_command(), "unit", "create", "-c", "bench-cli", "-p", "a note from the shell"])
+    measurement.note = _install_kind()
+    return measurement
+
+
+def _install_kind() -> str:
+    """Whether engram runs from a regular install; an editable one adds its import hook's
+    cost to every start, which the floor does not pay."""
+    from importlib import metadata
+
+    try:
+        direct_url = metadata.distribution("engram").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return "not installed (python -m engram_cli)"
+    editable = bool(direct_url and msgspec.json.decode(direct_url).get(
+        "dir_info", {}).get("editable"))
+    return ("editable install: each start pays its import hook; `make bench` measures a "
+            "regular one" if editable else "regular install")
 
 
 def bench_floor_import(target: BenchTarget) -> Measurement:
     """The floor under any Python CLI of ours: start Python and import typer and msgspec."""
     measurement = _timed_processes(
-        target.count(30), [sys.executable, "-c", "import typer, msgspec"], target.env
-    )
+        target, target.count(30), [sys.executable, "-c", "import typer, msgspec"])
     measurement.note = "floor: python -c 'import typer, msgspec'"
     return measurement
 
@@ -158,7 +223,7 @@ def bench_floor_fdatasync(target: BenchTarget) -> Measurement:
             os.write(fd, PAYLOAD)
             os.fdatasync(fd)
 
-        measurement = _timed_loop(target.count(2000), append)
+        measurement = _timed_loop(target, target.count(2000), append)
     finally:
         os.close(fd)
         os.unlink(path)
@@ -171,19 +236,20 @@ def bench_write_single(target: BenchTarget) -> Measurement:
     with target.client() as client:
         for _ in range(50):
             client.create_unit("bench-single", "MESSAGE", PAYLOAD)
-        return _timed_loop(target.count(3000),
+        return _timed_loop(target, target.count(3000),
                            lambda: client.create_unit("bench-single", "MESSAGE", PAYLOAD))
 
 
-def _write_worker(socket_path: str, name: str, requests_: int, per_request: int,
-                  window: int) -> None:
+def _write_worker(socket_path: str, name: str, requests_text: str, per_request_text: str,
+                  window_text: str) -> None:
     """A writer process: waits for "go" on stdin, writes, prints its latencies."""
     from engram_cli import requests
 
+    requests_, per_request, window = int(requests_text), int(per_request_text), int(window_text)
     drafts = [requests.draft(f"bench-{name}", "MESSAGE", PAYLOAD)] * per_request
     with Client(socket_path, agent_id=name, autostart=False, timeout=120) as client:
         client.ping()
-        sys.stdin.readline()
+        _ready()
         sent: dict[int, float] = {}
         latencies = []
         pending: list[int] = []
@@ -205,36 +271,59 @@ def _write_worker(socket_path: str, name: str, requests_: int, per_request: int,
     sys.stdout.write(" ".join(f"{value:.7f}" for value in latencies) + "\n")
 
 
-def _concurrent_writers(target: BenchTarget, processes: int, requests_: int,
-                        per_request: int, window: int) -> Measurement:
-    code = ("import sys; from engram_cli.bench import _write_worker; "
-            "_write_worker(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:]))")
-    workers = [subprocess.Popen(
-        [sys.executable, "-c", code, target.socket_path, f"w{n}", str(requests_),
-         str(per_request), str(window)],
-        env=dict(target.env), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        for n in range(processes)]
-    time.sleep(1.0)  # let every worker connect before the clock starts
+def _workers(target: BenchTarget, function: str, args: list[list[str]]) -> tuple[list[str], float]:
+    """Run ``engram_cli.bench.<function>(*args)`` in a process per args list, start them
+    together once all are connected, and return what each printed, and the wall time."""
+    code = (f"import sys; from engram_cli.bench import {function}; "
+            f"{function}(*sys.argv[1:])")
+    workers = [subprocess.Popen([sys.executable, "-c", code, *worker_args],
+                                env=dict(target.env), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+               for worker_args in args]
+    for worker in workers:  # each says "ready" once connected
+        assert worker.stdout is not None
+        if worker.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"a bench worker ({function}) failed to start")
     started = time.perf_counter()
     for worker in workers:
         assert worker.stdin is not None
         worker.stdin.write("go\n")
         worker.stdin.flush()
-    latencies: list[float] = []
+    outputs = []
     for worker in workers:
         out, _ = worker.communicate(timeout=600)
         if worker.returncode != 0:
-            raise RuntimeError("a bench writer failed")
-        latencies += [float(value) for value in out.split()]
-    wall = time.perf_counter() - started
+            raise RuntimeError(f"a bench worker ({function}) failed")
+        outputs.append(out)
+    return outputs, time.perf_counter() - started
+
+
+def _ready() -> None:
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
+
+
+def _concurrent_writers(target: BenchTarget, processes: int, requests_: int,
+                        per_request: int, window: int) -> Measurement:
+    with daemon_cpu(target) as cpu:
+        outputs, wall = _workers(target, "_write_worker", [
+            [target.socket_path, f"w{n}", str(requests_), str(per_request), str(window)]
+            for n in range(processes)])
+    latencies = [float(value) for out in outputs for value in out.split()]
     units = processes * requests_ * per_request
-    return Measurement(latencies, wall,
+    return Measurement(latencies, wall, daemon_cpu=cpu(),
                        note=f"{units / wall:,.0f} units/s; latency per request")
 
 
 def bench_write_8procs(target: BenchTarget) -> Measurement:
     """8 writer processes, 1 unit per request, 16 requests in flight each."""
     return _concurrent_writers(target, 8, target.count(1500), 1, 16)
+
+
+def bench_write_8procs_serial(target: BenchTarget) -> Measurement:
+    """8 writer processes, 1 unit per request, one request at a time each."""
+    return _concurrent_writers(target, 8, target.count(1000), 1, 1)
 
 
 def bench_write_8procs_batch(target: BenchTarget) -> Measurement:
@@ -244,6 +333,8 @@ def bench_write_8procs_batch(target: BenchTarget) -> Measurement:
 
 FILL_UNITS = 1_000_000
 FILL_CONTEXTS = 100
+BIG_CONTEXT = "bench-fill-0"
+"""Every tenth fill unit goes here (100,000 of the 1,000,000), the rest round the others."""
 _SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "shi", "po", "de", "vu", "ga", "ze", "fo",
               "bi", "ny", "qua"]
 VOCABULARY = [a + b + c for a in _SYLLABLES for b in _SYLLABLES for c in _SYLLABLES]
@@ -270,6 +361,10 @@ def _daemon_rss_mib(target: BenchTarget) -> float:
         return resident_mib(client.status().pid)
 
 
+def fill_context(n: int) -> str:
+    return BIG_CONTEXT if n % 10 == 0 else f"bench-fill-{n % FILL_CONTEXTS}"
+
+
 def _fill(target: BenchTarget) -> int:
     """Bring the store to FILL_UNITS (scaled) units, spread over FILL_CONTEXTS contexts."""
     from engram_cli import requests
@@ -279,13 +374,11 @@ def _fill(target: BenchTarget) -> int:
         journal = client.status().journal
         have = journal.units if journal else 0
         batch = 1000
-        context = 0
         pending: list[int] = []
         while have < wanted:
-            drafts = [requests.draft(f"bench-fill-{(context + i) % FILL_CONTEXTS}", "MESSAGE",
-                                     fill_text(have + i), meta={"n": str(have + i)})
+            drafts = [requests.draft(fill_context(have + i), "MESSAGE", fill_text(have + i),
+                                     meta={"n": str(have + i)})
                       for i in range(min(batch, wanted - have))]
-            context += len(drafts)
             pending.append(client.send(requests.create_units(drafts)))
             if len(pending) >= 4:
                 result(client.receive(pending.pop(0)), UnitsCreated)
@@ -296,14 +389,15 @@ def _fill(target: BenchTarget) -> int:
 
 
 def bench_list_last100(target: BenchTarget) -> Measurement:
-    """The last 100 units of a context while the store holds 1,000,000 (scaled) units."""
+    """The last 100 units of a context of 100,000 in a store of 1,000,000 (both scaled)."""
     total = _fill(target)
     with target.client() as client:
         for _ in range(50):
-            client.list_units("bench-fill-7", limit=100)
-        measurement = _timed_loop(target.count(2000),
-                                  lambda: client.list_units("bench-fill-7", limit=100))
-    measurement.note = f"store holds {total:,} units; daemon RSS {_daemon_rss_mib(target):.0f} MiB"
+            client.list_units(BIG_CONTEXT, limit=100)
+        measurement = _timed_loop(target, target.count(2000),
+                                  lambda: client.list_units(BIG_CONTEXT, limit=100))
+    measurement.note = (f"context of {total // 10:,} in a store of {total:,} units; daemon RSS "
+                        f"{_daemon_rss_mib(target):.0f} MiB")
     return measurement
 
 
@@ -332,7 +426,7 @@ def bench_search_query(target: BenchTarget) -> Measurement:
             state[0] += 1
             hits.append(client.search(f"{a} {b}", limit=20).total)
 
-        measurement = _timed_loop(target.count(500), query)
+        measurement = _timed_loop(target, target.count(500), query)
     measurement.note = (f"{total:,} units indexed; median matches per query "
                         f"{sorted(hits)[len(hits) // 2]:,}")
     return measurement
@@ -380,7 +474,7 @@ def bench_lock_cycle(target: BenchTarget) -> Measurement:
 
         for _ in range(50):
             cycle()
-        return _timed_loop(target.count(2000), cycle)
+        return _timed_loop(target, target.count(2000), cycle)
 
 
 def bench_lock_handover(target: BenchTarget) -> Measurement:
@@ -424,11 +518,47 @@ def bench_lock_handover(target: BenchTarget) -> Measurement:
                        note="includes the release's own fsync and the grant's")
 
 
+def _lock_worker(socket_path: str, name: str, rounds_text: str) -> None:
+    """A contender: acquire (waiting in line) and release, *rounds* times; prints the
+    latency of each acquire + release."""
+    latencies = []
+    with Client(socket_path, agent_id=name, autostart=False, timeout=120) as client:
+        client.ping()
+        _ready()
+        for _ in range(int(rounds_text)):
+            started = time.perf_counter()
+            (lease,) = client.acquire_lock("bench:contended", ttl=30, wait=60)
+            client.release_lock(lease.lock_id)
+            latencies.append(time.perf_counter() - started)
+    sys.stdout.write(" ".join(f"{value:.7f}" for value in latencies) + "\n")
+
+
+def bench_lock_8procs(target: BenchTarget) -> Measurement:
+    """8 processes contending for one lease: acquire (in line), release, again."""
+    rounds = target.count(250)
+    with target.client() as client:
+        batches_before = _commit_batches(client)
+    with daemon_cpu(target) as cpu:
+        outputs, wall = _workers(target, "_lock_worker", [
+            [target.socket_path, f"l{n}", str(rounds)] for n in range(8)])
+    with target.client() as client:
+        batches = _commit_batches(client) - batches_before
+    latencies = [float(value) for out in outputs for value in out.split()]
+    grants = 8 * rounds
+    return Measurement(latencies, wall, daemon_cpu=cpu(), note=(
+        f"{grants / wall:,.0f} handovers/s; {batches / grants:.2f} fsyncs per grant; "
+        f"latency per acquire (waiting included) + release"))
+
+
+def _commit_batches(client: Client) -> int:
+    journal = client.status().journal
+    return journal.commit_batches if journal is not None else 0
+
+
 def bench_lock_run(target: BenchTarget) -> Measurement:
     """Wall time of a whole `engram lock run RES -- true` process."""
-    measurement = _timed_processes(target.count(30),
-                                   [*engram_command(), "lock", "run", "bench:run", "--", "true"],
-                                   target.env)
+    measurement = _timed_processes(
+        target, target.count(30), [*engram_command(), "lock", "run", "bench:run", "--", "true"])
     measurement.note = "compare with floor.flock"
     return measurement
 
@@ -436,7 +566,7 @@ def bench_lock_run(target: BenchTarget) -> Measurement:
 def bench_floor_flock(target: BenchTarget) -> Measurement:
     """Wall time of `flock FILE true`: the classic tool's floor."""
     path = os.path.join(target.data_dir or tempfile.gettempdir(), "bench.flock")
-    measurement = _timed_processes(target.count(30), ["flock", path, "true"], target.env)
+    measurement = _timed_processes(target, target.count(30), ["flock", path, "true"])
     measurement.note = "floor: flock FILE true"
     return measurement
 
@@ -457,7 +587,7 @@ def _fan_worker(socket_path: str, context_id: str, count: int) -> None:
 
 
 def bench_stream_fanout10(target: BenchTarget) -> Measurement:
-    """Write acknowledged -> event received, at each of 10 watcher processes."""
+    """A write's send -> its event received, at each of 10 watcher processes."""
     count = target.count(2000)
     context_id = f"bench-fan-{os.getpid()}"
     code = ("import sys; from engram_cli.bench import _fan_worker; "
@@ -472,50 +602,182 @@ def bench_stream_fanout10(target: BenchTarget) -> Measurement:
     sent: dict[int, float] = {}
     acked: dict[int, float] = {}
     started = time.perf_counter()
-    with target.client() as client:
+    with daemon_cpu(target) as cpu, target.client() as client:
         for _ in range(count):
             before = time.time()
             unit = client.create_unit(context_id, "MESSAGE", PAYLOAD)
             acked[unit.seq] = time.time()
             sent[unit.seq] = before
     latencies: list[float] = []
-    from_send: list[float] = []
+    from_ack: list[float] = []
+    last: dict[int, float] = {}  # seq -> when the last of the 10 received it
     early = 0
     for watcher in watchers:
         out, _ = watcher.communicate(timeout=300)
         for pair in out.split():
             seq, received = int(pair.split(":")[0]), float(pair.split(":")[1])
-            delay = received - acked[seq]
-            early += delay < 0
-            latencies.append(max(0.0, delay))
-            from_send.append(received - sent[seq])
+            latencies.append(received - sent[seq])
+            last[seq] = max(last.get(seq, received), received)
+            early += received < acked[seq]
+            from_ack.append(max(0.0, received - acked[seq]))
     wall = time.perf_counter() - started
-    from_send.sort()
-    return Measurement(latencies, wall, note=(
-        f"{len(latencies):,} receipts, {early} before the writer read its ack (counted as 0); "
-        f"from the write's send: p50 {percentile(from_send, 0.5) * 1000:.3f} ms, "
-        f"p99 {percentile(from_send, 0.99) * 1000:.3f} ms"))
+    from_ack.sort()
+    all_ten = sorted(last[seq] - sent[seq] for seq in last)
+    return Measurement(latencies, wall, daemon_cpu=cpu(), note=(
+        f"{len(latencies):,} receipts; all 10 received: p50 "
+        f"{percentile(all_ten, 0.5) * 1000:.3f} ms; from the writer's ack: p50 "
+        f"{percentile(from_ack, 0.5) * 1000:.3f} ms, p99 {percentile(from_ack, 0.99) * 1000:.3f}"
+        f" ms ({early} came before the ack)"))
+
+
+def _bench_import(target: BenchTarget, agents: int) -> Measurement:
+    count = target.count(20_000, minimum=100)
+    tag = f"{agents}-{os.getpid()}-{time.monotonic_ns()}"
+    directory = target.data_dir or tempfile.gettempdir()
+    with tempfile.NamedTemporaryFile("wb", dir=directory, suffix=".jsonl") as lines:
+        for n in range(count):
+            lines.write(msgspec.json.encode({
+                "id": f"bench-import-{tag}-{n}", "context_id": f"bench-import-{tag}",
+                "agent_id": f"importer-{n % agents}", "type": "MESSAGE",
+                "payload": fill_text(n).decode()}) + b"\n")
+        lines.flush()
+        argv = [*engram_command(), "unit", "import", lines.name]
+        with daemon_cpu(target) as cpu:
+            started = time.perf_counter()
+            subprocess.run(argv, env=dict(target.env), check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            wall = time.perf_counter() - started
+    return Measurement([wall], wall, daemon_cpu=cpu(), ops=count, note=(
+        f"{count:,} units, wall time in p50; the agent changes every line" if agents > 1
+        else f"{count:,} units, wall time in p50"))
+
+
+def bench_import_1agent(target: BenchTarget) -> Measurement:
+    """`engram unit import` of 20,000 units (scaled), all by one agent."""
+    return _bench_import(target, 1)
+
+
+def bench_import_5agents(target: BenchTarget) -> Measurement:
+    """`engram unit import` of 20,000 units (scaled) from 5 agents, interleaved line by line."""
+    return _bench_import(target, 5)
 
 
 WORKLOADS: dict[str, Workload] = {
     "ping": bench_ping,
     "cli.ping": bench_cli_ping,
+    "cli.unit.create": bench_cli_unit_create,
     "floor.import": bench_floor_import,
     "floor.fdatasync": bench_floor_fdatasync,
     "write.single": bench_write_single,
     "write.8procs": bench_write_8procs,
+    "write.8procs.serial": bench_write_8procs_serial,
     "write.8procs.batch": bench_write_8procs_batch,
     "list.last100": bench_list_last100,
     "restart.clean": bench_restart_clean,
     "restart.crash": bench_restart_crash,
     "lock.cycle": bench_lock_cycle,
     "lock.handover": bench_lock_handover,
+    "lock.8procs": bench_lock_8procs,
     "lock.run": bench_lock_run,
     "floor.flock": bench_floor_flock,
     "stream.fanout10": bench_stream_fanout10,
     "search.query": bench_search_query,
     "index.rebuild": bench_index_throughput,
+    "import.1agent": bench_import_1agent,
+    "import.5agents": bench_import_5agents,
 }
+
+
+# -- targets ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Goal:
+    """A row's target, drawn from floors measured in the same run."""
+
+    floors: tuple[str, ...]
+    """The workloads it is drawn from; they run whenever the row does."""
+    judge: Callable[[BenchResult, Mapping[str, BenchResult]], tuple[str, bool | None]]
+    """(the target in words with the floors' figures, whether the row meets it)."""
+
+
+def _cpu_ok(result: BenchResult) -> bool:
+    return result.daemon_cpu_ms is not None and result.daemon_cpu_ms <= 0.15
+
+
+def _write_single(r: BenchResult, f: Mapping[str, BenchResult]) -> tuple[str, bool]:
+    limit = f["floor.fdatasync"].p50_ms + 0.15
+    return (f"p50 <= {limit:.3f} (floor.fdatasync {f['floor.fdatasync'].p50_ms:.3f} + 0.15), "
+            f"p99 <= 1, cpu <= 0.15",
+            r.p50_ms <= limit and r.p99_ms <= 1.0 and _cpu_ok(r))
+
+
+def _lock_cycle(r: BenchResult, f: Mapping[str, BenchResult]) -> tuple[str, bool]:
+    limit = 2 * f["floor.fdatasync"].p50_ms + 0.3
+    return (f"p50 <= {limit:.3f} (2 x floor.fdatasync {f['floor.fdatasync'].p50_ms:.3f} "
+            f"+ 0.3)", r.p50_ms <= limit)
+
+
+def _fanout(r: BenchResult, f: Mapping[str, BenchResult]) -> tuple[str, bool]:
+    limit = f["write.single"].p50_ms + 0.3
+    return (f"p50 <= {limit:.3f} (write.single {f['write.single'].p50_ms:.3f} + 0.3)",
+            r.p50_ms <= limit)
+
+
+def _near_import_floor(r: BenchResult, f: Mapping[str, BenchResult]) -> tuple[str, bool]:
+    limit = 1.2 * f["floor.import"].p50_ms
+    return (f"p50 <= {limit:.1f} (1.2 x floor.import {f['floor.import'].p50_ms:.1f})",
+            r.p50_ms <= limit)
+
+
+def _import_agents(r: BenchResult, f: Mapping[str, BenchResult]) -> tuple[str, bool]:
+    limit = 1.5 * f["import.1agent"].p50_ms
+    return (f"wall <= {limit / 1000:.2f} s (1.5 x import.1agent "
+            f"{f['import.1agent'].p50_ms / 1000:.2f} s)", r.p50_ms <= limit)
+
+
+GOALS: dict[str, Goal] = {
+    "write.single": Goal(("floor.fdatasync",), _write_single),
+    "write.8procs.serial": Goal((), lambda r, f: (
+        "units/s >= 15,000, p99 <= 5, cpu <= 0.15",
+        r.throughput >= 15_000 and r.p99_ms <= 5.0 and _cpu_ok(r))),
+    "lock.cycle": Goal(("floor.fdatasync",), _lock_cycle),
+    "lock.8procs": Goal((), lambda r, f: ("handovers/s >= 2,000", r.throughput >= 2000)),
+    "stream.fanout10": Goal(("write.single",), _fanout),
+    "list.last100": Goal((), lambda r, f: ("p50 <= 0.35", r.p50_ms <= 0.35)),
+    "cli.ping": Goal(("floor.import",), _near_import_floor),
+    "cli.unit.create": Goal(("floor.import",), _near_import_floor),
+    "lock.run": Goal(("floor.flock",), lambda r, f: (
+        f"(floor.flock {f['floor.flock'].p50_ms:.1f})", None)),
+    "import.5agents": Goal(("import.1agent",), _import_agents),
+}
+
+
+def with_floors(names: list[str]) -> list[str]:
+    """*names* in the catalogue's order, with the floors their targets are drawn from."""
+    wanted: set[str] = set()
+    todo = list(names)
+    while todo:  # floors have floors (stream.fanout10 -> write.single -> floor.fdatasync)
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            goal = GOALS.get(name)
+            todo += goal.floors if goal else ()
+    return [name for name in WORKLOADS if name in wanted]
+
+
+def judged(results: list[BenchResult]) -> list[BenchResult]:
+    """*results* with each row's target and whether it was met."""
+    by_name = {row.name: row for row in results}
+    out = []
+    for row in results:
+        goal = GOALS.get(row.name)
+        if goal is None or not all(floor in by_name for floor in goal.floors):
+            out.append(row)
+            continue
+        text, met = goal.judge(row, by_name)
+        out.append(msgspec.structs.replace(row, target=text, met=met))
+    return out
 
 
 # -- the harness ------------------------------------------------------------
@@ -571,8 +833,9 @@ def _wait_gone(socket_path: str, pid: int | None = None, timeout: float = 60.0) 
 def run_workloads(
     target: BenchTarget, names: list[str], progress: Callable[[str], None]
 ) -> list[BenchResult]:
+    """Run *names* and the floors their targets need; return every row, judged."""
     results = []
-    for name in names:
+    for name in with_floors(names):
         progress(name)
         results.append(summarize(name, WORKLOADS[name](target)))
-    return results
+    return judged(results)

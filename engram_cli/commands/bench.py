@@ -37,9 +37,14 @@ def bench(
         help="Instead of the workloads, hold a mixed load (writers, watchers, lock "
              "contention, searches) for DURATION (90s, 10m) and report latencies, errors "
              "and the daemon's memory over time.")] = None,
+    compare: Annotated[str | None, typer.Option(
+        "--compare", metavar="REF",
+        help="Run the bench on commit REF (a temporary git worktree), then on this tree, "
+             "and print the ratios (this tree / REF).")] = None,
     json: JsonOption = False,
 ) -> None:
-    """Measure latency (p50/p99/max) and throughput of named workloads."""
+    """Measure latency (p50/p99/max), throughput and the daemon's CPU per operation of
+    named workloads, each beside its target and the floors that target is drawn from."""
     # Imported here: the harness pulls in subprocess and tempfile, which an
     # ordinary command should not pay for at start-up.
     from engram_cli import bench as harness
@@ -57,6 +62,11 @@ def bench(
     unknown = [name for name in names if name not in harness.WORKLOADS]
     if unknown:
         raise UsageProblem(f"unknown workload {', '.join(unknown)} (see engram bench --list)")
+    if compare is not None:
+        if use_running:
+            raise UsageProblem("--compare starts a daemon for each side; drop --use-running")
+        _compare(out, compare, only, scale)
+        return
     with _target(cli, use_running) as target:
         results = harness.run_workloads(dataclasses.replace(target, scale=scale), names,
                                          lambda name: note(f"bench: {name}"))
@@ -70,11 +80,36 @@ def bench(
 def _table(out: Output, results: list[BenchResult]) -> None:
     out.table(
         "engram bench",
-        ["workload", "ops", "p50 ms", "p99 ms", "max ms", "ops/s", "note"],
+        ["workload", "ops", "p50 ms", "p99 ms", "max ms", "ops/s", "cpu ms/op", "target",
+         "met", "note"],
         ([r.name, str(r.ops), f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.max_ms:.3f}",
-          f"{r.throughput:,.0f}", r.note] for r in results),
-        numeric={"ops", "p50 ms", "p99 ms", "max ms", "ops/s"},
+          f"{r.throughput:,.0f}", _optional(r.daemon_cpu_ms), r.target,
+          {True: "yes", False: "NO", None: ""}[r.met], r.note] for r in results),
+        numeric={"ops", "p50 ms", "p99 ms", "max ms", "ops/s", "cpu ms/op"},
     )
+
+
+def _optional(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _compare(out: Output, ref: str, only: list[str] | None, scale: float) -> None:
+    from engram_cli import benchcompare
+
+    before, pairs = benchcompare.compare(ref, only, scale)
+    if out.json:
+        for pair in pairs:
+            out.json_line({"name": pair.name, before.label: pair.before, "this tree": pair.after})
+        return
+    rows = [[pair.name, _optional(pair.figure("before", "p50_ms")),
+             _optional(pair.figure("after", "p50_ms")), pair.ratio("p50_ms"),
+             pair.ratio("p99_ms"), pair.ratio("throughput"), pair.ratio("daemon_cpu_ms")]
+            for pair in pairs]
+    out.table(f"engram bench: this tree / {before.label}",
+              ["workload", f"p50 ms {before.label}", "p50 ms this tree", "p50 x", "p99 x",
+               "ops/s x", "cpu x"], rows,
+              numeric={f"p50 ms {before.label}", "p50 ms this tree", "p50 x", "p99 x",
+                       "ops/s x", "cpu x"})
 
 
 def _duration(text: str) -> float:

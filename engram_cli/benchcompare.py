@@ -1,0 +1,127 @@
+"""``engram bench --compare REF``: the bench on another commit and on this tree, back to back.
+
+A change is judged against its parent on the same machine at the same time: the
+commit is checked out into a temporary git worktree, and each side runs the
+bench in a process of its own (``python -m engram_cli bench --json``) with that
+side's source first on ``PYTHONPATH``, so its daemon is that side's too. Both
+sides use this venv's packages. Only the workloads both sides know are run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import msgspec
+
+from engram_cli.bench import BenchResult
+from engram_cli.errors import UsageProblem
+
+
+@dataclasses.dataclass(frozen=True)
+class Side:
+    label: str
+    """The commit's short id, or "this tree"."""
+    source: str
+    """The directory whose engram_cli and engramd run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    name: str
+    before: BenchResult | None
+    after: BenchResult | None
+
+    def figure(self, side: str, field: str) -> float | None:
+        """*field* of the row on *side* ("before" or "after"), None where it did not run."""
+        result: BenchResult | None = getattr(self, side)
+        return None if result is None else getattr(result, field)
+
+    def ratio(self, field: str) -> str:
+        """*field* this tree / REF, as text."""
+        before, after = self.figure("before", field), self.figure("after", field)
+        if after is None or before is None or before == 0:
+            return "-"
+        return f"{after / before:.2f}"
+
+
+def checkout_root() -> str:
+    """The git checkout this engram runs from."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = _git(here, "rev-parse", "--show-toplevel")
+    if found is None or not os.path.isdir(os.path.join(found, "engram_cli")):
+        raise UsageProblem("--compare needs engram run from its git checkout")
+    return found
+
+
+def _git(directory: str, *args: str) -> str | None:
+    done = subprocess.run(["git", "-C", directory, *args], check=False, capture_output=True,
+                          text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@contextlib.contextmanager
+def worktree(root: str, ref: str) -> Iterator[Side]:
+    """*ref* checked out in a temporary worktree, removed afterwards."""
+    commit = _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    if commit is None:
+        raise UsageProblem(f"--compare: {ref} is not a commit of {root}")
+    with tempfile.TemporaryDirectory(prefix="engram-compare-") as scratch:
+        path = os.path.join(scratch, "tree")
+        added = subprocess.run(["git", "-C", root, "worktree", "add", "--detach", "--quiet",
+                                path, commit], check=False, capture_output=True,
+                               text=True)
+        if added.returncode != 0:
+            raise UsageProblem(f"--compare: git worktree add failed: {added.stderr.strip()}")
+        try:
+            yield Side(commit[:10], path)
+        finally:
+            subprocess.run(["git", "-C", root, "worktree", "remove", "--force", path],
+                           check=False, capture_output=True)
+
+
+def workloads_of(side: Side) -> list[str]:
+    listed = _bench(side, ["--list"])
+    return [line.split("\t", 1)[0] for line in listed.splitlines() if line.strip()]
+
+
+def run_side(side: Side, names: list[str], scale: float) -> dict[str, BenchResult]:
+    args = ["--json", "--scale", str(scale)]
+    for name in names:
+        args += ["--only", name]
+    out = _bench(side, args)
+    results = [msgspec.json.decode(line, type=BenchResult) for line in out.splitlines()
+               if line.startswith("{")]
+    return {result.name: result for result in results}
+
+
+def _bench(side: Side, args: list[str]) -> str:
+    env = {**os.environ, "PYTHONPATH": side.source + os.pathsep
+           + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "engram_cli", "bench", *args], env=env,
+                          stdout=subprocess.PIPE, text=True, cwd=side.source, check=False)
+    if done.returncode != 0:
+        raise UsageProblem(f"--compare: the bench on {side.label} failed "
+                           f"(exit {done.returncode})")
+    return done.stdout
+
+
+def compare(ref: str, names: list[str] | None, scale: float) -> tuple[Side, list[Pair]]:
+    """Run the bench on *ref*, then on this tree; pair their rows by workload."""
+    root = checkout_root()
+    current = Side("this tree", root)
+    with worktree(root, ref) as before:
+        known = set(workloads_of(before))
+        wanted = names or workloads_of(current)
+        shared = [name for name in wanted if name in known]
+        if not shared:
+            raise UsageProblem(f"--compare: {before.label} knows none of these workloads")
+        old = run_side(before, shared, scale)
+    new = run_side(current, shared, scale)
+    order = list(dict.fromkeys([*new, *old]))
+    return before, [Pair(name, old.get(name), new.get(name)) for name in order]

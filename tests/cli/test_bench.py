@@ -1,0 +1,87 @@
+"""``engram bench``: rows beside their floors, the daemon's CPU per operation, --compare."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from engram_cli import bench
+from engram_cli.bench import BenchResult
+from tests.conftest import run_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def row(name: str, p50: float, **fields: object) -> BenchResult:
+    return BenchResult(name=name, ops=10, p50_ms=p50, p99_ms=fields.pop("p99", p50),
+                       max_ms=p50, throughput=fields.pop("throughput", 1.0),
+                       daemon_cpu_ms=fields.pop("cpu", None))  # type: ignore[arg-type]
+
+
+def test_targets_bring_their_floors_transitively_in_catalogue_order() -> None:
+    assert bench.with_floors(["stream.fanout10"]) == [
+        "floor.fdatasync", "write.single", "stream.fanout10"]
+    assert bench.with_floors(["cli.ping", "ping"]) == ["ping", "cli.ping", "floor.import"]
+
+
+def test_a_row_is_judged_against_the_floor_of_the_same_run() -> None:
+    floor = row("floor.fdatasync", 0.10)
+    fast = row("write.single", 0.24, p99=0.9, cpu=0.1)
+    slow = row("write.single", 0.26, p99=0.9, cpu=0.1)
+    hungry = row("write.single", 0.20, p99=0.9, cpu=0.3)
+    assert [r.met for r in bench.judged([floor, fast])] == [None, True]
+    judged = bench.judged([floor, slow])[1]
+    assert judged.met is False and "0.250 (floor.fdatasync 0.100 + 0.15)" in judged.target
+    assert bench.judged([floor, hungry])[1].met is False
+    # Without its floor a row has no target rather than a made-up one.
+    assert bench.judged([fast])[0].met is None and bench.judged([fast])[0].target == ""
+
+
+def test_cpu_seconds_reads_proc() -> None:
+    spent = bench.cpu_seconds(os.getpid())
+    assert spent is not None and spent > 0
+    assert bench.cpu_seconds(2**22 + 1) is None  # beyond pid_max: no such process
+
+
+def test_bench_reports_the_daemons_cpu_and_the_target_beside_its_floor(
+        env: dict[str, str]) -> None:
+    result = run_cli(env, "bench", "--only", "write.single", "--scale", "0.02", "--json",
+                     timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = {r["name"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert list(rows) == ["floor.fdatasync", "write.single"]
+    write = rows["write.single"]
+    assert write["ops"] == 60 and write["daemon_cpu_ms"] > 0
+    floor = rows["floor.fdatasync"]["p50_ms"]
+    assert f"floor.fdatasync {floor:.3f}" in write["target"]
+    assert write["met"] in (True, False)
+
+
+@pytest.mark.skipif(shutil.which("git") is None
+                    or not os.path.isdir(os.path.join(ROOT, ".git")),
+                    reason="--compare needs git and a checkout")
+def test_compare_runs_both_sides_and_prints_ratios(env: dict[str, str]) -> None:
+    result = run_cli(env, "bench", "--compare", "HEAD", "--only", "ping", "--scale", "0.01",
+                     "--json", timeout=180)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    pair = json.loads(line)
+    (label,) = set(pair) - {"name", "this tree"}
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert head.startswith(label)
+    assert pair["name"] == "ping"
+    assert pair[label]["ops"] == pair["this tree"]["ops"] == 50
+    worktrees = subprocess.run(["git", "-C", ROOT, "worktree", "list"], capture_output=True,
+                               text=True, check=True).stdout
+    assert "engram-compare-" not in worktrees  # its worktree is gone again
+
+
+def test_compare_refuses_what_is_not_a_commit(env: dict[str, str]) -> None:
+    result = run_cli(env, "bench", "--compare", "no-such-ref-anywhere", "--only", "ping")
+    assert result.returncode == 2
+    assert "no-such-ref-anywhere is not a commit" in result.stderr
