@@ -192,8 +192,8 @@ class Engine:
             committer.checkpoint_wanted = trio.Event()
             committer.bytes_since_checkpoint = 0
             await trio.to_thread.run_sync(store.flush)
-            dropped = await trio.to_thread.run_sync(
-                parts.wal.drop_through, store.checkpoint_seq, limiter=committer.limiter)
+            dropped = await committer.thread.run(
+                lambda: parts.wal.drop_through(store.checkpoint_seq))
             log.debug("checkpoint at seq %d, %d segment(s) dropped",
                       store.checkpoint_seq, dropped)
 

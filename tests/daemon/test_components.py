@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -184,6 +185,63 @@ async def test_under_load_a_batch_waits_the_window_to_fill(
     started = trio.current_time()
     await committer.commit(context_created("alone"))  # the last batch held one: no wait
     assert trio.current_time() - started < 0.001
+
+
+async def test_a_slow_write_leaves_the_event_loop_free(
+        storage: tuple[Store, WriteAheadLog], monkeypatch: pytest.MonkeyPatch) -> None:
+    committer, applied = committer_over(storage)
+    wal = storage[1]
+    entered, release = threading.Event(), threading.Event()
+    append = wal.append
+
+    def slow_append(*args: object) -> None:  # an fsync that takes its time
+        entered.set()
+        release.wait(30)
+        append(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wal, "append", slow_append)
+    written: list[int] = []
+    ticks = 0
+
+    async def write() -> None:
+        written.append(await committer.commit(context_created("slow")))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(committer.run)
+            nursery.start_soon(write)
+            await trio.to_thread.run_sync(entered.wait)
+            for _ in range(5):  # timers fire and other tasks run meanwhile
+                await trio.sleep(0.001)
+                ticks += 1
+            assert ticks == 5 and written == [] and applied == []
+            release.set()
+            while not written:
+                await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+    assert written == [1] and [entry.first_seq for entry in applied] == [1]
+
+
+async def test_an_error_in_the_journal_thread_reaches_the_task_that_waits() -> None:
+    from engramd.commit import JournalThread
+
+    thread = JournalThread()
+    thread.start()
+    try:
+        order: list[int] = []
+        assert await thread.run(lambda: order.append(1) or 7) == 7
+
+        def broken() -> None:
+            raise OSError("disk on fire")
+
+        with pytest.raises(OSError, match="disk on fire"):
+            await thread.run(broken)
+        with trio.CancelScope() as scope:
+            scope.cancel()  # a job once given is waited for: it cannot be taken back
+            assert await thread.run(lambda: order.append(2) or 8) == 8
+        assert order == [1, 2]
+    finally:
+        thread.stop()
 
 
 # -- leases on virtual time ---------------------------------------------------------------
