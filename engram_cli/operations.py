@@ -36,6 +36,7 @@ from engramd.protocol import (
     GetStats,
     GetStatus,
     GetUnits,
+    ImportUnits,
     Lease,
     ListLocks,
     ListTokens,
@@ -194,6 +195,13 @@ class Operations:
     def create_units(self, drafts: Iterable[UnitDraft]) -> Call[UnitsCreated]:
         """Write units all or nothing, with one fsync."""
         return ask(requests.create_units(drafts))
+
+    @operation
+    def import_units(self, drafts: Iterable[UnitDraft], agents: Iterable[str]
+                     ) -> Call[UnitsCreated]:
+        """Write units of several agents (``agents[i]`` wrote ``drafts[i]``), all or nothing,
+        with one fsync; a connection with an agent token may name only its own agent."""
+        return ask(ImportUnits(units=list(drafts), agents=list(agents)))
 
     @operation
     def get_units(self, unit_ids: Iterable[str]) -> Call[UnitsFound]:

@@ -45,6 +45,7 @@ from engramd.protocol import (
     GetStats,
     GetStatus,
     GetUnits,
+    ImportUnits,
     LeaseRenewed,
     Limits,
     ListContexts,
@@ -163,6 +164,9 @@ class Dispatcher:
         match request:
             case CreateUnits():
                 written = await writer.create_units(request.units, caller)
+                return UnitsCreated(id=request.id, units=written.units, reused=written.reused)
+            case ImportUnits():
+                written = await writer.create_units(request.units, caller, request.agents)
                 return UnitsCreated(id=request.id, units=written.units, reused=written.reused)
             case GetUnits():
                 units, missing = queries.get_units(request.ids)

@@ -39,6 +39,7 @@ from engramd.protocol import (
     CreateToken,
     Forbidden,
     Hello,
+    ImportUnits,
     ListTokens,
     NotFound,
     Reindex,
@@ -173,6 +174,12 @@ class Authenticator:
         if self.require_tokens and isinstance(request, Shutdown | BreakLock | Reindex):
             raise Forbidden(f"{request.__struct_config__.tag} needs the admin token when "
                             "auth.require_tokens is on")
+        if isinstance(request, ImportUnits) and identity.token_id is not None:
+            others = sorted({agent for agent in request.agents if agent != identity.agent_id})
+            if others:
+                raise Forbidden(f"this connection's token acts as {identity.agent_id} only; "
+                                f"importing units of {', '.join(others[:3])} needs the admin "
+                                "token")
 
     def authenticate(self, hello: Hello) -> Identity:
         """The identity *hello* proves. Raises :class:`Forbidden` when it proves none."""

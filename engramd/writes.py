@@ -122,14 +122,21 @@ class Writer:
 
     # -- units ----------------------------------------------------------------------
 
-    async def create_units(self, drafts: list[UnitDraft], caller: Caller) -> Written:
+    async def create_units(self, drafts: list[UnitDraft], caller: Caller,
+                           agents: list[str] | None = None) -> Written:
+        """Write *drafts* as the caller's units, or (an import) as ``agents[i]``'s each."""
         if not drafts:
             raise BadRequest("no units to create")
         if len(drafts) > self.limits.max_batch_units:
             raise TooLarge(f"{len(drafts)} units in one request, limit "
                            f"{self.limits.max_batch_units}")
         checked = [validate.draft(draft, self.limits) for draft in drafts]
-        validate.name(caller.agent_id, "agent id")
+        if agents is None:
+            agents = [caller.agent_id] * len(drafts)
+        elif len(agents) != len(drafts):
+            raise BadRequest(f"{len(agents)} agents for {len(drafts)} units: name one per unit")
+        for agent in set(agents):
+            validate.name(agent, "agent id")
         in_flight = self.in_flight
 
         def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, Written]:
@@ -140,7 +147,7 @@ class Writer:
             new_units: dict[str, Unit] = {}
             keys: dict[str, str] = {}
             contexts: dict[str, Context] = {}
-            for draft in checked:
+            for draft, agent in zip(checked, agents, strict=True):
                 if draft.fence is not None:
                     self.check_fence(draft.fence)
                 key = draft.idempotency_key
@@ -157,21 +164,21 @@ class Writer:
                 context = contexts.get(draft.context_id) or self._context(draft.context_id)
                 if context is None:
                     context = Context(id=draft.context_id, display_name=draft.context_id,
-                                      agent_ids=[caller.agent_id], pinned_units=[], meta={},
+                                      agent_ids=[agent], pinned_units=[], meta={},
                                       created_at=ts, updated_at=ts)
                     events.append(ContextCreated(seq=seq, ts=ts, context_id=context.id,
                                                  context=context))
                     seq += 1
-                elif caller.agent_id not in context.agent_ids:
+                elif agent not in context.agent_ids:
                     context = msgspec.structs.replace(
-                        context, agent_ids=[*context.agent_ids, caller.agent_id], updated_at=ts)
+                        context, agent_ids=[*context.agent_ids, agent], updated_at=ts)
                     events.append(ContextUpdated(
                         seq=seq, ts=ts, context_id=context.id, context=context,
-                        changes=[ContextChange(kind="agent_joined", value=caller.agent_id)]))
+                        changes=[ContextChange(kind="agent_joined", value=agent)]))
                     seq += 1
                 contexts[context.id] = context
                 unit = Unit(id=ids.uuid7(), seq=seq, context_id=draft.context_id,
-                            agent_id=caller.agent_id, type=draft.type, ts=ts, meta=draft.meta,
+                            agent_id=agent, type=draft.type, ts=ts, meta=draft.meta,
                             payload=draft.payload, relationships=draft.relationships,
                             uid=caller.uid, pid=caller.pid)
                 events.append(UnitCreated(seq=seq, ts=ts, context_id=unit.context_id, unit=unit))

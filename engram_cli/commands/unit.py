@@ -268,8 +268,9 @@ def import_(
     """Write units from JSON lines (as export writes them), in batches.
 
     Each line's id serves as its idempotency key, so importing a file twice
-    writes it once. Units keep their agent. A bad line stops the import with its
-    line number; earlier batches stay written, nothing of the bad one is.
+    writes it once. Units keep their agent (a line without one is yours); a batch
+    holds the lines of every agent, in file order. A bad line stops the import with
+    its line number; earlier batches stay written, nothing of the bad one is.
     """
     cli = context.get(ctx)
     out = cli.output(json)
@@ -277,25 +278,20 @@ def import_(
         source: BinaryIO = open(file, "rb") if file else sys.stdin.buffer  # noqa: SIM115
     except OSError as exc:
         raise EngramError(f"cannot read {file}: {exc.strerror}") from None
-    clients: dict[str, Client] = {}
+    client = cli.client()
     new_ids: dict[str, str] = {}
     written = reused = 0
     run: list[UnitDraft] = []
-    run_agent: str | None = None
+    run_agents: list[str] = []
     run_keys: set[str] = set()
     run_start = 0
 
     def flush(next_line: int) -> None:
-        """Write the run of lines by one agent, as that agent, all or nothing."""
+        """Write the run of lines, all or nothing, each as its agent."""
         nonlocal written, reused
-        client = clients.get(run_agent or "")
-        if client is None:
-            client = cli.client() if run_agent is None else Client(
-                cli.socket, agent_id=run_agent, client_name="engram-import")
-            clients[run_agent or ""] = client
         drafts = [_remap(draft, new_ids) for draft in run]
         try:
-            created = client.create_units(drafts)
+            created = client.import_units(drafts, run_agents)
         except EngramError as exc:
             exc.args = (f"lines {run_start}-{next_line - 1}: {exc}",)
             raise
@@ -305,6 +301,8 @@ def import_(
         written += len(created.units) - len(created.reused)
         reused += len(created.reused)
         run.clear()
+        run_agents.clear()
+        run_keys.clear()
 
     try:
         with output.progress(out, "importing") as advance:
@@ -313,14 +311,14 @@ def import_(
                 # A relationship to a unit of the current run needs that unit's new
                 # id, which only exists once the run is written.
                 refers_back = any(rel.target in run_keys for rel in draft.relationships)
-                if run and (agent != run_agent or len(run) >= batch or refers_back):
+                if run and (len(run) >= batch or refers_back):
                     count = len(run)
                     flush(number)
                     advance(count)
                 if not run:
-                    run_agent, run_start = agent, number
-                    run_keys.clear()
+                    run_start = number
                 run.append(draft)
+                run_agents.append(agent or client.agent_id)
                 if draft.idempotency_key:
                     run_keys.add(draft.idempotency_key)
             if run:
@@ -330,9 +328,6 @@ def import_(
     finally:
         if file:
             source.close()
-        for agent, client in clients.items():
-            if agent:
-                client.close()
     if out.json:
         out.json_line({"written": written, "reused": reused})
     else:

@@ -197,6 +197,9 @@ from engramd.protocol.messages import (
     HistogramData as HistogramData,
 )
 from engramd.protocol.messages import (
+    ImportUnits as ImportUnits,
+)
+from engramd.protocol.messages import (
     JournalStatus as JournalStatus,
 )
 from engramd.protocol.messages import (

@@ -422,6 +422,15 @@ class CreateUnits(ClientMessage[UnitsCreated], tag="unit.create"):
     units: Annotated[list[UnitDraft], msgspec.Meta(max_length=MAX_LIST_ITEMS)]
 
 
+class ImportUnits(ClientMessage[UnitsCreated], tag="unit.import"):
+    """Write units of several agents at once (``engram unit import``): all or nothing,
+    one fsync. ``agents[i]`` is the agent of ``units[i]``; a connection bound to an
+    agent token may name only its own agent."""
+
+    units: Annotated[list[UnitDraft], msgspec.Meta(max_length=MAX_LIST_ITEMS)]
+    agents: Names
+
+
 class GetUnits(ClientMessage[UnitsFound], tag="unit.get"):
     ids: Names
 
@@ -613,18 +622,18 @@ class GetStats(ClientMessage[DaemonStats], tag="stats"):
 
 
 Request = (
-    Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
-    | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
-    | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock | ListLocks
-    | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
+    Ping | GetStatus | Shutdown | CreateUnits | ImportUnits | GetUnits | ListUnits
+    | RelatedUnits | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe
+    | Unsubscribe | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock
+    | ListLocks | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
 )
 """Requests allowed after the handshake."""
 
 AnyClientMessage = (
-    Hello | Ping | GetStatus | Shutdown | CreateUnits | GetUnits | ListUnits | RelatedUnits
-    | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe | Unsubscribe
-    | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock | ListLocks
-    | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
+    Hello | Ping | GetStatus | Shutdown | CreateUnits | ImportUnits | GetUnits | ListUnits
+    | RelatedUnits | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe
+    | Unsubscribe | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock
+    | ListLocks | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
 )
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import DaemonProcess, run_cli
+from tests.conftest import DaemonProcess, connect, run_cli
 
 pytestmark = pytest.mark.slow  # every test here runs processes
 
@@ -102,6 +102,22 @@ def test_export_then_import_round_trips(engramd: DaemonProcess) -> None:
     assert [c["payload"] for c in copies] == ["first", "second", "bob's"]
     assert [c["agent_id"] for c in copies] == ["tester", "tester", "bob"]
     assert copies[1]["relationships"][0]["target"] == copies[0]["id"]
+
+
+def test_an_import_of_many_agents_is_written_in_batches_of_its_size(
+        engramd: DaemonProcess) -> None:
+    lines = b"".join(json.dumps({"context_id": "mixed", "agent_id": f"agent-{n % 5}",
+                                 "payload": f"line {n}"}).encode() + b"\n" for n in range(40))
+    with connect(engramd.socket) as client:
+        batches = client.status().journal.commit_batches  # type: ignore[union-attr]
+        result = cli(engramd, "unit", "import", "--batch", "25", input=lines)
+        assert result.returncode == 0, result.stderr
+        assert "imported 40 unit(s)" in result.stderr
+        # Two requests (25 + 15 lines), not one per change of agent: two commits.
+        assert client.status().journal.commit_batches - batches == 2  # type: ignore[union-attr]
+        units = client.list_units("mixed", limit=100).units
+    assert [unit.payload for unit in units] == [f"line {n}".encode() for n in range(40)]
+    assert [unit.agent_id for unit in units] == [f"agent-{n % 5}" for n in range(40)]
 
 
 def test_import_reports_the_bad_line_and_writes_nothing_of_its_batch(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engram_cli.client import Client
-from engram_cli.errors import Forbidden, Unavailable
+from engram_cli.errors import BadRequest, Forbidden, Unavailable
 from engramd.config import DaemonConfig
 from engramd.protocol import admin_token_path
 from tests.conftest import (
@@ -183,3 +183,23 @@ def test_with_required_tokens_only_the_admin_stops_breaks_and_reindexes(
             with connected(strict, "operator", admin=True) as admin:
                 admin.break_lock("deploy:prod", "stuck deploy")
             assert alice.get_lock("deploy:prod").lease is None
+
+
+def test_an_import_names_other_agents_only_with_the_admin_token(strict: DaemonConfig) -> None:
+    from engram_cli import requests
+
+    drafts = [requests.draft("imported", "MESSAGE", text) for text in ("a", "b", "c")]
+    with start_threaded(strict), connected(strict, "admin", admin=True) as admin:
+        alice_token = admin.create_token("alice").token
+        with connected(strict, "alice", token=alice_token) as alice:
+            with pytest.raises(Forbidden, match="importing units of bob, carol needs the admin"):
+                alice.import_units(drafts, ["alice", "bob", "carol"])
+            assert alice.list_units("imported").units == []  # nothing of it was written
+            own = alice.import_units(drafts, ["alice"] * 3)
+            assert [unit.agent_id for unit in own.units] == ["alice"] * 3
+            alice.ping()  # the refusal left the connection serving
+        with pytest.raises(BadRequest, match="2 agents for 3 units"):
+            admin.import_units(drafts, ["alice", "bob"])
+        mixed = admin.import_units(drafts, ["alice", "bob", "carol"])
+        assert [unit.agent_id for unit in mixed.units] == ["alice", "bob", "carol"]
+        assert admin.get_context("imported").agent_ids == ["alice", "bob", "carol"]

@@ -40,6 +40,7 @@ from engramd.protocol import (
     Heartbeat,
     Hello,
     HistogramData,
+    ImportUnits,
     JournalStatus,
     Lagged,
     Lease,
@@ -116,6 +117,9 @@ CLIENT_MESSAGES = {
     "unit_create": CreateUnits(id=5, units=[UnitDraft(
         context_id="build-42", type="tool_result", payload=b"ok", meta={"exit": "0"},
         relationships=[Relationship(type="CAUSES", target=UNIT.id)], idempotency_key="k1")]),
+    "unit_import": ImportUnits(id=28, units=[UnitDraft(
+        context_id="build-42", type="MESSAGE", payload=b"ok", idempotency_key="k2")],
+        agents=["bob"]),
     "unit_list": ListUnits(id=6, context_id="build-42", limit=10, before=100),
     "context_update": UpdateContext(id=7, context_id="build-42", add_agents=["bob"],
                                     pin=[UNIT.id], set_meta={"k": "v"}),
