@@ -94,13 +94,16 @@ class Queries:
             raise BadRequest(f"limit must be 1 to {MAX_PAGE}")
         if request.before is not None and request.after is not None:
             raise BadRequest("give before or after, not both")
+        if min(request.before or 0, request.after or 0) < 0:
+            raise BadRequest("before and after are seqs: 0 or more")
         types = {validate.unit_type(kind) for kind in request.types}
         agents = set(request.agents)
         filtering = bool(types or agents or request.since or request.until)
         forward = request.after is not None
         rows = self.store.scan_context(request.context_id, after=request.after,
                                        before=request.before, newest_first=not forward)
-        picked: list[tuple[int, bytes]] = []
+        picked: list[bytes] = []
+        last_key = b""
         more = False
         for key, raw in rows:
             if filtering:
@@ -113,11 +116,12 @@ class Queries:
             if len(picked) == request.limit:
                 more = True
                 break
-            picked.append((seq_from(key), raw))
-        next_cursor = picked[-1][0] if more else None
+            picked.append(raw)
+            last_key = key
+        next_cursor = seq_from(last_key) if more else None
         if forward == request.reverse:  # stored order is the wrong way round
             picked.reverse()
-        return _raw_units(raw for _, raw in picked), next_cursor
+        return _raw_units(picked), next_cursor
 
     def related(self, unit_id: str, types: list[str], direction: str, depth: int) -> Related:
         """Units linked to *unit_id* by relationships of *types*, breadth first."""

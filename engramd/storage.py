@@ -190,21 +190,25 @@ class Store:
         """``(key, encoded unit)`` of a context, within ``(after, before)`` exclusive."""
         prefix = b"c/" + _text(context_id) + b"\0"
         low = after or 0
-        high = before if before is not None else 1 << 64
+        high = min(before if before is not None else 1 << 64, (1 << 64) - 1)
+        # Keys compare as their seqs do (big-endian), so bounds are checked on bytes.
+        low_key, high_key = prefix + seq_bytes(low), prefix + seq_bytes(high)
+        if before is None:
+            high_key += b"\0"  # the largest seq is in range too
+        size = len(prefix) + 8
         iterator = self.db.iter()
         if newest_first:
-            iterator.seek_for_prev(prefix + seq_bytes(min(high, (1 << 64) - 1)))
+            iterator.seek_for_prev(prefix + seq_bytes(high))
             step = iterator.prev
         else:
             iterator.seek(prefix + seq_bytes(low + 1))
             step = iterator.next
         while iterator.valid():
             key: bytes = iterator.key()
-            if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+            if len(key) != size or not key.startswith(prefix):
                 return
-            seq = seq_from(key)
-            if seq <= low or seq >= high:
-                if newest_first and seq >= high:
+            if key <= low_key or key >= high_key:
+                if newest_first and key >= high_key:
                     step()
                     continue
                 return

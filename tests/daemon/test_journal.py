@@ -138,6 +138,15 @@ def test_list_pages_back_and_forward_with_filters(threaded_daemon: ThreadedDaemo
         assert since == written[7:]
         assert alice.list_units("paged", until=written[1].ts).units == written[:2]
         assert alice.list_units("nothing-here").units == []
+        # The newest seq of all is in range when no bound is given, and a bound is a
+        # seq (a negative one was an internal error).
+        assert alice.list_units("paged", after=0, limit=100).units == written
+        assert alice.list_units("paged", before=written[-1].seq + 1, limit=1).units == \
+            written[-1:]
+        for bound in ({"before": -1}, {"after": -5}):
+            with pytest.raises(BadRequest, match="seqs: 0 or more"):
+                alice.list_units("paged", **bound)  # type: ignore[arg-type]
+        alice.ping()
 
 
 def test_contexts_create_update_and_list(threaded_daemon: ThreadedDaemon) -> None:
