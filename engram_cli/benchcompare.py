@@ -5,6 +5,10 @@ commit is checked out into a temporary git worktree, and each side runs the
 bench in a process of its own (``python -m engram_cli bench --json``) with that
 side's source first on ``PYTHONPATH``, so its daemon is that side's too. Both
 sides use this venv's packages. Only the workloads both sides know are run.
+
+The sides take turns, round after round (REF, this tree, REF, ...), and each
+figure is the median over the rounds: a shared machine's drift (a neighbour's
+load, a slow minute of the disk) then falls on both sides alike.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 
@@ -100,6 +105,21 @@ def run_side(side: Side, names: list[str], scale: float) -> dict[str, BenchResul
     return {result.name: result for result in results}
 
 
+def median_of(rounds: list[dict[str, BenchResult]]) -> dict[str, BenchResult]:
+    """Per workload, the median of each figure over the rounds that ran it."""
+    merged: dict[str, BenchResult] = {}
+    for name in dict.fromkeys(name for results in rounds for name in results):
+        runs = [results[name] for results in rounds if name in results]
+        cpus = [run.daemon_cpu_ms for run in runs if run.daemon_cpu_ms is not None]
+        merged[name] = msgspec.structs.replace(
+            runs[0], p50_ms=statistics.median(run.p50_ms for run in runs),
+            p99_ms=statistics.median(run.p99_ms for run in runs),
+            max_ms=max(run.max_ms for run in runs),
+            throughput=statistics.median(run.throughput for run in runs),
+            daemon_cpu_ms=statistics.median(cpus) if cpus else None)
+    return merged
+
+
 def _bench(side: Side, args: list[str]) -> str:
     env = {**os.environ, "PYTHONPATH": side.source + os.pathsep
            + os.environ.get("PYTHONPATH", "")}
@@ -111,17 +131,24 @@ def _bench(side: Side, args: list[str]) -> str:
     return done.stdout
 
 
-def compare(ref: str, names: list[str] | None, scale: float) -> tuple[Side, list[Pair]]:
-    """Run the bench on *ref*, then on this tree; pair their rows by workload."""
+def compare(ref: str, names: list[str] | None, scale: float, rounds: int = 3,
+            progress: Callable[[str], None] = lambda _: None) -> tuple[Side, list[Pair]]:
+    """Run the bench on *ref* and on this tree in turns; pair their medians by workload."""
     root = checkout_root()
     current = Side("this tree", root)
+    olds: list[dict[str, BenchResult]] = []
+    news: list[dict[str, BenchResult]] = []
     with worktree(root, ref) as before:
         known = set(workloads_of(before))
         wanted = names or workloads_of(current)
         shared = [name for name in wanted if name in known]
         if not shared:
             raise UsageProblem(f"--compare: {before.label} knows none of these workloads")
-        old = run_side(before, shared, scale)
-    new = run_side(current, shared, scale)
+        for number in range(1, rounds + 1):
+            progress(f"round {number} of {rounds}: {before.label}")
+            olds.append(run_side(before, shared, scale))
+            progress(f"round {number} of {rounds}: this tree")
+            news.append(run_side(current, shared, scale))
+    old, new = median_of(olds), median_of(news)
     order = list(dict.fromkeys([*new, *old]))
     return before, [Pair(name, old.get(name), new.get(name)) for name in order]

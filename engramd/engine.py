@@ -44,7 +44,7 @@ from engramd.protocol import (
 from engramd.queries import Queries
 from engramd.storage import SchemaMismatch, Store
 from engramd.wal.log import Corruption, WriteAheadLog
-from engramd.writes import InFlight, Writer, published
+from engramd.writes import InFlight, StoredContexts, Writer, published
 
 log = logging.getLogger("engramd.engine")
 
@@ -129,18 +129,18 @@ class Engine:
         config, histograms = self.config, self.metrics.histograms
         hub = EventHub(store, buffer=config.buffer_events, max_lag=config.max_lag_events,
                        head=wal.last_seq, fanout=histograms["fanout_seconds"])
-        in_flight = InFlight()
+        in_flight, contexts = InFlight(), StoredContexts(store)
         committer = GroupCommitter(
             wal, store, batch_size=config.batch_size, window=config.window_ms / 1000,
             checkpoint_bytes=config.checkpoint_bytes,
-            on_applied=published(in_flight, hub, indexer), on_aborted=in_flight.clear,
+            on_applied=published(in_flight, contexts, hub, indexer), on_aborted=in_flight.clear,
             fsync=histograms["fsync_seconds"])
         leases = LeaseManager(
             store, committer, default_ttl=config.default_ttl, max_ttl=config.max_ttl,
             max_per_agent=config.max_leases_per_agent,
             max_waiters=config.max_waiters_per_resource)
         leases.restore()
-        writer = Writer(store, committer, in_flight, self.limits, leases.check_fence)
+        writer = Writer(store, committer, in_flight, contexts, self.limits, leases.check_fence)
         queries = Queries(store, hub, indexer, config.heartbeat_seconds)
         return Parts(store, wal, indexer, hub, committer, leases, writer, queries)
 

@@ -69,12 +69,48 @@ class InFlight:
         self.contexts.clear()
 
 
-def published(in_flight: InFlight, hub: EventHub, indexer: Indexer
-              ) -> Callable[[list[Entry]], None]:
+class StoredContexts:
+    """The contexts most recently written or read, as the store holds them: a write looks
+    its context up on every unit, and decoding it from RocksDB each time cost more than
+    the rest of the lookup."""
+
+    SIZE = 4096
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._recent: dict[str, Context] = {}
+
+    def get(self, context_id: str) -> Context | None:
+        found = self._recent.get(context_id)
+        if found is None:
+            raw = self.store.context(context_id)
+            if raw is None:
+                return None
+            found = _context_decoder.decode(raw)
+            self._keep(found)
+        return found
+
+    def applied(self, entries: list[Entry]) -> None:
+        """These entries are in the store now: their contexts are the stored ones."""
+        for entry in entries:
+            for event in entry.events:
+                if isinstance(event, ContextCreated | ContextUpdated):
+                    self._keep(event.context)
+
+    def _keep(self, context: Context) -> None:
+        self._recent.pop(context.id, None)
+        if len(self._recent) >= self.SIZE:
+            del self._recent[next(iter(self._recent))]  # the least recently kept
+        self._recent[context.id] = context
+
+
+def published(in_flight: InFlight, contexts: StoredContexts, hub: EventHub,
+              indexer: Indexer) -> Callable[[list[Entry]], None]:
     """What the committer calls once a batch is durable and applied: steps 5 and 6."""
 
     def applied(entries: list[Entry]) -> None:
         in_flight.clear()
+        contexts.applied(entries)
         hub.publish(describe_live(event) for entry in entries for event in entry.events)
         indexer.wake()
 
@@ -93,10 +129,12 @@ class Writer:
     """Units and contexts, through validation, the batch and the log."""
 
     def __init__(self, store: Store, committer: GroupCommitter, in_flight: InFlight,
-                 limits: validate.WriteLimits, check_fence: Callable[[Fence], None]) -> None:
+                 contexts: StoredContexts, limits: validate.WriteLimits,
+                 check_fence: Callable[[Fence], None]) -> None:
         self.store = store
         self.committer = committer
         self.in_flight = in_flight
+        self.contexts = contexts
         self.limits = limits
         self.check_fence = check_fence
 
@@ -106,8 +144,7 @@ class Writer:
         found = self.in_flight.contexts.get(context_id)
         if found is not None:
             return found
-        raw = self.store.context(context_id)
-        return None if raw is None else _context_decoder.decode(raw)
+        return self.contexts.get(context_id)
 
     def _unit_exists(self, unit_id: str) -> bool:
         return unit_id in self.in_flight.units or self.store.unit_location(unit_id) is not None

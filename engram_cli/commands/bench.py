@@ -39,8 +39,10 @@ def bench(
              "and the daemon's memory over time.")] = None,
     compare: Annotated[str | None, typer.Option(
         "--compare", metavar="REF",
-        help="Run the bench on commit REF (a temporary git worktree), then on this tree, "
-             "and print the ratios (this tree / REF).")] = None,
+        help="Run the bench on commit REF (a temporary git worktree) and on this tree in "
+             "turns, and print the ratios of their medians (this tree / REF).")] = None,
+    rounds: Annotated[int, typer.Option(
+        "--rounds", min=1, max=20, help="With --compare: turns each side takes.")] = 3,
     json: JsonOption = False,
 ) -> None:
     """Measure latency (p50/p99/max), throughput and the daemon's CPU per operation of
@@ -65,7 +67,7 @@ def bench(
     if compare is not None:
         if use_running:
             raise UsageProblem("--compare starts a daemon for each side; drop --use-running")
-        _compare(out, compare, only, scale)
+        _compare(out, compare, only, scale, rounds)
         return
     with _target(cli, use_running) as target:
         results = harness.run_workloads(dataclasses.replace(target, scale=scale), names,
@@ -93,10 +95,12 @@ def _optional(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _compare(out: Output, ref: str, only: list[str] | None, scale: float) -> None:
+def _compare(out: Output, ref: str, only: list[str] | None, scale: float,
+             rounds: int) -> None:
     from engram_cli import benchcompare
 
-    before, pairs = benchcompare.compare(ref, only, scale)
+    before, pairs = benchcompare.compare(ref, only, scale, rounds,
+                                         lambda step: note(f"bench --compare: {step}"))
     if out.json:
         for pair in pairs:
             out.json_line({"name": pair.name, before.label: pair.before, "this tree": pair.after})
@@ -105,7 +109,7 @@ def _compare(out: Output, ref: str, only: list[str] | None, scale: float) -> Non
              _optional(pair.figure("after", "p50_ms")), pair.ratio("p50_ms"),
              pair.ratio("p99_ms"), pair.ratio("throughput"), pair.ratio("daemon_cpu_ms")]
             for pair in pairs]
-    out.table(f"engram bench: this tree / {before.label}",
+    out.table(f"engram bench: this tree / {before.label}, medians of {rounds} rounds",
               ["workload", f"p50 ms {before.label}", "p50 ms this tree", "p50 x", "p99 x",
                "ops/s x", "cpu x"], rows,
               numeric={f"p50 ms {before.label}", "p50 ms this tree", "p50 x", "p99 x",

@@ -65,8 +65,10 @@ def test_bench_reports_the_daemons_cpu_and_the_target_beside_its_floor(
                     or not os.path.isdir(os.path.join(ROOT, ".git")),
                     reason="--compare needs git and a checkout")
 def test_compare_runs_both_sides_and_prints_ratios(env: dict[str, str]) -> None:
-    result = run_cli(env, "bench", "--compare", "HEAD", "--only", "ping", "--scale", "0.01",
-                     "--json", timeout=180)
+    worktrees_before = worktrees()
+    result = run_cli(env, "bench", "--compare", "HEAD", "--rounds", "2", "--only", "ping",
+                     "--scale", "0.01", "--json", timeout=180)
+    assert result.stderr.count("bench --compare: round") == 4  # the sides took turns
     assert result.returncode == 0, result.stderr
     (line,) = result.stdout.splitlines()
     pair = json.loads(line)
@@ -76,9 +78,21 @@ def test_compare_runs_both_sides_and_prints_ratios(env: dict[str, str]) -> None:
     assert head.startswith(label)
     assert pair["name"] == "ping"
     assert pair[label]["ops"] == pair["this tree"]["ops"] == 50
-    worktrees = subprocess.run(["git", "-C", ROOT, "worktree", "list"], capture_output=True,
-                               text=True, check=True).stdout
-    assert "engram-compare-" not in worktrees  # its worktree is gone again
+    assert worktrees() == worktrees_before  # its worktree is gone again
+
+
+def worktrees() -> str:
+    return subprocess.run(["git", "-C", ROOT, "worktree", "list"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_compare_takes_the_median_of_each_figure_over_the_rounds() -> None:
+    from engram_cli.benchcompare import median_of
+
+    rounds = [{"w": row("w", p50, cpu=cpu, throughput=t)}
+              for p50, cpu, t in ((1.0, 0.3, 10.0), (9.0, None, 30.0), (2.0, 0.1, 20.0))]
+    merged = median_of(rounds)["w"]
+    assert (merged.p50_ms, merged.throughput, merged.daemon_cpu_ms) == (2.0, 20.0, 0.2)
 
 
 def test_compare_refuses_what_is_not_a_commit(env: dict[str, str]) -> None:
