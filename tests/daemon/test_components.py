@@ -415,3 +415,27 @@ def test_a_late_end_of_a_lease_leaves_its_successor_stored(
     store.apply([Entry(first_seq=4, events=[LockExpired(seq=4, ts=WHEN, context_id="",
                                                         lease=first)])])
     assert [msgspec.msgpack.decode(raw, type=Lease) for raw in store.leases()] == [second]
+
+
+# -- the contexts a write looks up ------------------------------------------------------
+
+
+def test_stored_contexts_follow_applied_batches_and_stay_bounded(
+        storage: tuple[Store, WriteAheadLog], monkeypatch: pytest.MonkeyPatch) -> None:
+    from engramd.writes import StoredContexts
+
+    store = storage[0]
+    contexts = StoredContexts(store)
+    assert contexts.get("c0") is None
+    entries = [context_created(f"c{n}")(n + 1, dt.datetime.now(dt.UTC))[0] for n in range(3)]
+    store.apply(entries)
+    assert contexts.get("c0") is not None and contexts.get("c0").id == "c0"  # type: ignore[union-attr]
+    renamed = msgspec.structs.replace(entries[1].events[0].context, display_name="renamed")  # type: ignore[union-attr]
+    update = Entry(first_seq=4, events=[ContextCreated(seq=4, ts=renamed.created_at,
+                                                       context_id="c1", context=renamed)])
+    contexts.applied([update])  # what the committer reports once it is stored
+    assert contexts.get("c1") == renamed
+    monkeypatch.setattr(StoredContexts, "SIZE", 2)
+    for name in ("c0", "c1", "c2"):
+        contexts.get(name)
+    assert len(contexts._recent) == 2 and "c0" not in contexts._recent
