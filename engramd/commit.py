@@ -11,7 +11,10 @@ waits on the disk: a slow fsync holds only the requests it covers.
 Batching: a request that arrives while the log is idle is written at once.
 Requests that arrive while a write is in flight form the next batch (up to
 ``batch_size``). Under load (the previous batch held more than one request)
-the committer waits up to ``window`` seconds for a batch to fill.
+the committer waits up to ``window`` seconds for the batch to hold as many as
+the previous one did: with N writers each waiting for its answer before it
+writes again, a batch waits for the N, not for ``batch_size`` requests that
+will never come (which made every batch wait the whole window).
 
 Failure: a failed write (disk full) fails its batch, which is cut back off the
 log; the log stays writable and later requests are tried again. A failed
@@ -147,7 +150,9 @@ class GroupCommitter:
         self._on_aborted = on_aborted
         self._queue: collections.deque[_Submission[Any]] = collections.deque()
         self._wakeup = trio.Event()
-        self._busy = False
+        self._arrival = trio.Event()
+        """Set by every new request (what a batch that fills waits on)."""
+        self._last_batch = 0
         self._last_ts = dt.datetime.now(dt.UTC)
         self.failure: str | None = None
         self.thread = JournalThread()
@@ -175,6 +180,7 @@ class GroupCommitter:
         submission: _Submission[T] = _Submission(build)
         self._queue.append(submission)
         self._wakeup.set()
+        self._arrival.set()
         await submission.done.wait()
         if submission.error is not None:
             raise submission.error
@@ -187,16 +193,23 @@ class GroupCommitter:
             task_status.started()
             while True:
                 await self._wakeup.wait()
-                if self.window > 0 and self._busy and len(self._queue) < self.batch_size:
-                    await trio.sleep(self.window)
+                if self.window > 0 and self._last_batch > 1:
+                    await self._fill(min(self.batch_size, self._last_batch))
                 batch = [self._queue.popleft()
                          for _ in range(min(self.batch_size, len(self._queue)))]
                 if not self._queue:
                     self._wakeup = trio.Event()
-                self._busy = len(batch) > 1
+                self._last_batch = len(batch)
                 await self._commit_batch(batch)
         finally:
             self.thread.stop()
+
+    async def _fill(self, wanted: int) -> None:
+        """Wait up to the window until *wanted* requests are queued."""
+        with trio.move_on_after(self.window):
+            while len(self._queue) < wanted:
+                self._arrival = trio.Event()
+                await self._arrival.wait()
 
     def _now(self) -> dt.datetime:
         now = dt.datetime.now(dt.UTC)

@@ -90,7 +90,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("wal.batch_size", int, 64,
             "Most commits written together with one fsync.", minimum=1),
     Setting("wal.window_ms", float, 2.0,
-            "Under load, milliseconds a batch may wait to fill; a lone write never waits.",
+            "Under load, milliseconds a batch may wait for as many requests as the last "
+            "one held; a lone write never waits.",
             minimum=0),
     Setting("wal.segment_bytes", int, 64 * 1024 * 1024,
             "WAL segment size at which a new segment file starts.", minimum=4096),

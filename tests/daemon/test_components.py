@@ -187,6 +187,27 @@ async def test_under_load_a_batch_waits_the_window_to_fill(
     assert trio.current_time() - started < 0.001
 
 
+async def test_a_batch_waits_only_for_as_many_requests_as_the_last_one_held(
+        running: tuple[GroupCommitter, list[Entry]], autojump_clock: trio.abc.Clock) -> None:
+    committer, _ = running
+    async with trio.open_nursery() as nursery:  # three writers: a batch of three
+        for n in range(3):
+            nursery.start_soon(committer.commit, context_created(f"first{n}"))
+    batches = committer.stats.batches
+    started = trio.current_time()
+
+    async def later(n: int) -> None:  # the same three, their next writes 0.1 s apart
+        await trio.sleep(0.1 * n)
+        await committer.commit(context_created(f"next{n}"))
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(later, n)
+    # Written when the third came (0.2 s), as one batch: not after the 5 s window.
+    assert trio.current_time() - started == pytest.approx(0.2)
+    assert committer.stats.batches == batches + 1
+
+
 async def test_a_slow_write_leaves_the_event_loop_free(
         storage: tuple[Store, WriteAheadLog], monkeypatch: pytest.MonkeyPatch) -> None:
     committer, applied = committer_over(storage)
