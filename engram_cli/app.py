@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 import typer.core
+import typer.models
 
 from engram_cli import output
 from engram_cli.context import CliContext
@@ -60,13 +61,57 @@ class LazyGroup(typer.core.TyperGroup):
             module_name, attribute = COMMANDS[cmd_name]
             module = importlib.import_module(f"engram_cli.commands.{module_name}")
             target = getattr(module, attribute)
-            if not isinstance(target, typer.Typer):
-                target = typer.Typer(add_completion=False)
-                target.command(name=cmd_name)(getattr(module, attribute))
-            command = typer.main.get_command(target)
+            if isinstance(target, typer.Typer):
+                command = lazy_group(target)
+            else:
+                command = single_command(typer.models.CommandInfo(name=cmd_name,
+                                                                  callback=target))
             command.name = cmd_name
             self.commands[cmd_name] = command
         return self.commands.get(cmd_name)
+
+
+class LazyCommands(typer.core.TyperGroup):
+    """A command group (``engram unit``) that builds a command from its definition only
+    when it is asked for: typer reads the signature and evaluates the annotations of
+    every command of a group it builds, which cost ``engram unit create`` more than
+    the rest of its start-up."""
+
+    definitions: dict[str, typer.models.CommandInfo]
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*self.definitions, *(name for name in self.commands
+                                     if name not in self.definitions)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in self.definitions:
+            command = single_command(self.definitions[cmd_name])
+            command.name = cmd_name
+            self.commands[cmd_name] = command
+        return self.commands.get(cmd_name)
+
+
+def lazy_group(target: typer.Typer) -> Any:
+    """*target*'s group (its own options, help and sub-groups) without building its
+    commands until they are asked for."""
+    definitions = {info.name or typer.main.get_command_name(info.callback.__name__): info
+                   for info in target.registered_commands if info.callback is not None}
+    commands, target.registered_commands = target.registered_commands, []
+    try:
+        group = typer.main.get_group(target)
+    finally:
+        target.registered_commands = commands
+    group.__class__ = LazyCommands
+    assert isinstance(group, LazyCommands)
+    group.definitions = definitions
+    return group
+
+
+def single_command(info: typer.models.CommandInfo) -> Any:
+    """The click command typer builds for one definition."""
+    holder = typer.Typer(add_completion=False)
+    holder.registered_commands.append(info)
+    return typer.main.get_command(holder)
 
 
 app = typer.Typer(
