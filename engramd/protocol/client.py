@@ -13,7 +13,7 @@ blocking client and the trio client are thin loops around this object.
 from __future__ import annotations
 
 import collections
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import msgspec
 
@@ -43,7 +43,54 @@ from engramd.protocol.messages import (
 
 R = TypeVar("R", bound=ServerMessage)
 
-_server_decoder = msgspec.msgpack.Decoder(AnyServerMessage)
+
+class _ServerDecoder:
+    """Decodes what the daemon sends, building a decoder per message type on first use.
+
+    A decoder of the whole union costs a command line start-up a few milliseconds
+    (msgspec reads every message type it may meet), where ``engram ping`` meets two.
+    Every message starts with its tag (``msg``, the first key, as msgspec writes
+    it), which names the type; anything else goes to the decoder of the union.
+    """
+
+    def __init__(self) -> None:
+        self._types: dict[bytes, type[ServerMessage]] | None = None
+        self._decoders: dict[type[ServerMessage], msgspec.msgpack.Decoder[Any]] = {}
+        self._union: msgspec.msgpack.Decoder[Any] | None = None
+
+    def decode(self, body: bytes) -> ServerMessage:
+        kind = self._kind(body)
+        if kind is None:
+            if self._union is None:
+                self._union = msgspec.msgpack.Decoder(AnyServerMessage)
+            message: ServerMessage = self._union.decode(body)
+            return message
+        decoder = self._decoders.get(kind)
+        if decoder is None:
+            decoder = self._decoders[kind] = msgspec.msgpack.Decoder(kind)
+        message = decoder.decode(body)
+        return message
+
+    def _kind(self, body: bytes) -> type[ServerMessage] | None:
+        # A map (fixmap, or map16 past 15 fields) whose first key is the fixstr "msg"
+        # and whose value is a fixstr: the tag.
+        if body[:1] == b"\xde":
+            start = 3
+        elif body[:1] and 0x80 <= body[0] <= 0x8F:
+            start = 1
+        else:
+            return None
+        key, size = body[start:start + 4], body[start + 4:start + 5]
+        if key != b"\xa3msg" or not size or not 0xA0 <= size[0] <= 0xBF:
+            return None
+        if self._types is None:
+            self._types = {kind.__struct_config__.tag.encode(): kind
+                           for kind in get_args(AnyServerMessage)}
+        begin = start + 5
+        return self._types.get(body[begin:begin + size[0] - 0xA0])
+
+
+_server_decoder = _ServerDecoder()
 
 
 def result(reply: ServerMessage, expected: type[R]) -> R:

@@ -283,3 +283,24 @@ def test_a_push_built_from_shared_event_bytes_is_the_golden_push() -> None:
     event = SERVER_MESSAGES["event_push"].event  # type: ignore[attr-defined]
     body = encode_event_push(8, msgspec.msgpack.encode(event))
     assert body.hex() == golden()["event_push"][8:]  # without the length prefix
+
+
+@pytest.mark.parametrize("name", SERVER_MESSAGES)
+def test_the_client_reads_each_golden_server_message_by_its_tag(name: str) -> None:
+    from engramd.protocol.client import _ServerDecoder
+
+    decoder = _ServerDecoder()
+    body = bytes.fromhex(golden()[name])[4:]
+    assert decoder._kind(body) is type(SERVER_MESSAGES[name])  # no union decoder needed
+    assert decoder.decode(body) == SERVER_MESSAGES[name]
+
+
+def test_the_clients_decoder_refuses_what_the_union_refuses() -> None:
+    from engramd.protocol.client import _ServerDecoder
+
+    decoder = _ServerDecoder()
+    welcome = bytes.fromhex(golden()["welcome"])[4:]
+    as_pong = welcome.replace(b"\xa7welcome", b"\xa4pong")  # a pong with welcome's fields
+    for body in (b"", b"\x81\xa3msg\xa4nope", as_pong, b"\xc0"):
+        with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
+            decoder.decode(body)
