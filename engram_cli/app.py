@@ -28,6 +28,7 @@ EXIT_CODES_HELP = (
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module in engram_cli.commands, its Typer sub-app or command function)
+    "help": ("info", "help_"),
     "ping": ("info", "ping"),
     "status": ("info", "status"),
     "version": ("info", "version"),
@@ -127,6 +128,15 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from engram_cli import __version__
+        from engramd.protocol import PROTOCOL_VERSION
+
+        sys.stdout.write(f"engram {__version__} (protocol {PROTOCOL_VERSION})\n")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -139,6 +149,9 @@ def _root(
         help="Act as this agent (default: the user name).")] = None,
     json: Annotated[bool, typer.Option(
         "--json", help="Print JSON, one object per line, for every command.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print engram's version and exit (engram version: the daemon's too).")] = False,
 ) -> None:
     cli = CliContext(socket=socket, agent=agent, json=json)
     ctx.obj = cli
@@ -150,23 +163,27 @@ COMPLETE_VAR = "_ENGRAM_COMPLETE"
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
     if COMPLETE_VAR in os.environ:
         # The shell asks for completions (see completions/); load the shell
         # classes only then, to keep ordinary start-up fast.
         from typer.completion import completion_init
 
         completion_init()
+    as_json = wants_json(args)
     try:
-        app(args=argv, prog_name="engram", standalone_mode=True)
-    except SystemExit as exc:
-        code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else ExitCode.ERROR)
+        # Not standalone: the parser's errors come here, to be told in engram's one
+        # line rather than in Typer's boxed panel.
+        status = app(args=args, prog_name="engram", standalone_mode=False)
+    except typer.TyperException as exc:
+        return _usage_failure(exc, args, as_json)
     except EngramError as exc:
         if os.environ.get("ENGRAM_DEBUG") == "1":
             raise
-        output.error(str(exc))
+        output.error(str(exc), code=str(exc.code), exit_status=int(exc.exit_code),
+                     as_json=as_json)
         return int(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         return 130
     except BrokenPipeError:
         # The reader went away (`engram ... | head`); not our failure.
@@ -176,6 +193,44 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("ENGRAM_DEBUG") == "1":
             raise
         output.error(f"internal error: {type(exc).__name__}: {exc} "
-                     "(run with ENGRAM_DEBUG=1 for the traceback)")
+                     "(run with ENGRAM_DEBUG=1 for the traceback)",
+                     code="internal", exit_status=ExitCode.ERROR, as_json=as_json)
         return ExitCode.ERROR
-    return ExitCode.OK
+    # A command that ends normally returns None; typer.Exit(n) comes back as n.
+    return status if isinstance(status, int) else ExitCode.OK
+
+
+def _command_path(args: list[str]) -> str:
+    """``engram GROUP COMMAND`` as far as *args* name them, for a hint when the parser
+    failed before it knew the command (an option missing its value)."""
+    words = ["engram"]
+    for arg in args:
+        if arg.startswith("-") or len(words) == 3 or (len(words) == 1 and arg not in COMMANDS):
+            break
+        words.append(arg)
+    return " ".join(words)
+
+
+def wants_json(args: list[str]) -> bool:
+    """Whether ``--json`` is among the options (not after ``--``, where it would belong
+    to another program), so that even a usage error can be told in JSON."""
+    options = args[:args.index("--")] if "--" in args else args
+    return "--json" in options
+
+
+def _usage_failure(exc: typer.TyperException, args: list[str], as_json: bool) -> int:
+    """The parser's complaint as one line, naming the help to read."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        # `engram unit`: a group named without its command gets its help, as a
+        # usage error (rich has printed it already; plain click leaves it to us).
+        if not as_json and exc.format_message().strip() and ctx is not None:
+            sys.stdout.write(ctx.get_help() + "\n")
+        return ExitCode.USAGE
+    message = " ".join(exc.format_message().split())
+    command_path = ctx.command_path if ctx is not None else _command_path(args)
+    message += f" (try '{command_path} --help')"
+    status = int(getattr(exc, "exit_code", ExitCode.USAGE))
+    output.error(message, code="bad_request" if status == ExitCode.USAGE else "internal",
+                 exit_status=status, as_json=as_json)
+    return status

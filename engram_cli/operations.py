@@ -48,6 +48,7 @@ from engramd.protocol import (
     RelatedFound,
     ReleaseLock,
     RenewLock,
+    ResolveUnitIds,
     RevokeTokens,
     Search,
     SearchResults,
@@ -206,6 +207,13 @@ class Operations:
     @operation
     def get_units(self, unit_ids: Iterable[str]) -> Call[UnitsFound]:
         return ask(GetUnits(ids=list(unit_ids)))
+
+    @operation
+    def resolve_unit_ids(self, prefixes: Iterable[str]) -> Call[list[str]]:
+        """The whole id of the one unit each prefix (8 characters or more) names; raises
+        :class:`~engram_cli.errors.NotFound` for none, ``BadRequest`` naming the
+        candidates for several."""
+        return ask(ResolveUnitIds(prefixes=list(prefixes)), lambda resolved: resolved.ids)
 
     @operation
     def get_unit(self, unit_id: str) -> Call[Unit]:

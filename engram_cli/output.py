@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import os
 import sys
 import zlib
@@ -28,6 +29,7 @@ from engramd.protocol import (
     LockExpired,
     LockReleased,
     LockRenewed,
+    RelatedEdge,
     RelatedFound,
     SearchHit,
     ServerMessage,
@@ -51,6 +53,16 @@ def to_plain_data(value: Any) -> Any:
         for key in _ENVELOPE:
             data.pop(key, None)
     return data
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def tsv_line(fields: Iterable[str]) -> str:
+    """One record of tab-separated values. A backslash, tab, newline or carriage return
+    inside a field is written ``\\\\``, ``\\t``, ``\\n``, ``\\r`` (as PostgreSQL's text
+    format does), so every line is one record of the same width whatever the data."""
+    return "\t".join(field.translate(_TSV_ESCAPES) for field in fields) + "\n"
 
 
 def _color_allowed(stream: IO[str]) -> bool:
@@ -96,7 +108,7 @@ class Output:
         rows = [(key, _text(value)) for key, value in rows]
         if not self.is_terminal:
             for key, value in rows:
-                self.stream.write(f"{key}\t{value}\n")
+                self.stream.write(tsv_line((key, value)))
             self.stream.flush()
             return
         from rich.table import Table
@@ -119,9 +131,9 @@ class Output:
         rows = list(rows)
         if not self.is_terminal:
             if header:
-                self.stream.write("\t".join(columns) + "\n")
+                self.stream.write(tsv_line(columns))
             for row in rows:
-                self.stream.write("\t".join(row) + "\n")
+                self.stream.write(tsv_line(row))
             self.stream.flush()
             return
         from rich.table import Table
@@ -161,10 +173,15 @@ def progress(out: Output, what: str) -> Iterator[Callable[[int], None]]:
         yield lambda count: bar.advance(task, count)
 
 
-def error(message: str) -> None:
-    """The CLI's one line on stderr for a failure."""
+def error(message: str, *, code: str = "", exit_status: int = 1, as_json: bool = False
+          ) -> None:
+    """The CLI's one line on stderr for a failure: English, or with ``--json`` one JSON
+    object ``{"error": {"code", "message", "exit"}}`` that a program can read."""
     stream = sys.stderr
-    if _color_allowed(stream):
+    if as_json:
+        line = {"error": {"code": code, "message": message, "exit": exit_status}}
+        stream.write(_json_encoder.encode(line).decode() + "\n")
+    elif _color_allowed(stream):
         stream.write(f"\x1b[1;31mengram: error:\x1b[0m {message}\n")
     else:
         stream.write(f"engram: error: {message}\n")
@@ -205,36 +222,52 @@ def preview(unit: Unit, width: int = 200) -> str:
 
 
 def _local_time(value: dt.datetime) -> str:
-    return value.astimezone().strftime("%H:%M:%S.%f")[:-3]
+    """Local time of day for today's times; the date too for any other day's."""
+    local = value.astimezone()
+    if local.date() != dt.date.today():
+        return local.strftime("%Y-%m-%d %H:%M:%S")
+    return local.strftime("%H:%M:%S.%f")[:-3]
 
 
 def _meta_text(meta: Mapping[str, str]) -> str:
     return " ".join(f"{key}={value}" for key, value in meta.items())
 
 
+def timestamp(value: dt.datetime) -> str:
+    """The one form of a time in plain and JSON output: RFC 3339, UTC, ``Z``."""
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _meta_field(meta: Mapping[str, str]) -> str:
+    # JSON, not k=v pairs: keys and values may hold spaces and '='.
+    return _json_encoder.encode(meta).decode() if meta else ""
+
+
 def unit_row(unit: Unit) -> list[str]:
     """The plain, tab-separated form of a unit (``unit list`` when piped)."""
-    return [str(unit.seq), unit.ts.isoformat().replace("+00:00", "Z"), unit.context_id,
-            unit.agent_id, unit.type, unit.id, preview(unit), _meta_text(unit.meta)]
+    return [str(unit.seq), timestamp(unit.ts), unit.context_id, unit.agent_id, unit.type,
+            unit.id, preview(unit), _meta_field(unit.meta)]
 
 
 def units(out: Output, found: list[Unit]) -> None:
     """A list of units: a table on a terminal, tab-separated rows otherwise."""
     if not out.is_terminal:
         for unit in found:
-            out.stream.write("\t".join(unit_row(unit)) + "\n")
+            out.stream.write(tsv_line(unit_row(unit)))
         out.stream.flush()
         return
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, show_edge=False)
-    for column, style in (("seq", "dim"), ("time", "dim"), ("agent", "bold"),
+    for column, style in (("seq", "dim"), ("time", "dim"), ("id", "dim"), ("agent", "bold"),
                           ("type", "magenta"), ("payload", ""), ("meta", "cyan")):
         table.add_column(column, style=style or None, no_wrap=column != "payload",
-                         overflow="ellipsis", justify="right" if column == "seq" else "left")
+                         overflow="ellipsis", justify="right" if column == "seq" else "left",
+                         min_width=len(column) if column != "payload" else 10)
+    short = short_ids(unit.id for unit in found)
     for unit in found:
-        table.add_row(str(unit.seq), _local_time(unit.ts), unit.agent_id, unit.type,
-                      preview(unit, 500), _meta_text(unit.meta))
+        table.add_row(str(unit.seq), _local_time(unit.ts), short[unit.id], unit.agent_id,
+                      unit.type, preview(unit, 500), _meta_text(unit.meta))
     out.console.print(table)
 
 
@@ -250,7 +283,7 @@ def unit_panels(out: Output, found: list[Unit]) -> None:
         fields.add_column()
         for key, value in (("id", unit.id), ("seq", str(unit.seq)),
                            ("context", unit.context_id), ("agent", unit.agent_id),
-                           ("time", unit.ts.isoformat()),
+                           ("time", timestamp(unit.ts)),
                            ("from", f"uid {unit.uid}, pid {unit.pid}")):
             fields.add_row(key, value)
         for key, value in unit.meta.items():
@@ -273,7 +306,7 @@ def context_fields(out: Output, context: Context) -> None:
         ("agents", ", ".join(context.agent_ids) or "-"),
         ("pinned", ", ".join(context.pinned_units) or "-"),
         ("meta", _meta_text(context.meta) or "-"),
-        ("created", context.created_at.isoformat()), ("updated", context.updated_at.isoformat()),
+        ("created", timestamp(context.created_at)), ("updated", timestamp(context.updated_at)),
     ])
 
 
@@ -315,7 +348,7 @@ def _lock_text(event: LockEvent) -> str:
 
 def event_row(event: Event) -> list[str]:
     """The plain, tab-separated form of an event (``watch`` when piped)."""
-    stamp = event.ts.isoformat().replace("+00:00", "Z")
+    stamp = timestamp(event.ts)
     kind = type(event).__struct_config__.tag
     if isinstance(event, LockAcquired | LockRenewed | LockReleased | LockExpired):
         return [str(event.seq), stamp, str(kind), event.lease.resource, _lock_text(event)]
@@ -409,7 +442,7 @@ class LiveFeed:
             self._live.console.print(event_text(event, self.out.console.width))
             self._live.refresh()
         else:
-            self.out.stream.write("\t".join(event_row(event)) + "\n")
+            self.out.stream.write(tsv_line(event_row(event)))
             self.out.stream.flush()
 
 
@@ -418,35 +451,42 @@ def _marked(snippet: str) -> Text:
     from rich.text import Text
 
     text = Text()
-    for index, part in enumerate(snippet.split("**")):
-        text.append(" ".join(part.split()), style="bold yellow" if index % 2 else None)
+    # Whitespace is flattened over the whole snippet, not per part: the spaces around
+    # a highlighted word belong to its neighbours.
+    flat = " ".join(snippet.split())
+    for index, part in enumerate(flat.split("**")):
+        text.append(part, style="bold yellow" if index % 2 else None)
     return text
 
 
-def search_hits(out: Output, hits: list[SearchHit], units: Mapping[str, Unit]) -> None:
-    """Search results: a table on a terminal, tab-separated rows when piped."""
+def search_hits(out: Output, hits: list[SearchHit], units: Mapping[str, Unit], *,
+                ranked: bool) -> None:
+    """Search results: a table on a terminal, tab-separated rows when piped. Without
+    *ranked* (no words, filters alone) there is no score to show: ``-``."""
     if not out.is_terminal:
         for hit in hits:
             unit = units.get(hit.unit_id)
-            row = [f"{hit.score:.3f}", str(hit.seq), unit.context_id if unit else "",
-                   unit.agent_id if unit else "", unit.type if unit else "", hit.unit_id,
+            row = [f"{hit.score:.3f}" if ranked else "-", str(hit.seq),
+                   unit.context_id if unit else "", unit.agent_id if unit else "",
+                   unit.type if unit else "", hit.unit_id,
                    " ".join(hit.snippet.split()) or (preview(unit) if unit else "")]
-            out.stream.write("\t".join(row) + "\n")
+            out.stream.write(tsv_line(row))
         out.stream.flush()
         return
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("score", "time", "context", "agent", "type", "match"):
+    for column in ("score", "time", "id", "context", "agent", "type", "match"):
         table.add_column(column, justify="right" if column == "score" else "left",
-                         no_wrap=column != "match")
+                         no_wrap=column != "match", style="dim" if column == "id" else None)
+    short = short_ids(hit.unit_id for hit in hits)
     for hit in hits:
         unit = units.get(hit.unit_id)
         if unit is None:
             continue
         match = _marked(hit.snippet) if hit.snippet else preview(unit, 200)
-        table.add_row(f"{hit.score:.2f}", _local_time(unit.ts), unit.context_id,
-                      unit.agent_id, unit.type, match)
+        table.add_row(f"{hit.score:.2f}" if ranked else "-", _local_time(unit.ts),
+                      short[unit.id], unit.context_id, unit.agent_id, unit.type, match)
     out.console.print(table)
 
 
@@ -458,48 +498,82 @@ def related_json(found: RelatedFound) -> dict[str, Any]:
             "units": [unit_to_json(unit) for unit in found.units]}
 
 
+SHORT_ID_LENGTH = 13
+"""A UUIDv7 up to the end of its millisecond timestamp (``01a232c5-5441``): two units
+share it only when written in the same millisecond, so it names one unit in the whole
+journal nearly always, where the 8 characters a prefix may have span 65 seconds."""
+
+
+def short_ids(ids: Iterable[str], minimum: int = SHORT_ID_LENGTH) -> dict[str, str]:
+    """Each id cut to one prefix length, the shortest (at least *minimum* characters) that
+    still tells these ids apart, as git abbreviates hashes: ids of one burst, written in
+    the same millisecond, need more."""
+    unique = sorted(set(ids))
+    length = minimum
+    for before, after in itertools.pairwise(unique):
+        shared = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b),
+                      min(len(before), len(after)))
+        length = max(length, shared + 1)
+    return {unit_id: unit_id[:length] for unit_id in unique}
+
+
 def trace_tree(out: Output, found: RelatedFound, label: Callable[[Unit], str]) -> None:
-    """The relationships around a unit as a tree: what it points at, what points at it."""
+    """The relationships around a unit as a tree, each unit once, at its shortest distance
+    from the root (breadth first); an edge between units already drawn is a leaf that
+    names the other unit by its short id."""
     units = {unit.id: unit for unit in found.units}
-    outgoing: dict[str, list[tuple[str, str]]] = {}
-    incoming: dict[str, list[tuple[str, str]]] = {}
+    # Short ids for people; a program reading the piped tree gets them whole.
+    short = (short_ids([found.root, *units]) if out.is_terminal
+             else {unit_id: unit_id for unit_id in [found.root, *units]})
+    neighbours: dict[str, list[tuple[str, str, RelatedEdge]]] = {}
     for edge in found.edges:
-        outgoing.setdefault(edge.source, []).append((edge.type, edge.target))
-        incoming.setdefault(edge.target, []).append((edge.type, edge.source))
+        neighbours.setdefault(edge.source, []).append((f"→ {edge.type}", edge.target, edge))
+        neighbours.setdefault(edge.target, []).append((f"← {edge.type} from", edge.source, edge))
 
     def name(unit_id: str) -> str:
         unit = units.get(unit_id)
-        return label(unit) if unit else unit_id
+        return f"{short[unit_id]} {label(unit)}" if unit else unit_id
+
+    children: dict[str, list[tuple[str, str | None]]] = {}  # (line, unit drawn below it)
+    placed = {found.root}
+    used: set[tuple[str, str, str]] = set()  # edges drawn, as (source, type, target)
+    level = [found.root]
+    while level:
+        following = []
+        for unit_id in level:
+            for arrow, other, edge in neighbours.get(unit_id, []):
+                if (edge.source, edge.type, edge.target) in used:
+                    continue
+                used.add((edge.source, edge.type, edge.target))
+                if other in placed:
+                    children.setdefault(unit_id, []).append(
+                        (f"{arrow} {short.get(other, other)} (elsewhere in this tree)", None))
+                    continue
+                placed.add(other)
+                following.append(other)
+                children.setdefault(unit_id, []).append((f"{arrow} {name(other)}", other))
+        level = following
 
     lines: list[tuple[int, str]] = []
-    shown: set[tuple[str, str, str]] = set()
 
-    def walk(unit_id: str, level: int, seen: set[str]) -> None:
-        for kind, other in outgoing.get(unit_id, []):
-            if (unit_id, kind, other) not in shown:
-                shown.add((unit_id, kind, other))
-                lines.append((level, f"→ {kind} {name(other)}"))
-                if other not in seen:
-                    walk(other, level + 1, seen | {other})
-        for kind, other in incoming.get(unit_id, []):
-            if (other, kind, unit_id) not in shown:
-                shown.add((other, kind, unit_id))
-                lines.append((level, f"← {kind} from {name(other)}"))
-                if other not in seen:
-                    walk(other, level + 1, seen | {other})
+    def draw(unit_id: str, depth: int) -> None:
+        for text, below in children.get(unit_id, []):
+            lines.append((depth, text))
+            if below is not None:
+                draw(below, depth + 1)
 
-    walk(found.root, 1, {found.root})
+    draw(found.root, 1)
     if not out.is_terminal:
         out.stream.write(name(found.root) + "\n")
-        for level, text in lines:
-            out.stream.write("  " * level + text + "\n")
+        for depth, text in lines:
+            out.stream.write("  " * depth + text + "\n")
         out.stream.flush()
         return
     from rich.tree import Tree
 
     root = Tree(name(found.root), guide_style="dim")
     stack = [root]
-    for level, text in lines:
-        del stack[level:]
-        stack.append(stack[-1].add(text))
+    for depth, text in lines:
+        del stack[depth:]
+        stack.append(stack[-1].add(text, highlight=False))
     out.console.print(root)

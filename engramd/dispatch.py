@@ -64,6 +64,7 @@ from engramd.protocol import (
     ReleaseLock,
     RenewLock,
     Request,
+    ResolveUnitIds,
     RevokeTokens,
     Search,
     SearchResults,
@@ -76,6 +77,7 @@ from engramd.protocol import (
     TokenPage,
     TokensRevoked,
     TooLarge,
+    UnitIdsResolved,
     UnitPage,
     UnitsCreated,
     UnitsFound,
@@ -171,6 +173,9 @@ class Dispatcher:
             case GetUnits():
                 units, missing = queries.get_units(request.ids)
                 return UnitsFound(id=request.id, units=units, missing=missing)
+            case ResolveUnitIds():
+                return UnitIdsResolved(id=request.id,
+                                       ids=queries.resolve_unit_ids(request.prefixes))
             case ListUnits():
                 units, cursor = queries.list_units(request)
                 return UnitPage(id=request.id, units=units, next_cursor=cursor)

@@ -28,16 +28,16 @@ from engramd.protocol import (
     Subscribe,
     TooLarge,
 )
-from engramd.protocol.model import Context, Unit
+from engramd.protocol.model import EVENT_KINDS, UNIT_ID_LENGTH, Context, Unit
 from engramd.search import QueryError, plain_query
 from engramd.storage import Store, seq_from
 
 _context_decoder = msgspec.msgpack.Decoder(Context)
 MAX_PAGE = 10_000
+SHOWN_CANDIDATES = 5
+"""Ids an ambiguous prefix's error names."""
 MAX_DEPTH = 16
 MAX_EDGES = 10_000
-EVENT_KINDS = ("unit.created", "context.created", "context.updated", "lock.acquired",
-               "lock.renewed", "lock.released", "lock.expired")
 
 
 class _UnitHeader(msgspec.Struct):
@@ -87,6 +87,22 @@ class Queries:
         missing = [unit_id for unit_id, raw in zip(unit_ids, found, strict=True) if raw is None]
         return _raw_units(found), missing
 
+    def resolve_unit_ids(self, prefixes: list[str]) -> list[str]:
+        """The one unit id each prefix names (see :class:`ResolveUnitIds`)."""
+        resolved = []
+        for given in prefixes:
+            prefix = validate.unit_id_prefix(given)
+            candidates = self.store.unit_ids_with_prefix(prefix, SHOWN_CANDIDATES + 1)
+            if not candidates:
+                raise NotFound(f"no unit {given}" if len(prefix) == UNIT_ID_LENGTH
+                               else f"no unit id begins with {given}")
+            if len(candidates) > 1:
+                shown = ", ".join(candidates[:SHOWN_CANDIDATES])
+                more = " and more" if len(candidates) > SHOWN_CANDIDATES else ""
+                raise BadRequest(f"unit id prefix {given} is ambiguous: {shown}{more}")
+            resolved.append(candidates[0])
+        return resolved
+
     def list_units(self, request: ListUnits) -> tuple[list[Unit], int | None]:
         """A page of a context's units, and the cursor of the next page (None at the end)."""
         validate.context_id(request.context_id)
@@ -97,6 +113,9 @@ class Queries:
         if min(request.before or 0, request.after or 0) < 0:
             raise BadRequest("before and after are seqs: 0 or more")
         types = {validate.unit_type(kind) for kind in request.types}
+        if self.store.context(request.context_id) is None:
+            # An empty page would hide a misspelt name; contexts are never deleted.
+            raise NotFound(f"no context {request.context_id}")
         agents = set(request.agents)
         filtering = bool(types or agents or request.since or request.until)
         forward = request.after is not None

@@ -192,7 +192,9 @@ class SearchIndex:
                         for seq, score in ranked]
         except sqlite3.OperationalError as exc:
             raise QueryError(str(exc)) from None
-        return total, [Hit(unit_id, seq, -score, snippet) for unit_id, seq, score, snippet in rows]
+        # bm25() is lower for better matches; `or 0.0` keeps a filter-only 0 from being -0.0.
+        return total, [Hit(unit_id, seq, -score or 0.0, snippet)
+                       for unit_id, seq, score, snippet in rows]
 
     def close(self) -> None:
         self.db.close()

@@ -52,6 +52,7 @@ from engramd.protocol import (
     ErrorCode,
     ErrorReply,
     EventPush,
+    FrameTooLarge,
     Hello,
     InvalidMessage,
     RemoteProtocolError,
@@ -63,6 +64,7 @@ from engramd.protocol import (
 )
 from engramd.ratelimit import TokenBucket
 from engramd.tokens import Authenticator
+from engramd.validate import PAYLOAD_LIMIT_SETTING
 
 log = logging.getLogger("engramd.server")
 
@@ -339,13 +341,20 @@ class Server:
                 except RemoteProtocolError as exc:
                     log.info("pid %d broke the protocol: %s", session.peer.pid, exc)
                     self.metrics.count('connections_dropped_total{reason="protocol"}')
-                    await self._goodbye(session, exc.code, str(exc))
+                    await self._goodbye(session, exc.code, self._explain(exc))
             timed_out = session.caller is None and session.reader_scope.cancelled_caught
             if timed_out and not self.engine.shutdown_requested.is_set():
                 await self._goodbye(session, ErrorCode.BAD_REQUEST, "no hello in time")
             if session.peer_closed:
                 requests.cancel_scope.cancel()  # no one is left to read the answers
         # Leaving the nursery waited for in-flight requests to answer.
+
+    def _explain(self, exc: RemoteProtocolError) -> str:
+        if isinstance(exc, FrameTooLarge):
+            # Nearly always a unit too big: name the limit a writer can act on.
+            return (f"{exc}; a unit's payload may be at most "
+                    f"{self.config.max_payload_bytes} bytes ({PAYLOAD_LIMIT_SETTING})")
+        return str(exc)
 
     async def _read_requests(
         self, session: Session, inflight: trio.Semaphore, requests: trio.Nursery

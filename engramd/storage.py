@@ -173,6 +173,20 @@ class Store:
         value: bytes | None = self.db.get(b"u/" + _text(unit_id))
         return value
 
+    def unit_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """Up to *limit* unit ids that begin with *prefix*, in id (time) order."""
+        start = b"u/" + _text(prefix)
+        iterator = self.db.iter()
+        iterator.seek(start)
+        found: list[str] = []
+        while iterator.valid() and len(found) < limit:
+            key: bytes = iterator.key()
+            if not key.startswith(start):
+                break
+            found.append(key[2:].decode())
+            iterator.next()
+        return found
+
     def units_by_id(self, unit_ids: list[str]) -> list[bytes | None]:
         """Encoded units, ``None`` where an id is unknown."""
         if not unit_ids:

@@ -10,12 +10,18 @@ from dataclasses import dataclass
 
 from engramd.protocol import BadRequest, TooLarge
 from engramd.protocol.messages import UnitDraft
-from engramd.protocol.model import RELATIONSHIP_TYPES, UNIT_TYPES, Relationship
+from engramd.protocol.model import (
+    MIN_UNIT_ID_PREFIX,
+    RELATIONSHIP_TYPES,
+    UNIT_TYPES,
+    Relationship,
+)
 
 CONTEXT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,127}")
 MAX_ID = 128
 MAX_NAME = 256
 MAX_KEY = 256
+PAYLOAD_LIMIT_SETTING = "limits.max_payload_bytes in engramd's configuration raises it"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +69,13 @@ def unit_id(text: str) -> str:
     return name(text, "unit id", MAX_ID)
 
 
+def unit_id_prefix(text: str) -> str:
+    if len(text) < MIN_UNIT_ID_PREFIX:
+        raise BadRequest(f"a unit id prefix needs at least {MIN_UNIT_ID_PREFIX} characters, "
+                         f"got {text!r:.60}")
+    return unit_id(text).lower()  # ids are lowercase hex; a prefix copied from elsewhere may not be
+
+
 def meta(values: dict[str, str], limits: WriteLimits) -> dict[str, str]:
     if len(values) > limits.max_meta_entries:
         raise TooLarge(f"{len(values)} metadata entries, limit {limits.max_meta_entries}")
@@ -79,7 +92,8 @@ def meta(values: dict[str, str], limits: WriteLimits) -> dict[str, str]:
 def draft(unit: UnitDraft, limits: WriteLimits) -> UnitDraft:
     """A checked draft, with its types in canonical upper case."""
     if len(unit.payload) > limits.max_payload_bytes:
-        raise TooLarge(f"payload of {len(unit.payload)} bytes, limit {limits.max_payload_bytes}")
+        raise TooLarge(f"payload of {len(unit.payload)} bytes exceeds the limit of "
+                       f"{limits.max_payload_bytes} bytes ({PAYLOAD_LIMIT_SETTING})")
     if len(unit.relationships) > limits.max_relationships:
         raise TooLarge(f"{len(unit.relationships)} relationships, limit "
                        f"{limits.max_relationships}")

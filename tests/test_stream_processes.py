@@ -124,4 +124,6 @@ def test_wait_exits_0_on_a_match_and_5_on_timeout(engramd: DaemonProcess) -> Non
                                 "--timeout", "0.2"], env=env, capture_output=True, text=True,
                                timeout=30, check=False)
     assert timed_out.returncode == 5
-    assert timed_out.stderr.strip() == "engram: error: no matching event within 0.2s"
+    assert timed_out.stderr.splitlines() == [
+        "engram: no context none yet; waiting for it to appear",
+        "engram: error: no matching event within 0.2s"]

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import context
+from engram_cli import context, output
 from engram_cli.context import JsonOption
 from engram_cli.errors import UsageProblem
 from engram_cli.output import to_plain_data
@@ -48,7 +48,7 @@ def list_tokens(ctx: typer.Context, json: JsonOption = False) -> None:
             out.json_line(token)
         return
     out.table("tokens", ["id", "agent", "created"],
-              [[token.id, token.agent, token.created_at.isoformat(timespec="seconds")]
+              [[token.id, token.agent, output.timestamp(token.created_at)]
                for token in tokens])
 
 

@@ -8,7 +8,7 @@ import typer
 
 from engram_cli import context as cli_context
 from engram_cli import output
-from engram_cli.commands.unit import parse_pairs
+from engram_cli.commands.unit import parse_pairs, whole_ids
 from engram_cli.context import JsonOption
 from engramd.protocol import Context
 
@@ -68,7 +68,7 @@ def list_(
         return
     out.table("contexts", ["id", "name", "agents", "updated"],
               ([found.id, found.display_name, ",".join(found.agent_ids),
-                found.updated_at.isoformat()] for found in page.contexts), header=False)
+                output.timestamp(found.updated_at)] for found in page.contexts), header=False)
 
 
 @app.command()
@@ -97,14 +97,16 @@ AgentsArg = Annotated[list[str] | None, typer.Argument(
 def pin(ctx: typer.Context, context_id: ContextArg, units: UnitsArg,
         json: JsonOption = False) -> None:
     """Pin units to a context (always relevant)."""
-    _show(ctx, cli_context.get(ctx).client().update_context(context_id, pin=units), json)
+    client = cli_context.get(ctx).client()
+    _show(ctx, client.update_context(context_id, pin=whole_ids(client, units)), json)
 
 
 @app.command()
 def unpin(ctx: typer.Context, context_id: ContextArg, units: UnitsArg,
           json: JsonOption = False) -> None:
     """Unpin units from a context."""
-    _show(ctx, cli_context.get(ctx).client().update_context(context_id, unpin=units), json)
+    client = cli_context.get(ctx).client()
+    _show(ctx, client.update_context(context_id, unpin=whole_ids(client, units)), json)
 
 
 @app.command()

@@ -26,15 +26,33 @@ def ping(
     cli = context.get(ctx)
     out = cli.output(json)
     client = cli.client()
+    rtts = []
     for _ in range(count):
         started = time.perf_counter()
         pong = client.ping()
         rtt_ms = (time.perf_counter() - started) * 1000
+        rtts.append(rtt_ms)
         if out.json:
             out.json_line({**to_plain_data(pong), "rtt_ms": round(rtt_ms, 3)})
         else:
             out.line(f"pong from engramd {pong.daemon_version} (pid {client.daemon_pid}) "
                      f"in {rtt_ms:.3f} ms")
+    if count > 1 and not out.json:
+        # As ping(8) ends.
+        out.line(f"{count} pings, rtt min/avg/max = {min(rtts):.3f}/"
+                 f"{sum(rtts) / count:.3f}/{max(rtts):.3f} ms")
+
+
+def help_(
+    ctx: typer.Context,
+    words: Annotated[list[str] | None, typer.Argument(
+        metavar="[COMMAND]...", help="The command to explain (none: engram itself).")] = None,
+) -> None:
+    """Show the help of a command: ``engram help unit create`` is ``engram unit create
+    --help``."""
+    from engram_cli.app import main  # the root, to parse the words as it would
+
+    raise typer.Exit(main([*(words or []), "--help"]))
 
 
 def status(ctx: typer.Context, json: JsonOption = False) -> None:
@@ -90,21 +108,30 @@ def stats(
         out.write(prometheus_text(reply))
         return
     if out.json:
-        out.json_line(reply)
+        out.json_line({**to_plain_data(reply), "gauges": {
+            name: _count_or_float(value) for name, value in reply.gauges.items()}})
         return
     out.fields("counters", ((name, str(value)) for name, value in reply.counters.items()))
-    out.fields("gauges", ((name, _gauge(name, value)) for name, value in reply.gauges.items()))
+    out.fields("gauges", ((name, _gauge(name, value) if out.is_terminal
+                           else str(_count_or_float(value)))
+                          for name, value in reply.gauges.items()))
     rows = []
     for name, histogram in reply.histograms.items():
         p50, p99 = quantile(histogram, 0.5), quantile(histogram, 0.99)
         mean = histogram.sum / histogram.count if histogram.count else None
         rows.append([name, str(histogram.count), _ms(mean), _ms(p50), _ms(p99)])
-    out.table("latency (ms)", ["histogram", "count", "mean", "p50", "p99"], rows,
-              numeric=("count", "mean", "p50", "p99"))
+    # The unit is in the column names: piped, there is no title to carry it.
+    out.table("latency", ["histogram", "count", "mean_ms", "p50_ms", "p99_ms"], rows,
+              numeric=("count", "mean_ms", "p50_ms", "p99_ms"))
 
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.3f}"
+
+
+def _count_or_float(value: float) -> int | float:
+    """Gauges travel as floats; the many that count things read better as integers."""
+    return int(value) if float(value).is_integer() else value
 
 
 def _gauge(name: str, value: float) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import context
+from engram_cli import context, output
 from engram_cli.context import JsonOption
 from engram_cli.errors import UsageProblem
 from engramd.protocol import Lease, LockState
@@ -55,7 +55,7 @@ def _rows(states: list[LockState]) -> list[list[str]]:
             rows.append([state.resource, "-", "-", "-", "-", waiters or "-", "-"])
         else:
             rows.append([state.resource, lease.holder, str(lease.fencing_token),
-                         lease.expires_at.isoformat(timespec="seconds"), _left(lease),
+                         output.timestamp(lease.expires_at), _left(lease),
                          waiters or "-", str(lease.holder_pid or "-")])
     return rows
 
@@ -111,7 +111,7 @@ def renew(ctx: typer.Context, resource: ResourceArg, lock_id: LockIdOption,
     if out.json:
         out.json_line(lease)
     else:
-        out.line(lease.expires_at.isoformat())
+        out.line(output.timestamp(lease.expires_at))
 
 
 @app.command()

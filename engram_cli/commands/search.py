@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from engram_cli import context, output
-from engram_cli.commands.unit import parse_pairs
+from engram_cli.commands.unit import parse_pairs, whole_id
 from engram_cli.context import JsonOption
 from engram_cli.errors import NotFound, UsageProblem
 from engram_cli.timeparse import parse_time
@@ -51,16 +51,19 @@ def search(
         raise UsageProblem(str(exc)) from None
     results = client.search(query, advanced=advanced, contexts=contexts or [],
                             agents=agents or [], types=types or [], meta=parse_pairs(meta),
-                            since=since_ts, until=until_ts, related_to=related_to, limit=limit,
+                            since=since_ts, until=until_ts,
+                            related_to=whole_id(client, related_to) if related_to else None,
+                            limit=limit,
                             offset=offset)
     units = {unit.id: unit for unit in client.get_units([h.unit_id for h in results.hits]).units}
+    ranked = bool(query.split())  # filters alone rank nothing: no score
     if out.json:
         for hit in results.hits:
             unit = units.get(hit.unit_id)
-            out.json_line({**output.to_plain_data(hit),
+            out.json_line({**output.to_plain_data(hit), "score": hit.score if ranked else None,
                            "unit": unit_to_json(unit) if unit else None})
     else:
-        output.search_hits(out, results.hits, units)
+        output.search_hits(out, results.hits, units, ranked=ranked)
         if out.is_terminal:
             output.note(f"{results.total} match(es)" + (
                 f", showing {offset + 1}-{offset + len(results.hits)}"
@@ -79,7 +82,8 @@ def trace(
     """The causal story of a unit: what led to it and what followed, across agents."""
     cli = context.get(ctx)
     out = cli.output(json)
-    found = cli.client().related_units(unit_id, depth=depth)
+    client = cli.client()
+    found = client.related_units(whole_id(client, unit_id), depth=depth)
     if out.json:
         out.json_line(output.related_json(found))
         return

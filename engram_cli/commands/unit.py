@@ -16,7 +16,7 @@ from engram_cli.context import JsonOption
 from engram_cli.errors import EngramError, NotFound, UsageProblem
 from engram_cli.timeparse import parse_time
 from engram_cli.unitjson import BadLine, draft_from_json, unit_to_json
-from engramd.protocol import RELATIONSHIP_TYPES, UNIT_TYPES, Unit, UnitDraft
+from engramd.protocol import RELATIONSHIP_TYPES, UNIT_ID_LENGTH, UNIT_TYPES, Unit, UnitDraft
 
 app = typer.Typer(help="Write and read work units.", no_args_is_help=True,
                   add_completion=False)
@@ -49,6 +49,20 @@ def parse_relationships(values: list[str] | None) -> list[tuple[str, str]]:
     return result
 
 
+def whole_ids(client: Client, given: list[str]) -> list[str]:
+    """Unit ids as given, with any prefix (shorter than a whole id) made whole by the
+    daemon: one round trip, and none when every id is whole already."""
+    prefixes = [unit_id for unit_id in given if len(unit_id) < UNIT_ID_LENGTH]
+    if not prefixes:
+        return given
+    resolved = dict(zip(prefixes, client.resolve_unit_ids(prefixes), strict=True))
+    return [resolved.get(unit_id, unit_id) for unit_id in given]
+
+
+def whole_id(client: Client, given: str) -> str:
+    return whole_ids(client, [given])[0]
+
+
 def parse_fence(value: str | None) -> tuple[str, int] | None:
     """``RES:TOKEN`` (the first of a comma-separated list, as ``lock run`` sets it)."""
     if not value:
@@ -75,6 +89,29 @@ def _time(value: str | None) -> dt.datetime | None:
         raise UsageProblem(str(exc)) from None
 
 
+def _payload(payload: str | None, file: str | None, empty: bool) -> bytes:
+    """The payload from -p, else --file, else piped stdin; an empty one only with --empty,
+    so that a forgotten payload (an unset variable, stdin that was never fed) writes
+    nothing."""
+    if sum(given is not None for given in (payload, file)) + empty > 1:
+        raise UsageProblem("give one of --payload, --file and --empty")
+    if empty:
+        return b""
+    if payload is not None:
+        data = payload.encode()
+    elif file is not None:
+        try:
+            with open(file, "rb") as source:
+                data = source.read()
+        except OSError as exc:
+            raise EngramError(f"cannot read {file}: {exc.strerror}") from None
+    else:
+        data = b"" if sys.stdin.isatty() else sys.stdin.buffer.read()
+    if not data:
+        raise UsageProblem("no payload: give -p, --file or pipe stdin (or --empty)")
+    return data
+
+
 @app.command()
 def create(
     ctx: typer.Context,
@@ -97,28 +134,21 @@ def create(
     fence: Annotated[str | None, typer.Option(
         "--fence", metavar="RES:TOKEN", envvar="ENGRAM_FENCE", show_envvar=True,
         help="Write only while the lease with TOKEN holds RES (exit 4 otherwise).")] = None,
+    empty: Annotated[bool, typer.Option(
+        "--empty", help="Write a unit with no payload (else one is required).")] = False,
     json: JsonOption = False,
 ) -> None:
     """Write one unit and print its id (or the whole unit with --json)."""
     cli = context.get(ctx)
-    if payload is not None and file is not None:
-        raise UsageProblem("give --payload or --file, not both")
-    if payload is not None:
-        data = payload.encode()
-    elif file is not None:
-        try:
-            with open(file, "rb") as source:
-                data = source.read()
-        except OSError as exc:
-            raise EngramError(f"cannot read {file}: {exc.strerror}") from None
-    elif not sys.stdin.isatty():
-        data = sys.stdin.buffer.read()
-    else:
-        data = b""
-    unit = cli.client().create_unit(
+    data = _payload(payload, file, empty)
+    relationships = parse_relationships(relationship)
+    client = cli.client()
+    targets = whole_ids(client, [target for _, target in relationships])
+    unit = client.create_unit(
         require_context(context_id), type_, data, meta=parse_pairs(meta),
-        relationships=parse_relationships(relationship), idempotency_key=idempotency_key,
-        fence=parse_fence(fence))
+        relationships=[(kind, target) for (kind, _), target in zip(relationships, targets,
+                                                                   strict=True)],
+        idempotency_key=idempotency_key, fence=parse_fence(fence))
     out = cli.output(json)
     if out.json:
         out.json_line(unit_to_json(unit))
@@ -136,7 +166,8 @@ def get(
     """Show units by id; exit 3 if any is missing (the others are still shown)."""
     cli = context.get(ctx)
     out = cli.output(json)
-    found = cli.client().get_units(ids)
+    client = cli.client()
+    found = client.get_units([_whole_or_missing(client, unit_id) for unit_id in ids])
     if raw:
         for unit in found.units:
             sys.stdout.buffer.write(unit.payload)
@@ -150,6 +181,15 @@ def get(
         output.units(out, found.units)
     if found.missing:
         raise NotFound(f"no unit {', '.join(found.missing)}")
+
+
+def _whole_or_missing(client: Client, given: str) -> str:
+    """A prefix made whole; one no unit has stays as given, to be reported missing with
+    the others while the units found are still shown."""
+    try:
+        return whole_id(client, given)
+    except NotFound:
+        return given
 
 
 def _list_options(agent: list[str] | None, type_: list[str] | None, since: str | None,
@@ -351,13 +391,18 @@ def related(
     """Units linked to a unit by relationships, to a depth."""
     cli = context.get(ctx)
     out = cli.output(json)
-    found = cli.client().related_units(unit_id, types=type_ or [], direction=direction,
-                                       depth=depth)
+    client = cli.client()
+    found = client.related_units(whole_id(client, unit_id), types=type_ or [],
+                                 direction=direction, depth=depth)
     if out.json:
         out.json_line(output.related_json(found))
         return
     by_id = {unit.id: unit for unit in found.units}
-    rows = [[edge.source, edge.type, edge.target, str(edge.depth),
+    # Whole ids when piped; on a terminal, short ones that leave room for the payload.
+    ids = (output.short_ids([found.root, *by_id]) if out.is_terminal
+           else {unit_id: unit_id for unit_id in [found.root, *by_id]})
+    rows = [[ids.get(edge.source, edge.source), edge.type, ids.get(edge.target, edge.target),
+             str(edge.depth),
              output.preview(by_id[edge.target], 80) if edge.target in by_id else ""]
             for edge in found.edges]
     if not rows and out.is_terminal:

@@ -11,9 +11,9 @@ from engram_cli import context, output
 from engram_cli.client import Client
 from engram_cli.commands.unit import parse_pairs
 from engram_cli.context import JsonOption
-from engram_cli.errors import ClientTimeout, UsageProblem
+from engram_cli.errors import ClientTimeout, NotFound, UsageProblem
 from engram_cli.stream import Subscription
-from engramd.protocol import Heartbeat, Unit, UnitCreated
+from engramd.protocol import EVENT_KINDS, Heartbeat, Unit, UnitCreated
 
 ContextsOption = Annotated[list[str] | None, typer.Option(
     "--context", "-c", metavar="CTX", help="Only this context (repeatable; default: all).")]
@@ -23,7 +23,7 @@ AgentsOption = Annotated[list[str] | None, typer.Option(
     "--agent", metavar="AGENT", help="Only events of this agent (repeatable).")]
 KindsOption = Annotated[list[str] | None, typer.Option(
     "--kind", "-k", metavar="KIND",
-    help="Only these events: unit.created, context.created, context.updated (repeatable).")]
+    help=f"Only these events (repeatable): {', '.join(EVENT_KINDS)}.")]
 MetaOption = Annotated[list[str] | None, typer.Option(
     "--meta", "-m", metavar="KEY=VALUE", help="Only units with this metadata (repeatable).")]
 SinceOption = Annotated[str, typer.Option(
@@ -47,13 +47,26 @@ def _filters(contexts: list[str] | None, types: list[str] | None, agents: list[s
             "kinds": kinds or [], "meta": parse_pairs(meta)}
 
 
+def _warn_unknown_contexts(client: Client, contexts: list[str]) -> None:
+    """A context not there yet may be created later, so waiting on it is fine; but a
+    misspelt one would wait forever in silence."""
+    for context_id in contexts:
+        try:
+            client.get_context(context_id)
+        except NotFound:
+            output.note(f"no context {context_id} yet; waiting for it to appear")
+
+
 def _last_units(client: Client, filters: dict[str, Any], count: int) -> list[Unit]:
     """The newest *count* units that match, across the watched contexts."""
     contexts = filters["contexts"] or [c.id for c in client.list_contexts(limit=10_000).contexts]
     units: list[Unit] = []
     for context_id in contexts:
-        page = client.list_units(context_id, limit=count, types=filters["types"],
-                                 agents=filters["agents"])
+        try:
+            page = client.list_units(context_id, limit=count, types=filters["types"],
+                                     agents=filters["agents"])
+        except NotFound:
+            continue
         units += [unit for unit in page.units
                   if all(unit.meta.get(k) == v for k, v in filters["meta"].items())]
     return sorted(units, key=lambda unit: unit.seq)[-count:]
@@ -84,6 +97,7 @@ def watch(
     client = cli.client()
     filters = _filters(contexts, types, agents, kinds, meta)
     after = _after(since)
+    _warn_unknown_contexts(client, filters["contexts"])
     feed = output.LiveFeed(out)
     shown = 0
     acked_at = 0.0
@@ -145,8 +159,9 @@ def wait(
     client = cli.client()
     deadline = None if timeout is None else time.monotonic() + timeout
     heartbeat = 1.0 if timeout is None else max(0.05, min(1.0, timeout / 4))
-    for item in client.watch(after=_after(since), heartbeat=heartbeat,
-                             **_filters(contexts, types, agents, kinds, meta)):
+    filters = _filters(contexts, types, agents, kinds, meta)
+    _warn_unknown_contexts(client, filters["contexts"])
+    for item in client.watch(after=_after(since), heartbeat=heartbeat, **filters):
         if not isinstance(item, Heartbeat):
             if out.is_terminal and not out.json:
                 out.console.print(output.event_text(item, out.console.width))

@@ -278,6 +278,9 @@ from engramd.protocol.messages import (
     Request as Request,
 )
 from engramd.protocol.messages import (
+    ResolveUnitIds as ResolveUnitIds,
+)
+from engramd.protocol.messages import (
     RevokeTokens as RevokeTokens,
 )
 from engramd.protocol.messages import (
@@ -326,6 +329,9 @@ from engramd.protocol.messages import (
     UnitDraft as UnitDraft,
 )
 from engramd.protocol.messages import (
+    UnitIdsResolved as UnitIdsResolved,
+)
+from engramd.protocol.messages import (
     UnitPage as UnitPage,
 )
 from engramd.protocol.messages import (
@@ -353,7 +359,16 @@ from engramd.protocol.model import (
     CONTEXT_CHANGES as CONTEXT_CHANGES,
 )
 from engramd.protocol.model import (
+    EVENT_KINDS as EVENT_KINDS,
+)
+from engramd.protocol.model import (
+    MIN_UNIT_ID_PREFIX as MIN_UNIT_ID_PREFIX,
+)
+from engramd.protocol.model import (
     RELATIONSHIP_TYPES as RELATIONSHIP_TYPES,
+)
+from engramd.protocol.model import (
+    UNIT_ID_LENGTH as UNIT_ID_LENGTH,
 )
 from engramd.protocol.model import (
     UNIT_TYPES as UNIT_TYPES,

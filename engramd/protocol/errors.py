@@ -63,6 +63,7 @@ class BadRequest(EngramError):
     """The request is malformed or invalid; resending it unchanged fails again."""
 
     code = ErrorCode.BAD_REQUEST
+    exit_code = 2  # an invalid value is a usage error, whichever side caught it
 
 
 class NotFound(EngramError):

@@ -167,6 +167,11 @@ class UnitsFound(Reply, tag="unit.found"):
     missing: list[str]
 
 
+class UnitIdsResolved(Reply, tag="unit.resolved"):
+    ids: list[str]
+    """Whole ids, one per prefix, in the order of the request."""
+
+
 class UnitPage(Reply, tag="unit.page"):
     units: list[Unit]
     next_cursor: int | None
@@ -435,6 +440,14 @@ class GetUnits(ClientMessage[UnitsFound], tag="unit.get"):
     ids: Names
 
 
+class ResolveUnitIds(ClientMessage[UnitIdsResolved], tag="unit.resolve"):
+    """The whole ids of units named by prefixes of their ids (at least 8 characters,
+    any case): each must name exactly one unit (``not_found`` for none, ``bad_request``
+    naming the candidates for several)."""
+
+    prefixes: Names
+
+
 class ListUnits(ClientMessage[UnitPage], tag="unit.list"):
     """A context's units in sequence order: the newest ``limit`` unless paging.
 
@@ -626,6 +639,7 @@ Request = (
     | RelatedUnits | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe
     | Unsubscribe | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock
     | ListLocks | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
+    | ResolveUnitIds
 )
 """Requests allowed after the handshake."""
 
@@ -634,6 +648,7 @@ AnyClientMessage = (
     | RelatedUnits | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe
     | Unsubscribe | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock
     | ListLocks | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
+    | ResolveUnitIds
 )
 
 
@@ -641,7 +656,7 @@ AnyServerMessage = (
     Welcome | Pong | DaemonStatus | ShuttingDown | ErrorReply | UnitsCreated | UnitsFound
     | UnitPage | RelatedFound | ContextFound | ContextPage | Subscribed | Done | EventPush
     | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LeaseLost
-    | SearchResults | TokenCreated | TokenPage | TokensRevoked | DaemonStats
+    | SearchResults | TokenCreated | TokenPage | TokensRevoked | DaemonStats | UnitIdsResolved
 )
 
 

@@ -16,6 +16,11 @@ from typing import Annotated
 
 import msgspec
 
+UNIT_ID_LENGTH = 36
+"""Unit ids are UUIDv7 text; anything shorter that a client passes is a prefix."""
+MIN_UNIT_ID_PREFIX = 8
+"""The shortest prefix ``unit.resolve`` takes."""
+
 UNIT_TYPES = (
     "MESSAGE", "REASONING", "TOOL_CALL", "TOOL_RESULT", "FILE_CHANGE", "TASK_STATUS",
     "ERROR", "SYSTEM",
@@ -160,3 +165,9 @@ AnyEvent = (
     UnitCreated | ContextCreated | ContextUpdated | LockAcquired | LockRenewed | LockReleased
     | LockExpired
 )
+
+EVENT_KINDS = tuple(
+    str(event.__struct_config__.tag)
+    for event in (UnitCreated, ContextCreated, ContextUpdated, LockAcquired, LockRenewed,
+                  LockReleased, LockExpired))
+"""Every event kind a subscription may ask for (``kinds``), in the order above."""

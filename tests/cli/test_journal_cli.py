@@ -71,15 +71,15 @@ def test_relationships_and_related(engramd: DaemonProcess) -> None:
     related = json.loads(cli(engramd, "unit", "related", cause, "--json").stdout)
     assert related["edges"] == [{"source": effect, "type": "CAUSES", "target": cause,
                                  "depth": 1}]
-    bad = cli(engramd, "unit", "create", "-c", "r", "-r", "CAUSES:nowhere")
-    assert bad.returncode == 1 and "unknown unit nowhere" in bad.stderr
-    usage = cli(engramd, "unit", "create", "-c", "r", "-r", "nonsense")
+    bad = cli(engramd, "unit", "create", "-c", "r", "-p", "x", "-r", "CAUSES:nowhere-at-all")
+    assert bad.returncode == 3 and "no unit id begins with nowhere-at-all" in bad.stderr, bad.stderr
+    usage = cli(engramd, "unit", "create", "-c", "r", "-p", "x", "-r", "nonsense")
     assert usage.returncode == 2 and "TYPE:ID" in usage.stderr
 
 
 def test_validation_errors_are_one_line(engramd: DaemonProcess) -> None:
     result = cli(engramd, "unit", "create", "-c", "bad slug!", "-p", "x")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.startswith("engram: error: bad context id") and \
         result.stderr.count("\n") == 1
     no_context = run_cli(engramd.env, "unit", "create", "-p", "x")

@@ -28,10 +28,11 @@ def test_search_rows_json_and_exit_status(engramd: DaemonProcess) -> None:
     nothing = run_cli(engramd.env, "search", "nonexistentword")
     assert nothing.returncode == 3 and nothing.stderr.strip() == "engram: error: nothing matched"
     bad = run_cli(engramd.env, "search", "--advanced", '"open')
-    assert bad.returncode == 1 and "cannot read the query" in bad.stderr
+    assert bad.returncode == 2 and "cannot read the query" in bad.stderr
     traced = run_cli(engramd.env, "trace", cause.id).stdout.splitlines()
-    assert traced[0].startswith("ERROR tester@s: disk quota")
-    assert traced[1].strip() == "← CAUSES from REASONING tester@s: rotate the logs; quota again"
+    assert traced[0].startswith(f"{cause.id} ERROR tester@s: disk quota")  # whole ids piped
+    assert traced[1].strip() == (f"← CAUSES from {effect.id} REASONING tester@s: rotate the "
+                                 "logs; quota again")
     tree = json.loads(run_cli(engramd.env, "trace", effect.id, "--json").stdout)
     assert tree["edges"] == [{"source": effect.id, "type": "CAUSES", "target": cause.id,
                               "depth": 1}]

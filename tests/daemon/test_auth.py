@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engram_cli.client import Client
-from engram_cli.errors import BadRequest, Forbidden, Unavailable
+from engram_cli.errors import BadRequest, Forbidden, NotFound, Unavailable
 from engramd.config import DaemonConfig
 from engramd.protocol import admin_token_path
 from tests.conftest import (
@@ -194,7 +194,8 @@ def test_an_import_names_other_agents_only_with_the_admin_token(strict: DaemonCo
         with connected(strict, "alice", token=alice_token) as alice:
             with pytest.raises(Forbidden, match="importing units of bob, carol needs the admin"):
                 alice.import_units(drafts, ["alice", "bob", "carol"])
-            assert alice.list_units("imported").units == []  # nothing of it was written
+            with pytest.raises(NotFound):  # nothing of it was written, not even the context
+                alice.list_units("imported")
             own = alice.import_units(drafts, ["alice"] * 3)
             assert [unit.agent_id for unit in own.units] == ["alice"] * 3
             alice.ping()  # the refusal left the connection serving

@@ -444,7 +444,7 @@ def test_lock_cli_exit_codes(engramd: DaemonProcess) -> None:
     assert cli("list").stdout.split("\t")[:2] == ["res", "tester"]  # still held
     assert cli("release", "res", "--lock-id", lock_id).returncode == 0
     assert cli("release", "res", "--lock-id", lock_id).returncode == 3
-    assert cli("acquire", "", agent="bob").returncode == 1
+    assert cli("acquire", "", agent="bob").returncode == 2  # bad_request is a usage error
     assert cli("acquire", "res", "-n", "--wait", "5").returncode == 2
 
 

@@ -68,6 +68,7 @@ from engramd.protocol import (
     Relationship,
     ReleaseLock,
     RenewLock,
+    ResolveUnitIds,
     RevokeTokens,
     Search,
     SearchHit,
@@ -83,6 +84,7 @@ from engramd.protocol import (
     Unit,
     UnitCreated,
     UnitDraft,
+    UnitIdsResolved,
     UnitPage,
     UnitsCreated,
     UnitsFound,
@@ -155,6 +157,7 @@ CLIENT_MESSAGES = {
     "context_get": GetContext(id=25, context_id="build-42"),
     "context_list": ListContexts(id=26, limit=10, after="build-41", prefix="build-"),
     "stats": GetStats(id=27),
+    "unit_resolve": ResolveUnitIds(id=28, prefixes=["0193a1b2"]),
 }
 TOKEN = TokenInfo(id="0123456789ab", agent="alice", created_at=WHEN)
 LEASE = Lease(resource="deploy:prod", holder="alice", lock_id="0123456789abcdef",
@@ -209,6 +212,7 @@ SERVER_MESSAGES = {
                                     "fsync_seconds": HistogramData(bounds=[0.001, 0.01],
                                                                    counts=[4, 1, 0], count=5,
                                                                    sum=0.0123)}),
+    "unit_resolved": UnitIdsResolved(id=28, ids=[UNIT.id]),
 }
 EVENTS = {
     "event_unit_created": UnitCreated(seq=7, ts=WHEN, context_id="build-42", unit=UNIT),
