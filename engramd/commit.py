@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import trio
-from trio_typing import TaskStatus
+from trio import TaskStatus
 
 from engramd.metrics import Histogram
 from engramd.protocol import EngramError, Unavailable

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import msgspec
 import trio
-from trio_typing import TaskStatus
+from trio import TaskStatus
 
 from engramd import __version__, validate
 from engramd.caller import Caller

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import msgspec
 import trio
-from trio_typing import TaskStatus
+from trio import TaskStatus
 
 from engramd import validate
 from engramd.caller import Caller

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import trio
-from trio_typing import TaskStatus
+from trio import TaskStatus
 
 from engramd import __version__
 from engramd.config import SETTINGS, ConfigError, DaemonConfig, load_config

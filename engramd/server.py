@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 import trio
-from trio_typing import TaskStatus
+from trio import TaskStatus
 
 from engramd.caller import (
     Caller,

@@ -121,7 +121,7 @@ class ServerConnection:
         """Part of a frame has arrived and the rest has not (call after ``NEED_DATA``)."""
         return self._frames.buffered > 0
 
-    def next_event(self) -> ClientMessage[Any] | InvalidMessage | _Sentinel:
+    def next_event(self) -> AnyClientMessage | InvalidMessage | _Sentinel:
         """Return the next client message.
 
         Raises:
@@ -133,7 +133,7 @@ class ServerConnection:
         if body is None:
             return CLOSED if self._frames.at_eof else NEED_DATA
         try:
-            message: ClientMessage[Any] = self._decoder.decode(body)
+            message: AnyClientMessage = self._decoder.decode(body)
         except (msgspec.ValidationError, UnicodeDecodeError) as exc:
             return self._invalid(body, exc)
         except msgspec.DecodeError as exc:

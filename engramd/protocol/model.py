@@ -66,6 +66,14 @@ class Unit(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     """The writer's pid, from the socket."""
 
+    @property
+    def text(self) -> str | None:
+        """The payload as text: ``None`` when it is not UTF-8 (binary data)."""
+        try:
+            return self.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
 
 class Context(msgspec.Struct, frozen=True, kw_only=True):
     """A group of units (a task, a branch, a session) and the agents taking part."""

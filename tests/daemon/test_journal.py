@@ -24,6 +24,14 @@ def test_a_unit_comes_back_as_written(threaded_daemon: ThreadedDaemon) -> None:
     assert unit.id[14] == "7", "a UUIDv7"
 
 
+def test_a_unit_reads_as_text_when_it_is_text(threaded_daemon: ThreadedDaemon) -> None:
+    with connect(threaded_daemon.config) as engram:
+        text, binary = (engram.get_unit(engram.create_unit("t", "MESSAGE", payload).id)
+                        for payload in ("après le test ✓", b"\xff\x00"))
+    assert text.text == "après le test ✓" and text.payload == "après le test ✓".encode()
+    assert binary.text is None and binary.payload == b"\xff\x00"
+
+
 def test_writing_to_a_new_context_creates_it_and_joins_the_agent(
         threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
