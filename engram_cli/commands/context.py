@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
+from engram_cli import completion, output
 from engram_cli import context as cli_context
-from engram_cli import output
 from engram_cli.commands.unit import parse_pairs, whole_ids
 from engram_cli.context import JsonOption
 from engramd.protocol import Context
@@ -15,7 +15,8 @@ from engramd.protocol import Context
 app = typer.Typer(help="Create, inspect and change contexts.", no_args_is_help=True,
                   add_completion=False)
 
-ContextArg = Annotated[str, typer.Argument(metavar="CTX", help="The context id.")]
+ContextArg = Annotated[str, typer.Argument(metavar="CTX", help="The context id.",
+                                           autocompletion=completion.contexts)]
 
 
 def _show(ctx: typer.Context, found: Context, json: bool, *, id_only: bool = False) -> None:

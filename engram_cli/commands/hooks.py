@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import context, hooks
+from engram_cli import completion, context, hooks
 from engram_cli.context import JsonOption
 from engram_cli.errors import EngramError, UsageProblem
 from engram_cli.gitinfo import GitError, git, toplevel
@@ -33,7 +33,7 @@ def install(
     ctx: typer.Context,
     repo: RepoOption = ".",
     context_id: Annotated[str | None, typer.Option(
-        "--context", metavar="CTX",
+        "--context", metavar="CTX", autocompletion=completion.contexts,
         help="Record into this context (default: git:<repo>/<branch>).")] = None,
     guard: Annotated[str, typer.Option(
         "--guard", metavar="off|warn|block",

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import context, output
+from engram_cli import completion, context, output
 from engram_cli.commands.unit import parse_pairs, whole_id
 from engram_cli.context import JsonOption
 from engram_cli.errors import NotFound, UsageProblem
@@ -20,11 +20,13 @@ def search(
     query: Annotated[str, typer.Argument(
         metavar="[QUERY]", help="Words to find (all of them); none: filters alone.")] = "",
     contexts: Annotated[list[str] | None, typer.Option(
-        "--context", "-c", metavar="CTX", help="Only this context (repeatable).")] = None,
+        "--context", "-c", metavar="CTX", autocompletion=completion.contexts,
+        help="Only this context (repeatable).")] = None,
     agents: Annotated[list[str] | None, typer.Option(
         "--agent", metavar="AGENT", help="Only units of this agent (repeatable).")] = None,
     types: Annotated[list[str] | None, typer.Option(
-        "--type", "-t", metavar="TYPE", help="Only units of this type (repeatable).")] = None,
+        "--type", "-t", metavar="TYPE", autocompletion=completion.unit_types,
+        help="Only units of this type (repeatable).")] = None,
     meta: Annotated[list[str] | None, typer.Option(
         "--meta", "-m", metavar="KEY=VALUE", help="Only units with this metadata.")] = None,
     since: Annotated[str | None, typer.Option("--since", metavar="TIME",

@@ -10,7 +10,7 @@ from typing import Annotated, Any, BinaryIO
 
 import typer
 
-from engram_cli import context, output, requests
+from engram_cli import completion, context, output, requests
 from engram_cli.client import Client
 from engram_cli.context import JsonOption
 from engram_cli.errors import EngramError, NotFound, UsageProblem
@@ -23,7 +23,7 @@ app = typer.Typer(help="Write and read work units.", no_args_is_help=True,
 
 ContextOption = Annotated[str | None, typer.Option(
     "--context", "-c", metavar="CTX", envvar="ENGRAM_CONTEXT", show_envvar=True,
-    help="The context (a slug such as build-42).")]
+    autocompletion=completion.contexts, help="The context (a slug such as build-42).")]
 MetaOption = Annotated[list[str] | None, typer.Option(
     "--meta", "-m", metavar="KEY=VALUE", help="Metadata (repeatable).")]
 
@@ -117,7 +117,7 @@ def create(
     ctx: typer.Context,
     context_id: ContextOption = None,
     type_: Annotated[str, typer.Option(
-        "--type", "-t", metavar="TYPE",
+        "--type", "-t", metavar="TYPE", autocompletion=completion.unit_types,
         help=f"Unit type: {', '.join(UNIT_TYPES)} (any case).")] = "MESSAGE",
     payload: Annotated[str | None, typer.Option(
         "--payload", "-p", metavar="TEXT", help="The payload (else --file, else stdin).")] = None,
@@ -125,7 +125,7 @@ def create(
         "--file", "-f", metavar="PATH", help="Read the payload from this file.")] = None,
     meta: MetaOption = None,
     relationship: Annotated[list[str] | None, typer.Option(
-        "--rel", "-r", metavar="TYPE:ID",
+        "--rel", "-r", metavar="TYPE:ID", autocompletion=completion.relationships,
         help="A relationship to an existing unit (repeatable).")] = None,
     idempotency_key: Annotated[str | None, typer.Option(
         "--idempotency-key", metavar="KEY",
@@ -201,7 +201,8 @@ def _list_options(agent: list[str] | None, type_: list[str] | None, since: str |
 AgentFilter = Annotated[list[str] | None, typer.Option(
     "--agent", metavar="AGENT", help="Only units of this agent (repeatable).")]
 TypeFilter = Annotated[list[str] | None, typer.Option(
-    "--type", "-t", metavar="TYPE", help="Only units of this type (repeatable).")]
+    "--type", "-t", metavar="TYPE", autocompletion=completion.unit_types,
+    help="Only units of this type (repeatable).")]
 SinceOption = Annotated[str | None, typer.Option(
     "--since", metavar="TIME", help="Only units from TIME on (10m, 2h, 3d, ISO 8601).")]
 UntilOption = Annotated[str | None, typer.Option(
@@ -298,7 +299,8 @@ def import_(
     file: Annotated[str | None, typer.Argument(
         metavar="[FILE]", help="JSON lines to read (default: stdin).")] = None,
     context_id: Annotated[str | None, typer.Option(
-        "--context", "-c", metavar="CTX", help="Put every unit in this context instead.")
+        "--context", "-c", metavar="CTX", autocompletion=completion.contexts,
+        help="Put every unit in this context instead.")
     ] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, max=1000,
                                        help="Units written per request (all or nothing).")
@@ -379,7 +381,8 @@ def related(
     ctx: typer.Context,
     unit_id: Annotated[str, typer.Argument(metavar="ID", help="The unit to start from.")],
     type_: Annotated[list[str] | None, typer.Option(
-        "--type", "-t", metavar="TYPE", help="Only these relationship types (repeatable).")
+        "--type", "-t", metavar="TYPE", autocompletion=completion.relationship_types,
+        help="Only these relationship types (repeatable).")
     ] = None,
     direction: Annotated[str, typer.Option(
         "--direction", "-d", help="out (its relationships), in (pointing at it) or both.")

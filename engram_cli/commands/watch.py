@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from engram_cli import context, output
+from engram_cli import completion, context, output
 from engram_cli.client import Client
 from engram_cli.commands.unit import parse_pairs
 from engram_cli.context import JsonOption
@@ -16,13 +16,15 @@ from engram_cli.stream import Subscription
 from engramd.protocol import EVENT_KINDS, Heartbeat, Unit, UnitCreated
 
 ContextsOption = Annotated[list[str] | None, typer.Option(
-    "--context", "-c", metavar="CTX", help="Only this context (repeatable; default: all).")]
+    "--context", "-c", metavar="CTX", autocompletion=completion.contexts,
+    help="Only this context (repeatable; default: all).")]
 TypesOption = Annotated[list[str] | None, typer.Option(
-    "--type", "-t", metavar="TYPE", help="Only units of this type (repeatable).")]
+    "--type", "-t", metavar="TYPE", autocompletion=completion.unit_types,
+    help="Only units of this type (repeatable).")]
 AgentsOption = Annotated[list[str] | None, typer.Option(
     "--agent", metavar="AGENT", help="Only events of this agent (repeatable).")]
 KindsOption = Annotated[list[str] | None, typer.Option(
-    "--kind", "-k", metavar="KIND",
+    "--kind", "-k", metavar="KIND", autocompletion=completion.event_kinds,
     help=f"Only these events (repeatable): {', '.join(EVENT_KINDS)}.")]
 MetaOption = Annotated[list[str] | None, typer.Option(
     "--meta", "-m", metavar="KEY=VALUE", help="Only units with this metadata (repeatable).")]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from engram_cli.client import Client
-from tests.conftest import DaemonProcess, run_cli
+from tests.conftest import DaemonProcess, run_cli, start_engramd
 
 pytestmark = pytest.mark.slow  # every test here runs processes
 
@@ -327,3 +327,35 @@ def test_terminal_times_name_the_day_unless_it_is_today() -> None:
     assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", _local_time(now))
     last_week = now - dt.timedelta(days=7)
     assert _local_time(last_week) == last_week.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def completions(env: dict[str, str], line: str) -> list[str]:
+    """What bash would offer on <TAB> after *line* (through completions/engram.bash's
+    protocol: the words, the index of the one being completed)."""
+    words = line.split(" ")
+    result = subprocess.run(
+        [sys.executable, "-m", "engram_cli"], capture_output=True, text=True, timeout=30,
+        check=False, env={**env, "_ENGRAM_COMPLETE": "complete_bash",
+                          "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)})
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return result.stdout.split()
+
+
+def test_tab_completes_vocabularies_and_existing_contexts(env: dict[str, str]) -> None:
+    assert completions(env, "engram unit create -t TO") == ["TOOL_CALL", "TOOL_RESULT"]
+    assert completions(env, "engram search -t er") == ["error"]
+    assert completions(env, "engram unit create -r CA") == ["CAUSES:"]
+    assert completions(env, "engram watch -k lock.re") == ["lock.renewed", "lock.released"]
+    # No daemon: nothing to offer, and a <TAB> never starts one.
+    assert completions(env, "engram unit list -c ") == []
+    assert not Path(env["ENGRAM_SOCKET"]).exists()
+    daemon = DaemonProcess(start_engramd(env), env["ENGRAM_SOCKET"], env)
+    try:
+        with Client(daemon.socket, autostart=False) as engram:
+            for name in ("build-41", "build-42", "docs"):
+                engram.create_context(name)
+        assert completions(env, "engram unit list -c bui") == ["build-41", "build-42"]
+        assert completions(env, "engram context get d") == ["docs"]
+        assert completions(env, "engram wait -c ") == ["build-41", "build-42", "docs"]
+    finally:
+        daemon.stop()
