@@ -37,6 +37,21 @@ def repo_name(repo: str) -> str:
     return os.path.basename(toplevel(repo))
 
 
+def remote_url(repo: str) -> str | None:
+    """The URL of ``origin``, else of the first remote; None without remotes."""
+    remotes = git(repo, "remote", check=False).split()
+    if not remotes:
+        return None
+    name = "origin" if "origin" in remotes else remotes[0]
+    return git(repo, "remote", "get-url", name, check=False) or None
+
+
+def last_head_move(repo: str) -> str:
+    """What moved HEAD last, from the reflog (``commit (amend): ...``, ``rebase (pick):
+    ...``); empty without a reflog."""
+    return git(repo, "reflog", "-1", "--format=%gs", "HEAD", check=False)
+
+
 def branch(repo: str) -> str:
     name = git(repo, "rev-parse", "--abbrev-ref", "HEAD", check=False)
     return name if name and name != "HEAD" else "detached"

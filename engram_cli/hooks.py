@@ -14,7 +14,9 @@ hook and the commit, so nothing is recorded twice.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shlex
 import stat
 import sys
@@ -35,6 +37,8 @@ HOOKS = ("post-commit", "post-checkout", "post-merge", "post-rewrite")
 MARKER = "# engram-hook v1"
 ORIGINAL_SUFFIX = ".engram-orig"
 HOOK_TIMEOUT_SECONDS = 5
+_REWRITES = ("commit (amend)", "rebase")
+"""How the reflog names the HEAD moves that post-rewrite reports as well."""
 UNITS_FILE = "engram-units"
 """In the git dir: ``<commit> <unit id>`` lines, for SEQUENTIAL links to the parent."""
 
@@ -131,11 +135,44 @@ def status(repo: str) -> list[HookState]:
 # -- recording ----------------------------------------------------------------
 
 
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SCP_LIKE = re.compile(r"^(?:[^@/]+@)?([^:/]+):(?!//)")
+_NOT_IN_CONTEXT_ID = re.compile(r"[^A-Za-z0-9._:/@+-]+")
+_MAX_CONTEXT_ID = 128
+
+
+def repo_key(repo: str) -> str:
+    """A name of the repository that an unrelated one does not share: where its remote
+    lives (``github.com/ann/proj``, from ``origin`` or else the first remote, without
+    scheme, user and ``.git``), else its absolute path. Two clones of one project share it."""
+    url = gitinfo.remote_url(repo)
+    if url is None:
+        return gitinfo.toplevel(repo)
+    if _URL_SCHEME.match(url):
+        key = _URL_SCHEME.sub("", url)
+        host, _, path = key.partition("/")
+        key = f"{host.rpartition('@')[2]}/{path}"
+    elif _SCP_LIKE.match(url):
+        key = _SCP_LIKE.sub(r"\1/", url)  # git@github.com:ann/proj.git
+    else:  # a path on this machine, perhaps relative to the repository
+        key = os.path.normpath(os.path.join(gitinfo.toplevel(repo), url))
+    key = key.rstrip("/")
+    return key.removesuffix(".git") or key
+
+
 def context_for(repo: str) -> str:
+    """``engram.context`` if set, else ``git:<repo key>/<branch>``, made a valid context
+    id (other characters become ``-``; a key too long keeps its last part and a hash)."""
     configured = gitinfo.git(repo, "config", "--get", "engram.context", check=False)
     if configured:
         return configured
-    return f"git:{gitinfo.repo_name(repo)}/{gitinfo.branch(repo)}"
+    key, branch = repo_key(repo), gitinfo.branch(repo)
+    name = _NOT_IN_CONTEXT_ID.sub("-", f"git:{key}/{branch}")
+    if len(name) > _MAX_CONTEXT_ID:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        short = _NOT_IN_CONTEXT_ID.sub("-", f"git:{os.path.basename(key)}-{digest}/{branch}")
+        name = short[:_MAX_CONTEXT_ID]
+    return name
 
 
 def _known_units(repo: str) -> dict[str, str]:
@@ -161,7 +198,8 @@ def _commit_draft(repo: str, hook: str, commit: str, extra: Mapping[str, str]) -
     known = _known_units(repo)
     relationships = [("SEQUENTIAL", known[parent])] if parent and parent in known else []
     meta = {"git.hook": hook, "git.commit": info["commit"], "git.branch": gitinfo.branch(repo),
-            "git.author": info["author"], "git.repo": gitinfo.repo_name(repo),
+            "git.author": info["author"], "git.repo": repo_key(repo),
+            "git.path": gitinfo.toplevel(repo),
             "git.files": str(len(files)),
             "git.added": str(sum(int(a) for a, _, _ in files if a.isdigit())),
             "git.removed": str(sum(int(r) for _, r, _ in files if r.isdigit())), **extra}
@@ -172,13 +210,18 @@ def _commit_draft(repo: str, hook: str, commit: str, extra: Mapping[str, str]) -
 
 def drafts_for(repo: str, hook: str, args: list[str], stdin: str) -> list[UnitDraft]:
     """The units a hook records (none for a file checkout)."""
+    if hook == "post-commit" and gitinfo.last_head_move(repo).startswith(_REWRITES):
+        return []  # an amend or a rebase: post-rewrite records it, with where it came from
     if hook in ("post-commit", "post-merge"):
         return [_commit_draft(repo, hook, "HEAD", {})]
     if hook == "post-rewrite":
         drafts = []
+        known = _known_units(repo)
         for line in stdin.splitlines():
             parts = line.split()
-            if len(parts) >= 2:
+            # A commit post-commit recorded already (a repository without a reflog) is
+            # not recorded again.
+            if len(parts) >= 2 and parts[1] not in known:
                 drafts.append(_commit_draft(repo, f"post-rewrite-{args[0] if args else 'x'}",
                                             parts[1], {"git.rewritten-from": parts[0]}))
         return drafts
@@ -188,7 +231,8 @@ def drafts_for(repo: str, hook: str, args: list[str], stdin: str) -> list[UnitDr
         return [requests.draft(
             context_for(repo), "SYSTEM", f"checked out {branch} ({new[:12]}), was {previous[:12]}",
             meta={"git.hook": hook, "git.branch": branch, "git.commit": new,
-                  "git.previous": previous, "git.repo": gitinfo.repo_name(repo)},
+                  "git.previous": previous, "git.repo": repo_key(repo),
+                  "git.path": gitinfo.toplevel(repo)},
             idempotency_key=f"git:{gitinfo.toplevel(repo)}:checkout:{new}:{time.time_ns()}")]
     return []
 

@@ -157,8 +157,10 @@ def _text(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def progress(out: Output, what: str) -> Iterator[Callable[[int], None]]:
-    """A running count on a terminal's stderr (nothing when piped or with --json).
+def progress(out: Output, what: str, total: int | None = None
+             ) -> Iterator[Callable[[int], None]]:
+    """A running count (a bar when the *total* is known) on a terminal's stderr, nothing
+    when piped or with --json.
 
     Yields a function to call with how many more items are done.
     """
@@ -169,7 +171,7 @@ def progress(out: Output, what: str) -> Iterator[Callable[[int], None]]:
     from rich.progress import Progress
 
     with Progress(transient=True, console=Console(file=sys.stderr)) as bar:
-        task = bar.add_task(what, total=None)
+        task = bar.add_task(what, total=total)
         yield lambda count: bar.advance(task, count)
 
 

@@ -8,15 +8,16 @@ import sys
 import time
 from typing import Annotated
 
+import msgspec
 import typer
 
-from engram_cli import context
+from engram_cli import context, output
 from engram_cli.autostart import START_TIMEOUT, process_gone, start_daemon
 from engram_cli.context import JsonOption
 from engram_cli.errors import ClientTimeout, Unavailable
 from engram_cli.output import format_duration, to_plain_data
 from engramd.protocol import log_file_in, resolve_data_dir
-from engramd.protocol.logline import at_least
+from engramd.protocol.logline import at_least, parse_line
 
 
 class LogLevel(enum.StrEnum):
@@ -33,6 +34,7 @@ TimeoutOption = Annotated[
     float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the daemon.")
 ]
 _POLL_INTERVAL = 0.02
+_REINDEX_POLL = 0.1
 
 
 def _stop(cli: context.CliContext, timeout: float) -> int | None:
@@ -77,11 +79,15 @@ def start(ctx: typer.Context, timeout: TimeoutOption = START_TIMEOUT,
 
 
 @app.command()
-def stop(ctx: typer.Context, timeout: TimeoutOption = 10.0) -> None:
-    """Stop the daemon gracefully and wait until it has gone."""
+def stop(ctx: typer.Context, timeout: TimeoutOption = 10.0, json: JsonOption = False) -> None:
+    """Stop the daemon gracefully and wait until it has gone (exit 0 when none ran)."""
     cli = context.get(ctx)
     pid = _stop(cli, timeout)
-    cli.output().line("engramd is not running" if pid is None else f"stopped engramd (pid {pid})")
+    out = cli.output(json)
+    if out.json:
+        out.json_line({"stopped": pid is not None, "pid": pid})
+    else:
+        out.line("engramd is not running" if pid is None else f"stopped engramd (pid {pid})")
 
 
 @app.command()
@@ -144,9 +150,13 @@ def logs(
                                          help="Keep printing new lines until Ctrl-C.")] = False,
     level: Annotated[LogLevel, typer.Option(
         "--level", "-l", help="Show only lines at this level or more severe.")] = LogLevel.DEBUG,
+    json: JsonOption = False,
 ) -> None:
-    """Show the log of a daemon started by engram (in the data dir), in logfmt."""
-    path = _log_path(context.get(ctx))
+    """Show the log of a daemon started by engram (in the data dir), in logfmt (with
+    --json one object per line, its keys and values)."""
+    cli = context.get(ctx)
+    path = _log_path(cli)
+    as_json = cli.output(json).json
     try:
         file = open(path, "rb")  # noqa: SIM115 (kept open while following)
     except FileNotFoundError:
@@ -155,7 +165,7 @@ def logs(
         kept = [line for line in file.read().splitlines(keepends=True)
                 if at_least(line.decode(errors="replace"), level.value)]
         out = sys.stdout.buffer
-        out.writelines(kept[-lines:] if lines else [])
+        out.writelines(_shown(line, as_json) for line in (kept[-lines:] if lines else []))
         out.flush()
         if not follow:
             return
@@ -169,13 +179,54 @@ def logs(
                 *complete, partial = (partial + chunk).split(b"\n")
                 for line in complete:
                     if at_least(line.decode(errors="replace"), level.value):
-                        out.write(line + b"\n")
+                        out.write(_shown(line + b"\n", as_json))
                 out.flush()
         except KeyboardInterrupt:
             return
 
 
+def _shown(line: bytes, as_json: bool) -> bytes:
+    """A log line as it is, or as one JSON object of its pairs (``{"line": ...}`` for a
+    line in another format, such as a traceback's)."""
+    if not as_json:
+        return line
+    text = line.decode(errors="replace").rstrip("\n")
+    return msgspec.json.encode(parse_line(text) or {"line": text}) + b"\n"
+
+
 @app.command()
-def reindex(ctx: typer.Context) -> None:
-    """Rebuild the search index from the store; searches catch up as it fills."""
-    context.get(ctx).client(admin=True).reindex()
+def reindex(
+    ctx: typer.Context,
+    wait: Annotated[bool, typer.Option(
+        "--wait/--no-wait", help="Wait until the index has caught up (default), or not.")
+    ] = True,
+    json: JsonOption = False,
+) -> None:
+    """Rebuild the search index from the store, with a progress bar on a terminal;
+    searches find less until it has caught up."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    client = cli.client(admin=True)
+    began = time.monotonic()
+    client.reindex()
+    journal = client.status().journal
+    assert journal is not None  # the reindex was answered: the journal is ready
+    target = journal.last_seq
+    indexed = journal.indexed_seq
+    with output.progress(out, "reindexing", total=target) as advance:
+        while wait and indexed < target:
+            time.sleep(_REINDEX_POLL)
+            journal = client.status().journal
+            assert journal is not None
+            advance(journal.indexed_seq - indexed)
+            indexed = journal.indexed_seq
+    seconds = time.monotonic() - began
+    if out.json:
+        out.json_line({"indexed_seq": indexed, "last_seq": target, "units": journal.units,
+                       "done": indexed >= target, "seconds": round(seconds, 3)})
+    elif indexed >= target:
+        out.line(f"search index rebuilt: {journal.units:,} units, events up to seq "
+                 f"{target:,}, in {seconds:.1f}s")
+    else:
+        out.line(f"search index rebuilding in the background: events up to seq {target:,} "
+                 "(engram status shows indexed_seq)")

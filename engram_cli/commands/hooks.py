@@ -34,24 +34,37 @@ def install(
     repo: RepoOption = ".",
     context_id: Annotated[str | None, typer.Option(
         "--context", metavar="CTX", autocompletion=completion.contexts,
-        help="Record into this context (default: git:<repo>/<branch>).")] = None,
+        help="Record into this context (default: git:<remote URL or path>/<branch>).")
+    ] = None,
     guard: Annotated[str, typer.Option(
         "--guard", metavar="off|warn|block",
         help="Before a commit, warn about or refuse staged files under another's lease.")
     ] = "off",
+    json: JsonOption = False,
 ) -> None:
     """Install the hooks; any hook already there keeps running first."""
     if guard not in ("off", "warn", "block"):
         raise UsageProblem("--guard takes off, warn or block")
-    names = hooks.install(_repo(repo), context=context_id, guard=guard)
-    context.get(ctx).output().line("installed: " + " ".join(names))
+    top = _repo(repo)
+    names = hooks.install(top, context=context_id, guard=guard)
+    out = context.get(ctx).output(json)
+    if out.json:
+        out.json_line({"repo": top, "context": hooks.context_for(top), "guard": guard,
+                       "installed": names})
+    else:
+        out.line("installed: " + " ".join(names))
 
 
 @app.command()
-def uninstall(ctx: typer.Context, repo: RepoOption = ".") -> None:
+def uninstall(ctx: typer.Context, repo: RepoOption = ".", json: JsonOption = False) -> None:
     """Remove the hooks and restore exactly what was there before."""
-    removed = hooks.uninstall(_repo(repo))
-    context.get(ctx).output().line("removed: " + (" ".join(removed) or "nothing"))
+    top = _repo(repo)
+    removed = hooks.uninstall(top)
+    out = context.get(ctx).output(json)
+    if out.json:
+        out.json_line({"repo": top, "removed": removed})
+    else:
+        out.line("removed: " + (" ".join(removed) or "nothing"))
 
 
 @app.command()

@@ -90,12 +90,29 @@ def acquire(
 
 
 @app.command()
-def release(ctx: typer.Context, resource: ResourceArg, lock_id: LockIdOption) -> None:
-    """End your lease on RES (only its agent can; the lock id proves it).
+def release(ctx: typer.Context, resource: ResourceArg, lock_id: LockIdOption,
+            json: JsonOption = False) -> None:
+    """End your lease on RES (only its agent can; the lock id proves it), and say which.
 
     Exit 3 when RES has no lease with that lock id.
     """
-    context.get(ctx).client().release_lock(lock_id, resource=resource)
+    cli = context.get(ctx)
+    client = cli.client()
+    # The release names the lease by its lock id, which no other lease ever has: the
+    # lease seen here under that id is the one the release ends, if it succeeds.
+    lease = client.get_lock(resource).lease
+    client.release_lock(lock_id, resource=resource)
+    out = cli.output(json)
+    released = lease if lease is not None and lease.lock_id == lock_id else None
+    if out.json:
+        out.json_line(released if released is not None else {"resource": resource,
+                                                                "lock_id": lock_id})
+    elif released is not None:
+        held = (dt.datetime.now(dt.UTC) - released.acquired_at).total_seconds()
+        out.line(f"released {resource} (lock id {lock_id}, fencing token "
+                 f"{released.fencing_token}, held {output.format_duration(held)})")
+    else:
+        out.line(f"released {resource} (lock id {lock_id})")
 
 
 @app.command()

@@ -135,8 +135,15 @@ def test_daemon_start_status_restart_logs_stop(env: dict[str, str]) -> None:
             assert fields["logger"].startswith("engramd") and "msg" in fields
         warnings = run_cli(env, "daemon", "logs", "-n", "100", "--level", "warning")
         assert warnings.returncode == 0 and "ready on" not in warnings.stdout
+        as_json = run_cli(env, "daemon", "logs", "-n", "100", "--json").stdout.splitlines()
+        assert [json.loads(line) for line in as_json] == [
+            parse_line(line) for line in logs.stdout.splitlines()]
+        stopped = run_cli(env, "daemon", "stop", "--json")
+        assert json.loads(stopped.stdout) == {"stopped": True, "pid": second["pid"]}
     finally:
-        assert run_cli(env, "daemon", "stop").returncode == 0
+        stopped = run_cli(env, "daemon", "stop", "--json")
+        assert stopped.returncode == 0
+    assert json.loads(stopped.stdout) == {"stopped": False, "pid": None}
 
 
 def test_version_never_starts_a_daemon(env: dict[str, str]) -> None:

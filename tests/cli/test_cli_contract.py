@@ -359,3 +359,26 @@ def test_tab_completes_vocabularies_and_existing_contexts(env: dict[str, str]) -
         assert completions(env, "engram wait -c ") == ["build-41", "build-42", "docs"]
     finally:
         daemon.stop()
+
+
+def test_release_and_reindex_say_what_they_did(engramd: DaemonProcess) -> None:
+    lock_id = run_cli(engramd.env, "lock", "acquire", "res").stdout.strip()
+    released = run_cli(engramd.env, "lock", "release", "res", "--lock-id", lock_id)
+    assert re.fullmatch(rf"released res \(lock id {lock_id}, fencing token \d+, held \d+s\)\n",
+                        released.stdout), released.stdout
+    lock_id = run_cli(engramd.env, "lock", "acquire", "res").stdout.strip()
+    lease = json.loads(run_cli(engramd.env, "lock", "release", "res", "--lock-id", lock_id,
+                               "--json").stdout)
+    assert (lease["resource"], lease["lock_id"], lease["holder"]) == ("res", lock_id, "tester")
+    assert one_error_line(run_cli(engramd.env, "lock", "release", "res", "--lock-id",
+                                  lock_id), 3).startswith(f"no lease with lock id {lock_id}")
+
+    with Client(engramd.socket, autostart=False) as engram:
+        for number in range(30):
+            engram.create_unit("idx", "MESSAGE", f"note {number}".encode())
+        head = engram.status().journal.last_seq  # type: ignore[union-attr]
+    rebuilt = json.loads(run_cli(engramd.env, "daemon", "reindex", "--json").stdout)
+    assert rebuilt["done"] and rebuilt["indexed_seq"] >= head and rebuilt["units"] == 30
+    said = run_cli(engramd.env, "daemon", "reindex").stdout
+    assert said.startswith("search index rebuilt: 30 units, events up to seq "), said
+    assert run_cli(engramd.env, "search", "note", "--json").stdout.count("\n") == 20

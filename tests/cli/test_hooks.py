@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -49,35 +50,41 @@ def test_commits_branches_merges_and_rebases_are_recorded(
     assert run_cli(env, "hooks", "install", "--repo", str(repo)).returncode == 0
     first = commit(repo, env, "a.txt", "one\ntwo\n", "first commit")
     second = commit(repo, env, "a.txt", "one\ntwo\nthree\n", "add a line")
-    main = units(engramd.socket, "git:proj/main")
+    main = units(engramd.socket, f"git:{repo}/main")
     assert [u.meta["git.commit"] for u in main] == [first, second]
     assert main[1].meta["git.author"] == "Ann <ann@example.org>"
     assert main[1].meta["git.added"] == "1" and main[1].type == "FILE_CHANGE"
     assert main[1].payload.decode().startswith("add a line\n\n1\t0\ta.txt")
     assert [(r.type, r.target) for r in main[1].relationships] == [("SEQUENTIAL", main[0].id)]
     git(repo, "checkout", "-q", "-b", "feature", env=env)
-    switched = units(engramd.socket, "git:proj/feature")
+    switched = units(engramd.socket, f"git:{repo}/feature")
     assert switched[0].type == "SYSTEM" and switched[0].meta["git.branch"] == "feature"
     feature = commit(repo, env, "b.txt", "b\n", "feature work")
     git(repo, "checkout", "-q", "main", env=env)
     commit(repo, env, "c.txt", "c\n", "main work")
     git(repo, "merge", "-q", "--no-ff", "feature", "-m", "merge feature", env=env)
-    merged = units(engramd.socket, "git:proj/main")[-1]
+    merged = units(engramd.socket, f"git:{repo}/main")[-1]
     assert merged.meta["git.hook"] == "post-merge" and merged.payload.startswith(b"merge feature")
     git(repo, "checkout", "-q", "feature", env=env)
     git(repo, "commit", "-q", "--amend", "-m", "feature work, amended", env=env)
-    rewritten = units(engramd.socket, "git:proj/feature")[-1]
+    on_feature = units(engramd.socket, f"git:{repo}/feature")
+    rewritten = on_feature[-1]
     assert rewritten.meta["git.rewritten-from"] == feature
     assert rewritten.meta["git.hook"] == "post-rewrite-amend"
+    amended = git(repo, "rev-parse", "HEAD", env=env).stdout.strip()
+    # Recorded once: post-commit, which also runs for an amend, leaves it to post-rewrite.
+    assert [u.meta.get("git.commit") for u in on_feature].count(amended) == 1
     git(repo, "checkout", "-q", "-b", "topic", "main", env=env)
     topic = commit(repo, env, "d.txt", "d\n", "topic work")
     git(repo, "checkout", "-q", "main", env=env)
     commit(repo, env, "e.txt", "e\n", "more main work")
     git(repo, "checkout", "-q", "topic", env=env)
     git(repo, "rebase", "-q", "main", env=env)
-    rebased = units(engramd.socket, "git:proj/topic")[-1]
+    on_topic = units(engramd.socket, f"git:{repo}/topic")
+    rebased = on_topic[-1]
     assert rebased.meta["git.hook"] == "post-rewrite-rebase"
     assert rebased.meta["git.rewritten-from"] == topic
+    assert [u.meta.get("git.commit") for u in on_topic].count(rebased.meta["git.commit"]) == 1
 
 
 def test_an_existing_hook_still_runs_and_uninstall_restores_it(
@@ -92,7 +99,7 @@ def test_an_existing_hook_still_runs_and_uninstall_restores_it(
     assert "post-commit\tyes\tyes" in status
     commit(repo, env, "a.txt", "a\n", "one")
     assert (repo / ".git" / "original.log").read_text() == "ran\n"
-    assert len(units(engramd.socket, "git:proj/main")) == 1
+    assert len(units(engramd.socket, f"git:{repo}/main")) == 1
     assert run_cli(env, "hooks", "uninstall", "--repo", str(repo)).returncode == 0
     assert hook.read_text() == original
     assert sorted(p.name for p in (repo / ".git" / "hooks").iterdir()
@@ -143,9 +150,34 @@ def test_with_the_daemon_down_a_commit_is_spooled_and_arrives_once(
         wait_until(lambda: socket_answers(engramd.socket), "the daemon back")
         wait_until(lambda: not list(Path(env["ENGRAM_DATA_DIR"], "spool").glob("*.json")),
                    "the spool delivered")
-        delivered = units(engramd.socket, "git:proj/main")
+        delivered = units(engramd.socket, f"git:{repo}/main")
         assert [u.meta["git.commit"] for u in delivered] == [sha]
     finally:
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(WAIT)
         restarted.communicate()
+
+
+def test_repositories_of_one_name_record_into_contexts_of_their_own(
+        engramd: DaemonProcess, repo: Path, env: dict[str, str], tmp_path: Path) -> None:
+    twin = tmp_path / "elsewhere" / "proj"  # the same directory name, unrelated
+    twin.mkdir(parents=True)
+    git(twin, "init", "-q", "-b", "main", env=env)
+    git(twin, "remote", "add", "origin", "git@example.org:ann/proj.git", env=env)
+    for where in (repo, twin):
+        installed = run_cli(env, "hooks", "install", "--repo", str(where), "--json")
+        assert installed.returncode == 0, installed.stderr
+        assert json.loads(installed.stdout)["installed"] == [
+            "post-commit", "post-checkout", "post-merge", "post-rewrite"]
+    here = commit(repo, env, "a.txt", "a\n", "here")
+    there = commit(twin, env, "a.txt", "a\n", "there")
+    (mine,) = units(engramd.socket, f"git:{repo}/main")  # no remote: its path
+    (theirs,) = units(engramd.socket, "git:example.org/ann/proj/main")  # its remote
+    assert (mine.meta["git.commit"], mine.meta["git.path"]) == (here, str(repo))
+    assert (theirs.meta["git.commit"], theirs.meta["git.path"]) == (there, str(twin))
+    assert theirs.meta["git.repo"] == "example.org/ann/proj"
+    status = json.loads(run_cli(env, "hooks", "status", "--repo", str(twin), "--json").stdout)
+    assert status["context"] == "git:example.org/ann/proj/main"
+    removed = run_cli(env, "hooks", "uninstall", "--repo", str(twin), "--json")
+    assert json.loads(removed.stdout) == {"repo": str(twin), "removed": [
+        "post-commit", "post-checkout", "post-merge", "post-rewrite"]}
