@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 from engram_cli.errors import Unavailable
-from engramd.protocol import log_file_in, resolve_data_dir
+from engramd.protocol import log_file_in, resolve_data_dir, unusable_dir
 
 START_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.01
@@ -48,10 +48,31 @@ def daemon_answers(socket_path: str) -> bool:
     return True
 
 
+def _usable_dir(path: str, what: str, *, private: bool, setting: str) -> None:
+    """Create *path* (0700) if need be, and say in one line, as the daemon would, why a
+    daemon could not use it (it could not even write its log there)."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        pass  # not a directory: told below
+    except OSError as exc:
+        raise Unavailable(f"cannot create {what} {path}: {exc.strerror} (create it, or set "
+                          f"{setting} elsewhere)") from None
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise Unavailable(f"cannot use {what} {path}: {exc.strerror}") from None
+    problem = unusable_dir(path, what, info, euid=os.geteuid(),
+                           writable=os.access(path, os.W_OK | os.X_OK), private=private,
+                           setting=setting)
+    if problem is not None:
+        raise Unavailable(problem)
+
+
 @contextlib.contextmanager
 def _start_lock(socket_path: str) -> Iterator[None]:
-    directory = os.path.dirname(socket_path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    _usable_dir(os.path.dirname(socket_path), "socket directory", private=False,
+                setting="ENGRAM_SOCKET")
     fd = os.open(socket_path + ".start", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -93,8 +114,9 @@ def start_daemon(
     with _start_lock(socket_path):
         if daemon_answers(socket_path):
             return False
-        os.makedirs(data_dir, mode=0o700, exist_ok=True)
-        with open(log_path, "ab") as log:
+        _usable_dir(data_dir, "data dir", private=True, setting="ENGRAM_DATA_DIR")
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with open(log_fd, "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "engramd", "--socket", socket_path,
                  "--log-file", log_path],

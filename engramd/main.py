@@ -26,7 +26,7 @@ from engramd.engine import Engine, open_engine
 from engramd.errors import StartupError
 from engramd.protocol import admin_token_path
 from engramd.protocol.logline import format_line
-from engramd.runtime import LockFile, claim_runtime
+from engramd.runtime import LockFile, claim_runtime, ensure_private_dir
 from engramd.server import Server
 from engramd.storage import Store
 from engramd.tokens import Authenticator, TokenRegistry
@@ -130,6 +130,10 @@ async def run_daemon(
     Raises:
         StartupError: the data dir or socket cannot be claimed.
     """
+    # The data dir is checked before anything reads from it (tokens.json): a file or
+    # another's directory there is told as what it is.
+    ensure_private_dir(config.data_dir, what="data dir", private=True,
+                       setting="ENGRAM_DATA_DIR")
     authenticator = Authenticator(TokenRegistry(config.data_dir),
                                   admin_token_path(config.socket),
                                   require_tokens=config.require_tokens)
@@ -178,6 +182,9 @@ async def _stop_on_signal(engine: Engine, signals: AsyncIterator[int],
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Everything engramd creates is its user's alone (0600 files, 0700 directories),
+    # whatever umask it was started with: search.db holds every payload's text.
+    os.umask(0o077)
     try:
         config = load_config(
             env=os.environ,

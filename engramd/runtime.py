@@ -10,39 +10,40 @@ import errno
 import fcntl
 import os
 import socket
-import stat
 from collections.abc import Callable, Iterator
 
 from engramd.errors import StartupError
+from engramd.protocol import unusable_dir
 
 
-def ensure_private_dir(path: str, *, what: str) -> None:
+def ensure_private_dir(path: str, *, what: str, private: bool = False,
+                       setting: str = "ENGRAM_SOCKET") -> None:
     """Create *path* (mode 0700) if needed, then refuse it unless it is safe.
 
-    Safe means: a real directory (not a symlink), owned by us, and writable by
-    no one else. Anything else could let another user replace our socket or
-    read our data.
+    Safe means: a real directory (not a symlink), owned by us, writable by us and by no
+    one else, and with *private* readable by no one else either. Anything else could let
+    another user replace our socket or read our data.
 
     Raises:
-        StartupError: with a message that says how to fix the directory.
+        StartupError: one line that names the directory, its problem and the fix
+            (:func:`engramd.protocol.unusable_dir`, which the client uses too).
     """
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        pass  # not a directory: told below
+    except OSError as exc:
+        raise StartupError(f"cannot create {what} {path}: {exc.strerror} (create it, or set "
+                           f"{setting} elsewhere)") from None
+    try:
         info = os.lstat(path)
     except OSError as exc:
-        raise StartupError(f"cannot create {what} {path}: {exc.strerror}") from None
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise StartupError(f"{what} {path} is not a directory (or is a symlink); refusing it")
-    if info.st_uid != os.geteuid():
-        raise StartupError(
-            f"{what} {path} is owned by uid {info.st_uid}, not by you (uid {os.geteuid()}); "
-            "refusing it"
-        )
-    if info.st_mode & 0o022:
-        raise StartupError(
-            f"{what} {path} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
-            f"run: chmod 700 {path}"
-        )
+        raise StartupError(f"cannot use {what} {path}: {exc.strerror}") from None
+    problem = unusable_dir(path, what, info, euid=os.geteuid(),
+                           writable=os.access(path, os.W_OK | os.X_OK), private=private,
+                           setting=setting)
+    if problem is not None:
+        raise StartupError(problem)
 
 
 class LockFile:
@@ -128,7 +129,7 @@ def claim_runtime(socket_path: str, data_dir: str,
     then the socket itself. On exit the socket file is removed before the
     locks are released, so the next daemon finds a clean place.
     """
-    ensure_private_dir(data_dir, what="data dir")
+    ensure_private_dir(data_dir, what="data dir", private=True, setting="ENGRAM_DATA_DIR")
     ensure_private_dir(os.path.dirname(socket_path), what="socket directory")
     data_lock = LockFile(os.path.join(data_dir, "engramd.lock"), what=f"data dir {data_dir}")
     socket_lock = LockFile(socket_path + ".lock", what=f"socket {socket_path}")

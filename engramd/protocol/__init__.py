@@ -28,6 +28,9 @@ from engramd.protocol.address import (
 from engramd.protocol.address import (
     resolve_socket_path as resolve_socket_path,
 )
+from engramd.protocol.address import (
+    unusable_dir as unusable_dir,
+)
 from engramd.protocol.client import (
     ClientConnection as ClientConnection,
 )

@@ -7,6 +7,7 @@ client and the tests all resolve paths the same way without touching the disk.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 
 # sun_path holds 108 bytes on Linux, one of them the terminating NUL.
@@ -81,3 +82,29 @@ def log_file_in(data_dir: str) -> str:
 def admin_token_path(socket_path: str) -> str:
     """Where the daemon leaves its admin token for the socket's owner: beside the socket."""
     return socket_path + ".admin-token"
+
+
+def unusable_dir(path: str, what: str, info: os.stat_result, *, euid: int, writable: bool,
+                 private: bool, setting: str) -> str | None:
+    """Why the directory at *path* (its ``lstat`` *info*) cannot be engramd's *what*, as
+    one line that names the problem and the fix; None when it can be.
+
+    *private*: others may not even read it (the data dir holds every payload); otherwise
+    only writing is refused. *setting* names how to choose another (``ENGRAM_DATA_DIR``).
+    The daemon refuses to start with it and the client that would start one says it first.
+    """
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISLNK(info.st_mode):
+        return (f"{what} {path} is a symbolic link; refusing it (set {setting} to the "
+                "directory it points at)")
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{what} {path} is not a directory: move it away, or set {setting} elsewhere"
+    if info.st_uid != euid:
+        return (f"{what} {path} belongs to uid {info.st_uid}, not to you (uid {euid}): "
+                f"set {setting} to a directory of your own")
+    if not writable:
+        return f"{what} {path} is not writable by you (mode {mode:04o}): chmod u+rwx {path}"
+    if mode & (0o077 if private else 0o022):
+        seen = "readable" if private and not mode & 0o022 else "writable"
+        return f"{what} {path} is {seen} by others (mode {mode:04o}): chmod 700 {path}"
+    return None

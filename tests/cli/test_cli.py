@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -202,3 +203,49 @@ def test_bench_rejects_unknown_workloads(env: dict[str, str]) -> None:
     result = run_cli(env, "bench", "--only", "nope")
     assert result.returncode == 2
     assert "unknown workload nope" in one_error_line(result)
+
+
+def _files_under(path: str) -> dict[str, int]:
+    return {os.path.join(top, name): stat.S_IMODE(os.lstat(os.path.join(top, name)).st_mode)
+            for top, dirs, files in os.walk(path) for name in [*dirs, *files]}
+
+
+def test_every_file_of_the_daemon_is_private_whatever_the_umask(env: dict[str, str]) -> None:
+    started = subprocess.run([sys.executable, "-m", "engram_cli", "unit", "create", "-c", "u",
+                              "-p", "secret text"], env=env, capture_output=True, text=True,
+                             timeout=60, check=False, umask=0)
+    try:
+        assert started.returncode == 0, started.stderr
+        run_cli(env, "search", "secret")  # search.db written to
+        made = _files_under(env["ENGRAM_DATA_DIR"])
+        assert any(name.endswith("search.db") for name in made)
+        loose = {name: f"{mode:04o}" for name, mode in made.items()
+                 if mode & 0o077}
+        assert loose == {}
+    finally:
+        run_cli(env, "daemon", "stop")
+
+
+@pytest.mark.parametrize("problem", ["a file", "mode 0755"])
+def test_an_unusable_data_dir_is_one_line_from_client_and_daemon(
+        env: dict[str, str], problem: str) -> None:
+    data_dir = env["ENGRAM_DATA_DIR"]
+    os.makedirs(os.path.dirname(data_dir), exist_ok=True)
+    if problem == "a file":
+        with open(data_dir, "w") as file:
+            file.write("not a directory")
+        expected = (f"data dir {data_dir} is not a directory: move it away, or set "
+                    "ENGRAM_DATA_DIR elsewhere")
+    else:
+        os.mkdir(data_dir)
+        os.chmod(data_dir, 0o755)
+        expected = f"data dir {data_dir} is readable by others (mode 0755): chmod 700 {data_dir}"
+    client = run_cli(env, "ping")
+    assert client.returncode == 69
+    assert client.stderr == f"engram: error: {expected}\n"
+    daemon = subprocess.run([sys.executable, "-m", "engramd"], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert daemon.returncode == 1
+    (line,) = daemon.stderr.splitlines()
+    assert parse_line(line)["msg"] == expected
+    assert not os.path.exists(env["ENGRAM_SOCKET"])

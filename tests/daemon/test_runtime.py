@@ -51,7 +51,8 @@ def test_dir_owned_by_another_user_is_refused(scratch: str) -> None:
     path = os.path.join(scratch, "theirs")
     os.mkdir(path, 0o700)
     os.chown(path, 65534, 65534)
-    with pytest.raises(StartupError, match="owned by uid 65534"):
+    with pytest.raises(StartupError, match="belongs to uid 65534, not to you .*: set "
+                                           "ENGRAM_SOCKET to a directory of your own"):
         ensure_private_dir(path, what="socket directory")
 
 
@@ -60,8 +61,41 @@ def test_symlinked_dir_is_refused(scratch: str) -> None:
     os.mkdir(target, 0o700)
     link = os.path.join(scratch, "link")
     os.symlink(target, link)
-    with pytest.raises(StartupError, match="symlink"):
+    with pytest.raises(StartupError, match="is a symbolic link; refusing it"):
         ensure_private_dir(link, what="socket directory")
+
+
+def test_a_data_dir_others_can_read_is_refused_with_the_fix(scratch: str) -> None:
+    path = os.path.join(scratch, "shared")
+    os.mkdir(path)
+    os.chmod(path, 0o755)
+    with pytest.raises(StartupError, match=rf"^data dir {path} is readable by others "
+                                           rf"\(mode 0755\): chmod 700 {path}$"):
+        ensure_private_dir(path, what="data dir", private=True, setting="ENGRAM_DATA_DIR")
+    ensure_private_dir(path, what="socket directory")  # a socket dir may be listed
+
+
+def test_each_unusable_dir_gets_its_problem_and_fix() -> None:
+    """The judgement both the daemon and the client give (pure: a stat result in)."""
+    from engramd.protocol import unusable_dir
+
+    def judged(mode: int, *, uid: int = 1000, writable: bool = True) -> str | None:
+        info = os.stat_result((mode, 0, 0, 1, uid, uid, 0, 0, 0, 0))
+        return unusable_dir("/d", "data dir", info, euid=1000, writable=writable,
+                            private=True, setting="ENGRAM_DATA_DIR")
+
+    assert judged(stat.S_IFDIR | 0o700) is None
+    assert judged(stat.S_IFREG | 0o600) == (
+        "data dir /d is not a directory: move it away, or set ENGRAM_DATA_DIR elsewhere")
+    assert judged(stat.S_IFDIR | 0o700, uid=0) == (
+        "data dir /d belongs to uid 0, not to you (uid 1000): set ENGRAM_DATA_DIR to a "
+        "directory of your own")
+    assert judged(stat.S_IFDIR | 0o500, writable=False) == (
+        "data dir /d is not writable by you (mode 0500): chmod u+rwx /d")
+    assert judged(stat.S_IFDIR | 0o750) == (
+        "data dir /d is readable by others (mode 0750): chmod 700 /d")
+    assert judged(stat.S_IFDIR | 0o777) == (
+        "data dir /d is writable by others (mode 0777): chmod 700 /d")
 
 
 @pytest.mark.slow
