@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,20 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("path", ["unit create", "watch", "wait", "lock run", "search",
+                                  "hooks install"])
+def test_commands_used_from_scripts_show_examples(path: str) -> None:
+    """In the help as printed (indented, one per line) and in the man page alike."""
+    shown = subprocess.run([sys.executable, "-m", "engram_cli", *path.split(), "--help"],
+                           capture_output=True, text=True, timeout=60, check=True,
+                           env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}).stdout
+    shown = "\n".join(line.rstrip() for line in shown.splitlines())  # rich pads lines
+    examples = shown.split("Examples:", 1)[1].split("\n\n", 2)[1].splitlines()
+    assert examples and all(line.strip().startswith(f"engram {path}") or "| engram" in line
+                            or "$(engram" in line for line in examples), examples
+    assert all(line.startswith("   ") for line in examples), examples  # kept indented
+    page = (ROOT / "man" / "engram.1").read_text().replace("\\-", "-")
+    section = page.split(f".SS engram {path} ", 1)[1].split(".SS ", 1)[0]
+    assert "Examples:\n.RS\n.nf\n" in section

@@ -9,6 +9,7 @@ checked-in files can be regenerated and compared by the tests.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from collections.abc import Iterator
@@ -46,6 +47,19 @@ def _roff(text: str) -> str:
         "\\&" + line if line.startswith((".", "'")) else line
         for line in text.splitlines() or [""]
     )
+
+
+def _help_roff(text: str) -> list[str]:
+    """A command's help as roff paragraphs; an indented paragraph (the examples) is kept
+    line for line, as the terminal help shows it."""
+    lines: list[str] = []
+    for index, paragraph in enumerate(inspect.cleandoc(text).split("\n\n")):
+        rows = paragraph.splitlines()
+        if rows and all(row.startswith(" ") for row in rows):
+            lines += [".RS", ".nf", *(_roff(row.strip()) for row in rows), ".fi", ".RE"]
+        else:
+            lines += ([] if index == 0 else [".PP"]) + [_roff(paragraph)]
+    return lines
 
 
 def _walk(command: Any, path: list[str],
@@ -120,7 +134,7 @@ def engram_man_page() -> str:
         synopsis = " ".join([PROG, *path]) + (" COMMAND" if is_group else " [OPTIONS]")
         if arguments:
             synopsis += " " + arguments
-        out += [".SS " + _roff(synopsis), _roff(command.help or "")]
+        out += [".SS " + _roff(synopsis), *_help_roff(command.help or "")]
         for opts, help_text in _options(command, ctx):
             if opts.startswith("-h, --help"):
                 continue

@@ -42,7 +42,17 @@ def install(
     ] = "off",
     json: JsonOption = False,
 ) -> None:
-    """Install the hooks; any hook already there keeps running first."""
+    """Install the hooks; any hook already there keeps running first.
+
+    Commits, merges, rewrites and branch switches become units in the context
+    git:REMOTE-OR-PATH/BRANCH (see engram hooks status).
+
+    Examples:
+
+      engram hooks install
+      engram hooks install --guard block
+      engram hooks install --repo ~/src/proj --context proj-work
+    """
     if guard not in ("off", "warn", "block"):
         raise UsageProblem("--guard takes off, warn or block")
     top = _repo(repo)

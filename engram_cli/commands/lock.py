@@ -228,6 +228,12 @@ def run(
     be run, 127 when it is not found). If a lease is lost or cannot be renewed
     in time, CMD gets SIGTERM, then SIGKILL, before the lease ends, and engram
     exits 6.
+
+    Examples:
+
+      engram lock run deploy:prod -- ./deploy.sh
+      engram lock run deploy:prod --wait 300 -- make release
+      engram lock run -n repo/README.md -- ./regen-docs.sh
     """
     if "--" not in resources:
         raise UsageProblem(RUN_USAGE)

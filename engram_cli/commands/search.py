@@ -42,7 +42,16 @@ def search(
     )] = False,
     json: JsonOption = False,
 ) -> None:
-    """Find units by words (ranked by relevance, then newest) and filters; exit 3 if none."""
+    """Find units by words (ranked by relevance, then newest) and filters; exit 3 if none.
+
+    Without words the filters alone select units, newest first, with no score.
+
+    Examples:
+
+      engram search "disk quota"
+      engram search -t ERROR --since 1h --json | jq -r .unit_id
+      engram search retry -c build-42 -n 5
+    """
     cli = context.get(ctx)
     out = cli.output(json)
     client = cli.client()

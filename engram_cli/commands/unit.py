@@ -138,7 +138,17 @@ def create(
         "--empty", help="Write a unit with no payload (else one is required).")] = False,
     json: JsonOption = False,
 ) -> None:
-    """Write one unit and print its id (or the whole unit with --json)."""
+    """Write one unit and print its id (or the whole unit with --json).
+
+    The payload comes from -p, --file or piped stdin; an empty one needs --empty.
+
+    Examples:
+
+      engram unit create -c build-42 -p "tests pass"
+      make test 2>&1 | engram unit create -c build-42 -t TOOL_RESULT -m cmd="make test"
+      id=$(engram unit create -c build-42 -t ERROR -p "disk full on /var")
+      engram unit create -c build-42 -p "rotated the logs" -r RESPONDS_TO:$id
+    """
     cli = context.get(ctx)
     data = _payload(payload, file, empty)
     relationships = parse_relationships(relationship)

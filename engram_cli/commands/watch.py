@@ -93,7 +93,17 @@ def watch(
     ] = None,
     json: JsonOption = False,
 ) -> None:
-    """Follow the live stream of events; reconnects and resumes across daemon restarts."""
+    """Follow the live stream of events; reconnects and resumes across daemon restarts.
+
+    On a terminal one line per event under a status line; piped, tab-separated rows;
+    with --json, one event per line, flushed.
+
+    Examples:
+
+      engram watch -c build-42 -n 20
+      engram watch -k lock.acquired -k lock.released --json | jq -r .lease.resource
+      engram watch --cursor reviewer --since start --json
+    """
     cli = context.get(ctx)
     out = cli.output(json)
     client = cli.client()
@@ -155,7 +165,16 @@ def wait(
         help="Give up after this long: exit 5.")] = None,
     json: JsonOption = False,
 ) -> None:
-    """Block until one matching event arrives, print it and exit 0 (exit 5 on timeout)."""
+    """Block until one matching event arrives, print it and exit 0 (exit 5 on timeout).
+
+    Filters as for watch. A context that does not exist yet is waited for (a note on
+    stderr says so).
+
+    Examples:
+
+      engram wait -c build-42 -t TASK_STATUS -m state=done --timeout 600
+      engram wait -k lock.released --timeout 60 && ./deploy.sh
+    """
     cli = context.get(ctx)
     out = cli.output(json)
     client = cli.client()
