@@ -51,8 +51,8 @@ def test_dir_owned_by_another_user_is_refused(scratch: str) -> None:
     path = os.path.join(scratch, "theirs")
     os.mkdir(path, 0o700)
     os.chown(path, 65534, 65534)
-    with pytest.raises(StartupError, match="belongs to uid 65534, not to you .*: set "
-                                           "ENGRAM_SOCKET to a directory of your own"):
+    with pytest.raises(StartupError, match=r"belongs to uid 65534, not to you .*: set "
+                                           r"ENGRAM_SOCKET to a directory of your own"):
         ensure_private_dir(path, what="socket directory")
 
 
