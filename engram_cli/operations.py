@@ -59,6 +59,7 @@ from engramd.protocol import (
     TokenInfo,
     Unit,
     UnitDraft,
+    UnitOrigin,
     UnitPage,
     UnitsCreated,
     UnitsFound,
@@ -198,11 +199,13 @@ class Operations:
         return ask(requests.create_units(drafts))
 
     @operation
-    def import_units(self, drafts: Iterable[UnitDraft], agents: Iterable[str]
-                     ) -> Call[UnitsCreated]:
+    def import_units(self, drafts: Iterable[UnitDraft], agents: Iterable[str],
+                     origins: Iterable[UnitOrigin | None] = ()) -> Call[UnitsCreated]:
         """Write units of several agents (``agents[i]`` wrote ``drafts[i]``), all or nothing,
-        with one fsync; a connection with an agent token may name only its own agent."""
-        return ask(ImportUnits(units=list(drafts), agents=list(agents)))
+        with one fsync; a connection with an agent token may name only its own agent.
+        ``origins[i]``, when given, is the id and time ``drafts[i]`` keeps (a unit of that
+        id already here is not written again: it is in ``reused``)."""
+        return ask(ImportUnits(units=list(drafts), agents=list(agents), origins=list(origins)))
 
     @operation
     def get_units(self, unit_ids: Iterable[str]) -> Call[UnitsFound]:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
+import re
 from typing import Any
 
 import msgspec
 
-from engramd.protocol import Relationship, Unit, UnitDraft
+from engramd.protocol import Relationship, Unit, UnitDraft, UnitOrigin
+
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class BadLine(ValueError):
@@ -87,3 +91,18 @@ def draft_from_json(data: Any, *, context_id: str | None = None) -> tuple[UnitDr
                       meta=_strings(data.get("meta"), "meta"), relationships=relationships,
                       idempotency_key=key)
     return draft, agent
+
+
+def origin_from_json(data: dict[str, Any]) -> UnitOrigin | None:
+    """The id and time an exported line had, for an import to keep; None for a line
+    without both (written by hand: it gets a new id and the time of writing)."""
+    unit_id, ts = data.get("id"), data.get("ts")
+    if not isinstance(unit_id, str) or not _UUID_TEXT.fullmatch(unit_id) or ts is None:
+        return None
+    if not isinstance(ts, str):
+        raise BadLine("ts must be a string (RFC 3339)")
+    try:
+        when = dt.datetime.fromisoformat(ts)
+    except ValueError:
+        raise BadLine(f"ts is not an RFC 3339 time: {ts!r:.60}") from None
+    return UnitOrigin(id=unit_id, ts=when if when.tzinfo else when.replace(tzinfo=dt.UTC))

@@ -168,7 +168,8 @@ class Dispatcher:
                 written = await writer.create_units(request.units, caller)
                 return UnitsCreated(id=request.id, units=written.units, reused=written.reused)
             case ImportUnits():
-                written = await writer.create_units(request.units, caller, request.agents)
+                written = await writer.create_units(request.units, caller, request.agents,
+                                                    request.origins)
                 return UnitsCreated(id=request.id, units=written.units, reused=written.reused)
             case GetUnits():
                 units, missing = queries.get_units(request.ids)

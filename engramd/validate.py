@@ -18,6 +18,7 @@ from engramd.protocol.model import (
 )
 
 CONTEXT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,127}")
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MAX_ID = 128
 MAX_NAME = 256
 MAX_KEY = 256
@@ -67,6 +68,15 @@ def name(text: str, what: str, limit: int = MAX_NAME) -> str:
 
 def unit_id(text: str) -> str:
     return name(text, "unit id", MAX_ID)
+
+
+def origin_id(text: str) -> str:
+    """The id an imported unit keeps: a UUID's text, as every id engramd makes is, so
+    that prefixes and short ids work for it as for any other."""
+    if not UUID_TEXT.fullmatch(text):
+        raise BadRequest(f"an imported unit's id must be a UUID (36 characters, lowercase "
+                         f"hex), got {text!r:.60}")
+    return text
 
 
 def unit_id_prefix(text: str) -> str:

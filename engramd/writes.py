@@ -37,6 +37,7 @@ from engramd.protocol import (
     NotFound,
     TooLarge,
     UnitDraft,
+    UnitOrigin,
     UpdateContext,
 )
 from engramd.protocol.model import (
@@ -160,8 +161,10 @@ class Writer:
     # -- units ----------------------------------------------------------------------
 
     async def create_units(self, drafts: list[UnitDraft], caller: Caller,
-                           agents: list[str] | None = None) -> Written:
-        """Write *drafts* as the caller's units, or (an import) as ``agents[i]``'s each."""
+                           agents: list[str] | None = None,
+                           origins: list[UnitOrigin | None] | None = None) -> Written:
+        """Write *drafts* as the caller's units, or (an import) as ``agents[i]``'s each,
+        keeping the id and time of ``origins[i]`` where one is given."""
         if not drafts:
             raise BadRequest("no units to create")
         if len(drafts) > self.limits.max_batch_units:
@@ -174,6 +177,14 @@ class Writer:
             raise BadRequest(f"{len(agents)} agents for {len(drafts)} units: name one per unit")
         for agent in set(agents):
             validate.name(agent, "agent id")
+        if not origins:
+            origins = [None] * len(drafts)
+        elif len(origins) != len(drafts):
+            raise BadRequest(f"{len(origins)} origins for {len(drafts)} units: give one per "
+                             "unit, or none")
+        for origin in origins:
+            if origin is not None:
+                validate.origin_id(origin.id)
         in_flight = self.in_flight
 
         def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, Written]:
@@ -184,9 +195,17 @@ class Writer:
             new_units: dict[str, Unit] = {}
             keys: dict[str, str] = {}
             contexts: dict[str, Context] = {}
-            for draft, agent in zip(checked, agents, strict=True):
+            # An imported unit already here under another id (imported before ids were
+            # kept, by its idempotency key): relationships to its old id go to that one.
+            renamed: dict[str, str] = {}
+            for draft, agent, origin in zip(checked, agents, origins, strict=True):
                 if draft.fence is not None:
                     self.check_fence(draft.fence)
+                if origin is not None and (origin.id in new_units
+                                           or self._unit_exists(origin.id)):
+                    units.append(new_units.get(origin.id) or self._unit(origin.id))
+                    reused.append(origin.id)
+                    continue
                 key = draft.idempotency_key
                 if key is not None:
                     known = keys.get(key) or in_flight.keys.get(key) \
@@ -194,8 +213,14 @@ class Writer:
                     if known is not None:
                         units.append(new_units.get(known) or self._unit(known))
                         reused.append(known)
+                        if origin is not None:
+                            renamed[origin.id] = known
                         continue
-                for rel in draft.relationships:
+                relationships = draft.relationships
+                if renamed:
+                    relationships = [msgspec.structs.replace(rel, target=renamed[rel.target])
+                                     if rel.target in renamed else rel for rel in relationships]
+                for rel in relationships:
                     if rel.target not in new_units and not self._unit_exists(rel.target):
                         raise BadRequest(f"relationship {rel.type} to unknown unit {rel.target}")
                 context = contexts.get(draft.context_id) or self._context(draft.context_id)
@@ -214,10 +239,11 @@ class Writer:
                         changes=[ContextChange(kind="agent_joined", value=agent)]))
                     seq += 1
                 contexts[context.id] = context
-                unit = Unit(id=ids.uuid7(), seq=seq, context_id=draft.context_id,
-                            agent_id=agent, type=draft.type, ts=ts, meta=draft.meta,
-                            payload=draft.payload, relationships=draft.relationships,
-                            uid=caller.uid, pid=caller.pid)
+                unit = Unit(id=origin.id if origin else ids.uuid7(), seq=seq,
+                            context_id=draft.context_id, agent_id=agent, type=draft.type,
+                            ts=origin.ts.astimezone(dt.UTC) if origin else ts,
+                            meta=draft.meta, payload=draft.payload,
+                            relationships=relationships, uid=caller.uid, pid=caller.pid)
                 events.append(UnitCreated(seq=seq, ts=ts, context_id=unit.context_id, unit=unit))
                 seq += 1
                 units.append(unit)

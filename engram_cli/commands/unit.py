@@ -15,8 +15,15 @@ from engram_cli.client import Client
 from engram_cli.context import JsonOption
 from engram_cli.errors import EngramError, NotFound, UsageProblem
 from engram_cli.timeparse import parse_time
-from engram_cli.unitjson import BadLine, draft_from_json, unit_to_json
-from engramd.protocol import RELATIONSHIP_TYPES, UNIT_ID_LENGTH, UNIT_TYPES, Unit, UnitDraft
+from engram_cli.unitjson import BadLine, draft_from_json, origin_from_json, unit_to_json
+from engramd.protocol import (
+    RELATIONSHIP_TYPES,
+    UNIT_ID_LENGTH,
+    UNIT_TYPES,
+    Unit,
+    UnitDraft,
+    UnitOrigin,
+)
 
 app = typer.Typer(help="Write and read work units.", no_args_is_help=True,
                   add_completion=False)
@@ -281,20 +288,22 @@ def export(
         out.json_line(unit_to_json(unit))
 
 
-def _read_lines(source: BinaryIO, context_id: str | None
-                ) -> Iterator[tuple[int, UnitDraft, str | None]]:
+def _read_lines(source: BinaryIO, context_id: str | None, keep_ids: bool
+                ) -> Iterator[tuple[int, UnitDraft, str | None, UnitOrigin | None]]:
     for number, line in enumerate(source, start=1):
         if not line.strip():
             continue
         try:
-            draft, agent = draft_from_json(jsonlib.loads(line), context_id=context_id)
+            data = jsonlib.loads(line)
+            draft, agent = draft_from_json(data, context_id=context_id)
+            origin = origin_from_json(data) if keep_ids else None
         except (ValueError, BadLine) as exc:
             raise EngramError(f"line {number}: {exc}") from None
-        yield number, draft, agent
+        yield number, draft, agent, origin
 
 
 def _remap(draft: UnitDraft, new_ids: dict[str, str]) -> UnitDraft:
-    """Point relationships at the units this import created for the old ids."""
+    """Point relationships at the ids this import's units got in place of the old."""
     if not any(rel.target in new_ids for rel in draft.relationships):
         return draft
     relationships = [requests.relationship(rel.type, new_ids.get(rel.target, rel.target),
@@ -315,14 +324,20 @@ def import_(
     batch: Annotated[int, typer.Option("--batch", min=1, max=1000,
                                        help="Units written per request (all or nothing).")
     ] = 500,
+    new_ids: Annotated[bool, typer.Option(
+        "--new-ids", help="Write copies: new ids and times (a second import of the same "
+        "file still writes nothing).")] = False,
     json: JsonOption = False,
 ) -> None:
     """Write units from JSON lines (as export writes them), in batches.
 
-    Each line's id serves as its idempotency key, so importing a file twice
-    writes it once. Units keep their agent (a line without one is yours); a batch
-    holds the lines of every agent, in file order. A bad line stops the import with
-    its line number; earlier batches stay written, nothing of the bad one is.
+    Units keep their id, their time and their agent (a line without an agent is
+    yours; one without id and ts gets new ones); their seq is this journal's. A unit
+    whose id is here already is not written again, so export then import into the
+    same journal writes nothing and a restore into an empty one gives back the same
+    units. A batch holds the lines of every agent, in file order. A bad line stops
+    the import with its line number; earlier batches stay written, nothing of the bad
+    one is.
     """
     cli = context.get(ctx)
     out = cli.output(json)
@@ -331,38 +346,44 @@ def import_(
     except OSError as exc:
         raise EngramError(f"cannot read {file}: {exc.strerror}") from None
     client = cli.client()
-    new_ids: dict[str, str] = {}
+    # The id each line's unit has here, where it is not the line's own (a new id).
+    renamed: dict[str, str] = {}
     written = reused = 0
     run: list[UnitDraft] = []
     run_agents: list[str] = []
-    run_keys: set[str] = set()
+    run_origins: list[UnitOrigin | None] = []
+    run_renamed: set[str] = set()
     run_start = 0
 
     def flush(next_line: int) -> None:
         """Write the run of lines, all or nothing, each as its agent."""
         nonlocal written, reused
-        drafts = [_remap(draft, new_ids) for draft in run]
+        drafts = [_remap(draft, renamed) for draft in run]
         try:
-            created = client.import_units(drafts, run_agents)
+            created = client.import_units(drafts, run_agents,
+                                          run_origins if any(run_origins) else ())
         except EngramError as exc:
             exc.args = (f"lines {run_start}-{next_line - 1}: {exc}",)
             raise
-        for draft, unit in zip(drafts, created.units, strict=True):
-            if draft.idempotency_key:
-                new_ids[draft.idempotency_key] = unit.id
+        for draft, origin, unit in zip(drafts, run_origins, created.units, strict=True):
+            old_id = origin.id if origin else draft.idempotency_key
+            if old_id and old_id != unit.id:
+                renamed[old_id] = unit.id
         written += len(created.units) - len(created.reused)
         reused += len(created.reused)
         run.clear()
         run_agents.clear()
-        run_keys.clear()
+        run_origins.clear()
+        run_renamed.clear()
 
     try:
         with output.progress(out, "importing") as advance:
             number = 0
-            for number, draft, agent in _read_lines(source, context_id):
-                # A relationship to a unit of the current run needs that unit's new
-                # id, which only exists once the run is written.
-                refers_back = any(rel.target in run_keys for rel in draft.relationships)
+            for number, draft, agent, origin in _read_lines(source, context_id, not new_ids):
+                # A relationship to a unit of the current run that gets a new id needs
+                # that id, which only exists once the run is written. (A unit that
+                # keeps its id is found by it within the run.)
+                refers_back = any(rel.target in run_renamed for rel in draft.relationships)
                 if run and (len(run) >= batch or refers_back):
                     count = len(run)
                     flush(number)
@@ -371,8 +392,9 @@ def import_(
                     run_start = number
                 run.append(draft)
                 run_agents.append(agent or client.agent_id)
-                if draft.idempotency_key:
-                    run_keys.add(draft.idempotency_key)
+                run_origins.append(origin)
+                if origin is None and draft.idempotency_key:
+                    run_renamed.add(draft.idempotency_key)
             if run:
                 count = len(run)
                 flush(number + 1)

@@ -335,6 +335,9 @@ from engramd.protocol.messages import (
     UnitIdsResolved as UnitIdsResolved,
 )
 from engramd.protocol.messages import (
+    UnitOrigin as UnitOrigin,
+)
+from engramd.protocol.messages import (
     UnitPage as UnitPage,
 )
 from engramd.protocol.messages import (

@@ -410,6 +410,15 @@ class UnitDraft(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """Refused with ``conflict`` unless this token's lease holds the resource now."""
 
 
+class UnitOrigin(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The id and time a unit had in the journal it was exported from: an import keeps
+    both (``unit.import`` only; its seq is the importing journal's own)."""
+
+    id: str
+    """A UUID in its text form (36 characters, lowercase hex)."""
+    ts: dt.datetime
+
+
 class SpooledUnit(msgspec.Struct, frozen=True, kw_only=True):
     """A unit written to ``<data dir>/spool/`` (JSON) while the daemon was unreachable.
 
@@ -427,13 +436,18 @@ class CreateUnits(ClientMessage[UnitsCreated], tag="unit.create"):
     units: Annotated[list[UnitDraft], msgspec.Meta(max_length=MAX_LIST_ITEMS)]
 
 
-class ImportUnits(ClientMessage[UnitsCreated], tag="unit.import"):
+# omit_defaults: without origins it encodes as it did before they existed.
+class ImportUnits(ClientMessage[UnitsCreated], tag="unit.import", omit_defaults=True):
     """Write units of several agents at once (``engram unit import``): all or nothing,
     one fsync. ``agents[i]`` is the agent of ``units[i]``; a connection bound to an
     agent token may name only its own agent."""
 
     units: Annotated[list[UnitDraft], msgspec.Meta(max_length=MAX_LIST_ITEMS)]
     agents: Names
+    origins: Annotated[list[UnitOrigin | None], msgspec.Meta(max_length=MAX_LIST_ITEMS)] = []
+    """None, or one per draft: where ``origins[i]`` is given, ``units[i]`` keeps that id
+    and time, and is not written at all (it is in ``reused``) when the journal holds a
+    unit of that id already; None gives a new id and the time of writing."""
 
 
 class GetUnits(ClientMessage[UnitsFound], tag="unit.get"):

@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,22 +87,52 @@ def test_validation_errors_are_one_line(engramd: DaemonProcess) -> None:
     assert no_context.returncode == 2 and "--context" in no_context.stderr
 
 
-def test_export_then_import_round_trips(engramd: DaemonProcess) -> None:
+def test_export_then_import_round_trips(engramd: DaemonProcess, tmp_path: Path) -> None:
     first = create(engramd, "-c", "src", "-p", "first")
     create(engramd, "-c", "src", "-p", "second", "-r", f"RESPONDS_TO:{first}")
     run_cli({**engramd.env, "ENGRAM_AGENT": "bob"}, "unit", "create", "-c", "src", "-p", "bob's")
     exported = cli(engramd, "unit", "export", "-c", "src").stdout
     assert len(exported.splitlines()) == 3
-    imported = cli(engramd, "unit", "import", "-c", "dst", input=exported.encode())
-    assert imported.returncode == 0, imported.stderr
-    assert "imported 3 unit(s), 0 already present" in imported.stderr
-    again = cli(engramd, "unit", "import", "-c", "dst", input=exported.encode())
+    # Into the journal it came from: every unit is there already, by its id.
+    same = cli(engramd, "unit", "import", input=exported.encode())
+    assert same.returncode == 0, same.stderr
+    assert same.stderr == "engram: imported 0 unit(s), 3 already present\n"
+    assert cli(engramd, "unit", "export", "-c", "src").stdout == exported
+
+    # Copies under new ids, relationships following them; a second run writes nothing.
+    copied = cli(engramd, "unit", "import", "-c", "dst", "--new-ids", input=exported.encode())
+    assert "imported 3 unit(s), 0 already present" in copied.stderr
+    again = cli(engramd, "unit", "import", "-c", "dst", "--new-ids", input=exported.encode())
     assert "imported 0 unit(s), 3 already present" in again.stderr
     copies = [json.loads(line) for line in cli(engramd, "unit", "list", "-c", "dst",
                                                "--json").stdout.splitlines()]
     assert [c["payload"] for c in copies] == ["first", "second", "bob's"]
     assert [c["agent_id"] for c in copies] == ["tester", "tester", "bob"]
-    assert copies[1]["relationships"][0]["target"] == copies[0]["id"]
+    assert copies[1]["relationships"][0]["target"] == copies[0]["id"] != first
+
+    # A restore into an empty journal gives back the same units: ids, times, agents
+    # (the seqs are the journal's own, the uid and pid the importer's).
+    elsewhere = {**engramd.env, "ENGRAM_SOCKET": str(tmp_path / "b" / "s.sock"),
+                 "ENGRAM_DATA_DIR": str(tmp_path / "b" / "data")}
+    restored = run_cli(elsewhere, "unit", "import", "--json", input=exported.encode())
+    try:
+        assert json.loads(restored.stdout) == {"written": 3, "reused": 0}, restored.stderr
+        back = run_cli(elsewhere, "unit", "export", "-c", "src").stdout
+        def without_writer(text: str) -> list[dict[str, object]]:
+            return [{k: v for k, v in json.loads(line).items() if k not in ("uid", "pid", "seq")}
+                    for line in text.splitlines()]
+        assert without_writer(back) == without_writer(exported)
+    finally:
+        run_cli(elsewhere, "daemon", "stop")
+
+
+def test_an_import_refuses_a_time_it_cannot_read(engramd: DaemonProcess) -> None:
+    line = json.dumps({"id": "01a232c7-1811-7000-9d32-b57df5e964a6", "ts": "yesterday",
+                       "context_id": "t", "payload": "x"})
+    result = cli(engramd, "unit", "import", input=line.encode() + b"\n")
+    assert result.returncode == 1
+    assert result.stderr == ("engram: error: line 1: ts is not an RFC 3339 time: "
+                             "'yesterday'\n")
 
 
 def test_an_import_of_many_agents_is_written_in_batches_of_its_size(

@@ -234,3 +234,59 @@ def test_torn_tail_is_repaired_on_start(env: dict[str, str]) -> None:
     with start_threaded(config), connect(config) as engram:
         assert engram.get_units([u.id for u in kept]).units == kept
         engram.create_unit("t", "MESSAGE", "after repair")
+
+
+def test_an_import_keeps_ids_and_times_and_skips_units_already_here(
+        threaded_daemon: ThreadedDaemon) -> None:
+    import datetime as dt
+
+    from engramd.protocol import UnitOrigin
+
+    then = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    kept = UnitOrigin(id="01a00000-0000-7000-8000-000000000001", ts=then)
+    reply_to = UnitOrigin(id="01a00000-0000-7000-8000-000000000002", ts=then)
+    with connect(threaded_daemon.config, "admin") as engram:
+        first = engram.import_units(
+            [requests.draft("old", "MESSAGE", "kept"),
+             requests.draft("old", "MESSAGE", "reply",
+                            relationships=[("RESPONDS_TO", kept.id)]),  # within the batch
+             requests.draft("old", "MESSAGE", "kept again")],  # the same id twice: once
+            ["alice", "bob", "alice"], [kept, reply_to, kept])
+        assert [u.id for u in first.units] == [kept.id, reply_to.id, kept.id]
+        assert first.reused == [kept.id]
+        assert first.units[0].ts == then and first.units[0].agent_id == "alice"
+        assert first.units[1].seq > first.units[0].seq  # seqs are this journal's
+        again = engram.import_units([requests.draft("elsewhere", "MESSAGE", "kept")],
+                                    ["alice"], [kept])
+        assert again.reused == [kept.id] and again.units == [first.units[0]]
+        assert engram.get_unit(kept.id).payload == b"kept"
+        with pytest.raises(BadRequest, match="an imported unit's id must be a UUID"):
+            engram.import_units([requests.draft("old", "MESSAGE", "x")], ["alice"],
+                                [UnitOrigin(id="not-a-uuid", ts=then)])
+        with pytest.raises(BadRequest, match="1 origins for 2 units"):
+            engram.import_units([requests.draft("old", "MESSAGE", "x")] * 2,
+                                ["alice"] * 2, [kept])
+
+
+def test_a_unit_imported_before_ids_were_kept_is_found_by_its_key(
+        threaded_daemon: ThreadedDaemon) -> None:
+    """Imports used to give new ids, with the old id as the idempotency key: importing
+    the same file now writes nothing, and relationships to the old id follow the key."""
+    import datetime as dt
+
+    from engramd.protocol import UnitOrigin
+
+    old = UnitOrigin(id="01a00000-0000-7000-8000-00000000000a", ts=dt.datetime.now(dt.UTC))
+    later = UnitOrigin(id="01a00000-0000-7000-8000-00000000000b", ts=old.ts)
+    with connect(threaded_daemon.config) as engram:
+        (copy,) = engram.import_units(
+            [requests.draft("legacy", "MESSAGE", "one", idempotency_key=old.id)],
+            ["alice"]).units
+        assert copy.id != old.id
+        result = engram.import_units(
+            [requests.draft("legacy", "MESSAGE", "one", idempotency_key=old.id),
+             requests.draft("legacy", "MESSAGE", "two", idempotency_key=later.id,
+                            relationships=[("CAUSES", old.id)])],
+            ["alice", "alice"], [old, later])
+    assert result.reused == [copy.id]
+    assert [(r.type, r.target) for r in result.units[1].relationships] == [("CAUSES", copy.id)]

@@ -85,6 +85,7 @@ from engramd.protocol import (
     UnitCreated,
     UnitDraft,
     UnitIdsResolved,
+    UnitOrigin,
     UnitPage,
     UnitsCreated,
     UnitsFound,
@@ -122,6 +123,9 @@ CLIENT_MESSAGES = {
     "unit_import": ImportUnits(id=28, units=[UnitDraft(
         context_id="build-42", type="MESSAGE", payload=b"ok", idempotency_key="k2")],
         agents=["bob"]),
+    "unit_import_kept": ImportUnits(id=29, units=[UnitDraft(
+        context_id="build-42", type="MESSAGE", payload=b"ok")], agents=["bob"],
+        origins=[UnitOrigin(id=UNIT.id, ts=WHEN)]),
     "unit_list": ListUnits(id=6, context_id="build-42", limit=10, before=100),
     "context_update": UpdateContext(id=7, context_id="build-42", add_agents=["bob"],
                                     pin=[UNIT.id], set_meta={"k": "v"}),
