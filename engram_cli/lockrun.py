@@ -38,7 +38,7 @@ from engram_cli.errors import (
     RateLimited,
     Unavailable,
 )
-from engramd.protocol import Lease, LeaseLost
+from engramd.protocol import ErrorCode, Lease, LeaseLost
 
 GRACE_SECONDS = 5.0
 """How long CMD may take to stop after SIGTERM, at most (less for a short ttl)."""
@@ -59,7 +59,10 @@ class CannotRun(EngramError):
     """CMD cannot be found (127) or started (126), as ``env`` and ``timeout`` say."""
 
     def __init__(self, message: str, exit_code: ExitCode) -> None:
-        super().__init__(message)
+        # In a --json error: not_found for a CMD that is not there, forbidden for one
+        # that may not be run (the words of the protocol, whoever found it).
+        super().__init__(message, ErrorCode.NOT_FOUND if exit_code == ExitCode.COMMAND_NOT_FOUND
+                         else ErrorCode.FORBIDDEN)
         self.exit_code = exit_code
 
 

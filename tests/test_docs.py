@@ -103,3 +103,21 @@ def test_commands_used_from_scripts_show_examples(path: str) -> None:
     page = (ROOT / "man" / "engram.1").read_text().replace("\\-", "-")
     section = page.split(f".SS engram {path} ", 1)[1].split(".SS ", 1)[0]
     assert "Examples:\n.RS\n.nf\n" in section
+
+
+def test_every_command_takes_json() -> None:
+    root = typer.main.get_command(app)
+    without = []
+
+    def walk(command: Any, path: list[str], ctx: typer.Context) -> None:
+        names = subcommands(command, ctx)
+        if not names:
+            options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+            if "--json" not in options:
+                without.append(" ".join(path))
+        for name in names:
+            sub = command.get_command(ctx, name)
+            walk(sub, [*path, name], typer.Context(sub, info_name=name, parent=ctx))
+
+    walk(root, [], typer.Context(root, info_name="engram"))
+    assert without == ["help", "hooks run"]  # help text; what the installed hooks call

@@ -168,9 +168,26 @@ def list_(
 
 @app.command("break")
 def break_(ctx: typer.Context, resource: ResourceArg,
-           reason: Annotated[str, typer.Option("--reason", help="Why (recorded).")]) -> None:
-    """End someone else's lease; who did it and why go into the journal."""
-    context.get(ctx).client(admin=True).break_lock(resource, reason)
+           reason: Annotated[str, typer.Option("--reason", help="Why (recorded).")],
+           json: JsonOption = False) -> None:
+    """End someone else's lease, and say whose; who did it and why go into the journal.
+
+    Exit 3 when RES has no lease.
+    """
+    cli = context.get(ctx)
+    client = cli.client(admin=True)
+    # The lease as held a moment before the break: it is the one broken unless its
+    # holder let go in between and the next in line got RES (then that one is).
+    lease = client.get_lock(resource).lease
+    client.break_lock(resource, reason)
+    out = cli.output(json)
+    if out.json:
+        out.json_line(lease if lease is not None else {"resource": resource})
+    elif lease is not None:
+        out.line(f"broke {resource}: the lease of {lease.holder} (lock id {lease.lock_id}, "
+                 f"fencing token {lease.fencing_token})")
+    else:
+        out.line(f"broke {resource}")
 
 
 def _run_options(words: list[str], ttl: float | None, wait: float | None, no_wait: bool
@@ -187,6 +204,8 @@ def _run_options(words: list[str], ttl: float | None, wait: float | None, no_wai
         option, equals, inline = word.partition("=")
         if option in ("--no-wait", "-n") and not equals:
             no_wait = True
+        elif word == "--json":
+            pass  # engram's own errors as JSON: main() saw it already
         elif option in ("--ttl", "--wait", "-w"):
             text = inline if equals else next(values, None)
             try:
@@ -218,6 +237,8 @@ def run(
     ttl: TtlOption = None,
     wait: WaitOption = None,
     no_wait: NoWaitOption = False,
+    json: Annotated[bool, typer.Option(
+        "--json", help="engram's own errors as JSON (CMD's output is CMD's).")] = False,
 ) -> None:
     """Run CMD holding leases (like flock): renewed while it runs, released when it ends.
 

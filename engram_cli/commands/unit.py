@@ -279,6 +279,8 @@ def export(
     type_: TypeFilter = None,
     since: SinceOption = None,
     until: UntilOption = None,
+    json: Annotated[bool, typer.Option(
+        "--json", help="Accepted for symmetry: export always writes JSON lines.")] = False,
 ) -> None:
     """Write a context's units as JSON lines, oldest first (what import reads)."""
     cli = context.get(ctx)

@@ -373,6 +373,14 @@ def test_release_and_reindex_say_what_they_did(engramd: DaemonProcess) -> None:
     assert one_error_line(run_cli(engramd.env, "lock", "release", "res", "--lock-id",
                                   lock_id), 3).startswith(f"no lease with lock id {lock_id}")
 
+    lock_id = run_cli(engramd.env, "lock", "acquire", "res").stdout.strip()
+    broken = run_cli({**engramd.env, "ENGRAM_AGENT": "ops"}, "lock", "break", "res",
+                     "--reason", "stuck")
+    assert re.fullmatch(rf"broke res: the lease of tester \(lock id {lock_id}, fencing token "
+                        r"\d+\)\n", broken.stdout), broken.stdout
+    assert one_error_line(run_cli(engramd.env, "lock", "break", "res", "--reason", "x"),
+                          3) == "res is not held"
+
     with Client(engramd.socket, autostart=False) as engram:
         for number in range(30):
             engram.create_unit("idx", "MESSAGE", f"note {number}".encode())
