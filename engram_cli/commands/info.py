@@ -115,18 +115,18 @@ def stats(
     out.fields("gauges", ((name, _gauge(name, value) if out.is_terminal
                            else str(_count_or_float(value)))
                           for name, value in reply.gauges.items()))
+    # People read milliseconds; a program gets the unit the names end in (_seconds),
+    # as Prometheus has it. The unit is in the column names either way.
+    unit, scale, places = ("ms", 1000, 3) if out.is_terminal else ("seconds", 1, 6)
+    columns = ["count", f"mean_{unit}", f"p50_{unit}", f"p99_{unit}"]
     rows = []
     for name, histogram in reply.histograms.items():
         p50, p99 = quantile(histogram, 0.5), quantile(histogram, 0.99)
         mean = histogram.sum / histogram.count if histogram.count else None
-        rows.append([name, str(histogram.count), _ms(mean), _ms(p50), _ms(p99)])
-    # The unit is in the column names: piped, there is no title to carry it.
-    out.table("latency", ["histogram", "count", "mean_ms", "p50_ms", "p99_ms"], rows,
-              numeric=("count", "mean_ms", "p50_ms", "p99_ms"))
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.3f}"
+        rows.append([name, str(histogram.count),
+                     *("-" if value is None else f"{value * scale:.{places}f}"
+                       for value in (mean, p50, p99))])
+    out.table("latency", ["histogram", *columns], rows, numeric=tuple(columns))
 
 
 def _count_or_float(value: float) -> int | float:
