@@ -127,3 +127,36 @@ def test_wait_exits_0_on_a_match_and_5_on_timeout(engramd: DaemonProcess) -> Non
     assert timed_out.stderr.splitlines() == [
         "engram: no context none yet; waiting for it to appear",
         "engram: error: no matching event within 0.2s"]
+
+
+def test_a_loop_of_waits_under_one_cursor_misses_nothing_between_them(
+        engramd: DaemonProcess) -> None:
+    with Client(engramd.socket, autostart=False) as engram:
+        engram.create_context("loop")
+        engram.ack_cursor("looper", engram.status().journal.last_seq)  # type: ignore[union-attr]
+        # Written while no wait runs: each must still come, once, in order.
+        sent = [engram.create_unit("loop", "MESSAGE", f"note {n}".encode()).id
+                for n in range(3)]
+
+    def wait_once(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "engram_cli", "wait", "-c", "loop",
+                               "--cursor", "looper", "--json", *extra], env=engramd.env,
+                              capture_output=True, text=True, timeout=30, check=False)
+
+    got = []
+    for _ in sent:
+        result = wait_once("--timeout", "10")
+        assert result.returncode == 0, result.stderr
+        got.append(json.loads(result.stdout)["unit"]["id"])
+    assert got == sent
+    assert wait_once("--timeout", "0.2").returncode == 5  # nothing handed out twice
+    # watch under the same name moves it past every event it showed, the last too.
+    with Client(engramd.socket, autostart=False) as engram:
+        later = [engram.create_unit("loop", "MESSAGE", text).id for text in (b"a", b"b")]
+    watched = subprocess.run([sys.executable, "-m", "engram_cli", "watch", "-c", "loop",
+                              "--cursor", "looper", "--count", "2", "--json"],
+                             env=engramd.env, capture_output=True, text=True, timeout=30,
+                             check=False)
+    assert watched.returncode == 0, watched.stderr
+    assert [json.loads(line)["unit"]["id"] for line in watched.stdout.splitlines()] == later
+    assert wait_once("--timeout", "0.2").returncode == 5

@@ -11,7 +11,7 @@ from engram_cli import completion, context, output
 from engram_cli.client import Client
 from engram_cli.commands.unit import parse_pairs
 from engram_cli.context import JsonOption
-from engram_cli.errors import ClientTimeout, NotFound, UsageProblem
+from engram_cli.errors import ClientTimeout, EngramError, NotFound, UsageProblem
 from engram_cli.stream import Subscription
 from engramd.protocol import EVENT_KINDS, Heartbeat, Unit, UnitCreated
 
@@ -28,6 +28,10 @@ KindsOption = Annotated[list[str] | None, typer.Option(
     help=f"Only these events (repeatable): {', '.join(EVENT_KINDS)}.")]
 MetaOption = Annotated[list[str] | None, typer.Option(
     "--meta", "-m", metavar="KEY=VALUE", help="Only units with this metadata (repeatable).")]
+CursorOption = Annotated[str | None, typer.Option(
+    "--cursor", metavar="NAME",
+    help="A named cursor kept by the daemon: start after the last event handed out under "
+    "NAME, and move it past each event shown.")]
 SinceOption = Annotated[str, typer.Option(
     "--since", metavar="now|start|SEQ",
     help="Start after this point: now (default), the start, or a sequence number.")]
@@ -59,6 +63,15 @@ def _warn_unknown_contexts(client: Client, contexts: list[str]) -> None:
             output.note(f"no context {context_id} yet; waiting for it to appear")
 
 
+def _ack_last(client: Client, cursor: str, seq: int) -> None:
+    """Acknowledge *seq* on the way out; a daemon gone by then is a resume from the
+    last acknowledgement (at least once), not a failure of the watch."""
+    try:
+        client.ack_cursor(cursor, seq)
+    except (EngramError, OSError):
+        pass
+
+
 def _last_units(client: Client, filters: dict[str, Any], count: int) -> list[Unit]:
     """The newest *count* units that match, across the watched contexts."""
     contexts = filters["contexts"] or [c.id for c in client.list_contexts(limit=10_000).contexts]
@@ -87,10 +100,7 @@ def watch(
         help="First show the last N matching units (with --since now).")] = 0,
     count: Annotated[int | None, typer.Option("--count", min=1, metavar="N",
                                               help="Exit after N events.")] = None,
-    cursor: Annotated[str | None, typer.Option(
-        "--cursor", metavar="NAME",
-        help="A named cursor kept by the daemon: resume where it was last acknowledged.")
-    ] = None,
+    cursor: CursorOption = None,
     json: JsonOption = False,
 ) -> None:
     """Follow the live stream of events; reconnects and resumes across daemon restarts.
@@ -124,6 +134,7 @@ def watch(
             feed.status("○ reconnecting to engramd …", announce=True)
             was_reconnecting["value"] = True
 
+    last_shown = 0
     try:
         with feed.running():
             if last and cursor is None and after is None:
@@ -141,15 +152,19 @@ def watch(
                     continue
                 feed.show(item)
                 shown += 1
+                last_shown = item.seq
                 if cursor is not None and time.monotonic() - acked_at > 0.5:
                     client.ack_cursor(cursor, item.seq)
                     acked_at = time.monotonic()
                 if count is not None and shown >= count:
-                    if cursor is not None:
-                        client.ack_cursor(cursor, item.seq)
                     return
     except KeyboardInterrupt:
         return
+    finally:
+        # Every event shown is handed out: the next watch or wait under this name
+        # starts after the last of them, not after the last one acknowledged in passing.
+        if cursor is not None and last_shown:
+            _ack_last(client, cursor, last_shown)
 
 
 def wait(
@@ -163,6 +178,7 @@ def wait(
     timeout: Annotated[float | None, typer.Option(
         "--timeout", min=0.0, metavar="SECONDS",
         help="Give up after this long: exit 5.")] = None,
+    cursor: CursorOption = None,
     json: JsonOption = False,
 ) -> None:
     """Block until one matching event arrives, print it and exit 0 (exit 5 on timeout).
@@ -174,6 +190,7 @@ def wait(
 
       engram wait -c build-42 -t TASK_STATUS -m state=done --timeout 600
       engram wait -k lock.released --timeout 60 && ./deploy.sh
+      engram wait --cursor deployer -t TASK_STATUS --json   # in a loop: misses nothing
     """
     cli = context.get(ctx)
     out = cli.output(json)
@@ -182,12 +199,16 @@ def wait(
     heartbeat = 1.0 if timeout is None else max(0.05, min(1.0, timeout / 4))
     filters = _filters(contexts, types, agents, kinds, meta)
     _warn_unknown_contexts(client, filters["contexts"])
-    for item in client.watch(after=_after(since), heartbeat=heartbeat, **filters):
+    for item in client.watch(after=_after(since), cursor=cursor, heartbeat=heartbeat,
+                             **filters):
         if not isinstance(item, Heartbeat):
             if out.is_terminal and not out.json:
                 out.console.print(output.event_text(item, out.console.width))
             else:
                 output.LiveFeed(out).show(item)
+            if cursor is not None:
+                # Handed out: a loop of waits under one name misses nothing between them.
+                client.ack_cursor(cursor, item.seq)
             return
         if deadline is not None and time.monotonic() >= deadline:
             raise ClientTimeout(f"no matching event within {timeout:g}s")
