@@ -9,14 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import re
 from typing import Any
 
 import msgspec
 
-from engramd.protocol import Relationship, Unit, UnitDraft, UnitOrigin
-
-_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+from engramd.protocol import UUID_TEXT, Relationship, Unit, UnitDraft, UnitOrigin
 
 
 class BadLine(ValueError):
@@ -97,7 +94,7 @@ def origin_from_json(data: dict[str, Any]) -> UnitOrigin | None:
     """The id and time an exported line had, for an import to keep; None for a line
     without both (written by hand: it gets a new id and the time of writing)."""
     unit_id, ts = data.get("id"), data.get("ts")
-    if not isinstance(unit_id, str) or not _UUID_TEXT.fullmatch(unit_id) or ts is None:
+    if not isinstance(unit_id, str) or not UUID_TEXT.fullmatch(unit_id) or ts is None:
         return None
     if not isinstance(ts, str):
         raise BadLine("ts must be a string (RFC 3339)")

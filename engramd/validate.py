@@ -14,11 +14,11 @@ from engramd.protocol.model import (
     MIN_UNIT_ID_PREFIX,
     RELATIONSHIP_TYPES,
     UNIT_TYPES,
+    UUID_TEXT,
     Relationship,
 )
 
 CONTEXT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,127}")
-UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MAX_ID = 128
 MAX_NAME = 256
 MAX_KEY = 256

@@ -380,6 +380,9 @@ from engramd.protocol.model import (
     UNIT_TYPES as UNIT_TYPES,
 )
 from engramd.protocol.model import (
+    UUID_TEXT as UUID_TEXT,
+)
+from engramd.protocol.model import (
     AnyEvent as AnyEvent,
 )
 from engramd.protocol.model import (

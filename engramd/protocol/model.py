@@ -12,6 +12,7 @@ here is therefore a change of both formats (see SPECS.md and tests/data/).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated
 
 import msgspec
@@ -20,6 +21,8 @@ UNIT_ID_LENGTH = 36
 """Unit ids are UUIDv7 text; anything shorter that a client passes is a prefix."""
 MIN_UNIT_ID_PREFIX = 8
 """The shortest prefix ``unit.resolve`` takes."""
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+"""A UUID's text as engramd writes it: the only id an imported unit may keep."""
 
 UNIT_TYPES = (
     "MESSAGE", "REASONING", "TOOL_CALL", "TOOL_RESULT", "FILE_CHANGE", "TASK_STATUS",
