@@ -70,10 +70,13 @@ class Client(Operations):
         token: str | None = None,
         admin: bool = False,
         env: Mapping[str, str] | None = None,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.target = Target.resolve(socket_path, agent_id=agent_id, client_name=client_name,
                                      autostart=autostart, token=token, admin=admin, env=env)
         self.timeout = timeout
+        self.start_timeout = start_timeout
+        """How long a daemon this client starts may take to be ready."""
         self._sock: socket.socket | None = None
         self._protocol: ClientConnection | None = None
 
@@ -97,14 +100,14 @@ class Client(Operations):
         except _UNREACHABLE as exc:
             if not self.target.autostart:
                 raise self.target.unreachable(exc) from None
-        start_daemon(self.socket_path, env=self.target.env)
+        start_daemon(self.socket_path, env=self.target.env, timeout=self.start_timeout)
         try:
             sock = self._open_socket()
         except _UNREACHABLE as exc:
             raise Unavailable(f"engramd started but {self.socket_path} refuses connections "
                               f"({exc.strerror})") from None
         self._greet(sock)
-        self.wait_ready()
+        self.wait_ready(self.start_timeout)
 
     def _open_socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

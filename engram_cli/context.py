@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from engram_cli.client import Client
+from engram_cli.autostart import START_TIMEOUT
+from engram_cli.client import DEFAULT_TIMEOUT, Client
 from engram_cli.output import Output
 
 JsonOption = Annotated[
@@ -22,11 +23,14 @@ class CliContext:
     json: bool
     _client: Client | None = None
 
-    def client(self, *, autostart: bool | None = None, admin: bool = False) -> Client:
+    def client(self, *, autostart: bool | None = None, admin: bool = False,
+               timeout: float | None = DEFAULT_TIMEOUT,
+               start_timeout: float = START_TIMEOUT) -> Client:
         """A connected client (starting the daemon unless told not to)."""
         if self._client is None:
             client = Client(self.socket, agent_id=self.agent, client_name="engram-cli",
-                            autostart=autostart, admin=admin)
+                            autostart=autostart, admin=admin, timeout=timeout,
+                            start_timeout=start_timeout)
             client.connect()
             self._client = client
         return self._client

@@ -76,3 +76,25 @@ def numstat(repo: str, commit: str) -> list[tuple[str, str, str]]:
 
 def staged_files(repo: str) -> list[str]:
     return [p for p in git(repo, "diff", "--cached", "--name-only").splitlines() if p]
+
+
+def changed_files(repo: str, timeout: float = 1.0) -> list[str]:
+    """Paths (relative to the top level) that ``git status`` shows as changed, staged or
+    not, untracked included; empty outside a repository or when git is slow."""
+    try:
+        result = subprocess.run(["git", "-C", repo, "status", "--porcelain", "-z",
+                                 "--untracked-files=normal"], capture_output=True,
+                                check=False, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if result.returncode != 0:
+        return []
+    paths: list[str] = []
+    entries = iter(result.stdout.decode(errors="replace").split("\0"))
+    for entry in entries:
+        if len(entry) < 4:
+            continue
+        paths.append(entry[3:])
+        if entry[0] in "RC":
+            next(entries, None)  # a rename's source follows its target
+    return paths

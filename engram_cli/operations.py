@@ -12,7 +12,7 @@ readiness or for a lost lease) each client writes in its own terms.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar, overload
 
@@ -21,40 +21,58 @@ from engram_cli.requests import Payload
 from engram_cli.settings import Target
 from engramd.protocol import (
     AckCursor,
+    AckMessage,
     AcquireLock,
+    AddTask,
+    AgentInfo,
+    AnnounceSession,
     BreakLock,
+    Brief,
+    ClaimTask,
     ClientConnection,
     ClientMessage,
     Context,
     ContextFound,
     ContextPage,
+    CountUnread,
     CreateToken,
     DaemonStats,
     DaemonStatus,
+    FinishTask,
+    GetBrief,
     GetContext,
     GetLock,
     GetStats,
     GetStatus,
+    GetTask,
     GetUnits,
     ImportUnits,
+    InboxPage,
     Lease,
+    ListAgents,
     ListLocks,
+    ListTasks,
     ListTokens,
     LockState,
     NotFound,
     Ping,
     Pong,
+    ReadInbox,
     Reindex,
     RelatedFound,
     ReleaseLock,
+    ReleaseTask,
     RenewLock,
     ResolveUnitIds,
     RevokeTokens,
     Search,
     SearchResults,
+    SendMessage,
     ServerMessage,
     Shutdown,
     ShuttingDown,
+    Task,
+    TaskFound,
     TokenCreated,
     TokenInfo,
     Unit,
@@ -63,6 +81,7 @@ from engramd.protocol import (
     UnitPage,
     UnitsCreated,
     UnitsFound,
+    UnreadCount,
     Welcome,
 )
 
@@ -319,6 +338,93 @@ class Operations:
         """Rebuild the search index from the store (it catches up in the background)."""
         return ask(Reindex(), _nothing)
 
+    # -- agents: messages, tasks, sessions --------------------------------------
+
+    @operation
+    def send_message(self, to: str | Iterable[str], payload: Payload = b"", *,
+                     context_id: str | None = None, thread: str | None = None,
+                     reply_to: str | None = None, ack_required: bool = False,
+                     meta: Mapping[str, str] | None = None) -> Call[Unit]:
+        """Send a message to agents (``"*"``: every agent); returns its unit."""
+        names = [to] if isinstance(to, str) else list(to)
+        request = SendMessage(to=names, payload=requests.as_bytes(payload),
+                              context_id=context_id, thread=thread, reply_to=reply_to,
+                              ack_required=ack_required, meta=dict(meta or {}))
+        return ask(request, lambda created: created.units[0])
+
+    @operation
+    def inbox(self, *, limit: int = 20, peek: bool = False, wait: float = 0.0,
+              pending: bool = False) -> Call[InboxPage]:
+        """This agent's unread messages, oldest first, marked read unless ``peek``;
+        ``wait`` seconds for one to arrive when none is unread. ``pending``: the
+        messages asking for an acknowledgement not given yet."""
+        return ask(ReadInbox(limit=limit, peek=peek, wait=wait, pending=pending), wait=wait)
+
+    @operation
+    def unread(self) -> Call[UnreadCount]:
+        """How many messages are unread (and how many wait for an acknowledgement)."""
+        return ask(CountUnread())
+
+    @operation
+    def ack_message(self, message_id: str) -> Call[Unit]:
+        """Acknowledge a message; returns the acknowledgement's unit."""
+        return ask(AckMessage(message_id=message_id), lambda created: created.units[0])
+
+    @operation
+    def add_task(self, title: str, *, context_id: str | None = None, priority: int = 2,
+                 depends_on: Iterable[str] = (), detail: str = "",
+                 meta: Mapping[str, str] | None = None) -> Call[Task]:
+        return ask(AddTask(title=title, context_id=context_id, priority=priority,
+                           depends_on=list(depends_on), detail=detail,
+                           meta=dict(meta or {})), _task)
+
+    @operation
+    def get_task(self, task_id: str) -> Call[Task]:
+        return ask(GetTask(task_id=task_id), _task)
+
+    @operation
+    def list_tasks(self, *, states: Iterable[str] = (), ready: bool = False,
+                   contexts: Iterable[str] = (), limit: int = 100) -> Call[list[Task]]:
+        return ask(ListTasks(states=list(states), ready=ready, contexts=list(contexts),
+                             limit=limit), lambda page: page.tasks)
+
+    @operation
+    def claim_task(self, task_id: str | None = None, *, contexts: Iterable[str] = (),
+                   ttl: float | None = None, pid: int | None = None) -> Call[Task]:
+        """Claim a task, or (no id) the most urgent ready one; the claim is a lease bound
+        to this connection, or with ``pid`` to that process. Raises ``NotFound`` when
+        nothing is ready, ``LockHeld`` when the task is claimed."""
+        return ask(ClaimTask(task_id=task_id, contexts=list(contexts), ttl=ttl, pid=pid),
+                   _task)
+
+    @operation
+    def finish_task(self, task_id: str, *, pid: int | None = None,
+                    token: int | None = None) -> Call[Task]:
+        """Mark a task this session has claimed done (``Conflict`` when it has not)."""
+        return ask(FinishTask(task_id=task_id, pid=pid, token=token), _task)
+
+    @operation
+    def release_task(self, task_id: str, *, pid: int | None = None,
+                     token: int | None = None) -> Call[Task]:
+        """Give a claimed task back: it is ready again."""
+        return ask(ReleaseTask(task_id=task_id, pid=pid, token=token), _task)
+
+    @operation
+    def announce_session(self, *, pid: int | None = None, harness: str = "") -> Call[None]:
+        """Say that process *pid* (default: this one) is a session of this agent."""
+        return ask(AnnounceSession(pid=pid, harness=harness), _nothing)
+
+    @operation
+    def list_agents(self) -> Call[list[AgentInfo]]:
+        return ask(ListAgents(), lambda page: page.agents)
+
+    @operation
+    def brief(self, *, contexts: Iterable[str] = (), files: Iterable[str] = (),
+              items: int = 5, advance: bool = True) -> Call[Brief]:
+        """This agent's session brief (``engram prime`` prints it)."""
+        return ask(GetBrief(contexts=list(contexts), files=list(files), items=items,
+                            advance=advance))
+
     # -- tokens ---------------------------------------------------------------
 
     @operation
@@ -339,3 +445,7 @@ class Operations:
 
 def _context(found: ContextFound) -> Context:
     return found.context
+
+
+def _task(found: TaskFound) -> Task:
+    return found.task

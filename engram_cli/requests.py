@@ -25,6 +25,10 @@ from engramd.protocol import (
 Payload = bytes | str
 
 
+def as_bytes(payload: Payload) -> bytes:
+    return payload.encode() if isinstance(payload, str) else payload
+
+
 def relationship(kind: str, target: str, meta: Mapping[str, str] | None = None) -> Relationship:
     return Relationship(type=kind, target=target, meta=dict(meta or {}))
 
@@ -46,7 +50,7 @@ def draft(
     return UnitDraft(
         context_id=context_id,
         type=type,
-        payload=payload.encode() if isinstance(payload, str) else payload,
+        payload=as_bytes(payload),
         meta=dict(meta or {}),
         relationships=[rel if isinstance(rel, Relationship) else relationship(*rel)
                        for rel in relationships],

@@ -27,10 +27,17 @@ from engramd.metrics import resident_bytes
 from engramd.protocol import (
     PROTOCOL_VERSION,
     AckCursor,
+    AckMessage,
     AcquireLock,
+    AddTask,
+    AgentPage,
+    AnnounceSession,
     BreakLock,
+    Brief,
+    ClaimTask,
     ContextFound,
     ContextPage,
+    CountUnread,
     CreateContext,
     CreateToken,
     CreateUnits,
@@ -40,16 +47,22 @@ from engramd.protocol import (
     EngramError,
     ErrorCode,
     ErrorReply,
+    FinishTask,
+    GetBrief,
     GetContext,
     GetLock,
     GetStats,
     GetStatus,
+    GetTask,
     GetUnits,
     ImportUnits,
+    InboxPage,
     LeaseRenewed,
     Limits,
+    ListAgents,
     ListContexts,
     ListLocks,
+    ListTasks,
     ListTokens,
     ListUnits,
     LockFound,
@@ -58,21 +71,26 @@ from engramd.protocol import (
     NotFound,
     Ping,
     Pong,
+    ReadInbox,
     Reindex,
     RelatedFound,
     RelatedUnits,
     ReleaseLock,
+    ReleaseTask,
     RenewLock,
     Request,
     ResolveUnitIds,
     RevokeTokens,
     Search,
     SearchResults,
+    SendMessage,
     ServerMessage,
     Shutdown,
     ShuttingDown,
     Subscribe,
     Subscribed,
+    TaskFound,
+    TaskPage,
     TokenCreated,
     TokenPage,
     TokensRevoked,
@@ -81,9 +99,11 @@ from engramd.protocol import (
     UnitPage,
     UnitsCreated,
     UnitsFound,
+    UnreadCount,
     Unsubscribe,
     UpdateContext,
 )
+from engramd.queries import raw_units
 from engramd.tokens import Authenticator
 
 log = logging.getLogger("engramd.dispatch")
@@ -140,6 +160,7 @@ class Dispatcher:
         try:
             assert caller.identity is not None, "requests come after the hello"
             self.authenticator.check_allowed(caller.identity, request)
+            self.engine.presence.saw(caller.agent_id, time.time())
             reply = await self._handle(request, caller, connection)
         except EngramError as exc:
             reply = ErrorReply(id=request.id, code=exc.code, message=str(exc))
@@ -240,6 +261,42 @@ class Dispatcher:
             case Reindex():
                 await parts.indexer.rebuild()
                 return Done(id=request.id)
+            case SendMessage():
+                message = await parts.mailbox.send(request, caller)
+                return UnitsCreated(id=request.id, units=[message])
+            case ReadInbox():
+                messages, unread = await parts.mailbox.read(request, caller)
+                return InboxPage(id=request.id, messages=raw_units(messages), unread=unread)
+            case CountUnread():
+                return UnreadCount(id=request.id, unread=parts.mailbox.unread(caller.agent_id),
+                                   pending_acks=len(parts.mailbox.pending_acks(
+                                       caller.agent_id)))
+            case AckMessage():
+                ack = await parts.mailbox.acknowledge(request.message_id, caller)
+                return UnitsCreated(id=request.id, units=[ack])
+            case AddTask():
+                return TaskFound(id=request.id, task=await parts.board.add(request, caller))
+            case GetTask():
+                return TaskFound(id=request.id, task=parts.board.get(request.task_id))
+            case ListTasks():
+                return TaskPage(id=request.id, tasks=parts.board.list(
+                    request.states, request.ready, request.contexts, request.limit))
+            case ClaimTask():
+                return TaskFound(id=request.id, task=await parts.board.claim(request, caller))
+            case FinishTask():
+                return TaskFound(id=request.id, task=await parts.board.finish(
+                    request.task_id, "done", request.pid, request.token, caller))
+            case ReleaseTask():
+                return TaskFound(id=request.id, task=await parts.board.finish(
+                    request.task_id, "open", request.pid, request.token, caller))
+            case AnnounceSession():
+                self.engine.presence.announce(caller.agent_id, request.pid or caller.pid,
+                                              request.harness)
+                return Done(id=request.id)
+            case ListAgents():
+                return AgentPage(id=request.id, agents=parts.briefing.agents())
+            case GetBrief():
+                return Brief(id=request.id, **parts.briefing.brief(request, caller))
         raise AssertionError(f"no arm for {type(request).__name__}")
 
     async def _without_journal(self, request: Request) -> ServerMessage:

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -26,6 +26,7 @@ import trio
 from trio import TaskStatus
 
 from engramd import __version__, validate
+from engramd.briefing import Briefing
 from engramd.caller import Caller
 from engramd.commit import GroupCommitter
 from engramd.config import DaemonConfig
@@ -33,7 +34,9 @@ from engramd.errors import StartupError
 from engramd.events import EventHub
 from engramd.indexer import Indexer, open_index
 from engramd.leases import LeaseManager
+from engramd.mail import Mailbox
 from engramd.metrics import Metrics
+from engramd.presence import Presence
 from engramd.protocol import (
     EngramError,
     JournalStatus,
@@ -43,7 +46,9 @@ from engramd.protocol import (
 )
 from engramd.queries import Queries
 from engramd.storage import SchemaMismatch, Store
+from engramd.taskboard import TaskBoard
 from engramd.wal.log import Corruption, WriteAheadLog
+from engramd.wal.record import Entry
 from engramd.writes import InFlight, StoredContexts, Writer, published
 
 log = logging.getLogger("engramd.engine")
@@ -63,6 +68,9 @@ class Parts:
     leases: LeaseManager
     writer: Writer
     queries: Queries
+    mailbox: Mailbox
+    board: TaskBoard
+    briefing: Briefing
 
 
 class Engine:
@@ -75,6 +83,7 @@ class Engine:
         self.state = "recovering"
         self.shutdown_requested = trio.Event()
         self.metrics = Metrics()
+        self.presence = Presence()
         self.limits = validate.WriteLimits(
             max_payload_bytes=config.max_payload_bytes,
             max_batch_units=config.max_batch_units,
@@ -130,11 +139,12 @@ class Engine:
         hub = EventHub(store, buffer=config.buffer_events, max_lag=config.max_lag_events,
                        head=wal.last_seq, fanout=histograms["fanout_seconds"])
         in_flight, contexts = InFlight(), StoredContexts(store)
+        followers: list[Callable[[list[Entry]], None]] = []
         committer = GroupCommitter(
             wal, store, batch_size=config.batch_size, window=config.window_ms / 1000,
             checkpoint_bytes=config.checkpoint_bytes,
-            on_applied=published(in_flight, contexts, hub, indexer), on_aborted=in_flight.clear,
-            fsync=histograms["fsync_seconds"])
+            on_applied=published(in_flight, contexts, hub, indexer, followers),
+            on_aborted=in_flight.clear, fsync=histograms["fsync_seconds"])
         leases = LeaseManager(
             store, committer, default_ttl=config.default_ttl, max_ttl=config.max_ttl,
             max_per_agent=config.max_leases_per_agent,
@@ -142,7 +152,12 @@ class Engine:
         leases.restore()
         writer = Writer(store, committer, in_flight, contexts, self.limits, leases.check_fence)
         queries = Queries(store, hub, indexer, config.heartbeat_seconds)
-        return Parts(store, wal, indexer, hub, committer, leases, writer, queries)
+        mailbox = Mailbox(store, writer)
+        board = TaskBoard(store, writer, leases)
+        followers += [mailbox.applied, board.applied]
+        briefing = Briefing(store, mailbox, board, leases, self.presence)
+        return Parts(store, wal, indexer, hub, committer, leases, writer, queries, mailbox,
+                     board, briefing)
 
     async def _run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -153,6 +168,7 @@ class Engine:
             self._close(*storage)
             raise
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.presence.run)
             await nursery.start(parts.committer.run)
             await nursery.start(parts.leases.run)
             nursery.start_soon(self._checkpoints, parts)

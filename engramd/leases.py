@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from engramd import validate
 from engramd.caller import Caller
 from engramd.commit import GroupCommitter
 from engramd.locks import Holding, LockTable, Waiting, describe
+from engramd.pidwatch import process_exit
 from engramd.protocol import (
     AcquireLock,
     BadRequest,
@@ -166,15 +166,7 @@ class LeaseManager:
 
     async def _watch_pid(self, pid: int) -> None:
         """Release the leases bound to *pid* the moment it exits (a pidfd, no polling)."""
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            fd = None
-        if fd is not None:
-            try:
-                await trio.lowlevel.wait_readable(fd)
-            finally:
-                os.close(fd)
+        await process_exit(pid)
         for holding in list(self.table.held.values()):
             if holding.lease.pid == pid:
                 await self._end(holding, LockReleased, reason="process exited", by="engramd")

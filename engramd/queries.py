@@ -55,7 +55,7 @@ def _micros(value: dt.datetime | None) -> int | None:
     return None if value is None else int(value.timestamp() * 1_000_000)
 
 
-def _raw_units(encoded: Iterable[bytes | None]) -> list[Unit]:
+def raw_units(encoded: Iterable[bytes | None]) -> list[Unit]:
     """Stored unit bytes, sent on as they are: msgspec embeds Raw values verbatim."""
     return cast(list[Unit], [msgspec.Raw(data) for data in encoded if data is not None])
 
@@ -85,7 +85,7 @@ class Queries:
             raise TooLarge(f"{len(unit_ids)} ids in one request, limit {MAX_PAGE}")
         found = self.store.units_by_id([validate.unit_id(unit_id) for unit_id in unit_ids])
         missing = [unit_id for unit_id, raw in zip(unit_ids, found, strict=True) if raw is None]
-        return _raw_units(found), missing
+        return raw_units(found), missing
 
     def resolve_unit_ids(self, prefixes: list[str]) -> list[str]:
         """The one unit id each prefix names (see :class:`ResolveUnitIds`)."""
@@ -140,7 +140,7 @@ class Queries:
         next_cursor = seq_from(last_key) if more else None
         if forward == request.reverse:  # stored order is the wrong way round
             picked.reverse()
-        return _raw_units(picked), next_cursor
+        return raw_units(picked), next_cursor
 
     def related(self, unit_id: str, types: list[str], direction: str, depth: int) -> Related:
         """Units linked to *unit_id* by relationships of *types*, breadth first."""
@@ -174,7 +174,7 @@ class Queries:
                         if len(edges) >= MAX_EDGES:
                             raise TooLarge(f"more than {MAX_EDGES} relationships; lower the depth")
             frontier = following
-        return Related(root, edges, _raw_units(self.store.units_by_id(sorted(visited))))
+        return Related(root, edges, raw_units(self.store.units_by_id(sorted(visited))))
 
     # -- contexts ---------------------------------------------------------------------
 

@@ -22,18 +22,28 @@ keys sort by sequence; ``\\0`` separates text parts, which never contain NUL)::
     i/<idempotency key>       -> unit id
     n/<cursor name>           -> seq                  named cursors (written with RocksDB's WAL)
     l/<resource>              -> lease (wire encoding)   leases held now
+    b/<agent or *>\0<seq>     -> flag + sender       mailboxes: messages by recipient
+    v/<message id>\0<agent>   -> ack unit id         acknowledgements given
+    j/<task id>               -> StoredTask          tasks and their state
+    q/<mark>\0<agent>         -> seq                 read marks (written with RocksDB's WAL)
+
+A mailbox entry's flag is ``A`` when the message asks for an acknowledgement, else
+``-``; the sender follows, so a broadcast is not delivered to its own sender.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import heapq
 import os
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
+from engramd.protocol import agentwork
 from engramd.protocol.model import (
     ContextCreated,
     ContextUpdated,
@@ -46,6 +56,30 @@ from engramd.wal.record import Entry
 SCHEMA_VERSION = 1
 _SEQ = struct.Struct(">Q")
 _encoder = msgspec.msgpack.Encoder()
+
+
+class StoredTask(msgspec.Struct, kw_only=True):
+    """A task as the store keeps it; whether it is claimed is the lease table's to say."""
+
+    id: str
+    context_id: str
+    title: str
+    priority: int
+    state: str
+    """``open`` or ``done``."""
+    depends_on: list[str]
+    created_by: str
+    created_at: dt.datetime
+    done_by: str = ""
+
+
+_task_decoder = msgspec.msgpack.Decoder(StoredTask)
+
+
+class MailEntry(NamedTuple):
+    seq: int
+    ack_required: bool
+    sender: str
 
 
 class _LeaseId(msgspec.Struct):
@@ -105,6 +139,7 @@ class Store:
         units = self.unit_count
         contexts = self.context_count
         leases: dict[bytes, str | None] = {}  # lease key -> lock id held, as of this batch
+        tasks: dict[str, StoredTask] = {}  # tasks changed by this batch
         for entry in entries:
             for event in entry.events:
                 seq = seq_bytes(event.seq)
@@ -123,6 +158,10 @@ class Store:
                         source, target = _text(unit.id), _text(rel.target)
                         batch.put(b"r/o/" + source + b"\0" + kind + b"\0" + target, b"")
                         batch.put(b"r/i/" + target + b"\0" + kind + b"\0" + source, b"")
+                    if unit.type == "MESSAGE":
+                        self._file_message(batch, unit, seq)
+                    elif unit.type == "TASK_STATUS" and agentwork.STATE in unit.meta:
+                        self._track_task(tasks, unit)
                     units += 1
                 elif isinstance(event, ContextCreated | ContextUpdated):
                     batch.put(b"x/" + _text(event.context.id), _encoder.encode(event.context))
@@ -142,6 +181,8 @@ class Store:
                     batch.put(b"e/" + seq, _encoder.encode(event))
             for key, unit_id in entry.idempotency_keys.items():
                 batch.put(b"i/" + _text(key), _text(unit_id))
+        for task in tasks.values():
+            batch.put(b"j/" + _text(task.id), _encoder.encode(task))
         last = entries[-1].last_seq
         batch.put(b"m/applied", seq_bytes(last))
         batch.put(b"m/units", seq_bytes(units))
@@ -150,6 +191,43 @@ class Store:
         self.applied_seq = last
         self.unit_count = units
         self.context_count = contexts
+
+    @staticmethod
+    def _file_message(batch: WriteBatch, unit: Any, seq: bytes) -> None:
+        """Index a message under each recipient, and an acknowledgement under its message."""
+        flag = b"A" if agentwork.wants_ack(unit.meta) else b"-"
+        for recipient in dict.fromkeys(agentwork.recipients(unit.meta)):
+            batch.put(b"b/" + _text(recipient) + b"\0" + seq, flag + _text(unit.agent_id))
+        acked = unit.meta.get(agentwork.ACK_OF)
+        if acked:
+            batch.put(b"v/" + _text(acked) + b"\0" + _text(unit.agent_id), _text(unit.id))
+
+    def _track_task(self, tasks: dict[str, StoredTask], unit: Any) -> None:
+        """A task's creation, or a change of its state (``claimed`` is the lease table's)."""
+        meta = unit.meta
+        state = meta[agentwork.STATE]
+        task_id = meta.get(agentwork.TASK_OF)
+        if task_id is None:
+            if state != "open":
+                return
+            try:
+                priority = int(meta.get(agentwork.PRIORITY, agentwork.DEFAULT_PRIORITY))
+            except ValueError:
+                priority = agentwork.DEFAULT_PRIORITY
+            tasks[unit.id] = StoredTask(
+                id=unit.id, context_id=unit.context_id,
+                title=agentwork.task_title(unit.payload), priority=priority, state="open",
+                depends_on=[rel.target for rel in unit.relationships
+                            if rel.type == "DEPENDS_ON"],
+                created_by=unit.agent_id, created_at=unit.ts)
+            return
+        if state not in ("open", "done"):
+            return
+        task = tasks.get(task_id) or self.task(task_id)
+        if task is not None and task.state != "done":
+            task.state = state
+            task.done_by = unit.agent_id if state == "done" else ""
+            tasks[task_id] = task
 
     def _holds(self, leases: dict[bytes, str | None], key: bytes, lock_id: str) -> bool:
         """Whether the lease stored under *key* (this batch's changes first) is *lock_id*."""
@@ -273,6 +351,81 @@ class Store:
 
     def set_cursor(self, name: str, seq: int) -> None:
         self.db.put(b"n/" + _text(name), seq_bytes(seq), self._logged_write)
+
+    # -- messages and tasks ---------------------------------------------------
+
+    def _mailbox(self, name: str, after: int) -> Iterator[MailEntry]:
+        prefix = b"b/" + _text(name) + b"\0"
+        iterator = self.db.iter()
+        iterator.seek(prefix + seq_bytes(after + 1))
+        while iterator.valid():
+            key: bytes = iterator.key()
+            if not key.startswith(prefix):
+                return
+            value: bytes = iterator.value()
+            yield MailEntry(seq_from(key), value[:1] == b"A", value[1:].decode())
+            iterator.next()
+
+    def mail(self, agent: str, after: int = 0) -> Iterator[MailEntry]:
+        """Messages to *agent* with a seq after *after*, in seq order: those addressed to
+        it and the broadcasts of other agents."""
+        broadcasts = (entry for entry in self._mailbox(agentwork.BROADCAST, after)
+                      if entry.sender != agent)
+        if agent == agentwork.BROADCAST:
+            return broadcasts
+        return heapq.merge(self._mailbox(agent, after), broadcasts)
+
+    def acknowledged(self, message_id: str, agent: str) -> bool:
+        return self.db.get(b"v/" + _text(message_id) + b"\0" + _text(agent)) is not None
+
+    def unit_at(self, seq: int) -> bytes | None:
+        """The encoded unit whose ``unit.created`` event has this seq."""
+        event: bytes | None = self.db.get(b"e/" + seq_bytes(seq))
+        if event is None or event[:1] != b"U":
+            return None
+        unit: bytes | None = self.db.get(b"c/" + event[1:])
+        return unit
+
+    def mark(self, kind: str, agent: str) -> int:
+        """How far *agent* has got in *kind* (``inbox``, ``brief``): 0 when never."""
+        raw = self.db.get(b"q/" + _text(kind) + b"\0" + _text(agent))
+        return 0 if raw is None else seq_from(raw)
+
+    def set_mark(self, kind: str, agent: str, seq: int) -> None:
+        self.db.put(b"q/" + _text(kind) + b"\0" + _text(agent), seq_bytes(seq),
+                    self._logged_write)
+
+    def task(self, task_id: str) -> StoredTask | None:
+        raw = self.db.get(b"j/" + _text(task_id))
+        return None if raw is None else _task_decoder.decode(raw)
+
+    def tasks(self) -> Iterator[StoredTask]:
+        iterator = self.db.iter()
+        iterator.seek(b"j/")
+        while iterator.valid() and iterator.key().startswith(b"j/"):
+            yield _task_decoder.decode(iterator.value())
+            iterator.next()
+
+    def agents(self) -> Iterator[str]:
+        """Every agent that has written a unit, in name order."""
+        iterator = self.db.iter()
+        iterator.seek(b"a/")
+        while iterator.valid():
+            key: bytes = iterator.key()
+            if not key.startswith(b"a/"):
+                return
+            name = key[2:key.index(b"\0", 2)]
+            yield name.decode()
+            iterator.seek(b"a/" + name + b"\1")  # past every seq of this agent
+
+    def newest_of_agent(self, agent: str) -> int | None:
+        """The seq of *agent*'s newest unit."""
+        prefix = b"a/" + _text(agent) + b"\0"
+        iterator = self.db.iter()
+        iterator.seek_for_prev(prefix + b"\xff" * 8)
+        if iterator.valid() and iterator.key().startswith(prefix):
+            return seq_from(iterator.key())
+        return None
 
     def idempotent_unit(self, key: str) -> str | None:
         value = self.db.get(b"i/" + _text(key))

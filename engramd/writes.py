@@ -106,12 +106,16 @@ class StoredContexts:
 
 
 def published(in_flight: InFlight, contexts: StoredContexts, hub: EventHub,
-              indexer: Indexer) -> Callable[[list[Entry]], None]:
-    """What the committer calls once a batch is durable and applied: steps 5 and 6."""
+              indexer: Indexer, followers: list[Callable[[list[Entry]], None]]
+              ) -> Callable[[list[Entry]], None]:
+    """What the committer calls once a batch is durable and applied: steps 5 and 6, and
+    the *followers* that keep state derived from the store (the mailbox, the tasks)."""
 
     def applied(entries: list[Entry]) -> None:
         in_flight.clear()
         contexts.applied(entries)
+        for follower in followers:
+            follower(entries)
         hub.publish(describe_live(event) for entry in entries for event in entry.events)
         indexer.wake()
 

@@ -96,7 +96,7 @@ def _time(value: str | None) -> dt.datetime | None:
         raise UsageProblem(str(exc)) from None
 
 
-def _payload(payload: str | None, file: str | None, empty: bool) -> bytes:
+def payload_of(payload: str | None, file: str | None, empty: bool) -> bytes:
     """The payload from -p, else --file, else piped stdin; an empty one only with --empty,
     so that a forgotten payload (an unset variable, stdin that was never fed) writes
     nothing."""
@@ -157,7 +157,7 @@ def create(
       engram unit create -c build-42 -p "rotated the logs" -r RESPONDS_TO:$id
     """
     cli = context.get(ctx)
-    data = _payload(payload, file, empty)
+    data = payload_of(payload, file, empty)
     relationships = parse_relationships(relationship)
     client = cli.client()
     targets = whole_ids(client, [target for _, target in relationships])

@@ -128,7 +128,22 @@ from engramd.protocol.messages import (
     AckCursor as AckCursor,
 )
 from engramd.protocol.messages import (
+    AckMessage as AckMessage,
+)
+from engramd.protocol.messages import (
     AcquireLock as AcquireLock,
+)
+from engramd.protocol.messages import (
+    AddTask as AddTask,
+)
+from engramd.protocol.messages import (
+    AgentInfo as AgentInfo,
+)
+from engramd.protocol.messages import (
+    AgentPage as AgentPage,
+)
+from engramd.protocol.messages import (
+    AnnounceSession as AnnounceSession,
 )
 from engramd.protocol.messages import (
     AnyClientMessage as AnyClientMessage,
@@ -140,6 +155,12 @@ from engramd.protocol.messages import (
     BreakLock as BreakLock,
 )
 from engramd.protocol.messages import (
+    Brief as Brief,
+)
+from engramd.protocol.messages import (
+    ClaimTask as ClaimTask,
+)
+from engramd.protocol.messages import (
     ClientMessage as ClientMessage,
 )
 from engramd.protocol.messages import (
@@ -147,6 +168,9 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     ContextPage as ContextPage,
+)
+from engramd.protocol.messages import (
+    CountUnread as CountUnread,
 )
 from engramd.protocol.messages import (
     CreateContext as CreateContext,
@@ -176,6 +200,12 @@ from engramd.protocol.messages import (
     Fence as Fence,
 )
 from engramd.protocol.messages import (
+    FinishTask as FinishTask,
+)
+from engramd.protocol.messages import (
+    GetBrief as GetBrief,
+)
+from engramd.protocol.messages import (
     GetContext as GetContext,
 )
 from engramd.protocol.messages import (
@@ -186,6 +216,9 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     GetStatus as GetStatus,
+)
+from engramd.protocol.messages import (
+    GetTask as GetTask,
 )
 from engramd.protocol.messages import (
     GetUnits as GetUnits,
@@ -203,6 +236,9 @@ from engramd.protocol.messages import (
     ImportUnits as ImportUnits,
 )
 from engramd.protocol.messages import (
+    InboxPage as InboxPage,
+)
+from engramd.protocol.messages import (
     JournalStatus as JournalStatus,
 )
 from engramd.protocol.messages import (
@@ -218,10 +254,16 @@ from engramd.protocol.messages import (
     Limits as Limits,
 )
 from engramd.protocol.messages import (
+    ListAgents as ListAgents,
+)
+from engramd.protocol.messages import (
     ListContexts as ListContexts,
 )
 from engramd.protocol.messages import (
     ListLocks as ListLocks,
+)
+from engramd.protocol.messages import (
+    ListTasks as ListTasks,
 )
 from engramd.protocol.messages import (
     ListTokens as ListTokens,
@@ -254,6 +296,9 @@ from engramd.protocol.messages import (
     Push as Push,
 )
 from engramd.protocol.messages import (
+    ReadInbox as ReadInbox,
+)
+from engramd.protocol.messages import (
     Reindex as Reindex,
 )
 from engramd.protocol.messages import (
@@ -267,6 +312,9 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     ReleaseLock as ReleaseLock,
+)
+from engramd.protocol.messages import (
+    ReleaseTask as ReleaseTask,
 )
 from engramd.protocol.messages import (
     RenewLock as RenewLock,
@@ -296,7 +344,13 @@ from engramd.protocol.messages import (
     SearchResults as SearchResults,
 )
 from engramd.protocol.messages import (
+    SendMessage as SendMessage,
+)
+from engramd.protocol.messages import (
     ServerMessage as ServerMessage,
+)
+from engramd.protocol.messages import (
+    SessionInfo as SessionInfo,
 )
 from engramd.protocol.messages import (
     Shutdown as Shutdown,
@@ -315,6 +369,12 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     Subscribed as Subscribed,
+)
+from engramd.protocol.messages import (
+    TaskFound as TaskFound,
+)
+from engramd.protocol.messages import (
+    TaskPage as TaskPage,
 )
 from engramd.protocol.messages import (
     TokenCreated as TokenCreated,
@@ -345,6 +405,9 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     UnitsFound as UnitsFound,
+)
+from engramd.protocol.messages import (
+    UnreadCount as UnreadCount,
 )
 from engramd.protocol.messages import (
     Unsubscribe as Unsubscribe,
@@ -420,6 +483,9 @@ from engramd.protocol.model import (
 )
 from engramd.protocol.model import (
     Relationship as Relationship,
+)
+from engramd.protocol.model import (
+    Task as Task,
 )
 from engramd.protocol.model import (
     Unit as Unit,

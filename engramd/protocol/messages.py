@@ -32,7 +32,15 @@ from typing import Annotated, Any, Generic, TypeVar, cast, get_args
 
 import msgspec
 
-from engramd.protocol.model import MAX_MAP_ENTRIES, AnyEvent, Context, Lease, Relationship, Unit
+from engramd.protocol.model import (
+    MAX_MAP_ENTRIES,
+    AnyEvent,
+    Context,
+    Lease,
+    Relationship,
+    Task,
+    Unit,
+)
 
 PROTOCOL_VERSION = 1
 
@@ -343,6 +351,77 @@ class DaemonStats(Reply, tag="stats"):
     histograms: dict[str, HistogramData]
 
 
+class InboxPage(Reply, tag="inbox.page"):
+    messages: list[Unit]
+    """Oldest first."""
+    unread: int
+    """Messages still unread after this page."""
+
+
+class UnreadCount(Reply, tag="inbox.counted"):
+    unread: int
+    pending_acks: int
+    """Messages to this agent that ask for an acknowledgement it has not given."""
+
+
+class TaskFound(Reply, tag="task.found"):
+    task: Task
+
+
+class TaskPage(Reply, tag="task.page"):
+    tasks: list[Task]
+
+
+class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One running instance of an agent: a process that announced itself or holds leases."""
+
+    pid: int
+    harness: str
+    """What runs it (``claude-code``, ``codex``, ``engram-python``...), when known."""
+    started_at: dt.datetime
+    last_seen: dt.datetime
+    gone_at: dt.datetime | None = None
+    """When its process ended (None: still running)."""
+
+
+class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
+    agent: str
+    sessions: list[SessionInfo]
+    last_seen: dt.datetime | None
+    """Its last request since the daemon started, else its newest unit."""
+    contexts: list[str]
+    leases: int
+    unread: int
+
+
+class AgentPage(Reply, tag="agent.page"):
+    agents: list[AgentInfo]
+
+
+class Brief(Reply, tag="brief"):
+    """What a session of an agent needs to know at its start (``engram prime``)."""
+
+    agent: str
+    contexts: list[str]
+    """The contexts asked for, else those the agent is a member of."""
+    unread: int
+    messages: list[Unit]
+    """The newest unread messages (not marked read), oldest first."""
+    pending_acks: int
+    leases: list[Lease]
+    """The agent's own leases."""
+    others_leases: list[Lease]
+    """Other agents' leases on the files the request named."""
+    claimed: list[Task]
+    ready: list[Task]
+    """The top ready tasks of those contexts."""
+    ready_total: int
+    since: list[Unit]
+    """The newest units of those contexts since the agent's last brief, oldest first."""
+    since_total: int
+    pinned: list[Unit]
+
+
 # -- client to daemon -------------------------------------------------------
 
 
@@ -648,12 +727,133 @@ class GetStats(ClientMessage[DaemonStats], tag="stats"):
     """Counters, gauges and latency histograms (``engram stats``)."""
 
 
+class SendMessage(ClientMessage[UnitsCreated], tag="message.send"):
+    """Write a message to agents (``*``: every agent, also ones that appear later)."""
+
+    to: Names
+    payload: bytes = b""
+    context_id: str | None = None
+    """None: the ``messages`` context (or the context of the message replied to)."""
+    thread: str | None = None
+    """None: the thread of the message replied to, if any."""
+    reply_to: str | None = None
+    """A message this one answers (a RESPONDS_TO relationship)."""
+    ack_required: bool = False
+    meta: Pairs = {}
+
+
+class ReadInbox(ClientMessage[InboxPage], tag="inbox"):
+    """The calling agent's unread messages, oldest first, marked read unless ``peek``.
+
+    ``wait`` seconds: when none is unread, answer as soon as one arrives (or empty
+    after that long). ``pending``: instead, the messages that ask this agent for an
+    acknowledgement it has not given, read or not (nothing is marked).
+    """
+
+    limit: int = 20
+    peek: bool = False
+    wait: float = 0.0
+    pending: bool = False
+
+
+class CountUnread(ClientMessage[UnreadCount], tag="inbox.count"):
+    """How many messages the calling agent has unread, without listing them."""
+
+
+class AckMessage(ClientMessage[UnitsCreated], tag="message.ack"):
+    """Acknowledge a message (written as a unit that RESPONDS_TO it)."""
+
+    message_id: str
+
+
+class AddTask(ClientMessage[TaskFound], tag="task.add"):
+    title: str
+    context_id: str | None = None
+    """None: the ``tasks`` context."""
+    priority: int = 2
+    """0 (most urgent) to 4."""
+    depends_on: Names = []
+    detail: str = ""
+    """More text, after the title in the task's payload."""
+    meta: Pairs = {}
+
+
+class GetTask(ClientMessage[TaskFound], tag="task.get"):
+    task_id: str
+
+
+class ListTasks(ClientMessage[TaskPage], tag="task.list"):
+    """Tasks, most urgent first, oldest first among equals."""
+
+    states: Names = []
+    """Any of ``open``, ``claimed``, ``done`` (empty: all)."""
+    ready: bool = False
+    """Only tasks ready to claim: open, unclaimed, every dependency done."""
+    contexts: Names = []
+    limit: int = 100
+
+
+class ClaimTask(ClientMessage[TaskFound], tag="task.claim"):
+    """Claim a task (``task_id``), or the most urgent ready one (None), never twice.
+
+    The claim is a lease on ``task:<id>``: bound to process ``pid`` when given (its
+    session), else to this connection; it ends at ``ttl`` (None: ``locks.max_ttl``).
+    """
+
+    task_id: str | None = None
+    contexts: Names = []
+    """For the next ready task: only from these contexts (empty: any)."""
+    ttl: float | None = None
+    pid: int | None = None
+
+
+class FinishTask(ClientMessage[TaskFound], tag="task.done"):
+    """Mark a claimed task done; only its claim's session (``pid``, else this
+    connection) or its agent showing the claim's fencing ``token`` may."""
+
+    task_id: str
+    pid: int | None = None
+    token: int | None = None
+
+
+class ReleaseTask(ClientMessage[TaskFound], tag="task.release"):
+    """Give a claimed task back (ready again); who may, as for ``task.done``."""
+
+    task_id: str
+    pid: int | None = None
+    token: int | None = None
+
+
+class AnnounceSession(ClientMessage[Done], tag="session.announce"):
+    """Say that process ``pid`` (None: the connecting one) is a session of this agent,
+    run by ``harness``; it is listed by ``agent.list`` until it exits."""
+
+    pid: int | None = None
+    harness: str = ""
+
+
+class ListAgents(ClientMessage[AgentPage], tag="agent.list"):
+    """Every agent known: who wrote, holds, announced a session or was addressed."""
+
+
+class GetBrief(ClientMessage[Brief], tag="brief"):
+    """The calling agent's session brief; ``advance`` moves its since-last-brief mark."""
+
+    contexts: Names = []
+    files: Names = []
+    """Paths changed in the agent's working tree: others' leases on them are listed."""
+    items: int = 5
+    """How many of each list (messages, tasks, units since) at most."""
+    advance: bool = True
+
+
 Request = (
     Ping | GetStatus | Shutdown | CreateUnits | ImportUnits | GetUnits | ListUnits
     | RelatedUnits | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe
     | Unsubscribe | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock
     | ListLocks | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
-    | ResolveUnitIds
+    | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
+    | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
 )
 """Requests allowed after the handshake."""
 
@@ -662,7 +862,8 @@ AnyClientMessage = (
     | RelatedUnits | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe
     | Unsubscribe | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock
     | ListLocks | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
-    | ResolveUnitIds
+    | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
+    | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
 )
 
 
@@ -671,6 +872,7 @@ AnyServerMessage = (
     | UnitPage | RelatedFound | ContextFound | ContextPage | Subscribed | Done | EventPush
     | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LeaseLost
     | SearchResults | TokenCreated | TokenPage | TokensRevoked | DaemonStats | UnitIdsResolved
+    | InboxPage | UnreadCount | TaskFound | TaskPage | AgentPage | Brief
 )
 
 

@@ -149,6 +149,32 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     """The session's process: the bound pid, else the process that connected."""
 
 
+TASK_STATES = ("open", "claimed", "done")
+TASK_PRIORITIES = range(5)
+"""0 is the most urgent, 4 the least (as beads and most trackers number them)."""
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """A task: a TASK_STATUS unit (its id is the task's) and its state now, kept by the
+    daemon from the task's later TASK_STATUS units and the lease on ``task:<id>``."""
+
+    id: str
+    context_id: str
+    title: str
+    priority: int
+    state: str
+    """One of :data:`TASK_STATES`: ``claimed`` while a lease on ``task:<id>`` is held."""
+    depends_on: list[str]
+    """Tasks that must be done before this one is ready."""
+    open_dependencies: list[str]
+    """Those of them not done yet: the task is ready when this is empty and it is open."""
+    created_by: str
+    created_at: dt.datetime
+    claim: Lease | None = None
+    """The claim while the task is claimed: a lease on ``task:<id>``."""
+    done_by: str = ""
+
+
 class LockAcquired(Event, tag="lock.acquired"):
     lease: Lease
 

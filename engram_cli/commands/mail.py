@@ -1,0 +1,147 @@
+"""``engram send``, ``engram inbox``, ``engram ack``: messages between agents."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from engram_cli import completion, context, output
+from engram_cli.commands.unit import MetaOption, parse_pairs, payload_of, whole_id
+from engram_cli.context import JsonOption
+from engram_cli.errors import UsageProblem
+from engramd.protocol import Unit, agentwork
+
+
+def message_row(unit: Unit) -> list[str]:
+    flags = []
+    if agentwork.wants_ack(unit.meta):
+        flags.append("ack-required")
+    if agentwork.THREAD in unit.meta:
+        flags.append(f"thread={unit.meta[agentwork.THREAD]}")
+    return [output.timestamp(unit.ts), unit.agent_id, unit.id, unit.meta.get(agentwork.TO, ""),
+            " ".join(flags), output.preview(unit)]
+
+
+MESSAGE_COLUMNS = ["time", "from", "id", "to", "flags", "text"]
+
+
+def send(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Option(
+        "--to", metavar="AGENT[,AGENT...]|*",
+        help="The recipients, comma-separated; * for every agent (also ones that come later).")],
+    context_id: Annotated[str | None, typer.Option(
+        "--context", "-c", metavar="CTX", autocompletion=completion.contexts,
+        help="The context to write it in (default: the replied message's, else "
+             "'messages').")] = None,
+    thread: Annotated[str | None, typer.Option(
+        "--thread", metavar="ID", help="A conversation to file it under (default: the "
+        "replied message's thread).")] = None,
+    reply_to: Annotated[str | None, typer.Option(
+        "--reply-to", metavar="ID", help="The message this answers (linked RESPONDS_TO).")
+    ] = None,
+    ack_required: Annotated[bool, typer.Option(
+        "--ack-required", help="Ask each recipient to acknowledge it (engram ack).")] = False,
+    payload: Annotated[str | None, typer.Option(
+        "--payload", "-p", metavar="TEXT", help="The message (default: stdin).")] = None,
+    meta: MetaOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Send a message to other agents and print its id.
+
+    Each recipient gets it once, from its own 'engram inbox', however many sessions
+    it runs; the daemon keeps what each has read.
+
+    Examples:
+
+      engram send --to bob -p "the build is green, your turn"
+      git diff | engram send --to '*' --thread review-42 --ack-required
+      engram send --to alice --reply-to 01a2338c-c421 -p "done"
+    """
+    cli = context.get(ctx)
+    out = cli.output(json)
+    names = [name.strip() for name in to.split(",") if name.strip()]
+    if not names:
+        raise UsageProblem("--to needs an agent (or * for every agent)")
+    client = cli.client()
+    message = client.send_message(
+        names, payload_of(payload, None, False), context_id=context_id, thread=thread,
+        reply_to=whole_id(client, reply_to) if reply_to else None,
+        ack_required=ack_required, meta=parse_pairs(meta))
+    if out.json:
+        out.json_line(message)
+    else:
+        out.line(message.id)
+
+
+def inbox(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(
+        "--limit", "-n", min=1, max=1000, metavar="N", help="At most N messages.")] = 20,
+    wait: Annotated[float, typer.Option(
+        "--wait", min=0.0, max=3600.0, metavar="SECONDS",
+        help="When nothing is unread, wait this long for a message.")] = 0.0,
+    peek: Annotated[bool, typer.Option(
+        "--peek", help="Show without marking them read.")] = False,
+    pending: Annotated[bool, typer.Option(
+        "--pending", help="Show instead the messages waiting for your acknowledgement.")
+    ] = False,
+    count: Annotated[bool, typer.Option(
+        "--count", help="Print only how many are unread (and waiting for an ack).")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Show your unread messages, oldest first, and mark them read.
+
+    Prints nothing when there are none (exit 0), also after --wait runs out. Piped, one
+    tab-separated line per message: time, from, id, to, flags, text.
+
+    Examples:
+
+      engram inbox
+      engram inbox --wait 300 --json     # block until a message comes
+      engram inbox --count
+    """
+    cli = context.get(ctx)
+    out = cli.output(json)
+    client = cli.client()
+    if count:
+        counted = client.unread()
+        if out.json:
+            out.json_line(counted)
+        elif out.is_terminal:
+            out.line(f"{counted.unread} unread, {counted.pending_acks} waiting for your ack")
+        else:
+            out.line(str(counted.unread))
+        return
+    page = client.inbox(limit=limit, peek=peek, wait=wait, pending=pending)
+    if out.json:
+        for message in page.messages:
+            out.json_line(message)
+        return
+    if page.messages:
+        out.table("inbox", MESSAGE_COLUMNS, [message_row(unit) for unit in page.messages],
+                  header=False)
+    if page.unread and out.is_terminal:
+        out.line(f"{page.unread} more unread (engram inbox -n N)", style="dim")
+
+
+def ack(
+    ctx: typer.Context,
+    message_id: Annotated[str, typer.Argument(
+        metavar="ID", help="The message (an id or a prefix of 8+ characters).")],
+    json: JsonOption = False,
+) -> None:
+    """Acknowledge a message that asked for it; prints the acknowledgement's id.
+
+    The acknowledgement is a unit linked to the message (RESPONDS_TO), so the sender
+    sees it in 'engram trace ID'. Acknowledging again changes nothing.
+    """
+    cli = context.get(ctx)
+    out = cli.output(json)
+    client = cli.client()
+    acknowledgement = client.ack_message(whole_id(client, message_id))
+    if out.json:
+        out.json_line(acknowledgement)
+    else:
+        out.line(acknowledgement.id)

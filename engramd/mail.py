@@ -1,0 +1,168 @@
+"""Messages between agents: sending, the unread mark of each agent, acknowledgements.
+
+Messages are units (see :mod:`engramd.protocol.agentwork`); the store files each
+under its recipients as it is applied, so a mailbox is a range of keys in seq
+order. What an agent has read is one number, the seq of the last message handed
+to it (``q/inbox``), kept by the daemon: every message is handed to each
+recipient once, however many sessions of it ask, and a broadcast reaches agents
+that appear later too (their mark starts at 0).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import msgspec
+import trio
+
+from engramd import validate
+from engramd.caller import Caller
+from engramd.protocol import BadRequest, NotFound, ReadInbox, SendMessage, UnitDraft, agentwork
+from engramd.protocol.model import Relationship, Unit, UnitCreated
+from engramd.storage import MailEntry, Store
+from engramd.wal.record import Entry
+from engramd.writes import Writer
+
+INBOX_MARK = "inbox"
+MAX_PAGE = 1_000
+MAX_WAIT = 3_600.0
+_unit_decoder = msgspec.msgpack.Decoder(Unit)
+
+
+class _UnitId(msgspec.Struct):
+    id: str
+
+
+_unit_id_decoder = msgspec.msgpack.Decoder(_UnitId)
+
+
+def recipients(names: list[str]) -> list[str]:
+    """The checked recipients of a message: agents, or ``*`` alone."""
+    if not names:
+        raise BadRequest("a message needs at least one recipient (an agent, or * for all)")
+    checked = list(dict.fromkeys(validate.name(name.strip(), "recipient") for name in names))
+    for name in checked:
+        if "," in name:
+            raise BadRequest(f"recipient {name!r:.60} contains a comma; name one agent each")
+    if agentwork.BROADCAST in checked and len(checked) > 1:
+        raise BadRequest("* already reaches every agent: send it alone")
+    return checked
+
+
+class Mailbox:
+    def __init__(self, store: Store, writer: Writer) -> None:
+        self.store = store
+        self.writer = writer
+        self._arrived = trio.Event()
+
+    def applied(self, entries: list[Entry]) -> None:
+        """Wake the inboxes waiting, when these entries hold a message."""
+        for entry in entries:
+            for event in entry.events:
+                if isinstance(event, UnitCreated) and agentwork.recipients(event.unit.meta):
+                    self._arrived.set()
+                    self._arrived = trio.Event()
+                    return
+
+    # -- sending --------------------------------------------------------------------
+
+    async def send(self, request: SendMessage, caller: Caller) -> Unit:
+        to = recipients(request.to)
+        meta = dict(request.meta)
+        context_id = request.context_id
+        thread = request.thread
+        relationships = []
+        if request.reply_to is not None:
+            answered = self._message(request.reply_to)
+            relationships.append(Relationship(type="RESPONDS_TO", target=answered.id))
+            context_id = context_id or answered.context_id
+            thread = thread or answered.meta.get(agentwork.THREAD) or answered.id
+        meta[agentwork.TO] = ",".join(to)
+        if thread:
+            meta[agentwork.THREAD] = validate.name(thread, "thread")
+        if request.ack_required:
+            meta[agentwork.ACK_REQUIRED] = "true"
+        draft = UnitDraft(context_id=context_id or agentwork.MESSAGES_CONTEXT, type="MESSAGE",
+                          payload=request.payload, meta=meta, relationships=relationships)
+        written = await self.writer.create_units([draft], caller)
+        return written.units[0]
+
+    async def acknowledge(self, message_id: str, caller: Caller) -> Unit:
+        """Write the caller's acknowledgement of a message to it (once: again returns it)."""
+        message = self._message(message_id)
+        to = agentwork.recipients(message.meta)
+        if caller.agent_id not in to and agentwork.BROADCAST not in to:
+            raise BadRequest(f"message {message.id} is not addressed to {caller.agent_id}")
+        meta = {agentwork.ACK_OF: message.id}
+        if agentwork.THREAD in message.meta:
+            meta[agentwork.THREAD] = message.meta[agentwork.THREAD]
+        draft = UnitDraft(
+            context_id=message.context_id, type="MESSAGE", payload=b"ack", meta=meta,
+            relationships=[Relationship(type="RESPONDS_TO", target=message.id)],
+            idempotency_key=f"ack:{message.id}:{caller.agent_id}"[:validate.MAX_KEY])
+        written = await self.writer.create_units([draft], caller)
+        return written.units[0]
+
+    def _message(self, unit_id: str) -> Unit:
+        (raw,) = self.store.units_by_id([validate.unit_id(unit_id)])
+        if raw is None:
+            raise NotFound(f"no message {unit_id}")
+        unit = _unit_decoder.decode(raw)
+        if unit.type != "MESSAGE" or not agentwork.recipients(unit.meta):
+            raise BadRequest(f"unit {unit_id} is not a message (a MESSAGE unit with recipients)")
+        return unit
+
+    # -- reading --------------------------------------------------------------------
+
+    def unread(self, agent: str) -> int:
+        return sum(1 for _ in self.store.mail(agent, self.store.mark(INBOX_MARK, agent)))
+
+    def pending_acks(self, agent: str) -> list[bytes]:
+        """Messages to *agent* that ask for an acknowledgement it has not given."""
+        pending = []
+        for entry in self.store.mail(agent):
+            if not entry.ack_required:
+                continue
+            raw = self.store.unit_at(entry.seq)
+            if raw is not None and not self.store.acknowledged(
+                    _unit_id_decoder.decode(raw).id, agent):
+                pending.append(raw)
+        return pending
+
+    def newest_unread(self, agent: str, count: int) -> tuple[list[bytes], int]:
+        """The newest *count* unread messages (oldest first, not marked) and how many are."""
+        entries = list(self.store.mail(agent, self.store.mark(INBOX_MARK, agent)))
+        shown = entries[-count:] if count > 0 else []
+        return self._units(shown), len(entries)
+
+    async def read(self, request: ReadInbox, caller: Caller) -> tuple[list[bytes], int]:
+        """A page of the caller's unread messages (marked read unless peeking), and how
+        many are still unread after it."""
+        if not 1 <= request.limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be 1 to {MAX_PAGE}")
+        if not 0 <= request.wait <= MAX_WAIT or math.isnan(request.wait):
+            raise BadRequest(f"wait must be 0 to {MAX_WAIT:g} seconds")
+        agent = caller.agent_id
+        if request.pending:
+            pending = self.pending_acks(agent)
+            return pending[:request.limit], max(0, len(pending) - request.limit)
+        deadline = trio.current_time() + request.wait
+        while True:
+            # Read and marked with no checkpoint in between: two sessions of one agent
+            # asking at once each get different messages.
+            mark = self.store.mark(INBOX_MARK, agent)
+            entries = self.store.mail(agent, mark)
+            page = list(itertools.islice(entries, request.limit))
+            if page or trio.current_time() >= deadline:
+                break
+            with trio.move_on_at(deadline):
+                await self._arrived.wait()
+        left = sum(1 for _ in entries)
+        if page and not request.peek:
+            self.store.set_mark(INBOX_MARK, agent, page[-1].seq)
+        return self._units(page), left
+
+    def _units(self, entries: list[MailEntry]) -> list[bytes]:
+        found = (self.store.unit_at(entry.seq) for entry in entries)
+        return [raw for raw in found if raw is not None]

@@ -1,0 +1,227 @@
+"""Tasks that cannot be claimed twice: adding, the ready queue, claims, done and release.
+
+A task is a TASK_STATUS unit; the store keeps each task's record (open or done)
+as its units are applied, and this board keeps those records in memory so that
+``ready`` costs no store reads. A claim is a lease on ``task:<id>``
+(:mod:`engramd.leases`): FIFO, fenced, bound to the claiming process or
+connection, so a claimer that dies or lets its lease expire frees the task at
+once (the ``lock.released``/``lock.expired`` event says why). Each change of
+state is written as a unit fenced with the claim's token, so a claimer that has
+lost its claim cannot mark the task done.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from engramd import validate
+from engramd.caller import Caller
+from engramd.leases import LeaseManager, session_of
+from engramd.locks import describe
+from engramd.protocol import (
+    AcquireLock,
+    AddTask,
+    BadRequest,
+    ClaimTask,
+    Conflict,
+    Fence,
+    LockHeld,
+    NotFound,
+    UnitDraft,
+    agentwork,
+)
+from engramd.protocol.model import (
+    TASK_PRIORITIES,
+    TASK_STATES,
+    Lease,
+    Relationship,
+    Task,
+    UnitCreated,
+)
+from engramd.storage import Store, StoredTask
+from engramd.wal.record import Entry
+from engramd.writes import Writer
+
+MAX_PAGE = 10_000
+MAX_TITLE = 1_024
+
+
+class TaskBoard:
+    def __init__(self, store: Store, writer: Writer, leases: LeaseManager) -> None:
+        self.store = store
+        self.writer = writer
+        self.leases = leases
+        self._tasks = {task.id: task for task in store.tasks()}
+
+    def applied(self, entries: list[Entry]) -> None:
+        """Follow the store: re-read the tasks these entries created or changed."""
+        for entry in entries:
+            for event in entry.events:
+                if (isinstance(event, UnitCreated) and event.unit.type == "TASK_STATUS"
+                        and agentwork.STATE in event.unit.meta):
+                    task_id = event.unit.meta.get(agentwork.TASK_OF, event.unit.id)
+                    stored = self.store.task(task_id)
+                    if stored is not None:
+                        self._tasks[task_id] = stored
+
+    # -- reading --------------------------------------------------------------------
+
+    def _stored(self, task_id: str) -> StoredTask:
+        found = self._tasks.get(validate.unit_id(task_id))
+        if found is None:
+            raise NotFound(f"no task {task_id}")
+        return found
+
+    def _claim(self, task_id: str) -> Lease | None:
+        holding = self.leases.table.held.get(agentwork.task_resource(task_id))
+        if holding is None or holding.ending or holding.deadline <= trio.current_time():
+            return None
+        return holding.lease
+
+    def _open_dependencies(self, task: StoredTask) -> list[str]:
+        return [dep for dep in task.depends_on
+                if (found := self._tasks.get(dep)) is None or found.state != "done"]
+
+    def view(self, task: StoredTask) -> Task:
+        claim = self._claim(task.id) if task.state == "open" else None
+        return Task(id=task.id, context_id=task.context_id, title=task.title,
+                    priority=task.priority, state="claimed" if claim else task.state,
+                    depends_on=task.depends_on, open_dependencies=self._open_dependencies(task),
+                    created_by=task.created_by, created_at=task.created_at, claim=claim,
+                    done_by=task.done_by)
+
+    def get(self, task_id: str) -> Task:
+        return self.view(self._stored(task_id))
+
+    def _is_ready(self, task: StoredTask) -> bool:
+        return (task.state == "open" and not self._open_dependencies(task)
+                and self.leases.table.can_take([agentwork.task_resource(task.id)]))
+
+    def ready(self, contexts: list[str]) -> list[StoredTask]:
+        """Tasks free to claim, most urgent first, oldest first among equals (ids are
+        UUIDv7: they sort by time)."""
+        wanted = set(contexts)
+        return sorted((task for task in self._tasks.values()
+                       if (not wanted or task.context_id in wanted) and self._is_ready(task)),
+                      key=lambda task: (task.priority, task.id))
+
+    def list(self, states: list[str], ready: bool, contexts: list[str], limit: int
+             ) -> list[Task]:
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be 1 to {MAX_PAGE}")
+        unknown = set(states) - set(TASK_STATES)
+        if unknown:
+            raise BadRequest(f"unknown task state {', '.join(sorted(unknown))} "
+                             f"(one of {', '.join(TASK_STATES)})")
+        if ready:
+            return [self.view(task) for task in self.ready(contexts)[:limit]]
+        wanted = set(contexts)
+        views = [self.view(task) for task in self._tasks.values()
+                 if not wanted or task.context_id in wanted]
+        views = [task for task in views if not states or task.state in states]
+        views.sort(key=lambda task: (task.state == "done", task.priority, task.id))
+        return views[:limit]
+
+    def claimed_by(self, agent: str) -> list[Task]:
+        return [self.view(task) for task in self._tasks.values()
+                if (claim := self._claim(task.id)) is not None and claim.holder == agent]
+
+    # -- changing -------------------------------------------------------------------
+
+    async def add(self, request: AddTask, caller: Caller) -> Task:
+        title = request.title.strip()
+        validate.name(title, "task title", MAX_TITLE)
+        if "\n" in title:
+            raise BadRequest("a task title is one line (put the rest in its detail)")
+        if request.priority not in TASK_PRIORITIES:
+            raise BadRequest(f"priority must be {TASK_PRIORITIES.start} (most urgent) to "
+                             f"{TASK_PRIORITIES.stop - 1}")
+        for dependency in request.depends_on:
+            self._stored(dependency)
+        payload = title + ("\n\n" + request.detail if request.detail else "")
+        meta = {**request.meta, agentwork.STATE: "open",
+                agentwork.PRIORITY: str(request.priority)}
+        meta.pop(agentwork.TASK_OF, None)
+        draft = UnitDraft(
+            context_id=request.context_id or agentwork.TASKS_CONTEXT, type="TASK_STATUS",
+            payload=payload.encode(), meta=meta,
+            relationships=[Relationship(type="DEPENDS_ON", target=dependency)
+                           for dependency in dict.fromkeys(request.depends_on)])
+        written = await self.writer.create_units([draft], caller)
+        return self.get(written.units[0].id)
+
+    async def claim(self, request: ClaimTask, caller: Caller) -> Task:
+        """Claim the task asked for, or the most urgent ready one: never two at once."""
+        ttl = self.leases.max_ttl if request.ttl is None else request.ttl
+        if request.task_id is not None:
+            task = self._stored(request.task_id)
+            if task.state == "done":
+                raise Conflict(f"task {task.id} is done")
+            waiting = self._open_dependencies(task)
+            if waiting:
+                raise Conflict(f"task {task.id} waits for {', '.join(waiting)}")
+            candidates = [task]
+        else:
+            for context_id in request.contexts:
+                validate.context_id(context_id)
+            candidates = self.ready(request.contexts)
+        for task in candidates:
+            resource = agentwork.task_resource(task.id)
+            # From this check to the reservation acquire makes, nothing else runs: two
+            # claims never pick the same task (a lost race moves on to the next one).
+            if task.state != "open" or not self.leases.table.can_take([resource]):
+                if request.task_id is None:
+                    continue
+                raise LockHeld(self._why_taken(task))
+            (lease,) = await self.leases.acquire(AcquireLock(
+                resources=[resource], ttl=ttl, wait=0, pid=request.pid,
+                bind_connection=request.pid is None), caller)
+            try:
+                await self._write_state(task, "claimed", lease, caller)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.leases.release(lease.lock_id, caller, resource)
+                raise
+            return self.get(task.id)
+        where = f" in {', '.join(request.contexts)}" if request.contexts else ""
+        raise NotFound(f"no task is ready to claim{where}")
+
+    def _why_taken(self, task: StoredTask) -> str:
+        claim = self._claim(task.id)
+        if claim is None:
+            return f"task {task.id} is being claimed by someone else"
+        return (f"task {task.id} is claimed by {describe(claim.holder, claim.holder_pid)} "
+                f"until {claim.expires_at.isoformat(timespec='seconds')}")
+
+    async def finish(self, task_id: str, state: str, pid: int | None, token: int | None,
+                     caller: Caller) -> Task:
+        """End the caller's claim on a task: ``done``, or ``open`` (given back)."""
+        task = self._stored(task_id)
+        claim = self._claim(task.id)
+        if claim is None:
+            raise Conflict(f"task {task.id} is not claimed ({task.state}): claim it first")
+        session, _ = session_of(caller, pid)
+        ours = claim.holder == caller.agent_id and (
+            claim.session == session or claim.fencing_token == token)
+        if not ours:
+            advice = ("" if claim.holder != caller.agent_id else ", not by this session "
+                      "(the claim's fencing token lets another session of yours act for it)")
+            raise Conflict(self._why_taken(task) + advice)
+        await self._write_state(task, state, claim, caller)
+        try:
+            await self.leases.release(claim.lock_id, caller, claim.resource)
+        except NotFound:
+            pass  # it ended meanwhile (expired): the state is written all the same
+        return self.get(task.id)
+
+    async def _write_state(self, task: StoredTask, state: str, claim: Lease,
+                           caller: Caller) -> None:
+        """The task's new state as a unit, written only while *claim* still holds."""
+        draft = UnitDraft(
+            context_id=task.context_id, type="TASK_STATUS",
+            payload=f"{state}: {task.title}".encode(),
+            meta={agentwork.TASK_OF: task.id, agentwork.STATE: state,
+                  "fencing_token": str(claim.fencing_token)},
+            relationships=[Relationship(type="MODIFIES", target=task.id)],
+            fence=Fence(resource=claim.resource, token=claim.fencing_token))
+        await self.writer.create_units([draft], caller)
