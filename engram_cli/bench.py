@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import msgspec
 
+from engram_cli import requests
 from engram_cli.autostart import daemon_answers, process_gone, start_daemon
 from engram_cli.client import Client
 from engramd.protocol import Heartbeat, UnitsCreated, result
@@ -551,6 +552,85 @@ def bench_lock_8procs(target: BenchTarget) -> Measurement:
         f"latency per acquire (waiting included) + release"))
 
 
+def bench_inbox(target: BenchTarget) -> Measurement:
+    """Round trip of ``inbox`` handing over one waiting message (read and marked)."""
+    count = target.count(1000)
+    with target.client() as sender, Client(target.socket_path, agent_id="bench-reader",
+                                           autostart=False) as reader:
+        message = requests.draft("bench-inbox", "MESSAGE", "m", meta={"to": "bench-reader"})
+        for start in range(0, count, 500):
+            sender.create_units([message] * min(500, count - start))
+        reader.inbox(limit=1)
+        measured = _timed_loop(target, count - 1, lambda: reader.inbox(limit=1))
+    measured.note = "one waiting message handed over and marked read"
+    return measured
+
+
+def bench_inbox_wake(target: BenchTarget) -> Measurement:
+    """From the send call to a waiting ``inbox --wait``'s answer (the durable write too)."""
+    import threading
+
+    count = target.count(300)
+    sent_at: list[float] = []
+    woken_at: list[float] = []
+    waiting = threading.Semaphore(0)
+
+    def reader() -> None:
+        with Client(target.socket_path, agent_id="bench-waker", autostart=False) as client:
+            for _ in range(count):
+                waiting.release()
+                client.inbox(wait=30)
+                woken_at.append(time.perf_counter())
+
+    thread = threading.Thread(target=reader, daemon=True)
+    started = time.perf_counter()
+    with target.client() as sender:
+        thread.start()
+        for _ in range(count):
+            waiting.acquire()
+            while sender.stats().gauges["requests_in_flight"] < 2:
+                time.sleep(0.0002)  # until the inbox waits in the daemon
+            sent_at.append(time.perf_counter())
+            sender.send_message("bench-waker", "wake")
+            while len(woken_at) < len(sent_at):
+                time.sleep(0.0001)
+    thread.join(30)
+    return Measurement([woken - sent for woken, sent in zip(woken_at, sent_at, strict=True)],
+                       time.perf_counter() - started,
+                       note="send (one fsync) to the waiting reader's answer")
+
+
+def _claim_worker(socket_path: str, name: str, rounds_text: str) -> None:
+    """A worker: claim the next ready task and mark it done, *rounds* times; prints the
+    latency of each claim."""
+    latencies = []
+    with Client(socket_path, agent_id=name, autostart=False, timeout=120) as client:
+        client.ping()
+        _ready()
+        for _ in range(int(rounds_text)):
+            started = time.perf_counter()
+            task = client.claim_task(contexts=["bench-tasks"])
+            latencies.append(time.perf_counter() - started)
+            client.finish_task(task.id)
+    sys.stdout.write(" ".join(f"{value:.7f}" for value in latencies) + "\n")
+
+
+def bench_task_claim_8procs(target: BenchTarget) -> Measurement:
+    """8 processes taking tasks from one queue: claim --next, done, again."""
+    rounds = target.count(100)
+    with target.client() as client:
+        for start in range(0, 8 * rounds, 500):
+            for _ in range(min(500, 8 * rounds - start)):
+                client.add_task("bench task", context_id="bench-tasks")
+    with daemon_cpu(target) as cpu:
+        outputs, wall = _workers(target, "_claim_worker", [
+            [target.socket_path, f"t{n}", str(rounds)] for n in range(8)])
+    latencies = [float(value) for out in outputs for value in out.split()]
+    return Measurement(latencies, wall, daemon_cpu=cpu(), note=(
+        f"{len(latencies) / wall:,.0f} claims/s with done; latency per claim (two fsyncs: "
+        "the lease and the claim's unit)"))
+
+
 def _commit_batches(client: Client) -> int:
     journal = client.status().journal
     return journal.commit_batches if journal is not None else 0
@@ -680,6 +760,9 @@ WORKLOADS: dict[str, Workload] = {
     "lock.handover": bench_lock_handover,
     "lock.8procs": bench_lock_8procs,
     "lock.run": bench_lock_run,
+    "inbox": bench_inbox,
+    "inbox.wake": bench_inbox_wake,
+    "task.claim.8procs": bench_task_claim_8procs,
     "floor.flock": bench_floor_flock,
     "stream.fanout10": bench_stream_fanout10,
     "search.query": bench_search_query,

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from engram_cli.output import format_duration, preview, timestamp, to_plain_data
+from engram_cli.unitjson import unit_to_json
 from engramd.protocol import Brief, Lease, Task, Unit, agentwork
 
 CHEAT_SHEET = """## engram commands
@@ -110,6 +111,8 @@ def as_json(brief: Brief, max_chars: int) -> dict[str, Any]:
     """The brief as JSON data; lists lose their last items until it fits, and ``cut``
     says whether any did."""
     data = to_plain_data(brief)
+    for name in ("messages", "since", "pinned"):
+        data[name] = [unit_to_json(unit) for unit in getattr(brief, name)]
     data["cut"] = False
     lists = ("since", "ready", "pinned", "messages", "others_leases", "claimed", "leases")
     while len(msgspec.json.encode(data)) > max_chars and any(data[name] for name in lists):

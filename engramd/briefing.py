@@ -19,6 +19,7 @@ from engramd.leases import LeaseManager
 from engramd.mail import Mailbox
 from engramd.presence import Presence
 from engramd.protocol import AgentInfo, BadRequest, GetBrief, Lease, SessionInfo
+from engramd.protocol.agentwork import BROADCAST
 from engramd.protocol.model import Context
 from engramd.queries import raw_units
 from engramd.storage import Store
@@ -82,8 +83,8 @@ class Briefing:
         leases: dict[str, int] = defaultdict(int)
         for lease in held:
             leases[lease.holder] += 1
-        names = (set(self.store.agents()) | set(members) | set(leases)
-                 | self.presence.agents())
+        names = (set(self.store.agents()) | set(self.store.addressees()) | set(members)
+                 | set(leases) | self.presence.agents()) - {BROADCAST}
         infos = []
         for agent in sorted(names):
             sessions = self.presence.of(agent)

@@ -10,6 +10,7 @@ that appear later too (their mark starts at 0).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 
@@ -55,15 +56,27 @@ class Mailbox:
         self.store = store
         self.writer = writer
         self._arrived = trio.Event()
+        self._unread: dict[str, int] = {}
+        """Agent -> messages unread, for the agents asked about since the start: counted
+        from the store once, then kept up to date as messages come and are read."""
 
     def applied(self, entries: list[Entry]) -> None:
-        """Wake the inboxes waiting, when these entries hold a message."""
+        """Count the messages in these entries as unread, and wake the inboxes waiting."""
+        arrived = False
         for entry in entries:
             for event in entry.events:
-                if isinstance(event, UnitCreated) and agentwork.recipients(event.unit.meta):
-                    self._arrived.set()
-                    self._arrived = trio.Event()
-                    return
+                if not isinstance(event, UnitCreated) or event.unit.type != "MESSAGE":
+                    continue
+                to = agentwork.recipients(event.unit.meta)
+                if agentwork.BROADCAST in to:
+                    to = [agent for agent in self._unread if agent != event.unit.agent_id]
+                for agent in dict.fromkeys(to):
+                    if agent in self._unread:
+                        self._unread[agent] += 1
+                arrived = True
+        if arrived:
+            self._arrived.set()
+            self._arrived = trio.Event()
 
     # -- sending --------------------------------------------------------------------
 
@@ -116,7 +129,11 @@ class Mailbox:
     # -- reading --------------------------------------------------------------------
 
     def unread(self, agent: str) -> int:
-        return sum(1 for _ in self.store.mail(agent, self.store.mark(INBOX_MARK, agent)))
+        count = self._unread.get(agent)
+        if count is None:
+            mark = self.store.mark(INBOX_MARK, agent)
+            count = self._unread[agent] = sum(1 for _ in self.store.mail(agent, mark))
+        return count
 
     def pending_acks(self, agent: str) -> list[bytes]:
         """Messages to *agent* that ask for an acknowledgement it has not given."""
@@ -132,9 +149,9 @@ class Mailbox:
 
     def newest_unread(self, agent: str, count: int) -> tuple[list[bytes], int]:
         """The newest *count* unread messages (oldest first, not marked) and how many are."""
-        entries = list(self.store.mail(agent, self.store.mark(INBOX_MARK, agent)))
-        shown = entries[-count:] if count > 0 else []
-        return self._units(shown), len(entries)
+        newest = collections.deque(self.store.mail(agent, self.store.mark(INBOX_MARK, agent)),
+                                   maxlen=count)
+        return self._units(list(newest)), self.unread(agent)
 
     async def read(self, request: ReadInbox, caller: Caller) -> tuple[list[bytes], int]:
         """A page of the caller's unread messages (marked read unless peeking), and how
@@ -152,16 +169,17 @@ class Mailbox:
             # Read and marked with no checkpoint in between: two sessions of one agent
             # asking at once each get different messages.
             mark = self.store.mark(INBOX_MARK, agent)
-            entries = self.store.mail(agent, mark)
-            page = list(itertools.islice(entries, request.limit))
+            page = list(itertools.islice(self.store.mail(agent, mark), request.limit))
             if page or trio.current_time() >= deadline:
                 break
             with trio.move_on_at(deadline):
                 await self._arrived.wait()
-        left = sum(1 for _ in entries)
+        unread = self.unread(agent)
         if page and not request.peek:
             self.store.set_mark(INBOX_MARK, agent, page[-1].seq)
-        return self._units(page), left
+            unread = self._unread[agent] = unread - len(page)
+            return self._units(page), unread
+        return self._units(page), unread - len(page)
 
     def _units(self, entries: list[MailEntry]) -> list[bytes]:
         found = (self.store.unit_at(entry.seq) for entry in entries)

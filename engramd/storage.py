@@ -406,17 +406,25 @@ class Store:
             yield _task_decoder.decode(iterator.value())
             iterator.next()
 
-    def agents(self) -> Iterator[str]:
-        """Every agent that has written a unit, in name order."""
+    def _names(self, prefix: bytes) -> Iterator[str]:
+        """The distinct names of ``<prefix><name>\\0<seq>`` keys, in order."""
         iterator = self.db.iter()
-        iterator.seek(b"a/")
+        iterator.seek(prefix)
         while iterator.valid():
             key: bytes = iterator.key()
-            if not key.startswith(b"a/"):
+            if not key.startswith(prefix):
                 return
-            name = key[2:key.index(b"\0", 2)]
+            name = key[len(prefix):key.index(b"\0", len(prefix))]
             yield name.decode()
-            iterator.seek(b"a/" + name + b"\1")  # past every seq of this agent
+            iterator.seek(prefix + name + b"\1")  # past every seq of this name
+
+    def agents(self) -> Iterator[str]:
+        """Every agent that has written a unit, in name order."""
+        return self._names(b"a/")
+
+    def addressees(self) -> Iterator[str]:
+        """Every agent a message has named (``*`` among them, for a broadcast)."""
+        return self._names(b"b/")
 
     def newest_of_agent(self, agent: str) -> int | None:
         """The seq of *agent*'s newest unit."""

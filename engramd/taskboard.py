@@ -72,9 +72,12 @@ class TaskBoard:
             raise NotFound(f"no task {task_id}")
         return found
 
-    def _claim(self, task_id: str) -> Lease | None:
+    def _claim(self, task_id: str, *, live: bool = False) -> Lease | None:
+        """The lease claiming the task, as the lease table holds it (until its end is
+        durable); with *live*, only while it may still be used (not ending or expired)."""
         holding = self.leases.table.held.get(agentwork.task_resource(task_id))
-        if holding is None or holding.ending or holding.deadline <= trio.current_time():
+        if holding is None or (live and (holding.ending
+                                         or holding.deadline <= trio.current_time())):
             return None
         return holding.lease
 
@@ -197,7 +200,7 @@ class TaskBoard:
                      caller: Caller) -> Task:
         """End the caller's claim on a task: ``done``, or ``open`` (given back)."""
         task = self._stored(task_id)
-        claim = self._claim(task.id)
+        claim = self._claim(task.id, live=True)
         if claim is None:
             raise Conflict(f"task {task.id} is not claimed ({task.state}): claim it first")
         session, _ = session_of(caller, pid)

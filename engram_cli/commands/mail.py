@@ -10,6 +10,7 @@ from engram_cli import completion, context, output
 from engram_cli.commands.unit import MetaOption, parse_pairs, payload_of, whole_id
 from engram_cli.context import JsonOption
 from engram_cli.errors import UsageProblem
+from engram_cli.unitjson import unit_to_json
 from engramd.protocol import Unit, agentwork
 
 
@@ -70,7 +71,7 @@ def send(
         reply_to=whole_id(client, reply_to) if reply_to else None,
         ack_required=ack_required, meta=parse_pairs(meta))
     if out.json:
-        out.json_line(message)
+        out.json_line(unit_to_json(message))
     else:
         out.line(message.id)
 
@@ -117,7 +118,7 @@ def inbox(
     page = client.inbox(limit=limit, peek=peek, wait=wait, pending=pending)
     if out.json:
         for message in page.messages:
-            out.json_line(message)
+            out.json_line(unit_to_json(message))
         return
     if page.messages:
         out.table("inbox", MESSAGE_COLUMNS, [message_row(unit) for unit in page.messages],
@@ -142,6 +143,6 @@ def ack(
     client = cli.client()
     acknowledgement = client.ack_message(whole_id(client, message_id))
     if out.json:
-        out.json_line(acknowledgement)
+        out.json_line(unit_to_json(acknowledgement))
     else:
         out.line(acknowledgement.id)

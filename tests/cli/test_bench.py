@@ -99,3 +99,13 @@ def test_compare_refuses_what_is_not_a_commit(env: dict[str, str]) -> None:
     result = run_cli(env, "bench", "--compare", "no-such-ref-anywhere", "--only", "ping")
     assert result.returncode == 2
     assert "no-such-ref-anywhere is not a commit" in result.stderr
+
+
+def test_the_agent_rows_run(env: dict[str, str]) -> None:
+    result = run_cli(env, "bench", "--only", "inbox", "--only", "inbox.wake", "--only",
+                     "task.claim.8procs", "--scale", "0.05", "--json", timeout=180)
+    assert result.returncode == 0, result.stderr
+    rows = {r["name"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert rows["inbox"]["ops"] == 49 and rows["inbox.wake"]["ops"] == 15
+    assert rows["task.claim.8procs"]["ops"] == 40  # 8 workers, 5 claims each
+    assert "claims/s" in rows["task.claim.8procs"]["note"]
