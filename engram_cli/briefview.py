@@ -110,7 +110,7 @@ def _join(*parts: Any) -> str:
 def as_json(brief: Brief, max_chars: int) -> dict[str, Any]:
     """The brief as JSON data; lists lose their last items until it fits, and ``cut``
     says whether any did."""
-    data = to_plain_data(brief)
+    data: dict[str, Any] = to_plain_data(brief)
     for name in ("messages", "since", "pinned"):
         data[name] = [unit_to_json(unit) for unit in getattr(brief, name)]
     data["cut"] = False

@@ -358,7 +358,8 @@ class Operations:
         """This agent's unread messages, oldest first, marked read unless ``peek``;
         ``wait`` seconds for one to arrive when none is unread. ``pending``: the
         messages asking for an acknowledgement not given yet."""
-        return ask(ReadInbox(limit=limit, peek=peek, wait=wait, pending=pending), wait=wait)
+        return ask(ReadInbox(limit=limit, peek=peek, wait=wait, pending=pending), _reply,
+                   wait=wait)
 
     @operation
     def unread(self) -> Call[UnreadCount]:

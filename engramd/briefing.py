@@ -18,7 +18,7 @@ from engramd.caller import Caller
 from engramd.leases import LeaseManager
 from engramd.mail import Mailbox
 from engramd.presence import Presence
-from engramd.protocol import AgentInfo, BadRequest, GetBrief, Lease, SessionInfo
+from engramd.protocol import AgentInfo, BadRequest, Brief, GetBrief, Lease, SessionInfo
 from engramd.protocol.agentwork import BROADCAST
 from engramd.protocol.model import Context
 from engramd.queries import raw_units
@@ -120,8 +120,8 @@ class Briefing:
 
     # -- the brief ----------------------------------------------------------------------
 
-    def brief(self, request: GetBrief, caller: Caller) -> dict[str, object]:
-        """The fields of the caller's :class:`~engramd.protocol.Brief`."""
+    def brief(self, request: GetBrief, caller: Caller) -> Brief:
+        """The caller's brief, the answer to *request*."""
         if not 0 <= request.items <= MAX_ITEMS:
             raise BadRequest(f"items must be 0 to {MAX_ITEMS}")
         for context_id in request.contexts:
@@ -140,8 +140,9 @@ class Briefing:
         if request.advance and head > mark:
             self.store.set_mark(BRIEF_MARK, agent, head)
         pinned = self._pinned(contexts, items)
-        return dict(
-            agent=agent, contexts=contexts, unread=unread, messages=raw_units(messages),
+        return Brief(
+            id=request.id, agent=agent, contexts=contexts, unread=unread,
+            messages=raw_units(messages),
             pending_acks=len(self.mailbox.pending_acks(agent)), leases=mine,
             others_leases=others, claimed=self.board.claimed_by(agent),
             ready=[self.board.view(task) for task in ready[:items]], ready_total=len(ready),

@@ -33,7 +33,6 @@ from engramd.protocol import (
     AgentPage,
     AnnounceSession,
     BreakLock,
-    Brief,
     ClaimTask,
     ContextFound,
     ContextPage,
@@ -279,7 +278,7 @@ class Dispatcher:
             case GetTask():
                 return TaskFound(id=request.id, task=parts.board.get(request.task_id))
             case ListTasks():
-                return TaskPage(id=request.id, tasks=parts.board.list(
+                return TaskPage(id=request.id, tasks=parts.board.list_tasks(
                     request.states, request.ready, request.contexts, request.limit))
             case ClaimTask():
                 return TaskFound(id=request.id, task=await parts.board.claim(request, caller))
@@ -296,7 +295,7 @@ class Dispatcher:
             case ListAgents():
                 return AgentPage(id=request.id, agents=parts.briefing.agents())
             case GetBrief():
-                return Brief(id=request.id, **parts.briefing.brief(request, caller))
+                return parts.briefing.brief(request, caller)
         raise AssertionError(f"no arm for {type(request).__name__}")
 
     async def _without_journal(self, request: Request) -> ServerMessage:

@@ -108,7 +108,7 @@ class TaskBoard:
                        if (not wanted or task.context_id in wanted) and self._is_ready(task)),
                       key=lambda task: (task.priority, task.id))
 
-    def list(self, states: list[str], ready: bool, contexts: list[str], limit: int
+    def list_tasks(self, states: list[str], ready: bool, contexts: list[str], limit: int
              ) -> list[Task]:
         if not 1 <= limit <= MAX_PAGE:
             raise BadRequest(f"limit must be 1 to {MAX_PAGE}")
