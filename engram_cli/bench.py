@@ -520,19 +520,36 @@ def bench_lock_handover(target: BenchTarget) -> Measurement:
                        note="includes the release's own fsync and the grant's")
 
 
-def _lock_worker(socket_path: str, name: str, rounds_text: str) -> None:
-    """A contender: acquire (waiting in line) and release, *rounds* times; prints the
-    latency of each acquire + release."""
-    latencies = []
+def _rounds_worker(socket_path: str, name: str, rounds_text: str, step_name: str) -> None:
+    """A contender: one of :data:`ROUND_STEPS` *rounds* times, started with the others;
+    prints the latency each round measured."""
+    step = ROUND_STEPS[step_name]
     with Client(socket_path, agent_id=name, autostart=False, timeout=120) as client:
         client.ping()
         _ready()
-        for _ in range(int(rounds_text)):
-            started = time.perf_counter()
-            (lease,) = client.acquire_lock("bench:contended", ttl=30, wait=60)
-            client.release_lock(lease.lock_id)
-            latencies.append(time.perf_counter() - started)
+        latencies = [step(client) for _ in range(int(rounds_text))]
     sys.stdout.write(" ".join(f"{value:.7f}" for value in latencies) + "\n")
+
+
+def _lock_round(client: Client) -> float:
+    """Acquire (waiting in line) and release: the time of both."""
+    started = time.perf_counter()
+    (lease,) = client.acquire_lock("bench:contended", ttl=30, wait=60)
+    client.release_lock(lease.lock_id)
+    return time.perf_counter() - started
+
+
+def _claim_round(client: Client) -> float:
+    """Claim the next ready task (the time of that) and mark it done."""
+    started = time.perf_counter()
+    task = client.claim_task(contexts=["bench-tasks"])
+    elapsed = time.perf_counter() - started
+    client.finish_task(task.id)
+    return elapsed
+
+
+ROUND_STEPS: dict[str, Callable[[Client], float]] = {"lock": _lock_round,
+                                                      "claim": _claim_round}
 
 
 def bench_lock_8procs(target: BenchTarget) -> Measurement:
@@ -541,8 +558,8 @@ def bench_lock_8procs(target: BenchTarget) -> Measurement:
     with target.client() as client:
         batches_before = _commit_batches(client)
     with daemon_cpu(target) as cpu:
-        outputs, wall = _workers(target, "_lock_worker", [
-            [target.socket_path, f"l{n}", str(rounds)] for n in range(8)])
+        outputs, wall = _workers(target, "_rounds_worker", [
+            [target.socket_path, f"l{n}", str(rounds), "lock"] for n in range(8)])
     with target.client() as client:
         batches = _commit_batches(client) - batches_before
     latencies = [float(value) for out in outputs for value in out.split()]
@@ -600,21 +617,6 @@ def bench_inbox_wake(target: BenchTarget) -> Measurement:
                        note="send (one fsync) to the waiting reader's answer")
 
 
-def _claim_worker(socket_path: str, name: str, rounds_text: str) -> None:
-    """A worker: claim the next ready task and mark it done, *rounds* times; prints the
-    latency of each claim."""
-    latencies = []
-    with Client(socket_path, agent_id=name, autostart=False, timeout=120) as client:
-        client.ping()
-        _ready()
-        for _ in range(int(rounds_text)):
-            started = time.perf_counter()
-            task = client.claim_task(contexts=["bench-tasks"])
-            latencies.append(time.perf_counter() - started)
-            client.finish_task(task.id)
-    sys.stdout.write(" ".join(f"{value:.7f}" for value in latencies) + "\n")
-
-
 def bench_task_claim_8procs(target: BenchTarget) -> Measurement:
     """8 processes taking tasks from one queue: claim --next, done, again."""
     rounds = target.count(100)
@@ -623,8 +625,8 @@ def bench_task_claim_8procs(target: BenchTarget) -> Measurement:
             for _ in range(min(500, 8 * rounds - start)):
                 client.add_task("bench task", context_id="bench-tasks")
     with daemon_cpu(target) as cpu:
-        outputs, wall = _workers(target, "_claim_worker", [
-            [target.socket_path, f"t{n}", str(rounds)] for n in range(8)])
+        outputs, wall = _workers(target, "_rounds_worker", [
+            [target.socket_path, f"t{n}", str(rounds), "claim"] for n in range(8)])
     latencies = [float(value) for out in outputs for value in out.split()]
     return Measurement(latencies, wall, daemon_cpu=cpu(), note=(
         f"{len(latencies) / wall:,.0f} claims/s with done; latency per claim (two fsyncs: "

@@ -21,7 +21,7 @@ from engramd.presence import Presence
 from engramd.protocol import AgentInfo, BadRequest, Brief, GetBrief, Lease, SessionInfo
 from engramd.protocol.agentwork import BROADCAST
 from engramd.protocol.model import Context
-from engramd.queries import raw_units
+from engramd.queries import raw_units, unit_header
 from engramd.storage import Store
 from engramd.taskboard import TaskBoard
 
@@ -31,19 +31,6 @@ MAX_COUNTED = 1_000
 """Units since the last brief are counted up to this many."""
 _context_decoder = msgspec.msgpack.Decoder(Context)
 
-
-class _Author(msgspec.Struct):
-    agent_id: str
-
-
-_author_decoder = msgspec.msgpack.Decoder(_Author)
-
-
-class _When(msgspec.Struct):
-    ts: dt.datetime
-
-
-_when_decoder = msgspec.msgpack.Decoder(_When)
 
 
 def covers(resource: str, path: str) -> bool:
@@ -116,7 +103,7 @@ class Briefing:
         raw = None if seq is None else self.store.unit_at(seq)
         if raw is None:
             return None
-        return _when_decoder.decode(raw).ts
+        return unit_header(raw).ts
 
     # -- the brief ----------------------------------------------------------------------
 
@@ -157,10 +144,10 @@ class Briefing:
         for context_id in contexts:
             rows = self.store.scan_context(context_id, after=mark, newest_first=True)
             others = ((key, raw) for key, raw in rows
-                      if _author_decoder.decode(raw).agent_id != agent)
-            for key, raw in itertools.islice(others, MAX_COUNTED - total):
+                      if unit_header(raw).agent_id != agent)
+            for taken, (key, raw) in enumerate(itertools.islice(others, MAX_COUNTED - total)):
                 total += 1
-                if len(newest) < items * len(contexts):
+                if taken < items:  # this context's newest: candidates for the newest overall
                     newest.append((key[-8:], raw))
             if total >= MAX_COUNTED:
                 break

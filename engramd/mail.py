@@ -21,6 +21,7 @@ from engramd import validate
 from engramd.caller import Caller
 from engramd.protocol import BadRequest, NotFound, ReadInbox, SendMessage, UnitDraft, agentwork
 from engramd.protocol.model import Relationship, Unit, UnitCreated
+from engramd.queries import unit_header
 from engramd.storage import MailEntry, Store
 from engramd.wal.record import Entry
 from engramd.writes import Writer
@@ -30,12 +31,6 @@ MAX_PAGE = 1_000
 MAX_WAIT = 3_600.0
 _unit_decoder = msgspec.msgpack.Decoder(Unit)
 
-
-class _UnitId(msgspec.Struct):
-    id: str
-
-
-_unit_id_decoder = msgspec.msgpack.Decoder(_UnitId)
 
 
 def recipients(names: list[str]) -> list[str]:
@@ -143,7 +138,7 @@ class Mailbox:
                 continue
             raw = self.store.unit_at(entry.seq)
             if raw is not None and not self.store.acknowledged(
-                    _unit_id_decoder.decode(raw).id, agent):
+                    unit_header(raw).id, agent):
                 pending.append(raw)
         return pending
 

@@ -40,15 +40,16 @@ MAX_DEPTH = 16
 MAX_EDGES = 10_000
 
 
-class _UnitHeader(msgspec.Struct):
-    """The fields list filters look at, decoded without the payload."""
+class UnitHeader(msgspec.Struct):
+    """A stored unit's id and the fields filters look at, decoded without the payload."""
 
+    id: str
     agent_id: str
     type: str
     ts: dt.datetime
 
 
-_header_decoder = msgspec.msgpack.Decoder(_UnitHeader)
+unit_header = msgspec.msgpack.Decoder(UnitHeader).decode
 
 
 def _micros(value: dt.datetime | None) -> int | None:
@@ -126,7 +127,7 @@ class Queries:
         more = False
         for key, raw in rows:
             if filtering:
-                header = _header_decoder.decode(raw)
+                header = unit_header(raw)
                 if ((types and header.type not in types)
                         or (agents and header.agent_id not in agents)
                         or (request.since and header.ts < request.since)

@@ -314,3 +314,18 @@ async def test_the_trio_client_sends_reads_and_claims(daemon: Server,
             assert [agent.agent for agent in await alice.list_agents()] == ["alice", "bob"]
             assert (await bob.brief()).agent == "bob"
 
+
+
+def test_the_brief_shows_the_newest_units_across_contexts(
+        threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    with connect(config, "alice") as alice, connect(config, "bob") as bob:
+        for context_id in ("busy", "quiet"):
+            bob.create_unit(context_id, "REASONING", "joined")
+        bob.brief()
+        for n in range(6):
+            alice.create_unit("busy", "REASONING", f"busy {n}")
+        alice.create_unit("quiet", "REASONING", "quiet 0")
+        alice.create_unit("busy", "REASONING", "busy 6")
+        brief = bob.brief(items=2)
+        assert texts(brief.since) == [b"quiet 0", b"busy 6"] and brief.since_total == 8

@@ -14,7 +14,9 @@ from engram_cli.errors import EngramError, UsageProblem
 from engram_cli.session import harness, session_pid
 
 PRIME_TIMEOUT = 1.5
-"""Seconds prime waits for the daemon: a session start must never hang on engram."""
+"""Seconds prime waits for any answer: a session start must never hang on engram."""
+START_TIMEOUT = 0.7
+"""Seconds a daemon prime starts may take to answer, and then to be ready."""
 
 
 def prime(
@@ -54,7 +56,7 @@ def prime(
     out = cli.output(json)
     as_json = out.json or format_ == "json"
     try:
-        client = cli.client(timeout=PRIME_TIMEOUT, start_timeout=PRIME_TIMEOUT)
+        client = cli.client(timeout=PRIME_TIMEOUT, start_timeout=START_TIMEOUT)
         pid = session_pid()
         client.announce_session(pid=pid, harness=harness(pid=pid))
         brief = client.brief(contexts=contexts or [], files=_changed_files(), items=items)
