@@ -12,6 +12,8 @@ lost its claim cannot mark the task done.
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 
 from engramd import validate
@@ -24,6 +26,7 @@ from engramd.protocol import (
     BadRequest,
     ClaimTask,
     Conflict,
+    EngramError,
     Fence,
     LockHeld,
     NotFound,
@@ -109,7 +112,7 @@ class TaskBoard:
                       key=lambda task: (task.priority, task.id))
 
     def list_tasks(self, states: list[str], ready: bool, contexts: list[str], limit: int
-             ) -> list[Task]:
+                   ) -> list[Task]:
         if not 1 <= limit <= MAX_PAGE:
             raise BadRequest(f"limit must be 1 to {MAX_PAGE}")
         unknown = set(states) - set(TASK_STATES)
@@ -182,7 +185,9 @@ class TaskBoard:
             try:
                 await self._write_state(task, "claimed", lease, caller)
             except BaseException:
-                with trio.CancelScope(shield=True):
+                # Not claimed after all (the fence failed, or the client left): the lease
+                # goes too, unless it has ended already.
+                with trio.CancelScope(shield=True), contextlib.suppress(EngramError):
                     await self.leases.release(lease.lock_id, caller, resource)
                 raise
             return self.get(task.id)
