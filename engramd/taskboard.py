@@ -12,7 +12,9 @@ lost its claim cannot mark the task done.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+from collections.abc import Iterable, Iterator
 
 import trio
 
@@ -54,7 +56,21 @@ class TaskBoard:
         self.store = store
         self.writer = writer
         self.leases = leases
-        self._tasks = {task.id: task for task in store.tasks()}
+        self._tasks: dict[str, StoredTask] = {}
+        self._queue: list[tuple[int, str]] = []
+        """(priority, id) of every open task, in claim order: ``--next`` walks it from the
+        front and stops at the first it can take, so done tasks cost it nothing."""
+        for task in store.tasks():
+            self._keep(task)
+
+    def _keep(self, task: StoredTask) -> None:
+        known = self._tasks.get(task.id)
+        if known is not None and known.state == "open":
+            key = (known.priority, known.id)
+            del self._queue[bisect.bisect_left(self._queue, key)]
+        self._tasks[task.id] = task
+        if task.state == "open":
+            bisect.insort(self._queue, (task.priority, task.id))
 
     def applied(self, entries: list[Entry]) -> None:
         """Follow the store: re-read the tasks these entries created or changed."""
@@ -65,7 +81,7 @@ class TaskBoard:
                     task_id = event.unit.meta.get(agentwork.TASK_OF, event.unit.id)
                     stored = self.store.task(task_id)
                     if stored is not None:
-                        self._tasks[task_id] = stored
+                        self._keep(stored)
 
     # -- reading --------------------------------------------------------------------
 
@@ -103,13 +119,17 @@ class TaskBoard:
         return (task.state == "open" and not self._open_dependencies(task)
                 and self.leases.table.can_take([agentwork.task_resource(task.id)]))
 
-    def ready(self, contexts: list[str]) -> list[StoredTask]:
+    def ready_in_order(self, contexts: list[str]) -> Iterator[StoredTask]:
         """Tasks free to claim, most urgent first, oldest first among equals (ids are
         UUIDv7: they sort by time)."""
         wanted = set(contexts)
-        return sorted((task for task in self._tasks.values()
-                       if (not wanted or task.context_id in wanted) and self._is_ready(task)),
-                      key=lambda task: (task.priority, task.id))
+        for _, task_id in self._queue:
+            task = self._tasks[task_id]
+            if (not wanted or task.context_id in wanted) and self._is_ready(task):
+                yield task
+
+    def ready(self, contexts: list[str]) -> list[StoredTask]:
+        return list(self.ready_in_order(contexts))
 
     def list_tasks(self, states: list[str], ready: bool, contexts: list[str], limit: int
                    ) -> list[Task]:
@@ -166,11 +186,11 @@ class TaskBoard:
             waiting = self._open_dependencies(task)
             if waiting:
                 raise Conflict(f"task {task.id} waits for {', '.join(waiting)}")
-            candidates = [task]
+            candidates: Iterable[StoredTask] = [task]
         else:
             for context_id in request.contexts:
                 validate.context_id(context_id)
-            candidates = self.ready(request.contexts)
+            candidates = self.ready_in_order(request.contexts)
         for task in candidates:
             resource = agentwork.task_resource(task.id)
             # From this check to the reservation acquire makes, nothing else runs: two
@@ -179,6 +199,8 @@ class TaskBoard:
                 if request.task_id is None:
                     continue
                 raise LockHeld(self._why_taken(task))
+            # The first task that can be taken is the one: the walk ends here, before
+            # anything awaits, so the queue it walks has not changed under it.
             (lease,) = await self.leases.acquire(AcquireLock(
                 resources=[resource], ttl=ttl, wait=0, pid=request.pid,
                 bind_connection=request.pid is None), caller)
