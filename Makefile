@@ -46,7 +46,7 @@ lock:
 	test -x .venv-tools/bin/uv || { $(PYTHON) -m venv .venv-tools && \
 		.venv-tools/bin/python -m pip install $(PIP) uv==$(UV_VERSION); }
 	.venv-tools/bin/uv pip compile --quiet --upgrade --universal --python-version 3.11 \
-		--generate-hashes --extra dev --custom-compile-command 'make lock' \
+		--generate-hashes --extra dev --extra mcp --custom-compile-command 'make lock' \
 		pyproject.toml requirements-build.in -o $(LOCK)
 
 lint: $(STAMP)

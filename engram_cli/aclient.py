@@ -286,10 +286,17 @@ async def open_client(
     """
     target = Target.resolve(socket_path, agent_id=agent_id, client_name=client_name,
                             autostart=autostart, token=token, admin=admin, env=env)
-    async with trio.open_nursery() as nursery:
-        client = AsyncClient(target, nursery, connect_timeout)
-        try:
-            await client.connect()
-            yield client
-        finally:
-            await client.aclose()
+    try:
+        async with trio.open_nursery() as nursery:
+            client = AsyncClient(target, nursery, connect_timeout)
+            try:
+                await client.connect()
+                yield client
+            finally:
+                await client.aclose()
+    except BaseExceptionGroup as group:
+        # The nursery wraps whatever leaves the block; one error leaves it as itself
+        # (an EngramError stays an EngramError for the caller's except clause).
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "task": ("task", "app"),
     "prime": ("prime", "prime"),
     "agents": ("prime", "agents"),
+    "mcp": ("mcp", "mcp"),
     "search": ("search", "search"),
     "trace": ("search", "trace"),
     "watch": ("watch", "watch"),

@@ -91,7 +91,20 @@ def test_a_command_loads_its_own_module_only() -> None:
 
 def test_an_ordinary_command_loads_neither_trio_nor_rich() -> None:
     code = ("import sys; from engram_cli import app, client; "
-            "print(sorted(m for m in ('trio', 'rich') if m in sys.modules))")
+            "print(sorted(m for m in ('trio', 'rich', 'mcp', 'pydantic') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=30, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_only_the_mcp_command_imports_the_mcp_sdk() -> None:
+    """The SDK is an optional extra: one module imports it, and only `engram mcp` loads that."""
+    importers = {path.name for path in modules("engram_cli")
+                 if any(name.split(".")[0] in ("mcp", "mcp_types") for name in imports_of(path))}
+    assert importers == {"mcpserver.py"}
+    code = ("import sys; from engram_cli import app; "
+            "from engram_cli.commands import mcp, prime, mail, task; "
+            "print('mcp' in sys.modules, 'engram_cli.mcpserver' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30, check=True)
+    assert result.stdout.strip() == "False False"

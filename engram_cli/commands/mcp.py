@@ -1,0 +1,40 @@
+"""``engram mcp``: serve engram to a coding agent over MCP (see :mod:`engram_cli.mcpserver`)."""
+
+from __future__ import annotations
+
+import typer
+
+from engram_cli import context
+from engram_cli.context import JsonOption
+from engram_cli.errors import EngramError
+from engram_cli.session import harness, session_pid
+
+
+def mcp(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Serve engram's tools to a coding agent: an MCP server on stdin/stdout.
+
+    Tools: brief, send, inbox, ack, post, recent, get, search, trace, lock, unlock, locks,
+    task_ready, task_claim, task_done; resources engram://brief, engram://inbox,
+    engram://context/ID, engram://unit/ID. The agent is --agent/ENGRAM_AGENT, else
+    HARNESS-PID of the process that started the server; leases and claims are bound to
+    that process. Needs the MCP SDK: pip install 'engram[mcp]'. (--json is accepted and
+    changes nothing: stdout is JSON-RPC.)
+
+    Examples:
+
+      claude mcp add --scope project engram -- engram mcp
+      codex mcp add engram -- engram mcp
+    """
+    try:
+        import trio
+
+        from engram_cli import mcpserver
+    except ImportError as exc:
+        raise EngramError(f"engram mcp needs the MCP SDK ({exc.name} is missing): "
+                          "pip install 'engram[mcp]'") from None
+    cli = context.get(ctx)
+    pid = session_pid()
+    runner = harness(pid=pid)
+    identity = mcpserver.Identity(socket=cli.socket, agent=cli.agent or f"{runner}-{pid}",
+                                  session_pid=pid, harness=runner)
+    trio.run(mcpserver.serve, identity)

@@ -1,0 +1,173 @@
+"""``engram mcp`` driven by the MCP SDK's own client over stdio, against engramd as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+pytest.importorskip("mcp")
+
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from tests.conftest import WAIT, DaemonProcess, connect, start_engramd, wait_until
+
+READ_ONLY_TOOLS = {"recent", "get", "search", "trace", "locks", "task_ready"}
+
+
+@asynccontextmanager
+async def mcp_session(env: dict[str, str], *, harness: Path | None = None
+                      ) -> AsyncIterator[ClientSession]:
+    """The SDK's client on ``engram mcp`` (started by a stand-in harness when given)."""
+    args = ["-m", "engram_cli", "mcp"] if harness is None else [str(harness)]
+    params = StdioServerParameters(command=sys.executable, args=args, env=env,
+                                   cwd=str(Path(__file__).parent.parent))
+    with open(os.devnull, "w") as quiet:
+        async with stdio_client(params, errlog=quiet) as (read, write), \
+                ClientSession(read, write) as session:
+            with trio.fail_after(WAIT):
+                await session.initialize()
+            yield session
+
+
+async def call(session: ClientSession, tool: str, **arguments: object) -> tuple[bool, str]:
+    with trio.fail_after(WAIT * 2):
+        result = await session.call_tool(tool, arguments)
+    (content,) = result.content
+    return result.is_error, content.text  # type: ignore[union-attr]
+
+
+async def test_the_tools_fit_a_small_budget_and_say_which_only_read(
+        engramd: DaemonProcess) -> None:
+    async with mcp_session(engramd.env) as session:
+        listed = await session.list_tools()
+        size = len(listed.model_dump_json(by_alias=True, exclude_none=True))
+        assert size < 10_000, size
+        tools = {tool.name: tool for tool in listed.tools}
+        assert len(tools) == 15
+        assert {name for name, tool in tools.items()
+                if tool.annotations and tool.annotations.read_only_hint} == READ_ONLY_TOOLS
+        resources = await session.list_resources()
+        templates = await session.list_resource_templates()
+        assert {str(r.uri) for r in resources.resources} == {"engram://brief", "engram://inbox"}
+        assert {t.uri_template for t in templates.resource_templates} == {
+            "engram://context/{context_id}", "engram://unit/{unit_id}"}
+
+
+async def test_post_links_a_reply_and_writes_as_the_configured_agent(
+        engramd: DaemonProcess) -> None:
+    with connect(engramd.socket, "alice") as alice:
+        question = alice.create_unit("build-42", "REASONING", "why is it red?")
+    async with mcp_session({**engramd.env, "ENGRAM_AGENT": "claude-a"}) as session:
+        failed, text = await call(session, "post", context="build-42", text="a stale cache",
+                                  reply_to=question.id, references=[question.id])
+        assert not failed, text
+        posted = text.removeprefix("posted ")
+        failed, text = await call(session, "get", ids=[posted])
+        assert not failed and "claude-a REASONING [build-42]" in text
+        _, trace = await call(session, "trace", unit_id=question.id)
+        assert f"{posted} RESPONDS_TO {question.id}" in trace
+        assert f"{posted} REFERENCES {question.id}" in trace
+        resource = await session.read_resource(f"engram://unit/{posted}")
+        assert "a stale cache" in resource.contents[0].text  # type: ignore[union-attr]
+
+
+async def test_the_inbox_delivers_once_across_a_restart_and_a_wait_ends_on_a_message(
+        engramd: DaemonProcess) -> None:
+    env = {**engramd.env, "ENGRAM_AGENT": "claude-b", "ENGRAM_NO_AUTOSTART": "1"}
+    with connect(engramd.socket, "alice") as alice:
+        alice.send_message("claude-b", "first")
+    async with mcp_session(env) as session:
+        _, text = await call(session, "recent", context="messages")
+        assert text.endswith("[1 unread message(s): call inbox]")  # the footer
+        _, text = await call(session, "inbox")
+        assert "first" in text
+        assert engramd.stop() == 0
+        failed, text = await call(session, "inbox")  # the daemon is down: an error, no crash
+        assert failed and text.startswith("Error executing tool inbox: engram: ")
+        engramd.process = start_engramd(engramd.env)
+        _, text = await call(session, "inbox")
+        assert text == "no unread messages"
+        async with trio.open_nursery() as nursery:
+            got: list[str] = []
+
+            async def wait_for_mail() -> None:
+                got.append((await call(session, "inbox", wait=30))[1])
+
+            nursery.start_soon(wait_for_mail)
+            with connect(engramd.socket, "probe") as probe:
+                await trio.to_thread.run_sync(lambda: wait_until(
+                    lambda: probe.stats().gauges["requests_in_flight"] > 1,
+                    "the inbox to wait"))
+            with connect(engramd.socket, "alice") as alice:
+                alice.send_message("claude-b", "second")
+        assert "second" in got[0] and "first" not in got[0]
+
+
+async def test_a_lease_taken_through_mcp_ends_when_the_harness_dies(
+        engramd: DaemonProcess, tmp_path: Path) -> None:
+    pid_file = tmp_path / "harness.pid"
+    harness = tmp_path / "harness.py"
+    harness.write_text(
+        "import os, subprocess, sys\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "sys.exit(subprocess.call([sys.executable, '-m', 'engram_cli', 'mcp']))\n")
+    env = {**engramd.env, "ENGRAM_AGENT": "claude-c"}
+    async with mcp_session(env, harness=harness) as session:
+        failed, text = await call(session, "lock", resources=["src/app.py"], ttl=300)
+        assert not failed and text.startswith("src/app.py: lock_id ")
+        with connect(engramd.socket, "probe") as probe:
+            lease = probe.get_lock("src/app.py").lease
+            harness_pid = int(pid_file.read_text())
+            assert lease is not None and lease.pid == harness_pid
+            os.kill(harness_pid, signal.SIGKILL)
+            await trio.to_thread.run_sync(lambda: wait_until(
+                lambda: probe.get_lock("src/app.py").lease is None,
+                "the lease to end with the harness", timeout=1.0))
+
+
+def test_with_no_daemon_stdout_is_json_rpc_only_and_tools_fail_cleanly(
+        env: dict[str, str]) -> None:
+    messages = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        *({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+           "params": {"name": name, "arguments": arguments}}
+          for n, (name, arguments) in enumerate([
+              ("brief", {}), ("inbox", {"wait": 1}), ("lock", {"resources": ["x"]}),
+              ("send", {"to": ["bob"]}), ("inbox", {"wait": 999})], start=2)),
+    ]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "engram_cli", "mcp"], env={**env, "ENGRAM_NO_AUTOSTART": "1"},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert server.stdin is not None and server.stdout is not None
+    answers = {}
+    for message in messages:
+        server.stdin.write(json.dumps(message) + "\n")
+        server.stdin.flush()
+        while "id" in message and message["id"] not in answers:
+            line = server.stdout.readline()
+            assert line, "the server closed its stdout"
+            reply = json.loads(line)  # every line is JSON-RPC
+            assert reply["jsonrpc"] == "2.0"
+            answers[reply.get("id")] = reply
+    server.stdin.close()
+    assert server.wait(WAIT) == 0
+    for n in range(2, 7):
+        result = answers[n]["result"]
+        assert result["isError"] is True
+        (content,) = result["content"]
+        assert "\n" not in content["text"] or n == 5  # a missing argument names the field
+    assert "engram: " in answers[2]["result"]["content"][0]["text"]
+    assert "wait must be 0 to 60 seconds" in answers[6]["result"]["content"][0]["text"]
