@@ -47,6 +47,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prime": ("prime", "prime"),
     "agents": ("prime", "agents"),
     "mcp": ("mcp", "mcp"),
+    "setup": ("setup", "setup"),
+    "hook": ("setup", "hook_app"),
     "search": ("search", "search"),
     "trace": ("search", "trace"),
     "watch": ("watch", "watch"),

@@ -406,12 +406,34 @@ def event_json(event: Event) -> dict[str, Any]:
     return data
 
 
+LINE_WIDTH = 200
+
+
+def event_line(event: Event) -> str:
+    """One short plain line (``watch --format line``), for harness tools that wake the
+    model on each line a background command prints."""
+    if isinstance(event, LockAcquired | LockRenewed | LockReleased | LockExpired):
+        text = f"{timestamp(event.ts)} lock {_lock_text(event)}"
+    elif isinstance(event, UnitCreated):
+        unit = event.unit
+        text = (f"{timestamp(event.ts)} {unit.agent_id} {unit.type} [{unit.context_id}] "
+                f"{unit.id}: {preview(unit, LINE_WIDTH)}")
+    elif isinstance(event, ContextUpdated):
+        text = f"{timestamp(event.ts)} context {event.context_id}: {_changes_text(event)}"
+    else:
+        text = f"{timestamp(event.ts)} context {event.context_id} created"
+    text = " ".join(text.split())
+    return text if len(text) <= LINE_WIDTH else text[:LINE_WIDTH - 1] + "…"
+
+
 class LiveFeed:
     """Prints events for people (rich, with a status line) or for programs."""
 
-    def __init__(self, out: Output) -> None:
+    def __init__(self, out: Output, *, lines: bool = False) -> None:
         self.out = out
-        self.rich = out.is_terminal and not out.json
+        self.lines = lines
+        """One short line per event (``--format line``), whatever the output is."""
+        self.rich = out.is_terminal and not out.json and not lines
         self._live: Any = None
         self._status = ""
 
@@ -438,7 +460,10 @@ class LiveFeed:
             self._live.update(Text(text, style="dim"), refresh=True)
 
     def show(self, event: Event) -> None:
-        if self.out.json:
+        if self.lines:
+            self.out.stream.write(event_line(event) + "\n")
+            self.out.stream.flush()
+        elif self.out.json:
             self.out.json_line(event_json(event))
         elif self._live is not None:
             self._live.console.print(event_text(event, self.out.console.width))

@@ -61,3 +61,9 @@ def harness(env: Mapping[str, str] | None = None, pid: int | None = None) -> str
         return "codex"
     found = _stat(pid if pid is not None else session_pid(env))
     return found[0] if found is not None else ""
+
+
+def agent_name(given: str | None, pid: int, runner: str) -> str:
+    """The agent a harness's session acts as: the name given (``--agent``,
+    ``ENGRAM_AGENT``), else ``<harness>-<pid>``, so two sessions are two agents."""
+    return given or f"{runner}-{pid}"

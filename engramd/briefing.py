@@ -18,7 +18,7 @@ from engramd.caller import Caller
 from engramd.leases import LeaseManager
 from engramd.mail import Mailbox
 from engramd.presence import Presence
-from engramd.protocol import AgentInfo, BadRequest, Brief, GetBrief, Lease, SessionInfo
+from engramd.protocol import AgentInfo, BadRequest, Brief, GetBrief, Lease, SessionInfo, agentwork
 from engramd.protocol.agentwork import BROADCAST
 from engramd.protocol.model import Context
 from engramd.queries import raw_units, unit_header
@@ -31,16 +31,6 @@ MAX_COUNTED = 1_000
 """Units since the last brief are counted up to this many."""
 _context_decoder = msgspec.msgpack.Decoder(Context)
 
-
-
-def covers(resource: str, path: str) -> bool:
-    """Whether a lease on *resource* covers the file *path* (relative to its repository):
-    the same path, the path under a prefix (``repo/``, an absolute checkout), or a
-    directory of it."""
-    path = path.strip("/")
-    resource = resource.rstrip("/")
-    return (resource == path or resource.endswith("/" + path)
-            or path.startswith(resource + "/"))
 
 
 class Briefing:
@@ -119,7 +109,7 @@ class Briefing:
         held = self._held()
         mine = [lease for lease in held if lease.holder == agent]
         others = [lease for lease in held if lease.holder != agent
-                  and any(covers(lease.resource, path) for path in request.files)]
+                  and any(agentwork.covers(lease.resource, path) for path in request.files)]
         ready = self.board.ready(list(request.contexts))
         mark = self.store.mark(BRIEF_MARK, agent)
         head = self.store.applied_seq

@@ -120,4 +120,6 @@ def test_every_command_takes_json() -> None:
             walk(sub, [*path, name], typer.Context(sub, info_name=name, parent=ctx))
 
     walk(root, [], typer.Context(root, info_name="engram"))
-    assert without == ["help", "hooks run"]  # help text; what the installed hooks call
+    # Help text; what installed git hooks call; what harnesses call (answered in their JSON).
+    assert without == ["help", "hook session-start", "hook prompt", "hook pre-edit",
+                       "hook stop", "hooks run"]

@@ -7,7 +7,7 @@ import typer
 from engram_cli import context
 from engram_cli.context import JsonOption
 from engram_cli.errors import EngramError
-from engram_cli.session import harness, session_pid
+from engram_cli.session import agent_name, harness, session_pid
 
 
 def mcp(ctx: typer.Context, json: JsonOption = False) -> None:
@@ -35,6 +35,6 @@ def mcp(ctx: typer.Context, json: JsonOption = False) -> None:
     cli = context.get(ctx)
     pid = session_pid()
     runner = harness(pid=pid)
-    identity = mcpserver.Identity(socket=cli.socket, agent=cli.agent or f"{runner}-{pid}",
+    identity = mcpserver.Identity(socket=cli.socket, agent=agent_name(cli.agent, pid, runner),
                                   session_pid=pid, harness=runner)
     trio.run(mcpserver.serve, identity)

@@ -101,12 +101,16 @@ def watch(
     count: Annotated[int | None, typer.Option("--count", min=1, metavar="N",
                                               help="Exit after N events.")] = None,
     cursor: CursorOption = None,
+    format_: Annotated[str | None, typer.Option(
+        "--format", metavar="line", help="line: one short plain line per event (at most "
+        "200 characters, flushed), for harness tools that wake an agent on each line.")
+    ] = None,
     json: JsonOption = False,
 ) -> None:
     """Follow the live stream of events; reconnects and resumes across daemon restarts.
 
     On a terminal one line per event under a status line; piped, tab-separated rows;
-    with --json, one event per line, flushed.
+    with --json, one event per line, flushed; with --format line, one short line each.
 
     Examples:
 
@@ -114,13 +118,15 @@ def watch(
       engram watch -k lock.acquired -k lock.released --json | jq -r .lease.resource
       engram watch --cursor reviewer --since start --json
     """
+    if format_ not in (None, "line"):
+        raise UsageProblem(f"--format is line (or leave it out), not {format_!r}")
     cli = context.get(ctx)
     out = cli.output(json)
     client = cli.client()
     filters = _filters(contexts, types, agents, kinds, meta)
     after = _after(since)
     _warn_unknown_contexts(client, filters["contexts"])
-    feed = output.LiveFeed(out)
+    feed = output.LiveFeed(out, lines=format_ == "line")
     shown = 0
     acked_at = 0.0
     was_reconnecting = {"value": False}
