@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agents": ("prime", "agents"),
     "mcp": ("mcp", "mcp"),
     "setup": ("setup", "setup"),
-    "hook": ("setup", "hook_app"),
+    "hook": ("hook", "app"),
     "search": ("search", "search"),
     "trace": ("search", "trace"),
     "watch": ("watch", "watch"),

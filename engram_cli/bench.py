@@ -145,10 +145,11 @@ def _timed_loop(target: BenchTarget, count: int, operation: Callable[[], object]
     return Measurement(latencies, wall, daemon_cpu=cpu())
 
 
-def _timed_processes(target: BenchTarget, count: int, argv: list[str]) -> Measurement:
+def _timed_processes(target: BenchTarget, count: int, argv: list[str],
+                     stdin: bytes | None = None) -> Measurement:
     def run() -> None:
         subprocess.run(argv, env=dict(target.env), check=True, stdout=subprocess.DEVNULL,
-                       stdin=subprocess.DEVNULL)
+                       input=stdin if stdin is not None else b"")
 
     run()  # warm the page cache and bytecode cache
     return _timed_loop(target, count, run)
@@ -185,6 +186,19 @@ def bench_cli_unit_create(target: BenchTarget) -> Measurement:
     """Wall time of a whole `engram unit create -c CTX -p TEXT` process."""
     measurement = _timed_processes(target, target.count(30), [
         *engram_command(), "unit", "create", "-c", "bench-cli", "-p", "a note from the shell"])
+    measurement.note = _install_kind()
+    return measurement
+
+
+def bench_cli_hook_guard(target: BenchTarget) -> Measurement:
+    """Wall time of a whole `engram hook pre-edit` (the lease guard before an agent's file
+    edit) on a free file, fed a harness's PreToolUse input."""
+    hook_input = {"hook_event_name": "PreToolUse", "tool_name": "Edit", "cwd": "/",
+                  "tool_input": {"file_path": "/nowhere/free.py", "old_string": "a",
+                                 "new_string": "b"}}
+    measurement = _timed_processes(
+        target, target.count(30), [*engram_command(), "hook", "pre-edit", "--guard", "block"],
+        stdin=msgspec.json.encode(hook_input))
     measurement.note = _install_kind()
     return measurement
 
@@ -749,6 +763,7 @@ WORKLOADS: dict[str, Workload] = {
     "ping": bench_ping,
     "cli.ping": bench_cli_ping,
     "cli.unit.create": bench_cli_unit_create,
+    "cli.hook.guard": bench_cli_hook_guard,
     "floor.import": bench_floor_import,
     "floor.fdatasync": bench_floor_fdatasync,
     "write.single": bench_write_single,
@@ -833,6 +848,8 @@ GOALS: dict[str, Goal] = {
     "list.last100": Goal((), lambda r, f: ("p50 <= 0.35", r.p50_ms <= 0.35)),
     "cli.ping": Goal(("floor.import",), _near_import_floor),
     "cli.unit.create": Goal(("floor.import",), _near_import_floor),
+    "cli.hook.guard": Goal(("cli.ping",), lambda r, f: (
+        f"p50 <= cli.ping {f['cli.ping'].p50_ms:.1f} ms", r.p50_ms <= f["cli.ping"].p50_ms)),
     "lock.run": Goal(("floor.flock",), lambda r, f: (
         f"(floor.flock {f['floor.flock'].p50_ms:.1f})", None)),
     "import.5agents": Goal(("import.1agent",), _import_agents),

@@ -112,11 +112,18 @@ def install_hooks(config: dict[str, Any], specs: list[HookSpec]) -> dict[str, An
     return result
 
 
+def mcp_argv(engram: list[str], harness: str) -> list[str]:
+    """How the harness starts the MCP server: naming itself, so that the server's agent
+    name is the hooks' (``<harness>-<pid>``)."""
+    return [*engram, "mcp", "--harness", harness]
+
+
 def install_mcp(config: dict[str, Any], engram: list[str]) -> dict[str, Any]:
     """Claude Code's ``.mcp.json`` (or ``~/.claude.json``) with the engram server."""
     result = copy.deepcopy(config)
     servers = result.setdefault("mcpServers", {})
-    servers["engram"] = {"type": "stdio", "command": engram[0], "args": [*engram[1:], "mcp"]}
+    argv = mcp_argv(engram, "claude-code")
+    servers["engram"] = {"type": "stdio", "command": argv[0], "args": argv[1:]}
     return result
 
 
@@ -136,8 +143,9 @@ def dump_json(config: dict[str, Any]) -> str:
 
 def toml_block(engram: list[str]) -> str:
     # JSON strings are valid TOML basic strings for the paths and words used here.
-    return (f"{TOML_BEGIN}\n[mcp_servers.engram]\ncommand = {json.dumps(engram[0])}\n"
-            f"args = {json.dumps([*engram[1:], 'mcp'])}\n{TOML_END}\n")
+    argv = mcp_argv(engram, "codex")
+    return (f"{TOML_BEGIN}\n[mcp_servers.engram]\ncommand = {json.dumps(argv[0])}\n"
+            f"args = {json.dumps(argv[1:])}\n{TOML_END}\n")
 
 
 def install_toml(text: str, engram: list[str]) -> str:

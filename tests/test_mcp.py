@@ -120,8 +120,10 @@ async def test_a_lease_taken_through_mcp_ends_when_the_harness_dies(
     harness.write_text(
         "import os, subprocess, sys\n"
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
-        "sys.exit(subprocess.call([sys.executable, '-m', 'engram_cli', 'mcp']))\n")
-    env = {**engramd.env, "ENGRAM_AGENT": "claude-c"}
+        "sys.exit(subprocess.call([sys.executable, '-m', 'engram_cli', 'mcp', '--harness',"
+        " 'claude-code']))\n")
+    # No ENGRAM_AGENT: the agent is named after the harness and its process.
+    env = {name: value for name, value in engramd.env.items() if name != "ENGRAM_AGENT"}
     async with mcp_session(env, harness=harness) as session:
         failed, text = await call(session, "lock", resources=["src/app.py"], ttl=300)
         assert not failed and text.startswith("src/app.py: lock_id ")
@@ -129,6 +131,9 @@ async def test_a_lease_taken_through_mcp_ends_when_the_harness_dies(
             lease = probe.get_lock("src/app.py").lease
             harness_pid = int(pid_file.read_text())
             assert lease is not None and lease.pid == harness_pid
+            assert lease.holder == f"claude-code-{harness_pid}"
+            assert [s.pid for a in probe.list_agents() if a.agent == lease.holder
+                    for s in a.sessions] == [harness_pid]  # announced at the start
             os.kill(harness_pid, signal.SIGKILL)
             await trio.to_thread.run_sync(lambda: wait_until(
                 lambda: probe.get_lock("src/app.py").lease is None,

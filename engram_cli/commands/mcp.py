@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from engram_cli import context
@@ -10,7 +12,14 @@ from engram_cli.errors import EngramError
 from engram_cli.session import agent_name, harness, session_pid
 
 
-def mcp(ctx: typer.Context, json: JsonOption = False) -> None:
+def mcp(
+    ctx: typer.Context,
+    runner: Annotated[str | None, typer.Option(
+        "--harness", metavar="NAME", help="What runs the server (claude-code, codex; "
+        "default: told by its variables, else its process name): the agent is NAME-PID.")
+    ] = None,
+    json: JsonOption = False,
+) -> None:
     """Serve engram's tools to a coding agent: an MCP server on stdin/stdout.
 
     Tools: brief, send, inbox, ack, post, recent, get, search, trace, lock, unlock, locks,
@@ -34,7 +43,7 @@ def mcp(ctx: typer.Context, json: JsonOption = False) -> None:
                           "pip install 'engram[mcp]'") from None
     cli = context.get(ctx)
     pid = session_pid()
-    runner = harness(pid=pid)
+    runner = runner or harness(pid=pid)
     identity = mcpserver.Identity(socket=cli.socket, agent=agent_name(cli.agent, pid, runner),
                                   session_pid=pid, harness=runner)
     trio.run(mcpserver.serve, identity)

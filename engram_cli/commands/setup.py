@@ -1,30 +1,23 @@
-"""``engram setup claude-code|codex`` (wire a harness) and ``engram hook ...`` (what the
-harness runs): see :mod:`engram_cli.harness` for the formats."""
+"""``engram setup claude-code|codex``: wire a harness to engram (its MCP server and the
+``engram hook`` commands); see :mod:`engram_cli.harness` for the formats."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json as jsonlib
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
 
-from engram_cli import briefview, context, gitinfo, harness
-from engram_cli.client import Client
+from engram_cli import context, gitinfo, harness
 from engram_cli.context import JsonOption
 from engram_cli.errors import EngramError, ExitCode, UsageProblem
-from engram_cli.session import SESSION_PID_VAR, agent_name, session_pid
-from engramd.protocol import agentwork
 
 BACKUP_SUFFIX = ".engram-backup"
-HOOK_TIMEOUT = 2.0
-"""Seconds a hook waits for any answer of the daemon: a hook must never stall the agent."""
 
 HarnessArg = Annotated[str, typer.Argument(
     metavar="claude-code|codex", help="The harness to wire.")]
@@ -204,170 +197,3 @@ def setup(
             out.line(f"{verb}: {file.path}")
     if check and stale:
         raise typer.Exit(ExitCode.ERROR)
-
-
-# -- hooks ---------------------------------------------------------------------------
-
-hook_app = typer.Typer(
-    help="What a harness runs (engram setup installs them): read the hook's JSON on stdin, "
-         "answer in the harness's format, and exit 0 with no output when engramd cannot "
-         "be reached.", no_args_is_help=True, add_completion=False)
-
-HarnessOption = Annotated[str, typer.Option(
-    "--harness", metavar="claude-code|codex", help="Which harness runs the hook.")]
-
-
-def _hook_input() -> dict[str, Any]:
-    try:
-        data = jsonlib.loads(sys.stdin.read() or "{}") if not sys.stdin.isatty() else {}
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-@contextlib.contextmanager
-def _failing_open() -> Iterator[None]:
-    """A hook never breaks the agent's session: engram's failures end it quietly."""
-    try:
-        yield
-    except (EngramError, OSError):
-        raise typer.Exit(0) from None
-
-
-def _client(ctx: typer.Context, runner: str, timeout: float = HOOK_TIMEOUT
-            ) -> tuple[Client, str, int]:
-    """A connected client acting as the session's agent, its name and its process."""
-    cli = context.get(ctx)
-    pid = session_pid()
-    agent = agent_name(cli.agent, pid, runner)
-    client = Client(cli.socket, agent_id=agent, client_name="engram-hook", timeout=timeout,
-                    start_timeout=HOOK_TIMEOUT)
-    client.connect()
-    ctx.call_on_close(client.close)
-    return client, agent, pid
-
-
-def _emit(answer: dict[str, Any]) -> None:
-    sys.stdout.write(jsonlib.dumps(answer) + "\n")
-    sys.stdout.flush()
-
-
-@hook_app.command("session-start")
-def session_start(ctx: typer.Context, runner: HarnessOption = "claude-code",
-                  max_chars: Annotated[int, typer.Option("--max-chars", min=500)] = 8000
-                  ) -> None:
-    """SessionStart: the brief as additional context; the session announced, and (Claude
-    Code) ENGRAM_AGENT and ENGRAM_SESSION_PID exported to the session's shell commands."""
-    hook_input = _hook_input()
-    with _failing_open():
-        client, agent, pid = _client(ctx, runner)
-        client.announce_session(pid=pid, harness=runner)
-        cwd = str(hook_input.get("cwd") or os.getcwd())
-        brief = client.brief(files=gitinfo.changed_files(cwd))
-    env_file = os.environ.get("CLAUDE_ENV_FILE")
-    if env_file:
-        with contextlib.suppress(OSError), open(env_file, "a", encoding="utf-8") as exports:
-            exports.write(f"export ENGRAM_AGENT={agent}\nexport {SESSION_PID_VAR}={pid}\n")
-    _emit(harness.additional_context("SessionStart", briefview.markdown(brief, max_chars)))
-
-
-@hook_app.command("prompt")
-def prompt(ctx: typer.Context, runner: HarnessOption = "claude-code") -> None:
-    """UserPromptSubmit: one line of context when messages are unread; nothing otherwise."""
-    _hook_input()
-    with _failing_open():
-        client, _, _ = _client(ctx, runner)
-        counted = client.unread()
-    if counted.unread:
-        _emit(harness.additional_context(
-            "UserPromptSubmit", f"engram: {counted.unread} unread message(s) for you: read "
-            "them with the inbox tool or `engram inbox`."))
-
-
-@hook_app.command("pre-edit")
-def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
-             guard: Annotated[str, typer.Option("--guard", metavar="warn|block")] = "warn"
-             ) -> None:
-    """PreToolUse on file edits: another agent's lease on the file warns (context naming
-    the holder) or, with --guard block, denies the edit with the reason."""
-    hook_input = _hook_input()
-    cwd = str(hook_input.get("cwd") or os.getcwd())
-    paths = harness.edited_paths(hook_input)
-    if not paths:
-        return
-    with _failing_open():
-        client, agent, _ = _client(ctx, runner)
-        states = client.list_locks()
-    try:
-        root = gitinfo.toplevel(cwd)
-    except gitinfo.GitError:
-        root = cwd
-    held: list[str] = []
-    holders: list[str] = []
-    for path in paths:
-        absolute = os.path.normpath(os.path.join(cwd, path))
-        relative = os.path.relpath(absolute, root)
-        for state in states:
-            lease = state.lease
-            if lease is not None and lease.holder != agent and (
-                    agentwork.covers(lease.resource, relative)
-                    or agentwork.covers(lease.resource, absolute)):
-                held.append(f"{relative} is leased by {lease.holder}"
-                            + (f" (pid {lease.holder_pid})" if lease.holder_pid else "")
-                            + f" as {lease.resource} until {lease.expires_at:%H:%M:%S} UTC")
-                holders.append(lease.holder)
-    if not held:
-        return
-    reason = ("; ".join(held) + f". Ask (engram send --to {','.join(dict.fromkeys(holders))}) "
-              "or wait for the lease to end.")
-    if guard == "block":
-        _emit(harness.deny_edit(reason))
-    else:
-        _emit(harness.additional_context("PreToolUse", f"engram warning: {reason}"))
-
-
-@hook_app.command("stop")
-def stop(ctx: typer.Context, runner: HarnessOption = "claude-code",
-         wait: Annotated[float, typer.Option("--wait", min=0.0, max=86400.0,
-                                             metavar="SECONDS")] = 3600.0) -> None:
-    """Stop: the wake path. Claude Code (run in the background): wait up to --wait for a
-    message and exit 2 when one comes (the harness wakes the agent), 0 otherwise; one
-    waiter per agent. Codex: when mail is waiting, continue the turn, never twice in a
-    row."""
-    hook_input = _hook_input()
-    if runner == "codex":
-        if hook_input.get("stop_hook_active"):
-            return  # the turn already went on for this stop: let the agent stop
-        with _failing_open():
-            client, _, _ = _client(ctx, runner)
-            counted = client.unread()
-        if counted.unread:
-            _emit({"decision": "block", "reason": f"engram: {counted.unread} unread "
-                   "message(s) arrived; read them with `engram inbox` before you stop."})
-        return
-    with _failing_open():
-        client, agent, _ = _client(ctx, runner, timeout=HOOK_TIMEOUT)
-        with _one_waiter(client.socket_path, agent) as alone:
-            if not alone:
-                return
-            page = client.inbox(peek=True, wait=wait, limit=1)
-    if page.messages:
-        first = page.messages[0]
-        sys.stderr.write(f"engram: a message from {first.agent_id} is waiting "
-                         f"({page.unread + 1} unread): read it with the inbox tool or "
-                         "`engram inbox`.\n")
-        raise typer.Exit(2)
-
-
-@contextlib.contextmanager
-def _one_waiter(socket_path: str, agent: str) -> Iterator[bool]:
-    """Whether this is the only stop hook of *agent* waiting (a lock beside the socket)."""
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in agent)[:100]
-    path = os.path.join(os.path.dirname(socket_path), f"wake-{name}.lock")
-    with open(path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True

@@ -64,7 +64,8 @@ def test_claude_code_setup_merges_checks_and_removes_byte_for_byte(
     (stop,) = [h for g in settings["hooks"]["Stop"] for h in g["hooks"] if harness.is_ours(h)]
     assert stop["async"] is True and stop["asyncRewake"] is True
     mcp = json.loads(installed[".mcp.json"])["mcpServers"]["engram"]
-    assert mcp["type"] == "stdio" and mcp["args"][-1] == "mcp"
+    assert mcp["type"] == "stdio"
+    assert mcp["args"][-3:] == ["mcp", "--harness", "claude-code"]
 
     again = engram(env, "setup", "claude-code", cwd=repo)
     assert again.stdout.count("unchanged") == 2 and snapshot(repo) == installed
@@ -107,7 +108,7 @@ def test_codex_setup_writes_hooks_and_a_marked_mcp_block(repo: Path,
     installed = snapshot(repo)
     config = tomllib.loads(installed[".codex/config.toml"].decode())
     assert config["model"] == "gpt-5-codex" and config["mcp_servers"]["beads"]
-    assert config["mcp_servers"]["engram"]["args"][-1] == "mcp"
+    assert config["mcp_servers"]["engram"]["args"][-3:] == ["mcp", "--harness", "codex"]
     hooks = json.loads(installed[".codex/hooks.json"])["hooks"]
     assert hooks["SessionStart"][0]["hooks"][0]["command"] == "bd prime --hook-json"
     assert "--harness codex" in hooks["Stop"][0]["hooks"][0]["command"]
