@@ -11,7 +11,6 @@ installing twice changes nothing and removing leaves every other hook alone.
 from __future__ import annotations
 
 import copy
-import json
 import re
 import shlex
 from dataclasses import dataclass
@@ -138,11 +137,15 @@ def remove_mcp(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def dump_json(config: dict[str, Any]) -> str:
+    import json  # setup's only: the hooks answer through msgspec, which is loaded anyway
+
     return json.dumps(config, indent=2) + "\n"
 
 
 def toml_block(engram: list[str]) -> str:
     # JSON strings are valid TOML basic strings for the paths and words used here.
+    import json
+
     argv = mcp_argv(engram, "codex")
     return (f"{TOML_BEGIN}\n[mcp_servers.engram]\ncommand = {json.dumps(argv[0])}\n"
             f"args = {json.dumps(argv[1:])}\n{TOML_END}\n")

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json as jsonlib
 import os
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import msgspec
 import typer
 
-from engram_cli import context, gitinfo, harness
+from engram_cli import context, harness
 from engram_cli.client import Client
 from engram_cli.errors import EngramError
 from engram_cli.session import SESSION_PID_VAR, agent_name, session_pid
@@ -34,8 +34,9 @@ HarnessOption = Annotated[str, typer.Option(
 
 def _hook_input() -> dict[str, Any]:
     try:
-        data = jsonlib.loads(sys.stdin.read() or "{}") if not sys.stdin.isatty() else {}
-    except ValueError:
+        data = msgspec.json.decode(sys.stdin.buffer.read() or b"{}") \
+            if not sys.stdin.isatty() else {}
+    except (msgspec.DecodeError, OSError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -63,7 +64,7 @@ def _client(ctx: typer.Context, runner: str, timeout: float = HOOK_TIMEOUT
 
 
 def _emit(answer: dict[str, Any]) -> None:
-    sys.stdout.write(jsonlib.dumps(answer) + "\n")
+    sys.stdout.write(msgspec.json.encode(answer).decode() + "\n")
     sys.stdout.flush()
 
 
@@ -78,6 +79,8 @@ def session_start(ctx: typer.Context, runner: HarnessOption = "claude-code",
         client, agent, pid = _client(ctx, runner)
         client.announce_session(pid=pid, harness=runner)
         cwd = str(hook_input.get("cwd") or os.getcwd())
+        from engram_cli import gitinfo  # only where git is asked: it brings subprocess
+
         brief = client.brief(files=gitinfo.changed_files(cwd))
     from engram_cli import briefview  # only here: it brings the output module
 
@@ -119,6 +122,8 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
               if state.lease is not None and state.lease.holder != agent]
     if not others:
         return  # the common case, and no git to ask
+    from engram_cli import gitinfo
+
     try:
         root = gitinfo.toplevel(cwd)
     except gitinfo.GitError:
