@@ -202,7 +202,19 @@ class GroupCommitter:
                 self._last_batch = len(batch)
                 await self._commit_batch(batch)
         finally:
+            self._stopped()
             self.thread.stop()
+
+    def _stopped(self) -> None:
+        """The loop has ended (the daemon stops): what is queued will never be written.
+        Its callers hear so now, and later ones at once; a shielded caller (a lease's end)
+        would otherwise wait for good and hold the daemon's stop up."""
+        if self.failure is None:
+            self.failure = "engramd is stopping"
+        for submission in self._queue:
+            submission.error = Unavailable(self.failure)
+            submission.done.set()
+        self._queue.clear()
 
     async def _fill(self, wanted: int) -> None:
         """Wait up to the window until *wanted* requests are queued."""

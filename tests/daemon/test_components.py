@@ -23,7 +23,7 @@ from engramd.commit import GroupCommitter
 from engramd.events import EventHub, Filter, Subscriber, describe_live
 from engramd.leases import LeaseManager
 from engramd.locks import Holding, LockTable, Waiting
-from engramd.protocol import AcquireLock, BadRequest, Heartbeat, Lagged, Lease
+from engramd.protocol import AcquireLock, BadRequest, Heartbeat, Lagged, Lease, Unavailable
 from engramd.protocol.messages import AnyServerMessage
 from engramd.protocol.model import Context, ContextCreated
 from engramd.server import encode_event_push
@@ -132,6 +132,53 @@ async def running(storage: tuple[Store, WriteAheadLog]
 
 
 # -- the group committer ---------------------------------------------------------------
+
+
+async def test_a_commit_queued_when_the_committer_stops_fails_instead_of_waiting(
+        storage: tuple[Store, WriteAheadLog]) -> None:
+    """A lease's end commits shielded; were its submission left queued when the daemon
+    stops, it would wait for good and hold the stop up."""
+    store = storage[0]
+    committer, _ = committer_over(storage)
+    writing, go_on = threading.Event(), threading.Event()
+    apply = store.apply
+
+    def slow_apply(entries: list[Entry]) -> None:  # a write in progress, held (a fault)
+        writing.set()
+        go_on.wait(10)
+        apply(entries)
+
+    store.apply = slow_apply  # type: ignore[method-assign]
+    outcomes: list[str] = []
+
+    async def commit(name: str) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(5) as late:
+            try:
+                await committer.commit(context_created(name))
+                outcomes.append(f"{name} written")
+            except Unavailable as exc:
+                outcomes.append(f"{name}: {exc}")
+        if late.cancelled_caught:
+            outcomes.append(f"{name} still waiting")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            run_scope = trio.CancelScope()
+
+            async def run() -> None:
+                with run_scope:
+                    await committer.run()
+
+            nursery.start_soon(run)
+            nursery.start_soon(commit, "first")
+            await trio.to_thread.run_sync(writing.wait, 10)
+            nursery.start_soon(commit, "second")  # queued behind the write
+            await trio.testing.wait_all_tasks_blocked()
+            run_scope.cancel()  # the daemon stops
+            go_on.set()
+    assert outcomes == ["first written", "second: engramd is stopping"]
+    with pytest.raises(Unavailable, match="stopping"):
+        await committer.commit(context_created("third"))  # later ones at once
 
 
 async def test_requests_that_arrive_together_share_one_batch_in_order(
