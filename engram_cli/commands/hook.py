@@ -73,8 +73,11 @@ def _emit(answer: dict[str, Any]) -> None:
 def session_start(ctx: typer.Context, runner: HarnessOption = "claude-code",
                   max_chars: Annotated[int, typer.Option("--max-chars", min=500)] = 8000
                   ) -> None:
-    """SessionStart: the brief as additional context; the session announced, and (Claude
-    Code) ENGRAM_AGENT and ENGRAM_SESSION_PID exported to the session's shell commands."""
+    """SessionStart: the session brief as context.
+
+    Also announces the session and (Claude Code) exports ENGRAM_AGENT and
+    ENGRAM_SESSION_PID to the session's shell commands.
+    """
     hook_input = _hook_input()
     with _failing_open():
         client, agent, pid = _client(ctx, runner)
@@ -110,8 +113,11 @@ def prompt(ctx: typer.Context, runner: HarnessOption = "claude-code") -> None:
 def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
              guard: Annotated[str, typer.Option("--guard", metavar="warn|block")] = "warn"
              ) -> None:
-    """PreToolUse on file edits: another agent's lease on the file warns (context naming
-    the holder) or, with --guard block, denies the edit with the reason."""
+    """PreToolUse on file edits: the lease guard.
+
+    Another agent's lease on the file adds a warning naming the holder, or with
+    --guard block denies the edit with that reason.
+    """
     hook_input = _hook_input()
     cwd = str(hook_input.get("cwd") or os.getcwd())
     paths = harness.edited_paths(hook_input)
@@ -156,10 +162,12 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
 def stop(ctx: typer.Context, runner: HarnessOption = "claude-code",
          wait: Annotated[float, typer.Option("--wait", min=0.0, max=86400.0,
                                              metavar="SECONDS")] = 3600.0) -> None:
-    """Stop: the wake path. Claude Code (run in the background): wait up to --wait for a
-    message and exit 2 when one comes (the harness wakes the agent), 0 otherwise; one
-    waiter per agent. Codex: when mail is waiting, continue the turn, never twice in a
-    row."""
+    """Stop: the wake path.
+
+    Claude Code (run in the background): wait up to --wait for a message and exit 2
+    when one comes (the harness wakes the agent), else 0; one waiter per agent.
+    Codex: when mail waits, the turn goes on, never twice in a row.
+    """
     hook_input = _hook_input()
     if runner == "codex":
         if hook_input.get("stop_hook_active"):

@@ -156,17 +156,19 @@ def setup(
 ) -> None:
     """Wire a coding agent's harness to engram: its MCP server and its hooks.
 
-    Hooks: at session start the brief (also after a resume or compaction); on each
-    prompt a line when mail is unread; before a file edit a lease guard; at stop the
-    wake path (Claude Code: a background hook that wakes the agent when mail comes;
-    Codex: the turn goes on when mail is waiting, never twice in a row). Files are
-    merged, never clobbered; a backup of each is kept beside it until --remove.
+    Hooks: the brief at session start (also after a resume or compaction); a line
+    on a prompt when mail is unread; a lease guard before file edits; at stop, the
+    wake path (Claude Code: a background hook wakes the agent when mail comes;
+    Codex: the turn goes on when mail waits, never twice in a row).
+
+    Files are merged, never clobbered; a backup of each stays beside it until
+    --remove, which puts back what was there.
 
     Examples:
 
-      engram setup claude-code             # .claude/settings.json and .mcp.json here
-      engram setup codex --global          # ~/.codex/hooks.json and ~/.codex/config.toml
-      engram setup claude-code --check     # exit 1 when something is missing or stale
+      engram setup claude-code           # .claude/settings.json, .mcp.json
+      engram setup codex --global        # ~/.codex/hooks.json, config.toml
+      engram setup claude-code --check   # exit 1 if missing or stale
       engram setup claude-code --remove
     """
     if runner not in harness.HARNESSES:
