@@ -45,6 +45,7 @@ from engramd.protocol import (
     Unavailable,
 )
 from engramd.queries import Queries
+from engramd.recent import RecentUnits
 from engramd.storage import SchemaMismatch, Store
 from engramd.taskboard import TaskBoard
 from engramd.wal.log import Corruption, WriteAheadLog
@@ -151,10 +152,11 @@ class Engine:
             max_waiters=config.max_waiters_per_resource)
         leases.restore()
         writer = Writer(store, committer, in_flight, contexts, self.limits, leases.check_fence)
-        queries = Queries(store, hub, indexer, config.heartbeat_seconds)
+        recent = RecentUnits(store)
+        queries = Queries(store, hub, indexer, config.heartbeat_seconds, recent)
         mailbox = Mailbox(store, writer)
         board = TaskBoard(store, writer, leases)
-        followers += [mailbox.applied, board.applied]
+        followers += [recent.applied, mailbox.applied, board.applied]
         briefing = Briefing(store, mailbox, board, leases, self.presence)
         return Parts(store, wal, indexer, hub, committer, leases, writer, queries, mailbox,
                      board, briefing)

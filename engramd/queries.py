@@ -29,6 +29,7 @@ from engramd.protocol import (
     TooLarge,
 )
 from engramd.protocol.model import EVENT_KINDS, UNIT_ID_LENGTH, Context, Unit
+from engramd.recent import RecentUnits
 from engramd.search import QueryError, plain_query
 from engramd.storage import Store, seq_from
 
@@ -72,8 +73,9 @@ class Related:
 
 class Queries:
     def __init__(self, store: Store, hub: EventHub, indexer: Indexer,
-                 heartbeat_seconds: float) -> None:
+                 heartbeat_seconds: float, recent: RecentUnits) -> None:
         self.store = store
+        self.recent = recent
         self.hub = hub
         self.indexer = indexer
         self.heartbeat_seconds = heartbeat_seconds
@@ -119,6 +121,13 @@ class Queries:
             raise NotFound(f"no context {request.context_id}")
         agents = set(request.agents)
         filtering = bool(types or agents or request.since or request.until)
+        if not filtering and request.before is None and request.after is None:
+            newest = self.recent.newest(request.context_id, request.limit)
+            if newest is not None:
+                found, cursor = newest
+                if request.reverse:
+                    found.reverse()
+                return raw_units(found), cursor
         forward = request.after is not None
         rows = self.store.scan_context(request.context_id, after=request.after,
                                        before=request.before, newest_first=not forward)

@@ -507,3 +507,47 @@ def test_stored_contexts_follow_applied_batches_and_stay_bounded(
     for name in ("c0", "c1", "c2"):
         contexts.get(name)
     assert len(contexts._recent) == 2 and "c0" not in contexts._recent
+
+
+# -- the recent units -------------------------------------------------------------------
+
+
+def unit_entry(seq: int, context_id: str = "c") -> Entry:
+    from engramd.protocol.model import Unit, UnitCreated
+
+    unit = Unit(id=f"u{seq}", seq=seq, context_id=context_id, agent_id="a", type="MESSAGE",
+                ts=WHEN, meta={}, payload=b"", relationships=[], uid=0, pid=0)
+    return Entry(first_seq=seq, events=[UnitCreated(seq=seq, ts=WHEN, context_id=context_id,
+                                                    unit=unit)])
+
+
+def test_recent_units_take_a_batch_once_and_reload_an_evicted_context(
+        storage: tuple[Store, WriteAheadLog]) -> None:
+    from engramd.recent import RecentUnits
+
+    store = storage[0]
+    recent = RecentUnits(store, per_context=4, contexts=1)
+
+    def newest(context_id: str, limit: int) -> tuple[list[str], int | None]:
+        found = recent.newest(context_id, limit)
+        assert found is not None
+        raws, cursor = found
+        return [msgspec.msgpack.decode(raw)["id"] for raw in raws], cursor
+
+    first = [unit_entry(1)]
+    store.apply(first)  # the journal thread has applied it ...
+    assert newest("c", 3) == (["u1"], None)  # ... a read loads the context ...
+    recent.applied(first)  # ... and then the followers hear of it: taken once
+    assert newest("c", 3) == (["u1"], None)
+    for seq in range(2, 7):
+        batch = [unit_entry(seq)]
+        store.apply(batch)
+        recent.applied(batch)
+    assert newest("c", 3) == (["u4", "u5", "u6"], 4)
+    assert recent.newest("c", 4) is None  # more than is kept: the store answers
+    store.apply([unit_entry(7, "d")])
+    assert newest("d", 2) == (["u7"], None)  # loading d evicts c (one context kept)
+    later = [unit_entry(8)]
+    store.apply(later)
+    recent.applied(later)  # c is not followed now ...
+    assert newest("c", 3) == (["u5", "u6", "u8"], 5)  # ... and is read again whole

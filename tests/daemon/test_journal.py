@@ -290,3 +290,33 @@ def test_a_unit_imported_before_ids_were_kept_is_found_by_its_key(
             ["alice", "alice"], [old, later])
     assert result.reused == [copy.id]
     assert [(r.type, r.target) for r in result.units[1].relationships] == [("CAUSES", copy.id)]
+
+
+def test_the_newest_units_from_memory_match_the_store(threaded_daemon: ThreadedDaemon) -> None:
+    """``unit.list`` without filters is answered from the recent-units cache; a filter that
+    matches everything reads the store. Both must give the same page and cursor, from a
+    context's first unit to well past what the cache keeps, in both orders."""
+    from engramd.protocol import UNIT_TYPES
+    from engramd.recent import PER_CONTEXT
+
+    with connect(threaded_daemon.config, "alice") as alice:
+        def same(context_id: str) -> None:
+            for limit in (1, 7, 50, PER_CONTEXT - 1, PER_CONTEXT, 500):
+                for reverse in (False, True):
+                    fast = alice.list_units(context_id, limit=limit, reverse=reverse)
+                    slow = alice.list_units(context_id, limit=limit, reverse=reverse,
+                                            types=list(UNIT_TYPES))
+                    assert [u.id for u in fast.units] == [u.id for u in slow.units]
+                    assert fast.next_cursor == slow.next_cursor, (limit, reverse)
+
+        alice.create_unit("hot", "MESSAGE", "first")
+        same("hot")  # loaded with one unit: the whole context
+        for batch in range(6):
+            alice.create_units([requests.draft(context, "REASONING", f"{context} {batch} {n}")
+                                for n in range(40) for context in ("hot", "other")])
+            same("hot")
+        same("other")  # loaded when already past what is kept
+        written = [alice.create_unit("other", "ERROR", f"late {n}") for n in range(3)]
+        page = alice.list_units("other", limit=3)
+        assert [u.id for u in page.units] == [u.id for u in written]
+        same("other")
