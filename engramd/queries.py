@@ -116,8 +116,10 @@ class Queries:
         if min(request.before or 0, request.after or 0) < 0:
             raise BadRequest("before and after are seqs: 0 or more")
         types = {validate.unit_type(kind) for kind in request.types}
-        if self.store.context(request.context_id) is None:
-            # An empty page would hide a misspelt name; contexts are never deleted.
+        # Contexts are never deleted: one whose units are kept in memory exists.
+        if (not self.recent.holds(request.context_id)
+                and self.store.context(request.context_id) is None):
+            # An empty page would hide a misspelt name.
             raise NotFound(f"no context {request.context_id}")
         agents = set(request.agents)
         filtering = bool(types or agents or request.since or request.until)

@@ -11,6 +11,7 @@ context goes when there are too many.
 from __future__ import annotations
 
 import collections
+import itertools
 
 import msgspec
 
@@ -44,6 +45,9 @@ class RecentUnits:
                     if units is not None and (not units or units[-1][0] < event.seq):
                         units.append((event.seq, _encoder.encode(event.unit)))
 
+    def holds(self, context_id: str) -> bool:
+        return context_id in self._kept
+
     def newest(self, context_id: str, limit: int) -> tuple[list[bytes], int | None] | None:
         """The newest *limit* units of the context, oldest first, and the seq to page back
         from when there are older ones; None when *limit* is more than is kept."""
@@ -55,8 +59,9 @@ class RecentUnits:
         else:
             self._kept.move_to_end(context_id)
         # Not full, the deque holds the whole context: there is more only beyond it.
-        picked = list(units)[-limit:]
         more = len(units) > limit
+        picked = list(itertools.islice(units, len(units) - limit, None)) if more \
+            else list(units)
         return [raw for _, raw in picked], (picked[0][0] if more and picked else None)
 
     def _load(self, context_id: str) -> collections.deque[tuple[int, bytes]]:
