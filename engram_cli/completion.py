@@ -19,6 +19,14 @@ def _starting(words: tuple[str, ...], incomplete: str) -> list[str]:
     return [word.lower() for word in found] if incomplete.islower() else found
 
 
+HARNESSES = ("claude-code", "codex")
+"""The coding-agent harnesses ``engram setup`` wires (see :mod:`engram_cli.harness`)."""
+
+
+def harnesses(incomplete: str) -> list[str]:
+    return [name for name in HARNESSES if name.startswith(incomplete)]
+
+
 def unit_types(incomplete: str) -> list[str]:
     return _starting(UNIT_TYPES, incomplete)
 

@@ -16,7 +16,6 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-HARNESSES = ("claude-code", "codex")
 GUARDS = ("off", "warn", "block")
 EDIT_TOOLS = {"claude-code": "Edit|Write|MultiEdit|NotebookEdit", "codex": "apply_patch|Edit|Write"}
 """PreToolUse matchers for the tools that change files."""

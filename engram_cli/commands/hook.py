@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from engram_cli import context, harness
+from engram_cli import completion, context, harness
 from engram_cli.client import Client
 from engram_cli.errors import EngramError
 from engram_cli.session import SESSION_PID_VAR, agent_name, session_pid
@@ -30,7 +30,8 @@ app = typer.Typer(
          "be reached.", no_args_is_help=True, add_completion=False)
 
 HarnessOption = Annotated[str, typer.Option(
-    "--harness", metavar="claude-code|codex", help="Which harness runs the hook.")]
+    "--harness", metavar="claude-code|codex", autocompletion=completion.harnesses,
+    help="Which harness runs the hook.")]
 
 
 def _hook_input() -> dict[str, Any]:

@@ -13,14 +13,15 @@ from typing import Annotated, Any
 
 import typer
 
-from engram_cli import context, gitinfo, harness
+from engram_cli import completion, context, gitinfo, harness
 from engram_cli.context import JsonOption
 from engram_cli.errors import EngramError, ExitCode, UsageProblem
 
 BACKUP_SUFFIX = ".engram-backup"
 
 HarnessArg = Annotated[str, typer.Argument(
-    metavar="claude-code|codex", help="The harness to wire.")]
+    metavar="claude-code|codex", autocompletion=completion.harnesses,
+    help="The harness to wire.")]
 
 
 # -- setup --------------------------------------------------------------------------
@@ -171,8 +172,8 @@ def setup(
       engram setup claude-code --check   # exit 1 if missing or stale
       engram setup claude-code --remove
     """
-    if runner not in harness.HARNESSES:
-        raise UsageProblem(f"unknown harness {runner!r} (one of {', '.join(harness.HARNESSES)})")
+    if runner not in completion.HARNESSES:
+        raise UsageProblem(f"unknown harness {runner!r} (one of {', '.join(completion.HARNESSES)})")
     if guard not in harness.GUARDS:
         raise UsageProblem(f"--guard is one of {', '.join(harness.GUARDS)}, not {guard!r}")
     if global_ and project:
