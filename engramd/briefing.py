@@ -120,7 +120,7 @@ class Briefing:
         return Brief(
             id=request.id, agent=agent, contexts=contexts, unread=unread,
             messages=raw_units(messages),
-            pending_acks=len(self.mailbox.pending_acks(agent)), leases=mine,
+            pending_acks=self.mailbox.pending_count(agent), leases=mine,
             others_leases=others, claimed=self.board.claimed_by(agent),
             ready=[self.board.view(task) for task in ready[:items]], ready_total=len(ready),
             since=raw_units(since), since_total=since_total, pinned=raw_units(pinned))

@@ -268,8 +268,8 @@ class Dispatcher:
                 return InboxPage(id=request.id, messages=raw_units(messages), unread=unread)
             case CountUnread():
                 return UnreadCount(id=request.id, unread=parts.mailbox.unread(caller.agent_id),
-                                   pending_acks=len(parts.mailbox.pending_acks(
-                                       caller.agent_id)))
+                                   pending_acks=parts.mailbox.pending_count(
+                                       caller.agent_id))
             case AckMessage():
                 ack = await parts.mailbox.acknowledge(request.message_id, caller)
                 return UnitsCreated(id=request.id, units=[ack])

@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import msgspec
 import trio
@@ -32,7 +34,6 @@ MAX_WAIT = 3_600.0
 _unit_decoder = msgspec.msgpack.Decoder(Unit)
 
 
-
 def recipients(names: list[str]) -> list[str]:
     """The checked recipients of a message: agents, or ``*`` alone."""
     if not names:
@@ -46,29 +47,52 @@ def recipients(names: list[str]) -> list[str]:
     return checked
 
 
+@dataclass
+class _Counts:
+    """One agent's unread messages and the messages waiting for its acknowledgement."""
+
+    unread: int
+    pending: set[str]
+    """Ids of the messages that ask this agent for an acknowledgement it has not given."""
+
+
 class Mailbox:
     def __init__(self, store: Store, writer: Writer) -> None:
         self.store = store
         self.writer = writer
         self._arrived = trio.Event()
-        self._unread: dict[str, int] = {}
-        """Agent -> messages unread, for the agents asked about since the start: counted
-        from the store once, then kept up to date as messages come and are read."""
+        self._through = store.applied_seq
+        """The mailbox sees the store only up to here: the last seq its follower has taken
+        in. The journal thread writes the store before the follower hears of a batch; a
+        count taken from the store in between would count that batch twice."""
+        self._counts: dict[str, _Counts] = {}
+        """For the agents asked about since the start: counted from the store once, then
+        kept up to date as messages and acknowledgements come and messages are read."""
 
     def applied(self, entries: list[Entry]) -> None:
-        """Count the messages in these entries as unread, and wake the inboxes waiting."""
+        """Count the messages and acknowledgements in these entries, and wake the inboxes
+        waiting."""
         arrived = False
         for entry in entries:
             for event in entry.events:
                 if not isinstance(event, UnitCreated) or event.unit.type != "MESSAGE":
                     continue
-                to = agentwork.recipients(event.unit.meta)
+                unit = event.unit
+                acked = unit.meta.get(agentwork.ACK_OF)
+                counts = self._counts.get(unit.agent_id)
+                if acked and counts is not None:
+                    counts.pending.discard(acked)
+                to = agentwork.recipients(unit.meta)
                 if agentwork.BROADCAST in to:
-                    to = [agent for agent in self._unread if agent != event.unit.agent_id]
+                    to = [agent for agent in self._counts if agent != unit.agent_id]
                 for agent in dict.fromkeys(to):
-                    if agent in self._unread:
-                        self._unread[agent] += 1
-                arrived = True
+                    counts = self._counts.get(agent)
+                    if counts is not None:
+                        counts.unread += 1
+                        if agentwork.wants_ack(unit.meta):
+                            counts.pending.add(unit.id)
+                arrived = arrived or bool(to)
+        self._through = entries[-1].last_seq
         if arrived:
             self._arrived.set()
             self._arrived = trio.Event()
@@ -123,28 +147,45 @@ class Mailbox:
 
     # -- reading --------------------------------------------------------------------
 
-    def unread(self, agent: str) -> int:
-        count = self._unread.get(agent)
-        if count is None:
-            mark = self.store.mark(INBOX_MARK, agent)
-            count = self._unread[agent] = sum(1 for _ in self.store.mail(agent, mark))
-        return count
+    def _mail(self, agent: str, after: int = 0) -> Iterator[MailEntry]:
+        """The messages to *agent* after seq *after*, as far as the follower has seen."""
+        return itertools.takewhile(lambda entry: entry.seq <= self._through,
+                                   self.store.mail(agent, after))
 
-    def pending_acks(self, agent: str) -> list[bytes]:
-        """Messages to *agent* that ask for an acknowledgement it has not given."""
-        pending = []
-        for entry in self.store.mail(agent):
+    def _pending(self, agent: str) -> Iterator[tuple[str, bytes]]:
+        """Id and stored unit of each message asking *agent* for an acknowledgement it has
+        not given, oldest first."""
+        for entry in self._mail(agent):
             if not entry.ack_required:
                 continue
             raw = self.store.unit_at(entry.seq)
-            if raw is not None and not self.store.acknowledged(
-                    unit_header(raw).id, agent):
-                pending.append(raw)
-        return pending
+            if raw is not None:
+                unit_id = unit_header(raw).id
+                if not self.store.acknowledged(unit_id, agent):
+                    yield unit_id, raw
+
+    def _counted(self, agent: str) -> _Counts:
+        counts = self._counts.get(agent)
+        if counts is None:
+            mark = self.store.mark(INBOX_MARK, agent)
+            counts = self._counts[agent] = _Counts(
+                unread=sum(1 for _ in self._mail(agent, mark)),
+                pending={unit_id for unit_id, _ in self._pending(agent)})
+        return counts
+
+    def unread(self, agent: str) -> int:
+        return self._counted(agent).unread
+
+    def pending_count(self, agent: str) -> int:
+        return len(self._counted(agent).pending)
+
+    def pending_acks(self, agent: str) -> list[bytes]:
+        """Messages to *agent* that ask for an acknowledgement it has not given."""
+        return [raw for _, raw in self._pending(agent)]
 
     def newest_unread(self, agent: str, count: int) -> tuple[list[bytes], int]:
         """The newest *count* unread messages (oldest first, not marked) and how many are."""
-        newest = collections.deque(self.store.mail(agent, self.store.mark(INBOX_MARK, agent)),
+        newest = collections.deque(self._mail(agent, self.store.mark(INBOX_MARK, agent)),
                                    maxlen=count)
         return self._units(list(newest)), self.unread(agent)
 
@@ -164,17 +205,17 @@ class Mailbox:
             # Read and marked with no checkpoint in between: two sessions of one agent
             # asking at once each get different messages.
             mark = self.store.mark(INBOX_MARK, agent)
-            page = list(itertools.islice(self.store.mail(agent, mark), request.limit))
+            page = list(itertools.islice(self._mail(agent, mark), request.limit))
             if page or trio.current_time() >= deadline:
                 break
             with trio.move_on_at(deadline):
                 await self._arrived.wait()
-        unread = self.unread(agent)
+        counts = self._counted(agent)
         if page and not request.peek:
             self.store.set_mark(INBOX_MARK, agent, page[-1].seq)
-            unread = self._unread[agent] = unread - len(page)
-            return self._units(page), unread
-        return self._units(page), unread - len(page)
+            counts.unread -= len(page)
+            return self._units(page), counts.unread
+        return self._units(page), counts.unread - len(page)
 
     def _units(self, entries: list[MailEntry]) -> list[bytes]:
         found = (self.store.unit_at(entry.seq) for entry in entries)

@@ -512,11 +512,12 @@ def test_stored_contexts_follow_applied_batches_and_stay_bounded(
 # -- the recent units -------------------------------------------------------------------
 
 
-def unit_entry(seq: int, context_id: str = "c") -> Entry:
+def unit_entry(seq: int, context_id: str = "c", agent: str = "a",
+               meta: dict[str, str] | None = None) -> Entry:
     from engramd.protocol.model import Unit, UnitCreated
 
-    unit = Unit(id=f"u{seq}", seq=seq, context_id=context_id, agent_id="a", type="MESSAGE",
-                ts=WHEN, meta={}, payload=b"", relationships=[], uid=0, pid=0)
+    unit = Unit(id=f"u{seq}", seq=seq, context_id=context_id, agent_id=agent, type="MESSAGE",
+                ts=WHEN, meta=meta or {}, payload=b"", relationships=[], uid=0, pid=0)
     return Entry(first_seq=seq, events=[UnitCreated(seq=seq, ts=WHEN, context_id=context_id,
                                                     unit=unit)])
 
@@ -551,3 +552,29 @@ def test_recent_units_take_a_batch_once_and_reload_an_evicted_context(
     store.apply(later)
     recent.applied(later)  # c is not followed now ...
     assert newest("c", 3) == (["u5", "u6", "u8"], 5)  # ... and is read again whole
+
+
+def test_the_mailbox_counts_a_batch_once_whenever_it_is_asked(
+        storage: tuple[Store, WriteAheadLog]) -> None:
+    """The journal thread writes a batch to the store before the mailbox (a follower) hears
+    of it: a count taken in between must not take the batch in twice."""
+    from engramd.mail import Mailbox
+
+    store = storage[0]
+    mailbox = Mailbox(store, writer=None)  # type: ignore[arg-type] (nothing is sent here)
+    assert (mailbox.unread("bob"), mailbox.pending_count("bob")) == (0, 0)
+    message = [unit_entry(1, meta={"to": "bob", "ack_required": "true"})]
+    store.apply(message)  # written, the follower not yet told ...
+    assert (mailbox.unread("bob"), mailbox.pending_count("bob")) == (0, 0)
+    mailbox.applied(message)  # ... now it is: counted once
+    assert (mailbox.unread("bob"), mailbox.pending_count("bob")) == (1, 1)
+    broadcast = [unit_entry(2, meta={"to": "*"})]
+    store.apply(broadcast)
+    assert mailbox.newest_unread("bob", 5)[1] == 1
+    mailbox.applied(broadcast)
+    assert mailbox.unread("bob") == 2 and mailbox.unread("carol") == 1
+    ack = [unit_entry(3, agent="bob", meta={"ack": "u1"})]
+    store.apply(ack)
+    mailbox.applied(ack)
+    assert (mailbox.unread("bob"), mailbox.pending_count("bob")) == (2, 0)
+    assert mailbox.pending_acks("bob") == []
