@@ -32,7 +32,6 @@ MAX_COUNTED = 1_000
 _context_decoder = msgspec.msgpack.Decoder(Context)
 
 
-
 class Briefing:
     def __init__(self, store: Store, mailbox: Mailbox, board: TaskBoard,
                  leases: LeaseManager, presence: Presence) -> None:

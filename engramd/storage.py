@@ -337,13 +337,17 @@ class Store:
             iterator.next()
         return found
 
-    def leases(self) -> Iterator[bytes]:
-        """Every lease held as of the last applied event."""
+    def _values(self, prefix: bytes) -> Iterator[bytes]:
+        """The values of every key that begins with *prefix*, in key order."""
         iterator = self.db.iter()
-        iterator.seek(b"l/")
-        while iterator.valid() and iterator.key().startswith(b"l/"):
+        iterator.seek(prefix)
+        while iterator.valid() and iterator.key().startswith(prefix):
             yield iterator.value()
             iterator.next()
+
+    def leases(self) -> Iterator[bytes]:
+        """Every lease held as of the last applied event."""
+        return self._values(b"l/")
 
     def cursor(self, name: str) -> int | None:
         raw = self.db.get(b"n/" + _text(name))
@@ -400,11 +404,7 @@ class Store:
         return None if raw is None else _task_decoder.decode(raw)
 
     def tasks(self) -> Iterator[StoredTask]:
-        iterator = self.db.iter()
-        iterator.seek(b"j/")
-        while iterator.valid() and iterator.key().startswith(b"j/"):
-            yield _task_decoder.decode(iterator.value())
-            iterator.next()
+        return (_task_decoder.decode(raw) for raw in self._values(b"j/"))
 
     def _names(self, prefix: bytes) -> Iterator[str]:
         """The distinct names of ``<prefix><name>\\0<seq>`` keys, in order."""
