@@ -30,6 +30,7 @@ import msgspec
 from engram_cli import gitinfo, requests
 from engram_cli.client import Client
 from engram_cli.errors import ClientTimeout, EngramError, Unavailable
+from engram_cli.files import write_whole
 from engram_cli.settings import default_agent_id
 from engramd.protocol import SpooledUnit, UnitDraft, resolve_data_dir
 
@@ -249,12 +250,7 @@ def spool(draft: UnitDraft, agent: str, env: Mapping[str, str]) -> str:
     directory = spool_dir(env)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     path = os.path.join(directory, f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json")
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as file:
-        file.write(_spool_encoder.encode(SpooledUnit(agent_id=agent, draft=draft)))
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)  # whole files only: a reader never sees half of one
+    write_whole(path, _spool_encoder.encode(SpooledUnit(agent_id=agent, draft=draft)))
     return path
 
 

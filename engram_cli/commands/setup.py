@@ -16,6 +16,7 @@ import typer
 from engram_cli import completion, context, gitinfo, harness
 from engram_cli.context import JsonOption
 from engram_cli.errors import EngramError, ExitCode, UsageProblem
+from engram_cli.files import write_whole
 
 BACKUP_SUFFIX = ".engram-backup"
 
@@ -97,14 +98,7 @@ def _read(path: str) -> str | None:
 
 def _write_atomically(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.engram-{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    if os.path.exists(path):
-        shutil.copymode(path, temporary)
-    os.replace(temporary, path)
+    write_whole(path, text.encode("utf-8"))
 
 
 def _plan(file: ConfigFile, remove: bool) -> tuple[str | None, str | None]:
