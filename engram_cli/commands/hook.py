@@ -52,17 +52,12 @@ def _failing_open() -> Iterator[None]:
         raise typer.Exit(0) from None
 
 
-def _client(ctx: typer.Context, runner: str, timeout: float = HOOK_TIMEOUT
-            ) -> tuple[Client, str, int]:
+def _client(ctx: typer.Context, runner: str) -> tuple[Client, str, int]:
     """A connected client acting as the session's agent, its name and its process."""
     cli = context.get(ctx)
     pid = session_pid()
-    agent = agent_name(cli.agent, pid, runner)
-    client = Client(cli.socket, agent_id=agent, client_name="engram-hook", timeout=timeout,
-                    start_timeout=HOOK_TIMEOUT)
-    client.connect()
-    ctx.call_on_close(client.close)
-    return client, agent, pid
+    cli.agent = agent_name(cli.agent, pid, runner)
+    return cli.client(timeout=HOOK_TIMEOUT, start_timeout=HOOK_TIMEOUT), cli.agent, pid
 
 
 def _emit(answer: dict[str, Any]) -> None:
@@ -181,7 +176,7 @@ def stop(ctx: typer.Context, runner: HarnessOption = "claude-code",
                    "message(s) arrived; read them with `engram inbox` before you stop."})
         return
     with _failing_open():
-        client, agent, _ = _client(ctx, runner, timeout=HOOK_TIMEOUT)
+        client, agent, _ = _client(ctx, runner)
         with _one_waiter(client.socket_path, agent) as alone:
             if not alone:
                 return
