@@ -66,6 +66,7 @@ class AsyncClient(Operations):
         self._protocol: ClientConnection | None = None
         self._reader = trio.CancelScope()
         self._send_lock = trio.Lock()
+        self._connect_lock = trio.Lock()
         self._arrived = trio.Event()
         """Set (and replaced) whenever the reader has filed something, or stopped."""
 
@@ -73,10 +74,20 @@ class AsyncClient(Operations):
     def connected(self) -> bool:
         return self._stream is not None
 
+    @property
+    def usable(self) -> bool:
+        """Not yet connected, or connected with the conversation still going."""
+        return self._protocol is None or self._protocol.ended is None
+
     # -- connection ---------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect and shake hands (starting the daemon if allowed); idempotent."""
+        """Connect and shake hands (starting the daemon if allowed); idempotent, also
+        for tasks that ask at once (the first connects, the others wait for it)."""
+        async with self._connect_lock:
+            await self._connect()
+
+    async def _connect(self) -> None:
         if self._stream is not None:
             return
         started = False
@@ -286,6 +297,14 @@ async def open_client(
     """
     target = Target.resolve(socket_path, agent_id=agent_id, client_name=client_name,
                             autostart=autostart, token=token, admin=admin, env=env)
+    async with connect_to(target, connect_timeout) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def connect_to(target: Target, connect_timeout: float = 10.0
+                     ) -> AsyncIterator[AsyncClient]:
+    """:func:`open_client` for a :class:`~engram_cli.settings.Target` already resolved."""
     try:
         async with trio.open_nursery() as nursery:
             client = AsyncClient(target, nursery, connect_timeout)

@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prime": ("prime", "prime"),
     "agents": ("prime", "agents"),
     "mcp": ("mcp", "mcp"),
+    "gateway": ("gateway", "gateway"),
     "setup": ("setup", "setup"),
     "hook": ("hook", "app"),
     "search": ("search", "search"),

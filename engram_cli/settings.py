@@ -69,6 +69,8 @@ class Target:
         token: the agent token to present; by default ``ENGRAM_TOKEN``.
         admin: present the daemon's admin token instead (read from beside the
             socket; token management needs it).
+        delegated: with ``admin``, act as ``agent_id`` with that agent's rights only
+            (what a gateway does for a caller it has authenticated).
     """
 
     socket_path: str
@@ -78,6 +80,7 @@ class Target:
     token: str | None
     admin: bool
     env: Mapping[str, str]
+    delegated: bool = False
 
     @classmethod
     def resolve(cls, socket_path: str | None = None, *, agent_id: str | None = None,
@@ -104,7 +107,7 @@ class Target:
             with contextlib.suppress(OSError):
                 token = read_admin_token(self.socket_path)
         return ClientConnection(client_name=self.client_name, agent_id=self.agent_id,
-                                token=token)
+                                token=token, delegated=self.delegated)
 
     def unreachable(self, exc: OSError) -> Unavailable:
         """The error for a socket that nothing answers on (and that we may not start)."""

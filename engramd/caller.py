@@ -47,6 +47,13 @@ class Identity:
     agent_id: str
     token_id: str | None = None
     admin: bool = False
+    delegated: bool = False
+    """Named by an admin-token holder speaking for it (a gateway): that agent's rights."""
+
+    @property
+    def bound(self) -> bool:
+        """Whether the connection acts as its agent only (an agent token, or delegated)."""
+        return self.token_id is not None or self.delegated
 
 
 def check_hello(hello: Hello) -> None:
@@ -56,7 +63,9 @@ def check_hello(hello: Hello) -> None:
             f"the daemon speaks protocol {PROTOCOL_VERSION}, the client "
             f"{hello.protocol_version}; restart the daemon with 'engram daemon restart' "
             "after upgrading")
-    if not hello.agent_id or len(hello.agent_id) > MAX_NAME or "\0" in hello.agent_id:
+    # Without an agent id, an agent token names the agent (the daemon looks it up).
+    if ((not hello.agent_id and (hello.token is None or hello.delegated))
+            or len(hello.agent_id) > MAX_NAME or "\0" in hello.agent_id):
         raise BadRequest(f"agent id must be 1 to {MAX_NAME} characters without NUL")
     if len(hello.client_name) > MAX_NAME:
         raise BadRequest(f"client name must be at most {MAX_NAME} characters")

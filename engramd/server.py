@@ -416,8 +416,9 @@ class Server:
         session.reader_scope.deadline = float("inf")
         await session.send(Welcome(id=hello.id, protocol_version=PROTOCOL_VERSION,
                                    daemon_version=self.engine.version, pid=os.getpid(),
-                                   instance_id=self.engine.instance_id))
-        log.debug("pid %d connected as %s (%s)", session.peer.pid, hello.agent_id,
+                                   instance_id=self.engine.instance_id,
+                                   agent_id=identity.agent_id))
+        log.debug("pid %d connected as %s (%s)", session.peer.pid, identity.agent_id,
                   hello.client_name)
         return True
 

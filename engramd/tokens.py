@@ -174,7 +174,7 @@ class Authenticator:
         if self.require_tokens and isinstance(request, Shutdown | BreakLock | Reindex):
             raise Forbidden(f"{request.__struct_config__.tag} needs the admin token when "
                             "auth.require_tokens is on")
-        if isinstance(request, ImportUnits) and identity.token_id is not None:
+        if isinstance(request, ImportUnits) and identity.bound:
             others = sorted({agent for agent in request.agents if agent != identity.agent_id})
             if others:
                 raise Forbidden(f"this connection's token acts as {identity.agent_id} only; "
@@ -184,17 +184,22 @@ class Authenticator:
     def authenticate(self, hello: Hello) -> Identity:
         """The identity *hello* proves. Raises :class:`Forbidden` when it proves none."""
         token = hello.token
+        admin = token is not None and hmac.compare_digest(token.encode(),
+                                                          self._admin_token.encode())
+        if hello.delegated and not admin:
+            raise Forbidden("only the admin token may speak for another agent (delegated)")
+        if admin:
+            return Identity(hello.agent_id, admin=not hello.delegated,
+                            delegated=hello.delegated)
         if token is None:
             if self.require_tokens:
                 raise Forbidden("this daemon requires an agent token: set ENGRAM_TOKEN "
                                 "(create one with 'engram agent token create NAME')")
             return Identity(hello.agent_id)
-        if hmac.compare_digest(token.encode(), self._admin_token.encode()):
-            return Identity(hello.agent_id, admin=True)
         stored = self.registry.verify(token)
         if stored is None:
             raise Forbidden("unknown or revoked token")
-        if stored.agent != hello.agent_id:
+        if hello.agent_id and stored.agent != hello.agent_id:
             raise Forbidden(f"this token belongs to agent {stored.agent}, not "
                             f"{hello.agent_id} (set ENGRAM_AGENT={stored.agent})")
         return Identity(stored.agent, token_id=stored.id)

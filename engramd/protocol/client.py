@@ -109,12 +109,13 @@ class ClientConnection:
 
     def __init__(
         self, *, client_name: str, agent_id: str, token: str | None = None,
-        max_frame: int = DEFAULT_MAX_FRAME,
+        delegated: bool = False, max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:
         self._frames = FrameDecoder(max_frame)
         self.client_name = client_name
         self.agent_id = agent_id
         self.token = token
+        self.delegated = delegated
         self.state = State.HANDSHAKE
         self.welcome: Welcome | None = None
         self.ended: EngramError | None = None
@@ -156,6 +157,7 @@ class ClientConnection:
                 client_name=self.client_name,
                 agent_id=self.agent_id,
                 token=self.token,
+                delegated=self.delegated,
             )
         )
 

@@ -65,13 +65,16 @@ class Reply(ServerMessage):
     id: int
 
 
-class Welcome(Reply, tag="welcome"):
+# omit_defaults: a welcome without an agent encodes as it did before it said one.
+class Welcome(Reply, tag="welcome", omit_defaults=True):
     """The daemon's answer to a :class:`Hello` it accepts."""
 
     protocol_version: int
     daemon_version: str
     pid: int
     instance_id: str
+    agent_id: str = ""
+    """The agent the connection acts as (the token's, when the hello named none)."""
 
 
 class Pong(Reply, tag="pong"):
@@ -451,8 +454,12 @@ class Hello(ClientMessage[Welcome], tag="hello", omit_defaults=True):
     protocol_version: int
     client_name: str
     agent_id: str
+    """Who the connection acts as; empty with an agent token: the token's agent."""
     token: str | None = None
     """An agent token (the connection then acts as that agent only) or the admin token."""
+    delegated: bool = False
+    """With the admin token: act as ``agent_id`` with that agent's rights only, not
+    the admin's (a gateway speaking for a caller it has authenticated)."""
 
 
 class Ping(ClientMessage[Pong], tag="ping"):

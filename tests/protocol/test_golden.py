@@ -172,6 +172,10 @@ CLIENT_MESSAGES = {
     "search_reindex": Reindex(id=18),
     "hello_token": Hello(id=1, protocol_version=1, client_name="engram-cli", agent_id="alice",
                          token="egt_0123456789ab_secret"),
+    "hello_token_agent": Hello(id=1, protocol_version=1, client_name="engram-gateway",
+                               agent_id="", token="egt_0123456789ab_secret"),
+    "hello_delegated": Hello(id=1, protocol_version=1, client_name="engram-gateway",
+                             agent_id="alice", token="ega_secret", delegated=True),
     "token_create": CreateToken(id=19, agent="alice"),
     "token_list": ListTokens(id=20),
     "token_revoke": RevokeTokens(id=21, agent="alice", token_id=None),
@@ -215,6 +219,8 @@ TASK = Task(id=UNIT.id, context_id="build-42", title="fix the build", priority=1
 SERVER_MESSAGES = {
     "welcome": Welcome(id=1, protocol_version=1, daemon_version="0.1.0", pid=42,
                        instance_id="abc"),
+    "welcome_agent": Welcome(id=1, protocol_version=1, daemon_version="0.1.0", pid=42,
+                             instance_id="abc", agent_id="alice"),
     "pong": Pong(id=2, daemon_version="0.1.0", uptime=1.5, server_time=WHEN),
     "daemon_status": DaemonStatus(
         id=3, state="ready", daemon_version="0.1.0", protocol_version=1, pid=42,

@@ -1,0 +1,113 @@
+"""``engram gateway``: serve engram over HTTP, SSE and WebSocket (see :mod:`engram_cli.gateway`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from engram_cli import context, output
+from engram_cli.context import JsonOption
+from engram_cli.errors import EngramError, UsageProblem
+
+
+def gateway(
+    ctx: typer.Context,
+    listen: Annotated[str, typer.Option(
+        "--listen", metavar="HOST:PORT", envvar="ENGRAM_GATEWAY_LISTEN",
+        help="Where to listen (port 0: any free port). Loopback unless --allow-remote.")
+    ] = "127.0.0.1:8080",
+    allow_remote: Annotated[bool, typer.Option(
+        "--allow-remote", help="Allow a non-loopback address (needs --auth token or jwt).")
+    ] = False,
+    auth: Annotated[str, typer.Option(
+        "--auth", metavar="MODE", help="none (X-Agent-ID names the agent; loopback only), "
+        "token (engram agent tokens as Bearer), or jwt (agent tokens or JWTs).")] = "none",
+    jwt_secret_file: Annotated[str | None, typer.Option(
+        "--jwt-secret-file", metavar="PATH", help="HS256: the shared secret (>= 32 bytes).")
+    ] = None,
+    jwt_public_key: Annotated[str | None, typer.Option(
+        "--jwt-public-key", metavar="PATH", help="RS256/ES256: the issuer's PEM public key.")
+    ] = None,
+    jwt_jwks: Annotated[str | None, typer.Option(
+        "--jwt-jwks", metavar="PATH", help="RS256/ES256: a JWKS file (keys chosen by kid).")
+    ] = None,
+    jwt_issuer: Annotated[str | None, typer.Option(
+        "--jwt-issuer", metavar="ISS", help="Required iss claim.")] = None,
+    jwt_audience: Annotated[str | None, typer.Option(
+        "--jwt-audience", metavar="AUD", help="Required aud claim.")] = None,
+    jwt_agent_claim: Annotated[str, typer.Option(
+        "--jwt-agent-claim", metavar="CLAIM", help="The claim naming the agent.")] = "sub",
+    allow_hosts: Annotated[list[str] | None, typer.Option(
+        "--allow-host", metavar="NAME", help="Another name the Host header may carry "
+        "(repeatable; e.g. the reverse proxy's).")] = None,
+    cors_origins: Annotated[list[str] | None, typer.Option(
+        "--cors-origin", metavar="ORIGIN", help="A browser origin allowed to call "
+        "(scheme://host[:port], repeatable).")] = None,
+    max_body: Annotated[int, typer.Option(
+        "--max-body", metavar="BYTES", min=1, help="The largest request body.")
+    ] = 4 * 1024 * 1024,
+    json: JsonOption = False,
+) -> None:
+    """Serve engram over HTTP, Server-Sent Events and WebSocket, as a client of engramd.
+
+    The daemon checks every request as the caller's agent: the gateway passes each
+    caller's identity in the handshake of the connection its requests use. Endpoints:
+    SPECS.md §6.3 and GET /openapi.json. Stops on SIGINT/SIGTERM. Needs the extra:
+    pip install 'engram[http]'. With --json, prints {"listening": [URL, ...]} when ready.
+
+    Examples:
+
+      engram gateway
+      curl -s localhost:8080/workunit -H 'X-Agent-ID: ci' -d '{"context_id":"b","payload":"hi"}'
+      engram gateway --listen 0.0.0.0:8080 --allow-remote --auth jwt --jwt-jwks jwks.json
+    """
+    try:
+        import trio
+
+        from engram_cli.gateway import auth as gateway_auth
+        from engram_cli.gateway import policy, serve
+    except ImportError as exc:
+        raise EngramError(f"engram gateway needs the HTTP extra ({exc.name} is missing): "
+                          "pip install 'engram[http]'") from None
+    cli = context.get(ctx)
+    out = cli.output(json)
+    try:
+        address = policy.ListenAddress.parse(listen)
+        if auth not in gateway_auth.MODES:
+            raise ValueError(f"--auth must be one of {', '.join(gateway_auth.MODES)}")
+        policy.check_exposure(address, allow_remote=allow_remote, auth=auth)
+        jwt_options = (jwt_secret_file, jwt_public_key, jwt_jwks)
+        if auth != "jwt" and any(jwt_options):
+            raise ValueError("the --jwt-* options need --auth jwt")
+        verifier = gateway_auth.JwtVerifier(gateway_auth.JwtSettings(
+            secret_file=jwt_secret_file, public_key_file=jwt_public_key, jwks_file=jwt_jwks,
+            issuer=jwt_issuer, audience=jwt_audience, agent_claim=jwt_agent_claim,
+        )) if auth == "jwt" else None
+    except (ValueError, OSError) as exc:
+        raise UsageProblem(str(exc)) from None
+    client = cli.unconnected_client()
+    try:
+        cli.client()  # starts engramd when it is not running (unless ENGRAM_NO_AUTOSTART)
+    except EngramError as exc:
+        output.note(f"{exc}; /readyz answers 503 until engramd is ready")
+    settings = serve.Settings(
+        listen=address, socket_path=client.socket_path, env=os.environ,
+        auth=gateway_auth.Authenticator(mode=auth, default_agent=client.agent_id,
+                                        jwt=verifier),
+        origins=policy.Origins(address, hosts=frozenset(h.lower() for h in allow_hosts or ()),
+                               cors=frozenset(o.lower().rstrip("/")
+                                              for o in cors_origins or ())),
+        max_body=max_body)
+
+    def listening(urls: list[str]) -> None:
+        if out.json:
+            out.json_line({"listening": urls, "auth": auth, "socket": settings.socket_path})
+        else:
+            output.note(f"listening on {', '.join(urls)} (auth {auth}; engramd at "
+                        f"{settings.socket_path})")
+        sys.stdout.flush()
+
+    trio.run(serve.serve, settings, listening)

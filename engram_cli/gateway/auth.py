@@ -1,0 +1,147 @@
+"""Who an HTTP request is, and so what the daemon connection it travels on says.
+
+Three ways, by ``--auth``:
+
+* ``none`` (loopback only): ``X-Agent-ID`` names the agent, else the gateway's own.
+* ``token``: ``Authorization: Bearer egt_…``, an engram agent token, passed to the
+  daemon unopened: the daemon checks it and acts as its agent.
+* ``jwt``: an engram agent token as above, or a JWT the gateway validates (HS256
+  with a secret, RS256/ES256 with a public key or a JWKS file; signature, expiry,
+  not-before, issuer and audience checked). The daemon is then told, with the
+  admin token, to act as the JWT's agent with that agent's rights only
+  (``delegated``): it still checks what that agent may do.
+
+``X-Agent-ID`` is ignored unless authentication is off.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from engram_cli.gateway.policy import UNAUTHENTICATED
+from engramd.protocol import EngramError
+
+AGENT_TOKEN_PREFIX = "egt_"
+MODES = ("none", "token", "jwt")
+
+
+class Unauthenticated(EngramError):
+    """No credentials, or credentials the gateway does not accept (HTTP 401)."""
+
+    code = UNAUTHENTICATED
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the daemon connection for a request presents in its hello."""
+
+    agent_id: str
+    """Empty with an agent token: the daemon names the token's agent."""
+    token: str | None = None
+    delegated: bool = False
+    """Speak for ``agent_id`` with the admin token (a JWT the gateway validated)."""
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    """How JWTs are checked; exactly one key source."""
+
+    secret_file: str | None = None
+    public_key_file: str | None = None
+    jwks_file: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    agent_claim: str = "sub"
+    leeway: float = 0.0
+
+
+class JwtVerifier:
+    """Validates JWTs with PyJWT against keys read once, at start."""
+
+    def __init__(self, settings: JwtSettings) -> None:
+        sources = [s for s in (settings.secret_file, settings.public_key_file,
+                               settings.jwks_file) if s]
+        if len(sources) != 1:
+            raise ValueError("--auth jwt needs exactly one of --jwt-secret-file, "
+                             "--jwt-public-key, --jwt-jwks")
+        self.settings = settings
+        self._keys: dict[str | None, tuple[Any, list[str]]] = {}
+        if settings.secret_file:
+            secret = _read(settings.secret_file).strip()
+            if len(secret) < 32:
+                raise ValueError(f"{settings.secret_file}: an HS256 secret needs at least "
+                                 "32 bytes")
+            self._keys[None] = (secret, ["HS256"])
+        elif settings.public_key_file:
+            self._keys[None] = (_read(settings.public_key_file), ["RS256", "ES256"])
+        else:
+            assert settings.jwks_file is not None
+            try:
+                keys = jwt.PyJWKSet.from_json(_read(settings.jwks_file).decode())
+            except (jwt.PyJWTError, json.JSONDecodeError, ValueError) as exc:
+                raise ValueError(f"{settings.jwks_file}: not a usable JWKS ({exc})") from None
+            for key in keys.keys:
+                if key.algorithm_name not in ("RS256", "ES256"):
+                    continue
+                self._keys[key.key_id] = (key.key, [key.algorithm_name])
+            if not self._keys:
+                raise ValueError(f"{settings.jwks_file}: no RS256 or ES256 key")
+
+    def agent(self, token: str) -> str:
+        """The agent *token* proves; raises :class:`Unauthenticated` with the reason."""
+        try:
+            header = jwt.get_unverified_header(token)
+            key, algorithms = self._key_for(header.get("kid"))
+            claims = jwt.decode(
+                token, key, algorithms=algorithms, audience=self.settings.audience,
+                issuer=self.settings.issuer, leeway=self.settings.leeway,
+                options={"require": ["exp"], "verify_aud": self.settings.audience is not None})
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from None
+        agent = claims.get(self.settings.agent_claim)
+        if not isinstance(agent, str) or not agent:
+            raise Unauthenticated(f"the token has no {self.settings.agent_claim!r} claim "
+                                  "naming the agent")
+        return agent
+
+    def _key_for(self, kid: object) -> tuple[Any, list[str]]:
+        if None in self._keys:
+            return self._keys[None]
+        found = self._keys.get(kid if isinstance(kid, str) else "")
+        if found is None:
+            raise jwt.InvalidKeyError("no key with that kid")
+        return found
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
+@dataclass(frozen=True)
+class Authenticator:
+    mode: str
+    default_agent: str
+    jwt: JwtVerifier | None = None
+
+    def identify(self, headers: Mapping[str, str]) -> Credentials:
+        """The credentials of a request with *headers* (lower-case names)."""
+        scheme, _, bearer = headers.get("authorization", "").partition(" ")
+        bearer = bearer.strip()
+        if scheme.lower() == "bearer" and bearer:
+            if bearer.startswith(AGENT_TOKEN_PREFIX):
+                return Credentials(agent_id="", token=bearer)
+            if self.jwt is None:
+                raise Unauthenticated("not an engram agent token (egt_…); this gateway "
+                                      "does not take JWTs")
+            return Credentials(agent_id=self.jwt.agent(bearer), delegated=True)
+        if self.mode != "none":
+            raise Unauthenticated("authentication required: Authorization: Bearer TOKEN")
+        return Credentials(agent_id=headers.get("x-agent-id") or self.default_agent)

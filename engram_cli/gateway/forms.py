@@ -1,0 +1,135 @@
+"""The JSON bodies of the HTTP API that are not protocol messages as they stand.
+
+Units travel as ``engram unit get --json`` prints them: a payload that is text is
+``payload``, anything else ``payload_base64`` (:mod:`engram_cli.unitjson`). Every
+other request body is the protocol message itself, its fields by their protocol
+names (SPECS §2.2), without ``msg`` and ``id``. These are msgspec types, so the
+same definitions decode the bodies and describe them in ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, TypeVar
+
+import msgspec
+
+from engramd.protocol import (
+    AcquireLock,
+    BadRequest,
+    ClientMessage,
+    Fence,
+    Relationship,
+    RenewLock,
+    SendMessage,
+    Unit,
+    UnitDraft,
+)
+
+T = TypeVar("T")
+
+
+def payload_bytes(text: str | None, encoded: str | None) -> bytes:
+    if text is not None and encoded is not None:
+        raise BadRequest("give payload or payload_base64, not both")
+    if encoded is None:
+        return (text or "").encode()
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("payload_base64 is not valid base64") from None
+
+
+class DraftForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A unit to write (``POST /workunit``, alone or in a list)."""
+
+    context_id: str
+    type: str = "MESSAGE"
+    payload: str | None = None
+    payload_base64: str | None = None
+    meta: dict[str, str] = {}
+    relationships: list[Relationship] = []
+    idempotency_key: str | None = None
+    fence: Fence | None = None
+
+    def draft(self) -> UnitDraft:
+        return UnitDraft(context_id=self.context_id, type=self.type,
+                         payload=payload_bytes(self.payload, self.payload_base64),
+                         meta=self.meta, relationships=self.relationships,
+                         idempotency_key=self.idempotency_key, fence=self.fence)
+
+
+class MessageForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A message to agents (``POST /messages``); ``to``: names, or ``"*"`` for everyone."""
+
+    to: list[str] | str
+    payload: str | None = None
+    payload_base64: str | None = None
+    context_id: str | None = None
+    thread: str | None = None
+    reply_to: str | None = None
+    ack_required: bool = False
+    meta: dict[str, str] = {}
+
+    def request(self) -> SendMessage:
+        return SendMessage(to=[self.to] if isinstance(self.to, str) else self.to,
+                           payload=payload_bytes(self.payload, self.payload_base64),
+                           context_id=self.context_id, thread=self.thread,
+                           reply_to=self.reply_to, ack_required=self.ack_required,
+                           meta=self.meta)
+
+
+class LockForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Leases to take together (``POST /locks``); ``wait`` seconds in line (0: once)."""
+
+    resources: list[str] | str
+    ttl: float | None = None
+    wait: float = 0.0
+
+    def request(self) -> AcquireLock:
+        resources = [self.resources] if isinstance(self.resources, str) else self.resources
+        return AcquireLock(resources=resources, ttl=self.ttl, wait=self.wait)
+
+
+class RenewForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Extend a lease (``POST /locks/renew``)."""
+
+    lock_id: str
+    ttl: float | None = None
+    resource: str | None = None
+
+    def request(self) -> RenewLock:
+        return RenewLock(lock_id=self.lock_id, ttl=self.ttl, resource=self.resource)
+
+
+class ClaimProof(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Finish or release a claimed task: the claim's fencing token (``task claim`` gave it)."""
+
+    token: int
+
+
+def decode(body: bytes, kind: type[T]) -> T:
+    """*body* as *kind*, or :class:`BadRequest` naming what is wrong and where."""
+    try:
+        return msgspec.json.decode(body or b"{}", type=kind)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request body: {exc}") from None
+
+
+M = TypeVar("M", bound=ClientMessage[Any])
+
+
+def decode_request(body: bytes, kind: type[M], **fields: Any) -> M:
+    """A protocol request from its JSON fields, *fields* (from the path) on top.
+
+    The request id is the gateway's to number, whatever the body says.
+    """
+    request = decode(body, kind)
+    return msgspec.structs.replace(request, id=0, **fields)
+
+
+def unit_json(unit: Unit) -> dict[str, Any]:
+    from engram_cli.unitjson import unit_to_json
+
+    return unit_to_json(unit)

@@ -1,0 +1,102 @@
+"""What every HTTP and WebSocket request passes before any endpoint: the ``Host`` and
+``Origin`` checks, and the request tally that ``/metrics`` reports."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import msgspec
+
+from engram_cli.gateway.policy import Origins
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+
+class Tally:
+    """The gateway's own counters, in Prometheus text beside the daemon's."""
+
+    def __init__(self) -> None:
+        self.requests: collections.Counter[tuple[str, str, int]] = collections.Counter()
+        self.streams_open = 0
+
+    def count(self, method: str, route: str, status: int) -> None:
+        self.requests[method, route, status] += 1
+
+    def prometheus_text(self, *, daemon_up: int) -> str:
+        lines = ["# HELP engram_gateway_daemon_up Whether the gateway reached engramd.",
+                 "# TYPE engram_gateway_daemon_up gauge",
+                 f"engram_gateway_daemon_up {daemon_up}",
+                 "# HELP engram_gateway_streams_open Live SSE and WebSocket streams.",
+                 "# TYPE engram_gateway_streams_open gauge",
+                 f"engram_gateway_streams_open {self.streams_open}",
+                 "# HELP engram_gateway_http_requests_total HTTP requests answered.",
+                 "# TYPE engram_gateway_http_requests_total counter"]
+        for (method, route, status), count in sorted(self.requests.items()):
+            lines.append(f'engram_gateway_http_requests_total{{method="{method}",'
+                         f'route="{_escape(route)}",status="{status}"}} {count}')
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _refusal(status: int, code: str, message: str) -> list[dict[str, Any]]:
+    body = msgspec.json.encode({"error": {"code": code, "message": message}})
+    return [{"type": "http.response.start", "status": status,
+             "headers": [(b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]},
+            {"type": "http.response.body", "body": body}]
+
+
+class Guard:
+    """ASGI middleware: refuse what no endpoint should see, count what they answer."""
+
+    def __init__(self, app: Any, *, origins: Origins, tally: Tally) -> None:
+        self.app = app
+        self.origins = origins
+        self.tally = tally
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode("latin-1"): value.decode("latin-1")
+                   for name, value in scope.get("headers", [])}
+        refusal = self._refusal(headers)
+        if refusal is not None:
+            if scope["type"] == "websocket":
+                # Closing before accepting answers the handshake with 403.
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                for message in refusal:
+                    await send(message)
+            self.tally.count(scope.get("method", "WS"), "refused", 403)
+            return
+        status = 0
+
+        async def counted(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            route = scope.get("route")
+            self.tally.count(scope.get("method", "WS"),
+                             getattr(route, "path", "unmatched"), status or 101)
+
+    def _refusal(self, headers: dict[str, str]) -> list[dict[str, Any]] | None:
+        host = headers.get("host")
+        if not self.origins.host_allowed(host):
+            return _refusal(403, "forbidden", f"Host {host!r:.80} is not this gateway's "
+                            "(--allow-host adds a name)")
+        if not self.origins.origin_allowed(headers.get("origin"), host):
+            return _refusal(403, "forbidden", f"Origin {headers.get('origin')!r:.80} is not "
+                            "allowed (--cors-origin adds one)")
+        return None

@@ -1,0 +1,91 @@
+"""The gateway's connections to engramd.
+
+Requests of one identity share one connection (the trio client pipelines them),
+so a caller's requests cost no handshake each. What belongs to a session of its
+own gets a connection of its own, closed when its request ends: a lease or a
+claim (two HTTP callers of one agent must wait for each other, as two scripts
+do) and each live stream (a slow reader holds up only its own connection).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+from collections.abc import Mapping
+from typing import TypeVar
+
+import trio
+
+from engram_cli.aclient import AsyncClient, connect_to
+from engram_cli.gateway.auth import Credentials
+from engram_cli.settings import Target
+from engramd.protocol import ClientMessage, DaemonStatus, ServerMessage
+
+R = TypeVar("R", bound=ServerMessage)
+
+CONNECT_TIMEOUT = 2.0
+MAX_SHARED = 256
+"""Shared connections kept open at most (the least recently used closes first)."""
+
+
+class DaemonLink:
+    """Connections to one engramd, made as each request's credentials say."""
+
+    def __init__(self, socket_path: str, nursery: trio.Nursery, *,
+                 gateway_agent: str, env: Mapping[str, str]) -> None:
+        self.socket_path = socket_path
+        self.gateway_agent = gateway_agent
+        self._nursery = nursery
+        self._env = env
+        self._shared: collections.OrderedDict[Credentials, AsyncClient] = \
+            collections.OrderedDict()
+
+    def _target(self, credentials: Credentials) -> Target:
+        return Target(socket_path=self.socket_path, agent_id=credentials.agent_id,
+                      client_name="engram-gateway", autostart=False,
+                      token=credentials.token, admin=credentials.delegated, env=self._env,
+                      delegated=credentials.delegated)
+
+    async def call(self, credentials: Credentials, request: ClientMessage[R]) -> R:
+        """*request* on the shared connection of *credentials*."""
+        client = self._shared.pop(credentials, None)
+        if client is None or not client.usable:
+            if client is not None:
+                await client.aclose()
+            client = AsyncClient(self._target(credentials), self._nursery, CONNECT_TIMEOUT)
+        self._shared[credentials] = client
+        while len(self._shared) > MAX_SHARED:
+            _, oldest = self._shared.popitem(last=False)
+            await oldest.aclose()
+        try:
+            await client.connect()
+        except BaseException:
+            if self._shared.get(credentials) is client:
+                del self._shared[credentials]
+            await client.aclose()
+            raise
+        return await client.call(request)
+
+    def own(self, credentials: Credentials) -> contextlib.AbstractAsyncContextManager[AsyncClient]:
+        """A connection of its own (a session of its own), closed on leaving."""
+        return connect_to(self._target(credentials), CONNECT_TIMEOUT)
+
+    async def status(self, timeout: float) -> DaemonStatus:  # noqa: ASYNC109
+        """The daemon's status over a fresh connection (the gateway's own name)."""
+        with trio.fail_after(timeout):
+            async with self.own(Credentials(agent_id=self.gateway_agent)) as client:
+                return await client.status()
+
+    async def admin_call(self, request: ClientMessage[R], timeout: float) -> R:  # noqa: ASYNC109
+        """*request* as the socket's owner (the admin token beside the socket, if any)."""
+        target = Target(socket_path=self.socket_path, agent_id=self.gateway_agent,
+                        client_name="engram-gateway", autostart=False, token=None,
+                        admin=True, env=self._env)
+        with trio.fail_after(timeout):
+            async with connect_to(target, CONNECT_TIMEOUT) as client:
+                return await client.call(request)
+
+    async def aclose(self) -> None:
+        while self._shared:
+            _, client = self._shared.popitem()
+            await client.aclose()

@@ -1,0 +1,132 @@
+"""The gateway's rules that need no network: where it may listen, which ``Host`` and
+``Origin`` it answers, and which HTTP status each of engram's error codes becomes."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, field
+
+from engramd.protocol import ErrorCode
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+STATUS_FOR_CODE: dict[str, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.LOCK_HELD: 409,
+    ErrorCode.DEADLOCK: 409,
+    ErrorCode.TIMEOUT: 504,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.VERSION_MISMATCH: 503,
+    ErrorCode.INTERNAL: 500,
+}
+UNAUTHENTICATED = "unauthenticated"
+"""The gateway's own code (401): no credentials, or credentials it does not accept."""
+
+_RETRY_IN = re.compile(r"retry in ([0-9.]+)s")
+
+
+def status_for(code: str) -> int:
+    """The HTTP status for an engram error code (an unknown code is a 500, as ``internal``)."""
+    if code == UNAUTHENTICATED:
+        return 401
+    return STATUS_FOR_CODE.get(code, 500)
+
+
+def retry_after(message: str) -> int:
+    """Whole seconds for ``Retry-After`` from a ``rate_limited`` message (at least 1)."""
+    found = _RETRY_IN.search(message)
+    return max(1, math.ceil(float(found.group(1)))) if found else 1
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ListenAddress:
+        """``HOST:PORT`` (``[v6]:PORT`` for IPv6); raises ValueError with the reason."""
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"--listen must be HOST:PORT, not {text!r}")
+        return cls(host.removeprefix("[").removesuffix("]"), int(port))
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a name other than localhost may resolve anywhere
+
+    @property
+    def bind(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def check_exposure(address: ListenAddress, *, allow_remote: bool, auth: str) -> None:
+    """Refuse (ValueError) to listen beyond loopback unless asked to and authenticating."""
+    if address.loopback:
+        return
+    if not allow_remote:
+        raise ValueError(f"{address.host} is not a loopback address: give --allow-remote "
+                         "(and --auth token or jwt) to listen on it")
+    if auth == "none":
+        raise ValueError("--allow-remote needs authentication: --auth token or --auth jwt")
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+@dataclass(frozen=True)
+class Origins:
+    """``Host`` and ``Origin`` rules against DNS rebinding and cross-site requests.
+
+    A request must name this gateway in ``Host``: on loopback one of the loopback
+    names (a rebound DNS name is refused), else the listen address or a configured
+    name. A browser's ``Origin`` must be one of the configured origins (CORS is
+    granted to those alone) or the gateway's own.
+    """
+
+    address: ListenAddress
+    hosts: frozenset[str] = field(default_factory=frozenset)
+    """Extra names (``--allow-host``) that ``Host`` may carry, with or without a port."""
+    cors: frozenset[str] = field(default_factory=frozenset)
+    """Origins (``scheme://host[:port]``) allowed to call from a browser."""
+
+    def _names(self) -> set[str]:
+        names = set(self.hosts)
+        names.add(self.address.host if ":" not in self.address.host
+                  else f"[{self.address.host}]")
+        if self.address.loopback:
+            names.update(LOOPBACK_NAMES)
+        return names
+
+    def host_allowed(self, host: str | None) -> bool:
+        if not host:
+            return False
+        host = host.lower()
+        names = self._names()
+        if host in names:
+            return True
+        name, sep, port = host.rpartition(":")
+        return bool(sep) and port.isdigit() and name in names
+
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """No ``Origin`` (not a browser, or same-origin GET) is allowed."""
+        if origin is None:
+            return True
+        origin = origin.lower().rstrip("/")
+        if origin in self.cors:
+            return True
+        scheme, sep, rest = origin.partition("://")
+        return bool(sep) and scheme in ("http", "https") and host is not None \
+            and rest == host.lower()

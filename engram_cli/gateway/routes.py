@@ -1,0 +1,376 @@
+"""The HTTP endpoints: each reads its request, makes one or two daemon requests as
+the caller, and answers in engram's JSON forms (SPECS §6.3).
+
+Errors leave every handler the same way: an :class:`EngramError` becomes the status
+of its code (:mod:`.policy`) with ``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+
+from engram_cli.gateway import openapi, query, streams
+from engram_cli.gateway.auth import Authenticator, Credentials
+from engram_cli.gateway.forms import (
+    ClaimProof,
+    DraftForm,
+    LockForm,
+    MessageForm,
+    RenewForm,
+    decode,
+    decode_request,
+    unit_json,
+)
+from engram_cli.gateway.guard import Guard, Tally
+from engram_cli.gateway.link import DaemonLink
+from engram_cli.gateway.policy import Origins
+from engram_cli.gateway.replies import error_response, json_response, plain
+from engramd.protocol import (
+    AckMessage,
+    AddTask,
+    BadRequest,
+    ClaimTask,
+    ClientMessage,
+    CountUnread,
+    CreateContext,
+    CreateUnits,
+    EngramError,
+    ErrorCode,
+    FinishTask,
+    GetContext,
+    GetLock,
+    GetStats,
+    GetTask,
+    GetUnits,
+    ListContexts,
+    ListLocks,
+    ListTasks,
+    ListUnits,
+    NotFound,
+    ReadInbox,
+    RelatedUnits,
+    ReleaseLock,
+    ReleaseTask,
+    Search,
+    ServerMessage,
+    Timeout,
+    UpdateContext,
+)
+
+R = TypeVar("R", bound=ServerMessage)
+
+MAX_BODY = 4 * 1024 * 1024
+"""Request bodies are bounded (``--max-body``); the daemon's own limits apply within."""
+REPLY_GRACE = 30.0
+"""How long a daemon answer may take beyond the wait the request asked for."""
+
+@dataclass
+class Gateway:
+    """What every handler needs: who callers are, and the way to the daemon."""
+
+    link: DaemonLink
+    auth: Authenticator
+    origins: Origins
+    max_body: int = MAX_BODY
+    tally: Tally = field(default_factory=Tally)
+
+    def credentials(self, request: HTTPConnection) -> Credentials:
+        return self.auth.identify(request.headers)
+
+    async def call(self, request: Request, message: ClientMessage[R],
+                   wait: float | None = 0.0) -> R:
+        """*message* on the caller's shared connection, bounded by its wait plus grace."""
+        with trio.move_on_after(REPLY_GRACE + (wait or 0.0)) as scope:
+            return await self.link.call(self.credentials(request), message)
+        assert scope.cancelled_caught
+        raise Timeout("engramd did not answer in time")
+
+    async def body(self, request: Request) -> bytes:
+        """The request body, refused past ``max_body`` (413) even without a length."""
+        size = 0
+        chunks = []
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise EngramError(f"request body over {self.max_body} bytes (--max-body)",
+                                  code=ErrorCode.TOO_LARGE)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+# -- the endpoints -----------------------------------------------------------
+
+Handler = Callable[[Gateway, Request], Awaitable[Response]]
+
+
+async def healthz(gw: Gateway, request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(gw: Gateway, request: Request) -> Response:
+    try:
+        status = await gw.link.status(timeout=1.0)
+    except (EngramError, trio.TooSlowError, OSError) as exc:
+        return json_response({"status": "unavailable", "reason": str(exc) or "no answer"},
+                             503)
+    body = {"status": status.state, "daemon_version": status.daemon_version,
+            "instance_id": status.instance_id}
+    return json_response(body, 200 if status.state == "ready" else 503)
+
+
+async def metrics(gw: Gateway, request: Request) -> Response:
+    from engram_cli.statsview import prometheus_text
+
+    gw.credentials(request)  # with authentication on, metrics need it too
+    try:
+        daemon = prometheus_text(await gw.link.admin_call(GetStats(), timeout=2.0))
+        up = 1
+    except (EngramError, trio.TooSlowError, OSError):
+        daemon, up = "", 0
+    text = daemon + gw.tally.prometheus_text(daemon_up=up)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def openapi_json(gw: Gateway, request: Request) -> Response:
+    return Response(openapi.document(), media_type="application/json")
+
+
+async def create_units(gw: Gateway, request: Request) -> Response:
+    forms: Any = decode(await gw.body(request), list[DraftForm] | DraftForm)  # type: ignore[arg-type]
+    drafts = [form.draft() for form in (forms if isinstance(forms, list) else [forms])]
+    if not drafts:
+        raise BadRequest("no units to write")
+    created = await gw.call(request, CreateUnits(units=drafts))
+    return json_response({"units": [unit_json(unit) for unit in created.units],
+                          "reused": created.reused}, 201)
+
+
+async def get_unit(gw: Gateway, request: Request) -> Response:
+    unit_id = request.path_params["unit_id"]
+    found = await gw.call(request, GetUnits(ids=[unit_id]))
+    if not found.units:
+        raise NotFound(f"no unit {unit_id}")
+    return json_response(unit_json(found.units[0]))
+
+
+async def list_units(gw: Gateway, request: Request) -> Response:
+    page = await gw.call(request, ListUnits(
+        context_id=request.path_params["context_id"], limit=query.limit(request, 100),
+        before=query.integer(request, "before"), after=query.integer(request, "after"),
+        reverse=query.flag(request, "reverse"), since=query.time(request, "since"),
+        until=query.time(request, "until"), agents=query.names(request, "agent"),
+        types=query.names(request, "type")))
+    return json_response({"units": [unit_json(unit) for unit in page.units],
+                          "next_cursor": page.next_cursor})
+
+
+async def list_contexts(gw: Gateway, request: Request) -> Response:
+    return json_response(plain(await gw.call(request, ListContexts(
+        limit=query.limit(request, 100), after=request.query_params.get("after"),
+        prefix=request.query_params.get("prefix", "")))))
+
+
+async def create_context(gw: Gateway, request: Request) -> Response:
+    found = await gw.call(request, decode_request(await gw.body(request), CreateContext))
+    return json_response(plain(found), 201 if found.created else 200)
+
+
+async def get_context(gw: Gateway, request: Request) -> Response:
+    return json_response(plain(await gw.call(
+        request, GetContext(context_id=request.path_params["context_id"]))))
+
+
+async def update_context(gw: Gateway, request: Request) -> Response:
+    return json_response(plain(await gw.call(request, decode_request(
+        await gw.body(request), UpdateContext,
+        context_id=request.path_params["context_id"]))))
+
+
+async def acquire_locks(gw: Gateway, request: Request) -> Response:
+    form = decode(await gw.body(request), LockForm)
+    # A session of its own: two HTTP callers of one agent wait for each other, and the
+    # lease outlives this request (until released, or its ttl).
+    with trio.move_on_after(REPLY_GRACE + form.wait) as scope:
+        async with gw.link.own(gw.credentials(request)) as client:
+            granted = await client.call(form.request())
+    if scope.cancelled_caught:
+        raise Timeout("engramd did not answer in time")
+    return json_response({"leases": [plain(lease) for lease in granted.leases]}, 201)
+
+
+async def renew_lock(gw: Gateway, request: Request) -> Response:
+    form = decode(await gw.body(request), RenewForm)
+    renewed = await gw.call(request, form.request())
+    return json_response({"lease": plain(renewed.lease)})
+
+
+async def list_locks(gw: Gateway, request: Request) -> Response:
+    page = await gw.call(request, ListLocks(agent=request.query_params.get("agent"),
+                                            prefix=request.query_params.get("prefix", "")))
+    return json_response({"locks": [plain(state) for state in page.locks]})
+
+
+async def get_lock(gw: Gateway, request: Request) -> Response:
+    found = await gw.call(request, GetLock(resource=request.path_params["resource"]))
+    return json_response(plain(found.state))
+
+
+async def release_lock(gw: Gateway, request: Request) -> Response:
+    lock_id = request.query_params.get("lock_id")
+    if not lock_id:
+        raise BadRequest("lock_id is required: DELETE /locks/RESOURCE?lock_id=ID")
+    resource = request.path_params["resource"]
+    await gw.call(request, ReleaseLock(lock_id=lock_id, resource=resource))
+    return json_response({"released": lock_id, "resource": resource})
+
+
+async def search(gw: Gateway, request: Request) -> Response:
+    query = decode_request(await gw.body(request), Search)
+    results = await gw.call(request, query)
+    found = await gw.call(request, GetUnits(ids=[hit.unit_id for hit in results.hits]))
+    units = {unit.id: unit for unit in found.units}
+    ranked = bool(query.query.split())
+    return json_response({"total": results.total, "hits": [
+        {**plain(hit), "score": hit.score if ranked else None,
+         "unit": unit_json(units[hit.unit_id]) if hit.unit_id in units else None}
+        for hit in results.hits]})
+
+
+async def search_relationships(gw: Gateway, request: Request) -> Response:
+    from engram_cli.output import related_json
+
+    found = await gw.call(request, decode_request(await gw.body(request), RelatedUnits))
+    return json_response(related_json(found))
+
+
+async def send_message(gw: Gateway, request: Request) -> Response:
+    form = decode(await gw.body(request), MessageForm)
+    created = await gw.call(request, form.request())
+    return json_response(unit_json(created.units[0]), 201)
+
+
+async def read_inbox(gw: Gateway, request: Request) -> Response:
+    wait = query.seconds(request, "wait", 0.0)
+    page = await gw.call(request, ReadInbox(
+        limit=query.limit(request, 20), peek=query.flag(request, "peek"), wait=wait,
+        pending=query.flag(request, "pending")), wait=wait)
+    return json_response({"messages": [unit_json(unit) for unit in page.messages],
+                          "unread": page.unread})
+
+
+async def count_inbox(gw: Gateway, request: Request) -> Response:
+    return json_response(plain(await gw.call(request, CountUnread())))
+
+
+async def ack_message(gw: Gateway, request: Request) -> Response:
+    created = await gw.call(request, AckMessage(message_id=request.path_params["unit_id"]))
+    return json_response(unit_json(created.units[0]), 201)
+
+
+async def list_tasks(gw: Gateway, request: Request) -> Response:
+    return json_response(plain(await gw.call(request, ListTasks(
+        states=query.names(request, "state"), ready=query.flag(request, "ready"),
+        contexts=query.names(request, "context"), limit=query.limit(request, 100)))))
+
+
+async def add_task(gw: Gateway, request: Request) -> Response:
+    return json_response(plain(await gw.call(
+        request, decode_request(await gw.body(request), AddTask))), 201)
+
+
+async def get_task(gw: Gateway, request: Request) -> Response:
+    return json_response(plain(await gw.call(
+        request, GetTask(task_id=request.path_params["task_id"]))))
+
+
+async def claim_task(gw: Gateway, request: Request) -> Response:
+    fields = {"task_id": request.path_params["task_id"]} \
+        if "task_id" in request.path_params else {}
+    claim = decode_request(await gw.body(request), ClaimTask, **fields, pid=None)
+    # On the caller's shared connection: a claim without a pid is bound to its
+    # connection, which the gateway keeps (done, release, the ttl or the gateway's
+    # stop end it).
+    return json_response(plain(await gw.call(request, claim)), 201)
+
+
+async def finish_task(gw: Gateway, request: Request) -> Response:
+    proof = decode(await gw.body(request), ClaimProof)
+    return json_response(plain(await gw.call(request, FinishTask(
+        task_id=request.path_params["task_id"], token=proof.token))))
+
+
+async def release_task(gw: Gateway, request: Request) -> Response:
+    proof = decode(await gw.body(request), ClaimProof)
+    return json_response(plain(await gw.call(request, ReleaseTask(
+        task_id=request.path_params["task_id"], token=proof.token))))
+
+
+ROUTES: list[tuple[str, list[str], Handler]] = [
+    ("/healthz", ["GET"], healthz),
+    ("/readyz", ["GET"], readyz),
+    ("/metrics", ["GET"], metrics),
+    ("/openapi.json", ["GET"], openapi_json),
+    ("/workunit", ["POST"], create_units),
+    ("/workunit/{unit_id}", ["GET"], get_unit),
+    ("/workunits/{context_id:path}", ["GET"], list_units),
+    ("/contexts", ["GET"], list_contexts),
+    ("/contexts", ["POST"], create_context),
+    ("/contexts/{context_id:path}", ["GET"], get_context),
+    ("/contexts/{context_id:path}", ["PATCH"], update_context),
+    ("/locks", ["GET"], list_locks),
+    ("/locks", ["POST"], acquire_locks),
+    ("/locks/renew", ["POST"], renew_lock),
+    ("/locks/{resource:path}", ["GET"], get_lock),
+    ("/locks/{resource:path}", ["DELETE"], release_lock),
+    ("/search", ["POST"], search),
+    ("/search/relationships", ["POST"], search_relationships),
+    ("/messages", ["POST"], send_message),
+    ("/inbox", ["GET"], read_inbox),
+    ("/inbox/count", ["GET"], count_inbox),
+    ("/inbox/{unit_id}/ack", ["POST"], ack_message),
+    ("/tasks", ["GET"], list_tasks),
+    ("/tasks", ["POST"], add_task),
+    ("/tasks/claim", ["POST"], claim_task),
+    ("/tasks/{task_id}", ["GET"], get_task),
+    ("/tasks/{task_id}/claim", ["POST"], claim_task),
+    ("/tasks/{task_id}/done", ["POST"], finish_task),
+    ("/tasks/{task_id}/release", ["POST"], release_task),
+]
+"""Every HTTP endpoint but the two streams (:mod:`.streams`); :mod:`.openapi` reads it."""
+
+
+def _endpoint(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(gw, request)
+        except EngramError as exc:
+            return error_response(exc)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def build_app(gw: Gateway) -> Starlette:
+    routes: list[Any] = [Route(path, _endpoint(gw, handler), methods=methods)
+                         for path, methods, handler in ROUTES]
+    sse = streams.sse_endpoint(gw)
+    routes += [Route("/stream-sse", sse, methods=["GET"]),
+               Route("/stream/sse", sse, methods=["GET"]),
+               WebSocketRoute("/stream", streams.websocket_endpoint(gw))]
+    middleware = [Middleware(Guard, origins=gw.origins, tally=gw.tally)]
+    if gw.origins.cors:
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=sorted(gw.origins.cors),
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Agent-ID"]))
+    return Starlette(routes=routes, middleware=middleware)

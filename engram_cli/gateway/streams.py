@@ -1,0 +1,214 @@
+"""The live stream over HTTP: Server-Sent Events (``/stream-sse``) and WebSocket (``/stream``).
+
+Both take ``engram watch``'s filters as query parameters (``context``, ``kind``,
+``agent``, ``type``, ``meta=KEY=VALUE``, each repeatable; ``after=SEQ``;
+``heartbeat=SECONDS``) and follow the daemon across its restarts, resuming after
+the last event sent, so a restart loses and repeats nothing. Each stream has a
+daemon connection of its own: a slow reader holds up only that connection, and
+the daemon's rule for slow subscribers applies to it, never to the writers.
+
+* SSE: each event's ``id`` is its seq; a client that reconnects with
+  ``Last-Event-ID`` resumes after it. Heartbeats are ``heartbeat`` events.
+* WebSocket: ``cursor=NAME`` resumes after that cursor's last acknowledgement;
+  the client acknowledges with ``{"ack": SEQ}``. Each event is one text message,
+  the ``watch --json`` form; heartbeats are ``{"kind": "heartbeat", …}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+from sse_starlette import EventSourceResponse
+from starlette.requests import HTTPConnection, Request
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from engram_cli.aclient import AsyncClient
+from engram_cli.gateway import query
+from engram_cli.gateway.auth import Credentials
+from engram_cli.gateway.replies import error_response
+from engramd.protocol import BadRequest, EngramError, Event, Heartbeat
+
+if TYPE_CHECKING:
+    from engram_cli.gateway.routes import Gateway
+
+DEFAULT_HEARTBEAT = 15.0
+_encoder = msgspec.json.Encoder()
+
+
+def stream_options(request: HTTPConnection) -> dict[str, Any]:
+    """The subscription a stream request asks for, from its query string."""
+    return {"contexts": query.names(request, "context"), "kinds": query.names(request, "kind"),
+            "agents": query.names(request, "agent"), "types": query.names(request, "type"),
+            "meta": query.pairs(request, "meta"), "after": query.integer(request, "after"),
+            "heartbeat": query.seconds(request, "heartbeat", DEFAULT_HEARTBEAT)}
+
+
+def item_json(item: Event | Heartbeat) -> dict[str, Any]:
+    from engram_cli.output import event_json
+
+    if isinstance(item, Heartbeat):
+        return {"kind": "heartbeat", "head_seq": item.head_seq, "cursor": item.cursor}
+    return event_json(item)
+
+
+async def follow(client: AsyncClient, options: dict[str, Any]
+                 ) -> AsyncIterator[Event | Heartbeat]:
+    """Events from where *options* say, across daemon restarts.
+
+    Subscribes once up front, so a bad filter or an unreachable daemon raises here,
+    before anything is sent to the HTTP client; then follows from where that
+    subscription started.
+    """
+    first = await client.subscribe(**options)
+    start = first.cursor
+    await first.aclose()
+    return client.watch(reconnect=True, **{**options, "after": start})
+
+
+class _Stream:
+    """A response that opens its daemon connection in the task that serves it (trio's
+    nurseries must be left by the task that entered them) and answers an error with
+    its status while nothing has been sent yet."""
+
+    def __init__(self, gw: Gateway, credentials: Credentials, options: dict[str, Any]
+                 ) -> None:
+        self.gw = gw
+        self.credentials = credentials
+        self.options = options
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            async with self.gw.link.own(self.credentials) as client:
+                items = await follow(client, self.options)
+                self.gw.tally.streams_open += 1
+                try:
+                    await self.serve(items, scope, receive, send)
+                finally:
+                    self.gw.tally.streams_open -= 1
+        except EngramError as exc:
+            await error_response(exc)(scope, receive, send)
+
+    async def serve(self, items: AsyncIterator[Event | Heartbeat], scope: Any, receive: Any,
+                    send: Any) -> None:
+        raise NotImplementedError
+
+
+class _ServerSentEvents(_Stream):
+    async def serve(self, items: AsyncIterator[Event | Heartbeat], scope: Any, receive: Any,
+                    send: Any) -> None:
+        async def frames() -> AsyncIterator[dict[str, str]]:
+            try:
+                async for item in items:
+                    data = _encoder.encode(item_json(item)).decode()
+                    if isinstance(item, Heartbeat):
+                        yield {"event": "heartbeat", "data": data}
+                    else:
+                        yield {"id": str(item.seq), "event": item_kind(item), "data": data}
+            except EngramError as exc:
+                yield {"event": "error", "data": _encoder.encode(
+                    {"code": exc.code, "message": str(exc)}).decode()}
+
+        await EventSourceResponse(frames(), ping=None, send_timeout=None)(scope, receive, send)
+
+
+def item_kind(event: Event) -> str:
+    return str(event.__struct_config__.tag)
+
+
+def sse_endpoint(gw: Gateway) -> Callable[[Request], Awaitable[Any]]:
+    async def endpoint(request: Request) -> Any:
+        try:
+            credentials = gw.credentials(request)
+            options = stream_options(request)
+            last = request.headers.get("last-event-id")
+            if last:
+                if not last.isdigit():
+                    raise BadRequest(f"Last-Event-ID must be a seq, not {last!r:.40}")
+                options["after"] = int(last)
+        except EngramError as exc:
+            return error_response(exc)
+        return _ServerSentEvents(gw, credentials, options)
+
+    return endpoint
+
+
+def websocket_endpoint(gw: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
+    async def endpoint(websocket: WebSocket) -> None:
+        try:
+            credentials = gw.credentials(websocket)
+            options = stream_options(websocket)
+            options["cursor"] = websocket.query_params.get("cursor") or None
+        except EngramError as exc:
+            await _refuse(websocket, exc)
+            return
+        try:
+            async with gw.link.own(credentials) as client:
+                items = await follow(client, options)
+                await websocket.accept()
+                gw.tally.streams_open += 1
+                try:
+                    await _converse(websocket, client, items, options["cursor"])
+                finally:
+                    gw.tally.streams_open -= 1
+        except EngramError as exc:
+            await _refuse(websocket, exc)
+
+    return endpoint
+
+
+async def _refuse(websocket: WebSocket, exc: EngramError) -> None:
+    """Before the handshake: an HTTP error response; after it: close with the reason."""
+    from starlette.websockets import WebSocketState
+
+    if websocket.client_state is WebSocketState.CONNECTING:
+        try:
+            await websocket.send_denial_response(error_response(exc))
+        except RuntimeError:  # a server without the denial extension: a bare 403
+            await websocket.close(code=1008)
+    elif websocket.client_state is WebSocketState.CONNECTED:
+        await websocket.close(code=1011, reason=f"{exc.code}: {exc}"[:120])
+
+
+def _acknowledged(text: str, cursor: str | None) -> int:
+    """The seq a client message acknowledges; BadRequest for anything else."""
+    try:
+        message = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        message = None
+    seq = message.get("ack") if isinstance(message, dict) else None
+    if cursor is None or not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise BadRequest('send {"ack": SEQ} on a stream opened with cursor=NAME')
+    return seq
+
+
+async def _converse(websocket: WebSocket, client: AsyncClient,
+                    items: AsyncIterator[Event | Heartbeat], cursor: str | None) -> None:
+    """Send events while reading the client's acknowledgements, until either side ends."""
+    async with trio.open_nursery() as nursery:
+        async def acknowledgements() -> None:
+            try:
+                while True:
+                    text = await websocket.receive_text()
+                    try:
+                        seq = _acknowledged(text, cursor)
+                        await client.ack_cursor(cursor or "", seq)
+                    except EngramError as exc:
+                        await websocket.send_json({"kind": "error", "code": exc.code,
+                                                   "message": str(exc)})
+            except WebSocketDisconnect:
+                pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(acknowledgements)
+        try:
+            async for item in items:
+                await websocket.send_text(_encoder.encode(item_json(item)).decode())
+        except WebSocketDisconnect:
+            pass
+        except EngramError as exc:
+            await websocket.close(code=1011, reason=f"{exc.code}: {exc}"[:120])
+        nursery.cancel_scope.cancel()
+
