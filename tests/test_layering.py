@@ -108,3 +108,25 @@ def test_only_the_mcp_command_imports_the_mcp_sdk() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=30, check=True)
     assert result.stdout.strip() == "False False"
+
+
+HTTP_STACK = ("starlette", "hypercorn", "sse_starlette", "jwt", "cryptography", "httpx2",
+              "websockets")
+
+
+def test_only_the_gateway_imports_the_http_stack() -> None:
+    """The HTTP extra: the gateway package imports it, only `engram gateway` loads that."""
+    gateway = ROOT / "engram_cli" / "gateway"
+    for path in modules("engram_cli"):
+        names = imports_of(path)
+        if any(name.split(".")[0] in HTTP_STACK for name in names):
+            assert path.parent == gateway, path
+        if any(name.startswith("engram_cli.gateway") for name in names):
+            assert path.parent == gateway or path.name == "gateway.py", path
+    code = ("import sys; from engram_cli import app; "
+            "from engram_cli.commands import gateway, mcp, prime, unit, watch; "
+            f"print(sorted(m for m in {HTTP_STACK!r} if m in sys.modules), "
+            "'engram_cli.gateway' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30, check=True)
+    assert result.stdout.strip() == "[] False"

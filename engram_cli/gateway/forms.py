@@ -125,8 +125,11 @@ def decode_request(body: bytes, kind: type[M], **fields: Any) -> M:
 
     The request id is the gateway's to number, whatever the body says.
     """
+    if fields:
+        data = decode(body, dict[str, Any])
+        body = msgspec.json.encode({**data, **fields})
     request = decode(body, kind)
-    return msgspec.structs.replace(request, id=0, **fields)
+    return msgspec.structs.replace(request, id=0)
 
 
 def unit_json(unit: Unit) -> dict[str, Any]:

@@ -11,21 +11,31 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TypeVar
 
 import trio
 
 from engram_cli.aclient import AsyncClient, connect_to
-from engram_cli.gateway.auth import Credentials
+from engram_cli.gateway.auth import Credentials, Unauthenticated
 from engram_cli.settings import Target
-from engramd.protocol import ClientMessage, DaemonStatus, ServerMessage
+from engramd.protocol import ClientMessage, DaemonStatus, Forbidden, ServerMessage
 
 R = TypeVar("R", bound=ServerMessage)
 
 CONNECT_TIMEOUT = 2.0
 MAX_SHARED = 256
 """Shared connections kept open at most (the least recently used closes first)."""
+
+
+@contextlib.contextmanager
+def refused_as_unauthenticated() -> Iterator[None]:
+    """The daemon refusing a handshake (an unknown or revoked token, a token it
+    requires) means the caller did not authenticate: 401, not 403."""
+    try:
+        yield
+    except Forbidden as exc:
+        raise Unauthenticated(str(exc)) from None
 
 
 class DaemonLink:
@@ -58,7 +68,8 @@ class DaemonLink:
             _, oldest = self._shared.popitem(last=False)
             await oldest.aclose()
         try:
-            await client.connect()
+            with refused_as_unauthenticated():
+                await client.connect()
         except BaseException:
             if self._shared.get(credentials) is client:
                 del self._shared[credentials]
@@ -66,9 +77,14 @@ class DaemonLink:
             raise
         return await client.call(request)
 
-    def own(self, credentials: Credentials) -> contextlib.AbstractAsyncContextManager[AsyncClient]:
+    @contextlib.asynccontextmanager
+    async def own(self, credentials: Credentials) -> AsyncIterator[AsyncClient]:
         """A connection of its own (a session of its own), closed on leaving."""
-        return connect_to(self._target(credentials), CONNECT_TIMEOUT)
+        async with contextlib.AsyncExitStack() as stack:
+            with refused_as_unauthenticated():  # the handshake only, not what follows
+                client = await stack.enter_async_context(
+                    connect_to(self._target(credentials), CONNECT_TIMEOUT))
+            yield client
 
     async def status(self, timeout: float) -> DaemonStatus:  # noqa: ASYNC109
         """The daemon's status over a fresh connection (the gateway's own name)."""

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from engram_cli import requests
+from engram_cli.aclient import connect_to
 from engram_cli.client import Client
 from engram_cli.errors import BadRequest, Forbidden, NotFound, Unavailable
+from engram_cli.settings import Target
 from engramd.config import DaemonConfig
 from engramd.protocol import admin_token_path
+from engramd.server import Server
 from tests.conftest import (
     connect,
     make_config,
@@ -204,3 +208,43 @@ def test_an_import_names_other_agents_only_with_the_admin_token(strict: DaemonCo
         mixed = admin.import_units(drafts, ["alice", "bob", "carol"])
         assert [unit.agent_id for unit in mixed.units] == ["alice", "bob", "carol"]
         assert admin.get_context("imported").agent_ids == ["alice", "bob", "carol"]
+
+
+def _target(config: DaemonConfig, agent: str, *, token: str | None = None,
+            admin: bool = False, delegated: bool = False) -> Target:
+    return Target(socket_path=config.socket, agent_id=agent, client_name="gateway-test",
+                  autostart=False, token=token, admin=admin, env={}, delegated=delegated)
+
+
+async def test_the_admin_token_may_speak_for_an_agent_with_that_agent_s_rights_only(
+        daemon: Server, config: DaemonConfig) -> None:
+    """What a gateway does for a caller it authenticated (a JWT): the daemon attributes
+    the writes and checks the rights, as for an agent token."""
+    async with connect_to(_target(config, "carol", admin=True, delegated=True)) as carol:
+        assert carol.welcome is not None and carol.welcome.agent_id == "carol"
+        unit = await carol.create_unit("gw", "MESSAGE", "hello")
+        assert unit.agent_id == "carol"
+        with pytest.raises(Forbidden, match="admin token"):
+            await carol.create_token("mallory")
+        with pytest.raises(Forbidden, match="acts as carol only"):
+            await carol.import_units([requests.draft("gw", "MESSAGE", "x")], ["dave"])
+    async with connect_to(_target(config, "admin", admin=True)) as admin:
+        alice_token = (await admin.create_token("alice")).token
+    with pytest.raises(Forbidden, match="only the admin token may speak"):
+        async with connect_to(_target(config, "mallory", token=alice_token, delegated=True)):
+            pass
+    with pytest.raises(Forbidden, match="only the admin token may speak"):
+        async with connect_to(_target(config, "mallory", delegated=True)):
+            pass
+
+
+async def test_an_agent_token_names_its_agent_when_the_hello_names_none(
+        daemon: Server, config: DaemonConfig) -> None:
+    async with connect_to(_target(config, "admin", admin=True)) as admin:
+        alice_token = (await admin.create_token("alice")).token
+    async with connect_to(_target(config, "", token=alice_token)) as alice:
+        assert alice.welcome is not None and alice.welcome.agent_id == "alice"
+        assert (await alice.create_unit("gw", "MESSAGE", "hi")).agent_id == "alice"
+    with pytest.raises(BadRequest, match="agent id"):
+        async with connect_to(_target(config, "")):
+            pass
