@@ -32,7 +32,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import WAIT, DaemonProcess, run_cli, start_engramd, wait_until
+from engram_cli import requests
+from tests.conftest import (
+    WAIT,
+    DaemonProcess,
+    connect,
+    run_cli,
+    start_engramd,
+    wait_until,
+)
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
@@ -612,3 +620,63 @@ def test_without_the_extra_the_command_says_what_to_install(env: dict[str, str],
                      "gateway")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "pip install 'engram[http]'" in result.stderr
+
+
+def test_both_streams_send_heartbeats_when_idle(open_gateway: Gateway) -> None:
+    with httpx2.Client(base_url=open_gateway.url, timeout=WAIT) as http, \
+            http.stream("GET", "/stream-sse", params={"context": "idle",
+                                                      "heartbeat": "0.05"}) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("event:")) == "event: heartbeat"
+        data = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
+        assert data["kind"] == "heartbeat" and "head_seq" in data
+    with ws_connect(f"{open_gateway.ws_url}/stream?context=idle&heartbeat=0.05",
+                    open_timeout=WAIT) as ws:
+        assert json.loads(ws.recv(timeout=WAIT))["kind"] == "heartbeat"
+
+
+def test_over_the_rate_is_429_with_retry_after(env: dict[str, str]) -> None:
+    limited = {**env, "ENGRAM_LIMITS_RATE_PER_SECOND": "2", "ENGRAM_LIMITS_RATE_BURST": "3"}
+    daemon = start_engramd(limited)
+    try:
+        with gateway(limited) as gw:
+            replies = [gw.http.get("/inbox/count", headers=as_agent("eager"))
+                       for _ in range(20)]
+            limited_replies = [r for r in replies if r.status_code == 429]
+            assert limited_replies, [r.status_code for r in replies]
+            assert error_code(limited_replies[0]) == "rate_limited"
+            assert int(limited_replies[0].headers["retry-after"]) >= 1
+            # Another agent has a connection (and a bucket) of its own.
+            assert gw.http.get("/inbox/count", headers=as_agent("calm")).status_code == 200
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(WAIT)
+
+
+def test_a_stalled_stream_reader_never_slows_the_writers(open_gateway: Gateway,
+                                                         engramd: DaemonProcess) -> None:
+    """An SSE client that stops reading: the writers go on, and the reader, when it
+    reads again, still gets every event in order (the daemon's lag rule, then a
+    resubscription after the last event sent)."""
+    payload = "x" * 2000
+    count = 3000
+    with httpx2.Client(base_url=open_gateway.url, timeout=WAIT) as http, \
+            http.stream("GET", "/stream-sse", params={"context": "flood"}) as response:
+        wait_until(lambda: open_gateway_streams(open_gateway) >= 1, "the stream open")
+        with connect(engramd.socket, "writer") as writer:
+            for _ in range(count // 100):
+                writer.create_units(requests.draft("flood", "MESSAGE", payload)
+                                    for _ in range(100))
+        seqs: list[int] = []
+        event: dict[str, str] = {}
+        for line in response.iter_lines():
+            if line:
+                key, _, value = line.partition(":")
+                event[key] = value.removeprefix(" ")
+                continue
+            if event.get("event") == "unit.created":
+                seqs.append(int(event["id"]))
+                if len(seqs) == count:
+                    break
+            event = {}
+    assert seqs == sorted(set(seqs)) and len(seqs) == count

@@ -97,7 +97,7 @@ def gateway(
         listen=address, socket_path=client.socket_path, env=os.environ,
         auth=gateway_auth.Authenticator(mode=auth, default_agent=client.agent_id,
                                         jwt=verifier),
-        origins=policy.Origins(address, hosts=frozenset(h.lower() for h in allow_hosts or ()),
+        origins=policy.Origins(hosts=frozenset(h.lower() for h in allow_hosts or ()),
                                cors=frozenset(o.lower().rstrip("/")
                                               for o in cors_origins or ())),
         max_body=max_body)

@@ -83,45 +83,46 @@ def check_exposure(address: ListenAddress, *, allow_remote: bool, auth: str) -> 
         raise ValueError("--allow-remote needs authentication: --auth token or --auth jwt")
 
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+def _ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+        return True
+    except ValueError:
+        return False
+
+
+def _split_port(host: str) -> str:
+    """``name:port`` -> ``name`` (``[v6]:port`` -> ``[v6]``)."""
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit() and (not name.startswith("[") or name.endswith("]")):
+        return name
+    return host
 
 
 @dataclass(frozen=True)
 class Origins:
     """``Host`` and ``Origin`` rules against DNS rebinding and cross-site requests.
 
-    A request must name this gateway in ``Host``: on loopback one of the loopback
-    names (a rebound DNS name is refused), else the listen address or a configured
-    name. A browser's ``Origin`` must be one of the configured origins (CORS is
-    granted to those alone) or the gateway's own.
+    A request must name the gateway in ``Host`` by an IP address, ``localhost``, or
+    a name given with ``--allow-host``: DNS rebinding needs a name the attacker
+    controls, which is none of these. A browser's ``Origin`` must be one of the
+    configured origins (CORS is granted to those alone) or the gateway's own.
     """
 
-    address: ListenAddress
     hosts: frozenset[str] = field(default_factory=frozenset)
     """Extra names (``--allow-host``) that ``Host`` may carry, with or without a port."""
     cors: frozenset[str] = field(default_factory=frozenset)
     """Origins (``scheme://host[:port]``) allowed to call from a browser."""
 
-    def _names(self) -> set[str]:
-        names = set(self.hosts)
-        names.add(self.address.host if ":" not in self.address.host
-                  else f"[{self.address.host}]")
-        if self.address.loopback:
-            names.update(LOOPBACK_NAMES)
-        return names
-
     def host_allowed(self, host: str | None) -> bool:
         if not host:
             return False
-        host = host.lower()
-        names = self._names()
-        if host in names:
-            return True
-        name, sep, port = host.rpartition(":")
-        return bool(sep) and port.isdigit() and name in names
+        name = _split_port(host.lower())
+        return name == "localhost" or _ip_literal(name) or name in self.hosts \
+            or host.lower() in self.hosts
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
-        """No ``Origin`` (not a browser, or same-origin GET) is allowed."""
+        """No ``Origin`` (not a browser, or a same-origin GET) is allowed."""
         if origin is None:
             return True
         origin = origin.lower().rstrip("/")
