@@ -683,19 +683,30 @@ def _fan_worker(socket_path: str, context_id: str, count: int) -> None:
     sys.stdout.write(" ".join(received) + "\n")
 
 
+def _watchers(target: BenchTarget, code: str, *args: str) -> list[subprocess.Popen[str]]:
+    """10 watcher processes running *code*, each subscribed once it says "ready"."""
+    watchers = [subprocess.Popen([sys.executable, "-c", code, *args], env=dict(target.env),
+                                 stdout=subprocess.PIPE, text=True) for _ in range(10)]
+    for watcher in watchers:
+        assert watcher.stdout is not None
+        if watcher.stdout.readline().strip() != "ready":
+            raise RuntimeError("a bench watcher failed to subscribe")
+    return watchers
+
+
 def bench_stream_fanout10(target: BenchTarget) -> Measurement:
     """A write's send -> its event received, at each of 10 watcher processes."""
     count = target.count(2000)
     context_id = f"bench-fan-{os.getpid()}"
     code = ("import sys; from engram_cli.bench import _fan_worker; "
             "_fan_worker(sys.argv[1], sys.argv[2], int(sys.argv[3]))")
-    watchers = [subprocess.Popen([sys.executable, "-c", code, target.socket_path, context_id,
-                                  str(count)], env=dict(target.env), stdout=subprocess.PIPE,
-                                 text=True) for _ in range(10)]
-    for watcher in watchers:
-        assert watcher.stdout is not None
-        if watcher.stdout.readline().strip() != "ready":
-            raise RuntimeError("a bench watcher failed to subscribe")
+    watchers = _watchers(target, code, target.socket_path, context_id, str(count))
+    return _fan_out(target, watchers, context_id, count)
+
+
+def _fan_out(target: BenchTarget, watchers: list[subprocess.Popen[str]], context_id: str,
+             count: int) -> Measurement:
+    """Write *count* units over the socket; each watcher's receipt times, per unit."""
     sent: dict[int, float] = {}
     acked: dict[int, float] = {}
     started = time.perf_counter()
@@ -725,6 +736,43 @@ def bench_stream_fanout10(target: BenchTarget) -> Measurement:
         f"{percentile(all_ten, 0.5) * 1000:.3f} ms; from the writer's ack: p50 "
         f"{percentile(from_ack, 0.5) * 1000:.3f} ms, p99 {percentile(from_ack, 0.99) * 1000:.3f}"
         f" ms ({early} came before the ack)"))
+
+
+def bench_http_write(target: BenchTarget) -> Measurement:
+    """One durable unit write (256 bytes) per `POST /workunit` through `engram gateway`,
+    one keep-alive connection: beside write.single, the same write over the socket."""
+    from engram_cli.benchgateway import GatewayMissing, HttpWriter, running_gateway
+
+    try:
+        with running_gateway(engram_command(), target.env) as (host, port):
+            writer = HttpWriter(host, port, "bench-http", PAYLOAD)
+            try:
+                for _ in range(50):
+                    writer.write()
+                measurement = _timed_loop(target, target.count(3000), writer.write)
+            finally:
+                writer.close()
+    except GatewayMissing as exc:
+        return Measurement([], 0.0, note=f"not run: {exc}")
+    measurement.note = "HTTP/1.1 keep-alive, X-Agent-ID; daemon cpu excludes the gateway's"
+    return measurement
+
+
+def bench_sse_fanout10(target: BenchTarget) -> Measurement:
+    """A write's send (over the socket) -> its event received at each of 10 SSE clients
+    of `engram gateway`: beside stream.fanout10, the same fan-out to socket watchers."""
+    from engram_cli.benchgateway import GatewayMissing, running_gateway
+
+    count = target.count(2000)
+    context_id = f"bench-sse-{os.getpid()}"
+    code = ("import sys; from engram_cli.benchgateway import sse_worker; "
+            "sse_worker(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))")
+    try:
+        with running_gateway(engram_command(), target.env) as (host, port):
+            watchers = _watchers(target, code, host, str(port), context_id, str(count))
+            return _fan_out(target, watchers, context_id, count)
+    except GatewayMissing as exc:
+        return Measurement([], 0.0, note=f"not run: {exc}")
 
 
 def _bench_import(target: BenchTarget, agents: int) -> Measurement:
@@ -782,6 +830,8 @@ WORKLOADS: dict[str, Workload] = {
     "task.claim.8procs": bench_task_claim_8procs,
     "floor.flock": bench_floor_flock,
     "stream.fanout10": bench_stream_fanout10,
+    "http.write": bench_http_write,
+    "sse.fanout10": bench_sse_fanout10,
     "search.query": bench_search_query,
     "index.rebuild": bench_index_throughput,
     "import.1agent": bench_import_1agent,
@@ -853,6 +903,10 @@ GOALS: dict[str, Goal] = {
     "lock.run": Goal(("floor.flock",), lambda r, f: (
         f"(floor.flock {f['floor.flock'].p50_ms:.1f})", None)),
     "import.5agents": Goal(("import.1agent",), _import_agents),
+    "http.write": Goal(("write.single",), lambda r, f: (
+        f"(write.single {f['write.single'].p50_ms:.3f})", None)),
+    "sse.fanout10": Goal(("stream.fanout10",), lambda r, f: (
+        f"(stream.fanout10 {f['stream.fanout10'].p50_ms:.3f})", None)),
 }
 
 

@@ -1,0 +1,94 @@
+"""The gateway's side of ``engram bench``: a gateway process in front of the bench's
+daemon, an HTTP write, and an SSE watcher process, all with the standard library's
+HTTP client (so the bench needs no HTTP client package)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping
+
+START_TIMEOUT = 30.0
+
+
+class GatewayMissing(RuntimeError):
+    """``engram gateway`` cannot run here (the ``engram[http]`` extra is not installed)."""
+
+
+@contextlib.contextmanager
+def running_gateway(engram: list[str], env: Mapping[str, str]) -> Iterator[tuple[str, int]]:
+    """``engram gateway`` on a free loopback port: yields (host, port); stopped afterwards."""
+    process = subprocess.Popen([*engram, "gateway", "--listen", "127.0.0.1:0", "--json"],
+                               env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        line = process.stdout.readline()
+        if not line:
+            said = process.stderr.read().strip()
+            raise GatewayMissing(said.splitlines()[-1] if said else "engram gateway failed")
+        url = urllib.parse.urlsplit(json.loads(line)["listening"][0])
+        assert url.hostname is not None and url.port is not None
+        yield url.hostname, url.port
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class HttpWriter:
+    """One keep-alive HTTP connection writing one unit per ``POST /workunit``."""
+
+    def __init__(self, host: str, port: int, context_id: str, payload: bytes) -> None:
+        self.connection = http.client.HTTPConnection(host, port, timeout=60)
+        self.body = json.dumps({"context_id": context_id,
+                                "payload": payload.decode()}).encode()
+        self.headers = {"Content-Type": "application/json", "X-Agent-ID": "bench"}
+
+    def write(self) -> None:
+        self.connection.request("POST", "/workunit", body=self.body, headers=self.headers)
+        response = self.connection.getresponse()
+        answer = response.read()
+        if response.status != 201:
+            raise RuntimeError(f"POST /workunit: {response.status} {answer[:200]!r}")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def sse_worker(host: str, port: int, context_id: str, count: int) -> None:
+    """An SSE watcher process: says "ready" once subscribed (the gateway answers the
+    request only then), then prints ``seq:receipt`` for *count* unit events.
+
+    It reads the socket itself: http.client's reader of a chunked body waits for more
+    than one event before it hands back a line, which would measure that buffer.
+    """
+    query = urllib.parse.urlencode({"context": context_id, "kind": "unit.created"})
+    with socket.create_connection((host, int(port)), timeout=120) as sock:
+        sock.sendall(f"GET /stream-sse?{query} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     "X-Agent-ID: fan\r\n\r\n".encode())
+        lines = sock.makefile("rb")
+        status = lines.readline()
+        if b" 200 " not in status:
+            raise SystemExit(f"stream-sse: {status!r}")
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        received: list[str] = []
+        while len(received) < count:
+            line = lines.readline()
+            if not line:
+                break
+            if line.startswith(b"id:"):  # chunk sizes and other fields never start so
+                received.append(f"{int(line[3:])}:{time.time():.7f}")
+    sys.stdout.write(" ".join(received) + "\n")
