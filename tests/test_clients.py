@@ -20,7 +20,7 @@ from tests.conftest import WAIT
 # How each client talks to its transport, beside the operations they share.
 BLOCKING_ONLY = {"close", "interrupt", "send", "receive", "next_id", "reply_timeout",
                  "autostart", "timeout", "start_timeout"}
-TRIO_ONLY = {"aclose", "connect_timeout"}
+TRIO_ONLY = {"aclose", "connect_timeout", "usable"}  # usable: for connections shared by tasks
 
 
 def public(cls: type) -> set[str]:
