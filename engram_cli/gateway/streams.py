@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import HTTPConnection, Request
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -68,10 +68,22 @@ async def follow(client: AsyncClient, options: dict[str, Any]
     return client.watch(reconnect=True, **{**options, "after": start})
 
 
-class _Stream:
-    """A response that opens its daemon connection in the task that serves it (trio's
-    nurseries must be left by the task that entered them) and answers an error with
-    its status while nothing has been sent yet."""
+SSE_QUEUE = 1024
+"""Encoded events a stream holds for its HTTP client before it stops reading from the
+daemon (which then applies its rule for slow subscribers)."""
+SSE_BATCH = 256
+"""Events at most in one write to the HTTP client."""
+
+
+class _ServerSentEvents:
+    """An SSE response that opens its daemon connection in the task that serves it
+    (trio's nurseries must be left by the task that entered them) and answers an
+    error with its status while nothing has been sent yet.
+
+    Events are encoded as they arrive and written in batches: what queued up while
+    the last write was on its way goes out in one write, so a stream that falls
+    behind a burst catches up instead of paying a write per event.
+    """
 
     def __init__(self, gw: Gateway, credentials: Credentials, options: dict[str, Any]
                  ) -> None:
@@ -83,35 +95,48 @@ class _Stream:
         try:
             async with self.gw.link.own(self.credentials) as client:
                 items = await follow(client, self.options)
+                sender, receiver = trio.open_memory_channel[bytes](SSE_QUEUE)
                 self.gw.tally.streams_open += 1
                 try:
-                    await self.serve(items, scope, receive, send)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_encode_events, items, sender)
+                        await EventSourceResponse(_batches(receiver), ping=None,
+                                                  send_timeout=None)(scope, receive, send)
+                        nursery.cancel_scope.cancel()
                 finally:
                     self.gw.tally.streams_open -= 1
         except EngramError as exc:
             await error_response(exc)(scope, receive, send)
 
-    async def serve(self, items: AsyncIterator[Event | Heartbeat], scope: Any, receive: Any,
-                    send: Any) -> None:
-        raise NotImplementedError
+
+def _frame(item: Event | Heartbeat) -> bytes:
+    data = _encoder.encode(item_json(item)).decode()
+    if isinstance(item, Heartbeat):
+        return ServerSentEvent(event="heartbeat", data=data).encode()
+    return ServerSentEvent(id=str(item.seq), event=item_kind(item), data=data).encode()
 
 
-class _ServerSentEvents(_Stream):
-    async def serve(self, items: AsyncIterator[Event | Heartbeat], scope: Any, receive: Any,
-                    send: Any) -> None:
-        async def frames() -> AsyncIterator[dict[str, str]]:
-            try:
-                async for item in items:
-                    data = _encoder.encode(item_json(item)).decode()
-                    if isinstance(item, Heartbeat):
-                        yield {"event": "heartbeat", "data": data}
-                    else:
-                        yield {"id": str(item.seq), "event": item_kind(item), "data": data}
-            except EngramError as exc:
-                yield {"event": "error", "data": _encoder.encode(
-                    {"code": exc.code, "message": str(exc)}).decode()}
+async def _encode_events(items: AsyncIterator[Event | Heartbeat],
+                         sender: trio.MemorySendChannel[bytes]) -> None:
+    async with sender:
+        try:
+            async for item in items:
+                await sender.send(_frame(item))
+        except EngramError as exc:
+            await sender.send(ServerSentEvent(event="error", data=_encoder.encode(
+                {"code": exc.code, "message": str(exc)}).decode()).encode())
 
-        await EventSourceResponse(frames(), ping=None, send_timeout=None)(scope, receive, send)
+
+async def _batches(receiver: trio.MemoryReceiveChannel[bytes]) -> AsyncIterator[bytes]:
+    async with receiver:
+        async for first in receiver:
+            batch = [first]
+            while len(batch) < SSE_BATCH:
+                try:
+                    batch.append(receiver.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            yield b"".join(batch)
 
 
 def item_kind(event: Event) -> str:
