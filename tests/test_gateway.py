@@ -28,7 +28,7 @@ pytest.importorskip("jwt")
 import httpx2
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
@@ -680,3 +680,19 @@ def test_a_stalled_stream_reader_never_slows_the_writers(open_gateway: Gateway,
                     break
             event = {}
     assert seqs == sorted(set(seqs)) and len(seqs) == count
+
+
+def test_jwt_with_an_rs256_public_key(engramd: DaemonProcess, scratch: str) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = Path(scratch, "issuer.pem")
+    public_pem.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with gateway(engramd.env, "--auth", "jwt", "--jwt-public-key", str(public_pem)) as gw:
+        token = jwt.encode(_claims(sub="dash"), key, algorithm="RS256")
+        reply = gw.http.post("/messages", json={"to": "bob", "payload": "hi"},
+                             headers={"Authorization": f"Bearer {token}"})
+        assert reply.status_code == 201 and reply.json()["agent_id"] == "dash"
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        forged = jwt.encode(_claims(sub="dash"), other, algorithm="RS256")
+        assert gw.http.get("/inbox", headers={"Authorization": f"Bearer {forged}"}
+                           ).status_code == 401
