@@ -324,25 +324,31 @@ class Collected:
     error: BaseException | None = None
 
 
+def sse_events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    """The events of an SSE stream's lines (a minimal SSE parser: one value per field)."""
+    event: dict[str, str] = {}
+    for line in lines:
+        if line:
+            key, _, value = line.partition(":")
+            event[key] = value.removeprefix(" ")
+        elif event:
+            yield event
+            event = {}
+
+
 def read_sse(gw: Gateway, params: dict[str, str], count: int, into: Collected,
              headers: dict[str, str] | None = None) -> None:
-    """Read *count* unit events from the SSE stream (a minimal SSE parser)."""
+    """Read *count* unit events from the SSE stream."""
     try:
         with httpx2.Client(base_url=gw.url, timeout=WAIT) as http, \
                 http.stream("GET", "/stream-sse", params=params, headers=headers) as response:
             assert response.status_code == 200
-            event: dict[str, str] = {}
-            for line in response.iter_lines():
-                if line:
-                    key, _, value = line.partition(":")
-                    event[key] = value.removeprefix(" ")
-                    continue
+            for event in sse_events(response.iter_lines()):
                 if event.get("event") == "unit.created":
                     into.ids.append(event["id"])
                     into.events.append(json.loads(event["data"]))
                     if len(into.events) >= count:
                         return
-                event = {}
     except BaseException as exc:  # reported by the test's thread join
         into.error = exc
 
@@ -626,9 +632,9 @@ def test_both_streams_send_heartbeats_when_idle(open_gateway: Gateway) -> None:
     with httpx2.Client(base_url=open_gateway.url, timeout=WAIT) as http, \
             http.stream("GET", "/stream-sse", params={"context": "idle",
                                                       "heartbeat": "0.05"}) as response:
-        lines = response.iter_lines()
-        assert next(line for line in lines if line.startswith("event:")) == "event: heartbeat"
-        data = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
+        first = next(sse_events(response.iter_lines()))
+        assert first["event"] == "heartbeat" and "id" not in first
+        data = json.loads(first["data"])
         assert data["kind"] == "heartbeat" and "head_seq" in data
     with ws_connect(f"{open_gateway.ws_url}/stream?context=idle&heartbeat=0.05",
                     open_timeout=WAIT) as ws:
@@ -668,17 +674,11 @@ def test_a_stalled_stream_reader_never_slows_the_writers(open_gateway: Gateway,
                 writer.create_units(requests.draft("flood", "MESSAGE", payload)
                                     for _ in range(100))
         seqs: list[int] = []
-        event: dict[str, str] = {}
-        for line in response.iter_lines():
-            if line:
-                key, _, value = line.partition(":")
-                event[key] = value.removeprefix(" ")
-                continue
+        for event in sse_events(response.iter_lines()):
             if event.get("event") == "unit.created":
                 seqs.append(int(event["id"]))
                 if len(seqs) == count:
                     break
-            event = {}
     assert seqs == sorted(set(seqs)) and len(seqs) == count
 
 
