@@ -6,9 +6,9 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-import msgspec
-
 from engram_cli.gateway.policy import Origins
+from engram_cli.gateway.replies import error_response
+from engramd.protocol import Forbidden
 
 Scope = dict[str, Any]
 Receive = Any
@@ -44,14 +44,6 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _refusal(status: int, code: str, message: str) -> list[dict[str, Any]]:
-    body = msgspec.json.encode({"error": {"code": code, "message": message}})
-    return [{"type": "http.response.start", "status": status,
-             "headers": [(b"content-type", b"application/json"),
-                         (b"content-length", str(len(body)).encode())]},
-            {"type": "http.response.body", "body": body}]
-
-
 class Guard:
     """ASGI middleware: refuse what no endpoint should see, count what they answer."""
 
@@ -72,8 +64,7 @@ class Guard:
                 # Closing before accepting answers the handshake with 403.
                 await send({"type": "websocket.close", "code": 1008})
             else:
-                for message in refusal:
-                    await send(message)
+                await error_response(refusal)(scope, receive, send)
             self.tally.count(scope.get("method", "WS"), "refused", 403)
             return
         status = 0
@@ -91,12 +82,12 @@ class Guard:
             self.tally.count(scope.get("method", "WS"),
                              getattr(route, "path", "unmatched"), status or 101)
 
-    def _refusal(self, headers: dict[str, str]) -> list[dict[str, Any]] | None:
+    def _refusal(self, headers: dict[str, str]) -> Forbidden | None:
         host = headers.get("host")
         if not self.origins.host_allowed(host):
-            return _refusal(403, "forbidden", f"Host {host!r:.80} is not this gateway's "
-                            "(--allow-host adds a name)")
+            return Forbidden(f"Host {host!r:.80} is not this gateway's (--allow-host adds "
+                             "a name)")
         if not self.origins.origin_allowed(headers.get("origin"), host):
-            return _refusal(403, "forbidden", f"Origin {headers.get('origin')!r:.80} is not "
-                            "allowed (--cors-origin adds one)")
+            return Forbidden(f"Origin {headers.get('origin')!r:.80} is not allowed "
+                             "(--cors-origin adds one)")
         return None

@@ -45,7 +45,6 @@ from engramd.protocol import (
     CreateContext,
     CreateUnits,
     EngramError,
-    ErrorCode,
     FinishTask,
     GetContext,
     GetLock,
@@ -64,6 +63,7 @@ from engramd.protocol import (
     Search,
     ServerMessage,
     Timeout,
+    TooLarge,
     UpdateContext,
 )
 
@@ -73,6 +73,7 @@ MAX_BODY = 4 * 1024 * 1024
 """Request bodies are bounded (``--max-body``); the daemon's own limits apply within."""
 REPLY_GRACE = 30.0
 """How long a daemon answer may take beyond the wait the request asked for."""
+
 
 @dataclass
 class Gateway:
@@ -102,8 +103,7 @@ class Gateway:
         async for chunk in request.stream():
             size += len(chunk)
             if size > self.max_body:
-                raise EngramError(f"request body over {self.max_body} bytes (--max-body)",
-                                  code=ErrorCode.TOO_LARGE)
+                raise TooLarge(f"request body over {self.max_body} bytes (--max-body)")
             chunks.append(chunk)
         return b"".join(chunks)
 
