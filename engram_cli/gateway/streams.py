@@ -23,7 +23,7 @@ import msgspec
 import trio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import HTTPConnection, Request
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from engram_cli.aclient import AsyncClient
 from engram_cli.gateway import query
@@ -186,8 +186,6 @@ def websocket_endpoint(gw: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
 
 async def _refuse(websocket: WebSocket, exc: EngramError) -> None:
     """Before the handshake: an HTTP error response; after it: close with the reason."""
-    from starlette.websockets import WebSocketState
-
     if websocket.client_state is WebSocketState.CONNECTING:
         try:
             await websocket.send_denial_response(error_response(exc))
