@@ -13,13 +13,23 @@ daemon=$!
 "$bin/engram" gateway --allow-remote "$@" &
 gateway=$!
 
+# The exit status of process $1, waiting on through signals that interrupt `wait`.
+status_of() {
+    local status
+    while :; do
+        wait "$1"
+        status=$?
+        kill -0 "$1" 2>/dev/null || return "$status"
+    done
+}
+
 stopping=0
-trap 'stopping=1; kill -TERM "$gateway" "$daemon" 2>/dev/null' TERM INT
+trap 'stopping=1' TERM INT
 wait -n "$daemon" "$gateway"
 first=$?
-kill -TERM "$gateway" "$daemon" 2>/dev/null
-wait "$gateway"; gateway_status=$?
-wait "$daemon"; daemon_status=$?
+kill -TERM "$gateway" "$daemon" 2>/dev/null  # once: both stop gracefully on the first
+status_of "$gateway"; gateway_status=$?
+status_of "$daemon"; daemon_status=$?
 # Asked to stop: how the two stopped. Otherwise: how the first one ended.
 if [ "$stopping" = 1 ]; then
     [ "$gateway_status" = 0 ] && exit "$daemon_status"

@@ -696,3 +696,46 @@ def test_jwt_with_an_rs256_public_key(engramd: DaemonProcess, scratch: str) -> N
         forged = jwt.encode(_claims(sub="dash"), other, algorithm="RS256")
         assert gw.http.get("/inbox", headers={"Authorization": f"Bearer {forged}"}
                            ).status_code == 401
+
+
+def test_a_stop_ends_streams_and_a_second_sigterm_is_not_fatal(engramd: DaemonProcess) -> None:
+    """Supervisors repeat themselves; the gateway's stop must still end with status 0.
+    Streams end at once; a request in flight (an inbox wait) finishes."""
+    with gateway(engramd.env) as gw:
+        waiting = Collected()
+
+        def wait_for_mail() -> None:
+            try:
+                reply = httpx2.get(f"{gw.url}/inbox", params={"wait": "2"},
+                                   headers=as_agent("patient"), timeout=WAIT)
+                waiting.events.append({"status": reply.status_code})
+            except BaseException as exc:
+                waiting.error = exc
+
+        streamed = Collected()
+        stream = threading.Thread(target=read_sse, args=(gw, {"context": "s"}, 1, streamed))
+        stream.start()
+        wait_until(lambda: open_gateway_streams(gw) >= 1, "the stream open")
+        request = threading.Thread(target=wait_for_mail)
+        request.start()
+        wait_until(lambda: "patient" in engram_agents(engramd), "the inbox wait to arrive")
+        gw.process.send_signal(signal.SIGTERM)
+
+        def refuses_connections() -> bool:
+            try:
+                httpx2.get(f"{gw.url}/healthz", timeout=1)
+            except httpx2.TransportError:
+                return True
+            return False
+
+        wait_until(refuses_connections, "the graceful stop to begin")
+        gw.process.send_signal(signal.SIGTERM)
+        joined([stream, request])
+        assert waiting.error is None and waiting.events == [{"status": 200}]
+        assert streamed.events == []  # the stream ended without an event
+        assert gw.process.wait(WAIT) == 0
+
+
+def engram_agents(engramd: DaemonProcess) -> set[str]:
+    with connect(engramd.socket, "observer") as client:
+        return {agent.agent for agent in client.list_agents() if agent.last_seen}

@@ -84,6 +84,8 @@ class Gateway:
     origins: Origins
     max_body: int = MAX_BODY
     tally: Tally = field(default_factory=Tally)
+    stopping: trio.Event = field(default_factory=trio.Event)
+    """Set when the gateway begins to stop: streams end then, rather than hold it up."""
 
     def credentials(self, request: HTTPConnection) -> Credentials:
         return self.auth.identify(request.headers)

@@ -16,6 +16,7 @@ the daemon's rule for slow subscribers applies to it, never to the writers.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +101,7 @@ class _ServerSentEvents:
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_encode_events, items, sender)
+                        nursery.start_soon(_end_on, self.gw.stopping, nursery.cancel_scope)
                         await EventSourceResponse(_batches(receiver), ping=None,
                                                   send_timeout=None)(scope, receive, send)
                         nursery.cancel_scope.cancel()
@@ -107,6 +109,12 @@ class _ServerSentEvents:
                     self.gw.tally.streams_open -= 1
         except EngramError as exc:
             await error_response(exc)(scope, receive, send)
+
+
+async def _end_on(stopping: trio.Event, scope: trio.CancelScope) -> None:
+    """End a stream when the gateway stops: its client resumes elsewhere or later."""
+    await stopping.wait()
+    scope.cancel()
 
 
 def _frame(item: Event | Heartbeat) -> bytes:
@@ -175,7 +183,7 @@ def websocket_endpoint(gw: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
                 await websocket.accept()
                 gw.tally.streams_open += 1
                 try:
-                    await _converse(websocket, client, items, options["cursor"])
+                    await _converse(websocket, client, items, options["cursor"], gw.stopping)
                 finally:
                     gw.tally.streams_open -= 1
         except EngramError as exc:
@@ -208,9 +216,18 @@ def _acknowledged(text: str, cursor: str | None) -> int:
 
 
 async def _converse(websocket: WebSocket, client: AsyncClient,
-                    items: AsyncIterator[Event | Heartbeat], cursor: str | None) -> None:
-    """Send events while reading the client's acknowledgements, until either side ends."""
+                    items: AsyncIterator[Event | Heartbeat], cursor: str | None,
+                    stopping: trio.Event) -> None:
+    """Send events while reading the client's acknowledgements, until either side ends
+    or the gateway stops (close code 1001, going away)."""
     async with trio.open_nursery() as nursery:
+        async def going_away() -> None:
+            await stopping.wait()
+            nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await websocket.close(code=1001, reason="the gateway is stopping")
+
+        nursery.start_soon(going_away)
         async def acknowledgements() -> None:
             try:
                 while True:
