@@ -66,7 +66,7 @@ class Doctor:
     def run(self) -> Iterator[Finding]:
         checks: list[Callable[[], Finding]] = [
             self.daemon, self.version, self.socket, self.data, self.disk, self.recovery,
-            self.log_errors, self.index, self.leases]
+            self.log_errors, self.index, self.vectors, self.leases]
         for check in checks:
             yield check()
 
@@ -170,6 +170,19 @@ class Doctor:
             return Finding("search index", "warn", f"{lag} events behind the journal",
                            "wait, or rebuild with engram daemon reindex")
         return _ok("search index", f"{lag} events behind the journal")
+
+    def vectors(self) -> Finding:
+        if (skipped := self._needs_daemon("vector index")) is not None:
+            return skipped
+        gauges = self.client.stats().gauges
+        if "vector_lag_events" not in gauges:
+            return Finding("vector index", "skip", "semantic search is not installed or off",
+                           "pip install 'engram[semantic]' for engram search --mode semantic")
+        lag = int(gauges["vector_lag_events"])
+        if lag > INDEX_LAG_WARNING:
+            return Finding("vector index", "warn", f"{lag} events behind the journal",
+                           "wait, or rebuild with engram daemon reindex")
+        return _ok("vector index", f"{lag} events behind the journal")
 
     def leases(self) -> Finding:
         if (skipped := self._needs_daemon("leases")) is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import trio
 from mcp.server.mcpserver import MCPServer
@@ -166,14 +166,21 @@ def build_server(identity: Identity) -> MCPServer:
             return (text or "no such units") + missing
         return await call(run)
 
-    @tool("Search the journal (words, ranked).", READ_ONLY)
+    @tool("Search the journal: keyword (words), semantic (meaning), or hybrid.", READ_ONLY)
     async def search(query: str, context: str | None = None,
-                     limit: Annotated[int, Field(ge=1, le=50)] = 10) -> str:
+                     limit: Annotated[int, Field(ge=1, le=50)] = 10,
+                     mode: Literal["keyword", "semantic", "hybrid"] = "keyword") -> str:
         async def run(client: AsyncClient) -> str:
             results = await client.search(query, contexts=[context] if context else [],
-                                          limit=limit)
-            return "\n".join(f"{hit.unit_id} {hit.snippet}" for hit in results.hits) \
-                or "no match"
+                                          limit=limit, mode=mode)
+            if not results.hits:
+                return "no match"
+            if mode == "keyword":
+                return "\n".join(f"{hit.unit_id} {hit.snippet}" for hit in results.hits)
+            units = {unit.id: unit for unit in
+                     (await client.get_units([hit.unit_id for hit in results.hits])).units}
+            return "\n".join(unit_line(units[hit.unit_id], 160) for hit in results.hits
+                             if hit.unit_id in units)
         return await call(run)
 
     @tool("What led to a unit and what followed (its relationships).", READ_ONLY)

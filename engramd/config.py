@@ -152,6 +152,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth.require_tokens", bool, False,
             "Connections must present an agent token (engram agent token create); the "
             "connection then acts as the token's agent only.",),
+    Setting("search.semantic", str, "auto",
+            "Semantic search: auto (on when the engram[semantic] extra is installed) or "
+            "off.", choices=("auto", "off")),
+    Setting("search.embedding", str, "wordllama",
+            "The embedding model of semantic search (with the engram[semantic] extra): "
+            "wordllama (bundled), or package.module:factory for a local model; a change "
+            "rebuilds the vector index."),
 )
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
 
@@ -194,6 +201,8 @@ class DaemonConfig:
     rate_per_second: float = 0.0
     rate_burst: int = 200
     require_tokens: bool = False
+    semantic: str = "auto"
+    embedding: str = "wordllama"
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     """Where each value came from: ``default``, ``file``, ``env:NAME`` or ``flag``."""
 

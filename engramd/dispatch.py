@@ -369,6 +369,8 @@ class Dispatcher:
                           wal_segments=journal.wal_segments,
                           index_lag_events=journal.last_seq - journal.indexed_seq,
                           journal_failed=int(journal.write_error is not None))
+            if journal.vector_seq is not None:
+                gauges["vector_lag_events"] = journal.last_seq - journal.vector_seq
             counters.update(commit_batches_total=journal.commit_batches,
                             commit_entries_total=journal.commit_entries)
         queue = engine.commit_queue()

@@ -32,7 +32,7 @@ from engramd.commit import GroupCommitter
 from engramd.config import DaemonConfig
 from engramd.errors import StartupError
 from engramd.events import EventHub
-from engramd.indexer import Indexer, open_index
+from engramd.indexer import Indexer, open_index, vector_opener
 from engramd.leases import LeaseManager
 from engramd.mail import Mailbox
 from engramd.metrics import Metrics
@@ -129,7 +129,10 @@ class Engine:
                 f"{exc}. Nothing was changed; 'engramd --repair' cuts the log there, "
                 "losing what follows") from None
         indexer = Indexer(store, open_index(self.config.data_dir, store,
-                                            rebuild=self.config.reindex))
+                                            rebuild=self.config.reindex),
+                          vector_opener(self.config.data_dir, self.config.embedding,
+                                        rebuild=self.config.reindex, store=store)
+                          if self.config.semantic == "auto" else None)
         log.info("journal open: seq %d, %d entries replayed, %d torn bytes cut, %.3fs",
                  recovery.last_seq, recovery.entries_replayed, recovery.truncated_bytes,
                  time.monotonic() - started)
@@ -246,7 +249,8 @@ class Engine:
             durability=self.config.durability, write_error=committer.failure,
             indexed_seq=parts.indexer.indexed_seq, commit_batches=committer.stats.batches,
             commit_entries=committer.stats.entries,
-            fsync_seconds=round(committer.stats.fsync_seconds, 6))
+            fsync_seconds=round(committer.stats.fsync_seconds, 6),
+            vector_seq=parts.indexer.vector_seq)
 
     def stream_status(self) -> StreamStatus | None:
         parts = self._parts

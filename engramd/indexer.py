@@ -7,6 +7,10 @@ the next ``SETTLE_SECONDS`` gather, so that under a steady trickle of writes one
 SQLite transaction (and one hand-off to its thread) takes many units instead of
 one each: indexing a unit on its own cost more than writing it. The index is
 derived data, so its failures (a full disk) are logged and retried, never fatal.
+
+With the ``engram[semantic]`` extra it also owns the vector index
+(:mod:`engramd.vectors`), fed from the same batches in the same thread; without
+it, nothing here imports numpy or a model.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 import trio
@@ -21,6 +27,9 @@ import trio
 from engramd.protocol.model import Unit
 from engramd.search import Document, Hit, SearchIndex
 from engramd.storage import Store
+
+if TYPE_CHECKING:
+    from engramd.vectors import VectorIndex
 
 log = logging.getLogger("engramd.indexer")
 
@@ -45,10 +54,48 @@ def open_index(data_dir: str, store: Store, *, rebuild: bool) -> SearchIndex:
     return index
 
 
+def vector_opener(data_dir: str, embedding: str, *, rebuild: bool,
+                  store: Store) -> Callable[[], VectorIndex | None] | None:
+    """What opens the vector index in *data_dir* (in the indexer's thread, when first
+    needed: loading a model takes a while), or None when semantic search is not
+    installed. The opener returns None when the model cannot load (logged; keyword
+    search goes on)."""
+    from engramd import embedding as embeddings
+
+    if not embeddings.available(embedding):
+        return None
+    directory = os.path.join(data_dir, "vectors")
+
+    def open_vectors() -> VectorIndex | None:
+        from engramd.vectors import VectorIndex
+
+        try:
+            embedder = embeddings.load_embedder(embedding)
+        except Exception as exc:  # a model that cannot load must not stop the daemon
+            log.warning("semantic search is off: the embedding model %s did not load (%s)",
+                        embedding, exc)
+            return None
+        if rebuild:
+            VectorIndex.destroy(directory)
+        vectors = VectorIndex(directory, embedder)
+        if vectors.indexed_seq > store.applied_seq:
+            VectorIndex.destroy(directory)
+            vectors = VectorIndex(directory, embedder)
+        log.info("vector index open: %s, %d units, seq %d", embedder.identity, vectors.rows,
+                 vectors.indexed_seq)
+        return vectors
+
+    return open_vectors
+
+
 class Indexer:
-    def __init__(self, store: Store, index: SearchIndex) -> None:
+    def __init__(self, store: Store, index: SearchIndex,
+                 open_vectors: Callable[[], VectorIndex | None] | None = None) -> None:
         self.store = store
         self.index = index
+        self.vectors: VectorIndex | None = None
+        self._open_vectors = open_vectors
+        """Opens the vector index on first use, in the worker thread (None: no semantic)."""
         self._wanted = trio.Event()
         self._limiter = trio.CapacityLimiter(1)
         """The SQLite connection is used by one worker thread at a time."""
@@ -56,6 +103,25 @@ class Indexer:
     @property
     def indexed_seq(self) -> int:
         return self.index.indexed_seq
+
+    @property
+    def semantic(self) -> bool:
+        """Whether semantic search is installed (its index may still be opening)."""
+        return self.vectors is not None or self._open_vectors is not None
+
+    @property
+    def vector_seq(self) -> int | None:
+        """How far the vector index has taken in the journal; None without semantic search."""
+        if self.vectors is not None:
+            return self.vectors.indexed_seq
+        return 0 if self._open_vectors is not None else None
+
+    def _vectors(self) -> VectorIndex | None:
+        """The vector index, opened on first use (worker thread only)."""
+        if self.vectors is None and self._open_vectors is not None:
+            opener, self._open_vectors = self._open_vectors, None
+            self.vectors = opener()
+        return self.vectors
 
     def wake(self) -> None:
         """New events are durable: index them soon."""
@@ -78,8 +144,11 @@ class Indexer:
                 self._wanted.set()
 
     def _batch(self) -> bool:
-        """Index the next events after the index's seq; True if more may remain."""
-        stored = self.store.events_after(self.index.indexed_seq, BATCH)
+        """Index the next events after the indexes' seqs; True if more may remain."""
+        keyword_seq = self.index.indexed_seq
+        vectors = self._vectors()
+        vector_seq = vectors.indexed_seq if vectors is not None else keyword_seq
+        stored = self.store.events_after(min(keyword_seq, vector_seq), BATCH)
         if not stored:
             return False
         documents = []
@@ -93,7 +162,12 @@ class Indexer:
                 text = None
             documents.append(Document(seq, unit.id, unit.context_id, unit.agent_id, unit.type,
                                       int(unit.ts.timestamp() * 1_000_000), text, unit.meta))
-        self.index.add(documents, stored[-1][0])
+        up_to = stored[-1][0]
+        if up_to > keyword_seq:
+            self.index.add([d for d in documents if d.seq > keyword_seq], up_to)
+        if vectors is not None and up_to > vector_seq:
+            wanted = [d for d in documents if d.seq > vector_seq and d.text and d.text.strip()]
+            vectors.add([d.seq for d in wanted], [d.text or "" for d in wanted], up_to)
         return len(stored) == BATCH
 
     async def rebuild(self) -> None:
@@ -104,6 +178,10 @@ class Indexer:
             self.index.close()
             SearchIndex.destroy(path)
             self.index = SearchIndex(path)
+            vectors = self._vectors()
+            if vectors is not None:
+                type(vectors).destroy(vectors.directory)
+                self.vectors = type(vectors)(vectors.directory, vectors.embedder)
 
         await trio.to_thread.run_sync(start_over, limiter=self._limiter)
         self._wanted.set()
@@ -113,6 +191,25 @@ class Indexer:
         return await trio.to_thread.run_sync(
             lambda: self.index.search(query, **filters),  # type: ignore[arg-type]
             limiter=self._limiter)
+
+    async def nearest(self, text: str, *, limit: int, min_similarity: float | None,
+                      **filters: object) -> tuple[int, list[Hit]]:
+        """Semantic search in the indexes' worker thread: ``(candidates, hits)`` with the
+        cosine similarity as each hit's score."""
+        def run() -> tuple[int, list[Hit]]:
+            vectors = self._vectors()
+            if vectors is None:
+                return 0, []
+            allowed = self.index.matching_seqs(**filters)
+            if allowed is not None and not allowed:
+                return 0, []
+            total, found = vectors.nearest(text, limit=limit, allowed=allowed,
+                                           min_similarity=min_similarity)
+            ids = self.index.unit_ids(seq for seq, _ in found)
+            return total, [Hit(ids[seq], seq, similarity, "") for seq, similarity in found
+                           if seq in ids]
+
+        return await trio.to_thread.run_sync(run, limiter=self._limiter)
 
     def close(self) -> None:
         self.index.close()

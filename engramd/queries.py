@@ -10,12 +10,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 
 from engramd import validate
 from engramd.caller import Caller
+from engramd.embedding import EXTRA_HINT
 from engramd.events import EventHub, Filter, Subscriber
 from engramd.indexer import Indexer
 from engramd.protocol import (
@@ -30,7 +31,7 @@ from engramd.protocol import (
 )
 from engramd.protocol.model import EVENT_KINDS, UNIT_ID_LENGTH, Context, Unit
 from engramd.recent import RecentUnits
-from engramd.search import QueryError, plain_query
+from engramd.search import Hit, QueryError, plain_query
 from engramd.storage import Store, seq_from
 
 _context_decoder = msgspec.msgpack.Decoder(Context)
@@ -39,6 +40,32 @@ SHOWN_CANDIDATES = 5
 """Ids an ambiguous prefix's error names."""
 MAX_DEPTH = 16
 MAX_EDGES = 10_000
+
+
+SEARCH_MODES = ("keyword", "semantic", "hybrid")
+FUSION_DEPTH = 100
+"""Hits taken from each side of a hybrid search before fusing them."""
+RRF_K = 60
+"""Reciprocal-rank fusion's constant (Cormack et al.): a hit's score is the sum over
+the sides that found it of 1 / (RRF_K + its rank there)."""
+
+
+def fuse(keyword: list[Hit], semantic: list[Hit]) -> list[SearchHit]:
+    """Hybrid hits: both sides' ranks fused, best first (then newest), each hit with
+    the scores of the sides that found it."""
+    fused: dict[int, dict[str, Any]] = {}
+    for side, hits in (("bm25", keyword), ("similarity", semantic)):
+        for rank, hit in enumerate(hits, start=1):
+            entry = fused.setdefault(hit.seq, {"unit_id": hit.unit_id, "score": 0.0,
+                                               "snippet": "", "bm25": None,
+                                               "similarity": None})
+            entry["score"] += 1 / (RRF_K + rank)
+            entry[side] = round(hit.score, 6)
+            entry["snippet"] = entry["snippet"] or hit.snippet
+    ranked = sorted(fused.items(), key=lambda item: (-item[1]["score"], -item[0]))
+    return [SearchHit(unit_id=entry["unit_id"], seq=seq, score=round(entry["score"], 6),
+                      snippet=entry["snippet"], bm25=entry["bm25"],
+                      similarity=entry["similarity"]) for seq, entry in ranked]
 
 
 class UnitHeader(msgspec.Struct):
@@ -220,8 +247,21 @@ class Queries:
             raise BadRequest("limit must be 1 to 1000 and offset at least 0")
         if len(request.query) > 4096:
             raise TooLarge("query over 4096 characters")
+        if request.mode not in SEARCH_MODES:
+            raise BadRequest(f"mode must be one of {', '.join(SEARCH_MODES)}")
         if request.advanced and not request.query.strip():
             raise BadRequest("an advanced query needs some FTS5 syntax")
+        if request.mode == "keyword" and request.min_similarity is not None:
+            raise BadRequest("min_similarity applies to semantic and hybrid search")
+        if request.mode != "keyword":
+            if not self.indexer.semantic:
+                raise BadRequest(f"{request.mode} search is not available on this daemon: "
+                                 f"install it with {EXTRA_HINT} (and leave search.semantic "
+                                 "at auto), then restart engramd")
+            if not request.query.strip():
+                raise BadRequest(f"{request.mode} search needs words to look for")
+            if request.min_similarity is not None and not -1 <= request.min_similarity <= 1:
+                raise BadRequest("min_similarity must be between -1 and 1")
         query = request.query if request.advanced else plain_query(request.query)
         unit_ids: set[str] | None = None
         if request.related_to is not None:
@@ -230,17 +270,35 @@ class Queries:
             unit_ids = {edge.source for edge in related.edges} | {
                 edge.target for edge in related.edges}
             unit_ids.discard(related.root)
+        filters: dict[str, object] = dict(
+            contexts=request.contexts, agents=request.agents,
+            types=[validate.unit_type(kind) for kind in request.types], meta=request.meta,
+            since_us=_micros(request.since), until_us=_micros(request.until),
+            unit_ids=unit_ids)
+        wanted = request.offset + request.limit
         try:
-            total, hits = await self.indexer.search(
-                query, contexts=request.contexts, agents=request.agents,
-                types=[validate.unit_type(kind) for kind in request.types],
-                meta=request.meta, since_us=_micros(request.since),
-                until_us=_micros(request.until), unit_ids=unit_ids, limit=request.limit,
-                offset=request.offset)
+            if request.mode == "semantic":
+                total, found = await self.indexer.nearest(
+                    request.query, limit=wanted, min_similarity=request.min_similarity,
+                    **filters)
+                hits = [SearchHit(unit_id=hit.unit_id, seq=hit.seq, score=hit.score,
+                                  snippet="", similarity=hit.score) for hit in found]
+                return total, hits[request.offset:]
+            keyword_total, keyword = await self.indexer.search(
+                query, limit=max(wanted, FUSION_DEPTH) if request.mode == "hybrid" else
+                request.limit, offset=0 if request.mode == "hybrid" else request.offset,
+                **filters)
+            if request.mode == "keyword":
+                return keyword_total, [
+                    SearchHit(unit_id=hit.unit_id, seq=hit.seq, score=round(hit.score, 6),
+                              snippet=hit.snippet) for hit in keyword]
+            _, semantic = await self.indexer.nearest(
+                request.query, limit=max(wanted, FUSION_DEPTH),
+                min_similarity=request.min_similarity, **filters)
         except QueryError as exc:
             raise BadRequest(f"cannot read the query: {exc}") from None
-        return total, [SearchHit(unit_id=hit.unit_id, seq=hit.seq, score=round(hit.score, 6),
-                                 snippet=hit.snippet) for hit in hits]
+        fused = fuse(keyword if query is not None else [], semantic)
+        return len(fused), fused[request.offset:wanted]
 
     # -- the live stream ----------------------------------------------------------------
 

@@ -95,6 +95,34 @@ def plain_query(text: str) -> str | None:
     return " ".join(clauses) if clauses else None
 
 
+def _filters(*, contexts: list[str], agents: list[str], types: list[str],
+             meta: dict[str, str], since_us: int | None, until_us: int | None,
+             unit_ids: set[str] | None) -> tuple[list[str], list[object]] | None:
+    """SQL conditions on ``docs d`` for the filters; None when nothing can match."""
+    where: list[str] = []
+    args: list[object] = []
+    for column, values in (("d.context_id", contexts), ("d.agent_id", agents),
+                           ("d.type", types)):
+        if values:
+            where.append(f"{column} IN ({','.join('?' * len(values))})")
+            args += values
+    for key, value in meta.items():
+        where.append("d.seq IN (SELECT seq FROM meta_kv WHERE key = ? AND value = ?)")
+        args += [key, value]
+    if since_us is not None:
+        where.append("d.ts >= ?")
+        args.append(since_us)
+    if until_us is not None:
+        where.append("d.ts <= ?")
+        args.append(until_us)
+    if unit_ids is not None:
+        if not unit_ids:
+            return None
+        where.append(f"d.unit_id IN ({','.join('?' * len(unit_ids))})")
+        args += sorted(unit_ids)
+    return where, args
+
+
 class SearchIndex:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -136,27 +164,11 @@ class SearchIndex:
         Raises:
             QueryError: FTS5 could not parse *query* (advanced mode).
         """
-        where: list[str] = []
-        args: list[object] = []
-        for column, values in (("d.context_id", contexts), ("d.agent_id", agents),
-                               ("d.type", types)):
-            if values:
-                where.append(f"{column} IN ({','.join('?' * len(values))})")
-                args += values
-        for key, value in meta.items():
-            where.append("d.seq IN (SELECT seq FROM meta_kv WHERE key = ? AND value = ?)")
-            args += [key, value]
-        if since_us is not None:
-            where.append("d.ts >= ?")
-            args.append(since_us)
-        if until_us is not None:
-            where.append("d.ts <= ?")
-            args.append(until_us)
-        if unit_ids is not None:
-            if not unit_ids:
-                return 0, []
-            where.append(f"d.unit_id IN ({','.join('?' * len(unit_ids))})")
-            args += sorted(unit_ids)
+        found = _filters(contexts=contexts, agents=agents, types=types, meta=meta,
+                         since_us=since_us, until_us=until_us, unit_ids=unit_ids)
+        if found is None:
+            return 0, []
+        where, args = found
         try:
             if query is None:
                 clause = " AND ".join(where) or "1"
@@ -181,9 +193,7 @@ class SearchIndex:
                 total = self.db.execute(f"SELECT count(*) FROM {source} WHERE {clause}",
                                         params).fetchone()[0]
                 seqs = [row[0] for row in ranked]
-                ids_by_seq = dict(self.db.execute(
-                    f"SELECT seq, unit_id FROM docs WHERE seq IN ({','.join('?' * len(seqs))})",
-                    seqs).fetchall()) if seqs else {}
+                ids_by_seq = self.unit_ids(seqs)
                 snippets = dict(self.db.execute(
                     f"SELECT rowid, snippet(fts, 0, '{MARK_OPEN}', '{MARK_CLOSE}', '…', 16) "
                     f"FROM fts WHERE fts MATCH ? AND rowid IN ({','.join('?' * len(seqs))})",
@@ -195,6 +205,26 @@ class SearchIndex:
         # bm25() is lower for better matches; `or 0.0` keeps a filter-only 0 from being -0.0.
         return total, [Hit(unit_id, seq, -score or 0.0, snippet)
                        for unit_id, seq, score, snippet in rows]
+
+    def matching_seqs(self, **filters: object) -> set[int] | None:
+        """The seqs that pass *filters* (those of :meth:`search`); None when there are none."""
+        found = _filters(**filters)  # type: ignore[arg-type]
+        if found is None:
+            return set()
+        where, args = found
+        if not where:
+            return None
+        clause = " AND ".join(where)
+        return {row[0] for row in self.db.execute(f"SELECT d.seq FROM docs d WHERE {clause}",
+                                                  args)}
+
+    def unit_ids(self, seqs: Iterable[int]) -> dict[int, str]:
+        seqs = list(seqs)
+        if not seqs:
+            return {}
+        return dict(self.db.execute(
+            f"SELECT seq, unit_id FROM docs WHERE seq IN ({','.join('?' * len(seqs))})",
+            seqs).fetchall())
 
     def close(self) -> None:
         self.db.close()

@@ -84,6 +84,9 @@ def env(scratch: str) -> dict[str, str]:
         "ENGRAM_DATA_DIR": os.path.join(scratch, "data"),
         "XDG_CONFIG_HOME": os.path.join(scratch, "config"),
         "ENGRAM_AGENT": "tester",
+        # Semantic search loads a model (~0.6 s of CPU per daemon): only its own tests
+        # (tests/test_semantic.py) turn it back on.
+        "ENGRAM_SEARCH_SEMANTIC": "off",
     }
 
 

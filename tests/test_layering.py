@@ -130,3 +130,13 @@ def test_only_the_gateway_imports_the_http_stack() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=30, check=True)
     assert result.stdout.strip() == "[] False"
+
+
+def test_only_the_vector_index_and_the_embedder_import_numpy_or_a_model() -> None:
+    """The semantic extra: engramd imports it in two modules, loaded only when it is
+    installed and on (tests/test_semantic.py checks that importing the daemon loads none)."""
+    importers = {str(path.relative_to(ROOT)) for package in ("engramd", "engram_cli")
+                 for path in modules(package)
+                 if any(name.split(".")[0] in ("numpy", "wordllama")
+                        for name in imports_of(path))}
+    assert importers == {"engramd/vectors.py", "engramd/embedding.py"}

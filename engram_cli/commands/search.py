@@ -40,17 +40,27 @@ def search(
     advanced: Annotated[bool, typer.Option(
         "--advanced", help="QUERY is FTS5 syntax: \"phrases\", prefix*, NEAR(a b), AND/OR/NOT."
     )] = False,
+    mode: Annotated[str, typer.Option(
+        "--mode", metavar="MODE", autocompletion=lambda: ["keyword", "semantic", "hybrid"],
+        help="keyword (BM25), semantic (by meaning; needs engram[semantic]) or hybrid "
+        "(both ranks fused).")] = "keyword",
+    min_similarity: Annotated[float | None, typer.Option(
+        "--min-similarity", metavar="X", min=-1.0, max=1.0,
+        help="Semantic and hybrid: leave out units less similar than X (cosine).")] = None,
     json: JsonOption = False,
 ) -> None:
     """Find units by words (ranked by relevance, then newest) and filters; exit 3 if none.
 
-    Without words the filters alone select units, newest first, with no score.
+    Without words the filters alone select units, newest first, with no score. With
+    --mode semantic, units are ranked by what they mean (an "storage full" query finds
+    "disk quota exceeded"); --mode hybrid fuses both rankings.
 
     Examples:
 
       engram search "disk quota"
       engram search -t ERROR --since 1h --json | jq -r .unit_id
       engram search retry -c build-42 -n 5
+      engram search --mode hybrid "storage full" --min-similarity 0.1
     """
     cli = context.get(ctx)
     out = cli.output(json)
@@ -64,8 +74,8 @@ def search(
                             agents=agents or [], types=types or [], meta=parse_pairs(meta),
                             since=since_ts, until=until_ts,
                             related_to=whole_id(client, related_to) if related_to else None,
-                            limit=limit,
-                            offset=offset)
+                            limit=limit, offset=offset, mode=mode,
+                            min_similarity=min_similarity)
     units = {unit.id: unit for unit in client.get_units([h.unit_id for h in results.hits]).units}
     ranked = bool(query.split())  # filters alone rank nothing: no score
     if out.json:

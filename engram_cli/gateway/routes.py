@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import msgspec
 import trio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -237,7 +238,11 @@ async def release_lock(gw: Gateway, request: Request) -> Response:
 
 
 async def search(gw: Gateway, request: Request) -> Response:
-    query = decode_request(await gw.body(request), Search)
+    return await _search(gw, request, await gw.body(request))
+
+
+async def _search(gw: Gateway, request: Request, body: bytes) -> Response:
+    query = decode_request(body, Search)
     results = await gw.call(request, query)
     found = await gw.call(request, GetUnits(ids=[hit.unit_id for hit in results.hits]))
     units = {unit.id: unit for unit in found.units}
@@ -246,6 +251,12 @@ async def search(gw: Gateway, request: Request) -> Response:
         {**plain(hit), "score": hit.score if ranked else None,
          "unit": unit_json(units[hit.unit_id]) if hit.unit_id in units else None}
         for hit in results.hits]})
+
+
+async def search_vector(gw: Gateway, request: Request) -> Response:
+    """Upstream's ``POST /search/vector``: ``POST /search`` in semantic mode."""
+    body = decode(await gw.body(request), dict[str, Any])
+    return await _search(gw, request, msgspec.json.encode({**body, "mode": "semantic"}))
 
 
 async def search_relationships(gw: Gateway, request: Request) -> Response:
@@ -335,6 +346,7 @@ ROUTES: list[tuple[str, list[str], Handler]] = [
     ("/locks/{resource:path}", ["GET"], get_lock),
     ("/locks/{resource:path}", ["DELETE"], release_lock),
     ("/search", ["POST"], search),
+    ("/search/vector", ["POST"], search_vector),
     ("/search/relationships", ["POST"], search_relationships),
     ("/messages", ["POST"], send_message),
     ("/inbox", ["GET"], read_inbox),

@@ -113,6 +113,9 @@ class JournalStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Commits they held: entries / batches is the mean batch size."""
     fsync_seconds: float = 0.0
     """Time spent writing and syncing the WAL since the start."""
+    vector_seq: int | None = None
+    """The vector index (semantic search) has taken in everything up to here; None
+    when semantic search is not installed or is off."""
 
 
 class StreamStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -295,9 +298,14 @@ class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
     unit_id: str
     seq: int
     score: float
-    """BM25 relevance, higher is better (0 without words)."""
+    """The rank's score, higher is better: BM25 relevance (keyword; 0 without words),
+    cosine similarity (semantic), or the reciprocal-rank fusion of both (hybrid)."""
     snippet: str
     """Payload text around the matches, each match between ``**`` marks."""
+    bm25: float | None = None
+    """The BM25 relevance, when the keyword side found it (hybrid)."""
+    similarity: float | None = None
+    """The cosine similarity, when the semantic side found it (semantic, hybrid)."""
 
 
 class SearchResults(Reply, tag="search.results"):
@@ -707,6 +715,11 @@ class Search(ClientMessage[SearchResults], tag="search"):
     related_depth: int = 1
     limit: int = 20
     offset: int = 0
+    mode: str = "keyword"
+    """``keyword`` (BM25), ``semantic`` (embeddings; needs engram[semantic]) or
+    ``hybrid`` (reciprocal-rank fusion of both)."""
+    min_similarity: float | None = None
+    """Semantic and hybrid: leave out units less similar than this (cosine, -1 to 1)."""
 
 
 class Reindex(ClientMessage[Done], tag="search.reindex"):

@@ -167,6 +167,7 @@ CLIENT_MESSAGES = {
     "lock_break": BreakLock(id=14, resource="deploy:prod", reason="stuck"),
     "lock_get": GetLock(id=15, resource="deploy:prod"),
     "lock_list": ListLocks(id=16, agent="alice", prefix="deploy:"),
+    "search_hybrid": Search(id=17, query="storage full", mode="hybrid", min_similarity=0.2),
     "search": Search(id=17, query="frame limit", contexts=["build-42"], types=["ERROR"],
                      meta={"exit": "1"}, since=WHEN, related_to=UNIT.id, limit=5, offset=10),
     "search_reindex": Reindex(id=18),
@@ -251,6 +252,8 @@ SERVER_MESSAGES = {
     "lease_lost": LeaseLost(lease=LEASE, reason="expired", by="engramd"),
     "search_results": SearchResults(id=17, total=1, hits=[SearchHit(
         unit_id=UNIT.id, seq=7, score=1.5, snippet="the **frame** **limit**")]),
+    "search_results_hybrid": SearchResults(id=17, total=1, hits=[SearchHit(
+        unit_id=UNIT.id, seq=7, score=0.032787, snippet="", bm25=None, similarity=0.41)]),
     "token_created": TokenCreated(id=19, token="egt_0123456789ab_secret", info=TOKEN),
     "token_page": TokenPage(id=20, tokens=[TOKEN]),
     "token_revoked": TokensRevoked(id=21, tokens=[TOKEN]),

@@ -1,0 +1,83 @@
+"""Text embeddings for semantic search, behind one small interface.
+
+An :class:`Embedder` turns texts into unit-length float32 vectors and names itself
+(``identity``): the vector index stores that name, and a different one means the
+index is rebuilt, never mixed. The default is the static model bundled inside the
+``wordllama`` wheel (the ``engram[semantic]`` extra): no download, ~0.6 s to load.
+``search.embedding`` may name another: ``package.module:factory``, a callable that
+takes no argument and returns an Embedder (a local model someone already has).
+
+Nothing here imports numpy or a model until :func:`load_embedder` runs, and the
+daemon calls it only when :func:`available` says the extra is installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DEFAULT = "wordllama"
+EXTRA_HINT = "pip install 'engram[semantic]'"
+
+
+class Embedder(Protocol):
+    identity: str
+    """Names the model and its settings; a change of it rebuilds the vector index."""
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """A ``(len(texts), dim)`` float32 array of unit-length rows."""
+        ...
+
+
+def available(spec: str = DEFAULT) -> bool:
+    """Whether *spec* can load here, without importing anything heavy."""
+    module = "wordllama" if spec == DEFAULT else spec.partition(":")[0]
+    try:
+        return (importlib.util.find_spec("numpy") is not None
+                and importlib.util.find_spec(module) is not None)
+    except (ImportError, ValueError):
+        return False
+
+
+class WordLlamaEmbedder:
+    """WordLlama's bundled 256-dimension static model, loaded from its own package
+    directory (its default loader looks for the tokenizer elsewhere and would try to
+    download)."""
+
+    dim = 256
+
+    def __init__(self) -> None:
+        import wordllama
+        from wordllama import WordLlama
+
+        self._model = WordLlama.load(cache_dir=os.path.dirname(wordllama.__file__),
+                                     disable_download=True, dim=self.dim)
+        version = getattr(wordllama, "__version__", "?")
+        self.identity = f"wordllama-l2-supercat-{self.dim}@{version}"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
+        vectors = self._model.embed(list(texts), norm=True)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def load_embedder(spec: str = DEFAULT) -> Embedder:
+    """The embedder *spec* names. Raises ImportError when it cannot load."""
+    if spec == DEFAULT:
+        return WordLlamaEmbedder()
+    module_name, sep, factory = spec.partition(":")
+    if not sep or not factory:
+        raise ImportError(f"search.embedding must be {DEFAULT!r} or 'module:factory', "
+                          f"not {spec!r}")
+    made: Any = getattr(importlib.import_module(module_name), factory)()
+    if not isinstance(getattr(made, "identity", None), str) or not hasattr(made, "embed"):
+        raise ImportError(f"{spec} did not return an embedder (identity, dim, embed)")
+    return made  # type: ignore[no-any-return]
