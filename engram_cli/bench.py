@@ -775,6 +775,80 @@ def bench_sse_fanout10(target: BenchTarget) -> Measurement:
         return Measurement([], 0.0, note=f"not run: {exc}")
 
 
+SEMANTIC_UNITS = 100_000
+
+
+@contextlib.contextmanager
+def _semantic_store(target: BenchTarget) -> Iterator[tuple[BenchTarget, float, int]]:
+    """A daemon of its own over SEMANTIC_UNITS (scaled) fill units, written with semantic
+    search off, then restarted with it on: yields it, the seconds from that restart
+    until its vector index had every unit (the model's load included), and the units."""
+    from engram_cli import requests
+
+    wanted = target.count(SEMANTIC_UNITS, minimum=1000)
+    with bench_daemon() as own:
+        with own.client() as client:
+            for start in range(0, wanted, 1000):
+                client.create_units(requests.draft(f"bench-sem-{n % 100}", "MESSAGE",
+                                                   fill_text(n))
+                                    for n in range(start, min(start + 1000, wanted)))
+        _wait_indexed(own)
+        assert own.restart is not None
+        assert isinstance(own.env, dict)  # the environment restart() starts the daemon with
+        own.env["ENGRAM_SEARCH_SEMANTIC"] = "auto"
+        started = time.perf_counter()
+        own.restart(False)
+        with own.client() as client:
+            while True:
+                journal = client.status().journal
+                if journal is not None and journal.vector_seq == journal.last_seq:
+                    break
+                if journal is not None and journal.vector_seq is None:
+                    raise SemanticMissing("semantic search is not installed: "
+                                          "pip install 'engram[semantic]'")
+                time.sleep(0.01)
+        yield own, time.perf_counter() - started, wanted
+
+
+class SemanticMissing(RuntimeError):
+    pass
+
+
+def bench_vector_backfill(target: BenchTarget) -> Measurement:
+    """A daemon with semantic search opening a store of 100,000 (scaled) units without a
+    vector index: from its start until every unit is embedded and indexed."""
+    try:
+        with _semantic_store(target) as (own, seconds, units):
+            rss = _daemon_rss_mib(own)
+    except SemanticMissing as exc:
+        return Measurement([], 0.0, note=f"not run: {exc}")
+    return Measurement([seconds], seconds, ops=units, note=(
+        f"{units / seconds:,.0f} units/s over {units:,} units (wall in p50, the model's load "
+        f"included); daemon RSS {rss:.0f} MiB"))
+
+
+def bench_search_hybrid(target: BenchTarget) -> Measurement:
+    """A two-word hybrid query (BM25 and vector ranks fused), limit 20, over 100,000
+    (scaled) units."""
+    sentences = [fill_text(i * 997).decode().split()[2:] for i in range(200)]
+    pairs = [(words[1], words[7]) for words in sentences]
+    try:
+        with _semantic_store(target) as (own, _, units), own.client() as client:
+            def query(state: list[int] = [0]) -> None:  # noqa: B006 (a counter across calls)
+                a, b = pairs[state[0] % len(pairs)]
+                state[0] += 1
+                client.search(f"{a} {b}", mode="hybrid", limit=20)
+
+            for _ in range(20):
+                query()
+            measurement = _timed_loop(own, target.count(500), query)
+            rss = _daemon_rss_mib(own)
+    except SemanticMissing as exc:
+        return Measurement([], 0.0, note=f"not run: {exc}")
+    measurement.note = f"{units:,} units; daemon RSS {rss:.0f} MiB"
+    return measurement
+
+
 def _bench_import(target: BenchTarget, agents: int) -> Measurement:
     count = target.count(20_000, minimum=100)
     tag = f"{agents}-{os.getpid()}-{time.monotonic_ns()}"
@@ -833,6 +907,8 @@ WORKLOADS: dict[str, Workload] = {
     "http.write": bench_http_write,
     "sse.fanout10": bench_sse_fanout10,
     "search.query": bench_search_query,
+    "vector.backfill": bench_vector_backfill,
+    "search.hybrid": bench_search_hybrid,
     "index.rebuild": bench_index_throughput,
     "import.1agent": bench_import_1agent,
     "import.5agents": bench_import_5agents,
@@ -905,6 +981,9 @@ GOALS: dict[str, Goal] = {
     "import.5agents": Goal(("import.1agent",), _import_agents),
     "http.write": Goal(("write.single",), lambda r, f: (
         f"(write.single {f['write.single'].p50_ms:.3f})", None)),
+    "vector.backfill": Goal((), lambda r, f: (
+        "units/s >= 10,000", r.throughput >= 10_000)),
+    "search.hybrid": Goal((), lambda r, f: ("p50 <= 50", r.p50_ms <= 50.0)),
     "sse.fanout10": Goal(("stream.fanout10",), lambda r, f: (
         f"(stream.fanout10 {f['stream.fanout10'].p50_ms:.3f})", None)),
 }
@@ -941,13 +1020,18 @@ def judged(results: list[BenchResult]) -> list[BenchResult]:
 
 
 @contextlib.contextmanager
-def bench_daemon() -> Iterator[BenchTarget]:
-    """A fresh daemon on a temporary socket and data dir, stopped afterwards."""
+def bench_daemon(semantic: str = "off") -> Iterator[BenchTarget]:
+    """A fresh daemon on a temporary socket and data dir, stopped afterwards.
+
+    Semantic search is off unless asked for: only its own rows measure it (they run a
+    daemon of their own), and no other row pays for embedding what it writes.
+    """
     with tempfile.TemporaryDirectory(prefix="engram-bench-") as scratch:
         os.chmod(scratch, 0o700)
         socket_path = os.path.join(scratch, "engramd.sock")
         env = {**os.environ, "ENGRAM_SOCKET": socket_path,
-               "ENGRAM_DATA_DIR": os.path.join(scratch, "data"), "ENGRAM_NO_AUTOSTART": "1"}
+               "ENGRAM_DATA_DIR": os.path.join(scratch, "data"), "ENGRAM_NO_AUTOSTART": "1",
+               "ENGRAM_SEARCH_SEMANTIC": semantic}
         start_daemon(socket_path, env=env)
         with Client(socket_path, autostart=False) as client:
             client.wait_ready(timeout=600)

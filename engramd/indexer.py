@@ -119,8 +119,9 @@ class Indexer:
     def _vectors(self) -> VectorIndex | None:
         """The vector index, opened on first use (worker thread only)."""
         if self.vectors is None and self._open_vectors is not None:
-            opener, self._open_vectors = self._open_vectors, None
-            self.vectors = opener()
+            # The opener stays set while the model loads: status says 0, not "none".
+            self.vectors = self._open_vectors()
+            self._open_vectors = None
         return self.vectors
 
     def wake(self) -> None:
