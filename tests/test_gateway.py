@@ -172,6 +172,9 @@ def test_units_and_contexts(open_gateway: Gateway) -> None:
     related = http.post("/search/relationships", json={"unit_id": unit["id"]}).json()
     assert related["edges"][0]["type"] == "RESPONDS_TO"
     assert http.post("/search", json={"query": 5}).status_code == 400
+    # Semantic search is off on this daemon: the answer says how to have it.
+    vector = http.post("/search/vector", json={"query": "storage full"})
+    assert vector.status_code == 400 and "engram[semantic]" in vector.json()["error"]["message"]
 
 
 def test_locks_name_the_holder_and_keep_others_out(open_gateway: Gateway) -> None:

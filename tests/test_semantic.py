@@ -217,3 +217,27 @@ def test_semantic_search_of_a_missing_context_is_empty_not_an_error(
         write_corpus(client)
         wait_until(lambda: caught_up(client), "both indexes to catch up")
         assert client.search("storage full", mode="semantic", contexts=["nowhere"]).hits == []
+
+
+async def test_the_same_modes_over_http_and_mcp(engramd_semantic: DaemonProcess) -> None:
+    """POST /search (mode) and upstream's POST /search/vector through the gateway, and
+    the MCP search tool's mode, on one daemon."""
+    pytest.importorskip("hypercorn")
+    pytest.importorskip("mcp")
+    from tests.test_gateway import gateway
+    from tests.test_mcp import call, mcp_session
+
+    with connect(engramd_semantic.socket) as client:
+        write_corpus(client)
+        wait_until(lambda: caught_up(client), "both indexes to catch up")
+    with gateway(engramd_semantic.env) as gw:
+        vector = gw.http.post("/search/vector", json={"query": "lock timeout", "limit": 1})
+        assert vector.status_code == 200, vector.text
+        assert vector.json()["hits"][0]["unit"]["payload"] == MEANT["lock timeout"]
+        hybrid = gw.http.post("/search", json={"query": "storage full", "mode": "hybrid"})
+        assert hybrid.json()["hits"][0]["unit"]["payload"] == MEANT["storage full"]
+        assert gw.http.post("/search", json={"query": "x", "mode": "fuzzy"}).status_code == 400
+    async with mcp_session(engramd_semantic.env) as session:
+        failed, text = await call(session, "search", query="storage full", mode="semantic",
+                                  limit=1)
+        assert not failed and MEANT["storage full"] in text
