@@ -168,7 +168,16 @@ class Indexer:
             self.index.add([d for d in documents if d.seq > keyword_seq], up_to)
         if vectors is not None and up_to > vector_seq:
             wanted = [d for d in documents if d.seq > vector_seq and d.text and d.text.strip()]
-            vectors.add([d.seq for d in wanted], [d.text or "" for d in wanted], up_to)
+            try:
+                vectors.add([d.seq for d in wanted], [d.text or "" for d in wanted], up_to)
+            except OSError:
+                raise  # a full disk: logged and retried like the keyword index
+            except Exception:
+                # A model that fails on some text must not stop the daemon or the keyword
+                # index: semantic search goes off until the next start, and says so.
+                log.exception("semantic search is off: embedding units up to seq %d failed",
+                              up_to)
+                self.vectors = None
         return len(stored) == BATCH
 
     async def rebuild(self) -> None:

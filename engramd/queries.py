@@ -257,7 +257,8 @@ class Queries:
             if not self.indexer.semantic:
                 raise BadRequest(f"{request.mode} search is not available on this daemon: "
                                  f"install it with {EXTRA_HINT} (and leave search.semantic "
-                                 "at auto), then restart engramd")
+                                 "at auto), then restart engramd; if it is installed, the "
+                                 "daemon's log says why its model is off")
             if not request.query.strip():
                 raise BadRequest(f"{request.mode} search needs words to look for")
             if request.min_similarity is not None and not -1 <= request.min_similarity <= 1:

@@ -241,3 +241,22 @@ async def test_the_same_modes_over_http_and_mcp(engramd_semantic: DaemonProcess)
         failed, text = await call(session, "search", query="storage full", mode="semantic",
                                   limit=1)
         assert not failed and MEANT["storage full"] in text
+
+
+def test_a_configured_model_is_used_and_one_that_fails_turns_semantic_search_off(
+        env: dict[str, str]) -> None:
+    config = make_config(env, **{"search.semantic": "auto",
+                                 "search.embedding": "tests.helpers.embedders:poisoned"})
+    with start_threaded(config), connect(config) as client:
+        client.create_unit("c", "MESSAGE", "disk quota exceeded")
+        wait_until(lambda: caught_up(client), "both indexes to catch up")
+        assert texts(client, "storage full", mode="semantic") == ["disk quota exceeded"]
+        state = json.loads(Path(config.data_dir, "vectors", "state.json").read_text())
+        assert state["model"].startswith("poisoned-wordllama")
+        client.create_unit("c", "MESSAGE", "poison pill")
+        wait_until(lambda: client.status().journal.vector_seq is None,  # type: ignore[union-attr]
+                   "semantic search to turn off")
+        with pytest.raises(BadRequest, match="not available"):
+            client.search("storage full", mode="semantic")
+        wait_until(lambda: client.search("pill").total == 1, "keyword search to go on")
+        client.ping()
