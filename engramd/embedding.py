@@ -13,6 +13,7 @@ daemon calls it only when :func:`available` says the extra is installed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import importlib.util
 import os
@@ -52,8 +53,13 @@ class WordLlamaEmbedder:
     download)."""
 
     dim = 256
+    SPLIT = 256
+    """A batch at least this long is split across threads (tokenizing releases the GIL:
+    measured 1.6 x faster on two cores)."""
 
     def __init__(self) -> None:
+        # Its tokenizer's own thread pool measured slower than splitting the batch here.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import wordllama
         from wordllama import WordLlama
 
@@ -61,12 +67,24 @@ class WordLlamaEmbedder:
                                      disable_download=True, dim=self.dim)
         version = getattr(wordllama, "__version__", "?")
         self.identity = f"wordllama-l2-supercat-{self.dim}@{version}"
+        self._threads = max(1, min(2, os.cpu_count() or 1))
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import numpy as np
 
-        vectors = self._model.embed(list(texts), norm=True)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        texts = list(texts)
+        if len(texts) < self.SPLIT or self._threads == 1:
+            parts = [self._model.embed(texts, norm=True)]
+        else:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self._threads, thread_name_prefix="engramd-embed")
+            step = -(-len(texts) // self._threads)
+            parts = list(self._pool.map(lambda chunk: self._model.embed(chunk, norm=True),
+                                        [texts[i:i + step]
+                                         for i in range(0, len(texts), step)]))
+        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
 
 def load_embedder(spec: str = DEFAULT) -> Embedder:
