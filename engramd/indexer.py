@@ -77,10 +77,16 @@ def vector_opener(data_dir: str, embedding: str, *, rebuild: bool,
             return None
         if rebuild:
             VectorIndex.destroy(directory)
-        vectors = VectorIndex(directory, embedder)
-        if vectors.indexed_seq > store.applied_seq:
-            VectorIndex.destroy(directory)
+        try:
             vectors = VectorIndex(directory, embedder)
+            if vectors.indexed_seq > store.applied_seq:
+                VectorIndex.destroy(directory)
+                vectors = VectorIndex(directory, embedder)
+        except OSError:
+            raise  # retried, like the keyword index
+        except Exception:
+            log.exception("semantic search is off: its index in %s did not open", directory)
+            return None
         log.info("vector index open: %s, %d units, seq %d", embedder.identity, vectors.rows,
                  vectors.indexed_seq)
         return vectors

@@ -30,6 +30,17 @@ _VECTORS = "vectors.f32"
 _SEQS = "seqs.i64"
 
 
+def _counts(state: dict[str, Any] | None) -> tuple[int, int]:
+    """``(rows, indexed_seq)`` from a state file; ``(-1, -1)`` when it has no sound ones."""
+    try:
+        rows, seq = (state or {})["rows"], (state or {})["indexed_seq"]
+    except KeyError:
+        return -1, -1
+    if not isinstance(rows, int) or not isinstance(seq, int):
+        return -1, -1
+    return rows, seq
+
+
 class VectorIndex:
     def __init__(self, directory: str, embedder: Embedder) -> None:
         self.directory = directory
@@ -37,12 +48,11 @@ class VectorIndex:
         self.dim = embedder.dim
         os.makedirs(directory, mode=0o700, exist_ok=True)
         state = self._read_state()
+        rows, self.indexed_seq = _counts(state)
         if state is None or state.get("model") != embedder.identity \
-                or state.get("dim") != self.dim:
-            self._reset()
-            state = {"rows": 0, "indexed_seq": 0}
-        rows = int(state["rows"])
-        self.indexed_seq: int = int(state["indexed_seq"])
+                or state.get("dim") != self.dim or rows < 0 or self.indexed_seq < 0:
+            self._reset()  # another model's, or not ours to read: start over
+            rows, self.indexed_seq = 0, 0
         self._vectors = np.zeros((max(1024, rows * 2), self.dim), dtype=np.float32)
         self._seqs = np.zeros(self._vectors.shape[0], dtype=np.int64)
         self.rows = 0

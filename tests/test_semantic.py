@@ -121,6 +121,12 @@ def test_the_vector_index_is_rebuilt_when_deleted_or_its_model_changes(
     assert json.loads((vectors / "state.json").read_text())["model"] == state["model"]
     assert json.loads((vectors / "state.json").read_text())["rows"] == len(CORPUS)
 
+    # Damaged (counts that are not numbers): started over, the daemon unharmed.
+    (vectors / "state.json").write_text(json.dumps({**state, "rows": "many"}))
+    with start_threaded(semantic), connect(semantic) as client:
+        wait_until(lambda: caught_up(client), "the damaged vector index to be rebuilt")
+    assert json.loads((vectors / "state.json").read_text())["rows"] == len(CORPUS)
+
     # Deleted: rebuilt from the store; and reindex rebuilds it too.
     for path in vectors.iterdir():
         path.unlink()
