@@ -75,13 +75,10 @@ def vector_opener(data_dir: str, embedding: str, *, rebuild: bool,
             log.warning("semantic search is off: the embedding model %s did not load (%s)",
                         embedding, exc)
             return None
-        if rebuild:
-            VectorIndex.destroy(directory)
         try:
             vectors = VectorIndex(directory, embedder)
-            if vectors.indexed_seq > store.applied_seq:
-                VectorIndex.destroy(directory)
-                vectors = VectorIndex(directory, embedder)
+            if rebuild or vectors.indexed_seq > store.applied_seq:
+                vectors.clear()  # asked to, or ahead of the store (a store from elsewhere)
         except OSError:
             raise  # retried, like the keyword index
         except Exception:
@@ -196,8 +193,7 @@ class Indexer:
             self.index = SearchIndex(path)
             vectors = self._vectors()
             if vectors is not None:
-                type(vectors).destroy(vectors.directory)
-                self.vectors = type(vectors)(vectors.directory, vectors.embedder)
+                vectors.clear()
 
         await trio.to_thread.run_sync(start_over, limiter=self._limiter)
         self._wanted.set()

@@ -278,27 +278,25 @@ class Queries:
             unit_ids=unit_ids)
         wanted = request.offset + request.limit
         try:
-            if request.mode == "semantic":
-                total, found = await self.indexer.nearest(
-                    request.query, limit=wanted, min_similarity=request.min_similarity,
-                    **filters)
-                hits = [SearchHit(unit_id=hit.unit_id, seq=hit.seq, score=hit.score,
-                                  snippet="", similarity=hit.score) for hit in found]
-                return total, hits[request.offset:]
-            keyword_total, keyword = await self.indexer.search(
-                query, limit=max(wanted, FUSION_DEPTH) if request.mode == "hybrid" else
-                request.limit, offset=0 if request.mode == "hybrid" else request.offset,
-                **filters)
             if request.mode == "keyword":
-                return keyword_total, [
-                    SearchHit(unit_id=hit.unit_id, seq=hit.seq, score=round(hit.score, 6),
-                              snippet=hit.snippet) for hit in keyword]
-            _, semantic = await self.indexer.nearest(
-                request.query, limit=max(wanted, FUSION_DEPTH),
-                min_similarity=request.min_similarity, **filters)
+                total, keyword = await self.indexer.search(
+                    query, limit=request.limit, offset=request.offset, **filters)
+                return total, [SearchHit(unit_id=hit.unit_id, seq=hit.seq,
+                                         score=round(hit.score, 6), snippet=hit.snippet)
+                               for hit in keyword]
+            depth = wanted if request.mode == "semantic" else max(wanted, FUSION_DEPTH)
+            total, semantic = await self.indexer.nearest(
+                request.query, limit=depth, min_similarity=request.min_similarity, **filters)
+            if request.mode == "semantic":
+                return total, [SearchHit(unit_id=hit.unit_id, seq=hit.seq, score=hit.score,
+                                         snippet="", similarity=hit.score)
+                               for hit in semantic[request.offset:]]
+            # Hybrid; text without terms has no keyword side (a filter listing is no rank).
+            keyword = [] if query is None else (await self.indexer.search(
+                query, limit=depth, offset=0, **filters))[1]
         except QueryError as exc:
             raise BadRequest(f"cannot read the query: {exc}") from None
-        fused = fuse(keyword if query is not None else [], semantic)
+        fused = fuse(keyword, semantic)
         return len(fused), fused[request.offset:wanted]
 
     # -- the live stream ----------------------------------------------------------------

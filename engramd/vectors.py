@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,6 +88,12 @@ class VectorIndex:
             if os.path.exists(self._path(name)):
                 os.unlink(self._path(name))
 
+    def clear(self) -> None:
+        """Start over: no vectors, nothing taken in (a rebuild follows from the store)."""
+        self._reset()
+        self.rows = self.indexed_seq = 0
+        self._truncate_files()
+
     def _truncate_files(self) -> None:
         for name, width in ((_VECTORS, self.dim * 4), (_SEQS, 8)):
             with open(self._path(name), "ab") as file:
@@ -152,7 +157,3 @@ class VectorIndex:
 
     def memory_bytes(self) -> int:
         return int(self._vectors.nbytes + self._seqs.nbytes)
-
-    @staticmethod
-    def destroy(directory: str) -> None:
-        shutil.rmtree(directory, ignore_errors=True)
