@@ -19,7 +19,7 @@ import trio
 from engram_cli.aclient import AsyncClient, connect_to
 from engram_cli.gateway.auth import Credentials, Unauthenticated
 from engram_cli.settings import Target
-from engramd.protocol import ClientMessage, DaemonStatus, Forbidden, ServerMessage
+from engramd.protocol import ClientMessage, Forbidden, ServerMessage
 
 R = TypeVar("R", bound=ServerMessage)
 
@@ -50,11 +50,11 @@ class DaemonLink:
         self._shared: collections.OrderedDict[Credentials, AsyncClient] = \
             collections.OrderedDict()
 
-    def _target(self, credentials: Credentials) -> Target:
+    def _target(self, credentials: Credentials, *, admin: bool = False) -> Target:
         return Target(socket_path=self.socket_path, agent_id=credentials.agent_id,
                       client_name="engram-gateway", autostart=False,
-                      token=credentials.token, admin=credentials.delegated, env=self._env,
-                      delegated=credentials.delegated)
+                      token=credentials.token, admin=admin or credentials.delegated,
+                      env=self._env, delegated=credentials.delegated)
 
     async def call(self, credentials: Credentials, request: ClientMessage[R]) -> R:
         """*request* on the shared connection of *credentials*."""
@@ -86,17 +86,10 @@ class DaemonLink:
                     connect_to(self._target(credentials), CONNECT_TIMEOUT))
             yield client
 
-    async def status(self, timeout: float) -> DaemonStatus:  # noqa: ASYNC109
-        """The daemon's status over a fresh connection (the gateway's own name)."""
-        with trio.fail_after(timeout):
-            async with self.own(Credentials(agent_id=self.gateway_agent)) as client:
-                return await client.status()
-
     async def admin_call(self, request: ClientMessage[R], timeout: float) -> R:  # noqa: ASYNC109
-        """*request* as the socket's owner (the admin token beside the socket, if any)."""
-        target = Target(socket_path=self.socket_path, agent_id=self.gateway_agent,
-                        client_name="engram-gateway", autostart=False, token=None,
-                        admin=True, env=self._env)
+        """*request* on a fresh connection as the socket's owner (the admin token beside
+        the socket, if it can be read): readiness and statistics, whoever asks."""
+        target = self._target(Credentials(agent_id=self.gateway_agent), admin=True)
         with trio.fail_after(timeout):
             async with connect_to(target, CONNECT_TIMEOUT) as client:
                 return await client.call(request)

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import msgspec
 import trio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -50,6 +49,7 @@ from engramd.protocol import (
     GetContext,
     GetLock,
     GetStats,
+    GetStatus,
     GetTask,
     GetUnits,
     ListContexts,
@@ -92,11 +92,15 @@ class Gateway:
         return self.auth.identify(request.headers)
 
     async def call(self, request: Request, message: ClientMessage[R],
-                   wait: float | None = 0.0) -> R:
-        """*message* on the caller's shared connection, bounded by its wait plus grace."""
-        with trio.move_on_after(REPLY_GRACE + (wait or 0.0)) as scope:
-            return await self.link.call(self.credentials(request), message)
-        assert scope.cancelled_caught
+                   wait: float | None = 0.0, *, own: bool = False) -> R:
+        """*message* as the caller, bounded by its wait plus grace: on the caller's shared
+        connection, or with *own* on a connection (a session) of its own."""
+        credentials = self.credentials(request)
+        with trio.move_on_after(REPLY_GRACE + (wait or 0.0)):
+            if not own:
+                return await self.link.call(credentials, message)
+            async with self.link.own(credentials) as client:
+                return await client.call(message)
         raise Timeout("engramd did not answer in time")
 
     async def body(self, request: Request) -> bytes:
@@ -122,7 +126,7 @@ async def healthz(gw: Gateway, request: Request) -> Response:
 
 async def readyz(gw: Gateway, request: Request) -> Response:
     try:
-        status = await gw.link.status(timeout=1.0)
+        status = await gw.link.admin_call(GetStatus(), timeout=1.0)
     except (EngramError, trio.TooSlowError, OSError) as exc:
         return json_response({"status": "unavailable", "reason": str(exc) or "no answer"},
                              503)
@@ -203,11 +207,7 @@ async def acquire_locks(gw: Gateway, request: Request) -> Response:
     form = decode(await gw.body(request), LockForm)
     # A session of its own: two HTTP callers of one agent wait for each other, and the
     # lease outlives this request (until released, or its ttl).
-    with trio.move_on_after(REPLY_GRACE + form.wait) as scope:
-        async with gw.link.own(gw.credentials(request)) as client:
-            granted = await client.call(form.request())
-    if scope.cancelled_caught:
-        raise Timeout("engramd did not answer in time")
+    granted = await gw.call(request, form.request(), form.wait, own=True)
     return json_response({"leases": [plain(lease) for lease in granted.leases]}, 201)
 
 
@@ -238,11 +238,10 @@ async def release_lock(gw: Gateway, request: Request) -> Response:
 
 
 async def search(gw: Gateway, request: Request) -> Response:
-    return await _search(gw, request, await gw.body(request))
+    return await _search(gw, request, decode_request(await gw.body(request), Search))
 
 
-async def _search(gw: Gateway, request: Request, body: bytes) -> Response:
-    query = decode_request(body, Search)
+async def _search(gw: Gateway, request: Request, query: Search) -> Response:
     results = await gw.call(request, query)
     found = await gw.call(request, GetUnits(ids=[hit.unit_id for hit in results.hits]))
     units = {unit.id: unit for unit in found.units}
@@ -255,8 +254,8 @@ async def _search(gw: Gateway, request: Request, body: bytes) -> Response:
 
 async def search_vector(gw: Gateway, request: Request) -> Response:
     """Upstream's ``POST /search/vector``: ``POST /search`` in semantic mode."""
-    body = decode(await gw.body(request), dict[str, Any])
-    return await _search(gw, request, msgspec.json.encode({**body, "mode": "semantic"}))
+    return await _search(gw, request, decode_request(await gw.body(request), Search,
+                                                     mode="semantic"))
 
 
 async def search_relationships(gw: Gateway, request: Request) -> Response:
