@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import shutil
 import signal
@@ -380,11 +381,12 @@ def fill_context(n: int) -> str:
     return BIG_CONTEXT if n % 10 == 0 else f"bench-fill-{n % FILL_CONTEXTS}"
 
 
-def _fill(target: BenchTarget) -> int:
-    """Bring the store to FILL_UNITS (scaled) units, spread over FILL_CONTEXTS contexts."""
+def _fill(target: BenchTarget, wanted: int | None = None) -> int:
+    """Bring the store to *wanted* units (FILL_UNITS scaled), spread over FILL_CONTEXTS
+    contexts."""
     from engram_cli import requests
 
-    wanted = target.count(FILL_UNITS, minimum=10_000)
+    wanted = wanted or target.count(FILL_UNITS, minimum=10_000)
     with target.client() as client:
         journal = client.status().journal
         have = journal.units if journal else 0
@@ -419,29 +421,43 @@ def bench_list_last100(target: BenchTarget) -> Measurement:
     return measurement
 
 
-def _wait_indexed(target: BenchTarget, timeout: float = 1800.0) -> None:
+def _wait_indexed(target: BenchTarget, timeout: float = 1800.0, *,
+                  vectors: bool = False, interval: float = 0.05) -> None:
+    """Until the keyword index (with *vectors*, the vector index) has the whole journal."""
     deadline = time.monotonic() + timeout
     with target.client() as client:
         while True:
             journal = client.status().journal
-            if journal is not None and journal.indexed_seq >= journal.last_seq:
-                return
+            if journal is not None:
+                if vectors and journal.vector_seq is None:
+                    raise SemanticMissing("semantic search is not installed: "
+                                          "pip install 'engram[semantic]'")
+                seq = journal.vector_seq if vectors else journal.indexed_seq
+                if seq is not None and seq >= journal.last_seq:
+                    return
             if time.monotonic() > deadline:
                 raise RuntimeError("the search index did not catch up")
-            time.sleep(0.05)
+            time.sleep(interval)
+
+
+class SemanticMissing(RuntimeError):
+    """The daemon has no semantic search (the engram[semantic] extra is not installed)."""
+
+
+def two_word_queries() -> Iterator[str]:
+    """Endless two-word queries whose words occur together in the fill's sentences."""
+    sentences = [fill_text(i * 997).decode().split()[2:] for i in range(200)]
+    return itertools.cycle(f"{words[1]} {words[7]}" for words in sentences)
 
 
 def bench_search_query(target: BenchTarget) -> Measurement:
     """A two-word query, limit 20, over 1,000,000 (scaled) units."""
     total = _fill(target)
-    sentences = [fill_text(i * 997).decode().split()[2:] for i in range(200)]
-    pairs = [(words[1], words[7]) for words in sentences]  # words that occur together
+    queries = two_word_queries()
     hits = []
     with target.client() as client:
-        def query(state: list[int] = [0]) -> None:  # noqa: B006 (a counter across calls)
-            a, b = pairs[state[0] % len(pairs)]
-            state[0] += 1
-            hits.append(client.search(f"{a} {b}", limit=20).total)
+        def query() -> None:
+            hits.append(client.search(next(queries), limit=20).total)
 
         measurement = _timed_loop(target, target.count(500), query)
     measurement.note = (f"{total:,} units indexed; median matches per query "
@@ -783,35 +799,15 @@ def _semantic_store(target: BenchTarget) -> Iterator[tuple[BenchTarget, float, i
     """A daemon of its own over SEMANTIC_UNITS (scaled) fill units, written with semantic
     search off, then restarted with it on: yields it, the seconds from that restart
     until its vector index had every unit (the model's load included), and the units."""
-    from engram_cli import requests
-
-    wanted = target.count(SEMANTIC_UNITS, minimum=1000)
     with bench_daemon() as own:
-        with own.client() as client:
-            for start in range(0, wanted, 1000):
-                client.create_units(requests.draft(f"bench-sem-{n % 100}", "MESSAGE",
-                                                   fill_text(n))
-                                    for n in range(start, min(start + 1000, wanted)))
-        _wait_indexed(own)
+        units = _fill(own, target.count(SEMANTIC_UNITS, minimum=1000))
         assert own.restart is not None
         assert isinstance(own.env, dict)  # the environment restart() starts the daemon with
         own.env["ENGRAM_SEARCH_SEMANTIC"] = "auto"
         started = time.perf_counter()
         own.restart(False)
-        with own.client() as client:
-            while True:
-                journal = client.status().journal
-                if journal is not None and journal.vector_seq == journal.last_seq:
-                    break
-                if journal is not None and journal.vector_seq is None:
-                    raise SemanticMissing("semantic search is not installed: "
-                                          "pip install 'engram[semantic]'")
-                time.sleep(0.01)
-        yield own, time.perf_counter() - started, wanted
-
-
-class SemanticMissing(RuntimeError):
-    pass
+        _wait_indexed(own, vectors=True, interval=0.01)
+        yield own, time.perf_counter() - started, units
 
 
 def bench_vector_backfill(target: BenchTarget) -> Measurement:
@@ -830,14 +826,11 @@ def bench_vector_backfill(target: BenchTarget) -> Measurement:
 def bench_search_hybrid(target: BenchTarget) -> Measurement:
     """A two-word hybrid query (BM25 and vector ranks fused), limit 20, over 100,000
     (scaled) units."""
-    sentences = [fill_text(i * 997).decode().split()[2:] for i in range(200)]
-    pairs = [(words[1], words[7]) for words in sentences]
+    queries = two_word_queries()
     try:
         with _semantic_store(target) as (own, _, units), own.client() as client:
-            def query(state: list[int] = [0]) -> None:  # noqa: B006 (a counter across calls)
-                a, b = pairs[state[0] % len(pairs)]
-                state[0] += 1
-                client.search(f"{a} {b}", mode="hybrid", limit=20)
+            def query() -> None:
+                client.search(next(queries), mode="hybrid", limit=20)
 
             for _ in range(20):
                 query()
