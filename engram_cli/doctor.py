@@ -62,6 +62,7 @@ class Doctor:
         self.client = client
         self.data_dir = data_dir
         self.status: DaemonStatus | None = None
+        self._gauges: dict[str, float] | None = None
 
     def run(self) -> Iterator[Finding]:
         checks: list[Callable[[], Finding]] = [
@@ -163,26 +164,26 @@ class Doctor:
         return _ok("log", f"no errors in the last {len(lines)} lines of {path}")
 
     def index(self) -> Finding:
-        if (skipped := self._needs_daemon("search index")) is not None:
-            return skipped
-        lag = int(self.client.stats().gauges.get("index_lag_events", 0))
-        if lag > INDEX_LAG_WARNING:
-            return Finding("search index", "warn", f"{lag} events behind the journal",
-                           "wait, or rebuild with engram daemon reindex")
-        return _ok("search index", f"{lag} events behind the journal")
+        return self._lag("search index", "index_lag_events")
 
     def vectors(self) -> Finding:
-        if (skipped := self._needs_daemon("vector index")) is not None:
+        return self._lag("vector index", "vector_lag_events", absent=(
+            "semantic search is not installed or off",
+            "pip install 'engram[semantic]' for engram search --mode semantic"))
+
+    def _lag(self, check: str, gauge: str, absent: tuple[str, str] | None = None) -> Finding:
+        """How far a derived index trails the journal (the daemon's stats, asked once)."""
+        if (skipped := self._needs_daemon(check)) is not None:
             return skipped
-        gauges = self.client.stats().gauges
-        if "vector_lag_events" not in gauges:
-            return Finding("vector index", "skip", "semantic search is not installed or off",
-                           "pip install 'engram[semantic]' for engram search --mode semantic")
-        lag = int(gauges["vector_lag_events"])
+        if self._gauges is None:
+            self._gauges = self.client.stats().gauges
+        if gauge not in self._gauges and absent is not None:
+            return Finding(check, "skip", *absent)
+        lag = int(self._gauges.get(gauge, 0))
         if lag > INDEX_LAG_WARNING:
-            return Finding("vector index", "warn", f"{lag} events behind the journal",
+            return Finding(check, "warn", f"{lag} events behind the journal",
                            "wait, or rebuild with engram daemon reindex")
-        return _ok("vector index", f"{lag} events behind the journal")
+        return _ok(check, f"{lag} events behind the journal")
 
     def leases(self) -> Finding:
         if (skipped := self._needs_daemon("leases")) is not None:
