@@ -55,18 +55,25 @@ def item_json(item: Event | Heartbeat) -> dict[str, Any]:
     return event_json(item)
 
 
-async def follow(client: AsyncClient, options: dict[str, Any]
-                 ) -> AsyncIterator[Event | Heartbeat]:
-    """Events from where *options* say, across daemon restarts.
+@contextlib.asynccontextmanager
+async def following(gw: Gateway, credentials: Credentials, options: dict[str, Any]
+                    ) -> AsyncIterator[tuple[AsyncClient, AsyncIterator[Event | Heartbeat]]]:
+    """A connection of the stream's own and its events from where *options* say,
+    across daemon restarts; counted as an open stream while in use.
 
     Subscribes once up front, so a bad filter or an unreachable daemon raises here,
     before anything is sent to the HTTP client; then follows from where that
     subscription started.
     """
-    first = await client.subscribe(**options)
-    start = first.cursor
-    await first.aclose()
-    return client.watch(reconnect=True, **{**options, "after": start})
+    async with gw.link.own(credentials) as client:
+        first = await client.subscribe(**options)
+        start = first.cursor
+        await first.aclose()
+        gw.tally.streams_open += 1
+        try:
+            yield client, client.watch(reconnect=True, **{**options, "after": start})
+        finally:
+            gw.tally.streams_open -= 1
 
 
 SSE_QUEUE = 1024
@@ -94,19 +101,14 @@ class _ServerSentEvents:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            async with self.gw.link.own(self.credentials) as client:
-                items = await follow(client, self.options)
+            async with following(self.gw, self.credentials, self.options) as (_, items):
                 sender, receiver = trio.open_memory_channel[bytes](SSE_QUEUE)
-                self.gw.tally.streams_open += 1
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_encode_events, items, sender)
-                        nursery.start_soon(_end_on, self.gw.stopping, nursery.cancel_scope)
-                        await EventSourceResponse(_batches(receiver), ping=None,
-                                                  send_timeout=None)(scope, receive, send)
-                        nursery.cancel_scope.cancel()
-                finally:
-                    self.gw.tally.streams_open -= 1
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_encode_events, items, sender)
+                    nursery.start_soon(_end_on, self.gw.stopping, nursery.cancel_scope)
+                    await EventSourceResponse(_batches(receiver), ping=None,
+                                              send_timeout=None)(scope, receive, send)
+                    nursery.cancel_scope.cancel()
         except EngramError as exc:
             await error_response(exc)(scope, receive, send)
 
@@ -178,14 +180,9 @@ def websocket_endpoint(gw: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
             await _refuse(websocket, exc)
             return
         try:
-            async with gw.link.own(credentials) as client:
-                items = await follow(client, options)
+            async with following(gw, credentials, options) as (client, items):
                 await websocket.accept()
-                gw.tally.streams_open += 1
-                try:
-                    await _converse(websocket, client, items, options["cursor"], gw.stopping)
-                finally:
-                    gw.tally.streams_open -= 1
+                await _converse(websocket, client, items, options["cursor"], gw.stopping)
         except EngramError as exc:
             await _refuse(websocket, exc)
 
