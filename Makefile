@@ -36,7 +36,7 @@ test-latest:
 	$(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install $(PIP) --upgrade pip
 	PYTHONWARNINGS=ignore .venv-latest/bin/python -m pip install $(PIP) --upgrade \
-		--upgrade-strategy eager -e '.[dev,mcp,http,semantic]'
+		--upgrade-strategy eager -e '.[dev,mcp,http,semantic,cluster]'
 	.venv-latest/bin/python -m pip list --format=freeze
 	.venv-latest/bin/python -m pytest -q
 
@@ -47,7 +47,8 @@ lock:
 	test -x .venv-tools/bin/uv || { $(PYTHON) -m venv .venv-tools && \
 		.venv-tools/bin/python -m pip install $(PIP) uv==$(UV_VERSION); }
 	.venv-tools/bin/uv pip compile --quiet --upgrade --universal --python-version 3.11 \
-		--generate-hashes --extra dev --extra mcp --extra http --extra semantic --custom-compile-command 'make lock' \
+		--generate-hashes --extra dev --extra mcp --extra http --extra semantic --extra cluster \
+		--custom-compile-command 'make lock' \
 		pyproject.toml requirements-build.in -o $(LOCK)
 	.venv-tools/bin/uv pip compile --quiet --upgrade --universal --python-version 3.11 \
 		--generate-hashes --extra http --custom-compile-command 'make lock' \

@@ -30,7 +30,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -56,6 +56,7 @@ class _Submission(Generic[T]):
     done: trio.Event = field(default_factory=trio.Event)
     result: Any = None
     error: EngramError | None = None
+    rebuilds: int = 0
 
 
 class JournalThread:
@@ -128,10 +129,27 @@ class CommitStatistics:
         return self.entries / self.batches if self.batches else 0.0
 
 
+class Behind(Exception):
+    """The journal has entries this machine has not applied yet (cluster mode: another
+    machine wrote first). The batch is built again once :meth:`caught_up` returns."""
+
+    def __init__(self, caught_up: Callable[[], Awaitable[None]], *, solo: bool = False) -> None:
+        super().__init__("the journal moved on")
+        self.caught_up = caught_up
+        self.solo = solo
+        """Build the next batches one request each (the batch was too large to send)."""
+
+
 class GroupCommitter:
+    """Group commit onto the local WAL. :class:`engramd.cluster.commit.ClusterCommitter`
+    commits onto the cluster's stream instead, through the three methods marked below."""
+
+    MAX_REBUILDS = 100
+    """Times a request is built again because the journal moved on under it."""
+
     def __init__(
         self,
-        wal: WriteAheadLog,
+        wal: WriteAheadLog | None,
         store: Store,
         *,
         batch_size: int,
@@ -153,6 +171,8 @@ class GroupCommitter:
         self._arrival = trio.Event()
         """Set by every new request (what a batch that fills waits on)."""
         self._last_batch = 0
+        self._solo = 0
+        """Batches still to be made of one request (after a batch too large to send)."""
         self._last_ts = dt.datetime.now(dt.UTC)
         self.failure: str | None = None
         self.thread = JournalThread()
@@ -195,8 +215,9 @@ class GroupCommitter:
                 await self._wakeup.wait()
                 if self.window > 0 and self._last_batch > 1:
                     await self._fill(min(self.batch_size, self._last_batch))
-                batch = [self._queue.popleft()
-                         for _ in range(min(self.batch_size, len(self._queue)))]
+                size = 1 if self._solo else self.batch_size
+                self._solo = max(0, self._solo - 1)
+                batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
                 if not self._queue:
                     self._wakeup = trio.Event()
                 self._last_batch = len(batch)
@@ -228,10 +249,31 @@ class GroupCommitter:
         self._last_ts = max(now, self._last_ts)
         return self._last_ts
 
+    # -- where the batch goes: overridden in cluster mode -------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the journal's last event."""
+        assert self.wal is not None
+        return self.wal.last_seq
+
+    def _basis(self) -> int:
+        """What a batch built now is built on (cluster mode: the stream position)."""
+        return 0
+
+    async def _write_entries(self, entries: list[Entry], data: bytes,
+                             basis: int) -> list[Entry]:
+        """Make *entries* durable and apply them to the store; the entries to publish."""
+        await self.thread.run(lambda: self._write(entries, data))
+        return entries
+
+    # ------------------------------------------------------------------------------
+
     async def _commit_batch(self, batch: list[_Submission[Any]]) -> None:
         entries: list[Entry] = []
         built: list[_Submission[Any]] = []
-        seq = self.wal.last_seq + 1
+        basis = self._basis()
+        seq = self.last_seq + 1
         for submission in batch:
             try:
                 entry, submission.result = submission.build(seq, self._now())
@@ -251,9 +293,21 @@ class GroupCommitter:
         if entries:
             data = encode_batch(entries)
             try:
-                await self.thread.run(lambda: self._write(entries, data))
+                applied = await self._write_entries(entries, data, basis)
+            except Behind as exc:
+                if exc.solo:
+                    self._solo = len(built)
+                self._rebuild(built)
+                await exc.caught_up()
+                return
             except WriteFailed as exc:
                 self._abort(built, exc, fatal=False)
+                return
+            except EngramError as exc:  # cluster mode: the cluster did not take the batch
+                self._on_aborted()
+                for submission in built:
+                    submission.result, submission.error = None, exc
+                    submission.done.set()
                 return
             except (SyncFailed, Exception) as exc:
                 self._abort(built, exc, fatal=True)
@@ -264,11 +318,30 @@ class GroupCommitter:
             self.bytes_since_checkpoint += len(data)
             if self.bytes_since_checkpoint >= self.checkpoint_bytes:
                 self.checkpoint_wanted.set()
-            self._on_applied(entries)
+            if applied:
+                self._on_applied(applied)
         for submission in built:
             submission.done.set()
 
+    def _rebuild(self, built: list[_Submission[Any]]) -> None:
+        """Queue *built* again, first, to be built against what the journal holds now."""
+        self._on_aborted()
+        again = []
+        for submission in built:
+            submission.rebuilds += 1
+            if submission.rebuilds > self.MAX_REBUILDS:
+                submission.result = None
+                submission.error = Unavailable("the journal is too contended: other machines "
+                                               "kept writing first; try again")
+                submission.done.set()
+            else:
+                again.append(submission)
+        self._queue.extendleft(reversed(again))
+        if self._queue:
+            self._wakeup.set()
+
     def _write(self, entries: list[Entry], data: bytes) -> None:
+        assert self.wal is not None
         started = time.perf_counter()
         self.wal.append(entries[0].first_seq, entries[-1].last_seq, data)
         took = time.perf_counter() - started

@@ -159,6 +159,27 @@ SETTINGS: tuple[Setting, ...] = (
             "The embedding model of semantic search (with the engram[semantic] extra): "
             "wordllama (bundled), or package.module:factory for a local model; a change "
             "rebuilds the vector index."),
+    Setting("cluster.servers", str, "",
+            "Cluster mode: NATS server URLs, comma-separated (nats://host:4222,...). Empty: "
+            "one machine, the local WAL. Set: the journal is a JetStream stream shared by "
+            "every engramd of the deployment (needs the engram[cluster] extra)."),
+    Setting("cluster.deployment", str, "engram",
+            "Cluster mode: the deployment's name; its stream is ENGRAM_<NAME>."),
+    Setting("cluster.replicas", int, 3,
+            "Cluster mode: replicas of the journal stream when engramd creates it (3 for "
+            "a 3-node cluster; 1 only for a single NATS server).", minimum=1),
+    Setting("cluster.credentials", str, "",
+            "Cluster mode: a NATS credentials (.creds) file."),
+    Setting("cluster.tls_ca", str, "",
+            "Cluster mode: CA certificates to verify the NATS servers (PEM)."),
+    Setting("cluster.tls_cert", str, "",
+            "Cluster mode: this machine's client certificate (PEM), for servers that "
+            "verify clients."),
+    Setting("cluster.tls_key", str, "",
+            "Cluster mode: the client certificate's key (PEM)."),
+    Setting("cluster.write_timeout", float, 5.0,
+            "Cluster mode: seconds a write may wait for JetStream's acknowledgement "
+            "before it is answered unavailable.", minimum=0.1),
 )
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
 
@@ -203,8 +224,21 @@ class DaemonConfig:
     require_tokens: bool = False
     semantic: str = "auto"
     embedding: str = "wordllama"
+    servers: str = ""
+    deployment: str = "engram"
+    replicas: int = 3
+    credentials: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    write_timeout: float = 5.0
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     """Where each value came from: ``default``, ``file``, ``env:NAME`` or ``flag``."""
+
+    @property
+    def cluster_servers(self) -> list[str]:
+        """The NATS servers of cluster mode; empty on one machine."""
+        return [server.strip() for server in self.servers.split(",") if server.strip()]
 
     def describe(self) -> list[tuple[str, Any, str]]:
         """``(key, value, source)`` rows for ``--print-config``."""

@@ -32,8 +32,10 @@ from engramd.protocol import (
     AddTask,
     AgentPage,
     AnnounceSession,
+    BadRequest,
     BreakLock,
     ClaimTask,
+    ClusterReport,
     ContextFound,
     ContextPage,
     CountUnread,
@@ -48,6 +50,7 @@ from engramd.protocol import (
     ErrorReply,
     FinishTask,
     GetBrief,
+    GetCluster,
     GetContext,
     GetLock,
     GetStats,
@@ -94,6 +97,7 @@ from engramd.protocol import (
     TokenPage,
     TokensRevoked,
     TooLarge,
+    Unavailable,
     UnitIdsResolved,
     UnitPage,
     UnitsCreated,
@@ -110,6 +114,8 @@ T = TypeVar("T")
 
 # Requests that do not need the journal open: answered while it is replayed.
 _ALWAYS = (Ping, GetStatus, GetStats, Shutdown, CreateToken, ListTokens, RevokeTokens)
+_LEASED = (AcquireLock, ReleaseLock, RenewLock, BreakLock, ClaimTask, FinishTask, ReleaseTask)
+"""Requests that take or end leases: refused in cluster mode until leases are shared."""
 
 
 class Connection(Protocol):
@@ -183,6 +189,9 @@ class Dispatcher:
             return await self._without_journal(request)
         parts = self.engine.ready()
         queries, writer, leases = parts.queries, parts.writer, parts.leases
+        if parts.cluster is not None and isinstance(request, _LEASED):
+            raise Unavailable("leases are not available in cluster mode yet: a lease held "
+                              "on one machine would not exclude the others")
         match request:
             case CreateUnits():
                 written = await writer.create_units(request.units, caller)
@@ -296,6 +305,13 @@ class Dispatcher:
                 return AgentPage(id=request.id, agents=parts.briefing.agents())
             case GetBrief():
                 return parts.briefing.brief(request, caller)
+            case GetCluster():
+                if parts.cluster is None:
+                    raise BadRequest("engramd is not in cluster mode (cluster.servers is "
+                                     "not set)")
+                await parts.cluster.refresh_facts()
+                return ClusterReport(id=request.id, status=parts.cluster.status(),
+                                     machines=await parts.cluster.machines())
         raise AssertionError(f"no arm for {type(request).__name__}")
 
     async def _without_journal(self, request: Request) -> ServerMessage:
@@ -350,6 +366,7 @@ class Dispatcher:
             ),
             journal=engine.journal_status(),
             stream=engine.stream_status(),
+            cluster=engine.cluster_status(),
         )
 
     def _stats(self, request_id: int) -> DaemonStats:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -38,6 +40,7 @@ from engramd.mail import Mailbox
 from engramd.metrics import Metrics
 from engramd.presence import Presence
 from engramd.protocol import (
+    ClusterStatus,
     EngramError,
     JournalStatus,
     SpooledUnit,
@@ -52,6 +55,9 @@ from engramd.wal.log import Corruption, WriteAheadLog
 from engramd.wal.record import Entry
 from engramd.writes import InFlight, StoredContexts, Writer, published
 
+if TYPE_CHECKING:
+    from engramd.cluster.journal import ClusterJournal
+
 log = logging.getLogger("engramd.engine")
 
 _spool_decoder = msgspec.json.Decoder(SpooledUnit)
@@ -62,7 +68,8 @@ class Parts:
     """What serves requests once the journal is open."""
 
     store: Store
-    wal: WriteAheadLog
+    wal: WriteAheadLog | None
+    """None in cluster mode: the journal is the cluster's stream (:attr:`cluster`)."""
     indexer: Indexer
     hub: EventHub
     committer: GroupCommitter
@@ -72,6 +79,7 @@ class Parts:
     mailbox: Mailbox
     board: TaskBoard
     briefing: Briefing
+    cluster: ClusterJournal | None = None
 
 
 class Engine:
@@ -111,44 +119,63 @@ class Engine:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def _open_storage(self) -> tuple[Store, WriteAheadLog, Indexer]:
-        """Open the store and the log and replay the log (in a worker thread)."""
+    @property
+    def clustered(self) -> bool:
+        return bool(self.config.cluster_servers)
+
+    def _open_storage(self) -> tuple[Store, WriteAheadLog | None, Indexer]:
+        """Open the store and the log and replay the log (in a worker thread). In cluster
+        mode there is no local log: the store is a view the cluster's stream feeds."""
         started = time.monotonic()
         try:
             store = Store(os.path.join(self.config.data_dir, "store"))
         except SchemaMismatch as exc:
             raise StartupError(str(exc)) from None
-        wal = WriteAheadLog(os.path.join(self.config.data_dir, "wal"),
-                            segment_bytes=self.config.segment_bytes,
-                            sync=self.config.durability == "fsync")
-        try:
-            recovery = wal.recover(store.applied_seq, store.apply)
-        except Corruption as exc:
-            store.close()
-            raise StartupError(
-                f"{exc}. Nothing was changed; 'engramd --repair' cuts the log there, "
-                "losing what follows") from None
+        wal = None
+        if not self.clustered:
+            wal = WriteAheadLog(os.path.join(self.config.data_dir, "wal"),
+                                segment_bytes=self.config.segment_bytes,
+                                sync=self.config.durability == "fsync")
+            try:
+                recovery = wal.recover(store.applied_seq, store.apply)
+            except Corruption as exc:
+                store.close()
+                raise StartupError(
+                    f"{exc}. Nothing was changed; 'engramd --repair' cuts the log there, "
+                    "losing what follows") from None
+            log.info("journal open: seq %d, %d entries replayed, %d torn bytes cut, %.3fs",
+                     recovery.last_seq, recovery.entries_replayed, recovery.truncated_bytes,
+                     time.monotonic() - started)
         indexer = Indexer(store, open_index(self.config.data_dir, store,
                                             rebuild=self.config.reindex),
                           vector_opener(self.config.data_dir, self.config.embedding,
                                         rebuild=self.config.reindex, store=store)
                           if self.config.semantic == "auto" else None)
-        log.info("journal open: seq %d, %d entries replayed, %d torn bytes cut, %.3fs",
-                 recovery.last_seq, recovery.entries_replayed, recovery.truncated_bytes,
-                 time.monotonic() - started)
         return store, wal, indexer
 
-    def _assemble(self, store: Store, wal: WriteAheadLog, indexer: Indexer) -> Parts:
+    def _assemble(self, store: Store, wal: WriteAheadLog | None, indexer: Indexer) -> Parts:
         config, histograms = self.config, self.metrics.histograms
         hub = EventHub(store, buffer=config.buffer_events, max_lag=config.max_lag_events,
-                       head=wal.last_seq, fanout=histograms["fanout_seconds"])
+                       head=store.applied_seq, fanout=histograms["fanout_seconds"])
         in_flight, contexts = InFlight(), StoredContexts(store)
         followers: list[Callable[[list[Entry]], None]] = []
-        committer = GroupCommitter(
-            wal, store, batch_size=config.batch_size, window=config.window_ms / 1000,
-            checkpoint_bytes=config.checkpoint_bytes,
-            on_applied=published(in_flight, contexts, hub, indexer, followers),
-            on_aborted=in_flight.clear, fsync=histograms["fsync_seconds"])
+        options: dict[str, Any] = dict(batch_size=config.batch_size, window=config.window_ms / 1000,
+                       checkpoint_bytes=config.checkpoint_bytes,
+                       on_applied=published(in_flight, contexts, hub, indexer, followers),
+                       on_aborted=in_flight.clear)
+        cluster = None
+        committer: GroupCommitter
+        if wal is None:
+            try:
+                from engramd.cluster.journal import ClusterCommitter, open_cluster_journal
+            except ImportError as exc:
+                raise StartupError(f"cluster mode needs the engram[cluster] extra ({exc}): "
+                                   "pip install 'engram[cluster]'") from None
+            cluster = open_cluster_journal(config, store, self.version)
+            committer = ClusterCommitter(cluster, store, **options)
+        else:
+            committer = GroupCommitter(wal, store, fsync=histograms["fsync_seconds"],
+                                       **options)
         leases = LeaseManager(
             store, committer, default_ttl=config.default_ttl, max_ttl=config.max_ttl,
             max_per_agent=config.max_leases_per_agent,
@@ -162,7 +189,7 @@ class Engine:
         followers += [recent.applied, mailbox.applied, board.applied]
         briefing = Briefing(store, mailbox, board, leases, self.presence)
         return Parts(store, wal, indexer, hub, committer, leases, writer, queries, mailbox,
-                     board, briefing)
+                     board, briefing, cluster)
 
     async def _run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -175,6 +202,8 @@ class Engine:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.presence.run)
             await nursery.start(parts.committer.run)
+            if parts.cluster is not None:
+                await nursery.start(parts.cluster.run)
             await nursery.start(parts.leases.run)
             nursery.start_soon(self._checkpoints, parts)
             nursery.start_soon(parts.indexer.run)
@@ -213,16 +242,19 @@ class Engine:
             committer.checkpoint_wanted = trio.Event()
             committer.bytes_since_checkpoint = 0
             await trio.to_thread.run_sync(store.flush)
-            dropped = await committer.thread.run(
-                lambda: parts.wal.drop_through(store.checkpoint_seq))
-            log.debug("checkpoint at seq %d, %d segment(s) dropped",
-                      store.checkpoint_seq, dropped)
+            wal = parts.wal
+            if wal is not None:
+                dropped = await committer.thread.run(
+                    functools.partial(wal.drop_through, store.checkpoint_seq))
+                log.debug("checkpoint at seq %d, %d segment(s) dropped",
+                          store.checkpoint_seq, dropped)
 
     @staticmethod
-    def _close(store: Store, wal: WriteAheadLog, indexer: Indexer) -> None:
+    def _close(store: Store, wal: WriteAheadLog | None, indexer: Indexer) -> None:
         store.flush()
-        wal.drop_through(store.checkpoint_seq)
-        wal.close()
+        if wal is not None:
+            wal.drop_through(store.checkpoint_seq)
+            wal.close()
         store.close()
         indexer.close()
 
@@ -241,11 +273,11 @@ class Engine:
         parts = self._parts
         if parts is None:
             return None
-        committer = parts.committer
+        committer, wal = parts.committer, parts.wal
         return JournalStatus(
-            last_seq=parts.wal.last_seq, checkpoint_seq=parts.store.checkpoint_seq,
+            last_seq=committer.last_seq, checkpoint_seq=parts.store.checkpoint_seq,
             units=parts.store.unit_count, contexts=parts.store.context_count,
-            wal_segments=len(parts.wal.segments), wal_bytes=parts.wal.size,
+            wal_segments=len(wal.segments) if wal else 0, wal_bytes=wal.size if wal else 0,
             durability=self.config.durability, write_error=committer.failure,
             indexed_seq=parts.indexer.indexed_seq, commit_batches=committer.stats.batches,
             commit_entries=committer.stats.entries,
@@ -263,6 +295,12 @@ class Engine:
                             leases_held=len(parts.leases.table.held),
                             leases_granted=parts.leases.granted,
                             leases_expired=parts.leases.expired)
+
+    def cluster_status(self) -> ClusterStatus | None:
+        parts = self._parts
+        if parts is None or parts.cluster is None:
+            return None
+        return parts.cluster.status()
 
     def commit_queue(self) -> int | None:
         return self._parts.committer.queue_depth if self._parts is not None else None

@@ -126,6 +126,8 @@ class Store:
         self.context_count = self._counter(b"m/contexts")
         self.checkpoint_seq = self.applied_seq
         """The applied seq as of the last flush: what survives a crash of the store."""
+        self.stream_seq = self._counter(b"m/stream")
+        """Cluster mode: the stream sequence of the last message applied."""
 
     def _counter(self, key: bytes) -> int:
         raw = self.db.get(key)
@@ -133,8 +135,9 @@ class Store:
 
     # -- writing ------------------------------------------------------------
 
-    def apply(self, entries: list[Entry]) -> None:
-        """Write *entries* (consecutive, after :attr:`applied_seq`) atomically."""
+    def apply(self, entries: list[Entry], stream_seq: int | None = None) -> None:
+        """Write *entries* (consecutive, after :attr:`applied_seq`) atomically; in cluster
+        mode with the stream position they bring the store to."""
         batch = WriteBatch(raw_mode=True)
         units = self.unit_count
         contexts = self.context_count
@@ -187,10 +190,19 @@ class Store:
         batch.put(b"m/applied", seq_bytes(last))
         batch.put(b"m/units", seq_bytes(units))
         batch.put(b"m/contexts", seq_bytes(contexts))
+        if stream_seq is not None:
+            batch.put(b"m/stream", seq_bytes(stream_seq))
         self.db.write(batch, self._write)
+        if stream_seq is not None:
+            self.stream_seq = stream_seq
         self.applied_seq = last
         self.unit_count = units
         self.context_count = contexts
+
+    def set_stream_seq(self, stream_seq: int) -> None:
+        """Cluster mode: the view is at *stream_seq* without new entries (it skipped some)."""
+        self.db.put(b"m/stream", seq_bytes(stream_seq), self._write)
+        self.stream_seq = stream_seq
 
     @staticmethod
     def _file_message(batch: WriteBatch, unit: Any, seq: bytes) -> None:

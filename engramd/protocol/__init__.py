@@ -164,6 +164,18 @@ from engramd.protocol.messages import (
     ClientMessage as ClientMessage,
 )
 from engramd.protocol.messages import (
+    ClusterMachine as ClusterMachine,
+)
+from engramd.protocol.messages import (
+    ClusterPeer as ClusterPeer,
+)
+from engramd.protocol.messages import (
+    ClusterReport as ClusterReport,
+)
+from engramd.protocol.messages import (
+    ClusterStatus as ClusterStatus,
+)
+from engramd.protocol.messages import (
     ContextFound as ContextFound,
 )
 from engramd.protocol.messages import (
@@ -204,6 +216,9 @@ from engramd.protocol.messages import (
 )
 from engramd.protocol.messages import (
     GetBrief as GetBrief,
+)
+from engramd.protocol.messages import (
+    GetCluster as GetCluster,
 )
 from engramd.protocol.messages import (
     GetContext as GetContext,

@@ -130,6 +130,55 @@ class StreamStatus(msgspec.Struct, frozen=True, kw_only=True):
     leases_expired: int
 
 
+class ClusterPeer(msgspec.Struct, frozen=True, kw_only=True):
+    """A replica of the journal stream other than its leader."""
+
+    name: str
+    current: bool
+    """Caught up with the leader."""
+    active_seconds: float
+    """Since the leader last heard from it."""
+
+
+class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Cluster mode: the journal stream and this machine's view of it."""
+
+    deployment: str
+    stream: str
+    servers: list[str]
+    machine: str
+    """This data dir's name in the cluster."""
+    reachable: bool
+    """Writes are accepted (the cluster answered lately); reads are local either way."""
+    view_stream_seq: int
+    """The last stream message this machine's view applied."""
+    stream_last_seq: int | None
+    """The stream's last message, as last seen (None: never reached)."""
+    lag: int | None
+    """stream_last_seq - view_stream_seq."""
+    replicas: int
+    leader: str
+    peers: list[ClusterPeer]
+    failure: str | None = None
+    """Why the view stopped following the stream (it needs a rebuild)."""
+
+
+class ClusterMachine(msgspec.Struct, frozen=True, kw_only=True):
+    """An engramd of the deployment that announced itself within the last 30 s."""
+
+    machine: str
+    host: str
+    socket: str
+    stream_seq: int
+    applied_seq: int
+    version: str
+
+
+class ClusterReport(Reply, tag="cluster.report"):
+    status: ClusterStatus
+    machines: list[ClusterMachine]
+
+
 class DaemonStatus(Reply, tag="status"):
     state: str
     """``ready`` or ``recovering`` (see SPECS.md)."""
@@ -149,6 +198,8 @@ class DaemonStatus(Reply, tag="status"):
     journal: JournalStatus | None = None
     stream: StreamStatus | None = None
     """Live stream and lease counters (nil while recovering)."""
+    cluster: ClusterStatus | None = None
+    """Cluster mode only."""
 
 
 class ShuttingDown(Reply, tag="shutdown"):
@@ -747,6 +798,10 @@ class GetStats(ClientMessage[DaemonStats], tag="stats"):
     """Counters, gauges and latency histograms (``engram stats``)."""
 
 
+class GetCluster(ClientMessage[ClusterReport], tag="cluster.status"):
+    """Cluster mode: the journal stream, this machine's view, the machines seen."""
+
+
 class SendMessage(ClientMessage[UnitsCreated], tag="message.send"):
     """Write a message to agents (``*``: every agent, also ones that appear later)."""
 
@@ -874,6 +929,7 @@ Request = (
     | ListLocks | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
     | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
+    | GetCluster
 )
 """Requests allowed after the handshake."""
 
@@ -884,6 +940,7 @@ AnyClientMessage = (
     | ListLocks | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
     | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
+    | GetCluster
 )
 
 
@@ -892,7 +949,7 @@ AnyServerMessage = (
     | UnitPage | RelatedFound | ContextFound | ContextPage | Subscribed | Done | EventPush
     | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LeaseLost
     | SearchResults | TokenCreated | TokenPage | TokensRevoked | DaemonStats | UnitIdsResolved
-    | InboxPage | UnreadCount | TaskFound | TaskPage | AgentPage | Brief
+    | InboxPage | UnreadCount | TaskFound | TaskPage | AgentPage | Brief | ClusterReport
 )
 
 

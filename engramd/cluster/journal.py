@@ -1,0 +1,347 @@
+"""The journal on the cluster's stream, and this machine's view of it.
+
+Writing: the group committer builds a batch against the local view exactly as it
+does on one machine (sequence numbers, idempotency keys, contexts), and
+:class:`ClusterCommitter` publishes it as one message that JetStream stores only
+if the stream's last message is still the one the view had applied
+(``Nats-Expected-Last-Sequence``). So the stream is the one order every machine
+agrees on, and an entry's sequence numbers are the global ones. If another
+machine wrote first, the view catches up and the batch is built again. Only
+after JetStream acknowledged the message (stored on a quorum of replicas) and
+the local store applied it is a request answered.
+
+Reading: :class:`ClusterJournal` follows the stream from the message after the
+last one the store applied and applies every message in order, whoever wrote
+it, publishing its events to the hub and the indexer as the local committer
+does. The stream position is written with each applied batch, so a restart
+resumes where the store is, and a new data dir replays the stream from its
+start.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import nats.errors
+import trio
+from trio import TaskStatus
+
+from engramd.cluster.bridge import AsyncioThread
+from engramd.cluster.nats import ClusterSettings, NatsLink, StreamFacts, StreamMovedOn
+from engramd.commit import Behind, GroupCommitter, JournalThread
+from engramd.config import DaemonConfig
+from engramd.errors import StartupError
+from engramd.protocol import ClusterMachine, ClusterPeer, ClusterStatus, Unavailable
+from engramd.storage import Store
+from engramd.wal.log import WriteFailed
+from engramd.wal.record import Entry, decode_entry, merge_entries
+
+log = logging.getLogger("engramd.cluster")
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+class JournalGap(Exception):
+    """The stream holds an entry that does not follow the view's last one."""
+
+
+_machine_decoder = msgspec.json.Decoder(ClusterMachine)
+
+
+class ClusterJournal:
+    """The connection to the cluster, and the view that follows its stream."""
+
+    RETRY_SECONDS = 0.5
+    ANNOUNCE_SECONDS = 5.0
+
+    def __init__(self, settings: ClusterSettings, store: Store, thread: JournalThread,
+                 *, machine: str, socket_path: str, version: str) -> None:
+        self.settings = settings
+        self.store = store
+        self.thread = thread
+        self.machine = machine
+        self.socket_path = socket_path
+        self.version = version
+        self.bridge = AsyncioThread()
+        self.link = NatsLink(settings, name=f"engramd {machine}")
+        self.position = (store.applied_seq, store.stream_seq)
+        """(seq of the view's last event, stream sequence of its last message)."""
+        self.on_applied: Callable[[list[Entry]], None] = lambda entries: None
+        self.failure: str | None = None
+        """Why the view stopped following (a gap in the journal): it needs a rebuild."""
+        self.facts: StreamFacts | None = None
+        self.facts_at = 0.0
+        self.reachable = False
+        self._advanced = trio.Event()
+
+    @property
+    def stream_seq(self) -> int:
+        return self.position[1]
+
+    @property
+    def lag(self) -> int | None:
+        """Messages in the stream that the view has not applied (as last seen)."""
+        if self.facts is None:
+            return None
+        return max(0, self.facts.last_seq - self.stream_seq)
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.bridge.start()
+        try:
+            task_status.started()
+            while True:
+                try:
+                    await self._connect()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._announce)
+                        await self._follow()
+                except (OSError, nats.errors.Error, TimeoutError) as exc:
+                    self.reachable = False
+                    log.warning("cluster: %s; trying again", exc or type(exc).__name__)
+                    await trio.sleep(self.RETRY_SECONDS)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    with trio.move_on_after(2):
+                        await self.bridge.run(self.link.close)
+                except Exception:  # closing a broken connection: nothing to keep
+                    pass
+                self.bridge.stop()
+
+    async def _connect(self) -> None:
+        if self.link.nc is None:
+            await self.bridge.run(self.link.connect)
+        self.facts = await self.bridge.run(self.link.ensure_stream)
+        self.facts_at = time.monotonic()
+        await self.bridge.run(lambda: self.link.follow(self.stream_seq))
+        self._set_reachable(True)
+        log.info("cluster: following stream %s from message %d (last %d)",
+                 self.settings.stream, self.stream_seq + 1, self.facts.last_seq)
+
+    async def _follow(self) -> None:
+        while self.failure is None:
+            try:
+                messages = await self.bridge.run(
+                    lambda: self.link.next_messages(256, wait=self.ANNOUNCE_SECONDS))
+            except TimeoutError:
+                continue
+            await self.apply(messages)
+
+    async def _announce(self) -> None:
+        host = socket.gethostname()
+        while True:
+            record = msgspec.json.encode(ClusterMachine(
+                machine=self.machine, host=host, socket=self.socket_path,
+                stream_seq=self.stream_seq, applied_seq=self.position[0],
+                version=self.version))
+            try:
+                await self.bridge.run(functools.partial(self.link.announce, self.machine, record))
+                self.facts = await self.bridge.run(self.link.stream_facts)
+                self.facts_at = time.monotonic()
+                self._set_reachable(self.link.connected)
+            except (nats.errors.Error, TimeoutError) as exc:
+                self.reachable = False
+                log.debug("cluster: announce failed: %s", exc)
+            await trio.sleep(self.ANNOUNCE_SECONDS)
+
+    def status(self) -> ClusterStatus:
+        facts, settings = self.facts, self.settings
+        return ClusterStatus(
+            deployment=settings.deployment, stream=settings.stream, servers=settings.servers,
+            machine=self.machine, reachable=self.reachable, view_stream_seq=self.stream_seq,
+            stream_last_seq=facts.last_seq if facts else None, lag=self.lag,
+            replicas=facts.replicas if facts else settings.replicas,
+            leader=facts.leader if facts else "",
+            peers=[ClusterPeer(name=name, current=current, active_seconds=active)
+                   for name, current, active in (facts.peers if facts else [])],
+            failure=self.failure)
+
+    async def machines(self) -> list[ClusterMachine]:
+        """The machines that announced themselves within the bucket's ttl."""
+        found = await self.bridge.run(self.link.machines_seen)
+        return sorted((_machine_decoder.decode(raw) for raw in found),
+                      key=lambda record: record.machine)
+
+    async def refresh_facts(self) -> StreamFacts | None:
+        try:
+            with trio.fail_after(self.settings.timeout):
+                self.facts = await self.bridge.run(self.link.stream_facts)
+            self.facts_at = time.monotonic()
+        except (nats.errors.Error, TimeoutError, trio.TooSlowError, AttributeError):
+            self.reachable = False
+        return self.facts
+
+    # -- applying ----------------------------------------------------------------------
+
+    def _set_reachable(self, reachable: bool) -> None:
+        self.reachable = reachable
+        self._wake()
+
+    def _wake(self) -> None:
+        advanced, self._advanced = self._advanced, trio.Event()
+        advanced.set()
+
+    async def apply(self, messages: list[tuple[int, bytes]]) -> list[Entry]:
+        """Apply the messages the view has not applied yet, in order (in the journal
+        thread, after whatever the committer gave it before); the entries applied."""
+        applied: list[Entry] = await self.thread.run(lambda: self._apply(messages))
+        self.position = (self.store.applied_seq, self.store.stream_seq)
+        self._wake()
+        if applied:
+            self.on_applied(applied)
+        return applied
+
+    def _apply(self, messages: list[tuple[int, bytes]]) -> list[Entry]:
+        store = self.store
+        fresh: list[Entry] = []
+        applied_seq, stream_seq = store.applied_seq, store.stream_seq
+        for number, body in messages:
+            if number <= stream_seq:
+                continue  # applied already: the echo of this machine's own write
+            entry = decode_entry(body)
+            if entry.first_seq != applied_seq + 1:
+                if entry.last_seq <= applied_seq:
+                    log.warning("cluster: message %d repeats seqs %d-%d; skipped", number,
+                                entry.first_seq, entry.last_seq)
+                    stream_seq = number
+                    continue
+                self.failure = (f"the journal has a gap: message {number} starts at seq "
+                                f"{entry.first_seq}, the view is at seq {applied_seq}; "
+                                "rebuild this machine's view (start with an empty data dir)")
+                log.error("cluster: %s", self.failure)
+                break
+            fresh.append(entry)
+            applied_seq, stream_seq = entry.last_seq, number
+        if fresh:
+            store.apply(fresh, stream_seq=stream_seq)
+        elif stream_seq != store.stream_seq:
+            store.set_stream_seq(stream_seq)
+        return fresh
+
+    async def caught_up(self, stream_seq: int | None) -> None:
+        """Wait until the view has applied the stream through *stream_seq* (through
+        its last message when None)."""
+        with trio.move_on_after(self.settings.timeout) as scope:
+            if stream_seq is None:
+                facts = await self.refresh_facts()
+                stream_seq = facts.last_seq if facts is not None else self.stream_seq
+            while self.stream_seq < stream_seq and self.failure is None:
+                await self._advanced.wait()
+        if scope.cancelled_caught:
+            raise Unavailable("this machine's view of the cluster journal is behind and "
+                              "not catching up; try again")
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def publish(self, entries: list[Entry], after: int) -> list[Entry]:
+        """Append *entries* to the stream if its last message is still *after*, then
+        apply them here; the entries this call applied (none when the view got there
+        first)."""
+        if self.failure is not None:
+            raise Unavailable(self.failure)
+        if not self.reachable:
+            with trio.move_on_after(self.settings.timeout):
+                while not self.reachable:
+                    await self._advanced.wait()
+        if not self.reachable:
+            raise Unavailable("the cluster is unreachable: nothing was written; reads "
+                              "answer from this machine's view, which may be stale")
+        body = _encoder.encode(merge_entries(entries))
+        limit = getattr(self.link.nc, "max_payload", 0) or 0
+        if limit and len(body) > limit:
+            if len(entries) > 1:
+                raise Behind(_nothing, solo=True)
+            raise WriteFailed(f"the change is {len(body)} bytes, more than the cluster's "
+                              f"max_payload ({limit})", disk_full=False)
+        msg_id = uuid.uuid4().hex
+        number = await self._publish(body, msg_id, after)
+        return await self.apply([(number, body)])
+
+    async def _publish(self, body: bytes, msg_id: str, after: int) -> int:
+        """Publish, sending the same message again while the answer is lost (at most
+        the write timeout in all)."""
+        deadline = trio.current_time() + self.settings.timeout
+        while True:
+            try:
+                return await self.bridge.run(lambda: self.link.publish(body, msg_id, after))
+            except StreamMovedOn as moved:
+                raise Behind(functools.partial(self.caught_up, moved.last)) from None
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                if trio.current_time() >= deadline:
+                    self.reachable = self.link.connected
+                    raise Unavailable(
+                        f"the cluster did not confirm the write ({exc or type(exc).__name__}):"
+                        " it may or may not be in the journal; a retry with the same "
+                        "idempotency key writes it at most once") from None
+                await trio.sleep(0.05)
+
+
+async def _nothing() -> None:
+    pass
+
+
+class ClusterCommitter(GroupCommitter):
+    """Group commit onto the cluster's stream (see the module)."""
+
+    def __init__(self, journal: ClusterJournal, store: Store, **options: Any) -> None:
+        super().__init__(None, store, **options)
+        self.journal = journal
+        self.thread = journal.thread
+        journal.on_applied = self._on_applied
+
+    @property
+    def last_seq(self) -> int:
+        return self.journal.position[0]
+
+    def _basis(self) -> int:
+        return self.journal.position[1]
+
+    async def _write_entries(self, entries: list[Entry], data: bytes,
+                             basis: int) -> list[Entry]:
+        await self.journal.publish(entries, basis)
+        return []  # the journal published what it applied, as for other machines' writes
+
+
+def machine_id(data_dir: str) -> str:
+    """This data dir's name in the cluster: made once, kept in ``machine-id``."""
+    path = os.path.join(data_dir, "machine-id")
+    try:
+        with open(path) as file:
+            found = file.read().strip()
+            if found:
+                return found
+    except FileNotFoundError:
+        pass
+    made = f"{socket.gethostname().split('.')[0]}-{uuid.uuid4().hex[:8]}"
+    with open(path + ".tmp", "w") as file:
+        file.write(made + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(path + ".tmp", path)
+    return made
+
+
+_DEPLOYMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def open_cluster_journal(config: DaemonConfig, store: Store, version: str) -> ClusterJournal:
+    """The cluster journal *config* describes, for the store in its data dir."""
+    if not _DEPLOYMENT.match(config.deployment):
+        raise StartupError(f"cluster.deployment {config.deployment!r}: use 1-64 letters, "
+                           "digits, - and _")
+    settings = ClusterSettings(
+        servers=config.cluster_servers, deployment=config.deployment,
+        replicas=config.replicas, credentials=config.credentials, tls_ca=config.tls_ca,
+        tls_cert=config.tls_cert, tls_key=config.tls_key, timeout=config.write_timeout)
+    return ClusterJournal(settings, store, JournalThread(),
+                          machine=machine_id(config.data_dir), socket_path=config.socket,
+                          version=version)

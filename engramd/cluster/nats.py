@@ -1,0 +1,215 @@
+"""What engramd asks of NATS JetStream, on nats-py's asyncio loop (see :mod:`.bridge`).
+
+The deployment's journal is one stream, ``ENGRAM_<DEPLOYMENT>``, on the subject
+``engram.<deployment>.journal``: one message per group-commit batch, its body the
+batch's :class:`~engramd.wal.record.Entry` exactly as the WAL would hold it. The
+machines that are up announce themselves in a key-value bucket
+(``engram_<deployment>_machines``) whose keys expire, so ``engram cluster status``
+can list who was seen recently.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+WRONG_LAST_SEQUENCE = 10071
+"""JetStream's error code for ``Nats-Expected-Last-Sequence`` not holding."""
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    servers: list[str]
+    deployment: str
+    replicas: int
+    credentials: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    timeout: float = 5.0
+
+    @property
+    def stream(self) -> str:
+        return "ENGRAM_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.deployment).upper()
+
+    @property
+    def subject(self) -> str:
+        return f"engram.{self.deployment}.journal"
+
+    @property
+    def machines_bucket(self) -> str:
+        return "engram_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.deployment) + "_machines"
+
+
+class StreamMovedOn(Exception):
+    """The stream holds messages after the one the publisher expected to follow."""
+
+    def __init__(self, last: int | None) -> None:
+        super().__init__(f"wrong last sequence: {last}")
+        self.last = last
+
+
+@dataclass(frozen=True)
+class StreamFacts:
+    last_seq: int
+    replicas: int
+    storage: str
+    leader: str
+    peers: list[tuple[str, bool, float]]
+    """Each replica but the leader: name, current, seconds since it was last active."""
+
+
+class NatsLink:
+    """The connection to the cluster and the stream, the view's subscription and the
+    machines bucket. Every method runs on the asyncio loop."""
+
+    def __init__(self, settings: ClusterSettings, name: str) -> None:
+        self.settings = settings
+        self.name = name
+        self.nc: Any = None
+        self.js: Any = None
+        self.view: Any = None
+        self.machines: Any = None
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def connect(self) -> None:
+        settings = self.settings
+        options: dict[str, Any] = {}
+        if settings.credentials:
+            options["user_credentials"] = settings.credentials
+        if settings.tls_ca or settings.tls_cert:
+            context = ssl.create_default_context(cafile=settings.tls_ca or None)
+            if settings.tls_cert:
+                context.load_cert_chain(settings.tls_cert, settings.tls_key or None)
+            options["tls"] = context
+        self.nc = await nats.connect(
+            servers=settings.servers, name=self.name, connect_timeout=2,
+            allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            error_cb=_ignore, disconnected_cb=_none, reconnected_cb=_none,
+            closed_cb=_none, **options)
+        self.js = self.nc.jetstream(timeout=settings.timeout)
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            nc, self.nc = self.nc, None
+            await nc.close()
+
+    async def ensure_stream(self) -> StreamFacts:
+        """Create the stream if it is not there; what it is."""
+        settings = self.settings
+        try:
+            info = await self.js.stream_info(settings.stream)
+        except nats.js.errors.NotFoundError:
+            info = await self.js.add_stream(api.StreamConfig(
+                name=settings.stream, subjects=[settings.subject],
+                description="engram journal", storage=api.StorageType.FILE,
+                num_replicas=settings.replicas, retention=api.RetentionPolicy.LIMITS,
+                duplicate_window=120.0, allow_direct=True))
+        return _facts(info)
+
+    async def stream_facts(self) -> StreamFacts:
+        return _facts(await self.js.stream_info(self.settings.stream))
+
+    async def publish(self, body: bytes, msg_id: str, after: int) -> int:
+        """Append *body* if the stream's last message is *after*; its stream sequence.
+
+        A retry with the same *msg_id* is answered with the first one's sequence
+        (JetStream's de-duplication), so a publish whose answer was lost can be sent
+        again without writing twice.
+        """
+        headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Sequence": str(after)}
+        try:
+            ack = await self.js.publish(self.settings.subject, body, headers=headers,
+                                        timeout=self.settings.timeout)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                found = re.search(r"(\d+)\s*$", exc.description or "")
+                raise StreamMovedOn(int(found.group(1)) if found else None) from None
+            raise
+        return int(ack.seq)
+
+    async def follow(self, after: int) -> None:
+        """Subscribe to the stream from the message after *after*, in order.
+
+        An ordered consumer: nats-py re-creates it from the last message it delivered
+        when it sees a gap or loses it (a server restart), so the view gets every
+        message once, in stream order; where the view is lives in the local store.
+        """
+        if self.view is not None:
+            try:
+                await self.view.unsubscribe()
+            except nats.errors.Error:
+                pass
+        self.view = await self.js.subscribe(
+            self.settings.subject, stream=self.settings.stream, ordered_consumer=True,
+            idle_heartbeat=2.0, pending_msgs_limit=4096,
+            config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                      opt_start_seq=after + 1))
+
+    async def next_messages(self, limit: int, wait: float) -> list[tuple[int, bytes]]:
+        """The next messages of the view, at least one (TimeoutError after *wait*
+        seconds without one), at most *limit*."""
+        view = self.view
+        first = await view.next_msg(timeout=wait)
+        messages = [first]
+        while len(messages) < limit and view.pending_msgs > 0:
+            messages.append(await view.next_msg(timeout=1))
+        return [(message.metadata.sequence.stream, message.data) for message in messages]
+
+    async def announce(self, machine: str, record: bytes) -> None:
+        """Say this machine is up (its key expires unless said again)."""
+        if self.machines is None:
+            try:
+                self.machines = await self.js.key_value(self.settings.machines_bucket)
+            except nats.js.errors.BucketNotFoundError:
+                self.machines = await self.js.create_key_value(api.KeyValueConfig(
+                    bucket=self.settings.machines_bucket, history=1, ttl=30.0,
+                    storage=api.StorageType.MEMORY,
+                    replicas=min(self.settings.replicas, 3)))
+        await self.machines.put(machine, record)
+
+    async def machines_seen(self) -> list[bytes]:
+        if self.machines is None:
+            return []
+        found = []
+        try:
+            keys = await self.machines.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        for key in keys:
+            try:
+                entry = await self.machines.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                continue
+            if entry.value:
+                found.append(entry.value)
+        return found
+
+
+def _facts(info: Any) -> StreamFacts:
+    cluster = info.cluster
+    peers = [(peer.name, bool(peer.current), float(peer.active or 0.0))
+             for peer in (cluster.replicas or [])] if cluster is not None else []
+    storage = info.config.storage
+    return StreamFacts(
+        last_seq=int(info.state.last_seq), replicas=int(info.config.num_replicas or 1),
+        storage=getattr(storage, "value", str(storage)),
+        leader=(cluster.leader or "") if cluster is not None else "", peers=peers)
+
+
+async def _ignore(_: Exception) -> None:
+    """nats-py reports connection trouble here; engramd sees it as not connected."""
+
+
+async def _none() -> None:
+    pass

@@ -1,0 +1,193 @@
+"""Cluster mode: engramd "machines" (processes with their own sockets and data dirs) on
+one NATS JetStream cluster of three real nats-server processes on loopback.
+
+Marked ``cluster`` (and ``slow``): ``pytest -m "not slow"`` skips them; CI runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from engram_cli.client import Client
+from engram_cli.errors import NotFound
+from engram_cli.natslab import NatsCluster
+from tests.conftest import WAIT, run_cli, start_engramd, wait_until
+
+pytest.importorskip("nats", reason="cluster mode needs the engram[cluster] extra")
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    with NatsCluster(str(tmp_path_factory.mktemp("nats"))) as cluster:
+        yield cluster
+
+
+@dataclass
+class Machine:
+    name: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> str:
+        return self.env["ENGRAM_SOCKET"]
+
+    def start(self) -> Machine:
+        self.process = start_engramd(self.env)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(WAIT)
+        self.process = None
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(WAIT)
+        self.process = None
+
+    def client(self, agent: str = "tester") -> Client:
+        return Client(self.socket, agent_id=agent, autostart=False, env={})
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(self.env, *args)
+
+    def view_seq(self) -> int:
+        with self.client() as engram:
+            status = engram.status()
+        assert status.cluster is not None
+        return status.cluster.view_stream_seq
+
+
+@pytest.fixture
+def machines(env: dict[str, str], scratch: str, nats_cluster: NatsCluster
+             ) -> Iterator[list[Machine]]:
+    """Three machines of a deployment of their own on the shared NATS cluster."""
+    deployment = "t" + uuid.uuid4().hex[:10]
+    started = []
+    for name in ("a", "b", "c"):
+        home = os.path.join(scratch, name)
+        machine_env = {**env, "ENGRAM_SOCKET": os.path.join(home, "s.sock"),
+                       "ENGRAM_DATA_DIR": os.path.join(home, "data"),
+                       "ENGRAM_CLUSTER_SERVERS": nats_cluster.servers,
+                       "ENGRAM_CLUSTER_DEPLOYMENT": deployment}
+        os.makedirs(home, mode=0o700)
+        started.append(Machine(name, machine_env))
+    try:
+        for machine in started:
+            machine.start()
+        yield started
+    finally:
+        for machine in started:
+            machine.stop()
+
+
+def units_of(machine: Machine, context: str) -> list[tuple[int, str, str]]:
+    """(seq, id, payload) of every unit of *context* on *machine*, oldest first."""
+    found = []
+    cursor = None
+    with machine.client() as engram:
+        while True:
+            try:
+                page = engram.list_units(context, limit=500, after=cursor)
+            except NotFound:
+                return found
+            found += [(unit.seq, unit.id, unit.payload.decode()) for unit in page.units]
+            cursor = page.next_cursor
+            if cursor is None:
+                return found
+
+
+def test_units_written_on_every_machine_are_on_every_machine_in_one_order(
+        machines: list[Machine]) -> None:
+    per_machine = 40
+
+    def write(machine: Machine) -> None:
+        with machine.client(agent=f"agent-{machine.name}") as engram:
+            for number in range(per_machine):
+                engram.create_unit("shared", "MESSAGE", f"{machine.name}{number}")
+
+    threads = [threading.Thread(target=write, args=(machine,)) for machine in machines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    expected = len(machines) * per_machine
+    for machine in machines:
+        wait_until(lambda m=machine: len(units_of(m, "shared")) == expected,  # type: ignore[misc]
+                   f"machine {machine.name} to have every unit")
+    seen = [units_of(machine, "shared") for machine in machines]
+    assert seen[0] == seen[1] == seen[2]
+    payloads = sorted(payload for _, _, payload in seen[0])
+    assert payloads == sorted(f"{m.name}{n}" for m in machines for n in range(per_machine))
+    seqs = [seq for seq, _, _ in seen[0]]
+    assert seqs == sorted(set(seqs))
+
+
+def test_a_write_on_one_machine_reaches_a_watcher_on_another(machines: list[Machine]) -> None:
+    a, b = machines[0], machines[1]
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "engram_cli", "watch", "--json", "-c", "feed", "--since",
+         "start", "--count", "4"], env=b.env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        with a.client() as engram:
+            for number in range(3):
+                engram.create_unit("feed", "MESSAGE", f"hello {number}")
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert watcher.returncode == 0, err  # the context's creation, then the units
+    payloads = [json.loads(line)["unit"]["payload"] for line in out.splitlines()
+                if json.loads(line).get("kind") == "unit.created"]
+    assert payloads == ["hello 0", "hello 1", "hello 2"]
+    on_a = [seq for seq, _, _ in units_of(a, "feed")]
+    assert [json.loads(line)["seq"] for line in out.splitlines()][-3:] == on_a
+
+
+def test_an_idempotent_retry_on_another_machine_writes_once(machines: list[Machine]) -> None:
+    a, b = machines[0], machines[1]
+    first = a.cli("unit", "create", "-c", "once", "-p", "x", "--idempotency-key", "k1",
+                  "--json")
+    assert first.returncode == 0, first.stderr
+    wait_until(lambda: b.view_seq() >= a.view_seq(), "b to catch up")
+    again = b.cli("unit", "create", "-c", "once", "-p", "x", "--idempotency-key", "k1",
+                  "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(first.stdout)["id"] == json.loads(again.stdout)["id"]
+    assert len(units_of(a, "once")) == len(units_of(b, "once")) == 1
+
+
+def test_a_machine_with_a_new_data_dir_rebuilds_its_view(machines: list[Machine]) -> None:
+    a, c = machines[0], machines[2]
+    with a.client() as engram:
+        for number in range(20):
+            engram.create_unit("keep", "MESSAGE", f"k{number}")
+    before = units_of(a, "keep")
+    wait_until(lambda: units_of(c, "keep") == before, "c to have the units")
+    c.stop()
+    shutil.rmtree(c.env["ENGRAM_DATA_DIR"])
+    c.start()
+    wait_until(lambda: units_of(c, "keep") == before, "c to rebuild its view")
+    search = c.cli("search", "k7", "--json")
+    assert search.returncode == 0, search.stderr
+
+
+def test_leases_are_refused_in_cluster_mode_for_now(machines: list[Machine]) -> None:
+    done = machines[0].cli("lock", "acquire", "deploy")
+    assert done.returncode != 0
+    assert "cluster mode" in done.stderr
