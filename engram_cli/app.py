@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("info", "stats"),
     "doctor": ("info", "doctor"),
     "daemon": ("daemon", "app"),
+    "cluster": ("cluster", "app"),
     "unit": ("unit", "app"),
     "context": ("context", "app"),
     "lock": ("lock", "app"),

@@ -22,6 +22,8 @@ from engramd.protocol.logline import parse_line
 MIN_FREE_BYTES = 1 << 30
 MIN_FREE_FRACTION = 0.05
 INDEX_LAG_WARNING = 10_000
+CLUSTER_REPLICAS = 3
+"""Fewer replicas of the journal stream than this: one NATS server lost can lose writes."""
 LOG_LINES_READ = 2000
 LEASE_WARNING_FRACTION = 0.1
 LEASE_WARNING_SECONDS = 1.0
@@ -67,7 +69,7 @@ class Doctor:
     def run(self) -> Iterator[Finding]:
         checks: list[Callable[[], Finding]] = [
             self.daemon, self.version, self.socket, self.data, self.disk, self.recovery,
-            self.log_errors, self.index, self.vectors, self.leases]
+            self.log_errors, self.index, self.vectors, self.cluster, self.leases]
         for check in checks:
             yield check()
 
@@ -185,9 +187,44 @@ class Doctor:
                            "wait, or rebuild with engram daemon reindex")
         return _ok(check, f"{lag} events behind the journal")
 
+    def cluster(self) -> Finding:
+        if (skipped := self._needs_daemon("cluster")) is not None:
+            return skipped
+        assert self.status is not None
+        state = self.status.cluster
+        if state is None:
+            return Finding("cluster", "skip", "one machine (cluster.servers is not set)")
+        if state.failure:
+            return Finding("cluster", "fail", state.failure,
+                           "stop engramd, move its data dir aside, start it: it rebuilds "
+                           "its view from the stream")
+        if not state.reachable:
+            return Finding("cluster", "fail",
+                           f"the cluster ({', '.join(state.servers)}) is unreachable: writes "
+                           "are refused, reads may be stale",
+                           "check the NATS servers and engram daemon logs")
+        unsafe = []
+        if state.replicas < CLUSTER_REPLICAS:
+            unsafe.append(f"{state.replicas} replica(s): losing a NATS server can lose "
+                          "acknowledged writes")
+        if state.storage and state.storage != "file":
+            unsafe.append(f"{state.storage} storage: a NATS restart loses the journal")
+        if unsafe:
+            return Finding("cluster", "warn", f"stream {state.stream}: " + "; ".join(unsafe),
+                           f"nats stream edit {state.stream} --replicas 3 (and file storage)")
+        lag = state.lag or 0
+        if lag > INDEX_LAG_WARNING:
+            return Finding("cluster", "warn", f"this machine's view is {lag} messages behind "
+                           f"stream {state.stream}", "wait: it is catching up")
+        return _ok("cluster", f"stream {state.stream}: {state.replicas} replicas, "
+                   f"{state.storage} storage, view {lag} messages behind")
+
     def leases(self) -> Finding:
         if (skipped := self._needs_daemon("leases")) is not None:
             return skipped
+        assert self.status is not None
+        if self.status.cluster is not None:
+            return Finding("leases", "skip", "leases are not available in cluster mode yet")
         now = dt.datetime.now(dt.UTC)
         held = [state.lease for state in self.client.list_locks() if state.lease is not None]
         near = []

@@ -31,6 +31,7 @@ from engramd.protocol import (
     ClaimTask,
     ClientConnection,
     ClientMessage,
+    ClusterReport,
     Context,
     ContextFound,
     ContextPage,
@@ -40,6 +41,7 @@ from engramd.protocol import (
     DaemonStatus,
     FinishTask,
     GetBrief,
+    GetCluster,
     GetContext,
     GetLock,
     GetStats,
@@ -197,6 +199,11 @@ class Operations:
     def stats(self) -> Call[DaemonStats]:
         """Counters, gauges and latency histograms (see SPECS.md, engram stats)."""
         return ask(GetStats())
+
+    @operation
+    def cluster(self) -> Call[ClusterReport]:
+        """Cluster mode: the journal stream, this machine's view, the machines seen."""
+        return ask(GetCluster())
 
     @operation
     def shutdown(self) -> Call[ShuttingDown]:

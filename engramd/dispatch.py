@@ -390,6 +390,12 @@ class Dispatcher:
                 gauges["vector_lag_events"] = journal.last_seq - journal.vector_seq
             counters.update(commit_batches_total=journal.commit_batches,
                             commit_entries_total=journal.commit_entries)
+        cluster = engine.cluster_status()
+        if cluster is not None:
+            gauges.update(cluster_reachable=int(cluster.reachable),
+                          cluster_view_stream_seq=cluster.view_stream_seq)
+            if cluster.lag is not None:
+                gauges["cluster_view_lag_messages"] = cluster.lag
         queue = engine.commit_queue()
         if queue is not None:
             gauges["commit_queue"] = queue

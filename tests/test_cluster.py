@@ -15,11 +15,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from engram_cli.client import Client
-from engram_cli.errors import NotFound
+from engram_cli.errors import EngramError, NotFound
 from engram_cli.natslab import NatsCluster
 from tests.conftest import WAIT, run_cli, start_engramd, wait_until
 
@@ -191,3 +192,181 @@ def test_leases_are_refused_in_cluster_mode_for_now(machines: list[Machine]) -> 
     done = machines[0].cli("lock", "acquire", "deploy")
     assert done.returncode != 0
     assert "cluster mode" in done.stderr
+
+
+@pytest.fixture
+def own_cluster(tmp_path: os.PathLike[str]) -> Iterator[NatsCluster]:
+    """A NATS cluster of the test's own: the test stops and kills its nodes."""
+    with NatsCluster(os.path.join(str(tmp_path), "nats")) as cluster:
+        yield cluster
+
+
+def two_machines(env: dict[str, str], scratch: str, cluster: NatsCluster) -> list[Machine]:
+    made = []
+    for name in ("a", "b"):
+        home = os.path.join(scratch, name)
+        os.makedirs(home, mode=0o700)
+        made.append(Machine(name, {**env, "ENGRAM_SOCKET": os.path.join(home, "s.sock"),
+                                   "ENGRAM_DATA_DIR": os.path.join(home, "data"),
+                                   "ENGRAM_CLUSTER_SERVERS": cluster.servers}).start())
+    return made
+
+
+class Writer(threading.Thread):
+    """Writes units one at a time until stopped; remembers what it was told was written."""
+
+    def __init__(self, machine: Machine, context: str) -> None:
+        super().__init__(daemon=True)
+        self.machine, self.context = machine, context
+        self.acknowledged: list[str] = []
+        self.refused: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        number = 0
+        while not self.halt.is_set():
+            try:
+                with self.machine.client() as engram:
+                    while not self.halt.is_set():
+                        unit = engram.create_unit(self.context, "MESSAGE", f"w{number}")
+                        self.acknowledged.append(unit.id)
+                        number += 1
+            except (EngramError, OSError) as exc:
+                self.refused.append(str(exc))
+                number += 1
+                self.halt.wait(0.05)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(WAIT)
+
+
+def held_by(machine: Machine, unit_ids: list[str]) -> list[str]:
+    """The ids of *unit_ids* that *machine* does not have."""
+    with machine.client() as engram:
+        found = engram.get_units(unit_ids)
+    return found.missing
+
+
+def test_losing_one_nats_node_loses_nothing_and_writes_go_on(
+        env: dict[str, str], scratch: str, own_cluster: NatsCluster) -> None:
+    a, b = two_machines(env, scratch, own_cluster)
+    try:
+        writer = Writer(a, "k1")
+        writer.start()
+        wait_until(lambda: len(writer.acknowledged) >= 20, "writes before the kill")
+        own_cluster.stop(0, kill=True)
+        count = len(writer.acknowledged)
+        wait_until(lambda: len(writer.acknowledged) >= count + 50, "writes after the kill",
+                   timeout=30)
+        writer.stop()
+        wait_until(lambda: not held_by(b, writer.acknowledged), "b to have every write",
+                   timeout=30)
+        assert not held_by(a, writer.acknowledged)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_without_a_quorum_writes_are_refused_and_resume_after(
+        env: dict[str, str], scratch: str, own_cluster: NatsCluster) -> None:
+    a, b = two_machines(env, scratch, own_cluster)
+    try:
+        with a.client() as engram:
+            engram.create_unit("q", "MESSAGE", "before")
+        own_cluster.stop(1)
+        own_cluster.stop(2)
+        refused = a.cli("unit", "create", "-c", "q", "-p", "during")
+        assert refused.returncode != 0
+        assert "unavailable" in refused.stderr or "cluster" in refused.stderr
+        listed = b.cli("unit", "list", "-c", "q", "--json")  # reads go on, locally
+        assert listed.returncode == 0, listed.stderr
+        own_cluster.start(1, 2)
+        own_cluster.wait_healthy()
+
+        def writes() -> bool:
+            return a.cli("unit", "create", "-c", "q", "-p", "after").returncode == 0
+
+        wait_until(writes, "writes to resume", timeout=60)
+        wait_until(lambda: [p for _, _, p in units_of(b, "q")][-1] == "after",
+                   "b to see the write")
+        payloads = [p for _, _, p in units_of(b, "q")]
+        assert payloads[0] == "before" and "after" in payloads
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_killed_engramd_loses_no_acknowledged_write(
+        env: dict[str, str], scratch: str, own_cluster: NatsCluster) -> None:
+    a, b = two_machines(env, scratch, own_cluster)
+    try:
+        writers = [Writer(a, "kill") for _ in range(3)]
+        for writer in writers:
+            writer.start()
+        wait_until(lambda: sum(len(w.acknowledged) for w in writers) >= 60, "writes")
+        a.kill()
+        for writer in writers:
+            writer.stop()
+        acknowledged = [unit for writer in writers for unit in writer.acknowledged]
+        wait_until(lambda: not held_by(b, acknowledged), "b to have every acknowledged write",
+                   timeout=30)
+        a.start()  # and a, back, has them too, once each
+        wait_until(lambda: not held_by(a, acknowledged), "a to have them after its restart")
+        seqs = [seq for seq, _, _ in units_of(a, "kill")]
+        assert seqs == sorted(set(seqs))
+        assert units_of(a, "kill") == units_of(b, "kill")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_cluster_status_shows_the_stream_the_view_and_the_machines(
+        machines: list[Machine]) -> None:
+    a = machines[0]
+    with a.client() as engram:
+        engram.create_unit("s", "MESSAGE", "x")
+
+    def report() -> dict[str, Any]:
+        done = a.cli("cluster", "status", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    wait_until(lambda: len(report()["machines"]) == 3, "every machine to announce itself")
+    found = report()
+    state = found["status"]
+    assert state["reachable"] and state["replicas"] == 3 and len(state["peers"]) == 2
+    assert state["lag"] == 0 and state["view_stream_seq"] == state["stream_last_seq"] >= 1
+    assert {m["socket"] for m in found["machines"]} == {m.socket for m in machines}
+    plain = a.cli("cluster", "status")
+    assert plain.returncode == 0 and state["stream"] in plain.stdout
+
+
+def test_cluster_status_on_one_machine_says_it_is_not_clustered(engramd: Any) -> None:
+    done = run_cli(engramd.env, "cluster", "status")
+    assert done.returncode == 2, done.stderr
+    assert "not in cluster mode" in done.stderr
+
+
+def test_doctor_checks_the_cluster_and_warns_on_a_stream_of_one_replica(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
+    home = os.path.join(scratch, "r1")
+    os.makedirs(home, mode=0o700)
+    machine = Machine("r1", {**env, "ENGRAM_SOCKET": os.path.join(home, "s.sock"),
+                             "ENGRAM_DATA_DIR": os.path.join(home, "data"),
+                             "ENGRAM_CLUSTER_SERVERS": nats_cluster.servers,
+                             "ENGRAM_CLUSTER_DEPLOYMENT": "r" + uuid.uuid4().hex[:8],
+                             "ENGRAM_CLUSTER_REPLICAS": "1"}).start()
+    try:
+        with machine.client() as engram:
+            engram.create_unit("d", "MESSAGE", "x")
+        done = machine.cli("doctor", "--json")
+        findings = {f["check"]: f for f in map(json.loads, done.stdout.splitlines())}
+        assert findings["cluster"]["status"] == "warn", findings["cluster"]
+        assert "1 replica" in findings["cluster"]["detail"]
+        assert findings["leases"]["status"] == "skip"
+        stats = json.loads(machine.cli("stats", "--json").stdout)
+        assert stats["gauges"]["cluster_reachable"] == 1
+        assert stats["gauges"]["cluster_view_lag_messages"] == 0
+    finally:
+        machine.stop()

@@ -40,7 +40,7 @@ from engramd.cluster.nats import ClusterSettings, NatsLink, StreamFacts, StreamM
 from engramd.commit import Behind, GroupCommitter, JournalThread
 from engramd.config import DaemonConfig
 from engramd.errors import StartupError
-from engramd.protocol import ClusterMachine, ClusterPeer, ClusterStatus, Unavailable
+from engramd.protocol import ClusterMachine, ClusterStatus, Unavailable
 from engramd.storage import Store
 from engramd.wal.log import WriteFailed
 from engramd.wal.record import Entry, decode_entry, merge_entries
@@ -161,8 +161,7 @@ class ClusterJournal:
             stream_last_seq=facts.last_seq if facts else None, lag=self.lag,
             replicas=facts.replicas if facts else settings.replicas,
             leader=facts.leader if facts else "",
-            peers=[ClusterPeer(name=name, current=current, active_seconds=active)
-                   for name, current, active in (facts.peers if facts else [])],
+            peers=facts.peers if facts else [], storage=facts.storage if facts else "",
             failure=self.failure)
 
     async def machines(self) -> list[ClusterMachine]:

@@ -20,6 +20,8 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
+from engramd.protocol import ClusterPeer
+
 WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code for ``Nats-Expected-Last-Sequence`` not holding."""
 
@@ -62,8 +64,8 @@ class StreamFacts:
     replicas: int
     storage: str
     leader: str
-    peers: list[tuple[str, bool, float]]
-    """Each replica but the leader: name, current, seconds since it was last active."""
+    peers: list[ClusterPeer]
+    """Each replica but the leader."""
 
 
 class NatsLink:
@@ -198,7 +200,9 @@ class NatsLink:
 
 def _facts(info: Any) -> StreamFacts:
     cluster = info.cluster
-    peers = [(peer.name, bool(peer.current), float(peer.active or 0.0))
+    peers = [ClusterPeer(name=peer.name or "", current=bool(peer.current),
+                         active_seconds=(peer.active or 0) / 1e9, lag=peer.lag or 0,
+                         offline=bool(peer.offline))
              for peer in (cluster.replicas or [])] if cluster is not None else []
     storage = info.config.storage
     return StreamFacts(

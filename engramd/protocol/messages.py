@@ -138,6 +138,9 @@ class ClusterPeer(msgspec.Struct, frozen=True, kw_only=True):
     """Caught up with the leader."""
     active_seconds: float
     """Since the leader last heard from it."""
+    lag: int = 0
+    """Journal entries it is behind the leader."""
+    offline: bool = False
 
 
 class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,6 +162,8 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     replicas: int
     leader: str
     peers: list[ClusterPeer]
+    storage: str = ""
+    """``file`` or ``memory`` (as last seen; empty: never reached)."""
     failure: str | None = None
     """Why the view stopped following the stream (it needs a rebuild)."""
 

@@ -25,6 +25,10 @@ from engramd.protocol import (
     BreakLock,
     Brief,
     ClaimTask,
+    ClusterMachine,
+    ClusterPeer,
+    ClusterReport,
+    ClusterStatus,
     Context,
     ContextChange,
     ContextCreated,
@@ -42,6 +46,7 @@ from engramd.protocol import (
     EventPush,
     FinishTask,
     GetBrief,
+    GetCluster,
     GetContext,
     GetLock,
     GetStats,
@@ -188,6 +193,7 @@ CLIENT_MESSAGES = {
     "context_get": GetContext(id=25, context_id="build-42"),
     "context_list": ListContexts(id=26, limit=10, after="build-41", prefix="build-"),
     "stats": GetStats(id=27),
+    "cluster_status": GetCluster(id=43),
     "unit_resolve": ResolveUnitIds(id=28, prefixes=["0193a1b2"]),
     "message_send": SendMessage(id=30, to=["bob", "carol"], payload=b"review?",
                                 context_id="build-42", thread="t1", reply_to=UNIT.id,
@@ -281,6 +287,14 @@ SERVER_MESSAGES = {
                          messages=[UNIT], pending_acks=0, leases=[LEASE], others_leases=[],
                          claimed=[TASK], ready=[], ready_total=0, since=[UNIT], since_total=1,
                          pinned=[]),
+    "cluster_report": ClusterReport(id=43, status=ClusterStatus(
+        deployment="engram", stream="ENGRAM_ENGRAM", servers=["nats://127.0.0.1:4222"],
+        machine="box-0a1b2c3d", reachable=True, view_stream_seq=41, stream_last_seq=42,
+        lag=1, replicas=3, leader="n1", peers=[ClusterPeer(
+            name="n2", current=True, active_seconds=0.012, lag=0, offline=False)],
+        storage="file"), machines=[ClusterMachine(
+            machine="box-0a1b2c3d", host="box", socket="/run/user/1000/engram/engramd.sock",
+            stream_seq=41, applied_seq=120, version="0.1.0")]),
 }
 EVENTS = {
     "event_unit_created": UnitCreated(seq=7, ts=WHEN, context_id="build-42", unit=UNIT),
