@@ -9,7 +9,7 @@ LOCK := requirements.lock
 PIP := --quiet --disable-pip-version-check
 UV_VERSION := 0.13.9
 
-.PHONY: setup demo test test-latest lock lint bench bench-install bench-compare completions man check clean
+.PHONY: setup demo cluster-demo test test-latest lock lint bench bench-install bench-compare completions man check clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml $(LOCK)
 
 demo: $(STAMP)
 	$(BIN)/python -m engram_cli.demo
+
+# Two engram machines on a 3-node NATS JetStream cluster, all on loopback (cluster mode).
+cluster-demo: $(STAMP)
+	$(BIN)/python -m engram_cli.clusterdemo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -62,6 +62,7 @@ class ClusterJournal:
 
     RETRY_SECONDS = 0.5
     ANNOUNCE_SECONDS = 5.0
+    ANNOUNCE_MIN_SECONDS = 1.0
 
     def __init__(self, settings: ClusterSettings, store: Store, thread: JournalThread,
                  *, machine: str, socket_path: str, version: str) -> None:
@@ -137,8 +138,11 @@ class ClusterJournal:
             await self.apply(messages)
 
     async def _announce(self) -> None:
+        """Say where this machine's view is: every ANNOUNCE_SECONDS, and within a second
+        of the view moving (at most once a second)."""
         host = socket.gethostname()
         while True:
+            announced = self.stream_seq
             record = msgspec.json.encode(ClusterMachine(
                 machine=self.machine, host=host, socket=self.socket_path,
                 stream_seq=self.stream_seq, applied_seq=self.position[0],
@@ -151,7 +155,10 @@ class ClusterJournal:
             except (nats.errors.Error, TimeoutError) as exc:
                 self.reachable = False
                 log.debug("cluster: announce failed: %s", exc)
-            await trio.sleep(self.ANNOUNCE_SECONDS)
+            await trio.sleep(self.ANNOUNCE_MIN_SECONDS)
+            with trio.move_on_after(self.ANNOUNCE_SECONDS - self.ANNOUNCE_MIN_SECONDS):
+                while self.stream_seq == announced:
+                    await self._advanced.wait()
 
     def status(self) -> ClusterStatus:
         facts, settings = self.facts, self.settings
