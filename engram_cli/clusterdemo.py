@@ -58,7 +58,7 @@ def main() -> None:
                 try:
                     watcher.wait(timeout=30)
                 except subprocess.TimeoutExpired:
-                    raise SystemExit("cluster demo: the watch on B did not see the units")
+                    raise SystemExit("cluster demo: the watch on B did not see the units") from None
                 relay.join(5)
                 time.sleep(1.5)  # machines announce where their views are once a second
                 print("\n# the same journal, in the same order, on both machines")
