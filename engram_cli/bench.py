@@ -791,6 +791,55 @@ def bench_sse_fanout10(target: BenchTarget) -> Measurement:
         return Measurement([], 0.0, note=f"not run: {exc}")
 
 
+def _machine(target: BenchTarget, socket_path: str, env: Mapping[str, str]) -> BenchTarget:
+    return dataclasses.replace(target, socket_path=socket_path, env=env, data_dir=None,
+                               restart=None)
+
+
+def bench_cluster_write_single(target: BenchTarget) -> Measurement:
+    """Cluster mode: one durable unit write (256 bytes) at a time on one machine of two,
+    on 3 NATS JetStream nodes on loopback (sync_interval: always): beside write.single."""
+    from engram_cli.benchcluster import ClusterMissing, cluster_machines
+
+    try:
+        with cluster_machines(2) as machines:
+            writer = _machine(target, *machines[0])
+            with writer.client() as client:
+                for _ in range(50):
+                    client.create_unit("bench-cluster", "MESSAGE", PAYLOAD)
+                measurement = _timed_loop(writer, target.count(2000), lambda: client.create_unit(
+                    "bench-cluster", "MESSAGE", PAYLOAD))
+    except ClusterMissing as exc:
+        return Measurement([], 0.0, note=f"not run: {exc}")
+    measurement.note = "daemon cpu excludes the NATS servers'"
+    return measurement
+
+
+def bench_cluster_fanout10(target: BenchTarget) -> Measurement:
+    """Cluster mode: a write's send on machine A -> its event received at each of 10
+    watcher processes on machine B: beside stream.fanout10 (one machine)."""
+    from engram_cli.benchcluster import ClusterMissing, cluster_machines
+
+    count = target.count(2000)
+    context_id = f"bench-cluster-fan-{os.getpid()}"
+    code = ("import sys; from engram_cli.bench import _fan_worker; "
+            "_fan_worker(sys.argv[1], sys.argv[2], int(sys.argv[3]))")
+    try:
+        with cluster_machines(2) as machines:
+            writer, reader = _machine(target, *machines[0]), _machine(target, *machines[1])
+            with writer.client() as client:  # the context exists on B before it is watched
+                client.create_unit(context_id, "MESSAGE", PAYLOAD)
+            with reader.client() as client:
+                while not client.list_units(context_id, limit=1).units:
+                    time.sleep(0.01)
+            watchers = _watchers(reader, code, reader.socket_path, context_id, str(count))
+            measurement = _fan_out(writer, watchers, context_id, count)
+    except ClusterMissing as exc:
+        return Measurement([], 0.0, note=f"not run: {exc}")
+    measurement.note += "; daemon cpu: the writer's machine"
+    return measurement
+
+
 SEMANTIC_UNITS = 100_000
 
 
@@ -905,7 +954,11 @@ WORKLOADS: dict[str, Workload] = {
     "index.rebuild": bench_index_throughput,
     "import.1agent": bench_import_1agent,
     "import.5agents": bench_import_5agents,
+    "cluster.write.single": bench_cluster_write_single,
+    "cluster.fanout10": bench_cluster_fanout10,
 }
+CLUSTER_WORKLOADS = ("cluster.write.single", "cluster.fanout10")
+"""Run only when asked for (``--cluster`` or ``--only``): they start NATS servers."""
 
 
 # -- targets ----------------------------------------------------------------
@@ -978,6 +1031,10 @@ GOALS: dict[str, Goal] = {
         "units/s >= 10,000", r.throughput >= 10_000)),
     "search.hybrid": Goal((), lambda r, f: ("p50 <= 50", r.p50_ms <= 50.0)),
     "sse.fanout10": Goal(("stream.fanout10",), lambda r, f: (
+        f"(stream.fanout10 {f['stream.fanout10'].p50_ms:.3f})", None)),
+    "cluster.write.single": Goal(("write.single",), lambda r, f: (
+        f"(write.single {f['write.single'].p50_ms:.3f})", None)),
+    "cluster.fanout10": Goal(("stream.fanout10",), lambda r, f: (
         f"(stream.fanout10 {f['stream.fanout10'].p50_ms:.3f})", None)),
 }
 

@@ -43,6 +43,10 @@ def bench(
              "turns, and print the ratios of their medians (this tree / REF).")] = None,
     rounds: Annotated[int, typer.Option(
         "--rounds", min=1, max=20, help="With --compare: turns each side takes.")] = 3,
+    cluster: Annotated[bool, typer.Option(
+        "--cluster",
+        help="Also run the cluster-mode rows (3 NATS servers and 2 engramd on loopback) "
+             "beside the single-machine rows they compare with.")] = False,
     json: JsonOption = False,
 ) -> None:
     """Measure latency (p50/p99/max), throughput and the daemon's CPU per operation of
@@ -60,7 +64,10 @@ def bench(
     if soak is not None:
         _soak(cli, use_running, _duration(soak), json)
         return
-    names = only or list(harness.WORKLOADS)
+    names = only or [name for name in harness.WORKLOADS
+                     if name not in harness.CLUSTER_WORKLOADS]
+    if cluster:
+        names = [*(only or []), *harness.CLUSTER_WORKLOADS]
     unknown = [name for name in names if name not in harness.WORKLOADS]
     if unknown:
         raise UsageProblem(f"unknown workload {', '.join(unknown)} (see engram bench --list)")
