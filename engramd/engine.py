@@ -127,10 +127,17 @@ class Engine:
         """Open the store and the log and replay the log (in a worker thread). In cluster
         mode there is no local log: the store is a view the cluster's stream feeds."""
         started = time.monotonic()
+        path = os.path.join(self.config.data_dir, "store")
         try:
-            store = Store(os.path.join(self.config.data_dir, "store"))
+            store = Store(path)
         except SchemaMismatch as exc:
-            raise StartupError(str(exc)) from None
+            if not self.clustered:
+                raise StartupError(str(exc)) from None
+            store = self._store_anew(path, exc)
+        except Exception as exc:  # rocksdict's errors (a damaged store) are plain Exceptions
+            if not self.clustered:
+                raise
+            store = self._store_anew(path, exc)
         wal = None
         if not self.clustered:
             wal = WriteAheadLog(os.path.join(self.config.data_dir, "wal"),
@@ -152,6 +159,16 @@ class Engine:
                                         rebuild=self.config.reindex, store=store)
                           if self.config.semantic == "auto" else None)
         return store, wal, indexer
+
+    @staticmethod
+    def _store_anew(path: str, exc: Exception) -> Store:
+        """Cluster mode: the store is only a view of the cluster's stream, so one that
+        cannot be opened is moved aside and the view is built again from the stream."""
+        aside = f"{path}.damaged-{int(time.time())}"
+        os.replace(path, aside)
+        log.error("cluster: the store cannot be opened (%s); moved to %s, rebuilding this "
+                  "machine's view from the stream", exc, aside)
+        return Store(path)
 
     def _assemble(self, store: Store, wal: WriteAheadLog | None, indexer: Indexer) -> Parts:
         config, histograms = self.config, self.metrics.histograms

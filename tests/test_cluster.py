@@ -136,6 +136,22 @@ def test_units_written_on_every_machine_are_on_every_machine_in_one_order(
     assert payloads == sorted(f"{m.name}{n}" for m in machines for n in range(per_machine))
     seqs = [seq for seq, _, _ in seen[0]]
     assert seqs == sorted(set(seqs))
+    ids = [unit_id for _, unit_id, _ in seen[0]]
+    for machine in machines:
+        with machine.client() as engram:
+            assert engram.get_units(ids).missing == []
+            wait_until(lambda e=engram: e.search("b7").total == 1,  # type: ignore[misc]
+                       f"machine {machine.name}'s search index")
+        # The whole journal, as each machine's watch delivers it: the same events.
+        watched = machine.cli("watch", "--json", "--since", "start", "--count",
+                              str(expected + 3))  # + the context, 2 agents joining it
+        assert watched.returncode == 0, watched.stderr
+        events = [(e["seq"], e["kind"], e.get("unit", {}).get("id"))
+                  for e in map(json.loads, watched.stdout.splitlines())]
+        if machine is machines[0]:
+            first = events
+        assert events == first
+        assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
 
 
 def test_a_write_on_one_machine_reaches_a_watcher_on_another(machines: list[Machine]) -> None:
@@ -186,6 +202,13 @@ def test_a_machine_with_a_new_data_dir_rebuilds_its_view(machines: list[Machine]
     wait_until(lambda: units_of(c, "keep") == before, "c to rebuild its view")
     search = c.cli("search", "k7", "--json")
     assert search.returncode == 0, search.stderr
+    c.stop()  # and a store damaged beyond opening is moved aside and built again
+    with open(os.path.join(c.env["ENGRAM_DATA_DIR"], "store", "CURRENT"), "w") as current:
+        current.write("MANIFEST-999999\n")
+    c.start()
+    wait_until(lambda: units_of(c, "keep") == before, "c to rebuild its damaged view")
+    assert any(name.startswith("store.damaged-")
+               for name in os.listdir(c.env["ENGRAM_DATA_DIR"]))
 
 
 def test_leases_are_refused_in_cluster_mode_for_now(machines: list[Machine]) -> None:
