@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -80,7 +79,6 @@ class ClusterJournal:
         self.failure: str | None = None
         """Why the view stopped following (a gap in the journal): it needs a rebuild."""
         self.facts: StreamFacts | None = None
-        self.facts_at = 0.0
         self.reachable = False
         self._advanced = trio.Event()
 
@@ -122,7 +120,6 @@ class ClusterJournal:
         if self.link.nc is None:
             await self.bridge.run(self.link.connect)
         self.facts = await self.bridge.run(self.link.ensure_stream)
-        self.facts_at = time.monotonic()
         await self.bridge.run(lambda: self.link.follow(self.stream_seq))
         self._set_reachable(True)
         log.info("cluster: following stream %s from message %d (last %d)",
@@ -150,7 +147,6 @@ class ClusterJournal:
             try:
                 await self.bridge.run(functools.partial(self.link.announce, self.machine, record))
                 self.facts = await self.bridge.run(self.link.stream_facts)
-                self.facts_at = time.monotonic()
                 self._set_reachable(self.link.connected)
             except (nats.errors.Error, TimeoutError) as exc:
                 self.reachable = False
@@ -178,11 +174,13 @@ class ClusterJournal:
                       key=lambda record: record.machine)
 
     async def refresh_facts(self) -> StreamFacts | None:
+        """The stream as it is now (as last seen when the cluster does not answer)."""
+        if self.link.js is None:
+            return self.facts
         try:
             with trio.fail_after(self.settings.timeout):
                 self.facts = await self.bridge.run(self.link.stream_facts)
-            self.facts_at = time.monotonic()
-        except (nats.errors.Error, TimeoutError, trio.TooSlowError, AttributeError):
+        except (nats.errors.Error, TimeoutError, trio.TooSlowError):
             self.reachable = False
         return self.facts
 
