@@ -297,6 +297,7 @@ def test_without_a_quorum_writes_are_refused_and_resume_after(
     try:
         with a.client() as engram:
             engram.create_unit("q", "MESSAGE", "before")
+        wait_until(lambda: units_of(b, "q") != [], "b to have the first write")
         own_cluster.stop(1)
         own_cluster.stop(2)
         refused = a.cli("unit", "create", "-c", "q", "-p", "during")
