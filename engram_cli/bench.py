@@ -799,10 +799,12 @@ def _machine(target: BenchTarget, socket_path: str, env: Mapping[str, str]) -> B
 def bench_cluster_write_single(target: BenchTarget) -> Measurement:
     """Cluster mode: one durable unit write (256 bytes) at a time on one machine of two,
     on 3 NATS JetStream nodes on loopback (sync_interval: always): beside write.single."""
-    from engram_cli.benchcluster import ClusterMissing, cluster_machines
+    from engram_cli.benchcluster import ClusterMissing, cluster_machines, jetstream_floor
 
     try:
         with cluster_machines(2) as machines:
+            floor_p50, floor_p99 = jetstream_floor(machines[0][1]["ENGRAM_CLUSTER_SERVERS"],
+                                                   target.count(1000))
             writer = _machine(target, *machines[0])
             with writer.client() as client:
                 for _ in range(50):
@@ -811,7 +813,9 @@ def bench_cluster_write_single(target: BenchTarget) -> Measurement:
                     "bench-cluster", "MESSAGE", PAYLOAD))
     except ClusterMissing as exc:
         return Measurement([], 0.0, note=f"not run: {exc}")
-    measurement.note = "daemon cpu excludes the NATS servers'"
+    measurement.note = (f"floor: a bare nats-py publish to a 3-replica stream p50 "
+                        f"{floor_p50:.3f} ms, p99 {floor_p99:.3f} ms; daemon cpu excludes "
+                        "the NATS servers'")
     return measurement
 
 

@@ -69,3 +69,35 @@ def _wait_connected(socket_path: str) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"engramd on {socket_path} did not reach the cluster")
             time.sleep(0.05)
+
+
+def jetstream_floor(servers: str, count: int) -> tuple[float, float]:
+    """The floor under a cluster write: p50 and p99 in ms of a bare nats-py publish, one
+    at a time, to a stream of 3 replicas on the same NATS servers (nothing of engram)."""
+    import asyncio
+
+    import nats
+    from nats.js import api
+
+    async def measure() -> list[float]:
+        nc = await nats.connect(servers=servers.split(","))
+        try:
+            js = nc.jetstream()
+            await js.add_stream(api.StreamConfig(
+                name="BENCH_FLOOR", subjects=["bench.floor"], num_replicas=3,
+                storage=api.StorageType.FILE))
+            payload = b"x" * 256
+            latencies = []
+            for number in range(count + 50):
+                started = time.perf_counter()
+                await js.publish("bench.floor", payload, headers={"Nats-Msg-Id": str(number)})
+                if number >= 50:
+                    latencies.append(time.perf_counter() - started)
+            await js.delete_stream("BENCH_FLOOR")
+            return sorted(latencies)
+        finally:
+            await nc.close()
+
+    latencies = asyncio.run(measure())
+    return (latencies[len(latencies) // 2] * 1000,
+            latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000)
