@@ -141,7 +141,7 @@ class Behind(Exception):
 
 
 class GroupCommitter:
-    """Group commit onto the local WAL. :class:`engramd.cluster.commit.ClusterCommitter`
+    """Group commit onto the local WAL. :class:`engramd.cluster.journal.ClusterCommitter`
     commits onto the cluster's stream instead, through the three methods marked below."""
 
     MAX_REBUILDS = 100
@@ -261,11 +261,12 @@ class GroupCommitter:
         """What a batch built now is built on (cluster mode: the stream position)."""
         return 0
 
-    async def _write_entries(self, entries: list[Entry], data: bytes,
-                             basis: int) -> list[Entry]:
-        """Make *entries* durable and apply them to the store; the entries to publish."""
+    async def _write_entries(self, entries: list[Entry], basis: int) -> tuple[list[Entry], int]:
+        """Make *entries* durable and apply them to the store; the entries to publish
+        and the bytes written."""
+        data = encode_batch(entries)
         await self.thread.run(lambda: self._write(entries, data))
-        return entries
+        return entries, len(data)
 
     # ------------------------------------------------------------------------------
 
@@ -291,9 +292,8 @@ class GroupCommitter:
                 entries.append(entry)
                 seq = entry.last_seq + 1
         if entries:
-            data = encode_batch(entries)
             try:
-                applied = await self._write_entries(entries, data, basis)
+                applied, written = await self._write_entries(entries, basis)
             except Behind as exc:
                 if exc.solo:
                     self._solo = len(built)
@@ -314,8 +314,8 @@ class GroupCommitter:
                 return
             self.stats.batches += 1
             self.stats.entries += len(entries)
-            self.stats.bytes_written += len(data)
-            self.bytes_since_checkpoint += len(data)
+            self.stats.bytes_written += written
+            self.bytes_since_checkpoint += written
             if self.bytes_since_checkpoint >= self.checkpoint_bytes:
                 self.checkpoint_wanted.set()
             if applied:

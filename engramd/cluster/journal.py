@@ -246,10 +246,9 @@ class ClusterJournal:
 
     # -- writing -----------------------------------------------------------------------
 
-    async def publish(self, entries: list[Entry], after: int) -> list[Entry]:
+    async def publish(self, entries: list[Entry], after: int) -> int:
         """Append *entries* to the stream if its last message is still *after*, then
-        apply them here; the entries this call applied (none when the view got there
-        first)."""
+        apply them here (unless the view got there first); the bytes sent."""
         if self.failure is not None:
             raise Unavailable(self.failure)
         if not self.reachable:
@@ -268,7 +267,8 @@ class ClusterJournal:
                               f"max_payload ({limit})", disk_full=False)
         msg_id = uuid.uuid4().hex
         number = await self._publish(body, msg_id, after)
-        return await self.apply([(number, body)])
+        await self.apply([(number, body)])
+        return len(body)
 
     async def _publish(self, body: bytes, msg_id: str, after: int) -> int:
         """Publish, sending the same message again while the answer is lost (at most
@@ -309,10 +309,9 @@ class ClusterCommitter(GroupCommitter):
     def _basis(self) -> int:
         return self.journal.position[1]
 
-    async def _write_entries(self, entries: list[Entry], data: bytes,
-                             basis: int) -> list[Entry]:
-        await self.journal.publish(entries, basis)
-        return []  # the journal published what it applied, as for other machines' writes
+    async def _write_entries(self, entries: list[Entry], basis: int) -> tuple[list[Entry], int]:
+        # The journal published what it applied, as it does for other machines' writes.
+        return [], await self.journal.publish(entries, basis)
 
 
 def machine_id(data_dir: str) -> str:
