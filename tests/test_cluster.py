@@ -305,6 +305,13 @@ def test_without_a_quorum_writes_are_refused_and_resume_after(
         assert "unavailable" in refused.stderr or "cluster" in refused.stderr
         listed = b.cli("unit", "list", "-c", "q", "--json")  # reads go on, locally
         assert listed.returncode == 0, listed.stderr
+        report = b.cli("cluster", "status", "--json")
+        assert report.returncode == 0, report.stderr
+        assert json.loads(report.stdout)["status"]["reachable"] is False
+        doctor = b.cli("doctor", "--json")
+        cluster = [json.loads(line) for line in doctor.stdout.splitlines()
+                   if json.loads(line)["check"] == "cluster"]
+        assert doctor.returncode == 1 and cluster[0]["status"] == "fail", cluster
         own_cluster.start(1, 2)
         own_cluster.wait_healthy()
 

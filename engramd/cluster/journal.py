@@ -168,8 +168,14 @@ class ClusterJournal:
             failure=self.failure)
 
     async def machines(self) -> list[ClusterMachine]:
-        """The machines that announced themselves within the bucket's ttl."""
-        found = await self.bridge.run(self.link.machines_seen)
+        """The machines that announced themselves within the bucket's ttl (none when the
+        cluster does not answer in time)."""
+        found: list[bytes] = []
+        with trio.move_on_after(self.settings.timeout):
+            try:
+                found = await self.bridge.run(self.link.machines_seen)
+            except (nats.errors.Error, TimeoutError):
+                pass
         return sorted((_machine_decoder.decode(raw) for raw in found),
                       key=lambda record: record.machine)
 
