@@ -9,7 +9,7 @@ import typer
 
 from engram_cli.autostart import START_TIMEOUT
 from engram_cli.client import DEFAULT_TIMEOUT, Client
-from engram_cli.output import Output
+from engram_cli.output import Output, note
 
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print JSON (the daemon's field names) instead of text.")
@@ -32,6 +32,8 @@ class CliContext:
                             autostart=autostart, admin=admin, timeout=timeout,
                             start_timeout=start_timeout)
             client.connect()
+            if client.stale:
+                note(f"warning: {client.stale}")
             self._client = client
         return self._client
 

@@ -185,6 +185,12 @@ class Operations:
         """The daemon's pid, from the handshake."""
         return self.welcome.pid if self.welcome else None
 
+    @property
+    def stale(self) -> str:
+        """Cluster mode: why the daemon's answers may be stale (empty when they are not),
+        as of the handshake."""
+        return self.welcome.stale if self.welcome else ""
+
     # -- the daemon -----------------------------------------------------------
 
     @operation

@@ -313,6 +313,14 @@ class Engine:
                             leases_granted=parts.leases.granted,
                             leases_expired=parts.leases.expired)
 
+    def stale(self) -> str:
+        """Why answers may be stale (cluster mode, the cluster unreachable), or empty."""
+        parts = self._parts
+        if parts is None or parts.cluster is None or parts.cluster.reachable:
+            return ""
+        return ("the cluster is unreachable: writes are refused, and answers come from this "
+                "machine's view of the journal, which may be stale")
+
     def cluster_status(self) -> ClusterStatus | None:
         parts = self._parts
         if parts is None or parts.cluster is None:

@@ -417,7 +417,7 @@ class Server:
         await session.send(Welcome(id=hello.id, protocol_version=PROTOCOL_VERSION,
                                    daemon_version=self.engine.version, pid=os.getpid(),
                                    instance_id=self.engine.instance_id,
-                                   agent_id=identity.agent_id))
+                                   agent_id=identity.agent_id, stale=self.engine.stale()))
         log.debug("pid %d connected as %s (%s)", session.peer.pid, identity.agent_id,
                   hello.client_name)
         return True

@@ -303,8 +303,14 @@ def test_without_a_quorum_writes_are_refused_and_resume_after(
         refused = a.cli("unit", "create", "-c", "q", "-p", "during")
         assert refused.returncode != 0
         assert "unavailable" in refused.stderr or "cluster" in refused.stderr
-        listed = b.cli("unit", "list", "-c", "q", "--json")  # reads go on, locally
+        # Reads go on, locally, and say they may be stale (once b has noticed: its next
+        # announcement fails, within 5 s).
+        wait_until(lambda: "may be stale" in b.cli("unit", "list", "-c", "q").stderr,
+                   "b to say its reads may be stale", timeout=30)
+        listed = b.cli("unit", "list", "-c", "q", "--json")
         assert listed.returncode == 0, listed.stderr
+        assert [json.loads(line)["payload"] for line in listed.stdout.splitlines()] == [
+            "before"]
         report = b.cli("cluster", "status", "--json")
         assert report.returncode == 0, report.stderr
         assert json.loads(report.stdout)["status"]["reachable"] is False

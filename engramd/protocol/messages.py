@@ -75,6 +75,9 @@ class Welcome(Reply, tag="welcome", omit_defaults=True):
     instance_id: str
     agent_id: str = ""
     """The agent the connection acts as (the token's, when the hello named none)."""
+    stale: str = ""
+    """Cluster mode, while the cluster is unreachable: why writes are refused and reads
+    may be stale (answered from this machine's view). Empty otherwise."""
 
 
 class Pong(Reply, tag="pong"):

@@ -228,6 +228,9 @@ SERVER_MESSAGES = {
                        instance_id="abc"),
     "welcome_agent": Welcome(id=1, protocol_version=1, daemon_version="0.1.0", pid=42,
                              instance_id="abc", agent_id="alice"),
+    "welcome_stale": Welcome(id=1, protocol_version=1, daemon_version="0.1.0", pid=42,
+                             instance_id="abc", agent_id="alice",
+                             stale="the cluster is unreachable"),
     "pong": Pong(id=2, daemon_version="0.1.0", uptime=1.5, server_time=WHEN),
     "daemon_status": DaemonStatus(
         id=3, state="ready", daemon_version="0.1.0", protocol_version=1, pid=42,
