@@ -6,6 +6,7 @@ Marked ``cluster`` (and ``slow``): ``pytest -m "not slow"`` skips them; CI runs 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -73,27 +74,38 @@ class Machine:
         return status.cluster.view_stream_seq
 
 
+def machine_on(cluster: NatsCluster, env: dict[str, str], scratch: str, name: str,
+               **settings: str) -> Machine:
+    """A machine (not started) with a home of its own under *scratch*, on *cluster*;
+    *settings* are more ``ENGRAM_*`` variables."""
+    home = os.path.join(scratch, name)
+    os.makedirs(home, mode=0o700)
+    return Machine(name, {**env, "ENGRAM_SOCKET": os.path.join(home, "s.sock"),
+                          "ENGRAM_DATA_DIR": os.path.join(home, "data"),
+                          "ENGRAM_CLUSTER_SERVERS": cluster.servers, **settings})
+
+
+@contextlib.contextmanager
+def running(machines: list[Machine]) -> Iterator[list[Machine]]:
+    """*machines* started, and stopped afterwards whatever happens."""
+    try:
+        for machine in machines:
+            machine.start()
+        yield machines
+    finally:
+        for machine in machines:
+            machine.stop()
+
+
 @pytest.fixture
 def machines(env: dict[str, str], scratch: str, nats_cluster: NatsCluster
              ) -> Iterator[list[Machine]]:
     """Three machines of a deployment of their own on the shared NATS cluster."""
     deployment = "t" + uuid.uuid4().hex[:10]
-    started = []
-    for name in ("a", "b", "c"):
-        home = os.path.join(scratch, name)
-        machine_env = {**env, "ENGRAM_SOCKET": os.path.join(home, "s.sock"),
-                       "ENGRAM_DATA_DIR": os.path.join(home, "data"),
-                       "ENGRAM_CLUSTER_SERVERS": nats_cluster.servers,
-                       "ENGRAM_CLUSTER_DEPLOYMENT": deployment}
-        os.makedirs(home, mode=0o700)
-        started.append(Machine(name, machine_env))
-    try:
-        for machine in started:
-            machine.start()
+    with running([machine_on(nats_cluster, env, scratch, name,
+                             ENGRAM_CLUSTER_DEPLOYMENT=deployment)
+                  for name in ("a", "b", "c")]) as started:
         yield started
-    finally:
-        for machine in started:
-            machine.stop()
 
 
 def units_of(machine: Machine, context: str) -> list[tuple[int, str, str]]:
@@ -224,15 +236,12 @@ def own_cluster(tmp_path: os.PathLike[str]) -> Iterator[NatsCluster]:
         yield cluster
 
 
-def two_machines(env: dict[str, str], scratch: str, cluster: NatsCluster) -> list[Machine]:
-    made = []
-    for name in ("a", "b"):
-        home = os.path.join(scratch, name)
-        os.makedirs(home, mode=0o700)
-        made.append(Machine(name, {**env, "ENGRAM_SOCKET": os.path.join(home, "s.sock"),
-                                   "ENGRAM_DATA_DIR": os.path.join(home, "data"),
-                                   "ENGRAM_CLUSTER_SERVERS": cluster.servers}).start())
-    return made
+@pytest.fixture
+def pair(env: dict[str, str], scratch: str, own_cluster: NatsCluster
+         ) -> Iterator[list[Machine]]:
+    """Two machines on a NATS cluster of the test's own."""
+    with running([machine_on(own_cluster, env, scratch, name) for name in ("a", "b")]) as two:
+        yield two
 
 
 class Writer(threading.Thread):
@@ -272,90 +281,77 @@ def held_by(machine: Machine, unit_ids: list[str]) -> list[str]:
 
 
 def test_losing_one_nats_node_loses_nothing_and_writes_go_on(
-        env: dict[str, str], scratch: str, own_cluster: NatsCluster) -> None:
-    a, b = two_machines(env, scratch, own_cluster)
-    try:
-        writer = Writer(a, "k1")
-        writer.start()
-        wait_until(lambda: len(writer.acknowledged) >= 20, "writes before the kill")
-        own_cluster.stop(0, kill=True)
-        count = len(writer.acknowledged)
-        wait_until(lambda: len(writer.acknowledged) >= count + 50, "writes after the kill",
-                   timeout=30)
-        writer.stop()
-        wait_until(lambda: not held_by(b, writer.acknowledged), "b to have every write",
-                   timeout=30)
-        assert not held_by(a, writer.acknowledged)
-    finally:
-        a.stop()
-        b.stop()
+        pair: list[Machine], own_cluster: NatsCluster) -> None:
+    a, b = pair
+    writer = Writer(a, "k1")
+    writer.start()
+    wait_until(lambda: len(writer.acknowledged) >= 20, "writes before the kill")
+    own_cluster.stop(0, kill=True)
+    count = len(writer.acknowledged)
+    wait_until(lambda: len(writer.acknowledged) >= count + 50, "writes after the kill",
+               timeout=30)
+    writer.stop()
+    wait_until(lambda: not held_by(b, writer.acknowledged), "b to have every write",
+               timeout=30)
+    assert not held_by(a, writer.acknowledged)
 
 
 def test_without_a_quorum_writes_are_refused_and_resume_after(
-        env: dict[str, str], scratch: str, own_cluster: NatsCluster) -> None:
-    a, b = two_machines(env, scratch, own_cluster)
-    try:
-        with a.client() as engram:
-            engram.create_unit("q", "MESSAGE", "before")
-        wait_until(lambda: units_of(b, "q") != [], "b to have the first write")
-        own_cluster.stop(1)
-        own_cluster.stop(2)
-        refused = a.cli("unit", "create", "-c", "q", "-p", "during")
-        assert refused.returncode != 0
-        assert "unavailable" in refused.stderr or "cluster" in refused.stderr
-        # Reads go on, locally, and say they may be stale (once b has noticed: its next
-        # announcement fails, within 5 s).
-        wait_until(lambda: "may be stale" in b.cli("unit", "list", "-c", "q").stderr,
-                   "b to say its reads may be stale", timeout=30)
-        listed = b.cli("unit", "list", "-c", "q", "--json")
-        assert listed.returncode == 0, listed.stderr
-        assert [json.loads(line)["payload"] for line in listed.stdout.splitlines()] == [
-            "before"]
-        report = b.cli("cluster", "status", "--json")
-        assert report.returncode == 0, report.stderr
-        assert json.loads(report.stdout)["status"]["reachable"] is False
-        doctor = b.cli("doctor", "--json")
-        cluster = [json.loads(line) for line in doctor.stdout.splitlines()
-                   if json.loads(line)["check"] == "cluster"]
-        assert doctor.returncode == 1 and cluster[0]["status"] == "fail", cluster
-        own_cluster.start(1, 2)
-        own_cluster.wait_healthy()
+        pair: list[Machine], own_cluster: NatsCluster) -> None:
+    a, b = pair
+    with a.client() as engram:
+        engram.create_unit("q", "MESSAGE", "before")
+    wait_until(lambda: units_of(b, "q") != [], "b to have the first write")
+    own_cluster.stop(1)
+    own_cluster.stop(2)
+    refused = a.cli("unit", "create", "-c", "q", "-p", "during")
+    assert refused.returncode != 0
+    assert "unavailable" in refused.stderr or "cluster" in refused.stderr
+    # Reads go on, locally, and say they may be stale (once b has noticed: its next
+    # announcement fails, within 5 s).
+    wait_until(lambda: "may be stale" in b.cli("unit", "list", "-c", "q").stderr,
+               "b to say its reads may be stale", timeout=30)
+    listed = b.cli("unit", "list", "-c", "q", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["payload"] for line in listed.stdout.splitlines()] == [
+        "before"]
+    report = b.cli("cluster", "status", "--json")
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["status"]["reachable"] is False
+    doctor = b.cli("doctor", "--json")
+    cluster = [json.loads(line) for line in doctor.stdout.splitlines()
+               if json.loads(line)["check"] == "cluster"]
+    assert doctor.returncode == 1 and cluster[0]["status"] == "fail", cluster
+    own_cluster.start(1, 2)
+    own_cluster.wait_healthy()
 
-        def writes() -> bool:
-            return a.cli("unit", "create", "-c", "q", "-p", "after").returncode == 0
+    def writes() -> bool:
+        return a.cli("unit", "create", "-c", "q", "-p", "after").returncode == 0
 
-        wait_until(writes, "writes to resume", timeout=60)
-        wait_until(lambda: [p for _, _, p in units_of(b, "q")][-1] == "after",
-                   "b to see the write")
-        payloads = [p for _, _, p in units_of(b, "q")]
-        assert payloads[0] == "before" and "after" in payloads
-    finally:
-        a.stop()
-        b.stop()
+    wait_until(writes, "writes to resume", timeout=60)
+    wait_until(lambda: [p for _, _, p in units_of(b, "q")][-1] == "after",
+               "b to see the write")
+    payloads = [p for _, _, p in units_of(b, "q")]
+    assert payloads[0] == "before" and "after" in payloads
 
 
-def test_a_killed_engramd_loses_no_acknowledged_write(
-        env: dict[str, str], scratch: str, own_cluster: NatsCluster) -> None:
-    a, b = two_machines(env, scratch, own_cluster)
-    try:
-        writers = [Writer(a, "kill") for _ in range(3)]
-        for writer in writers:
-            writer.start()
-        wait_until(lambda: sum(len(w.acknowledged) for w in writers) >= 60, "writes")
-        a.kill()
-        for writer in writers:
-            writer.stop()
-        acknowledged = [unit for writer in writers for unit in writer.acknowledged]
-        wait_until(lambda: not held_by(b, acknowledged), "b to have every acknowledged write",
-                   timeout=30)
-        a.start()  # and a, back, has them too, once each
-        wait_until(lambda: not held_by(a, acknowledged), "a to have them after its restart")
-        seqs = [seq for seq, _, _ in units_of(a, "kill")]
-        assert seqs == sorted(set(seqs))
-        assert units_of(a, "kill") == units_of(b, "kill")
-    finally:
-        a.stop()
-        b.stop()
+def test_a_killed_engramd_loses_no_acknowledged_write(pair: list[Machine]) -> None:
+    a, b = pair
+    writers = [Writer(a, "kill") for _ in range(3)]
+    for writer in writers:
+        writer.start()
+    wait_until(lambda: sum(len(w.acknowledged) for w in writers) >= 60, "writes")
+    a.kill()
+    for writer in writers:
+        writer.stop()
+    acknowledged = [unit for writer in writers for unit in writer.acknowledged]
+    wait_until(lambda: not held_by(b, acknowledged), "b to have every acknowledged write",
+               timeout=30)
+    a.start()  # and a, back, has them too, once each
+    wait_until(lambda: not held_by(a, acknowledged), "a to have them after its restart")
+    seqs = [seq for seq, _, _ in units_of(a, "kill")]
+    assert seqs == sorted(set(seqs))
+    assert units_of(a, "kill") == units_of(b, "kill")
 
 
 def test_cluster_status_shows_the_stream_the_view_and_the_machines(
@@ -387,23 +383,16 @@ def test_cluster_status_on_one_machine_says_it_is_not_clustered(engramd: Any) ->
 
 def test_doctor_checks_the_cluster_and_warns_on_a_stream_of_one_replica(
         env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
-    home = os.path.join(scratch, "r1")
-    os.makedirs(home, mode=0o700)
-    machine = Machine("r1", {**env, "ENGRAM_SOCKET": os.path.join(home, "s.sock"),
-                             "ENGRAM_DATA_DIR": os.path.join(home, "data"),
-                             "ENGRAM_CLUSTER_SERVERS": nats_cluster.servers,
-                             "ENGRAM_CLUSTER_DEPLOYMENT": "r" + uuid.uuid4().hex[:8],
-                             "ENGRAM_CLUSTER_REPLICAS": "1"}).start()
-    try:
-        with machine.client() as engram:
+    alone = machine_on(nats_cluster, env, scratch, "r1", ENGRAM_CLUSTER_REPLICAS="1",
+                       ENGRAM_CLUSTER_DEPLOYMENT="r" + uuid.uuid4().hex[:8])
+    with running([alone]):
+        with alone.client() as engram:
             engram.create_unit("d", "MESSAGE", "x")
-        done = machine.cli("doctor", "--json")
+        done = alone.cli("doctor", "--json")
         findings = {f["check"]: f for f in map(json.loads, done.stdout.splitlines())}
         assert findings["cluster"]["status"] == "warn", findings["cluster"]
         assert "1 replica" in findings["cluster"]["detail"]
         assert findings["leases"]["status"] == "skip"
-        stats = json.loads(machine.cli("stats", "--json").stdout)
-        assert stats["gauges"]["cluster_reachable"] == 1
-        assert stats["gauges"]["cluster_view_lag_messages"] == 0
-    finally:
-        machine.stop()
+        stats = json.loads(alone.cli("stats", "--json").stdout)
+        assert stats["gauges"]["cluster_reachable"] == 1, stats["gauges"]
+        assert stats["gauges"]["cluster_view_lag_messages"] == 0, stats["gauges"]
