@@ -5,7 +5,9 @@ stderr and its exit status, here and nowhere else; ``ENGRAM_DEBUG=1`` shows the
 traceback instead.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here nor in commands/info.py: Typer reads the
+# signatures of the root and of `ping` at every start, and string annotations cost it an
+# eval() each.
 
 import importlib
 import os

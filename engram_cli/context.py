@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated
 
 import typer
@@ -16,12 +15,17 @@ JsonOption = Annotated[
 ]
 
 
-@dataclasses.dataclass
 class CliContext:
-    socket: str | None
-    agent: str | None
-    json: bool
-    _client: Client | None = None
+    """What the root command's options say, and the one client of this invocation.
+
+    (A plain class: ``engram`` builds it at every start, where a dataclass would cost
+    more than the rest of it.)"""
+
+    def __init__(self, socket: str | None, agent: str | None, json: bool) -> None:
+        self.socket = socket
+        self.agent = agent
+        self.json = json
+        self._client: Client | None = None
 
     def client(self, *, autostart: bool | None = None, admin: bool = False,
                timeout: float | None = DEFAULT_TIMEOUT,

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar, overload
+
+import msgspec
 
 from engram_cli import requests
 from engram_cli.requests import Payload
@@ -92,8 +93,7 @@ T = TypeVar("T")
 R = TypeVar("R", bound=ServerMessage)
 
 
-@dataclass(frozen=True)
-class Call(Generic[T]):
+class Call(msgspec.Struct, Generic[T], frozen=True):
     """One request, and what its reply gives the caller."""
 
     request: ClientMessage[Any]

@@ -1,8 +1,7 @@
 """``engram ping``, ``engram status``, ``engram version``."""
 
-from __future__ import annotations
+# (No postponed annotations: see engram_cli/app.py.)
 
-import dataclasses
 import os
 import time
 from typing import Annotated
@@ -149,7 +148,9 @@ def doctor(ctx: typer.Context, json: JsonOption = False) -> None:
     out = cli.output(json)
     client = cli.unconnected_client()
     findings = []
-    from engram_cli.doctor import Doctor  # only this command needs it
+    import dataclasses
+
+    from engram_cli.doctor import Doctor  # only this command needs them
 
     for finding in Doctor(client, resolve_data_dir(None, os.environ)).run():
         findings.append(finding)
