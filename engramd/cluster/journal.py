@@ -257,13 +257,15 @@ class ClusterJournal:
         apply them here (unless the view got there first); the bytes sent."""
         if self.failure is not None:
             raise Unavailable(self.failure)
-        if not self.reachable:
+        if self.link.js is None:  # not connected yet: at start, or never reached since
             with trio.move_on_after(self.settings.timeout):
-                while not self.reachable:
+                while self.link.js is None:
                     await self._advanced.wait()
-        if not self.reachable:
-            raise Unavailable("the cluster is unreachable: nothing was written; reads "
-                              "answer from this machine's view, which may be stale")
+            if self.link.js is None:
+                raise Unavailable("the cluster is unreachable: nothing was written; reads "
+                                  "answer from this machine's view, which may be stale")
+        # Otherwise the publish is tried even while the cluster looks unreachable (an
+        # announcement failed): its own timeout decides, and a success says it is back.
         body = _encoder.encode(merge_entries(entries))
         limit = getattr(self.link.nc, "max_payload", 0) or 0
         if limit and len(body) > limit:
@@ -273,6 +275,8 @@ class ClusterJournal:
                               f"max_payload ({limit})", disk_full=False)
         msg_id = uuid.uuid4().hex
         number = await self._publish(body, msg_id, after)
+        if not self.reachable:
+            self._set_reachable(True)
         await self.apply([(number, body)])
         return len(body)
 
