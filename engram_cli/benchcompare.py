@@ -123,6 +123,9 @@ def median_of(rounds: list[dict[str, BenchResult]]) -> dict[str, BenchResult]:
 def _bench(side: Side, args: list[str]) -> str:
     env = {**os.environ, "PYTHONPATH": side.source + os.pathsep
            + os.environ.get("PYTHONPATH", "")}
+    # Each side runs from its source tree: without bytecode caches there, every CLI
+    # start of the CLI rows would compile engram anew and measure that.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     done = subprocess.run([sys.executable, "-m", "engram_cli", "bench", *args], env=env,
                           stdout=subprocess.PIPE, text=True, cwd=side.source, check=False)
     if done.returncode != 0:

@@ -1,6 +1,6 @@
 """``engram unit create|get|list|import|export|related``: the journal of work units."""
 
-from __future__ import annotations
+# (No postponed annotations: see engram_cli/app.py.)
 
 import datetime as dt
 import json as jsonlib
