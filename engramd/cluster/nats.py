@@ -30,6 +30,8 @@ WRONG_LAST_SEQUENCE = 10071
 class ClusterSettings:
     servers: list[str]
     deployment: str
+    """1-64 of letters, digits, - and _ (checked when the journal opens): as it is, a
+    token of NATS subjects and a part of stream and bucket names."""
     replicas: int
     credentials: str = ""
     tls_ca: str = ""
@@ -39,7 +41,7 @@ class ClusterSettings:
 
     @property
     def stream(self) -> str:
-        return "ENGRAM_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.deployment).upper()
+        return "ENGRAM_" + self.deployment.upper()
 
     @property
     def subject(self) -> str:
@@ -47,7 +49,7 @@ class ClusterSettings:
 
     @property
     def machines_bucket(self) -> str:
-        return "engram_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.deployment) + "_machines"
+        return f"engram_{self.deployment}_machines"
 
 
 class StreamMovedOn(Exception):
