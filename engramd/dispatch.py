@@ -97,7 +97,6 @@ from engramd.protocol import (
     TokenPage,
     TokensRevoked,
     TooLarge,
-    Unavailable,
     UnitIdsResolved,
     UnitPage,
     UnitsCreated,
@@ -114,8 +113,6 @@ T = TypeVar("T")
 
 # Requests that do not need the journal open: answered while it is replayed.
 _ALWAYS = (Ping, GetStatus, GetStats, Shutdown, CreateToken, ListTokens, RevokeTokens)
-_LEASED = (AcquireLock, ReleaseLock, RenewLock, BreakLock, ClaimTask, FinishTask, ReleaseTask)
-"""Requests that take or end leases: refused in cluster mode until leases are shared."""
 
 
 class Connection(Protocol):
@@ -189,9 +186,6 @@ class Dispatcher:
             return await self._without_journal(request)
         parts = self.engine.ready()
         queries, writer, leases = parts.queries, parts.writer, parts.leases
-        if parts.cluster is not None and isinstance(request, _LEASED):
-            raise Unavailable("leases are not available in cluster mode yet: a lease held "
-                              "on one machine would not exclude the others")
         match request:
             case CreateUnits():
                 written = await writer.create_units(request.units, caller)

@@ -193,12 +193,22 @@ class Engine:
         else:
             committer = GroupCommitter(wal, store, fsync=histograms["fsync_seconds"],
                                        **options)
-        leases = LeaseManager(
-            store, committer, default_ttl=config.default_ttl, max_ttl=config.max_ttl,
+        lease_options: dict[str, Any] = dict(
+            default_ttl=config.default_ttl, max_ttl=config.max_ttl,
             max_per_agent=config.max_leases_per_agent,
             max_waiters=config.max_waiters_per_resource)
+        leases: LeaseManager
+        prepare_fences = None
+        if cluster is not None:
+            from engramd.cluster.leases import ClusterLeaseManager
+
+            leases = ClusterLeaseManager(cluster, **lease_options)
+            prepare_fences = leases.prepare_fences
+        else:
+            leases = LeaseManager(store, committer, **lease_options)
         leases.restore()
-        writer = Writer(store, committer, in_flight, contexts, self.limits, leases.check_fence)
+        writer = Writer(store, committer, in_flight, contexts, self.limits, leases.check_fence,
+                        prepare_fences)
         recent = RecentUnits(store)
         queries = Queries(store, hub, indexer, config.heartbeat_seconds, recent)
         mailbox = Mailbox(store, writer)

@@ -105,15 +105,16 @@ def acquired(leases: list[Lease]) -> list[LockAcquired]:
                          lease=lease) for lease in leases]
 
 
-def session_of(caller: Caller, pid: int | None) -> tuple[str, int]:
+def session_of(caller: Caller, pid: int | None, machine: str = "") -> tuple[str, int]:
     """The session a lease request is made in, and that session's process.
 
     A lease bound to a process belongs to that process (several connections of
     one script, or a reconnect after a daemon restart, are the same holder);
-    otherwise the connection is the session.
+    otherwise the connection is the session. In cluster mode a process is named
+    with its *machine* (``pid:N@machine``): pids repeat across machines.
     """
     if pid is not None:
-        return f"pid:{pid}", pid
+        return (f"pid:{pid}@{machine}" if machine else f"pid:{pid}"), pid
     return caller.connection_id, caller.pid
 
 
@@ -128,6 +129,8 @@ class LeaseManager:
         self.max_per_agent = max_per_agent
         self.max_waiters = max_waiters
         self.boot_id = boot_id()
+        self.machine = ""
+        """This machine's name in cluster mode (empty on one machine)."""
         self._nursery: trio.Nursery | None = None
         self.granted = 0
         self.expired = 0
@@ -168,7 +171,7 @@ class LeaseManager:
         """Release the leases bound to *pid* the moment it exits (a pidfd, no polling)."""
         await process_exit(pid)
         for holding in list(self.table.held.values()):
-            if holding.lease.pid == pid:
+            if holding.lease.pid == pid and holding.lease.machine == self.machine:
                 await self._end(holding, LockReleased, reason="process exited", by="engramd")
 
     # -- committing changes ------------------------------------------------------------
@@ -222,7 +225,7 @@ class LeaseManager:
             self.expired += 1
         if tell is not None and holding.push is not None and self._nursery is not None:
             notice = LeaseLost(lease=lease, reason=tell, by=by)
-            self._nursery.start_soon(_tell, holding.push, _push_encoder.encode(notice))
+            self._nursery.start_soon(tell_holder, holding.push, _push_encoder.encode(notice))
         if follower is not None:
             assert isinstance(follower.grant, Grant)
             self._install(follower.grant, granted)
@@ -271,7 +274,8 @@ class LeaseManager:
 
     # -- operations ----------------------------------------------------------------------
 
-    async def acquire(self, request: AcquireLock, caller: Caller) -> list[Lease]:
+    def _checked(self, request: AcquireLock) -> tuple[list[str], float, float]:
+        """The request's resources (sorted, each once), ttl and wait, or BadRequest."""
         resources = sorted({check_resource(resource) for resource in request.resources})
         if not resources or len(resources) > MAX_RESOURCES:
             raise BadRequest(f"ask for 1 to {MAX_RESOURCES} resources")
@@ -283,7 +287,13 @@ class LeaseManager:
             raise BadRequest("wait must be 0 or more seconds (or nil: as long as it takes)")
         if request.pid is not None and request.pid <= 0:
             raise BadRequest("pid must be a process id")
-        session, holder_pid = session_of(caller, request.pid)
+        return resources, ttl, wait
+
+    def _grant_for(self, request: AcquireLock, caller: Caller) -> tuple[Grant, float]:
+        """What the request would be granted, and how long it may wait; refused when
+        the session holds one of them already or the agent would hold too many."""
+        resources, ttl, wait = self._checked(request)
+        session, holder_pid = session_of(caller, request.pid, self.machine)
         agent = caller.agent_id
         mine = self.table.held_in((agent, session), resources)
         if mine is not None:
@@ -292,22 +302,37 @@ class LeaseManager:
                            f"{mine.lease.lock_id}); renew that lease instead of asking again")
         if len(self.table.held_by(agent)) + len(resources) > self.max_per_agent:
             raise TooLarge(f"{agent} would hold more than {self.max_per_agent} leases")
-        grant = Grant(resources, ttl, request, caller, session, holder_pid)
-        if self.table.can_take(resources):
-            self.table.reserve(resources)
-            return await self._grant(grant)
-        if wait == 0:
-            raise LockHeld(self._why_held(resources))
-        cycle = self.table.cycle((agent, session), resources)
+        return Grant(resources, ttl, request, caller, session, holder_pid), wait
+
+    def _may_wait(self, grant: Grant) -> None:
+        """Refuse a wait that closes a cycle in the wait-for graph, or one too many."""
+        line = self._line()
+        agent, session, resources = grant.caller.agent_id, grant.session, grant.resources
+        cycle = line.cycle((agent, session), resources)
         if cycle:
-            waiters = [describe(agent, holder_pid)] + [holding.holder for _, holding in cycle]
+            waiters = [describe(agent, grant.holder_pid)] + [h.holder for _, h in cycle]
             raise Deadlock("deadlock: " + ", then ".join(
                 f"{waiter} waits for {resource} held by {holding.holder}"
                 for waiter, (resource, holding) in zip(waiters, cycle, strict=False))
                 + "; refusing to wait")
         for resource in resources:
-            if self.table.waiting_count(resource) >= self.max_waiters:
+            if line.waiting_count(resource) >= self.max_waiters:
                 raise TooLarge(f"{self.max_waiters} requests already wait for {resource}")
+
+    def _line(self) -> LockTable:
+        """Who holds and who waits, as far as this daemon sees: its own table here."""
+        return self.table
+
+    async def acquire(self, request: AcquireLock, caller: Caller) -> list[Lease]:
+        grant, wait = self._grant_for(request, caller)
+        resources = grant.resources
+        if self.table.can_take(resources):
+            self.table.reserve(resources)
+            return await self._grant(grant)
+        if wait == 0:
+            raise LockHeld(self._why_held(resources))
+        self._may_wait(grant)
+        agent, session, holder_pid = caller.agent_id, grant.session, grant.holder_pid
         waiting = Waiting(agent, session, holder_pid, resources, grant)
         self.table.enqueue(waiting)
         settled = False
@@ -341,16 +366,16 @@ class LeaseManager:
         raise Timeout(f"waited {wait:g}s; {self._why_held(resources)}")
 
     def _why_held(self, resources: list[str]) -> str:
-        parts = []
+        parts, line = [], self._line()
         for resource in resources:
-            holding = self.table.held.get(resource)
+            holding = line.held.get(resource)
             if holding is not None:
                 left = max(0.0, holding.deadline - trio.current_time())
                 parts.append(f"{resource} is held by {holding.holder} until "
                              f"{holding.lease.expires_at.isoformat(timespec='seconds')} "
                              f"({left:.1f}s left)")
-            elif self.table.waiting_count(resource):
-                parts.append(f"{resource} has {self.table.waiting_count(resource)} "
+            elif line.waiting_count(resource):
+                parts.append(f"{resource} has {line.waiting_count(resource)} "
                              "request(s) waiting ahead")
             elif resource in self.table.reserved:
                 parts.append(f"{resource} is being granted to someone else")
@@ -437,17 +462,18 @@ class LeaseManager:
                            f"{holding.lease.fencing_token}, not {fence.token}")
 
     def state(self, resource: str) -> LockState:
-        return self.table.state(check_resource(resource))
+        return self._line().state(check_resource(resource))
 
     def states(self, agent: str | None, prefix: str) -> list[LockState]:
-        states = [self.table.state(r) for r in self.table.resources() if r.startswith(prefix)]
+        line = self._line()
+        states = [line.state(r) for r in line.resources() if r.startswith(prefix)]
         if agent is not None:
             states = [s for s in states if (s.lease and s.lease.holder == agent)
                       or any(w.agent == agent for w in s.waiters)]
         return states
 
 
-async def _tell(push: Callable[[bytes], Awaitable[None]], body: bytes) -> None:
+async def tell_holder(push: Callable[[bytes], Awaitable[None]], body: bytes) -> None:
     """Best effort: a holder that cannot be told learns it at its next renewal."""
     with trio.move_on_after(5):
         try:

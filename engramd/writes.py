@@ -19,7 +19,7 @@ Only then are the requests answered.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -135,13 +135,18 @@ class Writer:
 
     def __init__(self, store: Store, committer: GroupCommitter, in_flight: InFlight,
                  contexts: StoredContexts, limits: validate.WriteLimits,
-                 check_fence: Callable[[Fence], None]) -> None:
+                 check_fence: Callable[[Fence], None],
+                 prepare_fences: Callable[[list[Fence]], Awaitable[None]] | None = None
+                 ) -> None:
         self.store = store
         self.committer = committer
         self.in_flight = in_flight
         self.contexts = contexts
         self.limits = limits
         self.check_fence = check_fence
+        self.prepare_fences = prepare_fences
+        """Cluster mode: brings the lease table up to the cluster's current tokens for
+        the fences of a write, before the check made while building it."""
 
     # -- state lookups, in-flight first ------------------------------------------
 
@@ -190,6 +195,9 @@ class Writer:
             if origin is not None:
                 validate.origin_id(origin.id)
         in_flight = self.in_flight
+        fences = [draft.fence for draft in checked if draft.fence is not None]
+        if fences and self.prepare_fences is not None:
+            await self.prepare_fences(fences)
 
         def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, Written]:
             seq = first_seq

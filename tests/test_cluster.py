@@ -6,7 +6,6 @@ Marked ``cluster`` (and ``slow``): ``pytest -m "not slow"`` skips them; CI runs 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -15,15 +14,14 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from engram_cli.client import Client
 from engram_cli.errors import EngramError, NotFound
 from engram_cli.natslab import NatsCluster
-from tests.conftest import WAIT, run_cli, start_engramd, wait_until
+from tests.clustermachines import Machine, machine_on, running
+from tests.conftest import WAIT, run_cli, wait_until
 
 pytest.importorskip("nats", reason="cluster mode needs the engram[cluster] extra")
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -33,68 +31,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     with NatsCluster(str(tmp_path_factory.mktemp("nats"))) as cluster:
         yield cluster
-
-
-@dataclass
-class Machine:
-    name: str
-    env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def socket(self) -> str:
-        return self.env["ENGRAM_SOCKET"]
-
-    def start(self) -> Machine:
-        self.process = start_engramd(self.env)
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(WAIT)
-        self.process = None
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(WAIT)
-        self.process = None
-
-    def client(self, agent: str = "tester") -> Client:
-        return Client(self.socket, agent_id=agent, autostart=False, env={})
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_cli(self.env, *args)
-
-    def view_seq(self) -> int:
-        with self.client() as engram:
-            status = engram.status()
-        assert status.cluster is not None
-        return status.cluster.view_stream_seq
-
-
-def machine_on(cluster: NatsCluster, env: dict[str, str], scratch: str, name: str,
-               **settings: str) -> Machine:
-    """A machine (not started) with a home of its own under *scratch*, on *cluster*;
-    *settings* are more ``ENGRAM_*`` variables."""
-    home = os.path.join(scratch, name)
-    os.makedirs(home, mode=0o700)
-    return Machine(name, {**env, "ENGRAM_SOCKET": os.path.join(home, "s.sock"),
-                          "ENGRAM_DATA_DIR": os.path.join(home, "data"),
-                          "ENGRAM_CLUSTER_SERVERS": cluster.servers, **settings})
-
-
-@contextlib.contextmanager
-def running(machines: list[Machine]) -> Iterator[list[Machine]]:
-    """*machines* started, and stopped afterwards whatever happens."""
-    try:
-        for machine in machines:
-            machine.start()
-        yield machines
-    finally:
-        for machine in machines:
-            machine.stop()
 
 
 @pytest.fixture
@@ -222,11 +158,6 @@ def test_a_machine_with_a_new_data_dir_rebuilds_its_view(machines: list[Machine]
     assert any(name.startswith("store.damaged-")
                for name in os.listdir(c.env["ENGRAM_DATA_DIR"]))
 
-
-def test_leases_are_refused_in_cluster_mode_for_now(machines: list[Machine]) -> None:
-    done = machines[0].cli("lock", "acquire", "deploy")
-    assert done.returncode != 0
-    assert "cluster mode" in done.stderr
 
 
 @pytest.fixture

@@ -156,6 +156,11 @@ class ClusterJournal:
                 while self.stream_seq == announced:
                     await self._advanced.wait()
 
+    async def connected(self) -> None:
+        """Wait until the connection to the cluster is made (the first time)."""
+        while self.link.js is None:
+            await self._advanced.wait()
+
     def status(self) -> ClusterStatus:
         facts, settings = self.facts, self.settings
         return ClusterStatus(

@@ -147,6 +147,9 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     wait in line like anyone. Empty in leases granted before sessions existed."""
     holder_pid: int = 0
     """The session's process: the bound pid, else the process that connected."""
+    machine: str = ""
+    """Cluster mode: the machine whose engramd granted it and watches its holder (empty
+    on one machine)."""
 
 
 TASK_STATES = ("open", "claimed", "done")

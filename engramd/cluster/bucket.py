@@ -1,0 +1,176 @@
+"""The deployment's leases bucket, on nats-py's asyncio loop (see :mod:`.bridge`).
+
+One JetStream key-value bucket, ``engram_<deployment>_leases``, replicated like
+the journal. Two kinds of keys live in it:
+
+* ``l.<resource>``: the lease on a resource, while one is held. Written only with
+  ``Nats-Expected-Last-Subject-Sequence`` (compare-and-set on the key's revision)
+  and a per-message TTL (``Nats-TTL``), so the servers end a lease nobody renews:
+  no machine's clock decides an expiry.
+* ``w.<resource>.<waiter>``: a waiter's ticket, while it waits. Its TTL is short
+  and its machine puts it again while the waiter waits, so the tickets of a
+  machine that went away leave the line by themselves.
+
+Resources are any bytes but NUL; keys hold them as unpadded base64url. The bucket
+places a marker when the servers expire a key (``limit_marker_ttl``), so every
+watcher sees an expiry as it happens.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.js import api
+from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
+
+from engramd.cluster.nats import WRONG_LAST_SEQUENCE, NatsLink
+
+WRONG_LAST_SEQUENCE_CONSTANT = 10164
+MARKER_TTL = 60.0
+"""How long the servers keep the marker of an expired key (watchers see it at once)."""
+LEASE = "l"
+TICKET = "w"
+
+
+def encode_resource(resource: str) -> str:
+    return base64.urlsafe_b64encode(resource.encode()).decode().rstrip("=")
+
+
+def decode_resource(token: str) -> str:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+
+
+def lease_key(resource: str) -> str:
+    return f"{LEASE}.{encode_resource(resource)}"
+
+
+def ticket_key(resource: str, waiter: str) -> str:
+    return f"{TICKET}.{encode_resource(resource)}.{waiter}"
+
+
+def parse_key(key: str) -> tuple[str, str, str]:
+    """``(kind, resource, waiter)`` of a key (waiter empty for a lease key)."""
+    kind, _, rest = key.partition(".")
+    token, _, waiter = rest.partition(".")
+    return kind, decode_resource(token), waiter
+
+
+def ttl_header(seconds: float) -> str:
+    """Whole seconds, rounded up: the servers never end a key before *seconds*."""
+    return f"{max(1, math.ceil(seconds))}s"
+
+
+class KeyChanged(Exception):
+    """The key's last revision is not the one the write expected."""
+
+
+@dataclass(frozen=True)
+class KeyUpdate:
+    """One revision of a key, as a watcher or a read sees it."""
+
+    key: str
+    revision: int
+    value: bytes
+    operation: str = ""
+    """Empty for a value; ``DEL`` for a delete, ``PURGE`` for an expiry (a marker)."""
+
+    @property
+    def deleted(self) -> bool:
+        return bool(self.operation)
+
+
+class LeaseBucket:
+    """Writes, reads and the watch of the leases bucket. Every method runs on the
+    asyncio loop, on the journal's connection."""
+
+    def __init__(self, link: NatsLink) -> None:
+        self.link = link
+        self.name = f"engram_{link.settings.deployment}_leases"
+        self.stream = f"KV_{self.name}"
+        self._watcher: Any = None
+
+    async def open(self) -> None:
+        """Create the bucket if it is not there."""
+        js = self.link.js
+        try:
+            await js.key_value(self.name)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                await js.create_key_value(api.KeyValueConfig(
+                    bucket=self.name, description="engram leases", history=1,
+                    storage=api.StorageType.FILE, replicas=self.link.settings.replicas,
+                    direct=False, limit_marker_ttl=MARKER_TTL))
+            except nats.js.errors.BadRequestError:
+                await js.key_value(self.name)  # another machine created it meanwhile
+
+    async def write(self, key: str, value: bytes = b"", *, last: int | None,
+                    ttl: float | None = None, delete: bool = False) -> int:
+        """Write *value* (or a delete) if the key's last revision is *last* (any when
+        None); the new revision. KeyChanged when it is not."""
+        headers: dict[str, str] = {}
+        if last is not None:
+            headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(last)
+        if ttl is not None:
+            headers[api.Header.MSG_TTL] = ttl_header(ttl)
+        if delete:
+            headers[KV_OP] = KV_DEL
+        try:
+            ack = await self.link.js.publish(f"$KV.{self.name}.{key}", value,
+                                             headers=headers or None,
+                                             timeout=self.link.settings.timeout)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_CONSTANT):
+                raise KeyChanged(key) from None
+            raise
+        return int(ack.seq)
+
+    async def read(self, key: str) -> KeyUpdate | None:
+        """The key's last revision, from the stream's leader (None: no message)."""
+        try:
+            msg = await self.link.js.get_msg(self.stream, subject=f"$KV.{self.name}.{key}",
+                                             direct=False)
+        except nats.js.errors.NotFoundError:
+            return None
+        return KeyUpdate(key=key, revision=int(msg.seq), value=msg.data or b"",
+                         operation=_operation(msg.headers))
+
+    async def watch(self) -> None:
+        """Watch every key from its last revision (deletes included)."""
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except nats.errors.Error:
+                pass
+        kv = await self.link.js.key_value(self.name)
+        self._watcher = await kv.watchall(inactive_threshold=300.0)
+
+    async def next_updates(self, limit: int, wait: float) -> list[KeyUpdate | None]:
+        """The watch's next updates, at least one (TimeoutError after *wait* seconds
+        without one); None stands for "every key's last revision has been seen"."""
+        watcher = self._watcher
+        found = [_update(await watcher.updates(timeout=wait))]
+        while len(found) < limit and not watcher._updates.empty():
+            found.append(_update(watcher._updates.get_nowait()))
+        return found
+
+
+def _operation(headers: dict[str, str] | None) -> str:
+    if not headers:
+        return ""
+    if KV_OP in headers:
+        return str(headers[KV_OP])
+    if KV_MARKER_REASON in headers:
+        return KV_PURGE
+    return ""
+
+
+def _update(entry: Any) -> KeyUpdate | None:
+    if not isinstance(entry, KeyValue.Entry):
+        return None  # the end of the initial values (or of the watch)
+    return KeyUpdate(key=entry.key, revision=int(entry.revision or 0), value=entry.value or b"",
+                     operation=entry.operation or "")

@@ -1,0 +1,533 @@
+"""Leases in cluster mode: exclusion across every machine of a deployment.
+
+A lease is the key ``l.<resource>`` of the deployment's leases bucket
+(:mod:`.bucket`), and the servers decide who holds it:
+
+* Acquire writes the key only if it holds no lease (compare-and-set on its last
+  revision), with the lease's ttl as the key's TTL. The fencing token is the
+  revision that write got: the bucket's sequence, strictly increasing across
+  every resource, machine, restart and failover.
+* Renew writes the key again with the revision it holds as the expected one: the
+  token stays, the TTL starts again. Release writes an *ended* record the same
+  way (with a short TTL of its own, so nothing of it is kept), and expiry is the
+  key's TTL running out on the servers. No machine's clock ends a lease anywhere
+  but on the machine that watches its holder, and only for that machine's
+  answers (it stops using a lease at the deadline it promised its holder).
+* A request for several resources writes them one at a time in lexical order; if
+  one is taken, the ones written are given back, and nothing stays held while it
+  waits.
+
+Waiting: a waiter puts a *ticket* on every resource it waits for; the ticket's
+number is the revision of its first ticket key, so tickets are numbered in the
+order the cluster registered them. A waiter takes its resources when none is held
+and no live ticket on any of them has a smaller number; a new request that finds
+tickets on a resource joins the line instead of taking it. So the cluster serves
+waiters first come, first served, whatever their machine, and the waiter with the
+smallest ticket is never passed over: no one starves. A machine keeps its
+waiters' tickets alive by writing them again every few seconds; the tickets of a
+machine that has gone expire, and the line moves on.
+
+Every machine watches the whole bucket and keeps the lease table (who holds
+what, cluster-wide) and the line from it: deadlock refusal, ``lock status`` and
+``lock list`` see every machine's holders and waiters as of that watch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+import nats.errors
+import trio
+from trio import TaskStatus
+
+from engramd.caller import Caller
+from engramd.cluster.bucket import (
+    LEASE,
+    TICKET,
+    KeyChanged,
+    KeyUpdate,
+    LeaseBucket,
+    lease_key,
+    parse_key,
+    ticket_key,
+)
+from engramd.leases import Grant, LeaseManager, boottime, tell_holder
+from engramd.locks import Holding, LockTable, Waiting
+from engramd.protocol import (
+    AcquireLock,
+    BadRequest,
+    Fence,
+    Forbidden,
+    Lease,
+    LeaseLost,
+    LockExpired,
+    LockHeld,
+    LockReleased,
+    NotFound,
+    Timeout,
+    Unavailable,
+)
+
+if TYPE_CHECKING:
+    from engramd.cluster.journal import ClusterJournal
+
+log = logging.getLogger("engramd.cluster.leases")
+T = TypeVar("T")
+
+
+class Held(msgspec.Struct, tag="held", frozen=True):
+    lease: Lease
+    """Its fencing_token is 0 in the write that granted it: the token is that
+    write's revision, known once it is stored (renewals write it out)."""
+
+
+class Ended(msgspec.Struct, tag="ended", frozen=True):
+    reason: str
+    by: str
+
+
+class Ticket(msgspec.Struct, tag="ticket", frozen=True):
+    number: int
+    """0 in a waiter's first ticket key: its number is that key's revision."""
+    machine: str
+    agent: str
+    session: str
+    pid: int
+    resources: list[str]
+
+
+_record_encoder = msgspec.msgpack.Encoder()
+_lease_record = msgspec.msgpack.Decoder(Held | Ended)
+_ticket_record = msgspec.msgpack.Decoder(Ticket)
+ENDED_TTL = 1.0
+"""How long an ended lease's record stays (then the servers remove it)."""
+
+
+class ClusterLeaseManager(LeaseManager):
+    """The lease manager of a machine in cluster mode (see the module)."""
+
+    TICKET_TTL = 6.0
+    TICKET_REFRESH = 2.0
+    RETRY_SECONDS = 0.5
+
+    def __init__(self, journal: ClusterJournal, **options: Any) -> None:
+        super().__init__(journal.store, None, **options)  # type: ignore[arg-type]
+        self.journal = journal
+        self.machine = journal.machine
+        self.bucket = LeaseBucket(journal.link)
+        self.timeout = journal.settings.timeout
+        self.revisions: dict[str, int] = {}
+        """Key -> the last revision seen of it (the basis of every compare-and-set)."""
+        self.tickets: dict[str, dict[str, Ticket]] = {}
+        """Resource -> waiter -> its ticket (its number resolved), every machine's."""
+        self.synced = trio.Event()
+        """Set once the watch has seen every key's last revision."""
+        self._changed = trio.Event()
+        self._ending: set[str] = set()
+        """Lock ids whose end this machine is writing (their end is not news to it)."""
+
+    # -- start-up and the watch -------------------------------------------------------
+
+    def restore(self) -> None:
+        """Nothing to read here: the bucket's watch fills the table."""
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            nursery.start_soon(self._expire_forever)
+            await self._watch_forever()
+
+    async def _watch_forever(self) -> None:
+        while True:
+            try:
+                await self.journal.connected()
+                await self.journal.bridge.run(self.bucket.open)
+                await self.journal.bridge.run(self.bucket.watch)
+                while True:
+                    try:
+                        updates = await self.journal.bridge.run(
+                            lambda: self.bucket.next_updates(256, wait=5.0))
+                    except TimeoutError:
+                        continue
+                    for update in updates:
+                        if update is None:
+                            self.synced.set()
+                        else:
+                            self._apply(update)
+                    self._wake()
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("cluster leases: %s; watching again", exc or type(exc).__name__)
+                await trio.sleep(self.RETRY_SECONDS)
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    def _apply(self, update: KeyUpdate) -> None:
+        """Bring the table and the line up to *update* (older news is ignored)."""
+        if update.revision <= self.revisions.get(update.key, 0):
+            return
+        self.revisions[update.key] = update.revision
+        kind, resource, waiter = parse_key(update.key)
+        if kind == LEASE:
+            self._apply_lease(resource, update)
+        elif kind == TICKET:
+            line = self.tickets.setdefault(resource, {})
+            line.pop(waiter, None)
+            if not update.deleted and update.value:
+                ticket = _ticket_record.decode(update.value)
+                line[waiter] = ticket if ticket.number else msgspec.structs.replace(
+                    ticket, number=update.revision)
+            if not line:
+                del self.tickets[resource]
+
+    def _apply_lease(self, resource: str, update: KeyUpdate) -> None:
+        current = self.table.held.get(resource)
+        record = None if update.deleted or not update.value else _lease_record.decode(
+            update.value)
+        if isinstance(record, Held):
+            lease = record.lease
+            if not lease.fencing_token:
+                lease = msgspec.structs.replace(lease, fencing_token=update.revision)
+            if current is not None and current.lease.lock_id == lease.lock_id:
+                current.lease = lease
+                if lease.machine != self.machine:
+                    current.deadline = trio.current_time() + lease.ttl
+                return
+            if current is not None:
+                self._lost(current, "expired", "the cluster")
+            self.table.install(Holding(lease, self._deadline_of(lease)))
+            if lease.machine == self.machine and lease.pid is not None and self._nursery:
+                self._nursery.start_soon(self._watch_pid, lease.pid)  # held before a restart
+        elif current is not None:
+            if isinstance(record, Ended):
+                self._lost(current, "broken", record.by)
+            else:
+                self._lost(current, "expired", "the cluster")
+
+    def _deadline_of(self, lease: Lease) -> float:
+        """When a lease seen in the watch stops counting here, on trio's clock."""
+        now = trio.current_time()
+        if lease.machine == self.machine and lease.boot_id == self.boot_id and self.boot_id:
+            return now + max(0.0, lease.deadline_boottime - boottime())
+        return now + lease.ttl
+
+    def _lost(self, holding: Holding, tell: str, by: str) -> None:
+        """*holding* ended elsewhere (or ran out here): out of the table, and its holder
+        told, unless this machine is writing its end itself."""
+        if holding.lease.lock_id in self._ending:
+            return
+        self.table.remove(holding)
+        if tell == "expired" and holding.lease.machine == self.machine:
+            self.expired += 1
+        if holding.push is not None and self._nursery is not None:
+            notice = _notice(holding.lease, tell, by)
+            self._nursery.start_soon(tell_holder, holding.push, notice)
+
+    async def _expire_forever(self) -> None:
+        """Stop counting this machine's leases at the deadlines promised their holders
+        (the servers' TTL, a little later, ends them for everyone)."""
+        while True:
+            self.table.deadline_changed = trio.Event()
+            local = [h for h in self.table.held.values() if h.lease.machine == self.machine]
+            with trio.move_on_at(min((h.deadline for h in local), default=math.inf)):
+                await self.table.deadline_changed.wait()
+            now = trio.current_time()
+            for holding in local:
+                if holding.deadline <= now and self.table.held.get(
+                        holding.lease.resource) is holding:
+                    self._lost(holding, "expired", "engramd")
+            self._wake()
+
+    # -- talking to the bucket --------------------------------------------------------
+
+    async def _call(self, coroutine: Callable[[], Awaitable[T]]) -> T:
+        try:
+            with trio.fail_after(self.timeout + 1):
+                return await self.journal.bridge.run(coroutine)
+        except (nats.errors.Error, TimeoutError, OSError, trio.TooSlowError) as exc:
+            raise Unavailable(f"the cluster did not answer ({exc or type(exc).__name__}); "
+                              "nothing is known to have changed") from None
+
+    async def _write_lease(self, resource: str, record: Held | Ended, ttl: float,
+                           expect: Callable[[Holding | None], bool]) -> int:
+        """Write *record* as the lease key of *resource* if what it holds passes
+        *expect*; the new revision. KeyChanged when it does not."""
+        key, body = lease_key(resource), _record_encoder.encode(record)
+        for _ in range(3):
+            last = self.revisions.get(key, 0)
+            try:
+                revision = await self._call(
+                    partial(self.bucket.write, key, body, last=last, ttl=ttl))
+            except KeyChanged:
+                # The watch is behind: read the key from the leader and look again.
+                found = await self._call(partial(self.bucket.read, key))
+                if found is None:
+                    self.revisions[key] = 0
+                    current = self.table.held.get(resource)
+                    if current is not None:
+                        self._lost(current, "expired", "the cluster")
+                else:
+                    self._apply(found)
+                if not expect(self.table.held.get(resource)):
+                    raise
+                continue
+            self.revisions[key] = revision
+            return revision
+        raise KeyChanged(key)
+
+    async def _connected(self) -> None:
+        """Wait (as long as a write would) until the watch has seen the bucket."""
+        with trio.move_on_after(self.timeout):
+            await self.synced.wait()
+        if not self.synced.is_set():
+            raise Unavailable("the cluster is unreachable: leases cannot be taken or "
+                              "ended now; try again")
+
+    # -- acquiring --------------------------------------------------------------------
+
+    def _line(self) -> LockTable:
+        line = LockTable()
+        line.held, line.reserved = self.table.held, self.table.reserved
+        for resource, tickets in self.tickets.items():
+            line.queues[resource] = deque(
+                Waiting(t.agent, t.session, t.pid, t.resources)
+                for t in sorted(tickets.values(), key=lambda t: t.number))
+        return line
+
+    def _free(self, resources: list[str]) -> bool:
+        """Nobody holds them, nobody here is taking them, nobody waits for them."""
+        return all(self.table.free(r) and not self.tickets.get(r)
+                   and not self.table.queues.get(r) for r in resources)
+
+    def _turn(self, waiter: str, number: int, resources: list[str]) -> bool:
+        return all(self.table.free(r) and all(
+            t.number >= number for w, t in self.tickets.get(r, {}).items() if w != waiter)
+            for r in resources)
+
+    async def acquire(self, request: AcquireLock, caller: Caller) -> list[Lease]:
+        await self._connected()
+        grant, wait = self._grant_for(request, caller)
+        if self._free(grant.resources):
+            leases = await self._take(grant)
+            if leases is not None:
+                return leases
+        if wait == 0:
+            raise LockHeld(self._why_held(grant.resources))
+        self._may_wait(grant)
+        return await self._wait(grant, wait)
+
+    async def _take(self, grant: Grant) -> list[Lease] | None:
+        """Write leases on all of the grant's resources, in order; None (nothing held)
+        when one is taken first."""
+        resources, caller, request = grant.resources, grant.caller, grant.request
+        self.table.reserve(resources)
+        taken: list[Lease] = []
+        try:
+            # Shielded: a lease written must be in the table (or given back) whatever
+            # the client does meanwhile; every write is bounded by the timeout.
+            with trio.CancelScope(shield=True):
+                start, boot = trio.current_time(), boottime()
+                ts = dt.datetime.now(dt.UTC)
+                for resource in resources:
+                    lease = Lease(
+                        resource=resource, holder=caller.agent_id,
+                        lock_id=secrets.token_hex(16), fencing_token=0, acquired_at=ts,
+                        expires_at=ts + dt.timedelta(seconds=grant.ttl), ttl=grant.ttl,
+                        boot_id=self.boot_id, deadline_boottime=boot + grant.ttl,
+                        pid=request.pid, bound_to_connection=request.bind_connection,
+                        session=grant.session, holder_pid=grant.holder_pid,
+                        machine=self.machine)
+                    try:
+                        revision = await self._write_lease(
+                            resource, Held(lease), grant.ttl,
+                            expect=lambda holding: holding is None)
+                    except KeyChanged:
+                        await self._give_back(taken, "not granted: another took "
+                                              f"{resource} first", caller.agent_id)
+                        return None
+                    taken.append(msgspec.structs.replace(lease, fencing_token=revision))
+        except BaseException:
+            with trio.CancelScope(shield=True), trio.move_on_after(self.timeout):
+                await self._give_back(taken, "not granted", caller.agent_id)
+            raise
+        finally:
+            self.table.unreserve(resources)
+            self._wake()
+        for lease in taken:
+            self._hold(lease, start + grant.ttl, caller)
+        self.granted += len(taken)
+        if request.pid is not None and self._nursery is not None:
+            self._nursery.start_soon(self._watch_pid, request.pid)
+        return taken
+
+    def _hold(self, lease: Lease, deadline: float, caller: Caller) -> None:
+        holding = self.table.held.get(lease.resource)
+        if holding is None or holding.lease.lock_id != lease.lock_id:
+            holding = Holding(lease, deadline)
+            self.table.install(holding)
+        holding.lease, holding.deadline = lease, deadline
+        holding.connection, holding.push = caller.connection, caller.push
+        self.table.deadline_changed.set()
+
+    async def _give_back(self, leases: list[Lease], reason: str, by: str) -> None:
+        for lease in leases:
+            try:
+                await self._write_end(lease, reason, by)
+            except (KeyChanged, Unavailable):
+                pass  # its TTL ends it
+
+    async def _wait(self, grant: Grant, wait: float) -> list[Lease]:
+        """Wait in line (see the module) for at most *wait* seconds."""
+        resources = grant.resources
+        waiter = secrets.token_hex(8)
+        waiting = Waiting(grant.caller.agent_id, grant.session, grant.holder_pid, resources,
+                          grant)
+        self.table.enqueue(waiting)  # the requests that come after it here wait behind it
+        keeping = trio.CancelScope()
+        deadline = trio.current_time() + wait
+        try:
+            with trio.move_on_at(deadline):
+                number = await self._register(waiter, grant, 0)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._keep_tickets, keeping, waiter, grant, number)
+                while True:
+                    while not self._turn(waiter, number, resources):
+                        await self._changed.wait()
+                    with trio.CancelScope(shield=True):
+                        leases = await self._take(grant)
+                    if leases is not None:
+                        return leases
+        finally:
+            keeping.cancel()
+            self.table.dequeue(waiting)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._withdraw, waiter, resources)
+        raise Timeout(f"waited {wait:g}s; {self._why_held(resources)}")
+
+    async def _register(self, waiter: str, grant: Grant, number: int) -> int:
+        """Put the waiter's ticket on each resource; its number."""
+        for resource in grant.resources:
+            body = _record_encoder.encode(Ticket(
+                number=number, machine=self.machine, agent=grant.caller.agent_id,
+                session=grant.session, pid=grant.holder_pid, resources=grant.resources))
+            key = ticket_key(resource, waiter)
+            revision = await self._call(
+                partial(self.bucket.write, key, body, last=None, ttl=self.TICKET_TTL))
+            number = number or revision
+        return number
+
+    async def _keep_tickets(self, scope: trio.CancelScope, waiter: str, grant: Grant,
+                            number: int) -> None:
+        with scope:
+            while True:
+                await trio.sleep(self.TICKET_REFRESH)
+                try:
+                    await self._register(waiter, grant, number)
+                except Unavailable:
+                    pass  # the next round tries again; the ticket may lapse meanwhile
+
+    async def _withdraw(self, waiter: str, resources: list[str]) -> None:
+        """Take the waiter's tickets out of the line (empty, expiring at once)."""
+        with trio.move_on_after(self.timeout):
+            for resource in resources:
+                key = ticket_key(resource, waiter)
+                try:
+                    await self._call(partial(self.bucket.write, key, b"", last=None, ttl=1))
+                except Unavailable:
+                    return  # they expire by themselves
+
+    # -- renewing and ending ----------------------------------------------------------
+
+    async def renew(self, lock_id: str, caller: Caller, ttl: float | None,
+                    resource: str | None = None) -> Lease:
+        await self._connected()
+        holding = self._held(lock_id, caller, resource)
+        if holding.lease.machine != self.machine:
+            raise Forbidden(f"lease {lock_id:.40} was granted through machine "
+                            f"{holding.lease.machine}: renew it there")
+        ttl = holding.lease.ttl if ttl is None else ttl
+        if not 0 < ttl <= self.max_ttl or not math.isfinite(ttl):
+            raise BadRequest(f"ttl must be more than 0 and at most {self.max_ttl:g} seconds")
+        adopt = holding.connection is None and caller.connection is not None
+        session, holder_pid = holding.lease.session, holding.lease.holder_pid
+        if adopt and holding.lease.pid is None:
+            session, holder_pid = caller.connection_id, caller.pid
+        start, boot = trio.current_time(), boottime()
+        ts = dt.datetime.now(dt.UTC)
+        lease = msgspec.structs.replace(
+            holding.lease, expires_at=ts + dt.timedelta(seconds=ttl), ttl=ttl,
+            deadline_boottime=boot + ttl, session=session, holder_pid=holder_pid)
+        with trio.CancelScope(shield=True):
+            try:
+                await self._write_lease(lease.resource, Held(lease), ttl,
+                                        expect=_holding(lock_id))
+            except KeyChanged:
+                raise NotFound(f"lease {lock_id:.40} ended before it was renewed") from None
+        holding.lease, holding.deadline = lease, start + ttl
+        if adopt and holding.connection is None:
+            holding.connection, holding.push = caller.connection, caller.push
+        self.table.deadline_changed.set()
+        return lease
+
+    async def release(self, lock_id: str, caller: Caller, resource: str | None = None
+                      ) -> Lease:
+        await self._connected()
+        return await super().release(lock_id, caller, resource)
+
+    async def break_lease(self, resource: str, reason: str, agent: str) -> Lease:
+        await self._connected()
+        return await super().break_lease(resource, reason, agent)
+
+    async def _end(self, holding: Holding, kind: type[LockReleased] | type[LockExpired], *,
+                   reason: str, by: str, tell: str | None = None) -> None:
+        lease = holding.lease
+        if self.table.by_lock_id.get(lease.lock_id) is not holding:
+            return
+        if kind is LockExpired:  # the servers end it; here it stops counting
+            self._lost(holding, "expired", by)
+            return
+        try:
+            with trio.CancelScope(shield=True):
+                await self._write_end(lease, reason, by)
+        except KeyChanged:
+            pass  # it ended meanwhile: the watch says how
+        self.table.remove(holding)
+        if tell is not None and holding.push is not None and self._nursery is not None:
+            self._nursery.start_soon(tell_holder, holding.push, _notice(lease, tell, by))
+        self._wake()
+
+    async def _write_end(self, lease: Lease, reason: str, by: str) -> None:
+        self._ending.add(lease.lock_id)
+        try:
+            await self._write_lease(lease.resource, Ended(reason=reason, by=by), ENDED_TTL,
+                                    expect=_holding(lease.lock_id))
+        finally:
+            self._ending.discard(lease.lock_id)
+
+    async def prepare_fences(self, fences: list[Fence]) -> None:
+        """Read the lease keys of *fences* from the leader, so the fence check that
+        follows is made against the cluster's current tokens."""
+        for fence in fences:
+            found = await self._call(partial(self.bucket.read, lease_key(fence.resource)))
+            if found is not None:
+                self._apply(found)
+            elif (current := self.table.held.get(fence.resource)) is not None:
+                self._lost(current, "expired", "the cluster")
+
+
+def _holding(lock_id: str) -> Callable[[Holding | None], bool]:
+    return lambda holding: holding is not None and holding.lease.lock_id == lock_id
+
+
+def _notice(lease: Lease, tell: str, by: str) -> bytes:
+    return _record_encoder.encode(LeaseLost(lease=lease, reason=tell, by=by))
