@@ -87,7 +87,9 @@ class NatsCluster:
                 f"http: 127.0.0.1:{node.monitor_port}\n"
                 f'jetstream {{ store_dir: "{node.directory}/js", sync_interval: always }}\n'
                 f'cluster {{ name: "engram-lab", listen: 127.0.0.1:{node.cluster_port}, '
-                f"routes: [{routes}] }}\n")
+                # no_advertise: clients keep to the URLs they were given (a test can
+                # put a proxy in front of one machine and cut it).
+                f"no_advertise: true, routes: [{routes}] }}\n")
 
     def start(self, *which: int) -> None:
         """Start the nodes numbered *which* (0-based; all when none); :meth:`wait_healthy`

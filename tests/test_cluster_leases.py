@@ -1,19 +1,30 @@
 """Leases in cluster mode: exclusion across engramd machines on one NATS cluster.
 
 Real nats-server processes (three, on loopback) and real engramd processes, talked
-to through the real client and CLI. Marked ``cluster`` and ``slow``.
+to through the real client and the real ``engram lock run``. Marked ``cluster``
+and ``slow``.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from engram_cli.client import Client
 from engram_cli.errors import LockHeld
 from engram_cli.natslab import NatsCluster
+from engramd.protocol import Lease
 from tests.clustermachines import Machine, machine_on, running
+from tests.conftest import WAIT, wait_until
+from tests.helpers.tcpproxy import CuttableProxy
 
 pytest.importorskip("nats", reason="cluster mode needs the engram[cluster] extra")
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -25,23 +36,188 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
         yield cluster
 
 
-@pytest.fixture
-def trio_of_machines(env: dict[str, str], scratch: str, nats_cluster: NatsCluster
-                     ) -> Iterator[list[Machine]]:
-    """Three machines of a deployment of their own on the shared NATS cluster."""
+def deployment_of(nats: NatsCluster, env: dict[str, str], scratch: str,
+                  names: tuple[str, ...] = ("a", "b", "c"), **settings: dict[str, str]
+                  ) -> list[Machine]:
+    """Machines (not started) of a deployment of their own on *nats*; *settings* are
+    more variables for the machine of that name."""
     deployment = "l" + uuid.uuid4().hex[:10]
-    with running([machine_on(nats_cluster, env, scratch, name,
-                             ENGRAM_CLUSTER_DEPLOYMENT=deployment)
-                  for name in ("a", "b", "c")]) as started:
+    return [machine_on(nats, env, scratch, name, ENGRAM_CLUSTER_DEPLOYMENT=deployment,
+                       **settings.get(name, {}))
+            for name in names]
+
+
+@pytest.fixture
+def three(env: dict[str, str], scratch: str, nats_cluster: NatsCluster
+          ) -> Iterator[list[Machine]]:
+    with running(deployment_of(nats_cluster, env, scratch)) as started:
         yield started
 
 
-def test_a_lease_on_one_machine_excludes_the_others(trio_of_machines: list[Machine]) -> None:
-    a, b, _ = trio_of_machines
+def holder_seen(machine: Machine, resource: str) -> Lease | None:
+    with machine.client("observer") as engram:
+        return engram.get_lock(resource).lease
+
+
+def test_a_lease_on_one_machine_excludes_the_others(three: list[Machine]) -> None:
+    a, b, c = three
     with a.client("alice") as alice, b.client("bob") as bob:
         (held,) = alice.acquire_lock("deploy:prod", ttl=30)
+        assert held.machine and held.fencing_token > 0
         with pytest.raises(LockHeld, match="alice"):
             bob.acquire_lock("deploy:prod", ttl=30)
+        wait_until(lambda: holder_seen(c, "deploy:prod") == held, "c to see alice's lease")
         alice.release_lock(held.lock_id)
-        (next_holder,) = bob.acquire_lock("deploy:prod", ttl=30, wait=5)
-        assert next_holder.fencing_token > held.fencing_token
+        (following,) = bob.acquire_lock("deploy:prod", ttl=30, wait=WAIT)
+        assert following.fencing_token > held.fencing_token
+
+
+def test_lock_run_on_three_machines_never_overlaps(three: list[Machine],
+                                                   tmp_path: Path) -> None:
+    counter, log = tmp_path / "counter", tmp_path / "sections"
+    counter.write_text("0")
+    # The critical section: read, wait, write back one more; and note the fencing
+    # token with the wall-clock nanoseconds it began and ended at.
+    step = (f'v=$(cat {counter}); s=$(date +%s%N); sleep 0.02; echo $((v+1)) > {counter}; '
+            f'echo "$ENGRAM_FENCING_TOKEN $s $(date +%s%N)" >> {log}')
+    rounds, per_machine = 4, 2
+    loops = [subprocess.Popen(
+        ["sh", "-c", f"for i in $(seq {rounds}); do {sys.executable} -m engram_cli lock run "
+                     f"counter --ttl 20 -- sh -c '{step}' || exit 1; done"],
+        env={**machine.env, "ENGRAM_AGENT": f"cron-{machine.name}"})
+        for machine in three for _ in range(per_machine)]
+    for loop in loops:
+        assert loop.wait(300) == 0
+    total = rounds * per_machine * len(three)
+    assert counter.read_text().strip() == str(total)
+    sections = sorted(tuple(map(int, line.split())) for line in log.read_text().splitlines())
+    assert len(sections) == total
+    tokens = [token for token, _, _ in sections]
+    assert len(set(tokens)) == total, "a fencing token was handed out twice"
+    for (_, _, ended), (_, began, _) in zip(sections, sections[1:], strict=False):
+        assert began >= ended, "two critical sections overlapped"
+
+
+def test_a_killed_engramd_s_lease_expires_on_the_servers(three: list[Machine]) -> None:
+    a, b, _ = three
+    with a.client("alice") as alice:
+        (held,) = alice.acquire_lock("job", ttl=2)
+    # (alice's connection is gone, but the lease is not bound to it: it stays.)
+    a.kill()
+    with b.client("bob") as bob:
+        (following,) = bob.acquire_lock("job", ttl=30, wait=WAIT)
+    assert following.fencing_token > held.fencing_token
+    assert following.acquired_at >= held.expires_at
+
+
+def start_lock_run(machine: Machine, resource: str, ttl: float, here: Path
+                   ) -> subprocess.Popen[str]:
+    """``lock run`` of a CMD that writes its pid to ``here/pid`` and sleeps."""
+    cmd = f"echo $$ > {here}/pid; exec sleep 600"
+    return subprocess.Popen(
+        [sys.executable, "-m", "engram_cli", "lock", "run", resource, "--ttl", str(ttl),
+         "--", "sh", "-c", cmd], env={**machine.env, "ENGRAM_AGENT": "runner"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_killed_holder_process_is_released_by_its_machine_at_once(
+        three: list[Machine], tmp_path: Path) -> None:
+    a, b, _ = three
+    runner = start_lock_run(a, "job", ttl=120, here=tmp_path)
+    wait_until((tmp_path / "pid").exists, "CMD to start")
+    held = holder_seen(a, "job")
+    assert held is not None
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(WAIT)
+    with b.client("bob") as bob:
+        (following,) = bob.acquire_lock("job", ttl=30, wait=WAIT)  # long before 120 s
+    assert following.fencing_token > held.fencing_token
+    wait_until(lambda: not alive(int((tmp_path / "pid").read_text())), "CMD to be stopped")
+
+
+def test_waiters_on_every_machine_are_served_first_come_first_served(
+        three: list[Machine]) -> None:
+    a, b, c = three
+    with a.client("alice") as alice:
+        (held,) = alice.acquire_lock("queue", ttl=30)
+        order: list[str] = []
+        tokens: list[int] = []
+
+        def wait_on(machine: Machine) -> None:
+            with machine.client(f"w-{machine.name}") as engram:
+                (lease,) = engram.acquire_lock("queue", ttl=30, wait=30)
+                order.append(machine.name)
+                tokens.append(lease.fencing_token)
+                engram.release_lock(lease.lock_id)
+
+        threads = []
+        for machine in (c, b, a, c):
+            threads.append(threading.Thread(target=wait_on, args=(machine,)))
+            threads[-1].start()
+            # In line one after the other: each waiter's ticket is on the servers
+            # before the next one asks.
+            wanted = len(threads)
+            wait_until(lambda wanted=wanted: len(  # type: ignore[misc]
+                alice.get_lock("queue").waiters) == wanted, "the waiter to be in line")
+        alice.release_lock(held.lock_id)
+        for thread in threads:
+            thread.join(60)
+    assert order == ["c", "b", "a", "c"]
+    assert tokens == sorted(tokens) and tokens[0] > held.fencing_token
+
+
+def test_a_nats_node_killed_while_leases_are_held_and_waited_for(
+        env: dict[str, str], scratch: str, tmp_path: Path) -> None:
+    with NatsCluster(str(tmp_path / "nats")) as nats, \
+            running(deployment_of(nats, env, scratch, ("a", "b"))) as (a, b):
+        with a.client("alice") as alice, b.client("bob") as bob:
+            (first,) = alice.acquire_lock("db", ttl=30)
+            granted: list[Lease] = []
+            waiter = threading.Thread(target=lambda: granted.extend(
+                bob.acquire_lock("db", ttl=30, wait=60)))
+            waiter.start()
+            wait_until(lambda: len(alice.get_lock("db").waiters) == 1, "bob to wait")
+            for node in range(3):  # each node in turn: the leader is one of them
+                nats.stop(node, kill=True)
+                nats.start(node)
+                nats.wait_healthy()
+            with pytest.raises(LockHeld):
+                Client(a.socket, agent_id="carol", autostart=False,
+                       env={}).acquire_lock("db", ttl=30)
+            alice.release_lock(first.lock_id)
+            waiter.join(60)
+            assert len(granted) == 1 and granted[0].fencing_token > first.fencing_token
+            (then,) = alice.acquire_lock("other", ttl=30)
+            assert then.fencing_token > granted[0].fencing_token
+
+
+def test_a_machine_cut_off_from_the_cluster_stops_cmd_before_its_lease_ends(
+        env: dict[str, str], scratch: str, tmp_path: Path) -> None:
+    with NatsCluster(str(tmp_path / "nats")) as nats:
+        proxy = CuttableProxy(("127.0.0.1", nats.nodes[0].client_port))
+        machines = deployment_of(nats, env, scratch, ("a", "b"),
+                                 a={"ENGRAM_CLUSTER_SERVERS": proxy.url})
+        with running(machines) as (a, b):
+            runner = start_lock_run(a, "job", ttl=6, here=tmp_path)
+            wait_until((tmp_path / "pid").exists, "CMD to start")
+            cmd = int((tmp_path / "pid").read_text())
+            held = holder_seen(b, "job")
+            assert held is not None
+            proxy.cut()
+            with b.client("bob") as bob:
+                (following,) = bob.acquire_lock("job", ttl=30, wait=30)
+                # CMD was stopped before the lease could end, and so before this grant.
+                assert not alive(cmd)
+            assert following.acquired_at >= held.expires_at
+            assert following.fencing_token > held.fencing_token
+            _, err = runner.communicate(timeout=WAIT)
+            assert runner.returncode != 0
+            assert "could not renew" in err

@@ -109,10 +109,16 @@ class LeaseBucket:
                 await js.key_value(self.name)  # another machine created it meanwhile
 
     async def write(self, key: str, value: bytes = b"", *, last: int | None,
-                    ttl: float | None = None, delete: bool = False) -> int:
+                    ttl: float | None = None, delete: bool = False, msg_id: str = "") -> int:
         """Write *value* (or a delete) if the key's last revision is *last* (any when
-        None); the new revision. KeyChanged when it is not."""
+        None); the new revision. KeyChanged when it is not.
+
+        A write sent again with the same *msg_id* (its answer was lost) is answered
+        with the first one's revision: the servers keep ids for two minutes.
+        """
         headers: dict[str, str] = {}
+        if msg_id:
+            headers["Nats-Msg-Id"] = msg_id
         if last is not None:
             headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(last)
         if ttl is not None:

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import nats.errors
+import nats.js.errors
 import trio
 from trio import TaskStatus
 
@@ -105,6 +106,11 @@ class Ticket(msgspec.Struct, tag="ticket", frozen=True):
 
 
 _record_encoder = msgspec.msgpack.Encoder()
+_PASSING = (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError,
+            nats.errors.ConnectionClosedError, nats.js.errors.ServiceUnavailableError,
+            nats.js.errors.NoStreamResponseError,
+            OSError, trio.TooSlowError)
+"""What a bucket operation meets while the cluster elects a leader or reconnects."""
 _lease_record = msgspec.msgpack.Decoder(Held | Ended)
 _ticket_record = msgspec.msgpack.Decoder(Ticket)
 ENDED_TTL = 1.0
@@ -251,12 +257,21 @@ class ClusterLeaseManager(LeaseManager):
     # -- talking to the bucket --------------------------------------------------------
 
     async def _call(self, coroutine: Callable[[], Awaitable[T]]) -> T:
-        try:
-            with trio.fail_after(self.timeout + 1):
-                return await self.journal.bridge.run(coroutine)
-        except (nats.errors.Error, TimeoutError, OSError, trio.TooSlowError) as exc:
-            raise Unavailable(f"the cluster did not answer ({exc or type(exc).__name__}); "
-                              "nothing is known to have changed") from None
+        """Run a bucket operation, again while the cluster does not answer (a leader
+        being elected), for at most the write timeout. Writes carry a message id, so
+        one sent again is stored once."""
+        deadline = trio.current_time() + self.timeout
+        while True:
+            try:
+                with trio.fail_after(self.timeout + 1):
+                    return await self.journal.bridge.run(coroutine)
+            except _PASSING as exc:
+                if trio.current_time() >= deadline:
+                    raise Unavailable(f"the cluster did not answer ({exc or type(exc).__name__})"
+                                      ": the change may or may not have been made") from None
+                await trio.sleep(self.RETRY_SECONDS / 5)
+            except nats.errors.Error as exc:
+                raise Unavailable(f"the cluster refused: {exc}") from None
 
     async def _write_lease(self, resource: str, record: Held | Ended, ttl: float,
                            expect: Callable[[Holding | None], bool]) -> int:
@@ -266,8 +281,8 @@ class ClusterLeaseManager(LeaseManager):
         for _ in range(3):
             last = self.revisions.get(key, 0)
             try:
-                revision = await self._call(
-                    partial(self.bucket.write, key, body, last=last, ttl=ttl))
+                revision = await self._call(partial(self.bucket.write, key, body, last=last,
+                                                    ttl=ttl, msg_id=secrets.token_hex(12)))
             except KeyChanged:
                 # The watch is behind: read the key from the leader and look again.
                 found = await self._call(partial(self.bucket.read, key))
@@ -421,8 +436,8 @@ class ClusterLeaseManager(LeaseManager):
                 number=number, machine=self.machine, agent=grant.caller.agent_id,
                 session=grant.session, pid=grant.holder_pid, resources=grant.resources))
             key = ticket_key(resource, waiter)
-            revision = await self._call(
-                partial(self.bucket.write, key, body, last=None, ttl=self.TICKET_TTL))
+            revision = await self._call(partial(self.bucket.write, key, body, last=None,
+                                                ttl=self.TICKET_TTL, msg_id=secrets.token_hex(12)))
             number = number or revision
         return number
 
