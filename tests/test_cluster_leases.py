@@ -7,6 +7,7 @@ and ``slow``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -15,11 +16,21 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from engram_cli.client import Client
-from engram_cli.errors import LockHeld
+from engram_cli.errors import Conflict, LockHeld
 from engram_cli.natslab import NatsCluster
 from engramd.protocol import Lease
 from tests.clustermachines import Machine, machine_on, running
@@ -94,7 +105,7 @@ def test_lock_run_on_three_machines_never_overlaps(three: list[Machine],
     assert len(sections) == total
     tokens = [token for token, _, _ in sections]
     assert len(set(tokens)) == total, "a fencing token was handed out twice"
-    for (_, _, ended), (_, began, _) in zip(sections, sections[1:], strict=False):
+    for (_, _, ended), (_, began, _) in itertools.pairwise(sections):
         assert began >= ended, "two critical sections overlapped"
 
 
@@ -177,26 +188,25 @@ def test_waiters_on_every_machine_are_served_first_come_first_served(
 def test_a_nats_node_killed_while_leases_are_held_and_waited_for(
         env: dict[str, str], scratch: str, tmp_path: Path) -> None:
     with NatsCluster(str(tmp_path / "nats")) as nats, \
-            running(deployment_of(nats, env, scratch, ("a", "b"))) as (a, b):
-        with a.client("alice") as alice, b.client("bob") as bob:
-            (first,) = alice.acquire_lock("db", ttl=30)
-            granted: list[Lease] = []
-            waiter = threading.Thread(target=lambda: granted.extend(
-                bob.acquire_lock("db", ttl=30, wait=60)))
-            waiter.start()
-            wait_until(lambda: len(alice.get_lock("db").waiters) == 1, "bob to wait")
-            for node in range(3):  # each node in turn: the leader is one of them
-                nats.stop(node, kill=True)
-                nats.start(node)
-                nats.wait_healthy()
-            with pytest.raises(LockHeld):
-                Client(a.socket, agent_id="carol", autostart=False,
-                       env={}).acquire_lock("db", ttl=30)
-            alice.release_lock(first.lock_id)
-            waiter.join(60)
-            assert len(granted) == 1 and granted[0].fencing_token > first.fencing_token
-            (then,) = alice.acquire_lock("other", ttl=30)
-            assert then.fencing_token > granted[0].fencing_token
+            running(deployment_of(nats, env, scratch, ("a", "b"))) as (a, b), \
+            a.client("alice") as alice, b.client("bob") as bob:
+        (first,) = alice.acquire_lock("db", ttl=30)
+        granted: list[Lease] = []
+        waiter = threading.Thread(target=lambda: granted.extend(
+            bob.acquire_lock("db", ttl=30, wait=60)))
+        waiter.start()
+        wait_until(lambda: len(alice.get_lock("db").waiters) == 1, "bob to wait")
+        for node in range(3):  # each node in turn: the leader is one of them
+            nats.stop(node, kill=True)
+            nats.start(node)
+            nats.wait_healthy()
+        with a.client("carol") as carol, pytest.raises(LockHeld):
+            carol.acquire_lock("db", ttl=30)
+        alice.release_lock(first.lock_id)
+        waiter.join(60)
+        assert len(granted) == 1 and granted[0].fencing_token > first.fencing_token
+        (then,) = alice.acquire_lock("other", ttl=30)
+        assert then.fencing_token > granted[0].fencing_token
 
 
 def test_a_machine_cut_off_from_the_cluster_stops_cmd_before_its_lease_ends(
@@ -221,3 +231,106 @@ def test_a_machine_cut_off_from_the_cluster_stops_cmd_before_its_lease_ends(
             _, err = runner.communicate(timeout=WAIT)
             assert runner.returncode != 0
             assert "could not renew" in err
+
+
+class TwoMachineLeases(RuleBasedStateMachine):
+    """Acquire, renew, release, expiry and killed holders across two machines, against
+    a model: at most one holder per resource, and every grant's token larger than
+    every token before it."""
+
+    machines: ClassVar[list[Machine]] = []
+    AGENTS = ("p", "q")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefix = uuid.uuid4().hex[:8]
+        self.clients: dict[tuple[int, str], Client] = {}
+        self.held: dict[str, tuple[tuple[int, str], Lease]] = {}
+        """Resource -> (which client holds it, its lease), as the model says."""
+        self.last_token = 0
+
+    def client(self, machine: int, agent: str) -> Client:
+        key = (machine, agent)
+        if key not in self.clients:
+            self.clients[key] = self.machines[machine].client(agent)
+        return self.clients[key]
+
+    def resource(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+    @rule(machine=st.integers(0, 1), agent=st.sampled_from(AGENTS),
+          name=st.sampled_from(("r0", "r1")))
+    def acquire(self, machine: int, agent: str, name: str) -> None:
+        resource = self.resource(name)
+        engram = self.client(machine, agent)
+        if resource in self.held:
+            with pytest.raises((LockHeld, Conflict)):
+                engram.acquire_lock(resource, ttl=30, bind_connection=True)
+            return
+        (lease,) = engram.acquire_lock(resource, ttl=30, bind_connection=True)
+        assert lease.fencing_token > self.last_token
+        self.last_token = lease.fencing_token
+        self.held[resource] = ((machine, agent), lease)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def renew(self, data: st.DataObject) -> None:
+        resource = data.draw(st.sampled_from(sorted(self.held)))
+        who, lease = self.held[resource]
+        renewed = self.client(*who).renew_lock(lease.lock_id, ttl=30)
+        assert renewed.fencing_token == lease.fencing_token
+        self.held[resource] = (who, renewed)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        resource = data.draw(st.sampled_from(sorted(self.held)))
+        who, lease = self.held.pop(resource)
+        self.client(*who).release_lock(lease.lock_id)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def expire(self, data: st.DataObject) -> None:
+        """The holder stops renewing: the servers end the lease (a ttl of 1 s)."""
+        resource = data.draw(st.sampled_from(sorted(self.held)))
+        who, lease = self.held.pop(resource)
+        self.client(*who).renew_lock(lease.lock_id, ttl=1)
+        self.agree(resource)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def kill(self, data: st.DataObject) -> None:
+        """A holder's connection goes: its machine ends what is bound to it."""
+        who = data.draw(st.sampled_from(sorted({who for who, _ in self.held.values()})))
+        self.clients.pop(who).close()
+        for resource in [r for r, (holder, _) in self.held.items() if holder == who]:
+            del self.held[resource]
+
+    def agree(self, resource: str) -> None:
+        """Wait until both machines see the holder the model says."""
+        wanted = self.held.get(resource)
+        lock_id = wanted[1].lock_id if wanted else None
+
+        def seen() -> bool:
+            return all(getattr(holder_seen(m, resource), "lock_id", None) == lock_id
+                       for m in self.machines)
+
+        wait_until(seen, f"both machines to agree on {resource}")
+
+    @invariant()
+    def one_holder_everywhere(self) -> None:
+        for name in ("r0", "r1"):
+            self.agree(self.resource(name))
+
+    def teardown(self) -> None:
+        for engram in self.clients.values():
+            engram.close()
+
+
+def test_leases_across_two_machines_follow_the_model(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
+    with running(deployment_of(nats_cluster, env, scratch, ("a", "b"))) as machines:
+        TwoMachineLeases.machines = machines
+        run_state_machine_as_test(TwoMachineLeases, settings=settings(
+            max_examples=6, stateful_step_count=12, deadline=None,
+            suppress_health_check=list(HealthCheck)))

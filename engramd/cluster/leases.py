@@ -285,14 +285,7 @@ class ClusterLeaseManager(LeaseManager):
                                                     ttl=ttl, msg_id=secrets.token_hex(12)))
             except KeyChanged:
                 # The watch is behind: read the key from the leader and look again.
-                found = await self._call(partial(self.bucket.read, key))
-                if found is None:
-                    self.revisions[key] = 0
-                    current = self.table.held.get(resource)
-                    if current is not None:
-                        self._lost(current, "expired", "the cluster")
-                else:
-                    self._apply(found)
+                self._seen(resource, await self._call(partial(self.bucket.read, key)))
                 if not expect(self.table.held.get(resource)):
                     raise
                 continue
@@ -332,6 +325,8 @@ class ClusterLeaseManager(LeaseManager):
     async def acquire(self, request: AcquireLock, caller: Caller) -> list[Lease]:
         await self._connected()
         grant, wait = self._grant_for(request, caller)
+        if not self._free(grant.resources):
+            await self._look_again(grant.resources)
         if self._free(grant.resources):
             leases = await self._take(grant)
             if leases is not None:
@@ -340,6 +335,24 @@ class ClusterLeaseManager(LeaseManager):
             raise LockHeld(self._why_held(grant.resources))
         self._may_wait(grant)
         return await self._wait(grant, wait)
+
+    async def _look_again(self, resources: list[str]) -> None:
+        """Read the leases the watch says are held from the leader: a release made on
+        another machine a moment ago may not have reached the watch yet."""
+        for resource in resources:
+            if resource in self.table.held:
+                found = await self._call(partial(self.bucket.read, lease_key(resource)))
+                self._seen(resource, found)
+
+    def _seen(self, resource: str, found: KeyUpdate | None) -> None:
+        """Apply a read of the lease key of *resource* (None: the key has no message)."""
+        if found is not None:
+            self._apply(found)
+            return
+        self.revisions[lease_key(resource)] = 0
+        current = self.table.held.get(resource)
+        if current is not None:
+            self._lost(current, "expired", "the cluster")
 
     async def _take(self, grant: Grant) -> list[Lease] | None:
         """Write leases on all of the grant's resources, in order; None (nothing held)
@@ -534,10 +547,7 @@ class ClusterLeaseManager(LeaseManager):
         follows is made against the cluster's current tokens."""
         for fence in fences:
             found = await self._call(partial(self.bucket.read, lease_key(fence.resource)))
-            if found is not None:
-                self._apply(found)
-            elif (current := self.table.held.get(fence.resource)) is not None:
-                self._lost(current, "expired", "the cluster")
+            self._seen(fence.resource, found)
 
 
 def _holding(lock_id: str) -> Callable[[Holding | None], bool]:
