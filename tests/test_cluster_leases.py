@@ -334,3 +334,43 @@ def test_leases_across_two_machines_follow_the_model(
         run_state_machine_as_test(TwoMachineLeases, settings=settings(
             max_examples=6, stateful_step_count=12, deadline=None,
             suppress_health_check=list(HealthCheck)))
+
+
+def test_a_fenced_write_is_checked_against_the_cluster_s_token(
+        three: list[Machine]) -> None:
+    a, b, _ = three
+    with a.client("alice") as alice, b.client("bob") as bob:
+        (old,) = alice.acquire_lock("report", ttl=30)
+        alice.create_unit("notes", "MESSAGE", "while held", fence=("report", old.fencing_token))
+        bob.break_lock("report", "taking over")
+        (new,) = bob.acquire_lock("report", ttl=30, wait=WAIT)
+        # a's watch may not have seen either yet: the check reads the cluster's token.
+        with pytest.raises(Conflict, match="stale fence"):
+            alice.create_unit("notes", "MESSAGE", "too late",
+                              fence=("report", old.fencing_token))
+        bob.create_unit("notes", "MESSAGE", "new holder", fence=("report", new.fencing_token))
+
+
+def test_a_lease_broken_on_another_machine_is_pushed_to_its_holder(
+        three: list[Machine]) -> None:
+    a, b, _ = three
+    with a.client("alice") as alice, b.client("bob") as bob:
+        (held,) = alice.acquire_lock("deploy", ttl=30)
+        bob.break_lock("deploy", "stuck deploy")
+        notice = alice.lease_lost(WAIT)
+        assert notice is not None and notice.lease.lock_id == held.lock_id
+        assert notice.reason == "broken" and notice.by == "bob"
+
+
+def test_a_task_claimed_on_one_machine_is_claimed_for_all(three: list[Machine]) -> None:
+    a, b, _ = three
+    with a.client("alice") as alice, b.client("bob") as bob:
+        task = alice.add_task("ship it", context_id="work")
+        wait_until(lambda: bob.list_tasks(ready=True, contexts=["work"]) != [],
+                   "b to see the task")
+        claimed = alice.claim_task(task.id)
+        assert claimed.claim is not None
+        with pytest.raises(LockHeld):
+            bob.claim_task(task.id)
+        alice.finish_task(task.id)
+        wait_until(lambda: bob.get_task(task.id).state == "done", "b to see it done")
