@@ -511,6 +511,11 @@ def bench_lock_cycle(target: BenchTarget) -> Measurement:
 
 def bench_lock_handover(target: BenchTarget) -> Measurement:
     """From the holder's release call to the grant at the waiter queued behind it."""
+    return _handover(target, target.socket_path)
+
+
+def _handover(target: BenchTarget, waiter_socket: str) -> Measurement:
+    """Handovers from a holder on *target* to a waiter on the daemon at *waiter_socket*."""
     import threading
 
     count = target.count(500)
@@ -520,7 +525,7 @@ def bench_lock_handover(target: BenchTarget) -> Measurement:
     queued = threading.Event()
 
     def waiter() -> None:
-        with Client(target.socket_path, agent_id="bench-waiter", autostart=False) as client:
+        with Client(waiter_socket, agent_id="bench-waiter", autostart=False) as client:
             for _ in range(count):
                 turn.acquire()
                 queued.set()
@@ -845,6 +850,39 @@ def bench_cluster_fanout10(target: BenchTarget) -> Measurement:
     return measurement
 
 
+def bench_cluster_lock_cycle(target: BenchTarget) -> Measurement:
+    """Cluster mode: uncontended acquire + release of one lease (two compare-and-set
+    writes to the leases bucket, 3 replicas), one at a time: beside lock.cycle."""
+    from engram_cli.benchcluster import ClusterMissing, cluster_machines, jetstream_floor
+
+    try:
+        with cluster_machines(2) as machines:
+            floor = jetstream_floor(machines[0][1]["ENGRAM_CLUSTER_SERVERS"],
+                                    target.count(1000))
+            measurement = bench_lock_cycle(_machine(target, *machines[0]))
+    except ClusterMissing as exc:
+        return Measurement([], 0.0, note=f"not run: {exc}")
+    measurement.note = (f"floor: two bare nats-py publishes to a 3-replica stream p50 "
+                        f"{2 * percentile(floor, 0.5) * 1000:.3f} ms; daemon cpu excludes "
+                        "the NATS servers'")
+    return measurement
+
+
+def bench_cluster_lock_handover(target: BenchTarget) -> Measurement:
+    """Cluster mode: from the holder's release on machine A to the grant at the waiter
+    queued on machine B: beside lock.handover."""
+    from engram_cli.benchcluster import ClusterMissing, cluster_machines
+
+    try:
+        with cluster_machines(2) as machines:
+            measurement = _handover(_machine(target, *machines[0]), machines[1][0])
+    except ClusterMissing as exc:
+        return Measurement([], 0.0, note=f"not run: {exc}")
+    measurement.note = ("the release's write, B's watch seeing it, and B's grant write; "
+                        "daemon cpu: the holder's machine")
+    return measurement
+
+
 SEMANTIC_UNITS = 100_000
 
 
@@ -961,8 +999,11 @@ WORKLOADS: dict[str, Workload] = {
     "import.5agents": bench_import_5agents,
     "cluster.write.single": bench_cluster_write_single,
     "cluster.fanout10": bench_cluster_fanout10,
+    "cluster.lock.cycle": bench_cluster_lock_cycle,
+    "cluster.lock.handover": bench_cluster_lock_handover,
 }
-CLUSTER_WORKLOADS = ("cluster.write.single", "cluster.fanout10")
+CLUSTER_WORKLOADS = ("cluster.write.single", "cluster.fanout10", "cluster.lock.cycle",
+                     "cluster.lock.handover")
 """Run only when asked for (``--cluster`` or ``--only``): they start NATS servers."""
 
 
@@ -1041,6 +1082,10 @@ GOALS: dict[str, Goal] = {
         f"(write.single {f['write.single'].p50_ms:.3f})", None)),
     "cluster.fanout10": Goal(("stream.fanout10",), lambda r, f: (
         f"(stream.fanout10 {f['stream.fanout10'].p50_ms:.3f})", None)),
+    "cluster.lock.cycle": Goal(("lock.cycle",), lambda r, f: (
+        f"(lock.cycle {f['lock.cycle'].p50_ms:.3f})", None)),
+    "cluster.lock.handover": Goal(("lock.handover",), lambda r, f: (
+        f"(lock.handover {f['lock.handover'].p50_ms:.3f})", None)),
 }
 
 
