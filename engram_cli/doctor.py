@@ -222,9 +222,6 @@ class Doctor:
     def leases(self) -> Finding:
         if (skipped := self._needs_daemon("leases")) is not None:
             return skipped
-        assert self.status is not None
-        if self.status.cluster is not None:
-            return Finding("leases", "skip", "leases are not available in cluster mode yet")
         now = dt.datetime.now(dt.UTC)
         held = [state.lease for state in self.client.list_locks() if state.lease is not None]
         near = []

@@ -35,12 +35,12 @@ what, cluster-wide) and the line from it: deadlock refusal, ``lock status`` and
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -211,9 +211,17 @@ class ClusterLeaseManager(LeaseManager):
                 return
             if current is not None:
                 self._lost(current, "expired", "the cluster")
-            self.table.install(Holding(lease, self._deadline_of(lease)))
-            if lease.machine == self.machine and lease.pid is not None and self._nursery:
-                self._nursery.start_soon(self._watch_pid, lease.pid)  # held before a restart
+            holding = Holding(lease, self._deadline_of(lease))
+            self.table.install(holding)
+            if lease.machine == self.machine and self._nursery is not None:
+                # Granted here before a restart (or a reboot, which its holder did not
+                # outlive: as on one machine, it ends).
+                if lease.boot_id != self.boot_id:
+                    self._nursery.start_soon(functools.partial(
+                        self._end, holding, LockReleased, reason="machine rebooted",
+                        by="engramd"))
+                elif lease.pid is not None:
+                    self._nursery.start_soon(self._watch_pid, lease.pid)
         elif current is not None:
             if isinstance(record, Ended):
                 self._lost(current, "broken", record.by)
@@ -281,11 +289,12 @@ class ClusterLeaseManager(LeaseManager):
         for _ in range(3):
             last = self.revisions.get(key, 0)
             try:
-                revision = await self._call(partial(self.bucket.write, key, body, last=last,
-                                                    ttl=ttl, msg_id=secrets.token_hex(12)))
+                revision = await self._call(functools.partial(
+                    self.bucket.write, key, body, last=last, ttl=ttl,
+                    msg_id=secrets.token_hex(12)))
             except KeyChanged:
                 # The watch is behind: read the key from the leader and look again.
-                self._seen(resource, await self._call(partial(self.bucket.read, key)))
+                self._seen(resource, await self._call(functools.partial(self.bucket.read, key)))
                 if not expect(self.table.held.get(resource)):
                     raise
                 continue
@@ -341,7 +350,7 @@ class ClusterLeaseManager(LeaseManager):
         another machine a moment ago may not have reached the watch yet."""
         for resource in resources:
             if resource in self.table.held:
-                found = await self._call(partial(self.bucket.read, lease_key(resource)))
+                found = await self._call(functools.partial(self.bucket.read, lease_key(resource)))
                 self._seen(resource, found)
 
     def _seen(self, resource: str, found: KeyUpdate | None) -> None:
@@ -449,8 +458,9 @@ class ClusterLeaseManager(LeaseManager):
                 number=number, machine=self.machine, agent=grant.caller.agent_id,
                 session=grant.session, pid=grant.holder_pid, resources=grant.resources))
             key = ticket_key(resource, waiter)
-            revision = await self._call(partial(self.bucket.write, key, body, last=None,
-                                                ttl=self.TICKET_TTL, msg_id=secrets.token_hex(12)))
+            revision = await self._call(functools.partial(
+                self.bucket.write, key, body, last=None, ttl=self.TICKET_TTL,
+                msg_id=secrets.token_hex(12)))
             number = number or revision
         return number
 
@@ -470,7 +480,8 @@ class ClusterLeaseManager(LeaseManager):
             for resource in resources:
                 key = ticket_key(resource, waiter)
                 try:
-                    await self._call(partial(self.bucket.write, key, b"", last=None, ttl=1))
+                    await self._call(functools.partial(
+                        self.bucket.write, key, b"", last=None, ttl=1))
                 except Unavailable:
                     return  # they expire by themselves
 
@@ -546,7 +557,7 @@ class ClusterLeaseManager(LeaseManager):
         """Read the lease keys of *fences* from the leader, so the fence check that
         follows is made against the cluster's current tokens."""
         for fence in fences:
-            found = await self._call(partial(self.bucket.read, lease_key(fence.resource)))
+            found = await self._call(functools.partial(self.bucket.read, lease_key(fence.resource)))
             self._seen(fence.resource, found)
 
 
