@@ -65,6 +65,9 @@ class NatsCluster:
     """Three nats-server processes clustered on loopback, under *directory*."""
 
     directory: str
+    config_file: str = ""
+    """A node's configuration, read from the environment as deploy/cluster/nats.conf
+    does (``NATS_NAME``, ``NATS_ROUTE_1``..); empty: the one :meth:`_config` writes."""
     nodes: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -98,12 +101,24 @@ class NatsCluster:
         for index in which or range(NODES):
             node = self.nodes[index]
             os.makedirs(node.directory, exist_ok=True)
-            config = os.path.join(node.directory, "nats.conf")
-            with open(config, "w") as file:
-                file.write(self._config(node))
+            config = self.config_file or os.path.join(node.directory, "nats.conf")
+            if not self.config_file:
+                with open(config, "w") as file:
+                    file.write(self._config(node))
             with open(os.path.join(node.directory, "nats.log"), "ab") as log:
                 node.process = subprocess.Popen([binary, "-c", config], stdout=log,
-                                                stderr=subprocess.STDOUT)
+                                                stderr=subprocess.STDOUT,
+                                                env={**os.environ, **self._environment(node)})
+
+    def _environment(self, node: Node) -> dict[str, str]:
+        """What a configuration file of the deploy/cluster/nats.conf kind reads."""
+        routes = {f"NATS_ROUTE_{number}": f"nats-route://127.0.0.1:{other.cluster_port}"
+                  for number, other in enumerate(self.nodes, start=1)}
+        return {"NATS_NAME": node.name, "NATS_HOST": "127.0.0.1",
+                "NATS_STORE": os.path.join(node.directory, "js"),
+                "NATS_CLIENT_PORT": str(node.client_port),
+                "NATS_CLUSTER_PORT": str(node.cluster_port),
+                "NATS_HTTP_PORT": str(node.monitor_port), **routes}
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until every running node reports JetStream healthy (a meta leader)."""
