@@ -46,7 +46,7 @@ test-latest:
 
 # Refresh requirements.lock to the newest versions the ranges allow (uv: fast,
 # resolves for every platform and Python >= 3.11 at once, hashes every file), and
-# deploy/requirements.lock, the container image's (run time and the gateway only).
+# deploy/requirements.lock, the container image's (run time, the gateway and cluster mode).
 lock:
 	test -x .venv-tools/bin/uv || { $(PYTHON) -m venv .venv-tools && \
 		.venv-tools/bin/python -m pip install $(PIP) uv==$(UV_VERSION); }
@@ -55,7 +55,7 @@ lock:
 		--custom-compile-command 'make lock' \
 		pyproject.toml requirements-build.in -o $(LOCK)
 	.venv-tools/bin/uv pip compile --quiet --upgrade --universal --python-version 3.11 \
-		--generate-hashes --extra http --custom-compile-command 'make lock' \
+		--generate-hashes --extra http --extra cluster --custom-compile-command 'make lock' \
 		pyproject.toml requirements-build.in -o deploy/requirements.lock
 
 lint: $(STAMP)

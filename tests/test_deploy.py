@@ -45,19 +45,31 @@ def test_the_dockerfile_runs_the_tested_steps() -> None:
     assert "/readyz" in " ".join(healthcheck_command(8080))
 
 
-@pytest.mark.slow
-def test_the_image_steps_install_start_answer_and_stop(scratch: str) -> None:
-    prefix = Path(scratch, "opt")
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's install step, into a fresh prefix."""
+    prefix = tmp_path_factory.mktemp("opt")
     install = subprocess.run(["sh", "deploy/install.sh", str(prefix)], cwd=ROOT,
                              capture_output=True, text=True, timeout=600, check=False)
     assert install.returncode == 0, install.stderr[-3000:]
-    # What the image's ENV sets, on this machine's paths.
-    port = free_port()
+    return prefix
+
+
+def image_env(prefix: Path, home: str, port: int) -> dict[str, str]:
+    """What the image's ENV sets, on this machine's paths."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ENGRAM_", "VIRTUAL_ENV", "PYTHON"))}
-    env.update(PATH=f"{prefix / 'bin'}:{env['PATH']}", ENGRAM_DATA_DIR=f"{scratch}/data",
-               ENGRAM_SOCKET=f"{scratch}/run/engramd.sock", ENGRAM_AGENT="gateway",
-               ENGRAM_GATEWAY_LISTEN=f"127.0.0.1:{port}", HOME=scratch)
+    env.update(PATH=f"{prefix / 'bin'}:{env['PATH']}", ENGRAM_DATA_DIR=f"{home}/data",
+               ENGRAM_SOCKET=f"{home}/run/engramd.sock", ENGRAM_AGENT="gateway",
+               ENGRAM_GATEWAY_LISTEN=f"127.0.0.1:{port}", HOME=home)
+    return env
+
+
+@pytest.mark.slow
+def test_the_image_steps_install_start_answer_and_stop(scratch: str, installed: Path) -> None:
+    prefix = installed
+    port = free_port()
+    env = image_env(prefix, scratch, port)
     with open(Path(scratch, "container.log"), "wb") as log:
         container = subprocess.Popen([str(prefix / "bin" / "engram-container")], env=env,
                                      stdout=log, stderr=log, cwd=scratch)
@@ -86,3 +98,49 @@ def test_the_image_steps_install_start_answer_and_stop(scratch: str) -> None:
     log_text = Path(scratch, "container.log").read_text(errors="replace")
     assert "Traceback" not in log_text, log_text[-3000:]
 
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_the_compose_topology_runs_from_the_image_steps(scratch: str, installed: Path) -> None:
+    """deploy/cluster/compose.yaml without containers: three NATS nodes configured by
+    deploy/cluster/nats.conf and the image's entry point as two machines; a lease taken
+    on one excludes the other."""
+    from engram_cli.natslab import NatsCluster
+
+    with NatsCluster(os.path.join(scratch, "nats"),
+                     config_file=str(ROOT / "deploy" / "cluster" / "nats.conf")) as nats:
+        homes = [os.path.join(scratch, name) for name in ("a", "b")]
+        for home in homes:
+            os.mkdir(home, 0o700)
+        envs = [{**image_env(installed, home, free_port()),
+                 "ENGRAM_CLUSTER_SERVERS": nats.servers, "ENGRAM_CLUSTER_DEPLOYMENT": "compose"}
+                for home in homes]
+        containers = [subprocess.Popen([str(installed / "bin" / "engram-container")], env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       cwd=home) for env, home in zip(envs, homes, strict=True)]
+        try:
+            for env in envs:
+                check = healthcheck_command(int(env["ENGRAM_GATEWAY_LISTEN"].rsplit(":")[1]))
+                wait_until(lambda check=check, env=env: subprocess.run(  # type: ignore[misc]
+                    check, env=env, check=False, capture_output=True,
+                    timeout=WAIT).returncode == 0, "the health check to pass", timeout=60)
+
+            def engram(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run([str(installed / "bin" / "engram"), *args], env=env,
+                                      capture_output=True, text=True, timeout=WAIT * 3,
+                                      check=False)
+
+            taken = engram(envs[0], "lock", "acquire", "deploy:prod", "--no-wait")
+            assert taken.returncode == 0, taken.stderr
+            refused = engram(envs[1], "lock", "acquire", "deploy:prod", "--no-wait")
+            assert refused.returncode == 4 and "held by" in refused.stderr, refused.stderr
+        finally:
+            for container in containers:
+                container.send_signal(signal.SIGTERM)
+            for container in containers:
+                try:
+                    container.wait(WAIT * 3)
+                except subprocess.TimeoutExpired:
+                    container.kill()
+                    container.wait(WAIT)
