@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from engram_cli.client import Client
 from engram_cli.errors import EngramError, NotFound
 from engram_cli.natslab import NatsCluster
 from tests.clustermachines import Machine, machine_on, running
@@ -327,3 +328,32 @@ def test_doctor_checks_the_cluster_and_warns_on_a_stream_of_one_replica(
         stats = json.loads(alone.cli("stats", "--json").stdout)
         assert stats["gauges"]["cluster_reachable"] == 1, stats["gauges"]
         assert stats["gauges"]["cluster_view_lag_messages"] == 0, stats["gauges"]
+
+
+def test_a_single_machine_journal_moves_into_a_cluster(
+        engramd: Any, machines: list[Machine], tmp_path: os.PathLike[str]) -> None:
+    """docs/cluster.md's migration: ``unit export --all`` on the old machine, ``unit
+    import`` on one machine of the cluster; every machine then has the units, with their
+    ids, times, agents and relationships (one across contexts)."""
+    with Client(engramd.socket, agent_id="alice", autostart=False, env={}) as old:
+        first = old.create_unit("design", "MESSAGE", "the plan")
+        second = old.create_unit("build", "TOOL_RESULT", "built it",
+                                 relationships=[("DEPENDS_ON", first.id)])
+        old.create_unit("design", "MESSAGE", "looks good")
+    dump = os.path.join(str(tmp_path), "journal.jsonl")
+    with open(dump, "w") as file:
+        exported = subprocess.run([sys.executable, "-m", "engram_cli", "unit", "export",
+                                   "--all"], env=engramd.env, stdout=file, text=True,
+                                  timeout=WAIT * 3, check=False)
+    assert exported.returncode == 0
+    a, b, _ = machines
+    imported = a.cli("unit", "import", dump)
+    assert imported.returncode == 0, imported.stderr
+    wait_until(lambda: len(units_of(b, "design")) == 2 and len(units_of(b, "build")) == 1,
+               "b to have the imported units")
+    (built,) = units_of(b, "build")
+    assert built[1] == second.id
+    with b.client() as engram:
+        moved = engram.get_unit(second.id)
+    assert moved.ts == second.ts and moved.agent_id == "alice"
+    assert [rel.target for rel in moved.relationships] == [first.id]

@@ -5,7 +5,7 @@
 import datetime as dt
 import json as jsonlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, BinaryIO
 
 import typer
@@ -279,15 +279,41 @@ def export(
     type_: TypeFilter = None,
     since: SinceOption = None,
     until: UntilOption = None,
+    every: Annotated[bool, typer.Option(
+        "--all", help="Every context's units, in journal order: the whole journal (to "
+                      "move it into another, a cluster's for one).")] = False,
     json: Annotated[bool, typer.Option(
         "--json", help="Accepted for symmetry: export always writes JSON lines.")] = False,
 ) -> None:
     """Write a context's units as JSON lines, oldest first (what import reads)."""
     cli = context.get(ctx)
     out = cli.output(True)
-    for unit in _all_units(cli.client(), require_context(context_id),
-                           **_list_options(agent, type_, since, until)):
+    client, options = cli.client(), _list_options(agent, type_, since, until)
+    if every:
+        import heapq
+
+        if context_id:
+            raise UsageProblem("--all and -c/--context exclude each other")
+        # Each context's units come in seq order: merged, the journal's order, so a
+        # unit's relationship targets come before it (as import needs them).
+        units: Iterable[Unit] = heapq.merge(
+            *(_all_units(client, found, **options) for found in _all_contexts(client)),
+            key=lambda unit: unit.seq)
+    else:
+        units = _all_units(client, require_context(context_id), **options)
+    for unit in units:
         out.json_line(unit_to_json(unit))
+
+
+def _all_contexts(client: Client) -> list[str]:
+    found: list[str] = []
+    cursor = None
+    while True:
+        page = client.list_contexts(limit=1000, after=cursor)
+        found += [each.id for each in page.contexts]
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor
 
 
 def _read_lines(source: BinaryIO, context_id: str | None, keep_ids: bool
