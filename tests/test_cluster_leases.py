@@ -374,3 +374,20 @@ def test_a_task_claimed_on_one_machine_is_claimed_for_all(three: list[Machine]) 
             bob.claim_task(task.id)
         alice.finish_task(task.id)
         wait_until(lambda: bob.get_task(task.id).state == "done", "b to see it done")
+
+
+def test_a_cluster_that_wants_a_password_gets_it_from_the_urls(
+        env: dict[str, str], scratch: str, tmp_path: Path) -> None:
+    with NatsCluster(str(tmp_path / "nats"),
+                     settings="authorization { user: engram, password: s3cret }") as nats:
+        with_password = ",".join(f"nats://engram:s3cret@127.0.0.1:{node.client_port}"
+                                 for node in nats.nodes)
+        machines = deployment_of(nats, env, scratch, ("a", "b"),
+                                 a={"ENGRAM_CLUSTER_SERVERS": with_password},
+                                 b={"ENGRAM_CLUSTER_WRITE_TIMEOUT": "1"})
+        with running(machines) as (a, b):
+            with a.client("alice") as alice:
+                alice.acquire_lock("deploy", ttl=30)
+                alice.create_unit("work", "MESSAGE", "through the password")
+            refused = b.cli("lock", "acquire", "deploy", "--no-wait")
+            assert refused.returncode != 0 and "unreachable" in refused.stderr, refused.stderr

@@ -144,3 +144,27 @@ def test_the_compose_topology_runs_from_the_image_steps(scratch: str, installed:
                 except subprocess.TimeoutExpired:
                     container.kill()
                     container.wait(WAIT)
+
+
+def test_the_compose_file_wires_three_nodes_and_three_machines() -> None:
+    """deploy/cluster/compose.yaml (no container engine here to run it) says what the
+    topology test above runs: every node on nats.conf with a name of its own and routes
+    to all three, every machine pointed at all three nodes."""
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((ROOT / "deploy" / "cluster" / "compose.yaml").read_text())
+    services = compose["services"]
+    nodes = {name: spec for name, spec in services.items() if spec["image"].startswith("nats")}
+    machines = {name: spec for name, spec in services.items() if spec["image"] == "engram"}
+    assert sorted(nodes) == ["n1", "n2", "n3"] and len(machines) == 3
+    for name, spec in nodes.items():
+        env = spec["environment"]
+        assert env["NATS_NAME"] == name
+        assert "./nats.conf:/etc/nats/nats.conf:ro" in spec["volumes"]
+        assert {env[f"NATS_ROUTE_{n}"] for n in (1, 2, 3)} == {
+            f"nats-route://{node}:{env['NATS_CLUSTER_PORT']}" for node in nodes}
+    port = nodes["n1"]["environment"]["NATS_CLIENT_PORT"]
+    for spec in machines.values():
+        assert spec["build"]["context"] == "../.."
+        assert spec["environment"]["ENGRAM_CLUSTER_SERVERS"] == ",".join(
+            f"nats://{node}:{port}" for node in sorted(nodes))
+    assert len({spec["volumes"][0] for spec in machines.values()}) == 3  # a data dir each
