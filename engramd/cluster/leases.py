@@ -47,11 +47,13 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import trio
+from nats.js.kv import KV_PURGE
 from trio import TaskStatus
 
 from engramd.caller import Caller
 from engramd.cluster.bucket import (
     LEASE,
+    MARKER_TTL,
     TICKET,
     KeyChanged,
     KeyUpdate,
@@ -137,6 +139,8 @@ class ClusterLeaseManager(LeaseManager):
         self.synced = trio.Event()
         """Set once the watch has seen every key's last revision."""
         self._changed = trio.Event()
+        self._markers: deque[tuple[float, str, int]] = deque()
+        """(when seen, key, revision) of expiry markers of lease keys, oldest first."""
         self._ending: set[str] = set()
         """Lock ids whose end this machine is writing (their end is not news to it)."""
 
@@ -186,6 +190,9 @@ class ClusterLeaseManager(LeaseManager):
         kind, resource, waiter = parse_key(update.key)
         if kind == LEASE:
             self._apply_lease(resource, update)
+            if update.operation == KV_PURGE:
+                self._markers.append((trio.current_time(), update.key, update.revision))
+            self._forget_markers()
         elif kind == TICKET:
             line = self.tickets.setdefault(resource, {})
             line.pop(waiter, None)
@@ -193,8 +200,20 @@ class ClusterLeaseManager(LeaseManager):
                 ticket = _ticket_record.decode(update.value)
                 line[waiter] = ticket if ticket.number else msgspec.structs.replace(
                     ticket, number=update.revision)
+            else:  # a waiter's key is never written again once withdrawn
+                del self.revisions[update.key]
             if not line:
                 del self.tickets[resource]
+
+    def _forget_markers(self) -> None:
+        """Forget the revisions of lease keys whose expiry markers the servers have
+        dropped by now (the key then has no message: a write expects 0), so resources
+        used once are not remembered for ever."""
+        horizon = trio.current_time() - MARKER_TTL
+        while self._markers and self._markers[0][0] < horizon:
+            _, key, revision = self._markers.popleft()
+            if self.revisions.get(key) == revision:
+                del self.revisions[key]
 
     def _apply_lease(self, resource: str, update: KeyUpdate) -> None:
         current = self.table.held.get(resource)
@@ -430,13 +449,15 @@ class ClusterLeaseManager(LeaseManager):
         waiting = Waiting(grant.caller.agent_id, grant.session, grant.holder_pid, resources,
                           grant)
         self.table.enqueue(waiting)  # the requests that come after it here wait behind it
-        keeping = trio.CancelScope()
+        done = trio.Event()
+        kept = False
         deadline = trio.current_time() + wait
         try:
             with trio.move_on_at(deadline):
                 number = await self._register(waiter, grant, 0)
                 assert self._nursery is not None
-                self._nursery.start_soon(self._keep_tickets, keeping, waiter, grant, number)
+                self._nursery.start_soon(self._keep_tickets, done, waiter, grant, number)
+                kept = True
                 while True:
                     while not self._turn(waiter, number, resources):
                         await self._changed.wait()
@@ -445,9 +466,9 @@ class ClusterLeaseManager(LeaseManager):
                     if leases is not None:
                         return leases
         finally:
-            keeping.cancel()
+            done.set()
             self.table.dequeue(waiting)
-            if self._nursery is not None:
+            if not kept and self._nursery is not None:
                 self._nursery.start_soon(self._withdraw, waiter, resources)
         raise Timeout(f"waited {wait:g}s; {self._why_held(resources)}")
 
@@ -464,15 +485,20 @@ class ClusterLeaseManager(LeaseManager):
             number = number or revision
         return number
 
-    async def _keep_tickets(self, scope: trio.CancelScope, waiter: str, grant: Grant,
+    async def _keep_tickets(self, done: trio.Event, waiter: str, grant: Grant,
                             number: int) -> None:
-        with scope:
-            while True:
-                await trio.sleep(self.TICKET_REFRESH)
-                try:
-                    await self._register(waiter, grant, number)
-                except Unavailable:
-                    pass  # the next round tries again; the ticket may lapse meanwhile
+        """Write the waiter's tickets again until it is *done*, then withdraw them (after
+        the last write: a ticket written again after its withdrawal would linger)."""
+        while True:
+            with trio.move_on_after(self.TICKET_REFRESH):
+                await done.wait()
+            if done.is_set():
+                break
+            try:
+                await self._register(waiter, grant, number)
+            except Unavailable:
+                pass  # the next round tries again; the ticket may lapse meanwhile
+        await self._withdraw(waiter, grant.resources)
 
     async def _withdraw(self, waiter: str, resources: list[str]) -> None:
         """Take the waiter's tickets out of the line (empty, expiring at once)."""
