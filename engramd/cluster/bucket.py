@@ -145,15 +145,18 @@ class LeaseBucket:
         return KeyUpdate(key=key, revision=int(msg.seq), value=msg.data or b"",
                          operation=_operation(msg.headers))
 
-    async def watch(self) -> None:
-        """Watch every key from its last revision (deletes included)."""
+    async def watch(self) -> int:
+        """Watch every key from its last revision (deletes included); the bucket's last
+        revision just before (what the watch's first round covers at least)."""
         if self._watcher is not None:
             try:
                 await self._watcher.stop()
             except nats.errors.Error:
                 pass
+        info = await self.link.js.stream_info(self.stream)
         kv = await self.link.js.key_value(self.name)
         self._watcher = await kv.watchall(inactive_threshold=300.0)
+        return int(info.state.last_seq or 0)
 
     async def next_updates(self, limit: int, wait: float) -> list[KeyUpdate | None]:
         """The watch's next updates, at least one (TimeoutError after *wait* seconds

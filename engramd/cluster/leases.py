@@ -161,7 +161,8 @@ class ClusterLeaseManager(LeaseManager):
             try:
                 await self.journal.connected()
                 await self.journal.bridge.run(self.bucket.open)
-                await self.journal.bridge.run(self.bucket.watch)
+                before = await self.journal.bridge.run(self.bucket.watch)
+                seen: set[str] | None = set()  # keys in the watch's first round
                 while True:
                     try:
                         updates = await self.journal.bridge.run(
@@ -170,13 +171,42 @@ class ClusterLeaseManager(LeaseManager):
                         continue
                     for update in updates:
                         if update is None:
+                            if seen is not None:
+                                self._forget_unseen(seen, before)
+                                seen = None
                             self.synced.set()
-                        else:
+                            continue
+                        if seen is not None:
+                            seen.add(update.key)
+                        try:
                             self._apply(update)
+                        except (msgspec.DecodeError, ValueError) as exc:
+                            log.warning("cluster leases: key %s revision %d is not "
+                                        "engram's (%s); ignored", update.key,
+                                        update.revision, exc)
                     self._wake()
             except (nats.errors.Error, OSError) as exc:
                 log.warning("cluster leases: %s; watching again", exc or type(exc).__name__)
                 await trio.sleep(self.RETRY_SECONDS)
+
+    def _forget_unseen(self, seen: set[str], before: int) -> None:
+        """After a new watch's first round: what was known from before the watch and
+        not shown is gone (it ended while this machine was not watching, and its
+        markers with it)."""
+
+        def gone(key: str) -> bool:
+            return key not in seen and self.revisions.get(key, 0) <= before
+
+        for resource, line in list(self.tickets.items()):
+            for waiter in [w for w in line if gone(ticket_key(resource, w))]:
+                del line[waiter]
+                self.revisions.pop(ticket_key(resource, waiter), None)
+            if not line:
+                del self.tickets[resource]
+        for resource, holding in list(self.table.held.items()):
+            if gone(lease_key(resource)):
+                self.revisions.pop(lease_key(resource), None)
+                self._lost(holding, "expired", "the cluster")
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, trio.Event()
@@ -255,11 +285,15 @@ class ClusterLeaseManager(LeaseManager):
         return now + lease.ttl
 
     def _lost(self, holding: Holding, tell: str, by: str) -> None:
-        """*holding* ended elsewhere (or ran out here): out of the table, and its holder
-        told, unless this machine is writing its end itself."""
+        """*holding* ended: out of the table, and its holder told (unless this machine
+        is writing its end itself, or told it at its deadline already)."""
         if holding.lease.lock_id in self._ending:
             return
         self.table.remove(holding)
+        if not holding.ending:
+            self._tell(holding, tell, by)
+
+    def _tell(self, holding: Holding, tell: str, by: str) -> None:
         if tell == "expired" and holding.lease.machine == self.machine:
             self.expired += 1
         if holding.push is not None and self._nursery is not None:
@@ -267,19 +301,22 @@ class ClusterLeaseManager(LeaseManager):
             self._nursery.start_soon(tell_holder, holding.push, notice)
 
     async def _expire_forever(self) -> None:
-        """Stop counting this machine's leases at the deadlines promised their holders
-        (the servers' TTL, a little later, ends them for everyone)."""
+        """Stop this machine's leases at the deadlines promised their holders: they are
+        told, and no renewal or fence counts any more. The resource stays held until the
+        servers' TTL (a little later) ends the lease for everyone: no waiter here takes
+        it before a waiter elsewhere could."""
         while True:
             self.table.deadline_changed = trio.Event()
-            local = [h for h in self.table.held.values() if h.lease.machine == self.machine]
+            local = [h for h in self.table.held.values()
+                     if h.lease.machine == self.machine and not h.ending]
             with trio.move_on_at(min((h.deadline for h in local), default=math.inf)):
                 await self.table.deadline_changed.wait()
             now = trio.current_time()
             for holding in local:
                 if holding.deadline <= now and self.table.held.get(
-                        holding.lease.resource) is holding:
-                    self._lost(holding, "expired", "engramd")
-            self._wake()
+                        holding.lease.resource) is holding and not holding.ending:
+                    holding.ending = True
+                    self._tell(holding, "expired", "engramd")
 
     # -- talking to the bucket --------------------------------------------------------
 
