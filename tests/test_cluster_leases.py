@@ -7,6 +7,7 @@ and ``slow``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -30,7 +31,7 @@ from hypothesis.stateful import (
 )
 
 from engram_cli.client import Client
-from engram_cli.errors import Conflict, LockHeld
+from engram_cli.errors import Conflict, Deadlock, EngramError, LockHeld
 from engram_cli.natslab import NatsCluster
 from engramd.protocol import Lease
 from tests.clustermachines import Machine, machine_on, running
@@ -391,3 +392,25 @@ def test_a_cluster_that_wants_a_password_gets_it_from_the_urls(
                 alice.create_unit("work", "MESSAGE", "through the password")
             refused = b.cli("lock", "acquire", "deploy", "--no-wait")
             assert refused.returncode != 0 and "unreachable" in refused.stderr, refused.stderr
+
+
+def test_a_deadlock_across_machines_is_refused(three: list[Machine]) -> None:
+    a, b, _ = three
+    with a.client("alice") as alice, b.client("bob") as bob:
+        alice.acquire_lock("x", ttl=30)
+        (y,) = bob.acquire_lock("y", ttl=30)
+
+        def wait_for_y() -> None:
+            with contextlib.suppress(EngramError):
+                alice.acquire_lock("y", ttl=30, wait=20)
+
+        waiting = threading.Thread(target=wait_for_y)
+        waiting.start()
+        wait_until(lambda: len(bob.get_lock("y").waiters) == 1, "alice's wait to show on b")
+        with pytest.raises(Deadlock, match="alice"):
+            bob.acquire_lock("x", ttl=30, wait=20)
+        held = holder_seen(a, "x")
+        assert held is not None
+        assert f"machine\t{held.machine}" in b.cli("lock", "show", "x").stdout
+        bob.release_lock(y.lock_id)
+        waiting.join(30)

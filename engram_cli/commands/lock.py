@@ -141,8 +141,11 @@ def show(ctx: typer.Context, resource: ResourceArg, json: JsonOption = False) ->
         out.json_line(state)
         return
     (row,) = _rows([state])
-    out.fields(resource, zip(["resource", "holder", "fencing_token", "expires_at", "left",
-                              "waiters", "pid"], row, strict=True))
+    fields = list(zip(["resource", "holder", "fencing_token", "expires_at", "left",
+                       "waiters", "pid"], row, strict=True))
+    if state.lease is not None and state.lease.machine:  # cluster mode: granted where
+        fields.append(("machine", state.lease.machine))
+    out.fields(resource, fields)
 
 
 @app.command("list")
