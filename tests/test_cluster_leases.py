@@ -414,3 +414,16 @@ def test_a_deadlock_across_machines_is_refused(three: list[Machine]) -> None:
         assert f"machine\t{held.machine}" in b.cli("lock", "show", "x").stdout
         bob.release_lock(y.lock_id)
         waiting.join(30)
+
+
+def test_a_lease_not_renewed_is_lost_at_its_deadline_and_freed_by_the_servers(
+        three: list[Machine]) -> None:
+    a, b, _ = three
+    with a.client("alice") as alice, b.client("bob") as bob:
+        (held,) = alice.acquire_lock("short", ttl=1)
+        notice = alice.lease_lost(WAIT)
+        assert notice is not None and notice.reason == "expired"
+        assert notice.lease.lock_id == held.lock_id
+        (following,) = bob.acquire_lock("short", ttl=30, wait=WAIT)
+        assert following.fencing_token > held.fencing_token
+        assert following.acquired_at >= held.expires_at
