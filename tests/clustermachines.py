@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -76,3 +77,12 @@ def running(machines: list[Machine]) -> Iterator[list[Machine]]:
             machine.stop()
 
 
+def deployment_of(nats: NatsCluster, env: dict[str, str], scratch: str,
+                  names: tuple[str, ...] = ("a", "b", "c"), **settings: dict[str, str]
+                  ) -> list[Machine]:
+    """Machines (not started) of a deployment of their own on *nats*; *settings* are
+    more variables for the machine of that name."""
+    deployment = "d" + uuid.uuid4().hex[:10]
+    return [machine_on(nats, env, scratch, name, ENGRAM_CLUSTER_DEPLOYMENT=deployment,
+                       **settings.get(name, {}))
+            for name in names]

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, settings
 
 from engram_cli.client import Client
 from engram_cli.errors import EngramError
+from engram_cli.natslab import NatsCluster
 from engramd.config import DaemonConfig, load_config
 from engramd.main import run_daemon
 from engramd.protocol import (
@@ -62,6 +63,25 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) 
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """Three nats-server nodes on loopback, shared by the cluster tests (each test uses a
+    deployment of its own; a test that stops nodes starts a cluster of its own)."""
+    pytest.importorskip("nats", reason="cluster mode needs the engram[cluster] extra")
+    with NatsCluster(str(tmp_path_factory.mktemp("nats"))) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def machines(env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> Iterator[Any]:
+    """Three engramd machines, a, b and c, of a deployment of their own on the shared
+    NATS cluster (:mod:`tests.clustermachines`)."""
+    from tests.clustermachines import deployment_of, running
+
+    with running(deployment_of(nats_cluster, env, scratch)) as started:
+        yield started
 
 
 @pytest.fixture

@@ -28,23 +28,6 @@ pytest.importorskip("nats", reason="cluster mode needs the engram[cluster] extra
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    with NatsCluster(str(tmp_path_factory.mktemp("nats"))) as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def machines(env: dict[str, str], scratch: str, nats_cluster: NatsCluster
-             ) -> Iterator[list[Machine]]:
-    """Three machines of a deployment of their own on the shared NATS cluster."""
-    deployment = "t" + uuid.uuid4().hex[:10]
-    with running([machine_on(nats_cluster, env, scratch, name,
-                             ENGRAM_CLUSTER_DEPLOYMENT=deployment)
-                  for name in ("a", "b", "c")]) as started:
-        yield started
-
-
 def units_of(machine: Machine, context: str) -> list[tuple[int, str, str]]:
     """(seq, id, payload) of every unit of *context* on *machine*, oldest first."""
     found = []

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -34,7 +33,7 @@ from engram_cli.client import Client
 from engram_cli.errors import Conflict, Deadlock, EngramError, LockHeld
 from engram_cli.natslab import NatsCluster
 from engramd.protocol import Lease
-from tests.clustermachines import Machine, machine_on, running
+from tests.clustermachines import Machine, deployment_of, running
 from tests.conftest import WAIT, wait_until
 from tests.helpers.tcpproxy import CuttableProxy
 
@@ -42,37 +41,13 @@ pytest.importorskip("nats", reason="cluster mode needs the engram[cluster] extra
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    with NatsCluster(str(tmp_path_factory.mktemp("nats"))) as cluster:
-        yield cluster
-
-
-def deployment_of(nats: NatsCluster, env: dict[str, str], scratch: str,
-                  names: tuple[str, ...] = ("a", "b", "c"), **settings: dict[str, str]
-                  ) -> list[Machine]:
-    """Machines (not started) of a deployment of their own on *nats*; *settings* are
-    more variables for the machine of that name."""
-    deployment = "l" + uuid.uuid4().hex[:10]
-    return [machine_on(nats, env, scratch, name, ENGRAM_CLUSTER_DEPLOYMENT=deployment,
-                       **settings.get(name, {}))
-            for name in names]
-
-
-@pytest.fixture
-def three(env: dict[str, str], scratch: str, nats_cluster: NatsCluster
-          ) -> Iterator[list[Machine]]:
-    with running(deployment_of(nats_cluster, env, scratch)) as started:
-        yield started
-
-
 def holder_seen(machine: Machine, resource: str) -> Lease | None:
     with machine.client("observer") as engram:
         return engram.get_lock(resource).lease
 
 
-def test_a_lease_on_one_machine_excludes_the_others(three: list[Machine]) -> None:
-    a, b, c = three
+def test_a_lease_on_one_machine_excludes_the_others(machines: list[Machine]) -> None:
+    a, b, c = machines
     with a.client("alice") as alice, b.client("bob") as bob:
         (held,) = alice.acquire_lock("deploy:prod", ttl=30)
         assert held.machine and held.fencing_token > 0
@@ -84,7 +59,7 @@ def test_a_lease_on_one_machine_excludes_the_others(three: list[Machine]) -> Non
         assert following.fencing_token > held.fencing_token
 
 
-def test_lock_run_on_three_machines_never_overlaps(three: list[Machine],
+def test_lock_run_on_three_machines_never_overlaps(machines: list[Machine],
                                                    tmp_path: Path) -> None:
     counter, log = tmp_path / "counter", tmp_path / "sections"
     counter.write_text("0")
@@ -97,10 +72,10 @@ def test_lock_run_on_three_machines_never_overlaps(three: list[Machine],
         ["sh", "-c", f"for i in $(seq {rounds}); do {sys.executable} -m engram_cli lock run "
                      f"counter --ttl 20 -- sh -c '{step}' || exit 1; done"],
         env={**machine.env, "ENGRAM_AGENT": f"cron-{machine.name}"})
-        for machine in three for _ in range(per_machine)]
+        for machine in machines for _ in range(per_machine)]
     for loop in loops:
         assert loop.wait(300) == 0
-    total = rounds * per_machine * len(three)
+    total = rounds * per_machine * len(machines)
     assert counter.read_text().strip() == str(total)
     sections = sorted(tuple(map(int, line.split())) for line in log.read_text().splitlines())
     assert len(sections) == total
@@ -110,8 +85,8 @@ def test_lock_run_on_three_machines_never_overlaps(three: list[Machine],
         assert began >= ended, "two critical sections overlapped"
 
 
-def test_a_killed_engramd_s_lease_expires_on_the_servers(three: list[Machine]) -> None:
-    a, b, _ = three
+def test_a_killed_engramd_s_lease_expires_on_the_servers(machines: list[Machine]) -> None:
+    a, b, _ = machines
     with a.client("alice") as alice:
         (held,) = alice.acquire_lock("job", ttl=2)
     # (alice's connection is gone, but the lease is not bound to it: it stays.)
@@ -141,8 +116,8 @@ def alive(pid: int) -> bool:
 
 
 def test_a_killed_holder_process_is_released_by_its_machine_at_once(
-        three: list[Machine], tmp_path: Path) -> None:
-    a, b, _ = three
+        machines: list[Machine], tmp_path: Path) -> None:
+    a, b, _ = machines
     runner = start_lock_run(a, "job", ttl=120, here=tmp_path)
     wait_until((tmp_path / "pid").exists, "CMD to start")
     held = holder_seen(a, "job")
@@ -156,8 +131,8 @@ def test_a_killed_holder_process_is_released_by_its_machine_at_once(
 
 
 def test_waiters_on_every_machine_are_served_first_come_first_served(
-        three: list[Machine]) -> None:
-    a, b, c = three
+        machines: list[Machine]) -> None:
+    a, b, c = machines
     with a.client("alice") as alice:
         (held,) = alice.acquire_lock("queue", ttl=30)
         order: list[str] = []
@@ -188,8 +163,10 @@ def test_waiters_on_every_machine_are_served_first_come_first_served(
 
 def test_a_nats_node_killed_while_leases_are_held_and_waited_for(
         env: dict[str, str], scratch: str, tmp_path: Path) -> None:
+    # A request may meet an election: on a busy machine one can take seconds.
+    patient = {name: {"ENGRAM_CLUSTER_WRITE_TIMEOUT": "20"} for name in ("a", "b")}
     with NatsCluster(str(tmp_path / "nats")) as nats, \
-            running(deployment_of(nats, env, scratch, ("a", "b"))) as (a, b), \
+            running(deployment_of(nats, env, scratch, ("a", "b"), **patient)) as (a, b), \
             a.client("alice") as alice, b.client("bob") as bob:
         (first,) = alice.acquire_lock("db", ttl=30)
         granted: list[Lease] = []
@@ -338,8 +315,8 @@ def test_leases_across_two_machines_follow_the_model(
 
 
 def test_a_fenced_write_is_checked_against_the_cluster_s_token(
-        three: list[Machine]) -> None:
-    a, b, _ = three
+        machines: list[Machine]) -> None:
+    a, b, _ = machines
     with a.client("alice") as alice, b.client("bob") as bob:
         (old,) = alice.acquire_lock("report", ttl=30)
         alice.create_unit("notes", "MESSAGE", "while held", fence=("report", old.fencing_token))
@@ -353,8 +330,8 @@ def test_a_fenced_write_is_checked_against_the_cluster_s_token(
 
 
 def test_a_lease_broken_on_another_machine_is_pushed_to_its_holder(
-        three: list[Machine]) -> None:
-    a, b, _ = three
+        machines: list[Machine]) -> None:
+    a, b, _ = machines
     with a.client("alice") as alice, b.client("bob") as bob:
         (held,) = alice.acquire_lock("deploy", ttl=30)
         bob.break_lock("deploy", "stuck deploy")
@@ -363,8 +340,8 @@ def test_a_lease_broken_on_another_machine_is_pushed_to_its_holder(
         assert notice.reason == "broken" and notice.by == "bob"
 
 
-def test_a_task_claimed_on_one_machine_is_claimed_for_all(three: list[Machine]) -> None:
-    a, b, _ = three
+def test_a_task_claimed_on_one_machine_is_claimed_for_all(machines: list[Machine]) -> None:
+    a, b, _ = machines
     with a.client("alice") as alice, b.client("bob") as bob:
         task = alice.add_task("ship it", context_id="work")
         wait_until(lambda: bob.list_tasks(ready=True, contexts=["work"]) != [],
@@ -394,8 +371,8 @@ def test_a_cluster_that_wants_a_password_gets_it_from_the_urls(
             assert refused.returncode != 0 and "unreachable" in refused.stderr, refused.stderr
 
 
-def test_a_deadlock_across_machines_is_refused(three: list[Machine]) -> None:
-    a, b, _ = three
+def test_a_deadlock_across_machines_is_refused(machines: list[Machine]) -> None:
+    a, b, _ = machines
     with a.client("alice") as alice, b.client("bob") as bob:
         alice.acquire_lock("x", ttl=30)
         (y,) = bob.acquire_lock("y", ttl=30)
@@ -417,8 +394,8 @@ def test_a_deadlock_across_machines_is_refused(three: list[Machine]) -> None:
 
 
 def test_a_lease_not_renewed_is_lost_at_its_deadline_and_freed_by_the_servers(
-        three: list[Machine]) -> None:
-    a, b, _ = three
+        machines: list[Machine]) -> None:
+    a, b, _ = machines
     with a.client("alice") as alice, b.client("bob") as bob:
         (held,) = alice.acquire_lock("short", ttl=1)
         notice = alice.lease_lost(WAIT)

@@ -491,15 +491,16 @@ class ClusterLeaseManager(LeaseManager):
         deadline = trio.current_time() + wait
         try:
             with trio.move_on_at(deadline):
-                number = await self._register(waiter, grant, 0)
+                # The cluster failing for a moment (a leader being elected) does not end
+                # a wait: it is tried again until the wait's own deadline.
+                number = await self._patiently(lambda: self._register(waiter, grant, 0))
                 assert self._nursery is not None
                 self._nursery.start_soon(self._keep_tickets, done, waiter, grant, number)
                 kept = True
                 while True:
                     while not self._turn(waiter, number, resources):
                         await self._changed.wait()
-                    with trio.CancelScope(shield=True):
-                        leases = await self._take(grant)
+                    leases = await self._patiently(lambda: self._take(grant))
                     if leases is not None:
                         return leases
         finally:
@@ -508,6 +509,16 @@ class ClusterLeaseManager(LeaseManager):
             if not kept and self._nursery is not None:
                 self._nursery.start_soon(self._withdraw, waiter, resources)
         raise Timeout(f"waited {wait:g}s; {self._why_held(resources)}")
+
+    async def _patiently(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()``, again after a pause for as long as it says `unavailable` (the
+        caller's cancel scope bounds it)."""
+        while True:
+            try:
+                return await attempt()
+            except Unavailable as exc:
+                log.info("cluster leases: %s; a waiter tries again", exc)
+            await trio.sleep(self.RETRY_SECONDS)
 
     async def _register(self, waiter: str, grant: Grant, number: int) -> int:
         """Put the waiter's ticket on each resource; its number."""
