@@ -23,12 +23,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import api
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 from engramd.cluster.nats import WRONG_LAST_SEQUENCE, NatsLink
+from engramd.protocol import Lease
 
 WRONG_LAST_SEQUENCE_CONSTANT = 10164
 MARKER_TTL = 60.0
@@ -63,6 +65,32 @@ def parse_key(key: str) -> tuple[str, str, str]:
 def ttl_header(seconds: float) -> str:
     """Whole seconds, rounded up: the servers never end a key before *seconds*."""
     return f"{max(1, math.ceil(seconds))}s"
+
+
+class Held(msgspec.Struct, tag="held", frozen=True):
+    lease: Lease
+    """Its fencing_token is 0 in the write that granted it: the token is that
+    write's revision, known once it is stored (renewals write it out)."""
+
+
+class Ended(msgspec.Struct, tag="ended", frozen=True):
+    reason: str
+    by: str
+
+
+class Ticket(msgspec.Struct, tag="ticket", frozen=True):
+    number: int
+    """0 in a waiter's first ticket key: its number is that key's revision."""
+    machine: str
+    agent: str
+    session: str
+    pid: int
+    resources: list[str]
+
+
+encode_record = msgspec.msgpack.Encoder().encode
+decode_lease_record = msgspec.msgpack.Decoder(Held | Ended).decode
+decode_ticket = msgspec.msgpack.Decoder(Ticket).decode
 
 
 class KeyChanged(Exception):

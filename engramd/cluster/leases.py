@@ -28,8 +28,9 @@ waiters' tickets alive by writing them again every few seconds; the tickets of a
 machine that has gone expire, and the line moves on.
 
 Every machine watches the whole bucket and keeps the lease table (who holds
-what, cluster-wide) and the line from it: deadlock refusal, ``lock status`` and
-``lock list`` see every machine's holders and waiters as of that watch.
+what, cluster-wide) and the line from it (:mod:`.leaseview`): deadlock refusal,
+``lock show`` and ``lock list`` see every machine's holders and waiters as of that
+watch.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import functools
 import logging
 import math
 import secrets
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,21 +47,20 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import trio
-from nats.js.kv import KV_PURGE
 from trio import TaskStatus
 
 from engramd.caller import Caller
 from engramd.cluster.bucket import (
-    LEASE,
-    MARKER_TTL,
-    TICKET,
+    Ended,
+    Held,
     KeyChanged,
-    KeyUpdate,
     LeaseBucket,
+    Ticket,
+    encode_record,
     lease_key,
-    parse_key,
     ticket_key,
 )
+from engramd.cluster.leaseview import LeaseView
 from engramd.leases import Grant, LeaseManager, boottime, tell_holder
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.protocol import (
@@ -86,35 +85,11 @@ log = logging.getLogger("engramd.cluster.leases")
 T = TypeVar("T")
 
 
-class Held(msgspec.Struct, tag="held", frozen=True):
-    lease: Lease
-    """Its fencing_token is 0 in the write that granted it: the token is that
-    write's revision, known once it is stored (renewals write it out)."""
-
-
-class Ended(msgspec.Struct, tag="ended", frozen=True):
-    reason: str
-    by: str
-
-
-class Ticket(msgspec.Struct, tag="ticket", frozen=True):
-    number: int
-    """0 in a waiter's first ticket key: its number is that key's revision."""
-    machine: str
-    agent: str
-    session: str
-    pid: int
-    resources: list[str]
-
-
-_record_encoder = msgspec.msgpack.Encoder()
 _PASSING = (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError,
             nats.errors.ConnectionClosedError, nats.js.errors.ServiceUnavailableError,
             nats.js.errors.NoStreamResponseError,
             OSError, trio.TooSlowError)
 """What a bucket operation meets while the cluster elects a leader or reconnects."""
-_lease_record = msgspec.msgpack.Decoder(Held | Ended)
-_ticket_record = msgspec.msgpack.Decoder(Ticket)
 ENDED_TTL = 1.0
 """How long an ended lease's record stays (then the servers remove it)."""
 
@@ -132,15 +107,8 @@ class ClusterLeaseManager(LeaseManager):
         self.machine = journal.machine
         self.bucket = LeaseBucket(journal.link)
         self.timeout = journal.settings.timeout
-        self.revisions: dict[str, int] = {}
-        """Key -> the last revision seen of it (the basis of every compare-and-set)."""
-        self.tickets: dict[str, dict[str, Ticket]] = {}
-        """Resource -> waiter -> its ticket (its number resolved), every machine's."""
-        self.synced = trio.Event()
-        """Set once the watch has seen every key's last revision."""
-        self._changed = trio.Event()
-        self._markers: deque[tuple[float, str, int]] = deque()
-        """(when seen, key, revision) of expiry markers of lease keys, oldest first."""
+        self.view = LeaseView(self.table, machine=self.machine, boot_id=self.boot_id,
+                              ended=self._lost, found=self._found)
         self._ending: set[str] = set()
         """Lock ids whose end this machine is writing (their end is not news to it)."""
 
@@ -154,135 +122,17 @@ class ClusterLeaseManager(LeaseManager):
             self._nursery = nursery
             task_status.started()
             nursery.start_soon(self._expire_forever)
-            await self._watch_forever()
+            await self.view.follow(self.journal.bridge, self.bucket, self.journal.connected)
 
-    async def _watch_forever(self) -> None:
-        while True:
-            try:
-                await self.journal.connected()
-                await self.journal.bridge.run(self.bucket.open)
-                before = await self.journal.bridge.run(self.bucket.watch)
-                seen: set[str] | None = set()  # keys in the watch's first round
-                while True:
-                    try:
-                        updates = await self.journal.bridge.run(
-                            lambda: self.bucket.next_updates(256, wait=5.0))
-                    except TimeoutError:
-                        continue
-                    for update in updates:
-                        if update is None:
-                            if seen is not None:
-                                self._forget_unseen(seen, before)
-                                seen = None
-                            self.synced.set()
-                            continue
-                        if seen is not None:
-                            seen.add(update.key)
-                        try:
-                            self._apply(update)
-                        except (msgspec.DecodeError, ValueError) as exc:
-                            log.warning("cluster leases: key %s revision %d is not "
-                                        "engram's (%s); ignored", update.key,
-                                        update.revision, exc)
-                    self._wake()
-            except (nats.errors.Error, OSError) as exc:
-                log.warning("cluster leases: %s; watching again", exc or type(exc).__name__)
-                await trio.sleep(self.RETRY_SECONDS)
-
-    def _forget_unseen(self, seen: set[str], before: int) -> None:
-        """After a new watch's first round: what was known from before the watch and
-        not shown is gone (it ended while this machine was not watching, and its
-        markers with it)."""
-
-        def gone(key: str) -> bool:
-            return key not in seen and self.revisions.get(key, 0) <= before
-
-        for resource, line in list(self.tickets.items()):
-            for waiter in [w for w in line if gone(ticket_key(resource, w))]:
-                del line[waiter]
-                self.revisions.pop(ticket_key(resource, waiter), None)
-            if not line:
-                del self.tickets[resource]
-        for resource, holding in list(self.table.held.items()):
-            if gone(lease_key(resource)):
-                self.revisions.pop(lease_key(resource), None)
-                self._lost(holding, "expired", "the cluster")
-
-    def _wake(self) -> None:
-        changed, self._changed = self._changed, trio.Event()
-        changed.set()
-
-    def _apply(self, update: KeyUpdate) -> None:
-        """Bring the table and the line up to *update* (older news is ignored)."""
-        if update.revision <= self.revisions.get(update.key, 0):
+    def _found(self, holding: Holding) -> None:
+        """A lease this machine granted, seen in a new watch (after a restart)."""
+        if self._nursery is None:
             return
-        self.revisions[update.key] = update.revision
-        kind, resource, waiter = parse_key(update.key)
-        if kind == LEASE:
-            self._apply_lease(resource, update)
-            if update.operation == KV_PURGE:
-                self._markers.append((trio.current_time(), update.key, update.revision))
-            self._forget_markers()
-        elif kind == TICKET:
-            line = self.tickets.setdefault(resource, {})
-            line.pop(waiter, None)
-            if not update.deleted and update.value:
-                ticket = _ticket_record.decode(update.value)
-                line[waiter] = ticket if ticket.number else msgspec.structs.replace(
-                    ticket, number=update.revision)
-            else:  # a waiter's key is never written again once withdrawn
-                del self.revisions[update.key]
-            if not line:
-                del self.tickets[resource]
-
-    def _forget_markers(self) -> None:
-        """Forget the revisions of lease keys whose expiry markers the servers have
-        dropped by now (the key then has no message: a write expects 0), so resources
-        used once are not remembered for ever."""
-        horizon = trio.current_time() - MARKER_TTL
-        while self._markers and self._markers[0][0] < horizon:
-            _, key, revision = self._markers.popleft()
-            if self.revisions.get(key) == revision:
-                del self.revisions[key]
-
-    def _apply_lease(self, resource: str, update: KeyUpdate) -> None:
-        current = self.table.held.get(resource)
-        record = None if update.deleted or not update.value else _lease_record.decode(
-            update.value)
-        if isinstance(record, Held):
-            lease = record.lease
-            if not lease.fencing_token:
-                lease = msgspec.structs.replace(lease, fencing_token=update.revision)
-            if current is not None and current.lease.lock_id == lease.lock_id:
-                current.lease = lease
-                if lease.machine != self.machine:
-                    current.deadline = trio.current_time() + lease.ttl
-                return
-            if current is not None:
-                self._lost(current, "expired", "the cluster")
-            holding = Holding(lease, self._deadline_of(lease))
-            self.table.install(holding)
-            if lease.machine == self.machine and self._nursery is not None:
-                # Granted here before a restart (or a reboot, which its holder did not
-                # outlive: as on one machine, it ends).
-                if lease.boot_id != self.boot_id:
-                    self._nursery.start_soon(functools.partial(
-                        self._end, holding, LockReleased, reason="machine rebooted",
-                        by="engramd"))
-                elif lease.pid is not None:
-                    self._nursery.start_soon(self._watch_pid, lease.pid)
-        elif current is not None:
-            if isinstance(record, Ended):
-                self._lost(current, "broken", record.by)
-            else:
-                self._lost(current, "expired", "the cluster")
-
-    def _deadline_of(self, lease: Lease) -> float:
-        """When a lease seen in the watch stops counting here, on trio's clock."""
-        now = trio.current_time()
-        if lease.machine == self.machine and lease.boot_id == self.boot_id and self.boot_id:
-            return now + max(0.0, lease.deadline_boottime - boottime())
-        return now + lease.ttl
+        if holding.lease.boot_id != self.boot_id:  # its holder did not outlive the reboot
+            self._nursery.start_soon(functools.partial(
+                self._end, holding, LockReleased, reason="machine rebooted", by="engramd"))
+        elif holding.lease.pid is not None:
+            self._nursery.start_soon(self._watch_pid, holding.lease.pid)
 
     def _lost(self, holding: Holding, tell: str, by: str) -> None:
         """*holding* ended: out of the table, and its holder told (unless this machine
@@ -341,58 +191,42 @@ class ClusterLeaseManager(LeaseManager):
                            expect: Callable[[Holding | None], bool]) -> int:
         """Write *record* as the lease key of *resource* if what it holds passes
         *expect*; the new revision. KeyChanged when it does not."""
-        key, body = lease_key(resource), _record_encoder.encode(record)
+        key, body = lease_key(resource), encode_record(record)
         for _ in range(3):
-            last = self.revisions.get(key, 0)
+            last = self.view.revisions.get(key, 0)
             try:
                 revision = await self._call(functools.partial(
                     self.bucket.write, key, body, last=last, ttl=ttl,
                     msg_id=secrets.token_hex(12)))
             except KeyChanged:
                 # The watch is behind: read the key from the leader and look again.
-                self._seen(resource, await self._call(functools.partial(self.bucket.read, key)))
+                self.view.seen(resource, await self._call(functools.partial(self.bucket.read, key)))
                 if not expect(self.table.held.get(resource)):
                     raise
                 continue
-            self.revisions[key] = revision
+            self.view.revisions[key] = revision
             return revision
         raise KeyChanged(key)
 
     async def _connected(self) -> None:
         """Wait (as long as a write would) until the watch has seen the bucket."""
         with trio.move_on_after(self.timeout):
-            await self.synced.wait()
-        if not self.synced.is_set():
+            await self.view.synced.wait()
+        if not self.view.synced.is_set():
             raise Unavailable("the cluster is unreachable: leases cannot be taken or "
                               "ended now; try again")
 
     # -- acquiring --------------------------------------------------------------------
 
     def _line(self) -> LockTable:
-        line = LockTable()
-        line.held, line.reserved = self.table.held, self.table.reserved
-        for resource, tickets in self.tickets.items():
-            line.queues[resource] = deque(
-                Waiting(t.agent, t.session, t.pid, t.resources)
-                for t in sorted(tickets.values(), key=lambda t: t.number))
-        return line
-
-    def _free(self, resources: list[str]) -> bool:
-        """Nobody holds them, nobody here is taking them, nobody waits for them."""
-        return all(self.table.free(r) and not self.tickets.get(r)
-                   and not self.table.queues.get(r) for r in resources)
-
-    def _turn(self, waiter: str, number: int, resources: list[str]) -> bool:
-        return all(self.table.free(r) and all(
-            t.number >= number for w, t in self.tickets.get(r, {}).items() if w != waiter)
-            for r in resources)
+        return self.view.line()
 
     async def acquire(self, request: AcquireLock, caller: Caller) -> list[Lease]:
         await self._connected()
         grant, wait = self._grant_for(request, caller)
-        if not self._free(grant.resources):
+        if not self.view.free(grant.resources):
             await self._look_again(grant.resources)
-        if self._free(grant.resources):
+        if self.view.free(grant.resources):
             leases = await self._take(grant)
             if leases is not None:
                 return leases
@@ -407,17 +241,7 @@ class ClusterLeaseManager(LeaseManager):
         for resource in resources:
             if resource in self.table.held:
                 found = await self._call(functools.partial(self.bucket.read, lease_key(resource)))
-                self._seen(resource, found)
-
-    def _seen(self, resource: str, found: KeyUpdate | None) -> None:
-        """Apply a read of the lease key of *resource* (None: the key has no message)."""
-        if found is not None:
-            self._apply(found)
-            return
-        self.revisions[lease_key(resource)] = 0
-        current = self.table.held.get(resource)
-        if current is not None:
-            self._lost(current, "expired", "the cluster")
+                self.view.seen(resource, found)
 
     async def _take(self, grant: Grant) -> list[Lease] | None:
         """Write leases on all of the grant's resources, in order; None (nothing held)
@@ -455,7 +279,7 @@ class ClusterLeaseManager(LeaseManager):
             raise
         finally:
             self.table.unreserve(resources)
-            self._wake()
+            self.view.wake()
         for lease in taken:
             self._hold(lease, start + grant.ttl, caller)
         self.granted += len(taken)
@@ -498,8 +322,8 @@ class ClusterLeaseManager(LeaseManager):
                 self._nursery.start_soon(self._keep_tickets, done, waiter, grant, number)
                 kept = True
                 while True:
-                    while not self._turn(waiter, number, resources):
-                        await self._changed.wait()
+                    while not self.view.turn(waiter, number, resources):
+                        await self.view.changed.wait()
                     leases = await self._patiently(lambda: self._take(grant))
                     if leases is not None:
                         return leases
@@ -523,7 +347,7 @@ class ClusterLeaseManager(LeaseManager):
     async def _register(self, waiter: str, grant: Grant, number: int) -> int:
         """Put the waiter's ticket on each resource; its number."""
         for resource in grant.resources:
-            body = _record_encoder.encode(Ticket(
+            body = encode_record(Ticket(
                 number=number, machine=self.machine, agent=grant.caller.agent_id,
                 session=grant.session, pid=grant.holder_pid, resources=grant.resources))
             key = ticket_key(resource, waiter)
@@ -617,7 +441,7 @@ class ClusterLeaseManager(LeaseManager):
         self.table.remove(holding)
         if tell is not None and holding.push is not None and self._nursery is not None:
             self._nursery.start_soon(tell_holder, holding.push, _notice(lease, tell, by))
-        self._wake()
+        self.view.wake()
 
     async def _write_end(self, lease: Lease, reason: str, by: str) -> None:
         self._ending.add(lease.lock_id)
@@ -632,7 +456,7 @@ class ClusterLeaseManager(LeaseManager):
         follows is made against the cluster's current tokens."""
         for fence in fences:
             found = await self._call(functools.partial(self.bucket.read, lease_key(fence.resource)))
-            self._seen(fence.resource, found)
+            self.view.seen(fence.resource, found)
 
 
 def _holding(lock_id: str) -> Callable[[Holding | None], bool]:
@@ -640,4 +464,4 @@ def _holding(lock_id: str) -> Callable[[Holding | None], bool]:
 
 
 def _notice(lease: Lease, tell: str, by: str) -> bytes:
-    return _record_encoder.encode(LeaseLost(lease=lease, reason=tell, by=by))
+    return encode_record(LeaseLost(lease=lease, reason=tell, by=by))
