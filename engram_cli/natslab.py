@@ -8,6 +8,7 @@ fsyncs every message before it acknowledges, as engram's own log does).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -140,6 +141,25 @@ class NatsCluster:
                     raise TimeoutError(f"nats node {node.name} not healthy after {timeout}s;"
                                        f" see {node.directory}/nats.log")
                 time.sleep(0.1)
+
+    def stream_leader(self, stream: str) -> int | None:
+        """The number of the node leading *stream* now (None: no node says one does)."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            url = f"http://127.0.0.1:{node.monitor_port}/jsz?streams=true"
+            try:
+                with urllib.request.urlopen(url, timeout=1) as answer:
+                    report = json.load(answer)
+            except (urllib.error.URLError, OSError, ValueError):
+                continue
+            for account in report.get("account_details") or []:
+                for found in account.get("stream_detail") or []:
+                    if found.get("name") == stream:
+                        leader = (found.get("cluster") or {}).get("leader")
+                        names = [each.name for each in self.nodes]
+                        return names.index(leader) if leader in names else None
+        return None
 
     def stop(self, index: int, *, kill: bool = False) -> None:
         node = self.nodes[index]

@@ -60,6 +60,7 @@ class ClusterJournal:
     """The connection to the cluster, and the view that follows its stream."""
 
     RETRY_SECONDS = 0.5
+    ATTEMPT_SECONDS = 2.0
     ANNOUNCE_SECONDS = 5.0
     ANNOUNCE_MIN_SECONDS = 1.0
 
@@ -291,10 +292,14 @@ class ClusterJournal:
         deadline = trio.current_time() + self.settings.timeout
         while True:
             try:
-                return await self.bridge.run(lambda: self.link.publish(body, msg_id, after))
+                # A few seconds an attempt: one sent to a server that has just died
+                # would otherwise wait out the whole timeout.
+                with trio.fail_after(min(self.settings.timeout, self.ATTEMPT_SECONDS)):
+                    return await self.bridge.run(
+                        lambda: self.link.publish(body, msg_id, after))
             except StreamMovedOn as moved:
                 raise Behind(functools.partial(self.caught_up, moved.last)) from None
-            except (nats.errors.Error, TimeoutError, OSError) as exc:
+            except (nats.errors.Error, TimeoutError, OSError, trio.TooSlowError) as exc:
                 if trio.current_time() >= deadline:
                     self.reachable = self.link.connected
                     raise Unavailable(

@@ -100,6 +100,7 @@ class ClusterLeaseManager(LeaseManager):
     TICKET_TTL = 6.0
     TICKET_REFRESH = 2.0
     RETRY_SECONDS = 0.5
+    ATTEMPT_SECONDS = 2.0
 
     def __init__(self, journal: ClusterJournal, **options: Any) -> None:
         super().__init__(journal.store, None, **options)  # type: ignore[arg-type]
@@ -172,12 +173,13 @@ class ClusterLeaseManager(LeaseManager):
 
     async def _call(self, coroutine: Callable[[], Awaitable[T]]) -> T:
         """Run a bucket operation, again while the cluster does not answer (a leader
-        being elected), for at most the write timeout. Writes carry a message id, so
-        one sent again is stored once."""
+        being elected, a server gone), for at most the write timeout. Each attempt gets
+        a few seconds: one sent to a server that has just died would otherwise wait out
+        the whole timeout. Writes carry a message id, so one sent again is stored once."""
         deadline = trio.current_time() + self.timeout
         while True:
             try:
-                with trio.fail_after(self.timeout + 1):
+                with trio.fail_after(min(self.timeout, self.ATTEMPT_SECONDS)):
                     return await self.journal.bridge.run(coroutine)
             except _PASSING as exc:
                 if trio.current_time() >= deadline:
