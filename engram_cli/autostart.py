@@ -81,6 +81,14 @@ def _start_lock(socket_path: str) -> Iterator[None]:
         os.close(fd)
 
 
+def why_it_stopped(env: Mapping[str, str] | None = None) -> str:
+    """Where the daemon's log is, and its last line: what a daemon that stopped while
+    starting said last (a journal it refuses to open, say)."""
+    log_path = log_file_in(resolve_data_dir(None, dict(os.environ if env is None else env)))
+    last = _last_line(log_path)
+    return f"see {log_path}" + (f": {last}" if last else "")
+
+
 def _last_line(path: str) -> str:
     try:
         with open(path, "rb") as file:

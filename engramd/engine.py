@@ -138,6 +138,11 @@ class Engine:
             if not self.clustered:
                 raise
             store = self._store_anew(path, exc)
+        try:
+            self._check_mode(store)
+        except StartupError:
+            store.close()
+            raise
         wal = None
         if not self.clustered:
             wal = WriteAheadLog(os.path.join(self.config.data_dir, "wal"),
@@ -159,6 +164,20 @@ class Engine:
                                         rebuild=self.config.reindex, store=store)
                           if self.config.semantic == "auto" else None)
         return store, wal, indexer
+
+    def _check_mode(self, store: Store) -> None:
+        """Refuse a data dir of the other mode: a single machine's journal is not a view
+        of a cluster's stream (its seqs would not follow the stream's), nor the reverse."""
+        if self.clustered and store.applied_seq > 0 and store.stream_seq == 0:
+            raise StartupError(
+                f"{self.config.data_dir} holds a single machine's journal (seq "
+                f"{store.applied_seq}); cluster mode needs a data dir of its own. Move the "
+                "journal in with 'engram unit export --all' and 'engram unit import' "
+                "(docs/cluster.md)")
+        if not self.clustered and store.stream_seq > 0:
+            raise StartupError(
+                f"{self.config.data_dir} is a machine's view of a cluster's journal; start "
+                "engramd with cluster.servers set, or give it a data dir of its own")
 
     @staticmethod
     def _store_anew(path: str, exc: Exception) -> Store:

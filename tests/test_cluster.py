@@ -21,7 +21,7 @@ import pytest
 from engram_cli.client import Client
 from engram_cli.errors import EngramError, NotFound
 from engram_cli.natslab import NatsCluster
-from tests.clustermachines import Machine, machine_on, running
+from tests.clustermachines import Machine, deployment_of, machine_on, running
 from tests.conftest import WAIT, run_cli, wait_until
 
 pytest.importorskip("nats", reason="cluster mode needs the engram[cluster] extra")
@@ -340,3 +340,32 @@ def test_a_single_machine_journal_moves_into_a_cluster(
         moved = engram.get_unit(second.id)
     assert moved.ts == second.ts and moved.agent_id == "alice"
     assert [rel.target for rel in moved.relationships] == [first.id]
+
+
+def test_a_data_dir_of_the_other_mode_is_refused(
+        engramd: Any, env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
+    """A single machine's journal is not a view of a cluster's stream (its seqs would not
+    follow the stream's), nor the reverse: engramd refuses to start on it, and `daemon
+    start` says why."""
+    with Client(engramd.socket, agent_id="alice", autostart=False, env={}) as engram:
+        engram.create_unit("c", "MESSAGE", "written on one machine")
+    assert engramd.stop() == 0
+    clustered = {**engramd.env, "ENGRAM_CLUSTER_SERVERS": nats_cluster.servers,
+                 "ENGRAM_CLUSTER_DEPLOYMENT": "r" + uuid.uuid4().hex[:8]}
+    refused = subprocess.run([sys.executable, "-m", "engramd"], env=clustered,
+                             capture_output=True, text=True, timeout=WAIT * 3, check=False)
+    assert refused.returncode == 1
+    assert "holds a single machine's journal" in refused.stderr, refused.stderr
+    started = run_cli(clustered, "daemon", "start")
+    assert started.returncode == 69
+    assert "stopped while starting" in started.stderr
+    assert "single machine's journal" in started.stderr, started.stderr
+
+    (view,) = deployment_of(nats_cluster, env, scratch, ("v",))
+    with running([view]), view.client() as engram:
+        engram.create_unit("c", "MESSAGE", "written in a cluster")
+    alone = {k: v for k, v in view.env.items() if k != "ENGRAM_CLUSTER_SERVERS"}
+    refused = subprocess.run([sys.executable, "-m", "engramd"], env=alone,
+                             capture_output=True, text=True, timeout=WAIT * 3, check=False)
+    assert refused.returncode == 1
+    assert "view of a cluster's journal" in refused.stderr, refused.stderr

@@ -12,7 +12,7 @@ import msgspec
 import typer
 
 from engram_cli import context, output
-from engram_cli.autostart import START_TIMEOUT, process_gone, start_daemon
+from engram_cli.autostart import START_TIMEOUT, process_gone, start_daemon, why_it_stopped
 from engram_cli.context import JsonOption
 from engram_cli.errors import ClientTimeout, Unavailable
 from engram_cli.output import format_duration, to_plain_data
@@ -59,9 +59,20 @@ def _stop(cli: context.CliContext, timeout: float) -> int | None:
 def _start(cli: context.CliContext, timeout: float, json: bool) -> None:
     client = cli.unconnected_client()
     started = start_daemon(client.socket_path, timeout=timeout)
-    client.connect()
-    status = client.wait_ready(timeout)
-    client.close()
+    try:
+        client.connect()
+        status = client.wait_ready(timeout)
+    except Unavailable:
+        if not started:
+            raise
+        # It answered, then stopped before it was ready: the error it logs on its way
+        # out says why.
+        deadline = time.monotonic() + 5
+        while "error" not in (why := why_it_stopped()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise Unavailable(f"engramd stopped while starting; {why}") from None
+    finally:
+        client.close()
     out = cli.output(json)
     if out.json:
         out.json_line({"started": started, **to_plain_data(status)})
