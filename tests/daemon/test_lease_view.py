@@ -1,0 +1,125 @@
+"""The lease view of cluster mode (engramd.cluster.leaseview) on its own: what it makes
+of the leases bucket's revisions, as its watch hands them over. Its bookkeeping only;
+the real bucket and watch are tested in tests/test_cluster_leases.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import trio
+
+pytest.importorskip("nats", reason="cluster mode needs the engram[cluster] extra")
+
+from engramd.cluster.bucket import (
+    MARKER_TTL,
+    Ended,
+    Held,
+    KeyUpdate,
+    Ticket,
+    encode_record,
+    lease_key,
+    ticket_key,
+)
+from engramd.cluster.leaseview import LeaseView
+from engramd.locks import Holding, LockTable
+from engramd.protocol import Lease
+
+NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+
+
+def lease(resource: str, lock_id: str, machine: str = "m2") -> Lease:
+    return Lease(resource=resource, holder="alice", lock_id=lock_id, fencing_token=0,
+                 acquired_at=NOW, expires_at=NOW, ttl=30, machine=machine)
+
+
+def held(resource: str, revision: int, lock_id: str = "L1") -> KeyUpdate:
+    return KeyUpdate(lease_key(resource), revision, encode_record(Held(lease(resource, lock_id))))
+
+
+def ticket(resource: str, waiter: str, revision: int, number: int = 0) -> KeyUpdate:
+    record = Ticket(number=number, machine="m2", agent="bob", session="s", pid=1,
+                    resources=[resource])
+    return KeyUpdate(ticket_key(resource, waiter), revision, encode_record(record))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.ended: list[tuple[str, str, str]] = []
+        self.found: list[str] = []
+
+    def view(self) -> LeaseView:
+        table = LockTable()
+
+        def ended(holding: Holding, tell: str, by: str) -> None:
+            table.remove(holding)
+            self.ended.append((holding.lease.resource, tell, by))
+
+        return LeaseView(table, machine="m1", boot_id="b", ended=ended,
+                         found=lambda holding: self.found.append(holding.lease.resource))
+
+
+async def test_a_lease_is_held_with_its_revision_as_token_until_it_ends() -> None:
+    seen = Recorder()
+    view = seen.view()
+    view.apply(held("db", 7))
+    assert view.table.held["db"].lease.fencing_token == 7
+    view.apply(held("db", 5, lock_id="older"))  # older news: ignored
+    assert view.table.held["db"].lease.lock_id == "L1"
+    view.apply(KeyUpdate(lease_key("db"), 9, encode_record(Ended(reason="r", by="bob"))))
+    assert "db" not in view.table.held and seen.ended == [("db", "broken", "bob")]
+    view.apply(held("db", 11, lock_id="L2"))
+    view.apply(KeyUpdate(lease_key("db"), 12, b"", operation="PURGE"))
+    assert seen.ended[-1] == ("db", "expired", "the cluster")
+    assert view.revisions[lease_key("db")] == 12  # the basis of the next create
+
+
+async def test_a_lease_granted_here_before_a_restart_is_handed_to_the_manager() -> None:
+    seen = Recorder()
+    view = seen.view()
+    view.apply(KeyUpdate(lease_key("mine"), 3,
+                         encode_record(Held(lease("mine", "L", machine="m1")))))
+    view.apply(held("theirs", 4))
+    assert seen.found == ["mine"]
+
+
+async def test_tickets_make_the_line_in_number_order() -> None:
+    view = Recorder().view()
+    view.apply(ticket("q", "w1", 20))            # its number: its revision
+    view.apply(ticket("q", "w2", 21, number=3))  # a later key of an earlier waiter
+    assert [w.agent for w in view.line().queues["q"]] == ["bob", "bob"]
+    assert view.turn("w2", 3, ["q"]) and not view.turn("w1", 20, ["q"])
+    assert not view.free(["q"])
+    view.apply(KeyUpdate(ticket_key("q", "w2"), 22, b""))  # withdrawn
+    assert view.turn("w1", 20, ["q"])
+    assert ticket_key("q", "w2") not in view.revisions  # never written again
+
+
+async def test_a_new_watch_forgets_what_it_no_longer_shows() -> None:
+    seen = Recorder()
+    view = seen.view()
+    view.apply(held("gone", 3))
+    view.apply(ticket("gone", "w", 4))
+    view.apply(held("new", 12))  # written after the new watch began
+    view._forget_unseen(seen={lease_key("kept")}, before=10)
+    assert "gone" not in view.table.held and "gone" not in view.tickets
+    assert seen.ended == [("gone", "expired", "the cluster")]
+    assert "new" in view.table.held
+
+
+async def test_an_expiry_marker_is_forgotten_once_the_servers_drop_it(
+        autojump_clock: trio.abc.Clock) -> None:
+    view = Recorder().view()
+    view.apply(held("once", 3))
+    view.apply(KeyUpdate(lease_key("once"), 4, b"", operation="PURGE"))
+    assert view.revisions[lease_key("once")] == 4
+    await trio.sleep(MARKER_TTL + 1)
+    view.apply(held("other", 5))  # any later news prunes
+    assert lease_key("once") not in view.revisions
+
+
+async def test_a_value_that_is_not_engram_s_is_refused() -> None:
+    import msgspec
+
+    with pytest.raises(msgspec.DecodeError):
+        Recorder().view().apply(KeyUpdate(lease_key("x"), 1, b"\x01not msgpack"))
