@@ -90,14 +90,18 @@ class Grant:
         # CLOCK_BOOTTIME read now, before the commit: the deadline it gives is never
         # later than the one the table will hold (see engram_cli.lockrun).
         boot = boottime()
-        expires = ts + dt.timedelta(seconds=self.ttl)
-        return [Lease(resource=resource, holder=self.caller.agent_id,
-                      lock_id=secrets.token_hex(16), fencing_token=first_seq + index,
-                      acquired_at=ts, expires_at=expires, ttl=self.ttl, boot_id=boot_id,
-                      deadline_boottime=boot + self.ttl, pid=self.request.pid,
-                      bound_to_connection=self.request.bind_connection,
-                      session=self.session, holder_pid=self.holder_pid)
+        return [self.lease(resource, first_seq + index, ts, boot, boot_id)
                 for index, resource in enumerate(self.resources)]
+
+    def lease(self, resource: str, token: int, ts: dt.datetime, boot: float, boot_id: str,
+              machine: str = "") -> Lease:
+        """The lease on *resource*, granted at *ts* (and *boot* on CLOCK_BOOTTIME)."""
+        return Lease(resource=resource, holder=self.caller.agent_id,
+                     lock_id=secrets.token_hex(16), fencing_token=token, acquired_at=ts,
+                     expires_at=ts + dt.timedelta(seconds=self.ttl), ttl=self.ttl,
+                     boot_id=boot_id, deadline_boottime=boot + self.ttl, pid=self.request.pid,
+                     bound_to_connection=self.request.bind_connection, session=self.session,
+                     holder_pid=self.holder_pid, machine=machine)
 
 
 def acquired(leases: list[Lease]) -> list[LockAcquired]:
@@ -279,15 +283,18 @@ class LeaseManager:
         resources = sorted({check_resource(resource) for resource in request.resources})
         if not resources or len(resources) > MAX_RESOURCES:
             raise BadRequest(f"ask for 1 to {MAX_RESOURCES} resources")
-        ttl = self.default_ttl if request.ttl is None else request.ttl
-        if not 0 < ttl <= self.max_ttl or not math.isfinite(ttl):
-            raise BadRequest(f"ttl must be more than 0 and at most {self.max_ttl:g} seconds")
+        ttl = self._checked_ttl(self.default_ttl if request.ttl is None else request.ttl)
         wait = math.inf if request.wait is None else request.wait
         if not 0 <= wait <= math.inf:
             raise BadRequest("wait must be 0 or more seconds (or nil: as long as it takes)")
         if request.pid is not None and request.pid <= 0:
             raise BadRequest("pid must be a process id")
         return resources, ttl, wait
+
+    def _checked_ttl(self, ttl: float) -> float:
+        if not 0 < ttl <= self.max_ttl or not math.isfinite(ttl):
+            raise BadRequest(f"ttl must be more than 0 and at most {self.max_ttl:g} seconds")
+        return ttl
 
     def _grant_for(self, request: AcquireLock, caller: Caller) -> tuple[Grant, float]:
         """What the request would be granted, and how long it may wait; refused when
@@ -404,14 +411,8 @@ class LeaseManager:
         """Extend a lease by *ttl* from now; a lease whose connection has gone
         (a restart, a reconnect) is adopted by the renewing connection."""
         holding = self._held(lock_id, caller, resource)
-        ttl = holding.lease.ttl if ttl is None else ttl
-        if not 0 < ttl <= self.max_ttl or not math.isfinite(ttl):
-            raise BadRequest(f"ttl must be more than 0 and at most {self.max_ttl:g} seconds")
+        ttl, session, holder_pid, adopt = self._renewal(holding, caller, ttl)
         boot = boottime()
-        adopt = holding.connection is None and caller.connection is not None
-        session, holder_pid = holding.lease.session, holding.lease.holder_pid
-        if adopt and holding.lease.pid is None:
-            session, holder_pid = caller.connection_id, caller.pid
 
         def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, Lease]:
             if self.table.by_lock_id.get(lock_id) is not holding or holding.ending:
@@ -424,12 +425,27 @@ class LeaseManager:
 
         with trio.CancelScope(shield=True):  # the table follows what the journal says
             lease = await self.committer.commit(build)
-        holding.lease = lease
-        holding.deadline = trio.current_time() + ttl
+        self._renewed(holding, lease, trio.current_time() + ttl, caller, adopt)
+        return lease
+
+    def _renewal(self, holding: Holding, caller: Caller, ttl: float | None
+                 ) -> tuple[float, str, int, bool]:
+        """The ttl a renewal of *holding* sets, the session and process that hold it
+        then, and whether *caller* adopts it (its own connection has gone)."""
+        ttl = self._checked_ttl(holding.lease.ttl if ttl is None else ttl)
+        adopt = holding.connection is None and caller.connection is not None
+        session, holder_pid = holding.lease.session, holding.lease.holder_pid
+        if adopt and holding.lease.pid is None:
+            session, holder_pid = caller.connection_id, caller.pid
+        return ttl, session, holder_pid, adopt
+
+    def _renewed(self, holding: Holding, lease: Lease, deadline: float, caller: Caller,
+                 adopt: bool) -> None:
+        """Hold the durably renewed *lease* until *deadline* (trio's clock)."""
+        holding.lease, holding.deadline = lease, deadline
         if adopt and holding.connection is None:
             holding.connection, holding.push = caller.connection, caller.push
         self.table.deadline_changed.set()
-        return lease
 
     async def break_lease(self, resource: str, reason: str, agent: str) -> Lease:
         check_resource(resource)

@@ -27,7 +27,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import api
-from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
+from nats.js.kv import KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 from engramd.cluster.nats import WRONG_LAST_SEQUENCE, NatsLink
 from engramd.protocol import Lease
@@ -137,9 +137,10 @@ class LeaseBucket:
                 await js.key_value(self.name)  # another machine created it meanwhile
 
     async def write(self, key: str, value: bytes = b"", *, last: int | None,
-                    ttl: float | None = None, delete: bool = False, msg_id: str = "") -> int:
-        """Write *value* (or a delete) if the key's last revision is *last* (any when
-        None); the new revision. KeyChanged when it is not.
+                    ttl: float | None = None, msg_id: str = "") -> int:
+        """Write *value* if the key's last revision is *last* (any when None); the new
+        revision. KeyChanged when it is not. (Nothing is deleted: a KV delete leaves a
+        marker for ever; an ended lease or a withdrawn ticket is a value with a TTL.)
 
         A write sent again with the same *msg_id* (its answer was lost) is answered
         with the first one's revision: the servers keep ids for two minutes.
@@ -151,8 +152,6 @@ class LeaseBucket:
             headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(last)
         if ttl is not None:
             headers[api.Header.MSG_TTL] = ttl_header(ttl)
-        if delete:
-            headers[KV_OP] = KV_DEL
         try:
             ack = await self.link.js.publish(f"$KV.{self.name}.{key}", value,
                                              headers=headers or None,

@@ -65,7 +65,6 @@ from engramd.leases import Grant, LeaseManager, boottime, tell_holder
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.protocol import (
     AcquireLock,
-    BadRequest,
     Fence,
     Forbidden,
     Lease,
@@ -201,8 +200,7 @@ class ClusterLeaseManager(LeaseManager):
                     self.bucket.write, key, body, last=last, ttl=ttl,
                     msg_id=secrets.token_hex(12)))
             except KeyChanged:
-                # The watch is behind: read the key from the leader and look again.
-                self.view.seen(resource, await self._call(functools.partial(self.bucket.read, key)))
+                await self._read_lease(resource)  # the watch is behind: look again
                 if not expect(self.table.held.get(resource)):
                     raise
                 continue
@@ -242,8 +240,12 @@ class ClusterLeaseManager(LeaseManager):
         another machine a moment ago may not have reached the watch yet."""
         for resource in resources:
             if resource in self.table.held:
-                found = await self._call(functools.partial(self.bucket.read, lease_key(resource)))
-                self.view.seen(resource, found)
+                await self._read_lease(resource)
+
+    async def _read_lease(self, resource: str) -> None:
+        """Bring the view up to the lease key of *resource* as the stream's leader has it."""
+        found = await self._call(functools.partial(self.bucket.read, lease_key(resource)))
+        self.view.seen(resource, found)
 
     async def _take(self, grant: Grant) -> list[Lease] | None:
         """Write leases on all of the grant's resources, in order; None (nothing held)
@@ -258,14 +260,8 @@ class ClusterLeaseManager(LeaseManager):
                 start, boot = trio.current_time(), boottime()
                 ts = dt.datetime.now(dt.UTC)
                 for resource in resources:
-                    lease = Lease(
-                        resource=resource, holder=caller.agent_id,
-                        lock_id=secrets.token_hex(16), fencing_token=0, acquired_at=ts,
-                        expires_at=ts + dt.timedelta(seconds=grant.ttl), ttl=grant.ttl,
-                        boot_id=self.boot_id, deadline_boottime=boot + grant.ttl,
-                        pid=request.pid, bound_to_connection=request.bind_connection,
-                        session=grant.session, holder_pid=grant.holder_pid,
-                        machine=self.machine)
+                    # Token 0: the token is this write's revision (see Held).
+                    lease = grant.lease(resource, 0, ts, boot, self.boot_id, self.machine)
                     try:
                         revision = await self._write_lease(
                             resource, Held(lease), grant.ttl,
@@ -394,13 +390,7 @@ class ClusterLeaseManager(LeaseManager):
         if holding.lease.machine != self.machine:
             raise Forbidden(f"lease {lock_id:.40} was granted through machine "
                             f"{holding.lease.machine}: renew it there")
-        ttl = holding.lease.ttl if ttl is None else ttl
-        if not 0 < ttl <= self.max_ttl or not math.isfinite(ttl):
-            raise BadRequest(f"ttl must be more than 0 and at most {self.max_ttl:g} seconds")
-        adopt = holding.connection is None and caller.connection is not None
-        session, holder_pid = holding.lease.session, holding.lease.holder_pid
-        if adopt and holding.lease.pid is None:
-            session, holder_pid = caller.connection_id, caller.pid
+        ttl, session, holder_pid, adopt = self._renewal(holding, caller, ttl)
         start, boot = trio.current_time(), boottime()
         ts = dt.datetime.now(dt.UTC)
         lease = msgspec.structs.replace(
@@ -412,10 +402,7 @@ class ClusterLeaseManager(LeaseManager):
                                         expect=_holding(lock_id))
             except KeyChanged:
                 raise NotFound(f"lease {lock_id:.40} ended before it was renewed") from None
-        holding.lease, holding.deadline = lease, start + ttl
-        if adopt and holding.connection is None:
-            holding.connection, holding.push = caller.connection, caller.push
-        self.table.deadline_changed.set()
+        self._renewed(holding, lease, start + ttl, caller, adopt)
         return lease
 
     async def release(self, lock_id: str, caller: Caller, resource: str | None = None
@@ -441,8 +428,8 @@ class ClusterLeaseManager(LeaseManager):
         except KeyChanged:
             pass  # it ended meanwhile: the watch says how
         self.table.remove(holding)
-        if tell is not None and holding.push is not None and self._nursery is not None:
-            self._nursery.start_soon(tell_holder, holding.push, _notice(lease, tell, by))
+        if tell is not None:
+            self._tell(holding, tell, by)
         self.view.wake()
 
     async def _write_end(self, lease: Lease, reason: str, by: str) -> None:
@@ -457,8 +444,7 @@ class ClusterLeaseManager(LeaseManager):
         """Read the lease keys of *fences* from the leader, so the fence check that
         follows is made against the cluster's current tokens."""
         for fence in fences:
-            found = await self._call(functools.partial(self.bucket.read, lease_key(fence.resource)))
-            self.view.seen(fence.resource, found)
+            await self._read_lease(fence.resource)
 
 
 def _holding(lock_id: str) -> Callable[[Holding | None], bool]:
