@@ -141,9 +141,6 @@ def start_daemon(
             if status is not None or time.monotonic() > deadline:
                 why = (f"exited with status {status}" if status is not None
                        else f"did not answer within {timeout:g}s")
-                last = _last_line(log_path)
-                raise Unavailable(
-                    f"engramd {why}; see {log_path}" + (f": {last}" if last else "")
-                )
+                raise Unavailable(f"engramd {why}; {why_it_stopped(env)}")
             time.sleep(_POLL_INTERVAL)
     return True
