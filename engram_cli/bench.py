@@ -25,6 +25,7 @@ import msgspec
 
 from engram_cli import requests
 from engram_cli.autostart import daemon_answers, process_gone, start_daemon
+from engram_cli.benchfloor import DURABLE, ECHO, FloorClient, floor_server, floor_worker
 from engram_cli.client import Client
 from engramd.protocol import Heartbeat, UnitsCreated, result
 
@@ -99,12 +100,15 @@ class Measurement:
 
 
 @contextlib.contextmanager
-def daemon_cpu(target: BenchTarget) -> Iterator[Callable[[], float | None]]:
-    """Measure the daemon's CPU time over the block; call the result afterwards."""
-    before = target.daemon_cpu()
+def daemon_cpu(target: BenchTarget, read: Callable[[], float | None] | None = None
+               ) -> Iterator[Callable[[], float | None]]:
+    """Measure the daemon's CPU time (or what *read* says) over the block; call the result
+    afterwards."""
+    read = read or target.daemon_cpu
+    before = read()
     spent: list[float | None] = [None]
     yield lambda: spent[0]
-    after = target.daemon_cpu()
+    after = read()
     if before is not None and after is not None:
         spent[0] = after - before
 
@@ -133,10 +137,10 @@ def summarize(name: str, measurement: Measurement) -> BenchResult:
     )
 
 
-def _timed_loop(target: BenchTarget, count: int, operation: Callable[[], object]
-                ) -> Measurement:
+def _timed_loop(target: BenchTarget, count: int, operation: Callable[[], object],
+                cpu_of: Callable[[], float | None] | None = None) -> Measurement:
     latencies = []
-    with daemon_cpu(target) as cpu:
+    with daemon_cpu(target, cpu_of) as cpu:
         started = time.perf_counter()
         for _ in range(count):
             before = time.perf_counter()
@@ -245,6 +249,62 @@ def bench_floor_fdatasync(target: BenchTarget) -> Measurement:
         os.unlink(path)
     measurement.note = "floor under every durable write"
     return measurement
+
+
+def _on_floor_server(target: BenchTarget,
+                     measure: Callable[[str, Callable[[], float | None]], Measurement]
+                     ) -> Measurement:
+    """``measure(socket, cpu)`` against the floor server (:mod:`engram_cli.benchfloor`),
+    which fsyncs in the data dir's file system; *cpu* reads its CPU seconds."""
+    with tempfile.TemporaryDirectory(dir=target.data_dir, prefix="bench-floor-") as scratch, \
+            floor_server(scratch) as (socket_path, pid):
+        return measure(socket_path, lambda: cpu_seconds(pid))
+
+
+def _floor_one_client(target: BenchTarget, kind: bytes, count: int, note: str
+                      ) -> Measurement:
+    def measure(socket_path: str, cpu: Callable[[], float | None]) -> Measurement:
+        client = FloorClient(socket_path)
+        try:
+            for _ in range(100):
+                client.request(kind)
+            measurement = _timed_loop(target, target.count(count),
+                                      lambda: client.request(kind), cpu)
+        finally:
+            client.close()
+        measurement.note = note
+        return measurement
+
+    return _on_floor_server(target, measure)
+
+
+def bench_floor_roundtrip(target: BenchTarget) -> Measurement:
+    """This design's floor under every request: a trio server of engramd's shape that does
+    nothing, one blocking Python client (cpu: the server's)."""
+    return _floor_one_client(target, ECHO, 5000,
+                             "floor: a request to a trio server that answers at once")
+
+
+def bench_floor_durable(target: BenchTarget) -> Measurement:
+    """This design's floor under a durable write: the same server appends 256 bytes and
+    fdatasyncs in a long-lived thread before it answers (cpu: the server's)."""
+    return _floor_one_client(target, DURABLE, 3000,
+                             "floor: the same, answered after an append + fdatasync in a "
+                             "journal thread")
+
+
+def bench_floor_roundtrip_8procs(target: BenchTarget) -> Measurement:
+    """This design's floor under 8 serial clients: 8 processes, one request to the
+    do-nothing server at a time each (cpu: the server's)."""
+    def measure(socket_path: str, cpu_of: Callable[[], float | None]) -> Measurement:
+        with daemon_cpu(target, cpu_of) as cpu:
+            outputs, wall = _workers(target, floor_worker.__name__, [
+                [socket_path, ECHO.decode(), str(target.count(2000))] for _ in range(8)])
+        latencies = [float(value) for out in outputs for value in out.split()]
+        return Measurement(latencies, wall, daemon_cpu=cpu(),
+                           note="floor: requests/s a trio server answers 8 serial clients")
+
+    return _on_floor_server(target, measure)
 
 
 def bench_write_single(target: BenchTarget) -> Measurement:
@@ -987,6 +1047,9 @@ WORKLOADS: dict[str, Workload] = {
     "cli.hook.guard": bench_cli_hook_guard,
     "floor.import": bench_floor_import,
     "floor.fdatasync": bench_floor_fdatasync,
+    "floor.roundtrip": bench_floor_roundtrip,
+    "floor.durable": bench_floor_durable,
+    "floor.roundtrip.8procs": bench_floor_roundtrip_8procs,
     "write.single": bench_write_single,
     "write.8procs": bench_write_8procs,
     "write.8procs.serial": bench_write_8procs_serial,
@@ -1038,17 +1101,39 @@ def _cpu_ok(result: BenchResult) -> bool:
     return result.daemon_cpu_ms is not None and result.daemon_cpu_ms <= 0.15
 
 
+def _design(floor: BenchResult, times: int = 1) -> str:
+    """What this design's own floor for a row was in the run (see engram_cli.benchfloor)."""
+    count = f"{times} x " if times > 1 else ""
+    cpu = (f", cpu {times * floor.daemon_cpu_ms:.3f}" if floor.daemon_cpu_ms is not None
+           else "")
+    return f"; this design's floor: {count}{floor.name} p50 {times * floor.p50_ms:.3f}{cpu}"
+
+
 def _write_single(r: BenchResult, f: Mapping[str, BenchResult]) -> tuple[str, bool]:
     limit = f["floor.fdatasync"].p50_ms + 0.15
     return (f"p50 <= {limit:.3f} (floor.fdatasync {f['floor.fdatasync'].p50_ms:.3f} + 0.15), "
-            f"p99 <= 1, cpu <= 0.15",
+            f"p99 <= 1, cpu <= 0.15{_design(f['floor.durable'])}",
             r.p50_ms <= limit and r.p99_ms <= 1.0 and _cpu_ok(r))
 
 
 def _lock_cycle(r: BenchResult, f: Mapping[str, BenchResult]) -> tuple[str, bool]:
     limit = 2 * f["floor.fdatasync"].p50_ms + 0.3
     return (f"p50 <= {limit:.3f} (2 x floor.fdatasync {f['floor.fdatasync'].p50_ms:.3f} "
-            f"+ 0.3)", r.p50_ms <= limit)
+            f"+ 0.3){_design(f['floor.durable'], 2)}", r.p50_ms <= limit)
+
+
+def _serial_writes(r: BenchResult, f: Mapping[str, BenchResult]) -> tuple[str, bool]:
+    floor = f["floor.roundtrip.8procs"]
+    return (f"units/s >= 15,000, p99 <= 5, cpu <= 0.15; this design's floor: "
+            f"floor.roundtrip.8procs {floor.throughput:,.0f}/s",
+            r.throughput >= 15_000 and r.p99_ms <= 5.0 and _cpu_ok(r))
+
+
+def _handovers(r: BenchResult, f: Mapping[str, BenchResult]) -> tuple[str, bool]:
+    floor = f["floor.roundtrip.8procs"]
+    return (f"handovers/s >= 2,000; this design's floor: floor.roundtrip.8procs / 2 (an "
+            f"acquire and a release each) {floor.throughput / 2:,.0f}/s",
+            r.throughput >= 2000)
 
 
 def _fanout(r: BenchResult, f: Mapping[str, BenchResult]) -> tuple[str, bool]:
@@ -1070,14 +1155,13 @@ def _import_agents(r: BenchResult, f: Mapping[str, BenchResult]) -> tuple[str, b
 
 
 GOALS: dict[str, Goal] = {
-    "write.single": Goal(("floor.fdatasync",), _write_single),
-    "write.8procs.serial": Goal((), lambda r, f: (
-        "units/s >= 15,000, p99 <= 5, cpu <= 0.15",
-        r.throughput >= 15_000 and r.p99_ms <= 5.0 and _cpu_ok(r))),
-    "lock.cycle": Goal(("floor.fdatasync",), _lock_cycle),
-    "lock.8procs": Goal((), lambda r, f: ("handovers/s >= 2,000", r.throughput >= 2000)),
+    "write.single": Goal(("floor.fdatasync", "floor.durable"), _write_single),
+    "write.8procs.serial": Goal(("floor.roundtrip.8procs",), _serial_writes),
+    "lock.cycle": Goal(("floor.fdatasync", "floor.durable"), _lock_cycle),
+    "lock.8procs": Goal(("floor.roundtrip.8procs",), _handovers),
     "stream.fanout10": Goal(("write.single",), _fanout),
-    "list.last100": Goal((), lambda r, f: ("p50 <= 0.35", r.p50_ms <= 0.35)),
+    "list.last100": Goal(("floor.roundtrip",), lambda r, f: (
+        f"p50 <= 0.35{_design(f['floor.roundtrip'])}", r.p50_ms <= 0.35)),
     "cli.ping": Goal(("floor.import",), _near_import_floor),
     "cli.unit.create": Goal(("floor.import",), _near_import_floor),
     "cli.hook.guard": Goal(("cli.ping",), lambda r, f: (

@@ -24,21 +24,24 @@ def row(name: str, p50: float, **fields: object) -> BenchResult:
 
 def test_targets_bring_their_floors_transitively_in_catalogue_order() -> None:
     assert bench.with_floors(["stream.fanout10"]) == [
-        "floor.fdatasync", "write.single", "stream.fanout10"]
+        "floor.fdatasync", "floor.durable", "write.single", "stream.fanout10"]
     assert bench.with_floors(["cli.ping", "ping"]) == ["ping", "cli.ping", "floor.import"]
 
 
 def test_a_row_is_judged_against_the_floor_of_the_same_run() -> None:
     floor = row("floor.fdatasync", 0.10)
+    design = row("floor.durable", 0.20, cpu=0.05)
     fast = row("write.single", 0.24, p99=0.9, cpu=0.1)
     slow = row("write.single", 0.26, p99=0.9, cpu=0.1)
     hungry = row("write.single", 0.20, p99=0.9, cpu=0.3)
-    assert [r.met for r in bench.judged([floor, fast])] == [None, True]
-    judged = bench.judged([floor, slow])[1]
+    assert [r.met for r in bench.judged([floor, design, fast])] == [None, None, True]
+    judged = bench.judged([floor, design, slow])[2]
     assert judged.met is False and "0.250 (floor.fdatasync 0.100 + 0.15)" in judged.target
-    assert bench.judged([floor, hungry])[1].met is False
-    # Without its floor a row has no target rather than a made-up one.
+    assert "this design's floor: floor.durable p50 0.200, cpu 0.050" in judged.target
+    assert bench.judged([floor, design, hungry])[2].met is False
+    # Without its floors a row has no target rather than a made-up one.
     assert bench.judged([fast])[0].met is None and bench.judged([fast])[0].target == ""
+    assert bench.judged([floor, fast])[1].target == ""
 
 
 def test_cpu_seconds_reads_proc() -> None:
@@ -53,12 +56,25 @@ def test_bench_reports_the_daemons_cpu_and_the_target_beside_its_floor(
                      timeout=120)
     assert result.returncode == 0, result.stderr
     rows = {r["name"]: r for r in map(json.loads, result.stdout.splitlines())}
-    assert list(rows) == ["floor.fdatasync", "write.single"]
+    assert list(rows) == ["floor.fdatasync", "floor.durable", "write.single"]
     write = rows["write.single"]
     assert write["ops"] == 60 and write["daemon_cpu_ms"] > 0
     floor = rows["floor.fdatasync"]["p50_ms"]
     assert f"floor.fdatasync {floor:.3f}" in write["target"]
+    design = rows["floor.durable"]
+    assert design["ops"] == 60 and design["daemon_cpu_ms"] is not None
+    assert f"this design's floor: floor.durable p50 {design['p50_ms']:.3f}" in write["target"]
     assert write["met"] in (True, False)
+
+
+def test_the_design_floors_run_a_server_of_engramds_shape(env: dict[str, str]) -> None:
+    result = run_cli(env, "bench", "--only", "floor.roundtrip", "--only",
+                     "floor.roundtrip.8procs", "--scale", "0.01", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = {r["name"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert rows["floor.roundtrip"]["ops"] == 50
+    assert rows["floor.roundtrip.8procs"]["ops"] == 160  # 8 clients, 20 requests each
+    assert all(r["daemon_cpu_ms"] is not None and r["p50_ms"] > 0 for r in rows.values())
 
 
 @pytest.mark.skipif(shutil.which("git") is None
