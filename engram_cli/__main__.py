@@ -1,3 +1,3 @@
-from engram_cli.app import main
+from engram_cli.app import run
 
-raise SystemExit(main())
+run()
