@@ -3,7 +3,6 @@
 # (No postponed annotations: see engram_cli/app.py.)
 
 import datetime as dt
-import json as jsonlib
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, BinaryIO
@@ -318,6 +317,8 @@ def _all_contexts(client: Client) -> list[str]:
 
 def _read_lines(source: BinaryIO, context_id: str | None, keep_ids: bool
                 ) -> Iterator[tuple[int, UnitDraft, str | None, UnitOrigin | None]]:
+    import json as jsonlib  # only an import reads JSON; `unit create` starts without it
+
     for number, line in enumerate(source, start=1):
         if not line.strip():
             continue
