@@ -139,7 +139,8 @@ def start_daemon(
         while not daemon_answers(socket_path):
             status = process.poll()
             if status is not None or time.monotonic() > deadline:
-                why = (f"exited with status {status}" if status is not None
+                # Worded as `daemon start` words a daemon that stops after it answered.
+                why = (f"stopped while starting (exit status {status})" if status is not None
                        else f"did not answer within {timeout:g}s")
                 raise Unavailable(f"engramd {why}; {why_it_stopped(env)}")
             time.sleep(_POLL_INTERVAL)
