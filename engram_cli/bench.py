@@ -254,8 +254,8 @@ def bench_floor_fdatasync(target: BenchTarget) -> Measurement:
 def _on_floor_server(target: BenchTarget,
                      measure: Callable[[str, Callable[[], float | None]], Measurement]
                      ) -> Measurement:
-    """``measure(socket, cpu)`` against the floor server (:mod:`engram_cli.benchfloor`),
-    which fsyncs in the data dir's file system; *cpu* reads its CPU seconds."""
+    """``measure(socket, cpu)`` against the floor server (``engramd.floor``), which fsyncs
+    in the data dir's file system; *cpu* reads its CPU seconds."""
     with tempfile.TemporaryDirectory(dir=target.data_dir, prefix="bench-floor-") as scratch, \
             floor_server(scratch) as (socket_path, pid):
         return measure(socket_path, lambda: cpu_seconds(pid))
