@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import copy
 import re
-import shlex
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 GUARDS = ("off", "warn", "block")
 EDIT_TOOLS = {"claude-code": "Edit|Write|MultiEdit|NotebookEdit", "codex": "apply_patch|Edit|Write"}
@@ -23,11 +23,11 @@ MAX_CONTEXT = 9_500
 """Claude Code keeps at most 10,000 characters of a hook's additional context."""
 TOML_BEGIN = "# >>> engram: written by 'engram setup codex' >>>"
 TOML_END = "# <<< engram <<<"
-_OURS = re.compile(r"(^|[/\s])engram(_cli)? hook ")
+_OURS = r"(^|[/\s])engram(_cli)? hook "
+"""A command of ours (compiled on first use: a hook answering a harness never needs it)."""
 
 
-@dataclass(frozen=True)
-class HookSpec:
+class HookSpec(msgspec.Struct, frozen=True):
     event: str
     command: str
     matcher: str | None = None
@@ -50,6 +50,8 @@ class HookSpec:
 
 def hook_specs(harness: str, engram: list[str], guard: str) -> list[HookSpec]:
     """The hooks engram installs in *harness*, running engram as *engram* (an argv)."""
+    import shlex
+
     run = shlex.join([*engram, "hook"])
     flag = f"--harness {harness}"
     specs = [
@@ -67,7 +69,7 @@ def hook_specs(harness: str, engram: list[str], guard: str) -> list[HookSpec]:
 
 
 def is_ours(handler: Any) -> bool:
-    return isinstance(handler, dict) and bool(_OURS.search(str(handler.get("command", ""))))
+    return isinstance(handler, dict) and bool(re.search(_OURS, str(handler.get("command", ""))))
 
 
 def _without_ours(groups: list[Any]) -> list[Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shlex
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -86,6 +85,8 @@ def session_start(ctx: typer.Context, runner: HarnessOption = "claude-code",
 
     env_file = os.environ.get("CLAUDE_ENV_FILE")
     if env_file:
+        import shlex  # only here: pre-edit, the hook run before every edit, needs none
+
         with contextlib.suppress(OSError), open(env_file, "a", encoding="utf-8") as exports:
             exports.write(f"export ENGRAM_AGENT={shlex.quote(agent)}\n"
                           f"export {SESSION_PID_VAR}={pid}\n")
