@@ -227,9 +227,8 @@ class LeaseManager:
         self.table.remove(holding)
         if kind is LockExpired:
             self.expired += 1
-        if tell is not None and holding.push is not None and self._nursery is not None:
-            notice = LeaseLost(lease=lease, reason=tell, by=by)
-            self._nursery.start_soon(tell_holder, holding.push, _push_encoder.encode(notice))
+        if tell is not None:
+            self._tell(holding, tell, by)
         if follower is not None:
             assert isinstance(follower.grant, Grant)
             self._install(follower.grant, granted)
@@ -241,6 +240,13 @@ class LeaseManager:
                 for bound in (g for g in granted if g.bound_to_connection):
                     self._nursery.start_soon(self._end_abandoned, bound)
         self.table.pump()
+
+    def _tell(self, holding: Holding, tell: str, by: str) -> None:
+        """Push ``lease.lost`` (*tell*: ``expired`` or ``broken``) to the holder of
+        *holding*, in the background."""
+        if holding.push is not None and self._nursery is not None:
+            notice = LeaseLost(lease=holding.lease, reason=tell, by=by)
+            self._nursery.start_soon(_tell_holder, holding.push, _push_encoder.encode(notice))
 
     async def _end_abandoned(self, lease: Lease) -> None:
         holding = self.table.by_lock_id.get(lease.lock_id)
@@ -489,7 +495,7 @@ class LeaseManager:
         return states
 
 
-async def tell_holder(push: Callable[[bytes], Awaitable[None]], body: bytes) -> None:
+async def _tell_holder(push: Callable[[bytes], Awaitable[None]], body: bytes) -> None:
     """Best effort: a holder that cannot be told learns it at its next renewal."""
     with trio.move_on_after(5):
         try:

@@ -61,14 +61,13 @@ from engramd.cluster.bucket import (
     ticket_key,
 )
 from engramd.cluster.leaseview import LeaseView
-from engramd.leases import Grant, LeaseManager, boottime, tell_holder
+from engramd.leases import Grant, LeaseManager, boottime
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.protocol import (
     AcquireLock,
     Fence,
     Forbidden,
     Lease,
-    LeaseLost,
     LockExpired,
     LockHeld,
     LockReleased,
@@ -144,11 +143,11 @@ class ClusterLeaseManager(LeaseManager):
             self._tell(holding, tell, by)
 
     def _tell(self, holding: Holding, tell: str, by: str) -> None:
+        """Count an expiry of a lease granted here (the servers end it: there is no
+        commit of it to count at), and tell the holder."""
         if tell == "expired" and holding.lease.machine == self.machine:
             self.expired += 1
-        if holding.push is not None and self._nursery is not None:
-            notice = _notice(holding.lease, tell, by)
-            self._nursery.start_soon(tell_holder, holding.push, notice)
+        super()._tell(holding, tell, by)
 
     async def _expire_forever(self) -> None:
         """Stop this machine's leases at the deadlines promised their holders: they are
@@ -449,7 +448,3 @@ class ClusterLeaseManager(LeaseManager):
 
 def _holding(lock_id: str) -> Callable[[Holding | None], bool]:
     return lambda holding: holding is not None and holding.lease.lock_id == lock_id
-
-
-def _notice(lease: Lease, tell: str, by: str) -> bytes:
-    return encode_record(LeaseLost(lease=lease, reason=tell, by=by))
