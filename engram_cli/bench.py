@@ -25,7 +25,7 @@ import msgspec
 
 from engram_cli import requests
 from engram_cli.autostart import daemon_answers, process_gone, start_daemon
-from engram_cli.benchfloor import DURABLE, ECHO, FloorClient, floor_server, floor_worker
+from engram_cli.benchfloor import DURABLE, ECHO, FloorClient, floor_server
 from engram_cli.client import Client
 from engramd.protocol import Heartbeat, UnitsCreated, result
 
@@ -298,7 +298,7 @@ def bench_floor_roundtrip_8procs(target: BenchTarget) -> Measurement:
     do-nothing server at a time each (cpu: the server's)."""
     def measure(socket_path: str, cpu_of: Callable[[], float | None]) -> Measurement:
         with daemon_cpu(target, cpu_of) as cpu:
-            outputs, wall = _workers(target, floor_worker.__name__, [
+            outputs, wall = _workers(target, "_floor_worker", [
                 [socket_path, ECHO.decode(), str(target.count(2000))] for _ in range(8)])
         latencies = [float(value) for out in outputs for value in out.split()]
         return Measurement(latencies, wall, daemon_cpu=cpu(),
@@ -344,7 +344,7 @@ def _write_worker(socket_path: str, name: str, requests_text: str, per_request_t
             pending.append(request_id)
         for request_id in pending:
             settle(request_id)
-    sys.stdout.write(" ".join(f"{value:.7f}" for value in latencies) + "\n")
+    _report(latencies)
 
 
 def _workers(target: BenchTarget, function: str, args: list[list[str]]) -> tuple[list[str], float]:
@@ -378,6 +378,26 @@ def _ready() -> None:
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     sys.stdin.readline()
+
+
+def _report(latencies: list[float]) -> None:
+    """A worker's last line: its latencies, which :func:`_workers` hands back."""
+    sys.stdout.write(" ".join(f"{value:.7f}" for value in latencies) + "\n")
+
+
+def _floor_worker(socket_path: str, kind_text: str, count_text: str) -> None:
+    """A client of the floor server: waits for "go" on stdin, makes its requests one at a
+    time, prints their latencies."""
+    client = FloorClient(socket_path)
+    client.request(ECHO)
+    _ready()
+    latencies = []
+    for _ in range(int(count_text)):
+        started = time.perf_counter()
+        client.request(kind_text.encode())
+        latencies.append(time.perf_counter() - started)
+    client.close()
+    _report(latencies)
 
 
 def _concurrent_writers(target: BenchTarget, processes: int, requests_: int,
@@ -623,7 +643,7 @@ def _rounds_worker(socket_path: str, name: str, rounds_text: str, step_name: str
         client.ping()
         _ready()
         latencies = [step(client) for _ in range(int(rounds_text))]
-    sys.stdout.write(" ".join(f"{value:.7f}" for value in latencies) + "\n")
+    _report(latencies)
 
 
 def _lock_round(client: Client) -> float:

@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 from engramd.protocol.framing import FrameDecoder, encode_frame
@@ -60,19 +59,3 @@ class FloorClient:
 
     def close(self) -> None:
         self._sock.close()
-
-
-def floor_worker(socket_path: str, kind_text: str, count_text: str) -> None:
-    """A client process: waits for "go" on stdin, makes its requests, prints latencies."""
-    client = FloorClient(socket_path)
-    client.request(ECHO)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    sys.stdin.readline()
-    latencies = []
-    for _ in range(int(count_text)):
-        started = time.perf_counter()
-        client.request(kind_text.encode())
-        latencies.append(time.perf_counter() - started)
-    client.close()
-    sys.stdout.write(" ".join(f"{value:.7f}" for value in latencies) + "\n")
