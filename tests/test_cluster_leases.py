@@ -198,6 +198,7 @@ def test_a_machine_cut_off_from_the_cluster_stops_cmd_before_its_lease_ends(
             runner = start_lock_run(a, "job", ttl=6, here=tmp_path)
             wait_until((tmp_path / "pid").exists, "CMD to start")
             cmd = int((tmp_path / "pid").read_text())
+            wait_until(lambda: holder_seen(b, "job") is not None, "b to see the lease")
             held = holder_seen(b, "job")
             assert held is not None
             proxy.cut()
