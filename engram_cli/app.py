@@ -1,6 +1,6 @@
 """The root of the ``engram`` command line: global options, command groups, exit codes.
 
-Any :class:`~engram_cli.errors.EngramError` a command raises becomes one line on
+Any :class:`~engram_cli.client.errors.EngramError` a command raises becomes one line on
 stderr and its exit status, here and nowhere else; ``ENGRAM_DEBUG=1`` shows the
 traceback instead.
 """
@@ -20,8 +20,8 @@ import typer.core
 import typer.models
 
 from engram_cli import output
+from engram_cli.client.errors import EngramError, ExitCode
 from engram_cli.context import CliContext
-from engram_cli.errors import EngramError, ExitCode
 
 EXIT_CODES_HELP = (
     "Exit status: 0 success, 1 error, 2 usage, 3 not found, "

@@ -23,10 +23,9 @@ from collections.abc import Callable, Iterator, Mapping
 
 import msgspec
 
-from engram_cli import requests
-from engram_cli.autostart import daemon_answers, process_gone, start_daemon
 from engram_cli.benchfloor import DURABLE, ECHO, FloorClient, floor_server
-from engram_cli.client import Client
+from engram_cli.client import Client, requests
+from engram_cli.client.autostart import daemon_answers, process_gone, start_daemon
 from engramd.protocol import Heartbeat, UnitsCreated, result
 
 
@@ -319,7 +318,7 @@ def bench_write_single(target: BenchTarget) -> Measurement:
 def _write_worker(socket_path: str, name: str, requests_text: str, per_request_text: str,
                   window_text: str) -> None:
     """A writer process: waits for "go" on stdin, writes, prints its latencies."""
-    from engram_cli import requests
+    from engram_cli.client import requests
 
     requests_, per_request, window = int(requests_text), int(per_request_text), int(window_text)
     drafts = [requests.draft(f"bench-{name}", "MESSAGE", PAYLOAD)] * per_request
@@ -464,7 +463,7 @@ def fill_context(n: int) -> str:
 def _fill(target: BenchTarget, wanted: int | None = None) -> int:
     """Bring the store to *wanted* units (FILL_UNITS scaled), spread over FILL_CONTEXTS
     contexts."""
-    from engram_cli import requests
+    from engram_cli.client import requests
 
     wanted = wanted or target.count(FILL_UNITS, minimum=10_000)
     with target.client() as client:

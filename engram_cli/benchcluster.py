@@ -10,8 +10,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from engram_cli.autostart import start_daemon
 from engram_cli.client import Client
+from engram_cli.client.autostart import start_daemon
 from engram_cli.natslab import NatsCluster
 
 READY_TIMEOUT = 60.0

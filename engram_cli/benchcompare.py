@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import msgspec
 
 from engram_cli.bench import BenchResult
-from engram_cli.errors import UsageProblem
+from engram_cli.client.errors import UsageProblem
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,7 +49,7 @@ def event_kinds(incomplete: str) -> list[str]:
 def contexts(incomplete: str) -> list[str]:
     """Existing contexts starting with *incomplete*, if a daemon answers at once."""
     from engram_cli.client import Client
-    from engram_cli.errors import EngramError
+    from engram_cli.client.errors import EngramError
 
     try:
         with Client(autostart=False, timeout=_COMPLETION_TIMEOUT) as engram:

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from engram_cli.autostart import START_TIMEOUT
-from engram_cli.client import DEFAULT_TIMEOUT, Client
+from engram_cli.client.autostart import START_TIMEOUT
+from engram_cli.client.blocking import DEFAULT_TIMEOUT, Client
 from engram_cli.output import Output, note
 
 JsonOption = Annotated[

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from engram_cli import __version__
 from engram_cli.client import Client
-from engram_cli.errors import EngramError
+from engram_cli.client.errors import EngramError
 from engramd.protocol import PROTOCOL_VERSION, DaemonStatus, log_file_in
 from engramd.protocol.logline import parse_line
 

@@ -27,11 +27,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from engram_cli import gitinfo, requests
-from engram_cli.client import Client
-from engram_cli.errors import ClientTimeout, EngramError, Unavailable
+from engram_cli.client import Client, gitinfo, requests
+from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
+from engram_cli.client.settings import default_agent_id
 from engram_cli.files import write_whole
-from engram_cli.settings import default_agent_id
 from engramd.protocol import SpooledUnit, UnitDraft, resolve_data_dir
 
 HOOKS = ("post-commit", "post-checkout", "post-merge", "post-rewrite")

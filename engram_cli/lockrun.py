@@ -31,13 +31,7 @@ from dataclasses import dataclass
 
 from engram_cli import output
 from engram_cli.client import Client
-from engram_cli.errors import (
-    ClientTimeout,
-    EngramError,
-    ExitCode,
-    RateLimited,
-    Unavailable,
-)
+from engram_cli.client.errors import ClientTimeout, EngramError, ExitCode, RateLimited, Unavailable
 from engramd.protocol import ErrorCode, Lease, LeaseLost
 
 GRACE_SECONDS = 5.0

@@ -30,8 +30,8 @@ from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from engram_cli import briefview, output
-from engram_cli.aclient import AsyncClient, open_client
-from engram_cli.errors import EngramError
+from engram_cli.client.asynchronous import AsyncClient, open_client
+from engram_cli.client.errors import EngramError
 from engramd.protocol import Unit, agentwork
 
 MAX_WAIT = 60.0

@@ -26,7 +26,7 @@ from engram_cli.bench import (
     summarize,
 )
 from engram_cli.client import Client
-from engram_cli.errors import ClientTimeout, EngramError, Timeout, Unavailable
+from engram_cli.client.errors import ClientTimeout, EngramError, Timeout, Unavailable
 from engramd.protocol import Heartbeat, UnitCreated
 
 WRITERS = 4

@@ -22,7 +22,7 @@ import trio
 from hypothesis import HealthCheck, settings
 
 from engram_cli.client import Client
-from engram_cli.errors import EngramError
+from engram_cli.client.errors import EngramError
 from engram_cli.natslab import NatsCluster
 from engramd.config import DaemonConfig, load_config
 from engramd.main import run_daemon

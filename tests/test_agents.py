@@ -9,8 +9,8 @@ import threading
 import pytest
 import trio
 
-from engram_cli.aclient import open_client
-from engram_cli.errors import BadRequest, Conflict, LockHeld, NotFound
+from engram_cli.client.asynchronous import open_client
+from engram_cli.client.errors import BadRequest, Conflict, LockHeld, NotFound
 from engramd.config import DaemonConfig
 from engramd.server import Server
 from tests.conftest import WAIT, ThreadedDaemon, connect, start_threaded, wait_until

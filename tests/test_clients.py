@@ -7,10 +7,10 @@ import inspect
 import pytest
 import trio
 
-from engram_cli.aclient import AsyncClient, open_client
 from engram_cli.client import Client
-from engram_cli.errors import Forbidden, NotFound, Unavailable
-from engram_cli.operations import Operations, operation
+from engram_cli.client.asynchronous import AsyncClient, open_client
+from engram_cli.client.errors import Forbidden, NotFound, Unavailable
+from engram_cli.client.operations import Operations, operation
 from engramd.config import DaemonConfig
 from engramd.protocol import LeaseLost, Pong, reply_type
 from engramd.protocol.messages import AnyClientMessage

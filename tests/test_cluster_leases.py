@@ -30,7 +30,7 @@ from hypothesis.stateful import (
 )
 
 from engram_cli.client import Client
-from engram_cli.errors import Conflict, Deadlock, EngramError, LockHeld
+from engram_cli.client.errors import Conflict, Deadlock, EngramError, LockHeld
 from engram_cli.natslab import NatsCluster
 from engramd.protocol import Lease
 from tests.clustermachines import Machine, deployment_of, running

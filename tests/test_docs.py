@@ -13,7 +13,7 @@ import pytest
 import typer
 
 from engram_cli.app import app
-from engram_cli.errors import ExitCode
+from engram_cli.client.errors import ExitCode
 from engramd.config import SETTINGS
 from engramd.protocol import ErrorCode
 from tools.docgen import completion_scripts, man_pages, subcommands

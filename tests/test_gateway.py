@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from engram_cli import requests
+from engram_cli.client import requests
 from tests.conftest import (
     WAIT,
     DaemonProcess,

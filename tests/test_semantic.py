@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("wordllama")
 
 from engram_cli.client import Client
-from engram_cli.errors import BadRequest
+from engram_cli.client.errors import BadRequest
 from engramd.config import DaemonConfig
 from tests.conftest import (
     WAIT,

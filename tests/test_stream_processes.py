@@ -11,8 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from engram_cli import requests
-from engram_cli.client import Client
+from engram_cli.client import Client, requests
 from tests.conftest import WAIT, DaemonProcess, socket_answers, spawn_engramd, wait_until
 
 pytestmark = pytest.mark.slow  # every test here runs processes

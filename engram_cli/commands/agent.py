@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from engram_cli import context, output
+from engram_cli.client.errors import UsageProblem
 from engram_cli.context import JsonOption
-from engram_cli.errors import UsageProblem
 from engram_cli.output import to_plain_data
 
 app = typer.Typer(help="Manage agents' identities.", no_args_is_help=True,

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from engram_cli import context
+from engram_cli.client.errors import UsageProblem
 from engram_cli.context import JsonOption
-from engram_cli.errors import UsageProblem
 from engram_cli.output import note
 from engram_cli.timeparse import parse_duration
 

@@ -12,9 +12,9 @@ import msgspec
 import typer
 
 from engram_cli import context, output
-from engram_cli.autostart import START_TIMEOUT, process_gone, start_daemon, why_it_stopped
+from engram_cli.client.autostart import START_TIMEOUT, process_gone, start_daemon, why_it_stopped
+from engram_cli.client.errors import ClientTimeout, Unavailable
 from engram_cli.context import JsonOption
-from engram_cli.errors import ClientTimeout, Unavailable
 from engram_cli.output import format_duration, to_plain_data
 from engramd.protocol import log_file_in, resolve_data_dir
 from engramd.protocol.logline import at_least, parse_line

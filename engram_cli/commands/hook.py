@@ -16,8 +16,8 @@ import typer
 
 from engram_cli import completion, context, harness
 from engram_cli.client import Client
-from engram_cli.errors import EngramError
-from engram_cli.session import SESSION_PID_VAR, agent_name, session_pid
+from engram_cli.client.errors import EngramError
+from engram_cli.client.session import SESSION_PID_VAR, agent_name, session_pid
 from engramd.protocol import agentwork
 
 HOOK_TIMEOUT = 2.0
@@ -78,7 +78,7 @@ def session_start(ctx: typer.Context, runner: HarnessOption = "claude-code",
         client, agent, pid = _client(ctx, runner)
         client.announce_session(pid=pid, harness=runner)
         cwd = str(hook_input.get("cwd") or os.getcwd())
-        from engram_cli import gitinfo  # only where git is asked: it brings subprocess
+        from engram_cli.client import gitinfo  # only where git is asked: it brings subprocess
 
         brief = client.brief(files=gitinfo.changed_files(cwd))
     from engram_cli import briefview  # only here: it brings the output module
@@ -127,7 +127,7 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
               if state.lease is not None and state.lease.holder != agent]
     if not others:
         return  # the common case, and no git to ask
-    from engram_cli import gitinfo
+    from engram_cli.client import gitinfo
 
     try:
         root = gitinfo.toplevel(cwd)

@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from engram_cli import completion, context, hooks
+from engram_cli.client.errors import EngramError, UsageProblem
+from engram_cli.client.gitinfo import GitError, git, toplevel
 from engram_cli.context import JsonOption
-from engram_cli.errors import EngramError, UsageProblem
-from engram_cli.gitinfo import GitError, git, toplevel
 from engram_cli.output import note
 
 app = typer.Typer(help="Record git commits, checkouts, merges and rewrites as work units.",

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from engram_cli import __version__, context
+from engram_cli.client.errors import EngramError
 from engram_cli.context import JsonOption
-from engram_cli.errors import EngramError
 from engram_cli.output import format_duration, to_plain_data
 from engramd.protocol import PROTOCOL_VERSION, resolve_data_dir
 

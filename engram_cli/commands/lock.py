@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from engram_cli import context, output
+from engram_cli.client.errors import UsageProblem
 from engram_cli.context import JsonOption
-from engram_cli.errors import UsageProblem
 from engramd.protocol import Lease, LockState
 
 app = typer.Typer(help="Take and manage leases on shared resources.", no_args_is_help=True,

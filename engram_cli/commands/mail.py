@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 
 from engram_cli import completion, context, output
+from engram_cli.client.errors import UsageProblem
 from engram_cli.commands.unit import MetaOption, parse_pairs, payload_of, whole_id
 from engram_cli.context import JsonOption
-from engram_cli.errors import UsageProblem
 from engram_cli.unitjson import unit_to_json
 from engramd.protocol import Unit, agentwork
 

@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import briefview, completion, context, gitinfo, output
+from engram_cli import briefview, completion, context, output
+from engram_cli.client import gitinfo
+from engram_cli.client.errors import EngramError, UsageProblem
+from engram_cli.client.session import harness, session_pid
 from engram_cli.context import JsonOption
-from engram_cli.errors import EngramError, UsageProblem
-from engram_cli.session import harness, session_pid
 
 PRIME_TIMEOUT = 1.5
 """Seconds prime waits for any answer: a session start must never hang on engram."""

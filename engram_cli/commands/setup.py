@@ -13,9 +13,10 @@ from typing import Annotated, Any
 
 import typer
 
-from engram_cli import completion, context, gitinfo, harness
+from engram_cli import completion, context, harness
+from engram_cli.client import gitinfo
+from engram_cli.client.errors import EngramError, ExitCode, UsageProblem
 from engram_cli.context import JsonOption
-from engram_cli.errors import EngramError, ExitCode, UsageProblem
 from engram_cli.files import write_whole
 
 BACKUP_SUFFIX = ".engram-backup"

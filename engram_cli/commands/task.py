@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 
 from engram_cli import completion, context, output
+from engram_cli.client.errors import UsageProblem
+from engram_cli.client.session import session_pid
 from engram_cli.commands.unit import MetaOption, parse_pairs, whole_id, whole_ids
 from engram_cli.context import JsonOption
-from engram_cli.errors import UsageProblem
 from engram_cli.output import Output
-from engram_cli.session import session_pid
 from engramd.protocol import Task
 
 app = typer.Typer(

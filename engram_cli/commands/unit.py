@@ -9,10 +9,10 @@ from typing import Annotated, Any, BinaryIO
 
 import typer
 
-from engram_cli import completion, context, output, requests
-from engram_cli.client import Client
+from engram_cli import completion, context, output
+from engram_cli.client import Client, requests
+from engram_cli.client.errors import EngramError, NotFound, UsageProblem
 from engram_cli.context import JsonOption
-from engram_cli.errors import EngramError, NotFound, UsageProblem
 from engram_cli.timeparse import parse_time
 from engram_cli.unitjson import BadLine, draft_from_json, origin_from_json, unit_to_json
 from engramd.protocol import (

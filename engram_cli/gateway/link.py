@@ -16,9 +16,9 @@ from typing import TypeVar
 
 import trio
 
-from engram_cli.aclient import AsyncClient, connect_to
+from engram_cli.client.asynchronous import AsyncClient, connect_to
+from engram_cli.client.settings import Target
 from engram_cli.gateway.auth import Credentials, Unauthenticated
-from engram_cli.settings import Target
 from engramd.protocol import ClientMessage, Forbidden, ServerMessage
 
 R = TypeVar("R", bound=ServerMessage)

@@ -26,7 +26,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import HTTPConnection, Request
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from engram_cli.aclient import AsyncClient
+from engram_cli.client.asynchronous import AsyncClient
 from engram_cli.gateway import query
 from engram_cli.gateway.auth import Credentials
 from engram_cli.gateway.replies import error_response

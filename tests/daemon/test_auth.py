@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engram_cli import requests
-from engram_cli.aclient import connect_to
-from engram_cli.client import Client
-from engram_cli.errors import BadRequest, Forbidden, NotFound, Unavailable
-from engram_cli.settings import Target
+from engram_cli.client import Client, requests
+from engram_cli.client.asynchronous import connect_to
+from engram_cli.client.errors import BadRequest, Forbidden, NotFound, Unavailable
+from engram_cli.client.settings import Target
 from engramd.config import DaemonConfig
 from engramd.protocol import admin_token_path
 from engramd.server import Server
@@ -190,7 +189,7 @@ def test_with_required_tokens_only_the_admin_stops_breaks_and_reindexes(
 
 
 def test_an_import_names_other_agents_only_with_the_admin_token(strict: DaemonConfig) -> None:
-    from engram_cli import requests
+    from engram_cli.client import requests
 
     drafts = [requests.draft("imported", "MESSAGE", text) for text in ("a", "b", "c")]
     with start_threaded(strict), connected(strict, "admin", admin=True) as admin:

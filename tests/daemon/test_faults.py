@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engram_cli.client import Client
-from engram_cli.errors import Unavailable
+from engram_cli.client.errors import Unavailable
 from engramd.wal import log as wal_log
 from tests.conftest import (
     WAIT,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engram_cli import requests
-from engram_cli.errors import BadRequest, Conflict, NotFound, TooLarge
+from engram_cli.client import requests
+from engram_cli.client.errors import BadRequest, Conflict, NotFound, TooLarge
 from tests.conftest import ThreadedDaemon, connect, make_config, start_threaded
 
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from engram_cli.client import Client
-from engram_cli.errors import Conflict, Deadlock, Forbidden, LockHeld
+from engram_cli.client.errors import Conflict, Deadlock, Forbidden, LockHeld
 from engramd.protocol import Lease
 from tests.conftest import WAIT, ThreadedDaemon, make_config, start_threaded, wait_until
 

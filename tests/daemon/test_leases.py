@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engram_cli import requests
-from engram_cli.client import Client
-from engram_cli.errors import (
+from engram_cli.client import Client, requests
+from engram_cli.client.errors import (
     BadRequest,
     Conflict,
     Deadlock,
@@ -109,7 +108,7 @@ def test_a_lost_lease_is_told_to_its_holder(threaded_daemon: ThreadedDaemon) -> 
 
 
 def holder_process(socket_path: str, *, bind: bool) -> subprocess.Popen[str]:
-    code = ("import sys, time; from engram_cli.client import Client; "
+    code = ("import sys, time; from engram_cli.client.blocking import Client; "
             f"c = Client({socket_path!r}, agent_id='victim', autostart=False); "
             f"c.acquire_lock('held', ttl=30, bind_connection={bind}); "
             "print('held', flush=True); time.sleep(300)")
@@ -477,7 +476,7 @@ def test_watch_shows_lock_events(engramd: DaemonProcess) -> None:
 @pytest.mark.slow
 def test_a_waiter_that_goes_away_leaves_the_line(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
-    code = ("from engram_cli.client import Client; "
+    code = ("from engram_cli.client.blocking import Client; "
             f"c = Client({config.socket!r}, agent_id='quitter', autostart=False); "
             "c.acquire_lock('line', wait=300)")
     with connect(config) as holder:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from engram_cli.errors import BadRequest, EngramError, TooLarge
+from engram_cli.client.errors import BadRequest, EngramError, TooLarge
 from engramd.protocol import Relationship
 from tests.conftest import WAIT, connect, make_config, start_threaded, wait_until
 

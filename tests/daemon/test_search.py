@@ -8,7 +8,7 @@ import os
 import pytest
 
 from engram_cli.client import Client
-from engram_cli.errors import BadRequest
+from engram_cli.client.errors import BadRequest
 from tests.conftest import ThreadedDaemon, connect, make_config, start_threaded, wait_until
 
 

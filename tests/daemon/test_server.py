@@ -9,8 +9,8 @@ import msgspec
 import pytest
 import trio
 
-from engram_cli.aclient import open_client
-from engram_cli.errors import RateLimited, Unavailable, VersionMismatch
+from engram_cli.client.asynchronous import open_client
+from engram_cli.client.errors import RateLimited, Unavailable, VersionMismatch
 from engramd.config import DaemonConfig
 from engramd.protocol import (
     PROTOCOL_VERSION,
@@ -159,7 +159,7 @@ def test_version_mismatch_is_refused_with_its_code(threaded_daemon: ThreadedDaem
 def test_blocking_client_raises_version_mismatch(
     threaded_daemon: ThreadedDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("engram_cli.client.PROTOCOL_VERSION", PROTOCOL_VERSION + 1)
+    monkeypatch.setattr("engram_cli.client.blocking.PROTOCOL_VERSION", PROTOCOL_VERSION + 1)
     with pytest.raises(VersionMismatch) as caught:
         connect(threaded_daemon.config).connect()
     assert caught.value.code == "version_mismatch"

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from engram_cli.client import Client
-from engram_cli.errors import NotFound
+from engram_cli.client.errors import NotFound
 from engram_cli.statsview import prometheus_text, quantile
 from engramd.config import DaemonConfig
 from engramd.protocol import DaemonStats, HistogramData, UnitCreated

@@ -7,9 +7,9 @@ import threading
 import msgspec
 import pytest
 
-from engram_cli import requests
-from engram_cli.errors import BadRequest
-from engram_cli.stream import LaggedBehind
+from engram_cli.client import requests
+from engram_cli.client.errors import BadRequest
+from engram_cli.client.stream import LaggedBehind
 from engramd.config import DaemonConfig
 from engramd.protocol import (
     PROTOCOL_VERSION,
@@ -219,7 +219,7 @@ def test_a_reader_that_reads_nothing_is_dropped(env: dict[str, str]) -> None:
 async def test_trio_client_subscription_is_an_async_iterator(daemon, config: DaemonConfig) -> None:  # type: ignore[no-untyped-def]
     import trio
 
-    from engram_cli.aclient import open_client
+    from engram_cli.client.asynchronous import open_client
 
     with trio.fail_after(10):
         async with open_client(config.socket, autostart=False, agent_id="t") as engram:

@@ -15,7 +15,7 @@ import sys
 import time
 
 from engram_cli.client import Client
-from engram_cli.errors import ClientTimeout, Unavailable
+from engram_cli.client.errors import ClientTimeout, Unavailable
 
 
 def payload(key: str) -> bytes:

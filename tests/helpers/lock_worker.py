@@ -22,7 +22,7 @@ import sys
 import time
 
 from engram_cli.client import Client
-from engram_cli.errors import (
+from engram_cli.client.errors import (
     ClientTimeout,
     Conflict,
     EngramError,

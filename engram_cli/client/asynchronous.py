@@ -4,14 +4,14 @@ One connection, shared by any number of tasks: requests are pipelined and a
 reader task files what arrives in the protocol's sans-IO
 :class:`~engramd.protocol.ClientConnection`, where each task finds its own
 answer, push or notice. The operations are the blocking client's, from the same
-definitions (:mod:`engram_cli.operations`), awaited here::
+definitions (:mod:`engram_cli.client.operations`), awaited here::
 
-    from engram_cli.aclient import open_client
+    from engram_cli import open_client
 
     async with open_client() as engram:
         pong = await engram.ping()
 
-Same socket rules, auto-start and errors as :class:`engram_cli.client.Client`.
+Same socket rules, auto-start and errors as :class:`engram_cli.client.blocking.Client`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 
 import trio
 
-from engram_cli import requests
-from engram_cli.autostart import START_TIMEOUT, start_daemon
-from engram_cli.errors import ClientTimeout, Unavailable
-from engram_cli.operations import Call, Operations
-from engram_cli.settings import Target
-from engram_cli.stream import Follower, Position
+from engram_cli.client import requests
+from engram_cli.client.autostart import START_TIMEOUT, start_daemon
+from engram_cli.client.errors import ClientTimeout, Unavailable
+from engram_cli.client.operations import Call, Operations
+from engram_cli.client.settings import Target
+from engram_cli.client.stream import Follower, Position
 from engramd.protocol import (
     PROTOCOL_VERSION,
     ClientConnection,
@@ -133,7 +133,7 @@ class AsyncClient(Operations):
     # -- the request loop ---------------------------------------------------
 
     async def run(self, call: Call[T]) -> T:
-        """Run one operation (see :mod:`engram_cli.operations`)."""
+        """Run one operation (see :mod:`engram_cli.client.operations`)."""
         return call.then(await self.call(call.request))
 
     async def call(self, request: ClientMessage[R]) -> R:
@@ -226,7 +226,7 @@ class AsyncClient(Operations):
                     retry_interval: float = 0.2,
                     **options: Any) -> AsyncIterator[Event | Heartbeat]:
         """Events (and heartbeats) for good, reconnecting across daemon restarts and
-        resuming after the last event; see :func:`engram_cli.stream.watch`."""
+        resuming after the last event; see :func:`engram_cli.client.stream.watch`."""
         follower = Follower(options, on_status)
         while True:
             try:
@@ -292,7 +292,7 @@ async def open_client(
 ) -> AsyncIterator[AsyncClient]:
     """Connect to engramd (starting it if allowed) and yield an :class:`AsyncClient`.
 
-    The arguments are those of :class:`~engram_cli.settings.Target`. The
+    The arguments are those of :class:`~engram_cli.client.settings.Target`. The
     connection and its reader task close when the block exits.
     """
     target = Target.resolve(socket_path, agent_id=agent_id, client_name=client_name,
@@ -304,7 +304,7 @@ async def open_client(
 @contextlib.asynccontextmanager
 async def connect_to(target: Target, connect_timeout: float = 10.0
                      ) -> AsyncIterator[AsyncClient]:
-    """:func:`open_client` for a :class:`~engram_cli.settings.Target` already resolved."""
+    """:func:`open_client` for a :class:`~engram_cli.client.settings.Target` already resolved."""
     try:
         async with trio.open_nursery() as nursery:
             client = AsyncClient(target, nursery, connect_timeout)

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 
-from engram_cli.errors import Unavailable
+from engram_cli.client.errors import Unavailable
 from engramd.protocol import log_file_in, resolve_data_dir, unusable_dir
 
 START_TIMEOUT = 10.0

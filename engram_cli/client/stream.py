@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from engram_cli.errors import ClientTimeout, Unavailable
+from engram_cli.client.errors import ClientTimeout, Unavailable
 from engramd.protocol import Event, EventPush, Heartbeat, Lagged, Push, Subscribe, Subscribed
 
 if TYPE_CHECKING:
-    from engram_cli.client import Client
+    from engram_cli.client.blocking import Client
 
 
 P = TypeVar("P", bound="Position")
@@ -92,7 +92,7 @@ def watch(
     Args:
         on_status: told ``"connected"`` (with the subscription) and
             ``"reconnecting"`` (with None) as the connection comes and goes.
-        options: the filters and cursor of :func:`engram_cli.requests.subscribe`.
+        options: the filters and cursor of :func:`engram_cli.client.requests.subscribe`.
     """
     follower = Follower(options, on_status)
     while True:

@@ -1,8 +1,8 @@
 """Every one-request operation of the client library, written once for both clients.
 
 An operation builds a :class:`Call`: the request, and what to make of its
-reply. A client runs it: :class:`~engram_cli.client.Client` blocks for the
-reply, :class:`~engram_cli.aclient.AsyncClient` awaits it. So ``engram.ping()``
+reply. A client runs it: :class:`~engram_cli.client.blocking.Client` blocks for the
+reply, :class:`~engram_cli.client.asynchronous.AsyncClient` awaits it. So ``engram.ping()``
 returns a ``Pong`` from the one and an awaitable of it from the other, from the
 same definition below (the :class:`operation` descriptor binds it to the
 client it is read from). What is not one request (subscriptions, waiting for
@@ -17,9 +17,9 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar
 
 import msgspec
 
-from engram_cli import requests
-from engram_cli.requests import Payload
-from engram_cli.settings import Target
+from engram_cli.client import requests
+from engram_cli.client.requests import Payload
+from engram_cli.client.settings import Target
 from engramd.protocol import (
     AckCursor,
     AckMessage,
@@ -221,7 +221,7 @@ class Operations:
     @operation
     def create_unit(self, /, context_id: str, type: str = "MESSAGE", payload: Payload = b"",
                     **options: Any) -> Call[Unit]:
-        """Write one unit; see :func:`engram_cli.requests.draft` for the options."""
+        """Write one unit; see :func:`engram_cli.client.requests.draft` for the options."""
         drafts = [requests.draft(context_id, type, payload, **options)]
         return ask(requests.create_units(drafts), lambda created: created.units[0])
 
@@ -246,13 +246,13 @@ class Operations:
     @operation
     def resolve_unit_ids(self, prefixes: Iterable[str]) -> Call[list[str]]:
         """The whole id of the one unit each prefix (8 characters or more) names; raises
-        :class:`~engram_cli.errors.NotFound` for none, ``BadRequest`` naming the
+        :class:`~engram_cli.client.errors.NotFound` for none, ``BadRequest`` naming the
         candidates for several."""
         return ask(ResolveUnitIds(prefixes=list(prefixes)), lambda resolved: resolved.ids)
 
     @operation
     def get_unit(self, unit_id: str) -> Call[Unit]:
-        """One unit; raises :class:`~engram_cli.errors.NotFound` when it does not exist."""
+        """One unit; raises :class:`~engram_cli.client.errors.NotFound` when it does not exist."""
         def first(found: UnitsFound) -> Unit:
             if not found.units:
                 raise NotFound(f"no unit {unit_id}")
@@ -262,7 +262,7 @@ class Operations:
 
     @operation
     def list_units(self, /, context_id: str, **options: Any) -> Call[UnitPage]:
-        """A context's units; see :func:`engram_cli.requests.list_units` for the options."""
+        """A context's units; see :func:`engram_cli.client.requests.list_units` for the options."""
         return ask(requests.list_units(context_id, **options))
 
     @operation

@@ -2,16 +2,16 @@
 
 It uses the plain ``socket`` module and imports neither trio nor rich, so that
 an ``engram`` command starts fast. The operations (``ping``, ``create_unit``,
-``acquire_lock``, ...) are defined once in :mod:`engram_cli.operations` for this
+``acquire_lock``, ...) are defined once in :mod:`engram_cli.client.operations` for this
 client and the trio one; this module is the loop around the protocol's sans-IO
 :class:`~engramd.protocol.ClientConnection` that runs them::
 
-    from engram_cli.client import Client
+    from engram_cli import Client
 
     with Client() as engram:          # finds the socket like the CLI does
         status = engram.status()
 
-Every error is an :class:`engram_cli.errors.EngramError`; errors the daemon
+Every error is an :class:`engram_cli.client.errors.EngramError`; errors the daemon
 reported carry its code in ``err.code``.
 """
 
@@ -24,12 +24,12 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from engram_cli import requests
-from engram_cli.autostart import START_TIMEOUT, start_daemon
-from engram_cli.errors import ClientTimeout, EngramError, Unavailable
-from engram_cli.operations import Call, Operations
-from engram_cli.settings import Target
-from engram_cli.stream import Subscription, watch
+from engram_cli.client import requests
+from engram_cli.client.autostart import START_TIMEOUT, start_daemon
+from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
+from engram_cli.client.operations import Call, Operations
+from engram_cli.client.settings import Target
+from engram_cli.client.stream import Subscription, watch
 from engramd.protocol import (
     PROTOCOL_VERSION,
     ClientConnection,
@@ -56,7 +56,7 @@ T = TypeVar("T")
 
 
 class Client(Operations):
-    """A connection to engramd; the arguments are :class:`~engram_cli.settings.Target`'s,
+    """A connection to engramd; the arguments are :class:`~engram_cli.client.settings.Target`'s,
     and ``timeout`` is how long to wait for any one reply."""
 
     def __init__(
@@ -174,7 +174,7 @@ class Client(Operations):
     # -- the request loop ---------------------------------------------------
 
     def run(self, call: Call[T]) -> T:
-        """Run one operation (see :mod:`engram_cli.operations`)."""
+        """Run one operation (see :mod:`engram_cli.client.operations`)."""
         if call.wait == 0 or self.timeout is None:
             return call.then(self.call(call.request))
         with self.reply_timeout(None if call.wait is None else self.timeout + call.wait):
@@ -292,7 +292,7 @@ class Client(Operations):
     # -- the live stream ------------------------------------------------------
 
     def subscribe(self, **options: Any) -> Subscription:
-        """Start a subscription; iterate it for events (see :mod:`engram_cli.stream`)."""
+        """Start a subscription; iterate it for events (see :mod:`engram_cli.client.stream`)."""
         request = requests.subscribe(**options)
         return Subscription(self, request, self.call(request))
 
@@ -304,7 +304,7 @@ class Client(Operations):
     def watch(self, **options: Any) -> Iterator[Event | Heartbeat]:
         """Events (and heartbeats) for good, reconnecting across daemon restarts.
 
-        See :func:`engram_cli.stream.watch` for the options.
+        See :func:`engram_cli.client.stream.watch` for the options.
         """
         return watch(self, **options)
 

@@ -1,7 +1,7 @@
 """Request builders shared by the blocking and the trio client.
 
 Each turns friendly Python arguments into the protocol's request Struct (its id
-left for the connection to assign), for :mod:`engram_cli.operations`.
+left for the connection to assign), for :mod:`engram_cli.client.operations`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,38 @@
+"""The Python client library of engramd: what agents and scripts import.
+
+A blocking client (:class:`Client`: the plain ``socket`` module, no trio) and a
+trio flavour (:class:`AsyncClient`, opened with :func:`open_client`) run the same
+operations (:mod:`.operations`, built from :mod:`.requests`), find the daemon the
+same way (:mod:`.settings`), start it when allowed (:mod:`.autostart`), follow the
+live stream (:mod:`.stream`) and raise the same errors (:mod:`.errors`). Two
+helpers say where a caller stands: :mod:`.session` (which process is the agent's
+session) and :mod:`.gitinfo` (what git says about a repository).
+
+May import: the standard library, msgspec, :mod:`engramd.protocol`, and trio in
+:mod:`.asynchronous` only. Never the command line, the doors, the bench tools,
+typer or rich (``tests/test_layering.py``).
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from engram_cli.client.blocking import Client
+from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
+from engram_cli.client.stream import LaggedBehind, Subscription
+
+if TYPE_CHECKING:
+    from engram_cli.client.asynchronous import AsyncClient, open_client
+
+_TRIO_FLAVOUR = ("AsyncClient", "open_client")
+
+
+def __getattr__(name: str) -> Any:
+    # The trio flavour loads trio; a blocking caller (every `engram` command) never pays.
+    if name in _TRIO_FLAVOUR:
+        from engram_cli.client import asynchronous
+
+        return getattr(asynchronous, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["AsyncClient", "Client", "ClientTimeout", "EngramError", "LaggedBehind",
+           "Subscription", "Unavailable", "open_client"]
