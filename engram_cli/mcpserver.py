@@ -29,9 +29,10 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from engram_cli import briefview, output
 from engram_cli.client.asynchronous import AsyncClient, open_client
 from engram_cli.client.errors import EngramError
+from engram_cli.formats import briefview
+from engram_cli.formats.text import preview, timestamp
 from engramd.protocol import Unit, agentwork
 
 MAX_WAIT = 60.0
@@ -55,8 +56,8 @@ class Identity:
 
 def unit_line(unit: Unit, width: int = 400) -> str:
     flags = " (asks for an ack)" if agentwork.wants_ack(unit.meta) else ""
-    return (f"{unit.id} {output.timestamp(unit.ts)} {unit.agent_id} {unit.type} "
-            f"[{unit.context_id}]{flags}: {output.preview(unit, width)}")
+    return (f"{unit.id} {timestamp(unit.ts)} {unit.agent_id} {unit.type} "
+            f"[{unit.context_id}]{flags}: {preview(unit, width)}")
 
 
 def _units(units: list[Unit], empty: str) -> str:
@@ -219,7 +220,7 @@ def build_server(identity: Identity) -> MCPServer:
             states = await client.list_locks(prefix=prefix)
             return "\n".join(
                 f"{state.resource}: {state.lease.holder if state.lease else 'free'}"
-                + (f", until {output.timestamp(state.lease.expires_at)}" if state.lease else "")
+                + (f", until {timestamp(state.lease.expires_at)}" if state.lease else "")
                 + (f", {len(state.waiters)} waiting" if state.waiters else "")
                 for state in states) or "no leases"
         return await call(run)

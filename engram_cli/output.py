@@ -19,6 +19,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
+from engram_cli.formats.jsonforms import event_json, to_plain_data
+from engram_cli.formats.text import preview, timestamp
 from engramd.protocol import (
     Context,
     ContextCreated,
@@ -32,7 +34,6 @@ from engramd.protocol import (
     RelatedEdge,
     RelatedFound,
     SearchHit,
-    ServerMessage,
     Unit,
     UnitCreated,
 )
@@ -41,18 +42,9 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-# Fields of the wire envelope, not of the answer itself.
-_ENVELOPE = ("msg", "id")
 _json_encoder = msgspec.json.Encoder()
 
 
-def to_plain_data(value: Any) -> Any:
-    """JSON-ready data; a daemon message loses its wire envelope (``msg``, ``id``)."""
-    data = msgspec.to_builtins(value)
-    if isinstance(value, ServerMessage) and isinstance(data, dict):
-        for key in _ENVELOPE:
-            data.pop(key, None)
-    return data
 
 
 _TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -196,31 +188,11 @@ def note(message: str) -> None:
     sys.stderr.flush()
 
 
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h {minutes}m"
-    if hours:
-        return f"{hours}h {minutes}m {secs}s"
-    if minutes:
-        return f"{minutes}m {secs}s"
-    return f"{secs}s"
 
 
 # -- units and contexts -----------------------------------------------------
 
 
-def preview(unit: Unit, width: int = 200) -> str:
-    """The payload on one line: text with newlines and tabs flattened, or its size."""
-    try:
-        text = unit.payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"<{len(unit.payload)} bytes>"
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _local_time(value: dt.datetime) -> str:
@@ -235,9 +207,6 @@ def _meta_text(meta: Mapping[str, str]) -> str:
     return " ".join(f"{key}={value}" for key, value in meta.items())
 
 
-def timestamp(value: dt.datetime) -> str:
-    """The one form of a time in plain and JSON output: RFC 3339, UTC, ``Z``."""
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _meta_field(meta: Mapping[str, str]) -> str:
@@ -396,14 +365,6 @@ def event_text(event: Event, width: int) -> Text:
     return line
 
 
-def event_json(event: Event) -> dict[str, Any]:
-    """An event as JSON, with its unit's payload as text or base64 (see unitjson)."""
-    from engram_cli.unitjson import unit_to_json
-
-    data: dict[str, Any] = msgspec.to_builtins(event)
-    if isinstance(event, UnitCreated):
-        data["unit"] = unit_to_json(event.unit)
-    return data
 
 
 LINE_WIDTH = 200
@@ -517,12 +478,6 @@ def search_hits(out: Output, hits: list[SearchHit], units: Mapping[str, Unit], *
     out.console.print(table)
 
 
-def related_json(found: RelatedFound) -> dict[str, Any]:
-    """Relationships around a unit as JSON (``unit related`` and ``trace``)."""
-    from engram_cli.unitjson import unit_to_json
-
-    return {"root": found.root, "edges": [to_plain_data(edge) for edge in found.edges],
-            "units": [unit_to_json(unit) for unit in found.units]}
 
 
 SHORT_ID_LENGTH = 13

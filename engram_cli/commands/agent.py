@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import context, output
+from engram_cli import context
 from engram_cli.client.errors import UsageProblem
 from engram_cli.context import JsonOption
-from engram_cli.output import to_plain_data
+from engram_cli.formats.jsonforms import to_plain_data
+from engram_cli.formats.text import timestamp
 
 app = typer.Typer(help="Manage agents' identities.", no_args_is_help=True,
                   add_completion=False)
@@ -48,7 +49,7 @@ def list_tokens(ctx: typer.Context, json: JsonOption = False) -> None:
             out.json_line(token)
         return
     out.table("tokens", ["id", "agent", "created"],
-              [[token.id, token.agent, output.timestamp(token.created_at)]
+              [[token.id, token.agent, timestamp(token.created_at)]
                for token in tokens])
 
 

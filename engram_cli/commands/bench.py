@@ -13,8 +13,8 @@ import typer
 from engram_cli import context
 from engram_cli.client.errors import UsageProblem
 from engram_cli.context import JsonOption
+from engram_cli.formats.timeparse import parse_duration
 from engram_cli.output import note
-from engram_cli.timeparse import parse_duration
 
 if TYPE_CHECKING:
     from engram_cli.bench import BenchResult, BenchTarget

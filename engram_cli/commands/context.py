@@ -10,6 +10,7 @@ from engram_cli import completion, output
 from engram_cli import context as cli_context
 from engram_cli.commands.unit import parse_pairs, whole_ids
 from engram_cli.context import JsonOption
+from engram_cli.formats.text import timestamp
 from engramd.protocol import Context
 
 app = typer.Typer(help="Create, inspect and change contexts.", no_args_is_help=True,
@@ -69,7 +70,7 @@ def list_(
         return
     out.table("contexts", ["id", "name", "agents", "updated"],
               ([found.id, found.display_name, ",".join(found.agent_ids),
-                output.timestamp(found.updated_at)] for found in page.contexts), header=False)
+                timestamp(found.updated_at)] for found in page.contexts), header=False)
 
 
 @app.command()

@@ -81,7 +81,7 @@ def session_start(ctx: typer.Context, runner: HarnessOption = "claude-code",
         from engram_cli.client import gitinfo  # only where git is asked: it brings subprocess
 
         brief = client.brief(files=gitinfo.changed_files(cwd))
-    from engram_cli import briefview  # only here: it brings the output module
+    from engram_cli.formats import briefview  # only here: the hooks run on every edit need none
 
     env_file = os.environ.get("CLAUDE_ENV_FILE")
     if env_file:

@@ -11,7 +11,8 @@ import typer
 from engram_cli import __version__, context
 from engram_cli.client.errors import EngramError
 from engram_cli.context import JsonOption
-from engram_cli.output import format_duration, to_plain_data
+from engram_cli.formats.jsonforms import to_plain_data
+from engram_cli.formats.text import format_duration
 from engramd.protocol import PROTOCOL_VERSION, resolve_data_dir
 
 
@@ -101,7 +102,10 @@ def stats(
     cli = context.get(ctx)
     out = cli.output(json)
     reply = cli.client(admin=True).stats()
-    from engram_cli.statsview import prometheus_text, quantile  # only this command needs it
+    from engram_cli.formats.prometheus import (  # only this command needs it
+        prometheus_text,
+        quantile,
+    )
 
     if prometheus:
         out.write(prometheus_text(reply))

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import context, output
+from engram_cli import context
 from engram_cli.client.errors import UsageProblem
 from engram_cli.context import JsonOption
+from engram_cli.formats.text import format_duration, timestamp
 from engramd.protocol import Lease, LockState
 
 app = typer.Typer(help="Take and manage leases on shared resources.", no_args_is_help=True,
@@ -55,7 +56,7 @@ def _rows(states: list[LockState]) -> list[list[str]]:
             rows.append([state.resource, "-", "-", "-", "-", waiters or "-", "-"])
         else:
             rows.append([state.resource, lease.holder, str(lease.fencing_token),
-                         output.timestamp(lease.expires_at), _left(lease),
+                         timestamp(lease.expires_at), _left(lease),
                          waiters or "-", str(lease.holder_pid or "-")])
     return rows
 
@@ -110,7 +111,7 @@ def release(ctx: typer.Context, resource: ResourceArg, lock_id: LockIdOption,
     elif released is not None:
         held = (dt.datetime.now(dt.UTC) - released.acquired_at).total_seconds()
         out.line(f"released {resource} (lock id {lock_id}, fencing token "
-                 f"{released.fencing_token}, held {output.format_duration(held)})")
+                 f"{released.fencing_token}, held {format_duration(held)})")
     else:
         out.line(f"released {resource} (lock id {lock_id})")
 
@@ -128,7 +129,7 @@ def renew(ctx: typer.Context, resource: ResourceArg, lock_id: LockIdOption,
     if out.json:
         out.json_line(lease)
     else:
-        out.line(output.timestamp(lease.expires_at))
+        out.line(timestamp(lease.expires_at))
 
 
 @app.command()

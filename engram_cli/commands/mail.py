@@ -6,11 +6,12 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import completion, context, output
+from engram_cli import completion, context
 from engram_cli.client.errors import UsageProblem
 from engram_cli.commands.unit import MetaOption, parse_pairs, payload_of, whole_id
 from engram_cli.context import JsonOption
-from engram_cli.unitjson import unit_to_json
+from engram_cli.formats.jsonforms import unit_to_json
+from engram_cli.formats.text import preview, timestamp
 from engramd.protocol import Unit, agentwork
 
 
@@ -20,8 +21,8 @@ def message_row(unit: Unit) -> list[str]:
         flags.append("ack-required")
     if agentwork.THREAD in unit.meta:
         flags.append(f"thread={unit.meta[agentwork.THREAD]}")
-    return [output.timestamp(unit.ts), unit.agent_id, unit.id, unit.meta.get(agentwork.TO, ""),
-            " ".join(flags), output.preview(unit)]
+    return [timestamp(unit.ts), unit.agent_id, unit.id, unit.meta.get(agentwork.TO, ""),
+            " ".join(flags), preview(unit)]
 
 
 MESSAGE_COLUMNS = ["time", "from", "id", "to", "flags", "text"]

@@ -8,11 +8,13 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import briefview, completion, context, output
+from engram_cli import completion, context
 from engram_cli.client import gitinfo
 from engram_cli.client.errors import EngramError, UsageProblem
 from engram_cli.client.session import harness, session_pid
 from engram_cli.context import JsonOption
+from engram_cli.formats import briefview
+from engram_cli.formats.text import format_duration
 
 PRIME_TIMEOUT = 1.5
 """Seconds prime waits for any answer: a session start must never hang on engram."""
@@ -103,7 +105,7 @@ def agents(ctx: typer.Context, json: JsonOption = False) -> None:
             + (" (gone)" if session.gone_at is not None else "")
             for session in agent.sessions)
         seen = ("-" if agent.last_seen is None else
-                output.format_duration((now - agent.last_seen).total_seconds()) + " ago")
+                format_duration((now - agent.last_seen).total_seconds()) + " ago")
         rows.append([agent.agent, sessions or "-", seen, ",".join(agent.contexts) or "-",
                      str(agent.leases), str(agent.unread)])
     out.table("agents", ["agent", "sessions", "last seen", "contexts", "leases", "unread"],

@@ -10,8 +10,9 @@ from engram_cli import completion, context, output
 from engram_cli.client.errors import NotFound, UsageProblem
 from engram_cli.commands.unit import parse_pairs, whole_id
 from engram_cli.context import JsonOption
-from engram_cli.timeparse import parse_time
-from engram_cli.unitjson import unit_to_json
+from engram_cli.formats.jsonforms import related_json, to_plain_data, unit_to_json
+from engram_cli.formats.text import preview
+from engram_cli.formats.timeparse import parse_time
 from engramd.protocol import Unit
 
 
@@ -81,7 +82,7 @@ def search(
     if out.json:
         for hit in results.hits:
             unit = units.get(hit.unit_id)
-            out.json_line({**output.to_plain_data(hit), "score": hit.score if ranked else None,
+            out.json_line({**to_plain_data(hit), "score": hit.score if ranked else None,
                            "unit": unit_to_json(unit) if unit else None})
     else:
         output.search_hits(out, results.hits, units, ranked=ranked)
@@ -106,11 +107,11 @@ def trace(
     client = cli.client()
     found = client.related_units(whole_id(client, unit_id), depth=depth)
     if out.json:
-        out.json_line(output.related_json(found))
+        out.json_line(related_json(found))
         return
     output.trace_tree(out, found, _label)
 
 
 def _label(unit: Unit) -> str:
-    return f"{unit.type} {unit.agent_id}@{unit.context_id}: {output.preview(unit, 80)}"
+    return f"{unit.type} {unit.agent_id}@{unit.context_id}: {preview(unit, 80)}"
 

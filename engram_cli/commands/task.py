@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import completion, context, output
+from engram_cli import completion, context
 from engram_cli.client.errors import UsageProblem
 from engram_cli.client.session import session_pid
 from engram_cli.commands.unit import MetaOption, parse_pairs, whole_id, whole_ids
 from engram_cli.context import JsonOption
+from engram_cli.formats.text import format_duration, timestamp
 from engram_cli.output import Output
 from engramd.protocol import Task
 
@@ -163,7 +164,7 @@ def claim(
         left = (task.claim.expires_at - dt.datetime.now(dt.UTC)).total_seconds()
         out.line(f"{task.id}  {task.title}  (claimed by pid {task.claim.holder_pid}, "
                  f"fencing token {task.claim.fencing_token}, for "
-                 f"{output.format_duration(left)} at most)")
+                 f"{format_duration(left)} at most)")
     else:
         out.line(task.id)
 
@@ -217,11 +218,11 @@ def show(ctx: typer.Context, task_id: TaskArg, json: JsonOption = False) -> None
     out.fields("task", [
         ("id", task.id), ("title", task.title), ("state", task.state),
         ("priority", f"P{task.priority}"), ("context", task.context_id),
-        ("created", f"{output.timestamp(task.created_at)} by {task.created_by}"),
+        ("created", f"{timestamp(task.created_at)} by {task.created_by}"),
         ("depends on", ", ".join(task.depends_on) or "-"),
         ("waits for", ", ".join(task.open_dependencies) or "-"),
         ("claimed by", "-" if claim is None else
          f"{claim.holder} (pid {claim.holder_pid}, fencing token {claim.fencing_token}, "
-         f"until {output.timestamp(claim.expires_at)})"),
+         f"until {timestamp(claim.expires_at)})"),
         ("done by", task.done_by or "-"),
     ])

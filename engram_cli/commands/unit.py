@@ -13,8 +13,15 @@ from engram_cli import completion, context, output
 from engram_cli.client import Client, requests
 from engram_cli.client.errors import EngramError, NotFound, UsageProblem
 from engram_cli.context import JsonOption
-from engram_cli.timeparse import parse_time
-from engram_cli.unitjson import BadLine, draft_from_json, origin_from_json, unit_to_json
+from engram_cli.formats.jsonforms import (
+    BadLine,
+    draft_from_json,
+    origin_from_json,
+    related_json,
+    unit_to_json,
+)
+from engram_cli.formats.text import preview
+from engram_cli.formats.timeparse import parse_time
 from engramd.protocol import (
     RELATIONSHIP_TYPES,
     UNIT_ID_LENGTH,
@@ -459,7 +466,7 @@ def related(
     found = client.related_units(whole_id(client, unit_id), types=type_ or [],
                                  direction=direction, depth=depth)
     if out.json:
-        out.json_line(output.related_json(found))
+        out.json_line(related_json(found))
         return
     by_id = {unit.id: unit for unit in found.units}
     # Whole ids when piped; on a terminal, short ones that leave room for the payload.
@@ -467,7 +474,7 @@ def related(
            else {unit_id: unit_id for unit_id in [found.root, *by_id]})
     rows = [[ids.get(edge.source, edge.source), edge.type, ids.get(edge.target, edge.target),
              str(edge.depth),
-             output.preview(by_id[edge.target], 80) if edge.target in by_id else ""]
+             preview(by_id[edge.target], 80) if edge.target in by_id else ""]
             for edge in found.edges]
     if not rows and out.is_terminal:
         output.note("no related units")

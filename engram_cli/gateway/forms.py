@@ -1,7 +1,7 @@
 """The JSON bodies of the HTTP API that are not protocol messages as they stand.
 
 Units travel as ``engram unit get --json`` prints them: a payload that is text is
-``payload``, anything else ``payload_base64`` (:mod:`engram_cli.unitjson`). Every
+``payload``, anything else ``payload_base64`` (:mod:`engram_cli.formats.jsonforms`). Every
 other request body is the protocol message itself, its fields by their protocol
 names (SPECS §2.2), without ``msg`` and ``id``. These are msgspec types, so the
 same definitions decode the bodies and describe them in ``/openapi.json``.
@@ -133,6 +133,6 @@ def decode_request(body: bytes, kind: type[M], **fields: Any) -> M:
 
 
 def unit_json(unit: Unit) -> dict[str, Any]:
-    from engram_cli.unitjson import unit_to_json
+    from engram_cli.formats.jsonforms import unit_to_json
 
     return unit_to_json(unit)

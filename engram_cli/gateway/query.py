@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
-from engram_cli.timeparse import parse_time
+from engram_cli.formats.timeparse import parse_time
 from engramd.protocol import BadRequest
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from starlette.responses import Response
 
+from engram_cli.formats.jsonforms import to_plain_data
 from engram_cli.gateway.policy import retry_after, status_for
 from engramd.protocol import EngramError
 
@@ -30,8 +31,6 @@ def error_response(exc: EngramError) -> Response:
 
 def plain(reply: Any) -> Any:
     """A reply as JSON data without its wire envelope (the ``--json`` forms)."""
-    from engram_cli.output import to_plain_data
-
     return to_plain_data(reply)
 
 

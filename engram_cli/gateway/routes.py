@@ -19,6 +19,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from engram_cli.formats.jsonforms import related_json
 from engram_cli.gateway import openapi, query, streams
 from engram_cli.gateway.auth import Authenticator, Credentials
 from engram_cli.gateway.forms import (
@@ -136,7 +137,7 @@ async def readyz(gw: Gateway, request: Request) -> Response:
 
 
 async def metrics(gw: Gateway, request: Request) -> Response:
-    from engram_cli.statsview import prometheus_text
+    from engram_cli.formats.prometheus import prometheus_text
 
     gw.credentials(request)  # with authentication on, metrics need it too
     try:
@@ -259,8 +260,6 @@ async def search_vector(gw: Gateway, request: Request) -> Response:
 
 
 async def search_relationships(gw: Gateway, request: Request) -> Response:
-    from engram_cli.output import related_json
-
     found = await gw.call(request, decode_request(await gw.body(request), RelatedUnits))
     return json_response(related_json(found))
 

@@ -27,6 +27,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from engram_cli.client.asynchronous import AsyncClient
+from engram_cli.formats.jsonforms import event_json
 from engram_cli.gateway import query
 from engram_cli.gateway.auth import Credentials
 from engram_cli.gateway.replies import error_response
@@ -48,8 +49,6 @@ def stream_options(request: HTTPConnection) -> dict[str, Any]:
 
 
 def item_json(item: Event | Heartbeat) -> dict[str, Any]:
-    from engram_cli.output import event_json
-
     if isinstance(item, Heartbeat):
         return {"kind": "heartbeat", "head_seq": item.head_seq, "cursor": item.cursor}
     return event_json(item)

@@ -9,7 +9,7 @@ import pytest
 
 from engram_cli.client import Client
 from engram_cli.client.errors import NotFound
-from engram_cli.statsview import prometheus_text, quantile
+from engram_cli.formats.prometheus import prometheus_text, quantile
 from engramd.config import DaemonConfig
 from engramd.protocol import DaemonStats, HistogramData, UnitCreated
 from engramd.protocol.logline import at_least, format_line, parse_line

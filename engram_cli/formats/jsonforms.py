@@ -1,7 +1,9 @@
-"""Units as JSON: what ``--json``, ``unit export`` write and ``unit import`` reads.
+"""engram's data as JSON: what ``--json``, ``unit export``, the gateway and the MCP
+server write, and what ``unit import`` reads.
 
-A payload that is valid UTF-8 is the string ``payload``; any other payload is
-base64 under ``payload_base64``. Every other field keeps its protocol name.
+A daemon's answer keeps its protocol field names, without the wire envelope. In a
+unit, a payload that is valid UTF-8 is the string ``payload``; any other payload is
+base64 under ``payload_base64``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,20 @@ from typing import Any
 
 import msgspec
 
-from engramd.protocol import UUID_TEXT, Relationship, Unit, UnitDraft, UnitOrigin
+from engramd.protocol import (
+    UUID_TEXT,
+    Event,
+    RelatedFound,
+    Relationship,
+    ServerMessage,
+    Unit,
+    UnitCreated,
+    UnitDraft,
+    UnitOrigin,
+)
+
+# Fields of the wire envelope, not of the answer itself.
+_ENVELOPE = ("msg", "id")
 
 
 class BadLine(ValueError):
@@ -28,6 +43,29 @@ def unit_to_json(unit: Unit) -> dict[str, Any]:
     except UnicodeDecodeError:
         data["payload_base64"] = payload  # to_builtins already wrote base64
     return data
+
+
+def to_plain_data(value: Any) -> Any:
+    """JSON-ready data; a daemon message loses its wire envelope (``msg``, ``id``)."""
+    data = msgspec.to_builtins(value)
+    if isinstance(value, ServerMessage) and isinstance(data, dict):
+        for key in _ENVELOPE:
+            data.pop(key, None)
+    return data
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """An event as JSON, with its unit's payload as text or base64."""
+    data: dict[str, Any] = msgspec.to_builtins(event)
+    if isinstance(event, UnitCreated):
+        data["unit"] = unit_to_json(event.unit)
+    return data
+
+
+def related_json(found: RelatedFound) -> dict[str, Any]:
+    """Relationships around a unit as JSON (``unit related`` and ``trace``)."""
+    return {"root": found.root, "edges": [to_plain_data(edge) for edge in found.edges],
+            "units": [unit_to_json(unit) for unit in found.units]}
 
 
 def payload_text(unit: Unit) -> str | None:

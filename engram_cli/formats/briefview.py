@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from engram_cli.output import format_duration, preview, timestamp, to_plain_data
-from engram_cli.unitjson import unit_to_json
+from engram_cli.formats.jsonforms import to_plain_data, unit_to_json
+from engram_cli.formats.text import format_duration, preview, timestamp
 from engramd.protocol import Brief, Lease, Task, Unit, agentwork
 
 CHEAT_SHEET = """## engram commands
