@@ -20,7 +20,7 @@ def _starting(words: tuple[str, ...], incomplete: str) -> list[str]:
 
 
 HARNESSES = ("claude-code", "codex")
-"""The coding-agent harnesses ``engram setup`` wires (see :mod:`engram_cli.harness`)."""
+"""The coding-agent harnesses ``engram setup`` wires (see :mod:`engram_cli.doors.harness`)."""
 
 
 def harnesses(incomplete: str) -> list[str]:

@@ -104,7 +104,7 @@ def test_only_the_mcp_command_imports_the_mcp_sdk() -> None:
     assert importers == {"mcpserver.py"}
     code = ("import sys; from engram_cli import app; "
             "from engram_cli.commands import mcp, prime, mail, task; "
-            "print('mcp' in sys.modules, 'engram_cli.mcpserver' in sys.modules)")
+            "print('mcp' in sys.modules, 'engram_cli.doors.mcpserver' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=30, check=True)
     assert result.stdout.strip() == "False False"
@@ -116,17 +116,17 @@ HTTP_STACK = ("starlette", "hypercorn", "sse_starlette", "jwt", "cryptography", 
 
 def test_only_the_gateway_imports_the_http_stack() -> None:
     """The HTTP extra: the gateway package imports it, only `engram gateway` loads that."""
-    gateway = ROOT / "engram_cli" / "gateway"
+    gateway = ROOT / "engram_cli" / "doors" / "gateway"
     for path in modules("engram_cli"):
         names = imports_of(path)
         if any(name.split(".")[0] in HTTP_STACK for name in names):
             assert path.parent == gateway, path
-        if any(name.startswith("engram_cli.gateway") for name in names):
+        if any(name.startswith("engram_cli.doors.gateway") for name in names):
             assert path.parent == gateway or path.name == "gateway.py", path
     code = ("import sys; from engram_cli import app; "
             "from engram_cli.commands import gateway, mcp, prime, unit, watch; "
             f"print(sorted(m for m in {HTTP_STACK!r} if m in sys.modules), "
-            "'engram_cli.gateway' in sys.modules)")
+            "'engram_cli.doors.gateway' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=30, check=True)
     assert result.stdout.strip() == "[] False"

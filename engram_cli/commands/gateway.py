@@ -1,4 +1,5 @@
-"""``engram gateway``: serve engram over HTTP, SSE and WebSocket (see :mod:`engram_cli.gateway`)."""
+"""``engram gateway``: serve engram over HTTP, SSE and WebSocket
+(see :mod:`engram_cli.doors.gateway`)."""
 
 from __future__ import annotations
 
@@ -67,8 +68,8 @@ def gateway(
     try:
         import trio
 
-        from engram_cli.gateway import auth as gateway_auth
-        from engram_cli.gateway import policy, serve
+        from engram_cli.doors.gateway import auth as gateway_auth
+        from engram_cli.doors.gateway import policy, serve
     except ImportError as exc:
         raise EngramError(f"engram gateway needs the HTTP extra ({exc.name} is missing): "
                           "pip install 'engram[http]'") from None

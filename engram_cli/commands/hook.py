@@ -1,5 +1,5 @@
 """``engram hook ...``: what a harness runs at its hook events (``engram setup`` installs
-them); see :mod:`engram_cli.harness` for the formats. Each reads the hook's JSON on stdin,
+them); see :mod:`engram_cli.doors.harness` for the formats. Each reads the hook's JSON on stdin,
 answers on stdout, and fails open."""
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from engram_cli import completion, context, harness
+from engram_cli import completion, context
 from engram_cli.client import Client
 from engram_cli.client.errors import EngramError
 from engram_cli.client.session import SESSION_PID_VAR, agent_name, session_pid
+from engram_cli.doors import harness
 from engramd.protocol import agentwork
 
 HOOK_TIMEOUT = 2.0

@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import completion, context, hooks
+from engram_cli import completion, context
 from engram_cli.client.errors import EngramError, UsageProblem
 from engram_cli.client.gitinfo import GitError, git, toplevel
 from engram_cli.context import JsonOption
+from engram_cli.doors import githooks
 from engram_cli.output import note
 
 app = typer.Typer(help="Record git commits, checkouts, merges and rewrites as work units.",
@@ -56,10 +57,10 @@ def install(
     if guard not in ("off", "warn", "block"):
         raise UsageProblem("--guard takes off, warn or block")
     top = _repo(repo)
-    names = hooks.install(top, context=context_id, guard=guard)
+    names = githooks.install(top, context=context_id, guard=guard)
     out = context.get(ctx).output(json)
     if out.json:
-        out.json_line({"repo": top, "context": hooks.context_for(top), "guard": guard,
+        out.json_line({"repo": top, "context": githooks.context_for(top), "guard": guard,
                        "installed": names})
     else:
         out.line("installed: " + " ".join(names))
@@ -69,7 +70,7 @@ def install(
 def uninstall(ctx: typer.Context, repo: RepoOption = ".", json: JsonOption = False) -> None:
     """Remove the hooks and restore exactly what was there before."""
     top = _repo(repo)
-    removed = hooks.uninstall(top)
+    removed = githooks.uninstall(top)
     out = context.get(ctx).output(json)
     if out.json:
         out.json_line({"repo": top, "removed": removed})
@@ -82,9 +83,9 @@ def status(ctx: typer.Context, repo: RepoOption = ".", json: JsonOption = False)
     """Which hooks are installed, and which kept an earlier hook."""
     top = _repo(repo)
     out = context.get(ctx).output(json)
-    states = hooks.status(top)
+    states = githooks.status(top)
     if out.json:
-        out.json_line({"repo": top, "context": hooks.context_for(top),
+        out.json_line({"repo": top, "context": githooks.context_for(top),
                        "hooks": [s.__dict__ for s in states]})
         return
     out.table("hooks", ["hook", "installed", "kept original"],
@@ -101,11 +102,11 @@ def run(ctx: typer.Context, hook: str, args: Annotated[list[str] | None, typer.A
     repo = _repo(".")
     if hook == "pre-commit":
         mode = git(repo, "config", "--get", "engram.guard", check=False) or "off"
-        problems = hooks.guard(repo, mode, cli.socket, os.environ)
+        problems = githooks.guard(repo, mode, cli.socket, os.environ)
         for problem in problems:
             note(("refusing the commit: " if mode == "block" else "warning: ") + problem)
         if problems and mode == "block":
             raise typer.Exit(1)
         return
     stdin = "" if sys.stdin.isatty() else sys.stdin.read()
-    hooks.record(repo, hook, list(args or []), stdin, cli.socket, os.environ)
+    githooks.record(repo, hook, list(args or []), stdin, cli.socket, os.environ)

@@ -102,10 +102,7 @@ def stats(
     cli = context.get(ctx)
     out = cli.output(json)
     reply = cli.client(admin=True).stats()
-    from engram_cli.formats.prometheus import (  # only this command needs it
-        prometheus_text,
-        quantile,
-    )
+    from engram_cli.formats.prometheus import prometheus_text, quantile  # only this command
 
     if prometheus:
         out.write(prometheus_text(reply))

@@ -1,4 +1,5 @@
-"""``engram mcp``: serve engram to a coding agent over MCP (see :mod:`engram_cli.mcpserver`)."""
+"""``engram mcp``: serve engram to a coding agent over MCP
+(see :mod:`engram_cli.doors.mcpserver`)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def mcp(
     try:
         import trio
 
-        from engram_cli import mcpserver
+        from engram_cli.doors import mcpserver
     except ImportError as exc:
         raise EngramError(f"engram mcp needs the MCP SDK ({exc.name} is missing): "
                           "pip install 'engram[mcp]'") from None

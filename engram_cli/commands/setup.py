@@ -1,5 +1,5 @@
 """``engram setup claude-code|codex``: wire a harness to engram (its MCP server and the
-``engram hook`` commands); see :mod:`engram_cli.harness` for the formats."""
+``engram hook`` commands); see :mod:`engram_cli.doors.harness` for the formats."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from typing import Annotated, Any
 
 import typer
 
-from engram_cli import completion, context, harness
+from engram_cli import completion, context
 from engram_cli.client import gitinfo
 from engram_cli.client.errors import EngramError, ExitCode, UsageProblem
 from engram_cli.context import JsonOption
-from engram_cli.files import write_whole
+from engram_cli.doors import harness
+from engram_cli.doors.files import write_whole
 
 BACKUP_SUFFIX = ".engram-backup"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engram_cli import harness
+from engram_cli.doors import harness
 from tests.conftest import DaemonProcess, connect, wait_until
 
 DATA = Path(__file__).parent.parent / "data" / "harness"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from engram_cli.gateway.policy import Origins
-from engram_cli.gateway.replies import error_response
+from engram_cli.doors.gateway.policy import Origins
+from engram_cli.doors.gateway.replies import error_response
 from engramd.protocol import Forbidden
 
 Scope = dict[str, Any]

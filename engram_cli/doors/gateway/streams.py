@@ -27,14 +27,14 @@ from starlette.requests import HTTPConnection, Request
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from engram_cli.client.asynchronous import AsyncClient
+from engram_cli.doors.gateway import query
+from engram_cli.doors.gateway.auth import Credentials
+from engram_cli.doors.gateway.replies import error_response
 from engram_cli.formats.jsonforms import event_json
-from engram_cli.gateway import query
-from engram_cli.gateway.auth import Credentials
-from engram_cli.gateway.replies import error_response
 from engramd.protocol import BadRequest, EngramError, Event, Heartbeat
 
 if TYPE_CHECKING:
-    from engram_cli.gateway.routes import Gateway
+    from engram_cli.doors.gateway.routes import Gateway
 
 DEFAULT_HEARTBEAT = 15.0
 _encoder = msgspec.json.Encoder()

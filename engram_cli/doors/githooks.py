@@ -30,7 +30,7 @@ import msgspec
 from engram_cli.client import Client, gitinfo, requests
 from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
 from engram_cli.client.settings import default_agent_id
-from engram_cli.files import write_whole
+from engram_cli.doors.files import write_whole
 from engramd.protocol import SpooledUnit, UnitDraft, resolve_data_dir
 
 HOOKS = ("post-commit", "post-checkout", "post-merge", "post-rewrite")

@@ -23,7 +23,7 @@ from typing import Any
 
 import jwt
 
-from engram_cli.gateway.policy import UNAUTHENTICATED
+from engram_cli.doors.gateway.policy import UNAUTHENTICATED
 from engramd.protocol import EngramError
 
 AGENT_TOKEN_PREFIX = "egt_"

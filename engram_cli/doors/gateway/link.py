@@ -18,7 +18,7 @@ import trio
 
 from engram_cli.client.asynchronous import AsyncClient, connect_to
 from engram_cli.client.settings import Target
-from engram_cli.gateway.auth import Credentials, Unauthenticated
+from engram_cli.doors.gateway.auth import Credentials, Unauthenticated
 from engramd.protocol import ClientMessage, Forbidden, ServerMessage
 
 R = TypeVar("R", bound=ServerMessage)

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from engram_cli import __version__
-from engram_cli.gateway.forms import ClaimProof, DraftForm, LockForm, MessageForm, RenewForm
+from engram_cli.doors.gateway.forms import ClaimProof, DraftForm, LockForm, MessageForm, RenewForm
 from engramd.protocol import (
     AddTask,
     ClaimTask,
@@ -108,7 +108,7 @@ def _strip_envelope(schema: dict[str, Any]) -> None:
 
 @functools.cache
 def document() -> bytes:
-    from engram_cli.gateway.routes import ROUTES
+    from engram_cli.doors.gateway.routes import ROUTES
 
     types: list[Any] = [*_EXTRA_TYPES]
     for _, body, answer in OPERATIONS.values():

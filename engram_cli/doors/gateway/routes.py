@@ -19,10 +19,9 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from engram_cli.formats.jsonforms import related_json
-from engram_cli.gateway import openapi, query, streams
-from engram_cli.gateway.auth import Authenticator, Credentials
-from engram_cli.gateway.forms import (
+from engram_cli.doors.gateway import openapi, query, streams
+from engram_cli.doors.gateway.auth import Authenticator, Credentials
+from engram_cli.doors.gateway.forms import (
     ClaimProof,
     DraftForm,
     LockForm,
@@ -32,10 +31,11 @@ from engram_cli.gateway.forms import (
     decode_request,
     unit_json,
 )
-from engram_cli.gateway.guard import Guard, Tally
-from engram_cli.gateway.link import DaemonLink
-from engram_cli.gateway.policy import Origins
-from engram_cli.gateway.replies import error_response, json_response, plain
+from engram_cli.doors.gateway.guard import Guard, Tally
+from engram_cli.doors.gateway.link import DaemonLink
+from engram_cli.doors.gateway.policy import Origins
+from engram_cli.doors.gateway.replies import error_response, json_response, plain
+from engram_cli.formats.jsonforms import related_json
 from engramd.protocol import (
     AckMessage,
     AddTask,

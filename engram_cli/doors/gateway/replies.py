@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 from starlette.responses import Response
 
+from engram_cli.doors.gateway.policy import retry_after, status_for
 from engram_cli.formats.jsonforms import to_plain_data
-from engram_cli.gateway.policy import retry_after, status_for
 from engramd.protocol import EngramError
 
 _encoder = msgspec.json.Encoder()

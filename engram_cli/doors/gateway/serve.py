@@ -12,10 +12,10 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from engram_cli.gateway.auth import Authenticator
-from engram_cli.gateway.link import DaemonLink
-from engram_cli.gateway.policy import ListenAddress, Origins
-from engram_cli.gateway.routes import MAX_BODY, Gateway, build_app
+from engram_cli.doors.gateway.auth import Authenticator
+from engram_cli.doors.gateway.link import DaemonLink
+from engram_cli.doors.gateway.policy import ListenAddress, Origins
+from engram_cli.doors.gateway.routes import MAX_BODY, Gateway, build_app
 
 GRACEFUL_STOP = 5.0
 """Seconds requests in flight get to finish after SIGTERM (streams are ended)."""
