@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import typer
 
-from engram_cli.app import app
+from engram_cli.cli.app import app
 from engram_cli.client.errors import ExitCode
 from engramd.config import SETTINGS
 from engramd.protocol import ErrorCode

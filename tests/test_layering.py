@@ -78,19 +78,19 @@ def test_only_output_imports_rich() -> None:
 @pytest.mark.slow
 @pytest.mark.slow
 def test_a_command_loads_its_own_module_only() -> None:
-    code = ("import sys, typer; from engram_cli.app import app; "
-            "before = sorted(m for m in sys.modules if m.startswith('engram_cli.commands.')); "
+    code = ("import sys, typer; from engram_cli.cli.app import app; "
+            "before = sorted(m for m in sys.modules if m.startswith('engram_cli.cli.commands.')); "
             "root = typer.main.get_command(app); "
             "root.get_command(typer.Context(root), 'ping'); "
-            "after = sorted(m for m in sys.modules if m.startswith('engram_cli.commands.')); "
+            "after = sorted(m for m in sys.modules if m.startswith('engram_cli.cli.commands.')); "
             "print(before, after)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=30, check=True)
-    assert result.stdout.strip() == "[] ['engram_cli.commands.info']"
+    assert result.stdout.strip() == "[] ['engram_cli.cli.commands.info']"
 
 
 def test_an_ordinary_command_loads_neither_trio_nor_rich() -> None:
-    code = ("import sys; from engram_cli import app, client; "
+    code = ("import sys; from engram_cli.cli import app; from engram_cli import client; "
             "print(sorted(m for m in ('trio', 'rich', 'mcp', 'pydantic') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=30, check=True)
@@ -102,8 +102,8 @@ def test_only_the_mcp_command_imports_the_mcp_sdk() -> None:
     importers = {path.name for path in modules("engram_cli")
                  if any(name.split(".")[0] in ("mcp", "mcp_types") for name in imports_of(path))}
     assert importers == {"mcpserver.py"}
-    code = ("import sys; from engram_cli import app; "
-            "from engram_cli.commands import mcp, prime, mail, task; "
+    code = ("import sys; from engram_cli.cli import app; "
+            "from engram_cli.cli.commands import mcp, prime, mail, task; "
             "print('mcp' in sys.modules, 'engram_cli.doors.mcpserver' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=30, check=True)
@@ -123,8 +123,8 @@ def test_only_the_gateway_imports_the_http_stack() -> None:
             assert path.parent == gateway, path
         if any(name.startswith("engram_cli.doors.gateway") for name in names):
             assert path.parent == gateway or path.name == "gateway.py", path
-    code = ("import sys; from engram_cli import app; "
-            "from engram_cli.commands import gateway, mcp, prime, unit, watch; "
+    code = ("import sys; from engram_cli.cli import app; "
+            "from engram_cli.cli.commands import gateway, mcp, prime, unit, watch; "
             f"print(sorted(m for m in {HTTP_STACK!r} if m in sys.modules), "
             "'engram_cli.doors.gateway' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -19,7 +19,7 @@ import typer
 from typer.completion import get_completion_script
 
 from engram_cli import __version__
-from engram_cli.app import COMPLETE_VAR, EXIT_CODES_HELP, app
+from engram_cli.cli.app import COMPLETE_VAR, EXIT_CODES_HELP, app
 from engramd.config import SETTINGS
 from engramd.main import build_parser
 

@@ -324,7 +324,7 @@ def test_terminal_tables_show_short_ids_and_keep_the_spaces_of_matches(
 
 
 def test_terminal_times_name_the_day_unless_it_is_today() -> None:
-    from engram_cli.output import _local_time
+    from engram_cli.cli.output import _local_time
 
     now = dt.datetime.now(dt.UTC)
     assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", _local_time(now))

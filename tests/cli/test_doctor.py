@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from engram_cli.cli.doctor import Doctor
 from engram_cli.client import Client
-from engram_cli.doctor import Doctor
 from engramd.config import DaemonConfig
 from tests.conftest import ThreadedDaemon, run_cli
 

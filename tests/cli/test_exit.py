@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-END = "from engram_cli.app import end_process; "
+END = "from engram_cli.cli.app import end_process; "
 
 
 def python(code: str) -> subprocess.CompletedProcess[str]:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from engram_cli.cli.lockrun import Command, LeaseKeeper, Timing, supervise
 from engram_cli.client.errors import EngramError
-from engram_cli.lockrun import Command, LeaseKeeper, Timing, supervise
 from engramd.protocol import Lease, LockAcquired, LockRenewed
 from tests.conftest import WAIT, DaemonProcess, ThreadedDaemon, connect, start_engramd, wait_until
 

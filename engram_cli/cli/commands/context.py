@@ -6,10 +6,10 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import completion, output
-from engram_cli import context as cli_context
-from engram_cli.commands.unit import parse_pairs, whole_ids
-from engram_cli.context import JsonOption
+from engram_cli.cli import completion, output
+from engram_cli.cli import context as cli_context
+from engram_cli.cli.commands.unit import parse_pairs, whole_ids
+from engram_cli.cli.context import JsonOption
 from engram_cli.formats.text import timestamp
 from engramd.protocol import Context
 

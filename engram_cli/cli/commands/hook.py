@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from engram_cli import completion, context
+from engram_cli.cli import completion, context
 from engram_cli.client import Client
 from engram_cli.client.errors import EngramError
 from engram_cli.client.session import SESSION_PID_VAR, agent_name, session_pid

@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import __version__, context
+from engram_cli import __version__
+from engram_cli.cli import context
+from engram_cli.cli.context import JsonOption
 from engram_cli.client.errors import EngramError
-from engram_cli.context import JsonOption
 from engram_cli.formats.jsonforms import to_plain_data
 from engram_cli.formats.text import format_duration
 from engramd.protocol import PROTOCOL_VERSION, resolve_data_dir
@@ -50,7 +51,7 @@ def help_(
 ) -> None:
     """Show the help of a command: ``engram help unit create`` is ``engram unit create
     --help``."""
-    from engram_cli.app import main  # the root, to parse the words as it would
+    from engram_cli.cli.app import main  # the root, to parse the words as it would
 
     raise typer.Exit(main([*(words or []), "--help"]))
 
@@ -151,7 +152,7 @@ def doctor(ctx: typer.Context, json: JsonOption = False) -> None:
     findings = []
     import dataclasses
 
-    from engram_cli.doctor import Doctor  # only this command needs them
+    from engram_cli.cli.doctor import Doctor  # only this command needs them
 
     for finding in Doctor(client, resolve_data_dir(None, os.environ)).run():
         findings.append(finding)

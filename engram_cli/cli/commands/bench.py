@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from engram_cli import context
+from engram_cli.cli import context
+from engram_cli.cli.context import JsonOption
+from engram_cli.cli.output import note
 from engram_cli.client.errors import UsageProblem
-from engram_cli.context import JsonOption
 from engram_cli.formats.timeparse import parse_duration
-from engram_cli.output import note
 
 if TYPE_CHECKING:
     from engram_cli.bench import BenchResult, BenchTarget
-    from engram_cli.output import Output
+    from engram_cli.cli.output import Output
 
 
 def bench(

@@ -19,9 +19,9 @@ import typer
 import typer.core
 import typer.models
 
-from engram_cli import output
+from engram_cli.cli import output
+from engram_cli.cli.context import CliContext
 from engram_cli.client.errors import EngramError, ExitCode
-from engram_cli.context import CliContext
 
 EXIT_CODES_HELP = (
     "Exit status: 0 success, 1 error, 2 usage, 3 not found, "
@@ -30,7 +30,7 @@ EXIT_CODES_HELP = (
 )
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    # name: (module in engram_cli.commands, its Typer sub-app or command function)
+    # name: (module in engram_cli.cli.commands, its Typer sub-app or command function)
     "help": ("info", "help_"),
     "ping": ("info", "ping"),
     "status": ("info", "status"),
@@ -74,7 +74,7 @@ class LazyGroup(typer.core.TyperGroup):
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             module_name, attribute = COMMANDS[cmd_name]
-            module = importlib.import_module(f"engram_cli.commands.{module_name}")
+            module = importlib.import_module(f"engram_cli.cli.commands.{module_name}")
             target = getattr(module, attribute)
             if isinstance(target, typer.Typer):
                 command = lazy_group(target)

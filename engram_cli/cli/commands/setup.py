@@ -13,10 +13,10 @@ from typing import Annotated, Any
 
 import typer
 
-from engram_cli import completion, context
+from engram_cli.cli import completion, context
+from engram_cli.cli.context import JsonOption
 from engram_cli.client import gitinfo
 from engram_cli.client.errors import EngramError, ExitCode, UsageProblem
-from engram_cli.context import JsonOption
 from engram_cli.doors import harness
 from engram_cli.doors.files import write_whole
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import context
+from engram_cli.cli import context
+from engram_cli.cli.context import JsonOption
 from engram_cli.client.errors import UsageProblem
-from engram_cli.context import JsonOption
 from engram_cli.formats.jsonforms import to_plain_data
 from engram_cli.formats.text import timestamp
 

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import completion, context
+from engram_cli.cli import completion, context
+from engram_cli.cli.context import JsonOption
 from engram_cli.client import gitinfo
 from engram_cli.client.errors import EngramError, UsageProblem
 from engram_cli.client.session import harness, session_pid
-from engram_cli.context import JsonOption
 from engram_cli.formats import briefview
 from engram_cli.formats.text import format_duration
 

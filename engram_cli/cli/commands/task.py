@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import completion, context
+from engram_cli.cli import completion, context
+from engram_cli.cli.commands.unit import MetaOption, parse_pairs, whole_id, whole_ids
+from engram_cli.cli.context import JsonOption
+from engram_cli.cli.output import Output
 from engram_cli.client.errors import UsageProblem
 from engram_cli.client.session import session_pid
-from engram_cli.commands.unit import MetaOption, parse_pairs, whole_id, whole_ids
-from engram_cli.context import JsonOption
 from engram_cli.formats.text import format_duration, timestamp
-from engram_cli.output import Output
 from engramd.protocol import Task
 
 app = typer.Typer(

@@ -11,10 +11,10 @@ from typing import Annotated
 import msgspec
 import typer
 
-from engram_cli import context, output
+from engram_cli.cli import context, output
+from engram_cli.cli.context import JsonOption
 from engram_cli.client.autostart import START_TIMEOUT, process_gone, start_daemon, why_it_stopped
 from engram_cli.client.errors import ClientTimeout, Unavailable
-from engram_cli.context import JsonOption
 from engram_cli.formats.jsonforms import to_plain_data
 from engram_cli.formats.text import format_duration
 from engramd.protocol import log_file_in, resolve_data_dir

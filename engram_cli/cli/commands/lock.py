@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import context
+from engram_cli.cli import context
+from engram_cli.cli.context import JsonOption
 from engram_cli.client.errors import UsageProblem
-from engram_cli.context import JsonOption
 from engram_cli.formats.text import format_duration, timestamp
 from engramd.protocol import Lease, LockState
 
@@ -267,7 +267,7 @@ def run(
     command = resources[split + 1:]
     if not names or not command:
         raise UsageProblem(RUN_USAGE)
-    from engram_cli.lockrun import run_holding  # threads and signals: only lock run
+    from engram_cli.cli.lockrun import run_holding  # threads and signals: only lock run
 
     client = context.get(ctx).client()
     raise typer.Exit(run_holding(client, names, command, ttl=ttl, wait=wait))

@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import completion, context
+from engram_cli.cli import completion, context
+from engram_cli.cli.context import JsonOption
+from engram_cli.cli.output import note
 from engram_cli.client.errors import EngramError, UsageProblem
 from engram_cli.client.gitinfo import GitError, git, toplevel
-from engram_cli.context import JsonOption
 from engram_cli.doors import githooks
-from engram_cli.output import note
 
 app = typer.Typer(help="Record git commits, checkouts, merges and rewrites as work units.",
                   no_args_is_help=True, add_completion=False)

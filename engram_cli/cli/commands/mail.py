@@ -6,10 +6,10 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import completion, context
+from engram_cli.cli import completion, context
+from engram_cli.cli.commands.unit import MetaOption, parse_pairs, payload_of, whole_id
+from engram_cli.cli.context import JsonOption
 from engram_cli.client.errors import UsageProblem
-from engram_cli.commands.unit import MetaOption, parse_pairs, payload_of, whole_id
-from engram_cli.context import JsonOption
 from engram_cli.formats.jsonforms import unit_to_json
 from engram_cli.formats.text import preview, timestamp
 from engramd.protocol import Unit, agentwork

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from engram_cli import output
+from engram_cli.cli import output
 from engram_cli.client import Client
 from engram_cli.client.errors import ClientTimeout, EngramError, ExitCode, RateLimited, Unavailable
 from engramd.protocol import ErrorCode, Lease, LeaseLost

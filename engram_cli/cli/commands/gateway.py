@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
-from engram_cli import context, output
+from engram_cli.cli import context, output
+from engram_cli.cli.context import JsonOption
 from engram_cli.client.errors import EngramError, UsageProblem
-from engram_cli.context import JsonOption
 
 
 def gateway(

@@ -9,10 +9,10 @@ from typing import Annotated, Any, BinaryIO
 
 import typer
 
-from engram_cli import completion, context, output
+from engram_cli.cli import completion, context, output
+from engram_cli.cli.context import JsonOption
 from engram_cli.client import Client, requests
 from engram_cli.client.errors import EngramError, NotFound, UsageProblem
-from engram_cli.context import JsonOption
 from engram_cli.formats.jsonforms import (
     BadLine,
     draft_from_json,

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
+from engram_cli.cli.output import Output, note
 from engram_cli.client.autostart import START_TIMEOUT
 from engram_cli.client.blocking import DEFAULT_TIMEOUT, Client
-from engram_cli.output import Output, note
 
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print JSON (the daemon's field names) instead of text.")
