@@ -24,11 +24,11 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m engram_cli.demo
+	$(BIN)/python -m engram_cli.bench.demo
 
 # Two engram machines on a 3-node NATS JetStream cluster, all on loopback (cluster mode).
 cluster-demo: $(STAMP)
-	$(BIN)/python -m engram_cli.clusterdemo
+	$(BIN)/python -m engram_cli.bench.clusterdemo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

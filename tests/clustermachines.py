@@ -1,5 +1,5 @@
 """Machines of a cluster for the tests: engramd processes, each with a socket and a
-data dir of its own, on a NATS cluster (:class:`engram_cli.natslab.NatsCluster`)."""
+data dir of its own, on a NATS cluster (:class:`engram_cli.bench.natslab.NatsCluster`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from engram_cli.bench.natslab import NatsCluster
 from engram_cli.client import Client
-from engram_cli.natslab import NatsCluster
 from tests.conftest import WAIT, run_cli, start_engramd
 
 

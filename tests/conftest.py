@@ -21,9 +21,9 @@ import pytest
 import trio
 from hypothesis import HealthCheck, settings
 
+from engram_cli.bench.natslab import NatsCluster
 from engram_cli.client import Client
 from engram_cli.client.errors import EngramError
-from engram_cli.natslab import NatsCluster
 from engramd.config import DaemonConfig, load_config
 from engramd.main import run_daemon
 from engramd.protocol import (

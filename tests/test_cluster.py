@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from engram_cli.bench.natslab import NatsCluster
 from engram_cli.client import Client
 from engram_cli.client.errors import EngramError, NotFound
-from engram_cli.natslab import NatsCluster
 from tests.clustermachines import Machine, deployment_of, machine_on, running
 from tests.conftest import WAIT, run_cli, wait_until
 

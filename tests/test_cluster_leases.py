@@ -29,9 +29,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from engram_cli.bench.natslab import NatsCluster
 from engram_cli.client import Client
 from engram_cli.client.errors import Conflict, Deadlock, EngramError, LockHeld
-from engram_cli.natslab import NatsCluster
 from engramd.protocol import Lease
 from tests.clustermachines import Machine, deployment_of, running
 from tests.conftest import WAIT, wait_until

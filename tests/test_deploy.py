@@ -106,7 +106,7 @@ def test_the_compose_topology_runs_from_the_image_steps(scratch: str, installed:
     """deploy/cluster/compose.yaml without containers: three NATS nodes configured by
     deploy/cluster/nats.conf and the image's entry point as two machines; a lease taken
     on one excludes the other."""
-    from engram_cli.natslab import NatsCluster
+    from engram_cli.bench.natslab import NatsCluster
 
     with NatsCluster(os.path.join(scratch, "nats"),
                      config_file=str(ROOT / "deploy" / "cluster" / "nats.conf")) as nats:

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from engram_cli import bench
-from engram_cli.bench import BenchResult
+from engram_cli.bench import harness as bench
+from engram_cli.bench.harness import BenchResult
 from tests.conftest import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -103,7 +103,7 @@ def worktrees() -> str:
 
 
 def test_compare_takes_the_median_of_each_figure_over_the_rounds() -> None:
-    from engram_cli.benchcompare import median_of
+    from engram_cli.bench.compare import median_of
 
     rounds = [{"w": row("w", p50, cpu=cpu, throughput=t)}
               for p50, cpu, t in ((1.0, 0.3, 10.0), (9.0, None, 30.0), (2.0, 0.1, 20.0))]

@@ -17,7 +17,7 @@ from engram_cli.client.errors import UsageProblem
 from engram_cli.formats.timeparse import parse_duration
 
 if TYPE_CHECKING:
-    from engram_cli.bench import BenchResult, BenchTarget
+    from engram_cli.bench.harness import BenchResult, BenchTarget
     from engram_cli.cli.output import Output
 
 
@@ -53,7 +53,7 @@ def bench(
     named workloads, each beside its target and the floors that target is drawn from."""
     # Imported here: the harness pulls in subprocess and tempfile, which an
     # ordinary command should not pay for at start-up.
-    from engram_cli import bench as harness
+    from engram_cli.bench import harness
 
     cli = context.get(ctx)
     out = cli.output(json)
@@ -104,7 +104,7 @@ def _optional(value: float | None) -> str:
 
 def _compare(out: Output, ref: str, only: list[str] | None, scale: float,
              rounds: int) -> None:
-    from engram_cli import benchcompare
+    from engram_cli.bench import compare as benchcompare
 
     before, pairs = benchcompare.compare(ref, only, scale, rounds,
                                          lambda step: note(f"bench --compare: {step}"))
@@ -131,7 +131,7 @@ def _duration(text: str) -> float:
 
 
 def _soak(cli: context.CliContext, use_running: bool, seconds: float, json: bool) -> None:
-    from engram_cli import soak
+    from engram_cli.bench import soak
 
     out = cli.output(json)
     with _target(cli, use_running) as target:
@@ -160,7 +160,7 @@ def _soak(cli: context.CliContext, use_running: bool, seconds: float, json: bool
 
 @contextlib.contextmanager
 def _target(cli: context.CliContext, use_running: bool) -> Iterator[BenchTarget]:
-    from engram_cli import bench as harness
+    from engram_cli.bench import harness
 
     if not use_running:
         with harness.bench_daemon() as target:

@@ -1,7 +1,7 @@
 """``make cluster-demo``: three engram "machines" on one NATS JetStream cluster, on loopback.
 
 The topology of deploy/cluster/compose.yaml on one machine: three nats-server nodes
-(a real JetStream cluster, :mod:`engram_cli.natslab`, configured by
+(a real JetStream cluster, :mod:`engram_cli.bench.natslab`, configured by
 deploy/cluster/nats.conf when this runs from the source tree) and three engramd,
 each with its own socket and data dir and ``cluster.servers`` pointing at the
 three nodes: three machines as far as engram can tell. A live ``engram watch``
@@ -19,8 +19,8 @@ import subprocess
 import tempfile
 import time
 
-from engram_cli.demo import Demo, watch_in_background
-from engram_cli.natslab import NatsCluster
+from engram_cli.bench.demo import Demo, watch_in_background
+from engram_cli.bench.natslab import NatsCluster
 
 
 def machine_env(home: str, servers: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from engram_cli.bench import (
+from engram_cli.bench.harness import (
     BenchResult,
     BenchTarget,
     Measurement,
@@ -169,7 +169,7 @@ def run_soak(target: BenchTarget, seconds: float,
              + [("watch", f"watch{n}") for n in range(WATCHERS)]
              + [("lock", f"lock{n}") for n in range(LOCKERS)]
              + [("search", f"search{n}") for n in range(SEARCHERS)])
-    code = ("import sys; from engram_cli.soak import _worker; "
+    code = ("import sys; from engram_cli.bench.soak import _worker; "
             "_worker(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))")
     workers = [(role, subprocess.Popen(
         [sys.executable, "-c", code, role, target.socket_path, name, str(seconds)],

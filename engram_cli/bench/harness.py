@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import msgspec
 
-from engram_cli.benchfloor import DURABLE, ECHO, FloorClient, floor_server
+from engram_cli.bench.floors import DURABLE, ECHO, FloorClient, floor_server
 from engram_cli.client import Client, requests
 from engram_cli.client.autostart import daemon_answers, process_gone, start_daemon
 from engramd.protocol import Heartbeat, UnitsCreated, result
@@ -347,9 +347,9 @@ def _write_worker(socket_path: str, name: str, requests_text: str, per_request_t
 
 
 def _workers(target: BenchTarget, function: str, args: list[list[str]]) -> tuple[list[str], float]:
-    """Run ``engram_cli.bench.<function>(*args)`` in a process per args list, start them
+    """Run ``engram_cli.bench.harness.<function>(*args)`` in a process per args list, start them
     together once all are connected, and return what each printed, and the wall time."""
-    code = (f"import sys; from engram_cli.bench import {function}; "
+    code = (f"import sys; from engram_cli.bench.harness import {function}; "
             f"{function}(*sys.argv[1:])")
     workers = [subprocess.Popen([sys.executable, "-c", code, *worker_args],
                                 env=dict(target.env), stdin=subprocess.PIPE,
@@ -798,7 +798,7 @@ def bench_stream_fanout10(target: BenchTarget) -> Measurement:
     """A write's send -> its event received, at each of 10 watcher processes."""
     count = target.count(2000)
     context_id = f"bench-fan-{os.getpid()}"
-    code = ("import sys; from engram_cli.bench import _fan_worker; "
+    code = ("import sys; from engram_cli.bench.harness import _fan_worker; "
             "_fan_worker(sys.argv[1], sys.argv[2], int(sys.argv[3]))")
     watchers = _watchers(target, code, target.socket_path, context_id, str(count))
     return _fan_out(target, watchers, context_id, count)
@@ -841,7 +841,7 @@ def _fan_out(target: BenchTarget, watchers: list[subprocess.Popen[str]], context
 def bench_http_write(target: BenchTarget) -> Measurement:
     """One durable unit write (256 bytes) per `POST /workunit` through `engram gateway`,
     one keep-alive connection: beside write.single, the same write over the socket."""
-    from engram_cli.benchgateway import GatewayMissing, HttpWriter, running_gateway
+    from engram_cli.bench.gateway import GatewayMissing, HttpWriter, running_gateway
 
     try:
         with running_gateway(engram_command(), target.env) as (host, port):
@@ -861,11 +861,11 @@ def bench_http_write(target: BenchTarget) -> Measurement:
 def bench_sse_fanout10(target: BenchTarget) -> Measurement:
     """A write's send (over the socket) -> its event received at each of 10 SSE clients
     of `engram gateway`: beside stream.fanout10, the same fan-out to socket watchers."""
-    from engram_cli.benchgateway import GatewayMissing, running_gateway
+    from engram_cli.bench.gateway import GatewayMissing, running_gateway
 
     count = target.count(2000)
     context_id = f"bench-sse-{os.getpid()}"
-    code = ("import sys; from engram_cli.benchgateway import sse_worker; "
+    code = ("import sys; from engram_cli.bench.gateway import sse_worker; "
             "sse_worker(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))")
     try:
         with running_gateway(engram_command(), target.env) as (host, port):
@@ -881,13 +881,13 @@ def _machine(target: BenchTarget, socket_path: str, env: Mapping[str, str]) -> B
 
 
 Machines = list[tuple[str, dict[str, str]]]
-"""Engramd of a cluster: (socket, environment) each (see engram_cli.benchcluster)."""
+"""Engramd of a cluster: (socket, environment) each (see engram_cli.bench.cluster)."""
 
 
 def _on_two_machines(measure: Callable[[Machines], Measurement]) -> Measurement:
     """``measure(machines)`` on two engramd of a fresh 3-node NATS cluster ((socket,
     environment) each), or a row that says why cluster mode cannot run here."""
-    from engram_cli.benchcluster import ClusterMissing, cluster_machines
+    from engram_cli.bench.cluster import ClusterMissing, cluster_machines
 
     try:
         with cluster_machines(2) as machines:
@@ -898,7 +898,7 @@ def _on_two_machines(measure: Callable[[Machines], Measurement]) -> Measurement:
 
 def _floor_ms(machines: Machines, count: int) -> list[float]:
     """Bare JetStream publishes on the machines' NATS servers (sorted latencies, ms)."""
-    from engram_cli.benchcluster import jetstream_floor
+    from engram_cli.bench.cluster import jetstream_floor
 
     floor = jetstream_floor(machines[0][1]["ENGRAM_CLUSTER_SERVERS"], count)
     return [seconds * 1000 for seconds in floor]
@@ -930,7 +930,7 @@ def bench_cluster_fanout10(target: BenchTarget) -> Measurement:
     watcher processes on machine B: beside stream.fanout10 (one machine)."""
     count = target.count(2000)
     context_id = f"bench-cluster-fan-{os.getpid()}"
-    code = ("import sys; from engram_cli.bench import _fan_worker; "
+    code = ("import sys; from engram_cli.bench.harness import _fan_worker; "
             "_fan_worker(sys.argv[1], sys.argv[2], int(sys.argv[3]))")
 
     def measure(machines: Machines) -> Measurement:
@@ -1121,7 +1121,7 @@ def _cpu_ok(result: BenchResult) -> bool:
 
 
 def _design(floor: BenchResult, times: int = 1) -> str:
-    """What this design's own floor for a row was in the run (see engram_cli.benchfloor)."""
+    """What this design's own floor for a row was in the run (see engram_cli.bench.floors)."""
     count = f"{times} x " if times > 1 else ""
     cpu = (f", cpu {times * floor.daemon_cpu_ms:.3f}" if floor.daemon_cpu_ms is not None
            else "")

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 
 import msgspec
 
-from engram_cli.bench import BenchResult
+from engram_cli.bench.harness import BenchResult
 from engram_cli.client.errors import UsageProblem
 
 

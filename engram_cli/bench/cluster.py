@@ -1,5 +1,5 @@
 """Cluster mode's side of ``engram bench --cluster``: three NATS JetStream nodes on
-loopback (:mod:`engram_cli.natslab`, ``sync_interval: always``) and two engramd
+loopback (:mod:`engram_cli.bench.natslab`, ``sync_interval: always``) and two engramd
 "machines" on them, each with its own socket and data dir."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from engram_cli.bench.natslab import NatsCluster
 from engram_cli.client import Client
 from engram_cli.client.autostart import start_daemon
-from engram_cli.natslab import NatsCluster
 
 READY_TIMEOUT = 60.0
 
