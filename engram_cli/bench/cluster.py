@@ -1,16 +1,20 @@
-"""Cluster mode's side of ``engram bench --cluster``: three NATS JetStream nodes on
+"""Cluster mode's rows of ``engram bench --cluster`` (``cluster.*``): three NATS JetStream nodes on
 loopback (:mod:`engram_cli.bench.natslab`, ``sync_interval: always``) and two engramd
 "machines" on them, each with its own socket and data dir."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
+from engram_cli.bench.harness import PAYLOAD, BenchTarget, Measurement, percentile, timed_loop
+from engram_cli.bench.leases import bench_lock_cycle, handover
 from engram_cli.bench.natslab import NatsCluster
+from engram_cli.bench.stream import fan_out, start_watchers
 from engram_cli.client import Client
 from engram_cli.client.autostart import start_daemon
 
@@ -100,3 +104,102 @@ def jetstream_floor(servers: str, count: int) -> list[float]:
             await nc.close()
 
     return asyncio.run(measure())
+
+
+Machines = list[tuple[str, dict[str, str]]]
+"""Engramd of a cluster: (socket, environment) each (see engram_cli.bench.cluster)."""
+
+
+def _machine(target: BenchTarget, socket_path: str, env: Mapping[str, str]) -> BenchTarget:
+    return dataclasses.replace(target, socket_path=socket_path, env=env, data_dir=None,
+                               restart=None)
+
+
+def _on_two_machines(measure: Callable[[Machines], Measurement]) -> Measurement:
+    """``measure(machines)`` on two engramd of a fresh 3-node NATS cluster ((socket,
+    environment) each), or a row that says why cluster mode cannot run here."""
+
+    try:
+        with cluster_machines(2) as machines:
+            return measure(machines)
+    except ClusterMissing as exc:
+        return Measurement([], 0.0, note=f"not run: {exc}")
+
+
+def _floor_ms(machines: Machines, count: int) -> list[float]:
+    """Bare JetStream publishes on the machines' NATS servers (sorted latencies, ms)."""
+
+    floor = jetstream_floor(machines[0][1]["ENGRAM_CLUSTER_SERVERS"], count)
+    return [seconds * 1000 for seconds in floor]
+
+
+def bench_cluster_write_single(target: BenchTarget) -> Measurement:
+    """Cluster mode: one durable unit write (256 bytes) at a time on one machine of two,
+    on 3 NATS JetStream nodes on loopback (sync_interval: always): beside write.single."""
+
+    def measure(machines: Machines) -> Measurement:
+        floor = _floor_ms(machines, target.count(1000))
+        writer = _machine(target, *machines[0])
+        with writer.client() as client:
+            for _ in range(50):
+                client.create_unit("bench-cluster", "MESSAGE", PAYLOAD)
+            measurement = timed_loop(writer, target.count(2000), lambda: client.create_unit(
+                "bench-cluster", "MESSAGE", PAYLOAD))
+        measurement.note = (f"floor: a bare nats-py publish to a 3-replica stream p50 "
+                            f"{percentile(floor, 0.5):.3f} ms, p99 "
+                            f"{percentile(floor, 0.99):.3f} ms; daemon cpu excludes "
+                            "the NATS servers'")
+        return measurement
+
+    return _on_two_machines(measure)
+
+
+def bench_cluster_fanout10(target: BenchTarget) -> Measurement:
+    """Cluster mode: a write's send on machine A -> its event received at each of 10
+    watcher processes on machine B: beside stream.fanout10 (one machine)."""
+    count = target.count(2000)
+    context_id = f"bench-cluster-fan-{os.getpid()}"
+    code = ("import sys; from engram_cli.bench.stream import _fan_worker; "
+            "_fan_worker(sys.argv[1], sys.argv[2], int(sys.argv[3]))")
+
+    def measure(machines: Machines) -> Measurement:
+        writer, reader = _machine(target, *machines[0]), _machine(target, *machines[1])
+        with writer.client() as client:  # the context exists on B before it is watched
+            client.create_unit(context_id, "MESSAGE", PAYLOAD)
+        with reader.client() as client:
+            while not client.list_units(context_id, limit=1).units:
+                time.sleep(0.01)
+        watchers = start_watchers(reader, code, reader.socket_path, context_id, str(count))
+        measurement = fan_out(writer, watchers, context_id, count)
+        measurement.note += "; daemon cpu: the writer's machine"
+        return measurement
+
+    return _on_two_machines(measure)
+
+
+def bench_cluster_lock_cycle(target: BenchTarget) -> Measurement:
+    """Cluster mode: uncontended acquire + release of one lease (two compare-and-set
+    writes to the leases bucket, 3 replicas), one at a time: beside lock.cycle."""
+
+    def measure(machines: Machines) -> Measurement:
+        floor = _floor_ms(machines, target.count(1000))
+        measurement = bench_lock_cycle(_machine(target, *machines[0]))
+        measurement.note = (f"floor: two bare nats-py publishes to a 3-replica stream p50 "
+                            f"{2 * percentile(floor, 0.5):.3f} ms; daemon cpu excludes "
+                            "the NATS servers'")
+        return measurement
+
+    return _on_two_machines(measure)
+
+
+def bench_cluster_lock_handover(target: BenchTarget) -> Measurement:
+    """Cluster mode: from the holder's release on machine A to the grant at the waiter
+    queued on machine B: beside lock.handover."""
+
+    def measure(machines: Machines) -> Measurement:
+        measurement = handover(_machine(target, *machines[0]), machines[1][0])
+        measurement.note = ("the release's write, B's watch seeing it, and B's grant write; "
+                            "daemon cpu: the holder's machine")
+        return measurement
+
+    return _on_two_machines(measure)

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 
-from engram_cli.bench.harness import engram_command
+from engram_cli.bench.cli import engram_command
 
 
 class Demo:

@@ -1,5 +1,5 @@
-"""This design's floors for ``engram bench``: what a request costs before engram does any of
-its own work.
+"""This design's floors for ``engram bench`` (the ``floor.*`` rows): what a request
+costs before engram does any of its own work.
 
 The server is :mod:`engramd.floor` (engramd's shape with nothing in it); its client here
 is a blocking Python socket, as engram's client library is. A row of engramd minus the
@@ -15,8 +15,22 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 
+from engram_cli.bench.harness import (
+    PAYLOAD,
+    BenchTarget,
+    Measurement,
+    cpu_seconds,
+    daemon_cpu,
+    ready,
+    report,
+    timed_loop,
+    timed_processes,
+    workers,
+)
 from engramd.protocol.framing import FrameDecoder, encode_frame
 
 ECHO = b"e"
@@ -59,3 +73,99 @@ class FloorClient:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def bench_floor_fdatasync(target: BenchTarget) -> Measurement:
+    """The disk's floor: append 256 bytes and fdatasync, in the data dir's file system."""
+    directory = target.data_dir or tempfile.gettempdir()
+    fd, path = tempfile.mkstemp(dir=directory, prefix="bench-fsync-")
+    try:
+        def append() -> None:
+            os.write(fd, PAYLOAD)
+            os.fdatasync(fd)
+
+        measurement = timed_loop(target, target.count(2000), append)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    measurement.note = "floor under every durable write"
+    return measurement
+
+
+def _on_floor_server(target: BenchTarget,
+                     measure: Callable[[str, Callable[[], float | None]], Measurement]
+                     ) -> Measurement:
+    """``measure(socket, cpu)`` against the floor server (``engramd.floor``), which fsyncs
+    in the data dir's file system; *cpu* reads its CPU seconds."""
+    with tempfile.TemporaryDirectory(dir=target.data_dir, prefix="bench-floor-") as scratch, \
+            floor_server(scratch) as (socket_path, pid):
+        return measure(socket_path, lambda: cpu_seconds(pid))
+
+
+def _floor_one_client(target: BenchTarget, kind: bytes, count: int, note: str
+                      ) -> Measurement:
+    def measure(socket_path: str, cpu: Callable[[], float | None]) -> Measurement:
+        client = FloorClient(socket_path)
+        try:
+            for _ in range(100):
+                client.request(kind)
+            measurement = timed_loop(target, target.count(count),
+                                      lambda: client.request(kind), cpu)
+        finally:
+            client.close()
+        measurement.note = note
+        return measurement
+
+    return _on_floor_server(target, measure)
+
+
+def bench_floor_roundtrip(target: BenchTarget) -> Measurement:
+    """This design's floor under every request: a trio server of engramd's shape that does
+    nothing, one blocking Python client (cpu: the server's)."""
+    return _floor_one_client(target, ECHO, 5000,
+                             "floor: a request to a trio server that answers at once")
+
+
+def bench_floor_durable(target: BenchTarget) -> Measurement:
+    """This design's floor under a durable write: the same server appends 256 bytes and
+    fdatasyncs in a long-lived thread before it answers (cpu: the server's)."""
+    return _floor_one_client(target, DURABLE, 3000,
+                             "floor: the same, answered after an append + fdatasync in a "
+                             "journal thread")
+
+
+def bench_floor_roundtrip_8procs(target: BenchTarget) -> Measurement:
+    """This design's floor under 8 serial clients: 8 processes, one request to the
+    do-nothing server at a time each (cpu: the server's)."""
+    def measure(socket_path: str, cpu_of: Callable[[], float | None]) -> Measurement:
+        with daemon_cpu(target, cpu_of) as cpu:
+            outputs, wall = workers(target, _floor_worker, [
+                [socket_path, ECHO.decode(), str(target.count(2000))] for _ in range(8)])
+        latencies = [float(value) for out in outputs for value in out.split()]
+        return Measurement(latencies, wall, daemon_cpu=cpu(),
+                           note="floor: requests/s a trio server answers 8 serial clients")
+
+    return _on_floor_server(target, measure)
+
+
+def _floor_worker(socket_path: str, kind_text: str, count_text: str) -> None:
+    """A client of the floor server: waits for "go" on stdin, makes its requests one at a
+    time, prints their latencies."""
+    client = FloorClient(socket_path)
+    client.request(ECHO)
+    ready()
+    latencies = []
+    for _ in range(int(count_text)):
+        started = time.perf_counter()
+        client.request(kind_text.encode())
+        latencies.append(time.perf_counter() - started)
+    client.close()
+    report(latencies)
+
+
+def bench_floor_flock(target: BenchTarget) -> Measurement:
+    """Wall time of `flock FILE true`: the classic tool's floor."""
+    path = os.path.join(target.data_dir or tempfile.gettempdir(), "bench.flock")
+    measurement = timed_processes(target, target.count(30), ["flock", path, "true"])
+    measurement.note = "floor: flock FILE true"
+    return measurement

@@ -1,12 +1,13 @@
-"""The gateway's side of ``engram bench``: a gateway process in front of the bench's
-daemon, an HTTP write, and an SSE watcher process, all with the standard library's
-HTTP client (so the bench needs no HTTP client package)."""
+"""The gateway's rows of ``engram bench`` (``http.write``, ``sse.fanout10``): a gateway
+process in front of the bench's daemon, an HTTP write, and an SSE watcher process, all
+with the standard library's HTTP client (so the bench needs no HTTP client package)."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -14,6 +15,10 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
+
+from engram_cli.bench.cli import engram_command
+from engram_cli.bench.harness import PAYLOAD, BenchTarget, Measurement, timed_loop
+from engram_cli.bench.stream import fan_out, start_watchers
 
 START_TIMEOUT = 30.0
 
@@ -92,3 +97,38 @@ def sse_worker(host: str, port: int, context_id: str, count: int) -> None:
             if line.startswith(b"id:"):  # chunk sizes and other fields never start so
                 received.append(f"{int(line[3:])}:{time.time():.7f}")
     sys.stdout.write(" ".join(received) + "\n")
+
+
+def bench_http_write(target: BenchTarget) -> Measurement:
+    """One durable unit write (256 bytes) per `POST /workunit` through `engram gateway`,
+    one keep-alive connection: beside write.single, the same write over the socket."""
+
+    try:
+        with running_gateway(engram_command(), target.env) as (host, port):
+            writer = HttpWriter(host, port, "bench-http", PAYLOAD)
+            try:
+                for _ in range(50):
+                    writer.write()
+                measurement = timed_loop(target, target.count(3000), writer.write)
+            finally:
+                writer.close()
+    except GatewayMissing as exc:
+        return Measurement([], 0.0, note=f"not run: {exc}")
+    measurement.note = "HTTP/1.1 keep-alive, X-Agent-ID; daemon cpu excludes the gateway's"
+    return measurement
+
+
+def bench_sse_fanout10(target: BenchTarget) -> Measurement:
+    """A write's send (over the socket) -> its event received at each of 10 SSE clients
+    of `engram gateway`: beside stream.fanout10, the same fan-out to socket watchers."""
+
+    count = target.count(2000)
+    context_id = f"bench-sse-{os.getpid()}"
+    code = ("import sys; from engram_cli.bench.gateway import sse_worker; "
+            "sse_worker(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))")
+    try:
+        with running_gateway(engram_command(), target.env) as (host, port):
+            watchers = start_watchers(target, code, host, str(port), context_id, str(count))
+            return fan_out(target, watchers, context_id, count)
+    except GatewayMissing as exc:
+        return Measurement([], 0.0, note=f"not run: {exc}")

@@ -17,14 +17,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from engram_cli.bench.harness import (
-    BenchResult,
-    BenchTarget,
-    Measurement,
-    fill_text,
-    resident_mib,
-    summarize,
-)
+from engram_cli.bench.harness import BenchResult, BenchTarget, Measurement, summarize
+from engram_cli.bench.journal import fill_text, resident_mib
 from engram_cli.client import Client
 from engram_cli.client.errors import ClientTimeout, EngramError, Timeout, Unavailable
 from engramd.protocol import Heartbeat, UnitCreated

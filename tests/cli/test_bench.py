@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from engram_cli.bench import harness as bench
+from engram_cli.bench import harness, rows
 from engram_cli.bench.harness import BenchResult
 from tests.conftest import run_cli
 
@@ -23,9 +23,9 @@ def row(name: str, p50: float, **fields: object) -> BenchResult:
 
 
 def test_targets_bring_their_floors_transitively_in_catalogue_order() -> None:
-    assert bench.with_floors(["stream.fanout10"]) == [
+    assert rows.with_floors(["stream.fanout10"]) == [
         "floor.fdatasync", "floor.durable", "write.single", "stream.fanout10"]
-    assert bench.with_floors(["cli.ping", "ping"]) == ["ping", "cli.ping", "floor.import"]
+    assert rows.with_floors(["cli.ping", "ping"]) == ["ping", "cli.ping", "floor.import"]
 
 
 def test_a_row_is_judged_against_the_floor_of_the_same_run() -> None:
@@ -34,20 +34,20 @@ def test_a_row_is_judged_against_the_floor_of_the_same_run() -> None:
     fast = row("write.single", 0.24, p99=0.9, cpu=0.1)
     slow = row("write.single", 0.26, p99=0.9, cpu=0.1)
     hungry = row("write.single", 0.20, p99=0.9, cpu=0.3)
-    assert [r.met for r in bench.judged([floor, design, fast])] == [None, None, True]
-    judged = bench.judged([floor, design, slow])[2]
+    assert [r.met for r in rows.judged([floor, design, fast])] == [None, None, True]
+    judged = rows.judged([floor, design, slow])[2]
     assert judged.met is False and "0.250 (floor.fdatasync 0.100 + 0.15)" in judged.target
     assert "this design's floor: floor.durable p50 0.200, cpu 0.050" in judged.target
-    assert bench.judged([floor, design, hungry])[2].met is False
+    assert rows.judged([floor, design, hungry])[2].met is False
     # Without its floors a row has no target rather than a made-up one.
-    assert bench.judged([fast])[0].met is None and bench.judged([fast])[0].target == ""
-    assert bench.judged([floor, fast])[1].target == ""
+    assert rows.judged([fast])[0].met is None and rows.judged([fast])[0].target == ""
+    assert rows.judged([floor, fast])[1].target == ""
 
 
 def test_cpu_seconds_reads_proc() -> None:
-    spent = bench.cpu_seconds(os.getpid())
+    spent = harness.cpu_seconds(os.getpid())
     assert spent is not None and spent > 0
-    assert bench.cpu_seconds(2**22 + 1) is None  # beyond pid_max: no such process
+    assert harness.cpu_seconds(2**22 + 1) is None  # beyond pid_max: no such process
 
 
 def test_bench_reports_the_daemons_cpu_and_the_target_beside_its_floor(

@@ -53,22 +53,22 @@ def bench(
     named workloads, each beside its target and the floors that target is drawn from."""
     # Imported here: the harness pulls in subprocess and tempfile, which an
     # ordinary command should not pay for at start-up.
-    from engram_cli.bench import harness
+    from engram_cli.bench import rows
 
     cli = context.get(ctx)
     out = cli.output(json)
     if list_:
-        for name, workload in harness.WORKLOADS.items():
+        for name, workload in rows.WORKLOADS.items():
             out.line(f"{name}\t{(workload.__doc__ or '').strip()}")
         return
     if soak is not None:
         _soak(cli, use_running, _duration(soak), json)
         return
-    names = only or [name for name in harness.WORKLOADS
-                     if name not in harness.CLUSTER_WORKLOADS]
+    names = only or [name for name in rows.WORKLOADS
+                     if name not in rows.CLUSTER_WORKLOADS]
     if cluster:
-        names = [*(only or []), *harness.CLUSTER_WORKLOADS]
-    unknown = [name for name in names if name not in harness.WORKLOADS]
+        names = [*(only or []), *rows.CLUSTER_WORKLOADS]
+    unknown = [name for name in names if name not in rows.WORKLOADS]
     if unknown:
         raise UsageProblem(f"unknown workload {', '.join(unknown)} (see engram bench --list)")
     if compare is not None:
@@ -77,8 +77,8 @@ def bench(
         _compare(out, compare, only, scale, rounds)
         return
     with _target(cli, use_running) as target:
-        results = harness.run_workloads(dataclasses.replace(target, scale=scale), names,
-                                         lambda name: note(f"bench: {name}"))
+        results = rows.run_workloads(dataclasses.replace(target, scale=scale), names,
+                                      lambda name: note(f"bench: {name}"))
     if out.json:
         for result in results:
             out.json_line(result)
