@@ -15,9 +15,9 @@ typer or rich (``tests/test_layering.py``).
 
 from typing import TYPE_CHECKING, Any
 
-from engram_cli.client.blocking import Client
+from engram_cli.client.blocking import Client, Subscription
 from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
-from engram_cli.client.stream import LaggedBehind, Subscription
+from engram_cli.client.stream import LaggedBehind
 
 if TYPE_CHECKING:
     from engram_cli.client.asynchronous import AsyncClient, open_client

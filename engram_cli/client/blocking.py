@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -29,7 +29,7 @@ from engram_cli.client.autostart import START_TIMEOUT, start_daemon
 from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
 from engram_cli.client.operations import Call, Operations
 from engram_cli.client.settings import Target
-from engram_cli.client.stream import Subscription, watch
+from engram_cli.client.stream import Follower, Position
 from engramd.protocol import (
     PROTOCOL_VERSION,
     ClientConnection,
@@ -292,7 +292,7 @@ class Client(Operations):
     # -- the live stream ------------------------------------------------------
 
     def subscribe(self, **options: Any) -> Subscription:
-        """Start a subscription; iterate it for events (see :mod:`engram_cli.client.stream`)."""
+        """Start a subscription; iterate it for events (see :class:`Subscription`)."""
         request = requests.subscribe(**options)
         return Subscription(self, request, self.call(request))
 
@@ -304,7 +304,78 @@ class Client(Operations):
     def watch(self, **options: Any) -> Iterator[Event | Heartbeat]:
         """Events (and heartbeats) for good, reconnecting across daemon restarts.
 
-        See :func:`engram_cli.client.stream.watch` for the options.
+        See :func:`watch` for the options.
         """
         return watch(self, **options)
 
+
+# -- following the stream ---------------------------------------------------
+
+
+class Subscription(Position):
+    """Events of one subscription, in order; iterate it. Heartbeats come through too."""
+
+    client: Client
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> Event | Heartbeat:
+        return self.accept(self.client.next_push(self.id))
+
+    def ack(self) -> None:
+        """Store the cursor under the subscription's name (``cursor=`` when subscribing)."""
+        if self.request.cursor is None:
+            raise ValueError("this subscription has no cursor name")
+        self.client.ack_cursor(self.request.cursor, self.cursor)
+
+    def close(self) -> None:
+        self.client.unsubscribe(self.id)
+
+
+def watch(
+    client: Client,
+    *,
+    reconnect: bool = True,
+    on_status: Callable[[str, Subscription | None], None] | None = None,
+    retry_interval: float = 0.2,
+    **options: Any,
+) -> Iterator[Event | Heartbeat]:
+    """Follow the stream for good, resuming after a daemon restart or a lag notice.
+
+    Args:
+        on_status: told ``"connected"`` (with the subscription) and
+            ``"reconnecting"`` (with None) as the connection comes and goes.
+        options: the filters and cursor of :func:`engram_cli.client.requests.subscribe`.
+    """
+    follower = Follower(options, on_status)
+    while True:
+        try:
+            subscription = follower.connected(client.subscribe(**follower.options))
+            for item in subscription:
+                follower.passed(subscription)
+                yield item
+        except (Unavailable, ClientTimeout) as exc:
+            if follower.must_reconnect(exc, reconnect):
+                client.close()
+                _wait_for_daemon(client, retry_interval)
+
+
+def _wait_for_daemon(client: Client, interval: float) -> None:
+    """Reconnect to the daemon that went away, without starting one of our own.
+
+    Whoever stopped or restarts it (a supervisor, a person, a test) owns that
+    decision; a follower that started its own could race the real one.
+    """
+    autostart, client.autostart = client.autostart, False
+    try:
+        while True:
+            try:
+                client.connect()
+                client.wait_ready()
+                return
+            except (Unavailable, ClientTimeout):
+                client.close()
+                time.sleep(interval)
+    finally:
+        client.autostart = autostart

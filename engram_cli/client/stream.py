@@ -1,23 +1,18 @@
-"""Following the live stream with the blocking client.
+"""Following the live stream: what the blocking and the trio client share.
 
-A :class:`Subscription` is an iterator over the events the daemon pushes for it
-(and the heartbeats it sends when idle). :func:`watch` adds what a long-running
-follower needs: when the daemon goes away it reconnects, and it resumes after
-the last event it delivered, so nothing is lost or repeated.
+A :class:`Position` is where a subscription stands (each client's subscription
+builds on it); a :class:`Follower` is what a follower that outlives its connections
+keeps, so that it resumes after the last event it delivered, nothing lost or
+repeated; :class:`LaggedBehind` is the notice of a subscriber the daemon left behind.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from engram_cli.client.errors import ClientTimeout, Unavailable
 from engramd.protocol import Event, EventPush, Heartbeat, Lagged, Push, Subscribe, Subscribed
-
-if TYPE_CHECKING:
-    from engram_cli.client.blocking import Client
-
 
 P = TypeVar("P", bound="Position")
 
@@ -58,55 +53,6 @@ class Position:
         raise LaggedBehind(push.cursor)
 
 
-class Subscription(Position):
-    """Events of one subscription, in order; iterate it. Heartbeats come through too."""
-
-    client: Client
-
-    def __iter__(self) -> Subscription:
-        return self
-
-    def __next__(self) -> Event | Heartbeat:
-        return self.accept(self.client.next_push(self.id))
-
-    def ack(self) -> None:
-        """Store the cursor under the subscription's name (``cursor=`` when subscribing)."""
-        if self.request.cursor is None:
-            raise ValueError("this subscription has no cursor name")
-        self.client.ack_cursor(self.request.cursor, self.cursor)
-
-    def close(self) -> None:
-        self.client.unsubscribe(self.id)
-
-
-def watch(
-    client: Client,
-    *,
-    reconnect: bool = True,
-    on_status: Callable[[str, Subscription | None], None] | None = None,
-    retry_interval: float = 0.2,
-    **options: Any,
-) -> Iterator[Event | Heartbeat]:
-    """Follow the stream for good, resuming after a daemon restart or a lag notice.
-
-    Args:
-        on_status: told ``"connected"`` (with the subscription) and
-            ``"reconnecting"`` (with None) as the connection comes and goes.
-        options: the filters and cursor of :func:`engram_cli.client.requests.subscribe`.
-    """
-    follower = Follower(options, on_status)
-    while True:
-        try:
-            subscription = follower.connected(client.subscribe(**follower.options))
-            for item in subscription:
-                follower.passed(subscription)
-                yield item
-        except (Unavailable, ClientTimeout) as exc:
-            if follower.must_reconnect(exc, reconnect):
-                client.close()
-                _wait_for_daemon(client, retry_interval)
-
-
 class Follower:
     """What a follower that outlives its connections keeps (both clients' ``watch``):
     where to resume — after the last event it passed on — and whom to tell."""
@@ -143,21 +89,3 @@ class Follower:
         return True
 
 
-def _wait_for_daemon(client: Client, interval: float) -> None:
-    """Reconnect to the daemon that went away, without starting one of our own.
-
-    Whoever stopped or restarts it (a supervisor, a person, a test) owns that
-    decision; a follower that started its own could race the real one.
-    """
-    autostart, client.autostart = client.autostart, False
-    try:
-        while True:
-            try:
-                client.connect()
-                client.wait_ready()
-                return
-            except (Unavailable, ClientTimeout):
-                client.close()
-                time.sleep(interval)
-    finally:
-        client.autostart = autostart

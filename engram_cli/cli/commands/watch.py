@@ -10,9 +10,8 @@ import typer
 from engram_cli.cli import completion, context, output
 from engram_cli.cli.commands.unit import parse_pairs
 from engram_cli.cli.context import JsonOption
-from engram_cli.client import Client
+from engram_cli.client import Client, Subscription
 from engram_cli.client.errors import ClientTimeout, EngramError, NotFound, UsageProblem
-from engram_cli.client.stream import Subscription
 from engramd.protocol import EVENT_KINDS, Heartbeat, Unit, UnitCreated
 
 ContextsOption = Annotated[list[str] | None, typer.Option(

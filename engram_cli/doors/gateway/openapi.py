@@ -8,9 +8,13 @@ import functools
 from typing import Any
 
 import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
 
 from engram_cli import __version__
 from engram_cli.doors.gateway.forms import ClaimProof, DraftForm, LockForm, MessageForm, RenewForm
+from engram_cli.doors.gateway.routes import ROUTES
+from engram_cli.doors.gateway.state import Gateway, Handler
 from engramd.protocol import (
     AddTask,
     ClaimTask,
@@ -108,8 +112,6 @@ def _strip_envelope(schema: dict[str, Any]) -> None:
 
 @functools.cache
 def document() -> bytes:
-    from engram_cli.doors.gateway.routes import ROUTES
-
     types: list[Any] = [*_EXTRA_TYPES]
     for _, body, answer in OPERATIONS.values():
         types += [t for t in (body, answer) if t is not None]
@@ -121,7 +123,7 @@ def document() -> bytes:
     error = {"description": "an error", "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/ErrorView"}}}}
     paths: dict[str, dict[str, Any]] = {}
-    for path, methods, handler in ROUTES:
+    for path, methods, handler in [*ROUTES, ROUTE]:
         summary, body, answer = OPERATIONS[handler.__name__]
         clean = path.replace(":path}", "}")
         operation: dict[str, Any] = {"summary": summary, "operationId": handler.__name__,
@@ -156,3 +158,10 @@ def document() -> bytes:
         "security": [{"bearer": []}, {}],
         "paths": paths,
     })
+
+
+async def openapi_json(gw: Gateway, request: Request) -> Response:
+    return Response(document(), media_type="application/json")
+
+
+ROUTE: tuple[str, list[str], Handler] = ("/openapi.json", ["GET"], openapi_json)

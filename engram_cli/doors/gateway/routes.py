@@ -7,20 +7,13 @@ of its code (:mod:`.policy`) with ``{"error": {"code", "message"}}``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
 
-from engram_cli.doors.gateway import openapi, query, streams
-from engram_cli.doors.gateway.auth import Authenticator, Credentials
+from engram_cli.doors.gateway import query
 from engram_cli.doors.gateway.forms import (
     ClaimProof,
     DraftForm,
@@ -31,17 +24,14 @@ from engram_cli.doors.gateway.forms import (
     decode_request,
     unit_json,
 )
-from engram_cli.doors.gateway.guard import Guard, Tally
-from engram_cli.doors.gateway.link import DaemonLink
-from engram_cli.doors.gateway.policy import Origins
-from engram_cli.doors.gateway.replies import error_response, json_response, plain
+from engram_cli.doors.gateway.replies import json_response, plain
+from engram_cli.doors.gateway.state import Gateway, Handler
 from engram_cli.formats.jsonforms import related_json
 from engramd.protocol import (
     AckMessage,
     AddTask,
     BadRequest,
     ClaimTask,
-    ClientMessage,
     CountUnread,
     CreateContext,
     CreateUnits,
@@ -63,62 +53,8 @@ from engramd.protocol import (
     ReleaseLock,
     ReleaseTask,
     Search,
-    ServerMessage,
-    Timeout,
-    TooLarge,
     UpdateContext,
 )
-
-R = TypeVar("R", bound=ServerMessage)
-
-MAX_BODY = 4 * 1024 * 1024
-"""Request bodies are bounded (``--max-body``); the daemon's own limits apply within."""
-REPLY_GRACE = 30.0
-"""How long a daemon answer may take beyond the wait the request asked for."""
-
-
-@dataclass
-class Gateway:
-    """What every handler needs: who callers are, and the way to the daemon."""
-
-    link: DaemonLink
-    auth: Authenticator
-    origins: Origins
-    max_body: int = MAX_BODY
-    tally: Tally = field(default_factory=Tally)
-    stopping: trio.Event = field(default_factory=trio.Event)
-    """Set when the gateway begins to stop: streams end then, rather than hold it up."""
-
-    def credentials(self, request: HTTPConnection) -> Credentials:
-        return self.auth.identify(request.headers)
-
-    async def call(self, request: Request, message: ClientMessage[R],
-                   wait: float | None = 0.0, *, own: bool = False) -> R:
-        """*message* as the caller, bounded by its wait plus grace: on the caller's shared
-        connection, or with *own* on a connection (a session) of its own."""
-        credentials = self.credentials(request)
-        with trio.move_on_after(REPLY_GRACE + (wait or 0.0)):
-            if not own:
-                return await self.link.call(credentials, message)
-            async with self.link.own(credentials) as client:
-                return await client.call(message)
-        raise Timeout("engramd did not answer in time")
-
-    async def body(self, request: Request) -> bytes:
-        """The request body, refused past ``max_body`` (413) even without a length."""
-        size = 0
-        chunks = []
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise TooLarge(f"request body over {self.max_body} bytes (--max-body)")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
-# -- the endpoints -----------------------------------------------------------
-
-Handler = Callable[[Gateway, Request], Awaitable[Response]]
 
 
 async def healthz(gw: Gateway, request: Request) -> Response:
@@ -147,10 +83,6 @@ async def metrics(gw: Gateway, request: Request) -> Response:
         daemon, up = "", 0
     text = daemon + gw.tally.prometheus_text(daemon_up=up)
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-async def openapi_json(gw: Gateway, request: Request) -> Response:
-    return Response(openapi.document(), media_type="application/json")
 
 
 async def create_units(gw: Gateway, request: Request) -> Response:
@@ -330,7 +262,6 @@ ROUTES: list[tuple[str, list[str], Handler]] = [
     ("/healthz", ["GET"], healthz),
     ("/readyz", ["GET"], readyz),
     ("/metrics", ["GET"], metrics),
-    ("/openapi.json", ["GET"], openapi_json),
     ("/workunit", ["POST"], create_units),
     ("/workunit/{unit_id}", ["GET"], get_unit),
     ("/workunits/{context_id:path}", ["GET"], list_units),
@@ -358,31 +289,5 @@ ROUTES: list[tuple[str, list[str], Handler]] = [
     ("/tasks/{task_id}/done", ["POST"], finish_task),
     ("/tasks/{task_id}/release", ["POST"], release_task),
 ]
-"""Every HTTP endpoint but the two streams (:mod:`.streams`); :mod:`.openapi` reads it."""
-
-
-def _endpoint(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(gw, request)
-        except EngramError as exc:
-            return error_response(exc)
-
-    endpoint.__name__ = handler.__name__
-    return endpoint
-
-
-def build_app(gw: Gateway) -> Starlette:
-    routes: list[Any] = [Route(path, _endpoint(gw, handler), methods=methods)
-                         for path, methods, handler in ROUTES]
-    sse = streams.sse_endpoint(gw)
-    routes += [Route("/stream-sse", sse, methods=["GET"]),
-               Route("/stream/sse", sse, methods=["GET"]),
-               WebSocketRoute("/stream", streams.websocket_endpoint(gw))]
-    middleware = [Middleware(Guard, origins=gw.origins, tally=gw.tally)]
-    if gw.origins.cors:
-        middleware.append(Middleware(
-            CORSMiddleware, allow_origins=sorted(gw.origins.cors),
-            allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Agent-ID"]))
-    return Starlette(routes=routes, middleware=middleware)
+"""Every HTTP endpoint but ``/openapi.json`` (:mod:`.openapi`, which reads this list) and
+the two streams (:mod:`.streams`); :mod:`.serve` puts them together."""

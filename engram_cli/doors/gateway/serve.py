@@ -1,21 +1,33 @@
-"""Run the gateway: hypercorn's trio worker serving the Starlette app until SIGINT or
-SIGTERM, then a graceful stop (requests in flight finish, streams end)."""
+"""Run the gateway: the Starlette app built from every route (:func:`build_app`), served
+by hypercorn's trio worker until SIGINT or SIGTERM, then a graceful stop (requests in
+flight finish, streams end)."""
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
 
+from engram_cli.doors.gateway import openapi, streams
 from engram_cli.doors.gateway.auth import Authenticator
+from engram_cli.doors.gateway.guard import Guard
 from engram_cli.doors.gateway.link import DaemonLink
 from engram_cli.doors.gateway.policy import ListenAddress, Origins
-from engram_cli.doors.gateway.routes import MAX_BODY, Gateway, build_app
+from engram_cli.doors.gateway.replies import error_response
+from engram_cli.doors.gateway.routes import ROUTES
+from engram_cli.doors.gateway.state import MAX_BODY, Gateway, Handler
+from engramd.protocol import EngramError
 
 GRACEFUL_STOP = 5.0
 """Seconds requests in flight get to finish after SIGTERM (streams are ended)."""
@@ -71,3 +83,30 @@ async def _serve(settings: Settings, config: Config, stop: trio.Event,
                 await link.aclose()
 
         on_listening(await nursery.start(run))
+
+
+def _endpoint(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(gw, request)
+        except EngramError as exc:
+            return error_response(exc)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def build_app(gw: Gateway) -> Starlette:
+    routes: list[Any] = [Route(path, _endpoint(gw, handler), methods=methods)
+                         for path, methods, handler in [*ROUTES, openapi.ROUTE]]
+    sse = streams.sse_endpoint(gw)
+    routes += [Route("/stream-sse", sse, methods=["GET"]),
+               Route("/stream/sse", sse, methods=["GET"]),
+               WebSocketRoute("/stream", streams.websocket_endpoint(gw))]
+    middleware = [Middleware(Guard, origins=gw.origins, tally=gw.tally)]
+    if gw.origins.cors:
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=sorted(gw.origins.cors),
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Agent-ID"]))
+    return Starlette(routes=routes, middleware=middleware)

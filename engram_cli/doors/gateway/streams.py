@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import trio
@@ -30,11 +30,9 @@ from engram_cli.client.asynchronous import AsyncClient
 from engram_cli.doors.gateway import query
 from engram_cli.doors.gateway.auth import Credentials
 from engram_cli.doors.gateway.replies import error_response
+from engram_cli.doors.gateway.state import Gateway
 from engram_cli.formats.jsonforms import event_json
 from engramd.protocol import BadRequest, EngramError, Event, Heartbeat
-
-if TYPE_CHECKING:
-    from engram_cli.doors.gateway.routes import Gateway
 
 DEFAULT_HEARTBEAT = 15.0
 _encoder = msgspec.json.Encoder()
