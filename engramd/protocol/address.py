@@ -108,3 +108,10 @@ def unusable_dir(path: str, what: str, info: os.stat_result, *, euid: int, writa
         seen = "readable" if private and not mode & 0o022 else "writable"
         return f"{what} {path} is {seen} by others (mode {mode:04o}): chmod 700 {path}"
     return None
+
+
+__all__ = [
+    "admin_token_path", "check_socket_path", "default_config_file", "log_file_in",
+    "MAX_SOCKET_PATH_BYTES", "resolve_data_dir", "resolve_socket_path", "SocketPathTooLong",
+    "unusable_dir",
+]

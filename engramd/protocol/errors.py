@@ -187,3 +187,11 @@ class FrameTooLarge(RemoteProtocolError):
         )
         self.length = length
         self.limit = limit
+
+
+__all__ = [
+    "BadRequest", "Conflict", "Deadlock", "EngramError", "error_for", "ErrorCode", "Forbidden",
+    "FrameTooLarge", "InternalError", "LocalProtocolError", "LockHeld", "NotFound",
+    "ProtocolError", "RateLimited", "RemoteProtocolError", "Timeout", "TooLarge",
+    "Unavailable", "VersionMismatch",
+]

@@ -94,3 +94,8 @@ class FrameDecoder:
     def at_eof(self) -> bool:
         """True once the stream has ended and every frame has been taken."""
         return self._eof and self.buffered == 0
+
+
+__all__ = [
+    "DEFAULT_MAX_FRAME", "encode_frame", "FrameDecoder",
+]

@@ -995,3 +995,25 @@ def reply_type(request: type[ClientMessage[ReplyT]]) -> type[ReplyT]:
 _REPLY_TYPES: dict[type[ClientMessage[Any]], type[ServerMessage]] = {
     cls: cls.__orig_bases__[0].reply for cls in get_args(AnyClientMessage)
 }
+
+
+__all__ = [
+    "AckCursor", "AckMessage", "AcquireLock", "AddTask", "AgentInfo", "AgentPage",
+    "AnnounceSession", "AnyClientMessage", "AnyServerMessage", "BreakLock", "Brief",
+    "ClaimTask", "ClientMessage", "ClusterMachine", "ClusterPeer", "ClusterReport",
+    "ClusterStatus", "ContextFound", "ContextPage", "CountUnread", "CreateContext",
+    "CreateToken", "CreateUnits", "DaemonStats", "DaemonStatus", "Done", "ErrorReply",
+    "EventPush", "Fence", "FinishTask", "GetBrief", "GetCluster", "GetContext", "GetLock",
+    "GetStats", "GetStatus", "GetTask", "GetUnits", "Heartbeat", "Hello", "HistogramData",
+    "ImportUnits", "InboxPage", "JournalStatus", "Lagged", "LeaseLost", "LeaseRenewed",
+    "Limits", "ListAgents", "ListContexts", "ListLocks", "ListTasks", "ListTokens",
+    "ListUnits", "LockFound", "LockPage", "LocksGranted", "LockState", "Notice", "Ping",
+    "Pong", "PROTOCOL_VERSION", "Push", "ReadInbox", "Reindex", "RelatedEdge", "RelatedFound",
+    "RelatedUnits", "ReleaseLock", "ReleaseTask", "RenewLock", "Reply", "reply_type", "ReplyT",
+    "Request", "ResolveUnitIds", "RevokeTokens", "Search", "SearchHit", "SearchResults",
+    "SendMessage", "ServerMessage", "SessionInfo", "Shutdown", "ShuttingDown", "SpooledUnit",
+    "StreamStatus", "Subscribe", "Subscribed", "TaskFound", "TaskPage", "TokenCreated",
+    "TokenInfo", "TokenPage", "TokensRevoked", "UnitDraft", "UnitIdsResolved", "UnitOrigin",
+    "UnitPage", "UnitsCreated", "UnitsFound", "UnreadCount", "Unsubscribe", "UpdateContext",
+    "Waiter", "Welcome",
+]

@@ -211,3 +211,12 @@ EVENT_KINDS = tuple(
     for event in (UnitCreated, ContextCreated, ContextUpdated, LockAcquired, LockRenewed,
                   LockReleased, LockExpired))
 """Every event kind a subscription may ask for (``kinds``), in the order above."""
+
+
+__all__ = [
+    "AnyEvent", "Context", "CONTEXT_CHANGES", "ContextChange", "ContextCreated",
+    "ContextUpdated", "Event", "EVENT_KINDS", "Lease", "LockAcquired", "LockEvent",
+    "LockExpired", "LockReleased", "LockRenewed", "MIN_UNIT_ID_PREFIX", "Relationship",
+    "RELATIONSHIP_TYPES", "Task", "Unit", "UNIT_ID_LENGTH", "UNIT_TYPES", "UnitCreated",
+    "UUID_TEXT",
+]
