@@ -7,8 +7,14 @@ From Python::
     with Client() as engram:
         print(engram.ping().uptime)
 
-or, with trio, ``async with engram_cli.open_client() as engram``
-(:mod:`engram_cli.client` is the library).
+or, with trio, ``async with engram_cli.open_client() as engram``. The rooms:
+:mod:`.client` (the library), :mod:`.formats` (engram's data as JSON and text),
+:mod:`.cli` (the ``engram`` command line), :mod:`.doors` (engram for other programs:
+MCP, harness hooks, git hooks, the HTTP gateway) and :mod:`.bench` (measuring and
+showing).
+
+May import: only what its face names, and that lazily (``engram --version`` and the
+hooks' fast paths load none of it); each room's docstring says what it may import.
 """
 
 from typing import TYPE_CHECKING, Any

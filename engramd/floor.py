@@ -1,5 +1,5 @@
 """A server of engramd's shape with nothing in it: the floor ``engram bench`` measures this
-design against (``engram_cli.benchfloor`` is its client).
+design against (``engram_cli.bench.floors`` is its client).
 
 One trio event loop answers length-prefixed frames on a Unix socket. A frame whose body
 starts with ``d`` is answered after 256 bytes were appended to a file and fdatasync'd in

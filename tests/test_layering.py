@@ -54,6 +54,116 @@ def test_cli_uses_only_the_protocol_of_the_daemon(path: Path) -> None:
             assert name in allowed or name.startswith("engramd.protocol"), f"{path} imports {name}"
 
 
+# The rooms of engram_cli and what each may import of the others (each package's
+# docstring says the same in words). The command line may open the bench tools from
+# `engram bench` alone; nothing else imports them.
+ROOMS = {
+    "client": {"client"},
+    "formats": {"formats"},
+    "doors": {"client", "formats", "doors"},
+    "cli": {"client", "formats", "doors", "cli"},
+    "bench": {"client", "formats", "doors", "bench"},
+}
+BENCH_DOOR = ROOT / "engram_cli" / "cli" / "commands" / "bench.py"
+
+
+def room_of(name: str) -> str | None:
+    """The room of an engram_cli module name (None for the package's own face)."""
+    parts = name.split(".")
+    return parts[1] if parts[0] == "engram_cli" and len(parts) > 1 else None
+
+
+@pytest.mark.parametrize("path", modules("engram_cli"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_each_room_imports_only_the_rooms_below_it(path: Path) -> None:
+    relative = path.relative_to(ROOT / "engram_cli").parts
+    if len(relative) == 1:  # __init__ and __main__: the package's face
+        return
+    room = relative[0]
+    allowed = ROOMS[room] | ({"bench"} if path == BENCH_DOOR else set())
+    for name in imports_of(path):
+        other = room_of(name)
+        if name.split(".")[0] == "engram_cli" and other is not None:  # None: __version__
+            assert other in allowed, f"{path} ({room}) imports {name}"
+
+
+def test_engram_cli_holds_only_its_rooms() -> None:
+    top = ROOT / "engram_cli"
+    assert sorted(p.name for p in top.glob("*.py")) == ["__init__.py", "__main__.py"]
+    assert sorted(p.name for p in top.iterdir() if (p / "__init__.py").exists()) == \
+        sorted(ROOMS)
+
+
+@pytest.mark.parametrize("package", [p.parent for package in ("engram_cli", "engramd")
+                                     for p in sorted((ROOT / package).rglob("__init__.py"))],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_each_room_says_what_it_may_import(package: Path) -> None:
+    docstring = ast.get_docstring(ast.parse((package / "__init__.py").read_text())) or ""
+    assert "May import" in docstring, f"{package}'s docstring does not say what it may import"
+
+
+def test_the_client_library_uses_trio_in_its_trio_flavour_only() -> None:
+    importers = {path.name for path in modules("engram_cli/client")
+                 if any(name.split(".")[0] == "trio" for name in imports_of(path))}
+    assert importers == {"asynchronous.py"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of engram it imports (at any depth of its code)."""
+    known = {module_name(path): path for package in ("engram_cli", "engramd")
+             for path in modules(package)}
+    graph: dict[str, set[str]] = {}
+    for name, path in known.items():
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names if alias.name in known)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    if submodule in known:
+                        edges.add(submodule)
+                    elif node.module in known:
+                        edges.add(node.module)
+        graph[name] = edges - {name}
+    return graph
+
+
+def test_no_module_imports_itself_round_a_circle() -> None:
+    graph = import_graph()
+    seen: set[str] = set()
+
+    def circle_from(start: str) -> list[str] | None:
+        path: list[str] = []
+        on_path: set[str] = set()
+
+        def walk(node: str) -> list[str] | None:
+            if node in on_path:
+                return [*path[path.index(node):], node]
+            if node in seen:
+                return None
+            path.append(node)
+            on_path.add(node)
+            for nxt in sorted(graph[node]):
+                found = walk(nxt)
+                if found:
+                    return found
+            path.pop()
+            on_path.discard(node)
+            seen.add(node)
+            return None
+
+        return walk(start)
+
+    for module in sorted(graph):
+        circle = circle_from(module)
+        assert circle is None, " -> ".join(circle)
+
+
 @pytest.mark.parametrize("path", modules("engram_cli"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_cli_uses_only_typer_s_public_modules(path: Path) -> None:
     for name in imports_of(path):
@@ -72,10 +182,9 @@ def test_build_tooling_is_not_installed() -> None:
 def test_only_output_imports_rich() -> None:
     for path in modules("engram_cli"):
         if any(name.split(".")[0] == "rich" for name in imports_of(path)):
-            assert path.name == "output.py", path
+            assert path == ROOT / "engram_cli" / "cli" / "output.py", path
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_a_command_loads_its_own_module_only() -> None:
     code = ("import sys, typer; from engram_cli.cli.app import app; "

@@ -1,6 +1,6 @@
 """The contract between engramd and its clients: pure data and pure functions.
 
-Imports only the standard library and msgspec: no sockets, no files, no trio.
+May import: only the standard library and msgspec: no sockets, no files, no trio.
 This package is the only part of :mod:`engramd` that :mod:`engram_cli` uses.
 What it offers, module by module (each module's ``__all__`` names it exactly):
 

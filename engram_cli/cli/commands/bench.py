@@ -104,9 +104,9 @@ def _optional(value: float | None) -> str:
 
 def _compare(out: Output, ref: str, only: list[str] | None, scale: float,
              rounds: int) -> None:
-    from engram_cli.bench import compare as benchcompare
+    from engram_cli.bench import compare
 
-    before, pairs = benchcompare.compare(ref, only, scale, rounds,
+    before, pairs = compare.compare(ref, only, scale, rounds,
                                          lambda step: note(f"bench --compare: {step}"))
     if out.json:
         for pair in pairs:

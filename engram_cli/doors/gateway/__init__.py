@@ -11,8 +11,11 @@ so that the daemon, not the gateway, checks rights and attributes writes.
   ``X-Agent-ID`` when authentication is off).
 * :mod:`.link`: the connections to engramd, one shared per identity.
 * :mod:`.forms`: the JSON bodies that are not protocol messages as they stand.
+* :mod:`.state`: what every endpoint shares (:class:`~.state.Gateway`).
 * :mod:`.routes`, :mod:`.streams`: the endpoints; :mod:`.openapi` describes them.
-* :mod:`.serve`: hypercorn's trio worker running all of it.
+* :mod:`.serve`: the app built from all of them, run by hypercorn's trio worker.
 
-Only ``engram gateway`` imports this package (it needs the ``engram[http]`` extra).
+May import: what a door may (:mod:`engram_cli.doors`), and the HTTP stack (starlette,
+hypercorn, sse-starlette, PyJWT). Only ``engram gateway`` imports this package (it
+needs the ``engram[http]`` extra).
 """

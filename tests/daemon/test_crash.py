@@ -15,7 +15,7 @@ from tests.crashkit import start_daemon
 
 pytestmark = pytest.mark.slow  # every test here runs processes
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parent.parent.parent
 
 
 def corrupt_middle_record(data_dir: str) -> Path:

@@ -230,8 +230,8 @@ async def test_the_same_modes_over_http_and_mcp(engramd_semantic: DaemonProcess)
     the MCP search tool's mode, on one daemon."""
     pytest.importorskip("hypercorn")
     pytest.importorskip("mcp")
-    from tests.test_gateway import gateway
-    from tests.test_mcp import call, mcp_session
+    from tests.doors.test_gateway import gateway
+    from tests.doors.test_mcp import call, mcp_session
 
     with connect(engramd_semantic.socket) as client:
         write_corpus(client)

@@ -30,7 +30,7 @@ async def mcp_session(env: dict[str, str], *, harness: Path | None = None
     """The SDK's client on ``engram mcp`` (started by a stand-in harness when given)."""
     args = ["-m", "engram_cli", "mcp"] if harness is None else [str(harness)]
     params = StdioServerParameters(command=sys.executable, args=args, env=env,
-                                   cwd=str(Path(__file__).parent.parent))
+                                   cwd=str(Path(__file__).parent.parent.parent))
     with open(os.devnull, "w") as quiet:
         async with stdio_client(params, errlog=quiet) as (read, write), \
                 ClientSession(read, write) as session:
