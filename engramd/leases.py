@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
-import secrets
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import msgspec
 import trio
@@ -24,11 +20,20 @@ from trio import TaskStatus
 from engramd import validate
 from engramd.caller import Caller
 from engramd.commit import GroupCommitter
+from engramd.grants import (
+    Grant,
+    acquired,
+    boot_id,
+    boottime,
+    check_resource,
+    checked_request,
+    checked_ttl,
+    session_of,
+)
 from engramd.locks import Holding, LockTable, Waiting, describe
 from engramd.pidwatch import process_exit
 from engramd.protocol import (
     AcquireLock,
-    BadRequest,
     Conflict,
     Deadlock,
     EngramError,
@@ -36,7 +41,6 @@ from engramd.protocol import (
     Forbidden,
     Lease,
     LeaseLost,
-    LockAcquired,
     LockExpired,
     LockHeld,
     LockReleased,
@@ -50,76 +54,8 @@ from engramd.storage import Store
 from engramd.wal.record import Entry
 
 log = logging.getLogger("engramd.leases")
-MAX_RESOURCE_BYTES = 1024
-MAX_RESOURCES = 64
 _lease_decoder = msgspec.msgpack.Decoder(Lease)
 _push_encoder = msgspec.msgpack.Encoder()
-
-
-def boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as file:
-            return file.read().strip()
-    except OSError:
-        return ""
-
-
-def boottime() -> float:
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-def check_resource(resource: str) -> str:
-    if not resource or "\0" in resource or len(resource.encode()) > MAX_RESOURCE_BYTES:
-        raise BadRequest(f"a resource is 1 to {MAX_RESOURCE_BYTES} bytes without NUL, "
-                         f"got {resource!r:.60}")
-    return resource
-
-
-@dataclass(frozen=True)
-class Grant:
-    """What the leases of one acquire are made of, built once their seqs are known."""
-
-    resources: list[str]
-    ttl: float
-    request: AcquireLock
-    caller: Caller
-    session: str
-    holder_pid: int
-
-    def leases(self, first_seq: int, ts: dt.datetime, boot_id: str) -> list[Lease]:
-        # CLOCK_BOOTTIME read now, before the commit: the deadline it gives is never
-        # later than the one the table will hold (see engram_cli.lockrun).
-        boot = boottime()
-        return [self.lease(resource, first_seq + index, ts, boot, boot_id)
-                for index, resource in enumerate(self.resources)]
-
-    def lease(self, resource: str, token: int, ts: dt.datetime, boot: float, boot_id: str,
-              machine: str = "") -> Lease:
-        """The lease on *resource*, granted at *ts* (and *boot* on CLOCK_BOOTTIME)."""
-        return Lease(resource=resource, holder=self.caller.agent_id,
-                     lock_id=secrets.token_hex(16), fencing_token=token, acquired_at=ts,
-                     expires_at=ts + dt.timedelta(seconds=self.ttl), ttl=self.ttl,
-                     boot_id=boot_id, deadline_boottime=boot + self.ttl, pid=self.request.pid,
-                     bound_to_connection=self.request.bind_connection, session=self.session,
-                     holder_pid=self.holder_pid, machine=machine)
-
-
-def acquired(leases: list[Lease]) -> list[LockAcquired]:
-    return [LockAcquired(seq=lease.fencing_token, ts=lease.acquired_at, context_id="",
-                         lease=lease) for lease in leases]
-
-
-def session_of(caller: Caller, pid: int | None, machine: str = "") -> tuple[str, int]:
-    """The session a lease request is made in, and that session's process.
-
-    A lease bound to a process belongs to that process (several connections of
-    one script, or a reconnect after a daemon restart, are the same holder);
-    otherwise the connection is the session. In cluster mode a process is named
-    with its *machine* (``pid:N@machine``): pids repeat across machines.
-    """
-    if pid is not None:
-        return (f"pid:{pid}@{machine}" if machine else f"pid:{pid}"), pid
-    return caller.connection_id, caller.pid
 
 
 class LeaseManager:
@@ -284,28 +220,10 @@ class LeaseManager:
 
     # -- operations ----------------------------------------------------------------------
 
-    def _checked(self, request: AcquireLock) -> tuple[list[str], float, float]:
-        """The request's resources (sorted, each once), ttl and wait, or BadRequest."""
-        resources = sorted({check_resource(resource) for resource in request.resources})
-        if not resources or len(resources) > MAX_RESOURCES:
-            raise BadRequest(f"ask for 1 to {MAX_RESOURCES} resources")
-        ttl = self._checked_ttl(self.default_ttl if request.ttl is None else request.ttl)
-        wait = math.inf if request.wait is None else request.wait
-        if not 0 <= wait <= math.inf:
-            raise BadRequest("wait must be 0 or more seconds (or nil: as long as it takes)")
-        if request.pid is not None and request.pid <= 0:
-            raise BadRequest("pid must be a process id")
-        return resources, ttl, wait
-
-    def _checked_ttl(self, ttl: float) -> float:
-        if not 0 < ttl <= self.max_ttl or not math.isfinite(ttl):
-            raise BadRequest(f"ttl must be more than 0 and at most {self.max_ttl:g} seconds")
-        return ttl
-
     def _grant_for(self, request: AcquireLock, caller: Caller) -> tuple[Grant, float]:
         """What the request would be granted, and how long it may wait; refused when
         the session holds one of them already or the agent would hold too many."""
-        resources, ttl, wait = self._checked(request)
+        resources, ttl, wait = checked_request(request, self.default_ttl, self.max_ttl)
         session, holder_pid = session_of(caller, request.pid, self.machine)
         agent = caller.agent_id
         mine = self.table.held_in((agent, session), resources)
@@ -438,7 +356,7 @@ class LeaseManager:
                  ) -> tuple[float, str, int, bool]:
         """The ttl a renewal of *holding* sets, the session and process that hold it
         then, and whether *caller* adopts it (its own connection has gone)."""
-        ttl = self._checked_ttl(holding.lease.ttl if ttl is None else ttl)
+        ttl = checked_ttl(holding.lease.ttl if ttl is None else ttl, self.max_ttl)
         adopt = holding.connection is None and caller.connection is not None
         session, holder_pid = holding.lease.session, holding.lease.holder_pid
         if adopt and holding.lease.pid is None:

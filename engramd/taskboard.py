@@ -20,7 +20,8 @@ import trio
 
 from engramd import validate
 from engramd.caller import Caller
-from engramd.leases import LeaseManager, session_of
+from engramd.grants import session_of
+from engramd.leases import LeaseManager
 from engramd.locks import describe
 from engramd.protocol import (
     AcquireLock,

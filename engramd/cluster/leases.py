@@ -17,15 +17,9 @@ A lease is the key ``l.<resource>`` of the deployment's leases bucket
   one is taken, the ones written are given back, and nothing stays held while it
   waits.
 
-Waiting: a waiter puts a *ticket* on every resource it waits for; the ticket's
-number is the revision of its first ticket key, so tickets are numbered in the
-order the cluster registered them. A waiter takes its resources when none is held
-and no live ticket on any of them has a smaller number; a new request that finds
-tickets on a resource joins the line instead of taking it. So the cluster serves
-waiters first come, first served, whatever their machine, and the waiter with the
-smallest ticket is never passed over: no one starves. A machine keeps its
-waiters' tickets alive by writing them again every few seconds; the tickets of a
-machine that has gone expire, and the line moves on.
+Waiting: a waiter takes its place in a line of *tickets* (:mod:`.tickets`) and takes its
+resources when none is held and no live ticket on any of them is older than its own:
+first come, first served, whatever their machine; no one starves.
 
 Every machine watches the whole bucket and keeps the lease table (who holds
 what, cluster-wide) and the line from it (:mod:`.leaseview`): deadlock refusal,
@@ -55,13 +49,13 @@ from engramd.cluster.bucket import (
     Held,
     KeyChanged,
     LeaseBucket,
-    Ticket,
     encode_record,
     lease_key,
-    ticket_key,
 )
 from engramd.cluster.leaseview import LeaseView
-from engramd.leases import Grant, LeaseManager, boottime
+from engramd.cluster.tickets import Tickets
+from engramd.grants import Grant, boottime
+from engramd.leases import LeaseManager
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.protocol import (
     AcquireLock,
@@ -95,8 +89,6 @@ ENDED_TTL = 1.0
 class ClusterLeaseManager(LeaseManager):
     """The lease manager of a machine in cluster mode (see the module)."""
 
-    TICKET_TTL = 6.0
-    TICKET_REFRESH = 2.0
     RETRY_SECONDS = 0.5
     ATTEMPT_SECONDS = 2.0
 
@@ -106,6 +98,7 @@ class ClusterLeaseManager(LeaseManager):
         self.machine = journal.machine
         self.bucket = LeaseBucket(journal.link)
         self.timeout = journal.settings.timeout
+        self.tickets = Tickets(self.bucket, self._call, self.machine, self.timeout)
         self.view = LeaseView(self.table, machine=self.machine, boot_id=self.boot_id,
                               ended=self._lost, found=self._found)
         self._ending: set[str] = set()
@@ -314,9 +307,9 @@ class ClusterLeaseManager(LeaseManager):
             with trio.move_on_at(deadline):
                 # The cluster failing for a moment (a leader being elected) does not end
                 # a wait: it is tried again until the wait's own deadline.
-                number = await self._patiently(lambda: self._register(waiter, grant, 0))
+                number = await self._patiently(lambda: self.tickets.register(waiter, grant, 0))
                 assert self._nursery is not None
-                self._nursery.start_soon(self._keep_tickets, done, waiter, grant, number)
+                self._nursery.start_soon(self.tickets.keep, done, waiter, grant, number)
                 kept = True
                 while True:
                     while not self.view.turn(waiter, number, resources):
@@ -328,7 +321,7 @@ class ClusterLeaseManager(LeaseManager):
             done.set()
             self.table.dequeue(waiting)
             if not kept and self._nursery is not None:
-                self._nursery.start_soon(self._withdraw, waiter, resources)
+                self._nursery.start_soon(self.tickets.withdraw, waiter, resources)
         raise Timeout(f"waited {wait:g}s; {self._why_held(resources)}")
 
     async def _patiently(self, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -340,45 +333,6 @@ class ClusterLeaseManager(LeaseManager):
             except Unavailable as exc:
                 log.info("cluster leases: %s; a waiter tries again", exc)
             await trio.sleep(self.RETRY_SECONDS)
-
-    async def _register(self, waiter: str, grant: Grant, number: int) -> int:
-        """Put the waiter's ticket on each resource; its number."""
-        for resource in grant.resources:
-            body = encode_record(Ticket(
-                number=number, machine=self.machine, agent=grant.caller.agent_id,
-                session=grant.session, pid=grant.holder_pid, resources=grant.resources))
-            key = ticket_key(resource, waiter)
-            revision = await self._call(functools.partial(
-                self.bucket.write, key, body, last=None, ttl=self.TICKET_TTL,
-                msg_id=secrets.token_hex(12)))
-            number = number or revision
-        return number
-
-    async def _keep_tickets(self, done: trio.Event, waiter: str, grant: Grant,
-                            number: int) -> None:
-        """Write the waiter's tickets again until it is *done*, then withdraw them (after
-        the last write: a ticket written again after its withdrawal would linger)."""
-        while True:
-            with trio.move_on_after(self.TICKET_REFRESH):
-                await done.wait()
-            if done.is_set():
-                break
-            try:
-                await self._register(waiter, grant, number)
-            except Unavailable:
-                pass  # the next round tries again; the ticket may lapse meanwhile
-        await self._withdraw(waiter, grant.resources)
-
-    async def _withdraw(self, waiter: str, resources: list[str]) -> None:
-        """Take the waiter's tickets out of the line (empty, expiring at once)."""
-        with trio.move_on_after(self.timeout):
-            for resource in resources:
-                key = ticket_key(resource, waiter)
-                try:
-                    await self._call(functools.partial(
-                        self.bucket.write, key, b"", last=None, ttl=1))
-                except Unavailable:
-                    return  # they expire by themselves
 
     # -- renewing and ending ----------------------------------------------------------
 

@@ -35,7 +35,7 @@ from engramd.cluster.bucket import (
     parse_key,
     ticket_key,
 )
-from engramd.leases import boottime
+from engramd.grants import boottime
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.protocol import Lease
 

@@ -1,0 +1,87 @@
+"""A machine's waiters in the cluster's line (see :mod:`engramd.cluster.leases`).
+
+A waiter puts a *ticket* on every resource it waits for; the ticket's
+number is the revision of its first ticket key, so tickets are numbered in the
+order the cluster registered them. A waiter takes its resources when none is held
+and no live ticket on any of them has a smaller number; a new request that finds
+tickets on a resource joins the line instead of taking it. So the cluster serves
+waiters first come, first served, whatever their machine, and the waiter with the
+smallest ticket is never passed over: no one starves. A machine keeps its
+waiters' tickets alive by writing them again every few seconds; the tickets of a
+machine that has gone expire, and the line moves on.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+import trio
+
+from engramd.cluster.bucket import LeaseBucket, Ticket, encode_record, ticket_key
+from engramd.grants import Grant
+from engramd.protocol import Unavailable
+
+T = TypeVar("T")
+
+
+class BucketCall(Protocol):
+    """How the manager runs a bucket operation (tried again while the cluster is away)."""
+
+    def __call__(self, coroutine: Callable[[], Awaitable[T]]) -> Awaitable[T]: ...
+
+
+class Tickets:
+    """The tickets of one machine's waiters, written through *call* (the manager's
+    bucket operation, tried again while the cluster does not answer)."""
+
+    TTL = 6.0
+    REFRESH = 2.0
+
+    def __init__(self, bucket: LeaseBucket, call: BucketCall, machine: str,
+                 timeout: float) -> None:
+        self.bucket = bucket
+        self._call = call
+        self.machine = machine
+        self.timeout = timeout
+
+    async def register(self, waiter: str, grant: Grant, number: int) -> int:
+        """Put the waiter's ticket on each resource; its number."""
+        for resource in grant.resources:
+            body = encode_record(Ticket(
+                number=number, machine=self.machine, agent=grant.caller.agent_id,
+                session=grant.session, pid=grant.holder_pid, resources=grant.resources))
+            key = ticket_key(resource, waiter)
+            revision = await self._call(functools.partial(
+                self.bucket.write, key, body, last=None, ttl=self.TTL,
+                msg_id=secrets.token_hex(12)))
+            number = number or revision
+        return number
+
+    async def keep(self, done: trio.Event, waiter: str, grant: Grant,
+               number: int) -> None:
+        """Write the waiter's tickets again until it is *done*, then withdraw them (after
+        the last write: a ticket written again after its withdrawal would linger)."""
+        while True:
+            with trio.move_on_after(self.REFRESH):
+                await done.wait()
+            if done.is_set():
+                break
+            try:
+                await self.register(waiter, grant, number)
+            except Unavailable:
+                pass  # the next round tries again; the ticket may lapse meanwhile
+        await self.withdraw(waiter, grant.resources)
+
+    async def withdraw(self, waiter: str, resources: list[str]) -> None:
+        """Take the waiter's tickets out of the line (empty, expiring at once)."""
+        with trio.move_on_after(self.timeout):
+            for resource in resources:
+                key = ticket_key(resource, waiter)
+                try:
+                    await self._call(functools.partial(
+                        self.bucket.write, key, b"", last=None, ttl=1))
+                except Unavailable:
+                    return  # they expire by themselves
