@@ -1,5 +1,7 @@
 """A lease request made into a grant: its resources and times checked, the session it
-is made in, the boot clock its deadline is kept on, and the leases it gives.
+is made in, the limits it must keep (what the session holds already, how many leases
+an agent holds, a wait that would deadlock or join too long a line), the boot clock its
+deadline is kept on, and the leases it gives.
 
 Shared by the lease manager of one machine (:mod:`engramd.leases`) and of a cluster
 (:mod:`engramd.cluster.leases`): the same rules, whoever decides who holds.
@@ -14,7 +16,16 @@ import time
 from dataclasses import dataclass
 
 from engramd.caller import Caller
-from engramd.protocol import AcquireLock, BadRequest, Lease, LockAcquired
+from engramd.locks import LockTable, describe
+from engramd.protocol import (
+    AcquireLock,
+    BadRequest,
+    Conflict,
+    Deadlock,
+    Lease,
+    LockAcquired,
+    TooLarge,
+)
 
 MAX_RESOURCE_BYTES = 1024
 MAX_RESOURCES = 64
@@ -105,3 +116,36 @@ def checked_ttl(ttl: float, max_ttl: float) -> float:
     if not 0 < ttl <= max_ttl or not math.isfinite(ttl):
         raise BadRequest(f"ttl must be more than 0 and at most {max_ttl:g} seconds")
     return ttl
+
+
+def grant_for(request: AcquireLock, caller: Caller, table: LockTable, *, default_ttl: float,
+              max_ttl: float, max_per_agent: int, machine: str) -> tuple[Grant, float]:
+    """What the request would be granted, and how long it may wait; refused when the
+    session holds one of them already or the agent would hold too many."""
+    resources, ttl, wait = checked_request(request, default_ttl, max_ttl)
+    session, holder_pid = session_of(caller, request.pid, machine)
+    agent = caller.agent_id
+    mine = table.held_in((agent, session), resources)
+    if mine is not None:
+        who = f"process {request.pid}" if request.pid is not None else "this connection"
+        raise Conflict(f"{who} already holds {mine.lease.resource} (lock id "
+                       f"{mine.lease.lock_id}); renew that lease instead of asking again")
+    if len(table.held_by(agent)) + len(resources) > max_per_agent:
+        raise TooLarge(f"{agent} would hold more than {max_per_agent} leases")
+    return Grant(resources, ttl, request, caller, session, holder_pid), wait
+
+
+def check_wait(grant: Grant, line: LockTable, max_waiters: int) -> None:
+    """Refuse a wait that closes a cycle in the wait-for graph (*line*: who holds and who
+    waits, as far as this daemon sees), or one too many."""
+    agent, session, resources = grant.caller.agent_id, grant.session, grant.resources
+    cycle = line.cycle((agent, session), resources)
+    if cycle:
+        waiters = [describe(agent, grant.holder_pid)] + [h.holder for _, h in cycle]
+        raise Deadlock("deadlock: " + ", then ".join(
+            f"{waiter} waits for {resource} held by {holding.holder}"
+            for waiter, (resource, holding) in zip(waiters, cycle, strict=False))
+            + "; refusing to wait")
+    for resource in resources:
+        if line.waiting_count(resource) >= max_waiters:
+            raise TooLarge(f"{max_waiters} requests already wait for {resource}")

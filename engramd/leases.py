@@ -26,16 +26,15 @@ from engramd.grants import (
     boot_id,
     boottime,
     check_resource,
-    checked_request,
+    check_wait,
     checked_ttl,
-    session_of,
+    grant_for,
 )
-from engramd.locks import Holding, LockTable, Waiting, describe
+from engramd.locks import Holding, LockTable, Waiting
 from engramd.pidwatch import process_exit
 from engramd.protocol import (
     AcquireLock,
     Conflict,
-    Deadlock,
     EngramError,
     Fence,
     Forbidden,
@@ -48,7 +47,6 @@ from engramd.protocol import (
     LockState,
     NotFound,
     Timeout,
-    TooLarge,
 )
 from engramd.storage import Store
 from engramd.wal.record import Entry
@@ -221,34 +219,12 @@ class LeaseManager:
     # -- operations ----------------------------------------------------------------------
 
     def _grant_for(self, request: AcquireLock, caller: Caller) -> tuple[Grant, float]:
-        """What the request would be granted, and how long it may wait; refused when
-        the session holds one of them already or the agent would hold too many."""
-        resources, ttl, wait = checked_request(request, self.default_ttl, self.max_ttl)
-        session, holder_pid = session_of(caller, request.pid, self.machine)
-        agent = caller.agent_id
-        mine = self.table.held_in((agent, session), resources)
-        if mine is not None:
-            who = f"process {request.pid}" if request.pid is not None else "this connection"
-            raise Conflict(f"{who} already holds {mine.lease.resource} (lock id "
-                           f"{mine.lease.lock_id}); renew that lease instead of asking again")
-        if len(self.table.held_by(agent)) + len(resources) > self.max_per_agent:
-            raise TooLarge(f"{agent} would hold more than {self.max_per_agent} leases")
-        return Grant(resources, ttl, request, caller, session, holder_pid), wait
+        return grant_for(request, caller, self.table, default_ttl=self.default_ttl,
+                         max_ttl=self.max_ttl, max_per_agent=self.max_per_agent,
+                         machine=self.machine)
 
     def _may_wait(self, grant: Grant) -> None:
-        """Refuse a wait that closes a cycle in the wait-for graph, or one too many."""
-        line = self._line()
-        agent, session, resources = grant.caller.agent_id, grant.session, grant.resources
-        cycle = line.cycle((agent, session), resources)
-        if cycle:
-            waiters = [describe(agent, grant.holder_pid)] + [h.holder for _, h in cycle]
-            raise Deadlock("deadlock: " + ", then ".join(
-                f"{waiter} waits for {resource} held by {holding.holder}"
-                for waiter, (resource, holding) in zip(waiters, cycle, strict=False))
-                + "; refusing to wait")
-        for resource in resources:
-            if line.waiting_count(resource) >= self.max_waiters:
-                raise TooLarge(f"{self.max_waiters} requests already wait for {resource}")
+        check_wait(grant, self._line(), self.max_waiters)
 
     def _line(self) -> LockTable:
         """Who holds and who waits, as far as this daemon sees: its own table here."""
