@@ -53,7 +53,7 @@ from engramd.cluster.bucket import (
     lease_key,
 )
 from engramd.cluster.leaseview import LeaseView
-from engramd.cluster.tickets import Tickets
+from engramd.cluster.tickets import Tickets, patiently
 from engramd.grants import Grant, boottime
 from engramd.leases import LeaseManager
 from engramd.locks import Holding, LockTable, Waiting
@@ -307,14 +307,15 @@ class ClusterLeaseManager(LeaseManager):
             with trio.move_on_at(deadline):
                 # The cluster failing for a moment (a leader being elected) does not end
                 # a wait: it is tried again until the wait's own deadline.
-                number = await self._patiently(lambda: self.tickets.register(waiter, grant, 0))
+                number = await patiently(lambda: self.tickets.register(waiter, grant, 0),
+                                         self.RETRY_SECONDS)
                 assert self._nursery is not None
                 self._nursery.start_soon(self.tickets.keep, done, waiter, grant, number)
                 kept = True
                 while True:
                     while not self.view.turn(waiter, number, resources):
                         await self.view.changed.wait()
-                    leases = await self._patiently(lambda: self._take(grant))
+                    leases = await patiently(lambda: self._take(grant), self.RETRY_SECONDS)
                     if leases is not None:
                         return leases
         finally:
@@ -323,16 +324,6 @@ class ClusterLeaseManager(LeaseManager):
             if not kept and self._nursery is not None:
                 self._nursery.start_soon(self.tickets.withdraw, waiter, resources)
         raise Timeout(f"waited {wait:g}s; {self._why_held(resources)}")
-
-    async def _patiently(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """``attempt()``, again after a pause for as long as it says `unavailable` (the
-        caller's cancel scope bounds it)."""
-        while True:
-            try:
-                return await attempt()
-            except Unavailable as exc:
-                log.info("cluster leases: %s; a waiter tries again", exc)
-            await trio.sleep(self.RETRY_SECONDS)
 
     # -- renewing and ending ----------------------------------------------------------
 

@@ -14,6 +14,7 @@ machine that has gone expire, and the line moves on.
 from __future__ import annotations
 
 import functools
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
@@ -24,6 +25,7 @@ from engramd.cluster.bucket import LeaseBucket, Ticket, encode_record, ticket_ke
 from engramd.grants import Grant
 from engramd.protocol import Unavailable
 
+log = logging.getLogger("engramd.cluster.leases")
 T = TypeVar("T")
 
 
@@ -85,3 +87,14 @@ class Tickets:
                         self.bucket.write, key, b"", last=None, ttl=1))
                 except Unavailable:
                     return  # they expire by themselves
+
+
+async def patiently(attempt: Callable[[], Awaitable[T]], pause: float) -> T:
+    """``attempt()``, again after *pause* for as long as it says `unavailable` (a waiter
+    rides out a cluster that fails for a moment; the caller's cancel scope bounds it)."""
+    while True:
+        try:
+            return await attempt()
+        except Unavailable as exc:
+            log.info("cluster leases: %s; a waiter tries again", exc)
+        await trio.sleep(pause)
