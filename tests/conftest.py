@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -330,3 +331,38 @@ class RawConnection:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def on_a_terminal(env: dict[str, str], *args: str) -> str:
+    """What ``engram ARGS`` shows on a terminal (a pseudo-terminal, 160 columns), as the
+    person at it reads it, without styles."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "engram_cli", *args], stdin=subprocess.DEVNULL,
+            stdout=follower, stderr=subprocess.PIPE,
+            env={**env, "NO_COLOR": "1", "COLUMNS": "160", "TERM": "xterm"})
+        os.close(follower)
+        follower = -1
+        shown = bytearray()
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the program closed its end
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert process.wait(timeout=30) == 0, process.stderr.read() if process.stderr else ""
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    # NO_COLOR leaves bold and dim (it is about colour): drop every style.
+    return re.sub(r"\x1b\[[0-9;]*m", "", shown.decode()).replace("\r\n", "\n")

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from engram_cli.formats.jsonforms import event_json, to_plain_data
-from engram_cli.formats.text import preview, timestamp
+from engram_cli.formats.text import UNPRINTABLE, preview, printable, timestamp
 from engramd.protocol import (
     Context,
     ContextCreated,
@@ -45,15 +45,16 @@ if TYPE_CHECKING:
 _json_encoder = msgspec.json.Encoder()
 
 
-
-
-_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_TSV_ESCAPES = str.maketrans(
+    {**UNPRINTABLE, "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def tsv_line(fields: Iterable[str]) -> str:
     """One record of tab-separated values. A backslash, tab, newline or carriage return
     inside a field is written ``\\\\``, ``\\t``, ``\\n``, ``\\r`` (as PostgreSQL's text
-    format does), so every line is one record of the same width whatever the data."""
+    format does), so every line is one record of the same width whatever the data; any
+    other character a terminal would act on is ``\\xHH`` (``\\u202e`` for a reordering
+    one), so a pipe to a terminal shows it rather than obeys it."""
     return "\t".join(field.translate(_TSV_ESCAPES) for field in fields) + "\n"
 
 
@@ -75,7 +76,10 @@ class Output:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(file=self.stream, highlight=False)
+            # No markup, no emoji codes: what the daemon holds is shown, never obeyed
+            # (a payload's "[link=...]" would otherwise become a terminal hyperlink).
+            self._console = Console(file=self.stream, highlight=False, markup=False,
+                                    emoji=False)
         return self._console
 
     def json_line(self, value: Any) -> None:
@@ -89,6 +93,7 @@ class Output:
         self.stream.flush()
 
     def line(self, text: str, *, style: str | None = None) -> None:
+        text = printable(text)
         if self.is_terminal and style:
             self.console.print(text, style=style, markup=False)
         else:
@@ -110,7 +115,7 @@ class Output:
         table.add_column(style="bold cyan", no_wrap=True)
         table.add_column(overflow="fold")
         for key, value in rows:
-            table.add_row(key, value)
+            table.add_row(printable(key), printable(value))
         self.console.print(table)
 
     def table(self, title: str, columns: list[str], rows: Iterable[list[str]], *,
@@ -134,7 +139,7 @@ class Output:
         for column in columns:
             table.add_column(column, justify="right" if column in numeric else "left")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*map(printable, row))
         self.console.print(table)
 
 
@@ -172,27 +177,25 @@ def error(message: str, *, code: str = "", exit_status: int = 1, as_json: bool =
     """The CLI's one line on stderr for a failure: English, or with ``--json`` one JSON
     object ``{"error": {"code", "message", "exit"}}`` that a program can read."""
     stream = sys.stderr
+    # A file name given in bytes that are not UTF-8 is named by those bytes, escaped.
+    message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     if as_json:
         line = {"error": {"code": code, "message": message, "exit": exit_status}}
         stream.write(_json_encoder.encode(line).decode() + "\n")
     elif _color_allowed(stream):
-        stream.write(f"\x1b[1;31mengram: error:\x1b[0m {message}\n")
+        stream.write(f"\x1b[1;31mengram: error:\x1b[0m {printable(message)}\n")
     else:
-        stream.write(f"engram: error: {message}\n")
+        stream.write(f"engram: error: {printable(message)}\n")
     stream.flush()
 
 
 def note(message: str) -> None:
     """A side remark on stderr (progress, hints); never mixed into stdout."""
-    sys.stderr.write(f"engram: {message}\n")
+    sys.stderr.write(f"engram: {printable(message)}\n")
     sys.stderr.flush()
 
 
-
-
 # -- units and contexts -----------------------------------------------------
-
-
 
 
 def _local_time(value: dt.datetime) -> str:
@@ -205,8 +208,6 @@ def _local_time(value: dt.datetime) -> str:
 
 def _meta_text(meta: Mapping[str, str]) -> str:
     return " ".join(f"{key}={value}" for key, value in meta.items())
-
-
 
 
 def _meta_field(meta: Mapping[str, str]) -> str:
@@ -237,8 +238,9 @@ def units(out: Output, found: list[Unit]) -> None:
                          min_width=len(column) if column != "payload" else 10)
     short = short_ids(unit.id for unit in found)
     for unit in found:
-        table.add_row(str(unit.seq), _local_time(unit.ts), short[unit.id], unit.agent_id,
-                      unit.type, preview(unit, 500), _meta_text(unit.meta))
+        table.add_row(str(unit.seq), _local_time(unit.ts), short[unit.id],
+                      printable(unit.agent_id), unit.type, printable(preview(unit, 500)),
+                      printable(_meta_text(unit.meta)))
     out.console.print(table)
 
 
@@ -256,13 +258,13 @@ def unit_panels(out: Output, found: list[Unit]) -> None:
                            ("context", unit.context_id), ("agent", unit.agent_id),
                            ("time", timestamp(unit.ts)),
                            ("from", f"uid {unit.uid}, pid {unit.pid}")):
-            fields.add_row(key, value)
+            fields.add_row(key, printable(value))
         for key, value in unit.meta.items():
-            fields.add_row(f"meta {key}", value)
+            fields.add_row(printable(f"meta {key}"), printable(value))
         for rel in unit.relationships:
-            fields.add_row(rel.type.lower(), rel.target)
+            fields.add_row(rel.type.lower(), printable(rel.target))
         try:
-            body = Text(unit.payload.decode("utf-8"))
+            body = Text(printable(unit.payload.decode("utf-8")))
         except UnicodeDecodeError:
             body = Text(f"<{len(unit.payload)} bytes of binary payload; use --raw>", style="dim")
         from rich.console import Group
@@ -340,31 +342,29 @@ def event_text(event: Event, width: int) -> Text:
     line.append(_local_time(event.ts) + " ", style="dim")
     if isinstance(event, LockAcquired | LockRenewed | LockReleased | LockExpired):
         style = "bold red" if isinstance(event, LockExpired) else "bold blue"
-        line.append("⚿ " + _lock_text(event), style=style)
+        line.append("⚿ " + printable(_lock_text(event)), style=style)
         line.truncate(width, overflow="ellipsis")
         return line
-    line.append(event.context_id + " ", style="bold")
+    line.append(printable(event.context_id) + " ", style="bold")
     if isinstance(event, UnitCreated):
         unit = event.unit
         marker, style = _TYPE_STYLES.get(unit.type, ("·", "white"))
-        line.append(unit.agent_id + " ", style=agent_colour(unit.agent_id))
+        line.append(printable(unit.agent_id) + " ", style=agent_colour(unit.agent_id))
         line.append(f"{marker} {unit.type:<11} ", style=style)
-        meta = _meta_text(unit.meta)
+        meta = printable(_meta_text(unit.meta))
         room = max(10, width - line.cell_len - len(meta) - 2)
-        line.append(preview(unit, room))
+        line.append(printable(preview(unit, room)))
         if meta:
             line.append("  " + meta, style="cyan")
     elif isinstance(event, ContextCreated):
         line.append("◆ context created", style="bold yellow")
         if event.context.agent_ids:
-            line.append(" by " + ", ".join(event.context.agent_ids), style="yellow")
+            line.append(" by " + printable(", ".join(event.context.agent_ids)), style="yellow")
     else:
         assert isinstance(event, ContextUpdated)
-        line.append("◆ " + _changes_text(event), style="yellow")
+        line.append("◆ " + printable(_changes_text(event)), style="yellow")
     line.truncate(width, overflow="ellipsis")
     return line
-
-
 
 
 LINE_WIDTH = 200
@@ -383,7 +383,7 @@ def event_line(event: Event) -> str:
         text = f"{timestamp(event.ts)} context {event.context_id}: {_changes_text(event)}"
     else:
         text = f"{timestamp(event.ts)} context {event.context_id} created"
-    text = " ".join(text.split())
+    text = printable(" ".join(text.split()))
     return text if len(text) <= LINE_WIDTH else text[:LINE_WIDTH - 1] + "…"
 
 
@@ -441,7 +441,7 @@ def _marked(snippet: str) -> Text:
     text = Text()
     # Whitespace is flattened over the whole snippet, not per part: the spaces around
     # a highlighted word belong to its neighbours.
-    flat = " ".join(snippet.split())
+    flat = printable(" ".join(snippet.split()))
     for index, part in enumerate(flat.split("**")):
         text.append(part, style="bold yellow" if index % 2 else None)
     return text
@@ -472,12 +472,11 @@ def search_hits(out: Output, hits: list[SearchHit], units: Mapping[str, Unit], *
         unit = units.get(hit.unit_id)
         if unit is None:
             continue
-        match = _marked(hit.snippet) if hit.snippet else preview(unit, 200)
+        match = _marked(hit.snippet) if hit.snippet else printable(preview(unit, 200))
         table.add_row(f"{hit.score:.2f}" if ranked else "-", _local_time(unit.ts),
-                      short[unit.id], unit.context_id, unit.agent_id, unit.type, match)
+                      short[unit.id], printable(unit.context_id), printable(unit.agent_id),
+                      unit.type, match)
     out.console.print(table)
-
-
 
 
 SHORT_ID_LENGTH = 13
@@ -514,7 +513,7 @@ def trace_tree(out: Output, found: RelatedFound, label: Callable[[Unit], str]) -
 
     def name(unit_id: str) -> str:
         unit = units.get(unit_id)
-        return f"{short[unit_id]} {label(unit)}" if unit else unit_id
+        return printable(f"{short[unit_id]} {label(unit)}" if unit else unit_id)
 
     children: dict[str, list[tuple[str, str | None]]] = {}  # (line, unit drawn below it)
     placed = {found.root}

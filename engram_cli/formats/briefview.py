@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from engram_cli.formats.jsonforms import to_plain_data, unit_to_json
-from engram_cli.formats.text import format_duration, preview, timestamp
+from engram_cli.formats.text import format_duration, preview, printable, timestamp
 from engramd.protocol import Brief, Lease, Task, Unit, agentwork
 
 CHEAT_SHEET = """## engram commands
@@ -81,7 +81,7 @@ def markdown(brief: Brief, max_chars: int, now: dt.datetime | None = None) -> st
     contexts = ", ".join(brief.contexts) if brief.contexts else "none yet"
     head = f"# engram: you are {brief.agent}\nContexts: {contexts}"
     body = sections(brief, now)
-    whole = _join(head, body, CHEAT_SHEET)
+    whole = printable(_join(head, body, CHEAT_SHEET))
     if len(whole) <= max_chars:
         return whole
     note = f"(brief cut to {max_chars} characters: engram prime --max-chars N shows more)"
@@ -93,7 +93,7 @@ def markdown(brief: Brief, max_chars: int, now: dt.datetime | None = None) -> st
         longest.pop()
         if len(longest) <= 1:
             body.remove(longest)
-    cut = _join(head, body, note, CHEAT_SHEET)
+    cut = printable(_join(head, body, note, CHEAT_SHEET))
     return cut if len(cut) <= max_chars else cut[:max_chars - 1] + "…"
 
 

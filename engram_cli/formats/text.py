@@ -1,4 +1,5 @@
-"""engram's data as short plain text: times, durations, a payload on one line.
+"""engram's data as short plain text: times, durations, a payload on one line, and
+any text made safe to show on a terminal.
 
 The forms every face shares (the command line's tables and plain rows, the brief an
 agent reads, the gateway's pages), so that a time or a preview reads the same
@@ -10,6 +11,22 @@ from __future__ import annotations
 import datetime as dt
 
 from engramd.protocol import Unit
+
+# What a terminal would act on rather than show: C0 controls but tab and newline (an
+# escape sequence starts with ESC; a carriage return overwrites the line), DEL, C1
+# controls (an 8-bit CSI), and the bidirectional overrides and isolates that make text
+# read in another order than it is stored.
+_CONTROLS = [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)]
+_REORDERING = [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+UNPRINTABLE = {code: f"\\x{code:02x}" for code in _CONTROLS} | \
+    {code: f"\\u{code:04x}" for code in _REORDERING}
+_PRINTABLE = str.maketrans(UNPRINTABLE)
+
+
+def printable(text: str) -> str:
+    """*text* as a terminal shows it safely: every character a terminal would act on
+    written as an escape (``\\x1b``, ``\\u202e``); tabs and newlines stay."""
+    return text.translate(_PRINTABLE)
 
 
 def timestamp(value: dt.datetime) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from engram_cli.client import Client
-from tests.conftest import DaemonProcess, run_cli, start_engramd
+from tests.conftest import DaemonProcess, on_a_terminal, run_cli, start_engramd
 
 pytestmark = pytest.mark.slow  # every test here runs processes
 
@@ -105,17 +104,18 @@ def test_no_daemon_with_json_is_an_unavailable_object(env: dict[str, str]) -> No
 
 def test_payload_limits_name_the_setting_that_raises_them(engramd: DaemonProcess,
                                                           tmp_path: Path) -> None:
+    # Over a limit is an invalid value: exit 2, as bad_request.
     setting = "limits.max_payload_bytes in engramd's configuration raises it"
     over_payload = tmp_path / "1MiB+1"
     over_payload.write_bytes(b"a" * (1024 * 1024 + 1))
     message = one_error_line(run_cli(engramd.env, "unit", "create", "-c", "big", "-f",
-                                     str(over_payload)), 1)
+                                     str(over_payload)),2)
     assert message == (f"payload of 1048577 bytes exceeds the limit of 1048576 bytes "
                        f"({setting})")
     over_frame = tmp_path / "20MiB"
     over_frame.write_bytes(b"a" * (20 * 1024 * 1024))
     message = one_error_line(run_cli(engramd.env, "unit", "create", "-c", "big", "-f",
-                                     str(over_frame)), 1)
+                                     str(over_frame)),2)
     assert "exceeds the limit of 16777216 bytes" in message
     assert f"a unit's payload may be at most 1048576 bytes ({setting})" in message
     with Client(engramd.socket, autostart=False) as engram:  # still serving, nothing written
@@ -270,41 +270,6 @@ def test_version_help_and_ping_summary(engramd: DaemonProcess) -> None:
     assert summary, pings[-1]
     low, mean, high = (float(value) for value in summary.groups())
     assert low <= mean <= high
-
-
-def on_a_terminal(env: dict[str, str], *args: str) -> str:
-    """What ``engram ARGS`` shows on a terminal (a pseudo-terminal, 160 columns), as the
-    person at it reads it, without styles."""
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "engram_cli", *args], stdin=subprocess.DEVNULL,
-            stdout=follower, stderr=subprocess.PIPE,
-            env={**env, "NO_COLOR": "1", "COLUMNS": "160", "TERM": "xterm"})
-        os.close(follower)
-        follower = -1
-        shown = bytearray()
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the program closed its end
-                break
-            if not chunk:
-                break
-            shown += chunk
-        assert process.wait(timeout=30) == 0, process.stderr.read() if process.stderr else ""
-    finally:
-        os.close(leader)
-        if follower >= 0:
-            os.close(follower)
-    # NO_COLOR leaves bold and dim (it is about colour): drop every style.
-    return re.sub(r"\x1b\[[0-9;]*m", "", shown.decode()).replace("\r\n", "\n")
 
 
 def test_terminal_tables_show_short_ids_and_keep_the_spaces_of_matches(
