@@ -13,6 +13,7 @@ import atexit
 import importlib
 import os
 import sys
+from collections.abc import Mapping
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -185,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
 
         completion_init()
     as_json = wants_json(args)
+    undecodable = not_utf8(args, os.environ)
+    if undecodable:
+        output.error(f"{undecodable} is not valid UTF-8: engram keeps text as UTF-8 (a "
+                     "payload of any bytes comes from --file or stdin)",
+                     code="bad_request", exit_status=ExitCode.USAGE, as_json=as_json)
+        return ExitCode.USAGE
     try:
         # Not standalone: the parser's errors come here, to be told in engram's one
         # line rather than in Typer's boxed panel.
@@ -251,6 +258,43 @@ def _command_path(args: list[str]) -> str:
             break
         words.append(arg)
     return " ".join(words)
+
+
+PATH_OPTIONS = frozenset({"--file", "-f", "--socket", "--repo", "--jwt-jwks",
+                          "--jwt-public-key", "--jwt-secret-file"})
+"""Options whose value names a file: a file name may be any bytes."""
+TEXT_VARIABLES = ("ENGRAM_AGENT", "ENGRAM_TOKEN")
+
+
+def not_utf8(args: list[str], env: Mapping[str, str]) -> str | None:
+    """What of the command line (before ``--``, which is another program's) or of the
+    variables engram reads as text is not valid UTF-8, named for the user; None when
+    all is. (Python hands such bytes over as lone surrogates.)"""
+    options = args[:args.index("--")] if "--" in args else args
+    positional = [arg for arg in options if not arg.startswith("-")]
+    file_argument = positional[:2] == ["unit", "import"]  # `engram unit import FILE`
+    for index, arg in enumerate(options):
+        previous = options[index - 1] if index else ""
+        option = arg.partition("=")[0] if arg.startswith("--") else previous
+        if not _surrogates(arg) or option in PATH_OPTIONS:
+            continue
+        if not option.startswith("-") and file_argument:
+            continue
+        shown = arg.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+        after = f" (after {previous})" if previous.startswith("-") else ""
+        return f"the argument '{shown}'{after}"
+    for name in TEXT_VARIABLES:
+        if _surrogates(env.get(name, "")):
+            return f"${name}"
+    return None
+
+
+def _surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def wants_json(args: list[str]) -> bool:
