@@ -20,6 +20,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from engramd import validate
 from engramd.protocol import PROTOCOL_VERSION, BadRequest, Hello, VersionMismatch
 
 MAX_NAME = 256
@@ -64,9 +65,8 @@ def check_hello(hello: Hello) -> None:
             f"{hello.protocol_version}; restart the daemon with 'engram daemon restart' "
             "after upgrading")
     # Without an agent id, an agent token names the agent (the daemon looks it up).
-    if ((not hello.agent_id and (hello.token is None or hello.delegated))
-            or len(hello.agent_id) > MAX_NAME or "\0" in hello.agent_id):
-        raise BadRequest(f"agent id must be 1 to {MAX_NAME} characters without NUL")
+    if hello.agent_id or hello.token is None or hello.delegated:
+        validate.agent_id(hello.agent_id)
     if len(hello.client_name) > MAX_NAME:
         raise BadRequest(f"client name must be at most {MAX_NAME} characters")
 

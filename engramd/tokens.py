@@ -51,7 +51,6 @@ from engramd.protocol import (
 log = logging.getLogger("engramd.tokens")
 
 AGENT_TOKEN_PREFIX = "egt_"
-MAX_AGENT = 256
 ADMIN_TOKEN_PREFIX = "ega_"
 TOKENS_FILE = "tokens.json"
 
@@ -110,7 +109,7 @@ class TokenRegistry:
 
     def create(self, agent: str) -> tuple[str, StoredToken]:
         """Issue a token for *agent*: the secret (shown once) and what is kept of it."""
-        validate.name(agent, "agent", MAX_AGENT)
+        validate.agent_id(agent)
         token_id = secrets.token_hex(6)
         token = f"{AGENT_TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(24)}"
         stored = StoredToken(id=token_id, agent=agent, sha256=_digest(token),

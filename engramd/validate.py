@@ -19,6 +19,9 @@ from engramd.protocol.model import (
 )
 
 CONTEXT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,127}")
+AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-|$~=]{0,255}")
+"""A context id's characters, and three more that names from elsewhere carry: a JWT's
+subject (``auth0|42``), a machine account (``host$``); 256 at most, as any name."""
 MAX_ID = 128
 MAX_NAME = 256
 MAX_KEY = 256
@@ -57,6 +60,14 @@ def context_id(text: str) -> str:
         raise BadRequest(
             f"bad context id {text!r}: 1 to 128 characters, letters, digits and . _ : / @ + -, "
             "starting with a letter or digit")
+    return text
+
+
+def agent_id(text: str) -> str:
+    if not AGENT_ID.fullmatch(text):
+        raise BadRequest(
+            f"bad agent id {text!r:.80}: 1 to 256 characters, letters, digits and "
+            ". _ : / @ + - | $ ~ =, starting with a letter or digit")
     return text
 
 

@@ -185,7 +185,7 @@ class Writer:
         elif len(agents) != len(drafts):
             raise BadRequest(f"{len(agents)} agents for {len(drafts)} units: name one per unit")
         for agent in set(agents):
-            validate.name(agent, "agent id")
+            validate.agent_id(agent)
         if not origins:
             origins = [None] * len(drafts)
         elif len(origins) != len(drafts):
@@ -293,7 +293,7 @@ class Writer:
     async def update_context(self, request: UpdateContext) -> Context:
         validate.context_id(request.context_id)
         for agent in [*request.add_agents, *request.remove_agents]:
-            validate.name(agent, "agent id")
+            validate.agent_id(agent)
         for unit_id in [*request.pin, *request.unpin]:
             validate.unit_id(unit_id)
         if request.display_name is not None:
