@@ -135,6 +135,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Largest frame accepted, checked from the length prefix.", minimum=1024),
     Setting("limits.max_connections", int, 256,
             "Connections served at once; more are refused with unavailable.", minimum=1),
+    Setting("limits.connection_reserve", int, 16,
+            "The last connections of max_connections, kept for processes that hold none "
+            "yet (a command, a lock run keeper, doctor): one process never takes them all.",
+            minimum=0),
     Setting("limits.max_inflight_per_connection", int, 64,
             "Requests of one connection processed at once; the daemon stops "
             "reading that connection until one finishes.", minimum=1),
@@ -216,6 +220,7 @@ class DaemonConfig:
     max_subscriptions_per_connection: int = 64
     max_frame_bytes: int = DEFAULT_MAX_FRAME
     max_connections: int = 256
+    connection_reserve: int = 16
     max_inflight_per_connection: int = 64
     handshake_timeout: float = 10.0
     frame_timeout: float = 10.0

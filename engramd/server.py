@@ -21,9 +21,11 @@ logged and ends only that connection.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +68,8 @@ from engramd.ratelimit import TokenBucket
 from engramd.tokens import Authenticator
 from engramd.validate import PAYLOAD_LIMIT_SETTING
 
+_OVER_BOUND = re.compile(r"of length <= (?P<bound>\d+) - at `(?P<path>[^`]*)`")
+"""How msgspec says a list or map is over its bound (``Meta(max_length=...)``)."""
 log = logging.getLogger("engramd.server")
 
 # accept() errors that mean "the system is out of something right now": wait
@@ -200,6 +204,8 @@ class Server:
         self.dispatcher = Dispatcher(engine, self, authenticator,
                                      config.max_subscriptions_per_connection)
         self._sessions: set[Session] = set()
+        self._per_process: collections.Counter[int] = collections.Counter()
+        """Connections open by process (peer pid): the reserve's rule needs it."""
         self._connections_accepted = 0
         self._requests_served = 0
         self._requests_in_flight = 0
@@ -290,13 +296,15 @@ class Server:
                 await self._goodbye(session, ErrorCode.FORBIDDEN,
                                     f"uid {peer.uid} may not use this daemon")
                 return
-            if len(self._sessions) >= self.config.max_connections:
+            refusal = self._over_limit(peer.pid)
+            if refusal is not None:
                 self.metrics.count('connections_refused_total{reason="limit"}')
-                log.warning("refused pid %d: %d connections open", peer.pid, len(self._sessions))
-                await self._goodbye(session, ErrorCode.UNAVAILABLE,
-                                    f"too many connections (limit {self.config.max_connections})")
+                log.warning("refused pid %d: %d connections open, %d of them its own",
+                            peer.pid, len(self._sessions), self._per_process[peer.pid])
+                await self._goodbye(session, ErrorCode.UNAVAILABLE, refusal)
                 return
             self._sessions.add(session)
+            self._per_process[peer.pid] += 1
             await self._serve_session(session)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -304,8 +312,11 @@ class Server:
             self.metrics.count("connections_failed_total")
             log.exception("connection failed")
         finally:
-            if session is not None:
+            if session is not None and session in self._sessions:
                 self._sessions.discard(session)
+                self._per_process[session.peer.pid] -= 1
+                if not self._per_process[session.peer.pid]:
+                    del self._per_process[session.peer.pid]
             await trio.aclose_forcefully(stream)
             if session is not None and not self.engine.shutdown_requested.is_set():
                 # Its connection-bound leases end with it (not when the daemon stops:
@@ -313,6 +324,22 @@ class Server:
                 with trio.move_on_after(_GOODBYE_TIMEOUT * 5) as scope:
                     scope.shield = True
                     await self.engine.connection_closed(session)
+
+    def _over_limit(self, pid: int) -> str | None:
+        """Why a new connection of process *pid* is refused, or None. The last
+        ``connection_reserve`` places go only to processes that hold no connection yet,
+        so that one process opening connections without end never locks out a command,
+        a ``lock run`` keeper reconnecting, or ``doctor``."""
+        limit, reserve = self.config.max_connections, self.config.connection_reserve
+        open_now, its_own = len(self._sessions), self._per_process[pid]
+        if open_now >= limit:
+            return (f"too many connections ({open_now}, limit {limit}; limits.max_connections "
+                    "raises it): close some, or see 'engram stats' for who holds them")
+        if open_now >= limit - reserve and its_own:
+            return (f"process {pid} holds {its_own} of the {open_now} connections open; the "
+                    f"last {reserve} are kept for processes that hold none (limits."
+                    "connection_reserve): close some of its connections")
+        return None
 
     async def _goodbye(self, session: Session, code: ErrorCode, message: str) -> None:
         """Best effort: tell the peer why, then let the caller close."""
@@ -369,8 +396,7 @@ class Server:
                 session.peer_closed = True
                 return
             if isinstance(event, InvalidMessage):
-                await session.send(ErrorReply(id=event.id, code=ErrorCode.BAD_REQUEST,
-                                              message=event.reason))
+                await session.send(self._refusal(event))
                 continue
             if isinstance(event, Hello):
                 if not await self._welcome(session, event):
@@ -399,6 +425,20 @@ class Server:
             return
         raise RemoteProtocolError(
             f"frame not completed within {self.config.frame_timeout:g}s")
+
+    def _refusal(self, invalid: InvalidMessage) -> ErrorReply:
+        """The answer to a message that did not decode. A list or map over the wire's
+        bound is told as the limit it is over, as the engine tells one over the
+        configured limit (the configured limits are within the wire's)."""
+        over = _OVER_BOUND.search(invalid.reason)
+        if over is None:
+            return ErrorReply(id=invalid.id, code=ErrorCode.BAD_REQUEST, message=invalid.reason)
+        bound, path = int(over["bound"]), over["path"]
+        what = (f"metadata entries, limit {self.config.max_meta_entries}"
+                if path.endswith(".meta") or path.endswith("_meta") else
+                f"items at {path}, limit {bound}")
+        return ErrorReply(id=invalid.id, code=ErrorCode.TOO_LARGE,
+                          message=f"more than {bound} {what}")
 
     async def _welcome(self, session: Session, hello: Hello) -> bool:
         """Greet or refuse; a greeted connection knows its caller from here on."""

@@ -105,6 +105,7 @@ class TooLarge(EngramError):
     """A frame, payload, batch or list exceeds a limit."""
 
     code = ErrorCode.TOO_LARGE
+    exit_code = 2  # what was asked for is over a limit: an invalid value, like bad_request
 
 
 class Unavailable(EngramError):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from engram_cli.client.errors import BadRequest, EngramError, TooLarge
+from engram_cli.client.errors import BadRequest, EngramError, TooLarge, Unavailable
 from engramd.protocol import Relationship
 from tests.conftest import WAIT, connect, make_config, start_threaded, wait_until
 
@@ -61,3 +63,53 @@ def test_waiters_beyond_the_limit_are_refused(env: dict[str, str]) -> None:
         holder.release_lock(lease.lock_id)
         waiter.join(WAIT)
         assert len(waited) == 1
+
+
+GREEDY = """
+import sys
+from engram_cli.client import Client
+from engram_cli.client.errors import Unavailable
+held = []
+try:
+    for n in range(int(sys.argv[2])):
+        client = Client(sys.argv[1], agent_id="greedy", autostart=False, env={})
+        client.ping()
+        held.append(client)
+    print(f"held {len(held)}: none refused", flush=True)
+except Unavailable as exc:
+    print(f"held {len(held)}: {exc}", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_one_process_never_takes_the_connections_kept_in_reserve(env: dict[str, str]) -> None:
+    config = make_config(env, **{"limits.max_connections": "8",
+                                 "limits.connection_reserve": "3"})
+    holders: list[subprocess.Popen[str]] = []
+
+    def hold(count: int) -> str:
+        """A process of its own that opens *count* connections and keeps them: what it
+        says (how many it holds, and why it was refused one)."""
+        holder = subprocess.Popen([sys.executable, "-c", GREEDY, config.socket, str(count)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout is not None
+        return holder.stdout.readline()
+
+    with start_threaded(config):
+        try:
+            told = hold(20)
+            assert told.startswith("held 5: "), told
+            assert "the last 3 are kept for processes that hold none" in told, told
+            # Every other process still gets in, one connection each...
+            assert hold(2).startswith("held 1: process"), "a second one is not for it"
+            assert hold(1) == "held 1: none refused\n"
+            assert hold(1) == "held 1: none refused\n"
+            # ...until the limit itself, which refuses anyone.
+            with pytest.raises(Unavailable, match=r"too many connections \(8, limit 8"), \
+                    connect(config.socket, "ninth") as ninth:
+                ninth.ping()
+        finally:
+            for holder in holders:
+                holder.kill()
+                holder.wait(WAIT)

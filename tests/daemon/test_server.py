@@ -182,7 +182,7 @@ def test_silent_connection_is_dropped_after_the_handshake_timeout(env: dict[str,
 
 
 def test_connections_over_the_limit_are_refused(env: dict[str, str]) -> None:
-    config = make_config(env, **{"limits.max_connections": "2"})
+    config = make_config(env, **{"limits.max_connections": "2", "limits.connection_reserve": "0"})
     with start_threaded(config) as running:
         first, second = connect(config), connect(config)
         first.connect()
