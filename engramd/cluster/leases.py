@@ -54,7 +54,7 @@ from engramd.cluster.bucket import (
 )
 from engramd.cluster.leaseview import LeaseView
 from engramd.cluster.tickets import Tickets, patiently
-from engramd.grants import Grant, boottime
+from engramd.grants import Grant, boottime, check_resource
 from engramd.leases import LeaseManager
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.protocol import (
@@ -356,6 +356,9 @@ class ClusterLeaseManager(LeaseManager):
 
     async def break_lease(self, resource: str, reason: str, agent: str) -> Lease:
         await self._connected()
+        # A lease taken on another machine a moment ago may not have reached this
+        # machine's view yet: "not held" is said only of what the leader says.
+        await self._read_lease(check_resource(resource))
         return await super().break_lease(resource, reason, agent)
 
     async def _end(self, holding: Holding, kind: type[LockReleased] | type[LockExpired], *,
