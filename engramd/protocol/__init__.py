@@ -508,3 +508,30 @@ from engramd.protocol.model import (
 from engramd.protocol.model import (
     UnitCreated as UnitCreated,
 )
+
+# isort: split
+# The journal's care: log tails cut at start-up, online backups (issue 33).
+from engramd.protocol.messages import (
+    AcknowledgeCuts as AcknowledgeCuts,
+)
+from engramd.protocol.messages import (
+    BackupChecked as BackupChecked,
+)
+from engramd.protocol.messages import (
+    BackupInfo as BackupInfo,
+)
+from engramd.protocol.messages import (
+    BackupMade as BackupMade,
+)
+from engramd.protocol.messages import (
+    CutsAcknowledged as CutsAcknowledged,
+)
+from engramd.protocol.messages import (
+    MakeBackup as MakeBackup,
+)
+from engramd.protocol.messages import (
+    VerifyBackup as VerifyBackup,
+)
+from engramd.protocol.messages import (
+    WalCut as WalCut,
+)
