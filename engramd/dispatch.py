@@ -28,6 +28,7 @@ from engramd.protocol import (
     PROTOCOL_VERSION,
     AckCursor,
     AckMessage,
+    AcknowledgeCuts,
     AcquireLock,
     AddTask,
     AgentPage,
@@ -42,6 +43,7 @@ from engramd.protocol import (
     CreateContext,
     CreateToken,
     CreateUnits,
+    CutsAcknowledged,
     DaemonStats,
     DaemonStatus,
     Done,
@@ -153,6 +155,7 @@ class Dispatcher:
         self.authenticator = authenticator
         self.max_subscriptions = max_subscriptions
         self._token_writes = trio.CapacityLimiter(1)
+        self._ledger_writes = trio.CapacityLimiter(1)
 
     async def answer(self, request: Request, caller: Caller,
                      connection: Connection) -> ServerMessage | None:
@@ -306,6 +309,12 @@ class Dispatcher:
                 await parts.cluster.refresh_facts()
                 return ClusterReport(id=request.id, status=parts.cluster.status(),
                                      machines=await parts.cluster.machines())
+            case AcknowledgeCuts():
+                ledger = self.engine.cuts
+                cleared = [] if ledger is None else await trio.to_thread.run_sync(
+                    ledger.acknowledge, request.ids, limiter=self._ledger_writes)
+                return CutsAcknowledged(id=request.id, cuts=[self.engine.wal_cut(cut)
+                                                             for cut in cleared])
         raise AssertionError(f"no arm for {type(request).__name__}")
 
     async def _without_journal(self, request: Request) -> ServerMessage:
@@ -361,6 +370,7 @@ class Dispatcher:
             journal=engine.journal_status(),
             stream=engine.stream_status(),
             cluster=engine.cluster_status(),
+            wal_cuts=engine.wal_cuts(),
         )
 
     def _stats(self, request_id: int) -> DaemonStats:

@@ -46,12 +46,13 @@ from engramd.protocol import (
     SpooledUnit,
     StreamStatus,
     Unavailable,
+    WalCut,
 )
 from engramd.queries import Queries
 from engramd.recent import RecentUnits
 from engramd.storage import SchemaMismatch, Store
 from engramd.taskboard import TaskBoard
-from engramd.wal.cuts import CutLedger
+from engramd.wal.cuts import Cut, CutLedger
 from engramd.wal.log import Corruption, WriteAheadLog
 from engramd.wal.record import Entry
 from engramd.writes import InFlight, StoredContexts, Writer, published
@@ -334,6 +335,17 @@ class Engine:
             commit_entries=committer.stats.entries,
             fsync_seconds=round(committer.stats.fsync_seconds, 6),
             vector_seq=parts.indexer.vector_seq)
+
+    def wal_cuts(self) -> list[WalCut]:
+        """Log tails cut at a start and not yet acknowledged."""
+        return [] if self.cuts is None else [self.wal_cut(cut) for cut in self.cuts.cuts]
+
+    @staticmethod
+    def wal_cut(cut: Cut) -> WalCut:
+        return WalCut(id=cut.id, at=cut.at, segment=cut.segment, offset=cut.offset,
+                      bytes=cut.bytes, reason=cut.reason, seq=cut.seq, last_seq=cut.last_seq,
+                      unit_ids=cut.unit_ids, acknowledged=cut.acknowledged, saved=cut.saved,
+                      summary=cut.summary)
 
     def stream_status(self) -> StreamStatus | None:
         parts = self._parts
