@@ -22,6 +22,7 @@ import trio
 from trio import TaskStatus
 
 from engramd import __version__
+from engramd.backup import verify_command
 from engramd.config import SETTINGS, ConfigError, DaemonConfig, load_config
 from engramd.engine import Engine, open_engine
 from engramd.errors import StartupError
@@ -72,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "damaged bytes aside; then exit")
     parser.add_argument("--yes", action="store_true",
                         help="with --repair: do not ask for confirmation")
+    parser.add_argument("--verify-backup", metavar="DIR",
+                        help="check the backup in DIR (made by the backup request) without "
+                        "a daemon: its files, its log's checksums, its store; then exit "
+                        "(0 intact, 3 damaged)")
     parser.add_argument("--version", action="version", version=f"engramd {__version__}")
     return parser
 
@@ -204,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.repair:
         return repair(config, assume_yes=args.yes)
+    if args.verify_backup:
+        return verify_command(os.path.abspath(args.verify_backup))
     if args.reindex:
         config = dataclasses.replace(config, reindex=True)
     try:
