@@ -20,7 +20,9 @@ from engramd.config import DaemonConfig
 from engramd.errors import EXIT_FAILURE, StartupError
 from engramd.runtime import LockFile
 from engramd.storage import Store
-from engramd.wal.salvage import Drop, Plan, apply_salvage, plan_salvage
+from engramd.wal.log import WriteAheadLog
+from engramd.wal.record import encode_record
+from engramd.wal.salvage import Drop, Plan, apply_salvage, plan_salvage, remake_contexts
 
 EXIT_OK = 0
 SHOWN_IDS = 20
@@ -77,6 +79,17 @@ def _salvage(config: DaemonConfig, store: Store, *, assume_yes: bool) -> int:
     for drop in plan.drops:
         if drop.aside:
             print(f"set aside: {drop.aside}")
+    orphans = plan.orphans(lambda context_id: store.context(context_id) is not None)
+    if orphans:
+        wal = WriteAheadLog(directory, segment_bytes=config.segment_bytes, sync=True)
+        try:
+            wal.recover(store.applied_seq, lambda entries: None)
+            entry = remake_contexts(orphans, wal.last_seq + 1)
+            wal.append(entry.first_seq, entry.last_seq, encode_record(entry))
+        finally:
+            wal.close()
+        print(f"made again (seqs {entry.first_seq}-{entry.last_seq}): "
+              + ", ".join(context.id for context in orphans))
     print("repaired; engramd starts from the records kept")
     return EXIT_OK
 
@@ -93,6 +106,11 @@ def describe(plan: Plan, store: Store) -> Iterator[str]:
             shown = ", ".join(ids[:SHOWN_IDS])
             more = f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else ""
             yield f"    units: {shown}{more}"
+    orphans = plan.orphans(lambda context_id: store.context(context_id) is not None)
+    if orphans:
+        yield ("kept units are in contexts whose creation was dropped; the repair makes "
+               "them again at the end of the log: "
+               + ", ".join(context.id for context in orphans))
     size, first, last = plan.kept_after_damage()
     if first is not None:
         yield f"kept after the damage: {size} bytes of records, seqs {first}-{last}"

@@ -29,11 +29,13 @@ the second copy as repeats.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engramd.protocol.model import UnitCreated
+from engramd.protocol.model import Context, ContextCreated, ContextUpdated, UnitCreated
 from engramd.wal.cuts import set_aside
 from engramd.wal.log import fsync_dir, list_segments, segment_name
 from engramd.wal.record import (
@@ -99,6 +101,17 @@ class Plan:
     """Each segment file's size as read."""
     resume_seq: int | None = None
     """When damage ends the log: the seq it goes on from, in a new segment."""
+    unit_contexts: dict[str, Context] = field(default_factory=dict)
+    """Contexts of kept units, as a context made for them would be (first unit's time,
+    the agents that wrote there)."""
+    contexts_made: set[str] = field(default_factory=set)
+    """Contexts whose creation (or a later change) the kept records hold."""
+
+    def orphans(self, stored: Callable[[str], bool]) -> list[Context]:
+        """Contexts that kept units are in but that neither the kept records nor the
+        store (*stored*) hold: their creation was in the dropped bytes."""
+        return [context for context_id, context in self.unit_contexts.items()
+                if context_id not in self.contexts_made and not stored(context_id)]
 
     @property
     def damaged(self) -> bool:
@@ -224,6 +237,7 @@ class _Planner:
             after_gap = after_gap or (self.expected is not None
                                       and entry.first_seq > self.expected)
             self._resolve(entry.first_seq)
+        self._note_contexts(entry)
         run = self.run
         if run is None or run.end != record.offset:
             run = Run(path, record.offset, record.end, entry.first_seq, entry.last_seq,
@@ -233,6 +247,22 @@ class _Planner:
         else:
             run.end, run.last_seq = record.end, entry.last_seq
         self.expected = entry.last_seq + 1
+
+    def _note_contexts(self, entry: Entry) -> None:
+        plan = self.plan
+        for event in entry.events:
+            if isinstance(event, ContextCreated | ContextUpdated):
+                plan.contexts_made.add(event.context_id)
+            elif isinstance(event, UnitCreated):
+                unit = event.unit
+                known = plan.unit_contexts.get(unit.context_id)
+                if known is None:
+                    plan.unit_contexts[unit.context_id] = Context(
+                        id=unit.context_id, display_name=unit.context_id,
+                        agent_ids=[unit.agent_id], pinned_units=[], meta={},
+                        created_at=unit.ts, updated_at=unit.ts)
+                elif unit.agent_id not in known.agent_ids:
+                    known.agent_ids.append(unit.agent_id)
 
     def _drop(self, path: str, start: int, end: int, data: bytes, reason: str, *,
               repeats: bool = False) -> None:
@@ -336,3 +366,12 @@ def apply_salvage(plan: Plan) -> None:
         if path not in kept_in_place and path not in written:
             os.unlink(path)
     fsync_dir(directory)
+
+
+def remake_contexts(orphans: list[Context], first_seq: int) -> Entry:
+    """An entry that creates *orphans* again, to be appended to the repaired log: without
+    it their kept units would be in the store but in no context a listing finds."""
+    now = dt.datetime.now(dt.UTC)
+    return Entry(first_seq=first_seq, events=[
+        ContextCreated(seq=first_seq + index, ts=now, context_id=context.id, context=context)
+        for index, context in enumerate(orphans)])
