@@ -218,11 +218,12 @@ class _Planner:
             self.run = None
             self._keep(path, record, entry, False, after_gap)
             offset, drop_at, damage, after_gap = record.end, None, None, False
-        if self.run is None and in_place and own_header:
-            # An empty segment stays: appends continue there.
+        if own_header and offset == HEADER.size:
+            # An empty segment stays (appends continue there), marked when a gap precedes
+            # it so that the seqs of the gap are never given again.
             first = self.expected if self.expected is not None else 1
             self.plan.runs.append(Run(path, HEADER.size, HEADER.size, first, first - 1,
-                                      False, True))
+                                      after_gap, in_place))
 
     def _resolve(self, resumed_at: int) -> None:
         """The log resumes at seq *resumed_at*: the unresolved drops lost the seqs before."""
@@ -334,8 +335,6 @@ def apply_salvage(plan: Plan) -> None:
     for run in plan.runs:
         if run.in_place:
             kept_in_place[run.source] = run.end
-            continue
-        if not run.records:
             continue
         path = os.path.join(directory, segment_name(run.first_seq))
         header = SegmentHeader.new(run.first_seq, AFTER_GAP if run.after_gap else 0)

@@ -302,3 +302,18 @@ def test_entries_after_a_repair_gap_replay(tmp_path: Path) -> None:
     segment(tmp_path, 10).write_bytes(HEADER.pack(b"ENGRAMWL", 1, 1, 10, b"\x00" * 8)
                                       + b"".join(encode_record(e) for e in later))
     assert replayed_seqs(tmp_path) == [1, 2, 3, 10, 11]
+
+
+def test_seqs_missing_before_an_empty_last_segment_are_never_given_again(
+        tmp_path: Path) -> None:
+    write(tmp_path, 60, segment_bytes=1024)
+    paths = sorted(tmp_path.glob("*.wal"))
+    last_first = decode_header(paths[-1].read_bytes()).first_seq
+    (tmp_path / segment_name(61)).write_bytes(HEADER.pack(b"ENGRAMWL", 1, 0, 61, b"\0" * 8))
+    paths[-1].unlink()  # the records before the empty segment: gone
+    (drop,) = repair(tmp_path)
+    assert (drop.first_seq, drop.last_seq) == (last_first, 60)  # type: ignore[attr-defined]
+    assert decode_header(segment(tmp_path, 61).read_bytes()).after_gap
+    wal, _, recovery = open_log(tmp_path, segment_bytes=1024)
+    wal.close()
+    assert recovery.last_seq == 60
