@@ -91,6 +91,8 @@ def _array_length(raw: msgspec.Raw) -> int:
 
 
 _entry_encoder = msgspec.msgpack.Encoder()
+_ENTRY_ARRAY = 0x93
+"""The first byte of every entry's body: a MessagePack array of three (array_like)."""
 _entry_decoder = msgspec.msgpack.Decoder(Entry)
 _span_decoder = msgspec.msgpack.Decoder(EntrySpan)
 
@@ -200,10 +202,11 @@ def record_at(data: bytes, offset: int) -> Record | str:
     end = offset + RECORD_HEAD.size + length
     if end > len(data):
         return f"record of {length} bytes runs past the end of the file"
-    body = data[offset + RECORD_HEAD.size : end]
-    if zlib.crc32(body, zlib.crc32(data[offset : offset + 4])) != crc:
+    view = memoryview(data)  # a scan tries many offsets: copy only a record that checks out
+    if zlib.crc32(view[offset + RECORD_HEAD.size : end],
+                  zlib.crc32(view[offset : offset + 4])) != crc:
         return "checksum mismatch"
-    return Record(offset, end, body)
+    return Record(offset, end, data[offset + RECORD_HEAD.size : end])
 
 
 def scan_records(data: bytes, start: int) -> tuple[list[Record], Damage | None]:
@@ -246,6 +249,12 @@ def find_record(data: bytes, start: int, expected: int | None,
     own when it claims more seqs than the gap could have held.
     """
     for position in range(start, len(data) - RECORD_HEAD.size + 1):
+        # Cheap checks first, so that damaged bytes cost no checksum of their own: a body
+        # holds at least one event, and an entry is a MessagePack array of three.
+        length = int.from_bytes(data[position:position + 4], "big")
+        if length < MIN_EVENT_BYTES or position + RECORD_HEAD.size + length > len(data) \
+                or data[position + RECORD_HEAD.size] != _ENTRY_ARRAY:
+            continue
         found = record_at(data, position)
         if isinstance(found, str):
             continue
