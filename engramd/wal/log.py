@@ -12,6 +12,10 @@ Durability rules kept here:
   from the directory.
 * A failed write is cut back off the file; a failed fsync is never retried
   (the kernel may have dropped the dirty pages: see SPECS.md).
+* A torn tail is never cut unseen: its bytes are set aside and the cut noted
+  (:mod:`engramd.wal.cuts`) before the truncation, and when the cut record may
+  have been acknowledged the log goes on past its seqs, so that none of them is
+  given to another change.
 """
 
 from __future__ import annotations
