@@ -336,7 +336,10 @@ def _check_files(path: str, files: list[ManifestFile]) -> Iterator[str]:
 def _check_log(directory: str, info: BackupInfo) -> list[str]:
     if not os.path.isdir(directory):
         return [f"{directory} is missing"]
-    plan = plan_salvage(directory, info.store_seq)
+    try:
+        plan = plan_salvage(directory, info.store_seq)
+    except OSError as exc:
+        return [f"log: {exc.strerror or exc} ({exc.filename or directory})"]
     problems = [f"log damaged: {os.path.basename(drop.segment)} at offset {drop.offset} "
                 f"({drop.reason})" for drop in plan.drops]
     last = plan.last_seq if plan.last_seq is not None else info.store_seq
