@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from engramd.backup import make_backup, verify_backup
 from engramd.caller import Caller
 from engramd.engine import Engine
 from engramd.events import EventHub, Subscriber
@@ -28,6 +29,7 @@ from engramd.protocol import (
     PROTOCOL_VERSION,
     AckCursor,
     AckMessage,
+    AcknowledgeCuts,
     AcquireLock,
     AddTask,
     AgentPage,
@@ -36,12 +38,14 @@ from engramd.protocol import (
     BreakLock,
     ClaimTask,
     ClusterReport,
+    Conflict,
     ContextFound,
     ContextPage,
     CountUnread,
     CreateContext,
     CreateToken,
     CreateUnits,
+    CutsAcknowledged,
     DaemonStats,
     DaemonStatus,
     Done,
@@ -70,6 +74,7 @@ from engramd.protocol import (
     LockFound,
     LockPage,
     LocksGranted,
+    MakeBackup,
     NotFound,
     Ping,
     Pong,
@@ -104,6 +109,7 @@ from engramd.protocol import (
     UnreadCount,
     Unsubscribe,
     UpdateContext,
+    VerifyBackup,
 )
 from engramd.queries import raw_units
 from engramd.tokens import Authenticator
@@ -112,7 +118,8 @@ log = logging.getLogger("engramd.dispatch")
 T = TypeVar("T")
 
 # Requests that do not need the journal open: answered while it is replayed.
-_ALWAYS = (Ping, GetStatus, GetStats, Shutdown, CreateToken, ListTokens, RevokeTokens)
+_ALWAYS = (Ping, GetStatus, GetStats, Shutdown, CreateToken, ListTokens, RevokeTokens,
+           VerifyBackup)
 
 
 class Connection(Protocol):
@@ -153,6 +160,8 @@ class Dispatcher:
         self.authenticator = authenticator
         self.max_subscriptions = max_subscriptions
         self._token_writes = trio.CapacityLimiter(1)
+        self._ledger_writes = trio.CapacityLimiter(1)
+        self._backup = trio.Lock()
 
     async def answer(self, request: Request, caller: Caller,
                      connection: Connection) -> ServerMessage | None:
@@ -306,6 +315,18 @@ class Dispatcher:
                 await parts.cluster.refresh_facts()
                 return ClusterReport(id=request.id, status=parts.cluster.status(),
                                      machines=await parts.cluster.machines())
+            case AcknowledgeCuts():
+                ledger = self.engine.cuts
+                cleared = [] if ledger is None else await trio.to_thread.run_sync(
+                    ledger.acknowledge, request.ids, limiter=self._ledger_writes)
+                return CutsAcknowledged(id=request.id, cuts=[self.engine.wal_cut(cut)
+                                                             for cut in cleared])
+            case MakeBackup():
+                if self._backup.locked():
+                    raise Conflict("a backup is being made; wait for it to finish")
+                async with self._backup:
+                    return await make_backup(parts, self.engine.config.data_dir,
+                                             self.engine.version, request.path, request.id)
         raise AssertionError(f"no arm for {type(request).__name__}")
 
     async def _without_journal(self, request: Request) -> ServerMessage:
@@ -332,6 +353,10 @@ class Dispatcher:
                     lambda: registry.revoke(agent=request.agent, token_id=request.token_id))
                 await self.server.close_connections_of({token.id for token in revoked})
                 return TokensRevoked(id=request.id, tokens=[token.info for token in revoked])
+            case VerifyBackup():
+                if not os.path.isabs(request.path):
+                    raise BadRequest(f"the backup path must be absolute, not {request.path!r}")
+                return await trio.to_thread.run_sync(verify_backup, request.path, request.id)
         raise AssertionError(f"no arm for {type(request).__name__}")
 
     async def _on_token_file(self, change: Callable[..., T], *args: Any) -> T:
@@ -361,6 +386,7 @@ class Dispatcher:
             journal=engine.journal_status(),
             stream=engine.stream_status(),
             cluster=engine.cluster_status(),
+            wal_cuts=engine.wal_cuts(),
         )
 
     def _stats(self, request_id: int) -> DaemonStats:

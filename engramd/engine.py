@@ -32,7 +32,7 @@ from engramd.briefing import Briefing
 from engramd.caller import Caller
 from engramd.commit import GroupCommitter
 from engramd.config import DaemonConfig
-from engramd.errors import StartupError
+from engramd.errors import JournalDamaged, StartupError
 from engramd.events import EventHub
 from engramd.indexer import Indexer, open_index, vector_opener
 from engramd.leases import LeaseManager
@@ -46,11 +46,13 @@ from engramd.protocol import (
     SpooledUnit,
     StreamStatus,
     Unavailable,
+    WalCut,
 )
 from engramd.queries import Queries
 from engramd.recent import RecentUnits
 from engramd.storage import SchemaMismatch, Store
 from engramd.taskboard import TaskBoard
+from engramd.wal.cuts import Cut, CutLedger
 from engramd.wal.log import Corruption, WriteAheadLog
 from engramd.wal.record import Entry
 from engramd.writes import InFlight, StoredContexts, Writer, published
@@ -102,6 +104,8 @@ class Engine:
             max_relationships=config.max_relationships,
         )
         self._parts: Parts | None = None
+        self.cuts: CutLedger | None = None
+        """Torn tails cut at start-up and not yet acknowledged (None in cluster mode)."""
 
     @property
     def uptime(self) -> float:
@@ -149,12 +153,14 @@ class Engine:
                                 segment_bytes=self.config.segment_bytes,
                                 sync=self.config.durability == "fsync")
             try:
-                recovery = wal.recover(store.applied_seq, store.apply)
+                self.cuts = CutLedger(wal.directory)
+                recovery = wal.recover(store.applied_seq, store.apply, cuts=self.cuts)
             except Corruption as exc:
                 store.close()
-                raise StartupError(
-                    f"{exc}. Nothing was changed; 'engramd --repair' cuts the log there, "
-                    "losing what follows") from None
+                raise JournalDamaged(
+                    f"{exc}; engramd changed nothing and stops: run 'engramd --repair' to "
+                    "keep every intact record and set the damaged bytes aside"
+                ) from None
             log.info("journal open: seq %d, %d entries replayed, %d torn bytes cut, %.3fs",
                      recovery.last_seq, recovery.entries_replayed, recovery.truncated_bytes,
                      time.monotonic() - started)
@@ -329,6 +335,17 @@ class Engine:
             commit_entries=committer.stats.entries,
             fsync_seconds=round(committer.stats.fsync_seconds, 6),
             vector_seq=parts.indexer.vector_seq)
+
+    def wal_cuts(self) -> list[WalCut]:
+        """Log tails cut at a start and not yet acknowledged."""
+        return [] if self.cuts is None else [self.wal_cut(cut) for cut in self.cuts.cuts]
+
+    @staticmethod
+    def wal_cut(cut: Cut) -> WalCut:
+        return WalCut(id=cut.id, at=cut.at, segment=cut.segment, offset=cut.offset,
+                      bytes=cut.bytes, reason=cut.reason, seq=cut.seq, last_seq=cut.last_seq,
+                      unit_ids=cut.unit_ids, acknowledged=cut.acknowledged, saved=cut.saved,
+                      summary=cut.summary)
 
     def stream_status(self) -> StreamStatus | None:
         parts = self._parts

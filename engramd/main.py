@@ -1,7 +1,8 @@
 """``engramd``: arguments, logging, signals, and the daemon's lifetime.
 
 Exit status: 0 after a clean stop, 1 when the daemon cannot start or fails,
-2 for bad arguments or configuration.
+2 for bad arguments or configuration, 3 when the journal is damaged (the one
+line on standard error names the file, the offset and ``engramd --repair``).
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ import trio
 from trio import TaskStatus
 
 from engramd import __version__
+from engramd.backup import verify_command
 from engramd.config import SETTINGS, ConfigError, DaemonConfig, load_config
 from engramd.engine import Engine, open_engine
 from engramd.errors import StartupError
 from engramd.protocol import admin_token_path
 from engramd.protocol.logline import format_line
-from engramd.runtime import LockFile, claim_runtime, ensure_private_dir
+from engramd.repair import repair
+from engramd.runtime import claim_runtime, ensure_private_dir
 from engramd.server import Server
-from engramd.storage import Store
 from engramd.tokens import Authenticator, TokenRegistry
-from engramd.wal.log import Corruption, WriteAheadLog, cut_log
 
 log = logging.getLogger("engramd")
 
@@ -67,10 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reindex", action="store_true",
                         help="rebuild the search index from the store while starting")
     parser.add_argument("--repair", action="store_true",
-                        help="check the journal; if a damaged record stops recovery, say what "
-                        "cutting the log there would lose and, once confirmed, cut it; then exit")
+                        help="check the journal; if it is damaged, say what a repair keeps and "
+                        "drops and, once confirmed, keep every intact record and set the "
+                        "damaged bytes aside; then exit")
     parser.add_argument("--yes", action="store_true",
                         help="with --repair: do not ask for confirmation")
+    parser.add_argument("--verify-backup", metavar="DIR",
+                        help="check the backup in DIR (made by the backup request) without "
+                        "a daemon: its files, its log's checksums, its store; then exit "
+                        "(0 intact, 3 damaged)")
     parser.add_argument("--version", action="version", version=f"engramd {__version__}")
     return parser
 
@@ -203,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.repair:
         return repair(config, assume_yes=args.yes)
+    if args.verify_backup:
+        return verify_command(os.path.abspath(args.verify_backup))
     if args.reindex:
         config = dataclasses.replace(config, reindex=True)
     try:
@@ -221,50 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", startup)
         if config.log_file:
             print(f"engramd: error: {startup}", file=sys.stderr)
-        return EXIT_FAILURE
+        return startup.exit_status
     return EXIT_OK
-
-
-def repair(config: DaemonConfig, *, assume_yes: bool) -> int:
-    """``engramd --repair``: find mid-log damage and, once confirmed, cut the log there."""
-    data_lock = LockFile(os.path.join(config.data_dir, "engramd.lock"),
-                         what=f"data dir {config.data_dir}")
-    try:
-        data_lock.acquire()
-    except (StartupError, OSError) as exc:
-        print(f"engramd: error: {exc}; stop the daemon first", file=sys.stderr)
-        return EXIT_FAILURE
-    try:
-        store = Store(os.path.join(config.data_dir, "store"))
-        try:
-            wal = WriteAheadLog(os.path.join(config.data_dir, "wal"),
-                                segment_bytes=config.segment_bytes, sync=True)
-            try:
-                wal.recover(store.applied_seq, lambda entries: None)
-            except Corruption as exc:
-                print(f"{exc}.")
-                print(f"Cutting the log there loses {exc.bytes_after} bytes of records "
-                      "after it (units, context changes) that were written after the damage.")
-                if not assume_yes:
-                    if not sys.stdin.isatty():
-                        print("engramd: error: not cut; run with --yes to confirm",
-                              file=sys.stderr)
-                        return EXIT_FAILURE
-                    if input("Cut the log there? [y/N] ").strip().lower() not in ("y", "yes"):
-                        print("not cut")
-                        return EXIT_FAILURE
-                removed = cut_log(wal.directory, exc.path, exc.offset)
-                print(f"cut {removed} bytes; engramd will start from the records before "
-                      f"offset {exc.offset} of {exc.path}")
-                return EXIT_OK
-            finally:
-                wal.close()
-            print(f"the journal is intact (seq {wal.last_seq})")
-            return EXIT_OK
-        finally:
-            store.close()
-    finally:
-        data_lock.release()
 
 
 def _find_startup_error(exc: BaseException) -> StartupError | None:

@@ -33,6 +33,7 @@ from engramd import validate
 from engramd.caller import Identity
 from engramd.errors import StartupError
 from engramd.protocol import (
+    AcknowledgeCuts,
     BadRequest,
     BreakLock,
     ClientMessage,
@@ -41,11 +42,13 @@ from engramd.protocol import (
     Hello,
     ImportUnits,
     ListTokens,
+    MakeBackup,
     NotFound,
     Reindex,
     RevokeTokens,
     Shutdown,
     TokenInfo,
+    VerifyBackup,
 )
 
 log = logging.getLogger("engramd.tokens")
@@ -161,7 +164,8 @@ class Authenticator:
     def check_allowed(self, identity: Identity, request: ClientMessage[Any]) -> None:
         """Raise :class:`Forbidden` unless *identity* may send *request*.
 
-        Token management always needs the admin token; with ``require_tokens``
+        Token management, backups and acknowledging log cuts always need the admin
+        token; with ``require_tokens``
         so do the requests that reach beyond the caller's own work: stopping
         the daemon, breaking someone's lease, rebuilding the index.
         """
@@ -170,6 +174,11 @@ class Authenticator:
         if isinstance(request, CreateToken | ListTokens | RevokeTokens):
             raise Forbidden("managing tokens needs the admin token (the 'engram agent "
                             "token' commands read it from beside the socket)")
+        if isinstance(request, MakeBackup | VerifyBackup | AcknowledgeCuts):
+            # The journal as a whole is its owner's, not an agent's: a backup copies
+            # every agent's units to a path of the caller's choosing.
+            raise Forbidden(f"{request.__struct_config__.tag} needs the admin token (the "
+                            "'engram daemon' commands read it from beside the socket)")
         if self.require_tokens and isinstance(request, Shutdown | BreakLock | Reindex):
             raise Forbidden(f"{request.__struct_config__.tag} needs the admin token when "
                             "auth.require_tokens is on")

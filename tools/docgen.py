@@ -216,6 +216,9 @@ def engramd_man_page() -> str:
         ".TP", ".B 1", _roff("Could not start (data dir or socket in use, unsafe directory) "
                              "or failed."),
         ".TP", ".B 2", "Bad arguments or configuration.",
+        ".TP", ".B 3", _roff("The journal is damaged: the one line on standard error names "
+                             "the file, the offset and the fix (engramd --repair). With "
+                             "--verify-backup: the backup is damaged."),
         ".SH FILES",
         ".TP", ".I $XDG_RUNTIME_DIR/engram/engramd.sock",
         _roff("The socket (else /tmp/engram-$UID/engramd.sock), with engramd.sock.lock."),

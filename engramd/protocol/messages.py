@@ -208,6 +208,8 @@ class DaemonStatus(Reply, tag="status"):
     """Live stream and lease counters (nil while recovering)."""
     cluster: ClusterStatus | None = None
     """Cluster mode only."""
+    wal_cuts: list[WalCut] = []
+    """Log tails cut at a start and not yet acknowledged (``wal.acknowledge``)."""
 
 
 class ShuttingDown(Reply, tag="shutdown"):
@@ -956,6 +958,105 @@ class GetBrief(ClientMessage[Brief], tag="brief"):
     advance: bool = True
 
 
+# -- the journal's care: cuts at start-up, backups -------------------------------------
+# (Replies and their parts first, then the requests that name them.)
+
+
+class WalCut(msgspec.Struct, frozen=True, kw_only=True):
+    """Bytes cut off the end of the log at a start (a torn tail), reported until a
+    ``wal.acknowledge`` clears it: a crash leaves such a tail, and so does damage to an
+    acknowledged record on disk, which the daemon cannot always tell apart."""
+
+    id: str
+    at: dt.datetime
+    """When the daemon cut it."""
+    segment: str
+    """The segment file it was cut from."""
+    offset: int
+    bytes: int
+    reason: str
+    """What was wrong there (``checksum mismatch``, a record running past the end...)."""
+    seq: int | None
+    """The seq the first cut record would have had (None: the segment held no record)."""
+    last_seq: int | None
+    """The last seq of the cut bytes, when they still decode."""
+    unit_ids: list[str]
+    """The units in the cut bytes, when they still decode."""
+    acknowledged: str
+    """Whether the cut record may have been acknowledged to its writer: ``unlikely`` (the
+    write was cut short: no fsync had covered it), ``possibly`` (a whole record whose
+    checksum fails: a torn write, or an acknowledged record damaged on disk), ``yes``
+    (the store had applied it; its changes are kept there)."""
+    saved: str
+    """The file the cut bytes were put in."""
+    summary: str
+    """The whole of it in one line for people."""
+
+
+class CutsAcknowledged(Reply, tag="wal.acknowledged"):
+    cuts: list[WalCut]
+    """The notes cleared."""
+
+
+class BackupInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a backup holds; its manifest (``backup.json``) says the same."""
+
+    path: str
+    made_at: dt.datetime
+    daemon_version: str
+    seq: int
+    """The journal's last seq in the copy: every change up to it, none after."""
+    store_seq: int
+    """The store's applied seq in the copy; a daemon started on it replays the log's
+    entries after it."""
+    units: int
+    contexts: int
+    leases: int
+    """Leases held at ``seq``."""
+    tasks: int
+    files: int
+    bytes: int
+
+
+class BackupMade(Reply, tag="backup.made"):
+    backup: BackupInfo
+    paused_seconds: float
+    """How long writes waited for the backup (the store's checkpoint and the log's links)."""
+    seconds: float
+    """The whole backup, copying included."""
+
+
+class BackupChecked(Reply, tag="backup.checked"):
+    ok: bool
+    backup: BackupInfo | None
+    """What the backup's manifest says (None when it cannot be read)."""
+    problems: list[str]
+    """One line each: a file missing or changed, a damaged log record, a count that
+    differs from the manifest. Empty when ``ok``."""
+
+
+class AcknowledgeCuts(ClientMessage[CutsAcknowledged], tag="wal.acknowledge"):
+    """Clear the notes of log tails cut at start-up (needs the admin token)."""
+
+    ids: Names = []
+    """The notes to clear (``WalCut.id``); empty: every one."""
+
+
+class MakeBackup(ClientMessage[BackupMade], tag="backup"):
+    """Copy the journal, consistent at one seq, to a new directory while the daemon runs
+    (needs the admin token). The copy is a data dir: ``engramd --data-dir PATH``."""
+
+    path: str
+    """An absolute path that does not exist yet, in a directory that does."""
+
+
+class VerifyBackup(ClientMessage[BackupChecked], tag="backup.verify"):
+    """Check a backup: its files against its manifest, its log's checksums and seqs, its
+    store's counts (needs the admin token)."""
+
+    path: str
+
+
 Request = (
     Ping | GetStatus | Shutdown | CreateUnits | ImportUnits | GetUnits | ListUnits
     | RelatedUnits | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe
@@ -964,6 +1065,7 @@ Request = (
     | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
     | GetCluster
+    | AcknowledgeCuts | MakeBackup | VerifyBackup
 )
 """Requests allowed after the handshake."""
 
@@ -975,6 +1077,7 @@ AnyClientMessage = (
     | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
     | GetCluster
+    | AcknowledgeCuts | MakeBackup | VerifyBackup
 )
 
 
@@ -984,6 +1087,7 @@ AnyServerMessage = (
     | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LeaseLost
     | SearchResults | TokenCreated | TokenPage | TokensRevoked | DaemonStats | UnitIdsResolved
     | InboxPage | UnreadCount | TaskFound | TaskPage | AgentPage | Brief | ClusterReport
+    | CutsAcknowledged | BackupMade | BackupChecked
 )
 
 
@@ -998,16 +1102,17 @@ _REPLY_TYPES: dict[type[ClientMessage[Any]], type[ServerMessage]] = {
 
 
 __all__ = [
-    "AckCursor", "AckMessage", "AcquireLock", "AddTask", "AgentInfo", "AgentPage",
-    "AnnounceSession", "AnyClientMessage", "AnyServerMessage", "BreakLock", "Brief",
-    "ClaimTask", "ClientMessage", "ClusterMachine", "ClusterPeer", "ClusterReport",
-    "ClusterStatus", "ContextFound", "ContextPage", "CountUnread", "CreateContext",
-    "CreateToken", "CreateUnits", "DaemonStats", "DaemonStatus", "Done", "ErrorReply",
-    "EventPush", "Fence", "FinishTask", "GetBrief", "GetCluster", "GetContext", "GetLock",
-    "GetStats", "GetStatus", "GetTask", "GetUnits", "Heartbeat", "Hello", "HistogramData",
-    "ImportUnits", "InboxPage", "JournalStatus", "Lagged", "LeaseLost", "LeaseRenewed",
-    "Limits", "ListAgents", "ListContexts", "ListLocks", "ListTasks", "ListTokens",
-    "ListUnits", "LockFound", "LockPage", "LocksGranted", "LockState", "Notice", "Ping",
+    "AckCursor", "AckMessage", "AcknowledgeCuts", "AcquireLock", "AddTask", "AgentInfo",
+    "AgentPage", "AnnounceSession", "AnyClientMessage", "AnyServerMessage", "BackupChecked",
+    "BackupInfo", "BackupMade", "BreakLock", "Brief", "ClaimTask", "ClientMessage",
+    "ClusterMachine", "ClusterPeer", "ClusterReport", "ClusterStatus", "ContextFound",
+    "ContextPage", "CountUnread", "CreateContext", "CreateToken", "CreateUnits",
+    "CutsAcknowledged", "DaemonStats", "DaemonStatus", "Done", "ErrorReply", "EventPush",
+    "Fence", "FinishTask", "GetBrief", "GetCluster", "GetContext", "GetLock", "GetStats",
+    "GetStatus", "GetTask", "GetUnits", "Heartbeat", "Hello", "HistogramData", "ImportUnits",
+    "InboxPage", "JournalStatus", "Lagged", "LeaseLost", "LeaseRenewed", "Limits",
+    "ListAgents", "ListContexts", "ListLocks", "ListTasks", "ListTokens", "ListUnits",
+    "LockFound", "LockPage", "LocksGranted", "LockState", "MakeBackup", "Notice", "Ping",
     "Pong", "PROTOCOL_VERSION", "Push", "ReadInbox", "Reindex", "RelatedEdge", "RelatedFound",
     "RelatedUnits", "ReleaseLock", "ReleaseTask", "RenewLock", "Reply", "reply_type", "ReplyT",
     "Request", "ResolveUnitIds", "RevokeTokens", "Search", "SearchHit", "SearchResults",
@@ -1015,5 +1120,5 @@ __all__ = [
     "StreamStatus", "Subscribe", "Subscribed", "TaskFound", "TaskPage", "TokenCreated",
     "TokenInfo", "TokenPage", "TokensRevoked", "UnitDraft", "UnitIdsResolved", "UnitOrigin",
     "UnitPage", "UnitsCreated", "UnitsFound", "UnreadCount", "Unsubscribe", "UpdateContext",
-    "Waiter", "Welcome",
+    "VerifyBackup", "Waiter", "WalCut", "Welcome",
 ]

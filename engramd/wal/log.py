@@ -12,11 +12,16 @@ Durability rules kept here:
   from the directory.
 * A failed write is cut back off the file; a failed fsync is never retried
   (the kernel may have dropped the dirty pages: see SPECS.md).
+* A torn tail is never cut unseen: its bytes are set aside and the cut noted
+  (:mod:`engramd.wal.cuts`) before the truncation, and when the cut record may
+  have been acknowledged the log goes on past its seqs, so that none of them is
+  given to another change.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import logging
 import os
@@ -25,8 +30,12 @@ from dataclasses import dataclass
 
 import msgspec
 
+from engramd.protocol.model import UnitCreated
+from engramd.wal.cuts import POSSIBLY, Cut, CutLedger, judge, new_cut_id, set_aside
 from engramd.wal.record import (
+    AFTER_GAP,
     HEADER,
+    MIN_EVENT_BYTES,
     BadHeader,
     Damage,
     Entry,
@@ -34,6 +43,7 @@ from engramd.wal.record import (
     decode_entry,
     decode_header,
     decode_span,
+    peek_entry,
     scan_records,
 )
 
@@ -106,6 +116,8 @@ class Recovery:
     entries_replayed: int
     truncated_bytes: int
     """Bytes of torn tail cut off the last segment."""
+    cut: Cut | None = None
+    """The note of that cut (also in the ledger given to :meth:`WriteAheadLog.recover`)."""
 
 
 class WriteAheadLog:
@@ -120,13 +132,15 @@ class WriteAheadLog:
     # -- recovery -----------------------------------------------------------
 
     def recover(
-        self, checkpoint_seq: int, apply: Callable[[list[Entry]], None], batch: int = 512
+        self, checkpoint_seq: int, apply: Callable[[list[Entry]], None], batch: int = 512,
+        cuts: CutLedger | None = None,
     ) -> Recovery:
         """Read the whole log, check it, cut a torn tail, and replay what follows the checkpoint.
 
         Args:
             checkpoint_seq: everything up to here is already in the store.
             apply: called with consecutive entries after the checkpoint, in order.
+            cuts: where a torn tail's cut is noted (its bytes are set aside in any case).
 
         Raises:
             Corruption: damage before the tail, a bad header, or a gap or
@@ -138,6 +152,8 @@ class WriteAheadLog:
         replayed = 0
         truncated = 0
         pending: list[Entry] = []
+        cut: Cut | None = None
+        resume: int | None = None
         for index, path in enumerate(paths):
             is_last = index == len(paths) - 1
             with open(path, "rb") as file:
@@ -152,6 +168,10 @@ class WriteAheadLog:
                     fsync_dir(self.directory)
                     break
                 raise Corruption(path, 0, str(exc), self._bytes_from(paths, index, 0)) from None
+            if header.after_gap and (expected is None or header.first_seq > expected):
+                # engramd --repair took damaged records out before this segment.
+                log.warning("%s follows seqs that a repair dropped from the log", path)
+                expected = header.first_seq
             if expected is None:
                 if header.first_seq > checkpoint_seq + 1:
                     raise Corruption(path, 0, f"log starts at seq {header.first_seq} but the "
@@ -190,8 +210,11 @@ class WriteAheadLog:
                     raise Corruption(path, damage.offset, damage.reason,
                                      self._bytes_from(paths, index, damage.offset))
                 truncated = len(data) - damage.offset
-                log.warning("cutting a torn tail of %d bytes off %s at offset %d (%s)",
-                            truncated, path, damage.offset, damage.reason)
+                cut = self._set_tail_aside(path, data, damage, expected, checkpoint_seq)
+                if cuts is not None:
+                    cut = cuts.add(cut)
+                log.warning("%s", cut.summary)
+                resume = _resume_after(cut)
                 with open(path, "r+b") as file:
                     file.truncate(damage.offset)
                     os.fsync(file.fileno())
@@ -202,13 +225,36 @@ class WriteAheadLog:
             replayed += len(pending)
         log_end = checkpoint_seq if expected is None else expected - 1
         self.last_seq = max(log_end, checkpoint_seq)
-        if not self.segments or log_end < checkpoint_seq:
+        if resume is not None and resume > self.last_seq + 1:
+            # The cut record may have been acknowledged: its seqs (a unit's, a fencing
+            # token) may be known to clients and are never given to another change.
+            self.last_seq = resume - 1
+            self._new_segment(resume, AFTER_GAP)
+        elif not self.segments or log_end < checkpoint_seq:
             # Empty, or behind the store (durability "none" and a crash): go on
             # from the store's position in a fresh segment.
             self._new_segment(self.last_seq + 1)
         else:
             self._fd = os.open(self.segments[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        return Recovery(self.last_seq, replayed, truncated)
+        return Recovery(self.last_seq, replayed, truncated, cut)
+
+    def _set_tail_aside(self, path: str, data: bytes, damage: Damage, seq: int | None,
+                        store_seq: int) -> Cut:
+        """Keep the bytes of a torn tail before they are cut, and describe them."""
+        tail = data[damage.offset:]
+        saved = set_aside(self.directory, path, damage.offset, tail)
+        last_seq, unit_ids = None, []
+        length = int.from_bytes(tail[:4], "big") if len(tail) >= 8 else 0
+        # A whole record whose checksum fails may still decode: say what it held.
+        entry = peek_entry(tail[8:8 + length]) if 0 < length <= len(tail) - 8 else None
+        if entry is not None and entry.first_seq == seq:
+            last_seq = entry.last_seq
+            unit_ids = [event.unit.id for event in entry.events
+                        if isinstance(event, UnitCreated)]
+        return Cut(id=new_cut_id(), at=dt.datetime.now(dt.UTC), segment=path,
+                   offset=damage.offset, bytes=len(tail), reason=damage.reason, seq=seq,
+                   last_seq=last_seq, unit_ids=unit_ids,
+                   acknowledged=judge(tail, damage.reason, seq, store_seq), saved=saved)
 
     @staticmethod
     def _bytes_from(paths: list[str], index: int, offset: int) -> int:
@@ -217,12 +263,12 @@ class WriteAheadLog:
 
     # -- appending ----------------------------------------------------------
 
-    def _new_segment(self, first_seq: int) -> None:
+    def _new_segment(self, first_seq: int, flags: int = 0) -> None:
         path = os.path.join(self.directory, segment_name(first_seq))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
                      0o600)
         try:
-            _write_all(fd, SegmentHeader.new(first_seq).encode())
+            _write_all(fd, SegmentHeader.new(first_seq, flags).encode())
             os.fsync(fd)
             fsync_dir(self.directory)
         except OSError:
@@ -305,24 +351,19 @@ class WriteAheadLog:
             self._fd = None
 
 
+def _resume_after(cut: Cut) -> int | None:
+    """Where the log goes on after *cut*: past every seq it may have held, when it may
+    have been acknowledged (None: at its own first seq, which nobody was given)."""
+    if cut.acknowledged != POSSIBLY or cut.seq is None:
+        return None
+    if cut.last_seq is not None:
+        return cut.last_seq + 1
+    return cut.seq + max(1, cut.bytes // MIN_EVENT_BYTES)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """Write all of *data*, going on after short writes (a nearly full disk writes short)."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def cut_log(directory: str, path: str, offset: int) -> int:
-    """``engramd --repair``: cut the log at *offset* of *path*; returns bytes removed."""
-    removed = 0
-    for other in list_segments(directory):
-        if other > path:
-            removed += os.path.getsize(other)
-            os.unlink(other)
-    removed += os.path.getsize(path) - offset
-    with open(path, "r+b") as file:
-        file.truncate(offset)
-        os.fsync(file.fileno())
-    fsync_dir(directory)
-    return removed

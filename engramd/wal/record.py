@@ -2,10 +2,14 @@
 
 A segment file starts with a 32-byte header::
 
-    +----------+---------+----------+---------------+---------------+
-    | magic 8  | ver u32 | rsvd u32 | first_seq u64 | segment_id 8  |
-    | ENGRAMWL |   1     |    0     | big-endian    | random bytes  |
-    +----------+---------+----------+---------------+---------------+
+    +----------+---------+-----------+---------------+---------------+
+    | magic 8  | ver u32 | flags u32 | first_seq u64 | segment_id 8  |
+    | ENGRAMWL |   1     |  0 or 1   | big-endian    | random bytes  |
+    +----------+---------+-----------+---------------+---------------+
+
+``flags`` is 0, or :data:`AFTER_GAP` on a segment that ``engramd --repair`` wrote
+after taking damaged records out: the seqs between the previous segment's end and
+this header's ``first_seq`` are known to be gone, and recovery accepts the jump.
 
 followed by records::
 
@@ -23,6 +27,9 @@ Rules:
   the whole log: each starts where the previous one ended, and the first entry
   of a segment starts at the header's ``first_seq``.
 * A record is never larger than :data:`MAX_RECORD`; a length above it is damage.
+* A record holds at least one event, and no event encodes to fewer than
+  :data:`MIN_EVENT_BYTES`: a run of damaged bytes cannot have held more events
+  than its length allows (what :func:`find_record` relies on to re-synchronise).
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ VERSION = 1
 HEADER = struct.Struct(">8sIIQ8s")
 RECORD_HEAD = struct.Struct(">II")
 MAX_RECORD = 256 * 1024 * 1024
+AFTER_GAP = 1
+MIN_EVENT_BYTES = 32
 
 
 class Entry(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -82,6 +91,8 @@ def _array_length(raw: msgspec.Raw) -> int:
 
 
 _entry_encoder = msgspec.msgpack.Encoder()
+_ENTRY_ARRAY = 0x93
+"""The first byte of every entry's body: a MessagePack array of three (array_like)."""
 _entry_decoder = msgspec.msgpack.Decoder(Entry)
 _span_decoder = msgspec.msgpack.Decoder(EntrySpan)
 
@@ -90,13 +101,18 @@ _span_decoder = msgspec.msgpack.Decoder(EntrySpan)
 class SegmentHeader:
     first_seq: int
     segment_id: bytes
+    flags: int = 0
 
     def encode(self) -> bytes:
-        return HEADER.pack(MAGIC, VERSION, 0, self.first_seq, self.segment_id)
+        return HEADER.pack(MAGIC, VERSION, self.flags, self.first_seq, self.segment_id)
+
+    @property
+    def after_gap(self) -> bool:
+        return bool(self.flags & AFTER_GAP)
 
     @staticmethod
-    def new(first_seq: int) -> SegmentHeader:
-        return SegmentHeader(first_seq, os.urandom(8))
+    def new(first_seq: int, flags: int = 0) -> SegmentHeader:
+        return SegmentHeader(first_seq, os.urandom(8), flags)
 
 
 class BadHeader(ValueError):
@@ -106,12 +122,14 @@ class BadHeader(ValueError):
 def decode_header(data: bytes) -> SegmentHeader:
     if len(data) < HEADER.size:
         raise BadHeader(f"header is {len(data)} bytes, expected {HEADER.size}")
-    magic, version, _, first_seq, segment_id = HEADER.unpack_from(data)
+    magic, version, flags, first_seq, segment_id = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise BadHeader("not an engram WAL segment (bad magic)")
     if version != VERSION:
         raise BadHeader(f"unsupported WAL version {version}")
-    return SegmentHeader(first_seq, segment_id)
+    if flags & ~AFTER_GAP:
+        raise BadHeader(f"unknown segment flags {flags:#x}")
+    return SegmentHeader(first_seq, segment_id, flags)
 
 
 def encode_record(entry: Entry) -> bytes:
@@ -174,7 +192,7 @@ class Damage:
     """True when no valid record follows: a torn write, not corruption."""
 
 
-def _record_at(data: bytes, offset: int) -> Record | str:
+def record_at(data: bytes, offset: int) -> Record | str:
     """The valid record at *offset*, or a reason it is not one."""
     if len(data) - offset < RECORD_HEAD.size:
         return "truncated record header"
@@ -184,10 +202,11 @@ def _record_at(data: bytes, offset: int) -> Record | str:
     end = offset + RECORD_HEAD.size + length
     if end > len(data):
         return f"record of {length} bytes runs past the end of the file"
-    body = data[offset + RECORD_HEAD.size : end]
-    if zlib.crc32(body, zlib.crc32(data[offset : offset + 4])) != crc:
+    view = memoryview(data)  # a scan tries many offsets: copy only a record that checks out
+    if zlib.crc32(view[offset + RECORD_HEAD.size : end],
+                  zlib.crc32(view[offset : offset + 4])) != crc:
         return "checksum mismatch"
-    return Record(offset, end, body)
+    return Record(offset, end, data[offset + RECORD_HEAD.size : end])
 
 
 def scan_records(data: bytes, start: int) -> tuple[list[Record], Damage | None]:
@@ -200,7 +219,7 @@ def scan_records(data: bytes, start: int) -> tuple[list[Record], Damage | None]:
     records: list[Record] = []
     offset = start
     while offset < len(data):
-        found = _record_at(data, offset)
+        found = record_at(data, offset)
         if isinstance(found, str):
             return records, Damage(offset, found, is_tail=not _any_record_after(data, offset))
         records.append(found)
@@ -209,10 +228,50 @@ def scan_records(data: bytes, start: int) -> tuple[list[Record], Damage | None]:
 
 
 def _any_record_after(data: bytes, offset: int) -> bool:
-    return any(isinstance(_record_at(data, position), Record)
+    return any(isinstance(record_at(data, position), Record)
                for position in range(offset + 1, len(data) - RECORD_HEAD.size + 1))
 
 
 def iter_entries(records: list[Record]) -> Iterator[tuple[Record, Entry]]:
     for record in records:
         yield record, decode_entry(record.body)
+
+
+def find_record(data: bytes, start: int, expected: int | None,
+                damaged_before: int = 0) -> tuple[Record, Entry] | None:
+    """The first record at or after *start* that can resume the log after damage.
+
+    It must check out (length and CRC), decode, and continue the log: its first
+    seq is *expected* or later (None: anything), but no further past it than the
+    damaged bytes could have held events (those from *start* to it, plus
+    *damaged_before*, dropped earlier). That rule keeps a record copied inside a
+    unit's payload (a WAL file stored as a unit) from being taken for the log's
+    own when it claims more seqs than the gap could have held.
+    """
+    for position in range(start, len(data) - RECORD_HEAD.size + 1):
+        # Cheap checks first, so that damaged bytes cost no checksum of their own: a body
+        # holds at least one event, and an entry is a MessagePack array of three.
+        length = int.from_bytes(data[position:position + 4], "big")
+        if length < MIN_EVENT_BYTES or position + RECORD_HEAD.size + length > len(data) \
+                or data[position + RECORD_HEAD.size] != _ENTRY_ARRAY:
+            continue
+        found = record_at(data, position)
+        if isinstance(found, str):
+            continue
+        entry = peek_entry(found.body)
+        if entry is None or not entry.events:
+            continue
+        if expected is not None:
+            lost = entry.first_seq - expected
+            if lost < 0 or lost > (damaged_before + position - start) // MIN_EVENT_BYTES:
+                continue
+        return found, entry
+    return None
+
+
+def peek_entry(body: bytes) -> Entry | None:
+    """The entry *body* encodes, or None: for bytes whose checksum may not hold."""
+    try:
+        return decode_entry(body)
+    except (msgspec.MsgspecError, ValueError):
+        return None

@@ -17,11 +17,15 @@ import pytest
 from engramd.protocol import (
     AckCursor,
     AckMessage,
+    AcknowledgeCuts,
     AcquireLock,
     AddTask,
     AgentInfo,
     AgentPage,
     AnnounceSession,
+    BackupChecked,
+    BackupInfo,
+    BackupMade,
     BreakLock,
     Brief,
     ClaimTask,
@@ -39,6 +43,7 @@ from engramd.protocol import (
     CreateContext,
     CreateToken,
     CreateUnits,
+    CutsAcknowledged,
     DaemonStats,
     DaemonStatus,
     Done,
@@ -78,6 +83,7 @@ from engramd.protocol import (
     LockRenewed,
     LocksGranted,
     LockState,
+    MakeBackup,
     Ping,
     Pong,
     ReadInbox,
@@ -118,7 +124,9 @@ from engramd.protocol import (
     UnreadCount,
     Unsubscribe,
     UpdateContext,
+    VerifyBackup,
     Waiter,
+    WalCut,
     Welcome,
     encode_message,
 )
@@ -213,6 +221,9 @@ CLIENT_MESSAGES = {
     "agent_list": ListAgents(id=41),
     "brief": GetBrief(id=42, contexts=["build-42"], files=["README.md"], items=3,
                       advance=False),
+    "wal_acknowledge": AcknowledgeCuts(id=44, ids=["0a1b2c3d"]),
+    "backup": MakeBackup(id=45, path="/backups/engram-2026-11-23"),
+    "backup_verify": VerifyBackup(id=46, path="/backups/engram-2026-11-23"),
 }
 TOKEN = TokenInfo(id="0123456789ab", agent="alice", created_at=WHEN)
 LEASE = Lease(resource="deploy:prod", holder="alice", lock_id="0123456789abcdef",
@@ -220,6 +231,13 @@ LEASE = Lease(resource="deploy:prod", holder="alice", lock_id="0123456789abcdef"
               deadline_boottime=1030.5, pid=None, bound_to_connection=True,
               session="conn:3@0123abcd", holder_pid=4242)
 LEASE_BEFORE_SESSIONS = msgspec.structs.replace(LEASE, session="", holder_pid=0)
+CUT = WalCut(id="0a1b2c3d", at=WHEN, segment="/d/wal/00000000000000000001.wal", offset=4305,
+             bytes=217, reason="checksum mismatch", seq=21, last_seq=21, unit_ids=[UNIT.id],
+             acknowledged="possibly", saved="/d/wal/damaged-00000000000000000001-4305.bin",
+             summary="the last 217 bytes of the log were cut at start-up")
+BACKUP = BackupInfo(path="/backups/engram-2026-11-23", made_at=WHEN, daemon_version="0.1.0",
+                    seq=120, store_seq=118, units=100, contexts=3, leases=2, tasks=4, files=9,
+                    bytes=123456)
 TASK = Task(id=UNIT.id, context_id="build-42", title="fix the build", priority=1,
             state="claimed", depends_on=[], open_dependencies=[], created_by="alice",
             created_at=WHEN, claim=LEASE, done_by="")
@@ -241,6 +259,17 @@ SERVER_MESSAGES = {
         journal=JournalStatus(last_seq=9, checkpoint_seq=8, units=3, contexts=1,
                               wal_segments=1, wal_bytes=100, durability="fsync",
                               write_error=None)),
+    "daemon_status_cuts": DaemonStatus(
+        id=3, state="ready", daemon_version="0.1.0", protocol_version=1, pid=42,
+        instance_id="abc", started_at=WHEN, uptime=1.5, socket="/s", data_dir="/d",
+        config_file=None, log_file=None, connections=1, requests_served=2,
+        limits=Limits(max_frame_bytes=16, max_connections=2, max_inflight_per_connection=3),
+        wal_cuts=[CUT]),
+    "wal_acknowledged": CutsAcknowledged(id=44, cuts=[CUT]),
+    "backup_made": BackupMade(id=45, backup=BACKUP, paused_seconds=0.0042, seconds=1.25),
+    "backup_checked": BackupChecked(id=46, ok=False, backup=BACKUP,
+                                    problems=["wal/00000000000000000001.wal: its content "
+                                              "changed since the backup was made (SHA-256)"]),
     "shutting_down": ShuttingDown(id=4, pid=42),
     "error": ErrorReply(id=None, code="bad_request", message="no"),
     "unit_page": UnitPage(id=6, units=[UNIT], next_cursor=None),
@@ -364,6 +393,8 @@ def test_wal_record_bytes_match_golden() -> None:
                   idempotency_keys={"k1": UNIT.id})
     assert encode_record(entry).hex() == golden()["wal_record"]
     assert SegmentHeader(7, b"\x01" * 8).encode().hex() == golden()["wal_header"]
+    assert SegmentHeader(7, b"\x01" * 8, flags=1).encode().hex() == \
+        golden()["wal_header_after_gap"]
 
 
 def test_a_push_built_from_shared_event_bytes_is_the_golden_push() -> None:
