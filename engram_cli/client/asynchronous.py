@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import trio
 
 from engram_cli.client import requests
-from engram_cli.client.autostart import START_TIMEOUT, start_daemon
+from engram_cli.client.autostart import START_TIMEOUT, lost_while_starting, start_daemon
 from engram_cli.client.errors import ClientTimeout, Unavailable
 from engram_cli.client.operations import Call, Operations
 from engram_cli.client.settings import Target
@@ -42,6 +42,7 @@ from engramd.protocol import (
     ServerMessage,
     Unsubscribe,
     Welcome,
+    cuts_notice,
     reply_type,
     result,
 )
@@ -85,11 +86,18 @@ class AsyncClient(Operations):
         """Connect and shake hands (starting the daemon if allowed); idempotent, also
         for tasks that ask at once (the first connects, the others wait for it)."""
         async with self._connect_lock:
-            await self._connect()
+            started = await self._connect()
+        if started:
+            # Outside the lock: waiting for readiness makes calls, which connect.
+            try:
+                self.started_notice = cuts_notice((await self.wait_ready()).wal_cuts)
+            except Unavailable as lost:
+                raise lost_while_starting(self.socket_path, self.target.env, lost) from None
 
-    async def _connect(self) -> None:
+    async def _connect(self) -> bool:
+        """Connect and shake hands; whether a daemon had to be started for it."""
         if self._stream is not None:
-            return
+            return False
         started = False
         with trio.fail_after(self.connect_timeout or math.inf):
             try:
@@ -106,11 +114,16 @@ class AsyncClient(Operations):
             try:
                 await self._send(self._protocol.hello(PROTOCOL_VERSION))
                 result(await self._answer(self._protocol.hello_id), Welcome)
+            except Unavailable as lost:
+                await self.aclose()
+                if started:
+                    raise lost_while_starting(self.socket_path, self.target.env,
+                                              lost) from None
+                raise
             except BaseException:
                 await self.aclose()
                 raise
-        if started:
-            await self.wait_ready()
+        return started
 
     async def aclose(self) -> None:
         self._reader.cancel()
@@ -226,7 +239,7 @@ class AsyncClient(Operations):
                     retry_interval: float = 0.2,
                     **options: Any) -> AsyncIterator[Event | Heartbeat]:
         """Events (and heartbeats) for good, reconnecting across daemon restarts and
-        resuming after the last event; see :func:`engram_cli.client.stream.watch`."""
+        resuming after the last event; see :func:`engram_cli.client.blocking.watch`."""
         follower = Follower(options, on_status)
         while True:
             try:

@@ -21,6 +21,8 @@ from engramd.protocol import log_file_in, resolve_data_dir, unusable_dir
 
 START_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.01
+_GOING_AWAY = 3.0
+"""How long a daemon that closed a new connection may take to stop answering."""
 
 
 def process_gone(pid: int) -> bool:
@@ -87,6 +89,19 @@ def why_it_stopped(env: Mapping[str, str] | None = None) -> str:
     log_path = log_file_in(resolve_data_dir(None, dict(os.environ if env is None else env)))
     last = _last_line(log_path)
     return f"see {log_path}" + (f": {last}" if last else "")
+
+
+def lost_while_starting(socket_path: str, env: Mapping[str, str] | None,
+                        lost: Unavailable) -> Unavailable:
+    """What to say when the connection to a daemon this client just started is lost: the
+    daemon stopped while it recovered its journal (a damaged log, say), and its log says
+    why; *lost* as it is when the daemon still answers."""
+    deadline = time.monotonic() + _GOING_AWAY
+    while daemon_answers(socket_path):  # a daemon that stops closes connections first
+        if time.monotonic() > deadline:
+            return lost
+        time.sleep(_POLL_INTERVAL)
+    return Unavailable(f"engramd stopped while starting; {why_it_stopped(env)}")
 
 
 def _last_line(path: str) -> str:

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from engram_cli.client import requests
-from engram_cli.client.autostart import START_TIMEOUT, start_daemon
+from engram_cli.client.autostart import START_TIMEOUT, lost_while_starting, start_daemon
 from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
 from engram_cli.client.operations import Call, Operations
 from engram_cli.client.settings import Target
@@ -43,6 +43,7 @@ from engramd.protocol import (
     ServerMessage,
     Unsubscribe,
     Welcome,
+    cuts_notice,
     reply_type,
     result,
 )
@@ -106,8 +107,12 @@ class Client(Operations):
         except _UNREACHABLE as exc:
             raise Unavailable(f"engramd started but {self.socket_path} refuses connections "
                               f"({exc.strerror})") from None
-        self._greet(sock)
-        self.wait_ready(self.start_timeout)
+        try:
+            self._greet(sock)
+            # The daemon told the cuts it made while it recovered to no one yet.
+            self.started_notice = cuts_notice(self.wait_ready(self.start_timeout).wal_cuts)
+        except Unavailable as lost:
+            raise lost_while_starting(self.socket_path, self.target.env, lost) from None
 
     def _open_socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -90,3 +90,19 @@ async def test_a_trio_call_after_the_daemon_closed_raises_unavailable(
             with pytest.raises(Unavailable):
                 for _ in range(100):  # the goodbye may take a moment
                     await engram.lease_lost(0.05)
+
+
+def test_the_trio_client_starts_the_daemon_it_needs(env: dict[str, str]) -> None:
+    """Autostart on, no daemon: the trio client starts one and is served (it waits for
+    the daemon's readiness outside the lock its connection is made under)."""
+    from engram_cli import open_client
+
+    async def ping_through_autostart() -> str:
+        async with open_client(env=env, autostart=True, agent_id="trio") as engram:
+            return (await engram.status()).state
+
+    try:
+        assert trio.run(ping_through_autostart) == "ready"
+    finally:
+        with Client(env["ENGRAM_SOCKET"], autostart=False, env=env) as engram:
+            engram.shutdown()

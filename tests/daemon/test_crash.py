@@ -92,3 +92,17 @@ def test_repair_keeps_every_intact_record_and_the_daemon_starts(env: dict[str, s
     assert intact.returncode == 0 and "intact" in intact.stdout
 
 
+
+
+def test_a_damaged_log_met_through_autostart_is_told_as_the_daemon_told_it(
+        env: dict[str, str]) -> None:
+    write_units(env, 40)
+    corrupt_middle_record(env["ENGRAM_DATA_DIR"])
+    for args in (["ping"], ["unit", "list", "-c", "c"], ["daemon", "start"]):
+        result = subprocess.run([sys.executable, "-m", "engram_cli", *args], env=env,
+                                capture_output=True, text=True, timeout=WAIT * 3,
+                                check=False)
+        assert result.returncode == 69, (args, result)
+        (line,) = result.stderr.splitlines()
+        assert "Broken pipe" not in line and "engramd stopped while starting" in line, line
+        assert "WAL damaged in" in line and "engramd --repair" in line, line
