@@ -336,6 +336,7 @@ class Dispatcher:
                 return Pong(id=request.id, daemon_version=engine.version,
                             uptime=engine.uptime, server_time=dt.datetime.now(dt.UTC))
             case GetStatus():
+                self.engine.noticed()
                 return self._status(request.id)
             case GetStats():
                 return self._stats(request.id)

@@ -47,6 +47,7 @@ from engramd.protocol import (
     StreamStatus,
     Unavailable,
     WalCut,
+    cuts_notice,
 )
 from engramd.queries import Queries
 from engramd.recent import RecentUnits
@@ -105,6 +106,7 @@ class Engine:
         )
         self._parts: Parts | None = None
         self.cuts: CutLedger | None = None
+        self._noticed = False
         """Torn tails cut at start-up and not yet acknowledged (None in cluster mode)."""
 
     @property
@@ -339,6 +341,19 @@ class Engine:
     def wal_cuts(self) -> list[WalCut]:
         """Log tails cut at a start and not yet acknowledged."""
         return [] if self.cuts is None else [self.wal_cut(cut) for cut in self.cuts.cuts]
+
+    def notice_once(self) -> str:
+        """The log tails cut at this start, for the first client told of them after it
+        (``status`` and ``doctor`` go on showing them until they are acknowledged)."""
+        if self._noticed:
+            return ""
+        notice = cuts_notice(self.wal_cuts())
+        self._noticed = bool(notice)
+        return notice
+
+    def noticed(self) -> None:
+        """A client has been shown the cuts (a ``status`` reply lists them)."""
+        self._noticed = self._noticed or bool(self.wal_cuts())
 
     @staticmethod
     def wal_cut(cut: Cut) -> WalCut:

@@ -457,7 +457,8 @@ class Server:
         await session.send(Welcome(id=hello.id, protocol_version=PROTOCOL_VERSION,
                                    daemon_version=self.engine.version, pid=os.getpid(),
                                    instance_id=self.engine.instance_id,
-                                   agent_id=identity.agent_id, stale=self.engine.stale()))
+                                   agent_id=identity.agent_id, stale=self.engine.stale(),
+                                   notice=self.engine.notice_once()))
         log.debug("pid %d connected as %s (%s)", session.peer.pid, identity.agent_id,
                   hello.client_name)
         return True

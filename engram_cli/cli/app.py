@@ -59,6 +59,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("search", "trace"),
     "watch": ("watch", "watch"),
     "wait": ("watch", "wait"),
+    "backup": ("journal", "backup"),
+    "verify": ("journal", "verify"),
+    "restore": ("journal", "restore"),
     "bench": ("bench", "bench"),
 }
 """Every command, loaded only when it runs (or when help lists them all)."""

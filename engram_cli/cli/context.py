@@ -38,6 +38,8 @@ class CliContext:
             client.connect()
             if client.stale:
                 note(f"warning: {client.stale}")
+            if client.notice:
+                note(f"warning: {client.notice}")
             self._client = client
         return self._client
 

@@ -69,7 +69,7 @@ class Doctor:
     def run(self) -> Iterator[Finding]:
         checks: list[Callable[[], Finding]] = [
             self.daemon, self.version, self.socket, self.data, self.disk, self.recovery,
-            self.log_errors, self.index, self.vectors, self.cluster, self.leases]
+            self.cuts, self.log_errors, self.index, self.vectors, self.cluster, self.leases]
         for check in checks:
             yield check()
 
@@ -145,6 +145,17 @@ class Doctor:
             return Finding("journal", "fail", journal.write_error, "engram daemon restart")
         seq = journal.last_seq if journal else 0
         return _ok("journal", f"ready, writes accepted, last seq {seq}")
+
+    def cuts(self) -> Finding:
+        if (skipped := self._needs_daemon("log tails")) is not None:
+            return skipped
+        assert self.status is not None
+        cuts = self.status.wal_cuts
+        if not cuts:
+            return _ok("log tails", "nothing was cut from the log at start-up")
+        return Finding("log tails", "warn", cuts[-1].summary + (
+            f" ({len(cuts)} notes)" if len(cuts) > 1 else ""),
+            "read 'engram daemon cuts', then 'engram daemon cuts --acknowledge'")
 
     def log_errors(self) -> Finding:
         path = self.status.log_file if self.status else log_file_in(self.data_dir)

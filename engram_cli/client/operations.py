@@ -23,10 +23,13 @@ from engram_cli.client.settings import Target
 from engramd.protocol import (
     AckCursor,
     AckMessage,
+    AcknowledgeCuts,
     AcquireLock,
     AddTask,
     AgentInfo,
     AnnounceSession,
+    BackupChecked,
+    BackupMade,
     BreakLock,
     Brief,
     ClaimTask,
@@ -57,6 +60,7 @@ from engramd.protocol import (
     ListTasks,
     ListTokens,
     LockState,
+    MakeBackup,
     NotFound,
     Ping,
     Pong,
@@ -85,6 +89,8 @@ from engramd.protocol import (
     UnitsCreated,
     UnitsFound,
     UnreadCount,
+    VerifyBackup,
+    WalCut,
     Welcome,
 )
 
@@ -175,6 +181,9 @@ class Operations:
     def agent_id(self) -> str:
         return self.target.agent_id
 
+    started_notice = ""
+    """Set by a client that started the daemon: the notice its readiness came with."""
+
     @property
     def welcome(self) -> Welcome | None:
         """The daemon's answer to the handshake (its version, pid, instance)."""
@@ -190,6 +199,12 @@ class Operations:
         """Cluster mode: why the daemon's answers may be stale (empty when they are not),
         as of the handshake."""
         return self.welcome.stale if self.welcome else ""
+
+    @property
+    def notice(self) -> str:
+        """What the daemon tells the first client after it started (log tails it cut at
+        start-up), or empty."""
+        return (self.welcome.notice if self.welcome else "") or self.started_notice
 
     # -- the daemon -----------------------------------------------------------
 
@@ -350,6 +365,24 @@ class Operations:
     def reindex(self) -> Call[None]:
         """Rebuild the search index from the store (it catches up in the background)."""
         return ask(Reindex(), _nothing)
+
+    # -- the journal as a whole (admin token) ---------------------------------------
+
+    @operation
+    def make_backup(self, path: str) -> Call[BackupMade]:
+        """Copy the journal, consistent at one seq, to *path* (absolute, not there yet)
+        while the daemon runs; the copy is a data dir."""
+        return ask(MakeBackup(path=path))
+
+    @operation
+    def verify_backup(self, path: str) -> Call[BackupChecked]:
+        """Check a backup's files, log and store against its manifest."""
+        return ask(VerifyBackup(path=path))
+
+    @operation
+    def acknowledge_cuts(self, ids: Iterable[str] = ()) -> Call[list[WalCut]]:
+        """Clear the notes of log tails cut at start-up (all of them without *ids*)."""
+        return ask(AcknowledgeCuts(ids=list(ids)), lambda reply: reply.cuts)
 
     # -- agents: messages, tasks, sessions --------------------------------------
 

@@ -78,6 +78,9 @@ class Welcome(Reply, tag="welcome", omit_defaults=True):
     stale: str = ""
     """Cluster mode, while the cluster is unreachable: why writes are refused and reads
     may be stale (answered from this machine's view). Empty otherwise."""
+    notice: str = ""
+    """What the first client after a start must hear (log tails cut at start-up and not
+    yet acknowledged); empty for every other client and when there is nothing to tell."""
 
 
 class Pong(Reply, tag="pong"):
@@ -993,6 +996,15 @@ class WalCut(msgspec.Struct, frozen=True, kw_only=True):
     """The whole of it in one line for people."""
 
 
+def cuts_notice(cuts: list[WalCut]) -> str:
+    """The one warning a client shows of log tails cut at start-up (empty: none)."""
+    if not cuts:
+        return ""
+    more = f" (and {len(cuts) - 1} more)" if len(cuts) > 1 else ""
+    return (f"{cuts[-1].summary}{more}; 'engram daemon cuts' shows them, "
+            "'engram daemon cuts --acknowledge' clears this notice")
+
+
 class CutsAcknowledged(Reply, tag="wal.acknowledged"):
     cuts: list[WalCut]
     """The notes cleared."""
@@ -1106,7 +1118,7 @@ __all__ = [
     "AgentPage", "AnnounceSession", "AnyClientMessage", "AnyServerMessage", "BackupChecked",
     "BackupInfo", "BackupMade", "BreakLock", "Brief", "ClaimTask", "ClientMessage",
     "ClusterMachine", "ClusterPeer", "ClusterReport", "ClusterStatus", "ContextFound",
-    "ContextPage", "CountUnread", "CreateContext", "CreateToken", "CreateUnits",
+    "ContextPage", "CountUnread", "CreateContext", "CreateToken", "CreateUnits", "cuts_notice",
     "CutsAcknowledged", "DaemonStats", "DaemonStatus", "Done", "ErrorReply", "EventPush",
     "Fence", "FinishTask", "GetBrief", "GetCluster", "GetContext", "GetLock", "GetStats",
     "GetStatus", "GetTask", "GetUnits", "Heartbeat", "Hello", "HistogramData", "ImportUnits",

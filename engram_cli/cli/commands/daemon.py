@@ -13,10 +13,16 @@ import typer
 
 from engram_cli.cli import context, output
 from engram_cli.cli.context import JsonOption
-from engram_cli.client.autostart import START_TIMEOUT, process_gone, start_daemon, why_it_stopped
+from engram_cli.cli.output import note
+from engram_cli.client.autostart import (
+    START_TIMEOUT,
+    lost_while_starting,
+    process_gone,
+    start_daemon,
+)
 from engram_cli.client.errors import ClientTimeout, Unavailable
 from engram_cli.formats.jsonforms import to_plain_data
-from engram_cli.formats.text import format_duration
+from engram_cli.formats.text import format_duration, timestamp
 from engramd.protocol import log_file_in, resolve_data_dir
 from engramd.protocol.logline import at_least, parse_line
 
@@ -63,15 +69,14 @@ def _start(cli: context.CliContext, timeout: float, json: bool) -> None:
     try:
         client.connect()
         status = client.wait_ready(timeout)
-    except Unavailable:
+        if client.notice:
+            note(f"warning: {client.notice}")
+    except Unavailable as lost:
         if not started:
             raise
         # It answered, then stopped before it was ready: the error it logs on its way
         # out says why.
-        deadline = time.monotonic() + 5
-        while "error" not in (why := why_it_stopped()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        raise Unavailable(f"engramd stopped while starting; {why}") from None
+        raise lost_while_starting(client.socket_path, None, lost) from None
     finally:
         client.close()
     out = cli.output(json)
@@ -135,6 +140,45 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
         ("data_dir", reply.data_dir),
         ("log_file", reply.log_file or "standard error"),
     ])
+
+
+@app.command()
+def cuts(
+    ctx: typer.Context,
+    acknowledge: Annotated[bool, typer.Option(
+        "--acknowledge", help="Clear these notes (all of them without IDs): you have read "
+        "them and kept what you needed of the bytes set aside.")] = False,
+    ids: Annotated[list[str] | None, typer.Argument(
+        metavar="[ID]...", help="The notes to clear (with --acknowledge).")] = None,
+    json: JsonOption = False,
+) -> None:
+    """Show the log tails engramd cut at start-up (a torn write, or damage to a record
+    already acknowledged), kept until acknowledged; with --acknowledge, clear them."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    client = cli.client(admin=True)
+    shown = client.acknowledge_cuts(ids or []) if acknowledge else client.status().wal_cuts
+    if out.json:
+        for cut in shown:
+            out.json_line(cut)
+        return
+    if not shown:
+        out.line("no log tail was cut" if not acknowledge else "nothing to acknowledge")
+        return
+    out.table("log tails cut at start-up" + (" (acknowledged)" if acknowledge else ""),
+              ["id", "at", "segment", "offset", "bytes", "seqs", "was acknowledged", "saved"],
+              ([cut.id, timestamp(cut.at), cut.segment, str(cut.offset), str(cut.bytes),
+                _seqs(cut.seq, cut.last_seq), cut.acknowledged, cut.saved] for cut in shown),
+              numeric=("offset", "bytes"))
+    if not acknowledge and out.is_terminal:
+        for cut in shown:
+            note(cut.summary)
+
+
+def _seqs(first: int | None, last: int | None) -> str:
+    if first is None:
+        return "-"
+    return str(first) if last in (None, first) else f"{first}-{last}"
 
 
 def _log_path(cli: context.CliContext) -> str:

@@ -1,0 +1,129 @@
+"""The journal as a whole: ``engram backup``, ``engram verify`` and ``engram restore``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+from engram_cli.cli import context
+from engram_cli.cli.context import JsonOption
+from engram_cli.cli.output import note
+from engram_cli.client.autostart import daemon_answers
+from engram_cli.client.errors import Conflict, EngramError, ExitCode, UsageProblem
+from engram_cli.formats.text import format_duration, timestamp
+from engramd.protocol import BackupInfo, resolve_data_dir
+
+BackupArg = Annotated[str, typer.Argument(metavar="BACKUP", help="A backup's directory.")]
+
+
+def _info_rows(info: BackupInfo) -> list[tuple[str, object]]:
+    return [("path", info.path), ("made", timestamp(info.made_at)), ("seq", info.seq),
+            ("units", info.units), ("contexts", info.contexts), ("leases", info.leases),
+            ("tasks", info.tasks), ("files", info.files), ("bytes", info.bytes),
+            ("daemon_version", info.daemon_version)]
+
+
+def backup(
+    ctx: typer.Context,
+    dest: Annotated[str, typer.Argument(
+        metavar="DEST", help="A directory that does not exist yet (its parent does).")],
+    json: JsonOption = False,
+) -> None:
+    """Copy the journal to DEST while the daemon runs: consistent at one seq (writers wait
+    for one commit at most), checked as it is written; DEST is a data dir of its own."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    made = cli.client(admin=True).make_backup(os.path.abspath(dest))
+    if out.json:
+        out.json_line(made)
+        return
+    out.fields("backup", [*_info_rows(made.backup),
+                          ("writes paused", f"{made.paused_seconds * 1000:.1f} ms"),
+                          ("took", format_duration(made.seconds)
+                           if made.seconds >= 1 else f"{made.seconds * 1000:.0f} ms")])
+
+
+def verify(
+    ctx: typer.Context,
+    path: Annotated[str, typer.Argument(metavar="BACKUP", help="The backup to check.")],
+    json: JsonOption = False,
+) -> None:
+    """Check a backup: every file against its manifest, every log record's checksum and
+    seq, every store block's checksum, the counts; exit 1 naming what is damaged."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    checked = cli.client(admin=True).verify_backup(os.path.abspath(path))
+    if out.json:
+        out.json_line(checked)
+    else:
+        if checked.backup is not None:
+            out.fields("backup", _info_rows(checked.backup))
+        for problem in checked.problems:
+            out.line(f"damaged: {problem}")
+        out.line("intact" if checked.ok else "the backup is damaged")
+    if not checked.ok:
+        raise typer.Exit(ExitCode.ERROR)
+
+
+def restore(
+    ctx: typer.Context,
+    path: BackupArg,
+    json: JsonOption = False,
+) -> None:
+    """Make a backup the journal of this user's daemon (ENGRAM_DATA_DIR): checked first,
+    then copied into a data dir that must not exist yet, with no daemon running on it."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    source = os.path.abspath(path)
+    data_dir = resolve_data_dir(None, os.environ)
+    if daemon_answers(cli.unconnected_client().socket_path):
+        raise Conflict("a daemon is running: stop it first (engram daemon stop)")
+    if os.path.lexists(data_dir):
+        raise Conflict(f"{data_dir} exists: move it aside first (it is the journal the "
+                       "backup would replace)")
+    if not os.path.isdir(source):
+        raise UsageProblem(f"{source} is not a directory")
+    checked = subprocess.run([sys.executable, "-m", "engramd", "--verify-backup", source],
+                             capture_output=True, text=True, check=False,
+                             stdin=subprocess.DEVNULL)
+    if checked.returncode != 0:
+        damage = [line for line in checked.stdout.splitlines() if line.startswith("damaged")]
+        why = damage[0] if damage else (checked.stderr.strip().splitlines() or ["?"])[-1]
+        raise EngramError(f"{source} does not check out ({why}); nothing was restored")
+    partial = f"{data_dir}.restoring"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, copy_function=shutil.copy2)
+    os.chmod(partial, 0o700)  # a data dir is private, whatever DEST's parent allowed
+    _sync_tree(partial)
+    os.rename(partial, data_dir)
+    _sync_dir(os.path.dirname(data_dir))
+    if out.json:
+        out.json_line({"restored": source, "data_dir": data_dir})
+        return
+    out.line(f"restored {source} into {data_dir}")
+    note("start it with 'engram daemon start' (any command starts it too)")
+
+
+def _sync_tree(root: str) -> None:
+    """Every file and directory of *root* on disk before it takes the journal's name."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _sync_dir(directory)
+
+
+def _sync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
