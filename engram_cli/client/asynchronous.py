@@ -24,7 +24,12 @@ from typing import Any, TypeVar
 import trio
 
 from engram_cli.client import requests
-from engram_cli.client.autostart import START_TIMEOUT, lost_while_starting, start_daemon
+from engram_cli.client.autostart import (
+    START_TIMEOUT,
+    gone_away,
+    lost_while_starting,
+    start_daemon,
+)
 from engram_cli.client.errors import ClientTimeout, Unavailable
 from engram_cli.client.operations import Call, Operations
 from engram_cli.client.settings import Target
@@ -48,11 +53,21 @@ from engramd.protocol import (
 )
 
 _RECEIVE_SIZE = 256 * 1024
+_PARTING_WAIT = 0.5
+"""How long a failed send waits for the daemon's goodbye, as the blocking client does."""
 PUSH_BUFFER = 4096
 """Pushes read ahead of their subscribers before the reader stops reading (back-pressure)."""
 
 R = TypeVar("R", bound=ServerMessage)
 T = TypeVar("T")
+
+
+class _HungUp(Exception):
+    """The daemon hung up during the handshake (of a daemon this client did not start)."""
+
+    def __init__(self, lost: Unavailable) -> None:
+        super().__init__(str(lost))
+        self.lost = lost
 
 
 class AsyncClient(Operations):
@@ -86,11 +101,19 @@ class AsyncClient(Operations):
         """Connect and shake hands (starting the daemon if allowed); idempotent, also
         for tasks that ask at once (the first connects, the others wait for it)."""
         async with self._connect_lock:
-            started = await self._connect()
+            try:
+                started = await self._connect()
+            except _HungUp as hung_up:
+                # A daemon on its way out (killed, its last threads still holding the
+                # socket) took the connection: once it has gone, start another.
+                if not (self.target.autostart and await trio.to_thread.run_sync(
+                        gone_away, self.socket_path)):
+                    raise hung_up.lost from None
+                started = await self._connect()
         if started:
             # Outside the lock: waiting for readiness makes calls, which connect.
             try:
-                self.started_notice = cuts_notice((await self.wait_ready()).wal_cuts)
+                self._started_notice = cuts_notice((await self.wait_ready()).wal_cuts)
             except Unavailable as lost:
                 raise lost_while_starting(self.socket_path, self.target.env, lost) from None
 
@@ -119,7 +142,7 @@ class AsyncClient(Operations):
                 if started:
                     raise lost_while_starting(self.socket_path, self.target.env,
                                               lost) from None
-                raise
+                raise _HungUp(lost) from None
             except BaseException:
                 await self.aclose()
                 raise
@@ -186,10 +209,18 @@ class AsyncClient(Operations):
 
     async def _send(self, data: bytes) -> None:
         assert self._stream is not None
+        protocol = self._protocol
         try:
             async with self._send_lock:
                 await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # A daemon that refuses a request (a frame over its limit) says why, then
+            # hangs up: the reader files its goodbye, which is the better answer.
+            with trio.move_on_after(_PARTING_WAIT):
+                while protocol is not None and protocol.ended is None:
+                    await self._arrival()
+            if protocol is not None and protocol.goodbye is not None:
+                raise protocol.goodbye from None
             raise Unavailable("lost the connection to engramd") from None
 
     async def _answer(self, request_id: int) -> ServerMessage:

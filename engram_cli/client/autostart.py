@@ -26,11 +26,16 @@ _GOING_AWAY = 3.0
 
 
 def process_gone(pid: int) -> bool:
-    """True when *pid* has exited (a zombie counts as gone: it runs no more)."""
+    """True when *pid* has exited (a zombie counts as gone: it runs no more).
+
+    Its main thread turns zombie before the other threads have exited, and those still
+    hold the files (a listening socket that accepts): gone means none is left."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             # The state letter follows the parenthesised command name.
-            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+            if stat.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                return False
+        return len(os.listdir(f"/proc/{pid}/task")) <= 1
     except (FileNotFoundError, IndexError):
         return True
     except OSError:
@@ -96,12 +101,20 @@ def lost_while_starting(socket_path: str, env: Mapping[str, str] | None,
     """What to say when the connection to a daemon this client just started is lost: the
     daemon stopped while it recovered its journal (a damaged log, say), and its log says
     why; *lost* as it is when the daemon still answers."""
-    deadline = time.monotonic() + _GOING_AWAY
-    while daemon_answers(socket_path):  # a daemon that stops closes connections first
-        if time.monotonic() > deadline:
-            return lost
-        time.sleep(_POLL_INTERVAL)
+    if not gone_away(socket_path):
+        return lost
     return Unavailable(f"engramd stopped while starting; {why_it_stopped(env)}")
+
+
+def gone_away(socket_path: str) -> bool:
+    """Whether the daemon that just closed a connection is going away: it stops
+    answering within a few seconds (a daemon that stops closes connections first)."""
+    deadline = time.monotonic() + _GOING_AWAY
+    while daemon_answers(socket_path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_POLL_INTERVAL)
+    return True
 
 
 def _last_line(path: str) -> str:

@@ -25,7 +25,12 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from engram_cli.client import requests
-from engram_cli.client.autostart import START_TIMEOUT, lost_while_starting, start_daemon
+from engram_cli.client.autostart import (
+    START_TIMEOUT,
+    gone_away,
+    lost_while_starting,
+    start_daemon,
+)
 from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
 from engram_cli.client.operations import Call, Operations
 from engram_cli.client.settings import Target
@@ -101,6 +106,11 @@ class Client(Operations):
         except _UNREACHABLE as exc:
             if not self.target.autostart:
                 raise self.target.unreachable(exc) from None
+        except Unavailable:
+            # It hung up during the handshake: a daemon on its way out (killed, its
+            # last threads still holding the socket). Once it has gone, start another.
+            if not (self.target.autostart and gone_away(self.socket_path)):
+                raise
         start_daemon(self.socket_path, env=self.target.env, timeout=self.start_timeout)
         try:
             sock = self._open_socket()
@@ -110,7 +120,7 @@ class Client(Operations):
         try:
             self._greet(sock)
             # The daemon told the cuts it made while it recovered to no one yet.
-            self.started_notice = cuts_notice(self.wait_ready(self.start_timeout).wal_cuts)
+            self._started_notice = cuts_notice(self.wait_ready(self.start_timeout).wal_cuts)
         except Unavailable as lost:
             raise lost_while_starting(self.socket_path, self.target.env, lost) from None
 

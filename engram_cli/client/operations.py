@@ -181,7 +181,7 @@ class Operations:
     def agent_id(self) -> str:
         return self.target.agent_id
 
-    started_notice = ""
+    _started_notice = ""
     """Set by a client that started the daemon: the notice its readiness came with."""
 
     @property
@@ -204,7 +204,7 @@ class Operations:
     def notice(self) -> str:
         """What the daemon tells the first client after it started (log tails it cut at
         start-up), or empty."""
-        return (self.welcome.notice if self.welcome else "") or self.started_notice
+        return (self.welcome.notice if self.welcome else "") or self._started_notice
 
     # -- the daemon -----------------------------------------------------------
 

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import trio
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp_types import ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 
+from engram_cli import __version__
 from engram_cli.client.asynchronous import AsyncClient, open_client
 from engram_cli.client.errors import EngramError
 from engram_cli.formats import briefview
@@ -70,13 +71,36 @@ def _wait(seconds: float) -> float:
     return seconds
 
 
+def invalid_arguments(error: ValidationError) -> str:
+    """Pydantic's report of arguments that do not fit a tool's schema, as one line."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or 'arguments'}: {problem['msg']}"
+        for problem in error.errors(include_url=False)) + " (see the tool's input schema)"
+
+
+class EngramMCPServer(MCPServer):
+    """The SDK's server, telling arguments that fail the schema in one line (the SDK
+    passes pydantic's whole report, with its links, to the model)."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any],
+                        context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(f"Error executing tool {name}: "
+                                f"{invalid_arguments(exc.__cause__)}") from exc.__cause__
+            raise
+
+
 def build_server(identity: Identity) -> MCPServer:
     """The MCP server with engram's tools and resources, acting as *identity*."""
-    server = MCPServer("engram", instructions=INSTRUCTIONS)
+    server = EngramMCPServer("engram", instructions=INSTRUCTIONS, version=__version__)
 
     async def call(operation: Callable[[AsyncClient], Awaitable[str]],
                    footer: bool = True) -> str:
-        """Run *operation* on a fresh connection; any failure is one line of tool error."""
+        """Run *operation* on a fresh connection; any failure is one line of tool error
+        that says what happened (the daemon's own words) and so what to do."""
         try:
             async with open_client(identity.socket, agent_id=identity.agent,
                                    client_name="engram-mcp", connect_timeout=5.0) as client:
@@ -86,6 +110,9 @@ def build_server(identity: Identity) -> MCPServer:
             raise ToolError(f"engram: {exc}") from None
         except OSError as exc:
             raise ToolError(f"engram: {exc.strerror or exc}") from None
+        except trio.TooSlowError:
+            raise ToolError("engram: engramd did not answer within 5 s; 'engram doctor' "
+                            "says why") from None
         if unread:
             text += f"\n\n[{unread} unread message(s): call inbox]"
         return text
@@ -252,21 +279,32 @@ def build_server(identity: Identity) -> MCPServer:
 
     # -- resources ----------------------------------------------------------------------
 
-    @server.resource("engram://brief", description="Your session brief.")
+    async def read(text: Awaitable[str]) -> str:
+        """A resource's text; a failure keeps its reason (the SDK tells a ResourceError's
+        message, and only "Error reading resource" of anything else)."""
+        try:
+            return await text
+        except ToolError as exc:
+            raise ResourceError(str(exc)) from None
+
+    @server.resource("engram://brief", description="Your session brief (reading it does not "
+                     "move the mark the brief tool's 'since your last brief' starts from).")
     async def brief_resource() -> str:
-        return await brief()
+        async def run(client: AsyncClient) -> str:
+            return briefview.markdown(await client.brief(advance=False), 6000)
+        return await read(call(run, footer=False))
 
     @server.resource("engram://inbox", description="Your unread messages (not marked read).")
     async def inbox_resource() -> str:
-        return await inbox(peek=True)
+        return await read(inbox(peek=True))
 
     @server.resource("engram://context/{context_id}", description="A context's newest units.")
     async def context_resource(context_id: str) -> str:
-        return await recent(context_id)
+        return await read(recent(context_id))
 
     @server.resource("engram://unit/{unit_id}", description="A unit in full.")
     async def unit_resource(unit_id: str) -> str:
-        return await get([unit_id])
+        return await read(get([unit_id]))
 
     return server
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,8 @@ pytest.importorskip("mcp")
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
+from engram_cli.client.autostart import process_gone
+from engram_cli.client.errors import Unavailable
 from tests.conftest import WAIT, DaemonProcess, connect, start_engramd, wait_until
 
 READ_ONLY_TOOLS = {"recent", "get", "search", "trace", "locks", "task_ready"}
@@ -176,3 +179,45 @@ def test_with_no_daemon_stdout_is_json_rpc_only_and_tools_fail_cleanly(
         assert "\n" not in content["text"] or n == 5  # a missing argument names the field
     assert "engram: " in answers[2]["result"]["content"][0]["text"]
     assert "wait must be 0 to 60 seconds" in answers[6]["result"]["content"][0]["text"]
+
+
+async def test_the_server_starts_with_no_daemon_and_rides_out_its_restarts(
+        env: dict[str, str]) -> None:
+    """Autostart on, as a harness runs it after a reboot: no daemon at start, the daemon
+    stopped in the middle of the session, then restarted; each next call is served."""
+    try:
+        async with mcp_session({**env, "ENGRAM_AGENT": "claude-a"}) as session:
+            failed, text = await call(session, "post", context="boot", text="first")
+            assert not failed, text
+            with connect(env["ENGRAM_SOCKET"]) as engram:
+                engram.shutdown()
+            wait_until(lambda: not Path(env["ENGRAM_SOCKET"]).exists(), "the daemon to stop")
+            failed, text = await call(session, "recent", context="boot")
+            assert not failed and "first" in text, text  # it started one again
+            with connect(env["ENGRAM_SOCKET"]) as engram:
+                pid = engram.status().pid
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: process_gone(pid), "the daemon to die")  # a zombie is gone
+            failed, text = await call(session, "post", context="boot", text="after a crash")
+            assert not failed, text
+    finally:
+        with contextlib.suppress(Unavailable), connect(env["ENGRAM_SOCKET"]) as engram:
+            engram.shutdown()
+
+
+async def test_every_failure_is_one_line_that_says_why(engramd: DaemonProcess) -> None:
+    async with mcp_session(engramd.env) as session:
+        failed, text = await call(session, "recent", context="x", limit="lots")
+        assert failed and "\n" not in text and "limit: Input should be a valid integer" in text
+        assert "pydantic" not in text
+        failed, text = await call(session, "post", context="x", text="y" * (20 * 1024 * 1024))
+        assert failed and "exceeds the limit" in text and "lost the connection" not in text
+        failed, text = await call(session, "task_claim", task_id="nope")
+        assert failed and text.endswith("no task nope"), text
+    refused = {**engramd.env, "ENGRAM_SOCKET": engramd.env["ENGRAM_SOCKET"] + ".none",
+               "ENGRAM_NO_AUTOSTART": "1"}
+    async with mcp_session(refused) as session:
+        failed, text = await call(session, "recent", context="x")
+        assert failed and "engramd is not running" in text and "\n" not in text
+        with pytest.raises(Exception, match="engramd is not running"):
+            await session.read_resource("engram://context/x")
