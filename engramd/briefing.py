@@ -18,7 +18,16 @@ from engramd.caller import Caller
 from engramd.leases import LeaseManager
 from engramd.mail import Mailbox
 from engramd.presence import Presence
-from engramd.protocol import AgentInfo, BadRequest, Brief, GetBrief, Lease, SessionInfo, agentwork
+from engramd.protocol import (
+    AgentInfo,
+    BadRequest,
+    Brief,
+    GetBrief,
+    Lease,
+    NotFound,
+    SessionInfo,
+    agentwork,
+)
 from engramd.protocol.agentwork import BROADCAST
 from engramd.protocol.model import Context
 from engramd.queries import raw_units, unit_header
@@ -53,14 +62,33 @@ class Briefing:
     def _held(self) -> list[Lease]:
         return [holding.lease for holding in self.leases.table.held.values()]
 
+    def known(self, members: dict[str, list[str]] | None = None,
+              held: list[Lease] | None = None) -> set[str]:
+        """Every agent engramd has seen: writers, addressees, members, holders, sessions."""
+        members = self._members() if members is None else members
+        holders = {lease.holder for lease in (self._held() if held is None else held)}
+        return (set(self.store.agents()) | set(self.store.addressees()) | set(members)
+                | holders | self.presence.agents()) - {BROADCAST}
+
+    def check_recipients(self, to: list[str]) -> None:
+        """Refuse a recipient no agent has been (a typo would make a phantom agent)."""
+        unknown = [agent for agent in to if agent != BROADCAST]
+        if not unknown:
+            return
+        known = self.known()
+        unknown = [agent for agent in unknown if agent not in known]
+        if unknown:
+            names = ", ".join(sorted(known)[:20]) or "none yet"
+            raise NotFound(f"no agent {', '.join(unknown)} is known here (known: {names}); "
+                           "check the name, or send to it as a new agent")
+
     def agents(self) -> list[AgentInfo]:
         members = self._members()
         held = self._held()
         leases: dict[str, int] = defaultdict(int)
         for lease in held:
             leases[lease.holder] += 1
-        names = (set(self.store.agents()) | set(self.store.addressees()) | set(members)
-                 | set(leases) | self.presence.agents()) - {BROADCAST}
+        names = self.known(members, held)
         infos = []
         for agent in sorted(names):
             sessions = self.presence.of(agent)

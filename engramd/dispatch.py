@@ -24,6 +24,7 @@ from engramd.backup import make_backup, verify_backup
 from engramd.caller import Caller
 from engramd.engine import Engine
 from engramd.events import EventHub, Subscriber
+from engramd.mail import recipients
 from engramd.metrics import resident_bytes
 from engramd.protocol import (
     PROTOCOL_VERSION,
@@ -273,6 +274,8 @@ class Dispatcher:
                 await parts.indexer.rebuild()
                 return Done(id=request.id)
             case SendMessage():
+                if not request.new_recipients:
+                    parts.briefing.check_recipients(recipients(request.to))
                 message = await parts.mailbox.send(request, caller)
                 return UnitsCreated(id=request.id, units=[message])
             case ReadInbox():

@@ -3,8 +3,11 @@
 A session is announced (``session.announce``, sent by ``engram prime`` at the
 start of an agent's session) with the process that is the session; the daemon
 watches that process with a pidfd and marks the session gone the moment it
-exits, and forgets it :data:`FORGET_AFTER` seconds later. Processes holding
-pid-bound leases are sessions too (the lease manager watches them already).
+exits, and forgets it :data:`FORGET_AFTER` seconds later. Every process connected
+to the daemon is a session too (a ``watch``, a script, the MCP server), seen at its
+hello; one that lived under :data:`BRIEF` seconds (a single command) is forgotten at
+once when it exits. Processes holding pid-bound leases are sessions too (the lease
+manager watches them already).
 None of this is journaled: it describes the processes of this boot.
 """
 
@@ -22,6 +25,8 @@ from engramd.protocol import BadRequest, SessionInfo
 
 FORGET_AFTER = 600.0
 """Seconds a gone session stays listed."""
+BRIEF = 10.0
+"""A connected process that lived less than this is not listed once it has gone."""
 MAX_SESSIONS = 4_096
 
 
@@ -37,10 +42,13 @@ class Session:
     started_at: dt.datetime
     last_seen: dt.datetime
     gone_at: dt.datetime | None = None
+    announced: bool = True
+    connections: int = 0
 
     def info(self) -> SessionInfo:
         return SessionInfo(pid=self.pid, harness=self.harness, started_at=self.started_at,
-                           last_seen=self.last_seen, gone_at=self.gone_at)
+                           last_seen=self.last_seen, gone_at=self.gone_at,
+                           connections=self.connections, announced=self.announced)
 
 
 class Presence:
@@ -68,23 +76,52 @@ class Presence:
             raise BadRequest("pid must be a process id")
         if harness:
             validate.name(harness, "harness", 64)
+        session = self._session(agent, pid, harness)
+        if session is None:
+            raise BadRequest(f"more than {MAX_SESSIONS} sessions announced")
+        session.announced = True
+        session.harness = harness or session.harness
+
+    def connected(self, agent: str, pid: int, client: str) -> None:
+        """A connection of process *pid* said hello as *agent* (*client*: its name)."""
+        self.saw(agent, _now().timestamp())
+        if self._nursery is None:
+            return  # still recovering: sessions are listed from the next hello on
+        session = self._session(agent, pid, client[:64], announced=False)
+        if session is not None:  # beyond the bound, a connection is simply not listed
+            session.connections += 1
+
+    def disconnected(self, agent: str, pid: int) -> None:
+        session = self.sessions.get((agent, pid))
+        if session is not None and session.connections:
+            session.connections -= 1
+            session.last_seen = _now()
+
+    def _session(self, agent: str, pid: int, harness: str, *,
+                 announced: bool = True) -> Session | None:
+        """The live session of (*agent*, *pid*), made and watched if need be; None when
+        there are too many."""
         self._forget_gone()
         now = _now()
         known = self.sessions.get((agent, pid))
         if known is not None and known.gone_at is None:
             known.last_seen = now
-            known.harness = harness or known.harness
-            return
+            return known
         if len(self.sessions) >= MAX_SESSIONS:
-            raise BadRequest(f"more than {MAX_SESSIONS} sessions announced")
-        session = Session(agent, pid, harness, now, now)
+            return None
+        session = Session(agent, pid, harness, now, now, announced=announced)
         self.sessions[(agent, pid)] = session
         assert self._nursery is not None, "presence runs before requests come"
         self._nursery.start_soon(self._watch, session)
+        return session
 
     async def _watch(self, session: Session) -> None:
         await process_exit(session.pid)
         session.gone_at = _now()
+        session.connections = 0
+        lived = (session.gone_at - session.started_at).total_seconds()
+        if not session.announced and lived < BRIEF:
+            self.sessions.pop((session.agent, session.pid), None)
 
     def _forget_gone(self) -> None:
         horizon = _now() - dt.timedelta(seconds=FORGET_AFTER)

@@ -312,6 +312,8 @@ class Server:
             self.metrics.count("connections_failed_total")
             log.exception("connection failed")
         finally:
+            if session is not None and session.caller is not None:
+                self.engine.presence.disconnected(session.caller.agent_id, session.peer.pid)
             if session is not None and session in self._sessions:
                 self._sessions.discard(session)
                 self._per_process[session.peer.pid] -= 1
@@ -461,6 +463,7 @@ class Server:
                                    notice=self.engine.notice_once()))
         log.debug("pid %d connected as %s (%s)", session.peer.pid, identity.agent_id,
                   hello.client_name)
+        self.engine.presence.connected(identity.agent_id, session.peer.pid, hello.client_name)
         return True
 
     async def _run_request(self, session: Session, inflight: trio.Semaphore,

@@ -390,12 +390,15 @@ class Operations:
     def send_message(self, to: str | Iterable[str], payload: Payload = b"", *,
                      context_id: str | None = None, thread: str | None = None,
                      reply_to: str | None = None, ack_required: bool = False,
-                     meta: Mapping[str, str] | None = None) -> Call[Unit]:
-        """Send a message to agents (``"*"``: every agent); returns its unit."""
+                     meta: Mapping[str, str] | None = None,
+                     new_recipients: bool = False) -> Call[Unit]:
+        """Send a message to agents (``"*"``: every agent); returns its unit. A recipient
+        no agent has been is refused (``NotFound``) unless *new_recipients*."""
         names = [to] if isinstance(to, str) else list(to)
         request = SendMessage(to=names, payload=requests.as_bytes(payload),
                               context_id=context_id, thread=thread, reply_to=reply_to,
-                              ack_required=ack_required, meta=dict(meta or {}))
+                              ack_required=ack_required, meta=dict(meta or {}),
+                              new_recipients=new_recipients)
         return ask(request, lambda created: created.units[0])
 
     @operation

@@ -457,6 +457,11 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     last_seen: dt.datetime
     gone_at: dt.datetime | None = None
     """When its process ended (None: still running)."""
+    connections: int = 0
+    """Connections it has open to engramd now (a session may hold none: a harness
+    between two commands)."""
+    announced: bool = True
+    """It announced itself (``session.announce``); else engramd saw it connect."""
 
 
 class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -854,6 +859,9 @@ class SendMessage(ClientMessage[UnitsCreated], tag="message.send"):
     """A message this one answers (a RESPONDS_TO relationship)."""
     ack_required: bool = False
     meta: Pairs = {}
+    new_recipients: bool = False
+    """The recipients may be agents engramd has not seen yet; without it a name no agent
+    has used (a typo, most often) is refused, naming the agents it knows."""
 
 
 class ReadInbox(ClientMessage[InboxPage], tag="inbox"):

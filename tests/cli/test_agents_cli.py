@@ -99,9 +99,9 @@ def test_a_message_is_read_once_also_across_a_restart_and_a_broadcast_reaches_al
         engramd: DaemonProcess) -> None:
     env = engramd.env
     alice = as_agent(env, "alice")
-    first = cli_ok(alice, "send", "--to", "bob", "-p", "before the restart").strip()
+    first = cli_ok(alice, "send", "--to", "bob", "--new", "-p", "before the restart").strip()
     assert len(first) == 36
-    subprocess.run([sys.executable, "-m", "engram_cli", "send", "--to", "bob,carol"],
+    subprocess.run([sys.executable, "-m", "engram_cli", "send", "--to", "bob,carol", "--new"],
                    input=b"from stdin", env=alice, check=True, capture_output=True)
     assert inbox_texts(env, "bob") == ["before the restart", "from stdin"]
     cli_ok(alice, "send", "--to", "bob", "-p", "unread at the restart")
@@ -141,7 +141,7 @@ def test_an_ack_required_message_is_pending_until_acked_and_the_ack_is_traced(
         engramd: DaemonProcess) -> None:
     env = engramd.env
     bob = as_agent(env, "bob")
-    message = cli_ok(as_agent(env, "alice"), "send", "--to", "bob", "--ack-required",
+    message = cli_ok(as_agent(env, "alice"), "send", "--to", "bob", "--new", "--ack-required",
                      "--thread", "review-1", "-p", "please review").strip()
     assert inbox_texts(env, "bob") == ["please review"]
     pending = cli_ok(bob, "inbox", "--pending", "--json")
@@ -241,8 +241,8 @@ def test_agents_lists_sessions_and_shows_a_dead_one_gone(engramd: DaemonProcess)
 
     tester = rows()["tester"]
     assert tester["unread"] == 1
-    assert [(s["pid"], s["harness"], s["gone_at"]) for s in tester["sessions"]] == [
-        (session.pid, "claude-code", None)]
+    assert [(s["pid"], s["harness"], s["gone_at"]) for s in tester["sessions"]
+            if s["announced"]] == [(session.pid, "claude-code", None)]
     plain = cli_ok(env, "agents")
     (row,) = [line for line in plain.splitlines() if line.startswith("tester\t")]
     assert f"{session.pid} claude-code" in row

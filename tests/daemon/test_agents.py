@@ -55,7 +55,7 @@ def test_each_recipient_gets_a_message_once_and_a_broadcast_reaches_newcomers(
 def test_sessions_of_one_agent_share_its_unread_mark(threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config
     with connect(config, "alice") as alice:
-        sent = {alice.send_message("bob", f"m{n}").id for n in range(60)}
+        sent = {alice.send_message("bob", f"m{n}", new_recipients=True).id for n in range(60)}
     seen: list[str] = []
 
     def read() -> None:
@@ -98,7 +98,7 @@ def test_a_waiting_inbox_returns_when_a_message_arrives(
     waiter.start()
     wait_until(lambda: in_flight(config, "inbox"), "the inbox to wait")
     with connect(config, "alice") as alice:
-        alice.send_message("carol", "not for bob")
+        alice.send_message("carol", "not for bob", new_recipients=True)
         alice.send_message("bob", "wake up")
     waiter.join(WAIT)
     assert not waiter.is_alive() and got == [b"wake up"]
@@ -252,11 +252,12 @@ def test_an_announced_session_is_gone_when_its_process_exits(
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     with connect(config, "alice") as alice:
         alice.announce_session(pid=sleeper.pid, harness="claude-code")
-        alice.send_message("bob", "hi")
+        alice.send_message("bob", "hi", new_recipients=True)
 
         def sessions() -> dict[str, list[tuple[int, str, bool]]]:
             return {agent.agent: [(s.pid, s.harness, s.gone_at is not None)
-                                  for s in agent.sessions] for agent in alice.list_agents()}
+                                  for s in agent.sessions if s.announced]
+                    for agent in alice.list_agents()}
 
         assert sessions()["alice"] == [(sleeper.pid, "claude-code", False)]
         bob = next(agent for agent in alice.list_agents() if agent.agent == "bob")
@@ -329,3 +330,43 @@ def test_the_brief_shows_the_newest_units_across_contexts(
         alice.create_unit("busy", "REASONING", "busy 6")
         brief = bob.brief(items=2)
         assert texts(brief.since) == [b"quiet 0", b"busy 6"] and brief.since_total == 8
+
+
+def test_a_message_to_an_agent_never_seen_is_refused_naming_the_known_ones(
+        threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    with connect(config, "alice") as alice, connect(config, "bob") as bob:
+        bob.ping()
+        with pytest.raises(NotFound, match=r"no agent bbo is known here \(known: alice, bob\)"):
+            alice.send_message("bbo", "a typo")
+        assert [agent.agent for agent in alice.list_agents()] == ["alice", "bob"]  # no phantom
+        alice.send_message("*", "to everyone")  # every agent, also ones to come
+        alice.send_message("carol", "before carol starts", new_recipients=True)
+        with connect(config, "carol") as carol:
+            assert texts(carol.inbox()) == [b"to everyone", b"before carol starts"]
+
+
+def test_every_connected_process_is_a_session_until_it_exits(
+        threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    code = ("import sys, time; from engram_cli.client import Client; "
+            "c = Client(sys.argv[1], agent_id='scripted', client_name='nightly-script', "
+            "autostart=False, env={}); c.ping(); print('ready', flush=True); time.sleep(60)")
+    script = subprocess.Popen([sys.executable, "-c", code, config.socket],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert script.stdout is not None and script.stdout.readline() == "ready\n"
+        with connect(config, "alice") as alice:
+            def sessions() -> list[tuple[int, str, int, bool, bool]]:
+                return [(s.pid, s.harness, s.connections, s.announced, s.gone_at is not None)
+                        for agent in alice.list_agents() if agent.agent == "scripted"
+                        for s in agent.sessions]
+
+            assert sessions() == [(script.pid, "nightly-script", 1, False, False)]
+            script.kill()
+            script.wait(WAIT)
+            # It lived under presence.BRIEF seconds: forgotten once gone, not listed.
+            wait_until(lambda: sessions() == [], "the short session to go")
+    finally:
+        script.kill()
+        script.wait(WAIT)

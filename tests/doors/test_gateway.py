@@ -219,7 +219,8 @@ def test_locks_name_the_holder_and_keep_others_out(open_gateway: Gateway) -> Non
 def test_messages_and_tasks(open_gateway: Gateway) -> None:
     http = open_gateway.http
     sent = http.post("/messages", json={"to": ["bob"], "payload": "review #12?",
-                                        "ack_required": True}, headers=as_agent("alice"))
+                                        "ack_required": True, "new_recipients": True},
+                     headers=as_agent("alice"))
     assert sent.status_code == 201, sent.text
     assert http.get("/inbox/count", headers=as_agent("bob")).json()["unread"] == 1
     inbox = http.get("/inbox", headers=as_agent("bob")).json()
@@ -692,7 +693,8 @@ def test_jwt_with_an_rs256_public_key(engramd: DaemonProcess, scratch: str) -> N
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     with gateway(engramd.env, "--auth", "jwt", "--jwt-public-key", str(public_pem)) as gw:
         token = jwt.encode(_claims(sub="dash"), key, algorithm="RS256")
-        reply = gw.http.post("/messages", json={"to": "bob", "payload": "hi"},
+        reply = gw.http.post("/messages", json={"to": "bob", "payload": "hi",
+                                                "new_recipients": True},
                              headers={"Authorization": f"Bearer {token}"})
         assert reply.status_code == 201 and reply.json()["agent_id"] == "dash"
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -88,7 +88,7 @@ async def test_the_inbox_delivers_once_across_a_restart_and_a_wait_ends_on_a_mes
         engramd: DaemonProcess) -> None:
     env = {**engramd.env, "ENGRAM_AGENT": "claude-b", "ENGRAM_NO_AUTOSTART": "1"}
     with connect(engramd.socket, "alice") as alice:
-        alice.send_message("claude-b", "first")
+        alice.send_message("claude-b", "first", new_recipients=True)
     async with mcp_session(env) as session:
         _, text = await call(session, "recent", context="messages")
         assert text.endswith("[1 unread message(s): call inbox]")  # the footer
@@ -136,7 +136,7 @@ async def test_a_lease_taken_through_mcp_ends_when_the_harness_dies(
             assert lease is not None and lease.pid == harness_pid
             assert lease.holder == f"claude-code-{harness_pid}"
             assert [s.pid for a in probe.list_agents() if a.agent == lease.holder
-                    for s in a.sessions] == [harness_pid]  # announced at the start
+                    for s in a.sessions if s.announced] == [harness_pid]  # announced at start
             os.kill(harness_pid, signal.SIGKILL)
             await trio.to_thread.run_sync(lambda: wait_until(
                 lambda: probe.get_lock("src/app.py").lease is None,

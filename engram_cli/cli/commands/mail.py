@@ -48,6 +48,9 @@ def send(
     payload: Annotated[str | None, typer.Option(
         "--payload", "-p", metavar="TEXT", help="The message (default: stdin).")] = None,
     meta: MetaOption = None,
+    new: Annotated[bool, typer.Option(
+        "--new", help="The recipients may be agents not seen yet (else a name no agent "
+        "has used is refused: a typo).")] = False,
     json: JsonOption = False,
 ) -> None:
     """Send a message to other agents and print its id.
@@ -70,7 +73,7 @@ def send(
     message = client.send_message(
         names, payload_of(payload, None, False), context_id=context_id, thread=thread,
         reply_to=whole_id(client, reply_to) if reply_to else None,
-        ack_required=ack_required, meta=parse_pairs(meta))
+        ack_required=ack_required, meta=parse_pairs(meta), new_recipients=new)
     if out.json:
         out.json_line(unit_to_json(message))
     else:

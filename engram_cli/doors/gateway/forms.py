@@ -71,13 +71,14 @@ class MessageForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reply_to: str | None = None
     ack_required: bool = False
     meta: dict[str, str] = {}
+    new_recipients: bool = False
 
     def request(self) -> SendMessage:
         return SendMessage(to=[self.to] if isinstance(self.to, str) else self.to,
                            payload=payload_bytes(self.payload, self.payload_base64),
                            context_id=self.context_id, thread=self.thread,
                            reply_to=self.reply_to, ack_required=self.ack_required,
-                           meta=self.meta)
+                           meta=self.meta, new_recipients=self.new_recipients)
 
 
 class LockForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
