@@ -325,9 +325,9 @@ class Subscription(Position):
 
     def ack(self) -> None:
         """Store the cursor under the subscription's name (``cursor=`` when subscribing)."""
-        if self.request.cursor is None:
+        if self.name is None:
             raise ValueError("this subscription has no cursor name")
-        self.client.ack_cursor(self.request.cursor, self.cursor)
+        self.client.ack_cursor(self.name, self.cursor)
 
     def close(self) -> None:
         self.client.unsubscribe(self.id)
