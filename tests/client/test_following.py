@@ -12,12 +12,13 @@ from typing import TypeVar
 import pytest
 import trio
 
-from engram_cli.client import Client, Subscription, open_client
+from engram_cli.client import Client, Subscription, Unavailable, open_client
 from engram_cli.client.stream import Follower, Position
 from engramd.protocol import Subscribe, Subscribed, UnitCreated
 from tests.conftest import (
     WAIT,
     DaemonProcess,
+    ThreadedDaemon,
     connect,
     start_engramd,
     wait_until,
@@ -155,3 +156,16 @@ async def test_the_trio_watch_under_a_cursor_delivers_each_event_once_across_a_r
                 nursery.cancel_scope.cancel()
     assert seen == before + after
 
+
+def test_a_subscription_ends_with_its_connection_even_if_the_client_connects_again(
+        threaded_daemon: ThreadedDaemon) -> None:
+    """A push comes only on the connection that subscribed: once the client is on
+    another one, the subscription says it is gone instead of waiting for good."""
+    with connect(threaded_daemon.config, timeout=WAIT) as engram:
+        subscription = engram.subscribe()
+        engram.close()
+        with pytest.raises(Unavailable):
+            next(subscription)  # not connected: no new connection made for it
+        engram.ping()  # connected again, to a connection that has no such subscription
+        with pytest.raises(Unavailable):
+            next(subscription)
