@@ -319,7 +319,11 @@ class Queries:
         if request.cursor is not None:
             validate.name(request.cursor, "cursor name")
             stored = self.store.cursor(request.cursor)
-            if stored is not None:
+            if stored is None:
+                # A new name starts where its first subscription does: the next one
+                # under it gets what came after, though this one acknowledged nothing.
+                self.store.set_cursor(request.cursor, cursor)
+            else:
                 cursor = stored
         return Subscriber(id=request.id, agent_id=caller.agent_id, filter=Filter.of(request),
                           cursor=cursor, heartbeat=request.heartbeat or self.heartbeat_seconds,

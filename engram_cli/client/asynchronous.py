@@ -314,9 +314,10 @@ class AsyncSubscription(Position):
         return self.accept(push)
 
     async def ack(self) -> None:
-        if self.request.cursor is None:
+        """Store the cursor under the subscription's name (``cursor=`` when subscribing)."""
+        if self.name is None:
             raise ValueError("this subscription has no cursor name")
-        await self.client.ack_cursor(self.request.cursor, self.cursor)
+        await self.client.ack_cursor(self.name, self.cursor)
 
     async def aclose(self) -> None:
         await self.client.unsubscribe(self.id)

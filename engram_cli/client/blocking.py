@@ -46,6 +46,8 @@ from engramd.protocol import (
     LeaseLost,
     Push,
     ServerMessage,
+    Subscribe,
+    Subscribed,
     Unsubscribe,
     Welcome,
     cuts_notice,
@@ -218,8 +220,14 @@ class Client(Operations):
         return self._connected().allocate_id()
 
     def next_push(self, subscription: int) -> Push:
-        """The next event, heartbeat or lag notice pushed for *subscription* (blocking)."""
-        protocol = self._connected()
+        """The next event, heartbeat or lag notice pushed for *subscription* (blocking).
+
+        Raises ``Unavailable`` once the connection is gone: pushes come only on the
+        connection that subscribed, so this never connects anew.
+        """
+        protocol = self._protocol
+        if protocol is None:
+            raise Unavailable("lost the connection to engramd")
         while (push := protocol.push(subscription)) is None:
             self._read_more()
         return push
@@ -332,17 +340,24 @@ class Subscription(Position):
 
     client: Client
 
+    def __init__(self, client: Client, request: Subscribe, reply: Subscribed) -> None:
+        super().__init__(client, request, reply)
+        self._conversation = client._protocol
+        """The connection it lives on: on another one, its id may name someone else's."""
+
     def __iter__(self) -> Subscription:
         return self
 
     def __next__(self) -> Event | Heartbeat:
+        if self.client._protocol is not self._conversation:
+            raise Unavailable("lost the connection to engramd")
         return self.accept(self.client.next_push(self.id))
 
     def ack(self) -> None:
         """Store the cursor under the subscription's name (``cursor=`` when subscribing)."""
-        if self.request.cursor is None:
+        if self.name is None:
             raise ValueError("this subscription has no cursor name")
-        self.client.ack_cursor(self.request.cursor, self.cursor)
+        self.client.ack_cursor(self.name, self.cursor)
 
     def close(self) -> None:
         self.client.unsubscribe(self.id)

@@ -4,6 +4,12 @@ A :class:`Position` is where a subscription stands (each client's subscription
 builds on it); a :class:`Follower` is what a follower that outlives its connections
 keeps, so that it resumes after the last event it delivered, nothing lost or
 repeated; :class:`LaggedBehind` is the notice of a subscriber the daemon left behind.
+
+A named cursor says where a follower *starts*, once: what the name holds is what its
+consumers acknowledged, which trails what this follower has delivered. Resuming
+from the name after a reconnect would hand out again, out of order, every event
+delivered since the last acknowledgement; so a follower resumes from its own
+position, and the name serves the next follower (a new process) alone.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ class Position:
     """Where a subscription stands; shared by the blocking and the trio flavour.
 
     ``cursor`` is the seq of the last event delivered (or passed over): resume
-    there with ``subscribe(after=cursor)``.
+    there with ``subscribe(after=cursor)``. ``name`` is the named cursor that
+    ``ack()`` moves (the request's, or the one a :class:`Follower` started from).
     """
 
     def __init__(self, client: Any, request: Subscribe, reply: Subscribed) -> None:
@@ -38,6 +45,7 @@ class Position:
         self.id = reply.subscription
         self.cursor = reply.after
         self.head_seq = reply.head_seq
+        self.name = request.cursor
 
     def accept(self, push: Push) -> Event | Heartbeat:
         """Move along with *push* and return what to hand the caller."""
@@ -55,20 +63,31 @@ class Position:
 
 class Follower:
     """What a follower that outlives its connections keeps (both clients' ``watch``):
-    where to resume — after the last event it passed on — and whom to tell."""
+    where to resume — after the last event it passed on — and whom to tell.
+
+    Its first subscription starts where ``cursor`` (a name) or ``after`` says; every
+    later one (after a reconnect or a lag notice) starts after the last event this
+    follower passed on, never behind it, whatever the name holds by then.
+    """
 
     def __init__(self, options: dict[str, Any],
                  on_status: Callable[[str, Any], None] | None) -> None:
         self._after: int | None = options.pop("after", None)
+        self._name: str | None = options.pop("cursor", None)
+        self._started = False
         self._filters = options
         self._on_status = on_status
 
     @property
     def options(self) -> dict[str, Any]:
         """What to subscribe with now."""
-        return {**self._filters, "after": self._after}
+        if self._started:
+            return {**self._filters, "after": self._after}
+        return {**self._filters, "after": self._after, "cursor": self._name}
 
     def connected(self, subscription: P) -> P:
+        self._started = True
+        subscription.name = self._name
         self.passed(subscription)
         if self._on_status:
             self._on_status("connected", subscription)

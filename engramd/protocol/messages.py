@@ -712,7 +712,8 @@ class Subscribe(ClientMessage[Subscribed], tag="subscribe"):
     Filters combine with AND; each list matches any of its values; empty means all.
     ``after`` is the cursor: events with a greater seq are delivered (None: from
     now on, 0: from the start). A ``cursor`` name resumes after that name's last
-    acknowledged seq, when it has one.
+    acknowledged seq, when it has one; a name without one is stored at where ``after``
+    starts, so that the next subscription under it gets what came after.
     """
 
     contexts: Names = []

@@ -143,6 +143,27 @@ def test_named_cursor_resumes_where_it_acknowledged(threaded_daemon: ThreadedDae
     assert [e.unit.payload for e in first + resumed] == [str(n).encode() for n in range(6)]
 
 
+
+def test_a_new_cursor_is_stored_where_its_first_subscription_starts(
+        threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    with connect(config) as engram:
+        engram.create_unit("n", "MESSAGE", "before")
+        with connect(config, "bot") as bot:
+            first = bot.subscribe(cursor="fresh", kinds=["unit.created"])  # from now on
+            start = first.cursor
+            first.close()  # nothing delivered, nothing acknowledged
+        later = [engram.create_unit("n", "MESSAGE", str(n)).seq for n in range(3)]
+        with connect(config, "bot") as bot:
+            again = bot.subscribe(cursor="fresh", kinds=["unit.created"])
+            assert again.cursor == start
+            assert [e.seq for e in events(again, 3)] == later
+            # A name that exists keeps its seq: `after` is only where a new one starts.
+            assert bot.subscribe(cursor="fresh", after=0).cursor == start
+            assert bot.subscribe(cursor="from-zero", after=0).cursor == 0
+            assert bot.subscribe(cursor="from-zero").cursor == 0
+
+
 def subscribed_raw(config: DaemonConfig, after: int = 0) -> RawConnection:
     raw = RawConnection(config.socket)
     raw.send(Hello(id=1, protocol_version=PROTOCOL_VERSION, client_name="slow", agent_id="s"))

@@ -468,6 +468,40 @@ def test_a_websocket_cursor_resumes_after_its_acknowledgement(open_gateway: Gate
     assert refused.value.response.status_code == 400
 
 
+
+def test_a_websocket_cursor_sends_each_event_once_across_a_daemon_restart(
+        engramd: DaemonProcess) -> None:
+    with gateway(engramd.env) as gw:
+        def post(payload: str) -> int:
+            reply = gw.http.post("/workunit", json={"context_id": "wr", "payload": payload})
+            return int(reply.json()["units"][0]["seq"])
+
+        first = [post(f"a{i}") for i in range(3)]
+        url = f"{gw.ws_url}/stream?context=wr&kind=unit.created&after=0&cursor=wdash"
+        with ws_connect(url, open_timeout=WAIT) as ws:
+            got = [json.loads(ws.recv(timeout=WAIT))["seq"] for _ in range(3)]
+            ws.send(json.dumps({"ack": first[0]}))  # the name now trails what was sent
+            wait_until(lambda: cursor_at(engramd, "wdash") == first[0], "the ack")
+            engramd.stop()
+            engramd.process = start_engramd(engramd.env)
+            wait_until(lambda: gw.http.get("/readyz").status_code == 200, "the daemon back")
+            second = [post(f"b{i}") for i in range(3)]
+            while len(got) < 6:
+                message = json.loads(ws.recv(timeout=WAIT))
+                if message["kind"] == "unit.created":
+                    got.append(message["seq"])
+        assert got == first + second  # resumed after what it sent, not after the ack
+        with ws_connect(url, open_timeout=WAIT) as ws:  # a new client: from the ack
+            assert json.loads(ws.recv(timeout=WAIT))["seq"] == first[1]
+
+
+def cursor_at(engramd: DaemonProcess, name: str) -> int:
+    with connect(engramd.socket) as engram:
+        subscription = engram.subscribe(cursor=name)
+        subscription.close()
+        return subscription.cursor
+
+
 # -- security ------------------------------------------------------------------------
 
 def test_foreign_host_or_origin_is_refused(open_gateway: Gateway) -> None:

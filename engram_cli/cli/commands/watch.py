@@ -9,9 +9,10 @@ import typer
 
 from engram_cli.cli import completion, context, output
 from engram_cli.cli.commands.unit import parse_pairs
+from engram_cli.cli.consumer import Acknowledgements, Stopped, StopSignals
 from engram_cli.cli.context import JsonOption
 from engram_cli.client import Client, Subscription
-from engram_cli.client.errors import ClientTimeout, EngramError, NotFound, UsageProblem
+from engram_cli.client.errors import ClientTimeout, NotFound, UsageProblem
 from engramd.protocol import EVENT_KINDS, Heartbeat, Unit, UnitCreated
 
 ContextsOption = Annotated[list[str] | None, typer.Option(
@@ -30,7 +31,8 @@ MetaOption = Annotated[list[str] | None, typer.Option(
 CursorOption = Annotated[str | None, typer.Option(
     "--cursor", metavar="NAME",
     help="A named cursor kept by the daemon: start after the last event handed out under "
-    "NAME, and move it past each event shown.")]
+    "NAME (a new NAME starts where --since says, and is kept from there), and move it past "
+    "each event shown.")]
 SinceOption = Annotated[str, typer.Option(
     "--since", metavar="now|start|SEQ",
     help="Start after this point: now (default), the start, or a sequence number.")]
@@ -60,15 +62,6 @@ def _warn_unknown_contexts(client: Client, contexts: list[str]) -> None:
             client.get_context(context_id)
         except NotFound:
             output.note(f"no context {context_id} yet; waiting for it to appear")
-
-
-def _ack_last(client: Client, cursor: str, seq: int) -> None:
-    """Acknowledge *seq* on the way out; a daemon gone by then is a resume from the
-    last acknowledgement (at least once), not a failure of the watch."""
-    try:
-        client.ack_cursor(cursor, seq)
-    except (EngramError, OSError):
-        pass
 
 
 def _last_units(client: Client, filters: dict[str, Any], count: int) -> list[Unit]:
@@ -110,6 +103,8 @@ def watch(
 
     On a terminal one line per event under a status line; piped, tab-separated rows;
     with --json, one event per line, flushed; with --format line, one short line each.
+    Ctrl-C, SIGTERM or SIGHUP end it (exit 0); with --cursor, every event it showed is
+    acknowledged first, so the next consumer of NAME gets exactly what it did not show.
 
     Examples:
 
@@ -127,7 +122,7 @@ def watch(
     _warn_unknown_contexts(client, filters["contexts"])
     feed = output.LiveFeed(out, lines=format_ == "line")
     shown = 0
-    acked_at = 0.0
+    acks = Acknowledgements(client, cursor)
     was_reconnecting = {"value": False}
 
     def on_status(kind: str, subscription: Subscription | None) -> None:
@@ -139,37 +134,44 @@ def watch(
             feed.status("○ reconnecting to engramd …", announce=True)
             was_reconnecting["value"] = True
 
-    last_shown = 0
-    try:
-        with feed.running():
-            if last and cursor is None and after is None:
-                # The head first: a unit written while the last ones are read still comes.
-                after = client.status().journal.last_seq  # type: ignore[union-attr]
-                for unit in _last_units(client, filters, last):
-                    if unit.seq <= after:
-                        feed.show(UnitCreated(seq=unit.seq, ts=unit.ts,
-                                              context_id=unit.context_id, unit=unit))
-            stream = client.watch(on_status=on_status, after=after, cursor=cursor, **filters)
-            for item in stream:
-                if isinstance(item, Heartbeat):
-                    feed.status(f"● watching · head {item.head_seq} · "
-                                f"lag {item.head_seq - item.cursor}")
-                    continue
-                feed.show(item)
-                shown += 1
-                last_shown = item.seq
-                if cursor is not None and time.monotonic() - acked_at > 0.5:
-                    client.ack_cursor(cursor, item.seq)
-                    acked_at = time.monotonic()
-                if count is not None and shown >= count:
-                    return
-    except KeyboardInterrupt:
-        return
-    finally:
-        # Every event shown is handed out: the next watch or wait under this name
-        # starts after the last of them, not after the last one acknowledged in passing.
-        if cursor is not None and last_shown:
-            _ack_last(client, cursor, last_shown)
+    # With a cursor, heartbeats come every second: what was shown just before the
+    # stream went quiet is acknowledged then, not only at the end.
+    heartbeat = None if cursor is None else 1.0
+    with StopSignals() as stops:
+        try:
+            with feed.running():
+                if last and cursor is None and after is None:
+                    # The head first: a unit written while the last ones are read still
+                    # comes.
+                    after = client.status().journal.last_seq  # type: ignore[union-attr]
+                    for unit in _last_units(client, filters, last):
+                        if unit.seq <= after:
+                            feed.show(UnitCreated(seq=unit.seq, ts=unit.ts,
+                                                  context_id=unit.context_id, unit=unit))
+                stream = client.watch(on_status=on_status, after=after, cursor=cursor,
+                                      heartbeat=heartbeat, **filters)
+                for item in stream:
+                    # A stop signal ends the wait for the next item at once; one that
+                    # comes while an item is handled waits until it is: an event is
+                    # shown, counted and (in due course) acknowledged, or none of these.
+                    with stops.held():
+                        if isinstance(item, Heartbeat):
+                            feed.status(f"● watching · head {item.head_seq} · "
+                                        f"lag {item.head_seq - item.cursor}")
+                            acks.tell()
+                            continue
+                        feed.show(item)
+                        shown += 1
+                        acks.show(item.seq)
+                    if count is not None and shown >= count:
+                        return
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP as Stopped
+            return
+        finally:
+            # Every event shown is handed out: the next watch or wait under this name
+            # starts after the last of them, not after the last one acknowledged in
+            # passing.
+            acks.close()
 
 
 def wait(
@@ -204,17 +206,23 @@ def wait(
     heartbeat = 1.0 if timeout is None else max(0.05, min(1.0, timeout / 4))
     filters = _filters(contexts, types, agents, kinds, meta)
     _warn_unknown_contexts(client, filters["contexts"])
-    for item in client.watch(after=_after(since), cursor=cursor, heartbeat=heartbeat,
-                             **filters):
-        if not isinstance(item, Heartbeat):
-            if out.is_terminal and not out.json:
-                out.console.print(output.event_text(item, out.console.width))
-            else:
-                output.LiveFeed(out).show(item)
-            if cursor is not None:
-                # Handed out: a loop of waits under one name misses nothing between them.
-                client.ack_cursor(cursor, item.seq)
-            return
-        if deadline is not None and time.monotonic() >= deadline:
-            raise ClientTimeout(f"no matching event within {timeout:g}s")
+    with StopSignals() as stops:
+        try:
+            for item in client.watch(after=_after(since), cursor=cursor, heartbeat=heartbeat,
+                                     **filters):
+                if not isinstance(item, Heartbeat):
+                    with stops.held():  # printed and acknowledged, or neither
+                        if out.is_terminal and not out.json:
+                            out.console.print(output.event_text(item, out.console.width))
+                        else:
+                            output.LiveFeed(out).show(item)
+                        if cursor is not None:
+                            # Handed out: a loop of waits under one name misses nothing
+                            # between them.
+                            client.ack_cursor(cursor, item.seq)
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ClientTimeout(f"no matching event within {timeout:g}s")
+        except Stopped as stop:
+            raise typer.Exit(128 + stop.signum) from None
 

@@ -68,7 +68,9 @@ async def following(gw: Gateway, credentials: Credentials, options: dict[str, An
         await first.aclose()
         gw.tally.streams_open += 1
         try:
-            yield client, client.watch(reconnect=True, **{**options, "after": start})
+            # From that start on, not from the name again: it may have moved since.
+            yield client, client.watch(reconnect=True,
+                                       **{**options, "after": start, "cursor": None})
         finally:
             gw.tally.streams_open -= 1
 
