@@ -19,6 +19,7 @@ are the harness hooks (``engram hook``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -26,20 +27,21 @@ from typing import Annotated, Any, Literal
 import trio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp_types import ToolAnnotations
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
+from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from engram_cli import __version__
 from engram_cli.client.asynchronous import AsyncClient, open_client
 from engram_cli.client.errors import EngramError
 from engram_cli.formats import briefview
 from engram_cli.formats.text import preview, timestamp
-from engramd.protocol import Unit, agentwork
+from engramd.protocol import AgentInfo, Unit, agentwork
 
 MAX_WAIT = 60.0
 """The longest a tool waits (inbox, lock): a tool call must come back to the model."""
 READ_ONLY = ToolAnnotations(read_only_hint=True)
-WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False)
+WRITES = ToolAnnotations(destructive_hint=False)  # readOnlyHint is false by default
 INSTRUCTIONS = (
     "engram coordinates the agents of this machine: messages (send, inbox), tasks that "
     "cannot be claimed twice (task_ready, task_claim, task_done), leases on files and "
@@ -65,10 +67,92 @@ def _units(units: list[Unit], empty: str) -> str:
     return "\n".join(unit_line(unit) for unit in units) or empty
 
 
-def _wait(seconds: float) -> float:
-    if not 0 <= seconds <= MAX_WAIT:
-        raise ToolError(f"wait must be 0 to {MAX_WAIT:g} seconds")
-    return seconds
+WHOLE_ID = 36
+Id = Annotated[str, Field(description="unit id/prefix")]
+Context = Annotated[str, Field(description="context id")]
+Wait = Annotated[float, Field(ge=0, le=MAX_WAIT, description="seconds")]
+UnitType = Literal["MESSAGE", "REASONING", "TOOL_CALL", "TOOL_RESULT", "FILE_CHANGE",
+                   "TASK_STATUS", "ERROR", "SYSTEM"]
+
+
+class Written(TypedDict):
+    """What a write returns as structured content: the id it made or touched."""
+
+    id: str
+
+
+class LeaseIds(TypedDict):
+    resource: str
+    lock_id: str
+    fencing_token: int
+
+
+class Leased(TypedDict):
+    leases: list[LeaseIds]
+
+
+_FIRST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_LEASE_LINE = re.compile(r"^(.*): lock_id (\w+), fencing token (\d+)$", re.M)
+
+
+def written(text: str) -> CallToolResult:
+    """*text* for the model, and the first id in it as structured content."""
+    found = _FIRST_ID.search(text)
+    return CallToolResult(content=[TextContent(type="text", text=text)],
+                          structured_content={"id": found.group(0) if found else ""})
+
+
+def leased(text: str) -> CallToolResult:
+    leases = [{"resource": resource, "lock_id": lock_id, "fencing_token": int(token)}
+              for resource, lock_id, token in _LEASE_LINE.findall(text)]
+    return CallToolResult(content=[TextContent(type="text", text=text)],
+                          structured_content={"leases": leases})
+
+
+def agent_line(agent: AgentInfo) -> str:
+    live = [session for session in agent.sessions if session.gone_at is None]
+    sessions = ", ".join(f"{session.harness or 'pid'} {session.pid}" for session in live)
+    seen = timestamp(agent.last_seen) if agent.last_seen else "never"
+    return (f"{agent.agent}: {sessions or 'no live session'}; last seen {seen}; "
+            f"{agent.leases} lease(s), {agent.unread} unread")
+
+
+async def pending_acks(client: AsyncClient, me: str) -> str:
+    """The messages *me* sent that ask for acknowledgements some recipients owe."""
+    asked = await client.search(agents=[me], meta={agentwork.ACK_REQUIRED: "true"},
+                                types=["MESSAGE"], limit=50)
+    lines = []
+    for hit in asked.hits:
+        acks = await client.search(meta={agentwork.ACK_OF: hit.unit_id}, limit=100)
+        given = {unit.agent_id for unit in
+                 (await client.get_units([ack.unit_id for ack in acks.hits])).units}
+        (message,) = (await client.get_units([hit.unit_id])).units
+        owed = [agent for agent in agentwork.recipients(message.meta)
+                if agent != agentwork.BROADCAST and agent not in given]
+        if owed:
+            lines.append(f"{message.id} owed by {', '.join(owed)}: {preview(message, 80)}")
+    return "\n".join(lines) or "no acknowledgement is owed to you"
+
+
+async def replies(client: AsyncClient, message: Unit) -> str:
+    """Where a message stands in its conversation: its thread, and the replies to it."""
+    answered = await client.related_units(message.id, types=["RESPONDS_TO"],
+                                          direction="in", depth=1)
+    count = sum(1 for edge in answered.edges if edge.target == message.id)
+    thread = message.meta.get(agentwork.THREAD)
+    said = [f"thread {thread}"] if thread else []
+    said += [f"{count} repl{'y' if count == 1 else 'ies'}"] if count else []
+    return f" ({', '.join(said)})" if said else ""
+
+
+async def thread_text(client: AsyncClient, name: str) -> str:
+    """A thread's messages, oldest first (*name*: the thread, or one of its messages)."""
+    if (len(name) >= 8 and _FIRST_ID.fullmatch(name)) or len(name) == WHOLE_ID:
+        (message,) = (await client.get_units([name])).units
+        name = message.meta.get(agentwork.THREAD) or message.id
+    found = await client.search(meta={agentwork.THREAD: name}, types=["MESSAGE"], limit=100)
+    units = (await client.get_units([hit.unit_id for hit in found.hits])).units
+    return _units(sorted(units, key=lambda unit: unit.seq), f"no messages in thread {name}")
 
 
 def invalid_arguments(error: ValidationError) -> str:
@@ -78,9 +162,36 @@ def invalid_arguments(error: ValidationError) -> str:
         for problem in error.errors(include_url=False)) + " (see the tool's input schema)"
 
 
+def compact(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema without what costs a model's context and tells it nothing: the
+    titles pydantic derives from names, and the ``null`` branch of an optional argument
+    (leaving it out is how to say none)."""
+    schema = {key: value for key, value in schema.items() if key != "title"}
+    branches = schema.get("anyOf")
+    if isinstance(branches, list) and {"type": "null"} in branches and len(branches) == 2:
+        (kept,) = [branch for branch in branches if branch != {"type": "null"}]
+        schema = {**{k: v for k, v in schema.items() if k not in ("anyOf", "default")},
+                  **kept}
+    for key in ("properties", "$defs"):
+        if isinstance(schema.get(key), dict):
+            schema[key] = {name: compact(value) for name, value in schema[key].items()}
+    if isinstance(schema.get("items"), dict):
+        schema["items"] = compact(schema["items"])
+    return schema
+
+
 class EngramMCPServer(MCPServer):
     """The SDK's server, telling arguments that fail the schema in one line (the SDK
-    passes pydantic's whole report, with its links, to the model)."""
+    passes pydantic's whole report, with its links, to the model), and listing its
+    tools with compact schemas (the list is read into every session's context)."""
+
+    async def list_tools(self) -> Any:
+        return [tool.model_copy(update={
+            "input_schema": compact(tool.input_schema),
+            "output_schema": tool.output_schema and {
+                key: value for key, value in compact(tool.output_schema).items()
+                if key != "description"}})
+            for tool in await super().list_tools()]
 
     async def call_tool(self, name: str, arguments: dict[str, Any],
                         context: Any = None) -> Any:
@@ -117,85 +228,120 @@ def build_server(identity: Identity) -> MCPServer:
             text += f"\n\n[{unread} unread message(s): call inbox]"
         return text
 
-    def tool(description: str, annotations: ToolAnnotations = WRITES
-             ) -> Callable[[Callable[..., Awaitable[str]]], Callable[..., Awaitable[str]]]:
+    def tool(description: str, annotations: ToolAnnotations = WRITES, *,
+             structured: bool = False
+             ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+        """A tool; *structured*: its result carries ids as structured content too (its
+        annotation says their schema), else it is text for the model alone."""
         return server.tool(description=description, annotations=annotations,
-                           structured_output=False)
+                           structured_output=None if structured else False)
+
+    async def whole(client: AsyncClient, ids: list[str]) -> list[str]:
+        """Unit ids as given, or from a unique prefix (8+ characters), as on the CLI."""
+        short = [unit_id for unit_id in ids if len(unit_id) < WHOLE_ID]
+        found = dict(zip(short, await client.resolve_unit_ids(short), strict=True)) \
+            if short else {}
+        return [found.get(unit_id, unit_id) for unit_id in ids]
 
     # -- the session ----------------------------------------------------------------
 
-    @tool("Your session brief: unread messages, your tasks and leases, ready tasks, "
-          "what happened since your last brief.")
-    async def brief(max_chars: int = 6000) -> str:
+    @tool("Your session brief: unread mail, your tasks and leases, ready tasks, news.")
+    async def brief(max_chars: Annotated[int, Field(ge=500, le=50_000)] = 6000) -> str:
         async def run(client: AsyncClient) -> str:
-            found = await client.brief()
-            return briefview.markdown(found, max(500, max_chars))
+            return briefview.markdown(await client.brief(), max_chars)
         return await call(run, footer=False)
+
+    @tool("Agents: their live sessions, last seen, leases, unread.", READ_ONLY)
+    async def agents() -> str:
+        async def run(client: AsyncClient) -> str:
+            return "\n".join(agent_line(agent) for agent in await client.list_agents()) \
+                or "no agents yet"
+        return await call(run)
 
     # -- messages ---------------------------------------------------------------------
 
-    @tool("Send a message to agents ('*' for all). Returns its id.")
-    async def send(to: list[str], text: str, reply_to: str | None = None,
-                   thread: str | None = None, ack_required: bool = False,
-                   context: str | None = None) -> str:
+    @tool("Send a message; returns its id.", structured=True)
+    async def send(to: Annotated[list[str], Field(description="agents; ['*']: all")],
+                   text: str, reply_to: Id | None = None,
+                   thread: Annotated[str | None, Field(description="a thread name")] = None,
+                   ack_required: bool = False, context: Context | None = None,
+                   new: Annotated[bool, Field(description="to agents not seen yet")] = False,
+                   ) -> Annotated[CallToolResult, Written]:
         async def run(client: AsyncClient) -> str:
-            message = await client.send_message(to, text, reply_to=reply_to, thread=thread,
-                                                ack_required=ack_required, context_id=context)
+            answered = (await whole(client, [reply_to]))[0] if reply_to else None
+            message = await client.send_message(to, text, reply_to=answered, thread=thread,
+                                                ack_required=ack_required, context_id=context,
+                                                new_recipients=new)
             return f"sent {message.id}"
-        return await call(run)
+        return written(await call(run))
 
-    @tool("Your unread messages, oldest first (marked read unless peek); wait up to "
-          f"{MAX_WAIT:g} s for one when none is unread.")
-    async def inbox(wait: float = 0, limit: Annotated[int, Field(ge=1, le=100)] = 10,
+    @tool("Unread messages, oldest first (marked read unless peek); can wait for one.")
+    async def inbox(wait: Wait = 0, limit: Annotated[int, Field(ge=1, le=100)] = 10,
                     peek: bool = False) -> str:
-        wait = _wait(wait)
-
         async def run(client: AsyncClient) -> str:
             page = await client.inbox(limit=limit, wait=wait, peek=peek)
             more = f"\n({page.unread} more unread)" if page.unread else ""
-            return _units(page.messages, "no unread messages") + more
+            lines = [unit_line(message) + await replies(client, message)
+                     for message in page.messages]
+            return "\n".join(lines or ["no unread messages"]) + more
         return await call(run, footer=False)
 
-    @tool("Acknowledge a message that asked for it.")
-    async def ack(message_id: str) -> str:
+    @tool("Acknowledge a message that asked for it.", structured=True)
+    async def ack(message_id: Id) -> Annotated[CallToolResult, Written]:
         async def run(client: AsyncClient) -> str:
-            return f"acknowledged with {(await client.ack_message(message_id)).id}"
+            (message,) = await whole(client, [message_id])
+            return f"acknowledged with {(await client.ack_message(message)).id}"
+        return written(await call(run))
+
+    @tool("Your messages still owed acknowledgements, and by whom.", READ_ONLY)
+    async def pending() -> str:
+        async def run(client: AsyncClient) -> str:
+            return await pending_acks(client, identity.agent)
+        return await call(run)
+
+    @tool("A thread's messages, oldest first.", READ_ONLY)
+    async def thread(name: Annotated[str, Field(description="thread name or a message id")]
+                     ) -> str:
+        async def run(client: AsyncClient) -> str:
+            return await thread_text(client, name)
         return await call(run)
 
     # -- the journal ------------------------------------------------------------------
 
-    @tool("Write a unit to a context (a note, result, decision). Returns its id.")
-    async def post(context: str, text: str, type: str = "REASONING",
-                   reply_to: str | None = None, references: list[str] | None = None,
-                   meta: dict[str, str] | None = None) -> str:
-        relationships = ([("RESPONDS_TO", reply_to)] if reply_to else []) + [
-            ("REFERENCES", target) for target in references or []]
-
+    @tool("Write a unit (a note, result, decision) to a context; returns its id.", structured=True)
+    async def post(context: Context, text: str,
+                   type: Annotated[UnitType, Field(description="unit type")] = "REASONING",
+                   reply_to: Id | None = None, references: list[Id] | None = None,
+                   meta: dict[str, str] | None = None) -> Annotated[CallToolResult, Written]:
         async def run(client: AsyncClient) -> str:
+            targets = await whole(client, [*([reply_to] if reply_to else []),
+                                           *(references or [])])
+            kinds = ["RESPONDS_TO"] * bool(reply_to) + ["REFERENCES"] * len(references or [])
             unit = await client.create_unit(context, type, text, meta=meta or {},
-                                            relationships=relationships)
+                                            relationships=list(zip(kinds, targets,
+                                                                   strict=True)))
             return f"posted {unit.id}"
-        return await call(run)
+        return written(await call(run))
 
     @tool("The newest units of a context, oldest first.", READ_ONLY)
-    async def recent(context: str, limit: Annotated[int, Field(ge=1, le=100)] = 20) -> str:
+    async def recent(context: Context, limit: Annotated[int, Field(ge=1, le=100)] = 20) -> str:
         async def run(client: AsyncClient) -> str:
             page = await client.list_units(context, limit=limit)
             return _units(page.units, f"no units in {context}")
         return await call(run)
 
-    @tool("Units by id, in full.", READ_ONLY)
-    async def get(ids: list[str]) -> str:
+    @tool("Units by id (or 8+ character prefix), in full.", READ_ONLY)
+    async def get(ids: list[Id]) -> str:
         async def run(client: AsyncClient) -> str:
-            found = await client.get_units(ids)
+            found = await client.get_units(await whole(client, ids))
             text = "\n\n".join(f"{unit_line(unit, 0)}\n{unit.text or '<binary>'}"
                                for unit in found.units)
             missing = f"\nnot found: {', '.join(found.missing)}" if found.missing else ""
             return (text or "no such units") + missing
         return await call(run)
 
-    @tool("Search the journal: keyword (words), semantic (meaning), or hybrid.", READ_ONLY)
-    async def search(query: str, context: str | None = None,
+    @tool("Search the journal: by words, meaning (semantic) or both.", READ_ONLY)
+    async def search(query: str, context: Context | None = None,
                      limit: Annotated[int, Field(ge=1, le=50)] = 10,
                      mode: Literal["keyword", "semantic", "hybrid"] = "keyword") -> str:
         async def run(client: AsyncClient) -> str:
@@ -211,27 +357,36 @@ def build_server(identity: Identity) -> MCPServer:
                              if hit.unit_id in units)
         return await call(run)
 
-    @tool("What led to a unit and what followed (its relationships).", READ_ONLY)
-    async def trace(unit_id: str, depth: Annotated[int, Field(ge=1, le=8)] = 3) -> str:
+    @tool("What led to a unit and what followed.", READ_ONLY)
+    async def trace(unit_id: Id, depth: Annotated[int, Field(ge=1, le=8)] = 3) -> str:
         async def run(client: AsyncClient) -> str:
-            found = await client.related_units(unit_id, depth=depth)
+            (root,) = await whole(client, [unit_id])
+            found = await client.related_units(root, depth=depth)
             lines = [f"{edge.source} {edge.type} {edge.target}" for edge in found.edges]
             return "\n".join([*lines, *(unit_line(unit, 160) for unit in found.units)])
         return await call(run)
 
     # -- leases -------------------------------------------------------------------------
 
-    @tool("Lease resources (file paths, names) before changing them; all or none. "
-          "Held until unlock, the ttl, or your session's end.")
-    async def lock(resources: list[str], ttl: Annotated[float, Field(gt=0)] = 600,
-                   wait: float = 0) -> str:
-        wait = _wait(wait)
-
+    @tool("Lease resources (files, names) before changing them, all or none; held until "
+          "unlock, ttl or your session's end.", structured=True)
+    async def lock(resources: list[str],
+                   ttl: Annotated[float, Field(gt=0, description="seconds")] = 600,
+                   wait: Wait = 0) -> Annotated[CallToolResult, Leased]:
         async def run(client: AsyncClient) -> str:
             leases = await client.acquire_lock(resources, ttl=ttl, wait=wait,
                                                pid=identity.session_pid)
             return "\n".join(f"{lease.resource}: lock_id {lease.lock_id}, fencing token "
                              f"{lease.fencing_token}" for lease in leases)
+        text = await call(run)
+        return leased(text)
+
+    @tool("Extend a lease by ttl seconds.")
+    async def renew(resource: str, lock_id: str,
+                    ttl: Annotated[float, Field(gt=0, description="seconds")] = 600) -> str:
+        async def run(client: AsyncClient) -> str:
+            lease = await client.renew_lock(lock_id, ttl=ttl, resource=resource)
+            return f"{lease.resource}: until {timestamp(lease.expires_at)}"
         return await call(run)
 
     @tool("Release a lease.")
@@ -254,8 +409,19 @@ def build_server(identity: Identity) -> MCPServer:
 
     # -- tasks ------------------------------------------------------------------------
 
+    @tool("Add a task; returns its id.", structured=True)
+    async def task_add(title: str, context: Context | None = None,
+                       priority: Annotated[int, Field(ge=0, le=4, description="0 urgent")] = 2,
+                       depends_on: list[Id] | None = None
+                       ) -> Annotated[CallToolResult, Written]:
+        async def run(client: AsyncClient) -> str:
+            task = await client.add_task(title, context_id=context, priority=priority,
+                                         depends_on=await whole(client, depends_on or []))
+            return f"added {task.id}: {task.title}"
+        return written(await call(run))
+
     @tool("Tasks ready to claim, most urgent first.", READ_ONLY)
-    async def task_ready(context: str | None = None) -> str:
+    async def task_ready(context: Context | None = None) -> str:
         async def run(client: AsyncClient) -> str:
             tasks = await client.list_tasks(ready=True, contexts=[context] if context else [],
                                             limit=20)
@@ -263,18 +429,28 @@ def build_server(identity: Identity) -> MCPServer:
                              for task in tasks) or "no task is ready"
         return await call(run)
 
-    @tool("Claim a task (or the most urgent ready one); no one else can while you hold it.")
-    async def task_claim(task_id: str | None = None) -> str:
+    @tool("Claim a task (no id: the most urgent ready one) for you alone.", structured=True)
+    async def task_claim(task_id: Id | None = None) -> Annotated[CallToolResult, Written]:
         async def run(client: AsyncClient) -> str:
-            task = await client.claim_task(task_id, pid=identity.session_pid)
+            chosen = (await whole(client, [task_id]))[0] if task_id else None
+            task = await client.claim_task(chosen, pid=identity.session_pid)
             return f"claimed {task.id}: {task.title}"
-        return await call(run)
+        return written(await call(run))
 
     @tool("Mark a task you claimed done.")
-    async def task_done(task_id: str) -> str:
+    async def task_done(task_id: Id) -> str:
         async def run(client: AsyncClient) -> str:
-            task = await client.finish_task(task_id, pid=identity.session_pid)
+            (task_id_whole,) = await whole(client, [task_id])
+            task = await client.finish_task(task_id_whole, pid=identity.session_pid)
             return f"done {task.id}: {task.title}"
+        return await call(run)
+
+    @tool("Give back a task you claimed.")
+    async def task_release(task_id: Id) -> str:
+        async def run(client: AsyncClient) -> str:
+            (task_id_whole,) = await whole(client, [task_id])
+            task = await client.release_task(task_id_whole, pid=identity.session_pid)
+            return f"released {task.id}: {task.title}"
         return await call(run)
 
     # -- resources ----------------------------------------------------------------------
