@@ -39,9 +39,9 @@ def test_doctor_is_happy_with_a_healthy_daemon_and_sees_log_errors(env: dict[str
         assert rows.pop("cluster")["status"] == "skip"  # one machine: no cluster to check
         assert {row["status"] for row in rows.values()} == {"ok"}
         assert set(rows) == {"daemon", "version", "socket", "data dir", "disk", "journal",
-                             "log", "search index", "leases"}
+                             "log tails", "log", "search index", "leases"}
         text = run_cli(env, "doctor")
-        assert text.returncode == 0 and len(text.stdout.splitlines()) == 11
+        assert text.returncode == 0 and len(text.stdout.splitlines()) == 12
         log = os.path.join(env["ENGRAM_DATA_DIR"], "engramd.log")
         with open(log, "a") as file:  # as a failing daemon would have logged it
             file.write('ts=2026-11-23T20:00:00.000Z level=error pid=1 logger=engramd.commit '

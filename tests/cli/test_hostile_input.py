@@ -30,7 +30,7 @@ def test_terminal_views_show_control_characters_escaped(engramd: DaemonProcess) 
                                   meta={"note": HOSTILE})
         engram.create_unit("hostile", "TOOL_CALL", "reply", relationships=[
             Relationship(type="RESPONDS_TO", target=root.id)])
-        engram.send_message("tester", HOSTILE)
+        engram.send_message("tester", HOSTILE, new_recipients=True)
     for view in (["unit", "list", "-c", "hostile"], ["unit", "get", root.id],
                  ["trace", root.id], ["search", "pwned"], ["inbox", "--peek"],
                  ["prime", "-c", "hostile"]):

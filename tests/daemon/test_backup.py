@@ -94,7 +94,7 @@ def test_a_backup_made_while_writers_write_restores_unit_by_unit(
         lease = alice.acquire_lock(["repo/README.md"], ttl=3600)[0]
         task = alice.add_task("ship the backup", context_id="tasks")
         claimed = alice.claim_task(task.id, pid=os.getpid())
-        alice.send_message("bob", "read me", ack_required=True)
+        alice.send_message("bob", "read me", ack_required=True, new_recipients=True)
         alice.ack_cursor("auditor", 3)
     with connect(socket, "bob") as bob:
         assert len(bob.inbox().messages) == 1  # bob's read mark moves
