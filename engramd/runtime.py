@@ -47,11 +47,14 @@ def ensure_private_dir(path: str, *, what: str, private: bool = False,
 
 
 class LockFile:
-    """An exclusive ``flock`` held for the daemon's lifetime, naming its holder's pid."""
+    """An exclusive ``flock`` held for the daemon's lifetime, naming its holder's pid
+    (and, for the data dir, the socket it serves: a second daemon refused says where the
+    first one is reached)."""
 
-    def __init__(self, path: str, *, what: str) -> None:
+    def __init__(self, path: str, *, what: str, socket_path: str = "") -> None:
         self.path = path
         self._what = what
+        self._socket_path = socket_path
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -60,13 +63,16 @@ class LockFile:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            said = os.pread(fd, 4096, 0).decode(errors="replace").split(maxsplit=1)
             os.close(fd)
+            pid = said[0] if said else "unknown"
+            where = said[1].strip() if len(said) > 1 else ""
+            reach = (f", serving {where}: set ENGRAM_SOCKET={where} to use it, or stop it "
+                     "first" if where else "")
             raise StartupError(
-                f"{self._what} is in use by another engramd (pid {holder})"
-            ) from None
+                f"{self._what} is in use by another engramd (pid {pid}{reach})") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {self._socket_path}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
@@ -131,7 +137,8 @@ def claim_runtime(socket_path: str, data_dir: str,
     """
     ensure_private_dir(data_dir, what="data dir", private=True, setting="ENGRAM_DATA_DIR")
     ensure_private_dir(os.path.dirname(socket_path), what="socket directory")
-    data_lock = LockFile(os.path.join(data_dir, "engramd.lock"), what=f"data dir {data_dir}")
+    data_lock = LockFile(os.path.join(data_dir, "engramd.lock"), what=f"data dir {data_dir}",
+                         socket_path=socket_path)
     socket_lock = LockFile(socket_path + ".lock", what=f"socket {socket_path}")
     data_lock.acquire()
     try:

@@ -106,8 +106,9 @@ def test_two_daemons_never_share_a_data_dir(env: dict[str, str], scratch: str) -
         second = spawn_engramd(other_env)
         _, err = second.communicate(timeout=10)
         assert second.returncode == 1
-        assert f"data dir {config.data_dir} is in use by another engramd (pid {os.getpid()})" \
-            in err.decode()
+        said = err.decode()
+        assert f"data dir {config.data_dir} is in use by another engramd (pid {os.getpid()}, " \
+            f"serving {config.socket}: set ENGRAM_SOCKET={config.socket} to use it" in said
 
 
 @pytest.mark.slow
