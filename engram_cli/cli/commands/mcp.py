@@ -27,8 +27,8 @@ def mcp(
     task_ready, task_claim, task_done; resources engram://brief, engram://inbox,
     engram://context/ID, engram://unit/ID. The agent is --agent/ENGRAM_AGENT, else
     HARNESS-PID of the process that started the server; leases and claims are bound to
-    that process. Needs the MCP SDK: pip install 'engram[mcp]'. (--json is accepted and
-    changes nothing: stdout is JSON-RPC.)
+    that process. Needs the MCP SDK: pip install 'engram-journal\\[mcp]'. (--json is
+    accepted and changes nothing: stdout is JSON-RPC.)
 
     Examples:
 
@@ -41,7 +41,7 @@ def mcp(
         from engram_cli.doors import mcpserver
     except ImportError as exc:
         raise EngramError(f"engram mcp needs the MCP SDK ({exc.name} is missing): "
-                          "pip install 'engram[mcp]'") from None
+                          "pip install 'engram-journal[mcp]'") from None
     cli = context.get(ctx)
     pid = session_pid()
     runner = runner or harness(pid=pid)

@@ -43,7 +43,7 @@ def search(
     )] = False,
     mode: Annotated[str, typer.Option(
         "--mode", metavar="MODE", autocompletion=lambda: ["keyword", "semantic", "hybrid"],
-        help="keyword (BM25), semantic (by meaning; needs engram[semantic]) or hybrid "
+        help="keyword (BM25), semantic (by meaning; needs the semantic extra) or hybrid "
         "(both ranks fused).")] = "keyword",
     min_similarity: Annotated[float | None, typer.Option(
         "--min-similarity", metavar="X", min=-1.0, max=1.0,
