@@ -16,8 +16,9 @@ from engram_cli.client.session import agent_name, harness, session_pid
 def mcp(
     ctx: typer.Context,
     runner: Annotated[str | None, typer.Option(
-        "--harness", metavar="NAME", help="What runs the server (claude-code, codex; "
-        "default: told by its variables, else its process name): the agent is NAME-PID.")
+        "--harness", metavar="NAME", help="What runs the server (claude-code, codex, gemini, "
+        "cursor; default: told by its variables, else its process name): the agent is "
+        "NAME-PID.")
     ] = None,
     json: JsonOption = False,
 ) -> None:
@@ -32,8 +33,9 @@ def mcp(
 
     Examples:
 
+      engram setup claude-code      # registers it, and the hooks
       claude mcp add --scope project engram -- engram mcp
-      codex mcp add engram -- engram mcp
+      codex mcp add engram -- engram mcp      # setup merges it, adds no second
     """
     try:
         import trio
