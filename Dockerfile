@@ -5,6 +5,8 @@
 # Arguments after the image name replace the gateway's (default: --auth token), e.g.
 #   ... engram --auth jwt --jwt-jwks /config/jwks.json --jwt-audience engram
 FROM python:3.11-slim
+LABEL org.opencontainers.image.title="engram-journal" \
+      org.opencontainers.image.description="engramd and its HTTP gateway (the engram-journal distribution with its http and cluster extras)"
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 --home-dir /data --no-create-home engram \

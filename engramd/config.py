@@ -157,16 +157,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Connections must present an agent token (engram agent token create); the "
             "connection then acts as the token's agent only.",),
     Setting("search.semantic", str, "auto",
-            "Semantic search: auto (on when the engram[semantic] extra is installed) or "
+            "Semantic search: auto (on when the engram-journal[semantic] extra is installed) or "
             "off.", choices=("auto", "off")),
     Setting("search.embedding", str, "wordllama",
-            "The embedding model of semantic search (with the engram[semantic] extra): "
+            "The embedding model of semantic search (with the engram-journal[semantic] extra): "
             "wordllama (bundled), or package.module:factory for a local model; a change "
             "rebuilds the vector index."),
     Setting("cluster.servers", str, "",
             "Cluster mode: NATS server URLs, comma-separated (nats://host:4222,...). Empty: "
             "one machine, the local WAL. Set: the journal is a JetStream stream shared by "
-            "every engramd of the deployment (needs the engram[cluster] extra)."),
+            "every engramd of the deployment (needs the engram-journal[cluster] extra)."),
     Setting("cluster.deployment", str, "engram",
             "Cluster mode: the deployment's name; its stream is ENGRAM_<NAME>."),
     Setting("cluster.replicas", int, 3,

@@ -3,7 +3,7 @@
 An :class:`Embedder` turns texts into unit-length float32 vectors and names itself
 (``identity``): the vector index stores that name, and a different one means the
 index is rebuilt, never mixed. The default is the static model bundled inside the
-``wordllama`` wheel (the ``engram[semantic]`` extra): no download, ~0.6 s to load.
+``wordllama`` wheel (the ``engram-journal[semantic]`` extra): no download, ~0.6 s to load.
 ``search.embedding`` may name another: ``package.module:factory``, a callable that
 takes no argument and returns an Embedder (a local model someone already has).
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 DEFAULT = "wordllama"
-EXTRA_HINT = "pip install 'engram[semantic]'"
+EXTRA_HINT = "pip install 'engram-journal[semantic]'"
 
 
 class Embedder(Protocol):

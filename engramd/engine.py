@@ -213,8 +213,8 @@ class Engine:
             try:
                 from engramd.cluster.journal import ClusterCommitter, open_cluster_journal
             except ImportError as exc:
-                raise StartupError(f"cluster mode needs the engram[cluster] extra ({exc}): "
-                                   "pip install 'engram[cluster]'") from None
+                raise StartupError(f"cluster mode needs the engram-journal[cluster] extra ({exc}): "
+                                   "pip install 'engram-journal[cluster]'") from None
             cluster = open_cluster_journal(config, store, self.version)
             committer = ClusterCommitter(cluster, store, **options)
         else:

@@ -8,7 +8,7 @@ SQLite transaction (and one hand-off to its thread) takes many units instead of
 one each: indexing a unit on its own cost more than writing it. The index is
 derived data, so its failures (a full disk) are logged and retried, never fatal.
 
-With the ``engram[semantic]`` extra it also owns the vector index
+With the ``engram-journal[semantic]`` extra it also owns the vector index
 (:mod:`engramd.vectors`), fed from the same batches in the same thread; without
 it, nothing here imports numpy or a model.
 """

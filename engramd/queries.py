@@ -264,6 +264,8 @@ class Queries:
             if request.min_similarity is not None and not -1 <= request.min_similarity <= 1:
                 raise BadRequest("min_similarity must be between -1 and 1")
         query = request.query if request.advanced else plain_query(request.query)
+        if request.mode == "keyword" and query is None and request.query:
+            return 0, []  # words asked for, none indexable ("***", "🚀", spaces): no match
         unit_ids: set[str] | None = None
         if request.related_to is not None:
             related = self.related(request.related_to, request.related_types,

@@ -83,10 +83,13 @@ def plain_query(text: str) -> str | None:
     """User words as a safe FTS5 query: every term quoted, all required (None: no terms).
 
     A CamelCase term also matches as the phrase of its parts, so ``TooLarge``
-    finds ``FrameTooLarge``.
+    finds ``FrameTooLarge``. A term has a letter or a digit: the tokenizer indexes
+    nothing else (``___`` is no term).
     """
     clauses = []
     for term in _TERM.findall(text):
+        if not any(char.isalnum() for char in term):
+            continue
         parts = _CAMEL.findall(term) if _HUMP.search(term) else []
         if len(parts) > 1:
             clauses.append(f'("{term}" OR parts : "{" ".join(parts)}")')

@@ -70,7 +70,7 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) 
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     """Three nats-server nodes on loopback, shared by the cluster tests (each test uses a
     deployment of its own; a test that stops nodes starts a cluster of its own)."""
-    pytest.importorskip("nats", reason="cluster mode needs the engram[cluster] extra")
+    pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
     with NatsCluster(str(tmp_path_factory.mktemp("nats"))) as cluster:
         yield cluster
 

@@ -41,8 +41,9 @@ def completion_scripts() -> dict[str, str]:
 
 
 def _roff(text: str) -> str:
-    """Escape text for roff: backslashes, leading dots and quotes, hyphens."""
-    text = text.replace("\\", "\\e").replace("-", "\\-")
+    """Escape text for roff: backslashes, leading dots and quotes, hyphens. (A bracket
+    escaped for rich's markup, ``\\[``, is a bracket.)"""
+    text = text.replace("\\[", "[").replace("\\", "\\e").replace("-", "\\-")
     return "\n".join(
         "\\&" + line if line.startswith((".", "'")) else line
         for line in text.splitlines() or [""]

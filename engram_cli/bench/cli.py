@@ -55,7 +55,7 @@ def _install_kind() -> str:
     from importlib import metadata
 
     try:
-        direct_url = metadata.distribution("engram").read_text("direct_url.json")
+        direct_url = metadata.distribution("engram-journal").read_text("direct_url.json")
     except metadata.PackageNotFoundError:
         return "not installed (python -m engram_cli)"
     editable = bool(direct_url and msgspec.json.decode(direct_url).get(

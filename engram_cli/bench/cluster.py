@@ -32,7 +32,7 @@ def cluster_machines(count: int = 2) -> Iterator[list[tuple[str, dict[str, str]]
     try:
         import nats  # noqa: F401  (only to say plainly what is missing)
     except ImportError:
-        raise ClusterMissing("cluster mode needs pip install 'engram[cluster]'") from None
+        raise ClusterMissing("cluster mode needs pip install 'engram-journal[cluster]'") from None
     with tempfile.TemporaryDirectory(prefix="engram-bench-cluster-") as scratch:
         os.chmod(scratch, 0o700)
         try:

@@ -24,7 +24,7 @@ START_TIMEOUT = 30.0
 
 
 class GatewayMissing(RuntimeError):
-    """``engram gateway`` cannot run here (the ``engram[http]`` extra is not installed)."""
+    """``engram gateway`` cannot run here (the ``engram-journal[http]`` extra is not installed)."""
 
 
 @contextlib.contextmanager

@@ -254,7 +254,7 @@ def wait_gone(socket_path: str, pid: int | None = None, timeout: float = 60.0) -
 
 
 class SemanticMissing(RuntimeError):
-    """The daemon has no semantic search (the engram[semantic] extra is not installed)."""
+    """The daemon has no semantic search (the engram-journal[semantic] extra is not installed)."""
 
 
 def wait_indexed(target: BenchTarget, timeout: float = 1800.0, *,
@@ -267,7 +267,7 @@ def wait_indexed(target: BenchTarget, timeout: float = 1800.0, *,
             if journal is not None:
                 if vectors and journal.vector_seq is None:
                     raise SemanticMissing("semantic search is not installed: "
-                                          "pip install 'engram[semantic]'")
+                                          "pip install 'engram-journal[semantic]'")
                 seq = journal.vector_seq if vectors else journal.indexed_seq
                 if seq is not None and seq >= journal.last_seq:
                     return

@@ -19,7 +19,7 @@ def _starting(words: tuple[str, ...], incomplete: str) -> list[str]:
     return [word.lower() for word in found] if incomplete.islower() else found
 
 
-HARNESSES = ("claude-code", "codex")
+HARNESSES = ("claude-code", "codex", "gemini", "cursor")
 """The coding-agent harnesses ``engram setup`` wires (see :mod:`engram_cli.doors.harness`)."""
 
 

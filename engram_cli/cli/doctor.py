@@ -182,7 +182,7 @@ class Doctor:
     def vectors(self) -> Finding:
         return self._lag("vector index", "vector_lag_events", absent=(
             "semantic search is not installed or off",
-            "pip install 'engram[semantic]' for engram search --mode semantic"))
+            "pip install 'engram-journal[semantic]' for engram search --mode semantic"))
 
     def _lag(self, check: str, gauge: str, absent: tuple[str, str] | None = None) -> Finding:
         """How far a derived index trails the journal (the daemon's stats, asked once)."""

@@ -1,8 +1,9 @@
 """engram for other programs: the doors through which they reach engramd.
 
 * :mod:`.mcpserver`: ``engram mcp``, the MCP server coding agents call (extra ``mcp``);
-* :mod:`.harness`: what Claude Code and Codex send to ``engram hook`` and what
-  ``engram setup`` writes into their settings;
+* :mod:`.harness`: what Claude Code, Codex, Gemini CLI and Cursor send to ``engram hook``
+  and what ``engram setup`` writes into their settings (:mod:`.tomlblock`: Codex's
+  ``config.toml``);
 * :mod:`.githooks`: the git hooks that record commits, checkouts, merges and rewrites;
 * :mod:`.gateway`: ``engram gateway``, engram over HTTP, SSE and WebSocket (extra ``http``);
 * :mod:`.files`: writing another program's file whole or not at all.

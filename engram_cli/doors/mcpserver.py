@@ -1,6 +1,6 @@
 """``engram mcp``: engram as an MCP server on stdio, over the trio client library.
 
-Built on the official MCP Python SDK (the optional extra ``engram[mcp]``), which
+Built on the official MCP Python SDK (the optional extra ``engram-journal[mcp]``), which
 runs under trio through anyio; only this module imports it. Each tool call opens
 a connection of its own, so a daemon restart between calls costs nothing, and
 every failure becomes a tool error (``isError``) of one line while the server

@@ -812,7 +812,7 @@ class Search(ClientMessage[SearchResults], tag="search"):
     limit: int = 20
     offset: int = 0
     mode: str = "keyword"
-    """``keyword`` (BM25), ``semantic`` (embeddings; needs engram[semantic]) or
+    """``keyword`` (BM25), ``semantic`` (embeddings; needs engram-journal[semantic]) or
     ``hybrid`` (reciprocal-rank fusion of both)."""
     min_similarity: float | None = None
     """Semantic and hybrid: leave out units less similar than this (cosine, -1 to 1)."""

@@ -272,6 +272,18 @@ def test_version_help_and_ping_summary(engramd: DaemonProcess) -> None:
     assert low <= mean <= high
 
 
+def test_install_hints_keep_the_extras_brackets(env: dict[str, str]) -> None:
+    """Rich reads ``[mcp]`` as markup and drops it: a hint must escape it, and name the
+    distribution (``engram`` on the package index is another project)."""
+    wide = {**env, "COLUMNS": "200"}
+    for command, extra in (("mcp", "mcp"), ("gateway", "http")):
+        shown = " ".join(run_cli(wide, command, "--help").stdout.split())
+        assert f"pip install 'engram-journal[{extra}]'" in shown, shown
+    page = (Path(__file__).parents[2] / "man" / "engram.1").read_text()
+    assert "pip install 'engram\\-journal[mcp]'" in page
+    assert "engram\\-journal[http]" in page and "\\e[" not in page
+
+
 def test_terminal_tables_show_short_ids_and_keep_the_spaces_of_matches(
         engramd: DaemonProcess) -> None:
     with Client(engramd.socket, agent_id="tester", autostart=False) as engram:

@@ -27,6 +27,12 @@ def test_search_rows_json_and_exit_status(engramd: DaemonProcess) -> None:
     assert found[0]["unit_id"] == cause.id and found[0]["unit"]["payload"].startswith("disk")
     nothing = run_cli(engramd.env, "search", "nonexistentword")
     assert nothing.returncode == 3 and nothing.stderr.strip() == "engram: error: nothing matched"
+    for wordless in ("", "🚀", "***", "   "):
+        empty = run_cli(engramd.env, "search", wordless)
+        assert empty.returncode == 3 and empty.stdout == "", wordless
+        assert empty.stderr.startswith("engram: error: nothing to search for: ")
+        assert empty.stderr.count("\n") == 1
+    assert run_cli(engramd.env, "search", "-t", "ERROR").stdout.count("\n") == 1
     bad = run_cli(engramd.env, "search", "--advanced", '"open')
     assert bad.returncode == 2 and "cannot read the query" in bad.stderr
     traced = run_cli(engramd.env, "trace", cause.id).stdout.splitlines()

@@ -89,6 +89,16 @@ def test_filters_without_words_list_newest_first(threaded_daemon: ThreadedDaemon
         assert page.total == 5 and len(page.hits) == 2
 
 
+@pytest.mark.parametrize("text", ["***", "🚀", "   ", "___", "-- ..."])
+def test_words_with_nothing_to_index_match_nothing(threaded_daemon: ThreadedDaemon,
+                                                   corpus: dict[str, str], text: str) -> None:
+    with connect(threaded_daemon.config) as engram:
+        found = engram.search(text)
+        assert (found.total, found.hits) == (0, [])  # not every unit, with empty snippets
+        assert engram.search("").total == 5  # no words asked for: filters alone
+        assert ids(engram.search(f"{text} weather")) == [corpus["prose"]]
+
+
 @pytest.mark.parametrize("text", ['"', "(", ")", "AND", "OR NOT", "NEAR(", "*", "^x",
                                   "a:b", "col:frame", "'; DROP TABLE docs; --", "\\", "{}"])
 def test_any_user_text_is_safe(threaded_daemon: ThreadedDaemon, corpus: dict[str, str],

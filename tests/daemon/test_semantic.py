@@ -1,5 +1,5 @@
 """Semantic and hybrid search, against a real daemon with the bundled embedding model
-(the engram[semantic] extra), and without the extra."""
+(the engram-journal[semantic] extra), and without the extra."""
 
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ HIDE_EXTRA = '''
 import sys
 
 class _WithoutSemanticExtra:
-    """As on a machine without engram[semantic]: numpy and wordllama cannot be found."""
+    """As on a machine without engram-journal[semantic]: numpy and wordllama cannot be found."""
 
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("numpy", "wordllama"):
@@ -199,7 +199,8 @@ def test_without_the_extra_semantic_search_says_how_to_install_it(
             wait_until(lambda: client.search("disk").total == 1, "keyword search as before")
         result = run_cli(bare, "search", "--mode", "semantic", "storage full")
         assert result.returncode == 2
-        assert result.stderr.count("\n") == 1 and "pip install 'engram[semantic]'" in result.stderr
+        assert result.stderr.count("\n") == 1
+        assert "pip install 'engram-journal[semantic]'" in result.stderr
         doctor = run_cli(bare, "doctor", "--json")
         checks = {json.loads(line)["check"]: json.loads(line)
                   for line in doctor.stdout.splitlines()}

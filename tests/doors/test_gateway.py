@@ -174,7 +174,8 @@ def test_units_and_contexts(open_gateway: Gateway) -> None:
     assert http.post("/search", json={"query": 5}).status_code == 400
     # Semantic search is off on this daemon: the answer says how to have it.
     vector = http.post("/search/vector", json={"query": "storage full"})
-    assert vector.status_code == 400 and "engram[semantic]" in vector.json()["error"]["message"]
+    assert vector.status_code == 400
+    assert "engram-journal[semantic]" in vector.json()["error"]["message"]
 
 
 def test_locks_name_the_holder_and_keep_others_out(open_gateway: Gateway) -> None:
@@ -663,7 +664,7 @@ def test_without_the_extra_the_command_says_what_to_install(env: dict[str, str],
     result = run_cli({**env, "PYTHONPATH": str(hidden), "ENGRAM_NO_AUTOSTART": "1"},
                      "gateway")
     assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and "pip install 'engram[http]'" in result.stderr
+    assert result.stderr.count("\n") == 1 and "pip install 'engram-journal[http]'" in result.stderr
 
 
 def test_both_streams_send_heartbeats_when_idle(open_gateway: Gateway) -> None:

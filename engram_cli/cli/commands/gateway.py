@@ -57,7 +57,8 @@ def gateway(
     The daemon checks every request as the caller's agent: the gateway passes each
     caller's identity in the handshake of the connection its requests use. Endpoints:
     SPECS.md §6.3 and GET /openapi.json. Stops on SIGINT/SIGTERM. Needs the extra:
-    pip install 'engram[http]'. With --json, prints {"listening": [URL, ...]} when ready.
+    pip install 'engram-journal\\[http]'. With --json, prints {"listening": [URL, ...]}
+    when ready.
 
     Examples:
 
@@ -72,7 +73,7 @@ def gateway(
         from engram_cli.doors.gateway import policy, serve
     except ImportError as exc:
         raise EngramError(f"engram gateway needs the HTTP extra ({exc.name} is missing): "
-                          "pip install 'engram[http]'") from None
+                          "pip install 'engram-journal[http]'") from None
     cli = context.get(ctx)
     out = cli.output(json)
     try:

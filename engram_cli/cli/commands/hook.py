@@ -30,8 +30,8 @@ app = typer.Typer(
          "be reached.", no_args_is_help=True, add_completion=False)
 
 HarnessOption = Annotated[str, typer.Option(
-    "--harness", metavar="claude-code|codex", autocompletion=completion.harnesses,
-    help="Which harness runs the hook.")]
+    "--harness", metavar="|".join(completion.HARNESSES), autocompletion=completion.harnesses,
+    help="Which harness runs the hook (its format).")]
 
 
 def _hook_input() -> dict[str, Any]:
@@ -43,12 +43,19 @@ def _hook_input() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _nothing(runner: str) -> None:
+    """Say nothing: no output, except to Cursor, which wants JSON on every path."""
+    if runner == "cursor":
+        _emit({})
+
+
 @contextlib.contextmanager
-def _failing_open() -> Iterator[None]:
+def _failing_open(runner: str) -> Iterator[None]:
     """A hook never breaks the agent's session: engram's failures end it quietly."""
     try:
         yield
     except (EngramError, OSError):
+        _nothing(runner)
         raise typer.Exit(0) from None
 
 
@@ -71,14 +78,15 @@ def session_start(ctx: typer.Context, runner: HarnessOption = "claude-code",
                   ) -> None:
     """SessionStart: the session brief as context.
 
-    Also announces the session and (Claude Code) exports ENGRAM_AGENT and
-    ENGRAM_SESSION_PID to the session's shell commands.
+    Also announces the session and exports ENGRAM_AGENT and ENGRAM_SESSION_PID to
+    the session's shell commands (Claude Code: through $CLAUDE_ENV_FILE; Cursor:
+    the answer's env).
     """
     hook_input = _hook_input()
-    with _failing_open():
+    with _failing_open(runner):
         client, agent, pid = _client(ctx, runner)
         client.announce_session(pid=pid, harness=runner)
-        cwd = str(hook_input.get("cwd") or os.getcwd())
+        cwd = harness.working_dir(hook_input, os.getcwd())
         from engram_cli.client import gitinfo  # only where git is asked: it brings subprocess
 
         brief = client.brief(files=gitinfo.changed_files(cwd))
@@ -91,43 +99,53 @@ def session_start(ctx: typer.Context, runner: HarnessOption = "claude-code",
         with contextlib.suppress(OSError), open(env_file, "a", encoding="utf-8") as exports:
             exports.write(f"export ENGRAM_AGENT={shlex.quote(agent)}\n"
                           f"export {SESSION_PID_VAR}={pid}\n")
-    _emit(harness.additional_context("SessionStart", briefview.markdown(brief, max_chars)))
+    answer = harness.additional_context(harness.harness_of(runner).start,
+                                        briefview.markdown(brief, max_chars), runner)
+    if runner == "cursor":
+        answer["env"] = {"ENGRAM_AGENT": agent, SESSION_PID_VAR: str(pid)}
+    _emit(answer)
 
 
 @app.command("prompt")
 def prompt(ctx: typer.Context, runner: HarnessOption = "claude-code") -> None:
-    """UserPromptSubmit: one line of context when messages are unread; nothing otherwise."""
+    """UserPromptSubmit (Gemini CLI: BeforeAgent): one line of context when messages are
+    unread; nothing otherwise."""
     _hook_input()
-    with _failing_open():
+    with _failing_open(runner):
         client, _, _ = _client(ctx, runner)
         counted = client.unread()
-    if counted.unread:
-        _emit(harness.additional_context(
-            "UserPromptSubmit", f"engram: {counted.unread} unread message(s) for you: read "
-            "them with the inbox tool or `engram inbox`."))
+    if not counted.unread:
+        _nothing(runner)
+        return
+    _emit(harness.additional_context(
+        harness.harness_of(runner).prompt or "UserPromptSubmit",
+        f"engram: {counted.unread} unread message(s) for you: read them with the inbox "
+        "tool or `engram inbox`.", runner))
 
 
 @app.command("pre-edit")
 def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
              guard: Annotated[str, typer.Option("--guard", metavar="warn|block")] = "warn"
              ) -> None:
-    """PreToolUse on file edits: the lease guard.
+    """PreToolUse on file edits (Gemini CLI: BeforeTool, AfterTool to warn): the lease guard.
 
     Another agent's lease on the file adds a warning naming the holder, or with
     --guard block denies the edit with that reason.
     """
     hook_input = _hook_input()
-    cwd = str(hook_input.get("cwd") or os.getcwd())
+    cwd = harness.working_dir(hook_input, os.getcwd())
     paths = harness.edited_paths(hook_input)
     if not paths:
+        _nothing(runner)
         return
-    with _failing_open():
+    with _failing_open(runner):
         client, agent, _ = _client(ctx, runner)
         states = client.list_locks()
     others = [state.lease for state in states
               if state.lease is not None and state.lease.holder != agent]
     if not others:
-        return  # the common case, and no git to ask
+        _nothing(runner)  # the common case, and no git to ask
+        return
     from engram_cli.client import gitinfo
 
     try:
@@ -147,13 +165,14 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
                             + f" as {lease.resource} until {lease.expires_at:%H:%M:%S} UTC")
                 holders.append(lease.holder)
     if not held:
+        _nothing(runner)
         return
     reason = ("; ".join(held) + f". Ask (engram send --to {','.join(dict.fromkeys(holders))}) "
               "or wait for the lease to end.")
     if guard == "block":
-        _emit(harness.deny_edit(reason))
+        _emit(harness.deny_edit(reason, runner))
     else:
-        _emit(harness.additional_context("PreToolUse", f"engram warning: {reason}"))
+        _emit(harness.warn_edit(f"engram warning: {reason}", runner))
 
 
 @app.command("stop")
@@ -164,20 +183,24 @@ def stop(ctx: typer.Context, runner: HarnessOption = "claude-code",
 
     Claude Code (run in the background): wait up to --wait for a message and exit 2
     when one comes (the harness wakes the agent), else 0; one waiter per agent.
-    Codex: when mail waits, the turn goes on, never twice in a row.
+    The others (Gemini CLI: AfterAgent): when mail waits, the turn goes on, never
+    twice in a row.
     """
     hook_input = _hook_input()
-    if runner == "codex":
-        if hook_input.get("stop_hook_active"):
-            return  # the turn already went on for this stop: let the agent stop
-        with _failing_open():
+    if runner != "claude-code":
+        if hook_input.get("stop_hook_active") or hook_input.get("loop_count"):
+            _nothing(runner)  # the turn already went on for this stop: let it stop
+            return
+        with _failing_open(runner):
             client, _, _ = _client(ctx, runner)
             counted = client.unread()
-        if counted.unread:
-            _emit({"decision": "block", "reason": f"engram: {counted.unread} unread "
-                   "message(s) arrived; read them with `engram inbox` before you stop."})
+        if not counted.unread:
+            _nothing(runner)
+            return
+        _emit(harness.go_on(f"engram: {counted.unread} unread message(s) arrived; read "
+                            "them with `engram inbox` before you stop.", runner))
         return
-    with _failing_open():
+    with _failing_open(runner):
         client, agent, _ = _client(ctx, runner)
         with _one_waiter(client.socket_path, agent) as alone:
             if not alone:

@@ -16,8 +16,9 @@ from engram_cli.client.session import agent_name, harness, session_pid
 def mcp(
     ctx: typer.Context,
     runner: Annotated[str | None, typer.Option(
-        "--harness", metavar="NAME", help="What runs the server (claude-code, codex; "
-        "default: told by its variables, else its process name): the agent is NAME-PID.")
+        "--harness", metavar="NAME", help="What runs the server (claude-code, codex, gemini, "
+        "cursor; default: told by its variables, else its process name): the agent is "
+        "NAME-PID.")
     ] = None,
     json: JsonOption = False,
 ) -> None:
@@ -27,13 +28,14 @@ def mcp(
     task_ready, task_claim, task_done; resources engram://brief, engram://inbox,
     engram://context/ID, engram://unit/ID. The agent is --agent/ENGRAM_AGENT, else
     HARNESS-PID of the process that started the server; leases and claims are bound to
-    that process. Needs the MCP SDK: pip install 'engram[mcp]'. (--json is accepted and
-    changes nothing: stdout is JSON-RPC.)
+    that process. Needs the MCP SDK: pip install 'engram-journal\\[mcp]'. (--json is
+    accepted and changes nothing: stdout is JSON-RPC.)
 
     Examples:
 
+      engram setup claude-code      # registers it, and the hooks
       claude mcp add --scope project engram -- engram mcp
-      codex mcp add engram -- engram mcp
+      codex mcp add engram -- engram mcp      # setup merges it, adds no second
     """
     try:
         import trio
@@ -41,7 +43,7 @@ def mcp(
         from engram_cli.doors import mcpserver
     except ImportError as exc:
         raise EngramError(f"engram mcp needs the MCP SDK ({exc.name} is missing): "
-                          "pip install 'engram[mcp]'") from None
+                          "pip install 'engram-journal[mcp]'") from None
     cli = context.get(ctx)
     pid = session_pid()
     runner = runner or harness(pid=pid)

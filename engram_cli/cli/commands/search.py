@@ -18,8 +18,8 @@ from engramd.protocol import Unit
 
 def search(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(
-        metavar="[QUERY]", help="Words to find (all of them); none: filters alone.")] = "",
+    query: Annotated[str | None, typer.Argument(
+        metavar="[QUERY]", help="Words to find (all of them); none: filters alone.")] = None,
     contexts: Annotated[list[str] | None, typer.Option(
         "--context", "-c", metavar="CTX", autocompletion=completion.contexts,
         help="Only this context (repeatable).")] = None,
@@ -43,7 +43,7 @@ def search(
     )] = False,
     mode: Annotated[str, typer.Option(
         "--mode", metavar="MODE", autocompletion=lambda: ["keyword", "semantic", "hybrid"],
-        help="keyword (BM25), semantic (by meaning; needs engram[semantic]) or hybrid "
+        help="keyword (BM25), semantic (by meaning; needs the semantic extra) or hybrid "
         "(both ranks fused).")] = "keyword",
     min_similarity: Annotated[float | None, typer.Option(
         "--min-similarity", metavar="X", min=-1.0, max=1.0,
@@ -52,7 +52,8 @@ def search(
 ) -> None:
     """Find units by words (ranked by relevance, then newest) and filters; exit 3 if none.
 
-    Without words the filters alone select units, newest first, with no score. With
+    Without QUERY the filters alone select units, newest first, with no score; a
+    QUERY with no words in it (letters or digits: "", "***") finds nothing. With
     --mode semantic, units are ranked by what they mean (an "storage full" query finds
     "disk quota exceeded"); --mode hybrid fuses both rankings.
 
@@ -65,6 +66,11 @@ def search(
     """
     cli = context.get(ctx)
     out = cli.output(json)
+    if query is not None and not advanced and mode == "keyword" and not any(
+            char.isalnum() for char in query):
+        raise NotFound(f"nothing to search for: {query!r} has no words (letters or digits); "
+                       "leave QUERY out to select by filters alone")
+    query = query or ""
     client = cli.client()
     try:
         since_ts = parse_time(since) if since else None

@@ -1,5 +1,6 @@
-"""``engram setup claude-code|codex``: wire a harness to engram (its MCP server and the
-``engram hook`` commands); see :mod:`engram_cli.doors.harness` for the formats."""
+"""``engram setup claude-code|codex|gemini|cursor``: wire a harness to engram (its MCP
+server and the ``engram hook`` commands); see :mod:`engram_cli.doors.harness` and
+:mod:`engram_cli.doors.tomlblock` for the formats."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ import typer
 from engram_cli.cli import completion, context
 from engram_cli.cli.context import JsonOption
 from engram_cli.client import gitinfo
-from engram_cli.client.errors import EngramError, ExitCode, UsageProblem
-from engram_cli.doors import harness
+from engram_cli.client.errors import BadRequest, EngramError, ExitCode, UsageProblem
+from engram_cli.doors import harness, tomlblock
 from engram_cli.doors.files import write_whole
 
 BACKUP_SUFFIX = ".engram-backup"
 
 HarnessArg = Annotated[str, typer.Argument(
-    metavar="claude-code|codex", autocompletion=completion.harnesses,
+    metavar="|".join(completion.HARNESSES), autocompletion=completion.harnesses,
     help="The harness to wire.")]
 
 
@@ -37,17 +38,31 @@ class ConfigFile:
     """The file's text (empty when absent) with engram's entries."""
     remove: Callable[[str], str]
     """The file's text without them."""
+    root: str
+    """The directory setup works in (the project's or home): a directory below it that
+    holds nothing once engram's file is gone goes too."""
+    json: bool = True
+    """A JSON file: two texts are the same when they hold the same data."""
+
+    def same(self, one: str, other: str) -> bool:
+        if not self.json:
+            return one == other
+        return bool(jsonlib.loads(one or "{}") == jsonlib.loads(other or "{}"))
 
 
 def _json_edit(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[str], str]:
+    """An edit of a JSON object's text through *change* (the text as it was when nothing
+    changes, however it is laid out)."""
     def edit(text: str) -> str:
         try:
             data = jsonlib.loads(text) if text.strip() else {}
         except ValueError as exc:
-            raise EngramError(f"cannot read it as JSON ({exc}); fix or move it first") from None
+            raise harness.ConfigProblem(f"cannot read it as JSON ({exc})") from None
         if not isinstance(data, dict):
-            raise EngramError("it is not a JSON object; fix or move it first")
+            raise harness.ConfigProblem("the file is not a JSON object")
         changed = change(data)
+        if changed == data:
+            return text
         return harness.dump_json(changed) if changed else ""
     return edit
 
@@ -62,58 +77,85 @@ def _engram_program() -> list[str]:
     return ["engram"] if found and os.path.realpath(found) == here else [here]
 
 
-def config_files(runner: str, where: str, guard: str) -> list[ConfigFile]:
+def config_files(runner: str, scope: str, guard: str) -> list[ConfigFile]:
+    """The files setup writes for *runner* in *scope*, and how (SPECS.md §6.2)."""
     engram = _engram_program()
+    rules = harness.HARNESSES[runner]
     specs = harness.hook_specs(runner, engram, guard)
+    entry = harness.mcp_entry(engram, runner)
     home = os.path.expanduser("~")
-    if where == "global":
-        root = home
-    else:
-        try:
-            root = gitinfo.toplevel(os.getcwd())
-        except gitinfo.GitError:
-            root = os.getcwd()
-    hooks = (_json_edit(lambda data: harness.install_hooks(data, specs)),
-             _json_edit(harness.remove_hooks))
+    try:
+        project = gitinfo.toplevel(os.getcwd())
+    except gitinfo.GitError:
+        project = os.getcwd()
+    root = home if scope == "global" else project
+
+    def install_hooks(data: dict[str, Any]) -> dict[str, Any]:
+        return harness.install_hooks(data, specs, rules)
+
+    def remove_hooks(data: dict[str, Any]) -> dict[str, Any]:
+        return harness.remove_hooks(data, rules)
+
+    def servers(where: tuple[str, ...] = harness.SERVERS
+                ) -> tuple[Callable[[str], str], Callable[[str], str]]:
+        return (_json_edit(lambda data: harness.install_mcp(data, entry, where)),
+                _json_edit(lambda data: harness.remove_mcp(data, where)))
+
+    hooks = (_json_edit(install_hooks), _json_edit(remove_hooks))
     if runner == "claude-code":
-        settings = os.path.join(root, ".claude", "settings.json")
-        servers = os.path.join(home, ".claude.json") if where == "global" \
-            else os.path.join(root, ".mcp.json")
-        return [ConfigFile(settings, *hooks),
-                ConfigFile(servers, _json_edit(lambda data: harness.install_mcp(data, engram)),
-                           _json_edit(harness.remove_mcp))]
-    directory = os.path.join(root, ".codex")
-    return [ConfigFile(os.path.join(directory, "hooks.json"), *hooks),
-            ConfigFile(os.path.join(directory, "config.toml"),
-                       lambda text: harness.install_toml(text, engram), harness.remove_toml)]
+        settings = "settings.local.json" if scope == "local" else "settings.json"
+        files = [ConfigFile(os.path.join(root, ".claude", settings), *hooks, root)]
+        if scope == "project":
+            return [*files, ConfigFile(os.path.join(root, ".mcp.json"), *servers(), root)]
+        where = ("projects", project, "mcpServers") if scope == "local" else harness.SERVERS
+        return [*files, ConfigFile(os.path.join(home, ".claude.json"), *servers(where), home)]
+    if runner == "codex":
+        directory = os.path.join(root, ".codex")
+        return [ConfigFile(os.path.join(directory, "hooks.json"), *hooks, root),
+                ConfigFile(os.path.join(directory, "config.toml"),
+                           lambda text: tomlblock.install_toml(text, entry),
+                           tomlblock.remove_toml, root, json=False)]
+    if runner == "gemini":  # hooks and servers share one settings file
+        return [ConfigFile(
+            os.path.join(root, ".gemini", "settings.json"),
+            _json_edit(lambda data: harness.install_mcp(install_hooks(data), entry)),
+            _json_edit(lambda data: harness.remove_mcp(remove_hooks(data))), root)]
+    directory = os.path.join(root, ".cursor")
+    return [ConfigFile(os.path.join(directory, "hooks.json"), *hooks, root),
+            ConfigFile(os.path.join(directory, "mcp.json"), *servers(), root)]
 
 
 def _read(path: str) -> str | None:
     try:
-        with open(path, encoding="utf-8") as file:
+        with open(path, encoding="utf-8", newline="") as file:
             return file.read()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise BadRequest(f"{path}: not UTF-8 text; fix or move it first") from None
     except OSError as exc:
         raise EngramError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _write_atomically(path: str, text: str) -> None:
+def _write_atomically(path: str, text: str, like: str | None = None) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_whole(path, text.encode("utf-8"))
+    write_whole(path, text.encode("utf-8"), like=like)
 
 
 def _plan(file: ConfigFile, remove: bool) -> tuple[str | None, str | None]:
     """The file's text now and what it is to become (None: absent)."""
     now = _read(file.path)
-    if not remove:
-        return now, file.install(now or "")
-    backup = _read(file.path + BACKUP_SUFFIX)
-    if now is None:
-        return None, None
-    stripped = file.remove(now)
-    if backup is not None and file.remove(backup) == stripped:
-        return now, backup  # nothing else changed since: what was there, byte for byte
+    try:
+        if not remove:
+            return now, file.install(now or "")
+        if now is None:
+            return None, None
+        backup = _read(file.path + BACKUP_SUFFIX)
+        stripped = file.remove(now)
+        if backup is not None and file.same(file.remove(file.install(backup)), stripped):
+            return now, backup  # nothing else changed since: what was there, byte for byte
+    except harness.ConfigProblem as exc:
+        raise BadRequest(f"{file.path}: {exc}; fix or move it first") from None
     if backup is None and not stripped.strip():
         return now, None  # engram made this file
     return now, stripped
@@ -123,22 +165,41 @@ def _apply(file: ConfigFile, now: str | None, wanted: str | None, remove: bool) 
     backup = file.path + BACKUP_SUFFIX
     if wanted is None:
         os.unlink(file.path)
+        _prune(os.path.dirname(file.path), file.root)
     else:
         if not remove and now is not None and not os.path.exists(backup):
-            _write_atomically(backup, now)  # the first install keeps what was there
+            # The first install keeps what was there, as private as it was.
+            _write_atomically(backup, now, like=file.path)
         _write_atomically(file.path, wanted)
     if remove and os.path.exists(backup):
         os.unlink(backup)
+
+
+def _prune(directory: str, root: str) -> None:
+    """Remove *directory* and its parents below *root* while they are empty."""
+    root = os.path.abspath(root)
+    directory = os.path.abspath(directory)
+    while directory.startswith(root + os.sep):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+        directory = os.path.dirname(directory)
 
 
 def setup(
     ctx: typer.Context,
     runner: HarnessArg,
     global_: Annotated[bool, typer.Option(
-        "--global", help="Your user configuration (~/.claude, ~/.codex) rather than the "
-        "project's.")] = False,
+        "--global", help="Your user configuration (~/.claude, ~/.codex, ~/.gemini, "
+        "~/.cursor) rather than the project's.")] = False,
     project: Annotated[bool, typer.Option(
-        "--project", help="The repository's configuration (the default).")] = False,
+        "--project", help="The repository's configuration, shared through git (the "
+        "default).")] = False,
+    local: Annotated[bool, typer.Option(
+        "--local", help="Claude Code: yours, in this repository only "
+        "(.claude/settings.local.json, not committed; the server in ~/.claude.json "
+        "under the project).")] = False,
     guard: Annotated[str, typer.Option(
         "--guard", metavar="off|warn|block",
         help="Before a file edit: warn about others' leases on it, or deny the edit.")
@@ -154,17 +215,23 @@ def setup(
     """Wire a coding agent's harness to engram: its MCP server and its hooks.
 
     Hooks: the brief at session start (also after a resume or compaction); a line
-    on a prompt when mail is unread; a lease guard before file edits; at stop, the
-    wake path (Claude Code: a background hook wakes the agent when mail comes;
-    Codex: the turn goes on when mail waits, never twice in a row).
+    on a prompt when mail is unread (not Cursor: it takes none); a lease guard on
+    file edits; at stop, the wake path (Claude Code: a background hook wakes the
+    agent when mail comes; the others: the turn goes on when mail waits, never
+    twice in a row).
 
-    Files are merged, never clobbered; a backup of each stays beside it until
-    --remove, which puts back what was there.
+    Files are merged, never clobbered, and each is read back before it replaces
+    the old one; a backup of each (as private as the file) stays beside it until
+    --remove, which puts back what was there. A file or key of a shape setup does
+    not expect stops it with exit 2, naming them, before anything is written.
 
     Examples:
 
       engram setup claude-code           # .claude/settings.json, .mcp.json
+      engram setup claude-code --local   # .claude/settings.local.json, ~/.claude.json
       engram setup codex --global        # ~/.codex/hooks.json, config.toml
+      engram setup gemini                # .gemini/settings.json
+      engram setup cursor                # .cursor/hooks.json, .cursor/mcp.json
       engram setup claude-code --check   # exit 1 if missing or stale
       engram setup claude-code --remove
     """
@@ -172,14 +239,19 @@ def setup(
         raise UsageProblem(f"unknown harness {runner!r} (one of {', '.join(completion.HARNESSES)})")
     if guard not in harness.GUARDS:
         raise UsageProblem(f"--guard is one of {', '.join(harness.GUARDS)}, not {guard!r}")
-    if global_ and project:
-        raise UsageProblem("give --global or --project, not both")
+    if global_ + project + local > 1:
+        raise UsageProblem("give one of --global, --project and --local")
+    if local and runner != "claude-code":
+        raise UsageProblem(f"--local is Claude Code's scope; {runner} has --project and "
+                           "--global")
     if check and remove:
         raise UsageProblem("give --check or --remove, not both")
     out = context.get(ctx).output(json)
+    scope = "global" if global_ else "local" if local else "project"
+    # Every file is planned (read, edited, read back) before any is written.
+    plans = [(file, *_plan(file, remove)) for file in config_files(runner, scope, guard)]
     stale = []
-    for file in config_files(runner, "global" if global_ else "project", guard):
-        now, wanted = _plan(file, remove)
+    for file, now, wanted in plans:
         changes = now != wanted
         action = ("unchanged" if not changes else "remove" if wanted is None
                   else "restore" if remove and wanted == _read(file.path + BACKUP_SUFFIX)

@@ -17,5 +17,5 @@ so that the daemon, not the gateway, checks rights and attributes writes.
 
 May import: what a door may (:mod:`engram_cli.doors`), and the HTTP stack (starlette,
 hypercorn, sse-starlette, PyJWT). Only ``engram gateway`` imports this package (it
-needs the ``engram[http]`` extra).
+needs the ``engram-journal[http]`` extra).
 """

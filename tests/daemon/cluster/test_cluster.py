@@ -24,7 +24,7 @@ from engram_cli.client.errors import EngramError, NotFound
 from tests.clustermachines import Machine, deployment_of, machine_on, running
 from tests.conftest import WAIT, run_cli, wait_until
 
-pytest.importorskip("nats", reason="cluster mode needs the engram[cluster] extra")
+pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 

@@ -37,7 +37,7 @@ from tests.clustermachines import Machine, deployment_of, running
 from tests.conftest import WAIT, wait_until
 from tests.helpers.tcpproxy import CuttableProxy
 
-pytest.importorskip("nats", reason="cluster mode needs the engram[cluster] extra")
+pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 

@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 import trio
 
-pytest.importorskip("nats", reason="cluster mode needs the engram[cluster] extra")
+pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
 
 from engramd.cluster.bucket import (
     MARKER_TTL,
