@@ -508,3 +508,8 @@ from engramd.protocol.model import (
 from engramd.protocol.model import (
     UnitCreated as UnitCreated,
 )
+
+# isort: split
+# Integrity and a full disk (issue 33): their errors, and the store walk.
+from engramd.protocol.errors import Damaged as Damaged
+from engramd.protocol.errors import DiskFull as DiskFull
