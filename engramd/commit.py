@@ -79,6 +79,10 @@ class JournalThread:
                                         name="engramd-journal", daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
     def stop(self) -> None:
         """Let the thread end once the jobs given so far are done."""
         if self._thread is not None:
@@ -127,6 +131,10 @@ class CommitStatistics:
     @property
     def mean_batch(self) -> float:
         return self.entries / self.batches if self.batches else 0.0
+
+
+class ApplyFailed(Exception):
+    """The store refused a batch the log already holds: writes stop until a restart."""
 
 
 class Behind(Exception):
@@ -347,7 +355,11 @@ class GroupCommitter:
         took = time.perf_counter() - started
         self.stats.fsync_seconds += took
         self.fsync.observe(took)
-        self.store.apply(entries)
+        try:
+            self.store.apply(entries)
+        except Exception as exc:  # in the log but not the store: never just the batch's error
+            raise ApplyFailed(f"the store could not apply seqs {entries[0].first_seq}-"
+                              f"{entries[-1].last_seq} that the log holds: {exc}") from exc
 
     def _abort(self, built: list[_Submission[Any]], exc: BaseException, *, fatal: bool) -> None:
         """Fail this batch; when *fatal*, also everything still queued."""
@@ -368,3 +380,4 @@ class GroupCommitter:
             submission.result = None
             submission.error = Unavailable(message)
             submission.done.set()
+

@@ -159,6 +159,9 @@ SETTINGS: tuple[Setting, ...] = (
             "The embedding model of semantic search (with the engram[semantic] extra): "
             "wordllama (bundled), or package.module:factory for a local model; a change "
             "rebuilds the vector index."),
+    Setting("store.verify_on_start", bool, True,
+            "Read the whole store once after each start, in the background, so that damage "
+            "is reported at once (status, log) rather than when a read meets it."),
     Setting("cluster.servers", str, "",
             "Cluster mode: NATS server URLs, comma-separated (nats://host:4222,...). Empty: "
             "one machine, the local WAL. Set: the journal is a JetStream stream shared by "
@@ -224,6 +227,7 @@ class DaemonConfig:
     require_tokens: bool = False
     semantic: str = "auto"
     embedding: str = "wordllama"
+    verify_on_start: bool = True
     servers: str = ""
     deployment: str = "engram"
     replicas: int = 3

@@ -104,6 +104,7 @@ from engramd.protocol import (
     UnreadCount,
     Unsubscribe,
     UpdateContext,
+    Verify,
 )
 from engramd.queries import raw_units
 from engramd.tokens import Authenticator
@@ -299,6 +300,8 @@ class Dispatcher:
                 return AgentPage(id=request.id, agents=parts.briefing.agents())
             case GetBrief():
                 return parts.briefing.brief(request, caller)
+            case Verify():
+                return await self.engine.verify(request.id)
             case GetCluster():
                 if parts.cluster is None:
                     raise BadRequest("engramd is not in cluster mode (cluster.servers is "

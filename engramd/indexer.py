@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
+from engramd.protocol import Damaged
 from engramd.protocol.model import Unit
+from engramd.rocks import StoreDamaged
 from engramd.search import Document, Hit, SearchIndex
 from engramd.storage import Store
 
@@ -35,6 +37,8 @@ log = logging.getLogger("engramd.indexer")
 
 BATCH = 2000
 RETRY_SECONDS = 1.0
+PAUSED_RETRY_SECONDS = 5.0
+"""How often a paused indexer (the store damaged) looks again."""
 SETTLE_SECONDS = 0.05
 """How long a wake-up waits for more commits: how far searches may trail the journal."""
 _unit_decoder = msgspec.msgpack.Decoder(Unit)
@@ -92,10 +96,14 @@ def vector_opener(data_dir: str, embedding: str, *, rebuild: bool,
 
 
 class Indexer:
+    """Feeds the indexes; pauses (and says why) while the store is damaged."""
+
     def __init__(self, store: Store, index: SearchIndex,
                  open_vectors: Callable[[], VectorIndex | None] | None = None) -> None:
         self.store = store
         self.index = index
+        self.paused: str | None = None
+        """Why the indexes are not being fed now, or None."""
         self.vectors: VectorIndex | None = None
         self._open_vectors = open_vectors
         """Opens the vector index on first use, in the worker thread (None: no semantic)."""
@@ -146,6 +154,19 @@ class Indexer:
                             RETRY_SECONDS)
                 await trio.sleep(RETRY_SECONDS)
                 self._wanted.set()
+            except StoreDamaged as exc:
+                self._pause(str(exc))
+            if self.paused is not None:
+                await trio.sleep(PAUSED_RETRY_SECONDS)
+                self._wanted.set()
+
+    def _pause(self, why: str | None) -> None:
+        if why != self.paused:
+            if why is not None:
+                log.warning("search indexing paused: %s", why)
+            else:
+                log.info("search indexing resumed")
+        self.paused = why
 
     def _batch(self) -> bool:
         """Index the next events after the indexes' seqs; True if more may remain."""
@@ -155,6 +176,7 @@ class Indexer:
         stored = self.store.events_after(min(keyword_seq, vector_seq), BATCH)
         if not stored:
             return False
+        self._pause(None)
         documents = []
         for seq, value in stored:
             if value[:1] != b"U":
@@ -200,9 +222,17 @@ class Indexer:
 
     async def search(self, query: str | None, **filters: object) -> tuple[int, list[Hit]]:
         """Run :meth:`SearchIndex.search` in the index's worker thread."""
-        return await trio.to_thread.run_sync(
-            lambda: self.index.search(query, **filters),  # type: ignore[arg-type]
-            limiter=self._limiter)
+        index = self.index
+        try:
+            return await trio.to_thread.run_sync(
+                lambda: index.search(query, **filters),  # type: ignore[arg-type]
+                limiter=self._limiter)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                raise
+            raise Damaged(f"the search index {index.path} is damaged ({exc}); it is derived "
+                          "from the journal: rebuild it with 'engram daemon reindex' (or "
+                          "'engramd --reindex')") from None
 
     async def nearest(self, text: str, *, limit: int, min_similarity: float | None,
                       **filters: object) -> tuple[int, list[Hit]]:

@@ -26,6 +26,7 @@ from engramd.engine import Engine, open_engine
 from engramd.errors import StartupError
 from engramd.protocol import admin_token_path
 from engramd.protocol.logline import format_line
+from engramd.rebuild import rebuild_store
 from engramd.runtime import LockFile, claim_runtime, ensure_private_dir
 from engramd.server import Server
 from engramd.storage import Store
@@ -69,8 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repair", action="store_true",
                         help="check the journal; if a damaged record stops recovery, say what "
                         "cutting the log there would lose and, once confirmed, cut it; then exit")
+    parser.add_argument("--rebuild-store", action="store_true",
+                        help="rebuild a damaged store from the journal's log (the old store "
+                        "is kept aside; what the log no longer holds is taken from it), "
+                        "then exit")
     parser.add_argument("--yes", action="store_true",
-                        help="with --repair: do not ask for confirmation")
+                        help="with --repair or --rebuild-store: do not ask for confirmation")
     parser.add_argument("--version", action="version", version=f"engramd {__version__}")
     return parser
 
@@ -203,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.repair:
         return repair(config, assume_yes=args.yes)
+    if args.rebuild_store:
+        return rebuild_store(config, assume_yes=args.yes)
     if args.reindex:
         config = dataclasses.replace(config, reindex=True)
     try:
@@ -216,11 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except BaseException as exc:
         startup = _find_startup_error(exc)
-        if startup is None:
-            raise
-        log.error("%s", startup)
+        if startup is not None:
+            line = str(startup)
+            log.error("%s", line)
+        else:  # a bug: its traceback goes to the log as one line (logfmt escapes it)
+            leaf = _leaf(exc)
+            line = f"engramd failed: {type(leaf).__name__}: {leaf}"
+            log.critical("%s", line, exc_info=exc)
         if config.log_file:
-            print(f"engramd: error: {startup}", file=sys.stderr)
+            print(f"engramd: error: {line}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -265,6 +276,13 @@ def repair(config: DaemonConfig, *, assume_yes: bool) -> int:
             store.close()
     finally:
         data_lock.release()
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first exception inside trio's exception groups: what actually went wrong."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _find_startup_error(exc: BaseException) -> StartupError | None:

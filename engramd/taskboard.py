@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 import trio
 
 from engramd import validate
+from engramd.agentstore import StoredTask
 from engramd.caller import Caller
 from engramd.leases import LeaseManager, session_of
 from engramd.locks import describe
@@ -43,7 +44,7 @@ from engramd.protocol.model import (
     Task,
     UnitCreated,
 )
-from engramd.storage import Store, StoredTask
+from engramd.storage import Store
 from engramd.wal.record import Entry
 from engramd.writes import Writer
 

@@ -46,6 +46,7 @@ from engramd.protocol import (
     RevokeTokens,
     Shutdown,
     TokenInfo,
+    Verify,
 )
 
 log = logging.getLogger("engramd.tokens")
@@ -171,6 +172,9 @@ class Authenticator:
         if isinstance(request, CreateToken | ListTokens | RevokeTokens):
             raise Forbidden("managing tokens needs the admin token (the 'engram agent "
                             "token' commands read it from beside the socket)")
+        if isinstance(request, Verify):
+            raise Forbidden("verify walks the whole store: it needs the admin token (the "
+                            "socket's owner reads it from beside the socket)")
         if self.require_tokens and isinstance(request, Shutdown | BreakLock | Reindex):
             raise Forbidden(f"{request.__struct_config__.tag} needs the admin token when "
                             "auth.require_tokens is on")

@@ -513,3 +513,6 @@ from engramd.protocol.model import (
 # Integrity and a full disk (issue 33): their errors, and the store walk.
 from engramd.protocol.errors import Damaged as Damaged
 from engramd.protocol.errors import DiskFull as DiskFull
+from engramd.protocol.messages import StoreDamage as StoreDamage
+from engramd.protocol.messages import Verify as Verify
+from engramd.protocol.messages import VerifyReport as VerifyReport

@@ -119,6 +119,8 @@ class JournalStatus(msgspec.Struct, frozen=True, kw_only=True):
     vector_seq: int | None = None
     """The vector index (semantic search) has taken in everything up to here; None
     when semantic search is not installed or is off."""
+    store_damage: str | None = None
+    """The first damage a read of the store met since the start (the file and the fix)."""
 
 
 class StreamStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -956,6 +958,60 @@ class GetBrief(ClientMessage[Brief], tag="brief"):
     advance: bool = True
 
 
+# -- the store walk (issue 33) ------------------------------------------------
+
+
+class StoreDamage(msgspec.Struct, frozen=True, kw_only=True):
+    """A stretch of the store that could not be read."""
+
+    file: str
+    """The file RocksDB named (else the store's directory)."""
+    reason: str
+    after_key: str
+    """The last key read before the damage (empty: from the start)."""
+    resumed_at: str
+    """The first key read after the damage (empty: none could be): the keys between the
+    two were not read."""
+
+
+class VerifyReport(Reply, tag="verify.report"):
+    """What a walk of the whole store found, against the log (SPECS §3.4)."""
+
+    ok: bool
+    """No damage, every count agrees, the log and the store agree."""
+    applied_seq: int
+    """The store's applied seq in the snapshot walked."""
+    keys: int
+    units: int
+    """Units found (``u/`` keys); ``units_expected`` is the store's own count."""
+    units_expected: int
+    contexts: int
+    contexts_expected: int
+    events: int
+    """Entries of the store's event log (one per seq, ``applied_seq`` when whole)."""
+    walked_all: bool
+    """False when damage stopped the walk before the end of the store."""
+    damage: list[StoreDamage]
+    log_first_seq: int
+    """The first seq the log still holds (1: the whole journal; 0: none, or cluster mode)."""
+    log_last_seq: int
+    log_units: int
+    """Units in the log up to ``applied_seq``."""
+    missing: list[list[int]]
+    """``[first, last]`` seq ranges the store lacks (or holds as another kind of event)."""
+    unrecoverable: list[list[int]]
+    """Of those, the ranges the log no longer holds either: a rebuild cannot restore them."""
+    rebuild_complete: bool
+    """Whether ``engramd --rebuild-store`` would give back everything the store should hold."""
+    problems: list[str]
+    """One line per finding, for people."""
+    seconds: float
+
+
+class Verify(ClientMessage[VerifyReport], tag="verify"):
+    """Walk the whole store, check its counts and compare it with the log (admin token)."""
+
+
 Request = (
     Ping | GetStatus | Shutdown | CreateUnits | ImportUnits | GetUnits | ListUnits
     | RelatedUnits | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe
@@ -963,7 +1019,7 @@ Request = (
     | ListLocks | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
     | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
-    | GetCluster
+    | GetCluster | Verify
 )
 """Requests allowed after the handshake."""
 
@@ -974,7 +1030,7 @@ AnyClientMessage = (
     | ListLocks | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
     | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
-    | GetCluster
+    | GetCluster | Verify
 )
 
 
@@ -984,6 +1040,7 @@ AnyServerMessage = (
     | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LeaseLost
     | SearchResults | TokenCreated | TokenPage | TokensRevoked | DaemonStats | UnitIdsResolved
     | InboxPage | UnreadCount | TaskFound | TaskPage | AgentPage | Brief | ClusterReport
+    | VerifyReport
 )
 
 

@@ -98,6 +98,7 @@ from engramd.protocol import (
     SessionInfo,
     Shutdown,
     ShuttingDown,
+    StoreDamage,
     Subscribe,
     Subscribed,
     Task,
@@ -118,6 +119,8 @@ from engramd.protocol import (
     UnreadCount,
     Unsubscribe,
     UpdateContext,
+    Verify,
+    VerifyReport,
     Waiter,
     Welcome,
     encode_message,
@@ -213,6 +216,7 @@ CLIENT_MESSAGES = {
     "agent_list": ListAgents(id=41),
     "brief": GetBrief(id=42, contexts=["build-42"], files=["README.md"], items=3,
                       advance=False),
+    "verify": Verify(id=44),
 }
 TOKEN = TokenInfo(id="0123456789ab", agent="alice", created_at=WHEN)
 LEASE = Lease(resource="deploy:prod", holder="alice", lock_id="0123456789abcdef",
@@ -298,6 +302,14 @@ SERVER_MESSAGES = {
         storage="file"), machines=[ClusterMachine(
             machine="box-0a1b2c3d", host="box", socket="/run/user/1000/engram/engramd.sock",
             stream_seq=41, applied_seq=120, version="0.1.0")]),
+    "verify_report": VerifyReport(
+        id=44, ok=False, applied_seq=61, keys=277, units=60, units_expected=60, contexts=1,
+        contexts_expected=1, events=61, walked_all=True, damage=[StoreDamage(
+            file="/d/store/000008.sst", reason="Corruption: block checksum mismatch",
+            after_key="c/build-42 seq 32", resumed_at="e/ seq 1")],
+        log_first_seq=1, log_last_seq=61, log_units=60, missing=[], unrecoverable=[],
+        rebuild_complete=True, problems=["unit bodies: 31 in the store, 60 expected"],
+        seconds=0.001),
 }
 EVENTS = {
     "event_unit_created": UnitCreated(seq=7, ts=WHEN, context_id="build-42", unit=UNIT),
