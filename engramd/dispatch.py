@@ -44,6 +44,7 @@ from engramd.protocol import (
     CreateUnits,
     DaemonStats,
     DaemonStatus,
+    DiskFull,
     Done,
     EngramError,
     ErrorCode,
@@ -114,6 +115,9 @@ T = TypeVar("T")
 
 # Requests that do not need the journal open: answered while it is replayed.
 _ALWAYS = (Ping, GetStatus, GetStats, Shutdown, CreateToken, ListTokens, RevokeTokens)
+# Not served while read-only: the lease table is not restored (no expiry can be written).
+_LEASES = (AcquireLock, ReleaseLock, RenewLock, BreakLock, GetLock, ListLocks, ClaimTask,
+           FinishTask, ReleaseTask)
 
 
 class Connection(Protocol):
@@ -186,6 +190,8 @@ class Dispatcher:
         if isinstance(request, _ALWAYS):
             return await self._without_journal(request)
         parts = self.engine.ready()
+        if self.engine.read_only is not None and isinstance(request, _LEASES):
+            raise DiskFull(f"leases are not served: {self.engine.read_only}")
         queries, writer, leases = parts.queries, parts.writer, parts.leases
         match request:
             case CreateUnits():

@@ -30,7 +30,7 @@ from trio import TaskStatus
 from engramd import __version__, integrity, validate
 from engramd.briefing import Briefing
 from engramd.caller import Caller
-from engramd.commit import GroupCommitter
+from engramd.commit import GroupCommitter, ReadOnlyCommitter
 from engramd.config import DaemonConfig
 from engramd.errors import StartupError
 from engramd.events import EventHub
@@ -106,6 +106,8 @@ class Engine:
             max_relationships=config.max_relationships,
         )
         self._parts: Parts | None = None
+        self.read_only: str | None = None
+        """Why the journal was opened read-only (a full disk at start), or None."""
         self._walks = trio.CapacityLimiter(1)
 
     @property
@@ -141,7 +143,9 @@ class Engine:
                        on_aborted=in_flight.clear)
         cluster = None
         committer: GroupCommitter
-        if wal is None:
+        if opened.read_only is not None:
+            committer = ReadOnlyCommitter(opened.read_only, store, **options)
+        elif wal is None:
             try:
                 from engramd.cluster.journal import ClusterCommitter, open_cluster_journal
             except ImportError as exc:
@@ -165,7 +169,9 @@ class Engine:
             prepare_fences = leases.prepare_fences
         else:
             leases = LeaseManager(store, committer, **lease_options)
-        leases.restore()
+        if opened.read_only is None:
+            # (Read-only, leases are not served: their expiry could not be written.)
+            leases.restore()
         writer = Writer(store, committer, in_flight, contexts, self.limits, leases.check_fence,
                         prepare_fences)
         recent = RecentUnits(store)
@@ -180,6 +186,7 @@ class Engine:
     async def _run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         opened = await trio.to_thread.run_sync(open_storage, self.config)
+        self.read_only = opened.read_only
         try:
             parts = self._parts = self._assemble(opened)
         except BaseException:
@@ -191,7 +198,8 @@ class Engine:
             if parts.cluster is not None:
                 await nursery.start(parts.cluster.run)
             await nursery.start(parts.leases.run)
-            nursery.start_soon(self._checkpoints, parts)
+            if self.read_only is None:
+                nursery.start_soon(self._checkpoints, parts)
             nursery.start_soon(parts.indexer.run)
             self.state = "ready"
             log.info("ready")
@@ -241,7 +249,15 @@ class Engine:
             await committer.checkpoint_wanted.wait()
             committer.checkpoint_wanted = trio.Event()
             committer.bytes_since_checkpoint = 0
-            await trio.to_thread.run_sync(store.flush)
+            try:
+                flushed = await trio.to_thread.run_sync(store.flush)
+            except Exception as exc:
+                flushed, why = False, str(exc)
+            else:
+                why = "no room on the disk for the store's files"
+            if not flushed:  # the log keeps its segments meanwhile
+                log.warning("checkpoint skipped (%s); the log keeps its segments", why)
+                continue
             wal = parts.wal
             # (The committer may have stopped while the store flushed: the daemon is
             # stopping, and its close drops the segments.)
@@ -253,7 +269,14 @@ class Engine:
 
     @staticmethod
     def _close(store: Store, wal: WriteAheadLog | None, indexer: Indexer) -> None:
-        store.flush()
+        try:
+            flushed = store.flush()
+        except Exception as exc:
+            log.warning("store not flushed at the stop (%s)", exc)
+            flushed = False
+        if not flushed and not store.read_only and store.checkpoint_seq < store.applied_seq:
+            log.warning("the store was not flushed at the stop (no room on the disk): the "
+                        "next start replays the log from seq %d", store.checkpoint_seq + 1)
         if wal is not None:
             wal.drop_through(store.checkpoint_seq)
             wal.close()
@@ -280,12 +303,13 @@ class Engine:
             last_seq=committer.last_seq, checkpoint_seq=parts.store.checkpoint_seq,
             units=parts.store.unit_count, contexts=parts.store.context_count,
             wal_segments=len(wal.segments) if wal else 0, wal_bytes=wal.size if wal else 0,
-            durability=self.config.durability, write_error=committer.failure,
+            durability=self.config.durability, write_error=committer.write_error,
             indexed_seq=parts.indexer.indexed_seq, commit_batches=committer.stats.batches,
             commit_entries=committer.stats.entries,
             fsync_seconds=round(committer.stats.fsync_seconds, 6),
-            vector_seq=parts.indexer.vector_seq,
-            store_damage=None if parts.store.damage is None else str(parts.store.damage))
+            vector_seq=parts.indexer.vector_seq, read_only=self.read_only is not None,
+            store_damage=None if parts.store.damage is None else str(parts.store.damage),
+            index_paused=None if self.read_only else parts.indexer.paused)
 
     def stream_status(self) -> StreamStatus | None:
         parts = self._parts

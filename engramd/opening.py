@@ -1,7 +1,9 @@
 """Opening the journal: the store, the log and the search index, in a worker thread.
 
 Every way this can fail is one :class:`StartupError` line that names the file and the
-fix (``engramd --rebuild-store``, ``--reindex``, ``--repair``), never a traceback.
+fix (``engramd --rebuild-store``, ``--reindex``, ``--repair``), never a traceback. A
+full disk is not a failure: the journal opens read-only (the store as of its last
+flush, nothing written) and says so, so that reads go on until there is space.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from engramd.config import DaemonConfig
 from engramd.errors import StartupError
 from engramd.indexer import Indexer, open_index, vector_opener
 from engramd.integrity import log_first_seq
-from engramd.rocks import StoreDamaged
+from engramd.rocks import StoreDamaged, StoreFull, is_disk_full
+from engramd.search import SearchIndex
 from engramd.storage import SchemaMismatch, Store
 from engramd.wal.log import Corruption, WriteAheadLog
 
@@ -29,8 +32,10 @@ REINDEX_HINT = "it is derived from the journal: run 'engramd --reindex' to rebui
 class Opened:
     store: Store
     wal: WriteAheadLog | None
-    """None in cluster mode: the journal is the cluster's stream."""
+    """None in cluster mode (the journal is the cluster's stream) and when read-only."""
     indexer: Indexer
+    read_only: str | None = None
+    """Why the journal is read-only (a full disk), or None."""
 
 
 def open_storage(config: DaemonConfig) -> Opened:
@@ -44,6 +49,8 @@ def open_storage(config: DaemonConfig) -> Opened:
         raise StartupError(_STORE_GONE.format(f"the log begins at seq {first}"))
     try:
         store = Store(path)
+    except StoreFull:
+        return _open_read_only(config, path)
     except (SchemaMismatch, StoreDamaged) as exc:
         if not clustered:
             raise StartupError(_cannot_open(exc)) from None
@@ -70,8 +77,10 @@ def open_storage(config: DaemonConfig) -> Opened:
         except OSError as exc:
             store.close()
             wal.close()
-            raise StartupError(f"cannot open the log in {wal.directory}: "
-                               f"{exc.strerror}") from None
+            if not is_disk_full(exc):
+                raise StartupError(f"cannot open the log in {wal.directory}: "
+                                   f"{exc.strerror}") from None
+            return _open_read_only(config, path)
         log.info("journal open: seq %d, %d entries replayed, %d torn bytes cut, %.3fs",
                  recovery.last_seq, recovery.entries_replayed, recovery.truncated_bytes,
                  time.monotonic() - started)
@@ -82,12 +91,34 @@ def open_storage(config: DaemonConfig) -> Opened:
         if wal is not None:
             wal.close()
         search = os.path.join(config.data_dir, "search.db")
+        if is_disk_full(exc) or "disk is full" in str(exc) or "disk I/O" in str(exc):
+            return _open_read_only(config, path)
         raise StartupError(f"the search index {search} cannot be opened ({exc}); "
                            f"{REINDEX_HINT}") from None
     indexer = Indexer(store, index, vector_opener(config.data_dir, config.embedding,
                                                   rebuild=config.reindex, store=store)
-                      if config.semantic == "auto" else None)
+                      if config.semantic == "auto" else None,
+                      reserve_bytes=config.reserve_bytes)
     return Opened(store, wal, indexer)
+
+
+def _open_read_only(config: DaemonConfig, path: str) -> Opened:
+    """The journal on a full disk: the store as of its last flush, nothing written."""
+    try:
+        store = Store(path, read_only=True)
+    except (SchemaMismatch, StoreDamaged) as exc:
+        raise StartupError(_cannot_open(exc)) from None
+    why = (f"the disk holding {config.data_dir} is full: engramd started read-only (reads "
+           f"answer as of seq {store.applied_seq}; writes are refused). Free some space and "
+           "restart engramd")
+    log.error("%s", why)
+    search = os.path.join(config.data_dir, "search.db")
+    try:
+        index = SearchIndex(search, read_only=True)
+    except sqlite3.Error:
+        index = None
+    indexer = Indexer(store, index, None, reserve_bytes=config.reserve_bytes, read_only=why)
+    return Opened(store, None, indexer, read_only=why)
 
 
 def _cannot_open(exc: Exception) -> str:

@@ -12,14 +12,15 @@ Synchronous and trio-free, like the store.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Callable
 from typing import Any
 
-from rocksdict import Options, Rdict, RdictIter, ReadOptions
+from rocksdict import AccessType, Options, Rdict, RdictIter, ReadOptions
 
-from engramd.protocol.errors import Damaged
+from engramd.protocol.errors import Damaged, DiskFull
 
 REBUILD_HINT = ("stop engramd and run 'engramd --rebuild-store' (the store is rebuilt from "
                 "the journal; the damaged one is kept aside)")
@@ -38,6 +39,10 @@ class StoreDamaged(Damaged):
         self.reason = reason
 
 
+class StoreFull(DiskFull):
+    """The store could not write for want of space (or was opened read-only)."""
+
+
 def damage_of(exc: BaseException, store: str) -> StoreDamaged:
     """The :class:`StoreDamaged` that a RocksDB error (a plain ``Exception``) reports."""
     message = str(exc)
@@ -50,6 +55,13 @@ def damage_of(exc: BaseException, store: str) -> StoreDamaged:
     if offset and "offset" not in reason:
         reason += f" at offset {offset.group(1)}"
     return StoreDamaged(path, reason or "unreadable")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a RocksDB (or OS) error says the disk is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
 
 
 class CheckedIter:
@@ -87,7 +99,7 @@ def read_options() -> ReadOptions:
     return options
 
 
-def open_rocks(path: str) -> Rdict:
+def open_rocks(path: str, *, read_only: bool = False) -> Rdict:
     """Open the RocksDB at *path*, creating it only where there is nothing yet.
 
     A directory with files but no ``CURRENT`` is a damaged store, never a new one:
@@ -95,17 +107,22 @@ def open_rocks(path: str) -> Rdict:
 
     Raises:
         StoreDamaged: it cannot be opened (the message names the file).
+        StoreFull: the disk is full (open it ``read_only``).
     """
     os.makedirs(path, mode=0o700, exist_ok=True)
     fresh = not os.listdir(path)
     if not fresh and not os.path.exists(os.path.join(path, "CURRENT")):
         raise StoreDamaged(os.path.join(path, "CURRENT"), "missing")
     options = Options(raw_mode=True)
-    options.create_if_missing(fresh)
+    options.create_if_missing(fresh and not read_only)
     options.set_paranoid_checks(True)
+    access = AccessType.read_only() if read_only else AccessType.read_write()
     try:
-        db = Rdict(path, options)
+        db = Rdict(path, options, access_type=access)
     except Exception as exc:
+        if is_disk_full(exc):
+            raise StoreFull(f"the store cannot be opened for writing: the disk is full "
+                            f"({path})") from None
         raise damage_of(exc, path) from None
     db.set_read_options(read_options())
     return db

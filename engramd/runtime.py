@@ -46,6 +46,12 @@ def ensure_private_dir(path: str, *, what: str, private: bool = False,
         raise StartupError(problem)
 
 
+def free_bytes(path: str) -> int:
+    """Bytes an unprivileged writer may still put on *path*'s file system."""
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
 class LockFile:
     """An exclusive ``flock`` held for the daemon's lifetime, naming its holder's pid."""
 
@@ -65,8 +71,9 @@ class LockFile:
             raise StartupError(
                 f"{self._what} is in use by another engramd (pid {holder})"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # the pid only informs; a full disk may refuse it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:

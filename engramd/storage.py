@@ -57,15 +57,20 @@ from engramd.protocol.model import (
 from engramd.rocks import (
     CheckedIter,
     StoreDamaged,
+    StoreFull,
     damage_of,
+    is_disk_full,
     open_rocks,
     rocks_get,
 )
+from engramd.runtime import free_bytes
 from engramd.wal.record import Entry
 
 log = logging.getLogger("engramd.storage")
 
 SCHEMA_VERSION = 1
+FLUSH_MARGIN = 4 * 1024 * 1024
+"""Room a flush leaves besides its files (RocksDB's manifest, log, compactions)."""
 _SEQ = struct.Struct(">Q")
 _encoder = msgspec.msgpack.Encoder()
 
@@ -94,20 +99,26 @@ class SchemaMismatch(Exception):
 
 
 class Store(AgentRecords):
-    """The store; every read either answers in full or raises :class:`StoreDamaged`."""
+    """The store; every read either answers in full or raises :class:`StoreDamaged`.
 
-    def __init__(self, path: str) -> None:
+    ``read_only``: opened without writing anything (engramd on a full disk); writes
+    raise :class:`StoreFull`.
+    """
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
         self.damage: StoreDamaged | None = None
         """The first damage a read met since the store opened (status reports it)."""
-        self.db = open_rocks(path)
+        self.db = open_rocks(path, read_only=read_only)
         self._write = WriteOptions()
         self._write.disable_wal = True  # type: ignore[method-assign,assignment]
         # Cursor acks are not in our WAL: let RocksDB's own log keep them across a crash.
         self._logged_write = WriteOptions()
         schema = self._get(b"m/schema")
         if schema is None:
-            self.db.put(b"m/schema", seq_bytes(SCHEMA_VERSION), self._write)
+            if not read_only:
+                self.db.put(b"m/schema", seq_bytes(SCHEMA_VERSION), self._write)
         elif seq_from(schema) != SCHEMA_VERSION:
             raise SchemaMismatch(f"store schema {seq_from(schema)}, this engramd needs "
                                  f"{SCHEMA_VERSION}")
@@ -143,7 +154,15 @@ class Store(AgentRecords):
 
     def _put_logged(self, key: bytes, value: bytes) -> None:
         """A write outside the journal (cursors, marks), with RocksDB's own log."""
-        self.db.put(key, value, self._logged_write)
+        if self.read_only:
+            raise StoreFull("engramd started read-only (the disk is full): nothing can be "
+                            "stored until there is space and engramd is restarted")
+        try:
+            self.db.put(key, value, self._logged_write)
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise StoreFull(f"the disk is full: {exc}") from None
+            raise
 
     # -- writing ------------------------------------------------------------
 
@@ -223,11 +242,19 @@ class Store(AgentRecords):
         raw: bytes | None = self._get(key)
         return raw is not None and _lease_id.decode(raw).lock_id == lock_id
 
-    def flush(self) -> None:
-        """Make everything applied durable in the store's own files."""
+    def flush(self) -> bool:
+        """Make everything applied durable in the store's own files; False (nothing done)
+        when the disk has no room for them: RocksDB would stop taking writes after a
+        flush that failed for want of space, and the log keeps what is not flushed."""
+        if self.read_only:
+            return False
+        memtables = self.db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+        if free_bytes(self.path) < 2 * memtables + FLUSH_MARGIN:
+            return False
         seq = self.applied_seq  # everything applied so far is in the memtables being flushed
         self.db.flush(True)
         self.checkpoint_seq = seq
+        return True
 
     def close(self) -> None:
         self.db.close()

@@ -121,6 +121,10 @@ class JournalStatus(msgspec.Struct, frozen=True, kw_only=True):
     when semantic search is not installed or is off."""
     store_damage: str | None = None
     """The first damage a read of the store met since the start (the file and the fix)."""
+    read_only: bool = False
+    """engramd started read-only on a full disk (``write_error`` says so)."""
+    index_paused: str | None = None
+    """Why the search indexer is not feeding the index now (the disk nearly full)."""
 
 
 class StreamStatus(msgspec.Struct, frozen=True, kw_only=True):
