@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("engramd.engine")
 
 _spool_decoder = msgspec.json.Decoder(SpooledUnit)
+LEASE_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ class Engine:
             await nursery.start(parts.committer.run)
             if parts.cluster is not None:
                 await nursery.start(parts.cluster.run)
-            await nursery.start(parts.leases.run)
+            await nursery.start(self._run_leases, parts.leases)
             if self.read_only is None:
                 nursery.start_soon(self._checkpoints, parts)
             nursery.start_soon(parts.indexer.run)
@@ -206,6 +207,27 @@ class Engine:
             nursery.start_soon(self._deliver_spool, parts.writer)
             if self.config.verify_on_start:
                 nursery.start_soon(self._read_store, parts.store)
+
+    async def _run_leases(self, leases: LeaseManager, *,
+                          task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The lease manager's loops, started again when a lease's end could not be
+        written (a full disk): the lease is held on, as the journal says, and its end is
+        tried again, rather than the daemon stopping."""
+        said = ""
+        while True:
+            failed: list[Exception] = []
+            try:
+                await leases.run(task_status=task_status)
+            except* EngramError as group:  # (trio hands errors on in exception groups)
+                failed = list(group.exceptions)
+            if not failed:
+                return
+            if str(failed[0]) != said:  # once, not every second of a full disk
+                said = str(failed[0])
+                log.warning("a lease's end could not be written (%s); trying again every "
+                            "%gs", said, LEASE_RETRY_SECONDS)
+            task_status = trio.TASK_STATUS_IGNORED
+            await trio.sleep(LEASE_RETRY_SECONDS)
 
     async def _deliver_spool(self, writer: Writer) -> None:
         """Write the units clients spooled while this daemon was away (git hooks)."""

@@ -17,7 +17,7 @@ import pytest
 
 from engram_cli.client import Client
 from engram_cli.requests import draft
-from engramd import indexer
+from engramd import engine, indexer
 from engramd import search as search_module
 from engramd.protocol import DiskFull, JournalStatus, Unavailable
 from engramd.wal import log as wal_log
@@ -29,6 +29,8 @@ from tests.conftest import (
     start_threaded,
     wait_until,
 )
+
+real_write_all = wal_log._write_all
 
 
 def journal(engram: Client) -> JournalStatus:
@@ -213,3 +215,24 @@ def test_a_disk_filling_up_refuses_writes_and_pauses_the_indexer_first(
                 assert journal(engram).index_paused is None
         finally:
             assert daemon.stop() == 0
+
+
+def test_a_lease_that_expires_on_a_full_disk_is_held_on_and_ended_later(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "LEASE_RETRY_SECONDS", 0.05)
+    config = make_config(env)
+    with start_threaded(config) as daemon, \
+            Client(config.socket, autostart=False, env={}) as engram:
+        [lease] = engram.acquire_lock(["res"], ttl=0.2, bind_connection=False)
+        refused = []
+
+        def full(fd: int, data: bytes) -> None:
+            refused.append(len(data))
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(wal_log, "_write_all", full)
+        wait_until(lambda: len(refused) >= 2, "the expiry to be tried again")
+        assert daemon.thread.is_alive()
+        assert engram.get_lock("res").lease == lease, "held on, as the journal says"
+        monkeypatch.setattr(wal_log, "_write_all", real_write_all)
+        wait_until(lambda: engram.get_lock("res").lease is None, "the expiry once there is room")
