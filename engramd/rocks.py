@@ -102,16 +102,18 @@ def read_options() -> ReadOptions:
 def open_rocks(path: str, *, read_only: bool = False) -> Rdict:
     """Open the RocksDB at *path*, creating it only where there is nothing yet.
 
-    A directory with files but no ``CURRENT`` is a damaged store, never a new one:
-    RocksDB would start an empty store there and delete the old files as obsolete.
+    A directory with a manifest or tables but no ``CURRENT`` is a damaged store, never a
+    new one: RocksDB would start an empty store there and delete the old files as
+    obsolete. (Without either, it is a creation that never finished: made anew.)
 
     Raises:
         StoreDamaged: it cannot be opened (the message names the file).
         StoreFull: the disk is full (open it ``read_only``).
     """
     os.makedirs(path, mode=0o700, exist_ok=True)
-    fresh = not os.listdir(path)
-    if not fresh and not os.path.exists(os.path.join(path, "CURRENT")):
+    names = os.listdir(path)
+    fresh = "CURRENT" not in names
+    if fresh and any(name.startswith("MANIFEST-") or name.endswith(".sst") for name in names):
         raise StoreDamaged(os.path.join(path, "CURRENT"), "missing")
     options = Options(raw_mode=True)
     options.create_if_missing(fresh and not read_only)
