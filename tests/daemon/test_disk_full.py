@@ -188,11 +188,13 @@ def test_on_a_full_disk_engramd_starts_read_only_and_says_so(env: dict[str, str]
 
 def test_a_disk_filling_up_refuses_writes_and_pauses_the_indexer_first(
         env: dict[str, str], scratch: str) -> None:
-    with small_disk(Path(scratch, "disk"), "16m") as disk:
+    with small_disk(Path(scratch, "disk"), "32m") as disk:
         small = {**env, "ENGRAM_DATA_DIR": str(disk / "data"),
                  "ENGRAM_SEARCH_RESERVE_BYTES": str(2 * 1024 * 1024)}
-        filler = disk / "filler"  # what is freed later: more than the index needs
-        filler.write_bytes(b"\0" * 10 * 1024 * 1024)
+        # What is freed later: room for the index of every unit (it keeps their text,
+        # and SQLite's log up to 4 MiB), whenever the indexer paused.
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * 24 * 1024 * 1024)
         daemon = DaemonProcess(start_engramd(small), small["ENGRAM_SOCKET"], small)
         try:
             with connect(daemon.socket) as engram:
