@@ -98,6 +98,12 @@ def vector_opener(data_dir: str, embedding: str, *, rebuild: bool,
     return open_vectors
 
 
+def _damaged(exc: BaseException) -> bool:
+    """Whether an SQLite error says the file is damaged (not full, not busy)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.OperationalError)
+
+
 class Indexer:
     """Feeds the indexes; pauses (and says why) while the disk is nearly full or the
     store is damaged, and catches up once that is over: the journal comes first."""
@@ -169,11 +175,16 @@ class Indexer:
                 while await trio.to_thread.run_sync(self._feed, limiter=self._limiter):
                     pass
             except (sqlite3.Error, OSError) as exc:
-                # Searches lag meanwhile; status shows by how much.
-                log.warning("search index not updated (%s); retrying in %gs", exc,
-                            RETRY_SECONDS)
-                await trio.sleep(RETRY_SECONDS)
-                self._wanted.set()
+                if _damaged(exc):  # not worth a retry a second: said once, looked at now and then
+                    self._pause(f"the search index {self.index.path} is damaged ({exc}); "
+                                "rebuild it with 'engram daemon reindex' (or 'engramd "
+                                "--reindex')")
+                else:
+                    # Searches lag meanwhile; status shows by how much.
+                    log.warning("search index not updated (%s); retrying in %gs", exc,
+                                RETRY_SECONDS)
+                    await trio.sleep(RETRY_SECONDS)
+                    self._wanted.set()
             except StoreDamaged as exc:
                 self._pause(str(exc))
             if self.paused is not None:
@@ -273,7 +284,7 @@ class Indexer:
                 lambda: index.search(query, **filters),  # type: ignore[arg-type]
                 limiter=self._limiter)
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError):
+            if not _damaged(exc):
                 raise
             raise Damaged(f"the search index {index.path} is damaged ({exc}); it is derived "
                           "from the journal: rebuild it with 'engram daemon reindex' (or "

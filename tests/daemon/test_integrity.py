@@ -212,3 +212,28 @@ def test_a_damaged_search_index_stops_the_start_naming_reindex(engramd: DaemonPr
             wait_until(lambda: engram.search("unit").total == 3, "the rebuilt index")
     finally:
         assert reindexed.stop() == 0
+
+
+def test_a_search_index_damaged_inside_is_an_error_naming_reindex(
+        engramd: DaemonProcess) -> None:
+    write_units(engramd, 200)
+    with connect(engramd.socket) as engram:
+        wait_until(lambda: engram.status().journal.indexed_seq  # type: ignore[union-attr]
+                   == engram.status().journal.last_seq, "indexing")  # type: ignore[union-attr]
+    assert engramd.stop() == 0
+    search = Path(engramd.env["ENGRAM_DATA_DIR"], "search.db")
+    data = bytearray(search.read_bytes())
+    page = 4096
+    for start in range(len(data) // 2 // page * page, len(data), page):  # the later pages
+        data[start:start + page] = b"\xa5" * page
+    search.write_bytes(bytes(data))
+    damaged = DaemonProcess(start_engramd(engramd.env), engramd.socket, engramd.env)
+    try:
+        with connect(damaged.socket) as engram:
+            with pytest.raises(Damaged) as raised:
+                engram.search("unit")
+            assert str(search) in str(raised.value) and "reindex" in str(raised.value)
+            engram.create_unit("ctx", "MESSAGE", "one more")
+            assert engram.ping()
+    finally:
+        assert damaged.stop() == 0
