@@ -211,10 +211,11 @@ def log_first_seq(directory: str) -> int | None:
 def read_log(directory: str, up_to: int) -> Iterator[tuple[int, str]]:
     """``(seq, kind)`` of every event the log holds up to *up_to*, in order; read only.
 
-    A segment deleted meanwhile (a checkpoint) is skipped. Stops at damage; the
-    summary of :func:`summarize_log` says so.
+    A segment deleted meanwhile (a checkpoint) is skipped; the end of the last one may
+    be a record being written. Damage before that raises ``ValueError``.
     """
-    for path in list_segments(directory) if os.path.isdir(directory) else []:
+    paths = list_segments(directory) if os.path.isdir(directory) else []
+    for path in paths:
         try:
             with open(path, "rb") as file:
                 data = file.read()
@@ -228,7 +229,7 @@ def read_log(directory: str, up_to: int) -> Iterator[tuple[int, str]]:
                 if event.seq > up_to:
                     return
                 yield event.seq, event.kind
-        if damage is not None and not (damage.is_tail and path == list_segments(directory)[-1]):
+        if damage is not None and not (damage.is_tail and path == paths[-1]):
             raise ValueError(f"the log is damaged in {path} at offset {damage.offset}: "
                              f"{damage.reason}")
 

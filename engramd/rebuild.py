@@ -5,7 +5,8 @@ holds what the old one should have held. Two things are not in the log, and are
 carried over from the old store as far as it can still be read: the named cursors and
 the read marks (written with RocksDB's own log), and the entries older than the log's
 first segment (checkpoints delete segments the store holds). What cannot be read is
-named, by seq, before anything changes; losing any of it needs a confirmation.
+named, by seq, before the new store replaces the old one; losing any of it needs a
+confirmation (refused: the new store is deleted and nothing has changed).
 
 Safe by construction: the new store is built beside the old one (``store.rebuild``),
 and only a complete build is swapped in, by two renames; the old store is kept as
@@ -46,16 +47,14 @@ _unit = msgspec.msgpack.Decoder(Unit)
 
 @dataclass
 class Salvage:
-    """What the old store gives back."""
+    """What the old store gave back, and what it could not."""
 
-    entries: list[Entry] = field(default_factory=list)
+    events: int = 0
     lost: list[tuple[int, int]] = field(default_factory=list)
-    idempotency: dict[bytes, bytes] = field(default_factory=dict)
-    contexts: dict[bytes, bytes] = field(default_factory=dict)
-    """The old store's contexts: those whose creation was lost are kept as they were."""
-    kept: dict[bytes, bytes] = field(default_factory=dict)
+    kept: int = 0
+    """Named cursors and read marks carried over."""
     unreadable: list[str] = field(default_factory=list)
-    """Damage met while copying keys (file: reason)."""
+    """Damage met while copying keys (which keys, where)."""
 
 
 def open_old(path: str, scratch: str) -> tuple[Rdict | None, str]:
@@ -77,10 +76,10 @@ def open_old(path: str, scratch: str) -> tuple[Rdict | None, str]:
         return None, f"unreadable ({first}; repair: {exc})"
 
 
-def salvage(db: Rdict, path: str, before: int) -> Salvage:
-    """Events 1..*before*-1 by point reads (each seq on its own: damage costs only the
-    seqs it covers), and the keys the log does not hold."""
-    found = Salvage()
+def salvage_events(db: Rdict, store: Store, before: int, found: Salvage) -> None:
+    """Apply events 1..*before*-1 of the old store to *store*, read one seq at a time by
+    point reads (damage costs only the seqs it covers), in batches (memory stays small)."""
+    batch: list[Entry] = []
     for seq in range(1, before):
         try:
             event = _stored_event(db, seq)
@@ -92,13 +91,16 @@ def salvage(db: Rdict, path: str, before: int) -> Salvage:
             else:
                 found.lost.append((seq, seq))
             continue
-        found.entries.append(Entry(first_seq=seq, events=[event]))
-    if before > 1:
-        found.idempotency = dict(_family(db, path, b"i/", found.unreadable))
-        found.contexts = dict(_family(db, path, b"x/", found.unreadable))
-    for prefix in KEPT:
-        found.kept.update(_family(db, path, prefix, found.unreadable))
-    return found
+        batch.append(Entry(first_seq=seq, events=[event]))
+        if len(batch) == BATCH:
+            store.apply(batch)
+            batch = []
+    if batch:
+        store.apply(batch)
+    found.events = before - 1 - sum(last - first + 1 for first, last in found.lost)
+    if store.applied_seq != before - 1:
+        store.db.put(b"m/applied", seq_bytes(before - 1))  # the last seqs were lost
+        store.applied_seq = before - 1
 
 
 def _stored_event(db: Rdict, seq: int) -> AnyEvent | None:
@@ -158,24 +160,43 @@ def rebuild_store(config: DaemonConfig, *, assume_yes: bool,
 def _rebuild(config: DaemonConfig, assume_yes: bool, say: Callable[[str], None]) -> int:
     data_dir = config.data_dir
     path, building = os.path.join(data_dir, "store"), os.path.join(data_dir, "store.rebuild")
+    repairing = os.path.join(data_dir, "store.repairing")
     wal_dir = os.path.join(data_dir, "wal")
     first = log_first_seq(wal_dir)
-    before = first if first is not None else 1
-    old, how = open_old(path, os.path.join(data_dir, "store.repairing"))
-    found = Salvage()
-    if old is not None:
-        try:
-            applied = _applied(old)
-            found = salvage(old, path, before if first is not None else applied + 1)
-        finally:
-            old.close()
-    elif first is None or first > 1:
-        found.lost = [(1, (first or 1) - 1)] if first and first > 1 else []
+    old, how = open_old(path, repairing)
     say(f"the log holds seqs from {first} on" if first else "the log is empty")
     say(f"the old store: {how}")
-    if found.entries:
-        say(f"seqs 1-{before - 1}: {len(found.entries)} event(s) taken from the old store "
-            "(the log's older segments were deleted at checkpoints)")
+    shutil.rmtree(building, ignore_errors=True)
+    store = Store(building)
+    found = Salvage()
+    try:
+        before = first if first is not None else (_applied(old) + 1 if old else 1)
+        if old is not None:
+            salvage_events(old, store, before, found)
+            if before > 1:  # the log's idempotency keys of those seqs are gone with it
+                _copy(old, path, b"i/", store, found)
+        elif before > 1:
+            found.lost = [(1, before - 1)]
+            store.db.put(b"m/applied", seq_bytes(before - 1))
+            store.applied_seq = before - 1
+        replayed = _replay(store, config, wal_dir)
+        if old is not None:
+            if before > 1:  # contexts whose creation was lost, as the old store had them
+                _copy(old, path, b"x/", store, found, only_missing=True)
+            for prefix in KEPT:
+                found.kept += _copy(old, path, prefix, store, found)
+        if not store.flush():  # (what was applied is in memory only until flushed)
+            shutil.rmtree(building, ignore_errors=True)
+            raise StartupError(f"no room on the disk of {data_dir} for the new store; free "
+                               "some space and run it again")
+    finally:
+        store.close()
+        if old is not None:
+            old.close()
+        shutil.rmtree(repairing, ignore_errors=True)
+    if found.events:
+        say(f"seqs 1-{before - 1}: {found.events} event(s) taken from the old store (the "
+            "log's older segments were deleted at checkpoints)")
     problems = [f"seqs {_ranges(found.lost)} are in neither the log nor the readable part of "
                 "the old store: they will be missing"] if found.lost else []
     problems += [f"not carried over: {what}" for what in found.unreadable]
@@ -183,29 +204,16 @@ def _rebuild(config: DaemonConfig, assume_yes: bool, say: Callable[[str], None])
         problems.append("named cursors and read marks are lost (the old store is unreadable)")
     for line in problems:
         say(line)
-    if problems and not assume_yes:
-        if not sys.stdin.isatty():
-            print("engramd: error: not rebuilt; run with --yes to accept the loss",
-                  file=sys.stderr)
-            return EXIT_FAILURE
-        if input("Rebuild the store anyway? [y/N] ").strip().lower() not in ("y", "yes"):
-            say("not rebuilt")
-            return EXIT_FAILURE
-    shutil.rmtree(building, ignore_errors=True)
-    store = Store(building)
-    try:
-        replayed = _fill(store, found, before, config, wal_dir)
-        store.flush()
-    finally:
-        store.close()
-    shutil.rmtree(os.path.join(data_dir, "store.repairing"), ignore_errors=True)
+    if problems and not _confirmed(assume_yes):
+        shutil.rmtree(building, ignore_errors=True)
+        return EXIT_FAILURE
     aside = f"{path}.damaged-{int(time.time())}"
     if os.path.exists(path):
         os.replace(path, aside)
     os.replace(building, path)
     fsync_dir(data_dir)
-    say(f"rebuilt the store: {len(found.entries)} event(s) from the old store, {replayed} "
-        f"log entries replayed, {len(found.kept)} cursor(s) and mark(s) kept")
+    say(f"rebuilt the store: {found.events} event(s) from the old store, {replayed} log "
+        f"entries replayed, {found.kept} cursor(s) and mark(s) kept")
     if os.path.exists(aside):
         say(f"the old store is kept at {aside}; delete it once you are satisfied")
     if found.lost:  # the search index holds units the store no longer has: start it over
@@ -214,30 +222,42 @@ def _rebuild(config: DaemonConfig, assume_yes: bool, say: Callable[[str], None])
     return EXIT_OK
 
 
+def _confirmed(assume_yes: bool) -> bool:
+    if assume_yes:
+        return True
+    if not sys.stdin.isatty():
+        print("engramd: error: not rebuilt; run with --yes to accept the loss",
+              file=sys.stderr)
+        return False
+    if input("Rebuild the store anyway? [y/N] ").strip().lower() in ("y", "yes"):
+        return True
+    print("not rebuilt")
+    return False
+
+
 def _applied(db: Rdict) -> int:
     raw = db.get(b"m/applied")
     return 0 if raw is None else int.from_bytes(raw, "big")
 
 
-def _fill(store: Store, found: Salvage, before: int, config: DaemonConfig,
-          wal_dir: str) -> int:
-    """Apply what was salvaged, then replay the log; the log's entries replayed."""
-    for start in range(0, len(found.entries), BATCH):
-        store.apply(found.entries[start:start + BATCH])
-    copied = {**found.idempotency, **found.kept}
-    for key, value in copied.items():
-        store.db.put(key, value)
-    if before > 1 and store.applied_seq != before - 1:
-        store.db.put(b"m/applied", seq_bytes(before - 1))  # lost seqs at the end
-        store.applied_seq = before - 1
+def _replay(store: Store, config: DaemonConfig, wal_dir: str) -> int:
+    """Replay the log after the store's applied seq; the log's entries replayed."""
     wal = WriteAheadLog(wal_dir, segment_bytes=config.segment_bytes, sync=True)
     try:
-        replayed = wal.recover(store.applied_seq, store.apply).entries_replayed
+        return wal.recover(store.applied_seq, store.apply).entries_replayed
     finally:
         wal.close()
-    lost = {key: value for key, value in found.contexts.items() if store.db.get(key) is None}
-    for key, value in lost.items():
+
+
+def _copy(db: Rdict, path: str, prefix: bytes, store: Store, found: Salvage, *,
+          only_missing: bool = False) -> int:
+    """Copy the old store's *prefix* keys (as far as they can be read); how many."""
+    copied = 0
+    for key, value in _family(db, path, prefix, found.unreadable):
+        if only_missing and store.db.get(key) is not None:
+            continue
         store.db.put(key, value)
-    if lost:
-        store.db.put(b"m/contexts", seq_bytes(store.context_count + len(lost)))
-    return replayed
+        copied += 1
+    if only_missing and copied:
+        store.db.put(b"m/contexts", seq_bytes(store.context_count + copied))
+    return copied
