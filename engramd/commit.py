@@ -38,7 +38,7 @@ import trio
 from trio import TaskStatus
 
 from engramd.metrics import Histogram
-from engramd.protocol import EngramError, Unavailable
+from engramd.protocol import DiskFull, EngramError, Unavailable
 from engramd.storage import Store
 from engramd.wal.log import SyncFailed, WriteAheadLog, WriteFailed
 from engramd.wal.record import Entry, encode_batch
@@ -78,6 +78,10 @@ class JournalThread:
         self._thread = threading.Thread(target=self._serve, args=(token,),
                                         name="engramd-journal", daemon=True)
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
 
     def stop(self) -> None:
         """Let the thread end once the jobs given so far are done."""
@@ -129,6 +133,10 @@ class CommitStatistics:
         return self.entries / self.batches if self.batches else 0.0
 
 
+class ApplyFailed(Exception):
+    """The store refused a batch the log already holds: writes stop until a restart."""
+
+
 class Behind(Exception):
     """The journal has entries this machine has not applied yet (cluster mode: another
     machine wrote first). The batch is built again once :meth:`caught_up` returns."""
@@ -175,6 +183,9 @@ class GroupCommitter:
         """Batches still to be made of one request (after a batch too large to send)."""
         self._last_ts = dt.datetime.now(dt.UTC)
         self.failure: str | None = None
+        """Why every write is refused until a restart (a failed fsync), or None."""
+        self.refusing: str | None = None
+        """Why the last write was refused for want of space, until a write succeeds."""
         self.thread = JournalThread()
         """Where every use of the WAL file and every store write happen, in order."""
         self.stats = CommitStatistics()
@@ -312,6 +323,7 @@ class GroupCommitter:
             except (SyncFailed, Exception) as exc:
                 self._abort(built, exc, fatal=True)
                 return
+            self.refusing = None
             self.stats.batches += 1
             self.stats.entries += len(entries)
             self.stats.bytes_written += written
@@ -347,7 +359,11 @@ class GroupCommitter:
         took = time.perf_counter() - started
         self.stats.fsync_seconds += took
         self.fsync.observe(took)
-        self.store.apply(entries)
+        try:
+            self.store.apply(entries)
+        except Exception as exc:  # in the log but not the store: never just the batch's error
+            raise ApplyFailed(f"the store could not apply seqs {entries[0].first_seq}-"
+                              f"{entries[-1].last_seq} that the log holds: {exc}") from exc
 
     def _abort(self, built: list[_Submission[Any]], exc: BaseException, *, fatal: bool) -> None:
         """Fail this batch; when *fatal*, also everything still queued."""
@@ -362,9 +378,38 @@ class GroupCommitter:
         else:
             message = f"write refused: {exc}"
             log.warning("%s", message)
+        error = Unavailable(message)
+        if isinstance(exc, WriteFailed) and exc.disk_full:
+            self.refusing = (f"write refused: the disk is full ({exc}); nothing was written. "
+                             "Writes resume by themselves once there is space")
+            error = DiskFull(self.refusing)
         # Queued requests are built after this, against what really is stored.
         self._on_aborted()
         for submission in failed:
             submission.result = None
-            submission.error = Unavailable(message)
+            submission.error = error
             submission.done.set()
+
+    @property
+    def write_error(self) -> str | None:
+        """Why writes are refused now (status' ``write_error``), or None."""
+        return self.failure or self.refusing
+
+
+class ReadOnlyCommitter(GroupCommitter):
+    """engramd started read-only (a full disk): every write is refused, nothing runs."""
+
+    def __init__(self, why: str, store: Store, **options: Any) -> None:
+        super().__init__(None, store, **options)
+        self.failure = why
+
+    @property
+    def last_seq(self) -> int:
+        return self.store.applied_seq
+
+    async def commit(self, build: Build[T]) -> T:
+        assert self.failure is not None
+        raise DiskFull(self.failure)
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()

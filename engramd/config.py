@@ -163,6 +163,12 @@ SETTINGS: tuple[Setting, ...] = (
             "The embedding model of semantic search (with the engram-journal[semantic] extra): "
             "wordllama (bundled), or package.module:factory for a local model; a change "
             "rebuilds the vector index."),
+    Setting("store.verify_on_start", bool, True,
+            "Read the whole store once after each start, in the background, so that damage "
+            "is reported at once (status, log) rather than when a read meets it."),
+    Setting("search.reserve_bytes", int, 64 * 1024 * 1024,
+            "The search indexer writes only while more than this is free on the data dir's "
+            "disk, and catches up once there is: the journal comes first.", minimum=0),
     Setting("cluster.servers", str, "",
             "Cluster mode: NATS server URLs, comma-separated (nats://host:4222,...). Empty: "
             "one machine, the local WAL. Set: the journal is a JetStream stream shared by "
@@ -229,6 +235,8 @@ class DaemonConfig:
     require_tokens: bool = False
     semantic: str = "auto"
     embedding: str = "wordllama"
+    reserve_bytes: int = 64 * 1024 * 1024
+    verify_on_start: bool = True
     servers: str = ""
     deployment: str = "engram"
     replicas: int = 3

@@ -49,6 +49,7 @@ from engramd.protocol import (
     CutsAcknowledged,
     DaemonStats,
     DaemonStatus,
+    DiskFull,
     Done,
     EngramError,
     ErrorCode,
@@ -110,6 +111,7 @@ from engramd.protocol import (
     UnreadCount,
     Unsubscribe,
     UpdateContext,
+    Verify,
     VerifyBackup,
 )
 from engramd.queries import raw_units
@@ -121,6 +123,9 @@ T = TypeVar("T")
 # Requests that do not need the journal open: answered while it is replayed.
 _ALWAYS = (Ping, GetStatus, GetStats, Shutdown, CreateToken, ListTokens, RevokeTokens,
            VerifyBackup)
+# Not served while read-only: the lease table is not restored (no expiry can be written).
+_LEASES = (AcquireLock, ReleaseLock, RenewLock, BreakLock, GetLock, ListLocks, ClaimTask,
+           FinishTask, ReleaseTask)
 
 
 class Connection(Protocol):
@@ -195,6 +200,8 @@ class Dispatcher:
         if isinstance(request, _ALWAYS):
             return await self._without_journal(request)
         parts = self.engine.ready()
+        if self.engine.read_only is not None and isinstance(request, _LEASES):
+            raise DiskFull(f"leases are not served: {self.engine.read_only}")
         queries, writer, leases = parts.queries, parts.writer, parts.leases
         match request:
             case CreateUnits():
@@ -311,6 +318,8 @@ class Dispatcher:
                 return AgentPage(id=request.id, agents=parts.briefing.agents())
             case GetBrief():
                 return parts.briefing.brief(request, caller)
+            case Verify():
+                return await self.engine.verify(request.id)
             case GetCluster():
                 if parts.cluster is None:
                     raise BadRequest("engramd is not in cluster mode (cluster.servers is "

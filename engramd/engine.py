@@ -27,34 +27,38 @@ import msgspec
 import trio
 from trio import TaskStatus
 
-from engramd import __version__, validate
+from engramd import __version__, integrity, validate
 from engramd.briefing import Briefing
 from engramd.caller import Caller
-from engramd.commit import GroupCommitter
+from engramd.commit import GroupCommitter, ReadOnlyCommitter
 from engramd.config import DaemonConfig
-from engramd.errors import JournalDamaged, StartupError
+from engramd.errors import StartupError
 from engramd.events import EventHub
-from engramd.indexer import Indexer, open_index, vector_opener
+from engramd.indexer import Indexer
 from engramd.leases import LeaseManager
 from engramd.mail import Mailbox
 from engramd.metrics import Metrics
+from engramd.opening import Opened, open_storage
 from engramd.presence import Presence
 from engramd.protocol import (
     ClusterStatus,
     EngramError,
     JournalStatus,
     SpooledUnit,
+    StoreDamage,
     StreamStatus,
     Unavailable,
+    VerifyReport,
     WalCut,
     cuts_notice,
 )
 from engramd.queries import Queries
 from engramd.recent import RecentUnits
-from engramd.storage import SchemaMismatch, Store
+from engramd.rocks import StoreDamaged
+from engramd.storage import Store
 from engramd.taskboard import TaskBoard
 from engramd.wal.cuts import Cut, CutLedger
-from engramd.wal.log import Corruption, WriteAheadLog
+from engramd.wal.log import WriteAheadLog
 from engramd.wal.record import Entry
 from engramd.writes import InFlight, StoredContexts, Writer, published
 
@@ -64,6 +68,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("engramd.engine")
 
 _spool_decoder = msgspec.json.Decoder(SpooledUnit)
+LEASE_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,11 @@ class Engine:
         )
         self._parts: Parts | None = None
         self.cuts: CutLedger | None = None
-        self._noticed = False
         """Torn tails cut at start-up and not yet acknowledged (None in cluster mode)."""
+        self._noticed = False
+        self.read_only: str | None = None
+        """Why the journal was opened read-only (a full disk at start), or None."""
+        self._walks = trio.CapacityLimiter(1)
 
     @property
     def uptime(self) -> float:
@@ -129,75 +137,8 @@ class Engine:
     def clustered(self) -> bool:
         return bool(self.config.cluster_servers)
 
-    def _open_storage(self) -> tuple[Store, WriteAheadLog | None, Indexer]:
-        """Open the store and the log and replay the log (in a worker thread). In cluster
-        mode there is no local log: the store is a view the cluster's stream feeds."""
-        started = time.monotonic()
-        path = os.path.join(self.config.data_dir, "store")
-        try:
-            store = Store(path)
-        except SchemaMismatch as exc:
-            if not self.clustered:
-                raise StartupError(str(exc)) from None
-            store = self._store_anew(path, exc)
-        except Exception as exc:  # rocksdict's errors (a damaged store) are plain Exceptions
-            if not self.clustered:
-                raise
-            store = self._store_anew(path, exc)
-        try:
-            self._check_mode(store)
-        except StartupError:
-            store.close()
-            raise
-        wal = None
-        if not self.clustered:
-            wal = WriteAheadLog(os.path.join(self.config.data_dir, "wal"),
-                                segment_bytes=self.config.segment_bytes,
-                                sync=self.config.durability == "fsync")
-            try:
-                self.cuts = CutLedger(wal.directory)
-                recovery = wal.recover(store.applied_seq, store.apply, cuts=self.cuts)
-            except Corruption as exc:
-                store.close()
-                raise JournalDamaged(
-                    f"{exc}; engramd changed nothing and stops: run 'engramd --repair' to "
-                    "keep every intact record and set the damaged bytes aside"
-                ) from None
-            log.info("journal open: seq %d, %d entries replayed, %d torn bytes cut, %.3fs",
-                     recovery.last_seq, recovery.entries_replayed, recovery.truncated_bytes,
-                     time.monotonic() - started)
-        indexer = Indexer(store, open_index(self.config.data_dir, store,
-                                            rebuild=self.config.reindex),
-                          vector_opener(self.config.data_dir, self.config.embedding,
-                                        rebuild=self.config.reindex, store=store)
-                          if self.config.semantic == "auto" else None)
-        return store, wal, indexer
-
-    def _check_mode(self, store: Store) -> None:
-        """Refuse a data dir of the other mode: a single machine's journal is not a view
-        of a cluster's stream (its seqs would not follow the stream's), nor the reverse."""
-        if self.clustered and store.applied_seq > 0 and store.stream_seq == 0:
-            raise StartupError(
-                f"{self.config.data_dir} holds a single machine's journal (seq "
-                f"{store.applied_seq}); cluster mode needs a data dir of its own. Move the "
-                "journal in with 'engram unit export --all' and 'engram unit import' "
-                "(docs/cluster.md)")
-        if not self.clustered and store.stream_seq > 0:
-            raise StartupError(
-                f"{self.config.data_dir} is a machine's view of a cluster's journal; start "
-                "engramd with cluster.servers set, or give it a data dir of its own")
-
-    @staticmethod
-    def _store_anew(path: str, exc: Exception) -> Store:
-        """Cluster mode: the store is only a view of the cluster's stream, so one that
-        cannot be opened is moved aside and the view is built again from the stream."""
-        aside = f"{path}.damaged-{int(time.time())}"
-        os.replace(path, aside)
-        log.error("cluster: the store cannot be opened (%s); moved to %s, rebuilding this "
-                  "machine's view from the stream", exc, aside)
-        return Store(path)
-
-    def _assemble(self, store: Store, wal: WriteAheadLog | None, indexer: Indexer) -> Parts:
+    def _assemble(self, opened: Opened) -> Parts:
+        store, wal, indexer = opened.store, opened.wal, opened.indexer
         config, histograms = self.config, self.metrics.histograms
         hub = EventHub(store, buffer=config.buffer_events, max_lag=config.max_lag_events,
                        head=store.applied_seq, fanout=histograms["fanout_seconds"])
@@ -209,7 +150,9 @@ class Engine:
                        on_aborted=in_flight.clear)
         cluster = None
         committer: GroupCommitter
-        if wal is None:
+        if opened.read_only is not None:
+            committer = ReadOnlyCommitter(opened.read_only, store, **options)
+        elif wal is None:
             try:
                 from engramd.cluster.journal import ClusterCommitter, open_cluster_journal
             except ImportError as exc:
@@ -233,7 +176,9 @@ class Engine:
             prepare_fences = leases.prepare_fences
         else:
             leases = LeaseManager(store, committer, **lease_options)
-        leases.restore()
+        if opened.read_only is None:
+            # (Read-only, leases are not served: their expiry could not be written.)
+            leases.restore()
         writer = Writer(store, committer, in_flight, contexts, self.limits, leases.check_fence,
                         prepare_fences)
         recent = RecentUnits(store)
@@ -247,23 +192,48 @@ class Engine:
 
     async def _run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        storage = await trio.to_thread.run_sync(self._open_storage)
+        opened = await trio.to_thread.run_sync(open_storage, self.config)
+        self.read_only, self.cuts = opened.read_only, opened.cuts
         try:
-            parts = self._parts = self._assemble(*storage)
+            parts = self._parts = self._assemble(opened)
         except BaseException:
-            self._close(*storage)
+            self._close(opened.store, opened.wal, opened.indexer)
             raise
         async with trio.open_nursery() as nursery:
             await nursery.start(self.presence.run)
             await nursery.start(parts.committer.run)
             if parts.cluster is not None:
                 await nursery.start(parts.cluster.run)
-            await nursery.start(parts.leases.run)
-            nursery.start_soon(self._checkpoints, parts)
+            await nursery.start(self._run_leases, parts.leases)
+            if self.read_only is None:
+                nursery.start_soon(self._checkpoints, parts)
             nursery.start_soon(parts.indexer.run)
             self.state = "ready"
             log.info("ready")
             nursery.start_soon(self._deliver_spool, parts.writer)
+            if self.config.verify_on_start:
+                nursery.start_soon(self._read_store, parts.store)
+
+    async def _run_leases(self, leases: LeaseManager, *,
+                          task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The lease manager's loops, started again when a lease's end could not be
+        written (a full disk): the lease is held on, as the journal says, and its end is
+        tried again, rather than the daemon stopping."""
+        said = ""
+        while True:
+            failed: list[Exception] = []
+            try:
+                await leases.run(task_status=task_status)
+            except* EngramError as group:  # (trio hands errors on in exception groups)
+                failed = list(group.exceptions)
+            if not failed:
+                return
+            if str(failed[0]) != said:  # once, not every second of a full disk
+                said = str(failed[0])
+                log.warning("a lease's end could not be written (%s); trying again every "
+                            "%gs", said, LEASE_RETRY_SECONDS)
+            task_status = trio.TASK_STATUS_IGNORED
+            await trio.sleep(LEASE_RETRY_SECONDS)
 
     async def _deliver_spool(self, writer: Writer) -> None:
         """Write the units clients spooled while this daemon was away (git hooks)."""
@@ -288,6 +258,18 @@ class Engine:
         if delivered:
             log.info("delivered %d spooled unit(s)", delivered)
 
+    async def _read_store(self, store: Store) -> None:
+        """Read the whole store once, so that damage shows at once (status, log): RocksDB
+        checks each file's index at open, but a data block only when it is read."""
+        started = time.monotonic()
+        try:
+            keys = await trio.to_thread.run_sync(integrity.read_all, store,
+                                                limiter=self._walks)
+        except StoreDamaged:
+            return  # logged, and reported by status from now on
+        log.info("store read in full: %d keys, no damage, %.3fs", keys,
+                 time.monotonic() - started)
+
     async def _checkpoints(self, parts: Parts) -> None:
         """Flush the store now and then, so that old log segments can go."""
         committer, store = parts.committer, parts.store
@@ -295,9 +277,19 @@ class Engine:
             await committer.checkpoint_wanted.wait()
             committer.checkpoint_wanted = trio.Event()
             committer.bytes_since_checkpoint = 0
-            await trio.to_thread.run_sync(store.flush)
+            try:
+                flushed = await trio.to_thread.run_sync(store.flush)
+            except Exception as exc:
+                flushed, why = False, str(exc)
+            else:
+                why = "no room on the disk for the store's files"
+            if not flushed:  # the log keeps its segments meanwhile
+                log.warning("checkpoint skipped (%s); the log keeps its segments", why)
+                continue
             wal = parts.wal
-            if wal is not None:
+            # (The committer may have stopped while the store flushed: the daemon is
+            # stopping, and its close drops the segments.)
+            if wal is not None and committer.thread.running:
                 dropped = await committer.thread.run(
                     functools.partial(wal.drop_through, store.checkpoint_seq))
                 log.debug("checkpoint at seq %d, %d segment(s) dropped",
@@ -305,7 +297,14 @@ class Engine:
 
     @staticmethod
     def _close(store: Store, wal: WriteAheadLog | None, indexer: Indexer) -> None:
-        store.flush()
+        try:
+            flushed = store.flush()
+        except Exception as exc:
+            log.warning("store not flushed at the stop (%s)", exc)
+            flushed = False
+        if not flushed and not store.read_only and store.checkpoint_seq < store.applied_seq:
+            log.warning("the store was not flushed at the stop (no room on the disk): the "
+                        "next start replays the log from seq %d", store.checkpoint_seq + 1)
         if wal is not None:
             wal.drop_through(store.checkpoint_seq)
             wal.close()
@@ -332,11 +331,13 @@ class Engine:
             last_seq=committer.last_seq, checkpoint_seq=parts.store.checkpoint_seq,
             units=parts.store.unit_count, contexts=parts.store.context_count,
             wal_segments=len(wal.segments) if wal else 0, wal_bytes=wal.size if wal else 0,
-            durability=self.config.durability, write_error=committer.failure,
+            durability=self.config.durability, write_error=committer.write_error,
             indexed_seq=parts.indexer.indexed_seq, commit_batches=committer.stats.batches,
             commit_entries=committer.stats.entries,
             fsync_seconds=round(committer.stats.fsync_seconds, 6),
-            vector_seq=parts.indexer.vector_seq)
+            vector_seq=parts.indexer.vector_seq, read_only=self.read_only is not None,
+            store_damage=None if parts.store.damage is None else str(parts.store.damage),
+            index_paused=None if self.read_only else parts.indexer.paused)
 
     def wal_cuts(self) -> list[WalCut]:
         """Log tails cut at a start and not yet acknowledged."""
@@ -387,6 +388,29 @@ class Engine:
         if parts is None or parts.cluster is None:
             return None
         return parts.cluster.status()
+
+    async def verify(self, request_id: int) -> VerifyReport:
+        """Walk the whole store against the log (one walk at a time, in a worker thread)."""
+        parts = self.ready()
+        log_dir = parts.wal.directory if parts.wal is not None else (
+            None if self.clustered else os.path.join(self.config.data_dir, "wal"))
+        found = await trio.to_thread.run_sync(integrity.check, parts.store, log_dir,
+                                              limiter=self._walks)
+        walk, summary = found.walk, found.log
+        log.info("store walk: %d keys in %.3fs, %d problem(s)", walk.keys, found.seconds,
+                 len(found.problems))
+        return VerifyReport(
+            id=request_id, ok=found.ok, applied_seq=walk.applied_seq, keys=walk.keys,
+            units=walk.units, units_expected=walk.units_expected, contexts=walk.contexts,
+            contexts_expected=walk.contexts_expected, events=walk.events,
+            walked_all=walk.walked_all,
+            damage=[StoreDamage(file=d.file, reason=d.reason, after_key=d.after_key,
+                                resumed_at=d.resumed_at) for d in walk.damage],
+            log_first_seq=summary.first_seq, log_last_seq=summary.last_seq,
+            log_units=summary.units, missing=[list(r) for r in found.missing],
+            unrecoverable=[list(r) for r in found.unrecoverable],
+            rebuild_complete=found.rebuild_complete, problems=found.problems,
+            seconds=found.seconds)
 
     def commit_queue(self) -> int | None:
         return self._parts.committer.queue_depth if self._parts is not None else None

@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
+from engramd.protocol import Damaged, DiskFull
 from engramd.protocol.model import Unit
+from engramd.rocks import StoreDamaged
+from engramd.runtime import free_bytes
 from engramd.search import Document, Hit, SearchIndex
 from engramd.storage import Store
 
@@ -35,6 +38,10 @@ log = logging.getLogger("engramd.indexer")
 
 BATCH = 2000
 RETRY_SECONDS = 1.0
+ROOM_SHARE = 4
+"""A batch's stored bytes stay under 1/ROOM_SHARE of the room above the reserve."""
+PAUSED_RETRY_SECONDS = 5.0
+"""How often a paused indexer (disk nearly full, store damaged) looks again."""
 SETTLE_SECONDS = 0.05
 """How long a wake-up waits for more commits: how far searches may trail the journal."""
 _unit_decoder = msgspec.msgpack.Decoder(Unit)
@@ -91,11 +98,26 @@ def vector_opener(data_dir: str, embedding: str, *, rebuild: bool,
     return open_vectors
 
 
+def _damaged(exc: BaseException) -> bool:
+    """Whether an SQLite error says the file is damaged (not full, not busy)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.OperationalError)
+
+
 class Indexer:
-    def __init__(self, store: Store, index: SearchIndex,
-                 open_vectors: Callable[[], VectorIndex | None] | None = None) -> None:
+    """Feeds the indexes; pauses (and says why) while the disk is nearly full or the
+    store is damaged, and catches up once that is over: the journal comes first."""
+
+    def __init__(self, store: Store, index: SearchIndex | None,
+                 open_vectors: Callable[[], VectorIndex | None] | None = None, *,
+                 reserve_bytes: int = 0, read_only: str | None = None) -> None:
         self.store = store
-        self.index = index
+        self._index = index
+        self.reserve_bytes = reserve_bytes
+        """The indexer writes only while more than this is free on the data dir's disk."""
+        self.read_only = read_only
+        self.paused: str | None = read_only
+        """Why the indexes are not being fed now, or None."""
         self.vectors: VectorIndex | None = None
         self._open_vectors = open_vectors
         """Opens the vector index on first use, in the worker thread (None: no semantic)."""
@@ -104,8 +126,18 @@ class Indexer:
         """The SQLite connection is used by one worker thread at a time."""
 
     @property
+    def index(self) -> SearchIndex:
+        if self._index is None:
+            raise DiskFull(f"search is unavailable: {self.read_only}")
+        return self._index
+
+    @index.setter
+    def index(self, index: SearchIndex) -> None:
+        self._index = index
+
+    @property
     def indexed_seq(self) -> int:
-        return self.index.indexed_seq
+        return 0 if self._index is None else self._index.indexed_seq
 
     @property
     def semantic(self) -> bool:
@@ -132,29 +164,72 @@ class Indexer:
         self._wanted.set()
 
     async def run(self) -> None:
+        if self.read_only is not None:
+            return
         self._wanted.set()  # catch up with what came before this start
         while True:
             await self._wanted.wait()
             await trio.sleep(SETTLE_SECONDS)
             self._wanted = trio.Event()
             try:
-                while await trio.to_thread.run_sync(self._batch, limiter=self._limiter):
+                while await trio.to_thread.run_sync(self._feed, limiter=self._limiter):
                     pass
             except (sqlite3.Error, OSError) as exc:
-                # Searches lag meanwhile; status shows by how much.
-                log.warning("search index not updated (%s); retrying in %gs", exc,
-                            RETRY_SECONDS)
-                await trio.sleep(RETRY_SECONDS)
+                if _damaged(exc):  # not worth a retry a second: said once, looked at now and then
+                    self._pause(f"the search index {self.index.path} is damaged ({exc}); "
+                                "rebuild it with 'engram daemon reindex' (or 'engramd "
+                                "--reindex')")
+                else:
+                    # Searches lag meanwhile; status shows by how much.
+                    log.warning("search index not updated (%s); retrying in %gs", exc,
+                                RETRY_SECONDS)
+                    await trio.sleep(RETRY_SECONDS)
+                    self._wanted.set()
+            except StoreDamaged as exc:
+                self._pause(str(exc))
+            if self.paused is not None:
+                await trio.sleep(PAUSED_RETRY_SECONDS)
                 self._wanted.set()
 
-    def _batch(self) -> bool:
-        """Index the next events after the indexes' seqs; True if more may remain."""
+    def _pause(self, why: str | None) -> None:
+        if why != self.paused:
+            if why is not None:
+                log.warning("search indexing paused: %s", why)
+            else:
+                log.info("search indexing resumed")
+        self.paused = why
+
+    def _feed(self) -> bool:
+        """One batch, unless the disk is nearly full (then the journal comes first)."""
+        free = free_bytes(os.path.dirname(self.index.path) or ".")
+        if free <= self.reserve_bytes:
+            self._pause(f"{free} bytes free on the data dir's disk, under the reserve of "
+                        f"{self.reserve_bytes} (search.reserve_bytes): the journal comes "
+                        "first; indexing catches up once there is space")
+            return False
+        # The index keeps the text, and SQLite's log a copy of each page it changes until
+        # its checkpoint: a batch's text may take a quarter of the room left.
+        more = self._batch((free - self.reserve_bytes) // ROOM_SHARE)
+        self._pause(None)
+        return more
+
+    def _batch(self, budget: int | None = None) -> bool:
+        """Index the next events after the indexes' seqs (at least one, then no more
+        than *budget* stored bytes); True if more may remain."""
         keyword_seq = self.index.indexed_seq
         vectors = self._vectors()
         vector_seq = vectors.indexed_seq if vectors is not None else keyword_seq
         stored = self.store.events_after(min(keyword_seq, vector_seq), BATCH)
         if not stored:
             return False
+        full = len(stored) == BATCH
+        if budget is not None:
+            total = 0
+            for count, (_, value) in enumerate(stored):
+                total += len(value)
+                if total > budget and count:
+                    stored, full = stored[:count], True
+                    break
         documents = []
         for seq, value in stored:
             if value[:1] != b"U":
@@ -181,10 +256,13 @@ class Indexer:
                 log.exception("semantic search is off: embedding units up to seq %d failed",
                               up_to)
                 self.vectors = None
-        return len(stored) == BATCH
+        return full
 
     async def rebuild(self) -> None:
         """Start the index over from the store; it catches up in the background."""
+
+        if self.read_only is not None:
+            raise DiskFull(f"the search index cannot be rebuilt: {self.read_only}")
 
         def start_over() -> None:
             path = self.index.path
@@ -200,9 +278,17 @@ class Indexer:
 
     async def search(self, query: str | None, **filters: object) -> tuple[int, list[Hit]]:
         """Run :meth:`SearchIndex.search` in the index's worker thread."""
-        return await trio.to_thread.run_sync(
-            lambda: self.index.search(query, **filters),  # type: ignore[arg-type]
-            limiter=self._limiter)
+        index = self.index
+        try:
+            return await trio.to_thread.run_sync(
+                lambda: index.search(query, **filters),  # type: ignore[arg-type]
+                limiter=self._limiter)
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise
+            raise Damaged(f"the search index {index.path} is damaged ({exc}); it is derived "
+                          "from the journal: rebuild it with 'engram daemon reindex' (or "
+                          "'engramd --reindex')") from None
 
     async def nearest(self, text: str, *, limit: int, min_similarity: float | None,
                       **filters: object) -> tuple[int, list[Hit]]:
@@ -224,4 +310,5 @@ class Indexer:
         return await trio.to_thread.run_sync(run, limiter=self._limiter)
 
     def close(self) -> None:
-        self.index.close()
+        if self._index is not None:
+            self._index.close()

@@ -20,11 +20,12 @@ import msgspec
 import trio
 
 from engramd import validate
+from engramd.agentstore import MailEntry
 from engramd.caller import Caller
 from engramd.protocol import BadRequest, NotFound, ReadInbox, SendMessage, UnitDraft, agentwork
 from engramd.protocol.model import Relationship, Unit, UnitCreated
 from engramd.queries import unit_header
-from engramd.storage import MailEntry, Store
+from engramd.storage import Store
 from engramd.wal.record import Entry
 from engramd.writes import Writer
 

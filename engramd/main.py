@@ -28,6 +28,7 @@ from engramd.engine import Engine, open_engine
 from engramd.errors import StartupError
 from engramd.protocol import admin_token_path
 from engramd.protocol.logline import format_line
+from engramd.rebuild import rebuild_store
 from engramd.repair import repair
 from engramd.runtime import claim_runtime, ensure_private_dir
 from engramd.server import Server
@@ -71,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="check the journal; if it is damaged, say what a repair keeps and "
                         "drops and, once confirmed, keep every intact record and set the "
                         "damaged bytes aside; then exit")
+    parser.add_argument("--rebuild-store", action="store_true",
+                        help="rebuild a damaged store from the journal's log (the old store "
+                        "is kept aside; what the log no longer holds is taken from it), "
+                        "then exit")
     parser.add_argument("--yes", action="store_true",
-                        help="with --repair: do not ask for confirmation")
+                        help="with --repair or --rebuild-store: do not ask for confirmation")
     parser.add_argument("--verify-backup", metavar="DIR",
                         help="check the backup in DIR (made by the backup request) without "
                         "a daemon: its files, its log's checksums, its store; then exit "
@@ -211,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return repair(config, assume_yes=args.yes)
     if args.verify_backup:
         return verify_command(os.path.abspath(args.verify_backup))
+    if args.rebuild_store:
+        return rebuild_store(config, assume_yes=args.yes)
     if args.reindex:
         config = dataclasses.replace(config, reindex=True)
     try:
@@ -224,13 +231,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except BaseException as exc:
         startup = _find_startup_error(exc)
-        if startup is None:
-            raise
-        log.error("%s", startup)
+        if startup is not None:
+            line = str(startup)
+            log.error("%s", line)
+        else:  # a bug: its traceback goes to the log as one line (logfmt escapes it)
+            leaf = _leaf(exc)
+            line = f"engramd failed: {type(leaf).__name__}: {leaf}"
+            log.critical("%s", line, exc_info=exc)
         if config.log_file:
-            print(f"engramd: error: {startup}", file=sys.stderr)
-        return startup.exit_status
+            print(f"engramd: error: {line}", file=sys.stderr)
+        return startup.exit_status if startup is not None else EXIT_FAILURE
     return EXIT_OK
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first exception inside trio's exception groups: what actually went wrong."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _find_startup_error(exc: BaseException) -> StartupError | None:

@@ -46,6 +46,12 @@ def ensure_private_dir(path: str, *, what: str, private: bool = False,
         raise StartupError(problem)
 
 
+def free_bytes(path: str) -> int:
+    """Bytes an unprivileged writer may still put on *path*'s file system."""
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
 class LockFile:
     """An exclusive ``flock`` held for the daemon's lifetime, naming its holder's pid
     (and, for the data dir, the socket it serves: a second daemon refused says where the
@@ -71,8 +77,9 @@ class LockFile:
                      "first" if where else "")
             raise StartupError(
                 f"{self._what} is in use by another engramd (pid {pid}{reach})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {self._socket_path}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # it only informs; a full disk may refuse it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {self._socket_path}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:

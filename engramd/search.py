@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -126,13 +127,29 @@ def _filters(*, contexts: list[str], agents: list[str], types: list[str],
     return where, args
 
 
+WAL_LIMIT = 4 * 1024 * 1024
+"""SQLite's own log is checkpointed and cut back to this size: derived data must not
+fill the disk the journal needs."""
+
+
 class SearchIndex:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        """*read_only*: as its file says, writing nothing (not even a lock or its log's
+        index): for engramd on a full disk.
+
+        Raises:
+            sqlite3.Error: the file cannot be opened or is not an index.
+        """
         self.path = path
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        if read_only:
+            uri = "file:" + urllib.parse.quote(path) + "?immutable=1"
+            self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        else:
+            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            self.db.executescript(SCHEMA)
         row = self.db.execute("SELECT value FROM state WHERE key='indexed_seq'").fetchone()
         self.indexed_seq: int = row[0] if row else 0
 
@@ -155,7 +172,18 @@ class SearchIndex:
                                 [(d.seq, k, v) for d in documents for k, v in d.meta.items()])
             self.db.execute("INSERT OR REPLACE INTO state VALUES ('indexed_seq', ?)", (up_to,))
         self.indexed_seq = up_to
+        self._trim_log()
         return len(documents)
+
+    def _trim_log(self) -> None:
+        """Checkpoint SQLite's log and cut it back once it outgrows :data:`WAL_LIMIT`
+        (its automatic checkpoints reuse the file but never shrink it)."""
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if size > 2 * WAL_LIMIT:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def search(
         self, query: str | None, *, contexts: list[str], agents: list[str], types: list[str],

@@ -22,6 +22,7 @@ logged and ends only that connection.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import os
@@ -189,10 +190,22 @@ class Session:
                 await hub.serve(subscriber, self.push, encode_event_push)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 # Gone, or cut off by _write: end the whole connection.
-                self.reader_scope.cancel()
-                if self.streams is not None:
-                    self.streams.cancel_scope.cancel()
+                self._end()
+            except EngramError as exc:
+                # The stored log cannot be read (damaged): a stream with a hole in it
+                # would be a short answer, so the peer is told why and let go.
+                log.error("subscription %d of pid %d ended: %s", subscriber.id,
+                          self.peer.pid, exc)
+                with trio.move_on_after(1.0), contextlib.suppress(
+                        trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.send(ErrorReply(id=None, code=exc.code, message=str(exc)))
+                self._end()
         self._following.pop(subscriber.id, None)
+
+    def _end(self) -> None:
+        self.reader_scope.cancel()
+        if self.streams is not None:
+            self.streams.cancel_scope.cancel()
 
 
 class Server:

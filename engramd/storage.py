@@ -28,21 +28,24 @@ keys sort by sequence; ``\\0`` separates text parts, which never contain NUL)::
     q/<mark>\0<agent>         -> seq                 read marks (written with RocksDB's WAL)
 
 A mailbox entry's flag is ``A`` when the message asks for an acknowledgement, else
-``-``; the sender follows, so a broadcast is not delivered to its own sender.
+``-``; the sender follows, so a broadcast is not delivered to its own sender. The
+agents' keys (``b/``, ``v/``, ``j/``, ``q/``) are kept by :mod:`engramd.agentstore`.
+
+Every read answers in full or raises :class:`~engramd.rocks.StoreDamaged`
+(:mod:`engramd.rocks`): a damaged store is never read as a shorter answer.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import heapq
-import os
+import logging
 import struct
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import WriteBatch, WriteOptions
 
+from engramd.agentstore import AgentRecords, StoredTask
 from engramd.protocol import agentwork
 from engramd.protocol.model import (
     ContextCreated,
@@ -51,35 +54,25 @@ from engramd.protocol.model import (
     LockRenewed,
     UnitCreated,
 )
+from engramd.rocks import (
+    CheckedIter,
+    StoreDamaged,
+    StoreFull,
+    damage_of,
+    is_disk_full,
+    open_rocks,
+    rocks_get,
+)
+from engramd.runtime import free_bytes
 from engramd.wal.record import Entry
 
+log = logging.getLogger("engramd.storage")
+
 SCHEMA_VERSION = 1
+FLUSH_MARGIN = 4 * 1024 * 1024
+"""Room a flush leaves besides its files (RocksDB's manifest, log, compactions)."""
 _SEQ = struct.Struct(">Q")
 _encoder = msgspec.msgpack.Encoder()
-
-
-class StoredTask(msgspec.Struct, kw_only=True):
-    """A task as the store keeps it; whether it is claimed is the lease table's to say."""
-
-    id: str
-    context_id: str
-    title: str
-    priority: int
-    state: str
-    """``open`` or ``done``."""
-    depends_on: list[str]
-    created_by: str
-    created_at: dt.datetime
-    done_by: str = ""
-
-
-_task_decoder = msgspec.msgpack.Decoder(StoredTask)
-
-
-class MailEntry(NamedTuple):
-    seq: int
-    ack_required: bool
-    sender: str
 
 
 class _LeaseId(msgspec.Struct):
@@ -105,19 +98,27 @@ class SchemaMismatch(Exception):
     """The store was written by an incompatible version of engramd."""
 
 
-class Store:
-    def __init__(self, path: str) -> None:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self.db = Rdict(path, options)
+class Store(AgentRecords):
+    """The store; every read either answers in full or raises :class:`StoreDamaged`.
+
+    ``read_only``: opened without writing anything (engramd on a full disk); writes
+    raise :class:`StoreFull`.
+    """
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.damage: StoreDamaged | None = None
+        """The first damage a read met since the store opened (status reports it)."""
+        self.db = open_rocks(path, read_only=read_only)
         self._write = WriteOptions()
         self._write.disable_wal = True  # type: ignore[method-assign,assignment]
         # Cursor acks are not in our WAL: let RocksDB's own log keep them across a crash.
         self._logged_write = WriteOptions()
-        schema = self.db.get(b"m/schema")
+        schema = self._get(b"m/schema")
         if schema is None:
-            self.db.put(b"m/schema", seq_bytes(SCHEMA_VERSION), self._write)
+            if not read_only:
+                self.db.put(b"m/schema", seq_bytes(SCHEMA_VERSION), self._write)
         elif seq_from(schema) != SCHEMA_VERSION:
             raise SchemaMismatch(f"store schema {seq_from(schema)}, this engramd needs "
                                  f"{SCHEMA_VERSION}")
@@ -130,8 +131,38 @@ class Store:
         """Cluster mode: the stream sequence of the last message applied."""
 
     def _counter(self, key: bytes) -> int:
-        raw = self.db.get(key)
+        raw = self._get(key)
         return 0 if raw is None else seq_from(raw)
+
+    # -- checked access: damage is an error, never a shorter answer --------------------
+
+    def _damaged(self, exc: BaseException) -> StoreDamaged:
+        damage = exc if isinstance(exc, StoreDamaged) else damage_of(exc, self.path)
+        if self.damage is None:
+            self.damage = damage
+            log.error("%s", damage)
+        return damage
+
+    def _iter(self) -> CheckedIter:
+        """An iterator over the store that raises :class:`StoreDamaged` at damage."""
+        return CheckedIter(self.db.iter(), self._damaged)
+
+    iterator = _iter
+
+    def _get(self, key: Any) -> Any:
+        return rocks_get(self.db, key, self._damaged)
+
+    def _put_logged(self, key: bytes, value: bytes) -> None:
+        """A write outside the journal (cursors, marks), with RocksDB's own log."""
+        if self.read_only:
+            raise StoreFull("engramd started read-only (the disk is full): nothing can be "
+                            "stored until there is space and engramd is restarted")
+        try:
+            self.db.put(key, value, self._logged_write)
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise StoreFull(f"the disk is full: {exc}") from None
+            raise
 
     # -- writing ------------------------------------------------------------
 
@@ -204,69 +235,47 @@ class Store:
         self.db.put(b"m/stream", seq_bytes(stream_seq), self._write)
         self.stream_seq = stream_seq
 
-    @staticmethod
-    def _file_message(batch: WriteBatch, unit: Any, seq: bytes) -> None:
-        """Index a message under each recipient, and an acknowledgement under its message."""
-        flag = b"A" if agentwork.wants_ack(unit.meta) else b"-"
-        for recipient in dict.fromkeys(agentwork.recipients(unit.meta)):
-            batch.put(b"b/" + _text(recipient) + b"\0" + seq, flag + _text(unit.agent_id))
-        acked = unit.meta.get(agentwork.ACK_OF)
-        if acked:
-            batch.put(b"v/" + _text(acked) + b"\0" + _text(unit.agent_id), _text(unit.id))
-
-    def _track_task(self, tasks: dict[str, StoredTask], unit: Any) -> None:
-        """A task's creation, or a change of its state (``claimed`` is the lease table's)."""
-        meta = unit.meta
-        state = meta[agentwork.STATE]
-        task_id = meta.get(agentwork.TASK_OF)
-        if task_id is None:
-            if state != "open":
-                return
-            try:
-                priority = int(meta.get(agentwork.PRIORITY, agentwork.DEFAULT_PRIORITY))
-            except ValueError:
-                priority = agentwork.DEFAULT_PRIORITY
-            tasks[unit.id] = StoredTask(
-                id=unit.id, context_id=unit.context_id,
-                title=agentwork.task_title(unit.payload), priority=priority, state="open",
-                depends_on=[rel.target for rel in unit.relationships
-                            if rel.type == "DEPENDS_ON"],
-                created_by=unit.agent_id, created_at=unit.ts)
-            return
-        if state not in ("open", "done"):
-            return
-        task = tasks.get(task_id) or self.task(task_id)
-        if task is not None and task.state != "done":
-            task.state = state
-            task.done_by = unit.agent_id if state == "done" else ""
-            tasks[task_id] = task
-
     def _holds(self, leases: dict[bytes, str | None], key: bytes, lock_id: str) -> bool:
         """Whether the lease stored under *key* (this batch's changes first) is *lock_id*."""
         if key in leases:
             return leases[key] == lock_id
-        raw: bytes | None = self.db.get(key)
+        raw: bytes | None = self._get(key)
         return raw is not None and _lease_id.decode(raw).lock_id == lock_id
 
-    def flush(self) -> None:
-        """Make everything applied durable in the store's own files."""
+    def flush(self) -> bool:
+        """Make everything applied durable in the store's own files; False (nothing done)
+        when the disk has no room for them: RocksDB would stop taking writes after a
+        flush that failed for want of space, and the log keeps what is not flushed."""
+        if self.read_only:
+            return False
+        memtables = self.db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+        if free_bytes(self.path) < 2 * memtables + FLUSH_MARGIN:
+            return False
         seq = self.applied_seq  # everything applied so far is in the memtables being flushed
         self.db.flush(True)
         self.checkpoint_seq = seq
+        return True
 
     def close(self) -> None:
         self.db.close()
 
     # -- reading ------------------------------------------------------------
 
+    def _unit_at_location(self, location: bytes, what: str) -> bytes:
+        unit: bytes | None = self._get(b"c/" + location)
+        if unit is None:  # an index that points at nothing: keys were lost
+            raise self._damaged(StoreDamaged(self.path, f"{what} points at a unit the store "
+                                             "does not hold"))
+        return unit
+
     def unit_location(self, unit_id: str) -> bytes | None:
-        value: bytes | None = self.db.get(b"u/" + _text(unit_id))
+        value: bytes | None = self._get(b"u/" + _text(unit_id))
         return value
 
     def unit_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
         """Up to *limit* unit ids that begin with *prefix*, in id (time) order."""
         start = b"u/" + _text(prefix)
-        iterator = self.db.iter()
+        iterator = self._iter()
         iterator.seek(start)
         found: list[str] = []
         while iterator.valid() and len(found) < limit:
@@ -282,10 +291,17 @@ class Store:
         if not unit_ids:
             return []
         keys: list[Any] = [b"u/" + _text(unit_id) for unit_id in unit_ids]
-        locations: list[bytes | None] = self.db.get(keys)  # type: ignore[assignment]
+        locations: list[bytes | None] = self._get(keys)
         wanted: list[Any] = [b"c/" + location for location in locations if location is not None]
-        found: Iterator[bytes] = iter(self.db.get(wanted) if wanted else [])  # type: ignore[arg-type]
-        return [None if location is None else next(found) for location in locations]
+        found: list[bytes | None] = self._get(wanted) if wanted else []
+        if None in found:
+            located = [unit_id for unit_id, location in zip(unit_ids, locations, strict=True)
+                       if location is not None]
+            raise self._damaged(StoreDamaged(
+                self.path, f"unit {located[found.index(None)]} points at a unit the store "
+                "does not hold"))
+        units = iter(found)
+        return [None if location is None else next(units) for location in locations]
 
     def scan_context(
         self, context_id: str, *, after: int | None = None, before: int | None = None,
@@ -300,7 +316,7 @@ class Store:
         if before is None:
             high_key += b"\0"  # the largest seq is in range too
         size = len(prefix) + 8
-        iterator = self.db.iter()
+        iterator = self._iter()
         if newest_first:
             iterator.seek_for_prev(prefix + seq_bytes(high))
             step = iterator.prev
@@ -320,12 +336,12 @@ class Store:
             step()
 
     def context(self, context_id: str) -> bytes | None:
-        value: bytes | None = self.db.get(b"x/" + _text(context_id))
+        value: bytes | None = self._get(b"x/" + _text(context_id))
         return value
 
     def contexts(self, *, prefix: str = "", after: str | None = None) -> Iterator[bytes]:
         start = b"x/" + _text(prefix)
-        iterator = self.db.iter()
+        iterator = self._iter()
         iterator.seek(b"x/" + _text(after) + b"\0" if after is not None else start)
         while iterator.valid() and iterator.key().startswith(start):
             yield iterator.value()
@@ -333,7 +349,7 @@ class Store:
 
     def events_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to *limit* ``(seq, stored event)`` after *seq*, in order (see the key layout)."""
-        iterator = self.db.iter()
+        iterator = self._iter()
         iterator.seek(b"e/" + seq_bytes(seq + 1))
         found: list[tuple[int, bytes]] = []
         while iterator.valid() and len(found) < limit:
@@ -342,16 +358,14 @@ class Store:
                 break
             value: bytes = iterator.value()
             if value[:1] == b"U":
-                unit: bytes | None = self.db.get(b"c/" + value[1:])
-                assert unit is not None, "the event log points at a missing unit"
-                value = b"U" + unit
+                value = b"U" + self._unit_at_location(value[1:], f"seq {seq_from(key)}")
             found.append((seq_from(key), value))
             iterator.next()
         return found
 
     def _values(self, prefix: bytes) -> Iterator[bytes]:
         """The values of every key that begins with *prefix*, in key order."""
-        iterator = self.db.iter()
+        iterator = self._iter()
         iterator.seek(prefix)
         while iterator.valid() and iterator.key().startswith(prefix):
             yield iterator.value()
@@ -362,99 +376,27 @@ class Store:
         return self._values(b"l/")
 
     def cursor(self, name: str) -> int | None:
-        raw = self.db.get(b"n/" + _text(name))
+        raw = self._get(b"n/" + _text(name))
         return None if raw is None else seq_from(raw)
 
     def set_cursor(self, name: str, seq: int) -> None:
-        self.db.put(b"n/" + _text(name), seq_bytes(seq), self._logged_write)
-
-    # -- messages and tasks ---------------------------------------------------
-
-    def _mailbox(self, name: str, after: int) -> Iterator[MailEntry]:
-        prefix = b"b/" + _text(name) + b"\0"
-        iterator = self.db.iter()
-        iterator.seek(prefix + seq_bytes(after + 1))
-        while iterator.valid():
-            key: bytes = iterator.key()
-            if not key.startswith(prefix):
-                return
-            value: bytes = iterator.value()
-            yield MailEntry(seq_from(key), value[:1] == b"A", value[1:].decode())
-            iterator.next()
-
-    def mail(self, agent: str, after: int = 0) -> Iterator[MailEntry]:
-        """Messages to *agent* with a seq after *after*, in seq order: those addressed to
-        it and the broadcasts of other agents."""
-        broadcasts = (entry for entry in self._mailbox(agentwork.BROADCAST, after)
-                      if entry.sender != agent)
-        if agent == agentwork.BROADCAST:
-            return broadcasts
-        return heapq.merge(self._mailbox(agent, after), broadcasts)
-
-    def acknowledged(self, message_id: str, agent: str) -> bool:
-        return self.db.get(b"v/" + _text(message_id) + b"\0" + _text(agent)) is not None
+        self._put_logged(b"n/" + _text(name), seq_bytes(seq))
 
     def unit_at(self, seq: int) -> bytes | None:
         """The encoded unit whose ``unit.created`` event has this seq."""
-        event: bytes | None = self.db.get(b"e/" + seq_bytes(seq))
+        event: bytes | None = self._get(b"e/" + seq_bytes(seq))
         if event is None or event[:1] != b"U":
             return None
-        unit: bytes | None = self.db.get(b"c/" + event[1:])
-        return unit
-
-    def mark(self, kind: str, agent: str) -> int:
-        """How far *agent* has got in *kind* (``inbox``, ``brief``): 0 when never."""
-        raw = self.db.get(b"q/" + _text(kind) + b"\0" + _text(agent))
-        return 0 if raw is None else seq_from(raw)
-
-    def set_mark(self, kind: str, agent: str, seq: int) -> None:
-        self.db.put(b"q/" + _text(kind) + b"\0" + _text(agent), seq_bytes(seq),
-                    self._logged_write)
-
-    def task(self, task_id: str) -> StoredTask | None:
-        raw = self.db.get(b"j/" + _text(task_id))
-        return None if raw is None else _task_decoder.decode(raw)
-
-    def tasks(self) -> Iterator[StoredTask]:
-        return (_task_decoder.decode(raw) for raw in self._values(b"j/"))
-
-    def _names(self, prefix: bytes) -> Iterator[str]:
-        """The distinct names of ``<prefix><name>\\0<seq>`` keys, in order."""
-        iterator = self.db.iter()
-        iterator.seek(prefix)
-        while iterator.valid():
-            key: bytes = iterator.key()
-            if not key.startswith(prefix):
-                return
-            name = key[len(prefix):key.index(b"\0", len(prefix))]
-            yield name.decode()
-            iterator.seek(prefix + name + b"\1")  # past every seq of this name
-
-    def agents(self) -> Iterator[str]:
-        """Every agent that has written a unit, in name order."""
-        return self._names(b"a/")
-
-    def addressees(self) -> Iterator[str]:
-        """Every agent a message has named (``*`` among them, for a broadcast)."""
-        return self._names(b"b/")
-
-    def newest_of_agent(self, agent: str) -> int | None:
-        """The seq of *agent*'s newest unit."""
-        prefix = b"a/" + _text(agent) + b"\0"
-        iterator = self.db.iter()
-        iterator.seek_for_prev(prefix + b"\xff" * 8)
-        if iterator.valid() and iterator.key().startswith(prefix):
-            return seq_from(iterator.key())
-        return None
+        return self._unit_at_location(event[1:], f"seq {seq}")
 
     def idempotent_unit(self, key: str) -> str | None:
-        value = self.db.get(b"i/" + _text(key))
+        value = self._get(b"i/" + _text(key))
         return None if value is None else bytes(value).decode()
 
     def relationships(self, unit_id: str, direction: str) -> Iterator[tuple[str, str, str]]:
         """``(source, TYPE, target)`` edges touching *unit_id*; direction ``o`` or ``i``."""
         prefix = b"r/" + direction.encode() + b"/" + _text(unit_id) + b"\0"
-        iterator = self.db.iter()
+        iterator = self._iter()
         iterator.seek(prefix)
         while iterator.valid() and iterator.key().startswith(prefix):
             kind, other = iterator.key()[len(prefix):].decode().split("\0", 1)

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 import trio
 
 from engramd import validate
+from engramd.agentstore import StoredTask
 from engramd.caller import Caller
 from engramd.grants import session_of
 from engramd.leases import LeaseManager
@@ -44,7 +45,7 @@ from engramd.protocol.model import (
     Task,
     UnitCreated,
 )
-from engramd.storage import Store, StoredTask
+from engramd.storage import Store
 from engramd.wal.record import Entry
 from engramd.writes import Writer
 

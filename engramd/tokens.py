@@ -48,6 +48,7 @@ from engramd.protocol import (
     RevokeTokens,
     Shutdown,
     TokenInfo,
+    Verify,
     VerifyBackup,
 )
 
@@ -174,9 +175,9 @@ class Authenticator:
         if isinstance(request, CreateToken | ListTokens | RevokeTokens):
             raise Forbidden("managing tokens needs the admin token (the 'engram agent "
                             "token' commands read it from beside the socket)")
-        if isinstance(request, MakeBackup | VerifyBackup | AcknowledgeCuts):
+        if isinstance(request, MakeBackup | VerifyBackup | AcknowledgeCuts | Verify):
             # The journal as a whole is its owner's, not an agent's: a backup copies
-            # every agent's units to a path of the caller's choosing.
+            # every agent's units to a path of the caller's choosing, verify walks them all.
             raise Forbidden(f"{request.__struct_config__.tag} needs the admin token (the "
                             "'engram daemon' commands read it from beside the socket)")
         if self.require_tokens and isinstance(request, Shutdown | BreakLock | Reindex):

@@ -38,6 +38,10 @@ class ErrorCode(enum.StrEnum):
     """The client and daemon speak different protocol versions."""
     INTERNAL = "internal"
     """A bug in the daemon; the daemon log has the details."""
+    DAMAGED = "damaged"
+    """A file of the journal is damaged: the answer would be incomplete, so there is none."""
+    DISK_FULL = "disk_full"
+    """The disk holding the journal is full: writes are refused until there is space."""
 
 
 class EngramError(Exception):
@@ -141,10 +145,28 @@ class InternalError(EngramError):
     code = ErrorCode.INTERNAL
 
 
+class Damaged(EngramError):
+    """A read met a damaged file of the journal (the store): the message names the file
+    and the fix. Never a shorter answer instead."""
+
+    code = ErrorCode.DAMAGED
+    exit_code = 74  # EX_IOERR
+
+
+class DiskFull(Unavailable):
+    """A write was refused because the disk holding the journal is full (or engramd
+    started read-only on a full disk). Reads go on; writes resume once there is space.
+    An :class:`Unavailable`, so that clients that wait for the daemon wait for this too."""
+
+    code = ErrorCode.DISK_FULL
+    exit_code = 75  # EX_TEMPFAIL: try again once there is space
+
+
 _BY_CODE: dict[str, type[EngramError]] = {
     cls.code: cls
     for cls in (BadRequest, NotFound, Conflict, LockHeld, Deadlock, Timeout, TooLarge,
-                Unavailable, RateLimited, Forbidden, VersionMismatch, InternalError)
+                Unavailable, RateLimited, Forbidden, VersionMismatch, InternalError, Damaged,
+                DiskFull)
 }
 
 
@@ -191,8 +213,8 @@ class FrameTooLarge(RemoteProtocolError):
 
 
 __all__ = [
-    "BadRequest", "Conflict", "Deadlock", "EngramError", "error_for", "ErrorCode", "Forbidden",
-    "FrameTooLarge", "InternalError", "LocalProtocolError", "LockHeld", "NotFound",
-    "ProtocolError", "RateLimited", "RemoteProtocolError", "Timeout", "TooLarge",
-    "Unavailable", "VersionMismatch",
+    "BadRequest", "Conflict", "Damaged", "Deadlock", "DiskFull", "EngramError", "error_for",
+    "ErrorCode", "Forbidden", "FrameTooLarge", "InternalError", "LocalProtocolError",
+    "LockHeld", "NotFound", "ProtocolError", "RateLimited", "RemoteProtocolError", "Timeout",
+    "TooLarge", "Unavailable", "VersionMismatch",
 ]

@@ -122,6 +122,12 @@ class JournalStatus(msgspec.Struct, frozen=True, kw_only=True):
     vector_seq: int | None = None
     """The vector index (semantic search) has taken in everything up to here; None
     when semantic search is not installed or is off."""
+    store_damage: str | None = None
+    """The first damage a read of the store met since the start (the file and the fix)."""
+    read_only: bool = False
+    """engramd started read-only on a full disk (``write_error`` says so)."""
+    index_paused: str | None = None
+    """Why the search indexer is not feeding the index now (the disk nearly full)."""
 
 
 class StreamStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -1078,6 +1084,60 @@ class VerifyBackup(ClientMessage[BackupChecked], tag="backup.verify"):
     path: str
 
 
+# -- the store walk (issue 33) ------------------------------------------------
+
+
+class StoreDamage(msgspec.Struct, frozen=True, kw_only=True):
+    """A stretch of the store that could not be read."""
+
+    file: str
+    """The file RocksDB named (else the store's directory)."""
+    reason: str
+    after_key: str
+    """The last key read before the damage (empty: from the start)."""
+    resumed_at: str
+    """The first key read after the damage (empty: none could be): the keys between the
+    two were not read."""
+
+
+class VerifyReport(Reply, tag="verify.report"):
+    """What a walk of the whole store found, against the log (SPECS §3.4)."""
+
+    ok: bool
+    """No damage, every count agrees, the log and the store agree."""
+    applied_seq: int
+    """The store's applied seq in the snapshot walked."""
+    keys: int
+    units: int
+    """Units found (``u/`` keys); ``units_expected`` is the store's own count."""
+    units_expected: int
+    contexts: int
+    contexts_expected: int
+    events: int
+    """Entries of the store's event log (one per seq, ``applied_seq`` when whole)."""
+    walked_all: bool
+    """False when damage stopped the walk before the end of the store."""
+    damage: list[StoreDamage]
+    log_first_seq: int
+    """The first seq the log still holds (1: the whole journal; 0: none, or cluster mode)."""
+    log_last_seq: int
+    log_units: int
+    """Units in the log up to ``applied_seq``."""
+    missing: list[list[int]]
+    """``[first, last]`` seq ranges the store lacks (or holds as another kind of event)."""
+    unrecoverable: list[list[int]]
+    """Of those, the ranges the log no longer holds either: a rebuild cannot restore them."""
+    rebuild_complete: bool
+    """Whether ``engramd --rebuild-store`` would give back everything the store should hold."""
+    problems: list[str]
+    """One line per finding, for people."""
+    seconds: float
+
+
+class Verify(ClientMessage[VerifyReport], tag="verify"):
+    """Walk the whole store, check its counts and compare it with the log (admin token)."""
+
+
 Request = (
     Ping | GetStatus | Shutdown | CreateUnits | ImportUnits | GetUnits | ListUnits
     | RelatedUnits | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe
@@ -1086,7 +1146,7 @@ Request = (
     | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
     | GetCluster
-    | AcknowledgeCuts | MakeBackup | VerifyBackup
+    | AcknowledgeCuts | MakeBackup | VerifyBackup | Verify
 )
 """Requests allowed after the handshake."""
 
@@ -1098,7 +1158,7 @@ AnyClientMessage = (
     | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
     | GetCluster
-    | AcknowledgeCuts | MakeBackup | VerifyBackup
+    | AcknowledgeCuts | MakeBackup | VerifyBackup | Verify
 )
 
 
@@ -1108,7 +1168,7 @@ AnyServerMessage = (
     | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LeaseLost
     | SearchResults | TokenCreated | TokenPage | TokensRevoked | DaemonStats | UnitIdsResolved
     | InboxPage | UnreadCount | TaskFound | TaskPage | AgentPage | Brief | ClusterReport
-    | CutsAcknowledged | BackupMade | BackupChecked
+    | CutsAcknowledged | BackupMade | BackupChecked | VerifyReport
 )
 
 
@@ -1138,8 +1198,8 @@ __all__ = [
     "RelatedUnits", "ReleaseLock", "ReleaseTask", "RenewLock", "Reply", "reply_type", "ReplyT",
     "Request", "ResolveUnitIds", "RevokeTokens", "Search", "SearchHit", "SearchResults",
     "SendMessage", "ServerMessage", "SessionInfo", "Shutdown", "ShuttingDown", "SpooledUnit",
-    "StreamStatus", "Subscribe", "Subscribed", "TaskFound", "TaskPage", "TokenCreated",
-    "TokenInfo", "TokenPage", "TokensRevoked", "UnitDraft", "UnitIdsResolved", "UnitOrigin",
-    "UnitPage", "UnitsCreated", "UnitsFound", "UnreadCount", "Unsubscribe", "UpdateContext",
-    "VerifyBackup", "Waiter", "WalCut", "Welcome",
+    "StoreDamage", "StreamStatus", "Subscribe", "Subscribed", "TaskFound", "TaskPage",
+    "TokenCreated", "TokenInfo", "TokenPage", "TokensRevoked", "UnitDraft", "UnitIdsResolved",
+    "UnitOrigin", "UnitPage", "UnitsCreated", "UnitsFound", "UnreadCount", "Unsubscribe",
+    "UpdateContext", "Verify", "VerifyBackup", "VerifyReport", "Waiter", "WalCut", "Welcome",
 ]

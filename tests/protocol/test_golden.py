@@ -104,6 +104,7 @@ from engramd.protocol import (
     SessionInfo,
     Shutdown,
     ShuttingDown,
+    StoreDamage,
     Subscribe,
     Subscribed,
     Task,
@@ -124,7 +125,9 @@ from engramd.protocol import (
     UnreadCount,
     Unsubscribe,
     UpdateContext,
+    Verify,
     VerifyBackup,
+    VerifyReport,
     Waiter,
     WalCut,
     Welcome,
@@ -224,6 +227,7 @@ CLIENT_MESSAGES = {
     "wal_acknowledge": AcknowledgeCuts(id=44, ids=["0a1b2c3d"]),
     "backup": MakeBackup(id=45, path="/backups/engram-2026-11-23"),
     "backup_verify": VerifyBackup(id=46, path="/backups/engram-2026-11-23"),
+    "verify": Verify(id=47),
 }
 TOKEN = TokenInfo(id="0123456789ab", agent="alice", created_at=WHEN)
 LEASE = Lease(resource="deploy:prod", holder="alice", lock_id="0123456789abcdef",
@@ -327,6 +331,14 @@ SERVER_MESSAGES = {
         storage="file"), machines=[ClusterMachine(
             machine="box-0a1b2c3d", host="box", socket="/run/user/1000/engram/engramd.sock",
             stream_seq=41, applied_seq=120, version="0.1.0")]),
+    "verify_report": VerifyReport(
+        id=44, ok=False, applied_seq=61, keys=277, units=60, units_expected=60, contexts=1,
+        contexts_expected=1, events=61, walked_all=True, damage=[StoreDamage(
+            file="/d/store/000008.sst", reason="Corruption: block checksum mismatch",
+            after_key="c/build-42 seq 32", resumed_at="e/ seq 1")],
+        log_first_seq=1, log_last_seq=61, log_units=60, missing=[], unrecoverable=[],
+        rebuild_complete=True, problems=["unit bodies: 31 in the store, 60 expected"],
+        seconds=0.001),
 }
 EVENTS = {
     "event_unit_created": UnitCreated(seq=7, ts=WHEN, context_id="build-42", unit=UNIT),
