@@ -26,7 +26,8 @@ from engram_cli.client.errors import EngramError, ExitCode
 
 EXIT_CODES_HELP = (
     "Exit status: 0 success, 1 error, 2 usage, 3 not found, "
-    "4 conflict or lock held, 5 timeout, 6 lease lost (lock run), 69 daemon unavailable; "
+    "4 conflict or lock held, 5 timeout, 6 lease lost (lock run), 69 daemon unavailable, "
+    "74 damaged journal, 75 disk full; "
     "lock run: 126 CMD cannot run, 127 CMD not found."
 )
 

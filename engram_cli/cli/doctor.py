@@ -60,9 +60,10 @@ def _private_dir(check: str, path: str) -> Finding:
 
 
 class Doctor:
-    def __init__(self, client: Client, data_dir: str) -> None:
+    def __init__(self, client: Client, data_dir: str, *, deep: bool = False) -> None:
         self.client = client
         self.data_dir = data_dir
+        self.deep = deep
         self.status: DaemonStatus | None = None
         self._gauges: dict[str, float] | None = None
 
@@ -70,6 +71,8 @@ class Doctor:
         checks: list[Callable[[], Finding]] = [
             self.daemon, self.version, self.socket, self.data, self.disk, self.recovery,
             self.cuts, self.log_errors, self.index, self.vectors, self.cluster, self.leases]
+        if self.deep:
+            checks.insert(checks.index(self.cuts), self.walk)
         for check in checks:
             yield check()
 
@@ -141,10 +144,34 @@ class Doctor:
             return Finding("journal", "warn", f"engramd is {self.status.state}",
                            "wait for the replay to finish (engram daemon status)")
         journal = self.status.journal
+        if journal is not None and journal.store_damage:
+            return Finding("journal", "fail", journal.store_damage,
+                           "engram verify, then 'engramd --rebuild-store' with the daemon "
+                           "stopped (or 'engram restore' a backup)")
+        if journal is not None and journal.read_only:
+            return Finding("journal", "fail", journal.write_error or "started read-only",
+                           "free some space, then engram daemon restart")
         if journal is not None and journal.write_error:
-            return Finding("journal", "fail", journal.write_error, "engram daemon restart")
+            fix = ("free some space: writes resume by themselves" if "disk" in
+                   journal.write_error.lower() else "engram daemon restart")
+            return Finding("journal", "fail", journal.write_error, fix)
         seq = journal.last_seq if journal else 0
         return _ok("journal", f"ready, writes accepted, last seq {seq}")
+
+    def walk(self) -> Finding:
+        """``--deep``: the whole store walked against the log (``engram verify``)."""
+        if (skipped := self._needs_daemon("store walk")) is not None:
+            return skipped
+        try:
+            report = self.client.verify()
+        except EngramError as exc:
+            return Finding("store walk", "fail", str(exc), "engram verify")
+        if report.ok:
+            return _ok("store walk", f"{report.keys:,} keys read, {report.units:,} units, "
+                       f"the log agrees ({report.seconds:.2f} s)")
+        return Finding("store walk", "fail", "; ".join(report.problems)[:300],
+                       "engramd --rebuild-store (daemon stopped)" if report.rebuild_complete
+                       else "engram restore a backup")
 
     def cuts(self) -> Finding:
         if (skipped := self._needs_daemon("log tails")) is not None:
@@ -177,6 +204,11 @@ class Doctor:
         return _ok("log", f"no errors in the last {len(lines)} lines of {path}")
 
     def index(self) -> Finding:
+        journal = self.status.journal if self.status else None
+        if journal is not None and journal.index_paused:
+            return Finding("search index", "warn", f"paused: {journal.index_paused}",
+                           "free some space (it catches up by itself)" if "disk" in
+                           journal.index_paused else "engram daemon reindex")
         return self._lag("search index", "index_lag_events")
 
     def vectors(self) -> Finding:

@@ -47,6 +47,10 @@ class ExitCode(enum.IntEnum):
     """``lock run``: the command was not found."""
     UNAVAILABLE = 69
     """The daemon cannot be reached or cannot serve now (EX_UNAVAILABLE)."""
+    DAMAGED = 74
+    """A file of the journal is damaged: no answer rather than a short one (EX_IOERR)."""
+    DISK_FULL = 75
+    """A write refused for a full disk; try again once there is space (EX_TEMPFAIL)."""
 
 
 class UsageProblem(EngramError):

@@ -89,7 +89,9 @@ from engramd.protocol import (
     UnitsCreated,
     UnitsFound,
     UnreadCount,
+    Verify,
     VerifyBackup,
+    VerifyReport,
     WalCut,
     Welcome,
 )
@@ -367,6 +369,11 @@ class Operations:
         return ask(Reindex(), _nothing)
 
     # -- the journal as a whole (admin token) ---------------------------------------
+
+    @operation
+    def verify(self) -> Call[VerifyReport]:
+        """Walk the whole store, check its counts and compare it with the log."""
+        return ask(Verify())
 
     @operation
     def make_backup(self, path: str) -> Call[BackupMade]:

@@ -104,7 +104,7 @@ def test_backup_verify_and_restore_while_writers_go_on(env: dict[str, str],
         with Client(env["ENGRAM_SOCKET"], autostart=False) as engram:
             engram.wait_ready()
         refused = run_cli(env, "verify", str(damaged))
-        assert refused.returncode == 1 and "damaged:" in refused.stdout
+        assert refused.returncode == 74 and "damaged:" in refused.stdout
         busy_restore = run_cli(env, "restore", str(dest))
         assert busy_restore.returncode == 4 and "daemon stop" in busy_restore.stderr
     finally:

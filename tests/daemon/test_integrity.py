@@ -237,3 +237,26 @@ def test_a_search_index_damaged_inside_is_an_error_naming_reindex(
             assert engram.ping()
     finally:
         assert damaged.stop() == 0
+
+
+def test_the_command_line_tells_the_damage_and_its_fix(engramd: DaemonProcess) -> None:
+    write_units(engramd)
+    sound = run_cli(engramd.env, "verify")
+    assert sound.returncode == 0 and sound.stdout.rstrip().endswith("intact"), sound
+    damaged, table = restart_damaged(engramd, ENGRAM_STORE_VERIFY_ON_START="false")
+    try:
+        listed = run_cli(damaged.env, "unit", "list", "-c", "ctx", "-n", str(UNITS))
+        assert listed.returncode == 74 and listed.stdout == ""  # no short answer
+        (line,) = listed.stderr.splitlines()
+        assert str(table) in line and "engramd --rebuild-store" in line
+        walked = run_cli(damaged.env, "verify")
+        assert walked.returncode == 74, walked
+        assert f"damaged: {table}" in walked.stdout
+        assert walked.stdout.rstrip().endswith("the journal is damaged")
+        doctor = run_cli(damaged.env, "doctor", "--deep")
+        assert doctor.returncode == 1
+        rows = {line.split()[1]: line for line in doctor.stdout.splitlines()}
+        assert rows["journal"].startswith("fail") and str(table) in rows["journal"]
+        assert "store walk" in doctor.stdout
+    finally:
+        damaged.stop()

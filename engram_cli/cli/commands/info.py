@@ -141,7 +141,9 @@ def _gauge(name: str, value: float) -> str:
     return f"{value:g}"
 
 
-def doctor(ctx: typer.Context, json: JsonOption = False) -> None:
+def doctor(ctx: typer.Context, json: JsonOption = False, deep: Annotated[bool, typer.Option(
+        "--deep", help="Also walk the whole store against the log (engram verify).")] = False,
+        ) -> None:
     """Check the daemon, its files and its health; one line per check, with a fix.
 
     Exits 0 when every check is ok, 1 otherwise. Never starts the daemon.
@@ -154,7 +156,7 @@ def doctor(ctx: typer.Context, json: JsonOption = False) -> None:
 
     from engram_cli.cli.doctor import Doctor  # only this command needs them
 
-    for finding in Doctor(client, resolve_data_dir(None, os.environ)).run():
+    for finding in Doctor(client, resolve_data_dir(None, os.environ), deep=deep).run():
         findings.append(finding)
         if out.json:
             out.json_line(dataclasses.asdict(finding))

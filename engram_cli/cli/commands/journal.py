@@ -12,7 +12,7 @@ import typer
 
 from engram_cli.cli import context
 from engram_cli.cli.context import JsonOption
-from engram_cli.cli.output import note
+from engram_cli.cli.output import Output, note
 from engram_cli.client.autostart import daemon_answers
 from engram_cli.client.errors import Conflict, EngramError, ExitCode, UsageProblem
 from engram_cli.formats.text import format_duration, timestamp
@@ -50,13 +50,20 @@ def backup(
 
 def verify(
     ctx: typer.Context,
-    path: Annotated[str, typer.Argument(metavar="BACKUP", help="The backup to check.")],
+    path: Annotated[str | None, typer.Argument(
+        metavar="[BACKUP]", help="A backup to check (none: the running daemon's journal).")
+    ] = None,
     json: JsonOption = False,
 ) -> None:
-    """Check a backup: every file against its manifest, every log record's checksum and
-    seq, every store block's checksum, the counts; exit 1 naming what is damaged."""
+    """Check the journal (or a backup) whole: without BACKUP, walk every key of the
+    running daemon's store and compare it with the log (what is damaged, with file and
+    key range, and what --rebuild-store can restore); with BACKUP, every file against its
+    manifest, every log record, every store block, the counts. Exit 74 naming the damage."""
     cli = context.get(ctx)
     out = cli.output(json)
+    if path is None:
+        _verify_journal(cli, out)
+        return
     checked = cli.client(admin=True).verify_backup(os.path.abspath(path))
     if out.json:
         out.json_line(checked)
@@ -67,7 +74,35 @@ def verify(
             out.line(f"damaged: {problem}")
         out.line("intact" if checked.ok else "the backup is damaged")
     if not checked.ok:
-        raise typer.Exit(ExitCode.ERROR)
+        raise typer.Exit(ExitCode.DAMAGED)
+
+
+def _verify_journal(cli: context.CliContext, out: Output) -> None:
+    report = cli.client(admin=True, timeout=None).verify()
+    if out.json:
+        out.json_line(report)
+    else:
+        out.fields("journal", [
+            ("store", f"{report.keys:,} keys, {report.units:,} units (of "
+                      f"{report.units_expected:,}), {report.contexts:,} contexts (of "
+                      f"{report.contexts_expected:,}), events to seq {report.applied_seq}"),
+            ("log", f"seqs {report.log_first_seq} to {report.log_last_seq}, "
+                    f"{report.log_units:,} units"),
+            ("took", f"{report.seconds:.2f} s")])
+        for damage in report.damage:
+            out.line(f"damaged: {damage.file}: {damage.reason} (keys after "
+                     f"{damage.after_key or 'the start'!r} up to {damage.resumed_at or 'the end'!r}"
+                     " not read)")
+        for problem in report.problems:
+            out.line(f"problem: {problem}")
+        if not report.ok:
+            out.line("a rebuild from the log restores all of it ('engramd --rebuild-store' "
+                     "with the daemon stopped)" if report.rebuild_complete else
+                     "a rebuild from the log cannot restore all of it: restore a backup "
+                     "('engram restore'), or rebuild what the log holds")
+        out.line("intact" if report.ok else "the journal is damaged")
+    if not report.ok:
+        raise typer.Exit(ExitCode.DAMAGED)
 
 
 def restore(
