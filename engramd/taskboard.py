@@ -185,6 +185,8 @@ class TaskBoard:
             task = self._stored(request.task_id)
             if task.state == "done":
                 raise Conflict(f"task {task.id} is done")
+            if self._claimed_here(task.id, request, caller):
+                return self.get(task.id)  # claimed again by its own session: that claim
             waiting = self._open_dependencies(task)
             if waiting:
                 raise Conflict(f"task {task.id} waits for {', '.join(waiting)}")
@@ -217,6 +219,13 @@ class TaskBoard:
             return self.get(task.id)
         where = f" in {', '.join(request.contexts)}" if request.contexts else ""
         raise NotFound(f"no task is ready to claim{where}")
+
+    def _claimed_here(self, task_id: str, request: ClaimTask, caller: Caller) -> bool:
+        """Whether the caller's session holds the claim on *task_id* already."""
+        claim = self._claim(task_id, live=True)
+        session, _ = session_of(caller, request.pid, self.leases.machine)
+        return claim is not None and claim.holder == caller.agent_id and \
+            claim.session == session
 
     def _why_taken(self, task: StoredTask) -> str:
         claim = self._claim(task.id)

@@ -370,3 +370,22 @@ def test_every_connected_process_is_a_session_until_it_exits(
     finally:
         script.kill()
         script.wait(WAIT)
+
+
+def test_claiming_a_task_the_session_holds_returns_that_claim(
+        threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with connect(config, "alice") as alice, connect(config, "bob") as bob:
+            task = alice.add_task("ship it")
+            first = alice.claim_task(task.id, pid=sleeper.pid)
+            again = alice.claim_task(task.id, pid=sleeper.pid)  # a retry of a lost answer
+            assert again.claim == first.claim
+            with pytest.raises(LockHeld):
+                alice.claim_task(task.id)  # another session of alice: this connection
+            with pytest.raises(LockHeld):
+                bob.claim_task(task.id, pid=sleeper.pid)  # the same process, another agent
+    finally:
+        sleeper.kill()
+        sleeper.wait(WAIT)
