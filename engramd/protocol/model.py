@@ -259,8 +259,7 @@ EVENT_KINDS = tuple(
 __all__ = [
     "AnyEvent", "Context", "CONTEXT_CHANGES", "ContextChange", "ContextCreated",
     "ContextUpdated", "Event", "EVENT_KINDS", "GRACE_SECONDS", "Lease", "LeaseTiming",
-    "LockAcquired", "LockEvent",
-    "LockExpired", "LockReleased", "LockRenewed", "MARGIN_SECONDS", "MIN_UNIT_ID_PREFIX", "Relationship",
-    "RELATIONSHIP_TYPES", "Task", "Unit", "UNIT_ID_LENGTH", "UNIT_TYPES", "UnitCreated",
-    "UUID_TEXT",
+    "LockAcquired", "LockEvent", "LockExpired", "LockReleased", "LockRenewed",
+    "MARGIN_SECONDS", "MIN_UNIT_ID_PREFIX", "Relationship", "RELATIONSHIP_TYPES", "Task",
+    "Unit", "UNIT_ID_LENGTH", "UNIT_TYPES", "UnitCreated", "UUID_TEXT",
 ]
