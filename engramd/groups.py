@@ -137,7 +137,7 @@ class GroupStops:
         """When *holding*'s group gets SIGTERM unless the lease is renewed before."""
         if not self.stops(holding.lease) or holding.stopping is not None:
             return math.inf
-        return LeaseTiming(holding.lease.ttl).stop_at(holding.deadline)
+        return LeaseTiming(holding.lease.ttl).backstop(holding.deadline)[0]
 
     def next_wakeup(self, holdings: Iterable[Holding]) -> float:
         """The next expiry, or the next moment a group must begin to stop."""
@@ -148,7 +148,7 @@ class GroupStops:
         """Stop the groups of leases about to expire unrenewed, so that none of their
         processes is left at the expiry; their holders are told."""
         for holding in [h for h in holdings if self.stop_at(h) <= now and not h.ending]:
-            self.begin(holding, LeaseTiming(holding.lease.ttl).kill_at(holding.deadline))
+            self.begin(holding, LeaseTiming(holding.lease.ttl).backstop(holding.deadline)[1])
             self.tell(holding, "expired", "engramd")
 
     async def before_end(self, holding: Holding, tell: str | None, by: str) -> None:

@@ -167,9 +167,11 @@ class LeaseTiming:
     """When the holder of a lease of *ttl* seconds renews it, and when the processes
     working under it are stopped instead: the one rule of ``lock run`` and the daemon.
 
-    Both stop a lease's process group (SIGTERM, then SIGKILL ``grace`` later) so that
-    it is gone ``margin`` before the expiry: ``lock run`` from the expiry it last had
-    confirmed, the daemon from its own (never earlier), so the holder acts first.
+    The holder stops a lease's process group (SIGTERM, then SIGKILL ``grace`` later)
+    so that it is gone ``margin`` before the expiry it last had confirmed. The daemon
+    is the backstop, for a holder that cannot act (stopped, hung): it does the same
+    half a margin later by its own expiry (never earlier than the holder's), so the
+    holder acts first and the group is still gone before the lease ends.
     """
 
     ttl: float
@@ -193,6 +195,12 @@ class LeaseTiming:
     def stop_at(self, expiry: float) -> float:
         """The last moment to send SIGTERM and still give the grace before ``kill_at``."""
         return self.kill_at(expiry) - self.grace
+
+    def backstop(self, expiry: float) -> tuple[float, float]:
+        """When the daemon sends SIGTERM and SIGKILL to the group of a lease that was
+        not renewed: half a margin after the holder would have."""
+        late = self.margin / 2
+        return self.stop_at(expiry) + late, self.kill_at(expiry) + late
 
 
 TASK_STATES = ("open", "claimed", "done")

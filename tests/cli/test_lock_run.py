@@ -199,6 +199,10 @@ def test_timing_stops_cmd_in_time_for_any_ttl() -> None:
         renewed = expiry - ttl  # just renewed: CMD keeps running at least one renewal more
         assert renewed + timing.renew_every < timing.stop_at(expiry)
         assert timing.stop_at(expiry) + timing.grace <= timing.kill_at(expiry) < expiry
+        # The daemon's backstop comes after the holder, and still before the expiry.
+        term, kill = timing.backstop(expiry)
+        assert timing.stop_at(expiry) < term and kill - term == pytest.approx(timing.grace)
+        assert timing.kill_at(expiry) < kill < expiry
 
 
 def test_an_unexpected_error_in_the_renewal_stops_cmd(
