@@ -179,15 +179,13 @@ def check_runnable(command: str) -> None:
 
 
 def supervise(command: Command, keeper: LeaseKeeper) -> str | None:
-    """Wait for CMD; stop its group in time if its leases are lost, and what it left of
-    it once it has exited. Returns why the leases were lost, if they were."""
+    """Wait for CMD; stop its group in time if its leases are lost (returns why), and
+    what it left of it once it has exited by itself (returns None)."""
     while True:
         if command.wait(POLL_SECONDS) is not None:
             # What CMD left running of its group is stopped before the leases end.
             command.stop(min(clock() + keeper.timing.grace, keeper.kill_at()))
-            if keeper.lost is not None:  # CMD ended by itself, but not covered throughout
-                output.error(f"{keeper.lost} while the command ran")
-            return keeper.lost
+            return None
         command.reap_orphans()
         why = keeper.lost
         if why is None and clock() >= keeper.stop_at():
@@ -235,8 +233,8 @@ def _run(client: Client, command: Command, leases: list[Lease]) -> int:
             client = keeper.finish()
             if command.poll() is None or command.living():  # a failure above: no strays
                 command.stop(clock() + keeper.timing.grace)
-    if lost is None:
-        lost = _release(client, keeper.leases)
+    if lost is None:  # CMD ended by itself: were its leases held throughout?
+        lost = keeper.lost or _release(client, keeper.leases)
         if lost is not None:
             output.error(f"{lost} while the command ran")
     status = command.reap()  # only now: its zombie kept the group's number ours

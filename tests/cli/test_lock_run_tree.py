@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from engramd.protocol import Lease, LeaseTiming
+from tests.cli.test_lock_run import lease_history
 from tests.conftest import WAIT, DaemonProcess, connect, run_cli, start_engramd, wait_until
 
 pytestmark = pytest.mark.slow  # every test here runs processes
@@ -148,6 +149,28 @@ def test_lock_run_killed_its_lease_ends_once_every_process_of_cmd_is_gone(
     assert last > killed_at + LeaseTiming(ttl).grace * 0.5  # went at SIGKILL, not before
     assert granted < killed_at + ttl  # and not by the lease's expiry: at once
     assert not (tmp_path / "late").exists()
+
+
+def test_when_the_lease_cannot_be_renewed_the_whole_group_is_gone_before_it_ends(
+        engramd: DaemonProcess, tmp_path: Path) -> None:
+    ttl = 4.0
+    runner = start_lock_run(engramd, cmd_with_children(tmp_path), ttl)
+    wait_until(lambda: started(tmp_path), "CMD and its children to start")
+    lease = held(engramd)
+    assert lease is not None and lease.pgid is not None
+    engramd.process.send_signal(signal.SIGTERM)  # and it stays away
+    engramd.process.wait(WAIT)
+    _, err = runner.communicate(timeout=ttl + 15)
+    assert runner.returncode == 6
+    assert err.startswith("engram: error: could not renew the lease on job since "), err
+    assert living(lease.pgid) == []
+    last = beats(tmp_path)[-1]
+    engramd.process = start_engramd(engramd.env)  # long after the ttl: the lease is over
+    last_known = lease_history(engramd.socket, "job")[-1]
+    assert last < last_known.expires_at.timestamp() - LeaseTiming(ttl).margin * 0.9
+    with connect(engramd.socket, "rival") as engram:
+        (rival,) = engram.acquire_lock("job", wait=WAIT)
+    assert rival.acquired_at.timestamp() > last
 
 
 def test_a_lease_restored_by_a_restarted_daemon_stops_the_group_of_a_dead_holder(
