@@ -113,6 +113,8 @@ def test_a_broken_lease_ends_once_every_process_of_cmd_is_gone(
     wait_until(lambda: started(tmp_path), "CMD and its children to start")
     lease = held(engramd)
     assert lease is not None and lease.pgid == int((tmp_path / "cmd").read_text())
+    assert f"process_group\t{lease.pgid}\n" in run_cli(engramd.env, "lock", "show",
+                                                         "job").stdout
     rival = rival_in_line(engramd)
     broken_at = dt.datetime.now(dt.UTC).timestamp()
     result = run_cli({**engramd.env, "ENGRAM_AGENT": "ops"}, "lock", "break", "job",

@@ -144,6 +144,8 @@ def show(ctx: typer.Context, resource: ResourceArg, json: JsonOption = False) ->
     (row,) = _rows([state])
     fields = list(zip(["resource", "holder", "fencing_token", "expires_at", "left",
                        "waiters", "pid"], row, strict=True))
+    if state.lease is not None and state.lease.pgid is not None:  # lock run's CMD
+        fields.append(("process_group", str(state.lease.pgid)))
     if state.lease is not None and state.lease.machine:  # cluster mode: granted where
         fields.append(("machine", state.lease.machine))
     out.fields(resource, fields)
