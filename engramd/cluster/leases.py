@@ -359,6 +359,9 @@ class ClusterLeaseManager(LeaseManager):
     async def release(self, lock_id: str, caller: Caller, resource: str | None = None
                       ) -> Lease:
         await self._connected()
+        holding = self.table.by_lock_id.get(lock_id)
+        if holding is not None:
+            self._stoppable_here(holding, "release")
         return await super().release(lock_id, caller, resource)
 
     async def break_lease(self, resource: str, reason: str, agent: str) -> Lease:
@@ -367,14 +370,18 @@ class ClusterLeaseManager(LeaseManager):
         # machine's view yet: "not held" is said only of what the leader says.
         await self._read_lease(check_resource(resource))
         holding = self.table.held.get(resource)
-        if holding is not None and holding.lease.pgid is not None and \
-                holding.lease.machine != self.machine:
-            # Only the granting machine can stop the processes working under it, and
-            # the lease may not end while they run.
-            raise Forbidden(f"{resource} is leased through machine {holding.lease.machine}"
-                            f" by {holding.holder}, whose processes only that machine can "
-                            "stop: break it there, or wait for its expiry")
+        if holding is not None:
+            self._stoppable_here(holding, "break")
         return await super().break_lease(resource, reason, agent)
+
+    def _stoppable_here(self, holding: Holding, what: str) -> None:
+        """Refuse to end here a lease with a process group granted on another machine:
+        only that machine can stop the group, and the lease may not end while it runs."""
+        lease = holding.lease
+        if lease.pgid is not None and lease.machine != self.machine:
+            raise Forbidden(f"{lease.resource} is leased through machine {lease.machine} by "
+                            f"{holding.holder}, whose processes only that machine can stop: "
+                            f"{what} it there, or wait for its expiry")
 
     async def _end(self, holding: Holding, kind: type[LockReleased] | type[LockExpired], *,
                    reason: str, by: str, tell: str | None = None) -> None:

@@ -144,8 +144,11 @@ def test_a_waiter_elsewhere_is_granted_once_the_killed_holder_s_group_is_gone(
     wait_until(lambda: beats.exists() and (tmp_path / "pid").exists(), "CMD to start")
     held = holder_seen(a, "job")
     assert held is not None and held.pgid == int((tmp_path / "pid").read_text())
+    # Only a can stop the processes working under it: b ends the lease neither way.
     with b.client("ops") as ops, pytest.raises(Forbidden, match="break it there"):
-        ops.break_lock("job", "stuck")  # only a can stop the processes working under it
+        ops.break_lock("job", "stuck")
+    with b.client("runner") as same, pytest.raises(Forbidden, match="release it there"):
+        same.release_lock(held.lock_id)
     runner.send_signal(signal.SIGKILL)
     runner.wait(WAIT)
     with b.client("bob") as bob:
