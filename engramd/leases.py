@@ -140,7 +140,8 @@ class LeaseManager:
         one fsync per handover, and a crash keeps both or neither.
         """
         lease = holding.lease
-        await self.stops.before_end(holding, tell, by)
+        if self.table.by_lock_id.get(lease.lock_id) is holding and not holding.ending:
+            await self.stops.before_end(holding, tell, by)  # (a lease over has no group)
         follower: Waiting | None = None
         ending = False
 
