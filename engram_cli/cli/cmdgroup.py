@@ -66,13 +66,16 @@ def clock() -> float:
 
 
 def _foreground_terminal() -> int | None:
-    """engram's controlling terminal (a descriptor), if engram is in its foreground."""
+    """engram's controlling terminal (a descriptor), if engram is its foreground job,
+    alone: in a pipeline (``lock run ... | less``) the job's other processes keep the
+    terminal, and CMD runs in the background of it."""
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:  # no controlling terminal
         return None
     with contextlib.suppress(OSError):
-        if os.tcgetpgrp(fd) == os.getpgrp():
+        group = os.getpgrp()
+        if os.tcgetpgrp(fd) == group and _scan(group, 0)[0] == [os.getpid()]:
             return fd
     os.close(fd)
     return None

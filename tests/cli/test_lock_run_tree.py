@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -291,24 +292,35 @@ SHELL = textwrap.dedent("""
 """)
 
 
-def test_on_a_terminal_cmd_has_the_foreground_and_ctrl_z_stops_both(
-        engramd: DaemonProcess, tmp_path: Path) -> None:
+def on_a_terminal(daemon: DaemonProcess, here: Path, job: list[str]
+                  ) -> tuple[subprocess.Popen[bytes], int, int]:
+    """*job* run by :data:`SHELL` on a new terminal: the shell, the terminal's master
+    side, and the descriptor that says ``fg``."""
     master, slave = os.openpty()
     fg_read, fg = os.pipe()
     shell = subprocess.Popen(
-        [sys.executable, "-c", SHELL, str(tmp_path), str(fg_read), sys.executable, "-m",
-         "engram_cli",
-         "lock", "run", "job", "--ttl", "30", "--", sys.executable, "-c", ON_TERMINAL,
-         str(tmp_path)],
-        env={**engramd.env, "ENGRAM_AGENT": "runner"}, stdin=slave, stdout=slave,
+        [sys.executable, "-c", SHELL, str(here), str(fg_read), *job],
+        env={**daemon.env, "ENGRAM_AGENT": "runner"}, stdin=slave, stdout=slave,
         stderr=slave, start_new_session=True, pass_fds=(fg_read,))
     os.close(slave)
     os.close(fg_read)
+    return shell, master, fg
 
-    def jobs() -> list[str]:
-        path = tmp_path / "jobs"
-        return path.read_text().splitlines() if path.exists() else []
 
+def jobs(here: Path) -> list[str]:
+    """What the shell saw of its job."""
+    path = here / "jobs"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+LOCK_RUN_ON_TERMINAL = [sys.executable, "-m", "engram_cli", "lock", "run", "job", "--ttl",
+                        "30", "--", sys.executable, "-c", ON_TERMINAL]
+
+
+def test_on_a_terminal_cmd_has_the_foreground_and_ctrl_z_stops_both(
+        engramd: DaemonProcess, tmp_path: Path) -> None:
+    shell, master, fg = on_a_terminal(engramd, tmp_path,
+                                      [*LOCK_RUN_ON_TERMINAL, str(tmp_path)])
     try:
         wait_until(lambda: len(beats(tmp_path)) >= 3, "CMD to run")
         assert (tmp_path / "foreground").read_text() == "True True"
@@ -316,14 +328,34 @@ def test_on_a_terminal_cmd_has_the_foreground_and_ctrl_z_stops_both(
         assert lease is not None and lease.pgid is not None
         cmd = lease.pgid
         os.write(master, b"\x1a")  # Ctrl-Z: CMD stops, and lock run with it
-        wait_until(lambda: jobs() == ["stopped"], "the shell to see its job stopped")
+        wait_until(lambda: jobs(tmp_path) == ["stopped"], "the shell to see its job stopped")
         assert state(cmd) == "T" and state(lease.holder_pid) == "T"
         os.write(fg, b"f")  # fg
         wait_until(lambda: state(cmd) != "T", "CMD to go on")
         count = len(beats(tmp_path))
         wait_until(lambda: len(beats(tmp_path)) > count + 2, "CMD to beat again")
         os.write(master, b"\x03")  # Ctrl-C reaches CMD, in the foreground
-        wait_until(lambda: jobs() == ["stopped", "exit 3"], "lock run to exit as CMD did")
+        wait_until(lambda: jobs(tmp_path) == ["stopped", "exit 3"],
+                   "lock run to exit as CMD did")
+        assert held(engramd) is None
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait(WAIT)
+        os.close(master)
+        os.close(fg)
+
+
+def test_in_a_pipeline_on_a_terminal_the_job_keeps_the_foreground(
+        engramd: DaemonProcess, tmp_path: Path) -> None:
+    """``lock run ... | cat``: cat (in the job) keeps the terminal; CMD runs behind it."""
+    words = shlex.join([*LOCK_RUN_ON_TERMINAL, str(tmp_path)])
+    shell, master, fg = on_a_terminal(engramd, tmp_path, ["/bin/sh", "-c", f"{words} | cat"])
+    try:
+        wait_until(lambda: len(beats(tmp_path)) >= 3, "CMD to run")
+        assert (tmp_path / "foreground").read_text() == "False True"
+        (tmp_path / "stop").touch()
+        wait_until(lambda: jobs(tmp_path) == ["exit 0"], "the job to end")
         assert held(engramd) is None
     finally:
         if shell.poll() is None:

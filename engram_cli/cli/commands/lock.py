@@ -253,7 +253,7 @@ def run(
     ENGRAM_FENCING_TOKEN and ENGRAM_FENCE (RES:TOKEN, which `engram unit create`
     uses as its fence). Its exit status is passed through (126 when it cannot
     be run, 127 when it is not found). CMD runs in a process group of its own
-    (with the terminal's foreground, if engram had it), and no process of that
+    (with the terminal's foreground, if engram had it alone), and no process of that
     group outlives the leases: what CMD leaves running gets SIGTERM, then
     SIGKILL, before they are released; if a lease is lost or cannot be renewed
     in time, the whole group is stopped before the lease ends, and engram exits
