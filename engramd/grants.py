@@ -76,7 +76,7 @@ class Grant:
                      expires_at=ts + dt.timedelta(seconds=self.ttl), ttl=self.ttl,
                      boot_id=boot_id, deadline_boottime=boot + self.ttl, pid=self.request.pid,
                      bound_to_connection=self.request.bind_connection, session=self.session,
-                     holder_pid=self.holder_pid, machine=machine)
+                     holder_pid=self.holder_pid, machine=machine, pgid=self.request.pgid)
 
 
 def acquired(leases: list[Lease]) -> list[LockAcquired]:
@@ -109,6 +109,9 @@ def checked_request(request: AcquireLock, default_ttl: float, max_ttl: float
         raise BadRequest("wait must be 0 or more seconds (or nil: as long as it takes)")
     if request.pid is not None and request.pid <= 0:
         raise BadRequest("pid must be a process id")
+    if request.pgid is not None and (request.pid is None or request.pgid <= 1):
+        raise BadRequest("pgid must be a process group, given with the pid whose session "
+                         "it is in")
     return resources, ttl, wait
 
 

@@ -5,11 +5,17 @@ change, so an acknowledged grant survives a restart and its fencing token (the
 grant's seq) is greater than every token before it. Expiry runs on trio's
 monotonic clock; the remaining time survives a restart through CLOCK_BOOTTIME
 and the boot id (a reboot ends every lease: their holders are gone).
+
+A lease that carries a process group (``lock run``'s CMD) ends only once none of
+the group's processes is left (:mod:`engramd.groups`): whatever ends it waits for
+the group to be stopped first, and before its expiry the group is stopped in time
+(by :class:`LeaseTiming`, as its holder would) so that the expiry is not late.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -30,6 +36,7 @@ from engramd.grants import (
     checked_ttl,
     grant_for,
 )
+from engramd.groups import GroupStops
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.pidwatch import process_exit
 from engramd.protocol import (
@@ -69,6 +76,8 @@ class LeaseManager:
         self.boot_id = boot_id()
         self.machine = ""
         """This machine's name in cluster mode (empty on one machine)."""
+        self.stops = GroupStops(self.boot_id, tell=self._tell)
+        """Stops the process groups leases carry (its ``groups``: a fake in tests)."""
         self._nursery: trio.Nursery | None = None
         self.granted = 0
         self.expired = 0
@@ -89,7 +98,7 @@ class LeaseManager:
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._nursery = self.stops.nursery = nursery
             for holding in list(self.table.held.values()):
                 if holding.lease.pid is not None:
                     nursery.start_soon(self._watch_pid, holding.lease.pid)
@@ -99,11 +108,19 @@ class LeaseManager:
     async def _expire_forever(self) -> None:
         while True:
             self.table.deadline_changed = trio.Event()
-            with trio.move_on_at(self.table.next_deadline()):
+            with trio.move_on_at(self.stops.next_wakeup(self.table.held.values())):
                 await self.table.deadline_changed.wait()
-            for holding in self.table.expired(trio.current_time()):
-                await self._end(holding, LockExpired, reason="expired", by="engramd",
-                                tell="expired")
+            now = trio.current_time()
+            self.stops.stop_due(self.table.held.values(), now)
+            for holding in self.table.expired(now):
+                if holding.stopping is None:
+                    await self._end(holding, LockExpired, reason="expired", by="engramd",
+                                    tell="expired")
+                elif not holding.expiring and self._nursery is not None:
+                    holding.expiring = True  # its end waits for its group: not here
+                    self._nursery.start_soon(functools.partial(
+                        self._end, holding, LockExpired, reason="expired", by="engramd",
+                        tell="expired"))
 
     async def _watch_pid(self, pid: int) -> None:
         """Release the leases bound to *pid* the moment it exits (a pidfd, no polling)."""
@@ -123,6 +140,8 @@ class LeaseManager:
         one fsync per handover, and a crash keeps both or neither.
         """
         lease = holding.lease
+        if self.table.by_lock_id.get(lease.lock_id) is holding and not holding.ending:
+            await self.stops.before_end(holding, tell, by)  # (a lease over has no group)
         follower: Waiting | None = None
         ending = False
 
@@ -177,7 +196,10 @@ class LeaseManager:
 
     def _tell(self, holding: Holding, tell: str, by: str) -> None:
         """Push ``lease.lost`` (*tell*: ``expired`` or ``broken``) to the holder of
-        *holding*, in the background."""
+        *holding*, in the background, once."""
+        if holding.told:
+            return
+        holding.told = True
         if holding.push is not None and self._nursery is not None:
             notice = LeaseLost(lease=holding.lease, reason=tell, by=by)
             self._nursery.start_soon(_tell_holder, holding.push, _push_encoder.encode(notice))
@@ -219,9 +241,12 @@ class LeaseManager:
     # -- operations ----------------------------------------------------------------------
 
     def _grant_for(self, request: AcquireLock, caller: Caller) -> tuple[Grant, float]:
-        return grant_for(request, caller, self.table, default_ttl=self.default_ttl,
-                         max_ttl=self.max_ttl, max_per_agent=self.max_per_agent,
-                         machine=self.machine)
+        grant = grant_for(request, caller, self.table, default_ttl=self.default_ttl,
+                          max_ttl=self.max_ttl, max_per_agent=self.max_per_agent,
+                          machine=self.machine)
+        if request.pgid is not None and request.pid is not None:
+            self.stops.groups.check(request.pgid, request.pid)
+        return grant
 
     def _may_wait(self, grant: Grant) -> None:
         check_wait(grant, self._line(), self.max_waiters)
@@ -298,6 +323,9 @@ class LeaseManager:
                            f"lock id is a lease on {holding.lease.resource:.200})")
         if holding.lease.holder != caller.agent_id:
             raise Forbidden(f"lease {lock_id:.40} is held by {holding.lease.holder}, not you")
+        if holding.stopping is not None:
+            raise NotFound(f"lease {lock_id:.40} is ending: its processes (group "
+                           f"{holding.lease.pgid}) are being stopped")
         return holding
 
     async def release(self, lock_id: str, caller: Caller, resource: str | None = None
@@ -371,7 +399,8 @@ class LeaseManager:
     def check_fence(self, fence: Fence) -> None:
         """Raise Conflict unless the lease with this token holds the resource now."""
         holding = self.table.held.get(fence.resource)
-        if holding is None or holding.ending or holding.deadline <= trio.current_time():
+        if (holding is None or holding.ending or holding.stopping is not None
+                or holding.deadline <= trio.current_time()):
             raise Conflict(f"stale fence: {fence.resource} is not held (token {fence.token})")
         if holding.lease.fencing_token != fence.token:
             raise Conflict(f"stale fence: {fence.resource} is held with token "

@@ -46,6 +46,14 @@ class Holding:
     ending: bool = False
     """Its end is built into the batch being written: nothing may end, renew or fence
     with it again (it stays in the table until that end is durable)."""
+    stopping: trio.Event | None = None
+    """Its process group (``Lease.pgid``) is being stopped before it ends: set once none
+    of the group's processes is left. Meanwhile it is held, but ending: no renewal,
+    release or fenced write is taken."""
+    expiring: bool = False
+    """Its expiry is under way (waiting for its process group), not to be begun again."""
+    told: bool = False
+    """Its holder has been told it lost it (one ``lease.lost`` per lease)."""
 
     @property
     def holder(self) -> str:

@@ -1,18 +1,19 @@
 """``engram lock run``: run a command while holding leases, and never past them.
 
-The leases belong to this process (a pid-bound session): they end the moment it
-exits, and after a daemon restart a new connection of this process is still
-their holder. A keeper thread renews them every ttl/3 and, when the daemon goes
-away, reconnects (never starting a daemon of its own), renews by lock id and so
-adopts them on its new connection. Each renewal tells the lease's expiry on
+The leases belong to this process (a pid-bound session): they end when it exits,
+and after a daemon restart a new connection of this process is still their
+holder. They also name CMD's process group (:mod:`.cmdgroup`), which the daemon
+stops before they end, whatever ends them: this process killed, a break, an
+expiry. A keeper thread renews them every ttl/3 and, when the daemon goes away,
+reconnects (never starting a daemon of its own), renews by lock id and so adopts
+them on its new connection. Each renewal tells the lease's expiry on
 CLOCK_BOOTTIME, a clock this process shares with the daemon.
 
-The main thread waits for CMD and is the one that stops it: when a lease is
-lost, or could not be confirmed in time, CMD gets SIGTERM and then SIGKILL early
-enough to be gone before the last expiry the holder knew. CMD never runs past
-the lease that covers it: it is also killed if this process dies (its leases
-die with it), and it runs in a process group of its own, so what it started is
-stopped with it (unless it owns the terminal: then it keeps its foreground).
+The main thread waits for CMD and is the one that stops its group: when a lease
+is lost, or could not be confirmed in time, the group gets SIGTERM and then
+SIGKILL early enough to be gone before the last expiry the holder knew; when CMD
+exits, what it left running of its group is stopped the same way before the
+leases are released. No process of CMD's group runs past the lease that covers it.
 """
 
 from __future__ import annotations
@@ -21,23 +22,21 @@ import contextlib
 import datetime as dt
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 
 from engram_cli.cli import output
+from engram_cli.cli.cmdgroup import CannotRun, Command, become_subreaper, clock
 from engram_cli.client import Client
-from engram_cli.client.errors import ClientTimeout, EngramError, ExitCode, RateLimited, Unavailable
-from engramd.protocol import ErrorCode, Lease, LeaseLost
+from engram_cli.client.errors import (
+    ClientTimeout,
+    EngramError,
+    ExitCode,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
+from engramd.protocol import Lease, LeaseLost, LeaseTiming
 
-GRACE_SECONDS = 5.0
-"""How long CMD may take to stop after SIGTERM, at most (less for a short ttl)."""
-MARGIN_SECONDS = 1.0
-"""CMD is dead at least this long before the lease expires, at most (less for a short ttl)."""
 RETRY_SECONDS = 0.1
 """How often an unreachable daemon is tried again."""
 SLICE_SECONDS = 0.25
@@ -46,49 +45,7 @@ POLL_SECONDS = 0.05
 """How often the main thread looks at the clock while CMD runs."""
 
 # The keeper retries these: the daemon is away, restarting, recovering or busy.
-_PASSING = (Unavailable, ClientTimeout, Unavailable, RateLimited)
-
-
-class CannotRun(EngramError):
-    """CMD cannot be found (127) or started (126), as ``env`` and ``timeout`` say."""
-
-    def __init__(self, message: str, exit_code: ExitCode) -> None:
-        # In a --json error: not_found for a CMD that is not there, forbidden for one
-        # that may not be run (the words of the protocol, whoever found it).
-        super().__init__(message, ErrorCode.NOT_FOUND if exit_code == ExitCode.COMMAND_NOT_FOUND
-                         else ErrorCode.FORBIDDEN)
-        self.exit_code = exit_code
-
-
-def clock() -> float:
-    """CLOCK_BOOTTIME: the clock of ``Lease.deadline_boottime``."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-@dataclass(frozen=True)
-class Timing:
-    """When to renew leases of *ttl* seconds, and when to stop CMD instead."""
-
-    ttl: float
-
-    @property
-    def renew_every(self) -> float:
-        return self.ttl / 3
-
-    @property
-    def grace(self) -> float:
-        return min(GRACE_SECONDS, self.ttl / 4)
-
-    @property
-    def margin(self) -> float:
-        return min(MARGIN_SECONDS, self.ttl / 10)
-
-    def kill_at(self, expiry: float) -> float:
-        return expiry - self.margin
-
-    def stop_at(self, expiry: float) -> float:
-        """The last moment to send SIGTERM and still have CMD dead by ``kill_at``."""
-        return self.kill_at(expiry) - self.grace
+_PASSING = (Unavailable, ClientTimeout, RateLimited)
 
 
 class LeaseKeeper(threading.Thread):
@@ -102,7 +59,7 @@ class LeaseKeeper(threading.Thread):
         super().__init__(daemon=True, name="engram-lease-keeper")
         self.client = client
         self.leases = leases
-        self.timing = Timing(min(lease.ttl for lease in leases))
+        self.timing = LeaseTiming(min(lease.ttl for lease in leases))
         self.expiry = min(lease.deadline_boottime for lease in leases)
         self.lost: str | None = None
         self._done = threading.Event()
@@ -221,92 +178,21 @@ def check_runnable(command: str) -> None:
     raise CannotRun(f"cannot run {command}: command not found", ExitCode.COMMAND_NOT_FOUND)
 
 
-def _owns_terminal() -> bool:
-    """Whether engram runs in the foreground of a terminal (CMD must keep it)."""
-    try:
-        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except (OSError, ValueError):
-        return False
-
-
-def _die_with(parent: int) -> Callable[[], None]:
-    """In CMD, before exec: be killed when *parent* (engram) dies, leases and all."""
-    import ctypes  # only lock run needs it
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-
-    def arm() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:  # it died before the line above
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return arm
-
-
-class Command:
-    """CMD as a child process, and the signals engram sends it."""
-
-    def __init__(self, argv: list[str], env: Mapping[str, str]) -> None:
-        self.group = not _owns_terminal()
-        arm = _die_with(os.getpid())
-        try:
-            # preexec_fn is safe here: no other thread runs yet (the keeper starts after).
-            self.process = subprocess.Popen(argv, env=env, preexec_fn=arm,  # noqa: PLW1509
-                                            process_group=0 if self.group else None)
-        except OSError as exc:
-            code = (ExitCode.COMMAND_NOT_FOUND if isinstance(exc, FileNotFoundError)
-                    else ExitCode.CANNOT_RUN)
-            raise CannotRun(f"cannot run {argv[0]}: {exc.strerror}", code) from None
-
-    def signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            if self.group:
-                os.killpg(self.process.pid, signum)
-            else:
-                self.process.send_signal(signum)
-
-    @contextlib.contextmanager
-    def forwarding_signals(self) -> Iterator[None]:
-        """SIGINT, SIGTERM and SIGHUP sent to engram go to CMD."""
-        previous = {signum: signal.signal(signum, lambda n, _f: self.signal(n))
-                    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-    def stop(self, kill_at: float) -> None:
-        """SIGTERM, then SIGKILL at *kill_at* (CLOCK_BOOTTIME) or after the grace."""
-        self.signal(signal.SIGTERM)
-        deadline = min(kill_at, clock() + GRACE_SECONDS)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(max(0.0, deadline - clock()))
-            return
-        self.signal(signal.SIGKILL)
-        self.process.wait()
-
-    def status(self) -> int:
-        """The exit status to pass on: CMD's own, or 128+N after signal N."""
-        code = self.process.wait()
-        return code if code >= 0 else 128 - code
-
-
 def supervise(command: Command, keeper: LeaseKeeper) -> str | None:
-    """Wait for CMD; stop it in time if its leases are lost. Returns why, if it was."""
+    """Wait for CMD; stop its group in time if its leases are lost (returns why), and
+    what it left of it once it has exited by itself (returns None)."""
     while True:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            command.process.wait(POLL_SECONDS)
-            if keeper.lost is not None:  # CMD ended by itself, but not covered throughout
-                output.error(f"{keeper.lost} while the command ran")
-            return keeper.lost
+        if command.wait(POLL_SECONDS) is not None:
+            # What CMD left running of its group is stopped before the leases end.
+            command.stop(min(clock() + keeper.timing.grace, keeper.kill_at()))
+            return None
+        command.reap_orphans()
         why = keeper.lost
         if why is None and clock() >= keeper.stop_at():
             why = keeper.unconfirmed()
         if why is not None:
             output.error(f"{why}; stopping the command")
-            command.stop(keeper.kill_at())
+            command.stop(min(clock() + keeper.timing.grace, keeper.kill_at()))
             return why
 
 
@@ -314,14 +200,27 @@ def run_holding(client: Client, resources: list[str], argv: list[str], *,
                 ttl: float | None, wait: float | None) -> int:
     """Run *argv* holding leases on *resources*; returns the exit status for engram."""
     check_runnable(argv[0])
-    leases = client.acquire_lock(resources, ttl=ttl, wait=wait, pid=os.getpid())
-    env = {**os.environ,
-           "ENGRAM_LOCK_ID": ",".join(lease.lock_id for lease in leases),
-           "ENGRAM_FENCING_TOKEN": ",".join(str(lease.fencing_token) for lease in leases),
-           "ENGRAM_FENCE": ",".join(f"{lease.resource}:{lease.fencing_token}"
-                                    for lease in leases)}
+    command = Command(argv)  # waits, in a group of its own, until the leases are held
     try:
-        command = Command(argv, env)
+        try:
+            leases = client.acquire_lock(resources, ttl=ttl, wait=wait, pid=os.getpid(),
+                                         pgid=command.pgid)
+        except BaseException:
+            command.abandon()
+            raise
+        return _run(client, command, leases)
+    finally:
+        command.close()
+
+
+def _run(client: Client, command: Command, leases: list[Lease]) -> int:
+    become_subreaper()  # what CMD's tree leaves behind is reaped here, not by init
+    try:
+        command.start({
+            "ENGRAM_LOCK_ID": ",".join(lease.lock_id for lease in leases),
+            "ENGRAM_FENCING_TOKEN": ",".join(str(lease.fencing_token) for lease in leases),
+            "ENGRAM_FENCE": ",".join(f"{lease.resource}:{lease.fencing_token}"
+                                     for lease in leases)})
     except CannotRun:
         _release(client, leases)
         raise
@@ -332,20 +231,31 @@ def run_holding(client: Client, resources: list[str], argv: list[str], *,
             lost = supervise(command, keeper)
         finally:
             client = keeper.finish()
-    if lost is not None:
-        return int(ExitCode.LEASE_LOST)
-    _release(client, keeper.leases)
-    return command.status()
+            if command.poll() is None or command.living():  # a failure above: no strays
+                command.stop(clock() + keeper.timing.grace)
+    if lost is None:  # CMD ended by itself: were its leases held throughout?
+        lost = keeper.lost or _release(client, keeper.leases)
+        if lost is not None:
+            output.error(f"{lost} while the command ran")
+    status = command.reap()  # only now: its zombie kept the group's number ours
+    return int(ExitCode.LEASE_LOST) if lost is not None else status
 
 
-def _release(client: Client, leases: list[Lease]) -> None:
-    """Release at once; if the daemon cannot be reached, the leases still end with
-    this process (they are bound to it) or at their expiry."""
+def _release(client: Client, leases: list[Lease]) -> str | None:
+    """Release at once (if the daemon cannot be reached, the leases still end with this
+    process: they are bound to it, or at their expiry). Why, if one was lost already."""
     try:
         for lease in leases:
             client.release_lock(lease.lock_id, resource=lease.resource)
     except _PASSING as exc:
         output.note(f"warning: could not release the lease now ({exc}); it ends with this "
                     "process")
+    except NotFound as exc:  # it ended before CMD's group did: say how
+        with contextlib.suppress(EngramError):
+            notice = client.lease_lost(0.2)
+            if notice is not None:
+                return _lost(notice)
+        return f"lease lost: {exc}"
     except EngramError:
-        pass  # already gone
+        pass
+    return None

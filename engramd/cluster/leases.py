@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-import math
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -95,7 +94,7 @@ class ClusterLeaseManager(LeaseManager):
     def __init__(self, journal: ClusterJournal, **options: Any) -> None:
         super().__init__(journal.store, None, **options)  # type: ignore[arg-type]
         self.journal = journal
-        self.machine = journal.machine
+        self.machine = self.stops.machine = journal.machine
         self.bucket = LeaseBucket(journal.link)
         self.timeout = journal.settings.timeout
         self.tickets = Tickets(self.bucket, self._call, self.machine, self.timeout)
@@ -111,7 +110,7 @@ class ClusterLeaseManager(LeaseManager):
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._nursery = self.stops.nursery = nursery
             task_status.started()
             nursery.start_soon(self._expire_forever)
             await self.view.follow(self.journal.bridge, self.bucket, self.journal.connected)
@@ -128,16 +127,22 @@ class ClusterLeaseManager(LeaseManager):
 
     def _lost(self, holding: Holding, tell: str, by: str) -> None:
         """*holding* ended: out of the table, and its holder told (unless this machine
-        is writing its end itself, or told it at its deadline already)."""
+        is writing its end itself, or told it at its deadline already). A process group
+        of a lease granted here that is still running (its lease ended elsewhere, or by
+        the servers' TTL before the group was stopped) is killed at once."""
         if holding.lease.lock_id in self._ending:
             return
         self.table.remove(holding)
         if not holding.ending:
             self._tell(holding, tell, by)
+        if self.stops.stops(holding.lease) and self._nursery is not None:
+            self.stops.begin(holding, kill_at=trio.current_time())
 
     def _tell(self, holding: Holding, tell: str, by: str) -> None:
         """Count an expiry of a lease granted here (the servers end it: there is no
-        commit of it to count at), and tell the holder."""
+        commit of it to count at), and tell the holder (once)."""
+        if holding.told:
+            return
         if tell == "expired" and holding.lease.machine == self.machine:
             self.expired += 1
         super()._tell(holding, tell, by)
@@ -146,14 +151,16 @@ class ClusterLeaseManager(LeaseManager):
         """Stop this machine's leases at the deadlines promised their holders: they are
         told, and no renewal or fence counts any more. The resource stays held until the
         servers' TTL (a little later) ends the lease for everyone: no waiter here takes
-        it before a waiter elsewhere could."""
+        it before a waiter elsewhere could. The process group of a lease about to expire
+        is stopped before its deadline (the servers' TTL does not wait for it)."""
         while True:
             self.table.deadline_changed = trio.Event()
             local = [h for h in self.table.held.values()
                      if h.lease.machine == self.machine and not h.ending]
-            with trio.move_on_at(min((h.deadline for h in local), default=math.inf)):
+            with trio.move_on_at(self.stops.next_wakeup(local)):
                 await self.table.deadline_changed.wait()
             now = trio.current_time()
+            self.stops.stop_due(local, now)
             for holding in local:
                 if holding.deadline <= now and self.table.held.get(
                         holding.lease.resource) is holding and not holding.ending:
@@ -352,6 +359,9 @@ class ClusterLeaseManager(LeaseManager):
     async def release(self, lock_id: str, caller: Caller, resource: str | None = None
                       ) -> Lease:
         await self._connected()
+        holding = self.table.by_lock_id.get(lock_id)
+        if holding is not None:
+            self._stoppable_here(holding, "release")
         return await super().release(lock_id, caller, resource)
 
     async def break_lease(self, resource: str, reason: str, agent: str) -> Lease:
@@ -359,7 +369,19 @@ class ClusterLeaseManager(LeaseManager):
         # A lease taken on another machine a moment ago may not have reached this
         # machine's view yet: "not held" is said only of what the leader says.
         await self._read_lease(check_resource(resource))
+        holding = self.table.held.get(resource)
+        if holding is not None:
+            self._stoppable_here(holding, "break")
         return await super().break_lease(resource, reason, agent)
+
+    def _stoppable_here(self, holding: Holding, what: str) -> None:
+        """Refuse to end here a lease with a process group granted on another machine:
+        only that machine can stop the group, and the lease may not end while it runs."""
+        lease = holding.lease
+        if lease.pgid is not None and lease.machine != self.machine:
+            raise Forbidden(f"{lease.resource} is leased through machine {lease.machine} by "
+                            f"{holding.holder}, whose processes only that machine can stop: "
+                            f"{what} it there, or wait for its expiry")
 
     async def _end(self, holding: Holding, kind: type[LockReleased] | type[LockExpired], *,
                    reason: str, by: str, tell: str | None = None) -> None:
@@ -369,6 +391,9 @@ class ClusterLeaseManager(LeaseManager):
         if kind is LockExpired:  # the servers end it; here it stops counting
             self._lost(holding, "expired", by)
             return
+        await self.stops.before_end(holding, tell, by)
+        if self.table.by_lock_id.get(lease.lock_id) is not holding:
+            return  # ended meanwhile
         try:
             with trio.CancelScope(shield=True):
                 await self._write_end(lease, reason, by)

@@ -744,13 +744,16 @@ class AckCursor(ClientMessage[Done], tag="cursor.ack"):
     seq: int
 
 
-class AcquireLock(ClientMessage[LocksGranted], tag="lock.acquire"):
+# omit_defaults: without a pgid these encode with what an older daemon reads.
+class AcquireLock(ClientMessage[LocksGranted], tag="lock.acquire", omit_defaults=True):
     """Take leases on all of ``resources`` together, or none.
 
     ``wait``: 0 tries once; N waits up to N seconds in a first-come, first-served
     line; None waits as long as it takes. ``bind_connection`` releases the
     leases when this connection closes; ``pid`` releases them when that process
     exits and makes that process the holding session (else this connection is).
+    ``pgid`` (with ``pid``): the process group working under the leases, led by a
+    process of ``pid``'s session; no lease ends while a process of it runs.
     """
 
     resources: Names
@@ -758,6 +761,7 @@ class AcquireLock(ClientMessage[LocksGranted], tag="lock.acquire"):
     wait: float | None = 0.0
     bind_connection: bool = False
     pid: int | None = None
+    pgid: int | None = None
 
 
 # omit_defaults: without a resource these encode as they did before it existed,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
@@ -150,6 +151,56 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     machine: str = ""
     """Cluster mode: the machine whose engramd granted it and watches its holder (empty
     on one machine)."""
+    pgid: int | None = None
+    """The process group that works under it (``lock run``'s CMD): the lease does not
+    end while a process of that group runs; the granting daemon stops the group first."""
+
+
+GRACE_SECONDS = 5.0
+"""How long a lease's process group may take to stop after SIGTERM, at most."""
+MARGIN_SECONDS = 1.0
+"""How long before a lease's expiry its process group is gone, at most."""
+
+
+@dataclass(frozen=True)
+class LeaseTiming:
+    """When the holder of a lease of *ttl* seconds renews it, and when the processes
+    working under it are stopped instead: the one rule of ``lock run`` and the daemon.
+
+    The holder stops a lease's process group (SIGTERM, then SIGKILL ``grace`` later)
+    so that it is gone ``margin`` before the expiry it last had confirmed. The daemon
+    is the backstop, for a holder that cannot act (stopped, hung): it does the same
+    half a margin later by its own expiry (never earlier than the holder's), so the
+    holder acts first and the group is still gone before the lease ends.
+    """
+
+    ttl: float
+
+    @property
+    def renew_every(self) -> float:
+        return self.ttl / 3
+
+    @property
+    def grace(self) -> float:
+        return min(GRACE_SECONDS, self.ttl / 4)
+
+    @property
+    def margin(self) -> float:
+        return min(MARGIN_SECONDS, self.ttl / 10)
+
+    def kill_at(self, expiry: float) -> float:
+        """When SIGKILL goes to what is left, at the latest."""
+        return expiry - self.margin
+
+    def stop_at(self, expiry: float) -> float:
+        """The last moment to send SIGTERM and still give the grace before ``kill_at``."""
+        return self.kill_at(expiry) - self.grace
+
+    def backstop(self, expiry: float) -> tuple[float, float]:
+        """When the daemon sends SIGTERM and SIGKILL to the group of a lease that was
+        not renewed: half a margin after the holder would have."""
+        late = self.margin / 2
+        return self.stop_at(expiry) + late, self.kill_at(expiry) + late
 
 
 TASK_STATES = ("open", "claimed", "done")
@@ -215,8 +266,8 @@ EVENT_KINDS = tuple(
 
 __all__ = [
     "AnyEvent", "Context", "CONTEXT_CHANGES", "ContextChange", "ContextCreated",
-    "ContextUpdated", "Event", "EVENT_KINDS", "Lease", "LockAcquired", "LockEvent",
-    "LockExpired", "LockReleased", "LockRenewed", "MIN_UNIT_ID_PREFIX", "Relationship",
-    "RELATIONSHIP_TYPES", "Task", "Unit", "UNIT_ID_LENGTH", "UNIT_TYPES", "UnitCreated",
-    "UUID_TEXT",
+    "ContextUpdated", "Event", "EVENT_KINDS", "GRACE_SECONDS", "Lease", "LeaseTiming",
+    "LockAcquired", "LockEvent", "LockExpired", "LockReleased", "LockRenewed",
+    "MARGIN_SECONDS", "MIN_UNIT_ID_PREFIX", "Relationship", "RELATIONSHIP_TYPES", "Task",
+    "Unit", "UNIT_ID_LENGTH", "UNIT_TYPES", "UnitCreated", "UUID_TEXT",
 ]

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from engram_cli.cli.lockrun import Command, LeaseKeeper, Timing, supervise
+from engram_cli.cli.cmdgroup import Command
+from engram_cli.cli.lockrun import LeaseKeeper, supervise
 from engram_cli.client.errors import EngramError
-from engramd.protocol import Lease, LockAcquired, LockRenewed
+from engramd.protocol import Lease, LeaseTiming, LockAcquired, LockRenewed
 from tests.conftest import WAIT, DaemonProcess, ThreadedDaemon, connect, start_engramd, wait_until
 
 pytestmark = pytest.mark.slow  # every test here runs processes
@@ -131,7 +132,7 @@ def test_cmd_is_stopped_before_its_lease_ends_when_the_daemon_stays_away(
     last_beat = beats(tmp_path)[-1]
     restart(engramd, None)  # long after the ttl: the lease is over
     last_known = lease_history(engramd.socket, "job")[-1]
-    margin = Timing(ttl).margin
+    margin = LeaseTiming(ttl).margin
     assert last_beat < last_known.expires_at.timestamp() - margin * 0.9
     with connect(engramd.socket, "rival") as engram:
         (rival,) = engram.acquire_lock("job", wait=WAIT)
@@ -192,12 +193,16 @@ def test_lock_run_no_wait_exits_4_when_held(engramd: DaemonProcess) -> None:
 
 def test_timing_stops_cmd_in_time_for_any_ttl() -> None:
     for ttl in (0.3, 3, 60, 3600):
-        timing = Timing(ttl)
+        timing = LeaseTiming(ttl)
         expiry = 1000.0
         assert timing.renew_every < ttl
         renewed = expiry - ttl  # just renewed: CMD keeps running at least one renewal more
         assert renewed + timing.renew_every < timing.stop_at(expiry)
         assert timing.stop_at(expiry) + timing.grace <= timing.kill_at(expiry) < expiry
+        # The daemon's backstop comes after the holder, and still before the expiry.
+        term, kill = timing.backstop(expiry)
+        assert timing.stop_at(expiry) < term and kill - term == pytest.approx(timing.grace)
+        assert timing.kill_at(expiry) < kill < expiry
 
 
 def test_an_unexpected_error_in_the_renewal_stops_cmd(
@@ -210,11 +215,13 @@ def test_an_unexpected_error_in_the_renewal_stops_cmd(
             raise RuntimeError("injected")
 
         monkeypatch.setattr(engram, "renew_lock", broken)
-        command = Command([sys.executable, "-c", WORKER, str(tmp_path)], os.environ)
+        command = Command([sys.executable, "-c", WORKER, str(tmp_path)])
+        command.start({})
         keeper = LeaseKeeper(engram, leases)
         keeper.start()
         why = supervise(command, keeper)
         keeper.finish()
     assert why == "lease renewal failed unexpectedly: RuntimeError('injected')"
-    assert command.process.returncode is not None
+    assert command.poll() is not None and command.living() == []
+    command.reap()
     assert capsys.readouterr().err == f"engram: error: {why}; stopping the command\n"

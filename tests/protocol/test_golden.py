@@ -178,6 +178,8 @@ CLIENT_MESSAGES = {
     "lock_renew": RenewLock(id=13, lock_id="0123456789abcdef", ttl=60.0),
     "lock_acquire_unbounded": AcquireLock(id=11, resources=["deploy:prod"], wait=None,
                                           pid=4242),
+    "lock_acquire_group": AcquireLock(id=11, resources=["deploy:prod"], ttl=30.0, wait=None,
+                                      pid=4242, pgid=4250),
     "lock_release_on": ReleaseLock(id=12, lock_id="0123456789abcdef", resource="deploy:prod"),
     "lock_renew_on": RenewLock(id=13, lock_id="0123456789abcdef", resource="deploy:prod"),
     "lock_break": BreakLock(id=14, resource="deploy:prod", reason="stuck"),
@@ -235,6 +237,8 @@ LEASE = Lease(resource="deploy:prod", holder="alice", lock_id="0123456789abcdef"
               deadline_boottime=1030.5, pid=None, bound_to_connection=True,
               session="conn:3@0123abcd", holder_pid=4242)
 LEASE_BEFORE_SESSIONS = msgspec.structs.replace(LEASE, session="", holder_pid=0)
+LEASE_OF_GROUP = msgspec.structs.replace(LEASE, pid=4242, bound_to_connection=False,
+                                         session="pid:4242", pgid=4250)
 CUT = WalCut(id="0a1b2c3d", at=WHEN, segment="/d/wal/00000000000000000001.wal", offset=4305,
              bytes=217, reason="checksum mismatch", seq=21, last_seq=21, unit_ids=[UNIT.id],
              acknowledged="possibly", saved="/d/wal/damaged-00000000000000000001-4305.bin",
@@ -285,6 +289,7 @@ SERVER_MESSAGES = {
     "heartbeat": Heartbeat(subscription=8, head_seq=9, cursor=7),
     "lagged": Lagged(subscription=8, cursor=7, head_seq=200000),
     "lock_granted": LocksGranted(id=11, leases=[LEASE]),
+    "lock_granted_group": LocksGranted(id=11, leases=[LEASE_OF_GROUP]),
     "lock_renewed": LeaseRenewed(id=13, lease=LEASE),
     "lock_found": LockFound(id=15, state=LockState(
         resource="deploy:prod", lease=LEASE,
@@ -398,6 +403,20 @@ def test_leases_journaled_before_sessions_still_decode() -> None:
     body = bytes.fromhex(golden()["event_lock_acquired_before_sessions"])
     event = msgspec.msgpack.decode(body, type=LockAcquired)
     assert event.lease == LEASE_BEFORE_SESSIONS
+
+
+def test_leases_journaled_before_groups_still_decode() -> None:
+    """Leases journaled before they could carry a process group read as having none."""
+    body = bytes.fromhex(golden()["event_lock_acquired_before_groups"])
+    event = msgspec.msgpack.decode(body, type=LockAcquired)
+    assert event.lease == LEASE and event.lease.pgid is None
+
+
+def test_an_acquire_that_spells_out_its_defaults_still_decodes() -> None:
+    """Before ``pgid``, an acquire sent every field; an older client's still reads the same."""
+    body = bytes.fromhex(golden()["lock_acquire_defaults_spelled_out"])[4:]
+    assert msgspec.msgpack.decode(body, type=AnyClientMessage) == \
+        CLIENT_MESSAGES["lock_acquire_unbounded"]
 
 
 def test_wal_record_bytes_match_golden() -> None:

@@ -144,6 +144,8 @@ def show(ctx: typer.Context, resource: ResourceArg, json: JsonOption = False) ->
     (row,) = _rows([state])
     fields = list(zip(["resource", "holder", "fencing_token", "expires_at", "left",
                        "waiters", "pid"], row, strict=True))
+    if state.lease is not None and state.lease.pgid is not None:  # lock run's CMD
+        fields.append(("process_group", str(state.lease.pgid)))
     if state.lease is not None and state.lease.machine:  # cluster mode: granted where
         fields.append(("machine", state.lease.machine))
     out.fields(resource, fields)
@@ -250,9 +252,14 @@ def run(
     process and outlive a daemon restart. CMD gets ENGRAM_LOCK_ID,
     ENGRAM_FENCING_TOKEN and ENGRAM_FENCE (RES:TOKEN, which `engram unit create`
     uses as its fence). Its exit status is passed through (126 when it cannot
-    be run, 127 when it is not found). If a lease is lost or cannot be renewed
-    in time, CMD gets SIGTERM, then SIGKILL, before the lease ends, and engram
-    exits 6.
+    be run, 127 when it is not found). CMD runs in a process group of its own
+    (with the terminal's foreground, if engram had it alone), and no process of that
+    group outlives the leases: what CMD leaves running gets SIGTERM, then
+    SIGKILL, before they are released; if a lease is lost or cannot be renewed
+    in time, the whole group is stopped before the lease ends, and engram exits
+    6; if engram is killed, the daemon stops the group before the leases end.
+    A process that leaves the group (setsid, a daemonizing double fork) is not
+    stopped.
 
     Examples:
 

@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 
 from engram_cli.bench.natslab import NatsCluster
 from engram_cli.client import Client
-from engram_cli.client.errors import Conflict, Deadlock, EngramError, LockHeld
+from engram_cli.client.errors import Conflict, Deadlock, EngramError, Forbidden, LockHeld
 from engramd.protocol import Lease
 from tests.clustermachines import Machine, deployment_of, running
 from tests.conftest import WAIT, wait_until
@@ -128,6 +128,34 @@ def test_a_killed_holder_process_is_released_by_its_machine_at_once(
         (following,) = bob.acquire_lock("job", ttl=30, wait=WAIT)  # long before 120 s
     assert following.fencing_token > held.fencing_token
     wait_until(lambda: not alive(int((tmp_path / "pid").read_text())), "CMD to be stopped")
+
+
+def test_a_waiter_elsewhere_is_granted_once_the_killed_holder_s_group_is_gone(
+        machines: list[Machine], tmp_path: Path) -> None:
+    from tests.cli.test_lock_run_tree import STUBBORN, living
+
+    a, b, _ = machines
+    beats = tmp_path / "beats"
+    cmd = f'{sys.executable} -c "$STUBBORN" {beats} & echo $$ > {tmp_path}/pid; wait'
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "engram_cli", "lock", "run", "job", "--ttl", "8", "--",
+         "sh", "-c", cmd], env={**a.env, "ENGRAM_AGENT": "runner", "STUBBORN": STUBBORN},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: beats.exists() and (tmp_path / "pid").exists(), "CMD to start")
+    held = holder_seen(a, "job")
+    assert held is not None and held.pgid == int((tmp_path / "pid").read_text())
+    # Only a can stop the processes working under it: b ends the lease neither way.
+    with b.client("ops") as ops, pytest.raises(Forbidden, match="break it there"):
+        ops.break_lock("job", "stuck")
+    with b.client("runner") as same, pytest.raises(Forbidden, match="release it there"):
+        same.release_lock(held.lock_id)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(WAIT)
+    with b.client("bob") as bob:
+        (following,) = bob.acquire_lock("job", ttl=30, wait=WAIT)
+    assert living(held.pgid) == []
+    last = float(beats.read_text().split()[-1])
+    assert last < following.acquired_at.timestamp()  # no overlap across machines
 
 
 def test_waiters_on_every_machine_are_served_first_come_first_served(
