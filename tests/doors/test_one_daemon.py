@@ -245,10 +245,19 @@ async def test_each_harness_reaches_the_shells_daemon_with_the_least_it_passes(
                                           text=f"from {runner}")
                 assert not failed, (runner, text)
             start = hook_commands(hooks[runner])[harness.HARNESSES[runner].start]
-            briefed = hook(start, reduced(shell, least[runner]),
+            env_file = repo.parent / f"{runner}.env"
+            briefed = hook(start, {**reduced(shell, least[runner]),
+                                   "CLAUDE_ENV_FILE": str(env_file)},
                            recorded(inputs[runner], repo), repo)
             assert briefed.returncode == 0, (runner, briefed.stderr)
             assert "# engram: you are" in briefed.stdout, (runner, briefed.stdout)
+        # The agent's own engram commands (its shell tool) go where its hooks went.
+        exported = dict(line.removeprefix("export ").split("=", 1)
+                        for line in (repo.parent / "claude-code.env").read_text().splitlines())
+        assert exported["ENGRAM_SOCKET"] == shell["ENGRAM_SOCKET"]
+        assert exported["ENGRAM_DATA_DIR"] == os.path.join(shell["XDG_DATA_HOME"], "engram")
+        agents_shell = {**reduced(shell, BARE), **exported}
+        assert run_cli(agents_shell, "ping", "-n", "1").returncode == 0
         units = run_cli(shell, "--json", "unit", "list", "-c", "doors")
         assert sorted(json.loads(line)["payload"] for line in units.stdout.splitlines()) \
             == sorted(f"from {runner}" for runner in runners)
