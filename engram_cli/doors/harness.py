@@ -331,9 +331,9 @@ def mcp_entry(engram: list[str], harness: str) -> dict[str, Any]:
 
 
 def merge_entry(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
-    """engram's server entry *ours* over the entry someone wrote (*theirs*): its other keys
-    stay, a variable it sets in ``env`` keeps its value, the names it forwards in
-    ``env_vars`` stay first."""
+    """engram's server entry *ours* over the entry someone wrote (*theirs*, or an older
+    setup): their other keys stay, a variable they set in ``env`` keeps their value, the
+    names they forward in ``env_vars`` stay (first, engram's after)."""
     merged = dict(ours)
     for key, value in theirs.items():
         mine = ours.get(key)
