@@ -163,6 +163,10 @@ def _root(
         "--socket", metavar="PATH", envvar="ENGRAM_SOCKET", show_envvar=True,
         help="The daemon's socket (default: $XDG_RUNTIME_DIR/engram/engramd.sock, "
         "else /tmp/engram-$UID/engramd.sock).")] = None,
+    data_dir: Annotated[str | None, typer.Option(
+        "--data-dir", metavar="DIR", envvar="ENGRAM_DATA_DIR", show_envvar=True,
+        help="The journal of a daemon this command starts (default: "
+        "$XDG_DATA_HOME/engram, else ~/.local/share/engram).")] = None,
     agent: Annotated[str | None, typer.Option(
         "--agent", metavar="NAME", envvar="ENGRAM_AGENT", show_envvar=True,
         help="Act as this agent (default: the user name).")] = None,
@@ -172,7 +176,7 @@ def _root(
         "--version", is_eager=True, callback=_print_version,
         help="Print engram's version and exit (engram version: the daemon's too).")] = False,
 ) -> None:
-    cli = CliContext(socket=socket, agent=agent, json=json)
+    cli = CliContext(socket=socket, agent=agent, json=json, data_dir=data_dir)
     ctx.obj = cli
     ctx.call_on_close(cli.close)
 
@@ -264,7 +268,7 @@ def _command_path(args: list[str]) -> str:
     return " ".join(words)
 
 
-PATH_OPTIONS = frozenset({"--file", "-f", "--socket", "--repo", "--jwt-jwks",
+PATH_OPTIONS = frozenset({"--file", "-f", "--socket", "--data-dir", "--repo", "--jwt-jwks",
                           "--jwt-public-key", "--jwt-secret-file"})
 """Options whose value names a file: a file name may be any bytes."""
 TEXT_VARIABLES = ("ENGRAM_AGENT", "ENGRAM_TOKEN")

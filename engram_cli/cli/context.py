@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Annotated
 
 import typer
@@ -21,11 +23,22 @@ class CliContext:
     (A plain class: ``engram`` builds it at every start, where a dataclass would cost
     more than the rest of it.)"""
 
-    def __init__(self, socket: str | None, agent: str | None, json: bool) -> None:
+    def __init__(self, socket: str | None, agent: str | None, json: bool,
+                 data_dir: str | None = None) -> None:
         self.socket = socket
         self.agent = agent
         self.json = json
+        self.data_dir = data_dir
         self._client: Client | None = None
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The environment as the options say it: ``--data-dir`` is ``ENGRAM_DATA_DIR``
+        for this command and for a daemon it starts (as git's ``--git-dir`` is
+        ``GIT_DIR``)."""
+        if not self.data_dir:
+            return os.environ
+        return {**os.environ, "ENGRAM_DATA_DIR": os.path.abspath(self.data_dir)}
 
     def client(self, *, autostart: bool | None = None, admin: bool = False,
                timeout: float | None = DEFAULT_TIMEOUT,
@@ -34,7 +47,7 @@ class CliContext:
         if self._client is None:
             client = Client(self.socket, agent_id=self.agent, client_name="engram-cli",
                             autostart=autostart, admin=admin, timeout=timeout,
-                            start_timeout=start_timeout)
+                            start_timeout=start_timeout, env=self.env)
             client.connect()
             if client.stale:
                 note(f"warning: {client.stale}")
@@ -46,7 +59,7 @@ class CliContext:
     def unconnected_client(self) -> Client:
         """An admin client (daemon management) that has not touched the socket yet."""
         return Client(self.socket, agent_id=self.agent, client_name="engram-cli",
-                      autostart=False, admin=True)
+                      autostart=False, admin=True, env=self.env)
 
     def output(self, json: bool = False) -> Output:
         return Output(json=json or self.json)

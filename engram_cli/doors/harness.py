@@ -12,11 +12,19 @@ documents):
   under the event, camelCase events, answers in its own fields (``additional_context``,
   ``followup_message``, ``permission``).
 
-engram's handlers are recognised by their command, ``engram hook ...`` (or an absolute
-path to engram), so that installing twice changes nothing, installing again leaves
-engram's handlers where they are among the others' (order means nothing to a harness),
-and removing leaves every other hook alone. Anything of a shape these rules do not
-expect is refused as a :class:`ConfigProblem` naming its key, never guessed at.
+engram's handlers are recognised by their command, ``engram [--socket S] [--data-dir D]
+hook ...`` (or an absolute path to engram), so that installing twice changes nothing,
+installing again leaves engram's handlers where they are among the others' (order means
+nothing to a harness), and removing leaves every other hook alone. Anything of a shape
+these rules do not expect is refused as a :class:`ConfigProblem` naming its key, never
+guessed at.
+
+Where the daemon is goes on every command line (``--socket``, ``--data-dir``: what the
+shell that ran setup resolves), never in the environment: each harness gives its hooks
+and its MCP server an environment of its own (Codex passes MCP servers a short list of
+variables), and the command line is the one thing all of them pass whole. Who the agent
+is (``ENGRAM_AGENT``, ``ENGRAM_TOKEN``) stays in the environment, forwarded by name where
+a harness filters it (:func:`mcp_entry`), so a token is never written into a file.
 """
 
 from __future__ import annotations
@@ -30,8 +38,12 @@ import msgspec
 GUARDS = ("off", "warn", "block")
 MAX_CONTEXT = 9_500
 """Claude Code keeps at most 10,000 characters of a hook's additional context."""
-_OURS = r"(^|[/\s])engram(_cli)? hook "
-"""A command of ours (compiled on first use: a hook answering a harness never needs it)."""
+_WORD = r"""(?:'[^']*'|"(?:[^"\\]|\\.)*"|[^\s'"])+"""
+_OURS = rf"(^|[/\s])engram(_cli)?(\s+--(socket|data-dir|agent)(=|\s+){_WORD})*\s+hook\s"
+"""A command of ours: engram, its global options (a shell word each), ``hook`` (compiled
+on first use: a hook answering a harness never needs it)."""
+WHERE_OPTIONS = ("--socket", "--data-dir")
+"""The global options that say where the daemon is, as setup writes them."""
 
 
 class Harness(msgspec.Struct, frozen=True):
@@ -152,6 +164,41 @@ def is_ours(handler: Any) -> bool:
     return isinstance(handler, dict) and bool(re.search(_OURS, str(handler.get("command", ""))))
 
 
+def where(argv: list[str]) -> dict[str, str]:
+    """The ``--socket`` and ``--data-dir`` an engram command line gives (before its
+    command), by option."""
+    found: dict[str, str] = {}
+    for index, word in enumerate(argv):
+        if word in ("hook", "mcp"):
+            break
+        name, equals, value = word.partition("=")
+        if name in WHERE_OPTIONS:
+            if equals:
+                found[name] = value
+            elif index + 1 < len(argv):
+                found[name] = argv[index + 1]
+    return found
+
+
+def hook_command_lines(config: dict[str, Any], harness: Harness) -> list[list[str]]:
+    """engram's hook commands in *config*, split into words (what cannot be split: none)."""
+    import shlex
+
+    lines = []
+    hooks = config.get("hooks")
+    for entries in hooks.values() if isinstance(hooks, dict) else ():
+        for entry in entries if isinstance(entries, list) else ():
+            handlers = [entry] if not harness.groups else (
+                entry.get("hooks") if isinstance(entry, dict) else None)
+            for handler in handlers if isinstance(handlers, list) else ():
+                if is_ours(handler):
+                    try:
+                        lines.append(shlex.split(str(handler["command"])))
+                    except ValueError:
+                        continue
+    return lines
+
+
 def _check_hooks(config: dict[str, Any], harness: Harness) -> None:
     """Refuse a hooks object of another shape than *harness* documents."""
     if "hooks" not in config:
@@ -261,12 +308,52 @@ def mcp_argv(engram: list[str], harness: str) -> list[str]:
     return [*engram, "mcp", "--harness", harness]
 
 
+IDENTITY = ("ENGRAM_AGENT", "ENGRAM_TOKEN")
+"""Who the agent is: forwarded to the MCP server by name, never written as a value."""
+
+
 def mcp_entry(engram: list[str], harness: str) -> dict[str, Any]:
-    """The server's entry in *harness*'s ``mcpServers`` (Codex: ``[mcp_servers.engram]``)."""
+    """The server's entry in *harness*'s ``mcpServers`` (Codex: ``[mcp_servers.engram]``).
+
+    Claude Code and Cursor start the server in their own environment; Codex passes it a
+    short list of variables plus those named in ``env_vars``; Gemini CLI drops variables
+    named like secrets (``*TOKEN*``) unless ``env`` names them, ``$NAME`` taking the value
+    of its own environment (empty when unset, which engram reads as unset)."""
     argv = mcp_argv(engram, harness)
     if harness == "claude-code":
         return {"type": "stdio", "command": argv[0], "args": argv[1:]}
-    return {"command": argv[0], "args": argv[1:]}
+    entry: dict[str, Any] = {"command": argv[0], "args": argv[1:]}
+    if harness == "codex":
+        entry["env_vars"] = list(IDENTITY)
+    elif harness == "gemini":
+        entry["env"] = {name: f"${name}" for name in IDENTITY}
+    return entry
+
+
+def merge_entry(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """engram's server entry *ours* over the entry someone wrote (*theirs*, or an older
+    setup): their other keys stay, a variable they set in ``env`` keeps their value, the
+    names they forward in ``env_vars`` stay (first, engram's after)."""
+    merged = dict(ours)
+    for key, value in theirs.items():
+        mine = ours.get(key)
+        if key not in ours:
+            merged[key] = value
+        elif key == "env" and isinstance(mine, dict) and isinstance(value, dict):
+            merged[key] = {**mine, **value}
+        elif key == "env_vars" and isinstance(mine, list) and isinstance(value, list):
+            merged[key] = [*value, *(name for name in mine if name not in value)]
+    return merged
+
+
+def mcp_command_line(server: Any) -> list[str] | None:
+    """The command line of a server entry (None: not one of command and string args)."""
+    if not isinstance(server, dict) or not isinstance(server.get("command"), str):
+        return None
+    args = server.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(arg, str) for arg in args):
+        return None
+    return [server["command"], *args]
 
 
 SERVERS = ("mcpServers",)
@@ -297,9 +384,18 @@ def install_mcp(config: dict[str, Any], entry: dict[str, Any],
     node = result
     for key in where:
         node = node.setdefault(key, {})
-    node["engram"] = {**entry, **{key: value for key, value in node.get("engram", {}).items()
-                                  if key not in entry}}
+    node["engram"] = merge_entry(entry, node.get("engram", {}))
     return result
+
+
+def mcp_command_lines(config: dict[str, Any], where: tuple[str, ...] = SERVERS
+                      ) -> list[list[str]]:
+    """The engram server's command line in *config* (none when absent or of another shape)."""
+    node: Any = config
+    for key in (*where, "engram"):
+        node = node.get(key) if isinstance(node, dict) else None
+    line = mcp_command_line(node)
+    return [] if line is None else [line]
 
 
 def remove_mcp(config: dict[str, Any], where: tuple[str, ...] = SERVERS) -> dict[str, Any]:

@@ -20,7 +20,7 @@ are the harness hooks (``engram hook``).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -55,6 +55,8 @@ class Identity:
     agent: str
     session_pid: int
     harness: str
+    env: Mapping[str, str] | None = None
+    """The environment the clients resolve in (``--data-dir`` given as ENGRAM_DATA_DIR)."""
 
 
 def unit_line(unit: Unit, width: int = 400) -> str:
@@ -214,7 +216,8 @@ def build_server(identity: Identity) -> MCPServer:
         that says what happened (the daemon's own words) and so what to do."""
         try:
             async with open_client(identity.socket, agent_id=identity.agent,
-                                   client_name="engram-mcp", connect_timeout=5.0) as client:
+                                   client_name="engram-mcp", connect_timeout=5.0,
+                                   env=identity.env) as client:
                 text = await operation(client)
                 unread = (await client.unread()).unread if footer else 0
         except EngramError as exc:
@@ -490,7 +493,8 @@ async def serve(identity: Identity) -> None:
     try:
         with trio.move_on_after(2):
             async with open_client(identity.socket, agent_id=identity.agent,
-                                   client_name="engram-mcp", connect_timeout=2.0) as client:
+                                   client_name="engram-mcp", connect_timeout=2.0,
+                                   env=identity.env) as client:
                 await client.announce_session(pid=identity.session_pid,
                                               harness=identity.harness)
     except (EngramError, OSError):

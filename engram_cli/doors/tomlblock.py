@@ -24,7 +24,7 @@ import re
 import tomllib
 from typing import Any
 
-from engram_cli.doors.harness import ConfigProblem
+from engram_cli.doors.harness import ConfigProblem, mcp_command_line, merge_entry
 
 BEGIN = "# >>> engram: written by 'engram setup codex' >>>"
 END = "# <<< engram <<<"
@@ -178,8 +178,7 @@ def install_toml(text: str, entry: dict[str, Any]) -> str:
         raise ConfigProblem("mcp_servers.engram is an inline table or dotted keys, which "
                             "setup cannot merge: write it as a [mcp_servers.engram] "
                             "table, or take it out")
-    merged = {**entry, **{key: item for key, item in {**old, **theirs}.items()
-                          if key not in entry}}
+    merged = merge_entry(entry, {**old, **theirs})
     if at is None and old_block:  # where the older block stood
         at = len(before) - 1 if before.endswith("\n\n") else len(before)
     elif at is not None and rest[at:] and not rest[at:].startswith("\n"):
@@ -196,6 +195,16 @@ def install_toml(text: str, entry: dict[str, Any]) -> str:
         raise ConfigProblem("mcp_servers.engram: the file would not read back as written; "
                             "add the server by hand (SPECS.md §6.2)")
     return result
+
+
+def command_lines(text: str) -> list[list[str]]:
+    """The engram server's command line in *text*: engram's block, else a table someone
+    else wrote (none when absent or unreadable)."""
+    _, block_text, _ = _split(text)
+    data = parse_or_none(block_text or text) or {}
+    servers = data.get("mcp_servers")
+    line = mcp_command_line(servers.get("engram") if isinstance(servers, dict) else None)
+    return [] if line is None else [line]
 
 
 def parse_or_none(text: str) -> dict[str, Any] | None:

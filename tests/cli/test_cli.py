@@ -39,6 +39,23 @@ def test_ping_starts_the_daemon_when_none_runs(env: dict[str, str]) -> None:
     assert not os.path.exists(env["ENGRAM_SOCKET"])
 
 
+def test_the_data_dir_option_is_the_journal_of_the_daemon_it_starts(
+        env: dict[str, str], scratch: str) -> None:
+    """``--data-dir`` overrides ENGRAM_DATA_DIR, as ``--socket`` overrides ENGRAM_SOCKET:
+    a harness that passes no environment still starts the daemon the shell would."""
+    given = os.path.join(scratch, "given")
+    result = run_cli(env, "--data-dir", given, "--json", "status")
+    try:
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["data_dir"] == given
+        assert os.path.exists(os.path.join(given, "engramd.log"))
+        assert not os.path.exists(env["ENGRAM_DATA_DIR"])
+    finally:
+        run_cli(env, "daemon", "stop")
+    logs = run_cli(env, "--data-dir", given, "daemon", "logs", "-n", "1")  # none runs
+    assert logs.returncode == 0 and "stopped" in logs.stdout
+
+
 def test_no_autostart_gives_exit_69_and_one_line(env: dict[str, str]) -> None:
     env["ENGRAM_NO_AUTOSTART"] = "1"
     result = run_cli(env, "ping")

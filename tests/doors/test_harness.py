@@ -87,7 +87,10 @@ def test_session_start_gives_the_brief_and_exports_the_identity(
     answer = json.loads(result.stdout)["hookSpecificOutput"]
     assert answer["hookEventName"] == "SessionStart"
     assert answer["additionalContext"].startswith("# engram: you are claude-c")
-    assert "export ENGRAM_AGENT=claude-c\nexport ENGRAM_SESSION_PID=" in env_file.read_text()
+    exports = env_file.read_text()
+    assert "export ENGRAM_AGENT=claude-c\nexport ENGRAM_SESSION_PID=" in exports
+    assert f"export ENGRAM_SOCKET={engramd.socket}\n" in exports  # the agent's own commands
+    assert f"export ENGRAM_DATA_DIR={engramd.env['ENGRAM_DATA_DIR']}\n" in exports
 
 
 def test_the_claude_stop_hook_wakes_on_mail_and_exits_0_otherwise(
@@ -192,6 +195,7 @@ def test_session_start_in_gemini_and_cursor_formats(engramd: DaemonProcess,
     assert cursor["additional_context"].startswith("# engram: you are agent-g")
     assert cursor["env"]["ENGRAM_AGENT"] == "agent-g"
     assert cursor["env"]["ENGRAM_SESSION_PID"].isdigit()
+    assert cursor["env"]["ENGRAM_SOCKET"] == engramd.socket
 
 
 def test_the_stop_hook_continues_gemini_and_cursor_once(engramd: DaemonProcess,

@@ -383,3 +383,125 @@ def test_toml_values_read_back_as_written() -> None:
              "env": {"A B": "quote \" back\\slash \u0001 tab\t 🚀", "n": 1}, "on": True,
              "ratio": 0.5, "list": [[1, 2], {}]}
     assert tomllib.loads(tomlblock.block(entry))["mcp_servers"]["engram"] == entry
+
+
+# -- where the daemon is ------------------------------------------------------------------
+
+
+def engram_lines(repo: Path, home_dir: Path) -> list[list[str]]:
+    """Every engram command line setup wrote under *repo* and *home_dir* (hooks, servers)."""
+    import shlex
+
+    lines = []
+    for root in (repo, home_dir):
+        for path in root.rglob("*"):
+            if not path.is_file() or ".git/" in str(path) or path.name.endswith("backup"):
+                continue
+            text = path.read_text()
+            if path.suffix == ".toml":
+                found = [tomlblock.command_lines(text)]
+                data: dict = {}
+            else:
+                data = json.loads(text)
+                found = [harness.mcp_command_lines(data)]
+            for entries in (data.get("hooks") or {}).values():
+                for entry in entries:
+                    found.append([shlex.split(h["command"]) for h in entry.get("hooks", [entry])
+                                  if harness.is_ours(h)])
+            lines += [line for group in found for line in group]
+    return lines
+
+
+def test_every_command_names_this_shells_socket_and_data_dir(
+        repo: Path, env: dict[str, str], tmp_path: Path) -> None:
+    env["XDG_RUNTIME_DIR"] = str(tmp_path / "xdg")  # ENGRAM_SOCKET wins over it
+    env["ENGRAM_TOKEN"] = "egt_0123_secret"
+    for runner in ("claude-code", "codex", "gemini", "cursor"):
+        assert engram(env, "setup", runner, cwd=repo).returncode == 0
+    assert engram(env, "setup", "codex", "--global", cwd=repo).returncode == 0
+    lines = engram_lines(repo, home(env))
+    # Four hooks and a server each (Cursor: three hooks), Codex's project and home.
+    assert len(lines) == 5 + 5 * 2 + 5 + 4, lines
+    for line in lines:
+        assert harness.where(line) == {"--socket": env["ENGRAM_SOCKET"],
+                                       "--data-dir": env["ENGRAM_DATA_DIR"]}, line
+    for path in [*repo.rglob("*.json"), *repo.rglob("*.toml"), *home(env).rglob("*.toml")]:
+        assert "egt_" not in path.read_text()  # a token is passed by its name, never written
+    codex = tomllib.loads((repo / ".codex" / "config.toml").read_text())
+    assert codex["mcp_servers"]["engram"]["env_vars"] == ["ENGRAM_AGENT", "ENGRAM_TOKEN"]
+    gemini = json.loads((repo / ".gemini" / "settings.json").read_text())
+    assert gemini["mcpServers"]["engram"]["env"] == {"ENGRAM_AGENT": "$ENGRAM_AGENT",
+                                                     "ENGRAM_TOKEN": "$ENGRAM_TOKEN"}
+    for name in (".mcp.json", ".cursor/mcp.json"):  # they start it in their own environment
+        assert set(json.loads((repo / name).read_text())["mcpServers"]["engram"]) <= {
+            "type", "command", "args"}
+
+
+def test_check_says_in_one_line_when_this_shell_reaches_another_daemon(
+        repo: Path, env: dict[str, str], tmp_path: Path) -> None:
+    assert engram(env, "setup", "cursor", cwd=repo).returncode == 0
+    same = engram(env, "setup", "cursor", "--check", cwd=repo)
+    assert same.returncode == 0 and same.stderr == ""
+    old = env["ENGRAM_SOCKET"]
+    env.pop("ENGRAM_SOCKET")
+    env["XDG_RUNTIME_DIR"] = str(tmp_path / "xdg")  # a new login: the shell moved
+    new = str(tmp_path / "xdg" / "engram" / "engramd.sock")
+    moved = engram(env, "setup", "cursor", "--check", cwd=repo)
+    assert moved.returncode == 1 and moved.stdout.count("would update") == 2
+    assert moved.stderr == (f"engram: cursor's hooks and MCP server go to the engramd at "
+                            f"socket {old}, not to this shell's (socket {new}): setup "
+                            "without --check points them at this shell's\n")
+    data = str(tmp_path / "elsewhere")
+    both = engram(env, "--data-dir", data, "setup", "cursor", "--dry-run", cwd=repo)
+    assert both.stderr.count("\n") == 1 and f"data dir {data})" in both.stderr
+    done = engram(env, "setup", "cursor", cwd=repo)
+    assert done.returncode == 0 and "they now go to this shell's" in done.stderr
+    assert engram(env, "setup", "cursor", "--check", cwd=repo).returncode == 0
+    for line in engram_lines(repo, home(env)):
+        assert harness.where(line)["--socket"] == new
+
+
+def test_an_older_setups_commands_are_replaced_in_place(repo: Path, env: dict[str, str]) -> None:
+    (repo / ".codex").mkdir()
+    (repo / ".codex" / "hooks.json").write_text(json.dumps({"hooks": {"Stop": [
+        {"hooks": [{"type": "command", "command": "engram hook stop --harness codex"}]},
+        {"hooks": [{"type": "command", "command": "say done"}]}]}}))
+    (repo / ".codex" / "config.toml").write_text(
+        tomlblock.block({"command": "engram", "args": ["mcp", "--harness", "codex"],
+                         "env_vars": ["OPENAI_API_KEY"]}))
+    assert engram(env, "setup", "codex", cwd=repo).returncode == 0
+    stop = commands(json.loads((repo / ".codex" / "hooks.json").read_text())["hooks"])["Stop"]
+    assert len(stop) == 2 and "--socket" in stop[0] and stop[1] == "say done"
+    server = tomllib.loads((repo / ".codex" / "config.toml").read_text())["mcp_servers"]
+    assert server["engram"]["env_vars"] == ["OPENAI_API_KEY", "ENGRAM_AGENT", "ENGRAM_TOKEN"]
+    assert engram(env, "setup", "codex", "--check", cwd=repo).returncode == 0
+
+
+def test_a_variable_the_user_set_for_the_server_keeps_its_value(repo: Path,
+                                                                env: dict[str, str]) -> None:
+    (repo / ".gemini").mkdir()
+    (repo / ".gemini" / "settings.json").write_text(json.dumps({"mcpServers": {"engram": {
+        "command": "engram", "args": ["mcp"], "env": {"ENGRAM_AGENT": "gemini-main"},
+        "timeout": 30000}}}))
+    assert engram(env, "setup", "gemini", cwd=repo).returncode == 0
+    server = json.loads((repo / ".gemini" / "settings.json").read_text())["mcpServers"]["engram"]
+    assert server["env"] == {"ENGRAM_AGENT": "gemini-main", "ENGRAM_TOKEN": "$ENGRAM_TOKEN"}
+    assert server["timeout"] == 30000 and "--socket" in server["args"]
+
+
+@pytest.mark.parametrize(("command", "ours"), [
+    ("engram hook stop", True),
+    ("/opt/bin/engram --socket '/run/a b/engramd.sock' --data-dir /d hook stop", True),
+    ("python3 -m engram_cli --socket=/s hook prompt", True),
+    ("engram send --to bob hook", False),
+    ("engram --json hook stop", False),
+    ("my-engram hook stop", False),
+])
+def test_engrams_hooks_are_known_by_their_command(command: str, ours: bool) -> None:
+    assert harness.is_ours({"command": command}) is ours
+
+
+def test_where_reads_the_options_before_the_command() -> None:
+    assert harness.where(["engram", "--socket=/s", "--data-dir", "/d", "hook", "stop"]) == {
+        "--socket": "/s", "--data-dir": "/d"}
+    assert harness.where(["engram", "mcp", "--socket", "/late"]) == {}

@@ -65,7 +65,7 @@ def _stop(cli: context.CliContext, timeout: float) -> int | None:
 
 def _start(cli: context.CliContext, timeout: float, json: bool) -> None:
     client = cli.unconnected_client()
-    started = start_daemon(client.socket_path, timeout=timeout)
+    started = start_daemon(client.socket_path, env=cli.env, timeout=timeout)
     try:
         client.connect()
         status = client.wait_ready(timeout)
@@ -76,7 +76,7 @@ def _start(cli: context.CliContext, timeout: float, json: bool) -> None:
             raise
         # It answered, then stopped before it was ready: the error it logs on its way
         # out says why.
-        raise lost_while_starting(client.socket_path, None, lost) from None
+        raise lost_while_starting(client.socket_path, cli.env, lost) from None
     finally:
         client.close()
     out = cli.output(json)
@@ -186,7 +186,7 @@ def _log_path(cli: context.CliContext) -> str:
     try:
         client.connect()
     except Unavailable:
-        return log_file_in(resolve_data_dir(None, os.environ))
+        return log_file_in(resolve_data_dir(None, cli.env))
     reply = client.status()
     client.close()
     if reply.log_file is None:

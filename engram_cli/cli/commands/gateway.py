@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
@@ -96,7 +95,7 @@ def gateway(
     except EngramError as exc:
         output.note(f"{exc}; /readyz answers 503 until engramd is ready")
     settings = serve.Settings(
-        listen=address, socket_path=client.socket_path, env=os.environ,
+        listen=address, socket_path=client.socket_path, env=cli.env,
         auth=gateway_auth.Authenticator(mode=auth, default_agent=client.agent_id,
                                         jwt=verifier),
         origins=policy.Origins(hosts=frozenset(h.lower() for h in allow_hosts or ()),

@@ -78,9 +78,10 @@ def session_start(ctx: typer.Context, runner: HarnessOption = "claude-code",
                   ) -> None:
     """SessionStart: the session brief as context.
 
-    Also announces the session and exports ENGRAM_AGENT and ENGRAM_SESSION_PID to
-    the session's shell commands (Claude Code: through $CLAUDE_ENV_FILE; Cursor:
-    the answer's env).
+    Also announces the session and exports ENGRAM_AGENT, ENGRAM_SESSION_PID and where
+    the daemon is (ENGRAM_SOCKET, ENGRAM_DATA_DIR: the hook's own) to the session's
+    shell commands (Claude Code: through $CLAUDE_ENV_FILE; Cursor: the answer's env),
+    so that the agent's engram commands reach the daemon its hooks reach.
     """
     hook_input = _hook_input()
     with _failing_open(runner):
@@ -92,17 +93,22 @@ def session_start(ctx: typer.Context, runner: HarnessOption = "claude-code",
         brief = client.brief(files=gitinfo.changed_files(cwd))
     from engram_cli.formats import briefview  # only here: the hooks run on every edit need none
 
+    exported = {"ENGRAM_AGENT": agent, SESSION_PID_VAR: str(pid),
+                "ENGRAM_SOCKET": client.socket_path}
+    data_dir = context.get(ctx).data_dir
+    if data_dir:
+        exported["ENGRAM_DATA_DIR"] = os.path.abspath(data_dir)
     env_file = os.environ.get("CLAUDE_ENV_FILE")
     if env_file:
         import shlex  # only here: pre-edit, the hook run before every edit, needs none
 
         with contextlib.suppress(OSError), open(env_file, "a", encoding="utf-8") as exports:
-            exports.write(f"export ENGRAM_AGENT={shlex.quote(agent)}\n"
-                          f"export {SESSION_PID_VAR}={pid}\n")
+            exports.write("".join(f"export {name}={shlex.quote(value)}\n"
+                                  for name, value in exported.items()))
     answer = harness.additional_context(harness.harness_of(runner).start,
                                         briefview.markdown(brief, max_chars), runner)
     if runner == "cursor":
-        answer["env"] = {"ENGRAM_AGENT": agent, SESSION_PID_VAR: str(pid)}
+        answer["env"] = exported
     _emit(answer)
 
 

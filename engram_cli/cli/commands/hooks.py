@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
@@ -102,11 +101,11 @@ def run(ctx: typer.Context, hook: str, args: Annotated[list[str] | None, typer.A
     repo = _repo(".")
     if hook == "pre-commit":
         mode = git(repo, "config", "--get", "engram.guard", check=False) or "off"
-        problems = githooks.guard(repo, mode, cli.socket, os.environ)
+        problems = githooks.guard(repo, mode, cli.socket, cli.env)
         for problem in problems:
             note(("refusing the commit: " if mode == "block" else "warning: ") + problem)
         if problems and mode == "block":
             raise typer.Exit(1)
         return
     stdin = "" if sys.stdin.isatty() else sys.stdin.read()
-    githooks.record(repo, hook, list(args or []), stdin, cli.socket, os.environ)
+    githooks.record(repo, hook, list(args or []), stdin, cli.socket, cli.env)

@@ -2,7 +2,6 @@
 
 # (No postponed annotations: see engram_cli/app.py.)
 
-import os
 import time
 from typing import Annotated
 
@@ -156,7 +155,7 @@ def doctor(ctx: typer.Context, json: JsonOption = False, deep: Annotated[bool, t
 
     from engram_cli.cli.doctor import Doctor  # only this command needs them
 
-    for finding in Doctor(client, resolve_data_dir(None, os.environ), deep=deep).run():
+    for finding in Doctor(client, resolve_data_dir(None, cli.env), deep=deep).run():
         findings.append(finding)
         if out.json:
             out.json_line(dataclasses.asdict(finding))

@@ -115,7 +115,7 @@ def restore(
     cli = context.get(ctx)
     out = cli.output(json)
     source = os.path.abspath(path)
-    data_dir = resolve_data_dir(None, os.environ)
+    data_dir = resolve_data_dir(None, cli.env)
     if daemon_answers(cli.unconnected_client().socket_path):
         raise Conflict("a daemon is running: stop it first (engram daemon stop)")
     if os.path.lexists(data_dir):

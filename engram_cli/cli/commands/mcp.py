@@ -48,5 +48,5 @@ def mcp(
     pid = session_pid()
     runner = runner or harness(pid=pid)
     identity = mcpserver.Identity(socket=cli.socket, agent=agent_name(cli.agent, pid, runner),
-                                  session_pid=pid, harness=runner)
+                                  session_pid=pid, harness=runner, env=cli.env)
     trio.run(mcpserver.serve, identity)

@@ -16,10 +16,12 @@ import typer
 
 from engram_cli.cli import completion, context
 from engram_cli.cli.context import JsonOption
-from engram_cli.client import gitinfo
+from engram_cli.cli.output import note
+from engram_cli.client import gitinfo, settings
 from engram_cli.client.errors import BadRequest, EngramError, ExitCode, UsageProblem
 from engram_cli.doors import harness, tomlblock
 from engram_cli.doors.files import write_whole
+from engramd.protocol import SocketPathTooLong, resolve_data_dir
 
 BACKUP_SUFFIX = ".engram-backup"
 
@@ -43,6 +45,8 @@ class ConfigFile:
     holds nothing once engram's file is gone goes too."""
     json: bool = True
     """A JSON file: two texts are the same when they hold the same data."""
+    command_lines: Callable[[str], list[list[str]]] = lambda text: []
+    """engram's command lines in the file's text (hooks, the server), split into words."""
 
     def same(self, one: str, other: str) -> bool:
         if not self.json:
@@ -77,9 +81,23 @@ def _engram_program() -> list[str]:
     return ["engram"] if found and os.path.realpath(found) == here else [here]
 
 
-def config_files(runner: str, scope: str, guard: str) -> list[ConfigFile]:
-    """The files setup writes for *runner* in *scope*, and how (SPECS.md §6.2)."""
-    engram = _engram_program()
+def _json_lines(find: Callable[[dict[str, Any]], list[list[str]]]
+                ) -> Callable[[str], list[list[str]]]:
+    def lines(text: str) -> list[list[str]]:
+        try:
+            data = jsonlib.loads(text) if text.strip() else {}
+        except ValueError:
+            return []
+        return find(data) if isinstance(data, dict) else []
+    return lines
+
+
+def config_files(runner: str, scope: str, guard: str,
+                 daemon: tuple[str, str]) -> list[ConfigFile]:
+    """The files setup writes for *runner* in *scope*, and how (SPECS.md §6.2): every
+    engram command in them names the daemon's socket and data dir, *daemon*."""
+    socket, data_dir = daemon
+    engram = [*_engram_program(), "--socket", socket, "--data-dir", data_dir]
     rules = harness.HARNESSES[runner]
     specs = harness.hook_specs(runner, engram, guard)
     entry = harness.mcp_entry(engram, runner)
@@ -96,33 +114,77 @@ def config_files(runner: str, scope: str, guard: str) -> list[ConfigFile]:
     def remove_hooks(data: dict[str, Any]) -> dict[str, Any]:
         return harness.remove_hooks(data, rules)
 
-    def servers(where: tuple[str, ...] = harness.SERVERS
-                ) -> tuple[Callable[[str], str], Callable[[str], str]]:
-        return (_json_edit(lambda data: harness.install_mcp(data, entry, where)),
-                _json_edit(lambda data: harness.remove_mcp(data, where)))
+    def hook_lines(data: dict[str, Any]) -> list[list[str]]:
+        return harness.hook_command_lines(data, rules)
 
-    hooks = (_json_edit(install_hooks), _json_edit(remove_hooks))
+    def servers(path: str, top: str, where: tuple[str, ...] = harness.SERVERS) -> ConfigFile:
+        return ConfigFile(path, _json_edit(lambda data: harness.install_mcp(data, entry, where)),
+                          _json_edit(lambda data: harness.remove_mcp(data, where)), top,
+                          command_lines=_json_lines(
+                              lambda data: harness.mcp_command_lines(data, where)))
+
+    def hooks(path: str) -> ConfigFile:
+        return ConfigFile(path, _json_edit(install_hooks), _json_edit(remove_hooks), root,
+                          command_lines=_json_lines(hook_lines))
+
     if runner == "claude-code":
         settings = "settings.local.json" if scope == "local" else "settings.json"
-        files = [ConfigFile(os.path.join(root, ".claude", settings), *hooks, root)]
+        files = [hooks(os.path.join(root, ".claude", settings))]
         if scope == "project":
-            return [*files, ConfigFile(os.path.join(root, ".mcp.json"), *servers(), root)]
+            return [*files, servers(os.path.join(root, ".mcp.json"), root)]
         where = ("projects", project, "mcpServers") if scope == "local" else harness.SERVERS
-        return [*files, ConfigFile(os.path.join(home, ".claude.json"), *servers(where), home)]
+        return [*files, servers(os.path.join(home, ".claude.json"), home, where)]
     if runner == "codex":
         directory = os.path.join(root, ".codex")
-        return [ConfigFile(os.path.join(directory, "hooks.json"), *hooks, root),
+        return [hooks(os.path.join(directory, "hooks.json")),
                 ConfigFile(os.path.join(directory, "config.toml"),
                            lambda text: tomlblock.install_toml(text, entry),
-                           tomlblock.remove_toml, root, json=False)]
+                           tomlblock.remove_toml, root, json=False,
+                           command_lines=tomlblock.command_lines)]
     if runner == "gemini":  # hooks and servers share one settings file
         return [ConfigFile(
             os.path.join(root, ".gemini", "settings.json"),
             _json_edit(lambda data: harness.install_mcp(install_hooks(data), entry)),
-            _json_edit(lambda data: harness.remove_mcp(remove_hooks(data))), root)]
+            _json_edit(lambda data: harness.remove_mcp(remove_hooks(data))), root,
+            command_lines=_json_lines(lambda data: [*hook_lines(data),
+                                                    *harness.mcp_command_lines(data)]))]
     directory = os.path.join(root, ".cursor")
-    return [ConfigFile(os.path.join(directory, "hooks.json"), *hooks, root),
-            ConfigFile(os.path.join(directory, "mcp.json"), *servers(), root)]
+    return [hooks(os.path.join(directory, "hooks.json")),
+            servers(os.path.join(directory, "mcp.json"), root)]
+
+
+def _this_shells_daemon(cli: context.CliContext) -> tuple[str, str]:
+    """The socket and the data dir this shell's engram resolves (its options, else its
+    environment): what every command setup writes names."""
+    try:
+        socket = settings.find_socket(cli.socket, os.environ)
+    except SocketPathTooLong as exc:
+        raise UsageProblem(str(exc)) from None
+    return socket, resolve_data_dir(cli.data_dir, os.environ)
+
+
+def _moved(runner: str, daemon: tuple[str, str], found: list[list[list[str]]], *,
+           apply: bool) -> str | None:
+    """One line when the engram commands in the files name another socket or data dir
+    than *daemon* (this shell's), else None."""
+    named: dict[str, set[str]] = {option: set() for option in harness.WHERE_OPTIONS}
+    for lines in found:
+        for line in lines:
+            for option, value in harness.where(line).items():
+                named[option].add(value)
+    differences = [(f"{what} {', '.join(sorted(named[option]))}", f"{what} {now}")
+                   for option, what, now in zip(harness.WHERE_OPTIONS, ("socket", "data dir"),
+                                                daemon, strict=True)
+                   if named[option] and named[option] != {now}]
+    if not differences:
+        return None
+    then = ", ".join(old for old, _ in differences)
+    here = ", ".join(new for _, new in differences)
+    if apply:
+        return (f"{runner}'s hooks and MCP server went to the engramd at {then}; they now go "
+                f"to this shell's ({here})")
+    return (f"{runner}'s hooks and MCP server go to the engramd at {then}, not to this "
+            f"shell's ({here}): setup without --check points them at this shell's")
 
 
 def _read(path: str) -> str | None:
@@ -220,6 +282,10 @@ def setup(
     agent when mail comes; the others: the turn goes on when mail waits, never
     twice in a row).
 
+    Every engram command written names the daemon this shell reaches (--socket and
+    --data-dir as resolved here), so the hooks and the MCP server reach it whatever
+    environment the harness gives them; --check says when this shell's changed.
+
     Files are merged, never clobbered, and each is read back before it replaces
     the old one; a backup of each (as private as the file) stays beside it until
     --remove, which puts back what was there. A file or key of a shape setup does
@@ -246,10 +312,16 @@ def setup(
                            "--global")
     if check and remove:
         raise UsageProblem("give --check or --remove, not both")
-    out = context.get(ctx).output(json)
+    cli = context.get(ctx)
+    out = cli.output(json)
     scope = "global" if global_ else "local" if local else "project"
+    daemon = _this_shells_daemon(cli)
     # Every file is planned (read, edited, read back) before any is written.
-    plans = [(file, *_plan(file, remove)) for file in config_files(runner, scope, guard)]
+    plans = [(file, *_plan(file, remove))
+             for file in config_files(runner, scope, guard, daemon)]
+    moved = None if remove else _moved(
+        runner, daemon, [file.command_lines(now or "") for file, now, _ in plans],
+        apply=not (check or dry_run))
     stale = []
     for file, now, wanted in plans:
         changes = now != wanted
@@ -266,5 +338,7 @@ def setup(
         else:
             verb = action if not (check or dry_run) or not changes else f"would {action}"
             out.line(f"{verb}: {file.path}")
+    if moved:
+        note(moved)
     if check and stale:
         raise typer.Exit(ExitCode.ERROR)
