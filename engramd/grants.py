@@ -60,6 +60,8 @@ class Grant:
     caller: Caller
     session: str
     holder_pid: int
+    while_alive: bool = False
+    """Renewed by the daemon while the bound process lives (see ``Lease.while_alive``)."""
 
     def leases(self, first_seq: int, ts: dt.datetime, boot_id: str) -> list[Lease]:
         # CLOCK_BOOTTIME read now, before the commit: the deadline it gives is never
@@ -76,7 +78,8 @@ class Grant:
                      expires_at=ts + dt.timedelta(seconds=self.ttl), ttl=self.ttl,
                      boot_id=boot_id, deadline_boottime=boot + self.ttl, pid=self.request.pid,
                      bound_to_connection=self.request.bind_connection, session=self.session,
-                     holder_pid=self.holder_pid, machine=machine, pgid=self.request.pgid)
+                     holder_pid=self.holder_pid, machine=machine, pgid=self.request.pgid,
+                     while_alive=self.while_alive)
 
 
 def acquired(leases: list[Lease]) -> list[LockAcquired]:
@@ -103,7 +106,10 @@ def checked_request(request: AcquireLock, default_ttl: float, max_ttl: float
     resources = sorted({check_resource(resource) for resource in request.resources})
     if not resources or len(resources) > MAX_RESOURCES:
         raise BadRequest(f"ask for 1 to {MAX_RESOURCES} resources")
-    ttl = checked_ttl(default_ttl if request.ttl is None else request.ttl, max_ttl)
+    # A lease bound to a process and asked without a ttl lasts as long as that process:
+    # agents work for hours, and the process's exit (watched) ends it at once.
+    ttl = checked_ttl(request.ttl if request.ttl is not None else
+                      max_ttl if request.pid is not None else default_ttl, max_ttl)
     wait = math.inf if request.wait is None else request.wait
     if not 0 <= wait <= math.inf:
         raise BadRequest("wait must be 0 or more seconds (or nil: as long as it takes)")
@@ -135,7 +141,8 @@ def grant_for(request: AcquireLock, caller: Caller, table: LockTable, *, default
                        f"{mine.lease.lock_id}); renew that lease instead of asking again")
     if len(table.held_by(agent)) + len(resources) > max_per_agent:
         raise TooLarge(f"{agent} would hold more than {max_per_agent} leases")
-    return Grant(resources, ttl, request, caller, session, holder_pid), wait
+    return Grant(resources, ttl, request, caller, session, holder_pid,
+                 while_alive=request.pid is not None and request.ttl is None), wait
 
 
 def check_wait(grant: Grant, line: LockTable, max_waiters: int) -> None:

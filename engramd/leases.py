@@ -79,6 +79,8 @@ class LeaseManager:
         self.stops = GroupStops(self.boot_id, tell=self._tell)
         """Stops the process groups leases carry (its ``groups``: a fake in tests)."""
         self._nursery: trio.Nursery | None = None
+        self._keep_alive_changed = trio.Event()
+        """Set when a lease held while its process lives is granted."""
         self.granted = 0
         self.expired = 0
 
@@ -103,6 +105,7 @@ class LeaseManager:
                 if holding.lease.pid is not None:
                     nursery.start_soon(self._watch_pid, holding.lease.pid)
             task_status.started()
+            nursery.start_soon(self._keep_alive_forever)
             await self._expire_forever()
 
     async def _expire_forever(self) -> None:
@@ -121,6 +124,33 @@ class LeaseManager:
                     self._nursery.start_soon(functools.partial(
                         self._end, holding, LockExpired, reason="expired", by="engramd",
                         tell="expired"))
+
+    async def _keep_alive_forever(self) -> None:
+        """Renew each lease held while its process lives (``Lease.while_alive``) once
+        half its ttl has gone: it never lapses while that process runs; its exit, which
+        is watched, ends it. With no such lease there is nothing to wake for (and no
+        deadline for a virtual clock to jump to)."""
+        while True:
+            kept = [holding for holding in self.table.held.values()
+                    if holding.lease.while_alive and holding.lease.machine == self.machine
+                    and not holding.ending and holding.stopping is None]
+            if not kept:
+                self._keep_alive_changed = trio.Event()
+                await self._keep_alive_changed.wait()
+                continue
+            await trio.sleep_until(min(holding.deadline - holding.lease.ttl / 2
+                                       for holding in kept))
+            now = trio.current_time()
+            for holding in kept:
+                lease = holding.lease
+                if holding.deadline - now > lease.ttl / 2 or holding.ending:
+                    continue
+                try:
+                    await self.renew(lease.lock_id, _holder_of(lease), None)
+                except EngramError as exc:  # ended meanwhile, the cluster away: next round
+                    log.info("lease %s on %s not renewed: %s", lease.lock_id[:8],
+                             lease.resource, exc)
+                    await trio.sleep(KEEP_ALIVE_RETRY)
 
     async def _watch_pid(self, pid: int) -> None:
         """Release the leases bound to *pid* the moment it exits (a pidfd, no polling)."""
@@ -237,6 +267,8 @@ class LeaseManager:
         self.granted += len(leases)
         if grant.request.pid is not None and self._nursery is not None:
             self._nursery.start_soon(self._watch_pid, grant.request.pid)
+        if grant.while_alive:
+            self._keep_alive_changed.set()
 
     # -- operations ----------------------------------------------------------------------
 
@@ -416,6 +448,17 @@ class LeaseManager:
             states = [s for s in states if (s.lease and s.lease.holder == agent)
                       or any(w.agent == agent for w in s.waiters)]
         return states
+
+
+KEEP_ALIVE_RETRY = 1.0
+"""Seconds before a lease held while its process lives is tried again after a renewal
+that failed (the cluster away, a full disk)."""
+
+
+def _holder_of(lease: Lease) -> Caller:
+    """The holder of *lease* as the daemon renews it for it: no connection of its own."""
+    return Caller(agent_id=lease.holder, uid=-1, pid=lease.holder_pid,
+                  connection_id=lease.session)
 
 
 async def _tell_holder(push: Callable[[bytes], Awaitable[None]], body: bytes) -> None:

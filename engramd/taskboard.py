@@ -180,7 +180,10 @@ class TaskBoard:
 
     async def claim(self, request: ClaimTask, caller: Caller) -> Task:
         """Claim the task asked for, or the most urgent ready one: never two at once."""
-        ttl = self.leases.max_ttl if request.ttl is None else request.ttl
+        # Without a ttl: held while the session process lives (with a pid), else the
+        # longest a lease may be (bound to the connection, which ends it too).
+        ttl = self.leases.max_ttl if request.ttl is None and request.pid is None \
+            else request.ttl
         if request.task_id is not None:
             task = self._stored(request.task_id)
             if task.state == "done":

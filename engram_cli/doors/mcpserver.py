@@ -372,9 +372,10 @@ def build_server(identity: Identity) -> MCPServer:
     # -- leases -------------------------------------------------------------------------
 
     @tool("Lease resources (files, names) before changing them, all or none; held until "
-          "unlock, ttl or your session's end.", structured=True)
+          "unlock, the ttl if given, or your session's end.", structured=True)
     async def lock(resources: list[str],
-                   ttl: Annotated[float, Field(gt=0, description="seconds")] = 600,
+                   ttl: Annotated[float | None, Field(
+                       gt=0, description="seconds; none: while your session lives")] = None,
                    wait: Wait = 0) -> Annotated[CallToolResult, Leased]:
         async def run(client: AsyncClient) -> str:
             leases = await client.acquire_lock(resources, ttl=ttl, wait=wait,

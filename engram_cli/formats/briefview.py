@@ -27,7 +27,11 @@ CHEAT_SHEET = """## engram commands
 
 
 def _left(lease: Lease, now: dt.datetime) -> str:
-    return format_duration(max(0.0, (lease.expires_at - now).total_seconds()))
+    """How long the lease has been held, and how long it may still be."""
+    held = f"held {format_duration(max(0.0, (now - lease.acquired_at).total_seconds()))}"
+    if lease.while_alive:
+        return f"{held}, while its session lives"
+    return f"{held}, {format_duration(max(0.0, (lease.expires_at - now).total_seconds()))} left"
 
 
 def _message(unit: Unit) -> str:
@@ -57,11 +61,11 @@ def sections(brief: Brief, now: dt.datetime) -> list[list[str]]:
             [_task(task) for task in brief.claimed])
     section("## Your leases",
             [f"- `{lease.resource}` (fencing token {lease.fencing_token}, "
-             f"{_left(lease, now)} left)" for lease in brief.leases])
+             f"{_left(lease, now)})" for lease in brief.leases])
     section("## Held by others: files you have changed",
             [f"- `{lease.resource}` by {lease.holder}"
              + (f" (pid {lease.holder_pid})" if lease.holder_pid else "")
-             + f", {_left(lease, now)} left" for lease in brief.others_leases])
+             + f", {_left(lease, now)}" for lease in brief.others_leases])
     shown = len(brief.ready)
     section(f"## Ready tasks: {brief.ready_total}"
             + (f" (top {shown}; engram task ready)" if brief.ready_total > shown else ""),

@@ -113,12 +113,15 @@ class ClusterLeaseManager(LeaseManager):
             self._nursery = self.stops.nursery = nursery
             task_status.started()
             nursery.start_soon(self._expire_forever)
+            nursery.start_soon(self._keep_alive_forever)
             await self.view.follow(self.journal.bridge, self.bucket, self.journal.connected)
 
     def _found(self, holding: Holding) -> None:
         """A lease this machine granted, seen in a new watch (after a restart)."""
         if self._nursery is None:
             return
+        if holding.lease.while_alive:
+            self._keep_alive_changed.set()
         if holding.lease.boot_id != self.boot_id:  # its holder did not outlive the reboot
             self._nursery.start_soon(functools.partial(
                 self._end, holding, LockReleased, reason="machine rebooted", by="engramd"))
@@ -285,6 +288,8 @@ class ClusterLeaseManager(LeaseManager):
         return taken
 
     def _hold(self, lease: Lease, deadline: float, caller: Caller) -> None:
+        if lease.while_alive:
+            self._keep_alive_changed.set()
         holding = self.table.held.get(lease.resource)
         if holding is None or holding.lease.lock_id != lease.lock_id:
             holding = Holding(lease, deadline)

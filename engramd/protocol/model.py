@@ -154,6 +154,9 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     pgid: int | None = None
     """The process group that works under it (``lock run``'s CMD): the lease does not
     end while a process of that group runs; the granting daemon stops the group first."""
+    while_alive: bool = False
+    """Bound to ``pid`` and asked without a ttl: held while that process lives (the
+    granting daemon renews it, ``ttl`` at a time) and ended the moment it exits."""
 
 
 GRACE_SECONDS = 5.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -233,8 +234,11 @@ async def test_every_failure_is_one_line_that_says_why(engramd: DaemonProcess) -
 
 async def test_two_agents_coordinate_through_the_whole_tool_set(env: dict[str, str]) -> None:
     """Autostart on: no daemon at start. Messages with a typo refused, a thread, an owed
-    acknowledgement, tasks added, claimed, given back and done, a lease renewed; ids
-    come back as structured content and short prefixes work."""
+    acknowledgement, tasks added, claimed, given back, claimed across a daemon restart
+    and past the longest ttl (scaled down to 6 s: a claim without a ttl lasts while the
+    session lives), then done; a lease renewed; ids come back as structured content and
+    short prefixes work."""
+    env = {**env, "ENGRAM_LOCKS_MAX_TTL": "6"}
     try:
         async with mcp_session({**env, "ENGRAM_AGENT": "claude-a"}) as a, \
                 mcp_session({**env, "ENGRAM_AGENT": "claude-b"}) as b:
@@ -270,12 +274,26 @@ async def test_two_agents_coordinate_through_the_whole_tool_set(env: dict[str, s
             assert not failed and text.startswith("released")
             failed, text = await call(b, "task_claim", task_id=task)
             assert not failed, text
+            with connect(env["ENGRAM_SOCKET"]) as engram:
+                claim = engram.get_task(task).claim
+                engram.shutdown()  # a restart in the middle of the work
+            assert claim is not None and claim.while_alive
+            with trio.fail_after(WAIT * 3):  # past the longest ttl, claimed all along
+                while True:
+                    failed, text = await call(a, "task_ready")  # autostarts it again
+                    with connect(env["ENGRAM_SOCKET"]) as engram:
+                        now = engram.get_task(task).claim
+                    if now is not None and now.expires_at > claim.expires_at + \
+                            dt.timedelta(seconds=12):
+                        break
+                    await trio.sleep(0.2)
+            assert now.fencing_token == claim.fencing_token and task not in text
             failed, text = await call(b, "task_done", task_id=task)
             assert not failed and text.startswith("done")
-            locked = await a.call_tool("lock", {"resources": ["src/a.py"], "ttl": 30})
+            locked = await a.call_tool("lock", {"resources": ["src/a.py"], "ttl": 5})
             (lease,) = locked.structured_content["leases"]  # type: ignore[index]
             failed, text = await call(a, "renew", resource="src/a.py",
-                                      lock_id=lease["lock_id"], ttl=60)
+                                      lock_id=lease["lock_id"], ttl=6)
             assert not failed and text.startswith("src/a.py: until"), text
             failed, text = await call(a, "agents")
             assert "claude-a: " in text and "1 lease(s)" in text

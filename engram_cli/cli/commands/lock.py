@@ -47,17 +47,23 @@ def _left(lease: Lease) -> str:
     return f"{max(0.0, seconds):.1f}s"
 
 
+def _held(lease: Lease) -> str:
+    """How long it has been held: a holder alive but stuck shows here (``lock break``)."""
+    held = format_duration((dt.datetime.now(dt.UTC) - lease.acquired_at).total_seconds())
+    return held + (" (while its session lives)" if lease.while_alive else "")
+
+
 def _rows(states: list[LockState]) -> list[list[str]]:
     rows = []
     for state in states:
         lease = state.lease
         waiters = ", ".join(f"{w.position}:{holder(w.agent, w.pid)}" for w in state.waiters)
         if lease is None:
-            rows.append([state.resource, "-", "-", "-", "-", waiters or "-", "-"])
+            rows.append([state.resource, "-", "-", "-", "-", waiters or "-", "-", "-"])
         else:
             rows.append([state.resource, lease.holder, str(lease.fencing_token),
                          timestamp(lease.expires_at), _left(lease),
-                         waiters or "-", str(lease.holder_pid or "-")])
+                         waiters or "-", str(lease.holder_pid or "-"), _held(lease)])
     return rows
 
 
@@ -143,7 +149,7 @@ def show(ctx: typer.Context, resource: ResourceArg, json: JsonOption = False) ->
         return
     (row,) = _rows([state])
     fields = list(zip(["resource", "holder", "fencing_token", "expires_at", "left",
-                       "waiters", "pid"], row, strict=True))
+                       "waiters", "pid", "held"], row, strict=True))
     if state.lease is not None and state.lease.pgid is not None:  # lock run's CMD
         fields.append(("process_group", str(state.lease.pgid)))
     if state.lease is not None and state.lease.machine:  # cluster mode: granted where
@@ -168,8 +174,8 @@ def list_(
         for state in states:
             out.json_line(state)
         return
-    out.table("leases", ["resource", "holder", "token", "expires", "left", "waiting", "pid"],
-              _rows(states), header=False)
+    out.table("leases", ["resource", "holder", "token", "expires", "left", "waiting", "pid",
+                         "held"], _rows(states), header=False)
 
 
 @app.command("break")

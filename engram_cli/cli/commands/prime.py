@@ -86,8 +86,9 @@ def _changed_files() -> list[str]:
 def agents(ctx: typer.Context, json: JsonOption = False) -> None:
     """List the agents: their sessions, when last seen, contexts, leases, unread messages.
 
-    A session is a process an agent announced (engram prime does) or one holding a
-    pid-bound lease; one whose process has exited shows as gone. Piped, one
+    A session is a process an agent announced (engram prime does), one connected to
+    engramd, or one holding a pid-bound lease, with how long it has run; one whose
+    process has exited shows as gone. Piped, one
     tab-separated line per agent: agent, sessions, last seen, contexts, leases, unread.
     """
     cli = context.get(ctx)
@@ -102,7 +103,8 @@ def agents(ctx: typer.Context, json: JsonOption = False) -> None:
     for agent in found:
         sessions = ", ".join(
             f"{session.pid}" + (f" {session.harness}" if session.harness else "")
-            + (" (gone)" if session.gone_at is not None else "")
+            + (" (gone)" if session.gone_at is not None else
+               f" ({format_duration((now - session.started_at).total_seconds())})")
             for session in agent.sessions)
         seen = ("-" if agent.last_seen is None else
                 format_duration((now - agent.last_seen).total_seconds()) + " ago")
