@@ -53,9 +53,6 @@ class WordLlamaEmbedder:
     download)."""
 
     dim = 256
-    SPLIT = 256
-    """A batch at least this long is split across threads (tokenizing releases the GIL:
-    measured 1.6 x faster on two cores)."""
 
     def __init__(self) -> None:
         # Its tokenizer's own thread pool measured slower than splitting the batch here.
@@ -71,20 +68,43 @@ class WordLlamaEmbedder:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors of *texts*, in order. A text is cut to its first
+        :data:`MAX_CHARS` characters, and texts are embedded in groups of like length
+        within :data:`PADDED_BUDGET`: the model pads a call to its longest text, so one
+        long payload among many short ones would otherwise cost gigabytes."""
         import numpy as np
 
-        texts = list(texts)
-        if len(texts) < self.SPLIT or self._threads == 1:
-            parts = [self._model.embed(texts, norm=True)]
+        cut = [text[:MAX_CHARS] for text in texts]
+        order = sorted(range(len(cut)), key=lambda index: len(cut[index]))
+        groups: list[list[int]] = []
+        for index in order:  # by length: each group's longest text is its last one
+            if groups and (len(groups[-1]) + 1) * max(1, len(cut[index])) <= PADDED_BUDGET:
+                groups[-1].append(index)
+            else:
+                groups.append([index])
+        if not groups:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batches = [[cut[index] for index in group] for group in groups]
+        if len(batches) == 1 or self._threads == 1:
+            parts = [self._model.embed(batch, norm=True) for batch in batches]
         else:
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
                     self._threads, thread_name_prefix="engramd-embed")
-            step = -(-len(texts) // self._threads)
-            parts = list(self._pool.map(lambda chunk: self._model.embed(chunk, norm=True),
-                                        [texts[i:i + step]
-                                         for i in range(0, len(texts), step)]))
-        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+            parts = list(self._pool.map(lambda batch: self._model.embed(batch, norm=True),
+                                        batches))
+        vectors = np.empty((len(cut), self.dim), dtype=np.float32)
+        for group, part in zip(groups, parts, strict=True):
+            vectors[group] = part
+        return np.ascontiguousarray(vectors)
+
+
+MAX_CHARS = 2_000
+"""What of a text is embedded: a unit's opening carries what a search by meaning looks
+for, and a static model averages its tokens anyway."""
+PADDED_BUDGET = 100_000
+"""Characters (at least as many as tokens) one call may pad to: about 100 MB of
+256-float token vectors, whatever the batch."""
 
 
 def load_embedder(spec: str = DEFAULT) -> Embedder:

@@ -100,6 +100,15 @@ def session_of(caller: Caller, pid: int | None, machine: str = "") -> tuple[str,
     return caller.connection_id, caller.pid
 
 
+def process_runs(pid: int) -> bool:
+    """Whether process *pid* runs on this machine (a zombie runs no more)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def checked_request(request: AcquireLock, default_ttl: float, max_ttl: float
                     ) -> tuple[list[str], float, float]:
     """The request's resources (sorted, each once), ttl and wait, or BadRequest."""
@@ -132,6 +141,10 @@ def grant_for(request: AcquireLock, caller: Caller, table: LockTable, *, default
     """What the request would be granted, and how long it may wait; refused when the
     session holds one of them already or the agent would hold too many."""
     resources, ttl, wait = checked_request(request, default_ttl, max_ttl)
+    if request.pid is not None and not process_runs(request.pid):
+        # Granted, the lease would end at once (the pid watch): say so instead.
+        raise BadRequest(f"process {request.pid} is not running: a lease bound to it would "
+                         "end at once")
     session, holder_pid = session_of(caller, request.pid, machine)
     agent = caller.agent_id
     mine = table.held_in((agent, session), resources)

@@ -134,12 +134,14 @@ class LeaseManager:
             kept = [holding for holding in self.table.held.values()
                     if holding.lease.while_alive and holding.lease.machine == self.machine
                     and not holding.ending and holding.stopping is None]
+            self._keep_alive_changed = trio.Event()  # a grant, or a renewal with a ttl
             if not kept:
-                self._keep_alive_changed = trio.Event()
                 await self._keep_alive_changed.wait()
                 continue
-            await trio.sleep_until(min(holding.deadline - holding.lease.ttl / 2
-                                       for holding in kept))
+            with trio.move_on_at(min(holding.deadline - holding.lease.ttl / 2
+                                     for holding in kept)):
+                await self._keep_alive_changed.wait()
+                continue
             now = trio.current_time()
             for holding in kept:
                 lease = holding.lease
@@ -333,7 +335,10 @@ class LeaseManager:
         parts, line = [], self._line()
         for resource in resources:
             holding = line.held.get(resource)
-            if holding is not None:
+            if holding is not None and holding.lease.while_alive:
+                parts.append(f"{resource} is held by {holding.holder} while its session "
+                             f"(pid {holding.lease.holder_pid}) lives")
+            elif holding is not None:
                 left = max(0.0, holding.deadline - trio.current_time())
                 parts.append(f"{resource} is held by {holding.holder} until "
                              f"{holding.lease.expires_at.isoformat(timespec='seconds')} "
@@ -406,6 +411,8 @@ class LeaseManager:
         if adopt and holding.connection is None:
             holding.connection, holding.push = caller.connection, caller.push
         self.table.deadline_changed.set()
+        if lease.while_alive:
+            self._keep_alive_changed.set()  # renewed with a ttl of its own: look again
 
     async def break_lease(self, resource: str, reason: str, agent: str) -> Lease:
         check_resource(resource)

@@ -39,10 +39,12 @@ def recipients(names: list[str]) -> list[str]:
     """The checked recipients of a message: agents, or ``*`` alone."""
     if not names:
         raise BadRequest("a message needs at least one recipient (an agent, or * for all)")
-    checked = list(dict.fromkeys(validate.name(name.strip(), "recipient") for name in names))
+    checked = list(dict.fromkeys(name.strip() for name in names))
     for name in checked:
         if "," in name:
             raise BadRequest(f"recipient {name!r:.60} contains a comma; name one agent each")
+        if name != agentwork.BROADCAST:
+            validate.agent_id(name)  # a name no agent could ever have is no recipient
     if agentwork.BROADCAST in checked and len(checked) > 1:
         raise BadRequest("* already reaches every agent: send it alone")
     return checked

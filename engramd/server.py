@@ -25,6 +25,7 @@ import collections
 import contextlib
 import errno
 import logging
+import math
 import os
 import re
 import socket
@@ -218,6 +219,8 @@ class Server:
                                      config.max_subscriptions_per_connection)
         self._sessions: set[Session] = set()
         self._per_process: collections.Counter[int] = collections.Counter()
+        self._refusals_told: dict[int, float] = {}
+        """When a refusal of each process was last logged (trio's clock)."""
         """Connections open by process (peer pid): the reserve's rule needs it."""
         self._connections_accepted = 0
         self._requests_served = 0
@@ -312,8 +315,13 @@ class Server:
             refusal = self._over_limit(peer.pid)
             if refusal is not None:
                 self.metrics.count('connections_refused_total{reason="limit"}')
-                log.warning("refused pid %d: %d connections open, %d of them its own",
-                            peer.pid, len(self._sessions), self._per_process[peer.pid])
+                if self._refusals_told.get(peer.pid, -math.inf) < trio.current_time() - 60:
+                    # Once a minute per process: one that retries without end floods no log.
+                    if len(self._refusals_told) > 1024:
+                        self._refusals_told.clear()
+                    self._refusals_told[peer.pid] = trio.current_time()
+                    log.warning("refused pid %d: %d connections open, %d of them its own",
+                                peer.pid, len(self._sessions), self._per_process[peer.pid])
                 await self._goodbye(session, ErrorCode.UNAVAILABLE, refusal)
                 return
             self._sessions.add(session)

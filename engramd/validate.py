@@ -58,8 +58,8 @@ def relationship_type(text: str) -> str:
 def context_id(text: str) -> str:
     if not CONTEXT_ID.fullmatch(text):
         raise BadRequest(
-            f"bad context id {text!r}: 1 to 128 characters, letters, digits and . _ : / @ + -, "
-            "starting with a letter or digit")
+            f"bad context id {text!r:.80}: 1 to 128 characters, letters, digits and "
+            ". _ : / @ + -, starting with a letter or digit")
     return text
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import stat
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from engram_cli import __version__
 from engram_cli.client import Client
+from engram_cli.client.autostart import last_line
 from engram_cli.client.errors import EngramError
 from engramd.protocol import PROTOCOL_VERSION, DaemonStatus, log_file_in
 from engramd.protocol.logline import parse_line
@@ -59,6 +61,9 @@ def _private_dir(check: str, path: str) -> Finding:
     return _ok(check, f"{path} is private (0700)")
 
 
+_FIX = re.compile(r"engramd --(repair|rebuild-store|reindex)")
+
+
 class Doctor:
     def __init__(self, client: Client, data_dir: str, *, deep: bool = False) -> None:
         self.client = client
@@ -86,6 +91,13 @@ class Doctor:
             self.client.connect()
             self.status = self.client.status()
         except EngramError as exc:
+            # A daemon that stopped for damage said what fixes it, last, in its log.
+            last = last_line(log_file_in(self.data_dir))
+            fix = _FIX.search(last)
+            if fix is not None:
+                return Finding("daemon", "fail", f"engramd is not running; it stopped "
+                               f"saying: {last[:300]}", f"{fix.group(0)} (daemon stopped, "
+                               "after a copy of the data dir)")
             return Finding("daemon", "fail", str(exc).split(";")[0],
                            "engram daemon start (or any command)")
         self.data_dir = self.status.data_dir

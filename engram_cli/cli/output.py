@@ -110,8 +110,8 @@ class Output:
             return
         from rich.table import Table
 
-        table = Table(title=title, show_header=False, title_justify="left", box=None,
-                      pad_edge=False)
+        table = Table(title=printable(title), show_header=False, title_justify="left",
+                      box=None, pad_edge=False)
         table.add_column(style="bold cyan", no_wrap=True)
         table.add_column(overflow="fold")
         for key, value in rows:
@@ -135,7 +135,7 @@ class Output:
             return
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left")
+        table = Table(title=printable(title), title_justify="left")
         for column in columns:
             table.add_column(column, justify="right" if column in numeric else "left")
         for row in rows:

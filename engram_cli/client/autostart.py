@@ -92,7 +92,7 @@ def why_it_stopped(env: Mapping[str, str] | None = None) -> str:
     """Where the daemon's log is, and its last line: what a daemon that stopped while
     starting said last (a journal it refuses to open, say)."""
     log_path = log_file_in(resolve_data_dir(None, dict(os.environ if env is None else env)))
-    last = _last_line(log_path)
+    last = last_line(log_path)
     return f"see {log_path}" + (f": {last}" if last else "")
 
 
@@ -117,7 +117,7 @@ def gone_away(socket_path: str) -> bool:
     return True
 
 
-def _last_line(path: str) -> str:
+def last_line(path: str) -> str:
     try:
         with open(path, "rb") as file:
             file.seek(max(0, os.path.getsize(path) - 4096))

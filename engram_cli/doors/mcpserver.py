@@ -19,6 +19,8 @@ are the harness hooks (``engram hook``).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -33,9 +35,9 @@ from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from engram_cli import __version__
 from engram_cli.client.asynchronous import AsyncClient, open_client
-from engram_cli.client.errors import EngramError
+from engram_cli.client.errors import EngramError, NotFound
 from engram_cli.formats import briefview
-from engram_cli.formats.text import preview, timestamp
+from engram_cli.formats.text import preview, printable, timestamp
 from engramd.protocol import AgentInfo, Unit, agentwork
 
 MAX_WAIT = 60.0
@@ -70,7 +72,7 @@ def _units(units: list[Unit], empty: str) -> str:
 
 
 WHOLE_ID = 36
-Id = Annotated[str, Field(description="unit id/prefix")]
+Id = Annotated[str, Field(description="unit id or unique prefix")]
 Context = Annotated[str, Field(description="context id")]
 Wait = Annotated[float, Field(ge=0, le=MAX_WAIT, description="seconds")]
 UnitType = Literal["MESSAGE", "REASONING", "TOOL_CALL", "TOOL_RESULT", "FILE_CHANGE",
@@ -93,8 +95,14 @@ class Leased(TypedDict):
     leases: list[LeaseIds]
 
 
+_ID_PREFIX = re.compile(r"[0-9a-f]{8}[0-9a-f-]{0,28}")
 _FIRST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _LEASE_LINE = re.compile(r"^(.*): lock_id (\w+), fencing token (\d+)$", re.M)
+
+
+def _short(text: str, limit: int = 500) -> str:
+    """An error line within reason: a huge argument is not echoed back whole."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def written(text: str) -> CallToolResult:
@@ -148,13 +156,17 @@ async def replies(client: AsyncClient, message: Unit) -> str:
 
 
 async def thread_text(client: AsyncClient, name: str) -> str:
-    """A thread's messages, oldest first (*name*: the thread, or one of its messages)."""
-    if (len(name) >= 8 and _FIRST_ID.fullmatch(name)) or len(name) == WHOLE_ID:
-        (message,) = (await client.get_units([name])).units
-        name = message.meta.get(agentwork.THREAD) or message.id
+    """A thread's messages, oldest first (*name*: the thread, or one of its messages, by
+    its id or a unique prefix of it)."""
+    if _ID_PREFIX.fullmatch(name):
+        with contextlib.suppress(NotFound):  # not a message's id: a thread's name
+            (whole,) = await client.resolve_unit_ids([name])
+            (message,) = (await client.get_units([whole])).units
+            name = message.meta.get(agentwork.THREAD) or message.id
     found = await client.search(meta={agentwork.THREAD: name}, types=["MESSAGE"], limit=100)
     units = (await client.get_units([hit.unit_id for hit in found.hits])).units
-    return _units(sorted(units, key=lambda unit: unit.seq), f"no messages in thread {name}")
+    return _units(sorted(units, key=lambda unit: unit.seq),
+                  f"no messages in thread {_short(name, 80)}")
 
 
 def invalid_arguments(error: ValidationError) -> str:
@@ -221,7 +233,7 @@ def build_server(identity: Identity) -> MCPServer:
                 text = await operation(client)
                 unread = (await client.unread()).unread if footer else 0
         except EngramError as exc:
-            raise ToolError(f"engram: {exc}") from None
+            raise ToolError(printable(f"engram: {_short(str(exc))}")) from None
         except OSError as exc:
             raise ToolError(f"engram: {exc.strerror or exc}") from None
         except trio.TooSlowError:
@@ -229,7 +241,8 @@ def build_server(identity: Identity) -> MCPServer:
                             "says why") from None
         if unread:
             text += f"\n\n[{unread} unread message(s): call inbox]"
-        return text
+        # What the journal holds reaches the model's harness, whose screen obeys escapes.
+        return printable(text)
 
     def tool(description: str, annotations: ToolAnnotations = WRITES, *,
              structured: bool = False
@@ -500,4 +513,7 @@ async def serve(identity: Identity) -> None:
                                               harness=identity.harness)
     except (EngramError, OSError):
         pass  # the tools say so when they are called
+    # The SDK logs every tool that fails at INFO, with the whole failure: the tool result
+    # says it already.
+    logging.getLogger("mcp").setLevel(logging.WARNING)
     await build_server(identity).run_stdio_async()

@@ -31,9 +31,11 @@ def test_terminal_views_show_control_characters_escaped(engramd: DaemonProcess) 
         engram.create_unit("hostile", "TOOL_CALL", "reply", relationships=[
             Relationship(type="RESPONDS_TO", target=root.id)])
         engram.send_message("tester", HOSTILE, new_recipients=True)
+        engram.acquire_lock("res" + HOSTILE, ttl=600, bind_connection=False)
     for view in (["unit", "list", "-c", "hostile"], ["unit", "get", root.id],
                  ["trace", root.id], ["search", "pwned"], ["inbox", "--peek"],
-                 ["prime", "-c", "hostile"]):
+                 ["prime", "-c", "hostile"], ["lock", "show", "res" + HOSTILE],
+                 ["lock", "list"]):
         assert_shown_not_obeyed(on_a_terminal(engramd.env, *view))
 
 
@@ -105,3 +107,11 @@ def test_one_limit_one_message_one_exit_status(engramd: DaemonProcess) -> None:
                       *meta_args(100))
     assert json.loads(as_json.stderr)["error"] == {
         "code": "too_large", "message": "100 metadata entries, limit 64", "exit": 2}
+
+
+def test_a_lease_for_a_process_that_is_not_running_is_refused(engramd: DaemonProcess) -> None:
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                            capture_output=True, text=True, check=True)
+    refused = run_cli(engramd.env, "lock", "acquire", "r", "--pid", exited.stdout.strip())
+    assert refused.returncode == 2 and "is not running" in refused.stderr, refused
+    assert run_cli(engramd.env, "--json", "lock", "show", "r").stdout.count('"lease":null')

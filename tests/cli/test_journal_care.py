@@ -113,7 +113,7 @@ def test_backup_verify_and_restore_while_writers_go_on(env: dict[str, str],
 
     # The restore: the journal as it was at the backup's seq, unit by unit.
     os.rename(env["ENGRAM_DATA_DIR"], env["ENGRAM_DATA_DIR"] + ".old")
-    assert run_cli(env, "restore", str(damaged)).returncode == 1
+    assert run_cli(env, "restore", str(damaged)).returncode == 74
     assert not Path(env["ENGRAM_DATA_DIR"]).exists()  # nothing restored from a bad copy
     restored = run_cli(env, "restore", str(dest))
     assert restored.returncode == 0, restored.stderr

@@ -5,6 +5,8 @@ virtual clock over a real store and log: hours take no time."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import trio.testing
 from engramd.caller import Caller
 from engramd.commit import GroupCommitter
 from engramd.leases import LeaseManager
-from engramd.protocol import AcquireLock, LockRenewed, NotFound
+from engramd.protocol import AcquireLock, BadRequest, LockRenewed, NotFound
 from engramd.storage import Store
 from engramd.wal.log import WriteAheadLog
 from engramd.wal.record import Entry
@@ -74,4 +76,36 @@ async def test_a_session_lease_without_a_ttl_outlives_the_longest_ttl(
         await leases.release(held.lock_id, AGENT)
         with pytest.raises(NotFound):
             await leases.renew(held.lock_id, AGENT, None)
+        nursery.cancel_scope.cancel()
+
+
+async def test_renewed_with_a_ttl_it_is_still_held_while_its_process_lives(
+        journal: tuple[GroupCommitter, list[Entry]], patient_clock: trio.abc.Clock) -> None:
+    committer, _ = journal
+    leases = LeaseManager(committer.store, committer, default_ttl=60, max_ttl=HOUR,
+                          max_per_agent=10, max_waiters=10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(leases.run)
+        (held,) = await leases.acquire(AcquireLock(resources=["r"], pid=ME), AGENT)
+        renewed = await leases.renew(held.lock_id, AGENT, 5)  # a short ttl of its own
+        assert renewed.while_alive and renewed.ttl == 5
+        await trio.sleep(60)  # twelve of its ttls
+        state = leases.state("r")
+        assert state.lease is not None and state.lease.lock_id == held.lock_id
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lease_for_a_process_that_is_not_running_is_refused(
+        journal: tuple[GroupCommitter, list[Entry]], patient_clock: trio.abc.Clock) -> None:
+    committer, _ = journal
+    leases = LeaseManager(committer.store, committer, default_ttl=60, max_ttl=HOUR,
+                          max_per_agent=10, max_waiters=10)
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                            capture_output=True, text=True, check=True)
+    dead = int(exited.stdout)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(leases.run)
+        with pytest.raises(BadRequest, match=f"process {dead} is not running"):
+            await leases.acquire(AcquireLock(resources=["r"], pid=dead), AGENT)
+        assert leases.state("r").lease is None
         nursery.cancel_scope.cancel()

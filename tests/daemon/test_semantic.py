@@ -267,3 +267,25 @@ def test_a_configured_model_is_used_and_one_that_fails_turns_semantic_search_off
             client.search("storage full", mode="semantic")
         wait_until(lambda: client.search("pill").total == 1, "keyword search to go on")
         client.ping()
+
+
+def test_one_long_payload_among_short_ones_is_embedded_in_bounded_memory() -> None:
+    """The model pads a call to its longest text: a 900 KB payload among 30 short notes
+    once asked for 6.65 GiB. Texts are cut and grouped by length now."""
+    import tracemalloc
+
+    import numpy as np
+
+    from engramd.embedding import load_embedder
+
+    embedder = load_embedder()
+    short = [f"small note {n}" for n in range(30)]
+    tracemalloc.start()
+    try:
+        vectors = embedder.embed(["disk quota exceeded " * 45_000, *short])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 2**20, peak
+    assert vectors.shape == (31, embedder.dim)
+    assert np.allclose(vectors[1:], embedder.embed(short), atol=1e-6)  # order kept

@@ -300,3 +300,22 @@ async def test_two_agents_coordinate_through_the_whole_tool_set(env: dict[str, s
     finally:
         with contextlib.suppress(Unavailable), connect(env["ENGRAM_SOCKET"]) as engram:
             engram.shutdown()
+
+
+async def test_what_the_journal_holds_reaches_the_model_escaped_and_within_bounds(
+        engramd: DaemonProcess) -> None:
+    hostile = "\x1b]0;pwned\x07\x1b[2J\u202etxt"
+    with connect(engramd.socket, "alice") as alice:
+        asked = alice.send_message("claude-a", "thread start " + hostile, thread="t-1",
+                                   new_recipients=True)
+        alice.send_message("claude-a", "a reply", reply_to=asked.id, new_recipients=True)
+    async with mcp_session({**engramd.env, "ENGRAM_AGENT": "claude-a"}) as session:
+        failed, text = await call(session, "inbox", peek=True)
+        assert not failed and "\x1b" not in text and "\\x1b]0;pwned" in text
+        with trio.fail_after(WAIT):  # the thread by a prefix of one of its messages
+            while "a reply" not in (await call(session, "thread", name=asked.id[:13]))[1]:
+                await trio.sleep(0.05)
+        failed, text = await call(session, "send", to=["ev\x1bil"], text="x", new=True)
+        assert failed and "bad agent id" in text and "\x1b" not in text
+        failed, text = await call(session, "post", context="c" * 100_000, text="x")
+        assert failed and len(text) < 1000, len(text)

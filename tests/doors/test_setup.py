@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -505,3 +506,22 @@ def test_where_reads_the_options_before_the_command() -> None:
     assert harness.where(["engram", "--socket=/s", "--data-dir", "/d", "hook", "stop"]) == {
         "--socket": "/s", "--data-dir": "/d"}
     assert harness.where(["engram", "mcp", "--socket", "/late"]) == {}
+
+
+@pytest.mark.parametrize("text, said", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deep"),
+    ('{"a": NaN}', "NaN is not JSON"),
+    ('{"mcpServers": {}, "mcpServers": {"x": {}}}', "the key 'mcpServers' appears twice"),
+])
+def test_json_that_is_not_quite_json_is_refused_naming_the_file(
+        tmp_path: Path, text: str, said: str) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".mcp.json").write_text(text)
+    result = subprocess.run([sys.executable, "-m", "engram_cli", "setup", "claude-code"],
+                            cwd=project, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "HOME": str(tmp_path / "home")}, check=False)
+    assert result.returncode == 2, result
+    (line,) = result.stderr.splitlines()
+    assert ".mcp.json" in line and said in line, line
+    assert (project / ".mcp.json").read_text() == text  # nothing written

@@ -38,7 +38,7 @@ def _hook_input() -> dict[str, Any]:
     try:
         data = msgspec.json.decode(sys.stdin.buffer.read() or b"{}") \
             if not sys.stdin.isatty() else {}
-    except (msgspec.DecodeError, OSError):
+    except (msgspec.DecodeError, OSError, RecursionError):  # nested past the decoder's depth
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -168,7 +168,9 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
                     or agentwork.covers(lease.resource, absolute)):
                 held.append(f"{relative} is leased by {lease.holder}"
                             + (f" (pid {lease.holder_pid})" if lease.holder_pid else "")
-                            + f" as {lease.resource} until {lease.expires_at:%H:%M:%S} UTC")
+                            + f" as {lease.resource}"
+                            + (" while its session lives" if lease.while_alive else
+                               f" until {lease.expires_at:%H:%M:%S} UTC"))
                 holders.append(lease.holder)
     if not held:
         _nothing(runner)

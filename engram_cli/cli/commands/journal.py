@@ -14,9 +14,9 @@ from engram_cli.cli import context
 from engram_cli.cli.context import JsonOption
 from engram_cli.cli.output import Output, note
 from engram_cli.client.autostart import daemon_answers
-from engram_cli.client.errors import Conflict, EngramError, ExitCode, UsageProblem
+from engram_cli.client.errors import Conflict, ExitCode, NotFound, UsageProblem
 from engram_cli.formats.text import format_duration, timestamp
-from engramd.protocol import BackupInfo, resolve_data_dir
+from engramd.protocol import BackupInfo, Damaged, resolve_data_dir
 
 BackupArg = Annotated[str, typer.Argument(metavar="BACKUP", help="A backup's directory.")]
 
@@ -64,12 +64,16 @@ def verify(
     if path is None:
         _verify_journal(cli, out)
         return
+    if not os.path.isdir(path):
+        raise NotFound(f"no backup at {os.path.abspath(path)}")
     checked = cli.client(admin=True).verify_backup(os.path.abspath(path))
     if out.json:
         out.json_line(checked)
     else:
         if checked.backup is not None:
-            out.fields("backup", _info_rows(checked.backup))
+            rows = _info_rows(checked.backup)
+            rows[0] = ("path", os.path.abspath(path))  # the copy checked, wherever it moved
+            out.fields("backup", rows)
         for problem in checked.problems:
             out.line(f"damaged: {problem}")
         out.line("intact" if checked.ok else "the backup is damaged")
@@ -129,7 +133,7 @@ def restore(
     if checked.returncode != 0:
         damage = [line for line in checked.stdout.splitlines() if line.startswith("damaged")]
         why = damage[0] if damage else (checked.stderr.strip().splitlines() or ["?"])[-1]
-        raise EngramError(f"{source} does not check out ({why}); nothing was restored")
+        raise Damaged(f"{source} does not check out ({why}); nothing was restored")
     partial = f"{data_dir}.restoring"
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source, partial, copy_function=shutil.copy2)

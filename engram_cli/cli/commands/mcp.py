@@ -24,8 +24,9 @@ def mcp(
 ) -> None:
     """Serve engram's tools to a coding agent: an MCP server on stdin/stdout.
 
-    Tools: brief, send, inbox, ack, post, recent, get, search, trace, lock, unlock, locks,
-    task_ready, task_claim, task_done; resources engram://brief, engram://inbox,
+    Tools: brief, agents, send, inbox, ack, pending, thread, post, recent, get, search,
+    trace, lock, renew, unlock, locks, task_add, task_ready, task_claim, task_done,
+    task_release; resources engram://brief, engram://inbox,
     engram://context/ID, engram://unit/ID. The agent is --agent/ENGRAM_AGENT, else
     HARNESS-PID of the process that started the server; leases and claims are bound to
     that process. Needs the MCP SDK: pip install 'engram-journal\\[mcp]'. (--json is

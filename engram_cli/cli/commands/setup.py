@@ -51,7 +51,28 @@ class ConfigFile:
     def same(self, one: str, other: str) -> bool:
         if not self.json:
             return one == other
-        return bool(jsonlib.loads(one or "{}") == jsonlib.loads(other or "{}"))
+        return bool(strict_json(one or "{}") == strict_json(other or "{}"))
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the standard says it, and no more: a key twice in one object (the last would
+    silently win, and a hook of the user's vanish), NaN or Infinity, or nesting past the
+    parser's depth are refused (ValueError) rather than rewritten."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                raise ValueError(f"the key {key!r:.60} appears twice in one object")
+            seen[key] = value
+        return seen
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return jsonlib.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
 
 
 def _json_edit(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[str], str]:
@@ -59,7 +80,7 @@ def _json_edit(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[
     changes, however it is laid out)."""
     def edit(text: str) -> str:
         try:
-            data = jsonlib.loads(text) if text.strip() else {}
+            data = strict_json(text) if text.strip() else {}
         except ValueError as exc:
             raise harness.ConfigProblem(f"cannot read it as JSON ({exc})") from None
         if not isinstance(data, dict):
@@ -85,7 +106,7 @@ def _json_lines(find: Callable[[dict[str, Any]], list[list[str]]]
                 ) -> Callable[[str], list[list[str]]]:
     def lines(text: str) -> list[list[str]]:
         try:
-            data = jsonlib.loads(text) if text.strip() else {}
+            data = strict_json(text) if text.strip() else {}
         except ValueError:
             return []
         return find(data) if isinstance(data, dict) else []
