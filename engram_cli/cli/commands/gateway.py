@@ -51,7 +51,7 @@ def gateway(
     ] = 4 * 1024 * 1024,
     daemon_connections: Annotated[int, typer.Option(
         "--daemon-connections", metavar="N", min=1, max=64,
-        help="Connections to engramd at most, shared by every caller and stream.")] = 4,
+        help="Connections to engramd at most, shared by every caller and stream.")] = 8,
     stream_stall: Annotated[float, typer.Option(
         "--stream-stall", metavar="SECONDS", min=0.1,
         help="A stream whose client takes nothing this long is let go (it resumes).")

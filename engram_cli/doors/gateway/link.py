@@ -48,7 +48,7 @@ from engramd.protocol import (
 R = TypeVar("R", bound=ServerMessage)
 
 CONNECT_TIMEOUT = 2.0
-CONNECTIONS = 4
+CONNECTIONS = 8
 """Daemon connections at most (``--daemon-connections``)."""
 IN_FLIGHT = 48
 """Requests at once on one connection (under the daemon's

@@ -4,14 +4,16 @@ flight finish, streams end)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import trio
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -49,9 +51,27 @@ class Settings:
     stream_stall: float = 60.0
 
 
+class _Config(Config):
+    """hypercorn's settings, its listening sockets with ``TCP_USER_TIMEOUT``: a client
+    that leaves what was sent to it unread (a full window) longer than
+    ``--stream-stall`` is cut off by the kernel. hypercorn's writes cannot be cancelled
+    (they are shielded), so this is the one bound on a write to a stalled client."""
+
+    user_timeout: float = 60.0
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        milliseconds = max(1, int(self.user_timeout * 1000))
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            with contextlib.suppress(OSError, AttributeError):  # not Linux: no bound
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
+        return sockets
+
+
 async def serve(settings: Settings, on_listening: Callable[[list[str]], None]) -> None:
     """Serve until a stop signal; *on_listening* gets the bound URLs once they are."""
-    config = Config()
+    config = _Config()
+    config.user_timeout = settings.stream_stall
     config.bind = settings.listen.binds
     config.accesslog = None
     config.loglevel = "WARNING"  # its start line repeats ours

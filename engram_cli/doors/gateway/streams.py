@@ -239,7 +239,7 @@ class _ServerSentEvents:
                 nursery.start_soon(_end_on, self.gw.stopping, nursery.cancel_scope)
                 await self._pump(send)
                 nursery.cancel_scope.cancel()
-        with contextlib.suppress(Exception):
+        with trio.move_on_after(1.0), contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _pump(self, send: Any) -> None:
