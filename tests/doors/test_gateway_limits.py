@@ -314,3 +314,45 @@ def test_a_non_pem_public_key_is_refused_at_start(env: dict[str, str], scratch: 
          "--jwt-public-key", str(not_pem)], env={**env, "ENGRAM_NO_AUTOSTART": "1"},
         capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2 and "not a PEM public key" in result.stderr
+
+
+# -- 3. streams end with their credentials -------------------------------------------
+
+def _stream_error(gw: Gateway, headers: dict[str, str], then: object = None
+                  ) -> dict[str, object]:
+    """Open an SSE stream, run *then* once it is open, and return its error event."""
+    with httpx2.Client(base_url=gw.url, timeout=WAIT) as http, \
+            http.stream("GET", "/stream-sse", params={"context": "ends", "heartbeat": "0.2"},
+                        headers=headers) as response:
+        assert response.status_code == 200
+        for event in sse_events(response.iter_lines()):
+            if event["event"] == "heartbeat" and callable(then):
+                then()
+                then = None
+            if event["event"] == "error":
+                return dict(json.loads(event["data"]))
+    raise AssertionError("the stream ended without an error event")
+
+
+def test_a_stream_ends_at_its_jwts_exp_with_an_error_event(
+        engramd: DaemonProcess, scratch: str) -> None:
+    from tests.doors.test_gateway import SECRET, _claims, _hs256
+
+    secret = Path(scratch, "secret")
+    secret.write_text(SECRET)
+    with gateway(engramd.env, "--auth", "jwt", "--jwt-secret-file", str(secret)) as gw:
+        token = _hs256(_claims(exp=int(time.time()) + 2))
+        started = time.monotonic()
+        error = _stream_error(gw, {"Authorization": f"Bearer {token}"})
+        assert error["code"] == "unauthenticated" and "expired" in str(error["message"])
+        assert 1 <= time.monotonic() - started < 5
+
+
+def test_a_stream_ends_when_its_agent_token_is_revoked(engramd: DaemonProcess) -> None:
+    token = run_cli(engramd.env, "agent", "token", "create", "watcher").stdout.strip()
+    with gateway(engramd.env, "--auth", "token") as gw:
+        def revoke() -> None:
+            assert run_cli(engramd.env, "agent", "token", "revoke", "watcher").returncode == 0
+
+        error = _stream_error(gw, {"Authorization": f"Bearer {token}"}, revoke)
+        assert error["code"] == "forbidden" and "revoked" in str(error["message"])
