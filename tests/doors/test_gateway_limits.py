@@ -356,3 +356,32 @@ def test_a_stream_ends_when_its_agent_token_is_revoked(engramd: DaemonProcess) -
 
         error = _stream_error(gw, {"Authorization": f"Bearer {token}"}, revoke)
         assert error["code"] == "forbidden" and "revoked" in str(error["message"])
+
+
+# -- 6. the seed's clients -----------------------------------------------------------
+
+def test_the_seeds_bodies_parameters_and_event_names(open_gateway: Gateway) -> None:
+    http = open_gateway.http
+    seqs = [http.post("/workunit", json={"context_id": "seed", "payload": f"p{n}"},
+                      headers=as_agent("old")).json()["units"][0]["seq"] for n in range(5)]
+    first = http.get("/workunits/seed", params={"limit": 2}).json()
+    older = http.get("/workunits/seed", params={"limit": 2,
+                                                "cursor": first["next_cursor"]}).json()
+    assert {u["seq"] for u in first["units"]} | {u["seq"] for u in older["units"]} == \
+        set(seqs[1:])  # the next page, not page 1 again
+    lease = http.post("/locks", json={"resource_path": "seed/file"}, headers=as_agent("old"))
+    assert lease.status_code == 201 and lease.json()["leases"][0]["resource"] == "seed/file"
+    wait_until(lambda: http.post("/search", json={"query": "p1", "context_id": "seed"}
+                                 ).json().get("total") == 1, "the seed's search to find it")
+    unit_id = first["units"][0]["id"]
+    related = http.post("/search/relationships", json={"target_id": unit_id})
+    assert related.status_code == 200, related.text
+    pinned = http.patch("/contexts/seed", json={"pin_units": [unit_id]})
+    assert pinned.status_code == 200 and unit_id in pinned.json()["context"]["pinned_units"]
+    assert http.post("/workunit", json={"context_id": "seed", "agent_id": "someone"}
+                     ).status_code == 400
+    with httpx2.Client(base_url=open_gateway.url, timeout=WAIT) as client, \
+            client.stream("GET", "/stream-sse", params={"context": "seed", "after": "0", "kind": "unit.created",
+                                                        "events": "seed"}) as response:
+        event = next(e for e in sse_events(response.iter_lines()) if "id" in e)
+        assert event["event"] == "workunit" and int(event["id"]) == seqs[0]
