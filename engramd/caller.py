@@ -24,6 +24,8 @@ from engramd import validate
 from engramd.protocol import PROTOCOL_VERSION, BadRequest, Hello, VersionMismatch
 
 MAX_NAME = 256
+MAX_WINDOW = 65_536
+"""The most pushes a subscription may have in flight on a connection with a window."""
 _PEERCRED = struct.Struct("3i")
 
 
@@ -69,6 +71,8 @@ def check_hello(hello: Hello) -> None:
         validate.agent_id(hello.agent_id)
     if len(hello.client_name) > MAX_NAME:
         raise BadRequest(f"client name must be at most {MAX_NAME} characters")
+    if not 0 <= hello.window <= MAX_WINDOW:
+        raise BadRequest(f"window must be 0 to {MAX_WINDOW}")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+import msgspec
 import trio
 
 from engramd.backup import make_backup, verify_backup
@@ -63,6 +64,7 @@ from engramd.protocol import (
     GetStatus,
     GetTask,
     GetUnits,
+    GrantPushes,
     ImportUnits,
     InboxPage,
     LeaseRenewed,
@@ -96,6 +98,7 @@ from engramd.protocol import (
     ServerMessage,
     Shutdown,
     ShuttingDown,
+    SpeakFor,
     Subscribe,
     Subscribed,
     TaskFound,
@@ -133,8 +136,12 @@ class Connection(Protocol):
 
     async def send(self, message: ServerMessage) -> None: ...
 
-    def follow(self, subscriber: Subscriber, hub: EventHub) -> None:
-        """Push *subscriber*'s events from *hub* on this connection, from now on."""
+    def follow(self, subscriber: Subscriber, hub: EventHub, token_id: str | None) -> None:
+        """Push *subscriber*'s events from *hub* on this connection, from now on
+        (*token_id*: the agent token it was made with, which ends it when revoked)."""
+
+    def grant(self, subscription: int, count: int) -> bool:
+        """Let *subscription* push *count* more; False when there is no such subscription."""
 
     def unfollow(self, subscription: int) -> bool:
         """Stop pushing *subscription*; False when there is no such subscription."""
@@ -169,13 +176,16 @@ class Dispatcher:
         self._ledger_writes = trio.CapacityLimiter(1)
         self._backup = trio.Lock()
 
-    async def answer(self, request: Request, caller: Caller,
+    async def answer(self, request: Request | SpeakFor, caller: Caller,
                      connection: Connection) -> ServerMessage | None:
         """The reply to *request*; None when it has been sent already (``subscribed``)."""
         started = time.perf_counter()
         reply: ServerMessage | None
         try:
             assert caller.identity is not None, "requests come after the hello"
+            if isinstance(request, SpeakFor):
+                caller, request = self._spoken(request, caller)
+            assert caller.identity is not None
             self.authenticator.check_allowed(caller.identity, request)
             self.engine.presence.saw(caller.agent_id, time.time())
             reply = await self._handle(request, caller, connection)
@@ -248,10 +258,17 @@ class Dispatcher:
                 await connection.send(Subscribed(id=request.id, subscription=request.id,
                                                  after=subscriber.cursor,
                                                  head_seq=parts.hub.head))
-                connection.follow(subscriber, parts.hub)
+                connection.follow(subscriber, parts.hub, caller.identity.token_id
+                                  if caller.identity is not None else None)
                 return None
             case Unsubscribe():
                 if not connection.unfollow(request.subscription):
+                    raise NotFound(f"no subscription {request.subscription} on this connection")
+                return Done(id=request.id)
+            case GrantPushes():
+                if request.count < 1:
+                    raise BadRequest("count must be 1 or more")
+                if not connection.grant(request.subscription, request.count):
                     raise NotFound(f"no subscription {request.subscription} on this connection")
                 return Done(id=request.id)
             case AckCursor():
@@ -340,6 +357,20 @@ class Dispatcher:
                     return await make_backup(parts, self.engine.config.data_dir,
                                              self.engine.version, request.path, request.id)
         raise AssertionError(f"no arm for {type(request).__name__}")
+
+    def _spoken(self, envelope: SpeakFor, speaker: Caller) -> tuple[Caller, Request]:
+        """The caller and the request an ``as`` envelope carries: the agent it proves,
+        on no connection of its own (its session is the request), with no process."""
+        assert speaker.identity is not None
+        identity = self.authenticator.authenticate_spoken(speaker.identity, envelope)
+        inner = envelope.request
+        if isinstance(inner, AnnounceSession) or getattr(inner, "pid", None) is not None:
+            raise BadRequest(f"{inner.__struct_config__.tag}: a request made for an agent "
+                             "('as') names no process of this machine (pid)")
+        caller = Caller(agent_id=identity.agent_id, uid=speaker.uid, pid=0,
+                        connection_id=f"{speaker.connection_id}/{envelope.id}",
+                        identity=identity)
+        return caller, msgspec.structs.replace(inner, id=envelope.id)
 
     async def _without_journal(self, request: Request) -> ServerMessage:
         engine, registry = self.engine, self.authenticator.registry

@@ -22,7 +22,15 @@ import trio
 from engramd import validate
 from engramd.agentstore import MailEntry
 from engramd.caller import Caller
-from engramd.protocol import BadRequest, NotFound, ReadInbox, SendMessage, UnitDraft, agentwork
+from engramd.protocol import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    ReadInbox,
+    SendMessage,
+    UnitDraft,
+    agentwork,
+)
 from engramd.protocol.model import Relationship, Unit, UnitCreated
 from engramd.queries import unit_header
 from engramd.storage import Store
@@ -128,7 +136,7 @@ class Mailbox:
         message = self._message(message_id)
         to = agentwork.recipients(message.meta)
         if caller.agent_id not in to and agentwork.BROADCAST not in to:
-            raise BadRequest(f"message {message.id} is not addressed to {caller.agent_id}")
+            raise Forbidden(f"message {message.id} is not addressed to {caller.agent_id}")
         meta = {agentwork.ACK_OF: message.id}
         if agentwork.THREAD in message.meta:
             meta[agentwork.THREAD] = message.meta[agentwork.THREAD]

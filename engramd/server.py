@@ -29,7 +29,7 @@ import math
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -52,10 +52,12 @@ from engramd.protocol import (
     CLOSED,
     NEED_DATA,
     PROTOCOL_VERSION,
+    Ended,
     EngramError,
     ErrorCode,
     ErrorReply,
     EventPush,
+    Forbidden,
     FrameTooLarge,
     Hello,
     InvalidMessage,
@@ -63,6 +65,7 @@ from engramd.protocol import (
     Request,
     ServerConnection,
     ServerMessage,
+    SpeakFor,
     Welcome,
     encode_frame,
 )
@@ -83,6 +86,27 @@ _RECEIVE_SIZE = 256 * 1024
 _GOODBYE_TIMEOUT = 1.0
 
 _push_encoder = msgspec.msgpack.Encoder()
+MAX_RATE_BUCKETS = 4_096
+"""Agents a connection that speaks for many keeps a request rate for (then it starts over)."""
+
+
+class _Credit:
+    """How many more pushes a subscription of a connection with a window may send."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.left = window
+        self._more = trio.Event()
+
+    async def take(self) -> None:
+        while self.left <= 0:
+            self._more = trio.Event()
+            await self._more.wait()
+        self.left -= 1
+
+    def grant(self, count: int) -> None:
+        self.left = min(self.window, self.left + count)
+        self._more.set()
 
 
 def encode_event_push(subscription: int, event: bytes) -> bytes:
@@ -104,6 +128,10 @@ class Session:
     on_unread: Callable[[], None] = lambda: None
     """Called when the peer is cut off for leaving a frame unread."""
     rate: TokenBucket | None = None
+    rates: dict[str, TokenBucket] = field(default_factory=dict)
+    """A connection that speaks for many (``as``): a request rate per agent."""
+    window: int = 0
+    """The hello's window: each subscription pushes at most this far ahead of grants."""
     reader_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
     caller: Caller | None = None
@@ -111,6 +139,9 @@ class Session:
     streams: trio.Nursery | None = None
     """Where this connection's subscriptions run; cancelled when the connection ends."""
     _following: dict[int, trio.CancelScope] = field(default_factory=dict)
+    _credits: dict[int, _Credit] = field(default_factory=dict)
+    _tokens: dict[int, str] = field(default_factory=dict)
+    """Subscription -> the agent token it was made with."""
     peer_closed: bool = False
     """The client hung up (as opposed to the daemon stopping or dropping it)."""
 
@@ -171,24 +202,54 @@ class Session:
     def subscriptions(self) -> int:
         return len(self._following)
 
-    def follow(self, subscriber: Subscriber, hub: EventHub) -> None:
+    def follow(self, subscriber: Subscriber, hub: EventHub, token_id: str | None = None
+               ) -> None:
         assert self.streams is not None
         scope = trio.CancelScope()
         self._following[subscriber.id] = scope
-        self.streams.start_soon(self._push_events, subscriber, hub, scope)
+        if token_id is not None:
+            self._tokens[subscriber.id] = token_id
+        push = self.push
+        if self.window:
+            credit = self._credits[subscriber.id] = _Credit(self.window)
+
+            async def push(body: bytes) -> None:
+                # Waiting here, a live subscriber's buffer fills and the hub sends it
+                # back to the stored log: it then reads at the pace of the grants.
+                await credit.take()
+                await self.push(body)
+
+        self.streams.start_soon(self._push_events, subscriber, hub, scope, push)
 
     def unfollow(self, subscription: int) -> bool:
         scope = self._following.pop(subscription, None)
+        self._credits.pop(subscription, None)
+        self._tokens.pop(subscription, None)
         if scope is None:
             return False
         scope.cancel()
         return True
 
+    def grant(self, subscription: int, count: int) -> bool:
+        credit = self._credits.get(subscription)
+        if credit is None:
+            return subscription in self._following  # no window: nothing to grant
+        credit.grant(count)
+        return True
+
+    def end_revoked(self, token_ids: set[str]) -> list[int]:
+        """End the subscriptions made with these (revoked) tokens; their ids."""
+        ended = [sub for sub, token in self._tokens.items() if token in token_ids]
+        for subscription in ended:
+            self.unfollow(subscription)
+        return ended
+
     async def _push_events(self, subscriber: Subscriber, hub: EventHub,
-                           scope: trio.CancelScope) -> None:
+                           scope: trio.CancelScope,
+                           push: Callable[[bytes], Awaitable[None]]) -> None:
         with scope:
             try:
-                await hub.serve(subscriber, self.push, encode_event_push)
+                await hub.serve(subscriber, push, encode_event_push)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 # Gone, or cut off by _write: end the whole connection.
                 self._end()
@@ -202,6 +263,8 @@ class Session:
                     await self.send(ErrorReply(id=None, code=exc.code, message=str(exc)))
                 self._end()
         self._following.pop(subscriber.id, None)
+        self._credits.pop(subscriber.id, None)
+        self._tokens.pop(subscriber.id, None)
 
     def _end(self) -> None:
         self.reader_scope.cancel()
@@ -243,12 +306,21 @@ class Server:
         return self._requests_in_flight
 
     async def close_connections_of(self, token_ids: set[str]) -> None:
-        """Close at once the connections that presented one of these (revoked) tokens."""
+        """Close at once the connections that presented one of these (revoked) tokens,
+        and end the subscriptions made with them on connections that speak for many
+        (``as``), telling each why (``ended``)."""
         for other in list(self._sessions):
             identity = other.caller.identity if other.caller else None
             if identity is not None and identity.token_id in token_ids:
                 other.reader_scope.cancel()
                 await trio.aclose_forcefully(other.stream)
+                continue
+            for subscription in other.end_revoked(token_ids):
+                with trio.move_on_after(_GOODBYE_TIMEOUT), contextlib.suppress(
+                        trio.BrokenResourceError, trio.ClosedResourceError):
+                    await other.send(Ended(subscription=subscription,
+                                           code=Forbidden.code,
+                                           message="the token was revoked"))
 
     async def serve(
         self,
@@ -425,8 +497,9 @@ class Server:
                 if not await self._welcome(session, event):
                     return
                 continue
-            if session.rate is not None:
-                wait = session.rate.take(trio.current_time())
+            rate = self._bucket(session, event)
+            if rate is not None:
+                wait = rate.take(trio.current_time())
                 if wait:
                     self.metrics.count('errors_total{code="rate_limited"}')
                     await session.send(ErrorReply(
@@ -437,6 +510,20 @@ class Server:
             await inflight.acquire()
             self._requests_in_flight += 1
             requests.start_soon(self._run_request, session, inflight, event)
+
+    def _bucket(self, session: Session, request: Request | SpeakFor) -> TokenBucket | None:
+        """The request rate *request* counts against: its connection's, or for a request
+        made for an agent (``as``), that agent's on this connection."""
+        if session.rate is None or not isinstance(request, SpeakFor):
+            return session.rate
+        key = request.agent_id or (request.token or "")[:24]
+        bucket = session.rates.get(key)
+        if bucket is None:
+            if len(session.rates) >= MAX_RATE_BUCKETS:
+                session.rates.clear()
+            bucket = session.rates[key] = TokenBucket(
+                self.config.rate_per_second, self.config.rate_burst, trio.current_time())
+        return bucket
 
     async def _receive(self, session: Session) -> None:
         """Read more bytes; a peer that stops in the middle of a frame is dropped."""
@@ -477,6 +564,7 @@ class Server:
             connection_id=connection_id(session.number, self.engine.instance_id),
             connection=session, push=session.push, identity=identity)
         session.reader_scope.deadline = float("inf")
+        session.window = hello.window
         await session.send(Welcome(id=hello.id, protocol_version=PROTOCOL_VERSION,
                                    daemon_version=self.engine.version, pid=os.getpid(),
                                    instance_id=self.engine.instance_id,
@@ -488,7 +576,7 @@ class Server:
         return True
 
     async def _run_request(self, session: Session, inflight: trio.Semaphore,
-                           request: Request) -> None:
+                           request: Request | SpeakFor) -> None:
         assert session.caller is not None
         try:
             reply = await self.dispatcher.answer(request, session.caller, session)

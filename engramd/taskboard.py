@@ -208,9 +208,12 @@ class TaskBoard:
                 raise LockHeld(self._why_taken(task))
             # The first task that can be taken is the one: the walk ends here, before
             # anything awaits, so the queue it walks has not changed under it.
+            # A claim made for an agent over a gateway ('as') has no connection of its
+            # own to be bound to: it lives by its ttl, done or release.
             (lease,) = await self.leases.acquire(AcquireLock(
                 resources=[resource], ttl=ttl, wait=0, pid=request.pid,
-                bind_connection=request.pid is None), caller)
+                bind_connection=request.pid is None and caller.connection is not None),
+                caller)
             try:
                 await self._write_state(task, "claimed", lease, caller)
             except BaseException:

@@ -47,6 +47,7 @@ from engramd.protocol import (
     Reindex,
     RevokeTokens,
     Shutdown,
+    SpeakFor,
     TokenInfo,
     Verify,
     VerifyBackup,
@@ -57,6 +58,8 @@ log = logging.getLogger("engramd.tokens")
 AGENT_TOKEN_PREFIX = "egt_"
 ADMIN_TOKEN_PREFIX = "ega_"
 TOKENS_FILE = "tokens.json"
+CREDENTIALS_REFUSED = "credentials refused"
+"""How the refusal of an ``as`` request's credentials begins (a gateway answers it 401)."""
 
 
 class StoredToken(msgspec.Struct, frozen=True, kw_only=True):
@@ -213,3 +216,34 @@ class Authenticator:
                             f"{hello.agent_id} (set ENGRAM_AGENT={stored.agent})")
         return Identity(stored.agent, token_id=stored.id)
 
+
+    def authenticate_spoken(self, speaker: Identity, request: SpeakFor) -> Identity:
+        """The identity a request made for an agent (``as``) proves, as a hello's would;
+        *speaker* is the connection's own, which must hold the admin token.
+
+        Raises :class:`Forbidden` when it proves none, :class:`BadRequest` for a
+        malformed agent name.
+        """
+        if not speaker.admin:
+            raise Forbidden("only a connection holding the admin token may speak for an "
+                            "agent ('as')")
+        if request.agent_id or request.token is None or request.delegated:
+            validate.agent_id(request.agent_id)
+        token = request.token
+        if token is None:
+            if request.delegated:
+                return Identity(request.agent_id, delegated=True)
+            if self.require_tokens:
+                raise Forbidden(f"{CREDENTIALS_REFUSED}: this daemon requires an agent "
+                                "token (auth.require_tokens)")
+            return Identity(request.agent_id)
+        if hmac.compare_digest(token.encode(), self._admin_token.encode()):
+            return Identity(request.agent_id, admin=not request.delegated,
+                            delegated=request.delegated)
+        stored = self.registry.verify(token)
+        if stored is None:
+            raise Forbidden(f"{CREDENTIALS_REFUSED}: unknown or revoked token")
+        if request.agent_id and stored.agent != request.agent_id:
+            raise Forbidden(f"{CREDENTIALS_REFUSED}: this token belongs to agent "
+                            f"{stored.agent}, not {request.agent_id}")
+        return Identity(stored.agent, token_id=stored.id)

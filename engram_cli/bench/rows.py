@@ -38,6 +38,7 @@ WORKLOADS: dict[str, Workload] = {
     "floor.flock": floors.bench_floor_flock,
     "stream.fanout10": stream.bench_stream_fanout10,
     "http.write": gateway.bench_http_write,
+    "http.identities300": gateway.bench_http_identities300,
     "sse.fanout10": gateway.bench_sse_fanout10,
     "search.query": search.bench_search_query,
     "vector.backfill": search.bench_vector_backfill,
@@ -142,6 +143,8 @@ GOALS: dict[str, Goal] = {
     "import.5agents": Goal(("import.1agent",), _import_agents),
     "http.write": Goal(("write.single",), lambda r, f: (
         f"(write.single {f['write.single'].p50_ms:.3f})", None)),
+    "http.identities300": Goal(("http.write",), lambda r, f: (
+        f"(http.write {f['http.write'].p50_ms:.3f})", None)),
     "vector.backfill": Goal((), lambda r, f: (
         "units/s >= 10,000", r.throughput >= 10_000)),
     "search.hybrid": Goal((), lambda r, f: ("p50 <= 50", r.p50_ms <= 50.0)),

@@ -84,6 +84,9 @@ class Target(msgspec.Struct, kw_only=True):
     admin: bool
     env: Mapping[str, str]
     delegated: bool = False
+    window: int = 0
+    """Each subscription pushes at most this many messages ahead of the grants
+    (``subscription.grant``); 0: no window (see ``Hello.window``)."""
 
     @classmethod
     def resolve(cls, socket_path: str | None = None, *, agent_id: str | None = None,
@@ -110,7 +113,7 @@ class Target(msgspec.Struct, kw_only=True):
             with contextlib.suppress(OSError):
                 token = read_admin_token(self.socket_path)
         return ClientConnection(client_name=self.client_name, agent_id=self.agent_id,
-                                token=token, delegated=self.delegated)
+                                token=token, delegated=self.delegated, window=self.window)
 
     def unreachable(self, exc: OSError) -> Unavailable:
         """The error for a socket that nothing answers on (and that we may not start)."""

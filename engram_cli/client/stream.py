@@ -18,7 +18,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from engram_cli.client.errors import ClientTimeout, Unavailable
-from engramd.protocol import Event, EventPush, Heartbeat, Lagged, Push, Subscribe, Subscribed
+from engramd.protocol import (
+    Ended,
+    Event,
+    EventPush,
+    Heartbeat,
+    Lagged,
+    Push,
+    Subscribe,
+    Subscribed,
+    error_for,
+)
 
 P = TypeVar("P", bound="Position")
 
@@ -57,6 +67,8 @@ class Position:
             self.head_seq = push.head_seq
             self.cursor = max(self.cursor, push.cursor)
             return push
+        if isinstance(push, Ended):
+            raise error_for(push.code, push.message)
         assert isinstance(push, Lagged)
         raise LaggedBehind(push.cursor)
 

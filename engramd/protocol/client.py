@@ -13,6 +13,7 @@ blocking client and the trio client are thin loops around this object.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Any, TypeVar, get_args
 
 import msgspec
@@ -109,13 +110,17 @@ class ClientConnection:
 
     def __init__(
         self, *, client_name: str, agent_id: str, token: str | None = None,
-        delegated: bool = False, max_frame: int = DEFAULT_MAX_FRAME,
+        delegated: bool = False, max_frame: int = DEFAULT_MAX_FRAME, window: int = 0,
     ) -> None:
         self._frames = FrameDecoder(max_frame)
         self.client_name = client_name
         self.agent_id = agent_id
         self.token = token
         self.delegated = delegated
+        self.window = window
+        self.route: Callable[[Push], bool] | None = None
+        """Takes each push as it is collected, when set; a push it declines (False) is
+        filed under its subscription as usual."""
         self.state = State.HANDSHAKE
         self.welcome: Welcome | None = None
         self.ended: EngramError | None = None
@@ -158,6 +163,7 @@ class ClientConnection:
                 agent_id=self.agent_id,
                 token=self.token,
                 delegated=self.delegated,
+                window=self.window,
             )
         )
 
@@ -232,6 +238,8 @@ class ClientConnection:
                     return
                 case _Sentinel.CLOSED:
                     self.ended = Unavailable("engramd closed the connection")
+                case Push() if self.route is not None and self.route(message):
+                    pass
                 case Push():
                     self._pushes.setdefault(message.subscription,
                                             collections.deque()).append(message)

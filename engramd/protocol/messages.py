@@ -330,6 +330,14 @@ class Lagged(Push, tag="lagged"):
     head_seq: int
 
 
+class Ended(Push, tag="ended"):
+    """The daemon ended the subscription for good, and says why (an error code and its
+    message): the token it was made with was revoked. Not to be resumed as it was."""
+
+    code: str
+    message: str
+
+
 class Waiter(msgspec.Struct, frozen=True, kw_only=True):
     agent: str
     position: int
@@ -569,6 +577,10 @@ class Hello(ClientMessage[Welcome], tag="hello", omit_defaults=True):
     delegated: bool = False
     """With the admin token: act as ``agent_id`` with that agent's rights only, not
     the admin's (a gateway speaking for a caller it has authenticated)."""
+    window: int = 0
+    """Each subscription of this connection pushes at most this many messages (events,
+    heartbeats) ahead of what the client has granted back (``subscription.grant``), so a
+    client that multiplexes many readers can hold each to its own pace; 0: no window."""
 
 
 class Ping(ClientMessage[Pong], tag="ping"):
@@ -735,6 +747,14 @@ class Subscribe(ClientMessage[Subscribed], tag="subscribe"):
 
 class Unsubscribe(ClientMessage[Done], tag="unsubscribe"):
     subscription: int
+
+
+class GrantPushes(ClientMessage[Done], tag="subscription.grant"):
+    """Let *subscription* push *count* more messages (a connection with a ``window``);
+    the credit never exceeds the window."""
+
+    subscription: int
+    count: int
 
 
 class AckCursor(ClientMessage[Done], tag="cursor.ack"):
@@ -1150,9 +1170,27 @@ Request = (
     | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
     | GetCluster
-    | AcknowledgeCuts | MakeBackup | VerifyBackup | Verify
+    | AcknowledgeCuts | MakeBackup | VerifyBackup | Verify | GrantPushes
 )
 """Requests allowed after the handshake."""
+
+
+class SpeakFor(ClientMessage[Reply], tag="as", kw_only=True):
+    """*request* made for an agent by a connection that speaks for many (a gateway):
+    only a connection holding the admin token (not delegated) may send it.
+
+    Who the agent is, is proved as in a hello: ``token`` (an agent token, checked
+    here: its agent), or ``agent_id`` with ``delegated`` (the sender vouches for it
+    and it gets that agent's rights), or ``agent_id`` alone (as a hello without a
+    token: refused under ``auth.require_tokens``). The request is its own session
+    (``connection_id/id``): what it takes (a lease, a claim) is bound to no
+    connection and lives by its ttl. Its answer is *request*'s, with this id.
+    """
+
+    agent_id: str = ""
+    token: str | None = None
+    delegated: bool = False
+    request: Request
 
 AnyClientMessage = (
     Hello | Ping | GetStatus | Shutdown | CreateUnits | ImportUnits | GetUnits | ListUnits
@@ -1162,7 +1200,7 @@ AnyClientMessage = (
     | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
     | GetCluster
-    | AcknowledgeCuts | MakeBackup | VerifyBackup | Verify
+    | AcknowledgeCuts | MakeBackup | VerifyBackup | Verify | GrantPushes | SpeakFor
 )
 
 
@@ -1172,7 +1210,7 @@ AnyServerMessage = (
     | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LeaseLost
     | SearchResults | TokenCreated | TokenPage | TokensRevoked | DaemonStats | UnitIdsResolved
     | InboxPage | UnreadCount | TaskFound | TaskPage | AgentPage | Brief | ClusterReport
-    | CutsAcknowledged | BackupMade | BackupChecked | VerifyReport
+    | CutsAcknowledged | BackupMade | BackupChecked | VerifyReport | Ended
 )
 
 
@@ -1192,16 +1230,18 @@ __all__ = [
     "BackupInfo", "BackupMade", "BreakLock", "Brief", "ClaimTask", "ClientMessage",
     "ClusterMachine", "ClusterPeer", "ClusterReport", "ClusterStatus", "ContextFound",
     "ContextPage", "CountUnread", "CreateContext", "CreateToken", "CreateUnits", "cuts_notice",
-    "CutsAcknowledged", "DaemonStats", "DaemonStatus", "Done", "ErrorReply", "EventPush",
-    "Fence", "FinishTask", "GetBrief", "GetCluster", "GetContext", "GetLock", "GetStats",
-    "GetStatus", "GetTask", "GetUnits", "Heartbeat", "Hello", "HistogramData", "ImportUnits",
+    "CutsAcknowledged", "DaemonStats", "DaemonStatus", "Done", "Ended", "ErrorReply",
+    "EventPush", "Fence", "FinishTask", "GetBrief", "GetCluster", "GetContext", "GetLock",
+    "GetStats", "GetStatus", "GetTask", "GetUnits", "GrantPushes", "Heartbeat", "Hello",
+    "HistogramData", "ImportUnits",
     "InboxPage", "JournalStatus", "Lagged", "LeaseLost", "LeaseRenewed", "Limits",
     "ListAgents", "ListContexts", "ListLocks", "ListTasks", "ListTokens", "ListUnits",
     "LockFound", "LockPage", "LocksGranted", "LockState", "MakeBackup", "Notice", "Ping",
     "Pong", "PROTOCOL_VERSION", "Push", "ReadInbox", "Reindex", "RelatedEdge", "RelatedFound",
     "RelatedUnits", "ReleaseLock", "ReleaseTask", "RenewLock", "Reply", "reply_type", "ReplyT",
     "Request", "ResolveUnitIds", "RevokeTokens", "Search", "SearchHit", "SearchResults",
-    "SendMessage", "ServerMessage", "SessionInfo", "Shutdown", "ShuttingDown", "SpooledUnit",
+    "SendMessage", "ServerMessage", "SessionInfo", "Shutdown", "ShuttingDown", "SpeakFor",
+    "SpooledUnit",
     "StoreDamage", "StreamStatus", "Subscribe", "Subscribed", "TaskFound", "TaskPage",
     "TokenCreated", "TokenInfo", "TokenPage", "TokensRevoked", "UnitDraft", "UnitIdsResolved",
     "UnitOrigin", "UnitPage", "UnitsCreated", "UnitsFound", "UnreadCount", "Unsubscribe",

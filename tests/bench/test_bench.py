@@ -131,11 +131,13 @@ def test_the_gateway_and_semantic_rows_run(env: dict[str, str]) -> None:
     pytest.importorskip("hypercorn")
     pytest.importorskip("wordllama")
     result = run_cli(env, "bench", "--only", "http.write", "--only", "sse.fanout10",
-                     "--only", "vector.backfill", "--only", "search.hybrid", "--scale", "0.01",
-                     "--json", timeout=300)
+                     "--only", "http.identities300", "--only", "vector.backfill",
+                     "--only", "search.hybrid", "--scale", "0.01", "--json", timeout=300)
     assert result.returncode == 0, result.stderr
     rows = {r["name"]: r for r in map(json.loads, result.stdout.splitlines())}
     assert rows["http.write"]["ops"] == 30 and "(write.single" in rows["http.write"]["target"]
     assert rows["sse.fanout10"]["ops"] == 200  # 20 writes, 10 SSE clients
+    assert rows["http.identities300"]["ops"] == 30
+    assert "gateway cpu ms/req" in rows["http.identities300"]["note"]
     assert rows["vector.backfill"]["ops"] == 1000 and "units/s" in rows["vector.backfill"]["note"]
     assert rows["search.hybrid"]["ops"] == 5 and "RSS" in rows["search.hybrid"]["note"]

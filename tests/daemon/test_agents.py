@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from engram_cli.client.asynchronous import open_client
-from engram_cli.client.errors import BadRequest, Conflict, LockHeld, NotFound
+from engram_cli.client.errors import BadRequest, Conflict, Forbidden, LockHeld, NotFound
 from engramd.config import DaemonConfig
 from engramd.server import Server
 from tests.conftest import WAIT, ThreadedDaemon, connect, start_threaded, wait_until
@@ -115,7 +115,7 @@ def test_an_ack_required_message_stays_pending_until_acknowledged(
         assert bob.unread().pending_acks == 1
         bob.inbox()
         assert [unit.id for unit in bob.inbox(pending=True).messages] == [message.id]
-        with pytest.raises(BadRequest, match="not addressed to alice"):
+        with pytest.raises(Forbidden, match="not addressed to alice"):
             alice.ack_message(message.id)
         ack = bob.ack_message(message.id)
         assert bob.ack_message(message.id).id == ack.id  # once

@@ -330,14 +330,16 @@ class Collected:
 
 
 def sse_events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
-    """The events of an SSE stream's lines (a minimal SSE parser: one value per field)."""
+    """The events of an SSE stream's lines (a minimal SSE parser: one value per field;
+    a block that only sets ``retry`` is no event)."""
     event: dict[str, str] = {}
     for line in lines:
         if line:
             key, _, value = line.partition(":")
             event[key] = value.removeprefix(" ")
         elif event:
-            yield event
+            if set(event) != {"retry"}:
+                yield event
             event = {}
 
 

@@ -49,12 +49,19 @@ def gateway(
     max_body: Annotated[int, typer.Option(
         "--max-body", metavar="BYTES", min=1, help="The largest request body.")
     ] = 4 * 1024 * 1024,
+    daemon_connections: Annotated[int, typer.Option(
+        "--daemon-connections", metavar="N", min=1, max=64,
+        help="Connections to engramd at most, shared by every caller and stream.")] = 8,
+    stream_stall: Annotated[float, typer.Option(
+        "--stream-stall", metavar="SECONDS", min=0.1,
+        help="A stream whose client takes nothing this long is let go (it resumes).")
+    ] = 60.0,
     json: JsonOption = False,
 ) -> None:
     """Serve engram over HTTP, Server-Sent Events and WebSocket, as a client of engramd.
 
     The daemon checks every request as the caller's agent: the gateway passes each
-    caller's identity in the handshake of the connection its requests use. Endpoints:
+    caller's identity with each request, on a few connections it shares. Endpoints:
     SPECS.md §6.3 and GET /openapi.json. Stops on SIGINT/SIGTERM. Needs the extra:
     pip install 'engram-journal\\[http]'. With --json, prints {"listening": [URL, ...]}
     when ready.
@@ -101,7 +108,7 @@ def gateway(
         origins=policy.Origins(hosts=frozenset(h.lower() for h in allow_hosts or ()),
                                cors=frozenset(o.lower().rstrip("/")
                                               for o in cors_origins or ())),
-        max_body=max_body)
+        max_body=max_body, daemon_connections=daemon_connections, stream_stall=stream_stall)
 
     def listening(urls: list[str]) -> None:
         if out.json:

@@ -2,14 +2,15 @@
 
 The gateway is a client of engramd like any other (the trio client library on
 the daemon's socket); the daemon stays socket-only. Each HTTP caller's identity
-goes to the daemon in the handshake of the connection its requests travel on,
-so that the daemon, not the gateway, checks rights and attributes writes.
+goes to the daemon with each request (``as``), on a few connections the gateway
+shares, so that the daemon, not the gateway, checks rights and attributes writes.
 
 * :mod:`.policy`: pure rules: the listen address, ``Host``/``Origin`` checks,
   error codes to HTTP statuses.
 * :mod:`.auth`: who an HTTP request is (an engram agent token, a JWT, or
   ``X-Agent-ID`` when authentication is off).
-* :mod:`.link`: the connections to engramd, one shared per identity.
+* :mod:`.link`: the few connections to engramd, shared by every caller and
+  stream (streams held to a window each).
 * :mod:`.forms`: the JSON bodies that are not protocol messages as they stand.
 * :mod:`.state`: what every endpoint shares (:class:`~.state.Gateway`).
 * :mod:`.routes`, :mod:`.streams`: the endpoints; :mod:`.openapi` describes them.

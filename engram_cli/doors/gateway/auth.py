@@ -24,7 +24,7 @@ from typing import Any
 import jwt
 
 from engram_cli.doors.gateway.policy import UNAUTHENTICATED
-from engramd.protocol import EngramError
+from engramd.protocol import BadRequest, EngramError
 
 AGENT_TOKEN_PREFIX = "egt_"
 MODES = ("none", "token", "jwt")
@@ -45,6 +45,9 @@ class Credentials:
     token: str | None = None
     delegated: bool = False
     """Speak for ``agent_id`` with the admin token (a JWT the gateway validated)."""
+    expires: float | None = None
+    """When the credentials end (a JWT's ``exp``, seconds since the epoch): streams
+    opened with them end then."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class JwtVerifier:
                                  "32 bytes")
             self._keys[None] = (secret, ["HS256"])
         elif settings.public_key_file:
-            self._keys[None] = (_read(settings.public_key_file), ["RS256", "ES256"])
+            self._keys[None] = _public_key(settings.public_key_file)
         else:
             assert settings.jwks_file is not None
             try:
@@ -94,6 +97,10 @@ class JwtVerifier:
 
     def agent(self, token: str) -> str:
         """The agent *token* proves; raises :class:`Unauthenticated` with the reason."""
+        return self.claims(token)[0]
+
+    def claims(self, token: str) -> tuple[str, float]:
+        """The agent *token* proves and its expiry; raises :class:`Unauthenticated`."""
         try:
             header = jwt.get_unverified_header(token)
             key, algorithms = self._key_for(header.get("kid"))
@@ -103,13 +110,22 @@ class JwtVerifier:
                 options={"require": ["exp"], "verify_aud": self.settings.audience is not None})
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("the token has expired") from None
+        except jwt.InvalidAlgorithmError:
+            raise Unauthenticated("invalid token: signed with an algorithm this gateway's "
+                                  "key is not for") from None
         except jwt.PyJWTError as exc:
-            raise Unauthenticated(f"invalid token: {exc}") from None
+            raise Unauthenticated(f"invalid token: {_reason(exc)}") from None
+        except (ValueError, TypeError):  # a key of another kind than the token's
+            raise Unauthenticated("invalid token: it does not match this gateway's key") \
+                from None
         agent = claims.get(self.settings.agent_claim)
         if not isinstance(agent, str) or not agent:
             raise Unauthenticated(f"the token has no {self.settings.agent_claim!r} claim "
                                   "naming the agent")
-        return agent
+        if not _printable(agent):
+            raise Unauthenticated(f"the token's {self.settings.agent_claim!r} claim is not "
+                                  "an agent name (control characters)")
+        return agent, float(claims["exp"])
 
     def _key_for(self, kid: object) -> tuple[Any, list[str]]:
         if None in self._keys:
@@ -118,6 +134,32 @@ class JwtVerifier:
         if found is None:
             raise jwt.InvalidKeyError("no key with that kid")
         return found
+
+
+def _public_key(path: str) -> tuple[Any, list[str]]:
+    """A PEM public key and the one algorithm it verifies; ValueError naming the file."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(_read(path))
+    except ValueError:
+        raise ValueError(f"{path}: not a PEM public key") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return key, ["RS256"]
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key, ["ES256"]
+    raise ValueError(f"{path}: an RSA or EC (P-256) public key is needed")
+
+
+def _reason(exc: Exception) -> str:
+    """PyJWT's reason, without what it sometimes leaves unrendered (a generator)."""
+    text = str(exc)
+    return "bad signature or key" if "<generator object" in text or not text else text
+
+
+def _printable(name: str) -> bool:
+    return name.isprintable() and name.strip() == name
 
 
 def _read(path: str) -> bytes:
@@ -141,7 +183,11 @@ class Authenticator:
             if self.jwt is None:
                 raise Unauthenticated("not an engram agent token (egt_…); this gateway "
                                       "does not take JWTs")
-            return Credentials(agent_id=self.jwt.agent(bearer), delegated=True)
+            agent, expires = self.jwt.claims(bearer)
+            return Credentials(agent_id=agent, delegated=True, expires=expires)
         if self.mode != "none":
             raise Unauthenticated("authentication required: Authorization: Bearer TOKEN")
-        return Credentials(agent_id=headers.get("x-agent-id") or self.default_agent)
+        agent = headers.get("x-agent-id") or self.default_agent
+        if not _printable(agent):
+            raise BadRequest("X-Agent-ID must be an agent name (no control characters)")
+        return Credentials(agent_id=agent)

@@ -82,14 +82,19 @@ class MessageForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class LockForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Leases to take together (``POST /locks``); ``wait`` seconds in line (0: once)."""
+    """Leases to take together (``POST /locks``); ``wait`` seconds in line (0: once);
+    ``resource_path``: the seed's name for one resource."""
 
-    resources: list[str] | str
+    resources: list[str] | str | None = None
     ttl: float | None = None
     wait: float = 0.0
+    resource_path: str | None = None
 
     def request(self) -> AcquireLock:
-        resources = [self.resources] if isinstance(self.resources, str) else self.resources
+        if (self.resources is None) == (self.resource_path is None):
+            raise BadRequest("give resources (or the seed's resource_path), one of them")
+        given = self.resources if self.resources is not None else self.resource_path
+        resources = [given] if isinstance(given, str) else list(given or [])
         return AcquireLock(resources=resources, ttl=self.ttl, wait=self.wait)
 
 
@@ -116,18 +121,37 @@ def decode(body: bytes, kind: type[T]) -> T:
         return msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request body: {exc}") from None
+    except RecursionError:
+        raise BadRequest("request body: nested too deep") from None
 
 
 M = TypeVar("M", bound="ClientMessage[Any]")  # a string: generic to the type checker only
 
 
+SEED_ALIASES: dict[str, dict[str, tuple[str, bool]]] = {
+    "search": {"context_id": ("contexts", True), "agent_id": ("agents", True)},
+    "unit.related": {"target_id": ("unit_id", False)},
+    "context.update": {"pin_units": ("pin", False), "unpin_units": ("unpin", False)},
+}
+"""Engram v3's names for a request's fields: (engram's name, whether a single value
+becomes a list of one). Given both, the request is refused."""
+
+
 def decode_request(body: bytes, kind: type[M], **fields: Any) -> M:
-    """A protocol request from its JSON fields, *fields* (from the path) on top.
+    """A protocol request from its JSON fields, *fields* (from the path) on top, the
+    seed's names for fields (:data:`SEED_ALIASES`) taken as engram's.
 
     The request id is the gateway's to number, whatever the body says.
     """
-    if fields:
+    aliases = SEED_ALIASES.get(str(kind.__struct_config__.tag), {})
+    if fields or aliases:
         data = decode(body, dict[str, Any])
+        for seed, (name, listed) in aliases.items():
+            if seed in data:
+                if name in data:
+                    raise BadRequest(f"give {name} or {seed}, not both")
+                value = data.pop(seed)
+                data[name] = [value] if listed and isinstance(value, str) else value
         body = msgspec.json.encode({**data, **fields})
     request = decode(body, kind)
     return msgspec.structs.replace(request, id=0)

@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 from engram_cli.doors.gateway.policy import Origins
 from engram_cli.doors.gateway.replies import error_response
-from engramd.protocol import Forbidden
+from engramd.protocol import Forbidden, InternalError
+
+log = logging.getLogger("engram.gateway")
 
 Scope = dict[str, Any]
 Receive = Any
@@ -69,7 +74,7 @@ class Guard:
             return
         status = 0
 
-        async def counted(message: dict[str, Any]) -> None:
+        async def counted(message: MutableMapping[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -77,6 +82,16 @@ class Guard:
 
         try:
             await self.app(scope, receive, counted)
+        except Exception:
+            # A bug: logged once with its traceback, answered (if nothing was sent yet)
+            # in the one JSON shape, and counted as the 500 it is.
+            log.exception("internal error on %s %s", scope.get("method", "WS"),
+                          scope.get("path", "")[:200])
+            if not status and scope["type"] == "http":
+                with contextlib.suppress(Exception):
+                    await error_response(InternalError(
+                        "internal error in the gateway; see its log"))(scope, receive, counted)
+            status = status or 500
         finally:
             route = scope.get("route")
             self.tally.count(scope.get("method", "WS"),

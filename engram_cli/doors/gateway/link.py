@@ -1,100 +1,271 @@
-"""The gateway's connections to engramd.
+"""The gateway's connections to engramd: a few, shared by every caller and stream.
 
-Requests of one identity share one connection (the trio client pipelines them),
-so a caller's requests cost no handshake each. What belongs to a session of its
-own gets a connection of its own, closed when its request ends: a lease or a
-claim (two HTTP callers of one agent must wait for each other, as two scripts
-do) and each live stream (a slow reader holds up only its own connection).
+Every request travels on one of at most ``connections`` connections (default 4)
+that hold the daemon's admin token and speak for each caller (``as``, SPECS §2.10):
+per request, the daemon checks the caller's agent token, or takes the agent the
+gateway vouches for (a JWT it validated) with that agent's rights only. So the
+gateway's use of the daemon is bounded whatever the number of identities or
+streams, and what a request takes (a lease, a claim) is a session of its own,
+bound to no connection: it lives by its ttl, renewals, done or release.
+
+Streams are subscriptions on the same connections, each held to a window
+(``Hello.window``): the daemon pushes a subscription no further ahead than the
+gateway grants back as its HTTP client takes the events. The connection's reader
+files each push under its stream and never waits for one, so a slow reader holds
+up only itself, and is served from the stored log at its own pace.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar, cast
 
 import trio
 
-from engram_cli.client.asynchronous import AsyncClient, connect_to
+from engram_cli.client.asynchronous import AsyncClient
+from engram_cli.client.errors import ClientTimeout
 from engram_cli.client.settings import Target
 from engram_cli.doors.gateway.auth import Credentials, Unauthenticated
-from engramd.protocol import ClientMessage, Forbidden, ServerMessage
+from engramd.protocol import (
+    ClientMessage,
+    EngramError,
+    Forbidden,
+    GrantPushes,
+    Push,
+    ServerMessage,
+    SpeakFor,
+    Subscribe,
+    Subscribed,
+    TooLarge,
+    Unavailable,
+    Unsubscribe,
+    reply_type,
+    result,
+)
 
 R = TypeVar("R", bound=ServerMessage)
 
 CONNECT_TIMEOUT = 2.0
-MAX_SHARED = 256
-"""Shared connections kept open at most (the least recently used closes first)."""
+CONNECTIONS = 8
+"""Daemon connections at most (``--daemon-connections``)."""
+IN_FLIGHT = 48
+"""Requests at once on one connection (under the daemon's
+``limits.max_inflight_per_connection``, 64 by default); more wait for a place."""
+STREAMS_PER_CONNECTION = 64
+"""Subscriptions on one connection (the daemon's ``limits.max_subscriptions_per_connection``
+by default); a connection the daemon refuses one more holds no more."""
+WINDOW = 128
+"""Pushes a stream's subscription may send ahead of what its HTTP client took."""
+CREDENTIALS_REFUSED = "credentials refused"
+"""How engramd begins refusing an ``as`` request's credentials (engramd.tokens)."""
 
 
-@contextlib.contextmanager
-def refused_as_unauthenticated() -> Iterator[None]:
-    """The daemon refusing a handshake (an unknown or revoked token, a token it
-    requires) means the caller did not authenticate: 401, not 403."""
-    try:
-        yield
-    except Forbidden as exc:
-        raise Unauthenticated(str(exc)) from None
+class Feed:
+    """The pushes of one subscription, filed by the connection's reader (never waiting:
+    the window bounds them), taken by its stream; ``lost`` once they stop coming."""
+
+    def __init__(self) -> None:
+        self.pushes: collections.deque[Push] = collections.deque()
+        self.lost: EngramError | None = None
+        self._changed = trio.Event()
+
+    def offer(self, push: Push) -> None:
+        if len(self.pushes) > 2 * WINDOW:  # the daemon ignored the window: start over
+            self.fail(Unavailable("engramd pushed past the window"))
+            return
+        self.pushes.append(push)
+        self._changed.set()
+
+    def fail(self, error: EngramError) -> None:
+        if self.lost is None:
+            self.lost = error
+        self._changed.set()
+
+    async def wait(self) -> None:
+        """Until something was filed or the feed was lost (cancel at will)."""
+        if self.pushes or self.lost is not None:
+            return
+        self._changed = trio.Event()
+        await self._changed.wait()
+
+
+class _Channel(AsyncClient):
+    """One connection: an :class:`AsyncClient` whose pushes go to feeds."""
+
+    def __init__(self, target: Target, nursery: trio.Nursery) -> None:
+        super().__init__(target, nursery, CONNECT_TIMEOUT)
+        self.slots = trio.Semaphore(IN_FLIGHT)
+        self.feeds: dict[int, Feed] = {}
+        self.stream_limit = STREAMS_PER_CONNECTION
+
+    @property
+    def load(self) -> int:
+        return IN_FLIGHT - self.slots.value
+
+    async def _read(self, protocol: Any, stream: trio.SocketStream,
+                    scope: trio.CancelScope) -> None:
+        protocol.route = self._route
+        try:
+            await super()._read(protocol, stream, scope)
+        finally:
+            lost = protocol.ended or Unavailable("lost the connection to engramd")
+            for feed in self.feeds.values():
+                feed.fail(lost)
+            self.feeds.clear()
+
+    def _route(self, push: Push) -> bool:
+        feed = self.feeds.get(push.subscription)
+        if feed is not None:
+            feed.offer(push)
+        return True  # a subscription no stream follows any more: dropped
 
 
 class DaemonLink:
-    """Connections to one engramd, made as each request's credentials say."""
+    """The gateway's connections to one engramd (see the module's docstring)."""
 
     def __init__(self, socket_path: str, nursery: trio.Nursery, *,
-                 gateway_agent: str, env: Mapping[str, str]) -> None:
+                 gateway_agent: str, env: Mapping[str, str],
+                 connections: int = CONNECTIONS) -> None:
         self.socket_path = socket_path
         self.gateway_agent = gateway_agent
+        self.size = connections
         self._nursery = nursery
         self._env = env
-        self._shared: collections.OrderedDict[Credentials, AsyncClient] = \
-            collections.OrderedDict()
+        self._channels: list[_Channel] = []
+        self._freed = trio.Event()
 
-    def _target(self, credentials: Credentials, *, admin: bool = False) -> Target:
-        return Target(socket_path=self.socket_path, agent_id=credentials.agent_id,
-                      client_name="engram-gateway", autostart=False,
-                      token=credentials.token, admin=admin or credentials.delegated,
-                      env=self._env, delegated=credentials.delegated)
+    @property
+    def connections(self) -> int:
+        """Daemon connections open now."""
+        return sum(1 for channel in self._channels if channel.connected)
+
+    @property
+    def streams(self) -> int:
+        return sum(len(channel.feeds) for channel in self._channels)
+
+    def _new_channel(self) -> _Channel:
+        target = Target(socket_path=self.socket_path, agent_id=self.gateway_agent,
+                        client_name="engram-gateway", autostart=False, token=None,
+                        admin=True, env=self._env, window=WINDOW)
+        channel = _Channel(target, self._nursery)
+        self._channels.append(channel)
+        return channel
+
+    async def _ready(self, channel: _Channel) -> _Channel:
+        """*channel* connected (a fresh conversation if its last one ended)."""
+        if not channel.usable:
+            await channel.aclose()
+        try:
+            await channel.connect()
+        except (ClientTimeout, trio.TooSlowError):
+            await channel.aclose()
+            raise Unavailable("engramd did not answer the connection in time") from None
+        except EngramError:
+            await channel.aclose()
+            raise
+        return channel
+
+    def _pick(self) -> _Channel | None:
+        """The least loaded connection with a place free, a new one while there may be
+        more; None when every place is taken."""
+        free = [c for c in self._channels if c.slots.value > 0]
+        idle = [c for c in free if c.load == 0]
+        if idle:
+            return idle[0]
+        if len(self._channels) < self.size:
+            return self._new_channel()
+        return min(free, key=lambda c: c.load) if free else None
+
+    async def request(self, request: ClientMessage[R]) -> R:
+        """*request* as the gateway itself (the admin token): readiness, statistics."""
+        while (channel := self._pick()) is None:
+            self._freed = trio.Event()
+            await self._freed.wait()
+        async with channel.slots:
+            try:
+                await self._ready(channel)
+                return await channel.call(request)
+            finally:
+                self._freed.set()
 
     async def call(self, credentials: Credentials, request: ClientMessage[R]) -> R:
-        """*request* on the shared connection of *credentials*."""
-        client = self._shared.pop(credentials, None)
-        if client is None or not client.usable:
-            if client is not None:
-                await client.aclose()
-            client = AsyncClient(self._target(credentials), self._nursery, CONNECT_TIMEOUT)
-        self._shared[credentials] = client
-        while len(self._shared) > MAX_SHARED:
-            _, oldest = self._shared.popitem(last=False)
-            await oldest.aclose()
-        try:
-            with refused_as_unauthenticated():
-                await client.connect()
-        except BaseException:
-            if self._shared.get(credentials) is client:
-                del self._shared[credentials]
-            await client.aclose()
-            raise
-        return await client.call(request)
+        """*request* made for the caller of *credentials* (``as``)."""
+        spoken: Any = SpeakFor(agent_id=credentials.agent_id, token=credentials.token,
+                               delegated=credentials.delegated, request=cast(Any, request))
+        with refused_as_unauthenticated():
+            return result(await self.request(spoken), reply_type(type(request)))
 
-    @contextlib.asynccontextmanager
-    async def own(self, credentials: Credentials) -> AsyncIterator[AsyncClient]:
-        """A connection of its own (a session of its own), closed on leaving."""
-        async with contextlib.AsyncExitStack() as stack:
-            with refused_as_unauthenticated():  # the handshake only, not what follows
-                client = await stack.enter_async_context(
-                    connect_to(self._target(credentials), CONNECT_TIMEOUT))
-            yield client
+    async def subscribe(self, credentials: Credentials, subscribe: Subscribe
+                        ) -> tuple[_Channel, Feed, Subscribed]:
+        """A subscription for the caller on a connection with room for it, and the feed
+        its pushes go to. Unavailable when every connection holds all it may."""
+        tried: set[int] = set()
+        while True:
+            channel = self._stream_channel(tried)
+            await self._ready(channel)
+            protocol = channel._protocol
+            assert protocol is not None
+            request_id = protocol.allocate_id()
+            feed = channel.feeds[request_id] = Feed()
+            try:
+                with refused_as_unauthenticated():
+                    reply = await channel.call(SpeakFor(
+                        id=request_id, agent_id=credentials.agent_id,
+                        token=credentials.token, delegated=credentials.delegated,
+                        request=subscribe))
+                return channel, feed, result(reply, Subscribed)
+            except TooLarge:
+                channel.feeds.pop(request_id, None)
+                channel.stream_limit = len(channel.feeds)
+                tried.add(id(channel))
+            except BaseException:
+                # Cancelled after the request left, it may be subscribed: undo that.
+                channel.feeds[request_id] = feed
+                self.forget(channel, request_id)
+                raise
 
-    async def admin_call(self, request: ClientMessage[R], timeout: float) -> R:  # noqa: ASYNC109
-        """*request* on a fresh connection as the socket's owner (the admin token beside
-        the socket, if it can be read): readiness and statistics, whoever asks."""
-        target = self._target(Credentials(agent_id=self.gateway_agent), admin=True)
-        with trio.fail_after(timeout):
-            async with connect_to(target, CONNECT_TIMEOUT) as client:
-                return await client.call(request)
+    def _stream_channel(self, tried: set[int]) -> _Channel:
+        room = [c for c in self._channels if id(c) not in tried
+                and len(c.feeds) < c.stream_limit]
+        if room:
+            return min(room, key=lambda c: len(c.feeds))
+        if len(self._channels) < self.size:
+            return self._new_channel()
+        raise Unavailable(f"the gateway follows as many streams as its {self.size} daemon "
+                          "connections may hold (--daemon-connections)")
+
+    async def grant(self, channel: _Channel, subscription: int, count: int) -> None:
+        """Let *subscription* push *count* more (its stream took that many)."""
+        with contextlib.suppress(EngramError):  # a connection lost: its feeds are told
+            await channel.call(GrantPushes(subscription=subscription, count=count))
+
+    def forget(self, channel: _Channel, subscription: int) -> None:
+        """The stream of *subscription* has ended: unsubscribe in the background."""
+        if channel.feeds.pop(subscription, None) is None or not channel.usable:
+            return
+
+        async def unsubscribe() -> None:
+            with trio.move_on_after(CONNECT_TIMEOUT), contextlib.suppress(EngramError):
+                await channel.call(Unsubscribe(subscription=subscription))
+
+        self._nursery.start_soon(unsubscribe)
 
     async def aclose(self) -> None:
-        while self._shared:
-            _, client = self._shared.popitem()
-            await client.aclose()
+        for channel in self._channels:
+            await channel.aclose()
+        self._channels.clear()
+
+
+@contextlib.contextmanager
+def refused_as_unauthenticated() -> Any:
+    """The daemon refusing the caller's credentials (an unknown or revoked token, a
+    token it requires) means the caller did not authenticate: 401, not 403."""
+    try:
+        yield
+    except Forbidden as exc:
+        if str(exc).startswith(CREDENTIALS_REFUSED):
+            raise Unauthenticated(str(exc).removeprefix(CREDENTIALS_REFUSED + ": ")) \
+                from None
+        raise

@@ -80,6 +80,8 @@ OPERATIONS: dict[str, tuple[str, Any, Any]] = {
     "renew_lock": ("Extend a lease", RenewForm, None),
     "get_lock": ("A resource's lease and waiters", None, LockState),
     "release_lock": ("Release a lease: ?lock_id=", None, None),
+    "stream_ticket": ("A single-use ticket for a browser's stream (?ticket=), valid 30 s",
+                      None, None),
     "search": ("Search with filters: mode keyword (BM25), semantic or hybrid", Search, None),
     "search_vector": ("Semantic search (POST /search with mode semantic)", Search, None),
     "search_relationships": ("Units related to a unit", RelatedUnits, None),

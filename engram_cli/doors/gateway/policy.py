@@ -28,6 +28,8 @@ STATUS_FOR_CODE: dict[str, int] = {
 }
 UNAUTHENTICATED = "unauthenticated"
 """The gateway's own code (401): no credentials, or credentials it does not accept."""
+METHOD_NOT_ALLOWED = "method_not_allowed"
+"""The gateway's own code (405): the path exists, not with that method."""
 
 _RETRY_IN = re.compile(r"retry in ([0-9.]+)s")
 
@@ -36,6 +38,8 @@ def status_for(code: str) -> int:
     """The HTTP status for an engram error code (an unknown code is a 500, as ``internal``)."""
     if code == UNAUTHENTICATED:
         return 401
+    if code == METHOD_NOT_ALLOWED:
+        return 405
     return STATUS_FOR_CODE.get(code, 500)
 
 
@@ -70,6 +74,17 @@ class ListenAddress:
     @property
     def bind(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def binds(self) -> list[str]:
+        """What to bind: ``localhost`` is both loopbacks, IPv4 and IPv6 (with a port of
+        its own, both on that port; with port 0, IPv4 alone: one free port each would
+        be two addresses)."""
+        if self.host == "localhost":
+            if self.port == 0:
+                return [f"127.0.0.1:{self.port}"]
+            return [f"127.0.0.1:{self.port}", f"[::1]:{self.port}"]
+        return [self.bind]
 
 
 def check_exposure(address: ListenAddress, *, allow_remote: bool, auth: str) -> None:

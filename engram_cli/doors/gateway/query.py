@@ -10,15 +10,30 @@ from starlette.requests import HTTPConnection
 from engram_cli.formats.timeparse import parse_time
 from engramd.protocol import BadRequest
 
+INT64 = 2**63
+"""Integers are 64-bit signed on the wire (MessagePack): bigger ones are refused here."""
+
+
+def known(request: HTTPConnection, names: frozenset[str] | set[str]) -> None:
+    """Refuse a query parameter the endpoint does not take, as unknown body fields are."""
+    unknown = sorted({key for key in request.query_params if key not in names})
+    if unknown:
+        allowed = ", ".join(sorted(names)) or "none"
+        raise BadRequest(f"unknown query parameter {unknown[0]!r:.40} (this endpoint takes "
+                         f"{allowed})")
+
 
 def integer(request: HTTPConnection, name: str, default: int | None = None) -> int | None:
     text = request.query_params.get(name)
     if text is None or text == "":
         return default
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise BadRequest(f"{name} must be an integer, not {text!r:.40}") from None
+    if not -INT64 <= value < INT64:
+        raise BadRequest(f"{name} is out of range (a 64-bit integer)")
+    return value
 
 
 def seconds(request: HTTPConnection, name: str, default: float) -> float:
@@ -58,7 +73,6 @@ def names(request: HTTPConnection, name: str) -> list[str]:
 
 
 
-
 def pairs(request: HTTPConnection, name: str) -> dict[str, str]:
     """Repeated ``name=KEY=VALUE`` parameters as a mapping."""
     found = {}
@@ -71,5 +85,6 @@ def pairs(request: HTTPConnection, name: str) -> dict[str, str]:
 
 
 def limit(request: HTTPConnection, default: int) -> int:
-    """``limit`` (the daemon checks its range)."""
-    return integer(request, "limit", default) or default
+    """``limit`` as given (the daemon checks its range: 0 is refused, not the default)."""
+    found = integer(request, "limit", default)
+    return default if found is None else found

@@ -25,7 +25,7 @@ from engram_cli.doors.gateway.forms import (
     unit_json,
 )
 from engram_cli.doors.gateway.replies import json_response, plain
-from engram_cli.doors.gateway.state import Gateway, Handler
+from engram_cli.doors.gateway.state import TICKET_TTL, Gateway, Handler
 from engram_cli.formats.jsonforms import related_json
 from engramd.protocol import (
     AckMessage,
@@ -48,6 +48,7 @@ from engramd.protocol import (
     ListTasks,
     ListUnits,
     NotFound,
+    Ping,
     ReadInbox,
     RelatedUnits,
     ReleaseLock,
@@ -63,7 +64,8 @@ async def healthz(gw: Gateway, request: Request) -> Response:
 
 async def readyz(gw: Gateway, request: Request) -> Response:
     try:
-        status = await gw.link.admin_call(GetStatus(), timeout=1.0)
+        with trio.fail_after(1.0):
+            status = await gw.link.request(GetStatus())
     except (EngramError, trio.TooSlowError, OSError) as exc:
         return json_response({"status": "unavailable", "reason": str(exc) or "no answer"},
                              503)
@@ -75,9 +77,12 @@ async def readyz(gw: Gateway, request: Request) -> Response:
 async def metrics(gw: Gateway, request: Request) -> Response:
     from engram_cli.formats.prometheus import prometheus_text
 
-    gw.credentials(request)  # with authentication on, metrics need it too
+    if gw.auth.mode != "none":
+        # Checked, not only read: an agent token is the daemon's to check.
+        await gw.call(request, Ping())
     try:
-        daemon = prometheus_text(await gw.link.admin_call(GetStats(), timeout=2.0))
+        with trio.fail_after(2.0):
+            daemon = prometheus_text(await gw.link.request(GetStats()))
         up = 1
     except (EngramError, trio.TooSlowError, OSError):
         daemon, up = "", 0
@@ -104,9 +109,15 @@ async def get_unit(gw: Gateway, request: Request) -> Response:
 
 
 async def list_units(gw: Gateway, request: Request) -> Response:
+    before = query.integer(request, "before")
+    cursor = query.integer(request, "cursor")  # the seed's name for following next_cursor
+    if cursor is not None:
+        if before is not None:
+            raise BadRequest("give cursor or before, not both (cursor is before)")
+        before = cursor
     page = await gw.call(request, ListUnits(
         context_id=request.path_params["context_id"], limit=query.limit(request, 100),
-        before=query.integer(request, "before"), after=query.integer(request, "after"),
+        before=before, after=query.integer(request, "after"),
         reverse=query.flag(request, "reverse"), since=query.time(request, "since"),
         until=query.time(request, "until"), agents=query.names(request, "agent"),
         types=query.names(request, "type")))
@@ -116,7 +127,8 @@ async def list_units(gw: Gateway, request: Request) -> Response:
 
 async def list_contexts(gw: Gateway, request: Request) -> Response:
     return json_response(plain(await gw.call(request, ListContexts(
-        limit=query.limit(request, 100), after=request.query_params.get("after"),
+        limit=query.limit(request, 100),
+        after=request.query_params.get("after") or request.query_params.get("cursor"),
         prefix=request.query_params.get("prefix", "")))))
 
 
@@ -138,9 +150,9 @@ async def update_context(gw: Gateway, request: Request) -> Response:
 
 async def acquire_locks(gw: Gateway, request: Request) -> Response:
     form = decode(await gw.body(request), LockForm)
-    # A session of its own: two HTTP callers of one agent wait for each other, and the
-    # lease outlives this request (until released, or its ttl).
-    granted = await gw.call(request, form.request(), form.wait, own=True)
+    # A session of its own (each request made for an agent is): two HTTP callers of one
+    # agent wait for each other, and the lease lives until released, or its ttl.
+    granted = await gw.call(request, form.request(), form.wait)
     return json_response({"leases": [plain(lease) for lease in granted.leases]}, 201)
 
 
@@ -168,6 +180,17 @@ async def release_lock(gw: Gateway, request: Request) -> Response:
     resource = request.path_params["resource"]
     await gw.call(request, ReleaseLock(lock_id=lock_id, resource=resource))
     return json_response({"released": lock_id, "resource": resource})
+
+
+async def stream_ticket(gw: Gateway, request: Request) -> Response:
+    """A single-use ticket for a browser's stream (EventSource and WebSocket cannot send
+    ``Authorization``): ``/stream-sse?ticket=…``, ``/stream?ticket=…``."""
+    credentials = gw.credentials(request)
+    if credentials.token is not None:
+        await gw.call(request, Ping())  # an agent token is the daemon's to check
+    ticket = gw.tickets.issue(credentials)
+    return json_response({"ticket": ticket, "expires_in": TICKET_TTL}, 201,
+                         {"Cache-Control": "no-store"})
 
 
 async def search(gw: Gateway, request: Request) -> Response:
@@ -239,10 +262,9 @@ async def get_task(gw: Gateway, request: Request) -> Response:
 async def claim_task(gw: Gateway, request: Request) -> Response:
     fields = {"task_id": request.path_params["task_id"]} \
         if "task_id" in request.path_params else {}
-    claim = decode_request(await gw.body(request), ClaimTask, **fields, pid=None)
-    # On the caller's shared connection: a claim without a pid is bound to its
-    # connection, which the gateway keeps (done, release, the ttl or the gateway's
-    # stop end it).
+    claim = decode_request(await gw.body(request), ClaimTask, **fields)
+    # A session of its own, bound to no connection: done or release (with the claim's
+    # token) or its ttl end it; POST /locks/renew with its lock id extends it.
     return json_response(plain(await gw.call(request, claim)), 201)
 
 
@@ -274,6 +296,7 @@ ROUTES: list[tuple[str, list[str], Handler]] = [
     ("/locks/renew", ["POST"], renew_lock),
     ("/locks/{resource:path}", ["GET"], get_lock),
     ("/locks/{resource:path}", ["DELETE"], release_lock),
+    ("/stream/ticket", ["POST"], stream_ticket),
     ("/search", ["POST"], search),
     ("/search/vector", ["POST"], search_vector),
     ("/search/relationships", ["POST"], search_relationships),
@@ -291,3 +314,15 @@ ROUTES: list[tuple[str, list[str], Handler]] = [
 ]
 """Every HTTP endpoint but ``/openapi.json`` (:mod:`.openapi`, which reads this list) and
 the two streams (:mod:`.streams`); :mod:`.serve` puts them together."""
+
+QUERY: dict[str, frozenset[str]] = {
+    "list_units": frozenset({"limit", "before", "after", "reverse", "since", "until",
+                             "agent", "type", "cursor"}),
+    "list_contexts": frozenset({"limit", "after", "prefix", "cursor"}),
+    "list_locks": frozenset({"agent", "prefix"}),
+    "release_lock": frozenset({"lock_id"}),
+    "read_inbox": frozenset({"limit", "peek", "wait", "pending"}),
+    "list_tasks": frozenset({"state", "ready", "context", "limit"}),
+}
+"""The query parameters each endpoint takes (any other is refused, 400); the rest take
+none."""

@@ -4,30 +4,36 @@ flight finish, streams end)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import trio
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from engram_cli.doors.gateway import openapi, streams
+from engram_cli.doors.gateway import openapi, query, streams
 from engram_cli.doors.gateway.auth import Authenticator
 from engram_cli.doors.gateway.guard import Guard
-from engram_cli.doors.gateway.link import DaemonLink
-from engram_cli.doors.gateway.policy import ListenAddress, Origins
-from engram_cli.doors.gateway.replies import error_response
-from engram_cli.doors.gateway.routes import ROUTES
-from engram_cli.doors.gateway.state import MAX_BODY, Gateway, Handler
-from engramd.protocol import EngramError
+from engram_cli.doors.gateway.link import CONNECTIONS, DaemonLink
+from engram_cli.doors.gateway.policy import METHOD_NOT_ALLOWED, ListenAddress, Origins
+from engram_cli.doors.gateway.replies import error_response, json_response
+from engram_cli.doors.gateway.routes import QUERY, ROUTES
+from engram_cli.doors.gateway.state import MAX_BODY, ClientLeft, Gateway, Handler
+from engramd.protocol import BadRequest, EngramError, NotFound
+
+log = logging.getLogger("engram.gateway")
 
 GRACEFUL_STOP = 5.0
 """Seconds requests in flight get to finish after SIGTERM (streams are ended)."""
@@ -41,12 +47,32 @@ class Settings:
     origins: Origins
     env: Mapping[str, str]
     max_body: int = MAX_BODY
+    daemon_connections: int = CONNECTIONS
+    stream_stall: float = 60.0
+
+
+class _Config(Config):
+    """hypercorn's settings, its listening sockets with ``TCP_USER_TIMEOUT``: a client
+    that leaves what was sent to it unread (a full window) longer than
+    ``--stream-stall`` is cut off by the kernel. hypercorn's writes cannot be cancelled
+    (they are shielded), so this is the one bound on a write to a stalled client."""
+
+    user_timeout: float = 60.0
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        milliseconds = max(1, int(self.user_timeout * 1000))
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            with contextlib.suppress(OSError, AttributeError):  # not Linux: no bound
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
+        return sockets
 
 
 async def serve(settings: Settings, on_listening: Callable[[list[str]], None]) -> None:
     """Serve until a stop signal; *on_listening* gets the bound URLs once they are."""
-    config = Config()
-    config.bind = [settings.listen.bind]
+    config = _Config()
+    config.user_timeout = settings.stream_stall
+    config.bind = settings.listen.binds
     config.accesslog = None
     config.loglevel = "WARNING"  # its start line repeats ours
     config.graceful_timeout = GRACEFUL_STOP
@@ -70,9 +96,11 @@ async def _serve(settings: Settings, config: Config, stop: trio.Event,
                  on_listening: Callable[[list[str]], None]) -> None:
     async with trio.open_nursery() as nursery:
         link = DaemonLink(settings.socket_path, nursery,
-                          gateway_agent=settings.auth.default_agent, env=settings.env)
+                          gateway_agent=settings.auth.default_agent, env=settings.env,
+                          connections=settings.daemon_connections)
         gateway = Gateway(link=link, auth=settings.auth, origins=settings.origins,
-                          max_body=settings.max_body, stopping=stop)
+                          max_body=settings.max_body, stopping=stop,
+                          stream_stall=settings.stream_stall)
 
         async def run(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
@@ -86,14 +114,34 @@ async def _serve(settings: Settings, config: Config, stop: trio.Event,
 
 
 def _endpoint(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    takes = QUERY.get(handler.__name__, frozenset())
+
     async def endpoint(request: Request) -> Response:
         try:
+            query.known(request, takes)
             return await handler(gw, request)
         except EngramError as exc:
             return error_response(exc)
+        except ClientLeft:
+            log.debug("%s %s: the client left before its body was read", request.method,
+                      request.url.path)
+            return Response(status_code=400)  # no one reads it
 
     endpoint.__name__ = handler.__name__
     return endpoint
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405, in the one JSON error shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        response = json_response({"error": {"code": METHOD_NOT_ALLOWED, "message": (
+            f"{request.method} is not allowed on {request.url.path}")}}, 405)
+        response.headers.update(exc.headers or {})
+        return response
+    return error_response(NotFound(f"no endpoint {request.url.path[:200]} (GET "
+                                   "/openapi.json lists them)") if exc.status_code == 404
+                          else EngramError(str(exc.detail), BadRequest.code))
 
 
 def build_app(gw: Gateway) -> Starlette:
@@ -109,4 +157,7 @@ def build_app(gw: Gateway) -> Starlette:
             CORSMiddleware, allow_origins=sorted(gw.origins.cors),
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Agent-ID"]))
-    return Starlette(routes=routes, middleware=middleware)
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={HTTPException: _http_error})
+    app.router.redirect_slashes = False  # /workunit/ is no endpoint, not a redirect
+    return app

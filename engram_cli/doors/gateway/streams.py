@@ -3,12 +3,15 @@
 Both take ``engram watch``'s filters as query parameters (``context``, ``kind``,
 ``agent``, ``type``, ``meta=KEY=VALUE``, each repeatable; ``after=SEQ``;
 ``heartbeat=SECONDS``) and follow the daemon across its restarts, resuming after
-the last event sent, so a restart loses and repeats nothing. Each stream has a
-daemon connection of its own: a slow reader holds up only that connection, and
-the daemon's rule for slow subscribers applies to it, never to the writers.
+the last event sent, so a restart loses and repeats nothing. Each stream is a
+subscription on one of the gateway's shared daemon connections, held to a window
+(:mod:`.link`): a slow reader is served from the stored log at its own pace and
+holds up nobody else. A client that takes nothing for ``--stream-stall`` seconds
+is let go (it resumes with ``Last-Event-ID`` or its cursor).
 
 * SSE: each event's ``id`` is its seq; a client that reconnects with
-  ``Last-Event-ID`` resumes after it. Heartbeats are ``heartbeat`` events.
+  ``Last-Event-ID`` resumes after it. Heartbeats are ``heartbeat`` events, sent
+  while the stream waits for the daemon too; ``error`` comes before an end.
 * WebSocket: ``cursor=NAME`` resumes after that cursor's last acknowledgement;
   the client acknowledges with ``{"ack": SEQ}``. Each event is one text message,
   the ``watch --json`` form; heartbeats are ``{"kind": "heartbeat", …}``.
@@ -17,29 +20,58 @@ the daemon's rule for slow subscribers applies to it, never to the writers.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import trio
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import HTTPConnection, Request
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from engram_cli.client.asynchronous import AsyncClient
+from engram_cli.client import requests
+from engram_cli.client.errors import ClientTimeout
 from engram_cli.doors.gateway import query
 from engram_cli.doors.gateway.auth import Credentials
+from engram_cli.doors.gateway.link import WINDOW, Feed, _Channel
 from engram_cli.doors.gateway.replies import error_response
 from engram_cli.doors.gateway.state import Gateway
 from engram_cli.formats.jsonforms import event_json
-from engramd.protocol import BadRequest, EngramError, Event, Heartbeat
+from engramd.protocol import (
+    AckCursor,
+    BadRequest,
+    Ended,
+    EngramError,
+    Event,
+    EventPush,
+    Heartbeat,
+    Lagged,
+    Unavailable,
+    error_for,
+)
+
+log = logging.getLogger("engram.gateway")
 
 DEFAULT_HEARTBEAT = 15.0
+STREAM_STALL = 60.0
+"""Seconds a stream's client may take nothing before it is let go (``--stream-stall``)."""
+RETRY = 0.5
+"""Seconds between attempts to subscribe again while the daemon is away."""
+RETRY_MS = 2000
+"""What an SSE stream tells the browser to wait before reconnecting (``retry:``)."""
+SSE_BATCH = WINDOW
+"""Events at most in one write to the HTTP client."""
 _encoder = msgspec.json.Encoder()
+
+STREAM_PARAMETERS = frozenset({"context", "kind", "agent", "type", "meta", "after",
+                               "heartbeat", "cursor", "ticket", "events"})
 
 
 def stream_options(request: HTTPConnection) -> dict[str, Any]:
     """The subscription a stream request asks for, from its query string."""
+    query.known(request, STREAM_PARAMETERS)
     return {"contexts": query.names(request, "context"), "kinds": query.names(request, "kind"),
             "agents": query.names(request, "agent"), "types": query.names(request, "type"),
             "meta": query.pairs(request, "meta"), "after": query.integer(request, "after"),
@@ -52,64 +84,203 @@ def item_json(item: Event | Heartbeat) -> dict[str, Any]:
     return event_json(item)
 
 
-@contextlib.asynccontextmanager
-async def following(gw: Gateway, credentials: Credentials, options: dict[str, Any]
-                    ) -> AsyncIterator[tuple[AsyncClient, AsyncIterator[Event | Heartbeat]]]:
-    """A connection of the stream's own and its events from where *options* say,
-    across daemon restarts; counted as an open stream while in use.
+def item_kind(event: Event) -> str:
+    return str(event.__struct_config__.tag)
 
-    Subscribes once up front, so a bad filter or an unreachable daemon raises here,
-    before anything is sent to the HTTP client; then follows from where that
-    subscription started.
-    """
-    async with gw.link.own(credentials) as client:
-        first = await client.subscribe(**options)
-        start = first.cursor
-        await first.aclose()
-        gw.tally.streams_open += 1
+
+class Following:
+    """One stream's place in the journal, and the subscription that feeds it from
+    there; a new subscription after a lost connection, a daemon restart or a lag
+    notice, from after the last event taken, never before."""
+
+    def __init__(self, gw: Gateway, credentials: Credentials, options: dict[str, Any],
+                 cursor: str | None = None) -> None:
+        self.gw = gw
+        self.credentials = credentials
+        self.after: int | None = options.pop("after", None)
+        self.heartbeat = float(options["heartbeat"]) or DEFAULT_HEARTBEAT
+        self.filters = options
+        self.name = cursor
+        self.head_seq = 0
+        self._started = False
+        self._current: tuple[_Channel, Feed, int] | None = None
+        self._ungranted = 0
+
+    async def _subscribe(self) -> None:
+        options = {**self.filters, "after": self.after}
+        if not self._started:
+            options["cursor"] = self.name
+        channel, feed, reply = await self.gw.link.subscribe(
+            self.credentials, requests.subscribe(**options))
+        self.after, self.head_seq = reply.after, max(self.head_seq, reply.head_seq)
+        self._started = True
+        self._current, self._ungranted = (channel, feed, reply.subscription), 0
+
+    async def start(self) -> bool:
+        """Subscribe once: an error the daemon gives is raised; False while it is away
+        (:meth:`take` keeps trying)."""
         try:
-            # From that start on, not from the name again: it may have moved since.
-            yield client, client.watch(reconnect=True,
-                                       **{**options, "after": start, "cursor": None})
-        finally:
-            gw.tally.streams_open -= 1
+            await self._subscribe()
+        except (Unavailable, ClientTimeout):
+            return False
+        return True
+
+    async def take(self, limit: int) -> list[Event | Heartbeat]:
+        """Wait for what comes next, and take up to *limit* of it; cancel at will (what
+        was not returned stays). Raises the error that ends the stream."""
+        while True:
+            if self._current is None:
+                try:
+                    await self._subscribe()
+                except (Unavailable, ClientTimeout):
+                    await trio.sleep(RETRY)
+                continue
+            channel, feed, subscription = self._current
+            if self._ungranted >= WINDOW // 2 and feed.lost is None:
+                await self.gw.link.grant(channel, subscription, self._ungranted)
+                self._ungranted = 0
+            await feed.wait()
+            taken: list[Event | Heartbeat] = []
+            while feed.pushes and len(taken) < limit:
+                push = feed.pushes.popleft()
+                self._ungranted += 1
+                if isinstance(push, EventPush):
+                    self.after = push.event.seq
+                    self.head_seq = max(self.head_seq, push.event.seq)
+                    taken.append(push.event)
+                elif isinstance(push, Heartbeat):
+                    self.after = max(self.after or 0, push.cursor)
+                    self.head_seq = max(self.head_seq, push.head_seq)
+                    taken.append(push)
+                elif isinstance(push, Lagged):
+                    self.after = push.cursor
+                    self._drop()
+                    break
+                elif isinstance(push, Ended):
+                    self._drop()
+                    raise error_for(push.code, push.message)
+            if self._current is not None and feed.lost is not None and not feed.pushes:
+                self._drop()
+            if taken:
+                return taken
+
+    def heartbeat_now(self) -> Heartbeat:
+        """The gateway's own heartbeat, while nothing came (the daemon away, or slow)."""
+        return Heartbeat(subscription=0, head_seq=self.head_seq, cursor=self.after or 0)
+
+    async def acknowledge(self, seq: int) -> None:
+        assert self.name is not None
+        await self.gw.link.call(self.credentials, AckCursor(cursor=self.name, seq=seq))
+
+    def _drop(self) -> None:
+        if self._current is not None:
+            channel, _, subscription = self._current
+            self.gw.link.forget(channel, subscription)
+            self._current = None
+
+    def close(self) -> None:
+        self._drop()
 
 
-SSE_QUEUE = 1024
-"""Encoded events a stream holds for its HTTP client before it stops reading from the
-daemon (which then applies its rule for slow subscribers)."""
-SSE_BATCH = 256
-"""Events at most in one write to the HTTP client."""
+@contextlib.asynccontextmanager
+async def _open(gw: Gateway, following: Following) -> Any:
+    """Count the stream while open; end its subscription after."""
+    gw.tally.streams_open += 1
+    try:
+        yield following
+    finally:
+        gw.tally.streams_open -= 1
+        following.close()
+
+
+def deadline_of(credentials: Credentials) -> float:
+    """When a stream of *credentials* must end (a JWT's ``exp``), on trio's clock."""
+    if credentials.expires is None:
+        return math.inf
+    return trio.current_time() + max(0.0, credentials.expires - time.time())
+
+
+class _Stalled(Exception):
+    """The client took nothing for ``--stream-stall`` seconds."""
+
+
+def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {_encoder.encode(data).decode()}\n\n".encode()
+
+
+def _error_event(exc: EngramError) -> bytes:
+    return _sse("error", {"code": exc.code, "message": str(exc)})
 
 
 class _ServerSentEvents:
-    """An SSE response that opens its daemon connection in the task that serves it
-    (trio's nurseries must be left by the task that entered them) and answers an
-    error with its status while nothing has been sent yet.
+    """An SSE response written by hand (ASGI): its writes wait for the client, each
+    bounded by ``--stream-stall``; an error before anything is sent is its status."""
 
-    Events are encoded as they arrive and written in batches: what queued up while
-    the last write was on its way goes out in one write, so a stream that falls
-    behind a burst catches up instead of paying a write per event.
-    """
-
-    def __init__(self, gw: Gateway, credentials: Credentials, options: dict[str, Any]
-                 ) -> None:
+    def __init__(self, gw: Gateway, credentials: Credentials, options: dict[str, Any],
+                 names: Callable[[Event], str]) -> None:
+        self.following = Following(gw, credentials, options)
         self.gw = gw
-        self.credentials = credentials
-        self.options = options
+        self.names = names
+        self.deadline = deadline_of(credentials)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            async with following(self.gw, self.credentials, self.options) as (_, items):
-                sender, receiver = trio.open_memory_channel[bytes](SSE_QUEUE)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_encode_events, items, sender)
-                    nursery.start_soon(_end_on, self.gw.stopping, nursery.cancel_scope)
-                    await EventSourceResponse(_batches(receiver), ping=None,
-                                              send_timeout=None)(scope, receive, send)
-                    nursery.cancel_scope.cancel()
+            await self.following.start()
         except EngramError as exc:
             await error_response(exc)(scope, receive, send)
+            return
+        async with _open(self.gw, self.following):
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-store"), (b"x-accel-buffering", b"no")]})
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
+                nursery.start_soon(_end_on, self.gw.stopping, nursery.cancel_scope)
+                await self._pump(send)
+                nursery.cancel_scope.cancel()
+        with trio.move_on_after(1.0), contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pump(self, send: Any) -> None:
+        async def write(data: bytes) -> None:
+            with trio.move_on_after(self.gw.stream_stall) as stalled:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            if stalled.cancelled_caught:
+                raise _Stalled
+
+        following = self.following
+        try:
+            await write(f"retry: {RETRY_MS}\n\n".encode())
+            while True:
+                with trio.move_on_at(self.deadline) as expired:
+                    with trio.move_on_after(following.heartbeat) as idle:
+                        items = await following.take(SSE_BATCH)
+                if expired.cancelled_caught:
+                    await write(_error_event(error_for(
+                        "unauthenticated", "the token has expired")))
+                    return
+                if idle.cancelled_caught:
+                    items = [following.heartbeat_now()]
+                await write(b"".join(
+                    _sse("heartbeat", item_json(item)) if isinstance(item, Heartbeat)
+                    else _sse(self.names(item), item_json(item), item.seq)
+                    for item in items))
+        except EngramError as exc:
+            with trio.move_on_after(1.0), contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": _error_event(exc),
+                            "more_body": True})
+        except _Stalled:
+            log.info("an SSE client took nothing for %gs; let go (it resumes with "
+                     "Last-Event-ID)", self.gw.stream_stall)
+        except OSError as exc:  # the client left as we wrote
+            log.debug("an SSE client left: %s", exc)
+
+
+async def _until_disconnect(receive: Any, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
 
 
 async def _end_on(stopping: trio.Event, scope: trio.CancelScope) -> None:
@@ -118,53 +289,38 @@ async def _end_on(stopping: trio.Event, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-def _frame(item: Event | Heartbeat) -> bytes:
-    data = _encoder.encode(item_json(item)).decode()
-    if isinstance(item, Heartbeat):
-        return ServerSentEvent(event="heartbeat", data=data).encode()
-    return ServerSentEvent(id=str(item.seq), event=item_kind(item), data=data).encode()
+def _default_names(event: Event) -> str:
+    return item_kind(event)
 
 
-async def _encode_events(items: AsyncIterator[Event | Heartbeat],
-                         sender: trio.MemorySendChannel[bytes]) -> None:
-    async with sender:
-        try:
-            async for item in items:
-                await sender.send(_frame(item))
-        except EngramError as exc:
-            await sender.send(ServerSentEvent(event="error", data=_encoder.encode(
-                {"code": exc.code, "message": str(exc)}).decode()).encode())
+SEED_EVENT_NAMES = {"unit.created": "workunit", "context.created": "context",
+                    "context.updated": "context", "lock.acquired": "lock",
+                    "lock.renewed": "lock", "lock.released": "lock", "lock.expired": "lock"}
+"""``events=seed``: the event names of Engram v3's SSE stream."""
 
 
-async def _batches(receiver: trio.MemoryReceiveChannel[bytes]) -> AsyncIterator[bytes]:
-    async with receiver:
-        async for first in receiver:
-            batch = [first]
-            while len(batch) < SSE_BATCH:
-                try:
-                    batch.append(receiver.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            yield b"".join(batch)
-
-
-def item_kind(event: Event) -> str:
-    return str(event.__struct_config__.tag)
+def _seed_names(event: Event) -> str:
+    kind = item_kind(event)
+    return SEED_EVENT_NAMES.get(kind, kind)
 
 
 def sse_endpoint(gw: Gateway) -> Callable[[Request], Awaitable[Any]]:
     async def endpoint(request: Request) -> Any:
         try:
-            credentials = gw.credentials(request)
+            credentials = gw.stream_credentials(request)
             options = stream_options(request)
             last = request.headers.get("last-event-id")
             if last:
-                if not last.isdigit():
+                if not last.isdigit() or len(last) > 19:
                     raise BadRequest(f"Last-Event-ID must be a seq, not {last!r:.40}")
                 options["after"] = int(last)
+            style = request.query_params.get("events", "engram")
+            if style not in ("engram", "seed"):
+                raise BadRequest("events must be engram or seed")
         except EngramError as exc:
             return error_response(exc)
-        return _ServerSentEvents(gw, credentials, options)
+        return _ServerSentEvents(gw, credentials, options,
+                                 _seed_names if style == "seed" else _default_names)
 
     return endpoint
 
@@ -172,18 +328,24 @@ def sse_endpoint(gw: Gateway) -> Callable[[Request], Awaitable[Any]]:
 def websocket_endpoint(gw: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
     async def endpoint(websocket: WebSocket) -> None:
         try:
-            credentials = gw.credentials(websocket)
+            credentials = gw.stream_credentials(websocket)
             options = stream_options(websocket)
-            options["cursor"] = websocket.query_params.get("cursor") or None
+            cursor = websocket.query_params.get("cursor") or None
+            following = Following(gw, credentials, options, cursor)
+            await following.start()
         except EngramError as exc:
             await _refuse(websocket, exc)
             return
-        try:
-            async with following(gw, credentials, options) as (client, items):
-                await websocket.accept()
-                await _converse(websocket, client, items, options["cursor"], gw.stopping)
-        except EngramError as exc:
-            await _refuse(websocket, exc)
+        deadline = deadline_of(credentials)
+        async with _open(gw, following):
+            await websocket.accept()
+            with trio.move_on_at(deadline) as expired:
+                await _converse(websocket, following, gw)
+            if expired.cancelled_caught:
+                with contextlib.suppress(Exception):
+                    await websocket.send_json({"kind": "error", "code": "unauthenticated",
+                                               "message": "the token has expired"})
+                    await websocket.close(code=1008, reason="the token has expired")
 
     return endpoint
 
@@ -203,48 +365,59 @@ def _acknowledged(text: str, cursor: str | None) -> int:
     """The seq a client message acknowledges; BadRequest for anything else."""
     try:
         message = msgspec.json.decode(text)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         message = None
     seq = message.get("ack") if isinstance(message, dict) else None
-    if cursor is None or not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+    if cursor is None or not isinstance(seq, int) or isinstance(seq, bool) \
+            or not 0 <= seq < 2**63:
         raise BadRequest('send {"ack": SEQ} on a stream opened with cursor=NAME')
     return seq
 
 
-async def _converse(websocket: WebSocket, client: AsyncClient,
-                    items: AsyncIterator[Event | Heartbeat], cursor: str | None,
-                    stopping: trio.Event) -> None:
+async def _converse(websocket: WebSocket, following: Following, gw: Gateway) -> None:
     """Send events while reading the client's acknowledgements, until either side ends
     or the gateway stops (close code 1001, going away)."""
     async with trio.open_nursery() as nursery:
         async def going_away() -> None:
-            await stopping.wait()
+            await gw.stopping.wait()
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await websocket.close(code=1001, reason="the gateway is stopping")
 
-        nursery.start_soon(going_away)
         async def acknowledgements() -> None:
             try:
                 while True:
                     text = await websocket.receive_text()
                     try:
-                        seq = _acknowledged(text, cursor)
-                        await client.ack_cursor(cursor or "", seq)
+                        await following.acknowledge(_acknowledged(text, following.name))
                     except EngramError as exc:
                         await websocket.send_json({"kind": "error", "code": exc.code,
                                                    "message": str(exc)})
-            except WebSocketDisconnect:
+            except (WebSocketDisconnect, RuntimeError, KeyError):
                 pass
             nursery.cancel_scope.cancel()
 
+        nursery.start_soon(going_away)
         nursery.start_soon(acknowledgements)
         try:
-            async for item in items:
-                await websocket.send_text(_encoder.encode(item_json(item)).decode())
-        except WebSocketDisconnect:
+            while True:
+                with trio.move_on_after(following.heartbeat) as idle:
+                    items = await following.take(WINDOW)
+                if idle.cancelled_caught:
+                    items = [following.heartbeat_now()]
+                for item in items:
+                    with trio.move_on_after(gw.stream_stall) as stalled:
+                        await websocket.send_text(_encoder.encode(item_json(item)).decode())
+                    if stalled.cancelled_caught:
+                        log.info("a WebSocket client took nothing for %gs; let go",
+                                 gw.stream_stall)
+                        nursery.cancel_scope.cancel()
+                        return
+        except (WebSocketDisconnect, OSError):
             pass
         except EngramError as exc:
-            await websocket.close(code=1011, reason=f"{exc.code}: {exc}"[:120])
+            with contextlib.suppress(Exception):
+                await websocket.send_json({"kind": "error", "code": exc.code,
+                                           "message": str(exc)})
+                await websocket.close(code=1011, reason=f"{exc.code}: {exc}"[:120])
         nursery.cancel_scope.cancel()
-

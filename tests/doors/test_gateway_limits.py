@@ -1,0 +1,388 @@
+"""The gateway in front of people (issue 36): slow readers, many identities, hostile
+input, the one error shape; the real ``engram gateway`` and ``engramd`` as processes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("hypercorn")
+
+import httpx2
+
+from engram_cli.client import requests
+from tests.conftest import WAIT, DaemonProcess, connect, run_cli, wait_until
+from tests.doors.test_gateway import (
+    Gateway,
+    as_agent,
+    error_code,
+    gateway,
+    open_gateway,
+    open_gateway_streams,
+    sse_events,
+)
+
+pytestmark = pytest.mark.slow
+__all__ = ["open_gateway"]  # a fixture, used by name
+
+
+def daemon_connections(engramd: DaemonProcess) -> int:
+    with connect(engramd.socket, "observer") as client:
+        return int(client.stats().gauges["connections"]) - 1  # less this one
+
+
+class RawStream:
+    """An SSE client on a plain socket with a small receive buffer, reading only when
+    told: a reader that pauses, as a slow browser or a stalled proxy does."""
+
+    def __init__(self, gw: Gateway, query: str, *, buffer: int = 4096) -> None:
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+        self.sock.connect((host, int(port)))
+        self.sock.sendall(f"GET /stream-sse?{query} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        self.pending = b""
+        self.head_read = False
+
+    def events(self, timeout: float = WAIT) -> Iterator[dict[str, str]]:
+        """Parsed events as they come, until *timeout* passes with nothing."""
+        self.sock.settimeout(timeout)
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                return  # (a reset drops what the kernel held unread)
+            if not data:
+                return
+            self.pending += data
+            if not self.head_read:
+                head, sep, rest = self.pending.partition(b"\r\n\r\n")
+                if not sep:
+                    continue
+                assert head.startswith(b"HTTP/1.1 200"), head
+                self.head_read, self.pending = True, rest
+            yield from self._parse()
+
+    def _parse(self) -> Iterator[dict[str, str]]:
+        # Chunked transfer: strip the chunk sizes, keep the text.
+        text, self.pending = _dechunk(self.pending)
+        self._text = getattr(self, "_text", "") + text
+        *blocks, self._text = self._text.split("\n\n")
+        for block in blocks:
+            event = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+            if "event" in event:
+                yield event
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _dechunk(data: bytes) -> tuple[str, bytes]:
+    out = []
+    while True:
+        size_line, sep, rest = data.partition(b"\r\n")
+        if not sep:
+            break
+        size = int(size_line, 16)
+        if len(rest) < size + 2:
+            break
+        out.append(rest[:size])
+        data = rest[size + 2:]
+    return b"".join(out).decode(), data
+
+
+def write_units(engramd: DaemonProcess, context: str, count: int, payload: str = "x") -> None:
+    with connect(engramd.socket, "writer") as writer:
+        for start in range(0, count, 500):
+            writer.create_units(requests.draft(context, "MESSAGE", payload)
+                                for _ in range(min(500, count - start)))
+
+
+# -- 1. a slow reader ----------------------------------------------------------------
+
+def test_a_paused_reader_with_a_small_buffer_gets_every_event_and_heartbeats(
+        open_gateway: Gateway, engramd: DaemonProcess) -> None:
+    """It stops reading while 20,000 units are written, then reads: every event, in
+    order, at its own pace, and heartbeats while it is open; a fast reader beside it
+    on the same daemon connections is never held up."""
+    slow = RawStream(open_gateway, "context=flood&heartbeat=0.3")
+    fast: list[int] = []
+
+    def read_fast() -> None:
+        with httpx2.Client(base_url=open_gateway.url, timeout=WAIT) as http, \
+                http.stream("GET", "/stream-sse", params={"context": "flood"}) as response:
+            for event in sse_events(response.iter_lines()):
+                if event.get("event") == "unit.created":
+                    fast.append(int(event["id"]))
+                    if len(fast) == 20_000:
+                        return
+
+    reader = threading.Thread(target=read_fast)
+    reader.start()
+    wait_until(lambda: open_gateway_streams(open_gateway) >= 2, "both streams open")
+    started = time.monotonic()
+    write_units(engramd, "flood", 20_000, "y" * 100)
+    reader.join(60)
+    assert len(fast) == 20_000, "the fast reader was held up"
+    fast_done = time.monotonic() - started
+    seqs: list[int] = []
+    heartbeats = 0
+    for event in slow.events():
+        if event["event"] == "unit.created":
+            seqs.append(int(event["id"]))
+        elif event["event"] == "heartbeat" and len(seqs) == 20_000:
+            heartbeats += 1
+            if heartbeats == 2:
+                break
+    slow.close()
+    assert len(seqs) == 20_000 and seqs == sorted(set(seqs)) and seqs == fast
+    assert heartbeats == 2
+    assert fast_done < 60
+
+
+def test_a_reader_that_takes_nothing_is_let_go_and_resumes_with_last_event_id(
+        engramd: DaemonProcess) -> None:
+    with gateway(engramd.env, "--stream-stall", "1") as gw:
+        slow = RawStream(gw, "context=stall&after=0", buffer=2048)
+        wait_until(lambda: open_gateway_streams(gw) >= 1, "the stream open")
+        # More than the kernel's buffers on both sides hold (a few MB on loopback).
+        write_units(engramd, "stall", 3000, "z" * 4000)
+        wait_until(lambda: open_gateway_streams(gw) == 0, "the stalled stream let go")
+        seqs = [int(e["id"]) for e in slow.events(2) if e["event"] == "unit.created"]
+        slow.close()
+        assert seqs == sorted(set(seqs)) and len(seqs) < 3000
+        with httpx2.Client(base_url=gw.url, timeout=WAIT) as http, \
+                http.stream("GET", "/stream-sse", params={"context": "stall"},
+                            headers={"Last-Event-ID": str(seqs[-1] if seqs else 0)}
+                            ) as response:
+            for event in sse_events(response.iter_lines()):
+                if event.get("event") == "unit.created":
+                    seqs.append(int(event["id"]))
+                    if len(seqs) == 3000:
+                        break
+        assert len(seqs) == 3000 and seqs == sorted(set(seqs))
+
+
+# -- 2. many identities --------------------------------------------------------------
+
+def test_300_identities_and_300_streams_leave_the_daemon_room(
+        open_gateway: Gateway, engramd: DaemonProcess) -> None:
+    http = open_gateway.http
+    added = http.post("/tasks", json={"title": "only once"}, headers=as_agent("boss"))
+    task_id = added.json()["task"]["id"]
+    claimed = http.post(f"/tasks/{task_id}/claim", json={}, headers=as_agent("bob"))
+    assert claimed.status_code == 201, claimed.text
+    claim = claimed.json()["task"]["claim"]
+    for n in range(300):
+        reply = http.get("/inbox/count", headers=as_agent(f"agent-{n}"))
+        assert reply.status_code == 200, reply.text
+    streams = [RawStream(open_gateway, f"context=s{n}") for n in range(300)]
+    try:
+        wait_until(lambda: open_gateway_streams(open_gateway) == 300, "300 streams open",
+                   timeout=60)
+        assert daemon_connections(engramd) <= 8
+        ping = run_cli(engramd.env, "ping")
+        assert ping.returncode == 0, ping.stderr
+        assert http.get("/readyz").status_code == 200
+    finally:
+        for stream in streams:
+            stream.close()
+    # The claim lived through it all: nobody else gets the task; its token is checked.
+    assert http.post(f"/tasks/{task_id}/claim", json={},
+                     headers=as_agent("carol")).status_code == 409
+    assert http.get(f"/tasks/{task_id}").json()["task"]["claim"]["lock_id"] == claim["lock_id"]
+    for wrong in (1, 999_999):
+        for verb in ("done", "release"):
+            refused = http.post(f"/tasks/{task_id}/{verb}", json={"token": wrong},
+                                headers=as_agent("bob"))
+            assert refused.status_code == 409, refused.text
+    done = http.post(f"/tasks/{task_id}/done", json={"token": claim["fencing_token"]},
+                     headers=as_agent("bob"))
+    assert done.status_code == 200 and done.json()["task"]["state"] == "done"
+
+
+def test_a_lease_over_http_lives_by_its_ttl_and_renewals(open_gateway: Gateway) -> None:
+    http = open_gateway.http
+    took = http.post("/locks", json={"resources": "deploy:prod", "ttl": 1},
+                     headers=as_agent("ops"))
+    assert took.status_code == 201, took.text
+    lease = took.json()["leases"][0]
+    assert lease["holder_pid"] == 0 and not lease["bound_to_connection"]
+    again = http.post("/locks", json={"resources": "deploy:prod"}, headers=as_agent("ops"))
+    assert again.status_code == 409  # another request of the same agent is another session
+    renewed = http.post("/locks/renew", json={"lock_id": lease["lock_id"], "ttl": 30},
+                        headers=as_agent("ops"))
+    assert renewed.status_code == 200, renewed.text
+    time.sleep(1.5)
+    held = http.get("/locks/deploy:prod").json()
+    assert held["lease"]["lock_id"] == lease["lock_id"]
+
+
+# -- 4. errors, metrics, inputs ------------------------------------------------------
+
+def test_metrics_checks_the_callers_token(engramd: DaemonProcess) -> None:
+    token = run_cli(engramd.env, "agent", "token", "create", "scraper").stdout.strip()
+    with gateway(engramd.env, "--auth", "token") as gw:
+        assert gw.http.get("/metrics").status_code == 401
+        forged = gw.http.get("/metrics", headers={"Authorization": "Bearer egt_anything"})
+        assert forged.status_code == 401 and error_code(forged) == "unauthenticated"
+        good = gw.http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert good.status_code == 200 and "engram_gateway_daemon_up 1" in good.text
+
+
+BIG = 2**64
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", f"/workunits/c?limit={BIG}", None),
+    ("GET", f"/workunits/c?after={BIG}", None),
+    ("GET", f"/contexts?limit={BIG}", None),
+    ("GET", f"/tasks?limit={BIG}", None),
+    ("GET", f"/inbox?limit={BIG}", None),
+    ("POST", "/search", {"query": "x", "limit": BIG}),
+    ("POST", "/search", {"query": "x", "offset": BIG}),
+    ("POST", "/search/relationships", {"unit_id": "x", "depth": BIG}),
+    ("POST", "/tasks", {"title": "t", "priority": BIG}),
+    ("POST", "/tasks/01a20000-0000-7000-8000-000000000000/done", {"token": BIG}),
+    ("POST", "/workunit", {"context_id": "c", "fence": {"resource": "r", "token": BIG}}),
+    ("POST", "/search", "[" * 1000 + "]" * 1000),
+    ("POST", "/workunit", '{"context_id": "c", "meta": ' + "[" * 1000 + "]" * 1000 + "}"),
+    ("POST", "/contexts", '{"meta": ' + '{"a": ' * 1000 + "1" + "}" * 1001),
+])
+def test_huge_integers_and_deep_json_are_bad_requests(
+        open_gateway: Gateway, method: str, path: str, body: object) -> None:
+    content = body if isinstance(body, str) else json.dumps(body) if body else None
+    reply = open_gateway.http.request(method, path, content=content)
+    assert reply.status_code == 400, reply.text
+    assert error_code(reply) == "bad_request"
+
+
+def test_every_error_is_the_one_json_shape(open_gateway: Gateway) -> None:
+    http = open_gateway.http
+    for path, status, code in (("/nowhere", 404, "not_found"),
+                               ("/workunit/", 404, "not_found")):
+        reply = http.get(path)
+        assert (reply.status_code, error_code(reply)) == (status, code), reply.text
+    wrong_method = http.delete("/workunit")
+    assert wrong_method.status_code == 405 and error_code(wrong_method) == "method_not_allowed"
+    assert "POST" in wrong_method.headers["allow"]
+    unknown = http.get("/inbox", params={"limitt": "3"})
+    assert unknown.status_code == 400 and "limitt" in unknown.json()["error"]["message"]
+    assert http.get("/workunits/c", params={"limit": "0"}).status_code == 400
+    assert http.get("/inbox", headers={"X-Agent-ID": "bob\x1b"}).status_code == 400
+    unit = http.post("/workunit", json={"context_id": "c", "payload": "p"}).json()["units"][0]
+    assert unit["pid"] == 0  # not the gateway's
+    sent = http.post("/messages", json={"to": "bob", "payload": "hi", "new_recipients": True})
+    wrong_agent = http.post(f"/inbox/{sent.json()['id']}/ack", headers=as_agent("eve"))
+    assert wrong_agent.status_code == 403
+
+
+def test_aborted_uploads_and_leaving_stream_clients_log_no_tracebacks(
+        engramd: DaemonProcess) -> None:
+    with gateway(engramd.env) as gw:
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        for _ in range(50):
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(b"POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                             b"application/json\r\nContent-Length: 100000\r\n\r\n{\"con")
+        for _ in range(10):
+            stream = RawStream(gw, "context=leave")
+            wait_until(lambda: open_gateway_streams(gw) >= 1, "a stream open")
+            stream.close()
+        wait_until(lambda: open_gateway_streams(gw) == 0, "the streams closed")
+        gw.process.terminate()
+        gw.process.wait(WAIT)
+        assert gw.process.stderr is not None
+        err = gw.process.stderr.read()
+        assert "Traceback" not in err and "ExceptionGroup" not in err, err[:2000]
+        assert len(err.splitlines()) <= 2, err[:2000]
+
+
+def test_a_non_pem_public_key_is_refused_at_start(env: dict[str, str], scratch: str) -> None:
+    not_pem = Path(scratch, "key.pem")
+    not_pem.write_text("not a key\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "engram_cli", "gateway", "--auth", "jwt",
+         "--jwt-public-key", str(not_pem)], env={**env, "ENGRAM_NO_AUTOSTART": "1"},
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2 and "not a PEM public key" in result.stderr
+
+
+# -- 3. streams end with their credentials -------------------------------------------
+
+def _stream_error(gw: Gateway, headers: dict[str, str], then: object = None
+                  ) -> dict[str, object]:
+    """Open an SSE stream, run *then* once it is open, and return its error event."""
+    with httpx2.Client(base_url=gw.url, timeout=WAIT) as http, \
+            http.stream("GET", "/stream-sse", params={"context": "ends", "heartbeat": "0.2"},
+                        headers=headers) as response:
+        assert response.status_code == 200
+        for event in sse_events(response.iter_lines()):
+            if event["event"] == "heartbeat" and callable(then):
+                then()
+                then = None
+            if event["event"] == "error":
+                return dict(json.loads(event["data"]))
+    raise AssertionError("the stream ended without an error event")
+
+
+def test_a_stream_ends_at_its_jwts_exp_with_an_error_event(
+        engramd: DaemonProcess, scratch: str) -> None:
+    from tests.doors.test_gateway import SECRET, _claims, _hs256
+
+    secret = Path(scratch, "secret")
+    secret.write_text(SECRET)
+    with gateway(engramd.env, "--auth", "jwt", "--jwt-secret-file", str(secret)) as gw:
+        token = _hs256(_claims(exp=int(time.time()) + 2))
+        started = time.monotonic()
+        error = _stream_error(gw, {"Authorization": f"Bearer {token}"})
+        assert error["code"] == "unauthenticated" and "expired" in str(error["message"])
+        assert 1 <= time.monotonic() - started < 5
+
+
+def test_a_stream_ends_when_its_agent_token_is_revoked(engramd: DaemonProcess) -> None:
+    token = run_cli(engramd.env, "agent", "token", "create", "watcher").stdout.strip()
+    with gateway(engramd.env, "--auth", "token") as gw:
+        def revoke() -> None:
+            assert run_cli(engramd.env, "agent", "token", "revoke", "watcher").returncode == 0
+
+        error = _stream_error(gw, {"Authorization": f"Bearer {token}"}, revoke)
+        assert error["code"] == "forbidden" and "revoked" in str(error["message"])
+
+
+# -- 6. the seed's clients -----------------------------------------------------------
+
+def test_the_seeds_bodies_parameters_and_event_names(open_gateway: Gateway) -> None:
+    http = open_gateway.http
+    seqs = [http.post("/workunit", json={"context_id": "seed", "payload": f"p{n}"},
+                      headers=as_agent("old")).json()["units"][0]["seq"] for n in range(5)]
+    first = http.get("/workunits/seed", params={"limit": 2}).json()
+    older = http.get("/workunits/seed", params={"limit": 2,
+                                                "cursor": first["next_cursor"]}).json()
+    assert {u["seq"] for u in first["units"]} | {u["seq"] for u in older["units"]} == \
+        set(seqs[1:])  # the next page, not page 1 again
+    lease = http.post("/locks", json={"resource_path": "seed/file"}, headers=as_agent("old"))
+    assert lease.status_code == 201 and lease.json()["leases"][0]["resource"] == "seed/file"
+    wait_until(lambda: http.post("/search", json={"query": "p1", "context_id": "seed"}
+                                 ).json().get("total") == 1, "the seed's search to find it")
+    unit_id = first["units"][0]["id"]
+    related = http.post("/search/relationships", json={"target_id": unit_id})
+    assert related.status_code == 200, related.text
+    pinned = http.patch("/contexts/seed", json={"pin_units": [unit_id]})
+    assert pinned.status_code == 200 and unit_id in pinned.json()["context"]["pinned_units"]
+    assert http.post("/workunit", json={"context_id": "seed", "agent_id": "someone"}
+                     ).status_code == 400
+    with httpx2.Client(base_url=open_gateway.url, timeout=WAIT) as client, \
+            client.stream("GET", "/stream-sse",
+                          params={"context": "seed", "after": "0", "kind": "unit.created",
+                                  "events": "seed"}) as response:
+        event = next(e for e in sse_events(response.iter_lines()) if "id" in e)
+        assert event["event"] == "workunit" and int(event["id"]) == seqs[0]
