@@ -122,7 +122,9 @@ class ContextUpdated(Event, tag="context.updated"):
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True):
-    """A time-boxed exclusive hold on one resource path, by one session of an agent."""
+    """A time-boxed hold on one resource (a plain name, or a file, directory or glob:
+    :mod:`engramd.protocol.resources`) by one session of an agent: exclusive, or
+    shared with other shared leases."""
 
     resource: str
     holder: str
@@ -154,6 +156,9 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     pgid: int | None = None
     """The process group that works under it (``lock run``'s CMD): the lease does not
     end while a process of that group runs; the granting daemon stops the group first."""
+    shared: bool = False
+    """A shared (reader's) lease: it coexists with other shared leases on what it
+    overlaps, and conflicts only with exclusive ones."""
 
 
 GRACE_SECONDS = 5.0

@@ -52,22 +52,23 @@ async def test_a_waiter_is_served_when_first_in_line_on_every_resource() -> None
     table.enqueue(both)
     table.pump()
     assert not first.turn.is_set() and not both.turn.is_set()  # a is held
-    table.remove(table.held["a"])
+    table.remove(table.on("a")[0])
     table.pump()
     assert first.turn.is_set() and not both.turn.is_set()  # a is reserved for first
-    assert not table.free("a") and table.free("b")
+    assert not table.free(["a"]) and table.free(["b"])
     table.install(Holding(lease("a", "y", "s2"), deadline=20))
-    table.remove(table.held["a"])
+    table.unreserve(first)
+    table.remove(table.on("a")[0])
     table.pump()
     assert both.turn.is_set()
-    assert table.reserved == {"a", "b"}
+    assert [c.resource.text for c in table.reserved[both]] == ["a", "b"]
 
 
 async def test_holders_and_cycles_are_sessions_of_agents() -> None:
     table = LockTable()
     table.install(Holding(lease("x", "A", "s1"), deadline=10))
     table.install(Holding(lease("y", "B", "s2"), deadline=10))
-    assert table.held_in(("A", "s1"), ["y", "x"]) is table.held["x"]
+    assert table.held_in(("A", "s1"), ["y", "x"]) is table.on("x")[0]
     assert table.held_in(("A", "s9"), ["x"]) is None  # another session of A
     assert table.held_in(("C", "s1"), ["x"]) is None  # the same session name, another agent
     table.enqueue(Waiting("A", "s1", 1, ["y"]))
@@ -75,7 +76,7 @@ async def test_holders_and_cycles_are_sessions_of_agents() -> None:
     assert steps is not None
     assert [(resource, holding.lease.holder) for resource, holding in steps] == [
         ("x", "A"), ("y", "B")]
-    table.dequeue(next(iter(table.queues["y"])))
+    table.dequeue(next(iter(table.line)))
     table.enqueue(Waiting("A", "s9", 1, ["y"]))  # A's other session waits: no cycle
     assert table.cycle(("B", "s2"), ["x"]) is None
 
