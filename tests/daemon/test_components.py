@@ -486,6 +486,34 @@ def test_a_late_end_of_a_lease_leaves_its_successor_stored(
     assert [msgspec.msgpack.decode(raw, type=Lease) for raw in store.leases()] == [second]
 
 
+def test_shared_leases_on_one_resource_are_stored_apart(
+        storage: tuple[Store, WriteAheadLog]) -> None:
+    from engramd.protocol import LockAcquired, LockReleased
+
+    store, _ = storage
+    one = msgspec.structs.replace(lease("r", "a", "s1"), shared=True)
+    two = msgspec.structs.replace(lease("r", "b", "s2"), shared=True)
+    store.apply([Entry(first_seq=1, events=[
+        LockAcquired(seq=1, ts=WHEN, context_id="", lease=one),
+        LockAcquired(seq=2, ts=WHEN, context_id="", lease=two)])])
+    assert len(list(store.leases())) == 2
+    store.apply([Entry(first_seq=3, events=[
+        LockReleased(seq=3, ts=WHEN, context_id="", lease=one, reason="released", by="a")])])
+    assert [msgspec.msgpack.decode(raw, type=Lease) for raw in store.leases()] == [two]
+
+
+def test_a_lease_stored_before_shared_leases_ends_too(
+        storage: tuple[Store, WriteAheadLog]) -> None:
+    from engramd.protocol import LockReleased
+
+    store, _ = storage
+    old = lease("r", "a", "s1")
+    store.db.put(b"l/r", msgspec.msgpack.encode(old))  # as an older engramd kept it
+    store.apply([Entry(first_seq=1, events=[
+        LockReleased(seq=1, ts=WHEN, context_id="", lease=old, reason="released", by="a")])])
+    assert list(store.leases()) == []
+
+
 # -- the contexts a write looks up ------------------------------------------------------
 
 
