@@ -357,3 +357,13 @@ class LockTable:
     def resources(self) -> list[str]:
         return sorted(set(self._on) | set(self._queued))
 
+    def with_line(self, line: Iterable[Waiting]) -> LockTable:
+        """This table's leases and reservations with another line of waiters (cluster
+        mode: every machine's, in ticket order), for the wait-for graph and the views."""
+        table = LockTable()
+        table.held, table.taken, table.reserved = self.held, self.taken, self.reserved
+        table._claims, table._on = self._claims, self._on
+        for waiting in line:
+            table.enqueue(waiting)
+        return table
+

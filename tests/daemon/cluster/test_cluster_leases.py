@@ -434,3 +434,100 @@ def test_a_lease_not_renewed_is_lost_at_its_deadline_and_freed_by_the_servers(
         (following,) = bob.acquire_lock("short", ttl=30, wait=WAIT)
         assert following.fencing_token > held.fencing_token
         assert following.acquired_at >= held.expires_at
+
+
+# -- paths, directories, globs and shared leases across machines -----------------------
+
+
+def test_a_directory_a_file_in_it_and_a_glob_exclude_each_other_across_machines(
+        machines: list[Machine]) -> None:
+    a, b, c = machines
+    root = f"file:github.com/t/{uuid.uuid4().hex[:8]}:"
+    with a.client("alice") as alice, b.client("bob") as bob, c.client("carol") as carol:
+        (directory,) = alice.acquire_lock(root + "src/", ttl=30)
+        with pytest.raises(LockHeld, match="alice"):
+            bob.acquire_lock(root + "src/app.py", ttl=30)
+        with pytest.raises(LockHeld, match="alice"):
+            carol.acquire_lock(root + "src/**/*.py", ttl=30)
+        (elsewhere,) = bob.acquire_lock(root + "docs/a.md", ttl=30)  # not in src/
+        (other_repo,) = carol.acquire_lock("file:github.com/t/other:src/app.py", ttl=30)
+        alice.release_lock(directory.lock_id)
+        (glob,) = carol.acquire_lock(root + "src/**/*.py", ttl=30, wait=WAIT)
+        with pytest.raises(LockHeld, match="carol"):
+            alice.acquire_lock(root + "src/lib/x.py", ttl=30)
+        (c_file,) = alice.acquire_lock(root + "src/lib/x.c", ttl=30)  # no .py: free
+        assert glob.fencing_token > directory.fencing_token
+        for held, who in ((elsewhere, bob), (other_repo, carol), (glob, carol),
+                          (c_file, alice)):
+            who.release_lock(held.lock_id)
+
+
+def test_shared_readers_on_two_machines_and_a_waiting_writer(machines: list[Machine]) -> None:
+    a, b, c = machines
+    root = f"file:github.com/t/{uuid.uuid4().hex[:8]}:"
+    with a.client("r1") as r1, b.client("r2") as r2, c.client("w") as writer, \
+            c.client("r3") as r3:
+        (one,) = r1.acquire_lock(root + "data/", ttl=30, shared=True)
+        (two,) = r2.acquire_lock(root + "data/", ttl=30, shared=True)  # readers coexist
+        granted: list[Lease] = []
+        waiting = threading.Thread(target=lambda: granted.extend(
+            writer.acquire_lock(root + "data/table.csv", ttl=30, wait=60)))
+        waiting.start()
+        wait_until(lambda: len(r1.get_lock(root + "data/table.csv").waiters) == 1,
+                   "the writer to be in line")
+        # A reader that comes after the waiting writer waits behind it: no starvation.
+        with pytest.raises(LockHeld):
+            r3.acquire_lock(root + "data/", ttl=30, shared=True)
+        r1.release_lock(one.lock_id)
+        r2.release_lock(two.lock_id)
+        waiting.join(60)
+        assert len(granted) == 1 and granted[0].fencing_token > two.fencing_token
+        writer.release_lock(granted[0].lock_id)
+
+
+def test_conflicting_leases_written_at_once_on_two_machines_are_never_both_kept(
+        machines: list[Machine], tmp_path: Path) -> None:
+    """Two machines race, over and over, for a directory and files in it (and readers
+    for the directory), half of the racers by trying again and again rather than
+    waiting in line (so their writes meet on the servers): whoever holds notes its
+    span; no two conflicting spans overlap."""
+    a, b, _ = machines
+    root = f"file:/race/{uuid.uuid4().hex[:8]}/"
+    wanted = [(root + "d/", False), (root + "d/f", False), (root + "d/", True),
+              (root + "d/*", False)]
+    spans: list[tuple[str, bool, float, float]] = []
+    lock = threading.Lock()
+
+    def racer(machine: Machine, agent: str, picks: list[int], patient: bool) -> None:
+        import time
+
+        with machine.client(agent) as engram:
+            for pick in picks:
+                resource, shared = wanted[pick]
+                while True:
+                    try:
+                        (lease,) = engram.acquire_lock(resource, ttl=30, shared=shared,
+                                                       wait=60 if patient else 0)
+                        break
+                    except LockHeld:
+                        time.sleep(0.001)
+                began = time.monotonic()
+                time.sleep(0.005)
+                ended = time.monotonic()
+                engram.release_lock(lease.lock_id)
+                with lock:
+                    spans.append((resource, shared, began, ended))
+
+    threads = [threading.Thread(target=racer, args=(
+        machine, f"{machine.name}{n}", [(n + i) % len(wanted) for i in range(12)], n == 0))
+        for machine in (a, b) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(240)
+    assert len(spans) == 6 * 12
+    from engramd.protocol import resources as names
+
+    for (r1, s1, b1, e1), (r2, s2, b2, e2) in itertools.combinations(spans, 2):
+        if names.conflicts(r1, r2, a_shared=s1, b_shared=s2):
+            assert e1 <= b2 or e2 <= b1, f"{r1} and {r2} were held at once"
