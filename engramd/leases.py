@@ -55,7 +55,6 @@ from engramd.protocol import (
     NotFound,
     Timeout,
 )
-from engramd.protocol import resources as names
 from engramd.storage import Store
 from engramd.wal.record import Entry
 
@@ -315,13 +314,12 @@ class LeaseManager:
             for holding in holdings[:3]:
                 left = max(0.0, holding.deadline - trio.current_time())
                 lease = holding.lease
-                what = resource if lease.resource == resource else \
-                    f"{resource} (inside {lease.resource})" if names.contains(
-                        lease.resource, resource) else f"{resource} (overlapping {lease.resource})"
-                parts.append(f"{what} is held{' shared' if lease.shared else ''} by "
+                parts.append(f"{lease.resource} is held{' shared' if lease.shared else ''} by "
                              f"{holding.holder} until "
                              f"{lease.expires_at.isoformat(timespec='seconds')} "
-                             f"({left:.1f}s left)")
+                             f"({left:.1f}s left)"
+                             + ("" if lease.resource == resource else
+                                f", in the way of {resource}"))
             if len(holdings) > 3:
                 parts.append(f"{resource}: {len(holdings) - 3} more lease(s) in the way")
             if holdings:
