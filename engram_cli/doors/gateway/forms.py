@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -82,15 +83,24 @@ class MessageForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class LockForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Leases to take together (``POST /locks``); ``wait`` seconds in line (0: once)."""
+    """Leases to take together (``POST /locks``); ``wait`` seconds in line (0: once).
+    ``resources`` are names; ``paths`` absolute paths on the gateway's machine (files,
+    directories ending in ``/`` or on disk, globs), resolved to their names;
+    ``shared``: shared (readers') leases."""
 
-    resources: list[str] | str
+    resources: list[str] | str = []
     ttl: float | None = None
     wait: float = 0.0
+    paths: list[str] | str = []
+    shared: bool = False
 
-    def request(self) -> AcquireLock:
+    def request(self, resolve: Callable[[list[str]], list[str]]) -> AcquireLock:
+        """The acquire, with *resolve* naming the paths (it asks git: call it off the
+        event loop)."""
         resources = [self.resources] if isinstance(self.resources, str) else self.resources
-        return AcquireLock(resources=resources, ttl=self.ttl, wait=self.wait)
+        paths = [self.paths] if isinstance(self.paths, str) else self.paths
+        return AcquireLock(resources=[*resources, *resolve(paths)], ttl=self.ttl,
+                           wait=self.wait, shared=self.shared)
 
 
 class RenewForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
