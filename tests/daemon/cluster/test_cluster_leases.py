@@ -531,3 +531,58 @@ def test_conflicting_leases_written_at_once_on_two_machines_are_never_both_kept(
     for (r1, s1, b1, e1), (r2, s2, b2, e2) in itertools.combinations(spans, 2):
         if names.conflicts(r1, r2, a_shared=s1, b_shared=s2):
             assert e1 <= b2 or e2 <= b1, f"{r1} and {r2} were held at once"
+
+
+def _repository(where: Path, remote: str | None = None) -> Path:
+    where.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(where)], check=True)
+    if remote:
+        subprocess.run(["git", "-C", str(where), "remote", "add", "origin", remote], check=True)
+    return where
+
+
+def test_paths_through_the_cli_on_three_machines(machines: list[Machine],
+                                                 tmp_path: Path) -> None:
+    """The two-repository case, a directory and a file, a glob and files, shared readers
+    with a waiting writer: the real engram on three machines of one cluster."""
+    a, b, c = machines
+    seven = _repository(tmp_path / "repo7")
+    eight = _repository(tmp_path / "repo8", "git@github.com:bob/eight.git")
+    clone = _repository(tmp_path / "clone", "https://github.com/bob/eight")
+
+    def lock(machine: Machine, *args: str) -> subprocess.CompletedProcess[str]:
+        return machine.cli("lock", "acquire", "--ttl", "60", *args)
+
+    # Two repositories with src/app.py each: no collision; a clone of one remote on
+    # another machine is the same repository.
+    assert lock(a, "--path", f"{seven}/src/app.py").returncode == 0
+    assert lock(b, "-n", "--path", f"{eight}/src/app.py").returncode == 0
+    same = lock(c, "-n", "--path", f"{clone}/src/app.py")
+    assert same.returncode == 4 and "file:github.com/bob/eight:src/app.py" in same.stderr
+    # A directory and a file in it.
+    assert lock(a, "--path", f"{seven}/docs/").returncode == 0
+    inside = lock(b, "-n", "--path", f"{seven}/docs/index.md")
+    assert inside.returncode == 4 and f"file:{seven}/docs/" in inside.stderr
+    # A glob and files.
+    assert lock(b, "--path", f"{eight}/lib/**/*.py").returncode == 0
+    assert lock(c, "-n", "--path", f"{clone}/lib/x/y.py").returncode == 4
+    assert lock(c, "-n", "--path", f"{clone}/lib/x/y.c").returncode == 0
+    # Shared readers on two machines, a writer waiting on the third, a late reader.
+    for reader in (a, b):
+        assert lock(reader, "--shared", "--path", f"{seven}/data/").returncode == 0
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "engram_cli", "lock", "run", "--path", f"{seven}/data/t.csv",
+         "--wait", "60", "--", "sh", "-c", "echo wrote"], env=c.env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    table = f"file:{seven}/data/t.csv"
+    with a.client("observer") as observer:
+        wait_until(lambda: len(observer.get_lock(table).waiters) == 1, "the writer in line")
+        late = lock(a, "-n", "--shared", "--path", f"{seven}/data/")
+        assert late.returncode == 4 and "waiting ahead" in late.stderr
+        readers = observer.get_lock(f"file:{seven}/data/").leases
+        assert len(readers) == 2 and all(lease.shared for lease in readers)
+        # (The readers' commands have exited; their leases last until broken.)
+        done = b.cli("lock", "break", "--path", f"{seven}/data/", "--reason", "read")
+        assert done.returncode == 0, done.stderr  # every shared lease on it
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0 and out == "wrote\n", err
