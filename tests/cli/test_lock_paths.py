@@ -138,3 +138,18 @@ def test_shared_readers_coexist_and_a_waiting_writer_is_not_starved(
     out, err = writer.communicate(timeout=WAIT)
     assert writer.returncode == 0, err
     assert float(out) >= ended  # it ran once both readers had gone
+
+
+def test_lock_run_takes_paths_before_the_command_and_leaves_its_arguments_alone(
+        engramd: DaemonProcess, tmp_path: Path) -> None:
+    env = engramd.env
+    repo = repository(tmp_path / "repo")
+    script = 'echo "$@"; echo "$ENGRAM_FENCE"'
+    for words in (["--path", "src/"], ["-p", "src/", "--ttl", "5"], ["ci:job", "--path", "src/"]):
+        done = engram(env, repo, "lock", "run", *words, "--", "sh", "-c", script, "x", "--", "y")
+        assert done.returncode == 0, (words, done.stderr)
+        said, fence = done.stdout.splitlines()
+        assert said == "-- y"
+        assert f"file:{os.path.realpath(repo)}/src/:" in fence
+    nothing = engram(env, repo, "lock", "run", "--shared", "--", "true")
+    assert nothing.returncode == 2 and "usage" in nothing.stderr

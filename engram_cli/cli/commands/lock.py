@@ -332,16 +332,16 @@ def _split_command(words: list[str]) -> tuple[list[str], list[str]]:
     """What comes before ``--`` and CMD after it. The option parser keeps the ``--`` among
     the words once a resource came before it; with only options before it (``lock run
     --path src/ -- make``) it took it, and CMD is the words the command line had after it."""
-    if "--" in words:
-        split = words.index("--")
-        return words[:split], words[split + 1:]
     argv = sys.argv[1:]
-    if "--" not in argv:
+    if argv.count("--") > words.count("--"):  # the parser took the first one
+        after = len(argv) - argv.index("--") - 1
+        if not 0 < after <= len(words):
+            raise UsageProblem(RUN_USAGE)
+        return words[:len(words) - after], words[len(words) - after:]
+    if "--" not in words:
         raise UsageProblem(RUN_USAGE)
-    after = len(argv) - argv.index("--") - 1
-    if not 0 < after <= len(words):
-        raise UsageProblem(RUN_USAGE)
-    return words[:len(words) - after], words[len(words) - after:]
+    split = words.index("--")
+    return words[:split], words[split + 1:]
 
 
 RUN_USAGE = ("usage: engram lock run [RES...] [--path PATH]... [--shared] [--ttl S] "
