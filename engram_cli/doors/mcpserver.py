@@ -19,6 +19,7 @@ are the harness hooks (``engram hook``).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -158,6 +159,15 @@ async def thread_text(client: AsyncClient, name: str) -> str:
     return _units(sorted(units, key=lambda unit: unit.seq), f"no messages in thread {name}")
 
 
+def changed_files() -> list[str]:
+    """The files ``git status`` shows changed in the project (the server's working
+    directory), named as leases on them are: the brief lists others' leases on them."""
+    from engram_cli.client import gitinfo
+
+    here = os.getcwd()
+    return list(where.in_repository(here, gitinfo.changed_files(here)).values())
+
+
 def invalid_arguments(error: ValidationError) -> str:
     """Pydantic's report of arguments that do not fit a tool's schema, as one line."""
     return "; ".join(
@@ -252,7 +262,9 @@ def build_server(identity: Identity) -> MCPServer:
     @tool("Your session brief: unread mail, your tasks and leases, ready tasks, news.")
     async def brief(max_chars: Annotated[int, Field(ge=500, le=50_000)] = 6000) -> str:
         async def run(client: AsyncClient) -> str:
-            return briefview.markdown(await client.brief(), max_chars)
+            files = await trio.to_thread.run_sync(changed_files)
+            return briefview.markdown(await client.brief(files=files), max_chars,
+                                      name=where.display)
         return await call(run, footer=False)
 
     @tool("Agents: their live sessions, last seen, leases, unread.", READ_ONLY)
@@ -499,7 +511,9 @@ def build_server(identity: Identity) -> MCPServer:
                      "move the mark the brief tool's 'since your last brief' starts from).")
     async def brief_resource() -> str:
         async def run(client: AsyncClient) -> str:
-            return briefview.markdown(await client.brief(advance=False), 6000)
+            files = await trio.to_thread.run_sync(changed_files)
+            return briefview.markdown(await client.brief(advance=False, files=files), 6000,
+                                      name=where.display)
         return await read(call(run, footer=False))
 
     @server.resource("engram://inbox", description="Your unread messages (not marked read).")

@@ -28,6 +28,7 @@ import trio.testing
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from engram_cli.client import paths
 from engramd.caller import Caller
 from engramd.claims import Claim, ClaimIndex
 from engramd.leases import LeaseManager
@@ -138,10 +139,11 @@ def check(world: World) -> None:
             for holding in held for resource in request.resources) or any(
             ahead.who != request.who and conflict(ahead, request) for ahead in waiting[:n])
         assert in_the_way, f"{request} waits with nothing in its way"
-    # The guard's verdict equals the manager's, lease by lease, file by file.
+    # The guard's verdict (the function the hooks call) equals the manager's, lease by
+    # lease, file by file.
+    leases = [holding.lease for holding in held]
     for path in FILES:
-        guard = {holding.lease.lock_id for holding in held
-                 if names.covers(holding.lease.resource, path)}
+        guard = {lease.lock_id for lease in paths.in_the_way(leases, "probe", path)}
         manager = {holding.lease.lock_id
                    for holding in table.holders_in_the_way(path, False, ("probe", "probe"))}
         assert guard == manager, path

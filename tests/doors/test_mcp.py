@@ -178,6 +178,11 @@ async def test_the_lock_tool_takes_paths_from_the_project(engramd: DaemonProcess
             assert not failed and text.endswith("(shared)"), text
             failed, text = await call(session, "locks")
             assert "notes/: bob (shared)" in text and "src/app.py: claude-p" in text
+            (project / "README.md").write_text("changed here\n")  # git status shows it
+            (readme,) = bob.acquire_lock(root + "README.md", ttl=60)
+            failed, text = await call(session, "brief")
+            assert not failed and "- `README.md` by bob" in text, text
+            bob.release_lock(readme.lock_id)
             failed, text = await call(session, "unlock", lock_id=leases[1]["lock_id"],
                                       path="src/app.py")
             assert not failed and text == "released src/app.py"
