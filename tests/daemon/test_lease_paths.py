@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, event, given, settings
@@ -257,3 +258,56 @@ async def acquire(world: World, request: Request, wait: float | None, ttl: float
 def test_the_generated_names_are_canonical() -> None:
     for resource in RESOURCES:
         assert names.parse(resource).text == resource
+
+
+# -- deadlock refusal and fencing across the hierarchy ------------------------------------
+
+
+def manager() -> tuple[LeaseManager, list[Caller]]:
+    leases = LeaseManager(None, Journal(), default_ttl=60, max_ttl=3600,  # type: ignore[arg-type]
+                          max_per_agent=100, max_waiters=100)
+    return leases, [Caller(agent_id=agent, uid=0, pid=n + 1, connection_id=f"conn:{n + 1}@t")
+                    for n, agent in enumerate(["ann", "bob", "cat"])]
+
+
+async def test_a_wait_that_closes_a_cycle_through_directories_is_refused(
+        autojump_clock: trio.abc.Clock) -> None:
+    from engramd.protocol import Deadlock
+
+    leases, (ann, bob, _) = manager()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(leases.run)
+        await leases.acquire(AcquireLock(resources=[REPO + "a/x"]), ann)
+        await leases.acquire(AcquireLock(resources=[REPO + "b/"]), bob)
+        nursery.start_soon(leases.acquire, AcquireLock(resources=[REPO + "b/y"], wait=None),
+                           ann)  # ann waits for bob's directory...
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(Deadlock, match=r"held by ann \(pid 1\) \(as file:"):
+            # ...so bob waiting for a glob that meets ann's file closes a cycle.
+            await leases.acquire(AcquireLock(resources=[REPO + "a/*"], wait=None), bob)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_write_in_a_leased_directory_is_fenced_by_its_token(
+        autojump_clock: trio.abc.Clock) -> None:
+    from engramd.protocol import Conflict, Fence
+
+    leases, (ann, bob, _) = manager()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(leases.run)
+        (directory,) = await leases.acquire(AcquireLock(resources=[REPO + "a/"]), ann)
+        (glob,) = await leases.acquire(AcquireLock(resources=[REPO + "b/*.py"]), bob)
+        (reader,) = await leases.acquire(AcquireLock(resources=[OTHER + "a"], shared=True),
+                                         bob)
+        leases.check_fence(Fence(resource=REPO + "a/b/c", token=directory.fencing_token))
+        leases.check_fence(Fence(resource=REPO + "b/x.py", token=glob.fencing_token))
+        with pytest.raises(Conflict, match="stale fence"):
+            leases.check_fence(Fence(resource=REPO + "b/x.c", token=glob.fencing_token))
+        with pytest.raises(Conflict, match="held with token"):
+            leases.check_fence(Fence(resource=REPO + "a/b", token=glob.fencing_token))
+        with pytest.raises(Conflict, match="fences no write"):
+            leases.check_fence(Fence(resource=OTHER + "a", token=reader.fencing_token))
+        await leases.release(directory.lock_id, ann)
+        with pytest.raises(Conflict, match="not held"):
+            leases.check_fence(Fence(resource=REPO + "a/b/c", token=directory.fencing_token))
+        nursery.cancel_scope.cancel()
