@@ -3,13 +3,16 @@
 One JetStream key-value bucket, ``engram_<deployment>_leases``, replicated like
 the journal. Two kinds of keys live in it:
 
-* ``l.<root>.<resource>.<lock id>``: one lease, while it is held. ``<root>`` names
-  what the resource shares with every resource it may overlap (its repository,
-  the file system, a plain name alone: :mod:`engramd.protocol.resources`), hashed,
-  so that one read of ``l.<root>.>`` finds every lease that may conflict with it.
-  Written only with ``Nats-Expected-Last-Subject-Sequence`` (compare-and-set on
-  the key's revision: 0 creates it) and a per-message TTL (``Nats-TTL``), so the
-  servers end a lease nobody renews: no machine's clock decides an expiry.
+* ``l.<root>.<resource>.<holder>``: the lease of one session (``<holder>``: a hash of
+  the agent and the session that took it) on a resource, while it is held (a session
+  holds one lease per resource, and a session that takes a resource again writes the
+  same key: a busy name leaves no trail of keys). ``<root>`` names what the resource
+  shares with every resource it may overlap (its repository, the file system, a plain
+  name alone: :mod:`engramd.protocol.resources`), hashed, so that one read of
+  ``l.<root>.>`` finds every lease that may conflict with it. Written only with
+  ``Nats-Expected-Last-Subject-Sequence`` (compare-and-set on the key's revision) and a
+  per-message TTL (``Nats-TTL``), so the servers end a lease nobody renews: no
+  machine's clock decides an expiry.
 * ``w.<waiter>``: a waiter's ticket (its resources and mode), while it waits. Its
   TTL is short and its machine puts it again while the waiter waits, so the
   tickets of a machine that went away leave the line by themselves.
@@ -58,8 +61,15 @@ def root_token(resource: str) -> str:
     return base64.urlsafe_b64encode(digest).decode()
 
 
-def lease_key(resource: str, lock_id: str) -> str:
-    return f"{LEASE}.{root_token(resource)}.{encode_resource(resource)}.{lock_id}"
+def holder_token(agent: str, session: str) -> str:
+    """The key part naming the session (of *agent*) that takes a lease."""
+    digest = hashlib.sha256(f"{agent}\0{session}".encode()).digest()[:9]
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def lease_key(resource: str, holder: str) -> str:
+    """The key of the lease of the session *holder* (:func:`holder_token`) on *resource*."""
+    return f"{LEASE}.{root_token(resource)}.{encode_resource(resource)}.{holder}"
 
 
 def root_filter(resource: str) -> str:
@@ -72,7 +82,7 @@ def ticket_key(waiter: str) -> str:
 
 
 def parse_key(key: str) -> tuple[str, str, str]:
-    """``(kind, resource, lock id)`` of a lease key, ``(kind, "", waiter)`` of a ticket's;
+    """``(kind, resource, holder)`` of a lease key, ``(kind, "", waiter)`` of a ticket's;
     ValueError for a key that is neither (another engram version's)."""
     kind, _, rest = key.partition(".")
     if kind == TICKET and rest and "." not in rest:

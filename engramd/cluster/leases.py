@@ -1,9 +1,9 @@
 """Leases in cluster mode: exclusion across every machine of a deployment.
 
 A lease is a key of the deployment's leases bucket (:mod:`.bucket`),
-``l.<root>.<resource>.<lock id>``, and the servers decide who holds it:
+``l.<root>.<resource>.<holder>`` (its session's), and the servers decide who holds it:
 
-* Acquire writes the lease's key (compare-and-set: it must not exist), with the
+* Acquire writes the lease's key (compare-and-set: it must hold no lease), with the
   lease's ttl as the key's TTL. The fencing token is the revision that write got:
   the bucket's sequence, strictly increasing across every resource, machine,
   restart and failover. Then it reads, from the stream's leader, every lease key
@@ -56,7 +56,6 @@ from engramd.cluster.bucket import (
     KeyChanged,
     LeaseBucket,
     encode_record,
-    lease_key,
     parse_key,
     root_filter,
 )
@@ -199,10 +198,9 @@ class ClusterLeaseManager(LeaseManager):
 
     async def _write_lease(self, lease: Lease, record: Held | Ended, ttl: float,
                            expect: Callable[[Holding | None], bool]) -> int:
-        """Write *record* as the key of *lease* if what it holds passes *expect* (a key
-        never written passes when *expect* takes None); the new revision. KeyChanged
-        when it does not."""
-        key, body = lease_key(lease.resource, lease.lock_id), encode_record(record)
+        """Write *record* as the key of *lease* if the lease it holds passes *expect*
+        (None: it holds none); the new revision. KeyChanged when it does not."""
+        key, body = self.view.key_of(lease), encode_record(record)
         for _ in range(3):
             last = self.view.revisions.get(key, 0)
             try:
@@ -211,10 +209,12 @@ class ClusterLeaseManager(LeaseManager):
                     msg_id=secrets.token_hex(12)))
             except KeyChanged:
                 await self._read_key(key)  # the watch is behind: look again
-                if not expect(self.table.held.get(lease.lock_id)):
+                if not expect(self.view.holding_at(key)):
                     raise
                 continue
             self.view.revisions[key] = revision
+            if isinstance(record, Held):
+                self.view.placed(key, lease.lock_id)
             return revision
         raise KeyChanged(key)
 
@@ -255,8 +255,8 @@ class ClusterLeaseManager(LeaseManager):
     async def _read_around(self, resources: list[str], mine: frozenset[str] = frozenset()
                            ) -> set[str]:
         """Bring the view up to every lease key that overlaps one of *resources* as the
-        stream's leader has them (but the keys of the lock ids *mine*); the keys it
-        lists under their roots."""
+        stream's leader has them (but the keys *mine*); the keys it lists under their
+        roots."""
         listed: set[str] = set()
         # One listing per root (a repository, the file system, a plain name).
         roots: dict[str, list[str]] = {}
@@ -268,20 +268,19 @@ class ClusterLeaseManager(LeaseManager):
             listed.update(keys)
             for holding in list(self.table.held.values()):  # held in the view, gone there
                 lease = holding.lease
-                key = lease_key(lease.resource, lease.lock_id)
+                key = self.view.key_of(lease)
                 if (key not in listed and self.view.revisions.get(key, 0) <= as_of
                         and any(names.overlaps(lease.resource, wanted) for wanted in here)):
                     self.view.seen(key, None)
             for key in keys:
                 try:
-                    _, resource, lock_id = parse_key(key)
+                    _, resource, _ = parse_key(key)
                 except ValueError:
                     continue
-                known = self.view.revisions.get(key)
-                if lock_id in mine or (known and lock_id not in self.table.held):
-                    continue  # ours, or ended already (a lease key is never held again)
-                if any(names.overlaps(resource, wanted) for wanted in resources):
-                    await self._read_key(key)
+                if key in mine or not any(names.overlaps(resource, wanted)
+                                          for wanted in resources):
+                    continue
+                await self._read_key(key)
         return listed
 
     async def _take(self, grant: Grant) -> list[Lease] | None:
@@ -299,8 +298,14 @@ class ClusterLeaseManager(LeaseManager):
                 for resource in resources:
                     # Token 0: the token is this write's revision (see Held).
                     lease = grant.lease(resource, 0, ts, boot, self.boot_id, self.machine)
-                    revision = await self._write_lease(lease, Held(lease), grant.ttl,
-                                                       expect=lambda holding: False)
+                    try:
+                        revision = await self._write_lease(
+                            lease, Held(lease), grant.ttl,
+                            expect=lambda holding: holding is None)
+                    except KeyChanged:  # a lease of this session on it came first
+                        await self._give_back(taken, "not granted: one of this session's "
+                                              f"came first on {resource}", caller.agent_id)
+                        return None
                     taken.append(msgspec.structs.replace(lease, fencing_token=revision))
                 first = await self._came_first(grant, taken)
                 if first is not None:
@@ -326,17 +331,18 @@ class ClusterLeaseManager(LeaseManager):
     async def _came_first(self, grant: Grant, taken: list[Lease]) -> str | None:
         """A lease of another session, stored before one of *taken*, that conflicts with
         it (its resource), as the stream's leader has them; None when there is none."""
-        mine = frozenset(lease.lock_id for lease in taken)
+        mine = frozenset(self.view.key_of(lease) for lease in taken)
+        ids = frozenset(lease.lock_id for lease in taken)
         for _ in range(3):
             listed = await self._read_around(grant.resources, mine)
-            if all(lease_key(lease.resource, lease.lock_id) in listed for lease in taken):
+            if mine <= listed:
                 break
         else:  # the leader does not show our own writes: we cannot tell, so give way
             return "an answer the leader did not give"
         for lease in taken:
             for holding in self.table.holders_in_the_way(lease.resource, lease.shared,
                                                          grant.key):
-                if (holding.lease.lock_id not in mine
+                if (holding.lease.lock_id not in ids
                         and holding.lease.fencing_token < lease.fencing_token):
                     return holding.lease.resource
         return None

@@ -33,6 +33,7 @@ from engramd.cluster.bucket import (
     Ticket,
     decode_lease_record,
     decode_ticket,
+    holder_token,
     lease_key,
     parse_key,
     ticket_key,
@@ -60,6 +61,11 @@ class LeaseView:
         self._found = found
         self.revisions: dict[str, int] = {}
         """Key -> the last revision seen of it (the basis of every compare-and-set)."""
+        self.lock_of: dict[str, str] = {}
+        """Lease key -> the lock id of the lease it holds now."""
+        self._keys: dict[str, str] = {}
+        """Lock id -> the key of its lease (the key names the session that took it, which
+        adoption may change)."""
         self.tickets: dict[str, Ticket] = {}
         """Waiter -> its ticket (its number resolved), every machine's."""
         self.lined = ClaimIndex()
@@ -121,7 +127,7 @@ class LeaseView:
         kind, _, name = parse_key(update.key)
         self.revisions[update.key] = update.revision
         if kind == LEASE:
-            self._apply_lease(name, update)
+            self._apply_lease(update.key, update)
             if update.operation == KV_PURGE:
                 self._markers.append((trio.current_time(), update.key, update.revision))
             self._forget_markers()
@@ -135,30 +141,52 @@ class LeaseView:
             else:  # a waiter's key is never written again once withdrawn
                 del self.revisions[update.key]
 
-    def _apply_lease(self, lock_id: str, update: KeyUpdate) -> None:
-        current = self.table.held.get(lock_id)
+    def key_of(self, lease: Lease) -> str:
+        """The key of *lease* (of the session that took it)."""
+        return self._keys.get(lease.lock_id) or lease_key(
+            lease.resource, holder_token(lease.holder, lease.session))
+
+    def holding_at(self, key: str) -> Holding | None:
+        """The lease the key holds now, as far as the view knows."""
+        lock_id = self.lock_of.get(key)
+        return None if lock_id is None else self.table.held.get(lock_id)
+
+    def placed(self, key: str, lock_id: str) -> None:
+        """*key* holds the lease *lock_id* (written here, perhaps not yet watched)."""
+        self.lock_of[key] = lock_id
+        self._keys[lock_id] = key
+
+    def _apply_lease(self, key: str, update: KeyUpdate) -> None:
+        current = self.holding_at(key)
         record = None if update.deleted or not update.value else decode_lease_record(
             update.value)
         if isinstance(record, Held):
             lease = record.lease
             if not lease.fencing_token:
                 lease = msgspec.structs.replace(lease, fencing_token=update.revision)
-            if lease.lock_id != lock_id:
-                raise ValueError(f"key of lease {lock_id} holds lease {lease.lock_id}")
-            if current is not None:
+            if current is not None and current.lease.lock_id == lease.lock_id:
                 current.lease = lease
                 if lease.machine != self.machine:
                     current.deadline = trio.current_time() + lease.ttl
                 return
-            holding = Holding(lease, self._deadline_of(lease))
-            self.table.install(holding)
-            if lease.machine == self.machine:
-                self._found(holding)
-        elif current is not None:
-            if isinstance(record, Ended):
-                self._ended(current, "broken", record.by)
-            else:
+            if current is not None:  # (its end fell between two revisions the watch showed)
                 self._ended(current, "expired", "the cluster")
+            self.placed(key, lease.lock_id)
+            holding = self.table.held.get(lease.lock_id)  # (granted here: held already)
+            if holding is None:
+                holding = Holding(lease, self._deadline_of(lease))
+                self.table.install(holding)
+                if lease.machine == self.machine:
+                    self._found(holding)
+        else:
+            lock_id = self.lock_of.pop(key, None)
+            if lock_id is not None:
+                self._keys.pop(lock_id, None)
+            if current is not None:
+                if isinstance(record, Ended):
+                    self._ended(current, "broken", record.by)
+                else:
+                    self._ended(current, "expired", "the cluster")
 
     def seen(self, key: str, found: KeyUpdate | None) -> None:
         """Apply a read of the lease key *key* (None: the key has no message)."""
@@ -166,8 +194,10 @@ class LeaseView:
             self.apply(found)
             return
         self.revisions[key] = 0
-        _, _, lock_id = parse_key(key)
-        current = self.table.held.get(lock_id)
+        current = self.holding_at(key)
+        lock_id = self.lock_of.pop(key, None)
+        if lock_id is not None:
+            self._keys.pop(lock_id, None)
         if current is not None:
             self._ended(current, "expired", "the cluster")
 
@@ -217,9 +247,11 @@ class LeaseView:
             self._withdraw(waiter)
             self.revisions.pop(ticket_key(waiter), None)
         for holding in list(self.table.held.values()):
-            key = lease_key(holding.lease.resource, holding.lease.lock_id)
+            key = self.key_of(holding.lease)
             if gone(key):
                 self.revisions.pop(key, None)
+                self.lock_of.pop(key, None)
+                self._keys.pop(holding.lease.lock_id, None)
                 self._ended(holding, "expired", "the cluster")
 
     # -- the line ----------------------------------------------------------------------------
