@@ -439,7 +439,7 @@ class LeaseManager:
         line = self._line()
         states = [line.state(r) for r in line.resources() if r.startswith(prefix)]
         if agent is not None:
-            states = [s for s in states if (s.lease and s.lease.holder == agent)
+            states = [s for s in states if any(lease.holder == agent for lease in s.leases)
                       or any(w.agent == agent for w in s.waiters)]
         return states
 

@@ -311,3 +311,16 @@ async def test_a_write_in_a_leased_directory_is_fenced_by_its_token(
         with pytest.raises(Conflict, match="not held"):
             leases.check_fence(Fence(resource=REPO + "a/b/c", token=directory.fencing_token))
         nursery.cancel_scope.cancel()
+
+
+async def test_lock_list_by_agent_finds_every_shared_holder(
+        autojump_clock: trio.abc.Clock) -> None:
+    leases, (ann, bob, _) = manager()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(leases.run)
+        for who in (ann, bob):
+            await leases.acquire(AcquireLock(resources=[REPO + "a/"], shared=True), who)
+        (state,) = leases.states("bob", "")
+        assert [lease.holder for lease in state.leases] == ["ann", "bob"]
+        assert leases.state(REPO + "a/b").overlapping == state.leases
+        nursery.cancel_scope.cancel()
