@@ -49,6 +49,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 __all__ = ["FILE", "WILDCARDS", "Resource", "parse", "overlaps", "conflicts", "covers",
            "contains", "file_resource", "repo_resource", "escape_key", "unescape_key"]
@@ -127,8 +128,10 @@ def _normal_relative(path: str) -> str:
     return normal
 
 
+@lru_cache(maxsize=4096)
 def parse(text: str) -> Resource:
-    """*text* taken apart; ValueError (saying why) for a file name that is not canonical."""
+    """*text* taken apart; ValueError (saying why) for a file name that is not canonical.
+    (Remembered: a grant parses its resources a few times over, in O(depth) each.)"""
     if not text.startswith(FILE):
         return Resource(text=text, root=text)
     rest = text[len(FILE):]
