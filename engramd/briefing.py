@@ -26,8 +26,8 @@ from engramd.protocol import (
     Lease,
     NotFound,
     SessionInfo,
-    agentwork,
 )
+from engramd.protocol import resources as names
 from engramd.protocol.agentwork import BROADCAST
 from engramd.protocol.model import Context
 from engramd.queries import raw_units, unit_header
@@ -39,6 +39,15 @@ MAX_ITEMS = 100
 MAX_COUNTED = 1_000
 """Units since the last brief are counted up to this many."""
 _context_decoder = msgspec.msgpack.Decoder(Context)
+
+
+def _file(path: str) -> names.Resource:
+    """A changed file the brief was asked about: a canonical name (``file:...``), or
+    (from an older client) any other string, which is then a plain name."""
+    try:
+        return names.parse(path)
+    except ValueError as exc:
+        raise BadRequest(f"files: {exc}") from None
 
 
 class Briefing:
@@ -135,8 +144,9 @@ class Briefing:
         messages, unread = self.mailbox.newest_unread(agent, items)
         held = self._held()
         mine = [lease for lease in held if lease.holder == agent]
+        files = [_file(path) for path in request.files]
         others = [lease for lease in held if lease.holder != agent
-                  and any(agentwork.covers(lease.resource, path) for path in request.files)]
+                  and any(names.covers(lease.resource, path) for path in files)]
         ready = self.board.ready(list(request.contexts))
         mark = self.store.mark(BRIEF_MARK, agent)
         head = self.store.applied_seq

@@ -26,6 +26,7 @@ from engramd.protocol import (
     LockAcquired,
     TooLarge,
 )
+from engramd.protocol import resources as names
 
 MAX_RESOURCE_BYTES = 1024
 MAX_RESOURCES = 64
@@ -44,15 +45,22 @@ def boottime() -> float:
 
 
 def check_resource(resource: str) -> str:
+    """*resource*, or BadRequest: 1 to 1024 bytes without NUL; a ``file:`` name must be
+    canonical (:mod:`engramd.protocol.resources`)."""
     if not resource or "\0" in resource or len(resource.encode()) > MAX_RESOURCE_BYTES:
         raise BadRequest(f"a resource is 1 to {MAX_RESOURCE_BYTES} bytes without NUL, "
                          f"got {resource!r:.60}")
+    try:
+        names.parse(resource)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     return resource
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Grant:
-    """What the leases of one acquire are made of, built once their seqs are known."""
+    """What the leases of one acquire are made of, built once their seqs are known.
+    (Compared by identity: it owns the reservation of its resources, :mod:`.locks`.)"""
 
     resources: list[str]
     ttl: float
@@ -62,6 +70,15 @@ class Grant:
     holder_pid: int
     while_alive: bool = False
     """Renewed by the daemon while the bound process lives (see ``Lease.while_alive``)."""
+
+    @property
+    def shared(self) -> bool:
+        return self.request.shared
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The session it is made in: ``(agent, session)``."""
+        return self.caller.agent_id, self.session
 
     def leases(self, first_seq: int, ts: dt.datetime, boot_id: str) -> list[Lease]:
         # CLOCK_BOOTTIME read now, before the commit: the deadline it gives is never
@@ -79,7 +96,7 @@ class Grant:
                      boot_id=boot_id, deadline_boottime=boot + self.ttl, pid=self.request.pid,
                      bound_to_connection=self.request.bind_connection, session=self.session,
                      holder_pid=self.holder_pid, machine=machine, pgid=self.request.pgid,
-                     while_alive=self.while_alive)
+                     while_alive=self.while_alive, shared=self.request.shared)
 
 
 def acquired(leases: list[Lease]) -> list[LockAcquired]:
@@ -162,11 +179,12 @@ def check_wait(grant: Grant, line: LockTable, max_waiters: int) -> None:
     """Refuse a wait that closes a cycle in the wait-for graph (*line*: who holds and who
     waits, as far as this daemon sees), or one too many."""
     agent, session, resources = grant.caller.agent_id, grant.session, grant.resources
-    cycle = line.cycle((agent, session), resources)
+    cycle = line.cycle((agent, session), resources, grant.shared)
     if cycle:
         waiters = [describe(agent, grant.holder_pid)] + [h.holder for _, h in cycle]
         raise Deadlock("deadlock: " + ", then ".join(
             f"{waiter} waits for {resource} held by {holding.holder}"
+            + ("" if holding.lease.resource == resource else f" (as {holding.lease.resource})")
             for waiter, (resource, holding) in zip(waiters, cycle, strict=False))
             + "; refusing to wait")
     for resource in resources:

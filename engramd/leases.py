@@ -174,11 +174,12 @@ class LeaseManager:
         lease = holding.lease
         if self.table.by_lock_id.get(lease.lock_id) is holding and not holding.ending:
             await self.stops.before_end(holding, tell, by)  # (a lease over has no group)
-        follower: Waiting | None = None
+        followers: list[Waiting] = []
         ending = False
 
-        def build(first_seq: int, ts: dt.datetime) -> tuple[Entry | None, list[Lease]]:
-            nonlocal follower, ending
+        def build(first_seq: int, ts: dt.datetime
+                  ) -> tuple[Entry | None, list[list[Lease]]]:
+            nonlocal followers, ending
             if self.table.by_lock_id.get(lease.lock_id) is not holding or holding.ending:
                 return None, []  # ended meanwhile, or its end is being written already
             holding.ending = ending = True
@@ -188,12 +189,17 @@ class LeaseManager:
             else:
                 event = LockReleased(seq=first_seq, ts=ts, context_id="", lease=lease,
                                      reason=reason, by=by)
-            follower = self.table.successor(holding)
-            granted: list[Lease] = []
-            if follower is not None:
+            # Every waiter this end lets go (several readers behind a writer) is granted
+            # in the same record, in the order they came.
+            followers = self.table.successors(holding)
+            granted: list[list[Lease]] = []
+            seq = first_seq + 1
+            for follower in followers:
                 assert isinstance(follower.grant, Grant)
-                granted = follower.grant.leases(first_seq + 1, ts, self.boot_id)
-            return Entry(first_seq=first_seq, events=[event, *acquired(granted)]), granted
+                granted.append(follower.grant.leases(seq, ts, self.boot_id))
+                seq += len(granted[-1])
+            return Entry(first_seq=first_seq, events=[
+                event, *(event for leases in granted for event in acquired(leases))]), granted
 
         try:
             with trio.CancelScope(shield=True):  # the table follows what the journal says
@@ -201,10 +207,11 @@ class LeaseManager:
         except BaseException as exc:
             if ending:  # not written: it holds on, as the journal says
                 holding.ending = False
-            if follower is not None:  # the handover was not written: the follower hears why
-                self.table.unreserve(follower.resources)
+            for follower in followers:  # the handover was not written: they hear why
+                self.table.unreserve(follower.owner)
                 follower.failure = exc
                 follower.turn.set()
+            if followers:
                 self.table.pump()
             raise
         if not ending:
@@ -214,15 +221,15 @@ class LeaseManager:
             self.expired += 1
         if tell is not None:
             self._tell(holding, tell, by)
-        if follower is not None:
+        for follower, leases in zip(followers, granted, strict=True):
             assert isinstance(follower.grant, Grant)
-            self._install(follower.grant, granted)
-            follower.granted = granted
+            self._install(follower.grant, leases)
+            follower.granted = leases
             follower.turn.set()
             if follower.abandoned and self._nursery is not None:
                 # Its connection closed while the grant was written: what is bound to
                 # the connection ends with it, as it would have had it been held then.
-                for bound in (g for g in granted if g.bound_to_connection):
+                for bound in (g for g in leases if g.bound_to_connection):
                     self._nursery.start_soon(self._end_abandoned, bound)
         self.table.pump()
 
@@ -254,7 +261,7 @@ class LeaseManager:
             with trio.CancelScope(shield=True):
                 leases = await self.committer.commit(build)
         except BaseException:
-            self.table.unreserve(grant.resources)
+            self.table.unreserve(grant)
             self.table.pump()
             raise
         self._install(grant, leases)
@@ -266,6 +273,7 @@ class LeaseManager:
         for lease in leases:
             self.table.install(Holding(lease, deadline, grant.caller.connection,
                                        grant.caller.push))
+        self.table.unreserve(grant)
         self.granted += len(leases)
         if grant.request.pid is not None and self._nursery is not None:
             self._nursery.start_soon(self._watch_pid, grant.request.pid)
@@ -292,14 +300,14 @@ class LeaseManager:
     async def acquire(self, request: AcquireLock, caller: Caller) -> list[Lease]:
         grant, wait = self._grant_for(request, caller)
         resources = grant.resources
-        if self.table.can_take(resources):
-            self.table.reserve(resources)
+        if self.table.can_take(resources, grant.shared, grant.key):
+            self.table.reserve(grant, resources, grant.shared, grant.key)
             return await self._grant(grant)
         if wait == 0:
-            raise LockHeld(self._why_held(resources))
+            raise LockHeld(self._why_held(grant))
         self._may_wait(grant)
         agent, session, holder_pid = caller.agent_id, grant.session, grant.holder_pid
-        waiting = Waiting(agent, session, holder_pid, resources, grant)
+        waiting = Waiting(agent, session, holder_pid, resources, grant, shared=grant.shared)
         self.table.enqueue(waiting)
         settled = False
         try:
@@ -325,28 +333,37 @@ class LeaseManager:
                 if waiting.handed_over:
                     waiting.abandoned = True
                 elif waiting.turn.is_set():
-                    self.table.unreserve(resources)
+                    self.table.unreserve(grant)
                 else:
                     self.table.dequeue(waiting)
                 self.table.pump()
-        raise Timeout(f"waited {wait:g}s; {self._why_held(resources)}")
+        raise Timeout(f"waited {wait:g}s; {self._why_held(grant)}")
 
-    def _why_held(self, resources: list[str]) -> str:
+    def _why_held(self, grant: Grant) -> str:
+        """Who stands in the way of *grant*: holders (their resource when another one,
+        shared when so), else the waiters ahead, else a grant being written."""
         parts, line = [], self._line()
-        for resource in resources:
-            holding = line.held.get(resource)
-            if holding is not None and holding.lease.while_alive:
-                parts.append(f"{resource} is held by {holding.holder} while its session "
-                             f"(pid {holding.lease.holder_pid}) lives")
-            elif holding is not None:
+        for resource in grant.resources:
+            holdings = line.holders_in_the_way(resource, grant.shared, grant.key)
+            for holding in holdings[:3]:
                 left = max(0.0, holding.deadline - trio.current_time())
-                parts.append(f"{resource} is held by {holding.holder} until "
-                             f"{holding.lease.expires_at.isoformat(timespec='seconds')} "
-                             f"({left:.1f}s left)")
-            elif line.waiting_count(resource):
-                parts.append(f"{resource} has {line.waiting_count(resource)} "
-                             "request(s) waiting ahead")
-            elif resource in self.table.reserved:
+                lease = holding.lease
+                until = (f"while its session (pid {lease.holder_pid}) lives"
+                         if lease.while_alive else
+                         f"until {lease.expires_at.isoformat(timespec='seconds')} "
+                         f"({left:.1f}s left)")
+                parts.append(f"{lease.resource} is held{' shared' if lease.shared else ''} by "
+                             f"{holding.holder} {until}"
+                             + ("" if lease.resource == resource else
+                                f", in the way of {resource}"))
+            if len(holdings) > 3:
+                parts.append(f"{resource}: {len(holdings) - 3} more lease(s) in the way")
+            if holdings:
+                continue
+            ahead = line.waiting_in_the_way(resource, grant.shared, grant.key)
+            if ahead:
+                parts.append(f"{resource} has {ahead} request(s) waiting ahead")
+            elif not self.table.free([resource], grant.shared, grant.key):
                 parts.append(f"{resource} is being granted to someone else")
         return "; ".join(parts) or "held"
 
@@ -417,12 +434,13 @@ class LeaseManager:
     async def break_lease(self, resource: str, reason: str, agent: str) -> Lease:
         check_resource(resource)
         validate.name(reason, "reason", 1024)
-        holding = self.table.held.get(resource)
-        if holding is None:
+        holdings = self.table.on(resource)
+        if not holdings:
             raise NotFound(f"{resource} is not held")
-        await self._end(holding, LockReleased, reason=f"broken: {reason}", by=agent,
-                        tell="broken")
-        return holding.lease
+        for holding in holdings:  # every shared lease on it
+            await self._end(holding, LockReleased, reason=f"broken: {reason}", by=agent,
+                            tell="broken")
+        return holdings[0].lease
 
     async def connection_closed(self, connection: object) -> None:
         """Release the connection-bound leases of a connection that has gone."""
@@ -436,23 +454,30 @@ class LeaseManager:
                 holding.connection = holding.push = None  # no one left to tell; adoptable
 
     def check_fence(self, fence: Fence) -> None:
-        """Raise Conflict unless the lease with this token holds the resource now."""
-        holding = self.table.held.get(fence.resource)
-        if (holding is None or holding.ending or holding.stopping is not None
-                or holding.deadline <= trio.current_time()):
+        """Raise Conflict unless an exclusive lease with this token holds the resource
+        now: a lease on it, on a directory it is in, or a glob that matches it."""
+        covering = [holding for holding in self.table.covering(check_resource(fence.resource))
+                    if not holding.ending and holding.stopping is None
+                    and holding.deadline > trio.current_time()]
+        mine = [h for h in covering if h.lease.fencing_token == fence.token]
+        if mine and mine[0].lease.shared:
+            raise Conflict(f"stale fence: token {fence.token} is a shared lease on "
+                           f"{mine[0].lease.resource}, which fences no write")
+        if mine:
+            return
+        if not covering:
             raise Conflict(f"stale fence: {fence.resource} is not held (token {fence.token})")
-        if holding.lease.fencing_token != fence.token:
-            raise Conflict(f"stale fence: {fence.resource} is held with token "
-                           f"{holding.lease.fencing_token}, not {fence.token}")
+        raise Conflict(f"stale fence: {fence.resource} is held with token "
+                       f"{covering[0].lease.fencing_token}, not {fence.token}")
 
     def state(self, resource: str) -> LockState:
-        return self._line().state(check_resource(resource))
+        return self._line().state(check_resource(resource), overlapping=True)
 
     def states(self, agent: str | None, prefix: str) -> list[LockState]:
         line = self._line()
         states = [line.state(r) for r in line.resources() if r.startswith(prefix)]
         if agent is not None:
-            states = [s for s in states if (s.lease and s.lease.holder == agent)
+            states = [s for s in states if any(lease.holder == agent for lease in s.leases)
                       or any(w.agent == agent for w in s.waiters)]
         return states
 

@@ -1,14 +1,22 @@
 """The lease table: who holds which resource until when, and who waits in line.
 
 Pure bookkeeping on trio's clock; the engine commits every change through the
-WAL and calls in here around it. Invariants kept here:
+WAL and calls in here around it. Resources nest (a directory and the files in it,
+a glob and what it matches) and leases are exclusive or shared: two leases
+*conflict* by :func:`engramd.protocol.resources.conflicts`, and the table finds
+the conflicts through an index of the tree of resources (:mod:`engramd.claims`),
+in O(depth) for a path. Invariants kept here:
 
-* A resource has at most one holder, and a resource being granted (its grant
-  in the WAL, not yet durable) is *reserved*: no one else can take it meanwhile.
-* Waiters queue first come, first served on every resource they ask for; a
-  waiter is granted only when it is first in line on all of them and they are
-  all free, so no partial set is ever held while waiting (no deadlock between
-  overlapping multi-resource requests).
+* No two leases held by different sessions conflict (a session's own leases may
+  overlap: they never stand in its way), and a grant being written
+  (in the WAL, not yet durable) is *reserved*: nothing that conflicts with it is
+  granted meanwhile.
+* Waiters are served first come, first served: a waiter is granted only when
+  nothing held or reserved conflicts with any resource it asks for and no waiter
+  that came before it conflicts with it (so a shared request waits behind a
+  waiting exclusive one: no writer starves behind a stream of readers). Nothing is
+  held while waiting, so requests for overlapping sets in any order cannot
+  deadlock each other.
 * Holders and waiters are *sessions* of agents (``Lease.holder`` and
   ``Lease.session`` together), not agents: two scripts of one agent are two
   holders, and the wait-for graph is drawn between sessions.
@@ -16,14 +24,16 @@ WAL and calls in here around it. Invariants kept here:
 
 from __future__ import annotations
 
-import collections
 import math
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
 
+from engramd.claims import Claim, ClaimIndex
 from engramd.protocol import Lease, LockState, Waiter
+from engramd.protocol.resources import contains, parse
 
 SessionKey = tuple[str, str]
 """``(agent, session)``: one running instance of one agent."""
@@ -82,35 +92,86 @@ class Waiting:
     """Why the handover that chose it was not written."""
     abandoned: bool = False
     """It stopped waiting (its client left) after a handover had chosen it."""
+    shared: bool = False
+    """It asks for shared leases."""
 
     @property
     def key(self) -> SessionKey:
         return self.agent, self.session
 
+    @property
+    def owner(self) -> object:
+        """Whose reservation its turn makes: its grant (the table's own: itself)."""
+        return self.grant if self.grant is not None else self
+
+
+Owner = object
+"""Whose claim it is: a :class:`Holding`, a :class:`Waiting`, or a grant's reservation."""
+
+
+def claims_of(resources: Iterable[str], shared: bool, owner: Owner,
+              session: SessionKey | None) -> list[Claim]:
+    return [Claim(parse(resource), shared, owner, session) for resource in resources]
+
 
 class LockTable:
     def __init__(self) -> None:
         self.held: dict[str, Holding] = {}
-        self.by_lock_id: dict[str, Holding] = {}
-        self.reserved: set[str] = set()
-        self.queues: dict[str, collections.deque[Waiting]] = {}
+        """Every lease held, by lock id."""
+        self.taken = ClaimIndex()
+        """The claims of the leases held and of the grants being written."""
+        self.lined = ClaimIndex()
+        """The claims of the waiters."""
+        self.line: dict[Waiting, None] = {}
+        """The waiters in the order they came."""
+        self.reserved: dict[Owner, list[Claim]] = {}
+        """The claims of the grants being written, by grant."""
+        self._claims: dict[str, Claim] = {}
+        """Lock id -> the claim of its lease."""
+        self._on: dict[str, list[Holding]] = {}
+        """Resource -> the leases on exactly it (several: shared)."""
+        self._waits: dict[Waiting, list[Claim]] = {}
+        self._queued: Counter[str] = Counter()
+        """Resource -> how many waiters ask for exactly it."""
         self.deadline_changed = trio.Event()
+
+    @property
+    def by_lock_id(self) -> dict[str, Holding]:
+        return self.held
 
     # -- holdings -----------------------------------------------------------------
 
     def install(self, holding: Holding) -> None:
-        old = self.held.get(holding.lease.resource)
+        lease = holding.lease
+        old = self.held.get(lease.lock_id)
         if old is not None:
-            self.by_lock_id.pop(old.lease.lock_id, None)
-        self.held[holding.lease.resource] = holding
-        self.by_lock_id[holding.lease.lock_id] = holding
-        self.reserved.discard(holding.lease.resource)
+            self.remove(old)
+        self.held[lease.lock_id] = holding
+        claim = self._claims[lease.lock_id] = Claim(parse(lease.resource), lease.shared,
+                                                     holding, holding.key)
+        self.taken.add(claim)
+        self._on.setdefault(lease.resource, []).append(holding)
         self.deadline_changed.set()
 
     def remove(self, holding: Holding) -> None:
-        if self.held.get(holding.lease.resource) is holding:
-            del self.held[holding.lease.resource]
-        self.by_lock_id.pop(holding.lease.lock_id, None)
+        lock_id = holding.lease.lock_id
+        if self.held.get(lock_id) is not holding:
+            return
+        del self.held[lock_id]
+        self.taken.remove(self._claims.pop(lock_id))
+        on = self._on[holding.lease.resource]
+        on.remove(holding)
+        if not on:
+            del self._on[holding.lease.resource]
+
+    def on(self, resource: str) -> list[Holding]:
+        """The leases on exactly *resource* (more than one only when shared)."""
+        return list(self._on.get(resource, ()))
+
+    def holding_on(self, resource: str) -> Holding | None:
+        """The first lease on exactly *resource*, if any."""
+        on = self._on.get(resource)
+        return on[0] if on else None
 
     def held_by(self, agent: str) -> list[Holding]:
         return [holding for holding in self.held.values() if holding.lease.holder == agent]
@@ -118,10 +179,23 @@ class LockTable:
     def held_in(self, session: SessionKey, resources: list[str]) -> Holding | None:
         """The first of *resources* that *session* holds already, if any."""
         for resource in resources:
-            holding = self.held.get(resource)
-            if holding is not None and holding.key == session:
-                return holding
+            for holding in self._on.get(resource, ()):
+                if holding.key == session:
+                    return holding
         return None
+
+    def holders_in_the_way(self, resource: str, shared: bool = False,
+                           session: SessionKey | None = None) -> list[Holding]:
+        """The leases held (not by *session*) that conflict with a lease on *resource*."""
+        return [claim.owner for claim in self.taken.conflicting(parse(resource), shared)
+                if isinstance(claim.owner, Holding) and claim.session != session]
+
+    def covering(self, resource: str) -> list[Holding]:
+        """The leases held on *resource* or on what contains it (a directory it is in, a
+        glob that matches it or a directory of it): those that fence a write to it."""
+        inner = parse(resource)
+        return [claim.owner for claim in self.taken.overlapping(inner)
+                if isinstance(claim.owner, Holding) and contains(claim.resource, inner)]
 
     def expired(self, now: float) -> list[Holding]:
         return [holding for holding in self.held.values() if holding.deadline <= now]
@@ -131,116 +205,165 @@ class LockTable:
 
     # -- waiting --------------------------------------------------------------------
 
-    def free(self, resource: str) -> bool:
-        return resource not in self.held and resource not in self.reserved
+    def free(self, resources: list[str], shared: bool = False,
+             session: SessionKey | None = None) -> bool:
+        """Nothing held or being granted (but *session*'s) conflicts with leases on
+        *resources*."""
+        return not any(self.taken.blocked(parse(r), shared, session) for r in resources)
 
-    def first_in_line(self, waiting: Waiting) -> bool:
-        return all(not self.queues.get(r) or self.queues[r][0] is waiting
-                   for r in waiting.resources)
+    def can_take(self, resources: list[str], shared: bool = False,
+                 session: SessionKey | None = None) -> bool:
+        """Free now, with no waiter (of another session) that conflicts ahead."""
+        return self.free(resources, shared, session) and not any(
+            self.lined.blocked(parse(r), shared, session) for r in resources)
 
-    def can_take(self, resources: list[str]) -> bool:
-        """Free now, with no one waiting ahead."""
-        return all(self.free(r) and not self.queues.get(r) for r in resources)
+    def reserve(self, owner: Owner, resources: list[str], shared: bool = False,
+                session: SessionKey | None = None) -> None:
+        """Hold *resources* for the grant *owner* is writing in *session* (until it is
+        installed or given back with :meth:`unreserve`)."""
+        self.unreserve(owner)
+        claims = self.reserved[owner] = claims_of(resources, shared, owner, session)
+        for claim in claims:
+            self.taken.add(claim)
 
-    def reserve(self, resources: list[str]) -> None:
-        self.reserved.update(resources)
-
-    def unreserve(self, resources: list[str]) -> None:
-        self.reserved.difference_update(resources)
+    def unreserve(self, owner: Owner) -> None:
+        for claim in self.reserved.pop(owner, ()):
+            self.taken.remove(claim)
 
     def enqueue(self, waiting: Waiting) -> None:
-        for resource in waiting.resources:
-            self.queues.setdefault(resource, collections.deque()).append(waiting)
+        claims = self._waits[waiting] = claims_of(waiting.resources, waiting.shared,
+                                                  waiting, waiting.key)
+        self.line[waiting] = None
+        for claim in claims:
+            self.lined.add(claim)
+        self._queued.update(waiting.resources)
 
     def dequeue(self, waiting: Waiting) -> None:
+        if self.line.pop(waiting, False) is False:
+            return
+        for claim in self._waits.pop(waiting):
+            self.lined.remove(claim)
+        self._queued.subtract(waiting.resources)
         for resource in waiting.resources:
-            queue = self.queues.get(resource)
-            if queue is not None and waiting in queue:
-                queue.remove(waiting)
-                if not queue:
-                    del self.queues[resource]
+            if self._queued[resource] <= 0:
+                del self._queued[resource]
 
     def pump(self) -> None:
         """Reserve resources for every waiter whose turn has come, and wake it."""
-        for queue in list(self.queues.values()):
-            if not queue:
-                continue
-            waiting = queue[0]
-            if waiting.turn.is_set():
-                continue
-            if self.first_in_line(waiting) and all(self.free(r) for r in waiting.resources):
-                self.dequeue(waiting)
-                self.reserve(waiting.resources)
-                waiting.turn.set()
+        for waiting in self._turns():
+            waiting.turn.set()
 
-    def successor(self, holding: Holding) -> Waiting | None:
-        """The waiter whose turn comes when *holding* ends, taken out of the line with its
-        resources reserved; None when no one is first in line with all else free."""
-        resource = holding.lease.resource
-        queue = self.queues.get(resource)
-        if not queue:
-            return None
-        waiting = queue[0]
-        others_free = all(r == resource or self.free(r) for r in waiting.resources)
-        if waiting.turn.is_set() or not self.first_in_line(waiting) or not others_free:
-            return None
-        self.dequeue(waiting)
-        self.reserve(waiting.resources)
-        waiting.handed_over = True
-        return waiting
+    def successors(self, holding: Holding) -> list[Waiting]:
+        """The waiters whose turn comes when *holding* ends, taken out of the line with
+        their resources reserved (to be granted in the commit that ends it)."""
+        claim = self._claims.get(holding.lease.lock_id)
+        if claim is None:
+            return []
+        self.taken.remove(claim)
+        try:
+            chosen = self._turns()
+        finally:
+            self.taken.add(claim)
+        for waiting in chosen:
+            waiting.handed_over = True
+        return chosen
+
+    def _turns(self) -> list[Waiting]:
+        """The waiters, in the order they came, that nothing held or reserved and no one
+        ahead of them stands in the way of: reserved for and taken out of the line."""
+        if not self.line:
+            return []
+        ahead = ClaimIndex()  # the waiters passed over so far
+        chosen = []
+        for waiting in list(self.line):
+            claims = self._waits[waiting]
+            if waiting.turn.is_set() or any(
+                    self.taken.blocked(c.resource, c.shared, waiting.key)
+                    or ahead.blocked(c.resource, c.shared, waiting.key) for c in claims):
+                for claim in claims:
+                    ahead.add(claim)
+                continue
+            self.dequeue(waiting)
+            self.reserve(waiting.owner, waiting.resources, waiting.shared, waiting.key)
+            chosen.append(waiting)
+        return chosen
 
     def waiting_count(self, resource: str) -> int:
-        return len(self.queues.get(resource, ()))
+        return self._queued.get(resource, 0)
+
+    def waiting_in_the_way(self, resource: str, shared: bool = False,
+                           session: SessionKey | None = None) -> int:
+        """How many waiters (of other sessions) conflict with a lease on *resource*."""
+        return len({id(claim.owner) for claim in self.lined.conflicting(parse(resource), shared)
+                    if claim.session != session})
 
     # -- the wait-for graph ----------------------------------------------------------
 
-    def cycle(self, session: SessionKey, resources: list[str]
+    def cycle(self, session: SessionKey, resources: list[str], shared: bool = False
               ) -> list[tuple[str, Holding]] | None:
         """The ``(resource, holding)`` steps back to *session*, if its wait closes a cycle.
 
-        Step one is a resource *session* wants and who holds it; each next step is
+        Step one is a resource *session* wants and a holder in its way; each next step is
         a resource that holder waits for, and so on until a holder is *session*.
         """
 
-        def search(wanted: list[str], path: list[tuple[str, Holding]],
+        def search(wanted: list[Claim], path: list[tuple[str, Holding]],
                    seen: set[SessionKey]) -> list[tuple[str, Holding]] | None:
-            for resource in wanted:
-                holding = self.held.get(resource)
-                if holding is None:
-                    continue
-                step = [*path, (resource, holding)]
-                holder = holding.key
-                if holder == session:
-                    return step
-                if holder in seen:
-                    continue
-                seen.add(holder)
-                for waiting in self._waits_of(holder):
-                    found = search(waiting.resources, step, seen)
-                    if found:
-                        return found
+            for want in wanted:
+                for claim in list(self.taken.conflicting(want.resource, want.shared)):
+                    holding = claim.owner
+                    if not isinstance(holding, Holding):
+                        continue  # a grant being written: it holds nothing yet
+                    step = [*path, (want.resource.text, holding)]
+                    holder = holding.key
+                    if holder == session:
+                        if not path:
+                            continue  # its own lease: not in its way
+                        return step
+                    if holder in seen:
+                        continue
+                    seen.add(holder)
+                    for waiting in self._waits_of(holder):
+                        found = search(self._waits[waiting], step, seen)
+                        if found:
+                            return found
             return None
 
-        return search(resources, [], {session})
+        return search(claims_of(resources, shared, None, session), [], {session})
 
     def _waits_of(self, session: SessionKey) -> list[Waiting]:
-        seen: dict[int, Waiting] = {}
-        for queue in self.queues.values():
-            for waiting in queue:
-                if waiting.key == session:
-                    seen[id(waiting)] = waiting
-        return list(seen.values())
+        return [waiting for waiting in self.line if waiting.key == session]
 
     # -- views ---------------------------------------------------------------------------
 
-    def state(self, resource: str) -> LockState:
-        holding = self.held.get(resource)
-        queue = self.queues.get(resource, ())
+    def state(self, resource: str, *, overlapping: bool = False) -> LockState:
+        """Who holds *resource*, who waits for it (and with *overlapping*, the leases on
+        other resources that overlap it)."""
+        on = self.on(resource)
+        queue = [waiting for waiting in self.line if resource in waiting.resources]
+        around: list[Lease] = []
+        if overlapping:
+            around = sorted((claim.owner.lease for claim in self.taken.overlapping(
+                parse(resource)) if isinstance(claim.owner, Holding)
+                and claim.owner.lease.resource != resource),
+                key=lambda lease: (lease.resource, lease.fencing_token))
         return LockState(
-            resource=resource, lease=holding.lease if holding else None,
+            resource=resource, lease=on[0].lease if on else None,
             waiters=[Waiter(agent=w.agent, position=n, resources=list(w.resources),
                             session=w.session, pid=w.pid)
-                     for n, w in enumerate(queue, start=1)])
+                     for n, w in enumerate(queue, start=1)],
+            leases=[holding.lease for holding in on], overlapping=around)
 
     def resources(self) -> list[str]:
-        return sorted(set(self.held) | set(self.queues))
+        return sorted(set(self._on) | set(self._queued))
+
+    def with_line(self, line: Iterable[Waiting]) -> LockTable:
+        """This table's leases and reservations with another line of waiters (cluster
+        mode: every machine's, in ticket order), for the wait-for graph and the views."""
+        table = LockTable()
+        table.held, table.taken, table.reserved = self.held, self.taken, self.reserved
+        table._claims, table._on = self._claims, self._on
+        for waiting in line:
+            table.enqueue(waiting)
+        return table
+

@@ -21,7 +21,9 @@ keys sort by sequence; ``\\0`` separates text parts, which never contain NUL)::
     x/<context>               -> context (wire encoding)
     i/<idempotency key>       -> unit id
     n/<cursor name>           -> seq                  named cursors (written with RocksDB's WAL)
-    l/<resource>              -> lease (wire encoding)   leases held now
+    l/<resource>\\0<lock id>   -> lease (wire encoding)   leases held now (several on one
+                                                     resource when shared; a store from
+                                                     before shared leases has l/<resource>)
     b/<agent or *>\0<seq>     -> flag + sender       mailboxes: messages by recipient
     v/<message id>\0<agent>   -> ack unit id         acknowledgements given
     j/<task id>               -> StoredTask          tasks and their state
@@ -203,15 +205,18 @@ class Store(AgentRecords):
                     if isinstance(event, ContextCreated):
                         contexts += 1
                 else:
-                    lease_key = b"l/" + _text(event.lease.resource)
+                    lease = event.lease
+                    lease_key = b"l/" + _text(lease.resource) + b"\0" + _text(lease.lock_id)
                     if isinstance(event, LockAcquired | LockRenewed):
-                        batch.put(lease_key, _encoder.encode(event.lease))
-                        leases[lease_key] = event.lease.lock_id
-                    elif self._holds(leases, lease_key, event.lease.lock_id):
-                        # (An end of a lease that no longer holds the resource — a
-                        # late duplicate — must not take its successor's record.)
+                        batch.put(lease_key, _encoder.encode(lease))
+                    else:
                         batch.delete(lease_key)
-                        leases[lease_key] = None
+                        before = b"l/" + _text(lease.resource)  # a lease stored as before
+                        if self._holds(leases, before, lease.lock_id):
+                            # (An end of a lease that no longer holds the resource — a
+                            # late duplicate — must not take its successor's record.)
+                            batch.delete(before)
+                            leases[before] = None
                     batch.put(b"e/" + seq, _encoder.encode(event))
             for key, unit_id in entry.idempotency_keys.items():
                 batch.put(b"i/" + _text(key), _text(unit_id))

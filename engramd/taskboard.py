@@ -96,7 +96,7 @@ class TaskBoard:
     def _claim(self, task_id: str, *, live: bool = False) -> Lease | None:
         """The lease claiming the task, as the lease table holds it (until its end is
         durable); with *live*, only while it may still be used (not ending or expired)."""
-        holding = self.leases.table.held.get(agentwork.task_resource(task_id))
+        holding = self.leases.table.holding_on(agentwork.task_resource(task_id))
         if holding is None or (live and (holding.ending
                                          or holding.deadline <= trio.current_time())):
             return None

@@ -1,5 +1,5 @@
-"""Rows of leases and claims: a lock cycle, a handover, eight contenders, ``lock run``,
-task claims."""
+"""Rows of leases and claims: a lock cycle, one on a path 8 levels deep, a handover, eight
+contenders, ``lock run``, task claims."""
 
 from __future__ import annotations
 
@@ -25,6 +25,31 @@ def bench_lock_cycle(target: BenchTarget) -> Measurement:
     with target.client() as client:
         def cycle() -> None:
             (lease,) = client.acquire_lock("bench:cycle", ttl=30)
+            client.release_lock(lease.lock_id)
+
+        for _ in range(50):
+            cycle()
+        return timed_loop(target, target.count(2000), cycle)
+
+
+DEEP_ROOT = "file:github.com/bench/deep:"
+DEEP_PATH = "a/b/c/d/e/f/g/h.py"
+
+
+def bench_lock_deep8(target: BenchTarget) -> Measurement:
+    """lock.cycle on a file 8 levels deep in a repository where another session holds a
+    file beside it at every level, a directory beside its own and a glob (``*.md``) on
+    its way: each grant checks the path's 8 directories, their counts of what is below,
+    and the glob (the lock manager's O(depth) rule), and each end updates the counts."""
+    parts = DEEP_PATH.split("/")
+    around = [DEEP_ROOT + "/".join([*parts[:level], f"x{level}.txt"])
+              for level in range(len(parts))]
+    around += [DEEP_ROOT + "a/b/c/d/other/", DEEP_ROOT + "a/b/c/*.md"]
+    with target.client() as neighbour, target.client() as client:
+        neighbour.acquire_lock(around, ttl=3600)
+
+        def cycle() -> None:
+            (lease,) = client.acquire_lock(DEEP_ROOT + DEEP_PATH, ttl=30)
             client.release_lock(lease.lock_id)
 
         for _ in range(50):

@@ -197,14 +197,15 @@ def supervise(command: Command, keeper: LeaseKeeper) -> str | None:
 
 
 def run_holding(client: Client, resources: list[str], argv: list[str], *,
-                ttl: float | None, wait: float | None) -> int:
-    """Run *argv* holding leases on *resources*; returns the exit status for engram."""
+                ttl: float | None, wait: float | None, shared: bool = False) -> int:
+    """Run *argv* holding leases (*shared* ones when so) on *resources*; returns the exit
+    status for engram."""
     check_runnable(argv[0])
     command = Command(argv)  # waits, in a group of its own, until the leases are held
     try:
         try:
             leases = client.acquire_lock(resources, ttl=ttl, wait=wait, pid=os.getpid(),
-                                         pgid=command.pgid)
+                                         pgid=command.pgid, shared=shared)
         except BaseException:
             command.abandon()
             raise

@@ -154,7 +154,9 @@ def start_daemon(
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         with open(log_fd, "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "engramd", "--socket", socket_path,
+                # -P: the engramd installed beside this client, never one in the
+                # caller's directory (a checkout of engram, say)
+                [sys.executable, "-P", "-m", "engramd", "--socket", socket_path,
                  "--log-file", log_path],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -318,18 +318,22 @@ class Operations:
     @operation
     def acquire_lock(self, resources: str | Iterable[str], *, ttl: float | None = None,
                      wait: float | None = 0.0, bind_connection: bool = False,
-                     pid: int | None = None, pgid: int | None = None) -> Call[list[Lease]]:
+                     pid: int | None = None, pgid: int | None = None,
+                     shared: bool = False) -> Call[list[Lease]]:
         """Lease every resource together or none; ``wait`` seconds in line (0: try once,
         None: as long as it takes). The lease belongs to this connection, or with
         ``pid`` to that process (two connections of one process are then one holder).
         ``pgid`` (with ``pid``): the process group that works under the leases; none of
         them ends while a process of it runs (the daemon stops the group first).
+        ``shared``: shared leases, which coexist with other shared ones. A file is
+        named canonically (:func:`engram_cli.client.paths.resource`).
 
         Raises ``LockHeld`` (held, no wait), ``Timeout`` (waited), ``Deadlock``.
         """
         names = [resources] if isinstance(resources, str) else list(resources)
         request = AcquireLock(resources=names, ttl=ttl, wait=wait,
-                              bind_connection=bind_connection, pid=pid, pgid=pgid)
+                              bind_connection=bind_connection, pid=pid, pgid=pgid,
+                              shared=shared)
         # The reply comes when the wait ends: allow for it on top of the timeout.
         return ask(request, lambda granted: granted.leases, wait=wait)
 

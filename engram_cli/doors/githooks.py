@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from engram_cli.client import Client, gitinfo, requests
+from engram_cli.client import Client, gitinfo, paths, requests
 from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
+from engram_cli.client.paths import repo_key
 from engram_cli.client.settings import default_agent_id
 from engram_cli.doors.files import write_whole
 from engramd.protocol import SpooledUnit, UnitDraft, resolve_data_dir
@@ -135,29 +136,8 @@ def status(repo: str) -> list[HookState]:
 # -- recording ----------------------------------------------------------------
 
 
-_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_SCP_LIKE = re.compile(r"^(?:[^@/]+@)?([^:/]+):(?!//)")
 _NOT_IN_CONTEXT_ID = re.compile(r"[^A-Za-z0-9._:/@+-]+")
 _MAX_CONTEXT_ID = 128
-
-
-def repo_key(repo: str) -> str:
-    """A name of the repository that an unrelated one does not share: where its remote
-    lives (``github.com/ann/proj``, from ``origin`` or else the first remote, without
-    scheme, user and ``.git``), else its absolute path. Two clones of one project share it."""
-    url = gitinfo.remote_url(repo)
-    if url is None:
-        return gitinfo.toplevel(repo)
-    if _URL_SCHEME.match(url):
-        key = _URL_SCHEME.sub("", url)
-        host, _, path = key.partition("/")
-        key = f"{host.rpartition('@')[2]}/{path}"
-    elif _SCP_LIKE.match(url):
-        key = _SCP_LIKE.sub(r"\1/", url)  # git@github.com:ann/proj.git
-    else:  # a path on this machine, perhaps relative to the repository
-        key = os.path.normpath(os.path.join(gitinfo.toplevel(repo), url))
-    key = key.rstrip("/")
-    return key.removesuffix(".git") or key
 
 
 def context_for(repo: str) -> str:
@@ -299,20 +279,28 @@ def record(repo: str, hook: str, args: list[str], stdin: str, socket: str | None
 
 
 def guard(repo: str, mode: str, socket: str | None, env: Mapping[str, str]) -> list[str]:
-    """Staged files under another agent's lease, as messages (empty: all clear)."""
+    """Staged files under another agent's lease, as messages (empty: all clear): each
+    file named as a lease on it is (:mod:`engram_cli.client.paths`) and judged by the
+    lock manager's rule."""
     if mode == "off":
         return []
     agent = default_agent_id(env)
-    name = gitinfo.repo_name(repo)
+    staged = gitinfo.staged_files(repo)
+    if not staged:
+        return []
     problems = []
     try:
         with Client(socket, agent_id=agent, autostart=False, timeout=2, env=env) as client:
-            for path in gitinfo.staged_files(repo):
-                for resource in (path, f"{name}/{path}"):
-                    lease = client.get_lock(resource).lease
-                    if lease is not None and lease.holder != agent:
-                        problems.append(f"{path} is leased by {lease.holder} until "
-                                        f"{lease.expires_at.isoformat(timespec='seconds')}")
+            leases = paths.leases_of(client.list_locks())
     except (Unavailable, ClientTimeout, EngramError):
         return []  # no daemon, no guard: never stop a commit for engram's sake
+    if not any(lease.holder != agent for lease in leases):
+        return []
+    for path, name in paths.in_repository(repo, staged).items():
+        for lease in paths.in_the_way(leases, agent, name):
+            problems.append(f"{path} is leased by {lease.holder}"
+                            + (" (shared)" if lease.shared else "")
+                            + ("" if lease.resource == name
+                               else f" as {paths.display(lease.resource, repo)}")
+                            + f" until {lease.expires_at.isoformat(timespec='seconds')}")
     return problems

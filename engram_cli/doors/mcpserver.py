@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -34,11 +35,12 @@ from pydantic import Field, ValidationError
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from engram_cli import __version__
+from engram_cli.client import paths as where
 from engram_cli.client.asynchronous import AsyncClient, open_client
 from engram_cli.client.errors import EngramError, NotFound
 from engram_cli.formats import briefview
 from engram_cli.formats.text import preview, printable, timestamp
-from engramd.protocol import AgentInfo, Unit, agentwork
+from engramd.protocol import AgentInfo, Lease, Unit, agentwork
 
 MAX_WAIT = 60.0
 """The longest a tool waits (inbox, lock): a tool call must come back to the model."""
@@ -97,7 +99,6 @@ class Leased(TypedDict):
 
 _ID_PREFIX = re.compile(r"[0-9a-f]{8}[0-9a-f-]{0,28}")
 _FIRST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_LEASE_LINE = re.compile(r"^(.*): lock_id (\w+), fencing token (\d+)$", re.M)
 
 
 def _short(text: str, limit: int = 500) -> str:
@@ -112,11 +113,12 @@ def written(text: str) -> CallToolResult:
                           structured_content={"id": found.group(0) if found else ""})
 
 
-def leased(text: str) -> CallToolResult:
-    leases = [{"resource": resource, "lock_id": lock_id, "fencing_token": int(token)}
-              for resource, lock_id, token in _LEASE_LINE.findall(text)]
-    return CallToolResult(content=[TextContent(type="text", text=text)],
-                          structured_content={"leases": leases})
+def leased(text: str, leases: list[Lease]) -> CallToolResult:
+    """*text* for the model (a lease per line, its resource as the agent would give it),
+    and the leases (their canonical resources) as structured content."""
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content={
+        "leases": [{"resource": lease.resource, "lock_id": lease.lock_id,
+                    "fencing_token": lease.fencing_token} for lease in leases]})
 
 
 def agent_line(agent: AgentInfo) -> str:
@@ -167,6 +169,15 @@ async def thread_text(client: AsyncClient, name: str) -> str:
     units = (await client.get_units([hit.unit_id for hit in found.hits])).units
     return _units(sorted(units, key=lambda unit: unit.seq),
                   f"no messages in thread {_short(name, 80)}")
+
+
+def changed_files() -> list[str]:
+    """The files ``git status`` shows changed in the project (the server's working
+    directory), named as leases on them are: the brief lists others' leases on them."""
+    from engram_cli.client import gitinfo
+
+    here = os.getcwd()
+    return list(where.in_repository(here, gitinfo.changed_files(here)).values())
 
 
 def invalid_arguments(error: ValidationError) -> str:
@@ -264,7 +275,9 @@ def build_server(identity: Identity) -> MCPServer:
     @tool("Your session brief: unread mail, your tasks and leases, ready tasks, news.")
     async def brief(max_chars: Annotated[int, Field(ge=500, le=50_000)] = 6000) -> str:
         async def run(client: AsyncClient) -> str:
-            return briefview.markdown(await client.brief(), max_chars)
+            files = await trio.to_thread.run_sync(changed_files)
+            return briefview.markdown(await client.brief(files=files), max_chars,
+                                      name=where.display)
         return await call(run, footer=False)
 
     @tool("Agents: their live sessions, last seen, leases, unread.", READ_ONLY)
@@ -384,44 +397,72 @@ def build_server(identity: Identity) -> MCPServer:
 
     # -- leases -------------------------------------------------------------------------
 
-    @tool("Lease resources (files, names) before changing them, all or none; held until "
+    @tool("Lease files, dirs, globs (src/**/*.py: paths, from the project) or names "
+          "(resources) before changing them, all or none; shared: readers'. Held until "
           "unlock, the ttl if given, or your session's end.", structured=True)
-    async def lock(resources: list[str],
+    async def lock(resources: list[str] | None = None,
                    ttl: Annotated[float | None, Field(
                        gt=0, description="seconds; none: while your session lives")] = None,
-                   wait: Wait = 0) -> Annotated[CallToolResult, Leased]:
+                   wait: Wait = 0, paths: list[str] | None = None,
+                   shared: bool = False) -> Annotated[CallToolResult, Leased]:
+        leases: list[Lease] = []
+
         async def run(client: AsyncClient) -> str:
-            leases = await client.acquire_lock(resources, ttl=ttl, wait=wait,
-                                               pid=identity.session_pid)
-            return "\n".join(f"{lease.resource}: lock_id {lease.lock_id}, fencing token "
-                             f"{lease.fencing_token}" for lease in leases)
+            wanted = [*(resources or []), *await resolved(paths or [])]
+            leases.extend(await client.acquire_lock(wanted, ttl=ttl, wait=wait,
+                                                    pid=identity.session_pid, shared=shared))
+            shown = await displayed([lease.resource for lease in leases])
+            return "\n".join(f"{name}: lock_id {lease.lock_id}, fencing token "
+                             f"{lease.fencing_token}" + (" (shared)" if lease.shared else "")
+                             for name, lease in zip(shown, leases, strict=True))
         text = await call(run)
-        return leased(text)
+        return leased(text, leases)
+
+    async def resolved(given: list[str]) -> list[str]:
+        """Paths as leases name them, relative to the project (git is asked: in a thread)."""
+        try:
+            return await trio.to_thread.run_sync(where.resources, given) if given else []
+        except ValueError as exc:
+            raise ToolError(f"engram: {exc}") from None
+
+    async def displayed(names: list[str]) -> list[str]:
+        """Names as paths from the project, as the agent gives them."""
+        return await trio.to_thread.run_sync(lambda: [where.display(name) for name in names])
+
+    async def named(resource: str | None, path: str | None) -> str | None:
+        return (await resolved([path]))[0] if path else resource
 
     @tool("Extend a lease by ttl seconds.")
-    async def renew(resource: str, lock_id: str,
+    async def renew(lock_id: str, resource: str | None = None, path: str | None = None,
                     ttl: Annotated[float, Field(gt=0, description="seconds")] = 600) -> str:
         async def run(client: AsyncClient) -> str:
-            lease = await client.renew_lock(lock_id, ttl=ttl, resource=resource)
-            return f"{lease.resource}: until {timestamp(lease.expires_at)}"
+            lease = await client.renew_lock(lock_id, ttl=ttl,
+                                            resource=await named(resource, path))
+            (shown,) = await displayed([lease.resource])
+            return f"{shown}: until {timestamp(lease.expires_at)}"
         return await call(run)
 
     @tool("Release a lease.")
-    async def unlock(resource: str, lock_id: str) -> str:
+    async def unlock(lock_id: str, resource: str | None = None, path: str | None = None
+                     ) -> str:
         async def run(client: AsyncClient) -> str:
-            await client.release_lock(lock_id, resource=resource)
-            return f"released {resource}"
+            await client.release_lock(lock_id, resource=await named(resource, path))
+            return f"released {path or resource or lock_id}"
         return await call(run)
 
     @tool("Leases held now, and who waits.", READ_ONLY)
     async def locks(prefix: str = "") -> str:
         async def run(client: AsyncClient) -> str:
             states = await client.list_locks(prefix=prefix)
+            shown = await displayed([state.resource for state in states])
             return "\n".join(
-                f"{state.resource}: {state.lease.holder if state.lease else 'free'}"
-                + (f", until {timestamp(state.lease.expires_at)}" if state.lease else "")
+                f"{name}: "
+                + (", ".join(f"{lease.holder}{' (shared)' if lease.shared else ''}"
+                             for lease in held) if (held := state.leases or (
+                                 [state.lease] if state.lease else [])) else "free")
+                + (f", until {timestamp(held[0].expires_at)}" if held else "")
                 + (f", {len(state.waiters)} waiting" if state.waiters else "")
-                for state in states) or "no leases"
+                for name, state in zip(shown, states, strict=True)) or "no leases"
         return await call(run)
 
     # -- tasks ------------------------------------------------------------------------
@@ -484,7 +525,9 @@ def build_server(identity: Identity) -> MCPServer:
                      "move the mark the brief tool's 'since your last brief' starts from).")
     async def brief_resource() -> str:
         async def run(client: AsyncClient) -> str:
-            return briefview.markdown(await client.brief(advance=False), 6000)
+            files = await trio.to_thread.run_sync(changed_files)
+            return briefview.markdown(await client.brief(advance=False, files=files), 6000,
+                                      name=where.display)
         return await read(call(run, footer=False))
 
     @server.resource("engram://inbox", description="Your unread messages (not marked read).")

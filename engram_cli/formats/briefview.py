@@ -10,6 +10,7 @@ out, and the command cheat sheet always last. When the whole does not fit in
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -22,7 +23,8 @@ CHEAT_SHEET = """## engram commands
 - `engram inbox` (read and mark), `engram send --to AGENT|'*' -p TEXT`, `engram ack ID`
 - `engram task ready`, `engram task claim --next`, `engram task done ID`, \
 `engram task add TITLE`
-- `engram lock run RES -- CMD` (hold a lease while CMD runs), `engram lock list`
+- `engram lock run --path PATH -- CMD` (hold a lease on a file, directory or glob \
+while CMD runs; `--shared` to read), `engram lock list`
 - `engram search WORDS`, `engram trace ID`, `engram agents`, `engram prime` (this brief)"""
 
 
@@ -43,8 +45,10 @@ def _task(task: Task) -> str:
     return f"- P{task.priority} `{task.id}` {task.title} ({task.context_id})"
 
 
-def sections(brief: Brief, now: dt.datetime) -> list[list[str]]:
-    """Each section's lines, its heading first; empty sections left out."""
+def sections(brief: Brief, now: dt.datetime,
+             name: Callable[[str], str] = str) -> list[list[str]]:
+    """Each section's lines, its heading first; empty sections left out. *name* shows
+    a lease's resource as the reader would give it (a path relative to where it is)."""
     found: list[list[str]] = []
 
     def section(heading: str, lines: list[str]) -> None:
@@ -60,11 +64,13 @@ def sections(brief: Brief, now: dt.datetime) -> list[list[str]]:
     section("## Your claimed tasks (engram task done ID when finished)",
             [_task(task) for task in brief.claimed])
     section("## Your leases",
-            [f"- `{lease.resource}` (fencing token {lease.fencing_token}, "
-             f"{_left(lease, now)})" for lease in brief.leases])
+            [f"- `{name(lease.resource)}`{' (shared)' if lease.shared else ''} (fencing "
+             f"token {lease.fencing_token}, {_left(lease, now)})"
+             for lease in brief.leases])
     section("## Held by others: files you have changed",
-            [f"- `{lease.resource}` by {lease.holder}"
+            [f"- `{name(lease.resource)}` by {lease.holder}"
              + (f" (pid {lease.holder_pid})" if lease.holder_pid else "")
+             + (", shared" if lease.shared else "")
              + f", {_left(lease, now)}" for lease in brief.others_leases])
     shown = len(brief.ready)
     section(f"## Ready tasks: {brief.ready_total}"
@@ -79,12 +85,14 @@ def sections(brief: Brief, now: dt.datetime) -> list[list[str]]:
     return found
 
 
-def markdown(brief: Brief, max_chars: int, now: dt.datetime | None = None) -> str:
-    """The brief as Markdown of at most *max_chars* characters (see the module)."""
+def markdown(brief: Brief, max_chars: int, now: dt.datetime | None = None,
+             name: Callable[[str], str] = str) -> str:
+    """The brief as Markdown of at most *max_chars* characters (see the module); *name*
+    shows a lease's resource (see :func:`sections`)."""
     now = now or dt.datetime.now(dt.UTC)
     contexts = ", ".join(brief.contexts) if brief.contexts else "none yet"
     head = f"# engram: you are {brief.agent}\nContexts: {contexts}"
-    body = sections(brief, now)
+    body = sections(brief, now, name)
     whole = printable(_join(head, body, CHEAT_SHEET))
     if len(whole) <= max_chars:
         return whole

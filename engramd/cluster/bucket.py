@@ -3,13 +3,19 @@
 One JetStream key-value bucket, ``engram_<deployment>_leases``, replicated like
 the journal. Two kinds of keys live in it:
 
-* ``l.<resource>``: the lease on a resource, while one is held. Written only with
-  ``Nats-Expected-Last-Subject-Sequence`` (compare-and-set on the key's revision)
-  and a per-message TTL (``Nats-TTL``), so the servers end a lease nobody renews:
-  no machine's clock decides an expiry.
-* ``w.<resource>.<waiter>``: a waiter's ticket, while it waits. Its TTL is short
-  and its machine puts it again while the waiter waits, so the tickets of a
-  machine that went away leave the line by themselves.
+* ``l.<root>.<resource>.<holder>``: the lease of one session (``<holder>``: a hash of
+  the agent and the session that took it) on a resource, while it is held (a session
+  holds one lease per resource, and a session that takes a resource again writes the
+  same key: a busy name leaves no trail of keys). ``<root>`` names what the resource
+  shares with every resource it may overlap (its repository, the file system, a plain
+  name alone: :mod:`engramd.protocol.resources`), hashed, so that one read of
+  ``l.<root>.>`` finds every lease that may conflict with it. Written only with
+  ``Nats-Expected-Last-Subject-Sequence`` (compare-and-set on the key's revision) and a
+  per-message TTL (``Nats-TTL``), so the servers end a lease nobody renews: no
+  machine's clock decides an expiry.
+* ``w.<waiter>``: a waiter's ticket (its resources and mode), while it waits. Its
+  TTL is short and its machine puts it again while the waiter waits, so the
+  tickets of a machine that went away leave the line by themselves.
 
 Resources are any bytes but NUL; keys hold them as unpadded base64url. The bucket
 places a marker when the servers expire a key (``limit_marker_ttl``), so every
@@ -19,6 +25,7 @@ watcher sees an expiry as it happens.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +38,7 @@ from nats.js.kv import KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 from engramd.cluster.nats import WRONG_LAST_SEQUENCE, NatsLink
 from engramd.protocol import Lease
+from engramd.protocol.resources import parse
 
 WRONG_LAST_SEQUENCE_CONSTANT = 10164
 MARKER_TTL = 60.0
@@ -47,19 +55,42 @@ def decode_resource(token: str) -> str:
     return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
 
 
-def lease_key(resource: str) -> str:
-    return f"{LEASE}.{encode_resource(resource)}"
+def root_token(resource: str) -> str:
+    """The key part that the leases of every resource *resource* may overlap share."""
+    digest = hashlib.sha256(parse(resource).root.encode()).digest()[:12]
+    return base64.urlsafe_b64encode(digest).decode()
 
 
-def ticket_key(resource: str, waiter: str) -> str:
-    return f"{TICKET}.{encode_resource(resource)}.{waiter}"
+def holder_token(agent: str, session: str) -> str:
+    """The key part naming the session (of *agent*) that takes a lease."""
+    digest = hashlib.sha256(f"{agent}\0{session}".encode()).digest()[:9]
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def lease_key(resource: str, holder: str) -> str:
+    """The key of the lease of the session *holder* (:func:`holder_token`) on *resource*."""
+    return f"{LEASE}.{root_token(resource)}.{encode_resource(resource)}.{holder}"
+
+
+def root_filter(resource: str) -> str:
+    """The keys of every lease that may overlap one on *resource* (a subject filter)."""
+    return f"{LEASE}.{root_token(resource)}.>"
+
+
+def ticket_key(waiter: str) -> str:
+    return f"{TICKET}.{waiter}"
 
 
 def parse_key(key: str) -> tuple[str, str, str]:
-    """``(kind, resource, waiter)`` of a key (waiter empty for a lease key)."""
+    """``(kind, resource, holder)`` of a lease key, ``(kind, "", waiter)`` of a ticket's;
+    ValueError for a key that is neither (another engram version's)."""
     kind, _, rest = key.partition(".")
-    token, _, waiter = rest.partition(".")
-    return kind, decode_resource(token), waiter
+    if kind == TICKET and rest and "." not in rest:
+        return kind, "", rest
+    parts = rest.split(".")
+    if kind != LEASE or len(parts) != 3 or not parts[2]:
+        raise ValueError(f"not a key of this engram: {key[:80]}")
+    return kind, decode_resource(parts[1]), parts[2]
 
 
 def ttl_header(seconds: float) -> str:
@@ -80,12 +111,13 @@ class Ended(msgspec.Struct, tag="ended", frozen=True):
 
 class Ticket(msgspec.Struct, tag="ticket", frozen=True):
     number: int
-    """0 in a waiter's first ticket key: its number is that key's revision."""
+    """0 in a waiter's first ticket write: its number is that write's revision."""
     machine: str
     agent: str
     session: str
     pid: int
     resources: list[str]
+    shared: bool = False
 
 
 encode_record = msgspec.msgpack.Encoder().encode
@@ -161,6 +193,15 @@ class LeaseBucket:
                 raise KeyChanged(key) from None
             raise
         return int(ack.seq)
+
+    async def keys(self, subjects: str) -> tuple[list[str], int]:
+        """The keys matching *subjects* (``l.<root>.>``) that hold a message, as the
+        stream's leader has them (every acknowledged write is there), and the bucket's
+        last revision they are as of."""
+        prefix = f"$KV.{self.name}."
+        info = await self.link.js.stream_info(self.stream, subjects_filter=prefix + subjects)
+        return ([subject[len(prefix):] for subject in (info.state.subjects or {})],
+                int(info.state.last_seq or 0))
 
     async def read(self, key: str) -> KeyUpdate | None:
         """The key's last revision, from the stream's leader (None: no message)."""

@@ -1,12 +1,19 @@
 """Leases in cluster mode: exclusion across every machine of a deployment.
 
-A lease is the key ``l.<resource>`` of the deployment's leases bucket
-(:mod:`.bucket`), and the servers decide who holds it:
+A lease is a key of the deployment's leases bucket (:mod:`.bucket`),
+``l.<root>.<resource>.<holder>`` (its session's), and the servers decide who holds it:
 
-* Acquire writes the key only if it holds no lease (compare-and-set on its last
-  revision), with the lease's ttl as the key's TTL. The fencing token is the
-  revision that write got: the bucket's sequence, strictly increasing across
-  every resource, machine, restart and failover.
+* Acquire writes the lease's key (compare-and-set: it must hold no lease), with the
+  lease's ttl as the key's TTL. The fencing token is the revision that write got:
+  the bucket's sequence, strictly increasing across every resource, machine,
+  restart and failover. Then it reads, from the stream's leader, every lease key
+  under the same root whose resource overlaps its own, and keeps its lease only if
+  no conflicting lease of another session has a smaller token; else it gives it
+  back. Of two conflicting leases the later write (the larger token) reads after
+  the earlier one was stored, so it always sees it and gives way: never both are
+  kept (both may give way, and then wait in line). This one read carries the
+  hierarchy (a directory and what is in it), globs and shared leases across
+  machines, and an exclusive lease on one plain name is the same as before.
 * Renew writes the key again with the revision it holds as the expected one: the
   token stays, the TTL starts again. Release writes an *ended* record the same
   way (with a short TTL of its own, so nothing of it is kept), and expiry is the
@@ -49,7 +56,8 @@ from engramd.cluster.bucket import (
     KeyChanged,
     LeaseBucket,
     encode_record,
-    lease_key,
+    parse_key,
+    root_filter,
 )
 from engramd.cluster.leaseview import LeaseView
 from engramd.cluster.tickets import Tickets, patiently
@@ -68,6 +76,7 @@ from engramd.protocol import (
     Timeout,
     Unavailable,
 )
+from engramd.protocol import resources as names
 
 if TYPE_CHECKING:
     from engramd.cluster.journal import ClusterJournal
@@ -133,9 +142,9 @@ class ClusterLeaseManager(LeaseManager):
         is writing its end itself, or told it at its deadline already). A process group
         of a lease granted here that is still running (its lease ended elsewhere, or by
         the servers' TTL before the group was stopped) is killed at once."""
+        self.table.remove(holding)
         if holding.lease.lock_id in self._ending:
             return
-        self.table.remove(holding)
         if not holding.ending:
             self._tell(holding, tell, by)
         if self.stops.stops(holding.lease) and self._nursery is not None:
@@ -166,7 +175,7 @@ class ClusterLeaseManager(LeaseManager):
             self.stops.stop_due(local, now)
             for holding in local:
                 if holding.deadline <= now and self.table.held.get(
-                        holding.lease.resource) is holding and not holding.ending:
+                        holding.lease.lock_id) is holding and not holding.ending:
                     holding.ending = True
                     self._tell(holding, "expired", "engramd")
 
@@ -190,11 +199,11 @@ class ClusterLeaseManager(LeaseManager):
             except nats.errors.Error as exc:
                 raise Unavailable(f"the cluster refused: {exc}") from None
 
-    async def _write_lease(self, resource: str, record: Held | Ended, ttl: float,
+    async def _write_lease(self, lease: Lease, record: Held | Ended, ttl: float,
                            expect: Callable[[Holding | None], bool]) -> int:
-        """Write *record* as the lease key of *resource* if what it holds passes
-        *expect*; the new revision. KeyChanged when it does not."""
-        key, body = lease_key(resource), encode_record(record)
+        """Write *record* as the key of *lease* if the lease it holds passes *expect*
+        (None: it holds none); the new revision. KeyChanged when it does not."""
+        key, body = self.view.key_of(lease), encode_record(record)
         for _ in range(3):
             last = self.view.revisions.get(key, 0)
             try:
@@ -202,11 +211,13 @@ class ClusterLeaseManager(LeaseManager):
                     self.bucket.write, key, body, last=last, ttl=ttl,
                     msg_id=secrets.token_hex(12)))
             except KeyChanged:
-                await self._read_lease(resource)  # the watch is behind: look again
-                if not expect(self.table.held.get(resource)):
+                await self._read_key(key)  # the watch is behind: look again
+                if not expect(self.view.holding_at(key)):
                     raise
                 continue
             self.view.revisions[key] = revision
+            if isinstance(record, Held):
+                self.view.placed(key, lease.lock_id)
             return revision
         raise KeyChanged(key)
 
@@ -226,34 +237,60 @@ class ClusterLeaseManager(LeaseManager):
     async def acquire(self, request: AcquireLock, caller: Caller) -> list[Lease]:
         await self._connected()
         grant, wait = self._grant_for(request, caller)
-        if not self.view.free(grant.resources):
-            await self._look_again(grant.resources)
-        if self.view.free(grant.resources):
+        if not self.view.free(grant):
+            # A release made on another machine a moment ago may not have reached the
+            # watch yet: read what is in the way from the leader.
+            await self._read_around(grant.resources)
+        if self.view.free(grant):
             leases = await self._take(grant)
             if leases is not None:
                 return leases
         if wait == 0:
-            raise LockHeld(self._why_held(grant.resources))
+            raise LockHeld(self._why_held(grant))
         self._may_wait(grant)
         return await self._wait(grant, wait)
 
-    async def _look_again(self, resources: list[str]) -> None:
-        """Read the leases the watch says are held from the leader: a release made on
-        another machine a moment ago may not have reached the watch yet."""
-        for resource in resources:
-            if resource in self.table.held:
-                await self._read_lease(resource)
+    async def _read_key(self, key: str) -> None:
+        """Bring the view up to *key* as the stream's leader has it."""
+        found = await self._call(functools.partial(self.bucket.read, key))
+        self.view.seen(key, found)
 
-    async def _read_lease(self, resource: str) -> None:
-        """Bring the view up to the lease key of *resource* as the stream's leader has it."""
-        found = await self._call(functools.partial(self.bucket.read, lease_key(resource)))
-        self.view.seen(resource, found)
+    async def _read_around(self, resources: list[str], mine: frozenset[str] = frozenset()
+                           ) -> set[str]:
+        """Bring the view up to every lease key that overlaps one of *resources* as the
+        stream's leader has them (but the keys *mine*); the keys it lists under their
+        roots."""
+        listed: set[str] = set()
+        # One listing per root (a repository, the file system, a plain name).
+        roots: dict[str, list[str]] = {}
+        for resource in resources:
+            roots.setdefault(names.parse(resource).root, []).append(resource)
+        for here in roots.values():
+            keys, as_of = await self._call(functools.partial(self.bucket.keys,
+                                                             root_filter(here[0])))
+            listed.update(keys)
+            for holding in list(self.table.held.values()):  # held in the view, gone there
+                lease = holding.lease
+                key = self.view.key_of(lease)
+                if (key not in listed and self.view.revisions.get(key, 0) <= as_of
+                        and any(names.overlaps(lease.resource, wanted) for wanted in here)):
+                    self.view.seen(key, None)
+            for key in keys:
+                try:
+                    _, resource, _ = parse_key(key)
+                except ValueError:
+                    continue
+                if key in mine or not any(names.overlaps(resource, wanted)
+                                          for wanted in resources):
+                    continue
+                await self._read_key(key)
+        return listed
 
     async def _take(self, grant: Grant) -> list[Lease] | None:
-        """Write leases on all of the grant's resources, in order; None (nothing held)
-        when one is taken first."""
+        """Write leases on all of the grant's resources and keep them if no conflicting
+        lease came first (see the module); None (nothing held) when one did."""
         resources, caller, request = grant.resources, grant.caller, grant.request
-        self.table.reserve(resources)
+        self.table.reserve(grant, resources, grant.shared, grant.key)
         taken: list[Lease] = []
         try:
             # Shielded: a lease written must be in the table (or given back) whatever
@@ -266,19 +303,26 @@ class ClusterLeaseManager(LeaseManager):
                     lease = grant.lease(resource, 0, ts, boot, self.boot_id, self.machine)
                     try:
                         revision = await self._write_lease(
-                            resource, Held(lease), grant.ttl,
+                            lease, Held(lease), grant.ttl,
                             expect=lambda holding: holding is None)
-                    except KeyChanged:
-                        await self._give_back(taken, "not granted: another took "
-                                              f"{resource} first", caller.agent_id)
+                    except KeyChanged:  # a lease of this session on it came first
+                        await self._give_back(taken, "not granted: one of this session's "
+                                              f"came first on {resource}", caller.agent_id)
                         return None
                     taken.append(msgspec.structs.replace(lease, fencing_token=revision))
+                first = await self._came_first(grant, taken)
+                if first is not None:
+                    log.info("cluster leases: %s gives way: %s came first",
+                             ", ".join(grant.resources), first)
+                    await self._give_back(taken, f"not granted: {first} came first",
+                                          caller.agent_id)
+                    return None
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(self.timeout):
                 await self._give_back(taken, "not granted", caller.agent_id)
             raise
         finally:
-            self.table.unreserve(resources)
+            self.table.unreserve(grant)
             self.view.wake()
         for lease in taken:
             self._hold(lease, start + grant.ttl, caller)
@@ -287,10 +331,29 @@ class ClusterLeaseManager(LeaseManager):
             self._nursery.start_soon(self._watch_pid, request.pid)
         return taken
 
+    async def _came_first(self, grant: Grant, taken: list[Lease]) -> str | None:
+        """A lease of another session, stored before one of *taken*, that conflicts with
+        it (its resource), as the stream's leader has them; None when there is none."""
+        mine = frozenset(self.view.key_of(lease) for lease in taken)
+        ids = frozenset(lease.lock_id for lease in taken)
+        for _ in range(3):
+            listed = await self._read_around(grant.resources, mine)
+            if mine <= listed:
+                break
+        else:  # the leader does not show our own writes: we cannot tell, so give way
+            return "an answer the leader did not give"
+        for lease in taken:
+            for holding in self.table.holders_in_the_way(lease.resource, lease.shared,
+                                                         grant.key):
+                if (holding.lease.lock_id not in ids
+                        and holding.lease.fencing_token < lease.fencing_token):
+                    return holding.lease.resource
+        return None
+
     def _hold(self, lease: Lease, deadline: float, caller: Caller) -> None:
         if lease.while_alive:
             self._keep_alive_changed.set()
-        holding = self.table.held.get(lease.resource)
+        holding = self.table.held.get(lease.lock_id)
         if holding is None or holding.lease.lock_id != lease.lock_id:
             holding = Holding(lease, deadline)
             self.table.install(holding)
@@ -304,13 +367,16 @@ class ClusterLeaseManager(LeaseManager):
                 await self._write_end(lease, reason, by)
             except (KeyChanged, Unavailable):
                 pass  # its TTL ends it
+            holding = self.table.held.get(lease.lock_id)  # the watch may have shown it
+            if holding is not None:
+                self.table.remove(holding)
 
     async def _wait(self, grant: Grant, wait: float) -> list[Lease]:
         """Wait in line (see the module) for at most *wait* seconds."""
         resources = grant.resources
         waiter = secrets.token_hex(8)
         waiting = Waiting(grant.caller.agent_id, grant.session, grant.holder_pid, resources,
-                          grant)
+                          grant, shared=grant.shared)
         self.table.enqueue(waiting)  # the requests that come after it here wait behind it
         done = trio.Event()
         kept = False
@@ -325,7 +391,7 @@ class ClusterLeaseManager(LeaseManager):
                 self._nursery.start_soon(self.tickets.keep, done, waiter, grant, number)
                 kept = True
                 while True:
-                    while not self.view.turn(waiter, number, resources):
+                    while not self.view.turn(waiter, number, grant):
                         await self.view.changed.wait()
                     leases = await patiently(lambda: self._take(grant), self.RETRY_SECONDS)
                     if leases is not None:
@@ -334,8 +400,8 @@ class ClusterLeaseManager(LeaseManager):
             done.set()
             self.table.dequeue(waiting)
             if not kept and self._nursery is not None:
-                self._nursery.start_soon(self.tickets.withdraw, waiter, resources)
-        raise Timeout(f"waited {wait:g}s; {self._why_held(resources)}")
+                self._nursery.start_soon(self.tickets.withdraw, waiter)
+        raise Timeout(f"waited {wait:g}s; {self._why_held(grant)}")
 
     # -- renewing and ending ----------------------------------------------------------
 
@@ -354,8 +420,7 @@ class ClusterLeaseManager(LeaseManager):
             deadline_boottime=boot + ttl, session=session, holder_pid=holder_pid)
         with trio.CancelScope(shield=True):
             try:
-                await self._write_lease(lease.resource, Held(lease), ttl,
-                                        expect=_holding(lock_id))
+                await self._write_lease(lease, Held(lease), ttl, expect=_holding(lock_id))
             except KeyChanged:
                 raise NotFound(f"lease {lock_id:.40} ended before it was renewed") from None
         self._renewed(holding, lease, start + ttl, caller, adopt)
@@ -373,9 +438,8 @@ class ClusterLeaseManager(LeaseManager):
         await self._connected()
         # A lease taken on another machine a moment ago may not have reached this
         # machine's view yet: "not held" is said only of what the leader says.
-        await self._read_lease(check_resource(resource))
-        holding = self.table.held.get(resource)
-        if holding is not None:
+        await self._read_around([check_resource(resource)])
+        for holding in self.table.on(resource):
             self._stoppable_here(holding, "break")
         return await super().break_lease(resource, reason, agent)
 
@@ -412,16 +476,16 @@ class ClusterLeaseManager(LeaseManager):
     async def _write_end(self, lease: Lease, reason: str, by: str) -> None:
         self._ending.add(lease.lock_id)
         try:
-            await self._write_lease(lease.resource, Ended(reason=reason, by=by), ENDED_TTL,
+            await self._write_lease(lease, Ended(reason=reason, by=by), ENDED_TTL,
                                     expect=_holding(lease.lock_id))
         finally:
             self._ending.discard(lease.lock_id)
 
     async def prepare_fences(self, fences: list[Fence]) -> None:
-        """Read the lease keys of *fences* from the leader, so the fence check that
-        follows is made against the cluster's current tokens."""
+        """Read the lease keys that may cover *fences* from the leader, so the fence
+        check that follows is made against the cluster's current tokens."""
         for fence in fences:
-            await self._read_lease(fence.resource)
+            await self._read_around([check_resource(fence.resource)])
 
 
 def _holding(lock_id: str) -> Callable[[Holding | None], bool]:

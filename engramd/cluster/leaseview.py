@@ -1,7 +1,8 @@
 """What one machine knows of the deployment's leases: the watch of the leases bucket.
 
 Every machine watches the whole bucket (:mod:`.bucket`) and keeps from it the lease
-table (who holds what, on every machine) and the line (every waiter's ticket).
+table (who holds what, on every machine, by lock id) and the line (every waiter's
+ticket, with an index of what each waits for: :mod:`engramd.claims`).
 Each key's last revision seen is the basis of the next compare-and-set on it. The
 view only records; what an ended lease means for its holder, and what to do with
 a lease this machine granted before a restart, are the lease manager's
@@ -19,6 +20,7 @@ import nats.errors
 import trio
 from nats.js.kv import KV_PURGE
 
+from engramd.claims import Claim, ClaimIndex
 from engramd.cluster.bridge import AsyncioThread
 from engramd.cluster.bucket import (
     LEASE,
@@ -31,13 +33,15 @@ from engramd.cluster.bucket import (
     Ticket,
     decode_lease_record,
     decode_ticket,
+    holder_token,
     lease_key,
     parse_key,
     ticket_key,
 )
-from engramd.grants import boottime
+from engramd.grants import Grant, boottime
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.protocol import Lease
+from engramd.protocol.resources import parse
 
 log = logging.getLogger("engramd.cluster.leases")
 
@@ -57,8 +61,16 @@ class LeaseView:
         self._found = found
         self.revisions: dict[str, int] = {}
         """Key -> the last revision seen of it (the basis of every compare-and-set)."""
-        self.tickets: dict[str, dict[str, Ticket]] = {}
-        """Resource -> waiter -> its ticket (its number resolved), every machine's."""
+        self.lock_of: dict[str, str] = {}
+        """Lease key -> the lock id of the lease it holds now."""
+        self._keys: dict[str, str] = {}
+        """Lock id -> the key of its lease (the key names the session that took it, which
+        adoption may change)."""
+        self.tickets: dict[str, Ticket] = {}
+        """Waiter -> its ticket (its number resolved), every machine's."""
+        self.lined = ClaimIndex()
+        """The claims of the tickets (their owner: the waiter)."""
+        self._ticket_claims: dict[str, list[Claim]] = {}
         self.synced = trio.Event()
         """Set once the watch has seen every key's last revision."""
         self.changed = trio.Event()
@@ -112,27 +124,40 @@ class LeaseView:
         """Bring the table and the line up to *update* (older news is ignored)."""
         if update.revision <= self.revisions.get(update.key, 0):
             return
+        kind, _, name = parse_key(update.key)
         self.revisions[update.key] = update.revision
-        kind, resource, waiter = parse_key(update.key)
         if kind == LEASE:
-            self._apply_lease(resource, update)
+            self._apply_lease(update.key, update)
             if update.operation == KV_PURGE:
                 self._markers.append((trio.current_time(), update.key, update.revision))
             self._forget_markers()
         elif kind == TICKET:
-            line = self.tickets.setdefault(resource, {})
-            line.pop(waiter, None)
+            self._withdraw(name)
             if not update.deleted and update.value:
                 ticket = decode_ticket(update.value)
-                line[waiter] = ticket if ticket.number else msgspec.structs.replace(
-                    ticket, number=update.revision)
+                if not ticket.number:
+                    ticket = msgspec.structs.replace(ticket, number=update.revision)
+                self._enter(name, ticket)
             else:  # a waiter's key is never written again once withdrawn
                 del self.revisions[update.key]
-            if not line:
-                del self.tickets[resource]
 
-    def _apply_lease(self, resource: str, update: KeyUpdate) -> None:
-        current = self.table.held.get(resource)
+    def key_of(self, lease: Lease) -> str:
+        """The key of *lease* (of the session that took it)."""
+        return self._keys.get(lease.lock_id) or lease_key(
+            lease.resource, holder_token(lease.holder, lease.session))
+
+    def holding_at(self, key: str) -> Holding | None:
+        """The lease the key holds now, as far as the view knows."""
+        lock_id = self.lock_of.get(key)
+        return None if lock_id is None else self.table.held.get(lock_id)
+
+    def placed(self, key: str, lock_id: str) -> None:
+        """*key* holds the lease *lock_id* (written here, perhaps not yet watched)."""
+        self.lock_of[key] = lock_id
+        self._keys[lock_id] = key
+
+    def _apply_lease(self, key: str, update: KeyUpdate) -> None:
+        current = self.holding_at(key)
         record = None if update.deleted or not update.value else decode_lease_record(
             update.value)
         if isinstance(record, Held):
@@ -144,25 +169,35 @@ class LeaseView:
                 if lease.machine != self.machine:
                     current.deadline = trio.current_time() + lease.ttl
                 return
+            if current is not None:  # (its end fell between two revisions the watch showed)
+                self._ended(current, "expired", "the cluster")
+            self.placed(key, lease.lock_id)
+            holding = self.table.held.get(lease.lock_id)  # (granted here: held already)
+            if holding is None:
+                holding = Holding(lease, self._deadline_of(lease))
+                self.table.install(holding)
+                if lease.machine == self.machine:
+                    self._found(holding)
+        else:
+            lock_id = self.lock_of.pop(key, None)
+            if lock_id is not None:
+                self._keys.pop(lock_id, None)
             if current is not None:
-                self._ended(current, "expired", "the cluster")
-            holding = Holding(lease, self._deadline_of(lease))
-            self.table.install(holding)
-            if lease.machine == self.machine:
-                self._found(holding)
-        elif current is not None:
-            if isinstance(record, Ended):
-                self._ended(current, "broken", record.by)
-            else:
-                self._ended(current, "expired", "the cluster")
+                if isinstance(record, Ended):
+                    self._ended(current, "broken", record.by)
+                else:
+                    self._ended(current, "expired", "the cluster")
 
-    def seen(self, resource: str, found: KeyUpdate | None) -> None:
-        """Apply a read of the lease key of *resource* (None: the key has no message)."""
+    def seen(self, key: str, found: KeyUpdate | None) -> None:
+        """Apply a read of the lease key *key* (None: the key has no message)."""
         if found is not None:
             self.apply(found)
             return
-        self.revisions[lease_key(resource)] = 0
-        current = self.table.held.get(resource)
+        self.revisions[key] = 0
+        current = self.holding_at(key)
+        lock_id = self.lock_of.pop(key, None)
+        if lock_id is not None:
+            self._keys.pop(lock_id, None)
         if current is not None:
             self._ended(current, "expired", "the cluster")
 
@@ -173,12 +208,27 @@ class LeaseView:
             return now + max(0.0, lease.deadline_boottime - boottime())
         return now + lease.ttl
 
+    # -- the line of tickets ----------------------------------------------------------------
+
+    def _enter(self, waiter: str, ticket: Ticket) -> None:
+        self.tickets[waiter] = ticket
+        claims = self._ticket_claims[waiter] = [
+            Claim(parse(resource), ticket.shared, waiter, (ticket.agent, ticket.session))
+            for resource in ticket.resources]
+        for claim in claims:
+            self.lined.add(claim)
+
+    def _withdraw(self, waiter: str) -> None:
+        self.tickets.pop(waiter, None)
+        for claim in self._ticket_claims.pop(waiter, ()):
+            self.lined.remove(claim)
+
     # -- forgetting ------------------------------------------------------------------------
 
     def _forget_markers(self) -> None:
         """Forget the revisions of lease keys whose expiry markers the servers have
-        dropped by now (the key then has no message: a write expects 0), so resources
-        used once are not remembered for ever."""
+        dropped by now (the key then has no message), so keys used once are not
+        remembered for ever."""
         horizon = trio.current_time() - MARKER_TTL
         while self._markers and self._markers[0][0] < horizon:
             _, key, revision = self._markers.popleft()
@@ -193,36 +243,40 @@ class LeaseView:
         def gone(key: str) -> bool:
             return key not in seen and self.revisions.get(key, 0) <= before
 
-        for resource, line in list(self.tickets.items()):
-            for waiter in [w for w in line if gone(ticket_key(resource, w))]:
-                del line[waiter]
-                self.revisions.pop(ticket_key(resource, waiter), None)
-            if not line:
-                del self.tickets[resource]
-        for resource, holding in list(self.table.held.items()):
-            if gone(lease_key(resource)):
-                self.revisions.pop(lease_key(resource), None)
+        for waiter in [w for w in self.tickets if gone(ticket_key(w))]:
+            self._withdraw(waiter)
+            self.revisions.pop(ticket_key(waiter), None)
+        for holding in list(self.table.held.values()):
+            key = self.key_of(holding.lease)
+            if gone(key):
+                self.revisions.pop(key, None)
+                self.lock_of.pop(key, None)
+                self._keys.pop(holding.lease.lock_id, None)
                 self._ended(holding, "expired", "the cluster")
 
     # -- the line ----------------------------------------------------------------------------
 
     def line(self) -> LockTable:
         """The table with every machine's waiters in line, in ticket order."""
-        line = LockTable()
-        line.held, line.reserved = self.table.held, self.table.reserved
-        for resource, tickets in self.tickets.items():
-            line.queues[resource] = deque(
-                Waiting(t.agent, t.session, t.pid, t.resources)
-                for t in sorted(tickets.values(), key=lambda t: t.number))
-        return line
+        return self.table.with_line([
+            Waiting(t.agent, t.session, t.pid, t.resources, shared=t.shared)
+            for t in sorted(self.tickets.values(), key=lambda t: t.number)])
 
-    def free(self, resources: list[str]) -> bool:
-        """Nobody holds them, nobody here is taking them, nobody waits for them."""
-        return all(self.table.free(r) and not self.tickets.get(r)
-                   and not self.table.queues.get(r) for r in resources)
+    def free(self, grant: Grant) -> bool:
+        """Nobody (but the grant's own session) holds what conflicts with the grant,
+        nobody here is taking it, nobody waits for it, here or elsewhere."""
+        resources, shared, session = grant.resources, grant.shared, grant.key
+        return self.table.can_take(resources, shared, session) and not any(
+            self.lined.blocked(parse(r), shared, session) for r in resources)
 
-    def turn(self, waiter: str, number: int, resources: list[str]) -> bool:
-        """Whether the waiter with ticket *number* may take *resources* now."""
-        return all(self.table.free(r) and all(
-            t.number >= number for w, t in self.tickets.get(r, {}).items() if w != waiter)
-            for r in resources)
+    def turn(self, waiter: str, number: int, grant: Grant) -> bool:
+        """Whether the waiter with ticket *number* may take the grant's resources now:
+        nothing conflicting is held, and no conflicting ticket is older."""
+        resources, shared, session = grant.resources, grant.shared, grant.key
+        if not self.table.free(resources, shared, session):
+            return False
+        return not any(
+            claim.owner != waiter and claim.session != session
+            and self.tickets[str(claim.owner)].number < number
+            for resource in resources
+            for claim in self.lined.conflicting(parse(resource), shared))

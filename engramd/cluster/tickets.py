@@ -1,10 +1,12 @@
 """A machine's waiters in the cluster's line (see :mod:`engramd.cluster.leases`).
 
-A waiter puts a *ticket* on every resource it waits for; the ticket's
-number is the revision of its first ticket key, so tickets are numbered in the
-order the cluster registered them. A waiter takes its resources when none is held
-and no live ticket on any of them has a smaller number; a new request that finds
-tickets on a resource joins the line instead of taking it. So the cluster serves
+A waiter puts a *ticket* in the bucket naming what it waits for (its resources and
+mode); the ticket's number is the revision of its first write, so tickets are
+numbered in the order the cluster registered them. A waiter takes its resources
+when nothing that conflicts with them is held and no live ticket that conflicts
+with it has a smaller number; a new request that finds a conflicting ticket joins
+the line instead of taking its resources (so a shared request waits behind a
+waiting exclusive one). So the cluster serves
 waiters first come, first served, whatever their machine, and the waiter with the
 smallest ticket is never passed over: no one starves. A machine keeps its
 waiters' tickets alive by writing them again every few seconds; the tickets of a
@@ -50,21 +52,19 @@ class Tickets:
         self.timeout = timeout
 
     async def register(self, waiter: str, grant: Grant, number: int) -> int:
-        """Put the waiter's ticket on each resource; its number."""
-        for resource in grant.resources:
-            body = encode_record(Ticket(
-                number=number, machine=self.machine, agent=grant.caller.agent_id,
-                session=grant.session, pid=grant.holder_pid, resources=grant.resources))
-            key = ticket_key(resource, waiter)
-            revision = await self._call(functools.partial(
-                self.bucket.write, key, body, last=None, ttl=self.TTL,
-                msg_id=secrets.token_hex(12)))
-            number = number or revision
-        return number
+        """Put the waiter's ticket in the line (again); its number."""
+        body = encode_record(Ticket(
+            number=number, machine=self.machine, agent=grant.caller.agent_id,
+            session=grant.session, pid=grant.holder_pid, resources=grant.resources,
+            shared=grant.shared))
+        revision = await self._call(functools.partial(
+            self.bucket.write, ticket_key(waiter), body, last=None, ttl=self.TTL,
+            msg_id=secrets.token_hex(12)))
+        return number or revision
 
     async def keep(self, done: trio.Event, waiter: str, grant: Grant,
                number: int) -> None:
-        """Write the waiter's tickets again until it is *done*, then withdraw them (after
+        """Write the waiter's ticket again until it is *done*, then withdraw it (after
         the last write: a ticket written again after its withdrawal would linger)."""
         while True:
             with trio.move_on_after(self.REFRESH):
@@ -75,18 +75,16 @@ class Tickets:
                 await self.register(waiter, grant, number)
             except Unavailable:
                 pass  # the next round tries again; the ticket may lapse meanwhile
-        await self.withdraw(waiter, grant.resources)
+        await self.withdraw(waiter)
 
-    async def withdraw(self, waiter: str, resources: list[str]) -> None:
-        """Take the waiter's tickets out of the line (empty, expiring at once)."""
+    async def withdraw(self, waiter: str) -> None:
+        """Take the waiter's ticket out of the line (empty, expiring at once)."""
         with trio.move_on_after(self.timeout):
-            for resource in resources:
-                key = ticket_key(resource, waiter)
-                try:
-                    await self._call(functools.partial(
-                        self.bucket.write, key, b"", last=None, ttl=1))
-                except Unavailable:
-                    return  # they expire by themselves
+            try:
+                await self._call(functools.partial(
+                    self.bucket.write, ticket_key(waiter), b"", last=None, ttl=1))
+            except Unavailable:
+                return  # it expires by itself
 
 
 async def patiently(attempt: Callable[[], Awaitable[T]], pause: float) -> T:

@@ -19,7 +19,9 @@ What it offers, module by module (each module's ``__all__`` names it exactly):
   (``ClientConnection``, ``result``).
 * :mod:`.address`: where the socket, the data and the log live, and their rules.
 * :mod:`.agentwork` (import the module): the metadata keys of messages, tasks and
-  sessions; :mod:`.logline`: the daemon's log line format.
+  sessions; :mod:`.resources` (import the module): what a lease's resource names
+  (canonical file paths, directories, globs, plain names) and the one rule that says
+  when two leases conflict; :mod:`.logline`: the daemon's log line format.
 """
 
 from engramd.protocol.address import *

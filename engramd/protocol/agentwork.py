@@ -51,12 +51,3 @@ def task_title(payload: bytes) -> str:
     """A task's title: the first line of its unit's payload."""
     return payload.decode("utf-8", "replace").split("\n", 1)[0].strip()
 
-
-def covers(resource: str, path: str) -> bool:
-    """Whether a lease on *resource* covers the file *path* (relative to its repository):
-    the same path, the path under a prefix (``repo/``, an absolute checkout), or a
-    directory of it."""
-    path = path.strip("/")
-    resource = resource.rstrip("/")
-    return bool(path) and (resource == path or resource.endswith("/" + path)
-                           or path.startswith(resource + "/"))

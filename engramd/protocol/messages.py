@@ -352,7 +352,13 @@ class Waiter(msgspec.Struct, frozen=True, kw_only=True):
 class LockState(msgspec.Struct, frozen=True, kw_only=True):
     resource: str
     lease: Lease | None
+    """The lease on the resource (the first of several shared ones), or None."""
     waiters: list[Waiter]
+    leases: list[Lease] = []
+    """Every lease on the resource (several when shared)."""
+    overlapping: list[Lease] = []
+    """``lock.get`` only: the leases on other resources that overlap it (a directory
+    it is in, paths under it, globs matching it), whatever their mode."""
 
 
 class LocksGranted(Reply, tag="lock.granted"):
@@ -774,6 +780,7 @@ class AcquireLock(ClientMessage[LocksGranted], tag="lock.acquire", omit_defaults
     exits and makes that process the holding session (else this connection is).
     ``pgid`` (with ``pid``): the process group working under the leases, led by a
     process of ``pid``'s session; no lease ends while a process of it runs.
+    ``shared``: shared (readers') leases, which coexist with each other.
     """
 
     resources: Names
@@ -782,6 +789,7 @@ class AcquireLock(ClientMessage[LocksGranted], tag="lock.acquire", omit_defaults
     bind_connection: bool = False
     pid: int | None = None
     pgid: int | None = None
+    shared: bool = False
 
 
 # omit_defaults: without a resource these encode as they did before it existed,

@@ -122,7 +122,9 @@ class ContextUpdated(Event, tag="context.updated"):
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True):
-    """A time-boxed exclusive hold on one resource path, by one session of an agent."""
+    """A time-boxed hold on one resource (a plain name, or a file, directory or glob:
+    :mod:`engramd.protocol.resources`) by one session of an agent: exclusive, or
+    shared with other shared leases."""
 
     resource: str
     holder: str
@@ -157,6 +159,9 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     while_alive: bool = False
     """Bound to ``pid`` and asked without a ttl: held while that process lives (the
     granting daemon renews it, ``ttl`` at a time) and ended the moment it exits."""
+    shared: bool = False
+    """A shared (reader's) lease: it coexists with other shared leases on what it
+    overlaps, and conflicts only with exclusive ones."""
 
 
 GRACE_SECONDS = 5.0

@@ -127,6 +127,15 @@ def test_the_agent_rows_run(env: dict[str, str]) -> None:
     assert "claims/s" in rows["task.claim.8procs"]["note"]
 
 
+def test_the_deep_lease_row_runs_beside_the_lock_cycle(env: dict[str, str]) -> None:
+    result = run_cli(env, "bench", "--only", "lock.deep8", "--scale", "0.02", "--json",
+                     timeout=180)
+    assert result.returncode == 0, result.stderr
+    rows = {r["name"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert rows["lock.deep8"]["ops"] == 40 and "lock.cycle" in rows  # its floor runs too
+    assert "lock.cycle" in rows["lock.deep8"]["target"]
+
+
 def test_the_gateway_and_semantic_rows_run(env: dict[str, str]) -> None:
     pytest.importorskip("hypercorn")
     pytest.importorskip("wordllama")

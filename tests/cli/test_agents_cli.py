@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from engram_cli.client import paths
 from tests.conftest import DaemonProcess, connect, run_cli, start_engramd, wait_until
 
 
@@ -192,7 +193,7 @@ def test_prime_on_a_busy_journal_shows_every_section_within_its_budget(
                 alice.create_unit("build-42", "TOOL_RESULT", f"result {n} " + "y" * 100)
             pinned = alice.create_unit("build-42", "REASONING", "always read this")
             alice.update_context("build-42", pin=[pinned.id])
-            alice.acquire_lock("repo/app.py", ttl=300)
+            alice.acquire_lock(paths.resource(str(repo / "app.py")), ttl=300)
             tester.acquire_lock("deploy:prod", ttl=300)
             for n in range(8):
                 alice.add_task(f"task {n}", context_id="build-42")
@@ -208,7 +209,7 @@ def test_prime_on_a_busy_journal_shows_every_section_within_its_budget(
                         "## Held by others: files you have changed", "## Ready tasks: 7",
                         "## Since your last prime", "## Pinned", "## engram commands"):
             assert heading in brief, heading
-        assert "`repo/app.py` by alice" in brief
+        assert "`app.py` by alice" in brief  # as a path from where prime ran
         whole = json.loads(cli_ok(env, "prime", "--format", "json", "--max-chars", "100000"))
         assert whole["unread"] == 30 and whole["cut"] is False
         with connect(engramd.socket, "probe") as probe:

@@ -39,6 +39,24 @@ def test_ping_starts_the_daemon_when_none_runs(env: dict[str, str]) -> None:
     assert not os.path.exists(env["ENGRAM_SOCKET"])
 
 
+def test_the_daemon_started_is_the_installed_one_whatever_the_directory(
+        env: dict[str, str], scratch: str) -> None:
+    """A command run in a directory holding an ``engramd`` package (a checkout of engram,
+    an unrelated project) starts the engramd installed beside the client, not that one."""
+    here = os.path.join(scratch, "checkout")
+    os.makedirs(os.path.join(here, "engramd"))
+    for name in ("__init__.py", "__main__.py"):
+        with open(os.path.join(here, "engramd", name), "w") as file:
+            file.write("raise SystemExit('the wrong engramd')\n")
+    engram = os.path.join(os.path.dirname(sys.executable), "engram")  # as a user runs it
+    result = subprocess.run([engram, "ping"], env=env, cwd=here,
+                            capture_output=True, text=True, timeout=30, check=False)
+    try:
+        assert result.returncode == 0, result.stderr
+    finally:
+        run_cli(env, "daemon", "stop")
+
+
 def test_the_data_dir_option_is_the_journal_of_the_daemon_it_starts(
         env: dict[str, str], scratch: str) -> None:
     """``--data-dir`` overrides ENGRAM_DATA_DIR, as ``--socket`` overrides ENGRAM_SOCKET:

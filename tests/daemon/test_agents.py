@@ -278,14 +278,17 @@ def test_the_brief_shows_what_waits_and_advances_its_mark(
         alice.send_message("bob", "look", ack_required=True)
         note = alice.create_unit("build-42", "REASONING", "the cache is stale")
         alice.update_context("build-42", pin=[note.id])
-        alice.acquire_lock("repo/src/app.py", ttl=60)
+        alice.acquire_lock("file:github.com/t/repo:src/", ttl=60)  # a directory
+        alice.acquire_lock("file:github.com/t/other:README.md", ttl=60)  # another repository
         (own,) = bob.acquire_lock("deploy:prod", ttl=60)
         task = alice.add_task("ship it", context_id="build-42")
-        brief = bob.brief(files=["src/app.py", "README.md"], contexts=["build-42"])
+        brief = bob.brief(files=["file:github.com/t/repo:src/app.py",
+                                 "file:github.com/t/repo:README.md"], contexts=["build-42"])
         assert brief.unread == 1 and texts(brief.messages) == [b"look"]
         assert brief.pending_acks == 1
         assert [lease.resource for lease in brief.leases] == [own.resource]
-        assert [lease.resource for lease in brief.others_leases] == ["repo/src/app.py"]
+        assert [lease.resource for lease in brief.others_leases] == [
+            "file:github.com/t/repo:src/"]
         assert [t.id for t in brief.ready] == [task.id] and brief.ready_total == 1
         assert b"the cache is stale" in texts(brief.since) and brief.since_total >= 2
         assert [unit.id for unit in brief.pinned] == [note.id]

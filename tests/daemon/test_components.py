@@ -52,22 +52,23 @@ async def test_a_waiter_is_served_when_first_in_line_on_every_resource() -> None
     table.enqueue(both)
     table.pump()
     assert not first.turn.is_set() and not both.turn.is_set()  # a is held
-    table.remove(table.held["a"])
+    table.remove(table.on("a")[0])
     table.pump()
     assert first.turn.is_set() and not both.turn.is_set()  # a is reserved for first
-    assert not table.free("a") and table.free("b")
+    assert not table.free(["a"]) and table.free(["b"])
     table.install(Holding(lease("a", "y", "s2"), deadline=20))
-    table.remove(table.held["a"])
+    table.unreserve(first)
+    table.remove(table.on("a")[0])
     table.pump()
     assert both.turn.is_set()
-    assert table.reserved == {"a", "b"}
+    assert [c.resource.text for c in table.reserved[both]] == ["a", "b"]
 
 
 async def test_holders_and_cycles_are_sessions_of_agents() -> None:
     table = LockTable()
     table.install(Holding(lease("x", "A", "s1"), deadline=10))
     table.install(Holding(lease("y", "B", "s2"), deadline=10))
-    assert table.held_in(("A", "s1"), ["y", "x"]) is table.held["x"]
+    assert table.held_in(("A", "s1"), ["y", "x"]) is table.on("x")[0]
     assert table.held_in(("A", "s9"), ["x"]) is None  # another session of A
     assert table.held_in(("C", "s1"), ["x"]) is None  # the same session name, another agent
     table.enqueue(Waiting("A", "s1", 1, ["y"]))
@@ -75,7 +76,7 @@ async def test_holders_and_cycles_are_sessions_of_agents() -> None:
     assert steps is not None
     assert [(resource, holding.lease.holder) for resource, holding in steps] == [
         ("x", "A"), ("y", "B")]
-    table.dequeue(next(iter(table.queues["y"])))
+    table.dequeue(next(iter(table.line)))
     table.enqueue(Waiting("A", "s9", 1, ["y"]))  # A's other session waits: no cycle
     assert table.cycle(("B", "s2"), ["x"]) is None
 
@@ -483,6 +484,34 @@ def test_a_late_end_of_a_lease_leaves_its_successor_stored(
     store.apply([Entry(first_seq=4, events=[LockExpired(seq=4, ts=WHEN, context_id="",
                                                         lease=first)])])
     assert [msgspec.msgpack.decode(raw, type=Lease) for raw in store.leases()] == [second]
+
+
+def test_shared_leases_on_one_resource_are_stored_apart(
+        storage: tuple[Store, WriteAheadLog]) -> None:
+    from engramd.protocol import LockAcquired, LockReleased
+
+    store, _ = storage
+    one = msgspec.structs.replace(lease("r", "a", "s1"), shared=True)
+    two = msgspec.structs.replace(lease("r", "b", "s2"), shared=True)
+    store.apply([Entry(first_seq=1, events=[
+        LockAcquired(seq=1, ts=WHEN, context_id="", lease=one),
+        LockAcquired(seq=2, ts=WHEN, context_id="", lease=two)])])
+    assert len(list(store.leases())) == 2
+    store.apply([Entry(first_seq=3, events=[
+        LockReleased(seq=3, ts=WHEN, context_id="", lease=one, reason="released", by="a")])])
+    assert [msgspec.msgpack.decode(raw, type=Lease) for raw in store.leases()] == [two]
+
+
+def test_a_lease_stored_before_shared_leases_ends_too(
+        storage: tuple[Store, WriteAheadLog]) -> None:
+    from engramd.protocol import LockReleased
+
+    store, _ = storage
+    old = lease("r", "a", "s1")
+    store.db.put(b"l/r", msgspec.msgpack.encode(old))  # as an older engramd kept it
+    store.apply([Entry(first_seq=1, events=[
+        LockReleased(seq=1, ts=WHEN, context_id="", lease=old, reason="released", by="a")])])
+    assert list(store.leases()) == []
 
 
 # -- the contexts a write looks up ------------------------------------------------------

@@ -68,7 +68,7 @@ async def test_a_session_lease_without_a_ttl_outlives_the_longest_ttl(
         assert state.lease is not None and state.lease.lock_id == held.lock_id
         assert state.lease.fencing_token == held.fencing_token  # the same lease, renewed
         # (Its expiry in wall time follows the wall clock, which this clock does not move.)
-        assert leases.table.held["task:1"].deadline > trio.current_time() + HOUR / 2
+        assert leases.table.held[held.lock_id].deadline > trio.current_time() + HOUR / 2
         assert leases.state("src/a.py").lease is None  # its ttl was asked for: it lapsed
         renewals = [event for entry in applied for event in entry.events
                     if isinstance(event, LockRenewed) and event.lease.lock_id == held.lock_id]

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import select
 import signal
@@ -215,6 +216,27 @@ def test_locks_name_the_holder_and_keep_others_out(open_gateway: Gateway) -> Non
     assert [s["resource"] for s in nested.json()["leases"]] == ["repo/src/a.py",
                                                                 "repo/src/b.py"]
     assert http.get("/locks/repo/src/b.py").json()["lease"]["holder"] == "bob"
+
+
+def test_locks_on_paths_are_named_canonically_and_judged_by_the_rule(
+        open_gateway: Gateway, tmp_path: Path) -> None:
+    http = open_gateway.http
+    where = os.path.realpath(tmp_path)
+    directory = http.post("/locks", json={"paths": f"{tmp_path}/data/", "ttl": 30,
+                                          "shared": True}, headers=as_agent("alice"))
+    assert directory.status_code == 201, directory.text
+    (lease,) = directory.json()["leases"]
+    assert lease["resource"] == f"file:{where}/data/" and lease["shared"]
+    reader = http.post("/locks", json={"paths": [f"{tmp_path}/data/x.csv"], "shared": True},
+                       headers=as_agent("bob"))
+    assert reader.status_code == 201  # readers coexist
+    writer = http.post("/locks", json={"paths": [f"{tmp_path}/data/x.csv"]},
+                       headers=as_agent("carol"))
+    assert writer.status_code == 409 and "alice" in writer.json()["error"]["message"]
+    state = http.get(f"/locks/file:{where}/data/x.csv").json()
+    assert [held["holder"] for held in state["overlapping"]] == ["alice"]
+    relative = http.post("/locks", json={"paths": "data/x.csv"}, headers=as_agent("carol"))
+    assert relative.status_code == 400 and "absolute" in relative.text
 
 
 def test_messages_and_tasks(open_gateway: Gateway) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engram_cli.client import Client
+from engram_cli.client import Client, paths
 from tests.conftest import WAIT, DaemonProcess, run_cli, socket_answers, spawn_engramd, wait_until
 
 pytestmark = pytest.mark.slow  # every test here runs processes
@@ -122,15 +122,22 @@ def test_a_failing_pre_commit_hook_still_stops_the_commit(
 def test_the_guard_names_the_holder(engramd: DaemonProcess, repo: Path,
                                     env: dict[str, str]) -> None:
     run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    elsewhere = repo.parent / "elsewhere"  # another repository with a file of that name
+    git(repo.parent, "init", "-q", str(elsewhere), env=env)
     with Client(engramd.socket, agent_id="other-agent", autostart=False) as other:
-        (lease,) = other.acquire_lock("proj/locked.txt", ttl=600)
+        (mine,) = other.acquire_lock(paths.resource(str(elsewhere / "locked.txt")), ttl=600)
         (repo / "locked.txt").write_text("mine")
+        git(repo, "add", "locked.txt", env=env)
+        git(repo, "commit", "-qm", "a file of that name elsewhere is no matter", env=env)
+        (lease,) = other.acquire_lock(paths.resource(str(repo)), ttl=600)  # the whole repo
+        (repo / "locked.txt").write_text("again")
         git(repo, "add", "locked.txt", env=env)
         refused = subprocess.run(["git", "-C", str(repo), "commit", "-qm", "x"], env=env,
                                  capture_output=True, text=True, timeout=60, check=False)
         assert refused.returncode == 1
-        assert "locked.txt is leased by other-agent until" in refused.stderr
+        assert "locked.txt is leased by other-agent as ./ until" in refused.stderr
         other.release_lock(lease.lock_id)
+        other.release_lock(mine.lock_id)
     git(repo, "commit", "-qm", "now it may", env=env)
 
 

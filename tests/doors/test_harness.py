@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engram_cli.client import paths
 from tests.conftest import DaemonProcess, connect, wait_until
 
 DATA = Path(__file__).parent.parent / "data" / "harness"
@@ -48,7 +49,7 @@ def test_the_lease_guard_warns_denies_or_stays_silent(engramd: DaemonProcess,
                                                       repo: Path) -> None:
     env = {**engramd.env, "ENGRAM_AGENT": "claude-a"}
     with connect(engramd.socket, "bob") as bob:
-        bob.acquire_lock("src/app.py", ttl=300)
+        bob.acquire_lock(paths.resource(str(repo / "src" / "app.py")), ttl=300)
         for name in ("claude_pre_tool_use.json", "codex_pre_tool_use.json"):
             hook_input = recorded(name, repo)
             warned = engram(env, "hook", "pre-edit", "--guard", "warn", stdin=hook_input)
@@ -64,6 +65,39 @@ def test_the_lease_guard_warns_denies_or_stays_silent(engramd: DaemonProcess,
         free = recorded("claude_pre_tool_use.json", repo).replace("src/app.py", "docs/x.md")
         allowed = engram(env, "hook", "pre-edit", "--guard", "block", stdin=free)
         assert allowed.returncode == 0 and allowed.stdout == ""
+
+
+def test_the_guard_judges_paths_as_the_lock_manager_does(engramd: DaemonProcess,
+                                                         repo: Path, tmp_path: Path) -> None:
+    """Two repositories with src/app.py each do not collide; a directory's lease covers
+    what is in it, a glob what it matches, a shared lease stands in a writer's way."""
+    env = {**engramd.env, "ENGRAM_AGENT": "claude-e"}
+    other = tmp_path / "other"
+    subprocess.run(["git", "init", "-q", str(other)], check=True)
+    edit = recorded("claude_pre_tool_use.json", repo)
+
+    def guard(hook_input: str) -> str:
+        done = engram(env, "hook", "pre-edit", "--guard", "block", stdin=hook_input)
+        assert done.returncode == 0, done.stderr
+        if not done.stdout:
+            return ""
+        return str(json.loads(done.stdout)["hookSpecificOutput"]["permissionDecisionReason"])
+
+    with connect(engramd.socket, "bob") as bob:
+        (theirs,) = bob.acquire_lock(paths.resource(str(other / "src" / "app.py")), ttl=300)
+        assert guard(edit) == ""  # the same relative path in another repository
+        bob.release_lock(theirs.lock_id)
+        (directory,) = bob.acquire_lock(paths.resource(str(repo / "src") + "/"), ttl=300)
+        assert "src/app.py is leased by bob" in guard(edit) and "as src/" in guard(edit)
+        bob.release_lock(directory.lock_id)
+        (glob,) = bob.acquire_lock(paths.resource(str(repo / "src" / "*.py")), ttl=300)
+        assert "as src/*.py" in guard(edit)
+        assert guard(edit.replace("src/app.py", "src/app.c")) == ""
+        bob.release_lock(glob.lock_id)
+        (reader,) = bob.acquire_lock(paths.resource(str(repo)), ttl=300, shared=True)
+        assert "shared" in guard(edit)
+        bob.release_lock(reader.lock_id)
+        assert guard(edit) == ""
 
 
 def test_the_prompt_nudge_speaks_only_when_mail_waits(engramd: DaemonProcess,
@@ -159,7 +193,7 @@ def test_the_lease_guard_in_gemini_and_cursor_formats(engramd: DaemonProcess,
     gemini = recorded("gemini_before_tool.json", repo)
     cursor = recorded("cursor_pre_tool_use.json", repo)  # no cwd: its workspace root
     with connect(engramd.socket, "bob") as bob:
-        bob.acquire_lock("src/app.py", ttl=300)
+        bob.acquire_lock(paths.resource(str(repo / "src" / "app.py")), ttl=300)
         denied = json.loads(engram(env, "hook", "pre-edit", "--harness", "gemini",
                                    "--guard", "block", stdin=gemini).stdout)
         assert denied["decision"] == "deny" and "src/app.py is leased by bob" in denied["reason"]

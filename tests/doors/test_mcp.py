@@ -31,12 +31,13 @@ READ_ONLY_TOOLS = {"recent", "get", "search", "trace", "locks", "task_ready", "a
 
 
 @asynccontextmanager
-async def mcp_session(env: dict[str, str], *, harness: Path | None = None
-                      ) -> AsyncIterator[ClientSession]:
-    """The SDK's client on ``engram mcp`` (started by a stand-in harness when given)."""
+async def mcp_session(env: dict[str, str], *, harness: Path | None = None,
+                      cwd: Path | None = None) -> AsyncIterator[ClientSession]:
+    """The SDK's client on ``engram mcp`` (started by a stand-in harness when given), in
+    *cwd* (the project: engram's own tree unless given)."""
     args = ["-m", "engram_cli", "mcp"] if harness is None else [str(harness)]
     params = StdioServerParameters(command=sys.executable, args=args, env=env,
-                                   cwd=str(Path(__file__).parent.parent.parent))
+                                   cwd=str(cwd or Path(__file__).parent.parent.parent))
     with open(os.devnull, "w") as quiet:
         async with stdio_client(params, errlog=quiet) as (read, write), \
                 ClientSession(read, write) as session:
@@ -149,6 +150,57 @@ async def test_a_lease_taken_through_mcp_ends_when_the_harness_dies(
             await trio.to_thread.run_sync(lambda: wait_until(
                 lambda: probe.get_lock("src/app.py").lease is None,
                 "the lease to end with the harness", timeout=1.0))
+
+
+async def test_the_lock_tool_takes_paths_from_the_project(engramd: DaemonProcess,
+                                                          tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    subprocess.run(["git", "-C", str(project), "remote", "add", "origin",
+                    "git@github.com:t/proj.git"], check=True)
+    root = "file:github.com/t/proj:"
+    env = {**engramd.env, "ENGRAM_AGENT": "claude-p"}
+    async with mcp_session(env, cwd=project) as session:
+        locked = await session.call_tool("lock", {"paths": ["src/app.py", "docs/"],
+                                                  "ttl": 60})
+        assert not locked.is_error, locked
+        text = locked.content[0].text  # type: ignore[union-attr]
+        assert text.startswith("docs/: lock_id ") and "\nsrc/app.py: lock_id " in text
+        leases = locked.structured_content["leases"]  # type: ignore[index]
+        assert [lease["resource"] for lease in leases] == [root + "docs/", root + "src/app.py"]
+        with connect(engramd.socket, "bob") as bob:
+            failed, text = await call(session, "lock", paths=["src/"], wait=0)
+            assert not failed  # the same session: its own leases are not in its way
+            refused = await trio.to_thread.run_sync(lambda: _try(bob, root + "src/lib.py"))
+            assert "held by claude-p" in refused
+            (reader,) = bob.acquire_lock(root + "notes/", ttl=60, shared=True)
+            failed, text = await call(session, "lock", paths=["notes/a.md"], shared=True)
+            assert not failed and text.endswith("(shared)"), text
+            failed, text = await call(session, "locks")
+            assert "notes/: bob (shared)" in text and "src/app.py: claude-p" in text
+            (project / "README.md").write_text("changed here\n")  # git status shows it
+            (readme,) = bob.acquire_lock(root + "README.md", ttl=60)
+            failed, text = await call(session, "brief")
+            assert not failed and "- `README.md` by bob" in text, text
+            bob.release_lock(readme.lock_id)
+            failed, text = await call(session, "unlock", lock_id=leases[1]["lock_id"],
+                                      path="src/app.py")
+            assert not failed and text == "released src/app.py"
+            failed, text = await call(session, "unlock", lock_id=leases[0]["lock_id"],
+                                      path="src/app.py")
+            assert failed and "has no lease with lock id" in text, text
+            bob.release_lock(reader.lock_id)
+
+
+def _try(client: object, resource: str) -> str:
+    from engram_cli.client.errors import LockHeld
+
+    try:
+        client.acquire_lock(resource, ttl=5)  # type: ignore[attr-defined]
+    except LockHeld as exc:
+        return str(exc)
+    return "granted"
 
 
 def test_with_no_daemon_stdout_is_json_rpc_only_and_tools_fail_cleanly(
@@ -281,8 +333,11 @@ async def test_two_agents_coordinate_through_the_whole_tool_set(env: dict[str, s
             with trio.fail_after(WAIT * 3):  # past the longest ttl, claimed all along
                 while True:
                     failed, text = await call(a, "task_ready")  # autostarts it again
-                    with connect(env["ENGRAM_SOCKET"]) as engram:
-                        now = engram.get_task(task).claim
+                    try:
+                        with connect(env["ENGRAM_SOCKET"]) as engram:
+                            now = engram.get_task(task).claim
+                    except Unavailable:  # the old daemon on its way out: not yet
+                        now = None
                     if now is not None and now.expires_at > claim.expires_at + \
                             dt.timedelta(seconds=12):
                         break

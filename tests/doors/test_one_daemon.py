@@ -181,7 +181,8 @@ async def test_codex_mcp_server_and_hooks_reach_the_shells_daemon_with_codex_env
         bob = {**shell, "ENGRAM_AGENT": "bob"}
         bob.pop("ENGRAM_TOKEN")
         assert run_cli(bob, "send", "--to", "codex-reviewer", "-p", "review PR 7").returncode == 0
-        assert run_cli(bob, "lock", "acquire", "src/app.py", "--ttl", "300").returncode == 0
+        assert run_cli(bob, "lock", "acquire", "--path", str(repo / "src" / "app.py"),
+                       "--ttl", "300").returncode == 0
         hook_env = reduced(shell, [*CODEX_MCP_ENV, *harness.IDENTITY])
         stopped = hook(hooks["Stop"], hook_env, recorded("codex_stop.json", repo), repo)
         assert stopped.returncode == 0, stopped.stderr

@@ -189,6 +189,8 @@ CLIENT_MESSAGES = {
                                           pid=4242),
     "lock_acquire_group": AcquireLock(id=11, resources=["deploy:prod"], ttl=30.0, wait=None,
                                       pid=4242, pgid=4250),
+    "lock_acquire_shared": AcquireLock(id=11, resources=["file:github.com/ann/proj:src/"],
+                                       wait=None, pid=4242, shared=True),
     "lock_release_on": ReleaseLock(id=12, lock_id="0123456789abcdef", resource="deploy:prod"),
     "lock_renew_on": RenewLock(id=13, lock_id="0123456789abcdef", resource="deploy:prod"),
     "lock_break": BreakLock(id=14, resource="deploy:prod", reason="stuck"),
@@ -248,6 +250,9 @@ LEASE = Lease(resource="deploy:prod", holder="alice", lock_id="0123456789abcdef"
 LEASE_BEFORE_SESSIONS = msgspec.structs.replace(LEASE, session="", holder_pid=0)
 LEASE_OF_GROUP = msgspec.structs.replace(LEASE, pid=4242, bound_to_connection=False,
                                          session="pid:4242", pgid=4250)
+LEASE_ON_PATH = msgspec.structs.replace(LEASE, resource="file:github.com/ann/proj:src/app.py")
+LEASE_SHARED = msgspec.structs.replace(LEASE, resource="file:github.com/ann/proj:src/",
+                                       shared=True, lock_id="fedcba9876543210")
 CUT = WalCut(id="0a1b2c3d", at=WHEN, segment="/d/wal/00000000000000000001.wal", offset=4305,
              bytes=217, reason="checksum mismatch", seq=21, last_seq=21, unit_ids=[UNIT.id],
              acknowledged="possibly", saved="/d/wal/damaged-00000000000000000001-4305.bin",
@@ -305,6 +310,9 @@ SERVER_MESSAGES = {
         resource="deploy:prod", lease=LEASE,
         waiters=[Waiter(agent="bob", position=1, resources=["deploy:prod"],
                         session="pid:4343", pid=4343)])),
+    "lock_found_paths": LockFound(id=15, state=LockState(
+        resource="file:github.com/ann/proj:src/app.py", lease=LEASE_ON_PATH, waiters=[],
+        leases=[LEASE_ON_PATH], overlapping=[LEASE_SHARED])),
     "lock_page": LockPage(id=16, locks=[]),
     "lease_lost": LeaseLost(lease=LEASE, reason="expired", by="engramd"),
     "search_results": SearchResults(id=17, total=1, hits=[SearchHit(

@@ -19,7 +19,6 @@ from engram_cli.client import Client
 from engram_cli.client.errors import EngramError
 from engram_cli.client.session import SESSION_PID_VAR, agent_name, session_pid
 from engram_cli.doors import harness
-from engramd.protocol import agentwork
 
 HOOK_TIMEOUT = 2.0
 """Seconds a hook waits for any answer of the daemon: a hook must never stall the agent."""
@@ -88,9 +87,11 @@ def session_start(ctx: typer.Context, runner: HarnessOption = "claude-code",
         client, agent, pid = _client(ctx, runner)
         client.announce_session(pid=pid, harness=runner)
         cwd = harness.working_dir(hook_input, os.getcwd())
-        from engram_cli.client import gitinfo  # only where git is asked: it brings subprocess
+        # Only where git is asked: it brings subprocess.
+        from engram_cli.client import gitinfo, paths
 
-        brief = client.brief(files=gitinfo.changed_files(cwd))
+        changed = paths.in_repository(cwd, gitinfo.changed_files(cwd))
+        brief = client.brief(files=list(changed.values()))
     from engram_cli.formats import briefview  # only here: the hooks run on every edit need none
 
     exported = {"ENGRAM_AGENT": agent, SESSION_PID_VAR: str(pid),
@@ -106,7 +107,10 @@ def session_start(ctx: typer.Context, runner: HarnessOption = "claude-code",
             exports.write("".join(f"export {name}={shlex.quote(value)}\n"
                                   for name, value in exported.items()))
     answer = harness.additional_context(harness.harness_of(runner).start,
-                                        briefview.markdown(brief, max_chars), runner)
+                                        briefview.markdown(
+                                            brief, max_chars,
+                                            name=lambda name: paths.display(name, cwd)),
+                                        runner)
     if runner == "cursor":
         answer["env"] = exported
     _emit(answer)
@@ -135,8 +139,9 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
              ) -> None:
     """PreToolUse on file edits (Gemini CLI: BeforeTool, AfterTool to warn): the lease guard.
 
-    Another agent's lease on the file adds a warning naming the holder, or with
-    --guard block denies the edit with that reason.
+    Another agent's lease on the file (on it, on a directory it is in, a glob that
+    matches it, shared or not: the lock manager's rule) adds a warning naming the
+    holder, or with --guard block denies the edit with that reason.
     """
     hook_input = _hook_input()
     cwd = harness.working_dir(hook_input, os.getcwd())
@@ -147,31 +152,29 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
     with _failing_open(runner):
         client, agent, _ = _client(ctx, runner)
         states = client.list_locks()
-    others = [state.lease for state in states
-              if state.lease is not None and state.lease.holder != agent]
+    from engram_cli.client import paths as resolve  # (git: only when a lease may matter)
+
+    others = [lease for lease in resolve.leases_of(states) if lease.holder != agent]
     if not others:
         _nothing(runner)  # the common case, and no git to ask
         return
-    from engram_cli.client import gitinfo
-
-    try:
-        root = gitinfo.toplevel(cwd)
-    except gitinfo.GitError:
-        root = cwd
     held: list[str] = []
     holders: list[str] = []
     for path in paths:
-        absolute = os.path.normpath(os.path.join(cwd, path))
-        relative = os.path.relpath(absolute, root)
-        for lease in others:
-            if (agentwork.covers(lease.resource, relative)
-                    or agentwork.covers(lease.resource, absolute)):
-                held.append(f"{relative} is leased by {lease.holder}"
-                            + (f" (pid {lease.holder_pid})" if lease.holder_pid else "")
-                            + f" as {lease.resource}"
-                            + (" while its session lives" if lease.while_alive else
-                               f" until {lease.expires_at:%H:%M:%S} UTC"))
-                holders.append(lease.holder)
+        try:
+            name = resolve.resource(path, cwd)
+        except ValueError:
+            continue
+        shown = resolve.display(name, cwd)
+        for lease in resolve.in_the_way(others, agent, name):
+            held.append(f"{shown} is leased by {lease.holder}"
+                        + (f" (pid {lease.holder_pid})" if lease.holder_pid else "")
+                        + (" for reading (shared)" if lease.shared else "")
+                        + ("" if lease.resource == name
+                           else f" as {resolve.display(lease.resource, cwd)}")
+                        + (" while its session lives" if lease.while_alive else
+                           f" until {lease.expires_at:%H:%M:%S} UTC"))
+            holders.append(lease.holder)
     if not held:
         _nothing(runner)
         return

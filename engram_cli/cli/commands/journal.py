@@ -127,7 +127,7 @@ def restore(
                        "backup would replace)")
     if not os.path.isdir(source):
         raise UsageProblem(f"{source} is not a directory")
-    checked = subprocess.run([sys.executable, "-m", "engramd", "--verify-backup", source],
+    checked = subprocess.run([sys.executable, "-P", "-m", "engramd", "--verify-backup", source],
                              capture_output=True, text=True, check=False,
                              stdin=subprocess.DEVNULL)
     if checked.returncode != 0:

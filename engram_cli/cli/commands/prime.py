@@ -73,12 +73,19 @@ def prime(
     if as_json:
         out.json_line(briefview.as_json(brief, max_chars))
     else:
-        out.write(briefview.markdown(brief, max_chars))
+        from engram_cli.client import paths
+
+        out.write(briefview.markdown(brief, max_chars,
+                                     name=paths.display))
 
 
 def _changed_files() -> list[str]:
+    """The files ``git status`` shows changed here, named as leases on them are."""
+    from engram_cli.client import paths
+
     try:
-        return gitinfo.changed_files(os.getcwd())
+        here = os.getcwd()
+        return list(paths.in_repository(here, gitinfo.changed_files(here)).values())
     except OSError:
         return []
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -82,20 +83,29 @@ class MessageForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class LockForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Leases to take together (``POST /locks``); ``wait`` seconds in line (0: once);
-    ``resource_path``: the seed's name for one resource."""
+    """Leases to take together (``POST /locks``); ``wait`` seconds in line (0: once).
+    ``resources`` are names (``resource_path``: the seed's name for one); ``paths``
+    absolute paths on the gateway's machine (files, directories ending in ``/`` or on
+    disk, globs), resolved to their names; ``shared``: shared (readers') leases."""
 
-    resources: list[str] | str | None = None
+    resources: list[str] | str = []
     ttl: float | None = None
     wait: float = 0.0
+    paths: list[str] | str = []
+    shared: bool = False
     resource_path: str | None = None
 
-    def request(self) -> AcquireLock:
-        if (self.resources is None) == (self.resource_path is None):
-            raise BadRequest("give resources (or the seed's resource_path), one of them")
-        given = self.resources if self.resources is not None else self.resource_path
-        resources = [given] if isinstance(given, str) else list(given or [])
-        return AcquireLock(resources=resources, ttl=self.ttl, wait=self.wait)
+    def request(self, resolve: Callable[[list[str]], list[str]]) -> AcquireLock:
+        """The acquire, with *resolve* naming the paths (it asks git: call it off the
+        event loop)."""
+        resources = [self.resources] if isinstance(self.resources, str) else self.resources
+        if self.resource_path is not None:
+            resources = [*resources, self.resource_path]
+        paths = [self.paths] if isinstance(self.paths, str) else self.paths
+        if not resources and not paths:
+            raise BadRequest("give resources or paths (or the seed's resource_path)")
+        return AcquireLock(resources=[*resources, *resolve(paths)], ttl=self.ttl,
+                           wait=self.wait, shared=self.shared)
 
 
 class RenewForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -13,6 +13,7 @@ import trio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from engram_cli.client import paths
 from engram_cli.doors.gateway import query
 from engram_cli.doors.gateway.forms import (
     ClaimProof,
@@ -148,11 +149,19 @@ async def update_context(gw: Gateway, request: Request) -> Response:
         context_id=request.path_params["context_id"]))))
 
 
+def _absolute(given: list[str]) -> list[str]:
+    try:
+        return paths.resources(given, absolute_only=True)
+    except ValueError as exc:
+        raise BadRequest(f"paths: {exc}") from None
+
+
 async def acquire_locks(gw: Gateway, request: Request) -> Response:
     form = decode(await gw.body(request), LockForm)
+    acquire = await trio.to_thread.run_sync(form.request, _absolute)  # (git is asked)
     # A session of its own (each request made for an agent is): two HTTP callers of one
     # agent wait for each other, and the lease lives until released, or its ttl.
-    granted = await gw.call(request, form.request(), form.wait)
+    granted = await gw.call(request, acquire, form.wait)
     return json_response({"leases": [plain(lease) for lease in granted.leases]}, 201)
 
 

@@ -434,3 +434,155 @@ def test_a_lease_not_renewed_is_lost_at_its_deadline_and_freed_by_the_servers(
         (following,) = bob.acquire_lock("short", ttl=30, wait=WAIT)
         assert following.fencing_token > held.fencing_token
         assert following.acquired_at >= held.expires_at
+
+
+# -- paths, directories, globs and shared leases across machines -----------------------
+
+
+def test_a_directory_a_file_in_it_and_a_glob_exclude_each_other_across_machines(
+        machines: list[Machine]) -> None:
+    a, b, c = machines
+    root = f"file:github.com/t/{uuid.uuid4().hex[:8]}:"
+    with a.client("alice") as alice, b.client("bob") as bob, c.client("carol") as carol:
+        (directory,) = alice.acquire_lock(root + "src/", ttl=30)
+        with pytest.raises(LockHeld, match="alice"):
+            bob.acquire_lock(root + "src/app.py", ttl=30)
+        with pytest.raises(LockHeld, match="alice"):
+            carol.acquire_lock(root + "src/**/*.py", ttl=30)
+        (elsewhere,) = bob.acquire_lock(root + "docs/a.md", ttl=30)  # not in src/
+        (other_repo,) = carol.acquire_lock("file:github.com/t/other:src/app.py", ttl=30)
+        alice.release_lock(directory.lock_id)
+        (glob,) = carol.acquire_lock(root + "src/**/*.py", ttl=30, wait=WAIT)
+        with pytest.raises(LockHeld, match="carol"):
+            alice.acquire_lock(root + "src/lib/x.py", ttl=30)
+        (c_file,) = alice.acquire_lock(root + "src/lib/x.c", ttl=30)  # no .py: free
+        assert glob.fencing_token > directory.fencing_token
+        for held, who in ((elsewhere, bob), (other_repo, carol), (glob, carol),
+                          (c_file, alice)):
+            who.release_lock(held.lock_id)
+
+
+def test_shared_readers_on_two_machines_and_a_waiting_writer(machines: list[Machine]) -> None:
+    a, b, c = machines
+    root = f"file:github.com/t/{uuid.uuid4().hex[:8]}:"
+    with a.client("r1") as r1, b.client("r2") as r2, c.client("w") as writer, \
+            c.client("r3") as r3:
+        (one,) = r1.acquire_lock(root + "data/", ttl=30, shared=True)
+        (two,) = r2.acquire_lock(root + "data/", ttl=30, shared=True)  # readers coexist
+        granted: list[Lease] = []
+        waiting = threading.Thread(target=lambda: granted.extend(
+            writer.acquire_lock(root + "data/table.csv", ttl=30, wait=60)))
+        waiting.start()
+        wait_until(lambda: len(r1.get_lock(root + "data/table.csv").waiters) == 1,
+                   "the writer to be in line")
+        # A reader that comes after the waiting writer waits behind it: no starvation.
+        with pytest.raises(LockHeld):
+            r3.acquire_lock(root + "data/", ttl=30, shared=True)
+        r1.release_lock(one.lock_id)
+        r2.release_lock(two.lock_id)
+        waiting.join(60)
+        assert len(granted) == 1 and granted[0].fencing_token > two.fencing_token
+        writer.release_lock(granted[0].lock_id)
+
+
+def test_conflicting_leases_written_at_once_on_two_machines_are_never_both_kept(
+        machines: list[Machine], tmp_path: Path) -> None:
+    """Two machines race, over and over, for a directory and files in it (and readers
+    for the directory), half of the racers by trying again and again rather than
+    waiting in line (so their writes meet on the servers): whoever holds notes its
+    span; no two conflicting spans overlap."""
+    a, b, _ = machines
+    root = f"file:/race/{uuid.uuid4().hex[:8]}/"
+    wanted = [(root + "d/", False), (root + "d/f", False), (root + "d/", True),
+              (root + "d/*", False)]
+    spans: list[tuple[str, bool, float, float]] = []
+    lock = threading.Lock()
+
+    def racer(machine: Machine, agent: str, picks: list[int], patient: bool) -> None:
+        import time
+
+        with machine.client(agent) as engram:
+            for pick in picks:
+                resource, shared = wanted[pick]
+                while True:
+                    try:
+                        (lease,) = engram.acquire_lock(resource, ttl=30, shared=shared,
+                                                       wait=60 if patient else 0)
+                        break
+                    except LockHeld:
+                        time.sleep(0.001)
+                began = time.monotonic()
+                time.sleep(0.005)
+                ended = time.monotonic()
+                engram.release_lock(lease.lock_id)
+                with lock:
+                    spans.append((resource, shared, began, ended))
+
+    threads = [threading.Thread(target=racer, args=(
+        machine, f"{machine.name}{n}", [(n + i) % len(wanted) for i in range(12)], n == 0))
+        for machine in (a, b) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(240)
+    assert len(spans) == 6 * 12
+    from engramd.protocol import resources as names
+
+    for (r1, s1, b1, e1), (r2, s2, b2, e2) in itertools.combinations(spans, 2):
+        if names.conflicts(r1, r2, a_shared=s1, b_shared=s2):
+            assert e1 <= b2 or e2 <= b1, f"{r1} and {r2} were held at once"
+
+
+def _repository(where: Path, remote: str | None = None) -> Path:
+    where.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(where)], check=True)
+    if remote:
+        subprocess.run(["git", "-C", str(where), "remote", "add", "origin", remote], check=True)
+    return where
+
+
+def test_paths_through_the_cli_on_three_machines(machines: list[Machine],
+                                                 tmp_path: Path) -> None:
+    """The two-repository case, a directory and a file, a glob and files, shared readers
+    with a waiting writer: the real engram on three machines of one cluster."""
+    a, b, c = machines
+    seven = _repository(tmp_path / "repo7")
+    eight = _repository(tmp_path / "repo8", "git@github.com:bob/eight.git")
+    clone = _repository(tmp_path / "clone", "https://github.com/bob/eight")
+
+    def lock(machine: Machine, *args: str) -> subprocess.CompletedProcess[str]:
+        return machine.cli("lock", "acquire", "--ttl", "60", *args)
+
+    # Two repositories with src/app.py each: no collision; a clone of one remote on
+    # another machine is the same repository.
+    assert lock(a, "--path", f"{seven}/src/app.py").returncode == 0
+    assert lock(b, "-n", "--path", f"{eight}/src/app.py").returncode == 0
+    same = lock(c, "-n", "--path", f"{clone}/src/app.py")
+    assert same.returncode == 4 and "file:github.com/bob/eight:src/app.py" in same.stderr
+    # A directory and a file in it.
+    assert lock(a, "--path", f"{seven}/docs/").returncode == 0
+    inside = lock(b, "-n", "--path", f"{seven}/docs/index.md")
+    assert inside.returncode == 4 and f"file:{seven}/docs/" in inside.stderr
+    # A glob and files.
+    assert lock(b, "--path", f"{eight}/lib/**/*.py").returncode == 0
+    assert lock(c, "-n", "--path", f"{clone}/lib/x/y.py").returncode == 4
+    assert lock(c, "-n", "--path", f"{clone}/lib/x/y.c").returncode == 0
+    # Shared readers on two machines, a writer waiting on the third, a late reader.
+    for reader in (a, b):
+        assert lock(reader, "--shared", "--path", f"{seven}/data/").returncode == 0
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "engram_cli", "lock", "run", "--path", f"{seven}/data/t.csv",
+         "--wait", "60", "--", "sh", "-c", "echo wrote"], env=c.env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    table = f"file:{seven}/data/t.csv"
+    with a.client("observer") as observer:
+        wait_until(lambda: len(observer.get_lock(table).waiters) == 1, "the writer in line")
+        late = lock(a, "-n", "--shared", "--path", f"{seven}/data/")
+        assert late.returncode == 4 and "waiting ahead" in late.stderr
+        readers = observer.get_lock(f"file:{seven}/data/").leases
+        assert len(readers) == 2 and all(lease.shared for lease in readers)
+        # (The readers' commands have exited; their leases last until broken.)
+        done = b.cli("lock", "break", "--path", f"{seven}/data/", "--reason", "read")
+        assert done.returncode == 0, done.stderr  # every shared lease on it
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0 and out == "wrote\n", err

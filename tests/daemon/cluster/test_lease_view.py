@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+import msgspec
 import pytest
 import trio
 
 pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
 
+from engramd.caller import Caller
 from engramd.cluster.bucket import (
     MARKER_TTL,
     Ended,
@@ -22,8 +24,9 @@ from engramd.cluster.bucket import (
     ticket_key,
 )
 from engramd.cluster.leaseview import LeaseView
+from engramd.grants import Grant
 from engramd.locks import Holding, LockTable
-from engramd.protocol import Lease
+from engramd.protocol import AcquireLock, Lease
 
 NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 
@@ -34,13 +37,21 @@ def lease(resource: str, lock_id: str, machine: str = "m2") -> Lease:
 
 
 def held(resource: str, revision: int, lock_id: str = "L1") -> KeyUpdate:
-    return KeyUpdate(lease_key(resource), revision, encode_record(Held(lease(resource, lock_id))))
+    return KeyUpdate(lease_key(resource, lock_id), revision,
+                     encode_record(Held(lease(resource, lock_id))))
 
 
-def ticket(resource: str, waiter: str, revision: int, number: int = 0) -> KeyUpdate:
-    record = Ticket(number=number, machine="m2", agent="bob", session="s", pid=1,
-                    resources=[resource])
-    return KeyUpdate(ticket_key(resource, waiter), revision, encode_record(record))
+def ticket(resource: str, waiter: str, revision: int, number: int = 0,
+           shared: bool = False) -> KeyUpdate:
+    record = Ticket(number=number, machine="m2", agent="bob", session=waiter, pid=1,
+                    resources=[resource], shared=shared)
+    return KeyUpdate(ticket_key(waiter), revision, encode_record(record))
+
+
+def grant(resource: str, shared: bool = False) -> Grant:
+    caller = Caller(agent_id="carol", uid=0, pid=9, connection_id="conn:9@t")
+    return Grant([resource], 30, AcquireLock(resources=[resource], shared=shared), caller,
+                 "conn:9@t", 9)
 
 
 class Recorder:
@@ -63,21 +74,33 @@ async def test_a_lease_is_held_with_its_revision_as_token_until_it_ends() -> Non
     seen = Recorder()
     view = seen.view()
     view.apply(held("db", 7))
-    assert view.table.held["db"].lease.fencing_token == 7
-    view.apply(held("db", 5, lock_id="older"))  # older news: ignored
-    assert view.table.held["db"].lease.lock_id == "L1"
-    view.apply(KeyUpdate(lease_key("db"), 9, encode_record(Ended(reason="r", by="bob"))))
-    assert "db" not in view.table.held and seen.ended == [("db", "broken", "bob")]
+    assert view.table.held["L1"].lease.fencing_token == 7
+    view.apply(held("db", 5))  # older news: ignored
+    assert view.table.held["L1"].lease.fencing_token == 7
+    view.apply(KeyUpdate(lease_key("db", "L1"), 9,
+                         encode_record(Ended(reason="r", by="bob"))))
+    assert "L1" not in view.table.held and seen.ended == [("db", "broken", "bob")]
     view.apply(held("db", 11, lock_id="L2"))
-    view.apply(KeyUpdate(lease_key("db"), 12, b"", operation="PURGE"))
+    view.apply(KeyUpdate(lease_key("db", "L2"), 12, b"", operation="PURGE"))
     assert seen.ended[-1] == ("db", "expired", "the cluster")
-    assert view.revisions[lease_key("db")] == 12  # the basis of the next create
+    assert view.revisions[lease_key("db", "L2")] == 12
+
+
+async def test_shared_leases_on_one_resource_are_held_together() -> None:
+    view = Recorder().view()
+    one = msgspec.structs.replace(lease("file:/srv/", "S1"), shared=True)
+    two = msgspec.structs.replace(lease("file:/srv/", "S2"), shared=True)
+    view.apply(KeyUpdate(lease_key(one.resource, "S1"), 3, encode_record(Held(one))))
+    view.apply(KeyUpdate(lease_key(two.resource, "S2"), 4, encode_record(Held(two))))
+    assert [h.lease.lock_id for h in view.table.on("file:/srv/")] == ["S1", "S2"]
+    assert view.free(grant("file:/srv/a", shared=True))
+    assert not view.free(grant("file:/srv/a"))  # a writer inside the directory waits
 
 
 async def test_a_lease_granted_here_before_a_restart_is_handed_to_the_manager() -> None:
     seen = Recorder()
     view = seen.view()
-    view.apply(KeyUpdate(lease_key("mine"), 3,
+    view.apply(KeyUpdate(lease_key("mine", "L"), 3,
                          encode_record(Held(lease("mine", "L", machine="m1")))))
     view.apply(held("theirs", 4))
     assert seen.found == ["mine"]
@@ -86,40 +109,50 @@ async def test_a_lease_granted_here_before_a_restart_is_handed_to_the_manager() 
 async def test_tickets_make_the_line_in_number_order() -> None:
     view = Recorder().view()
     view.apply(ticket("q", "w1", 20))            # its number: its revision
-    view.apply(ticket("q", "w2", 21, number=3))  # a later key of an earlier waiter
-    assert [w.agent for w in view.line().queues["q"]] == ["bob", "bob"]
-    assert view.turn("w2", 3, ["q"]) and not view.turn("w1", 20, ["q"])
-    assert not view.free(["q"])
-    view.apply(KeyUpdate(ticket_key("q", "w2"), 22, b""))  # withdrawn
-    assert view.turn("w1", 20, ["q"])
-    assert ticket_key("q", "w2") not in view.revisions  # never written again
+    view.apply(ticket("q", "w2", 21, number=3))  # a later write of an earlier waiter
+    assert [w.session for w in view.line().line] == ["w2", "w1"]
+    assert view.turn("w2", 3, grant("q")) and not view.turn("w1", 20, grant("q"))
+    assert not view.free(grant("q"))
+    view.apply(KeyUpdate(ticket_key("w2"), 22, b""))  # withdrawn
+    assert view.turn("w1", 20, grant("q"))
+    assert ticket_key("w2") not in view.revisions  # never written again
+
+
+async def test_a_waiting_writer_keeps_new_readers_in_line() -> None:
+    view = Recorder().view()
+    view.apply(ticket("file:/srv/", "w1", 20))  # an exclusive waiter on the directory
+    assert not view.free(grant("file:/srv/a", shared=True))
+    assert view.free(grant("file:/other", shared=True))
+    view.apply(KeyUpdate(ticket_key("w1"), 21, b""))
+    view.apply(ticket("file:/srv/", "w3", 22, shared=True))  # a reader waits
+    assert view.free(grant("file:/srv/a", shared=True))  # readers do not queue for readers
 
 
 async def test_a_new_watch_forgets_what_it_no_longer_shows() -> None:
     seen = Recorder()
     view = seen.view()
-    view.apply(held("gone", 3))
+    view.apply(held("gone", 3, "G"))
     view.apply(ticket("gone", "w", 4))
-    view.apply(held("new", 12))  # written after the new watch began
-    view._forget_unseen(seen={lease_key("kept")}, before=10)
-    assert "gone" not in view.table.held and "gone" not in view.tickets
+    view.apply(held("new", 12, "N"))  # written after the new watch began
+    view._forget_unseen(seen={lease_key("kept", "K")}, before=10)
+    assert "G" not in view.table.held and "w" not in view.tickets
     assert seen.ended == [("gone", "expired", "the cluster")]
-    assert "new" in view.table.held
+    assert "N" in view.table.held
 
 
 async def test_an_expiry_marker_is_forgotten_once_the_servers_drop_it(
         autojump_clock: trio.abc.Clock) -> None:
     view = Recorder().view()
     view.apply(held("once", 3))
-    view.apply(KeyUpdate(lease_key("once"), 4, b"", operation="PURGE"))
-    assert view.revisions[lease_key("once")] == 4
+    view.apply(KeyUpdate(lease_key("once", "L1"), 4, b"", operation="PURGE"))
+    assert view.revisions[lease_key("once", "L1")] == 4
     await trio.sleep(MARKER_TTL + 1)
-    view.apply(held("other", 5))  # any later news prunes
-    assert lease_key("once") not in view.revisions
+    view.apply(held("other", 5, "L9"))  # any later news prunes
+    assert lease_key("once", "L1") not in view.revisions
 
 
 async def test_a_value_that_is_not_engram_s_is_refused() -> None:
-    import msgspec
-
     with pytest.raises(msgspec.DecodeError):
-        Recorder().view().apply(KeyUpdate(lease_key("x"), 1, b"\x01not msgpack"))
+        Recorder().view().apply(KeyUpdate(lease_key("x", "L"), 1, b"\x01not msgpack"))
+    with pytest.raises(ValueError):  # a key of an older engram
+        Recorder().view().apply(KeyUpdate("l.eA", 1, b""))

@@ -1,0 +1,182 @@
+"""A path given by a person or a program, made the one name a lease on it has, and back.
+
+Every door that takes a path for a lease (``engram lock ... --path``, the MCP ``lock``
+tool, the gateway's ``POST /locks``, the edit guard, the pre-commit guard, the brief's
+changed files) resolves it here, once, the same way (the daemon only ever sees the
+names, :mod:`engramd.protocol.resources`):
+
+1. relative to the caller's working directory (``~`` expanded), symlinks resolved
+   (for a glob, those of the directories before its first wildcard);
+2. a directory when it ends in ``/`` or is one on disk (a lease on it covers what
+   is under it), else a file;
+3. inside a git repository: ``file:<repo key>:<path in it>``, the key being the one
+   the git hooks name contexts by (:func:`repo_key`: where ``origin`` lives, so
+   clones of one remote agree, on one machine or several); a repository with no
+   remote is named by where it is, so its paths are absolute;
+4. outside one: ``file:/<absolute path>``.
+
+:func:`display` turns a name back into what a person in a working directory would
+type (``src/app.py``, ``../docs/``), and :func:`in_the_way` is the guards' verdict:
+the rule itself, :func:`engramd.protocol.resources.covers`.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+
+from engram_cli.client import gitinfo
+from engramd.protocol import Lease, LockState
+from engramd.protocol import resources as names
+
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SCP_LIKE = re.compile(r"^(?:[^@/]+@)?([^:/]+):(?!//)")
+
+
+class PathProblem(ValueError):
+    """A path that cannot be named (outside its repository, a relative path where only
+    an absolute one will do)."""
+
+
+def repo_key(repo: str) -> str:
+    """A name of the repository that an unrelated one does not share: where its remote
+    lives (``github.com/ann/proj``, from ``origin`` or else the first remote, without
+    scheme, user and ``.git``), else its absolute path. Two clones of one project share it."""
+    url = gitinfo.remote_url(repo)
+    if url is None:
+        return gitinfo.toplevel(repo)
+    if _URL_SCHEME.match(url):
+        key = _URL_SCHEME.sub("", url)
+        host, _, path = key.partition("/")
+        key = f"{host.rpartition('@')[2]}/{path}"
+    elif _SCP_LIKE.match(url):
+        key = _SCP_LIKE.sub(r"\1/", url)  # git@github.com:ann/proj.git
+    else:  # a path on this machine, perhaps relative to the repository
+        key = os.path.normpath(os.path.join(gitinfo.toplevel(repo), url))
+    key = key.rstrip("/")
+    return key.removesuffix(".git") or key
+
+
+@lru_cache(maxsize=256)
+def _repository(directory: str) -> tuple[str, str] | None:
+    """``(top level, key)`` of the repository *directory* (an existing directory) is
+    in, or None outside one."""
+    try:
+        top = os.path.realpath(gitinfo.toplevel(directory))
+    except (gitinfo.GitError, OSError):
+        return None
+    return top, _key_of(top)
+
+
+@lru_cache(maxsize=64)
+def _key_of(top: str) -> str:
+    return repo_key(top)
+
+
+def _existing(path: str) -> str:
+    """The nearest directory at or above *path* that exists."""
+    while not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def resource(path: str, cwd: str | None = None, *, absolute_only: bool = False) -> str:
+    """The canonical resource naming *path* (see the module). ``absolute_only``: refuse
+    a relative path (a caller whose working directory means nothing here)."""
+    if not path:
+        raise PathProblem("an empty path")
+    path = os.path.expanduser(path)
+    if absolute_only and not os.path.isabs(path):
+        raise PathProblem(f"{path}: give an absolute path (the gateway has no working "
+                          "directory of yours)")
+    directory_given = path.endswith("/") or path.endswith("/.") or path in (".", "..")
+    joined = os.path.normpath(os.path.join(cwd or os.getcwd(), path))
+    parts = joined.split("/")
+    first_wild = next((i for i, part in enumerate(parts)
+                       if any(c in part for c in names.WILDCARDS)), None)
+    if first_wild is None:
+        real = os.path.realpath(joined)
+        directory = directory_given or os.path.isdir(real)
+        pattern = ""
+    else:
+        real = os.path.realpath("/".join(parts[:first_wild]) or "/")
+        directory, pattern = False, "/".join(parts[first_wild:])
+    found = _repository(_existing(real))
+    if found is None:
+        return names.file_resource(posixpath.join(real, pattern) if pattern else real,
+                                   directory)
+    top, key = found
+    inside = os.path.relpath(real, top)
+    if inside == ".":
+        inside = ""
+    if inside.startswith(".."):  # (a symlink out of the repository it was named in)
+        raise PathProblem(f"{path} is not inside {top}")
+    if pattern:
+        inside = posixpath.join(inside, pattern) if inside else pattern
+    return names.repo_resource(key, inside, directory)
+
+
+def resources(paths: Iterable[str], cwd: str | None = None, *,
+              absolute_only: bool = False) -> list[str]:
+    return [resource(path, cwd, absolute_only=absolute_only) for path in paths]
+
+
+def in_repository(repo: str, relative: Iterable[str]) -> dict[str, str]:
+    """Path -> name, for paths relative to the top level of the repository *repo* is in
+    (what ``git status`` and ``git diff --name-only`` print; untracked directories end
+    in ``/``); empty outside a repository."""
+    found = _repository(_existing(os.path.realpath(repo)))
+    if found is None:
+        return {}
+    key = found[1]
+    named = {}
+    for path in relative:
+        try:
+            named[path] = names.repo_resource(key, path)
+        except ValueError:
+            continue  # (outside the repository: no name, no verdict)
+    return named
+
+
+def display(name: str, cwd: str | None = None) -> str:
+    """*name* as a person in *cwd* would give it: a path relative to *cwd* when it is in
+    *cwd*'s repository or under *cwd* (``src/app.py``, ``../docs/``), an absolute path
+    for another file; another repository's paths and plain names as they are."""
+    try:
+        parsed = names.parse(name)
+    except ValueError:
+        return name
+    if not parsed.is_file:
+        return name
+    cwd = os.path.realpath(cwd or os.getcwd())
+    suffix = "/" if parsed.directory and parsed.parts else ""
+    found = _repository(_existing(cwd))
+    if parsed.root == names.FILE:
+        absolute = "/" + parsed.path
+        inside = os.path.relpath(absolute, cwd)
+        near = not inside.startswith("..") or (
+            found is not None and not os.path.relpath(absolute, found[0]).startswith(".."))
+        return (inside if near else absolute) + suffix
+    if found is None or names.parse(names.repo_resource(found[1], "")).root != parsed.root:
+        return name
+    relative = os.path.relpath(os.path.join(found[0], parsed.path), cwd)
+    return ("./" if relative == "." else relative) + suffix
+
+
+def leases_of(states: Iterable[LockState]) -> list[Lease]:
+    """Every lease held in *states* (``lock list``'s answer), shared ones included."""
+    return [lease for state in states
+            for lease in (state.leases or ([state.lease] if state.lease else []))]
+
+
+def in_the_way(leases: Iterable[Lease], agent: str, path: str) -> list[Lease]:
+    """The leases of other agents that stand in the way of an edit of *path* (a name):
+    the guards' verdict, by the lock manager's own rule."""
+    return [lease for lease in leases
+            if lease.holder != agent and names.covers(lease.resource, path)]

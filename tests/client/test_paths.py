@@ -1,0 +1,83 @@
+"""engram_cli.client.paths: a path made the one name its lease has, and back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engram_cli.client import paths
+from engramd.protocol import resources as names
+
+
+def repository(where: Path, remote: str | None = None) -> Path:
+    where.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(where)], check=True)
+    if remote:
+        subprocess.run(["git", "-C", str(where), "remote", "add", "origin", remote], check=True)
+    (where / "src" / "lib").mkdir(parents=True)
+    (where / "src" / "app.py").write_text("")
+    return where
+
+
+def test_a_path_in_a_repository_is_named_by_its_remote(tmp_path: Path) -> None:
+    repo = repository(tmp_path / "proj", "git@github.com:ann/proj.git")
+    root = "file:github.com/ann/proj:"
+    assert paths.resource("src/app.py", str(repo)) == root + "src/app.py"
+    assert paths.resource("app.py", str(repo / "src")) == root + "src/app.py"
+    assert paths.resource(str(repo / "src" / "app.py")) == root + "src/app.py"
+    assert paths.resource("src", str(repo)) == root + "src/"  # a directory on disk
+    assert paths.resource("new/", str(repo)) == root + "new/"  # one to be
+    assert paths.resource("new", str(repo)) == root + "new"  # a file to be
+    assert paths.resource(".", str(repo)) == root
+    assert paths.resource("../proj/src/./lib/../app.py", str(repo)) == root + "src/app.py"
+    assert paths.resource("src/**/*.py", str(repo)) == root + "src/**/*.py"
+    assert paths.repo_key(str(repo)) == "github.com/ann/proj"
+
+
+def test_symlinks_are_resolved_and_outside_a_repository_paths_are_absolute(
+        tmp_path: Path) -> None:
+    repo = repository(tmp_path / "proj")  # no remote: where it is
+    real = os.path.realpath(repo)
+    assert paths.resource("src/app.py", str(repo)) == f"file:{real}/src/app.py"
+    os.symlink(repo / "src", tmp_path / "link")
+    assert paths.resource(str(tmp_path / "link" / "app.py")) == f"file:{real}/src/app.py"
+    assert paths.resource(str(tmp_path / "link") + "/*.py") == f"file:{real}/src/*.py"
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    assert paths.resource("x.txt", str(outside)) == \
+        f"file:{os.path.realpath(outside)}/x.txt"
+    with pytest.raises(paths.PathProblem):
+        paths.resource("x.txt", str(outside), absolute_only=True)
+    for name in (paths.resource("src/**/*.py", str(repo)), paths.resource(".", str(repo))):
+        assert names.parse(name).text == name  # canonical: the daemon takes it
+
+
+def test_names_are_shown_as_paths_from_where_one_is(tmp_path: Path) -> None:
+    repo = repository(tmp_path / "proj", "https://github.com/ann/proj.git")
+    here = str(repo / "src")
+    root = "file:github.com/ann/proj:"
+    assert paths.display(root + "src/app.py", here) == "app.py"
+    assert paths.display(root + "docs/", here) == "../docs/"
+    assert paths.display(root, str(repo)) == "./"
+    assert paths.display("file:github.com/bob/x:a.py", here) == "file:github.com/bob/x:a.py"
+    assert paths.display("deploy:prod", here) == "deploy:prod"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert paths.display(f"file:{os.path.realpath(plain)}/a/b", str(plain)) == "a/b"
+    assert paths.display("file:/etc/hosts", str(plain)) == "/etc/hosts"
+    for given in ("src/app.py", "src/", "src/*.py", "."):
+        name = paths.resource(given, str(repo))
+        assert paths.resource(paths.display(name, here), here) == name  # round trip
+
+
+def test_the_guards_verdict_is_the_rule(tmp_path: Path) -> None:
+    from tests.daemon.test_components import lease
+
+    root = "file:github.com/ann/proj:"
+    mine, theirs = lease(root + "src/", "ann", "s1"), lease(root + "src/", "bob", "s2")
+    other = lease("file:github.com/bob/x:src/app.py", "bob", "s3")
+    assert paths.in_the_way([mine, theirs, other], "ann", root + "src/app.py") == [theirs]
+    assert paths.in_repository(str(tmp_path), ["a"]) == {}
