@@ -26,9 +26,7 @@ from engramd.protocol import (
     LockAcquired,
     TooLarge,
 )
-
-MAX_RESOURCE_BYTES = 1024
-MAX_RESOURCES = 64
+from engramd.protocol.bounds import MAX_RESOURCE_BYTES, MAX_RESOURCES
 
 
 def boot_id() -> str:

@@ -20,6 +20,9 @@ What it offers, module by module (each module's ``__all__`` names it exactly):
 * :mod:`.address`: where the socket, the data and the log live, and their rules.
 * :mod:`.agentwork` (import the module): the metadata keys of messages, tasks and
   sessions; :mod:`.logline`: the daemon's log line format.
+* :mod:`.bounds` (import the module): the bounds the daemon holds requests to (id
+  patterns, page sizes, the defaults of the configurable limits), and the same as
+  constrained msgspec types for the gateway's ``/openapi.json``.
 """
 
 from engramd.protocol.address import *
