@@ -31,6 +31,7 @@ from engramd.protocol import (
 )
 from engramd.protocol.bounds import (
     DIRECTIONS,
+    INT64_MAX,
     MAX_DEPTH,
     MAX_PAGE,
     MAX_QUERY_CHARS,
@@ -102,6 +103,15 @@ class Related:
     root: str
     edges: list[RelatedEdge]
     units: list[Unit]
+
+
+def walk(types: list[str], direction: str, depth: int) -> set[str]:
+    """The relationship types of a walk (canonical), its direction and depth checked."""
+    if direction not in DIRECTIONS:
+        raise BadRequest("direction must be out, in or both")
+    if not 1 <= depth <= MAX_DEPTH:
+        raise BadRequest(f"depth must be 1 to {MAX_DEPTH}")
+    return {validate.relationship_type(kind) for kind in types}
 
 
 class Queries:
@@ -192,11 +202,7 @@ class Queries:
         root = validate.unit_id(unit_id)
         if self.store.unit_location(root) is None:
             raise NotFound(f"no unit {root}")
-        if direction not in DIRECTIONS:
-            raise BadRequest("direction must be out, in or both")
-        if not 1 <= depth <= MAX_DEPTH:
-            raise BadRequest(f"depth must be 1 to {MAX_DEPTH}")
-        kinds = {validate.relationship_type(kind) for kind in types}
+        kinds = walk(types, direction, depth)
         directions = {"out": "o", "in": "i", "both": "oi"}[direction]
         edges: list[RelatedEdge] = []
         seen_edges: set[tuple[str, str, str]] = set()
@@ -249,7 +255,7 @@ class Queries:
 
     async def search(self, request: Search) -> tuple[int, list[SearchHit]]:
         """How many units match in all, and the page of hits asked for."""
-        if not 1 <= request.limit <= MAX_SEARCH_PAGE or request.offset < 0:
+        if not 1 <= request.limit <= MAX_SEARCH_PAGE or not 0 <= request.offset <= INT64_MAX:
             raise BadRequest(f"limit must be 1 to {MAX_SEARCH_PAGE} and offset at least 0")
         if len(request.query) > MAX_QUERY_CHARS:
             raise TooLarge(f"query over {MAX_QUERY_CHARS} characters")
@@ -273,7 +279,9 @@ class Queries:
         if request.mode == "keyword" and query is None and request.query:
             return 0, []  # words asked for, none indexable ("***", "🚀", spaces): no match
         unit_ids: set[str] | None = None
-        if request.related_to is not None:
+        if request.related_to is None:  # checked all the same: never silently ignored
+            walk(request.related_types, request.related_direction, request.related_depth)
+        else:
             related = self.related(request.related_to, request.related_types,
                                    request.related_direction, request.related_depth)
             unit_ids = {edge.source for edge in related.edges} | {
