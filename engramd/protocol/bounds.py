@@ -14,6 +14,7 @@ characters and their descriptions say bytes.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Literal
 
 import msgspec
@@ -88,10 +89,12 @@ AgentId = Annotated[str, msgspec.Meta(
                 ". _ : / @ + - | $ ~ =, starting with a letter or digit")]
 UnitId = Annotated[str, _text(1, MAX_ID, "A unit id")]
 Name = Annotated[str, _text(1, MAX_NAME, "A name, without NUL")]
+DisplayName = Annotated[str, _text(0, MAX_NAME, "A display name, without NUL (empty: the id)")]
 IdempotencyKey = Annotated[str, _text(1, MAX_KEY, "A retry with the same key returns the "
                                                   "unit first written with it")]
 Resource = Annotated[str, _text(
     1, MAX_RESOURCE_BYTES, f"A resource path: 1 to {MAX_RESOURCE_BYTES} bytes (UTF-8), no NUL")]
+Resources = Annotated[list[Resource], msgspec.Meta(min_length=1, max_length=MAX_RESOURCES)]
 MetaKey = Annotated[str, _text(
     1, DEFAULT_MAX_META_KEY_BYTES,
     f"1 to {DEFAULT_MAX_META_KEY_BYTES} bytes (UTF-8; limits.max_meta_key_bytes), no NUL")]
@@ -125,6 +128,9 @@ Wait = Annotated[float, msgspec.Meta(ge=0, description="Seconds to wait in line 
 InboxWait = Annotated[float, msgspec.Meta(ge=0, le=MAX_INBOX_WAIT)]
 Heartbeat = Annotated[float, msgspec.Meta(ge=MIN_HEARTBEAT, description="Seconds")]
 Similarity = Annotated[float, msgspec.Meta(ge=-1, le=1)]
+Timestamp = Annotated[dt.datetime, msgspec.Meta(
+    extra_json_schema={"format": "date-time"},
+    description="RFC 3339 (without an offset: the daemon's local time)")]
 Query = Annotated[str, msgspec.Meta(max_length=MAX_QUERY_CHARS)]
 _LINE = rf"[^{WHITESPACE}\u0000](?:[^\n\u0000]{{0,{MAX_TITLE - 2}}}[^{WHITESPACE}\u0000])?"
 TaskTitle = Annotated[str, msgspec.Meta(
@@ -136,11 +142,11 @@ __all__ = [
     "AGENT_ID_PATTERN", "AgentId", "CONTEXT_ID_PATTERN", "ContextId", "DEFAULT_MAX_BATCH_UNITS",
     "DEFAULT_MAX_META_ENTRIES", "DEFAULT_MAX_META_KEY_BYTES", "DEFAULT_MAX_META_VALUE_BYTES",
     "DEFAULT_MAX_PAYLOAD_BYTES", "DEFAULT_MAX_RELATIONSHIPS", "DEFAULT_MAX_TTL", "DEFAULT_TTL",
-    "Depth", "DIRECTIONS", "Direction", "EventKind", "Heartbeat", "IdempotencyKey",
+    "Depth", "DIRECTIONS", "Direction", "DisplayName", "EventKind", "Heartbeat", "IdempotencyKey",
     "INT64_MAX", "InboxLimit", "InboxWait", "Int64", "MAX_DEPTH", "MAX_ID", "MAX_INBOX_PAGE",
     "MAX_INBOX_WAIT", "MAX_KEY", "MAX_NAME", "MAX_PAGE", "MAX_QUERY_CHARS", "MAX_RESOURCE_BYTES",
     "MAX_RESOURCES", "MAX_SEARCH_PAGE", "MAX_TITLE", "MIN_HEARTBEAT", "Meta", "MetaKey",
     "MetaValue", "Name", "Offset", "PageLimit", "Priority", "Query", "RelationshipType",
-    "Resource", "SEARCH_MODES", "SearchLimit", "SearchMode", "Seq", "Similarity", "TaskState",
-    "TaskTitle", "Ttl", "UnitId", "UnitType", "Wait", "WHITESPACE",
+    "Resource", "Resources", "SEARCH_MODES", "SearchLimit", "SearchMode", "Seq", "Similarity",
+    "TaskState", "TaskTitle", "Timestamp", "Ttl", "UnitId", "UnitType", "Wait", "WHITESPACE",
 ]
