@@ -18,6 +18,7 @@ from typing import Any
 from engramd.protocol import (
     DEFAULT_MAX_FRAME,
     SocketPathTooLong,
+    bounds,
     default_config_file,
     resolve_data_dir,
     resolve_socket_path,
@@ -98,17 +99,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("wal.checkpoint_bytes", int, 64 * 1024 * 1024,
             "WAL bytes written between store flushes; older segments are then removed.",
             minimum=4096),
-    Setting("limits.max_payload_bytes", int, 1024 * 1024,
+    Setting("limits.max_payload_bytes", int, bounds.DEFAULT_MAX_PAYLOAD_BYTES,
             "Largest unit payload.", minimum=0),
-    Setting("limits.max_batch_units", int, 1000,
+    Setting("limits.max_batch_units", int, bounds.DEFAULT_MAX_BATCH_UNITS,
             "Most units in one create request.", minimum=1),
-    Setting("limits.max_meta_entries", int, 64,
+    Setting("limits.max_meta_entries", int, bounds.DEFAULT_MAX_META_ENTRIES,
             "Most metadata entries on a unit or context.", minimum=0),
-    Setting("limits.max_meta_key_bytes", int, 128,
+    Setting("limits.max_meta_key_bytes", int, bounds.DEFAULT_MAX_META_KEY_BYTES,
             "Longest metadata key.", minimum=1),
-    Setting("limits.max_meta_value_bytes", int, 4096,
+    Setting("limits.max_meta_value_bytes", int, bounds.DEFAULT_MAX_META_VALUE_BYTES,
             "Longest metadata value.", minimum=0),
-    Setting("limits.max_relationships", int, 64,
+    Setting("limits.max_relationships", int, bounds.DEFAULT_MAX_RELATIONSHIPS,
             "Most relationships on one unit.", minimum=0),
     Setting("stream.heartbeat_seconds", float, 5.0,
             "Seconds between heartbeats on an idle subscription.", minimum=0.01),
@@ -121,9 +122,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stream.max_lag_events", int, 100_000,
             "A subscriber that fell back this far behind the head gets a lagged notice "
             "and its subscription ends.", minimum=1),
-    Setting("locks.default_ttl", float, 60.0,
+    Setting("locks.default_ttl", float, bounds.DEFAULT_TTL,
             "Seconds a lease lasts when the request gives no ttl.", minimum=0.001),
-    Setting("locks.max_ttl", float, 3600.0,
+    Setting("locks.max_ttl", float, bounds.DEFAULT_MAX_TTL,
             "Longest ttl a lease may ask for.", minimum=0.001),
     Setting("limits.max_leases_per_agent", int, 100,
             "Leases one agent may hold at once.", minimum=1),
@@ -209,18 +210,18 @@ class DaemonConfig:
     window_ms: float = 2.0
     segment_bytes: int = 64 * 1024 * 1024
     checkpoint_bytes: int = 64 * 1024 * 1024
-    max_payload_bytes: int = 1024 * 1024
-    max_batch_units: int = 1000
-    max_meta_entries: int = 64
-    max_meta_key_bytes: int = 128
-    max_meta_value_bytes: int = 4096
-    max_relationships: int = 64
+    max_payload_bytes: int = bounds.DEFAULT_MAX_PAYLOAD_BYTES
+    max_batch_units: int = bounds.DEFAULT_MAX_BATCH_UNITS
+    max_meta_entries: int = bounds.DEFAULT_MAX_META_ENTRIES
+    max_meta_key_bytes: int = bounds.DEFAULT_MAX_META_KEY_BYTES
+    max_meta_value_bytes: int = bounds.DEFAULT_MAX_META_VALUE_BYTES
+    max_relationships: int = bounds.DEFAULT_MAX_RELATIONSHIPS
     heartbeat_seconds: float = 5.0
     dead_after_seconds: float = 30.0
     buffer_events: int = 1024
     max_lag_events: int = 100_000
-    default_ttl: float = 60.0
-    max_ttl: float = 3600.0
+    default_ttl: float = bounds.DEFAULT_TTL
+    max_ttl: float = bounds.DEFAULT_MAX_TTL
     max_leases_per_agent: int = 100
     max_waiters_per_resource: int = 1000
     max_subscriptions_per_connection: int = 64

@@ -27,9 +27,7 @@ from engramd.protocol import (
     TooLarge,
 )
 from engramd.protocol import resources as names
-
-MAX_RESOURCE_BYTES = 1024
-MAX_RESOURCES = 64
+from engramd.protocol.bounds import MAX_RESOURCE_BYTES, MAX_RESOURCES
 
 
 def boot_id() -> str:

@@ -31,6 +31,9 @@ from engramd.protocol import (
     UnitDraft,
     agentwork,
 )
+from engramd.protocol.bounds import MAX_INBOX_PAGE as MAX_PAGE
+from engramd.protocol.bounds import MAX_INBOX_WAIT as MAX_WAIT
+from engramd.protocol.bounds import MAX_KEY
 from engramd.protocol.model import Relationship, Unit, UnitCreated
 from engramd.queries import unit_header
 from engramd.storage import Store
@@ -38,8 +41,6 @@ from engramd.wal.record import Entry
 from engramd.writes import Writer
 
 INBOX_MARK = "inbox"
-MAX_PAGE = 1_000
-MAX_WAIT = 3_600.0
 _unit_decoder = msgspec.msgpack.Decoder(Unit)
 
 
@@ -143,7 +144,7 @@ class Mailbox:
         draft = UnitDraft(
             context_id=message.context_id, type="MESSAGE", payload=b"ack", meta=meta,
             relationships=[Relationship(type="RESPONDS_TO", target=message.id)],
-            idempotency_key=f"ack:{message.id}:{caller.agent_id}"[:validate.MAX_KEY])
+            idempotency_key=f"ack:{message.id}:{caller.agent_id}"[:MAX_KEY])
         written = await self.writer.create_units([draft], caller)
         return written.units[0]
 

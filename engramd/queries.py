@@ -29,20 +29,27 @@ from engramd.protocol import (
     Subscribe,
     TooLarge,
 )
+from engramd.protocol.bounds import (
+    DIRECTIONS,
+    INT64_MAX,
+    MAX_DEPTH,
+    MAX_PAGE,
+    MAX_QUERY_CHARS,
+    MAX_SEARCH_PAGE,
+    MIN_HEARTBEAT,
+    SEARCH_MODES,
+)
 from engramd.protocol.model import EVENT_KINDS, UNIT_ID_LENGTH, Context, Unit
 from engramd.recent import RecentUnits
 from engramd.search import Hit, QueryError, plain_query
 from engramd.storage import Store, seq_from
 
 _context_decoder = msgspec.msgpack.Decoder(Context)
-MAX_PAGE = 10_000
 SHOWN_CANDIDATES = 5
 """Ids an ambiguous prefix's error names."""
-MAX_DEPTH = 16
 MAX_EDGES = 10_000
 
 
-SEARCH_MODES = ("keyword", "semantic", "hybrid")
 FUSION_DEPTH = 100
 """Hits taken from each side of a hybrid search before fusing them."""
 RRF_K = 60
@@ -96,6 +103,15 @@ class Related:
     root: str
     edges: list[RelatedEdge]
     units: list[Unit]
+
+
+def walk(types: list[str], direction: str, depth: int) -> set[str]:
+    """The relationship types of a walk (canonical), its direction and depth checked."""
+    if direction not in DIRECTIONS:
+        raise BadRequest("direction must be out, in or both")
+    if not 1 <= depth <= MAX_DEPTH:
+        raise BadRequest(f"depth must be 1 to {MAX_DEPTH}")
+    return {validate.relationship_type(kind) for kind in types}
 
 
 class Queries:
@@ -186,11 +202,7 @@ class Queries:
         root = validate.unit_id(unit_id)
         if self.store.unit_location(root) is None:
             raise NotFound(f"no unit {root}")
-        if direction not in ("out", "in", "both"):
-            raise BadRequest("direction must be out, in or both")
-        if not 1 <= depth <= MAX_DEPTH:
-            raise BadRequest(f"depth must be 1 to {MAX_DEPTH}")
-        kinds = {validate.relationship_type(kind) for kind in types}
+        kinds = walk(types, direction, depth)
         directions = {"out": "o", "in": "i", "both": "oi"}[direction]
         edges: list[RelatedEdge] = []
         seen_edges: set[tuple[str, str, str]] = set()
@@ -243,10 +255,10 @@ class Queries:
 
     async def search(self, request: Search) -> tuple[int, list[SearchHit]]:
         """How many units match in all, and the page of hits asked for."""
-        if not 1 <= request.limit <= 1000 or request.offset < 0:
-            raise BadRequest("limit must be 1 to 1000 and offset at least 0")
-        if len(request.query) > 4096:
-            raise TooLarge("query over 4096 characters")
+        if not 1 <= request.limit <= MAX_SEARCH_PAGE or not 0 <= request.offset <= INT64_MAX:
+            raise BadRequest(f"limit must be 1 to {MAX_SEARCH_PAGE} and offset at least 0")
+        if len(request.query) > MAX_QUERY_CHARS:
+            raise TooLarge(f"query over {MAX_QUERY_CHARS} characters")
         if request.mode not in SEARCH_MODES:
             raise BadRequest(f"mode must be one of {', '.join(SEARCH_MODES)}")
         if request.advanced and not request.query.strip():
@@ -267,7 +279,9 @@ class Queries:
         if request.mode == "keyword" and query is None and request.query:
             return 0, []  # words asked for, none indexable ("***", "🚀", spaces): no match
         unit_ids: set[str] | None = None
-        if request.related_to is not None:
+        if request.related_to is None:  # checked all the same: never silently ignored
+            walk(request.related_types, request.related_direction, request.related_depth)
+        else:
             related = self.related(request.related_to, request.related_types,
                                    request.related_direction, request.related_depth)
             unit_ids = {edge.source for edge in related.edges} | {
@@ -313,8 +327,8 @@ class Queries:
                              f"(one of {', '.join(EVENT_KINDS)})")
         for kind in request.types:
             validate.unit_type(kind)
-        if request.heartbeat is not None and request.heartbeat < 0.01:
-            raise BadRequest("heartbeat must be at least 0.01 seconds")
+        if request.heartbeat is not None and request.heartbeat < MIN_HEARTBEAT:
+            raise BadRequest(f"heartbeat must be at least {MIN_HEARTBEAT:g} seconds")
         cursor = self.hub.head if request.after is None else request.after
         if request.after is not None and not request.after >= 0:
             raise BadRequest("after must be a sequence number (0 for the start)")

@@ -96,7 +96,8 @@ def plain_query(text: str) -> str | None:
             clauses.append(f'("{term}" OR parts : "{" ".join(parts)}")')
         else:
             clauses.append(f'"{term}"')
-    return " ".join(clauses) if clauses else None
+    # AND spelt out: FTS5 joins bare phrases by juxtaposition, not a parenthesised group.
+    return " AND ".join(clauses) if clauses else None
 
 
 def _filters(*, contexts: list[str], agents: list[str], types: list[str],

@@ -37,6 +37,7 @@ from engramd.protocol import (
     UnitDraft,
     agentwork,
 )
+from engramd.protocol.bounds import MAX_PAGE, MAX_TITLE
 from engramd.protocol.model import (
     TASK_PRIORITIES,
     TASK_STATES,
@@ -48,9 +49,6 @@ from engramd.protocol.model import (
 from engramd.storage import Store
 from engramd.wal.record import Entry
 from engramd.writes import Writer
-
-MAX_PAGE = 10_000
-MAX_TITLE = 1_024
 
 
 class TaskBoard:

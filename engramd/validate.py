@@ -1,6 +1,7 @@
 """Checks on what clients write, each failing with one clear :class:`BadRequest`.
 
-Pure functions over protocol data; the limits come from the configuration.
+Pure functions over protocol data; the limits come from the configuration, the fixed
+bounds from :mod:`engramd.protocol.bounds` (which the gateway's ``/openapi.json`` states).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from engramd.protocol import BadRequest, TooLarge
+from engramd.protocol.bounds import AGENT_ID_PATTERN, CONTEXT_ID_PATTERN, MAX_ID, MAX_KEY, MAX_NAME
 from engramd.protocol.messages import UnitDraft
 from engramd.protocol.model import (
     MIN_UNIT_ID_PREFIX,
@@ -18,13 +20,8 @@ from engramd.protocol.model import (
     Relationship,
 )
 
-CONTEXT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,127}")
-AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-|$~=]{0,255}")
-"""A context id's characters, and three more that names from elsewhere carry: a JWT's
-subject (``auth0|42``), a machine account (``host$``); 256 at most, as any name."""
-MAX_ID = 128
-MAX_NAME = 256
-MAX_KEY = 256
+CONTEXT_ID = re.compile(CONTEXT_ID_PATTERN)
+AGENT_ID = re.compile(AGENT_ID_PATTERN)
 PAYLOAD_LIMIT_SETTING = "limits.max_payload_bytes in engramd's configuration raises it"
 
 

@@ -91,10 +91,10 @@ def resource(path: str, cwd: str | None = None, *, absolute_only: bool = False) 
     a relative path (a caller whose working directory means nothing here)."""
     if not path:
         raise PathProblem("an empty path")
-    path = os.path.expanduser(path)
-    if absolute_only and not os.path.isabs(path):
+    if absolute_only and not os.path.isabs(path):  # (~ too: it would be the gateway's)
         raise PathProblem(f"{path}: give an absolute path (the gateway has no working "
                           "directory of yours)")
+    path = os.path.expanduser(path)
     directory_given = path.endswith("/") or path.endswith("/.") or path in (".", "..")
     joined = os.path.normpath(os.path.join(cwd or os.getcwd(), path))
     parts = joined.split("/")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
+_RELATIVE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d|w)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -27,7 +27,9 @@ def parse_duration(text: str) -> float:
 
 
 def parse_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
-    """An aware UTC datetime; naive ISO times are taken as local time.
+    """An aware UTC datetime; naive ISO times are taken as local time. A time beyond
+    what a datetime holds (before year 1, after 9999: ``10000000d``) is the first or
+    the last it holds: every unit is after the one and before the other.
 
     Raises:
         ValueError: with a message that shows the accepted forms.
@@ -38,7 +40,10 @@ def parse_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
         return now
     match = _RELATIVE.fullmatch(text)
     if match:
-        return now - dt.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        try:
+            return now - dt.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        except OverflowError:
+            return dt.datetime.min.replace(tzinfo=dt.UTC)
     try:
         parsed = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -46,6 +51,10 @@ def parse_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
             f"cannot read time {text!r}: use now, 30s, 10m, 2h, 3d, 1w (ago) or ISO 8601 "
             "such as 2026-11-23T14:00"
         ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    return parsed.astimezone(dt.UTC)
+    try:
+        if parsed.tzinfo is None:
+            parsed = parsed.astimezone()
+        return parsed.astimezone(dt.UTC)
+    except (OverflowError, ValueError):  # within a day of the ends: past them in UTC
+        end = dt.datetime.min if parsed.year == 1 else dt.datetime.max
+        return end.replace(tzinfo=dt.UTC)

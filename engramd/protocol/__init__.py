@@ -22,6 +22,9 @@ What it offers, module by module (each module's ``__all__`` names it exactly):
   sessions; :mod:`.resources` (import the module): what a lease's resource names
   (canonical file paths, directories, globs, plain names) and the one rule that says
   when two leases conflict; :mod:`.logline`: the daemon's log line format.
+* :mod:`.bounds` (import the module): the bounds the daemon holds requests to (id
+  patterns, page sizes, the defaults of the configurable limits), and the same as
+  constrained msgspec types for the gateway's ``/openapi.json``.
 """
 
 from engramd.protocol.address import *

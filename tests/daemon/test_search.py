@@ -58,6 +58,8 @@ def test_identifiers_paths_and_snake_case_are_findable(
     with connect(threaded_daemon.config) as engram:
         assert ids(engram.search("FrameTooLarge")) == [corpus["error"]]
         assert ids(engram.search("TooLarge")) == [corpus["error"]]
+        assert ids(engram.search("TooLarge frame")) == [corpus["error"]]  # with more words
+        assert ids(engram.search("limit TooLarge")) == [corpus["error"]]
         assert ids(engram.search("framing.py")) == [corpus["error"]]
         assert ids(engram.search("max_frame_bytes")) == [corpus["fix"]]
         assert ids(engram.search("src/engramd/protocol")) == [corpus["error"]]

@@ -11,9 +11,12 @@ shares, so that the daemon, not the gateway, checks rights and attributes writes
   ``X-Agent-ID`` when authentication is off).
 * :mod:`.link`: the few connections to engramd, shared by every caller and
   stream (streams held to a window each).
-* :mod:`.forms`: the JSON bodies that are not protocol messages as they stand.
+* :mod:`.forms`: the JSON bodies that are not protocol messages as they stand;
+  :mod:`.query`: the query strings, a Struct per endpoint; :mod:`.views`: the answers
+  that are not protocol replies as they stand.
 * :mod:`.state`: what every endpoint shares (:class:`~.state.Gateway`).
-* :mod:`.routes`, :mod:`.streams`: the endpoints; :mod:`.openapi` describes them.
+* :mod:`.routes`, :mod:`.streams`: the endpoints; :mod:`.openapi` describes them from
+  the types above and the table of :mod:`.catalog`.
 * :mod:`.serve`: the app built from all of them, run by hypercorn's trio worker.
 
 May import: what a door may (:mod:`engram_cli.doors`), and the HTTP stack (starlette,

@@ -24,9 +24,9 @@ from engramd.protocol import (
     Relationship,
     RenewLock,
     SendMessage,
-    Unit,
     UnitDraft,
 )
+from engramd.protocol.bounds import MAX_RESOURCES
 
 T = TypeVar("T")
 
@@ -82,28 +82,38 @@ class MessageForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                            meta=self.meta, new_recipients=self.new_recipients)
 
 
+def _listed(field: str, given: list[str] | str | None) -> list[str]:
+    if given == []:
+        raise BadRequest(f"{field}: an empty list (leave it out)")
+    return [given] if isinstance(given, str) else given or []
+
+
 class LockForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Leases to take together (``POST /locks``); ``wait`` seconds in line (0: once).
     ``resources`` are names (``resource_path``: the seed's name for one); ``paths``
     absolute paths on the gateway's machine (files, directories ending in ``/`` or on
     disk, globs), resolved to their names; ``shared``: shared (readers') leases."""
 
-    resources: list[str] | str = []
+    resources: list[str] | str | None = None
     ttl: float | None = None
     wait: float = 0.0
-    paths: list[str] | str = []
+    paths: list[str] | str | None = None
     shared: bool = False
     resource_path: str | None = None
 
     def request(self, resolve: Callable[[list[str]], list[str]]) -> AcquireLock:
         """The acquire, with *resolve* naming the paths (it asks git: call it off the
         event loop)."""
-        resources = [self.resources] if isinstance(self.resources, str) else self.resources
+        resources, paths = _listed("resources", self.resources), _listed("paths", self.paths)
         if self.resource_path is not None:
-            resources = [*resources, self.resource_path]
-        paths = [self.paths] if isinstance(self.paths, str) else self.paths
+            if resources or paths:
+                raise BadRequest("give resources and paths, or the seed's resource_path, "
+                                 "not both")
+            resources = [self.resource_path]
         if not resources and not paths:
             raise BadRequest("give resources or paths (or the seed's resource_path)")
+        if len(resources) + len(paths) > MAX_RESOURCES:
+            raise BadRequest(f"at most {MAX_RESOURCES} resources and paths together")
         return AcquireLock(resources=[*resources, *resolve(paths)], ttl=self.ttl,
                            wait=self.wait, shared=self.shared)
 
@@ -126,13 +136,32 @@ class ClaimProof(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def decode(body: bytes, kind: type[T]) -> T:
-    """*body* as *kind*, or :class:`BadRequest` naming what is wrong and where."""
+    """*body* as *kind*, or :class:`BadRequest` naming what is wrong and where.
+
+    JSON has numbers, not integers and floats: ``2.0`` is the integer 2 (as JSON Schema,
+    and so ``/openapi.json``, says), ``2.5`` is none."""
     try:
-        return msgspec.json.decode(body or b"{}", type=kind)
+        try:
+            return msgspec.json.decode(body or b"{}", type=kind)
+        except msgspec.ValidationError as exc:
+            if "got `float`" not in str(exc):
+                raise
+            return msgspec.convert(_integral(msgspec.json.decode(body)), kind)
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request body: {exc}") from None
     except RecursionError:
         raise BadRequest("request body: nested too deep") from None
+
+
+def _integral(data: Any) -> Any:
+    """*data* with every float that is a whole number made an int."""
+    if isinstance(data, float) and data.is_integer():
+        return int(data)
+    if isinstance(data, list):
+        return [_integral(item) for item in data]
+    if isinstance(data, dict):
+        return {key: _integral(value) for key, value in data.items()}
+    return data
 
 
 M = TypeVar("M", bound="ClientMessage[Any]")  # a string: generic to the type checker only
@@ -147,27 +176,28 @@ SEED_ALIASES: dict[str, dict[str, tuple[str, bool]]] = {
 becomes a list of one). Given both, the request is refused."""
 
 
+ENVELOPE = ("msg", "id")
+"""A protocol request's wire envelope: the gateway's to set, never a body's."""
+
+
 def decode_request(body: bytes, kind: type[M], **fields: Any) -> M:
-    """A protocol request from its JSON fields, *fields* (from the path) on top, the
-    seed's names for fields (:data:`SEED_ALIASES`) taken as engram's.
-
-    The request id is the gateway's to number, whatever the body says.
-    """
+    """A protocol request from its JSON fields, *fields* (from the path, or set by the
+    endpoint) on top, the seed's names for fields (:data:`SEED_ALIASES`) taken as
+    engram's. A body may repeat a field the path gives, not contradict it; the
+    envelope (``msg``, ``id``) is no body field."""
     aliases = SEED_ALIASES.get(str(kind.__struct_config__.tag), {})
-    if fields or aliases:
-        data = decode(body, dict[str, Any])
-        for seed, (name, listed) in aliases.items():
-            if seed in data:
-                if name in data:
-                    raise BadRequest(f"give {name} or {seed}, not both")
-                value = data.pop(seed)
-                data[name] = [value] if listed and isinstance(value, str) else value
-        body = msgspec.json.encode({**data, **fields})
-    request = decode(body, kind)
-    return msgspec.structs.replace(request, id=0)
-
-
-def unit_json(unit: Unit) -> dict[str, Any]:
-    from engram_cli.formats.jsonforms import unit_to_json
-
-    return unit_to_json(unit)
+    data = decode(body, dict[str, Any])
+    for key in ENVELOPE:
+        if key in data:
+            raise BadRequest(f"request body: unknown field `{key}`")
+    for seed, (name, listed) in aliases.items():
+        if seed in data:
+            if name in data:
+                raise BadRequest(f"give {name} or {seed}, not both")
+            value = data.pop(seed)
+            data[name] = [value] if listed and isinstance(value, str) else value
+    for key, value in fields.items():
+        if key in data and data[key] != value:
+            raise BadRequest(f"request body: {key} is {value!r:.60} here (the path says so), "
+                             f"not {data[key]!r:.60}")
+    return decode(msgspec.json.encode({**data, **fields}), kind)

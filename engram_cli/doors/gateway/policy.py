@@ -18,7 +18,7 @@ STATUS_FOR_CODE: dict[str, int] = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.LOCK_HELD: 409,
     ErrorCode.DEADLOCK: 409,
-    ErrorCode.TIMEOUT: 504,
+    ErrorCode.TIMEOUT: 409,  # the wait asked for ran out: the resource is still held
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.RATE_LIMITED: 429,
@@ -30,6 +30,8 @@ UNAUTHENTICATED = "unauthenticated"
 """The gateway's own code (401): no credentials, or credentials it does not accept."""
 METHOD_NOT_ALLOWED = "method_not_allowed"
 """The gateway's own code (405): the path exists, not with that method."""
+UPGRADE_REQUIRED = "upgrade_required"
+"""The gateway's own code (426): a plain request to the WebSocket's path."""
 
 _RETRY_IN = re.compile(r"retry in ([0-9.]+)s")
 
@@ -40,6 +42,8 @@ def status_for(code: str) -> int:
         return 401
     if code == METHOD_NOT_ALLOWED:
         return 405
+    if code == UPGRADE_REQUIRED:
+        return 426
     return STATUS_FOR_CODE.get(code, 500)
 
 

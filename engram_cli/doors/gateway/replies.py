@@ -22,7 +22,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(exc: EngramError) -> Response:
-    status = status_for(exc.code)
+    status = 504 if getattr(exc, "gateway_timeout", False) else status_for(exc.code)
     headers = {"Retry-After": str(retry_after(str(exc)))} if status == 429 else None
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer"}

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import trio
 from starlette.requests import Request
 from starlette.responses import Response
 
 from engram_cli.client import paths
-from engram_cli.doors.gateway import query
+from engram_cli.doors.gateway import query, views
 from engram_cli.doors.gateway.forms import (
     ClaimProof,
     DraftForm,
@@ -23,11 +24,17 @@ from engram_cli.doors.gateway.forms import (
     RenewForm,
     decode,
     decode_request,
-    unit_json,
+)
+from engram_cli.doors.gateway.query import (
+    ContextsQuery,
+    InboxQuery,
+    LocksQuery,
+    ReleaseQuery,
+    TasksQuery,
+    UnitsQuery,
 )
 from engram_cli.doors.gateway.replies import json_response, plain
 from engram_cli.doors.gateway.state import TICKET_TTL, Gateway, Handler
-from engram_cli.formats.jsonforms import related_json
 from engramd.protocol import (
     AckMessage,
     AddTask,
@@ -60,7 +67,7 @@ from engramd.protocol import (
 
 
 async def healthz(gw: Gateway, request: Request) -> Response:
-    return json_response({"status": "ok"})
+    return json_response(views.Health("ok"))
 
 
 async def readyz(gw: Gateway, request: Request) -> Response:
@@ -68,10 +75,10 @@ async def readyz(gw: Gateway, request: Request) -> Response:
         with trio.fail_after(1.0):
             status = await gw.link.request(GetStatus())
     except (EngramError, trio.TooSlowError, OSError) as exc:
-        return json_response({"status": "unavailable", "reason": str(exc) or "no answer"},
-                             503)
-    body = {"status": status.state, "daemon_version": status.daemon_version,
-            "instance_id": status.instance_id}
+        return json_response(views.Readiness(status="unavailable",
+                                             reason=str(exc) or "no answer"), 503)
+    body = views.Readiness(status=status.state, daemon_version=status.daemon_version,
+                           instance_id=status.instance_id)
     return json_response(body, 200 if status.state == "ready" else 503)
 
 
@@ -97,8 +104,7 @@ async def create_units(gw: Gateway, request: Request) -> Response:
     if not drafts:
         raise BadRequest("no units to write")
     created = await gw.call(request, CreateUnits(units=drafts))
-    return json_response({"units": [unit_json(unit) for unit in created.units],
-                          "reused": created.reused}, 201)
+    return json_response(views.UnitsWritten(views.units(created.units), created.reused), 201)
 
 
 async def get_unit(gw: Gateway, request: Request) -> Response:
@@ -106,31 +112,29 @@ async def get_unit(gw: Gateway, request: Request) -> Response:
     found = await gw.call(request, GetUnits(ids=[unit_id]))
     if not found.units:
         raise NotFound(f"no unit {unit_id}")
-    return json_response(unit_json(found.units[0]))
+    return json_response(views.UnitView.of(found.units[0]))
 
 
 async def list_units(gw: Gateway, request: Request) -> Response:
-    before = query.integer(request, "before")
-    cursor = query.integer(request, "cursor")  # the seed's name for following next_cursor
-    if cursor is not None:
+    q = query.read(request, UnitsQuery)
+    before = q.before
+    if q.cursor is not None:  # the seed's name for following next_cursor
         if before is not None:
             raise BadRequest("give cursor or before, not both (cursor is before)")
-        before = cursor
+        before = q.cursor
     page = await gw.call(request, ListUnits(
-        context_id=request.path_params["context_id"], limit=query.limit(request, 100),
-        before=before, after=query.integer(request, "after"),
-        reverse=query.flag(request, "reverse"), since=query.time(request, "since"),
-        until=query.time(request, "until"), agents=query.names(request, "agent"),
-        types=query.names(request, "type")))
-    return json_response({"units": [unit_json(unit) for unit in page.units],
-                          "next_cursor": page.next_cursor})
+        context_id=request.path_params["context_id"], limit=q.limit, before=before,
+        after=q.after, reverse=q.reverse, since=q.since, until=q.until, agents=q.agent,
+        types=list(q.type)))
+    return json_response(views.UnitsPage(views.units(page.units), page.next_cursor))
 
 
 async def list_contexts(gw: Gateway, request: Request) -> Response:
+    q = query.read(request, ContextsQuery)
+    if q.after is not None and q.cursor is not None:
+        raise BadRequest("give after or cursor, not both (cursor is after)")
     return json_response(plain(await gw.call(request, ListContexts(
-        limit=query.limit(request, 100),
-        after=request.query_params.get("after") or request.query_params.get("cursor"),
-        prefix=request.query_params.get("prefix", "")))))
+        limit=q.limit, after=q.after or q.cursor, prefix=q.prefix))))
 
 
 async def create_context(gw: Gateway, request: Request) -> Response:
@@ -162,19 +166,19 @@ async def acquire_locks(gw: Gateway, request: Request) -> Response:
     # A session of its own (each request made for an agent is): two HTTP callers of one
     # agent wait for each other, and the lease lives until released, or its ttl.
     granted = await gw.call(request, acquire, form.wait)
-    return json_response({"leases": [plain(lease) for lease in granted.leases]}, 201)
+    return json_response(views.LeasesGranted(granted.leases), 201)
 
 
 async def renew_lock(gw: Gateway, request: Request) -> Response:
     form = decode(await gw.body(request), RenewForm)
     renewed = await gw.call(request, form.request())
-    return json_response({"lease": plain(renewed.lease)})
+    return json_response(views.LeaseView(renewed.lease))
 
 
 async def list_locks(gw: Gateway, request: Request) -> Response:
-    page = await gw.call(request, ListLocks(agent=request.query_params.get("agent"),
-                                            prefix=request.query_params.get("prefix", "")))
-    return json_response({"locks": [plain(state) for state in page.locks]})
+    q = query.read(request, LocksQuery)
+    page = await gw.call(request, ListLocks(agent=q.agent, prefix=q.prefix))
+    return json_response(views.LockList(page.locks))
 
 
 async def get_lock(gw: Gateway, request: Request) -> Response:
@@ -183,23 +187,22 @@ async def get_lock(gw: Gateway, request: Request) -> Response:
 
 
 async def release_lock(gw: Gateway, request: Request) -> Response:
-    lock_id = request.query_params.get("lock_id")
+    lock_id = query.read(request, ReleaseQuery).lock_id if "lock_id" in request.query_params \
+        else ""
     if not lock_id:
         raise BadRequest("lock_id is required: DELETE /locks/RESOURCE?lock_id=ID")
     resource = request.path_params["resource"]
     await gw.call(request, ReleaseLock(lock_id=lock_id, resource=resource))
-    return json_response({"released": lock_id, "resource": resource})
+    return json_response(views.Released(lock_id, resource))
 
 
 async def stream_ticket(gw: Gateway, request: Request) -> Response:
     """A single-use ticket for a browser's stream (EventSource and WebSocket cannot send
     ``Authorization``): ``/stream-sse?ticket=…``, ``/stream?ticket=…``."""
     credentials = gw.credentials(request)
-    if credentials.token is not None:
-        await gw.call(request, Ping())  # an agent token is the daemon's to check
+    await gw.call(request, Ping())  # the credentials are the daemon's to accept
     ticket = gw.tickets.issue(credentials)
-    return json_response({"ticket": ticket, "expires_in": TICKET_TTL}, 201,
-                         {"Cache-Control": "no-store"})
+    return json_response(views.Ticket(ticket, TICKET_TTL), 201, {"Cache-Control": "no-store"})
 
 
 async def search(gw: Gateway, request: Request) -> Response:
@@ -211,10 +214,8 @@ async def _search(gw: Gateway, request: Request, query: Search) -> Response:
     found = await gw.call(request, GetUnits(ids=[hit.unit_id for hit in results.hits]))
     units = {unit.id: unit for unit in found.units}
     ranked = bool(query.query.split())
-    return json_response({"total": results.total, "hits": [
-        {**plain(hit), "score": hit.score if ranked else None,
-         "unit": unit_json(units[hit.unit_id]) if hit.unit_id in units else None}
-        for hit in results.hits]})
+    return json_response(views.SearchPage(results.total, [
+        views.hit(hit, ranked, units.get(hit.unit_id)) for hit in results.hits]))
 
 
 async def search_vector(gw: Gateway, request: Request) -> Response:
@@ -225,22 +226,20 @@ async def search_vector(gw: Gateway, request: Request) -> Response:
 
 async def search_relationships(gw: Gateway, request: Request) -> Response:
     found = await gw.call(request, decode_request(await gw.body(request), RelatedUnits))
-    return json_response(related_json(found))
+    return json_response(views.Related.of(found))
 
 
 async def send_message(gw: Gateway, request: Request) -> Response:
     form = decode(await gw.body(request), MessageForm)
     created = await gw.call(request, form.request())
-    return json_response(unit_json(created.units[0]), 201)
+    return json_response(views.UnitView.of(created.units[0]), 201)
 
 
 async def read_inbox(gw: Gateway, request: Request) -> Response:
-    wait = query.seconds(request, "wait", 0.0)
-    page = await gw.call(request, ReadInbox(
-        limit=query.limit(request, 20), peek=query.flag(request, "peek"), wait=wait,
-        pending=query.flag(request, "pending")), wait=wait)
-    return json_response({"messages": [unit_json(unit) for unit in page.messages],
-                          "unread": page.unread})
+    q = query.read(request, InboxQuery)
+    page = await gw.call(request, ReadInbox(limit=q.limit, peek=q.peek, wait=q.wait,
+                                            pending=q.pending), wait=q.wait)
+    return json_response(views.InboxPage(views.units(page.messages), page.unread))
 
 
 async def count_inbox(gw: Gateway, request: Request) -> Response:
@@ -249,13 +248,13 @@ async def count_inbox(gw: Gateway, request: Request) -> Response:
 
 async def ack_message(gw: Gateway, request: Request) -> Response:
     created = await gw.call(request, AckMessage(message_id=request.path_params["unit_id"]))
-    return json_response(unit_json(created.units[0]), 201)
+    return json_response(views.UnitView.of(created.units[0]), 201)
 
 
 async def list_tasks(gw: Gateway, request: Request) -> Response:
+    q = query.read(request, TasksQuery)
     return json_response(plain(await gw.call(request, ListTasks(
-        states=query.names(request, "state"), ready=query.flag(request, "ready"),
-        contexts=query.names(request, "context"), limit=query.limit(request, 100)))))
+        states=list(q.state), ready=q.ready, contexts=q.context, limit=q.limit))))
 
 
 async def add_task(gw: Gateway, request: Request) -> Response:
@@ -324,14 +323,13 @@ ROUTES: list[tuple[str, list[str], Handler]] = [
 """Every HTTP endpoint but ``/openapi.json`` (:mod:`.openapi`, which reads this list) and
 the two streams (:mod:`.streams`); :mod:`.serve` puts them together."""
 
-QUERY: dict[str, frozenset[str]] = {
-    "list_units": frozenset({"limit", "before", "after", "reverse", "since", "until",
-                             "agent", "type", "cursor"}),
-    "list_contexts": frozenset({"limit", "after", "prefix", "cursor"}),
-    "list_locks": frozenset({"agent", "prefix"}),
-    "release_lock": frozenset({"lock_id"}),
-    "read_inbox": frozenset({"limit", "peek", "wait", "pending"}),
-    "list_tasks": frozenset({"state", "ready", "context", "limit"}),
+QUERY: dict[str, type[msgspec.Struct]] = {
+    "list_units": UnitsQuery,
+    "list_contexts": ContextsQuery,
+    "list_locks": LocksQuery,
+    "release_lock": ReleaseQuery,
+    "read_inbox": InboxQuery,
+    "list_tasks": TasksQuery,
 }
-"""The query parameters each endpoint takes (any other is refused, 400); the rest take
-none."""
+"""The query parameters each endpoint takes, as the Struct it reads them as (any other
+parameter is refused, 400); the rest take none."""

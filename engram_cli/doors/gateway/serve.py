@@ -16,6 +16,7 @@ import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -27,7 +28,12 @@ from engram_cli.doors.gateway import openapi, query, streams
 from engram_cli.doors.gateway.auth import Authenticator
 from engram_cli.doors.gateway.guard import Guard
 from engram_cli.doors.gateway.link import CONNECTIONS, DaemonLink
-from engram_cli.doors.gateway.policy import METHOD_NOT_ALLOWED, ListenAddress, Origins
+from engram_cli.doors.gateway.policy import (
+    METHOD_NOT_ALLOWED,
+    UPGRADE_REQUIRED,
+    ListenAddress,
+    Origins,
+)
 from engram_cli.doors.gateway.replies import error_response, json_response
 from engram_cli.doors.gateway.routes import QUERY, ROUTES
 from engram_cli.doors.gateway.state import MAX_BODY, ClientLeft, Gateway, Handler
@@ -114,7 +120,7 @@ async def _serve(settings: Settings, config: Config, stop: trio.Event,
 
 
 def _endpoint(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    takes = QUERY.get(handler.__name__, frozenset())
+    takes = query.parameters(QUERY.get(handler.__name__))
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -144,13 +150,35 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                           else EngramError(str(exc.detail), BadRequest.code))
 
 
+async def _not_a_handshake(request: Request) -> Response:
+    """``GET /stream`` without a WebSocket handshake: 426, saying what it is."""
+    response = error_response(EngramError(
+        "/stream is a WebSocket: open it with a WebSocket client (GET with Upgrade: "
+        "websocket); /stream-sse is the same stream as Server-Sent Events",
+        UPGRADE_REQUIRED))
+    response.headers.update({"Upgrade": "websocket", "Connection": "Upgrade"})
+    return response
+
+
+class _Rest(PathConvertor):
+    """The rest of the path, line breaks included (a resource may hold one; ``path``'s
+    ``.*`` stops at one, and the lease would be out of reach)."""
+
+    regex = "[\\s\\S]*"
+
+
+register_url_convertor("rest", _Rest())
+
+
 def build_app(gw: Gateway) -> Starlette:
-    routes: list[Any] = [Route(path, _endpoint(gw, handler), methods=methods)
+    routes: list[Any] = [Route(path.replace(":path}", ":rest}"), _endpoint(gw, handler),
+                               methods=methods)
                          for path, methods, handler in [*ROUTES, openapi.ROUTE]]
     sse = streams.sse_endpoint(gw)
     routes += [Route("/stream-sse", sse, methods=["GET"]),
                Route("/stream/sse", sse, methods=["GET"]),
-               WebSocketRoute("/stream", streams.websocket_endpoint(gw))]
+               WebSocketRoute("/stream", streams.websocket_endpoint(gw)),
+               Route("/stream", _not_a_handshake, methods=["GET"])]
     middleware = [Middleware(Guard, origins=gw.origins, tally=gw.tally)]
     if gw.origins.cors:
         middleware.append(Middleware(

@@ -87,13 +87,14 @@ class Gateway:
                    wait: float | None = 0.0) -> R:
         """*message* made for the caller, bounded by its wait plus grace."""
         credentials = self.credentials(request)
-        with trio.move_on_after(REPLY_GRACE + (wait or 0.0)):
+        # The daemon refuses a negative wait; the bound on its answer is no less for it.
+        with trio.move_on_after(REPLY_GRACE + max(0.0, wait or 0.0)):
             try:
                 return await self.link.call(credentials, message)
             except OverflowError:  # msgpack's integers end at 2**64
                 raise BadRequest("a number in the request is out of range (integers are "
                                  "64-bit)") from None
-        raise Timeout("engramd did not answer in time")
+        raise NoAnswer("engramd did not answer in time")
 
     async def body(self, request: Request) -> bytes:
         """The request body, refused past ``max_body`` (413) even without a length."""
@@ -108,6 +109,14 @@ class Gateway:
         except ClientDisconnect:
             raise ClientLeft from None
         return b"".join(chunks)
+
+
+class NoAnswer(Timeout):
+    """engramd did not answer within the request's wait and :data:`REPLY_GRACE`: the one
+    ``timeout`` that is the gateway's failure (504), not an answer (a wait that ran out,
+    409)."""
+
+    gateway_timeout = True
 
 
 class ClientLeft(Exception):

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 import trio
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import Request
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from engram_cli.client import requests
@@ -36,6 +36,7 @@ from engram_cli.client.errors import ClientTimeout
 from engram_cli.doors.gateway import query
 from engram_cli.doors.gateway.auth import Credentials
 from engram_cli.doors.gateway.link import WINDOW, Feed, _Channel
+from engram_cli.doors.gateway.query import SseQuery, StreamQuery, WebSocketQuery
 from engram_cli.doors.gateway.replies import error_response
 from engram_cli.doors.gateway.state import Gateway
 from engram_cli.formats.jsonforms import event_json
@@ -65,17 +66,11 @@ SSE_BATCH = WINDOW
 """Events at most in one write to the HTTP client."""
 _encoder = msgspec.json.Encoder()
 
-STREAM_PARAMETERS = frozenset({"context", "kind", "agent", "type", "meta", "after",
-                               "heartbeat", "cursor", "ticket", "events"})
-
-
-def stream_options(request: HTTPConnection) -> dict[str, Any]:
+def stream_options(q: StreamQuery) -> dict[str, Any]:
     """The subscription a stream request asks for, from its query string."""
-    query.known(request, STREAM_PARAMETERS)
-    return {"contexts": query.names(request, "context"), "kinds": query.names(request, "kind"),
-            "agents": query.names(request, "agent"), "types": query.names(request, "type"),
-            "meta": query.pairs(request, "meta"), "after": query.integer(request, "after"),
-            "heartbeat": query.seconds(request, "heartbeat", DEFAULT_HEARTBEAT)}
+    return {"contexts": list(q.context), "kinds": list(q.kind), "agents": q.agent,
+            "types": list(q.type), "meta": q.meta, "after": q.after,
+            "heartbeat": q.heartbeat}
 
 
 def item_json(item: Event | Heartbeat) -> dict[str, Any]:
@@ -308,15 +303,15 @@ def sse_endpoint(gw: Gateway) -> Callable[[Request], Awaitable[Any]]:
     async def endpoint(request: Request) -> Any:
         try:
             credentials = gw.stream_credentials(request)
-            options = stream_options(request)
+            query.known(request, query.parameters(SseQuery))
+            q = query.read(request, SseQuery)
+            options = stream_options(q)
             last = request.headers.get("last-event-id")
             if last:
                 if not last.isdigit() or len(last) > 19:
                     raise BadRequest(f"Last-Event-ID must be a seq, not {last!r:.40}")
                 options["after"] = int(last)
-            style = request.query_params.get("events", "engram")
-            if style not in ("engram", "seed"):
-                raise BadRequest("events must be engram or seed")
+            style = q.events
         except EngramError as exc:
             return error_response(exc)
         return _ServerSentEvents(gw, credentials, options,
@@ -329,9 +324,9 @@ def websocket_endpoint(gw: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
     async def endpoint(websocket: WebSocket) -> None:
         try:
             credentials = gw.stream_credentials(websocket)
-            options = stream_options(websocket)
-            cursor = websocket.query_params.get("cursor") or None
-            following = Following(gw, credentials, options, cursor)
+            query.known(websocket, query.parameters(WebSocketQuery))
+            q = query.read(websocket, WebSocketQuery)
+            following = Following(gw, credentials, stream_options(q), q.cursor)
             await following.start()
         except EngramError as exc:
             await _refuse(websocket, exc)
