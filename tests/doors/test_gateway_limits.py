@@ -19,14 +19,16 @@ pytest.importorskip("hypercorn")
 import httpx2
 
 from engram_cli.client import requests
-from tests.conftest import WAIT, DaemonProcess, connect, run_cli, wait_until
+from tests.conftest import WAIT, DaemonProcess, connect, run_cli, start_engramd, wait_until
 from tests.doors.test_gateway import (
+    Collected,
     Gateway,
     as_agent,
     error_code,
     gateway,
     open_gateway,
     open_gateway_streams,
+    read_sse,
     sse_events,
 )
 
@@ -169,6 +171,75 @@ def test_a_reader_that_takes_nothing_is_let_go_and_resumes_with_last_event_id(
                     if len(seqs) == 3000:
                         break
         assert len(seqs) == 3000 and seqs == sorted(set(seqs))
+
+
+# -- streams that come and go while the daemon restarts -------------------------------
+
+class Churn:
+    """Threads that open an SSE stream, read its status line, leave at once and open the
+    next, until told to stop; what each status line said is counted."""
+
+    def __init__(self, gw: Gateway, threads: int = 8) -> None:
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        self.address = (host, int(port))
+        self.statuses: dict[str, int] = {}
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._open, args=(n,)) for n in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def _open(self, n: int) -> None:
+        while not self.done.is_set():
+            try:
+                with socket.create_connection(self.address, timeout=WAIT) as sock:
+                    sock.sendall(f"GET /stream-sse?context=churn HTTP/1.1\r\nHost: "
+                                 f"127.0.0.1\r\nX-Agent-ID: c{n}\r\n\r\n".encode())
+                    said = sock.recv(12)[9:12].decode() or "closed"
+            except OSError as exc:
+                said = type(exc).__name__
+            with self.lock:
+                self.statuses[said] = self.statuses.get(said, 0) + 1
+
+    def count(self) -> int:
+        with self.lock:
+            return sum(self.statuses.values())
+
+    def wait_for(self, more: int) -> None:
+        mark = self.count()
+        wait_until(lambda: self.count() >= mark + more, "streams to come and go")
+
+    def stop(self) -> dict[str, int]:
+        self.done.set()
+        for thread in self.threads:
+            thread.join(WAIT)
+        return self.statuses
+
+
+def test_streams_opened_and_closed_while_the_daemon_restarts_never_end_the_gateway(
+        open_gateway: Gateway, engramd: DaemonProcess) -> None:
+    """Every stream is answered 200 (they wait for the daemon), the gateway lives on, and
+    a stream opened after gets what is written."""
+    churn = Churn(open_gateway)
+    try:
+        for _ in range(3):
+            churn.wait_for(20)
+            engramd.stop()
+            engramd.process = start_engramd(engramd.env)
+        churn.wait_for(20)
+    finally:
+        statuses = churn.stop()
+    assert open_gateway.process.poll() is None, open_gateway.process.stderr.read()  # type: ignore[union-attr]
+    assert set(statuses) == {"200"}, statuses
+    collected = Collected()
+    reader = threading.Thread(target=read_sse, args=(open_gateway, {"context": "churn"}, 1,
+                                                     collected))
+    reader.start()
+    wait_until(lambda: open_gateway_streams(open_gateway) >= 1, "the stream open")
+    open_gateway.http.post("/workunit", json={"context_id": "churn", "payload": "after"})
+    reader.join(WAIT)
+    assert collected.error is None
+    assert [e["unit"]["payload"] for e in collected.events] == ["after"]  # type: ignore[index]
 
 
 # -- 2. many identities --------------------------------------------------------------

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import trio
@@ -29,6 +31,7 @@ from engram_cli.client.errors import ClientTimeout
 from engram_cli.client.settings import Target
 from engram_cli.doors.gateway.auth import Credentials, Unauthenticated
 from engramd.protocol import (
+    ClientConnection,
     ClientMessage,
     EngramError,
     Forbidden,
@@ -46,6 +49,7 @@ from engramd.protocol import (
 )
 
 R = TypeVar("R", bound=ServerMessage)
+log = logging.getLogger("engram.gateway")
 
 CONNECT_TIMEOUT = 2.0
 CONNECTIONS = 8
@@ -91,6 +95,20 @@ class Feed:
         await self._changed.wait()
 
 
+class _Routes:
+    """The feeds of one conversation, by subscription: where its reader files pushes.
+    Subscription ids are request ids, so they mean something on their connection only."""
+
+    def __init__(self) -> None:
+        self.feeds: dict[int, Feed] = {}
+
+    def __call__(self, push: Push) -> bool:
+        feed = self.feeds.get(push.subscription)
+        if feed is not None:
+            feed.offer(push)
+        return True  # a subscription no stream follows any more: dropped
+
+
 class _Channel(AsyncClient):
     """One connection: an :class:`AsyncClient` whose pushes go to feeds."""
 
@@ -98,28 +116,46 @@ class _Channel(AsyncClient):
         super().__init__(target, nursery, CONNECT_TIMEOUT)
         self.slots = trio.Semaphore(IN_FLIGHT)
         self.feeds: dict[int, Feed] = {}
+        """The feeds of the current conversation (a new one with each connection)."""
         self.stream_limit = STREAMS_PER_CONNECTION
 
     @property
     def load(self) -> int:
         return IN_FLIGHT - self.slots.value
 
-    async def _read(self, protocol: Any, stream: trio.SocketStream,
+    def _conversation(self) -> ClientConnection:
+        protocol = super()._conversation()
+        routes = _Routes()
+        self.feeds = routes.feeds
+        protocol.route = routes
+        return protocol
+
+    async def _read(self, protocol: ClientConnection, stream: trio.SocketStream,
                     scope: trio.CancelScope) -> None:
-        protocol.route = self._route
         try:
             await super()._read(protocol, stream, scope)
         finally:
             lost = protocol.ended or Unavailable("lost the connection to engramd")
-            for feed in self.feeds.values():
+            assert isinstance(protocol.route, _Routes)
+            for feed in protocol.route.feeds.values():
                 feed.fail(lost)
-            self.feeds.clear()
+            protocol.route.feeds.clear()
 
-    def _route(self, push: Push) -> bool:
-        feed = self.feeds.get(push.subscription)
-        if feed is not None:
-            feed.offer(push)
-        return True  # a subscription no stream follows any more: dropped
+
+@dataclass(frozen=True)
+class Subscription:
+    """A stream's subscription: the connection and the conversation it lives on (its id
+    means nothing on another), and the feed its pushes go to."""
+
+    channel: _Channel
+    protocol: ClientConnection
+    feeds: dict[int, Feed]
+    feed: Feed
+    reply: Subscribed
+
+    @property
+    def id(self) -> int:
+        return self.reply.subscription
 
 
 class DaemonLink:
@@ -198,32 +234,33 @@ class DaemonLink:
             return result(await self.request(spoken), reply_type(type(request)))
 
     async def subscribe(self, credentials: Credentials, subscribe: Subscribe
-                        ) -> tuple[_Channel, Feed, Subscribed]:
+                        ) -> Subscription:
         """A subscription for the caller on a connection with room for it, and the feed
         its pushes go to. Unavailable when every connection holds all it may."""
         tried: set[int] = set()
         while True:
             channel = self._stream_channel(tried)
             await self._ready(channel)
-            protocol = channel._protocol
-            assert protocol is not None
+            protocol, feeds = channel._protocol, channel.feeds
+            if protocol is None:  # closed as it connected (the daemon went away)
+                raise Unavailable("lost the connection to engramd")
             request_id = protocol.allocate_id()
-            feed = channel.feeds[request_id] = Feed()
+            feed = feeds[request_id] = Feed()
             try:
                 with refused_as_unauthenticated():
-                    reply = await channel.call(SpeakFor(
+                    reply = await channel.call_on(protocol, SpeakFor(
                         id=request_id, agent_id=credentials.agent_id,
                         token=credentials.token, delegated=credentials.delegated,
                         request=subscribe))
-                return channel, feed, result(reply, Subscribed)
+                return Subscription(channel, protocol, feeds, feed,
+                                    result(reply, Subscribed))
             except TooLarge:
-                channel.feeds.pop(request_id, None)
-                channel.stream_limit = len(channel.feeds)
+                feeds.pop(request_id, None)
+                channel.stream_limit = len(feeds)
                 tried.add(id(channel))
             except BaseException:
                 # Cancelled after the request left, it may be subscribed: undo that.
-                channel.feeds[request_id] = feed
-                self.forget(channel, request_id)
+                self._unsubscribe(channel, protocol, feeds, request_id)
                 raise
 
     def _stream_channel(self, tried: set[int]) -> _Channel:
@@ -236,19 +273,31 @@ class DaemonLink:
         raise Unavailable(f"the gateway follows as many streams as its {self.size} daemon "
                           "connections may hold (--daemon-connections)")
 
-    async def grant(self, channel: _Channel, subscription: int, count: int) -> None:
+    async def grant(self, subscription: Subscription, count: int) -> None:
         """Let *subscription* push *count* more (its stream took that many)."""
         with contextlib.suppress(EngramError):  # a connection lost: its feeds are told
-            await channel.call(GrantPushes(subscription=subscription, count=count))
+            await subscription.channel.call_on(subscription.protocol, GrantPushes(
+                subscription=subscription.id, count=count))
 
-    def forget(self, channel: _Channel, subscription: int) -> None:
+    def forget(self, subscription: Subscription) -> None:
         """The stream of *subscription* has ended: unsubscribe in the background."""
-        if channel.feeds.pop(subscription, None) is None or not channel.usable:
-            return
+        self._unsubscribe(subscription.channel, subscription.protocol, subscription.feeds,
+                          subscription.id)
+
+    def _unsubscribe(self, channel: _Channel, protocol: ClientConnection,
+                     feeds: dict[int, Feed], subscription: int) -> None:
+        if feeds.pop(subscription, None) is None or protocol.ended is not None:
+            return  # (a connection that ended took its subscriptions with it)
 
         async def unsubscribe() -> None:
-            with trio.move_on_after(CONNECT_TIMEOUT), contextlib.suppress(EngramError):
-                await channel.call(Unsubscribe(subscription=subscription))
+            try:
+                with trio.move_on_after(CONNECT_TIMEOUT):
+                    await channel.call_on(protocol, Unsubscribe(subscription=subscription))
+            except EngramError:
+                pass  # the connection is gone, and the subscription with it
+            except Exception:
+                # A bug: logged, never fatal to the gateway (this task is not a request's).
+                log.exception("unsubscribing a stream that ended")
 
         self._nursery.start_soon(unsubscribe)
 

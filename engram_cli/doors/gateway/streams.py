@@ -35,7 +35,7 @@ from engram_cli.client import requests
 from engram_cli.client.errors import ClientTimeout
 from engram_cli.doors.gateway import query
 from engram_cli.doors.gateway.auth import Credentials
-from engram_cli.doors.gateway.link import WINDOW, Feed, _Channel
+from engram_cli.doors.gateway.link import WINDOW, Subscription
 from engram_cli.doors.gateway.replies import error_response
 from engram_cli.doors.gateway.state import Gateway
 from engram_cli.formats.jsonforms import event_json
@@ -103,18 +103,19 @@ class Following:
         self.name = cursor
         self.head_seq = 0
         self._started = False
-        self._current: tuple[_Channel, Feed, int] | None = None
+        self._current: Subscription | None = None
         self._ungranted = 0
 
     async def _subscribe(self) -> None:
         options = {**self.filters, "after": self.after}
         if not self._started:
             options["cursor"] = self.name
-        channel, feed, reply = await self.gw.link.subscribe(
+        subscription = await self.gw.link.subscribe(
             self.credentials, requests.subscribe(**options))
+        reply = subscription.reply
         self.after, self.head_seq = reply.after, max(self.head_seq, reply.head_seq)
         self._started = True
-        self._current, self._ungranted = (channel, feed, reply.subscription), 0
+        self._current, self._ungranted = subscription, 0
 
     async def start(self) -> bool:
         """Subscribe once: an error the daemon gives is raised; False while it is away
@@ -135,9 +136,10 @@ class Following:
                 except (Unavailable, ClientTimeout):
                     await trio.sleep(RETRY)
                 continue
-            channel, feed, subscription = self._current
+            subscription = self._current
+            feed = subscription.feed
             if self._ungranted >= WINDOW // 2 and feed.lost is None:
-                await self.gw.link.grant(channel, subscription, self._ungranted)
+                await self.gw.link.grant(subscription, self._ungranted)
                 self._ungranted = 0
             await feed.wait()
             taken: list[Event | Heartbeat] = []
@@ -174,8 +176,7 @@ class Following:
 
     def _drop(self) -> None:
         if self._current is not None:
-            channel, _, subscription = self._current
-            self.gw.link.forget(channel, subscription)
+            self.gw.link.forget(self._current)
             self._current = None
 
     def close(self) -> None:
