@@ -4,6 +4,7 @@ input, the one error shape; the real ``engram gateway`` and ``engramd`` as proce
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -240,6 +241,23 @@ def test_streams_opened_and_closed_while_the_daemon_restarts_never_end_the_gatew
     reader.join(WAIT)
     assert collected.error is None
     assert [e["unit"]["payload"] for e in collected.events] == ["after"]  # type: ignore[index]
+
+
+def test_a_sigterm_as_100_streams_close_is_a_clean_exit(engramd: DaemonProcess) -> None:
+    """The streams' subscriptions are ended in the background as the daemon connections
+    close for the stop: exit status 0, and nothing in the log."""
+    for _ in range(3):
+        with gateway(engramd.env) as gw:
+            streams = [RawStream(gw, f"context=term&heartbeat={n % 7 + 1}")
+                       for n in range(100)]
+            wait_until(lambda: open_gateway_streams(gw) == 100, "100 streams open")
+            for stream in streams:
+                stream.close()
+            gw.process.send_signal(signal.SIGTERM)
+            assert gw.process.wait(WAIT) == 0
+            assert gw.process.stderr is not None
+            err = gw.process.stderr.read()
+            assert "Traceback" not in err and "error" not in err, err[-3000:]
 
 
 # -- 2. many identities --------------------------------------------------------------
