@@ -18,6 +18,8 @@ import pytest
 pytest.importorskip("hypercorn")
 
 import httpx2
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from engram_cli.client import requests
 from tests.conftest import WAIT, DaemonProcess, connect, run_cli, start_engramd, wait_until
@@ -258,6 +260,34 @@ def test_a_sigterm_as_100_streams_close_is_a_clean_exit(engramd: DaemonProcess) 
             assert gw.process.stderr is not None
             err = gw.process.stderr.read()
             assert "Traceback" not in err and "error" not in err, err[-3000:]
+
+
+def test_past_the_stream_cap_a_stream_is_refused_503_with_retry_after(
+        engramd: DaemonProcess) -> None:
+    """One daemon connection holds 64 streams: the 65th (SSE or WebSocket) is 503 at
+    once, not an open stream without events; a place freed is a place again."""
+    with gateway(engramd.env, "--daemon-connections", "1") as gw:
+        streams = [RawStream(gw, "context=cap") for _ in range(64)]
+        wait_until(lambda: open_gateway_streams(gw) == 64, "64 streams open")
+        refused = gw.http.get("/stream-sse", params={"context": "cap"})
+        assert refused.status_code == 503 and error_code(refused) == "unavailable"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "--daemon-connections" in refused.json()["error"]["message"]
+        with pytest.raises(InvalidStatus) as ws_refused:
+            ws_connect(f"{gw.ws_url}/stream?context=cap", open_timeout=WAIT)
+        assert ws_refused.value.response.status_code == 503
+        streams.pop().close()
+        wait_until(lambda: open_gateway_streams(gw) == 63, "a place freed")
+        collected = Collected()
+        reader = threading.Thread(target=read_sse, args=(gw, {"context": "cap"}, 1,
+                                                         collected))
+        reader.start()
+        wait_until(lambda: open_gateway_streams(gw) == 64, "the stream open")
+        gw.http.post("/workunit", json={"context_id": "cap", "payload": "in"})
+        reader.join(WAIT)
+        assert collected.error is None and len(collected.events) == 1
+        for stream in streams:
+            stream.close()
 
 
 # -- 2. many identities --------------------------------------------------------------

@@ -62,8 +62,15 @@ STREAMS_PER_CONNECTION = 64
 by default); a connection the daemon refuses one more holds no more."""
 WINDOW = 128
 """Pushes a stream's subscription may send ahead of what its HTTP client took."""
+FULL_RETRY = 5
+"""Seconds a stream refused for want of a place is told to wait (``Retry-After``)."""
 CREDENTIALS_REFUSED = "credentials refused"
 """How engramd begins refusing an ``as`` request's credentials (engramd.tokens)."""
+
+
+class StreamsFull(Unavailable):
+    """Every daemon connection holds all the streams it may (503 with ``Retry-After``):
+    a stream is refused at once rather than answered and left waiting for a place."""
 
 
 class Feed:
@@ -270,8 +277,10 @@ class DaemonLink:
             return min(room, key=lambda c: len(c.feeds))
         if len(self._channels) < self.size:
             return self._new_channel()
-        raise Unavailable(f"the gateway follows as many streams as its {self.size} daemon "
-                          "connections may hold (--daemon-connections)")
+        held = sum(len(c.feeds) for c in self._channels)
+        raise StreamsFull(f"the gateway follows as many streams as its {self.size} daemon "
+                          f"connections may hold ({held}; --daemon-connections); retry in "
+                          f"{FULL_RETRY}s")
 
     async def grant(self, subscription: Subscription, count: int) -> None:
         """Let *subscription* push *count* more (its stream took that many)."""

@@ -44,7 +44,8 @@ def status_for(code: str) -> int:
 
 
 def retry_after(message: str) -> int:
-    """Whole seconds for ``Retry-After`` from a ``rate_limited`` message (at least 1)."""
+    """Whole seconds for ``Retry-After`` from a ``rate_limited`` or ``unavailable``
+    message's "retry in Ns" (at least 1; 1 when it names none)."""
     found = _RETRY_IN.search(message)
     return max(1, math.ceil(float(found.group(1)))) if found else 1
 

@@ -35,7 +35,7 @@ from engram_cli.client import requests
 from engram_cli.client.errors import ClientTimeout
 from engram_cli.doors.gateway import query
 from engram_cli.doors.gateway.auth import Credentials
-from engram_cli.doors.gateway.link import WINDOW, Subscription
+from engram_cli.doors.gateway.link import WINDOW, StreamsFull, Subscription
 from engram_cli.doors.gateway.replies import error_response
 from engram_cli.doors.gateway.state import Gateway
 from engram_cli.formats.jsonforms import event_json
@@ -118,10 +118,13 @@ class Following:
         self._current, self._ungranted = subscription, 0
 
     async def start(self) -> bool:
-        """Subscribe once: an error the daemon gives is raised; False while it is away
-        (:meth:`take` keeps trying)."""
+        """Subscribe once: an error the daemon gives is raised, and so is
+        :class:`StreamsFull` (503: no place for one more); False while the daemon is
+        away (:meth:`take` keeps trying)."""
         try:
             await self._subscribe()
+        except StreamsFull:
+            raise
         except (Unavailable, ClientTimeout):
             return False
         return True
