@@ -290,6 +290,62 @@ def test_past_the_stream_cap_a_stream_is_refused_503_with_retry_after(
             stream.close()
 
 
+def _follow(gw: Gateway, params: dict[str, str], count: int) -> tuple[threading.Thread, Collected]:
+    """An SSE reader of *count* events of any kind, in a thread."""
+    collected = Collected()
+
+    def read() -> None:
+        try:
+            with httpx2.Client(base_url=gw.url, timeout=WAIT) as http, \
+                    http.stream("GET", "/stream-sse", params=params) as response:
+                assert response.status_code == 200
+                for event in sse_events(response.iter_lines()):
+                    if "id" in event:
+                        collected.events.append({"kind": event["event"],
+                                                 **json.loads(event["data"])})
+                        if len(collected.events) >= count:
+                            return
+        except BaseException as exc:
+            collected.error = exc
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_until(lambda: open_gateway_streams(gw) >= 1, "the stream open")
+    return reader, collected
+
+
+def test_a_stream_opened_while_the_daemon_is_away_loses_nothing_written_after(
+        open_gateway: Gateway, engramd: DaemonProcess) -> None:
+    """Opened with no ``after`` while engramd is down, answered 200: what is written
+    once it is back (a new context, two units) all comes, from the moment it opened."""
+    open_gateway.http.get("/readyz")  # the gateway has seen the daemon's head
+    write_units(engramd, "before", 2)
+    engramd.stop()
+    reader, collected = _follow(open_gateway, {"context": "later"}, 3)
+    engramd.process = start_engramd(engramd.env)
+    with connect(engramd.socket, "writer") as writer:  # at once, before the stream is back
+        writer.create_units([requests.draft("later", "MESSAGE", "one")])
+        writer.create_units([requests.draft("later", "MESSAGE", "two")])
+    reader.join(WAIT)
+    assert collected.error is None, collected.error
+    assert [e["kind"] for e in collected.events] == \
+        ["context.created", "unit.created", "unit.created"]
+    assert [e["unit"]["payload"] for e in collected.events[1:]] == ["one", "two"]  # type: ignore[index]
+
+
+def test_a_gateway_that_never_saw_the_daemon_streams_from_the_start_of_the_log(
+        engramd: DaemonProcess) -> None:
+    write_units(engramd, "early", 1)
+    engramd.stop()
+    with gateway({**engramd.env, "ENGRAM_NO_AUTOSTART": "1"}) as gw:
+        reader, collected = _follow(gw, {"context": "early", "kind": "unit.created"}, 2)
+        engramd.process = start_engramd(engramd.env)
+        write_units(engramd, "early", 1)
+        reader.join(WAIT)
+        assert collected.error is None, collected.error
+        assert len(collected.events) == 2
+
+
 # -- 2. many identities --------------------------------------------------------------
 
 def test_300_identities_and_300_streams_leave_the_daemon_room(

@@ -35,6 +35,7 @@ from engramd.protocol import (
     ClientMessage,
     EngramError,
     Forbidden,
+    GetStatus,
     GrantPushes,
     Push,
     ServerMessage,
@@ -178,6 +179,14 @@ class DaemonLink:
         self._env = env
         self._channels: list[_Channel] = []
         self._freed = trio.Event()
+        self.head_seq: int | None = None
+        """The newest seq the gateway has seen the daemon name (None: none since the
+        gateway started): where a stream opened while the daemon is away starts."""
+
+    def saw_head(self, seq: int) -> None:
+        """The daemon named *seq* as durable (a status, a subscription, an event)."""
+        if self.head_seq is None or seq > self.head_seq:
+            self.head_seq = seq
 
     @property
     def connections(self) -> int:
@@ -200,8 +209,15 @@ class DaemonLink:
         """*channel* connected (a fresh conversation if its last one ended)."""
         if not channel.usable:
             await channel.aclose()
+        before = channel._protocol
         try:
             await channel.connect()
+            if channel._protocol is not before:
+                # A new conversation: learn the daemon's head (streams opened while it
+                # is away start there, so nothing written after them is lost).
+                status = await channel.call(GetStatus())
+                if status.journal is not None:
+                    self.saw_head(status.journal.last_seq)
         except (ClientTimeout, trio.TooSlowError):
             await channel.aclose()
             raise Unavailable("engramd did not answer the connection in time") from None

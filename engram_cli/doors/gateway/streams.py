@@ -114,6 +114,7 @@ class Following:
             self.credentials, requests.subscribe(**options))
         reply = subscription.reply
         self.after, self.head_seq = reply.after, max(self.head_seq, reply.head_seq)
+        self.gw.link.saw_head(reply.head_seq)
         self._started = True
         self._current, self._ungranted = subscription, 0
 
@@ -126,6 +127,10 @@ class Following:
         except StreamsFull:
             raise
         except (Unavailable, ClientTimeout):
+            if self.after is None:
+                # "From now" is the moment the stream is answered: after the newest head
+                # the gateway saw (at or before now), else from the start of the log.
+                self.after = self.gw.link.head_seq or 0
             return False
         return True
 
@@ -152,10 +157,12 @@ class Following:
                 if isinstance(push, EventPush):
                     self.after = push.event.seq
                     self.head_seq = max(self.head_seq, push.event.seq)
+                    self.gw.link.saw_head(push.event.seq)
                     taken.append(push.event)
                 elif isinstance(push, Heartbeat):
                     self.after = max(self.after or 0, push.cursor)
                     self.head_seq = max(self.head_seq, push.head_seq)
+                    self.gw.link.saw_head(push.head_seq)
                     taken.append(push)
                 elif isinstance(push, Lagged):
                     self.after = push.cursor
