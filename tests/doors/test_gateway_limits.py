@@ -4,6 +4,7 @@ input, the one error shape; the real ``engram gateway`` and ``engramd`` as proce
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from engram_cli.client import requests
+from engram_cli.doors.gateway.link import STREAM_BUFFER_BYTES
 from tests.conftest import WAIT, DaemonProcess, connect, run_cli, start_engramd, wait_until
 from tests.doors.test_gateway import (
     Collected,
@@ -344,6 +346,61 @@ def test_a_gateway_that_never_saw_the_daemon_streams_from_the_start_of_the_log(
         reader.join(WAIT)
         assert collected.error is None, collected.error
         assert len(collected.events) == 2
+
+
+def resident_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def pushes_delivered(engramd: DaemonProcess) -> int:
+    with connect(engramd.socket, "observer") as client:
+        stream = client.status().stream
+        assert stream is not None
+        return stream.delivered
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_idle_readers_of_big_units_hold_a_bounded_number_of_bytes(
+        engramd: DaemonProcess) -> None:
+    """10 SSE readers that read nothing while 130 units of 100 KB are written: each
+    subscription's window (128 pushes) comes to the gateway, which keeps at most
+    STREAM_BUFFER_BYTES of it per stream and --stream-memory in all (re-reading the
+    rest from the log when the reader gets there), not 10 x 128 x 100 KB."""
+    memory = 8 * 1024 * 1024
+    with gateway(engramd.env, "--stream-memory", str(memory)) as gw:
+        readers = [RawStream(gw, "context=big&heartbeat=60") for _ in range(10)]
+        try:
+            wait_until(lambda: open_gateway_streams(gw) == 10, "10 streams open")
+            before = resident_mb(gw.process.pid)
+            pushed = pushes_delivered(engramd)
+            write_units(engramd, "big", 130, "y" * 100_000)
+            wait_until(lambda: pushes_delivered(engramd) >= pushed + 10 * 128,
+                       "every window to reach the gateway")
+            grown = resident_mb(gw.process.pid) - before
+            assert grown < 60, f"the gateway grew by {grown:.0f} MB"
+            assert 0 < stream_buffer_bytes(gw) <= min(memory, 10 * STREAM_BUFFER_BYTES)
+            # Every event still reaches a reader that reads, in order.
+            seqs: list[int] = []
+            for event in readers[0].events():
+                if event["event"] == "unit.created":
+                    seqs.append(int(event["id"]))
+                    if len(seqs) == 130:
+                        break
+            assert len(seqs) == 130 and seqs == sorted(set(seqs))
+        finally:
+            for reader in readers:
+                reader.close()
+        wait_until(lambda: open_gateway_streams(gw) == 0, "the streams closed")
+        assert stream_buffer_bytes(gw) == 0
+
+
+def stream_buffer_bytes(gw: Gateway) -> int:
+    found = re.search(r"^engram_gateway_stream_buffer_bytes (\d+)$",
+                      gw.http.get("/metrics").text, re.MULTILINE)
+    assert found
+    return int(found.group(1))
 
 
 # -- 2. many identities --------------------------------------------------------------

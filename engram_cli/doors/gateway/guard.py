@@ -30,13 +30,17 @@ class Tally:
     def count(self, method: str, route: str, status: int) -> None:
         self.requests[method, route, status] += 1
 
-    def prometheus_text(self, *, daemon_up: int) -> str:
+    def prometheus_text(self, *, daemon_up: int, stream_bytes: int = 0) -> str:
         lines = ["# HELP engram_gateway_daemon_up Whether the gateway reached engramd.",
                  "# TYPE engram_gateway_daemon_up gauge",
                  f"engram_gateway_daemon_up {daemon_up}",
                  "# HELP engram_gateway_streams_open Live SSE and WebSocket streams.",
                  "# TYPE engram_gateway_streams_open gauge",
                  f"engram_gateway_streams_open {self.streams_open}",
+                 "# HELP engram_gateway_stream_buffer_bytes Bytes of events the streams "
+                 "hold for their clients.",
+                 "# TYPE engram_gateway_stream_buffer_bytes gauge",
+                 f"engram_gateway_stream_buffer_bytes {stream_bytes}",
                  "# HELP engram_gateway_http_requests_total HTTP requests answered.",
                  "# TYPE engram_gateway_http_requests_total counter"]
         for (method, route, status), count in sorted(self.requests.items()):

@@ -33,7 +33,9 @@ from engram_cli.doors.gateway.auth import Credentials, Unauthenticated
 from engramd.protocol import (
     ClientConnection,
     ClientMessage,
+    Ended,
     EngramError,
+    EventPush,
     Forbidden,
     GetStatus,
     GrantPushes,
@@ -63,6 +65,12 @@ STREAMS_PER_CONNECTION = 64
 by default); a connection the daemon refuses one more holds no more."""
 WINDOW = 128
 """Pushes a stream's subscription may send ahead of what its HTTP client took."""
+STREAM_BUFFER_BYTES = 2 * 1024 * 1024
+"""Bytes of pushes one stream keeps for its client at most (one event more when it keeps
+none): past them, events are let go and read again from the log when the client gets
+there. 128 pushes of small events fit; 128 of 100 KB do not."""
+STREAM_MEMORY = 128 * 1024 * 1024
+"""Bytes of pushes all streams together keep at most (``--stream-memory``)."""
 FULL_RETRY = 5
 """Seconds a stream refused for want of a place is told to wait (``Retry-After``)."""
 CREDENTIALS_REFUSED = "credentials refused"
@@ -74,21 +82,67 @@ class StreamsFull(Unavailable):
     a stream is refused at once rather than answered and left waiting for a place."""
 
 
+class Budget:
+    """The bytes of pushes every feed together holds, against ``--stream-memory``."""
+
+    def __init__(self, limit: int = STREAM_MEMORY) -> None:
+        self.limit = limit
+        self.used = 0
+
+
 class Feed:
     """The pushes of one subscription, filed by the connection's reader (never waiting:
-    the window bounds them), taken by its stream; ``lost`` once they stop coming."""
+    the window bounds them in number, the budgets in bytes), taken by its stream;
+    ``lost`` once they stop coming.
 
-    def __init__(self) -> None:
-        self.pushes: collections.deque[Push] = collections.deque()
+    An event that would take the feed past :data:`STREAM_BUFFER_BYTES` (unless it holds
+    nothing), or every feed past the shared :class:`Budget`, is let go: the feed is
+    then ``overflowed``, lets every later push go too (an ``ended`` excepted), and its
+    stream, once it has taken what the feed holds, subscribes again after the last
+    event it took: the log keeps what memory does not."""
+
+    def __init__(self, budget: Budget, limit: int = STREAM_BUFFER_BYTES) -> None:
+        self.pushes: collections.deque[tuple[Push, int]] = collections.deque()
+        self.bytes = 0
         self.lost: EngramError | None = None
+        self.overflowed = False
+        self._budget = budget
+        self._limit = limit
         self._changed = trio.Event()
 
-    def offer(self, push: Push) -> None:
+    def offer(self, push: Push, size: int) -> None:
+        if self.lost is not None:
+            return
+        if self.overflowed and not isinstance(push, Ended):
+            return
+        if isinstance(push, EventPush) and not self._room(size):
+            self.overflowed = True
+            self._changed.set()
+            return
         if len(self.pushes) > 2 * WINDOW:  # the daemon ignored the window: start over
             self.fail(Unavailable("engramd pushed past the window"))
             return
-        self.pushes.append(push)
+        self.pushes.append((push, size))
+        self.bytes += size
+        self._budget.used += size
         self._changed.set()
+
+    def _room(self, size: int) -> bool:
+        if self.pushes and self.bytes + size > self._limit:
+            return False
+        return self._budget.used == 0 or self._budget.used + size <= self._budget.limit
+
+    def take(self) -> Push:
+        push, size = self.pushes.popleft()
+        self.bytes -= size
+        self._budget.used -= size
+        return push
+
+    def clear(self) -> None:
+        """Let go of what it holds (its stream has ended)."""
+        self._budget.used -= self.bytes
+        self.pushes.clear()
+        self.bytes = 0
 
     def fail(self, error: EngramError) -> None:
         if self.lost is None:
@@ -96,8 +150,8 @@ class Feed:
         self._changed.set()
 
     async def wait(self) -> None:
-        """Until something was filed or the feed was lost (cancel at will)."""
-        if self.pushes or self.lost is not None:
+        """Until something was filed, or the feed was lost or overflowed (cancel at will)."""
+        if self.pushes or self.lost is not None or self.overflowed:
             return
         self._changed = trio.Event()
         await self._changed.wait()
@@ -107,13 +161,14 @@ class _Routes:
     """The feeds of one conversation, by subscription: where its reader files pushes.
     Subscription ids are request ids, so they mean something on their connection only."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: ClientConnection) -> None:
         self.feeds: dict[int, Feed] = {}
+        self._protocol = protocol
 
     def __call__(self, push: Push) -> bool:
         feed = self.feeds.get(push.subscription)
         if feed is not None:
-            feed.offer(push)
+            feed.offer(push, self._protocol.frame_size)
         return True  # a subscription no stream follows any more: dropped
 
 
@@ -133,7 +188,7 @@ class _Channel(AsyncClient):
 
     def _conversation(self) -> ClientConnection:
         protocol = super()._conversation()
-        routes = _Routes()
+        routes = _Routes(protocol)
         self.feeds = routes.feeds
         protocol.route = routes
         return protocol
@@ -171,8 +226,9 @@ class DaemonLink:
 
     def __init__(self, socket_path: str, nursery: trio.Nursery, *,
                  gateway_agent: str, env: Mapping[str, str],
-                 connections: int = CONNECTIONS) -> None:
+                 connections: int = CONNECTIONS, stream_memory: int = STREAM_MEMORY) -> None:
         self.socket_path = socket_path
+        self.budget = Budget(stream_memory)
         self.gateway_agent = gateway_agent
         self.size = connections
         self._nursery = nursery
@@ -268,7 +324,7 @@ class DaemonLink:
             if protocol is None:  # closed as it connected (the daemon went away)
                 raise Unavailable("lost the connection to engramd")
             request_id = protocol.allocate_id()
-            feed = feeds[request_id] = Feed()
+            feed = feeds[request_id] = Feed(self.budget)
             try:
                 with refused_as_unauthenticated():
                     reply = await channel.call_on(protocol, SpeakFor(
@@ -279,10 +335,12 @@ class DaemonLink:
                                     result(reply, Subscribed))
             except TooLarge:
                 feeds.pop(request_id, None)
+                feed.clear()
                 channel.stream_limit = len(feeds)
                 tried.add(id(channel))
             except BaseException:
                 # Cancelled after the request left, it may be subscribed: undo that.
+                feed.clear()
                 self._unsubscribe(channel, protocol, feeds, request_id)
                 raise
 
@@ -305,7 +363,9 @@ class DaemonLink:
                 subscription=subscription.id, count=count))
 
     def forget(self, subscription: Subscription) -> None:
-        """The stream of *subscription* has ended: unsubscribe in the background."""
+        """The stream of *subscription* has ended (or will follow another): let go of
+        what its feed holds, and unsubscribe in the background."""
+        subscription.feed.clear()
         self._unsubscribe(subscription.channel, subscription.protocol, subscription.feeds,
                           subscription.id)
 

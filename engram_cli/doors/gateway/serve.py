@@ -26,7 +26,7 @@ from starlette.routing import Route, WebSocketRoute
 from engram_cli.doors.gateway import openapi, query, streams
 from engram_cli.doors.gateway.auth import Authenticator
 from engram_cli.doors.gateway.guard import Guard
-from engram_cli.doors.gateway.link import CONNECTIONS, DaemonLink
+from engram_cli.doors.gateway.link import CONNECTIONS, STREAM_MEMORY, DaemonLink
 from engram_cli.doors.gateway.policy import METHOD_NOT_ALLOWED, ListenAddress, Origins
 from engram_cli.doors.gateway.replies import error_response, json_response
 from engram_cli.doors.gateway.routes import QUERY, ROUTES
@@ -49,6 +49,7 @@ class Settings:
     max_body: int = MAX_BODY
     daemon_connections: int = CONNECTIONS
     stream_stall: float = 60.0
+    stream_memory: int = STREAM_MEMORY
 
 
 class _Config(Config):
@@ -97,7 +98,8 @@ async def _serve(settings: Settings, config: Config, stop: trio.Event,
     async with trio.open_nursery() as nursery:
         link = DaemonLink(settings.socket_path, nursery,
                           gateway_agent=settings.auth.default_agent, env=settings.env,
-                          connections=settings.daemon_connections)
+                          connections=settings.daemon_connections,
+                          stream_memory=settings.stream_memory)
         gateway = Gateway(link=link, auth=settings.auth, origins=settings.origins,
                           max_body=settings.max_body, stopping=stop,
                           stream_stall=settings.stream_stall)

@@ -146,13 +146,13 @@ class Following:
                 continue
             subscription = self._current
             feed = subscription.feed
-            if self._ungranted >= WINDOW // 2 and feed.lost is None:
+            if self._ungranted >= WINDOW // 2 and feed.lost is None and not feed.overflowed:
                 await self.gw.link.grant(subscription, self._ungranted)
                 self._ungranted = 0
             await feed.wait()
             taken: list[Event | Heartbeat] = []
             while feed.pushes and len(taken) < limit:
-                push = feed.pushes.popleft()
+                push = feed.take()
                 self._ungranted += 1
                 if isinstance(push, EventPush):
                     self.after = push.event.seq
@@ -171,7 +171,9 @@ class Following:
                 elif isinstance(push, Ended):
                     self._drop()
                     raise error_for(push.code, push.message)
-            if self._current is not None and feed.lost is not None and not feed.pushes:
+            if self._current is not None and not feed.pushes \
+                    and (feed.lost is not None or feed.overflowed):
+                # Lost, or past its byte budget: follow again after the last event taken.
                 self._drop()
             if taken:
                 return taken
