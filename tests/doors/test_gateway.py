@@ -81,11 +81,15 @@ def _first_line(process: subprocess.Popen[str]) -> str:
 
 
 @contextmanager
-def gateway(env: dict[str, str], *args: str) -> Iterator[Gateway]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "engram_cli", "gateway", "--listen", "127.0.0.1:0", "--json",
-         *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+def gateway(env: dict[str, str], *args: str, open_files: int | None = None
+            ) -> Iterator[Gateway]:
+    """``engram gateway`` on a free port; *open_files*: its RLIMIT_NOFILE (soft and hard)."""
+    command = [sys.executable, "-m", "engram_cli", "gateway", "--listen", "127.0.0.1:0",
+               "--json", *args]
+    if open_files is not None:
+        command = ["sh", "-c", f'ulimit -n {open_files} && exec "$@"', "sh", *command]
+    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = _first_line(process)
     if not line:
         process.wait(WAIT)

@@ -3,6 +3,7 @@ input, the one error shape; the real ``engram gateway`` and ``engramd`` as proce
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -401,6 +403,92 @@ def stream_buffer_bytes(gw: Gateway) -> int:
                       gw.http.get("/metrics").text, re.MULTILINE)
     assert found
     return int(found.group(1))
+
+
+# -- hostile input without credentials ------------------------------------------------
+
+def raw_request(gw: Gateway, head: bytes) -> socket.socket:
+    host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=WAIT)
+    sock.sendall(head)
+    return sock
+
+
+def answer_of(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of the response on *sock* (read until it closes)."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    return status, json.loads(body) if body.startswith(b"{") else {}
+
+
+SLOW_POST = (b"POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+             b"\r\nContent-Length: 1000\r\n\r\n{")
+
+
+def test_a_caller_without_credentials_is_refused_before_its_body(
+        engramd: DaemonProcess) -> None:
+    with gateway(engramd.env, "--auth", "token") as gw:
+        with raw_request(gw, SLOW_POST) as sock:  # the rest of the body never comes
+            status, body = answer_of(sock)
+        assert status == 401 and body["error"]["code"] == "unauthenticated"
+
+
+def test_a_body_longer_than_max_body_is_refused_by_its_length_at_once(
+        engramd: DaemonProcess) -> None:
+    with gateway(engramd.env, "--max-body", "1000") as gw:
+        with raw_request(gw, b"POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Length: 1000000000\r\n\r\n") as sock:
+            status, body = answer_of(sock)
+        assert status == 413 and body["error"]["code"] == "too_large"
+        assert "--max-body" in body["error"]["message"]
+
+
+def test_a_body_that_does_not_come_in_time_is_408(engramd: DaemonProcess) -> None:
+    with gateway(engramd.env, "--body-timeout", "0.5") as gw:
+        started = time.monotonic()
+        with raw_request(gw, SLOW_POST) as sock:
+            status, body = answer_of(sock)
+        assert status == 408 and body["error"]["code"] == "request_timeout"
+        assert time.monotonic() - started < WAIT
+        # A body that comes, slowly but in time, is read.
+        with raw_request(gw, b"POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Length: 40\r\nConnection: close\r\n\r\n") as sock:
+            for part in (b'{"context_id": "c", ', b'"payload": "slow"}  '):
+                time.sleep(0.1)
+                sock.sendall(part)
+            status, body = answer_of(sock)
+        assert status == 201, body
+
+
+def test_out_of_file_descriptors_is_said_once_and_slow_bodies_give_them_back(
+        engramd: DaemonProcess) -> None:
+    """64 descriptors, 80 connections that send half a body: accept fails (EMFILE) until
+    the body timeout cuts them; the log says so once, without a traceback, and
+    /healthz answers again."""
+    with gateway(engramd.env, "--body-timeout", "1", open_files=64) as gw:
+        socks = [raw_request(gw, SLOW_POST) for _ in range(80)]
+
+        def healthy() -> bool:
+            try:
+                return httpx2.get(f"{gw.url}/healthz", timeout=1).status_code == 200
+            except httpx2.TransportError:
+                return False
+
+        try:
+            wait_until(healthy, "/healthz to answer again", timeout=WAIT * 2)
+        finally:
+            for sock in socks:
+                sock.close()
+        gw.process.terminate()
+        assert gw.process.wait(WAIT) == 0
+        assert gw.process.stderr is not None
+        err = gw.process.stderr.read()
+        assert "Traceback" not in err, err[-2000:]
+        assert sum("file descriptors" in line for line in err.splitlines()) == 1, err[-2000:]
 
 
 # -- 2. many identities --------------------------------------------------------------

@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from engramd.protocol import ErrorCode
+from engramd.protocol import ErrorCode, TooLarge
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
@@ -30,6 +30,8 @@ UNAUTHENTICATED = "unauthenticated"
 """The gateway's own code (401): no credentials, or credentials it does not accept."""
 METHOD_NOT_ALLOWED = "method_not_allowed"
 """The gateway's own code (405): the path exists, not with that method."""
+REQUEST_TIMEOUT = "request_timeout"
+"""The gateway's own code (408): the request's body did not come whole in time."""
 
 _RETRY_IN = re.compile(r"retry in ([0-9.]+)s")
 
@@ -40,7 +42,14 @@ def status_for(code: str) -> int:
         return 401
     if code == METHOD_NOT_ALLOWED:
         return 405
+    if code == REQUEST_TIMEOUT:
+        return 408
     return STATUS_FOR_CODE.get(code, 500)
+
+
+def too_large(max_body: int) -> TooLarge:
+    """A request body over ``--max-body`` (413)."""
+    return TooLarge(f"request body over {max_body} bytes (--max-body)")
 
 
 def retry_after(message: str) -> int:
