@@ -272,7 +272,7 @@ class Dispatcher:
                     raise NotFound(f"no subscription {request.subscription} on this connection")
                 return Done(id=request.id)
             case AckCursor():
-                queries.ack_cursor(request.cursor, request.seq)
+                queries.ack_cursor(request.cursor, request.seq, caller)
                 return Done(id=request.id)
             case AcquireLock():
                 return LocksGranted(id=request.id, leases=await leases.acquire(request, caller))

@@ -334,19 +334,25 @@ class Queries:
             raise BadRequest("after must be a sequence number (0 for the start)")
         if request.cursor is not None:
             validate.name(request.cursor, "cursor name")
-            stored = self.store.cursor(request.cursor)
+            stored = self.store.cursor(caller.agent_id, request.cursor)
             if stored is None:
                 # A new name starts where its first subscription does: the next one
                 # under it gets what came after, though this one acknowledged nothing.
-                self.store.set_cursor(request.cursor, cursor)
+                self.store.set_cursor(caller.agent_id, request.cursor, cursor)
             else:
                 cursor = stored
         return Subscriber(id=request.id, agent_id=caller.agent_id, filter=Filter.of(request),
                           cursor=cursor, heartbeat=request.heartbeat or self.heartbeat_seconds,
                           cursor_name=request.cursor)
 
-    def ack_cursor(self, name: str, seq: int) -> None:
+    def ack_cursor(self, name: str, seq: int, caller: Caller) -> None:
+        """Store *seq* under the caller's cursor *name* (each agent's names are its own).
+        A seq beyond the newest event names nothing delivered: refused, for it would
+        silently skip every event up to it."""
         validate.name(name, "cursor name")
         if seq < 0:
             raise BadRequest("seq must not be negative")
-        self.store.set_cursor(name, seq)
+        if seq > self.hub.head:
+            raise BadRequest(f"seq {seq} is beyond the newest event ({self.hub.head}): "
+                             "acknowledge a seq that was delivered")
+        self.store.set_cursor(caller.agent_id, name, seq)

@@ -20,7 +20,9 @@ keys sort by sequence; ``\\0`` separates text parts, which never contain NUL)::
     r/i/<dst>\\0<TYPE>\\0<src>  -> ""                  relationships, incoming
     x/<context>               -> context (wire encoding)
     i/<idempotency key>       -> unit id
-    n/<cursor name>           -> seq                  named cursors (written with RocksDB's WAL)
+    n/<agent>\\0<cursor name> -> seq                  named cursors, each an agent's (written
+                                                     with RocksDB's WAL; n/<cursor name>: one
+                                                     stored before cursors had owners)
     l/<resource>\\0<lock id>   -> lease (wire encoding)   leases held now (several on one
                                                      resource when shared; a store from
                                                      before shared leases has l/<resource>)
@@ -94,6 +96,11 @@ def seq_from(key: bytes) -> int:
 
 def _text(value: str) -> bytes:
     return value.encode()
+
+
+def _cursor_key(agent: str, name: str) -> bytes:
+    """``n/<agent>\\0<name>``: cursors belong to agents (neither part holds a NUL)."""
+    return b"n/" + _text(agent) + b"\0" + _text(name)
 
 
 class SchemaMismatch(Exception):
@@ -380,12 +387,16 @@ class Store(AgentRecords):
         """Every lease held as of the last applied event."""
         return self._values(b"l/")
 
-    def cursor(self, name: str) -> int | None:
-        raw = self._get(b"n/" + _text(name))
+    def cursor(self, agent: str, name: str) -> int | None:
+        """*agent*'s cursor *name*. A name stored before cursors had owners
+        (``n/<name>``, no agent) is where each agent's first use of it starts."""
+        raw = self._get(_cursor_key(agent, name))
+        if raw is None:
+            raw = self._get(b"n/" + _text(name))
         return None if raw is None else seq_from(raw)
 
-    def set_cursor(self, name: str, seq: int) -> None:
-        self._put_logged(b"n/" + _text(name), seq_bytes(seq))
+    def set_cursor(self, agent: str, name: str, seq: int) -> None:
+        self._put_logged(_cursor_key(agent, name), seq_bytes(seq))
 
     def unit_at(self, seq: int) -> bytes | None:
         """The encoded unit whose ``unit.created`` event has this seq."""

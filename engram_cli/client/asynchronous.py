@@ -51,6 +51,7 @@ from engramd.protocol import (
     reply_type,
     result,
 )
+from engramd.protocol.connection import State
 
 _RECEIVE_SIZE = 256 * 1024
 _PARTING_WAIT = 0.5
@@ -131,12 +132,13 @@ class AsyncClient(Operations):
                 started = await trio.to_thread.run_sync(
                     lambda: start_daemon(self.socket_path, env=self.target.env))
                 stream = await trio.open_unix_socket(self.socket_path)
-            self._stream, self._protocol = stream, self.target.conversation()
+            protocol = self._conversation()
+            self._stream, self._protocol = stream, protocol
             self._reader = trio.CancelScope()
-            self._nursery.start_soon(self._read, self._protocol, stream, self._reader)
+            self._nursery.start_soon(self._read, protocol, stream, self._reader)
             try:
-                await self._send(self._protocol.hello(PROTOCOL_VERSION))
-                result(await self._answer(self._protocol.hello_id), Welcome)
+                await self._send(protocol, stream, protocol.hello(PROTOCOL_VERSION))
+                result(await self._answer(protocol, protocol.hello_id), Welcome)
             except Unavailable as lost:
                 await self.aclose()
                 if started:
@@ -148,12 +150,24 @@ class AsyncClient(Operations):
                 raise
         return started
 
+    def _conversation(self) -> ClientConnection:
+        """The sans-IO side of a new connection."""
+        return self.target.conversation()
+
     async def aclose(self) -> None:
-        self._reader.cancel()
-        if self._stream is not None:
-            await trio.aclose_forcefully(self._stream)
+        """End the conversation: what waits on it gets Unavailable; the next call
+        connects anew."""
+        # Forget the conversation before the first checkpoint: a task that connects
+        # while this one closes the socket makes a conversation of its own, which
+        # this close never touches.
+        stream, protocol, reader = self._stream, self._protocol, self._reader
         self._stream = self._protocol = None
+        reader.cancel()
+        if protocol is not None:
+            protocol.fail(Unavailable("the connection to engramd was closed"))
         self._wake()
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
 
     # The timeouts below mirror the blocking client's arguments (ASYNC109).
     async def wait_ready(self, timeout: float = START_TIMEOUT  # noqa: ASYNC109
@@ -175,10 +189,19 @@ class AsyncClient(Operations):
     async def call(self, request: ClientMessage[R]) -> R:
         """Send *request*, wait for its reply, and raise the error it reports."""
         await self.connect()
-        protocol = self._ready()
+        return await self.call_on(self._ready(), request)
+
+    async def call_on(self, protocol: ClientConnection, request: ClientMessage[R]) -> R:
+        """:meth:`call` on the conversation *protocol*, never on another: a request
+        that names what lives on one connection (a subscription) must not reach the
+        next. Unavailable when that conversation is over, or not this client's now."""
+        stream = self._stream
+        if protocol is not self._protocol or stream is None \
+                or protocol.state is not State.READY:
+            raise protocol.ended or Unavailable("lost the connection to engramd")
         request = protocol.numbered(request)
-        await self._send(protocol.send(request))
-        return result(await self._answer(request.id), reply_type(type(request)))
+        await self._send(protocol, stream, protocol.send(request))
+        return result(await self._answer(protocol, request.id), reply_type(type(request)))
 
     async def next_push(self, subscription: int) -> Push | None:
         """The next push for *subscription*; None once it has been closed here."""
@@ -207,24 +230,28 @@ class AsyncClient(Operations):
             raise Unavailable("not connected to engramd")
         return self._protocol
 
-    async def _send(self, data: bytes) -> None:
-        assert self._stream is not None
-        protocol = self._protocol
+    async def _send(self, protocol: ClientConnection, stream: trio.SocketStream,
+                    data: bytes) -> None:
+        """Send *data* on *stream*, the socket of *protocol*'s conversation; any failure
+        is Unavailable (or what the daemon said as it hung up)."""
         try:
             async with self._send_lock:
-                await self._stream.send_all(data)
+                if protocol.ended is not None:  # over while this task waited its turn
+                    raise trio.ClosedResourceError
+                await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # A daemon that refuses a request (a frame over its limit) says why, then
             # hangs up: the reader files its goodbye, which is the better answer.
             with trio.move_on_after(_PARTING_WAIT):
-                while protocol is not None and protocol.ended is None:
+                while protocol.ended is None:
                     await self._arrival()
-            if protocol is not None and protocol.goodbye is not None:
+            if protocol.goodbye is not None:
                 raise protocol.goodbye from None
             raise Unavailable("lost the connection to engramd") from None
 
-    async def _answer(self, request_id: int) -> ServerMessage:
-        while (answer := self._ready().answer(request_id)) is None:
+    async def _answer(self, protocol: ClientConnection, request_id: int) -> ServerMessage:
+        """The answer to *request_id* on *protocol*'s conversation; its end if it ends."""
+        while (answer := protocol.answer(request_id)) is None:
             await self._arrival()
         return answer
 

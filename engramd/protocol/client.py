@@ -135,6 +135,8 @@ class ClientConnection:
         self._notices: collections.deque[Notice] = collections.deque()
         self.subscriptions: set[int] = set()
         """The subscriptions the daemon has confirmed and this side has not forgotten."""
+        self.frame_size = 0
+        """The size in bytes of the last message read (what a push costs to keep)."""
 
     # -- sending ------------------------------------------------------------
 
@@ -204,6 +206,7 @@ class ClientConnection:
                 self.state = State.CLOSED
                 return CLOSED
             return NEED_DATA
+        self.frame_size = len(body)
         try:
             message: ServerMessage = _server_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError,

@@ -78,8 +78,9 @@ def watching(socket: str) -> bool:
 
 
 def stored_cursor(socket: str, name: str) -> int:
-    """Where the cursor *name* stands (a subscription under it starts there)."""
-    with connect(socket) as engram:
+    """Where the CLI's cursor *name* stands (a subscription under it starts there): the
+    CLI's agent's (``ENGRAM_AGENT`` of the tests' environment), whose names they are."""
+    with connect(socket, "tester") as engram:
         subscription = engram.subscribe(cursor=name)
         subscription.close()
         return subscription.cursor

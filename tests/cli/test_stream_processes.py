@@ -130,7 +130,7 @@ def test_wait_exits_0_on_a_match_and_5_on_timeout(engramd: DaemonProcess) -> Non
 
 def test_a_loop_of_waits_under_one_cursor_misses_nothing_between_them(
         engramd: DaemonProcess) -> None:
-    with Client(engramd.socket, autostart=False) as engram:
+    with Client(engramd.socket, agent_id="tester", autostart=False) as engram:  # the CLI's
         engram.create_context("loop")
         engram.ack_cursor("looper", engram.status().journal.last_seq)  # type: ignore[union-attr]
         # Written while no wait runs: each must still come, once, in order.
@@ -150,7 +150,7 @@ def test_a_loop_of_waits_under_one_cursor_misses_nothing_between_them(
     assert got == sent
     assert wait_once("--timeout", "0.2").returncode == 5  # nothing handed out twice
     # watch under the same name moves it past every event it showed, the last too.
-    with Client(engramd.socket, autostart=False) as engram:
+    with Client(engramd.socket, agent_id="tester", autostart=False) as engram:
         later = [engram.create_unit("loop", "MESSAGE", text).id for text in (b"a", b"b")]
     watched = subprocess.run([sys.executable, "-m", "engram_cli", "watch", "-c", "loop",
                               "--cursor", "looper", "--count", "2", "--json"],

@@ -20,7 +20,7 @@ from tests.conftest import WAIT
 # How each client talks to its transport, beside the operations they share.
 BLOCKING_ONLY = {"close", "interrupt", "send", "receive", "next_id", "reply_timeout",
                  "autostart", "timeout", "start_timeout"}
-TRIO_ONLY = {"aclose", "connect_timeout", "usable"}  # usable: for connections shared by tasks
+TRIO_ONLY = {"aclose", "connect_timeout", "usable", "call_on"}  # for connections shared by tasks
 
 
 def public(cls: type) -> set[str]:
@@ -106,3 +106,45 @@ def test_the_trio_client_starts_the_daemon_it_needs(env: dict[str, str]) -> None
     finally:
         with Client(env["ENGRAM_SOCKET"], autostart=False, env=env) as engram:
             engram.shutdown()
+
+
+async def test_a_trio_call_on_a_closed_conversation_raises_unavailable(
+        daemon: Server, config: DaemonConfig) -> None:
+    """The daemon hung up and the reader has seen it: the next call is Unavailable (an
+    EngramError a caller can handle), never the protocol object's own state error."""
+    with trio.fail_after(WAIT):
+        async with open_client(config.socket, autostart=False, agent_id="t") as engram:
+            await engram.ping()
+            daemon.engine.request_shutdown()
+            while engram.usable:  # the reader files the end of the conversation
+                await trio.sleep(0.01)
+            with pytest.raises(Unavailable):
+                await engram.ping()
+
+
+async def test_trio_calls_racing_a_close_raise_unavailable(
+        daemon: Server, config: DaemonConfig) -> None:
+    """Calls in flight, or about to be sent, while another task closes the connection
+    (what the gateway's tasks do when the daemon restarts) each end in Unavailable, and
+    a later call makes a fresh connection."""
+    with trio.fail_after(WAIT):
+        async with open_client(config.socket, autostart=False, agent_id="t") as engram:
+            outcomes: list[BaseException | None] = []
+
+            async def ping() -> None:
+                try:
+                    await engram.ping()
+                    outcomes.append(None)
+                except Unavailable as exc:
+                    outcomes.append(exc)
+
+            for _ in range(30):
+                outcomes.clear()
+                async with trio.open_nursery() as nursery:
+                    for _ in range(4):
+                        nursery.start_soon(ping)
+                    nursery.start_soon(engram.aclose)
+                    for _ in range(4):
+                        nursery.start_soon(ping)
+                assert len(outcomes) == 8
+            assert isinstance(await engram.ping(), Pong)

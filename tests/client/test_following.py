@@ -43,9 +43,9 @@ def write(socket: str, count: int, tag: str) -> list[int]:
         return [engram.create_unit("f", "MESSAGE", f"{tag}{n}").seq for n in range(count)]
 
 
-def stored_cursor(socket: str, name: str) -> int:
-    """Where *name* stands: a subscription under it starts there."""
-    with connect(socket) as engram:
+def stored_cursor(socket: str, name: str, agent: str) -> int:
+    """Where *agent*'s cursor *name* stands: a subscription under it starts there."""
+    with connect(socket, agent) as engram:
         subscription = engram.subscribe(cursor=name)
         subscription.close()
         return subscription.cursor
@@ -104,15 +104,16 @@ def test_watch_under_a_cursor_delivers_each_event_once_across_a_restart(
     wait_until(lambda: following(socket), "the follower to subscribe")
     before = write(socket, 5, "before ")
     wait_until(lambda: len(seen) == 5, "the first five events")
-    assert stored_cursor(socket, "lib") == before[0]
+    assert stored_cursor(socket, "lib", "follower") == before[0]
     restart(engramd, how)
     after = write(socket, 3, "after ")
     wait_until(lambda: len(seen) >= 8, "the three events after the restart")
     stop.set()
     follower.join(WAIT)
     assert seen == before + after
-    # Another follower under the name starts after its acknowledgement: at least once.
-    with connect(socket) as engram:
+    # Another follower under the name (the agent's) starts after its acknowledgement: at
+    # least once.
+    with connect(socket, "follower") as engram:
         again = engram.subscribe(cursor="lib", contexts=["f"], kinds=["unit.created"])
         assert unit_seqs(again, 7) == before[1:] + after
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import msgspec
@@ -21,6 +22,7 @@ from engramd.protocol import (
     UnitCreated,
     Welcome,
 )
+from engramd.storage import Store, seq_bytes
 from tests.conftest import (
     RawConnection,
     ThreadedDaemon,
@@ -162,6 +164,52 @@ def test_a_new_cursor_is_stored_where_its_first_subscription_starts(
             assert bot.subscribe(cursor="fresh", after=0).cursor == start
             assert bot.subscribe(cursor="from-zero", after=0).cursor == 0
             assert bot.subscribe(cursor="from-zero").cursor == 0
+
+
+def test_named_cursors_belong_to_their_agent(threaded_daemon: ThreadedDaemon) -> None:
+    """Two agents may use one name: each has its own position, never the other's."""
+    config = threaded_daemon.config
+    with connect(config) as engram:
+        seqs = [engram.create_unit("n", "MESSAGE", str(n)).seq for n in range(4)]
+    with connect(config, "alice") as alice, connect(config, "bob") as bob:
+        alice.ack_cursor("feed", seqs[1])
+        theirs = bob.subscribe(cursor="feed", kinds=["unit.created"])
+        assert theirs.cursor == seqs[-1]  # a name new to bob: from now, not alice's place
+        theirs.close()
+        bob.ack_cursor("feed", seqs[-1])
+        mine = alice.subscribe(cursor="feed", kinds=["unit.created"])
+        assert mine.cursor == seqs[1]
+        assert [e.seq for e in events(mine, 2)] == seqs[2:]
+
+
+def test_an_ack_beyond_the_head_is_refused(threaded_daemon: ThreadedDaemon) -> None:
+    config = threaded_daemon.config
+    with connect(config, "alice") as alice:
+        head = alice.create_unit("n", "MESSAGE", "x").seq
+        alice.ack_cursor("feed", head)
+        for beyond in (head + 1, 10**12):
+            with pytest.raises(BadRequest, match="beyond the newest"):
+                alice.ack_cursor("feed", beyond)
+        with pytest.raises(BadRequest):
+            alice.ack_cursor("feed", -1)
+        assert alice.subscribe(cursor="feed").cursor == head
+
+
+def test_a_cursor_stored_before_cursors_had_owners_is_where_each_agent_starts(
+        config: DaemonConfig) -> None:
+    """A store from before: ``n/<name>`` with no agent. Each agent's first use of the name
+    starts there; its acknowledgements are its own from then on."""
+    with start_threaded(config), connect(config) as engram:
+        seqs = [engram.create_unit("n", "MESSAGE", str(n)).seq for n in range(4)]
+    store = Store(os.path.join(config.data_dir, "store"))
+    store.db.put(b"n/old-feed", seq_bytes(seqs[1]))  # as an engramd before owners wrote it
+    store.db.close()
+    with start_threaded(config), connect(config, "alice") as alice, \
+            connect(config, "bob") as bob:
+        assert alice.subscribe(cursor="old-feed").cursor == seqs[1]
+        alice.ack_cursor("old-feed", seqs[3])
+        assert bob.subscribe(cursor="old-feed").cursor == seqs[1]
+        assert alice.subscribe(cursor="old-feed").cursor == seqs[3]
 
 
 def subscribed_raw(config: DaemonConfig, after: int = 0) -> RawConnection:

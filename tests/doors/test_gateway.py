@@ -81,11 +81,15 @@ def _first_line(process: subprocess.Popen[str]) -> str:
 
 
 @contextmanager
-def gateway(env: dict[str, str], *args: str) -> Iterator[Gateway]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "engram_cli", "gateway", "--listen", "127.0.0.1:0", "--json",
-         *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+def gateway(env: dict[str, str], *args: str, open_files: int | None = None
+            ) -> Iterator[Gateway]:
+    """``engram gateway`` on a free port; *open_files*: its RLIMIT_NOFILE (soft and hard)."""
+    command = [sys.executable, "-m", "engram_cli", "gateway", "--listen", "127.0.0.1:0",
+               "--json", *args]
+    if open_files is not None:
+        command = ["sh", "-c", f'ulimit -n {open_files} && exec "$@"', "sh", *command]
+    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = _first_line(process)
     if not line:
         process.wait(WAIT)
@@ -521,8 +525,48 @@ def test_a_websocket_cursor_sends_each_event_once_across_a_daemon_restart(
             assert json.loads(ws.recv(timeout=WAIT))["seq"] == first[1]
 
 
-def cursor_at(engramd: DaemonProcess, name: str) -> int:
-    with connect(engramd.socket) as engram:
+def test_a_websocket_cursor_is_its_agents_own(engramd: DaemonProcess) -> None:
+    """Bob, with his own token, opens Alice's cursor name: he gets a cursor of his own
+    (from now), never her position, and cannot move hers; nor can an ack beyond the
+    newest event skip what is to come."""
+    tokens = {agent: run_cli(engramd.env, "agent", "token", "create", agent).stdout.strip()
+              for agent in ("alice", "bob")}
+    with gateway(engramd.env, "--auth", "token") as gw:
+        def bearer(agent: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {tokens[agent]}"}
+
+        seqs = [gw.http.post("/workunit", json={"context_id": "own", "payload": str(n)},
+                             headers=bearer("alice")).json()["units"][0]["seq"]
+                for n in range(3)]
+        url = f"{gw.ws_url}/stream?context=own&kind=unit.created&cursor=feed&heartbeat=0.05"
+        with ws_connect(url + "&after=0", additional_headers=bearer("alice"),
+                        open_timeout=WAIT) as ws:
+            assert [json.loads(ws.recv(timeout=WAIT))["seq"] for _ in range(3)] == seqs
+            ws.send(json.dumps({"ack": seqs[0]}))
+            wait_until(lambda: cursor_at(engramd, "feed", "alice") == seqs[0], "her ack")
+        with ws_connect(url, additional_headers=bearer("bob"), open_timeout=WAIT) as ws:
+            first = json.loads(ws.recv(timeout=WAIT))
+            assert first["kind"] == "heartbeat" and first["cursor"] == seqs[-1]
+            for beyond in (seqs[-1] + 1, 10**12):
+                ws.send(json.dumps({"ack": beyond}))
+                reply = json.loads(ws.recv(timeout=WAIT))
+                while reply["kind"] == "heartbeat":
+                    reply = json.loads(ws.recv(timeout=WAIT))
+                assert reply["kind"] == "error" and reply["code"] == "bad_request"
+                assert "beyond the newest event" in reply["message"]
+            ws.send(json.dumps({"ack": seqs[-1]}))
+            wait_until(lambda: cursor_at(engramd, "feed", "bob") == seqs[-1], "his ack")
+        assert cursor_at(engramd, "feed", "alice") == seqs[0]
+        with ws_connect(url, additional_headers=bearer("alice"), open_timeout=WAIT) as ws:
+            message = json.loads(ws.recv(timeout=WAIT))
+            while message["kind"] == "heartbeat":
+                message = json.loads(ws.recv(timeout=WAIT))
+            assert message["seq"] == seqs[1]
+
+
+def cursor_at(engramd: DaemonProcess, name: str, agent: str = "tester") -> int:
+    """Where *agent*'s cursor *name* stands (the gateway's own agent by default)."""
+    with connect(engramd.socket, agent) as engram:
         subscription = engram.subscribe(cursor=name)
         subscription.close()
         return subscription.cursor

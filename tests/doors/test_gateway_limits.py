@@ -3,7 +3,10 @@ input, the one error shape; the real ``engram gateway`` and ``engramd`` as proce
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -11,22 +14,28 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("hypercorn")
 
 import httpx2
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from engram_cli.client import requests
-from tests.conftest import WAIT, DaemonProcess, connect, run_cli, wait_until
+from engram_cli.doors.gateway.link import STREAM_BUFFER_BYTES
+from tests.conftest import WAIT, DaemonProcess, connect, run_cli, start_engramd, wait_until
 from tests.doors.test_gateway import (
+    Collected,
     Gateway,
     as_agent,
     error_code,
     gateway,
     open_gateway,
     open_gateway_streams,
+    read_sse,
     sse_events,
 )
 
@@ -169,6 +178,317 @@ def test_a_reader_that_takes_nothing_is_let_go_and_resumes_with_last_event_id(
                     if len(seqs) == 3000:
                         break
         assert len(seqs) == 3000 and seqs == sorted(set(seqs))
+
+
+# -- streams that come and go while the daemon restarts -------------------------------
+
+class Churn:
+    """Threads that open an SSE stream, read its status line, leave at once and open the
+    next, until told to stop; what each status line said is counted."""
+
+    def __init__(self, gw: Gateway, threads: int = 8) -> None:
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        self.address = (host, int(port))
+        self.statuses: dict[str, int] = {}
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._open, args=(n,)) for n in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def _open(self, n: int) -> None:
+        while not self.done.is_set():
+            try:
+                with socket.create_connection(self.address, timeout=WAIT) as sock:
+                    sock.sendall(f"GET /stream-sse?context=churn HTTP/1.1\r\nHost: "
+                                 f"127.0.0.1\r\nX-Agent-ID: c{n}\r\n\r\n".encode())
+                    said = sock.recv(12)[9:12].decode() or "closed"
+            except OSError as exc:
+                said = type(exc).__name__
+            with self.lock:
+                self.statuses[said] = self.statuses.get(said, 0) + 1
+
+    def count(self) -> int:
+        with self.lock:
+            return sum(self.statuses.values())
+
+    def wait_for(self, more: int) -> None:
+        mark = self.count()
+        wait_until(lambda: self.count() >= mark + more, "streams to come and go")
+
+    def stop(self) -> dict[str, int]:
+        self.done.set()
+        for thread in self.threads:
+            thread.join(WAIT)
+        return self.statuses
+
+
+def test_streams_opened_and_closed_while_the_daemon_restarts_never_end_the_gateway(
+        open_gateway: Gateway, engramd: DaemonProcess) -> None:
+    """Every stream is answered 200 (they wait for the daemon), the gateway lives on, and
+    a stream opened after gets what is written."""
+    churn = Churn(open_gateway)
+    try:
+        for _ in range(3):
+            churn.wait_for(20)
+            engramd.stop()
+            engramd.process = start_engramd(engramd.env)
+        churn.wait_for(20)
+    finally:
+        statuses = churn.stop()
+    assert open_gateway.process.poll() is None, open_gateway.process.stderr.read()  # type: ignore[union-attr]
+    assert set(statuses) == {"200"}, statuses
+    collected = Collected()
+    reader = threading.Thread(target=read_sse, args=(open_gateway, {"context": "churn"}, 1,
+                                                     collected))
+    reader.start()
+    wait_until(lambda: open_gateway_streams(open_gateway) >= 1, "the stream open")
+    open_gateway.http.post("/workunit", json={"context_id": "churn", "payload": "after"})
+    reader.join(WAIT)
+    assert collected.error is None
+    assert [e["unit"]["payload"] for e in collected.events] == ["after"]  # type: ignore[index]
+
+
+def test_a_sigterm_as_100_streams_close_is_a_clean_exit(engramd: DaemonProcess) -> None:
+    """The streams' subscriptions are ended in the background as the daemon connections
+    close for the stop: exit status 0, and nothing in the log."""
+    for _ in range(3):
+        with gateway(engramd.env) as gw:
+            streams = [RawStream(gw, f"context=term&heartbeat={n % 7 + 1}")
+                       for n in range(100)]
+            wait_until(lambda: open_gateway_streams(gw) == 100, "100 streams open")
+            for stream in streams:
+                stream.close()
+            gw.process.send_signal(signal.SIGTERM)
+            assert gw.process.wait(WAIT) == 0
+            assert gw.process.stderr is not None
+            err = gw.process.stderr.read()
+            assert "Traceback" not in err and "error" not in err, err[-3000:]
+
+
+def test_past_the_stream_cap_a_stream_is_refused_503_with_retry_after(
+        engramd: DaemonProcess) -> None:
+    """One daemon connection holds 64 streams: the 65th (SSE or WebSocket) is 503 at
+    once, not an open stream without events; a place freed is a place again."""
+    with gateway(engramd.env, "--daemon-connections", "1") as gw:
+        streams = [RawStream(gw, "context=cap") for _ in range(64)]
+        wait_until(lambda: open_gateway_streams(gw) == 64, "64 streams open")
+        refused = gw.http.get("/stream-sse", params={"context": "cap"})
+        assert refused.status_code == 503 and error_code(refused) == "unavailable"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "--daemon-connections" in refused.json()["error"]["message"]
+        with pytest.raises(InvalidStatus) as ws_refused:
+            ws_connect(f"{gw.ws_url}/stream?context=cap", open_timeout=WAIT)
+        assert ws_refused.value.response.status_code == 503
+        streams.pop().close()
+        wait_until(lambda: open_gateway_streams(gw) == 63, "a place freed")
+        collected = Collected()
+        reader = threading.Thread(target=read_sse, args=(gw, {"context": "cap"}, 1,
+                                                         collected))
+        reader.start()
+        wait_until(lambda: open_gateway_streams(gw) == 64, "the stream open")
+        gw.http.post("/workunit", json={"context_id": "cap", "payload": "in"})
+        reader.join(WAIT)
+        assert collected.error is None and len(collected.events) == 1
+        for stream in streams:
+            stream.close()
+
+
+def _follow(gw: Gateway, params: dict[str, str], count: int) -> tuple[threading.Thread, Collected]:
+    """An SSE reader of *count* events of any kind, in a thread."""
+    collected = Collected()
+
+    def read() -> None:
+        try:
+            with httpx2.Client(base_url=gw.url, timeout=WAIT) as http, \
+                    http.stream("GET", "/stream-sse", params=params) as response:
+                assert response.status_code == 200
+                for event in sse_events(response.iter_lines()):
+                    if "id" in event:
+                        collected.events.append({"kind": event["event"],
+                                                 **json.loads(event["data"])})
+                        if len(collected.events) >= count:
+                            return
+        except BaseException as exc:
+            collected.error = exc
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_until(lambda: open_gateway_streams(gw) >= 1, "the stream open")
+    return reader, collected
+
+
+def test_a_stream_opened_while_the_daemon_is_away_loses_nothing_written_after(
+        open_gateway: Gateway, engramd: DaemonProcess) -> None:
+    """Opened with no ``after`` while engramd is down, answered 200: what is written
+    once it is back (a new context, two units) all comes, from the moment it opened."""
+    open_gateway.http.get("/readyz")  # the gateway has seen the daemon's head
+    write_units(engramd, "before", 2)
+    engramd.stop()
+    reader, collected = _follow(open_gateway, {"context": "later"}, 3)
+    engramd.process = start_engramd(engramd.env)
+    with connect(engramd.socket, "writer") as writer:  # at once, before the stream is back
+        writer.create_units([requests.draft("later", "MESSAGE", "one")])
+        writer.create_units([requests.draft("later", "MESSAGE", "two")])
+    reader.join(WAIT)
+    assert collected.error is None, collected.error
+    assert [e["kind"] for e in collected.events] == \
+        ["context.created", "unit.created", "unit.created"]
+    assert [e["unit"]["payload"] for e in collected.events[1:]] == ["one", "two"]  # type: ignore[index]
+
+
+def test_a_gateway_that_never_saw_the_daemon_streams_from_the_start_of_the_log(
+        engramd: DaemonProcess) -> None:
+    write_units(engramd, "early", 1)
+    engramd.stop()
+    with gateway({**engramd.env, "ENGRAM_NO_AUTOSTART": "1"}) as gw:
+        reader, collected = _follow(gw, {"context": "early", "kind": "unit.created"}, 2)
+        engramd.process = start_engramd(engramd.env)
+        write_units(engramd, "early", 1)
+        reader.join(WAIT)
+        assert collected.error is None, collected.error
+        assert len(collected.events) == 2
+
+
+def resident_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def pushes_delivered(engramd: DaemonProcess) -> int:
+    with connect(engramd.socket, "observer") as client:
+        stream = client.status().stream
+        assert stream is not None
+        return stream.delivered
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_idle_readers_of_big_units_hold_a_bounded_number_of_bytes(
+        engramd: DaemonProcess) -> None:
+    """10 SSE readers that read nothing while 130 units of 100 KB are written: each
+    subscription's window (128 pushes) comes to the gateway, which keeps at most
+    STREAM_BUFFER_BYTES of it per stream and --stream-memory in all (re-reading the
+    rest from the log when the reader gets there), not 10 x 128 x 100 KB."""
+    memory = 8 * 1024 * 1024
+    with gateway(engramd.env, "--stream-memory", str(memory)) as gw:
+        readers = [RawStream(gw, "context=big&heartbeat=60") for _ in range(10)]
+        try:
+            wait_until(lambda: open_gateway_streams(gw) == 10, "10 streams open")
+            before = resident_mb(gw.process.pid)
+            pushed = pushes_delivered(engramd)
+            write_units(engramd, "big", 130, "y" * 100_000)
+            wait_until(lambda: pushes_delivered(engramd) >= pushed + 10 * 128,
+                       "every window to reach the gateway")
+            grown = resident_mb(gw.process.pid) - before
+            assert grown < 60, f"the gateway grew by {grown:.0f} MB"
+            assert 0 < stream_buffer_bytes(gw) <= min(memory, 10 * STREAM_BUFFER_BYTES)
+            # Every event still reaches a reader that reads, in order.
+            seqs: list[int] = []
+            for event in readers[0].events():
+                if event["event"] == "unit.created":
+                    seqs.append(int(event["id"]))
+                    if len(seqs) == 130:
+                        break
+            assert len(seqs) == 130 and seqs == sorted(set(seqs))
+        finally:
+            for reader in readers:
+                reader.close()
+        wait_until(lambda: open_gateway_streams(gw) == 0, "the streams closed")
+        assert stream_buffer_bytes(gw) == 0
+
+
+def stream_buffer_bytes(gw: Gateway) -> int:
+    found = re.search(r"^engram_gateway_stream_buffer_bytes (\d+)$",
+                      gw.http.get("/metrics").text, re.MULTILINE)
+    assert found
+    return int(found.group(1))
+
+
+# -- hostile input without credentials ------------------------------------------------
+
+def raw_request(gw: Gateway, head: bytes) -> socket.socket:
+    host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=WAIT)
+    sock.sendall(head)
+    return sock
+
+
+def answer_of(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of the response on *sock* (read until it closes)."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    return status, json.loads(body) if body.startswith(b"{") else {}
+
+
+SLOW_POST = (b"POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+             b"\r\nContent-Length: 1000\r\n\r\n{")
+
+
+def test_a_caller_without_credentials_is_refused_before_its_body(
+        engramd: DaemonProcess) -> None:
+    with gateway(engramd.env, "--auth", "token") as gw:
+        with raw_request(gw, SLOW_POST) as sock:  # the rest of the body never comes
+            status, body = answer_of(sock)
+        assert status == 401 and body["error"]["code"] == "unauthenticated"
+
+
+def test_a_body_longer_than_max_body_is_refused_by_its_length_at_once(
+        engramd: DaemonProcess) -> None:
+    with gateway(engramd.env, "--max-body", "1000") as gw:
+        with raw_request(gw, b"POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Length: 1000000000\r\n\r\n") as sock:
+            status, body = answer_of(sock)
+        assert status == 413 and body["error"]["code"] == "too_large"
+        assert "--max-body" in body["error"]["message"]
+
+
+def test_a_body_that_does_not_come_in_time_is_408(engramd: DaemonProcess) -> None:
+    with gateway(engramd.env, "--body-timeout", "0.5") as gw:
+        started = time.monotonic()
+        with raw_request(gw, SLOW_POST) as sock:
+            status, body = answer_of(sock)
+        assert status == 408 and body["error"]["code"] == "request_timeout"
+        assert time.monotonic() - started < WAIT
+        # A body that comes, slowly but in time, is read.
+        with raw_request(gw, b"POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Length: 40\r\nConnection: close\r\n\r\n") as sock:
+            for part in (b'{"context_id": "c", ', b'"payload": "slow"}  '):
+                time.sleep(0.1)
+                sock.sendall(part)
+            status, body = answer_of(sock)
+        assert status == 201, body
+
+
+def test_out_of_file_descriptors_is_said_once_and_slow_bodies_give_them_back(
+        engramd: DaemonProcess) -> None:
+    """64 descriptors, 80 connections that send half a body: accept fails (EMFILE) until
+    the body timeout cuts them; the log says so once, without a traceback, and
+    /healthz answers again."""
+    with gateway(engramd.env, "--body-timeout", "1", open_files=64) as gw:
+        socks = [raw_request(gw, SLOW_POST) for _ in range(80)]
+
+        def healthy() -> bool:
+            try:
+                return httpx2.get(f"{gw.url}/healthz", timeout=1).status_code == 200
+            except httpx2.TransportError:
+                return False
+
+        try:
+            wait_until(healthy, "/healthz to answer again", timeout=WAIT * 2)
+        finally:
+            for sock in socks:
+                sock.close()
+        gw.process.terminate()
+        assert gw.process.wait(WAIT) == 0
+        assert gw.process.stderr is not None
+        err = gw.process.stderr.read()
+        assert "Traceback" not in err, err[-2000:]
+        assert sum("file descriptors" in line for line in err.splitlines()) == 1, err[-2000:]
 
 
 # -- 2. many identities --------------------------------------------------------------

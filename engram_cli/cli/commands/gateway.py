@@ -56,6 +56,15 @@ def gateway(
         "--stream-stall", metavar="SECONDS", min=0.1,
         help="A stream whose client takes nothing this long is let go (it resumes).")
     ] = 60.0,
+    body_timeout: Annotated[float, typer.Option(
+        "--body-timeout", metavar="SECONDS", min=0.1,
+        help="A request body must come whole this soon after its headers (else 408).")
+    ] = 30.0,
+    stream_memory: Annotated[int, typer.Option(
+        "--stream-memory", metavar="BYTES", min=1024 * 1024,
+        help="Bytes of events all streams together hold for their clients (each at most "
+        "2 MiB); past them, events are read again from the journal when wanted.")
+    ] = 128 * 1024 * 1024,
     json: JsonOption = False,
 ) -> None:
     """Serve engram over HTTP, Server-Sent Events and WebSocket, as a client of engramd.
@@ -108,7 +117,8 @@ def gateway(
         origins=policy.Origins(hosts=frozenset(h.lower() for h in allow_hosts or ()),
                                cors=frozenset(o.lower().rstrip("/")
                                               for o in cors_origins or ())),
-        max_body=max_body, daemon_connections=daemon_connections, stream_stall=stream_stall)
+        max_body=max_body, daemon_connections=daemon_connections, stream_stall=stream_stall,
+        stream_memory=stream_memory, body_timeout=body_timeout)
 
     def listening(urls: list[str]) -> None:
         if out.json:

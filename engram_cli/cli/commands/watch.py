@@ -30,9 +30,9 @@ MetaOption = Annotated[list[str] | None, typer.Option(
     "--meta", "-m", metavar="KEY=VALUE", help="Only units with this metadata (repeatable).")]
 CursorOption = Annotated[str | None, typer.Option(
     "--cursor", metavar="NAME",
-    help="A named cursor kept by the daemon: start after the last event handed out under "
-    "NAME (a new NAME starts where --since says, and is kept from there), and move it past "
-    "each event shown.")]
+    help="A named cursor kept by the daemon, this agent's own: start after the last event "
+    "handed out under NAME (a new NAME starts where --since says, and is kept from there), "
+    "and move it past each event shown.")]
 SinceOption = Annotated[str, typer.Option(
     "--since", metavar="now|start|SEQ",
     help="Start after this point: now (default), the start, or a sequence number.")]

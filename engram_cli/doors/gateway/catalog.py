@@ -145,8 +145,8 @@ BASE = (400, 403)
 CALLER = (*BASE, 401, 429, 503, 504)
 """What any request made for a caller may get besides: credentials refused (401), the
 daemon's refusal (403), its rate limit (429), the daemon away (503), no answer (504)."""
-WITH_BODY = (413,)
-"""A body over ``--max-body``."""
+WITH_BODY = (408, 413)
+"""A body not whole within ``--body-timeout`` (408), or over ``--max-body`` (413)."""
 
 AbsolutePath = Annotated[str, msgspec.Meta(
     min_length=1, max_length=b.MAX_RESOURCE_BYTES - len("file:"), pattern=r"^/[^\u0000]*$",
@@ -242,16 +242,19 @@ ERRORS = {
     401: "unauthenticated: no credentials, or credentials refused",
     403: "forbidden: the caller may not (also a Host or Origin this gateway does not answer)",
     404: "not_found: the named thing does not exist",
+    408: "request_timeout: the body did not come whole within --body-timeout",
     409: "conflict, lock_held or deadlock: the request contradicts the current state; "
          "timeout: the wait it asked for ran out (the lease is held still)",
     413: "too_large: a body over --max-body, or a daemon limit",
     426: "upgrade_required: not a WebSocket handshake",
     429: "rate_limited: retry after Retry-After seconds",
-    503: "unavailable: the daemon is away, stopping or recovering",
+    503: "unavailable: the daemon is away, stopping or recovering (retry after "
+         "Retry-After seconds)",
     504: "timeout: engramd did not answer within 30 s beyond the request's wait",
 }
 ERROR_HEADERS = {401: ("WWW-Authenticate", "Bearer"),
-                  429: ("Retry-After", "Whole seconds")}
+                  429: ("Retry-After", "Whole seconds"),
+                  503: ("Retry-After", "Whole seconds")}
 
 AGENT_HEADER = {"name": "X-Agent-ID", "in": "header", "required": False,
                  "description": "With --auth none: the agent the request is made for (else "

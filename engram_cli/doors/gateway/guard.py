@@ -9,9 +9,9 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any
 
-from engram_cli.doors.gateway.policy import Origins
+from engram_cli.doors.gateway.policy import Origins, status_for, too_large
 from engram_cli.doors.gateway.replies import error_response
-from engramd.protocol import Forbidden, InternalError
+from engramd.protocol import EngramError, Forbidden, InternalError, TooLarge
 
 log = logging.getLogger("engram.gateway")
 
@@ -30,13 +30,17 @@ class Tally:
     def count(self, method: str, route: str, status: int) -> None:
         self.requests[method, route, status] += 1
 
-    def prometheus_text(self, *, daemon_up: int) -> str:
+    def prometheus_text(self, *, daemon_up: int, stream_bytes: int = 0) -> str:
         lines = ["# HELP engram_gateway_daemon_up Whether the gateway reached engramd.",
                  "# TYPE engram_gateway_daemon_up gauge",
                  f"engram_gateway_daemon_up {daemon_up}",
                  "# HELP engram_gateway_streams_open Live SSE and WebSocket streams.",
                  "# TYPE engram_gateway_streams_open gauge",
                  f"engram_gateway_streams_open {self.streams_open}",
+                 "# HELP engram_gateway_stream_buffer_bytes Bytes of events the streams "
+                 "hold for their clients.",
+                 "# TYPE engram_gateway_stream_buffer_bytes gauge",
+                 f"engram_gateway_stream_buffer_bytes {stream_bytes}",
                  "# HELP engram_gateway_http_requests_total HTTP requests answered.",
                  "# TYPE engram_gateway_http_requests_total counter"]
         for (method, route, status), count in sorted(self.requests.items()):
@@ -52,10 +56,12 @@ def _escape(value: str) -> str:
 class Guard:
     """ASGI middleware: refuse what no endpoint should see, count what they answer."""
 
-    def __init__(self, app: Any, *, origins: Origins, tally: Tally) -> None:
+    def __init__(self, app: Any, *, origins: Origins, tally: Tally,
+                 max_body: int | None = None) -> None:
         self.app = app
         self.origins = origins
         self.tally = tally
+        self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -63,14 +69,16 @@ class Guard:
             return
         headers = {name.decode("latin-1"): value.decode("latin-1")
                    for name, value in scope.get("headers", [])}
-        refusal = self._refusal(headers)
+        refusal: EngramError | None = self._refusal(headers)
+        if refusal is None and scope["type"] == "http":
+            refusal = self._too_long(headers)
         if refusal is not None:
             if scope["type"] == "websocket":
                 # Closing before accepting answers the handshake with 403.
                 await send({"type": "websocket.close", "code": 1008})
             else:
                 await error_response(refusal)(scope, receive, send)
-            self.tally.count(scope.get("method", "WS"), "refused", 403)
+            self.tally.count(scope.get("method", "WS"), "refused", status_for(refusal.code))
             return
         status = 0
 
@@ -96,6 +104,14 @@ class Guard:
             route = scope.get("route")
             self.tally.count(scope.get("method", "WS"),
                              getattr(route, "path", "unmatched"), status or 101)
+
+    def _too_long(self, headers: dict[str, str]) -> TooLarge | None:
+        """A body longer than ``--max-body`` by its ``Content-Length``: refused before a
+        byte of it is read (hypercorn has checked that the length is a number)."""
+        length = headers.get("content-length", "")
+        if self.max_body is not None and length.isdigit() and int(length) > self.max_body:
+            return too_large(self.max_body)
+        return None
 
     def _refusal(self, headers: dict[str, str]) -> Forbidden | None:
         host = headers.get("host")

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import trio
@@ -29,9 +31,13 @@ from engram_cli.client.errors import ClientTimeout
 from engram_cli.client.settings import Target
 from engram_cli.doors.gateway.auth import Credentials, Unauthenticated
 from engramd.protocol import (
+    ClientConnection,
     ClientMessage,
+    Ended,
     EngramError,
+    EventPush,
     Forbidden,
+    GetStatus,
     GrantPushes,
     Push,
     ServerMessage,
@@ -46,6 +52,7 @@ from engramd.protocol import (
 )
 
 R = TypeVar("R", bound=ServerMessage)
+log = logging.getLogger("engram.gateway")
 
 CONNECT_TIMEOUT = 2.0
 CONNECTIONS = 8
@@ -58,25 +65,84 @@ STREAMS_PER_CONNECTION = 64
 by default); a connection the daemon refuses one more holds no more."""
 WINDOW = 128
 """Pushes a stream's subscription may send ahead of what its HTTP client took."""
+STREAM_BUFFER_BYTES = 2 * 1024 * 1024
+"""Bytes of pushes one stream keeps for its client at most (one event more when it keeps
+none): past them, events are let go and read again from the log when the client gets
+there. 128 pushes of small events fit; 128 of 100 KB do not."""
+STREAM_MEMORY = 128 * 1024 * 1024
+"""Bytes of pushes all streams together keep at most (``--stream-memory``)."""
+FULL_RETRY = 5
+"""Seconds a stream refused for want of a place is told to wait (``Retry-After``)."""
 CREDENTIALS_REFUSED = "credentials refused"
 """How engramd begins refusing an ``as`` request's credentials (engramd.tokens)."""
 
 
+class StreamsFull(Unavailable):
+    """Every daemon connection holds all the streams it may (503 with ``Retry-After``):
+    a stream is refused at once rather than answered and left waiting for a place."""
+
+
+class Budget:
+    """The bytes of pushes every feed together holds, against ``--stream-memory``."""
+
+    def __init__(self, limit: int = STREAM_MEMORY) -> None:
+        self.limit = limit
+        self.used = 0
+
+
 class Feed:
     """The pushes of one subscription, filed by the connection's reader (never waiting:
-    the window bounds them), taken by its stream; ``lost`` once they stop coming."""
+    the window bounds them in number, the budgets in bytes), taken by its stream;
+    ``lost`` once they stop coming.
 
-    def __init__(self) -> None:
-        self.pushes: collections.deque[Push] = collections.deque()
+    An event that would take the feed past :data:`STREAM_BUFFER_BYTES` (unless it holds
+    nothing), or every feed past the shared :class:`Budget`, is let go: the feed is
+    then ``overflowed``, lets every later push go too (an ``ended`` excepted), and its
+    stream, once it has taken what the feed holds, subscribes again after the last
+    event it took: the log keeps what memory does not."""
+
+    def __init__(self, budget: Budget, limit: int = STREAM_BUFFER_BYTES) -> None:
+        self.pushes: collections.deque[tuple[Push, int]] = collections.deque()
+        self.bytes = 0
         self.lost: EngramError | None = None
+        self.overflowed = False
+        self._budget = budget
+        self._limit = limit
         self._changed = trio.Event()
 
-    def offer(self, push: Push) -> None:
+    def offer(self, push: Push, size: int) -> None:
+        if self.lost is not None:
+            return
+        if self.overflowed and not isinstance(push, Ended):
+            return
+        if isinstance(push, EventPush) and not self._room(size):
+            self.overflowed = True
+            self._changed.set()
+            return
         if len(self.pushes) > 2 * WINDOW:  # the daemon ignored the window: start over
             self.fail(Unavailable("engramd pushed past the window"))
             return
-        self.pushes.append(push)
+        self.pushes.append((push, size))
+        self.bytes += size
+        self._budget.used += size
         self._changed.set()
+
+    def _room(self, size: int) -> bool:
+        if self.pushes and self.bytes + size > self._limit:
+            return False
+        return self._budget.used == 0 or self._budget.used + size <= self._budget.limit
+
+    def take(self) -> Push:
+        push, size = self.pushes.popleft()
+        self.bytes -= size
+        self._budget.used -= size
+        return push
+
+    def clear(self) -> None:
+        """Let go of what it holds (its stream has ended)."""
+        self._budget.used -= self.bytes
+        self.pushes.clear()
+        self.bytes = 0
 
     def fail(self, error: EngramError) -> None:
         if self.lost is None:
@@ -84,11 +150,26 @@ class Feed:
         self._changed.set()
 
     async def wait(self) -> None:
-        """Until something was filed or the feed was lost (cancel at will)."""
-        if self.pushes or self.lost is not None:
+        """Until something was filed, or the feed was lost or overflowed (cancel at will)."""
+        if self.pushes or self.lost is not None or self.overflowed:
             return
         self._changed = trio.Event()
         await self._changed.wait()
+
+
+class _Routes:
+    """The feeds of one conversation, by subscription: where its reader files pushes.
+    Subscription ids are request ids, so they mean something on their connection only."""
+
+    def __init__(self, protocol: ClientConnection) -> None:
+        self.feeds: dict[int, Feed] = {}
+        self._protocol = protocol
+
+    def __call__(self, push: Push) -> bool:
+        feed = self.feeds.get(push.subscription)
+        if feed is not None:
+            feed.offer(push, self._protocol.frame_size)
+        return True  # a subscription no stream follows any more: dropped
 
 
 class _Channel(AsyncClient):
@@ -98,28 +179,46 @@ class _Channel(AsyncClient):
         super().__init__(target, nursery, CONNECT_TIMEOUT)
         self.slots = trio.Semaphore(IN_FLIGHT)
         self.feeds: dict[int, Feed] = {}
+        """The feeds of the current conversation (a new one with each connection)."""
         self.stream_limit = STREAMS_PER_CONNECTION
 
     @property
     def load(self) -> int:
         return IN_FLIGHT - self.slots.value
 
-    async def _read(self, protocol: Any, stream: trio.SocketStream,
+    def _conversation(self) -> ClientConnection:
+        protocol = super()._conversation()
+        routes = _Routes(protocol)
+        self.feeds = routes.feeds
+        protocol.route = routes
+        return protocol
+
+    async def _read(self, protocol: ClientConnection, stream: trio.SocketStream,
                     scope: trio.CancelScope) -> None:
-        protocol.route = self._route
         try:
             await super()._read(protocol, stream, scope)
         finally:
             lost = protocol.ended or Unavailable("lost the connection to engramd")
-            for feed in self.feeds.values():
+            assert isinstance(protocol.route, _Routes)
+            for feed in protocol.route.feeds.values():
                 feed.fail(lost)
-            self.feeds.clear()
+            protocol.route.feeds.clear()
 
-    def _route(self, push: Push) -> bool:
-        feed = self.feeds.get(push.subscription)
-        if feed is not None:
-            feed.offer(push)
-        return True  # a subscription no stream follows any more: dropped
+
+@dataclass(frozen=True)
+class Subscription:
+    """A stream's subscription: the connection and the conversation it lives on (its id
+    means nothing on another), and the feed its pushes go to."""
+
+    channel: _Channel
+    protocol: ClientConnection
+    feeds: dict[int, Feed]
+    feed: Feed
+    reply: Subscribed
+
+    @property
+    def id(self) -> int:
+        return self.reply.subscription
 
 
 class DaemonLink:
@@ -127,14 +226,23 @@ class DaemonLink:
 
     def __init__(self, socket_path: str, nursery: trio.Nursery, *,
                  gateway_agent: str, env: Mapping[str, str],
-                 connections: int = CONNECTIONS) -> None:
+                 connections: int = CONNECTIONS, stream_memory: int = STREAM_MEMORY) -> None:
         self.socket_path = socket_path
+        self.budget = Budget(stream_memory)
         self.gateway_agent = gateway_agent
         self.size = connections
         self._nursery = nursery
         self._env = env
         self._channels: list[_Channel] = []
         self._freed = trio.Event()
+        self.head_seq: int | None = None
+        """The newest seq the gateway has seen the daemon name (None: none since the
+        gateway started): where a stream opened while the daemon is away starts."""
+
+    def saw_head(self, seq: int) -> None:
+        """The daemon named *seq* as durable (a status, a subscription, an event)."""
+        if self.head_seq is None or seq > self.head_seq:
+            self.head_seq = seq
 
     @property
     def connections(self) -> int:
@@ -157,8 +265,15 @@ class DaemonLink:
         """*channel* connected (a fresh conversation if its last one ended)."""
         if not channel.usable:
             await channel.aclose()
+        before = channel._protocol
         try:
             await channel.connect()
+            if channel._protocol is not before:
+                # A new conversation: learn the daemon's head (streams opened while it
+                # is away start there, so nothing written after them is lost).
+                status = await channel.call(GetStatus())
+                if status.journal is not None:
+                    self.saw_head(status.journal.last_seq)
         except (ClientTimeout, trio.TooSlowError):
             await channel.aclose()
             raise Unavailable("engramd did not answer the connection in time") from None
@@ -198,32 +313,35 @@ class DaemonLink:
             return result(await self.request(spoken), reply_type(type(request)))
 
     async def subscribe(self, credentials: Credentials, subscribe: Subscribe
-                        ) -> tuple[_Channel, Feed, Subscribed]:
+                        ) -> Subscription:
         """A subscription for the caller on a connection with room for it, and the feed
         its pushes go to. Unavailable when every connection holds all it may."""
         tried: set[int] = set()
         while True:
             channel = self._stream_channel(tried)
             await self._ready(channel)
-            protocol = channel._protocol
-            assert protocol is not None
+            protocol, feeds = channel._protocol, channel.feeds
+            if protocol is None:  # closed as it connected (the daemon went away)
+                raise Unavailable("lost the connection to engramd")
             request_id = protocol.allocate_id()
-            feed = channel.feeds[request_id] = Feed()
+            feed = feeds[request_id] = Feed(self.budget)
             try:
                 with refused_as_unauthenticated():
-                    reply = await channel.call(SpeakFor(
+                    reply = await channel.call_on(protocol, SpeakFor(
                         id=request_id, agent_id=credentials.agent_id,
                         token=credentials.token, delegated=credentials.delegated,
                         request=subscribe))
-                return channel, feed, result(reply, Subscribed)
+                return Subscription(channel, protocol, feeds, feed,
+                                    result(reply, Subscribed))
             except TooLarge:
-                channel.feeds.pop(request_id, None)
-                channel.stream_limit = len(channel.feeds)
+                feeds.pop(request_id, None)
+                feed.clear()
+                channel.stream_limit = len(feeds)
                 tried.add(id(channel))
             except BaseException:
                 # Cancelled after the request left, it may be subscribed: undo that.
-                channel.feeds[request_id] = feed
-                self.forget(channel, request_id)
+                feed.clear()
+                self._unsubscribe(channel, protocol, feeds, request_id)
                 raise
 
     def _stream_channel(self, tried: set[int]) -> _Channel:
@@ -233,22 +351,38 @@ class DaemonLink:
             return min(room, key=lambda c: len(c.feeds))
         if len(self._channels) < self.size:
             return self._new_channel()
-        raise Unavailable(f"the gateway follows as many streams as its {self.size} daemon "
-                          "connections may hold (--daemon-connections)")
+        held = sum(len(c.feeds) for c in self._channels)
+        raise StreamsFull(f"the gateway follows as many streams as its {self.size} daemon "
+                          f"connections may hold ({held}; --daemon-connections); retry in "
+                          f"{FULL_RETRY}s")
 
-    async def grant(self, channel: _Channel, subscription: int, count: int) -> None:
+    async def grant(self, subscription: Subscription, count: int) -> None:
         """Let *subscription* push *count* more (its stream took that many)."""
         with contextlib.suppress(EngramError):  # a connection lost: its feeds are told
-            await channel.call(GrantPushes(subscription=subscription, count=count))
+            await subscription.channel.call_on(subscription.protocol, GrantPushes(
+                subscription=subscription.id, count=count))
 
-    def forget(self, channel: _Channel, subscription: int) -> None:
-        """The stream of *subscription* has ended: unsubscribe in the background."""
-        if channel.feeds.pop(subscription, None) is None or not channel.usable:
-            return
+    def forget(self, subscription: Subscription) -> None:
+        """The stream of *subscription* has ended (or will follow another): let go of
+        what its feed holds, and unsubscribe in the background."""
+        subscription.feed.clear()
+        self._unsubscribe(subscription.channel, subscription.protocol, subscription.feeds,
+                          subscription.id)
+
+    def _unsubscribe(self, channel: _Channel, protocol: ClientConnection,
+                     feeds: dict[int, Feed], subscription: int) -> None:
+        if feeds.pop(subscription, None) is None or protocol.ended is not None:
+            return  # (a connection that ended took its subscriptions with it)
 
         async def unsubscribe() -> None:
-            with trio.move_on_after(CONNECT_TIMEOUT), contextlib.suppress(EngramError):
-                await channel.call(Unsubscribe(subscription=subscription))
+            try:
+                with trio.move_on_after(CONNECT_TIMEOUT):
+                    await channel.call_on(protocol, Unsubscribe(subscription=subscription))
+            except EngramError:
+                pass  # the connection is gone, and the subscription with it
+            except Exception:
+                # A bug: logged, never fatal to the gateway (this task is not a request's).
+                log.exception("unsubscribing a stream that ended")
 
         self._nursery.start_soon(unsubscribe)
 

@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from engramd.protocol import ErrorCode
+from engramd.protocol import ErrorCode, TooLarge
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
@@ -32,6 +32,8 @@ METHOD_NOT_ALLOWED = "method_not_allowed"
 """The gateway's own code (405): the path exists, not with that method."""
 UPGRADE_REQUIRED = "upgrade_required"
 """The gateway's own code (426): a plain request to the WebSocket's path."""
+REQUEST_TIMEOUT = "request_timeout"
+"""The gateway's own code (408): the request's body did not come whole in time."""
 
 _RETRY_IN = re.compile(r"retry in ([0-9.]+)s")
 
@@ -44,11 +46,19 @@ def status_for(code: str) -> int:
         return 405
     if code == UPGRADE_REQUIRED:
         return 426
+    if code == REQUEST_TIMEOUT:
+        return 408
     return STATUS_FOR_CODE.get(code, 500)
 
 
+def too_large(max_body: int) -> TooLarge:
+    """A request body over ``--max-body`` (413)."""
+    return TooLarge(f"request body over {max_body} bytes (--max-body)")
+
+
 def retry_after(message: str) -> int:
-    """Whole seconds for ``Retry-After`` from a ``rate_limited`` message (at least 1)."""
+    """Whole seconds for ``Retry-After`` from a ``rate_limited`` or ``unavailable``
+    message's "retry in Ns" (at least 1; 1 when it names none)."""
     found = _RETRY_IN.search(message)
     return max(1, math.ceil(float(found.group(1)))) if found else 1
 

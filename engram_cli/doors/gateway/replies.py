@@ -23,7 +23,8 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def error_response(exc: EngramError) -> Response:
     status = 504 if getattr(exc, "gateway_timeout", False) else status_for(exc.code)
-    headers = {"Retry-After": str(retry_after(str(exc)))} if status == 429 else None
+    headers = {"Retry-After": str(retry_after(str(exc)))} if status in (429, 503) \
+        else None
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
     return json_response({"error": {"code": exc.code, "message": str(exc)}}, status, headers)

@@ -94,7 +94,8 @@ async def metrics(gw: Gateway, request: Request) -> Response:
         up = 1
     except (EngramError, trio.TooSlowError, OSError):
         daemon, up = "", 0
-    text = daemon + gw.tally.prometheus_text(daemon_up=up)
+    text = daemon + gw.tally.prometheus_text(daemon_up=up,
+                                              stream_bytes=gw.link.budget.used)
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import resource
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +30,7 @@ from starlette.routing import Route, WebSocketRoute
 from engram_cli.doors.gateway import openapi, query, streams
 from engram_cli.doors.gateway.auth import Authenticator
 from engram_cli.doors.gateway.guard import Guard
-from engram_cli.doors.gateway.link import CONNECTIONS, DaemonLink
+from engram_cli.doors.gateway.link import CONNECTIONS, STREAM_MEMORY, DaemonLink
 from engram_cli.doors.gateway.policy import (
     METHOD_NOT_ALLOWED,
     UPGRADE_REQUIRED,
@@ -36,7 +39,7 @@ from engram_cli.doors.gateway.policy import (
 )
 from engram_cli.doors.gateway.replies import error_response, json_response
 from engram_cli.doors.gateway.routes import QUERY, ROUTES
-from engram_cli.doors.gateway.state import MAX_BODY, ClientLeft, Gateway, Handler
+from engram_cli.doors.gateway.state import BODY_TIMEOUT, MAX_BODY, ClientLeft, Gateway, Handler
 from engramd.protocol import BadRequest, EngramError, NotFound
 
 log = logging.getLogger("engram.gateway")
@@ -55,6 +58,8 @@ class Settings:
     max_body: int = MAX_BODY
     daemon_connections: int = CONNECTIONS
     stream_stall: float = 60.0
+    stream_memory: int = STREAM_MEMORY
+    body_timeout: float = BODY_TIMEOUT
 
 
 class _Config(Config):
@@ -74,8 +79,49 @@ class _Config(Config):
         return sockets
 
 
+class _OutOfFiles(logging.Filter):
+    """trio's accept loop reports EMFILE (and its kin) with a traceback ten times a
+    second while the process is out of file descriptors: one line, once a minute."""
+
+    INTERVAL = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said = -math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._said < self.INTERVAL:
+            return False
+        self._said = now
+        limit = _open_files_limit()
+        record.msg = ("engram gateway: out of file descriptors (%s; the limit is %s): new "
+                      "connections wait until some close (said at most once a minute)")
+        record.args = (record.args[0] if isinstance(record.args, tuple) and record.args
+                       else "EMFILE", limit)
+        record.exc_info = record.exc_text = None
+        return True
+
+
+def _open_files_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _raise_open_files() -> None:
+    """The soft limit on open files up to the hard one: each HTTP connection is one (the
+    limit is a safety net, not a budget; engramd's connections are few)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve(settings: Settings, on_listening: Callable[[list[str]], None]) -> None:
     """Serve until a stop signal; *on_listening* gets the bound URLs once they are."""
+    _raise_open_files()
+    logging.getLogger("trio.serve_listeners").addFilter(_OutOfFiles())
     config = _Config()
     config.user_timeout = settings.stream_stall
     config.bind = settings.listen.binds
@@ -103,10 +149,12 @@ async def _serve(settings: Settings, config: Config, stop: trio.Event,
     async with trio.open_nursery() as nursery:
         link = DaemonLink(settings.socket_path, nursery,
                           gateway_agent=settings.auth.default_agent, env=settings.env,
-                          connections=settings.daemon_connections)
+                          connections=settings.daemon_connections,
+                          stream_memory=settings.stream_memory)
         gateway = Gateway(link=link, auth=settings.auth, origins=settings.origins,
                           max_body=settings.max_body, stopping=stop,
-                          stream_stall=settings.stream_stall)
+                          stream_stall=settings.stream_stall,
+                          body_timeout=settings.body_timeout)
 
         async def run(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
@@ -179,7 +227,8 @@ def build_app(gw: Gateway) -> Starlette:
                Route("/stream/sse", sse, methods=["GET"]),
                WebSocketRoute("/stream", streams.websocket_endpoint(gw)),
                Route("/stream", _not_a_handshake, methods=["GET"])]
-    middleware = [Middleware(Guard, origins=gw.origins, tally=gw.tally)]
+    middleware = [Middleware(Guard, origins=gw.origins, tally=gw.tally,
+                             max_body=gw.max_body)]
     if gw.origins.cors:
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=sorted(gw.origins.cors),

@@ -16,13 +16,22 @@ from starlette.responses import Response
 from engram_cli.doors.gateway.auth import Authenticator, Credentials, Unauthenticated
 from engram_cli.doors.gateway.guard import Tally
 from engram_cli.doors.gateway.link import DaemonLink
-from engram_cli.doors.gateway.policy import Origins
-from engramd.protocol import BadRequest, ClientMessage, ServerMessage, Timeout, TooLarge
+from engram_cli.doors.gateway.policy import REQUEST_TIMEOUT, Origins, too_large
+from engramd.protocol import (
+    BadRequest,
+    ClientMessage,
+    EngramError,
+    ServerMessage,
+    Timeout,
+    TooLarge,
+)
 
 R = TypeVar("R", bound=ServerMessage)
 
 MAX_BODY = 4 * 1024 * 1024
 """Request bodies are bounded (``--max-body``); the daemon's own limits apply within."""
+BODY_TIMEOUT = 30.0
+"""Seconds a request's body may take to come whole, from its headers (``--body-timeout``)."""
 REPLY_GRACE = 30.0
 """How long a daemon answer may take beyond the wait the request asked for."""
 TICKET_TTL = 30.0
@@ -72,9 +81,15 @@ class Gateway:
     stream_stall: float = 60.0
     """Seconds a stream's client may take nothing before it is let go."""
     tickets: Tickets = field(default_factory=Tickets)
+    body_timeout: float = BODY_TIMEOUT
+    """Seconds a request body may take to come whole (408 after)."""
 
     def credentials(self, request: HTTPConnection) -> Credentials:
-        return self.auth.identify(request.headers)
+        """Who the request is, from its headers (checked once per request)."""
+        known = request.scope.get("engram.credentials")
+        if known is None:
+            known = request.scope["engram.credentials"] = self.auth.identify(request.headers)
+        return known
 
     def stream_credentials(self, request: HTTPConnection) -> Credentials:
         """A stream's credentials: its ``ticket``, else its headers'."""
@@ -97,17 +112,24 @@ class Gateway:
         raise NoAnswer("engramd did not answer in time")
 
     async def body(self, request: Request) -> bytes:
-        """The request body, refused past ``max_body`` (413) even without a length."""
+        """The request body, once the caller's headers prove who it is (401 before a byte
+        of it is read); refused past ``max_body`` (413, by its length at once, else as it
+        comes) and when it has not come whole within ``body_timeout`` (408)."""
+        self.credentials(request)
         size = 0
         chunks = []
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self.max_body:
-                    raise TooLarge(f"request body over {self.max_body} bytes (--max-body)")
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise ClientLeft from None
+        with trio.move_on_after(self.body_timeout) as late:
+            try:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_body:
+                        raise too_large(self.max_body)
+                    chunks.append(chunk)
+            except ClientDisconnect:
+                raise ClientLeft from None
+        if late.cancelled_caught:
+            raise RequestTimeout(f"the request body did not come whole within "
+                                 f"{self.body_timeout:g}s (--body-timeout)")
         return b"".join(chunks)
 
 
@@ -117,6 +139,12 @@ class NoAnswer(Timeout):
     409)."""
 
     gateway_timeout = True
+
+
+class RequestTimeout(EngramError):
+    """A request's body did not come whole in time (HTTP 408)."""
+
+    code = REQUEST_TIMEOUT
 
 
 class ClientLeft(Exception):

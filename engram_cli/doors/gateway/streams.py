@@ -35,7 +35,7 @@ from engram_cli.client import requests
 from engram_cli.client.errors import ClientTimeout
 from engram_cli.doors.gateway import query
 from engram_cli.doors.gateway.auth import Credentials
-from engram_cli.doors.gateway.link import WINDOW, Feed, _Channel
+from engram_cli.doors.gateway.link import WINDOW, StreamsFull, Subscription
 from engram_cli.doors.gateway.query import SseQuery, StreamQuery, WebSocketQuery
 from engram_cli.doors.gateway.replies import error_response
 from engram_cli.doors.gateway.state import Gateway
@@ -98,25 +98,34 @@ class Following:
         self.name = cursor
         self.head_seq = 0
         self._started = False
-        self._current: tuple[_Channel, Feed, int] | None = None
+        self._current: Subscription | None = None
         self._ungranted = 0
 
     async def _subscribe(self) -> None:
         options = {**self.filters, "after": self.after}
         if not self._started:
             options["cursor"] = self.name
-        channel, feed, reply = await self.gw.link.subscribe(
+        subscription = await self.gw.link.subscribe(
             self.credentials, requests.subscribe(**options))
+        reply = subscription.reply
         self.after, self.head_seq = reply.after, max(self.head_seq, reply.head_seq)
+        self.gw.link.saw_head(reply.head_seq)
         self._started = True
-        self._current, self._ungranted = (channel, feed, reply.subscription), 0
+        self._current, self._ungranted = subscription, 0
 
     async def start(self) -> bool:
-        """Subscribe once: an error the daemon gives is raised; False while it is away
-        (:meth:`take` keeps trying)."""
+        """Subscribe once: an error the daemon gives is raised, and so is
+        :class:`StreamsFull` (503: no place for one more); False while the daemon is
+        away (:meth:`take` keeps trying)."""
         try:
             await self._subscribe()
+        except StreamsFull:
+            raise
         except (Unavailable, ClientTimeout):
+            if self.after is None:
+                # "From now" is the moment the stream is answered: after the newest head
+                # the gateway saw (at or before now), else from the start of the log.
+                self.after = self.gw.link.head_seq or 0
             return False
         return True
 
@@ -130,22 +139,25 @@ class Following:
                 except (Unavailable, ClientTimeout):
                     await trio.sleep(RETRY)
                 continue
-            channel, feed, subscription = self._current
-            if self._ungranted >= WINDOW // 2 and feed.lost is None:
-                await self.gw.link.grant(channel, subscription, self._ungranted)
+            subscription = self._current
+            feed = subscription.feed
+            if self._ungranted >= WINDOW // 2 and feed.lost is None and not feed.overflowed:
+                await self.gw.link.grant(subscription, self._ungranted)
                 self._ungranted = 0
             await feed.wait()
             taken: list[Event | Heartbeat] = []
             while feed.pushes and len(taken) < limit:
-                push = feed.pushes.popleft()
+                push = feed.take()
                 self._ungranted += 1
                 if isinstance(push, EventPush):
                     self.after = push.event.seq
                     self.head_seq = max(self.head_seq, push.event.seq)
+                    self.gw.link.saw_head(push.event.seq)
                     taken.append(push.event)
                 elif isinstance(push, Heartbeat):
                     self.after = max(self.after or 0, push.cursor)
                     self.head_seq = max(self.head_seq, push.head_seq)
+                    self.gw.link.saw_head(push.head_seq)
                     taken.append(push)
                 elif isinstance(push, Lagged):
                     self.after = push.cursor
@@ -154,7 +166,9 @@ class Following:
                 elif isinstance(push, Ended):
                     self._drop()
                     raise error_for(push.code, push.message)
-            if self._current is not None and feed.lost is not None and not feed.pushes:
+            if self._current is not None and not feed.pushes \
+                    and (feed.lost is not None or feed.overflowed):
+                # Lost, or past its byte budget: follow again after the last event taken.
                 self._drop()
             if taken:
                 return taken
@@ -169,8 +183,7 @@ class Following:
 
     def _drop(self) -> None:
         if self._current is not None:
-            channel, _, subscription = self._current
-            self.gw.link.forget(channel, subscription)
+            self.gw.link.forget(self._current)
             self._current = None
 
     def close(self) -> None:
