@@ -342,7 +342,9 @@ class Dispatcher:
                     raise BadRequest("engramd is not in cluster mode (cluster.servers is "
                                      "not set)")
                 await parts.cluster.refresh_facts()
-                return ClusterReport(id=request.id, status=parts.cluster.status(),
+                status = self.engine.cluster_status()
+                assert status is not None
+                return ClusterReport(id=request.id, status=status,
                                      machines=await parts.cluster.machines())
             case AcknowledgeCuts():
                 ledger = self.engine.cuts

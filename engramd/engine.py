@@ -387,7 +387,8 @@ class Engine:
         parts = self._parts
         if parts is None or parts.cluster is None:
             return None
-        return parts.cluster.status()
+        return msgspec.structs.replace(parts.cluster.status(),
+                                       leases_synced=parts.leases.synced)
 
     async def verify(self, request_id: int) -> VerifyReport:
         """Walk the whole store against the log (one walk at a time, in a worker thread)."""

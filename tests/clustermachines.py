@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from engram_cli.bench.natslab import NatsCluster
 from engram_cli.client import Client
-from tests.conftest import WAIT, run_cli, start_engramd
+from tests.conftest import WAIT, run_cli, start_engramd, wait_until
 
 
 @dataclass
@@ -20,14 +20,26 @@ class Machine:
     name: str
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
+    reaches_cluster: bool = True
+    """Whether it is started expecting to reach the cluster (its leases read)."""
 
     @property
     def socket(self) -> str:
         return self.env["ENGRAM_SOCKET"]
 
     def start(self) -> Machine:
+        """Started, and ready to take leases (its view of the cluster's leases read):
+        on a busy machine that can take longer than a lease request waits for it."""
         self.process = start_engramd(self.env)
+        if self.reaches_cluster:
+            wait_until(self._leases_synced,
+                       f"machine {self.name} to read the cluster's leases")
         return self
+
+    def _leases_synced(self) -> bool:
+        with self.client() as engram:
+            cluster = engram.status().cluster
+        return cluster is not None and cluster.leases_synced
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -221,6 +221,11 @@ class ClusterLeaseManager(LeaseManager):
             return revision
         raise KeyChanged(key)
 
+    @property
+    def synced(self) -> bool:
+        """The watch has seen the bucket once."""
+        return self.view.synced.is_set()
+
     async def _connected(self) -> None:
         """Wait (as long as a write would) until the watch has seen the bucket."""
         with trio.move_on_after(self.timeout):

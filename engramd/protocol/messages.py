@@ -178,6 +178,8 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     """``file`` or ``memory`` (as last seen; empty: never reached)."""
     failure: str | None = None
     """Why the view stopped following the stream (it needs a rebuild)."""
+    leases_synced: bool = False
+    """This machine has read the cluster's leases once: it can take and end leases."""
 
 
 class ClusterMachine(msgspec.Struct, frozen=True, kw_only=True):

@@ -32,6 +32,8 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
         ("this machine", state.machine),
         ("view at message", str(state.view_stream_seq)), ("view lag (messages)", lag),
         ("replicas", str(state.replicas)), ("leader", state.leader or "unknown"),
+        ("leases", "read" if state.leases_synced
+         else "NOT read yet: leases cannot be taken or ended"),
         *([("view stopped", state.failure)] if state.failure else []),
     ])
     out.table("replicas", ["replica", "role", "current", "lag", "last active"],

@@ -285,9 +285,11 @@ def test_cluster_status_shows_the_stream_the_view_and_the_machines(
     state = found["status"]
     assert state["reachable"] and state["replicas"] == 3 and len(state["peers"]) == 2
     assert state["lag"] == 0 and state["view_stream_seq"] == state["stream_last_seq"] >= 1
+    assert state["leases_synced"] is True
     assert {m["socket"] for m in found["machines"]} == {m.socket for m in machines}
     plain = a.cli("cluster", "status")
     assert plain.returncode == 0 and state["stream"] in plain.stdout
+    assert "leases" in plain.stdout and "NOT read" not in plain.stdout
 
 
 def test_cluster_status_on_one_machine_says_it_is_not_clustered(engramd: Any) -> None:
