@@ -605,6 +605,30 @@ def test_every_error_is_the_one_json_shape(open_gateway: Gateway) -> None:
     assert wrong_agent.status_code == 403
 
 
+def requests_total(gw: Gateway) -> dict[tuple[str, str, str], int]:
+    """``engram_gateway_http_requests_total`` by (method, route, status)."""
+    found = re.findall(r'^engram_gateway_http_requests_total\{method="([^"]*)",route="([^"]*)",'
+                       r'status="(\d+)"\} (\d+)$', gw.http.get("/metrics").text, re.MULTILINE)
+    return {(method, route, status): int(count) for method, route, status, count in found}
+
+
+def test_methods_and_paths_a_client_invents_are_one_label_each(open_gateway: Gateway) -> None:
+    invented = 40
+    for n in range(invented):
+        with raw_request(open_gateway, f"M{n}X /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         f"Connection: close\r\n\r\n".encode()) as sock:
+            assert answer_of(sock)[0] == 405
+        assert open_gateway.http.get(f"/nowhere-{n}").status_code == 404
+        assert open_gateway.http.request("PUT", f"/elsewhere/{n}").status_code == 404
+    counted = requests_total(open_gateway)
+    assert {method for method, _, _ in counted} <= {"GET", "PUT", "other"}, counted
+    assert counted["other", "/healthz", "405"] == invented
+    assert counted["GET", "unmatched", "404"] == invented
+    assert counted["PUT", "unmatched", "404"] == invented
+    routes = {route for _, route, _ in counted}
+    assert routes <= {"/healthz", "/metrics", "unmatched"}, routes
+
+
 def test_aborted_uploads_and_leaving_stream_clients_log_no_tracebacks(
         engramd: DaemonProcess) -> None:
     with gateway(engramd.env) as gw:
