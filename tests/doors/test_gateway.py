@@ -499,6 +499,34 @@ def test_a_websocket_cursor_resumes_after_its_acknowledgement(open_gateway: Gate
 
 
 
+def next_reply(ws: Any) -> dict[str, Any]:
+    """The next message on *ws* that is not an event or a heartbeat."""
+    while (message := json.loads(ws.recv(timeout=WAIT)))["kind"] in ("unit.created",
+                                                                      "heartbeat"):
+        pass
+    return dict(message)
+
+
+def test_a_binary_message_gets_an_error_message_and_the_stream_goes_on(
+        engramd: DaemonProcess) -> None:
+    with gateway(engramd.env) as gw:
+        def post(payload: str) -> int:
+            reply = gw.http.post("/workunit", json={"context_id": "bin", "payload": payload})
+            return int(reply.json()["units"][0]["seq"])
+
+        first = post("one")
+        url = f"{gw.ws_url}/stream?context=bin&kind=unit.created&after=0&cursor=bin"
+        with ws_connect(url, open_timeout=WAIT) as ws:
+            assert json.loads(ws.recv(timeout=WAIT))["seq"] == first
+            ws.send(b"\x00\xffnot text")
+            reply = next_reply(ws)
+            assert reply["code"] == "bad_request" and "text" in reply["message"], reply
+            second = post("two")
+            assert json.loads(ws.recv(timeout=WAIT))["seq"] == second
+            ws.send(json.dumps({"ack": second}))
+            wait_until(lambda: cursor_at(engramd, "bin") == second, "the ack after it")
+
+
 def test_a_websocket_cursor_sends_each_event_once_across_a_daemon_restart(
         engramd: DaemonProcess) -> None:
     with gateway(engramd.env) as gw:

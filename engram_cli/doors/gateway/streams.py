@@ -23,7 +23,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -369,8 +369,13 @@ async def _refuse(websocket: WebSocket, exc: EngramError) -> None:
         await websocket.close(code=1011, reason=f"{exc.code}: {exc}"[:120])
 
 
-def _acknowledged(text: str, cursor: str | None) -> int:
-    """The seq a client message acknowledges; BadRequest for anything else."""
+def _acknowledged(received: Mapping[str, Any], cursor: str | None) -> int:
+    """The seq a client message (an ASGI ``websocket.receive``) acknowledges; BadRequest
+    for anything else, a binary message included."""
+    text = received.get("text")
+    if text is None:
+        raise BadRequest('the stream reads text messages only: send {"ack": SEQ} as text, '
+                         'not binary')
     try:
         message = msgspec.json.decode(text)
     except (msgspec.DecodeError, RecursionError):
@@ -393,15 +398,16 @@ async def _converse(websocket: WebSocket, following: Following, gw: Gateway) -> 
                 await websocket.close(code=1001, reason="the gateway is stopping")
 
         async def acknowledgements() -> None:
+            # Each client message is answered alone: one it cannot read (not JSON, not
+            # an ack, binary) gets an error message and the stream goes on.
             try:
-                while True:
-                    text = await websocket.receive_text()
+                while (received := await websocket.receive())["type"] == "websocket.receive":
                     try:
-                        await following.acknowledge(_acknowledged(text, following.name))
+                        await following.acknowledge(_acknowledged(received, following.name))
                     except EngramError as exc:
                         await websocket.send_json({"kind": "error", "code": exc.code,
                                                    "message": str(exc)})
-            except (WebSocketDisconnect, RuntimeError, KeyError):
+            except (WebSocketDisconnect, RuntimeError):
                 pass
             nursery.cancel_scope.cancel()
 
