@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("hypercorn")
 
 import httpx2
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from engram_cli.client import requests
@@ -662,11 +662,12 @@ def test_a_non_pem_public_key_is_refused_at_start(env: dict[str, str], scratch: 
 
 # -- 3. streams end with their credentials -------------------------------------------
 
-def _stream_error(gw: Gateway, headers: dict[str, str], then: object = None
-                  ) -> dict[str, object]:
+def _stream_error(gw: Gateway, headers: dict[str, str], then: object = None,
+                  params: dict[str, str] | None = None) -> dict[str, object]:
     """Open an SSE stream, run *then* once it is open, and return its error event."""
     with httpx2.Client(base_url=gw.url, timeout=WAIT) as http, \
-            http.stream("GET", "/stream-sse", params={"context": "ends", "heartbeat": "0.2"},
+            http.stream("GET", "/stream-sse", params={"context": "ends", "heartbeat": "0.2",
+                                                      **(params or {})},
                         headers=headers) as response:
         assert response.status_code == 200
         for event in sse_events(response.iter_lines()):
@@ -690,6 +691,32 @@ def test_a_stream_ends_at_its_jwts_exp_with_an_error_event(
         error = _stream_error(gw, {"Authorization": f"Bearer {token}"})
         assert error["code"] == "unauthenticated" and "expired" in str(error["message"])
         assert 1 <= time.monotonic() - started < 5
+
+
+def test_a_ticket_lives_no_longer_than_the_jwt_behind_it(
+        engramd: DaemonProcess, scratch: str) -> None:
+    from tests.doors.test_gateway import SECRET, _claims, _hs256
+
+    secret = Path(scratch, "secret")
+    secret.write_text(SECRET)
+    with gateway(engramd.env, "--auth", "jwt", "--jwt-secret-file", str(secret)) as gw:
+        bearer = {"Authorization": f"Bearer {_hs256(_claims(exp=int(time.time()) + 3))}"}
+        tickets = [gw.http.post("/stream/ticket", headers=bearer).json()["ticket"]
+                   for _ in range(3)]
+        # A stream opened with a ticket ends at the JWT's exp, as one opened with it does.
+        with pytest.raises(ConnectionClosed) as closed, ws_connect(
+                f"{gw.ws_url}/stream?context=ends&heartbeat=0.2&ticket={tickets[0]}",
+                open_timeout=WAIT) as ws:
+            error = _stream_error(gw, {}, params={"ticket": tickets[1]})
+            assert error["code"] == "unauthenticated" and "expired" in str(error["message"])
+            while (message := json.loads(ws.recv(timeout=WAIT)))["kind"] == "heartbeat":
+                pass
+            assert message["code"] == "unauthenticated", message
+            ws.recv(timeout=WAIT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        # The JWT has expired (both streams ended): its last ticket opens nothing.
+        late = gw.http.get("/stream-sse", params={"ticket": tickets[2]})
+        assert late.status_code == 401 and "expired" in late.json()["error"]["message"]
 
 
 def test_a_stream_ends_when_its_agent_token_is_revoked(engramd: DaemonProcess) -> None:

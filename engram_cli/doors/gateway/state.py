@@ -64,7 +64,12 @@ class Tickets:
         if found is None or found[1] <= time.monotonic():
             raise Unauthenticated("unknown, used or expired stream ticket (POST "
                                   "/stream/ticket gives one)")
-        return found[0]
+        credentials = found[0]
+        # A ticket is worth no more than what it was issued for: a JWT that has expired
+        # since opens nothing (a stream it opened before ends at its exp).
+        if credentials.expires is not None and credentials.expires <= time.time():
+            raise Unauthenticated("the token the stream ticket was issued for has expired")
+        return credentials
 
 
 @dataclass
