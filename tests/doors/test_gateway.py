@@ -11,6 +11,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -635,12 +636,35 @@ def test_cors_is_granted_to_configured_origins_only(engramd: DaemonProcess) -> N
     (["--listen", "nowhere"], "HOST:PORT"),
     (["--auth", "jwt"], "exactly one of"),
     (["--auth", "magic"], "--auth must be one of"),
+    (["--listen", "[::1:8080"], "HOST:PORT"),
+    (["--listen", "::1:8080"], "in brackets"),
+    (["--listen", "10.255.255.1:0", "--allow-remote", "--auth", "token"],
+     "cannot listen on 10.255.255.1:0"),
+    (["--auth", "jwt", "--jwt-secret-file", "/no/such/secret"],
+     "/no/such/secret: No such file or directory"),
+    (["--auth", "jwt", "--jwt-public-key", "/"], "/: Is a directory"),
+    (["--cors-origin", "junk"], "--cors-origin must be an origin"),
+    (["--cors-origin", "*"], "name each origin"),
+    (["--cors-origin", "https://dash.example/page"], "no path"),
+    (["--cors-origin", "https://dash.example:99999"], "--cors-origin must be an origin"),
 ])
 def test_unsafe_or_wrong_settings_exit_2_with_one_line(
         env: dict[str, str], args: list[str], says: str) -> None:
     result = run_cli({**env, "ENGRAM_NO_AUTOSTART": "1"}, "gateway", *args)
     assert result.returncode == 2, result
-    assert result.stderr.count("\n") == 1 and says in result.stderr
+    assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli({**env, "ENGRAM_NO_AUTOSTART": "1"}, "gateway",
+                         "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 2, result
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"port 127.0.0.1:{port} is in use" in result.stderr
 
 
 def _hs256(claims: dict[str, object], key: str = SECRET, **headers: object) -> str:

@@ -141,8 +141,9 @@ def _public_key(path: str) -> tuple[Any, list[str]]:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+    pem = _read(path)
     try:
-        key = load_pem_public_key(_read(path))
+        key = load_pem_public_key(pem)
     except ValueError:
         raise ValueError(f"{path}: not a PEM public key") from None
     if isinstance(key, rsa.RSAPublicKey):
@@ -163,8 +164,12 @@ def _printable(name: str) -> bool:
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
+    """A key file's bytes; ValueError naming the file and why it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
