@@ -729,6 +729,36 @@ def test_a_stream_ends_when_its_agent_token_is_revoked(engramd: DaemonProcess) -
         assert error["code"] == "forbidden" and "revoked" in str(error["message"])
 
 
+def test_a_websocket_whose_token_is_revoked_closes_with_1008(engramd: DaemonProcess) -> None:
+    token = run_cli(engramd.env, "agent", "token", "create", "wswatcher").stdout.strip()
+    with gateway(engramd.env, "--auth", "token") as gw, pytest.raises(ConnectionClosed) as \
+            closed, ws_connect(f"{gw.ws_url}/stream?context=ends&heartbeat=0.2",
+                               additional_headers={"Authorization": f"Bearer {token}"},
+                               open_timeout=WAIT) as ws:
+        assert json.loads(ws.recv(timeout=WAIT))["kind"] == "heartbeat"
+        assert run_cli(engramd.env, "agent", "token", "revoke", "wswatcher").returncode == 0
+        while (message := json.loads(ws.recv(timeout=WAIT)))["kind"] == "heartbeat":
+            pass
+        assert message["kind"] == "error" and message["code"] == "forbidden", message
+        ws.recv(timeout=WAIT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+def test_two_or_an_empty_x_agent_id_is_400(open_gateway: Gateway) -> None:
+    http = open_gateway.http
+    two = http.get("/inbox/count", headers=[("X-Agent-ID", "alice"), ("X-Agent-ID", "bob")])
+    assert two.status_code == 400 and "2 X-Agent-ID headers" in two.json()["error"]["message"]
+    empty = http.get("/inbox/count", headers={"X-Agent-ID": ""})
+    assert empty.status_code == 400, empty.text
+    assert "X-Agent-ID is empty" in empty.json()["error"]["message"]
+    with pytest.raises(InvalidStatus) as stream:
+        ws_connect(f"{open_gateway.ws_url}/stream", open_timeout=WAIT,
+                   additional_headers=[("X-Agent-ID", "a"), ("X-Agent-ID", "b")])
+    assert stream.value.response.status_code == 400
+    assert http.get("/inbox/count", headers=as_agent("alice")).status_code == 200
+    assert http.get("/inbox/count").status_code == 200  # none: the gateway's agent
+
+
 # -- 6. the seed's clients -----------------------------------------------------------
 
 def test_the_seeds_bodies_parameters_and_event_names(open_gateway: Gateway) -> None:

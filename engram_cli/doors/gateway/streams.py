@@ -36,6 +36,7 @@ from engram_cli.client.errors import ClientTimeout
 from engram_cli.doors.gateway import query
 from engram_cli.doors.gateway.auth import Credentials
 from engram_cli.doors.gateway.link import WINDOW, StreamsFull, Subscription
+from engram_cli.doors.gateway.policy import UNAUTHENTICATED
 from engram_cli.doors.gateway.query import SseQuery, StreamQuery, WebSocketQuery
 from engram_cli.doors.gateway.replies import error_response
 from engram_cli.doors.gateway.state import Gateway
@@ -45,6 +46,7 @@ from engramd.protocol import (
     BadRequest,
     Ended,
     EngramError,
+    ErrorCode,
     Event,
     EventPush,
     Heartbeat,
@@ -64,6 +66,10 @@ RETRY_MS = 2000
 """What an SSE stream tells the browser to wait before reconnecting (``retry:``)."""
 SSE_BATCH = WINDOW
 """Events at most in one write to the HTTP client."""
+POLICY_VIOLATION = 1008
+"""WebSocket close code: the stream's credentials no longer hold."""
+INTERNAL_ERROR = 1011
+"""WebSocket close code: another error ended the stream."""
 _encoder = msgspec.json.Encoder()
 
 def stream_options(q: StreamQuery) -> dict[str, Any]:
@@ -353,7 +359,8 @@ def websocket_endpoint(gw: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
                 with contextlib.suppress(Exception):
                     await websocket.send_json({"kind": "error", "code": "unauthenticated",
                                                "message": "the token has expired"})
-                    await websocket.close(code=1008, reason="the token has expired")
+                    await websocket.close(code=POLICY_VIOLATION,
+                                          reason="the token has expired")
 
     return endpoint
 
@@ -366,7 +373,15 @@ async def _refuse(websocket: WebSocket, exc: EngramError) -> None:
         except RuntimeError:  # a server without the denial extension: a bare 403
             await websocket.close(code=1008)
     elif websocket.client_state is WebSocketState.CONNECTED:
-        await websocket.close(code=1011, reason=f"{exc.code}: {exc}"[:120])
+        await websocket.close(code=close_code(exc), reason=f"{exc.code}: {exc}"[:120])
+
+
+def close_code(exc: EngramError) -> int:
+    """The WebSocket close code for an error that ends a stream: 1008 (policy violation)
+    when its credentials no longer hold (a JWT's exp, a revoked token), else 1011."""
+    if exc.code in (UNAUTHENTICATED, ErrorCode.FORBIDDEN):
+        return POLICY_VIOLATION
+    return INTERNAL_ERROR
 
 
 def _acknowledged(received: Mapping[str, Any], cursor: str | None) -> int:
@@ -433,5 +448,5 @@ async def _converse(websocket: WebSocket, following: Following, gw: Gateway) -> 
             with contextlib.suppress(Exception):
                 await websocket.send_json({"kind": "error", "code": exc.code,
                                            "message": str(exc)})
-                await websocket.close(code=1011, reason=f"{exc.code}: {exc}"[:120])
+                await websocket.close(code=close_code(exc), reason=f"{exc.code}: {exc}"[:120])
         nursery.cancel_scope.cancel()
