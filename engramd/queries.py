@@ -276,8 +276,6 @@ class Queries:
             if request.min_similarity is not None and not -1 <= request.min_similarity <= 1:
                 raise BadRequest("min_similarity must be between -1 and 1")
         query = request.query if request.advanced else plain_query(request.query)
-        if request.mode == "keyword" and query is None and request.query:
-            return 0, []  # words asked for, none indexable ("***", "🚀", spaces): no match
         unit_ids: set[str] | None = None
         if request.related_to is None:  # checked all the same: never silently ignored
             walk(request.related_types, request.related_direction, request.related_depth)
@@ -292,6 +290,10 @@ class Queries:
             types=[validate.unit_type(kind) for kind in request.types], meta=request.meta,
             since_us=_micros(request.since), until_us=_micros(request.until),
             unit_ids=unit_ids)
+        if request.mode == "keyword" and query is None and request.query:
+            # Words asked for, none indexable ("***", "🚀", spaces): no match, once the
+            # filters are known to be good (a bad one is refused whatever the query).
+            return 0, []
         wanted = request.offset + request.limit
         try:
             if request.mode == "keyword":

@@ -11,6 +11,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -499,6 +500,34 @@ def test_a_websocket_cursor_resumes_after_its_acknowledgement(open_gateway: Gate
 
 
 
+def next_reply(ws: Any) -> dict[str, Any]:
+    """The next message on *ws* that is not an event or a heartbeat."""
+    while (message := json.loads(ws.recv(timeout=WAIT)))["kind"] in ("unit.created",
+                                                                      "heartbeat"):
+        pass
+    return dict(message)
+
+
+def test_a_binary_message_gets_an_error_message_and_the_stream_goes_on(
+        engramd: DaemonProcess) -> None:
+    with gateway(engramd.env) as gw:
+        def post(payload: str) -> int:
+            reply = gw.http.post("/workunit", json={"context_id": "bin", "payload": payload})
+            return int(reply.json()["units"][0]["seq"])
+
+        first = post("one")
+        url = f"{gw.ws_url}/stream?context=bin&kind=unit.created&after=0&cursor=bin"
+        with ws_connect(url, open_timeout=WAIT) as ws:
+            assert json.loads(ws.recv(timeout=WAIT))["seq"] == first
+            ws.send(b"\x00\xffnot text")
+            reply = next_reply(ws)
+            assert reply["code"] == "bad_request" and "text" in reply["message"], reply
+            second = post("two")
+            assert json.loads(ws.recv(timeout=WAIT))["seq"] == second
+            ws.send(json.dumps({"ack": second}))
+            wait_until(lambda: cursor_at(engramd, "bin") == second, "the ack after it")
+
+
 def test_a_websocket_cursor_sends_each_event_once_across_a_daemon_restart(
         engramd: DaemonProcess) -> None:
     with gateway(engramd.env) as gw:
@@ -607,12 +636,35 @@ def test_cors_is_granted_to_configured_origins_only(engramd: DaemonProcess) -> N
     (["--listen", "nowhere"], "HOST:PORT"),
     (["--auth", "jwt"], "exactly one of"),
     (["--auth", "magic"], "--auth must be one of"),
+    (["--listen", "[::1:8080"], "HOST:PORT"),
+    (["--listen", "::1:8080"], "in brackets"),
+    (["--listen", "10.255.255.1:0", "--allow-remote", "--auth", "token"],
+     "cannot listen on 10.255.255.1:0"),
+    (["--auth", "jwt", "--jwt-secret-file", "/no/such/secret"],
+     "/no/such/secret: No such file or directory"),
+    (["--auth", "jwt", "--jwt-public-key", "/"], "/: Is a directory"),
+    (["--cors-origin", "junk"], "--cors-origin must be an origin"),
+    (["--cors-origin", "*"], "name each origin"),
+    (["--cors-origin", "https://dash.example/page"], "no path"),
+    (["--cors-origin", "https://dash.example:99999"], "--cors-origin must be an origin"),
 ])
 def test_unsafe_or_wrong_settings_exit_2_with_one_line(
         env: dict[str, str], args: list[str], says: str) -> None:
     result = run_cli({**env, "ENGRAM_NO_AUTOSTART": "1"}, "gateway", *args)
     assert result.returncode == 2, result
-    assert result.stderr.count("\n") == 1 and says in result.stderr
+    assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli({**env, "ENGRAM_NO_AUTOSTART": "1"}, "gateway",
+                         "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 2, result
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"port 127.0.0.1:{port} is in use" in result.stderr
 
 
 def _hs256(claims: dict[str, object], key: str = SECRET, **headers: object) -> str:

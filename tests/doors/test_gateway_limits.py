@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("hypercorn")
 
 import httpx2
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from engram_cli.client import requests
@@ -605,6 +605,30 @@ def test_every_error_is_the_one_json_shape(open_gateway: Gateway) -> None:
     assert wrong_agent.status_code == 403
 
 
+def requests_total(gw: Gateway) -> dict[tuple[str, str, str], int]:
+    """``engram_gateway_http_requests_total`` by (method, route, status)."""
+    found = re.findall(r'^engram_gateway_http_requests_total\{method="([^"]*)",route="([^"]*)",'
+                       r'status="(\d+)"\} (\d+)$', gw.http.get("/metrics").text, re.MULTILINE)
+    return {(method, route, status): int(count) for method, route, status, count in found}
+
+
+def test_methods_and_paths_a_client_invents_are_one_label_each(open_gateway: Gateway) -> None:
+    invented = 40
+    for n in range(invented):
+        with raw_request(open_gateway, f"M{n}X /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         f"Connection: close\r\n\r\n".encode()) as sock:
+            assert answer_of(sock)[0] == 405
+        assert open_gateway.http.get(f"/nowhere-{n}").status_code == 404
+        assert open_gateway.http.request("PUT", f"/elsewhere/{n}").status_code == 404
+    counted = requests_total(open_gateway)
+    assert {method for method, _, _ in counted} <= {"GET", "PUT", "other"}, counted
+    assert counted["other", "/healthz", "405"] == invented
+    assert counted["GET", "unmatched", "404"] == invented
+    assert counted["PUT", "unmatched", "404"] == invented
+    routes = {route for _, route, _ in counted}
+    assert routes <= {"/healthz", "/metrics", "unmatched"}, routes
+
+
 def test_aborted_uploads_and_leaving_stream_clients_log_no_tracebacks(
         engramd: DaemonProcess) -> None:
     with gateway(engramd.env) as gw:
@@ -638,11 +662,12 @@ def test_a_non_pem_public_key_is_refused_at_start(env: dict[str, str], scratch: 
 
 # -- 3. streams end with their credentials -------------------------------------------
 
-def _stream_error(gw: Gateway, headers: dict[str, str], then: object = None
-                  ) -> dict[str, object]:
+def _stream_error(gw: Gateway, headers: dict[str, str], then: object = None,
+                  params: dict[str, str] | None = None) -> dict[str, object]:
     """Open an SSE stream, run *then* once it is open, and return its error event."""
     with httpx2.Client(base_url=gw.url, timeout=WAIT) as http, \
-            http.stream("GET", "/stream-sse", params={"context": "ends", "heartbeat": "0.2"},
+            http.stream("GET", "/stream-sse", params={"context": "ends", "heartbeat": "0.2",
+                                                      **(params or {})},
                         headers=headers) as response:
         assert response.status_code == 200
         for event in sse_events(response.iter_lines()):
@@ -668,6 +693,32 @@ def test_a_stream_ends_at_its_jwts_exp_with_an_error_event(
         assert 1 <= time.monotonic() - started < 5
 
 
+def test_a_ticket_lives_no_longer_than_the_jwt_behind_it(
+        engramd: DaemonProcess, scratch: str) -> None:
+    from tests.doors.test_gateway import SECRET, _claims, _hs256
+
+    secret = Path(scratch, "secret")
+    secret.write_text(SECRET)
+    with gateway(engramd.env, "--auth", "jwt", "--jwt-secret-file", str(secret)) as gw:
+        bearer = {"Authorization": f"Bearer {_hs256(_claims(exp=int(time.time()) + 3))}"}
+        tickets = [gw.http.post("/stream/ticket", headers=bearer).json()["ticket"]
+                   for _ in range(3)]
+        # A stream opened with a ticket ends at the JWT's exp, as one opened with it does.
+        with pytest.raises(ConnectionClosed) as closed, ws_connect(
+                f"{gw.ws_url}/stream?context=ends&heartbeat=0.2&ticket={tickets[0]}",
+                open_timeout=WAIT) as ws:
+            error = _stream_error(gw, {}, params={"ticket": tickets[1]})
+            assert error["code"] == "unauthenticated" and "expired" in str(error["message"])
+            while (message := json.loads(ws.recv(timeout=WAIT)))["kind"] == "heartbeat":
+                pass
+            assert message["code"] == "unauthenticated", message
+            ws.recv(timeout=WAIT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        # The JWT has expired (both streams ended): its last ticket opens nothing.
+        late = gw.http.get("/stream-sse", params={"ticket": tickets[2]})
+        assert late.status_code == 401 and "expired" in late.json()["error"]["message"]
+
+
 def test_a_stream_ends_when_its_agent_token_is_revoked(engramd: DaemonProcess) -> None:
     token = run_cli(engramd.env, "agent", "token", "create", "watcher").stdout.strip()
     with gateway(engramd.env, "--auth", "token") as gw:
@@ -676,6 +727,36 @@ def test_a_stream_ends_when_its_agent_token_is_revoked(engramd: DaemonProcess) -
 
         error = _stream_error(gw, {"Authorization": f"Bearer {token}"}, revoke)
         assert error["code"] == "forbidden" and "revoked" in str(error["message"])
+
+
+def test_a_websocket_whose_token_is_revoked_closes_with_1008(engramd: DaemonProcess) -> None:
+    token = run_cli(engramd.env, "agent", "token", "create", "wswatcher").stdout.strip()
+    with gateway(engramd.env, "--auth", "token") as gw, pytest.raises(ConnectionClosed) as \
+            closed, ws_connect(f"{gw.ws_url}/stream?context=ends&heartbeat=0.2",
+                               additional_headers={"Authorization": f"Bearer {token}"},
+                               open_timeout=WAIT) as ws:
+        assert json.loads(ws.recv(timeout=WAIT))["kind"] == "heartbeat"
+        assert run_cli(engramd.env, "agent", "token", "revoke", "wswatcher").returncode == 0
+        while (message := json.loads(ws.recv(timeout=WAIT)))["kind"] == "heartbeat":
+            pass
+        assert message["kind"] == "error" and message["code"] == "forbidden", message
+        ws.recv(timeout=WAIT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+def test_two_or_an_empty_x_agent_id_is_400(open_gateway: Gateway) -> None:
+    http = open_gateway.http
+    two = http.get("/inbox/count", headers=[("X-Agent-ID", "alice"), ("X-Agent-ID", "bob")])
+    assert two.status_code == 400 and "2 X-Agent-ID headers" in two.json()["error"]["message"]
+    empty = http.get("/inbox/count", headers={"X-Agent-ID": ""})
+    assert empty.status_code == 400, empty.text
+    assert "X-Agent-ID is empty" in empty.json()["error"]["message"]
+    with pytest.raises(InvalidStatus) as stream:
+        ws_connect(f"{open_gateway.ws_url}/stream", open_timeout=WAIT,
+                   additional_headers=[("X-Agent-ID", "a"), ("X-Agent-ID", "b")])
+    assert stream.value.response.status_code == 400
+    assert http.get("/inbox/count", headers=as_agent("alice")).status_code == 200
+    assert http.get("/inbox/count").status_code == 200  # none: the gateway's agent
 
 
 # -- 6. the seed's clients -----------------------------------------------------------

@@ -170,6 +170,12 @@ def test_a_body_names_no_envelope_and_agrees_with_its_path(open_gateway: Gateway
     assert other.status_code == 400 and "path" in other.json()["error"]["message"]
     # related_* without related_to: checked all the same, never silently ignored.
     assert http.post("/search", json={"related_types": ["NOPE"]}).status_code == 400
+    # A query without words matches nothing, once its filters are known to be good.
+    assert http.post("/search", json={"query": "***", "types": ["NOPE"]}).status_code == 400
+    assert http.post("/search", json={"query": "***", "related_types": ["NOPE"]}
+                     ).status_code == 400
+    assert http.post("/search", json={"query": "***", "types": ["MESSAGE"]}
+                     ).json()["total"] == 0
 
 
 def test_a_ticket_is_for_credentials_the_daemon_accepts(open_gateway: Gateway) -> None:

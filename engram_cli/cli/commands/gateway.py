@@ -45,7 +45,7 @@ def gateway(
         "(repeatable; e.g. the reverse proxy's).")] = None,
     cors_origins: Annotated[list[str] | None, typer.Option(
         "--cors-origin", metavar="ORIGIN", help="A browser origin allowed to call "
-        "(scheme://host[:port], repeatable).")] = None,
+        "(http[s]://host[:port], no path; repeatable; * is refused: name each).")] = None,
     max_body: Annotated[int, typer.Option(
         "--max-body", metavar="BYTES", min=1, help="The largest request body.")
     ] = 4 * 1024 * 1024,
@@ -99,6 +99,7 @@ def gateway(
         jwt_options = (jwt_secret_file, jwt_public_key, jwt_jwks)
         if auth != "jwt" and any(jwt_options):
             raise ValueError("the --jwt-* options need --auth jwt")
+        cors = frozenset(policy.parse_origin(origin) for origin in cors_origins or ())
         verifier = gateway_auth.JwtVerifier(gateway_auth.JwtSettings(
             secret_file=jwt_secret_file, public_key_file=jwt_public_key, jwks_file=jwt_jwks,
             issuer=jwt_issuer, audience=jwt_audience, agent_claim=jwt_agent_claim,
@@ -106,19 +107,22 @@ def gateway(
     except (ValueError, OSError) as exc:
         raise UsageProblem(str(exc)) from None
     client = cli.unconnected_client()
-    try:
-        cli.client()  # starts engramd when it is not running (unless ENGRAM_NO_AUTOSTART)
-    except EngramError as exc:
-        output.note(f"{exc}; /readyz answers 503 until engramd is ready")
     settings = serve.Settings(
         listen=address, socket_path=client.socket_path, env=cli.env,
         auth=gateway_auth.Authenticator(mode=auth, default_agent=client.agent_id,
                                         jwt=verifier),
         origins=policy.Origins(hosts=frozenset(h.lower() for h in allow_hosts or ()),
-                               cors=frozenset(o.lower().rstrip("/")
-                                              for o in cors_origins or ())),
+                               cors=cors),
         max_body=max_body, daemon_connections=daemon_connections, stream_stall=stream_stall,
         stream_memory=stream_memory, body_timeout=body_timeout)
+    try:
+        config = serve.bind(settings)  # a port in use is said before engramd is started
+    except serve.CannotListen as exc:
+        raise UsageProblem(str(exc)) from None
+    try:
+        cli.client()  # starts engramd when it is not running (unless ENGRAM_NO_AUTOSTART)
+    except EngramError as exc:
+        output.note(f"{exc}; /readyz answers 503 until engramd is ready")
 
     def listening(urls: list[str]) -> None:
         if out.json:
@@ -128,4 +132,4 @@ def gateway(
                         f"{settings.socket_path})")
         sys.stdout.flush()
 
-    trio.run(serve.serve, settings, listening)
+    trio.run(serve.serve, settings, config, listening)

@@ -17,11 +17,11 @@ Three ways, by ``--auth``:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from starlette.datastructures import Headers
 
 from engram_cli.doors.gateway.policy import UNAUTHENTICATED
 from engramd.protocol import BadRequest, EngramError
@@ -141,8 +141,9 @@ def _public_key(path: str) -> tuple[Any, list[str]]:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+    pem = _read(path)
     try:
-        key = load_pem_public_key(_read(path))
+        key = load_pem_public_key(pem)
     except ValueError:
         raise ValueError(f"{path}: not a PEM public key") from None
     if isinstance(key, rsa.RSAPublicKey):
@@ -163,8 +164,12 @@ def _printable(name: str) -> bool:
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
+    """A key file's bytes; ValueError naming the file and why it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -173,8 +178,8 @@ class Authenticator:
     default_agent: str
     jwt: JwtVerifier | None = None
 
-    def identify(self, headers: Mapping[str, str]) -> Credentials:
-        """The credentials of a request with *headers* (lower-case names)."""
+    def identify(self, headers: Headers) -> Credentials:
+        """The credentials of a request with *headers*."""
         scheme, _, bearer = headers.get("authorization", "").partition(" ")
         bearer = bearer.strip()
         if scheme.lower() == "bearer" and bearer:
@@ -187,7 +192,18 @@ class Authenticator:
             return Credentials(agent_id=agent, delegated=True, expires=expires)
         if self.mode != "none":
             raise Unauthenticated("authentication required: Authorization: Bearer TOKEN")
-        agent = headers.get("x-agent-id") or self.default_agent
-        if not _printable(agent):
+        return Credentials(agent_id=self._named_agent(headers.getlist("x-agent-id")))
+
+    def _named_agent(self, named: list[str]) -> str:
+        """The agent ``X-Agent-ID`` names, else the gateway's. Two of them, or an empty
+        one, is refused rather than one guessed at."""
+        if len(named) > 1:
+            raise BadRequest(f"{len(named)} X-Agent-ID headers: give one, naming the agent")
+        if not named:
+            return self.default_agent
+        if not named[0].strip():
+            raise BadRequest("X-Agent-ID is empty: give an agent name, or leave the header "
+                             "out to be the gateway's agent")
+        if not _printable(named[0]):
             raise BadRequest("X-Agent-ID must be an agent name (no control characters)")
-        return Credentials(agent_id=agent)
+        return named[0]

@@ -258,8 +258,9 @@ ERROR_HEADERS = {401: ("WWW-Authenticate", "Bearer"),
 
 AGENT_HEADER = {"name": "X-Agent-ID", "in": "header", "required": False,
                  "description": "With --auth none: the agent the request is made for (else "
-                                "the gateway's); ignored with authentication on",
-                 "schema": {"type": "string", "pattern": f"^(?:{b.AGENT_ID_PATTERN})?$"}}
+                                "the gateway's; one header, not empty, else 400); ignored "
+                                "with authentication on",
+                 "schema": {"type": "string", "pattern": f"^(?:{b.AGENT_ID_PATTERN})$"}}
 PATH_PARAMS = {"unit_id": b.UnitId, "context_id": b.ContextId, "resource": b.Resource,
                 "task_id": b.UnitId}
 

@@ -20,15 +20,39 @@ Receive = Any
 Send = Any
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""The methods counted by name; any other is counted as ``other``."""
+
+
+def method_label(scope: Scope) -> str:
+    """A request's ``method`` label: a known method, ``WS`` for a WebSocket handshake,
+    else ``other``: a client choosing its method (any token will do) must not choose
+    the number of series ``/metrics`` holds."""
+    if scope["type"] == "websocket":
+        return "WS"
+    method = scope.get("method", "")
+    return method if method in METHODS else "other"
+
+
+def route_label(scope: Scope) -> str:
+    """A request's ``route`` label: the path template of the endpoint it reached (also
+    when the method was wrong), ``unmatched`` for any path no endpoint has: never the
+    path a client chose."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
 class Tally:
-    """The gateway's own counters, in Prometheus text beside the daemon's."""
+    """The gateway's own counters, in Prometheus text beside the daemon's. Their labels
+    take a bounded set of values whatever clients send (:func:`method_label`,
+    :func:`route_label`)."""
 
     def __init__(self) -> None:
         self.requests: collections.Counter[tuple[str, str, int]] = collections.Counter()
         self.streams_open = 0
 
-    def count(self, method: str, route: str, status: int) -> None:
-        self.requests[method, route, status] += 1
+    def count(self, scope: Scope, route: str, status: int) -> None:
+        self.requests[method_label(scope), route, status] += 1
 
     def prometheus_text(self, *, daemon_up: int, stream_bytes: int = 0) -> str:
         lines = ["# HELP engram_gateway_daemon_up Whether the gateway reached engramd.",
@@ -78,7 +102,7 @@ class Guard:
                 await send({"type": "websocket.close", "code": 1008})
             else:
                 await error_response(refusal)(scope, receive, send)
-            self.tally.count(scope.get("method", "WS"), "refused", status_for(refusal.code))
+            self.tally.count(scope, "refused", status_for(refusal.code))
             return
         status = 0
 
@@ -101,9 +125,7 @@ class Guard:
                         "internal error in the gateway; see its log"))(scope, receive, counted)
             status = status or 500
         finally:
-            route = scope.get("route")
-            self.tally.count(scope.get("method", "WS"),
-                             getattr(route, "path", "unmatched"), status or 101)
+            self.tally.count(scope, route_label(scope), status or 101)
 
     def _too_long(self, headers: dict[str, str]) -> TooLarge | None:
         """A body longer than ``--max-body`` by its ``Content-Length``: refused before a

@@ -1,12 +1,15 @@
 """The gateway's connections to engramd: a few, shared by every caller and stream.
 
-Every request travels on one of at most ``connections`` connections (default 4)
+Every request travels on one of at most ``connections`` connections (default 8)
 that hold the daemon's admin token and speak for each caller (``as``, SPECS §2.10):
 per request, the daemon checks the caller's agent token, or takes the agent the
 gateway vouches for (a JWT it validated) with that agent's rights only. So the
 gateway's use of the daemon is bounded whatever the number of identities or
 streams, and what a request takes (a lease, a claim) is a session of its own,
-bound to no connection: it lives by its ttl, renewals, done or release.
+bound to no connection: it lives by its ttl, renewals, done or release. A request
+that waits (a long-poll, a lease's wait in line) holds its place as long as it asks:
+such requests take only some of the places (:data:`WAITS_PER_CONNECTION`), one agent
+only a share of those, so waits never keep out a request that answers at once.
 
 Streams are subscriptions on the same connections, each held to a window
 (``Hello.window``): the daemon pushes a subscription no further ahead than the
@@ -40,6 +43,7 @@ from engramd.protocol import (
     GetStatus,
     GrantPushes,
     Push,
+    RateLimited,
     ServerMessage,
     SpeakFor,
     Subscribe,
@@ -60,6 +64,15 @@ CONNECTIONS = 8
 IN_FLIGHT = 48
 """Requests at once on one connection (under the daemon's
 ``limits.max_inflight_per_connection``, 64 by default); more wait for a place."""
+WAITS_PER_CONNECTION = 32
+"""Of a connection's :data:`IN_FLIGHT` places, those requests that wait (a long-poll, a
+lease's wait in line) may hold: a wait holds its place for as long as it asks, so the
+other 16 are kept for requests that answer at once, and ``/readyz``."""
+WAITS_PER_AGENT_SHARE = 4
+"""One agent holds at most this fraction (a quarter) of all the places for waits, so
+that one identity's long-polls leave room for everyone else's."""
+WAIT_RETRY = 1
+"""Seconds a wait refused for want of a place is told to wait (``Retry-After``)."""
 STREAMS_PER_CONNECTION = 64
 """Subscriptions on one connection (the daemon's ``limits.max_subscriptions_per_connection``
 by default); a connection the daemon refuses one more holds no more."""
@@ -75,6 +88,15 @@ FULL_RETRY = 5
 """Seconds a stream refused for want of a place is told to wait (``Retry-After``)."""
 CREDENTIALS_REFUSED = "credentials refused"
 """How engramd begins refusing an ``as`` request's credentials (engramd.tokens)."""
+
+
+class WaitsFull(Unavailable):
+    """Every place for waits on every daemon connection is taken (503 with
+    ``Retry-After``): a wait is refused at once rather than left in line."""
+
+
+class TooManyWaits(RateLimited):
+    """The caller's agent holds all the waits one agent may (429 with ``Retry-After``)."""
 
 
 class StreamsFull(Unavailable):
@@ -178,6 +200,8 @@ class _Channel(AsyncClient):
     def __init__(self, target: Target, nursery: trio.Nursery) -> None:
         super().__init__(target, nursery, CONNECT_TIMEOUT)
         self.slots = trio.Semaphore(IN_FLIGHT)
+        self.waiting = 0
+        """Requests in flight that wait (at most :data:`WAITS_PER_CONNECTION`)."""
         self.feeds: dict[int, Feed] = {}
         """The feeds of the current conversation (a new one with each connection)."""
         self.stream_limit = STREAMS_PER_CONNECTION
@@ -235,6 +259,10 @@ class DaemonLink:
         self._env = env
         self._channels: list[_Channel] = []
         self._freed = trio.Event()
+        self.waits_per_agent = max(1, connections * WAITS_PER_CONNECTION
+                                   // WAITS_PER_AGENT_SHARE)
+        self._waits: collections.Counter[str] = collections.Counter()
+        """Waits in flight by agent (or agent token, when the daemon names the agent)."""
         self.head_seq: int | None = None
         """The newest seq the gateway has seen the daemon name (None: none since the
         gateway started): where a stream opened while the daemon is away starts."""
@@ -282,10 +310,12 @@ class DaemonLink:
             raise
         return channel
 
-    def _pick(self) -> _Channel | None:
-        """The least loaded connection with a place free, a new one while there may be
-        more; None when every place is taken."""
-        free = [c for c in self._channels if c.slots.value > 0]
+    def _pick(self, waits: bool = False) -> _Channel | None:
+        """The least loaded connection with a place free (for a request that *waits*,
+        one of its places for waits), a new one while there may be more; None when
+        every place is taken."""
+        free = [c for c in self._channels if c.slots.value > 0
+                and (not waits or c.waiting < WAITS_PER_CONNECTION)]
         idle = [c for c in free if c.load == 0]
         if idle:
             return idle[0]
@@ -293,24 +323,56 @@ class DaemonLink:
             return self._new_channel()
         return min(free, key=lambda c: c.load) if free else None
 
-    async def request(self, request: ClientMessage[R]) -> R:
-        """*request* as the gateway itself (the admin token): readiness, statistics."""
-        while (channel := self._pick()) is None:
+    def _room_to_wait(self) -> bool:
+        return len(self._channels) < self.size or any(
+            c.waiting < WAITS_PER_CONNECTION for c in self._channels)
+
+    async def request(self, request: ClientMessage[R], *, waits: bool = False) -> R:
+        """*request* as the gateway itself (the admin token): readiness, statistics.
+        One that *waits* takes one of the places kept for waits (:class:`WaitsFull`,
+        at once, when there is none); the others are never held by waits."""
+        while (channel := self._pick(waits)) is None:
+            if waits and not self._room_to_wait():
+                raise WaitsFull(f"every place for requests that wait is taken "
+                                f"({self.size} daemon connections x {WAITS_PER_CONNECTION}; "
+                                f"--daemon-connections); retry in {WAIT_RETRY}s")
             self._freed = trio.Event()
             await self._freed.wait()
-        async with channel.slots:
-            try:
+        channel.waiting += waits  # counted as it is picked, before anything yields
+        try:
+            async with channel.slots:
                 await self._ready(channel)
                 return await channel.call(request)
-            finally:
-                self._freed.set()
+        finally:
+            channel.waiting -= waits
+            self._freed.set()
 
-    async def call(self, credentials: Credentials, request: ClientMessage[R]) -> R:
-        """*request* made for the caller of *credentials* (``as``)."""
+    async def call(self, credentials: Credentials, request: ClientMessage[R], *,
+                   waits: bool = False) -> R:
+        """*request* made for the caller of *credentials* (``as``); one that *waits*
+        counts against the caller's agent's waits (:class:`TooManyWaits` past them)."""
         spoken: Any = SpeakFor(agent_id=credentials.agent_id, token=credentials.token,
                                delegated=credentials.delegated, request=cast(Any, request))
-        with refused_as_unauthenticated():
-            return result(await self.request(spoken), reply_type(type(request)))
+        with self._waiting(credentials, waits), refused_as_unauthenticated():
+            return result(await self.request(spoken, waits=waits), reply_type(type(request)))
+
+    @contextlib.contextmanager
+    def _waiting(self, credentials: Credentials, waits: bool) -> Any:
+        if not waits:
+            yield
+            return
+        who = credentials.agent_id or credentials.token or ""
+        if self._waits[who] >= self.waits_per_agent:
+            raise TooManyWaits(f"{self._waits[who]} requests that wait are in flight for "
+                               f"this agent, as many as one agent may hold; retry in "
+                               f"{WAIT_RETRY}s")
+        self._waits[who] += 1
+        try:
+            yield
+        finally:
+            self._waits[who] -= 1
+            if not self._waits[who]:
+                del self._waits[who]
 
     async def subscribe(self, credentials: Credentials, subscribe: Subscribe
                         ) -> Subscription:

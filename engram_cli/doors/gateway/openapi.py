@@ -294,10 +294,13 @@ def _streams(components: _Components) -> dict[str, Any]:
         "operationId": "stream_ws",
         "description": "A WebSocket (RFC 6455) handshake: the gateway answers 101 and sends "
                        "one text message per event and per heartbeat (x-messages.server); "
-                       "the client sends {\"ack\": SEQ} to acknowledge under its cursor "
-                       "(x-messages.client). Errors before the handshake are statuses; after "
-                       "it, an error message and close code 1011 (1008 at a JWT's exp, 1001 "
-                       "when the gateway stops). A request that is no handshake gets 426.",
+                       "the client sends {\"ack\": SEQ} as text to acknowledge under its "
+                       "cursor (x-messages.client; anything else, a binary message too, gets "
+                       "an error message and the stream goes on). Errors before the "
+                       "handshake are statuses; after it, an error message and close code "
+                       "1008 when the credentials end (a JWT's exp, a revoked token), else "
+                       "1011 (1001 when the gateway stops). A request that is no handshake "
+                       "gets 426.",
         "parameters": [_query_parameter(components, WebSocketQuery),
                        *({"name": name, "in": "header", "required": True,
                           "schema": {"type": "string", **schema}}

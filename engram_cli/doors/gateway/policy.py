@@ -72,8 +72,10 @@ class ListenAddress:
     def parse(cls, text: str) -> ListenAddress:
         """``HOST:PORT`` (``[v6]:PORT`` for IPv6); raises ValueError with the reason."""
         host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f"--listen must be HOST:PORT, not {text!r}")
+        if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535 \
+                or not _host(host):
+            raise ValueError(f"--listen must be HOST:PORT (an IPv6 address in brackets: "
+                             f"[::1]:8080), not {text!r}")
         return cls(host.removeprefix("[").removesuffix("]"), int(port))
 
     @property
@@ -110,6 +112,37 @@ def check_exposure(address: ListenAddress, *, allow_remote: bool, auth: str) -> 
                          "(and --auth token or jwt) to listen on it")
     if auth == "none":
         raise ValueError("--allow-remote needs authentication: --auth token or --auth jwt")
+
+
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$", re.IGNORECASE)
+
+
+def _host(text: str) -> bool:
+    """A host as a URL names it: a name, an IPv4 address, an IPv6 one in brackets."""
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            return ipaddress.ip_address(text[1:-1]).version == 6
+        except ValueError:
+            return False
+    return ":" not in text and bool(_HOSTNAME.match(text)) and len(text) <= 253
+
+
+def parse_origin(text: str) -> str:
+    """A browser origin for ``--cors-origin``: ``http(s)://host[:port]`` as a browser
+    sends it in ``Origin`` (lower case, no trailing ``/``); ValueError otherwise."""
+    origin = text.lower().removesuffix("/")
+    scheme, sep, rest = origin.partition("://")
+    host, colon, port = rest.rpartition(":") if not rest.endswith("]") else (rest, "", "")
+    if not colon:
+        host = rest
+    elif not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+        host = ""
+    if not sep or scheme not in ("http", "https") or not _host(host):
+        wildcard = " (* is not one: name each origin)" if text.strip() == "*" else ""
+        raise ValueError(f"--cors-origin must be an origin, scheme://host[:port] with "
+                         f"http or https and no path, not {text!r:.80}{wildcard}")
+    return origin
 
 
 def _ip_literal(name: str) -> bool:

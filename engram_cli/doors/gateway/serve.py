@@ -5,6 +5,7 @@ flight finish, streams end)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import resource
@@ -62,21 +63,54 @@ class Settings:
     body_timeout: float = BODY_TIMEOUT
 
 
+class CannotListen(Exception):
+    """The gateway cannot listen where it was told (a port in use, an address not this
+    machine's, a port it may not take): one line, exit 2, before anything is served."""
+
+
 class _Config(Config):
     """hypercorn's settings, its listening sockets with ``TCP_USER_TIMEOUT``: a client
     that leaves what was sent to it unread (a full window) longer than
     ``--stream-stall`` is cut off by the kernel. hypercorn's writes cannot be cancelled
-    (they are shielded), so this is the one bound on a write to a stalled client."""
+    (they are shielded), so this is the one bound on a write to a stalled client.
+
+    The sockets are bound by :meth:`bind_now` before the server's tasks start, so that a
+    failure to listen is :class:`CannotListen`, not a traceback from inside them."""
 
     user_timeout: float = 60.0
+    bound: Sockets | None = None
 
-    def create_sockets(self) -> Sockets:
-        sockets = super().create_sockets()
+    def bind_now(self) -> None:
+        sockets: list[socket.socket] = []
+        for bind in self.bind:
+            try:
+                sockets += self._create_sockets([bind])
+            except OSError as exc:
+                for sock in sockets:
+                    sock.close()
+                raise CannotListen(_why_not(bind, exc)) from None
         milliseconds = max(1, int(self.user_timeout * 1000))
-        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        for sock in sockets:
             with contextlib.suppress(OSError, AttributeError):  # not Linux: no bound
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
-        return sockets
+        self.bound = Sockets([], sockets, [])
+
+    def create_sockets(self) -> Sockets:
+        if self.bound is None:
+            self.bind_now()
+        assert self.bound is not None
+        return self.bound
+
+
+def _why_not(bind: str, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {bind} is in use (--listen HOST:PORT for another; port 0: any free one)"
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRNOTAVAIL:
+        reason += " (not an address of this machine)"
+    elif exc.errno == errno.EACCES:
+        reason += " (ports under 1024 need privileges)"
+    return f"cannot listen on {bind}: {reason}"
 
 
 class _OutOfFiles(logging.Filter):
@@ -118,10 +152,9 @@ def _raise_open_files() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(settings: Settings, on_listening: Callable[[list[str]], None]) -> None:
-    """Serve until a stop signal; *on_listening* gets the bound URLs once they are."""
-    _raise_open_files()
-    logging.getLogger("trio.serve_listeners").addFilter(_OutOfFiles())
+def bind(settings: Settings) -> Config:
+    """hypercorn's settings for *settings*, the listening sockets bound:
+    :class:`CannotListen` when they cannot be (before anything else is done)."""
     config = _Config()
     config.user_timeout = settings.stream_stall
     config.bind = settings.listen.binds
@@ -129,6 +162,16 @@ async def serve(settings: Settings, on_listening: Callable[[list[str]], None]) -
     config.loglevel = "WARNING"  # its start line repeats ours
     config.graceful_timeout = GRACEFUL_STOP
     config.include_server_header = False
+    config.bind_now()
+    return config
+
+
+async def serve(settings: Settings, config: Config,
+                on_listening: Callable[[list[str]], None]) -> None:
+    """Serve on *config*'s sockets (:func:`bind`) until a stop signal; *on_listening*
+    gets the bound URLs once they listen."""
+    _raise_open_files()
+    logging.getLogger("trio.serve_listeners").addFilter(_OutOfFiles())
     stop = trio.Event()
     # Received for the whole run: a second SIGTERM during the graceful stop (a
     # supervisor repeating itself) must not kill the process half way through.

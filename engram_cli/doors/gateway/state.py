@@ -64,7 +64,12 @@ class Tickets:
         if found is None or found[1] <= time.monotonic():
             raise Unauthenticated("unknown, used or expired stream ticket (POST "
                                   "/stream/ticket gives one)")
-        return found[0]
+        credentials = found[0]
+        # A ticket is worth no more than what it was issued for: a JWT that has expired
+        # since opens nothing (a stream it opened before ends at its exp).
+        if credentials.expires is not None and credentials.expires <= time.time():
+            raise Unauthenticated("the token the stream ticket was issued for has expired")
+        return credentials
 
 
 @dataclass
@@ -100,12 +105,14 @@ class Gateway:
 
     async def call(self, request: Request, message: ClientMessage[R],
                    wait: float | None = 0.0) -> R:
-        """*message* made for the caller, bounded by its wait plus grace."""
+        """*message* made for the caller, bounded by its wait plus grace; one that waits
+        takes a place kept for waits (429 or 503 at once when there is none)."""
         credentials = self.credentials(request)
         # The daemon refuses a negative wait; the bound on its answer is no less for it.
-        with trio.move_on_after(REPLY_GRACE + max(0.0, wait or 0.0)):
+        wait = max(0.0, wait or 0.0)
+        with trio.move_on_after(REPLY_GRACE + wait):
             try:
-                return await self.link.call(credentials, message)
+                return await self.link.call(credentials, message, waits=wait > 0)
             except OverflowError:  # msgpack's integers end at 2**64
                 raise BadRequest("a number in the request is out of range (integers are "
                                  "64-bit)") from None

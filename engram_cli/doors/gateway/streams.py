@@ -23,7 +23,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -36,6 +36,7 @@ from engram_cli.client.errors import ClientTimeout
 from engram_cli.doors.gateway import query
 from engram_cli.doors.gateway.auth import Credentials
 from engram_cli.doors.gateway.link import WINDOW, StreamsFull, Subscription
+from engram_cli.doors.gateway.policy import UNAUTHENTICATED
 from engram_cli.doors.gateway.query import SseQuery, StreamQuery, WebSocketQuery
 from engram_cli.doors.gateway.replies import error_response
 from engram_cli.doors.gateway.state import Gateway
@@ -45,6 +46,7 @@ from engramd.protocol import (
     BadRequest,
     Ended,
     EngramError,
+    ErrorCode,
     Event,
     EventPush,
     Heartbeat,
@@ -64,6 +66,10 @@ RETRY_MS = 2000
 """What an SSE stream tells the browser to wait before reconnecting (``retry:``)."""
 SSE_BATCH = WINDOW
 """Events at most in one write to the HTTP client."""
+POLICY_VIOLATION = 1008
+"""WebSocket close code: the stream's credentials no longer hold."""
+INTERNAL_ERROR = 1011
+"""WebSocket close code: another error ended the stream."""
 _encoder = msgspec.json.Encoder()
 
 def stream_options(q: StreamQuery) -> dict[str, Any]:
@@ -353,7 +359,8 @@ def websocket_endpoint(gw: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
                 with contextlib.suppress(Exception):
                     await websocket.send_json({"kind": "error", "code": "unauthenticated",
                                                "message": "the token has expired"})
-                    await websocket.close(code=1008, reason="the token has expired")
+                    await websocket.close(code=POLICY_VIOLATION,
+                                          reason="the token has expired")
 
     return endpoint
 
@@ -366,11 +373,24 @@ async def _refuse(websocket: WebSocket, exc: EngramError) -> None:
         except RuntimeError:  # a server without the denial extension: a bare 403
             await websocket.close(code=1008)
     elif websocket.client_state is WebSocketState.CONNECTED:
-        await websocket.close(code=1011, reason=f"{exc.code}: {exc}"[:120])
+        await websocket.close(code=close_code(exc), reason=f"{exc.code}: {exc}"[:120])
 
 
-def _acknowledged(text: str, cursor: str | None) -> int:
-    """The seq a client message acknowledges; BadRequest for anything else."""
+def close_code(exc: EngramError) -> int:
+    """The WebSocket close code for an error that ends a stream: 1008 (policy violation)
+    when its credentials no longer hold (a JWT's exp, a revoked token), else 1011."""
+    if exc.code in (UNAUTHENTICATED, ErrorCode.FORBIDDEN):
+        return POLICY_VIOLATION
+    return INTERNAL_ERROR
+
+
+def _acknowledged(received: Mapping[str, Any], cursor: str | None) -> int:
+    """The seq a client message (an ASGI ``websocket.receive``) acknowledges; BadRequest
+    for anything else, a binary message included."""
+    text = received.get("text")
+    if text is None:
+        raise BadRequest('the stream reads text messages only: send {"ack": SEQ} as text, '
+                         'not binary')
     try:
         message = msgspec.json.decode(text)
     except (msgspec.DecodeError, RecursionError):
@@ -393,15 +413,16 @@ async def _converse(websocket: WebSocket, following: Following, gw: Gateway) -> 
                 await websocket.close(code=1001, reason="the gateway is stopping")
 
         async def acknowledgements() -> None:
+            # Each client message is answered alone: one it cannot read (not JSON, not
+            # an ack, binary) gets an error message and the stream goes on.
             try:
-                while True:
-                    text = await websocket.receive_text()
+                while (received := await websocket.receive())["type"] == "websocket.receive":
                     try:
-                        await following.acknowledge(_acknowledged(text, following.name))
+                        await following.acknowledge(_acknowledged(received, following.name))
                     except EngramError as exc:
                         await websocket.send_json({"kind": "error", "code": exc.code,
                                                    "message": str(exc)})
-            except (WebSocketDisconnect, RuntimeError, KeyError):
+            except (WebSocketDisconnect, RuntimeError):
                 pass
             nursery.cancel_scope.cancel()
 
@@ -427,5 +448,5 @@ async def _converse(websocket: WebSocket, following: Following, gw: Gateway) -> 
             with contextlib.suppress(Exception):
                 await websocket.send_json({"kind": "error", "code": exc.code,
                                            "message": str(exc)})
-                await websocket.close(code=1011, reason=f"{exc.code}: {exc}"[:120])
+                await websocket.close(code=close_code(exc), reason=f"{exc.code}: {exc}"[:120])
         nursery.cancel_scope.cancel()
