@@ -75,7 +75,10 @@ def numstat(repo: str, commit: str) -> list[tuple[str, str, str]]:
 
 
 def staged_files(repo: str) -> list[str]:
-    return [p for p in git(repo, "diff", "--cached", "--name-only").splitlines() if p]
+    """Every path the commit being made changes, relative to the top level: a rename's
+    old name and new name both (``--no-renames``: moving a file away changes it)."""
+    return [p for p in git(repo, "diff", "--cached", "--name-only",
+                           "--no-renames").splitlines() if p]
 
 
 def changed_files(repo: str, timeout: float = 1.0) -> list[str]:

@@ -188,3 +188,23 @@ def test_repositories_of_one_name_record_into_contexts_of_their_own(
     removed = run_cli(env, "hooks", "uninstall", "--repo", str(twin), "--json")
     assert json.loads(removed.stdout) == {"repo": str(twin), "removed": [
         "post-commit", "post-checkout", "post-merge", "post-rewrite"]}
+
+
+def _commit_refused(repo: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(repo), "commit", "-qm", "x"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_guard_sees_both_names_of_a_rename(engramd: DaemonProcess, repo: Path,
+                                               env: dict[str, str]) -> None:
+    commit(repo, env, "leased.py", "x\n", "a leased file")
+    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    with Client(engramd.socket, agent_id="other-agent", autostart=False) as other:
+        (lease,) = other.acquire_lock(paths.resource(str(repo / "leased.py")), ttl=600)
+        git(repo, "mv", "leased.py", "other.py", env=env)  # moving it away changes it
+        refused = _commit_refused(repo, env)
+        assert refused.returncode == 1, refused.stderr
+        assert "leased.py is leased by other-agent" in refused.stderr
+        other.release_lock(lease.lock_id)
+    git(repo, "commit", "-qm", "now it may", env=env)
+
