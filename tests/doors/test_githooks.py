@@ -208,3 +208,17 @@ def test_the_guard_sees_both_names_of_a_rename(engramd: DaemonProcess, repo: Pat
         other.release_lock(lease.lock_id)
     git(repo, "commit", "-qm", "now it may", env=env)
 
+
+@pytest.mark.parametrize("name", ["naïve.py", 'say "hi".py', "tab\there.py"])
+def test_the_guard_sees_names_git_would_quote(engramd: DaemonProcess, repo: Path,
+                                              env: dict[str, str], name: str) -> None:
+    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    with Client(engramd.socket, agent_id="other-agent", autostart=False) as other:
+        (lease,) = other.acquire_lock(paths.resource(str(repo / name)), ttl=600)
+        (repo / name).write_text("x\n")
+        git(repo, "add", name, env=env)
+        refused = _commit_refused(repo, env)
+        assert refused.returncode == 1, refused.stderr
+        assert "is leased by other-agent" in refused.stderr
+        other.release_lock(lease.lock_id)
+    git(repo, "commit", "-qm", "now it may", env=env)
