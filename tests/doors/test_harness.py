@@ -100,6 +100,23 @@ def test_the_guard_judges_paths_as_the_lock_manager_does(engramd: DaemonProcess,
         assert guard(edit) == ""
 
 
+def test_the_guard_checks_where_an_apply_patch_moves_a_file(engramd: DaemonProcess,
+                                                           repo: Path) -> None:
+    env = {**engramd.env, "ENGRAM_AGENT": "codex-a"}
+    move = recorded("codex_pre_tool_use.json", repo).replace(
+        "*** Update File: src/app.py\\n", "*** Update File: src/free.py\\n"
+        "*** Move to: src/app.py\\n")
+    assert "Move to: src/app.py" in move
+    with connect(engramd.socket, "bob") as bob:
+        bob.acquire_lock(paths.resource(str(repo / "src" / "app.py")), ttl=300)
+        denied = engram(env, "hook", "pre-edit", "--harness", "codex", "--guard", "block",
+                        stdin=move)
+        assert denied.returncode == 0, denied.stderr
+        answer = json.loads(denied.stdout)["hookSpecificOutput"]
+        assert answer["permissionDecision"] == "deny"
+        assert "src/app.py is leased by bob" in answer["permissionDecisionReason"]
+
+
 def test_the_prompt_nudge_speaks_only_when_mail_waits(engramd: DaemonProcess,
                                                       repo: Path) -> None:
     env = {**engramd.env, "ENGRAM_AGENT": "claude-b"}
