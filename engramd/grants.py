@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from engramd.caller import Caller
-from engramd.locks import LockTable, describe
+from engramd.locks import Blocker, Holding, LockTable, describe
 from engramd.protocol import (
     AcquireLock,
     BadRequest,
@@ -179,12 +179,22 @@ def check_wait(grant: Grant, line: LockTable, max_waiters: int) -> None:
     agent, session, resources = grant.caller.agent_id, grant.session, grant.resources
     cycle = line.cycle((agent, session), resources, grant.shared)
     if cycle:
-        waiters = [describe(agent, grant.holder_pid)] + [h.holder for _, h in cycle]
+        waiters = [describe(agent, grant.holder_pid)] + [b.holder for _, b in cycle]
         raise Deadlock("deadlock: " + ", then ".join(
-            f"{waiter} waits for {resource} held by {holding.holder}"
-            + ("" if holding.lease.resource == resource else f" (as {holding.lease.resource})")
-            for waiter, (resource, holding) in zip(waiters, cycle, strict=False))
+            f"{waiter} waits for {resource} {_blocked_by(resource, blocker)}"
+            for waiter, (resource, blocker) in zip(waiters, cycle, strict=False))
             + "; refusing to wait")
     for resource in resources:
         if line.waiting_count(resource) >= max_waiters:
             raise TooLarge(f"{max_waiters} requests already wait for {resource}")
+
+
+def _blocked_by(resource: str, blocker: Blocker) -> str:
+    """What stands in the way of a wait for *resource*: a lease, or a request ahead."""
+    if isinstance(blocker, Holding):
+        lease = blocker.lease
+        return f"held by {blocker.holder}" + (
+            "" if lease.resource == resource else f" (as {lease.resource})")
+    wanted = ", ".join(blocker.resources[:3]) + (
+        f" and {len(blocker.resources) - 3} more" if len(blocker.resources) > 3 else "")
+    return f"behind {blocker.holder}, waiting ahead in line for {wanted}"

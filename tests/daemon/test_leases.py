@@ -504,3 +504,24 @@ def test_status_counts_commits_subscribers_and_leases(threaded_daemon: ThreadedD
     assert status.journal.fsync_seconds > 0
     assert status.stream.subscribers == 1 and status.stream.leases_held == 1
     assert status.stream.leases_granted == 1 and status.stream.published >= 5
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_wait_behind_a_waiter_that_waits_for_you_is_a_deadlock(
+        engramd: DaemonProcess, tmp_path: Path, shared: bool) -> None:
+    """S1 holds e3/a.py; W waits for e3/ behind it; S1 asking for e3/b.py would queue
+    behind W (first come, first served), which waits for S1: refused at once, not a
+    timeout. The same when S1's leases are shared: W's exclusive request is ahead."""
+    where = f"file:{tmp_path}/e3/"
+    with connect(engramd.socket, "s1") as s1, connect(engramd.socket, "w") as w:
+        (held,) = s1.acquire_lock(where + "a.py", ttl=60, shared=shared)
+        thread = threading.Thread(target=lambda: w.acquire_lock(where, ttl=60, wait=WAIT))
+        thread.start()
+        wait_until(lambda: waiters(s1, where) == ["w"], "w waiting for e3/")
+        with pytest.raises(Deadlock, match=r"s1 \(pid \d+\) waits for .*e3/b\.py behind w "
+                                           r"\(pid \d+\), waiting ahead in line for .*e3/, "
+                                           r"then w \(pid \d+\) waits for .*e3/ held by s1"):
+            s1.acquire_lock(where + "b.py", ttl=60, wait=5, shared=shared)
+        s1.release_lock(held.lock_id)
+        thread.join(WAIT)
+        assert w.get_lock(where).lease is not None
