@@ -8,7 +8,10 @@ names, :mod:`engramd.protocol.resources`):
 1. relative to the caller's working directory (``~`` expanded), symlinks resolved
    (for a glob, those of the directories before its first wildcard);
 2. a directory when it ends in ``/`` or is one on disk (a lease on it covers what
-   is under it), else a file;
+   is under it), else a file (one not there yet too);
+   a path that is there on disk is that path whatever its characters; else one with
+   ``*``, ``?`` or ``[`` is a glob, unless each is escaped in brackets (``a[*].txt``
+   names the file ``a*.txt``); in the name such characters of a file's are escaped so;
 3. inside a git repository: ``file:<repo key>:<path in it>``, the key being the one
    the git hooks name contexts by (:func:`repo_key`: where ``origin`` lives, so
    clones of one remote agree, on one machine or several); a repository with no
@@ -86,9 +89,11 @@ def _existing(path: str) -> str:
     return path
 
 
-def resource(path: str, cwd: str | None = None, *, absolute_only: bool = False) -> str:
+def resource(path: str, cwd: str | None = None, *, absolute_only: bool = False,
+             literal: bool = False) -> str:
     """The canonical resource naming *path* (see the module). ``absolute_only``: refuse
-    a relative path (a caller whose working directory means nothing here)."""
+    a relative path (a caller whose working directory means nothing here). ``literal``:
+    *path* is one file's path, never a pattern (what a guard is asked about)."""
     if not path:
         raise PathProblem("an empty path")
     if absolute_only and not os.path.isabs(path):  # (~ too: it would be the gateway's)
@@ -98,28 +103,39 @@ def resource(path: str, cwd: str | None = None, *, absolute_only: bool = False) 
     directory_given = path.endswith("/") or path.endswith("/.") or path in (".", "..")
     joined = os.path.normpath(os.path.join(cwd or os.getcwd(), path))
     parts = joined.split("/")
-    first_wild = next((i for i, part in enumerate(parts)
-                       if any(c in part for c in names.WILDCARDS)), None)
+    # A path that is there is that path, whatever its characters; else wildcards that
+    # are not escaped ([*]) make it a glob (see the module).
+    exists = literal or os.path.lexists(joined)
+    first_wild = None if exists else next(
+        (i for i, part in enumerate(parts) if names.is_pattern(part)), None)
     if first_wild is None:
-        real = os.path.realpath(joined)
+        real = os.path.realpath(joined if exists else names.unescape_path(joined))
         directory = directory_given or os.path.isdir(real)
         pattern = ""
     else:
-        real = os.path.realpath("/".join(parts[:first_wild]) or "/")
+        real = os.path.realpath(names.unescape_path("/".join(parts[:first_wild])) or "/")
         directory, pattern = False, "/".join(parts[first_wild:])
     found = _repository(_existing(real))
     if found is None:
-        return names.file_resource(posixpath.join(real, pattern) if pattern else real,
+        named = names.escape_path(real)
+        return names.file_resource(posixpath.join(named, pattern) if pattern else named,
                                    directory)
     top, key = found
     inside = os.path.relpath(real, top)
     if inside == ".":
         inside = ""
-    if inside.startswith(".."):  # (a symlink out of the repository it was named in)
+    if _outside(inside):  # (a symlink out of the repository it was named in)
         raise PathProblem(f"{path} is not inside {top}")
+    inside = names.escape_path(inside)
     if pattern:
         inside = posixpath.join(inside, pattern) if inside else pattern
     return names.repo_resource(key, inside, directory)
+
+
+def _outside(relative: str) -> bool:
+    """Whether a relative path leads out of where it is relative to: its first part is
+    ``..`` (``..env`` and ``...`` are names like any other)."""
+    return relative.startswith("..")
 
 
 def resources(paths: Iterable[str], cwd: str | None = None, *,
@@ -138,7 +154,7 @@ def in_repository(repo: str, relative: Iterable[str]) -> dict[str, str]:
     named = {}
     for path in relative:
         try:
-            named[path] = names.repo_resource(key, path)
+            named[path] = names.repo_resource(key, names.escape_path(path))
         except ValueError:
             continue  # (outside the repository: no name, no verdict)
     return named
@@ -157,15 +173,16 @@ def display(name: str, cwd: str | None = None) -> str:
     cwd = os.path.realpath(cwd or os.getcwd())
     suffix = "/" if parsed.directory and parsed.parts else ""
     found = _repository(_existing(cwd))
+    path = parsed.path if parsed.glob else parsed.literal_path
     if parsed.root == names.FILE:
-        absolute = "/" + parsed.path
+        absolute = "/" + path
         inside = os.path.relpath(absolute, cwd)
-        near = not inside.startswith("..") or (
-            found is not None and not os.path.relpath(absolute, found[0]).startswith(".."))
+        near = not _outside(inside) or (
+            found is not None and not _outside(os.path.relpath(absolute, found[0])))
         return (inside if near else absolute) + suffix
     if found is None or names.parse(names.repo_resource(found[1], "")).root != parsed.root:
         return name
-    relative = os.path.relpath(os.path.join(found[0], parsed.path), cwd)
+    relative = os.path.relpath(os.path.join(found[0], path), cwd)
     return ("./" if relative == "." else relative) + suffix
 
 

@@ -153,3 +153,24 @@ def test_lock_run_takes_paths_before_the_command_and_leaves_its_arguments_alone(
         assert f"file:{os.path.realpath(repo)}/src/:" in fence
     nothing = engram(env, repo, "lock", "run", "--shared", "--", "true")
     assert nothing.returncode == 2 and "usage" in nothing.stderr
+
+
+def test_a_file_named_with_wildcard_characters_is_leased_as_itself(
+        engramd: DaemonProcess, tmp_path: Path) -> None:
+    env = engramd.env
+    repo = repository(tmp_path / "repo")
+    (repo / "pages").mkdir()
+    (repo / "pages" / "[id].js").write_text("")
+    held = engram(env, repo, "lock", "acquire", "--path", "pages/[id].js", "--ttl", "60")
+    assert held.returncode == 0, held.stderr
+    apart = engram(env, repo, "lock", "acquire", "-n", "--path", "pages/i.js", agent="bob")
+    assert apart.returncode == 0, apart.stderr  # not a pattern: i.js is another file
+    same = engram(env, repo, "lock", "acquire", "-n", "--path", "pages/[[]id].js",
+                  agent="carol")
+    assert same.returncode == 4 and "alice" in same.stderr  # escaped: the same file
+    shown = engram(env, repo, "lock", "list").stdout.splitlines()
+    assert any(row.startswith("pages/[id].js\talice\t") for row in shown), shown
+    to_be = engram(env, repo, "lock", "acquire", "-n", "--path", "new[*].txt", agent="bob")
+    assert to_be.returncode == 0, to_be.stderr
+    listing = engram(env, repo, "lock", "list", "--json").stdout
+    assert f'"file:{repo}/new[*].txt"' in listing  # the file new*.txt, not a glob

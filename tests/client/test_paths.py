@@ -81,3 +81,30 @@ def test_the_guards_verdict_is_the_rule(tmp_path: Path) -> None:
     other = lease("file:github.com/bob/x:src/app.py", "bob", "s3")
     assert paths.in_the_way([mine, theirs, other], "ann", root + "src/app.py") == [theirs]
     assert paths.in_repository(str(tmp_path), ["a"]) == {}
+
+
+def test_a_file_with_wildcard_characters_can_be_named_literally(tmp_path: Path) -> None:
+    repo = repository(tmp_path / "proj", "git@github.com:ann/proj.git")
+    root = "file:github.com/ann/proj:"
+    (repo / "pages").mkdir()
+    (repo / "pages" / "[id].js").write_text("")
+    # There on disk: that file, whatever its characters (escaped in its name).
+    assert paths.resource("pages/[id].js", str(repo)) == root + "pages/[[]id].js"
+    assert not names.parse(root + "pages/[[]id].js").glob
+    # Not there: a glob, unless its wildcards are escaped in brackets.
+    assert paths.resource("pages/[id]x.js", str(repo)) == root + "pages/[id]x.js"
+    assert names.parse(root + "pages/[id]x.js").glob
+    assert paths.resource("a[*].txt", str(repo)) == root + "a[*].txt"
+    assert paths.resource("a*.txt", str(repo)) == root + "a*.txt"
+    assert paths.resource("a*.txt", str(repo), literal=True) == root + "a[*].txt"
+    assert paths.resource("pages/[[]id]/*.js", str(repo)) == root + "pages/[[]id]/*.js"
+    # The guards name an edited file literally; the rule tells it from a pattern's match.
+    edited = paths.resource("pages/[id].js", str(repo), literal=True)
+    assert names.covers(root + "pages/[[]id].js", edited)
+    assert not names.covers(root + "pages/[[]id].js", root + "pages/i.js")
+    assert names.covers(root + "pages/*.js", edited)
+    assert paths.display(edited, str(repo)) == "pages/[id].js"
+    assert paths.in_repository(str(repo), ["a*.txt"]) == {"a*.txt": root + "a[*].txt"}
+    outside = tmp_path / "q?.txt"
+    outside.write_text("")
+    assert paths.resource(str(outside)) == f"file:{tmp_path}/q[?].txt"

@@ -117,6 +117,23 @@ def test_the_guard_checks_where_an_apply_patch_moves_a_file(engramd: DaemonProce
         assert "src/app.py is leased by bob" in answer["permissionDecisionReason"]
 
 
+def test_the_guard_names_an_edited_file_literally(engramd: DaemonProcess,
+                                                  repo: Path) -> None:
+    """A file called pages/[id].js is leased as itself: an edit of pages/i.js is free,
+    an edit of it is not."""
+    env = {**engramd.env, "ENGRAM_AGENT": "claude-f"}
+    (repo / "pages").mkdir()
+    (repo / "pages" / "[id].js").write_text("")
+    edit = recorded("claude_pre_tool_use.json", repo)
+    with connect(engramd.socket, "bob") as bob:
+        bob.acquire_lock(paths.resource(str(repo / "pages" / "[id].js")), ttl=300)
+        for path, refused in (("pages/i.js", False), ("pages/[id].js", True)):
+            done = engram(env, "hook", "pre-edit", "--guard", "block",
+                          stdin=edit.replace("src/app.py", path))
+            assert done.returncode == 0, done.stderr
+            assert bool(done.stdout) == refused, (path, done.stdout)
+
+
 def test_the_prompt_nudge_speaks_only_when_mail_waits(engramd: DaemonProcess,
                                                       repo: Path) -> None:
     env = {**engramd.env, "ENGRAM_AGENT": "claude-b"}

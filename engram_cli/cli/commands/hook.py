@@ -162,7 +162,7 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
     holders: list[str] = []
     for path in paths:
         try:
-            name = resolve.resource(path, cwd)
+            name = resolve.resource(path, cwd, literal=True)  # an edit is of one file
         except ValueError:
             continue
         shown = resolve.display(name, cwd)

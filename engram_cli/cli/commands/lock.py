@@ -30,7 +30,9 @@ PathsOption = Annotated[list[str] | None, typer.Option(
     "--path", "-p", metavar="PATH", show_default=False,
     help="A file, a directory (one on disk, or ending in /: covers what is under it) or "
          "a glob (src/**/*.py), relative to here, symlinks resolved; inside a git "
-         "repository named by the repository's remote and the path in it. Repeatable.")]
+         "repository named by the repository's remote and the path in it. A path that "
+         "exists is itself whatever its characters; else *, ? and [ make a glob unless "
+         "escaped in brackets ('a[*].txt' is the file a*.txt). Repeatable.")]
 PathOption = Annotated[str | None, typer.Option(
     "--path", "-p", metavar="PATH", show_default=False,
     help="The file, directory or glob the lease is on (as acquire --path takes it).")]
