@@ -135,7 +135,7 @@ def resource(path: str, cwd: str | None = None, *, absolute_only: bool = False,
 def _outside(relative: str) -> bool:
     """Whether a relative path leads out of where it is relative to: its first part is
     ``..`` (``..env`` and ``...`` are names like any other)."""
-    return relative.startswith("..")
+    return relative == ".." or relative.startswith("../")
 
 
 def resources(paths: Iterable[str], cwd: str | None = None, *,

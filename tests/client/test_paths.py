@@ -108,3 +108,15 @@ def test_a_file_with_wildcard_characters_can_be_named_literally(tmp_path: Path) 
     outside = tmp_path / "q?.txt"
     outside.write_text("")
     assert paths.resource(str(outside)) == f"file:{tmp_path}/q[?].txt"
+
+
+@pytest.mark.parametrize("name", ["..env", "...", "..a/b"])
+def test_names_that_start_with_two_dots_are_names(tmp_path: Path, name: str) -> None:
+    repo = repository(tmp_path / "proj", "git@github.com:ann/proj.git")
+    root = "file:github.com/ann/proj:"
+    assert paths.resource(name, str(repo)) == root + name
+    assert paths.resource(name, str(repo), literal=True) == root + name
+    assert paths.display(root + name, str(repo)) == name
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert paths.display(f"file:{plain}/{name}", str(plain)) == name

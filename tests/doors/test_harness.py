@@ -134,6 +134,18 @@ def test_the_guard_names_an_edited_file_literally(engramd: DaemonProcess,
             assert bool(done.stdout) == refused, (path, done.stdout)
 
 
+def test_the_guard_judges_a_file_whose_name_starts_with_two_dots(engramd: DaemonProcess,
+                                                                repo: Path) -> None:
+    env = {**engramd.env, "ENGRAM_AGENT": "claude-g"}
+    edit = recorded("claude_pre_tool_use.json", repo).replace("src/app.py", "..env")
+    with connect(engramd.socket, "bob") as bob:
+        bob.acquire_lock(paths.resource(str(repo / "..env")), ttl=300)
+        done = engram(env, "hook", "pre-edit", "--guard", "block", stdin=edit)
+        assert done.returncode == 0, done.stderr
+        reason = json.loads(done.stdout)["hookSpecificOutput"]["permissionDecisionReason"]
+        assert "..env is leased by bob" in reason
+
+
 def test_the_prompt_nudge_speaks_only_when_mail_waits(engramd: DaemonProcess,
                                                       repo: Path) -> None:
     env = {**engramd.env, "ENGRAM_AGENT": "claude-b"}
