@@ -46,21 +46,57 @@ class PathProblem(ValueError):
 
 def repo_key(repo: str) -> str:
     """A name of the repository that an unrelated one does not share: where its remote
-    lives (``github.com/ann/proj``, from ``origin`` or else the first remote, without
-    scheme, user and ``.git``), else its absolute path. Two clones of one project share it."""
+    lives (``github.com/ann/proj``, from ``origin`` or else the first remote, see
+    :func:`remote_key`), else its absolute path. Two clones of one project share it."""
     url = gitinfo.remote_url(repo)
-    if url is None:
-        return gitinfo.toplevel(repo)
-    if _URL_SCHEME.match(url):
-        key = _URL_SCHEME.sub("", url)
-        host, _, path = key.partition("/")
-        key = f"{host.rpartition('@')[2]}/{path}"
-    elif _SCP_LIKE.match(url):
-        key = _SCP_LIKE.sub(r"\1/", url)  # git@github.com:ann/proj.git
+    top = gitinfo.toplevel(repo)
+    return (remote_key(url, top) if url is not None else None) or top
+
+
+_DEFAULT_PORTS = {"ssh": "22", "git+ssh": "22", "ssh+git": "22", "git": "9418",
+                  "http": "80", "https": "443"}
+
+
+def remote_key(url: str, top: str) -> str:
+    """Where the remote at *url* lives, one way however it is written: host (lower case,
+    its scheme's default port dropped) and path, without scheme, user, ``.git`` and
+    trailing slashes (``ssh://git@GitHub.com:22/o/r.git``, ``git@github.com:o/r.git``
+    and ``https://github.com/o/r/`` are ``github.com/o/r``); a local path made absolute
+    from *top*. Empty for a URL that names no place (``https://``)."""
+    url = url.strip()
+    scheme = _URL_SCHEME.match(url)
+    scp = None if scheme else _SCP_LIKE.match(url)
+    host: str | None = None
+    if scheme and scheme.group(0)[:-3].lower() == "file":
+        key = "/" + url[scheme.end():].lstrip("/")
+    elif scheme:
+        authority, _, path = url[scheme.end():].partition("/")
+        name, port = _host_and_port(authority.rpartition("@")[2])
+        if port and not port.isdigit():  # (host:path inside a URL: a path after all)
+            port, path = "", f"{port}/{path}"
+        if port == _DEFAULT_PORTS.get(scheme.group(0)[:-3].lower()):
+            port = ""
+        host = name.lower() + (f":{port}" if port and name else "")
+        key = f"{host}/{path}"
+    elif scp:
+        host = scp.group(1).lower()  # git@github.com:ann/proj.git
+        key = f"{host}/{url[scp.end():]}"
     else:  # a path on this machine, perhaps relative to the repository
-        key = os.path.normpath(os.path.join(gitinfo.toplevel(repo), url))
-    key = key.rstrip("/")
-    return key.removesuffix(".git") or key
+        key = os.path.normpath(os.path.join(top, url))
+    key = re.sub(r"/{2,}", "/", key).rstrip("/")
+    key = key.removesuffix(".git").rstrip("/")
+    if host is None:  # a place on this machine: an absolute path
+        return key if key != "/" else ""
+    return key if host and key.startswith(host + "/") else ""  # a host and a path
+
+
+def _host_and_port(where: str) -> tuple[str, str]:
+    """``host:port`` (``[v6]:port`` too) taken apart; no port: empty."""
+    if where.startswith("["):
+        host, _, rest = where.partition("]")
+        return host + "]", rest.removeprefix(":")
+    host, _, port = where.partition(":")
+    return host, port
 
 
 @lru_cache(maxsize=256)

@@ -120,3 +120,28 @@ def test_names_that_start_with_two_dots_are_names(tmp_path: Path, name: str) -> 
     plain = tmp_path / "plain"
     plain.mkdir()
     assert paths.display(f"file:{plain}/{name}", str(plain)) == name
+
+
+@pytest.mark.parametrize("url, key", [
+    ("ssh://git@github.com:22/o/r.git", "github.com/o/r"),
+    ("git@GitHub.com:o/r.git", "github.com/o/r"),
+    ("https://github.com/o/r", "github.com/o/r"),
+    ("https://GITHUB.com:443/o/r.git/", "github.com/o/r"),
+    ("git+ssh://ann@github.com/o/r", "github.com/o/r"),
+    ("git://github.com:9418/o/r", "github.com/o/r"),
+    ("http://user:secret@example.org:80/o/r", "example.org/o/r"),
+    ("https://example.org:8443/o/r", "example.org:8443/o/r"),  # not the default: kept
+    ("git@example.org:ann/proj.git", "example.org/ann/proj"),  # already normal: as before
+    ("https://example.org/Ann/Proj", "example.org/Ann/Proj"),  # a path's case is its own
+    ("file:///srv/git/proj.git", "/srv/git/proj"),
+    ("../shared/proj.git", "/home/ann/shared/proj"),
+])
+def test_one_remote_has_one_key_however_its_url_is_written(url: str, key: str) -> None:
+    assert paths.remote_key(url, "/home/ann/proj") == key
+
+
+def test_clones_of_one_remote_by_different_urls_name_files_alike(tmp_path: Path) -> None:
+    names_of = {paths.resource("src/app.py", str(repository(tmp_path / str(n), url)))
+                for n, url in enumerate(["ssh://git@github.com:22/o/r.git",
+                                         "git@GitHub.com:o/r.git", "https://github.com/o/r"])}
+    assert names_of == {"file:github.com/o/r:src/app.py"}
