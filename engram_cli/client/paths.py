@@ -47,7 +47,8 @@ class PathProblem(ValueError):
 def repo_key(repo: str) -> str:
     """A name of the repository that an unrelated one does not share: where its remote
     lives (``github.com/ann/proj``, from ``origin`` or else the first remote, see
-    :func:`remote_key`), else its absolute path. Two clones of one project share it."""
+    :func:`remote_key`), else (no remote, or one whose URL names no place) its
+    absolute path. Two clones of one project share it."""
     url = gitinfo.remote_url(repo)
     top = gitinfo.toplevel(repo)
     return (remote_key(url, top) if url is not None else None) or top

@@ -222,3 +222,19 @@ def test_the_guard_sees_names_git_would_quote(engramd: DaemonProcess, repo: Path
         assert "is leased by other-agent" in refused.stderr
         other.release_lock(lease.lock_id)
     git(repo, "commit", "-qm", "now it may", env=env)
+
+
+def test_a_remote_that_names_no_place_names_the_repository_by_where_it_is(
+        engramd: DaemonProcess, repo: Path, env: dict[str, str]) -> None:
+    git(repo, "remote", "add", "origin", "https://", env=env)
+    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    (repo / "locked.txt").write_text("x")
+    taken = subprocess.run([sys.executable, "-m", "engram_cli", "lock", "acquire", "--path",
+                            "locked.txt", "--ttl", "600", "--json"], cwd=repo,
+                           env={**env, "ENGRAM_AGENT": "other-agent"}, capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert taken.returncode == 0, taken.stderr
+    assert json.loads(taken.stdout)["resource"] == f"file:{os.path.realpath(repo)}/locked.txt"
+    git(repo, "add", "locked.txt", env=env)
+    refused = _commit_refused(repo, env)
+    assert refused.returncode == 1 and "locked.txt is leased by other-agent" in refused.stderr
