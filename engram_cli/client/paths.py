@@ -20,7 +20,8 @@ names, :mod:`engramd.protocol.resources`):
 
 :func:`display` turns a name back into what a person in a working directory would
 type (``src/app.py``, ``../docs/``), and :func:`in_the_way` is the guards' verdict:
-the rule itself, :func:`engramd.protocol.resources.covers`.
+the rule itself, :func:`engramd.protocol.resources.covers`, between sessions as the
+lock manager judges them.
 """
 
 from __future__ import annotations
@@ -229,8 +230,35 @@ def leases_of(states: Iterable[LockState]) -> list[Lease]:
             for lease in (state.leases or ([state.lease] if state.lease else []))]
 
 
-def in_the_way(leases: Iterable[Lease], agent: str, path: str) -> list[Lease]:
-    """The leases of other agents that stand in the way of an edit of *path* (a name):
-    the guards' verdict, by the lock manager's own rule."""
+def in_the_way(leases: Iterable[Lease], agent: str, path: str,
+               session: int | None = None) -> list[Lease]:
+    """The leases that stand in the way of an edit of *path* (a name) by *agent* in the
+    session of process *session*: the guards' verdict, by the lock manager's own rule
+    (another session's lease is in the way, another agent's or not; see :func:`own`)."""
     return [lease for lease in leases
-            if lease.holder != agent and names.covers(lease.resource, path)]
+            if not own(lease, agent, session) and names.covers(lease.resource, path)]
+
+
+def own(lease: Lease, agent: str, session: int | None) -> bool:
+    """Whether *lease* is the editor's own: *agent*'s, held in the session of process
+    *session* (bound to it, or taken by it), or held in no session that still runs (a
+    lease of a connection whose command has ended, which any connection of the agent
+    may renew, adopt and release). A lease of another running session of the agent is
+    not: the lock manager would make that session wait for it too."""
+    if lease.holder != agent:
+        return False
+    if session is not None and session in (lease.pid, lease.holder_pid):
+        return True
+    return lease.pid is None and not _runs(lease.holder_pid)
+
+
+def _runs(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # (another user's: it runs)
+    return True

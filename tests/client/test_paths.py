@@ -79,7 +79,11 @@ def test_the_guards_verdict_is_the_rule(tmp_path: Path) -> None:
     root = "file:github.com/ann/proj:"
     mine, theirs = lease(root + "src/", "ann", "s1"), lease(root + "src/", "bob", "s2")
     other = lease("file:github.com/bob/x:src/app.py", "bob", "s3")
-    assert paths.in_the_way([mine, theirs, other], "ann", root + "src/app.py") == [theirs]
+    assert paths.in_the_way([mine, theirs, other], "ann", root + "src/app.py",
+                            session=1) == [theirs]  # mine: taken by process 1, the editor
+    # Another session of ann, whose process (1) runs: in the way, as the manager says.
+    assert paths.in_the_way([mine, theirs], "ann", root + "src/app.py",
+                            session=2) == [mine, theirs]
     assert paths.in_repository(str(tmp_path), ["a"]) == {}
 
 

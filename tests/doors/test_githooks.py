@@ -238,3 +238,42 @@ def test_a_remote_that_names_no_place_names_the_repository_by_where_it_is(
     git(repo, "add", "locked.txt", env=env)
     refused = _commit_refused(repo, env)
     assert refused.returncode == 1 and "locked.txt is leased by other-agent" in refused.stderr
+
+
+def test_the_guard_refuses_a_commit_of_another_session_of_the_same_agent(
+        engramd: DaemonProcess, repo: Path, env: dict[str, str]) -> None:
+    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    holder, committer = subprocess.Popen(["sleep", "300"]), subprocess.Popen(["sleep", "300"])
+    try:
+        with Client(engramd.socket, agent_id="ann", autostart=False) as ann:
+            (lease,) = ann.acquire_lock(paths.resource(str(repo / "a.txt")), pid=holder.pid)
+            (repo / "a.txt").write_text("a\n")
+            git(repo, "add", "a.txt", env=env)
+            for session, refused in ((committer.pid, True), (holder.pid, False)):
+                done = subprocess.run(
+                    ["git", "-C", str(repo), "commit", "-qm", "x"], capture_output=True,
+                    env={**env, "ENGRAM_AGENT": "ann", "ENGRAM_SESSION_PID": str(session)},
+                    text=True, timeout=60, check=False)
+                assert (done.returncode == 1) == refused, done.stderr
+            ann.release_lock(lease.lock_id)
+    finally:
+        for process in (holder, committer):
+            process.kill()
+            process.wait()
+
+
+def test_the_committing_session_is_whoever_runs_git(
+        engramd: DaemonProcess, repo: Path, env: dict[str, str]) -> None:
+    """No ENGRAM_SESSION_PID: the session is the nearest process that is no shell or
+    wrapper above the hook, git included: here the shell script's own interpreter's
+    parent, this test, which holds the lease."""
+    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    with Client(engramd.socket, agent_id="ann", autostart=False) as ann:
+        (lease,) = ann.acquire_lock(paths.resource(str(repo / "b.txt")), pid=os.getpid())
+        (repo / "b.txt").write_text("b\n")
+        git(repo, "add", "b.txt", env=env)
+        done = subprocess.run(["git", "-C", str(repo), "commit", "-qm", "x"],
+                              env={**env, "ENGRAM_AGENT": "ann"}, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        ann.release_lock(lease.lock_id)
