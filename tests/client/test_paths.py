@@ -149,3 +149,19 @@ def test_clones_of_one_remote_by_different_urls_name_files_alike(tmp_path: Path)
                 for n, url in enumerate(["ssh://git@github.com:22/o/r.git",
                                          "git@GitHub.com:o/r.git", "https://github.com/o/r"])}
     assert names_of == {"file:github.com/o/r:src/app.py"}
+
+
+def test_file_or_directory_is_what_the_disk_says_when_the_path_is_named(
+        tmp_path: Path) -> None:
+    repo = repository(tmp_path / "proj", "git@github.com:ann/proj.git")
+    root = "file:github.com/ann/proj:"
+    assert paths.resource("later/x", str(repo)) == root + "later/x"  # not there: a file
+    assert paths.resource("later/x/", str(repo)) == root + "later/x/"  # unless it ends in /
+    (repo / "build").mkdir()
+    assert paths.resource("build", str(repo)) == root + "build/"  # there: a directory
+    os.symlink(repo / "build", repo / "out")
+    assert paths.resource("out", str(repo)) == root + "build/"  # through a symlink too
+    (repo / "out").unlink()
+    (repo / "build").rmdir()
+    assert paths.resource("build", str(repo)) == root + "build"  # gone: a file again
+    assert paths.resource("build/", str(repo)) == root + "build/"

@@ -28,7 +28,8 @@ ResourceArg = Annotated[str | None, typer.Argument(
     metavar="[RES]", show_default=False, help="A resource name (or --path).")]
 PathsOption = Annotated[list[str] | None, typer.Option(
     "--path", "-p", metavar="PATH", show_default=False,
-    help="A file, a directory (one on disk, or ending in /: covers what is under it) or "
+    help="A file, a directory (ending in /, or one on disk now: decided when named, a "
+         "path not there yet is a file; covers what is under it) or "
          "a glob (src/**/*.py), relative to here, symlinks resolved; inside a git "
          "repository named by the repository's remote and the path in it. A path that "
          "exists is itself whatever its characters; else *, ? and [ make a glob unless "
