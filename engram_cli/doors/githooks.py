@@ -33,6 +33,7 @@ from engram_cli.client.paths import repo_key
 from engram_cli.client.session import session_pid
 from engram_cli.client.settings import default_agent_id
 from engram_cli.doors.files import write_whole
+from engram_cli.formats.text import one_line
 from engramd.protocol import SpooledUnit, UnitDraft, resolve_data_dir
 
 HOOKS = ("post-commit", "post-checkout", "post-merge", "post-rewrite")
@@ -301,9 +302,9 @@ def guard(repo: str, mode: str, socket: str | None, env: Mapping[str, str]) -> l
         return []
     for path, name in paths.in_repository(repo, staged).items():
         for lease in paths.in_the_way(leases, agent, name, session):
-            problems.append(f"{path} is leased by {lease.holder}"
+            problems.append(f"{one_line(path)} is leased by {lease.holder}"
                             + (" (shared)" if lease.shared else "")
                             + ("" if lease.resource == name
-                               else f" as {paths.display(lease.resource, repo)}")
+                               else f" as {one_line(paths.display(lease.resource, repo))}")
                             + f" until {lease.expires_at.isoformat(timespec='seconds')}")
     return problems

@@ -174,3 +174,18 @@ def test_a_file_named_with_wildcard_characters_is_leased_as_itself(
     assert to_be.returncode == 0, to_be.stderr
     listing = engram(env, repo, "lock", "list", "--json").stdout
     assert f'"file:{repo}/new[*].txt"' in listing  # the file new*.txt, not a glob
+
+
+def test_a_name_with_newlines_and_controls_is_shown_on_one_line(
+        engramd: DaemonProcess, tmp_path: Path) -> None:
+    from tests.conftest import on_a_terminal
+
+    evil = "deploy\nfake\tholder\r\x1b[2Jx"
+    with connect(engramd.socket, "mallory") as mallory:
+        mallory.acquire_lock(evil, ttl=60)
+        shown = on_a_terminal(engramd.env, "lock", "list")
+        assert "deploy\\nfake\\tholder\\r\\x1b[2Jx" in shown, shown
+        assert not any(line.lstrip().startswith("fake") for line in shown.splitlines())
+        held = engram(engramd.env, tmp_path, "lock", "acquire", "-n", evil, agent="bob")
+        assert held.returncode == 4
+        assert held.stderr.count("\n") == 1 and "deploy\\nfake" in held.stderr, held.stderr

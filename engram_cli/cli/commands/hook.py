@@ -154,6 +154,7 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
         client, agent, session = _client(ctx, runner)
         states = client.list_locks()
     from engram_cli.client import paths as resolve  # (git: only when a lease may matter)
+    from engram_cli.formats.text import one_line
 
     others = [lease for lease in resolve.leases_of(states)
               if not resolve.own(lease, agent, session)]
@@ -167,13 +168,13 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
             name = resolve.resource(path, cwd, literal=True)  # an edit is of one file
         except ValueError:
             continue
-        shown = resolve.display(name, cwd)
+        shown = one_line(resolve.display(name, cwd))
         for lease in resolve.in_the_way(others, agent, name, session):
             held.append(f"{shown} is leased by {lease.holder}"
                         + (f" (pid {lease.holder_pid})" if lease.holder_pid else "")
                         + (" for reading (shared)" if lease.shared else "")
                         + ("" if lease.resource == name
-                           else f" as {resolve.display(lease.resource, cwd)}")
+                           else f" as {one_line(resolve.display(lease.resource, cwd))}")
                         + (" while its session lives" if lease.while_alive else
                            f" until {lease.expires_at:%H:%M:%S} UTC"))
             holders.append(lease.holder)

@@ -15,7 +15,7 @@ import typer
 from engram_cli.cli import context
 from engram_cli.cli.context import JsonOption
 from engram_cli.client.errors import UsageProblem
-from engram_cli.formats.text import format_duration, timestamp
+from engram_cli.formats.text import format_duration, one_line, timestamp
 from engramd.protocol import Lease, LockState
 
 app = typer.Typer(help="Take and manage leases on shared resources.", no_args_is_help=True,
@@ -60,7 +60,7 @@ def _wait(wait: float | None, no_wait: bool) -> float | None:
 
 
 def holder(agent: str, pid: int) -> str:
-    return f"{agent} (pid {pid})" if pid else agent
+    return one_line(f"{agent} (pid {pid})" if pid else agent)
 
 
 def _left(lease: Lease) -> str:
@@ -96,12 +96,13 @@ def one_name(resource: str | None, path: str | None) -> str:
 
 
 def shown(name: str) -> str:
-    """A resource as a person here gives it (a path relative to here)."""
+    """A resource as a person here gives it (a path relative to here), on one line
+    whatever characters it holds (a newline in a name is shown ``\\n``)."""
     if not name.startswith("file:"):
-        return name
+        return one_line(name)
     from engram_cli.client import paths as resolve
 
-    return resolve.display(name)
+    return one_line(resolve.display(name))
 
 
 def _rows(states: list[LockState]) -> list[list[str]]:
