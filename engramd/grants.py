@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -124,6 +125,31 @@ def process_runs(pid: int) -> bool:
         return False
 
 
+def check_pid(pid: int, uid: int) -> None:
+    """BadRequest unless a lease may be bound to process *pid* for a caller of uid *uid*:
+    one that runs (else the lease would end at once), not init (pid 1 never exits: the
+    lease would never end), and the caller's own (a process of another user would decide
+    how long the caller's lease lasts; root, uid 0, may name any)."""
+    if pid == 1:
+        raise BadRequest("pid 1 (init) never exits: a lease bound to it would never end; "
+                         "bind it to a process of yours (a shell script: --pid $$)")
+    if not process_runs(pid):
+        raise BadRequest(f"process {pid} is not running: a lease bound to it would end "
+                         "at once")
+    owner = process_owner(pid)
+    if uid > 0 and owner is not None and owner != uid:
+        raise BadRequest(f"process {pid} is another user's (uid {owner}), not yours (uid "
+                         f"{uid}): bind a lease to a process of yours")
+
+
+def process_owner(pid: int) -> int | None:
+    """The uid process *pid* runs as (None: gone, or not to be seen)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
 def checked_request(request: AcquireLock, default_ttl: float, max_ttl: float
                     ) -> tuple[list[str], float, float]:
     """The request's resources (sorted, each once), ttl and wait, or BadRequest."""
@@ -156,10 +182,8 @@ def grant_for(request: AcquireLock, caller: Caller, table: LockTable, *, default
     """What the request would be granted, and how long it may wait; refused when the
     session holds one of them already or the agent would hold too many."""
     resources, ttl, wait = checked_request(request, default_ttl, max_ttl)
-    if request.pid is not None and not process_runs(request.pid):
-        # Granted, the lease would end at once (the pid watch): say so instead.
-        raise BadRequest(f"process {request.pid} is not running: a lease bound to it would "
-                         "end at once")
+    if request.pid is not None:
+        check_pid(request.pid, caller.uid)
     session, holder_pid = session_of(caller, request.pid, machine)
     agent = caller.agent_id
     mine = table.held_in((agent, session), resources)

@@ -525,3 +525,30 @@ def test_a_wait_behind_a_waiter_that_waits_for_you_is_a_deadlock(
         s1.release_lock(held.lock_id)
         thread.join(WAIT)
         assert w.get_lock(where).lease is not None
+
+
+def test_a_lease_is_bound_only_to_a_running_process_of_the_caller_but_init(
+        engramd: DaemonProcess) -> None:
+    from tests.conftest import run_cli
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for pid, why in (("1", "pid 1 (init) never exits"), (str(gone.pid), "is not running")):
+        refused = run_cli(engramd.env, "lock", "acquire", "deploy:prod", "--pid", pid)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.count("\n") == 1 and why in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    taken = run_cli(engramd.env, "lock", "acquire", "deploy:prod", "--pid", str(os.getpid()))
+    assert taken.returncode == 0, taken.stderr
+
+
+def test_another_users_process_is_refused_unless_the_caller_is_root() -> None:
+    from engramd.grants import check_pid
+    from engramd.protocol import BadRequest
+
+    mine = os.getpid()
+    check_pid(mine, os.getuid())
+    check_pid(mine, 0)  # root may name any process
+    stranger = os.getuid() + 4242
+    with pytest.raises(BadRequest, match=fr"process {mine} is another user's"):
+        check_pid(mine, stranger)

@@ -133,7 +133,7 @@ def acquire(
     pid: Annotated[int | None, typer.Option(
         "--pid", metavar="PID",
         help="Held by this process, and released as soon as it exits "
-             "(a shell script: --pid $$).")] = None,
+             "(a shell script: --pid $$); one of yours that runs, not 1.")] = None,
     json: JsonOption = False,
 ) -> None:
     """Lease every resource together (or none) and print the lock ids.
