@@ -301,10 +301,15 @@ class LockTable:
         return self._queued.get(resource, 0)
 
     def waiting_in_the_way(self, resource: str, shared: bool = False,
-                           session: SessionKey | None = None) -> int:
-        """How many waiters (of other sessions) conflict with a lease on *resource*."""
-        return len({id(claim.owner) for claim in self.lined.conflicting(parse(resource), shared)
-                    if claim.session != session})
+                           session: SessionKey | None = None) -> list[tuple[Waiting, str]]:
+        """The waiters (of other sessions) that conflict with a lease on *resource*, in
+        the order they came, each with the resource of its that does."""
+        found: dict[Waiting, str] = {}
+        for claim in self.lined.conflicting(parse(resource), shared):
+            if claim.session != session and isinstance(claim.owner, Waiting):
+                found.setdefault(claim.owner, claim.resource.text)
+        order = {waiting: position for position, waiting in enumerate(self.line)}
+        return sorted(found.items(), key=lambda item: order.get(item[0], len(order)))
 
     # -- the wait-for graph ----------------------------------------------------------
 

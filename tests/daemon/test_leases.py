@@ -552,3 +552,22 @@ def test_another_users_process_is_refused_unless_the_caller_is_root() -> None:
     stranger = os.getuid() + 4242
     with pytest.raises(BadRequest, match=fr"process {mine} is another user's"):
         check_pid(mine, stranger)
+
+
+def test_a_refusal_for_waiters_ahead_names_them(engramd: DaemonProcess) -> None:
+    from tests.conftest import run_cli
+
+    with connect(engramd.socket, "reader") as reader, \
+            connect(engramd.socket, "writer") as writer:
+        (shared,) = reader.acquire_lock("data", ttl=60, shared=True)
+        thread = threading.Thread(target=lambda: writer.acquire_lock("data", ttl=60,
+                                                                     wait=WAIT))
+        thread.start()
+        wait_until(lambda: waiters(reader, "data") == ["writer"], "the writer in line")
+        late = run_cli({**engramd.env, "ENGRAM_AGENT": "late"}, "lock", "acquire", "-n",
+                       "--shared", "data")
+        assert late.returncode == 4, late.stderr
+        assert re.search(r"data has 1 request\(s\) waiting ahead: writer \(pid \d+\)$",
+                         late.stderr.strip()), late.stderr
+        reader.release_lock(shared.lock_id)
+        thread.join(WAIT)
