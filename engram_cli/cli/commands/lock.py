@@ -142,7 +142,8 @@ def acquire(
     (another session of the same agent waits like anyone). A lease on a directory
     is in the way of a lease on anything in it and the reverse; a glob of what it
     matches; shared leases only of exclusive ones. Exit 4 with --no-wait when
-    something is in the way, 5 when --wait runs out, naming the holder.
+    something is in the way, 5 when --wait runs out, naming the holder. A daemon
+    restart meanwhile does not end the wait: it asks again once the daemon is back.
 
     Examples:
 
@@ -150,10 +151,12 @@ def acquire(
       engram lock acquire --path src/app.py --path docs/ -n
       engram lock acquire --path 'src/**/*.py' --shared
     """
+    from engram_cli.cli.waiting import acquire_waiting
+
     cli = context.get(ctx)
     out = cli.output(json)
-    leases = cli.client().acquire_lock(names(resources, path), ttl=ttl,
-                                       wait=_wait(wait, no_wait), pid=pid, shared=shared)
+    leases = acquire_waiting(cli.client(), names(resources, path), ttl=ttl,
+                             wait=_wait(wait, no_wait), pid=pid, shared=shared)
     for lease in leases:
         if out.json:
             out.json_line(lease)
