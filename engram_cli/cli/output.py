@@ -181,10 +181,16 @@ def error(message: str, *, code: str = "", exit_status: int = 1, as_json: bool =
         line = {"error": {"code": code, "message": message, "exit": exit_status}}
         stream.write(_json_encoder.encode(line).decode() + "\n")
     elif _color_allowed(stream):
-        stream.write(f"\x1b[1;31mengram: error:\x1b[0m {one_line(message)}\n")
+        stream.write(f"\x1b[1;31mengram: error:\x1b[0m {_line_of(message)}\n")
     else:
-        stream.write(f"engram: error: {one_line(message)}\n")
+        stream.write(f"engram: error: {_line_of(message)}\n")
     stream.flush()
+
+
+def _line_of(message: str) -> str:
+    """An error message as one line: what a terminal would act on escaped, a newline
+    (a resource's name may hold one) written ``\\n``; backslashes as they are."""
+    return printable(message).replace("\n", "\\n")
 
 
 def note(message: str) -> None:

@@ -251,5 +251,5 @@ def test_a_wait_in_line_goes_on_through_a_daemon_restart(
     assert waiter.poll() is None
     with connect(engramd.socket, "alice") as alice:
         alice.release_lock(lease.lock_id)
-    out, err = waiter.communicate(timeout=WAIT)
+    _, err = waiter.communicate(timeout=WAIT)
     assert waiter.returncode == 0, err
