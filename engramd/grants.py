@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import secrets
 import time
 from dataclasses import dataclass
 
 from engramd.caller import Caller
-from engramd.locks import LockTable, describe
+from engramd.locks import Blocker, Holding, LockTable, describe
 from engramd.protocol import (
     AcquireLock,
     BadRequest,
@@ -124,6 +125,31 @@ def process_runs(pid: int) -> bool:
         return False
 
 
+def check_pid(pid: int, uid: int) -> None:
+    """BadRequest unless a lease may be bound to process *pid* for a caller of uid *uid*:
+    one that runs (else the lease would end at once), not init (pid 1 never exits: the
+    lease would never end), and the caller's own (a process of another user would decide
+    how long the caller's lease lasts; root, uid 0, may name any)."""
+    if pid == 1:
+        raise BadRequest("pid 1 (init) never exits: a lease bound to it would never end; "
+                         "bind it to a process of yours (a shell script: --pid $$)")
+    if not process_runs(pid):
+        raise BadRequest(f"process {pid} is not running: a lease bound to it would end "
+                         "at once")
+    owner = process_owner(pid)
+    if uid > 0 and owner is not None and owner != uid:
+        raise BadRequest(f"process {pid} is another user's (uid {owner}), not yours (uid "
+                         f"{uid}): bind a lease to a process of yours")
+
+
+def process_owner(pid: int) -> int | None:
+    """The uid process *pid* runs as (None: gone, or not to be seen)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
 def checked_request(request: AcquireLock, default_ttl: float, max_ttl: float
                     ) -> tuple[list[str], float, float]:
     """The request's resources (sorted, each once), ttl and wait, or BadRequest."""
@@ -156,10 +182,8 @@ def grant_for(request: AcquireLock, caller: Caller, table: LockTable, *, default
     """What the request would be granted, and how long it may wait; refused when the
     session holds one of them already or the agent would hold too many."""
     resources, ttl, wait = checked_request(request, default_ttl, max_ttl)
-    if request.pid is not None and not process_runs(request.pid):
-        # Granted, the lease would end at once (the pid watch): say so instead.
-        raise BadRequest(f"process {request.pid} is not running: a lease bound to it would "
-                         "end at once")
+    if request.pid is not None:
+        check_pid(request.pid, caller.uid)
     session, holder_pid = session_of(caller, request.pid, machine)
     agent = caller.agent_id
     mine = table.held_in((agent, session), resources)
@@ -179,12 +203,22 @@ def check_wait(grant: Grant, line: LockTable, max_waiters: int) -> None:
     agent, session, resources = grant.caller.agent_id, grant.session, grant.resources
     cycle = line.cycle((agent, session), resources, grant.shared)
     if cycle:
-        waiters = [describe(agent, grant.holder_pid)] + [h.holder for _, h in cycle]
+        waiters = [describe(agent, grant.holder_pid)] + [b.holder for _, b in cycle]
         raise Deadlock("deadlock: " + ", then ".join(
-            f"{waiter} waits for {resource} held by {holding.holder}"
-            + ("" if holding.lease.resource == resource else f" (as {holding.lease.resource})")
-            for waiter, (resource, holding) in zip(waiters, cycle, strict=False))
+            f"{waiter} waits for {resource} {_blocked_by(resource, blocker)}"
+            for waiter, (resource, blocker) in zip(waiters, cycle, strict=False))
             + "; refusing to wait")
     for resource in resources:
         if line.waiting_count(resource) >= max_waiters:
             raise TooLarge(f"{max_waiters} requests already wait for {resource}")
+
+
+def _blocked_by(resource: str, blocker: Blocker) -> str:
+    """What stands in the way of a wait for *resource*: a lease, or a request ahead."""
+    if isinstance(blocker, Holding):
+        lease = blocker.lease
+        return f"held by {blocker.holder}" + (
+            "" if lease.resource == resource else f" (as {lease.resource})")
+    wanted = ", ".join(blocker.resources[:3]) + (
+        f" and {len(blocker.resources) - 3} more" if len(blocker.resources) > 3 else "")
+    return f"behind {blocker.holder}, waiting ahead in line for {wanted}"

@@ -367,7 +367,13 @@ class LeaseManager:
                 continue
             ahead = line.waiting_in_the_way(resource, grant.shared, grant.key)
             if ahead:
-                parts.append(f"{resource} has {ahead} request(s) waiting ahead")
+                named = ", ".join(
+                    f"{waiting.holder}{' (shared)' if waiting.shared else ''}"
+                    + ("" if wanted == resource else f" for {wanted:.200}")
+                    for waiting, wanted in ahead[:3])
+                more = f" and {len(ahead) - 3} more" if len(ahead) > 3 else ""
+                parts.append(f"{resource} has {len(ahead)} request(s) waiting ahead: "
+                             f"{named}{more}")
             elif not self.table.free([resource], grant.shared, grant.key):
                 parts.append(f"{resource} is being granted to someone else")
         return "; ".join(parts) or "held"

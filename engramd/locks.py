@@ -16,7 +16,9 @@ in O(depth) for a path. Invariants kept here:
   that came before it conflicts with it (so a shared request waits behind a
   waiting exclusive one: no writer starves behind a stream of readers). Nothing is
   held while waiting, so requests for overlapping sets in any order cannot
-  deadlock each other.
+  deadlock each other; a session that holds something and waits may, and the
+  wait-for graph (:meth:`LockTable.cycle`) refuses the wait that closes a cycle,
+  counting a waiter ahead in line as in the way, as it is.
 * Holders and waiters are *sessions* of agents (``Lease.holder`` and
   ``Lease.session`` together), not agents: two scripts of one agent are two
   holders, and the wait-for graph is drawn between sessions.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -100,10 +102,17 @@ class Waiting:
         return self.agent, self.session
 
     @property
+    def holder(self) -> str:
+        return describe(self.agent, self.pid)
+
+    @property
     def owner(self) -> object:
         """Whose reservation its turn makes: its grant (the table's own: itself)."""
         return self.grant if self.grant is not None else self
 
+
+Blocker = Holding | Waiting
+"""A session in a request's way: a lease it holds, or a request of it ahead in line."""
 
 Owner = object
 """Whose claim it is: a :class:`Holding`, a :class:`Waiting`, or a grant's reservation."""
@@ -292,44 +301,57 @@ class LockTable:
         return self._queued.get(resource, 0)
 
     def waiting_in_the_way(self, resource: str, shared: bool = False,
-                           session: SessionKey | None = None) -> int:
-        """How many waiters (of other sessions) conflict with a lease on *resource*."""
-        return len({id(claim.owner) for claim in self.lined.conflicting(parse(resource), shared)
-                    if claim.session != session})
+                           session: SessionKey | None = None) -> list[tuple[Waiting, str]]:
+        """The waiters (of other sessions) that conflict with a lease on *resource*, in
+        the order they came, each with the resource of its that does."""
+        found: dict[Waiting, str] = {}
+        for claim in self.lined.conflicting(parse(resource), shared):
+            if claim.session != session and isinstance(claim.owner, Waiting):
+                found.setdefault(claim.owner, claim.resource.text)
+        order = {waiting: position for position, waiting in enumerate(self.line)}
+        return sorted(found.items(), key=lambda item: order.get(item[0], len(order)))
 
     # -- the wait-for graph ----------------------------------------------------------
 
     def cycle(self, session: SessionKey, resources: list[str], shared: bool = False
-              ) -> list[tuple[str, Holding]] | None:
-        """The ``(resource, holding)`` steps back to *session*, if its wait closes a cycle.
+              ) -> list[tuple[str, Blocker]] | None:
+        """The ``(resource, blocker)`` steps back to *session*, if its wait closes a cycle.
 
-        Step one is a resource *session* wants and a holder in its way; each next step is
-        a resource that holder waits for, and so on until a holder is *session*.
+        Step one is a resource *session* wants and a session in its way: a holder of a
+        lease that conflicts with it, or a waiter ahead of it in line that does (first
+        come, first served: that one goes first, so this one waits for it as well). Each
+        next step is what that session waits for, and so on until one is *session*.
         """
+        order = {waiting: position for position, waiting in enumerate(self.line)}
 
-        def search(wanted: list[Claim], path: list[tuple[str, Holding]],
-                   seen: set[SessionKey]) -> list[tuple[str, Holding]] | None:
+        def in_the_way(want: Claim, before: int) -> Iterator[Blocker]:
+            for claim in self.taken.conflicting(want.resource, want.shared):
+                if isinstance(claim.owner, Holding):  # (a grant being written holds
+                    yield claim.owner                 # nothing yet)
+            for claim in self.lined.conflicting(want.resource, want.shared):
+                if isinstance(claim.owner, Waiting) and order[claim.owner] < before:
+                    yield claim.owner
+
+        def search(wanted: list[Claim], before: int, path: list[tuple[str, Blocker]],
+                   seen: set[SessionKey]) -> list[tuple[str, Blocker]] | None:
             for want in wanted:
-                for claim in list(self.taken.conflicting(want.resource, want.shared)):
-                    holding = claim.owner
-                    if not isinstance(holding, Holding):
-                        continue  # a grant being written: it holds nothing yet
-                    step = [*path, (want.resource.text, holding)]
-                    holder = holding.key
-                    if holder == session:
+                for blocker in list(in_the_way(want, before)):
+                    step = [*path, (want.resource.text, blocker)]
+                    if blocker.key == session:
                         if not path:
-                            continue  # its own lease: not in its way
+                            continue  # its own lease or request: not in its way
                         return step
-                    if holder in seen:
+                    if blocker.key in seen:
                         continue
-                    seen.add(holder)
-                    for waiting in self._waits_of(holder):
-                        found = search(self._waits[waiting], step, seen)
+                    seen.add(blocker.key)
+                    for waiting in self._waits_of(blocker.key):
+                        found = search(self._waits[waiting], order[waiting], step, seen)
                         if found:
                             return found
             return None
 
-        return search(claims_of(resources, shared, None, session), [], {session})
+        return search(claims_of(resources, shared, None, session), len(self.line), [],
+                      {session})
 
     def _waits_of(self, session: SessionKey) -> list[Waiting]:
         return [waiting for waiting in self.line if waiting.key == session]

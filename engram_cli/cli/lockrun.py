@@ -26,26 +26,23 @@ import threading
 
 from engram_cli.cli import output
 from engram_cli.cli.cmdgroup import CannotRun, Command, become_subreaper, clock
+from engram_cli.cli.waiting import PASSING, RETRY_SECONDS, acquire_waiting
 from engram_cli.client import Client
 from engram_cli.client.errors import (
-    ClientTimeout,
     EngramError,
     ExitCode,
     NotFound,
-    RateLimited,
-    Unavailable,
 )
 from engramd.protocol import Lease, LeaseLost, LeaseTiming
 
-RETRY_SECONDS = 0.1
-"""How often an unreachable daemon is tried again."""
 SLICE_SECONDS = 0.25
 """The longest the keeper waits for a notice before it looks at the clock again."""
 POLL_SECONDS = 0.05
 """How often the main thread looks at the clock while CMD runs."""
 
-# The keeper retries these: the daemon is away, restarting, recovering or busy.
-_PASSING = (Unavailable, ClientTimeout, RateLimited)
+# The keeper retries these (as the wait in line does): the daemon is away, restarting,
+# recovering or busy.
+_PASSING = PASSING
 
 
 class LeaseKeeper(threading.Thread):
@@ -204,8 +201,8 @@ def run_holding(client: Client, resources: list[str], argv: list[str], *,
     command = Command(argv)  # waits, in a group of its own, until the leases are held
     try:
         try:
-            leases = client.acquire_lock(resources, ttl=ttl, wait=wait, pid=os.getpid(),
-                                         pgid=command.pgid, shared=shared)
+            leases = acquire_waiting(client, resources, ttl=ttl, wait=wait,
+                                     pid=os.getpid(), pgid=command.pgid, shared=shared)
         except BaseException:
             command.abandon()
             raise

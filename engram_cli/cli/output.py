@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from engram_cli.formats.jsonforms import event_json, to_plain_data
-from engram_cli.formats.text import UNPRINTABLE, preview, printable, timestamp
+from engram_cli.formats.text import one_line, preview, printable, timestamp
 from engramd.protocol import (
     Context,
     ContextCreated,
@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 _json_encoder = msgspec.json.Encoder()
 
 
-_TSV_ESCAPES = str.maketrans(
-    {**UNPRINTABLE, "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def tsv_line(fields: Iterable[str]) -> str:
@@ -55,7 +53,7 @@ def tsv_line(fields: Iterable[str]) -> str:
     format does), so every line is one record of the same width whatever the data; any
     other character a terminal would act on is ``\\xHH`` (``\\u202e`` for a reordering
     one), so a pipe to a terminal shows it rather than obeys it."""
-    return "\t".join(field.translate(_TSV_ESCAPES) for field in fields) + "\n"
+    return "\t".join(map(one_line, fields)) + "\n"
 
 
 def _color_allowed(stream: IO[str]) -> bool:
@@ -183,10 +181,16 @@ def error(message: str, *, code: str = "", exit_status: int = 1, as_json: bool =
         line = {"error": {"code": code, "message": message, "exit": exit_status}}
         stream.write(_json_encoder.encode(line).decode() + "\n")
     elif _color_allowed(stream):
-        stream.write(f"\x1b[1;31mengram: error:\x1b[0m {printable(message)}\n")
+        stream.write(f"\x1b[1;31mengram: error:\x1b[0m {_line_of(message)}\n")
     else:
-        stream.write(f"engram: error: {printable(message)}\n")
+        stream.write(f"engram: error: {_line_of(message)}\n")
     stream.flush()
+
+
+def _line_of(message: str) -> str:
+    """An error message as one line: what a terminal would act on escaped, a newline
+    (a resource's name may hold one) written ``\\n``; backslashes as they are."""
+    return printable(message).replace("\n", "\\n")
 
 
 def note(message: str) -> None:

@@ -75,7 +75,15 @@ def numstat(repo: str, commit: str) -> list[tuple[str, str, str]]:
 
 
 def staged_files(repo: str) -> list[str]:
-    return [p for p in git(repo, "diff", "--cached", "--name-only").splitlines() if p]
+    """Every path the commit being made changes, relative to the top level: a rename's
+    old name and new name both (``--no-renames``: moving a file away changes it), each
+    as it is on disk (``-z``: git quotes names with other than printable ASCII in lines)."""
+    result = subprocess.run(["git", "-C", repo, "diff", "--cached", "--name-only",
+                             "--no-renames", "-z"], capture_output=True, check=False)
+    if result.returncode != 0:
+        raise GitError(result.stderr.decode(errors="replace").strip()
+                       or "git diff --cached failed")
+    return [os.fsdecode(path) for path in result.stdout.split(b"\0") if path]
 
 
 def changed_files(repo: str, timeout: float = 1.0) -> list[str]:

@@ -16,6 +16,8 @@ SESSION_PID_VAR = "ENGRAM_SESSION_PID"
 PASSED_THROUGH = frozenset({
     "sh", "bash", "dash", "zsh", "fish", "ksh", "mksh", "ash", "busybox", "tcsh", "csh",
     "env", "nohup", "nice", "timeout", "setsid", "stdbuf", "xargs", "time",
+    "git", "pre-commit",  # (git and its hook script: the pre-commit guard's session is
+                          # whoever runs git)
 })
 """Processes that only run another: a session is never one of these."""
 MAX_HOPS = 32

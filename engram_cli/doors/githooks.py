@@ -30,8 +30,10 @@ import msgspec
 from engram_cli.client import Client, gitinfo, paths, requests
 from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
 from engram_cli.client.paths import repo_key
+from engram_cli.client.session import session_pid
 from engram_cli.client.settings import default_agent_id
 from engram_cli.doors.files import write_whole
+from engram_cli.formats.text import one_line
 from engramd.protocol import SpooledUnit, UnitDraft, resolve_data_dir
 
 HOOKS = ("post-commit", "post-checkout", "post-merge", "post-rewrite")
@@ -279,9 +281,10 @@ def record(repo: str, hook: str, args: list[str], stdin: str, socket: str | None
 
 
 def guard(repo: str, mode: str, socket: str | None, env: Mapping[str, str]) -> list[str]:
-    """Staged files under another agent's lease, as messages (empty: all clear): each
-    file named as a lease on it is (:mod:`engram_cli.client.paths`) and judged by the
-    lock manager's rule."""
+    """Staged files under the lease of another session (another agent's, or another
+    running session's of this agent), as messages (empty: all clear): each file named
+    as a lease on it is (:mod:`engram_cli.client.paths`) and judged by the lock
+    manager's rule; the committing session is :func:`session_pid`'s."""
     if mode == "off":
         return []
     agent = default_agent_id(env)
@@ -294,13 +297,14 @@ def guard(repo: str, mode: str, socket: str | None, env: Mapping[str, str]) -> l
             leases = paths.leases_of(client.list_locks())
     except (Unavailable, ClientTimeout, EngramError):
         return []  # no daemon, no guard: never stop a commit for engram's sake
-    if not any(lease.holder != agent for lease in leases):
+    session = session_pid(env)  # (git counts as a wrapper: the session runs git)
+    if all(paths.own(lease, agent, session) for lease in leases):
         return []
     for path, name in paths.in_repository(repo, staged).items():
-        for lease in paths.in_the_way(leases, agent, name):
-            problems.append(f"{path} is leased by {lease.holder}"
+        for lease in paths.in_the_way(leases, agent, name, session):
+            problems.append(f"{one_line(path)} is leased by {lease.holder}"
                             + (" (shared)" if lease.shared else "")
                             + ("" if lease.resource == name
-                               else f" as {paths.display(lease.resource, repo)}")
+                               else f" as {one_line(paths.display(lease.resource, repo))}")
                             + f" until {lease.expires_at.isoformat(timespec='seconds')}")
     return problems

@@ -42,6 +42,8 @@ _WORD = r"""(?:'[^']*'|"(?:[^"\\]|\\.)*"|[^\s'"])+"""
 _OURS = rf"(^|[/\s])engram(_cli)?(\s+--(socket|data-dir|agent)(=|\s+){_WORD})*\s+hook\s"
 """A command of ours: engram, its global options (a shell word each), ``hook`` (compiled
 on first use: a hook answering a harness never needs it)."""
+_PATCHED = r"^\*\*\* (?:(?:Update|Add|Delete) File|Move to): (.+)$"
+"""The lines of an ``apply_patch`` that name a file it writes (a move's target too)."""
 WHERE_OPTIONS = ("--socket", "--data-dir")
 """The global options that say where the daemon is, as setup writes them."""
 
@@ -465,7 +467,8 @@ def go_on(reason: str, harness: str) -> dict[str, Any]:
 
 def edited_paths(hook_input: dict[str, Any]) -> list[str]:
     """The files a PreToolUse input is about to change: ``file_path``/``path``/
-    ``notebook_path`` of the tool input, or the files an ``apply_patch`` names."""
+    ``notebook_path`` of the tool input, or the files an ``apply_patch`` names (a
+    ``*** Move to:`` target too: a move writes it)."""
     tool_input = hook_input.get("tool_input") or {}
     if not isinstance(tool_input, dict):
         return []
@@ -476,8 +479,7 @@ def edited_paths(hook_input: dict[str, Any]) -> list[str]:
         texts = value if isinstance(value, list) else [value]
         for text in texts:
             if isinstance(text, str):
-                paths += re.findall(r"^\*\*\* (?:Update|Add|Delete) File: (.+)$", text,
-                                    flags=re.MULTILINE)
+                paths += re.findall(_PATCHED, text, flags=re.MULTILINE)
     return list(dict.fromkeys(path.strip() for path in paths))
 
 

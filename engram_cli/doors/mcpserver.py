@@ -39,7 +39,7 @@ from engram_cli.client import paths as where
 from engram_cli.client.asynchronous import AsyncClient, open_client
 from engram_cli.client.errors import EngramError, NotFound
 from engram_cli.formats import briefview
-from engram_cli.formats.text import preview, printable, timestamp
+from engram_cli.formats.text import one_line, preview, printable, timestamp
 from engramd.protocol import AgentInfo, Lease, Unit, agentwork
 
 MAX_WAIT = 60.0
@@ -427,7 +427,8 @@ def build_server(identity: Identity) -> MCPServer:
 
     async def displayed(names: list[str]) -> list[str]:
         """Names as paths from the project, as the agent gives them."""
-        return await trio.to_thread.run_sync(lambda: [where.display(name) for name in names])
+        return await trio.to_thread.run_sync(
+            lambda: [one_line(where.display(name)) for name in names])
 
     async def named(resource: str | None, path: str | None) -> str | None:
         return (await resolved([path]))[0] if path else resource
@@ -447,7 +448,7 @@ def build_server(identity: Identity) -> MCPServer:
                      ) -> str:
         async def run(client: AsyncClient) -> str:
             await client.release_lock(lock_id, resource=await named(resource, path))
-            return f"released {path or resource or lock_id}"
+            return f"released {one_line(path or resource or lock_id)}"
         return await call(run)
 
     @tool("Leases held now, and who waits.", READ_ONLY)
@@ -457,7 +458,7 @@ def build_server(identity: Identity) -> MCPServer:
             shown = await displayed([state.resource for state in states])
             return "\n".join(
                 f"{name}: "
-                + (", ".join(f"{lease.holder}{' (shared)' if lease.shared else ''}"
+                + (", ".join(f"{one_line(lease.holder)}{' (shared)' if lease.shared else ''}"
                              for lease in held) if (held := state.leases or (
                                  [state.lease] if state.lease else [])) else "free")
                 + (f", until {timestamp(held[0].expires_at)}" if held else "")

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from engram_cli.formats.jsonforms import to_plain_data, unit_to_json
-from engram_cli.formats.text import format_duration, preview, printable, timestamp
+from engram_cli.formats.text import format_duration, one_line, preview, printable, timestamp
 from engramd.protocol import Brief, Lease, Task, Unit, agentwork
 
 CHEAT_SHEET = """## engram commands
@@ -51,6 +51,9 @@ def sections(brief: Brief, now: dt.datetime,
     a lease's resource as the reader would give it (a path relative to where it is)."""
     found: list[list[str]] = []
 
+    def named(resource: str) -> str:  # (one line, whatever a resource's name holds)
+        return one_line(name(resource))
+
     def section(heading: str, lines: list[str]) -> None:
         if lines:
             found.append([heading, *lines])
@@ -64,11 +67,11 @@ def sections(brief: Brief, now: dt.datetime,
     section("## Your claimed tasks (engram task done ID when finished)",
             [_task(task) for task in brief.claimed])
     section("## Your leases",
-            [f"- `{name(lease.resource)}`{' (shared)' if lease.shared else ''} (fencing "
+            [f"- `{named(lease.resource)}`{' (shared)' if lease.shared else ''} (fencing "
              f"token {lease.fencing_token}, {_left(lease, now)})"
              for lease in brief.leases])
     section("## Held by others: files you have changed",
-            [f"- `{name(lease.resource)}` by {lease.holder}"
+            [f"- `{named(lease.resource)}` by {lease.holder}"
              + (f" (pid {lease.holder_pid})" if lease.holder_pid else "")
              + (", shared" if lease.shared else "")
              + f", {_left(lease, now)}" for lease in brief.others_leases])

@@ -29,6 +29,17 @@ def printable(text: str) -> str:
     return text.translate(_PRINTABLE)
 
 
+_ONE_LINE = str.maketrans(
+    {**UNPRINTABLE, "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def one_line(text: str) -> str:
+    """*text* (a name: a resource, a path) on one line whatever it holds: a backslash,
+    tab, newline or carriage return written ``\\\\``, ``\\t``, ``\\n``, ``\\r``, as
+    :func:`printable` writes the rest, so a name never makes a line of its own."""
+    return text.translate(_ONE_LINE)
+
+
 def timestamp(value: dt.datetime) -> str:
     """The one form of a time in plain and JSON output: RFC 3339, UTC, ``Z``."""
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")

@@ -39,6 +39,12 @@ other (``src/**/*.py`` and ``src/*.md``: conservatively yes; ``src/a*`` and ``do
 or ``src/a*`` and ``src/b*``: no): a pair that could match paths where one is, or is
 inside, the other is never judged apart.
 
+**Literal wildcard characters.** A file whose name holds ``*``, ``?`` or ``[`` is named
+with each of them in brackets, as fnmatch escapes them: ``[*]``, ``[?]``, ``[[]``
+(``pages/[id].js`` is ``pages/[[]id].js``, ``a*.txt`` is ``a[*].txt``). A part whose
+only wildcards are such escapes is a plain part, not a pattern, so one file has one
+name and a glob may hold a literal part (``pages/[[]id]/*.js``).
+
 **The rule.** Two leases *conflict* when their resources overlap and they are not
 both shared. A file edit is an exclusive claim on its path: another's lease
 *covers* it when the two conflict (:func:`covers`).
@@ -47,16 +53,36 @@ both shared. A file edit is an exclusive claim on its path: another's lease
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
 __all__ = ["FILE", "WILDCARDS", "Resource", "parse", "overlaps", "conflicts", "covers",
-           "contains", "file_resource", "repo_resource", "escape_key", "unescape_key"]
+           "contains", "file_resource", "repo_resource", "escape_key", "unescape_key",
+           "escape_path", "unescape_path", "is_pattern"]
 
 FILE = "file:"
 WILDCARDS = "*?["
 ANY_DEPTH = "**"
+_ESCAPED = re.compile(r"\[([*?[])\]")
+"""A wildcard character written literally: ``[*]``, ``[?]``, ``[[]``."""
+_WILDCARD = re.compile(r"([*?[])")
+
+
+def escape_path(path: str) -> str:
+    """A literal path as it stands in a name: its wildcard characters in brackets."""
+    return _WILDCARD.sub(r"[\1]", path)
+
+
+def unescape_path(text: str) -> str:
+    """The literal path a name's path text stands for (the reverse of :func:`escape_path`)."""
+    return _ESCAPED.sub(r"\1", text)
+
+
+def is_pattern(text: str) -> bool:
+    """Whether *text* (a part, or a path) holds a wildcard that is not written literally."""
+    return any(c in _ESCAPED.sub("", text) for c in WILDCARDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +111,14 @@ class Resource:
 
     @property
     def path(self) -> str:
-        """The path within the root, ``/``-separated (empty for the root)."""
+        """The path within the root, ``/``-separated (empty for the root), as the name
+        writes it (wildcard characters of a path's names in brackets)."""
         return "/".join(self.parts)
+
+    @property
+    def literal_path(self) -> str:
+        """The path on disk a path (not a glob) names: :attr:`path` unescaped."""
+        return unescape_path(self.path)
 
 
 def escape_key(key: str) -> str:
@@ -152,9 +184,10 @@ def parse(text: str) -> Resource:
         raise ValueError(f"{text!r} is not canonical: a path without ., .., empty parts "
                          "or more than one trailing /")
     for index, part in enumerate(parts):
-        if any(c in part for c in WILDCARDS):
+        if is_pattern(part):
             if directory:
                 raise ValueError(f"{text!r}: a glob does not end in /")
+            # (conservative: an escape such as [*] before the first wildcard ends it too)
             literal = path[:min(i for i in (path.find(c) for c in WILDCARDS) if i >= 0)]
             return Resource(text=text, root=root, parts=parts, glob=True, anchor=index,
                             literal=literal)
@@ -226,7 +259,7 @@ def _step(states: set[int], pattern: tuple[str, ...], name: str) -> set[int]:
         if state < len(pattern):
             if pattern[state] == ANY_DEPTH:
                 after.add(state)
-            elif fnmatchcase(name, pattern[state]):
+            elif fnmatchcase(unescape_path(name) if "[" in name else name, pattern[state]):
                 after.add(state + 1)
     return _closure(after, pattern)
 

@@ -153,3 +153,39 @@ def test_lock_run_takes_paths_before_the_command_and_leaves_its_arguments_alone(
         assert f"file:{os.path.realpath(repo)}/src/:" in fence
     nothing = engram(env, repo, "lock", "run", "--shared", "--", "true")
     assert nothing.returncode == 2 and "usage" in nothing.stderr
+
+
+def test_a_file_named_with_wildcard_characters_is_leased_as_itself(
+        engramd: DaemonProcess, tmp_path: Path) -> None:
+    env = engramd.env
+    repo = repository(tmp_path / "repo")
+    (repo / "pages").mkdir()
+    (repo / "pages" / "[id].js").write_text("")
+    held = engram(env, repo, "lock", "acquire", "--path", "pages/[id].js", "--ttl", "60")
+    assert held.returncode == 0, held.stderr
+    apart = engram(env, repo, "lock", "acquire", "-n", "--path", "pages/i.js", agent="bob")
+    assert apart.returncode == 0, apart.stderr  # not a pattern: i.js is another file
+    same = engram(env, repo, "lock", "acquire", "-n", "--path", "pages/[[]id].js",
+                  agent="carol")
+    assert same.returncode == 4 and "alice" in same.stderr  # escaped: the same file
+    shown = engram(env, repo, "lock", "list").stdout.splitlines()
+    assert any(row.startswith("pages/[id].js\talice\t") for row in shown), shown
+    to_be = engram(env, repo, "lock", "acquire", "-n", "--path", "new[*].txt", agent="bob")
+    assert to_be.returncode == 0, to_be.stderr
+    listing = engram(env, repo, "lock", "list", "--json").stdout
+    assert f'"file:{repo}/new[*].txt"' in listing  # the file new*.txt, not a glob
+
+
+def test_a_name_with_newlines_and_controls_is_shown_on_one_line(
+        engramd: DaemonProcess, tmp_path: Path) -> None:
+    from tests.conftest import on_a_terminal
+
+    evil = "deploy\nfake\tholder\r\x1b[2Jx"
+    with connect(engramd.socket, "mallory") as mallory:
+        mallory.acquire_lock(evil, ttl=60)
+        shown = on_a_terminal(engramd.env, "lock", "list")
+        assert "deploy\\nfake\\tholder\\r\\x1b[2Jx" in shown, shown
+        assert not any(line.lstrip().startswith("fake") for line in shown.splitlines())
+        held = engram(engramd.env, tmp_path, "lock", "acquire", "-n", evil, agent="bob")
+        assert held.returncode == 4
+        assert held.stderr.count("\n") == 1 and "deploy\\nfake" in held.stderr, held.stderr

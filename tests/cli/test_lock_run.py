@@ -225,3 +225,31 @@ def test_an_unexpected_error_in_the_renewal_stops_cmd(
     assert command.poll() is not None and command.living() == []
     command.reap()
     assert capsys.readouterr().err == f"engram: error: {why}; stopping the command\n"
+
+
+def waiting_for(socket: str, resource: str) -> list[str]:
+    try:
+        with connect(socket, "observer") as engram:
+            return [waiter.agent for waiter in engram.get_lock(resource).waiters]
+    except EngramError:  # the daemon is away
+        return []
+
+
+@pytest.mark.parametrize("words", [["lock", "acquire", "res", "--wait", "60"],
+                                   ["lock", "run", "res", "--wait", "60", "--", "true"]],
+                         ids=["acquire", "run"])
+def test_a_wait_in_line_goes_on_through_a_daemon_restart(
+        engramd: DaemonProcess, words: list[str]) -> None:
+    with connect(engramd.socket, "alice") as alice:
+        (lease,) = alice.acquire_lock("res", ttl=60)
+    waiter = subprocess.Popen([sys.executable, "-m", "engram_cli", *words],
+                              env={**engramd.env, "ENGRAM_AGENT": "bob"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: waiting_for(engramd.socket, "res") == ["bob"], "bob in line")
+    restart(engramd, signal.SIGTERM)
+    wait_until(lambda: waiting_for(engramd.socket, "res") == ["bob"], "bob in line again")
+    assert waiter.poll() is None
+    with connect(engramd.socket, "alice") as alice:
+        alice.release_lock(lease.lock_id)
+    _, err = waiter.communicate(timeout=WAIT)
+    assert waiter.returncode == 0, err

@@ -79,5 +79,89 @@ def test_the_guards_verdict_is_the_rule(tmp_path: Path) -> None:
     root = "file:github.com/ann/proj:"
     mine, theirs = lease(root + "src/", "ann", "s1"), lease(root + "src/", "bob", "s2")
     other = lease("file:github.com/bob/x:src/app.py", "bob", "s3")
-    assert paths.in_the_way([mine, theirs, other], "ann", root + "src/app.py") == [theirs]
+    assert paths.in_the_way([mine, theirs, other], "ann", root + "src/app.py",
+                            session=1) == [theirs]  # mine: taken by process 1, the editor
+    # Another session of ann, whose process (1) runs: in the way, as the manager says.
+    assert paths.in_the_way([mine, theirs], "ann", root + "src/app.py",
+                            session=2) == [mine, theirs]
     assert paths.in_repository(str(tmp_path), ["a"]) == {}
+
+
+def test_a_file_with_wildcard_characters_can_be_named_literally(tmp_path: Path) -> None:
+    repo = repository(tmp_path / "proj", "git@github.com:ann/proj.git")
+    root = "file:github.com/ann/proj:"
+    (repo / "pages").mkdir()
+    (repo / "pages" / "[id].js").write_text("")
+    # There on disk: that file, whatever its characters (escaped in its name).
+    assert paths.resource("pages/[id].js", str(repo)) == root + "pages/[[]id].js"
+    assert not names.parse(root + "pages/[[]id].js").glob
+    # Not there: a glob, unless its wildcards are escaped in brackets.
+    assert paths.resource("pages/[id]x.js", str(repo)) == root + "pages/[id]x.js"
+    assert names.parse(root + "pages/[id]x.js").glob
+    assert paths.resource("a[*].txt", str(repo)) == root + "a[*].txt"
+    assert paths.resource("a*.txt", str(repo)) == root + "a*.txt"
+    assert paths.resource("a*.txt", str(repo), literal=True) == root + "a[*].txt"
+    assert paths.resource("pages/[[]id]/*.js", str(repo)) == root + "pages/[[]id]/*.js"
+    # The guards name an edited file literally; the rule tells it from a pattern's match.
+    edited = paths.resource("pages/[id].js", str(repo), literal=True)
+    assert names.covers(root + "pages/[[]id].js", edited)
+    assert not names.covers(root + "pages/[[]id].js", root + "pages/i.js")
+    assert names.covers(root + "pages/*.js", edited)
+    assert paths.display(edited, str(repo)) == "pages/[id].js"
+    assert paths.in_repository(str(repo), ["a*.txt"]) == {"a*.txt": root + "a[*].txt"}
+    outside = tmp_path / "q?.txt"
+    outside.write_text("")
+    assert paths.resource(str(outside)) == f"file:{tmp_path}/q[?].txt"
+
+
+@pytest.mark.parametrize("name", ["..env", "...", "..a/b"])
+def test_names_that_start_with_two_dots_are_names(tmp_path: Path, name: str) -> None:
+    repo = repository(tmp_path / "proj", "git@github.com:ann/proj.git")
+    root = "file:github.com/ann/proj:"
+    assert paths.resource(name, str(repo)) == root + name
+    assert paths.resource(name, str(repo), literal=True) == root + name
+    assert paths.display(root + name, str(repo)) == name
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert paths.display(f"file:{plain}/{name}", str(plain)) == name
+
+
+@pytest.mark.parametrize("url, key", [
+    ("ssh://git@github.com:22/o/r.git", "github.com/o/r"),
+    ("git@GitHub.com:o/r.git", "github.com/o/r"),
+    ("https://github.com/o/r", "github.com/o/r"),
+    ("https://GITHUB.com:443/o/r.git/", "github.com/o/r"),
+    ("git+ssh://ann@github.com/o/r", "github.com/o/r"),
+    ("git://github.com:9418/o/r", "github.com/o/r"),
+    ("http://user:secret@example.org:80/o/r", "example.org/o/r"),
+    ("https://example.org:8443/o/r", "example.org:8443/o/r"),  # not the default: kept
+    ("git@example.org:ann/proj.git", "example.org/ann/proj"),  # already normal: as before
+    ("https://example.org/Ann/Proj", "example.org/Ann/Proj"),  # a path's case is its own
+    ("file:///srv/git/proj.git", "/srv/git/proj"),
+    ("../shared/proj.git", "/home/ann/shared/proj"),
+])
+def test_one_remote_has_one_key_however_its_url_is_written(url: str, key: str) -> None:
+    assert paths.remote_key(url, "/home/ann/proj") == key
+
+
+def test_clones_of_one_remote_by_different_urls_name_files_alike(tmp_path: Path) -> None:
+    names_of = {paths.resource("src/app.py", str(repository(tmp_path / str(n), url)))
+                for n, url in enumerate(["ssh://git@github.com:22/o/r.git",
+                                         "git@GitHub.com:o/r.git", "https://github.com/o/r"])}
+    assert names_of == {"file:github.com/o/r:src/app.py"}
+
+
+def test_file_or_directory_is_what_the_disk_says_when_the_path_is_named(
+        tmp_path: Path) -> None:
+    repo = repository(tmp_path / "proj", "git@github.com:ann/proj.git")
+    root = "file:github.com/ann/proj:"
+    assert paths.resource("later/x", str(repo)) == root + "later/x"  # not there: a file
+    assert paths.resource("later/x/", str(repo)) == root + "later/x/"  # unless it ends in /
+    (repo / "build").mkdir()
+    assert paths.resource("build", str(repo)) == root + "build/"  # there: a directory
+    os.symlink(repo / "build", repo / "out")
+    assert paths.resource("out", str(repo)) == root + "build/"  # through a symlink too
+    (repo / "out").unlink()
+    (repo / "build").rmdir()
+    assert paths.resource("build", str(repo)) == root + "build"  # gone: a file again
+    assert paths.resource("build/", str(repo)) == root + "build/"

@@ -504,3 +504,70 @@ def test_status_counts_commits_subscribers_and_leases(threaded_daemon: ThreadedD
     assert status.journal.fsync_seconds > 0
     assert status.stream.subscribers == 1 and status.stream.leases_held == 1
     assert status.stream.leases_granted == 1 and status.stream.published >= 5
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_wait_behind_a_waiter_that_waits_for_you_is_a_deadlock(
+        engramd: DaemonProcess, tmp_path: Path, shared: bool) -> None:
+    """S1 holds e3/a.py; W waits for e3/ behind it; S1 asking for e3/b.py would queue
+    behind W (first come, first served), which waits for S1: refused at once, not a
+    timeout. The same when S1's leases are shared: W's exclusive request is ahead."""
+    where = f"file:{tmp_path}/e3/"
+    with connect(engramd.socket, "s1") as s1, connect(engramd.socket, "w") as w:
+        (held,) = s1.acquire_lock(where + "a.py", ttl=60, shared=shared)
+        thread = threading.Thread(target=lambda: w.acquire_lock(where, ttl=60, wait=WAIT))
+        thread.start()
+        wait_until(lambda: waiters(s1, where) == ["w"], "w waiting for e3/")
+        with pytest.raises(Deadlock, match=r"s1 \(pid \d+\) waits for .*e3/b\.py behind w "
+                                           r"\(pid \d+\), waiting ahead in line for .*e3/, "
+                                           r"then w \(pid \d+\) waits for .*e3/ held by s1"):
+            s1.acquire_lock(where + "b.py", ttl=60, wait=5, shared=shared)
+        s1.release_lock(held.lock_id)
+        thread.join(WAIT)
+        assert w.get_lock(where).lease is not None
+
+
+def test_a_lease_is_bound_only_to_a_running_process_of_the_caller_but_init(
+        engramd: DaemonProcess) -> None:
+    from tests.conftest import run_cli
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for pid, why in (("1", "pid 1 (init) never exits"), (str(gone.pid), "is not running")):
+        refused = run_cli(engramd.env, "lock", "acquire", "deploy:prod", "--pid", pid)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.count("\n") == 1 and why in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    taken = run_cli(engramd.env, "lock", "acquire", "deploy:prod", "--pid", str(os.getpid()))
+    assert taken.returncode == 0, taken.stderr
+
+
+def test_another_users_process_is_refused_unless_the_caller_is_root() -> None:
+    from engramd.grants import check_pid
+    from engramd.protocol import BadRequest
+
+    mine = os.getpid()
+    check_pid(mine, os.getuid())
+    check_pid(mine, 0)  # root may name any process
+    stranger = os.getuid() + 4242
+    with pytest.raises(BadRequest, match=fr"process {mine} is another user's"):
+        check_pid(mine, stranger)
+
+
+def test_a_refusal_for_waiters_ahead_names_them(engramd: DaemonProcess) -> None:
+    from tests.conftest import run_cli
+
+    with connect(engramd.socket, "reader") as reader, \
+            connect(engramd.socket, "writer") as writer:
+        (shared,) = reader.acquire_lock("data", ttl=60, shared=True)
+        thread = threading.Thread(target=lambda: writer.acquire_lock("data", ttl=60,
+                                                                     wait=WAIT))
+        thread.start()
+        wait_until(lambda: waiters(reader, "data") == ["writer"], "the writer in line")
+        late = run_cli({**engramd.env, "ENGRAM_AGENT": "late"}, "lock", "acquire", "-n",
+                       "--shared", "data")
+        assert late.returncode == 4, late.stderr
+        assert re.search(r"data has 1 request\(s\) waiting ahead: writer \(pid \d+\)$",
+                         late.stderr.strip()), late.stderr
+        reader.release_lock(shared.lock_id)
+        thread.join(WAIT)

@@ -188,3 +188,92 @@ def test_repositories_of_one_name_record_into_contexts_of_their_own(
     removed = run_cli(env, "hooks", "uninstall", "--repo", str(twin), "--json")
     assert json.loads(removed.stdout) == {"repo": str(twin), "removed": [
         "post-commit", "post-checkout", "post-merge", "post-rewrite"]}
+
+
+def _commit_refused(repo: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(repo), "commit", "-qm", "x"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_guard_sees_both_names_of_a_rename(engramd: DaemonProcess, repo: Path,
+                                               env: dict[str, str]) -> None:
+    commit(repo, env, "leased.py", "x\n", "a leased file")
+    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    with Client(engramd.socket, agent_id="other-agent", autostart=False) as other:
+        (lease,) = other.acquire_lock(paths.resource(str(repo / "leased.py")), ttl=600)
+        git(repo, "mv", "leased.py", "other.py", env=env)  # moving it away changes it
+        refused = _commit_refused(repo, env)
+        assert refused.returncode == 1, refused.stderr
+        assert "leased.py is leased by other-agent" in refused.stderr
+        other.release_lock(lease.lock_id)
+    git(repo, "commit", "-qm", "now it may", env=env)
+
+
+@pytest.mark.parametrize("name", ["naïve.py", 'say "hi".py', "tab\there.py"])
+def test_the_guard_sees_names_git_would_quote(engramd: DaemonProcess, repo: Path,
+                                              env: dict[str, str], name: str) -> None:
+    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    with Client(engramd.socket, agent_id="other-agent", autostart=False) as other:
+        (lease,) = other.acquire_lock(paths.resource(str(repo / name)), ttl=600)
+        (repo / name).write_text("x\n")
+        git(repo, "add", name, env=env)
+        refused = _commit_refused(repo, env)
+        assert refused.returncode == 1, refused.stderr
+        assert "is leased by other-agent" in refused.stderr
+        other.release_lock(lease.lock_id)
+    git(repo, "commit", "-qm", "now it may", env=env)
+
+
+def test_a_remote_that_names_no_place_names_the_repository_by_where_it_is(
+        engramd: DaemonProcess, repo: Path, env: dict[str, str]) -> None:
+    git(repo, "remote", "add", "origin", "https://", env=env)
+    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    (repo / "locked.txt").write_text("x")
+    taken = subprocess.run([sys.executable, "-m", "engram_cli", "lock", "acquire", "--path",
+                            "locked.txt", "--ttl", "600", "--json"], cwd=repo,
+                           env={**env, "ENGRAM_AGENT": "other-agent"}, capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert taken.returncode == 0, taken.stderr
+    assert json.loads(taken.stdout)["resource"] == f"file:{os.path.realpath(repo)}/locked.txt"
+    git(repo, "add", "locked.txt", env=env)
+    refused = _commit_refused(repo, env)
+    assert refused.returncode == 1 and "locked.txt is leased by other-agent" in refused.stderr
+
+
+def test_the_guard_refuses_a_commit_of_another_session_of_the_same_agent(
+        engramd: DaemonProcess, repo: Path, env: dict[str, str]) -> None:
+    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    holder, committer = subprocess.Popen(["sleep", "300"]), subprocess.Popen(["sleep", "300"])
+    try:
+        with Client(engramd.socket, agent_id="ann", autostart=False) as ann:
+            (lease,) = ann.acquire_lock(paths.resource(str(repo / "a.txt")), pid=holder.pid)
+            (repo / "a.txt").write_text("a\n")
+            git(repo, "add", "a.txt", env=env)
+            for session, refused in ((committer.pid, True), (holder.pid, False)):
+                done = subprocess.run(
+                    ["git", "-C", str(repo), "commit", "-qm", "x"], capture_output=True,
+                    env={**env, "ENGRAM_AGENT": "ann", "ENGRAM_SESSION_PID": str(session)},
+                    text=True, timeout=60, check=False)
+                assert (done.returncode == 1) == refused, done.stderr
+            ann.release_lock(lease.lock_id)
+    finally:
+        for process in (holder, committer):
+            process.kill()
+            process.wait()
+
+
+def test_the_committing_session_is_whoever_runs_git(
+        engramd: DaemonProcess, repo: Path, env: dict[str, str]) -> None:
+    """No ENGRAM_SESSION_PID: the session is the nearest process that is no shell or
+    wrapper above the hook, git included: here the shell script's own interpreter's
+    parent, this test, which holds the lease."""
+    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    with Client(engramd.socket, agent_id="ann", autostart=False) as ann:
+        (lease,) = ann.acquire_lock(paths.resource(str(repo / "b.txt")), pid=os.getpid())
+        (repo / "b.txt").write_text("b\n")
+        git(repo, "add", "b.txt", env=env)
+        done = subprocess.run(["git", "-C", str(repo), "commit", "-qm", "x"],
+                              env={**env, "ENGRAM_AGENT": "ann"}, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        ann.release_lock(lease.lock_id)

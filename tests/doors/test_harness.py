@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from engram_cli.client import paths
+from engram_cli.client.errors import LockHeld
 from tests.conftest import DaemonProcess, connect, wait_until
 
 DATA = Path(__file__).parent.parent / "data" / "harness"
@@ -98,6 +99,87 @@ def test_the_guard_judges_paths_as_the_lock_manager_does(engramd: DaemonProcess,
         assert "shared" in guard(edit)
         bob.release_lock(reader.lock_id)
         assert guard(edit) == ""
+
+
+def test_the_guard_checks_where_an_apply_patch_moves_a_file(engramd: DaemonProcess,
+                                                           repo: Path) -> None:
+    env = {**engramd.env, "ENGRAM_AGENT": "codex-a"}
+    move = recorded("codex_pre_tool_use.json", repo).replace(
+        "*** Update File: src/app.py\\n", "*** Update File: src/free.py\\n"
+        "*** Move to: src/app.py\\n")
+    assert "Move to: src/app.py" in move
+    with connect(engramd.socket, "bob") as bob:
+        bob.acquire_lock(paths.resource(str(repo / "src" / "app.py")), ttl=300)
+        denied = engram(env, "hook", "pre-edit", "--harness", "codex", "--guard", "block",
+                        stdin=move)
+        assert denied.returncode == 0, denied.stderr
+        answer = json.loads(denied.stdout)["hookSpecificOutput"]
+        assert answer["permissionDecision"] == "deny"
+        assert "src/app.py is leased by bob" in answer["permissionDecisionReason"]
+
+
+def test_the_guard_names_an_edited_file_literally(engramd: DaemonProcess,
+                                                  repo: Path) -> None:
+    """A file called pages/[id].js is leased as itself: an edit of pages/i.js is free,
+    an edit of it is not."""
+    env = {**engramd.env, "ENGRAM_AGENT": "claude-f"}
+    (repo / "pages").mkdir()
+    (repo / "pages" / "[id].js").write_text("")
+    edit = recorded("claude_pre_tool_use.json", repo)
+    with connect(engramd.socket, "bob") as bob:
+        bob.acquire_lock(paths.resource(str(repo / "pages" / "[id].js")), ttl=300)
+        for path, refused in (("pages/i.js", False), ("pages/[id].js", True)):
+            done = engram(env, "hook", "pre-edit", "--guard", "block",
+                          stdin=edit.replace("src/app.py", path))
+            assert done.returncode == 0, done.stderr
+            assert bool(done.stdout) == refused, (path, done.stdout)
+
+
+def test_the_guard_judges_a_file_whose_name_starts_with_two_dots(engramd: DaemonProcess,
+                                                                repo: Path) -> None:
+    env = {**engramd.env, "ENGRAM_AGENT": "claude-g"}
+    edit = recorded("claude_pre_tool_use.json", repo).replace("src/app.py", "..env")
+    with connect(engramd.socket, "bob") as bob:
+        bob.acquire_lock(paths.resource(str(repo / "..env")), ttl=300)
+        done = engram(env, "hook", "pre-edit", "--guard", "block", stdin=edit)
+        assert done.returncode == 0, done.stderr
+        reason = json.loads(done.stdout)["hookSpecificOutput"]["permissionDecisionReason"]
+        assert "..env is leased by bob" in reason
+
+
+def test_another_session_of_the_same_agent_is_in_the_way_as_the_manager_says(
+        engramd: DaemonProcess, repo: Path) -> None:
+    """Two sessions of agent alice (two harness processes): the one that holds a file's
+    lease may edit it, the other may not, and the lock manager makes the other wait too.
+    A lease of alice that no running session holds (lock acquire without --pid) is hers."""
+    first = subprocess.Popen(["sleep", "300"])
+    second = subprocess.Popen(["sleep", "300"])
+    edit = recorded("claude_pre_tool_use.json", repo)
+    name = paths.resource(str(repo / "src" / "app.py"))
+
+    def guard(session: int) -> str:
+        env = {**engramd.env, "ENGRAM_AGENT": "alice", "ENGRAM_SESSION_PID": str(session)}
+        done = engram(env, "hook", "pre-edit", "--guard", "block", stdin=edit)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    try:
+        with connect(engramd.socket, "alice") as alice:
+            (held,) = alice.acquire_lock(name, pid=first.pid)  # as the MCP lock tool does
+            assert guard(first.pid) == ""
+            assert f"leased by alice (pid {first.pid})" in guard(second.pid)
+            with pytest.raises(LockHeld, match=f"held by alice \\(pid {first.pid}\\)"):
+                alice.acquire_lock(name, pid=second.pid, wait=0)
+            alice.release_lock(held.lock_id)
+        taken = engram({**engramd.env, "ENGRAM_AGENT": "alice"}, "lock", "acquire",
+                       "--path", str(repo / "src" / "app.py"), "--ttl", "60")
+        assert taken.returncode == 0, taken.stderr
+        assert guard(second.pid) == ""  # held in no running session: alice's own
+    finally:
+        first.kill()
+        second.kill()
+        first.wait()
+        second.wait()
 
 
 def test_the_prompt_nudge_speaks_only_when_mail_waits(engramd: DaemonProcess,

@@ -193,6 +193,18 @@ async def test_the_lock_tool_takes_paths_from_the_project(engramd: DaemonProcess
             bob.release_lock(reader.lock_id)
 
 
+async def test_the_locks_tool_shows_each_lease_on_one_line(engramd: DaemonProcess) -> None:
+    env = {**engramd.env, "ENGRAM_AGENT": "claude-q"}
+    with connect(engramd.socket, "mallory") as mallory:
+        mallory.acquire_lock("x\nfake: held by nobody\r", ttl=60)
+        async with mcp_session(env) as session:
+            failed, text = await call(session, "locks")
+    assert not failed, text
+    assert text.splitlines() == [next(line for line in text.splitlines()
+                                      if line.startswith("x\\nfake"))]
+    assert "x\\nfake: held by nobody\\r: mallory" in text, text
+
+
 def _try(client: object, resource: str) -> str:
     from engram_cli.client.errors import LockHeld
 

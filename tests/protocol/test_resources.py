@@ -190,3 +190,15 @@ def test_what_a_lease_contains_it_overlaps_below(outer: tuple[tuple[str, ...], b
     assert overlaps(name(*outer), name(parts, directory))
     for below in universe(2)[1:] if directory else []:
         assert overlaps(name(*outer), name(parts + below))
+
+
+@given(st.text(alphabet="ab*?[]!", min_size=1, max_size=8))
+def test_a_literal_name_with_wildcard_characters_is_one_file(literal: str) -> None:
+    escaped = resources.escape_path(literal)
+    assert resources.unescape_path(escaped) == literal
+    named = parse(ROOT + "d/" + escaped)
+    assert not named.glob and named.literal_path == "d/" + literal
+    assert overlaps(named, ROOT + "d/")  # in its directory
+    assert overlaps(named, ROOT + "d/*")  # a glob matches it by what it is
+    assert overlaps(named, ROOT + "d/" + escaped)
+    assert not overlaps(named, ROOT + "d/" + escaped + "x")

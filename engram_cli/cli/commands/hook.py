@@ -139,9 +139,10 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
              ) -> None:
     """PreToolUse on file edits (Gemini CLI: BeforeTool, AfterTool to warn): the lease guard.
 
-    Another agent's lease on the file (on it, on a directory it is in, a glob that
-    matches it, shared or not: the lock manager's rule) adds a warning naming the
-    holder, or with --guard block denies the edit with that reason.
+    A lease of another session on the file (another agent's, or another running
+    session's of the same agent; on it, on a directory it is in, a glob that matches
+    it, shared or not: the lock manager's rule) adds a warning naming the holder, or
+    with --guard block denies the edit with that reason.
     """
     hook_input = _hook_input()
     cwd = harness.working_dir(hook_input, os.getcwd())
@@ -150,11 +151,13 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
         _nothing(runner)
         return
     with _failing_open(runner):
-        client, agent, _ = _client(ctx, runner)
+        client, agent, session = _client(ctx, runner)
         states = client.list_locks()
     from engram_cli.client import paths as resolve  # (git: only when a lease may matter)
+    from engram_cli.formats.text import one_line
 
-    others = [lease for lease in resolve.leases_of(states) if lease.holder != agent]
+    others = [lease for lease in resolve.leases_of(states)
+              if not resolve.own(lease, agent, session)]
     if not others:
         _nothing(runner)  # the common case, and no git to ask
         return
@@ -162,16 +165,16 @@ def pre_edit(ctx: typer.Context, runner: HarnessOption = "claude-code",
     holders: list[str] = []
     for path in paths:
         try:
-            name = resolve.resource(path, cwd)
+            name = resolve.resource(path, cwd, literal=True)  # an edit is of one file
         except ValueError:
             continue
-        shown = resolve.display(name, cwd)
-        for lease in resolve.in_the_way(others, agent, name):
+        shown = one_line(resolve.display(name, cwd))
+        for lease in resolve.in_the_way(others, agent, name, session):
             held.append(f"{shown} is leased by {lease.holder}"
                         + (f" (pid {lease.holder_pid})" if lease.holder_pid else "")
                         + (" for reading (shared)" if lease.shared else "")
                         + ("" if lease.resource == name
-                           else f" as {resolve.display(lease.resource, cwd)}")
+                           else f" as {one_line(resolve.display(lease.resource, cwd))}")
                         + (" while its session lives" if lease.while_alive else
                            f" until {lease.expires_at:%H:%M:%S} UTC"))
             holders.append(lease.holder)

@@ -15,7 +15,7 @@ import typer
 from engram_cli.cli import context
 from engram_cli.cli.context import JsonOption
 from engram_cli.client.errors import UsageProblem
-from engram_cli.formats.text import format_duration, timestamp
+from engram_cli.formats.text import format_duration, one_line, timestamp
 from engramd.protocol import Lease, LockState
 
 app = typer.Typer(help="Take and manage leases on shared resources.", no_args_is_help=True,
@@ -28,9 +28,12 @@ ResourceArg = Annotated[str | None, typer.Argument(
     metavar="[RES]", show_default=False, help="A resource name (or --path).")]
 PathsOption = Annotated[list[str] | None, typer.Option(
     "--path", "-p", metavar="PATH", show_default=False,
-    help="A file, a directory (one on disk, or ending in /: covers what is under it) or "
+    help="A file, a directory (ending in /, or one on disk now: decided when named, a "
+         "path not there yet is a file; covers what is under it) or "
          "a glob (src/**/*.py), relative to here, symlinks resolved; inside a git "
-         "repository named by the repository's remote and the path in it. Repeatable.")]
+         "repository named by the repository's remote and the path in it. A path that "
+         "exists is itself whatever its characters; else *, ? and [ make a glob unless "
+         "escaped in brackets ('a[*].txt' is the file a*.txt). Repeatable.")]
 PathOption = Annotated[str | None, typer.Option(
     "--path", "-p", metavar="PATH", show_default=False,
     help="The file, directory or glob the lease is on (as acquire --path takes it).")]
@@ -57,7 +60,7 @@ def _wait(wait: float | None, no_wait: bool) -> float | None:
 
 
 def holder(agent: str, pid: int) -> str:
-    return f"{agent} (pid {pid})" if pid else agent
+    return one_line(f"{agent} (pid {pid})" if pid else agent)
 
 
 def _left(lease: Lease) -> str:
@@ -93,12 +96,13 @@ def one_name(resource: str | None, path: str | None) -> str:
 
 
 def shown(name: str) -> str:
-    """A resource as a person here gives it (a path relative to here)."""
+    """A resource as a person here gives it (a path relative to here), on one line
+    whatever characters it holds (a newline in a name is shown ``\\n``)."""
     if not name.startswith("file:"):
-        return name
+        return one_line(name)
     from engram_cli.client import paths as resolve
 
-    return resolve.display(name)
+    return one_line(resolve.display(name))
 
 
 def _rows(states: list[LockState]) -> list[list[str]]:
@@ -129,7 +133,7 @@ def acquire(
     pid: Annotated[int | None, typer.Option(
         "--pid", metavar="PID",
         help="Held by this process, and released as soon as it exits "
-             "(a shell script: --pid $$).")] = None,
+             "(a shell script: --pid $$); one of yours that runs, not 1.")] = None,
     json: JsonOption = False,
 ) -> None:
     """Lease every resource together (or none) and print the lock ids.
@@ -138,7 +142,8 @@ def acquire(
     (another session of the same agent waits like anyone). A lease on a directory
     is in the way of a lease on anything in it and the reverse; a glob of what it
     matches; shared leases only of exclusive ones. Exit 4 with --no-wait when
-    something is in the way, 5 when --wait runs out, naming the holder.
+    something is in the way, 5 when --wait runs out, naming the holder. A daemon
+    restart meanwhile does not end the wait: it asks again once the daemon is back.
 
     Examples:
 
@@ -146,10 +151,12 @@ def acquire(
       engram lock acquire --path src/app.py --path docs/ -n
       engram lock acquire --path 'src/**/*.py' --shared
     """
+    from engram_cli.cli.waiting import acquire_waiting
+
     cli = context.get(ctx)
     out = cli.output(json)
-    leases = cli.client().acquire_lock(names(resources, path), ttl=ttl,
-                                       wait=_wait(wait, no_wait), pid=pid, shared=shared)
+    leases = acquire_waiting(cli.client(), names(resources, path), ttl=ttl,
+                             wait=_wait(wait, no_wait), pid=pid, shared=shared)
     for lease in leases:
         if out.json:
             out.json_line(lease)

@@ -1,0 +1,67 @@
+"""Waiting in line for leases through a daemon restart: what ``lock acquire --wait`` and
+``lock run`` share.
+
+A waiter holds nothing, so a daemon that restarts loses nothing of it but its place in
+line. The request is made again on a new connection (one that never starts a daemon
+of its own: the daemon coming back is the one that knows the leases) every
+:data:`RETRY_SECONDS` while the daemon is away, and waits on until it is granted or the
+wait it was given runs out, counted from the start. A wait with no end gives up once
+the daemon has been away :data:`AWAY_LIMIT` seconds on end.
+"""
+
+from __future__ import annotations
+
+import time
+
+from engram_cli.client import Client
+from engram_cli.client.errors import ClientTimeout, RateLimited, Timeout, Unavailable
+from engramd.protocol import Lease
+
+RETRY_SECONDS = 0.1
+"""How often an unreachable daemon is tried again."""
+AWAY_LIMIT = 300.0
+"""Seconds a wait with no end of its own keeps trying a daemon that is away."""
+
+PASSING = (Unavailable, ClientTimeout, RateLimited)
+"""What is tried again: the daemon is away, restarting, recovering or busy."""
+
+
+def acquire_waiting(client: Client, resources: list[str], *, ttl: float | None,
+                    wait: float | None, pid: int | None = None, pgid: int | None = None,
+                    shared: bool = False) -> list[Lease]:
+    """``client.acquire_lock`` waiting up to *wait* seconds (None: as long as it takes),
+    asked again whenever the daemon goes away meanwhile (see the module). A daemon not
+    there at the start is the caller's error as ever (``Unavailable``, exit 69)."""
+    if wait == 0:
+        return client.acquire_lock(resources, ttl=ttl, wait=0, pid=pid, pgid=pgid,
+                                   shared=shared)
+    client.connect()  # (not there at all: no waiting for it)
+    deadline = None if wait is None else time.monotonic() + wait
+    away_since: float | None = None
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return client.acquire_lock(resources, ttl=ttl, wait=left, pid=pid, pgid=pgid,
+                                       shared=shared)
+        except PASSING as exc:
+            now = time.monotonic()
+            away_since = now if away_since is None else away_since
+            if deadline is not None and now >= deadline:
+                raise Timeout(f"waited {wait:g}s; engramd went away meanwhile and did not "
+                              f"grant the lease in time ({exc})") from None
+            if deadline is None and now - away_since >= AWAY_LIMIT:
+                raise
+            client.close()
+            client.autostart = False  # a daemon started here would not know our line
+            time.sleep(RETRY_SECONDS)
+            if client_reachable(client):
+                away_since = None
+
+
+def client_reachable(client: Client) -> bool:
+    """Whether the daemon answers again (a connection made, or not)."""
+    try:
+        client.connect()
+    except PASSING:
+        return False
+    return True
