@@ -130,8 +130,9 @@ def check_pid(pid: int, uid: int) -> None:
     one that runs (else the lease would end at once), not init (pid 1 never exits: the
     lease would never end), and the caller's own (a process of another user would decide
     how long the caller's lease lasts; root, uid 0, may name any)."""
-    if pid == 1:
-        raise BadRequest("pid 1 (init) never exits: a lease bound to it would never end; "
+    if pid == 1 or is_kernel_thread(pid):
+        what = "pid 1 (init)" if pid == 1 else f"process {pid} is a kernel thread: it"
+        raise BadRequest(f"{what} never exits: a lease bound to it would never end; "
                          "bind it to a process of yours (a shell script: --pid $$)")
     if not process_runs(pid):
         raise BadRequest(f"process {pid} is not running: a lease bound to it would end "
@@ -140,6 +141,21 @@ def check_pid(pid: int, uid: int) -> None:
     if uid > 0 and owner is not None and owner != uid:
         raise BadRequest(f"process {pid} is another user's (uid {owner}), not yours (uid "
                          f"{uid}): bind a lease to a process of yours")
+
+
+PF_KTHREAD = 0x00200000
+"""The flag of a kernel thread in ``/proc/PID/stat`` (linux/sched.h)."""
+
+
+def is_kernel_thread(pid: int) -> bool:
+    """Process *pid* is the kernel's own (kthreadd, pid 2, and its threads): like init,
+    it lives as long as the machine."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return len(fields) > 6 and int(fields[6]) & PF_KTHREAD != 0
 
 
 def process_owner(pid: int) -> int | None:

@@ -42,8 +42,9 @@ _WORD = r"""(?:'[^']*'|"(?:[^"\\]|\\.)*"|[^\s'"])+"""
 _OURS = rf"(^|[/\s])engram(_cli)?(\s+--(socket|data-dir|agent)(=|\s+){_WORD})*\s+hook\s"
 """A command of ours: engram, its global options (a shell word each), ``hook`` (compiled
 on first use: a hook answering a harness never needs it)."""
-_PATCHED = r"^\*\*\* (?:(?:Update|Add|Delete) File|Move to): (.+)$"
-"""The lines of an ``apply_patch`` that name a file it writes (a move's target too)."""
+_PATCHED = r"^[ \t]*\*\*\* (?:(?:Update|Add|Delete) File|Move to): (.+)$"
+"""The lines of an ``apply_patch`` that name a file it writes (a move's target too);
+Codex trims a line before it reads a header, so an indented header counts too."""
 WHERE_OPTIONS = ("--socket", "--data-dir")
 """The global options that say where the daemon is, as setup writes them."""
 

@@ -533,7 +533,8 @@ def test_a_lease_is_bound_only_to_a_running_process_of_the_caller_but_init(
 
     gone = subprocess.Popen(["true"])
     gone.wait()
-    for pid, why in (("1", "pid 1 (init) never exits"), (str(gone.pid), "is not running")):
+    for pid, why in (("1", "pid 1 (init) never exits"), ("2", "is a kernel thread"),
+                     (str(gone.pid), "is not running")):
         refused = run_cli(engramd.env, "lock", "acquire", "deploy:prod", "--pid", pid)
         assert refused.returncode == 2, refused.stderr
         assert refused.stderr.count("\n") == 1 and why in refused.stderr, refused.stderr

@@ -101,13 +101,16 @@ def test_the_guard_judges_paths_as_the_lock_manager_does(engramd: DaemonProcess,
         assert guard(edit) == ""
 
 
+@pytest.mark.parametrize("header", ["*** Move to: src/app.py", " *** Update File: src/app.py",
+                                    "\t*** Delete File: src/app.py"])
 def test_the_guard_checks_where_an_apply_patch_moves_a_file(engramd: DaemonProcess,
-                                                           repo: Path) -> None:
+                                                           repo: Path, header: str) -> None:
+    """A move's target, and a header Codex reads once it has trimmed the line."""
     env = {**engramd.env, "ENGRAM_AGENT": "codex-a"}
+    line = json.dumps(header + "\n")[1:-1]
     move = recorded("codex_pre_tool_use.json", repo).replace(
-        "*** Update File: src/app.py\\n", "*** Update File: src/free.py\\n"
-        "*** Move to: src/app.py\\n")
-    assert "Move to: src/app.py" in move
+        "*** Update File: src/app.py\\n", "*** Update File: src/free.py\\n" + line)
+    assert line in move
     with connect(engramd.socket, "bob") as bob:
         bob.acquire_lock(paths.resource(str(repo / "src" / "app.py")), ttl=300)
         denied = engram(env, "hook", "pre-edit", "--harness", "codex", "--guard", "block",
