@@ -160,6 +160,15 @@ def _normal_relative(path: str) -> str:
     return normal
 
 
+def _normal_key(key: str) -> bool:
+    """*key* is as the client names a repository (``paths.remote_key``): one remote, one
+    key, so that no lease can name a file in a way no other lease of it meets."""
+    if "//" in key or key.endswith(("/", ".git")):
+        return False
+    host, slash, _ = key.partition("/")  # (a key that is a path names files file:/...)
+    return bool(slash) and bool(host) and host == host.lower()
+
+
 @lru_cache(maxsize=4096)
 def parse(text: str) -> Resource:
     """*text* taken apart; ValueError (saying why) for a file name that is not canonical.
@@ -176,6 +185,10 @@ def parse(text: str) -> Resource:
                              f"{FILE}REPO-KEY:PATH")
         if escape_key(unescape_key(key)) != key:
             raise ValueError(f"{text!r}: a % in a repository key is written %25")
+        if not _normal_key(unescape_key(key)):
+            raise ValueError(f"{text!r} is not canonical: a repository key is a host in "
+                             "lower case and a path, without //, a trailing / or .git (as "
+                             "`engram lock acquire --path` names it)")
         root = f"{FILE}{key}:"
     directory = not path or path.endswith("/")
     path = path[:-1] if path.endswith("/") else path

@@ -142,6 +142,7 @@ def test_names_that_start_with_two_dots_are_names(tmp_path: Path, name: str) -> 
 ])
 def test_one_remote_has_one_key_however_its_url_is_written(url: str, key: str) -> None:
     assert paths.remote_key(url, "/home/ann/proj") == key
+    assert names.parse(names.repo_resource(key, "a.py")).parts[-1] == "a.py"  # canonical
 
 
 def test_clones_of_one_remote_by_different_urls_name_files_alike(tmp_path: Path) -> None:

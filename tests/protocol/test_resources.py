@@ -68,7 +68,10 @@ def test_canonical_names_parse_and_others_are_refused() -> None:
     assert glob.glob and glob.anchor == 1 and glob.literal == "src/"
     for bad in ("file:", "file:src/app.py", "file:/a//", "file:/a//b", ROOT + "src/*/",
                 "file:/a/./b", "file:/a/../b", "file://a", ROOT + "/src", ROOT + "src//",
-                ROOT + "./a", ROOT + "../a", ROOT + "a/../b", "file:a%b/c:x"):
+                ROOT + "./a", ROOT + "../a", ROOT + "a/../b", "file:a%b/c:x",
+                # a repository's key as the client never names it: no lease would meet
+                "file:GitHub.com/o/r:a", "file:github.com/o/r/:a", "file:github.com/o/r.git:a",
+                "file:github.com//o/r:a", "file:github.com:a"):
         with pytest.raises(ValueError):
             parse(bad)
 
