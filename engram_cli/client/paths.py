@@ -201,7 +201,8 @@ def in_repository(repo: str, relative: Iterable[str]) -> dict[str, str]:
 def display(name: str, cwd: str | None = None) -> str:
     """*name* as a person in *cwd* would give it: a path relative to *cwd* when it is in
     *cwd*'s repository or under *cwd* (``src/app.py``, ``../docs/``), an absolute path
-    for another file; another repository's paths and plain names as they are."""
+    for another file; another repository's paths and plain names as they are. What it
+    gives names *name* again (:func:`resource`), whatever is on disk."""
     try:
         parsed = names.parse(name)
     except ValueError:
@@ -211,7 +212,9 @@ def display(name: str, cwd: str | None = None) -> str:
     cwd = os.path.realpath(cwd or os.getcwd())
     suffix = "/" if parsed.directory and parsed.parts else ""
     found = _repository(_existing(cwd))
-    path = parsed.path if parsed.glob else parsed.literal_path
+    # As the name writes it: a file's own wildcards stay in brackets (pages/[[]id].js), so
+    # it is never shown as the glob pages/[id].js is, and reads back as itself.
+    path = parsed.path
     if parsed.root == names.FILE:
         absolute = "/" + path
         inside = os.path.relpath(absolute, cwd)

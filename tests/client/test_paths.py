@@ -107,7 +107,9 @@ def test_a_file_with_wildcard_characters_can_be_named_literally(tmp_path: Path) 
     assert names.covers(root + "pages/[[]id].js", edited)
     assert not names.covers(root + "pages/[[]id].js", root + "pages/i.js")
     assert names.covers(root + "pages/*.js", edited)
-    assert paths.display(edited, str(repo)) == "pages/[id].js"
+    assert paths.display(edited, str(repo)) == "pages/[[]id].js"  # never the glob's name
+    assert paths.display(root + "pages/[id].js", str(repo)) == "pages/[id].js"
+    assert paths.resource(paths.display(edited, str(repo)), str(repo)) == edited
     assert paths.in_repository(str(repo), ["a*.txt"]) == {"a*.txt": root + "a[*].txt"}
     outside = tmp_path / "q?.txt"
     outside.write_text("")
