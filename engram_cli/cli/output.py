@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from engram_cli.formats.jsonforms import event_json, to_plain_data
-from engram_cli.formats.text import one_line, preview, printable, timestamp
+from engram_cli.formats.text import cell, one_line, preview, printable, timestamp
 from engramd.protocol import (
     Context,
     ContextCreated,
@@ -108,12 +108,12 @@ class Output:
             return
         from rich.table import Table
 
-        table = Table(title=printable(title), show_header=False, title_justify="left",
+        table = Table(title=cell(title), show_header=False, title_justify="left",
                       box=None, pad_edge=False)
         table.add_column(style="bold cyan", no_wrap=True)
         table.add_column(overflow="fold")
         for key, value in rows:
-            table.add_row(printable(key), printable(value))
+            table.add_row(cell(key), cell(value))
         self.console.print(table)
 
     def table(self, title: str, columns: list[str], rows: Iterable[list[str]], *,
@@ -133,11 +133,11 @@ class Output:
             return
         from rich.table import Table
 
-        table = Table(title=printable(title), title_justify="left")
+        table = Table(title=cell(title), title_justify="left")
         for column in columns:
             table.add_column(column, justify="right" if column in numeric else "left")
         for row in rows:
-            table.add_row(*map(printable, row))
+            table.add_row(*map(cell, row))
         self.console.print(table)
 
 

@@ -29,6 +29,16 @@ def printable(text: str) -> str:
     return text.translate(_PRINTABLE)
 
 
+_CELL = str.maketrans({**UNPRINTABLE, "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def cell(text: str) -> str:
+    """*text* in a table on a terminal: :func:`printable`, with tabs, newlines and carriage
+    returns written as :func:`one_line` writes them so that a row is one line; backslashes stay as a person reads them (piped rows,
+    which programs read, escape them as well: :func:`one_line`)."""
+    return text.translate(_CELL)
+
+
 _ONE_LINE = str.maketrans(
     {**UNPRINTABLE, "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 

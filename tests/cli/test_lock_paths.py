@@ -187,6 +187,10 @@ def test_a_name_with_newlines_and_controls_is_shown_on_one_line(
         shown = on_a_terminal(engramd.env, "lock", "list")
         assert "deploy\\nfake\\tholder\\r\\x1b[2Jx" in shown, shown
         assert not any(line.lstrip().startswith("fake") for line in shown.splitlines())
+        piped = engram(engramd.env, tmp_path, "lock", "list").stdout  # escaped once
+        assert piped.startswith("deploy\\nfake\\tholder\\r\\x1b[2Jx\tmallory\t"), piped
+        show = engram(engramd.env, tmp_path, "lock", "show", evil).stdout
+        assert show.startswith("resource\tdeploy\\nfake\\tholder\\r\\x1b[2Jx\n"), show
         held = engram(engramd.env, tmp_path, "lock", "acquire", "-n", evil, agent="bob")
         assert held.returncode == 4
         assert held.stderr.count("\n") == 1 and "deploy\\nfake" in held.stderr, held.stderr

@@ -96,13 +96,14 @@ def one_name(resource: str | None, path: str | None) -> str:
 
 
 def shown(name: str) -> str:
-    """A resource as a person here gives it (a path relative to here), on one line
-    whatever characters it holds (a newline in a name is shown ``\\n``)."""
+    """A resource as a person here gives it (a path relative to here). Tables and fields
+    escape what it holds once (a newline in a name is shown ``\\n``); a line of text
+    gives it to :func:`one_line` itself."""
     if not name.startswith("file:"):
-        return one_line(name)
+        return name
     from engram_cli.client import paths as resolve
 
-    return one_line(resolve.display(name))
+    return resolve.display(name)
 
 
 def _rows(states: list[LockState]) -> list[list[str]]:
@@ -186,10 +187,10 @@ def release(ctx: typer.Context, lock_id: LockIdOption, resource: ResourceArg = N
                                                                 "lock_id": lock_id})
     elif released is not None:
         held = (dt.datetime.now(dt.UTC) - released.acquired_at).total_seconds()
-        out.line(f"released {shown(resource)} (lock id {lock_id}, fencing token "
+        out.line(f"released {one_line(shown(resource))} (lock id {lock_id}, fencing token "
                  f"{released.fencing_token}, held {format_duration(held)})")
     else:
-        out.line(f"released {shown(resource)} (lock id {lock_id})")
+        out.line(f"released {one_line(shown(resource))} (lock id {lock_id})")
 
 
 @app.command()
@@ -291,10 +292,10 @@ def break_(ctx: typer.Context,
     if out.json:
         out.json_line(lease if lease is not None else {"resource": resource})
     elif lease is not None:
-        out.line(f"broke {shown(resource)}: the lease of {lease.holder} (lock id "
+        out.line(f"broke {one_line(shown(resource))}: the lease of {lease.holder} (lock id "
                  f"{lease.lock_id}, fencing token {lease.fencing_token})")
     else:
-        out.line(f"broke {shown(resource)}")
+        out.line(f"broke {one_line(shown(resource))}")
 
 
 def _run_options(words: list[str], ttl: float | None, wait: float | None, no_wait: bool,
