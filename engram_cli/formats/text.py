@@ -29,7 +29,8 @@ def printable(text: str) -> str:
     return text.translate(_PRINTABLE)
 
 
-_CELL = str.maketrans({**UNPRINTABLE, "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_CELL = str.maketrans(
+    {**UNPRINTABLE, "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def cell(text: str) -> str:
