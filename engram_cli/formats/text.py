@@ -35,8 +35,9 @@ _CELL = str.maketrans(
 
 def cell(text: str) -> str:
     """*text* in a table on a terminal: :func:`printable`, with tabs, newlines and carriage
-    returns written as :func:`one_line` writes them so that a row is one line; backslashes stay as a person reads them (piped rows,
-    which programs read, escape them as well: :func:`one_line`)."""
+    returns written as :func:`one_line` writes them so that a row is one line;
+    backslashes stay as a person reads them (piped rows, which programs read, escape them
+    as well: :func:`one_line`)."""
     return text.translate(_CELL)
 
 
