@@ -342,7 +342,7 @@ class LeaseManager:
                 else:
                     self.table.dequeue(waiting)
                 self.table.pump()
-        raise Timeout(f"waited {wait:g}s; {self._why_held(grant)}")
+        raise Timeout(f"waited {round(wait, 1):g}s; {self._why_held(grant)}")
 
     def _why_held(self, grant: Grant) -> str:
         """Who stands in the way of *grant*: holders (their resource when another one,

@@ -78,10 +78,11 @@ def remote_key(url: str, top: str) -> str:
             port, path = "", f"{port}/{path}"
         if port == _DEFAULT_PORTS.get(scheme.group(0)[:-3].lower()):
             port = ""
-        host = name.lower() + (f":{port}" if port and name else "")
+        name = name.lower().rstrip(".")  # (GitHub.com. is github.com)
+        host = name + (f":{port}" if port and name else "")
         key = f"{host}/{path}"
     elif scp:
-        host = scp.group(1).lower()  # git@github.com:ann/proj.git
+        host = scp.group(1).lower().rstrip(".")  # git@github.com:ann/proj.git
         key = f"{host}/{url[scp.end():]}"
     else:  # a path on this machine, perhaps relative to the repository
         key = os.path.normpath(os.path.join(top, url))

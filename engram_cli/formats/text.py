@@ -18,8 +18,11 @@ from engramd.protocol import Unit
 # read in another order than it is stored.
 _CONTROLS = [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)]
 _REORDERING = [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+# A file name's bytes that are not UTF-8 reach Python as lone surrogates
+# (surrogateescape): shown as the bytes they stand for.
+_UNDECODED = {0xDC00 + byte: f"\\x{byte:02x}" for byte in range(0x80, 0x100)}
 UNPRINTABLE = {code: f"\\x{code:02x}" for code in _CONTROLS} | \
-    {code: f"\\u{code:04x}" for code in _REORDERING}
+    {code: f"\\u{code:04x}" for code in _REORDERING} | _UNDECODED
 _PRINTABLE = str.maketrans(UNPRINTABLE)
 
 

@@ -406,7 +406,7 @@ class ClusterLeaseManager(LeaseManager):
             self.table.dequeue(waiting)
             if not kept and self._nursery is not None:
                 self._nursery.start_soon(self.tickets.withdraw, waiter)
-        raise Timeout(f"waited {wait:g}s; {self._why_held(grant)}")
+        raise Timeout(f"waited {round(wait, 1):g}s; {self._why_held(grant)}")
 
     # -- renewing and ending ----------------------------------------------------------
 

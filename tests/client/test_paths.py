@@ -133,6 +133,8 @@ def test_names_that_start_with_two_dots_are_names(tmp_path: Path, name: str) -> 
     ("git@GitHub.com:o/r.git", "github.com/o/r"),
     ("https://github.com/o/r", "github.com/o/r"),
     ("https://GITHUB.com:443/o/r.git/", "github.com/o/r"),
+    ("https://GITHUB.COM./o/r", "github.com/o/r"),  # the root's dot
+    ("git@github.com.:o/r", "github.com/o/r"),
     ("git+ssh://ann@github.com/o/r", "github.com/o/r"),
     ("git://github.com:9418/o/r", "github.com/o/r"),
     ("http://user:secret@example.org:80/o/r", "example.org/o/r"),
