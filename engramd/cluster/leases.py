@@ -231,7 +231,7 @@ class ClusterLeaseManager(LeaseManager):
         with trio.move_on_after(self.timeout):
             await self.view.synced.wait()
         if not self.view.synced.is_set():
-            raise Unavailable("the cluster is unreachable: leases cannot be taken or "
+            raise Unavailable(f"{self.journal.unreachable()}: leases cannot be taken or "
                               "ended now; try again")
 
     # -- acquiring --------------------------------------------------------------------
