@@ -265,7 +265,7 @@ def refusal(exc: BaseException) -> str:
                     f"({exc.reason}): cluster.tls_cert")
         return f"TLS: {exc.reason or exc}"
     text = str(exc).lower()
-    if "authorization violation" in text or "authentication" in text:
+    if "authorization violation" in text or "authentication expired" in text:
         return ("its credentials are refused (authorization violation): check "
                 "cluster.credentials, or the user, password or token in cluster.servers")
     return ""
