@@ -172,7 +172,7 @@ class Engine:
         if cluster is not None:
             from engramd.cluster.leases import ClusterLeaseManager
 
-            leases = ClusterLeaseManager(cluster, **lease_options)
+            leases = ClusterLeaseManager(cluster, news=hub.publish_passing, **lease_options)
             prepare_fences = leases.prepare_fences
         else:
             leases = LeaseManager(store, committer, **lease_options)
@@ -380,8 +380,8 @@ class Engine:
         parts = self._parts
         if parts is None or parts.cluster is None or parts.cluster.reachable:
             return ""
-        return ("the cluster is unreachable: writes are refused, and answers come from this "
-                "machine's view of the journal, which may be stale")
+        return (f"{parts.cluster.unreachable()}: writes are refused, and answers come from "
+                "this machine's view of the journal, which may be stale")
 
     def cluster_status(self) -> ClusterStatus | None:
         parts = self._parts

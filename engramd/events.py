@@ -12,6 +12,7 @@ has fallen more than ``max_lag`` events behind, is told so and ends.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,6 +42,9 @@ class Described:
     unit_type: str | None
     meta: dict[str, str]
     data: bytes
+    passing: bool = False
+    """Not in the journal (cluster mode's lease events): live subscribers get it, it
+    moves no cursor, and no catch-up reads it again."""
 
 
 class _UnitHead(msgspec.Struct):
@@ -239,6 +243,19 @@ class EventHub:
                     self._detach(subscriber)
                     self.detached_for_lag += 1
 
+    def publish_passing(self, event: AnyEvent) -> None:
+        """Hand live subscribers an event that is not in the journal (in cluster mode,
+        a lease change this machine saw in the leases bucket, §9.1); never waits.
+
+        It is numbered with the newest seq published before it (so a client that
+        resumes after it misses nothing of the journal, and reads nothing twice), it
+        moves no subscriber's cursor, and it is not stored: a subscriber that is
+        catching up (a new one, or one detached for lag) does not get it, and no
+        ``watch --after`` or named cursor shows it again.
+        """
+        numbered = msgspec.structs.replace(event, seq=self.head)
+        self.publish([dataclasses.replace(describe_live(numbered), passing=True)])
+
     def _attach(self, subscriber: Subscriber) -> None:
         send, receive = trio.open_memory_channel[tuple[Described, float]](self.buffer)
         subscriber._send, subscriber._receive = send, receive
@@ -319,6 +336,10 @@ class EventHub:
                 await push(_encoder.encode(Heartbeat(subscription=subscriber.id,
                                                      head_seq=self.head,
                                                      cursor=subscriber.cursor)))
+                continue
+            if event.passing:
+                await push(encode_push(subscriber.id, event.data))
+                self.delivered += 1
                 continue
             if event.seq <= subscriber.cursor:
                 continue  # already sent during catch-up

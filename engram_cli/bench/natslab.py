@@ -68,6 +68,8 @@ class NatsCluster:
     directory: str
     settings: str = ""
     """More of each node's configuration (an ``authorization {}`` block, say)."""
+    route_settings: str = ""
+    """More of each node's ``cluster {}`` block (a ``tls {}`` block for the routes)."""
     config_file: str = ""
     """A node's configuration, read from the environment as deploy/cluster/nats.conf
     does (``NATS_NAME``, ``NATS_ROUTE_1``..); empty: the one :meth:`_config` writes."""
@@ -95,7 +97,8 @@ class NatsCluster:
                 f'cluster {{ name: "engram-lab", listen: 127.0.0.1:{node.cluster_port}, '
                 # no_advertise: clients keep to the URLs they were given (a test can
                 # put a proxy in front of one machine and cut it).
-                f"no_advertise: true, routes: [{routes}] }}\n{self.settings}\n")
+                f"no_advertise: true, routes: [{routes}]\n{self.route_settings} }}\n"
+                f"{self.settings}\n")
 
     def start(self, *which: int) -> None:
         """Start the nodes numbered *which* (0-based; all when none); :meth:`wait_healthy`

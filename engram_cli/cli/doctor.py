@@ -253,6 +253,10 @@ class Doctor:
             return Finding("cluster", "fail", state.failure,
                            "stop engramd, move its data dir aside, start it: it rebuilds "
                            "its view from the stream")
+        if not state.reachable and state.refused:
+            return Finding("cluster", "fail", f"the cluster refuses this machine: "
+                           f"{state.refused}", "fix the [cluster] settings named, then "
+                           "engram daemon restart (engramd goes on trying meanwhile)")
         if not state.reachable:
             return Finding("cluster", "fail",
                            f"the cluster ({', '.join(state.servers)}) is unreachable: writes "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -19,6 +20,16 @@ from typing import TypeVar
 import trio
 
 T = TypeVar("T")
+
+
+def _not_eof_noise(record: logging.LogRecord) -> bool:
+    """asyncio warns at every TLS connection nats-py's protocol closes (its
+    ``eof_received`` returns true, which TLS ignores): harmless, and a machine the
+    servers refuse would log it twice a second for ever."""
+    return "eof_received()" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_not_eof_noise)
 
 
 class AsyncioThread:

@@ -21,10 +21,12 @@ start.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 import re
 import socket
+import ssl
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +37,13 @@ import trio
 from trio import TaskStatus
 
 from engramd.cluster.bridge import AsyncioThread
-from engramd.cluster.nats import ClusterSettings, NatsLink, StreamFacts, StreamMovedOn
+from engramd.cluster.nats import (
+    ClusterSettings,
+    NatsLink,
+    StreamFacts,
+    StreamMovedOn,
+    tls_context,
+)
 from engramd.commit import Behind, GroupCommitter, JournalThread
 from engramd.config import DaemonConfig
 from engramd.errors import StartupError
@@ -171,7 +179,14 @@ class ClusterJournal:
             replicas=facts.replicas if facts else settings.replicas,
             leader=facts.leader if facts else "",
             peers=facts.peers if facts else [], storage=facts.storage if facts else "",
-            failure=self.failure)
+            failure=self.failure, refused=self.link.refused)
+
+    def unreachable(self) -> str:
+        """Why the cluster cannot be reached, in a few words: the servers' refusal of
+        this machine (its TLS settings, its credentials) when that is why."""
+        if self.link.refused:
+            return f"the cluster refuses this machine ({self.link.refused})"
+        return "the cluster is unreachable"
 
     async def machines(self) -> list[ClusterMachine]:
         """The machines that announced themselves within the bucket's ttl (none when the
@@ -268,7 +283,7 @@ class ClusterJournal:
                 while self.link.js is None:
                     await self._advanced.wait()
             if self.link.js is None:
-                raise Unavailable("the cluster is unreachable: nothing was written; reads "
+                raise Unavailable(f"{self.unreachable()}: nothing was written; reads "
                                   "answer from this machine's view, which may be stale")
         # Otherwise the publish is tried even while the cluster looks unreachable (an
         # announcement failed): its own timeout decides, and a success says it is back.
@@ -353,6 +368,32 @@ def machine_id(data_dir: str) -> str:
     return made
 
 
+def check_secrets(settings: ClusterSettings) -> None:
+    """Refuse to start (one line) on TLS and credentials files that cannot be used:
+    the connection would fail the same way for ever, and say less."""
+    if settings.tls_key and not settings.tls_cert:
+        raise StartupError("cluster.tls_key is set without cluster.tls_cert")
+    try:
+        tls_context(settings)
+    except (OSError, ssl.SSLError) as exc:
+        named = [f"{name} {path}" for name, path in (
+            ("cluster.tls_ca", settings.tls_ca), ("cluster.tls_cert", settings.tls_cert),
+            ("cluster.tls_key", settings.tls_key)) if path]
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
+            getattr(exc, "reason", None) or str(exc))
+        raise StartupError(f"{', '.join(named)}: cannot be used: {why}") from None
+    if settings.credentials:
+        try:
+            with open(settings.credentials, "rb"):
+                pass
+        except OSError as exc:
+            raise StartupError(f"cluster.credentials {settings.credentials}: "
+                               f"{exc.strerror or exc}") from None
+        if importlib.util.find_spec("nkeys") is None:  # nats-py signs with it
+            raise StartupError("cluster.credentials needs the nkeys package (NATS "
+                               "signatures): pip install nkeys")
+
+
 _DEPLOYMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -365,6 +406,7 @@ def open_cluster_journal(config: DaemonConfig, store: Store, version: str) -> Cl
         servers=config.cluster_servers, deployment=config.deployment,
         replicas=config.replicas, credentials=config.credentials, tls_ca=config.tls_ca,
         tls_cert=config.tls_cert, tls_key=config.tls_key, timeout=config.write_timeout)
+    check_secrets(settings)
     return ClusterJournal(settings, store, JournalThread(),
                           machine=machine_id(config.data_dir), socket_path=config.socket,
                           version=version)

@@ -77,6 +77,7 @@ from engramd.protocol import (
     Unavailable,
 )
 from engramd.protocol import resources as names
+from engramd.protocol.model import LockEvent
 
 if TYPE_CHECKING:
     from engramd.cluster.journal import ClusterJournal
@@ -100,7 +101,11 @@ class ClusterLeaseManager(LeaseManager):
     RETRY_SECONDS = 0.5
     ATTEMPT_SECONDS = 2.0
 
-    def __init__(self, journal: ClusterJournal, **options: Any) -> None:
+    def __init__(self, journal: ClusterJournal, *,
+                 news: Callable[[LockEvent], None] = lambda event: None,
+                 **options: Any) -> None:
+        """*news*: where the lease changes this machine sees go (every machine's, as
+        ``lock.*`` events that are not in the journal: the hub's live subscribers)."""
         super().__init__(journal.store, None, **options)  # type: ignore[arg-type]
         self.journal = journal
         self.machine = self.stops.machine = journal.machine
@@ -108,7 +113,7 @@ class ClusterLeaseManager(LeaseManager):
         self.timeout = journal.settings.timeout
         self.tickets = Tickets(self.bucket, self._call, self.machine, self.timeout)
         self.view = LeaseView(self.table, machine=self.machine, boot_id=self.boot_id,
-                              ended=self._lost, found=self._found)
+                              ended=self._lost, found=self._found, news=news)
         self._ending: set[str] = set()
         """Lock ids whose end this machine is writing (their end is not news to it)."""
 
@@ -215,9 +220,7 @@ class ClusterLeaseManager(LeaseManager):
                 if not expect(self.view.holding_at(key)):
                     raise
                 continue
-            self.view.revisions[key] = revision
-            if isinstance(record, Held):
-                self.view.placed(key, lease.lock_id)
+            self.view.wrote(key, revision, record, lease)
             return revision
         raise KeyChanged(key)
 
@@ -231,7 +234,7 @@ class ClusterLeaseManager(LeaseManager):
         with trio.move_on_after(self.timeout):
             await self.view.synced.wait()
         if not self.view.synced.is_set():
-            raise Unavailable("the cluster is unreachable: leases cannot be taken or "
+            raise Unavailable(f"{self.journal.unreachable()}: leases cannot be taken or "
                               "ended now; try again")
 
     # -- acquiring --------------------------------------------------------------------

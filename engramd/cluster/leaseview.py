@@ -7,10 +7,18 @@ Each key's last revision seen is the basis of the next compare-and-set on it. Th
 view only records; what an ended lease means for its holder, and what to do with
 a lease this machine granted before a restart, are the lease manager's
 (:mod:`.leases`), told through two callbacks.
+
+Every change of a lease the view takes in, from the watch, from a read at the leader
+or from this machine's own write (:meth:`LeaseView.wrote`), is news for the machine's
+watchers: ``lock.acquired``, ``lock.renewed``, ``lock.released`` (an ``ended`` record:
+its reason and who ended it) or ``lock.expired`` (the key gone: the servers' TTL),
+handed to ``news`` once per revision, whichever way the view learns of it first. Not
+before the watch has shown the bucket once: the leases held then are no news.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -40,7 +48,8 @@ from engramd.cluster.bucket import (
 )
 from engramd.grants import Grant, boottime
 from engramd.locks import Holding, LockTable, Waiting
-from engramd.protocol import Lease
+from engramd.protocol import Lease, LockAcquired, LockExpired, LockReleased, LockRenewed
+from engramd.protocol.model import LockEvent
 from engramd.protocol.resources import parse
 
 log = logging.getLogger("engramd.cluster.leases")
@@ -53,12 +62,14 @@ class LeaseView:
     RETRY_SECONDS = 0.5
 
     def __init__(self, table: LockTable, *, machine: str, boot_id: str,
-                 ended: OnEnded, found: Callable[[Holding], None]) -> None:
+                 ended: OnEnded, found: Callable[[Holding], None],
+                 news: Callable[[LockEvent], None] = lambda event: None) -> None:
         self.table = table
         self.machine = machine
         self.boot_id = boot_id
         self._ended = ended
         self._found = found
+        self._news = news
         self.revisions: dict[str, int] = {}
         """Key -> the last revision seen of it (the basis of every compare-and-set)."""
         self.lock_of: dict[str, str] = {}
@@ -156,6 +167,35 @@ class LeaseView:
         self.lock_of[key] = lock_id
         self._keys[lock_id] = key
 
+    def wrote(self, key: str, revision: int, record: Held | Ended, lease: Lease) -> None:
+        """This machine wrote *record* (of *lease*) as *key*'s *revision*: the watch's
+        echo of it is old news. (If the watch showed it first, it is applied already.)"""
+        if revision <= self.revisions.get(key, 0):
+            return
+        self.revisions[key] = revision
+        if isinstance(record, Held):
+            self.placed(key, lease.lock_id)
+            # Its first write (token 0) is the grant; the others renew it.
+            self._tell_held(record.lease, revision, renewed=bool(record.lease.fencing_token))
+        else:
+            self._tell(LockReleased(seq=0, ts=_now(), context_id="", lease=lease,
+                                    reason=record.reason, by=record.by))
+
+    def _tell(self, event: LockEvent) -> None:
+        if self.synced.is_set():
+            self._news(event)
+
+    def _tell_held(self, lease: Lease, revision: int, *, renewed: bool) -> None:
+        if not lease.fencing_token:
+            lease = msgspec.structs.replace(lease, fencing_token=revision)
+        if renewed:
+            self._tell(LockRenewed(seq=0, ts=_now(), context_id="", lease=lease))
+        else:
+            self._tell(LockAcquired(seq=0, ts=lease.acquired_at, context_id="", lease=lease))
+
+    def _tell_expired(self, holding: Holding) -> None:
+        self._tell(LockExpired(seq=0, ts=_now(), context_id="", lease=holding.lease))
+
     def _apply_lease(self, key: str, update: KeyUpdate) -> None:
         current = self.holding_at(key)
         record = None if update.deleted or not update.value else decode_lease_record(
@@ -168,9 +208,13 @@ class LeaseView:
                 current.lease = lease
                 if lease.machine != self.machine:
                     current.deadline = trio.current_time() + lease.ttl
+                self._tell_held(lease, update.revision, renewed=True)
                 return
             if current is not None:  # (its end fell between two revisions the watch showed)
                 self._ended(current, "expired", "the cluster")
+                self._tell_expired(current)
+            # A lease new to the view is news of a grant (even one renewed since).
+            self._tell_held(lease, update.revision, renewed=False)
             self.placed(key, lease.lock_id)
             holding = self.table.held.get(lease.lock_id)  # (granted here: held already)
             if holding is None:
@@ -185,8 +229,12 @@ class LeaseView:
             if current is not None:
                 if isinstance(record, Ended):
                     self._ended(current, "broken", record.by)
+                    self._tell(LockReleased(seq=0, ts=_now(), context_id="",
+                                            lease=current.lease, reason=record.reason,
+                                            by=record.by))
                 else:
                     self._ended(current, "expired", "the cluster")
+                    self._tell_expired(current)
 
     def seen(self, key: str, found: KeyUpdate | None) -> None:
         """Apply a read of the lease key *key* (None: the key has no message)."""
@@ -200,6 +248,7 @@ class LeaseView:
             self._keys.pop(lock_id, None)
         if current is not None:
             self._ended(current, "expired", "the cluster")
+            self._tell_expired(current)
 
     def _deadline_of(self, lease: Lease) -> float:
         """When a lease seen in the watch stops counting here, on trio's clock."""
@@ -253,6 +302,7 @@ class LeaseView:
                 self.lock_of.pop(key, None)
                 self._keys.pop(holding.lease.lock_id, None)
                 self._ended(holding, "expired", "the cluster")
+                self._tell_expired(holding)
 
     # -- the line ----------------------------------------------------------------------------
 
@@ -280,3 +330,7 @@ class LeaseView:
             and self.tickets[str(claim.owner)].number < number
             for resource in resources
             for claim in self.lined.conflicting(parse(resource), shared))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -10,6 +10,7 @@ can list who was seen recently.
 
 from __future__ import annotations
 
+import logging
 import re
 import ssl
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import nats.js.errors
 from nats.js import api
 
 from engramd.protocol import ClusterPeer
+
+log = logging.getLogger("engramd.cluster")
 
 WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code for ``Nats-Expected-Last-Sequence`` not holding."""
@@ -81,6 +84,10 @@ class NatsLink:
         self.js: Any = None
         self.view: Any = None
         self.machines: Any = None
+        self.refused = ""
+        """Why the servers refused this machine's last attempt to connect (TLS, its
+        credentials), or empty: cleared once a connection is made. nats-py goes on
+        trying (a server's configuration may be fixed); this says why it fails."""
 
     @property
     def connected(self) -> bool:
@@ -91,17 +98,30 @@ class NatsLink:
         options: dict[str, Any] = {}
         if settings.credentials:
             options["user_credentials"] = settings.credentials
-        if settings.tls_ca or settings.tls_cert:
-            context = ssl.create_default_context(cafile=settings.tls_ca or None)
-            if settings.tls_cert:
-                context.load_cert_chain(settings.tls_cert, settings.tls_key or None)
+        context = tls_context(settings)
+        if context is not None:
             options["tls"] = context
         self.nc = await nats.connect(
             servers=settings.servers, name=self.name, connect_timeout=2,
             allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-            error_cb=_ignore, disconnected_cb=_none, reconnected_cb=_none,
+            error_cb=self._trouble, disconnected_cb=_none, reconnected_cb=self._accepted,
             closed_cb=_none, **options)
+        await self._accepted()
         self.js = self.nc.jetstream(timeout=settings.timeout)
+
+    async def _trouble(self, exc: Exception) -> None:
+        """nats-py reports connection trouble here; engramd sees it as not connected,
+        and keeps (and logs once) a refusal's reason."""
+        why = refusal(exc)
+        if why and why != self.refused:
+            log.warning("cluster: the cluster refuses this machine: %s", why)
+        if why:
+            self.refused = why
+
+    async def _accepted(self) -> None:
+        if self.refused:
+            log.info("cluster: the servers accept this machine again")
+        self.refused = ""
 
     async def close(self) -> None:
         if self.nc is not None:
@@ -213,8 +233,42 @@ def _facts(info: Any) -> StreamFacts:
         leader=(cluster.leader or "") if cluster is not None else "", peers=peers)
 
 
-async def _ignore(_: Exception) -> None:
-    """nats-py reports connection trouble here; engramd sees it as not connected."""
+def tls_context(settings: ClusterSettings) -> ssl.SSLContext | None:
+    """The TLS context of ``cluster.tls_ca`` (the CA to verify the servers with) and
+    ``cluster.tls_cert``/``tls_key`` (this machine's certificate, for servers that
+    verify clients); None when none is set (``tls://`` URLs, or servers that require
+    TLS, are then verified with the system's CAs). OSError or ssl.SSLError for a file
+    that cannot be read or is not PEM."""
+    if not (settings.tls_ca or settings.tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=settings.tls_ca or None)
+    if settings.tls_cert:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key or None)
+    return context
+
+
+def refusal(exc: BaseException) -> str:
+    """What a failed connection attempt says about this machine's TLS settings or
+    credentials, in one line (it reads after "the cluster refuses this machine: ");
+    empty when it is not about them (a server down, the network), which trying again
+    may cure."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS: the servers' certificate is not trusted ({exc.verify_message}): "
+                "cluster.tls_ca names the CA that signed it")
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or str(exc)).upper()
+        if "CERTIFICATE_REQUIRED" in reason:
+            return ("TLS: the servers ask for this machine's certificate: set "
+                    "cluster.tls_cert and cluster.tls_key")
+        if "CERTIFICATE" in reason or "UNKNOWN_CA" in reason:
+            return (f"TLS: the servers do not accept this machine's certificate "
+                    f"({exc.reason}): cluster.tls_cert")
+        return f"TLS: {exc.reason or exc}"
+    text = str(exc).lower()
+    if "authorization violation" in text or "authentication expired" in text:
+        return ("its credentials are refused (authorization violation): check "
+                "cluster.credentials, or the user, password or token in cluster.servers")
+    return ""
 
 
 async def _none() -> None:

@@ -180,6 +180,9 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Why the view stopped following the stream (it needs a rebuild)."""
     leases_synced: bool = False
     """This machine has read the cluster's leases once: it can take and end leases."""
+    refused: str = ""
+    """Why the servers refuse this machine's connection (its TLS settings or its
+    credentials), while they do; empty otherwise."""
 
 
 class ClusterMachine(msgspec.Struct, frozen=True, kw_only=True):

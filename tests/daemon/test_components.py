@@ -25,7 +25,7 @@ from engramd.leases import LeaseManager
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.protocol import AcquireLock, BadRequest, Heartbeat, Lagged, Lease, Unavailable
 from engramd.protocol.messages import AnyServerMessage
-from engramd.protocol.model import Context, ContextCreated
+from engramd.protocol.model import Context, ContextCreated, LockAcquired
 from engramd.server import encode_event_push
 from engramd.storage import Store
 from engramd.wal.log import WriteAheadLog
@@ -400,6 +400,41 @@ async def test_live_events_reach_a_subscriber_in_order_and_a_stalled_one_lags_ou
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert isinstance(slow[-1], Lagged) and slow[-1].head_seq == 8
+
+
+async def test_an_event_not_in_the_journal_reaches_live_subscribers_only(
+        storage: tuple[Store, WriteAheadLog]) -> None:
+    """Cluster mode's lease events: numbered with the newest seq before them, moving no
+    cursor, never read again from the store."""
+    store, _ = storage
+    hub = EventHub(store, buffer=8, max_lag=100)
+    live: list[object] = []
+    later: list[object] = []
+    lease = Lease(resource="r", holder="alice", lock_id="L", fencing_token=3,
+                  acquired_at=WHEN, expires_at=WHEN, ttl=30)
+
+    async def push(into: list[object], body: bytes) -> None:
+        into.append(_push.decode(body))
+
+    def commit(seq: int) -> None:
+        store.apply([Entry(first_seq=seq, events=[created(seq)])])
+        hub.publish([describe_live(created(seq))])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.serve, subscriber(heartbeat=0), lambda body: push(live, body),
+                           encode_event_push)
+        await trio.testing.wait_all_tasks_blocked()
+        commit(1)
+        hub.publish_passing(LockAcquired(seq=0, ts=WHEN, context_id="", lease=lease))
+        commit(2)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(hub.serve, subscriber(heartbeat=0), lambda body: push(later, body),
+                           encode_event_push)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert [(type(m.event).__name__, m.event.seq) for m in live] == [  # type: ignore[attr-defined]
+        ("ContextCreated", 1), ("LockAcquired", 1), ("ContextCreated", 2)]
+    assert [m.event.seq for m in later] == [1, 2]  # type: ignore[attr-defined]
 
 
 async def test_a_release_and_the_grant_to_the_next_in_line_are_one_commit(

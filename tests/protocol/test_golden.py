@@ -354,6 +354,11 @@ SERVER_MESSAGES = {
         storage="file"), machines=[ClusterMachine(
             machine="box-0a1b2c3d", host="box", socket="/run/user/1000/engram/engramd.sock",
             stream_seq=41, applied_seq=120, version="0.1.0")]),
+    "cluster_report_refused": ClusterReport(id=45, status=ClusterStatus(
+        deployment="engram", stream="ENGRAM_ENGRAM", servers=["tls://127.0.0.1:4222"],
+        machine="box-0a1b2c3d", reachable=False, view_stream_seq=0, stream_last_seq=None,
+        lag=None, replicas=3, leader="", peers=[],
+        refused="TLS: the servers ask for this machine's certificate"), machines=[]),
     "verify_report": VerifyReport(
         id=44, ok=False, applied_seq=61, keys=277, units=60, units_expected=60, contexts=1,
         contexts_expected=1, events=61, walked_all=True, damage=[StoreDamage(

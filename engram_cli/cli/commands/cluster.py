@@ -26,7 +26,9 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
     out.fields("cluster", [
         ("deployment", state.deployment), ("stream", state.stream),
         ("servers", ", ".join(state.servers)),
-        ("reachable", "yes" if state.reachable else "NO: writes are refused"),
+        ("reachable", "yes" if state.reachable
+         else f"NO: refused: {state.refused}" if state.refused
+         else "NO: writes are refused"),
         ("stream last message", "unknown" if state.stream_last_seq is None
          else str(state.stream_last_seq)),
         ("this machine", state.machine),

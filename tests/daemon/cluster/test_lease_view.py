@@ -26,7 +26,8 @@ from engramd.cluster.bucket import (
 from engramd.cluster.leaseview import LeaseView
 from engramd.grants import Grant
 from engramd.locks import Holding, LockTable
-from engramd.protocol import AcquireLock, Lease
+from engramd.protocol import AcquireLock, Lease, LockReleased
+from engramd.protocol.model import LockEvent
 
 NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 
@@ -58,6 +59,7 @@ class Recorder:
     def __init__(self) -> None:
         self.ended: list[tuple[str, str, str]] = []
         self.found: list[str] = []
+        self.news: list[LockEvent] = []
 
     def view(self) -> LeaseView:
         table = LockTable()
@@ -67,7 +69,13 @@ class Recorder:
             self.ended.append((holding.lease.resource, tell, by))
 
         return LeaseView(table, machine="m1", boot_id="b", ended=ended,
-                         found=lambda holding: self.found.append(holding.lease.resource))
+                         found=lambda holding: self.found.append(holding.lease.resource),
+                         news=self.news.append)
+
+    def told(self) -> list[tuple[str, str, int]]:
+        """(kind, lock id, token) of each lock event the view told."""
+        return [(str(type(e).__struct_config__.tag), e.lease.lock_id, e.lease.fencing_token)
+                for e in self.news]
 
 
 async def test_a_lease_is_held_with_its_revision_as_token_until_it_ends() -> None:
@@ -156,3 +164,38 @@ async def test_a_value_that_is_not_engram_s_is_refused() -> None:
         Recorder().view().apply(KeyUpdate(lease_key("x", "L"), 1, b"\x01not msgpack"))
     with pytest.raises(ValueError):  # a key of an older engram
         Recorder().view().apply(KeyUpdate("l.eA", 1, b""))
+
+
+async def test_every_lease_change_the_view_takes_in_is_news_once() -> None:
+    seen = Recorder()
+    view = seen.view()
+    view.apply(held("before", 2, "B"))  # held when the watch began: no news
+    view.synced.set()
+    view.apply(held("db", 7))
+    renewal = msgspec.structs.replace(lease("db", "L1"), fencing_token=7)
+    view.apply(KeyUpdate(lease_key("db", "L1"), 8, encode_record(Held(renewal))))
+    view.apply(KeyUpdate(lease_key("db", "L1"), 9,
+                         encode_record(Ended(reason="released", by="alice"))))
+    view.apply(KeyUpdate(lease_key("db", "L1"), 10, b"", operation="PURGE"))  # the end's
+    view.apply(held("db", 11, lock_id="L2"))
+    view.apply(KeyUpdate(lease_key("db", "L2"), 12, b"", operation="PURGE"))  # its TTL
+    assert seen.told() == [("lock.acquired", "L1", 7), ("lock.renewed", "L1", 7),
+                           ("lock.released", "L1", 7), ("lock.acquired", "L2", 11),
+                           ("lock.expired", "L2", 11)]
+    released = seen.news[2]
+    assert isinstance(released, LockReleased)
+    assert (released.reason, released.by) == ("released", "alice")
+
+
+async def test_this_machine_s_own_writes_are_news_once_whichever_comes_first() -> None:
+    seen = Recorder()
+    view = seen.view()
+    view.synced.set()
+    mine = lease("db", "M", machine="m1")
+    view.wrote(lease_key("db", "M"), 5, Held(mine), mine)  # the write's answer first
+    view.apply(KeyUpdate(lease_key("db", "M"), 5, encode_record(Held(mine))))  # its echo
+    view.table.install(Holding(msgspec.structs.replace(mine, fencing_token=5), 30.0))
+    view.apply(KeyUpdate(lease_key("db", "M"), 6,  # the echo of its end first
+                         encode_record(Ended(reason="released", by="alice"))))
+    view.wrote(lease_key("db", "M"), 6, Ended(reason="released", by="alice"), mine)
+    assert seen.told() == [("lock.acquired", "M", 5), ("lock.released", "M", 5)]
