@@ -54,13 +54,19 @@ class Tally:
     def count(self, scope: Scope, route: str, status: int) -> None:
         self.requests[method_label(scope), route, status] += 1
 
-    def prometheus_text(self, *, daemon_up: int, stream_bytes: int = 0) -> str:
+    def prometheus_text(self, *, daemon_up: int, stream_bytes: int = 0,
+                        stream_capacity: int = 0) -> str:
         lines = ["# HELP engram_gateway_daemon_up Whether the gateway reached engramd.",
                  "# TYPE engram_gateway_daemon_up gauge",
                  f"engram_gateway_daemon_up {daemon_up}",
                  "# HELP engram_gateway_streams_open Live SSE and WebSocket streams.",
                  "# TYPE engram_gateway_streams_open gauge",
                  f"engram_gateway_streams_open {self.streams_open}",
+                 "# HELP engram_gateway_stream_capacity Streams the gateway may follow "
+                 "at most (fewer than --daemon-connections x 64 when engramd holds its "
+                 "connections to fewer).",
+                 "# TYPE engram_gateway_stream_capacity gauge",
+                 f"engram_gateway_stream_capacity {stream_capacity}",
                  "# HELP engram_gateway_stream_buffer_bytes Bytes of events the streams "
                  "hold for their clients.",
                  "# TYPE engram_gateway_stream_buffer_bytes gauge",

@@ -34,10 +34,12 @@ from engram_cli.client.errors import ClientTimeout
 from engram_cli.client.settings import Target
 from engram_cli.doors.gateway.auth import Credentials, Unauthenticated
 from engramd.protocol import (
+    TOO_MANY_SUBSCRIPTIONS,
     ClientConnection,
     ClientMessage,
     Ended,
     EngramError,
+    ErrorCode,
     EventPush,
     Forbidden,
     GetStatus,
@@ -48,7 +50,6 @@ from engramd.protocol import (
     SpeakFor,
     Subscribe,
     Subscribed,
-    TooLarge,
     Unavailable,
     Unsubscribe,
     reply_type,
@@ -204,16 +205,30 @@ class _Channel(AsyncClient):
         """Requests in flight that wait (at most :data:`WAITS_PER_CONNECTION`)."""
         self.feeds: dict[int, Feed] = {}
         """The feeds of the current conversation (a new one with each connection)."""
+        self.unsubscribing = 0
+        """Subscriptions let go whose ``unsubscribe`` is on its way: the daemon counts
+        them until it is answered."""
         self.stream_limit = STREAMS_PER_CONNECTION
+        """Subscriptions this conversation may hold: the daemon's limit, lowered only by
+        its own refusal of one more (:data:`TOO_MANY_SUBSCRIPTIONS`), to what it holds."""
 
     @property
     def load(self) -> int:
         return IN_FLIGHT - self.slots.value
 
+    @property
+    def subscriptions(self) -> int:
+        """Subscriptions the daemon holds on this connection, as far as the gateway knows."""
+        return len(self.feeds) + self.unsubscribing
+
     def _conversation(self) -> ClientConnection:
         protocol = super()._conversation()
         routes = _Routes(protocol)
         self.feeds = routes.feeds
+        # A new conversation, perhaps with a daemon configured anew: its limit is learnt
+        # again, and the unsubscriptions of the last one went with it.
+        self.stream_limit = STREAMS_PER_CONNECTION
+        self.unsubscribing = 0
         protocol.route = routes
         return protocol
 
@@ -280,6 +295,14 @@ class DaemonLink:
     @property
     def streams(self) -> int:
         return sum(len(channel.feeds) for channel in self._channels)
+
+    @property
+    def stream_capacity(self) -> int:
+        """Streams the gateway may follow at most now: its connections' limits, a
+        connection not yet made counted at :data:`STREAMS_PER_CONNECTION`. Less than
+        ``size`` x that when the daemon holds its connections to fewer (``/metrics``)."""
+        return sum(c.stream_limit for c in self._channels) \
+            + (self.size - len(self._channels)) * STREAMS_PER_CONNECTION
 
     def _new_channel(self) -> _Channel:
         target = Target(socket_path=self.socket_path, agent_id=self.gateway_agent,
@@ -395,10 +418,13 @@ class DaemonLink:
                         request=subscribe))
                 return Subscription(channel, protocol, feeds, feed,
                                     result(reply, Subscribed))
-            except TooLarge:
+            except EngramError as exc:
+                # The daemon's answer: no subscription was made.
                 feeds.pop(request_id, None)
                 feed.clear()
-                channel.stream_limit = len(feeds)
+                if not _no_place(exc):
+                    raise  # this request's own (its filters, its credentials): its answer
+                self._full(channel, protocol)
                 tried.add(id(channel))
             except BaseException:
                 # Cancelled after the request left, it may be subscribed: undo that.
@@ -406,11 +432,24 @@ class DaemonLink:
                 self._unsubscribe(channel, protocol, feeds, request_id)
                 raise
 
+    def _full(self, channel: _Channel, protocol: ClientConnection) -> None:
+        """The daemon refused *channel* one more subscription: it holds no more than it
+        does now (never fewer than one: a refusal with none held is a daemon that
+        counts differently, not a connection for no stream)."""
+        if channel._protocol is not protocol:
+            return  # refused on a conversation that is over: the next one starts afresh
+        limit = max(1, channel.subscriptions)
+        if limit < channel.stream_limit:
+            log.warning("engramd holds one of the gateway's connections to %d streams "
+                        "(limits.max_subscriptions_per_connection; the gateway expected "
+                        "%d)", limit, STREAMS_PER_CONNECTION)
+            channel.stream_limit = limit
+
     def _stream_channel(self, tried: set[int]) -> _Channel:
         room = [c for c in self._channels if id(c) not in tried
-                and len(c.feeds) < c.stream_limit]
+                and c.subscriptions < c.stream_limit]
         if room:
-            return min(room, key=lambda c: len(c.feeds))
+            return min(room, key=lambda c: c.subscriptions)
         if len(self._channels) < self.size:
             return self._new_channel()
         held = sum(len(c.feeds) for c in self._channels)
@@ -435,6 +474,7 @@ class DaemonLink:
                      feeds: dict[int, Feed], subscription: int) -> None:
         if feeds.pop(subscription, None) is None or protocol.ended is not None:
             return  # (a connection that ended took its subscriptions with it)
+        channel.unsubscribing += 1
 
         async def unsubscribe() -> None:
             try:
@@ -445,6 +485,9 @@ class DaemonLink:
             except Exception:
                 # A bug: logged, never fatal to the gateway (this task is not a request's).
                 log.exception("unsubscribing a stream that ended")
+            finally:
+                if channel._protocol is protocol:  # (a new conversation starts at 0)
+                    channel.unsubscribing -= 1
 
         self._nursery.start_soon(unsubscribe)
 
@@ -452,6 +495,13 @@ class DaemonLink:
         for channel in self._channels:
             await channel.aclose()
         self._channels.clear()
+
+
+def _no_place(exc: EngramError) -> bool:
+    """Whether *exc* is the daemon refusing a subscription for want of a place on its
+    connection, and not for anything of the subscription's own (its filters over a
+    bound are ``too_large`` too)."""
+    return exc.code == ErrorCode.TOO_LARGE and str(exc).startswith(TOO_MANY_SUBSCRIPTIONS)
 
 
 @contextlib.contextmanager

@@ -95,7 +95,8 @@ async def metrics(gw: Gateway, request: Request) -> Response:
     except (EngramError, trio.TooSlowError, OSError):
         daemon, up = "", 0
     text = daemon + gw.tally.prometheus_text(daemon_up=up,
-                                              stream_bytes=gw.link.budget.used)
+                                              stream_bytes=gw.link.budget.used,
+                                              stream_capacity=gw.link.stream_capacity)
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -1,0 +1,113 @@
+"""What the gateway's cold trial found: one caller's bad input must not take anything
+from the others, and credentials are settled before anything else. The real
+``engram gateway`` and ``engramd`` as processes, real HTTP, SSE and WebSocket clients."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+
+pytest.importorskip("hypercorn")
+
+import httpx2
+
+from tests.conftest import WAIT, DaemonProcess, run_cli, start_engramd, wait_until
+from tests.doors.test_gateway import (
+    Collected,
+    Gateway,
+    error_code,
+    gateway,
+    open_gateway_streams,
+    read_sse,
+)
+from tests.doors.test_gateway_limits import RawStream
+
+pytestmark = pytest.mark.slow
+
+MADE_UP = "egt_000000000000_abcdefabcdefabcdefabcdefabcdefabcd"
+"""An agent token of the right form that the daemon never issued."""
+
+
+def stream_capacity(gw: Gateway, token: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    found = re.search(r"^engram_gateway_stream_capacity (\d+)$",
+                      gw.http.get("/metrics", headers=headers).text, re.MULTILINE)
+    assert found
+    return int(found.group(1))
+
+
+def _sse_status(gw: Gateway, query: str, headers: dict[str, str]) -> tuple[int, str]:
+    """The status of an SSE request and its body when it is refused (the stream left at
+    once when it opens)."""
+    with httpx2.Client(base_url=gw.url, timeout=WAIT) as http, \
+            http.stream("GET", f"/stream-sse?{query}", headers=headers) as response:
+        return response.status_code, "" if response.status_code == 200 \
+            else response.read().decode()
+
+
+# -- 1. one request cannot take the streams of everyone -------------------------------
+
+def test_a_stream_with_more_filters_than_a_subscription_holds_is_413_and_streams_go_on(
+        engramd: DaemonProcess) -> None:
+    """2,500 meta filters with a made-up token, again and again (more times than the
+    gateway has daemon connections): 413 each time, and a real caller's stream opens
+    after; no connection's place for streams was given up."""
+    token = run_cli(engramd.env, "agent", "token", "create", "watcher").stdout.strip()
+    many = "heartbeat=1&" + "&".join(f"meta=k{n}=v" for n in range(2500))
+    with gateway(engramd.env, "--auth", "token") as gw:
+        for _ in range(10):
+            status, body = _sse_status(gw, many, {"Authorization": f"Bearer {MADE_UP}"})
+            assert status == 413, body
+            assert "2500 values of meta, at most 1024" in body
+        status, body = _sse_status(gw, many, {"Authorization": f"Bearer {token}"})
+        assert status == 413, body
+        collected = Collected()
+        reader = threading.Thread(target=read_sse, args=(
+            gw, {"context": "after-flood"}, 1, collected,
+            {"Authorization": f"Bearer {token}"}))
+        reader.start()
+        wait_until(lambda: open_gateway_streams_as(gw, token) == 1, "the stream open")
+        gw.http.post("/workunit", json={"context_id": "after-flood", "payload": "x"},
+                     headers={"Authorization": f"Bearer {token}"})
+        reader.join(WAIT)
+        assert collected.error is None and len(collected.events) == 1
+        assert stream_capacity(gw, token) == 8 * 64
+
+
+def open_gateway_streams_as(gw: Gateway, token: str) -> int:
+    found = re.search(r"^engram_gateway_streams_open (\d+)$", gw.http.get(
+        "/metrics", headers={"Authorization": f"Bearer {token}"}).text, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
+def test_a_daemon_that_holds_fewer_streams_per_connection_is_learnt_not_feared(
+        env: dict[str, str], scratch: str) -> None:
+    """engramd configured for 2 subscriptions per connection, the gateway with one
+    connection: the third stream is 503, /metrics says the capacity is 2, and a place
+    freed is a place again (the limit learnt is what the daemon holds, never less)."""
+    env = {**env, "ENGRAM_LIMITS_MAX_SUBSCRIPTIONS_PER_CONNECTION": "2"}
+    daemon = DaemonProcess(start_engramd(env), env["ENGRAM_SOCKET"], env)
+    try:
+        with gateway(env, "--daemon-connections", "1") as gw:
+            assert stream_capacity(gw) == 64
+            streams = [RawStream(gw, "context=few") for _ in range(2)]
+            wait_until(lambda: open_gateway_streams(gw) == 2, "2 streams open")
+            refused = gw.http.get("/stream-sse", params={"context": "few"})
+            assert refused.status_code == 503 and error_code(refused) == "unavailable"
+            assert stream_capacity(gw) == 2
+            streams.pop().close()
+            wait_until(lambda: open_gateway_streams(gw) == 1, "a place freed")
+            # The unsubscription is on its way: the place is given again once it is done.
+            wait_until(lambda: _opens(gw), "a stream to open in the freed place")
+            assert stream_capacity(gw) == 2
+            for stream in streams:
+                stream.close()
+    finally:
+        daemon.stop()
+
+
+def _opens(gw: Gateway) -> bool:
+    status, _ = _sse_status(gw, "context=few", {})
+    return status == 200
