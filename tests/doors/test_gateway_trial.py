@@ -22,7 +22,7 @@ from tests.doors.test_gateway import (
     open_gateway_streams,
     read_sse,
 )
-from tests.doors.test_gateway_limits import RawStream
+from tests.doors.test_gateway_limits import RawStream, answer_of, raw_request
 
 pytestmark = pytest.mark.slow
 
@@ -111,3 +111,23 @@ def test_a_daemon_that_holds_fewer_streams_per_connection_is_learnt_not_feared(
 def _opens(gw: Gateway) -> bool:
     status, _ = _sse_status(gw, "context=few", {})
     return status == 200
+
+
+# -- 2. credentials before a body ----------------------------------------------------
+
+def test_a_made_up_agent_token_is_401_before_a_byte_of_the_body_is_read(
+        engramd: DaemonProcess) -> None:
+    """A token of the right form the daemon never issued: 401 at once, never a body read
+    and left waiting for (408 after --body-timeout); a real token's body is read."""
+    token = run_cli(engramd.env, "agent", "token", "create", "writer").stdout.strip()
+    head = ("POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{")
+    with gateway(engramd.env, "--auth", "token", "--body-timeout", "600") as gw:
+        for _ in range(2):  # a refusal is not remembered as an acceptance
+            with raw_request(gw, head.format(MADE_UP).encode()) as sock:
+                status, body = answer_of(sock)
+            assert status == 401 and body["error"]["code"] == "unauthenticated", body
+        for _ in range(2):  # asked once, then remembered a moment
+            written = gw.http.post("/workunit", json={"context_id": "c", "payload": "p"},
+                                   headers={"Authorization": f"Bearer {token}"})
+            assert written.status_code == 201, written.text

@@ -201,8 +201,7 @@ async def release_lock(gw: Gateway, request: Request) -> Response:
 async def stream_ticket(gw: Gateway, request: Request) -> Response:
     """A single-use ticket for a browser's stream (EventSource and WebSocket cannot send
     ``Authorization``): ``/stream-sse?ticket=…``, ``/stream?ticket=…``."""
-    credentials = gw.credentials(request)
-    await gw.call(request, Ping())  # the credentials are the daemon's to accept
+    credentials = await gw.accepted_credentials(request)
     ticket = gw.tickets.issue(credentials)
     return json_response(views.Ticket(ticket, TICKET_TTL), 201, {"Cache-Control": "no-store"})
 
