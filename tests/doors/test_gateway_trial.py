@@ -12,6 +12,8 @@ import pytest
 pytest.importorskip("hypercorn")
 
 import httpx2
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import WAIT, DaemonProcess, run_cli, start_engramd, wait_until
 from tests.doors.test_gateway import (
@@ -19,12 +21,14 @@ from tests.doors.test_gateway import (
     Gateway,
     error_code,
     gateway,
+    open_gateway,
     open_gateway_streams,
     read_sse,
 )
 from tests.doors.test_gateway_limits import RawStream, answer_of, raw_request
 
 pytestmark = pytest.mark.slow
+__all__ = ["open_gateway"]  # a fixture, used by name
 
 MADE_UP = "egt_000000000000_abcdefabcdefabcdefabcdefabcdefabcd"
 """An agent token of the right form that the daemon never issued."""
@@ -131,3 +135,34 @@ def test_a_made_up_agent_token_is_401_before_a_byte_of_the_body_is_read(
             written = gw.http.post("/workunit", json={"context_id": "c", "payload": "p"},
                                    headers={"Authorization": f"Bearer {token}"})
             assert written.status_code == 201, written.text
+
+
+# -- 3. a start beyond the newest event ----------------------------------------------
+
+def test_a_stream_that_would_start_beyond_the_newest_event_is_400(
+        open_gateway: Gateway) -> None:
+    """``after`` or ``Last-Event-ID`` past the head would wait, silently, for events up
+    to it and drop them: 400 naming the head, for SSE and WebSocket; at the head, the
+    stream gets what comes next."""
+    http = open_gateway.http
+    head = http.post("/workunit", json={"context_id": "ahead", "payload": "x"}
+                     ).json()["units"][0]["seq"]
+    beyond = str(head + 5)
+    for params, headers in (({"after": beyond}, {}), ({}, {"Last-Event-ID": beyond})):
+        refused = http.get("/stream-sse", params={"context": "ahead", **params},
+                           headers=headers)
+        assert refused.status_code == 400 and error_code(refused) == "bad_request"
+        assert f"beyond the newest event, {head}" in refused.json()["error"]["message"]
+    with pytest.raises(InvalidStatus) as ws_refused:
+        ws_connect(f"{open_gateway.ws_url}/stream?context=ahead&after={beyond}",
+                   open_timeout=WAIT)
+    assert ws_refused.value.response.status_code == 400
+    assert f"newest event, {head}".encode() in ws_refused.value.response.body
+    collected = Collected()
+    reader = threading.Thread(target=read_sse, args=(
+        open_gateway, {"context": "ahead"}, 1, collected, {"Last-Event-ID": str(head)}))
+    reader.start()
+    wait_until(lambda: open_gateway_streams(open_gateway) == 1, "the stream open")
+    http.post("/workunit", json={"context_id": "ahead", "payload": "next"})
+    reader.join(WAIT)
+    assert collected.error is None and collected.events[0]["seq"] == head + 1

@@ -289,8 +289,8 @@ class StreamQuery(Query):
         max_length=MAX_MAP_ENTRIES,
         description="meta=KEY=VALUE, repeatable: units with all of them")] = {}
     after: Annotated[b.Seq | None, msgspec.Meta(
-        description="The events after this seq (0: from the start); Last-Event-ID "
-                    "takes precedence")] = None
+        description="The events after this seq (0: from the start; beyond the newest "
+                    "event: 400); Last-Event-ID takes precedence")] = None
     heartbeat: Annotated[b.Heartbeat, msgspec.Meta(
         description="Seconds between heartbeats when idle")] = 15.0
     ticket: Annotated[str | None, msgspec.Meta(
