@@ -166,3 +166,20 @@ def test_a_stream_that_would_start_beyond_the_newest_event_is_400(
     http.post("/workunit", json={"context_id": "ahead", "payload": "next"})
     reader.join(WAIT)
     assert collected.error is None and collected.events[0]["seq"] == head + 1
+
+
+# -- 4. one Authorization ------------------------------------------------------------
+
+def test_two_authorization_headers_are_400(engramd: DaemonProcess) -> None:
+    token = run_cli(engramd.env, "agent", "token", "create", "twice").stdout.strip()
+    with gateway(engramd.env, "--auth", "token") as gw:
+        for pair in ((token, MADE_UP), (MADE_UP, token)):
+            head = ("GET /inbox/count HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                    f"Authorization: Bearer {pair[0]}\r\nAuthorization: Bearer {pair[1]}"
+                    "\r\n\r\n")
+            with raw_request(gw, head.encode()) as sock:
+                status, body = answer_of(sock)
+            assert status == 400 and body["error"]["code"] == "bad_request", body
+            assert "2 Authorization headers" in body["error"]["message"]
+        one = gw.http.get("/inbox/count", headers={"Authorization": f"Bearer {token}"})
+        assert one.status_code == 200, one.text

@@ -179,8 +179,13 @@ class Authenticator:
     jwt: JwtVerifier | None = None
 
     def identify(self, headers: Headers) -> Credentials:
-        """The credentials of a request with *headers*."""
-        scheme, _, bearer = headers.get("authorization", "").partition(" ")
+        """The credentials of a request with *headers*. Two ``Authorization`` headers
+        are refused (400) rather than one of them taken: a proxy and a client may each
+        have added one, and which wins is no one's guess to make."""
+        given = headers.getlist("authorization")
+        if len(given) > 1:
+            raise BadRequest(f"{len(given)} Authorization headers: give one")
+        scheme, _, bearer = (given[0] if given else "").partition(" ")
         bearer = bearer.strip()
         if scheme.lower() == "bearer" and bearer:
             if bearer.startswith(AGENT_TOKEN_PREFIX):
