@@ -183,3 +183,34 @@ def test_two_authorization_headers_are_400(engramd: DaemonProcess) -> None:
             assert "2 Authorization headers" in body["error"]["message"]
         one = gw.http.get("/inbox/count", headers={"Authorization": f"Bearer {token}"})
         assert one.status_code == 200, one.text
+
+
+# -- 5. what a request without a body, or without a Host, gets -------------------------
+
+def test_an_endpoint_that_takes_no_body_reads_none_and_never_answers_413(
+        engramd: DaemonProcess) -> None:
+    """A Content-Length past --max-body on an endpoint without a body is no business of
+    it (/openapi.json lists no 413 there); one that takes a body refuses it at once."""
+    with gateway(engramd.env, "--max-body", "1000") as gw:
+        for line, status in (("GET /healthz", 200), ("GET /readyz", 200),
+                             ("GET /inbox/count", 200), ("DELETE /locks/x?lock_id=1", 404),
+                             ("POST /workunit", 413)):
+            head = (f"{line} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                    "Content-Length: 1000000000\r\n\r\n")
+            with raw_request(gw, head.encode()) as sock:
+                got, body = answer_of(sock)
+            assert got == status, (line, body)
+
+
+def test_a_request_without_one_host_gets_the_one_error_shape(open_gateway: Gateway) -> None:
+    for head, status, said in (
+            (b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", 400, "Host"),
+            (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n"
+             b"Connection: close\r\n\r\n", 400, "Host"),
+            (b"GET /healthz HTTP/1.0\r\n\r\n", 403, "a request without a Host header")):
+        with raw_request(open_gateway, head) as sock:
+            got, body = answer_of(sock)
+        assert got == status, body
+        assert body["error"]["code"] == ("bad_request" if status == 400 else "forbidden")
+        assert said in body["error"]["message"]
+    assert open_gateway.http.get("/healthz").status_code == 200

@@ -166,8 +166,13 @@ class Gateway:
     async def body(self, request: Request) -> bytes:
         """The request body, once the caller's headers prove who it is (401 before a byte
         of it is read); refused past ``max_body`` (413, by its length at once, else as it
-        comes) and when it has not come whole within ``body_timeout`` (408)."""
+        comes) and when it has not come whole within ``body_timeout`` (408). Only an
+        endpoint that takes a body reads one, so only such an endpoint gives 413 or 408
+        (another answers without reading what was sent)."""
         await self.accepted_credentials(request)
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:  # (hypercorn checked it)
+            raise too_large(self.max_body)
         size = 0
         chunks = []
         with trio.move_on_after(self.body_timeout) as late:
