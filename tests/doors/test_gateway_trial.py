@@ -5,7 +5,11 @@ from the others, and credentials are settled before anything else. The real
 from __future__ import annotations
 
 import re
+import signal
 import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,8 +21,10 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import WAIT, DaemonProcess, run_cli, start_engramd, wait_until
 from tests.doors.test_gateway import (
+    SECRET,
     Collected,
     Gateway,
+    _hs256,
     error_code,
     gateway,
     open_gateway,
@@ -214,3 +220,73 @@ def test_a_request_without_one_host_gets_the_one_error_shape(open_gateway: Gatew
         assert body["error"]["code"] == ("bad_request" if status == 400 else "forbidden")
         assert said in body["error"]["message"]
     assert open_gateway.http.get("/healthz").status_code == 200
+
+
+# -- 6. smaller things ---------------------------------------------------------------
+
+def _jwt_gateway(engramd: DaemonProcess, scratch: str) -> Any:
+    secret = Path(scratch, "jwt.secret")
+    secret.write_text(SECRET + "\n")  # as echo writes it: the newline is not the secret's
+    return gateway(engramd.env, "--auth", "jwt", "--jwt-secret-file", str(secret))
+
+
+def test_a_ticket_lasts_no_longer_than_the_jwt_it_was_issued_for(
+        engramd: DaemonProcess, scratch: str) -> None:
+    with _jwt_gateway(engramd, scratch) as gw:
+        def ticket(expires_in: int) -> float:
+            token = _hs256({"sub": "alice", "exp": int(time.time()) + expires_in})
+            issued = gw.http.post("/stream/ticket",
+                                  headers={"Authorization": f"Bearer {token}"})
+            assert issued.status_code == 201, issued.text
+            return float(issued.json()["expires_in"])
+
+        assert 0 < ticket(5) <= 5
+        assert ticket(600) == 30
+
+
+def test_a_jwt_naming_no_agent_id_is_401(engramd: DaemonProcess, scratch: str) -> None:
+    """A claim the daemon would refuse as an agent id names no agent these credentials
+    can be: 401, as control characters in it are."""
+    with _jwt_gateway(engramd, scratch) as gw:
+        for sub in ("ålice", "a b", "-lead", "a" * 257, "a\nb"):
+            token = _hs256({"sub": sub, "exp": int(time.time()) + 600})
+            refused = gw.http.get("/inbox/count", headers={"Authorization": f"Bearer {token}"})
+            assert refused.status_code == 401 and error_code(refused) == "unauthenticated", sub
+        token = _hs256({"sub": "ci@build:7", "exp": int(time.time()) + 600})
+        assert gw.http.get("/inbox/count",
+                           headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_callers_with_credentials_never_read_the_daemons_socket_path(
+        engramd: DaemonProcess) -> None:
+    """With the daemon away, /readyz and a request answer 503 without this machine's
+    paths (the gateway's log has them); with --auth none (loopback, local callers) the
+    client library's whole reason is told."""
+    socket_dir = str(Path(engramd.socket).parent)
+    env = {**engramd.env, "ENGRAM_NO_AUTOSTART": "1"}
+    with gateway(env, "--auth", "token") as private, gateway(env) as local:
+        engramd.stop()
+        for answer in (private.http.get("/readyz"),
+                       private.http.get("/inbox/count",
+                                        headers={"Authorization": f"Bearer {MADE_UP}"})):
+            assert answer.status_code == 503, answer.text
+            assert socket_dir not in answer.text and "engram daemon start" not in answer.text
+        told = local.http.get("/readyz")
+        assert told.status_code == 503 and socket_dir in told.text
+        private.process.send_signal(signal.SIGTERM)
+        assert private.process.stderr is not None
+        assert socket_dir in private.process.stderr.read()  # (until it ends, at the stop)
+
+
+def test_revoking_by_a_token_id_as_a_name_says_how_to_give_an_id(
+        engramd: DaemonProcess) -> None:
+    run_cli(engramd.env, "agent", "token", "create", "somebody")
+    (row,) = [line for line in run_cli(engramd.env, "agent", "token", "list").stdout
+              .splitlines() if "somebody" in line]
+    token_id = row.split()[0]
+    wrong = run_cli(engramd.env, "agent", "token", "revoke", token_id)
+    assert wrong.returncode == 3, wrong
+    assert f"engram agent token revoke --id {token_id}" in wrong.stderr
+    assert wrong.stderr.count("\n") == 1
+    right = run_cli(engramd.env, "agent", "token", "revoke", "--id", token_id)
+    assert right.returncode == 0 and token_id in right.stdout

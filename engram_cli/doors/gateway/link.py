@@ -23,6 +23,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -265,8 +267,13 @@ class DaemonLink:
 
     def __init__(self, socket_path: str, nursery: trio.Nursery, *,
                  gateway_agent: str, env: Mapping[str, str],
-                 connections: int = CONNECTIONS, stream_memory: int = STREAM_MEMORY) -> None:
+                 connections: int = CONNECTIONS, stream_memory: int = STREAM_MEMORY,
+                 reveal_paths: bool = True) -> None:
         self.socket_path = socket_path
+        self.reveal_paths = reveal_paths
+        """Whether callers may read why the daemon cannot be reached as the client
+        library says it (its socket's path, how to start it); else the log has it."""
+        self._told_unreachable = ("", -math.inf)
         self.budget = Budget(stream_memory)
         self.gateway_agent = gateway_agent
         self.size = connections
@@ -328,10 +335,23 @@ class DaemonLink:
         except (ClientTimeout, trio.TooSlowError):
             await channel.aclose()
             raise Unavailable("engramd did not answer the connection in time") from None
-        except EngramError:
+        except EngramError as exc:
             await channel.aclose()
-            raise
+            raise self._unreachable(exc) from None
         return channel
+
+    def _unreachable(self, exc: EngramError) -> EngramError:
+        """*exc*, or, when it names this machine's paths and callers may not read them,
+        a plain ``unavailable``, the reason logged (once a minute while it stays)."""
+        where = os.path.dirname(self.socket_path) or self.socket_path
+        if self.reveal_paths or where not in str(exc):
+            return exc
+        said, when = self._told_unreachable
+        if str(exc) != said or trio.current_time() - when >= 60:
+            log.warning("engramd cannot be reached: %s", exc)
+            self._told_unreachable = (str(exc), trio.current_time())
+        return Unavailable("engramd is not answering the gateway (its log says why); "
+                           "retry in 1s")
 
     def _pick(self, waits: bool = False) -> _Channel | None:
         """The least loaded connection with a place free (for a request that *waits*,

@@ -7,6 +7,7 @@ of its code (:mod:`.policy`) with ``{"error": {"code", "message"}}``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -203,7 +204,10 @@ async def stream_ticket(gw: Gateway, request: Request) -> Response:
     ``Authorization``): ``/stream-sse?ticket=…``, ``/stream?ticket=…``."""
     credentials = await gw.accepted_credentials(request)
     ticket = gw.tickets.issue(credentials)
-    return json_response(views.Ticket(ticket, TICKET_TTL), 201, {"Cache-Control": "no-store"})
+    # A ticket opens nothing once its credentials expire: a JWT's exp may come sooner.
+    lasts = TICKET_TTL if credentials.expires is None \
+        else max(0.0, min(TICKET_TTL, credentials.expires - time.time()))
+    return json_response(views.Ticket(ticket, lasts), 201, {"Cache-Control": "no-store"})
 
 
 async def search(gw: Gateway, request: Request) -> Response:

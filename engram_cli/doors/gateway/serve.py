@@ -65,6 +65,8 @@ class Settings:
     stream_stall: float = 60.0
     stream_memory: int = STREAM_MEMORY
     body_timeout: float = BODY_TIMEOUT
+    reveal_paths: bool = True
+    """Whether callers may read this machine's paths (the daemon's socket) in errors."""
 
 
 class CannotListen(Exception):
@@ -227,7 +229,8 @@ async def _serve(settings: Settings, config: Config, stop: trio.Event,
         link = DaemonLink(settings.socket_path, nursery,
                           gateway_agent=settings.auth.default_agent, env=settings.env,
                           connections=settings.daemon_connections,
-                          stream_memory=settings.stream_memory)
+                          stream_memory=settings.stream_memory,
+                          reveal_paths=settings.reveal_paths)
         gateway = Gateway(link=link, auth=settings.auth, origins=settings.origins,
                           max_body=settings.max_body, stopping=stop,
                           stream_stall=settings.stream_stall,
