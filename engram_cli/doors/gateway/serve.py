@@ -164,6 +164,7 @@ def _unreadable_requests_in_json() -> None:
     in the one JSON error shape instead, with h11's reason. It has no hook for this
     answer, so its one method that writes it is replaced (once, and only if it is
     there: another hypercorn keeps its own)."""
+    from hypercorn.events import RawData
     from hypercorn.protocol.h11 import H11Protocol
 
     original = getattr(H11Protocol, "_send_error_response", None)
@@ -171,17 +172,26 @@ def _unreadable_requests_in_json() -> None:
         return
 
     async def send_error_response(self: Any, status_code: int) -> None:
+        if self.stream is not None:
+            # A request the app has (a body cut short): the app answers it, and may be
+            # writing now; hypercorn's own answer is what it always was.
+            await original(self, status_code)
+            return
         # Called as hypercorn handles h11's RemoteProtocolError: the reason is its text.
         reason = sys.exc_info()[1]
         code = TooLarge.code if status_code == 431 else BadRequest.code
         body = _json_encoder.encode({"error": {"code": code, "message": (
             f"the request cannot be read as HTTP/1.1: {reason or 'malformed'}")}})
-        await self._send_h11_event(h11.Response(status_code=status_code, headers=[
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
-            *self.config.response_headers("h11")]))
-        await self._send_h11_event(h11.Data(data=body))
-        await self._send_h11_event(h11.EndOfMessage())
+        try:
+            data = b"".join(self.connection.send(event) or b"" for event in (
+                h11.Response(status_code=status_code, headers=[
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
+                    *self.config.response_headers("h11")]),
+                h11.Data(data=body), h11.EndOfMessage()))
+        except h11.LocalProtocolError:
+            return  # (no answer can be written on this connection any more)
+        await self.send(RawData(data=data))
 
     send_error_response.engram = True  # type: ignore[attr-defined]
     H11Protocol._send_error_response = send_error_response  # type: ignore[method-assign]
