@@ -29,6 +29,7 @@ from engramd.mail import recipients
 from engramd.metrics import resident_bytes
 from engramd.protocol import (
     PROTOCOL_VERSION,
+    TOO_MANY_SUBSCRIPTIONS,
     AckCursor,
     AckMessage,
     AcknowledgeCuts,
@@ -251,7 +252,7 @@ class Dispatcher:
                 return ContextFound(id=request.id, context=context)
             case Subscribe():
                 if connection.subscriptions >= self.max_subscriptions:
-                    raise TooLarge(f"too many subscriptions on one connection (limit "
+                    raise TooLarge(f"{TOO_MANY_SUBSCRIPTIONS} (limit "
                                    f"{self.max_subscriptions})")
                 subscriber = queries.subscriber(request, caller)
                 # The reply goes out before the first event.

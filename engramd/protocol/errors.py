@@ -112,6 +112,13 @@ class TooLarge(EngramError):
     exit_code = 2  # what was asked for is over a limit: an invalid value, like bad_request
 
 
+TOO_MANY_SUBSCRIPTIONS = "too many subscriptions on one connection"
+"""How the daemon begins the ``too_large`` that refuses a subscription for want of a place
+on its connection (``limits.max_subscriptions_per_connection``): a client sharing one
+connection among many streams (the gateway) tells it from a subscription's own limits by
+it, and opens it elsewhere."""
+
+
 class Unavailable(EngramError):
     """The daemon cannot serve this now: recovering, stopping, full, failed writes;
     or, on the client's side, it cannot be reached or the connection was lost."""
@@ -216,5 +223,5 @@ __all__ = [
     "BadRequest", "Conflict", "Damaged", "Deadlock", "DiskFull", "EngramError", "error_for",
     "ErrorCode", "Forbidden", "FrameTooLarge", "InternalError", "LocalProtocolError",
     "LockHeld", "NotFound", "ProtocolError", "RateLimited", "RemoteProtocolError", "Timeout",
-    "TooLarge", "Unavailable", "VersionMismatch",
+    "TOO_MANY_SUBSCRIPTIONS", "TooLarge", "Unavailable", "VersionMismatch",
 ]

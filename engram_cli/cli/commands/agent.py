@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
 
 from engram_cli.cli import context
 from engram_cli.cli.context import JsonOption
-from engram_cli.client.errors import UsageProblem
+from engram_cli.client.errors import NotFound, UsageProblem
 from engram_cli.formats.jsonforms import to_plain_data
 from engram_cli.formats.text import timestamp
 
@@ -53,6 +54,10 @@ def list_tokens(ctx: typer.Context, json: JsonOption = False) -> None:
                for token in tokens])
 
 
+_TOKEN_ID = re.compile(r"[0-9a-f]{12}")
+"""What a token's id looks like (12 hex digits: ``engram agent token list``)."""
+
+
 @token_app.command("revoke")
 def revoke(
     ctx: typer.Context,
@@ -67,7 +72,15 @@ def revoke(
         raise UsageProblem("give an agent NAME or --id ID (one of them)")
     cli = context.get(ctx)
     out = cli.output(json)
-    revoked = cli.client(admin=True).revoke_tokens(agent=agent, token_id=token_id)
+    try:
+        revoked = cli.client(admin=True).revoke_tokens(agent=agent, token_id=token_id)
+    except NotFound as exc:
+        if agent is None:
+            raise
+        # NAME is an agent's: a token's id (what `token list` shows first) goes with --id.
+        raise NotFound(f"{exc} (a token by its id: engram agent token revoke --id "
+                       f"{agent if _TOKEN_ID.fullmatch(agent) else 'ID'}; engram agent token "
+                       "list shows the tokens and their ids)") from None
     if out.json:
         out.json_line({"revoked": [to_plain_data(token) for token in revoked]})
     else:

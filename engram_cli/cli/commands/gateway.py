@@ -26,7 +26,9 @@ def gateway(
         "--auth", metavar="MODE", help="none (X-Agent-ID names the agent; loopback only), "
         "token (engram agent tokens as Bearer), or jwt (agent tokens or JWTs).")] = "none",
     jwt_secret_file: Annotated[str | None, typer.Option(
-        "--jwt-secret-file", metavar="PATH", help="HS256: the shared secret (>= 32 bytes).")
+        "--jwt-secret-file", metavar="PATH", help="HS256: the shared secret (>= 32 bytes; "
+        "whitespace around it, such as the newline echo or an editor ends a file with, is "
+        "not part of it).")
     ] = None,
     jwt_public_key: Annotated[str | None, typer.Option(
         "--jwt-public-key", metavar="PATH", help="RS256/ES256: the issuer's PEM public key.")
@@ -114,7 +116,10 @@ def gateway(
         origins=policy.Origins(hosts=frozenset(h.lower() for h in allow_hosts or ()),
                                cors=cors),
         max_body=max_body, daemon_connections=daemon_connections, stream_stall=stream_stall,
-        stream_memory=stream_memory, body_timeout=body_timeout)
+        stream_memory=stream_memory, body_timeout=body_timeout,
+        # Callers with credentials may be anyone (a proxy, --allow-remote): this machine's
+        # paths are for the log, not for them.
+        reveal_paths=auth == "none")
     try:
         config = serve.bind(settings)  # a port in use is said before engramd is started
     except serve.CannotListen as exc:

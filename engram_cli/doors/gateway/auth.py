@@ -17,6 +17,7 @@ Three ways, by ``--auth``:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +26,10 @@ from starlette.datastructures import Headers
 
 from engram_cli.doors.gateway.policy import UNAUTHENTICATED
 from engramd.protocol import BadRequest, EngramError
+from engramd.protocol.bounds import AGENT_ID_PATTERN
 
 AGENT_TOKEN_PREFIX = "egt_"
+_AGENT_ID = re.compile(AGENT_ID_PATTERN)
 MODES = ("none", "token", "jwt")
 
 
@@ -75,6 +78,8 @@ class JwtVerifier:
         self.settings = settings
         self._keys: dict[str | None, tuple[Any, list[str]]] = {}
         if settings.secret_file:
+            # Whitespace around the secret is none of it: a file written by echo or an
+            # editor ends with a newline the issuer's copy does not have.
             secret = _read(settings.secret_file).strip()
             if len(secret) < 32:
                 raise ValueError(f"{settings.secret_file}: an HS256 secret needs at least "
@@ -125,6 +130,12 @@ class JwtVerifier:
         if not _printable(agent):
             raise Unauthenticated(f"the token's {self.settings.agent_claim!r} claim is not "
                                   "an agent name (control characters)")
+        if not _AGENT_ID.fullmatch(agent):
+            # The daemon would refuse the name (bad_request): these credentials name no
+            # agent it can act as, so they are not acceptable.
+            raise Unauthenticated(f"the token's {self.settings.agent_claim!r} claim is not "
+                                  "an agent id (1 to 256 characters: letters, digits and "
+                                  ". _ : / @ + - | $ ~ =, starting with a letter or digit)")
         return agent, float(claims["exp"])
 
     def _key_for(self, kid: object) -> tuple[Any, list[str]]:
@@ -179,8 +190,13 @@ class Authenticator:
     jwt: JwtVerifier | None = None
 
     def identify(self, headers: Headers) -> Credentials:
-        """The credentials of a request with *headers*."""
-        scheme, _, bearer = headers.get("authorization", "").partition(" ")
+        """The credentials of a request with *headers*. Two ``Authorization`` headers
+        are refused (400) rather than one of them taken: a proxy and a client may each
+        have added one, and which wins is no one's guess to make."""
+        given = headers.getlist("authorization")
+        if len(given) > 1:
+            raise BadRequest(f"{len(given)} Authorization headers: give one")
+        scheme, _, bearer = (given[0] if given else "").partition(" ")
         bearer = bearer.strip()
         if scheme.lower() == "bearer" and bearer:
             if bearer.startswith(AGENT_TOKEN_PREFIX):

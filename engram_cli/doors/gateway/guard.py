@@ -9,9 +9,9 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any
 
-from engram_cli.doors.gateway.policy import Origins, status_for, too_large
+from engram_cli.doors.gateway.policy import Origins, status_for
 from engram_cli.doors.gateway.replies import error_response
-from engramd.protocol import EngramError, Forbidden, InternalError, TooLarge
+from engramd.protocol import EngramError, Forbidden, InternalError
 
 log = logging.getLogger("engram.gateway")
 
@@ -54,13 +54,19 @@ class Tally:
     def count(self, scope: Scope, route: str, status: int) -> None:
         self.requests[method_label(scope), route, status] += 1
 
-    def prometheus_text(self, *, daemon_up: int, stream_bytes: int = 0) -> str:
+    def prometheus_text(self, *, daemon_up: int, stream_bytes: int = 0,
+                        stream_capacity: int = 0) -> str:
         lines = ["# HELP engram_gateway_daemon_up Whether the gateway reached engramd.",
                  "# TYPE engram_gateway_daemon_up gauge",
                  f"engram_gateway_daemon_up {daemon_up}",
                  "# HELP engram_gateway_streams_open Live SSE and WebSocket streams.",
                  "# TYPE engram_gateway_streams_open gauge",
                  f"engram_gateway_streams_open {self.streams_open}",
+                 "# HELP engram_gateway_stream_capacity Streams the gateway may follow "
+                 "at most (fewer than --daemon-connections x 64 when engramd holds its "
+                 "connections to fewer).",
+                 "# TYPE engram_gateway_stream_capacity gauge",
+                 f"engram_gateway_stream_capacity {stream_capacity}",
                  "# HELP engram_gateway_stream_buffer_bytes Bytes of events the streams "
                  "hold for their clients.",
                  "# TYPE engram_gateway_stream_buffer_bytes gauge",
@@ -80,12 +86,10 @@ def _escape(value: str) -> str:
 class Guard:
     """ASGI middleware: refuse what no endpoint should see, count what they answer."""
 
-    def __init__(self, app: Any, *, origins: Origins, tally: Tally,
-                 max_body: int | None = None) -> None:
+    def __init__(self, app: Any, *, origins: Origins, tally: Tally) -> None:
         self.app = app
         self.origins = origins
         self.tally = tally
-        self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -94,8 +98,6 @@ class Guard:
         headers = {name.decode("latin-1"): value.decode("latin-1")
                    for name, value in scope.get("headers", [])}
         refusal: EngramError | None = self._refusal(headers)
-        if refusal is None and scope["type"] == "http":
-            refusal = self._too_long(headers)
         if refusal is not None:
             if scope["type"] == "websocket":
                 # Closing before accepting answers the handshake with 403.
@@ -127,16 +129,10 @@ class Guard:
         finally:
             self.tally.count(scope, route_label(scope), status or 101)
 
-    def _too_long(self, headers: dict[str, str]) -> TooLarge | None:
-        """A body longer than ``--max-body`` by its ``Content-Length``: refused before a
-        byte of it is read (hypercorn has checked that the length is a number)."""
-        length = headers.get("content-length", "")
-        if self.max_body is not None and length.isdigit() and int(length) > self.max_body:
-            return too_large(self.max_body)
-        return None
-
     def _refusal(self, headers: dict[str, str]) -> Forbidden | None:
         host = headers.get("host")
+        if host is None:  # (HTTP/1.0: HTTP/1.1 without one never gets here)
+            return Forbidden("a request without a Host header: name this gateway in one")
         if not self.origins.host_allowed(host):
             return Forbidden(f"Host {host!r:.80} is not this gateway's (--allow-host adds "
                              "a name)")

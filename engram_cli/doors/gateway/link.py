@@ -23,6 +23,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -34,10 +36,12 @@ from engram_cli.client.errors import ClientTimeout
 from engram_cli.client.settings import Target
 from engram_cli.doors.gateway.auth import Credentials, Unauthenticated
 from engramd.protocol import (
+    TOO_MANY_SUBSCRIPTIONS,
     ClientConnection,
     ClientMessage,
     Ended,
     EngramError,
+    ErrorCode,
     EventPush,
     Forbidden,
     GetStatus,
@@ -48,7 +52,6 @@ from engramd.protocol import (
     SpeakFor,
     Subscribe,
     Subscribed,
-    TooLarge,
     Unavailable,
     Unsubscribe,
     reply_type,
@@ -204,16 +207,30 @@ class _Channel(AsyncClient):
         """Requests in flight that wait (at most :data:`WAITS_PER_CONNECTION`)."""
         self.feeds: dict[int, Feed] = {}
         """The feeds of the current conversation (a new one with each connection)."""
+        self.unsubscribing = 0
+        """Subscriptions let go whose ``unsubscribe`` is on its way: the daemon counts
+        them until it is answered."""
         self.stream_limit = STREAMS_PER_CONNECTION
+        """Subscriptions this conversation may hold: the daemon's limit, lowered only by
+        its own refusal of one more (:data:`TOO_MANY_SUBSCRIPTIONS`), to what it holds."""
 
     @property
     def load(self) -> int:
         return IN_FLIGHT - self.slots.value
 
+    @property
+    def subscriptions(self) -> int:
+        """Subscriptions the daemon holds on this connection, as far as the gateway knows."""
+        return len(self.feeds) + self.unsubscribing
+
     def _conversation(self) -> ClientConnection:
         protocol = super()._conversation()
         routes = _Routes(protocol)
         self.feeds = routes.feeds
+        # A new conversation, perhaps with a daemon configured anew: its limit is learnt
+        # again, and the unsubscriptions of the last one went with it.
+        self.stream_limit = STREAMS_PER_CONNECTION
+        self.unsubscribing = 0
         protocol.route = routes
         return protocol
 
@@ -250,8 +267,13 @@ class DaemonLink:
 
     def __init__(self, socket_path: str, nursery: trio.Nursery, *,
                  gateway_agent: str, env: Mapping[str, str],
-                 connections: int = CONNECTIONS, stream_memory: int = STREAM_MEMORY) -> None:
+                 connections: int = CONNECTIONS, stream_memory: int = STREAM_MEMORY,
+                 reveal_paths: bool = True) -> None:
         self.socket_path = socket_path
+        self.reveal_paths = reveal_paths
+        """Whether callers may read why the daemon cannot be reached as the client
+        library says it (its socket's path, how to start it); else the log has it."""
+        self._told_unreachable = ("", -math.inf)
         self.budget = Budget(stream_memory)
         self.gateway_agent = gateway_agent
         self.size = connections
@@ -281,6 +303,14 @@ class DaemonLink:
     def streams(self) -> int:
         return sum(len(channel.feeds) for channel in self._channels)
 
+    @property
+    def stream_capacity(self) -> int:
+        """Streams the gateway may follow at most now: its connections' limits, a
+        connection not yet made counted at :data:`STREAMS_PER_CONNECTION`. Less than
+        ``size`` x that when the daemon holds its connections to fewer (``/metrics``)."""
+        return sum(c.stream_limit for c in self._channels) \
+            + (self.size - len(self._channels)) * STREAMS_PER_CONNECTION
+
     def _new_channel(self) -> _Channel:
         target = Target(socket_path=self.socket_path, agent_id=self.gateway_agent,
                         client_name="engram-gateway", autostart=False, token=None,
@@ -305,10 +335,23 @@ class DaemonLink:
         except (ClientTimeout, trio.TooSlowError):
             await channel.aclose()
             raise Unavailable("engramd did not answer the connection in time") from None
-        except EngramError:
+        except EngramError as exc:
             await channel.aclose()
-            raise
+            raise self._unreachable(exc) from None
         return channel
+
+    def _unreachable(self, exc: EngramError) -> EngramError:
+        """*exc*, or, when it names this machine's paths and callers may not read them,
+        a plain ``unavailable``, the reason logged (once a minute while it stays)."""
+        where = os.path.dirname(self.socket_path) or self.socket_path
+        if self.reveal_paths or where not in str(exc):
+            return exc
+        said, when = self._told_unreachable
+        if str(exc) != said or trio.current_time() - when >= 60:
+            log.warning("engramd cannot be reached: %s", exc)
+            self._told_unreachable = (str(exc), trio.current_time())
+        return Unavailable("engramd is not answering the gateway (its log says why); "
+                           "retry in 1s")
 
     def _pick(self, waits: bool = False) -> _Channel | None:
         """The least loaded connection with a place free (for a request that *waits*,
@@ -395,10 +438,13 @@ class DaemonLink:
                         request=subscribe))
                 return Subscription(channel, protocol, feeds, feed,
                                     result(reply, Subscribed))
-            except TooLarge:
+            except EngramError as exc:
+                # The daemon's answer: no subscription was made.
                 feeds.pop(request_id, None)
                 feed.clear()
-                channel.stream_limit = len(feeds)
+                if not _no_place(exc):
+                    raise  # this request's own (its filters, its credentials): its answer
+                self._full(channel, protocol)
                 tried.add(id(channel))
             except BaseException:
                 # Cancelled after the request left, it may be subscribed: undo that.
@@ -406,11 +452,24 @@ class DaemonLink:
                 self._unsubscribe(channel, protocol, feeds, request_id)
                 raise
 
+    def _full(self, channel: _Channel, protocol: ClientConnection) -> None:
+        """The daemon refused *channel* one more subscription: it holds no more than it
+        does now (never fewer than one: a refusal with none held is a daemon that
+        counts differently, not a connection for no stream)."""
+        if channel._protocol is not protocol:
+            return  # refused on a conversation that is over: the next one starts afresh
+        limit = max(1, channel.subscriptions)
+        if limit < channel.stream_limit:
+            log.warning("engramd holds one of the gateway's connections to %d streams "
+                        "(limits.max_subscriptions_per_connection; the gateway expected "
+                        "%d)", limit, STREAMS_PER_CONNECTION)
+            channel.stream_limit = limit
+
     def _stream_channel(self, tried: set[int]) -> _Channel:
         room = [c for c in self._channels if id(c) not in tried
-                and len(c.feeds) < c.stream_limit]
+                and c.subscriptions < c.stream_limit]
         if room:
-            return min(room, key=lambda c: len(c.feeds))
+            return min(room, key=lambda c: c.subscriptions)
         if len(self._channels) < self.size:
             return self._new_channel()
         held = sum(len(c.feeds) for c in self._channels)
@@ -435,6 +494,7 @@ class DaemonLink:
                      feeds: dict[int, Feed], subscription: int) -> None:
         if feeds.pop(subscription, None) is None or protocol.ended is not None:
             return  # (a connection that ended took its subscriptions with it)
+        channel.unsubscribing += 1
 
         async def unsubscribe() -> None:
             try:
@@ -445,6 +505,9 @@ class DaemonLink:
             except Exception:
                 # A bug: logged, never fatal to the gateway (this task is not a request's).
                 log.exception("unsubscribing a stream that ended")
+            finally:
+                if channel._protocol is protocol:  # (a new conversation starts at 0)
+                    channel.unsubscribing -= 1
 
         self._nursery.start_soon(unsubscribe)
 
@@ -452,6 +515,13 @@ class DaemonLink:
         for channel in self._channels:
             await channel.aclose()
         self._channels.clear()
+
+
+def _no_place(exc: EngramError) -> bool:
+    """Whether *exc* is the daemon refusing a subscription for want of a place on its
+    connection, and not for anything of the subscription's own (its filters over a
+    bound are ``too_large`` too)."""
+    return exc.code == ErrorCode.TOO_LARGE and str(exc).startswith(TOO_MANY_SUBSCRIPTIONS)
 
 
 @contextlib.contextmanager

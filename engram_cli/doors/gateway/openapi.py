@@ -274,8 +274,9 @@ def _streams(components: _Components) -> dict[str, Any]:
                        "`data:` its JSON (x-events); `event: heartbeat` when idle; "
                        "`event: error` with {code, message} before the stream ends on an "
                        "error (a JWT's exp, a revoked token). A client reconnecting with "
-                       "Last-Event-ID gets the events after it. Errors before the stream "
-                       "starts are statuses.",
+                       "Last-Event-ID gets the events after it (one beyond the newest "
+                       "event is 400). Errors before the stream starts are statuses "
+                       "(413: a filter with more values than a subscription holds).",
         "parameters": [_query_parameter(components, SseQuery),
                        {"name": "Last-Event-ID", "in": "header", "required": False,
                         "description": "Resume after this seq (it takes precedence over "
@@ -284,7 +285,7 @@ def _streams(components: _Components) -> dict[str, Any]:
                        AGENT_HEADER],
         "responses": {"200": {"description": "the stream",
                               "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                      **_errors(CALLER)},
+                      **_errors((*CALLER, 413))},
         "x-events": {"<kind>": events, "heartbeat": components.ref(views.HeartbeatView),
                      "error": components.ref(ErrorBody)},
     }
@@ -307,7 +308,7 @@ def _streams(components: _Components) -> dict[str, Any]:
                          for name, schema in HANDSHAKE),
                        AGENT_HEADER],
         "responses": {"101": {"description": "Switching Protocols: the WebSocket"},
-                      **_errors((*CALLER, 426))},
+                      **_errors((*CALLER, 413, 426))},
         "x-messages": {"server": {"anyOf": [events, components.ref(views.HeartbeatView),
                                             components.ref(views.StreamError)]},
                        "client": components.ref(Acknowledgement)},

@@ -21,8 +21,10 @@ import msgspec
 from starlette.requests import HTTPConnection
 
 from engram_cli.formats.timeparse import parse_time
-from engramd.protocol import BadRequest
+from engramd.protocol import BadRequest, TooLarge
 from engramd.protocol import bounds as b
+from engramd.protocol.messages import MAX_LIST_ITEMS
+from engramd.protocol.model import MAX_MAP_ENTRIES
 
 INT64 = 2**63
 """Integers are 64-bit signed on the wire (MessagePack): bigger ones are refused here."""
@@ -156,12 +158,32 @@ def parameters(kind: type[msgspec.Struct] | None) -> frozenset[str]:
     return frozenset(kind.__struct_fields__) if kind is not None else frozenset()
 
 
+@functools.cache
+def _counted(kind: type[msgspec.Struct]) -> tuple[tuple[str, int], ...]:
+    """The fields of *kind* that hold a number of values at most (``max_length``)."""
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    found = []
+    for field in info.fields:
+        kind_of = field.type
+        while isinstance(kind_of, msgspec.inspect.Metadata):
+            kind_of = kind_of.type
+        if isinstance(kind_of, (msgspec.inspect.ListType, msgspec.inspect.DictType)) \
+                and kind_of.max_length is not None:
+            found.append((field.name, kind_of.max_length))
+    return tuple(found)
+
+
 def read(request: HTTPConnection, kind: type[P]) -> P:
     """The query string as *kind*: each parameter given read by its field's type (given
-    empty, it is an empty text, an empty list, and no number, time or flag: 400); the
-    bounds are left to the daemon."""
+    empty, it is an empty text, an empty list, and no number, time or flag: 400). The
+    number of a list's values is held to its bound here (413: the daemon would refuse
+    the request whole); the other bounds are left to the daemon."""
     values = {name: reader(request, name) for name, reader in _readers(kind)
               if name in request.query_params}
+    for name, bound in _counted(kind):
+        if len(values.get(name, ())) > bound:
+            raise TooLarge(f"{len(values[name])} values of {name}, at most {bound}")
     return kind(**values)
 
 
@@ -248,20 +270,27 @@ class TasksQuery(Query):
 
 
 class StreamQuery(Query):
-    """``engram watch``'s filters, and where to start."""
+    """``engram watch``'s filters, and where to start. Each filter holds as many values
+    as a subscription may (engramd's bounds on a message's lists and maps)."""
 
     context: Annotated[list[b.ContextId], msgspec.Meta(
+        max_length=MAX_LIST_ITEMS,
         description="Contexts, repeatable or comma-separated")] = []
     kind: Annotated[list[b.EventKind], msgspec.Meta(
+        max_length=MAX_LIST_ITEMS,
         description="Event kinds, repeatable or comma-separated")] = []
-    agent: Names = []
+    agent: Annotated[list[str], msgspec.Meta(
+        max_length=MAX_LIST_ITEMS,
+        description="Repeatable, or comma-separated; any of them matches")] = []
     type: Annotated[list[b.UnitType], msgspec.Meta(
+        max_length=MAX_LIST_ITEMS,
         description="Unit types, repeatable or comma-separated (any case)")] = []
     meta: Annotated[dict[str, str], msgspec.Meta(
+        max_length=MAX_MAP_ENTRIES,
         description="meta=KEY=VALUE, repeatable: units with all of them")] = {}
     after: Annotated[b.Seq | None, msgspec.Meta(
-        description="The events after this seq (0: from the start); Last-Event-ID "
-                    "takes precedence")] = None
+        description="The events after this seq (0: from the start; beyond the newest "
+                    "event: 400); Last-Event-ID takes precedence")] = None
     heartbeat: Annotated[b.Heartbeat, msgspec.Meta(
         description="Seconds between heartbeats when idle")] = 15.0
     ticket: Annotated[str | None, msgspec.Meta(

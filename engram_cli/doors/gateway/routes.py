@@ -7,6 +7,7 @@ of its code (:mod:`.policy`) with ``{"error": {"code", "message"}}``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -95,7 +96,8 @@ async def metrics(gw: Gateway, request: Request) -> Response:
     except (EngramError, trio.TooSlowError, OSError):
         daemon, up = "", 0
     text = daemon + gw.tally.prometheus_text(daemon_up=up,
-                                              stream_bytes=gw.link.budget.used)
+                                              stream_bytes=gw.link.budget.used,
+                                              stream_capacity=gw.link.stream_capacity)
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -200,10 +202,12 @@ async def release_lock(gw: Gateway, request: Request) -> Response:
 async def stream_ticket(gw: Gateway, request: Request) -> Response:
     """A single-use ticket for a browser's stream (EventSource and WebSocket cannot send
     ``Authorization``): ``/stream-sse?ticket=…``, ``/stream?ticket=…``."""
-    credentials = gw.credentials(request)
-    await gw.call(request, Ping())  # the credentials are the daemon's to accept
+    credentials = await gw.accepted_credentials(request)
     ticket = gw.tickets.issue(credentials)
-    return json_response(views.Ticket(ticket, TICKET_TTL), 201, {"Cache-Control": "no-store"})
+    # A ticket opens nothing once its credentials expire: a JWT's exp may come sooner.
+    lasts = TICKET_TTL if credentials.expires is None \
+        else max(0.0, min(TICKET_TTL, credentials.expires - time.time()))
+    return json_response(views.Ticket(ticket, lasts), 201, {"Cache-Control": "no-store"})
 
 
 async def search(gw: Gateway, request: Request) -> Response:

@@ -11,11 +11,14 @@ import math
 import resource
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import h11
+import msgspec
 import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.trio import serve as hypercorn_serve
@@ -41,10 +44,11 @@ from engram_cli.doors.gateway.policy import (
 from engram_cli.doors.gateway.replies import error_response, json_response
 from engram_cli.doors.gateway.routes import QUERY, ROUTES
 from engram_cli.doors.gateway.state import BODY_TIMEOUT, MAX_BODY, ClientLeft, Gateway, Handler
-from engramd.protocol import BadRequest, EngramError, NotFound
+from engramd.protocol import BadRequest, EngramError, NotFound, TooLarge
 
 log = logging.getLogger("engram.gateway")
 
+_json_encoder = msgspec.json.Encoder()
 GRACEFUL_STOP = 5.0
 """Seconds requests in flight get to finish after SIGTERM (streams are ended)."""
 
@@ -61,6 +65,8 @@ class Settings:
     stream_stall: float = 60.0
     stream_memory: int = STREAM_MEMORY
     body_timeout: float = BODY_TIMEOUT
+    reveal_paths: bool = True
+    """Whether callers may read this machine's paths (the daemon's socket) in errors."""
 
 
 class CannotListen(Exception):
@@ -152,6 +158,45 @@ def _raise_open_files() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _unreadable_requests_in_json() -> None:
+    """hypercorn answers a request h11 cannot read (HTTP/1.1 without ``Host``, two
+    ``Host`` headers, a malformed line, headers past its bound: 431) with an empty body:
+    in the one JSON error shape instead, with h11's reason. It has no hook for this
+    answer, so its one method that writes it is replaced (once, and only if it is
+    there: another hypercorn keeps its own)."""
+    from hypercorn.events import RawData
+    from hypercorn.protocol.h11 import H11Protocol
+
+    original = getattr(H11Protocol, "_send_error_response", None)
+    if original is None or getattr(original, "engram", False):
+        return
+
+    async def send_error_response(self: Any, status_code: int) -> None:
+        if self.stream is not None:
+            # A request the app has (a body cut short): the app answers it, and may be
+            # writing now; hypercorn's own answer is what it always was.
+            await original(self, status_code)
+            return
+        # Called as hypercorn handles h11's RemoteProtocolError: the reason is its text.
+        reason = sys.exc_info()[1]
+        code = TooLarge.code if status_code == 431 else BadRequest.code
+        body = _json_encoder.encode({"error": {"code": code, "message": (
+            f"the request cannot be read as HTTP/1.1: {reason or 'malformed'}")}})
+        try:
+            data = b"".join(self.connection.send(event) or b"" for event in (
+                h11.Response(status_code=status_code, headers=[
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
+                    *self.config.response_headers("h11")]),
+                h11.Data(data=body), h11.EndOfMessage()))
+        except h11.LocalProtocolError:
+            return  # (no answer can be written on this connection any more)
+        await self.send(RawData(data=data))
+
+    send_error_response.engram = True  # type: ignore[attr-defined]
+    H11Protocol._send_error_response = send_error_response  # type: ignore[method-assign]
+
+
 def bind(settings: Settings) -> Config:
     """hypercorn's settings for *settings*, the listening sockets bound:
     :class:`CannotListen` when they cannot be (before anything else is done)."""
@@ -171,6 +216,7 @@ async def serve(settings: Settings, config: Config,
     """Serve on *config*'s sockets (:func:`bind`) until a stop signal; *on_listening*
     gets the bound URLs once they listen."""
     _raise_open_files()
+    _unreadable_requests_in_json()
     logging.getLogger("trio.serve_listeners").addFilter(_OutOfFiles())
     stop = trio.Event()
     # Received for the whole run: a second SIGTERM during the graceful stop (a
@@ -193,7 +239,8 @@ async def _serve(settings: Settings, config: Config, stop: trio.Event,
         link = DaemonLink(settings.socket_path, nursery,
                           gateway_agent=settings.auth.default_agent, env=settings.env,
                           connections=settings.daemon_connections,
-                          stream_memory=settings.stream_memory)
+                          stream_memory=settings.stream_memory,
+                          reveal_paths=settings.reveal_paths)
         gateway = Gateway(link=link, auth=settings.auth, origins=settings.origins,
                           max_body=settings.max_body, stopping=stop,
                           stream_stall=settings.stream_stall,
@@ -270,8 +317,7 @@ def build_app(gw: Gateway) -> Starlette:
                Route("/stream/sse", sse, methods=["GET"]),
                WebSocketRoute("/stream", streams.websocket_endpoint(gw)),
                Route("/stream", _not_a_handshake, methods=["GET"])]
-    middleware = [Middleware(Guard, origins=gw.origins, tally=gw.tally,
-                             max_body=gw.max_body)]
+    middleware = [Middleware(Guard, origins=gw.origins, tally=gw.tally)]
     if gw.origins.cors:
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=sorted(gw.origins.cors),

@@ -3,6 +3,7 @@ way to the daemon, the bounds of a request) and the shape of a handler."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from engramd.protocol import (
     BadRequest,
     ClientMessage,
     EngramError,
+    Ping,
     ServerMessage,
     Timeout,
     TooLarge,
@@ -37,6 +39,10 @@ REPLY_GRACE = 30.0
 TICKET_TTL = 30.0
 """Seconds a stream ticket may wait for its stream."""
 MAX_TICKETS = 10_000
+ACCEPTED_FOR = 10.0
+"""Seconds the daemon's acceptance of a caller's credentials is taken as said before a
+body is read (the request itself is checked by the daemon all the same)."""
+MAX_ACCEPTED = 4096
 
 
 class Tickets:
@@ -72,6 +78,34 @@ class Tickets:
         return credentials
 
 
+class Accepted:
+    """Credentials the daemon accepted a moment ago: a request's body is read only once
+    its credentials are accepted, and asking the daemon before each upload of a busy
+    caller would double its requests. Bounded in time (:data:`ACCEPTED_FOR`) and in
+    number (:data:`MAX_ACCEPTED`, the oldest let go first); credentials refused are
+    never kept, so made-up ones cost the daemon one request each, as any request does.
+    Tokens are kept by digest."""
+
+    def __init__(self) -> None:
+        self._until: dict[tuple[str, bytes, bool], float] = {}
+
+    def __contains__(self, credentials: Credentials) -> bool:
+        until = self._until.get(_key(credentials))
+        return until is not None and until > time.monotonic()
+
+    def add(self, credentials: Credentials) -> None:
+        key = _key(credentials)
+        self._until.pop(key, None)
+        if len(self._until) >= MAX_ACCEPTED:
+            del self._until[next(iter(self._until))]
+        self._until[key] = time.monotonic() + ACCEPTED_FOR
+
+
+def _key(credentials: Credentials) -> tuple[str, bytes, bool]:
+    token = hashlib.sha256((credentials.token or "").encode()).digest()
+    return credentials.agent_id, token, credentials.delegated
+
+
 @dataclass
 class Gateway:
     """What every handler needs: who callers are, and the way to the daemon."""
@@ -88,6 +122,7 @@ class Gateway:
     tickets: Tickets = field(default_factory=Tickets)
     body_timeout: float = BODY_TIMEOUT
     """Seconds a request body may take to come whole (408 after)."""
+    accepted: Accepted = field(default_factory=Accepted)
 
     def credentials(self, request: HTTPConnection) -> Credentials:
         """Who the request is, from its headers (checked once per request)."""
@@ -102,6 +137,16 @@ class Gateway:
         if ticket:
             return self.tickets.redeem(ticket)
         return self.credentials(request)
+
+    async def accepted_credentials(self, request: Request) -> Credentials:
+        """The request's credentials, once the daemon accepts them (it is asked, unless
+        it accepted them a moment ago): an unknown or revoked token, an agent the daemon
+        will not be spoken for as, are 401 (403, 503: its answer) before anything else."""
+        credentials = self.credentials(request)
+        if credentials not in self.accepted:
+            await self.call(request, Ping())
+            self.accepted.add(credentials)
+        return credentials
 
     async def call(self, request: Request, message: ClientMessage[R],
                    wait: float | None = 0.0) -> R:
@@ -121,8 +166,13 @@ class Gateway:
     async def body(self, request: Request) -> bytes:
         """The request body, once the caller's headers prove who it is (401 before a byte
         of it is read); refused past ``max_body`` (413, by its length at once, else as it
-        comes) and when it has not come whole within ``body_timeout`` (408)."""
-        self.credentials(request)
+        comes) and when it has not come whole within ``body_timeout`` (408). Only an
+        endpoint that takes a body reads one, so only such an endpoint gives 413 or 408
+        (another answers without reading what was sent)."""
+        await self.accepted_credentials(request)
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:  # (hypercorn checked it)
+            raise too_large(self.max_body)
         size = 0
         chunks = []
         with trio.move_on_after(self.body_timeout) as late:

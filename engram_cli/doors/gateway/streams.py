@@ -114,6 +114,14 @@ class Following:
         subscription = await self.gw.link.subscribe(
             self.credentials, requests.subscribe(**options))
         reply = subscription.reply
+        if not self._started and self.after is not None and self.after > reply.head_seq:
+            # The stream would wait, silently, for the events up to it and never send
+            # them: refused, as an acknowledgement beyond the newest event is. Told by
+            # the daemon's head as it subscribed, so no event can slip in between.
+            self.gw.link.forget(subscription)
+            raise BadRequest(f"seq {self.after} (after, Last-Event-ID) is beyond the "
+                             f"newest event, {reply.head_seq}: give the seq of an event "
+                             "the stream sent, or leave it out to start from now")
         self.after, self.head_seq = reply.after, max(self.head_seq, reply.head_seq)
         self.gw.link.saw_head(reply.head_seq)
         self._started = True

@@ -113,7 +113,8 @@ class Released(msgspec.Struct):
 class Ticket(msgspec.Struct):
     ticket: str
     expires_in: float
-    """Seconds it may wait for its stream."""
+    """Seconds it may wait for its stream: 30, or less when the JWT it was issued for
+    expires sooner."""
 
 
 class HitView(msgspec.Struct, kw_only=True):
