@@ -180,6 +180,17 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Why the view stopped following the stream (it needs a rebuild)."""
     leases_synced: bool = False
     """This machine has read the cluster's leases once: it can take and end leases."""
+    facts_age: float | None = None
+    """Seconds since the stream's facts (last message, leader, replicas) were read: they
+    are as of then (None: never read)."""
+    unreachable_for: float | None = None
+    """Seconds since the cluster stopped answering this machine (None: it answers)."""
+    write_error: str | None = None
+    """Why writes are refused now, as far as this machine can tell (None: accepted)."""
+    servers_answering: int | None = None
+    """How many of ``servers`` accepted a connection when the status was made."""
+    machines_age: float | None = None
+    """Seconds since the machines seen were read (None: never)."""
 
 
 class ClusterMachine(msgspec.Struct, frozen=True, kw_only=True):
