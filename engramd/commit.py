@@ -309,7 +309,10 @@ class GroupCommitter:
                 if exc.solo:
                     self._solo = len(built)
                 self._rebuild(built)
-                await exc.caught_up()
+                try:
+                    await exc.caught_up()
+                except EngramError as error:  # (cluster mode: the view did not catch up)
+                    self._fail_queued(built, error)
                 return
             except WriteFailed as exc:
                 self._abort(built, exc, fatal=False)
@@ -351,6 +354,17 @@ class GroupCommitter:
         self._queue.extendleft(reversed(again))
         if self._queue:
             self._wakeup.set()
+
+    def _fail_queued(self, built: list[_Submission[Any]], error: EngramError) -> None:
+        """Answer *error* to those of *built* still queued (nothing of them was written);
+        the committer goes on with the requests after them."""
+        failed = set(map(id, built))
+        for submission in [s for s in self._queue if id(s) in failed]:
+            self._queue.remove(submission)
+            submission.result, submission.error = None, error
+            submission.done.set()
+        if not self._queue:
+            self._wakeup = trio.Event()
 
     def _write(self, entries: list[Entry], data: bytes) -> None:
         assert self.wal is not None

@@ -342,11 +342,13 @@ class Dispatcher:
                 if parts.cluster is None:
                     raise BadRequest("engramd is not in cluster mode (cluster.servers is "
                                      "not set)")
-                await parts.cluster.refresh_facts()
+                # Never waits on the cluster for long: what does not answer within a
+                # moment is shown as last seen, with its age.
+                await parts.cluster.look()
                 status = self.engine.cluster_status()
                 assert status is not None
                 return ClusterReport(id=request.id, status=status,
-                                     machines=await parts.cluster.machines())
+                                     machines=parts.cluster.machines_seen)
             case AcknowledgeCuts():
                 ledger = self.engine.cuts
                 cleared = [] if ledger is None else await trio.to_thread.run_sync(

@@ -164,8 +164,12 @@ class Doctor:
             return Finding("journal", "fail", journal.write_error or "started read-only",
                            "free some space, then engram daemon restart")
         if journal is not None and journal.write_error:
+            cluster = self.status.cluster
             fix = ("free some space: writes resume by themselves" if "disk" in
-                   journal.write_error.lower() else "engram daemon restart")
+                   journal.write_error.lower() else
+                   "check the NATS servers (engram cluster status): writes resume by "
+                   "themselves once the cluster answers" if cluster is not None
+                   and cluster.failure is None else "engram daemon restart")
             return Finding("journal", "fail", journal.write_error, fix)
         seq = journal.last_seq if journal else 0
         return _ok("journal", f"ready, writes accepted, last seq {seq}")

@@ -24,6 +24,10 @@ AWAY_LIMIT = 300.0
 
 PASSING = (Unavailable, ClientTimeout, RateLimited)
 """What is tried again: the daemon is away, restarting, recovering or busy."""
+CLUSTER_REFUSAL = "the cluster "
+"""How a cluster-mode daemon's ``unavailable`` begins when its cluster cannot serve the
+request (no quorum, unreachable: SPECS §9): said at once, not waited out, since the
+daemon itself is there (a waiter already in line rides such failures out inside it)."""
 
 
 def acquire_waiting(client: Client, resources: list[str], *, ttl: float | None,
@@ -44,6 +48,8 @@ def acquire_waiting(client: Client, resources: list[str], *, ttl: float | None,
             return client.acquire_lock(resources, ttl=ttl, wait=left, pid=pid, pgid=pgid,
                                        shared=shared)
         except PASSING as exc:
+            if isinstance(exc, Unavailable) and str(exc).startswith(CLUSTER_REFUSAL):
+                raise  # the daemon is there and answered: its cluster cannot serve now
             now = time.monotonic()
             away_since = now if away_since is None else away_since
             if deadline is not None and now >= deadline:

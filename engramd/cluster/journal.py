@@ -44,6 +44,12 @@ from engramd.cluster.nats import (
     StreamMovedOn,
     tls_context,
 )
+from engramd.cluster.outage import (
+    Patience,
+    cluster_away,
+    describe,
+    servers_answering,
+)
 from engramd.commit import Behind, GroupCommitter, JournalThread
 from engramd.config import DaemonConfig
 from engramd.errors import StartupError
@@ -88,7 +94,17 @@ class ClusterJournal:
         self.failure: str | None = None
         """Why the view stopped following (a gap in the journal): it needs a rebuild."""
         self.facts: StreamFacts | None = None
+        self.facts_at: float | None = None
+        """When :attr:`facts` were read (trio's clock; None: never)."""
         self.reachable = False
+        self.unreachable_since: float | None = None
+        """When the cluster stopped answering (trio's clock; None: it answers)."""
+        self.why_unreachable = ""
+        """What the last failure said (while :attr:`reachable` is false)."""
+        self.machines_seen: list[ClusterMachine] = []
+        self.machines_at: float | None = None
+        self.answering: int | None = None
+        """How many of the servers accepted a connection at the last look."""
         self._advanced = trio.Event()
 
     @property
@@ -104,18 +120,21 @@ class ClusterJournal:
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.bridge.start()
+        patience = Patience("following the journal stream")
         try:
             task_status.started()
             while True:
+                # Whatever fails (the cluster, a message this view cannot apply), the
+                # view starts following again from where its store is: never an end.
                 try:
                     await self._connect()
+                    patience.succeeded()
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._announce)
                         await self._follow()
-                except (OSError, nats.errors.Error, TimeoutError) as exc:
-                    self.reachable = False
-                    log.warning("cluster: %s; trying again", exc or type(exc).__name__)
-                    await trio.sleep(self.RETRY_SECONDS)
+                except Exception as exc:  # (trio hands a task's error on in a group)
+                    self._set_unreachable(exc)
+                    await patience.failed(exc)
         finally:
             with trio.CancelScope(shield=True):
                 try:
@@ -129,6 +148,7 @@ class ClusterJournal:
         if self.link.nc is None:
             await self.bridge.run(self.link.connect)
         self.facts = await self.bridge.run(self.link.ensure_stream)
+        self.facts_at = trio.current_time()
         await self.bridge.run(lambda: self.link.follow(self.stream_seq))
         self._set_reachable(True)
         log.info("cluster: following stream %s from message %d (last %d)",
@@ -147,6 +167,7 @@ class ClusterJournal:
         """Say where this machine's view is: every ANNOUNCE_SECONDS, and within a second
         of the view moving (at most once a second)."""
         host = socket.gethostname()
+        patience = Patience("announcing this machine")
         while True:
             announced = self.stream_seq
             record = msgspec.json.encode(ClusterMachine(
@@ -154,13 +175,19 @@ class ClusterJournal:
                 stream_seq=self.stream_seq, applied_seq=self.position[0],
                 version=self.version))
             try:
-                await self.bridge.run(functools.partial(self.link.announce, self.machine, record))
-                self.facts = await self.bridge.run(self.link.stream_facts)
+                with trio.fail_after(self.ANNOUNCE_SECONDS):
+                    await self.bridge.run(functools.partial(self.link.announce, self.machine,
+                                                            record))
+                    self.facts = await self.bridge.run(self.link.stream_facts)
+                self.facts_at = trio.current_time()
                 self._set_reachable(self.link.connected)
-            except (nats.errors.Error, TimeoutError) as exc:
-                self.reachable = False
-                log.debug("cluster: announce failed: %s", exc)
+                patience.succeeded()
+            except Exception as exc:  # the cluster away (or anything else): said, again
+                self._set_unreachable(exc)
+                patience.note(exc)
             await trio.sleep(self.ANNOUNCE_MIN_SECONDS)
+            if not self.reachable:
+                continue  # looked at again every second: writes resume as soon as it is back
             with trio.move_on_after(self.ANNOUNCE_SECONDS - self.ANNOUNCE_MIN_SECONDS):
                 while self.stream_seq == announced:
                     await self._advanced.wait()
@@ -172,6 +199,7 @@ class ClusterJournal:
 
     def status(self) -> ClusterStatus:
         facts, settings = self.facts, self.settings
+        now = trio.current_time()
         return ClusterStatus(
             deployment=settings.deployment, stream=settings.stream, servers=settings.servers,
             machine=self.machine, reachable=self.reachable, view_stream_seq=self.stream_seq,
@@ -179,7 +207,13 @@ class ClusterJournal:
             replicas=facts.replicas if facts else settings.replicas,
             leader=facts.leader if facts else "",
             peers=facts.peers if facts else [], storage=facts.storage if facts else "",
-            failure=self.failure, refused=self.link.refused)
+            failure=self.failure, refused=self.link.refused,
+            facts_age=None if self.facts_at is None else round(now - self.facts_at, 3),
+            unreachable_for=(None if self.unreachable_since is None
+                             else round(now - self.unreachable_since, 3)),
+            write_error=self.write_error, servers_answering=self.answering,
+            machines_age=None if self.machines_at is None else round(now - self.machines_at, 3))
+
 
     def unreachable(self) -> str:
         """Why the cluster cannot be reached, in a few words: the servers' refusal of
@@ -188,34 +222,80 @@ class ClusterJournal:
             return f"the cluster refuses this machine ({self.link.refused})"
         return "the cluster is unreachable"
 
+    @property
+    def write_error(self) -> str | None:
+        """Why writes are refused now (as far as this machine can tell), or None."""
+        if self.failure is not None:
+            return self.failure
+        if self.link.js is None:
+            return "the cluster has not been reached yet: writes are refused"
+        if self.link.refused:
+            return f"writes are refused: {self.unreachable()}"
+        if not self.reachable:
+            return f"writes are refused: the cluster does not answer ({self.why_unreachable})"
+        return None
+
+    async def look(self, within: float = 0.6) -> None:
+        """Bring the facts, the machines seen and the servers answering up to date, each
+        bounded by *within* seconds: what does not answer in time stays as last seen
+        (the status says how old it is)."""
+        async def facts() -> None:
+            with trio.move_on_after(within):
+                await self.refresh_facts(quiet=True)
+
+        async def machines() -> None:
+            with trio.move_on_after(within):
+                await self.machines()
+
+        async def servers() -> None:
+            self.answering = await servers_answering(self.settings.servers,
+                                                     min(within, 0.3))
+
+        async with trio.open_nursery() as nursery:
+            for job in (facts, machines, servers):
+                nursery.start_soon(job)
+
     async def machines(self) -> list[ClusterMachine]:
-        """The machines that announced themselves within the bucket's ttl (none when the
-        cluster does not answer in time)."""
-        found: list[bytes] = []
+        """The machines that announced themselves within the bucket's ttl (as last seen,
+        :attr:`machines_seen`, when the cluster does not answer in time)."""
         with trio.move_on_after(self.settings.timeout):
             try:
                 found = await self.bridge.run(self.link.machines_seen)
             except (nats.errors.Error, TimeoutError):
-                pass
-        return sorted((_machine_decoder.decode(raw) for raw in found),
-                      key=lambda record: record.machine)
+                return self.machines_seen
+            self.machines_seen = sorted((_machine_decoder.decode(raw) for raw in found),
+                                        key=lambda record: record.machine)
+            self.machines_at = trio.current_time()
+        return self.machines_seen
 
-    async def refresh_facts(self) -> StreamFacts | None:
-        """The stream as it is now (as last seen when the cluster does not answer)."""
+    async def refresh_facts(self, *, quiet: bool = False) -> StreamFacts | None:
+        """The stream as it is now (as last seen when the cluster does not answer; unless
+        *quiet*, that failure also marks the cluster unreachable)."""
         if self.link.js is None:
             return self.facts
         try:
             with trio.fail_after(self.settings.timeout):
                 self.facts = await self.bridge.run(self.link.stream_facts)
-        except (nats.errors.Error, TimeoutError, trio.TooSlowError):
-            self.reachable = False
+            self.facts_at = trio.current_time()
+        except (nats.errors.Error, TimeoutError, trio.TooSlowError) as exc:
+            if not quiet:
+                self._set_unreachable(exc)
         return self.facts
 
     # -- applying ----------------------------------------------------------------------
 
     def _set_reachable(self, reachable: bool) -> None:
         self.reachable = reachable
+        if reachable:
+            self.unreachable_since, self.why_unreachable = None, ""
+        elif self.unreachable_since is None:
+            self.unreachable_since = trio.current_time()
         self._wake()
+
+    def _set_unreachable(self, exc: BaseException) -> None:
+        self.why_unreachable = describe(exc)
+        if self.reachable or self.unreachable_since is None:
+            self._set_reachable(False)
 
     def _wake(self) -> None:
         advanced, self._advanced = self._advanced, trio.Event()
@@ -268,8 +348,13 @@ class ClusterJournal:
             while self.stream_seq < stream_seq and self.failure is None:
                 await self._advanced.wait()
         if scope.cancelled_caught:
+            if not self.reachable:
+                raise (await cluster_away(
+                    self.settings.servers, TimeoutError(self.why_unreachable),
+                    "nothing was written (this machine's view could not catch up); "
+                    "try again"))
             raise Unavailable("this machine's view of the cluster journal is behind and "
-                              "not catching up; try again")
+                              "not catching up: nothing was written; try again")
 
     # -- writing -----------------------------------------------------------------------
 
@@ -283,8 +368,13 @@ class ClusterJournal:
                 while self.link.js is None:
                     await self._advanced.wait()
             if self.link.js is None:
-                raise Unavailable(f"{self.unreachable()}: nothing was written; reads "
-                                  "answer from this machine's view, which may be stale")
+                if self.link.refused:
+                    raise Unavailable(f"{self.unreachable()}: nothing was written; reads "
+                                      "answer from this machine's view, which may be stale")
+                raise (await cluster_away(
+                    self.settings.servers, TimeoutError("not connected"),
+                    "nothing was written; reads answer from this machine's view, which "
+                    "may be stale"))
         # Otherwise the publish is tried even while the cluster looks unreachable (an
         # announcement failed): its own timeout decides, and a success says it is back.
         body = _encoder.encode(merge_entries(entries))
@@ -316,11 +406,12 @@ class ClusterJournal:
                 raise Behind(functools.partial(self.caught_up, moved.last)) from None
             except (nats.errors.Error, TimeoutError, OSError, trio.TooSlowError) as exc:
                 if trio.current_time() >= deadline:
-                    self.reachable = self.link.connected
-                    raise Unavailable(
-                        f"the cluster did not confirm the write ({exc or type(exc).__name__}):"
-                        " it may or may not be in the journal; a retry with the same "
-                        "idempotency key writes it at most once") from None
+                    self._set_unreachable(exc)
+                    raise (await cluster_away(
+                        self.settings.servers, exc,
+                        "the write was not confirmed (it may or may not be in the journal: "
+                        "a retry with the same idempotency key writes it at most once)")
+                    ) from None
                 await trio.sleep(0.05)
 
 
@@ -343,6 +434,10 @@ class ClusterCommitter(GroupCommitter):
 
     def _basis(self) -> int:
         return self.journal.position[1]
+
+    @property
+    def write_error(self) -> str | None:
+        return super().write_error or self.journal.write_error
 
     async def _write_entries(self, entries: list[Entry], basis: int) -> tuple[list[Entry], int]:
         # The journal published what it applied, as it does for other machines' writes.

@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import nats.errors
-import nats.js.errors
 import trio
 from trio import TaskStatus
 
@@ -60,10 +59,12 @@ from engramd.cluster.bucket import (
     root_filter,
 )
 from engramd.cluster.leaseview import LeaseView
+from engramd.cluster.outage import ClusterAway, Patience, cluster_away, transient
 from engramd.cluster.tickets import Tickets, patiently
 from engramd.grants import Grant, boottime, check_resource
 from engramd.leases import LeaseManager
 from engramd.locks import Holding, LockTable, Waiting
+from engramd.pidwatch import process_exit
 from engramd.protocol import (
     AcquireLock,
     Fence,
@@ -86,11 +87,6 @@ log = logging.getLogger("engramd.cluster.leases")
 T = TypeVar("T")
 
 
-_PASSING = (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError,
-            nats.errors.ConnectionClosedError, nats.js.errors.ServiceUnavailableError,
-            nats.js.errors.NoStreamResponseError,
-            OSError, trio.TooSlowError)
-"""What a bucket operation meets while the cluster elects a leader or reconnects."""
 ENDED_TTL = 1.0
 """How long an ended lease's record stays (then the servers remove it)."""
 
@@ -126,9 +122,69 @@ class ClusterLeaseManager(LeaseManager):
         async with trio.open_nursery() as nursery:
             self._nursery = self.stops.nursery = nursery
             task_status.started()
-            nursery.start_soon(self._expire_forever)
-            nursery.start_soon(self._keep_alive_forever)
-            await self.view.follow(self.journal.bridge, self.bucket, self.journal.connected)
+            nursery.start_soon(self._for_ever, "ending leases at their deadlines",
+                               self._expire_forever)
+            nursery.start_soon(self._for_ever, "renewing leases held while their process "
+                               "lives", self._keep_alive_forever)
+            await self._for_ever("watching the leases bucket", functools.partial(
+                self.view.follow, self.journal.bridge, self.bucket, self.journal.connected))
+
+    @staticmethod
+    async def _for_ever(what: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run *loop* (which never returns) again after whatever it raises: no failure,
+        of the cluster or not, ends the daemon (see :mod:`.outage`)."""
+        patience = Patience(what)
+        while True:
+            try:
+                await loop()
+            except Exception as exc:
+                await patience.failed(exc)
+
+    async def _in_background(self, what: str, job: Callable[[], Awaitable[None]]) -> None:
+        """*job* once, in the manager's nursery; what it raises is logged, not raised."""
+        try:
+            await job()
+        except Exception as exc:
+            Patience(what).note(exc)
+
+    async def _end_owed(self, holding: Holding, *, reason: str, by: str) -> None:
+        """End *holding* (its holder is gone), however long the cluster is away: tried
+        again with growing pauses until it is written, or the lease ended otherwise (the
+        servers' TTL, a break elsewhere). Meanwhile it counts for nobody here: no renewal,
+        no fence (``ending``)."""
+        lease = holding.lease
+        patience = Patience(f"ending the lease on {lease.resource} ({reason})")
+        holding.ending = True
+        while self.table.by_lock_id.get(lease.lock_id) is holding:
+            try:
+                await self._end(holding, LockReleased, reason=reason, by=by)
+            except Exception as exc:
+                await patience.failed(exc)
+                continue
+            break
+        patience.succeeded()
+
+    async def _watch_pid(self, pid: int) -> None:
+        """End the leases bound to *pid* the moment it exits, when the cluster is back
+        if it is away then."""
+        await process_exit(pid)
+        async with trio.open_nursery() as nursery:
+            for holding in list(self.table.held.values()):
+                if holding.lease.pid == pid and holding.lease.machine == self.machine:
+                    nursery.start_soon(functools.partial(
+                        self._end_owed, holding, reason="process exited", by="engramd"))
+
+    async def connection_closed(self, connection: object) -> None:
+        """End the connection-bound leases of a connection that has gone, in the
+        background (when the cluster is back if it is away now)."""
+        for holding in list(self.table.held.values()):
+            if holding.connection is not connection:
+                continue
+            if holding.lease.bound_to_connection and self._nursery is not None:
+                self._nursery.start_soon(functools.partial(
+                    self._end_owed, holding, reason="disconnected", by=holding.lease.holder))
+            else:
+                holding.connection = holding.push = None  # no one left to tell; adoptable
 
     def _found(self, holding: Holding) -> None:
         """A lease this machine granted, seen in a new watch (after a restart)."""
@@ -138,7 +194,7 @@ class ClusterLeaseManager(LeaseManager):
             self._keep_alive_changed.set()
         if holding.lease.boot_id != self.boot_id:  # its holder did not outlive the reboot
             self._nursery.start_soon(functools.partial(
-                self._end, holding, LockReleased, reason="machine rebooted", by="engramd"))
+                self._end_owed, holding, reason="machine rebooted", by="engramd"))
         elif holding.lease.pid is not None:
             self._nursery.start_soon(self._watch_pid, holding.lease.pid)
 
@@ -196,13 +252,17 @@ class ClusterLeaseManager(LeaseManager):
             try:
                 with trio.fail_after(min(self.timeout, self.ATTEMPT_SECONDS)):
                     return await self.journal.bridge.run(coroutine)
-            except _PASSING as exc:
+            except (nats.errors.Error, OSError, TimeoutError, trio.TooSlowError) as exc:
+                # No quorum, a leader being elected, a server gone: again, until the
+                # deadline. (An earlier attempt of a write awaiting a quorum answers
+                # "duplicate message id is in process": that too.)
+                if not transient(exc):
+                    raise Unavailable(f"the cluster refused: {exc}") from None
                 if trio.current_time() >= deadline:
-                    raise Unavailable(f"the cluster did not answer ({exc or type(exc).__name__})"
-                                      ": the change may or may not have been made") from None
+                    raise (await cluster_away(
+                        self.journal.settings.servers, exc,
+                        "the change may or may not have been made; try again")) from None
                 await trio.sleep(self.RETRY_SECONDS / 5)
-            except nats.errors.Error as exc:
-                raise Unavailable(f"the cluster refused: {exc}") from None
 
     async def _write_lease(self, lease: Lease, record: Held | Ended, ttl: float,
                            expect: Callable[[Holding | None], bool]) -> int:
@@ -234,8 +294,12 @@ class ClusterLeaseManager(LeaseManager):
         with trio.move_on_after(self.timeout):
             await self.view.synced.wait()
         if not self.view.synced.is_set():
-            raise Unavailable(f"{self.journal.unreachable()}: leases cannot be taken or "
-                              "ended now; try again")
+            if self.journal.link.refused:
+                raise Unavailable(f"{self.journal.unreachable()}: leases cannot be taken "
+                                  "or ended now; nothing was done")
+            raise (await cluster_away(
+                self.journal.settings.servers, TimeoutError("the leases are not read yet"),
+                "leases cannot be taken or ended now; nothing was done; try again"))
 
     # -- acquiring --------------------------------------------------------------------
 
@@ -243,6 +307,12 @@ class ClusterLeaseManager(LeaseManager):
         return self.view.line()
 
     async def acquire(self, request: AcquireLock, caller: Caller) -> list[Lease]:
+        try:
+            return await self._acquire(request, caller)
+        except ClusterAway as away:  # (what was written was given back, or lapses)
+            raise away.having("nothing was granted; try again") from None
+
+    async def _acquire(self, request: AcquireLock, caller: Caller) -> list[Lease]:
         await self._connected()
         grant, wait = self._grant_for(request, caller)
         if not self.view.free(grant):
@@ -396,7 +466,9 @@ class ClusterLeaseManager(LeaseManager):
                 number = await patiently(lambda: self.tickets.register(waiter, grant, 0),
                                          self.RETRY_SECONDS)
                 assert self._nursery is not None
-                self._nursery.start_soon(self.tickets.keep, done, waiter, grant, number)
+                self._nursery.start_soon(
+                    self._in_background, "keeping a waiter's ticket",
+                    functools.partial(self.tickets.keep, done, waiter, grant, number))
                 kept = True
                 while True:
                     while not self.view.turn(waiter, number, grant):
@@ -408,7 +480,8 @@ class ClusterLeaseManager(LeaseManager):
             done.set()
             self.table.dequeue(waiting)
             if not kept and self._nursery is not None:
-                self._nursery.start_soon(self.tickets.withdraw, waiter)
+                self._nursery.start_soon(self._in_background, "withdrawing a ticket",
+                                         functools.partial(self.tickets.withdraw, waiter))
         raise Timeout(f"waited {round(wait, 1):g}s; {self._why_held(grant)}")
 
     # -- renewing and ending ----------------------------------------------------------

@@ -24,7 +24,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 import msgspec
-import nats.errors
 import trio
 from nats.js.kv import KV_PURGE
 
@@ -46,6 +45,7 @@ from engramd.cluster.bucket import (
     parse_key,
     ticket_key,
 )
+from engramd.cluster.outage import Patience
 from engramd.grants import Grant, boottime
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.protocol import Lease, LockAcquired, LockExpired, LockReleased, LockRenewed
@@ -92,15 +92,16 @@ class LeaseView:
     async def follow(self, bridge: AsyncioThread, bucket: LeaseBucket,
                      connected: Callable[[], Awaitable[None]]) -> None:
         """Watch the bucket for ever, again after the cluster is lost and found."""
+        patience = Patience("watching the leases bucket")
         while True:
             try:
                 await connected()
                 await bridge.run(bucket.open)
                 before = await bridge.run(bucket.watch)
+                patience.succeeded()
                 await self._watch(bridge, bucket, before)
-            except (nats.errors.Error, OSError) as exc:
-                log.warning("cluster leases: %s; watching again", exc or type(exc).__name__)
-                await trio.sleep(self.RETRY_SECONDS)
+            except Exception as exc:  # the cluster away, or anything else: watch again
+                await patience.failed(exc)
 
     async def _watch(self, bridge: AsyncioThread, bucket: LeaseBucket, before: int) -> None:
         seen: set[str] | None = set()  # keys in the watch's first round

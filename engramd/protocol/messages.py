@@ -183,6 +183,17 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     refused: str = ""
     """Why the servers refuse this machine's connection (its TLS settings or its
     credentials), while they do; empty otherwise."""
+    facts_age: float | None = None
+    """Seconds since the stream's facts (last message, leader, replicas) were read: they
+    are as of then (None: never read)."""
+    unreachable_for: float | None = None
+    """Seconds since the cluster stopped answering this machine (None: it answers)."""
+    write_error: str | None = None
+    """Why writes are refused now, as far as this machine can tell (None: accepted)."""
+    servers_answering: int | None = None
+    """How many of ``servers`` accepted a connection when the status was made."""
+    machines_age: float | None = None
+    """Seconds since the machines seen were read (None: never)."""
 
 
 class ClusterMachine(msgspec.Struct, frozen=True, kw_only=True):

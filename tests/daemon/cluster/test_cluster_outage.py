@@ -1,0 +1,268 @@
+"""Cluster mode outlives the cluster's absence (engramd.cluster.outage): no failure of
+a background task ends the daemon, reads go on, and what could not be done (a lease
+whose holder died) is done once the cluster is back.
+
+Failures are injected into each background task of an in-process engramd on the
+real NATS cluster; the last test takes the quorum away for real (two of three
+nats-server processes killed). Marked ``cluster`` and ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
+
+import nats.js.errors
+
+from engram_cli.bench.natslab import NatsCluster
+from engram_cli.client import Client
+from engram_cli.client.errors import Unavailable as ClientUnavailable
+from engramd.cluster.bucket import LeaseBucket
+from engramd.cluster.journal import ClusterJournal
+from engramd.cluster.nats import NatsLink, StreamMovedOn
+from engramd.cluster.outage import Patience
+from engramd.groups import GroupStops
+from engramd.protocol import Unavailable
+from tests.clustermachines import machine_on
+from tests.conftest import ThreadedDaemon, engramd_log, make_config, start_threaded, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture
+def fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short pauses between attempts (the tests wait for the third)."""
+    monkeypatch.setattr(Patience, "FIRST", 0.02)
+    monkeypatch.setattr(Patience, "LONGEST", 0.2)
+
+
+@pytest.fixture
+def machine(fast: None, env: dict[str, str], nats_cluster: NatsCluster
+            ) -> Iterator[tuple[ThreadedDaemon, Client]]:
+    """An engramd in this process (a thread), on a deployment of its own."""
+    config = make_config({**env, "ENGRAM_CLUSTER_SERVERS": nats_cluster.servers,
+                          "ENGRAM_CLUSTER_DEPLOYMENT": "d" + uuid.uuid4().hex[:10],
+                          "ENGRAM_CLUSTER_WRITE_TIMEOUT": "1"})
+    with start_threaded(config) as daemon, \
+            Client(config.socket, autostart=False, env={}) as engram:
+
+        def synced() -> bool:
+            cluster = engram.status().cluster
+            return cluster is not None and cluster.leases_synced
+
+        wait_until(synced, "the leases to be read")
+        yield daemon, engram
+
+
+class Failing:
+    """Makes ``owner.name`` (a coroutine function or a method) raise *error* while on,
+    and counts the calls it refused."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str,
+                 error: Callable[[], BaseException], coroutine: bool = True,
+                 when: Callable[..., bool] = lambda *args, **kwargs: True) -> None:
+        self.on, self.refused = True, 0
+        real = getattr(owner, name)
+
+        def should_fail(args: Any, kwargs: Any) -> bool:
+            if self.on and when(*args, **kwargs):
+                self.refused += 1
+                return True
+            return False
+
+        if coroutine:
+            async def patched(*args: Any, **kwargs: Any) -> Any:
+                if should_fail(args, kwargs):
+                    raise error()
+                return await real(*args, **kwargs)
+        else:
+            def patched(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+                if should_fail(args, kwargs):
+                    raise error()
+                return real(*args, **kwargs)
+        monkeypatch.setattr(owner, name, patched)
+
+    def off(self) -> None:
+        self.on = False
+
+
+def no_quorum() -> BaseException:
+    return nats.js.errors.APIError(code=409, err_code=10158,
+                                   description="duplicate message id is in process")
+
+
+INJECTIONS: dict[str, tuple[tuple[Any, str, bool], Callable[[], BaseException]]] = {
+    "the view following the stream": ((NatsLink, "next_messages", True), no_quorum),
+    "the announcements": ((NatsLink, "announce", True), TimeoutError),
+    "the stream's facts": ((NatsLink, "stream_facts", True), lambda: OSError("gone")),
+    "the lease watch": ((LeaseBucket, "next_updates", True),
+                        lambda: RuntimeError("injected")),
+    "the lease watch's start": ((LeaseBucket, "watch", True), no_quorum),
+    "the leases' deadlines": ((GroupStops, "next_wakeup", False),
+                              lambda: Unavailable("injected")),
+}
+
+
+@pytest.mark.parametrize("task", INJECTIONS)
+def test_no_failure_of_a_background_task_ends_the_daemon(
+        machine: tuple[ThreadedDaemon, Client], monkeypatch: pytest.MonkeyPatch,
+        task: str) -> None:
+    daemon, engram = machine
+    (owner, name, coroutine), error = INJECTIONS[task]
+    failing = Failing(monkeypatch, owner, name, error, coroutine)
+    if name == "watch":  # (a watch runs already: it has to fail first)
+        Failing(monkeypatch, LeaseBucket, "next_updates", no_quorum).refused = 0
+    if name == "next_wakeup":  # (looked at when a deadline changes: a grant)
+        engram.acquire_lock(["poke"], ttl=5)
+    wait_until(lambda: failing.refused >= 3, f"{task} to be tried again")
+    assert daemon.thread.is_alive()
+    assert engram.status().state == "ready"  # reads answer meanwhile
+    failing.off()
+    if name == "watch":
+        monkeypatch.undo()
+    # Writes, leases and the view work again: each task picked up where it was.
+    unit = engram.create_unit("after", "MESSAGE", "x")
+    wait_until(lambda: engram.list_units("after").units[-1].id == unit.id, "the write")
+    [lease] = engram.acquire_lock(["res"], ttl=5, wait=10)
+    engram.release_lock(lease.lock_id)
+    wait_until(lambda: engram.get_lock("res").lease is None, "the release to be watched")
+    assert daemon.thread.is_alive()
+
+
+def ends(bucket: LeaseBucket, key: str, value: bytes = b"", **options: Any) -> bool:
+    """A bucket write that ends a lease (its record is ``ended``)."""
+    return b"ended" in value
+
+
+@pytest.mark.parametrize("holder", ["process", "connection"])
+def test_a_lease_whose_holder_goes_while_the_cluster_refuses_ends_once_it_is_back(
+        machine: tuple[ThreadedDaemon, Client], env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch, holder: str) -> None:
+    daemon, engram = machine
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        other = Client(daemon.config.socket, agent_id="holder", autostart=False, env={})
+        other.connect()
+        if holder == "process":
+            other.acquire_lock(["res"], ttl=30, pid=sleeper.pid)
+            other.close()
+        else:
+            other.acquire_lock(["res"], ttl=30, bind_connection=True)
+        failing = Failing(monkeypatch, LeaseBucket, "write", no_quorum, when=ends)
+        if holder == "process":
+            sleeper.kill()
+            sleeper.wait()
+        else:
+            other.close()
+        wait_until(lambda: failing.refused >= 3, "the lease's end to be tried again")
+        assert daemon.thread.is_alive()
+        assert engram.get_lock("res").lease is not None  # held on: nothing was written
+        failing.off()
+        wait_until(lambda: engram.get_lock("res").lease is None,
+                   "the lease to end once the cluster takes writes")
+        assert daemon.thread.is_alive()
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+
+
+def test_a_write_whose_view_cannot_catch_up_is_refused_and_the_next_goes_through(
+        machine: tuple[ThreadedDaemon, Client], monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon, engram = machine
+    moved = Failing(monkeypatch, NatsLink, "publish", lambda: StreamMovedOn(None))
+    behind = Failing(monkeypatch, ClusterJournal, "caught_up",
+                     lambda: Unavailable("injected: the view is behind"))
+    with pytest.raises(ClientUnavailable, match="injected: the view is behind"):
+        engram.create_unit("c", "MESSAGE", "refused")
+    moved.off()
+    behind.off()
+    assert daemon.thread.is_alive()
+    unit = engram.create_unit("c", "MESSAGE", "written")
+    assert [u.id for u in engram.list_units("c").units] == [unit.id]
+
+
+# -- the quorum lost for real ----------------------------------------------------------
+
+
+@pytest.fixture
+def own_cluster(tmp_path: os.PathLike[str]) -> Iterator[NatsCluster]:
+    with NatsCluster(os.path.join(str(tmp_path), "nats")) as cluster:
+        yield cluster
+
+
+def test_without_a_quorum_a_dead_holder_s_lease_ends_when_it_is_back_and_engramd_lives(
+        env: dict[str, str], scratch: str, own_cluster: NatsCluster) -> None:
+    a = machine_on(own_cluster, env, scratch, "a", ENGRAM_CLUSTER_WRITE_TIMEOUT="2").start()
+    try:
+        with a.client() as engram:
+            engram.create_unit("q", "MESSAGE", "before")
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "engram_cli", "lock", "run", "res", "--ttl", "30", "--",
+             "sleep", "60"], env=a.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            with a.client() as engram:
+                wait_until(lambda: engram.get_lock("res").lease is not None, "lock run's lease")
+            own_cluster.stop(1, kill=True)
+            own_cluster.stop(2, kill=True)
+            runner.kill()  # (kill -9 of lock run: its machine ends the lease)
+            runner.wait()
+            wait_until(lambda: "ending the lease on res" in engramd_log(a.env).read_text(),
+                       "the lease's end to fail for want of a quorum", timeout=60)
+            assert a.process is not None and a.process.poll() is None
+            # Reads go on, from this machine's view, saying so once the machine has
+            # noticed (an announcement fails: within 5 s).
+            wait_until(lambda: "may be stale" in a.cli("unit", "list", "-c", "q").stderr,
+                       "reads to say they may be stale", timeout=30)
+            listed = a.cli("unit", "list", "-c", "q", "--json")
+            assert listed.returncode == 0, listed.stderr
+            assert [json.loads(line)["payload"] for line in listed.stdout.splitlines()] == [
+                "before"]
+            # A request says in one line why it was refused, and what it did.
+            refused = a.cli("lock", "acquire", "other", "--ttl", "5")
+            assert refused.returncode == 69, refused.stderr
+            assert "no quorum (1 of 3 servers answer)" in refused.stderr, refused.stderr
+            assert "nothing was granted" in refused.stderr
+            errors = [line for line in refused.stderr.splitlines()
+                      if line.startswith("engram: error")]
+            assert len(errors) == 1 and "APIError" not in refused.stderr, refused.stderr
+            # Status says what is known and how old it is; doctor, that writes are refused.
+            status = a.cli("cluster", "status", "--json")
+            assert status.returncode == 0, status.stderr
+            state = json.loads(status.stdout)["status"]
+            assert state["reachable"] is False and state["servers_answering"] == 1
+            assert state["write_error"] and state["facts_age"] is not None
+            plain = a.cli("cluster", "status")
+            assert "as of" in plain.stdout and "1 of 3 answer" in plain.stdout, plain.stdout
+            doctor = a.cli("doctor", "--json")
+            checks = {json.loads(line)["check"]: json.loads(line)
+                      for line in doctor.stdout.splitlines()}
+            assert checks["journal"]["status"] == "fail", checks["journal"]
+            assert "refused" in checks["journal"]["detail"], checks["journal"]
+            assert a.process.poll() is None
+            own_cluster.start(1, 2)
+            own_cluster.wait_healthy()
+            with a.client() as engram:
+                wait_until(lambda: engram.get_lock("res").lease is None,
+                           "the dead holder's lease to end once the quorum is back",
+                           timeout=60)
+            wait_until(lambda: a.cli("unit", "create", "-c", "q", "-p", "after"
+                                     ).returncode == 0, "writes to resume", timeout=60)
+            assert a.process.poll() is None
+        finally:
+            if runner.poll() is None:
+                os.killpg(runner.pid, signal.SIGKILL)
+                runner.wait()
+    finally:
+        a.stop()
