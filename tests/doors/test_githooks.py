@@ -209,31 +209,23 @@ def test_the_guard_sees_both_names_of_a_rename(engramd: DaemonProcess, repo: Pat
     git(repo, "commit", "-qm", "now it may", env=env)
 
 
-def test_a_name_that_is_not_utf8_is_refused_and_shown_as_its_bytes(
-        engramd: DaemonProcess, repo: Path, env: dict[str, str]) -> None:
-    run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
-    name = os.fsdecode(b"caf\xe9.py")  # (a lease names text: the directory holds it)
-    with Client(engramd.socket, agent_id="other-agent", autostart=False) as other:
-        (lease,) = other.acquire_lock(paths.resource(str(repo)), ttl=600)
-        (repo / name).write_text("x\n")
-        git(repo, "add", name, env=env)
-        refused = _commit_refused(repo, env)
-        assert refused.returncode == 1, refused.stderr
-        assert "caf\\xe9.py is leased by other-agent" in refused.stderr, refused.stderr
-        other.release_lock(lease.lock_id)
-
-
-@pytest.mark.parametrize("name", ["naïve.py", 'say "hi".py', "tab\there.py"])
+@pytest.mark.parametrize("name, shown", [
+    ("naïve.py", "naïve.py"), ('say "hi".py', 'say "hi".py'), ("tab\there.py", "tab\\there.py"),
+    (os.fsdecode(b"caf\xe9.py"), "caf\\xe9.py")])  # not UTF-8: shown as its bytes
 def test_the_guard_sees_names_git_would_quote(engramd: DaemonProcess, repo: Path,
-                                              env: dict[str, str], name: str) -> None:
+                                              env: dict[str, str], name: str,
+                                              shown: str) -> None:
     run_cli(env, "hooks", "install", "--repo", str(repo), "--guard", "block")
+    utf8 = name.isascii() or os.fsencode(name) == name.encode("utf-8", "replace")
+    # (a lease names text: a name that is not UTF-8 is held by its directory's lease)
+    leased = repo / name if utf8 else repo
     with Client(engramd.socket, agent_id="other-agent", autostart=False) as other:
-        (lease,) = other.acquire_lock(paths.resource(str(repo / name)), ttl=600)
+        (lease,) = other.acquire_lock(paths.resource(str(leased)), ttl=600)
         (repo / name).write_text("x\n")
         git(repo, "add", name, env=env)
         refused = _commit_refused(repo, env)
         assert refused.returncode == 1, refused.stderr
-        assert "is leased by other-agent" in refused.stderr
+        assert f"{shown} is leased by other-agent" in refused.stderr, refused.stderr
         other.release_lock(lease.lock_id)
     git(repo, "commit", "-qm", "now it may", env=env)
 
