@@ -180,16 +180,22 @@ class SharedMarks:
     async def take_inbox(self, agent: str, mark: int, seq: int) -> bool:
         key = mark_key(INBOX_MARK, agent)
         await self._opened_or_away("no message was handed out or marked read")
+        # The revision the write expects is the one of *mark*: read together, with no
+        # checkpoint in between (the watch may have moved both since the caller read).
+        if self.store.mark(INBOX_MARK, agent) != mark:
+            return False
+        last = self.revisions.get(key, 0)
         try:
             revision = await self._call(functools.partial(
-                self.bucket.write, key, str(seq).encode(), last=self.revisions.get(key, 0),
+                self.bucket.write, key, str(seq).encode(), last=last,
                 msg_id=secrets.token_hex(12)),
                 "no message was handed out or marked read; try again")
         except KeyChanged:
             await self._read(key)  # another machine moved it (or the watch is behind)
             return False
-        self.revisions[key] = max(revision, self.revisions.get(key, 0))
-        self.store.set_mark(INBOX_MARK, agent, seq)
+        if revision > self.revisions.get(key, 0):  # (else the watch brought a later move)
+            self.revisions[key] = revision
+            self.store.set_mark(INBOX_MARK, agent, seq)
         return True
 
     # -- cursors and the brief: the last value wins ------------------------------------
