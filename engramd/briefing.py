@@ -17,6 +17,7 @@ from engramd import validate
 from engramd.caller import Caller
 from engramd.leases import LeaseManager
 from engramd.mail import Mailbox
+from engramd.marks import BRIEF_MARK
 from engramd.presence import Presence
 from engramd.protocol import (
     AgentInfo,
@@ -34,7 +35,6 @@ from engramd.queries import raw_units, unit_header
 from engramd.storage import Store
 from engramd.taskboard import TaskBoard
 
-BRIEF_MARK = "brief"
 MAX_ITEMS = 100
 MAX_COUNTED = 1_000
 """Units since the last brief are counted up to this many."""
@@ -101,9 +101,9 @@ class Briefing:
         infos = []
         for agent in sorted(names):
             sessions = self.presence.of(agent)
-            announced = {session.pid for session in sessions}
+            announced = {(session.machine, session.pid) for session in sessions}
             sessions += [session for session in self._lease_sessions(held, agent)
-                         if session.pid not in announced]
+                         if (session.machine, session.pid) not in announced]
             infos.append(AgentInfo(agent=agent, sessions=sessions,
                                    last_seen=self._last_seen(agent),
                                    contexts=members.get(agent, []), leases=leases[agent],
@@ -113,12 +113,12 @@ class Briefing:
     @staticmethod
     def _lease_sessions(held: list[Lease], agent: str) -> list[SessionInfo]:
         """The processes holding *agent*'s pid-bound leases: sessions too."""
-        seen: dict[int, SessionInfo] = {}
+        seen: dict[tuple[str, int], SessionInfo] = {}
         for lease in held:
-            if lease.holder == agent and lease.pid and lease.pid not in seen:
-                seen[lease.pid] = SessionInfo(pid=lease.pid, harness="",
-                                              started_at=lease.acquired_at,
-                                              last_seen=lease.acquired_at)
+            if lease.holder == agent and lease.pid and (lease.machine, lease.pid) not in seen:
+                seen[lease.machine, lease.pid] = SessionInfo(
+                    pid=lease.pid, harness="", started_at=lease.acquired_at,
+                    last_seen=lease.acquired_at, machine=lease.machine)
         return list(seen.values())
 
     def _last_seen(self, agent: str) -> dt.datetime | None:
@@ -153,6 +153,7 @@ class Briefing:
         since, since_total = self._since(contexts, agent, mark, items)
         if request.advance and head > mark:
             self.store.set_mark(BRIEF_MARK, agent, head)
+            self.mailbox.marks.mark_moved(BRIEF_MARK, agent, head)
         pinned = self._pinned(contexts, items)
         return Brief(
             id=request.id, agent=agent, contexts=contexts, unread=unread,

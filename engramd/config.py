@@ -180,7 +180,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Cluster mode: replicas of the journal stream when engramd creates it (3 for "
             "a 3-node cluster; 1 only for a single NATS server).", minimum=1),
     Setting("cluster.credentials", str, "",
-            "Cluster mode: a NATS credentials (.creds) file (needs the nkeys package)."),
+            "Cluster mode: a NATS .creds file, or a user nkey seed file (needs nkeys)."),
     Setting("cluster.tls_ca", str, "",
             "Cluster mode: CA certificates to verify the NATS servers (PEM)."),
     Setting("cluster.tls_cert", str, "",

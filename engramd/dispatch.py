@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 import trio
 
+from engramd import validate
 from engramd.backup import make_backup, verify_backup
 from engramd.caller import Caller
 from engramd.engine import Engine
@@ -254,6 +255,9 @@ class Dispatcher:
                 if connection.subscriptions >= self.max_subscriptions:
                     raise TooLarge(f"{TOO_MANY_SUBSCRIPTIONS} (limit "
                                    f"{self.max_subscriptions})")
+                if request.cursor is not None:
+                    validate.name(request.cursor, "cursor name")
+                    await queries.marks.fresh_cursor(caller.agent_id, request.cursor)
                 subscriber = queries.subscriber(request, caller)
                 # The reply goes out before the first event.
                 await connection.send(Subscribed(id=request.id, subscription=request.id,
@@ -274,6 +278,7 @@ class Dispatcher:
                 return Done(id=request.id)
             case AckCursor():
                 queries.ack_cursor(request.cursor, request.seq, caller)
+                await queries.marks.cursor_shared(caller.agent_id, request.cursor)
                 return Done(id=request.id)
             case AcquireLock():
                 return LocksGranted(id=request.id, leases=await leases.acquire(request, caller))

@@ -64,6 +64,7 @@ from engramd.writes import InFlight, StoredContexts, Writer, published
 
 if TYPE_CHECKING:
     from engramd.cluster.journal import ClusterJournal
+    from engramd.cluster.marks import SharedMarks
 
 log = logging.getLogger("engramd.engine")
 
@@ -88,6 +89,8 @@ class Parts:
     board: TaskBoard
     briefing: Briefing
     cluster: ClusterJournal | None = None
+    marks: SharedMarks | None = None
+    """Cluster mode: the agents' marks and cursors shared through the cluster."""
 
 
 class Engine:
@@ -159,6 +162,7 @@ class Engine:
                 raise StartupError(f"cluster mode needs the engram-journal[cluster] extra ({exc}): "
                                    "pip install 'engram-journal[cluster]'") from None
             cluster = open_cluster_journal(config, store, self.version)
+            self.presence.machine = cluster.machine
             committer = ClusterCommitter(cluster, store, **options)
         else:
             committer = GroupCommitter(wal, store, fsync=histograms["fsync_seconds"],
@@ -184,11 +188,17 @@ class Engine:
         recent = RecentUnits(store)
         queries = Queries(store, hub, indexer, config.heartbeat_seconds, recent)
         mailbox = Mailbox(store, writer)
+        marks = None
+        if cluster is not None:
+            from engramd.cluster.marks import SharedMarks
+
+            marks = mailbox.marks = queries.marks = SharedMarks(
+                cluster, store, inbox_changed=mailbox.mark_changed)
         board = TaskBoard(store, writer, leases)
         followers += [recent.applied, mailbox.applied, board.applied]
         briefing = Briefing(store, mailbox, board, leases, self.presence)
         return Parts(store, wal, indexer, hub, committer, leases, writer, queries, mailbox,
-                     board, briefing, cluster)
+                     board, briefing, cluster, marks)
 
     async def _run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -204,6 +214,8 @@ class Engine:
             await nursery.start(parts.committer.run)
             if parts.cluster is not None:
                 await nursery.start(parts.cluster.run)
+            if parts.marks is not None:
+                await nursery.start(parts.marks.run)
             await nursery.start(self._run_leases, parts.leases)
             if self.read_only is None:
                 nursery.start_soon(self._checkpoints, parts)

@@ -22,6 +22,7 @@ import trio
 from engramd import validate
 from engramd.agentstore import MailEntry
 from engramd.caller import Caller
+from engramd.marks import INBOX_MARK, LocalMarks, Marks
 from engramd.protocol import (
     BadRequest,
     Forbidden,
@@ -40,7 +41,6 @@ from engramd.storage import Store
 from engramd.wal.record import Entry
 from engramd.writes import Writer
 
-INBOX_MARK = "inbox"
 _unit_decoder = msgspec.msgpack.Decoder(Unit)
 
 
@@ -69,9 +69,10 @@ class _Counts:
 
 
 class Mailbox:
-    def __init__(self, store: Store, writer: Writer) -> None:
+    def __init__(self, store: Store, writer: Writer, marks: Marks | None = None) -> None:
         self.store = store
         self.writer = writer
+        self.marks: Marks = marks or LocalMarks(store)
         self._arrived = trio.Event()
         self._through = store.applied_seq
         """The mailbox sees the store only up to here: the last seq its follower has taken
@@ -214,20 +215,31 @@ class Mailbox:
             return pending[:request.limit], max(0, len(pending) - request.limit)
         deadline = trio.current_time() + request.wait
         while True:
-            # Read and marked with no checkpoint in between: two sessions of one agent
-            # asking at once each get different messages.
+            # Read and marked with no checkpoint in between on one machine: two sessions
+            # of one agent asking at once each get different messages. In cluster mode
+            # the mark moves only from the value read (compare-and-set): the same across
+            # machines.
             mark = self.store.mark(INBOX_MARK, agent)
             page = list(itertools.islice(self._mail(agent, mark), request.limit))
+            if page and not request.peek:
+                counts = self._counted(agent)
+                if not await self.marks.take_inbox(agent, mark, page[-1].seq):
+                    continue  # another session (another machine's) moved it: again
+                if self.marks.local:
+                    counts.unread -= len(page)
+                else:  # the mark may have moved through the watch meanwhile: count again
+                    self._counts.pop(agent, None)
+                    counts = self._counted(agent)
+                return self._units(page), counts.unread
             if page or trio.current_time() >= deadline:
                 break
             with trio.move_on_at(deadline):
                 await self._arrived.wait()
-        counts = self._counted(agent)
-        if page and not request.peek:
-            self.store.set_mark(INBOX_MARK, agent, page[-1].seq)
-            counts.unread -= len(page)
-            return self._units(page), counts.unread
-        return self._units(page), counts.unread - len(page)
+        return self._units(page), self._counted(agent).unread - len(page)
+
+    def mark_changed(self, agent: str) -> None:
+        """*agent*'s inbox mark was moved by another machine: count its unread again."""
+        self._counts.pop(agent, None)
 
     def _units(self, entries: list[MailEntry]) -> list[bytes]:
         found = (self.store.unit_at(entry.seq) for entry in entries)

@@ -45,10 +45,11 @@ class Session:
     announced: bool = True
     connections: int = 0
 
-    def info(self) -> SessionInfo:
+    def info(self, machine: str = "") -> SessionInfo:
         return SessionInfo(pid=self.pid, harness=self.harness, started_at=self.started_at,
                            last_seen=self.last_seen, gone_at=self.gone_at,
-                           connections=self.connections, announced=self.announced)
+                           connections=self.connections, announced=self.announced,
+                           machine=machine)
 
 
 class Presence:
@@ -57,6 +58,8 @@ class Presence:
         self.last_request: dict[str, float] = {}
         """Agent -> the wall-clock time of its last request (seconds since the epoch)."""
         self._nursery: trio.Nursery | None = None
+        self.machine = ""
+        """Cluster mode: this machine's name, which its sessions carry."""
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -131,7 +134,7 @@ class Presence:
 
     def of(self, agent: str) -> list[SessionInfo]:
         self._forget_gone()
-        return [session.info() for (name, _), session in self.sessions.items()
+        return [session.info(self.machine) for (name, _), session in self.sessions.items()
                 if name == agent]
 
     def agents(self) -> set[str]:

@@ -19,6 +19,7 @@ from engramd.caller import Caller
 from engramd.embedding import EXTRA_HINT
 from engramd.events import EventHub, Filter, Subscriber
 from engramd.indexer import Indexer
+from engramd.marks import LocalMarks, Marks
 from engramd.protocol import (
     BadRequest,
     ListUnits,
@@ -122,6 +123,8 @@ class Queries:
         self.hub = hub
         self.indexer = indexer
         self.heartbeat_seconds = heartbeat_seconds
+        self.marks: Marks = LocalMarks(store)
+        """Where named cursors are shared (cluster mode: :mod:`engramd.cluster.marks`)."""
 
     # -- units ----------------------------------------------------------------------
 
@@ -341,6 +344,7 @@ class Queries:
                 # A new name starts where its first subscription does: the next one
                 # under it gets what came after, though this one acknowledged nothing.
                 self.store.set_cursor(caller.agent_id, request.cursor, cursor)
+                self.marks.cursor_moved(caller.agent_id, request.cursor, cursor)
             else:
                 cursor = stored
         return Subscriber(id=request.id, agent_id=caller.agent_id, filter=Filter.of(request),
@@ -358,3 +362,4 @@ class Queries:
             raise BadRequest(f"seq {seq} is beyond the newest event ({self.hub.head}): "
                              "acknowledge a seq that was delivered")
         self.store.set_cursor(caller.agent_id, name, seq)
+        self.marks.cursor_moved(caller.agent_id, name, seq)

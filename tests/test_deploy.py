@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +46,19 @@ def test_the_dockerfile_runs_the_tested_steps() -> None:
     assert 'ENTRYPOINT ["engram-container"]' in DOCKERFILE
     assert "USER engram" in DOCKERFILE and "VOLUME /data" in DOCKERFILE
     assert "/readyz" in " ".join(healthcheck_command(8080))
+
+
+def test_the_image_lock_has_the_cluster_extra() -> None:
+    """The image installs deploy/requirements.lock (deploy/install.sh), which `make lock`
+    makes with the cluster extra: nats-py is pinned there, with its hashes."""
+    install = (ROOT / "deploy" / "install.sh").read_text()
+    assert "--require-hashes -r deploy/requirements.lock" in install
+    makefile = (ROOT / "Makefile").read_text()
+    (deploy_lock,) = [command for command in makefile.split("uv pip compile")
+                      if "-o deploy/requirements.lock" in command]
+    assert "--extra cluster" in deploy_lock.split("-o deploy/requirements.lock")[0]
+    assert re.search(r"^nats-py==\S+ \\\n\s+--hash=sha256:",
+                     (ROOT / "deploy" / "requirements.lock").read_text(), re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +195,60 @@ def test_the_compose_file_wires_three_nodes_and_three_machines() -> None:
         assert spec["environment"]["ENGRAM_CLUSTER_SERVERS"] == ",".join(
             f"nats://{node}:{port}" for node in sorted(nodes))
     assert len({spec["volumes"][0] for spec in machines.values()}) == 3  # a data dir each
+
+
+RECIPE = re.compile(r"<!-- recipe: two machines -->\n```sh\n(.*?)```", re.DOTALL)
+
+
+def recipe_steps() -> list[str]:
+    """The command lines of docs/cluster.md's recipe, as the doc has them."""
+    found = RECIPE.search((ROOT / "docs" / "cluster.md").read_text())
+    assert found, "docs/cluster.md has the recipe block"
+    return [line for line in found.group(1).splitlines() if line.strip()]
+
+
+def test_the_recipe_is_plain_shell_commands() -> None:
+    steps = recipe_steps()
+    assert all(shlex.split(step, comments=True) for step in steps)
+    assert sum(step.startswith("engram daemon start") for step in steps) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_the_cluster_recipe_of_the_docs_runs_as_written(
+        env: dict[str, str], scratch: str, nats_cluster: Any) -> None:
+    """docs/cluster.md's recipe, command by command, on this test's three nodes: only the
+    servers, the deployment and the /tmp paths are this test's."""
+    from tests.conftest import run_cli
+
+    mine = {"ENGRAM_CLUSTER_SERVERS": nats_cluster.servers,
+            "ENGRAM_CLUSTER_DEPLOYMENT": "recipe" + uuid.uuid4().hex[:8]}
+    shell = {k: v for k, v in env.items() if k not in ("ENGRAM_SOCKET", "ENGRAM_DATA_DIR")}
+    started: list[dict[str, str]] = []
+    try:
+        for step in recipe_steps():
+            words = shlex.split(step, comments=True)
+            comment = step.partition("#")[2].strip() if "#" in step else ""
+            values = {}
+            while words and re.match(r"^[A-Z_]+=", words[0]):
+                name, _, value = words.pop(0).partition("=")
+                values[name] = value
+            if words[:1] == ["export"]:
+                for word in words[1:]:
+                    name, _, value = word.partition("=")
+                    shell[name] = mine.get(name, value.replace("/tmp/", f"{scratch}/"))
+                continue
+            assert words[0] == "engram", step
+            call = {**shell, **values}
+            done = run_cli(call, *words[1:], timeout=WAIT * 6)
+            expected = int(comment.split()[1]) if comment.startswith("exits ") else 0
+            assert done.returncode == expected, f"{step}\n{done.stdout}{done.stderr}"
+            if words[1:3] == ["daemon", "start"]:
+                started.append(call)
+            if comment.startswith("prints: "):
+                assert comment.removeprefix("prints: ") in done.stdout, (step, done.stdout)
+            if comment.startswith("prints nothing"):
+                assert done.stdout == "", (step, done.stdout)
+    finally:
+        for call in started:
+            run_cli(call, "daemon", "stop")

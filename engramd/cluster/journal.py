@@ -42,6 +42,7 @@ from engramd.cluster.nats import (
     NatsLink,
     StreamFacts,
     StreamMovedOn,
+    credentials_option,
     tls_context,
 )
 from engramd.cluster.outage import (
@@ -479,11 +480,10 @@ def check_secrets(settings: ClusterSettings) -> None:
         raise StartupError(f"{', '.join(named)}: cannot be used: {why}") from None
     if settings.credentials:
         try:
-            with open(settings.credentials, "rb"):
-                pass
-        except OSError as exc:
-            raise StartupError(f"cluster.credentials {settings.credentials}: "
-                               f"{exc.strerror or exc}") from None
+            credentials_option(settings.credentials)
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StartupError(f"cluster.credentials {settings.credentials}: {why}") from None
         if importlib.util.find_spec("nkeys") is None:  # nats-py signs with it
             raise StartupError("cluster.credentials needs the nkeys package (NATS "
                                "signatures): pip install nkeys")

@@ -97,7 +97,7 @@ class NatsLink:
         settings = self.settings
         options: dict[str, Any] = {}
         if settings.credentials:
-            options["user_credentials"] = settings.credentials
+            options[credentials_option(settings.credentials)] = settings.credentials
         context = tls_context(settings)
         if context is not None:
             options["tls"] = context
@@ -231,6 +231,22 @@ def _facts(info: Any) -> StreamFacts:
         last_seq=int(info.state.last_seq), replicas=int(info.config.num_replicas or 1),
         storage=getattr(storage, "value", str(storage)),
         leader=(cluster.leader or "") if cluster is not None else "", peers=peers)
+
+
+def credentials_option(path: str) -> str:
+    """nats-py's option for the credentials file *path*: ``user_credentials`` for a
+    ``.creds`` file (a user JWT and its seed, NATS decentralized auth), ``nkeys_seed``
+    for a file that holds a user's nkey seed alone (``SU…``: a server's
+    ``authorization { users = [ { nkey: "U…" } ] }``). OSError when it cannot be read;
+    ValueError when it is neither."""
+    with open(path, "rb") as file:
+        text = file.read(1 << 16)
+    if b"BEGIN NATS USER JWT" in text:
+        return "user_credentials"
+    if text.strip().startswith(b"SU"):
+        return "nkeys_seed"
+    raise ValueError("neither a .creds file (a user JWT and its seed) nor a user nkey seed "
+                     "(SU...)")
 
 
 def tls_context(settings: ClusterSettings) -> ssl.SSLContext | None:

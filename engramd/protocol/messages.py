@@ -498,6 +498,9 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     between two commands)."""
     announced: bool = True
     """It announced itself (``session.announce``); else engramd saw it connect."""
+    machine: str = ""
+    """Cluster mode: the machine it runs on (sessions are each machine's own; those of
+    other machines show through their pid-bound leases). Empty on one machine."""
 
 
 class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):

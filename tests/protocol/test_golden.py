@@ -342,6 +342,11 @@ SERVER_MESSAGES = {
         agent="alice", sessions=[SessionInfo(pid=4242, harness="claude-code", started_at=WHEN,
                                              last_seen=WHEN, gone_at=None)],
         last_seen=WHEN, contexts=["build-42"], leases=1, unread=2)]),
+    "agent_page_cluster": AgentPage(id=47, agents=[AgentInfo(
+        agent="alice", sessions=[SessionInfo(pid=4242, harness="claude-code", started_at=WHEN,
+                                             last_seen=WHEN, connections=1,
+                                             machine="box-0a1b2c3d")],
+        last_seen=WHEN, contexts=["build-42"], leases=0, unread=0)]),
     "brief_reply": Brief(id=42, agent="alice", contexts=["build-42"], unread=1,
                          messages=[UNIT], pending_acks=0, leases=[LEASE], others_leases=[],
                          claimed=[TASK], ready=[], ready_total=0, since=[UNIT], since_total=1,

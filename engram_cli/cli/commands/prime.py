@@ -94,8 +94,9 @@ def agents(ctx: typer.Context, json: JsonOption = False) -> None:
     """List the agents: their sessions, when last seen, contexts, leases, unread messages.
 
     A session is a process an agent announced (engram prime does), one connected to
-    engramd, or one holding a pid-bound lease, with how long it has run; one whose
-    process has exited shows as gone. Piped, one
+    engramd, or one holding a pid-bound lease, with how long it has run (in cluster
+    mode pid@machine: this machine's sessions, and other machines' through their
+    leases); one whose process has exited shows as gone. Piped, one
     tab-separated line per agent: agent, sessions, last seen, contexts, leases, unread.
     """
     cli = context.get(ctx)
@@ -109,7 +110,8 @@ def agents(ctx: typer.Context, json: JsonOption = False) -> None:
     rows = []
     for agent in found:
         sessions = ", ".join(
-            f"{session.pid}" + (f" {session.harness}" if session.harness else "")
+            f"{session.pid}" + (f"@{session.machine}" if session.machine else "")
+            + (f" {session.harness}" if session.harness else "")
             + (" (gone)" if session.gone_at is not None else
                f" ({format_duration((now - session.started_at).total_seconds())})")
             for session in agent.sessions)

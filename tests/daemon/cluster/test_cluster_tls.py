@@ -4,9 +4,11 @@ token, all made by the test (:mod:`tests.helpers.certs`); engramd machines confi
 through ``cluster.tls_ca``, ``cluster.tls_cert``, ``cluster.tls_key`` and the token in
 ``cluster.servers``. A machine the servers refuse says why in one line.
 
-NATS user nkeys and ``.creds`` files need the ``nkeys`` package (nats-py signs with it),
-which is not in engram's lock: the credentials here are a token, and a machine given a
-credentials file without nkeys is refused at start.
+NATS user nkeys need the ``nkeys`` package (nats-py signs with it; engram's dev lock
+has it, the cluster extra does not): three more nodes let in one user by its nkey, and
+machines given its seed file (``cluster.credentials``) work while one with another seed
+is refused in one line. Without nkeys those skip, and a machine given a credentials
+file is refused at start instead.
 
 Marked ``cluster`` (and ``slow``).
 """
@@ -182,3 +184,49 @@ def test_a_credentials_file_without_nkeys_stops_engramd_at_start(
         file.write("-----BEGIN NATS USER JWT-----\n")
     said = engramd_refuses_to_start(env, ENGRAM_CLUSTER_CREDENTIALS=creds)
     assert "cluster.credentials needs the nkeys package" in said, said
+
+
+def user_seed(path: str) -> str:
+    """A new NATS user nkey: its seed written to *path* (0600); its public key."""
+    nkeys = pytest.importorskip("nkeys", reason="NATS nkeys need the nkeys package")
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+        file.write(seed + b"\n")
+    return str(nkeys.from_seed(bytearray(seed)).public_key.decode())
+
+
+@pytest.fixture(scope="module")
+def nkey_users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NatsCluster, str]]:
+    """Three nodes that let in one user, by its nkey; the path of that user's seed."""
+    base = tmp_path_factory.mktemp("nkeys")
+    seed = str(base / "engram.nk")
+    public = user_seed(seed)
+    with NatsCluster(str(base / "nats"),
+                     settings=f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}') as nats:
+        yield nats, seed
+
+
+def test_machines_with_the_users_nkey_work_and_a_wrong_seed_is_refused_in_one_line(
+        nkey_users: tuple[NatsCluster, str], env: dict[str, str], scratch: str) -> None:
+    nats, seed = nkey_users
+    wrong = os.path.join(scratch, "stranger.nk")
+    user_seed(wrong)
+    a, b = deployment_of(nats, env, scratch, ("a", "b"), a={"ENGRAM_CLUSTER_CREDENTIALS": seed},
+                         b={"ENGRAM_CLUSTER_CREDENTIALS": seed})
+    with running([a, b]), a.client("alice") as alice, b.client("bob") as bob:
+        unit = alice.create_unit("work", "MESSAGE", "signed with an nkey")
+        wait_until(lambda: bob.get_units([unit.id]).missing == [], "b to have it")
+    (stranger,) = deployment_of(nats, env, scratch, ("x",), x={
+        "ENGRAM_CLUSTER_CREDENTIALS": wrong, "ENGRAM_CLUSTER_WRITE_TIMEOUT": "1"})
+    stranger.reaches_cluster = False
+    with running([stranger]):
+        assert_refused_in_one_line(stranger, "credentials", "authorization violation")
+
+
+def test_a_credentials_file_that_is_neither_creds_nor_a_seed_stops_engramd_at_start(
+        env: dict[str, str], scratch: str) -> None:
+    odd = os.path.join(scratch, "odd.creds")
+    with open(odd, "w") as file:
+        file.write("not a credential\n")
+    said = engramd_refuses_to_start(env, ENGRAM_CLUSTER_CREDENTIALS=odd)
+    assert f"cluster.credentials {odd}" in said and "nkey seed" in said, said
