@@ -464,9 +464,10 @@ class LeaseManager:
             else:
                 holding.connection = holding.push = None  # no one left to tell; adoptable
 
-    def check_fence(self, fence: Fence) -> None:
+    def check_fence(self, fence: Fence) -> Lease:
         """Raise Conflict unless an exclusive lease with this token holds the resource
-        now: a lease on it, on a directory it is in, or a glob that matches it."""
+        now: a lease on it, on a directory it is in, or a glob that matches it; that
+        lease."""
         covering = [holding for holding in self.table.covering(check_resource(fence.resource))
                     if not holding.ending and holding.stopping is None
                     and holding.deadline > trio.current_time()]
@@ -475,7 +476,7 @@ class LeaseManager:
             raise Conflict(f"stale fence: token {fence.token} is a shared lease on "
                            f"{mine[0].lease.resource}, which fences no write")
         if mine:
-            return
+            return mine[0].lease
         if not covering:
             raise Conflict(f"stale fence: {fence.resource} is not held (token {fence.token})")
         raise Conflict(f"stale fence: {fence.resource} is held with token "

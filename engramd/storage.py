@@ -175,10 +175,17 @@ class Store(AgentRecords):
 
     # -- writing ------------------------------------------------------------
 
-    def apply(self, entries: list[Entry], stream_seq: int | None = None) -> None:
+    def apply(self, entries: list[Entry], stream_seq: int | None = None,
+              fences: dict[bytes, tuple[int, bytes]] | None = None) -> None:
         """Write *entries* (consecutive, after :attr:`applied_seq`) atomically; in cluster
-        mode with the stream position they bring the store to."""
+        mode with the stream position they bring the store to, and the fence marks their
+        messages carried (``f/<key>``: mark key -> (token, mark); a key keeps its
+        largest token; see :mod:`engramd.cluster.fences`)."""
         batch = WriteBatch(raw_mode=True)
+        for mark_key, (token, mark) in (fences or {}).items():
+            stored = self._get(b"f/" + mark_key)
+            if stored is None or int.from_bytes(stored[:8], "big") < token:
+                batch.put(b"f/" + mark_key, seq_bytes(token) + mark)
         units = self.unit_count
         contexts = self.context_count
         leases: dict[bytes, str | None] = {}  # lease key -> lock id held, as of this batch
@@ -241,6 +248,11 @@ class Store(AgentRecords):
         self.applied_seq = last
         self.unit_count = units
         self.context_count = contexts
+
+    def fence_marks(self) -> Iterator[bytes]:
+        """Cluster mode: every fence mark applied (as :meth:`apply` was given it)."""
+        for value in self._values(b"f/"):
+            yield value[8:]
 
     def set_stream_seq(self, stream_seq: int) -> None:
         """Cluster mode: the view is at *stream_seq* without new entries (it skipped some)."""

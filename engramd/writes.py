@@ -135,7 +135,7 @@ class Writer:
 
     def __init__(self, store: Store, committer: GroupCommitter, in_flight: InFlight,
                  contexts: StoredContexts, limits: validate.WriteLimits,
-                 check_fence: Callable[[Fence], None],
+                 check_fence: Callable[[Fence], object],
                  prepare_fences: Callable[[list[Fence]], Awaitable[None]] | None = None
                  ) -> None:
         self.store = store

@@ -22,6 +22,8 @@ class Machine:
     process: subprocess.Popen[bytes] | None = None
     reaches_cluster: bool = True
     """Whether it is started expecting to reach the cluster (its leases read)."""
+    module: str = "engramd"
+    """What ``python -m`` runs as its engramd (a test's helper may stand in for it)."""
 
     @property
     def socket(self) -> str:
@@ -30,7 +32,7 @@ class Machine:
     def start(self) -> Machine:
         """Started, and ready to take leases (its view of the cluster's leases read):
         on a busy machine that can take longer than a lease request waits for it."""
-        self.process = start_engramd(self.env)
+        self.process = start_engramd(self.env, self.module)
         if self.reaches_cluster:
             wait_until(self._leases_synced,
                        f"machine {self.name} to read the cluster's leases")

@@ -232,14 +232,15 @@ def engramd_log(env: dict[str, str]) -> Path:
     return Path(env["ENGRAM_DATA_DIR"]).parent / "engramd.out"
 
 
-def start_engramd(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """``engramd`` as a process, ready to serve; if it is not, fail with what it said.
+def start_engramd(env: dict[str, str], module: str = "engramd") -> subprocess.Popen[bytes]:
+    """``engramd`` as a process (``python -m`` *module*: a test's helper may stand in
+    for it), ready to serve; if it is not, fail with what it said.
 
     Its output goes to a file (:func:`engramd_log`), which no pipe left unread can block.
     """
     log_path = engramd_log(env)
     with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "engramd"], env=env,
+        process = subprocess.Popen([sys.executable, "-m", module], env=env,
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     path = env["ENGRAM_SOCKET"]
     try:

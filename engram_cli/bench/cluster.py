@@ -154,6 +154,26 @@ def bench_cluster_write_single(target: BenchTarget) -> Measurement:
     return _on_two_machines(measure)
 
 
+def bench_cluster_write_fenced(target: BenchTarget) -> Measurement:
+    """Cluster mode: one durable unit write (256 bytes) fenced by a lease held, at a time
+    on one machine of two: beside cluster.write.single (the fence's read at the leases
+    bucket's leader and its check against the journal's fence marks)."""
+
+    def measure(machines: Machines) -> Measurement:
+        writer = _machine(target, *machines[0])
+        with writer.client() as client:
+            (lease,) = client.acquire_lock("bench-fenced", ttl=600)
+            fence = ("bench-fenced", lease.fencing_token)
+            for _ in range(50):
+                client.create_unit("bench-cluster", "MESSAGE", PAYLOAD, fence=fence)
+            measurement = timed_loop(writer, target.count(2000), lambda: client.create_unit(
+                "bench-cluster", "MESSAGE", PAYLOAD, fence=fence))
+        measurement.note = "a lease held throughout; daemon cpu excludes the NATS servers'"
+        return measurement
+
+    return _on_two_machines(measure)
+
+
 def bench_cluster_fanout10(target: BenchTarget) -> Measurement:
     """Cluster mode: a write's send on machine A -> its event received at each of 10
     watcher processes on machine B: beside stream.fanout10 (one machine)."""

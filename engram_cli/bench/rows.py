@@ -48,14 +48,15 @@ WORKLOADS: dict[str, Workload] = {
     "import.1agent": journal.bench_import_1agent,
     "import.5agents": journal.bench_import_5agents,
     "cluster.write.single": cluster.bench_cluster_write_single,
+    "cluster.write.fenced": cluster.bench_cluster_write_fenced,
     "cluster.fanout10": cluster.bench_cluster_fanout10,
     "cluster.lock.cycle": cluster.bench_cluster_lock_cycle,
     "cluster.lock.handover": cluster.bench_cluster_lock_handover,
 }
 
 
-CLUSTER_WORKLOADS = ("cluster.write.single", "cluster.fanout10", "cluster.lock.cycle",
-                     "cluster.lock.handover")
+CLUSTER_WORKLOADS = ("cluster.write.single", "cluster.write.fenced", "cluster.fanout10",
+                     "cluster.lock.cycle", "cluster.lock.handover")
 """Run only when asked for (``--cluster`` or ``--only``): they start NATS servers."""
 
 
@@ -156,6 +157,8 @@ GOALS: dict[str, Goal] = {
         f"(stream.fanout10 {f['stream.fanout10'].p50_ms:.3f})", None)),
     "cluster.write.single": Goal(("write.single",), lambda r, f: (
         f"(write.single {f['write.single'].p50_ms:.3f})", None)),
+    "cluster.write.fenced": Goal(("cluster.write.single",), lambda r, f: (
+        f"(cluster.write.single {f['cluster.write.single'].p50_ms:.3f})", None)),
     "cluster.fanout10": Goal(("stream.fanout10",), lambda r, f: (
         f"(stream.fanout10 {f['stream.fanout10'].p50_ms:.3f})", None)),
     "cluster.lock.cycle": Goal(("lock.cycle",), lambda r, f: (

@@ -37,6 +37,14 @@ import trio
 from trio import TaskStatus
 
 from engramd.cluster.bridge import AsyncioThread
+from engramd.cluster.fences import (
+    FenceMarks,
+    Mark,
+    decode_mark,
+    encode_mark,
+    from_header,
+    header_value,
+)
 from engramd.cluster.nats import (
     ClusterSettings,
     NatsLink,
@@ -62,6 +70,11 @@ from engramd.wal.record import Entry, decode_entry, merge_entries
 log = logging.getLogger("engramd.cluster")
 
 _encoder = msgspec.msgpack.Encoder()
+
+
+Message = tuple[int, bytes, str]
+"""A journal message: its stream sequence, its body (an entry) and its fence marks
+(the ``Engram-Fences`` header's value, empty when it has none)."""
 
 
 class JournalGap(Exception):
@@ -107,6 +120,9 @@ class ClusterJournal:
         self.answering: int | None = None
         """How many of the servers accepted a connection at the last look."""
         self._advanced = trio.Event()
+        self.fences = FenceMarks()
+        """The fence marks of the messages the view applied (:mod:`.fences`)."""
+        self.fences.load([decode_mark(raw) for raw in store.fence_marks()])
 
     @property
     def stream_seq(self) -> int:
@@ -302,21 +318,24 @@ class ClusterJournal:
         advanced, self._advanced = self._advanced, trio.Event()
         advanced.set()
 
-    async def apply(self, messages: list[tuple[int, bytes]]) -> list[Entry]:
+    async def apply(self, messages: list[Message]) -> list[Entry]:
         """Apply the messages the view has not applied yet, in order (in the journal
         thread, after whatever the committer gave it before); the entries applied."""
-        applied: list[Entry] = await self.thread.run(lambda: self._apply(messages))
+        applied, marks = await self.thread.run(lambda: self._apply(messages))
+        # The marks before the position: a batch built on a position sees its marks.
+        self.fences.applied(marks)
         self.position = (self.store.applied_seq, self.store.stream_seq)
         self._wake()
         if applied:
             self.on_applied(applied)
         return applied
 
-    def _apply(self, messages: list[tuple[int, bytes]]) -> list[Entry]:
+    def _apply(self, messages: list[Message]) -> tuple[list[Entry], list[Mark]]:
         store = self.store
         fresh: list[Entry] = []
+        marks: list[Mark] = []
         applied_seq, stream_seq = store.applied_seq, store.stream_seq
-        for number, body in messages:
+        for number, body, fenced in messages:
             if number <= stream_seq:
                 continue  # applied already: the echo of this machine's own write
             entry = decode_entry(body)
@@ -332,12 +351,17 @@ class ClusterJournal:
                 log.error("cluster: %s", self.failure)
                 break
             fresh.append(entry)
+            marks += from_header(fenced)
             applied_seq, stream_seq = entry.last_seq, number
         if fresh:
-            store.apply(fresh, stream_seq=stream_seq)
+            kept: dict[bytes, tuple[int, bytes]] = {}
+            for mark in marks:
+                if mark.key not in kept or kept[mark.key][0] < mark.token:
+                    kept[mark.key] = (mark.token, encode_mark(mark))
+            store.apply(fresh, stream_seq=stream_seq, fences=kept)
         elif stream_seq != store.stream_seq:
             store.set_stream_seq(stream_seq)
-        return fresh
+        return fresh, marks
 
     async def caught_up(self, stream_seq: int | None) -> None:
         """Wait until the view has applied the stream through *stream_seq* (through
@@ -359,8 +383,10 @@ class ClusterJournal:
 
     # -- writing -----------------------------------------------------------------------
 
-    async def publish(self, entries: list[Entry], after: int) -> int:
-        """Append *entries* to the stream if its last message is still *after*, then
+    async def publish(self, entries: list[Entry], after: int, marks: list[Mark] | None = None
+                      ) -> int:
+        """Append *entries* to the stream if its last message is still *after*, with the
+        fence *marks* of the checks made while building them (:mod:`.fences`), then
         apply them here (unless the view got there first); the bytes sent."""
         if self.failure is not None:
             raise Unavailable(self.failure)
@@ -386,13 +412,14 @@ class ClusterJournal:
             raise WriteFailed(f"the change is {len(body)} bytes, more than the cluster's "
                               f"max_payload ({limit})", disk_full=False)
         msg_id = uuid.uuid4().hex
-        number = await self._publish(body, msg_id, after)
+        fenced = header_value(marks) if marks else ""
+        number = await self._publish(body, msg_id, after, fenced)
         if not self.reachable:
             self._set_reachable(True)
-        await self.apply([(number, body)])
+        await self.apply([(number, body, fenced)])
         return len(body)
 
-    async def _publish(self, body: bytes, msg_id: str, after: int) -> int:
+    async def _publish(self, body: bytes, msg_id: str, after: int, fenced: str) -> int:
         """Publish, sending the same message again while the answer is lost (at most
         the write timeout in all)."""
         deadline = trio.current_time() + self.settings.timeout
@@ -402,7 +429,7 @@ class ClusterJournal:
                 # would otherwise wait out the whole timeout.
                 with trio.fail_after(min(self.settings.timeout, self.ATTEMPT_SECONDS)):
                     return await self.bridge.run(
-                        lambda: self.link.publish(body, msg_id, after))
+                        lambda: self.link.publish(body, msg_id, after, fenced))
             except StreamMovedOn as moved:
                 raise Behind(functools.partial(self.caught_up, moved.last)) from None
             except (nats.errors.Error, TimeoutError, OSError, trio.TooSlowError) as exc:
@@ -434,6 +461,9 @@ class ClusterCommitter(GroupCommitter):
         return self.journal.position[0]
 
     def _basis(self) -> int:
+        # A batch is about to be built: the marks noted are of the batch before, which
+        # went (with its marks) or was refused (and is built again, noting them again).
+        self.journal.fences.pending.clear()
         return self.journal.position[1]
 
     @property
@@ -442,7 +472,7 @@ class ClusterCommitter(GroupCommitter):
 
     async def _write_entries(self, entries: list[Entry], basis: int) -> tuple[list[Entry], int]:
         # The journal published what it applied, as it does for other machines' writes.
-        return [], await self.journal.publish(entries, basis)
+        return [], await self.journal.publish(entries, basis, self.journal.fences.take())
 
 
 def machine_id(data_dir: str) -> str:

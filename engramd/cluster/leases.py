@@ -562,6 +562,15 @@ class ClusterLeaseManager(LeaseManager):
         finally:
             self._ending.discard(lease.lock_id)
 
+    def check_fence(self, fence: Fence) -> Lease:
+        """As on one machine, against the table (brought up to the leader's tokens by
+        :meth:`prepare_fences`), and then against the fence marks of the journal as
+        the batch being built sees it, which no lease's end between this check and the
+        journal write can get past (:mod:`.fences`)."""
+        lease = super().check_fence(fence)
+        self.journal.fences.check(lease)
+        return lease
+
     async def prepare_fences(self, fences: list[Fence]) -> None:
         """Read the lease keys that may cover *fences* from the leader, so the fence
         check that follows is made against the cluster's current tokens."""

@@ -25,6 +25,9 @@ from engramd.protocol import ClusterPeer
 
 log = logging.getLogger("engramd.cluster")
 
+FENCES = "Engram-Fences"
+"""The header of a journal message's fence marks (:mod:`.fences`)."""
+
 WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code for ``Nats-Expected-Last-Sequence`` not holding."""
 
@@ -144,14 +147,17 @@ class NatsLink:
     async def stream_facts(self) -> StreamFacts:
         return _facts(await self.js.stream_info(self.settings.stream))
 
-    async def publish(self, body: bytes, msg_id: str, after: int) -> int:
-        """Append *body* if the stream's last message is *after*; its stream sequence.
+    async def publish(self, body: bytes, msg_id: str, after: int, fenced: str = "") -> int:
+        """Append *body* if the stream's last message is *after*, with the fence marks
+        *fenced* (a header value: :mod:`.fences`) if any; its stream sequence.
 
         A retry with the same *msg_id* is answered with the first one's sequence
         (JetStream's de-duplication), so a publish whose answer was lost can be sent
         again without writing twice.
         """
         headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Sequence": str(after)}
+        if fenced:
+            headers[FENCES] = fenced
         try:
             ack = await self.js.publish(self.settings.subject, body, headers=headers,
                                         timeout=self.settings.timeout)
@@ -180,7 +186,7 @@ class NatsLink:
             config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                       opt_start_seq=after + 1))
 
-    async def next_messages(self, limit: int, wait: float) -> list[tuple[int, bytes]]:
+    async def next_messages(self, limit: int, wait: float) -> list[tuple[int, bytes, str]]:
         """The next messages of the view, at least one (TimeoutError after *wait*
         seconds without one), at most *limit*."""
         view = self.view
@@ -188,7 +194,8 @@ class NatsLink:
         messages = [first]
         while len(messages) < limit and view.pending_msgs > 0:
             messages.append(await view.next_msg(timeout=1))
-        return [(message.metadata.sequence.stream, message.data) for message in messages]
+        return [(message.metadata.sequence.stream, message.data,
+                 (message.headers or {}).get(FENCES, "")) for message in messages]
 
     async def announce(self, machine: str, record: bytes) -> None:
         """Say this machine is up (its key expires unless said again)."""

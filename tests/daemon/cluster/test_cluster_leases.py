@@ -36,6 +36,7 @@ from engram_cli.client.errors import Conflict, Deadlock, EngramError, Forbidden,
 from engramd.protocol import Lease
 from tests.clustermachines import Machine, deployment_of, running
 from tests.conftest import WAIT, wait_until
+from tests.helpers.paused_engramd import PAUSE_PAYLOAD
 from tests.helpers.tcpproxy import CuttableProxy
 
 pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
@@ -358,6 +359,65 @@ def test_a_fenced_write_is_checked_against_the_cluster_s_token(
             alice.create_unit("notes", "MESSAGE", "too late",
                               fence=("report", old.fencing_token))
         bob.create_unit("notes", "MESSAGE", "new holder", fence=("report", new.fencing_token))
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.parametrize("ending", ["broken", "expired"])
+def test_a_holder_paused_between_check_and_write_is_refused_once_a_newer_holder_wrote(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster, ending: str) -> None:
+    """a's engramd checks a fenced write, then stops (SIGSTOP) before it writes, its view
+    of the leases frozen from then on (it still believes the lease held); the lease
+    ends (broken from b, or by the servers' TTL) and b's new holder writes with its
+    newer token; a resumes. Its write is refused, and the journal, on both machines,
+    never shows an older token's write after a newer one's."""
+    machines = deployment_of(nats_cluster, env, scratch, ("a", "b"))
+    a, b = machines
+    a.module = "tests.helpers.paused_engramd"
+    with running(machines), a.client("alice") as alice, b.client("bob") as bob:
+        (old,) = alice.acquire_lock("report", ttl=60 if ending == "broken" else 2)
+        alice.create_unit("notes", "MESSAGE", "while held", fence=("report", old.fencing_token))
+        outcome: list[object] = []
+
+        def paused_write() -> None:
+            try:
+                with a.client("alice") as late:
+                    late.create_unit("notes", "MESSAGE", PAUSE_PAYLOAD,
+                                     fence=("report", old.fencing_token))
+                outcome.append("written")
+            except EngramError as exc:
+                outcome.append(exc)
+
+        writer = threading.Thread(target=paused_write)
+        writer.start()
+        assert a.process is not None
+        try:
+            wait_until(lambda: _stopped(a.process.pid),  # type: ignore[union-attr]
+                       "a's engramd to stop between the check and the write")
+            if ending == "broken":
+                bob.break_lock("report", "taking over")
+            (new,) = bob.acquire_lock("report", ttl=30, wait=WAIT)
+            assert new.fencing_token > old.fencing_token
+            bob.create_unit("notes", "MESSAGE", "new holder",
+                            fence=("report", new.fencing_token))
+        finally:
+            os.kill(a.process.pid, signal.SIGCONT)
+            writer.join(WAIT)
+        assert len(outcome) == 1 and isinstance(outcome[0], Conflict), outcome
+        assert "stale fence" in str(outcome[0])
+        for machine in machines:
+            wait_until(lambda m=machine: "new holder" in payloads_of(m, "notes"),  # type: ignore[misc]
+                       f"{machine.name} to apply the new holder's write")
+            assert payloads_of(machine, "notes") == ["while held", "new holder"]
+
+
+def payloads_of(machine: Machine, context: str) -> list[str]:
+    with machine.client() as engram:
+        return [unit.payload.decode()
+                for unit in engram.list_units(context, limit=100).units]
 
 
 def test_a_lease_broken_on_another_machine_is_pushed_to_its_holder(
