@@ -89,6 +89,10 @@ class LeaseManager:
         """Leases can be taken and ended now (on one machine, always)."""
         return True
 
+    async def caught_up(self) -> None:
+        """Wait until this machine has applied every write acknowledged before now,
+        wherever it was made (on one machine, every write is made here: at once)."""
+
     # -- start-up and background work ------------------------------------------------
 
     def restore(self) -> None:

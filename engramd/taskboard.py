@@ -51,6 +51,11 @@ from engramd.wal.record import Entry
 from engramd.writes import Writer
 
 
+class _MovedOn(Exception):
+    """The task a claim was about to write is no longer open (cluster mode: another
+    machine's change, seen once this machine caught up)."""
+
+
 class TaskBoard:
     def __init__(self, store: Store, writer: Writer, leases: LeaseManager) -> None:
         self.store = store
@@ -213,7 +218,22 @@ class TaskBoard:
                 bind_connection=request.pid is None and caller.connection is not None),
                 caller)
             try:
+                # In cluster mode the task may have moved on another machine before this
+                # one's view saw it (done, then its claim released): looked at again
+                # once everything acknowledged before the lease is applied here.
+                await self.leases.caught_up()
+                if self._stored(task.id).state != "open":
+                    raise _MovedOn
                 await self._write_state(task, "claimed", lease, caller)
+            except _MovedOn:
+                with trio.CancelScope(shield=True), contextlib.suppress(EngramError):
+                    await self.leases.release(lease.lock_id, caller, resource)
+                if request.task_id is None:
+                    return await self.claim(request, caller)  # the next ready one
+                now = self._stored(task.id)
+                if now.state == "done":
+                    raise Conflict(f"task {task.id} is done") from None
+                raise LockHeld(self._why_taken(now)) from None
             except BaseException:
                 # Not claimed after all (the fence failed, or the client left): the lease
                 # goes too, unless it has ended already.

@@ -105,6 +105,10 @@ class ClusterJournal:
         self.position = (store.applied_seq, store.stream_seq)
         """(seq of the view's last event, stream sequence of its last message)."""
         self.on_applied: Callable[[list[Entry]], None] = lambda entries: None
+        self._applying = trio.Lock()
+        """Held from applying messages to handing their entries on: the follower and a
+        local write both apply, and trio wakes waiting tasks in no set order, so without
+        it a later seq could reach the hub first (and a watcher skip the earlier one)."""
         self.failure: str | None = None
         """Why the view stopped following (a gap in the journal): it needs a rebuild."""
         self.facts: StreamFacts | None = None
@@ -321,13 +325,14 @@ class ClusterJournal:
     async def apply(self, messages: list[Message]) -> list[Entry]:
         """Apply the messages the view has not applied yet, in order (in the journal
         thread, after whatever the committer gave it before); the entries applied."""
-        applied, marks = await self.thread.run(lambda: self._apply(messages))
-        # The marks before the position: a batch built on a position sees its marks.
-        self.fences.applied(marks)
-        self.position = (self.store.applied_seq, self.store.stream_seq)
-        self._wake()
-        if applied:
-            self.on_applied(applied)
+        async with self._applying:
+            applied, marks = await self.thread.run(lambda: self._apply(messages))
+            # The marks before the position: a batch built on a position sees its marks.
+            self.fences.applied(marks)
+            self.position = (self.store.applied_seq, self.store.stream_seq)
+            self._wake()
+            if applied:
+                self.on_applied(applied)
         return applied
 
     def _apply(self, messages: list[Message]) -> tuple[list[Entry], list[Mark]]:

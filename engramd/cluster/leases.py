@@ -289,6 +289,9 @@ class ClusterLeaseManager(LeaseManager):
         """The watch has seen the bucket once."""
         return self.view.synced.is_set()
 
+    async def caught_up(self) -> None:
+        await self.journal.caught_up(None)
+
     async def _connected(self) -> None:
         """Wait (as long as a write would) until the watch has seen the bucket."""
         with trio.move_on_after(self.timeout):
