@@ -475,10 +475,10 @@ def _chaos(nats: NatsCluster, env: dict[str, str], started: float, seconds: floa
     quorum_slot = slots // 2
     outages: list[Outage] = []
     for slot in range(1, slots):
-        _pace_until(started + slot * every)
         down = quorum if slot == quorum_slot else min(every / 3, 10.0)
-        if time.monotonic() + down + RESTORE > started + seconds:
+        if max(time.monotonic(), started + slot * every) + down + RESTORE > started + seconds:
             break  # the nodes would not be back before the end
+        _pace_until(started + slot * every)
         leader = nats.stream_leader(stream)
         first = leader if leader is not None else slot % NODES
         victims = [first]
