@@ -29,6 +29,14 @@ class ClusterMissing(RuntimeError):
 def cluster_machines(count: int = 2) -> Iterator[list[tuple[str, dict[str, str]]]]:
     """*count* engramd on a fresh 3-node NATS cluster: (socket, environment) each, ready
     and connected to the cluster; all stopped afterwards."""
+    with cluster_lab(count) as (_, machines):
+        yield machines
+
+
+@contextlib.contextmanager
+def cluster_lab(count: int = 2) -> Iterator[tuple[NatsCluster, list[tuple[str, dict[str, str]]]]]:
+    """:func:`cluster_machines` with the NATS cluster they run on (to stop and start its
+    nodes: ``engram bench --soak --cluster``)."""
     try:
         import nats  # noqa: F401  (only to say plainly what is missing)
     except ImportError:
@@ -53,7 +61,7 @@ def cluster_machines(count: int = 2) -> Iterator[list[tuple[str, dict[str, str]]
                 start_daemon(socket_path, env=env)
                 machines.append((socket_path, env))
                 _wait_connected(socket_path)
-            yield machines
+            yield nats_cluster, machines
         finally:
             for socket_path, _ in machines:
                 with contextlib.suppress(Exception), Client(socket_path,

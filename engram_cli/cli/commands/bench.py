@@ -13,7 +13,7 @@ import typer
 from engram_cli.cli import context
 from engram_cli.cli.context import JsonOption
 from engram_cli.cli.output import note
-from engram_cli.client.errors import UsageProblem
+from engram_cli.client.errors import EngramError, UsageProblem
 from engram_cli.formats.timeparse import parse_duration
 
 if TYPE_CHECKING:
@@ -36,7 +36,10 @@ def bench(
         "--soak", metavar="DURATION",
         help="Instead of the workloads, hold a mixed load (writers, watchers, lock "
              "contention, searches) for DURATION (90s, 10m) and report latencies, errors "
-             "and the daemon's memory over time.")] = None,
+             "and the daemon's memory over time. With --cluster: on 3 NATS nodes and 2 "
+             "engramd, killing NATS nodes meanwhile, then check that nothing acknowledged "
+             "is missing, no leases overlapped and both machines agree (exit 1 if not).")
+    ] = None,
     compare: Annotated[str | None, typer.Option(
         "--compare", metavar="REF",
         help="Run the bench on commit REF (a temporary git worktree) and on this tree in "
@@ -60,6 +63,12 @@ def bench(
     if list_:
         for name, workload in rows.WORKLOADS.items():
             out.line(f"{name}\t{(workload.__doc__ or '').strip()}")
+        return
+    if soak is not None and cluster:
+        if use_running:
+            raise UsageProblem("--soak --cluster starts machines of its own; drop "
+                               "--use-running")
+        _cluster_soak(cli, _duration(soak), json)
         return
     if soak is not None:
         _soak(cli, use_running, _duration(soak), json)
@@ -156,6 +165,24 @@ def _soak(cli: context.CliContext, use_running: bool, seconds: float, json: bool
         ("daemon error counters",
          ", ".join(f"{k} {v}" for k, v in report.daemon_errors.items()) or "none"),
     ])
+
+
+def _cluster_soak(cli: context.CliContext, seconds: float, json: bool) -> None:
+    from engram_cli.bench import clustersoak
+    from engram_cli.bench.cluster import ClusterMissing
+
+    out = cli.output(json)
+    try:
+        report = clustersoak.run_cluster_soak(seconds, note)
+    except ClusterMissing as exc:
+        raise EngramError(str(exc)) from None
+    if out.json:
+        out.json_line(report)
+    else:
+        _table(out, report.results)
+        out.fields("cluster soak", clustersoak.figures(report))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @contextlib.contextmanager
