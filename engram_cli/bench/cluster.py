@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -112,6 +113,90 @@ def jetstream_floor(servers: str, count: int) -> list[float]:
             await nc.close()
 
     return asyncio.run(measure())
+
+
+def kv_cas_floor(servers: str, count: int) -> tuple[list[float], list[float]]:
+    """The floor under a lease operation: the latencies (seconds, sorted) of a bare
+    nats-py compare-and-set write to a key of a key-value bucket made as engram makes
+    its leases bucket (3 replicas, per-key TTLs), one at a time; and of an atomic batch
+    of two such writes (``Nats-Batch-Id``, one round trip: what a handover in one write
+    would cost). Nothing of engram."""
+    import asyncio
+
+    import nats
+    from nats.js import api
+
+    async def measure() -> tuple[list[float], list[float]]:
+        nc = await nats.connect(servers=servers.split(","))
+        try:
+            js = nc.jetstream()
+            await js.create_key_value(api.KeyValueConfig(
+                bucket="bench_floor_cas", history=1, storage=api.StorageType.FILE,
+                replicas=3, direct=False, limit_marker_ttl=60.0))
+            config = (await js.stream_info("KV_bench_floor_cas")).config
+            config.allow_atomic = True
+            await js.update_stream(config)
+            subject, payload = "$KV.bench_floor_cas.", b"x" * 256
+            revisions = {"a": 0, "b": 0}
+            single: list[float] = []
+            batch: list[float] = []
+            for number in range(count + 50):
+                started = time.perf_counter()
+                ack = await js.publish(subject + "a", payload, headers={
+                    "Nats-Expected-Last-Subject-Sequence": str(revisions["a"]),
+                    "Nats-TTL": "60s"})
+                revisions["a"] = ack.seq
+                if number >= 50:
+                    single.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                batch_id = f"floor-{number}"
+                await nc.publish(subject + "a", payload, headers={
+                    "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": "1",
+                    "Nats-Expected-Last-Subject-Sequence": str(revisions["a"]),
+                    "Nats-TTL": "60s"})
+                reply = await nc.request(subject + "b", payload, timeout=5.0, headers={
+                    "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": "2",
+                    "Nats-Batch-Commit": "1",
+                    "Nats-Expected-Last-Subject-Sequence": str(revisions["b"]),
+                    "Nats-TTL": "60s"})
+                if number >= 50:
+                    batch.append(time.perf_counter() - started)
+                answer = json.loads(reply.data)
+                if "error" in answer:
+                    raise RuntimeError(f"atomic batch refused: {answer['error']}")
+                revisions["a"], revisions["b"] = answer["seq"] - 1, answer["seq"]
+            await js.delete_key_value("bench_floor_cas")
+            return sorted(single), sorted(batch)
+        finally:
+            await nc.close()
+
+    return asyncio.run(measure())
+
+
+def bench_floor_cluster_cas(target: BenchTarget) -> Measurement:
+    """The floor under a cluster lease operation: one compare-and-set write to a key of a
+    3-replica key-value bucket on 3 NATS nodes on loopback (no engramd), one at a time."""
+    try:
+        import nats  # noqa: F401
+    except ImportError:
+        return Measurement([], 0.0, note="not run: cluster mode needs pip install "
+                                         "'engram-journal[cluster]'")
+    with tempfile.TemporaryDirectory(prefix="engram-bench-floor-") as scratch:
+        try:
+            nats_cluster = NatsCluster(scratch)
+            nats_cluster.start()
+        except FileNotFoundError as exc:
+            return Measurement([], 0.0, note=f"not run: {exc}")
+        try:
+            nats_cluster.wait_healthy()
+            started = time.perf_counter()
+            single, batch = kv_cas_floor(nats_cluster.servers, target.count(1000))
+            wall = time.perf_counter() - started
+        finally:
+            nats_cluster.stop_all()
+    return Measurement(single, wall, note=(
+        f"a bare nats-py KV compare-and-set, one round trip; an atomic batch of two "
+        f"(one round trip) p50 {percentile(batch, 0.5) * 1000:.3f} ms"))
 
 
 Machines = list[tuple[str, dict[str, str]]]
@@ -225,8 +310,13 @@ def bench_cluster_lock_handover(target: BenchTarget) -> Measurement:
     queued on machine B: beside lock.handover."""
 
     def measure(machines: Machines) -> Measurement:
+        single, batch = kv_cas_floor(machines[0][1]["ENGRAM_CLUSTER_SERVERS"],
+                                     target.count(300))
         measurement = handover(_machine(target, *machines[0]), machines[1][0])
         measurement.note = ("the release's write, B's watch seeing it, and B's grant write; "
+                            "on the same servers a bare KV compare-and-set p50 "
+                            f"{percentile(single, 0.5) * 1000:.3f} ms, an atomic batch of "
+                            f"two p50 {percentile(batch, 0.5) * 1000:.3f} ms; "
                             "daemon cpu: the holder's machine")
         return measurement
 

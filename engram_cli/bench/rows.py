@@ -47,6 +47,7 @@ WORKLOADS: dict[str, Workload] = {
     "index.rebuild": search.bench_index_throughput,
     "import.1agent": journal.bench_import_1agent,
     "import.5agents": journal.bench_import_5agents,
+    "floor.cluster.cas": cluster.bench_floor_cluster_cas,
     "cluster.write.single": cluster.bench_cluster_write_single,
     "cluster.write.fenced": cluster.bench_cluster_write_fenced,
     "cluster.fanout10": cluster.bench_cluster_fanout10,
@@ -55,8 +56,8 @@ WORKLOADS: dict[str, Workload] = {
 }
 
 
-CLUSTER_WORKLOADS = ("cluster.write.single", "cluster.write.fenced", "cluster.fanout10",
-                     "cluster.lock.cycle", "cluster.lock.handover")
+CLUSTER_WORKLOADS = ("floor.cluster.cas", "cluster.write.single", "cluster.write.fenced",
+                     "cluster.fanout10", "cluster.lock.cycle", "cluster.lock.handover")
 """Run only when asked for (``--cluster`` or ``--only``): they start NATS servers."""
 
 
@@ -161,10 +162,12 @@ GOALS: dict[str, Goal] = {
         f"(cluster.write.single {f['cluster.write.single'].p50_ms:.3f})", None)),
     "cluster.fanout10": Goal(("stream.fanout10",), lambda r, f: (
         f"(stream.fanout10 {f['stream.fanout10'].p50_ms:.3f})", None)),
-    "cluster.lock.cycle": Goal(("lock.cycle",), lambda r, f: (
-        f"(lock.cycle {f['lock.cycle'].p50_ms:.3f})", None)),
-    "cluster.lock.handover": Goal(("lock.handover",), lambda r, f: (
-        f"(lock.handover {f['lock.handover'].p50_ms:.3f})", None)),
+    "cluster.lock.cycle": Goal(("lock.cycle", "floor.cluster.cas"), lambda r, f: (
+        f"(lock.cycle {f['lock.cycle'].p50_ms:.3f}; "
+        f"2 x floor.cluster.cas {2 * f['floor.cluster.cas'].p50_ms:.3f})", None)),
+    "cluster.lock.handover": Goal(("lock.handover", "floor.cluster.cas"), lambda r, f: (
+        f"(lock.handover {f['lock.handover'].p50_ms:.3f}; "
+        f"floor.cluster.cas {f['floor.cluster.cas'].p50_ms:.3f})", None)),
 }
 
 
