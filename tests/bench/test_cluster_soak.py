@@ -59,9 +59,6 @@ def test_a_short_soak_with_nodes_killed_loses_nothing_and_never_overlaps(
 
 @pytest.mark.cluster
 @pytest.mark.slow
-@pytest.mark.xfail(reason="found by this soak: a claim on machine B checks the task's state "
-                   "in B's view, which may not have the done written on A a moment "
-                   "before; and a watcher now and then misses one unit.created", strict=False)
 def test_a_short_soak_does_no_task_twice_and_every_watcher_sees_every_write(
         soaked: clustersoak.ClusterSoakReport) -> None:
     report = soaked
