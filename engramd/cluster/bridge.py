@@ -45,7 +45,21 @@ class AsyncioThread:
         try:
             self.loop.run_forever()
         finally:
-            self.loop.close()
+            try:
+                self._end_what_is_left()
+            finally:
+                self.loop.close()
+
+    def _end_what_is_left(self, within: float = 2.0) -> None:
+        """Cancel the tasks nats-py leaves running (a JetStream subscription's checks, a
+        queue's get) and let them end, as ``asyncio.run`` does: closed under them, they
+        are destroyed later, wherever the collector finds them, as errors."""
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.wait(pending, timeout=within))
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
 
     def stop(self) -> None:
         """End the loop (after what is running now gives way) and the thread."""

@@ -254,6 +254,6 @@ class LeaseMachine(RuleBasedStateMachine):
 
 
 LeaseMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("ENGRAM_LEASE_MACHINE_EXAMPLES", "25")),
+    max_examples=int(os.environ.get("ENGRAM_LEASE_MACHINE_EXAMPLES", "15")),
     stateful_step_count=20, deadline=None)
 test_lease_state_machine = LeaseMachine.TestCase

@@ -31,7 +31,7 @@ from tests.doors.test_gateway import Gateway, as_agent, error_code, gateway, ope
 
 __all__ = ["open_gateway"]  # a fixture, from the gateway's tests
 
-EXAMPLES = 40
+EXAMPLES = 25
 """Generated cases per operation and mode (valid, invalid)."""
 LEASES = ("/locks", "/tasks/claim", "/tasks/{task_id}/claim")
 LEASE = 0.5

@@ -34,7 +34,14 @@ from engramd.cluster.outage import Patience
 from engramd.groups import GroupStops
 from engramd.protocol import Unavailable
 from tests.clustermachines import machine_on
-from tests.conftest import ThreadedDaemon, engramd_log, make_config, start_threaded, wait_until
+from tests.conftest import (
+    WAIT,
+    ThreadedDaemon,
+    engramd_log,
+    make_config,
+    start_threaded,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -60,7 +67,9 @@ def machine(fast: None, env: dict[str, str], nats_cluster: NatsCluster
             cluster = engram.status().cluster
             return cluster is not None and cluster.leases_synced
 
-        wait_until(synced, "the leases to be read")
+        # (a new deployment's buckets on a cluster that earlier tests filled: slower on
+        # a busy machine than the usual wait; the fresh-clone run once ran past it)
+        wait_until(synced, "the leases to be read", timeout=WAIT * 3)
         yield daemon, engram
 
 
