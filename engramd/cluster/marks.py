@@ -31,7 +31,6 @@ machine's marks, milliseconds behind. Writes:
 
 from __future__ import annotations
 
-import base64
 import functools
 import logging
 import secrets
@@ -45,6 +44,8 @@ from nats.js import api
 from trio import TaskStatus
 
 from engramd.cluster.bucket import KeyChanged, KeyUpdate, LeaseBucket
+from engramd.cluster.bucket import decode_resource as _text  # (a key's part, as the
+from engramd.cluster.bucket import encode_resource as _token  # leases' keys write one)
 from engramd.cluster.journal import ClusterJournal
 from engramd.cluster.outage import Patience, cluster_away, transient
 from engramd.marks import INBOX_MARK
@@ -56,14 +57,6 @@ log = logging.getLogger("engramd.cluster.marks")
 T = TypeVar("T")
 MARK = "q"
 CURSOR = "n"
-
-
-def _token(text: str) -> str:
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def _text(token: str) -> str:
-    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
 
 
 def mark_key(kind: str, agent: str) -> str:

@@ -379,8 +379,11 @@ async def test_what_the_journal_holds_reaches_the_model_escaped_and_within_bound
     async with mcp_session({**engramd.env, "ENGRAM_AGENT": "claude-a"}) as session:
         failed, text = await call(session, "inbox", peek=True)
         assert not failed and "\x1b" not in text and "\\x1b]0;pwned" in text
-        with trio.fail_after(WAIT * 3):  # the thread by a prefix of one of its messages
-            while "a reply" not in (await call(session, "thread", name=asked.id[:13]))[1]:
+        # The thread by a prefix of one of its messages (waiting for the search index).
+        # Its first 13 characters are the millisecond (a UUIDv7), which the reply may
+        # share: 18 take in the counter that orders ids within one.
+        with trio.fail_after(WAIT * 3):
+            while "a reply" not in (await call(session, "thread", name=asked.id[:18]))[1]:
                 await trio.sleep(0.05)
         failed, text = await call(session, "send", to=["ev\x1bil"], text="x", new=True)
         assert failed and "bad agent id" in text and "\x1b" not in text
