@@ -154,6 +154,13 @@ class LeaseBucket:
         self.stream = f"KV_{self.name}"
         self._watcher: Any = None
 
+    def config(self) -> api.KeyValueConfig:
+        """The bucket as :meth:`open` makes it."""
+        return api.KeyValueConfig(
+            bucket=self.name, description="engram leases", history=1,
+            storage=api.StorageType.FILE, replicas=self.link.settings.replicas,
+            direct=False, limit_marker_ttl=MARKER_TTL)
+
     async def open(self) -> None:
         """Create the bucket if it is not there."""
         js = self.link.js
@@ -161,10 +168,7 @@ class LeaseBucket:
             await js.key_value(self.name)
         except nats.js.errors.BucketNotFoundError:
             try:
-                await js.create_key_value(api.KeyValueConfig(
-                    bucket=self.name, description="engram leases", history=1,
-                    storage=api.StorageType.FILE, replicas=self.link.settings.replicas,
-                    direct=False, limit_marker_ttl=MARKER_TTL))
+                await js.create_key_value(self.config())
             except nats.js.errors.BadRequestError:
                 await js.key_value(self.name)  # another machine created it meanwhile
 

@@ -75,18 +75,11 @@ class MarkBucket(LeaseBucket):
         self.name = f"engram_{journal.settings.deployment}_marks"
         self.stream = f"KV_{self.name}"
 
-    async def open(self) -> None:
-        js = self.link.js
-        try:
-            await js.key_value(self.name)
-        except nats.js.errors.BucketNotFoundError:
-            try:
-                await js.create_key_value(api.KeyValueConfig(
-                    bucket=self.name, description="engram marks and cursors", history=1,
-                    storage=api.StorageType.FILE, replicas=self.link.settings.replicas,
-                    direct=False))
-            except nats.js.errors.BadRequestError:
-                await js.key_value(self.name)  # another machine created it meanwhile
+    def config(self) -> api.KeyValueConfig:
+        return api.KeyValueConfig(
+            bucket=self.name, description="engram marks and cursors", history=1,
+            storage=api.StorageType.FILE, replicas=self.link.settings.replicas,
+            direct=False)
 
 
 class SharedMarks:
