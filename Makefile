@@ -31,7 +31,7 @@ cluster-demo: $(STAMP)
 	$(BIN)/python -m engram_cli.bench.clusterdemo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 # The suite against the newest releases pyproject.toml's ranges allow, in a venv
 # of its own: the next upstream change shows up here before a user meets it.
@@ -42,7 +42,7 @@ test-latest:
 	PYTHONWARNINGS=ignore .venv-latest/bin/python -m pip install $(PIP) --upgrade \
 		--upgrade-strategy eager -e '.[dev,mcp,http,semantic,cluster]'
 	.venv-latest/bin/python -m pip list --format=freeze
-	.venv-latest/bin/python -m pytest -q
+	.venv-latest/bin/python -m pytest -q -n auto --maxprocesses 4
 
 # Refresh requirements.lock to the newest versions the ranges allow (uv: fast,
 # resolves for every platform and Python >= 3.11 at once, hashes every file), and

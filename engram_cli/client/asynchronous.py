@@ -28,6 +28,7 @@ from engram_cli.client.autostart import (
     START_TIMEOUT,
     gone_away,
     lost_while_starting,
+    refused_after_start,
     start_daemon,
 )
 from engram_cli.client.errors import ClientTimeout, Unavailable
@@ -131,7 +132,13 @@ class AsyncClient(Operations):
                     raise self.target.unreachable(exc) from None
                 started = await trio.to_thread.run_sync(
                     lambda: start_daemon(self.socket_path, env=self.target.env))
-                stream = await trio.open_unix_socket(self.socket_path)
+                try:
+                    stream = await trio.open_unix_socket(self.socket_path)
+                except (FileNotFoundError, ConnectionRefusedError) as exc:
+                    # It answered once, then went: it stopped while it recovered.
+                    raise lost_while_starting(self.socket_path, self.target.env,
+                                              refused_after_start(self.socket_path, exc)
+                                              ) from None
             protocol = self._conversation()
             self._stream, self._protocol = stream, protocol
             self._reader = trio.CancelScope()

@@ -106,6 +106,11 @@ def lost_while_starting(socket_path: str, env: Mapping[str, str] | None,
     return Unavailable(f"engramd stopped while starting; {why_it_stopped(env)}")
 
 
+def refused_after_start(socket_path: str, exc: OSError) -> Unavailable:
+    return Unavailable(f"engramd started but {socket_path} refuses connections "
+                       f"({exc.strerror})")
+
+
 def gone_away(socket_path: str) -> bool:
     """Whether the daemon that just closed a connection is going away: it stops
     answering within a few seconds (a daemon that stops closes connections first)."""

@@ -29,6 +29,7 @@ from engram_cli.client.autostart import (
     START_TIMEOUT,
     gone_away,
     lost_while_starting,
+    refused_after_start,
     start_daemon,
 )
 from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
@@ -117,8 +118,9 @@ class Client(Operations):
         try:
             sock = self._open_socket()
         except _UNREACHABLE as exc:
-            raise Unavailable(f"engramd started but {self.socket_path} refuses connections "
-                              f"({exc.strerror})") from None
+            # It answered once, then went: a daemon that stopped while it recovered.
+            raise lost_while_starting(self.socket_path, self.target.env, refused_after_start(
+                self.socket_path, exc)) from None
         try:
             self._greet(sock)
             # The daemon told the cuts it made while it recovered to no one yet.

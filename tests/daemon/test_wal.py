@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,9 @@ def test_torn_tail_record_is_cut_at_every_byte(tmp_path: Path) -> None:
         assert path.stat().st_size == boundary
 
 
-@pytest.mark.parametrize("tail", [b"\0" * 4096, os.urandom(37), b"\xff\xff\xff\xff" + b"x" * 9])
+@pytest.mark.parametrize("tail", [b"\0" * 4096, random.Random(37).randbytes(37),
+                                  b"\xff\xff\xff\xff" + b"x" * 9],
+                         ids=["zeros", "garbage", "a huge length"])
 def test_zeros_or_garbage_after_the_last_record_are_cut(tmp_path: Path, tail: bytes) -> None:
     write(tmp_path, 3)
     path = only_segment(tmp_path)
