@@ -28,10 +28,11 @@ from engram_cli.client.autostart import (
     START_TIMEOUT,
     gone_away,
     lost_while_starting,
+    ready_polls,
     refused_after_start,
     start_daemon,
 )
-from engram_cli.client.errors import ClientTimeout, Unavailable
+from engram_cli.client.errors import ClientTimeout, RateLimited, Unavailable
 from engram_cli.client.operations import Call, Operations
 from engram_cli.client.settings import Target
 from engram_cli.client.stream import Follower, Position
@@ -181,10 +182,16 @@ class AsyncClient(Operations):
                          ) -> DaemonStatus:
         """Wait (bounded) until the daemon has finished recovering its journal."""
         with trio.move_on_after(timeout):
-            # The daemon's state is polled: it has no event to wait on (ASYNC110).
-            while (status := await self.call(GetStatus())).state != "ready":  # noqa: ASYNC110
-                await trio.sleep(0.01)
-            return status
+            # The daemon's state is polled: it has no event to wait on.
+            for pause in ready_polls():
+                try:
+                    status = await self.call(GetStatus())
+                except RateLimited:
+                    pass  # a daemon with a low request rate: the polls slow down
+                else:
+                    if status.state == "ready":
+                        return status
+                await trio.sleep(pause)
         raise Unavailable(f"engramd is still recovering after {timeout:g}s")
 
     # -- the request loop ---------------------------------------------------

@@ -106,6 +106,15 @@ def lost_while_starting(socket_path: str, env: Mapping[str, str] | None,
     return Unavailable(f"engramd stopped while starting; {why_it_stopped(env)}")
 
 
+def ready_polls() -> Iterator[float]:
+    """The pauses between polls of a recovering daemon's state: 10 ms at first, then
+    longer, up to half a second (a daemon with a request rate of 2/s still answers)."""
+    pause = 0.01
+    while True:
+        yield pause
+        pause = min(pause * 1.5, 0.5)
+
+
 def refused_after_start(socket_path: str, exc: OSError) -> Unavailable:
     return Unavailable(f"engramd started but {socket_path} refuses connections "
                        f"({exc.strerror})")

@@ -29,10 +29,11 @@ from engram_cli.client.autostart import (
     START_TIMEOUT,
     gone_away,
     lost_while_starting,
+    ready_polls,
     refused_after_start,
     start_daemon,
 )
-from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
+from engram_cli.client.errors import ClientTimeout, EngramError, RateLimited, Unavailable
 from engram_cli.client.operations import Call, Operations
 from engram_cli.client.settings import Target
 from engram_cli.client.stream import Follower, Position
@@ -156,13 +157,19 @@ class Client(Operations):
     def wait_ready(self, timeout: float = START_TIMEOUT) -> DaemonStatus:
         """Wait (bounded) until the daemon has finished recovering its journal."""
         deadline = time.monotonic() + timeout
+        state, pauses = "recovering", ready_polls()
         while True:
-            status = self.call(GetStatus())
-            if status.state == "ready":
-                return status
+            try:
+                status = self.call(GetStatus())
+            except RateLimited:
+                pass  # a daemon with a low request rate: the polls slow down
+            else:
+                if status.state == "ready":
+                    return status
+                state = status.state
             if time.monotonic() > deadline:
-                raise Unavailable(f"engramd is still {status.state} after {timeout:g}s")
-            time.sleep(0.01)
+                raise Unavailable(f"engramd is still {state} after {timeout:g}s")
+            time.sleep(next(pauses))
 
     @property
     def connected(self) -> bool:

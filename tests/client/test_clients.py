@@ -9,13 +9,13 @@ import trio
 
 from engram_cli.client import Client
 from engram_cli.client.asynchronous import AsyncClient, open_client
-from engram_cli.client.errors import Forbidden, NotFound, Unavailable
+from engram_cli.client.errors import Forbidden, NotFound, RateLimited, Unavailable
 from engram_cli.client.operations import Operations, operation
 from engramd.config import DaemonConfig
 from engramd.protocol import LeaseLost, Pong, reply_type
 from engramd.protocol.messages import AnyClientMessage
 from engramd.server import Server
-from tests.conftest import WAIT
+from tests.conftest import WAIT, make_config, start_threaded
 
 # How each client talks to its transport, beside the operations they share.
 BLOCKING_ONLY = {"close", "interrupt", "send", "receive", "next_id", "reply_timeout",
@@ -148,3 +148,26 @@ async def test_trio_calls_racing_a_close_raise_unavailable(
                         nursery.start_soon(ping)
                 assert len(outcomes) == 8
             assert isinstance(await engram.ping(), Pong)
+
+
+def test_both_clients_wait_for_readiness_through_a_low_request_rate(
+        env: dict[str, str]) -> None:
+    """A daemon that allows 2 requests a second: a wait for its readiness after the
+    burst is spent is slowed down by the rate, never failed by it (the gateway's tests
+    met that on a loaded machine: their engramd "did not start")."""
+    limited = make_config({**env, "ENGRAM_LIMITS_RATE_PER_SECOND": "2",
+                           "ENGRAM_LIMITS_RATE_BURST": "2"})
+
+    async def spent_then_ready() -> str:
+        async with open_client(limited.socket, autostart=False, env={}) as engram:
+            with pytest.raises(RateLimited):
+                for _ in range(3):
+                    await engram.ping()
+            return (await engram.wait_ready(WAIT)).state
+
+    with start_threaded(limited), Client(limited.socket, autostart=False, env={}) as engram:
+        with pytest.raises(RateLimited):
+            for _ in range(3):
+                engram.ping()
+        assert engram.wait_ready(WAIT).state == "ready"
+        assert trio.run(spent_then_ready) == "ready"
