@@ -22,6 +22,7 @@ import typer.models
 from engram_cli.cli import output
 from engram_cli.cli.context import CliContext
 from engram_cli.cli.exits import Exit, end_process, failure, internal_error
+from engram_cli.cli.fast import COMPLETE_VAR, wants_json
 from engram_cli.client.errors import EngramError, ExitCode
 
 EXIT_CODES_HELP = (
@@ -181,9 +182,6 @@ def _root(
     ctx.call_on_close(cli.close)
 
 
-COMPLETE_VAR = "_ENGRAM_COMPLETE"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -273,13 +271,6 @@ def _surrogates(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
-
-
-def wants_json(args: list[str]) -> bool:
-    """Whether ``--json`` is among the options (not after ``--``, where it would belong
-    to another program), so that even a usage error can be told in JSON."""
-    options = args[:args.index("--")] if "--" in args else args
-    return "--json" in options
 
 
 def _usage_failure(exc: typer.TyperException, args: list[str], as_json: bool) -> int:

@@ -19,18 +19,34 @@ from engram_cli.client import Client
 from engram_cli.client.errors import EngramError
 from engram_cli.client.session import SESSION_PID_VAR, agent_name, session_pid
 from engram_cli.doors import harness
+from engram_cli.doors.hookinput import edited_paths, working_dir
+from engramd.protocol import LockState
 
 HOOK_TIMEOUT = 2.0
 """Seconds a hook waits for any answer of the daemon: a hook must never stall the agent."""
 
 
-def _hook_input() -> dict[str, Any]:
+def read_input() -> bytes | None:
+    """The hook's input as it came on stdin (None from a terminal, or unreadable)."""
     try:
-        data = msgspec.json.decode(sys.stdin.buffer.read() or b"{}") \
-            if not sys.stdin.isatty() else {}
-    except (msgspec.DecodeError, OSError, RecursionError):  # nested past the decoder's depth
+        return sys.stdin.buffer.read() if not sys.stdin.isatty() else None
+    except OSError:
+        return None
+
+
+def hook_input(raw: bytes | None) -> dict[str, Any]:
+    """The hook's input *raw* (from :func:`read_input`) as a JSON object ({}: none)."""
+    if raw is None:
+        return {}
+    try:
+        data = msgspec.json.decode(raw or b"{}")
+    except (msgspec.DecodeError, RecursionError):  # nested past the decoder's depth
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _hook_input() -> dict[str, Any]:
+    return hook_input(read_input())
 
 
 def _nothing(runner: str) -> None:
@@ -67,7 +83,7 @@ def session_start(cli: CliContext, *, runner: str, max_chars: int) -> int | None
     with _failing_open(runner):
         client, agent, pid = _client(cli, runner)
         client.announce_session(pid=pid, harness=runner)
-        cwd = harness.working_dir(hook_input, os.getcwd())
+        cwd = working_dir(hook_input, os.getcwd())
         # Only where git is asked: it brings subprocess.
         from engram_cli.client import gitinfo, paths
 
@@ -98,33 +114,47 @@ def session_start(cli: CliContext, *, runner: str, max_chars: int) -> int | None
     return None
 
 
-def prompt(cli: CliContext, *, runner: str) -> int | None:
-    """``engram hook prompt``."""
-    _hook_input()
+def prompt(cli: CliContext, *, runner: str, read: bool = True) -> int | None:
+    """``engram hook prompt`` (*read*: the input is still to be read from stdin)."""
+    if read:
+        read_input()
     with _failing_open(runner):
         client, _, _ = _client(cli, runner)
         counted = client.unread()
-    if not counted.unread:
-        _nothing(runner)
-        return None
-    _emit(harness.additional_context(
-        harness.harness_of(runner).prompt or "UserPromptSubmit",
-        f"engram: {counted.unread} unread message(s) for you: read them with the inbox "
-        "tool or `engram inbox`.", runner))
+    prompt_answer(counted.unread, runner)
     return None
 
 
-def pre_edit(cli: CliContext, *, runner: str, guard: str) -> int | None:
-    """``engram hook pre-edit``."""
-    hook_input = _hook_input()
-    cwd = harness.working_dir(hook_input, os.getcwd())
-    paths = harness.edited_paths(hook_input)
+def prompt_answer(unread: int, runner: str) -> None:
+    """What the prompt hook says when *unread* messages wait."""
+    if not unread:
+        _nothing(runner)
+        return
+    _emit(harness.additional_context(
+        harness.harness_of(runner).prompt or "UserPromptSubmit",
+        f"engram: {unread} unread message(s) for you: read them with the inbox "
+        "tool or `engram inbox`.", runner))
+
+
+def pre_edit(cli: CliContext, *, runner: str, guard: str,
+             given: dict[str, Any] | None = None) -> int | None:
+    """``engram hook pre-edit`` (*given*: its input, read already)."""
+    hook_input = _hook_input() if given is None else given
+    cwd = working_dir(hook_input, os.getcwd())
+    paths = edited_paths(hook_input)
     if not paths:
         _nothing(runner)
         return None
     with _failing_open(runner):
         client, agent, session = _client(cli, runner)
         states = client.list_locks()
+    guard_answer(states, agent, session, paths, cwd, runner, guard)
+    return None
+
+
+def guard_answer(states: list[LockState], agent: str, session: int, paths: list[str],
+                 cwd: str, runner: str, guard: str) -> None:
+    """What the edit guard says of the leases *states* (every lease held or awaited)."""
     from engram_cli.client import paths as resolve  # (git: only when a lease may matter)
     from engram_cli.formats.text import one_line
 

@@ -1,14 +1,24 @@
 """``engram unit create`` and what other commands share of it: parsing the pairs,
-relationships, fence and payload given on the command line (see :mod:`..hot`)."""
+relationships, fence and payload given on the command line (see :mod:`..hot`).
+
+The parsing helpers import nothing at the start (the client library's errors only when
+they raise one): the fast start (:mod:`engram_cli.cli.fast`) parses with them before it
+knows whether it needs msgspec."""
 
 from __future__ import annotations
 
 import sys
 
-from engram_cli.cli.context import CliContext
-from engram_cli.client import Client
-from engram_cli.client.errors import EngramError, UsageProblem
-from engramd.protocol import RELATIONSHIP_TYPES, UNIT_ID_LENGTH
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from engram_cli.cli.context import CliContext
+    from engram_cli.client import Client
+
+
+def _usage(message: str) -> Exception:
+    from engram_cli.client.errors import UsageProblem
+
+    return UsageProblem(message)
 
 
 def parse_pairs(pairs: list[str] | None, what: str = "--meta") -> dict[str, str]:
@@ -16,7 +26,7 @@ def parse_pairs(pairs: list[str] | None, what: str = "--meta") -> dict[str, str]
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UsageProblem(f"{what} expects KEY=VALUE, got {pair!r}")
+            raise _usage(f"{what} expects KEY=VALUE, got {pair!r}")
         result[key] = value
     return result
 
@@ -26,8 +36,10 @@ def parse_relationships(values: list[str] | None) -> list[tuple[str, str]]:
     for value in values or []:
         kind, sep, target = value.partition(":")
         if not sep or not kind or not target:
-            raise UsageProblem(f"-r expects TYPE:ID (TYPE one of {', '.join(RELATIONSHIP_TYPES)}),"
-                               f" got {value!r}")
+            from engramd.protocol import RELATIONSHIP_TYPES
+
+            raise _usage(f"-r expects TYPE:ID (TYPE one of {', '.join(RELATIONSHIP_TYPES)}),"
+                         f" got {value!r}")
         result.append((kind, target))
     return result
 
@@ -35,6 +47,8 @@ def parse_relationships(values: list[str] | None) -> list[tuple[str, str]]:
 def whole_ids(client: Client, given: list[str]) -> list[str]:
     """Unit ids as given, with any prefix (shorter than a whole id) made whole by the
     daemon: one round trip, and none when every id is whole already."""
+    from engramd.protocol import UNIT_ID_LENGTH
+
     prefixes = [unit_id for unit_id in given if len(unit_id) < UNIT_ID_LENGTH]
     if not prefixes:
         return given
@@ -53,13 +67,13 @@ def parse_fence(value: str | None) -> tuple[str, int] | None:
     first = value.split(",")[0]
     resource, sep, token = first.rpartition(":")
     if not sep or not resource or not token.isdigit():
-        raise UsageProblem(f"--fence expects RES:TOKEN, got {value!r}")
+        raise _usage(f"--fence expects RES:TOKEN, got {value!r}")
     return resource, int(token)
 
 
 def require_context(value: str | None) -> str:
     if not value:
-        raise UsageProblem("give a context with -c/--context (or ENGRAM_CONTEXT)")
+        raise _usage("give a context with -c/--context (or ENGRAM_CONTEXT)")
     return value
 
 
@@ -68,7 +82,7 @@ def payload_of(payload: str | None, file: str | None, empty: bool) -> bytes:
     so that a forgotten payload (an unset variable, stdin that was never fed) writes
     nothing."""
     if sum(given is not None for given in (payload, file)) + empty > 1:
-        raise UsageProblem("give one of --payload, --file and --empty")
+        raise _usage("give one of --payload, --file and --empty")
     if empty:
         return b""
     if payload is not None:
@@ -78,22 +92,25 @@ def payload_of(payload: str | None, file: str | None, empty: bool) -> bytes:
             with open(file, "rb") as source:
                 data = source.read()
         except OSError as exc:
+            from engram_cli.client.errors import EngramError
+
             raise EngramError(f"cannot read {file}: {exc.strerror}") from None
     else:
         data = b"" if sys.stdin.isatty() else sys.stdin.buffer.read()
     if not data:
-        raise UsageProblem("no payload: give -p, --file or pipe stdin (or --empty)")
+        raise _usage("no payload: give -p, --file or pipe stdin (or --empty)")
     return data
 
 
 def create(cli: CliContext, *, context_id: str | None, type_: str, payload: str | None,
            file: str | None, meta: list[str] | None, relationship: list[str] | None,
            idempotency_key: str | None, fence: str | None, empty: bool,
-           json: bool) -> int | None:
-    """``engram unit create``."""
+           json: bool, data: bytes | None = None) -> int | None:
+    """``engram unit create`` (*data*: the payload, read already)."""
     from engram_cli.formats.jsonforms import unit_to_json
 
-    data = payload_of(payload, file, empty)
+    if data is None:
+        data = payload_of(payload, file, empty)
     relationships = parse_relationships(relationship)
     client = cli.client()
     targets = whole_ids(client, [target for _, target in relationships])
