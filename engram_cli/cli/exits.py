@@ -9,7 +9,10 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from typing import NoReturn
+
+TYPE_CHECKING = False  # (typing itself costs a start ~2 ms)
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 class Exit(Exception):

@@ -457,9 +457,9 @@ def _hook_prompt(root: Values, values: Values,
 
     agent = agent_name(root["agent"], session_pid(), runner)
     connection = _lean(root, agent, HOOK_TIMEOUT)
-    from engram_cli.cli.hot import hook
-
     if connection is None:
+        from engram_cli.cli.hot import hook
+
         return hook.prompt(context(), runner=runner, read=False)
     try:
         counted = connection.request({"msg": "inbox.count", "id": 0})
@@ -475,6 +475,8 @@ def _hook_prompt(root: Values, values: Values,
     if not unread:
         _nothing(runner)
         return 0
+    from engram_cli.cli.hot import hook
+
     hook.prompt_answer(unread, runner)
     return 0
 

@@ -4,12 +4,17 @@ resources of a lease: plain names as given, paths resolved
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 
-from engram_cli.cli.context import CliContext
-from engram_cli.client.errors import UsageProblem
-from engram_cli.formats.text import format_duration, one_line, timestamp
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from engram_cli.cli.context import CliContext
+
+
+def UsageProblem(message: str) -> Exception:  # noqa: N802 (the class, imported when raised)
+    from engram_cli.client.errors import UsageProblem as Problem
+
+    return Problem(message)
 
 
 def _wait(wait: float | None, no_wait: bool) -> float | None:
@@ -78,6 +83,10 @@ def release(cli: CliContext, *, lock_id: str, resource: str | None, path: str | 
     state = client.get_lock(resource)
     lease = next((held for held in state.leases if held.lock_id == lock_id), state.lease)
     client.release_lock(lock_id, resource=resource)
+    import datetime as dt
+
+    from engram_cli.formats.text import format_duration, one_line
+
     out = cli.output(json)
     released = lease if lease is not None and lease.lock_id == lock_id else None
     if out.json:
@@ -95,6 +104,8 @@ def release(cli: CliContext, *, lock_id: str, resource: str | None, path: str | 
 def renew(cli: CliContext, *, lock_id: str, resource: str | None, path: str | None,
           ttl: float | None, json: bool) -> int | None:
     """``engram lock renew``."""
+    from engram_cli.formats.text import timestamp
+
     lease = cli.client().renew_lock(lock_id, ttl, resource=one_name(resource, path))
     out = cli.output(json)
     if out.json:
