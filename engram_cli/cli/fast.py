@@ -361,12 +361,12 @@ def _lock_acquire(root: Values, values: Values,
     wait = lock._wait(values["wait"], values["no_wait"])
     request: dict[str, Any] = {"msg": "lock.acquire", "id": 0,
                                "resources": values["resources"]}
-    # AcquireLock omits its defaults (as msgspec writes it): ttl None, wait 0.0, pid None,
-    # shared False.
+    # AcquireLock omits its defaults (as msgspec writes it): ttl None, pid None, shared
+    # False; the wait the library always gives (the int 0 to try once, which msgspec
+    # does not take for the default 0.0).
     if values["ttl"] is not None:
         request["ttl"] = values["ttl"]
-    if wait != 0:
-        request["wait"] = wait
+    request["wait"] = 0 if wait == 0 else wait
     if values["pid"] is not None:
         request["pid"] = values["pid"]
     if values["shared"]:
