@@ -21,7 +21,7 @@ from typer.completion import get_completion_script
 
 from engram_cli import __version__
 from engram_cli.cli.app import EXIT_CODES_HELP, app
-from engram_cli.cli.fast import COMPLETE_VAR
+from engram_cli.cli.exits import COMPLETE_VAR
 from engramd.config import SETTINGS
 from engramd.main import build_parser
 

@@ -21,8 +21,14 @@ import typer.models
 
 from engram_cli.cli import output
 from engram_cli.cli.context import CliContext
-from engram_cli.cli.exits import Exit, end_process, failure, internal_error
-from engram_cli.cli.fast import COMPLETE_VAR, wants_json
+from engram_cli.cli.exits import (
+    COMPLETE_VAR,
+    Exit,
+    end_process,
+    failure,
+    internal_error,
+    wants_json,
+)
 from engram_cli.client.errors import EngramError, ExitCode
 
 EXIT_CODES_HELP = (

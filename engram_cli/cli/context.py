@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Any
 
 from engram_cli.cli.output import Output, note
 from engram_cli.client.autostart import START_TIMEOUT
 from engram_cli.client.blocking import DEFAULT_TIMEOUT, Client
-
-if TYPE_CHECKING:
-    import typer
 
 
 class CliContext:
@@ -69,7 +66,8 @@ class CliContext:
             self._client = None
 
 
-def get(ctx: typer.Context) -> CliContext:
+def get(ctx: Any) -> CliContext:
+    """The invocation's context, from a ``typer.Context`` (typer is not imported here)."""
     obj = ctx.find_root().obj
     assert isinstance(obj, CliContext)
     return obj

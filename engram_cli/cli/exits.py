@@ -15,6 +15,17 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 
+COMPLETE_VAR = "_ENGRAM_COMPLETE"
+"""Set by the shell when it asks for completions (see completions/): the Typer app's."""
+
+
+def wants_json(args: list[str]) -> bool:
+    """Whether ``--json`` is among the options (not after ``--``, where it would belong
+    to another program), so that even a usage error can be told in JSON."""
+    options = args[:args.index("--")] if "--" in args else args
+    return "--json" in options
+
+
 class Exit(Exception):
     """End the command with *status* (what ``typer.Exit`` is to a Typer command, for
     the code of the hot commands, which both paths run)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
-from engram_cli.cli.exits import end_process
+from engram_cli.cli.exits import COMPLETE_VAR, end_process, wants_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
     Values = dict[str, Any]
     Handler = Callable[[Values, Values, Callable[[], CliContext]], int | None]
 
-COMPLETE_VAR = "_ENGRAM_COMPLETE"
-"""engram_cli.cli.app.COMPLETE_VAR (tests/cli/test_fast.py checks they agree)."""
 HOOK_TIMEOUT = 2.0
 """engram_cli.cli.hot.hook.HOOK_TIMEOUT (checked likewise)."""
 DEFAULT_TIMEOUT = 30.0
@@ -49,13 +47,6 @@ def run() -> NoReturn:
 
         typer_run()
     end_process(status)
-
-
-def wants_json(args: list[str]) -> bool:
-    """Whether ``--json`` is among the options (not after ``--``, where it would belong
-    to another program), so that even a usage error can be told in JSON."""
-    options = args[:args.index("--")] if "--" in args else args
-    return "--json" in options
 
 
 def main(args: list[str]) -> int | None:

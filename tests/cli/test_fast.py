@@ -33,12 +33,10 @@ def test_the_option_table_is_generated_from_the_typer_tree() -> None:
 
 
 def test_the_fast_start_agrees_with_what_it_copies() -> None:
-    from engram_cli.cli.app import COMPLETE_VAR
     from engram_cli.cli.hot.hook import HOOK_TIMEOUT
     from engram_cli.client.blocking import DEFAULT_TIMEOUT
 
-    assert (fast.COMPLETE_VAR, fast.HOOK_TIMEOUT, fast.DEFAULT_TIMEOUT) == (
-        COMPLETE_VAR, HOOK_TIMEOUT, DEFAULT_TIMEOUT)
+    assert (fast.HOOK_TIMEOUT, fast.DEFAULT_TIMEOUT) == (HOOK_TIMEOUT, DEFAULT_TIMEOUT)
     assert leanwire.PROTOCOL_VERSION == PROTOCOL_VERSION
 
 
