@@ -9,7 +9,7 @@ LOCK := requirements.lock
 PIP := --quiet --disable-pip-version-check
 UV_VERSION := 0.13.9
 
-.PHONY: setup demo cluster-demo test test-latest lock lint bench bench-install bench-compare completions man check clean
+.PHONY: setup demo cluster-demo test test-latest lock lint bench bench-install bench-compare completions man fasttable check clean
 
 setup: $(STAMP)
 
@@ -85,6 +85,9 @@ bench: bench-install
 REF ?= HEAD
 bench-compare: bench-install
 	$(BENCH_VENV)/bin/engram bench --compare $(REF) $(BENCH_ARGS)
+
+fasttable: $(STAMP)
+	$(BIN)/python -m tools.docgen fast engram_cli/cli/fasttable.py
 
 completions: $(STAMP)
 	$(BIN)/python -m tools.docgen completions completions

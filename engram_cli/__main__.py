@@ -1,3 +1,3 @@
-from engram_cli.cli.app import run
+from engram_cli.cli.fast import run
 
 run()

@@ -249,3 +249,21 @@ def test_only_the_vector_index_and_the_embedder_import_numpy_or_a_model() -> Non
                  if any(name.split(".")[0] in ("numpy", "wordllama")
                         for name in imports_of(path))}
     assert importers == {"engramd/vectors.py", "engramd/embedding.py"}
+
+
+FAST_START = ["engram_cli/cli/fast.py", "engram_cli/cli/leanwire.py", "engram_cli/cli/exits.py",
+              "engram_cli/cli/fasttable.py", "engram_cli/cli/fastcommands.py",
+              "engram_cli/cli/context.py", "engram_cli/cli/waiting.py",
+              "engram_cli/cli/lockrun.py", "engram_cli/cli/cmdgroup.py",
+              "engram_cli/cli/consumer.py", "engram_cli/doors/hookinput.py",
+              *(str(p.relative_to(ROOT))
+                for p in sorted((ROOT / "engram_cli/cli/hot").glob("*.py")))]
+
+
+@pytest.mark.parametrize("name", FAST_START)
+def test_the_fast_start_never_imports_the_framework(name: str) -> None:
+    """The hot commands' start (engram_cli.cli.fast) and the code it runs: no Typer, Click
+    or rich anywhere in them (output.py imports rich only for a terminal's views, which
+    the fast start leaves to the Typer app)."""
+    for imported in imports_of(ROOT / name):
+        assert imported.split(".")[0] not in ("typer", "click", "rich"), f"{name}: {imported}"

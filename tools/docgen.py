@@ -1,7 +1,8 @@
-"""Generate the shell completions and man pages from the code itself.
+"""Generate the shell completions, the man pages and the fast start's option table from
+the code itself.
 
-``python -m tools.docgen completions DIR`` and ``... man DIR`` (the make
-targets ``completions`` and ``man``). The command tree comes from the Typer app
+``python -m tools.docgen completions DIR``, ``... man DIR`` and ``... fast FILE`` (the
+make targets ``completions``, ``man`` and ``fasttable``). The command tree comes from the Typer app
 and the daemon's options from its argparse parser and settings table, so the
 checked-in files can be regenerated and compared by the tests.
 """
@@ -19,7 +20,8 @@ import typer
 from typer.completion import get_completion_script
 
 from engram_cli import __version__
-from engram_cli.cli.app import COMPLETE_VAR, EXIT_CODES_HELP, app
+from engram_cli.cli.app import EXIT_CODES_HELP, app
+from engram_cli.cli.exits import COMPLETE_VAR
 from engramd.config import SETTINGS
 from engramd.main import build_parser
 
@@ -237,6 +239,76 @@ def man_pages() -> dict[str, str]:
     return {"engram.1": engram_man_page(), "engramd.8": engramd_man_page()}
 
 
+# -- the fast start's table ------------------------------------------------------
+
+FAST_FILE = "engram_cli/cli/fasttable.py"
+"""Where ``make fasttable`` writes :func:`fast_table` (tests/cli/test_fast.py compares)."""
+
+
+def _fast_param(param: Any) -> tuple[Any, ...]:
+    """One parameter as the fast start parses it: (name, kind, opts, flag, multiple,
+    nargs, type, min, max, envvar, default, required)."""
+    # (Typer carries its own copy of click: its types are known by their class names.)
+    kind = param.param_type_name
+    flag = bool(getattr(param, "is_flag", False))
+    low = high = None
+    value_type = param.type
+    type_class = type(value_type).__name__
+    if type_class in ("IntRange", "FloatRange"):
+        assert not (value_type.min_open or value_type.max_open or value_type.clamp), param
+        low, high = value_type.min, value_type.max
+    if flag:
+        assert not param.secondary_opts and getattr(param, "flag_value", True) is True, param
+        type_name = "bool"
+    elif type_class in ("IntParamType", "IntRange"):
+        type_name = "int"
+    elif type_class in ("FloatParamType", "FloatRange"):
+        type_name = "float"
+    elif type_class == "StringParamType":
+        type_name = "str"
+    else:  # a type the fast start would not convert as click does
+        raise ValueError(f"{param.name}: no fast parsing for {value_type!r}")
+    envvar = getattr(param, "envvar", None)
+    assert envvar is None or isinstance(envvar, str), param
+    default = param.default
+    assert default is None or isinstance(default, bool | int | float | str), param
+    return (param.name, kind, tuple(param.opts), flag, bool(param.multiple), param.nargs,
+            type_name, low, high, envvar, default, bool(param.required))
+
+
+def fast_table() -> str:
+    """The options of the root and of every hot command, from the Typer tree: the
+    module the fast start (:mod:`engram_cli.cli.fast`) parses the command line with."""
+    from engram_cli.cli.fastcommands import HOT
+
+    root = typer.main.get_command(app)
+    root_ctx = typer.Context(root, info_name=PROG)
+    lines = [
+        '"""The options of the root and of the hot commands, generated from the Typer',
+        "command tree by ``make fasttable`` (tools/docgen.py; tests/cli/test_fast.py checks",
+        'that it is current): do not edit. Each parameter is (name, kind, opts, flag,',
+        "multiple, nargs, type, min, max, envvar, default, required); each command is",
+        '(allow_interspersed_args, parameters)."""',
+        "",
+        "# fmt: off",
+        "ROOT = (",
+    ]
+    lines += [f"    {_fast_param(param)!r}," for param in root.params
+              if param.expose_value or param.name == "version"]
+    lines += [")", "", "COMMANDS = {"]
+    for path in HOT:
+        command: Any = root
+        ctx = root_ctx
+        for word in path:
+            command = command.get_command(ctx, word)
+            ctx = typer.Context(command, info_name=word, parent=ctx)
+        lines.append(f"    {path!r}: ({bool(command.allow_interspersed_args)!r}, (")
+        lines += [f"        {_fast_param(param)!r}," for param in command.params]
+        lines.append("    )),")
+    lines += ["}", ""]
+    return "\n".join(lines)
+
+
 def write(files: dict[str, str], directory: str) -> None:
     os.makedirs(directory, exist_ok=True)
     for name, text in files.items():
@@ -246,10 +318,14 @@ def write(files: dict[str, str], directory: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] not in ("completions", "man"):
-        print("usage: python -m tools.docgen completions|man DIR", file=sys.stderr)
+    if len(args) != 2 or args[0] not in ("completions", "man", "fast"):
+        print("usage: python -m tools.docgen completions|man DIR | fast FILE", file=sys.stderr)
         return 2
     kind, directory = args
+    if kind == "fast":
+        with open(directory, "w", encoding="utf-8") as file:
+            file.write(fast_table())
+        return 0
     write(completion_scripts() if kind == "completions" else man_pages(), directory)
     return 0
 

@@ -49,6 +49,26 @@ def bench_cli_hook_guard(target: BenchTarget) -> Measurement:
     return measurement
 
 
+def bench_cli_hook_prompt(target: BenchTarget) -> Measurement:
+    """Wall time of a whole `engram hook prompt` (run at every prompt an agent is given)
+    with no message unread, fed a harness's UserPromptSubmit input."""
+    hook_input = {"hook_event_name": "UserPromptSubmit", "prompt": "go on", "cwd": "/"}
+    measurement = timed_processes(
+        target, target.count(30), [*engram_command(), "hook", "prompt"],
+        stdin=msgspec.json.encode(hook_input))
+    measurement.note = _install_kind()
+    return measurement
+
+
+def bench_cli_lock_acquire(target: BenchTarget) -> Measurement:
+    """Wall time of a whole `engram lock acquire RES --shared` process (shared, so that
+    every run is granted at once beside the leases of the runs before it)."""
+    measurement = timed_processes(target, target.count(30), [
+        *engram_command(), "lock", "acquire", "bench:cli-acquire", "--shared", "--ttl", "60"])
+    measurement.note = _install_kind()
+    return measurement
+
+
 def _install_kind() -> str:
     """Whether engram runs from a regular install; an editable one adds its import hook's
     cost to every start, which the floor does not pay."""
@@ -62,6 +82,13 @@ def _install_kind() -> str:
         "dir_info", {}).get("editable"))
     return ("editable install: each start pays its import hook; `make bench` measures a "
             "regular one" if editable else "regular install")
+
+
+def bench_floor_python(target: BenchTarget) -> Measurement:
+    """The floor under any Python program: start this venv's Python and do nothing."""
+    measurement = timed_processes(target, target.count(30), [sys.executable, "-c", "pass"])
+    measurement.note = "floor: python -c pass"
+    return measurement
 
 
 def bench_floor_import(target: BenchTarget) -> Measurement:

@@ -9,7 +9,6 @@ traceback instead.
 # signatures of the root and of `ping` at every start, and string annotations cost it an
 # eval() each.
 
-import atexit
 import importlib
 import os
 import sys
@@ -22,6 +21,14 @@ import typer.models
 
 from engram_cli.cli import output
 from engram_cli.cli.context import CliContext
+from engram_cli.cli.exits import (
+    COMPLETE_VAR,
+    Exit,
+    end_process,
+    failure,
+    internal_error,
+    wants_json,
+)
 from engram_cli.client.errors import EngramError, ExitCode
 
 EXIT_CODES_HELP = (
@@ -181,9 +188,6 @@ def _root(
     ctx.call_on_close(cli.close)
 
 
-COMPLETE_VAR = "_ENGRAM_COMPLETE"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -206,25 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         status = app(args=args, prog_name="engram", standalone_mode=False)
     except typer.TyperException as exc:
         return _usage_failure(exc, args, as_json)
-    except EngramError as exc:
-        if os.environ.get("ENGRAM_DEBUG") == "1":
-            raise
-        output.error(str(exc), code=str(exc.code), exit_status=int(exc.exit_code),
-                     as_json=as_json)
-        return int(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
+    except typer.Abort:
         return 130
-    except BrokenPipeError:
-        # The reader went away (`engram ... | head`); not our failure.
-        sys.stderr.close()
-        return ExitCode.OK
+    except (EngramError, Exit, KeyboardInterrupt, BrokenPipeError) as exc:
+        told = failure(exc, as_json)
+        if told is None:  # ENGRAM_DEBUG=1
+            raise
+        return told
     except Exception as exc:
         if os.environ.get("ENGRAM_DEBUG") == "1":
             raise
-        output.error(f"internal error: {type(exc).__name__}: {exc} "
-                     "(run with ENGRAM_DEBUG=1 for the traceback)",
-                     code="internal", exit_status=ExitCode.ERROR, as_json=as_json)
-        return ExitCode.ERROR
+        return internal_error(exc, as_json)
     # A command that ends normally returns None; typer.Exit(n) comes back as n.
     return status if isinstance(status, int) else ExitCode.OK
 
@@ -233,28 +229,6 @@ def run() -> NoReturn:
     """The ``engram`` program: :func:`main`, then the process ends with its status."""
     status = main()
     end_process(status)
-
-
-def end_process(status: int) -> NoReturn:
-    """Exit with *status*, skipping the interpreter's teardown when it has nothing to do.
-
-    Freeing every module and object one by one at exit costs a short command about as
-    much as all of engram's own imports (~10 ms here); the kernel frees a process at
-    once. So once the output is flushed, a process with no other thread and no exit
-    handler (such as logging's, which a command may have set up) ends with ``_exit``;
-    any other ends the normal way.
-    """
-    threading = sys.modules.get("threading")
-    handlers = getattr(atexit, "_ncallbacks", lambda: 1)()  # CPython's count
-    if handlers == 0 and (threading is None or threading.active_count() == 1):
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass  # let the normal exit meet (and report) it
-        else:
-            os._exit(status)
-    sys.exit(status)
 
 
 def _command_path(args: list[str]) -> str:
@@ -303,13 +277,6 @@ def _surrogates(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
-
-
-def wants_json(args: list[str]) -> bool:
-    """Whether ``--json`` is among the options (not after ``--``, where it would belong
-    to another program), so that even a usage error can be told in JSON."""
-    options = args[:args.index("--")] if "--" in args else args
-    return "--json" in options
 
 
 def _usage_failure(exc: typer.TyperException, args: list[str], as_json: bool) -> int:

@@ -1,20 +1,16 @@
-"""What every command gets: the global options, a lazily connected client, an output."""
+"""What every command gets: the global options, a lazily connected client, an output.
+
+No typer here: the hot commands (:mod:`.hot`) build a :class:`CliContext` without it."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated
-
-import typer
+from typing import Any
 
 from engram_cli.cli.output import Output, note
 from engram_cli.client.autostart import START_TIMEOUT
 from engram_cli.client.blocking import DEFAULT_TIMEOUT, Client
-
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print JSON (the daemon's field names) instead of text.")
-]
 
 
 class CliContext:
@@ -70,7 +66,8 @@ class CliContext:
             self._client = None
 
 
-def get(ctx: typer.Context) -> CliContext:
+def get(ctx: Any) -> CliContext:
+    """The invocation's context, from a ``typer.Context`` (typer is not imported here)."""
     obj = ctx.find_root().obj
     assert isinstance(obj, CliContext)
     return obj

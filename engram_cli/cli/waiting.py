@@ -14,7 +14,13 @@ from __future__ import annotations
 import time
 
 from engram_cli.client import Client
-from engram_cli.client.errors import ClientTimeout, RateLimited, Timeout, Unavailable
+from engram_cli.client.errors import (
+    ClientTimeout,
+    EngramError,
+    RateLimited,
+    Timeout,
+    Unavailable,
+)
 from engramd.protocol import Lease
 
 RETRY_SECONDS = 0.1
@@ -32,36 +38,46 @@ daemon itself is there (a waiter already in line rides such failures out inside 
 
 def acquire_waiting(client: Client, resources: list[str], *, ttl: float | None,
                     wait: float | None, pid: int | None = None, pgid: int | None = None,
-                    shared: bool = False) -> list[Lease]:
+                    shared: bool = False, failed: EngramError | None = None,
+                    started: float | None = None) -> list[Lease]:
     """``client.acquire_lock`` waiting up to *wait* seconds (None: as long as it takes),
     asked again whenever the daemon goes away meanwhile (see the module). A daemon not
-    there at the start is the caller's error as ever (``Unavailable``, exit 69)."""
-    if wait == 0:
+    there at the start is the caller's error as ever (``Unavailable``, exit 69).
+
+    *failed* (one of :data:`PASSING`) and *started* (``time.monotonic()``): the first
+    request was made elsewhere (the fast start's own connection) and failed so; the
+    wait goes on here as if it had been made here."""
+    if wait == 0 and failed is None:
         return client.acquire_lock(resources, ttl=ttl, wait=0, pid=pid, pgid=pgid,
                                    shared=shared)
-    client.connect()  # (not there at all: no waiting for it)
-    deadline = None if wait is None else time.monotonic() + wait
+    if failed is None:
+        client.connect()  # (not there at all: no waiting for it)
+    begun = time.monotonic() if started is None else started
+    deadline = None if wait is None else begun + wait
     away_since: float | None = None
     while True:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            return client.acquire_lock(resources, ttl=ttl, wait=left, pid=pid, pgid=pgid,
-                                       shared=shared)
-        except PASSING as exc:
-            if isinstance(exc, Unavailable) and str(exc).startswith(CLUSTER_REFUSAL):
-                raise  # the daemon is there and answered: its cluster cannot serve now
-            now = time.monotonic()
-            away_since = now if away_since is None else away_since
-            if deadline is not None and now >= deadline:
-                raise Timeout(f"waited {wait:g}s; engramd went away meanwhile and did not "
-                              f"grant the lease in time ({exc})") from None
-            if deadline is None and now - away_since >= AWAY_LIMIT:
-                raise
-            client.close()
-            client.autostart = False  # a daemon started here would not know our line
-            time.sleep(RETRY_SECONDS)
-            if client_reachable(client):
-                away_since = None
+        if failed is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return client.acquire_lock(resources, ttl=ttl, wait=left, pid=pid, pgid=pgid,
+                                           shared=shared)
+            except PASSING as passing:
+                failed = passing
+        why, failed = failed, None
+        if isinstance(why, Unavailable) and str(why).startswith(CLUSTER_REFUSAL):
+            raise why  # the daemon is there and answered: its cluster cannot serve now
+        now = time.monotonic()
+        away_since = now if away_since is None else away_since
+        if deadline is not None and now >= deadline:
+            raise Timeout(f"waited {wait:g}s; engramd went away meanwhile and did not "
+                          f"grant the lease in time ({why})") from None
+        if deadline is None and now - away_since >= AWAY_LIMIT:
+            raise why
+        client.close()
+        client.autostart = False  # a daemon started here would not know our line
+        time.sleep(RETRY_SECONDS)
+        if client_reachable(client):
+            away_since = None
 
 
 def client_reachable(client: Client) -> bool:

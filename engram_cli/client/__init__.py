@@ -13,24 +13,31 @@ May import: the standard library, msgspec, :mod:`engramd.protocol`, and trio in
 typer or rich (``tests/test_layering.py``).
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
-from engram_cli.client.blocking import Client, Subscription
-from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
-from engram_cli.client.stream import LaggedBehind
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from engram_cli.client.asynchronous import AsyncClient, open_client
+    from typing import Any
 
-_TRIO_FLAVOUR = ("AsyncClient", "open_client")
+    from engram_cli.client.asynchronous import AsyncClient, open_client
+    from engram_cli.client.blocking import Client, Subscription
+    from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
+    from engram_cli.client.stream import LaggedBehind
+
+_WHERE = {"AsyncClient": "asynchronous", "open_client": "asynchronous", "Client": "blocking",
+          "Subscription": "blocking", "ClientTimeout": "errors", "EngramError": "errors",
+          "Unavailable": "errors", "LaggedBehind": "stream"}
 
 
 def __getattr__(name: str) -> Any:
-    # The trio flavour loads trio; a blocking caller (every `engram` command) never pays.
-    if name in _TRIO_FLAVOUR:
-        from engram_cli.client import asynchronous
+    # Each loaded on first use: the trio flavour loads trio, which a blocking caller (every
+    # `engram` command) never pays for, and the fast start of the hot commands
+    # (engram_cli.cli.fast) imports .session before it knows whether it needs msgspec.
+    module = _WHERE.get(name)
+    if module is not None:
+        import importlib
 
-        return getattr(asynchronous, name)
+        return getattr(importlib.import_module(f"engram_cli.client.{module}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

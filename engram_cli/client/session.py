@@ -10,7 +10,10 @@ set. Task claims are bound to it, and ``engram prime`` announces it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+
+TYPE_CHECKING = False  # (collections costs the fast start of the hooks ~1 ms)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 SESSION_PID_VAR = "ENGRAM_SESSION_PID"
 PASSED_THROUGH = frozenset({

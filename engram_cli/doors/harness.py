@@ -42,7 +42,6 @@ _WORD = r"""(?:'[^']*'|"(?:[^"\\]|\\.)*"|[^\s'"])+"""
 _OURS = rf"(^|[/\s])engram(_cli)?(\s+--(socket|data-dir|agent)(=|\s+){_WORD})*\s+hook\s"
 """A command of ours: engram, its global options (a shell word each), ``hook`` (compiled
 on first use: a hook answering a harness never needs it)."""
-_PATCHED = r"^[ \t]*\*\*\* (?:(?:Update|Add|Delete) File|Move to): (.+)$"
 """The lines of an ``apply_patch`` that name a file it writes (a move's target too);
 Codex trims a line before it reads a header, so an indented header counts too."""
 WHERE_OPTIONS = ("--socket", "--data-dir")
@@ -464,33 +463,3 @@ def go_on(reason: str, harness: str) -> dict[str, Any]:
     if harness == "cursor":
         return {"followup_message": reason}
     return {"decision": "block", "reason": reason}
-
-
-def edited_paths(hook_input: dict[str, Any]) -> list[str]:
-    """The files a PreToolUse input is about to change: ``file_path``/``path``/
-    ``notebook_path`` of the tool input, or the files an ``apply_patch`` names (a
-    ``*** Move to:`` target too: a move writes it)."""
-    tool_input = hook_input.get("tool_input") or {}
-    if not isinstance(tool_input, dict):
-        return []
-    paths = [value for key in ("file_path", "path", "notebook_path")
-             if isinstance(value := tool_input.get(key), str) and value]
-    for key in ("command", "input", "patch"):
-        value = tool_input.get(key)
-        texts = value if isinstance(value, list) else [value]
-        for text in texts:
-            if isinstance(text, str):
-                paths += re.findall(_PATCHED, text, flags=re.MULTILINE)
-    return list(dict.fromkeys(path.strip() for path in paths))
-
-
-def working_dir(hook_input: dict[str, Any], default: str) -> str:
-    """The directory a hook input is about: its ``cwd``, else (Cursor) the first of its
-    ``workspace_roots``, else *default*."""
-    cwd = hook_input.get("cwd")
-    if isinstance(cwd, str) and cwd:
-        return cwd
-    roots = hook_input.get("workspace_roots")
-    if isinstance(roots, list) and roots and isinstance(roots[0], str) and roots[0]:
-        return roots[0]
-    return default

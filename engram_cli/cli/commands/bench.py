@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from engram_cli.cli import context
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.options import JsonOption
 from engram_cli.cli.output import note
 from engram_cli.client.errors import EngramError, UsageProblem
 from engram_cli.formats.timeparse import parse_duration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from engram_cli.cli import context
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.options import JsonOption
 
 app = typer.Typer(help="Cluster mode: the journal shared by every machine of a deployment.",
                   no_args_is_help=True, add_completion=False)

@@ -8,8 +8,8 @@ import typer
 
 from engram_cli.cli import completion, output
 from engram_cli.cli import context as cli_context
-from engram_cli.cli.commands.unit import parse_pairs, whole_ids
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.hot.unit import parse_pairs, whole_ids
+from engram_cli.cli.options import JsonOption
 from engram_cli.formats.text import timestamp
 from engramd.protocol import Context
 

@@ -12,7 +12,7 @@ import msgspec
 import typer
 
 from engram_cli.cli import context, output
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.options import JsonOption
 from engram_cli.cli.output import note
 from engram_cli.client.autostart import (
     START_TIMEOUT,

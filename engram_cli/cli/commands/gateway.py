@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from engram_cli.cli import context, output
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.options import JsonOption
 from engram_cli.client.errors import EngramError, UsageProblem
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from engram_cli.cli import completion, context
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.options import JsonOption
 from engram_cli.cli.output import note
 from engram_cli.client.errors import EngramError, UsageProblem
 from engram_cli.client.gitinfo import GitError, git, toplevel

@@ -2,14 +2,14 @@
 
 # (No postponed annotations: see engram_cli/app.py.)
 
-import time
 from typing import Annotated
 
 import typer
 
 from engram_cli import __version__
 from engram_cli.cli import context
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.hot import info as hot
+from engram_cli.cli.options import JsonOption
 from engram_cli.client.errors import EngramError
 from engram_cli.formats.jsonforms import to_plain_data
 from engram_cli.formats.text import format_duration
@@ -21,26 +21,9 @@ def ping(
     count: Annotated[int, typer.Option("--count", "-n", min=1,
                                        help="Send this many pings.")] = 1,
     json: JsonOption = False,
-) -> None:
+) -> int | None:
     """Check that the daemon answers, and how fast (round trip over the socket)."""
-    cli = context.get(ctx)
-    out = cli.output(json)
-    client = cli.client()
-    rtts = []
-    for _ in range(count):
-        started = time.perf_counter()
-        pong = client.ping()
-        rtt_ms = (time.perf_counter() - started) * 1000
-        rtts.append(rtt_ms)
-        if out.json:
-            out.json_line({**to_plain_data(pong), "rtt_ms": round(rtt_ms, 3)})
-        else:
-            out.line(f"pong from engramd {pong.daemon_version} (pid {client.daemon_pid}) "
-                     f"in {rtt_ms:.3f} ms")
-    if count > 1 and not out.json:
-        # As ping(8) ends.
-        out.line(f"{count} pings, rtt min/avg/max = {min(rtts):.3f}/"
-                 f"{sum(rtts) / count:.3f}/{max(rtts):.3f} ms")
+    return hot.ping(context.get(ctx), count=count, json=json)
 
 
 def help_(

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from engram_cli.cli import context
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.options import JsonOption
 from engram_cli.cli.output import Output, note
 from engram_cli.client.autostart import daemon_answers
 from engram_cli.client.errors import Conflict, ExitCode, NotFound, UsageProblem

@@ -7,14 +7,14 @@ shown back as a path relative to where the command runs."""
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from typing import Annotated
 
 import typer
 
 from engram_cli.cli import context
-from engram_cli.cli.context import JsonOption
-from engram_cli.client.errors import UsageProblem
+from engram_cli.cli.hot import lock as hot
+from engram_cli.cli.hot.lock import names, one_name, shown
+from engram_cli.cli.options import JsonOption
 from engram_cli.formats.text import format_duration, one_line, timestamp
 from engramd.protocol import Lease, LockState
 
@@ -52,13 +52,6 @@ LockIdOption = Annotated[str, typer.Option("--lock-id", metavar="ID",
                                            help="The lock id acquire printed.")]
 
 
-def _wait(wait: float | None, no_wait: bool) -> float | None:
-    """Seconds to wait in line (None: as long as it takes), like flock's -w and -n."""
-    if no_wait and wait not in (None, 0):
-        raise UsageProblem("--no-wait and --wait exclude each other")
-    return 0.0 if no_wait else wait
-
-
 def holder(agent: str, pid: int) -> str:
     return one_line(f"{agent} (pid {pid})" if pid else agent)
 
@@ -72,38 +65,6 @@ def _held(lease: Lease) -> str:
     """How long it has been held: a holder alive but stuck shows here (``lock break``)."""
     held = format_duration((dt.datetime.now(dt.UTC) - lease.acquired_at).total_seconds())
     return held + (" (while its session lives)" if lease.while_alive else "")
-
-
-def names(resources: list[str] | None, paths: list[str] | None) -> list[str]:
-    """The resources a command is about: plain names as given, paths resolved."""
-    from engram_cli.client import paths as resolve
-
-    found = list(resources or [])
-    try:
-        found += resolve.resources(paths or [])
-    except ValueError as exc:
-        raise UsageProblem(str(exc)) from None
-    if not found:
-        raise UsageProblem("name a resource (RES) or a path (--path PATH)")
-    return found
-
-
-def one_name(resource: str | None, path: str | None) -> str:
-    if resource is not None and path is not None:
-        raise UsageProblem("give RES or --path, not both")
-    (name,) = names([resource] if resource is not None else [], [path] if path else [])
-    return name
-
-
-def shown(name: str) -> str:
-    """A resource as a person here gives it (a path relative to here). Tables and fields
-    escape what it holds once (a newline in a name is shown ``\\n``); a line of text
-    gives it to :func:`one_line` itself."""
-    if not name.startswith("file:"):
-        return name
-    from engram_cli.client import paths as resolve
-
-    return resolve.display(name)
 
 
 def _rows(states: list[LockState]) -> list[list[str]]:
@@ -136,7 +97,7 @@ def acquire(
         help="Held by this process, and released as soon as it exits "
              "(a shell script: --pid $$); one of yours that runs, not 1.")] = None,
     json: JsonOption = False,
-) -> None:
+) -> int | None:
     """Lease every resource together (or none) and print the lock ids.
 
     Waits in line while something in the way is held, first come first served
@@ -152,61 +113,30 @@ def acquire(
       engram lock acquire --path src/app.py --path docs/ -n
       engram lock acquire --path 'src/**/*.py' --shared
     """
-    from engram_cli.cli.waiting import acquire_waiting
-
-    cli = context.get(ctx)
-    out = cli.output(json)
-    leases = acquire_waiting(cli.client(), names(resources, path), ttl=ttl,
-                             wait=_wait(wait, no_wait), pid=pid, shared=shared)
-    for lease in leases:
-        if out.json:
-            out.json_line(lease)
-        else:
-            out.line(lease.lock_id)
+    return hot.acquire(context.get(ctx), resources=resources, path=path, shared=shared,
+                       ttl=ttl, wait=wait, no_wait=no_wait, pid=pid, json=json)
 
 
 @app.command()
 def release(ctx: typer.Context, lock_id: LockIdOption, resource: ResourceArg = None,
-            path: PathOption = None, json: JsonOption = False) -> None:
+            path: PathOption = None, json: JsonOption = False) -> int | None:
     """End your lease on RES (only its agent can; the lock id proves it), and say which.
 
     Exit 3 when RES has no lease with that lock id.
     """
-    cli = context.get(ctx)
-    resource = one_name(resource, path)
-    client = cli.client()
-    # The release names the lease by its lock id, which no other lease ever has: the
-    # lease seen here under that id is the one the release ends, if it succeeds.
-    state = client.get_lock(resource)
-    lease = next((held for held in state.leases if held.lock_id == lock_id), state.lease)
-    client.release_lock(lock_id, resource=resource)
-    out = cli.output(json)
-    released = lease if lease is not None and lease.lock_id == lock_id else None
-    if out.json:
-        out.json_line(released if released is not None else {"resource": resource,
-                                                                "lock_id": lock_id})
-    elif released is not None:
-        held = (dt.datetime.now(dt.UTC) - released.acquired_at).total_seconds()
-        out.line(f"released {one_line(shown(resource))} (lock id {lock_id}, fencing token "
-                 f"{released.fencing_token}, held {format_duration(held)})")
-    else:
-        out.line(f"released {one_line(shown(resource))} (lock id {lock_id})")
+    return hot.release(context.get(ctx), lock_id=lock_id, resource=resource, path=path,
+                       json=json)
 
 
 @app.command()
 def renew(ctx: typer.Context, lock_id: LockIdOption, resource: ResourceArg = None,
-          path: PathOption = None, ttl: TtlOption = None, json: JsonOption = False) -> None:
+          path: PathOption = None, ttl: TtlOption = None, json: JsonOption = False) -> int | None:
     """Extend a lease that is still held, by its ttl (or --ttl) from now.
 
     Exit 3 when RES has no lease with that lock id.
     """
-    cli = context.get(ctx)
-    lease = cli.client().renew_lock(lock_id, ttl, resource=one_name(resource, path))
-    out = cli.output(json)
-    if out.json:
-        out.json_line(lease)
-    else:
-        out.line(timestamp(lease.expires_at))
+    return hot.renew(context.get(ctx), lock_id=lock_id, resource=resource, path=path,
+                     ttl=ttl, json=json)
 
 
 @app.command()
@@ -298,71 +228,6 @@ def break_(ctx: typer.Context,
         out.line(f"broke {one_line(shown(resource))}")
 
 
-def _run_options(words: list[str], ttl: float | None, wait: float | None, no_wait: bool,
-                 shared: bool = False
-                 ) -> tuple[list[str], float | None, float | None, bool]:
-    """Resources (paths resolved), with ``--path``, ``--shared``, ``--ttl``, ``--wait``
-    and ``--no-wait`` picked out from among them.
-
-    Everything after the first resource reaches ``run`` as plain words (so that
-    CMD's own options are never taken for ours); our options may still follow
-    the resources, as in ``engram lock run RES --ttl 30 -- CMD``.
-    """
-    found: list[str] = []
-    given: list[str] = []
-    values = iter(words)
-    for word in values:
-        option, equals, inline = word.partition("=")
-        if option in ("--no-wait", "-n") and not equals:
-            no_wait = True
-        elif word == "--shared":
-            shared = True
-        elif option in ("--path", "-p"):
-            text = inline if equals else next(values, None)
-            if not text:
-                raise UsageProblem(f"{option} expects a path")
-            given.append(text)
-        elif word == "--json":
-            pass  # engram's own errors as JSON: main() saw it already
-        elif option in ("--ttl", "--wait", "-w"):
-            text = inline if equals else next(values, None)
-            try:
-                number = float(text)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                raise UsageProblem(f"{option} expects seconds, got {text!r}") from None
-            if number < 0:
-                raise UsageProblem(f"{option} must not be negative")
-            if option == "--ttl":
-                ttl = number
-            else:
-                wait = number
-        elif word.startswith("-"):
-            raise UsageProblem(f"unknown option {word} for lock run")
-        else:
-            found.append(word)
-    return (names(found, given) if found or given else []), ttl, _wait(wait, no_wait), shared
-
-
-def _split_command(words: list[str]) -> tuple[list[str], list[str]]:
-    """What comes before ``--`` and CMD after it. The option parser keeps the ``--`` among
-    the words once a resource came before it; with only options before it (``lock run
-    --path src/ -- make``) it took it, and CMD is the words the command line had after it."""
-    argv = sys.argv[1:]
-    if argv.count("--") > words.count("--"):  # the parser took the first one
-        after = len(argv) - argv.index("--") - 1
-        if not 0 < after <= len(words):
-            raise UsageProblem(RUN_USAGE)
-        return words[:len(words) - after], words[len(words) - after:]
-    if "--" not in words:
-        raise UsageProblem(RUN_USAGE)
-    split = words.index("--")
-    return words[:split], words[split + 1:]
-
-
-RUN_USAGE = ("usage: engram lock run [RES...] [--path PATH]... [--shared] [--ttl S] "
-             "[--wait S | --no-wait] -- CMD [ARGS...]")
-
-
 @app.command(context_settings={"allow_interspersed_args": False})
 def run(
     ctx: typer.Context,
@@ -377,7 +242,7 @@ def run(
     no_wait: NoWaitOption = False,
     json: Annotated[bool, typer.Option(
         "--json", help="engram's own errors as JSON (CMD's output is CMD's).")] = False,
-) -> None:
+) -> int | None:
     """Run CMD holding leases (like flock): renewed while it runs, released when it ends.
 
     Waits in line for the leases as acquire does. The leases belong to this
@@ -401,13 +266,5 @@ def run(
       engram lock run --path src/ -- make fmt
       engram lock run --path 'docs/**/*.md' --shared -- make docs
     """
-    before, command = _split_command(resources)
-    before = [*(word for given in path or [] for word in ("--path", given)),
-              *(["--shared"] if shared else []), *before]
-    found, ttl, wait, shared = _run_options(before, ttl, wait, no_wait)
-    if not found or not command:
-        raise UsageProblem(RUN_USAGE)
-    from engram_cli.cli.lockrun import run_holding  # threads and signals: only lock run
-
-    client = context.get(ctx).client()
-    raise typer.Exit(run_holding(client, found, command, ttl=ttl, wait=wait, shared=shared))
+    return hot.run(context.get(ctx), resources=resources, path=path, shared=shared, ttl=ttl,
+                   wait=wait, no_wait=no_wait)

@@ -7,25 +7,11 @@ from typing import Annotated
 import typer
 
 from engram_cli.cli import completion, context
-from engram_cli.cli.commands.unit import MetaOption, parse_pairs, payload_of, whole_id
-from engram_cli.cli.context import JsonOption
-from engram_cli.client.errors import UsageProblem
+from engram_cli.cli.commands.unit import MetaOption
+from engram_cli.cli.hot import mail as hot
+from engram_cli.cli.hot.unit import whole_id
+from engram_cli.cli.options import JsonOption
 from engram_cli.formats.jsonforms import unit_to_json
-from engram_cli.formats.text import preview, timestamp
-from engramd.protocol import Unit, agentwork
-
-
-def message_row(unit: Unit) -> list[str]:
-    flags = []
-    if agentwork.wants_ack(unit.meta):
-        flags.append("ack-required")
-    if agentwork.THREAD in unit.meta:
-        flags.append(f"thread={unit.meta[agentwork.THREAD]}")
-    return [timestamp(unit.ts), unit.agent_id, unit.id, unit.meta.get(agentwork.TO, ""),
-            " ".join(flags), preview(unit)]
-
-
-MESSAGE_COLUMNS = ["time", "from", "id", "to", "flags", "text"]
 
 
 def send(
@@ -52,7 +38,7 @@ def send(
         "--new", help="The recipients may be agents not seen yet (else a name no agent "
         "has used is refused: a typo).")] = False,
     json: JsonOption = False,
-) -> None:
+) -> int | None:
     """Send a message to other agents and print its id.
 
     Each recipient gets it once, from its own 'engram inbox', however many sessions
@@ -64,20 +50,9 @@ def send(
       git diff | engram send --to '*' --thread review-42 --ack-required
       engram send --to alice --reply-to 01a2338c-c421 -p "done"
     """
-    cli = context.get(ctx)
-    out = cli.output(json)
-    names = [name.strip() for name in to.split(",") if name.strip()]
-    if not names:
-        raise UsageProblem("--to needs an agent (or * for every agent)")
-    client = cli.client()
-    message = client.send_message(
-        names, payload_of(payload, None, False), context_id=context_id, thread=thread,
-        reply_to=whole_id(client, reply_to) if reply_to else None,
-        ack_required=ack_required, meta=parse_pairs(meta), new_recipients=new)
-    if out.json:
-        out.json_line(unit_to_json(message))
-    else:
-        out.line(message.id)
+    return hot.send(context.get(ctx), to=to, context_id=context_id, thread=thread,
+                    reply_to=reply_to, ack_required=ack_required, payload=payload, meta=meta,
+                    new=new, json=json)
 
 
 def inbox(
@@ -95,7 +70,7 @@ def inbox(
     count: Annotated[bool, typer.Option(
         "--count", help="Print only how many are unread (and waiting for an ack).")] = False,
     json: JsonOption = False,
-) -> None:
+) -> int | None:
     """Show your unread messages, oldest first, and mark them read.
 
     Prints nothing when there are none (exit 0), also after --wait runs out. Piped, one
@@ -107,28 +82,8 @@ def inbox(
       engram inbox --wait 300 --json     # block until a message comes
       engram inbox --count
     """
-    cli = context.get(ctx)
-    out = cli.output(json)
-    client = cli.client()
-    if count:
-        counted = client.unread()
-        if out.json:
-            out.json_line(counted)
-        elif out.is_terminal:
-            out.line(f"{counted.unread} unread, {counted.pending_acks} waiting for your ack")
-        else:
-            out.line(str(counted.unread))
-        return
-    page = client.inbox(limit=limit, peek=peek, wait=wait, pending=pending)
-    if out.json:
-        for message in page.messages:
-            out.json_line(unit_to_json(message))
-        return
-    if page.messages:
-        out.table("inbox", MESSAGE_COLUMNS, [message_row(unit) for unit in page.messages],
-                  header=False)
-    if page.unread and out.is_terminal:
-        out.line(f"{page.unread} more unread (engram inbox -n N)", style="dim")
+    return hot.inbox(context.get(ctx), limit=limit, wait=wait, peek=peek, pending=pending,
+                     count=count, json=json)
 
 
 def ack(

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from engram_cli.cli import context
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.options import JsonOption
 from engram_cli.client.errors import EngramError
 from engram_cli.client.session import agent_name, harness, session_pid
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from engram_cli.cli import completion, context
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.options import JsonOption
 from engram_cli.client import gitinfo
 from engram_cli.client.errors import EngramError, UsageProblem
 from engram_cli.client.session import harness, session_pid

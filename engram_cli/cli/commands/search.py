@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from engram_cli.cli import completion, context, output
-from engram_cli.cli.commands.unit import parse_pairs, whole_id
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.hot.unit import parse_pairs, whole_id
+from engram_cli.cli.options import JsonOption
 from engram_cli.client.errors import NotFound, UsageProblem
 from engram_cli.formats.jsonforms import related_json, to_plain_data, unit_to_json
 from engram_cli.formats.text import preview

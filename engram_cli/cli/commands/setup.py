@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from engram_cli.cli import completion, context
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.options import JsonOption
 from engram_cli.cli.output import note
 from engram_cli.client import gitinfo, settings
 from engram_cli.client.errors import BadRequest, EngramError, ExitCode, UsageProblem

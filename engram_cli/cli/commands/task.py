@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from engram_cli.cli import completion, context
-from engram_cli.cli.commands.unit import MetaOption, parse_pairs, whole_id, whole_ids
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.commands.unit import MetaOption
+from engram_cli.cli.hot.unit import parse_pairs, whole_id, whole_ids
+from engram_cli.cli.options import JsonOption
 from engram_cli.cli.output import Output
 from engram_cli.client.errors import UsageProblem
 from engram_cli.client.session import session_pid

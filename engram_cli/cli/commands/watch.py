@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import typer
 
 from engram_cli.cli import completion, context, output
-from engram_cli.cli.commands.unit import parse_pairs
-from engram_cli.cli.consumer import Acknowledgements, Stopped, StopSignals
-from engram_cli.cli.context import JsonOption
+from engram_cli.cli.consumer import Acknowledgements, StopSignals
+from engram_cli.cli.hot import watch as hot
+from engram_cli.cli.hot.watch import _after, _filters, _warn_unknown_contexts
+from engram_cli.cli.options import JsonOption
 from engram_cli.client import Client, Subscription
-from engram_cli.client.errors import ClientTimeout, NotFound, UsageProblem
+from engram_cli.client.errors import NotFound, UsageProblem
 from engramd.protocol import EVENT_KINDS, Heartbeat, Unit, UnitCreated
 
 ContextsOption = Annotated[list[str] | None, typer.Option(
@@ -36,32 +36,6 @@ CursorOption = Annotated[str | None, typer.Option(
 SinceOption = Annotated[str, typer.Option(
     "--since", metavar="now|start|SEQ",
     help="Start after this point: now (default), the start, or a sequence number.")]
-
-
-def _after(since: str) -> int | None:
-    if since == "now":
-        return None
-    if since == "start":
-        return 0
-    if since.isdigit():
-        return int(since)
-    raise UsageProblem(f"--since takes now, start or a sequence number, got {since!r}")
-
-
-def _filters(contexts: list[str] | None, types: list[str] | None, agents: list[str] | None,
-             kinds: list[str] | None, meta: list[str] | None) -> dict[str, Any]:
-    return {"contexts": contexts or [], "types": types or [], "agents": agents or [],
-            "kinds": kinds or [], "meta": parse_pairs(meta)}
-
-
-def _warn_unknown_contexts(client: Client, contexts: list[str]) -> None:
-    """A context not there yet may be created later, so waiting on it is fine; but a
-    misspelt one would wait forever in silence."""
-    for context_id in contexts:
-        try:
-            client.get_context(context_id)
-        except NotFound:
-            output.note(f"no context {context_id} yet; waiting for it to appear")
 
 
 def _last_units(client: Client, filters: dict[str, Any], count: int) -> list[Unit]:
@@ -187,7 +161,7 @@ def wait(
         help="Give up after this long: exit 5.")] = None,
     cursor: CursorOption = None,
     json: JsonOption = False,
-) -> None:
+) -> int | None:
     """Block until one matching event arrives, print it and exit 0 (exit 5 on timeout).
 
     Filters as for watch. A context that does not exist yet is waited for (a note on
@@ -199,30 +173,6 @@ def wait(
       engram wait -k lock.released --timeout 60 && ./deploy.sh
       engram wait --cursor deployer -t TASK_STATUS --json   # in a loop: misses nothing
     """
-    cli = context.get(ctx)
-    out = cli.output(json)
-    client = cli.client()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    heartbeat = 1.0 if timeout is None else max(0.05, min(1.0, timeout / 4))
-    filters = _filters(contexts, types, agents, kinds, meta)
-    _warn_unknown_contexts(client, filters["contexts"])
-    with StopSignals() as stops:
-        try:
-            for item in client.watch(after=_after(since), cursor=cursor, heartbeat=heartbeat,
-                                     **filters):
-                if not isinstance(item, Heartbeat):
-                    with stops.held():  # printed and acknowledged, or neither
-                        if out.is_terminal and not out.json:
-                            out.console.print(output.event_text(item, out.console.width))
-                        else:
-                            output.LiveFeed(out).show(item)
-                        if cursor is not None:
-                            # Handed out: a loop of waits under one name misses nothing
-                            # between them.
-                            client.ack_cursor(cursor, item.seq)
-                    return
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise ClientTimeout(f"no matching event within {timeout:g}s")
-        except Stopped as stop:
-            raise typer.Exit(128 + stop.signum) from None
-
+    return hot.wait(context.get(ctx), contexts=contexts, types=types, agents=agents,
+                    kinds=kinds, meta=meta, since=since, timeout=timeout, cursor=cursor,
+                    json=json)

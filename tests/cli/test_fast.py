@@ -1,0 +1,237 @@
+"""The fast start of the hot commands (engram_cli.cli.fast): its option table is the Typer
+tree's, its lean wire is msgspec's, and run on random command lines against a real
+daemon it sends the same requests and prints the same as the Typer app."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engram_cli.cli import fast, leanwire
+from engramd.protocol import PROTOCOL_VERSION, AnyClientMessage, resolve_socket_path
+from engramd.protocol.framing import FrameDecoder
+from tests.conftest import ThreadedDaemon, wait_until
+
+ROOT = Path(__file__).parent.parent.parent
+
+
+def test_the_option_table_is_generated_from_the_typer_tree() -> None:
+    from tools.docgen import FAST_FILE, fast_table
+
+    assert (ROOT / FAST_FILE).read_text() == fast_table(), "run make fasttable"
+
+
+def test_the_fast_start_agrees_with_what_it_copies() -> None:
+    from engram_cli.cli.hot.hook import HOOK_TIMEOUT
+    from engram_cli.client.blocking import DEFAULT_TIMEOUT
+
+    assert (fast.HOOK_TIMEOUT, fast.DEFAULT_TIMEOUT) == (HOOK_TIMEOUT, DEFAULT_TIMEOUT)
+    assert leanwire.PROTOCOL_VERSION == PROTOCOL_VERSION
+
+
+@given(st.fixed_dictionaries({}, optional={
+    "ENGRAM_SOCKET": st.sampled_from(["", "s.sock", "/tmp/x/y.sock", "a" * 120]),
+    "XDG_RUNTIME_DIR": st.sampled_from(["", "/run/user/5", "rel", "b" * 110])}),
+       st.sampled_from([None, "", "/tmp/given.sock", "c" * 200]))
+def test_the_lean_socket_path_is_the_protocols(env: dict[str, str], explicit: str | None
+                                               ) -> None:
+    try:
+        expected: str | None = resolve_socket_path(explicit, env, os.getuid())
+    except ValueError:
+        expected = None
+    assert leanwire.socket_path(explicit, env) == expected
+
+
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(), inner, max_size=20),
+    max_leaves=50)
+
+
+@given(VALUES)
+def test_lean_messagepack_is_msgspecs(value: object) -> None:
+    packed = bytearray()
+    leanwire.pack(value, packed)
+    assert bytes(packed) == msgspec.msgpack.encode(value)
+    assert leanwire.unpack(bytes(packed)) == value
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=8) | st.dictionaries(st.text(), inner, max_size=8),
+    max_leaves=30)
+
+
+@given(st.one_of(JSON.map(msgspec.json.encode), st.binary(max_size=40),
+                 st.sampled_from([b'"\\ud800"', b"1E400", b"NaN", b" {} ", b"[1,]", b"{}x"])))
+def test_lean_json_reads_what_msgspec_reads_or_declines(data: bytes) -> None:
+    try:
+        lean = leanwire.json_value(data)
+    except ValueError:
+        return  # declined: the library's path reads it
+    assert lean == msgspec.json.decode(data)
+
+
+# -- both paths against a real daemon ---------------------------------------------------
+
+
+class Recorder:
+    """A socket in front of the daemon's that keeps every frame clients send."""
+
+    def __init__(self, path: str, daemon: str) -> None:
+        self.path, self.daemon = path, daemon
+        self.frames: list[bytes] = []
+        self.lock = threading.Lock()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.daemon)
+            threading.Thread(target=self._pipe, args=(client, upstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False),
+                             daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
+        frames = FrameDecoder()
+        try:
+            while data := source.recv(65536):
+                if record:
+                    frames.receive_data(data)
+                    while (body := frames.next_frame()) is not None:
+                        with self.lock:
+                            self.frames.append(body)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def take(self) -> list[object]:
+        with self.lock:
+            frames, self.frames = self.frames, []
+        decoder = msgspec.msgpack.Decoder(AnyClientMessage)
+        return [_comparable(decoder.decode(body)) for body in frames]
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _comparable(message: msgspec.Struct) -> object:
+    data = msgspec.to_builtins(message)
+    assert isinstance(data, dict)
+    data.pop("id", None)
+    if isinstance(data.get("wait"), float):  # the library counts a wait down as it goes
+        data["wait"] = round(data["wait"])
+    return data
+
+
+@pytest.fixture
+def recorder(threaded_daemon: ThreadedDaemon, scratch: str) -> Iterator[Recorder]:
+    assert threaded_daemon.server is not None
+    recording = Recorder(os.path.join(scratch, "rec.sock"),
+                         threaded_daemon.config.socket)
+    yield recording
+    recording.close()
+
+
+TYPER = "from engram_cli.cli.app import run; run()"
+VOLATILE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|"
+                      r"\b[0-9a-f]{32}\b|\d+\.\d+|pid \d+|\(\d+\.\d+s left\)|"
+                      r"\d{4}-\d\d-\d\dT[\d:.]+(Z|\+00:00)|(?<=fencing_token\":)\d+|(?<=conn:)\d+")
+
+
+def _run(code: list[str], args: list[str], env: dict[str, str], stdin: bytes
+         ) -> tuple[str, str, int]:
+    done = subprocess.run([sys.executable, *code, *args], env=env, input=stdin,
+                          capture_output=True, timeout=60, check=False)
+    return (VOLATILE.sub("*", done.stdout.decode(errors="replace")),
+            VOLATILE.sub("*", done.stderr.decode(errors="replace")), done.returncode)
+
+
+WORDS = st.sampled_from(["x", "build-1", "a=b", "=b", "k=", "TOOL_RESULT", "5", "-5", "0",
+                         "1e3", "nan", " 7", "é", "--", "-", "RESPONDS_TO:nothing"])
+UNIT_OPTIONS = st.lists(st.one_of(
+    st.tuples(st.sampled_from(["-c", "--context", "-t", "--type", "-p", "--payload", "-m",
+                               "--meta", "--idempotency-key", "--fence", "-r"]), WORDS),
+    st.tuples(st.sampled_from(["--empty", "--json", "--bogus", "-h", "-pX", "--context=c2"])),
+), max_size=5)
+LOCK_OPTIONS = st.lists(st.one_of(
+    st.tuples(st.sampled_from(["--ttl", "--wait", "-w", "--pid"]),
+              st.sampled_from(["30", "0", "-1", "x", "2.5", "1e1"])),
+    st.tuples(st.sampled_from(["-n", "--no-wait", "--json", "--nope", "res:other"])),
+), max_size=4)
+HOOK_INPUTS = st.sampled_from([b"", b"{}", b"[1]", b"not json", b'{"cwd": "/"}',
+                               b'{"tool_input": {"file_path": "/tmp/free.py"}, "cwd": "/"}',
+                               b'{"tool_input": {"command": "*** Add File: x.py"}}',
+                               b'{"tool_input": {"path": "\\ud800"}}'])
+COMMAND_LINES = st.one_of(
+    st.tuples(st.just(["unit", "create"]), UNIT_OPTIONS, st.just(b"from stdin")),
+    st.tuples(st.just(["lock", "acquire", "res:fast", "--shared"]), LOCK_OPTIONS,
+              st.just(b"")),
+    st.tuples(st.sampled_from([["hook", "pre-edit"], ["hook", "prompt"],
+                               ["hook", "pre-edit", "--harness", "cursor"],
+                               ["hook", "prompt", "--guard", "block"]]),
+              st.just([]), HOOK_INPUTS),
+    st.tuples(st.sampled_from([["ping"], ["ping", "-n", "2"], ["ping", "--json"],
+                               ["ping", "-n", "0"], ["--json", "ping", "--count=x"]]),
+              st.just([]), st.just(b"")),
+)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(COMMAND_LINES)
+def test_both_paths_send_the_same_and_say_the_same(
+        recorder: Recorder, env: dict[str, str],
+        line: tuple[list[str], list[tuple[str, ...]], bytes]) -> None:
+    command, options, stdin = line
+    args = [*command, *(word for option in options for word in option)]
+    env = {**env, "ENGRAM_SOCKET": recorder.path, "ENGRAM_NO_AUTOSTART": "1"}
+    recorder.take()
+    typer_said = _run(["-c", TYPER], args, env, stdin)
+    typer_sent = recorder.take()
+    fast_said = _run(["-m", "engram_cli"], args, env, stdin)
+    fast_sent = recorder.take()
+    assert fast_said == typer_said, args
+    assert fast_sent == typer_sent, args
+
+
+def test_the_lean_path_imports_no_framework_nor_msgspec(recorder: Recorder,
+                                                        env: dict[str, str]) -> None:
+    code = ("import sys; from engram_cli.cli import fast; status = fast.main(sys.argv[1:]); "
+            "print(status, sorted(m for m in ('typer', 'click', 'rich', 'msgspec', 'typing') "
+            "if m in sys.modules))")
+    env = {**env, "ENGRAM_SOCKET": recorder.path}
+    for args in (["ping"], ["unit", "create", "-c", "fast", "-p", "x"],
+                 ["lock", "acquire", "res:lean", "--shared"], ["hook", "prompt"],
+                 ["hook", "pre-edit"]):
+        done = subprocess.run([sys.executable, "-c", code, *args], env=env, input=b"{}",
+                              capture_output=True, timeout=60, check=True)
+        assert done.stdout.decode().splitlines()[-1] == "0 []", (args, done)
+    wait_until(lambda: True, "nothing")
