@@ -38,12 +38,16 @@ class CliContext:
 
     def client(self, *, autostart: bool | None = None, admin: bool = False,
                timeout: float | None = DEFAULT_TIMEOUT,
-               start_timeout: float = START_TIMEOUT) -> Client:
-        """A connected client (starting the daemon unless told not to)."""
+               start_timeout: float = START_TIMEOUT, connected: bool = True) -> Client:
+        """A connected client (starting the daemon unless told not to); one that connects
+        at its first request when not *connected* (a daemon away now may be back then)."""
         if self._client is None:
             client = Client(self.socket, agent_id=self.agent, client_name="engram-cli",
                             autostart=autostart, admin=admin, timeout=timeout,
                             start_timeout=start_timeout, env=self.env)
+            if not connected:
+                self._client = client
+                return client
             client.connect()
             if client.stale:
                 note(f"warning: {client.stale}")

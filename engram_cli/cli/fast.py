@@ -374,9 +374,10 @@ def _lock_acquire(root: Values, values: Values,
             raise
         connection.close()  # the daemon went away: wait on for it as the library does
         cli = context()
-        for lease in acquire_waiting(cli.client(autostart=False), values["resources"],
-                                     ttl=values["ttl"], wait=wait, pid=values["pid"],
-                                     shared=values["shared"], failed=exc, started=started):
+        client = cli.client(autostart=False, connected=False)  # (the daemon is away now)
+        for lease in acquire_waiting(client, values["resources"], ttl=values["ttl"],
+                                     wait=wait, pid=values["pid"], shared=values["shared"],
+                                     failed=exc, started=started):
             cli.output().line(lease.lock_id)
         return 0
     connection.close()

@@ -352,6 +352,7 @@ class Connection:
             raise _errors().ClientTimeout(
                 f"engramd did not take a request within {waited}s") from None
         except OSError as exc:
+            self._parting_error()  # its goodbye, when it hung up first, is the answer
             raise _errors().Unavailable(
                 f"lost the connection to engramd: {exc.strerror}") from None
         try:
@@ -371,6 +372,17 @@ class Connection:
 
             raise error_for(reply.fields["code"], reply.fields["message"])
         return reply
+
+    def _parting_error(self) -> None:
+        """Raise what a daemon said before it closed on us (a frame over its limit, say):
+        a write can fail because it already hung up, and its goodbye may still wait in
+        the socket (as the client library reads it)."""
+        try:
+            self._sock.settimeout(0.5)
+            while True:
+                self._answer(-1)  # (no request has that id: only a goodbye ends this)
+        except (OSError, Unreached, ValueError):
+            pass
 
     def _send(self, message: dict[str, Any]) -> None:
         message["id"] = self._next_id
