@@ -36,7 +36,7 @@ function el(tag, attrs = {}, ...children) {
     else if (name === "href") node.setAttribute("href", "#" + String(value).replace(/^#/, ""));
     else node.setAttribute(name, String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(clean(child)));
   }
@@ -631,9 +631,10 @@ function svg(tag, attrs = {}, ...children) {
 views.timeline = {
   async show() { await this.refresh(); },
   async refresh() {
-    const span = Number($("#timeline-form").range.value) * 1000;
-    const end = Date.now(), start = end - span;
-    const since = new Date(start).toISOString();
+    // A range of 0 fits the chart to the activity of the last day.
+    const chosen = Number($("#timeline-form").range.value) * 1000;
+    const end = Date.now();
+    const since = new Date(end - (chosen || 86400000)).toISOString();
     const contexts = ((await api("/contexts?limit=50")).contexts || []).map((c) => c.id);
     const [pages, locks] = await Promise.all([
       Promise.all(contexts.map((c) => api("/workunits/" + encodeURIComponent(c) +
@@ -652,6 +653,10 @@ views.timeline = {
       for (const waiter of state.waiters) row(waiter.agent).waits.push(state.resource);
     }
     for (const h of spans.values()) row(h.lease.holder).spans.push(h);
+    const times = [...rows.values()].flatMap((r) => [...r.units.map((u) => u.ts),
+      ...r.spans.map((h) => h.start)]).map((t) => new Date(t).getTime()).filter((t) => t >= end - 86400000);
+    const span = chosen || Math.max(60000, (end - Math.min(end - 60000, ...times)) * 1.05);
+    const start = end - span;
     const width = 1000, label = 150, lane = 34;
     const x = (t) => label + Math.max(0, Math.min(1, (new Date(t).getTime() - start) / span)) * (width - label - 10);
     const agents = [...rows.keys()].sort();
@@ -660,7 +665,8 @@ views.timeline = {
     for (let i = 0; i <= 6; i++) {
       const t = start + span * i / 6, px = x(t);
       chart.append(svg("line", { x1: px, x2: px, y1: 0, y2: lane * agents.length, class: "grid" }),
-        svg("text", { x: px, y: lane * agents.length + 18, class: "tick", "text-anchor": "middle" },
+        svg("text", { x: px, y: lane * agents.length + 18, class: "tick",
+          "text-anchor": i === 0 ? "start" : i === 6 ? "end" : "middle" },
           span > 7200000 ? new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : clock(t)));
     }
     agents.forEach((agent, i) => {
