@@ -289,3 +289,27 @@ def test_with_auth_on_no_token_shows_no_data_and_a_token_shows_it(
     # The 401s the page met are console messages of the browser's own (failed requests),
     # which are expected here: the page's own code raised nothing.
     assert not [e for e in console.errors if "Failed to load resource" not in e]
+
+
+def test_breaking_a_lease_asks_for_a_reason_and_is_journaled(
+        console: Console, daemon: DaemonProcess) -> None:
+    taken = run_cli(daemon.env, "lock", "acquire", "stuck:job", "--ttl", "120")
+    assert taken.returncode == 0, taken.stderr
+    page = console.open("now")
+    console.live()
+    row = page.locator("#leases tr[data-resource='stuck:job']")
+    row.get_by_role("button").click()
+    expect(page.locator("#confirm")).to_be_visible()
+    page.click("#confirm-cancel")
+    expect(page.locator("#confirm")).to_be_hidden()
+    expect(row).to_have_count(1)  # cancelled: nothing done
+    row.get_by_role("button").click()
+    page.click("#confirm-ok")  # no reason yet: the dialog stays
+    expect(page.locator("#confirm")).to_be_visible()
+    page.fill("#confirm-reason", "its holder hung")
+    page.click("#confirm-ok")
+    expect(row).to_have_count(0)
+    page.keyboard.press("2")
+    broken = page.locator("#feed tr[data-kind='lock.released']", has_text="stuck:job")
+    expect(broken).to_contain_text("broken: its holder hung")
+    assert console.errors == []
