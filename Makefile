@@ -9,7 +9,7 @@ LOCK := requirements.lock
 PIP := --quiet --disable-pip-version-check
 UV_VERSION := 0.13.9
 
-.PHONY: setup demo cluster-demo test test-latest lock lint bench bench-install bench-compare completions man fasttable check clean
+.PHONY: setup demo cluster-demo screenshots test test-latest lock lint bench bench-install bench-compare completions man fasttable check clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ demo: $(STAMP)
 # Two engram machines on a 3-node NATS JetStream cluster, all on loopback (cluster mode).
 cluster-demo: $(STAMP)
 	$(BIN)/python -m engram_cli.bench.clusterdemo
+
+# Each view of the web console (engram gateway's /ui) at 1280x800 into docs/screenshots/,
+# from a throwaway daemon filled as the demo fills it; needs Debian's chromium.
+screenshots: $(STAMP)
+	$(BIN)/python -m tools.screenshots
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4

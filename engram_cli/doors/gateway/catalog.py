@@ -20,6 +20,8 @@ from engram_cli.doors.gateway import views
 from engram_cli.doors.gateway.forms import ClaimProof, DraftForm, LockForm, MessageForm, RenewForm
 from engramd.protocol import (
     AddTask,
+    AgentPage,
+    BreakLock,
     ClaimTask,
     ContextCreated,
     ContextFound,
@@ -111,6 +113,14 @@ OPERATIONS: dict[str, Op] = {
     "renew_lock": Op("Extend a lease", views.LeaseView, body=RenewForm, errors=(404,)),
     "get_lock": Op("A resource's lease and waiters", LockState),
     "release_lock": Op("Release a lease", views.Released, errors=(404,)),
+    "break_lock": Op("Break another's lease (admins only: journaled with who and why)",
+                     views.Broken, body=BreakLock, errors=(404, 413)),
+    "list_agents": Op("Agents known: their sessions, leases held, unread messages",
+                      AgentPage),
+    "console_page": Op("The web console (HTML; its script and style at /ui/ASSET)",
+                       caller=False),
+    "console_asset": Op("A file of the web console (console.js, console.css, favicon.svg)",
+                        caller=False, errors=(404,)),
     "stream_ticket": Op("A single-use ticket for one stream (?ticket=), within 30 s",
                         views.Ticket, 201, errors=(413,)),
     "search": Op("Search: keyword (BM25), semantic or hybrid, with filters",
@@ -156,6 +166,10 @@ AbsolutePaths = Annotated[list[AbsolutePath], msgspec.Meta(
     min_length=1, max_length=b.MAX_RESOURCES,
     description=f"With resources, at most {b.MAX_RESOURCES} together")]
 
+BreakReason = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=1024, pattern=r"^[^\u0000]*$",
+    description="Why the lease is broken (journaled): 1 to 1024 characters, without NUL")]
+
 BOUNDS: dict[str, dict[str, Any]] = {
     "DraftForm": {"context_id": b.ContextId, "type": b.UnitType,
                   "payload_base64": str | None, "meta": b.Meta,
@@ -181,6 +195,7 @@ BOUNDS: dict[str, dict[str, Any]] = {
                "related_depth": b.Depth, "limit": b.SearchLimit, "offset": b.Offset,
                "mode": b.SearchMode, "min_similarity": b.Similarity | None,
                "since": b.Timestamp | None, "until": b.Timestamp | None},
+    "BreakLock": {"resource": b.Resource, "reason": BreakReason},
     "RelatedUnits": {"unit_id": b.UnitId, "types": list[b.RelationshipType],
                      "direction": b.Direction, "depth": b.Depth},
     "AddTask": {"title": b.TaskTitle, "context_id": b.ContextId | None,
@@ -261,7 +276,9 @@ AGENT_HEADER = {"name": "X-Agent-ID", "in": "header", "required": False,
                                 "the gateway's; one header, not empty, else 400); ignored "
                                 "with authentication on",
                  "schema": {"type": "string", "pattern": f"^(?:{b.AGENT_ID_PATTERN})$"}}
-PATH_PARAMS = {"unit_id": b.UnitId, "context_id": b.ContextId, "resource": b.Resource,
+PATH_PARAMS = {"asset": Annotated[str, msgspec.Meta(
+                    min_length=1, description="A file of the web console")],
+               "unit_id": b.UnitId, "context_id": b.ContextId, "resource": b.Resource,
                 "task_id": b.UnitId}
 
 

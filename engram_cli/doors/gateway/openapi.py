@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engram_cli import __version__
-from engram_cli.doors.gateway import views
+from engram_cli.doors.gateway import ui, views
 from engram_cli.doors.gateway.catalog import (
     AGENT_HEADER,
     BASE,
@@ -246,6 +246,11 @@ def _operation(components: _Components, path: str, handler: Handler) -> dict[str
     if handler.__name__ == "metrics":
         ok["content"] = {"text/plain; version=0.0.4; charset=utf-8": {
             "schema": {"type": "string"}}}
+    elif handler.__name__ == "console_page":
+        ok["content"] = {"text/html; charset=utf-8": {"schema": {"type": "string"}}}
+    elif handler.__name__ == "console_asset":
+        ok["content"] = {kind: {"schema": {"type": "string"}}
+                         for kind in sorted(set(ui.ASSETS.values()))}
     elif handler.__name__ == "openapi_json":
         ok["content"] = _json({"type": "object"})
     elif op.answer is not None:

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engram_cli.client import paths
-from engram_cli.doors.gateway import query, views
+from engram_cli.doors.gateway import query, ui, views
 from engram_cli.doors.gateway.forms import (
     ClaimProof,
     DraftForm,
@@ -40,6 +40,7 @@ from engramd.protocol import (
     AckMessage,
     AddTask,
     BadRequest,
+    BreakLock,
     ClaimTask,
     CountUnread,
     CreateContext,
@@ -52,6 +53,7 @@ from engramd.protocol import (
     GetStatus,
     GetTask,
     GetUnits,
+    ListAgents,
     ListContexts,
     ListLocks,
     ListTasks,
@@ -199,6 +201,18 @@ async def release_lock(gw: Gateway, request: Request) -> Response:
     return json_response(views.Released(lock_id, resource))
 
 
+async def break_lock(gw: Gateway, request: Request) -> Response:
+    """End another's lease (an admin's act: the daemon checks it, and journals who broke
+    it and why)."""
+    form = decode_request(await gw.body(request), BreakLock)
+    await gw.call(request, form)
+    return json_response(views.Broken(form.resource, form.reason))
+
+
+async def list_agents(gw: Gateway, request: Request) -> Response:
+    return json_response(plain(await gw.call(request, ListAgents())))
+
+
 async def stream_ticket(gw: Gateway, request: Request) -> Response:
     """A single-use ticket for a browser's stream (EventSource and WebSocket cannot send
     ``Authorization``): ``/stream-sse?ticket=…``, ``/stream?ticket=…``."""
@@ -307,6 +321,7 @@ ROUTES: list[tuple[str, list[str], Handler]] = [
     ("/locks", ["GET"], list_locks),
     ("/locks", ["POST"], acquire_locks),
     ("/locks/renew", ["POST"], renew_lock),
+    ("/locks/break", ["POST"], break_lock),
     ("/locks/{resource:path}", ["GET"], get_lock),
     ("/locks/{resource:path}", ["DELETE"], release_lock),
     ("/stream/ticket", ["POST"], stream_ticket),
@@ -324,6 +339,9 @@ ROUTES: list[tuple[str, list[str], Handler]] = [
     ("/tasks/{task_id}/claim", ["POST"], claim_task),
     ("/tasks/{task_id}/done", ["POST"], finish_task),
     ("/tasks/{task_id}/release", ["POST"], release_task),
+    ("/agents", ["GET"], list_agents),
+    ("/ui", ["GET"], ui.console_page),
+    ("/ui/{asset}", ["GET"], ui.console_asset),
 ]
 """Every HTTP endpoint but ``/openapi.json`` (:mod:`.openapi`, which reads this list) and
 the two streams (:mod:`.streams`); :mod:`.serve` puts them together."""

@@ -104,6 +104,12 @@ class LockList(msgspec.Struct):
     locks: list[LockState]
 
 
+class Broken(msgspec.Struct):
+    broken: str
+    """The resource whose lease was broken."""
+    reason: str
+
+
 class Released(msgspec.Struct):
     released: str
     """The lock id."""

@@ -1,0 +1,711 @@
+// engram's web console: plain JavaScript, no build step, nothing fetched but this
+// gateway's own API. Everything shown is untrusted (payloads, ids, metadata): it is set
+// as text (textContent, DOM nodes), never as markup, and control characters (terminal
+// escapes) and bidirectional overrides are shown as visible escapes.
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const KEY = "engram.token";
+const FEED_ROWS = 500;
+const STREAM_KINDS = ["unit.created", "context.created", "context.updated", "lock.acquired",
+  "lock.renewed", "lock.released", "lock.expired"];
+
+// -- text -------------------------------------------------------------------------------
+
+const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+/** Untrusted text made visible: control characters as \xNN / \uNNNN. */
+export function clean(value) {
+  return String(value ?? "").replace(UNSAFE, (c) => {
+    const code = c.charCodeAt(0);
+    return code < 0x100 ? "\\x" + code.toString(16).padStart(2, "0")
+      : "\\u" + code.toString(16).padStart(4, "0");
+  });
+}
+
+function short(text, length = 160) {
+  const line = clean(text).replace(/\s+/g, " ").trim();
+  return line.length > length ? line.slice(0, length - 1) + "…" : line;
+}
+
+/** An element: attributes (strings only), children (nodes, or text set as text). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name === "href") node.setAttribute("href", "#" + String(value).replace(/^#/, ""));
+    else node.setAttribute(name, String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(clean(child)));
+  }
+  return node;
+}
+
+function unitLink(id, text) {
+  return el("a", { href: "unit/" + encodeURIComponent(id) }, text ?? String(id).slice(-8));
+}
+
+function ago(when, now = Date.now()) {
+  if (!when) return "—";
+  const seconds = Math.max(0, Math.round((now - new Date(when).getTime()) / 1000));
+  return duration(seconds);
+}
+
+function duration(seconds) {
+  if (seconds < 60) return seconds + " s";
+  if (seconds < 3600) return Math.floor(seconds / 60) + " min";
+  if (seconds < 86400) return Math.floor(seconds / 3600) + " h " + Math.floor(seconds % 3600 / 60) + " min";
+  return Math.floor(seconds / 86400) + " d";
+}
+
+function clock(when) {
+  const date = new Date(when);
+  return isNaN(date) ? "" : date.toLocaleTimeString([], { hour12: false });
+}
+
+function fill(tbody, rows, emptyNote) {
+  tbody.replaceChildren(...rows);
+  const note = emptyNote ?? tbody.closest(".panel")?.querySelector(".empty");
+  if (note) note.hidden = rows.length > 0;
+}
+
+function payloadOf(unit) {
+  if (!unit) return "";
+  if (unit.payload !== undefined && unit.payload !== null) return unit.payload;
+  return unit.payload_base64 ? "(binary, " + Math.floor(unit.payload_base64.length * 3 / 4) + " bytes)" : "";
+}
+
+// -- the API ----------------------------------------------------------------------------
+
+class Unauthorized extends Error {}
+
+function token() { return sessionStorage.getItem(KEY) || ""; }
+
+async function api(path, { method = "GET", body } = {}) {
+  const headers = {};
+  if (token()) headers.Authorization = "Bearer " + token();
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, cache: "no-store",
+    body: body === undefined ? undefined : JSON.stringify(body) });
+  if (response.status === 401) {
+    signIn(await reason(response));
+    throw new Unauthorized("unauthenticated");
+  }
+  if (!response.ok) throw new Error(await reason(response));
+  return response.json();
+}
+
+async function reason(response) {
+  try {
+    const body = await response.json();
+    return (body.error && body.error.message) || response.statusText;
+  } catch { return response.status + " " + response.statusText; }
+}
+
+function toast(message) {
+  const box = $("#toast");
+  box.textContent = clean(message);
+  box.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { box.hidden = true; }, 6000);
+}
+
+function report(error) {
+  if (!(error instanceof Unauthorized)) toast(String(error.message || error));
+}
+
+// -- signing in -------------------------------------------------------------------------
+
+let signedOut = false;
+
+function signIn(message) {
+  signedOut = true;
+  stream.stop();
+  for (const view of document.querySelectorAll(".view")) view.hidden = true;
+  // Nothing read before stays on the page.
+  for (const body of document.querySelectorAll("tbody, ol, #threads, #timeline, #unit-trace, #unit-fields"))
+    body.replaceChildren();
+  $("#login").hidden = false;
+  $("#login-error").textContent = token() ? clean(message || "") : "";
+  setStatus("signed-out", "not signed in");
+  $("#token").focus();
+}
+
+$("#login-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(KEY, $("#token").value.trim());
+  $("#token").value = "";
+  signedOut = false;
+  $("#login").hidden = true;
+  start();
+});
+
+$("#signout").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY);
+  signIn("");
+});
+
+function setStatus(state, text) {
+  const status = $("#status");
+  status.dataset.state = state;
+  status.textContent = text;
+}
+
+// -- the live stream --------------------------------------------------------------------
+
+/** One Server-Sent Events stream of every event this caller may see, opened with a
+ * single-use ticket and reopened after any error from after the last event it gave
+ * (a gateway or daemon restart loses and repeats nothing). */
+class Stream {
+  constructor() {
+    this.after = null;
+    this.listeners = [];
+    this.source = null;
+    this.retry = 500;
+    this.timer = null;
+  }
+
+  on(listener) { this.listeners.push(listener); }
+
+  stop() {
+    clearTimeout(this.timer);
+    if (this.source) this.source.close();
+    this.source = null;
+  }
+
+  async open() {
+    this.stop();
+    let ticket;
+    try {
+      ticket = (await api("/stream/ticket", { method: "POST" })).ticket;
+    } catch (error) {
+      if (error instanceof Unauthorized) return;
+      return this.again();
+    }
+    if (signedOut) return;
+    const query = new URLSearchParams({ ticket, heartbeat: "5" });
+    if (this.after !== null) query.set("after", String(this.after));
+    const source = new EventSource("/stream-sse?" + query);
+    this.source = source;
+    source.onopen = () => { this.retry = 500; setStatus("live", "live"); };
+    const take = (message) => {
+      const seq = Number(message.lastEventId);
+      if (this.after !== null && seq <= this.after) return;  // (never twice)
+      this.after = seq;
+      const event = JSON.parse(message.data);
+      for (const listener of this.listeners) {
+        try { listener(event); } catch (error) { console.warn(error); }
+      }
+    };
+    for (const kind of STREAM_KINDS) source.addEventListener(kind, take);
+    source.addEventListener("heartbeat", (message) => {
+      const beat = JSON.parse(message.data);
+      if (typeof beat.cursor === "number" && (this.after === null || beat.cursor > this.after))
+        this.after = beat.cursor;
+      setStatus("live", "live");
+    });
+    source.onerror = () => {
+      if (this.source !== source) return;
+      source.close();
+      this.again();
+    };
+  }
+
+  again() {
+    if (signedOut) return;
+    setStatus("reconnecting", "reconnecting…");
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.open(), this.retry);
+    this.retry = Math.min(this.retry * 2, 5000);
+  }
+}
+
+const stream = new Stream();
+
+/** Call *fn* at most once per *wait* ms, after the last call. */
+function debounce(fn, wait = 150) {
+  let timer = null;
+  return () => { clearTimeout(timer); timer = setTimeout(fn, wait); };
+}
+
+// -- views ------------------------------------------------------------------------------
+
+const views = {};
+let current = null;
+
+function route() {
+  if (signedOut) return;
+  const hash = decodeURIComponent(location.hash.replace(/^#/, "")) || "now";
+  const [name, ...rest] = hash.split("/");
+  const view = views[name] ? name : "now";
+  for (const section of document.querySelectorAll(".view"))
+    section.hidden = section.id !== "view-" + view;
+  for (const link of document.querySelectorAll("nav a"))
+    link.toggleAttribute("aria-current", link.dataset.view === view);
+  current = view;
+  document.title = "engram · " + view;
+  Promise.resolve(views[view].show(rest.join("/"))).catch(report);
+}
+
+window.addEventListener("hashchange", route);
+
+document.addEventListener("keydown", (event) => {
+  const typing = event.target.closest("input, select, textarea, dialog");
+  if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+  const links = [...document.querySelectorAll("nav a")];
+  const index = Number(event.key) - 1;
+  if (index >= 0 && index < links.length) {
+    location.hash = links[index].getAttribute("href");
+    event.preventDefault();
+  } else if (event.key === "/") {
+    location.hash = "#search";
+    setTimeout(() => $("#search-form [name=query]").focus(), 0);
+    event.preventDefault();
+  } else if (event.key === "p" && current === "feed") {
+    $("#pause").click();
+  }
+});
+
+// Now: agents and sessions, leases and their queues, claimed tasks.
+
+views.now = {
+  async show() { await this.refresh(); },
+  async refresh() {
+    const [agents, locks, tasks] = await Promise.all([
+      api("/agents"), api("/locks"), api("/tasks?state=claimed&limit=200")]);
+    const now = Date.now();
+    fill($("#agents tbody"), agents.agents.map((agent) => el("tr", {},
+      el("th", { scope: "row" }, agent.agent),
+      el("td", {}, agent.sessions.length ? el("ul", { class: "sessions" },
+        agent.sessions.map((s) => el("li", { class: s.gone_at ? "gone" : "live" },
+          el("span", { class: "badge" }, s.gone_at ? "gone" : "live"), " ",
+          s.harness || "process", " · pid " + s.pid,
+          " · seen " + ago(s.gone_at || s.last_seen, now) + " ago"))) : "—"),
+      el("td", { class: "num" }, agent.leases),
+      el("td", { class: "num" }, agent.unread),
+      el("td", {}, agent.last_seen ? ago(agent.last_seen, now) + " ago" : "—"))));
+    const rows = [];
+    for (const state of locks.locks) {
+      const leases = state.leases && state.leases.length ? state.leases : (state.lease ? [state.lease] : []);
+      for (const lease of leases) {
+        const left = Math.max(0, Math.round((new Date(lease.expires_at) - now) / 1000));
+        const queue = state.waiters.length ? el("ol", { class: "queue" },
+          state.waiters.map((w) => el("li", {}, w.agent, w.pid ? " (pid " + w.pid + ")" : ""))) : "—";
+        const breaker = el("button", { type: "button", class: "danger small",
+          "aria-label": "Break the lease on " + clean(lease.resource) }, "Break…");
+        breaker.addEventListener("click", () => confirmBreak(lease));
+        rows.push(el("tr", { "data-resource": lease.resource },
+          el("th", { scope: "row", class: "resource" }, lease.resource),
+          el("td", {}, lease.holder), el("td", {}, ago(lease.acquired_at, now)),
+          el("td", {}, duration(left)), el("td", { class: "num" }, lease.fencing_token),
+          el("td", {}, queue), el("td", {}, breaker)));
+      }
+    }
+    fill($("#leases tbody"), rows);
+    fill($("#claimed tbody"), tasks.tasks.map((task) => el("tr", {},
+      el("th", { scope: "row" }, unitLink(task.id, short(task.title, 80))),
+      el("td", {}, task.claim ? task.claim.holder : "—"),
+      el("td", {}, task.claim ? ago(task.claim.acquired_at, now) + " ago" : "—"),
+      el("td", {}, task.context_id))));
+  },
+};
+const refreshNow = debounce(() => { if (current === "now") views.now.refresh().catch(report); });
+stream.on((event) => {
+  if (event.kind.startsWith("lock.") || event.kind === "context.updated" ||
+      (event.kind === "unit.created" && event.unit.type === "TASK_STATUS")) refreshNow();
+});
+setInterval(() => { if (current === "now" && !document.hidden) refreshNow(); }, 2000);
+
+async function confirmBreak(lease) {
+  const dialog = $("#confirm");
+  $("#confirm-what").textContent = clean(lease.resource) + " — held by " + clean(lease.holder) +
+    ", fencing token " + lease.fencing_token;
+  $("#confirm-reason").value = "";
+  dialog.showModal();
+  $("#confirm-reason").focus();
+  const answer = await new Promise((resolve) => {
+    $("#confirm-cancel").onclick = () => { dialog.close(); resolve(null); };
+    dialog.onclose = () => resolve(dialog.returnValue === "break" ? $("#confirm-reason").value : null);
+    $("#confirm-form").onsubmit = (event) => {
+      event.preventDefault();
+      const reasonGiven = $("#confirm-reason").value.trim();
+      if (!reasonGiven) return;
+      dialog.close("break");
+    };
+  });
+  if (!answer) return;
+  try {
+    await api("/locks/break", { method: "POST", body: { resource: lease.resource, reason: answer.trim() } });
+    toast("Broken: " + lease.resource);
+    refreshNow();
+  } catch (error) { report(error); }
+}
+
+// Feed: every event as it comes, filtered, paused at will.
+
+const feed = { paused: false, held: [], seen: new Set(), filled: false };
+
+function feedRow(event) {
+  const unit = event.unit;
+  const lease = event.lease;
+  let agent = "", type = "", what = "";
+  if (unit) {
+    agent = unit.agent_id; type = unit.type; what = short(payloadOf(unit));
+  } else if (lease) {
+    agent = event.by || lease.holder;
+    what = lease.resource + (event.reason ? " (" + event.reason + ")" : "") +
+      " · token " + lease.fencing_token;
+  } else if (event.context) {
+    what = event.context.display_name || event.context.id || "";
+  }
+  const row = el("tr", { "data-seq": event.seq, "data-kind": event.kind,
+      "data-context": event.context_id, "data-agent": agent, "data-type": type },
+    el("td", { class: "num" }, unit ? unitLink(unit.id, String(event.seq)) : String(event.seq)),
+    el("td", {}, clock(event.ts)), el("td", {}, el("span", { class: "kind" }, event.kind)),
+    el("td", {}, event.context_id), el("td", {}, agent), el("td", {}, type),
+    el("td", { class: "what" }, what));
+  row.hidden = !feedShows(row);
+  return row;
+}
+
+function feedFilters() {
+  const form = $("#feed-filters");
+  return { context: form.context.value.trim(), agent: form.agent.value.trim(),
+    type: form.type.value.trim(), kind: form.kind.value };
+}
+
+function feedShows(row, filters = feedFilters()) {
+  const has = (field, wanted) => !wanted || (row.dataset[field] || "").includes(wanted);
+  return has("context", filters.context) && has("agent", filters.agent) &&
+    has("type", filters.type) && (!filters.kind || row.dataset.kind.startsWith(filters.kind));
+}
+
+function feedAdd(events) {
+  const body = $("#feed tbody");
+  const rows = [];
+  for (const event of events) {
+    if (feed.seen.has(event.seq)) continue;
+    feed.seen.add(event.seq);
+    rows.push(feedRow(event));
+  }
+  if (!rows.length) return;
+  rows.sort((a, b) => Number(b.dataset.seq) - Number(a.dataset.seq));
+  // Newest first; an event older than the newest shown goes in its place.
+  for (const row of rows) {
+    const seq = Number(row.dataset.seq);
+    let before = body.firstElementChild;
+    while (before && Number(before.dataset.seq) > seq) before = before.nextElementSibling;
+    body.insertBefore(row, before);
+  }
+  while (body.childElementCount > FEED_ROWS) {
+    feed.seen.delete(Number(body.lastElementChild.dataset.seq));
+    body.lastElementChild.remove();
+  }
+}
+
+stream.on((event) => {
+  if (feed.paused) {
+    feed.held.push(event);
+    $("#pending").textContent = feed.held.length + " new while paused";
+  } else feedAdd([event]);
+});
+
+$("#pause").addEventListener("click", () => {
+  feed.paused = !feed.paused;
+  const button = $("#pause");
+  button.textContent = feed.paused ? "Resume" : "Pause";
+  button.setAttribute("aria-pressed", String(feed.paused));
+  if (!feed.paused) {
+    feedAdd(feed.held.splice(0));
+    $("#pending").textContent = "";
+  }
+});
+
+$("#feed-filters").addEventListener("input", () => {
+  const filters = feedFilters();
+  for (const row of $("#feed tbody").children) row.hidden = !feedShows(row, filters);
+});
+$("#feed-filters").addEventListener("submit", (event) => event.preventDefault());
+
+/** The feed's start: the newest units of the busiest contexts, as the events they were. */
+async function backfill() {
+  const contexts = (await api("/contexts?limit=50")).contexts || [];
+  const pages = await Promise.all(contexts.map((c) =>
+    api("/workunits/" + encodeURIComponent(c.id) + "?limit=40").catch(() => ({ units: [] }))));
+  const events = pages.flatMap((page) => page.units).map((unit) => ({
+    kind: "unit.created", seq: unit.seq, ts: unit.ts, context_id: unit.context_id, unit }));
+  events.sort((a, b) => b.seq - a.seq);
+  feedAdd(events.slice(0, 200));
+}
+
+views.feed = {
+  async show() {
+    if (!feed.filled) { await backfill(); feed.filled = true; }
+  },
+};
+
+// Tasks: a board.
+
+views.tasks = {
+  async show() { await this.refresh(); },
+  async refresh() {
+    const tasks = (await api("/tasks?limit=500")).tasks;
+    const titles = new Map(tasks.map((t) => [t.id, t.title]));
+    const now = Date.now();
+    const card = (task) => el("li", { class: "card p" + task.priority, "data-task": task.id },
+      el("div", { class: "title" }, unitLink(task.id, short(task.title, 100))),
+      el("div", { class: "meta" }, el("span", { class: "badge" }, "P" + task.priority), " ",
+        task.context_id, " · by " + clean(task.created_by)),
+      task.depends_on.length ? el("div", { class: "deps" }, "after: ",
+        task.depends_on.map((id, i) => [i ? ", " : "",
+          el("span", { class: task.open_dependencies.includes(id) ? "open" : "met" },
+            short(titles.get(id) || id.slice(-8), 40))])) : null,
+      task.claim ? el("div", { class: "claim" }, "claimed by " + clean(task.claim.holder) +
+        " · " + ago(task.claim.acquired_at, now) + " ago") : null,
+      task.state === "done" && task.done_by ? el("div", { class: "claim" }, "done by " + clean(task.done_by)) : null);
+    const column = (id, list) => {
+      $(id).replaceChildren(...list.map(card));
+      if (!list.length) $(id).append(el("li", { class: "empty" }, "none"));
+    };
+    column("#tasks-ready", tasks.filter((t) => t.state === "open" && !t.open_dependencies.length));
+    column("#tasks-blocked", tasks.filter((t) => t.state === "open" && t.open_dependencies.length));
+    column("#tasks-claimed", tasks.filter((t) => t.state === "claimed"));
+    column("#tasks-done", tasks.filter((t) => t.state === "done").slice(0, 50));
+  },
+};
+const refreshTasks = debounce(() => { if (current === "tasks") views.tasks.refresh().catch(report); });
+stream.on((event) => {
+  if ((event.kind === "unit.created" && event.unit.type === "TASK_STATUS") ||
+      (event.kind.startsWith("lock.") && event.lease.resource.startsWith("task:"))) refreshTasks();
+});
+
+// Messages: threads, acknowledgements per recipient.
+
+views.messages = {
+  async show() { await this.refresh(); },
+  async refresh() {
+    const context = $("#messages-form").context.value.trim() || "messages";
+    // (Asked whether the context is there first: a 404 would be a console error.)
+    const found = await api("/contexts?limit=1&prefix=" + encodeURIComponent(context));
+    const units = found.contexts.some((c) => c.id === context)
+      ? (await api("/workunits/" + encodeURIComponent(context) + "?type=MESSAGE&limit=500")).units : [];
+    units.reverse();  // oldest first
+    const acks = new Map();
+    const threads = new Map();
+    for (const unit of units) {
+      const meta = unit.meta || {};
+      if (meta.ack) {
+        if (!acks.has(meta.ack)) acks.set(meta.ack, new Map());
+        acks.get(meta.ack).set(unit.agent_id, unit.ts);
+        continue;
+      }
+      const key = meta.thread || unit.id;
+      if (!threads.has(key)) threads.set(key, []);
+      threads.get(key).push(unit);
+    }
+    const ordered = [...threads.entries()].sort((a, b) => b[1].at(-1).seq - a[1].at(-1).seq);
+    $("#threads").replaceChildren(...ordered.slice(0, 100).map(([key, messages]) =>
+      el("article", { class: "thread" },
+        el("h2", {}, messages[0].meta.thread ? "Thread " + short(key, 60) : "Message " + key.slice(-8),
+          el("span", { class: "count" }, " · " + messages.length + " message" + (messages.length > 1 ? "s" : ""))),
+        el("ol", {}, messages.map((m) => {
+          const to = (m.meta.to || "").split(",").filter(Boolean);
+          const acked = acks.get(m.id) || new Map();
+          return el("li", { class: "message", "data-unit": m.id },
+            el("div", { class: "meta" }, el("strong", {}, m.agent_id), " → " + clean(to.join(", ")),
+              " · " + clock(m.ts) + " · ", unitLink(m.id)),
+            el("p", { class: "body" }, short(payloadOf(m), 2000)),
+            m.meta.ack_required === "true" ? el("ul", { class: "acks" }, to.map((r) =>
+              el("li", { class: acked.has(r) ? "acked" : "pending" },
+                (acked.has(r) ? "✓ " : "… ") + clean(r) +
+                (acked.has(r) ? " acknowledged " + clock(acked.get(r)) : " not acknowledged")))) : null);
+        })))));
+    if (!ordered.length) $("#threads").append(el("p", { class: "empty" }, "No messages in " + context + "."));
+  },
+};
+$("#messages-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  views.messages.refresh().catch(report);
+});
+const refreshMessages = debounce(() => { if (current === "messages") views.messages.refresh().catch(report); });
+stream.on((event) => {
+  if (event.kind === "unit.created" && event.unit.type === "MESSAGE") refreshMessages();
+});
+
+// Search, with highlighted snippets; a unit's page with its causal trace.
+
+/** A snippet with **marks** as text and <mark> elements. */
+function highlighted(snippet) {
+  const parts = clean(snippet).split("**");
+  return parts.map((part, i) => (i % 2 ? el("mark", {}, part) : document.createTextNode(part)));
+}
+
+views.search = { show() {} };
+$("#search-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = event.target;
+  const body = { query: form.query.value, mode: form.mode.value, limit: 50 };
+  if (form.context.value.trim()) body.contexts = [form.context.value.trim()];
+  try {
+    const page = await api("/search", { method: "POST", body });
+    $("#search-total").textContent = page.total + " found";
+    $("#hits").replaceChildren(...page.hits.map((hit) => el("li", { class: "hit" },
+      el("div", { class: "meta" }, unitLink(hit.unit_id, hit.unit ? hit.unit.type : hit.unit_id.slice(-8)),
+        hit.unit ? " · " + clean(hit.unit.context_id) + " · " + clean(hit.unit.agent_id) + " · " + clock(hit.unit.ts) : "",
+        hit.score !== null ? " · score " + hit.score.toFixed(2) : ""),
+      el("p", { class: "snippet" }, highlighted(hit.snippet || short(payloadOf(hit.unit)))))));
+  } catch (error) { report(error); }
+});
+
+views.unit = {
+  async show(id) {
+    const unit = await api("/workunit/" + encodeURIComponent(id));
+    $("#unit-title").textContent = "Unit " + clean(unit.id);
+    const fields = [["seq", unit.seq], ["context", unit.context_id], ["agent", unit.agent_id],
+      ["type", unit.type], ["written", new Date(unit.ts).toLocaleString()], ["process", unit.pid]];
+    for (const [key, value] of Object.entries(unit.meta || {})) fields.push(["meta " + key, value]);
+    $("#unit-fields").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
+    $("#unit-payload").textContent = clean(payloadOf(unit));
+    const related = await api("/search/relationships", { method: "POST",
+      body: { unit_id: unit.id, direction: "both", depth: 4 } });
+    $("#unit-trace").replaceChildren(trace(related));
+  },
+};
+
+/** The units around a root as two trees: what it follows from (its relationships,
+ * outward) and what follows from it (units pointing at it). */
+function trace(related) {
+  const units = new Map(related.units.map((u) => [u.id, u]));
+  const out = new Map(), into = new Map();
+  for (const edge of related.edges) {
+    if (!out.has(edge.source)) out.set(edge.source, []);
+    out.get(edge.source).push(edge);
+    if (!into.has(edge.target)) into.set(edge.target, []);
+    into.get(edge.target).push(edge);
+  }
+  const label = (id, type) => {
+    const unit = units.get(id);
+    return el("span", { class: "node" }, type ? el("span", { class: "rel" }, type) : null, " ",
+      unitLink(id, unit ? unit.type + " " + id.slice(-8) : id.slice(-8)),
+      unit ? " · " + clean(unit.agent_id) + " · " + short(payloadOf(unit), 80) : "");
+  };
+  const grow = (id, edges, next, seen) => {
+    const children = (edges.get(id) || []).filter((e) => !seen.has(next(e)));
+    if (!children.length) return null;
+    return el("ul", {}, children.map((e) => {
+      const child = next(e);
+      seen.add(child);
+      return el("li", {}, label(child, e.type), grow(child, edges, next, seen));
+    }));
+  };
+  const root = related.root;
+  const up = grow(root, out, (e) => e.target, new Set([root]));
+  const down = grow(root, into, (e) => e.source, new Set([root]));
+  return el("div", {},
+    el("h3", {}, "It follows from"), up || el("p", { class: "empty" }, "nothing recorded"),
+    el("ul", { class: "root" }, el("li", {}, label(root, "this"))),
+    el("h3", {}, "What follows from it"), down || el("p", { class: "empty" }, "nothing yet"));
+}
+
+// Timeline: each agent's units, leases and claims over the last hour or day.
+
+const history = new Map();  // lock_id -> {lease, start, end}
+stream.on((event) => {
+  if (!event.kind.startsWith("lock.")) return;
+  const lease = event.lease;
+  const known = history.get(lease.lock_id) || { lease, start: lease.acquired_at, end: null };
+  if (event.kind === "lock.released" || event.kind === "lock.expired") known.end = event.ts;
+  history.set(lease.lock_id, known);
+});
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(clean(child)));
+  return node;
+}
+
+views.timeline = {
+  async show() { await this.refresh(); },
+  async refresh() {
+    // A range of 0 fits the chart to the activity of the last day.
+    const chosen = Number($("#timeline-form").range.value) * 1000;
+    const end = Date.now();
+    const since = new Date(end - (chosen || 86400000)).toISOString();
+    const contexts = ((await api("/contexts?limit=50")).contexts || []).map((c) => c.id);
+    const [pages, locks] = await Promise.all([
+      Promise.all(contexts.map((c) => api("/workunits/" + encodeURIComponent(c) +
+        "?limit=1000&since=" + encodeURIComponent(since)).catch(() => ({ units: [] })))),
+      api("/locks")]);
+    const rows = new Map();
+    const row = (agent) => {
+      if (!rows.has(agent)) rows.set(agent, { units: [], spans: [], waits: [] });
+      return rows.get(agent);
+    };
+    for (const unit of pages.flatMap((p) => p.units)) row(unit.agent_id).units.push(unit);
+    const spans = new Map([...history.values()].map((h) => [h.lease.lock_id, h]));
+    for (const state of locks.locks) {
+      for (const lease of (state.leases && state.leases.length ? state.leases : state.lease ? [state.lease] : []))
+        spans.set(lease.lock_id, { lease, start: lease.acquired_at, end: null, ...spans.get(lease.lock_id), end: null });
+      for (const waiter of state.waiters) row(waiter.agent).waits.push(state.resource);
+    }
+    for (const h of spans.values()) row(h.lease.holder).spans.push(h);
+    const times = [...rows.values()].flatMap((r) => [...r.units.map((u) => u.ts),
+      ...r.spans.map((h) => h.start)]).map((t) => new Date(t).getTime()).filter((t) => t >= end - 86400000);
+    const span = chosen || Math.max(60000, (end - Math.min(end - 60000, ...times)) * 1.05);
+    const start = end - span;
+    const width = 1000, label = 150, lane = 34;
+    const x = (t) => label + Math.max(0, Math.min(1, (new Date(t).getTime() - start) / span)) * (width - label - 10);
+    const agents = [...rows.keys()].sort();
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${lane * agents.length + 30}`, role: "img",
+      "aria-label": "Activity of " + agents.length + " agents" });
+    for (let i = 0; i <= 6; i++) {
+      const t = start + span * i / 6, px = x(t);
+      chart.append(svg("line", { x1: px, x2: px, y1: 0, y2: lane * agents.length, class: "grid" }),
+        svg("text", { x: px, y: lane * agents.length + 18, class: "tick",
+          "text-anchor": i === 0 ? "start" : i === 6 ? "end" : "middle" },
+          span > 7200000 ? new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : clock(t)));
+    }
+    agents.forEach((agent, i) => {
+      const y = i * lane, data = rows.get(agent);
+      const group = svg("g", { class: "lane", "data-agent": agent });
+      group.append(svg("text", { x: 4, y: y + 21, class: "agent" }, short(agent, 20), svg("title", {}, agent)));
+      for (const h of data.spans) {
+        const from = x(h.start), to = x(h.end || end);
+        const claim = h.lease.resource.startsWith("task:");
+        group.append(svg("rect", { x: from, y: y + 6, width: Math.max(2, to - from), height: 10,
+          class: claim ? "claim" : "lease" }, svg("title", {}, (claim ? "claim " : "lease ") +
+          clean(h.lease.resource) + " · " + clock(h.start) + "–" + (h.end ? clock(h.end) : "now"))));
+      }
+      for (const unit of data.units) {
+        group.append(svg("rect", { x: x(unit.ts) - 1, y: y + 18, width: 3, height: 12,
+          class: "unit t-" + unit.type.toLowerCase().replace(/[^a-z_]/g, "") },
+          svg("title", {}, unit.type + " in " + clean(unit.context_id) + " at " + clock(unit.ts) +
+            ": " + short(payloadOf(unit), 80))));
+      }
+      if (data.waits.length) {
+        group.append(svg("rect", { x: x(end) - 30, y: y + 6, width: 30, height: 10, class: "wait" },
+          svg("title", {}, "waiting now for " + data.waits.map(clean).join(", "))));
+      }
+      chart.append(group);
+    });
+    $("#timeline").replaceChildren(agents.length ? chart : el("p", { class: "empty" }, "Nothing in this time."));
+  },
+};
+$("#timeline-form").addEventListener("change", () => views.timeline.refresh().catch(report));
+const refreshTimeline = debounce(() => { if (current === "timeline") views.timeline.refresh().catch(report); }, 1000);
+stream.on(() => refreshTimeline());
+
+// -- start ------------------------------------------------------------------------------
+
+function start() {
+  $("#signout").hidden = !token();
+  stream.after = null;
+  stream.open();
+  route();
+}
+
+start();

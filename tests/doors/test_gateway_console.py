@@ -1,0 +1,315 @@
+"""The web console (``/ui``) in a real headless Chromium (Debian's ``chromium`` driven by
+Playwright; never a downloaded browser) against a real ``engram gateway`` and a real
+``engramd``: one daemon, one gateway and one browser for the module, a page per test.
+
+Every wait is bounded polling (Playwright's ``expect`` and :func:`wait_until`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from tests.conftest import WAIT, DaemonProcess, connect, run_cli, start_engramd
+
+pytest.importorskip("hypercorn")
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not shutil.which(CHROMIUM):
+    pytest.skip("no chromium here (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import expect  # noqa: E402
+
+from tests.doors.test_gateway import Gateway, _first_line  # noqa: E402
+from tests.doors.test_gateway_browser import ARGS  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = WAIT * 1000
+"""Playwright's bound on each wait, in milliseconds."""
+HOSTILE = "<img src=x onerror=\"window.pwned=1\"> \x1b[31mred\x1b[0m \u202eevil"
+
+
+@contextmanager
+def console_gateway(env: dict[str, str], *args: str, listen: str = "127.0.0.1:0"
+                    ) -> Iterator[Gateway]:
+    """``engram gateway`` listening on *listen* (the tests' helper takes any free port;
+    a restart needs the same one)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engram_cli", "gateway", "--listen", listen, "--json", *args],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    line = _first_line(process)
+    if not line:
+        process.wait(WAIT)
+        assert process.stderr is not None
+        pytest.fail(f"the gateway did not start: {process.stderr.read()}")
+    handle = Gateway(process, json.loads(line)["listening"][0])
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture(scope="module")
+def module_env() -> Iterator[dict[str, str]]:
+    scratch = tempfile.mkdtemp(prefix="eg-", dir="/tmp")
+    os.chmod(scratch, 0o700)
+    cleaned = {k: v for k, v in os.environ.items()
+               if not k.startswith("ENGRAM_") and k not in ("XDG_RUNTIME_DIR", "NO_COLOR")}
+    yield {**cleaned, "ENGRAM_SOCKET": os.path.join(scratch, "run", "engramd.sock"),
+           "ENGRAM_DATA_DIR": os.path.join(scratch, "data"),
+           "XDG_CONFIG_HOME": os.path.join(scratch, "config"), "ENGRAM_AGENT": "tester",
+           "ENGRAM_SEARCH_SEMANTIC": "off"}
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def daemon(module_env: dict[str, str]) -> Iterator[DaemonProcess]:
+    handle = DaemonProcess(start_engramd(module_env), module_env["ENGRAM_SOCKET"], module_env)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(daemon: DaemonProcess) -> Iterator[Gateway]:
+    with console_gateway(daemon.env) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class Console:
+    """A page of the console, with every console error and uncaught exception kept."""
+
+    def __init__(self, browser: Any, url: str, *, width: int = 1280, height: int = 800
+                 ) -> None:
+        self.context = browser.new_context(viewport={"width": width, "height": height})
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("dialog", self._dialog)
+        self.page.set_default_timeout(TIMEOUT)
+        self.url = url
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def open(self, view: str = "now") -> Any:
+        self.page.goto(f"{self.url}/ui#{view}")
+        return self.page
+
+    def live(self) -> None:
+        expect(self.page.locator("#status")).to_have_attribute("data-state", "live")
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def console(browser: Any, gw: Gateway) -> Iterator[Console]:
+    opened = Console(browser, gw.url)
+    yield opened
+    opened.close()
+
+
+def test_every_view_loads_without_console_errors_and_with_a_strict_policy(
+        console: Console, gw: Gateway, daemon: DaemonProcess) -> None:
+    with connect(daemon.socket, "writer") as client:
+        client.create_unit("views", "MESSAGE", "first words")
+    page = console.open()
+    console.live()
+    for view, heading in [("feed", "Feed"), ("tasks", "Tasks"), ("messages", "Messages"),
+                          ("search", "Search"), ("timeline", "Timeline"), ("now", "Now")]:
+        page.keyboard.press(str(["now", "feed", "tasks", "messages", "search",
+                                 "timeline"].index(view) + 1))
+        expect(page.locator(f"#view-{view} h1")).to_have_text(heading)
+        expect(page.locator(f"#view-{view}")).to_be_visible()
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    expect(page.locator("#view-now h1")).to_be_visible()
+    assert console.errors == []
+    answer = gw.http.get("/ui")
+    assert answer.headers["content-type"].startswith("text/html")
+    policy = answer.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "default-src 'none'" in policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    assert gw.http.get("/ui/console.js").headers["content-type"].startswith("text/javascript")
+    assert gw.http.get("/ui/nothing.js").status_code == 404
+
+
+def test_a_unit_written_by_the_cli_appears_in_the_feed_and_filters_apply(
+        console: Console, daemon: DaemonProcess) -> None:
+    page = console.open("feed")
+    console.live()
+    written = run_cli(daemon.env, "unit", "create", "-c", "feedctx", "-t", "REASONING",
+                      "-p", "the cli was here", "--json")
+    assert written.returncode == 0, written.stderr
+    seq = json.loads(written.stdout)["seq"]
+    row = page.locator(f"#feed tr[data-seq='{seq}']")
+    expect(row).to_contain_text("the cli was here")
+    expect(row).to_contain_text("REASONING")
+    # Filters hide what does not match, at once.
+    page.fill("#feed-filters [name=context]", "no-such-context")
+    expect(row).to_be_hidden()
+    page.fill("#feed-filters [name=context]", "feedctx")
+    expect(row).to_be_visible()
+    # Paused, the feed holds new events back and shows them on resume.
+    page.click("#pause")
+    held = json.loads(run_cli(daemon.env, "unit", "create", "-c", "feedctx", "-p", "later",
+                              "--json").stdout)["seq"]
+    expect(page.locator("#pending")).to_contain_text("1 new")
+    expect(page.locator(f"#feed tr[data-seq='{held}']")).to_have_count(0)
+    page.click("#pause")
+    expect(page.locator(f"#feed tr[data-seq='{held}']")).to_contain_text("later")
+    assert console.errors == []
+
+
+def test_a_lease_and_its_queue_appear_and_go_in_now(
+        console: Console, daemon: DaemonProcess) -> None:
+    page = console.open("now")
+    console.live()
+    taken = run_cli(daemon.env, "lock", "acquire", "deploy:prod", "--ttl", "120")
+    assert taken.returncode == 0, taken.stderr
+    lock_id = taken.stdout.split()[0]
+    row = page.locator("#leases tr[data-resource='deploy:prod']")
+    expect(row).to_contain_text("tester")
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "engram_cli", "lock", "acquire", "deploy:prod", "--wait", "60"],
+        env={**daemon.env, "ENGRAM_AGENT": "bob"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        expect(row.locator(".queue")).to_contain_text("bob")
+        waiter.kill()
+        waiter.wait(WAIT)
+        expect(row.locator(".queue")).to_have_count(0)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait(WAIT)
+    released = run_cli(daemon.env, "lock", "release", "deploy:prod", "--lock-id", lock_id)
+    assert released.returncode == 0, released.stderr
+    expect(row).to_have_count(0)
+    assert console.errors == []
+
+
+def test_hostile_payloads_are_shown_as_text(console: Console, daemon: DaemonProcess) -> None:
+    page = console.open("feed")
+    console.live()
+    with connect(daemon.socket, "mallory") as client:
+        unit = client.create_unit("hostile", "MESSAGE", HOSTILE, meta={"note": HOSTILE})
+    row = page.locator(f"#feed tr[data-seq='{unit.seq}']")
+    expect(row).to_contain_text('<img src=x onerror="window.pwned=1">')
+    expect(row).to_contain_text("\\x1b[31mred\\x1b[0m")  # the escape, visible
+    expect(row).to_contain_text("\\u202eevil")
+    row.locator("a").first.click()  # its page: payload and metadata
+    expect(page.locator("#unit-payload")).to_contain_text("<img src=x")
+    expect(page.locator("#unit-fields")).to_contain_text("\\x1b[31m")
+    assert page.locator("main img").count() == 0
+    assert page.evaluate("window.pwned") is None
+    assert console.dialogs == []
+    assert console.errors == []
+
+
+def test_a_gateway_restart_is_bridged_with_nothing_lost(
+        browser: Any, daemon: DaemonProcess) -> None:
+    with console_gateway(daemon.env) as first:
+        port = first.url.rsplit(":", 1)[1]
+        console = Console(browser, first.url)
+        try:
+            page = console.open("feed")
+            console.live()
+            with connect(daemon.socket, "writer") as client:
+                before = client.create_unit("bridge", "MESSAGE", "before").seq
+            expect(page.locator(f"#feed tr[data-seq='{before}']")).to_be_visible()
+            first.stop()
+            expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+            with connect(daemon.socket, "writer") as client:
+                during = [client.create_unit("bridge", "MESSAGE", f"during {n}").seq
+                          for n in range(3)]
+            with console_gateway(daemon.env, listen=f"127.0.0.1:{port}"):
+                console.live()
+                with connect(daemon.socket, "writer") as client:
+                    after = client.create_unit("bridge", "MESSAGE", "after").seq
+                for seq in [*during, after]:
+                    expect(page.locator(f"#feed tr[data-seq='{seq}']")).to_have_count(1)
+                rows = "#feed tr[data-context='bridge'][data-kind='unit.created']"
+                shown = page.locator(rows).evaluate_all(
+                    "rows => rows.map(r => Number(r.dataset.seq))")
+                assert shown == sorted([before, *during, after], reverse=True)
+        finally:
+            console.close()
+
+
+def test_with_auth_on_no_token_shows_no_data_and_a_token_shows_it(
+        browser: Any, daemon: DaemonProcess) -> None:
+    token = run_cli(daemon.env, "agent", "token", "create", "overseer").stdout.strip()
+    with connect(daemon.socket, "writer") as client:
+        client.create_unit("secret", "MESSAGE", "for signed-in eyes")
+    with console_gateway(daemon.env, "--auth", "token") as secured:
+        console = Console(browser, secured.url)
+        try:
+            page = console.open("feed")
+            expect(page.locator("#login")).to_be_visible()
+            expect(page.locator("#status")).to_have_attribute("data-state", "signed-out")
+            assert "for signed-in eyes" not in page.content()
+            assert page.locator("#feed tbody tr").count() == 0
+            page.fill("#token", "egt_not-a-token")
+            page.click("#login-form button")
+            expect(page.locator("#login-error")).not_to_be_empty()
+            assert "for signed-in eyes" not in page.content()
+            page.fill("#token", token)
+            page.click("#login-form button")
+            console.live()
+            page.goto(f"{secured.url}/ui#feed")
+            expect(page.locator("#feed")).to_contain_text("for signed-in eyes")
+            page.click("#signout")
+            expect(page.locator("#login")).to_be_visible()
+            assert "for signed-in eyes" not in page.content()
+        finally:
+            console.close()
+    # The 401s the page met are console messages of the browser's own (failed requests),
+    # which are expected here: the page's own code raised nothing.
+    assert not [e for e in console.errors if "Failed to load resource" not in e]
+
+
+def test_breaking_a_lease_asks_for_a_reason_and_is_journaled(
+        console: Console, daemon: DaemonProcess) -> None:
+    taken = run_cli(daemon.env, "lock", "acquire", "stuck:job", "--ttl", "120")
+    assert taken.returncode == 0, taken.stderr
+    page = console.open("now")
+    console.live()
+    row = page.locator("#leases tr[data-resource='stuck:job']")
+    row.get_by_role("button").click()
+    expect(page.locator("#confirm")).to_be_visible()
+    page.click("#confirm-cancel")
+    expect(page.locator("#confirm")).to_be_hidden()
+    expect(row).to_have_count(1)  # cancelled: nothing done
+    row.get_by_role("button").click()
+    page.click("#confirm-ok")  # no reason yet: the dialog stays
+    expect(page.locator("#confirm")).to_be_visible()
+    page.fill("#confirm-reason", "its holder hung")
+    page.click("#confirm-ok")
+    expect(row).to_have_count(0)
+    page.keyboard.press("2")
+    broken = page.locator("#feed tr[data-kind='lock.released']", has_text="stuck:job")
+    expect(broken).to_contain_text("broken: its holder hung")
+    assert console.errors == []
