@@ -8,7 +8,17 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 
-from engram_cli.bench import cli, cluster, floors, gateway, journal, leases, search, stream
+from engram_cli.bench import (
+    cli,
+    cluster,
+    console,
+    floors,
+    gateway,
+    journal,
+    leases,
+    search,
+    stream,
+)
 from engram_cli.bench.harness import BenchResult, BenchTarget, Workload, summarize
 
 WORKLOADS: dict[str, Workload] = {
@@ -44,6 +54,7 @@ WORKLOADS: dict[str, Workload] = {
     "http.write": gateway.bench_http_write,
     "http.identities300": gateway.bench_http_identities300,
     "sse.fanout10": gateway.bench_sse_fanout10,
+    "console.feed10": console.bench_console_feed10,
     "search.query": search.bench_search_query,
     "vector.backfill": search.bench_vector_backfill,
     "search.hybrid": search.bench_search_hybrid,

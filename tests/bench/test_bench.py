@@ -151,3 +151,16 @@ def test_the_gateway_and_semantic_rows_run(env: dict[str, str]) -> None:
     assert "gateway cpu ms/req" in rows["http.identities300"]["note"]
     assert rows["vector.backfill"]["ops"] == 1000 and "units/s" in rows["vector.backfill"]["note"]
     assert rows["search.hybrid"]["ops"] == 5 and "RSS" in rows["search.hybrid"]["note"]
+
+
+def test_the_console_row_runs_in_a_real_browser(env: dict[str, str]) -> None:
+    pytest.importorskip("hypercorn")
+    pytest.importorskip("playwright.sync_api", reason="playwright is missing")
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("no chromium here (apt-get install chromium)")
+    result = run_cli(env, "bench", "--only", "console.feed10", "--scale", "0.02", "--json",
+                     timeout=300)
+    assert result.returncode == 0, result.stderr
+    (row,) = map(json.loads, result.stdout.splitlines())
+    assert row["name"] == "console.feed10" and row["ops"] == 60  # 6 writes, 10 consoles
+    assert "in all 10: p50" in row["note"]
