@@ -107,6 +107,8 @@ class Awaited:
     grant: Grant
     lock_ids: list[str]
     received: dict[str, Holding] = field(default_factory=dict)
+    handed_at: int = 0
+    """The revision of the batch that handed its leases over (0: none yet)."""
     delivered: bool = False
     """Its waiter was answered with the leases handed over."""
 
@@ -514,7 +516,7 @@ class ClusterLeaseManager(LeaseManager):
                 self._nursery.start_soon(
                     self._in_background, "keeping a waiter's ticket",
                     functools.partial(self.tickets.keep, done, waiter, grant, number,
-                                      awaited.lock_ids))
+                                      awaited.lock_ids, lambda: awaited.handed_at))
                 kept = True
                 while True:
                     while not awaited.received and not self.view.turn(waiter, number, grant):
@@ -567,6 +569,11 @@ class ClusterLeaseManager(LeaseManager):
         holding.connection, holding.push = awaited.grant.caller.connection, \
             awaited.grant.caller.push
         awaited.received[lease.lock_id] = holding
+        # Its ticket was consumed in the same batch: out of the line at once (the watch
+        # shows it next), so that what this machine says of the line is true when the
+        # waiter is answered.
+        awaited.handed_at = awaited.handed_at or lease.fencing_token
+        self.view.consumed(waiter)
         self.table.deadline_changed.set()
 
     def _delivered(self, awaited: Awaited) -> list[Lease]:

@@ -309,6 +309,12 @@ class LeaseView:
         for claim in claims:
             self.lined.add(claim)
 
+    def consumed(self, waiter: str) -> None:
+        """*waiter*'s ticket was consumed by the batch that handed its leases over (its
+        machine knows before its watch shows the ticket's revision)."""
+        self._withdraw(waiter)
+        self.ticket_seen.pop(waiter, None)
+
     def _withdraw(self, waiter: str) -> None:
         self.tickets.pop(waiter, None)
         for claim in self._ticket_claims.pop(waiter, ()):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
@@ -73,27 +74,33 @@ class Tickets:
 
     async def register(self, waiter: str, grant: Grant, number: int,
                        lock_ids: list[str]) -> int:
-        """Put the waiter's ticket in the line (again); its number. (Its time of sending
-        is read before the first attempt: never later than the servers store it.)"""
+        """Put the waiter's ticket in the line (again); the revision written (the first
+        write's is the ticket's number). Its time of sending is read before the first
+        attempt: never later than the servers store it."""
         body = encode_record(self.ticket(grant, number, lock_ids))
-        revision = await self._call(functools.partial(
+        return await self._call(functools.partial(
             self.bucket.write, ticket_key(waiter), body, last=None, ttl=self.TTL,
             msg_id=secrets.token_hex(12)))
-        return number or revision
 
-    async def keep(self, done: trio.Event, waiter: str, grant: Grant,
-                   number: int, lock_ids: list[str]) -> None:
+    async def keep(self, done: trio.Event, waiter: str, grant: Grant, number: int,
+                   lock_ids: list[str], consumed: Callable[[], int] = lambda: 0) -> None:
         """Write the waiter's ticket again until it is *done*, then withdraw it (after
-        the last write: a ticket written again after its withdrawal would linger)."""
+        the last write: a ticket written again after its withdrawal would linger),
+        unless a handover consumed its last write already (*consumed*: the revision of
+        the batch that did, or 0)."""
+        last: float = number
         while True:
             with trio.move_on_after(self.REFRESH):
                 await done.wait()
             if done.is_set():
                 break
             try:
-                await self.register(waiter, grant, number, lock_ids)
+                last = await self.register(waiter, grant, number, lock_ids)
             except Unavailable:
-                pass  # the next round tries again; the ticket may lapse meanwhile
+                last = math.inf  # (perhaps written) the next round tries again; the
+                # ticket may lapse meanwhile
+        if consumed() > last:
+            return  # nothing of it is left in the line
         await self.withdraw(waiter)
 
     async def withdraw(self, waiter: str) -> None:
