@@ -110,26 +110,29 @@ def holder_seen(machine: Machine, resource: str) -> Lease | None:
 class Waiter:
     """An acquire that waits in line, in a thread: its leases, or what it raised."""
 
-    def __init__(self, machine: Machine, agent: str, resource: str, wait: float = 30,
-                 **options: Any) -> None:
+    def __init__(self, machine: Machine, agent: str, resource: str | list[str],
+                 wait: float = 30, **options: Any) -> None:
         self.leases: list[Lease] = []
         self.error: BaseException | None = None
         self._client = machine.client(agent)
         self._thread = threading.Thread(target=self._run, args=(resource, wait, options))
         self._thread.start()
 
-    def _run(self, resource: str, wait: float, options: dict[str, Any]) -> None:
+    def _run(self, resource: str | list[str], wait: float, options: dict[str, Any]) -> None:
         try:
             self.leases = self._client.acquire_lock(resource, ttl=30, wait=wait, **options)
         except BaseException as exc:  # (handed to the test)
             self.error = exc
 
-    def result(self) -> Lease:
+    def leases_when_done(self) -> list[Lease]:
         self._thread.join(WAIT * 3)
         assert not self._thread.is_alive(), "the waiter is still waiting"
         if self.error is not None:
             raise self.error
-        (lease,) = self.leases
+        return self.leases
+
+    def result(self) -> Lease:
+        (lease,) = self.leases_when_done()
         return lease
 
     def release(self) -> None:
@@ -141,12 +144,14 @@ class Waiter:
 
 
 @contextlib.contextmanager
-def waiting(machine: Machine, agent: str, resource: str, *, seen_on: Machine,
-            ahead: int = 0, **options: Any) -> Iterator[Waiter]:
-    """A :class:`Waiter` on *machine*, in line (*seen_on* shows it behind *ahead*)."""
+def waiting(machine: Machine, agent: str, resource: str | list[str], *, seen_on: Machine,
+            ahead: int = 0, resource_seen: str = "", **options: Any) -> Iterator[Waiter]:
+    """A :class:`Waiter` on *machine*, in line (*seen_on* shows it behind *ahead* in the
+    line of *resource_seen*, by default its resource)."""
     waiter = Waiter(machine, agent, resource, **options)
+    seen = resource_seen or str(resource)
     try:
-        wait_until(lambda: waiters_seen(seen_on, resource) == ahead + 1,
+        wait_until(lambda: waiters_seen(seen_on, seen) == ahead + 1,
                    f"{agent} to be in line")
         yield waiter
     finally:
@@ -216,6 +221,29 @@ def test_waiters_on_both_machines_are_handed_over_to_in_line_order(
     assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
     # Four handovers (alice's release, and each waiter's but the last's).
     assert counter(a, HANDED_OVER) + counter(b, HANDED_OVER) - before == 4
+
+
+def test_readers_on_two_machines_are_handed_over_to_together(machines: list[Machine]) -> None:
+    """A writer's release lets two readers go, one of them waiting for resources under two
+    roots: one batch grants them all."""
+    a, b, _ = machines
+    root = f"file:github.com/t/{uuid.uuid4().hex[:8]}:"
+    plain = "other:" + uuid.uuid4().hex[:8]
+    before = counter(a, HANDED_OVER)
+    with a.client("writer") as writer:
+        (held,) = writer.acquire_lock(root + "data/", ttl=30)
+        with waiting(b, "r1", root + "data/", seen_on=a, shared=True) as one, \
+                waiting(a, "r2", [root + "data/x", plain], seen_on=a, shared=True,
+                        resource_seen=plain) as two:
+            writer.release_lock(held.lock_id)
+            first = one.result()
+            second = sorted(two.leases_when_done(), key=lambda lease: lease.resource)
+            assert counter(a, HANDED_OVER) - before == 1
+            assert [lease.resource for lease in second] == [root + "data/x", plain]
+            tokens = sorted([first.fencing_token] + [lease.fencing_token for lease in second])
+            assert tokens[0] > held.fencing_token
+            assert tokens == list(range(tokens[0], tokens[0] + 3))  # one batch, in a row
+            assert all(lease.shared for lease in [first, *second])
 
 
 def test_a_write_under_the_root_since_the_view_makes_the_release_write_alone(
