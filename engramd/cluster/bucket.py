@@ -236,6 +236,8 @@ class KeyUpdate:
     value: bytes
     operation: str = ""
     """Empty for a value; ``DEL`` for a delete, ``PURGE`` for an expiry (a marker)."""
+    msg_id: str = ""
+    """The message id it was written with (a read tells it; a watch does not)."""
 
     @property
     def deleted(self) -> bool:
@@ -375,7 +377,8 @@ class LeaseBucket:
         except nats.js.errors.NotFoundError:
             return None
         return KeyUpdate(key=key, revision=int(msg.seq), value=msg.data or b"",
-                         operation=_operation(msg.headers))
+                         operation=_operation(msg.headers),
+                         msg_id=(msg.headers or {}).get(api.Header.MSG_ID, ""))
 
     async def watch(self) -> int:
         """Watch every key from its last revision (deletes included); the bucket's last

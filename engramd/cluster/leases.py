@@ -64,7 +64,6 @@ from engramd.cluster.bucket import (
     KeyChanged,
     KeyUpdate,
     LeaseBucket,
-    decode_lease_record,
     encode_record,
     parse_key,
     root_filter,
@@ -524,7 +523,7 @@ class ClusterLeaseManager(LeaseManager):
                     if awaited.received:  # handed over: the rest of its batch follows
                         while not awaited.complete:
                             await self.view.changed.wait()
-                        return self._delivered(awaited)
+                        return self._answer(awaited)
                     leases = await patiently(lambda: self._take(grant), self.RETRY_SECONDS)
                     if leases is not None:
                         return leases
@@ -576,7 +575,7 @@ class ClusterLeaseManager(LeaseManager):
         self.view.consumed(waiter)
         self.table.deadline_changed.set()
 
-    def _delivered(self, awaited: Awaited) -> list[Lease]:
+    def _answer(self, awaited: Awaited) -> list[Lease]:
         """The leases handed over to *awaited*, now its waiter's."""
         awaited.delivered = True
         leases = [awaited.received[lock_id].lease for lock_id in awaited.lock_ids]
@@ -715,16 +714,18 @@ class ClusterLeaseManager(LeaseManager):
         return True
 
     async def _stored(self, handover: Handover) -> bool:
-        """Whether *handover* was stored (by an earlier copy of it): its first grant's
-        key holds that grant, as the stream's leader has it (the view takes in what
-        the leader shows)."""
-        key, record = handover.grants[0]
+        """Whether *handover* was stored (by an earlier copy of it, whose answer was
+        lost): its first grant's key, as the stream's leader has it (the view takes it
+        in), holds that grant's message, by its message id. (The same grant by another
+        release's batch, which a waiter's lock ids would not tell apart, is not this
+        one: this end was not written. A message id not found when the batch was
+        stored, its grant renewed since, only makes the end be written alone again,
+        which then finds it written.)"""
+        key, _ = handover.grants[0]
+        (write,) = [write for write in handover.writes if write.key == key]
         found = await self._call(functools.partial(self.bucket.read, key))
         self.view.seen(key, found)
-        if found is None or found.deleted or not found.value:
-            return False
-        now = decode_lease_record(found.value)
-        if not (isinstance(now, Held) and now.lease.lock_id == record.lease.lock_id):
+        if found is None or found.msg_id != write.msg_id:
             return False
         await self._read_key(handover.own_key)
         return True
