@@ -248,6 +248,9 @@ class LeaseBucket:
     """Writes, reads and the watch of the leases bucket. Every method runs on the
     asyncio loop, on the journal's connection."""
 
+    BATCHES = True
+    """Whether :meth:`open` lets the bucket's stream take atomic batches."""
+
     def __init__(self, link: NatsLink) -> None:
         self.link = link
         self.name = f"engram_{link.settings.deployment}_leases"
@@ -266,9 +269,9 @@ class LeaseBucket:
 
     async def open(self) -> None:
         """Create the bucket if it is not there, and let its stream take atomic batches
-        (nats-server 2.12 and later: ``allow_atomic``, which the bucket's own config does
-        not carry; a stream update turns it on for a bucket made before). An older
-        server keeps it off, and every release then takes the two-write path."""
+        (nats-server 2.12 and later: ``allow_atomic``, which nats-py's key-value config
+        does not carry: a stream update turns it on, for a bucket made now or before).
+        An older server keeps it off, and every release then takes the two-write path."""
         js = self.link.js
         try:
             await js.key_value(self.name)
@@ -277,6 +280,8 @@ class LeaseBucket:
                 await js.create_key_value(self.config())
             except nats.js.errors.BadRequestError:
                 await js.key_value(self.name)  # another machine created it meanwhile
+        if not self.BATCHES:
+            return
         config = (await js.stream_info(self.stream)).config
         if not config.allow_atomic:
             config.allow_atomic = True
