@@ -325,3 +325,39 @@ def test_a_lease_handed_over_to_a_waiter_that_gave_up_is_ended_at_once(
                        f"{machine.name} to see the resource free")
         (again,) = alice.acquire_lock(resource, ttl=30)
         assert again.fencing_token > held.fencing_token
+
+
+def test_a_bucket_made_before_is_made_to_take_batches(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
+    """A leases bucket an engramd made before atomic batches (without allow_atomic) is
+    given it by the stream update an engramd makes when it opens the bucket."""
+    import nats
+    from nats.js import api
+
+    machines = deployment_of(nats_cluster, env, scratch, ("a", "b"))
+    stream = f"KV_engram_{machines[0].env['ENGRAM_CLUSTER_DEPLOYMENT']}_leases"
+
+    async def allows_atomic(create: bool) -> bool:
+        nc = await nats.connect(servers=nats_cluster.servers.split(","))
+        try:
+            js = nc.jetstream()
+            if create:
+                await js.create_key_value(api.KeyValueConfig(
+                    bucket=stream[3:], description="engram leases", history=1,
+                    storage=api.StorageType.FILE, replicas=3, direct=False,
+                    limit_marker_ttl=60.0))
+            return bool((await js.stream_info(stream)).config.allow_atomic)
+        finally:
+            await nc.close()
+
+    assert not asyncio.run(allows_atomic(create=True))
+    a, b = machines
+    resource = "job:" + uuid.uuid4().hex[:8]
+    with running(machines), a.client("alice") as alice:
+        assert asyncio.run(allows_atomic(create=False))
+        (held,) = alice.acquire_lock(resource, ttl=30)
+        with waiting(b, "bob", resource, seen_on=a) as bob:
+            alice.release_lock(held.lock_id)
+            assert bob.result().fencing_token > held.fencing_token
+            assert counter(a, HANDED_OVER) == 1
+            bob.release()
