@@ -176,7 +176,8 @@ class Engine:
         if cluster is not None:
             from engramd.cluster.leases import ClusterLeaseManager
 
-            leases = ClusterLeaseManager(cluster, news=hub.publish_passing, **lease_options)
+            leases = ClusterLeaseManager(cluster, news=hub.publish_passing,
+                                         count=self.metrics.count, **lease_options)
             prepare_fences = leases.prepare_fences
         else:
             leases = LeaseManager(store, committer, **lease_options)

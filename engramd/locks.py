@@ -262,13 +262,20 @@ class LockTable:
         for waiting in self._turns():
             waiting.turn.set()
 
+    def hide(self, holding: Holding) -> Claim | None:
+        """Take the claim of *holding* out of the index, to see what its end would let
+        go; the caller puts it back (``taken.add``). None when it is not held."""
+        claim = self._claims.get(holding.lease.lock_id)
+        if claim is not None:
+            self.taken.remove(claim)
+        return claim
+
     def successors(self, holding: Holding) -> list[Waiting]:
         """The waiters whose turn comes when *holding* ends, taken out of the line with
         their resources reserved (to be granted in the commit that ends it)."""
-        claim = self._claims.get(holding.lease.lock_id)
+        claim = self.hide(holding)
         if claim is None:
             return []
-        self.taken.remove(claim)
         try:
             chosen = self._turns()
         finally:

@@ -119,8 +119,8 @@ def kv_cas_floor(servers: str, count: int) -> tuple[list[float], list[float]]:
     """The floor under a lease operation: the latencies (seconds, sorted) of a bare
     nats-py compare-and-set write to a key of a key-value bucket made as engram makes
     its leases bucket (3 replicas, per-key TTLs), one at a time; and of an atomic batch
-    of two such writes (``Nats-Batch-Id``, one round trip: what a handover in one write
-    would cost). Nothing of engram."""
+    of two such writes (``Nats-Batch-Id``, one round trip: the floor under a handover in
+    one write, SPECS §9.1). Nothing of engram."""
     import asyncio
 
     import nats
@@ -313,8 +313,8 @@ def bench_cluster_lock_handover(target: BenchTarget) -> Measurement:
         single, batch = kv_cas_floor(machines[0][1]["ENGRAM_CLUSTER_SERVERS"],
                                      target.count(300))
         measurement = handover(_machine(target, *machines[0]), machines[1][0])
-        measurement.note = ("the release's write, B's watch seeing it, and B's grant write; "
-                            "on the same servers a bare KV compare-and-set p50 "
+        measurement.note = ("the release's batch (its end, B's grant, B's ticket) and B's "
+                            "watch seeing it; on the same servers a bare KV compare-and-set p50 "
                             f"{percentile(single, 0.5) * 1000:.3f} ms, an atomic batch of "
                             f"two p50 {percentile(batch, 0.5) * 1000:.3f} ms; "
                             "daemon cpu: the holder's machine")

@@ -13,9 +13,15 @@ the journal. Two kinds of keys live in it:
   ``Nats-Expected-Last-Subject-Sequence`` (compare-and-set on the key's revision) and a
   per-message TTL (``Nats-TTL``), so the servers end a lease nobody renews: no
   machine's clock decides an expiry.
-* ``w.<waiter>``: a waiter's ticket (its resources and mode), while it waits. Its
-  TTL is short and its machine puts it again while the waiter waits, so the
-  tickets of a machine that went away leave the line by themselves.
+* ``w.<waiter>``: a waiter's ticket (its resources and mode, and the terms of the
+  leases it waits for), while it waits. Its TTL is short and its machine puts it
+  again while the waiter waits, so the tickets of a machine that went away leave the
+  line by themselves.
+
+A release that lets a waiter go writes, in one JetStream atomic batch (the stream
+allows them: ``allow_atomic``), its own end, the waiter's leases and the waiter's
+ticket consumed, each with its expectation (:meth:`LeaseBucket.write_batch`): all are
+stored, or none.
 
 Resources are any bytes but NUL; keys hold them as unpadded base64url. The bucket
 places a marker when the servers expire a key (``limit_marker_ttl``), so every
@@ -25,8 +31,11 @@ watcher sees an expiry as it happens.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
+import logging
 import math
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,14 +46,23 @@ from nats.js import api
 from nats.js.kv import KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 from engramd.cluster.nats import WRONG_LAST_SEQUENCE, NatsLink
+from engramd.cluster.outage import transient
 from engramd.protocol import Lease
 from engramd.protocol.resources import parse
 
 WRONG_LAST_SEQUENCE_CONSTANT = 10164
+ATOMIC_DISABLED = 10174
+"""JetStream's error code for a batch sent to a stream that does not allow them."""
+BATCH_DUPLICATE_ID = 10201
+"""JetStream's error code for a batch with a message id it has stored already."""
 MARKER_TTL = 60.0
 """How long the servers keep the marker of an expired key (watchers see it at once)."""
 LEASE = "l"
 TICKET = "w"
+EXPECTED_UNDER = "Nats-Expected-Last-Subject-Sequence-Subject"
+"""The subject (a wildcard) whose last message ``Nats-Expected-Last-Subject-Sequence``
+then names, instead of the message's own subject's."""
+log = logging.getLogger("engramd.cluster.leases")
 
 
 def encode_resource(resource: str) -> str:
@@ -77,6 +95,11 @@ def root_filter(resource: str) -> str:
     return f"{LEASE}.{root_token(resource)}.>"
 
 
+def root_of_key(key: str) -> str:
+    """The ``<root>`` part of a lease key."""
+    return key.split(".", 2)[1]
+
+
 def ticket_key(waiter: str) -> str:
     return f"{TICKET}.{waiter}"
 
@@ -102,11 +125,33 @@ class Held(msgspec.Struct, tag="held", frozen=True):
     lease: Lease
     """Its fencing_token is 0 in the write that granted it: the token is that
     write's revision, known once it is stored (renewals write it out)."""
+    waiter: str = ""
+    """The waiter it was handed over to, by a release that wrote it in the same batch
+    as its own end and the waiter's ticket consumed (its grant: no write of the
+    waiter's machine); empty in a lease its own machine wrote."""
 
 
 class Ended(msgspec.Struct, tag="ended", frozen=True):
     reason: str
     by: str
+
+
+class Terms(msgspec.Struct, frozen=True):
+    """What the leases a waiter waits for hold, as its ticket carries them: enough for a
+    release on any machine to write them (:func:`handed_leases`)."""
+
+    ttl: float
+    lock_ids: list[str]
+    """One a resource, in the ticket's order: chosen by the waiter's machine, which
+    knows its grant by them."""
+    boot_id: str
+    sent: float
+    """CLOCK_BOOTTIME on the waiter's machine just before this revision of the ticket
+    was sent: a batch that expects this revision is stored after it."""
+    pid: int | None = None
+    pgid: int | None = None
+    bind_connection: bool = False
+    while_alive: bool = False
 
 
 class Ticket(msgspec.Struct, tag="ticket", frozen=True):
@@ -118,6 +163,34 @@ class Ticket(msgspec.Struct, tag="ticket", frozen=True):
     pid: int
     resources: list[str]
     shared: bool = False
+    terms: Terms | None = None
+    """What its leases hold. A ticket without (an older engramd's) is not handed over
+    to: its waiter takes its leases itself."""
+
+
+ENDED_TTL = 1.0
+"""How long an ended lease's record stays (then the servers remove it)."""
+HANDOVER_SLACK = 3.0
+"""What a lease handed over to a waiter lives on the servers beyond its ttl: the
+ticket refresh (2 s) and a second. The servers' TTL starts when the batch is stored,
+which is after the ticket revision it expects was sent (``Terms.sent``); the waiter's
+machine promises its holder at most ``sent + ttl + HANDOVER_SLACK``, so never later
+than the servers' expiry, and the full ttl whenever it sees the grant within the
+slack of that ticket's sending."""
+
+
+def handed_leases(ticket: Ticket, terms: Terms, ts: dt.datetime) -> list[Lease]:
+    """The leases a release hands over to the waiter of *ticket* at *ts* (its wall
+    clock), as the waiter's machine would have made them itself (tokens 0: the
+    revisions of their writes)."""
+    return [Lease(resource=resource, holder=ticket.agent, lock_id=lock_id, fencing_token=0,
+                  acquired_at=ts, expires_at=ts + dt.timedelta(seconds=terms.ttl),
+                  ttl=terms.ttl, boot_id=terms.boot_id,
+                  deadline_boottime=terms.sent + terms.ttl + HANDOVER_SLACK, pid=terms.pid,
+                  bound_to_connection=terms.bind_connection, session=ticket.session,
+                  holder_pid=ticket.pid, machine=ticket.machine, pgid=terms.pgid,
+                  while_alive=terms.while_alive, shared=ticket.shared)
+            for resource, lock_id in zip(ticket.resources, terms.lock_ids, strict=True)]
 
 
 encode_record = msgspec.msgpack.Encoder().encode
@@ -129,6 +202,31 @@ class KeyChanged(Exception):
     """The key's last revision is not the one the write expected."""
 
 
+class BatchRefused(Exception):
+    """The servers refused an atomic batch for another reason than an expectation:
+    *disabled* when the stream does not allow batches, *repeated* when one of its
+    message ids was stored already (an earlier copy of it, whose answer was lost)."""
+
+    def __init__(self, why: str, *, disabled: bool = False, repeated: bool = False) -> None:
+        super().__init__(why)
+        self.disabled = disabled
+        self.repeated = repeated
+
+
+@dataclass(frozen=True)
+class BatchWrite:
+    """One message of an atomic batch: *value* as *key* if the key's last revision is
+    *last*, or, with *under* (a key prefix such as ``l.<root>.``), if the last revision
+    of any key under it is *last*; with a TTL when *ttl* is set."""
+
+    key: str
+    value: bytes
+    last: int
+    under: str = ""
+    ttl: float | None = None
+    msg_id: str = ""
+
+
 @dataclass(frozen=True)
 class KeyUpdate:
     """One revision of a key, as a watcher or a read sees it."""
@@ -138,6 +236,8 @@ class KeyUpdate:
     value: bytes
     operation: str = ""
     """Empty for a value; ``DEL`` for a delete, ``PURGE`` for an expiry (a marker)."""
+    msg_id: str = ""
+    """The message id it was written with (a read tells it; a watch does not)."""
 
     @property
     def deleted(self) -> bool:
@@ -148,11 +248,17 @@ class LeaseBucket:
     """Writes, reads and the watch of the leases bucket. Every method runs on the
     asyncio loop, on the journal's connection."""
 
+    BATCHES = True
+    """Whether :meth:`open` lets the bucket's stream take atomic batches."""
+
     def __init__(self, link: NatsLink) -> None:
         self.link = link
         self.name = f"engram_{link.settings.deployment}_leases"
         self.stream = f"KV_{self.name}"
         self._watcher: Any = None
+        self.atomic = False
+        """The stream takes atomic batches (a handover in one write); found out by
+        :meth:`open`, and turned off when the servers say otherwise."""
 
     def config(self) -> api.KeyValueConfig:
         """The bucket as :meth:`open` makes it."""
@@ -162,7 +268,10 @@ class LeaseBucket:
             direct=False, limit_marker_ttl=MARKER_TTL)
 
     async def open(self) -> None:
-        """Create the bucket if it is not there."""
+        """Create the bucket if it is not there, and let its stream take atomic batches
+        (nats-server 2.12 and later: ``allow_atomic``, which nats-py's key-value config
+        does not carry: a stream update turns it on, for a bucket made now or before).
+        An older server keeps it off, and every release then takes the two-write path."""
         js = self.link.js
         try:
             await js.key_value(self.name)
@@ -171,6 +280,17 @@ class LeaseBucket:
                 await js.create_key_value(self.config())
             except nats.js.errors.BadRequestError:
                 await js.key_value(self.name)  # another machine created it meanwhile
+        if not self.BATCHES:
+            return
+        config = (await js.stream_info(self.stream)).config
+        if not config.allow_atomic:
+            config.allow_atomic = True
+            try:
+                config = (await js.update_stream(config)).config
+            except nats.js.errors.APIError as exc:
+                log.warning("cluster leases: the leases bucket cannot take atomic batches "
+                            "(%s): a release and the next grant are two writes", exc)
+        self.atomic = bool(config.allow_atomic)
 
     async def write(self, key: str, value: bytes = b"", *, last: int | None,
                     ttl: float | None = None, msg_id: str = "") -> int:
@@ -198,6 +318,53 @@ class LeaseBucket:
             raise
         return int(ack.seq)
 
+    async def write_batch(self, writes: list[BatchWrite]) -> int:
+        """Write *writes* in one atomic batch, each if its expectation holds: all of
+        them, or none (KeyChanged when an expectation does not hold; BatchRefused when
+        the servers refuse the batch otherwise). The revision of the last; the others
+        are the ones before it, in order. One round trip: the messages before the last
+        need no answer, the last commits the batch and is answered for all.
+
+        Each attempt is a batch of its own (its id); a batch sent again with the same
+        message ids after its answer was lost is refused (``repeated``) when the first
+        was stored."""
+        batch_id = secrets.token_urlsafe(12)
+        prefix = f"$KV.{self.name}."
+        ack = None
+        for number, write in enumerate(writes, start=1):
+            headers: dict[str, str] = {
+                api.Header.BATCH_ID: batch_id, api.Header.BATCH_SEQUENCE: str(number),
+                api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(write.last)}
+            if write.under:
+                headers[EXPECTED_UNDER] = f"{prefix}{write.under}>"
+            if write.ttl is not None:
+                headers[api.Header.MSG_TTL] = ttl_header(write.ttl)
+            if write.msg_id:
+                headers[api.Header.MSG_ID] = write.msg_id
+            if number < len(writes):
+                await self.link.nc.publish(prefix + write.key, write.value, headers=headers)
+                continue
+            headers[api.Header.BATCH_COMMIT] = "1"
+            try:
+                ack = await self.link.js.publish(prefix + write.key, write.value,
+                                                 headers=headers,
+                                                 timeout=self.link.settings.timeout)
+            except nats.js.errors.APIError as exc:
+                if exc.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_CONSTANT):
+                    raise KeyChanged(write.key) from None
+                if exc.err_code == ATOMIC_DISABLED:
+                    self.atomic = False
+                    raise BatchRefused(str(exc), disabled=True) from None
+                if exc.err_code == BATCH_DUPLICATE_ID:
+                    raise BatchRefused(str(exc), repeated=True) from None
+                if transient(exc):
+                    raise  # tried again (a leader being elected)
+                raise BatchRefused(str(exc)) from None
+        assert ack is not None, "a batch of at least one write"
+        if ack.batch_size is not None and ack.batch_size != len(writes):
+            raise BatchRefused(f"a batch of {len(writes)} stored as {ack.batch_size}")
+        return int(ack.seq)
+
     async def keys(self, subjects: str) -> tuple[list[str], int]:
         """The keys matching *subjects* (``l.<root>.>``) that hold a message, as the
         stream's leader has them (every acknowledged write is there), and the bucket's
@@ -215,7 +382,8 @@ class LeaseBucket:
         except nats.js.errors.NotFoundError:
             return None
         return KeyUpdate(key=key, revision=int(msg.seq), value=msg.data or b"",
-                         operation=_operation(msg.headers))
+                         operation=_operation(msg.headers),
+                         msg_id=(msg.headers or {}).get(api.Header.MSG_ID, ""))
 
     async def watch(self) -> int:
         """Watch every key from its last revision (deletes included); the bucket's last

@@ -28,6 +28,12 @@ Waiting: a waiter takes its place in a line of *tickets* (:mod:`.tickets`) and t
 resources when none is held and no live ticket on any of them is older than its own:
 first come, first served, whatever their machine; no one starves.
 
+Handing over: a release that lets waiters go (any machine's) grants them in the same
+write, one atomic batch (:mod:`.handover`), when it can; their machine learns of the
+grant from its watch and answers its waiter with no write of its own, promising a
+deadline that never passes the servers' expiry, or ends the grant at once when the
+waiter has gone.
+
 Every machine watches the whole bucket and keeps the lease table (who holds
 what, cluster-wide) and the line from it (:mod:`.leaseview`): deadlock refusal,
 ``lock show`` and ``lock list`` see every machine's holders and waiters as of that
@@ -41,6 +47,7 @@ import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -50,14 +57,18 @@ from trio import TaskStatus
 
 from engramd.caller import Caller
 from engramd.cluster.bucket import (
+    ENDED_TTL,
+    BatchRefused,
     Ended,
     Held,
     KeyChanged,
+    KeyUpdate,
     LeaseBucket,
     encode_record,
     parse_key,
     root_filter,
 )
+from engramd.cluster.handover import Handover, plan
 from engramd.cluster.leaseview import LeaseView
 from engramd.cluster.outage import ClusterAway, Patience, cluster_away, transient
 from engramd.cluster.tickets import Tickets, patiently
@@ -87,8 +98,22 @@ log = logging.getLogger("engramd.cluster.leases")
 T = TypeVar("T")
 
 
-ENDED_TTL = 1.0
-"""How long an ended lease's record stays (then the servers remove it)."""
+@dataclass(eq=False)
+class Awaited:
+    """A waiter of this machine as a release elsewhere may grant it: the lock ids its
+    ticket names, and the leases handed over to it so far."""
+
+    grant: Grant
+    lock_ids: list[str]
+    received: dict[str, Holding] = field(default_factory=dict)
+    handed_at: int = 0
+    """The revision of the batch that handed its leases over (0: none yet)."""
+    delivered: bool = False
+    """Its waiter was answered with the leases handed over."""
+
+    @property
+    def complete(self) -> bool:
+        return len(self.received) == len(self.lock_ids)
 
 
 class ClusterLeaseManager(LeaseManager):
@@ -99,19 +124,26 @@ class ClusterLeaseManager(LeaseManager):
 
     def __init__(self, journal: ClusterJournal, *,
                  news: Callable[[LockEvent], None] = lambda event: None,
+                 count: Callable[[str], None] = lambda name: None,
                  **options: Any) -> None:
         """*news*: where the lease changes this machine sees go (every machine's, as
-        ``lock.*`` events that are not in the journal: the hub's live subscribers)."""
+        ``lock.*`` events that are not in the journal: the hub's live subscribers);
+        *count*: the daemon's counters (``stats``)."""
         super().__init__(journal.store, None, **options)  # type: ignore[arg-type]
         self.journal = journal
         self.machine = self.stops.machine = journal.machine
         self.bucket = LeaseBucket(journal.link)
         self.timeout = journal.settings.timeout
-        self.tickets = Tickets(self.bucket, self._call, self.machine, self.timeout)
+        self._count = count
+        self.tickets = Tickets(self.bucket, self._ticket_call, self.machine, self.timeout,
+                               self.boot_id)
         self.view = LeaseView(self.table, machine=self.machine, boot_id=self.boot_id,
-                              ended=self._lost, found=self._found, news=news)
+                              ended=self._lost, found=self._found, news=news,
+                              handed=self._handed)
         self._ending: set[str] = set()
         """Lock ids whose end this machine is writing (their end is not news to it)."""
+        self._awaited: dict[str, Awaited] = {}
+        """This machine's waiters, by waiter (ticket), while they wait."""
 
     # -- start-up and the watch -------------------------------------------------------
 
@@ -264,6 +296,11 @@ class ClusterLeaseManager(LeaseManager):
                         "the change may or may not have been made; try again")) from None
                 await trio.sleep(self.RETRY_SECONDS / 5)
 
+    async def _ticket_call(self, coroutine: Callable[[], Awaitable[T]]) -> T:
+        """:meth:`_call` for a ticket's write (counted)."""
+        self._count('cluster_lease_writes_total{what="ticket"}')
+        return await self._call(coroutine)
+
     async def _write_lease(self, lease: Lease, record: Held | Ended, ttl: float,
                            expect: Callable[[Holding | None], bool]) -> int:
         """Write *record* as the key of *lease* if the lease it holds passes *expect*
@@ -271,6 +308,7 @@ class ClusterLeaseManager(LeaseManager):
         key, body = self.view.key_of(lease), encode_record(record)
         for _ in range(3):
             last = self.view.revisions.get(key, 0)
+            self._count('cluster_lease_writes_total{what="lease"}')
             try:
                 revision = await self._call(functools.partial(
                     self.bucket.write, key, body, last=last, ttl=ttl,
@@ -453,9 +491,13 @@ class ClusterLeaseManager(LeaseManager):
                 self.table.remove(holding)
 
     async def _wait(self, grant: Grant, wait: float) -> list[Lease]:
-        """Wait in line (see the module) for at most *wait* seconds."""
+        """Wait in line (see the module) for at most *wait* seconds: until the leases are
+        handed over by a release (seen in the view), or it is this waiter's turn and it
+        takes them itself."""
         resources = grant.resources
         waiter = secrets.token_hex(8)
+        awaited = self._awaited[waiter] = Awaited(
+            grant, [secrets.token_hex(16) for _ in resources])
         waiting = Waiting(grant.caller.agent_id, grant.session, grant.holder_pid, resources,
                           grant, shared=grant.shared)
         self.table.enqueue(waiting)  # the requests that come after it here wait behind it
@@ -466,26 +508,93 @@ class ClusterLeaseManager(LeaseManager):
             with trio.move_on_at(deadline):
                 # The cluster failing for a moment (a leader being elected) does not end
                 # a wait: it is tried again until the wait's own deadline.
-                number = await patiently(lambda: self.tickets.register(waiter, grant, 0),
-                                         self.RETRY_SECONDS)
+                number = await patiently(
+                    lambda: self.tickets.register(waiter, grant, 0, awaited.lock_ids),
+                    self.RETRY_SECONDS)
                 assert self._nursery is not None
                 self._nursery.start_soon(
                     self._in_background, "keeping a waiter's ticket",
-                    functools.partial(self.tickets.keep, done, waiter, grant, number))
+                    functools.partial(self.tickets.keep, done, waiter, grant, number,
+                                      awaited.lock_ids, lambda: awaited.handed_at))
                 kept = True
                 while True:
-                    while not self.view.turn(waiter, number, grant):
+                    while not awaited.received and not self.view.turn(waiter, number, grant):
                         await self.view.changed.wait()
+                    if awaited.received:  # handed over: the rest of its batch follows
+                        while not awaited.complete:
+                            await self.view.changed.wait()
+                        return self._answer(awaited)
                     leases = await patiently(lambda: self._take(grant), self.RETRY_SECONDS)
                     if leases is not None:
                         return leases
         finally:
             done.set()
             self.table.dequeue(waiting)
+            del self._awaited[waiter]
+            if not awaited.delivered:  # it gave up (or its client left): what was
+                for holding in awaited.received.values():  # handed over ends at once
+                    self._end_at_once(holding, "not granted: its waiter had gone")
             if not kept and self._nursery is not None:
                 self._nursery.start_soon(self._in_background, "withdrawing a ticket",
                                          functools.partial(self.tickets.withdraw, waiter))
         raise Timeout(f"waited {round(wait, 1):g}s; {self._why_held(grant)}")
+
+    def _handed(self, holding: Holding, waiter: str) -> None:
+        """A lease handed over to *waiter* of this machine, new in the view (the view
+        installed it). Its waiter gets it, held until the deadline this machine can
+        promise; a lease whose waiter has gone is ended at once.
+
+        The promise: the servers' TTL (ttl + the slack) starts when the batch is stored,
+        after the ticket revision it expects was sent (``deadline_boottime`` = that
+        sending + ttl + the slack, on this machine's boot clock): so never later than
+        that, and never more than ttl from now."""
+        awaited = self._awaited.get(waiter)
+        lease = holding.lease
+        if awaited is None or lease.lock_id not in awaited.lock_ids:
+            self._end_at_once(holding, "not granted: its waiter had gone")
+            return
+        boot, now = boottime(), trio.current_time()
+        promise = min(boot + lease.ttl, lease.deadline_boottime)
+        if promise <= boot:
+            # Seen after its promise had passed (this machine's watch far behind): it
+            # is ended, and the waiter waits on (its ticket written again).
+            self._end_at_once(holding, "not granted: seen too late")
+            return
+        left = promise - boot
+        holding.lease = msgspec.structs.replace(
+            lease, deadline_boottime=promise,
+            expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=left))
+        holding.deadline = now + left
+        holding.connection, holding.push = awaited.grant.caller.connection, \
+            awaited.grant.caller.push
+        awaited.received[lease.lock_id] = holding
+        # Its ticket was consumed in the same batch: out of the line at once (the watch
+        # shows it next), so that what this machine says of the line is true when the
+        # waiter is answered.
+        awaited.handed_at = awaited.handed_at or lease.fencing_token
+        self.view.consumed(waiter)
+        self.table.deadline_changed.set()
+
+    def _answer(self, awaited: Awaited) -> list[Lease]:
+        """The leases handed over to *awaited*, now its waiter's."""
+        awaited.delivered = True
+        leases = [awaited.received[lock_id].lease for lock_id in awaited.lock_ids]
+        grant = awaited.grant
+        self.granted += len(leases)
+        if grant.request.pid is not None and self._nursery is not None:
+            self._nursery.start_soon(self._watch_pid, grant.request.pid)
+        if grant.while_alive:
+            self._keep_alive_changed.set()
+        log.debug("cluster leases: %s handed over", ", ".join(grant.resources))
+        return leases
+
+    def _end_at_once(self, holding: Holding, reason: str) -> None:
+        """End *holding*, granted here to no one, in the background (it counts for no
+        one meanwhile); its end hands it over to the next in line in turn."""
+        holding.told = True  # (there is no one to tell)
+        if self._nursery is not None:
+            self._nursery.start_soon(functools.partial(
+                self._end_owed, holding, reason=reason, by="engramd"))
 
     # -- renewing and ending ----------------------------------------------------------
 
@@ -549,7 +658,7 @@ class ClusterLeaseManager(LeaseManager):
             return  # ended meanwhile
         try:
             with trio.CancelScope(shield=True):
-                await self._write_end(lease, reason, by)
+                await self._write_end(lease, reason, by, holding=holding)
         except KeyChanged:
             pass  # it ended meanwhile: the watch says how
         self.table.remove(holding)
@@ -557,13 +666,69 @@ class ClusterLeaseManager(LeaseManager):
             self._tell(holding, tell, by)
         self.view.wake()
 
-    async def _write_end(self, lease: Lease, reason: str, by: str) -> None:
+    async def _write_end(self, lease: Lease, reason: str, by: str,
+                         holding: Holding | None = None) -> None:
+        """Write the end of *lease*; with the *holding* it ends, handing it over to the
+        next in line in the same write when it can (:mod:`.handover`)."""
         self._ending.add(lease.lock_id)
         try:
+            if holding is not None and await self._hand_over(holding, reason, by):
+                return
             await self._write_lease(lease, Ended(reason=reason, by=by), ENDED_TTL,
                                     expect=_holding(lease.lock_id))
         finally:
             self._ending.discard(lease.lock_id)
+
+    async def _hand_over(self, holding: Holding, reason: str, by: str) -> bool:
+        """End *holding* and grant the waiters whose turn that makes in one atomic
+        batch; whether it was stored (False: nothing was, and the end is to be written
+        alone: its waiters take their leases themselves)."""
+        if not self.bucket.atomic or not self.view.synced.is_set():
+            return False
+        handover = plan(self.view, holding, Ended(reason=reason, by=by),
+                        now=trio.current_time(), ts=dt.datetime.now(dt.UTC),
+                        fresh=Tickets.FRESH)
+        if handover is None:
+            return False
+        self._count('cluster_lease_writes_total{what="handover"}')
+        try:
+            last = await self._call(functools.partial(self.bucket.write_batch,
+                                                      handover.writes))
+        except (KeyChanged, BatchRefused) as exc:
+            # An expectation failed (a write under the root since this view, a ticket
+            # written again), or an earlier copy of this batch whose answer was lost
+            # was stored: the waiter's first key tells which.
+            if not await self._stored(handover):
+                log.info("cluster leases: %s not handed over in its release (%s): its "
+                         "waiter takes it", holding.lease.resource,
+                         "stale view" if isinstance(exc, KeyChanged) else exc)
+                return False
+        else:
+            first = last - len(handover.writes) + 1
+            for revision, write in enumerate(handover.writes, start=first):
+                if write.key == handover.own_key:
+                    self.view.wrote(write.key, revision, handover.ended, holding.lease)
+                else:  # the waiters' grants and tickets, as the watch will show them
+                    self.view.apply(KeyUpdate(write.key, revision, write.value))
+        self._count("leases_handed_over_total")
+        return True
+
+    async def _stored(self, handover: Handover) -> bool:
+        """Whether *handover* was stored (by an earlier copy of it, whose answer was
+        lost): its first grant's key, as the stream's leader has it (the view takes it
+        in), holds that grant's message, by its message id. (The same grant by another
+        release's batch, which a waiter's lock ids would not tell apart, is not this
+        one: this end was not written. A message id not found when the batch was
+        stored, its grant renewed since, only makes the end be written alone again,
+        which then finds it written.)"""
+        key, _ = handover.grants[0]
+        (write,) = [write for write in handover.writes if write.key == key]
+        found = await self._call(functools.partial(self.bucket.read, key))
+        self.view.seen(key, found)
+        if found is None or found.msg_id != write.msg_id:
+            return False
+        await self._read_key(handover.own_key)
+        return True
 
     def check_fence(self, fence: Fence) -> Lease:
         """As on one machine, against the table (brought up to the leader's tokens by

@@ -14,6 +14,13 @@ watchers: ``lock.acquired``, ``lock.renewed``, ``lock.released`` (an ``ended`` r
 its reason and who ended it) or ``lock.expired`` (the key gone: the servers' TTL),
 handed to ``news`` once per revision, whichever way the view learns of it first. Not
 before the watch has shown the bucket once: the leases held then are no news.
+
+For a release that hands its resource over in one write (:mod:`.handover`) the view
+says who is next in line (:meth:`LeaseView.next_in_line`), when each ticket was last
+seen written, and, for each root, the last revision under it that the watch itself
+delivered (:meth:`LeaseView.root_last`): the watch delivers in stream order, so a
+batch that expects that revision under the root is stored only if this view has seen
+every lease that may conflict with what it grants.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from engramd.cluster.bucket import (
     holder_token,
     lease_key,
     parse_key,
+    root_of_key,
     ticket_key,
 )
 from engramd.cluster.outage import Patience
@@ -56,6 +64,8 @@ log = logging.getLogger("engramd.cluster.leases")
 
 OnEnded = Callable[[Holding, str, str], None]
 """``(holding, tell, by)``: a lease ended (``tell``: ``expired`` or ``broken``)."""
+OnHanded = Callable[[Holding, str], None]
+"""``(holding, waiter)``: a lease handed over to a waiter of this machine, new news."""
 
 
 class LeaseView:
@@ -63,13 +73,15 @@ class LeaseView:
 
     def __init__(self, table: LockTable, *, machine: str, boot_id: str,
                  ended: OnEnded, found: Callable[[Holding], None],
-                 news: Callable[[LockEvent], None] = lambda event: None) -> None:
+                 news: Callable[[LockEvent], None] = lambda event: None,
+                 handed: OnHanded | None = None) -> None:
         self.table = table
         self.machine = machine
         self.boot_id = boot_id
         self._ended = ended
         self._found = found
         self._news = news
+        self._handed = handed
         self.revisions: dict[str, int] = {}
         """Key -> the last revision seen of it (the basis of every compare-and-set)."""
         self.lock_of: dict[str, str] = {}
@@ -88,6 +100,11 @@ class LeaseView:
         """Set (and replaced) whenever the view changes."""
         self._markers: deque[tuple[float, str, int]] = deque()
         """(when seen, key, revision) of expiry markers of lease keys, oldest first."""
+        self.ticket_seen: dict[str, float] = {}
+        """Waiter -> when (trio's clock) the view last saw its ticket written."""
+        self.delivered: dict[str, dict[str, int]] = {}
+        """Root -> lease key -> the revision of it the watch itself delivered last (not
+        a read, not this machine's write): see :meth:`root_last`."""
 
     async def follow(self, bridge: AsyncioThread, bucket: LeaseBucket,
                      connected: Callable[[], Awaitable[None]]) -> None:
@@ -105,6 +122,7 @@ class LeaseView:
 
     async def _watch(self, bridge: AsyncioThread, bucket: LeaseBucket, before: int) -> None:
         seen: set[str] | None = set()  # keys in the watch's first round
+        self.delivered.clear()  # (the new watch delivers every key again)
         while True:
             try:
                 updates = await bridge.run(lambda: bucket.next_updates(256, wait=5.0))
@@ -121,6 +139,7 @@ class LeaseView:
                     seen.add(update.key)
                 try:
                     self.apply(update)
+                    self._delivered(update)
                 except (msgspec.DecodeError, ValueError) as exc:
                     log.warning("cluster leases: key %s revision %d is not engram's (%s); "
                                 "ignored", update.key, update.revision, exc)
@@ -129,6 +148,22 @@ class LeaseView:
     def wake(self) -> None:
         changed, self.changed = self.changed, trio.Event()
         changed.set()
+
+    def _delivered(self, update: KeyUpdate) -> None:
+        """The watch delivered *update* (in stream order, after every revision before)."""
+        if update.key.startswith(LEASE + "."):
+            keys = self.delivered.setdefault(root_of_key(update.key), {})
+            keys[update.key] = max(update.revision, keys.get(update.key, 0))
+
+    def root_last(self, root: str) -> int:
+        """The last revision under the root *root* that the watch delivered (0: none).
+
+        If the stream's last message under the root is this one, every message under
+        the root that is still stored is this one or older, and the watch, which
+        delivers in stream order, has delivered each: the view knows every lease under
+        the root. (A revision forgotten, or a message the servers removed since, makes
+        it differ from the stream's: a batch that expects it fails, and nothing else.)"""
+        return max(self.delivered.get(root, {}).values(), default=0)
 
     # -- applying ------------------------------------------------------------------------
 
@@ -150,8 +185,10 @@ class LeaseView:
                 if not ticket.number:
                     ticket = msgspec.structs.replace(ticket, number=update.revision)
                 self._enter(name, ticket)
+                self.ticket_seen[name] = trio.current_time()
             else:  # a waiter's key is never written again once withdrawn
                 del self.revisions[update.key]
+                self.ticket_seen.pop(name, None)
 
     def key_of(self, lease: Lease) -> str:
         """The key of *lease* (of the session that took it)."""
@@ -214,15 +251,19 @@ class LeaseView:
             if current is not None:  # (its end fell between two revisions the watch showed)
                 self._ended(current, "expired", "the cluster")
                 self._tell_expired(current)
-            # A lease new to the view is news of a grant (even one renewed since).
-            self._tell_held(lease, update.revision, renewed=False)
             self.placed(key, lease.lock_id)
             holding = self.table.held.get(lease.lock_id)  # (granted here: held already)
             if holding is None:
                 holding = Holding(lease, self._deadline_of(lease))
                 self.table.install(holding)
                 if lease.machine == self.machine:
-                    self._found(holding)
+                    if (record.waiter and self._handed is not None
+                            and self.synced.is_set()):
+                        self._handed(holding, record.waiter)  # (it sets the deadline)
+                    else:
+                        self._found(holding)
+            # A lease new to the view is news of a grant (even one renewed since).
+            self._tell_held(holding.lease, update.revision, renewed=False)
         else:
             lock_id = self.lock_of.pop(key, None)
             if lock_id is not None:
@@ -268,6 +309,12 @@ class LeaseView:
         for claim in claims:
             self.lined.add(claim)
 
+    def consumed(self, waiter: str) -> None:
+        """*waiter*'s ticket was consumed by the batch that handed its leases over (its
+        machine knows before its watch shows the ticket's revision)."""
+        self._withdraw(waiter)
+        self.ticket_seen.pop(waiter, None)
+
     def _withdraw(self, waiter: str) -> None:
         self.tickets.pop(waiter, None)
         for claim in self._ticket_claims.pop(waiter, ()):
@@ -284,6 +331,9 @@ class LeaseView:
             _, key, revision = self._markers.popleft()
             if self.revisions.get(key) == revision:
                 del self.revisions[key]
+            delivered = self.delivered.get(root_of_key(key), {})
+            if delivered.get(key) == revision:
+                del delivered[key]
 
     def _forget_unseen(self, seen: set[str], before: int) -> None:
         """After a new watch's first round: what was known from before the watch and
@@ -296,6 +346,7 @@ class LeaseView:
         for waiter in [w for w in self.tickets if gone(ticket_key(w))]:
             self._withdraw(waiter)
             self.revisions.pop(ticket_key(waiter), None)
+            self.ticket_seen.pop(waiter, None)
         for holding in list(self.table.held.values()):
             key = self.key_of(holding.lease)
             if gone(key):
@@ -323,7 +374,10 @@ class LeaseView:
     def turn(self, waiter: str, number: int, grant: Grant) -> bool:
         """Whether the waiter with ticket *number* may take the grant's resources now:
         nothing conflicting is held, and no conflicting ticket is older."""
-        resources, shared, session = grant.resources, grant.shared, grant.key
+        return self._turn(waiter, number, grant.resources, grant.shared, grant.key)
+
+    def _turn(self, waiter: str, number: int, resources: list[str], shared: bool,
+              session: tuple[str, str]) -> bool:
         if not self.table.free(resources, shared, session):
             return False
         return not any(
@@ -331,6 +385,26 @@ class LeaseView:
             and self.tickets[str(claim.owner)].number < number
             for resource in resources
             for claim in self.lined.conflicting(parse(resource), shared))
+
+    def next_in_line(self, holding: Holding) -> list[tuple[str, Ticket]]:
+        """The waiters (``(waiter, ticket)``, in ticket order), whatever their machine,
+        whose turn comes when *holding* ends: those it stands in the way of that
+        :meth:`turn` would then let go (several readers behind a writer, files of a
+        directory). A session's own lease is never in its way."""
+        lease = holding.lease
+        waiters = {str(claim.owner) for claim in self.lined.conflicting(
+            parse(lease.resource), lease.shared) if claim.session != holding.key}
+        if not waiters:
+            return []
+        hidden = self.table.hide(holding)
+        try:
+            return [(waiter, ticket) for waiter, ticket in sorted(
+                ((w, self.tickets[w]) for w in waiters), key=lambda item: item[1].number)
+                if self._turn(waiter, ticket.number, ticket.resources, ticket.shared,
+                              (ticket.agent, ticket.session))]
+        finally:
+            if hidden is not None:
+                self.table.taken.add(hidden)
 
 
 def _now() -> dt.datetime:

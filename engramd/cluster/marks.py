@@ -70,6 +70,8 @@ def cursor_key(agent: str, name: str) -> str:
 class MarkBucket(LeaseBucket):
     """The marks bucket: the leases bucket's operations on a bucket of its own."""
 
+    BATCHES = False  # (nothing writes several marks at once)
+
     def __init__(self, journal: ClusterJournal) -> None:
         super().__init__(journal.link)
         self.name = f"engram_{journal.settings.deployment}_marks"

@@ -11,20 +11,26 @@ waiters first come, first served, whatever their machine, and the waiter with th
 smallest ticket is never passed over: no one starves. A machine keeps its
 waiters' tickets alive by writing them again every few seconds; the tickets of a
 machine that has gone expire, and the line moves on.
+
+A ticket carries the terms of the leases its waiter waits for (their ttl, lock ids,
+process and binding), so that the release that lets it go may grant them in its own
+write (:mod:`.handover`); each write says when it was sent, on its machine's boot
+clock, which bounds the deadline that machine promises for a lease handed over.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 import trio
 
-from engramd.cluster.bucket import LeaseBucket, Ticket, encode_record, ticket_key
-from engramd.grants import Grant
+from engramd.cluster.bucket import LeaseBucket, Terms, Ticket, encode_record, ticket_key
+from engramd.grants import Grant, boottime
 from engramd.protocol import Unavailable
 
 log = logging.getLogger("engramd.cluster.leases")
@@ -43,38 +49,58 @@ class Tickets:
 
     TTL = 6.0
     REFRESH = 2.0
+    FRESH = REFRESH + 0.5
+    """A ticket seen written again within this long is of a machine that is up: a
+    release hands over only to such a waiter (the refresh, and its write's moment)."""
 
     def __init__(self, bucket: LeaseBucket, call: BucketCall, machine: str,
-                 timeout: float) -> None:
+                 timeout: float, boot_id: str = "") -> None:
         self.bucket = bucket
         self._call = call
         self.machine = machine
         self.timeout = timeout
+        self.boot_id = boot_id
 
-    async def register(self, waiter: str, grant: Grant, number: int) -> int:
-        """Put the waiter's ticket in the line (again); its number."""
-        body = encode_record(Ticket(
+    def ticket(self, grant: Grant, number: int, lock_ids: list[str]) -> Ticket:
+        """The waiter's ticket, as sent now."""
+        request = grant.request
+        return Ticket(
             number=number, machine=self.machine, agent=grant.caller.agent_id,
             session=grant.session, pid=grant.holder_pid, resources=grant.resources,
-            shared=grant.shared))
-        revision = await self._call(functools.partial(
+            shared=grant.shared, terms=Terms(
+                ttl=grant.ttl, lock_ids=lock_ids, boot_id=self.boot_id, sent=boottime(),
+                pid=request.pid, pgid=request.pgid, bind_connection=request.bind_connection,
+                while_alive=grant.while_alive))
+
+    async def register(self, waiter: str, grant: Grant, number: int,
+                       lock_ids: list[str]) -> int:
+        """Put the waiter's ticket in the line (again); the revision written (the first
+        write's is the ticket's number). Its time of sending is read before the first
+        attempt: never later than the servers store it."""
+        body = encode_record(self.ticket(grant, number, lock_ids))
+        return await self._call(functools.partial(
             self.bucket.write, ticket_key(waiter), body, last=None, ttl=self.TTL,
             msg_id=secrets.token_hex(12)))
-        return number or revision
 
-    async def keep(self, done: trio.Event, waiter: str, grant: Grant,
-               number: int) -> None:
+    async def keep(self, done: trio.Event, waiter: str, grant: Grant, number: int,
+                   lock_ids: list[str], consumed: Callable[[], int] = lambda: 0) -> None:
         """Write the waiter's ticket again until it is *done*, then withdraw it (after
-        the last write: a ticket written again after its withdrawal would linger)."""
+        the last write: a ticket written again after its withdrawal would linger),
+        unless a handover consumed its last write already (*consumed*: the revision of
+        the batch that did, or 0)."""
+        last: float = number
         while True:
             with trio.move_on_after(self.REFRESH):
                 await done.wait()
             if done.is_set():
                 break
             try:
-                await self.register(waiter, grant, number)
+                last = await self.register(waiter, grant, number, lock_ids)
             except Unavailable:
-                pass  # the next round tries again; the ticket may lapse meanwhile
+                last = math.inf  # (perhaps written) the next round tries again; the
+                # ticket may lapse meanwhile
+        if consumed() > last:
+            return  # nothing of it is left in the line
         await self.withdraw(waiter)
 
     async def withdraw(self, waiter: str) -> None:

@@ -1,6 +1,7 @@
 """The lease view of cluster mode (engramd.cluster.leaseview) on its own: what it makes
 of the leases bucket's revisions, as its watch hands them over. Its bookkeeping only;
-the real bucket and watch are tested in tests/test_cluster_leases.py."""
+the real bucket and watch are tested in tests/daemon/cluster/test_cluster_leases.py, and
+the handover in one write planned from it in test_cluster_handover.py."""
 
 from __future__ import annotations
 
@@ -14,15 +15,20 @@ pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluste
 
 from engramd.caller import Caller
 from engramd.cluster.bucket import (
+    HANDOVER_SLACK,
     MARKER_TTL,
     Ended,
     Held,
     KeyUpdate,
+    Terms,
     Ticket,
     encode_record,
+    holder_token,
     lease_key,
+    root_token,
     ticket_key,
 )
+from engramd.cluster.handover import plan
 from engramd.cluster.leaseview import LeaseView
 from engramd.grants import Grant
 from engramd.locks import Holding, LockTable
@@ -199,3 +205,120 @@ async def test_this_machine_s_own_writes_are_news_once_whichever_comes_first() -
                          encode_record(Ended(reason="released", by="alice"))))
     view.wrote(lease_key("db", "M"), 6, Ended(reason="released", by="alice"), mine)
     assert seen.told() == [("lock.acquired", "M", 5), ("lock.released", "M", 5)]
+
+
+# -- what a release hands over in one write (engramd.cluster.handover) ----------------------
+
+
+def terms(lock_ids: list[str], ttl: float = 30) -> Terms:
+    return Terms(ttl=ttl, lock_ids=lock_ids, boot_id="b2", sent=100.0, pid=None)
+
+
+def waiting_ticket(resources: list[str], waiter: str, revision: int, *, shared: bool = False,
+                   with_terms: bool = True) -> KeyUpdate:
+    record = Ticket(number=0, machine="m2", agent="bob", session=waiter, pid=1,
+                    resources=resources, shared=shared,
+                    terms=terms([f"T{waiter}{n}" for n in range(len(resources))])
+                    if with_terms else None)
+    return KeyUpdate(ticket_key(waiter), revision, encode_record(record))
+
+
+def watched(view: LeaseView, *updates: KeyUpdate) -> None:
+    """*updates* as the watch delivers them."""
+    for update in updates:
+        view.apply(update)
+        view._delivered(update)
+    view.synced.set()
+
+
+async def test_the_next_in_line_is_whoever_the_end_lets_go_in_ticket_order() -> None:
+    view = Recorder().view()
+    writer = msgspec.structs.replace(lease("file:/d/", "W"), shared=False)
+    watched(view, KeyUpdate(lease_key("file:/d/", "W"), 3, encode_record(Held(writer))),
+            waiting_ticket(["file:/d/a"], "w1", 4),
+            waiting_ticket(["file:/d/"], "r1", 5, shared=True),
+            waiting_ticket(["file:/d/b"], "w2", 6),  # behind r1? no: they do not conflict
+            waiting_ticket(["file:/d/a"], "w3", 7))  # behind w1
+    holding = view.table.held["W"]
+    assert [w for w, _ in view.next_in_line(holding)] == ["w1"]
+    # (r1 overlaps w1 and w1 came first; w2 is behind r1, which it conflicts with)
+    assert "W" in view.table.held and not view.table.free(["file:/d/"])  # put back
+
+
+async def test_shared_readers_are_let_go_together_and_a_session_never_waits_for_itself(
+        ) -> None:
+    view = Recorder().view()
+    mine = lease("q", "M")  # alice's, in session ""
+    own = Ticket(number=0, machine="m2", agent="alice", session="", pid=1, resources=["q"],
+                 shared=True,
+                 terms=terms(["X"]))
+    watched(view, KeyUpdate(lease_key("q", "M"), 3, encode_record(Held(mine))),
+            KeyUpdate(ticket_key("own"), 4, encode_record(own)),  # not in its own way
+            waiting_ticket(["q"], "r1", 5, shared=True),
+            waiting_ticket(["q"], "r2", 6, shared=True))
+    assert [w for w, _ in view.next_in_line(view.table.held["M"])] == ["r1", "r2"]
+
+
+async def test_the_last_revision_under_a_root_is_what_the_watch_delivered() -> None:
+    view = Recorder().view()
+    watched(view, held("db", 3))
+    assert view.root_last(root_token("db")) == 3
+    mine = lease("db", "M", machine="m1")
+    view.wrote(lease_key("db", "M"), 9, Held(mine), mine)  # not delivered by the watch yet
+    assert view.root_last(root_token("db")) == 3
+    watched(view, KeyUpdate(lease_key("db", "M"), 9, encode_record(Held(mine))))
+    assert view.root_last(root_token("db")) == 9
+    assert view.root_last(root_token("other")) == 0
+    watched(view, waiting_ticket(["db"], "w", 10))  # tickets are under no root
+    assert view.root_last(root_token("db")) == 9
+
+
+async def test_a_lease_handed_over_to_a_waiter_here_goes_to_the_manager() -> None:
+    handed: list[tuple[str, str]] = []
+    seen = Recorder()
+    view = seen.view()
+    view._handed = lambda holding, waiter: handed.append((holding.lease.resource, waiter))
+    grant = msgspec.structs.replace(lease("mine", "L", machine="m1"))
+    view.apply(KeyUpdate(lease_key("mine", "L"), 3, encode_record(Held(grant, waiter="w"))))
+    assert seen.found == ["mine"] and handed == []  # before the watch's first round ends
+    view.synced.set()
+    view.apply(KeyUpdate(lease_key("again", "L2"), 4, encode_record(Held(
+        lease("again", "L2", machine="m1"), waiter="w"))))
+    assert handed == [("again", "w")]
+
+
+async def test_a_release_plans_its_end_the_grant_and_the_ticket_in_one_batch() -> None:
+    view = Recorder().view()
+    root = root_token("job")
+    watched(view, held("job", 3), waiting_ticket(["job"], "w1", 4))
+    holding = view.table.held["L1"]
+    ended = Ended(reason="released", by="alice")
+    ts = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    handover = plan(view, holding, ended, now=trio.current_time(), ts=ts, fresh=2.5)
+    assert handover is not None and handover.waiters == ["w1"]
+    end, grant, consumed = handover.writes
+    assert (end.key, end.last, end.under) == (lease_key("job", "L1"), 3, "")
+    assert grant.key == lease_key("job", holder_token("bob", "w1"))
+    assert (grant.last, grant.under, grant.ttl) == (3, f"l.{root}.", 30 + HANDOVER_SLACK)
+    record = msgspec.msgpack.decode(grant.value, type=Held | Ended)
+    assert isinstance(record, Held) and record.waiter == "w1"
+    assert (record.lease.lock_id, record.lease.machine, record.lease.session) == (
+        "Tw10", "m2", "w1")
+    assert record.lease.deadline_boottime == 100.0 + 30 + HANDOVER_SLACK
+    assert (consumed.key, consumed.last, consumed.value) == (ticket_key("w1"), 4, b"")
+    assert len({w.msg_id for w in handover.writes}) == 3
+
+
+async def test_no_handover_to_an_old_ticket_or_one_not_written_lately(
+        autojump_clock: trio.abc.Clock) -> None:
+    view = Recorder().view()
+    watched(view, held("job", 3), waiting_ticket(["job"], "old", 4, with_terms=False))
+    holding = view.table.held["L1"]
+    ended = Ended(reason="released", by="alice")
+    assert plan(view, holding, ended, now=trio.current_time(), ts=NOW, fresh=2.5) is None
+    watched(view, KeyUpdate(ticket_key("old"), 5, b""),  # withdrawn
+            waiting_ticket(["job"], "quiet", 6))
+    await trio.sleep(3)  # its machine has not written it again since
+    assert plan(view, holding, ended, now=trio.current_time(), ts=NOW, fresh=2.5) is None
+    watched(view, waiting_ticket(["job"], "quiet", 7))
+    assert plan(view, holding, ended, now=trio.current_time(), ts=NOW, fresh=2.5)
