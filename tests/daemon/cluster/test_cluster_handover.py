@@ -306,13 +306,15 @@ def test_a_lease_handed_over_to_a_waiter_that_gave_up_is_ended_at_once(
     trigger = tmp_path / "slow"
     machines = deployment_of(nats_cluster, env, scratch, ("a", "b"), b={
         "HANDOVER_FAULT": "slow-grant", "HANDOVER_FAULT_FILE": str(trigger),
-        "HANDOVER_FAULT_DELAY": "2"})
+        "HANDOVER_FAULT_DELAY": "5"})
     a, b = machines
     b.module = FAULTY
     resource = "job:" + uuid.uuid4().hex[:8]
     with running(machines), a.client("alice") as alice:
         (held,) = alice.acquire_lock(resource, ttl=30)
-        with waiting(b, "bob", resource, seen_on=a, wait=1.0) as bob:
+        # (bob's wait must outlast the time until a sees his ticket and releases, on a
+        # loaded machine too, and end before b's slowed watch shows the grant)
+        with waiting(b, "bob", resource, seen_on=a, wait=3.0) as bob:
             trigger.touch()
             alice.release_lock(held.lock_id)
             with pytest.raises(Timeout):
