@@ -72,14 +72,24 @@ def handover(target: BenchTarget, waiter_socket: str) -> Measurement:
     turn = threading.Semaphore(0)
     queued = threading.Event()
 
+    failed: list[Exception] = []
+
     def waiter() -> None:
-        with Client(waiter_socket, agent_id="bench-waiter", autostart=False) as client:
-            for _ in range(count):
-                turn.acquire()
-                queued.set()
-                (lease,) = client.acquire_lock("bench:handover", ttl=30, wait=60)
-                granted_at.append(time.perf_counter())
-                client.release_lock(lease.lock_id)
+        try:
+            with Client(waiter_socket, agent_id="bench-waiter", autostart=False) as client:
+                for _ in range(count):
+                    turn.acquire()
+                    queued.set()
+                    (lease,) = client.acquire_lock("bench:handover", ttl=30, wait=60)
+                    granted_at.append(time.perf_counter())
+                    client.release_lock(lease.lock_id)
+        except Exception as exc:
+            failed.append(exc)
+
+    def waiter_alive() -> None:
+        """Raise what ended the waiter: the holder's loops would wait for it forever."""
+        if failed:
+            raise failed[0]
 
     thread = threading.Thread(target=waiter, daemon=True)
     started = time.perf_counter()
@@ -91,10 +101,12 @@ def handover(target: BenchTarget, waiter_socket: str) -> Measurement:
             turn.release()
             queued.wait(10)
             while not holder.get_lock("bench:handover").waiters:
+                waiter_alive()
                 time.sleep(0.0002)  # until the waiter is really in line
             released_at.append(time.perf_counter())
             holder.release_lock(lease.lock_id)
             while len(granted_at) < len(released_at):
+                waiter_alive()
                 time.sleep(0.0001)
     thread.join(30)
     latencies = [granted - released for granted, released in zip(granted_at, released_at,
