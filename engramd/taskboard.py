@@ -288,5 +288,8 @@ class TaskBoard:
             meta={agentwork.TASK_OF: task.id, agentwork.STATE: state,
                   "fencing_token": str(claim.fencing_token)},
             relationships=[Relationship(type="MODIFIES", target=task.id)],
-            fence=Fence(resource=claim.resource, token=claim.fencing_token))
+            fence=Fence(resource=claim.resource, token=claim.fencing_token),
+            # A retry of a write whose answer was lost (in cluster mode: "may or may not
+            # be in the journal") finds it and writes it no second time.
+            idempotency_key=f"engram.task/{task.id}/{claim.lock_id}/{state}")
         await self.writer.create_units([draft], caller)

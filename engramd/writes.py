@@ -273,8 +273,9 @@ class Writer:
     # -- contexts ---------------------------------------------------------------------
 
     async def create_context(self, request: CreateContext, caller: Caller) -> Context:
-        context_id = validate.context_id(request.context_id) if request.context_id \
-            else ids.context_slug()
+        # (absent: one is made up; an empty one is an invalid name, as everywhere)
+        context_id = (ids.context_slug() if request.context_id is None
+                      else validate.context_id(request.context_id))
         display_name = validate.name(request.display_name or context_id, "display name")
         meta = validate.meta(request.meta, self.limits)
 

@@ -358,6 +358,8 @@ def figures(report: ClusterSoakReport) -> list[tuple[str, str]]:
                        f"{report.tasks_contended})"),
         ("tasks done twice", f"{report.tasks_done_twice_acked} by acknowledgement, "
                              f"{report.tasks_done_twice_journal} in the journal"),
+        *((f"task {task} done twice", "; ".join(history))
+          for task, history in report.tasks_done_twice.items()),
         ("refused requests", errors or "none"),
         ("engramd", "; ".join(ended) or "both running"),
     ]

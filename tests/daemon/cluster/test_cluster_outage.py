@@ -275,3 +275,33 @@ def test_without_a_quorum_a_dead_holder_s_lease_ends_when_it_is_back_and_engramd
                 runner.wait()
     finally:
         a.stop()
+
+
+def test_a_task_done_whose_answer_was_lost_is_done_once_when_tried_again(
+        machine: tuple[ThreadedDaemon, Client], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The soak found tasks done twice in the journal: a `done` stored while its answer
+    was lost (the client told "it may or may not be in the journal"), then tried again
+    by its claimer, whose claim still held."""
+    daemon, engram = machine
+    engram.add_task("once", context_id="work")
+    task = engram.claim_task(contexts=["work"], ttl=30)
+    real = NatsLink.publish
+    stored: list[int] = []
+
+    async def stored_then_lost(self: NatsLink, body: bytes, *args: Any, **kwargs: Any) -> int:
+        if b"done: once" in body and not stored:
+            stored.append(await real(self, body, *args, **kwargs))
+        if b"done: once" in body:
+            raise TimeoutError("the answer was lost (injected)")
+        return await real(self, body, *args, **kwargs)
+
+    monkeypatch.setattr(NatsLink, "publish", stored_then_lost)
+    with pytest.raises(ClientUnavailable, match="may or may not be in the journal"):
+        engram.finish_task(task.id)
+    monkeypatch.undo()
+    assert stored, "the first done was stored"
+    assert engram.finish_task(task.id).state == "done"
+    states = [unit.meta.get("state") for unit in engram.list_units("work").units
+              if unit.type == "TASK_STATUS"]
+    assert states.count("done") == 1, states
+    assert daemon.thread.is_alive()
