@@ -620,6 +620,40 @@ def test_foreign_host_or_origin_is_refused(open_gateway: Gateway) -> None:
     assert refused.value.response.status_code == 403
 
 
+def test_what_another_sites_page_makes_a_browser_send_is_refused(
+        open_gateway: Gateway, engramd: DaemonProcess) -> None:
+    """An <img src=…/inbox> on another site's page sends no Origin, and GET /inbox
+    consumes what it returns: the browser's Sec-Fetch-Site gives the request away (the
+    console's trial read a user's unread messages away so)."""
+    with connect(engramd.socket, "someone") as someone:
+        someone.send_message(["tester"], "for tester's eyes")
+    http = open_gateway.http
+    for site in ("cross-site", "same-site"):
+        image = http.get("/inbox", headers={"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "no-cors",
+                                            "Sec-Fetch-Dest": "image"})
+        assert image.status_code == 403 and "another site" in image.json()["error"]["message"]
+    assert http.get("/inbox/count").json()["unread"] == 1  # nothing was read away
+    followed = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    assert http.get("/ui", headers=followed).status_code == 200  # a link to the console
+    assert http.get("/inbox", headers=followed).status_code == 403
+    own = http.get("/inbox/count", headers={"Sec-Fetch-Site": "same-origin"})
+    assert own.status_code == 200
+
+
+def test_a_gateway_of_agents_breaks_no_lease(engramd: DaemonProcess) -> None:
+    """Breaking is an admin's act: with tokens, the gateway's callers are agents (the
+    daemon, trusting its user's connections, would break for any of them)."""
+    token = run_cli(engramd.env, "agent", "token", "create", "viewer").stdout.strip()
+    with connect(engramd.socket, "holder") as holder:
+        holder.acquire_lock("deploy:prod", ttl=60)
+        with gateway(engramd.env, "--auth", "token") as gw:
+            refused = gw.http.post("/locks/break", json={"resource": "deploy:prod",
+                                                         "reason": "x"},
+                                   headers={"Authorization": f"Bearer {token}"})
+            assert refused.status_code == 403 and "admin" in refused.json()["error"]["message"]
+        assert holder.get_lock("deploy:prod").lease is not None
+
+
 def test_cors_is_granted_to_configured_origins_only(engramd: DaemonProcess) -> None:
     with gateway(engramd.env, "--cors-origin", "http://dash.local:3000") as gw:
         allowed = gw.http.options("/workunit", headers={

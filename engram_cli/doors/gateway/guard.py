@@ -97,7 +97,7 @@ class Guard:
             return
         headers = {name.decode("latin-1"): value.decode("latin-1")
                    for name, value in scope.get("headers", [])}
-        refusal: EngramError | None = self._refusal(headers)
+        refusal: EngramError | None = self._refusal(headers, scope.get("path", ""))
         if refusal is not None:
             if scope["type"] == "websocket":
                 # Closing before accepting answers the handshake with 403.
@@ -129,7 +129,7 @@ class Guard:
         finally:
             self.tally.count(scope, route_label(scope), status or 101)
 
-    def _refusal(self, headers: dict[str, str]) -> Forbidden | None:
+    def _refusal(self, headers: dict[str, str], path: str) -> Forbidden | None:
         host = headers.get("host")
         if host is None:  # (HTTP/1.0: HTTP/1.1 without one never gets here)
             return Forbidden("a request without a Host header: name this gateway in one")
@@ -139,4 +139,13 @@ class Guard:
         if not self.origins.origin_allowed(headers.get("origin"), host):
             return Forbidden(f"Origin {headers.get('origin')!r:.80} is not allowed "
                              "(--cors-origin adds one)")
+        # What another site's page makes a browser send without an Origin (an <img>, a
+        # <script>, a link followed): its GETs may change state (GET /inbox consumes the
+        # messages it returns). Only a link to the console's own pages is followed.
+        if (headers.get("sec-fetch-site") in ("cross-site", "same-site")
+                and "origin" not in headers
+                and not (headers.get("sec-fetch-mode") == "navigate"
+                         and (path == "/ui" or path.startswith("/ui/")))):
+            return Forbidden("a request that another site's page made: refused "
+                             "(Sec-Fetch-Site; --cors-origin allows a site's fetches)")
         return None

@@ -47,6 +47,7 @@ from engramd.protocol import (
     CreateUnits,
     EngramError,
     FinishTask,
+    Forbidden,
     GetContext,
     GetLock,
     GetStats,
@@ -203,7 +204,16 @@ async def release_lock(gw: Gateway, request: Request) -> Response:
 
 async def break_lock(gw: Gateway, request: Request) -> Response:
     """End another's lease (an admin's act: the daemon checks it, and journals who broke
-    it and why)."""
+    it and why).
+
+    Only through a gateway without authentication (``--auth none``: on loopback, the
+    machine's own user, who may break with ``engram lock break`` as well). A gateway with
+    tokens or JWTs lets in agents, none of them an admin: the daemon, which trusts its
+    own user's connections, would break for any of them."""
+    if gw.auth.mode != "none":
+        raise Forbidden("breaking a lease is an admin's act, and this gateway's callers "
+                        "are agents (--auth " + gw.auth.mode + "): use 'engram lock break' "
+                        "on the machine")
     form = decode_request(await gw.body(request), BreakLock)
     await gw.call(request, form)
     return json_response(views.Broken(form.resource, form.reason))

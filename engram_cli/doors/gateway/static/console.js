@@ -293,9 +293,14 @@ views.now = {
         const left = Math.max(0, Math.round((new Date(lease.expires_at) - now) / 1000));
         const queue = state.waiters.length ? el("ol", { class: "queue" },
           state.waiters.map((w) => el("li", {}, w.agent, w.pid ? " (pid " + w.pid + ")" : ""))) : "—";
-        const breaker = el("button", { type: "button", class: "danger small",
-          "aria-label": "Break the lease on " + clean(lease.resource) }, "Break…");
-        breaker.addEventListener("click", () => confirmBreak(lease));
+        // Breaking is an admin's act: a gateway that asks for tokens lets in agents only,
+        // and refuses it (SPECS §6.3), so a signed-in page offers no button for it.
+        let breaker = "—";
+        if (!token()) {
+          breaker = el("button", { type: "button", class: "danger small",
+            "aria-label": "Break the lease on " + clean(lease.resource) }, "Break…");
+          breaker.addEventListener("click", () => confirmBreak(lease));
+        }
         rows.push(el("tr", { "data-resource": lease.resource },
           el("th", { scope: "row", class: "resource" }, lease.resource),
           el("td", {}, lease.holder), el("td", {}, ago(lease.acquired_at, now)),
