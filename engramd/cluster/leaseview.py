@@ -54,9 +54,16 @@ from engramd.cluster.bucket import (
     ticket_key,
 )
 from engramd.cluster.outage import Patience
-from engramd.grants import Grant, boottime
+from engramd.grants import Grant, boottime, check_resource
 from engramd.locks import Holding, LockTable, Waiting
-from engramd.protocol import Lease, LockAcquired, LockExpired, LockReleased, LockRenewed
+from engramd.protocol import (
+    BadRequest,
+    Lease,
+    LockAcquired,
+    LockExpired,
+    LockReleased,
+    LockRenewed,
+)
 from engramd.protocol.model import LockEvent
 from engramd.protocol.resources import parse
 
@@ -302,10 +309,19 @@ class LeaseView:
     # -- the line of tickets ----------------------------------------------------------------
 
     def _enter(self, waiter: str, ticket: Ticket) -> None:
+        # Checked as a request's resources are, before anything is kept: a ticket that
+        # is not engram's (written by something else with the cluster's credentials)
+        # must leave no trace in the line, where every lease command would meet it.
+        if not ticket.resources:
+            raise ValueError("a ticket for no resource")
+        try:
+            claims = [Claim(parse(check_resource(resource)), ticket.shared, waiter,
+                            (ticket.agent, ticket.session))
+                      for resource in ticket.resources]
+        except BadRequest as exc:
+            raise ValueError(str(exc)) from None
         self.tickets[waiter] = ticket
-        claims = self._ticket_claims[waiter] = [
-            Claim(parse(resource), ticket.shared, waiter, (ticket.agent, ticket.session))
-            for resource in ticket.resources]
+        self._ticket_claims[waiter] = claims
         for claim in claims:
             self.lined.add(claim)
 

@@ -172,6 +172,21 @@ async def test_a_value_that_is_not_engram_s_is_refused() -> None:
         Recorder().view().apply(KeyUpdate("l.eA", 1, b""))
 
 
+@pytest.mark.parametrize("resource", ["file:", "", "file:relative/path"])
+async def test_a_ticket_for_no_valid_resource_leaves_no_trace_in_the_line(
+        resource: str) -> None:
+    """A ticket written by something else with the cluster's credentials (the cluster's
+    trial): refused as a request's resources would be, and kept nowhere, so that the
+    lease commands of every machine do not meet it in the line."""
+    view = Recorder().view()
+    with pytest.raises(ValueError):
+        view.apply(ticket(resource, "w1", 3))
+    assert not view.tickets and "w1" not in view.ticket_seen
+    view.apply(ticket("db", "w2", 4))  # the line goes on
+    assert list(view.tickets) == ["w2"]
+    view.line()
+
+
 async def test_every_lease_change_the_view_takes_in_is_news_once() -> None:
     seen = Recorder()
     view = seen.view()

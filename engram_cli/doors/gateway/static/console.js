@@ -237,7 +237,12 @@ let current = null;
 
 function route() {
   if (signedOut) return;
-  const hash = decodeURIComponent(location.hash.replace(/^#/, "")) || "now";
+  let hash = location.hash.replace(/^#/, "");
+  try {
+    hash = decodeURIComponent(hash) || "now";
+  } catch {
+    hash = "now";  // (a malformed escape: the default view)
+  }
   const [name, ...rest] = hash.split("/");
   const view = views[name] ? name : "now";
   for (const section of document.querySelectorAll(".view"))
@@ -350,7 +355,7 @@ async function confirmBreak(lease) {
 
 // Feed: every event as it comes, filtered, paused at will.
 
-const feed = { paused: false, held: [], seen: new Set(), filled: false };
+const feed = { paused: false, held: [], heldCount: 0, seen: new Set(), filled: false };
 
 function feedRow(event) {
   const unit = event.unit;
@@ -397,6 +402,7 @@ function feedAdd(events) {
   }
   if (!rows.length) return;
   rows.sort((a, b) => Number(b.dataset.seq) - Number(a.dataset.seq));
+  for (const row of rows.splice(FEED_ROWS)) feed.seen.delete(Number(row.dataset.seq));
   // Newest first; an event older than the newest shown goes in its place.
   for (const row of rows) {
     const seq = Number(row.dataset.seq);
@@ -412,8 +418,11 @@ function feedAdd(events) {
 
 stream.on((event) => {
   if (feed.paused) {
+    // Only what the feed could show is held: a pause through a flood keeps its newest.
     feed.held.push(event);
-    $("#pending").textContent = feed.held.length + " new while paused";
+    feed.heldCount += 1;
+    if (feed.held.length > 2 * FEED_ROWS) feed.held.splice(0, feed.held.length - FEED_ROWS);
+    $("#pending").textContent = feed.heldCount + " new while paused";
   } else feedAdd([event]);
 });
 
@@ -424,6 +433,7 @@ $("#pause").addEventListener("click", () => {
   button.setAttribute("aria-pressed", String(feed.paused));
   if (!feed.paused) {
     feedAdd(feed.held.splice(0));
+    feed.heldCount = 0;
     $("#pending").textContent = "";
   }
 });
