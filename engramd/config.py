@@ -175,7 +175,7 @@ SETTINGS: tuple[Setting, ...] = (
             "one machine, the local WAL. Set: the journal is a JetStream stream shared by "
             "every engramd of the deployment (needs the engram-journal[cluster] extra)."),
     Setting("cluster.deployment", str, "engram",
-            "Cluster mode: the deployment's name; its stream is ENGRAM_<NAME>."),
+            "Cluster mode: the deployment's name (lowercase); its stream is ENGRAM_<NAME>."),
     Setting("cluster.replicas", int, 3,
             "Cluster mode: replicas of the journal stream when engramd creates it (3 for "
             "a 3-node cluster; 1 only for a single NATS server).", minimum=1),

@@ -524,14 +524,16 @@ def check_secrets(settings: ClusterSettings) -> None:
                                "signatures): pip install nkeys")
 
 
-_DEPLOYMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_DEPLOYMENT = re.compile(r"^[a-z0-9_-]{1,64}$")
+"""Lower case: the stream's name is the upper-cased one, and the buckets' the name as
+given, so two names that differ only in case would share a journal and not leases."""
 
 
 def open_cluster_journal(config: DaemonConfig, store: Store, version: str) -> ClusterJournal:
     """The cluster journal *config* describes, for the store in its data dir."""
     if not _DEPLOYMENT.match(config.deployment):
-        raise StartupError(f"cluster.deployment {config.deployment!r}: use 1-64 letters, "
-                           "digits, - and _")
+        raise StartupError(f"cluster.deployment {config.deployment!r}: use 1-64 lowercase "
+                           "letters, digits, - and _")
     settings = ClusterSettings(
         servers=config.cluster_servers, deployment=config.deployment,
         replicas=config.replicas, credentials=config.credentials, tls_ca=config.tls_ca,

@@ -344,6 +344,22 @@ def test_a_single_machine_journal_moves_into_a_cluster(
     assert [rel.target for rel in moved.relationships] == [first.id]
 
 
+def test_a_deployment_name_with_upper_case_is_refused_in_one_line(
+        env: dict[str, str], nats_cluster: NatsCluster) -> None:
+    """The stream's name is the upper-cased deployment's and the buckets' the name as
+    given: "try" and "TRY" shared a journal and not leases (the cluster's trial took one
+    lease on both machines at once)."""
+    upper = {**env, "ENGRAM_CLUSTER_SERVERS": nats_cluster.servers,
+             "ENGRAM_CLUSTER_DEPLOYMENT": "TRY"}
+    refused = subprocess.run([sys.executable, "-m", "engramd"], env=upper,
+                             capture_output=True, text=True, timeout=WAIT * 3, check=False)
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "level=error" in line and "cluster.deployment 'TRY'" in line, line
+    assert "lowercase" in line, line
+
+
 def test_a_data_dir_of_the_other_mode_is_refused(
         engramd: Any, env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
     """A single machine's journal is not a view of a cluster's stream (its seqs would not
