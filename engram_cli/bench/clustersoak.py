@@ -68,10 +68,10 @@ _CRITICAL = """\
 import os, signal, sys, time
 token, name = os.environ["ENGRAM_FENCING_TOKEN"], sys.argv[2]
 with open(sys.argv[1], "a") as out:
-    out.write(f"S {name} {token} {time.monotonic():.6f}\\n"); out.flush()
     def end(*_):
         out.write(f"E {name} {token} {time.monotonic():.6f}\\n"); out.flush(); os._exit(0)
     signal.signal(signal.SIGTERM, end)
+    out.write(f"S {name} {token} {time.monotonic():.6f}\\n"); out.flush()
     time.sleep(float(sys.argv[3]))
     end()
 """
@@ -190,6 +190,10 @@ def _run_locks(socket_path: str, name: str, deadline: float, tally: Tally,
         before = time.perf_counter()
         status = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, check=False).returncode
+        # When lock run was over: CMD was gone by then, if SIGKILL left it no time to
+        # write its end (the judge's bound for a section without one).
+        with open(record, "a") as out:
+            out.write(f"X {name} 0 {time.monotonic():.6f}\n")
         tally.exits[str(status)] = tally.exits.get(str(status), 0) + 1
         if status == 0:
             tally.latencies.append(time.perf_counter() - before)
@@ -264,6 +268,8 @@ class Section(msgspec.Struct, frozen=True):
     token: int
     start: float
     end: float | None
+    killed: bool = False
+    """Its CMD wrote no end (SIGKILL): *end* is when its lock run was over."""
 
 
 class MachineEnd(msgspec.Struct, frozen=True):
@@ -296,6 +302,7 @@ class ClusterSoakReport(msgspec.Struct, kw_only=True):
     """Writers' last numbers a watcher had not received when it stopped."""
     lock_sections: int
     lock_sections_unended: int
+    lock_sections_killed: int
     overlaps: int
     token_not_rising: int
     lock_run_exits: dict[str, int]
@@ -350,7 +357,8 @@ def figures(report: ClusterSoakReport) -> list[tuple[str, str]]:
                      f"{report.watch_gaps}, duplicates {report.watch_duplicates}, short "
                      f"of the last write {report.watch_short}"),
         ("lock run sections", f"{report.lock_sections} ({report.lock_sections_unended} "
-                              f"without an end)"),
+                              f"without an end; {report.lock_sections_killed} whose CMD "
+                              "was killed, ended by their lock run's exit)"),
         ("overlapping sections", str(report.overlaps)),
         ("tokens not rising", str(report.token_not_rising)),
         ("lock run exits", counts(report.lock_run_exits)),
@@ -441,6 +449,7 @@ def run_cluster_soak(seconds: float, progress: Callable[[str], None], *,
                         if tallies["watch", name].seen.get(context, -1) < last),
         lock_sections=len(sections),
         lock_sections_unended=sum(1 for section in sections if section.end is None),
+        lock_sections_killed=sum(1 for section in sections if section.killed),
         overlaps=overlaps, token_not_rising=not_rising,
         lock_run_exits=_merge(tallies["lock", name].exits for name in names),
         tasks_done=len(done_acked),
@@ -599,13 +608,27 @@ def _machine_end(name: str, pid: int, env: dict[str, str]) -> MachineEnd:
 
 
 def _sections(path: str) -> list[Section]:
+    """The critical sections the lock runners' CMDs recorded; one whose CMD was killed
+    before it could write its end ends, at the latest, when its ``lock run`` was over."""
     starts: dict[tuple[str, int], float] = {}
     ends: dict[tuple[str, int], float] = {}
+    over: dict[str, list[float]] = {}
     with contextlib.suppress(FileNotFoundError), open(path) as file:
         for line in file:
             kind, machine, token, moment = line.split()
-            (starts if kind == "S" else ends)[machine, int(token)] = float(moment)
-    return [Section(machine, token, start, ends.get((machine, token)))
+            if kind == "X":
+                over.setdefault(machine, []).append(float(moment))
+            else:
+                (starts if kind == "S" else ends)[machine, int(token)] = float(moment)
+
+    def end_of(machine: str, token: int, start: float) -> float | None:
+        if (machine, token) in ends:
+            return ends[machine, token]
+        return min((moment for moment in over.get(machine, []) if moment > start),
+                   default=None)
+
+    return [Section(machine, token, start, end_of(machine, token, start),
+                    killed=(machine, token) not in ends)
             for (machine, token), start in starts.items()]
 
 
