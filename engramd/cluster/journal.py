@@ -222,7 +222,8 @@ class ClusterJournal:
         facts, settings = self.facts, self.settings
         now = trio.current_time()
         return ClusterStatus(
-            deployment=settings.deployment, stream=settings.stream, servers=settings.servers,
+            deployment=settings.deployment, stream=settings.stream,
+            servers=[without_secret(url) for url in settings.servers],
             machine=self.machine, reachable=self.reachable, view_stream_seq=self.stream_seq,
             stream_last_seq=facts.last_seq if facts else None, lag=self.lag,
             replicas=facts.replicas if facts else settings.replicas,
@@ -522,6 +523,17 @@ def check_secrets(settings: ClusterSettings) -> None:
         if importlib.util.find_spec("nkeys") is None:  # nats-py signs with it
             raise StartupError("cluster.credentials needs the nkeys package (NATS "
                                "signatures): pip install nkeys")
+
+
+def without_secret(url: str) -> str:
+    """*url* as status may show it: a password or token in it replaced by ``***``."""
+    scheme, sep, rest = url.rpartition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"  # user:password, or a token alone
+    return f"{scheme}{sep}{shown}@{host}"
 
 
 _DEPLOYMENT = re.compile(r"^[a-z0-9_-]{1,64}$")

@@ -513,6 +513,9 @@ def test_a_cluster_that_wants_a_password_gets_it_from_the_urls(
             with a.client("alice") as alice:
                 alice.acquire_lock("deploy", ttl=30)
                 alice.create_unit("work", "MESSAGE", "through the password")
+            shown = a.cli("cluster", "status", "--json")  # (the trial saw the password)
+            assert shown.returncode == 0 and "engram:***@127.0.0.1" in shown.stdout
+            assert "s3cret" not in shown.stdout + a.cli("status", "--json").stdout
             refused = b.cli("lock", "acquire", "deploy", "--no-wait")
             assert refused.returncode != 0, refused.stderr
             assert "the cluster refuses this machine" in refused.stderr, refused.stderr
