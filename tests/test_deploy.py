@@ -219,7 +219,7 @@ def test_the_cluster_recipe_of_the_docs_runs_as_written(
         env: dict[str, str], scratch: str, nats_cluster: Any) -> None:
     """docs/cluster.md's recipe, command by command, on this test's three nodes: only the
     servers, the deployment and the /tmp paths are this test's."""
-    from tests.conftest import run_cli
+    from tests.conftest import run_cli, wait_until
 
     mine = {"ENGRAM_CLUSTER_SERVERS": nats_cluster.servers,
             "ENGRAM_CLUSTER_DEPLOYMENT": "recipe" + uuid.uuid4().hex[:8]}
@@ -246,7 +246,18 @@ def test_the_cluster_recipe_of_the_docs_runs_as_written(
             if words[1:3] == ["daemon", "start"]:
                 started.append(call)
             if comment.startswith("prints: "):
-                assert comment.removeprefix("prints: ") in done.stdout, (step, done.stdout)
+                wanted = comment.removeprefix("prints: ")
+                if wanted not in done.stdout and words[1:3] == ["cluster", "status"]:
+                    # A machine loaded enough that its look at the servers (0.6 s at
+                    # most) times out says "unreachable" from what it last saw (issue
+                    # 37's open trial findings): as a person would, look again.
+                    def prints(wanted: str = wanted, call: dict[str, str] = call,
+                               args: list[str] = words[1:]) -> bool:
+                        return wanted in run_cli(call, *args).stdout
+
+                    wait_until(prints, f"{step!r} to print {wanted!r}", timeout=WAIT * 2)
+                else:
+                    assert wanted in done.stdout, (step, done.stdout)
             if comment.startswith("prints nothing"):
                 assert done.stdout == "", (step, done.stdout)
     finally:

@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from engram_cli.client.errors import Unavailable
 from engramd.protocol import log_file_in, resolve_data_dir, unusable_dir
@@ -23,6 +24,8 @@ START_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.01
 _GOING_AWAY = 3.0
 """How long a daemon that closed a new connection may take to stop answering."""
+_started: dict[str, Any] = {}
+"""The daemon this process started on each socket (a ``subprocess.Popen``)."""
 
 
 def process_gone(pid: int) -> bool:
@@ -103,6 +106,12 @@ def lost_while_starting(socket_path: str, env: Mapping[str, str] | None,
     why; *lost* as it is when the daemon still answers."""
     if not gone_away(socket_path):
         return lost
+    started = _started.get(socket_path)
+    if started is not None:
+        # Its socket goes before its last line is written (that follows the unwinding
+        # of its start-up): the line is read once the process has ended.
+        with contextlib.suppress(Exception):
+            started.wait(_GOING_AWAY)
     return Unavailable(f"engramd stopped while starting; {why_it_stopped(env)}")
 
 
@@ -179,6 +188,7 @@ def start_daemon(
                 start_new_session=True,
                 close_fds=True,
             )
+        _started[socket_path] = process
         deadline = time.monotonic() + timeout
         while not daemon_answers(socket_path):
             status = process.poll()
