@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
     from engram_cli.cli.context import CliContext
-    from engram_cli.cli.leanwire import Connection
+    from engram_cli.cli.leanwire import Connection, Reply
 
     Values = dict[str, Any]
     Handler = Callable[[Values, Values, Callable[[], CliContext]], int | None]
@@ -420,16 +420,10 @@ def _hook_pre_edit(root: Values, values: Values,
         from engram_cli.cli.hot import hook
 
         return hook.pre_edit(context(), **values, given=hook_input)
-    try:
-        page = connection.request({"msg": "lock.list", "id": 0, "agent": None, "prefix": ""})
-    except Exception as exc:  # fails open, as the library's path does
-        from engram_cli.client.errors import EngramError
-
-        if not isinstance(exc, EngramError | OSError):
-            raise
-        _nothing(runner)
+    page = _asked_failing_open(connection, runner,
+                               {"msg": "lock.list", "id": 0, "agent": None, "prefix": ""})
+    if page is None:
         return 0
-    connection.close()
     if not page.fields["locks"]:
         _nothing(runner)  # no lease anywhere: the commonest case
         return 0
@@ -438,6 +432,23 @@ def _hook_pre_edit(root: Values, values: Values,
     hook.guard_answer(page.decoded().locks, agent, session, paths, cwd, runner,
                       values["guard"])
     return 0
+
+
+def _asked_failing_open(connection: Connection, runner: str, message: Values
+                        ) -> Reply | None:
+    """A hook's one question to the daemon; None when it could not be answered, and the
+    hook said nothing (a hook fails open, as the library's path does)."""
+    try:
+        return connection.request(message)
+    except Exception as exc:
+        from engram_cli.client.errors import EngramError
+
+        if not isinstance(exc, EngramError | OSError):
+            raise
+        _nothing(runner)
+        return None
+    finally:
+        connection.close()
 
 
 def _hook_prompt(root: Values, values: Values,
@@ -453,16 +464,9 @@ def _hook_prompt(root: Values, values: Values,
         from engram_cli.cli.hot import hook
 
         return hook.prompt(context(), runner=runner, read=False)
-    try:
-        counted = connection.request({"msg": "inbox.count", "id": 0})
-    except Exception as exc:  # fails open, as the library's path does
-        from engram_cli.client.errors import EngramError
-
-        if not isinstance(exc, EngramError | OSError):
-            raise
-        _nothing(runner)
+    counted = _asked_failing_open(connection, runner, {"msg": "inbox.count", "id": 0})
+    if counted is None:
         return 0
-    connection.close()
     unread = counted.fields["unread"]
     if not unread:
         _nothing(runner)
