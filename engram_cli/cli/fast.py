@@ -71,6 +71,8 @@ def main(args: list[str]) -> int | None:
         return 0 if status is None else status  # (None from main() is the Typer app's)
     except _ToTyper:
         return None
+    except _FailedOpen:
+        return 0
     except Exception as exc:  # told as the Typer app tells it
         from engram_cli.cli.exits import failure, internal_error
 
@@ -253,9 +255,12 @@ def _terminal() -> bool:
     return sys.stdout.isatty()
 
 
-def _lean(root: Values, agent: str | None, timeout: float | None) -> Connection | None:
+def _lean(root: Values, agent: str | None, timeout: float | None,
+          hook_runner: str | None = None) -> Connection | None:
     """A greeted lean connection (see :mod:`.leanwire`), or None: the library is to
-    connect (a daemon to start, an error to tell)."""
+    connect (a daemon to start, an error to tell). The daemon's refusal (too many
+    connections, another uid) or silence is the command's error, or, for a hook (its
+    *hook_runner*), a hook that fails open."""
     from engram_cli.cli import leanwire
 
     path = leanwire.socket_path(root["socket"], os.environ)
@@ -263,10 +268,17 @@ def _lean(root: Values, agent: str | None, timeout: float | None) -> Connection 
         return None
     try:
         connection = leanwire.Connection(
-            path, agent_id=agent or leanwire.user_name(),
+            path, agent_id=leanwire.agent_name(agent),
             token=os.environ.get("ENGRAM_TOKEN") or None, timeout=timeout)
     except leanwire.Unreached:
         return None
+    except Exception as exc:
+        from engram_cli.client.errors import EngramError
+
+        if hook_runner is None or not isinstance(exc, EngramError):
+            raise
+        _nothing(hook_runner)
+        raise _FailedOpen from None
     for said in ("stale", "notice"):
         if connection.welcome.get(said):
             from engram_cli.cli.output import note
@@ -415,7 +427,7 @@ def _hook_pre_edit(root: Values, values: Values,
 
     session = session_pid()
     agent = agent_name(root["agent"], session, runner)
-    connection = _lean(root, agent, HOOK_TIMEOUT)
+    connection = _lean(root, agent, HOOK_TIMEOUT, hook_runner=runner)
     if connection is None:
         from engram_cli.cli.hot import hook
 
@@ -459,7 +471,7 @@ def _hook_prompt(root: Values, values: Values,
     from engram_cli.client.session import agent_name, session_pid
 
     agent = agent_name(root["agent"], session_pid(), runner)
-    connection = _lean(root, agent, HOOK_TIMEOUT)
+    connection = _lean(root, agent, HOOK_TIMEOUT, hook_runner=runner)
     if connection is None:
         from engram_cli.cli.hot import hook
 
@@ -512,6 +524,10 @@ def _library(module: str, function: str, *, terminal_ok: bool = True,
 
 class _ToTyper(Exception):
     """Leave this command line to the Typer app (nothing was done yet)."""
+
+
+class _FailedOpen(Exception):
+    """A hook could not ask the daemon and let the harness go on (exit 0, said nothing)."""
 
 
 HANDLERS: dict[tuple[str, ...], Handler] = {

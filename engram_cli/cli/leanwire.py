@@ -253,6 +253,10 @@ def json_value(data: bytes) -> Any:
         raise ValueError("no JSON value") from None
     except RecursionError:
         raise ValueError("nested too deep") from None
+    except SystemError:
+        # A malformed value: the C scanner raises its error through json.decoder, which
+        # this start never imports (the trial's half-written and tab-holding inputs).
+        raise ValueError("not JSON as this scanner reads it") from None
     if text[end:].strip(" \t\n\r"):
         raise ValueError("trailing data")
     return value
@@ -273,6 +277,12 @@ def socket_path(explicit: str | None, env: dict[str, str] | os._Environ[str]) ->
         path = os.path.join("/tmp", f"engram-{os.getuid()}", "engramd.sock")
     path = os.path.abspath(path)
     return None if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES else path
+
+
+def agent_name(given: str | None) -> str:
+    """engram_cli.client.settings.default_agent_id where *given* is empty: ENGRAM_AGENT,
+    else the user's name."""
+    return given or os.environ.get("ENGRAM_AGENT") or user_name()
 
 
 def user_name() -> str:
@@ -331,9 +341,18 @@ class Connection:
         try:
             self._send(hello)
             welcome = self._answer(hello["id"])
+        except TimeoutError:
+            # A daemon that took the connection and does not answer (stopped, say): the
+            # library would wait as long again, so this is the answer.
+            self.close()
+            raise _errors().ClientTimeout(f"engramd did not answer within {timeout}s") \
+                from None
         except (OSError, ValueError, Unreached) as exc:
             self.close()
             raise Unreached(str(exc)) from None
+        except BaseException:  # its refusal (too many connections, another uid): told
+            self.close()
+            raise
         if welcome.fields.get("msg") != "welcome":
             self.close()
             raise Unreached("the daemon did not welcome us")

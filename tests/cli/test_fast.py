@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engram_cli.cli import fast, leanwire
+from engram_cli.client import Client
 from engramd.protocol import PROTOCOL_VERSION, AnyClientMessage, resolve_socket_path
 from engramd.protocol.framing import FrameDecoder
-from tests.conftest import ThreadedDaemon, wait_until
+from tests.conftest import ThreadedDaemon, make_config, start_threaded, wait_until
 
 ROOT = Path(__file__).parent.parent.parent
 
@@ -235,3 +236,33 @@ def test_the_lean_path_imports_no_framework_nor_msgspec(recorder: Recorder,
                               capture_output=True, timeout=60, check=True)
         assert done.stdout.decode().splitlines()[-1] == "0 []", (args, done)
     wait_until(lambda: True, "nothing")
+
+
+@pytest.mark.parametrize("given", [b'{"tool_input": {"file_path": "/x"', b'{"a":1 "b":2}',
+                                   b'{"x":"a\tb"}'])
+def test_a_hook_given_malformed_json_fails_open_in_a_fresh_interpreter(
+        recorder: Recorder, env: dict[str, str], given: bytes) -> None:
+    """The fast start reads hook input with _json's scanner, whose errors go through
+    json.decoder, which a fresh interpreter has not imported (pytest's has): it raised
+    SystemError, and the hook ended with an internal error instead of letting the edit be."""
+    env = {**env, "ENGRAM_SOCKET": recorder.path, "ENGRAM_NO_AUTOSTART": "1"}
+    for harness in ([], ["--harness", "cursor"]):
+        said = _run(["-m", "engram_cli"], ["hook", "pre-edit", *harness], env, given)
+        assert said == ("{}\n" if harness else "", "", 0), said
+
+
+def test_a_hook_refused_at_hello_fails_open_and_a_command_says_why(
+        env: dict[str, str]) -> None:
+    """A daemon with every connection taken refuses the hello: a hook lets the harness go
+    on (the library's path does), a command says the daemon's line (the trial found the
+    fast start's hooks ending with 69)."""
+    full = make_config({**env, "ENGRAM_LIMITS_MAX_CONNECTIONS": "1",
+                        "ENGRAM_LIMITS_CONNECTION_RESERVE": "0"})
+    with start_threaded(full), Client(full.socket, autostart=False, env={}) as holder:
+        holder.ping()
+        run_env = {**env, "ENGRAM_SOCKET": full.socket, "ENGRAM_NO_AUTOSTART": "1"}
+        for harness, shown in (([], ""), (["--harness", "cursor"], "{}\n")):
+            said = _run(["-m", "engram_cli"], ["hook", "prompt", *harness], run_env, b"{}")
+            assert said == (shown, "", 0), said
+        _, err, status = _run(["-m", "engram_cli"], ["ping"], run_env, b"")
+        assert status == 69 and "too many connections" in err, err
