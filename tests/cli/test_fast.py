@@ -164,7 +164,8 @@ def recorder(threaded_daemon: ThreadedDaemon, scratch: str) -> Iterator[Recorder
 TYPER = "from engram_cli.cli.app import run; run()"
 VOLATILE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|"
                       r"\b[0-9a-f]{32}\b|\d+\.\d+|pid \d+|\(\d+\.\d+s left\)|"
-                      r"\d{4}-\d\d-\d\dT[\d:.]+(Z|\+00:00)|(?<=fencing_token\":)\d+|(?<=conn:)\d+")
+                      r"\d{4}-\d\d-\d\dT[\d:.]+(Z|\+00:00)|(?<=fencing_token\":)\d+|(?<=conn:)\d+|"
+                      r"(?<=\"seq\":)\d+")
 
 
 def _run(code: list[str], args: list[str], env: dict[str, str], stdin: bytes
