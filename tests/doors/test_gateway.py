@@ -82,10 +82,11 @@ def _first_line(process: subprocess.Popen[str]) -> str:
 
 
 @contextmanager
-def gateway(env: dict[str, str], *args: str, open_files: int | None = None
-            ) -> Iterator[Gateway]:
-    """``engram gateway`` on a free port; *open_files*: its RLIMIT_NOFILE (soft and hard)."""
-    command = [sys.executable, "-m", "engram_cli", "gateway", "--listen", "127.0.0.1:0",
+def gateway(env: dict[str, str], *args: str, open_files: int | None = None,
+            listen: str = "127.0.0.1:0") -> Iterator[Gateway]:
+    """``engram gateway`` on *listen* (a free port unless given: a restart needs the same
+    one); *open_files*: its RLIMIT_NOFILE (soft and hard)."""
+    command = [sys.executable, "-m", "engram_cli", "gateway", "--listen", listen,
                "--json", *args]
     if open_files is not None:
         command = ["sh", "-c", f'ulimit -n {open_files} && exec "$@"', "sh", *command]

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -28,7 +27,7 @@ if not shutil.which(CHROMIUM):
 
 from playwright.sync_api import expect  # noqa: E402
 
-from tests.doors.test_gateway import Gateway, _first_line  # noqa: E402
+from tests.doors.test_gateway import Gateway, gateway  # noqa: E402
 from tests.doors.test_gateway_browser import ARGS  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -36,27 +35,6 @@ pytestmark = pytest.mark.slow
 TIMEOUT = WAIT * 1000
 """Playwright's bound on each wait, in milliseconds."""
 HOSTILE = "<img src=x onerror=\"window.pwned=1\"> \x1b[31mred\x1b[0m \u202eevil"
-
-
-@contextmanager
-def console_gateway(env: dict[str, str], *args: str, listen: str = "127.0.0.1:0"
-                    ) -> Iterator[Gateway]:
-    """``engram gateway`` listening on *listen* (the tests' helper takes any free port;
-    a restart needs the same one)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "engram_cli", "gateway", "--listen", listen, "--json", *args],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    line = _first_line(process)
-    if not line:
-        process.wait(WAIT)
-        assert process.stderr is not None
-        pytest.fail(f"the gateway did not start: {process.stderr.read()}")
-    handle = Gateway(process, json.loads(line)["listening"][0])
-    try:
-        yield handle
-    finally:
-        handle.stop()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +59,7 @@ def daemon(module_env: dict[str, str]) -> Iterator[DaemonProcess]:
 
 @pytest.fixture(scope="module")
 def gw(daemon: DaemonProcess) -> Iterator[Gateway]:
-    with console_gateway(daemon.env) as handle:
+    with gateway(daemon.env) as handle:
         yield handle
 
 
@@ -231,7 +209,7 @@ def test_hostile_payloads_are_shown_as_text(console: Console, daemon: DaemonProc
 
 def test_a_gateway_restart_is_bridged_with_nothing_lost(
         browser: Any, daemon: DaemonProcess) -> None:
-    with console_gateway(daemon.env) as first:
+    with gateway(daemon.env) as first:
         port = first.url.rsplit(":", 1)[1]
         console = Console(browser, first.url)
         try:
@@ -245,7 +223,7 @@ def test_a_gateway_restart_is_bridged_with_nothing_lost(
             with connect(daemon.socket, "writer") as client:
                 during = [client.create_unit("bridge", "MESSAGE", f"during {n}").seq
                           for n in range(3)]
-            with console_gateway(daemon.env, listen=f"127.0.0.1:{port}"):
+            with gateway(daemon.env, listen=f"127.0.0.1:{port}"):
                 console.live()
                 with connect(daemon.socket, "writer") as client:
                     after = client.create_unit("bridge", "MESSAGE", "after").seq
@@ -264,7 +242,7 @@ def test_with_auth_on_no_token_shows_no_data_and_a_token_shows_it(
     token = run_cli(daemon.env, "agent", "token", "create", "overseer").stdout.strip()
     with connect(daemon.socket, "writer") as client:
         client.create_unit("secret", "MESSAGE", "for signed-in eyes")
-    with console_gateway(daemon.env, "--auth", "token") as secured:
+    with gateway(daemon.env, "--auth", "token") as secured:
         console = Console(browser, secured.url)
         try:
             page = console.open("feed")
