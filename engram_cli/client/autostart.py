@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from engram_cli.client.errors import Unavailable
 from engramd.protocol import log_file_in, resolve_data_dir, unusable_dir
@@ -24,8 +24,11 @@ START_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.01
 _GOING_AWAY = 3.0
 """How long a daemon that closed a new connection may take to stop answering."""
-_started: dict[str, Any] = {}
-"""The daemon this process started on each socket (a ``subprocess.Popen``)."""
+if TYPE_CHECKING:
+    import subprocess
+
+_started: dict[str, subprocess.Popen[bytes]] = {}
+"""The daemon this process started on each socket."""
 
 
 def process_gone(pid: int) -> bool:
@@ -108,9 +111,11 @@ def lost_while_starting(socket_path: str, env: Mapping[str, str] | None,
         return lost
     started = _started.get(socket_path)
     if started is not None:
+        import subprocess  # (imported by start_daemon already)
+
         # Its socket goes before its last line is written (that follows the unwinding
         # of its start-up): the line is read once the process has ended.
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(subprocess.TimeoutExpired):
             started.wait(_GOING_AWAY)
     return Unavailable(f"engramd stopped while starting; {why_it_stopped(env)}")
 
@@ -125,6 +130,7 @@ def ready_polls() -> Iterator[float]:
 
 
 def refused_after_start(socket_path: str, exc: OSError) -> Unavailable:
+    """What a daemon that answered once, then refused the connection, is (unless it went)."""
     return Unavailable(f"engramd started but {socket_path} refuses connections "
                        f"({exc.strerror})")
 
