@@ -37,6 +37,10 @@ ECHO = b"e"
 """A request answered at once."""
 DURABLE = b"d"
 """A request answered after 256 bytes were appended to a file and fdatasync'd."""
+THREAD = b"t"
+"""A request answered after a job that does nothing ran in the journal thread."""
+PROCESS = b"p"
+"""A request answered after a worker process sent it back."""
 
 
 @contextlib.contextmanager
@@ -132,6 +136,22 @@ def bench_floor_durable(target: BenchTarget) -> Measurement:
     return _floor_one_client(target, DURABLE, 3000,
                              "floor: the same, answered after an append + fdatasync in a "
                              "journal thread")
+
+
+def bench_floor_handoff_thread(target: BenchTarget) -> Measurement:
+    """The hand-off to engramd's journal thread and back alone: the same server runs a job
+    that does nothing there before it answers (cpu: the server's)."""
+    return _floor_one_client(target, THREAD, 5000,
+                             "floor: the same, answered after an empty job in the journal "
+                             "thread")
+
+
+def bench_floor_handoff_process(target: BenchTarget) -> Measurement:
+    """The hand-off a design on more processes would pay: the same server sends the
+    request to a worker process over a socket pair and answers with what comes back (cpu:
+    the server's, the worker's not counted)."""
+    return _floor_one_client(target, PROCESS, 5000,
+                             "floor: the same, answered after a worker process echoed it")
 
 
 def bench_floor_roundtrip_8procs(target: BenchTarget) -> Measurement:

@@ -34,6 +34,8 @@ WORKLOADS: dict[str, Workload] = {
     "floor.roundtrip": floors.bench_floor_roundtrip,
     "floor.durable": floors.bench_floor_durable,
     "floor.roundtrip.8procs": floors.bench_floor_roundtrip_8procs,
+    "floor.handoff.thread": floors.bench_floor_handoff_thread,
+    "floor.handoff.process": floors.bench_floor_handoff_process,
     "write.single": journal.bench_write_single,
     "write.8procs": journal.bench_write_8procs,
     "write.8procs.serial": journal.bench_write_8procs_serial,

@@ -70,11 +70,13 @@ def test_bench_reports_the_daemons_cpu_and_the_target_beside_its_floor(
 
 def test_the_design_floors_run_a_server_of_engramds_shape(env: dict[str, str]) -> None:
     result = run_cli(env, "bench", "--only", "floor.roundtrip", "--only",
-                     "floor.roundtrip.8procs", "--scale", "0.01", "--json", timeout=120)
+                     "floor.roundtrip.8procs", "--only", "floor.handoff.thread", "--only",
+                     "floor.handoff.process", "--scale", "0.01", "--json", timeout=120)
     assert result.returncode == 0, result.stderr
     rows = {r["name"]: r for r in map(json.loads, result.stdout.splitlines())}
     assert rows["floor.roundtrip"]["ops"] == 50
     assert rows["floor.roundtrip.8procs"]["ops"] == 160  # 8 clients, 20 requests each
+    assert rows["floor.handoff.thread"]["ops"] == rows["floor.handoff.process"]["ops"] == 50
     assert all(r["daemon_cpu_ms"] is not None and r["p50_ms"] > 0 for r in rows.values())
 
 
