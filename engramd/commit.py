@@ -360,13 +360,17 @@ class GroupCommitter:
             self.stats.batches += 1
             self.stats.entries += len(entries)
             self.stats.bytes_written += written
-            self.bytes_since_checkpoint += written
-            if self.bytes_since_checkpoint >= self.checkpoint_bytes:
-                self.checkpoint_wanted.set()
+            self._toward_checkpoint(written)
             if applied:
                 self._on_applied(applied)
         for submission in built:
             submission.done.set()
+
+    def _toward_checkpoint(self, written: int) -> None:
+        """Count *written* bytes toward the next flush of the store (a checkpoint)."""
+        self.bytes_since_checkpoint += written
+        if self.bytes_since_checkpoint >= self.checkpoint_bytes:
+            self.checkpoint_wanted.set()
 
     def _rebuild(self, built: list[_Submission[Any]]) -> None:
         """Queue *built* again, first, to be built against what the journal holds now."""

@@ -105,6 +105,8 @@ class ClusterJournal:
         self.position = (store.applied_seq, store.stream_seq)
         """(seq of the view's last event, stream sequence of its last message)."""
         self.on_applied: Callable[[list[Entry]], None] = lambda entries: None
+        self.on_applied_bytes: Callable[[int], None] = lambda count: None
+        """Told the size of the messages each apply took in (what checkpoints count)."""
         self._applying = trio.Lock()
         """Held from applying messages to handing their entries on: the follower and a
         local write both apply, and trio wakes waiting tasks in no set order, so without
@@ -327,7 +329,8 @@ class ClusterJournal:
         """Apply the messages the view has not applied yet, in order (in the journal
         thread, after whatever the committer gave it before); the entries applied."""
         async with self._applying:
-            applied, marks = await self.thread.run(lambda: self._apply(messages))
+            applied, marks, size = await self.thread.run(lambda: self._apply(messages))
+            self.on_applied_bytes(size)
             # The marks before the position: a batch built on a position sees its marks.
             self.fences.applied(marks)
             self.position = (self.store.applied_seq, self.store.stream_seq)
@@ -336,10 +339,11 @@ class ClusterJournal:
                 self.on_applied(applied)
         return applied
 
-    def _apply(self, messages: list[Message]) -> tuple[list[Entry], list[Mark]]:
+    def _apply(self, messages: list[Message]) -> tuple[list[Entry], list[Mark], int]:
         store = self.store
         fresh: list[Entry] = []
         marks: list[Mark] = []
+        size = 0
         applied_seq, stream_seq = store.applied_seq, store.stream_seq
         for number, body, fenced in messages:
             if number <= stream_seq:
@@ -357,6 +361,7 @@ class ClusterJournal:
                 log.error("cluster: %s", self.failure)
                 break
             fresh.append(entry)
+            size += len(body)
             marks += from_header(fenced)
             applied_seq, stream_seq = entry.last_seq, number
         if fresh:
@@ -367,7 +372,7 @@ class ClusterJournal:
             store.apply(fresh, stream_seq=stream_seq, fences=kept)
         elif stream_seq != store.stream_seq:
             store.set_stream_seq(stream_seq)
-        return fresh, marks
+        return fresh, marks, size
 
     async def caught_up(self, stream_seq: int | None) -> None:
         """Wait until the view has applied the stream through *stream_seq* (through
@@ -461,6 +466,9 @@ class ClusterCommitter(GroupCommitter):
         self.journal = journal
         self.thread = journal.thread
         journal.on_applied = self._on_applied
+        # The view's store is flushed after so many bytes applied, whoever wrote them (the
+        # stream is the log: without checkpoints a kill -9 replays it from the last stop).
+        journal.on_applied_bytes = super()._toward_checkpoint
 
     @property
     def last_seq(self) -> int:
@@ -479,6 +487,9 @@ class ClusterCommitter(GroupCommitter):
     async def _write_entries(self, entries: list[Entry], basis: int) -> tuple[list[Entry], int]:
         # The journal published what it applied, as it does for other machines' writes.
         return [], await self.journal.publish(entries, basis, self.journal.fences.take())
+
+    def _toward_checkpoint(self, written: int) -> None:
+        pass  # counted as the view applies it (the echo of the publish included)
 
 
 def machine_id(data_dir: str) -> str:

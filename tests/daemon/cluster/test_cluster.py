@@ -22,7 +22,7 @@ from engram_cli.bench.natslab import NatsCluster
 from engram_cli.client import Client
 from engram_cli.client.errors import EngramError, NotFound
 from tests.clustermachines import Machine, deployment_of, machine_on, running
-from tests.conftest import WAIT, run_cli, wait_until
+from tests.conftest import WAIT, engramd_log, run_cli, wait_until
 
 pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -387,3 +387,28 @@ def test_a_data_dir_of_the_other_mode_is_refused(
                              capture_output=True, text=True, timeout=WAIT * 3, check=False)
     assert refused.returncode == 1
     assert "view of a cluster's journal" in refused.stderr, refused.stderr
+
+
+def test_a_view_is_checkpointed_as_it_applies_so_a_kill_does_not_replay_it_all(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
+    a, b = deployment_of(nats_cluster, env, scratch, ("a", "b"),
+                         b={"ENGRAM_WAL_CHECKPOINT_BYTES": "4096"})
+    with running([a, b]):
+        with a.client() as engram:  # written on a: b only applies them
+            for number in range(60):
+                engram.create_unit("many", "MESSAGE", f"unit {number} " + "x" * 200)
+        wait_until(lambda: b.view_seq() >= a.view_seq(), "b to apply them")
+
+        def checkpointed() -> int:
+            with b.client() as engram:
+                journal = engram.status().journal
+            assert journal is not None
+            return journal.checkpoint_seq
+
+        wait_until(lambda: checkpointed() > 0, "b's store to be flushed")
+        b.kill()
+        b.start()
+        following = [line for line in engramd_log(b.env).read_text().splitlines()
+                     if "following stream" in line]
+        assert following and " from message 1 " not in following[-1], following[-1]
+        assert units_of(b, "many") == units_of(a, "many")
