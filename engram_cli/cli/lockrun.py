@@ -7,7 +7,9 @@ stops before they end, whatever ends them: this process killed, a break, an
 expiry. A keeper thread renews them every ttl/3 and, when the daemon goes away,
 reconnects (never starting a daemon of its own), renews by lock id and so adopts
 them on its new connection. Each renewal tells the lease's expiry on
-CLOCK_BOOTTIME, a clock this process shares with the daemon.
+CLOCK_BOOTTIME, a clock this process shares with the daemon, and each renewal is
+due a third of the ttl after the expiry last confirmed began (at once for a lease
+granted with less than two thirds of its ttl left).
 
 The main thread waits for CMD and is the one that stops its group: when a lease
 is lost, or could not be confirmed in time, the group gets SIGTERM and then
@@ -102,12 +104,21 @@ class LeaseKeeper(threading.Thread):
             self.lost = f"lease renewal failed unexpectedly: {exc!r}"
 
     def _keep(self) -> None:
-        due = clock() + self.timing.renew_every
+        due = self.renewal_due()
         while not self._done.is_set() and self.lost is None:
             if clock() >= due:
-                due = clock() + (self.timing.renew_every if self._renew() else RETRY_SECONDS)
+                due = self.renewal_due() if self._renew() else clock() + RETRY_SECONDS
                 continue
             self._listen(min(due - clock(), SLICE_SECONDS))
+
+    def renewal_due(self) -> float:
+        """When the leases are renewed next: once a third of their ttl has gone from the
+        expiry last confirmed. A lease granted with less than its ttl left (handed over
+        by another machine, whose grant this machine saw late) is renewed at once when
+        that third has gone already: its expiry, not the moment of its answer, says
+        when its group would be stopped."""
+        return min(clock() + self.timing.renew_every,
+                   self.expiry - self.timing.ttl + self.timing.renew_every)
 
     def _listen(self, timeout: float) -> None:
         """Wait up to *timeout* for a lost-lease notice."""

@@ -81,6 +81,7 @@ from engramd.protocol import (
     Fence,
     Forbidden,
     Lease,
+    LeaseTiming,
     LockExpired,
     LockHeld,
     LockReleased,
@@ -96,6 +97,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engramd.cluster.leases")
 T = TypeVar("T")
+
+RENEWAL_ROOM = 1.0
+"""The least time a lease handed over with a process group must leave its holder before
+its group would be stopped (its answer, and the renewal it makes at once when little
+of its ttl is left): a grant seen later than that is not made (the waiter waits on)."""
 
 
 @dataclass(eq=False)
@@ -555,9 +561,11 @@ class ClusterLeaseManager(LeaseManager):
             return
         boot, now = boottime(), trio.current_time()
         promise = min(boot + lease.ttl, lease.deadline_boottime)
-        if promise <= boot:
-            # Seen after its promise had passed (this machine's watch far behind): it
-            # is ended, and the waiter waits on (its ticket written again).
+        if promise <= boot or (self.stops.stops(lease) and LeaseTiming(lease.ttl).backstop(
+                promise)[0] - boot <= min(RENEWAL_ROOM, lease.ttl / 4)):
+            # Seen after its promise had passed (this machine's watch far behind), or
+            # so near it that its group would be stopped before its holder could renew
+            # it: it is ended, and the waiter waits on (its ticket written again).
             self._end_at_once(holding, "not granted: seen too late")
             return
         left = promise - boot

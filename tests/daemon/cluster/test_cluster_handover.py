@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -363,3 +365,40 @@ def test_a_bucket_made_before_is_made_to_take_batches(
             assert bob.result().fencing_token > held.fencing_token
             assert counter(a, HANDED_OVER) == 1
             bob.release()
+
+
+def test_a_lock_run_granted_late_with_little_of_its_ttl_left_keeps_its_command(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster, tmp_path: Path
+        ) -> None:
+    """b's watch shows a handover to b's ``lock run`` 7 s late: the lease comes with 3-5 s
+    of its 9 s ttl left, less than the holder's stop needs after a renewal a third of
+    the ttl after the answer. It is renewed at once (or, too late for that, not
+    granted and taken again): its CMD runs to its end, and lock run exits 0."""
+    trigger = tmp_path / "slow"
+    machines = deployment_of(nats_cluster, env, scratch, ("a", "b"), b={
+        "HANDOVER_FAULT": "slow-grant", "HANDOVER_FAULT_FILE": str(trigger),
+        "HANDOVER_FAULT_DELAY": "7"})
+    a, b = machines
+    b.module = FAULTY
+    resource = "job:" + uuid.uuid4().hex[:8]
+    done = tmp_path / "done"
+    with running(machines), a.client("alice") as alice:
+        (held,) = alice.acquire_lock(resource, ttl=30)
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "engram_cli", "lock", "run", resource, "--ttl", "9",
+             "--", "sh", "-c", f"sleep 4; echo $$ > {done}"],
+            env={**b.env, "ENGRAM_AGENT": "runner"}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: waiters_seen(a, resource) == 1, "lock run to be in line")
+            trigger.touch()
+            alice.release_lock(held.lock_id)
+            _, err = runner.communicate(timeout=WAIT * 4)
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+                runner.wait()
+        assert not trigger.exists(), "b's watch was slowed"
+        assert counter(a, HANDED_OVER) == 1
+        assert runner.returncode == 0, err
+        assert done.exists(), err
