@@ -78,6 +78,7 @@ class LeaseManager:
         """This machine's name in cluster mode (empty on one machine)."""
         self.stops = GroupStops(self.boot_id, tell=self._tell)
         """Stops the process groups leases carry (its ``groups``: a fake in tests)."""
+        self.stops.held = self.table.held.values
         self._nursery: trio.Nursery | None = None
         self._keep_alive_changed = trio.Event()
         """Set when a lease held while its process lives is granted."""

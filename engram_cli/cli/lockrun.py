@@ -24,6 +24,7 @@ import contextlib
 import datetime as dt
 import os
 import shutil
+import signal
 import threading
 
 from engram_cli.cli import output
@@ -246,8 +247,24 @@ def _run(client: Client, command: Command, leases: list[Lease]) -> int:
         lost = keeper.lost or _release(client, keeper.leases)
         if lost is not None:
             output.error(f"{lost} while the command ran")
+        else:
+            _say_signal(command)
     status = command.reap()  # only now: its zombie kept the group's number ours
     return int(ExitCode.LEASE_LOST) if lost is not None else status
+
+
+def _say_signal(command: Command) -> None:
+    """One line when CMD was ended by a signal that engram neither sent nor passed on
+    (another process's kill, a crash): its exit status alone (128+N) says too little."""
+    status = command.poll()
+    if status is None or status <= 128 or status - 128 in command.forwarded:
+        return
+    try:
+        name = signal.Signals(status - 128).name
+    except ValueError:
+        name = f"signal {status - 128}"
+    output.note(f"the command was ended by {name}, which engram neither sent nor "
+                "passed on; its leases were held throughout and are released")
 
 
 def _release(client: Client, leases: list[Lease]) -> str | None:
