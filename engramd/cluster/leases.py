@@ -70,7 +70,13 @@ from engramd.cluster.bucket import (
 )
 from engramd.cluster.handover import Handover, plan
 from engramd.cluster.leaseview import LeaseView
-from engramd.cluster.outage import ClusterAway, Patience, cluster_away, transient
+from engramd.cluster.outage import (
+    ClusterAway,
+    Patience,
+    cluster_away,
+    transient,
+    worth_waiting,
+)
 from engramd.cluster.tickets import Tickets, patiently
 from engramd.grants import Grant, boottime, check_resource
 from engramd.leases import LeaseManager
@@ -282,10 +288,11 @@ class ClusterLeaseManager(LeaseManager):
 
     async def _call(self, coroutine: Callable[[], Awaitable[T]]) -> T:
         """Run a bucket operation, again while the cluster does not answer (a leader
-        being elected, a server gone), for at most the write timeout. Each attempt gets
+        being elected, a server gone), for the write timeout, or while a quorum of the
+        servers answers for longer (:func:`.outage.worth_waiting`). Each attempt gets
         a few seconds: one sent to a server that has just died would otherwise wait out
         the whole timeout. Writes carry a message id, so one sent again is stored once."""
-        deadline = trio.current_time() + self.timeout
+        started = trio.current_time()
         while True:
             try:
                 with trio.fail_after(min(self.timeout, self.ATTEMPT_SECONDS)):
@@ -296,7 +303,8 @@ class ClusterLeaseManager(LeaseManager):
                 # "duplicate message id is in process": that too.)
                 if not transient(exc):
                     raise Unavailable(f"the cluster refused: {exc}") from None
-                if trio.current_time() >= deadline:
+                if not await worth_waiting(self.journal.settings.servers, started,
+                                           self.timeout):
                     raise (await cluster_away(
                         self.journal.settings.servers, exc,
                         "the change may or may not have been made; try again")) from None
