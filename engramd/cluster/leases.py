@@ -79,7 +79,7 @@ from engramd.cluster.outage import (
 )
 from engramd.cluster.tickets import Tickets, patiently
 from engramd.grants import Grant, boottime, check_resource
-from engramd.leases import LeaseManager
+from engramd.leases import LeaseManager, spare_group
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.pidwatch import process_exit
 from engramd.protocol import (
@@ -604,10 +604,19 @@ class ClusterLeaseManager(LeaseManager):
         log.debug("cluster leases: %s handed over", ", ".join(grant.resources))
         return leases
 
+    def undelivered(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            holding = self.table.by_lock_id.get(lease.lock_id)
+            if holding is not None and not holding.ending:
+                self._end_at_once(holding, "not granted: its client had gone")
+
     def _end_at_once(self, holding: Holding, reason: str) -> None:
         """End *holding*, granted here to no one, in the background (it counts for no
-        one meanwhile); its end hands it over to the next in line in turn."""
+        one meanwhile); its end hands it over to the next in line in turn. Its process
+        group never worked under it (its waiter never had it): it is not stopped (the
+        group may be waiting to run under the grant of a request made again)."""
         holding.told = True  # (there is no one to tell)
+        spare_group(holding)
         if self._nursery is not None:
             self._nursery.start_soon(functools.partial(
                 self._end_owed, holding, reason=reason, by="engramd"))

@@ -46,6 +46,7 @@ from tests.conftest import (
     start_threaded,
     wait_until,
 )
+from tests.daemon.test_leases import a_grant_whose_reply_is_lost_ends_and_spares_its_group
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -214,6 +215,15 @@ def test_cluster_status_says_the_cluster_answers_as_soon_as_it_does(
     report = engram.cluster()
     assert report.status.reachable and report.status.write_error is None, report.status
     assert daemon.thread.is_alive()
+
+
+def test_a_grant_whose_reply_is_lost_ends_at_once_in_cluster_mode(
+        machine: tuple[ThreadedDaemon, Client], monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on one machine: the release hands the lease over to the waiter in one batch,
+    the waiter's client has left when the reply goes; the lease ends at once (it lived
+    its ttl + 3 s), and its process group is not stopped."""
+    daemon, _ = machine
+    a_grant_whose_reply_is_lost_ends_and_spares_its_group(daemon.config.socket, monkeypatch)
 
 
 def ends(bucket: LeaseBucket, key: str, value: bytes = b"", **options: Any) -> bool:
