@@ -61,9 +61,22 @@ def unwrapped(exc: BaseException) -> BaseException:
     return exc
 
 
+WITHOUT_WORDS: dict[type[BaseException], str] = {
+    trio.TooSlowError: "no answer in time",
+    TimeoutError: "no answer in time",
+}
+"""What errors that carry no message of their own mean, for a person."""
+
+
 def describe(exc: BaseException) -> str:
+    """*exc* in a few words for a person (never a bare class name)."""
     exc = unwrapped(exc)
-    return str(exc) or type(exc).__name__
+    if str(exc):
+        return str(exc)
+    for kind, words in WITHOUT_WORDS.items():
+        if isinstance(exc, kind):
+            return words
+    return type(exc).__name__
 
 
 class Patience:
@@ -180,5 +193,7 @@ async def cluster_away(servers: Sequence[str], exc: BaseException, did: str) -> 
                            "answer)", did)
     if answering == 0:
         return ClusterAway("the cluster is unreachable (no server answers)", did)
-    return ClusterAway(f"the cluster did not answer in time ({describe(exc)}; {answering} "
-                       f"of {total} servers answer)", did)
+    why = describe(exc)
+    detail = "" if why == WITHOUT_WORDS[TimeoutError] else f"{why}; "
+    return ClusterAway(f"the cluster did not answer in time ({detail}{answering} of {total} "
+                       "servers answer)", did)

@@ -22,7 +22,7 @@ from engram_cli.bench.natslab import NatsCluster
 from engram_cli.client import Client
 from engram_cli.client.errors import EngramError, NotFound
 from tests.clustermachines import Machine, deployment_of, machine_on, running
-from tests.conftest import WAIT, run_cli, wait_until
+from tests.conftest import WAIT, engramd_log, run_cli, wait_until
 
 pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -387,3 +387,30 @@ def test_a_data_dir_of_the_other_mode_is_refused(
                              capture_output=True, text=True, timeout=WAIT * 3, check=False)
     assert refused.returncode == 1
     assert "view of a cluster's journal" in refused.stderr, refused.stderr
+
+
+def test_daemon_stop_in_cluster_mode_logs_no_traceback(machines: list[Machine]) -> None:
+    """engramd stops with a watcher, a waiter in line and a follower of the stream: the
+    requests to the cluster cancelled as its connection closes end quietly (nats-py's
+    ConnectionClosedError was logged as a "Task exception was never retrieved")."""
+    a, b, _ = machines
+    with b.client("holder") as engram:
+        engram.acquire_lock("res", ttl=30)
+        engram.create_unit("c", "MESSAGE", "before the stop")
+    quiet = {"env": a.env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    others = [subprocess.Popen([sys.executable, "-m", "engram_cli", "watch"], **quiet),
+              subprocess.Popen([sys.executable, "-m", "engram_cli", "lock", "acquire", "res",
+                                "--wait", "60"], **quiet)]
+    try:
+        with a.client("observer") as engram:
+            wait_until(lambda: len(engram.get_lock("res").waiters) == 1, "a waiter in line")
+        stopped = a.cli("daemon", "stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert a.process is not None
+        a.process.wait(WAIT * 2)
+    finally:
+        for process in others:
+            process.kill()
+            process.wait()
+    said = engramd_log(a.env).read_text()
+    assert "Traceback" not in said and "never retrieved" not in said, said

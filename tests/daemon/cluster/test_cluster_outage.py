@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import trio
 
 pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
 
@@ -224,6 +225,20 @@ def test_a_grant_whose_reply_is_lost_ends_at_once_in_cluster_mode(
     its ttl + 3 s), and its process group is not stopped."""
     daemon, _ = machine
     a_grant_whose_reply_is_lost_ends_and_spares_its_group(daemon.config.socket, monkeypatch)
+
+
+def test_an_attempt_that_ran_out_of_time_is_told_in_words(
+        machine: tuple[ThreadedDaemon, Client], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every attempt of a write runs out of its time: the refusal says so in words (it
+    said "TooSlowError", the name of trio's error, which has no message)."""
+    daemon, engram = machine
+    monkeypatch.setattr(outage, "ELECTION_SECONDS", 1.0)  # (every server answers)
+    Failing(monkeypatch, NatsLink, "publish", trio.TooSlowError)
+    with pytest.raises(ClientUnavailable) as refused:
+        engram.create_unit("c", "MESSAGE", "refused")
+    assert "did not answer in time (3 of 3 servers answer)" in str(refused.value), \
+        refused.value
+    assert daemon.thread.is_alive()
 
 
 def ends(bucket: LeaseBucket, key: str, value: bytes = b"", **options: Any) -> bool:
