@@ -348,7 +348,11 @@ class Connection:
             raise _errors().ClientTimeout(
                 f"engramd did not answer within {round(timeout or 0, 1):g}s") from None
         except (OSError, ValueError, Unreached) as exc:
-            self.close()
+            try:
+                if isinstance(exc, OSError):  # it hung up first: its goodbye says why
+                    self._parting_error()
+            finally:
+                self.close()
             raise Unreached(str(exc)) from None
         except BaseException:  # its refusal (too many connections, another uid): told
             self.close()
