@@ -274,6 +274,8 @@ class ClusterJournal:
         async def facts() -> None:
             with trio.move_on_after(within):
                 await self.refresh_facts(quiet=True)
+
+        async def reach() -> None:
             if not self.reachable and self.link.js is not None:
                 with trio.move_on_after(within), contextlib.suppress(
                         nats.errors.Error, TimeoutError, OSError):
@@ -290,7 +292,7 @@ class ClusterJournal:
                                                      min(within, 0.3))
 
         async with trio.open_nursery() as nursery:
-            for job in (facts, machines, servers):
+            for job in (facts, reach, machines, servers):
                 nursery.start_soon(job)
 
     async def machines(self) -> list[ClusterMachine]:
