@@ -136,11 +136,12 @@ class GroupStops:
         grant (one request's leases share their grant's moment, ``acquired_at``: their
         group is still stopped when one of them ends)."""
         lease = holding.lease
-        return any(other is not holding and other.lease.pgid == lease.pgid
-                   and other.lease.fencing_token > lease.fencing_token
-                   and other.lease.acquired_at != lease.acquired_at
-                   and self.stops(other.lease) and not other.ending
-                   and other.stopping is None for other in self.held())
+        return lease.pgid is not None and any(
+            other is not holding and other.lease.pgid == lease.pgid
+            and other.lease.fencing_token > lease.fencing_token
+            and other.lease.acquired_at != lease.acquired_at
+            and self.stops(other.lease) and not other.ending and other.stopping is None
+            for other in self.held())
 
     def stops(self, lease: Lease) -> bool:
         """Whether *lease*'s process group is stopped here before the lease ends: this
