@@ -44,6 +44,7 @@ from engramd.protocol import (
     ClusterStatus,
     EngramError,
     JournalStatus,
+    LocksGranted,
     SpooledUnit,
     StoreDamage,
     StreamStatus,
@@ -327,6 +328,12 @@ class Engine:
     def _close_storage(self) -> None:
         if self._parts is not None:
             self._close(self._parts.store, self._parts.wal, self._parts.indexer)
+
+    def reply_lost(self, reply: object) -> None:
+        """A reply did not reach its client (it left meanwhile): leases it granted end
+        at once, since no one knows their lock ids."""
+        if isinstance(reply, LocksGranted) and self._parts is not None:
+            self._parts.leases.undelivered(reply.leases)
 
     async def connection_closed(self, connection: object) -> None:
         """A connection has gone: its connection-bound leases end with it."""

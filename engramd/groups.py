@@ -125,6 +125,23 @@ class GroupStops:
         self.machine = ""
         """The manager's machine (cluster mode): only its leases' groups are its own."""
         self.nursery: trio.Nursery | None = None
+        self.held: Callable[[], Iterable[Holding]] = tuple
+        """The manager's leases held now (its table's)."""
+
+    def covered(self, holding: Holding) -> bool:
+        """Whether a later grant of this daemon, live, names *holding*'s group: the group
+        works under that one now, and *holding* (ending) is a grant its holder never
+        got (``lock run`` asked again, with the same group, after its first request's
+        connection went) whose stop must not hit it. Later: a larger token, of another
+        grant (one request's leases share their grant's moment, ``acquired_at``: their
+        group is still stopped when one of them ends)."""
+        lease = holding.lease
+        return lease.pgid is not None and any(
+            other is not holding and other.lease.pgid == lease.pgid
+            and other.lease.fencing_token > lease.fencing_token
+            and other.lease.acquired_at != lease.acquired_at
+            and self.stops(other.lease) and not other.ending and other.stopping is None
+            for other in self.held())
 
     def stops(self, lease: Lease) -> bool:
         """Whether *lease*'s process group is stopped here before the lease ends: this
@@ -164,6 +181,11 @@ class GroupStops:
         """Begin (once) to stop *holding*'s group, SIGKILL at *kill_at* (by default
         after the grace, or at the expiry's margin if that comes first); the event is
         set once none of its processes is left."""
+        if holding.stopping is None and self.covered(holding):
+            log.info("process group %d of the lease on %s not stopped: a later lease of "
+                     "this daemon names it", holding.lease.pgid, holding.lease.resource)
+            holding.stopping = trio.Event()
+            holding.stopping.set()
         if holding.stopping is None:
             timing, now = LeaseTiming(holding.lease.ttl), trio.current_time()
             if kill_at is None:

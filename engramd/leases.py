@@ -78,6 +78,7 @@ class LeaseManager:
         """This machine's name in cluster mode (empty on one machine)."""
         self.stops = GroupStops(self.boot_id, tell=self._tell)
         """Stops the process groups leases carry (its ``groups``: a fake in tests)."""
+        self.stops.held = self.table.held.values
         self._nursery: trio.Nursery | None = None
         self._keep_alive_changed = trio.Event()
         """Set when a lease held while its process lives is granted."""
@@ -235,11 +236,9 @@ class LeaseManager:
             self._install(follower.grant, leases)
             follower.granted = leases
             follower.turn.set()
-            if follower.abandoned and self._nursery is not None:
-                # Its connection closed while the grant was written: what is bound to
-                # the connection ends with it, as it would have had it been held then.
-                for bound in (g for g in leases if g.bound_to_connection):
-                    self._nursery.start_soon(self._end_abandoned, bound)
+            if follower.abandoned:
+                # Its client left while the grant was written: no one has its leases.
+                self.undelivered(leases)
         self.table.pump()
 
     def _tell(self, holding: Holding, tell: str, by: str) -> None:
@@ -252,10 +251,20 @@ class LeaseManager:
             notice = LeaseLost(lease=holding.lease, reason=tell, by=by)
             self._nursery.start_soon(_tell_holder, holding.push, _push_encoder.encode(notice))
 
-    async def _end_abandoned(self, lease: Lease) -> None:
-        holding = self.table.by_lock_id.get(lease.lock_id)
-        if holding is not None:
-            await self._end(holding, LockReleased, reason="disconnected", by=lease.holder)
+    def undelivered(self, leases: list[Lease]) -> None:
+        """End at once, in the background, *leases* granted to a request whose client
+        left before their reply reached it: no one knows their lock ids. A process group
+        they name never worked under them (``lock run`` runs CMD once it has its
+        leases; it may be waiting to, asking again): it is not stopped."""
+        for lease in leases:
+            holding = self.table.by_lock_id.get(lease.lock_id)
+            if holding is None or holding.ending or self._nursery is None:
+                continue
+            holding.told = True  # (there is no one to tell)
+            spare_group(holding)
+            self._nursery.start_soon(functools.partial(
+                self._end, holding, LockReleased, reason="not granted: its client had gone",
+                by="engramd"))
 
     async def _grant(self, grant: Grant) -> list[Lease]:
         """Commit leases on the grant's resources, already reserved for this caller."""
@@ -501,6 +510,13 @@ class LeaseManager:
 KEEP_ALIVE_RETRY = 1.0
 """Seconds before a lease held while its process lives is tried again after a renewal
 that failed (the cluster away, a full disk)."""
+
+
+def spare_group(holding: Holding) -> None:
+    """Mark *holding*'s process group as stopped already: its end stops nothing."""
+    if holding.stopping is None:
+        holding.stopping = trio.Event()
+        holding.stopping.set()
 
 
 def _holder_of(lease: Lease) -> Caller:

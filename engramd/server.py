@@ -591,7 +591,12 @@ class Server:
         self._requests_served += 1
         if reply is None:
             return  # already sent, ahead of the events
+        sent = False
         try:
             await session.send(reply)
+            sent = True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("pid %d left before its reply", session.peer.pid)
+        finally:
+            if not sent:  # (its client left: what the reply granted, no one has)
+                self.engine.reply_lost(reply)

@@ -108,6 +108,8 @@ class Command:
         """CMD's exit status once it has exited (128+N after signal N)."""
         self.started = False
         self.reaped = False
+        self.forwarded: set[int] = set()
+        """The signals engram passed on to CMD's group (it was sent them)."""
         self._ttou: object = None
         go_read, self._go = os.pipe()
         self._errors, errors_write = os.pipe()
@@ -207,7 +209,11 @@ class Command:
     @contextlib.contextmanager
     def forwarding_signals(self) -> Iterator[None]:
         """SIGINT, SIGTERM and SIGHUP sent to engram go to CMD's group."""
-        previous = {signum: signal.signal(signum, lambda n, _f: self.signal(n))
+        def forward(signum: int, _frame: object) -> None:
+            self.forwarded.add(signum)
+            self.signal(signum)
+
+        previous = {signum: signal.signal(signum, forward)
                     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             yield

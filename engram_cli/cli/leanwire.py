@@ -345,10 +345,14 @@ class Connection:
             # A daemon that took the connection and does not answer (stopped, say): the
             # library would wait as long again, so this is the answer.
             self.close()
-            raise _errors().ClientTimeout(f"engramd did not answer within {timeout}s") \
-                from None
+            raise _errors().ClientTimeout(
+                f"engramd did not answer within {round(timeout or 0, 1):g}s") from None
         except (OSError, ValueError, Unreached) as exc:
-            self.close()
+            try:
+                if isinstance(exc, OSError):  # it hung up first: its goodbye says why
+                    self._parting_error()
+            finally:
+                self.close()
             raise Unreached(str(exc)) from None
         except BaseException:  # its refusal (too many connections, another uid): told
             self.close()
@@ -369,7 +373,7 @@ class Connection:
             self._send(message)
         except TimeoutError:
             raise _errors().ClientTimeout(
-                f"engramd did not take a request within {waited}s") from None
+                f"engramd did not take a request within {round(waited or 0, 1):g}s") from None
         except OSError as exc:
             self._parting_error()  # its goodbye, when it hung up first, is the answer
             raise _errors().Unavailable(
@@ -377,7 +381,8 @@ class Connection:
         try:
             reply = self._answer(message["id"])
         except TimeoutError:
-            raise _errors().ClientTimeout(f"engramd did not answer within {waited}s") from None
+            raise _errors().ClientTimeout(
+                f"engramd did not answer within {round(waited or 0, 1):g}s") from None
         except OSError as exc:
             raise _errors().Unavailable(
                 f"lost the connection to engramd: {exc.strerror}") from None

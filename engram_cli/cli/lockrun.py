@@ -7,7 +7,9 @@ stops before they end, whatever ends them: this process killed, a break, an
 expiry. A keeper thread renews them every ttl/3 and, when the daemon goes away,
 reconnects (never starting a daemon of its own), renews by lock id and so adopts
 them on its new connection. Each renewal tells the lease's expiry on
-CLOCK_BOOTTIME, a clock this process shares with the daemon.
+CLOCK_BOOTTIME, a clock this process shares with the daemon, and each renewal is
+due a third of the ttl after the expiry last confirmed began (at once for a lease
+granted with less than two thirds of its ttl left).
 
 The main thread waits for CMD and is the one that stops its group: when a lease
 is lost, or could not be confirmed in time, the group gets SIGTERM and then
@@ -22,6 +24,7 @@ import contextlib
 import datetime as dt
 import os
 import shutil
+import signal
 import threading
 
 from engram_cli.cli import output
@@ -102,12 +105,21 @@ class LeaseKeeper(threading.Thread):
             self.lost = f"lease renewal failed unexpectedly: {exc!r}"
 
     def _keep(self) -> None:
-        due = clock() + self.timing.renew_every
+        due = self.renewal_due()
         while not self._done.is_set() and self.lost is None:
             if clock() >= due:
-                due = clock() + (self.timing.renew_every if self._renew() else RETRY_SECONDS)
+                due = self.renewal_due() if self._renew() else clock() + RETRY_SECONDS
                 continue
             self._listen(min(due - clock(), SLICE_SECONDS))
+
+    def renewal_due(self) -> float:
+        """When the leases are renewed next: once a third of their ttl has gone from the
+        expiry last confirmed. A lease granted with less than its ttl left (handed over
+        by another machine, whose grant this machine saw late) is renewed at once when
+        that third has gone already: its expiry, not the moment of its answer, says
+        when its group would be stopped."""
+        return min(clock() + self.timing.renew_every,
+                   self.expiry - self.timing.ttl + self.timing.renew_every)
 
     def _listen(self, timeout: float) -> None:
         """Wait up to *timeout* for a lost-lease notice."""
@@ -235,8 +247,24 @@ def _run(client: Client, command: Command, leases: list[Lease]) -> int:
         lost = keeper.lost or _release(client, keeper.leases)
         if lost is not None:
             output.error(f"{lost} while the command ran")
+        else:
+            _say_signal(command)
     status = command.reap()  # only now: its zombie kept the group's number ours
     return int(ExitCode.LEASE_LOST) if lost is not None else status
+
+
+def _say_signal(command: Command) -> None:
+    """One line when CMD was ended by a signal that engram neither sent nor passed on
+    (another process's kill, a crash): its exit status alone (128+N) says too little."""
+    status = command.poll()
+    if status is None or status <= 128 or status - 128 in command.forwarded:
+        return
+    try:
+        name = signal.Signals(status - 128).name
+    except ValueError:
+        name = f"signal {status - 128}"
+    output.note(f"the command was ended by {name}, which engram neither sent nor "
+                "passed on; its leases were held throughout and are released")
 
 
 def _release(client: Client, leases: list[Lease]) -> str | None:

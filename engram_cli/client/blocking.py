@@ -281,7 +281,8 @@ class Client(Operations):
         try:
             self._sock.sendall(data)
         except TimeoutError:
-            raise ClientTimeout(f"engramd did not take a request within {self.timeout}s") from None
+            raise ClientTimeout("engramd did not take a request within "
+                                f"{round(self.timeout or 0, 1):g}s") from None
         except OSError as exc:
             parting = self._parting_error()
             self.close()
@@ -310,7 +311,8 @@ class Client(Operations):
         try:
             data = self._sock.recv(_RECEIVE_SIZE)
         except TimeoutError:
-            raise ClientTimeout(f"engramd did not answer within {self.timeout}s") from None
+            raise ClientTimeout(
+                f"engramd did not answer within {round(self.timeout or 0, 1):g}s") from None
         except OSError as exc:
             self.close()
             raise Unavailable(f"lost the connection to engramd: {exc.strerror}") from None

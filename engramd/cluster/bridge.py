@@ -79,14 +79,26 @@ class AsyncioThread:
             except trio.RunFinishedError:
                 pass
 
+        abandoned = False
+
         async def call() -> T:
-            return await coroutine()
+            try:
+                return await coroutine()
+            except BaseException:
+                if abandoned:
+                    # No one waits for it any more (its trio task was cancelled: at
+                    # shutdown, say, as the connection closes under it): what it
+                    # raised instead of being cancelled is nobody's to hear, and
+                    # asyncio would log it as a traceback ("never retrieved").
+                    return None  # type: ignore[return-value]
+                raise
 
         future = asyncio.run_coroutine_threadsafe(call(), self.loop)
         future.add_done_callback(finished)
         try:
             await done.wait()
         except trio.Cancelled:
+            abandoned = True
             future.cancel()
             raise
         return future.result()

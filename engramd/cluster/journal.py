@@ -20,6 +20,7 @@ start.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
@@ -58,6 +59,7 @@ from engramd.cluster.outage import (
     cluster_away,
     describe,
     servers_answering,
+    worth_waiting,
 )
 from engramd.commit import Behind, GroupCommitter, JournalThread
 from engramd.config import DaemonConfig
@@ -189,16 +191,15 @@ class ClusterJournal:
     async def _announce(self) -> None:
         """Say where this machine's view is: every ANNOUNCE_SECONDS, and within a second
         of the view moving (at most once a second)."""
-        host = socket.gethostname()
         patience = Patience("announcing this machine")
         while True:
             announced = self.stream_seq
-            record = msgspec.json.encode(ClusterMachine(
-                machine=self.machine, host=host, socket=self.socket_path,
-                stream_seq=self.stream_seq, applied_seq=self.position[0],
-                version=self.version))
+            record = self._announcement()
             try:
-                with trio.fail_after(self.ANNOUNCE_SECONDS):
+                # (While unreachable, tried every 2 s at least: one attempt that waits
+                # out 5 s would leave the machine unreachable that long past the return.)
+                with trio.fail_after(self.ANNOUNCE_SECONDS if self.reachable
+                                     else 2 * self.ANNOUNCE_MIN_SECONDS):
                     await self.bridge.run(functools.partial(self.link.announce, self.machine,
                                                             record))
                     self.facts = await self.bridge.run(self.link.stream_facts)
@@ -214,6 +215,12 @@ class ClusterJournal:
             with trio.move_on_after(self.ANNOUNCE_SECONDS - self.ANNOUNCE_MIN_SECONDS):
                 while self.stream_seq == announced:
                     await self._advanced.wait()
+
+    def _announcement(self) -> bytes:
+        """This machine's record in the machines bucket: where its view is."""
+        return msgspec.json.encode(ClusterMachine(
+            machine=self.machine, host=socket.gethostname(), socket=self.socket_path,
+            stream_seq=self.stream_seq, applied_seq=self.position[0], version=self.version))
 
     async def connected(self) -> None:
         """Wait until the connection to the cluster is made (the first time)."""
@@ -262,10 +269,21 @@ class ClusterJournal:
     async def look(self, within: float = 0.6) -> None:
         """Bring the facts, the machines seen and the servers answering up to date, each
         bounded by *within* seconds: what does not answer in time stays as last seen
-        (the status says how old it is)."""
+        (the status says how old it is). While the cluster does not answer this
+        machine, this machine is announced once more: stored (by a quorum), it says the
+        cluster answers again (the announcements' own loop may be in the middle of an
+        attempt). Facts alone do not: a server without a quorum may answer them."""
         async def facts() -> None:
             with trio.move_on_after(within):
                 await self.refresh_facts(quiet=True)
+
+        async def reach() -> None:
+            if not self.reachable and self.link.js is not None:
+                with trio.move_on_after(within), contextlib.suppress(
+                        nats.errors.Error, TimeoutError, OSError):
+                    await self.bridge.run(functools.partial(
+                        self.link.announce, self.machine, self._announcement()))
+                    self._set_reachable(self.link.connected)
 
         async def machines() -> None:
             with trio.move_on_after(within):
@@ -276,7 +294,7 @@ class ClusterJournal:
                                                      min(within, 0.3))
 
         async with trio.open_nursery() as nursery:
-            for job in (facts, machines, servers):
+            for job in (facts, reach, machines, servers):
                 nursery.start_soon(job)
 
     async def machines(self) -> list[ClusterMachine]:
@@ -431,9 +449,10 @@ class ClusterJournal:
         return len(body)
 
     async def _publish(self, body: bytes, msg_id: str, after: int, fenced: str) -> int:
-        """Publish, sending the same message again while the answer is lost (at most
-        the write timeout in all)."""
-        deadline = trio.current_time() + self.settings.timeout
+        """Publish, sending the same message again while the answer is lost: for the
+        write timeout, or longer while a quorum of the servers answers (an election:
+        :func:`.outage.worth_waiting`)."""
+        started = trio.current_time()
         while True:
             try:
                 # A few seconds an attempt: one sent to a server that has just died
@@ -444,7 +463,8 @@ class ClusterJournal:
             except StreamMovedOn as moved:
                 raise Behind(functools.partial(self.caught_up, moved.last)) from None
             except (nats.errors.Error, TimeoutError, OSError, trio.TooSlowError) as exc:
-                if trio.current_time() >= deadline:
+                if not await worth_waiting(self.settings.servers, started,
+                                           self.settings.timeout):
                     self._set_unreachable(exc)
                     raise (await cluster_away(
                         self.settings.servers, exc,

@@ -70,10 +70,16 @@ from engramd.cluster.bucket import (
 )
 from engramd.cluster.handover import Handover, plan
 from engramd.cluster.leaseview import LeaseView
-from engramd.cluster.outage import ClusterAway, Patience, cluster_away, transient
+from engramd.cluster.outage import (
+    ClusterAway,
+    Patience,
+    cluster_away,
+    transient,
+    worth_waiting,
+)
 from engramd.cluster.tickets import Tickets, patiently
 from engramd.grants import Grant, boottime, check_resource
-from engramd.leases import LeaseManager
+from engramd.leases import LeaseManager, spare_group
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.pidwatch import process_exit
 from engramd.protocol import (
@@ -81,6 +87,7 @@ from engramd.protocol import (
     Fence,
     Forbidden,
     Lease,
+    LeaseTiming,
     LockExpired,
     LockHeld,
     LockReleased,
@@ -96,6 +103,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engramd.cluster.leases")
 T = TypeVar("T")
+
+RENEWAL_ROOM = 1.0
+"""The least time a lease handed over with a process group must leave its holder before
+its group would be stopped (its answer, and the renewal it makes at once when little
+of its ttl is left): a grant seen later than that is not made (the waiter waits on)."""
 
 
 @dataclass(eq=False)
@@ -276,10 +288,11 @@ class ClusterLeaseManager(LeaseManager):
 
     async def _call(self, coroutine: Callable[[], Awaitable[T]]) -> T:
         """Run a bucket operation, again while the cluster does not answer (a leader
-        being elected, a server gone), for at most the write timeout. Each attempt gets
+        being elected, a server gone), for the write timeout, or while a quorum of the
+        servers answers for longer (:func:`.outage.worth_waiting`). Each attempt gets
         a few seconds: one sent to a server that has just died would otherwise wait out
         the whole timeout. Writes carry a message id, so one sent again is stored once."""
-        deadline = trio.current_time() + self.timeout
+        started = trio.current_time()
         while True:
             try:
                 with trio.fail_after(min(self.timeout, self.ATTEMPT_SECONDS)):
@@ -290,7 +303,8 @@ class ClusterLeaseManager(LeaseManager):
                 # "duplicate message id is in process": that too.)
                 if not transient(exc):
                     raise Unavailable(f"the cluster refused: {exc}") from None
-                if trio.current_time() >= deadline:
+                if not await worth_waiting(self.journal.settings.servers, started,
+                                           self.timeout):
                     raise (await cluster_away(
                         self.journal.settings.servers, exc,
                         "the change may or may not have been made; try again")) from None
@@ -555,9 +569,11 @@ class ClusterLeaseManager(LeaseManager):
             return
         boot, now = boottime(), trio.current_time()
         promise = min(boot + lease.ttl, lease.deadline_boottime)
-        if promise <= boot:
-            # Seen after its promise had passed (this machine's watch far behind): it
-            # is ended, and the waiter waits on (its ticket written again).
+        if promise <= boot or (self.stops.stops(lease) and LeaseTiming(lease.ttl).backstop(
+                promise)[0] - boot <= min(RENEWAL_ROOM, lease.ttl / 4)):
+            # Seen after its promise had passed (this machine's watch far behind), or
+            # so near it that its group would be stopped before its holder could renew
+            # it: it is ended, and the waiter waits on (its ticket written again).
             self._end_at_once(holding, "not granted: seen too late")
             return
         left = promise - boot
@@ -588,10 +604,19 @@ class ClusterLeaseManager(LeaseManager):
         log.debug("cluster leases: %s handed over", ", ".join(grant.resources))
         return leases
 
+    def undelivered(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            holding = self.table.by_lock_id.get(lease.lock_id)
+            if holding is not None and not holding.ending:
+                self._end_at_once(holding, "not granted: its client had gone")
+
     def _end_at_once(self, holding: Holding, reason: str) -> None:
         """End *holding*, granted here to no one, in the background (it counts for no
-        one meanwhile); its end hands it over to the next in line in turn."""
+        one meanwhile); its end hands it over to the next in line in turn. Its process
+        group never worked under it (its waiter never had it): it is not stopped (the
+        group may be waiting to run under the grant of a request made again)."""
         holding.told = True  # (there is no one to tell)
+        spare_group(holding)
         if self._nursery is not None:
             self._nursery.start_soon(functools.partial(
                 self._end_owed, holding, reason=reason, by="engramd"))

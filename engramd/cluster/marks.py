@@ -47,7 +47,7 @@ from engramd.cluster.bucket import KeyChanged, KeyUpdate, LeaseBucket
 from engramd.cluster.bucket import decode_resource as _text  # (a key's part, as the
 from engramd.cluster.bucket import encode_resource as _token  # leases' keys write one)
 from engramd.cluster.journal import ClusterJournal
-from engramd.cluster.outage import Patience, cluster_away, transient
+from engramd.cluster.outage import Patience, cluster_away, transient, worth_waiting
 from engramd.marks import INBOX_MARK
 from engramd.protocol import Unavailable
 from engramd.storage import Store
@@ -259,9 +259,10 @@ class SharedMarks:
 
     async def _call(self, coroutine: Callable[[], Awaitable[T]], did: str) -> T:
         """A bucket operation, again while the cluster does not answer, for at most the
-        write timeout (each attempt a few seconds)."""
+        write timeout, or longer while a quorum of the servers answers (an election:
+        :func:`.outage.worth_waiting`); each attempt a few seconds."""
         settings = self.journal.settings
-        deadline = trio.current_time() + settings.timeout
+        started = trio.current_time()
         while True:
             try:
                 with trio.fail_after(min(settings.timeout, self.ATTEMPT_SECONDS)):
@@ -269,6 +270,6 @@ class SharedMarks:
             except (nats.errors.Error, OSError, TimeoutError, trio.TooSlowError) as exc:
                 if not transient(exc):
                     raise Unavailable(f"the cluster refused: {exc}") from None
-                if trio.current_time() >= deadline:
+                if not await worth_waiting(settings.servers, started, settings.timeout):
                     raise (await cluster_away(settings.servers, exc, did)) from None
                 await trio.sleep(0.1)

@@ -61,9 +61,22 @@ def unwrapped(exc: BaseException) -> BaseException:
     return exc
 
 
+WITHOUT_WORDS: dict[type[BaseException], str] = {
+    trio.TooSlowError: "no answer in time",
+    TimeoutError: "no answer in time",
+}
+"""What errors that carry no message of their own mean, for a person."""
+
+
 def describe(exc: BaseException) -> str:
+    """*exc* in a few words for a person (never a bare class name)."""
     exc = unwrapped(exc)
-    return str(exc) or type(exc).__name__
+    if str(exc):
+        return str(exc)
+    for kind, words in WITHOUT_WORDS.items():
+        if isinstance(exc, kind):
+            return words
+    return type(exc).__name__
 
 
 class Patience:
@@ -135,6 +148,26 @@ async def servers_answering(servers: Sequence[str], within: float = 0.3) -> int:
     return answered
 
 
+ELECTION_SECONDS = 15.0
+"""How long a request keeps trying, from its start, while a quorum of the servers
+answers but the cluster does not answer it (a stream leader being elected after a
+server went, this machine's connection moving to another server: a few seconds);
+with too few servers answering for a quorum it gives up after the write timeout."""
+
+
+async def worth_waiting(servers: Sequence[str], started: float, patience: float) -> bool:
+    """Whether a request begun at *started* (trio's clock) that the cluster has not
+    answered yet tries again: within *patience* (the write timeout), or within
+    :data:`ELECTION_SECONDS` while a quorum of *servers* accepts connections (so an
+    election can end; without one, the request is told at once: no quorum)."""
+    now = trio.current_time()
+    if now < started + patience:
+        return True
+    if now >= started + max(patience, ELECTION_SECONDS):
+        return False
+    return await servers_answering(servers) >= len(servers) // 2 + 1
+
+
 class ClusterAway(Unavailable):
     """A request the cluster could not serve: :attr:`why` (no quorum, unreachable, no
     answer in time), then what the request did."""
@@ -160,5 +193,7 @@ async def cluster_away(servers: Sequence[str], exc: BaseException, did: str) -> 
                            "answer)", did)
     if answering == 0:
         return ClusterAway("the cluster is unreachable (no server answers)", did)
-    return ClusterAway(f"the cluster did not answer in time ({describe(exc)}; {answering} "
-                       f"of {total} servers answer)", did)
+    why = describe(exc)
+    detail = "" if why == WITHOUT_WORDS[TimeoutError] else f"{why}; "
+    return ClusterAway(f"the cluster did not answer in time ({detail}{answering} of {total} "
+                       "servers answer)", did)

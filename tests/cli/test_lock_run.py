@@ -253,3 +253,18 @@ def test_a_wait_in_line_goes_on_through_a_daemon_restart(
         alice.release_lock(lease.lock_id)
     _, err = waiter.communicate(timeout=WAIT)
     assert waiter.returncode == 0, err
+
+
+def test_a_cmd_killed_by_another_process_is_said_in_one_line(
+        engramd: DaemonProcess, tmp_path: Path) -> None:
+    """CMD ended by a SIGTERM that lock run neither sent nor passed on: its status is
+    passed through (143), and one line on stderr says what ended it."""
+    runner = start_lock_run(engramd, tmp_path, ttl=30)
+    wait_until((tmp_path / "beats").exists, "CMD to start")
+    os.kill(int((tmp_path / "pid").read_text()), signal.SIGTERM)
+    _, err = runner.communicate(timeout=WAIT * 3)
+    assert runner.returncode == 143
+    assert err.splitlines() == [
+        "engram: the command was ended by SIGTERM, which engram neither sent nor passed "
+        "on; its leases were held throughout and are released"]
+    assert held(engramd.socket, "job") is None

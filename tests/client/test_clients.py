@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import inspect
+import signal
 
 import pytest
 import trio
 
 from engram_cli.client import Client
 from engram_cli.client.asynchronous import AsyncClient, open_client
-from engram_cli.client.errors import Forbidden, NotFound, RateLimited, Unavailable
+from engram_cli.client.errors import (
+    ClientTimeout,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
 from engram_cli.client.operations import Operations, operation
 from engramd.config import DaemonConfig
 from engramd.protocol import LeaseLost, Pong, reply_type
 from engramd.protocol.messages import AnyClientMessage
 from engramd.server import Server
-from tests.conftest import WAIT, make_config, start_threaded
+from tests.conftest import WAIT, DaemonProcess, make_config, start_threaded
 
 # How each client talks to its transport, beside the operations they share.
 BLOCKING_ONLY = {"close", "interrupt", "send", "receive", "next_id", "reply_timeout",
@@ -171,3 +178,16 @@ def test_both_clients_wait_for_readiness_through_a_low_request_rate(
                 engram.ping()
         assert engram.wait_ready(WAIT).state == "ready"
         assert trio.run(spent_then_ready) == "ready"
+
+
+def test_a_timeout_is_told_in_seconds_a_person_reads(engramd: DaemonProcess) -> None:
+    """A daemon that does not answer (stopped) within a timeout of 10/3 s is told as
+    "3.3s", not "3.3333333333333335s" (lock run's keeper waits ttl/3)."""
+    engramd.process.send_signal(signal.SIGSTOP)
+    try:
+        client = Client(engramd.socket, agent_id="a", autostart=False, env={}, timeout=10 / 3)
+        with pytest.raises(ClientTimeout) as raised:
+            client.connect()
+        assert str(raised.value) == "engramd did not answer within 3.3s"
+    finally:
+        engramd.process.send_signal(signal.SIGCONT)

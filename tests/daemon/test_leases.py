@@ -9,8 +9,10 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 from engram_cli.client import Client, requests
 from engram_cli.client.errors import (
@@ -27,6 +29,7 @@ from engramd.protocol import Heartbeat, Lease
 from tests.conftest import (
     WAIT,
     DaemonProcess,
+    RawConnection,
     ThreadedDaemon,
     connect,
     make_config,
@@ -572,3 +575,48 @@ def test_a_refusal_for_waiters_ahead_names_them(engramd: DaemonProcess) -> None:
                          late.stderr.strip()), late.stderr
         reader.release_lock(shared.lock_id)
         thread.join(WAIT)
+
+
+def a_grant_whose_reply_is_lost_ends_and_spares_its_group(
+        socket_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiter's client leaves just as its lease is granted (a Ctrl-C of ``lock acquire``
+    at that moment): the reply cannot be sent (injected, in the engramd of this
+    process). The lease, whose lock id no one knows, ends at once, not at its ttl; the
+    process group it names, which never worked under it, is not stopped."""
+    from engramd.protocol import AcquireLock, LocksGranted
+    from engramd.server import Session
+
+    real_send = Session.send
+
+    async def lost(self: Session, message: Any) -> None:
+        if isinstance(message, LocksGranted) and message.leases[0].holder == "leaver":
+            raise trio.BrokenResourceError("the client left (injected)")
+        await real_send(self, message)
+
+    monkeypatch.setattr(Session, "send", lost)
+    group = subprocess.Popen(["sleep", "600"], process_group=0)
+    try:
+        with connect(socket_path, "alice") as alice:
+            (held,) = alice.acquire_lock("res", ttl=60)
+            leaver = RawConnection.greeted(socket_path, "leaver")
+            try:
+                leaver.send(AcquireLock(id=2, resources=["res"], ttl=60, wait=30,
+                                        pid=os.getpid(), pgid=group.pid))
+                wait_until(lambda: waiters(alice, "res") == ["leaver"], "leaver in line")
+                alice.release_lock(held.lock_id)
+                wait_until(lambda: alice.get_lock("res").lease is None and not waiters(
+                    alice, "res"), "the grant no one got to end (its ttl is 60 s)")
+                assert group.poll() is None, "the group of a grant no one got was stopped"
+            finally:
+                leaver.close()
+            (again,) = alice.acquire_lock("res", ttl=60, wait=0)
+            assert again.fencing_token > held.fencing_token
+    finally:
+        group.kill()
+        group.wait()
+
+
+def test_a_grant_whose_reply_is_lost_ends_at_once(
+        threaded_daemon: ThreadedDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    a_grant_whose_reply_is_lost_ends_and_spares_its_group(
+        threaded_daemon.config.socket, monkeypatch)

@@ -33,7 +33,8 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
         ("reachable", "yes" if state.reachable else
          "NO" + (f" for {state.unreachable_for:.0f}s" if state.unreachable_for else "")
          + (f": refused: {state.refused}" if state.refused else "")),
-        ("writes", "accepted" if state.write_error is None else f"REFUSED: {state.write_error}"),
+        ("writes", (("accepted" + (f" ({facts})" if stale else ""))
+                    if state.write_error is None else f"REFUSED: {state.write_error}")),
         ("stream last message", ("unknown" if state.stream_last_seq is None
                                  else str(state.stream_last_seq)) + (f" ({facts})" if stale
                                                                      else "")),
@@ -66,9 +67,10 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
                for m in report.machines], numeric=("view at", "lag"))
 
 
-FRESH_SECONDS = 10.0
+FRESH_SECONDS = 1.0
 """Facts older than this (or read before the cluster stopped answering) are shown with
-their age, and the replicas' state as unknown."""
+their age, and the replicas' state as unknown: engramd reads them again for each status
+(bounded by a moment), so older ones are of a cluster that did not answer then."""
 
 
 def _age(seconds: float | None) -> str:

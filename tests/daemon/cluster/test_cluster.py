@@ -412,3 +412,30 @@ def test_a_view_is_checkpointed_as_it_applies_so_a_kill_does_not_replay_it_all(
                      if "following stream" in line]
         assert following and " from message 1 " not in following[-1], following[-1]
         assert units_of(b, "many") == units_of(a, "many")
+
+
+def test_daemon_stop_in_cluster_mode_logs_no_traceback(machines: list[Machine]) -> None:
+    """engramd stops with a watcher, a waiter in line and a follower of the stream: the
+    requests to the cluster cancelled as its connection closes end quietly (nats-py's
+    ConnectionClosedError was logged as a "Task exception was never retrieved")."""
+    a, b, _ = machines
+    with b.client("holder") as engram:
+        engram.acquire_lock("res", ttl=30)
+        engram.create_unit("c", "MESSAGE", "before the stop")
+    quiet = {"env": a.env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    others = [subprocess.Popen([sys.executable, "-m", "engram_cli", "watch"], **quiet),
+              subprocess.Popen([sys.executable, "-m", "engram_cli", "lock", "acquire", "res",
+                                "--wait", "60"], **quiet)]
+    try:
+        with a.client("observer") as engram:
+            wait_until(lambda: len(engram.get_lock("res").waiters) == 1, "a waiter in line")
+        stopped = a.cli("daemon", "stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert a.process is not None
+        a.process.wait(WAIT * 2)
+    finally:
+        for process in others:
+            process.kill()
+            process.wait()
+    said = engramd_log(a.env).read_text()
+    assert "Traceback" not in said and "never retrieved" not in said, said

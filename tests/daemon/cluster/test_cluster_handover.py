@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -363,3 +366,87 @@ def test_a_bucket_made_before_is_made_to_take_batches(
             assert bob.result().fencing_token > held.fencing_token
             assert counter(a, HANDED_OVER) == 1
             bob.release()
+
+
+def test_a_lock_run_granted_late_with_little_of_its_ttl_left_keeps_its_command(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster, tmp_path: Path
+        ) -> None:
+    """b's watch shows a handover to b's ``lock run`` 7 s late: the lease comes with 3-5 s
+    of its 9 s ttl left, less than the holder's stop needs after a renewal a third of
+    the ttl after the answer. It is renewed at once (or, too late for that, not
+    granted and taken again): its CMD runs to its end, and lock run exits 0."""
+    trigger = tmp_path / "slow"
+    machines = deployment_of(nats_cluster, env, scratch, ("a", "b"), b={
+        "HANDOVER_FAULT": "slow-grant", "HANDOVER_FAULT_FILE": str(trigger),
+        "HANDOVER_FAULT_DELAY": "7"})
+    a, b = machines
+    b.module = FAULTY
+    resource = "job:" + uuid.uuid4().hex[:8]
+    done = tmp_path / "done"
+    with running(machines), a.client("alice") as alice:
+        (held,) = alice.acquire_lock(resource, ttl=30)
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "engram_cli", "lock", "run", resource, "--ttl", "9",
+             "--", "sh", "-c", f"sleep 4; echo $$ > {done}"],
+            env={**b.env, "ENGRAM_AGENT": "runner"}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: waiters_seen(a, resource) == 1, "lock run to be in line")
+            trigger.touch()
+            alice.release_lock(held.lock_id)
+            _, err = runner.communicate(timeout=WAIT * 4)
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+                runner.wait()
+        assert not trigger.exists(), "b's watch was slowed"
+        assert counter(a, HANDED_OVER) == 1
+        assert runner.returncode == 0, err
+        assert done.exists(), err
+
+
+def test_the_end_of_a_stale_grant_spares_the_group_a_later_lease_names(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster, tmp_path: Path
+        ) -> None:
+    """A request naming process group G waits on b and its connection goes (as a ``lock
+    run`` whose request timed out asks again), just as a release on a hands it the
+    lease; a later request of the same group is granted on b before b's slowed watch
+    shows the stale grant. b ends that grant, and G, which the later lease covers,
+    is not stopped."""
+    trigger = tmp_path / "slow"
+    machines = deployment_of(nats_cluster, env, scratch, ("a", "b"), b={
+        "HANDOVER_FAULT": "slow-grant", "HANDOVER_FAULT_FILE": str(trigger),
+        "HANDOVER_FAULT_DELAY": "4"})
+    a, b = machines
+    b.module = FAULTY
+    resource, other = "job:" + uuid.uuid4().hex[:8], "other:" + uuid.uuid4().hex[:8]
+    group = subprocess.Popen(["sleep", "600"], process_group=0)
+    try:
+        with running(machines), a.client("alice") as alice:
+            (held,) = alice.acquire_lock(resource, ttl=30)
+            first = subprocess.Popen([sys.executable, "-c", (
+                "import sys; from engram_cli.client import Client; "
+                "Client(sys.argv[1], agent_id='runner', autostart=False).acquire_lock("
+                "sys.argv[2], ttl=30, wait=30, pid=int(sys.argv[3]), pgid=int(sys.argv[4]))"),
+                b.socket, resource, str(os.getpid()), str(group.pid)], env=b.env)
+            wait_until(lambda: waiters_seen(a, resource) == 1, "the first request in line")
+            trigger.touch()
+            alice.release_lock(held.lock_id)
+            wait_until(lambda: counter(a, HANDED_OVER) == 1, "the handover")
+            first.kill()  # its connection goes before b sees its grant
+            first.wait()
+            with b.client("runner") as again:
+                (later,) = again.acquire_lock(other, ttl=30, pid=os.getpid(),
+                                              pgid=group.pid)
+                assert later.fencing_token > held.fencing_token
+                # b's watch shows the stale grant and b ends it.
+                wait_until(lambda: not trigger.exists(), "b's watch to be slowed")
+                wait_until(lambda: holder_seen(b, resource) is None,
+                           "b to end the stale grant")
+                assert group.poll() is None, "the group of the later lease was stopped"
+                again.release_lock(later.lock_id)  # (this one stops it)
+            assert group.wait(WAIT) is not None
+    finally:
+        if group.poll() is None:
+            group.kill()
+            group.wait()

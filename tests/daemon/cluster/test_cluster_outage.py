@@ -14,19 +14,23 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import trio
 
 pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
 
+import nats.errors
 import nats.js.errors
 
 from engram_cli.bench.natslab import NatsCluster
 from engram_cli.client import Client
 from engram_cli.client.errors import Unavailable as ClientUnavailable
+from engramd.cluster import outage
 from engramd.cluster.bucket import LeaseBucket
 from engramd.cluster.journal import ClusterJournal
 from engramd.cluster.nats import NatsLink, StreamMovedOn
@@ -39,9 +43,11 @@ from tests.conftest import (
     ThreadedDaemon,
     engramd_log,
     make_config,
+    run_cli,
     start_threaded,
     wait_until,
 )
+from tests.daemon.test_leases import a_grant_whose_reply_is_lost_ends_and_spares_its_group
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -145,6 +151,93 @@ def test_no_failure_of_a_background_task_ends_the_daemon(
     [lease] = engram.acquire_lock(["res"], ttl=5, wait=10)
     engram.release_lock(lease.lock_id)
     wait_until(lambda: engram.get_lock("res").lease is None, "the release to be watched")
+    assert daemon.thread.is_alive()
+
+
+@pytest.mark.parametrize("what", ["journal", "leases"])
+def test_a_request_waits_out_an_election_while_a_quorum_of_servers_answers(
+        machine: tuple[ThreadedDaemon, Client], monkeypatch: pytest.MonkeyPatch,
+        what: str) -> None:
+    """The cluster answers no write for 3 s, three times the write timeout, while every
+    server takes connections (a stream leader being elected): the request waits it
+    out (it was refused after the write timeout)."""
+    daemon, engram = machine
+    until = time.monotonic() + 3.0
+    owner, name = (NatsLink, "publish") if what == "journal" else (LeaseBucket, "write")
+    electing = Failing(monkeypatch, owner, name, nats.errors.NoRespondersError,
+                       when=lambda *args, **kwargs: time.monotonic() < until)
+    if what == "journal":
+        unit = engram.create_unit("c", "MESSAGE", "through an election")
+        assert [u.id for u in engram.list_units("c").units] == [unit.id]
+    else:
+        (lease,) = engram.acquire_lock("res", ttl=30)
+        assert engram.get_lock("res").lease.lock_id == lease.lock_id  # type: ignore[union-attr]
+    assert electing.refused >= 2
+    assert daemon.thread.is_alive()
+
+
+def test_cluster_status_says_how_old_facts_are_once_the_cluster_stops_answering(
+        machine: tuple[ThreadedDaemon, Client], env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream's facts cannot be read (its leader gone, an election under way):
+    within a moment ``cluster status`` shows the leader, and writes accepted, with the
+    age of what it knows (it said them as current for 10 s)."""
+    daemon, engram = machine
+    Failing(monkeypatch, NatsLink, "stream_facts", nats.errors.NoRespondersError)
+
+    def facts_age() -> float:
+        cluster = engram.status().cluster
+        assert cluster is not None
+        return cluster.facts_age or 0.0
+
+    wait_until(lambda: facts_age() > 2.0, "the facts to be 2 s old")
+    shown = run_cli(env, "cluster", "status")
+    assert shown.returncode == 0, shown.stderr
+    fields = dict(line.split(None, 1) for line in shown.stdout.splitlines()
+                  if line.startswith(("leader", "writes")))
+    assert "s ago)" in fields["leader"] and "s ago)" in fields["writes"], shown.stdout
+    assert daemon.thread.is_alive()
+
+
+def test_cluster_status_says_the_cluster_answers_as_soon_as_it_does(
+        machine: tuple[ThreadedDaemon, Client], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster stopped answering this machine and answers again: the first status
+    after that says it is reachable (the announcements said so up to 9 s later)."""
+    daemon, engram = machine
+    away = Failing(monkeypatch, NatsLink, "announce", nats.errors.NoRespondersError)
+
+    def reachable() -> bool:
+        cluster = engram.status().cluster
+        assert cluster is not None
+        return cluster.reachable
+
+    wait_until(lambda: not reachable(), "the machine to find the cluster away")
+    away.off()
+    report = engram.cluster()
+    assert report.status.reachable and report.status.write_error is None, report.status
+    assert daemon.thread.is_alive()
+
+
+def test_a_grant_whose_reply_is_lost_ends_at_once_in_cluster_mode(
+        machine: tuple[ThreadedDaemon, Client], monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on one machine: the release hands the lease over to the waiter in one batch,
+    the waiter's client has left when the reply goes; the lease ends at once (it lived
+    its ttl + 3 s), and its process group is not stopped."""
+    daemon, _ = machine
+    a_grant_whose_reply_is_lost_ends_and_spares_its_group(daemon.config.socket, monkeypatch)
+
+
+def test_an_attempt_that_ran_out_of_time_is_told_in_words(
+        machine: tuple[ThreadedDaemon, Client], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every attempt of a write runs out of its time: the refusal says so in words (it
+    said "TooSlowError", the name of trio's error, which has no message)."""
+    daemon, engram = machine
+    monkeypatch.setattr(outage, "ELECTION_SECONDS", 1.0)  # (every server answers)
+    Failing(monkeypatch, NatsLink, "publish", trio.TooSlowError)
+    with pytest.raises(ClientUnavailable) as refused:
+        engram.create_unit("c", "MESSAGE", "refused")
+    assert "did not answer in time (3 of 3 servers answer)" in str(refused.value), \
+        refused.value
     assert daemon.thread.is_alive()
 
 
@@ -296,6 +389,7 @@ def test_a_task_done_whose_answer_was_lost_is_done_once_when_tried_again(
         return await real(self, body, *args, **kwargs)
 
     monkeypatch.setattr(NatsLink, "publish", stored_then_lost)
+    monkeypatch.setattr(outage, "ELECTION_SECONDS", 1.0)  # (every server answers)
     with pytest.raises(ClientUnavailable, match="may or may not be in the journal"):
         engram.finish_task(task.id)
     monkeypatch.undo()
