@@ -290,7 +290,8 @@ class Dispatcher:
                                            request.resource)
                 return LeaseRenewed(id=request.id, lease=lease)
             case BreakLock():
-                await leases.break_lease(request.resource, request.reason, caller.agent_id)
+                await leases.break_lease(request.resource, request.reason, caller.agent_id,
+                                         lock_id=request.lock_id, token=request.token)
                 return Done(id=request.id)
             case GetLock():
                 return LockFound(id=request.id, state=leases.state(request.resource))

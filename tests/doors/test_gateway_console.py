@@ -291,3 +291,25 @@ def test_breaking_a_lease_asks_for_a_reason_and_is_journaled(
     broken = page.locator("#feed tr[data-kind='lock.released']", has_text="stuck:job")
     expect(broken).to_contain_text("broken: its holder hung")
     assert console.errors == []
+
+
+def test_a_break_confirmed_after_the_holder_changed_breaks_nothing(
+        console: Console, daemon: DaemonProcess) -> None:
+    """The dialog names the lease it was opened on: if its holder lets go and another
+    takes the resource before the person confirms, the new holder keeps its lease."""
+    with connect(daemon.socket, "alice") as alice, connect(daemon.socket, "bob") as bob:
+        (shown,) = alice.acquire_lock("swap:job", ttl=120)
+        page = console.open("now")
+        console.live()
+        row = page.locator("#leases tr[data-resource='swap:job']")
+        expect(row).to_contain_text("alice")
+        row.get_by_role("button").click()
+        expect(page.locator("#confirm")).to_be_visible()
+        alice.release_lock(shown.lock_id)
+        (now,) = bob.acquire_lock("swap:job", ttl=120)
+        page.fill("#confirm-reason", "alice hung")
+        page.click("#confirm-ok")
+        expect(page.locator("#toast")).to_contain_text("no longer held")
+        expect(row).to_contain_text("bob")
+        assert bob.get_lock("swap:job").lease.lock_id == now.lock_id  # type: ignore[union-attr]
+    assert [e for e in console.errors if "Failed to load resource" not in e] == []

@@ -347,7 +347,10 @@ async function confirmBreak(lease) {
   });
   if (!answer) return;
   try {
-    await api("/locks/break", { method: "POST", body: { resource: lease.resource, reason: answer.trim() } });
+    // The lease shown, by its lock id: if its holder let go meanwhile and another took
+    // the resource, the gateway refuses (409) rather than end a lease no one was shown.
+    await api("/locks/break", { method: "POST",
+      body: { resource: lease.resource, reason: answer.trim(), lock_id: lease.lock_id } });
     toast("Broken: " + lease.resource);
     refreshNow();
   } catch (error) { report(error); }

@@ -1,0 +1,100 @@
+"""What the web console asks of the gateway, over real HTTP (httpx2) against a real
+``engram gateway`` and a real ``engramd``: breaking the lease it was shown, the pages'
+addresses, and the bounds one agent cannot take from the others."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("hypercorn")
+
+from tests.conftest import DaemonProcess, connect, run_cli
+from tests.doors.test_gateway import Gateway, as_agent, error_code, open_gateway
+
+__all__ = ["open_gateway"]  # a fixture, used by name
+
+
+def test_a_break_names_the_lease_the_console_showed(open_gateway: Gateway,
+                                                    engramd: DaemonProcess) -> None:
+    """The page shows alice's lease; alice lets go and bob takes the resource before
+    the person confirms: the break names alice's lease, and bob's is left alone."""
+    http = open_gateway.http
+    with connect(engramd.socket, "alice") as alice, connect(engramd.socket, "bob") as bob:
+        (shown,) = alice.acquire_lock("deploy:prod", ttl=60)
+        alice.release_lock(shown.lock_id)
+        (now,) = bob.acquire_lock("deploy:prod", ttl=60)
+        refused = http.post("/locks/break", json={
+            "resource": "deploy:prod", "reason": "its holder hung", "lock_id": shown.lock_id})
+        assert refused.status_code == 409, refused.text
+        assert error_code(refused) == "conflict"
+        assert "no longer held by the lease" in refused.json()["error"]["message"]
+        by_token = http.post("/locks/break", json={
+            "resource": "deploy:prod", "reason": "its holder hung",
+            "token": shown.fencing_token})
+        assert by_token.status_code == 409, by_token.text
+        held = http.get("/locks/deploy:prod").json()
+        assert held["lease"]["lock_id"] == now.lock_id  # bob holds it still
+        broken = http.post("/locks/break", json={
+            "resource": "deploy:prod", "reason": "its holder hung", "lock_id": now.lock_id})
+        assert broken.status_code == 200, broken.text
+        assert http.get("/locks/deploy:prod").json()["lease"] is None
+
+
+@pytest.mark.parametrize("reason", ["", " ", "\t\n ", "\u3000"])
+def test_a_blank_reason_breaks_nothing(open_gateway: Gateway, engramd: DaemonProcess,
+                                       reason: str) -> None:
+    http = open_gateway.http
+    with connect(engramd.socket, "alice") as alice:
+        (lease,) = alice.acquire_lock("stuck:job", ttl=60)
+        refused = http.post("/locks/break", json={"resource": "stuck:job", "reason": reason})
+        assert refused.status_code == 400, refused.text
+        assert error_code(refused) == "bad_request"
+        assert "reason" in refused.json()["error"]["message"]
+        assert http.get("/locks/stuck:job").json()["lease"]["lock_id"] == lease.lock_id
+        # The same through the CLI: one line, exit 2, the lease held.
+        said = run_cli(engramd.env, "lock", "break", "stuck:job", "--reason", reason or " ")
+        assert said.returncode == 2, said.stderr
+        assert len(said.stderr.strip().splitlines()) == 1 and "reason" in said.stderr
+        assert alice.get_lock("stuck:job").lease is not None
+
+
+def test_the_cli_breaks_only_the_lease_it_names(engramd: DaemonProcess) -> None:
+    with connect(engramd.socket, "alice") as alice, connect(engramd.socket, "bob") as bob:
+        (shown,) = alice.acquire_lock("job", ttl=60)
+        alice.release_lock(shown.lock_id)
+        (now,) = bob.acquire_lock("job", ttl=60)
+        for option in (["--lock-id", shown.lock_id], ["--token", str(shown.fencing_token)]):
+            said = run_cli(engramd.env, "lock", "break", "job", "--reason", "hung", *option)
+            assert said.returncode == 4, said.stderr
+            assert len(said.stderr.strip().splitlines()) == 1
+            assert "no longer held" in said.stderr
+        assert bob.get_lock("job").lease.lock_id == now.lock_id  # type: ignore[union-attr]
+        said = run_cli(engramd.env, "lock", "break", "job", "--reason", "hung",
+                       "--lock-id", now.lock_id)
+        assert said.returncode == 0, said.stderr
+        assert "the lease of bob" in said.stdout
+        assert bob.get_lock("job").lease is None
+
+
+@pytest.mark.parametrize("path", ["/", "/ui/"])
+def test_the_console_is_found_from_the_root_and_with_a_slash(open_gateway: Gateway,
+                                                             path: str) -> None:
+    answer = open_gateway.http.get(path)
+    assert answer.status_code in (301, 302, 307, 308), answer.text
+    assert answer.headers["location"] == "/ui"
+    followed = open_gateway.http.get(path, follow_redirects=True)
+    assert followed.status_code == 200
+    assert followed.headers["content-type"].startswith("text/html")
+
+
+def test_the_agents_are_those_the_daemon_knows_not_any_header(open_gateway: Gateway,
+                                                              engramd: DaemonProcess) -> None:
+    http = open_gateway.http
+    looked = http.get("/agents", headers=as_agent("made-up-by-a-header"))
+    assert looked.status_code == 200, looked.text
+    names = [agent["agent"] for agent in looked.json()["agents"]]
+    assert "made-up-by-a-header" not in names
+    with connect(engramd.socket, "writer") as writer:
+        writer.create_unit("ctx", "MESSAGE", "here")
+    names = [agent["agent"] for agent in http.get("/agents").json()["agents"]]
+    assert "writer" in names
