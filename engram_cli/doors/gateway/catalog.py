@@ -119,6 +119,7 @@ OPERATIONS: dict[str, Op] = {
                       AgentPage),
     "console_page": Op("The web console (HTML; its script and style at /ui/ASSET)",
                        caller=False),
+    "console_redirect": Op("To the web console: 307 to /ui", status=307, caller=False),
     "console_asset": Op("A file of the web console (console.js, console.css, favicon.svg)",
                         caller=False, errors=(404,)),
     "stream_ticket": Op("A single-use ticket for one stream (?ticket=), within 30 s",
