@@ -4,12 +4,18 @@ addresses, and the bounds one agent cannot take from the others."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import pytest
 
 pytest.importorskip("hypercorn")
 
-from tests.conftest import DaemonProcess, connect, run_cli
-from tests.doors.test_gateway import Gateway, as_agent, error_code, open_gateway
+import httpx2
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+from tests.conftest import WAIT, DaemonProcess, connect, run_cli, wait_until
+from tests.doors.test_gateway import Gateway, as_agent, error_code, gateway, open_gateway
 
 __all__ = ["open_gateway"]  # a fixture, used by name
 
@@ -98,3 +104,47 @@ def test_the_agents_are_those_the_daemon_knows_not_any_header(open_gateway: Gate
         writer.create_unit("ctx", "MESSAGE", "here")
     names = [agent["agent"] for agent in http.get("/agents").json()["agents"]]
     assert "writer" in names
+
+
+def test_one_agent_cannot_take_every_stream(engramd: DaemonProcess) -> None:
+    """Past its share (``--streams-per-agent``), an agent's next stream is 429 at once;
+    another agent's is served, and a stream closed gives its place back."""
+    with gateway(engramd.env, "--streams-per-agent", "2") as gw, ExitStack() as streams:
+        def sse(agent: str) -> httpx2.Response:
+            return streams.enter_context(gw.http.stream(
+                "GET", "/stream-sse", params={"context": "shares"}, headers=as_agent(agent)))
+
+        first, second = sse("hog"), sse("hog")
+        assert (first.status_code, second.status_code) == (200, 200)
+        refused = sse("hog")
+        assert refused.status_code == 429
+        refused.read()
+        assert error_code(refused) == "rate_limited"
+        assert "--streams-per-agent" in refused.json()["error"]["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        with pytest.raises(InvalidStatus) as denied:
+            ws_connect(f"{gw.ws_url}/stream?context=shares", additional_headers=as_agent("hog"),
+                       open_timeout=WAIT)
+        assert denied.value.response.status_code == 429
+        assert sse("someone-else").status_code == 200
+        first.close()
+        wait_until(lambda: sse("hog").status_code == 200, "hog's place given back")
+
+
+def test_one_agent_cannot_fill_the_ticket_table(engramd: DaemonProcess) -> None:
+    with gateway(engramd.env, "--tickets-per-agent", "3") as gw:
+        def ticket(agent: str) -> httpx2.Response:
+            return gw.http.post("/stream/ticket", headers=as_agent(agent))
+
+        issued = [ticket("hog") for _ in range(3)]
+        assert [answer.status_code for answer in issued] == [201] * 3
+        refused = ticket("hog")
+        assert refused.status_code == 429, refused.text
+        assert error_code(refused) == "rate_limited"
+        assert "--tickets-per-agent" in refused.json()["error"]["message"]
+        assert ticket("someone-else").status_code == 201
+        # A ticket used is no longer held: the agent may have another.
+        with gw.http.stream("GET", "/stream-sse", params={
+                "ticket": issued[0].json()["ticket"]}) as opened:
+            assert opened.status_code == 200
+        assert ticket("hog").status_code == 201

@@ -247,11 +247,16 @@ class _ServerSentEvents:
         self.deadline = deadline_of(credentials)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await self.following.start()
-        except EngramError as exc:
-            await error_response(exc)(scope, receive, send)
-            return
+        with contextlib.ExitStack() as share:
+            try:
+                share.enter_context(self.gw.streams.hold(self.following.credentials))
+                await self.following.start()
+            except EngramError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+            await self._serve(receive, send)
+
+    async def _serve(self, receive: Any, send: Any) -> None:
         async with _open(self.gw, self.following):
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -354,23 +359,32 @@ def websocket_endpoint(gw: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
             query.known(websocket, query.parameters(WebSocketQuery))
             q = query.read(websocket, WebSocketQuery)
             following = Following(gw, credentials, stream_options(q), q.cursor)
-            await following.start()
         except EngramError as exc:
             await _refuse(websocket, exc)
             return
-        deadline = deadline_of(credentials)
-        async with _open(gw, following):
-            await websocket.accept()
-            with trio.move_on_at(deadline) as expired:
-                await _converse(websocket, following, gw)
-            if expired.cancelled_caught:
-                with contextlib.suppress(Exception):
-                    await websocket.send_json({"kind": "error", "code": "unauthenticated",
-                                               "message": "the token has expired"})
-                    await websocket.close(code=POLICY_VIOLATION,
-                                          reason="the token has expired")
+        with contextlib.ExitStack() as share:
+            try:
+                share.enter_context(gw.streams.hold(credentials))
+                await following.start()
+            except EngramError as exc:
+                await _refuse(websocket, exc)
+                return
+            await _follow(websocket, following, gw)
 
     return endpoint
+
+
+async def _follow(websocket: WebSocket, following: Following, gw: Gateway) -> None:
+    async with _open(gw, following):
+        await websocket.accept()
+        with trio.move_on_at(deadline_of(following.credentials)) as expired:
+            await _converse(websocket, following, gw)
+        if expired.cancelled_caught:
+            with contextlib.suppress(Exception):
+                await websocket.send_json({"kind": "error", "code": "unauthenticated",
+                                           "message": "the token has expired"})
+                await websocket.close(code=POLICY_VIOLATION,
+                                      reason="the token has expired")
 
 
 async def _refuse(websocket: WebSocket, exc: EngramError) -> None:
