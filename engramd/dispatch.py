@@ -185,11 +185,15 @@ class Dispatcher:
         reply: ServerMessage | None
         try:
             assert caller.identity is not None, "requests come after the hello"
+            spoken = isinstance(request, SpeakFor)
             if isinstance(request, SpeakFor):
                 caller, request = self._spoken(request, caller)
             assert caller.identity is not None
             self.authenticator.check_allowed(caller.identity, request)
-            self.engine.presence.saw(caller.agent_id, time.time())
+            # A name a gateway passed on with nothing to prove it (--auth none: whatever
+            # X-Agent-ID said) is not an agent by that alone (SPECS §2.12).
+            named_only = spoken and not (caller.identity.bound or caller.identity.admin)
+            self.engine.presence.saw(caller.agent_id, time.time(), proven=not named_only)
             reply = await self._handle(request, caller, connection)
         except EngramError as exc:
             reply = ErrorReply(id=request.id, code=exc.code, message=str(exc))
