@@ -415,3 +415,23 @@ def test_long_names_keep_the_tables_whole_at_any_width(
                 assert lines(cell) == 1, (width, cell.inner_text())
         client.release_lock(lease.lock_id)
     assert console.errors == []
+
+
+def test_search_marks_the_matches_not_the_texts_own_stars(
+        console: Console, daemon: DaemonProcess) -> None:
+    with connect(daemon.socket, "writer") as client:
+        client.create_unit("stars", "MESSAGE",
+                           "make it **bold** and the zanzibar words **here** too")
+        client.create_unit("stars", "MESSAGE", "the **quokka** rules")
+    page = console.open("search")
+    page.fill("#search-form [name=query]", "zanzibar")
+    page.click("#search-form button")
+    hit = page.locator("#hits .hit").first
+    expect(hit.locator(".snippet")).to_contain_text("**bold**")
+    expect(hit.locator("mark")).to_have_count(1)
+    expect(hit.locator("mark")).to_have_text("zanzibar")
+    page.fill("#search-form [name=query]", "quokka")
+    page.click("#search-form button")
+    expect(hit.locator(".snippet")).to_have_text("the **quokka** rules")
+    expect(hit.locator("mark")).to_have_text("quokka")
+    assert console.errors == []

@@ -577,10 +577,59 @@ stream.on((event) => {
 
 // Search, with highlighted snippets; a unit's page with its causal trace.
 
-/** A snippet with **marks** as text and <mark> elements. */
-function highlighted(snippet) {
-  const parts = clean(snippet).split("**");
-  return parts.map((part, i) => (i % 2 ? el("mark", {}, part) : document.createTextNode(part)));
+const ELLIPSIS = "…";  // (what the daemon puts where it cut a snippet)
+
+/** A snippet with its matches as <mark> elements. The daemon marks each match with
+ * "**", which the text may hold too (Markdown's bold): the snippet is read against the
+ * unit's payload, and a "**" the payload has at that place is text. Without the
+ * payload (or where the two cannot be read together), every "**" is a mark. */
+function highlighted(snippet, text) {
+  const parts = typeof text === "string" ? readAgainst(snippet, text) : null;
+  const shown = parts || snippet.split("**").map((part, i) => [part, i % 2 === 1]);
+  return shown.map(([part, marked]) => (marked ? el("mark", {}, part)
+    : document.createTextNode(clean(part))));
+}
+
+/** [text, marked] parts of *snippet* as a passage of *text* with marks put in; null
+ * when it is not one. */
+function readAgainst(snippet, text) {
+  let body = snippet, head = "", tail = "";
+  if (body.startsWith(ELLIPSIS)) { head = ELLIPSIS; body = body.slice(1); }
+  if (body.endsWith(ELLIPSIS)) { tail = ELLIPSIS; body = body.slice(0, -1); }
+  const first = body.replace(/^\*\*/, "")[0];
+  let tries = 0;
+  for (let j = 0; j < text.length && tries < 5000; j++) {
+    if (head === "" && j > 0) break;  // (not cut at its start: it is the text's start)
+    if (text[j] !== body[0] && text[j] !== first) continue;
+    tries += 1;
+    const parts = walk(body, text, j);
+    if (parts) {
+      if (head) parts.unshift([head, false]);
+      if (tail) parts.push([tail, false]);
+      return parts;
+    }
+  }
+  return null;
+}
+
+function walk(body, text, j) {
+  const parts = [];
+  let part = "", marked = false;
+  for (let i = 0; i < body.length;) {
+    // A mark where the text has none; and a match in the text's own stars ("**word**":
+    // "****word****") closes before the stars that follow it.
+    const closes = marked && body.startsWith("****", i) && !text.startsWith("****", j);
+    if (body.startsWith("**", i) && (!text.startsWith("**", j) || closes)) {
+      parts.push([part, marked]);
+      part = ""; marked = !marked; i += 2;
+    } else if (body.startsWith("**", i)) {
+      part += "**"; i += 2; j += 2;
+    } else if (body[i] === text[j]) {
+      part += body[i]; i += 1; j += 1;
+    } else return null;
+  }
+  parts.push([part, marked]);
+  return marked ? null : parts.filter(([p]) => p);
 }
 
 views.search = { show() {} };
@@ -596,7 +645,8 @@ $("#search-form").addEventListener("submit", async (event) => {
       el("div", { class: "meta" }, unitLink(hit.unit_id, hit.unit ? hit.unit.type : hit.unit_id.slice(-8)),
         hit.unit ? " · " + clean(hit.unit.context_id) + " · " + clean(hit.unit.agent_id) + " · " + clock(hit.unit.ts) : "",
         hit.score !== null ? " · score " + hit.score.toFixed(2) : ""),
-      el("p", { class: "snippet" }, highlighted(hit.snippet || short(payloadOf(hit.unit)))))));
+      el("p", { class: "snippet" }, hit.snippet ? highlighted(hit.snippet, hit.unit && hit.unit.payload)
+        : short(payloadOf(hit.unit))))));
   } catch (error) { report(error); }
 });
 
