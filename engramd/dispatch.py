@@ -185,11 +185,15 @@ class Dispatcher:
         reply: ServerMessage | None
         try:
             assert caller.identity is not None, "requests come after the hello"
+            spoken = isinstance(request, SpeakFor)
             if isinstance(request, SpeakFor):
                 caller, request = self._spoken(request, caller)
             assert caller.identity is not None
             self.authenticator.check_allowed(caller.identity, request)
-            self.engine.presence.saw(caller.agent_id, time.time())
+            # A name a gateway passed on with nothing to prove it (--auth none: whatever
+            # X-Agent-ID said) is not an agent by that alone (SPECS §2.12).
+            named_only = spoken and not (caller.identity.bound or caller.identity.admin)
+            self.engine.presence.saw(caller.agent_id, time.time(), proven=not named_only)
             reply = await self._handle(request, caller, connection)
         except EngramError as exc:
             reply = ErrorReply(id=request.id, code=exc.code, message=str(exc))
@@ -290,7 +294,8 @@ class Dispatcher:
                                            request.resource)
                 return LeaseRenewed(id=request.id, lease=lease)
             case BreakLock():
-                await leases.break_lease(request.resource, request.reason, caller.agent_id)
+                await leases.break_lease(request.resource, request.reason, caller.agent_id,
+                                         lock_id=request.lock_id, token=request.token)
                 return Done(id=request.id)
             case GetLock():
                 return LockFound(id=request.id, state=leases.state(request.resource))

@@ -455,16 +455,39 @@ class LeaseManager:
         if lease.while_alive:
             self._keep_alive_changed.set()  # renewed with a ttl of its own: look again
 
-    async def break_lease(self, resource: str, reason: str, agent: str) -> Lease:
-        check_resource(resource)
-        validate.name(reason, "reason", 1024)
-        holdings = self.table.on(resource)
-        if not holdings:
-            raise NotFound(f"{resource} is not held")
-        for holding in holdings:  # every shared lease on it
+    async def break_lease(self, resource: str, reason: str, agent: str, *,
+                          lock_id: str | None = None, token: int | None = None) -> Lease:
+        """End every lease on *resource*; with *lock_id* or *token*, only the lease
+        they name (:meth:`to_break`)."""
+        validate.reason(reason)
+        holdings = self.to_break(resource, lock_id, token)
+        for holding in holdings:  # every shared lease on it, or the one named
             await self._end(holding, LockReleased, reason=f"broken: {reason}", by=agent,
                             tell="broken")
         return holdings[0].lease
+
+    def to_break(self, resource: str, lock_id: str | None, token: int | None
+                 ) -> list[Holding]:
+        """The leases a break of *resource* ends: every one on it, or the one *lock_id*
+        and *token* name. That one gone (its holder let go and the next took the
+        resource) is ``conflict``: the breaker was shown a lease that has ended, and
+        the lease there now is someone else's, which nobody asked to break."""
+        holdings = self.table.on(check_resource(resource))
+        if not holdings:
+            raise NotFound(f"{resource} is not held")
+        if lock_id is None and token is None:
+            return holdings
+        named = [h for h in holdings if (lock_id is None or h.lease.lock_id == lock_id)
+                 and (token is None or h.lease.fencing_token == token)]
+        if not named:
+            asked = " and ".join(part for part in (
+                f"lock id {lock_id:.40}" if lock_id is not None else "",
+                f"fencing token {token}" if token is not None else "") if part)
+            now = ", ".join(f"{h.lease.holder} (lock id {h.lease.lock_id}, fencing token "
+                            f"{h.lease.fencing_token})" for h in holdings)
+            raise Conflict(f"{resource} is no longer held by the lease with {asked}: "
+                           f"{now} holds it now; nothing broken")
+        return named
 
     async def connection_closed(self, connection: object) -> None:
         """Release the connection-bound leases of a connection that has gone."""

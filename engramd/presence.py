@@ -57,6 +57,9 @@ class Presence:
         self.sessions: dict[tuple[str, int], Session] = {}
         self.last_request: dict[str, float] = {}
         """Agent -> the wall-clock time of its last request (seconds since the epoch)."""
+        self.proven: set[str] = set()
+        """The agents of those requests that proved who they were (a connection of
+        this machine's, a token): a name alone makes no agent."""
         self._nursery: trio.Nursery | None = None
         self.machine = ""
         """Cluster mode: this machine's name, which its sessions carry."""
@@ -67,8 +70,10 @@ class Presence:
             task_status.started()
             await trio.sleep_forever()
 
-    def saw(self, agent: str, when: float) -> None:
+    def saw(self, agent: str, when: float, *, proven: bool = True) -> None:
         self.last_request[agent] = when
+        if proven:
+            self.proven.add(agent)
 
     def last_seen(self, agent: str) -> dt.datetime | None:
         when = self.last_request.get(agent)
@@ -138,4 +143,4 @@ class Presence:
                 if name == agent]
 
     def agents(self) -> set[str]:
-        return {agent for agent, _ in self.sessions} | set(self.last_request)
+        return {agent for agent, _ in self.sessions} | self.proven

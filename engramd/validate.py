@@ -74,6 +74,17 @@ def name(text: str, what: str, limit: int = MAX_NAME) -> str:
     return text
 
 
+MAX_REASON = 1024
+
+
+def reason(text: str) -> str:
+    """Why something was done, for the record (a lease broken): words, not blank."""
+    name(text, "reason", MAX_REASON)
+    if not text.strip():
+        raise BadRequest("reason must say why in words: it is blank")
+    return text
+
+
 def unit_id(text: str) -> str:
     return name(text, "unit id", MAX_ID)
 

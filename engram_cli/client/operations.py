@@ -350,8 +350,12 @@ class Operations:
                    lambda renewed: renewed.lease)
 
     @operation
-    def break_lock(self, resource: str, reason: str) -> Call[None]:
-        return ask(BreakLock(resource=resource, reason=reason), _nothing)
+    def break_lock(self, resource: str, reason: str, lock_id: str | None = None,
+                   token: int | None = None) -> Call[None]:
+        """End another's lease on *resource* (every shared one); with *lock_id* or
+        *token*, only that lease, and none (``Conflict``) when it has ended since."""
+        return ask(BreakLock(resource=resource, reason=reason, lock_id=lock_id, token=token),
+                   _nothing)
 
     @operation
     def get_lock(self, resource: str) -> Call[LockState]:

@@ -55,6 +55,7 @@ import nats.errors
 import trio
 from trio import TaskStatus
 
+from engramd import validate
 from engramd.caller import Caller
 from engramd.cluster.bucket import (
     ENDED_TTL,
@@ -652,14 +653,17 @@ class ClusterLeaseManager(LeaseManager):
             self._stoppable_here(holding, "release")
         return await super().release(lock_id, caller, resource)
 
-    async def break_lease(self, resource: str, reason: str, agent: str) -> Lease:
+    async def break_lease(self, resource: str, reason: str, agent: str, *,
+                          lock_id: str | None = None, token: int | None = None) -> Lease:
         await self._connected()
         # A lease taken on another machine a moment ago may not have reached this
         # machine's view yet: "not held" is said only of what the leader says.
         await self._read_around([check_resource(resource)])
-        for holding in self.table.on(resource):
+        validate.reason(reason)
+        for holding in self.to_break(resource, lock_id, token):
             self._stoppable_here(holding, "break")
-        return await super().break_lease(resource, reason, agent)
+        return await super().break_lease(resource, reason, agent, lock_id=lock_id,
+                                         token=token)
 
     def _stoppable_here(self, holding: Holding, what: str) -> None:
         """Refuse to end here a lease with a process group granted on another machine:

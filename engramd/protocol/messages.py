@@ -831,11 +831,18 @@ class RenewLock(ClientMessage[LeaseRenewed], tag="lock.renew", omit_defaults=Tru
     """When given, the lease must be on this resource (else ``not_found``)."""
 
 
-class BreakLock(ClientMessage[Done], tag="lock.break"):
+class BreakLock(ClientMessage[Done], tag="lock.break", omit_defaults=True):
     """End someone else's lease, recording who did it and why."""
 
     resource: str
     reason: str
+    """Why, in words: blank (whitespace alone) is refused."""
+    lock_id: str | None = None
+    """The lease to end, as the breaker was shown it: when the resource is held by
+    another lease now (its holder let go and the next took it), ``conflict``. Only
+    that lease ends (not every shared one on the resource)."""
+    token: int | None = None
+    """The same, by the lease's fencing token."""
 
 
 class GetLock(ClientMessage[LockFound], tag="lock.get"):

@@ -110,6 +110,32 @@ def test_a_lost_lease_is_told_to_its_holder(threaded_daemon: ThreadedDaemon) -> 
         assert notice is not None and notice.reason == "expired"
 
 
+def test_a_break_names_the_lease_it_was_shown(threaded_daemon: ThreadedDaemon) -> None:
+    """A break given the lease's lock id (or fencing token) ends that lease only: once its
+    holder has let go and the next in line holds the resource, nothing is broken."""
+    config = threaded_daemon.config
+    with connect(config) as alice, connect(config, "bob") as bob, \
+            connect(config, "ops") as ops:
+        (shown,) = alice.acquire_lock("deploy", ttl=30)
+        alice.release_lock(shown.lock_id)
+        (now,) = bob.acquire_lock("deploy", ttl=30)
+        with pytest.raises(Conflict, match="no longer held by the lease with lock id"):
+            ops.break_lock("deploy", "stuck", lock_id=shown.lock_id)
+        with pytest.raises(Conflict, match=f"fencing token {shown.fencing_token}"):
+            ops.break_lock("deploy", "stuck", token=shown.fencing_token)
+        assert ops.get_lock("deploy").lease.lock_id == now.lock_id  # type: ignore[union-attr]
+        for blank in ("", "   ", "\t\n"):
+            with pytest.raises(BadRequest, match="reason"):
+                ops.break_lock("deploy", blank, lock_id=now.lock_id)
+        ops.break_lock("deploy", "stuck", lock_id=now.lock_id, token=now.fencing_token)
+        assert ops.get_lock("deploy").lease is None
+        # Shared: the one named ends, the others hold on.
+        (one,) = alice.acquire_lock("report", ttl=30, shared=True)
+        (two,) = bob.acquire_lock("report", ttl=30, shared=True)
+        ops.break_lock("report", "this one hung", lock_id=two.lock_id)
+        assert [lease.lock_id for lease in ops.get_lock("report").leases] == [one.lock_id]
+
+
 def holder_process(socket_path: str, *, bind: bool) -> subprocess.Popen[str]:
     code = ("import sys, time; from engram_cli.client.blocking import Client; "
             f"c = Client({socket_path!r}, agent_id='victim', autostart=False); "

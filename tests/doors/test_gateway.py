@@ -899,6 +899,11 @@ def test_a_stop_ends_streams_and_a_second_sigterm_is_not_fatal(engramd: DaemonPr
     Streams end at once; a request in flight (an inbox wait) finishes."""
     with gateway(engramd.env) as gw:
         waiting = Collected()
+        # A member of a context: an agent known before its first request (a name passed
+        # on with nothing to prove it is none), seen once its inbox wait arrives.
+        gw.http.post("/contexts", json={"context_id": "waiting-room"})
+        assert gw.http.patch("/contexts/waiting-room",
+                             json={"add_agents": ["patient"]}).status_code == 200
 
         def wait_for_mail() -> None:
             try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import WAIT, DaemonProcess, connect, run_cli, start_engramd
+from tests.conftest import WAIT, DaemonProcess, connect, run_cli, start_engramd, wait_until
 
 pytest.importorskip("hypercorn")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing")
@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 TIMEOUT = WAIT * 1000
 """Playwright's bound on each wait, in milliseconds."""
-HOSTILE = "<img src=x onerror=\"window.pwned=1\"> \x1b[31mred\x1b[0m \u202eevil"
+HOSTILE = ("<img src=x onerror=\"window.pwned=1\"> \x1b[31mred\x1b[0m \u202eevil "
+           "\u061cmark \u200bzero")
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +199,8 @@ def test_hostile_payloads_are_shown_as_text(console: Console, daemon: DaemonProc
     expect(row).to_contain_text('<img src=x onerror="window.pwned=1">')
     expect(row).to_contain_text("\\x1b[31mred\\x1b[0m")  # the escape, visible
     expect(row).to_contain_text("\\u202eevil")
+    expect(row).to_contain_text("\\u061cmark")  # the Arabic letter mark reorders too
+    expect(row).to_contain_text("\\u200bzero")
     row.locator("a").first.click()  # its page: payload and metadata
     expect(page.locator("#unit-payload")).to_contain_text("<img src=x")
     expect(page.locator("#unit-fields")).to_contain_text("\\x1b[31m")
@@ -290,4 +293,145 @@ def test_breaking_a_lease_asks_for_a_reason_and_is_journaled(
     page.keyboard.press("2")
     broken = page.locator("#feed tr[data-kind='lock.released']", has_text="stuck:job")
     expect(broken).to_contain_text("broken: its holder hung")
+    assert console.errors == []
+
+
+def test_a_break_confirmed_after_the_holder_changed_breaks_nothing(
+        console: Console, daemon: DaemonProcess) -> None:
+    """The dialog names the lease it was opened on: if its holder lets go and another
+    takes the resource before the person confirms, the new holder keeps its lease."""
+    with connect(daemon.socket, "alice") as alice, connect(daemon.socket, "bob") as bob:
+        (shown,) = alice.acquire_lock("swap:job", ttl=120)
+        page = console.open("now")
+        console.live()
+        row = page.locator("#leases tr[data-resource='swap:job']")
+        expect(row).to_contain_text("alice")
+        row.get_by_role("button").click()
+        expect(page.locator("#confirm")).to_be_visible()
+        alice.release_lock(shown.lock_id)
+        (now,) = bob.acquire_lock("swap:job", ttl=120)
+        page.fill("#confirm-reason", "alice hung")
+        page.click("#confirm-ok")
+        expect(page.locator("#toast")).to_contain_text("no longer held")
+        expect(row).to_contain_text("bob")
+        assert bob.get_lock("swap:job").lease.lock_id == now.lock_id  # type: ignore[union-attr]
+    assert [e for e in console.errors if "Failed to load resource" not in e] == []
+
+
+def lines(locator: Any) -> int:
+    """The lines an element's text takes (its line boxes)."""
+    return int(locator.evaluate("""e => { const r = document.createRange();
+        r.selectNodeContents(e); return new Set([...r.getClientRects()].map(
+        x => Math.round(x.top))).size; }"""))
+
+
+def test_the_skip_link_goes_to_the_view_shown(console: Console) -> None:
+    page = console.open("feed")
+    console.live()
+    page.focus(".skip")  # (the first stop of Tab in a page that has the focus)
+    page.keyboard.press("Enter")
+    expect(page.locator("#view-feed")).to_be_visible()
+    expect(page.locator("#feed-title")).to_be_focused()
+    assert page.evaluate("location.hash") == "#feed"
+    assert console.errors == []
+
+
+def test_a_missing_unit_shows_nothing_of_the_one_before(
+        console: Console, daemon: DaemonProcess) -> None:
+    with connect(daemon.socket, "writer") as client:
+        unit = client.create_unit("units", "MESSAGE", "the unit shown first")
+    page = console.open(f"unit/{unit.id}")
+    expect(page.locator("#unit-payload")).to_have_text("the unit shown first")
+    page.goto(f"{console.url}/ui#unit/{'0' * 8}-0000-0000-0000-{'0' * 12}")
+    expect(page.locator("#unit-title")).to_contain_text("No unit")
+    expect(page.locator("#unit-payload")).to_have_text("")
+    assert "the unit shown first" not in page.locator("main").inner_text()
+    assert not [e for e in console.errors if "Failed to load resource" not in e]
+
+
+def test_the_badge_says_when_the_daemon_is_away(console: Console,
+                                                daemon: DaemonProcess) -> None:
+    page = console.open("feed")
+    console.live()
+    daemon.stop()
+    try:
+        expect(page.locator("#status")).to_have_attribute("data-state", "away",
+                                                           timeout=TIMEOUT)
+    finally:
+        daemon.process = start_engramd(daemon.env)
+    console.live()
+    with connect(daemon.socket, "writer") as client:
+        seq = client.create_unit("back", "MESSAGE", "the daemon is back").seq
+    expect(page.locator(f"#feed tr[data-seq='{seq}']")).to_be_visible()
+
+
+def test_a_signed_out_page_asks_nothing_more(browser: Any, daemon: DaemonProcess) -> None:
+    with gateway(daemon.env, "--auth", "token") as secured:
+        console = Console(browser, secured.url)
+        asked: list[str] = []
+        console.page.on("request", lambda r: asked.append(r.url))
+        try:
+            console.page.clock.install()
+            page = console.open("now")
+            expect(page.locator("#status")).to_have_attribute("data-state", "signed-out")
+            page.wait_for_load_state("networkidle")
+            mark = len(asked)
+            page.clock.run_for(20_000)  # ten of Now's refreshes, were it shown
+            page.evaluate("fetch('/healthz').then(r => r.text())")
+            wait_until(lambda: any(u.endswith("/healthz") for u in asked[mark:]),
+                       "the page's last request seen")
+            assert [u for u in asked[mark:] if not u.endswith("/healthz")] == []
+            expect(page.locator("#login")).to_be_visible()
+        finally:
+            console.close()
+
+
+def test_long_names_keep_the_tables_whole_at_any_width(
+        console: Console, daemon: DaemonProcess) -> None:
+    agent = "agent-" + "x" * 120
+    resource = "res:" + "r" * 400
+    with connect(daemon.socket, agent) as client:
+        (lease,) = client.acquire_lock(resource, ttl=120)
+        page = console.open("now")
+        console.live()
+        row = page.locator("#leases tbody tr").filter(has_text="res:rrrr")
+        expect(row).to_have_count(1)
+        expect(row.locator("th .name")).to_have_attribute("title", resource)
+        expect(row.locator("td .name").first).to_have_attribute("title", agent)
+        expect(page.locator("#agents .name", has_text="agent-xxxx")).to_have_attribute(
+            "title", agent)
+        for width in (1280, 390):
+            page.set_viewport_size({"width": width, "height": 800})
+            # Whole in their panels at 1280; on a phone, a wide table scrolls in its own
+            # panel, and the page stays as wide as the screen.
+            for table in ("#leases", "#agents") if width > 700 else ():
+                fits = page.locator(table).evaluate(
+                    "t => t.scrollWidth <= t.parentElement.clientWidth + 1")
+                assert fits, (table, width)
+            assert page.evaluate(
+                "document.documentElement.scrollWidth <= window.innerWidth"), width
+            assert lines(row.get_by_role("button")) == 1, width
+            for cell in row.locator("td.num").all():
+                assert lines(cell) == 1, (width, cell.inner_text())
+        client.release_lock(lease.lock_id)
+    assert console.errors == []
+
+
+def test_search_marks_the_matches_not_the_texts_own_stars(
+        console: Console, daemon: DaemonProcess) -> None:
+    with connect(daemon.socket, "writer") as client:
+        client.create_unit("stars", "MESSAGE",
+                           "make it **bold** and the zanzibar words **here** too")
+        client.create_unit("stars", "MESSAGE", "the **quokka** rules")
+    page = console.open("search")
+    page.fill("#search-form [name=query]", "zanzibar")
+    page.click("#search-form button")
+    hit = page.locator("#hits .hit").first
+    expect(hit.locator(".snippet")).to_contain_text("**bold**")
+    expect(hit.locator("mark")).to_have_count(1)
+    expect(hit.locator("mark")).to_have_text("zanzibar")
+    page.fill("#search-form [name=query]", "quokka")
+    page.click("#search-form button")
+    expect(hit.locator(".snippet")).to_have_text("the **quokka** rules")
+    expect(hit.locator("mark")).to_have_text("quokka")
     assert console.errors == []

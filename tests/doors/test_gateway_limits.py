@@ -52,12 +52,16 @@ class RawStream:
     """An SSE client on a plain socket with a small receive buffer, reading only when
     told: a reader that pauses, as a slow browser or a stalled proxy does."""
 
-    def __init__(self, gw: Gateway, query: str, *, buffer: int = 4096) -> None:
+    def __init__(self, gw: Gateway, query: str, *, buffer: int = 4096,
+                 agent: str | None = None) -> None:
+        """*agent*: the stream's ``X-Agent-ID`` (one agent has 64 streams at most)."""
         host, port = gw.url.removeprefix("http://").rsplit(":", 1)
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
         self.sock.connect((host, int(port)))
-        self.sock.sendall(f"GET /stream-sse?{query} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        who = f"X-Agent-ID: {agent}\r\n" if agent else ""
+        self.sock.sendall(f"GET /stream-sse?{query} HTTP/1.1\r\nHost: {host}\r\n{who}\r\n"
+                          .encode())
         self.pending = b""
         self.head_read = False
 
@@ -254,8 +258,8 @@ def test_a_sigterm_as_100_streams_close_is_a_clean_exit(engramd: DaemonProcess) 
     close for the stop: exit status 0, and nothing in the log."""
     for _ in range(3):
         with gateway(engramd.env) as gw:
-            streams = [RawStream(gw, f"context=term&heartbeat={n % 7 + 1}")
-                       for n in range(100)]
+            streams = [RawStream(gw, f"context=term&heartbeat={n % 7 + 1}",
+                                 agent=f"agent-{n % 4}") for n in range(100)]
             wait_until(lambda: open_gateway_streams(gw) == 100, "100 streams open")
             for stream in streams:
                 stream.close()
@@ -271,7 +275,7 @@ def test_past_the_stream_cap_a_stream_is_refused_503_with_retry_after(
     """One daemon connection holds 64 streams: the 65th (SSE or WebSocket) is 503 at
     once, not an open stream without events; a place freed is a place again."""
     with gateway(engramd.env, "--daemon-connections", "1") as gw:
-        streams = [RawStream(gw, "context=cap") for _ in range(64)]
+        streams = [RawStream(gw, "context=cap", agent=f"agent-{n % 2}") for n in range(64)]
         wait_until(lambda: open_gateway_streams(gw) == 64, "64 streams open")
         refused = gw.http.get("/stream-sse", params={"context": "cap"})
         assert refused.status_code == 503 and error_code(refused) == "unavailable"
@@ -504,7 +508,7 @@ def test_300_identities_and_300_streams_leave_the_daemon_room(
     for n in range(300):
         reply = http.get("/inbox/count", headers=as_agent(f"agent-{n}"))
         assert reply.status_code == 200, reply.text
-    streams = [RawStream(open_gateway, f"context=s{n}") for n in range(300)]
+    streams = [RawStream(open_gateway, f"context=s{n}", agent=f"agent-{n}") for n in range(300)]
     try:
         wait_until(lambda: open_gateway_streams(open_gateway) == 300, "300 streams open",
                    timeout=60)

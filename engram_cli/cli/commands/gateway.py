@@ -67,6 +67,13 @@ def gateway(
         help="Bytes of events all streams together hold for their clients (each at most "
         "2 MiB); past them, events are read again from the journal when wanted.")
     ] = 128 * 1024 * 1024,
+    streams_per_agent: Annotated[int, typer.Option(
+        "--streams-per-agent", metavar="N", min=1,
+        help="Streams one agent (or agent token) may have open at once; past them, 429.")
+    ] = 64,
+    tickets_per_agent: Annotated[int, typer.Option(
+        "--tickets-per-agent", metavar="N", min=1,
+        help="Unused stream tickets one agent may hold at once; past them, 429.")] = 100,
     json: JsonOption = False,
 ) -> None:
     """Serve engram over HTTP, Server-Sent Events and WebSocket, as a client of engramd.
@@ -117,6 +124,7 @@ def gateway(
                                cors=cors),
         max_body=max_body, daemon_connections=daemon_connections, stream_stall=stream_stall,
         stream_memory=stream_memory, body_timeout=body_timeout,
+        streams_per_agent=streams_per_agent, tickets_per_agent=tickets_per_agent,
         # Callers with credentials may be anyone (a proxy, --allow-remote): this machine's
         # paths are for the log, not for them.
         reveal_paths=auth == "none")

@@ -205,9 +205,18 @@ def list_(
 def break_(ctx: typer.Context,
            reason: Annotated[str, typer.Option("--reason", help="Why (recorded).")],
            resource: ResourceArg = None, path: PathOption = None,
+           lock_id: Annotated[str | None, typer.Option(
+               "--lock-id", metavar="ID",
+               help="Only the lease with this lock id (lock list --json shows it); "
+                    "exit 4 when RES is held by another lease now.")] = None,
+           token: Annotated[int | None, typer.Option(
+               "--token", metavar="N",
+               help="Only the lease with this fencing token (lock list shows it); "
+                    "exit 4 when RES is held by another lease now.")] = None,
            json: JsonOption = False) -> None:
     """End someone else's lease (every shared one on RES), and say whose; who did it and
-    why go into the journal.
+    why go into the journal. With --lock-id or --token, only the lease they name: when
+    its holder has let go since and another holds RES, nothing is broken (exit 4).
 
     Exit 3 when RES has no lease.
     """
@@ -215,9 +224,14 @@ def break_(ctx: typer.Context,
     resource = one_name(resource, path)
     client = cli.client(admin=True)
     # The lease as held a moment before the break: it is the one broken unless its
-    # holder let go in between and the next in line got RES (then that one is).
-    lease = client.get_lock(resource).lease
-    client.break_lock(resource, reason)
+    # holder let go in between and the next in line got RES (then that one is; with
+    # --lock-id or --token, then none is).
+    state = client.get_lock(resource)
+    named = [held for held in state.leases or ([state.lease] if state.lease else [])
+             if (lock_id is None or held.lock_id == lock_id)
+             and (token is None or held.fencing_token == token)]
+    lease = named[0] if named else state.lease
+    client.break_lock(resource, reason, lock_id=lock_id, token=token)
     out = cli.output(json)
     if out.json:
         out.json_line(lease if lease is not None else {"resource": resource})

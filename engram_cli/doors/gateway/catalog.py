@@ -114,11 +114,12 @@ OPERATIONS: dict[str, Op] = {
     "get_lock": Op("A resource's lease and waiters", LockState),
     "release_lock": Op("Release a lease", views.Released, errors=(404,)),
     "break_lock": Op("Break another's lease (admins only: journaled with who and why)",
-                     views.Broken, body=BreakLock, errors=(404, 413)),
+                     views.Broken, body=BreakLock, errors=(404, 409, 413)),
     "list_agents": Op("Agents known: their sessions, leases held, unread messages",
                       AgentPage),
     "console_page": Op("The web console (HTML; its script and style at /ui/ASSET)",
                        caller=False),
+    "console_redirect": Op("To the web console: 307 to /ui", status=307, caller=False),
     "console_asset": Op("A file of the web console (console.js, console.css, favicon.svg)",
                         caller=False, errors=(404,)),
     "stream_ticket": Op("A single-use ticket for one stream (?ticket=), within 30 s",
@@ -167,8 +168,10 @@ AbsolutePaths = Annotated[list[AbsolutePath], msgspec.Meta(
     description=f"With resources, at most {b.MAX_RESOURCES} together")]
 
 BreakReason = Annotated[str, msgspec.Meta(
-    min_length=1, max_length=1024, pattern=r"^[^\u0000]*$",
-    description="Why the lease is broken (journaled): 1 to 1024 characters, without NUL")]
+    min_length=1, max_length=1024,
+    pattern=rf"^[^\u0000]*[^{b.WHITESPACE}\u0000][^\u0000]*$",
+    description="Why the lease is broken (journaled): 1 to 1024 characters, without NUL, "
+                "not blank")]
 
 BOUNDS: dict[str, dict[str, Any]] = {
     "DraftForm": {"context_id": b.ContextId, "type": b.UnitType,
@@ -195,7 +198,8 @@ BOUNDS: dict[str, dict[str, Any]] = {
                "related_depth": b.Depth, "limit": b.SearchLimit, "offset": b.Offset,
                "mode": b.SearchMode, "min_similarity": b.Similarity | None,
                "since": b.Timestamp | None, "until": b.Timestamp | None},
-    "BreakLock": {"resource": b.Resource, "reason": BreakReason},
+    "BreakLock": {"resource": b.Resource, "reason": BreakReason,
+                  "token": b.Int64 | None},
     "RelatedUnits": {"unit_id": b.UnitId, "types": list[b.RelationshipType],
                      "direction": b.Direction, "depth": b.Depth},
     "AddTask": {"title": b.TaskTitle, "context_id": b.ContextId | None,

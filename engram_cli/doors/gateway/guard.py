@@ -141,11 +141,12 @@ class Guard:
                              "(--cors-origin adds one)")
         # What another site's page makes a browser send without an Origin (an <img>, a
         # <script>, a link followed): its GETs may change state (GET /inbox consumes the
-        # messages it returns). Only a link to the console's own pages is followed.
+        # messages it returns). Only a link to the console's own pages (or to the root,
+        # which leads there) is followed.
         if (headers.get("sec-fetch-site") in ("cross-site", "same-site")
                 and "origin" not in headers
                 and not (headers.get("sec-fetch-mode") == "navigate"
-                         and (path == "/ui" or path.startswith("/ui/")))):
+                         and (path in ("/", "/ui") or path.startswith("/ui/")))):
             return Forbidden("a request that another site's page made: refused "
                              "(Sec-Fetch-Site; --cors-origin allows a site's fetches)")
         return None

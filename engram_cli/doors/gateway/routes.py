@@ -350,7 +350,9 @@ ROUTES: list[tuple[str, list[str], Handler]] = [
     ("/tasks/{task_id}/done", ["POST"], finish_task),
     ("/tasks/{task_id}/release", ["POST"], release_task),
     ("/agents", ["GET"], list_agents),
+    ("/", ["GET"], ui.console_redirect),
     ("/ui", ["GET"], ui.console_page),
+    ("/ui/", ["GET"], ui.console_redirect),
     ("/ui/{asset}", ["GET"], ui.console_asset),
 ]
 """Every HTTP endpoint but ``/openapi.json`` (:mod:`.openapi`, which reads this list) and

@@ -43,7 +43,15 @@ from engram_cli.doors.gateway.policy import (
 )
 from engram_cli.doors.gateway.replies import error_response, json_response
 from engram_cli.doors.gateway.routes import QUERY, ROUTES
-from engram_cli.doors.gateway.state import BODY_TIMEOUT, MAX_BODY, ClientLeft, Gateway, Handler
+from engram_cli.doors.gateway.shares import STREAMS_PER_AGENT, TICKETS_PER_AGENT, StreamShares
+from engram_cli.doors.gateway.state import (
+    BODY_TIMEOUT,
+    MAX_BODY,
+    ClientLeft,
+    Gateway,
+    Handler,
+    Tickets,
+)
 from engramd.protocol import BadRequest, EngramError, NotFound, TooLarge
 
 log = logging.getLogger("engram.gateway")
@@ -67,6 +75,8 @@ class Settings:
     body_timeout: float = BODY_TIMEOUT
     reveal_paths: bool = True
     """Whether callers may read this machine's paths (the daemon's socket) in errors."""
+    streams_per_agent: int = STREAMS_PER_AGENT
+    tickets_per_agent: int = TICKETS_PER_AGENT
 
 
 class CannotListen(Exception):
@@ -244,7 +254,9 @@ async def _serve(settings: Settings, config: Config, stop: trio.Event,
         gateway = Gateway(link=link, auth=settings.auth, origins=settings.origins,
                           max_body=settings.max_body, stopping=stop,
                           stream_stall=settings.stream_stall,
-                          body_timeout=settings.body_timeout)
+                          body_timeout=settings.body_timeout,
+                          tickets=Tickets(settings.tickets_per_agent),
+                          streams=StreamShares(settings.streams_per_agent))
 
         async def run(task_status: trio.TaskStatus[list[str]]) -> None:
             try:

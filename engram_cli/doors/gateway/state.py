@@ -3,7 +3,9 @@ way to the daemon, the bounds of a request) and the shape of a handler."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -18,11 +20,13 @@ from engram_cli.doors.gateway.auth import Authenticator, Credentials, Unauthenti
 from engram_cli.doors.gateway.guard import Tally
 from engram_cli.doors.gateway.link import DaemonLink
 from engram_cli.doors.gateway.policy import REQUEST_TIMEOUT, Origins, too_large
+from engram_cli.doors.gateway.shares import TICKETS_PER_AGENT, StreamShares, caller_of
 from engramd.protocol import (
     BadRequest,
     ClientMessage,
     EngramError,
     Ping,
+    RateLimited,
     ServerMessage,
     Timeout,
     TooLarge,
@@ -50,23 +54,42 @@ class Tickets:
     EventSource or a WebSocket, puts in the stream's URL instead (``?ticket=``).
     One is issued to a caller with credentials, opens one stream, within
     :data:`TICKET_TTL` seconds, and is gone; the stream it opens lives as long as
-    those credentials (a JWT's ``exp``, a token until revoked)."""
+    those credentials (a JWT's ``exp``, a token until revoked). One caller holds at
+    most *per_agent* unused ones (:mod:`.shares`): the table's room is everyone's."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_agent: int = TICKETS_PER_AGENT) -> None:
+        self.per_agent = per_agent
         self._issued: dict[str, tuple[Credentials, float]] = {}
+        self._held: collections.Counter[str] = collections.Counter()
 
     def issue(self, credentials: Credentials) -> str:
         now = time.monotonic()
+        who = caller_of(credentials)
+        if len(self._issued) >= MAX_TICKETS or self._held[who] >= self.per_agent:
+            self._forget_expired(now)
+        if self._held[who] >= self.per_agent:
+            raise RateLimited(f"this agent holds {self._held[who]} unused stream tickets, "
+                              f"as many as one agent may (--tickets-per-agent): open a "
+                              f"stream with one, or retry in {math.ceil(TICKET_TTL)}s, "
+                              f"when they expire")
         if len(self._issued) >= MAX_TICKETS:
-            self._issued = {t: v for t, v in self._issued.items() if v[1] > now}
-            if len(self._issued) >= MAX_TICKETS:
-                raise TooLarge(f"{MAX_TICKETS} stream tickets are waiting to be used")
+            raise TooLarge(f"{MAX_TICKETS} stream tickets are waiting to be used")
         ticket = "egs_" + secrets.token_urlsafe(24)
         self._issued[ticket] = (credentials, now + TICKET_TTL)
+        self._held[who] += 1
         return ticket
+
+    def _forget_expired(self, now: float) -> None:
+        self._issued = {t: v for t, v in self._issued.items() if v[1] > now}
+        self._held = collections.Counter(caller_of(c) for c, _ in self._issued.values())
 
     def redeem(self, ticket: str) -> Credentials:
         found = self._issued.pop(ticket, None)
+        if found is not None:
+            who = caller_of(found[0])
+            self._held[who] -= 1
+            if self._held[who] <= 0:
+                del self._held[who]
         if found is None or found[1] <= time.monotonic():
             raise Unauthenticated("unknown, used or expired stream ticket (POST "
                                   "/stream/ticket gives one)")
@@ -123,6 +146,8 @@ class Gateway:
     body_timeout: float = BODY_TIMEOUT
     """Seconds a request body may take to come whole (408 after)."""
     accepted: Accepted = field(default_factory=Accepted)
+    streams: StreamShares = field(default_factory=StreamShares)
+    """The streams each caller has open, against its share (``--streams-per-agent``)."""
 
     def credentials(self, request: HTTPConnection) -> Credentials:
         """Who the request is, from its headers (checked once per request)."""

@@ -79,9 +79,12 @@ def stream_options(q: StreamQuery) -> dict[str, Any]:
             "heartbeat": q.heartbeat}
 
 
-def item_json(item: Event | Heartbeat) -> dict[str, Any]:
+def item_json(item: Event | Heartbeat, *, away: bool = False) -> dict[str, Any]:
+    """An item as a stream sends it; a heartbeat says whether the stream follows the
+    daemon now (``daemon``: ``up``), or waits for it to come back (``away``)."""
     if isinstance(item, Heartbeat):
-        return {"kind": "heartbeat", "head_seq": item.head_seq, "cursor": item.cursor}
+        return {"kind": "heartbeat", "head_seq": item.head_seq, "cursor": item.cursor,
+                "daemon": "away" if away else "up"}
     return event_json(item)
 
 
@@ -187,6 +190,11 @@ class Following:
             if taken:
                 return taken
 
+    @property
+    def away(self) -> bool:
+        """Whether the stream waits for the daemon (no subscription now)."""
+        return self._current is None
+
     def heartbeat_now(self) -> Heartbeat:
         """The gateway's own heartbeat, while nothing came (the daemon away, or slow)."""
         return Heartbeat(subscription=0, head_seq=self.head_seq, cursor=self.after or 0)
@@ -247,11 +255,16 @@ class _ServerSentEvents:
         self.deadline = deadline_of(credentials)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await self.following.start()
-        except EngramError as exc:
-            await error_response(exc)(scope, receive, send)
-            return
+        with contextlib.ExitStack() as share:
+            try:
+                share.enter_context(self.gw.streams.hold(self.following.credentials))
+                await self.following.start()
+            except EngramError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+            await self._serve(receive, send)
+
+    async def _serve(self, receive: Any, send: Any) -> None:
         async with _open(self.gw, self.following):
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -285,7 +298,8 @@ class _ServerSentEvents:
                 if idle.cancelled_caught:
                     items = [following.heartbeat_now()]
                 await write(b"".join(
-                    _sse("heartbeat", item_json(item)) if isinstance(item, Heartbeat)
+                    _sse("heartbeat", item_json(item, away=following.away))
+                    if isinstance(item, Heartbeat)
                     else _sse(self.names(item), item_json(item), item.seq)
                     for item in items))
         except EngramError as exc:
@@ -354,23 +368,32 @@ def websocket_endpoint(gw: Gateway) -> Callable[[WebSocket], Awaitable[None]]:
             query.known(websocket, query.parameters(WebSocketQuery))
             q = query.read(websocket, WebSocketQuery)
             following = Following(gw, credentials, stream_options(q), q.cursor)
-            await following.start()
         except EngramError as exc:
             await _refuse(websocket, exc)
             return
-        deadline = deadline_of(credentials)
-        async with _open(gw, following):
-            await websocket.accept()
-            with trio.move_on_at(deadline) as expired:
-                await _converse(websocket, following, gw)
-            if expired.cancelled_caught:
-                with contextlib.suppress(Exception):
-                    await websocket.send_json({"kind": "error", "code": "unauthenticated",
-                                               "message": "the token has expired"})
-                    await websocket.close(code=POLICY_VIOLATION,
-                                          reason="the token has expired")
+        with contextlib.ExitStack() as share:
+            try:
+                share.enter_context(gw.streams.hold(credentials))
+                await following.start()
+            except EngramError as exc:
+                await _refuse(websocket, exc)
+                return
+            await _follow(websocket, following, gw)
 
     return endpoint
+
+
+async def _follow(websocket: WebSocket, following: Following, gw: Gateway) -> None:
+    async with _open(gw, following):
+        await websocket.accept()
+        with trio.move_on_at(deadline_of(following.credentials)) as expired:
+            await _converse(websocket, following, gw)
+        if expired.cancelled_caught:
+            with contextlib.suppress(Exception):
+                await websocket.send_json({"kind": "error", "code": "unauthenticated",
+                                           "message": "the token has expired"})
+                await websocket.close(code=POLICY_VIOLATION,
+                                      reason="the token has expired")
 
 
 async def _refuse(websocket: WebSocket, exc: EngramError) -> None:
@@ -444,7 +467,8 @@ async def _converse(websocket: WebSocket, following: Following, gw: Gateway) -> 
                     items = [following.heartbeat_now()]
                 for item in items:
                     with trio.move_on_after(gw.stream_stall) as stalled:
-                        await websocket.send_text(_encoder.encode(item_json(item)).decode())
+                        await websocket.send_text(_encoder.encode(
+                            item_json(item, away=following.away)).decode())
                     if stalled.cancelled_caught:
                         log.info("a WebSocket client took nothing for %gs; let go",
                                  gw.stream_stall)

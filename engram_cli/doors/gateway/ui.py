@@ -15,7 +15,7 @@ import functools
 from importlib import resources
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from engram_cli.doors.gateway.state import Gateway
 from engramd.protocol import NotFound
@@ -43,6 +43,12 @@ def _read(name: str) -> bytes:
 async def console_page(gw: Gateway, request: Request) -> Response:
     return Response(_read("index.html"), media_type="text/html; charset=utf-8",
                     headers=HEADERS)
+
+
+async def console_redirect(gw: Gateway, request: Request) -> Response:
+    """``/`` and ``/ui/``: where a person typing the gateway's address lands (temporary:
+    ``/`` may serve something of its own one day)."""
+    return RedirectResponse("/ui", 307, headers={"Cache-Control": "no-cache"})
 
 
 async def console_asset(gw: Gateway, request: Request) -> Response:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -180,6 +180,9 @@ class HeartbeatView(msgspec.Struct, kw_only=True, tag_field="kind", tag="heartbe
     """The journal's newest seq as far as the stream knows."""
     cursor: int
     """Everything up to here was considered for this stream."""
+    daemon: Literal["up", "away"] = "up"
+    """``away`` while the stream waits for engramd to come back (it resumes, nothing
+    lost): a page shows the daemon as down rather than the stream as live."""
 
 
 class StreamError(msgspec.Struct, kw_only=True, tag_field="kind", tag="error"):

@@ -431,6 +431,23 @@ def test_a_lease_broken_on_another_machine_is_pushed_to_its_holder(
         assert notice.reason == "broken" and notice.by == "bob"
 
 
+def test_a_break_on_another_machine_ends_only_the_lease_it_names(
+        machines: list[Machine]) -> None:
+    """Alice's lease, shown on machine b, ends on a; bob takes the resource: the break
+    that names alice's lease is refused on b, and bob keeps his."""
+    a, b, _ = machines
+    with a.client("alice") as alice, a.client("bob") as bob, b.client("ops") as ops:
+        (shown,) = alice.acquire_lock("report", ttl=30)
+        alice.release_lock(shown.lock_id)
+        (now,) = bob.acquire_lock("report", ttl=30)
+        with pytest.raises(Conflict, match="no longer held by the lease"):
+            ops.break_lock("report", "stuck", lock_id=shown.lock_id)
+        assert ops.get_lock("report").lease.lock_id == now.lock_id  # type: ignore[union-attr]
+        ops.break_lock("report", "stuck", token=now.fencing_token)
+        notice = bob.lease_lost(WAIT)
+        assert notice is not None and notice.lease.lock_id == now.lock_id
+
+
 def live_watch(machine: Machine, *args: str) -> subprocess.Popen[str]:
     """``engram watch --json *args`` on *machine*, once it follows the live flow (lease
     events in cluster mode are not in the journal: only a live watcher gets them)."""

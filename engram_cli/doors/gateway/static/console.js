@@ -6,12 +6,16 @@
 const $ = (selector, root = document) => root.querySelector(selector);
 const KEY = "engram.token";
 const FEED_ROWS = 500;
+const HEARTBEAT = 5;  // seconds: how soon the page hears that the daemon went away
 const STREAM_KINDS = ["unit.created", "context.created", "context.updated", "lock.acquired",
   "lock.renewed", "lock.released", "lock.expired"];
 
 // -- text -------------------------------------------------------------------------------
 
-const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+// C0 and C1 controls (terminal escapes), and every character that reorders or hides
+// text: bidirectional marks, embeddings, overrides and isolates (U+061C, U+200E/F,
+// U+202A-E, U+2066-9), zero-width ones, line and paragraph separators, the BOM.
+const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
 
 /** Untrusted text made visible: control characters as \xNN / \uNNNN. */
 export function clean(value) {
@@ -41,6 +45,12 @@ function el(tag, attrs = {}, ...children) {
     node.append(child instanceof Node ? child : document.createTextNode(clean(child)));
   }
   return node;
+}
+
+/** A name that may be very long (an agent id, a resource): one line, cut with an
+ * ellipsis by the style, whole in its title. */
+function clipped(text) {
+  return el("span", { class: "name", title: clean(text) }, text);
 }
 
 function unitLink(id, text) {
@@ -122,6 +132,7 @@ let signedOut = false;
 
 function signIn(message) {
   signedOut = true;
+  current = null;  // (no view is shown: nothing refreshes, nothing is asked)
   stream.stop();
   for (const view of document.querySelectorAll(".view")) view.hidden = true;
   // Nothing read before stays on the page.
@@ -185,7 +196,7 @@ class Stream {
       return this.again();
     }
     if (signedOut) return;
-    const query = new URLSearchParams({ ticket, heartbeat: "5" });
+    const query = new URLSearchParams({ ticket, heartbeat: String(HEARTBEAT) });
     if (this.after !== null) query.set("after", String(this.after));
     const source = new EventSource("/stream-sse?" + query);
     this.source = source;
@@ -204,7 +215,9 @@ class Stream {
       const beat = JSON.parse(message.data);
       if (typeof beat.cursor === "number" && (this.after === null || beat.cursor > this.after))
         this.after = beat.cursor;
-      setStatus("live", "live");
+      // The gateway is here, the daemon may not be: the stream waits for it then.
+      if (beat.daemon === "away") setStatus("away", "daemon away");
+      else setStatus("live", "live");
     });
     source.onerror = () => {
       if (this.source !== source) return;
@@ -256,6 +269,16 @@ function route() {
 
 window.addEventListener("hashchange", route);
 
+// The skip link goes to the view shown (its heading), not to a view of its own: its
+// href (#main) would be read as a route, and Now shown instead.
+$(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  const section = current ? $("#view-" + current) : $("#login:not([hidden])");
+  const target = (section && section.querySelector("h1")) || $("#main");
+  target.setAttribute("tabindex", "-1");
+  target.focus();
+});
+
 document.addEventListener("keydown", (event) => {
   const typing = event.target.closest("input, select, textarea, dialog");
   if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
@@ -282,7 +305,7 @@ views.now = {
       api("/agents"), api("/locks"), api("/tasks?state=claimed&limit=200")]);
     const now = Date.now();
     fill($("#agents tbody"), agents.agents.map((agent) => el("tr", {},
-      el("th", { scope: "row" }, agent.agent),
+      el("th", { scope: "row" }, clipped(agent.agent)),
       el("td", {}, agent.sessions.length ? el("ul", { class: "sessions" },
         agent.sessions.map((s) => el("li", { class: s.gone_at ? "gone" : "live" },
           el("span", { class: "badge" }, s.gone_at ? "gone" : "live"), " ",
@@ -297,7 +320,7 @@ views.now = {
       for (const lease of leases) {
         const left = Math.max(0, Math.round((new Date(lease.expires_at) - now) / 1000));
         const queue = state.waiters.length ? el("ol", { class: "queue" },
-          state.waiters.map((w) => el("li", {}, w.agent, w.pid ? " (pid " + w.pid + ")" : ""))) : "—";
+          state.waiters.map((w) => el("li", {}, clipped(w.agent), w.pid ? " (pid " + w.pid + ")" : ""))) : "—";
         // Breaking is an admin's act: a gateway that asks for tokens lets in agents only,
         // and refuses it (SPECS §6.3), so a signed-in page offers no button for it.
         let breaker = "—";
@@ -307,18 +330,18 @@ views.now = {
           breaker.addEventListener("click", () => confirmBreak(lease));
         }
         rows.push(el("tr", { "data-resource": lease.resource },
-          el("th", { scope: "row", class: "resource" }, lease.resource),
-          el("td", {}, lease.holder), el("td", {}, ago(lease.acquired_at, now)),
-          el("td", {}, duration(left)), el("td", { class: "num" }, lease.fencing_token),
+          el("th", { scope: "row", class: "resource" }, clipped(lease.resource)),
+          el("td", {}, clipped(lease.holder)), el("td", { class: "num" }, ago(lease.acquired_at, now)),
+          el("td", { class: "num" }, duration(left)), el("td", { class: "num" }, lease.fencing_token),
           el("td", {}, queue), el("td", {}, breaker)));
       }
     }
     fill($("#leases tbody"), rows);
     fill($("#claimed tbody"), tasks.tasks.map((task) => el("tr", {},
       el("th", { scope: "row" }, unitLink(task.id, short(task.title, 80))),
-      el("td", {}, task.claim ? task.claim.holder : "—"),
+      el("td", {}, task.claim ? clipped(task.claim.holder) : "—"),
       el("td", {}, task.claim ? ago(task.claim.acquired_at, now) + " ago" : "—"),
-      el("td", {}, task.context_id))));
+      el("td", {}, clipped(task.context_id)))));
   },
 };
 const refreshNow = debounce(() => { if (current === "now") views.now.refresh().catch(report); });
@@ -326,7 +349,7 @@ stream.on((event) => {
   if (event.kind.startsWith("lock.") || event.kind === "context.updated" ||
       (event.kind === "unit.created" && event.unit.type === "TASK_STATUS")) refreshNow();
 });
-setInterval(() => { if (current === "now" && !document.hidden) refreshNow(); }, 2000);
+setInterval(() => { if (!signedOut && current === "now" && !document.hidden) refreshNow(); }, 2000);
 
 async function confirmBreak(lease) {
   const dialog = $("#confirm");
@@ -347,7 +370,10 @@ async function confirmBreak(lease) {
   });
   if (!answer) return;
   try {
-    await api("/locks/break", { method: "POST", body: { resource: lease.resource, reason: answer.trim() } });
+    // The lease shown, by its lock id: if its holder let go meanwhile and another took
+    // the resource, the gateway refuses (409) rather than end a lease no one was shown.
+    await api("/locks/break", { method: "POST",
+      body: { resource: lease.resource, reason: answer.trim(), lock_id: lease.lock_id } });
     toast("Broken: " + lease.resource);
     refreshNow();
   } catch (error) { report(error); }
@@ -374,7 +400,7 @@ function feedRow(event) {
       "data-context": event.context_id, "data-agent": agent, "data-type": type },
     el("td", { class: "num" }, unit ? unitLink(unit.id, String(event.seq)) : String(event.seq)),
     el("td", {}, clock(event.ts)), el("td", {}, el("span", { class: "kind" }, event.kind)),
-    el("td", {}, event.context_id), el("td", {}, agent), el("td", {}, type),
+    el("td", {}, clipped(event.context_id)), el("td", {}, clipped(agent)), el("td", {}, type),
     el("td", { class: "what" }, what));
   row.hidden = !feedShows(row);
   return row;
@@ -551,10 +577,59 @@ stream.on((event) => {
 
 // Search, with highlighted snippets; a unit's page with its causal trace.
 
-/** A snippet with **marks** as text and <mark> elements. */
-function highlighted(snippet) {
-  const parts = clean(snippet).split("**");
-  return parts.map((part, i) => (i % 2 ? el("mark", {}, part) : document.createTextNode(part)));
+const ELLIPSIS = "…";  // (what the daemon puts where it cut a snippet)
+
+/** A snippet with its matches as <mark> elements. The daemon marks each match with
+ * "**", which the text may hold too (Markdown's bold): the snippet is read against the
+ * unit's payload, and a "**" the payload has at that place is text. Without the
+ * payload (or where the two cannot be read together), every "**" is a mark. */
+function highlighted(snippet, text) {
+  const parts = typeof text === "string" ? readAgainst(snippet, text) : null;
+  const shown = parts || snippet.split("**").map((part, i) => [part, i % 2 === 1]);
+  return shown.map(([part, marked]) => (marked ? el("mark", {}, part)
+    : document.createTextNode(clean(part))));
+}
+
+/** [text, marked] parts of *snippet* as a passage of *text* with marks put in; null
+ * when it is not one. */
+function readAgainst(snippet, text) {
+  let body = snippet, head = "", tail = "";
+  if (body.startsWith(ELLIPSIS)) { head = ELLIPSIS; body = body.slice(1); }
+  if (body.endsWith(ELLIPSIS)) { tail = ELLIPSIS; body = body.slice(0, -1); }
+  const first = body.replace(/^\*\*/, "")[0];
+  let tries = 0;
+  for (let j = 0; j < text.length && tries < 5000; j++) {
+    if (head === "" && j > 0) break;  // (not cut at its start: it is the text's start)
+    if (text[j] !== body[0] && text[j] !== first) continue;
+    tries += 1;
+    const parts = walk(body, text, j);
+    if (parts) {
+      if (head) parts.unshift([head, false]);
+      if (tail) parts.push([tail, false]);
+      return parts;
+    }
+  }
+  return null;
+}
+
+function walk(body, text, j) {
+  const parts = [];
+  let part = "", marked = false;
+  for (let i = 0; i < body.length;) {
+    // A mark where the text has none; and a match in the text's own stars ("**word**":
+    // "****word****") closes before the stars that follow it.
+    const closes = marked && body.startsWith("****", i) && !text.startsWith("****", j);
+    if (body.startsWith("**", i) && (!text.startsWith("**", j) || closes)) {
+      parts.push([part, marked]);
+      part = ""; marked = !marked; i += 2;
+    } else if (body.startsWith("**", i)) {
+      part += "**"; i += 2; j += 2;
+    } else if (body[i] === text[j]) {
+      part += body[i]; i += 1; j += 1;
+    } else return null;
+  }
+  parts.push([part, marked]);
+  return marked ? null : parts.filter(([p]) => p);
 }
 
 views.search = { show() {} };
@@ -570,13 +645,32 @@ $("#search-form").addEventListener("submit", async (event) => {
       el("div", { class: "meta" }, unitLink(hit.unit_id, hit.unit ? hit.unit.type : hit.unit_id.slice(-8)),
         hit.unit ? " · " + clean(hit.unit.context_id) + " · " + clean(hit.unit.agent_id) + " · " + clock(hit.unit.ts) : "",
         hit.score !== null ? " · score " + hit.score.toFixed(2) : ""),
-      el("p", { class: "snippet" }, highlighted(hit.snippet || short(payloadOf(hit.unit)))))));
+      el("p", { class: "snippet" }, hit.snippet ? highlighted(hit.snippet, hit.unit && hit.unit.payload)
+        : short(payloadOf(hit.unit))))));
   } catch (error) { report(error); }
 });
 
 views.unit = {
+  showing: null,
   async show(id) {
-    const unit = await api("/workunit/" + encodeURIComponent(id));
+    // Nothing of the unit shown before stays while this one is asked for (or missing),
+    // and what comes for it late (its trace) is not shown over this one.
+    const asked = Symbol(id);
+    this.showing = asked;
+    const still = () => this.showing === asked && current === "unit";
+    $("#unit-title").textContent = "Unit " + clean(id);
+    for (const part of ["#unit-fields", "#unit-trace"]) $(part).replaceChildren();
+    $("#unit-payload").textContent = "";
+    let unit;
+    try {
+      unit = await api("/workunit/" + encodeURIComponent(id));
+    } catch (error) {
+      if (!still()) return;
+      if (!(error instanceof Unauthorized))
+        $("#unit-title").textContent = "No unit " + clean(id) + ": " + clean(error.message);
+      throw error;
+    }
+    if (!still()) return;
     $("#unit-title").textContent = "Unit " + clean(unit.id);
     const fields = [["seq", unit.seq], ["context", unit.context_id], ["agent", unit.agent_id],
       ["type", unit.type], ["written", new Date(unit.ts).toLocaleString()], ["process", unit.pid]];
@@ -585,7 +679,7 @@ views.unit = {
     $("#unit-payload").textContent = clean(payloadOf(unit));
     const related = await api("/search/relationships", { method: "POST",
       body: { unit_id: unit.id, direction: "both", depth: 4 } });
-    $("#unit-trace").replaceChildren(trace(related));
+    if (still()) $("#unit-trace").replaceChildren(trace(related));
   },
 };
 
