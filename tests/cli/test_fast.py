@@ -267,3 +267,18 @@ def test_a_hook_refused_at_hello_fails_open_and_a_command_says_why(
             assert said == (shown, "", 0), said
         _, err, status = _run(["-m", "engram_cli"], ["ping"], run_env, b"")
         assert status == 69 and "too many connections" in err, err
+
+
+@pytest.mark.parametrize("args", [["lock", "run", "res:r", "-w5", "--", "true"],
+                                  ["lock", "run", "res:r", "--ttl", "3", "--", "true"]])
+def test_lock_run_takes_no_option_after_its_first_resource_as_the_typer_app(
+        args: list[str]) -> None:
+    """lock run's allow_interspersed_args=False is in its context_settings, which the
+    option table missed: the fast start took ``-w5`` after RES as its wait, where the
+    Typer app hands it to lock run as a word (which says "unknown option", or, for
+    --ttl, takes it itself)."""
+    parsed = fast.parse(args)
+    assert parsed is not None
+    _, _, values = parsed
+    assert values["resources"] == args[2:]
+    assert values["wait"] is None and values["ttl"] is None
