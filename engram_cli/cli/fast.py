@@ -380,9 +380,9 @@ def _lock_acquire(root: Values, values: Values,
     try:
         granted = connection.request(request, timeout=timeout)
     except Exception as exc:
-        from engram_cli.cli.waiting import PASSING, acquire_waiting
+        from engram_cli.cli.waiting import acquire_waiting, passing
 
-        if wait == 0 or not isinstance(exc, PASSING):
+        if wait == 0 or not isinstance(exc, passing()):
             raise
         connection.close()  # the daemon went away: wait on for it as the library does
         cli = context()
@@ -398,6 +398,26 @@ def _lock_acquire(root: Values, values: Values,
     leanwire.write("".join(_plain(lease["lock_id"]) + "\n"
                            for lease in granted.fields["leases"]))
     return 0
+
+
+def _lock_run(root: Values, values: Values, context: Callable[[], CliContext]) -> int | None:
+    from engram_cli.cli.hot import lock
+
+    options = {name: value for name, value in values.items() if name != "json"}
+    # In the order the library's path takes them: the command line, the connection,
+    # then CMD (whether it can be run) and the leases.
+    found, command, ttl, wait, shared = lock.run_plan(**options)
+    connection = _lean(root, root["agent"], DEFAULT_TIMEOUT)
+    if connection is None:
+        return lock.run(context(), **options)
+    from engram_cli.cli import leanwire
+    from engram_cli.cli.leanlease import LeanLeaseClient
+    from engram_cli.cli.lockrun import run_holding  # threads and signals: only lock run
+
+    client = LeanLeaseClient(
+        connection, agent_id=leanwire.agent_name(root["agent"]),
+        library=lambda: context().client(connected=False))
+    return run_holding(client, found, command, ttl=ttl, wait=wait, shared=shared)
 
 
 def _hook_pre_edit(root: Values, values: Values,
@@ -503,8 +523,7 @@ def _nothing(runner: str) -> None:
         sys.stdout.flush()
 
 
-def _library(module: str, function: str, *, terminal_ok: bool = True,
-             drop: str = "") -> Handler:
+def _library(module: str, function: str, *, terminal_ok: bool = True) -> Handler:
     """A hot command run by :mod:`.hot`'s code with the client library (None: on a
     terminal without --json, where its view needs rich, the Typer app runs it)."""
 
@@ -515,8 +534,7 @@ def _library(module: str, function: str, *, terminal_ok: bool = True,
         if not terminal_ok and _terminal() and not (root["json"] or values.get("json")):
             raise _ToTyper
         code = getattr(importlib.import_module(f"engram_cli.cli.hot.{module}"), function)
-        status: int | None = code(context(), **{name: value for name, value in values.items()
-                                                if name != drop})
+        status: int | None = code(context(), **values)
         return status
 
     return handler
@@ -539,7 +557,7 @@ HANDLERS: dict[tuple[str, ...], Handler] = {
     ("lock", "acquire"): _lock_acquire,
     ("lock", "release"): _library("lock", "release"),
     ("lock", "renew"): _library("lock", "renew"),
-    ("lock", "run"): _library("lock", "run", drop="json"),
+    ("lock", "run"): _lock_run,
     ("hook", "pre-edit"): _hook_pre_edit,
     ("hook", "prompt"): _hook_prompt,
     ("hook", "session-start"): _library("hook", "session_start"),

@@ -33,6 +33,8 @@ PROTOCOL_VERSION = 1
 """engramd.protocol.PROTOCOL_VERSION (tests/cli/test_fast.py checks they agree)."""
 MAX_SOCKET_PATH_BYTES = 107
 RECEIVE_SIZE = 256 * 1024
+NOTICE = "lease.lost"
+"""The tag of the one notice there is (engramd.protocol.LeaseLost)."""
 
 
 class Unreached(Exception):
@@ -326,6 +328,8 @@ class Connection:
         self.timeout = timeout
         self._next_id = 1
         self._buffer = b""
+        self.notices: list[dict[str, Any]] = []
+        """The daemon's notices (a lease lost) heard while waiting for answers."""
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
@@ -412,17 +416,59 @@ class Connection:
 
     def _answer(self, request_id: int) -> Reply:
         while True:
-            body = self._frame()
-            fields = unpack(body)
-            if not isinstance(fields, dict):
-                raise ValueError("a message that is not a map")
-            if fields.get("msg") == "error" and fields.get("id") is None:  # goodbye
-                from engramd.protocol import error_for
+            reply = self._file(self._frame())
+            if reply is not None and reply.fields.get("id") == request_id:
+                return reply
 
-                raise error_for(fields["code"], fields["message"])
-            if fields.get("id") == request_id and "subscription" not in fields:
-                return Reply(body, fields)
-            # a push or a notice: not what a hot command waits for
+    def _file(self, body: bytes) -> Reply | None:
+        """A frame read: an answer (returned), a notice (kept) or a push (dropped); the
+        daemon's goodbye raised."""
+        fields = unpack(body)
+        if not isinstance(fields, dict):
+            raise ValueError("a message that is not a map")
+        if fields.get("msg") == "error" and fields.get("id") is None:  # goodbye
+            from engramd.protocol import error_for
+
+            raise error_for(fields["code"], fields["message"])
+        if fields.get("msg") == NOTICE:
+            self.notices.append(fields)
+        elif "subscription" not in fields:
+            return Reply(body, fields)
+        return None
+
+    def notice(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next notice, waiting up to *timeout* for one (None when none came);
+        raises as :meth:`request` does when the connection ends."""
+        if not self.notices:
+            self._sock.settimeout(timeout)
+            try:
+                while not self.notices:
+                    self._file(self._frame())
+            except TimeoutError:
+                return None
+            except OSError as exc:
+                raise _errors().Unavailable(
+                    f"lost the connection to engramd: {exc.strerror}") from None
+            except Unreached:
+                raise _errors().Unavailable("engramd closed the connection") from None
+            except ValueError as exc:
+                raise _errors().Unavailable(
+                    f"protocol error: unreadable message from the daemon: {exc}") from None
+        return self.notices.pop(0) if self.notices else None
+
+    def buffered(self) -> bool:
+        """Whether bytes the daemon sent wait here, read from the socket already."""
+        return bool(self._buffer)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def interrupt(self) -> None:
+        """Shut the connection down, from another thread: a wait on it returns."""
+        try:
+            self._sock.shutdown(_socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def _frame(self) -> bytes:
         while True:

@@ -17,7 +17,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from engram_cli.cli import lockrun
 from engram_cli.cli.cmdgroup import Command
 from engram_cli.cli.lockrun import LeaseKeeper, supervise
 from engram_cli.client.errors import EngramError
@@ -203,6 +206,16 @@ def test_timing_stops_cmd_in_time_for_any_ttl() -> None:
         term, kill = timing.backstop(expiry)
         assert timing.stop_at(expiry) < term and kill - term == pytest.approx(timing.grace)
         assert timing.kill_at(expiry) < kill < expiry
+
+
+@given(st.floats(min_value=0.001, max_value=1e6), st.floats(min_value=0, max_value=1e9))
+def test_lock_runs_timing_is_the_protocols(ttl: float, expiry: float) -> None:
+    """lock run keeps a copy of the rule (it starts without the protocol): the same."""
+    ours, theirs = lockrun.LeaseTiming(ttl), LeaseTiming(ttl)
+    assert (ours.renew_every, ours.grace, ours.margin) == (
+        theirs.renew_every, theirs.grace, theirs.margin)
+    assert (ours.stop_at(expiry), ours.kill_at(expiry)) == (
+        theirs.stop_at(expiry), theirs.kill_at(expiry))
 
 
 def test_an_unexpected_error_in_the_renewal_stops_cmd(
