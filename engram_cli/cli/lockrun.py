@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import threading
 
 from engram_cli.cli import remarks
@@ -198,9 +197,28 @@ def _lost(notice: LeaseLost) -> str:
 # -- CMD ------------------------------------------------------------------------
 
 
+def _on_path(command: str) -> bool:
+    """Whether ``shutil.which(command)`` finds it (shutil brings the compression modules:
+    a lean start of lock run does without)."""
+
+    def runnable(path: str) -> bool:
+        return os.path.exists(path) and os.access(path, os.X_OK) and not os.path.isdir(path)
+
+    if os.path.dirname(command):
+        return runnable(command)
+    path = os.environ.get("PATH")
+    if path is None:
+        try:
+            path = os.confstr("CS_PATH")
+        except (AttributeError, ValueError):
+            path = os.defpath
+    return bool(path) and any(runnable(os.path.join(directory, command))
+                              for directory in path.split(os.pathsep))
+
+
 def check_runnable(command: str) -> None:
     """Refuse, before taking any lease, a CMD that cannot be found or run."""
-    if shutil.which(command) is not None:
+    if _on_path(command):
         return
     exits = _errors().ExitCode
     if os.sep in command and os.path.exists(command):

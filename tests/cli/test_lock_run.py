@@ -266,3 +266,19 @@ def test_a_wait_in_line_goes_on_through_a_daemon_restart(
         alice.release_lock(lease.lock_id)
     _, err = waiter.communicate(timeout=WAIT)
     assert waiter.returncode == 0, err
+
+
+@pytest.mark.parametrize("path", [None, "", "/nonexistent", "/usr/bin:/bin", "::/bin", "."])
+@pytest.mark.parametrize("command", ["sh", "true", "no-such-command-here", "/bin/sh", "/bin",
+                                     "./x", "bin/sh", ""])
+def test_lock_run_finds_cmd_as_shutil_which_does(monkeypatch: pytest.MonkeyPatch,
+                                                path: str | None, command: str) -> None:
+    """lock run looks CMD up without shutil (whose imports cost its start): the same."""
+    import shutil
+
+    if path is None:
+        monkeypatch.delenv("PATH", raising=False)
+    else:
+        monkeypatch.setenv("PATH", path)
+    monkeypatch.chdir("/")
+    assert lockrun._on_path(command) == (shutil.which(command) is not None)
