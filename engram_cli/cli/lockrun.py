@@ -209,7 +209,7 @@ def _on_path(command: str) -> bool:
     path = os.environ.get("PATH")
     if path is None:
         try:
-            path = os.confstr("CS_PATH")
+            path = os.confstr("CS_PATH") or ""
         except (AttributeError, ValueError):
             path = os.defpath
     return bool(path) and any(runnable(os.path.join(directory, command))
