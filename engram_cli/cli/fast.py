@@ -361,6 +361,9 @@ def _lock_acquire(root: Values, values: Values,
         return lock.acquire(context(), **values)
     import time
 
+    from engram_cli.cli.hot.checks import wire_int
+
+    wire_int(values["pid"], "--pid")
     wait = lock._wait(values["wait"], values["no_wait"])
     request: dict[str, Any] = {"msg": "lock.acquire", "id": 0,
                                "resources": values["resources"]}

@@ -189,7 +189,8 @@ UNIT_OPTIONS = st.lists(st.one_of(
 ), max_size=5)
 LOCK_OPTIONS = st.lists(st.one_of(
     st.tuples(st.sampled_from(["--ttl", "--wait", "-w", "--pid"]),
-              st.sampled_from(["30", "0", "-1", "x", "2.5", "1e1"])),
+              st.sampled_from(["30", "0", "-1", "x", "2.5", "1e1", "nan", "inf", "1e309",
+                               "99999999999999999999"])),
     st.tuples(st.sampled_from(["-n", "--no-wait", "--json", "--nope", "res:other"])),
 ), max_size=4)
 HOOK_INPUTS = st.sampled_from([b"", b"{}", b"[1]", b"not json", b'{"cwd": "/"}',
@@ -303,3 +304,34 @@ def test_lock_run_takes_no_option_after_its_first_resource_as_the_typer_app(
     _, _, values = parsed
     assert values["resources"] == args[2:]
     assert values["wait"] is None and values["ttl"] is None
+
+
+BAD_NUMBERS = [
+    (["lock", "acquire", "res:bad", "--wait", "nan"], "--wait"),
+    (["lock", "acquire", "res:bad", "--wait", "inf"], "--wait"),
+    (["lock", "acquire", "res:bad", "-w", "1e309", "--json"], "--wait"),
+    (["lock", "acquire", "res:bad", "--pid", "99999999999999999999"], "--pid"),
+    (["lock", "run", "res:bad", "--wait", "nan", "--", "true"], "--wait"),
+    (["unit", "create", "-c", "bad", "-p", "x", "--fence", "r:99999999999999999999"],
+     "--fence"),
+    (["wait", "--since", "99999999999999999999", "--timeout", "1"], "--since"),
+    (["watch", "--since", "99999999999999999999"], "--since"),
+    (["wait", "--timeout", "nan"], "--timeout"),
+    (["inbox", "--wait", "nan", "--json"], "--wait"),
+]
+
+
+@pytest.mark.parametrize(("args", "option"), BAD_NUMBERS,
+                         ids=[" ".join(args) for args, _ in BAD_NUMBERS])
+def test_a_number_the_protocol_cannot_take_is_a_usage_error_on_both_paths(
+        recorder: Recorder, env: dict[str, str], args: list[str], option: str) -> None:
+    """nan, inf and integers past MessagePack's were internal errors (exit 1) on both
+    paths, or a wait that never ended (wait --timeout nan); and nothing is sent."""
+    env = {**env, "ENGRAM_SOCKET": recorder.path, "ENGRAM_NO_AUTOSTART": "1"}
+    recorder.take()
+    for code in (["-c", TYPER], ["-m", "engram_cli"]):
+        out, err, status = _run(code, args, env, b"")
+        assert (out, status) == ("", 2), (code, err)
+        assert len(err.splitlines()) == 1 and option in err and "internal" not in err, err
+    assert not [frame for frame in recorder.take()
+                if isinstance(frame, dict) and frame["msg"] not in ("hello", "context.get")]

@@ -194,6 +194,9 @@ def guard_answer(states: list[LockState], agent: str, session: int, paths: list[
 
 def stop(cli: CliContext, *, runner: str, wait: float) -> int | None:
     """``engram hook stop``."""
+    from engram_cli.cli.hot.checks import seconds
+
+    seconds(wait, "--wait")
     hook_input = _hook_input()
     if runner != "claude-code":
         if hook_input.get("stop_hook_active") or hook_input.get("loop_count"):

@@ -19,6 +19,9 @@ def UsageProblem(message: str) -> Exception:  # noqa: N802 (the class, imported 
 
 def _wait(wait: float | None, no_wait: bool) -> float | None:
     """Seconds to wait in line (None: as long as it takes), like flock's -w and -n."""
+    from engram_cli.cli.hot.checks import seconds
+
+    seconds(wait, "--wait")
     if no_wait and wait not in (None, 0):
         raise UsageProblem("--no-wait and --wait exclude each other")
     return 0.0 if no_wait else wait
@@ -61,9 +64,11 @@ def acquire(cli: CliContext, *, resources: list[str] | None, path: list[str] | N
             shared: bool, ttl: float | None, wait: float | None, no_wait: bool,
             pid: int | None, json: bool) -> int | None:
     """``engram lock acquire``."""
+    from engram_cli.cli.hot.checks import wire_int
     from engram_cli.cli.waiting import acquire_waiting
 
     out = cli.output(json)
+    wire_int(pid, "--pid")
     leases = acquire_waiting(cli.client(), names(resources, path), ttl=ttl,
                              wait=_wait(wait, no_wait), pid=pid, shared=shared)
     for lease in leases:
