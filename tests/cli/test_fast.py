@@ -335,3 +335,21 @@ def test_a_number_the_protocol_cannot_take_is_a_usage_error_on_both_paths(
         assert len(err.splitlines()) == 1 and option in err and "internal" not in err, err
     assert not [frame for frame in recorder.take()
                 if isinstance(frame, dict) and frame["msg"] not in ("hello", "context.get")]
+
+
+@pytest.mark.parametrize("args", [["ping"], ["unit", "create", "-c", "piped", "-p", "x"],
+                                  ["version"], ["status"]])
+def test_a_reader_gone_is_exit_0_on_both_paths(recorder: Recorder, env: dict[str, str],
+                                               args: list[str]) -> None:
+    """Output to a pipe nobody reads (``engram ... | head -0``): exit 0 and nothing said,
+    as SPECS has it. Click ends the Typer path with exit 1 for it (EPIPE)."""
+    env = {**env, "ENGRAM_SOCKET": recorder.path, "ENGRAM_NO_AUTOSTART": "1"}
+    for code in (["-c", TYPER], ["-m", "engram_cli"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            done = subprocess.run([sys.executable, *code, *args], env=env, stdout=write_end,
+                                  stderr=subprocess.PIPE, timeout=60, check=False)
+        finally:
+            os.close(write_end)
+        assert (done.returncode, done.stderr) == (0, b""), (code, done)
