@@ -459,14 +459,32 @@ def _hook_pre_edit(root: Values, values: Values,
                                {"msg": "lock.list", "id": 0, "agent": None, "prefix": ""})
     if page is None:
         return 0
-    if not page.fields["locks"]:
-        _nothing(runner)  # no lease anywhere: the commonest case
+    if not _may_stand_in_the_way(page.fields["locks"], agent, session):
+        _nothing(runner)  # no lease anywhere (the commonest case), or none that matters
         return 0
     from engram_cli.cli.hot import hook
 
     hook.guard_answer(page.decoded().locks, agent, session, paths, cwd, runner,
                       values["guard"])
     return 0
+
+
+def _may_stand_in_the_way(states: list[Values], agent: str, session: int) -> bool:
+    """Whether a lease of *states* (``lock.page``'s, as plain data) might stand in the way
+    of an edit: a lease on a file (a ``file:`` name: a file, a directory, a glob) held
+    in another session (the guard's own rule: :func:`engram_cli.client.session.own`).
+    Any other lease never does (an edit is always of a ``file:`` name, and a plain
+    name covers only itself); those that might are judged by the guard itself
+    (:func:`engram_cli.cli.hot.hook.guard_answer`, which asks git where the file is)."""
+    from engram_cli.cli.leanwire import Fields
+    from engram_cli.client.session import own
+
+    for state in states:
+        for lease in state["leases"] or ([state["lease"]] if state["lease"] else []):
+            if lease["resource"].startswith("file:") and not own(Fields(lease), agent,
+                                                                     session):
+                return True
+    return False
 
 
 def _asked_failing_open(connection: Connection, runner: str, message: Values

@@ -26,22 +26,6 @@ if TYPE_CHECKING:
     from engram_cli.client import Client
 
 
-class Fields:
-    """A message's fields read as attributes (``lease.lock_id``, ``notice.lease``)."""
-
-    __slots__ = ("_fields",)
-
-    def __init__(self, fields: dict[str, Any]) -> None:
-        self._fields = fields
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            value = self._fields[name]
-        except KeyError:
-            raise AttributeError(name) from None
-        return Fields(value) if isinstance(value, dict) else value
-
-
 class LeanLeaseClient:
     """The library client's lease calls on a greeted lean *connection*; *library* makes
     the library's client (not yet connected) when one is needed (see the module)."""
@@ -176,7 +160,7 @@ class LeanLeaseClient:
         timeout = self._timeout if wait == 0 or self._timeout is None \
             else None if wait is None else self._timeout + wait
         granted = self._request(request, timeout)
-        return [Fields(lease) for lease in granted.fields["leases"]]
+        return [leanwire.Fields(lease) for lease in granted.fields["leases"]]
 
     def renew_lock(self, lock_id: str, ttl: float | None = None,
                    resource: str | None = None) -> Any:
@@ -187,7 +171,7 @@ class LeanLeaseClient:
             request["ttl"] = ttl
         if resource is not None:
             request["resource"] = resource
-        return Fields(self._request(request, self._timeout).fields["lease"])
+        return leanwire.Fields(self._request(request, self._timeout).fields["lease"])
 
     def release_lock(self, lock_id: str, resource: str | None = None) -> None:
         if self._library is not None:
@@ -223,4 +207,4 @@ class LeanLeaseClient:
             if isinstance(exc, Unavailable):
                 self.close()
             raise
-        return None if notice is None else Fields(notice)
+        return None if notice is None else leanwire.Fields(notice)

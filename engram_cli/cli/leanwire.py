@@ -319,6 +319,22 @@ class Reply:
         return msgspec.msgpack.decode(self.body, type=AnyServerMessage)
 
 
+class Fields:
+    """A message's fields read as attributes (``lease.lock_id``, ``notice.lease``)."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._fields = fields
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            value = self._fields[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return Fields(value) if isinstance(value, dict) else value
+
+
 class Connection:
     """One greeted connection to engramd (see the module)."""
 

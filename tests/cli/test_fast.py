@@ -353,3 +353,86 @@ def test_a_reader_gone_is_exit_0_on_both_paths(recorder: Recorder, env: dict[str
         finally:
             os.close(write_end)
         assert (done.returncode, done.stderr) == (0, b""), (code, done)
+
+
+# -- the edit guard's verdict with leases about ------------------------------------------
+
+
+def _edit(path: str) -> bytes:
+    return msgspec.json.encode({"tool_input": {"file_path": path}, "cwd": "/"})
+
+
+@pytest.fixture
+def leases_about(threaded_daemon: ThreadedDaemon, scratch: str, env: dict[str, str]
+                 ) -> Iterator[str]:
+    """Leases of every kind the guard tells apart, under *scratch* (no repository):
+    another agent's on a file, a directory, a glob and a plain name; this session's own
+    (the hooks run with ENGRAM_SESSION_PID set to this process); and one of the same
+    agent in another session (a ``lock run`` of its own)."""
+    from engram_cli.client import paths
+
+    work = os.path.join(scratch, "work")
+    os.makedirs(os.path.join(work, "dir"))
+    os.makedirs(os.path.join(work, "glob"))
+    socket_path = threaded_daemon.config.socket
+    with Client(socket_path, agent_id="other", autostart=False, env={}) as other, \
+            Client(socket_path, agent_id="tester", autostart=False, env={}) as mine:
+        other.acquire_lock([paths.resource(os.path.join(work, "held.py")),
+                            paths.resource(os.path.join(work, "dir") + "/"),
+                            paths.resource(os.path.join(work, "glob", "*.py")),
+                            "deploy:prod"], ttl=300)
+        mine.acquire_lock(paths.resource(os.path.join(work, "mine.py")), ttl=300,
+                          pid=os.getpid())
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "engram_cli", "lock", "run", "--path",
+             os.path.join(work, "theirs.py"), "--", "sleep", "60"],
+            env={**env, "ENGRAM_SOCKET": socket_path, "ENGRAM_AGENT": "tester"})
+        try:
+            wait_until(lambda: len(paths.leases_of(mine.list_locks())) == 6,
+                       "the other session's lock run to hold its lease")
+            yield work
+        finally:
+            runner.terminate()
+            runner.wait(timeout=30)
+
+
+GUARDED = [("held.py", True), ("dir/a.py", True), ("glob/x.py", True),
+           ("glob/x.txt", False), ("mine.py", False), ("free.py", False),
+           ("theirs.py", True)]
+
+
+def test_the_edit_guard_judges_every_kind_of_lease_as_the_typer_path(
+        leases_about: str, threaded_daemon: ThreadedDaemon, env: dict[str, str]) -> None:
+    env = {**env, "ENGRAM_SOCKET": threaded_daemon.config.socket,
+           "ENGRAM_NO_AUTOSTART": "1", "ENGRAM_SESSION_PID": str(os.getpid())}
+    for relative, in_the_way in GUARDED:
+        for harness in ([], ["--harness", "cursor"], ["--guard", "block"]):
+            args = ["hook", "pre-edit", *harness]
+            edit = _edit(os.path.join(leases_about, relative))
+            typer_said = _run(["-c", TYPER], args, env, edit)
+            fast_said = _run(["-m", "engram_cli"], args, env, edit)
+            assert fast_said == typer_said, (relative, harness)
+            assert ("is leased by" in fast_said[0]) == in_the_way, (relative, fast_said)
+
+
+def test_the_edit_guard_needs_no_msgspec_for_leases_that_cannot_be_in_the_way(
+        threaded_daemon: ThreadedDaemon, scratch: str, env: dict[str, str]) -> None:
+    """This session's own leases and plain names of others are judged on the lean path
+    (any lease at all sent it down the library's before)."""
+    from engram_cli.client import paths
+
+    mine_path = os.path.join(scratch, "mine.py")
+    code = ("import sys; from engram_cli.cli import fast; status = fast.main(sys.argv[1:]); "
+            "print(status, sorted(m for m in ('typer', 'click', 'rich', 'msgspec', 'typing') "
+            "if m in sys.modules))")
+    socket_path = threaded_daemon.config.socket
+    env = {**env, "ENGRAM_SOCKET": socket_path, "ENGRAM_SESSION_PID": str(os.getpid())}
+    with Client(socket_path, agent_id="other", autostart=False, env={}) as other, \
+            Client(socket_path, agent_id="tester", autostart=False, env={}) as mine:
+        other.acquire_lock("deploy:prod", ttl=300)
+        mine.acquire_lock(paths.resource(mine_path), ttl=300, pid=os.getpid())
+        for edited in (mine_path, os.path.join(scratch, "free.py")):
+            done = subprocess.run([sys.executable, "-c", code, "hook", "pre-edit"], env=env,
+                                  input=_edit(edited), capture_output=True, timeout=60,
+                                  check=True)
+            assert done.stdout.decode().splitlines() == ["0 []"], (edited, done)
