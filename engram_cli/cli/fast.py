@@ -306,14 +306,15 @@ def _ping(root: Values, values: Values, context: Callable[[], CliContext]) -> in
         if connection is not None:
             rtts = []
             count = values["count"]
+            pid = connection.greeting.read(lambda welcome: welcome["pid"])
             for _ in range(count):
                 started = time.perf_counter()
-                pong = connection.request({"msg": "ping", "id": 0}).fields
+                pong = connection.request({"msg": "ping", "id": 0})
                 rtt_ms = (time.perf_counter() - started) * 1000
                 rtts.append(rtt_ms)
-                leanwire.write(_plain(f"pong from engramd {pong['daemon_version']} (pid "
-                                      f"{connection.welcome['pid']}) in {rtt_ms:.3f} ms")
-                               + "\n")
+                version = pong.read(lambda fields: fields["daemon_version"])
+                leanwire.write(_plain(f"pong from engramd {version} (pid {pid}) in "
+                                      f"{rtt_ms:.3f} ms") + "\n")
             if count > 1:
                 leanwire.write(_plain(f"{count} pings, rtt min/avg/max = {min(rtts):.3f}/"
                                       f"{sum(rtts) / count:.3f}/{max(rtts):.3f} ms") + "\n")
@@ -346,7 +347,7 @@ def _unit_create(root: Values, values: Values,
     connection.close()
     from engram_cli.cli import leanwire
 
-    leanwire.write(_plain(created.fields["units"][0]["id"]) + "\n")
+    leanwire.write(created.read(lambda fields: _plain(fields["units"][0]["id"])) + "\n")
     return 0
 
 
@@ -398,8 +399,8 @@ def _lock_acquire(root: Values, values: Values,
     connection.close()
     from engram_cli.cli import leanwire
 
-    leanwire.write("".join(_plain(lease["lock_id"]) + "\n"
-                           for lease in granted.fields["leases"]))
+    leanwire.write(granted.read(lambda fields: "".join(_plain(lease["lock_id"]) + "\n"
+                                                      for lease in fields["leases"])))
     return 0
 
 
@@ -459,7 +460,17 @@ def _hook_pre_edit(root: Values, values: Values,
                                {"msg": "lock.list", "id": 0, "agent": None, "prefix": ""})
     if page is None:
         return 0
-    if not _may_stand_in_the_way(page.fields["locks"], agent, session):
+    try:
+        in_the_way = page.read(lambda fields: _may_stand_in_the_way(fields["locks"], agent,
+                                                                   session))
+    except Exception as exc:
+        from engram_cli.client.errors import EngramError
+
+        if not isinstance(exc, EngramError):
+            raise
+        _nothing(runner)  # an answer it cannot read: a hook fails open, as the library's
+        return 0
+    if not in_the_way:
         _nothing(runner)  # no lease anywhere (the commonest case), or none that matters
         return 0
     from engram_cli.cli.hot import hook
@@ -520,7 +531,15 @@ def _hook_prompt(root: Values, values: Values,
     counted = _asked_failing_open(connection, runner, {"msg": "inbox.count", "id": 0})
     if counted is None:
         return 0
-    unread = counted.fields["unread"]
+    try:
+        unread = counted.read(lambda fields: fields["unread"] + 0)  # (an int)
+    except Exception as exc:
+        from engram_cli.client.errors import EngramError
+
+        if not isinstance(exc, EngramError):
+            raise
+        _nothing(runner)  # an answer it cannot read: a hook fails open, as the library's
+        return 0
     if not unread:
         _nothing(runner)
         return 0

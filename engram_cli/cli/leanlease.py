@@ -160,7 +160,7 @@ class LeanLeaseClient:
         timeout = self._timeout if wait == 0 or self._timeout is None \
             else None if wait is None else self._timeout + wait
         granted = self._request(request, timeout)
-        return [leanwire.Fields(lease) for lease in granted.fields["leases"]]
+        return granted.read(lambda fields: [_lease(lease) for lease in fields["leases"]])
 
     def renew_lock(self, lock_id: str, ttl: float | None = None,
                    resource: str | None = None) -> Any:
@@ -171,7 +171,8 @@ class LeanLeaseClient:
             request["ttl"] = ttl
         if resource is not None:
             request["resource"] = resource
-        return leanwire.Fields(self._request(request, self._timeout).fields["lease"])
+        renewed = self._request(request, self._timeout)
+        return renewed.read(lambda fields: _lease(fields["lease"]))
 
     def release_lock(self, lock_id: str, resource: str | None = None) -> None:
         if self._library is not None:
@@ -208,3 +209,14 @@ class LeanLeaseClient:
                 self.close()
             raise
         return None if notice is None else leanwire.Fields(notice)
+
+
+LEASE_FIELDS = ("resource", "holder", "lock_id", "fencing_token", "ttl", "deadline_boottime",
+                "pid", "holder_pid")
+"""What lock run reads of a lease (so that a lease without them is told at once)."""
+
+
+def _lease(fields: dict[str, Any]) -> leanwire.Fields:
+    for name in LEASE_FIELDS:
+        fields[name]  # (a KeyError: the daemon's answer is malformed)
+    return leanwire.Fields(fields)

@@ -27,18 +27,28 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 PROTOCOL_VERSION = 1
 """engramd.protocol.PROTOCOL_VERSION (tests/cli/test_fast.py checks they agree)."""
 MAX_SOCKET_PATH_BYTES = 107
 RECEIVE_SIZE = 256 * 1024
+MAX_FRAME = 16 * 1024 * 1024
+"""engramd.protocol.DEFAULT_MAX_FRAME: the longest frame the client library reads (tests
+check they agree)."""
 NOTICE = "lease.lost"
 """The tag of the one notice there is (engramd.protocol.LeaseLost)."""
 
 
 class Unreached(Exception):
     """The daemon could not be reached or greeted; nothing was sent but the hello."""
+
+
+class BadFrame(ValueError):
+    """A length prefix the library refuses too (its words: zero, or over its limit)."""
 
 
 # -- MessagePack ------------------------------------------------------------------
@@ -318,6 +328,29 @@ class Reply:
 
         return msgspec.msgpack.decode(self.body, type=AnyServerMessage)
 
+    def read(self, reading: Callable[[dict[str, Any]], T]) -> T:
+        """``reading(fields)``: what a hot command takes of this answer. An answer that
+        does not hold it (a field missing, of another type) is told as the library tells
+        an unreadable message, in msgspec's words about its frame."""
+        try:
+            return reading(self.fields)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            problem = self.unreadable()
+            if problem is None:
+                raise  # msgspec reads it: the reading is wrong, not the daemon
+            raise problem from None
+
+    def unreadable(self) -> Exception | None:
+        """The library's error for this frame (Unavailable: a protocol error), or None
+        when msgspec reads it as a message of the protocol."""
+        try:
+            self.decoded()
+        except (ValueError, RecursionError) as exc:  # (msgspec's errors are ValueErrors)
+            problem: Exception = _errors().Unavailable(
+                f"protocol error: unreadable message from the daemon: {exc}")
+            return problem
+        return None
+
 
 class Fields:
     """A message's fields read as attributes (``lease.lock_id``, ``notice.lease``)."""
@@ -376,6 +409,7 @@ class Connection:
         if welcome.fields.get("msg") != "welcome":
             self.close()
             raise Unreached("the daemon did not welcome us")
+        self.greeting = welcome
         self.welcome = welcome.fields
 
     def request(self, message: dict[str, Any], timeout: float | None = -1.0) -> Reply:
@@ -403,13 +437,15 @@ class Connection:
                 f"lost the connection to engramd: {exc.strerror}") from None
         except Unreached:
             raise _errors().Unavailable("engramd closed the connection") from None
+        except BadFrame as exc:
+            raise _errors().Unavailable(f"protocol error: {exc}") from None
         except ValueError as exc:
             raise _errors().Unavailable(
                 f"protocol error: unreadable message from the daemon: {exc}") from None
         if reply.fields.get("msg") == "error":
             from engramd.protocol import error_for
 
-            raise error_for(reply.fields["code"], reply.fields["message"])
+            raise reply.read(lambda fields: error_for(fields["code"], fields["message"]))
         return reply
 
     def _parting_error(self) -> None:
@@ -467,6 +503,8 @@ class Connection:
                     f"lost the connection to engramd: {exc.strerror}") from None
             except Unreached:
                 raise _errors().Unavailable("engramd closed the connection") from None
+            except BadFrame as exc:
+                raise _errors().Unavailable(f"protocol error: {exc}") from None
             except ValueError as exc:
                 raise _errors().Unavailable(
                     f"protocol error: unreadable message from the daemon: {exc}") from None
@@ -491,7 +529,10 @@ class Connection:
             if len(self._buffer) >= 4:
                 (length,) = struct.unpack_from(">I", self._buffer)
                 if not length:
-                    raise ValueError("zero-length frame")
+                    raise BadFrame("zero-length frame")
+                if length > MAX_FRAME:
+                    raise BadFrame(f"frame of {length} bytes exceeds the limit of "
+                                   f"{MAX_FRAME} bytes")
                 if len(self._buffer) >= 4 + length:
                     body = self._buffer[4:4 + length]
                     self._buffer = self._buffer[4 + length:]

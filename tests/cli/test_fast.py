@@ -10,8 +10,9 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from engram_cli.cli import fast, leanwire
 from engram_cli.client import Client
 from engramd.protocol import PROTOCOL_VERSION, AnyClientMessage, resolve_socket_path
-from engramd.protocol.framing import FrameDecoder
+from engramd.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from tests.conftest import ThreadedDaemon, make_config, start_threaded, wait_until
 
 ROOT = Path(__file__).parent.parent.parent
@@ -39,6 +40,7 @@ def test_the_fast_start_agrees_with_what_it_copies() -> None:
 
     assert (fast.HOOK_TIMEOUT, fast.DEFAULT_TIMEOUT) == (HOOK_TIMEOUT, DEFAULT_TIMEOUT)
     assert leanwire.PROTOCOL_VERSION == PROTOCOL_VERSION
+    assert leanwire.MAX_FRAME == DEFAULT_MAX_FRAME
 
 
 @given(st.fixed_dictionaries({}, optional={
@@ -436,3 +438,96 @@ def test_the_edit_guard_needs_no_msgspec_for_leases_that_cannot_be_in_the_way(
                                   input=_edit(edited), capture_output=True, timeout=60,
                                   check=True)
             assert done.stdout.decode().splitlines() == ["0 []"], (edited, done)
+
+
+# -- a daemon's answer the client cannot read -----------------------------------------
+
+
+class Mangler(Recorder):
+    """A socket in front of the daemon's that spoils its answers of one kind (*tag*):
+    *spoil* takes the answer's fields and gives the frame to send instead (its length
+    prefix too)."""
+
+    def __init__(self, path: str, daemon: str, tag: str,
+                 spoil: Callable[[dict[str, object]], bytes]) -> None:
+        self.tag, self.spoil = tag, spoil
+        self.spoiled = 0
+        super().__init__(path, daemon)
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
+        if record:
+            super()._pipe(source, sink, record)
+            return
+        frames = FrameDecoder()
+        try:
+            while data := source.recv(65536):
+                frames.receive_data(data)
+                while (body := frames.next_frame()) is not None:
+                    fields = msgspec.msgpack.decode(body)
+                    if fields.get("msg") == self.tag:
+                        self.spoiled += 1
+                        sink.sendall(self.spoil(fields))
+                    else:
+                        sink.sendall(len(body).to_bytes(4, "big") + body)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def _without(*path: str | int) -> Callable[[dict[str, object]], bytes]:
+    def spoil(fields: dict[str, object]) -> bytes:
+        *parents, last = path
+        inner: Any = fields
+        for step in parents:
+            inner = inner[step]
+        del inner[last]
+        body = msgspec.msgpack.encode(fields)
+        return len(body).to_bytes(4, "big") + body
+    return spoil
+
+
+def _too_large(fields: dict[str, object]) -> bytes:
+    return (16 * 1024 * 1024 + 1).to_bytes(4, "big")
+
+
+SPOILED = [
+    (["ping"], "pong", _without("daemon_version")),
+    (["ping"], "pong", _too_large),
+    (["unit", "create", "-c", "spoiled", "-p", "x"], "unit.created", _without("units")),
+    (["unit", "create", "-c", "spoiled", "-p", "x"], "unit.created",
+     _without("units", 0, "id")),
+    (["lock", "acquire", "res:spoiled", "-n"], "lock.granted",
+     _without("leases", 0, "lock_id")),
+    (["hook", "prompt"], "inbox.counted", _without("unread")),
+    (["hook", "prompt", "--harness", "cursor"], "inbox.counted", _too_large),
+]
+
+
+@pytest.mark.parametrize(("args", "tag", "spoil"), SPOILED,
+                         ids=[f"{' '.join(args)}:{spoil.__name__}" for args, _, spoil in SPOILED])
+def test_an_answer_the_client_cannot_read_is_told_as_the_library_tells_it(
+        threaded_daemon: ThreadedDaemon, scratch: str, env: dict[str, str], args: list[str],
+        tag: str, spoil: Callable[[dict[str, object]], bytes]) -> None:
+    """The lean path read what it needed of a same-uid daemon's answers and trusted the
+    rest: a missing field was an internal error (exit 1), a frame of any size was read.
+    Now: the library's protocol error (a hook fails open), in msgspec's words."""
+    mangler = Mangler(os.path.join(scratch, "mangle.sock"), threaded_daemon.config.socket,
+                      tag, spoil)
+    try:
+        env = {**env, "ENGRAM_SOCKET": mangler.path, "ENGRAM_NO_AUTOSTART": "1"}
+        typer_said = _run(["-c", TYPER], args, env, b"{}")
+        if tag == "lock.granted":  # granted, though its answer was spoiled: free it again
+            with Client(threaded_daemon.config.socket, agent_id="ops", autostart=False,
+                        env={}) as ops:
+                ops.break_lock(args[2], "the next run asks for it")
+        fast_said = _run(["-m", "engram_cli"], args, env, b"{}")
+    finally:
+        mangler.close()
+    assert mangler.spoiled == 2  # (one answer to each path)
+    assert fast_said == typer_said
+    assert "internal" not in fast_said[1] and fast_said[2] in (0, 69), fast_said
