@@ -406,6 +406,11 @@ class Connection:
         except BaseException:  # its refusal (too many connections, another uid): told
             self.close()
             raise
+        if welcome.fields.get("msg") == "error":  # refused (a token, say): told once
+            self.close()
+            from engramd.protocol import error_for
+
+            raise welcome.read(lambda fields: error_for(fields["code"], fields["message"]))
         if welcome.fields.get("msg") != "welcome":
             self.close()
             raise Unreached("the daemon did not welcome us")

@@ -531,3 +531,25 @@ def test_an_answer_the_client_cannot_read_is_told_as_the_library_tells_it(
     assert mangler.spoiled == 2  # (one answer to each path)
     assert fast_said == typer_said
     assert "internal" not in fast_said[1] and fast_said[2] in (0, 69), fast_said
+
+
+@pytest.mark.parametrize("args", [["ping"], ["unit", "create", "-c", "c", "-p", "x"],
+                                  ["lock", "run", "res:r", "--", "true"], ["hook", "prompt"]])
+def test_a_hello_refused_is_asked_once_and_told_as_the_library_tells_it(
+        recorder: Recorder, env: dict[str, str], args: list[str]) -> None:
+    """A token the daemon does not know: the lean path took its refusal of the hello for
+    a daemon it could not greet and let the library ask again (refused, and logged,
+    twice)."""
+    env = {**env, "ENGRAM_SOCKET": recorder.path, "ENGRAM_NO_AUTOSTART": "1",
+           "ENGRAM_TOKEN": "not-a-token"}
+    said = []
+    for code in (["-c", TYPER], ["-m", "engram_cli"]):
+        recorder.take()
+        said.append(_run(code, args, env, b"{}"))
+        assert [frame for frame in recorder.take()
+                if isinstance(frame, dict)] == [REFUSED_HELLO], code
+    assert said[0] == said[1]
+
+
+REFUSED_HELLO = {"msg": "hello", "protocol_version": PROTOCOL_VERSION,
+                 "client_name": "engram-cli", "agent_id": "tester", "token": "not-a-token"}
