@@ -302,7 +302,11 @@ def fast_table() -> str:
         for word in path:
             command = command.get_command(ctx, word)
             ctx = typer.Context(command, info_name=word, parent=ctx)
-        lines.append(f"    {path!r}: ({bool(command.allow_interspersed_args)!r}, (")
+        # A command's context_settings are what its Context takes (lock run's
+        # allow_interspersed_args=False is there, not on the command).
+        interspersed = command.context_settings.get("allow_interspersed_args",
+                                                     command.allow_interspersed_args)
+        lines.append(f"    {path!r}: ({bool(interspersed)!r}, (")
         lines += [f"        {_fast_param(param)!r}," for param in command.params]
         lines.append("    )),")
     lines += ["}", ""]

@@ -217,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         if told is None:  # ENGRAM_DEBUG=1
             raise
         return told
+    except SystemExit as exc:
+        # Click ends a command whose reader went away (EPIPE) with exit 1, even when
+        # not standalone; not our failure (SPECS: 0, as the fast start says).
+        if isinstance(exc.__context__, BrokenPipeError):
+            return failure(exc.__context__, as_json) or ExitCode.OK
+        raise
     except Exception as exc:
         if os.environ.get("ENGRAM_DEBUG") == "1":
             raise

@@ -30,13 +30,15 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterator, Mapping
-from typing import NoReturn
 
-import msgspec
+from engram_cli.cli import leanwire
 
-from engram_cli.client.errors import EngramError, ExitCode
-from engramd.protocol import ErrorCode
+TYPE_CHECKING = False  # (no typing, msgspec nor the protocol: lock run starts lean)
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+    from typing import NoReturn
+
+    from engram_cli.client.errors import EngramError, ExitCode
 
 KILL_WAIT_SECONDS = 5.0
 """How long processes may take to die after SIGKILL before engram gives up on them."""
@@ -46,18 +48,14 @@ POLL_SECONDS = 0.02
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
-_env_decoder = msgspec.msgpack.Decoder(dict[str, str])
 
 
-class CannotRun(EngramError):
-    """CMD cannot be found (127) or started (126), as ``env`` and ``timeout`` say."""
+def cannot_run(message: str, exit_code: ExitCode) -> EngramError:
+    """:class:`.cannotrun.CannotRun` (imported when CMD cannot run: the errors bring the
+    protocol, which a lean start of lock run does without)."""
+    from engram_cli.cli.cannotrun import CannotRun
 
-    def __init__(self, message: str, exit_code: ExitCode) -> None:
-        # In a --json error: not_found for a CMD that is not there, forbidden for one
-        # that may not be run (the words of the protocol, whoever found it).
-        super().__init__(message, ErrorCode.NOT_FOUND if exit_code == ExitCode.COMMAND_NOT_FOUND
-                         else ErrorCode.FORBIDDEN)
-        self.exit_code = exit_code
+    return CannotRun(message, exit_code)
 
 
 def clock() -> float:
@@ -133,7 +131,9 @@ class Command:
         if self.terminal is not None:  # engram now writes and waits in the background
             self._ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         try:
-            os.write(self._go, msgspec.msgpack.encode(dict(env)))
+            packed = bytearray()
+            leanwire.pack(dict(env), packed)  # (as msgspec writes it)
+            os.write(self._go, bytes(packed))
         except BrokenPipeError:
             pass  # it died waiting: its status says how
         finally:
@@ -142,11 +142,13 @@ class Command:
         os.close(self._errors)
         if failure:
             number = int(failure)
+            from engram_cli.client.errors import ExitCode
+
             code = (ExitCode.COMMAND_NOT_FOUND if number == errno.ENOENT
                     else ExitCode.CANNOT_RUN)
             self.reap()
             why = os.strerror(number) if number else "it could not be started"
-            raise CannotRun(f"cannot run {self.argv[0]}: {why}", code)
+            raise cannot_run(f"cannot run {self.argv[0]}: {why}", code)
 
     def abandon(self) -> None:
         """Let the waiting child go without running CMD."""
@@ -336,7 +338,7 @@ def _child(argv: list[str], go: int, errors: int, parent: int,
         message = _read_all(go)
         if not message:  # abandoned: no lease, nothing to run
             os._exit(0)
-        env = {**os.environ, **_env_decoder.decode(message)}
+        env = {**os.environ, **leanwire.unpack(message)}
         if terminal is not None:
             _give_terminal(terminal, os.getpgrp())
         for signum in (signal.SIGPIPE, signal.SIGXFSZ):  # as subprocess resets them

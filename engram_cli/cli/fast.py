@@ -306,14 +306,15 @@ def _ping(root: Values, values: Values, context: Callable[[], CliContext]) -> in
         if connection is not None:
             rtts = []
             count = values["count"]
+            pid = connection.greeting.read(lambda welcome: welcome["pid"])
             for _ in range(count):
                 started = time.perf_counter()
-                pong = connection.request({"msg": "ping", "id": 0}).fields
+                pong = connection.request({"msg": "ping", "id": 0})
                 rtt_ms = (time.perf_counter() - started) * 1000
                 rtts.append(rtt_ms)
-                leanwire.write(_plain(f"pong from engramd {pong['daemon_version']} (pid "
-                                      f"{connection.welcome['pid']}) in {rtt_ms:.3f} ms")
-                               + "\n")
+                version = pong.read(lambda fields: fields["daemon_version"])
+                leanwire.write(_plain(f"pong from engramd {version} (pid {pid}) in "
+                                      f"{rtt_ms:.3f} ms") + "\n")
             if count > 1:
                 leanwire.write(_plain(f"{count} pings, rtt min/avg/max = {min(rtts):.3f}/"
                                       f"{sum(rtts) / count:.3f}/{max(rtts):.3f} ms") + "\n")
@@ -346,7 +347,7 @@ def _unit_create(root: Values, values: Values,
     connection.close()
     from engram_cli.cli import leanwire
 
-    leanwire.write(_plain(created.fields["units"][0]["id"]) + "\n")
+    leanwire.write(created.read(lambda fields: _plain(fields["units"][0]["id"])) + "\n")
     return 0
 
 
@@ -361,6 +362,9 @@ def _lock_acquire(root: Values, values: Values,
         return lock.acquire(context(), **values)
     import time
 
+    from engram_cli.cli.hot.checks import wire_int
+
+    wire_int(values["pid"], "--pid")
     wait = lock._wait(values["wait"], values["no_wait"])
     request: dict[str, Any] = {"msg": "lock.acquire", "id": 0,
                                "resources": values["resources"]}
@@ -380,9 +384,9 @@ def _lock_acquire(root: Values, values: Values,
     try:
         granted = connection.request(request, timeout=timeout)
     except Exception as exc:
-        from engram_cli.cli.waiting import PASSING, acquire_waiting
+        from engram_cli.cli.waiting import acquire_waiting, passing
 
-        if wait == 0 or not isinstance(exc, PASSING):
+        if wait == 0 or not isinstance(exc, passing()):
             raise
         connection.close()  # the daemon went away: wait on for it as the library does
         cli = context()
@@ -395,9 +399,29 @@ def _lock_acquire(root: Values, values: Values,
     connection.close()
     from engram_cli.cli import leanwire
 
-    leanwire.write("".join(_plain(lease["lock_id"]) + "\n"
-                           for lease in granted.fields["leases"]))
+    leanwire.write(granted.read(lambda fields: "".join(_plain(lease["lock_id"]) + "\n"
+                                                      for lease in fields["leases"])))
     return 0
+
+
+def _lock_run(root: Values, values: Values, context: Callable[[], CliContext]) -> int | None:
+    from engram_cli.cli.hot import lock
+
+    options = {name: value for name, value in values.items() if name != "json"}
+    # In the order the library's path takes them: the command line, the connection,
+    # then CMD (whether it can be run) and the leases.
+    found, command, ttl, wait, shared = lock.run_plan(**options)
+    connection = _lean(root, root["agent"], DEFAULT_TIMEOUT)
+    if connection is None:
+        return lock.run(context(), **options)
+    from engram_cli.cli import leanwire
+    from engram_cli.cli.leanlease import LeanLeaseClient
+    from engram_cli.cli.lockrun import run_holding  # threads and signals: only lock run
+
+    client = LeanLeaseClient(
+        connection, agent_id=leanwire.agent_name(root["agent"]),
+        library=lambda: context().client(connected=False))
+    return run_holding(client, found, command, ttl=ttl, wait=wait, shared=shared)
 
 
 def _hook_pre_edit(root: Values, values: Values,
@@ -436,14 +460,42 @@ def _hook_pre_edit(root: Values, values: Values,
                                {"msg": "lock.list", "id": 0, "agent": None, "prefix": ""})
     if page is None:
         return 0
-    if not page.fields["locks"]:
-        _nothing(runner)  # no lease anywhere: the commonest case
+    try:
+        in_the_way = page.read(lambda fields: _may_stand_in_the_way(fields["locks"], agent,
+                                                                   session))
+    except Exception as exc:
+        from engram_cli.client.errors import EngramError
+
+        if not isinstance(exc, EngramError):
+            raise
+        _nothing(runner)  # an answer it cannot read: a hook fails open, as the library's
+        return 0
+    if not in_the_way:
+        _nothing(runner)  # no lease anywhere (the commonest case), or none that matters
         return 0
     from engram_cli.cli.hot import hook
 
     hook.guard_answer(page.decoded().locks, agent, session, paths, cwd, runner,
                       values["guard"])
     return 0
+
+
+def _may_stand_in_the_way(states: list[Values], agent: str, session: int) -> bool:
+    """Whether a lease of *states* (``lock.page``'s, as plain data) might stand in the way
+    of an edit: a lease on a file (a ``file:`` name: a file, a directory, a glob) held
+    in another session (the guard's own rule: :func:`engram_cli.client.session.own`).
+    Any other lease never does (an edit is always of a ``file:`` name, and a plain
+    name covers only itself); those that might are judged by the guard itself
+    (:func:`engram_cli.cli.hot.hook.guard_answer`, which asks git where the file is)."""
+    from engram_cli.cli.leanwire import Fields
+    from engram_cli.client.session import own
+
+    for state in states:
+        for lease in state["leases"] or ([state["lease"]] if state["lease"] else []):
+            if lease["resource"].startswith("file:") and not own(Fields(lease), agent,
+                                                                     session):
+                return True
+    return False
 
 
 def _asked_failing_open(connection: Connection, runner: str, message: Values
@@ -479,7 +531,15 @@ def _hook_prompt(root: Values, values: Values,
     counted = _asked_failing_open(connection, runner, {"msg": "inbox.count", "id": 0})
     if counted is None:
         return 0
-    unread = counted.fields["unread"]
+    try:
+        unread = counted.read(lambda fields: fields["unread"] + 0)  # (an int)
+    except Exception as exc:
+        from engram_cli.client.errors import EngramError
+
+        if not isinstance(exc, EngramError):
+            raise
+        _nothing(runner)  # an answer it cannot read: a hook fails open, as the library's
+        return 0
     if not unread:
         _nothing(runner)
         return 0
@@ -503,8 +563,7 @@ def _nothing(runner: str) -> None:
         sys.stdout.flush()
 
 
-def _library(module: str, function: str, *, terminal_ok: bool = True,
-             drop: str = "") -> Handler:
+def _library(module: str, function: str, *, terminal_ok: bool = True) -> Handler:
     """A hot command run by :mod:`.hot`'s code with the client library (None: on a
     terminal without --json, where its view needs rich, the Typer app runs it)."""
 
@@ -515,8 +574,7 @@ def _library(module: str, function: str, *, terminal_ok: bool = True,
         if not terminal_ok and _terminal() and not (root["json"] or values.get("json")):
             raise _ToTyper
         code = getattr(importlib.import_module(f"engram_cli.cli.hot.{module}"), function)
-        status: int | None = code(context(), **{name: value for name, value in values.items()
-                                                if name != drop})
+        status: int | None = code(context(), **values)
         return status
 
     return handler
@@ -539,7 +597,7 @@ HANDLERS: dict[tuple[str, ...], Handler] = {
     ("lock", "acquire"): _lock_acquire,
     ("lock", "release"): _library("lock", "release"),
     ("lock", "renew"): _library("lock", "renew"),
-    ("lock", "run"): _library("lock", "run", drop="json"),
+    ("lock", "run"): _lock_run,
     ("hook", "pre-edit"): _hook_pre_edit,
     ("hook", "prompt"): _hook_prompt,
     ("hook", "session-start"): _library("hook", "session_start"),

@@ -83,7 +83,7 @@ COMMANDS = {
         ('ttl', 'option', ('--ttl',), False, False, 1, 'float', None, None, None, None, False),
         ('json', 'option', ('--json',), True, False, 1, 'bool', None, None, None, False, False),
     )),
-    ('lock', 'run'): (True, (
+    ('lock', 'run'): (False, (
         ('resources', 'argument', ('resources',), False, False, -1, 'str', None, None, None, None, True),
         ('path', 'option', ('--path', '-p'), False, True, 1, 'str', None, None, None, None, False),
         ('shared', 'option', ('--shared',), True, False, 1, 'bool', None, None, None, False, False),

@@ -27,16 +27,28 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 PROTOCOL_VERSION = 1
 """engramd.protocol.PROTOCOL_VERSION (tests/cli/test_fast.py checks they agree)."""
 MAX_SOCKET_PATH_BYTES = 107
 RECEIVE_SIZE = 256 * 1024
+MAX_FRAME = 16 * 1024 * 1024
+"""engramd.protocol.DEFAULT_MAX_FRAME: the longest frame the client library reads (tests
+check they agree)."""
+NOTICE = "lease.lost"
+"""The tag of the one notice there is (engramd.protocol.LeaseLost)."""
 
 
 class Unreached(Exception):
     """The daemon could not be reached or greeted; nothing was sent but the hello."""
+
+
+class BadFrame(ValueError):
+    """A length prefix the library refuses too (its words: zero, or over its limit)."""
 
 
 # -- MessagePack ------------------------------------------------------------------
@@ -316,6 +328,45 @@ class Reply:
 
         return msgspec.msgpack.decode(self.body, type=AnyServerMessage)
 
+    def read(self, reading: Callable[[dict[str, Any]], T]) -> T:
+        """``reading(fields)``: what a hot command takes of this answer. An answer that
+        does not hold it (a field missing, of another type) is told as the library tells
+        an unreadable message, in msgspec's words about its frame."""
+        try:
+            return reading(self.fields)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            problem = self.unreadable()
+            if problem is None:
+                raise  # msgspec reads it: the reading is wrong, not the daemon
+            raise problem from None
+
+    def unreadable(self) -> Exception | None:
+        """The library's error for this frame (Unavailable: a protocol error), or None
+        when msgspec reads it as a message of the protocol."""
+        try:
+            self.decoded()
+        except (ValueError, RecursionError) as exc:  # (msgspec's errors are ValueErrors)
+            problem: Exception = _errors().Unavailable(
+                f"protocol error: unreadable message from the daemon: {exc}")
+            return problem
+        return None
+
+
+class Fields:
+    """A message's fields read as attributes (``lease.lock_id``, ``notice.lease``)."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._fields = fields
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            value = self._fields[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return Fields(value) if isinstance(value, dict) else value
+
 
 class Connection:
     """One greeted connection to engramd (see the module)."""
@@ -326,6 +377,8 @@ class Connection:
         self.timeout = timeout
         self._next_id = 1
         self._buffer = b""
+        self.notices: list[dict[str, Any]] = []
+        """The daemon's notices (a lease lost) heard while waiting for answers."""
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
@@ -357,9 +410,15 @@ class Connection:
         except BaseException:  # its refusal (too many connections, another uid): told
             self.close()
             raise
+        if welcome.fields.get("msg") == "error":  # refused (a token, say): told once
+            self.close()
+            from engramd.protocol import error_for
+
+            raise welcome.read(lambda fields: error_for(fields["code"], fields["message"]))
         if welcome.fields.get("msg") != "welcome":
             self.close()
             raise Unreached("the daemon did not welcome us")
+        self.greeting = welcome
         self.welcome = welcome.fields
 
     def request(self, message: dict[str, Any], timeout: float | None = -1.0) -> Reply:
@@ -388,13 +447,15 @@ class Connection:
                 f"lost the connection to engramd: {exc.strerror}") from None
         except Unreached:
             raise _errors().Unavailable("engramd closed the connection") from None
+        except BadFrame as exc:
+            raise _errors().Unavailable(f"protocol error: {exc}") from None
         except ValueError as exc:
             raise _errors().Unavailable(
                 f"protocol error: unreadable message from the daemon: {exc}") from None
         if reply.fields.get("msg") == "error":
             from engramd.protocol import error_for
 
-            raise error_for(reply.fields["code"], reply.fields["message"])
+            raise reply.read(lambda fields: error_for(fields["code"], fields["message"]))
         return reply
 
     def _parting_error(self) -> None:
@@ -417,24 +478,71 @@ class Connection:
 
     def _answer(self, request_id: int) -> Reply:
         while True:
-            body = self._frame()
-            fields = unpack(body)
-            if not isinstance(fields, dict):
-                raise ValueError("a message that is not a map")
-            if fields.get("msg") == "error" and fields.get("id") is None:  # goodbye
-                from engramd.protocol import error_for
+            reply = self._file(self._frame())
+            if reply is not None and reply.fields.get("id") == request_id:
+                return reply
 
-                raise error_for(fields["code"], fields["message"])
-            if fields.get("id") == request_id and "subscription" not in fields:
-                return Reply(body, fields)
-            # a push or a notice: not what a hot command waits for
+    def _file(self, body: bytes) -> Reply | None:
+        """A frame read: an answer (returned), a notice (kept) or a push (dropped); the
+        daemon's goodbye raised."""
+        fields = unpack(body)
+        if not isinstance(fields, dict):
+            raise ValueError("a message that is not a map")
+        if fields.get("msg") == "error" and fields.get("id") is None:  # goodbye
+            from engramd.protocol import error_for
+
+            raise error_for(fields["code"], fields["message"])
+        if fields.get("msg") == NOTICE:
+            self.notices.append(fields)
+        elif "subscription" not in fields:
+            return Reply(body, fields)
+        return None
+
+    def notice(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next notice, waiting up to *timeout* for one (None when none came);
+        raises as :meth:`request` does when the connection ends."""
+        if not self.notices:
+            self._sock.settimeout(timeout)
+            try:
+                while not self.notices:
+                    self._file(self._frame())
+            except TimeoutError:
+                return None
+            except OSError as exc:
+                raise _errors().Unavailable(
+                    f"lost the connection to engramd: {exc.strerror}") from None
+            except Unreached:
+                raise _errors().Unavailable("engramd closed the connection") from None
+            except BadFrame as exc:
+                raise _errors().Unavailable(f"protocol error: {exc}") from None
+            except ValueError as exc:
+                raise _errors().Unavailable(
+                    f"protocol error: unreadable message from the daemon: {exc}") from None
+        return self.notices.pop(0) if self.notices else None
+
+    def buffered(self) -> bool:
+        """Whether bytes the daemon sent wait here, read from the socket already."""
+        return bool(self._buffer)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def interrupt(self) -> None:
+        """Shut the connection down, from another thread: a wait on it returns."""
+        try:
+            self._sock.shutdown(_socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def _frame(self) -> bytes:
         while True:
             if len(self._buffer) >= 4:
                 (length,) = struct.unpack_from(">I", self._buffer)
                 if not length:
-                    raise ValueError("zero-length frame")
+                    raise BadFrame("zero-length frame")
+                if length > MAX_FRAME:
+                    raise BadFrame(f"frame of {length} bytes exceeds the limit of "
+                                   f"{MAX_FRAME} bytes")
                 if len(self._buffer) >= 4 + length:
                     body = self._buffer[4:4 + length]
                     self._buffer = self._buffer[4 + length:]

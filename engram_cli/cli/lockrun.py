@@ -21,31 +21,56 @@ leases are released. No process of CMD's group runs past the lease that covers i
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
-import shutil
 import signal
 import threading
 
-from engram_cli.cli import output
-from engram_cli.cli.cmdgroup import CannotRun, Command, become_subreaper, clock
-from engram_cli.cli.waiting import PASSING, RETRY_SECONDS, acquire_waiting
-from engram_cli.client import Client
-from engram_cli.client.errors import (
-    EngramError,
-    ExitCode,
-    NotFound,
-)
-from engramd.protocol import Lease, LeaseLost, LeaseTiming
+from engram_cli.cli import remarks
+from engram_cli.cli.cmdgroup import Command, become_subreaper, cannot_run, clock
+from engram_cli.cli.waiting import RETRY_SECONDS, acquire_waiting, passing
+
+TYPE_CHECKING = False  # (the library, the protocol: see .leanlease; errors when they come)
+if TYPE_CHECKING:
+    import datetime as dt
+    from typing import Any
+
+    from engram_cli.client import Client
+    from engram_cli.client.errors import EngramError
+    from engramd.protocol import Lease, LeaseLost
+
+    Holder = Client | Any  # the library's client, or .leanlease's
 
 SLICE_SECONDS = 0.25
 """The longest the keeper waits for a notice before it looks at the clock again."""
 POLL_SECONDS = 0.05
 """How often the main thread looks at the clock while CMD runs."""
+GRACE_SECONDS = 5.0
+MARGIN_SECONDS = 1.0
+"""engramd.protocol.model's (tests/cli/test_lock_run.py checks that :class:`LeaseTiming`
+is the protocol's)."""
 
-# The keeper retries these (as the wait in line does): the daemon is away, restarting,
-# recovering or busy.
-_PASSING = PASSING
+
+class LeaseTiming:
+    """:class:`engramd.protocol.LeaseTiming`, the one rule of lock run and the daemon
+    (see there), without importing the protocol (lock run starts lean)."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.renew_every = ttl / 3
+        self.grace = min(GRACE_SECONDS, ttl / 4)
+        self.margin = min(MARGIN_SECONDS, ttl / 10)
+
+    def kill_at(self, expiry: float) -> float:
+        return expiry - self.margin
+
+    def stop_at(self, expiry: float) -> float:
+        return self.kill_at(expiry) - self.grace
+
+
+def _errors() -> Any:
+    from engram_cli.client import errors
+
+    return errors
 
 
 class LeaseKeeper(threading.Thread):
@@ -55,7 +80,7 @@ class LeaseKeeper(threading.Thread):
     ``expiry`` is the earliest expiry confirmed so far (CLOCK_BOOTTIME).
     """
 
-    def __init__(self, client: Client, leases: list[Lease]) -> None:
+    def __init__(self, client: Holder, leases: list[Lease]) -> None:
         super().__init__(daemon=True, name="engram-lease-keeper")
         self.client = client
         self.leases = leases
@@ -89,7 +114,7 @@ class LeaseKeeper(threading.Thread):
         return (f"could not renew the lease on {names}{since}{why}; it ends in "
                 f"{left:.1f}s")
 
-    def finish(self) -> Client:
+    def finish(self) -> Holder:
         """Stop renewing; the client is the caller's again (it reconnects when used)."""
         self._done.set()
         self.client.interrupt()  # wake the thread from its wait for a notice
@@ -128,8 +153,10 @@ class LeaseKeeper(threading.Thread):
             return
         try:
             notice = self.client.lease_lost(max(0.001, timeout))
-        except EngramError as exc:  # the connection went: renewals will reconnect
-            self._away(exc)
+        except Exception as exc:
+            if not isinstance(exc, _errors().EngramError):
+                raise
+            self._away(exc)  # the connection went: renewals will reconnect
             return
         if notice is not None and self._ours(notice):
             self.lost = _lost(notice)
@@ -141,11 +168,13 @@ class LeaseKeeper(threading.Thread):
                 for lease in self.leases:
                     renewed.append(self.client.renew_lock(lease.lock_id,
                                                           resource=lease.resource))
-        except _PASSING as exc:
-            self._away(exc)
-            return False
-        except EngramError as exc:  # not found, forbidden: the lease is gone
-            self.lost = self._why_gone(exc)
+        except Exception as exc:
+            if isinstance(exc, passing()):
+                self._away(exc)
+            elif isinstance(exc, _errors().EngramError):  # not found, forbidden: gone
+                self.lost = self._why_gone(exc)
+            else:
+                raise
             return False
         self._away_since = None
         self.leases = renewed
@@ -153,6 +182,8 @@ class LeaseKeeper(threading.Thread):
         return True
 
     def _away(self, exc: EngramError) -> None:
+        import datetime as dt
+
         self.client.close()
         if self._away_since is None:
             self._away_since = dt.datetime.now(dt.UTC)
@@ -161,7 +192,7 @@ class LeaseKeeper(threading.Thread):
     def _why_gone(self, exc: EngramError) -> str:
         # A renewal that finds the lease gone usually has the daemon's notice
         # right behind it, which says why; give it a moment.
-        with contextlib.suppress(EngramError):
+        with contextlib.suppress(_errors().EngramError):
             notice = self.client.lease_lost(0.2)
             if notice is not None and self._ours(notice):
                 return _lost(notice)
@@ -178,13 +209,33 @@ def _lost(notice: LeaseLost) -> str:
 # -- CMD ------------------------------------------------------------------------
 
 
+def _on_path(command: str) -> bool:
+    """Whether ``shutil.which(command)`` finds it (shutil brings the compression modules:
+    a lean start of lock run does without)."""
+
+    def runnable(path: str) -> bool:
+        return os.path.exists(path) and os.access(path, os.X_OK) and not os.path.isdir(path)
+
+    if os.path.dirname(command):
+        return runnable(command)
+    path = os.environ.get("PATH")
+    if path is None:
+        try:
+            path = os.confstr("CS_PATH") or ""
+        except (AttributeError, ValueError):
+            path = os.defpath
+    return bool(path) and any(runnable(os.path.join(directory, command))
+                              for directory in path.split(os.pathsep))
+
+
 def check_runnable(command: str) -> None:
     """Refuse, before taking any lease, a CMD that cannot be found or run."""
-    if shutil.which(command) is not None:
+    if _on_path(command):
         return
+    exits = _errors().ExitCode
     if os.sep in command and os.path.exists(command):
-        raise CannotRun(f"cannot run {command}: Permission denied", ExitCode.CANNOT_RUN)
-    raise CannotRun(f"cannot run {command}: command not found", ExitCode.COMMAND_NOT_FOUND)
+        raise cannot_run(f"cannot run {command}: Permission denied", exits.CANNOT_RUN)
+    raise cannot_run(f"cannot run {command}: command not found", exits.COMMAND_NOT_FOUND)
 
 
 def supervise(command: Command, keeper: LeaseKeeper) -> str | None:
@@ -200,12 +251,12 @@ def supervise(command: Command, keeper: LeaseKeeper) -> str | None:
         if why is None and clock() >= keeper.stop_at():
             why = keeper.unconfirmed()
         if why is not None:
-            output.error(f"{why}; stopping the command")
+            remarks.error(f"{why}; stopping the command")
             command.stop(min(clock() + keeper.timing.grace, keeper.kill_at()))
             return why
 
 
-def run_holding(client: Client, resources: list[str], argv: list[str], *,
+def run_holding(client: Holder, resources: list[str], argv: list[str], *,
                 ttl: float | None, wait: float | None, shared: bool = False) -> int:
     """Run *argv* holding leases (*shared* ones when so) on *resources*; returns the exit
     status for engram."""
@@ -223,7 +274,7 @@ def run_holding(client: Client, resources: list[str], argv: list[str], *,
         command.close()
 
 
-def _run(client: Client, command: Command, leases: list[Lease]) -> int:
+def _run(client: Holder, command: Command, leases: list[Lease]) -> int:
     become_subreaper()  # what CMD's tree leaves behind is reaped here, not by init
     try:
         command.start({
@@ -231,8 +282,11 @@ def _run(client: Client, command: Command, leases: list[Lease]) -> int:
             "ENGRAM_FENCING_TOKEN": ",".join(str(lease.fencing_token) for lease in leases),
             "ENGRAM_FENCE": ",".join(f"{lease.resource}:{lease.fencing_token}"
                                      for lease in leases)})
-    except CannotRun:
-        _release(client, leases)
+    except Exception as exc:
+        from engram_cli.cli.cannotrun import CannotRun
+
+        if isinstance(exc, CannotRun):
+            _release(client, leases)
         raise
     keeper = LeaseKeeper(client, leases)
     with command.forwarding_signals():
@@ -246,11 +300,11 @@ def _run(client: Client, command: Command, leases: list[Lease]) -> int:
     if lost is None:  # CMD ended by itself: were its leases held throughout?
         lost = keeper.lost or _release(client, keeper.leases)
         if lost is not None:
-            output.error(f"{lost} while the command ran")
+            remarks.error(f"{lost} while the command ran")
         else:
             _say_signal(command)
     status = command.reap()  # only now: its zombie kept the group's number ours
-    return int(ExitCode.LEASE_LOST) if lost is not None else status
+    return int(_errors().ExitCode.LEASE_LOST) if lost is not None else status
 
 
 def _say_signal(command: Command) -> None:
@@ -263,25 +317,27 @@ def _say_signal(command: Command) -> None:
         name = signal.Signals(status - 128).name
     except ValueError:
         name = f"signal {status - 128}"
-    output.note(f"the command was ended by {name}, which engram neither sent nor "
-                "passed on; its leases were held throughout and are released")
+    remarks.note(f"the command was ended by {name}, which engram neither sent nor "
+                 "passed on; its leases were held throughout and are released")
 
 
-def _release(client: Client, leases: list[Lease]) -> str | None:
+def _release(client: Holder, leases: list[Lease]) -> str | None:
     """Release at once (if the daemon cannot be reached, the leases still end with this
     process: they are bound to it, or at their expiry). Why, if one was lost already."""
     try:
         for lease in leases:
             client.release_lock(lease.lock_id, resource=lease.resource)
-    except _PASSING as exc:
-        output.note(f"warning: could not release the lease now ({exc}); it ends with this "
-                    "process")
-    except NotFound as exc:  # it ended before CMD's group did: say how
-        with contextlib.suppress(EngramError):
-            notice = client.lease_lost(0.2)
-            if notice is not None:
-                return _lost(notice)
-        return f"lease lost: {exc}"
-    except EngramError:
-        pass
+    except Exception as exc:
+        errors = _errors()
+        if isinstance(exc, passing()):
+            remarks.note(f"warning: could not release the lease now ({exc}); it ends with "
+                         "this process")
+        elif isinstance(exc, errors.NotFound):  # it ended before CMD's group did: say how
+            with contextlib.suppress(errors.EngramError):
+                notice = client.lease_lost(0.2)
+                if notice is not None:
+                    return _lost(notice)
+            return f"lease lost: {exc}"
+        elif not isinstance(exc, errors.EngramError):
+            raise
     return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
-import os
 import sys
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -19,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
+from engram_cli.cli import remarks
 from engram_cli.formats.jsonforms import event_json, to_plain_data
 from engram_cli.formats.text import cell, one_line, preview, printable, timestamp
 from engramd.protocol import (
@@ -54,10 +54,6 @@ def tsv_line(fields: Iterable[str]) -> str:
     other character a terminal would act on is ``\\xHH`` (``\\u202e`` for a reordering
     one), so a pipe to a terminal shows it rather than obeys it."""
     return "\t".join(map(one_line, fields)) + "\n"
-
-
-def _color_allowed(stream: IO[str]) -> bool:
-    return stream.isatty() and not os.environ.get("NO_COLOR")
 
 
 class Output:
@@ -172,31 +168,21 @@ def progress(out: Output, what: str, total: int | None = None
 
 def error(message: str, *, code: str = "", exit_status: int = 1, as_json: bool = False
           ) -> None:
-    """The CLI's one line on stderr for a failure: English, or with ``--json`` one JSON
-    object ``{"error": {"code", "message", "exit"}}`` that a program can read."""
+    """The CLI's one line on stderr for a failure: English (:func:`.remarks.error`), or
+    with ``--json`` one JSON object ``{"error": {"code", "message", "exit"}}`` that a
+    program can read."""
+    if not as_json:
+        remarks.error(message)
+        return
     stream = sys.stderr
     # A file name given in bytes that are not UTF-8 is named by those bytes, escaped.
     message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    if as_json:
-        line = {"error": {"code": code, "message": message, "exit": exit_status}}
-        stream.write(_json_encoder.encode(line).decode() + "\n")
-    elif _color_allowed(stream):
-        stream.write(f"\x1b[1;31mengram: error:\x1b[0m {_line_of(message)}\n")
-    else:
-        stream.write(f"engram: error: {_line_of(message)}\n")
+    line = {"error": {"code": code, "message": message, "exit": exit_status}}
+    stream.write(_json_encoder.encode(line).decode() + "\n")
     stream.flush()
 
 
-def _line_of(message: str) -> str:
-    """An error message as one line: what a terminal would act on escaped, a newline
-    (a resource's name may hold one) written ``\\n``; backslashes as they are."""
-    return printable(message).replace("\n", "\\n")
-
-
-def note(message: str) -> None:
-    """A side remark on stderr (progress, hints); never mixed into stdout."""
-    sys.stderr.write(f"engram: {printable(message)}\n")
-    sys.stderr.flush()
+note = remarks.note
 
 
 # -- units and contexts -----------------------------------------------------

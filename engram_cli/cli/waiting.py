@@ -13,30 +13,39 @@ from __future__ import annotations
 
 import time
 
-from engram_cli.client import Client
-from engram_cli.client.errors import (
-    ClientTimeout,
-    EngramError,
-    RateLimited,
-    Timeout,
-    Unavailable,
-)
-from engramd.protocol import Lease
+TYPE_CHECKING = False  # (the errors and the protocol when it comes to them: see .fast)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from engram_cli.client import Client
+    from engram_cli.client.errors import EngramError
+    from engramd.protocol import Lease
 
 RETRY_SECONDS = 0.1
 """How often an unreachable daemon is tried again."""
 AWAY_LIMIT = 300.0
 """Seconds a wait with no end of its own keeps trying a daemon that is away."""
-
-PASSING = (Unavailable, ClientTimeout, RateLimited)
-"""What is tried again: the daemon is away, restarting, recovering or busy."""
 CLUSTER_REFUSAL = "the cluster "
 """How a cluster-mode daemon's ``unavailable`` begins when its cluster cannot serve the
 request (no quorum, unreachable: SPECS §9): said at once, not waited out, since the
 daemon itself is there (a waiter already in line rides such failures out inside it)."""
 
 
-def acquire_waiting(client: Client, resources: list[str], *, ttl: float | None,
+def passing() -> tuple[type[EngramError], ...]:
+    """What is tried again: the daemon is away, restarting, recovering or busy (also
+    :data:`PASSING`; imported when an error comes, which a lean start may never see)."""
+    from engram_cli.client.errors import ClientTimeout, RateLimited, Unavailable
+
+    return (Unavailable, ClientTimeout, RateLimited)
+
+
+def __getattr__(name: str) -> object:
+    if name == "PASSING":
+        return passing()
+    raise AttributeError(name)
+
+
+def acquire_waiting(client: Client | Any, resources: list[str], *, ttl: float | None,
                     wait: float | None, pid: int | None = None, pgid: int | None = None,
                     shared: bool = False, failed: EngramError | None = None,
                     started: float | None = None) -> list[Lease]:
@@ -61,9 +70,11 @@ def acquire_waiting(client: Client, resources: list[str], *, ttl: float | None,
             try:
                 return client.acquire_lock(resources, ttl=ttl, wait=left, pid=pid, pgid=pgid,
                                            shared=shared)
-            except PASSING as passing:
-                failed = passing
+            except passing() as passed:
+                failed = passed
         why, failed = failed, None
+        from engram_cli.client.errors import Timeout, Unavailable
+
         if isinstance(why, Unavailable) and str(why).startswith(CLUSTER_REFUSAL):
             raise why  # the daemon is there and answered: its cluster cannot serve now
         now = time.monotonic()
@@ -80,10 +91,10 @@ def acquire_waiting(client: Client, resources: list[str], *, ttl: float | None,
             away_since = None
 
 
-def client_reachable(client: Client) -> bool:
+def client_reachable(client: Client | Any) -> bool:
     """Whether the daemon answers again (a connection made, or not)."""
     try:
         client.connect()
-    except PASSING:
+    except passing():
         return False
     return True

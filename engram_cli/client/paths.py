@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from engram_cli.client import gitinfo
+from engram_cli.client.session import own
 from engramd.protocol import Lease, LockState
 from engramd.protocol import resources as names
 
@@ -241,28 +242,3 @@ def in_the_way(leases: Iterable[Lease], agent: str, path: str,
     (another session's lease is in the way, another agent's or not; see :func:`own`)."""
     return [lease for lease in leases
             if not own(lease, agent, session) and names.covers(lease.resource, path)]
-
-
-def own(lease: Lease, agent: str, session: int | None) -> bool:
-    """Whether *lease* is the editor's own: *agent*'s, held in the session of process
-    *session* (bound to it, or taken by it), or held in no session that still runs (a
-    lease of a connection whose command has ended, which any connection of the agent
-    may renew, adopt and release). A lease of another running session of the agent is
-    not: the lock manager would make that session wait for it too."""
-    if lease.holder != agent:
-        return False
-    if session is not None and session in (lease.pid, lease.holder_pid):
-        return True
-    return lease.pid is None and not _runs(lease.holder_pid)
-
-
-def _runs(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # (another user's: it runs)
-    return True

@@ -14,6 +14,7 @@ import os
 TYPE_CHECKING = False  # (collections costs the fast start of the hooks ~1 ms)
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Any
 
 SESSION_PID_VAR = "ENGRAM_SESSION_PID"
 PASSED_THROUGH = frozenset({
@@ -72,3 +73,30 @@ def agent_name(given: str | None, pid: int, runner: str) -> str:
     """The agent a harness's session acts as: the name given (``--agent``,
     ``ENGRAM_AGENT``), else ``<harness>-<pid>``, so two sessions are two agents."""
     return given or f"{runner}-{pid}"
+
+
+def own(lease: Any, agent: str, session: int | None) -> bool:
+    """Whether *lease* is the editor's own: *agent*'s, held in the session of process
+    *session* (bound to it, or taken by it), or held in no session that still runs (a
+    lease of a connection whose command has ended, which any connection of the agent
+    may renew, adopt and release). A lease of another running session of the agent is
+    not: the lock manager would make that session wait for it too. *lease*: a
+    ``Lease``, or anything with its ``holder``, ``pid`` and ``holder_pid`` (the fast
+    start's lean reading of one)."""
+    if lease.holder != agent:
+        return False
+    if session is not None and session in (lease.pid, lease.holder_pid):
+        return True
+    return lease.pid is None and not _runs(lease.holder_pid)
+
+
+def _runs(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # (another user's: it runs)
+    return True

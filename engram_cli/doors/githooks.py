@@ -30,7 +30,7 @@ import msgspec
 from engram_cli.client import Client, gitinfo, paths, requests
 from engram_cli.client.errors import ClientTimeout, EngramError, Unavailable
 from engram_cli.client.paths import repo_key
-from engram_cli.client.session import session_pid
+from engram_cli.client.session import own, session_pid
 from engram_cli.client.settings import default_agent_id
 from engram_cli.doors.files import write_whole
 from engram_cli.formats.text import one_line
@@ -298,7 +298,7 @@ def guard(repo: str, mode: str, socket: str | None, env: Mapping[str, str]) -> l
     except (Unavailable, ClientTimeout, EngramError):
         return []  # no daemon, no guard: never stop a commit for engram's sake
     session = session_pid(env)  # (git counts as a wrapper: the session runs git)
-    if all(paths.own(lease, agent, session) for lease in leases):
+    if all(own(lease, agent, session) for lease in leases):
         return []
     for path, name in paths.in_repository(repo, staged).items():
         for lease in paths.in_the_way(leases, agent, name, session):

@@ -17,7 +17,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from engram_cli.cli import lockrun
 from engram_cli.cli.cmdgroup import Command
 from engram_cli.cli.lockrun import LeaseKeeper, supervise
 from engram_cli.client.errors import EngramError
@@ -205,6 +208,16 @@ def test_timing_stops_cmd_in_time_for_any_ttl() -> None:
         assert timing.kill_at(expiry) < kill < expiry
 
 
+@given(st.floats(min_value=0.001, max_value=1e6), st.floats(min_value=0, max_value=1e9))
+def test_lock_runs_timing_is_the_protocols(ttl: float, expiry: float) -> None:
+    """lock run keeps a copy of the rule (it starts without the protocol): the same."""
+    ours, theirs = lockrun.LeaseTiming(ttl), LeaseTiming(ttl)
+    assert (ours.renew_every, ours.grace, ours.margin) == (
+        theirs.renew_every, theirs.grace, theirs.margin)
+    assert (ours.stop_at(expiry), ours.kill_at(expiry)) == (
+        theirs.stop_at(expiry), theirs.kill_at(expiry))
+
+
 def test_an_unexpected_error_in_the_renewal_stops_cmd(
         threaded_daemon: ThreadedDaemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -268,3 +281,19 @@ def test_a_cmd_killed_by_another_process_is_said_in_one_line(
         "engram: the command was ended by SIGTERM, which engram neither sent nor passed "
         "on; its leases were held throughout and are released"]
     assert held(engramd.socket, "job") is None
+
+
+@pytest.mark.parametrize("path", [None, "", "/nonexistent", "/usr/bin:/bin", "::/bin", "."])
+@pytest.mark.parametrize("command", ["sh", "true", "no-such-command-here", "/bin/sh", "/bin",
+                                     "./x", "bin/sh", ""])
+def test_lock_run_finds_cmd_as_shutil_which_does(monkeypatch: pytest.MonkeyPatch,
+                                                path: str | None, command: str) -> None:
+    """lock run looks CMD up without shutil (whose imports cost its start): the same."""
+    import shutil
+
+    if path is None:
+        monkeypatch.delenv("PATH", raising=False)
+    else:
+        monkeypatch.setenv("PATH", path)
+    monkeypatch.chdir("/")
+    assert lockrun._on_path(command) == (shutil.which(command) is not None)

@@ -17,7 +17,7 @@ from engram_cli.cli.context import CliContext
 from engram_cli.cli.exits import Exit
 from engram_cli.client import Client
 from engram_cli.client.errors import EngramError
-from engram_cli.client.session import SESSION_PID_VAR, agent_name, session_pid
+from engram_cli.client.session import SESSION_PID_VAR, agent_name, own, session_pid
 from engram_cli.doors import harness
 from engram_cli.doors.hookinput import edited_paths, working_dir
 from engramd.protocol import LockState
@@ -159,7 +159,7 @@ def guard_answer(states: list[LockState], agent: str, session: int, paths: list[
     from engram_cli.formats.text import one_line
 
     others = [lease for lease in resolve.leases_of(states)
-              if not resolve.own(lease, agent, session)]
+              if not own(lease, agent, session)]
     if not others:
         _nothing(runner)  # the common case, and no git to ask
         return None
@@ -194,6 +194,9 @@ def guard_answer(states: list[LockState], agent: str, session: int, paths: list[
 
 def stop(cli: CliContext, *, runner: str, wait: float) -> int | None:
     """``engram hook stop``."""
+    from engram_cli.cli.hot.checks import seconds
+
+    seconds(wait, "--wait")
     hook_input = _hook_input()
     if runner != "claude-code":
         if hook_input.get("stop_hook_active") or hook_input.get("loop_count"):

@@ -19,6 +19,9 @@ def UsageProblem(message: str) -> Exception:  # noqa: N802 (the class, imported 
 
 def _wait(wait: float | None, no_wait: bool) -> float | None:
     """Seconds to wait in line (None: as long as it takes), like flock's -w and -n."""
+    from engram_cli.cli.hot.checks import seconds
+
+    seconds(wait, "--wait")
     if no_wait and wait not in (None, 0):
         raise UsageProblem("--no-wait and --wait exclude each other")
     return 0.0 if no_wait else wait
@@ -26,13 +29,14 @@ def _wait(wait: float | None, no_wait: bool) -> float | None:
 
 def names(resources: list[str] | None, paths: list[str] | None) -> list[str]:
     """The resources a command is about: plain names as given, paths resolved."""
-    from engram_cli.client import paths as resolve
-
     found = list(resources or [])
-    try:
-        found += resolve.resources(paths or [])
-    except ValueError as exc:
-        raise UsageProblem(str(exc)) from None
+    if paths:
+        from engram_cli.client import paths as resolve
+
+        try:
+            found += resolve.resources(paths)
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
     if not found:
         raise UsageProblem("name a resource (RES) or a path (--path PATH)")
     return found
@@ -60,9 +64,11 @@ def acquire(cli: CliContext, *, resources: list[str] | None, path: list[str] | N
             shared: bool, ttl: float | None, wait: float | None, no_wait: bool,
             pid: int | None, json: bool) -> int | None:
     """``engram lock acquire``."""
+    from engram_cli.cli.hot.checks import wire_int
     from engram_cli.cli.waiting import acquire_waiting
 
     out = cli.output(json)
+    wire_int(pid, "--pid")
     leases = acquire_waiting(cli.client(), names(resources, path), ttl=ttl,
                              wait=_wait(wait, no_wait), pid=pid, shared=shared)
     for lease in leases:
@@ -180,15 +186,24 @@ RUN_USAGE = ("usage: engram lock run [RES...] [--path PATH]... [--shared] [--ttl
              "[--wait S | --no-wait] -- CMD [ARGS...]")
 
 
-def run(cli: CliContext, *, resources: list[str], path: list[str] | None, shared: bool,
-        ttl: float | None, wait: float | None, no_wait: bool) -> int:
-    """``engram lock run``: CMD's exit status (or engram's own)."""
+def run_plan(*, resources: list[str], path: list[str] | None, shared: bool,
+             ttl: float | None, wait: float | None, no_wait: bool
+             ) -> tuple[list[str], list[str], float | None, float | None, bool]:
+    """``engram lock run``'s command line: (resources, CMD, ttl, wait, shared)."""
     before, command = _split_command(resources)
     before = [*(word for given in path or [] for word in ("--path", given)),
               *(["--shared"] if shared else []), *before]
     found, ttl, wait, shared = _run_options(before, ttl, wait, no_wait)
     if not found or not command:
         raise UsageProblem(RUN_USAGE)
+    return found, command, ttl, wait, shared
+
+
+def run(cli: CliContext, *, resources: list[str], path: list[str] | None, shared: bool,
+        ttl: float | None, wait: float | None, no_wait: bool) -> int:
+    """``engram lock run``: CMD's exit status (or engram's own)."""
+    found, command, ttl, wait, shared = run_plan(
+        resources=resources, path=path, shared=shared, ttl=ttl, wait=wait, no_wait=no_wait)
     from engram_cli.cli.lockrun import run_holding  # threads and signals: only lock run
 
     return run_holding(cli.client(), found, command, ttl=ttl, wait=wait, shared=shared)

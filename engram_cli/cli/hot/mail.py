@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from engram_cli.cli.context import CliContext
+from engram_cli.cli.hot.checks import seconds
 from engram_cli.cli.hot.unit import parse_pairs, payload_of, whole_id
 from engram_cli.client.errors import UsageProblem
 from engram_cli.formats.jsonforms import unit_to_json
@@ -46,6 +47,7 @@ def send(cli: CliContext, *, to: str, context_id: str | None, thread: str | None
 def inbox(cli: CliContext, *, limit: int, wait: float, peek: bool, pending: bool,
           count: bool, json: bool) -> int | None:
     """``engram inbox``."""
+    seconds(wait, "--wait")
     out = cli.output(json)
     client = cli.client()
     if count:

@@ -68,7 +68,11 @@ def parse_fence(value: str | None) -> tuple[str, int] | None:
     resource, sep, token = first.rpartition(":")
     if not sep or not resource or not token.isdigit():
         raise _usage(f"--fence expects RES:TOKEN, got {value!r}")
-    return resource, int(token)
+    from engram_cli.cli.hot.checks import wire_int
+
+    number = int(token)
+    wire_int(number, "--fence's TOKEN")
+    return resource, number
 
 
 def require_context(value: str | None) -> str:

@@ -9,6 +9,7 @@ from engram_cli.cli import output
 from engram_cli.cli.consumer import Stopped, StopSignals
 from engram_cli.cli.context import CliContext
 from engram_cli.cli.exits import Exit
+from engram_cli.cli.hot.checks import seconds, wire_int
 from engram_cli.cli.hot.unit import parse_pairs
 from engram_cli.client import Client
 from engram_cli.client.errors import ClientTimeout, NotFound, UsageProblem
@@ -21,7 +22,7 @@ def _after(since: str) -> int | None:
     if since == "start":
         return 0
     if since.isdigit():
-        return int(since)
+        return wire_int(int(since), "--since")
     raise UsageProblem(f"--since takes now, start or a sequence number, got {since!r}")
 
 
@@ -45,6 +46,8 @@ def wait(cli: CliContext, *, contexts: list[str] | None, types: list[str] | None
          agents: list[str] | None, kinds: list[str] | None, meta: list[str] | None,
          since: str, timeout: float | None, cursor: str | None, json: bool) -> int | None:
     """``engram wait``."""
+    seconds(timeout, "--timeout")
+    after = _after(since)
     out = cli.output(json)
     client = cli.client()
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -53,7 +56,7 @@ def wait(cli: CliContext, *, contexts: list[str] | None, types: list[str] | None
     _warn_unknown_contexts(client, filters["contexts"])
     with StopSignals() as stops:
         try:
-            for item in client.watch(after=_after(since), cursor=cursor, heartbeat=heartbeat,
+            for item in client.watch(after=after, cursor=cursor, heartbeat=heartbeat,
                                      **filters):
                 if not isinstance(item, Heartbeat):
                     with stops.held():  # printed and acknowledged, or neither
