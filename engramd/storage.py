@@ -30,6 +30,9 @@ keys sort by sequence; ``\\0`` separates text parts, which never contain NUL)::
     v/<message id>\0<agent>   -> ack unit id         acknowledgements given
     j/<task id>               -> StoredTask          tasks and their state
     q/<mark>\0<agent>         -> seq                 read marks (written with RocksDB's WAL)
+    g/<lock id>               -> pgid, boot id       cluster mode: the process groups this
+                                                     engramd checked for its own requests
+                                                     (written with RocksDB's WAL)
 
 A mailbox entry's flag is ``A`` when the message asks for an acknowledgement, else
 ``-``; the sender follows, so a broadcast is not delivered to its own sender. The
@@ -398,6 +401,22 @@ class Store(AgentRecords):
     def leases(self) -> Iterator[bytes]:
         """Every lease held as of the last applied event."""
         return self._values(b"l/")
+
+    def own_groups(self) -> Iterator[tuple[str, bytes]]:
+        """Cluster mode: ``(lock id, record)`` of each process group this engramd
+        checked for a request of its own (:mod:`engramd.cluster.owngroups`)."""
+        iterator = self._iter()
+        iterator.seek(b"g/")
+        while iterator.valid() and iterator.key().startswith(b"g/"):
+            yield iterator.key()[2:].decode(), iterator.value()
+            iterator.next()
+
+    def put_own_group(self, lock_id: str, record: bytes) -> None:
+        self._put_logged(b"g/" + _text(lock_id), record)
+
+    def drop_own_group(self, lock_id: str) -> None:
+        if not self.read_only:
+            self.db.delete(b"g/" + _text(lock_id), self._logged_write)
 
     def cursor(self, agent: str, name: str) -> int | None:
         """*agent*'s cursor *name*. A name stored before cursors had owners
