@@ -140,7 +140,7 @@ class ClusterLeaseManager(LeaseManager):
                                self.boot_id)
         self.view = LeaseView(self.table, machine=self.machine, boot_id=self.boot_id,
                               ended=self._lost, found=self._found, news=news,
-                              handed=self._handed)
+                              handed=self._handed, max_ttl=self.max_ttl)
         self._ending: set[str] = set()
         """Lock ids whose end this machine is writing (their end is not news to it)."""
         self._awaited: dict[str, Awaited] = {}
@@ -158,6 +158,8 @@ class ClusterLeaseManager(LeaseManager):
             self._nursery = self.stops.nursery = nursery
             task_status.started()
             nursery.start_soon(self._keep_own_groups_held)
+            nursery.start_soon(self._for_ever, "ageing the line's tickets",
+                               self.view.age_forever)
             nursery.start_soon(self._for_ever, "ending leases at their deadlines",
                                self._expire_forever)
             nursery.start_soon(self._for_ever, "renewing leases held while their process "

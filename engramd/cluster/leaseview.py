@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -54,6 +55,7 @@ from engramd.cluster.bucket import (
     ticket_key,
 )
 from engramd.cluster.outage import Patience
+from engramd.cluster.tickets import Tickets, checked_ticket
 from engramd.grants import Grant, boottime, check_resource
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.protocol import (
@@ -81,8 +83,10 @@ class LeaseView:
     def __init__(self, table: LockTable, *, machine: str, boot_id: str,
                  ended: OnEnded, found: Callable[[Holding], None],
                  news: Callable[[LockEvent], None] = lambda event: None,
-                 handed: OnHanded | None = None) -> None:
+                 handed: OnHanded | None = None, max_ttl: float = math.inf) -> None:
         self.table = table
+        self.max_ttl = max_ttl
+        """A ticket's ttl is at most this (``locks.max_ttl``), as a request's is."""
         self.machine = machine
         self.boot_id = boot_id
         self._ended = ended
@@ -186,16 +190,16 @@ class LeaseView:
                 self._markers.append((trio.current_time(), update.key, update.revision))
             self._forget_markers()
         elif kind == TICKET:
+            before = self.tickets.get(name)
             self._withdraw(name)
+            self.ticket_seen.pop(name, None)
             if not update.deleted and update.value:
-                ticket = decode_ticket(update.value)
-                if not ticket.number:
-                    ticket = msgspec.structs.replace(ticket, number=update.revision)
+                ticket = checked_ticket(decode_ticket(update.value), update.revision,
+                                        self.max_ttl, before)
                 self._enter(name, ticket)
                 self.ticket_seen[name] = trio.current_time()
             else:  # a waiter's key is never written again once withdrawn
                 del self.revisions[update.key]
-                self.ticket_seen.pop(name, None)
 
     def key_of(self, lease: Lease) -> str:
         """The key of *lease* (of the session that took it)."""
@@ -324,6 +328,28 @@ class LeaseView:
         self._ticket_claims[waiter] = claims
         for claim in claims:
             self.lined.add(claim)
+
+    def age(self, now: float) -> None:
+        """Take out of the line the tickets not seen written again within
+        :attr:`.Tickets.STALE` (on trio's clock *now*): their waiters' machines keep
+        writing them every refresh while they wait."""
+        stale = [waiter for waiter, seen in self.ticket_seen.items()
+                 if now - seen > Tickets.STALE]
+        for waiter in stale:
+            ticket = self.tickets.get(waiter)
+            log.info("cluster leases: the ticket of %s (machine %.100s) for %.200s was not "
+                     "written again within %gs: out of the line", waiter,
+                     ticket.machine if ticket else "?",
+                     ", ".join(ticket.resources) if ticket else "?", Tickets.STALE)
+            self._withdraw(waiter)
+            del self.ticket_seen[waiter]
+        if stale:
+            self.wake()
+
+    async def age_forever(self) -> None:
+        while True:
+            await trio.sleep(Tickets.REFRESH)
+            self.age(trio.current_time())
 
     def consumed(self, waiter: str) -> None:
         """*waiter*'s ticket was consumed by the batch that handed its leases over (its

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from engram_cli.bench.natslab import NatsCluster
@@ -161,4 +162,48 @@ def test_a_lock_run_s_group_is_still_stopped_by_its_machine_after_a_restart(
         if pgid:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
+
+
+def forged_ticket(machine: str, resource: str, *, ttl: float = 2.0, number: int = 0
+                  ) -> Ticket:
+    return Ticket(number=number, machine=machine, agent="mallory", session="mallory", pid=1,
+                  resources=[resource], terms=Terms(
+                      ttl=ttl, lock_ids=[secrets.token_hex(16)], boot_id="x",
+                      sent=boottime()))
+
+
+def test_a_ticket_not_written_again_leaves_the_line_on_every_machine(
+        machines: list[Machine], nats_cluster: NatsCluster) -> None:
+    """A ticket without a TTL of its own, numbered ahead of every other: it blocked the
+    resource on every machine for ever. Nobody writes it again: it leaves the line."""
+    a, b, _ = machines
+    write_raw(nats_cluster, a, ticket_key(secrets.token_hex(8)),
+              encode_record(forged_ticket("nowhere", "res", number=1)))
+    with b.client("bob") as bob:
+        wait_until(lambda: len(bob.get_lock("res").waiters) == 1, "b to see the ticket")
+        wait_until(lambda: not bob.get_lock("res").waiters, "the ticket to leave the line",
+                   timeout=4 * WAIT)
+        (held,) = bob.acquire_lock("res", ttl=30, wait=0)
+    assert held.fencing_token > 0
+
+
+def test_a_ticket_an_engramd_would_not_write_is_refused_whole(
+        machines: list[Machine], nats_cluster: NatsCluster) -> None:
+    """A ticket whose lease would outlast locks.max_ttl (a lease handed over to it
+    nobody could break), or with no lock id for its resource, or a process group without
+    its process, never joins the line; a valid ticket written after them does."""
+    a, b, _ = machines
+    bad = [forged_ticket("nowhere", "res", ttl=1e9), forged_ticket("nowhere", "res")]
+    bad[1] = msgspec.structs.replace(bad[1], terms=msgspec.structs.replace(
+        bad[1].terms, lock_ids=[]))
+    bad.append(msgspec.structs.replace(bad[0], terms=msgspec.structs.replace(
+        bad[0].terms, ttl=2.0, pgid=4242)))
+    for ticket in bad:
+        write_raw(nats_cluster, a, ticket_key(secrets.token_hex(8)), encode_record(ticket),
+                  ttl="30s")
+    write_raw(nats_cluster, a, ticket_key(secrets.token_hex(8)),
+              encode_record(forged_ticket("nowhere", "res")), ttl="30s")
+    with b.client("bob") as bob:
+        wait_until(lambda: bool(bob.get_lock("res").waiters), "b to see the valid ticket")
+        assert len(bob.get_lock("res").waiters) == 1
 
