@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import nats.errors
+import nats.js.errors
 import trio
 from trio import TaskStatus
 
@@ -59,6 +60,7 @@ from engramd.caller import Caller
 from engramd.cluster.bucket import (
     ENDED_TTL,
     BatchRefused,
+    BucketGone,
     Ended,
     Held,
     KeyChanged,
@@ -165,7 +167,8 @@ class ClusterLeaseManager(LeaseManager):
             nursery.start_soon(self._for_ever, "renewing leases held while their process "
                                "lives", self._keep_alive_forever)
             await self._for_ever("watching the leases bucket", functools.partial(
-                self.view.follow, self.journal.bridge, self.bucket, self.journal.connected))
+                self.view.follow, self.journal.bridge, self.bucket, self.journal.connected,
+                lambda: max(self.journal.fences.tokens.values(), default=0)))
 
     async def _keep_own_groups_held(self) -> None:
         """Once the watch has shown the bucket: forget the groups noted before this
@@ -303,6 +306,10 @@ class ClusterLeaseManager(LeaseManager):
                 # "duplicate message id is in process": that too.)
                 if not transient(exc):
                     raise Unavailable(f"the cluster refused: {exc}") from None
+                if (isinstance(exc, nats.js.errors.NoStreamResponseError)
+                        and await self.journal.bridge.run(self.bucket.gone)):
+                    raise Unavailable(f"{BucketGone(self.bucket.name)}; nothing was done; "
+                                      "try again in a few seconds") from None
                 if trio.current_time() >= deadline:
                     raise (await cluster_away(
                         self.journal.settings.servers, exc,

@@ -26,6 +26,7 @@ every lease that may conflict with what it grants.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 from collections import deque
@@ -41,6 +42,7 @@ from engramd.cluster.bucket import (
     LEASE,
     MARKER_TTL,
     TICKET,
+    BucketGone,
     Ended,
     Held,
     KeyUpdate,
@@ -113,18 +115,29 @@ class LeaseView:
         """(when seen, key, revision) of expiry markers of lease keys, oldest first."""
         self.ticket_seen: dict[str, float] = {}
         """Waiter -> when (trio's clock) the view last saw its ticket written."""
+        self.highest = 0
+        """The highest revision of the bucket this view has seen (a token used, or
+        another key's)."""
         self.delivered: dict[str, dict[str, int]] = {}
         """Root -> lease key -> the revision of it the watch itself delivered last (not
         a read, not this machine's write): see :meth:`root_last`."""
 
     async def follow(self, bridge: AsyncioThread, bucket: LeaseBucket,
-                     connected: Callable[[], Awaitable[None]]) -> None:
-        """Watch the bucket for ever, again after the cluster is lost and found."""
+                     connected: Callable[[], Awaitable[None]],
+                     floor: Callable[[], int] = lambda: 0) -> None:
+        """Watch the bucket for ever, again after the cluster is lost and found. A bucket
+        that is not there is made, numbering its revisions after *floor()* and this
+        view's highest (see :meth:`.LeaseBucket.open`)."""
         patience = Patience("watching the leases bucket")
         while True:
             try:
                 await connected()
-                await bridge.run(bucket.open)
+                known = max(floor(), self.highest)
+                if await bridge.run(functools.partial(bucket.open, known)) and known:
+                    log.warning("cluster leases: the leases bucket %s was not there (deleted?)"
+                                ": made again, its fencing tokens after %d (the highest this "
+                                "machine knows of); the leases it held are gone",
+                                bucket.name, known)
                 before = await bridge.run(bucket.watch)
                 patience.succeeded()
                 await self._watch(bridge, bucket, before)
@@ -138,6 +151,10 @@ class LeaseView:
             try:
                 updates = await bridge.run(lambda: bucket.next_updates(256, wait=5.0))
             except TimeoutError:
+                # A quiet watch, or one of a bucket deleted meanwhile (its consumer went
+                # with it, silently): then the watch starts again, which makes it anew.
+                if await bridge.run(bucket.gone):
+                    raise BucketGone(bucket.name) from None
                 continue
             for update in updates:
                 if update is None:
@@ -182,6 +199,7 @@ class LeaseView:
         """Bring the table and the line up to *update* (older news is ignored)."""
         if update.revision <= self.revisions.get(update.key, 0):
             return
+        self.highest = max(self.highest, update.revision)
         kind, _, name = parse_key(update.key)
         self.revisions[update.key] = update.revision
         if kind == LEASE:
@@ -222,6 +240,7 @@ class LeaseView:
         if revision <= self.revisions.get(key, 0):
             return
         self.revisions[key] = revision
+        self.highest = max(self.highest, revision)
         if isinstance(record, Held):
             self.placed(key, lease.lock_id)
             # Its first write (token 0) is the grant; the others renew it.

@@ -24,6 +24,7 @@ import msgspec
 import pytest
 
 from engram_cli.bench.natslab import NatsCluster
+from engram_cli.client.errors import EngramError
 from engramd.grants import boot_id, boottime
 from engramd.protocol import Lease
 from tests.clustermachines import Machine
@@ -207,3 +208,48 @@ def test_a_ticket_an_engramd_would_not_write_is_refused_whole(
         wait_until(lambda: bool(bob.get_lock("res").waiters), "b to see the valid ticket")
         assert len(bob.get_lock("res").waiters) == 1
 
+
+def test_a_leases_bucket_deleted_and_made_again_never_hands_out_a_used_token(
+        machines: list[Machine], nats_cluster: NatsCluster) -> None:
+    """Fencing tokens are the bucket's revisions: a bucket made again from 1 handed out
+    tokens already used, and a holder's fenced write with one was refused as stale. The
+    machines see it gone and make it again, numbered after every token they know of
+    (the journal's fence marks, the revisions their watch saw)."""
+    a, b, _ = machines
+    with a.client("alice") as alice:
+        for number in range(3):
+            (lease,) = alice.acquire_lock("res", ttl=30)
+            alice.create_unit("c", "MESSAGE", f"fenced {number}",
+                              fence=("res", lease.fencing_token))
+            alice.release_lock(lease.lock_id)
+    used = lease.fencing_token
+    bucket = f"engram_{a.env['ENGRAM_CLUSTER_DEPLOYMENT']}_leases"
+
+    async def delete() -> None:
+        nc = await nats.connect(servers=nats_cluster.servers.split(","))
+        try:
+            await nc.jetstream().delete_stream(f"KV_{bucket}")
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+    taken: list[Lease] = []
+    refusals: list[str] = []
+
+    def take() -> bool:
+        with b.client("bob") as bob:
+            try:
+                taken.extend(bob.acquire_lock("res", ttl=30, wait=0))
+            except EngramError as exc:
+                refusals.append(str(exc))
+                return False
+        return True
+
+    wait_until(take, "a lease from the bucket made again", timeout=4 * WAIT)
+    # Meanwhile each refusal said why in one line (it said the cluster did not answer).
+    assert all(f"leases bucket {bucket} is gone" in why and "\n" not in why
+               for why in refusals), refusals
+    (lease,) = taken
+    assert lease.fencing_token > used
+    with b.client("bob") as bob:
+        bob.create_unit("c", "MESSAGE", "fenced again", fence=("res", lease.fencing_token))
