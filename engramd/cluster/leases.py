@@ -257,7 +257,14 @@ class ClusterLeaseManager(LeaseManager):
             self._tell(holding, tell, by)
         if self.stops.stops(holding.lease) and self._nursery is not None:
             self.stops.begin(holding, kill_at=trio.current_time())
-        self.own_groups.forget([holding.lease.lock_id])
+        self._ended_here(holding.lease.lock_id)
+
+    def _ended_here(self, lock_id: str) -> None:
+        """The lease *lock_id* is out of the table: its group is no longer one to stop,
+        unless a waiter here still waits for a lease of that lock id (one handed over
+        and seen too late: its ticket names it again)."""
+        if not any(lock_id in awaited.lock_ids for awaited in self._awaited.values()):
+            self.own_groups.forget([lock_id])
 
     def _tell(self, holding: Holding, tell: str, by: str) -> None:
         """Count an expiry of a lease granted here (the servers end it: there is no
@@ -690,7 +697,7 @@ class ClusterLeaseManager(LeaseManager):
         except KeyChanged:
             pass  # it ended meanwhile: the watch says how
         self.table.remove(holding)
-        self.own_groups.forget([lease.lock_id])
+        self._ended_here(lease.lock_id)
         if tell is not None:
             self._tell(holding, tell, by)
         self.view.wake()
