@@ -312,7 +312,9 @@ class LeaseBucket:
 
     async def _create(self, first: int) -> None:
         """Make the bucket, its first message numbered *first*: nats-py's key-value
-        stream (as ``create_key_value`` makes it) with a first sequence."""
+        stream (as ``create_key_value`` makes it) with a first sequence (and atomic
+        batches at once: a bucket made again is in use, and an update of its stream
+        right after would make its writes wait for a new leader)."""
         config = self.config()
         if first <= 1:
             await self.link.js.create_key_value(config)
@@ -324,7 +326,7 @@ class LeaseBucket:
             discard=api.DiscardPolicy.NEW, duplicate_window=120.0, max_consumers=-1,
             max_msgs=-1, max_msgs_per_subject=config.history, num_replicas=config.replicas,
             storage=config.storage, subject_delete_marker_ttl=config.limit_marker_ttl,
-            first_seq=first))
+            first_seq=first, allow_atomic=self.BATCHES or None))
 
     async def gone(self) -> bool:
         """Whether the bucket's stream is not there (False when the leader says it is, or
