@@ -141,8 +141,10 @@ def checked_ticket(ticket: Ticket, revision: int, max_ttl: float,
             and len(ticket.session.encode()) <= MOST_TEXT):
         raise ValueError("a ticket names its machine and agent (1-1024 bytes), and its "
                          "session")
-    if ticket.pid <= 0 or not 0 < len(ticket.resources) <= MAX_RESOURCES:
-        raise ValueError(f"a ticket has a process and 1 to {MAX_RESOURCES} resources")
+    if ticket.pid < 0 or not 0 < len(ticket.resources) <= MAX_RESOURCES:
+        # (pid 0: a request made for an agent, 'as', on no process of its own)
+        raise ValueError(f"a ticket has 1 to {MAX_RESOURCES} resources, and no negative "
+                         "pid")
     terms = ticket.terms
     if terms is not None:
         try:

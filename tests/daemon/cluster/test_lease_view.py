@@ -206,8 +206,8 @@ def with_terms(update: KeyUpdate, **changes: object) -> KeyUpdate:
     ("a process group that is init's", lambda u: with_terms(u, pid=9, pgid=1)),
     ("a number after its revision", lambda u: KeyUpdate(u.key, u.revision, encode_record(
         msgspec.structs.replace(decode_ticket(u.value), number=u.revision + 1)))),
-    ("no process", lambda u: KeyUpdate(u.key, u.revision, encode_record(
-        msgspec.structs.replace(decode_ticket(u.value), pid=0)))),
+    ("a negative pid", lambda u: KeyUpdate(u.key, u.revision, encode_record(
+        msgspec.structs.replace(decode_ticket(u.value), pid=-1)))),
 ])
 async def test_a_ticket_an_engramd_would_not_write_is_refused_whole(why: str, bad: object
                                                                     ) -> None:
@@ -221,6 +221,14 @@ async def test_a_ticket_an_engramd_would_not_write_is_refused_whole(why: str, ba
     assert not view.tickets and "w1" not in view.ticket_seen, why
     view.apply(waiting_ticket(["db"], "w2", 4))  # the line goes on
     assert list(view.tickets) == ["w2"]
+
+
+async def test_a_ticket_of_a_request_made_for_an_agent_joins_the_line() -> None:
+    """A request made 'as' an agent (through the gateway) has no process: pid 0."""
+    view = Recorder().view()
+    view.apply(KeyUpdate(ticket_key("w1"), 3, encode_record(msgspec.structs.replace(
+        decode_ticket(waiting_ticket(["db"], "w1", 3).value), pid=0))))
+    assert list(view.tickets) == ["w1"]
 
 
 async def test_a_refresh_that_moves_its_ticket_ahead_in_line_is_refused() -> None:
