@@ -124,6 +124,10 @@ class GroupStops:
         self.boot_id = boot_id
         self.machine = ""
         """The manager's machine (cluster mode): only its leases' groups are its own."""
+        self.vouches: Callable[[Lease], bool] = lambda lease: True
+        """Whether this daemon checked *lease*'s group itself (cluster mode: a record in
+        the cluster's bucket names a group, but anyone with its credentials may write
+        one; on one machine every lease is this daemon's own)."""
         self.nursery: trio.Nursery | None = None
         self.held: Callable[[], Iterable[Holding]] = tuple
         """The manager's leases held now (its table's)."""
@@ -148,7 +152,8 @@ class GroupStops:
         daemon granted it in this boot (a group number from before a reboot, or from
         another machine, names nothing here)."""
         return (lease.pgid is not None and lease.machine == self.machine
-                and bool(self.boot_id) and lease.boot_id == self.boot_id)
+                and bool(self.boot_id) and lease.boot_id == self.boot_id
+                and self.vouches(lease))
 
     def stop_at(self, holding: Holding) -> float:
         """When *holding*'s group gets SIGTERM unless the lease is renewed before."""

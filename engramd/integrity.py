@@ -93,8 +93,8 @@ def show_key(key: bytes) -> str:
     return key.decode(errors="replace").replace("\0", "/")
 
 
-PREFIXES = (b"a/", b"b/", b"c/", b"e/", b"i/", b"j/", b"k/", b"l/", b"m/", b"n/", b"q/",
-            b"r/", b"t/", b"u/", b"v/", b"x/")
+PREFIXES = (b"a/", b"b/", b"c/", b"e/", b"g/", b"i/", b"j/", b"k/", b"l/", b"m/", b"n/",
+            b"q/", b"r/", b"t/", b"u/", b"v/", b"x/")
 """The store's key families (see :mod:`engramd.storage`): where a walk may pick up again."""
 
 

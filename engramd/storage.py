@@ -10,6 +10,9 @@ Key layout (one column family, raw bytes; ``<seq>`` is 8 bytes big-endian so
 keys sort by sequence; ``\\0`` separates text parts, which never contain NUL)::
 
     m/schema, m/applied, m/units, m/contexts     store metadata
+    m/stream, m/deployment, m/stream_made        cluster mode: the stream sequence of the
+                                                 view, the deployment and the stream (when
+                                                 it was made) it is a view of
     u/<unit id>               -> <context>\\0<seq>   where the unit lives
     c/<context>\\0<seq>        -> unit (wire encoding)   per-context order
     e/<seq>                   -> event (wire encoding), or b"U" + unit location
@@ -30,6 +33,9 @@ keys sort by sequence; ``\\0`` separates text parts, which never contain NUL)::
     v/<message id>\0<agent>   -> ack unit id         acknowledgements given
     j/<task id>               -> StoredTask          tasks and their state
     q/<mark>\0<agent>         -> seq                 read marks (written with RocksDB's WAL)
+    g/<lock id>               -> pgid, boot id       cluster mode: the process groups this
+                                                     engramd checked for its own requests
+                                                     (written with RocksDB's WAL)
 
 A mailbox entry's flag is ``A`` when the message asks for an acknowledgement, else
 ``-``; the sender follows, so a broadcast is not delivered to its own sender. The
@@ -398,6 +404,39 @@ class Store(AgentRecords):
     def leases(self) -> Iterator[bytes]:
         """Every lease held as of the last applied event."""
         return self._values(b"l/")
+
+    def deployment(self) -> str:
+        """Cluster mode: the deployment this store is a view of (empty: not recorded)."""
+        raw = self._get(b"m/deployment")
+        return "" if raw is None else bytes(raw).decode(errors="replace")
+
+    def set_deployment(self, deployment: str) -> None:
+        self._put_logged(b"m/deployment", _text(deployment))
+
+    def stream_made(self) -> str:
+        """Cluster mode: when the stream this store is a view of was made (empty: not
+        recorded)."""
+        raw = self._get(b"m/stream_made")
+        return "" if raw is None else bytes(raw).decode(errors="replace")
+
+    def set_stream_made(self, made: str) -> None:
+        self._put_logged(b"m/stream_made", _text(made))
+
+    def own_groups(self) -> Iterator[tuple[str, bytes]]:
+        """Cluster mode: ``(lock id, record)`` of each process group this engramd
+        checked for a request of its own (:mod:`engramd.cluster.owngroups`)."""
+        iterator = self._iter()
+        iterator.seek(b"g/")
+        while iterator.valid() and iterator.key().startswith(b"g/"):
+            yield iterator.key()[2:].decode(), iterator.value()
+            iterator.next()
+
+    def put_own_group(self, lock_id: str, record: bytes) -> None:
+        self._put_logged(b"g/" + _text(lock_id), record)
+
+    def drop_own_group(self, lock_id: str) -> None:
+        if not self.read_only:
+            self.db.delete(b"g/" + _text(lock_id), self._logged_write)
 
     def cursor(self, agent: str, name: str) -> int | None:
         """*agent*'s cursor *name*. A name stored before cursors had owners

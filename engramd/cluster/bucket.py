@@ -198,6 +198,15 @@ decode_lease_record = msgspec.msgpack.Decoder(Held | Ended).decode
 decode_ticket = msgspec.msgpack.Decoder(Ticket).decode
 
 
+class BucketGone(Exception):
+    """The bucket's stream is not there (deleted while this machine used it)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the leases bucket {name} is gone (deleted?): this machine makes "
+                         "it again, its fencing tokens above every one it knows of; the "
+                         "leases it held are lost")
+
+
 class KeyChanged(Exception):
     """The key's last revision is not the one the write expected."""
 
@@ -267,21 +276,29 @@ class LeaseBucket:
             storage=api.StorageType.FILE, replicas=self.link.settings.replicas,
             direct=False, limit_marker_ttl=MARKER_TTL)
 
-    async def open(self) -> None:
+    async def open(self, floor: int = 0) -> bool:
         """Create the bucket if it is not there, and let its stream take atomic batches
         (nats-server 2.12 and later: ``allow_atomic``, which nats-py's key-value config
         does not carry: a stream update turns it on, for a bucket made now or before).
-        An older server keeps it off, and every release then takes the two-write path."""
+        An older server keeps it off, and every release then takes the two-write path.
+        Whether this call made it.
+
+        A bucket made here numbers its messages from after *floor* (the highest token
+        this machine knows of): fencing tokens are its revisions, and a bucket made
+        again after one was deleted must not hand out tokens that were used already (a
+        holder's fenced write would be refused as stale)."""
         js = self.link.js
+        made = False
         try:
             await js.key_value(self.name)
         except nats.js.errors.BucketNotFoundError:
             try:
-                await js.create_key_value(self.config())
+                await self._create(floor + 1)
+                made = True
             except nats.js.errors.BadRequestError:
                 await js.key_value(self.name)  # another machine created it meanwhile
         if not self.BATCHES:
-            return
+            return made
         config = (await js.stream_info(self.stream)).config
         if not config.allow_atomic:
             config.allow_atomic = True
@@ -291,6 +308,36 @@ class LeaseBucket:
                 log.warning("cluster leases: the leases bucket cannot take atomic batches "
                             "(%s): a release and the next grant are two writes", exc)
         self.atomic = bool(config.allow_atomic)
+        return made
+
+    async def _create(self, first: int) -> None:
+        """Make the bucket, its first message numbered *first*: nats-py's key-value
+        stream (as ``create_key_value`` makes it) with a first sequence (and atomic
+        batches at once: a bucket made again is in use, and an update of its stream
+        right after would make its writes wait for a new leader)."""
+        config = self.config()
+        if first <= 1:
+            await self.link.js.create_key_value(config)
+            return
+        await self.link.js.add_stream(api.StreamConfig(
+            name=self.stream, description=config.description,
+            subjects=[f"$KV.{self.name}.>"], allow_direct=config.direct,
+            allow_rollup_hdrs=True, allow_msg_ttl=True, deny_delete=True,
+            discard=api.DiscardPolicy.NEW, duplicate_window=120.0, max_consumers=-1,
+            max_msgs=-1, max_msgs_per_subject=config.history, num_replicas=config.replicas,
+            storage=config.storage, subject_delete_marker_ttl=config.limit_marker_ttl,
+            first_seq=first, allow_atomic=self.BATCHES or None))
+
+    async def gone(self) -> bool:
+        """Whether the bucket's stream is not there (False when the leader says it is, or
+        does not answer)."""
+        try:
+            await self.link.js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            return True
+        except (nats.errors.Error, TimeoutError):
+            return False
+        return False
 
     async def write(self, key: str, value: bytes = b"", *, last: int | None,
                     ttl: float | None = None, msg_id: str = "") -> int:

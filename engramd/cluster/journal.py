@@ -174,10 +174,27 @@ class ClusterJournal:
             await self.bridge.run(self.link.connect)
         self.facts = await self.bridge.run(self.link.ensure_stream)
         self.facts_at = trio.current_time()
+        self._check_stream(self.facts)
         await self.bridge.run(lambda: self.link.follow(self.stream_seq))
         self._set_reachable(True)
         log.info("cluster: following stream %s from message %d (last %d)",
                  self.settings.stream, self.stream_seq + 1, self.facts.last_seq)
+
+    def _check_stream(self, facts: StreamFacts) -> None:
+        """Stop following a stream made anew under the same name (deleted and made again):
+        this view's units and position are of the one before, and would be taken for
+        this one's (or, ahead of it, make every write fail)."""
+        made, recorded = facts.created, self.store.stream_made()
+        if not made or made == recorded:
+            return
+        if recorded and self.store.stream_seq > 0:
+            self.failure = (f"the journal stream {self.settings.stream} was made anew (at "
+                            f"{made}; this machine's view is of the one made at {recorded}): "
+                            "start this engramd with an empty data dir to build its view "
+                            "again")
+            log.error("cluster: %s", self.failure)
+            return
+        self.store.set_stream_made(made)
 
     async def _follow(self) -> None:
         while self.failure is None:
@@ -572,11 +589,27 @@ _DEPLOYMENT = re.compile(r"^[a-z0-9_-]{1,64}$")
 given, so two names that differ only in case would share a journal and not leases."""
 
 
+def check_deployment(config: DaemonConfig, store: Store) -> None:
+    """Refuse a data dir holding a view of another deployment's journal (its units would
+    be taken for the new stream's, or its position, ahead of the new stream, would make
+    every write fail); record the deployment in one that holds nothing yet."""
+    recorded = store.deployment()
+    if recorded == config.deployment:
+        return
+    if recorded and store.stream_seq > 0:
+        raise StartupError(
+            f"{config.data_dir} is a view of deployment {recorded!r}'s journal, not of "
+            f"{config.deployment!r}: start with cluster.deployment={recorded}, or give "
+            f"deployment {config.deployment!r} a data dir of its own")
+    store.set_deployment(config.deployment)
+
+
 def open_cluster_journal(config: DaemonConfig, store: Store, version: str) -> ClusterJournal:
     """The cluster journal *config* describes, for the store in its data dir."""
     if not _DEPLOYMENT.match(config.deployment):
         raise StartupError(f"cluster.deployment {config.deployment!r}: use 1-64 lowercase "
                            "letters, digits, - and _")
+    check_deployment(config, store)
     settings = ClusterSettings(
         servers=config.cluster_servers, deployment=config.deployment,
         replicas=config.replicas, credentials=config.credentials, tls_ca=config.tls_ca,

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import nats.errors
+import nats.js.errors
 import trio
 from trio import TaskStatus
 
@@ -60,6 +61,7 @@ from engramd.caller import Caller
 from engramd.cluster.bucket import (
     ENDED_TTL,
     BatchRefused,
+    BucketGone,
     Ended,
     Held,
     KeyChanged,
@@ -78,6 +80,7 @@ from engramd.cluster.outage import (
     transient,
     worth_waiting,
 )
+from engramd.cluster.owngroups import OwnGroups
 from engramd.cluster.tickets import Tickets, patiently
 from engramd.grants import Grant, boottime, check_resource
 from engramd.leases import LeaseManager, spare_group
@@ -152,11 +155,13 @@ class ClusterLeaseManager(LeaseManager):
                                self.boot_id)
         self.view = LeaseView(self.table, machine=self.machine, boot_id=self.boot_id,
                               ended=self._lost, found=self._found, news=news,
-                              handed=self._handed)
+                              handed=self._handed, max_ttl=self.max_ttl)
         self._ending: set[str] = set()
         """Lock ids whose end this machine is writing (their end is not news to it)."""
         self._awaited: dict[str, Awaited] = {}
         """This machine's waiters, by waiter (ticket), while they wait."""
+        self.own_groups = OwnGroups(journal.store, self.boot_id)
+        self.stops.vouches = self.own_groups.vouches
 
     # -- start-up and the watch -------------------------------------------------------
 
@@ -167,12 +172,22 @@ class ClusterLeaseManager(LeaseManager):
         async with trio.open_nursery() as nursery:
             self._nursery = self.stops.nursery = nursery
             task_status.started()
+            nursery.start_soon(self._keep_own_groups_held)
+            nursery.start_soon(self._for_ever, "ageing the line's tickets",
+                               self.view.age_forever)
             nursery.start_soon(self._for_ever, "ending leases at their deadlines",
                                self._expire_forever)
             nursery.start_soon(self._for_ever, "renewing leases held while their process "
                                "lives", self._keep_alive_forever)
             await self._for_ever("watching the leases bucket", functools.partial(
-                self.view.follow, self.journal.bridge, self.bucket, self.journal.connected))
+                self.view.follow, self.journal.bridge, self.bucket, self.journal.connected,
+                lambda: max(self.journal.fences.tokens.values(), default=0)))
+
+    async def _keep_own_groups_held(self) -> None:
+        """Once the watch has shown the bucket: forget the groups noted before this
+        start whose leases ended meanwhile."""
+        await self.view.synced.wait()
+        self.own_groups.keep_held(self.table.by_lock_id)
 
     @staticmethod
     async def _for_ever(what: str, loop: Callable[[], Awaitable[None]]) -> None:
@@ -255,6 +270,14 @@ class ClusterLeaseManager(LeaseManager):
             self._tell(holding, tell, by)
         if self.stops.stops(holding.lease) and self._nursery is not None:
             self.stops.begin(holding, kill_at=trio.current_time())
+        self._ended_here(holding.lease.lock_id)
+
+    def _ended_here(self, lock_id: str) -> None:
+        """The lease *lock_id* is out of the table: its group is no longer one to stop,
+        unless a waiter here still waits for a lease of that lock id (one handed over
+        and seen too late: its ticket names it again)."""
+        if not any(lock_id in awaited.lock_ids for awaited in self._awaited.values()):
+            self.own_groups.forget([lock_id])
 
     def _tell(self, holding: Holding, tell: str, by: str) -> None:
         """Count an expiry of a lease granted here (the servers end it: there is no
@@ -304,6 +327,10 @@ class ClusterLeaseManager(LeaseManager):
                 # "duplicate message id is in process": that too.)
                 if not transient(exc):
                     raise Unavailable(f"the cluster refused: {exc}") from None
+                if (isinstance(exc, nats.js.errors.NoStreamResponseError)
+                        and await self.journal.bridge.run(self.bucket.gone)):
+                    raise Unavailable(f"{BucketGone(self.bucket.name)}; nothing was done; "
+                                      "try again in a few seconds") from None
                 if not await worth_waiting(self.journal.settings.servers, started,
                                            self.timeout):
                     raise (await cluster_away(
@@ -435,11 +462,14 @@ class ClusterLeaseManager(LeaseManager):
                 for resource in resources:
                     # Token 0: the token is this write's revision (see Held).
                     lease = grant.lease(resource, 0, ts, boot, self.boot_id, self.machine)
+                    if request.pgid is not None:  # (checked: _grant_for)
+                        self.own_groups.note([lease.lock_id], request.pgid)
                     try:
                         revision = await self._write_lease(
                             lease, Held(lease), grant.ttl,
                             expect=lambda holding: holding is None)
                     except KeyChanged:  # a lease of this session on it came first
+                        self.own_groups.forget([lease.lock_id])
                         await self._give_back(taken, "not granted: one of this session's "
                                               f"came first on {resource}", caller.agent_id)
                         return None
@@ -496,6 +526,7 @@ class ClusterLeaseManager(LeaseManager):
         self.table.deadline_changed.set()
 
     async def _give_back(self, leases: list[Lease], reason: str, by: str) -> None:
+        self.own_groups.forget(lease.lock_id for lease in leases)
         for lease in leases:
             try:
                 await self._write_end(lease, reason, by)
@@ -513,6 +544,8 @@ class ClusterLeaseManager(LeaseManager):
         waiter = secrets.token_hex(8)
         awaited = self._awaited[waiter] = Awaited(
             grant, [secrets.token_hex(16) for _ in resources])
+        if grant.request.pgid is not None:  # (checked: _grant_for) a release may grant it
+            self.own_groups.note(awaited.lock_ids, grant.request.pgid)
         waiting = Waiting(grant.caller.agent_id, grant.session, grant.holder_pid, resources,
                           grant, shared=grant.shared)
         self.table.enqueue(waiting)  # the requests that come after it here wait behind it
@@ -546,6 +579,8 @@ class ClusterLeaseManager(LeaseManager):
             done.set()
             self.table.dequeue(waiting)
             del self._awaited[waiter]
+            self.own_groups.forget(lock_id for lock_id in awaited.lock_ids
+                                   if lock_id not in awaited.received)
             if not awaited.delivered:  # it gave up (or its client left): what was
                 for holding in awaited.received.values():  # handed over ends at once
                     self._end_at_once(holding, "not granted: its waiter had gone")
@@ -691,6 +726,7 @@ class ClusterLeaseManager(LeaseManager):
         except KeyChanged:
             pass  # it ended meanwhile: the watch says how
         self.table.remove(holding)
+        self._ended_here(lease.lock_id)
         if tell is not None:
             self._tell(holding, tell, by)
         self.view.wake()

@@ -26,7 +26,9 @@ every lease that may conflict with what it grants.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -40,6 +42,7 @@ from engramd.cluster.bucket import (
     LEASE,
     MARKER_TTL,
     TICKET,
+    BucketGone,
     Ended,
     Held,
     KeyUpdate,
@@ -54,6 +57,7 @@ from engramd.cluster.bucket import (
     ticket_key,
 )
 from engramd.cluster.outage import Patience
+from engramd.cluster.tickets import Tickets, checked_ticket
 from engramd.grants import Grant, boottime, check_resource
 from engramd.locks import Holding, LockTable, Waiting
 from engramd.protocol import (
@@ -81,8 +85,10 @@ class LeaseView:
     def __init__(self, table: LockTable, *, machine: str, boot_id: str,
                  ended: OnEnded, found: Callable[[Holding], None],
                  news: Callable[[LockEvent], None] = lambda event: None,
-                 handed: OnHanded | None = None) -> None:
+                 handed: OnHanded | None = None, max_ttl: float = math.inf) -> None:
         self.table = table
+        self.max_ttl = max_ttl
+        """A ticket's ttl is at most this (``locks.max_ttl``), as a request's is."""
         self.machine = machine
         self.boot_id = boot_id
         self._ended = ended
@@ -109,18 +115,29 @@ class LeaseView:
         """(when seen, key, revision) of expiry markers of lease keys, oldest first."""
         self.ticket_seen: dict[str, float] = {}
         """Waiter -> when (trio's clock) the view last saw its ticket written."""
+        self.highest = 0
+        """The highest revision of the bucket this view has seen (a token used, or
+        another key's)."""
         self.delivered: dict[str, dict[str, int]] = {}
         """Root -> lease key -> the revision of it the watch itself delivered last (not
         a read, not this machine's write): see :meth:`root_last`."""
 
     async def follow(self, bridge: AsyncioThread, bucket: LeaseBucket,
-                     connected: Callable[[], Awaitable[None]]) -> None:
-        """Watch the bucket for ever, again after the cluster is lost and found."""
+                     connected: Callable[[], Awaitable[None]],
+                     floor: Callable[[], int] = lambda: 0) -> None:
+        """Watch the bucket for ever, again after the cluster is lost and found. A bucket
+        that is not there is made, numbering its revisions after *floor()* and this
+        view's highest (see :meth:`.LeaseBucket.open`)."""
         patience = Patience("watching the leases bucket")
         while True:
             try:
                 await connected()
-                await bridge.run(bucket.open)
+                known = max(floor(), self.highest)
+                if await bridge.run(functools.partial(bucket.open, known)) and known:
+                    log.warning("cluster leases: the leases bucket %s was not there (deleted?)"
+                                ": made again, its fencing tokens after %d (the highest this "
+                                "machine knows of); the leases it held are gone",
+                                bucket.name, known)
                 before = await bridge.run(bucket.watch)
                 patience.succeeded()
                 await self._watch(bridge, bucket, before)
@@ -134,6 +151,10 @@ class LeaseView:
             try:
                 updates = await bridge.run(lambda: bucket.next_updates(256, wait=5.0))
             except TimeoutError:
+                # A quiet watch, or one of a bucket deleted meanwhile (its consumer went
+                # with it, silently): then the watch starts again, which makes it anew.
+                if await bridge.run(bucket.gone):
+                    raise BucketGone(bucket.name) from None
                 continue
             for update in updates:
                 if update is None:
@@ -178,6 +199,7 @@ class LeaseView:
         """Bring the table and the line up to *update* (older news is ignored)."""
         if update.revision <= self.revisions.get(update.key, 0):
             return
+        self.highest = max(self.highest, update.revision)
         kind, _, name = parse_key(update.key)
         self.revisions[update.key] = update.revision
         if kind == LEASE:
@@ -186,16 +208,16 @@ class LeaseView:
                 self._markers.append((trio.current_time(), update.key, update.revision))
             self._forget_markers()
         elif kind == TICKET:
+            before = self.tickets.get(name)
             self._withdraw(name)
+            self.ticket_seen.pop(name, None)
             if not update.deleted and update.value:
-                ticket = decode_ticket(update.value)
-                if not ticket.number:
-                    ticket = msgspec.structs.replace(ticket, number=update.revision)
+                ticket = checked_ticket(decode_ticket(update.value), update.revision,
+                                        self.max_ttl, before)
                 self._enter(name, ticket)
                 self.ticket_seen[name] = trio.current_time()
             else:  # a waiter's key is never written again once withdrawn
                 del self.revisions[update.key]
-                self.ticket_seen.pop(name, None)
 
     def key_of(self, lease: Lease) -> str:
         """The key of *lease* (of the session that took it)."""
@@ -218,6 +240,7 @@ class LeaseView:
         if revision <= self.revisions.get(key, 0):
             return
         self.revisions[key] = revision
+        self.highest = max(self.highest, revision)
         if isinstance(record, Held):
             self.placed(key, lease.lock_id)
             # Its first write (token 0) is the grant; the others renew it.
@@ -324,6 +347,28 @@ class LeaseView:
         self._ticket_claims[waiter] = claims
         for claim in claims:
             self.lined.add(claim)
+
+    def age(self, now: float) -> None:
+        """Take out of the line the tickets not seen written again within
+        :attr:`.Tickets.STALE` (on trio's clock *now*): their waiters' machines keep
+        writing them every refresh while they wait."""
+        stale = [waiter for waiter, seen in self.ticket_seen.items()
+                 if now - seen > Tickets.STALE]
+        for waiter in stale:
+            ticket = self.tickets.get(waiter)
+            log.info("cluster leases: the ticket of %s (machine %.100s) for %.200s was not "
+                     "written again within %gs: out of the line", waiter,
+                     ticket.machine if ticket else "?",
+                     ", ".join(ticket.resources) if ticket else "?", Tickets.STALE)
+            self._withdraw(waiter)
+            del self.ticket_seen[waiter]
+        if stale:
+            self.wake()
+
+    async def age_forever(self) -> None:
+        while True:
+            await trio.sleep(Tickets.REFRESH)
+            self.age(trio.current_time())
 
     def consumed(self, waiter: str) -> None:
         """*waiter*'s ticket was consumed by the batch that handed its leases over (its

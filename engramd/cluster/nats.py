@@ -74,6 +74,9 @@ class StreamFacts:
     leader: str
     peers: list[ClusterPeer]
     """Each replica but the leader."""
+    created: str = ""
+    """When the stream was made (the servers' timestamp): another one under the same name
+    is another journal."""
 
 
 class NatsLink:
@@ -237,7 +240,8 @@ def _facts(info: Any) -> StreamFacts:
     return StreamFacts(
         last_seq=int(info.state.last_seq), replicas=int(info.config.num_replicas or 1),
         storage=getattr(storage, "value", str(storage)),
-        leader=(cluster.leader or "") if cluster is not None else "", peers=peers)
+        leader=(cluster.leader or "") if cluster is not None else "", peers=peers,
+        created=str(info.created or ""))
 
 
 def credentials_option(path: str) -> str:

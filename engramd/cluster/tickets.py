@@ -27,11 +27,13 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
+import msgspec
 import trio
 
 from engramd.cluster.bucket import LeaseBucket, Terms, Ticket, encode_record, ticket_key
-from engramd.grants import Grant, boottime
-from engramd.protocol import Unavailable
+from engramd.grants import Grant, boottime, checked_ttl
+from engramd.protocol import BadRequest, Unavailable
+from engramd.protocol.bounds import MAX_RESOURCES
 
 log = logging.getLogger("engramd.cluster.leases")
 T = TypeVar("T")
@@ -49,6 +51,10 @@ class Tickets:
 
     TTL = 6.0
     REFRESH = 2.0
+    STALE = TTL
+    """A ticket not seen written again within this long (three refreshes) is out of the
+    line on every machine, whatever its own TTL says (one written by something else may
+    have none): its machine has gone, or it is not engram's."""
     FRESH = REFRESH + 0.5
     """A ticket seen written again within this long is of a machine that is up: a
     release hands over only to such a waiter (the refresh, and its write's moment)."""
@@ -111,6 +117,49 @@ class Tickets:
                     self.bucket.write, ticket_key(waiter), b"", last=None, ttl=1))
             except Unavailable:
                 return  # it expires by itself
+
+
+MOST_TEXT = 1024
+"""Bytes at most of a ticket's machine, agent and session (each a name an engramd
+made, far shorter)."""
+
+
+def checked_ticket(ticket: Ticket, revision: int, max_ttl: float,
+                   before: Ticket | None = None) -> Ticket:
+    """*ticket* as written at *revision* (its number resolved: a first write's is its
+    revision), if its fields are what an engramd writes (as a local request's are
+    checked: a ttl within ``locks.max_ttl``, a lock id for each resource, a process
+    group only with its process); ValueError otherwise. *before*: the waiter's ticket as
+    last seen, whose number a refresh keeps."""
+    number = ticket.number or revision
+    if not 0 < number <= revision:
+        raise ValueError(f"ticket number {ticket.number} after revision {revision}")
+    if ticket.number and before is not None and before.number != number:
+        raise ValueError(f"ticket number {ticket.number} was {before.number}")
+    if not (0 < len(ticket.machine.encode()) <= MOST_TEXT
+            and 0 < len(ticket.agent.encode()) <= MOST_TEXT
+            and len(ticket.session.encode()) <= MOST_TEXT):
+        raise ValueError("a ticket names its machine and agent (1-1024 bytes), and its "
+                         "session")
+    if ticket.pid < 0 or not 0 < len(ticket.resources) <= MAX_RESOURCES:
+        # (pid 0: a request made for an agent, 'as', on no process of its own)
+        raise ValueError(f"a ticket has 1 to {MAX_RESOURCES} resources, and no negative "
+                         "pid")
+    terms = ticket.terms
+    if terms is not None:
+        try:
+            checked_ttl(terms.ttl, max_ttl)
+        except BadRequest as exc:
+            raise ValueError(str(exc)) from None
+        if (len(terms.lock_ids) != len(ticket.resources)
+                or len(set(terms.lock_ids)) != len(terms.lock_ids)
+                or not all(0 < len(lock_id) <= 64 for lock_id in terms.lock_ids)):
+            raise ValueError("a ticket's terms name one lock id for each resource")
+        if not math.isfinite(terms.sent) or (terms.pid is not None and terms.pid <= 0):
+            raise ValueError("a ticket's terms have a time of sending and a process id")
+        if terms.pgid is not None and (terms.pid is None or terms.pgid <= 1):
+            raise ValueError("a ticket's process group is given with its process")
+    return ticket if ticket.number else msgspec.structs.replace(ticket, number=number)
 
 
 async def patiently(attempt: Callable[[], Awaitable[T]], pause: float) -> T:

@@ -6,6 +6,7 @@ Marked ``cluster`` (and ``slow``): ``pytest -m "not slow"`` skips them; CI runs 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -26,6 +27,8 @@ from tests.conftest import WAIT, engramd_log, run_cli, wait_until
 
 pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+import nats  # noqa: E402
 
 
 def units_of(machine: Machine, context: str) -> list[tuple[int, str, str]]:
@@ -439,3 +442,54 @@ def test_daemon_stop_in_cluster_mode_logs_no_traceback(machines: list[Machine]) 
             process.wait()
     said = engramd_log(a.env).read_text()
     assert "Traceback" not in said and "never retrieved" not in said, said
+
+
+def test_a_data_dir_of_another_deployment_is_refused_in_one_line(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
+    """A machine's view holds its deployment's units and stream position: started with
+    another deployment's name its units were taken for the new stream's (or, ahead of
+    that stream, every write failed as too contended). engramd refuses to start on it."""
+    (first,) = deployment_of(nats_cluster, env, scratch, ("v",))
+    with running([first]), first.client() as engram:
+        engram.create_unit("c", "MESSAGE", "written in the first deployment")
+    old = first.env["ENGRAM_CLUSTER_DEPLOYMENT"]
+    other = {**first.env, "ENGRAM_CLUSTER_DEPLOYMENT": "r" + uuid.uuid4().hex[:8]}
+    refused = subprocess.run([sys.executable, "-m", "engramd"], env=other,
+                             capture_output=True, text=True, timeout=WAIT * 3, check=False)
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "level=error" in line and f"deployment '{old}'" in line, line
+    assert other["ENGRAM_CLUSTER_DEPLOYMENT"] in line and "data dir of its own" in line, line
+    with running([first]):  # (its own deployment's name still starts it)
+        assert len(units_of(first, "c")) == 1
+
+
+def test_a_view_of_a_stream_made_anew_stops_following_and_says_so(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
+    """The deployment's stream deleted and made again under the same name is another
+    journal: a machine's view of the old one stops following (status, doctor and every
+    write say to start with an empty data dir), instead of mixing its units into the new
+    one's or failing every write as contended."""
+    (view,) = deployment_of(nats_cluster, env, scratch, ("v",))
+    with running([view]), view.client() as engram:
+        for number in range(3):
+            engram.create_unit("c", "MESSAGE", f"written in the first stream {number}")
+    stream = "ENGRAM_" + view.env["ENGRAM_CLUSTER_DEPLOYMENT"].upper()
+
+    async def delete_stream() -> None:
+        nc = await nats.connect(servers=nats_cluster.servers.split(","))
+        try:
+            await nc.jetstream().delete_stream(stream)
+        finally:
+            await nc.close()
+
+    asyncio.run(delete_stream())
+    view.reaches_cluster = False
+    with running([view]), view.client() as engram:
+        wait_until(lambda: engram.status().cluster.failure is not None,  # type: ignore[union-attr]
+                   "the view to stop following")
+        failure = engram.status().cluster.failure  # type: ignore[union-attr]
+        assert "made anew" in failure and "empty data dir" in failure, failure
+        with pytest.raises(EngramError, match="made anew"):
+            engram.create_unit("c", "MESSAGE", "written in the second stream")

@@ -22,6 +22,7 @@ from engramd.cluster.bucket import (
     KeyUpdate,
     Terms,
     Ticket,
+    decode_ticket,
     encode_record,
     holder_token,
     lease_key,
@@ -30,6 +31,7 @@ from engramd.cluster.bucket import (
 )
 from engramd.cluster.handover import plan
 from engramd.cluster.leaseview import LeaseView
+from engramd.cluster.tickets import Tickets
 from engramd.grants import Grant
 from engramd.locks import Holding, LockTable
 from engramd.protocol import AcquireLock, Lease, LockReleased
@@ -185,6 +187,74 @@ async def test_a_ticket_for_no_valid_resource_leaves_no_trace_in_the_line(
     view.apply(ticket("db", "w2", 4))  # the line goes on
     assert list(view.tickets) == ["w2"]
     view.line()
+
+
+def with_terms(update: KeyUpdate, **changes: object) -> KeyUpdate:
+    """*update*'s ticket with its terms changed so."""
+    record = decode_ticket(update.value)
+    assert record.terms is not None
+    return KeyUpdate(update.key, update.revision, encode_record(msgspec.structs.replace(
+        record, terms=msgspec.structs.replace(record.terms, **changes))))
+
+
+@pytest.mark.parametrize(("why", "bad"), [
+    ("a ttl past locks.max_ttl", lambda u: with_terms(u, ttl=1e9)),
+    ("no ttl", lambda u: with_terms(u, ttl=0.0)),
+    ("no lock id for its resource", lambda u: with_terms(u, lock_ids=[])),
+    ("one lock id twice", lambda u: with_terms(u, lock_ids=["T", "T"])),
+    ("a process group without its process", lambda u: with_terms(u, pgid=77)),
+    ("a process group that is init's", lambda u: with_terms(u, pid=9, pgid=1)),
+    ("a number after its revision", lambda u: KeyUpdate(u.key, u.revision, encode_record(
+        msgspec.structs.replace(decode_ticket(u.value), number=u.revision + 1)))),
+    ("a negative pid", lambda u: KeyUpdate(u.key, u.revision, encode_record(
+        msgspec.structs.replace(decode_ticket(u.value), pid=-1)))),
+])
+async def test_a_ticket_an_engramd_would_not_write_is_refused_whole(why: str, bad: object
+                                                                    ) -> None:
+    """Checked as a request is (a forged ticket with a huge ttl was handed a lease no
+    one could break): refused, and kept nowhere."""
+    view = Recorder().view()
+    view.max_ttl = 3600.0
+    assert callable(bad)
+    with pytest.raises(ValueError):
+        view.apply(bad(waiting_ticket(["db"], "w1", 3)))
+    assert not view.tickets and "w1" not in view.ticket_seen, why
+    view.apply(waiting_ticket(["db"], "w2", 4))  # the line goes on
+    assert list(view.tickets) == ["w2"]
+
+
+async def test_a_ticket_of_a_request_made_for_an_agent_joins_the_line() -> None:
+    """A request made 'as' an agent (through the gateway) has no process: pid 0."""
+    view = Recorder().view()
+    view.apply(KeyUpdate(ticket_key("w1"), 3, encode_record(msgspec.structs.replace(
+        decode_ticket(waiting_ticket(["db"], "w1", 3).value), pid=0))))
+    assert list(view.tickets) == ["w1"]
+
+
+async def test_a_refresh_that_moves_its_ticket_ahead_in_line_is_refused() -> None:
+    view = Recorder().view()
+    view.apply(ticket("q", "w1", 20))
+    view.apply(ticket("q", "w1", 22, number=20))  # its refresh
+    assert view.tickets["w1"].number == 20
+    with pytest.raises(ValueError):
+        view.apply(ticket("q", "w1", 24, number=1))
+    assert not view.tickets
+
+
+async def test_a_ticket_not_written_again_leaves_the_line() -> None:
+    """Its machine writes it again every refresh while its waiter waits: one not seen
+    written within Tickets.STALE (one with no TTL of its own, its machine gone) is out
+    of the line, on trio's clock; written again, it is back."""
+    view = Recorder().view()
+    start = trio.current_time()
+    view.apply(ticket("q", "w1", 20, number=1))  # (no TTL: the servers keep it)
+    changed = view.changed
+    view.age(start + Tickets.STALE)
+    assert list(view.tickets) == ["w1"] and not changed.is_set()
+    view.age(start + Tickets.STALE + 0.1)
+    assert not view.tickets and view.turn("w2", 30, grant("q")) and changed.is_set()
+    view.apply(ticket("q", "w1", 32, number=1))
+    assert list(view.tickets) == ["w1"]
 
 
 async def test_every_lease_change_the_view_takes_in_is_news_once() -> None:
