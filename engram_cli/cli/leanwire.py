@@ -442,16 +442,8 @@ class Connection:
         except TimeoutError:
             raise _errors().ClientTimeout(
                 f"engramd did not answer within {round(waited or 0, 1):g}s") from None
-        except OSError as exc:
-            raise _errors().Unavailable(
-                f"lost the connection to engramd: {exc.strerror}") from None
-        except Unreached:
-            raise _errors().Unavailable("engramd closed the connection") from None
-        except BadFrame as exc:
-            raise _errors().Unavailable(f"protocol error: {exc}") from None
-        except ValueError as exc:
-            raise _errors().Unavailable(
-                f"protocol error: unreadable message from the daemon: {exc}") from None
+        except (OSError, Unreached, ValueError) as exc:
+            raise _unavailable(exc) from None
         if reply.fields.get("msg") == "error":
             from engramd.protocol import error_for
 
@@ -508,16 +500,8 @@ class Connection:
                     self._file(self._frame())
             except TimeoutError:
                 return None
-            except OSError as exc:
-                raise _errors().Unavailable(
-                    f"lost the connection to engramd: {exc.strerror}") from None
-            except Unreached:
-                raise _errors().Unavailable("engramd closed the connection") from None
-            except BadFrame as exc:
-                raise _errors().Unavailable(f"protocol error: {exc}") from None
-            except ValueError as exc:
-                raise _errors().Unavailable(
-                    f"protocol error: unreadable message from the daemon: {exc}") from None
+            except (OSError, Unreached, ValueError) as exc:
+                raise _unavailable(exc) from None
         return self.notices.pop(0) if self.notices else None
 
     def buffered(self) -> bool:
@@ -554,6 +538,20 @@ class Connection:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def _unavailable(exc: BaseException) -> Exception:
+    """The library's error for a connection that failed while an answer was read."""
+    if isinstance(exc, OSError):
+        why = f"lost the connection to engramd: {exc.strerror}"
+    elif isinstance(exc, Unreached):
+        why = "engramd closed the connection"
+    elif isinstance(exc, BadFrame):
+        why = f"protocol error: {exc}"
+    else:
+        why = f"protocol error: unreadable message from the daemon: {exc}"
+    error: Exception = _errors().Unavailable(why)
+    return error
 
 
 def _errors() -> Any:
