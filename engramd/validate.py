@@ -80,7 +80,8 @@ MAX_REASON = 1024
 def reason(text: str) -> str:
     """Why something was done, for the record (a lease broken): words, not blank."""
     name(text, "reason", MAX_REASON)
-    if not text.strip():
+    if not any(char.isprintable() and not char.isspace() for char in text):
+        # (zero-width, format and control characters show nothing either)
         raise BadRequest("reason must say why in words: it is blank")
     return text
 

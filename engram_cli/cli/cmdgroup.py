@@ -104,6 +104,9 @@ class Command:
         self.terminal = _foreground_terminal()
         self.status: int | None = None
         """CMD's exit status once it has exited (128+N after signal N)."""
+        self.killed_by: int | None = None
+        """The signal that ended CMD, if one did (its status alone, 128+N, cannot say:
+        a command may exit with 137 by itself)."""
         self.started = False
         self.reaped = False
         self.forwarded: set[int] = set()
@@ -188,7 +191,7 @@ class Command:
         if info.si_code == os.CLD_EXITED:
             self.status = info.si_status
         elif info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
-            self.status = 128 + info.si_status
+            self.status, self.killed_by = 128 + info.si_status, info.si_status
         return self.status
 
     def _stop_along(self, signum: int) -> None:
@@ -282,6 +285,7 @@ class Command:
                 _, raw = os.waitpid(self.pid, 0)
                 code = os.waitstatus_to_exitcode(raw)
                 self.status = code if code >= 0 else 128 - code
+                self.killed_by = -code if code < 0 else None
             self.reaped = True
         return self.status if self.status is not None else 0
 

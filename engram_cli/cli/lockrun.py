@@ -309,14 +309,16 @@ def _run(client: Holder, command: Command, leases: list[Lease]) -> int:
 
 def _say_signal(command: Command) -> None:
     """One line when CMD was ended by a signal that engram neither sent nor passed on
-    (another process's kill, a crash): its exit status alone (128+N) says too little."""
-    status = command.poll()
-    if status is None or status <= 128 or status - 128 in command.forwarded:
+    (another process's kill, a crash): its exit status alone (128+N) says too little.
+    Not SIGPIPE: the usual end of a command whose reader went (``| head``)."""
+    command.poll()
+    number = command.killed_by
+    if number is None or number in command.forwarded or number == signal.SIGPIPE:
         return
     try:
-        name = signal.Signals(status - 128).name
+        name = signal.Signals(number).name
     except ValueError:
-        name = f"signal {status - 128}"
+        name = f"signal {number}"
     remarks.note(f"the command was ended by {name}, which engram neither sent nor "
                  "passed on; its leases were held throughout and are released")
 

@@ -314,6 +314,8 @@ BAD_NUMBERS = [
     (["lock", "acquire", "res:bad", "-w", "1e309", "--json"], "--wait"),
     (["lock", "acquire", "res:bad", "--pid", "99999999999999999999"], "--pid"),
     (["lock", "run", "res:bad", "--wait", "nan", "--", "true"], "--wait"),
+    (["lock", "run", "res:bad", "--wait", "1e10", "--", "true"], "--wait"),
+    (["lock", "acquire", "res:bad", "-w", "1e18"], "--wait"),
     (["unit", "create", "-c", "bad", "-p", "x", "--fence", "r:99999999999999999999"],
      "--fence"),
     (["wait", "--since", "99999999999999999999", "--timeout", "1"], "--since"),

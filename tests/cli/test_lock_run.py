@@ -268,6 +268,18 @@ def test_a_wait_in_line_goes_on_through_a_daemon_restart(
     assert waiter.returncode == 0, err
 
 
+@pytest.mark.parametrize("code", ["exit 137", "exit 200", "kill -PIPE $$"])
+def test_a_cmd_that_exits_past_128_by_itself_or_by_sigpipe_is_not_told_as_killed(
+        engramd: DaemonProcess, code: str) -> None:
+    """An exit status of 137 is a status (``sh -c 'exit 137'``), not a SIGKILL; and
+    SIGPIPE is how a command whose reader went ends (``| head``): nothing said."""
+    run = subprocess.run([sys.executable, "-m", "engram_cli", "lock", "run", "job", "--",
+                          "sh", "-c", code], env=engramd.env, capture_output=True, text=True,
+                         timeout=WAIT * 3, check=False)
+    assert run.returncode == {"exit 137": 137, "exit 200": 200}.get(code, 141)
+    assert run.stderr == ""
+
+
 def test_a_cmd_killed_by_another_process_is_said_in_one_line(
         engramd: DaemonProcess, tmp_path: Path) -> None:
     """CMD ended by a SIGTERM that lock run neither sent nor passed on: its status is
@@ -297,3 +309,14 @@ def test_lock_run_finds_cmd_as_shutil_which_does(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv("PATH", path)
     monkeypatch.chdir("/")
     assert lockrun._on_path(command) == (shutil.which(command) is not None)
+
+
+@pytest.mark.parametrize("option", [["-w5"], ["-w", "5"], ["--wait=5"], ["-n"]])
+def test_options_may_follow_the_resource_in_every_form_click_reads(
+        engramd: DaemonProcess, option: list[str]) -> None:
+    """``lock run RES -w5 -- CMD`` as ``RES -w 5``: the attached short form was refused
+    as an unknown option after the resource."""
+    run = subprocess.run([sys.executable, "-m", "engram_cli", "lock", "run", "job", *option,
+                          "--", "true"], env=engramd.env, capture_output=True, text=True,
+                         timeout=WAIT * 3, check=False)
+    assert (run.returncode, run.stderr) == (0, "")

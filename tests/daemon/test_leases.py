@@ -124,7 +124,7 @@ def test_a_break_names_the_lease_it_was_shown(threaded_daemon: ThreadedDaemon) -
         with pytest.raises(Conflict, match=f"fencing token {shown.fencing_token}"):
             ops.break_lock("deploy", "stuck", token=shown.fencing_token)
         assert ops.get_lock("deploy").lease.lock_id == now.lock_id  # type: ignore[union-attr]
-        for blank in ("", "   ", "\t\n"):
+        for blank in ("", "   ", "\t\n", "\u200b", "\ufeff\u00ad", "\u202e", "\u0001"):
             with pytest.raises(BadRequest, match="reason"):
                 ops.break_lock("deploy", blank, lock_id=now.lock_id)
         ops.break_lock("deploy", "stuck", lock_id=now.lock_id, token=now.fencing_token)

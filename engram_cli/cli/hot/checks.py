@@ -1,5 +1,6 @@
 """Values of the command line that Click takes and the protocol cannot: a number of
-seconds that is not finite (nan, inf, 1e309), an integer too large for MessagePack.
+seconds that is not finite (nan, inf, 1e309) or past ``MAX_SECONDS``, an integer too large
+for MessagePack.
 Each is a usage error (exit 2, one line) on both paths, before anything is sent. Imports
 nothing at the start (the client library's errors only when one is raised)."""
 
@@ -16,10 +17,17 @@ def _usage(message: str) -> Exception:
     return UsageProblem(message)
 
 
+MAX_SECONDS = 1e9
+"""The most seconds a wait or timeout takes (about 31 years): beyond it a socket's
+timeout overflows the platform's time_t."""
+
+
 def seconds(value: float | None, option: str) -> float | None:
     """*value* (seconds given to *option*) if it is a finite number, or None."""
     if value is not None and value - value != 0:  # nan and ±inf (inf - inf is nan)
         raise _usage(f"{option} expects a finite number of seconds, got {value!r}")
+    if value is not None and value > MAX_SECONDS:
+        raise _usage(f"{option} takes at most {MAX_SECONDS:.0f} seconds, got {value:g}")
     return value
 
 

@@ -136,6 +136,8 @@ def _run_options(words: list[str], ttl: float | None, wait: float | None, no_wai
     values = iter(words)
     for word in values:
         option, equals, inline = word.partition("=")
+        if word[:2] in ("-w", "-p") and len(word) > 2 and word[2] != "=":
+            option, equals, inline = word[:2], "=", word[2:]  # -w5, as Click reads it
         if option in ("--no-wait", "-n") and not equals:
             no_wait = True
         elif word == "--shared":
