@@ -124,6 +124,8 @@ class ClusterJournal:
         self.why_unreachable = ""
         """What the last failure said (while :attr:`reachable` is false)."""
         self.machines_seen: list[ClusterMachine] = []
+        self._unreadable: set[bytes] = set()
+        """Records of the machines bucket logged as unreadable (once each)."""
         self.machines_at: float | None = None
         self.answering: int | None = None
         """How many of the servers accepted a connection at the last look."""
@@ -153,10 +155,9 @@ class ClusterJournal:
                 # view starts following again from where its store is: never an end.
                 try:
                     await self._connect()
-                    patience.succeeded()
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._announce)
-                        await self._follow()
+                        await self._follow(patience)
                 except Exception as exc:  # (trio hands a task's error on in a group)
                     self._set_unreachable(exc)
                     await patience.failed(exc)
@@ -196,14 +197,19 @@ class ClusterJournal:
             return
         self.store.set_stream_made(made)
 
-    async def _follow(self) -> None:
+    async def _follow(self, patience: Patience) -> None:
+        """Apply the stream's messages as they come. Only following (not connecting
+        again) ends the pauses of *patience*: a failure met at once after each new
+        connection would otherwise be tried, and logged, four times a second."""
         while self.failure is None:
             try:
                 messages = await self.bridge.run(
                     lambda: self.link.next_messages(256, wait=self.ANNOUNCE_SECONDS))
             except TimeoutError:
+                patience.succeeded()
                 continue
             await self.apply(messages)
+            patience.succeeded()
 
     async def _announce(self) -> None:
         """Say where this machine's view is: every ANNOUNCE_SECONDS, and within a second
@@ -322,7 +328,7 @@ class ClusterJournal:
                 found = await self.bridge.run(self.link.machines_seen)
             except (nats.errors.Error, TimeoutError):
                 return self.machines_seen
-            self.machines_seen = sorted((_machine_decoder.decode(raw) for raw in found),
+            self.machines_seen = sorted(_readable_machines(found, self._unreadable),
                                         key=lambda record: record.machine)
             self.machines_at = trio.current_time()
         return self.machines_seen
@@ -383,7 +389,16 @@ class ClusterJournal:
         for number, body, fenced in messages:
             if number <= stream_seq:
                 continue  # applied already: the echo of this machine's own write
-            entry = decode_entry(body)
+            try:
+                entry, marks_of_it = decode_entry(body), from_header(fenced)
+            except Exception as exc:  # (msgspec's and the header's errors: untrusted bytes)
+                # Not an engram batch (written by hand with the cluster's credentials):
+                # it holds no seq, so passing it over loses nothing; stopping at it
+                # would stop every machine's view, and so every write, for good.
+                log.warning("cluster: message %d of %s is not an engram batch (%s); "
+                            "passed over", number, self.settings.stream, exc)
+                stream_seq = number
+                continue
             if entry.first_seq != applied_seq + 1:
                 if entry.last_seq <= applied_seq:
                     log.warning("cluster: message %d repeats seqs %d-%d; skipped", number,
@@ -397,7 +412,7 @@ class ClusterJournal:
                 break
             fresh.append(entry)
             size += len(body)
-            marks += from_header(fenced)
+            marks += marks_of_it
             applied_seq, stream_seq = entry.last_seq, number
         if fresh:
             kept: dict[bytes, tuple[int, bytes]] = {}
@@ -527,6 +542,22 @@ class ClusterCommitter(GroupCommitter):
 
     def _toward_checkpoint(self, written: int) -> None:
         pass  # counted as the view applies it (the echo of the publish included)
+
+
+def _readable_machines(found: list[bytes], said: set[bytes]) -> list[ClusterMachine]:
+    """The records of *found* that are machines' announcements: anything else (written
+    by hand with the cluster's credentials) is left out, and logged once (*said* holds
+    those logged already)."""
+    machines = []
+    for raw in found:
+        try:
+            machines.append(_machine_decoder.decode(raw))
+        except msgspec.DecodeError as exc:
+            if raw not in said and len(said) < 1000:
+                said.add(raw)
+                log.warning("cluster: a record of the machines bucket is not a machine's "
+                            "(%s); left out", exc)
+    return machines
 
 
 def machine_id(data_dir: str) -> str:

@@ -493,3 +493,39 @@ def test_a_view_of_a_stream_made_anew_stops_following_and_says_so(
         assert "made anew" in failure and "empty data dir" in failure, failure
         with pytest.raises(EngramError, match="made anew"):
             engram.create_unit("c", "MESSAGE", "written in the second stream")
+
+
+def test_a_message_that_is_not_an_engram_batch_is_passed_over_by_every_view(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
+    """Bytes written on the journal's subject (or a machine's record) by hand with the
+    cluster's credentials: each view logs them once and goes on. A view stopped at such
+    a message stopped every write on every machine, for good; a record of the machines
+    bucket that was not a machine's made `cluster status` an internal error."""
+    a, b = deployment_of(nats_cluster, env, scratch, ("a", "b"))
+    deployment = a.env["ENGRAM_CLUSTER_DEPLOYMENT"]
+    with running([a, b]):
+        with a.client() as engram:
+            engram.create_unit("c", "MESSAGE", "before")
+
+        async def write_junk() -> None:
+            nc = await nats.connect(servers=nats_cluster.servers.split(","))
+            try:
+                js = nc.jetstream()
+                await js.publish(f"engram.{deployment}.journal", b"\xff")
+                await js.publish(f"engram.{deployment}.journal", b"\x93\x01\x02",
+                                 headers={"Engram-Fences": "not base64 at all!"})
+                await js.publish(f"$KV.engram_{deployment}_machines.forged", b"{not json")
+            finally:
+                await nc.close()
+
+        asyncio.run(write_junk())
+        for machine in (a, b):
+            with machine.client() as engram:
+                engram.create_unit("c", "MESSAGE", f"after, on {machine.name}")
+        wait_until(lambda: len(units_of(a, "c")) == len(units_of(b, "c")) == 3,
+                   "both views past the junk")
+        assert units_of(a, "c") == units_of(b, "c")
+        status = a.cli("cluster", "status")
+        assert status.returncode == 0, status.stderr
+        said = engramd_log(a.env).read_text()
+        assert said.count("is not an engram batch") == 2 and "Traceback" not in said, said
