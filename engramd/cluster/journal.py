@@ -629,8 +629,8 @@ def check_deployment(config: DaemonConfig, store: Store) -> None:
         return
     if recorded and store.stream_seq > 0:
         raise StartupError(
-            f"{config.data_dir} is a view of deployment {recorded!r}'s journal, not of "
-            f"{config.deployment!r}: start with cluster.deployment={recorded}, or give "
+            f"{config.data_dir} is a view of the journal of deployment {recorded!r}, not "
+            f"of {config.deployment!r}: start with cluster.deployment={recorded}, or give "
             f"deployment {config.deployment!r} a data dir of its own")
     store.set_deployment(config.deployment)
 

@@ -89,6 +89,8 @@ class LeaseView:
         self.table = table
         self.max_ttl = max_ttl
         """A ticket's ttl is at most this (``locks.max_ttl``), as a request's is."""
+        self._said_unreadable: set[str] = set()
+        """Keys logged as not engram's (once each)."""
         self.machine = machine
         self.boot_id = boot_id
         self._ended = ended
@@ -169,8 +171,14 @@ class LeaseView:
                     self.apply(update)
                     self._delivered(update)
                 except (msgspec.DecodeError, ValueError) as exc:
-                    log.warning("cluster leases: key %s revision %d is not engram's (%s); "
-                                "ignored", update.key, update.revision, exc)
+                    # Once a key: a writer rewriting it (a forged ticket refreshed every
+                    # second) would fill every machine's log.
+                    if update.key not in self._said_unreadable and len(
+                            self._said_unreadable) < 10_000:
+                        self._said_unreadable.add(update.key)
+                        log.warning("cluster leases: key %s revision %d is not engram's "
+                                    "(%s); ignored (and its later revisions alike)",
+                                    update.key, update.revision, exc)
             self.wake()
 
     def wake(self) -> None:

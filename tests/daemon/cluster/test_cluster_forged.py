@@ -28,7 +28,7 @@ from engram_cli.client.errors import EngramError
 from engramd.grants import boot_id, boottime
 from engramd.protocol import Lease
 from tests.clustermachines import Machine
-from tests.conftest import WAIT, wait_until
+from tests.conftest import WAIT, engramd_log, wait_until
 
 pytest.importorskip("nats", reason="cluster mode needs the engram-journal[cluster] extra")
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -207,6 +207,25 @@ def test_a_ticket_an_engramd_would_not_write_is_refused_whole(
     with b.client("bob") as bob:
         wait_until(lambda: bool(bob.get_lock("res").waiters), "b to see the valid ticket")
         assert len(bob.get_lock("res").waiters) == 1
+
+
+def test_a_key_not_engrams_is_logged_once_however_often_it_is_written(
+        machines: list[Machine], nats_cluster: NatsCluster) -> None:
+    """A forger rewriting an invalid ticket every second wrote a warning a revision into
+    every machine's log."""
+    a, b, _ = machines
+    key = ticket_key(secrets.token_hex(8))
+    for _ in range(5):
+        write_raw(nats_cluster, a, key, encode_record(forged_ticket("nowhere", "res",
+                                                                    ttl=1e9)), ttl="30s")
+    last = write_raw(nats_cluster, a, ticket_key(secrets.token_hex(8)),
+                     encode_record(forged_ticket("nowhere", "res")), ttl="30s")
+    with b.client("bob") as bob:  # the valid ticket, written last, seen: the rest too
+        wait_until(lambda: bool(bob.get_lock("res").waiters), "b to see the valid ticket")
+    assert last > 0
+    said = [line for line in engramd_log(b.env).read_text().splitlines()
+            if key in line and "not engram's" in line]
+    assert len(said) == 1, said
 
 
 def test_a_leases_bucket_deleted_and_made_again_never_hands_out_a_used_token(
