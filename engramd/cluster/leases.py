@@ -325,12 +325,16 @@ class ClusterLeaseManager(LeaseManager):
                 # No quorum, a leader being elected, a server gone: again, until the
                 # deadline. (An earlier attempt of a write awaiting a quorum answers
                 # "duplicate message id is in process": that too.)
-                if not transient(exc):
-                    raise Unavailable(f"the cluster refused: {exc}") from None
-                if (isinstance(exc, nats.js.errors.NoStreamResponseError)
+                # (No stream to answer, or "stream not found" just after its deletion:
+                # the bucket may be gone, which is said as such.)
+                if (isinstance(exc, (nats.js.errors.NoStreamResponseError,
+                                     nats.js.errors.NotFoundError))
+                        and not isinstance(exc, nats.js.errors.KeyNotFoundError)
                         and await self.journal.bridge.run(self.bucket.gone)):
                     raise Unavailable(f"{BucketGone(self.bucket.name)}; nothing was done; "
                                       "try again in a few seconds") from None
+                if not transient(exc):
+                    raise Unavailable(f"the cluster refused: {exc}") from None
                 if not await worth_waiting(self.journal.settings.servers, started,
                                            self.timeout):
                     raise (await cluster_away(
