@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engramd.protocol import BadRequest, TooLarge
+from engramd.protocol import BadRequest, TooLarge, bounds
 from engramd.protocol.bounds import AGENT_ID_PATTERN, CONTEXT_ID_PATTERN, MAX_ID, MAX_KEY, MAX_NAME
 from engramd.protocol.messages import UnitDraft
 from engramd.protocol.model import (
@@ -75,13 +75,13 @@ def name(text: str, what: str, limit: int = MAX_NAME) -> str:
 
 
 MAX_REASON = 1024
+_VISIBLE = re.compile(f"[^{bounds.INVISIBLE}]")
 
 
 def reason(text: str) -> str:
     """Why something was done, for the record (a lease broken): words, not blank."""
     name(text, "reason", MAX_REASON)
-    if not any(char.isprintable() and not char.isspace() for char in text):
-        # (zero-width, format and control characters show nothing either)
+    if _VISIBLE.search(text) is None:  # (zero-width and bidi characters show nothing)
         raise BadRequest("reason must say why in words: it is blank")
     return text
 

@@ -68,6 +68,13 @@ WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000-\u200a\u2028\
 """What Python's ``str.strip()`` removes, as a regular expression class body (a
 pattern's ``\\s`` is another set)."""
 
+INVISIBLE = (WHITESPACE + "\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f"
+             "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e"
+             "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb")
+"""What shows nothing: whitespace, control characters and the format characters of the
+Basic Multilingual Plane (zero-width, bidi controls, the soft hyphen, BOM), as a
+regular expression class body (one list, for the daemon's check and the schemas alike)."""
+
 # -- as JSON Schema (msgspec types) ---------------------------------------------
 
 _NO_NUL = r"^[^\u0000]*$"

@@ -169,9 +169,9 @@ AbsolutePaths = Annotated[list[AbsolutePath], msgspec.Meta(
 
 BreakReason = Annotated[str, msgspec.Meta(
     min_length=1, max_length=1024,
-    pattern=rf"^[^\u0000]*[^{b.WHITESPACE}\u0000][^\u0000]*$",
+    pattern=rf"^[^\u0000]*[^{b.INVISIBLE}][^\u0000]*$",
     description="Why the lease is broken (journaled): 1 to 1024 characters, without NUL, "
-                "not blank")]
+                "not blank (whitespace, control and format characters alone show nothing)")]
 
 BOUNDS: dict[str, dict[str, Any]] = {
     "DraftForm": {"context_id": b.ContextId, "type": b.UnitType,
