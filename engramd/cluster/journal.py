@@ -197,13 +197,28 @@ class ClusterJournal:
         self.store.set_stream_made(made)
 
     async def _follow(self) -> None:
+        followed_again_at = None  # the view's position when it last followed again
         while self.failure is None:
             try:
                 messages = await self.bridge.run(
                     lambda: self.link.next_messages(256, wait=self.ANNOUNCE_SECONDS))
             except TimeoutError:
+                # Nothing for a while, and the stream holds more: messages dropped at
+                # the end of what was pushed (nothing came after them to show a hole).
+                # Once a position: the stream's last ones may have been deleted.
+                if self.lag and followed_again_at != self.stream_seq:
+                    followed_again_at = self.stream_seq
+                    await self._follow_again("nothing came, the stream holds more")
                 continue
             await self.apply(messages)
+            if self.link.lost:
+                await self._follow_again("the subscription dropped messages")
+
+    async def _follow_again(self, why: str) -> None:
+        """Subscribe again from the message after the view's last one."""
+        log.warning("cluster: %s; following stream %s again from message %d", why,
+                    self.settings.stream, self.stream_seq + 1)
+        await self.bridge.run(lambda: self.link.follow(self.stream_seq))
 
     async def _announce(self) -> None:
         """Say where this machine's view is: every ANNOUNCE_SECONDS, and within a second

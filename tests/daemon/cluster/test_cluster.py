@@ -493,3 +493,34 @@ def test_a_view_of_a_stream_made_anew_stops_following_and_says_so(
         assert "made anew" in failure and "empty data dir" in failure, failure
         with pytest.raises(EngramError, match="made anew"):
             engram.create_unit("c", "MESSAGE", "written in the second stream")
+
+
+def test_a_view_killed_and_restarted_replays_a_long_stream_whole(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
+    """A kill -9 before the store's first checkpoint replays the stream from message 1:
+    thousands of messages pushed faster than the view applied them overflowed the
+    subscription's queue, nats-py dropped the overflow after counting it as delivered,
+    and the view stalled short of the stream's end (writes refused as "behind and not
+    catching up", status saying writes accepted) or took the hole for a journal gap."""
+    a, b = deployment_of(nats_cluster, env, scratch, ("a", "b"))
+    count = 6000
+    lines = os.path.join(scratch, "bulk.jsonl")
+    with open(lines, "w") as file:
+        for number in range(count):
+            file.write(json.dumps({"context_id": "bulk", "payload": f"unit {number}"}) + "\n")
+    with running([a, b]):
+        imported = a.cli("unit", "import", "--batch", "1", lines)
+        assert imported.returncode == 0, imported.stderr
+        wait_until(lambda: b.view_seq() >= a.view_seq(), "b to apply them", WAIT * 3)
+        b.kill()
+        b.start()
+        wait_until(lambda: b.view_seq() >= a.view_seq(), "b to replay the stream",
+                   WAIT * 3)
+        with b.client() as engram:
+            assert engram.status().cluster.failure is None  # type: ignore[union-attr]
+            engram.create_unit("bulk", "MESSAGE", "written after the restart")
+        wait_until(lambda: a.view_seq() >= b.view_seq(), "a to apply it")
+        assert units_of(b, "bulk") == units_of(a, "bulk")
+        for machine in (a, b):
+            with machine.client() as engram:
+                assert engram.status().journal.units == count + 1  # type: ignore[union-attr]
