@@ -524,3 +524,34 @@ def test_a_view_killed_and_restarted_replays_a_long_stream_whole(
         for machine in (a, b):
             with machine.client() as engram:
                 assert engram.status().journal.units == count + 1  # type: ignore[union-attr]
+
+
+def test_a_stalled_view_is_told_by_status_and_doctor_until_it_catches_up(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
+    """A view behind the stream and not moving said nothing: cluster status said writes
+    accepted and doctor found no failure while every write timed out (rc 69)."""
+    stall = os.path.join(scratch, "stall")
+    a, b = deployment_of(nats_cluster, env, scratch, ("a", "b"),
+                         b={"STALL_FILE": stall})
+    b.module = "tests.helpers.stalled_view_engramd"
+    with running([a, b]):
+        open(stall, "w").close()
+        with a.client() as engram:
+            engram.create_unit("c", "MESSAGE", "b does not see this one yet")
+
+        def refused() -> str | None:
+            with b.client() as engram:
+                return engram.status().journal.write_error  # type: ignore[union-attr]
+
+        wait_until(lambda: "not catching up" in (refused() or ""), "b to say it stalled",
+                   WAIT * 3)
+        said = b.cli("cluster", "status")
+        assert "not catching up" in said.stdout, said.stdout
+        doctor = b.cli("doctor")
+        assert doctor.returncode != 0 and "not catching up" in doctor.stdout, doctor.stdout
+        os.unlink(stall)
+        wait_until(lambda: b.view_seq() >= a.view_seq(), "b to catch up", WAIT * 2)
+        assert refused() is None
+        with b.client() as engram:
+            engram.create_unit("c", "MESSAGE", "written once b caught up")
+        assert units_of(b, "c") == units_of(a, "c")
