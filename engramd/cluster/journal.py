@@ -245,8 +245,9 @@ class ClusterJournal:
     async def _follow_again(self, why: str, *, quiet: bool = False) -> None:
         """Subscribe again from the message after the view's last one (said once a
         position: the stream's last messages may have been deleted)."""
-        (log.debug if quiet else log.warning)("cluster: %s; following stream %s again from message %d", why,
-                    self.settings.stream, self.stream_seq + 1)
+        say = log.debug if quiet else log.warning
+        say("cluster: %s; following stream %s again from message %d", why,
+            self.settings.stream, self.stream_seq + 1)
         await self.bridge.run(lambda: self.link.follow(self.stream_seq))
 
     async def _announce(self) -> None:
