@@ -509,15 +509,25 @@ def test_a_view_killed_and_restarted_replays_a_long_stream_whole(
         for number in range(count):
             file.write(json.dumps({"context_id": "bulk", "payload": f"unit {number}"}) + "\n")
     with running([a, b]):
-        imported = a.cli("unit", "import", "--batch", "1", lines)
-        assert imported.returncode == 0, imported.stderr
-        wait_until(lambda: b.view_seq() >= a.view_seq(), "b to apply them", WAIT * 3)
-        b.kill()
-        b.start()
-        wait_until(lambda: b.view_seq() >= a.view_seq(), "b to replay the stream",
-                   WAIT * 3)
+        importing = subprocess.Popen(
+            [sys.executable, "-m", "engram_cli", "unit", "import", "--batch", "1", lines],
+            env=a.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: b.view_seq() > count // 3, "b to apply some", WAIT * 3)
+            b.kill()  # in the middle of the import: b's view was applying
+            b.start()
+        finally:
+            _, said = importing.communicate(timeout=WAIT * 6)
+        assert importing.returncode == 0, said
+        for kill in range(2):  # (the second one while idle)
+            if kill:
+                b.kill()
+                b.start()
+            wait_until(lambda: b.view_seq() >= a.view_seq(), "b to replay the stream",
+                       WAIT * 3)
+            with b.client() as engram:
+                assert engram.status().cluster.failure is None  # type: ignore[union-attr]
         with b.client() as engram:
-            assert engram.status().cluster.failure is None  # type: ignore[union-attr]
             engram.create_unit("bulk", "MESSAGE", "written after the restart")
         wait_until(lambda: a.view_seq() >= b.view_seq(), "a to apply it")
         assert units_of(b, "bulk") == units_of(a, "bulk")
