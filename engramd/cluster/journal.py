@@ -394,6 +394,8 @@ class ClusterJournal:
     # -- applying ----------------------------------------------------------------------
 
     def _set_reachable(self, reachable: bool) -> None:
+        if reachable and not self.reachable and self.behind_since is not None:
+            self.behind_since = trio.current_time()  # not stalled while it was away
         self.reachable = reachable
         if reachable:
             self.unreachable_since, self.why_unreachable = None, ""
