@@ -167,6 +167,8 @@ class Doctor:
             cluster = self.status.cluster
             fix = ("free some space: writes resume by themselves" if "disk" in
                    journal.write_error.lower() else
+                   "engram daemon restart (engramd's log says why it stalled)"
+                   if "not catching up" in journal.write_error else
                    "check the NATS servers (engram cluster status): writes resume by "
                    "themselves once the cluster answers" if cluster is not None
                    and cluster.failure is None else "engram daemon restart")

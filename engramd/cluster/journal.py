@@ -93,6 +93,9 @@ class ClusterJournal:
     ATTEMPT_SECONDS = 2.0
     ANNOUNCE_SECONDS = 5.0
     ANNOUNCE_MIN_SECONDS = 1.0
+    STALLED_SECONDS = 15.0
+    """Behind the stream this long without applying a message: the view is stalled (it
+    follows again every ANNOUNCE_SECONDS meanwhile), and status says so."""
 
     def __init__(self, settings: ClusterSettings, store: Store, thread: JournalThread,
                  *, machine: str, socket_path: str, version: str) -> None:
@@ -115,7 +118,10 @@ class ClusterJournal:
         it a later seq could reach the hub first (and a watcher skip the earlier one)."""
         self.failure: str | None = None
         """Why the view stopped following (a gap in the journal): it needs a rebuild."""
-        self.facts: StreamFacts | None = None
+        self._facts: StreamFacts | None = None
+        self.behind_since: float | None = None
+        """Since when the view has been behind the stream without moving (trio's clock;
+        None: it is not behind, as last seen)."""
         self.facts_at: float | None = None
         """When :attr:`facts` were read (trio's clock; None: never)."""
         self.reachable = False
@@ -133,6 +139,28 @@ class ClusterJournal:
         self.fences = FenceMarks()
         """The fence marks of the messages the view applied (:mod:`.fences`)."""
         self.fences.load([decode_mark(raw) for raw in store.fence_marks()])
+
+    @property
+    def facts(self) -> StreamFacts | None:
+        """The stream as last seen."""
+        return self._facts
+
+    @facts.setter
+    def facts(self, facts: StreamFacts | None) -> None:
+        self._facts = facts
+        self._note_progress(moved=False)
+
+    def _note_progress(self, *, moved: bool) -> None:
+        if not self.lag:
+            self.behind_since = None
+        elif moved or self.behind_since is None:
+            self.behind_since = trio.current_time()
+
+    @property
+    def stalled(self) -> bool:
+        """Whether the view is behind the stream and has not moved for STALLED_SECONDS."""
+        return (self.reachable and self.behind_since is not None
+                and trio.current_time() - self.behind_since > self.STALLED_SECONDS)
 
     @property
     def stream_seq(self) -> int:
@@ -201,15 +229,32 @@ class ClusterJournal:
         """Apply the stream's messages as they come. Only following (not connecting
         again) ends the pauses of *patience*: a failure met at once after each new
         connection would otherwise be tried, and logged, four times a second."""
+        warned_at = None  # the view's position when a follow again was last logged
         while self.failure is None:
             try:
                 messages = await self.bridge.run(
                     lambda: self.link.next_messages(256, wait=self.ANNOUNCE_SECONDS))
             except TimeoutError:
                 patience.succeeded()
+                # Nothing for a while, and the stream holds more: messages dropped at
+                # the end of what was pushed (nothing came after them to show a hole).
+                if self.lag:
+                    said, warned_at = warned_at == self.stream_seq, self.stream_seq
+                    await self._follow_again("nothing came, the stream holds more",
+                                             quiet=said)
                 continue
             await self.apply(messages)
             patience.succeeded()
+            if self.link.lost:
+                await self._follow_again("the subscription dropped messages")
+
+    async def _follow_again(self, why: str, *, quiet: bool = False) -> None:
+        """Subscribe again from the message after the view's last one (said once a
+        position: the stream's last messages may have been deleted)."""
+        say = log.debug if quiet else log.warning
+        say("cluster: %s; following stream %s again from message %d", why,
+            self.settings.stream, self.stream_seq + 1)
+        await self.bridge.run(lambda: self.link.follow(self.stream_seq))
 
     async def _announce(self) -> None:
         """Say where this machine's view is: every ANNOUNCE_SECONDS, and within a second
@@ -287,6 +332,11 @@ class ClusterJournal:
             return f"writes are refused: {self.unreachable()}"
         if not self.reachable:
             return f"writes are refused: the cluster does not answer ({self.why_unreachable})"
+        if self.stalled and self.facts is not None and self.behind_since is not None:
+            return (f"this machine's view of the cluster journal is behind and not "
+                    f"catching up (at message {self.stream_seq} of {self.facts.last_seq}, "
+                    f"for {trio.current_time() - self.behind_since:.0f} s): writes time out "
+                    "waiting for it")
         return None
 
     async def look(self, within: float = 0.6) -> None:
@@ -350,6 +400,8 @@ class ClusterJournal:
     # -- applying ----------------------------------------------------------------------
 
     def _set_reachable(self, reachable: bool) -> None:
+        if reachable and not self.reachable and self.behind_since is not None:
+            self.behind_since = trio.current_time()  # not stalled while it was away
         self.reachable = reachable
         if reachable:
             self.unreachable_since, self.why_unreachable = None, ""
@@ -374,7 +426,9 @@ class ClusterJournal:
             self.on_applied_bytes(size)
             # The marks before the position: a batch built on a position sees its marks.
             self.fences.applied(marks)
+            moved = self.position[1] != self.store.stream_seq
             self.position = (self.store.applied_seq, self.store.stream_seq)
+            self._note_progress(moved=moved)
             self._wake()
             if applied:
                 self.on_applied(applied)

@@ -26,6 +26,10 @@ from engramd.protocol import ClusterPeer
 log = logging.getLogger("engramd.cluster")
 
 FENCES = "Engram-Fences"
+PENDING_MESSAGES = 4096
+"""Messages the view's subscription holds before nats-py drops more (a replay is pushed
+faster than it is applied): a drop costs a new subscription (:meth:`NatsLink.follow`),
+not a message."""
 """The header of a journal message's fence marks (:mod:`.fences`)."""
 
 WRONG_LAST_SEQUENCE = 10071
@@ -89,6 +93,12 @@ class NatsLink:
         self.nc: Any = None
         self.js: Any = None
         self.view: Any = None
+        self.delivered = 0
+        """The stream sequence of the last message the view's subscription gave."""
+        self.resumed = True
+        """Whether the subscription has given nothing yet (it may skip deleted messages)."""
+        self.lost = False
+        """Whether the subscription dropped a message: the view must follow again."""
         self.machines: Any = None
         self.refused = ""
         """Why the servers refused this machine's last attempt to connect (TLS, its
@@ -177,15 +187,24 @@ class NatsLink:
         An ordered consumer: nats-py re-creates it from the last message it delivered
         when it sees a gap or loses it (a server restart), so the view gets every
         message once, in stream order; where the view is lives in the local store.
+
+        Except when its queue overflows: nats-py drops the messages it has no room for
+        after counting them as delivered, so the consumer goes on past them (a replay of
+        thousands of messages after a kill -9 did). :meth:`next_messages` notices a
+        message that does not follow the one before (the first one after *after* may
+        skip messages deleted from the stream) and sets :attr:`lost`: the caller follows
+        again from where its view is.
         """
         if self.view is not None:
             try:
                 await self.view.unsubscribe()
             except nats.errors.Error:
                 pass
+        self.delivered, self.resumed = after, True
+        self.lost = False
         self.view = await self.js.subscribe(
             self.settings.subject, stream=self.settings.stream, ordered_consumer=True,
-            idle_heartbeat=2.0, pending_msgs_limit=4096,
+            idle_heartbeat=2.0, pending_msgs_limit=PENDING_MESSAGES,
             config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                       opt_start_seq=after + 1))
 
@@ -197,8 +216,16 @@ class NatsLink:
         messages = [first]
         while len(messages) < limit and view.pending_msgs > 0:
             messages.append(await view.next_msg(timeout=1))
-        return [(message.metadata.sequence.stream, message.data,
-                 (message.headers or {}).get(FENCES, "")) for message in messages]
+        found = []
+        for message in messages:
+            number = message.metadata.sequence.stream
+            if number != self.delivered + 1 and not self.resumed:
+                # A message dropped between: given up on this subscription (below).
+                self.lost = True
+                break
+            found.append((number, message.data, (message.headers or {}).get(FENCES, "")))
+            self.delivered, self.resumed = number, False
+        return found
 
     async def announce(self, machine: str, record: bytes) -> None:
         """Say this machine is up (its key expires unless said again)."""

@@ -529,3 +529,75 @@ def test_a_message_that_is_not_an_engram_batch_is_passed_over_by_every_view(
         assert status.returncode == 0, status.stderr
         said = engramd_log(a.env).read_text()
         assert said.count("is not an engram batch") == 2 and "Traceback" not in said, said
+
+
+def test_a_view_killed_and_restarted_replays_a_long_stream_whole(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
+    """A kill -9 before the store's first checkpoint replays the stream from message 1:
+    thousands of messages pushed faster than the view applied them overflowed the
+    subscription's queue, nats-py dropped the overflow after counting it as delivered,
+    and the view stalled short of the stream's end (writes refused as "behind and not
+    catching up", status saying writes accepted) or took the hole for a journal gap."""
+    a, b = deployment_of(nats_cluster, env, scratch, ("a", "b"))
+    count = 6000
+    lines = os.path.join(scratch, "bulk.jsonl")
+    with open(lines, "w") as file:
+        for number in range(count):
+            file.write(json.dumps({"context_id": "bulk", "payload": f"unit {number}"}) + "\n")
+    with running([a, b]):
+        importing = subprocess.Popen(
+            [sys.executable, "-m", "engram_cli", "unit", "import", "--batch", "1", lines],
+            env=a.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: b.view_seq() > count // 3, "b to apply some", WAIT * 3)
+            b.kill()  # in the middle of the import: b's view was applying
+            b.start()
+        finally:
+            _, said = importing.communicate(timeout=WAIT * 6)
+        assert importing.returncode == 0, said
+        for kill in range(2):  # (the second one while idle)
+            if kill:
+                b.kill()
+                b.start()
+            wait_until(lambda: b.view_seq() >= a.view_seq(), "b to replay the stream",
+                       WAIT * 3)
+            with b.client() as engram:
+                assert engram.status().cluster.failure is None  # type: ignore[union-attr]
+        with b.client() as engram:
+            engram.create_unit("bulk", "MESSAGE", "written after the restart")
+        wait_until(lambda: a.view_seq() >= b.view_seq(), "a to apply it")
+        assert units_of(b, "bulk") == units_of(a, "bulk")
+        for machine in (a, b):
+            with machine.client() as engram:
+                assert engram.status().journal.units == count + 1  # type: ignore[union-attr]
+
+
+def test_a_stalled_view_is_told_by_status_and_doctor_until_it_catches_up(
+        env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
+    """A view behind the stream and not moving said nothing: cluster status said writes
+    accepted and doctor found no failure while every write timed out (rc 69)."""
+    stall = os.path.join(scratch, "stall")
+    a, b = deployment_of(nats_cluster, env, scratch, ("a", "b"),
+                         b={"STALL_FILE": stall})
+    b.module = "tests.helpers.stalled_view_engramd"
+    with running([a, b]):
+        open(stall, "w").close()
+        with a.client() as engram:
+            engram.create_unit("c", "MESSAGE", "b does not see this one yet")
+
+        def refused() -> str | None:
+            with b.client() as engram:
+                return engram.status().journal.write_error  # type: ignore[union-attr]
+
+        wait_until(lambda: "not catching up" in (refused() or ""), "b to say it stalled",
+                   WAIT * 3)
+        said = b.cli("cluster", "status")
+        assert "not catching up" in said.stdout, said.stdout
+        doctor = b.cli("doctor")
+        assert doctor.returncode != 0 and "not catching up" in doctor.stdout, doctor.stdout
+        os.unlink(stall)
+        wait_until(lambda: b.view_seq() >= a.view_seq(), "b to catch up", WAIT * 2)
+        assert refused() is None
+        with b.client() as engram:
+            engram.create_unit("c", "MESSAGE", "written once b caught up")
+        assert units_of(b, "c") == units_of(a, "c")
