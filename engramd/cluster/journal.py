@@ -445,6 +445,8 @@ class ClusterJournal:
                 continue  # applied already: the echo of this machine's own write
             try:
                 entry, marks_of_it = decode_entry(body), from_header(fenced)
+                if not entry.events:  # (engramd never writes an empty batch)
+                    raise ValueError("a batch of no events")
             except Exception as exc:  # (msgspec's and the header's errors: untrusted bytes)
                 # Not an engram batch (written by hand with the cluster's credentials):
                 # it holds no seq, so passing it over loses nothing; stopping at it
@@ -605,8 +607,11 @@ def _readable_machines(found: list[bytes], said: set[bytes]) -> list[ClusterMach
     machines = []
     for raw in found:
         try:
-            machines.append(_machine_decoder.decode(raw))
-        except msgspec.DecodeError as exc:
+            machine = _machine_decoder.decode(raw)
+            if not (0 <= machine.stream_seq < 2**63 and 0 <= machine.applied_seq < 2**63):
+                raise ValueError("a position out of range")  # (JSON's ints are unbounded)
+            machines.append(machine)
+        except (msgspec.DecodeError, ValueError) as exc:
             if raw not in said and len(said) < 1000:
                 said.add(raw)
                 log.warning("cluster: a record of the machines bucket is not a machine's "

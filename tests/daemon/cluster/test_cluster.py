@@ -498,7 +498,8 @@ def test_a_view_of_a_stream_made_anew_stops_following_and_says_so(
 def test_a_message_that_is_not_an_engram_batch_is_passed_over_by_every_view(
         env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> None:
     """Bytes written on the journal's subject (or a machine's record) by hand with the
-    cluster's credentials: each view logs them once and goes on. A view stopped at such
+    cluster's credentials, an empty batch far ahead among them: each view logs them once
+    and goes on. A view stopped at such
     a message stopped every write on every machine, for good; a record of the machines
     bucket that was not a machine's made `cluster status` an internal error."""
     a, b = deployment_of(nats_cluster, env, scratch, ("a", "b"))
@@ -514,7 +515,11 @@ def test_a_message_that_is_not_an_engram_batch_is_passed_over_by_every_view(
                 await js.publish(f"engram.{deployment}.journal", b"\xff")
                 await js.publish(f"engram.{deployment}.journal", b"\x93\x01\x02",
                                  headers={"Engram-Fences": "not base64 at all!"})
+                await js.publish(f"engram.{deployment}.journal", b"\x93\xcd\x03\xe8\x90\x80")
                 await js.publish(f"$KV.engram_{deployment}_machines.forged", b"{not json")
+                await js.publish(f"$KV.engram_{deployment}_machines.huge", json.dumps(dict(
+                    machine="huge", host="h", socket="s", stream_seq=2**64, applied_seq=1,
+                    version="x")).encode())
             finally:
                 await nc.close()
 
@@ -528,7 +533,7 @@ def test_a_message_that_is_not_an_engram_batch_is_passed_over_by_every_view(
         status = a.cli("cluster", "status")
         assert status.returncode == 0, status.stderr
         said = engramd_log(a.env).read_text()
-        assert said.count("is not an engram batch") == 2 and "Traceback" not in said, said
+        assert said.count("is not an engram batch") == 3 and "Traceback" not in said, said
 
 
 def test_a_view_killed_and_restarted_replays_a_long_stream_whole(
