@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 
 import pytest
@@ -13,7 +12,7 @@ from engram_cli.cli.consumer import Stopped, StopSignals
 def test_sigterm_stops_like_ctrl_c_and_the_old_handlers_come_back() -> None:
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Stopped) as stopped, StopSignals():
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
         pytest.fail("SIGTERM did not stop it")  # pragma: no cover
     assert isinstance(stopped.value, KeyboardInterrupt)
     assert stopped.value.signum == signal.SIGTERM
@@ -23,8 +22,8 @@ def test_sigterm_stops_like_ctrl_c_and_the_old_handlers_come_back() -> None:
 def test_a_stop_signal_waits_for_the_end_of_a_held_block_and_is_told_once() -> None:
     done = []
     with pytest.raises(Stopped) as stopped, StopSignals() as stops, stops.held():
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGTERM)  # once stopping, changes nothing
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)  # once stopping, changes nothing
         done.append("shown and counted")
     assert done == ["shown and counted"]
     assert stopped.value.signum == signal.SIGINT
@@ -34,7 +33,7 @@ def test_an_ignored_signal_stays_ignored() -> None:
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
     try:
         with StopSignals():
-            os.kill(os.getpid(), signal.SIGHUP)
+            signal.raise_signal(signal.SIGHUP)
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)
