@@ -357,15 +357,16 @@ def _lock_acquire(root: Values, values: Values,
 
     if root["json"] or values["json"] or values["path"] or not values["resources"]:
         return lock.acquire(context(), **values)
+    from engram_cli.cli.hot.checks import seconds, wire_int
+
+    wire_int(values["pid"], "--pid")  # (before connecting: nothing is sent, as the library)
+    seconds(values["ttl"], "--ttl")
+    wait = lock._wait(values["wait"], values["no_wait"])
     connection = _lean(root, root["agent"], DEFAULT_TIMEOUT)
     if connection is None:
         return lock.acquire(context(), **values)
     import time
 
-    from engram_cli.cli.hot.checks import wire_int
-
-    wire_int(values["pid"], "--pid")
-    wait = lock._wait(values["wait"], values["no_wait"])
     request: dict[str, Any] = {"msg": "lock.acquire", "id": 0,
                                "resources": values["resources"]}
     # AcquireLock omits its defaults (as msgspec writes it): ttl None, pid None, shared

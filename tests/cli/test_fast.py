@@ -23,7 +23,7 @@ from engram_cli.cli import fast, leanwire
 from engram_cli.client import Client
 from engramd.protocol import PROTOCOL_VERSION, AnyClientMessage, resolve_socket_path
 from engramd.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
-from tests.conftest import ThreadedDaemon, make_config, start_threaded, wait_until
+from tests.conftest import WAIT, ThreadedDaemon, make_config, start_threaded, wait_until
 
 ROOT = Path(__file__).parent.parent.parent
 
@@ -97,7 +97,10 @@ class Recorder:
     def __init__(self, path: str, daemon: str) -> None:
         self.path, self.daemon = path, daemon
         self.frames: list[bytes] = []
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
+        self.reading = 0
+        """Clients' connections still being read (a client that has exited may have
+        frames not yet read: take() waits for them)."""
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(16)
@@ -111,6 +114,8 @@ class Recorder:
                 return
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             upstream.connect(self.daemon)
+            with self.lock:
+                self.reading += 1
             threading.Thread(target=self._pipe, args=(client, upstream, True),
                              daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, False),
@@ -134,9 +139,16 @@ class Recorder:
                     end.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            if record:
+                with self.lock:
+                    self.reading -= 1
+                    self.lock.notify_all()
 
     def take(self) -> list[object]:
+        """The frames sent since the last take, once every client that connected has
+        been read to its end (the callers' processes have exited by then)."""
         with self.lock:
+            self.lock.wait_for(lambda: self.reading == 0, timeout=WAIT)
             frames, self.frames = self.frames, []
         decoder = msgspec.msgpack.Decoder(AnyClientMessage)
         return [_comparable(decoder.decode(body)) for body in frames]
@@ -316,6 +328,8 @@ BAD_NUMBERS = [
     (["lock", "run", "res:bad", "--wait", "nan", "--", "true"], "--wait"),
     (["lock", "run", "res:bad", "--wait", "1e10", "--", "true"], "--wait"),
     (["lock", "acquire", "res:bad", "-w", "1e18"], "--wait"),
+    (["lock", "acquire", "res:bad", "--shared", "--ttl", "nan"], "--ttl"),
+    (["lock", "run", "res:bad", "--ttl", "nan", "--", "true"], "--ttl"),
     (["unit", "create", "-c", "bad", "-p", "x", "--fence", "r:99999999999999999999"],
      "--fence"),
     (["wait", "--since", "99999999999999999999", "--timeout", "1"], "--since"),

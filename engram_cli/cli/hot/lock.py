@@ -64,13 +64,15 @@ def acquire(cli: CliContext, *, resources: list[str] | None, path: list[str] | N
             shared: bool, ttl: float | None, wait: float | None, no_wait: bool,
             pid: int | None, json: bool) -> int | None:
     """``engram lock acquire``."""
-    from engram_cli.cli.hot.checks import wire_int
+    from engram_cli.cli.hot.checks import seconds, wire_int
     from engram_cli.cli.waiting import acquire_waiting
 
     out = cli.output(json)
     wire_int(pid, "--pid")
+    seconds(ttl, "--ttl")
+    waiting = _wait(wait, no_wait)  # (every check before connecting: nothing sent)
     leases = acquire_waiting(cli.client(), names(resources, path), ttl=ttl,
-                             wait=_wait(wait, no_wait), pid=pid, shared=shared)
+                             wait=waiting, pid=pid, shared=shared)
     for lease in leases:
         if out.json:
             out.json_line(lease)
@@ -110,9 +112,11 @@ def release(cli: CliContext, *, lock_id: str, resource: str | None, path: str | 
 def renew(cli: CliContext, *, lock_id: str, resource: str | None, path: str | None,
           ttl: float | None, json: bool) -> int | None:
     """``engram lock renew``."""
+    from engram_cli.cli.hot.checks import seconds
     from engram_cli.formats.text import timestamp
 
-    lease = cli.client().renew_lock(lock_id, ttl, resource=one_name(resource, path))
+    lease = cli.client().renew_lock(lock_id, seconds(ttl, "--ttl"),
+                                    resource=one_name(resource, path))
     out = cli.output(json)
     if out.json:
         out.json_line(lease)
@@ -165,7 +169,10 @@ def _run_options(words: list[str], ttl: float | None, wait: float | None, no_wai
             raise UsageProblem(f"unknown option {word} for lock run")
         else:
             found.append(word)
-    return (names(found, given) if found or given else []), ttl, _wait(wait, no_wait), shared
+    from engram_cli.cli.hot.checks import seconds
+
+    return ((names(found, given) if found or given else []), seconds(ttl, "--ttl"),
+            _wait(wait, no_wait), shared)
 
 
 def _split_command(words: list[str]) -> tuple[list[str], list[str]]:
