@@ -86,6 +86,18 @@ def machines(env: dict[str, str], scratch: str, nats_cluster: NatsCluster) -> It
 
 
 @pytest.fixture
+def interruptible() -> Iterator[None]:
+    """SIGINT handled as on a terminal, in this process and the children it starts: a
+    suite started in the background (``make test &``) has it ignored, and engram keeps
+    an ignored signal ignored (as under nohup)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture
 def scratch() -> Iterator[str]:
     """A private (0700) temp dir with a short path: Unix socket paths must stay short."""
     path = tempfile.mkdtemp(prefix="eg-", dir="/tmp")

@@ -19,6 +19,7 @@ def test_sigterm_stops_like_ctrl_c_and_the_old_handlers_come_back() -> None:
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+@pytest.mark.usefixtures("interruptible")
 def test_a_stop_signal_waits_for_the_end_of_a_held_block_and_is_told_once() -> None:
     done = []
     with pytest.raises(Stopped) as stopped, StopSignals() as stops, stops.held():

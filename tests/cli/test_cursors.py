@@ -181,6 +181,7 @@ def ready(socket: str) -> bool:
         return False
 
 
+@pytest.mark.usefixtures("interruptible")  # (its consumer inherits SIGINT's disposition)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_consumer_stopped_cleanly_leaves_the_next_exactly_what_it_did_not_print(
         engramd: DaemonProcess, signum: signal.Signals) -> None:
