@@ -35,6 +35,7 @@ from engram_cli.client.asynchronous import AsyncClient
 from engram_cli.client.errors import ClientTimeout
 from engram_cli.client.settings import Target
 from engram_cli.doors.gateway.auth import Credentials, Unauthenticated
+from engram_cli.doors.gateway.shares import Held
 from engramd.protocol import (
     TOO_MANY_SUBSCRIPTIONS,
     ClientConnection,
@@ -281,9 +282,7 @@ class DaemonLink:
         self._env = env
         self._channels: list[_Channel] = []
         self._freed = trio.Event()
-        self.waits_per_agent = max(1, connections * WAITS_PER_CONNECTION
-                                   // WAITS_PER_AGENT_SHARE)
-        self._waits: collections.Counter[str] = collections.Counter()
+        self._waits = Held(max(1, connections * WAITS_PER_CONNECTION // WAITS_PER_AGENT_SHARE))
         """Waits in flight by agent (or agent token, when the daemon names the agent)."""
         self.head_seq: int | None = None
         """The newest seq the gateway has seen the daemon name (None: none since the
@@ -405,17 +404,10 @@ class DaemonLink:
             yield
             return
         who = credentials.agent_id or credentials.token or ""
-        if self._waits[who] >= self.waits_per_agent:
-            raise TooManyWaits(f"{self._waits[who]} requests that wait are in flight for "
-                               f"this agent, as many as one agent may hold; retry in "
-                               f"{WAIT_RETRY}s")
-        self._waits[who] += 1
-        try:
+        with self._waits.one_more(who, lambda held: TooManyWaits(
+                f"{held} requests that wait are in flight for this agent, as many as one "
+                f"agent may hold; retry in {WAIT_RETRY}s")):
             yield
-        finally:
-            self._waits[who] -= 1
-            if not self._waits[who]:
-                del self._waits[who]
 
     async def subscribe(self, credentials: Credentials, subscribe: Subscribe
                         ) -> Subscription:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from engram_cli.doors.gateway.auth import Credentials
 from engramd.protocol import RateLimited
@@ -30,26 +30,37 @@ def caller_of(credentials: Credentials) -> str:
     return "token:" + hashlib.sha256((credentials.token or "").encode()).hexdigest()
 
 
+class Held:
+    """How many of a pool each caller holds now, against a share of *per_caller*."""
+
+    def __init__(self, per_caller: int) -> None:
+        self.per_caller = per_caller
+        self._held: collections.Counter[str] = collections.Counter()
+
+    @contextlib.contextmanager
+    def one_more(self, who: str, refusal: Callable[[int], Exception]) -> Iterator[None]:
+        """One more for *who* for the block's length; ``refusal(held)`` raised at once
+        past its share."""
+        if self._held[who] >= self.per_caller:
+            raise refusal(self._held[who])
+        self._held[who] += 1
+        try:
+            yield
+        finally:
+            self._held[who] -= 1
+            if not self._held[who]:
+                del self._held[who]
+
+
 class StreamShares:
     """The streams each caller has open, against its share."""
 
     def __init__(self, per_agent: int = STREAMS_PER_AGENT) -> None:
-        self.per_agent = per_agent
-        self._open: collections.Counter[str] = collections.Counter()
+        self._open = Held(per_agent)
 
-    @contextlib.contextmanager
-    def hold(self, credentials: Credentials) -> Iterator[None]:
+    def hold(self, credentials: Credentials) -> contextlib.AbstractContextManager[None]:
         """One more stream for the caller for the block's length; RateLimited at once
         past its share."""
-        who = caller_of(credentials)
-        if self._open[who] >= self.per_agent:
-            raise RateLimited(f"this agent has {self._open[who]} streams open, as many as "
-                              f"one agent may (--streams-per-agent); close one, or retry "
-                              f"in {STREAM_RETRY}s")
-        self._open[who] += 1
-        try:
-            yield
-        finally:
-            self._open[who] -= 1
-            if not self._open[who]:
-                del self._open[who]
+        return self._open.one_more(caller_of(credentials), lambda held: RateLimited(
+            f"this agent has {held} streams open, as many as one agent may "
+            f"(--streams-per-agent); close one, or retry in {STREAM_RETRY}s"))
