@@ -104,6 +104,8 @@ class ClusterJournal:
         self.thread = thread
         self.machine = machine
         self.socket_path = socket_path
+        self.host = socket.gethostname()
+        """This machine's host name, as its announcements give it."""
         self.version = version
         self.bridge = AsyncioThread()
         self.link = NatsLink(settings, name=f"engramd {machine}")
@@ -287,7 +289,7 @@ class ClusterJournal:
     def _announcement(self) -> bytes:
         """This machine's record in the machines bucket: where its view is."""
         return msgspec.json.encode(ClusterMachine(
-            machine=self.machine, host=socket.gethostname(), socket=self.socket_path,
+            machine=self.machine, host=self.host, socket=self.socket_path,
             stream_seq=self.stream_seq, applied_seq=self.position[0], version=self.version))
 
     async def connected(self) -> None:
