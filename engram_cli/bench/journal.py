@@ -3,10 +3,13 @@ of a large context, restarts, imports."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 
 import msgspec
 
@@ -15,6 +18,9 @@ from engram_cli.bench.harness import (
     PAYLOAD,
     BenchTarget,
     Measurement,
+    SemanticMissing,
+    Workload,
+    bench_daemon,
     daemon_cpu,
     ready,
     report,
@@ -98,6 +104,37 @@ def bench_write_8procs_serial(target: BenchTarget) -> Measurement:
 def bench_write_8procs_batch(target: BenchTarget) -> Measurement:
     """8 writer processes, 100 units per request, 2 requests in flight each."""
     return _concurrent_writers(target, 8, target.count(60), 100, 2)
+
+
+@contextlib.contextmanager
+def _semantic_daemon(target: BenchTarget) -> Iterator[BenchTarget]:
+    """A daemon of its own with semantic search on (its default when the extra is
+    installed), the model loaded: the write rows as a user with the extra meets them,
+    every unit embedded beside its indexing."""
+    with bench_daemon(semantic="auto") as daemon:
+        own = dataclasses.replace(daemon, scale=target.scale)
+        with own.client() as client:
+            client.create_unit("bench-warm", "MESSAGE", PAYLOAD)
+        wait_indexed(own, vectors=True)
+        yield own
+
+
+def _with_semantic(row: Workload) -> Workload:
+    def semantic_row(target: BenchTarget) -> Measurement:
+        try:
+            with _semantic_daemon(target) as own:
+                measurement = row(own)
+        except SemanticMissing as exc:
+            return Measurement([], 0.0, note=f"not run: {exc}")
+        return dataclasses.replace(measurement, note="; ".join(
+            filter(None, ["semantic search on", measurement.note])))
+
+    semantic_row.__doc__ = f"{(row.__doc__ or '').rstrip('.')}, semantic search on."
+    return semantic_row
+
+
+bench_write_single_semantic = _with_semantic(bench_write_single)
+bench_write_8procs_serial_semantic = _with_semantic(bench_write_8procs_serial)
 
 
 FILL_UNITS = 1_000_000

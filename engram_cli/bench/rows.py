@@ -40,6 +40,8 @@ WORKLOADS: dict[str, Workload] = {
     "write.8procs": journal.bench_write_8procs,
     "write.8procs.serial": journal.bench_write_8procs_serial,
     "write.8procs.batch": journal.bench_write_8procs_batch,
+    "write.single.semantic": journal.bench_write_single_semantic,
+    "write.8procs.serial.semantic": journal.bench_write_8procs_serial_semantic,
     "list.last100": journal.bench_list_last100,
     "restart.clean": journal.bench_restart_clean,
     "restart.crash": journal.bench_restart_crash,
@@ -154,6 +156,12 @@ def _import_agents(r: BenchResult, f: Mapping[str, BenchResult]) -> tuple[str, b
 GOALS: dict[str, Goal] = {
     "write.single": Goal(("floor.fdatasync", "floor.durable"), _write_single),
     "write.8procs.serial": Goal(("floor.roundtrip.8procs",), _serial_writes),
+    "write.single.semantic": Goal(("write.single",), lambda r, f: (
+        f"p50 <= 0.40, p99 <= 1 (issue 38; write.single {f['write.single'].p50_ms:.3f})",
+        r.p50_ms <= 0.40 and r.p99_ms <= 1.0)),
+    "write.8procs.serial.semantic": Goal(("write.8procs.serial",), lambda r, f: (
+        f"units/s >= 8,000 (issue 38; write.8procs.serial "
+        f"{f['write.8procs.serial'].throughput:,.0f}/s)", r.throughput >= 8_000)),
     "lock.cycle": Goal(("floor.fdatasync", "floor.durable"), _lock_cycle),
     "lock.deep8": Goal(("lock.cycle",), lambda r, f: (
         f"p50 <= {f['lock.cycle'].p50_ms + 0.1:.3f} (lock.cycle "
