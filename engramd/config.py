@@ -164,6 +164,11 @@ SETTINGS: tuple[Setting, ...] = (
             "The embedding model of semantic search (with the engram-journal[semantic] extra): "
             "wordllama (bundled), or package.module:factory for a local model; a change "
             "rebuilds the vector index."),
+    Setting("search.indexer", str, "process",
+            "Where the search indexes are fed and read: process (a Python process of their "
+            "own, so indexing and embedding take no turn of the daemon's interpreter lock) "
+            "or thread (in engramd itself: one interpreter less in memory).",
+            choices=("process", "thread")),
     Setting("store.verify_on_start", bool, True,
             "Read the whole store once after each start, in the background, so that damage "
             "is reported at once (status, log) rather than when a read meets it."),
@@ -236,6 +241,7 @@ class DaemonConfig:
     require_tokens: bool = False
     semantic: str = "auto"
     embedding: str = "wordllama"
+    indexer: str = "process"
     reserve_bytes: int = 64 * 1024 * 1024
     verify_on_start: bool = True
     servers: str = ""

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 from engramd.config import DaemonConfig
 from engramd.errors import JournalDamaged, StartupError
-from engramd.indexer import Indexer, open_index, vector_opener
+from engramd.indexer import Indexer
+from engramd.indexing import Indexes, open_index, vector_opener
+from engramd.indexproc import IndexProcess
 from engramd.integrity import log_first_seq
 from engramd.rocks import StoreDamaged, StoreFull, is_disk_full
 from engramd.search import SearchIndex
@@ -89,21 +91,33 @@ def open_storage(config: DaemonConfig) -> Opened:
                  recovery.last_seq, recovery.entries_replayed, recovery.truncated_bytes,
                  time.monotonic() - started)
     try:
-        index = open_index(config.data_dir, store, rebuild=config.reindex)
-    except sqlite3.Error as exc:
+        indexes = _open_indexes(config, store)
+    except (sqlite3.Error, OSError) as exc:
         store.close()
         if wal is not None:
             wal.close()
         search = os.path.join(config.data_dir, "search.db")
         if is_disk_full(exc) or "disk is full" in str(exc) or "disk I/O" in str(exc):
             return _open_read_only(config, path)
-        raise StartupError(f"the search index {search} cannot be opened ({exc}); "
-                           f"{REINDEX_HINT}") from None
-    indexer = Indexer(store, index, vector_opener(config.data_dir, config.embedding,
-                                                  rebuild=config.reindex, store=store)
-                      if config.semantic == "auto" else None,
-                      reserve_bytes=config.reserve_bytes)
+        if isinstance(exc, sqlite3.Error):
+            raise StartupError(f"the search index {search} cannot be opened ({exc}); "
+                               f"{REINDEX_HINT}") from None
+        raise StartupError(f"the search index {search} cannot be opened: {exc}") from None
+    indexer = Indexer(store, indexes, reserve_bytes=config.reserve_bytes)
     return Opened(store, wal, indexer, cuts=cuts)
+
+
+def _open_indexes(config: DaemonConfig, store: Store) -> Indexes | IndexProcess:
+    """The search indexes, in a process of their own unless configured otherwise."""
+    embedding = config.embedding if config.semantic == "auto" else None
+    if config.indexer == "process":
+        return IndexProcess(config.data_dir, embedding, rebuild=config.reindex,
+                            applied_seq=lambda: store.applied_seq)
+    opener = None if embedding is None else vector_opener(
+        config.data_dir, embedding, rebuild=config.reindex,
+        applied_seq=lambda: store.applied_seq)
+    return Indexes(open_index(config.data_dir, store.applied_seq, rebuild=config.reindex),
+                   opener)
 
 
 def _open_read_only(config: DaemonConfig, path: str) -> Opened:
@@ -118,10 +132,10 @@ def _open_read_only(config: DaemonConfig, path: str) -> Opened:
     log.error("%s", why)
     search = os.path.join(config.data_dir, "search.db")
     try:
-        index = SearchIndex(search, read_only=True)
+        indexes: Indexes | None = Indexes(SearchIndex(search, read_only=True))
     except sqlite3.Error:
-        index = None
-    indexer = Indexer(store, index, None, reserve_bytes=config.reserve_bytes, read_only=why)
+        indexes = None
+    indexer = Indexer(store, indexes, reserve_bytes=config.reserve_bytes, read_only=why)
     return Opened(store, None, indexer, read_only=why)
 
 

@@ -106,7 +106,8 @@ def test_the_indexer_stops_short_of_the_reserve_and_catches_up(
 def test_the_search_index_log_is_cut_back(env: dict[str, str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(search_module, "WAL_LIMIT", 16 * 1024)
-    config = make_config(env)
+    # The limit is patched in this process: the indexes stay in it.
+    config = make_config(env, **{"search.indexer": "thread"})
     with start_threaded(config), Client(config.socket, autostart=False, env={}) as engram:
         for batch in range(8):
             engram.create_units([draft("wal", "MESSAGE", f"words {batch} {n} " * 200)
