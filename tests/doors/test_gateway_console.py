@@ -607,3 +607,24 @@ def test_the_leases_are_cards_at_a_phone_width(browser: Any, gw: Gateway,
     finally:
         phone.close()
     assert phone.errors == []
+
+
+def test_the_timeline_says_when_its_bound_cut_the_window_short(
+        console: Console, daemon: DaemonProcess) -> None:
+    """More units in the hour than the page reads (2,000, the newest): the page says
+    which were left out, and the newest are drawn."""
+    from engramd.protocol import UnitDraft
+
+    with connect(daemon.socket, "prolific") as client:
+        for _ in range(3):
+            client.create_units([UnitDraft(context_id="flood", type="MESSAGE",
+                                           payload=b"one of many") for _ in range(800)])
+        newest = client.create_unit("flood", "MESSAGE", "the newest")
+    wait_until(lambda: search_finds(console, newest.id), "the flood indexed")
+    page = console.open("timeline")
+    note = page.locator("#timeline-note")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text(re.compile(r"units before \d\d:\d\d:\d\d are not drawn"))
+    expect(page.locator("#timeline g.lane[data-agent='prolific'] rect.unit title",
+                        has_text="the newest")).to_have_count(1)
+    assert console.errors == []
