@@ -624,7 +624,7 @@ def test_the_timeline_says_when_its_bound_cut_the_window_short(
     page = console.open("timeline")
     note = page.locator("#timeline-note")
     expect(note).to_be_visible()
-    expect(note).to_contain_text(re.compile(r"units before \d\d:\d\d:\d\d are not drawn"))
+    expect(note).to_contain_text(re.compile(r"units before \d\d:\d\d:\d\d are not all drawn"))
     expect(page.locator("#timeline g.lane[data-agent='prolific'] rect.unit title",
                         has_text="the newest")).to_have_count(1)
     assert console.errors == []

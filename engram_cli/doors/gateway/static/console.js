@@ -922,7 +922,7 @@ views.timeline = {
     $("#timeline").replaceChildren(agents.length ? chart : el("p", { class: "empty" }, "Nothing in this time."));
     const cut = [];
     if (timeline.unitsFrom !== null && timeline.unitsFrom > wanted)
-      cut.push("units before " + clock(timeline.unitsFrom) + " are not drawn (only the newest " +
+      cut.push("units before " + clock(timeline.unitsFrom) + " are not all drawn (the newest " +
         TIMELINE_UNITS.toLocaleString("en") + " of the window were read)");
     if (timeline.historyTo !== null)
       cut.push("past leases are drawn up to " + clock(timeline.historyTo) + " only (the first " +
