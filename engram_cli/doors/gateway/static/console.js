@@ -491,7 +491,7 @@ $("#feed-filters").addEventListener("input", () => {
 });
 $("#feed-filters").addEventListener("submit", (event) => event.preventDefault());
 
-/** The feed's start: the newest units of every context, as the events they were (a
+/** The feed's start: the newest 200 units whatever their context, as the events they were (a
  * search without words lists units newest first, across contexts, in one request). */
 async function backfill() {
   const page = await api("/search", { method: "POST",
