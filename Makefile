@@ -30,7 +30,7 @@ demo: $(STAMP)
 cluster-demo: $(STAMP)
 	$(BIN)/python -m engram_cli.bench.clusterdemo
 
-# Each view of the web console (engram gateway's /ui) at 1280x800 into docs/screenshots/,
+# Each view of the web console (engram gateway's /ui) at 1280x800, and Now at 390 px, into docs/screenshots/,
 # from a throwaway daemon filled as the demo fills it; needs Debian's chromium.
 screenshots: $(STAMP)
 	$(BIN)/python -m tools.screenshots

@@ -78,6 +78,8 @@ from engramd.protocol import (
     ListTokens,
     ListUnits,
     LockFound,
+    LockHistory,
+    LockHistoryPage,
     LockPage,
     LocksGranted,
     MakeBackup,
@@ -302,6 +304,11 @@ class Dispatcher:
             case ListLocks():
                 return LockPage(id=request.id, locks=leases.states(request.agent,
                                                                    request.prefix))
+            case LockHistory():
+                # (From the journal, not the lease table: served while read-only too.)
+                events, next_seq = queries.lock_history(request)
+                return LockHistoryPage(id=request.id, events=events,  # type: ignore[arg-type]
+                                       next_cursor=next_seq)
             case Search():
                 total, hits = await queries.search(request)
                 return SearchResults(id=request.id, total=total, hits=hits)

@@ -23,6 +23,7 @@ from engramd.marks import LocalMarks, Marks
 from engramd.protocol import (
     BadRequest,
     ListUnits,
+    LockHistory,
     NotFound,
     RelatedEdge,
     Search,
@@ -40,15 +41,19 @@ from engramd.protocol.bounds import (
     MIN_HEARTBEAT,
     SEARCH_MODES,
 )
-from engramd.protocol.model import EVENT_KINDS, UNIT_ID_LENGTH, Context, Unit
+from engramd.protocol.model import EVENT_KINDS, UNIT_ID_LENGTH, Context, LockEvent, Unit
 from engramd.recent import RecentUnits
 from engramd.search import Hit, QueryError, plain_query
 from engramd.storage import Store, seq_from
 
 _context_decoder = msgspec.msgpack.Decoder(Context)
+_lease_event = msgspec.msgpack.Decoder(LockEvent)
 SHOWN_CANDIDATES = 5
 """Ids an ambiguous prefix's error names."""
 MAX_EDGES = 10_000
+HISTORY_WALK = 50_000
+"""Events of the journal one ``lock.history`` request walks at most (units mostly,
+passed over unread): the daemon serves others between pages."""
 
 
 FUSION_DEPTH = 100
@@ -229,6 +234,28 @@ class Queries:
                             raise TooLarge(f"more than {MAX_EDGES} relationships; lower the depth")
             frontier = following
         return Related(root, edges, raw_units(self.store.units_by_id(sorted(visited))))
+
+    def lock_history(self, request: LockHistory) -> tuple[list[LockEvent], int | None]:
+        """A page of the journal's lease grants and ends, and the seq to go on after."""
+        if not 1 <= request.limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be 1 to {MAX_PAGE}")
+        if request.after is not None and request.after < 0:
+            raise BadRequest("after is a seq: 0 or more")
+        if request.since is not None and request.until is not None \
+                and request.until < request.since:
+            return [], None  # (an empty span of time, as an empty search is)
+        after = request.after
+        if after is None:
+            after = 0 if request.since is None else self.store.first_event_at(request.since) - 1
+        found, next_cursor = self.store.lease_events(after, request.limit, HISTORY_WALK)
+        events = [_lease_event.decode(value) for _, value in found]
+        if request.until is not None:
+            kept = [event for event in events if event.ts <= request.until]
+            if len(kept) < len(events) or (next_cursor is not None and self.store
+                                           .first_event_at(request.until) <= next_cursor):
+                next_cursor = None  # (the journal after *until* is not asked for)
+            events = kept
+        return events, next_cursor
 
     # -- contexts ---------------------------------------------------------------------
 

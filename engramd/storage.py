@@ -47,6 +47,7 @@ Every read answers in full or raises :class:`~engramd.rocks.StoreDamaged`
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import struct
 from collections.abc import Iterator
@@ -90,6 +91,22 @@ class _LeaseId(msgspec.Struct):
 
 
 _lease_id = msgspec.msgpack.Decoder(_LeaseId)
+
+
+class _Stamped(msgspec.Struct):
+    """What a stored unit or event is read for when the log is searched by time."""
+
+    ts: dt.datetime
+
+
+class _Kind(msgspec.Struct):
+    kind: str
+
+
+_stamp = msgspec.msgpack.Decoder(_Stamped)
+_kind = msgspec.msgpack.Decoder(_Kind)
+LEASE_CHANGES = (b"lock.acquired", b"lock.released", b"lock.expired")
+"""The kinds of the lease events a lease's history is made of (renewals are not)."""
 
 
 def seq_bytes(seq: int) -> bytes:
@@ -392,6 +409,55 @@ class Store(AgentRecords):
             found.append((seq_from(key), value))
             iterator.next()
         return found
+
+    def first_event_at(self, when: dt.datetime) -> int:
+        """The seq of the first event journaled at or after *when* (the next seq when
+        none is): a bisection of the event log, whose events are in time order (a
+        clock set back makes the bound approximate, nothing worse)."""
+        low, high = 1, self.applied_seq + 1
+        while low < high:
+            middle = (low + high) // 2
+            iterator = self._iter()
+            iterator.seek(b"e/" + seq_bytes(middle))
+            key: bytes | None = iterator.key() if iterator.valid() else None
+            if key is None or not key.startswith(b"e/"):
+                high = middle  # (no event from *middle* on)
+                continue
+            seq = seq_from(key)
+            value: bytes = iterator.value()
+            if value[:1] == b"U":
+                value = self._unit_at_location(value[1:], f"seq {seq}")
+            if _stamp.decode(value).ts >= when:
+                high = middle
+            else:
+                low = seq + 1
+        return low
+
+    def lease_events(self, after: int, limit: int, walk: int
+                     ) -> tuple[list[tuple[int, bytes]], int | None]:
+        """Up to *limit* ``(seq, stored event)`` lease grants and ends
+        (:data:`LEASE_CHANGES`) after seq *after*, in order, walking at most *walk*
+        events (units are passed over unread); and the seq to go on after, None when
+        the log was read to its end."""
+        iterator = self._iter()
+        iterator.seek(b"e/" + seq_bytes(after + 1))
+        found: list[tuple[int, bytes]] = []
+        last = after
+        for _ in range(walk):
+            if not iterator.valid():
+                return found, None
+            key: bytes = iterator.key()
+            if not key.startswith(b"e/"):
+                return found, None
+            if len(found) == limit:
+                return found, last
+            last = seq_from(key)
+            value: bytes = iterator.value()
+            if value[:1] != b"U" and _kind.decode(value).kind.encode() in LEASE_CHANGES:
+                found.append((last, value))
+            iterator.next()
+        ended = not iterator.valid() or not iterator.key().startswith(b"e/")
+        return found, None if ended else last
 
     def _values(self, prefix: bytes) -> Iterator[bytes]:
         """The values of every key that begins with *prefix*, in key order."""

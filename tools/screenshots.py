@@ -1,4 +1,5 @@
-"""``make screenshots``: each view of the web console at 1280x800, as PNG files in
+"""``make screenshots``: each view of the web console at 1280x800 (and Now at a phone's
+width, 390 px), as PNG files in
 ``docs/screenshots/``, from a throwaway daemon filled the way ``make demo`` fills it
 (alice and bob on build-42), with tasks, messages and a lease with a queue beside.
 
@@ -20,6 +21,7 @@ from engram_cli.bench.demo import Demo
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--no-first-run"]
@@ -92,6 +94,13 @@ def shoot(url: str, out: Path, unit: str) -> list[Path]:
             path = out / f"{view}.png"
             page.screenshot(path=str(path))
             written.append(path)
+        # Now at a phone's width: each lease a card of labelled lines.
+        page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+        page.goto(f"{url}/ui#now")
+        expect(page.locator("#leases tbody tr .queue li").first).to_be_visible()
+        path = out / "now-phone.png"
+        page.screenshot(path=str(path), full_page=True)
+        written.append(path)
         browser.close()
     return written
 

@@ -11,6 +11,7 @@ readiness or for a lost lease) each client writes in its own terms.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar, overload
@@ -59,6 +60,8 @@ from engramd.protocol import (
     ListLocks,
     ListTasks,
     ListTokens,
+    LockHistory,
+    LockHistoryPage,
     LockState,
     MakeBackup,
     NotFound,
@@ -365,6 +368,15 @@ class Operations:
     def list_locks(self, *, agent: str | None = None,
                    prefix: str = "") -> Call[list[LockState]]:
         return ask(ListLocks(agent=agent, prefix=prefix), lambda page: page.locks)
+
+    @operation
+    def lock_history(self, *, since: dt.datetime | None = None,
+                     until: dt.datetime | None = None, after: int | None = None,
+                     limit: int = 1000) -> Call[LockHistoryPage]:
+        """A page of the leases granted and ended, as journaled (oldest first); follow
+        its ``next_cursor`` as *after* for more."""
+        return ask(LockHistory(since=since, until=until, after=after, limit=limit),
+                   lambda page: page)
 
     # -- search ---------------------------------------------------------------
 

@@ -37,6 +37,9 @@ from engramd.protocol.model import (
     AnyEvent,
     Context,
     Lease,
+    LockAcquired,
+    LockExpired,
+    LockReleased,
     Relationship,
     Task,
     Unit,
@@ -392,6 +395,14 @@ class LockFound(Reply, tag="lock.found"):
 
 class LockPage(Reply, tag="lock.page"):
     locks: list[LockState]
+
+
+class LockHistoryPage(Reply, tag="lock.history.page"):
+    events: list[LockAcquired | LockReleased | LockExpired]
+    """Oldest first, as journaled."""
+    next_cursor: int | None
+    """Pass as ``after`` for the next page; None when the journal was read to its end
+    (or to ``until``)."""
 
 
 class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
@@ -854,6 +865,19 @@ class ListLocks(ClientMessage[LockPage], tag="lock.list"):
     prefix: str = ""
 
 
+class LockHistory(ClientMessage[LockHistoryPage], tag="lock.history"):
+    """The leases granted and ended as the journal holds them (``lock.acquired``,
+    ``lock.released``, ``lock.expired``; renewals are left out), oldest first: from
+    ``since`` (nil: the journal's start), or after the seq ``after`` to page on, to
+    ``until`` (nil: now). One request walks a bounded stretch of the journal: a page may
+    hold fewer than ``limit`` events and still have a ``next_cursor``."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    after: int | None = None
+    limit: int = 1000
+
+
 class Search(ClientMessage[SearchResults], tag="search"):
     """Ranked full-text search with filters; a query may be filters alone.
 
@@ -1200,8 +1224,9 @@ Request = (
     Ping | GetStatus | Shutdown | CreateUnits | ImportUnits | GetUnits | ListUnits
     | RelatedUnits | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe
     | Unsubscribe | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock
-    | ListLocks | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
-    | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
+    | ListLocks | LockHistory | Search | Reindex | CreateToken | ListTokens | RevokeTokens
+    | GetStats | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask
+    | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
     | GetCluster
     | AcknowledgeCuts | MakeBackup | VerifyBackup | Verify | GrantPushes
@@ -1230,8 +1255,9 @@ AnyClientMessage = (
     Hello | Ping | GetStatus | Shutdown | CreateUnits | ImportUnits | GetUnits | ListUnits
     | RelatedUnits | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe
     | Unsubscribe | AckCursor | AcquireLock | ReleaseLock | RenewLock | BreakLock | GetLock
-    | ListLocks | Search | Reindex | CreateToken | ListTokens | RevokeTokens | GetStats
-    | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask | GetTask
+    | ListLocks | LockHistory | Search | Reindex | CreateToken | ListTokens | RevokeTokens
+    | GetStats | ResolveUnitIds | SendMessage | ReadInbox | CountUnread | AckMessage | AddTask
+    | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
     | GetCluster
     | AcknowledgeCuts | MakeBackup | VerifyBackup | Verify | GrantPushes | SpeakFor
@@ -1241,7 +1267,8 @@ AnyClientMessage = (
 AnyServerMessage = (
     Welcome | Pong | DaemonStatus | ShuttingDown | ErrorReply | UnitsCreated | UnitsFound
     | UnitPage | RelatedFound | ContextFound | ContextPage | Subscribed | Done | EventPush
-    | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LeaseLost
+    | Heartbeat | Lagged | LocksGranted | LeaseRenewed | LockFound | LockPage | LockHistoryPage
+    | LeaseLost
     | SearchResults | TokenCreated | TokenPage | TokensRevoked | DaemonStats | UnitIdsResolved
     | InboxPage | UnreadCount | TaskFound | TaskPage | AgentPage | Brief | ClusterReport
     | CutsAcknowledged | BackupMade | BackupChecked | VerifyReport | Ended
@@ -1270,7 +1297,8 @@ __all__ = [
     "HistogramData", "ImportUnits",
     "InboxPage", "JournalStatus", "Lagged", "LeaseLost", "LeaseRenewed", "Limits",
     "ListAgents", "ListContexts", "ListLocks", "ListTasks", "ListTokens", "ListUnits",
-    "LockFound", "LockPage", "LocksGranted", "LockState", "MakeBackup", "Notice", "Ping",
+    "LockFound", "LockHistory", "LockHistoryPage", "LockPage", "LocksGranted", "LockState",
+    "MakeBackup", "Notice", "Ping",
     "Pong", "PROTOCOL_VERSION", "Push", "ReadInbox", "Reindex", "RelatedEdge", "RelatedFound",
     "RelatedUnits", "ReleaseLock", "ReleaseTask", "RenewLock", "Reply", "reply_type", "ReplyT",
     "Request", "ResolveUnitIds", "RevokeTokens", "Search", "SearchHit", "SearchResults",

@@ -646,3 +646,43 @@ def test_a_grant_whose_reply_is_lost_ends_at_once(
         threaded_daemon: ThreadedDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
     a_grant_whose_reply_is_lost_ends_and_spares_its_group(
         threaded_daemon.config.socket, monkeypatch)
+
+
+def test_the_lease_history_is_journaled_and_read_in_bounded_walks(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lock.history``: grants and ends (a break too; renewals left out), kept across a
+    restart, read a bounded stretch of the journal at a time: a page may hold none and
+    still say where to go on."""
+    import engramd.queries
+
+    monkeypatch.setattr(engramd.queries, "HISTORY_WALK", 10)
+    config = make_config(env)
+    with start_threaded(config), connect(config) as alice, connect(config, "ops") as ops:
+        (first,) = alice.acquire_lock("job", ttl=30)
+        alice.renew_lock(first.lock_id, ttl=60)
+        for n in range(25):
+            alice.create_unit("notes", "MESSAGE", f"note {n}")
+        ops.break_lock("job", "it hung", lock_id=first.lock_id)
+        (second,) = alice.acquire_lock("job", ttl=30)
+    with start_threaded(config), connect(config, "bob") as bob:
+        events, sizes, after = [], [], None
+        while True:
+            page = bob.lock_history(after=after, limit=2)
+            events += page.events
+            sizes.append(len(page.events))
+            after = page.next_cursor
+            if after is None:
+                break
+        assert len(sizes) >= 3 and 0 in sizes and max(sizes) <= 2  # (walks of 10 of ~30)
+        assert [(type(e).__name__, e.lease.lock_id) for e in events] == [
+            ("LockAcquired", first.lock_id), ("LockReleased", first.lock_id),
+            ("LockAcquired", second.lock_id)]
+        assert events[1].reason == "broken: it hung"  # type: ignore[union-attr]
+        assert events[1].by == "ops"  # type: ignore[union-attr]
+        assert [e.seq for e in events] == sorted(e.seq for e in events)
+        # From a time: the bisection by time finds the break's place in the log.
+        since = events[1].ts
+        assert [e.seq for e in bob.lock_history(since=since, limit=10).events][:1] == [
+            events[1].seq]
+        with pytest.raises(BadRequest, match="limit"):
+            bob.lock_history(limit=0)

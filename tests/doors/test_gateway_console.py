@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -434,4 +437,194 @@ def test_search_marks_the_matches_not_the_texts_own_stars(
     page.click("#search-form button")
     expect(hit.locator(".snippet")).to_have_text("the **quokka** rules")
     expect(hit.locator("mark")).to_have_text("quokka")
+    assert console.errors == []
+
+
+@contextmanager
+def busy(daemon: DaemonProcess) -> Iterator[None]:
+    """A steady stream of events while the body runs, never a quiet moment: a lease
+    renewed and a unit written every 50 ms (each a refresh's cause in Now and the
+    Timeline)."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with connect(daemon.socket, "chatty") as client:
+                (lease,) = client.acquire_lock("busy:renewed", ttl=60)
+                while not stop.wait(0.05):  # (the pace of the stream, not a wait for it)
+                    client.renew_lock(lease.lock_id, ttl=60)
+                    client.create_unit("busy", "REASONING", "still busy")
+                client.release_lock(lease.lock_id)
+        except BaseException as exc:  # told by the test, not lost in the thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(WAIT)
+    assert not failures, failures
+
+
+def test_now_refreshes_in_a_busy_stretch(console: Console, daemon: DaemonProcess) -> None:
+    """Lease events every 50 ms: Now still shows a new lease (a refresh waited for a quiet
+    moment, which never came)."""
+    page = console.open("now")
+    console.live()
+    with busy(daemon), connect(daemon.socket, "newcomer") as newcomer:
+        expect(page.locator("#leases tr[data-resource='busy:renewed']")).to_have_count(1)
+        (lease,) = newcomer.acquire_lock("busy:new", ttl=60)
+        expect(page.locator("#leases tr[data-resource='busy:new']")).to_contain_text("newcomer")
+        newcomer.release_lock(lease.lock_id)
+        expect(page.locator("#leases tr[data-resource='busy:new']")).to_have_count(0)
+    assert console.errors == []
+
+
+def test_the_timeline_refreshes_in_a_busy_stretch(console: Console,
+                                                  daemon: DaemonProcess) -> None:
+    page = console.open("timeline")
+    console.live()
+    with busy(daemon), connect(daemon.socket, "latecomer") as latecomer:
+        expect(page.locator("#timeline g.lane[data-agent='chatty']")).to_have_count(1)
+        latecomer.create_unit("busy", "MESSAGE", "here at last")
+        (lease,) = latecomer.acquire_lock("busy:late", ttl=60)
+        lane = page.locator("#timeline g.lane[data-agent='latecomer']")
+        expect(lane.locator("rect.unit")).to_have_count(1)
+        expect(lane.locator(f"rect.lease[data-lock='{lease.lock_id}']")).to_have_count(1)
+        latecomer.release_lock(lease.lock_id)
+    assert console.errors == []
+
+
+def test_the_timeline_draws_the_leases_of_the_last_hour_before_the_page_opened(
+        console: Console, daemon: DaemonProcess) -> None:
+    """Leases taken and let go before the page opened are drawn, from the journal's
+    lease history; so is one broken, and one held still."""
+    with connect(daemon.socket, "historian") as historian, \
+            connect(daemon.socket, "ops") as ops:
+        (released,) = historian.acquire_lock("past:released", ttl=60)
+        historian.release_lock(released.lock_id)
+        (broken,) = historian.acquire_lock("past:broken", ttl=60)
+        ops.break_lock("past:broken", "it hung", lock_id=broken.lock_id)
+        (held,) = historian.acquire_lock("past:held", ttl=120)
+        page = console.open("timeline")
+        console.live()
+        lane = page.locator("#timeline g.lane[data-agent='historian']")
+        for lease, resource, until in [(released, "past:released", r"\d\d:\d\d:\d\d$"),
+                                       (broken, "past:broken", r"\d\d:\d\d:\d\d$"),
+                                       (held, "past:held", "now$")]:
+            span = lane.locator(f"rect.lease[data-lock='{lease.lock_id}']")
+            expect(span).to_have_count(1)
+            expect(span.locator("title")).to_have_text(re.compile(
+                rf"^lease {resource} · \d\d:\d\d:\d\d\u2013{until}"))
+        # The day's view reads the rest of the day: nothing twice.
+        page.select_option("#timeline-form [name=range]", "86400")
+        expect(lane.locator(f"rect.lease[data-lock='{released.lock_id}']")).to_have_count(1)
+        expect(page.locator("#timeline-note")).to_be_hidden()
+        historian.release_lock(held.lock_id)
+    assert console.errors == []
+
+
+def test_the_feed_and_the_timeline_read_every_context(console: Console,
+                                                      daemon: DaemonProcess) -> None:
+    """More than 50 contexts: a unit in the last of them by name is in the feed's start
+    and on the Timeline (they read the first 50 contexts only)."""
+    with connect(daemon.socket, "many") as client:
+        for n in range(55):
+            client.create_context(f"aaaa-{n:02}")
+        with connect(daemon.socket, "last-by-name") as last:
+            unit = last.create_unit("zzzz-last", "MESSAGE", "in the last context")
+        for n in range(55):  # (the newest units elsewhere, after it)
+            client.create_unit(f"aaaa-{n:02}", "MESSAGE", "filler")
+    wait_until(lambda: search_finds(console, unit.id), "the unit indexed")
+    page = console.open("feed")
+    expect(page.locator(f"#feed tr[data-seq='{unit.seq}']")).to_contain_text(
+        "in the last context")
+    page.keyboard.press("6")
+    expect(page.locator("#timeline g.lane[data-agent='last-by-name'] rect.unit")).to_have_count(1)
+    assert console.errors == []
+
+
+def search_finds(console: Console, unit_id: str) -> bool:
+    import httpx2
+
+    answer = httpx2.post(f"{console.url}/search", json={"query": "", "limit": 1000})
+    return any(hit["unit_id"] == unit_id for hit in answer.json()["hits"])
+
+
+def test_messages_put_the_latest_activity_first(console: Console,
+                                                daemon: DaemonProcess) -> None:
+    with connect(daemon.socket, "ann") as ann, connect(daemon.socket, "ben") as ben:
+        old = ann.send_message(["ben"], "the old thread starts", context_id="talk",
+                               thread="old")
+        ann.send_message(["ben"], "the new thread starts", context_id="talk", thread="new")
+        page = console.open("messages")
+        page.fill("#messages-form [name=context]", "talk")
+        page.click("#messages-form button")
+        titles = page.locator("#threads .thread h2")
+        expect(titles.first).to_contain_text("Thread new")
+        ben.send_message(["ann"], "a reply in the old one", reply_to=old.id)
+        expect(titles.first).to_contain_text("Thread old")
+        thread = page.locator("#threads .thread").first
+        expect(thread.locator(".message .body")).to_have_text(
+            ["the old thread starts", "a reply in the old one"])  # oldest first within
+    assert console.errors == []
+
+
+def test_the_leases_are_cards_at_a_phone_width(browser: Any, gw: Gateway,
+                                               daemon: DaemonProcess) -> None:
+    phone = Console(browser, gw.url, width=390, height=844)
+    try:
+        with connect(daemon.socket, "agent-" + "p" * 60) as client:
+            (lease,) = client.acquire_lock("phone:" + "q" * 200, ttl=120)
+            waiter = subprocess.Popen(
+                [sys.executable, "-m", "engram_cli", "lock", "acquire", lease.resource,
+                 "--wait", "60"], env={**daemon.env, "ENGRAM_AGENT": "queued"},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                page = phone.open("now")
+                phone.live()
+                row = page.locator("#leases tbody tr").filter(has_text="phone:qqq")
+                expect(row.locator(".queue")).to_contain_text("queued")
+                fits = page.locator("#leases").evaluate(
+                    "t => t.scrollWidth <= t.parentElement.clientWidth + 1")
+                assert fits
+                assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+                for cell in row.locator("th, td").all():
+                    if cell.is_visible():
+                        box = cell.bounding_box()
+                        assert box is not None and box["x"] + box["width"] <= 390 + 1
+                for label in ("Holder", "Age", "Left", "Token", "Queue"):
+                    assert row.locator(f"td[data-label='{label}']").is_visible()
+                expect(row.get_by_role("button")).to_be_visible()
+                assert lines(row.get_by_role("button")) == 1
+            finally:
+                waiter.kill()
+                waiter.wait(WAIT)
+            client.release_lock(lease.lock_id)
+    finally:
+        phone.close()
+    assert phone.errors == []
+
+
+def test_the_timeline_says_when_its_bound_cut_the_window_short(
+        console: Console, daemon: DaemonProcess) -> None:
+    """More units in the hour than the page reads (2,000, the newest): the page says
+    which were left out, and the newest are drawn."""
+    from engramd.protocol import UnitDraft
+
+    with connect(daemon.socket, "prolific") as client:
+        for _ in range(3):
+            client.create_units([UnitDraft(context_id="flood", type="MESSAGE",
+                                           payload=b"one of many") for _ in range(800)])
+        newest = client.create_unit("flood", "MESSAGE", "the newest")
+    wait_until(lambda: search_finds(console, newest.id), "the flood indexed")
+    page = console.open("timeline")
+    note = page.locator("#timeline-note")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text(re.compile(r"units before \d\d:\d\d:\d\d are not all drawn"))
+    expect(page.locator("#timeline g.lane[data-agent='prolific'] rect.unit title",
+                        has_text="the newest")).to_have_count(1)
     assert console.errors == []

@@ -4,7 +4,9 @@ addresses, and the bounds one agent cannot take from the others."""
 
 from __future__ import annotations
 
+import datetime as dt
 from contextlib import ExitStack
+from typing import Any, cast
 
 import pytest
 
@@ -148,3 +150,51 @@ def test_one_agent_cannot_fill_the_ticket_table(engramd: DaemonProcess) -> None:
                 "ticket": issued[0].json()["ticket"]}) as opened:
             assert opened.status_code == 200
         assert ticket("hog").status_code == 201
+
+
+def test_the_lease_history_reads_grants_and_ends_by_time(open_gateway: Gateway,
+                                                         engramd: DaemonProcess) -> None:
+    """What the console's Timeline draws past leases from: the journal's lease grants and
+    ends from a time on (renewals left out, units passed over), paged by seq."""
+    http = open_gateway.http
+    with connect(engramd.socket, "alice") as alice, connect(engramd.socket, "bob") as bob:
+        (early,) = alice.acquire_lock("history:early", ttl=60)
+        alice.release_lock(early.lock_id)
+        for n in range(30):  # (the bisection by time crosses units too)
+            alice.create_unit("history", "MESSAGE", f"note {n}")
+        since = dt.datetime.now(dt.UTC)
+        wait_until(lambda: dt.datetime.now(dt.UTC) > since, "the clock moved on")
+        (held,) = alice.acquire_lock("history:job", ttl=60)
+        alice.renew_lock(held.lock_id, ttl=120)
+        bob.create_unit("history", "MESSAGE", "between")
+        alice.release_lock(held.lock_id)
+        (later,) = bob.acquire_lock("history:job", ttl=60)
+
+    def read(**params: Any) -> dict[str, Any]:
+        answer = http.get("/lock-history", params=params)
+        assert answer.status_code == 200, answer.text
+        return cast(dict[str, Any], answer.json())
+
+    page = read(since=since.isoformat())
+    assert [(e["kind"], e["lease"]["lock_id"]) for e in page["events"]] == [
+        ("lock.acquired", held.lock_id), ("lock.released", held.lock_id),
+        ("lock.acquired", later.lock_id)]
+    assert page["next_cursor"] is None
+    whole = read()  # from the journal's start
+    assert [e["lease"]["lock_id"] for e in whole["events"]][:2] == [early.lock_id] * 2
+    # Paged: one event a page, each page after the last one's cursor.
+    seen, after = [], None
+    while True:
+        page = read(since=since.isoformat(), limit=1, **({} if after is None else {
+            "after": after}))
+        seen += [e["seq"] for e in page["events"]]
+        after = page["next_cursor"]
+        if after is None:
+            break
+    assert len(seen) == 3 and seen == sorted(seen)
+    assert read(since=(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()) == {
+        "events": [], "next_cursor": None}
+    until = read(since=since.isoformat(), until=since.isoformat())
+    assert until == {"events": [], "next_cursor": None}
+    refused = http.get("/lock-history", params={"limit": 0})
+    assert refused.status_code == 400 and error_code(refused) == "bad_request"

@@ -80,6 +80,8 @@ from engramd.protocol import (
     LockAcquired,
     LockExpired,
     LockFound,
+    LockHistory,
+    LockHistoryPage,
     LockPage,
     LockReleased,
     LockRenewed,
@@ -196,6 +198,7 @@ CLIENT_MESSAGES = {
     "lock_break": BreakLock(id=14, resource="deploy:prod", reason="stuck"),
     "lock_get": GetLock(id=15, resource="deploy:prod"),
     "lock_list": ListLocks(id=16, agent="alice", prefix="deploy:"),
+    "lock_history": LockHistory(id=48, since=WHEN, limit=500),
     "search_hybrid": Search(id=17, query="storage full", mode="hybrid", min_similarity=0.2),
     "search": Search(id=17, query="frame limit", contexts=["build-42"], types=["ERROR"],
                      meta={"exit": "1"}, since=WHEN, related_to=UNIT.id, limit=5, offset=10),
@@ -314,6 +317,10 @@ SERVER_MESSAGES = {
         resource="file:github.com/ann/proj:src/app.py", lease=LEASE_ON_PATH, waiters=[],
         leases=[LEASE_ON_PATH], overlapping=[LEASE_SHARED])),
     "lock_page": LockPage(id=16, locks=[]),
+    "lock_history_page": LockHistoryPage(id=48, events=[
+        LockAcquired(seq=42, ts=WHEN, context_id="", lease=LEASE),
+        LockReleased(seq=43, ts=WHEN, context_id="", lease=LEASE, reason="released",
+                     by="alice")], next_cursor=43),
     "lease_lost": LeaseLost(lease=LEASE, reason="expired", by="engramd"),
     "search_results": SearchResults(id=17, total=1, hits=[SearchHit(
         unit_id=UNIT.id, seq=7, score=1.5, snippet="the **frame** **limit**")]),

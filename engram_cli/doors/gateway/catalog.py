@@ -107,6 +107,8 @@ OPERATIONS: dict[str, Op] = {
     "update_context": Op("Change a context", ContextFound, body=UpdateContext,
                          errors=(404, 413)),
     "list_locks": Op("Leases held", views.LockList),
+    "lock_history": Op("Leases granted and ended, as journaled (none in cluster mode)",
+                       views.LockHistoryView),
     "acquire_locks": Op("Lease resources together or not at all; the lease lasts until "
                         "released or its ttl", views.LeasesGranted, 201, LockForm,
                         (409, 413, 504)),

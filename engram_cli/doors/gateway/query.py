@@ -244,6 +244,17 @@ class LocksQuery(Query):
     prefix: Annotated[str, msgspec.Meta(description="Resources beginning so")] = ""
 
 
+class LockHistoryQuery(Query):
+    """The leases granted and ended, as journaled, oldest first: from ``since``, or
+    after ``after`` (the previous page's next_cursor)."""
+
+    since: Time | None = None
+    until: Time | None = None
+    after: Annotated[b.Seq | None, msgspec.Meta(
+        description="The previous page's next_cursor")] = None
+    limit: b.PageLimit = 1000
+
+
 class ReleaseQuery(Query):
     lock_id: Annotated[str, msgspec.Meta(min_length=1, description="The lease's lock id")]
 

@@ -29,6 +29,7 @@ from engram_cli.doors.gateway.forms import (
 from engram_cli.doors.gateway.query import (
     ContextsQuery,
     InboxQuery,
+    LockHistoryQuery,
     LocksQuery,
     ReleaseQuery,
     TasksQuery,
@@ -59,6 +60,7 @@ from engramd.protocol import (
     ListLocks,
     ListTasks,
     ListUnits,
+    LockHistory,
     NotFound,
     Ping,
     ReadInbox,
@@ -185,6 +187,13 @@ async def list_locks(gw: Gateway, request: Request) -> Response:
     q = query.read(request, LocksQuery)
     page = await gw.call(request, ListLocks(agent=q.agent, prefix=q.prefix))
     return json_response(views.LockList(page.locks))
+
+
+async def lock_history(gw: Gateway, request: Request) -> Response:
+    q = query.read(request, LockHistoryQuery)
+    page = await gw.call(request, LockHistory(since=q.since, until=q.until, after=q.after,
+                                              limit=q.limit))
+    return json_response(views.LockHistoryView(page.events, page.next_cursor))
 
 
 async def get_lock(gw: Gateway, request: Request) -> Response:
@@ -332,6 +341,7 @@ ROUTES: list[tuple[str, list[str], Handler]] = [
     ("/locks", ["POST"], acquire_locks),
     ("/locks/renew", ["POST"], renew_lock),
     ("/locks/break", ["POST"], break_lock),
+    ("/lock-history", ["GET"], lock_history),
     ("/locks/{resource:path}", ["GET"], get_lock),
     ("/locks/{resource:path}", ["DELETE"], release_lock),
     ("/stream/ticket", ["POST"], stream_ticket),
@@ -362,6 +372,7 @@ QUERY: dict[str, type[msgspec.Struct]] = {
     "list_units": UnitsQuery,
     "list_contexts": ContextsQuery,
     "list_locks": LocksQuery,
+    "lock_history": LockHistoryQuery,
     "release_lock": ReleaseQuery,
     "read_inbox": InboxQuery,
     "list_tasks": TasksQuery,

@@ -18,6 +18,9 @@ import msgspec
 
 from engramd.protocol import (
     Lease,
+    LockAcquired,
+    LockExpired,
+    LockReleased,
     LockState,
     RelatedEdge,
     RelatedFound,
@@ -102,6 +105,15 @@ class LeaseView(msgspec.Struct):
 
 class LockList(msgspec.Struct):
     locks: list[LockState]
+
+
+class LockHistoryView(msgspec.Struct):
+    events: list[LockAcquired | LockReleased | LockExpired]
+    """Oldest first, as journaled (renewals left out)."""
+    next_cursor: int | None
+    """Give as ``after`` for the next page (a page may hold fewer than ``limit`` events
+    and still have one: a request walks a bounded stretch of the journal); null at the
+    end."""
 
 
 class Broken(msgspec.Struct):
@@ -194,7 +206,7 @@ class StreamError(msgspec.Struct, kw_only=True, tag_field="kind", tag="error"):
 
 __all__ = [
     "Health", "HeartbeatView", "HitView", "InboxPage",
-    "LeaseView", "LeasesGranted", "LockList", "Readiness", "Related", "Released",
+    "LeaseView", "LeasesGranted", "LockHistoryView", "LockList", "Readiness", "Related", "Released",
     "SearchPage", "StreamError", "Ticket", "UnitCreatedView", "UnitView", "UnitsPage",
     "UnitsWritten", "hit", "units",
 ]

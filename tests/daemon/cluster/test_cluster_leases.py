@@ -724,3 +724,18 @@ def test_paths_through_the_cli_on_three_machines(machines: list[Machine],
         assert done.returncode == 0, done.stderr  # every shared lease on it
     out, err = writer.communicate(timeout=60)
     assert writer.returncode == 0 and out == "wrote\n", err
+
+
+def test_the_lease_history_is_empty_in_cluster_mode(machines: list[Machine]) -> None:
+    """Lease changes are not in the cluster's journal (§9.1): ``lock.history`` answers an
+    empty page on every machine (the console's Timeline then draws what it sees live),
+    while the units around them are read past as on one machine."""
+    a, b, _ = machines
+    with a.client("alice") as alice, b.client("bob") as bob:
+        (held,) = alice.acquire_lock("history", ttl=30)
+        alice.release_lock(held.lock_id)
+        unit = alice.create_unit("history", "MESSAGE", "in the journal")
+        wait_until(lambda: bool(bob.get_units([unit.id]).units), "the unit on machine b")
+        for client in (alice, bob):
+            page = client.lock_history()
+            assert (page.events, page.next_cursor) == ([], None)

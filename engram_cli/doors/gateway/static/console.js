@@ -138,6 +138,7 @@ function signIn(message) {
   // Nothing read before stays on the page.
   for (const body of document.querySelectorAll("tbody, ol, #threads, #timeline, #unit-trace, #unit-fields"))
     body.replaceChildren();
+  timeline.reset();
   $("#login").hidden = false;
   $("#login-error").textContent = token() ? clean(message || "") : "";
   setStatus("signed-out", "not signed in");
@@ -237,10 +238,27 @@ class Stream {
 
 const stream = new Stream();
 
-/** Call *fn* at most once per *wait* ms, after the last call. */
-function debounce(fn, wait = 150) {
-  let timer = null;
-  return () => { clearTimeout(timer); timer = setTimeout(fn, wait); };
+/** Call *fn* soon after a call, then at most once per *wait* ms however often it is
+ * called: a steady stream of events still refreshes the view every *wait* ms (a
+ * debounce, waiting for a quiet moment, would never refresh it in a busy stretch). A
+ * call while *fn* runs (it may return a promise) brings one more run after it. */
+function throttle(fn, wait) {
+  let queued = false, running = false, last = -Infinity;
+  const run = async () => {
+    queued = false;
+    running = true;
+    try { await fn(); } catch (error) { report(error); } finally {
+      running = false;
+      last = Date.now();
+      if (queued) later();
+    }
+  };
+  const later = () => setTimeout(run, Math.max(0, last + wait - Date.now()));
+  return () => {
+    if (queued) return;
+    queued = true;
+    if (!running) later();
+  };
 }
 
 // -- views ------------------------------------------------------------------------------
@@ -329,11 +347,14 @@ views.now = {
             "aria-label": "Break the lease on " + clean(lease.resource) }, "Break…");
           breaker.addEventListener("click", () => confirmBreak(lease));
         }
+        // (Each cell names its column: at a phone's width a row is a card of labelled lines.)
         rows.push(el("tr", { "data-resource": lease.resource },
           el("th", { scope: "row", class: "resource" }, clipped(lease.resource)),
-          el("td", {}, clipped(lease.holder)), el("td", { class: "num" }, ago(lease.acquired_at, now)),
-          el("td", { class: "num" }, duration(left)), el("td", { class: "num" }, lease.fencing_token),
-          el("td", {}, queue), el("td", {}, breaker)));
+          el("td", { "data-label": "Holder" }, clipped(lease.holder)),
+          el("td", { class: "num", "data-label": "Age" }, ago(lease.acquired_at, now)),
+          el("td", { class: "num", "data-label": "Left" }, duration(left)),
+          el("td", { class: "num", "data-label": "Token" }, lease.fencing_token),
+          el("td", { "data-label": "Queue" }, queue), el("td", { class: "actions" }, breaker)));
       }
     }
     fill($("#leases tbody"), rows);
@@ -344,7 +365,7 @@ views.now = {
       el("td", {}, clipped(task.context_id)))));
   },
 };
-const refreshNow = debounce(() => { if (current === "now") views.now.refresh().catch(report); });
+const refreshNow = throttle(() => current === "now" && views.now.refresh(), 500);
 stream.on((event) => {
   if (event.kind.startsWith("lock.") || event.kind === "context.updated" ||
       (event.kind === "unit.created" && event.unit.type === "TASK_STATUS")) refreshNow();
@@ -470,15 +491,13 @@ $("#feed-filters").addEventListener("input", () => {
 });
 $("#feed-filters").addEventListener("submit", (event) => event.preventDefault());
 
-/** The feed's start: the newest units of the busiest contexts, as the events they were. */
+/** The feed's start: the newest 200 units whatever their context, as the events they were (a
+ * search without words lists units newest first, across contexts, in one request). */
 async function backfill() {
-  const contexts = (await api("/contexts?limit=50")).contexts || [];
-  const pages = await Promise.all(contexts.map((c) =>
-    api("/workunits/" + encodeURIComponent(c.id) + "?limit=40").catch(() => ({ units: [] }))));
-  const events = pages.flatMap((page) => page.units).map((unit) => ({
-    kind: "unit.created", seq: unit.seq, ts: unit.ts, context_id: unit.context_id, unit }));
-  events.sort((a, b) => b.seq - a.seq);
-  feedAdd(events.slice(0, 200));
+  const page = await api("/search", { method: "POST",
+    body: { query: "", mode: "keyword", limit: 200 } });
+  feedAdd(page.hits.filter((hit) => hit.unit).map(({ unit }) => ({
+    kind: "unit.created", seq: unit.seq, ts: unit.ts, context_id: unit.context_id, unit })));
 }
 
 views.feed = {
@@ -516,7 +535,7 @@ views.tasks = {
     column("#tasks-done", tasks.filter((t) => t.state === "done").slice(0, 50));
   },
 };
-const refreshTasks = debounce(() => { if (current === "tasks") views.tasks.refresh().catch(report); });
+const refreshTasks = throttle(() => current === "tasks" && views.tasks.refresh(), 500);
 stream.on((event) => {
   if ((event.kind === "unit.created" && event.unit.type === "TASK_STATUS") ||
       (event.kind.startsWith("lock.") && event.lease.resource.startsWith("task:"))) refreshTasks();
@@ -532,21 +551,28 @@ views.messages = {
     const found = await api("/contexts?limit=1&prefix=" + encodeURIComponent(context));
     const units = found.contexts.some((c) => c.id === context)
       ? (await api("/workunits/" + encodeURIComponent(context) + "?type=MESSAGE&limit=500")).units : [];
-    units.reverse();  // oldest first
+    // (The page comes oldest first: the newest 500, in the journal's order.)
     const acks = new Map();
     const threads = new Map();
+    const threadOf = new Map();  // message id -> its thread's key
+    const latest = new Map();  // thread key -> the seq of its latest message or acknowledgement
     for (const unit of units) {
       const meta = unit.meta || {};
       if (meta.ack) {
         if (!acks.has(meta.ack)) acks.set(meta.ack, new Map());
         acks.get(meta.ack).set(unit.agent_id, unit.ts);
+        const acked = threadOf.get(meta.ack);
+        if (acked !== undefined) latest.set(acked, Math.max(latest.get(acked), unit.seq));
         continue;
       }
       const key = meta.thread || unit.id;
       if (!threads.has(key)) threads.set(key, []);
       threads.get(key).push(unit);
+      threadOf.set(unit.id, key);
+      latest.set(key, Math.max(latest.get(key) ?? 0, unit.seq));
     }
-    const ordered = [...threads.entries()].sort((a, b) => b[1].at(-1).seq - a[1].at(-1).seq);
+    // Latest activity first: a reply or an acknowledgement brings its thread to the top.
+    const ordered = [...threads.entries()].sort((a, b) => latest.get(b[0]) - latest.get(a[0]));
     $("#threads").replaceChildren(...ordered.slice(0, 100).map(([key, messages]) =>
       el("article", { class: "thread" },
         el("h2", {}, messages[0].meta.thread ? "Thread " + short(key, 60) : "Message " + key.slice(-8),
@@ -570,7 +596,7 @@ $("#messages-form").addEventListener("submit", (event) => {
   event.preventDefault();
   views.messages.refresh().catch(report);
 });
-const refreshMessages = debounce(() => { if (current === "messages") views.messages.refresh().catch(report); });
+const refreshMessages = throttle(() => current === "messages" && views.messages.refresh(), 500);
 stream.on((event) => {
   if (event.kind === "unit.created" && event.unit.type === "MESSAGE") refreshMessages();
 });
@@ -720,14 +746,94 @@ function trace(related) {
 
 // Timeline: each agent's units, leases and claims over the last hour or day.
 
-const history = new Map();  // lock_id -> {lease, start, end}
-stream.on((event) => {
-  if (!event.kind.startsWith("lock.")) return;
+const DAY = 86400000;
+const TIMELINE_UNITS = 2000;   // units of a window read from the gateway, at most (newest)
+const HISTORY_CHANGES = 10000; // lease changes of a window read from the journal, at most
+const HISTORY_PAGE = 1000;
+const KEPT_UNITS = 5000;       // units kept in memory (read, then seen live), at most
+
+/** What the Timeline draws, kept across refreshes: the window read from the gateway once
+ * (units by a search without words, newest first across every context; past leases from
+ * the journal's lease history, GET /lock-history), and what the stream brings since the
+ * page opened. A refresh asks only for the leases held now and their queues. */
+const timeline = {
+  units: new Map(),  // unit id -> {id, ts, type, agent, context, text}
+  spans: new Map(),  // lock id -> {lease, start, end}
+  from: null,        // (ms) the start of the window read so far; null: nothing read
+  unitsFrom: null,   // (ms) when capped: the oldest unit read (older ones not drawn)
+  historyTo: null,   // (ms) when capped: the last lease change read
+  reset() {
+    this.units.clear(); this.spans.clear();
+    this.from = this.unitsFrom = this.historyTo = null;
+  },
+};
+
+function keepUnit(unit) {
+  timeline.units.set(unit.id, { id: unit.id, ts: unit.ts, type: unit.type, agent: unit.agent_id,
+    context: unit.context_id, text: short(payloadOf(unit), 80) });
+}
+
+function keepLeaseChange(event) {
   const lease = event.lease;
-  const known = history.get(lease.lock_id) || { lease, start: lease.acquired_at, end: null };
+  const known = timeline.spans.get(lease.lock_id) || { lease, start: lease.acquired_at, end: null };
+  known.lease = lease;
   if (event.kind === "lock.released" || event.kind === "lock.expired") known.end = event.ts;
-  history.set(lease.lock_id, known);
+  timeline.spans.set(lease.lock_id, known);
+}
+
+stream.on((event) => {
+  if (event.kind.startsWith("lock.")) keepLeaseChange(event);
+  else if (event.kind === "unit.created") keepUnit(event.unit);
 });
+
+/** Read the window from *since* to *until* (null: now): its units and lease changes. */
+async function readWindow(since, until) {
+  const search = { query: "", mode: "keyword", limit: 1000, since: new Date(since).toISOString() };
+  if (until !== null) search.until = new Date(until).toISOString();
+  let read = 0, total = 0, oldest = null;
+  while (read < TIMELINE_UNITS) {
+    const page = await api("/search", { method: "POST",
+      body: { ...search, offset: read, limit: Math.min(1000, TIMELINE_UNITS - read) } });
+    total = page.total;
+    for (const hit of page.hits) {
+      if (!hit.unit) continue;
+      keepUnit(hit.unit);
+      oldest = hit.unit.ts;
+    }
+    read += page.hits.length;
+    if (!page.hits.length || read >= total) break;
+  }
+  if (total > read && oldest) timeline.unitsFrom = Math.max(timeline.unitsFrom ?? 0, new Date(oldest).getTime());
+  const query = new URLSearchParams({ since: new Date(since).toISOString(), limit: String(HISTORY_PAGE) });
+  if (until !== null) query.set("until", new Date(until).toISOString());
+  let changes = 0, after = null;
+  for (;;) {
+    if (after !== null) query.set("after", String(after));
+    const page = await api("/lock-history?" + query);
+    for (const event of page.events) keepLeaseChange(event);
+    changes += page.events.length;
+    after = page.next_cursor;
+    if (after === null) break;
+    if (changes >= HISTORY_CHANGES) {
+      const last = page.events.at(-1);
+      timeline.historyTo = last ? new Date(last.ts).getTime() : since;
+      break;
+    }
+  }
+}
+
+/** Forget what is older than a day, and the oldest units past the bound. */
+function prune(now) {
+  for (const [id, span] of timeline.spans)
+    if (span.end && new Date(span.end).getTime() < now - DAY) timeline.spans.delete(id);
+  const units = [...timeline.units.values()];
+  const old = units.filter((u) => new Date(u.ts).getTime() < now - DAY);
+  for (const unit of old) timeline.units.delete(unit.id);
+  if (timeline.units.size > KEPT_UNITS) {
+    const sorted = [...timeline.units.values()].sort((a, b) => new Date(a.ts) - new Date(b.ts));
+    for (const unit of sorted.slice(0, timeline.units.size - KEPT_UNITS)) timeline.units.delete(unit.id);
+  }
+}
 
 const SVG = "http://www.w3.org/2000/svg";
 function svg(tag, attrs = {}, ...children) {
@@ -743,27 +849,38 @@ views.timeline = {
     // A range of 0 fits the chart to the activity of the last day.
     const chosen = Number($("#timeline-form").range.value) * 1000;
     const end = Date.now();
-    const since = new Date(end - (chosen || 86400000)).toISOString();
-    const contexts = ((await api("/contexts?limit=50")).contexts || []).map((c) => c.id);
-    const [pages, locks] = await Promise.all([
-      Promise.all(contexts.map((c) => api("/workunits/" + encodeURIComponent(c) +
-        "?limit=1000&since=" + encodeURIComponent(since)).catch(() => ({ units: [] })))),
-      api("/locks")]);
+    const wanted = end - (chosen || DAY);
+    if (timeline.from === null || wanted < timeline.from) {
+      await readWindow(wanted, timeline.from);
+      timeline.from = wanted;
+    }
+    prune(end);
+    const locks = await api("/locks");
     const rows = new Map();
     const row = (agent) => {
       if (!rows.has(agent)) rows.set(agent, { units: [], spans: [], waits: [] });
       return rows.get(agent);
     };
-    for (const unit of pages.flatMap((p) => p.units)) row(unit.agent_id).units.push(unit);
-    const spans = new Map([...history.values()].map((h) => [h.lease.lock_id, h]));
+    for (const unit of timeline.units.values())
+      if (new Date(unit.ts).getTime() >= wanted) row(unit.agent).units.push(unit);
+    const held = new Set();
     for (const state of locks.locks) {
-      for (const lease of (state.leases && state.leases.length ? state.leases : state.lease ? [state.lease] : []))
-        spans.set(lease.lock_id, { lease, start: lease.acquired_at, end: null, ...spans.get(lease.lock_id), end: null });
+      for (const lease of (state.leases && state.leases.length ? state.leases : state.lease ? [state.lease] : [])) {
+        held.add(lease.lock_id);
+        const known = timeline.spans.get(lease.lock_id);
+        timeline.spans.set(lease.lock_id, { lease, start: lease.acquired_at, end: null, ...known, end: null });
+      }
       for (const waiter of state.waiters) row(waiter.agent).waits.push(state.resource);
     }
-    for (const h of spans.values()) row(h.lease.holder).spans.push(h);
+    for (const h of timeline.spans.values()) {
+      // A lease not held now whose end was not read (the history was cut short): drawn
+      // to the last change read.
+      const stop = h.end ? new Date(h.end).getTime()
+        : held.has(h.lease.lock_id) ? end : (timeline.historyTo ?? end);
+      if (stop >= wanted) row(h.lease.holder).spans.push({ ...h, stop });
+    }
     const times = [...rows.values()].flatMap((r) => [...r.units.map((u) => u.ts),
-      ...r.spans.map((h) => h.start)]).map((t) => new Date(t).getTime()).filter((t) => t >= end - 86400000);
+      ...r.spans.map((h) => h.start)]).map((t) => new Date(t).getTime()).filter((t) => t >= end - DAY);
     const span = chosen || Math.max(60000, (end - Math.min(end - 60000, ...times)) * 1.05);
     const start = end - span;
     const width = 1000, label = 150, lane = 34;
@@ -783,17 +900,18 @@ views.timeline = {
       const group = svg("g", { class: "lane", "data-agent": agent });
       group.append(svg("text", { x: 4, y: y + 21, class: "agent" }, short(agent, 20), svg("title", {}, agent)));
       for (const h of data.spans) {
-        const from = x(h.start), to = x(h.end || end);
+        const from = x(h.start), to = x(h.stop);
         const claim = h.lease.resource.startsWith("task:");
         group.append(svg("rect", { x: from, y: y + 6, width: Math.max(2, to - from), height: 10,
-          class: claim ? "claim" : "lease" }, svg("title", {}, (claim ? "claim " : "lease ") +
-          clean(h.lease.resource) + " · " + clock(h.start) + "–" + (h.end ? clock(h.end) : "now"))));
+          class: claim ? "claim" : "lease", "data-lock": h.lease.lock_id },
+          svg("title", {}, (claim ? "claim " : "lease ") + clean(h.lease.resource) + " · " +
+            clock(h.start) + "–" + (h.end ? clock(h.end) : held.has(h.lease.lock_id) ? "now" : "?"))));
       }
       for (const unit of data.units) {
         group.append(svg("rect", { x: x(unit.ts) - 1, y: y + 18, width: 3, height: 12,
           class: "unit t-" + unit.type.toLowerCase().replace(/[^a-z_]/g, "") },
-          svg("title", {}, unit.type + " in " + clean(unit.context_id) + " at " + clock(unit.ts) +
-            ": " + short(payloadOf(unit), 80))));
+          svg("title", {}, unit.type + " in " + clean(unit.context) + " at " + clock(unit.ts) +
+            ": " + unit.text)));
       }
       if (data.waits.length) {
         group.append(svg("rect", { x: x(end) - 30, y: y + 6, width: 30, height: 10, class: "wait" },
@@ -802,10 +920,19 @@ views.timeline = {
       chart.append(group);
     });
     $("#timeline").replaceChildren(agents.length ? chart : el("p", { class: "empty" }, "Nothing in this time."));
+    const cut = [];
+    if (timeline.unitsFrom !== null && timeline.unitsFrom > wanted)
+      cut.push("units before " + clock(timeline.unitsFrom) + " are not all drawn (the newest " +
+        TIMELINE_UNITS.toLocaleString("en") + " of the window were read)");
+    if (timeline.historyTo !== null)
+      cut.push("past leases are drawn up to " + clock(timeline.historyTo) + " only (the first " +
+        HISTORY_CHANGES.toLocaleString("en") + " lease changes of the window were read), later ones as seen live");
+    $("#timeline-note").textContent = cut.length ? "Cut short: " + cut.join("; ") + "." : "";
+    $("#timeline-note").hidden = !cut.length;
   },
 };
 $("#timeline-form").addEventListener("change", () => views.timeline.refresh().catch(report));
-const refreshTimeline = debounce(() => { if (current === "timeline") views.timeline.refresh().catch(report); }, 1000);
+const refreshTimeline = throttle(() => current === "timeline" && views.timeline.refresh(), 1000);
 stream.on(() => refreshTimeline());
 
 // -- start ------------------------------------------------------------------------------
