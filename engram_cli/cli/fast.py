@@ -357,10 +357,10 @@ def _lock_acquire(root: Values, values: Values,
 
     if root["json"] or values["json"] or values["path"] or not values["resources"]:
         return lock.acquire(context(), **values)
-    from engram_cli.cli.hot.checks import seconds, wire_int
+    from engram_cli.cli.hot import checks
 
-    wire_int(values["pid"], "--pid")  # (before connecting: nothing is sent, as the library)
-    seconds(values["ttl"], "--ttl")
+    checks.wire_int(values["pid"], "--pid")  # (before connecting: nothing is sent, as the library)
+    checks.ttl(values["ttl"])
     wait = lock._wait(values["wait"], values["no_wait"])
     connection = _lean(root, root["agent"], DEFAULT_TIMEOUT)
     if connection is None:

@@ -35,10 +35,13 @@ def test_the_option_table_is_generated_from_the_typer_tree() -> None:
 
 
 def test_the_fast_start_agrees_with_what_it_copies() -> None:
+    from engram_cli.cli.hot import checks
     from engram_cli.cli.hot.hook import HOOK_TIMEOUT
     from engram_cli.client.blocking import DEFAULT_TIMEOUT
+    from engramd.protocol.bounds import MIN_TTL
 
     assert (fast.HOOK_TIMEOUT, fast.DEFAULT_TIMEOUT) == (HOOK_TIMEOUT, DEFAULT_TIMEOUT)
+    assert checks.MIN_TTL == MIN_TTL
     assert leanwire.PROTOCOL_VERSION == PROTOCOL_VERSION
     assert leanwire.MAX_FRAME == DEFAULT_MAX_FRAME
 
@@ -330,6 +333,15 @@ BAD_NUMBERS = [
     (["lock", "acquire", "res:bad", "-w", "1e18"], "--wait"),
     (["lock", "acquire", "res:bad", "--shared", "--ttl", "nan"], "--ttl"),
     (["lock", "run", "res:bad", "--ttl", "nan", "--", "true"], "--ttl"),
+    # A ttl no lease lives by (it ended as "lease lost", exit 6, or a lease already gone).
+    (["lock", "acquire", "res:bad", "--ttl", "1e-300"], "--ttl"),
+    (["lock", "acquire", "res:bad", "--shared", "--ttl", "-1"], "--ttl"),
+    (["lock", "acquire", "res:bad", "--ttl", "0.05", "--json"], "--ttl"),
+    (["lock", "run", "res:bad", "--ttl", "1e-300", "--", "true"], "--ttl"),
+    (["lock", "run", "--ttl", "0", "res:bad", "--", "true"], "--ttl"),
+    (["lock", "renew", "res:bad", "--lock-id", "x", "--ttl", "1e-300"], "--ttl"),
+    (["lock", "renew", "res:bad", "--lock-id", "x", "--ttl", "inf"], "--ttl"),
+    (["task", "claim", "--next", "--ttl", "0.01"], "--ttl"),
     (["unit", "create", "-c", "bad", "-p", "x", "--fence", "r:99999999999999999999"],
      "--fence"),
     (["wait", "--since", "99999999999999999999", "--timeout", "1"], "--since"),

@@ -260,18 +260,33 @@ def test_a_request_framed_by_both_lengths_is_refused_and_its_body_never_read(
     assert status == 201, body
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/locks/%ff%fe"), ("DELETE", "/locks/a/%ff?lock_id=1"),
-    ("GET", "/workunit/%ff%fe"), ("GET", "/workunits/ctx%c3"), ("GET", "/contexts/%80"),
-    ("GET", "/tasks/%ff"), ("POST", "/inbox/%fe/ack"), ("GET", "/ui/%ff.js")])
+def test_a_ttl_no_lease_lives_by_is_400_on_acquire_and_renew(open_gateway: Gateway) -> None:
+    """``"ttl": 1e-300`` was granted, a lease that ended as it began: refused as every
+    door refuses it (the daemon's check), and what /openapi.json says."""
+    http = open_gateway.http
+    for ttl in (1e-300, 0.05, 0):
+        refused = http.post("/locks", json={"resources": "brief", "ttl": ttl})
+        assert refused.status_code == 400 and error_code(refused) == "bad_request", ttl
+        assert "ttl must be at least 0.1" in refused.text
+    (lease,) = http.post("/locks", json={"resources": "brief", "ttl": 60}).json()["leases"]
+    refused = http.post("/locks/renew", json={"lock_id": lease["lock_id"], "ttl": 1e-300})
+    assert refused.status_code == 400 and error_code(refused) == "bad_request"
+    schema = http.get("/openapi.json").json()["components"]["schemas"]
+    assert schema["RenewForm"]["properties"]["ttl"]["anyOf"][0]["minimum"] == 0.1
+
+
+@pytest.mark.parametrize(("method", "path", "segment"), [
+    ("GET", "/locks/%ff%fe", "%ff%fe"), ("DELETE", "/locks/a/%ff?lock_id=1", "%ff"),
+    ("GET", "/workunit/%ff%fe", "%ff%fe"), ("GET", "/workunits/ctx%c3", "ctx%c3"),
+    ("GET", "/contexts/%80", "%80"), ("GET", "/tasks/%ff", "%ff"),
+    ("POST", "/inbox/%fe/ack", "%fe"), ("GET", "/ui/%ff.js", "%ff.js")])
 def test_a_path_parameter_that_is_not_utf8_is_400_naming_it(
-        open_gateway: Gateway, method: str, path: str) -> None:
+        open_gateway: Gateway, method: str, path: str, segment: str) -> None:
     """Percent-decoded to bytes that are not UTF-8, a segment would be taken as U+FFFD
     (``/locks/%ff%fe`` the lease on "\ufffd\ufffd"): refused, before any endpoint."""
     answer = open_gateway.http.request(method, path)
     assert answer.status_code == 400, answer.text
     assert error_code(answer) == "bad_request"
-    segment = path.rsplit("/", 1)[1].split("?")[0] if "ack" not in path else "%fe"
     assert f"'{segment}' is not UTF-8" in answer.json()["error"]["message"]
     # The same text percent-encoded as UTF-8 is a name like any other.
     assert open_gateway.http.get("/locks/%C3%BF").json()["resource"] == "\u00ff"
