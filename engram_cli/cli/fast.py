@@ -76,7 +76,7 @@ def main(args: list[str]) -> int | None:
     except Exception as exc:  # told as the Typer app tells it
         from engram_cli.cli.exits import failure, internal_error
 
-        told = failure(exc, as_json)
+        told = failure(exc, as_json, " ".join(("engram", *path)))
         if told is not None:
             return told
         if os.environ.get("ENGRAM_DEBUG") == "1":
