@@ -29,8 +29,6 @@ def install() -> None:
 
     send_error = getattr(H11Protocol, "_send_error_response", None)
     create_stream = getattr(H11Protocol, "_create_stream", None)
-    if send_error is None or create_stream is None or getattr(send_error, "engram", False):
-        return
 
     async def send_error_response(self: Any, status_code: int) -> None:
         """HTTP/1.1 without ``Host``, two ``Host`` headers, a malformed line or chunk,
@@ -60,11 +58,15 @@ def install() -> None:
             await _answer(self, 400, BadRequest.code, TWO_FRAMINGS)
             await self.send(Closed())
             return
-        await create_stream(self, request)
+        await create_stream(self, request)  # type: ignore[misc]
 
-    send_error_response.engram = True  # type: ignore[attr-defined]
-    H11Protocol._send_error_response = send_error_response  # type: ignore[method-assign]
-    H11Protocol._create_stream = refusing_create_stream  # type: ignore[method-assign]
+    replacements: list[tuple[str, Any, Any]] = [
+        ("_send_error_response", send_error, send_error_response),
+        ("_create_stream", create_stream, refusing_create_stream)]
+    for name, original, replacement in replacements:
+        if original is not None and not getattr(original, "engram", False):
+            replacement.engram = True
+            setattr(H11Protocol, name, replacement)
 
 
 async def _answer(protocol: Any, status: int, code: str, message: str) -> None:
