@@ -435,10 +435,6 @@ def _hook_pre_edit(root: Values, values: Values,
     try:
         given = {} if raw is None else leanwire.json_value(raw or b"{}")
         hook_input = given if isinstance(given, dict) else {}
-        tool_input = hook_input.get("tool_input")
-        if isinstance(tool_input, dict) and any(key in tool_input
-                                                for key in ("command", "input", "patch")):
-            raise ValueError("a patch: its paths are read with re")
     except ValueError:  # (UnicodeDecodeError too) msgspec's and the library's to read
         from engram_cli.cli.hot import hook
 

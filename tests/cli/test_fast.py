@@ -269,10 +269,15 @@ def test_the_lean_path_imports_no_framework_nor_msgspec(recorder: Recorder,
             "print(status, sorted(m for m in ('typer', 'click', 'rich', 'msgspec', 'typing') "
             "if m in sys.modules))")
     env = {**env, "ENGRAM_SOCKET": recorder.path}
-    for args in (["ping"], ["unit", "create", "-c", "fast", "-p", "x"],
-                 ["lock", "acquire", "res:lean", "--shared"], ["hook", "prompt"],
-                 ["hook", "pre-edit"], ["lock", "run", "res:lean-run", "--", "true"]):
-        done = subprocess.run([sys.executable, "-c", code, *args], env=env, input=b"{}",
+    # Codex's edits are apply_patch texts (their paths read with re, which costs a lean
+    # start little): they went down the library's path every time.
+    patch = _codex_patch("*** Begin Patch\n*** Update File: a.py\n*** End Patch\n")
+    for args, stdin in ((["ping"], b"{}"), (["unit", "create", "-c", "fast", "-p", "x"], b"{}"),
+                        (["lock", "acquire", "res:lean", "--shared"], b"{}"),
+                        (["hook", "prompt"], b"{}"), (["hook", "pre-edit"], b"{}"),
+                        (["hook", "pre-edit", "--harness", "codex"], patch),
+                        (["lock", "run", "res:lean-run", "--", "true"], b"{}")):
+        done = subprocess.run([sys.executable, "-c", code, *args], env=env, input=stdin,
                               capture_output=True, timeout=60, check=True)
         assert done.stdout.decode().splitlines()[-1] == "0 []", (args, done)
     wait_until(lambda: True, "nothing")
@@ -392,6 +397,12 @@ def _edit(path: str) -> bytes:
     return msgspec.json.encode({"tool_input": {"file_path": path}, "cwd": "/"})
 
 
+def _codex_patch(patch: str, cwd: str = "/") -> bytes:
+    """Codex's PreToolUse input for an edit: apply_patch with the patch as its command."""
+    return msgspec.json.encode({"tool_name": "apply_patch", "cwd": cwd,
+                                "tool_input": {"command": ["apply_patch", patch]}})
+
+
 @pytest.fixture
 def leases_about(threaded_daemon: ThreadedDaemon, scratch: str, env: dict[str, str]
                  ) -> Iterator[str]:
@@ -436,9 +447,15 @@ def test_the_edit_guard_judges_every_kind_of_lease_as_the_typer_path(
     env = {**env, "ENGRAM_SOCKET": threaded_daemon.config.socket,
            "ENGRAM_NO_AUTOSTART": "1", "ENGRAM_SESSION_PID": str(os.getpid())}
     for relative, in_the_way in GUARDED:
-        for harness in ([], ["--harness", "cursor"], ["--guard", "block"]):
+        patch = _codex_patch(f"*** Begin Patch\n*** Update File: {relative}\n*** End Patch\n",
+                             cwd=leases_about)
+        for harness, edit in (([], _edit(os.path.join(leases_about, relative))),
+                              (["--harness", "cursor"], _edit(os.path.join(leases_about,
+                                                                           relative))),
+                              (["--guard", "block"], _edit(os.path.join(leases_about,
+                                                                        relative))),
+                              (["--harness", "codex", "--guard", "block"], patch)):
             args = ["hook", "pre-edit", *harness]
-            edit = _edit(os.path.join(leases_about, relative))
             typer_said = _run(["-c", TYPER], args, env, edit)
             fast_said = _run(["-m", "engram_cli"], args, env, edit)
             assert fast_said == typer_said, (relative, harness)
