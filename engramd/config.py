@@ -123,9 +123,9 @@ SETTINGS: tuple[Setting, ...] = (
             "A subscriber that fell back this far behind the head gets a lagged notice "
             "and its subscription ends.", minimum=1),
     Setting("locks.default_ttl", float, bounds.DEFAULT_TTL,
-            "Seconds a lease lasts when the request gives no ttl.", minimum=0.001),
+            "Seconds a lease lasts when the request gives no ttl.", minimum=bounds.MIN_TTL),
     Setting("locks.max_ttl", float, bounds.DEFAULT_MAX_TTL,
-            "Longest ttl a lease may ask for.", minimum=0.001),
+            "Longest ttl a lease may ask for.", minimum=bounds.MIN_TTL),
     Setting("limits.max_leases_per_agent", int, 100,
             "Leases one agent may hold at once.", minimum=1),
     Setting("limits.max_waiters_per_resource", int, 1000,

@@ -28,7 +28,7 @@ from engramd.protocol import (
     TooLarge,
 )
 from engramd.protocol import resources as names
-from engramd.protocol.bounds import MAX_RESOURCE_BYTES, MAX_RESOURCES
+from engramd.protocol.bounds import MAX_RESOURCE_BYTES, MAX_RESOURCES, MIN_TTL
 
 
 def boot_id() -> str:
@@ -188,8 +188,9 @@ def checked_request(request: AcquireLock, default_ttl: float, max_ttl: float
 
 
 def checked_ttl(ttl: float, max_ttl: float) -> float:
-    if not 0 < ttl <= max_ttl or not math.isfinite(ttl):
-        raise BadRequest(f"ttl must be more than 0 and at most {max_ttl:g} seconds")
+    if not MIN_TTL <= ttl <= max_ttl:  # (nan too: no comparison holds)
+        raise BadRequest(f"ttl must be at least {MIN_TTL:g} and at most {max_ttl:g} "
+                         "seconds")
     return ttl
 
 

@@ -26,6 +26,7 @@ from engram_cli.cli.exits import (
     Exit,
     end_process,
     failure,
+    help_hint,
     internal_error,
     wants_json,
 )
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     undecodable = not_utf8(args, os.environ)
     if undecodable:
         output.error(f"{undecodable} is not valid UTF-8: engram keeps text as UTF-8 (a "
-                     "payload of any bytes comes from --file or stdin)",
+                     "payload of any bytes comes from --file or stdin)"
+                     + help_hint(_command_path(args)),
                      code="bad_request", exit_status=ExitCode.USAGE, as_json=as_json)
         return ExitCode.USAGE
     try:
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         return 130
     except (EngramError, Exit, KeyboardInterrupt, BrokenPipeError) as exc:
-        told = failure(exc, as_json)
+        told = failure(exc, as_json, _command_path(args))
         if told is None:  # ENGRAM_DEBUG=1
             raise
         return told
@@ -238,13 +240,22 @@ def run() -> NoReturn:
 
 
 def _command_path(args: list[str]) -> str:
-    """``engram GROUP COMMAND`` as far as *args* name them, for a hint when the parser
-    failed before it knew the command (an option missing its value)."""
+    """``engram GROUP COMMAND`` as far as *args* name them (after the root's options),
+    for a hint where no parser's context says it: the parser failed before it knew the
+    command (an option missing its value), or the command itself refused its line."""
+    command: Any = typer.main.get_command(app)
+    takes_value = {name for param in command.params if not getattr(param, "is_flag", True)
+                   for name in param.opts}
+    at = 0
+    while at < len(args) and args[at].startswith("-") and args[at] != "--":
+        at += 2 if args[at] in takes_value else 1
     words = ["engram"]
-    for arg in args:
-        if arg.startswith("-") or len(words) == 3 or (len(words) == 1 and arg not in COMMANDS):
+    for arg in args[at:]:
+        found = command.get_command(None, arg) if hasattr(command, "get_command") else None
+        if found is None:
             break
         words.append(arg)
+        command = found
     return " ".join(words)
 
 
@@ -296,7 +307,7 @@ def _usage_failure(exc: typer.TyperException, args: list[str], as_json: bool) ->
         return ExitCode.USAGE
     message = " ".join(exc.format_message().split())
     command_path = ctx.command_path if ctx is not None else _command_path(args)
-    message += f" (try '{command_path} --help')"
+    message += help_hint(command_path)
     status = int(getattr(exc, "exit_code", ExitCode.USAGE))
     output.error(message, code="bad_request" if status == ExitCode.USAGE else "internal",
                  exit_status=status, as_json=as_json)

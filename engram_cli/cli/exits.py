@@ -35,9 +35,13 @@ class Exit(Exception):
         self.status = int(status)
 
 
-def failure(exc: BaseException, as_json: bool) -> int | None:
+def failure(exc: BaseException, as_json: bool, command: str | None = None) -> int | None:
     """*exc* told as engram tells a failure (one line on stderr), and the exit status;
-    None for what is not an EngramError nor an interruption (the caller's to tell)."""
+    None for what is not an EngramError nor an interruption (the caller's to tell).
+
+    A ``bad_request`` (a usage error, exit 2: the command line or a value in it, found
+    by the command or by the daemon) names the help of *command* (``engram lock
+    acquire``), as the parser's own errors do."""
     from engram_cli.client.errors import EngramError, ExitCode
 
     if isinstance(exc, Exit):
@@ -52,9 +56,17 @@ def failure(exc: BaseException, as_json: bool) -> int | None:
         return None
     from engram_cli.cli import output
 
-    output.error(str(exc), code=str(exc.code), exit_status=int(exc.exit_code),
+    message = str(exc)
+    if command is not None and str(exc.code) == "bad_request":
+        message += help_hint(command)
+    output.error(message, code=str(exc.code), exit_status=int(exc.exit_code),
                  as_json=as_json)
     return int(exc.exit_code)
+
+
+def help_hint(command: str) -> str:
+    """What every usage error ends with: the help to read."""
+    return f" (try '{command} --help')"
 
 
 def internal_error(exc: Exception, as_json: bool) -> int:

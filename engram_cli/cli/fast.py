@@ -76,7 +76,7 @@ def main(args: list[str]) -> int | None:
     except Exception as exc:  # told as the Typer app tells it
         from engram_cli.cli.exits import failure, internal_error
 
-        told = failure(exc, as_json)
+        told = failure(exc, as_json, " ".join(("engram", *path)))
         if told is not None:
             return told
         if os.environ.get("ENGRAM_DEBUG") == "1":
@@ -357,10 +357,10 @@ def _lock_acquire(root: Values, values: Values,
 
     if root["json"] or values["json"] or values["path"] or not values["resources"]:
         return lock.acquire(context(), **values)
-    from engram_cli.cli.hot.checks import seconds, wire_int
+    from engram_cli.cli.hot import checks
 
-    wire_int(values["pid"], "--pid")  # (before connecting: nothing is sent, as the library)
-    seconds(values["ttl"], "--ttl")
+    checks.wire_int(values["pid"], "--pid")  # (before connecting: nothing is sent, as the library)
+    checks.ttl(values["ttl"])
     wait = lock._wait(values["wait"], values["no_wait"])
     connection = _lean(root, root["agent"], DEFAULT_TIMEOUT)
     if connection is None:
@@ -435,10 +435,6 @@ def _hook_pre_edit(root: Values, values: Values,
     try:
         given = {} if raw is None else leanwire.json_value(raw or b"{}")
         hook_input = given if isinstance(given, dict) else {}
-        tool_input = hook_input.get("tool_input")
-        if isinstance(tool_input, dict) and any(key in tool_input
-                                                for key in ("command", "input", "patch")):
-            raise ValueError("a patch: its paths are read with re")
     except ValueError:  # (UnicodeDecodeError too) msgspec's and the library's to read
         from engram_cli.cli.hot import hook
 

@@ -41,6 +41,7 @@ from engram_cli.client.errors import EngramError, NotFound
 from engram_cli.formats import briefview
 from engram_cli.formats.text import one_line, preview, printable, timestamp
 from engramd.protocol import AgentInfo, Lease, Unit, agentwork
+from engramd.protocol.bounds import MIN_TTL
 
 MAX_WAIT = 60.0
 """The longest a tool waits (inbox, lock): a tool call must come back to the model."""
@@ -402,7 +403,8 @@ def build_server(identity: Identity) -> MCPServer:
           "unlock, the ttl if given, or your session's end.", structured=True)
     async def lock(resources: list[str] | None = None,
                    ttl: Annotated[float | None, Field(
-                       gt=0, description="seconds; none: while your session lives")] = None,
+                       ge=MIN_TTL, description="seconds; none: while your session lives")
+                   ] = None,
                    wait: Wait = 0, paths: list[str] | None = None,
                    shared: bool = False) -> Annotated[CallToolResult, Leased]:
         leases: list[Lease] = []
@@ -435,7 +437,8 @@ def build_server(identity: Identity) -> MCPServer:
 
     @tool("Extend a lease by ttl seconds.")
     async def renew(lock_id: str, resource: str | None = None, path: str | None = None,
-                    ttl: Annotated[float, Field(gt=0, description="seconds")] = 600) -> str:
+                    ttl: Annotated[float, Field(ge=MIN_TTL, description="seconds")] = 600
+                    ) -> str:
         async def run(client: AsyncClient) -> str:
             lease = await client.renew_lock(lock_id, ttl=ttl,
                                             resource=await named(resource, path))

@@ -63,6 +63,12 @@ DEFAULT_MAX_RELATIONSHIPS = 64
 DEFAULT_TTL = 60.0
 DEFAULT_MAX_TTL = 3600.0
 
+MIN_TTL = 0.1
+"""Shortest ttl a lease may ask for, seconds (not moved by the configuration): a lease
+must outlive the round trips that grant and renew it (``lock run`` renews every ttl/3
+and stops its command a margin before the expiry); one that expires as it is granted
+(``--ttl 1e-300``) is a mistake, not a lease."""
+
 WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029"
               "\u202f\u205f\u3000")
 """What Python's ``str.strip()`` removes, as a regular expression class body (a
@@ -129,8 +135,9 @@ Offset = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 Depth = Annotated[int, msgspec.Meta(ge=1, le=MAX_DEPTH)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=4, description="0 (most urgent) to 4")]
 Ttl = Annotated[float, msgspec.Meta(
-    gt=0, le=DEFAULT_MAX_TTL,
-    description=f"Seconds, more than 0 and at most {DEFAULT_MAX_TTL:g} (locks.max_ttl)")]
+    ge=MIN_TTL, le=DEFAULT_MAX_TTL,
+    description=f"Seconds, at least {MIN_TTL:g} and at most {DEFAULT_MAX_TTL:g} "
+                "(locks.max_ttl)")]
 Wait = Annotated[float, msgspec.Meta(ge=0, description="Seconds to wait in line (0: try once)")]
 InboxWait = Annotated[float, msgspec.Meta(ge=0, le=MAX_INBOX_WAIT)]
 Heartbeat = Annotated[float, msgspec.Meta(ge=MIN_HEARTBEAT, description="Seconds")]
@@ -152,7 +159,7 @@ __all__ = [
     "Depth", "DIRECTIONS", "Direction", "DisplayName", "EventKind", "Heartbeat", "IdempotencyKey",
     "INT64_MAX", "InboxLimit", "InboxWait", "Int64", "MAX_DEPTH", "MAX_ID", "MAX_INBOX_PAGE",
     "MAX_INBOX_WAIT", "MAX_KEY", "MAX_NAME", "MAX_PAGE", "MAX_QUERY_CHARS", "MAX_RESOURCE_BYTES",
-    "MAX_RESOURCES", "MAX_SEARCH_PAGE", "MAX_TITLE", "MIN_HEARTBEAT", "Meta", "MetaKey",
+    "MAX_RESOURCES", "MAX_SEARCH_PAGE", "MAX_TITLE", "MIN_HEARTBEAT", "MIN_TTL", "Meta", "MetaKey",
     "MetaValue", "Name", "Offset", "PageLimit", "Priority", "Query", "RelationshipType",
     "Resource", "Resources", "SEARCH_MODES", "SearchLimit", "SearchMode", "Seq", "Similarity",
     "TaskState", "TaskTitle", "Timestamp", "Ttl", "UnitId", "UnitType", "Wait", "WHITESPACE",

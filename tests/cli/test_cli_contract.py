@@ -40,6 +40,15 @@ def one_error_line(result: subprocess.CompletedProcess[str], status: int) -> str
     (["lock", "release", "res"], "engram lock release"),        # a required option missing
     (["no-such-command"], "engram"),
     (["unit", "no-such-command"], "engram unit"),
+    # The commands' own checks, on the fast start and in the Typer app alike.
+    (["lock", "acquire", "res", "--ttl", "1e-300"], "engram lock acquire"),
+    (["lock", "acquire", "--shared"], "engram lock acquire"),       # no resource
+    (["lock", "run", "res", "--wait", "--", "true"], "engram lock run"),
+    (["lock", "run", "res", "--bogus", "--", "true"], "engram lock run"),
+    (["lock", "release", "--lock-id", "x"], "engram lock release"),
+    (["--agent", "a", "task", "claim"], "engram task claim"),
+    (["agent", "token", "revoke"], "engram agent token revoke"),
+    (["wait", "--since", "soon"], "engram wait"),
 ])
 @pytest.mark.parametrize("no_color", [False, True])
 def test_every_usage_error_is_one_line_with_a_hint(env: dict[str, str], args: list[str],
@@ -76,7 +85,21 @@ def test_an_invalid_value_is_a_usage_error_wherever_it_is_caught(
         ("search", "--since", "yesterday"): "cannot read time 'yesterday'",
     }
     for args, reason in cases.items():
-        assert reason in one_error_line(run_cli(engramd.env, *args), 2), args
+        message = one_error_line(run_cli(engramd.env, *args), 2)
+        assert reason in message, args
+        command = " ".join(word for word in args[:2] if not word.startswith("-"))
+        assert message.endswith(f"(try 'engram {command} --help')"), message
+
+
+def test_lock_run_says_which_option_lacks_its_value(env: dict[str, str]) -> None:
+    """``--wait`` as the last word before ``--`` said "expects seconds, got None"."""
+    env["ENGRAM_NO_AUTOSTART"] = "1"
+    for option, said in (("--wait", "--wait expects seconds, e.g. --wait 30"),
+                         ("-w", "-w expects seconds, e.g. -w 30"),
+                         ("--ttl", "--ttl expects seconds, e.g. --ttl 30"),
+                         ("--path", "--path expects a path")):
+        message = one_error_line(run_cli(env, "lock", "run", "res", option, "--", "true"), 2)
+        assert message == f"{said} (try 'engram lock run --help')"
 
 
 def test_with_json_an_error_is_one_json_object(engramd: DaemonProcess) -> None:
@@ -124,7 +147,8 @@ def test_payload_limits_name_the_setting_that_raises_them(engramd: DaemonProcess
 
 
 def test_an_empty_payload_needs_empty(engramd: DaemonProcess) -> None:
-    refusal = "no payload: give -p, --file or pipe stdin (or --empty)"
+    refusal = ("no payload: give -p, --file or pipe stdin (or --empty) "
+               "(try 'engram unit create --help')")
     for args, stdin in ((["-p", ""], None), ([], b""), (["-f", "/dev/null"], None)):
         result = run_cli(engramd.env, "unit", "create", "-c", "e", *args, input=stdin)
         assert one_error_line(result, 2) == refusal, args
@@ -184,7 +208,8 @@ def test_a_unit_id_may_be_a_unique_prefix_everywhere(engramd: DaemonProcess) -> 
     assert ambiguous.startswith(f"unit id prefix {first[:8]} is ambiguous: ")
     assert first in ambiguous and second in ambiguous
     short = one_error_line(run_cli(engramd.env, "unit", "get", first[:7]), 2)
-    assert short == f"a unit id prefix needs at least 8 characters, got '{first[:7]}'"
+    assert short == (f"a unit id prefix needs at least 8 characters, got '{first[:7]}' "
+                     "(try 'engram unit get --help')")
     unknown = "ffffffff-ffff"
     assert one_error_line(run_cli(engramd.env, "trace", unknown), 3) == (
         f"no unit id begins with {unknown}")

@@ -35,10 +35,13 @@ def test_the_option_table_is_generated_from_the_typer_tree() -> None:
 
 
 def test_the_fast_start_agrees_with_what_it_copies() -> None:
+    from engram_cli.cli.hot import checks
     from engram_cli.cli.hot.hook import HOOK_TIMEOUT
     from engram_cli.client.blocking import DEFAULT_TIMEOUT
+    from engramd.protocol.bounds import MIN_TTL
 
     assert (fast.HOOK_TIMEOUT, fast.DEFAULT_TIMEOUT) == (HOOK_TIMEOUT, DEFAULT_TIMEOUT)
+    assert checks.MIN_TTL == MIN_TTL
     assert leanwire.PROTOCOL_VERSION == PROTOCOL_VERSION
     assert leanwire.MAX_FRAME == DEFAULT_MAX_FRAME
 
@@ -266,10 +269,15 @@ def test_the_lean_path_imports_no_framework_nor_msgspec(recorder: Recorder,
             "print(status, sorted(m for m in ('typer', 'click', 'rich', 'msgspec', 'typing') "
             "if m in sys.modules))")
     env = {**env, "ENGRAM_SOCKET": recorder.path}
-    for args in (["ping"], ["unit", "create", "-c", "fast", "-p", "x"],
-                 ["lock", "acquire", "res:lean", "--shared"], ["hook", "prompt"],
-                 ["hook", "pre-edit"], ["lock", "run", "res:lean-run", "--", "true"]):
-        done = subprocess.run([sys.executable, "-c", code, *args], env=env, input=b"{}",
+    # Codex's edits are apply_patch texts (their paths read with re, which costs a lean
+    # start little): they went down the library's path every time.
+    patch = _codex_patch("*** Begin Patch\n*** Update File: a.py\n*** End Patch\n")
+    for args, stdin in ((["ping"], b"{}"), (["unit", "create", "-c", "fast", "-p", "x"], b"{}"),
+                        (["lock", "acquire", "res:lean", "--shared"], b"{}"),
+                        (["hook", "prompt"], b"{}"), (["hook", "pre-edit"], b"{}"),
+                        (["hook", "pre-edit", "--harness", "codex"], patch),
+                        (["lock", "run", "res:lean-run", "--", "true"], b"{}")):
+        done = subprocess.run([sys.executable, "-c", code, *args], env=env, input=stdin,
                               capture_output=True, timeout=60, check=True)
         assert done.stdout.decode().splitlines()[-1] == "0 []", (args, done)
     wait_until(lambda: True, "nothing")
@@ -330,6 +338,15 @@ BAD_NUMBERS = [
     (["lock", "acquire", "res:bad", "-w", "1e18"], "--wait"),
     (["lock", "acquire", "res:bad", "--shared", "--ttl", "nan"], "--ttl"),
     (["lock", "run", "res:bad", "--ttl", "nan", "--", "true"], "--ttl"),
+    # A ttl no lease lives by (it ended as "lease lost", exit 6, or a lease already gone).
+    (["lock", "acquire", "res:bad", "--ttl", "1e-300"], "--ttl"),
+    (["lock", "acquire", "res:bad", "--shared", "--ttl", "-1"], "--ttl"),
+    (["lock", "acquire", "res:bad", "--ttl", "0.05", "--json"], "--ttl"),
+    (["lock", "run", "res:bad", "--ttl", "1e-300", "--", "true"], "--ttl"),
+    (["lock", "run", "--ttl", "0", "res:bad", "--", "true"], "--ttl"),
+    (["lock", "renew", "res:bad", "--lock-id", "x", "--ttl", "1e-300"], "--ttl"),
+    (["lock", "renew", "res:bad", "--lock-id", "x", "--ttl", "inf"], "--ttl"),
+    (["task", "claim", "--next", "--ttl", "0.01"], "--ttl"),
     (["unit", "create", "-c", "bad", "-p", "x", "--fence", "r:99999999999999999999"],
      "--fence"),
     (["wait", "--since", "99999999999999999999", "--timeout", "1"], "--since"),
@@ -380,6 +397,12 @@ def _edit(path: str) -> bytes:
     return msgspec.json.encode({"tool_input": {"file_path": path}, "cwd": "/"})
 
 
+def _codex_patch(patch: str, cwd: str = "/") -> bytes:
+    """Codex's PreToolUse input for an edit: apply_patch with the patch as its command."""
+    return msgspec.json.encode({"tool_name": "apply_patch", "cwd": cwd,
+                                "tool_input": {"command": ["apply_patch", patch]}})
+
+
 @pytest.fixture
 def leases_about(threaded_daemon: ThreadedDaemon, scratch: str, env: dict[str, str]
                  ) -> Iterator[str]:
@@ -424,9 +447,15 @@ def test_the_edit_guard_judges_every_kind_of_lease_as_the_typer_path(
     env = {**env, "ENGRAM_SOCKET": threaded_daemon.config.socket,
            "ENGRAM_NO_AUTOSTART": "1", "ENGRAM_SESSION_PID": str(os.getpid())}
     for relative, in_the_way in GUARDED:
-        for harness in ([], ["--harness", "cursor"], ["--guard", "block"]):
+        patch = _codex_patch(f"*** Begin Patch\n*** Update File: {relative}\n*** End Patch\n",
+                             cwd=leases_about)
+        for harness, edit in (([], _edit(os.path.join(leases_about, relative))),
+                              (["--harness", "cursor"], _edit(os.path.join(leases_about,
+                                                                           relative))),
+                              (["--guard", "block"], _edit(os.path.join(leases_about,
+                                                                        relative))),
+                              (["--harness", "codex", "--guard", "block"], patch)):
             args = ["hook", "pre-edit", *harness]
-            edit = _edit(os.path.join(leases_about, relative))
             typer_said = _run(["-c", TYPER], args, env, edit)
             fast_said = _run(["-m", "engram_cli"], args, env, edit)
             assert fast_said == typer_said, (relative, harness)

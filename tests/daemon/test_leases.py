@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -267,7 +268,7 @@ def test_two_sessions_of_one_agent_wait_for_each_other_without_deadlock(
 @pytest.mark.parametrize("call, error, message", [
     (lambda c: c.acquire_lock(""), BadRequest, "resource is 1 to 1024 bytes"),
     (lambda c: c.acquire_lock("r" * 1025), BadRequest, "resource is 1 to 1024 bytes"),
-    (lambda c: c.acquire_lock("r", ttl=-1), BadRequest, "ttl must be more than 0"),
+    (lambda c: c.acquire_lock("r", ttl=-1), BadRequest, "ttl must be at least 0.1"),
     (lambda c: c.acquire_lock("r", ttl=10**6), BadRequest, "at most 3600"),
     (lambda c: c.acquire_lock("r", wait=-1), BadRequest, "wait must be"),
     (lambda c: c.release_lock("no-such-id"), NotFound, "no lease with lock id"),
@@ -280,6 +281,27 @@ def test_bad_lock_requests_get_clear_errors(threaded_daemon: ThreadedDaemon, cal
         with pytest.raises(error, match=message):
             call(engram)
         engram.ping()
+
+
+@pytest.mark.parametrize("ttl", [1e-300, 0.0999, 0.0, -1.0, math.nan, math.inf, 1e300])
+def test_a_ttl_no_lease_can_live_by_is_refused_by_every_request_that_takes_one(
+        threaded_daemon: ThreadedDaemon, ttl: float) -> None:
+    """A lease that expires as it is granted (``--ttl 1e-300``) was granted, and ``lock
+    run`` lost it at once (exit 6): acquire, renew and claim refuse it alike, and what
+    was held before is as it was."""
+    with connect(threaded_daemon.config) as engram:
+        (held,) = engram.acquire_lock("kept", ttl=60)
+        task = engram.add_task("brief")
+        for ask in (lambda: engram.acquire_lock("brief", ttl=ttl),
+                    lambda: engram.renew_lock(held.lock_id, ttl=ttl),
+                    lambda: engram.claim_task(task.id, ttl=ttl)):
+            with pytest.raises(BadRequest, match=r"ttl must be at least 0\.1 and at most 3600"):
+                ask()
+        assert engram.get_lock("brief").lease is None
+        assert engram.get_lock("kept").lease == held
+        assert engram.get_task(task.id).state == "open"
+        (shortest,) = engram.acquire_lock("brief", ttl=0.1)
+        assert shortest.ttl == 0.1
 
 
 def test_someone_elses_lock_id_is_refused(threaded_daemon: ThreadedDaemon) -> None:

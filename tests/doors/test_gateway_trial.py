@@ -222,6 +222,76 @@ def test_a_request_without_one_host_gets_the_one_error_shape(open_gateway: Gatew
     assert open_gateway.http.get("/healthz").status_code == 200
 
 
+def test_a_malformed_chunked_body_gets_the_one_error_shape(open_gateway: Gateway) -> None:
+    """h11 refuses the chunk before the endpoint reads it: hypercorn's answer, in the
+    gateway's JSON shape with h11's reason, and nothing written."""
+    head = (b"POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+            b"\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+    with raw_request(open_gateway, head) as sock:
+        status, body = answer_of(sock)
+    assert status == 400 and body["error"]["code"] == "bad_request", body
+    assert "cannot be read as HTTP/1.1" in body["error"]["message"]
+    assert "chunk" in body["error"]["message"]
+    assert open_gateway.http.get("/healthz").status_code == 200
+
+
+def test_a_request_framed_by_both_lengths_is_refused_and_its_body_never_read(
+        open_gateway: Gateway) -> None:
+    """Content-Length and Transfer-Encoding together (request smuggling behind a proxy
+    that reads the other one): 400 in the JSON shape, the connection closed, so that
+    neither the body nor a request hidden after it is ever taken."""
+    unit = b'{"context_id": "smuggled", "payload": "x"}'
+    hidden = b"POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(unit), unit)
+    head = (b"POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+            b"\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n0\r\n\r\n" % (len(unit), unit) + hidden)
+    with raw_request(open_gateway, head) as sock:
+        status, body = answer_of(sock)  # (read until the gateway closes the connection)
+    assert status == 400 and body["error"]["code"] == "bad_request", body
+    assert "Content-Length and Transfer-Encoding" in body["error"]["message"]
+    assert open_gateway.http.get("/workunits/smuggled").status_code == 404
+    # Either alone is as ever.
+    alone = raw_request(open_gateway, b"POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(unit), unit))
+    with alone as sock:
+        status, body = answer_of(sock)
+    assert status == 201, body
+
+
+def test_a_ttl_no_lease_lives_by_is_400_on_acquire_and_renew(open_gateway: Gateway) -> None:
+    """``"ttl": 1e-300`` was granted, a lease that ended as it began: refused as every
+    door refuses it (the daemon's check), and what /openapi.json says."""
+    http = open_gateway.http
+    for ttl in (1e-300, 0.05, 0):
+        refused = http.post("/locks", json={"resources": "brief", "ttl": ttl})
+        assert refused.status_code == 400 and error_code(refused) == "bad_request", ttl
+        assert "ttl must be at least 0.1" in refused.text
+    (lease,) = http.post("/locks", json={"resources": "brief", "ttl": 60}).json()["leases"]
+    refused = http.post("/locks/renew", json={"lock_id": lease["lock_id"], "ttl": 1e-300})
+    assert refused.status_code == 400 and error_code(refused) == "bad_request"
+    schema = http.get("/openapi.json").json()["components"]["schemas"]
+    assert schema["RenewForm"]["properties"]["ttl"]["anyOf"][0]["minimum"] == 0.1
+
+
+@pytest.mark.parametrize(("method", "path", "segment"), [
+    ("GET", "/locks/%ff%fe", "%ff%fe"), ("DELETE", "/locks/a/%ff?lock_id=1", "%ff"),
+    ("GET", "/workunit/%ff%fe", "%ff%fe"), ("GET", "/workunits/ctx%c3", "ctx%c3"),
+    ("GET", "/contexts/%80", "%80"), ("GET", "/tasks/%ff", "%ff"),
+    ("POST", "/inbox/%fe/ack", "%fe"), ("GET", "/ui/%ff.js", "%ff.js")])
+def test_a_path_parameter_that_is_not_utf8_is_400_naming_it(
+        open_gateway: Gateway, method: str, path: str, segment: str) -> None:
+    """Percent-decoded to bytes that are not UTF-8, a segment would be taken as U+FFFD
+    (``/locks/%ff%fe`` the lease on "\ufffd\ufffd"): refused, before any endpoint."""
+    answer = open_gateway.http.request(method, path)
+    assert answer.status_code == 400, answer.text
+    assert error_code(answer) == "bad_request"
+    assert f"'{segment}' is not UTF-8" in answer.json()["error"]["message"]
+    # The same text percent-encoded as UTF-8 is a name like any other.
+    assert open_gateway.http.get("/locks/%C3%BF").json()["resource"] == "\u00ff"
+
+
 # -- 6. smaller things ---------------------------------------------------------------
 
 def _jwt_gateway(engramd: DaemonProcess, scratch: str) -> Any:

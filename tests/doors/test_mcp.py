@@ -287,6 +287,14 @@ async def test_every_failure_is_one_line_that_says_why(engramd: DaemonProcess) -
         assert failed and "exceeds the limit" in text and "lost the connection" not in text
         failed, text = await call(session, "task_claim", task_id="0" * 36)
         assert failed and text.endswith("no task " + "0" * 36), text
+        # A ttl no lease lives by (granted, it ended at once): refused as the CLI does.
+        failed, text = await call(session, "lock", resources=["brief"], ttl=1e-300)
+        assert failed and "\n" not in text and "ttl" in text and "0.1" in text, text
+        failed, text = await call(session, "lock", resources=["brief"], ttl=60)
+        assert not failed, text
+        lock_id = text.split("lock_id ")[1].split(",")[0]
+        failed, text = await call(session, "renew", lock_id=lock_id, ttl=0.01)
+        assert failed and "\n" not in text and "ttl" in text and "0.1" in text, text
     refused = {**engramd.env, "ENGRAM_SOCKET": engramd.env["ENGRAM_SOCKET"] + ".none",
                "ENGRAM_NO_AUTOSTART": "1"}
     async with mcp_session(refused) as session:

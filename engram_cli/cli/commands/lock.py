@@ -41,7 +41,9 @@ SharedOption = Annotated[bool, typer.Option(
     "--shared", help="Shared (readers') leases: they coexist with each other; an "
                      "exclusive lease waits for them, and they wait behind it.")]
 TtlOption = Annotated[float | None, typer.Option(
-    "--ttl", metavar="SECONDS", help="How long the lease lasts (default: the daemon's, 60).")]
+    "--ttl", metavar="SECONDS",
+    help="How long the lease lasts: at least 0.1, at most the daemon's locks.max_ttl (3600) "
+         "(default: the daemon's, 60).")]
 WaitOption = Annotated[float | None, typer.Option(
     "--wait", "-w", metavar="SECONDS", min=0.0,
     help="Wait at most this long in line for a held resource, then exit 5 "

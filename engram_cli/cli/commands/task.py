@@ -16,6 +16,7 @@ from engram_cli.client.errors import UsageProblem
 from engram_cli.client.session import session_pid
 from engram_cli.formats.text import format_duration, timestamp
 from engramd.protocol import Task
+from engramd.protocol.bounds import MIN_TTL
 
 app = typer.Typer(
     help="Tasks with dependencies and priorities; a claim is a lease, so a task is never "
@@ -133,7 +134,7 @@ def claim(
         "--next", help="Claim the most urgent ready task.")] = False,
     contexts: ContextsOption = None,
     ttl: Annotated[float | None, typer.Option(
-        "--ttl", min=0.001, metavar="SECONDS",
+        "--ttl", min=MIN_TTL, metavar="SECONDS",
         help="How long the claim lasts at most (default: locks.max_ttl).")] = None,
     pid: PidOption = None,
     json: JsonOption = False,

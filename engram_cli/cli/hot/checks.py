@@ -1,6 +1,6 @@
 """Values of the command line that Click takes and the protocol cannot: a number of
-seconds that is not finite (nan, inf, 1e309) or past ``MAX_SECONDS``, an integer too large
-for MessagePack.
+seconds that is not finite (nan, inf, 1e309) or past ``MAX_SECONDS``, a lease's ttl under
+``MIN_TTL``, an integer too large for MessagePack.
 Each is a usage error (exit 2, one line) on both paths, before anything is sent. Imports
 nothing at the start (the client library's errors only when one is raised)."""
 
@@ -28,6 +28,20 @@ def seconds(value: float | None, option: str) -> float | None:
         raise _usage(f"{option} expects a finite number of seconds, got {value!r}")
     if value is not None and value > MAX_SECONDS:
         raise _usage(f"{option} takes at most {MAX_SECONDS:.0f} seconds, got {value:g}")
+    return value
+
+
+MIN_TTL = 0.1
+"""engramd.protocol.bounds.MIN_TTL (checked likewise): the shortest ttl a lease takes."""
+
+
+def ttl(value: float | None, option: str = "--ttl") -> float | None:
+    """*value* (a lease's seconds, given to *option*) if a daemon may grant it, or None:
+    finite and at least ``MIN_TTL`` (the most, ``locks.max_ttl``, is each daemon's own
+    to say)."""
+    seconds(value, option)
+    if value is not None and not value >= MIN_TTL:
+        raise _usage(f"{option} takes at least {MIN_TTL:g} seconds, got {value:g}")
     return value
 
 

@@ -64,15 +64,16 @@ def acquire(cli: CliContext, *, resources: list[str] | None, path: list[str] | N
             shared: bool, ttl: float | None, wait: float | None, no_wait: bool,
             pid: int | None, json: bool) -> int | None:
     """``engram lock acquire``."""
-    from engram_cli.cli.hot.checks import seconds, wire_int
+    from engram_cli.cli.hot import checks
     from engram_cli.cli.waiting import acquire_waiting
 
     out = cli.output(json)
-    wire_int(pid, "--pid")
-    seconds(ttl, "--ttl")
+    checks.wire_int(pid, "--pid")
+    checks.ttl(ttl)
     waiting = _wait(wait, no_wait)  # (every check before connecting: nothing sent)
-    leases = acquire_waiting(cli.client(), names(resources, path), ttl=ttl,
-                             wait=waiting, pid=pid, shared=shared)
+    wanted = names(resources, path)
+    leases = acquire_waiting(cli.client(), wanted, ttl=ttl, wait=waiting, pid=pid,
+                             shared=shared)
     for lease in leases:
         if out.json:
             out.json_line(lease)
@@ -112,11 +113,11 @@ def release(cli: CliContext, *, lock_id: str, resource: str | None, path: str | 
 def renew(cli: CliContext, *, lock_id: str, resource: str | None, path: str | None,
           ttl: float | None, json: bool) -> int | None:
     """``engram lock renew``."""
-    from engram_cli.cli.hot.checks import seconds
+    from engram_cli.cli.hot import checks
     from engram_cli.formats.text import timestamp
 
-    lease = cli.client().renew_lock(lock_id, seconds(ttl, "--ttl"),
-                                    resource=one_name(resource, path))
+    checks.ttl(ttl)  # (before connecting: nothing is sent)
+    lease = cli.client().renew_lock(lock_id, ttl, resource=one_name(resource, path))
     out = cli.output(json)
     if out.json:
         out.json_line(lease)
@@ -155,23 +156,25 @@ def _run_options(words: list[str], ttl: float | None, wait: float | None, no_wai
             pass  # engram's own errors as JSON: main() saw it already
         elif option in ("--ttl", "--wait", "-w"):
             text = inline if equals else next(values, None)
+            if text is None:  # (the last word before --)
+                raise UsageProblem(f"{option} expects seconds, e.g. {option} 30")
             try:
-                number = float(text)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
+                number = float(text)
+            except ValueError:
                 raise UsageProblem(f"{option} expects seconds, got {text!r}") from None
-            if number < 0:
-                raise UsageProblem(f"{option} must not be negative")
             if option == "--ttl":
                 ttl = number
+            elif number < 0:
+                raise UsageProblem(f"{option} must not be negative")
             else:
                 wait = number
         elif word.startswith("-"):
             raise UsageProblem(f"unknown option {word} for lock run")
         else:
             found.append(word)
-    from engram_cli.cli.hot.checks import seconds
+    from engram_cli.cli.hot import checks
 
-    return ((names(found, given) if found or given else []), seconds(ttl, "--ttl"),
+    return ((names(found, given) if found or given else []), checks.ttl(ttl),
             _wait(wait, no_wait), shared)
 
 

@@ -17,7 +17,8 @@ shares, so that the daemon, not the gateway, checks rights and attributes writes
 * :mod:`.state`: what every endpoint shares (:class:`~.state.Gateway`).
 * :mod:`.routes`, :mod:`.streams`: the endpoints; :mod:`.openapi` describes them from
   the types above and the table of :mod:`.catalog`.
-* :mod:`.serve`: the app built from all of them, run by hypercorn's trio worker.
+* :mod:`.serve`: the app built from all of them, run by hypercorn's trio worker;
+  :mod:`.framing`: the requests hypercorn answers itself, in the JSON error shape.
 
 May import: what a door may (:mod:`engram_cli.doors`), and the HTTP stack (starlette,
 hypercorn, sse-starlette, PyJWT). Only ``engram gateway`` imports this package (it

@@ -11,14 +11,12 @@ import math
 import resource
 import signal
 import socket
-import sys
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import h11
-import msgspec
 import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.trio import serve as hypercorn_serve
@@ -31,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from engram_cli.doors.gateway import openapi, query, streams
+from engram_cli.doors.gateway import framing, openapi, query, streams
 from engram_cli.doors.gateway.auth import Authenticator
 from engram_cli.doors.gateway.guard import Guard
 from engram_cli.doors.gateway.link import CONNECTIONS, STREAM_MEMORY, DaemonLink
@@ -52,11 +50,10 @@ from engram_cli.doors.gateway.state import (
     Handler,
     Tickets,
 )
-from engramd.protocol import BadRequest, EngramError, NotFound, TooLarge
+from engramd.protocol import BadRequest, EngramError, NotFound
 
 log = logging.getLogger("engram.gateway")
 
-_json_encoder = msgspec.json.Encoder()
 GRACEFUL_STOP = 5.0
 """Seconds requests in flight get to finish after SIGTERM (streams are ended)."""
 
@@ -168,45 +165,6 @@ def _raise_open_files() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _unreadable_requests_in_json() -> None:
-    """hypercorn answers a request h11 cannot read (HTTP/1.1 without ``Host``, two
-    ``Host`` headers, a malformed line, headers past its bound: 431) with an empty body:
-    in the one JSON error shape instead, with h11's reason. It has no hook for this
-    answer, so its one method that writes it is replaced (once, and only if it is
-    there: another hypercorn keeps its own)."""
-    from hypercorn.events import RawData
-    from hypercorn.protocol.h11 import H11Protocol
-
-    original = getattr(H11Protocol, "_send_error_response", None)
-    if original is None or getattr(original, "engram", False):
-        return
-
-    async def send_error_response(self: Any, status_code: int) -> None:
-        if self.stream is not None:
-            # A request the app has (a body cut short): the app answers it, and may be
-            # writing now; hypercorn's own answer is what it always was.
-            await original(self, status_code)
-            return
-        # Called as hypercorn handles h11's RemoteProtocolError: the reason is its text.
-        reason = sys.exc_info()[1]
-        code = TooLarge.code if status_code == 431 else BadRequest.code
-        body = _json_encoder.encode({"error": {"code": code, "message": (
-            f"the request cannot be read as HTTP/1.1: {reason or 'malformed'}")}})
-        try:
-            data = b"".join(self.connection.send(event) or b"" for event in (
-                h11.Response(status_code=status_code, headers=[
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
-                    *self.config.response_headers("h11")]),
-                h11.Data(data=body), h11.EndOfMessage()))
-        except h11.LocalProtocolError:
-            return  # (no answer can be written on this connection any more)
-        await self.send(RawData(data=data))
-
-    send_error_response.engram = True  # type: ignore[attr-defined]
-    H11Protocol._send_error_response = send_error_response  # type: ignore[method-assign]
-
-
 def bind(settings: Settings) -> Config:
     """hypercorn's settings for *settings*, the listening sockets bound:
     :class:`CannotListen` when they cannot be (before anything else is done)."""
@@ -226,7 +184,7 @@ async def serve(settings: Settings, config: Config,
     """Serve on *config*'s sockets (:func:`bind`) until a stop signal; *on_listening*
     gets the bound URLs once they listen."""
     _raise_open_files()
-    _unreadable_requests_in_json()
+    framing.install()
     logging.getLogger("trio.serve_listeners").addFilter(_OutOfFiles())
     stop = trio.Event()
     # Received for the whole run: a second SIGTERM during the graceful stop (a
@@ -274,6 +232,8 @@ def _endpoint(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Re
 
     async def endpoint(request: Request) -> Response:
         try:
+            if request.path_params:
+                _utf8_segments(request.scope.get("raw_path"))
             query.known(request, takes)
             return await handler(gw, request)
         except EngramError as exc:
@@ -285,6 +245,20 @@ def _endpoint(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Re
 
     endpoint.__name__ = handler.__name__
     return endpoint
+
+
+def _utf8_segments(raw_path: bytes | None) -> None:
+    """BadRequest naming the first segment of the path that is not UTF-8 once
+    percent-decoded (``%ff``): the decoded path has U+FFFD in its place, which a path
+    parameter (a resource, an id) must not be taken for."""
+    for segment in (raw_path or b"").split(b"/"):
+        try:
+            urllib.parse.unquote_to_bytes(segment).decode("utf-8")
+        except UnicodeDecodeError:
+            shown = segment.decode("latin-1")
+            raise BadRequest(f"the path segment {shown[:200]!r} is not UTF-8 once "
+                             "percent-decoded (a name or id in a path is UTF-8 text, "
+                             "percent-encoded)") from None
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -1,0 +1,86 @@
+"""The requests hypercorn answers itself, before (or instead of) the app: those h11
+cannot read, and those it reads that the gateway refuses before they reach the app (a
+request framed twice). Each is answered in the one JSON error shape, and the
+connection closed.
+
+hypercorn has no hook for either, so :func:`install` replaces the two methods of its
+HTTP/1.1 protocol that matter (once, and only if they are there: another hypercorn
+keeps its own, and the tests that send such requests fail)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import h11
+import msgspec
+
+from engramd.protocol import BadRequest, TooLarge
+
+_json_encoder = msgspec.json.Encoder()
+
+TWO_FRAMINGS = ("a request with both Content-Length and Transfer-Encoding: give one "
+                "of them (RFC 9112 §6.1)")
+
+
+def install() -> None:
+    from hypercorn.events import Closed
+    from hypercorn.protocol.h11 import H11Protocol
+
+    send_error = getattr(H11Protocol, "_send_error_response", None)
+    create_stream = getattr(H11Protocol, "_create_stream", None)
+
+    async def send_error_response(self: Any, status_code: int) -> None:
+        """HTTP/1.1 without ``Host``, two ``Host`` headers, a malformed line or chunk,
+        headers past h11's bound (431): hypercorn's empty answer, with h11's reason.
+
+        Called as hypercorn handles h11's RemoteProtocolError (the reason is its text),
+        and only while no answer was begun (h11's state is checked first); its bytes
+        are made before anything awaits. An app reading the body still (a malformed
+        chunk) cannot have begun one either, and one it begins later is refused by h11
+        (their side is in error) and dropped, as after hypercorn's own answer; the app
+        then sees the client leave."""
+        reason = sys.exc_info()[1]
+        code = TooLarge.code if status_code == 431 else BadRequest.code
+        await _answer(self, status_code, code,
+                      f"the request cannot be read as HTTP/1.1: {reason or 'malformed'}")
+
+    async def refusing_create_stream(self: Any, request: h11.Request) -> None:
+        """A request framed by both ``Content-Length`` and ``Transfer-Encoding``: h11
+        reads its body by the second, a proxy in front may have read it by the first,
+        and what one takes for the rest of the body the other takes for a request of
+        its own (request smuggling). RFC 9112 §6.1 lets a server refuse it: refused
+        here, before the app has it, and the connection closed; h11 would have read
+        on. (Refused by the app, the answer would race h11 reading what follows it.)
+        With no stream made, hypercorn's loop stops at the body's first event."""
+        names = {name for name, _ in request.headers}  # (h11 gives them in lower case)
+        if b"content-length" in names and b"transfer-encoding" in names:
+            await _answer(self, 400, BadRequest.code, TWO_FRAMINGS)
+            await self.send(Closed())
+            return
+        await create_stream(self, request)  # type: ignore[misc]
+
+    replacements: list[tuple[str, Any, Any]] = [
+        ("_send_error_response", send_error, send_error_response),
+        ("_create_stream", create_stream, refusing_create_stream)]
+    for name, original, replacement in replacements:
+        if original is not None and not getattr(original, "engram", False):
+            replacement.engram = True
+            setattr(H11Protocol, name, replacement)
+
+
+async def _answer(protocol: Any, status: int, code: str, message: str) -> None:
+    """*message* as the JSON error of *status* on *protocol*'s connection, which closes."""
+    from hypercorn.events import RawData
+
+    body = _json_encoder.encode({"error": {"code": code, "message": message}})
+    try:
+        data = b"".join(protocol.connection.send(event) or b"" for event in (
+            h11.Response(status_code=status, headers=[
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
+                *protocol.config.response_headers("h11")]),
+            h11.Data(data=body), h11.EndOfMessage()))
+    except h11.LocalProtocolError:
+        return  # (no answer can be written on this connection any more)
+    await protocol.send(RawData(data=data))
