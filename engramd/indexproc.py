@@ -159,10 +159,12 @@ class IndexProcess:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
+        # Exactly engramd's own modules: its import path, and none from the directory it
+        # runs in (-P), which may hold another engramd (a checkout, a project).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "engramd.indexproc"], stdin=theirs.fileno(),
+                [sys.executable, "-P", "-m", "engramd.indexproc"], stdin=theirs.fileno(),
                 stdout=subprocess.DEVNULL, env=env, close_fds=True)
         except OSError:
             ours.close()
