@@ -274,7 +274,10 @@ SHELL = textwrap.dedent("""
         os.tcsetpgrp(0, os.getpgrp())
         signal.signal(signal.SIGTTOU, signal.SIG_DFL)
         os.execv(argv[0], argv)
-    os.setpgid(job, job)
+    try:
+        os.setpgid(job, job)
+    except PermissionError:  # the job ran ahead: it made its group and exec'd (as shells do)
+        pass
     os.tcsetpgrp(0, job)
     def note(what):
         with open(os.path.join(here, "jobs"), "a") as jobs:
