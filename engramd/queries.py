@@ -97,6 +97,12 @@ def _micros(value: dt.datetime | None) -> int | None:
     return None if value is None else int(value.timestamp() * 1_000_000)
 
 
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """A request's time as one stored times compare with: without an offset, it is the
+    daemon's local time (the protocol's ``Timestamp``)."""
+    return value if value is None or value.tzinfo is not None else value.astimezone()
+
+
 def raw_units(encoded: Iterable[bytes | None]) -> list[Unit]:
     """Stored unit bytes, sent on as they are: msgspec embeds Raw values verbatim."""
     return cast(list[Unit], [msgspec.Raw(data) for data in encoded if data is not None])
@@ -173,7 +179,8 @@ class Queries:
             # An empty page would hide a misspelt name.
             raise NotFound(f"no context {request.context_id}")
         agents = set(request.agents)
-        filtering = bool(types or agents or request.since or request.until)
+        since, until = aware(request.since), aware(request.until)
+        filtering = bool(types or agents or since or until)
         if not filtering and request.before is None and request.after is None:
             newest = self.recent.newest(request.context_id, request.limit)
             if newest is not None:
@@ -192,8 +199,8 @@ class Queries:
                 header = unit_header(raw)
                 if ((types and header.type not in types)
                         or (agents and header.agent_id not in agents)
-                        or (request.since and header.ts < request.since)
-                        or (request.until and header.ts > request.until)):
+                        or (since and header.ts < since)
+                        or (until and header.ts > until)):
                     continue
             if len(picked) == request.limit:
                 more = True
@@ -241,18 +248,18 @@ class Queries:
             raise BadRequest(f"limit must be 1 to {MAX_PAGE}")
         if request.after is not None and request.after < 0:
             raise BadRequest("after is a seq: 0 or more")
-        if request.since is not None and request.until is not None \
-                and request.until < request.since:
+        since, until = aware(request.since), aware(request.until)
+        if since is not None and until is not None and until < since:
             return [], None  # (an empty span of time, as an empty search is)
         after = request.after
         if after is None:
-            after = 0 if request.since is None else self.store.first_event_at(request.since) - 1
+            after = 0 if since is None else self.store.first_event_at(since) - 1
         found, next_cursor = self.store.lease_events(after, request.limit, HISTORY_WALK)
         events = [_lease_event.decode(value) for _, value in found]
-        if request.until is not None:
-            kept = [event for event in events if event.ts <= request.until]
+        if until is not None:
+            kept = [event for event in events if event.ts <= until]
             if len(kept) < len(events) or (next_cursor is not None and self.store
-                                           .first_event_at(request.until) <= next_cursor):
+                                           .first_event_at(until) <= next_cursor):
                 next_cursor = None  # (the journal after *until* is not asked for)
             events = kept
         return events, next_cursor

@@ -20,6 +20,7 @@ import msgspec
 
 from engramd.protocol.connection import CLOSED, NEED_DATA, State, _Sentinel, encode_message
 from engramd.protocol.errors import (
+    BadRequest,
     EngramError,
     LocalProtocolError,
     ProtocolError,
@@ -181,8 +182,14 @@ class ClientConnection:
             raise LocalProtocolError(f"cannot send a request in state {self.state.value}")
         if request.id in self._pending:
             raise LocalProtocolError(f"request id {request.id} is already in flight")
+        try:
+            frame = encode_message(request)
+        except (OverflowError, msgspec.EncodeError) as exc:
+            # A value the wire cannot carry (an int past 64 bits): the caller's request,
+            # refused as the daemon would refuse one out of its bounds.
+            raise BadRequest(f"the request cannot be sent: {exc}") from None
         self._pending[request.id] = reply_type(type(request))
-        return encode_message(request)
+        return frame
 
     @property
     def in_flight(self) -> int:

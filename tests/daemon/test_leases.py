@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import re
@@ -26,6 +27,7 @@ from engram_cli.client.errors import (
     Timeout,
     TooLarge,
 )
+from engramd.config import DaemonConfig
 from engramd.protocol import Heartbeat, Lease
 from tests.conftest import (
     WAIT,
@@ -708,3 +710,29 @@ def test_the_lease_history_is_journaled_and_read_in_bounded_walks(
             events[1].seq]
         with pytest.raises(BadRequest, match="limit"):
             bob.lock_history(limit=0)
+
+
+def test_a_time_without_an_offset_is_the_daemons_local_time(config: DaemonConfig) -> None:
+    """``since``/``until`` without an offset (the protocol's Timestamp: the daemon's local
+    time) are compared with the journal's times, never an internal error."""
+    with start_threaded(config), connect(config) as alice:
+        (lease,) = alice.acquire_lock("job", ttl=30)
+        alice.create_unit("notes", "MESSAGE", "a note")
+        local = dt.datetime.now().astimezone()
+        hour_ago = (local - dt.timedelta(hours=1)).replace(tzinfo=None)
+        hour_on = (local + dt.timedelta(hours=1)).replace(tzinfo=None)
+        history = alice.lock_history(since=hour_ago, until=hour_on).events
+        assert [event.lease.lock_id for event in history] == [lease.lock_id]
+        assert alice.lock_history(since=hour_on).events == []
+        listed = alice.list_units("notes", since=hour_ago, until=hour_on).units
+        assert [unit.text for unit in listed] == ["a note"]
+        assert alice.list_units("notes", since=hour_on).units == []
+
+
+def test_a_number_past_the_wire_is_a_bad_request_of_the_client(config: DaemonConfig) -> None:
+    with start_threaded(config), connect(config) as alice:
+        with pytest.raises(BadRequest, match="cannot be sent"):
+            alice.lock_history(after=2**70)
+        with pytest.raises(BadRequest, match="cannot be sent"):
+            alice.lock_history(limit=10**30)
+        assert alice.lock_history(limit=5).events == []  # the connection goes on
