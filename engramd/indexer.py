@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 
 import trio
 
@@ -30,6 +31,11 @@ from engramd.storage import Store
 log = logging.getLogger("engramd.indexer")
 
 BATCH = 2000
+BATCH_BYTES = 16 * 1024 * 1024
+"""A batch's stored bytes at most (so one takes the index process seconds, not minutes)."""
+SEARCH_WAIT_SECONDS = 10.0
+"""How long a search waits for the indexes (behind a batch being indexed) before it is
+answered ``unavailable``: a client waits 30 s for its answer, and must get one."""
 RETRY_SECONDS = 1.0
 ROOM_SHARE = 4
 """A batch's stored bytes stay under 1/ROOM_SHARE of the room above the reserve."""
@@ -132,7 +138,7 @@ class Indexer:
             return False
         # The index keeps the text, and SQLite's log a copy of each page it changes until
         # its checkpoint: a batch's text may take a quarter of the room left.
-        more = self._batch((free - self.reserve_bytes) // ROOM_SHARE)
+        more = self._batch(min(BATCH_BYTES, (free - self.reserve_bytes) // ROOM_SHARE))
         self._pause(None)
         return more
 
@@ -161,14 +167,26 @@ class Indexer:
         await trio.to_thread.run_sync(self.indexes.start_over, limiter=self._limiter)
         self._wanted.set()
 
+    async def _searched(self, search: Callable[[], tuple[int, list[Hit]]]
+                        ) -> tuple[int, list[Hit]]:
+        """*search* run in a worker thread once the indexes are free (a batch may be
+        indexing), or ``unavailable`` if they are not within ``SEARCH_WAIT_SECONDS``."""
+        with trio.move_on_after(SEARCH_WAIT_SECONDS):
+            await self._limiter.acquire()
+            try:
+                return await trio.to_thread.run_sync(search)
+            except (IndexProcessGone, IndexProcessFailed) as exc:
+                raise Unavailable(f"search is unavailable: {exc}") from None
+            finally:
+                self._limiter.release()
+        raise Unavailable(f"search is unavailable: the search index was busy for "
+                          f"{SEARCH_WAIT_SECONDS:g}s (indexing a batch, or its process stuck)")
+
     async def search(self, query: str | None, **filters: object) -> tuple[int, list[Hit]]:
         """Run :meth:`SearchIndex.search` in the index's worker thread."""
         indexes = self.indexes
         try:
-            return await trio.to_thread.run_sync(
-                lambda: indexes.search(query, **filters), limiter=self._limiter)
-        except (IndexProcessGone, IndexProcessFailed) as exc:
-            raise Unavailable(f"search is unavailable: {exc}") from None
+            return await self._searched(lambda: indexes.search(query, **filters))
         except sqlite3.DatabaseError as exc:
             if not _damaged(exc):
                 raise
@@ -181,12 +199,8 @@ class Indexer:
         """Semantic search in the indexes' worker thread: ``(candidates, hits)`` with the
         cosine similarity as each hit's score."""
         indexes = self.indexes
-        try:
-            return await trio.to_thread.run_sync(
-                lambda: indexes.nearest(text, limit=limit, min_similarity=min_similarity,
-                                        **filters), limiter=self._limiter)
-        except (IndexProcessGone, IndexProcessFailed) as exc:
-            raise Unavailable(f"search is unavailable: {exc}") from None
+        return await self._searched(lambda: indexes.nearest(
+            text, limit=limit, min_similarity=min_similarity, **filters))
 
     def close(self) -> None:
         if self._indexes is not None:

@@ -34,6 +34,14 @@ log = logging.getLogger("engramd.indexer")
 
 _LENGTH = struct.Struct(">I")
 _STOP_SECONDS = 5.0
+SEARCH_SECONDS = 10.0
+"""How long a search may take the index process before it counts as stuck (stopped,
+or looping): a client waits 30 s for its answer, and must get one."""
+START_SECONDS = 120.0
+"""How long a new index process may take to start and open the indexes."""
+WORK_SECONDS = 120.0
+"""The same for the rest (a batch to index, with the model's load on the first): the
+indexer's batches are bounded in events and bytes (engramd.indexer.BATCH, BATCH_BYTES)."""
 
 
 class Open(msgspec.Struct, tag=True):
@@ -89,6 +97,10 @@ class Reply(msgspec.Struct):
 
 class IndexProcessGone(OSError):
     """The index process exited or stopped answering; the next call starts another."""
+
+
+class IndexProcessStuck(IndexProcessGone):
+    """The index process did not answer in time; it was killed."""
 
 
 class IndexProcessFailed(OSError):
@@ -173,7 +185,8 @@ class IndexProcess:
             theirs.close()
         self._socket = ours
         try:
-            self._ask(msgspec.structs.replace(self._open, applied_seq=self._applied_seq()))
+            self._ask(msgspec.structs.replace(self._open, applied_seq=self._applied_seq()),
+                      START_SECONDS)
         except BaseException:
             self._stop()
             raise
@@ -186,16 +199,26 @@ class IndexProcess:
             return self._ask(request)
         try:
             return self._ask(request)
+        except IndexProcessStuck:
+            raise  # (asked again, it would keep its caller as long again)
         except IndexProcessGone as exc:
             log.warning("%s; starting another", exc)
         self._start()
         return self._ask(request)
 
-    def _ask(self, request: Request) -> Reply:
+    def _ask(self, request: Request, seconds: float | None = None) -> Reply:
         assert self._socket is not None
+        if seconds is None:
+            seconds = SEARCH_SECONDS if isinstance(request, Search | Nearest) else WORK_SECONDS
+        self._socket.settimeout(seconds)
         try:
             _send(self._socket, self._encoder.encode(request))
             body = _receive(self._socket)
+        except TimeoutError:
+            self._stop(kill=True)
+            message = f"the index process did not answer within {seconds:g}s; it was killed"
+            log.warning("%s", message)
+            raise IndexProcessStuck(message) from None
         except (OSError, EOFError) as exc:
             self._gone(f"the index process stopped answering ({exc})")
         if body is None:
@@ -213,14 +236,17 @@ class IndexProcess:
         code = self._stop()
         raise IndexProcessGone(why + ("" if code is None else f" (exit status {code})"))
 
-    def _stop(self) -> int | None:
-        """Close the socket (the process exits at its end); its exit status, or None."""
+    def _stop(self, *, kill: bool = False) -> int | None:
+        """Close the socket (the process exits at its end; *kill*: killed first); its
+        exit status, or None."""
         if self._socket is not None:
             self._socket.close()
             self._socket = None
         process, self._process = self._process, None
         if process is None:
             return None
+        if kill:
+            process.kill()
         try:
             return process.wait(_STOP_SECONDS)
         except subprocess.TimeoutExpired:

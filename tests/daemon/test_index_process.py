@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from engram_cli.client.errors import Unavailable
+from engramd import indexer, indexproc
 from tests.conftest import (
     DaemonProcess,
     connect,
     engramd_log,
+    make_config,
     start_engramd,
+    start_threaded,
     wait_until,
 )
 
@@ -108,3 +112,30 @@ def test_with_semantic_search_the_daemon_embeds_nothing_itself(env: dict[str, st
             assert not maps_numpy(daemon.process.pid), "and not in engramd"
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_stopped_index_process_costs_searches_a_bounded_wait_and_is_replaced(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGSTOP the index process: writes never wait on it, a search is answered
+    ``unavailable`` (not left to the client's timeout), the stuck process is killed and
+    another takes its place, and nothing written is missed."""
+    monkeypatch.setattr(indexproc, "SEARCH_SECONDS", 0.5)
+    monkeypatch.setattr(indexproc, "WORK_SECONDS", 2.0)
+    monkeypatch.setattr(indexer, "SEARCH_WAIT_SECONDS", 0.5)
+    config = make_config(env)
+    with start_threaded(config), connect(config) as client:
+        first = the_index_process(os.getpid())
+        client.create_unit("ops", "MESSAGE", "before the stop: walrus")
+        wait_until(lambda: client.search("walrus").total == 1, "the first unit indexed")
+        os.kill(first, signal.SIGSTOP)
+        try:
+            client.create_unit("ops", "MESSAGE", "while it is stopped: narwhal")
+            with pytest.raises(Unavailable, match="search is unavailable"):
+                client.search("walrus")
+            wait_until(lambda: not alive(first), "the stuck process to be killed")
+        finally:
+            if alive(first):
+                os.kill(first, signal.SIGKILL)
+        wait_until(lambda: client.search("narwhal").total == 1, "the second unit indexed")
+        assert client.search("walrus").total == 1
+        assert the_index_process(os.getpid()) != first
