@@ -326,8 +326,13 @@ def serve(sock: socket.socket) -> None:
     """Answer engramd's requests on *sock* until it closes."""
     from engramd.indexing import Indexes, open_index, vector_opener
 
+    # Everything logged here goes back to engramd, its own lines and a library's warnings
+    # alike; with a handler in place, a library's logging.basicConfig() (wordllama calls
+    # it on import) adds none that would write lines of another format to engramd's log.
     kept = _Kept()
-    logging.getLogger("engramd").addHandler(kept)
+    root = logging.getLogger()
+    root.handlers[:] = [kept]
+    root.setLevel(logging.WARNING)
     logging.getLogger("engramd").setLevel(logging.INFO)
     decoder = msgspec.msgpack.Decoder(Request)
     encoder = msgspec.msgpack.Encoder()

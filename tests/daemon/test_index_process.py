@@ -112,6 +112,10 @@ def test_with_semantic_search_the_daemon_embeds_nothing_itself(env: dict[str, st
             assert not maps_numpy(daemon.process.pid), "and not in engramd"
     finally:
         assert daemon.stop() == 0
+    # What the index process logged is in engramd's log, in its one format.
+    lines = engramd_log(semantic).read_text().splitlines()
+    assert any("vector index open" in line and line.startswith("ts=") for line in lines)
+    assert not [line for line in lines if not line.startswith("ts=")]
 
 
 def test_a_stopped_index_process_costs_searches_a_bounded_wait_and_is_replaced(
