@@ -360,3 +360,32 @@ def test_revoking_by_a_token_id_as_a_name_says_how_to_give_an_id(
     assert wrong.stderr.count("\n") == 1
     right = run_cli(engramd.env, "agent", "token", "revoke", "--id", token_id)
     assert right.returncode == 0 and token_id in right.stdout
+
+
+def test_a_head_over_16_kib_is_431_even_when_it_comes_whole(open_gateway: Gateway) -> None:
+    """h11 bounds a head that comes in pieces; one that arrives whole (one header of 17 KB,
+    3,000 small ones) is bounded by the gateway alike: 431 in the JSON shape."""
+    for headers in ([b"X-Big: " + b"a" * 17_000], [b"X-N%d: v" % n for n in range(3000)]):
+        head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"\r\n".join(headers)
+        with raw_request(open_gateway, head + b"\r\n\r\n") as sock:
+            status, body = answer_of(sock)
+        assert status == 431 and body["error"]["code"] == "too_large", body
+    fits = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Some: "
+    with raw_request(open_gateway, fits + b"a" * 15_000 + b"\r\n\r\n") as sock:
+        assert answer_of(sock)[0] == 200
+
+
+def test_a_transfer_coding_the_gateway_cannot_read_is_501_not_implemented(
+        open_gateway: Gateway) -> None:
+    head = (b"POST /workunit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+            b"\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+    with raw_request(open_gateway, head) as sock:
+        status, body = answer_of(sock)
+    assert status == 501 and body["error"]["code"] == "not_implemented", body
+
+
+def test_a_parameter_given_twice_is_refused_not_one_of_them_chosen(
+        open_gateway: Gateway) -> None:
+    refused = open_gateway.http.get("/lock-history?limit=1&limit=2")
+    assert refused.status_code == 400 and "limit given 2 times" in refused.text
+    assert open_gateway.http.get("/lock-history?limit=2").status_code == 200

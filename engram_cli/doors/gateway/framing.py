@@ -15,12 +15,17 @@ from typing import Any
 import h11
 import msgspec
 
+from engram_cli.doors.gateway.policy import NOT_IMPLEMENTED
 from engramd.protocol import BadRequest, TooLarge
 
 _json_encoder = msgspec.json.Encoder()
 
 TWO_FRAMINGS = ("a request with both Content-Length and Transfer-Encoding: give one "
                 "of them (RFC 9112 §6.1)")
+MAX_HEADERS = 16 * 1024
+"""A request's headers at most, in bytes: h11's bound on a head that comes in pieces
+(hypercorn's ``h11_max_incomplete_size``), which one that comes whole passes. (A long
+query is bounded by what the endpoint reads of it: values past a subscription's, 413.)"""
 
 
 def install() -> None:
@@ -41,12 +46,13 @@ def install() -> None:
         (their side is in error) and dropped, as after hypercorn's own answer; the app
         then sees the client leave."""
         reason = sys.exc_info()[1]
-        code = TooLarge.code if status_code == 431 else BadRequest.code
+        code = {431: TooLarge.code, 501: NOT_IMPLEMENTED}.get(status_code, BadRequest.code)
         await _answer(self, status_code, code,
                       f"the request cannot be read as HTTP/1.1: {reason or 'malformed'}")
 
     async def refusing_create_stream(self: Any, request: h11.Request) -> None:
-        """A request framed by both ``Content-Length`` and ``Transfer-Encoding``: h11
+        """Headers over ``MAX_HEADERS`` (431), and a request framed by both
+        ``Content-Length`` and ``Transfer-Encoding``: h11
         reads its body by the second, a proxy in front may have read it by the first,
         and what one takes for the rest of the body the other takes for a request of
         its own (request smuggling). RFC 9112 §6.1 lets a server refuse it: refused
@@ -56,6 +62,11 @@ def install() -> None:
         names = {name for name, _ in request.headers}  # (h11 gives them in lower case)
         if b"content-length" in names and b"transfer-encoding" in names:
             await _answer(self, 400, BadRequest.code, TWO_FRAMINGS)
+            await self.send(Closed())
+            return
+        if sum(len(name) + len(value) + 4 for name, value in request.headers) > MAX_HEADERS:
+            await _answer(self, 431, TooLarge.code,
+                          f"the request's headers are over {MAX_HEADERS // 1024} KiB")
             await self.send(Closed())
             return
         await create_stream(self, request)  # type: ignore[misc]

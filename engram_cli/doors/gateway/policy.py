@@ -34,6 +34,8 @@ UPGRADE_REQUIRED = "upgrade_required"
 """The gateway's own code (426): a plain request to the WebSocket's path."""
 REQUEST_TIMEOUT = "request_timeout"
 """The gateway's own code (408): the request's body did not come whole in time."""
+NOT_IMPLEMENTED = "not_implemented"
+"""The gateway's own code (501): a transfer coding it does not read (RFC 9112 §6.1)."""
 
 _RETRY_IN = re.compile(r"retry in ([0-9.]+)s")
 
@@ -48,6 +50,8 @@ def status_for(code: str) -> int:
         return 426
     if code == REQUEST_TIMEOUT:
         return 408
+    if code == NOT_IMPLEMENTED:
+        return 501
     return STATUS_FOR_CODE.get(code, 500)
 
 

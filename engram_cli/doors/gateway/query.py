@@ -43,8 +43,17 @@ def known(request: HTTPConnection, names: frozenset[str] | set[str]) -> None:
                          f"{allowed})")
 
 
+def _single(request: HTTPConnection, name: str) -> str | None:
+    """The one value of parameter *name* (None: not given); given twice, it is refused
+    rather than one of them chosen."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise BadRequest(f"{name} given {len(values)} times: it takes one value")
+    return values[0] if values else None
+
+
 def integer(request: HTTPConnection, name: str, default: int | None = None) -> int | None:
-    text = request.query_params.get(name)
+    text = _single(request, name)
     if text is None:
         return default
     if not _INTEGER.fullmatch(text):
@@ -56,7 +65,7 @@ def integer(request: HTTPConnection, name: str, default: int | None = None) -> i
 
 
 def seconds(request: HTTPConnection, name: str, default: float) -> float:
-    text = request.query_params.get(name)
+    text = _single(request, name)
     if text is None:
         return default
     if not _NUMBER.fullmatch(text):
@@ -68,7 +77,8 @@ def seconds(request: HTTPConnection, name: str, default: float) -> float:
 
 
 def flag(request: HTTPConnection, name: str) -> bool:
-    text = request.query_params.get(name, "false").lower()
+    given = _single(request, name)
+    text = "false" if given is None else given.lower()
     if text in ("0", "false", "no"):
         return False
     if text in ("1", "true", "yes"):
@@ -77,7 +87,7 @@ def flag(request: HTTPConnection, name: str) -> bool:
 
 
 def time(request: HTTPConnection, name: str) -> Any:
-    text = request.query_params.get(name)
+    text = _single(request, name)
     if text is None:
         return None
     try:
@@ -106,7 +116,7 @@ def pairs(request: HTTPConnection, name: str) -> dict[str, str]:
 
 
 def text(request: HTTPConnection, name: str) -> str | None:
-    return request.query_params.get(name)
+    return _single(request, name)
 
 
 P = TypeVar("P", bound=msgspec.Struct)
