@@ -170,8 +170,9 @@ SETTINGS: tuple[Setting, ...] = (
             "or thread (in engramd itself: one interpreter less in memory).",
             choices=("process", "thread")),
     Setting("store.verify_on_start", bool, True,
-            "Read the whole store once after each start, in the background, so that damage "
-            "is reported at once (status, log) rather than when a read meets it."),
+            "Read the whole store and search index once after each start, in the background, "
+            "so that damage is reported at once (status, log) rather than when a read meets "
+            "it."),
     Setting("search.reserve_bytes", int, 64 * 1024 * 1024,
             "The search indexer writes only while more than this is free on the data dir's "
             "disk, and catches up once there is: the journal comes first.", minimum=0),

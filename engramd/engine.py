@@ -227,6 +227,7 @@ class Engine:
             nursery.start_soon(self._deliver_spool, parts.writer)
             if self.config.verify_on_start:
                 nursery.start_soon(self._read_store, parts.store)
+                nursery.start_soon(parts.indexer.verify)
 
     async def _run_leases(self, leases: LeaseManager, *,
                           task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

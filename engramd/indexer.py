@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import trio
 
-from engramd.indexing import Indexes
+from engramd.indexing import Indexes, check_file
 from engramd.indexproc import IndexProcess, IndexProcessFailed, IndexProcessGone
 from engramd.protocol import Damaged, DiskFull, Unavailable
 from engramd.rocks import StoreDamaged
@@ -64,6 +64,8 @@ class Indexer:
         self.read_only = read_only
         self.paused: str | None = read_only
         """Why the indexes are not being fed now, or None."""
+        self.damaged: str | None = None
+        """Why the index file is damaged, as :meth:`verify` found it, until it is rebuilt."""
         self._wanted = trio.Event()
         self._limiter = trio.CapacityLimiter(1)
         """The indexes are used by one worker thread at a time."""
@@ -129,7 +131,11 @@ class Indexer:
         self.paused = why
 
     def _feed(self) -> bool:
-        """One batch, unless the disk is nearly full (then the journal comes first)."""
+        """One batch, unless the disk is nearly full (then the journal comes first) or
+        the index file is damaged (then it waits to be rebuilt)."""
+        if self.damaged is not None:
+            self._pause(self.damaged)
+            return False
         free = free_bytes(os.path.dirname(self.indexes.path) or ".")
         if free <= self.reserve_bytes:
             self._pause(f"{free} bytes free on the data dir's disk, under the reserve of "
@@ -160,17 +166,40 @@ class Indexer:
         indexes.take(stored)
         return full
 
+    async def verify(self) -> None:
+        """Read the whole index file once (``store.verify_on_start``), so that damage
+        shows at once (status, log), not when a search meets it or never: derived data,
+        treated as the store is."""
+        if self.read_only is not None:
+            return
+        path = self.indexes.path
+        damage = await trio.to_thread.run_sync(check_file, path)
+        if damage is None:
+            log.info("search index read in full: no damage")
+            return
+        self.damaged = (f"the search index {path} is damaged ({damage}); it is derived from "
+                        "the journal: rebuild it with 'engram daemon reindex' (or 'engramd "
+                        "--reindex')")
+        log.error("%s", self.damaged)
+        self._pause(self.damaged)
+
     async def rebuild(self) -> None:
         """Start the index over from the store; it catches up in the background."""
         if self.read_only is not None:
             raise DiskFull(f"the search index cannot be rebuilt: {self.read_only}")
         await trio.to_thread.run_sync(self.indexes.start_over, limiter=self._limiter)
+        if self.damaged is not None:
+            self.damaged = None
+            self._pause(None)
         self._wanted.set()
 
     async def _searched(self, search: Callable[[], tuple[int, list[Hit]]]
                         ) -> tuple[int, list[Hit]]:
         """*search* run in a worker thread once the indexes are free (a batch may be
-        indexing), or ``unavailable`` if they are not within ``SEARCH_WAIT_SECONDS``."""
+        indexing), or ``unavailable`` if they are not within ``SEARCH_WAIT_SECONDS``;
+        ``damaged`` while the index file is known to be."""
+        if self.damaged is not None:
+            raise Damaged(self.damaged)
         with trio.move_on_after(SEARCH_WAIT_SECONDS):
             await self._limiter.acquire()
             try:

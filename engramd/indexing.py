@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -79,6 +81,24 @@ def vector_opener(data_dir: str, embedding: str, *, rebuild: bool,
         return vectors
 
     return open_vectors
+
+
+def check_file(path: str) -> str | None:
+    """What SQLite's ``quick_check`` finds wrong with the index file *path* (every page
+    read, as no query does), or None. Read through a connection of its own, read-only:
+    the indexes go on being fed and searched meanwhile."""
+    try:
+        db = sqlite3.connect("file:" + urllib.parse.quote(path) + "?mode=ro", uri=True)
+        try:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+        finally:
+            db.close()
+    except sqlite3.OperationalError:
+        return None  # (busy, gone, unreadable for now: nothing said about its pages)
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    problems = [str(row[0]) for row in rows if row[0] != "ok"]
+    return "; ".join(problems[:3]) or None
 
 
 class Indexes:

@@ -15,6 +15,7 @@ from tests.conftest import (
     WAIT,
     DaemonProcess,
     connect,
+    engramd_log,
     run_cli,
     spawn_engramd,
     start_engramd,
@@ -237,6 +238,40 @@ def test_a_search_index_damaged_inside_is_an_error_naming_reindex(
             assert engram.ping()
     finally:
         assert damaged.stop() == 0
+
+
+def test_a_search_index_damaged_where_no_search_reads_is_found_at_the_start(
+        engramd: DaemonProcess) -> None:
+    """Two pages in the middle of search.db overwritten (a search may never read them):
+    the start's read of the whole file finds them, searches say ``damaged`` and the
+    indexer pauses, until ``reindex`` rebuilds it."""
+    write_units(engramd, 400)
+    with connect(engramd.socket) as engram:
+        wait_until(lambda: engram.status().journal.indexed_seq  # type: ignore[union-attr]
+                   == engram.status().journal.last_seq, "indexing")  # type: ignore[union-attr]
+    assert engramd.stop() == 0
+    search = Path(engramd.env["ENGRAM_DATA_DIR"], "search.db")
+    data = bytearray(search.read_bytes())
+    page = 4096
+    middle = len(data) // 2 // page * page
+    data[middle:middle + 2 * page] = b"\xa5" * (2 * page)
+    search.write_bytes(bytes(data))
+    damaged = DaemonProcess(start_engramd(engramd.env), engramd.socket, engramd.env)
+    try:
+        with connect(damaged.socket) as engram:
+            def paused() -> str:
+                return engram.status().journal.index_paused or ""  # type: ignore[union-attr]
+
+            wait_until(lambda: "damaged" in paused(), "the read of the index file")
+            assert str(search) in paused() and "reindex" in paused()
+            with pytest.raises(Damaged, match="reindex"):
+                engram.search("unit")
+            engram.reindex()
+            wait_until(lambda: engram.search("unit").total == 400, "the rebuilt index")
+            assert paused() == ""
+    finally:
+        assert damaged.stop() == 0
+    assert "search index" in engramd_log(engramd.env).read_text()
 
 
 def test_the_command_line_tells_the_damage_and_its_fix(engramd: DaemonProcess) -> None:
