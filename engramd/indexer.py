@@ -208,8 +208,11 @@ class Indexer:
                 raise Unavailable(f"search is unavailable: {exc}") from None
             finally:
                 self._limiter.release()
+        if self._indexes is not None and self._indexes.kill_if_stopped():
+            raise Unavailable("search is unavailable: the index process was stopped while "
+                              "it indexed a batch; it was killed and starts again: retry")
         raise Unavailable(f"search is unavailable: the search index was busy for "
-                          f"{SEARCH_WAIT_SECONDS:g}s (indexing a batch, or its process stuck)")
+                          f"{SEARCH_WAIT_SECONDS:g}s (indexing a batch)")
 
     async def search(self, query: str | None, **filters: object) -> tuple[int, list[Hit]]:
         """Run :meth:`SearchIndex.search` in the index's worker thread."""

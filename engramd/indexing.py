@@ -139,6 +139,10 @@ class Indexes:
             self._open_vectors = None
         return self.vectors
 
+    def kill_if_stopped(self) -> bool:
+        """(In engramd's own process: nothing of its own to stop.)"""
+        return False
+
     def wanted_after(self) -> int:
         """The seq after which the indexes want events (the vector index opened first)."""
         vectors = self._vectors()

@@ -253,6 +253,26 @@ class IndexProcess:
             process.kill()
             return process.wait()
 
+    def kill_if_stopped(self) -> bool:
+        """Kill the process if it is stopped (SIGSTOP, a debugger), from any thread: the
+        one waiting on it then finds it gone, and the next call starts another. (Stopped
+        while it works on a batch, it would otherwise hold the indexes for
+        ``WORK_SECONDS``.)"""
+        process = self._process
+        if process is None:
+            return False
+        try:
+            with open(f"/proc/{process.pid}/stat", "rb") as stat:
+                fields = stat.read()
+        except OSError:
+            return False  # (gone already, or no /proc here)
+        if fields[fields.rindex(b")") + 2:][:1] not in (b"T", b"t"):
+            return False
+        process.kill()
+        log.warning("the index process was stopped while engramd waited on it; it was "
+                    "killed and starts again")
+        return True
+
     def wanted_after(self) -> int:
         return self._call(WantedAfter(self._applied_seq())).wanted_after
 

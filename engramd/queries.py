@@ -94,13 +94,20 @@ unit_header = msgspec.msgpack.Decoder(UnitHeader).decode
 
 
 def _micros(value: dt.datetime | None) -> int | None:
+    value = aware(value)
     return None if value is None else int(value.timestamp() * 1_000_000)
 
 
 def aware(value: dt.datetime | None) -> dt.datetime | None:
     """A request's time as one stored times compare with: without an offset, it is the
     daemon's local time (the protocol's ``Timestamp``)."""
-    return value if value is None or value.tzinfo is not None else value.astimezone()
+    if value is None or value.tzinfo is not None:
+        return value
+    try:
+        return value.astimezone()
+    except (OverflowError, ValueError):
+        # At the ends of time (year 1, year 9999) an offset moves nothing worth it.
+        return value.replace(tzinfo=dt.UTC)
 
 
 def raw_units(encoded: Iterable[bytes | None]) -> list[Unit]:

@@ -224,12 +224,19 @@ class Doctor:
     def index(self) -> Finding:
         journal = self.status.journal if self.status else None
         if journal is not None and journal.index_paused:
-            return Finding("search index", "warn", f"paused: {journal.index_paused}",
-                           "free some space (it catches up by itself)" if "disk" in
-                           journal.index_paused else "engram daemon reindex")
+            paused = journal.index_paused
+            # (A damaged index's message speaks of a "disk image": it is the index's fix.)
+            fix = ("engram daemon reindex" if "damaged" in paused else
+                   "free some space (it catches up by itself)" if "disk" in paused else
+                   "engram daemon reindex")
+            return Finding("search index", "warn", f"paused: {paused}", fix)
         return self._lag("search index", "index_lag_events")
 
     def vectors(self) -> Finding:
+        journal = self.status.journal if self.status else None
+        if journal is not None and journal.index_paused and journal.vector_seq is not None:
+            # Fed with the search index: its lag is the pause's, said once by that check.
+            return Finding("vector index", "skip", "paused with the search index")
         return self._lag("vector index", "vector_lag_events", absent=(
             "semantic search is not installed or off",
             "pip install 'engram-journal[semantic]' for engram search --mode semantic"))

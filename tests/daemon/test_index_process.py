@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -142,4 +143,39 @@ def test_a_stopped_index_process_costs_searches_a_bounded_wait_and_is_replaced(
                 os.kill(first, signal.SIGKILL)
         wait_until(lambda: client.search("narwhal").total == 1, "the second unit indexed")
         assert client.search("walrus").total == 1
+        assert the_index_process(os.getpid()) != first
+
+
+def test_an_index_process_stopped_during_a_batch_is_killed_by_the_next_search(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped while a batch is on its way to it, the index process would hold the indexes
+    for as long as a batch may take (``WORK_SECONDS``): the search that finds them busy
+    finds it stopped, kills it and says so; the batch goes to the next process."""
+    monkeypatch.setattr(indexer, "SEARCH_WAIT_SECONDS", 0.5)
+    batch_sent = threading.Event()
+    ask = indexproc.IndexProcess._ask
+
+    def observed_ask(self: indexproc.IndexProcess, request: indexproc.Request,
+                     seconds: float | None = None) -> indexproc.Reply:
+        if not isinstance(request, indexproc.Search):  # (the batch's first request)
+            batch_sent.set()
+        return ask(self, request, seconds)
+
+    config = make_config(env)
+    with start_threaded(config), connect(config) as client:
+        first = the_index_process(os.getpid())
+        client.create_unit("ops", "MESSAGE", "before the stop: walrus")
+        wait_until(lambda: client.search("walrus").total == 1, "the first unit indexed")
+        monkeypatch.setattr(indexproc.IndexProcess, "_ask", observed_ask)
+        os.kill(first, signal.SIGSTOP)
+        try:
+            client.create_unit("ops", "MESSAGE", "while it is stopped: narwhal")
+            wait_until(batch_sent.is_set, "the batch on its way to the stopped process")
+            with pytest.raises(Unavailable, match="stopped while it indexed"):
+                client.search("walrus")
+            wait_until(lambda: not alive(first), "the stopped process killed")
+        finally:
+            if alive(first):
+                os.kill(first, signal.SIGKILL)
+        wait_until(lambda: client.search("narwhal").total == 1, "the batch indexed")
         assert the_index_process(os.getpid()) != first

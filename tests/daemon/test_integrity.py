@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -215,18 +216,25 @@ def test_a_damaged_search_index_stops_the_start_naming_reindex(engramd: DaemonPr
         assert reindexed.stop() == 0
 
 
-def test_a_search_index_damaged_inside_is_an_error_naming_reindex(
-        engramd: DaemonProcess) -> None:
-    write_units(engramd, 200)
+PAGE = 4096
+
+
+def indexed_then_stopped(engramd: DaemonProcess, units: int) -> tuple[Path, bytearray]:
+    """*units* written and indexed, engramd stopped: its search.db and the file's bytes."""
+    write_units(engramd, units)
     with connect(engramd.socket) as engram:
         wait_until(lambda: engram.status().journal.indexed_seq  # type: ignore[union-attr]
                    == engram.status().journal.last_seq, "indexing")  # type: ignore[union-attr]
     assert engramd.stop() == 0
     search = Path(engramd.env["ENGRAM_DATA_DIR"], "search.db")
-    data = bytearray(search.read_bytes())
-    page = 4096
-    for start in range(len(data) // 2 // page * page, len(data), page):  # the later pages
-        data[start:start + page] = b"\xa5" * page
+    return search, bytearray(search.read_bytes())
+
+
+def test_a_search_index_damaged_inside_is_an_error_naming_reindex(
+        engramd: DaemonProcess) -> None:
+    search, data = indexed_then_stopped(engramd, 200)
+    middle = len(data) // 2 // PAGE * PAGE
+    data[middle:] = b"\xa5" * (len(data) - middle)  # the later pages
     search.write_bytes(bytes(data))
     damaged = DaemonProcess(start_engramd(engramd.env), engramd.socket, engramd.env)
     try:
@@ -245,16 +253,9 @@ def test_a_search_index_damaged_where_no_search_reads_is_found_at_the_start(
     """Two pages in the middle of search.db overwritten (a search may never read them):
     the start's read of the whole file finds them, searches say ``damaged`` and the
     indexer pauses, until ``reindex`` rebuilds it."""
-    write_units(engramd, 400)
-    with connect(engramd.socket) as engram:
-        wait_until(lambda: engram.status().journal.indexed_seq  # type: ignore[union-attr]
-                   == engram.status().journal.last_seq, "indexing")  # type: ignore[union-attr]
-    assert engramd.stop() == 0
-    search = Path(engramd.env["ENGRAM_DATA_DIR"], "search.db")
-    data = bytearray(search.read_bytes())
-    page = 4096
-    middle = len(data) // 2 // page * page
-    data[middle:middle + 2 * page] = b"\xa5" * (2 * page)
+    search, data = indexed_then_stopped(engramd, 400)
+    middle = len(data) // 2 // PAGE * PAGE
+    data[middle:middle + 2 * PAGE] = b"\xa5" * (2 * PAGE)
     search.write_bytes(bytes(data))
     damaged = DaemonProcess(start_engramd(engramd.env), engramd.socket, engramd.env)
     try:
@@ -266,6 +267,11 @@ def test_a_search_index_damaged_where_no_search_reads_is_found_at_the_start(
             assert str(search) in paused() and "reindex" in paused()
             with pytest.raises(Damaged, match="reindex"):
                 engram.search("unit")
+            doctor = run_cli(damaged.env, "doctor", "--json")
+            checks = {json.loads(line)["check"]: json.loads(line)
+                      for line in doctor.stdout.splitlines()}
+            assert checks["search index"]["status"] == "warn"
+            assert checks["search index"]["fix"] == "engram daemon reindex"
             engram.reindex()
             wait_until(lambda: engram.search("unit").total == 400, "the rebuilt index")
             assert paused() == ""

@@ -727,6 +727,12 @@ def test_a_time_without_an_offset_is_the_daemons_local_time(config: DaemonConfig
         listed = alice.list_units("notes", since=hour_ago, until=hour_on).units
         assert [unit.text for unit in listed] == ["a note"]
         assert alice.list_units("notes", since=hour_on).units == []
+        # The ends of time, without an offset: no conversion fails.
+        first, last = dt.datetime.min, dt.datetime.max
+        assert len(alice.lock_history(since=first, until=last).events) == 1
+        assert len(alice.list_units("notes", since=first, until=last).units) == 1
+        wait_until(lambda: alice.search("note").total == 1, "the note indexed")
+        assert alice.search("note", since=first, until=last).total == 1
 
 
 def test_a_number_past_the_wire_is_a_bad_request_of_the_client(config: DaemonConfig) -> None:
