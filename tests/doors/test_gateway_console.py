@@ -609,6 +609,24 @@ def test_the_leases_are_cards_at_a_phone_width(browser: Any, gw: Gateway,
     assert phone.errors == []
 
 
+def test_at_a_phone_width_the_timeline_opens_at_now(browser: Any, gw: Gateway,
+                                                    daemon: DaemonProcess) -> None:
+    """The chart (600 px at least) scrolls in its box at 390 px: it shows its right end,
+    where now is, not the oldest end."""
+    phone = Console(browser, gw.url, width=390, height=844)
+    try:
+        with connect(daemon.socket, "phone-agent") as client:
+            client.create_unit("phone", "MESSAGE", "a unit to draw")
+            page = phone.open("timeline")
+            expect(page.locator("#timeline svg .lane")).not_to_have_count(0)
+            box = page.locator("#timeline")
+            assert box.evaluate("b => b.scrollWidth > b.clientWidth")
+            assert box.evaluate("b => b.scrollLeft + b.clientWidth >= b.scrollWidth - 2")
+    finally:
+        phone.close()
+    assert phone.errors == []
+
+
 def test_the_timeline_says_when_its_bound_cut_the_window_short(
         console: Console, daemon: DaemonProcess) -> None:
     """More units in the hour than the page reads (2,000, the newest): the page says

@@ -919,7 +919,12 @@ views.timeline = {
       }
       chart.append(group);
     });
-    $("#timeline").replaceChildren(agents.length ? chart : el("p", { class: "empty" }, "Nothing in this time."));
+    // On a narrow screen the chart scrolls in its box: keep "now" (its right end) in view,
+    // unless the person scrolled back to look at the past.
+    const box = $("#timeline");
+    const atNow = box.scrollLeft + box.clientWidth >= box.scrollWidth - 2;
+    box.replaceChildren(agents.length ? chart : el("p", { class: "empty" }, "Nothing in this time."));
+    if (atNow) box.scrollLeft = box.scrollWidth;
     const cut = [];
     if (timeline.unitsFrom !== null && timeline.unitsFrom > wanted)
       cut.push("units before " + clock(timeline.unitsFrom) + " are not all drawn (the newest " +
