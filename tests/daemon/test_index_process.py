@@ -4,13 +4,16 @@ with engramd, and the daemon's own interpreter does no indexing or embedding."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from engram_cli.client import Client
 from engram_cli.client.errors import Unavailable
 from engramd import indexer, indexproc
 from tests.conftest import (
@@ -119,6 +122,25 @@ def test_with_semantic_search_the_daemon_embeds_nothing_itself(env: dict[str, st
     assert not [line for line in lines if not line.startswith("ts=")]
 
 
+def walrus_indexed(client: Client) -> int:
+    """A unit written and found; the index process that holds it."""
+    pid = the_index_process(os.getpid())
+    client.create_unit("ops", "MESSAGE", "before the stop: walrus")
+    wait_until(lambda: client.search("walrus").total == 1, "the first unit indexed")
+    return pid
+
+
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """Process *pid* SIGSTOPped for the block, and killed after it if engramd did not."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_a_stopped_index_process_costs_searches_a_bounded_wait_and_is_replaced(
         env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGSTOP the index process: writes never wait on it, a search is answered
@@ -129,18 +151,12 @@ def test_a_stopped_index_process_costs_searches_a_bounded_wait_and_is_replaced(
     monkeypatch.setattr(indexer, "SEARCH_WAIT_SECONDS", 0.5)
     config = make_config(env)
     with start_threaded(config), connect(config) as client:
-        first = the_index_process(os.getpid())
-        client.create_unit("ops", "MESSAGE", "before the stop: walrus")
-        wait_until(lambda: client.search("walrus").total == 1, "the first unit indexed")
-        os.kill(first, signal.SIGSTOP)
-        try:
+        first = walrus_indexed(client)
+        with stopped(first):
             client.create_unit("ops", "MESSAGE", "while it is stopped: narwhal")
             with pytest.raises(Unavailable, match="search is unavailable"):
                 client.search("walrus")
             wait_until(lambda: not alive(first), "the stuck process to be killed")
-        finally:
-            if alive(first):
-                os.kill(first, signal.SIGKILL)
         wait_until(lambda: client.search("narwhal").total == 1, "the second unit indexed")
         assert client.search("walrus").total == 1
         assert the_index_process(os.getpid()) != first
@@ -163,19 +179,13 @@ def test_an_index_process_stopped_during_a_batch_is_killed_by_the_next_search(
 
     config = make_config(env)
     with start_threaded(config), connect(config) as client:
-        first = the_index_process(os.getpid())
-        client.create_unit("ops", "MESSAGE", "before the stop: walrus")
-        wait_until(lambda: client.search("walrus").total == 1, "the first unit indexed")
+        first = walrus_indexed(client)
         monkeypatch.setattr(indexproc.IndexProcess, "_ask", observed_ask)
-        os.kill(first, signal.SIGSTOP)
-        try:
+        with stopped(first):
             client.create_unit("ops", "MESSAGE", "while it is stopped: narwhal")
             wait_until(batch_sent.is_set, "the batch on its way to the stopped process")
             with pytest.raises(Unavailable, match="stopped while it indexed"):
                 client.search("walrus")
             wait_until(lambda: not alive(first), "the stopped process killed")
-        finally:
-            if alive(first):
-                os.kill(first, signal.SIGKILL)
         wait_until(lambda: client.search("narwhal").total == 1, "the batch indexed")
         assert the_index_process(os.getpid()) != first
