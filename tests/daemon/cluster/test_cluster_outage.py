@@ -183,6 +183,16 @@ def test_cluster_status_says_how_old_facts_are_once_the_cluster_stops_answering(
     within a moment ``cluster status`` shows the leader, and writes accepted, with the
     age of what it knows (it said them as current for 10 s)."""
     daemon, engram = machine
+
+    def leader() -> str:
+        cluster = engram.status().cluster
+        assert cluster is not None
+        return cluster.leader
+
+    # The facts to age must be whole: a new deployment's stream may be read before its
+    # leader is elected (a busy cluster: the suite's runs), and a status without one
+    # shows no age beside it.
+    wait_until(lambda: bool(leader()), "the stream's leader to be known")
     Failing(monkeypatch, NatsLink, "stream_facts", nats.errors.NoRespondersError)
 
     def facts_age() -> float:
