@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import trio
 
-from engramd.indexing import Indexes, check_file
+from engramd.indexing import Indexes, check_file, is_damage
 from engramd.indexproc import IndexProcess, IndexProcessFailed, IndexProcessGone
 from engramd.protocol import Damaged, DiskFull, Unavailable
 from engramd.rocks import StoreDamaged
@@ -43,12 +43,6 @@ PAUSED_RETRY_SECONDS = 5.0
 """How often a paused indexer (disk nearly full, store damaged) looks again."""
 SETTLE_SECONDS = 0.05
 """How long a wake-up waits for more commits: how far searches may trail the journal."""
-
-
-def _damaged(exc: BaseException) -> bool:
-    """Whether an SQLite error says the file is damaged (not full, not busy)."""
-    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-        exc, sqlite3.OperationalError)
 
 
 class Indexer:
@@ -106,7 +100,7 @@ class Indexer:
                 while await trio.to_thread.run_sync(self._feed, limiter=self._limiter):
                     pass
             except (sqlite3.Error, OSError) as exc:
-                if _damaged(exc):  # not worth a retry a second: said once, looked at now and then
+                if is_damage(exc):  # not worth a retry a second: said once, looked at now and then
                     self._pause(f"the search index {self.indexes.path} is damaged ({exc}); "
                                 "rebuild it with 'engram daemon reindex' (or 'engramd "
                                 "--reindex')")
@@ -220,7 +214,7 @@ class Indexer:
         try:
             return await self._searched(lambda: indexes.search(query, **filters))
         except sqlite3.DatabaseError as exc:
-            if not _damaged(exc):
+            if not is_damage(exc):
                 raise
             raise Damaged(f"the search index {indexes.path} is damaged ({exc}); it is derived "
                           "from the journal: rebuild it with 'engram daemon reindex' (or "

@@ -83,6 +83,21 @@ def vector_opener(data_dir: str, embedding: str, *, rebuild: bool,
     return open_vectors
 
 
+def open_indexes(data_dir: str, embedding: str | None, *, rebuild: bool,
+                 applied_seq: Callable[[], int]) -> Indexes:
+    """The indexes of *data_dir* (*embedding*: the model of semantic search, None for
+    none), started over if asked; *applied_seq* is the store's, as it moves on."""
+    opener = None if embedding is None else vector_opener(
+        data_dir, embedding, rebuild=rebuild, applied_seq=applied_seq)
+    return Indexes(open_index(data_dir, applied_seq(), rebuild=rebuild), opener)
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether an SQLite error says the file is damaged (not full, not busy)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.OperationalError)
+
+
 def check_file(path: str) -> str | None:
     """What SQLite's ``quick_check`` finds wrong with the index file *path* (every page
     read, as no query does), or None. Read through a connection of its own, read-only:

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from engramd.indexing import is_damage
 from engramd.search import Hit, QueryError
 
 log = logging.getLogger("engramd.indexer")
@@ -314,7 +315,7 @@ def _error(reply: Reply) -> Exception:
 def _failure(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, QueryError):
         return {"failure": "query", "message": str(exc)}
-    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+    if is_damage(exc):
         return {"failure": "sqlite-damaged", "message": str(exc)}
     if isinstance(exc, sqlite3.Error):
         return {"failure": "sqlite-busy", "message": str(exc)}
@@ -344,7 +345,7 @@ class _Kept(logging.Handler):
 
 def serve(sock: socket.socket) -> None:
     """Answer engramd's requests on *sock* until it closes."""
-    from engramd.indexing import Indexes, open_index, vector_opener
+    from engramd.indexing import Indexes, open_indexes
 
     # Everything logged here goes back to engramd, its own lines and a library's warnings
     # alike; with a handler in place, a library's logging.basicConfig() (wordllama calls
@@ -363,11 +364,8 @@ def serve(sock: socket.socket) -> None:
         nonlocal indexes, applied_seq
         if isinstance(request, Open):
             applied_seq = request.applied_seq
-            opener = None if request.embedding is None else vector_opener(
-                request.data_dir, request.embedding, rebuild=request.rebuild,
-                applied_seq=lambda: applied_seq)
-            indexes = Indexes(open_index(request.data_dir, applied_seq,
-                                         rebuild=request.rebuild), opener)
+            indexes = open_indexes(request.data_dir, request.embedding,
+                                   rebuild=request.rebuild, applied_seq=lambda: applied_seq)
             return {}
         if indexes is None:
             raise RuntimeError("asked before the indexes were opened")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from engramd.config import DaemonConfig
 from engramd.errors import JournalDamaged, StartupError
 from engramd.indexer import Indexer
-from engramd.indexing import Indexes, open_index, vector_opener
+from engramd.indexing import Indexes, open_indexes
 from engramd.indexproc import IndexProcess
 from engramd.integrity import log_first_seq
 from engramd.rocks import StoreDamaged, StoreFull, is_disk_full
@@ -113,11 +113,8 @@ def _open_indexes(config: DaemonConfig, store: Store) -> Indexes | IndexProcess:
     if config.indexer == "process":
         return IndexProcess(config.data_dir, embedding, rebuild=config.reindex,
                             applied_seq=lambda: store.applied_seq)
-    opener = None if embedding is None else vector_opener(
-        config.data_dir, embedding, rebuild=config.reindex,
-        applied_seq=lambda: store.applied_seq)
-    return Indexes(open_index(config.data_dir, store.applied_seq, rebuild=config.reindex),
-                   opener)
+    return open_indexes(config.data_dir, embedding, rebuild=config.reindex,
+                        applied_seq=lambda: store.applied_seq)
 
 
 def _open_read_only(config: DaemonConfig, path: str) -> Opened:
