@@ -225,10 +225,9 @@ class Doctor:
         journal = self.status.journal if self.status else None
         if journal is not None and journal.index_paused:
             paused = journal.index_paused
-            # (A damaged index's message speaks of a "disk image": it is the index's fix.)
-            fix = ("engram daemon reindex" if "damaged" in paused else
-                   "free some space (it catches up by itself)" if "disk" in paused else
-                   "engram daemon reindex")
+            # (A damaged index's message speaks of a "disk image": not a full disk.)
+            fix = ("free some space (it catches up by itself)"
+                   if "disk" in paused and "damaged" not in paused else "engram daemon reindex")
             return Finding("search index", "warn", f"paused: {paused}", fix)
         return self._lag("search index", "index_lag_events")
 
