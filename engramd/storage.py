@@ -105,7 +105,7 @@ class _Kind(msgspec.Struct):
 
 _stamp = msgspec.msgpack.Decoder(_Stamped)
 _kind = msgspec.msgpack.Decoder(_Kind)
-LEASE_CHANGES = (b"lock.acquired", b"lock.released", b"lock.expired")
+LEASE_CHANGES = frozenset(("lock.acquired", "lock.released", "lock.expired"))
 """The kinds of the lease events a lease's history is made of (renewals are not)."""
 
 
@@ -453,7 +453,7 @@ class Store(AgentRecords):
                 return found, last
             last = seq_from(key)
             value: bytes = iterator.value()
-            if value[:1] != b"U" and _kind.decode(value).kind.encode() in LEASE_CHANGES:
+            if value[:1] != b"U" and _kind.decode(value).kind in LEASE_CHANGES:
                 found.append((last, value))
             iterator.next()
         ended = not iterator.valid() or not iterator.key().startswith(b"e/")
