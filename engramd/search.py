@@ -128,6 +128,10 @@ def _filters(*, contexts: list[str], agents: list[str], types: list[str],
     return where, args
 
 
+RANK_WINDOW = 2_000
+"""Matches ranked by BM25: the newest this many; older ones follow, newest first. Keeps a
+query's cost flat as the journal grows (SPECS §2.8)."""
+
 WAL_LIMIT = 4 * 1024 * 1024
 """SQLite's own log is checkpointed and cut back to this size: derived data must not
 fill the disk the journal needs."""
@@ -212,16 +216,12 @@ class SearchIndex:
             else:
                 clause = " AND ".join(["fts MATCH ?", *where])
                 params = [query, *args]
-                weights = ", ".join(str(w) for w in WEIGHTS)
                 # Rank every match but build snippets for the page only: a snippet costs
                 # far more than a score, and a query may match thousands of units.
                 # Without filters the ranking needs the FTS table alone; the page's unit
                 # ids are looked up afterwards.
                 source = "fts JOIN docs d ON d.seq = fts.rowid" if where else "fts"
-                ranked = self.db.execute(
-                    f"SELECT fts.rowid, bm25(fts, {weights}) AS score FROM {source} "
-                    f"WHERE {clause} ORDER BY score, fts.rowid DESC LIMIT ? OFFSET ?",
-                    [*params, limit, offset]).fetchall()
+                ranked = self._ranked(source, clause, params, limit, offset)
                 total = self.db.execute(f"SELECT count(*) FROM {source} WHERE {clause}",
                                         params).fetchone()[0]
                 seqs = [row[0] for row in ranked]
@@ -237,6 +237,37 @@ class SearchIndex:
         # bm25() is lower for better matches; `or 0.0` keeps a filter-only 0 from being -0.0.
         return total, [Hit(unit_id, seq, -score or 0.0, snippet)
                        for unit_id, seq, score, snippet in rows]
+
+    def _ranked(self, source: str, clause: str, params: list[object], limit: int,
+                offset: int) -> list[tuple[int, float]]:
+        """The page ``(seq, bm25)``: the newest :data:`RANK_WINDOW` matches ranked by BM25
+        (then newest first), and after them the older matches, newest first.
+
+        Scoring costs about 2 µs a match and a common pair of words matches a share of
+        the whole journal, so ranking every match grows with the journal; counting and
+        walking matches newest first (FTS5 reads its lists in rowid order) stay cheap."""
+        score = f"bm25(fts, {', '.join(str(w) for w in WEIGHTS)})"
+        floor = self.db.execute(
+            f"SELECT fts.rowid FROM {source} WHERE {clause} ORDER BY fts.rowid DESC "
+            "LIMIT 1 OFFSET ?", [*params, RANK_WINDOW - 1]).fetchone()
+        if floor is None:  # fewer matches than the window: rank them all
+            return self.db.execute(
+                f"SELECT fts.rowid, {score} AS score FROM {source} WHERE {clause} "
+                "ORDER BY score, fts.rowid DESC LIMIT ? OFFSET ?",
+                [*params, limit, offset]).fetchall()
+        rows: list[tuple[int, float]] = []
+        if offset < RANK_WINDOW:
+            rows = self.db.execute(
+                f"SELECT fts.rowid, {score} AS score FROM {source} WHERE {clause} "
+                "AND fts.rowid >= ? ORDER BY score, fts.rowid DESC LIMIT ? OFFSET ?",
+                [*params, floor[0], min(limit, RANK_WINDOW - offset), offset]).fetchall()
+        if len(rows) < limit:
+            rows += self.db.execute(
+                f"SELECT fts.rowid, {score} FROM {source} WHERE {clause} AND fts.rowid < ? "
+                "ORDER BY fts.rowid DESC LIMIT ? OFFSET ?",
+                [*params, floor[0], limit - len(rows), max(0, offset - RANK_WINDOW)]
+            ).fetchall()
+        return rows
 
     def matching_seqs(self, **filters: object) -> set[int] | None:
         """The seqs that pass *filters* (those of :meth:`search`); None when there are none."""
