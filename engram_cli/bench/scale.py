@@ -43,6 +43,8 @@ LINK_BACK = 5_000
 """Every fourth unit responds to the unit this many before it (whose id is known by
 then: at most IN_FLIGHT batches are unanswered)."""
 FIRST_STAGE = 1_000_000
+CRASH_AFTER = 100_000
+"""Units written before each kill -9: about 30 MiB of log, half of `wal.checkpoint_bytes`."""
 TYPES = ("MESSAGE",) * 8 + ("REASONING",) * 4 + ("TOOL_CALL",) * 3 + ("TOOL_RESULT",) * 3 \
     + ("FILE_CHANGE", "ERROR")
 _MASK = (1 << 64) - 1
@@ -239,14 +241,20 @@ def measure(target: BenchTarget, stage: Stage, progress: Callable[[str], None]) 
         row("scale.trace", 500, lambda: client.related_units(next(chain), depth=3),
             "depth 3 both ways along the RESPONDS_TO chain")
     stage.parts = {**disk_parts(target), **memory(target)}
-    for kill in (False, True):
-        name = "scale.restart.crash" if kill else "scale.restart.clean"
-        progress(f"scale: {name}@{stage.label}")
-        assert target.restart is not None
-        seconds = [target.restart(kill) for _ in range(3)]
-        stage.rows.append(summarize(f"{name}@{stage.label}", Measurement(
-            seconds, sum(seconds), note="spawn to ready, 3 times" + (
-                " (SIGKILL)" if kill else ""))))
+    progress(f"scale: scale.restart.clean@{stage.label}")
+    restart = target.restart
+    assert restart is not None
+    seconds = [restart(False) for _ in range(3)]
+    stage.rows.append(summarize(f"scale.restart.clean@{stage.label}", Measurement(
+        seconds, sum(seconds), note="a clean stop, then spawn to ready, 3 times")))
+    progress(f"scale: scale.restart.crash@{stage.label}")
+    seconds = []
+    for _ in range(3):  # each after a load, so there is log to replay
+        fill(target, stage.units + (len(seconds) + 1) * CRASH_AFTER)
+        seconds.append(restart(True))
+    stage.rows.append(summarize(f"scale.restart.crash@{stage.label}", Measurement(
+        seconds, sum(seconds), note=f"SIGKILL after {CRASH_AFTER:,} more units written, "
+                                    "then spawn to ready (the log replayed), 3 times")))
 
 
 def unit_id_of(client: Client, n: int) -> str | None:
