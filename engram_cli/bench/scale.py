@@ -43,6 +43,8 @@ LINK_BACK = 5_000
 """Every fourth unit responds to the unit this many before it (whose id is known by
 then: at most IN_FLIGHT batches are unanswered)."""
 FIRST_STAGE = 1_000_000
+HELD_OUT = 1 << 40
+"""Sentences numbered from here are never written: the semantic queries."""
 CRASH_AFTER = 100_000
 """Units written before each kill -9: about 30 MiB of log, half of `wal.checkpoint_bytes`."""
 TYPES = ("MESSAGE",) * 8 + ("REASONING",) * 4 + ("TOOL_CALL",) * 3 + ("TOOL_RESULT",) * 3 \
@@ -92,51 +94,49 @@ def meta_of(n: int) -> dict[str, str]:
     return meta
 
 
-class Written:
-    """The ids of the newest units answered, by their fill number."""
+class Filler:
+    """Writes fill units, numbered from 0 across calls, and keeps the ids of the newest
+    answered (the targets of the next relationships)."""
 
-    def __init__(self, settled: int) -> None:
-        self.settled = settled
+    def __init__(self, target: BenchTarget) -> None:
+        self.target = target
+        self.written = 0
+        """Fill units written (and answered) so far: the next one's number."""
         self.ids: collections.deque[str] = collections.deque(maxlen=2 * LINK_BACK)
 
     def id_of(self, n: int) -> str | None:
-        first = self.settled - len(self.ids)
-        return self.ids[n - first] if first <= n < self.settled else None
+        first = self.written - len(self.ids)
+        return self.ids[n - first] if first <= n < self.written else None
 
-    def settle(self, sent: tuple[Client, int]) -> None:
-        client, request_id = sent
+    def fill(self, count: int) -> None:
+        """Write the next *count* fill units."""
+        clients = [Client(self.target.socket_path, agent_id=f"scale-agent-{i}",
+                          autostart=False, timeout=600) for i in range(AGENTS)]
+        try:
+            sent, end = self.written, self.written + count
+            pending: collections.deque[tuple[Client, int]] = collections.deque()
+            while sent < end:
+                drafts = []
+                for n in range(sent, min(end, sent + BATCH)):
+                    link = self.id_of(n - LINK_BACK) if n % 4 == 0 else None
+                    drafts.append(requests.draft(
+                        context_of(n), TYPES[n % len(TYPES)], text(n), meta=meta_of(n),
+                        relationships=[("RESPONDS_TO", link)] if link else []))
+                client = clients[(sent // BATCH) % AGENTS]
+                pending.append((client, client.send(requests.create_units(drafts))))
+                sent += len(drafts)
+                if len(pending) >= IN_FLIGHT:
+                    self._settle(*pending.popleft())
+            while pending:
+                self._settle(*pending.popleft())
+        finally:
+            for client in clients:
+                client.close()
+
+    def _settle(self, client: Client, request_id: int) -> None:
         units = result(client.receive(request_id), UnitsCreated).units
         self.ids.extend(unit.id for unit in units)
-        self.settled += len(units)
-
-
-def fill(target: BenchTarget, wanted: int) -> int:
-    """Write units until the journal holds *wanted*; the units written."""
-    clients = [Client(target.socket_path, agent_id=f"scale-agent-{i}", autostart=False,
-                      timeout=600) for i in range(AGENTS)]
-    try:
-        journal = clients[0].status().journal
-        have = start = journal.units if journal else 0
-        written = Written(have)
-        pending: collections.deque[tuple[Client, int]] = collections.deque()
-        while have < wanted:
-            drafts = []
-            for n in range(have, min(wanted, have + BATCH)):
-                link = written.id_of(n - LINK_BACK) if n % 4 == 0 else None
-                drafts.append(requests.draft(
-                    context_of(n), TYPES[n % len(TYPES)], text(n), meta=meta_of(n),
-                    relationships=[("RESPONDS_TO", link)] if link else []))
-            client = clients[(have // BATCH) % AGENTS]
-            pending.append((client, client.send(requests.create_units(drafts))))
-            have += len(drafts)
-            if len(pending) >= IN_FLIGHT:
-                written.settle(pending.popleft())
-        while pending:
-            written.settle(pending.popleft())
-        return have - start
-    finally:
-        for client in clients:
-            client.close()
+        self.written += len(units)
 
 
 def two_words(n: int) -> str:
@@ -176,11 +176,13 @@ def run_scale(units: int, progress: Callable[[str], None]) -> list[Stage]:
     """Grow one journal (semantic search on) through the stages, measuring at each."""
     done = []
     with bench_daemon(semantic="auto") as target:
+        filler = Filler(target)
         for size in stages(units):
             stage = Stage(size, label(size))
             progress(f"scale: fill to {size:,} units")
             started = time.perf_counter()
-            written = fill(target, size)
+            written = size - filler.written
+            filler.fill(written)
             wrote = time.perf_counter() - started
             wait_indexed(target, timeout=6 * 3600, vectors=_semantic(target), interval=1.0)
             indexed = time.perf_counter() - started
@@ -188,7 +190,7 @@ def run_scale(units: int, progress: Callable[[str], None]) -> list[Stage]:
                 [wrote], wrote, ops=written,
                 note=f"{written:,} units written in {wrote:,.0f} s; every index had them "
                      f"after {indexed:,.0f} s")))
-            measure(target, stage, progress)
+            measure(target, filler, stage, progress)
             done.append(stage)
     return done
 
@@ -199,9 +201,10 @@ def _semantic(target: BenchTarget) -> bool:
     return journal is not None and journal.vector_seq is not None
 
 
-def measure(target: BenchTarget, stage: Stage, progress: Callable[[str], None]) -> None:
+def measure(target: BenchTarget, filler: Filler, stage: Stage,
+            progress: Callable[[str], None]) -> None:
     size = stage.units
-    picks = [(_mix(i) % size) for i in range(1, 1000)]
+    picks = [(_mix(i) % filler.written) for i in range(1, 1000)]
 
     def row(name: str, count: int, operation: Callable[[], object], note: str = "") -> None:
         progress(f"scale: {name}@{stage.label}")
@@ -230,10 +233,10 @@ def measure(target: BenchTarget, stage: Stage, progress: Callable[[str], None]) 
                                   types=["MESSAGE"], meta={"status": "failed"}, limit=20),
             "two words, a context, a type and a metadata pair")
         if _semantic(target):
-            held_out = iter(range(size + 10_000, size + 20_000))
+            held_out = iter(range(HELD_OUT, HELD_OUT + 10_000))
             row("scale.search.semantic", 300,
                 lambda: client.search(text(next(held_out)), mode="semantic", limit=10),
-                "held-out sentences, limit 10" + recall_note(client, size))
+                "held-out sentences, limit 10" + recall_note(client))
             row("scale.search.hybrid", 300,
                 lambda: client.search(two_words(next(queries)), mode="hybrid", limit=20))
         linked = [unit_id_of(client, n - n % 4) for n in picks[:100]]
@@ -249,11 +252,12 @@ def measure(target: BenchTarget, stage: Stage, progress: Callable[[str], None]) 
         seconds, sum(seconds), note="a clean stop, then spawn to ready, 3 times")))
     progress(f"scale: scale.restart.crash@{stage.label}")
     seconds = []
+    load = min(CRASH_AFTER, stage.units // 10)
     for _ in range(3):  # each after a load, so there is log to replay
-        fill(target, stage.units + (len(seconds) + 1) * CRASH_AFTER)
+        filler.fill(load)
         seconds.append(restart(True))
     stage.rows.append(summarize(f"scale.restart.crash@{stage.label}", Measurement(
-        seconds, sum(seconds), note=f"SIGKILL after {CRASH_AFTER:,} more units written, "
+        seconds, sum(seconds), note=f"SIGKILL after {load:,} more units written, "
                                     "then spawn to ready (the log replayed), 3 times")))
 
 
@@ -263,10 +267,10 @@ def unit_id_of(client: Client, n: int) -> str | None:
     return found.hits[0].unit_id if found.hits else None
 
 
-def recall_note(client: Client, size: int) -> str:
+def recall_note(client: Client) -> str:
     """Recall@10 of semantic search against brute force, on 100 held-out sentences."""
     found = wanted = 0
-    for n in range(size + 50_000, size + 50_100):
+    for n in range(HELD_OUT + 50_000, HELD_OUT + 50_100):
         approximate = {hit.unit_id for hit in client.search(
             text(n), mode="semantic", limit=10).hits}
         try:  # TEMPORARY until the protocol has exact
