@@ -102,8 +102,12 @@ def plain_query(text: str) -> str | None:
 
 def _filters(*, contexts: list[str], agents: list[str], types: list[str],
              meta: dict[str, str], since_us: int | None, until_us: int | None,
-             unit_ids: set[str] | None) -> tuple[list[str], list[object]] | None:
-    """SQL conditions on ``docs d`` for the filters; None when nothing can match."""
+             unit_ids: set[str] | None, per_match: bool = False,
+             ) -> tuple[list[str], list[object]] | None:
+    """SQL conditions on ``docs d`` for the filters; None when nothing can match.
+
+    *per_match*: checked for each match of a query by words (a metadata pair looked up
+    for that unit), rather than listing every unit with the pair first."""
     where: list[str] = []
     args: list[object] = []
     for column, values in (("d.context_id", contexts), ("d.agent_id", agents),
@@ -112,7 +116,9 @@ def _filters(*, contexts: list[str], agents: list[str], types: list[str],
             where.append(f"{column} IN ({','.join('?' * len(values))})")
             args += values
     for key, value in meta.items():
-        where.append("d.seq IN (SELECT seq FROM meta_kv WHERE key = ? AND value = ?)")
+        where.append("EXISTS (SELECT 1 FROM meta_kv WHERE key = ? AND value = ? AND seq = d.seq)"
+                     if per_match else
+                     "d.seq IN (SELECT seq FROM meta_kv WHERE key = ? AND value = ?)")
         args += [key, value]
     if since_us is not None:
         where.append("d.ts >= ?")
@@ -201,7 +207,8 @@ class SearchIndex:
             QueryError: FTS5 could not parse *query* (advanced mode).
         """
         found = _filters(contexts=contexts, agents=agents, types=types, meta=meta,
-                         since_us=since_us, until_us=until_us, unit_ids=unit_ids)
+                         since_us=since_us, until_us=until_us, unit_ids=unit_ids,
+                         per_match=query is not None)
         if found is None:
             return 0, []
         where, args = found
@@ -216,11 +223,11 @@ class SearchIndex:
             else:
                 clause = " AND ".join(["fts MATCH ?", *where])
                 params = [query, *args]
-                # Rank every match but build snippets for the page only: a snippet costs
-                # far more than a score, and a query may match thousands of units.
-                # Without filters the ranking needs the FTS table alone; the page's unit
-                # ids are looked up afterwards.
-                source = "fts JOIN docs d ON d.seq = fts.rowid" if where else "fts"
+                # The matches drive (CROSS JOIN keeps SQLite from walking a filter's
+                # units and starting the match over for each, 0.2 ms a unit); the filters
+                # are checked per match. Without filters the FTS table alone; the page's
+                # unit ids are looked up afterwards.
+                source = "fts CROSS JOIN docs d ON d.seq = fts.rowid" if where else "fts"
                 ranked = self._ranked(source, clause, params, limit, offset)
                 total = self.db.execute(f"SELECT count(*) FROM {source} WHERE {clause}",
                                         params).fetchone()[0]
