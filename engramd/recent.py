@@ -20,8 +20,10 @@ from engramd.storage import Store, seq_from
 from engramd.wal.record import Entry
 
 PER_CONTEXT = 128
-"""Units kept per context: a list of up to ``PER_CONTEXT - 1`` is answered from memory."""
+"""Units kept per context by default (``cache.recent_units``): a list of up to
+``PER_CONTEXT - 1`` is answered from memory."""
 CONTEXTS = 256
+"""Contexts kept by default (``cache.recent_contexts``)."""
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -44,6 +46,14 @@ class RecentUnits:
                     # thread writes the store) may hold its units already.
                     if units is not None and (not units or units[-1][0] < event.seq):
                         units.append((event.seq, _encoder.encode(event.unit)))
+
+    def held(self) -> tuple[int, int, int]:
+        """Contexts, units and stored bytes kept now (``engram stats``)."""
+        units = size = 0
+        for kept in self._kept.values():
+            units += len(kept)
+            size += sum(len(raw) for _, raw in kept)
+        return len(self._kept), units, size
 
     def holds(self, context_id: str) -> bool:
         return context_id in self._kept
