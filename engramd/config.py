@@ -189,6 +189,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache.recent_contexts", int, 256,
             "Contexts whose newest units are kept in memory (the least recently read goes "
             "first).", minimum=1),
+    Setting("cache.recent_bytes", int, 64 * 1024 * 1024,
+            "Most stored bytes of the recent units kept in memory, all contexts together "
+            "(the least recently read context goes first).", minimum=0),
     Setting("cache.contexts", int, 4096,
             "Context records kept decoded for the write path (the least recently used goes "
             "first).", minimum=1),
@@ -274,6 +277,7 @@ class DaemonConfig:
     write_buffers: int = 2
     recent_units: int = 128
     recent_contexts: int = 256
+    recent_bytes: int = 64 * 1024 * 1024
     contexts: int = 4096
     sample_seconds: float = 60.0
     growth_window: float = 3600.0

@@ -193,7 +193,8 @@ class Engine:
             leases.restore()
         writer = Writer(store, committer, in_flight, contexts, self.limits, leases.check_fence,
                         prepare_fences)
-        recent = RecentUnits(store, config.recent_units, config.recent_contexts)
+        recent = RecentUnits(store, config.recent_units, config.recent_contexts,
+                             config.recent_bytes)
         queries = Queries(store, hub, indexer, config.heartbeat_seconds, recent)
         mailbox = Mailbox(store, writer)
         marks = None

@@ -162,3 +162,22 @@ def test_memory_bounds_are_the_configured_ones(env: dict[str, str]) -> None:
     assert "write_buffer_size=4194304" in written
     assert "max_write_buffer_number=3" in written
     assert "cache_index_and_filter_blocks=true" in written
+
+
+def test_the_recent_units_stay_within_their_byte_budget(env: dict[str, str]) -> None:
+    config = make_config(env, **{"cache.recent_bytes": "12000"})
+    with start_threaded(config), Client(config.socket, autostart=False) as client:
+        for context in ("a", "b", "c"):  # some 5 KB of stored units each
+            client.create_units([UnitDraft(context_id=context, type="REASONING",
+                                           payload=b"%d" % n * 500) for n in range(8)])
+        for context in ("a", "b", "c"):
+            assert [unit.payload for unit in client.list_units(context, limit=5).units] == \
+                [b"%d" % n * 500 for n in range(3, 8)]
+        gauges = client.stats().gauges
+        assert gauges["recent_cache_contexts"] == 2, "a, read least lately, went"
+        assert 8_000 < gauges["recent_cache_bytes"] <= 12_000
+        client.create_unit("c", "REASONING", "one more")  # followed: c is kept
+        assert client.list_units("c", limit=2).units[-1].payload == b"one more"
+        gauges = client.stats().gauges
+        assert gauges["recent_cache_contexts"] == 2
+        assert gauges["recent_cache_bytes"] <= 12_000
