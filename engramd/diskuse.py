@@ -17,6 +17,7 @@ last sample alone would measure whichever step fell between them.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import trio
 from trio import TaskStatus
 
 from engramd.runtime import free_bytes
+
+log = logging.getLogger("engramd.diskuse")
 
 PARTS = ("wal", "store", "search", "vectors", "archive")
 """The parts of a journal on disk (the archive only when one is configured)."""
@@ -63,19 +66,20 @@ def _allocated(path: str) -> int:
 
 def _tree(path: str) -> int:
     """Bytes allocated to the files under *path* (symbolic links not followed)."""
-    total = 0
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
-        return 0
-    for entry in entries:
+    total, directories = 0, [path]
+    while directories:
         try:
-            if entry.is_dir(follow_symlinks=False):
-                total += _tree(entry.path)
-            else:
-                total += entry.stat(follow_symlinks=False).st_blocks * 512
-        except OSError:
+            entries = list(os.scandir(directories.pop()))
+        except OSError:  # (gone meanwhile, or not ours to read)
             continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    directories.append(entry.path)
+                else:
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+            except OSError:
+                continue
     return total
 
 
@@ -132,6 +136,7 @@ class DiskWatch:
             fn, limiter=self._limiter))
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
         self._latest: tuple[float, DiskUse] | None = None
+        self._said = ""
 
     async def _take(self) -> DiskUse:
         use: DiskUse = await self._run_sync(self._measure)
@@ -141,18 +146,31 @@ class DiskWatch:
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            use = await self._take()
-            now = trio.current_time()
-            self._samples.append((now, use.growing))
-            while self._samples[0][0] < now - self.window:
-                self._samples.popleft()
+            try:
+                use = await self._take()
+            except Exception as exc:  # a measure is no reason to stop the daemon
+                self._failed(exc)
+            else:
+                now = trio.current_time()
+                self._samples.append((now, use.growing))
+                while self._samples[0][0] < now - self.window:
+                    self._samples.popleft()
             await trio.sleep(self.interval)
 
-    async def now(self) -> DiskUse:
-        """The parts as of at most :data:`FRESH_SECONDS` ago."""
+    async def now(self) -> DiskUse | None:
+        """The parts as of at most :data:`FRESH_SECONDS` ago (or the last measure, when
+        one fails; None when none has been made)."""
         if self._latest is None or trio.current_time() - self._latest[0] > FRESH_SECONDS:
-            return await self._take()
-        return self._latest[1]
+            try:
+                return await self._take()
+            except Exception as exc:
+                self._failed(exc)
+        return None if self._latest is None else self._latest[1]
+
+    def _failed(self, exc: Exception) -> None:
+        if str(exc) != self._said:  # once, not at every measure
+            self._said = str(exc)
+            log.warning("the journal's size could not be measured: %s", exc)
 
     def growth(self) -> Growth | None:
         """The growth rate over the window; None until there are enough samples."""

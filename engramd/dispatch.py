@@ -459,9 +459,11 @@ class Dispatcher:
         """The journal's parts on disk, its growth, and the store's and caches' memory."""
         engine = self.engine
         disk = await engine.disk.now()
-        gauges: dict[str, float] = {f'disk_bytes{{part="{part}"}}': size
-                                    for part, size in disk.parts.items()}
-        gauges["disk_free_bytes"] = disk.free
+        gauges: dict[str, float] = {}
+        if disk is not None:
+            gauges.update({f'disk_bytes{{part="{part}"}}': size
+                           for part, size in disk.parts.items()})
+            gauges["disk_free_bytes"] = disk.free
         growth = engine.disk.growth()
         if growth is not None:
             gauges.update(disk_growth_bytes_per_second=round(growth.bytes_per_second, 3),

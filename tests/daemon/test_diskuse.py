@@ -100,5 +100,32 @@ async def test_stats_measure_again_only_after_a_second(
     grow(tmp_path / "search.db", MIB)
     assert await watch.now() == first and len(measured) == 1
     await trio.sleep(1.5)
-    assert (await watch.now()).parts["search"] >= MIB and len(measured) == 2
+    again = await watch.now()
+    assert again is not None and again.parts["search"] >= MIB and len(measured) == 2
 
+
+
+async def test_a_measure_that_fails_stops_nothing(tmp_path: Path,
+                                                  autojump_clock: trio.abc.Clock,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    failing = [False]
+
+    def sometimes() -> Any:
+        if failing[0]:
+            raise RuntimeError("injected")
+        return measure(str(tmp_path))
+
+    watch = DiskWatch(sometimes, interval=60, window=6000, run_sync=inline)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watch.run)
+        await trio.sleep(30)
+        last = await watch.now()
+        failing[0] = True
+        await trio.sleep(180)  # three measures fail
+        assert await watch.now() == last, "the last good measure answers"
+        failing[0] = False
+        await trio.sleep(60 * MIN_SAMPLES)
+        assert watch.growth() is not None, "measuring went on"
+        nursery.cancel_scope.cancel()
+    assert [r.message for r in caplog.records].count(
+        "the journal's size could not be measured: injected") == 1, "said once"
