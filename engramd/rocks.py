@@ -114,6 +114,10 @@ class StoreMemory:
     """Memtables at once: writes take at most ``write_buffer_bytes`` times this."""
 
 
+INFO_LOG_BYTES = 4 * 1024 * 1024
+INFO_LOGS = 5
+
+
 def _options(memory: StoreMemory) -> Options:
     options = Options(raw_mode=True)
     table = BlockBasedOptions()
@@ -129,6 +133,10 @@ def _options(memory: StoreMemory) -> Options:
     options.set_block_based_table_factory(table)
     options.set_write_buffer_size(memory.write_buffer_bytes)
     options.set_max_write_buffer_number(memory.write_buffers)
+    # RocksDB's own info log (LOG) gains its statistics every ten minutes and a new file
+    # at each open, 1000 of them kept by default: bounded here to 5 x 4 MiB.
+    options.set_max_log_file_size(INFO_LOG_BYTES)
+    options.set_keep_log_file_num(INFO_LOGS)
     return options
 
 

@@ -181,3 +181,12 @@ def test_the_recent_units_stay_within_their_byte_budget(env: dict[str, str]) -> 
         gauges = client.stats().gauges
         assert gauges["recent_cache_contexts"] == 2
         assert gauges["recent_cache_bytes"] <= 12_000
+
+
+def test_rocksdbs_own_info_logs_do_not_pile_up_across_starts(env: dict[str, str]) -> None:
+    config = make_config(env)
+    for _ in range(8):
+        start_threaded(config).stop()
+    store = Path(config.data_dir, "store")
+    assert len(list(store.glob("LOG.old.*"))) <= 4, "the LOG and four before it"
+    assert "max_log_file_size=4194304" in sorted(store.glob("OPTIONS-*"))[-1].read_text()
