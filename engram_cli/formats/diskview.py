@@ -36,12 +36,23 @@ def growth_text(gauges: Mapping[str, float]) -> str:
     rate = gauges.get("disk_growth_bytes_per_second")
     if rate is None:
         return "growth not measured yet (engramd samples its parts for a few minutes first)"
-    window = gauges.get("disk_growth_window_seconds", 0) / 60
-    over = f"over the last {window:.0f} min"
+    over = f"over the last {span(gauges.get('disk_growth_window_seconds', 0))}"
     days = days_to_full(gauges)
     if days is None:
         return f"not growing {over} ({size(rate * 3600)}/h)"
-    return f"grows {size(rate * 3600)}/h {over}: the free space lasts {days:,.1f} days"
+    return f"grows {size(rate * 3600)}/h {over}: the free space lasts {span(days * DAY)}"
+
+
+def span(seconds: float) -> str:
+    """A length of time in the unit that reads best: ``40 s``, ``25 min``, ``3.5 hours``,
+    ``12.0 days``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * DAY:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / DAY:,.1f} days"
 
 
 def _holds(part: str, gauges: Mapping[str, float]) -> str:
