@@ -90,14 +90,15 @@ def _device(path: str) -> int | None:
         return None
 
 
-def measure(data_dir: str, archive_dir: str = "") -> DiskUse:
-    """The journal's parts in *data_dir* (and the archive in *archive_dir*, if any)."""
-    parts = {
-        "wal": _tree(os.path.join(data_dir, "wal")),
+def measure(data_dir: str, archive_dir: str = "", *, local_log: bool = True) -> DiskUse:
+    """The journal's parts in *data_dir* (and the archive in *archive_dir*, if any;
+    without *local_log*, in cluster mode, no log: the journal is the cluster's stream)."""
+    parts = {"wal": _tree(os.path.join(data_dir, "wal"))} if local_log else {}
+    parts.update({
         "store": _tree(os.path.join(data_dir, "store")),
         "search": sum(_allocated(os.path.join(data_dir, name)) for name in SEARCH_FILES),
         "vectors": _tree(os.path.join(data_dir, "vectors")),
-    }
+    })
     growing = sum(parts.values())
     if archive_dir:
         archive = os.path.join(data_dir, archive_dir)  # (an absolute one stays as it is)

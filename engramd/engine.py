@@ -124,7 +124,8 @@ class Engine:
         self._walks = trio.CapacityLimiter(1)
         # (retention.archive_dir, when that key exists: the archive is a part on disk too.)
         self.disk = DiskWatch(
-            functools.partial(measure, config.data_dir, getattr(config, "archive_dir", "")),
+            functools.partial(measure, config.data_dir, getattr(config, "archive_dir", ""),
+                              local_log=not self.clustered),
             interval=config.sample_seconds, window=config.growth_window)
 
     @property
@@ -231,6 +232,7 @@ class Engine:
             nursery.start_soon(parts.indexer.run)
             self.state = "ready"
             log.info("ready")
+            nursery.start_soon(self.disk.run)  # (from the journal as opened)
             nursery.start_soon(self._deliver_spool, parts.writer)
             if self.config.verify_on_start:
                 nursery.start_soon(self._read_store, parts.store)
@@ -460,7 +462,6 @@ async def open_engine(config: DaemonConfig) -> AsyncIterator[Engine]:
     engine = Engine(config)
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(engine.disk.run)
             await nursery.start(engine._run)
             yield engine
             nursery.cancel_scope.cancel()
