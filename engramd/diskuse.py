@@ -37,6 +37,9 @@ FRESH_SECONDS = 1.0
 """A measure this recent answers ``stats`` as it is."""
 MIN_SAMPLES = 5
 """Samples a growth rate needs: fewer say little about a trend."""
+MAX_SAMPLES = 1000
+"""Samples kept at most (the window is shorter when it holds more intervals than this),
+so that a rate, taken at each ``stats``, costs a millisecond at most."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,8 @@ class DiskWatch:
         self._limiter = trio.CapacityLimiter(1)
         self._run_sync = run_sync or (lambda fn: trio.to_thread.run_sync(
             fn, limiter=self._limiter))
-        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._samples: collections.deque[tuple[float, int]] = collections.deque(
+            maxlen=MAX_SAMPLES)
         self._latest: tuple[float, DiskUse] | None = None
         self._said = ""
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from engramd.diskuse import MIN_SAMPLES, DiskWatch, measure
+from engramd.diskuse import MAX_SAMPLES, MIN_SAMPLES, DiskWatch, measure
 
 MIB = 2**20
 
@@ -129,3 +129,15 @@ async def test_a_measure_that_fails_stops_nothing(tmp_path: Path,
         nursery.cancel_scope.cancel()
     assert [r.message for r in caplog.records].count(
         "the journal's size could not be measured: injected") == 1, "said once"
+
+
+async def test_the_samples_kept_are_bounded_whatever_the_window(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    watch = DiskWatch(functools.partial(measure, str(tmp_path)), interval=1, window=10**9,
+                      run_sync=inline)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watch.run)
+        await trio.sleep(MAX_SAMPLES * 3)
+        growth = watch.growth()
+        assert growth is not None and growth.seconds == MAX_SAMPLES - 1
+        nursery.cancel_scope.cancel()
