@@ -94,9 +94,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Under load, milliseconds a batch may wait for as many requests as the last "
             "one held; a lone write never waits.",
             minimum=0),
-    Setting("wal.segment_bytes", int, 64 * 1024 * 1024,
+    Setting("wal.segment_bytes", int, 16 * 1024 * 1024,
             "WAL segment size at which a new segment file starts.", minimum=4096),
-    Setting("wal.checkpoint_bytes", int, 64 * 1024 * 1024,
+    Setting("wal.checkpoint_bytes", int, 8 * 1024 * 1024,
             "WAL bytes written between store flushes; older segments are then removed.",
             minimum=4096),
     Setting("limits.max_payload_bytes", int, bounds.DEFAULT_MAX_PAYLOAD_BYTES,
@@ -242,8 +242,8 @@ class DaemonConfig:
     durability: str = "fsync"
     batch_size: int = 64
     window_ms: float = 2.0
-    segment_bytes: int = 64 * 1024 * 1024
-    checkpoint_bytes: int = 64 * 1024 * 1024
+    segment_bytes: int = 16 * 1024 * 1024
+    checkpoint_bytes: int = 8 * 1024 * 1024
     max_payload_bytes: int = bounds.DEFAULT_MAX_PAYLOAD_BYTES
     max_batch_units: int = bounds.DEFAULT_MAX_BATCH_UNITS
     max_meta_entries: int = bounds.DEFAULT_MAX_META_ENTRIES

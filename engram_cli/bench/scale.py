@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -30,7 +31,7 @@ from engram_cli.bench.harness import (
 )
 from engram_cli.bench.journal import VOCABULARY, resident_mib
 from engram_cli.client import Client, requests
-from engramd.protocol import UnitsCreated, result
+from engramd.protocol import UnitsCreated, log_file_in, result
 
 BIG_CONTEXTS = ("scale-big-0", "scale-big-1", "scale-big-2")
 """10%, 5% and 5% of the units."""
@@ -46,7 +47,7 @@ FIRST_STAGE = 1_000_000
 HELD_OUT = 1 << 40
 """Sentences numbered from here are never written: the semantic queries."""
 CRASH_AFTER = 100_000
-"""Units written before each kill -9: about 30 MiB of log, half of `wal.checkpoint_bytes`."""
+"""Units written before each kill -9: about 37 MiB of log, past several checkpoints."""
 TYPES = ("MESSAGE",) * 8 + ("REASONING",) * 4 + ("TOOL_CALL",) * 3 + ("TOOL_RESULT",) * 3 \
     + ("FILE_CHANGE", "ERROR")
 _MASK = (1 << 64) - 1
@@ -251,14 +252,27 @@ def measure(target: BenchTarget, filler: Filler, stage: Stage,
     stage.rows.append(summarize(f"scale.restart.clean@{stage.label}", Measurement(
         seconds, sum(seconds), note="a clean stop, then spawn to ready, 3 times")))
     progress(f"scale: scale.restart.crash@{stage.label}")
-    seconds = []
+    seconds, replayed = [], []
     load = min(CRASH_AFTER, stage.units // 10)
     for _ in range(3):  # each after a load, so there is log to replay
         filler.fill(load)
         seconds.append(restart(True))
+        replayed.append(replay_of(target))
     stage.rows.append(summarize(f"scale.restart.crash@{stage.label}", Measurement(
-        seconds, sum(seconds), note=f"SIGKILL after {load:,} more units written, "
-                                    "then spawn to ready (the log replayed), 3 times")))
+        seconds, sum(seconds), note=f"SIGKILL after {load:,} more units written, then "
+                                    f"spawn to ready, 3 times; replayed: {', '.join(replayed)}")))
+
+
+def replay_of(target: BenchTarget) -> str:
+    """What the daemon's last start replayed, from its log's "journal open" line."""
+    assert target.data_dir is not None
+    try:
+        with open(log_file_in(target.data_dir), encoding="utf-8", errors="replace") as log:
+            lines = [line for line in log if "journal open:" in line]
+    except OSError:
+        return "?"
+    match = re.search(r"(\d+) entries replayed.*?([\d.]+)s", lines[-1]) if lines else None
+    return f"{match[1]} log entries in {float(match[2]):.2f} s" if match else "?"
 
 
 def unit_id_of(client: Client, n: int) -> str | None:

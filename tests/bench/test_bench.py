@@ -198,6 +198,7 @@ def test_the_scale_rows_run_at_two_sizes_and_judge_the_second(env: dict[str, str
             "search.filtered", "trace", "restart.clean", "restart.crash")} <= set(rows_)
     assert rows_["scale.search.words@3k"]["target"].startswith("p99 <= 2 x @300 p99")
     assert rows_["scale.restart.crash@3k"]["met"] in (True, False)
+    assert "log entries in" in rows_["scale.restart.crash@3k"]["note"]
     assert rows_["scale.fill@3k"]["ops"] > 2_000
     assert [part["units"] for part in parts] == [300, 3_000]
     assert all(part["store"] > 0 and part["wal"] > 0 and part["rss_engramd_mib"] > 0
