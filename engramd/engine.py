@@ -55,6 +55,7 @@ from engramd.protocol import (
 )
 from engramd.queries import Queries
 from engramd.recent import RecentUnits
+from engramd.retention import Retention
 from engramd.rocks import StoreDamaged
 from engramd.storage import Store
 from engramd.taskboard import TaskBoard
@@ -89,6 +90,7 @@ class Parts:
     mailbox: Mailbox
     board: TaskBoard
     briefing: Briefing
+    retention: Retention
     cluster: ClusterJournal | None = None
     marks: SharedMarks | None = None
     """Cluster mode: the agents' marks and cursors shared through the cluster."""
@@ -199,8 +201,13 @@ class Engine:
         board = TaskBoard(store, writer, leases)
         followers += [recent.applied, mailbox.applied, board.applied]
         briefing = Briefing(store, mailbox, board, leases, self.presence)
+        refused = ("the journal is the cluster's stream (cluster mode): keep its size with "
+                   "the stream's own limits" if cluster is not None
+                   else opened.read_only)
+        retention = Retention(store, committer, writer.context, config.policies,
+                              config.archive_path, config.interval, refused=refused)
         return Parts(store, wal, indexer, hub, committer, leases, writer, queries, mailbox,
-                     board, briefing, cluster, marks)
+                     board, briefing, retention, cluster, marks)
 
     async def _run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -222,6 +229,7 @@ class Engine:
             if self.read_only is None:
                 nursery.start_soon(self._checkpoints, parts)
             nursery.start_soon(parts.indexer.run)
+            nursery.start_soon(parts.retention.run)
             self.state = "ready"
             log.info("ready")
             nursery.start_soon(self._deliver_spool, parts.writer)

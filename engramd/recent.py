@@ -15,7 +15,7 @@ import itertools
 
 import msgspec
 
-from engramd.protocol.model import UnitCreated
+from engramd.protocol.model import UnitCreated, UnitsRemoved
 from engramd.storage import Store, seq_from
 from engramd.wal.record import Entry
 
@@ -44,6 +44,9 @@ class RecentUnits:
                     # thread writes the store) may hold its units already.
                     if units is not None and (not units or units[-1][0] < event.seq):
                         units.append((event.seq, _encoder.encode(event.unit)))
+                elif isinstance(event, UnitsRemoved):
+                    # Loaded again from the store at its next read (removals are rare).
+                    kept.pop(event.context_id, None)
 
     def holds(self, context_id: str) -> bool:
         return context_id in self._kept

@@ -176,6 +176,21 @@ class SearchIndex:
         self._trim_log()
         return len(documents)
 
+    def remove(self, seqs: list[int]) -> None:
+        """Take the units *seqs* out (retention removed them), in one transaction; seqs
+        not indexed are passed over. The seq taken in is :meth:`add`'s to record, after:
+        a crash in between takes the removal again, which changes nothing."""
+        rows = [(seq,) for seq in seqs]
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("DELETE FROM docs WHERE seq = ?", rows)
+            self.db.executemany("DELETE FROM fts WHERE rowid = ?", rows)
+            # (meta_kv has no index by seq alone: one scan per chunk, not per unit)
+            for start in range(0, len(seqs), 500):
+                chunk = seqs[start:start + 500]
+                self.db.execute(f"DELETE FROM meta_kv WHERE seq IN ({','.join('?' * len(chunk))})",
+                                chunk)
+
     def _trim_log(self) -> None:
         """Checkpoint SQLite's log and cut it back once it outgrows :data:`WAL_LIMIT`
         (its automatic checkpoints reuse the file but never shrink it)."""

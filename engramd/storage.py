@@ -36,6 +36,9 @@ keys sort by sequence; ``\\0`` separates text parts, which never contain NUL)::
     g/<lock id>               -> pgid, boot id       cluster mode: the process groups this
                                                      engramd checked for its own requests
                                                      (written with RocksDB's WAL)
+    z/<unit id>               -> archive file        a unit retention removed, and where it
+                                                     was archived (``e/<seq>`` of its
+                                                     creation is then b"R")
 
 A mailbox entry's flag is ``A`` when the message asks for an acknowledgement, else
 ``-``; the sender follows, so a broadcast is not delivered to its own sender. The
@@ -63,7 +66,9 @@ from engramd.protocol.model import (
     ContextUpdated,
     LockAcquired,
     LockRenewed,
+    Unit,
     UnitCreated,
+    UnitsRemoved,
 )
 from engramd.rocks import (
     CheckedIter,
@@ -104,6 +109,10 @@ class _Kind(msgspec.Struct):
 
 
 _stamp = msgspec.msgpack.Decoder(_Stamped)
+_unit = msgspec.msgpack.Decoder(Unit)
+REMOVED = b"R"
+"""The event log's value at the seq of a unit retention removed (SPECS §3.4, *Retention*):
+the seq stays taken, its unit is gone."""
 _kind = msgspec.msgpack.Decoder(_Kind)
 LEASE_CHANGES = frozenset(("lock.acquired", "lock.released", "lock.expired"))
 """The kinds of the lease events a lease's history is made of (renewals are not)."""
@@ -236,6 +245,9 @@ class Store(AgentRecords):
                     elif unit.type == "TASK_STATUS" and agentwork.STATE in unit.meta:
                         self._track_task(tasks, unit)
                     units += 1
+                elif isinstance(event, UnitsRemoved):
+                    units -= self._remove_units(batch, event)
+                    batch.put(b"e/" + seq, _encoder.encode(event))
                 elif isinstance(event, ContextCreated | ContextUpdated):
                     batch.put(b"x/" + _text(event.context.id), _encoder.encode(event.context))
                     batch.put(b"e/" + seq, _encoder.encode(event))
@@ -271,6 +283,50 @@ class Store(AgentRecords):
         self.applied_seq = last
         self.unit_count = units
         self.context_count = contexts
+
+    def _remove_units(self, batch: WriteBatch, event: UnitsRemoved) -> int:
+        """Every key of the units *event* removes, into *batch*; how many were here (a
+        replay of a removal the store already holds finds none). Relationships are
+        removed on the removed unit's side only (``r/o/<id>``, ``r/i/<id>``): a kept
+        unit's edge to it stays, so a trace from the kept unit still shows it was there."""
+        removed = 0
+        archive = _text(event.archive)
+        for unit_id in event.unit_ids:
+            location = self.unit_location(unit_id)
+            if location is None:
+                continue
+            unit = _unit.decode(self._unit_at_location(location, f"unit {unit_id}"))
+            seq = seq_bytes(unit.seq)
+            batch.delete(b"u/" + _text(unit_id))
+            batch.delete(b"c/" + location)
+            batch.put(b"e/" + seq, REMOVED)
+            batch.put(b"z/" + _text(unit_id), archive)
+            batch.delete(b"a/" + _text(unit.agent_id) + b"\0" + seq)
+            batch.delete(b"t/" + _text(unit.type) + b"\0" + seq)
+            for key, value in unit.meta.items():
+                batch.delete(b"k/" + _text(key) + b"\0" + _text(value) + b"\0" + seq)
+            for direction in (b"r/o/", b"r/i/"):
+                for edge in self._keys(direction + _text(unit_id) + b"\0"):
+                    batch.delete(edge)
+            if unit.type == "MESSAGE":
+                for recipient in agentwork.recipients(unit.meta):
+                    batch.delete(b"b/" + _text(recipient) + b"\0" + seq)
+                for ack in self._keys(b"v/" + _text(unit_id) + b"\0"):
+                    batch.delete(ack)
+            removed += 1
+        return removed
+
+    def _keys(self, prefix: bytes) -> Iterator[bytes]:
+        iterator = self._iter()
+        iterator.seek(prefix)
+        while iterator.valid() and iterator.key().startswith(prefix):
+            yield iterator.key()
+            iterator.next()
+
+    def archived(self, unit_id: str) -> str | None:
+        """The archive file of a unit retention removed; None for one it did not."""
+        raw = self._get(b"z/" + _text(unit_id))
+        return None if raw is None else bytes(raw).decode(errors="replace")
 
     def fence_marks(self) -> Iterator[bytes]:
         """Cluster mode: every fence mark applied (as :meth:`apply` was given it)."""
@@ -404,6 +460,9 @@ class Store(AgentRecords):
             if not key.startswith(b"e/"):
                 break
             value: bytes = iterator.value()
+            if value == REMOVED:  # (its unit is archived: nothing to deliver or index)
+                iterator.next()
+                continue
             if value[:1] == b"U":
                 value = b"U" + self._unit_at_location(value[1:], f"seq {seq_from(key)}")
             found.append((seq_from(key), value))
@@ -419,6 +478,9 @@ class Store(AgentRecords):
             middle = (low + high) // 2
             iterator = self._iter()
             iterator.seek(b"e/" + seq_bytes(middle))
+            while (iterator.valid() and iterator.key().startswith(b"e/")
+                   and iterator.value() == REMOVED):
+                iterator.next()  # a removed unit's seq has no time: the next event's
             key: bytes | None = iterator.key() if iterator.valid() else None
             if key is None or not key.startswith(b"e/"):
                 high = middle  # (no event from *middle* on)
@@ -453,7 +515,7 @@ class Store(AgentRecords):
                 return found, last
             last = seq_from(key)
             value: bytes = iterator.value()
-            if value[:1] != b"U" and _kind.decode(value).kind in LEASE_CHANGES:
+            if value[:1] not in (b"U", REMOVED) and _kind.decode(value).kind in LEASE_CHANGES:
                 found.append((last, value))
             iterator.next()
         ended = not iterator.valid() or not iterator.key().startswith(b"e/")

@@ -5,7 +5,7 @@
 import datetime as dt
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any, BinaryIO, cast
 
 import typer
 
@@ -242,7 +242,16 @@ def _read_lines(source: BinaryIO, context_id: str | None, keep_ids: bool
                 ) -> Iterator[tuple[int, UnitDraft, str | None, UnitOrigin | None]]:
     import json as jsonlib  # only an import reads JSON; `unit create` starts without it
 
-    for number, line in enumerate(source, start=1):
+    lines = iter(source)
+    number = 0
+    while True:
+        number += 1
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except (OSError, EOFError) as exc:  # a damaged or cut gzip archive
+            raise EngramError(f"line {number}: cannot read the input: {exc}") from None
         if not line.strip():
             continue
         try:
@@ -262,6 +271,16 @@ def _remap(draft: UnitDraft, new_ids: dict[str, str]) -> UnitDraft:
                                            rel.meta) for rel in draft.relationships]
     return requests.draft(draft.context_id, draft.type, draft.payload, meta=draft.meta,
                           relationships=relationships, idempotency_key=draft.idempotency_key)
+
+
+def _unpacked(source: BinaryIO) -> BinaryIO:
+    """*source*, read through gzip when it is gzip's (a retention archive, SPECS §3.4)."""
+    peek = getattr(source, "peek", None)
+    if peek is None or peek(2)[:2] != b"\x1f\x8b":
+        return source
+    import gzip
+
+    return cast(BinaryIO, gzip.GzipFile(fileobj=source, mode="rb"))
 
 
 @app.command("import")
@@ -297,6 +316,7 @@ def import_(
         source: BinaryIO = open(file, "rb") if file else sys.stdin.buffer  # noqa: SIM115
     except OSError as exc:
         raise EngramError(f"cannot read {file}: {exc.strerror}") from None
+    source = _unpacked(source)
     client = cli.client()
     # The id each line's unit has here, where it is not the line's own (a new id).
     renamed: dict[str, str] = {}
