@@ -30,6 +30,7 @@ from trio import TaskStatus
 from engramd import __version__, integrity, validate
 from engramd.briefing import Briefing
 from engramd.caller import Caller
+from engramd.clock import anchored_clock
 from engramd.commit import GroupCommitter, ReadOnlyCommitter
 from engramd.config import DaemonConfig
 from engramd.errors import StartupError
@@ -204,8 +205,9 @@ class Engine:
         refused = ("the journal is the cluster's stream (cluster mode): keep its size with "
                    "the stream's own limits" if cluster is not None
                    else opened.read_only)
+        committer.clock = now = anchored_clock()
         retention = Retention(store, committer, writer.context, config.policies,
-                              config.archive_path, config.interval, refused=refused)
+                              config.archive_path, config.interval, refused=refused, now=now)
         return Parts(store, wal, indexer, hub, committer, leases, writer, queries, mailbox,
                      board, briefing, retention, cluster, marks)
 

@@ -11,9 +11,7 @@ its directory, and only then removed by :class:`~engramd.protocol.model.UnitsRem
 entries: durable, replayed after a crash, pushed to subscribers and taken by the search
 indexes as any entry is. A dry run picks and counts, writing nothing.
 
-"Now" is the wall clock, or the wall clock at the start plus trio's time since, when
-that is later: the machine's clock in service, and a test's virtual clock (which runs
-ahead of the wall) in tests, without a clock of its own to thread through.
+"Now" is the daemon's clock (:mod:`engramd.clock`), the one units are stamped with.
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ from dataclasses import dataclass, field
 import msgspec
 import trio
 
+from engramd.clock import anchored_clock
 from engramd.commit import GroupCommitter
 from engramd.protocol import (
     BadRequest,
@@ -65,17 +64,6 @@ class _Head(msgspec.Struct):
 
 
 _head = msgspec.msgpack.Decoder(_Head)
-
-
-def anchored_clock() -> Callable[[], dt.datetime]:
-    """The clock retention reads "now" from (see the module's docstring)."""
-    wall, start = dt.datetime.now(dt.UTC), trio.current_time()
-
-    def now() -> dt.datetime:
-        return max(dt.datetime.now(dt.UTC),
-                   wall + dt.timedelta(seconds=trio.current_time() - start))
-
-    return now
 
 
 @dataclass
@@ -204,7 +192,8 @@ class Retention:
 
     def __init__(self, store: Store, committer: GroupCommitter,
                  context_of: Callable[[str], Context | None], policies: tuple[Policy, ...],
-                 archive_dir: str, interval: float, *, refused: str | None = None) -> None:
+                 archive_dir: str, interval: float, *, refused: str | None = None,
+                 now: Callable[[], dt.datetime] | None = None) -> None:
         self.store = store
         self.committer = committer
         self.context_of = context_of
@@ -214,7 +203,7 @@ class Retention:
         self.interval = interval
         self.refused = refused
         """Why retention cannot run here (cluster mode, a read-only start), or None."""
-        self.now = anchored_clock()
+        self.now = now or anchored_clock()
         self.runs = 0
         """Runs finished since the start (tests wait for one)."""
         self._one_at_a_time = trio.Lock()

@@ -220,6 +220,10 @@ class Store(AgentRecords):
                 batch.put(b"f/" + mark_key, seq_bytes(token) + mark)
         units = self.unit_count
         contexts = self.context_count
+        # Units this batch writes, and the keys of theirs a removal finds by prefix: a
+        # replay applies a unit and its removal in one batch, unread by the store yet.
+        created: dict[str, Unit] = {}
+        owned: dict[str, list[bytes]] = {}
         leases: dict[bytes, str | None] = {}  # lease key -> lock id held, as of this batch
         tasks: dict[str, StoredTask] = {}  # tasks changed by this batch
         for entry in entries:
@@ -238,15 +242,24 @@ class Store(AgentRecords):
                     for rel in unit.relationships:
                         kind = _text(rel.type)
                         source, target = _text(unit.id), _text(rel.target)
-                        batch.put(b"r/o/" + source + b"\0" + kind + b"\0" + target, b"")
-                        batch.put(b"r/i/" + target + b"\0" + kind + b"\0" + source, b"")
+                        outgoing = b"r/o/" + source + b"\0" + kind + b"\0" + target
+                        incoming = b"r/i/" + target + b"\0" + kind + b"\0" + source
+                        batch.put(outgoing, b"")
+                        batch.put(incoming, b"")
+                        owned.setdefault(unit.id, []).append(outgoing)
+                        owned.setdefault(rel.target, []).append(incoming)
+                    created[unit.id] = unit
                     if unit.type == "MESSAGE":
                         self._file_message(batch, unit, seq)
+                        acked = unit.meta.get(agentwork.ACK_OF)
+                        if acked:
+                            owned.setdefault(acked, []).append(
+                                b"v/" + _text(acked) + b"\0" + _text(unit.agent_id))
                     elif unit.type == "TASK_STATUS" and agentwork.STATE in unit.meta:
                         self._track_task(tasks, unit)
                     units += 1
                 elif isinstance(event, UnitsRemoved):
-                    units -= self._remove_units(batch, event)
+                    units -= self._remove_units(batch, event, created, owned)
                     batch.put(b"e/" + seq, _encoder.encode(event))
                 elif isinstance(event, ContextCreated | ContextUpdated):
                     batch.put(b"x/" + _text(event.context.id), _encoder.encode(event.context))
@@ -284,7 +297,8 @@ class Store(AgentRecords):
         self.unit_count = units
         self.context_count = contexts
 
-    def _remove_units(self, batch: WriteBatch, event: UnitsRemoved) -> int:
+    def _remove_units(self, batch: WriteBatch, event: UnitsRemoved, created: dict[str, Unit],
+                      owned: dict[str, list[bytes]]) -> int:
         """Every key of the units *event* removes, into *batch*; how many were here (a
         replay of a removal the store already holds finds none). Relationships are
         removed on the removed unit's side only (``r/o/<id>``, ``r/i/<id>``): a kept
@@ -292,11 +306,14 @@ class Store(AgentRecords):
         removed = 0
         archive = _text(event.archive)
         for unit_id in event.unit_ids:
-            location = self.unit_location(unit_id)
-            if location is None:
-                continue
-            unit = _unit.decode(self._unit_at_location(location, f"unit {unit_id}"))
+            unit: Unit | None = created.pop(unit_id, None)
+            if unit is None:
+                location = self.unit_location(unit_id)
+                if location is None:
+                    continue  # (removed already: a replay over a flushed store)
+                unit = _unit.decode(self._unit_at_location(location, f"unit {unit_id}"))
             seq = seq_bytes(unit.seq)
+            location = _text(unit.context_id) + b"\0" + seq
             batch.delete(b"u/" + _text(unit_id))
             batch.delete(b"c/" + location)
             batch.put(b"e/" + seq, REMOVED)
@@ -305,14 +322,14 @@ class Store(AgentRecords):
             batch.delete(b"t/" + _text(unit.type) + b"\0" + seq)
             for key, value in unit.meta.items():
                 batch.delete(b"k/" + _text(key) + b"\0" + _text(value) + b"\0" + seq)
-            for direction in (b"r/o/", b"r/i/"):
-                for edge in self._keys(direction + _text(unit_id) + b"\0"):
-                    batch.delete(edge)
+            for prefix in (b"r/o/", b"r/i/", b"v/"):
+                for owned_key in self._keys(prefix + _text(unit_id) + b"\0"):
+                    batch.delete(owned_key)
+            for owned_key in owned.pop(unit_id, ()):
+                batch.delete(owned_key)
             if unit.type == "MESSAGE":
                 for recipient in agentwork.recipients(unit.meta):
                     batch.delete(b"b/" + _text(recipient) + b"\0" + seq)
-                for ack in self._keys(b"v/" + _text(unit_id) + b"\0"):
-                    batch.delete(ack)
             removed += 1
         return removed
 
