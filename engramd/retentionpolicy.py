@@ -74,11 +74,11 @@ def parse_policies(value: Any) -> tuple[Policy, ...]:
         if not isinstance(context, str) or not context:
             raise ValueError(f"{what}: context must be a context id or a prefix ending in "
                              "'*' (\"ci/*\"; \"*\" for every context)")
+        if "*" in context[:-1]:
+            raise ValueError(f"{what}: context {context!r} may hold '*' only at its end")
         if context != "*" and not _CONTEXT.fullmatch(context.removesuffix("*")):
             raise ValueError(f"{what}: context {context!r} is not a context id or a prefix "
                              "of one followed by '*'")
-        if "*" in context[:-1]:
-            raise ValueError(f"{what}: context {context!r} may hold '*' only at its end")
         max_age = table.get("max_age")
         max_units = table.get("max_units")
         if max_age is None and max_units is None:

@@ -8,6 +8,8 @@ import gzip
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from tests.conftest import (
     make_config,
     run_cli,
     start_engramd,
+    start_threaded,
     wait_until,
 )
 
@@ -238,3 +241,46 @@ async def test_an_age_policy_removes_units_once_they_are_older_on_the_virtual_cl
         archives = os.listdir(config.archive_path)
         assert len(archives) == 1 and archives[0].startswith("chat%2Fgeneral.")
         server.engine.request_shutdown()
+
+
+@pytest.mark.parametrize("policy, said", [
+    ('context = "ci/*"\nmax_age = "30 days"', "retention.policy #1 (ci/*): max_age must be a "
+                                              "duration"),
+    ('context = "ci/*"', "retention.policy #1 (ci/*): give max_age, max_units or both"),
+    ('context = "c*i"\nmax_units = 5', "may hold '*' only at its end"),
+    ('context = "ci/*"\nmax_units = -1', "max_units must be an integer, 0 or more"),
+    ('context = "ci/*"\nmax_units = 5\nkeep = true', "unknown key 'keep'"),
+])
+def test_a_bad_policy_stops_engramd_at_start_with_one_line(
+        env: dict[str, str], policy: str, said: str) -> None:
+    write_config(env, f"[[retention.policy]]\n{policy}\n")
+
+    done = subprocess.run([sys.executable, "-m", "engramd"], env=env, capture_output=True,
+                          text=True, timeout=WAIT, check=False)
+
+    assert done.returncode == 2
+    assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_removed_units_leave_the_vector_index(env: dict[str, str]) -> None:
+    pytest.importorskip("wordllama")
+    from tests.daemon.test_semantic import CORPUS, caught_up, write_corpus
+
+    write_config(env, '[[retention.policy]]\ncontext = "build-42"\nmax_units = 0\n')
+    config = make_config(env, **{"search.semantic": "auto"})
+    state = Path(config.data_dir) / "vectors" / "state.json"
+    with start_threaded(config), connect(config) as engram:
+        ids = write_corpus(engram)
+        wait_until(lambda: caught_up(engram), "the indexes to catch up", timeout=60)
+        meant = engram.search("storage full", mode="semantic", limit=3).hits
+        assert meant[0].unit_id == ids["disk quota exceeded while writing the build log"]
+        rows = json.loads(state.read_text())["rows"]
+
+        assert engram.run_retention().units == 3
+
+        wait_until(lambda: caught_up(engram), "the indexes to take the removal")
+        gone = {ids[text] for context, text in CORPUS if context == "build-42"}
+        hits = engram.search("storage full", mode="semantic", limit=10).hits
+        assert hits and not gone & {hit.unit_id for hit in hits}
+        assert json.loads(state.read_text())["rows"] == rows - 3
