@@ -503,7 +503,10 @@ def trace_tree(out: Output, found: RelatedFound, label: Callable[[Unit], str]) -
 
     def name(unit_id: str) -> str:
         unit = units.get(unit_id)
-        return printable(f"{short[unit_id]} {label(unit)}" if unit else unit_id)
+        # (Every relationship's target existed when it was written: one that is not in
+        # the journal now was removed by retention, SPECS §3.4.)
+        return printable(f"{short[unit_id]} {label(unit)}" if unit
+                         else f"{unit_id} (archived: no longer in the journal)")
 
     children: dict[str, list[tuple[str, str | None]]] = {}  # (line, unit drawn below it)
     placed = {found.root}

@@ -102,6 +102,13 @@ def test_a_count_policy_archives_the_oldest_then_removes_them_and_import_brings_
         assert [unit.id for unit in related.units] == [pointer.id]  # the target is gone
         journal = engram.status().journal
         assert journal is not None and journal.units == 4
+    traced = run_cli(env, "trace", pointer.id)
+    assert traced.returncode == 0, traced.stderr
+    assert f"{units[1].id} (archived: no longer in the journal)" in traced.stdout
+    lost = run_cli(env, "trace", units[0].id)
+    assert lost.returncode == 3  # not_found, as SPECS §6 says
+    assert f"retention removed it; it is archived in {archive}" in lost.stderr, lost.stderr
+    assert run_cli(env, "unit", "get", units[0].id).returncode == 3
 
     imported = run_cli(env, "unit", "import", str(archive))
 
