@@ -102,6 +102,19 @@ def test_a_count_policy_archives_the_oldest_then_removes_them_and_import_brings_
         assert [unit.id for unit in related.units] == [pointer.id]  # the target is gone
         journal = engram.status().journal
         assert journal is not None and journal.units == 4
+    # A replay from before the removal: the kept units, then the removal; no removed unit.
+    watched = run_cli(env, "watch", "--since", "start", "-c", "ci/build", "--count", "5")
+    assert watched.returncode == 0, watched.stderr
+    rows = [line.split("\t") for line in watched.stdout.splitlines()]
+    assert [row[2] for row in rows] == ["context.created", *["unit.created"] * 3,
+                                        "units.removed"]
+    assert rows[-1][4] == f"3 unit(s) removed by retention (ci/*), archived in {archive}"
+    removal = ("watch", "--since", "start", "-k", "units.removed", "--count", "1")
+    line = run_cli(env, *removal, "--format", "line")
+    assert line.returncode == 0 and "ci/build: 3 unit(s) removed" in line.stdout, line
+    event = json.loads(run_cli(env, *removal, "--json").stdout)
+    assert event["unit_ids"] == [unit.id for unit in units[:3]]
+    assert event["seqs"] == [unit.seq for unit in units[:3]] and event["archive"] == str(archive)
     traced = run_cli(env, "trace", pointer.id)
     assert traced.returncode == 0, traced.stderr
     assert f"{units[1].id} (archived: no longer in the journal)" in traced.stdout
