@@ -19,6 +19,7 @@ import trio.testing
 
 from engram_cli.client import Client
 from engram_cli.client.asynchronous import open_client
+from engramd.integrity import log_first_seq
 from engramd.main import run_daemon
 from tests.conftest import (
     WAIT,
@@ -234,8 +235,12 @@ async def test_an_age_policy_removes_units_once_they_are_older_on_the_virtual_cl
     async with trio.open_nursery() as nursery:
         server = await nursery.start(lambda task_status: run_daemon(
             config, handle_signals=False, task_status=task_status))
-        while server.engine.state != "ready":
+        for _ in range(int(WAIT / 0.01)):  # (bounded: virtual seconds pass here too)
+            if server.engine.state == "ready":
+                break
             await trio.sleep(0.01)
+        else:
+            pytest.fail("the journal did not open")
         retention = server.engine.ready().retention
         async with open_client(config.socket, autostart=False, agent_id="alice") as alice:
             old = [await alice.create_unit("chat/general", "MESSAGE", f"old {n}")
@@ -304,3 +309,35 @@ def test_removed_units_leave_the_vector_index(env: dict[str, str]) -> None:
         hits = engram.search("storage full", mode="semantic", limit=10).hits
         assert hits and not gone & {hit.unit_id for hit in hits}
         assert json.loads(state.read_text())["rows"] == rows - 3
+
+
+def test_a_rebuilt_store_keeps_removals_whose_log_was_checkpointed_away(
+        env: dict[str, str]) -> None:
+    from tests.daemon.test_rebuild import SMALL_LOG, rebuild, started, verified
+
+    small = {**env, **SMALL_LOG}
+    write_config(small, '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 10\n')
+    daemon = started(small)
+    with connect(daemon.socket) as engram:
+        for n in range(40):
+            engram.create_unit("ci/long", "REASONING", f"step {n} " + "x" * 200)
+    assert gc(small)["units"] == 30
+    with connect(daemon.socket) as engram:
+        for n in range(40):  # enough log for checkpoints to drop the removal's segments
+            engram.create_unit("notes", "REASONING", f"later {n} " + "x" * 200)
+    assert daemon.stop() == 0
+    first = log_first_seq(small["ENGRAM_DATA_DIR"] + "/wal")
+    assert first is not None and first > 45, "checkpoints deleted the removal's segment"
+
+    done = rebuild(small)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "missing" not in done.stdout, done.stdout
+    daemon = started(small)
+    try:
+        with connect(daemon.socket) as engram:
+            assert len(engram.list_units("ci/long", limit=1000).units) == 10
+        report = verified(daemon.socket)
+        assert report.ok and report.units == 50, report.problems
+    finally:
+        assert daemon.stop() == 0
