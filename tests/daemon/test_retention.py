@@ -341,3 +341,22 @@ def test_a_rebuilt_store_keeps_removals_whose_log_was_checkpointed_away(
         assert report.ok and report.units == 50, report.problems
     finally:
         assert daemon.stop() == 0
+
+
+def test_with_required_tokens_only_the_admin_runs_gc_and_agents_may_dry_run(
+        env: dict[str, str]) -> None:
+    from engram_cli.client.errors import Forbidden
+    from tests.daemon.test_auth import connected
+
+    write_config(env, '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 1\n')
+    strict = make_config(env, **{"auth.require_tokens": "true"})
+    with start_threaded(strict), connected(strict, "admin", admin=True) as admin:
+        alice_token = admin.create_token("alice").token
+        with connected(strict, "alice", token=alice_token) as alice:
+            for n in range(3):
+                alice.create_unit("ci/x", "MESSAGE", f"m{n}")
+            assert alice.run_retention(dry_run=True).units == 2
+            with pytest.raises(Forbidden, match="gc needs the admin token"):
+                alice.run_retention()
+            assert len(alice.list_units("ci/x").units) == 3
+        assert admin.run_retention().units == 2
