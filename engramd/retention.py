@@ -16,7 +16,9 @@ indexes as any entry is. A dry run picks and counts, writing nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import gzip
 import logging
 import os
@@ -32,9 +34,11 @@ from engramd.clock import anchored_clock
 from engramd.commit import GroupCommitter
 from engramd.protocol import (
     BadRequest,
+    DiskFull,
     RetentionContext,
     RetentionPolicyReport,
     RetentionReport,
+    Unavailable,
     agentwork,
 )
 from engramd.protocol.model import Context, Unit, UnitsRemoved
@@ -168,16 +172,25 @@ def write_archive(store: Store, directory: str, picked: Pick, now: dt.datetime) 
     """The picked units written to a new archive in *directory*, fsynced with the
     directory before this returns (nothing is removed before); its path."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    path = os.path.join(directory, archive_name(picked.context_id, now, picked.seqs[0]))
+    name = archive_name(picked.context_id, now, picked.seqs[0])
+    path, again = os.path.join(directory, name), 1
+    while os.path.exists(path):  # (a run in the same second whose removal did not happen)
+        again += 1
+        path = os.path.join(directory, name.replace(".jsonl.gz", f"-{again}.jsonl.gz"))
     partial = path + ".partial"
-    with open(partial, "wb") as raw_file:
-        with gzip.GzipFile(fileobj=raw_file, mode="wb", mtime=0) as packed:
-            for start in range(0, len(picked.unit_ids), PER_ENTRY):
-                for encoded in store.units_by_id(picked.unit_ids[start:start + PER_ENTRY]):
-                    if encoded is not None:
-                        packed.write(unit_json(_unit.decode(encoded)))
-        raw_file.flush()
-        os.fsync(raw_file.fileno())
+    try:
+        with open(partial, "wb") as raw_file:
+            with gzip.GzipFile(fileobj=raw_file, mode="wb", mtime=0) as packed:
+                for start in range(0, len(picked.unit_ids), PER_ENTRY):
+                    for encoded in store.units_by_id(picked.unit_ids[start:start + PER_ENTRY]):
+                        if encoded is not None:
+                            packed.write(unit_json(_unit.decode(encoded)))
+            raw_file.flush()
+            os.fsync(raw_file.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)  # (a full disk: leave no half archive behind)
+        raise
     os.replace(partial, path)
     descriptor = os.open(directory, os.O_RDONLY)
     try:
@@ -239,8 +252,14 @@ class Retention:
         return self._report(picks, dry_run, request_id, time.monotonic() - started)
 
     async def _remove(self, picked: Pick, now: dt.datetime) -> None:
-        picked.archive = await trio.to_thread.run_sync(
-            write_archive, self.store, self.archive_dir, picked, now)
+        try:
+            picked.archive = await trio.to_thread.run_sync(
+                write_archive, self.store, self.archive_dir, picked, now)
+        except OSError as exc:  # nothing is removed without its archive
+            error = DiskFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Unavailable
+            raise error(f"retention removed nothing from {picked.context_id}: its archive "
+                        f"could not be written in {self.archive_dir} ({exc.strerror or exc})"
+                        ) from None
         for start in range(0, len(picked.unit_ids), PER_ENTRY):
             await self.committer.commit(self._removal(
                 picked, picked.unit_ids[start:start + PER_ENTRY],

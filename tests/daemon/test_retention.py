@@ -360,3 +360,26 @@ def test_with_required_tokens_only_the_admin_runs_gc_and_agents_may_dry_run(
                 alice.run_retention()
             assert len(alice.list_units("ci/x").units) == 3
         assert admin.run_retention().units == 2
+
+
+def test_an_archive_that_cannot_be_written_removes_nothing(env: dict[str, str]) -> None:
+    blocker = Path(env["ENGRAM_DATA_DIR"]).parent / "not-a-directory"
+    blocker.write_text("")
+    write_config(env, f'[retention]\narchive_dir = "{blocker}/archive"\n\n'
+                      '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 1\n')
+    daemon = DaemonProcess(start_engramd(env), env["ENGRAM_SOCKET"], env)
+    try:
+        with connect(daemon.socket) as engram:
+            for n in range(3):
+                engram.create_unit("ci/x", "MESSAGE", f"m{n}")
+
+        done = run_cli(env, "gc")
+
+        assert done.returncode == 69, done  # unavailable (SPECS §6)
+        assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+        assert "retention removed nothing from ci/x: its archive could not be written" \
+            in done.stderr
+        with connect(daemon.socket) as engram:
+            assert len(engram.list_units("ci/x").units) == 3
+    finally:
+        assert daemon.stop() == 0
