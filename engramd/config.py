@@ -23,7 +23,7 @@ from engramd.protocol import (
     resolve_data_dir,
     resolve_socket_path,
 )
-from engramd.retentionpolicy import Policy, parse_policies
+from engramd.retentionpolicy import Policy, format_duration, parse_policies
 
 
 class ConfigError(Exception):
@@ -297,7 +297,8 @@ class DaemonConfig:
 
 
 def _described(policy: Policy) -> str:
-    limits = [f"max_age={policy.max_age:g}s" if policy.max_age is not None else "",
+    limits = [f"max_age={format_duration(policy.max_age)}" if policy.max_age is not None
+              else "",
               f"max_units={policy.max_units}" if policy.max_units is not None else ""]
     return f"{policy.context} " + " ".join(limit for limit in limits if limit)
 

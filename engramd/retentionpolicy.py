@@ -42,6 +42,15 @@ class Policy:
         return context_id == self.context
 
 
+def format_duration(seconds: float) -> str:
+    """``"30d"``, ``"12h"``, ``"90m"`` or ``"45s"``: the largest unit that divides it."""
+    for unit in ("w", "d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def parse_duration(value: Any, what: str) -> float:
     """Seconds from ``"30d"``, ``"12h"``, ``"90m"``, ``"45s"``, ``"2w"`` or a number."""
     if isinstance(value, int | float) and not isinstance(value, bool):
