@@ -122,7 +122,8 @@ def test_a_count_policy_archives_the_oldest_then_removes_them_and_import_brings_
     lost = run_cli(env, "trace", units[0].id)
     assert lost.returncode == 3  # not_found, as SPECS §6 says
     assert f"retention removed it; it is archived in {archive}" in lost.stderr, lost.stderr
-    assert run_cli(env, "unit", "get", units[0].id).returncode == 3
+    got = run_cli(env, "unit", "get", units[0].id)
+    assert got.returncode == 3 and f"it is archived in {archive}" in got.stderr, got.stderr
 
     imported = run_cli(env, "unit", "import", str(archive))
 

@@ -28,6 +28,7 @@ from engram_cli.formats.jsonforms import (
 from engram_cli.formats.text import preview
 from engram_cli.formats.timeparse import parse_time
 from engramd.protocol import (
+    UNIT_ID_LENGTH,
     UNIT_TYPES,
     Unit,
     UnitDraft,
@@ -119,7 +120,17 @@ def get(
     else:
         output.units(out, found.units)
     if found.missing:
-        raise NotFound(f"no unit {', '.join(found.missing)}")
+        raise NotFound(_why_missing(client, found.missing))
+
+
+def _why_missing(client: Client, missing: list[str]) -> str:
+    """"no unit ID", or for one whole id the daemon's reason (retention archived it)."""
+    if len(missing) == 1 and len(missing[0]) == UNIT_ID_LENGTH:
+        try:
+            client.resolve_unit_ids(missing)
+        except NotFound as exc:
+            return str(exc)
+    return f"no unit {', '.join(missing)}"
 
 
 def _whole_or_missing(client: Client, given: str) -> str:
