@@ -384,3 +384,18 @@ def test_an_archive_that_cannot_be_written_removes_nothing(env: dict[str, str]) 
             assert len(engram.list_units("ci/x").units) == 3
     finally:
         assert daemon.stop() == 0
+
+
+def test_an_idempotency_key_of_a_removed_unit_writes_a_new_unit(env: dict[str, str]) -> None:
+    write_config(env, '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 1\n')
+    config = make_config(env)
+    with start_threaded(config), connect(config) as engram:
+        first = engram.create_unit("ci/k", "MESSAGE", "once", idempotency_key="job-1")
+        assert engram.create_unit("ci/k", "MESSAGE", "again", idempotency_key="job-1") == first
+        engram.create_unit("ci/k", "MESSAGE", "newer")
+        assert engram.run_retention().units == 1
+
+        again = engram.create_unit("ci/k", "MESSAGE", "after", idempotency_key="job-1")
+
+        assert again.id != first.id and again.payload == b"after"
+        assert engram.create_unit("ci/k", "MESSAGE", "x", idempotency_key="job-1") == again
