@@ -399,3 +399,18 @@ def test_an_idempotency_key_of_a_removed_unit_writes_a_new_unit(env: dict[str, s
 
         assert again.id != first.id and again.payload == b"after"
         assert engram.create_unit("ci/k", "MESSAGE", "x", idempotency_key="job-1") == again
+
+
+def test_in_cluster_mode_gc_is_refused_with_one_line(machines: list[Any]) -> None:
+    machine = machines[0]
+    with machine.client() as engram:
+        engram.create_unit("ci/c", "MESSAGE", "kept")
+
+    done = run_cli(machine.env, "gc", "--dry-run")
+
+    assert done.returncode == 2, done
+    assert done.stderr.startswith("engram: error: retention cannot run: the journal is the "
+                                  "cluster's stream"), done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    with machine.client() as engram:
+        assert [unit.payload for unit in engram.list_units("ci/c").units] == [b"kept"]
