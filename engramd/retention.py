@@ -6,30 +6,27 @@ its own), oldest first, and picks the units older than ``max_age`` or beyond the
 ``max_units``, except those held: units pinned in the context, a task's units until it
 is done, a message that asks for acknowledgements until each recipient has given one
 (every broadcast that asks for them). The picked units are written to one archive per
-context and run (JSON lines as ``engram unit export`` writes them, gzip), fsynced with
-its directory, and only then removed by :class:`~engramd.protocol.model.UnitsRemoved`
-entries: durable, replayed after a crash, pushed to subscribers and taken by the search
-indexes as any entry is. A dry run picks and counts, writing nothing.
+context and run (:mod:`engramd.archive`), and only then removed by
+:class:`~engramd.protocol.model.UnitsRemoved` entries: durable, replayed after a crash,
+pushed to subscribers and taken by the search indexes as any entry is. A dry run picks
+and counts, writing nothing.
 
 "Now" is the daemon's clock (:mod:`engramd.clock`), the one units are stamped with.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import errno
-import gzip
 import logging
-import os
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
 import trio
 
+from engramd.archive import write_archive
 from engramd.clock import anchored_clock
 from engramd.commit import GroupCommitter
 from engramd.protocol import (
@@ -41,7 +38,7 @@ from engramd.protocol import (
     Unavailable,
     agentwork,
 )
-from engramd.protocol.model import Context, Unit, UnitsRemoved
+from engramd.protocol.model import Context, UnitsRemoved
 from engramd.retentionpolicy import Policy
 from engramd.storage import Store
 from engramd.wal.record import Entry
@@ -52,9 +49,7 @@ PER_ENTRY = 1000
 """Units one removal entry names at most (one WAL record stays small)."""
 PER_RUN = 100_000
 """Units one run removes from one context at most; the next run goes on."""
-_unit = msgspec.msgpack.Decoder(Unit)
 _context = msgspec.msgpack.Decoder(Context)
-_json = msgspec.json.Encoder()
 
 
 class _Head(msgspec.Struct):
@@ -149,57 +144,6 @@ def pick_all(store: Store, policies: tuple[Policy, ...], now: dt.datetime) -> li
     return picks
 
 
-def archive_name(context_id: str, now: dt.datetime, first_seq: int) -> str:
-    """``<context, %-quoted>.<UTC time>.<first seq>.jsonl.gz``: one file per context and
-    run, sorting by context and then time."""
-    quoted = urllib.parse.quote(context_id, safe="._:@+-")
-    return f"{quoted}.{now.strftime('%Y%m%dT%H%M%SZ')}.{first_seq}.jsonl.gz"
-
-
-def unit_json(unit: Unit) -> bytes:
-    """A unit as ``engram unit export`` writes it: a UTF-8 payload as the string
-    ``payload``, any other as base64 under ``payload_base64``."""
-    data = msgspec.to_builtins(unit)
-    payload = data.pop("payload")
-    try:
-        data["payload"] = unit.payload.decode("utf-8")
-    except UnicodeDecodeError:
-        data["payload_base64"] = payload
-    return _json.encode(data) + b"\n"
-
-
-def write_archive(store: Store, directory: str, picked: Pick, now: dt.datetime) -> str:
-    """The picked units written to a new archive in *directory*, fsynced with the
-    directory before this returns (nothing is removed before); its path."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    name = archive_name(picked.context_id, now, picked.seqs[0])
-    path, again = os.path.join(directory, name), 1
-    while os.path.exists(path):  # (a run in the same second whose removal did not happen)
-        again += 1
-        path = os.path.join(directory, name.replace(".jsonl.gz", f"-{again}.jsonl.gz"))
-    partial = path + ".partial"
-    try:
-        with open(partial, "wb") as raw_file:
-            with gzip.GzipFile(fileobj=raw_file, mode="wb", mtime=0) as packed:
-                for start in range(0, len(picked.unit_ids), PER_ENTRY):
-                    for encoded in store.units_by_id(picked.unit_ids[start:start + PER_ENTRY]):
-                        if encoded is not None:
-                            packed.write(unit_json(_unit.decode(encoded)))
-            raw_file.flush()
-            os.fsync(raw_file.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)  # (a full disk: leave no half archive behind)
-        raise
-    os.replace(partial, path)
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    return path
-
-
 class Retention:
     """Runs the policies now and then, and on request; one run at a time."""
 
@@ -254,7 +198,8 @@ class Retention:
     async def _remove(self, picked: Pick, now: dt.datetime) -> None:
         try:
             picked.archive = await trio.to_thread.run_sync(
-                write_archive, self.store, self.archive_dir, picked, now)
+                write_archive, self.store, self.archive_dir, picked.context_id,
+                picked.unit_ids, picked.seqs[0], now)
         except OSError as exc:  # nothing is removed without its archive
             error = DiskFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Unavailable
             raise error(f"retention removed nothing from {picked.context_id}: its archive "
