@@ -414,3 +414,21 @@ def test_in_cluster_mode_gc_is_refused_with_one_line(machines: list[Any]) -> Non
     assert len(done.stderr.splitlines()) == 1
     with machine.client() as engram:
         assert [unit.payload for unit in engram.list_units("ci/c").units] == [b"kept"]
+
+
+def test_a_live_subscriber_is_told_of_a_removal(env: dict[str, str]) -> None:
+    from engramd.protocol import UnitsRemoved
+
+    write_config(env, '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 1\n')
+    config = make_config(env)
+    with start_threaded(config), connect(config) as engram, connect(config, "bob") as bob:
+        old = engram.create_unit("ci/live", "MESSAGE", "old")
+        engram.create_unit("ci/live", "MESSAGE", "new")
+        events = iter(bob.subscribe(contexts=["ci/live"]))  # from now on
+
+        engram.run_retention()
+
+        event = next(events)
+        assert isinstance(event, UnitsRemoved)
+        assert (event.context_id, event.unit_ids, event.seqs) == ("ci/live", [old.id], [old.seq])
+        assert event.policy == "ci/*" and event.archive.endswith(".jsonl.gz")
