@@ -167,6 +167,13 @@ def test_pinned_units_open_tasks_and_unacknowledged_messages_stay(
         env: dict[str, str]) -> None:
     write_config(env, '[[retention.policy]]\ncontext = "work"\nmax_units = 0\n')
     daemon = DaemonProcess(start_engramd(env), env["ENGRAM_SOCKET"], env)
+    try:
+        check_what_stays(env)
+    finally:
+        assert daemon.stop() == 0
+
+
+def check_what_stays(env: dict[str, str]) -> None:
     with connect(env["ENGRAM_SOCKET"]) as alice, connect(env["ENGRAM_SOCKET"], "bob") as bob:
         plain = alice.create_unit("work", "REASONING", "plain")
         pinned = alice.create_unit("work", "REASONING", "pinned")
@@ -192,7 +199,6 @@ def test_pinned_units_open_tasks_and_unacknowledged_messages_stay(
         assert [task.id for task in bob.list_tasks(ready=True)] == [open_task.id]
         assert alice.get_task(done_task.id).state == "done"  # the task's record stays
         assert waiting.id in {message.id for message in bob.inbox(peek=True).messages}
-    assert daemon.stop() == 0
 
 
 def test_a_removal_is_replayed_after_kill_9_before_a_checkpoint(
@@ -419,7 +425,8 @@ def test_in_cluster_mode_gc_is_refused_with_one_line(machines: list[Any]) -> Non
 def test_a_live_subscriber_is_told_of_a_removal(env: dict[str, str]) -> None:
     from engramd.protocol import UnitsRemoved
 
-    write_config(env, '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 1\n')
+    write_config(env, '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 1\n'
+                      'max_age = "30d"\n')
     config = make_config(env)
     with start_threaded(config), connect(config) as engram, connect(config, "bob") as bob:
         old = engram.create_unit("ci/live", "MESSAGE", "old")
@@ -432,3 +439,6 @@ def test_a_live_subscriber_is_told_of_a_removal(env: dict[str, str]) -> None:
         assert isinstance(event, UnitsRemoved)
         assert (event.context_id, event.unit_ids, event.seqs) == ("ci/live", [old.id], [old.seq])
         assert event.policy == "ci/*" and event.archive.endswith(".jsonl.gz")
+        said = run_cli(env, "gc", "--dry-run")
+        assert said.stdout.startswith("policy ci/* (max_age 30d, max_units 1)\n  nothing "
+                                      "past it"), said.stdout

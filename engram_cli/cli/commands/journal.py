@@ -73,7 +73,7 @@ def gc(
         return
     verb = "would archive and remove" if report.dry_run else "archived and removed"
     for policy in report.policies:
-        limits = [f"max_age {format_duration(policy.max_age)}" if policy.max_age else "",
+        limits = [f"max_age {_age(policy.max_age)}" if policy.max_age else "",
                   f"max_units {policy.max_units:,}" if policy.max_units is not None else ""]
         out.line(f"policy {policy.context} ({', '.join(each for each in limits if each)})")
         if not policy.contexts:
@@ -89,6 +89,14 @@ def gc(
                 out.line(f"    archive: {each.archive}")
     out.line(f"{verb} {report.units:,} unit(s), {_size(report.bytes)}"
              + ("" if report.dry_run else f", archives in {report.archive_dir}"))
+
+
+def _age(seconds: float) -> str:
+    """As the config file may write it: ``30d``, ``12h``, ``90m``, ``45s``."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def _size(count: int) -> str:
