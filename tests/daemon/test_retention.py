@@ -325,14 +325,16 @@ def test_a_rebuilt_store_keeps_removals_whose_log_was_checkpointed_away(
     small = {**env, **SMALL_LOG}
     write_config(small, '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 10\n')
     daemon = started(small)
-    with connect(daemon.socket) as engram:
-        for n in range(40):
-            engram.create_unit("ci/long", "REASONING", f"step {n} " + "x" * 200)
-    assert gc(small)["units"] == 30
-    with connect(daemon.socket) as engram:
-        for n in range(40):  # enough log for checkpoints to drop the removal's segments
-            engram.create_unit("notes", "REASONING", f"later {n} " + "x" * 200)
-    assert daemon.stop() == 0
+    try:
+        with connect(daemon.socket) as engram:
+            for n in range(40):
+                engram.create_unit("ci/long", "REASONING", f"step {n} " + "x" * 200)
+        assert gc(small)["units"] == 30
+        with connect(daemon.socket) as engram:
+            for n in range(40):  # enough log for checkpoints to drop the removal's segments
+                engram.create_unit("notes", "REASONING", f"later {n} " + "x" * 200)
+    finally:
+        assert daemon.stop() == 0
     first = log_first_seq(small["ENGRAM_DATA_DIR"] + "/wal")
     assert first is not None and first > 45, "checkpoints deleted the removal's segment"
 
