@@ -174,6 +174,34 @@ SETTINGS: tuple[Setting, ...] = (
             "Read the whole store and search index once after each start, in the background, "
             "so that damage is reported at once (status, log) rather than when a read meets "
             "it."),
+    Setting("store.block_cache_bytes", int, 64 * 1024 * 1024,
+            "RocksDB's block cache (LRU): the store's data blocks read lately, and its "
+            "index and filter blocks, which would otherwise stay in memory for every table "
+            "file, so grow with the store.", minimum=1024 * 1024),
+    Setting("store.write_buffer_bytes", int, 64 * 1024 * 1024,
+            "Size of one RocksDB memtable: writes applied to the store since its last flush "
+            "(a full one is flushed to a table file).", minimum=1024 * 1024),
+    Setting("store.write_buffers", int, 2,
+            "Most memtables at once (one being written, the others being flushed): the "
+            "store's write memory is at most write_buffer_bytes times this.", minimum=2),
+    Setting("cache.recent_units", int, 128,
+            "Newest units kept in memory per context read lately: a unit.list of the newest "
+            "N, N below this, is answered from memory.", minimum=2),
+    Setting("cache.recent_contexts", int, 256,
+            "Contexts whose newest units are kept in memory (the least recently read goes "
+            "first).", minimum=1),
+    Setting("cache.recent_bytes", int, 64 * 1024 * 1024,
+            "Most stored bytes of the recent units kept in memory, all contexts together "
+            "(the least recently read context goes first).", minimum=0),
+    Setting("cache.contexts", int, 4096,
+            "Context records kept decoded for the write path (the least recently used goes "
+            "first).", minimum=1),
+    Setting("disk.sample_seconds", float, 60.0,
+            "Seconds between measures of the journal's bytes on disk, from which its growth "
+            "rate is estimated (engram stats, doctor).", minimum=0.01),
+    Setting("disk.growth_window", float, 3600.0,
+            "Seconds of measures the growth rate is estimated over: doctor warns when the "
+            "disk would fill at that rate.", minimum=1),
     Setting("search.reserve_bytes", int, 64 * 1024 * 1024,
             "The search indexer writes only while more than this is free on the data dir's "
             "disk, and catches up once there is: the journal comes first.", minimum=0),
@@ -253,6 +281,15 @@ class DaemonConfig:
     embedding: str = "wordllama"
     indexer: str = "process"
     reserve_bytes: int = 64 * 1024 * 1024
+    block_cache_bytes: int = 64 * 1024 * 1024
+    write_buffer_bytes: int = 64 * 1024 * 1024
+    write_buffers: int = 2
+    recent_units: int = 128
+    recent_contexts: int = 256
+    recent_bytes: int = 64 * 1024 * 1024
+    contexts: int = 4096
+    sample_seconds: float = 60.0
+    growth_window: float = 3600.0
     verify_on_start: bool = True
     servers: str = ""
     deployment: str = "engram"

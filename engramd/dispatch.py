@@ -408,7 +408,7 @@ class Dispatcher:
                 self.engine.noticed()
                 return self._status(request.id)
             case GetStats():
-                return self._stats(request.id)
+                return await self._stats(request.id)
             case Shutdown():
                 log.info("shutdown requested by a client")
                 engine.request_shutdown()
@@ -459,7 +459,33 @@ class Dispatcher:
             wal_cuts=engine.wal_cuts(),
         )
 
-    def _stats(self, request_id: int) -> DaemonStats:
+    async def _disk_gauges(self) -> dict[str, float]:
+        """The journal's parts on disk, its growth, and the store's and caches' memory."""
+        engine = self.engine
+        disk = await engine.disk.now()
+        gauges: dict[str, float] = {}
+        if disk is not None:
+            gauges.update({f'disk_bytes{{part="{part}"}}': size
+                           for part, size in disk.parts.items()})
+            gauges["disk_free_bytes"] = disk.free
+        growth = engine.disk.growth()
+        if growth is not None:
+            gauges.update(disk_growth_bytes_per_second=round(growth.bytes_per_second, 3),
+                          disk_growth_window_seconds=round(growth.seconds, 3))
+        store = engine.store_figures()
+        if store is not None:
+            gauges.update(store_sst_bytes=store.sst_bytes,
+                          store_memtable_bytes=store.memtable_bytes,
+                          store_keys=store.keys, store_block_cache_bytes=store.block_cache_bytes,
+                          store_block_cache_capacity_bytes=store.block_cache_capacity,
+                          store_table_readers_bytes=store.table_readers_bytes)
+        recent = engine.recent_held()
+        if recent is not None:
+            gauges.update(zip(("recent_cache_contexts", "recent_cache_units",
+                               "recent_cache_bytes"), recent, strict=True))
+        return gauges
+
+    async def _stats(self, request_id: int) -> DaemonStats:
         engine = self.engine
         metrics = engine.metrics
         counters = dict(metrics.counters)
@@ -469,6 +495,7 @@ class Dispatcher:
             "connections": self.server.connection_count,
             "requests_in_flight": self.server.requests_in_flight,
         }
+        gauges.update(await self._disk_gauges())
         journal = engine.journal_status()
         if journal is not None:
             gauges.update(units=journal.units, contexts=journal.contexts,

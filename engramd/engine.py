@@ -33,6 +33,7 @@ from engramd.caller import Caller
 from engramd.clock import anchored_clock
 from engramd.commit import GroupCommitter, ReadOnlyCommitter
 from engramd.config import DaemonConfig
+from engramd.diskuse import DiskWatch, measure
 from engramd.errors import StartupError
 from engramd.events import EventHub
 from engramd.indexer import Indexer
@@ -58,7 +59,7 @@ from engramd.queries import Queries
 from engramd.recent import RecentUnits
 from engramd.retention import Retention
 from engramd.rocks import StoreDamaged
-from engramd.storage import Store
+from engramd.storage import Store, StoreFigures
 from engramd.taskboard import TaskBoard
 from engramd.wal.cuts import Cut, CutLedger
 from engramd.wal.log import WriteAheadLog
@@ -91,6 +92,7 @@ class Parts:
     mailbox: Mailbox
     board: TaskBoard
     briefing: Briefing
+    recent: RecentUnits
     retention: Retention
     cluster: ClusterJournal | None = None
     marks: SharedMarks | None = None
@@ -123,6 +125,11 @@ class Engine:
         self.read_only: str | None = None
         """Why the journal was opened read-only (a full disk at start), or None."""
         self._walks = trio.CapacityLimiter(1)
+        # (retention.archive_dir, when that key exists: the archive is a part on disk too.)
+        self.disk = DiskWatch(
+            functools.partial(measure, config.data_dir, getattr(config, "archive_dir", ""),
+                              local_log=not self.clustered),
+            interval=config.sample_seconds, window=config.growth_window)
 
     @property
     def uptime(self) -> float:
@@ -149,7 +156,7 @@ class Engine:
         config, histograms = self.config, self.metrics.histograms
         hub = EventHub(store, buffer=config.buffer_events, max_lag=config.max_lag_events,
                        head=store.applied_seq, fanout=histograms["fanout_seconds"])
-        in_flight, contexts = InFlight(), StoredContexts(store)
+        in_flight, contexts = InFlight(), StoredContexts(store, config.contexts)
         followers: list[Callable[[list[Entry]], None]] = []
         options: dict[str, Any] = dict(batch_size=config.batch_size, window=config.window_ms / 1000,
                        checkpoint_bytes=config.checkpoint_bytes,
@@ -190,7 +197,8 @@ class Engine:
             leases.restore()
         writer = Writer(store, committer, in_flight, contexts, self.limits, leases.check_fence,
                         prepare_fences)
-        recent = RecentUnits(store)
+        recent = RecentUnits(store, config.recent_units, config.recent_contexts,
+                             config.recent_bytes)
         queries = Queries(store, hub, indexer, config.heartbeat_seconds, recent)
         mailbox = Mailbox(store, writer)
         marks = None
@@ -209,7 +217,7 @@ class Engine:
         retention = Retention(store, committer, writer.context, config.policies,
                               config.archive_path, config.interval, refused=refused, now=now)
         return Parts(store, wal, indexer, hub, committer, leases, writer, queries, mailbox,
-                     board, briefing, retention, cluster, marks)
+                     board, briefing, recent, retention, cluster, marks)
 
     async def _run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -234,6 +242,7 @@ class Engine:
             nursery.start_soon(parts.retention.run)
             self.state = "ready"
             log.info("ready")
+            nursery.start_soon(self.disk.run)  # (from the journal as opened)
             nursery.start_soon(self._deliver_spool, parts.writer)
             if self.config.verify_on_start:
                 nursery.start_soon(self._read_store, parts.store)
@@ -369,6 +378,15 @@ class Engine:
             vector_seq=parts.indexer.vector_seq, read_only=self.read_only is not None,
             store_damage=None if parts.store.damage is None else str(parts.store.damage),
             index_paused=None if self.read_only else parts.indexer.paused)
+
+    def store_figures(self) -> StoreFigures | None:
+        """What RocksDB says the store holds (its properties: nothing is walked)."""
+        parts = self._parts
+        return None if parts is None or self.state != "ready" else parts.store.figures()
+
+    def recent_held(self) -> tuple[int, int, int] | None:
+        """Contexts, units and bytes in the recent units' cache."""
+        return None if self._parts is None else self._parts.recent.held()
 
     def wal_cuts(self) -> list[WalCut]:
         """Log tails cut at a start and not yet acknowledged."""

@@ -20,7 +20,7 @@ from engramd.indexer import Indexer
 from engramd.indexing import Indexes, open_indexes
 from engramd.indexproc import IndexProcess
 from engramd.integrity import log_first_seq
-from engramd.rocks import StoreDamaged, StoreFull, is_disk_full
+from engramd.rocks import StoreDamaged, StoreFull, StoreMemory, is_disk_full
 from engramd.search import SearchIndex
 from engramd.storage import SchemaMismatch, Store
 from engramd.wal.cuts import CutLedger
@@ -43,6 +43,13 @@ class Opened:
     """The notes of log tails cut at start-up (None without a local log)."""
 
 
+def store_memory(config: DaemonConfig) -> StoreMemory:
+    """The store's memory bounds, as configured (``store.*`` keys)."""
+    return StoreMemory(block_cache_bytes=config.block_cache_bytes,
+                       write_buffer_bytes=config.write_buffer_bytes,
+                       write_buffers=config.write_buffers)
+
+
 def open_storage(config: DaemonConfig) -> Opened:
     """Open the store and the log and replay the log. In cluster mode there is no local
     log: the store is a view the cluster's stream feeds."""
@@ -53,13 +60,13 @@ def open_storage(config: DaemonConfig) -> Opened:
     if first is not None and first > 1 and not os.path.exists(path):
         raise StartupError(_STORE_GONE.format(f"the log begins at seq {first}"))
     try:
-        store = Store(path)
+        store = Store(path, memory=store_memory(config))
     except StoreFull:
         return _open_read_only(config, path)
     except (SchemaMismatch, StoreDamaged) as exc:
         if not clustered:
             raise StartupError(_cannot_open(exc)) from None
-        store = _store_anew(path, exc)
+        store = _store_anew(path, exc, store_memory(config))
     try:
         _check_mode(config, store)
     except StartupError:
@@ -120,7 +127,7 @@ def _open_indexes(config: DaemonConfig, store: Store) -> Indexes | IndexProcess:
 def _open_read_only(config: DaemonConfig, path: str) -> Opened:
     """The journal on a full disk: the store as of its last flush, nothing written."""
     try:
-        store = Store(path, read_only=True)
+        store = Store(path, read_only=True, memory=store_memory(config))
     except (SchemaMismatch, StoreDamaged) as exc:
         raise StartupError(_cannot_open(exc)) from None
     why = (f"the disk holding {config.data_dir} is full: engramd started read-only (reads "
@@ -173,11 +180,11 @@ def _check_mode(config: DaemonConfig, store: Store) -> None:
             "engramd with cluster.servers set, or give it a data dir of its own")
 
 
-def _store_anew(path: str, exc: Exception) -> Store:
+def _store_anew(path: str, exc: Exception, memory: StoreMemory) -> Store:
     """Cluster mode: the store is only a view of the cluster's stream, so one that
     cannot be opened is moved aside and the view is built again from the stream."""
     aside = f"{path}.damaged-{int(time.time())}"
     os.replace(path, aside)
     log.error("cluster: the store cannot be opened (%s); moved to %s, rebuilding this "
               "machine's view from the stream", exc, aside)
-    return Store(path)
+    return Store(path, memory=memory)

@@ -5,7 +5,8 @@ Reading them from RocksDB means a reverse iteration, which costs most where it m
 (over the memtable the newest writes are in). A context is loaded from the store when it
 is first asked for, then follows the writes as they are applied (the commit path's
 followers), so what is kept is exactly what the store holds; the least recently read
-context goes when there are too many.
+context goes when there are too many, or when their units' bytes pass the budget (units
+are up to a MiB each: a count alone would bound nothing).
 """
 
 from __future__ import annotations
@@ -20,19 +21,26 @@ from engramd.storage import Store, seq_from
 from engramd.wal.record import Entry
 
 PER_CONTEXT = 128
-"""Units kept per context: a list of up to ``PER_CONTEXT - 1`` is answered from memory."""
+"""Units kept per context by default (``cache.recent_units``): a list of up to
+``PER_CONTEXT - 1`` is answered from memory."""
 CONTEXTS = 256
+"""Contexts kept by default (``cache.recent_contexts``)."""
+BUDGET = 64 * 1024 * 1024
+"""Stored bytes of the units kept, by default (``cache.recent_bytes``)."""
 _encoder = msgspec.msgpack.Encoder()
 
 
 class RecentUnits:
     def __init__(self, store: Store, per_context: int = PER_CONTEXT,
-                 contexts: int = CONTEXTS) -> None:
+                 contexts: int = CONTEXTS, budget: int = BUDGET) -> None:
         self.store = store
         self.per_context = per_context
         self.contexts = contexts
+        self.budget = budget
         self._kept: collections.OrderedDict[str, collections.deque[tuple[int, bytes]]] = \
             collections.OrderedDict()
+        self._bytes = 0
+        """The stored bytes of every unit kept."""
 
     def applied(self, entries: list[Entry]) -> None:
         kept = self._kept
@@ -43,10 +51,30 @@ class RecentUnits:
                     # A context loaded while this batch was being applied (the journal
                     # thread writes the store) may hold its units already.
                     if units is not None and (not units or units[-1][0] < event.seq):
-                        units.append((event.seq, _encoder.encode(event.unit)))
+                        if len(units) == units.maxlen:  # the oldest goes as this one comes
+                            self._bytes -= len(units[0][1])
+                        raw = _encoder.encode(event.unit)
+                        units.append((event.seq, raw))
+                        self._bytes += len(raw)
                 elif isinstance(event, UnitsRemoved):
                     # Loaded again from the store at its next read (removals are rare).
-                    kept.pop(event.context_id, None)
+                    dropped = kept.pop(event.context_id, None)
+                    if dropped is not None:
+                        self._bytes -= sum(len(raw) for _, raw in dropped)
+        self._within_budget(keep=0)
+
+    def held(self) -> tuple[int, int, int]:
+        """Contexts, units and stored bytes kept now (``engram stats``)."""
+        units = sum(len(kept) for kept in self._kept.values())
+        return len(self._kept), units, self._bytes
+
+    def _within_budget(self, keep: int) -> None:
+        """Let the least recently read contexts go, all but the *keep* most recent ones,
+        until the units kept are within the count of contexts and the byte budget."""
+        kept = self._kept
+        while len(kept) > keep and (len(kept) > self.contexts or self._bytes > self.budget):
+            _, units = kept.popitem(last=False)
+            self._bytes -= sum(len(raw) for _, raw in units)
 
     def holds(self, context_id: str) -> bool:
         return context_id in self._kept
@@ -76,6 +104,7 @@ class RecentUnits:
         rows.reverse()
         units = collections.deque(rows, maxlen=self.per_context)
         self._kept[context_id] = units
-        if len(self._kept) > self.contexts:
-            self._kept.popitem(last=False)
+        self._bytes += sum(len(raw) for _, raw in rows)
+        # (The context just read stays, even alone past the budget: it answers now.)
+        self._within_budget(keep=1)
         return units

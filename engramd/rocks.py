@@ -16,9 +16,19 @@ import errno
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from rocksdict import AccessType, Options, Rdict, RdictIter, ReadOptions
+from rocksdict import (
+    AccessType,
+    BlockBasedIndexType,
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    RdictIter,
+    ReadOptions,
+)
 
 from engramd.protocol.errors import Damaged, DiskFull
 
@@ -93,13 +103,51 @@ class CheckedIter:
         self._it.seek_to_first()
 
 
+@dataclass(frozen=True)
+class StoreMemory:
+    """What the store may hold in memory, whatever its size on disk (``store.*`` keys)."""
+
+    block_cache_bytes: int = 64 * 1024 * 1024
+    """Blocks read lately, and the index and filter blocks of every table file."""
+    write_buffer_bytes: int = 64 * 1024 * 1024
+    write_buffers: int = 2
+    """Memtables at once: writes take at most ``write_buffer_bytes`` times this."""
+
+
+INFO_LOG_BYTES = 4 * 1024 * 1024
+INFO_LOGS = 5
+
+
+def _options(memory: StoreMemory) -> Options:
+    options = Options(raw_mode=True)
+    table = BlockBasedOptions()
+    table.set_block_cache(Cache(memory.block_cache_bytes))
+    # Left out of the cache (RocksDB's default), every table file's index and filter
+    # blocks stay in memory as long as the file is open: memory that grows with the
+    # store. In the cache, partitioned, only the top level of each index stays pinned.
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_pin_top_level_index_and_filter(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    options.set_block_based_table_factory(table)
+    options.set_write_buffer_size(memory.write_buffer_bytes)
+    options.set_max_write_buffer_number(memory.write_buffers)
+    # RocksDB's own info log (LOG) gains its statistics every ten minutes and a new file
+    # at each open, 1000 of them kept by default: bounded here to 5 x 4 MiB.
+    options.set_max_log_file_size(INFO_LOG_BYTES)
+    options.set_keep_log_file_num(INFO_LOGS)
+    return options
+
+
 def read_options() -> ReadOptions:
     options = ReadOptions()
     options.set_verify_checksums(True)
     return options
 
 
-def open_rocks(path: str, *, read_only: bool = False) -> Rdict:
+def open_rocks(path: str, *, read_only: bool = False,
+               memory: StoreMemory = StoreMemory()) -> Rdict:
     """Open the RocksDB at *path*, creating it only where there is nothing yet.
 
     A directory with a manifest or tables but no ``CURRENT`` is a damaged store, never a
@@ -115,7 +163,7 @@ def open_rocks(path: str, *, read_only: bool = False) -> Rdict:
     fresh = "CURRENT" not in names
     if fresh and any(name.startswith("MANIFEST-") or name.endswith(".sst") for name in names):
         raise StoreDamaged(os.path.join(path, "CURRENT"), "missing")
-    options = Options(raw_mode=True)
+    options = _options(memory)
     options.create_if_missing(fresh and not read_only)
     options.set_paranoid_checks(True)
     access = AccessType.read_only() if read_only else AccessType.read_write()

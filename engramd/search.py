@@ -102,8 +102,12 @@ def plain_query(text: str) -> str | None:
 
 def _filters(*, contexts: list[str], agents: list[str], types: list[str],
              meta: dict[str, str], since_us: int | None, until_us: int | None,
-             unit_ids: set[str] | None) -> tuple[list[str], list[object]] | None:
-    """SQL conditions on ``docs d`` for the filters; None when nothing can match."""
+             unit_ids: set[str] | None, per_match: bool = False,
+             ) -> tuple[list[str], list[object]] | None:
+    """SQL conditions on ``docs d`` for the filters; None when nothing can match.
+
+    *per_match*: checked for each match of a query by words (a metadata pair looked up
+    for that unit), rather than listing every unit with the pair first."""
     where: list[str] = []
     args: list[object] = []
     for column, values in (("d.context_id", contexts), ("d.agent_id", agents),
@@ -112,7 +116,9 @@ def _filters(*, contexts: list[str], agents: list[str], types: list[str],
             where.append(f"{column} IN ({','.join('?' * len(values))})")
             args += values
     for key, value in meta.items():
-        where.append("d.seq IN (SELECT seq FROM meta_kv WHERE key = ? AND value = ?)")
+        where.append("EXISTS (SELECT 1 FROM meta_kv WHERE key = ? AND value = ? AND seq = d.seq)"
+                     if per_match else
+                     "d.seq IN (SELECT seq FROM meta_kv WHERE key = ? AND value = ?)")
         args += [key, value]
     if since_us is not None:
         where.append("d.ts >= ?")
@@ -127,6 +133,10 @@ def _filters(*, contexts: list[str], agents: list[str], types: list[str],
         args += sorted(unit_ids)
     return where, args
 
+
+RANK_WINDOW = 2_000
+"""Matches ranked by BM25: the newest this many; older ones follow, newest first. Keeps a
+query's cost flat as the journal grows (SPECS §2.8)."""
 
 WAL_LIMIT = 4 * 1024 * 1024
 """SQLite's own log is checkpointed and cut back to this size: derived data must not
@@ -212,7 +222,8 @@ class SearchIndex:
             QueryError: FTS5 could not parse *query* (advanced mode).
         """
         found = _filters(contexts=contexts, agents=agents, types=types, meta=meta,
-                         since_us=since_us, until_us=until_us, unit_ids=unit_ids)
+                         since_us=since_us, until_us=until_us, unit_ids=unit_ids,
+                         per_match=query is not None)
         if found is None:
             return 0, []
         where, args = found
@@ -227,24 +238,17 @@ class SearchIndex:
             else:
                 clause = " AND ".join(["fts MATCH ?", *where])
                 params = [query, *args]
-                weights = ", ".join(str(w) for w in WEIGHTS)
-                # Rank every match but build snippets for the page only: a snippet costs
-                # far more than a score, and a query may match thousands of units.
-                # Without filters the ranking needs the FTS table alone; the page's unit
-                # ids are looked up afterwards.
-                source = "fts JOIN docs d ON d.seq = fts.rowid" if where else "fts"
-                ranked = self.db.execute(
-                    f"SELECT fts.rowid, bm25(fts, {weights}) AS score FROM {source} "
-                    f"WHERE {clause} ORDER BY score, fts.rowid DESC LIMIT ? OFFSET ?",
-                    [*params, limit, offset]).fetchall()
+                # The matches drive (CROSS JOIN keeps SQLite from walking a filter's
+                # units and starting the match over for each, 0.2 ms a unit); the filters
+                # are checked per match. Without filters the FTS table alone; the page's
+                # unit ids are looked up afterwards.
+                source = "fts CROSS JOIN docs d ON d.seq = fts.rowid" if where else "fts"
+                ranked = self._ranked(source, clause, params, limit, offset)
                 total = self.db.execute(f"SELECT count(*) FROM {source} WHERE {clause}",
                                         params).fetchone()[0]
                 seqs = [row[0] for row in ranked]
                 ids_by_seq = self.unit_ids(seqs)
-                snippets = dict(self.db.execute(
-                    f"SELECT rowid, snippet(fts, 0, '{MARK_OPEN}', '{MARK_CLOSE}', '…', 16) "
-                    f"FROM fts WHERE fts MATCH ? AND rowid IN ({','.join('?' * len(seqs))})",
-                    [query, *seqs]).fetchall()) if seqs else {}
+                snippets = self._snippets(query, seqs)
                 rows = [(ids_by_seq[seq], seq, score, snippets.get(seq, ""))
                         for seq, score in ranked]
         except sqlite3.OperationalError as exc:
@@ -252,6 +256,49 @@ class SearchIndex:
         # bm25() is lower for better matches; `or 0.0` keeps a filter-only 0 from being -0.0.
         return total, [Hit(unit_id, seq, -score or 0.0, snippet)
                        for unit_id, seq, score, snippet in rows]
+
+    def _ranked(self, source: str, clause: str, params: list[object], limit: int,
+                offset: int) -> list[tuple[int, float]]:
+        """The page ``(seq, bm25)``: the newest :data:`RANK_WINDOW` matches ranked by BM25
+        (then newest first), and after them the older matches, newest first.
+
+        Scoring costs about 2 µs a match and a common pair of words matches a share of
+        the whole journal, so ranking every match grows with the journal; counting and
+        walking matches newest first (FTS5 reads its lists in rowid order) stay cheap."""
+        score = f"bm25(fts, {', '.join(str(w) for w in WEIGHTS)})"
+        floor = self.db.execute(
+            f"SELECT fts.rowid FROM {source} WHERE {clause} ORDER BY fts.rowid DESC "
+            "LIMIT 1 OFFSET ?", [*params, RANK_WINDOW - 1]).fetchone()
+        if floor is None:  # fewer matches than the window: rank them all
+            return self.db.execute(
+                f"SELECT fts.rowid, {score} AS score FROM {source} WHERE {clause} "
+                "ORDER BY score, fts.rowid DESC LIMIT ? OFFSET ?",
+                [*params, limit, offset]).fetchall()
+        rows: list[tuple[int, float]] = []
+        if offset < RANK_WINDOW:
+            rows = self.db.execute(
+                f"SELECT fts.rowid, {score} AS score FROM {source} WHERE {clause} "
+                "AND fts.rowid >= ? ORDER BY score, fts.rowid DESC LIMIT ? OFFSET ?",
+                [*params, floor[0], min(limit, RANK_WINDOW - offset), offset]).fetchall()
+        if len(rows) < limit:
+            rows += self.db.execute(
+                f"SELECT fts.rowid, {score} FROM {source} WHERE {clause} AND fts.rowid < ? "
+                "ORDER BY fts.rowid DESC LIMIT ? OFFSET ?",
+                [*params, floor[0], limit - len(rows), max(0, offset - RANK_WINDOW)]
+            ).fetchall()
+        return rows
+
+    def _snippets(self, query: str, seqs: list[int]) -> dict[int, str]:
+        """The page's snippets, by seq. One pass over the matches between the page's seqs
+        (a window's worth at most): ``rowid IN (...)`` beside MATCH would make SQLite start
+        the match over for each seq, about 0.2 ms each."""
+        if not seqs:
+            return {}
+        page = ",".join("?" * len(seqs))
+        return {seq: snippet for seq, snippet in self.db.execute(
+            f"SELECT rowid, CASE WHEN rowid IN ({page}) THEN snippet(fts, 0, '{MARK_OPEN}', "
+            f"'{MARK_CLOSE}', '…', 16) END FROM fts WHERE fts MATCH ? AND rowid >= ? "
+            "AND rowid <= ?", [*seqs, query, min(seqs), max(seqs)]) if snippet is not None}
 
     def matching_seqs(self, **filters: object) -> set[int] | None:
         """The seqs that pass *filters* (those of :meth:`search`); None when there are none."""

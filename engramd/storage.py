@@ -54,6 +54,7 @@ import datetime as dt
 import logging
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -74,6 +75,7 @@ from engramd.rocks import (
     CheckedIter,
     StoreDamaged,
     StoreFull,
+    StoreMemory,
     damage_of,
     is_disk_full,
     open_rocks,
@@ -135,6 +137,22 @@ def _cursor_key(agent: str, name: str) -> bytes:
     return b"n/" + _text(agent) + b"\0" + _text(name)
 
 
+@dataclass(frozen=True)
+class StoreFigures:
+    """The store's size and memory as RocksDB counts them (``engram stats``)."""
+
+    sst_bytes: int
+    """Its live table files."""
+    memtable_bytes: int
+    """Writes applied since the last flush, in memory (and in our log)."""
+    keys: int
+    """RocksDB's estimate of the keys it holds."""
+    block_cache_bytes: int
+    block_cache_capacity: int
+    table_readers_bytes: int
+    """Memory its open table files take outside the block cache."""
+
+
 class SchemaMismatch(Exception):
     """The store was written by an incompatible version of engramd."""
 
@@ -146,12 +164,13 @@ class Store(AgentRecords):
     raise :class:`StoreFull`.
     """
 
-    def __init__(self, path: str, *, read_only: bool = False) -> None:
+    def __init__(self, path: str, *, read_only: bool = False,
+                 memory: StoreMemory | None = None) -> None:
         self.path = path
         self.read_only = read_only
         self.damage: StoreDamaged | None = None
         """The first damage a read met since the store opened (status reports it)."""
-        self.db = open_rocks(path, read_only=read_only)
+        self.db = open_rocks(path, read_only=read_only, memory=memory or StoreMemory())
         self._write = WriteOptions()
         self._write.disable_wal = True  # type: ignore[method-assign,assignment]
         # Cursor acks are not in our WAL: let RocksDB's own log keep them across a crash.
@@ -378,6 +397,17 @@ class Store(AgentRecords):
 
     def close(self) -> None:
         self.db.close()
+
+    def figures(self) -> StoreFigures:
+        """What RocksDB says it holds, from its properties (no walk of the store)."""
+        value = self.db.property_int_value
+        return StoreFigures(
+            sst_bytes=value("rocksdb.live-sst-files-size") or 0,
+            memtable_bytes=value("rocksdb.cur-size-all-mem-tables") or 0,
+            keys=value("rocksdb.estimate-num-keys") or 0,
+            block_cache_bytes=value("rocksdb.block-cache-usage") or 0,
+            block_cache_capacity=value("rocksdb.block-cache-capacity") or 0,
+            table_readers_bytes=value("rocksdb.estimate-table-readers-mem") or 0)
 
     # -- reading ------------------------------------------------------------
 

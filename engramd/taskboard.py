@@ -1,9 +1,10 @@
 """Tasks that cannot be claimed twice: adding, the ready queue, claims, done and release.
 
 A task is a TASK_STATUS unit; the store keeps each task's record (open or done)
-as its units are applied, and this board keeps those records in memory so that
-``ready`` costs no store reads. A claim is a lease on ``task:<id>``
-(:mod:`engramd.leases`): FIFO, fenced, bound to the claiming process or
+as its units are applied, and this board keeps the open ones in memory so that
+``ready`` walks no store (a done dependency is one point read). Done tasks stay in the
+store only: they accumulate with the journal, and memory must not. A claim is a lease
+on ``task:<id>`` (:mod:`engramd.leases`): FIFO, fenced, bound to the claiming process or
 connection, so a claimer that dies or lets its lease expire frees the task at
 once (the ``lock.released``/``lock.expired`` event says why). Each change of
 state is written as a unit fenced with the claim's token, so a claimer that has
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import heapq
 from collections.abc import Iterable, Iterator
 
 import trio
@@ -62,6 +64,7 @@ class TaskBoard:
         self.writer = writer
         self.leases = leases
         self._tasks: dict[str, StoredTask] = {}
+        """The open tasks (done ones are read from the store)."""
         self._queue: list[tuple[int, str]] = []
         """(priority, id) of every open task, in claim order: ``--next`` walks it from the
         front and stops at the first it can take, so done tasks cost it nothing."""
@@ -69,12 +72,11 @@ class TaskBoard:
             self._keep(task)
 
     def _keep(self, task: StoredTask) -> None:
-        known = self._tasks.get(task.id)
-        if known is not None and known.state == "open":
-            key = (known.priority, known.id)
-            del self._queue[bisect.bisect_left(self._queue, key)]
-        self._tasks[task.id] = task
+        known = self._tasks.pop(task.id, None)
+        if known is not None:
+            del self._queue[bisect.bisect_left(self._queue, (known.priority, known.id))]
         if task.state == "open":
+            self._tasks[task.id] = task
             bisect.insort(self._queue, (task.priority, task.id))
 
     def applied(self, entries: list[Entry]) -> None:
@@ -91,10 +93,17 @@ class TaskBoard:
     # -- reading --------------------------------------------------------------------
 
     def _stored(self, task_id: str) -> StoredTask:
-        found = self._tasks.get(validate.unit_id(task_id))
+        task_id = validate.unit_id(task_id)
+        found = self._tasks.get(task_id) or self.store.task(task_id)
         if found is None:
             raise NotFound(f"no task {task_id}")
         return found
+
+    def _done(self, task_id: str) -> bool:
+        if task_id in self._tasks:
+            return False
+        stored = self.store.task(task_id)
+        return stored is not None and stored.state == "done"
 
     def _claim(self, task_id: str, *, live: bool = False) -> Lease | None:
         """The lease claiming the task, as the lease table holds it (until its end is
@@ -106,8 +115,7 @@ class TaskBoard:
         return holding.lease
 
     def _open_dependencies(self, task: StoredTask) -> list[str]:
-        return [dep for dep in task.depends_on
-                if (found := self._tasks.get(dep)) is None or found.state != "done"]
+        return [dep for dep in task.depends_on if not self._done(dep)]
 
     def view(self, task: StoredTask) -> Task:
         claim = self._claim(task.id) if task.state == "open" else None
@@ -150,7 +158,15 @@ class TaskBoard:
         views = [self.view(task) for task in self._tasks.values()
                  if not wanted or task.context_id in wanted]
         views = [task for task in views if not states or task.state in states]
-        views.sort(key=lambda task: (task.state == "done", task.priority, task.id))
+        views.sort(key=lambda task: (task.priority, task.id))
+        if len(views) < limit and (not states or "done" in states):
+            # After the open ones, as many done ones as fit, read from the store (a
+            # task done since the last batch this board heard of is open here still).
+            done = (task for task in self.store.tasks() if task.state == "done"
+                    and task.id not in self._tasks
+                    and (not wanted or task.context_id in wanted))
+            views += [self.view(task) for task in heapq.nsmallest(
+                limit - len(views), done, key=lambda task: (task.priority, task.id))]
         return views[:limit]
 
     def claimed_by(self, agent: str) -> list[Task]:

@@ -76,9 +76,11 @@ class StoredContexts:
     the rest of the lookup."""
 
     SIZE = 4096
+    """Contexts kept by default (``cache.contexts``)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, size: int = SIZE) -> None:
         self.store = store
+        self.size = size
         self._recent: dict[str, Context] = {}
 
     def get(self, context_id: str) -> Context | None:
@@ -100,7 +102,7 @@ class StoredContexts:
 
     def _keep(self, context: Context) -> None:
         self._recent.pop(context.id, None)
-        if len(self._recent) >= self.SIZE:
+        if len(self._recent) >= self.size:
             del self._recent[next(iter(self._recent))]  # the least recently kept
         self._recent[context.id] = context
 

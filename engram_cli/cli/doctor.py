@@ -18,6 +18,7 @@ from engram_cli import __version__
 from engram_cli.client import Client
 from engram_cli.client.autostart import last_line
 from engram_cli.client.errors import EngramError
+from engram_cli.formats.diskview import days_to_full, growth_text, size
 from engramd.protocol import PROTOCOL_VERSION, DaemonStatus, log_file_in
 from engramd.protocol.logline import parse_line
 
@@ -26,6 +27,12 @@ MIN_FREE_FRACTION = 0.05
 INDEX_LAG_WARNING = 10_000
 CLUSTER_REPLICAS = 3
 """Fewer replicas of the journal stream than this: one NATS server lost can lose writes."""
+FILL_WARNING_DAYS = 7.0
+FILL_FAILURE_DAYS = 1.0
+"""At the journal's growth rate, the data dir's disk fills within this many days: warn,
+fail."""
+FILL_FIX = ("free some space, archive old units with a retention policy (retention.* keys; "
+            "engram gc --dry-run shows what goes), or move the data dir to a bigger disk")
 LOG_LINES_READ = 2000
 LEASE_WARNING_FRACTION = 0.1
 LEASE_WARNING_SECONDS = 1.0
@@ -74,7 +81,8 @@ class Doctor:
 
     def run(self) -> Iterator[Finding]:
         checks: list[Callable[[], Finding]] = [
-            self.daemon, self.version, self.socket, self.data, self.disk, self.recovery,
+            self.daemon, self.version, self.socket, self.data, self.disk, self.growth,
+            self.recovery,
             self.cuts, self.log_errors, self.index, self.vectors, self.cluster, self.leases]
         if self.deep:
             checks.insert(checks.index(self.cuts), self.walk)
@@ -147,6 +155,28 @@ class Doctor:
             return Finding("disk", "warn", f"{free_mib:,.0f} MiB free under {path}",
                            "free some space: writes are refused when the disk fills")
         return _ok("disk", f"{free_mib:,.0f} MiB free under {path}")
+
+    def growth(self) -> Finding:
+        """Whether the data dir's disk fills soon at the journal's growth rate."""
+        if (skipped := self._needs_daemon("disk growth")) is not None:
+            return skipped
+        gauges = self._stats_gauges()
+        if "disk_growth_bytes_per_second" not in gauges:
+            return Finding("disk growth", "skip", growth_text(gauges))
+        detail = (f"{growth_text(gauges)} ({size(gauges.get('disk_free_bytes', 0))} free "
+                  f"under {self.data_dir})")
+        days = days_to_full(gauges)
+        if days is not None and days < FILL_FAILURE_DAYS:
+            return Finding("disk growth", "fail", detail, FILL_FIX)
+        if days is not None and days < FILL_WARNING_DAYS:
+            return Finding("disk growth", "warn", detail, FILL_FIX)
+        return _ok("disk growth", detail)
+
+    def _stats_gauges(self) -> dict[str, float]:
+        """The daemon's gauges (``engram stats``), asked once."""
+        if self._gauges is None:
+            self._gauges = self.client.stats().gauges
+        return self._gauges
 
     def recovery(self) -> Finding:
         if (skipped := self._needs_daemon("journal")) is not None:
@@ -244,11 +274,10 @@ class Doctor:
         """How far a derived index trails the journal (the daemon's stats, asked once)."""
         if (skipped := self._needs_daemon(check)) is not None:
             return skipped
-        if self._gauges is None:
-            self._gauges = self.client.stats().gauges
-        if gauge not in self._gauges and absent is not None:
+        gauges = self._stats_gauges()
+        if gauge not in gauges and absent is not None:
             return Finding(check, "skip", *absent)
-        lag = int(self._gauges.get(gauge, 0))
+        lag = int(gauges.get(gauge, 0))
         if lag > INDEX_LAG_WARNING:
             return Finding(check, "warn", f"{lag} events behind the journal",
                            "wait, or rebuild with engram daemon reindex")

@@ -166,3 +166,40 @@ def test_the_console_row_runs_in_a_real_browser(env: dict[str, str]) -> None:
     (row,) = map(json.loads, result.stdout.splitlines())
     assert row["name"] == "console.feed10" and row["ops"] == 60  # 6 writes, 10 consoles
     assert "in all 10: p50" in row["note"]
+
+
+def test_the_scale_fill_is_varied_linked_and_deterministic() -> None:
+    from engram_cli.bench import scale
+
+    texts = [scale.text(n) for n in range(5_000)]
+    assert texts == [scale.text(n) for n in range(5_000)]
+    assert len(set(texts)) == len(texts)  # no two units alike, so recall is well defined
+    assert {scale.context_of(n) for n in range(0, 100, 10)} == {scale.BIG_CONTEXTS[0]}
+    assert len({scale.context_of(n) for n in range(5_000)}) > 1_000
+    assert scale.stages(10_000_000) == [1_000_000, 10_000_000]
+    assert scale.stages(20_000) == [2_000, 20_000]
+    assert [scale.label(n) for n in (1_000_000, 2_000, 1_234)] == ["1M", "2k", "1234"]
+    filler = scale.Filler(harness.BenchTarget(socket_path="", env={}, scale=1.0))
+    filler.ids.extend(["a", "b"])
+    filler.written = 102
+    assert (filler.id_of(100), filler.id_of(101), filler.id_of(99),
+            filler.id_of(102)) == ("a", "b", None, None)
+
+
+def test_the_scale_rows_run_at_two_sizes_and_judge_the_second(env: dict[str, str]) -> None:
+    result = run_cli(env, "bench", "--units", "3k", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    rows_ = {line["name"]: line for line in lines if "name" in line}
+    parts = [line for line in lines if "units" in line]
+    for size in ("300", "3k"):
+        assert {f"scale.{name}@{size}" for name in (
+            "fill", "write.single", "list.last100", "search.words", "search.phrase",
+            "search.filtered", "trace", "restart.clean", "restart.crash")} <= set(rows_)
+    assert rows_["scale.search.words@3k"]["target"].startswith("p99 <= 2 x @300 p99")
+    assert rows_["scale.restart.crash@3k"]["met"] in (True, False)
+    assert rows_["scale.fill@3k"]["ops"] > 2_000
+    assert [part["units"] for part in parts] == [300, 3_000]
+    assert all(part["store"] > 0 and part["wal"] > 0 and part["rss_engramd_mib"] > 0
+               for part in parts)
+    assert run_cli(env, "bench", "--units", "12").returncode == 2

@@ -169,6 +169,31 @@ def test_the_next_task_is_the_most_urgent_ready_one_and_dependencies_wait(
             alice.add_task("x", priority=5)
 
 
+def test_done_tasks_are_read_from_the_store_not_kept_in_memory(
+        threaded_daemon: ThreadedDaemon) -> None:
+    """Done tasks accumulate with the journal: the board keeps only the open ones."""
+    with connect(threaded_daemon.config, "alice") as alice:
+        first = alice.add_task("first", priority=1)
+        second = alice.add_task("second", priority=2)
+        after = alice.add_task("after both", priority=0, depends_on=[first.id, second.id])
+        kept = alice.add_task("still open", priority=3)
+        for task in (first, second):
+            alice.claim_task(task.id)
+            alice.finish_task(task.id)
+        assert threaded_daemon.server is not None
+        board = threaded_daemon.server.engine.ready().board
+        assert set(board._tasks) == {after.id, kept.id}
+        assert alice.get_task(first.id).state == "done"
+        with pytest.raises(Conflict, match="is done"):
+            alice.claim_task(second.id)
+        assert alice.claim_task().id == after.id  # its dependencies are done, in the store
+        listed = [task.id for task in alice.list_tasks()]
+        assert listed == [after.id, kept.id, first.id, second.id]  # open first, then done
+        assert [task.id for task in alice.list_tasks(limit=3)] == [after.id, kept.id, first.id]
+        assert [task.id for task in alice.list_tasks(states=["done"], limit=1)] == [first.id]
+        assert alice.list_tasks(states=["done"], contexts=["elsewhere"]) == []
+
+
 def test_a_claim_is_exclusive_and_only_its_session_finishes_it(
         threaded_daemon: ThreadedDaemon) -> None:
     config = threaded_daemon.config

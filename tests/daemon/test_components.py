@@ -557,7 +557,7 @@ def test_stored_contexts_follow_applied_batches_and_stay_bounded(
     from engramd.writes import StoredContexts
 
     store = storage[0]
-    contexts = StoredContexts(store)
+    contexts = StoredContexts(store, size=2)
     assert contexts.get("c0") is None
     entries = [context_created(f"c{n}")(n + 1, dt.datetime.now(dt.UTC))[0] for n in range(3)]
     store.apply(entries)
@@ -567,7 +567,6 @@ def test_stored_contexts_follow_applied_batches_and_stay_bounded(
                                                        context_id="c1", context=renamed)])
     contexts.applied([update])  # what the committer reports once it is stored
     assert contexts.get("c1") == renamed
-    monkeypatch.setattr(StoredContexts, "SIZE", 2)
     for name in ("c0", "c1", "c2"):
         contexts.get(name)
     assert len(contexts._recent) == 2 and "c0" not in contexts._recent

@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from engram_cli.client import Client
+from engram_cli.client import Client, requests
 from engram_cli.client.errors import BadRequest
+from engramd.search import RANK_WINDOW
 from tests.conftest import ThreadedDaemon, connect, make_config, start_threaded, wait_until
 
 
@@ -150,3 +151,33 @@ def test_huge_words_do_not_stall_the_indexer(threaded_daemon: ThreadedDaemon) ->
         engram.create_unit("big", "MESSAGE", "p" * 1_000_000)
         engram.create_unit("big", "MESSAGE", "aB" * 400_000 + " needle")
         wait_until(lambda: engram.search("needle").total == 1, "the index past huge words")
+
+
+def test_the_newest_matches_are_ranked_and_older_ones_follow_newest_first(
+        threaded_daemon: ThreadedDaemon) -> None:
+    """BM25 ranks the newest RANK_WINDOW matches only (a query's cost stays flat as the
+    journal grows); older matches are still counted and paged to, newest first."""
+    older, newer = 150, RANK_WINDOW
+    with connect(threaded_daemon.config) as engram:
+        # The older units are the better matches (the word three times), yet past the window.
+        old_ids = [unit.id for unit in engram.create_units(
+            [requests.draft("old", "MESSAGE", f"harbour harbour harbour {n}")
+             for n in range(older)]).units]
+        new_ids: list[str] = []
+        for start in range(0, newer, 1000):
+            new_ids += [unit.id for unit in engram.create_units(
+                [requests.draft("new", "MESSAGE", f"harbour and a long sentence around it {n}"
+                                + (" harbour harbour" if n == 1234 else ""))
+                 for n in range(start, min(newer, start + 1000))]).units]
+        wait_until(lambda: indexed(engram), "the index to catch up")
+        first = engram.search("harbour", limit=5)
+        straddling = engram.search("harbour", limit=100, offset=RANK_WINDOW - 50)
+        past = engram.search("harbour", limit=100, offset=RANK_WINDOW + 100)
+        filtered = engram.search("harbour", contexts=["old", "new"], limit=5)
+    assert first.total == older + newer
+    assert first.hits[0].unit_id == new_ids[1234]  # the window's best
+    assert set(ids(first)) <= set(new_ids)
+    assert ids(filtered) == ids(first)
+    assert set(ids(straddling)[:50]) <= set(new_ids)
+    assert ids(straddling)[50:] == old_ids[::-1][:50]  # then the older ones, newest first
+    assert ids(past) == old_ids[::-1][100:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -11,9 +12,16 @@ from engram_cli.client import Client
 from engram_cli.client.errors import NotFound
 from engram_cli.formats.prometheus import prometheus_text, quantile
 from engramd.config import DaemonConfig
-from engramd.protocol import DaemonStats, HistogramData, UnitCreated
+from engramd.protocol import DaemonStats, HistogramData, UnitCreated, UnitDraft
 from engramd.protocol.logline import at_least, format_line, parse_line
-from tests.conftest import DaemonProcess, ThreadedDaemon, run_cli
+from tests.conftest import (
+    DaemonProcess,
+    ThreadedDaemon,
+    make_config,
+    run_cli,
+    start_threaded,
+    wait_until,
+)
 
 
 def test_stats_count_requests_errors_latencies_and_fanout(threaded_daemon: ThreadedDaemon,
@@ -90,3 +98,95 @@ def test_log_lines_round_trip_and_filter_by_level() -> None:
     assert parse_line(line) == {"level": "warning", "msg": 'a "quoted"\nline', "pid": "1"}
     assert at_least(line, "info") and not at_least(line, "error")
     assert at_least("not logfmt at all", "error")
+
+
+def part(stats: DaemonStats, name: str) -> float:
+    return stats.gauges[f'disk_bytes{{part="{name}"}}']
+
+
+def test_stats_say_what_each_part_of_the_journal_holds(engramd: DaemonProcess) -> None:
+    data_dir = Path(engramd.env["ENGRAM_DATA_DIR"])
+    with Client(engramd.socket, autostart=False) as client:
+        client.create_units([UnitDraft(context_id="parts", type="REASONING",
+                                                payload=b"a line of text %d" % n * 40)
+                                      for n in range(200)])
+
+        written = sum(segment.stat().st_size for segment in (data_dir / "wal").glob("*.wal"))
+        # (A measure is at most a second old.)
+        wait_until(lambda: part(client.stats(), "wal") >= written, "the log to be measured")
+        stats = client.stats()
+    gauges = stats.gauges
+    assert part(stats, "store") > 0 and part(stats, "search") > 0
+    assert part(stats, "vectors") == 0  # (semantic search is off in the tests)
+    assert 'disk_bytes{part="archive"}' not in gauges  # none configured
+    assert gauges["disk_free_bytes"] > 0
+    assert gauges["store_keys"] >= 200 and gauges["store_memtable_bytes"] > 0
+    assert 0 < gauges["store_block_cache_bytes"] <= gauges["store_block_cache_capacity_bytes"]
+    table = run_cli(engramd.env, "stats").stdout.splitlines()
+    rows = {line.split("\t")[0]: line.split("\t") for line in table
+            if line.count("\t") == 3}
+    assert rows["part"] == ["part", "bytes", "per_unit", "holds"]
+    assert set(rows) >= {"wal", "store", "search", "vectors", "total", "free"}
+    assert "segment(s)" in rows["wal"][3] and "keys" in rows["store"][3]
+    assert int(rows["total"][1]) == sum(int(rows[name][1])
+                                        for name in ("wal", "store", "search", "vectors"))
+    assert int(rows["total"][2]) == round(int(rows["total"][1]) / 200)  # bytes per unit
+    assert "200 units" in rows["total"][3]
+    exposition = run_cli(engramd.env, "stats", "--prometheus").stdout
+    assert 'engram_disk_bytes{part="store"} ' in exposition
+
+
+def test_memory_bounds_are_the_configured_ones(env: dict[str, str]) -> None:
+    """The store's cache and memtables, and the recent units kept, as configured."""
+    config = make_config(env, **{"store.block_cache_bytes": str(8 * 2**20),
+                                 "store.write_buffer_bytes": str(4 * 2**20),
+                                 "store.write_buffers": "3", "cache.recent_units": "4",
+                                 "cache.recent_contexts": "2"})
+    with start_threaded(config), Client(config.socket, autostart=False) as client:
+        for context in ("a", "b", "c"):
+            client.create_units([
+                UnitDraft(context_id=context, type="REASONING", payload=b"%s %d" % (
+                    context.encode(), n)) for n in range(6)])
+        for context in ("a", "b", "c"):
+            newest = client.list_units(context, limit=3).units
+            assert [unit.payload for unit in newest] == [b"%s %d" % (context.encode(), n)
+                                                         for n in (3, 4, 5)]
+        gauges = client.stats().gauges
+        assert gauges["recent_cache_contexts"] == 2, "the least recently read went"
+        assert gauges["recent_cache_units"] == 2 * 4
+        assert gauges["store_block_cache_capacity_bytes"] == 8 * 2**20
+        # More than the cache keeps is read from the store, whole.
+        assert len(client.list_units("a", limit=5).units) == 5
+    [options] = sorted(Path(config.data_dir, "store").glob("OPTIONS-*"))[-1:]
+    written = options.read_text()
+    assert "write_buffer_size=4194304" in written
+    assert "max_write_buffer_number=3" in written
+    assert "cache_index_and_filter_blocks=true" in written
+
+
+def test_the_recent_units_stay_within_their_byte_budget(env: dict[str, str]) -> None:
+    config = make_config(env, **{"cache.recent_bytes": "12000"})
+    with start_threaded(config), Client(config.socket, autostart=False) as client:
+        for context in ("a", "b", "c"):  # some 5 KB of stored units each
+            client.create_units([UnitDraft(context_id=context, type="REASONING",
+                                           payload=b"%d" % n * 500) for n in range(8)])
+        for context in ("a", "b", "c"):
+            assert [unit.payload for unit in client.list_units(context, limit=5).units] == \
+                [b"%d" % n * 500 for n in range(3, 8)]
+        gauges = client.stats().gauges
+        assert gauges["recent_cache_contexts"] == 2, "a, read least lately, went"
+        assert 8_000 < gauges["recent_cache_bytes"] <= 12_000
+        client.create_unit("c", "REASONING", "one more")  # followed: c is kept
+        assert client.list_units("c", limit=2).units[-1].payload == b"one more"
+        gauges = client.stats().gauges
+        assert gauges["recent_cache_contexts"] == 2
+        assert gauges["recent_cache_bytes"] <= 12_000
+
+
+def test_rocksdbs_own_info_logs_do_not_pile_up_across_starts(env: dict[str, str]) -> None:
+    config = make_config(env)
+    for _ in range(8):
+        start_threaded(config).stop()
+    store = Path(config.data_dir, "store")
+    assert len(list(store.glob("LOG.old.*"))) <= 4, "the LOG and four before it"
+    assert "max_log_file_size=4194304" in sorted(store.glob("OPTIONS-*"))[-1].read_text()

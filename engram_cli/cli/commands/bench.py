@@ -50,6 +50,12 @@ def bench(
         "--cluster",
         help="Also run the cluster-mode rows (3 NATS servers and 2 engramd on loopback) "
              "beside the single-machine rows they compare with.")] = False,
+    units: Annotated[str | None, typer.Option(
+        "--units", metavar="N",
+        help="Instead of the workloads, grow one journal to N units (10M, 2.5M, 500k) "
+             "and measure the scale rows at 1M and at N: writes, newest-100, keyword, "
+             "semantic and hybrid search, trace, restarts, memory and bytes on disk per "
+             "unit. Ten million takes hours; it is never part of the other runs.")] = None,
     json: JsonOption = False,
 ) -> None:
     """Measure latency (p50/p99/max), throughput and the daemon's CPU per operation of
@@ -63,6 +69,11 @@ def bench(
     if list_:
         for name, workload in rows.WORKLOADS.items():
             out.line(f"{name}\t{(workload.__doc__ or '').strip()}")
+        return
+    if units is not None:
+        if use_running or soak is not None or compare is not None or only or cluster:
+            raise UsageProblem("--units runs a daemon of its own and no other workload")
+        _scale(cli, _unit_count(units), json)
         return
     if soak is not None and cluster:
         if use_running:
@@ -165,6 +176,40 @@ def _soak(cli: context.CliContext, use_running: bool, seconds: float, json: bool
         ("daemon error counters",
          ", ".join(f"{k} {v}" for k, v in report.daemon_errors.items()) or "none"),
     ])
+
+
+def _unit_count(text: str) -> int:
+    multiplier = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
+    try:
+        count = float(text[:-1] if multiplier > 1 else text) * multiplier
+    except ValueError:
+        count = 0
+    if not 1_000 <= count <= 1_000_000_000:
+        raise UsageProblem(f"--units must be a count from 1k to 1000M (10M, 500k), not {text!r}")
+    return int(count)
+
+
+def _scale(cli: context.CliContext, count: int, json: bool) -> None:
+    from engram_cli.bench import scale
+
+    out = cli.output(json)
+    stages = scale.run_scale(count, note)
+    results = scale.judged(stages)
+    if out.json:
+        for result in results:
+            out.json_line(result)
+        for stage in stages:
+            out.json_line({"units": stage.units, **stage.parts})
+        return
+    _table(out, results)
+    out.table("engram bench --units: memory (MiB) and bytes on disk per unit",
+              ["units", "engramd RSS", "index process RSS", "wal", "store", "fts",
+               "vectors", "other", "total"], scale.part_rows(stages),
+              numeric={"engramd RSS", "index process RSS", "wal", "store", "fts",
+                       "vectors", "other", "total"})
+    verdict = scale.memory_verdict(stages)
+    if verdict:
+        out.line(verdict)
 
 
 def _cluster_soak(cli: context.CliContext, seconds: float, json: bool) -> None:

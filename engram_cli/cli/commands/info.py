@@ -98,6 +98,10 @@ def stats(
     out.fields("gauges", ((name, _gauge(name, value) if out.is_terminal
                            else str(_count_or_float(value)))
                           for name, value in reply.gauges.items()))
+    from engram_cli.formats.diskview import disk_rows
+
+    out.table("disk", ["part", "bytes", "per_unit", "holds"],
+              disk_rows(reply.gauges, human=out.is_terminal), numeric=("bytes", "per_unit"))
     # People read milliseconds; a program gets the unit the names end in (_seconds),
     # as Prometheus has it. The unit is in the column names either way.
     unit, scale, places = ("ms", 1000, 3) if out.is_terminal else ("seconds", 1, 6)

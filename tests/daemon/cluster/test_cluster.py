@@ -316,6 +316,9 @@ def test_doctor_checks_the_cluster_and_warns_on_a_stream_of_one_replica(
         stats = json.loads(alone.cli("stats", "--json").stdout)
         assert stats["gauges"]["cluster_reachable"] == 1, stats["gauges"]
         assert stats["gauges"]["cluster_view_lag_messages"] == 0, stats["gauges"]
+        # No log of its own in cluster mode: the store and indexes are its parts on disk.
+        assert 'disk_bytes{part="wal"}' not in stats["gauges"]
+        assert stats["gauges"]['disk_bytes{part="store"}'] > 0
 
 
 def test_a_single_machine_journal_moves_into_a_cluster(
