@@ -191,16 +191,15 @@ class Indexes:
                                       int(unit.ts.timestamp() * 1_000_000), text, unit.meta))
         up_to = stored[-1][0]
         if up_to > keyword_seq:
-            for seq, removed in removals:
-                if seq > keyword_seq:
-                    self.index.remove(removed)
+            self.index.remove([unit for seq, removed in removals if seq > keyword_seq
+                               for unit in removed])
             self.index.add([d for d in documents if d.seq > keyword_seq], up_to)
         if vectors is not None and up_to > vector_seq:
             wanted = [d for d in documents if d.seq > vector_seq and d.text and d.text.strip()]
             try:
-                for seq, removed in removals:
-                    if seq > vector_seq:
-                        vectors.remove(removed)
+                # (Once per batch: the brute-force index rewrites its files to remove.)
+                vectors.remove([unit for seq, removed in removals if seq > vector_seq
+                                for unit in removed])
                 vectors.add([d.seq for d in wanted], [d.text or "" for d in wanted], up_to)
             except OSError:
                 raise  # a full disk: logged and retried like the keyword index

@@ -191,6 +191,8 @@ class SearchIndex:
         """Take the units *seqs* out (retention removed them), in one transaction; seqs
         not indexed are passed over. The seq taken in is :meth:`add`'s to record, after:
         a crash in between takes the removal again, which changes nothing."""
+        if not seqs:
+            return
         rows = [(seq,) for seq in seqs]
         with self.db:
             self.db.execute("BEGIN")
