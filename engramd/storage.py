@@ -79,6 +79,7 @@ from engramd.rocks import (
     damage_of,
     is_disk_full,
     open_rocks,
+    read_options,
     rocks_get,
 )
 from engramd.runtime import free_bytes
@@ -353,9 +354,15 @@ class Store(AgentRecords):
         return removed
 
     def _keys(self, prefix: bytes) -> Iterator[bytes]:
-        iterator = self._iter()
+        """Every key that begins with *prefix* (which ends in NUL), read by an iterator
+        bounded to it: a removal's seeks would otherwise walk the tombstones the
+        removals before it left after the prefix (0.5 ms a seek after 20,000)."""
+        options = read_options()  # (checksums verified, as every read of the store)
+        options.set_iterate_lower_bound(prefix)
+        options.set_iterate_upper_bound(prefix[:-1] + bytes([prefix[-1] + 1]))
+        iterator = CheckedIter(self.db.iter(options), self._damaged)
         iterator.seek(prefix)
-        while iterator.valid() and iterator.key().startswith(prefix):
+        while iterator.valid():
             yield iterator.key()
             iterator.next()
 
