@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import logging
 import os
 import queue
@@ -212,6 +213,8 @@ class GroupCommitter:
         self._solo = 0
         """Batches still to be made of one request (after a batch too large to send)."""
         self._last_ts = dt.datetime.now(dt.UTC)
+        self.clock: Callable[[], dt.datetime] = functools.partial(dt.datetime.now, dt.UTC)
+        """What commits are stamped with (engramd gives it :mod:`engramd.clock`'s)."""
         self.failure: str | None = None
         """Why every write is refused until a restart (a failed fsync), or None."""
         self.refusing: str | None = None
@@ -286,7 +289,7 @@ class GroupCommitter:
                 await self._arrival.wait()
 
     def _now(self) -> dt.datetime:
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock()
         self._last_ts = max(now, self._last_ts)
         return self._last_ts
 

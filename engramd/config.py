@@ -23,6 +23,7 @@ from engramd.protocol import (
     resolve_data_dir,
     resolve_socket_path,
 )
+from engramd.retentionpolicy import Policy, format_duration, parse_policies
 
 
 class ConfigError(Exception):
@@ -204,6 +205,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("search.reserve_bytes", int, 64 * 1024 * 1024,
             "The search indexer writes only while more than this is free on the data dir's "
             "disk, and catches up once there is: the journal comes first.", minimum=0),
+    Setting("retention.interval", float, 3600.0,
+            "Seconds between two runs of the retention policies ([[retention.policy]]); "
+            "'engram gc' runs them at once.", minimum=1),
+    Setting("retention.archive_dir", str, "",
+            "Where retention writes the archives of the units it removes (an absolute "
+            "path); empty: <data dir>/archive."),
     Setting("cluster.servers", str, "",
             "Cluster mode: NATS server URLs, comma-separated (nats://host:4222,...). Empty: "
             "one machine, the local WAL. Set: the journal is a JetStream stream shared by "
@@ -227,6 +234,8 @@ SETTINGS: tuple[Setting, ...] = (
             "before it is answered unavailable.", minimum=0.1),
 )
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
+POLICIES_KEY = "retention.policy"
+"""The retention policies: an array of tables, in the config file only (SPECS §3.7)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -290,8 +299,17 @@ class DaemonConfig:
     tls_cert: str = ""
     tls_key: str = ""
     write_timeout: float = 5.0
+    interval: float = 3600.0
+    archive_dir: str = ""
+    policies: tuple[Policy, ...] = ()
+    """The retention policies, in the file's order (:mod:`engramd.retentionpolicy`)."""
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     """Where each value came from: ``default``, ``file``, ``env:NAME`` or ``flag``."""
+
+    @property
+    def archive_path(self) -> str:
+        """Where retention writes its archives."""
+        return self.archive_dir or os.path.join(self.data_dir, "archive")
 
     @property
     def cluster_servers(self) -> list[str]:
@@ -310,7 +328,16 @@ class DaemonConfig:
                 (setting.key, getattr(self, setting.attr),
                  self.sources.get(setting.key, "default"))
             )
+        rows.append((POLICIES_KEY, "; ".join(_described(policy) for policy in self.policies)
+                     or "(none)", self.sources.get(POLICIES_KEY, "default")))
         return rows
+
+
+def _described(policy: Policy) -> str:
+    limits = [f"max_age={format_duration(policy.max_age)}" if policy.max_age is not None
+              else "",
+              f"max_units={policy.max_units}" if policy.max_units is not None else ""]
+    return f"{policy.context} " + " ".join(limit for limit in limits if limit)
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -335,12 +362,22 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
     for key, value in _flatten(table).items():
+        if key == POLICIES_KEY:
+            try:
+                values[key] = parse_policies(value)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+            continue
         setting = _BY_KEY.get(key)
         if setting is None:
             hint = " (set it with --socket/--data-dir or the environment)" if key in (
                 "socket", "data_dir") else ""
             raise ConfigError(f"{path}: unknown key {key!r}{hint}")
         values[key] = setting.check(value, path)
+    archive_dir = values.get("retention.archive_dir", "")
+    if archive_dir and not os.path.isabs(archive_dir):
+        raise ConfigError(f"{path}: retention.archive_dir must be an absolute path, got "
+                          f"{archive_dir!r}")
     return values
 
 
@@ -387,9 +424,15 @@ def load_config(
     for key, text in (overrides or {}).items():
         override = _BY_KEY.get(key)
         if override is None:
-            raise ConfigError(f"--set: unknown key {key!r}")
+            hint = " (retention policies are written in the config file only)" if (
+                key == POLICIES_KEY) else ""
+            raise ConfigError(f"--set: unknown key {key!r}{hint}")
         values[key] = override.parse_text(text, f"--set {key}")
         sources[key] = "flag"
+    archive_dir = values.get("retention.archive_dir", "")
+    if archive_dir and not os.path.isabs(archive_dir):
+        raise ConfigError(f"retention.archive_dir must be an absolute path, got {archive_dir!r}")
+    policies = values.pop(POLICIES_KEY, ())
 
     sources["socket"] = "flag" if socket else (
         "env:ENGRAM_SOCKET" if env.get("ENGRAM_SOCKET") else "default")
@@ -406,5 +449,6 @@ def load_config(
         config_file=used_file,
         log_file=os.path.abspath(log_file) if log_file else None,
         sources=sources,
+        policies=policies,
         **{_BY_KEY[key].attr: value for key, value in values.items()},
     )

@@ -96,6 +96,7 @@ from engramd.protocol import (
     Request,
     ResolveUnitIds,
     RevokeTokens,
+    RunRetention,
     Search,
     SearchResults,
     SendMessage,
@@ -355,6 +356,9 @@ class Dispatcher:
                 return parts.briefing.brief(request, caller)
             case Verify():
                 return await self.engine.verify(request.id)
+            case RunRetention():
+                return await parts.retention.apply(dry_run=request.dry_run,
+                                                   request_id=request.id)
             case GetCluster():
                 if parts.cluster is None:
                     raise BadRequest("engramd is not in cluster mode (cluster.servers is "

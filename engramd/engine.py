@@ -30,6 +30,7 @@ from trio import TaskStatus
 from engramd import __version__, integrity, validate
 from engramd.briefing import Briefing
 from engramd.caller import Caller
+from engramd.clock import anchored_clock
 from engramd.commit import GroupCommitter, ReadOnlyCommitter
 from engramd.config import DaemonConfig
 from engramd.diskuse import DiskWatch, measure
@@ -56,6 +57,7 @@ from engramd.protocol import (
 )
 from engramd.queries import Queries
 from engramd.recent import RecentUnits
+from engramd.retention import Retention
 from engramd.rocks import StoreDamaged
 from engramd.storage import Store, StoreFigures
 from engramd.taskboard import TaskBoard
@@ -91,6 +93,7 @@ class Parts:
     board: TaskBoard
     briefing: Briefing
     recent: RecentUnits
+    retention: Retention
     cluster: ClusterJournal | None = None
     marks: SharedMarks | None = None
     """Cluster mode: the agents' marks and cursors shared through the cluster."""
@@ -207,8 +210,14 @@ class Engine:
         board = TaskBoard(store, writer, leases)
         followers += [recent.applied, mailbox.applied, board.applied]
         briefing = Briefing(store, mailbox, board, leases, self.presence)
+        refused = ("the journal is the cluster's stream (cluster mode): keep its size with "
+                   "the stream's own limits" if cluster is not None
+                   else opened.read_only)
+        committer.clock = now = anchored_clock()
+        retention = Retention(store, committer, writer.context, config.policies,
+                              config.archive_path, config.interval, refused=refused, now=now)
         return Parts(store, wal, indexer, hub, committer, leases, writer, queries, mailbox,
-                     board, briefing, recent, cluster, marks)
+                     board, briefing, recent, retention, cluster, marks)
 
     async def _run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -230,6 +239,7 @@ class Engine:
             if self.read_only is None:
                 nursery.start_soon(self._checkpoints, parts)
             nursery.start_soon(parts.indexer.run)
+            nursery.start_soon(parts.retention.run)
             self.state = "ready"
             log.info("ready")
             nursery.start_soon(self.disk.run)  # (from the journal as opened)

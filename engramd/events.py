@@ -97,6 +97,10 @@ class _LockExpiredHead(_LockHead, tag="lock.expired"):
     pass
 
 
+class _UnitsRemovedHead(_EventHead, tag="units.removed"):
+    pass
+
+
 class _UnitCreatedFromStore(msgspec.Struct, tag_field="kind", tag="unit.created"):
     """A ``unit.created`` event rebuilt around a stored unit's bytes, never decoding them."""
 
@@ -109,7 +113,7 @@ class _UnitCreatedFromStore(msgspec.Struct, tag_field="kind", tag="unit.created"
 _unit_head = msgspec.msgpack.Decoder(_UnitHead)
 _context_head = msgspec.msgpack.Decoder(
     _ContextCreatedHead | _ContextUpdatedHead | _LockAcquiredHead | _LockRenewedHead
-    | _LockReleasedHead | _LockExpiredHead)
+    | _LockReleasedHead | _LockExpiredHead | _UnitsRemovedHead)
 _AGENT_CHANGES = ("agent_joined", "agent_left")
 
 
@@ -131,6 +135,9 @@ def describe_context_event(data: bytes) -> Described:
             concerned.add(head.by)
         kind = type(head).__struct_config__.tag
         return Described(head.seq, str(kind), head.context_id, frozenset(concerned), None, {},
+                         data)
+    if isinstance(head, _UnitsRemovedHead):  # (retention's: no agent made it)
+        return Described(head.seq, "units.removed", head.context_id, frozenset(), None, {},
                          data)
     if isinstance(head, _ContextCreatedHead):
         return Described(head.seq, "context.created", head.context_id,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from engramd.protocol.model import Unit
+from engramd.protocol.model import Unit, UnitsRemoved
 from engramd.search import Document, Hit, SearchIndex
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("engramd.indexer")
 
 _unit_decoder = msgspec.msgpack.Decoder(Unit)
+_removal_decoder = msgspec.msgpack.Decoder(UnitsRemoved)
+_REMOVAL_KIND = b"units.removed"
 
 Stored = list[tuple[int, bytes]]
 """Stored events as the store gives them: ``(seq, value)``, a unit's value starting b"U"."""
@@ -172,8 +174,13 @@ class Indexes:
         vectors = self._vectors()
         vector_seq = vectors.indexed_seq if vectors is not None else keyword_seq
         documents = []
+        removals: list[tuple[int, list[int]]] = []
         for seq, value in stored:
             if value[:1] != b"U":
+                if _REMOVAL_KIND in value:  # (cheap: only a removal decodes)
+                    event = msgspec.msgpack.decode(value)
+                    if event.get("kind") == "units.removed":
+                        removals.append((seq, _removal_decoder.decode(value).seqs))
                 continue
             unit = _unit_decoder.decode(value[1:])
             try:
@@ -184,10 +191,15 @@ class Indexes:
                                       int(unit.ts.timestamp() * 1_000_000), text, unit.meta))
         up_to = stored[-1][0]
         if up_to > keyword_seq:
+            self.index.remove([unit for seq, removed in removals if seq > keyword_seq
+                               for unit in removed])
             self.index.add([d for d in documents if d.seq > keyword_seq], up_to)
         if vectors is not None and up_to > vector_seq:
             wanted = [d for d in documents if d.seq > vector_seq and d.text and d.text.strip()]
             try:
+                # (Once per batch: the brute-force index rewrites its files to remove.)
+                vectors.remove([unit for seq, removed in removals if seq > vector_seq
+                                for unit in removed])
                 vectors.add([d.seq for d in wanted], [d.text or "" for d in wanted], up_to)
             except OSError:
                 raise  # a full disk: logged and retried like the keyword index

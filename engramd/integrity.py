@@ -23,11 +23,12 @@ from typing import Any
 import msgspec
 
 from engramd.rocks import CheckedIter, StoreDamaged, damage_of
+from engramd.storage import REMOVED as REMOVED_UNIT
 from engramd.storage import Store, seq_from
 from engramd.wal.log import list_segments
 from engramd.wal.record import HEADER, BadHeader, decode_header, scan_records
 
-ABSENT, EVENT, UNIT = 0, 1, 2
+ABSENT, EVENT, UNIT, REMOVED = 0, 1, 2, 3
 
 
 class _EventKind(msgspec.Struct):
@@ -81,7 +82,7 @@ class Walk:
     damage: list[Damaged] = field(default_factory=list)
     walked_all: bool = True
     kinds: bytearray = field(default_factory=bytearray)
-    """By seq: ABSENT, EVENT or UNIT, as the store's event log has it."""
+    """By seq: ABSENT, EVENT, UNIT or REMOVED (retention), as the store's event log has it."""
 
 
 def show_key(key: bytes) -> str:
@@ -94,7 +95,7 @@ def show_key(key: bytes) -> str:
 
 
 PREFIXES = (b"a/", b"b/", b"c/", b"e/", b"g/", b"i/", b"j/", b"k/", b"l/", b"m/", b"n/",
-            b"q/", b"r/", b"t/", b"u/", b"v/", b"x/")
+            b"q/", b"r/", b"t/", b"u/", b"v/", b"x/", b"z/")
 """The store's key families (see :mod:`engramd.storage`): where a walk may pick up again."""
 
 
@@ -188,7 +189,8 @@ def _count(walk: Walk, key: bytes, value: bytes) -> None:
         is_unit = value[:1] == b"U"
         walk.event_units += is_unit
         if seq < len(walk.kinds):
-            walk.kinds[seq] = UNIT if is_unit else EVENT
+            walk.kinds[seq] = (UNIT if is_unit else REMOVED if value == REMOVED_UNIT
+                               else EVENT)
     elif prefix == b"u/":
         walk.units += 1
     elif prefix == b"c/":
@@ -246,7 +248,9 @@ def compare_with_log(walk: Walk, directory: str) -> tuple[LogSummary, list[tuple
             summary.last_seq = seq
             is_unit = kind == "unit.created"
             summary.units += is_unit
-            if walk.kinds[seq] != (UNIT if is_unit else EVENT):
+            # (A unit retention removed keeps its seq in the event log, as removed.)
+            if walk.kinds[seq] != (UNIT if is_unit else EVENT) and not (
+                    is_unit and walk.kinds[seq] == REMOVED):
                 _add(wrong, seq)
     except (ValueError, BadHeader, msgspec.MsgspecError) as exc:
         summary.problem = str(exc)

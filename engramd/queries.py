@@ -161,7 +161,7 @@ class Queries:
             prefix = validate.unit_id_prefix(given)
             candidates = self.store.unit_ids_with_prefix(prefix, SHOWN_CANDIDATES + 1)
             if not candidates:
-                raise NotFound(f"no unit {given}" if len(prefix) == UNIT_ID_LENGTH
+                raise NotFound(self._no_unit(prefix) if len(prefix) == UNIT_ID_LENGTH
                                else f"no unit id begins with {given}")
             if len(candidates) > 1:
                 shown = ", ".join(candidates[:SHOWN_CANDIDATES])
@@ -169,6 +169,14 @@ class Queries:
                 raise BadRequest(f"unit id prefix {given} is ambiguous: {shown}{more}")
             resolved.append(candidates[0])
         return resolved
+
+    def _no_unit(self, unit_id: str) -> str:
+        """Why there is no unit *unit_id*: never written, or archived by retention."""
+        archive = self.store.archived(unit_id)
+        if archive is None:
+            return f"no unit {unit_id}"
+        return (f"no unit {unit_id}: retention removed it; it is archived in {archive} "
+                "('engram unit import' brings it back)")
 
     def list_units(self, request: ListUnits) -> tuple[list[Unit], int | None]:
         """A page of a context's units, and the cursor of the next page (None at the end)."""
@@ -223,7 +231,7 @@ class Queries:
         """Units linked to *unit_id* by relationships of *types*, breadth first."""
         root = validate.unit_id(unit_id)
         if self.store.unit_location(root) is None:
-            raise NotFound(f"no unit {root}")
+            raise NotFound(self._no_unit(root))
         kinds = walk(types, direction, depth)
         directions = {"out": "o", "in": "i", "both": "oi"}[direction]
         edges: list[RelatedEdge] = []

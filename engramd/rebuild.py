@@ -33,7 +33,7 @@ from engramd.protocol.model import AnyEvent, Unit, UnitCreated
 from engramd.rocks import CheckedIter, StoreDamaged, damage_of
 from engramd.runtime import LockFile
 from engramd.search import SearchIndex
-from engramd.storage import Store, seq_bytes
+from engramd.storage import REMOVED, Store, seq_bytes
 from engramd.wal.log import Corruption, WriteAheadLog, fsync_dir
 from engramd.wal.record import Entry
 
@@ -82,6 +82,10 @@ def salvage_events(db: Rdict, store: Store, before: int, found: Salvage) -> None
     batch: list[Entry] = []
     for seq in range(1, before):
         try:
+            if db.get(b"e/" + seq_bytes(seq)) == REMOVED:
+                # Retention removed its unit: the seq stays taken, as removed (nothing lost).
+                store.db.put(b"e/" + seq_bytes(seq), REMOVED)
+                continue
             event = _stored_event(db, seq)
         except Exception:
             event = None
@@ -173,8 +177,9 @@ def _rebuild(config: DaemonConfig, assume_yes: bool, say: Callable[[str], None])
         before = first if first is not None else (_applied(old) + 1 if old else 1)
         if old is not None:
             salvage_events(old, store, before, found)
-            if before > 1:  # the log's idempotency keys of those seqs are gone with it
+            if before > 1:  # the log's idempotency keys of those seqs are gone with it,
                 _copy(old, path, b"i/", store, found)
+                _copy(old, path, b"z/", store, found)  # and its removals' archive names
         elif before > 1:
             found.lost = [(1, before - 1)]
             store.db.put(b"m/applied", seq_bytes(before - 1))

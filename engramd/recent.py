@@ -16,7 +16,7 @@ import itertools
 
 import msgspec
 
-from engramd.protocol.model import UnitCreated
+from engramd.protocol.model import UnitCreated, UnitsRemoved
 from engramd.storage import Store, seq_from
 from engramd.wal.record import Entry
 
@@ -56,6 +56,11 @@ class RecentUnits:
                         raw = _encoder.encode(event.unit)
                         units.append((event.seq, raw))
                         self._bytes += len(raw)
+                elif isinstance(event, UnitsRemoved):
+                    # Loaded again from the store at its next read (removals are rare).
+                    dropped = kept.pop(event.context_id, None)
+                    if dropped is not None:
+                        self._bytes -= sum(len(raw) for _, raw in dropped)
         self._within_budget(keep=0)
 
     def held(self) -> tuple[int, int, int]:

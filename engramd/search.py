@@ -32,6 +32,7 @@ CREATE INDEX IF NOT EXISTS docs_context ON docs (context_id, seq);
 CREATE INDEX IF NOT EXISTS docs_unit ON docs (unit_id);
 CREATE TABLE IF NOT EXISTS meta_kv (seq INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS meta_kv_pair ON meta_kv (key, value, seq);
+CREATE INDEX IF NOT EXISTS meta_kv_seq ON meta_kv (seq);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5 (
     body, parts, meta, agent, type, context,
     tokenize = 'unicode61 remove_diacritics 2'
@@ -185,6 +186,20 @@ class SearchIndex:
         self.indexed_seq = up_to
         self._trim_log()
         return len(documents)
+
+    def remove(self, seqs: list[int]) -> None:
+        """Take the units *seqs* out (retention removed them), in one transaction; seqs
+        not indexed are passed over. The seq taken in is :meth:`add`'s to record, after:
+        a crash in between takes the removal again, which changes nothing."""
+        if not seqs:
+            return
+        rows = [(seq,) for seq in seqs]
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("DELETE FROM docs WHERE seq = ?", rows)
+            self.db.executemany("DELETE FROM fts WHERE rowid = ?", rows)
+            # (By meta_kv_seq: without it each delete scanned every unit's metadata.)
+            self.db.executemany("DELETE FROM meta_kv WHERE seq = ?", rows)
 
     def _trim_log(self) -> None:
         """Checkpoint SQLite's log and cut it back once it outgrows :data:`WAL_LIMIT`

@@ -36,6 +36,9 @@ keys sort by sequence; ``\\0`` separates text parts, which never contain NUL)::
     g/<lock id>               -> pgid, boot id       cluster mode: the process groups this
                                                      engramd checked for its own requests
                                                      (written with RocksDB's WAL)
+    z/<unit id>               -> archive file        a unit retention removed, and where it
+                                                     was archived (``e/<seq>`` of its
+                                                     creation is then b"R")
 
 A mailbox entry's flag is ``A`` when the message asks for an acknowledgement, else
 ``-``; the sender follows, so a broadcast is not delivered to its own sender. The
@@ -64,7 +67,9 @@ from engramd.protocol.model import (
     ContextUpdated,
     LockAcquired,
     LockRenewed,
+    Unit,
     UnitCreated,
+    UnitsRemoved,
 )
 from engramd.rocks import (
     CheckedIter,
@@ -74,6 +79,7 @@ from engramd.rocks import (
     damage_of,
     is_disk_full,
     open_rocks,
+    read_options,
     rocks_get,
 )
 from engramd.runtime import free_bytes
@@ -106,6 +112,10 @@ class _Kind(msgspec.Struct):
 
 
 _stamp = msgspec.msgpack.Decoder(_Stamped)
+_unit = msgspec.msgpack.Decoder(Unit)
+REMOVED = b"R"
+"""The event log's value at the seq of a unit retention removed (SPECS §3.4, *Retention*):
+the seq stays taken, its unit is gone."""
 _kind = msgspec.msgpack.Decoder(_Kind)
 LEASE_CHANGES = frozenset(("lock.acquired", "lock.released", "lock.expired"))
 """The kinds of the lease events a lease's history is made of (renewals are not)."""
@@ -230,6 +240,10 @@ class Store(AgentRecords):
                 batch.put(b"f/" + mark_key, seq_bytes(token) + mark)
         units = self.unit_count
         contexts = self.context_count
+        # Units this batch writes, and the keys of theirs a removal finds by prefix: a
+        # replay applies a unit and its removal in one batch, unread by the store yet.
+        created: dict[str, Unit] = {}
+        owned: dict[str, list[bytes]] = {}
         leases: dict[bytes, str | None] = {}  # lease key -> lock id held, as of this batch
         tasks: dict[str, StoredTask] = {}  # tasks changed by this batch
         for entry in entries:
@@ -248,13 +262,25 @@ class Store(AgentRecords):
                     for rel in unit.relationships:
                         kind = _text(rel.type)
                         source, target = _text(unit.id), _text(rel.target)
-                        batch.put(b"r/o/" + source + b"\0" + kind + b"\0" + target, b"")
-                        batch.put(b"r/i/" + target + b"\0" + kind + b"\0" + source, b"")
+                        outgoing = b"r/o/" + source + b"\0" + kind + b"\0" + target
+                        incoming = b"r/i/" + target + b"\0" + kind + b"\0" + source
+                        batch.put(outgoing, b"")
+                        batch.put(incoming, b"")
+                        owned.setdefault(unit.id, []).append(outgoing)
+                        owned.setdefault(rel.target, []).append(incoming)
+                    created[unit.id] = unit
                     if unit.type == "MESSAGE":
                         self._file_message(batch, unit, seq)
+                        acked = unit.meta.get(agentwork.ACK_OF)
+                        if acked:
+                            owned.setdefault(acked, []).append(
+                                b"v/" + _text(acked) + b"\0" + _text(unit.agent_id))
                     elif unit.type == "TASK_STATUS" and agentwork.STATE in unit.meta:
                         self._track_task(tasks, unit)
                     units += 1
+                elif isinstance(event, UnitsRemoved):
+                    units -= self._remove_units(batch, event, created, owned)
+                    batch.put(b"e/" + seq, _encoder.encode(event))
                 elif isinstance(event, ContextCreated | ContextUpdated):
                     batch.put(b"x/" + _text(event.context.id), _encoder.encode(event.context))
                     batch.put(b"e/" + seq, _encoder.encode(event))
@@ -290,6 +316,60 @@ class Store(AgentRecords):
         self.applied_seq = last
         self.unit_count = units
         self.context_count = contexts
+
+    def _remove_units(self, batch: WriteBatch, event: UnitsRemoved, created: dict[str, Unit],
+                      owned: dict[str, list[bytes]]) -> int:
+        """Every key of the units *event* removes, into *batch*; how many were here (a
+        replay of a removal the store already holds finds none). Relationships are
+        removed on the removed unit's side only (``r/o/<id>``, ``r/i/<id>``): a kept
+        unit's edge to it stays, so a trace from the kept unit still shows it was there."""
+        removed = 0
+        archive = _text(event.archive)
+        for unit_id in event.unit_ids:
+            unit: Unit | None = created.pop(unit_id, None)
+            if unit is None:
+                location = self.unit_location(unit_id)
+                if location is None:
+                    continue  # (removed already: a replay over a flushed store)
+                unit = _unit.decode(self._unit_at_location(location, f"unit {unit_id}"))
+            seq = seq_bytes(unit.seq)
+            location = _text(unit.context_id) + b"\0" + seq
+            batch.delete(b"u/" + _text(unit_id))
+            batch.delete(b"c/" + location)
+            batch.put(b"e/" + seq, REMOVED)
+            batch.put(b"z/" + _text(unit_id), archive)
+            batch.delete(b"a/" + _text(unit.agent_id) + b"\0" + seq)
+            batch.delete(b"t/" + _text(unit.type) + b"\0" + seq)
+            for key, value in unit.meta.items():
+                batch.delete(b"k/" + _text(key) + b"\0" + _text(value) + b"\0" + seq)
+            for prefix in (b"r/o/", b"r/i/", b"v/"):
+                for owned_key in self._keys(prefix + _text(unit_id) + b"\0"):
+                    batch.delete(owned_key)
+            for owned_key in owned.pop(unit_id, ()):
+                batch.delete(owned_key)
+            if unit.type == "MESSAGE":
+                for recipient in agentwork.recipients(unit.meta):
+                    batch.delete(b"b/" + _text(recipient) + b"\0" + seq)
+            removed += 1
+        return removed
+
+    def _keys(self, prefix: bytes) -> Iterator[bytes]:
+        """Every key that begins with *prefix* (which ends in NUL), read by an iterator
+        bounded to it: a removal's seeks would otherwise walk the tombstones the
+        removals before it left after the prefix (0.5 ms a seek after 20,000)."""
+        options = read_options()  # (checksums verified, as every read of the store)
+        options.set_iterate_lower_bound(prefix)
+        options.set_iterate_upper_bound(prefix[:-1] + bytes([prefix[-1] + 1]))
+        iterator = CheckedIter(self.db.iter(options), self._damaged)
+        iterator.seek(prefix)
+        while iterator.valid():
+            yield iterator.key()
+            iterator.next()
+
+    def archived(self, unit_id: str) -> str | None:
+        """The archive file of a unit retention removed; None for one it did not."""
+        raw = self._get(b"z/" + _text(unit_id))
+        return None if raw is None else bytes(raw).decode(errors="replace")
 
     def fence_marks(self) -> Iterator[bytes]:
         """Cluster mode: every fence mark applied (as :meth:`apply` was given it)."""
@@ -434,6 +514,9 @@ class Store(AgentRecords):
             if not key.startswith(b"e/"):
                 break
             value: bytes = iterator.value()
+            if value == REMOVED:  # (its unit is archived: nothing to deliver or index)
+                iterator.next()
+                continue
             if value[:1] == b"U":
                 value = b"U" + self._unit_at_location(value[1:], f"seq {seq_from(key)}")
             found.append((seq_from(key), value))
@@ -449,6 +532,9 @@ class Store(AgentRecords):
             middle = (low + high) // 2
             iterator = self._iter()
             iterator.seek(b"e/" + seq_bytes(middle))
+            while (iterator.valid() and iterator.key().startswith(b"e/")
+                   and iterator.value() == REMOVED):
+                iterator.next()  # a removed unit's seq has no time: the next event's
             key: bytes | None = iterator.key() if iterator.valid() else None
             if key is None or not key.startswith(b"e/"):
                 high = middle  # (no event from *middle* on)
@@ -483,7 +569,7 @@ class Store(AgentRecords):
                 return found, last
             last = seq_from(key)
             value: bytes = iterator.value()
-            if value[:1] != b"U" and _kind.decode(value).kind in LEASE_CHANGES:
+            if value[:1] not in (b"U", REMOVED) and _kind.decode(value).kind in LEASE_CHANGES:
                 found.append((last, value))
             iterator.next()
         ended = not iterator.valid() or not iterator.key().startswith(b"e/")

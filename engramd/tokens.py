@@ -46,6 +46,7 @@ from engramd.protocol import (
     NotFound,
     Reindex,
     RevokeTokens,
+    RunRetention,
     Shutdown,
     SpeakFor,
     TokenInfo,
@@ -183,6 +184,10 @@ class Authenticator:
             # every agent's units to a path of the caller's choosing, verify walks them all.
             raise Forbidden(f"{request.__struct_config__.tag} needs the admin token (the "
                             "'engram daemon' commands read it from beside the socket)")
+        if self.require_tokens and isinstance(request, RunRetention) and not request.dry_run:
+            # (It removes every agent's units, as the owner's policies say.)
+            raise Forbidden("gc needs the admin token when auth.require_tokens is on (a "
+                            "dry run does not)")
         if self.require_tokens and isinstance(request, Shutdown | BreakLock | Reindex):
             raise Forbidden(f"{request.__struct_config__.tag} needs the admin token when "
                             "auth.require_tokens is on")

@@ -155,5 +155,27 @@ class VectorIndex:
         top = top[np.lexsort((-seqs[top], -scores[top]))]  # best first, then newest
         return len(scores), [(int(seqs[i]), round(float(scores[i]), 6)) for i in top]
 
+    # -- retention's removal: the brute-force form (an ANN index has its own) -----------
+
+    def remove(self, seqs: Sequence[int]) -> int:
+        """Drop the rows of the units *seqs* (retention removed them) and rewrite the
+        files without them; how many rows went. Seqs without a row are passed over."""
+        if not self.rows or not seqs:
+            return 0
+        keep = ~np.isin(self._seqs[:self.rows], np.asarray(seqs, dtype=np.int64))
+        kept = int(keep.sum())
+        if kept == self.rows:
+            return 0
+        vectors, kept_seqs = self._vectors[:self.rows][keep], self._seqs[:self.rows][keep]
+        self._vectors[:kept], self._seqs[:kept] = vectors, kept_seqs
+        gone, self.rows = self.rows - kept, kept
+        for name, data in ((_VECTORS, vectors), (_SEQS, kept_seqs)):
+            temporary = self._path(name + ".tmp")
+            with open(temporary, "wb") as file:
+                file.write(data.tobytes())
+            os.replace(temporary, self._path(name))
+        self._write_state()
+        return gone
+
     def memory_bytes(self) -> int:
         return int(self._vectors.nbytes + self._seqs.nbytes)

@@ -158,6 +158,9 @@ class Writer:
             return found
         return self.contexts.get(context_id)
 
+    context = _context
+    """The context as the journal has it, the batch being built included."""
+
     def _unit_exists(self, unit_id: str) -> bool:
         return unit_id in self.in_flight.units or self.store.unit_location(unit_id) is not None
 
@@ -224,6 +227,9 @@ class Writer:
                 if key is not None:
                     known = keys.get(key) or in_flight.keys.get(key) \
                         or self.store.idempotent_unit(key)
+                    if known is not None and known not in new_units \
+                            and not self._unit_exists(known):
+                        known = None  # retention removed that unit: the key is free again
                     if known is not None:
                         units.append(new_units.get(known) or self._unit(known))
                         reused.append(known)
@@ -236,7 +242,11 @@ class Writer:
                                      if rel.target in renamed else rel for rel in relationships]
                 for rel in relationships:
                     if rel.target not in new_units and not self._unit_exists(rel.target):
-                        raise BadRequest(f"relationship {rel.type} to unknown unit {rel.target}")
+                        archive = self.store.archived(rel.target)
+                        raise BadRequest(f"relationship {rel.type} to unknown unit {rel.target}"
+                                         + (f" (removed by retention, archived in {archive}: "
+                                            "'engram unit import' brings it back)"
+                                            if archive else ""))
                 context = contexts.get(draft.context_id) or self._context(draft.context_id)
                 if context is None:
                     context = Context(id=draft.context_id, display_name=draft.context_id,

@@ -209,6 +209,12 @@ def engramd_man_page() -> str:
         out += [".TP", f".B {_roff(setting.key)} \\fR({setting.kind.__name__}, default "
                 f"{_roff(str(default))}; {setting.env_var})",
                 _roff(setting.help)]
+    out += [".TP", ".B [[retention.policy]] \\fR(array of tables, config file only)",
+            _roff("Retention policies: context (an id, or a prefix ending in *), max_age "
+                  "(\"30d\", \"12h\", or seconds), max_units. Units past a policy are "
+                  "archived (gzip'd JSON lines in retention.archive_dir) and then removed "
+                  "from the journal and the search indexes; pinned units, tasks not done "
+                  "and messages awaiting acknowledgements stay. engram gc runs them now.")]
     out += [
         ".SH SIGNALS",
         ".TP", ".B SIGTERM, SIGINT",

@@ -71,6 +71,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "backup": ("journal", "backup"),
     "verify": ("journal", "verify"),
     "restore": ("journal", "restore"),
+    "gc": ("journal", "gc"),
     "bench": ("bench", "bench"),
 }
 """Every command, loaded only when it runs (or when help lists them all)."""

@@ -36,6 +36,7 @@ from engramd.protocol import (
     SearchHit,
     Unit,
     UnitCreated,
+    UnitsRemoved,
 )
 
 if TYPE_CHECKING:
@@ -309,6 +310,11 @@ def _lock_text(event: LockEvent) -> str:
     return f"{lease.resource} expired (held by {lease.holder})"
 
 
+def _removed_text(event: UnitsRemoved) -> str:
+    return (f"{len(event.unit_ids)} unit(s) removed by retention ({event.policy}), archived "
+            f"in {event.archive}")
+
+
 def event_row(event: Event) -> list[str]:
     """The plain, tab-separated form of an event (``watch`` when piped)."""
     stamp = timestamp(event.ts)
@@ -320,6 +326,8 @@ def event_row(event: Event) -> list[str]:
     if isinstance(event, ContextCreated):
         return [str(event.seq), stamp, str(kind), event.context_id,
                 ",".join(event.context.agent_ids)]
+    if isinstance(event, UnitsRemoved):
+        return [str(event.seq), stamp, str(kind), event.context_id, _removed_text(event)]
     assert isinstance(event, ContextUpdated)
     return [str(event.seq), stamp, str(kind), event.context_id, _changes_text(event)]
 
@@ -350,6 +358,8 @@ def event_text(event: Event, width: int) -> Text:
         line.append("◆ context created", style="bold yellow")
         if event.context.agent_ids:
             line.append(" by " + printable(", ".join(event.context.agent_ids)), style="yellow")
+    elif isinstance(event, UnitsRemoved):
+        line.append("◆ " + printable(_removed_text(event)), style="dim yellow")
     else:
         assert isinstance(event, ContextUpdated)
         line.append("◆ " + printable(_changes_text(event)), style="yellow")
@@ -371,6 +381,8 @@ def event_line(event: Event) -> str:
                 f"{unit.id}: {preview(unit, LINE_WIDTH)}")
     elif isinstance(event, ContextUpdated):
         text = f"{timestamp(event.ts)} context {event.context_id}: {_changes_text(event)}"
+    elif isinstance(event, UnitsRemoved):
+        text = f"{timestamp(event.ts)} context {event.context_id}: {_removed_text(event)}"
     else:
         text = f"{timestamp(event.ts)} context {event.context_id} created"
     text = printable(" ".join(text.split()))
@@ -503,7 +515,10 @@ def trace_tree(out: Output, found: RelatedFound, label: Callable[[Unit], str]) -
 
     def name(unit_id: str) -> str:
         unit = units.get(unit_id)
-        return printable(f"{short[unit_id]} {label(unit)}" if unit else unit_id)
+        # (Every relationship's target existed when it was written: one that is not in
+        # the journal now was removed by retention, SPECS §3.4.)
+        return printable(f"{short[unit_id]} {label(unit)}" if unit
+                         else f"{unit_id} (archived: no longer in the journal)")
 
     children: dict[str, list[tuple[str, str | None]]] = {}  # (line, unit drawn below it)
     placed = {found.root}

@@ -74,7 +74,9 @@ from engramd.protocol import (
     ReleaseTask,
     RenewLock,
     ResolveUnitIds,
+    RetentionReport,
     RevokeTokens,
+    RunRetention,
     Search,
     SearchResults,
     SendMessage,
@@ -391,6 +393,12 @@ class Operations:
         return ask(Reindex(), _nothing)
 
     # -- the journal as a whole (admin token) ---------------------------------------
+
+    @operation
+    def run_retention(self, *, dry_run: bool = False) -> Call[RetentionReport]:
+        """Apply the retention policies now: archive and remove what is past them
+        (*dry_run*: say what would go, changing nothing)."""
+        return ask(RunRetention(dry_run=dry_run))
 
     @operation
     def verify(self) -> Call[VerifyReport]:

@@ -1220,6 +1220,58 @@ class Verify(ClientMessage[VerifyReport], tag="verify"):
     """Walk the whole store, check its counts and compare it with the log (admin token)."""
 
 
+# -- retention (issue 40) -------------------------------------------------------
+
+
+class RetentionContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What a retention policy does (or would do, in a dry run) to one context."""
+
+    context_id: str
+    units: int
+    """Units archived and removed (a dry run: that would be)."""
+    held: int
+    """Units past the policy that stay: pinned, a task not done, a message awaiting an
+    acknowledgement."""
+    kept: int
+    """Units of the context that stay, the held ones among them."""
+    bytes: int
+    """The removed units' stored bytes."""
+    oldest: dt.datetime | None
+    """The oldest removed unit's time (nil: none removed)."""
+    newest: dt.datetime | None
+    archive: str
+    """The archive file written (empty in a dry run, or when nothing is removed)."""
+
+
+class RetentionPolicyReport(msgspec.Struct, frozen=True, kw_only=True):
+    context: str
+    """The policy's ``context`` pattern (an id, or a prefix ending in ``*``)."""
+    max_age: float | None
+    """Seconds, or nil."""
+    max_units: int | None
+    contexts: list[RetentionContext]
+    """The contexts it covers that it removes units of (or would), in id order."""
+
+
+class RetentionReport(Reply, tag="gc.report"):
+    """What a retention run did (``dry_run``: would do)."""
+
+    dry_run: bool
+    policies: list[RetentionPolicyReport]
+    units: int
+    """Units removed (would be) in all."""
+    bytes: int
+    archive_dir: str
+    seconds: float
+
+
+class RunRetention(ClientMessage[RetentionReport], tag="gc"):
+    """Apply the retention policies now (admin token under ``auth.require_tokens``);
+    ``dry_run``: say what they would archive and remove, changing nothing."""
+
+    dry_run: bool = False
+
+
 Request = (
     Ping | GetStatus | Shutdown | CreateUnits | ImportUnits | GetUnits | ListUnits
     | RelatedUnits | CreateContext | GetContext | ListContexts | UpdateContext | Subscribe
@@ -1229,7 +1281,7 @@ Request = (
     | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
     | GetCluster
-    | AcknowledgeCuts | MakeBackup | VerifyBackup | Verify | GrantPushes
+    | AcknowledgeCuts | MakeBackup | VerifyBackup | Verify | GrantPushes | RunRetention
 )
 """Requests allowed after the handshake."""
 
@@ -1260,7 +1312,8 @@ AnyClientMessage = (
     | GetTask
     | ListTasks | ClaimTask | FinishTask | ReleaseTask | AnnounceSession | ListAgents | GetBrief
     | GetCluster
-    | AcknowledgeCuts | MakeBackup | VerifyBackup | Verify | GrantPushes | SpeakFor
+    | AcknowledgeCuts | MakeBackup | VerifyBackup | Verify | GrantPushes | RunRetention
+    | SpeakFor
 )
 
 
@@ -1271,7 +1324,7 @@ AnyServerMessage = (
     | LeaseLost
     | SearchResults | TokenCreated | TokenPage | TokensRevoked | DaemonStats | UnitIdsResolved
     | InboxPage | UnreadCount | TaskFound | TaskPage | AgentPage | Brief | ClusterReport
-    | CutsAcknowledged | BackupMade | BackupChecked | VerifyReport | Ended
+    | CutsAcknowledged | BackupMade | BackupChecked | VerifyReport | Ended | RetentionReport
 )
 
 
@@ -1301,7 +1354,8 @@ __all__ = [
     "MakeBackup", "Notice", "Ping",
     "Pong", "PROTOCOL_VERSION", "Push", "ReadInbox", "Reindex", "RelatedEdge", "RelatedFound",
     "RelatedUnits", "ReleaseLock", "ReleaseTask", "RenewLock", "Reply", "reply_type", "ReplyT",
-    "Request", "ResolveUnitIds", "RevokeTokens", "Search", "SearchHit", "SearchResults",
+    "Request", "ResolveUnitIds", "RetentionContext", "RetentionPolicyReport", "RetentionReport",
+    "RunRetention", "RevokeTokens", "Search", "SearchHit", "SearchResults",
     "SendMessage", "ServerMessage", "SessionInfo", "Shutdown", "ShuttingDown", "SpeakFor",
     "SpooledUnit",
     "StoreDamage", "StreamStatus", "Subscribe", "Subscribed", "TaskFound", "TaskPage",

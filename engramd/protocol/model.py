@@ -260,15 +260,30 @@ class LockExpired(Event, tag="lock.expired"):
 
 LockEvent = LockAcquired | LockRenewed | LockReleased | LockExpired
 
+
+class UnitsRemoved(Event, tag="units.removed"):
+    """Retention took units of one context out of the store and the indexes, once they
+    were archived (SPECS §3.4, *Retention*): the journal's record of a removal, so that a
+    replay, a subscriber and the search indexes all see it."""
+
+    unit_ids: list[str]
+    seqs: list[int]
+    """The removed units' seqs, in the order of :attr:`unit_ids` (the indexes key by seq)."""
+    archive: str
+    """The archive file that holds them (JSON lines, gzip)."""
+    policy: str
+    """The policy's ``context`` pattern that chose them."""
+
+
 AnyEvent = (
     UnitCreated | ContextCreated | ContextUpdated | LockAcquired | LockRenewed | LockReleased
-    | LockExpired
+    | LockExpired | UnitsRemoved
 )
 
 EVENT_KINDS = tuple(
     str(event.__struct_config__.tag)
     for event in (UnitCreated, ContextCreated, ContextUpdated, LockAcquired, LockRenewed,
-                  LockReleased, LockExpired))
+                  LockReleased, LockExpired, UnitsRemoved))
 """Every event kind a subscription may ask for (``kinds``), in the order above."""
 
 
@@ -277,5 +292,5 @@ __all__ = [
     "ContextUpdated", "Event", "EVENT_KINDS", "GRACE_SECONDS", "Lease", "LeaseTiming",
     "LockAcquired", "LockEvent", "LockExpired", "LockReleased", "LockRenewed",
     "MARGIN_SECONDS", "MIN_UNIT_ID_PREFIX", "Relationship", "RELATIONSHIP_TYPES", "Task",
-    "Unit", "UNIT_ID_LENGTH", "UNIT_TYPES", "UnitCreated", "UUID_TEXT",
+    "Unit", "UNIT_ID_LENGTH", "UNIT_TYPES", "UnitCreated", "UnitsRemoved", "UUID_TEXT",
 ]

@@ -100,7 +100,11 @@ from engramd.protocol import (
     ReleaseTask,
     RenewLock,
     ResolveUnitIds,
+    RetentionContext,
+    RetentionPolicyReport,
+    RetentionReport,
     RevokeTokens,
+    RunRetention,
     Search,
     SearchHit,
     SearchResults,
@@ -127,6 +131,7 @@ from engramd.protocol import (
     UnitPage,
     UnitsCreated,
     UnitsFound,
+    UnitsRemoved,
     UnreadCount,
     Unsubscribe,
     UpdateContext,
@@ -244,6 +249,8 @@ CLIENT_MESSAGES = {
     "backup": MakeBackup(id=45, path="/backups/engram-2026-11-23"),
     "backup_verify": VerifyBackup(id=46, path="/backups/engram-2026-11-23"),
     "verify": Verify(id=47),
+    "gc": RunRetention(id=47),
+    "gc_dry_run": RunRetention(id=48, dry_run=True),
 }
 TOKEN = TokenInfo(id="0123456789ab", agent="alice", created_at=WHEN)
 LEASE = Lease(resource="deploy:prod", holder="alice", lock_id="0123456789abcdef",
@@ -379,6 +386,12 @@ SERVER_MESSAGES = {
         log_first_seq=1, log_last_seq=61, log_units=60, missing=[], unrecoverable=[],
         rebuild_complete=True, problems=["unit bodies: 31 in the store, 60 expected"],
         seconds=0.001),
+    "gc_report": RetentionReport(
+        id=46, dry_run=False, policies=[RetentionPolicyReport(
+            context="ci/*", max_age=2592000.0, max_units=100000, contexts=[RetentionContext(
+                context_id="ci/build-42", units=2, held=1, kept=58, bytes=326, oldest=WHEN,
+                newest=WHEN, archive="/d/archive/ci%2Fbuild-42.20261123T202225Z.7.jsonl.gz")])],
+        units=2, bytes=326, archive_dir="/d/archive", seconds=0.004),
 }
 EVENTS = {
     "event_unit_created": UnitCreated(seq=7, ts=WHEN, context_id="build-42", unit=UNIT),
@@ -392,6 +405,9 @@ EVENTS = {
     "event_context_updated": ContextUpdated(
         seq=8, ts=WHEN, context_id="build-42", context=CONTEXT,
         changes=[ContextChange(kind="unit_pinned", value=UNIT.id)]),
+    "event_units_removed": UnitsRemoved(
+        seq=61, ts=WHEN, context_id="build-42", unit_ids=[UNIT.id], seqs=[7],
+        archive="/d/archive/build-42.20261123T202225Z.7.jsonl.gz", policy="build-*"),
 }
 
 

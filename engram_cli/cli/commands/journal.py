@@ -1,4 +1,5 @@
-"""The journal as a whole: ``engram backup``, ``engram verify`` and ``engram restore``."""
+"""The journal as a whole: ``engram backup``, ``engram verify``, ``engram restore`` and
+``engram gc``."""
 
 from __future__ import annotations
 
@@ -46,6 +47,64 @@ def backup(
                           ("writes paused", f"{made.paused_seconds * 1000:.1f} ms"),
                           ("took", format_duration(made.seconds)
                            if made.seconds >= 1 else f"{made.seconds * 1000:.0f} ms")])
+
+
+def gc(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", "-n", help="Say what each policy would archive and remove; change "
+                                "nothing.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Apply the retention policies now ([[retention.policy]] in the daemon's config):
+    units past them are archived (JSON lines, gzip, in retention.archive_dir), then
+    removed from the journal and the search indexes. Pinned units, tasks not done and
+    messages awaiting acknowledgements stay. 'engram unit import ARCHIVE' brings
+    archived units back."""
+    cli = context.get(ctx)
+    out = cli.output(json)
+    report = cli.client(admin=True, timeout=None).run_retention(dry_run=dry_run)
+    if out.json:
+        out.json_line(report)
+        return
+    if not report.policies:
+        out.line("no retention policies: add [[retention.policy]] tables to the daemon's "
+                 "config file (engramd --print-config shows it)")
+        return
+    verb = "would archive and remove" if report.dry_run else "archived and removed"
+    for policy in report.policies:
+        limits = [f"max_age {_age(policy.max_age)}" if policy.max_age else "",
+                  f"max_units {policy.max_units:,}" if policy.max_units is not None else ""]
+        out.line(f"policy {policy.context} ({', '.join(each for each in limits if each)})")
+        if not policy.contexts:
+            out.line("  nothing past it")
+        for each in policy.contexts:
+            span = (f", {timestamp(each.oldest)} to {timestamp(each.newest)}"
+                    if each.oldest is not None and each.newest is not None else "")
+            out.line(f"  {each.context_id}: {verb} {each.units:,} unit(s), "
+                     f"{_size(each.bytes)}{span}; {each.kept:,} kept"
+                     + (f" ({each.held:,} held: pinned, open tasks, messages awaiting "
+                        "acknowledgement)" if each.held else ""))
+            if each.archive:
+                out.line(f"    archive: {each.archive}")
+    out.line(f"{verb} {report.units:,} unit(s), {_size(report.bytes)}"
+             + ("" if report.dry_run else f", archives in {report.archive_dir}"))
+
+
+def _age(seconds: float) -> str:
+    """As the config file may write it: ``30d``, ``12h``, ``90m``, ``45s``."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:,} bytes" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return f"{count:.1f} GiB"
 
 
 def verify(

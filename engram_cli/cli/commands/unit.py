@@ -5,7 +5,7 @@
 import datetime as dt
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any, BinaryIO, cast
 
 import typer
 
@@ -28,6 +28,7 @@ from engram_cli.formats.jsonforms import (
 from engram_cli.formats.text import preview
 from engram_cli.formats.timeparse import parse_time
 from engramd.protocol import (
+    UNIT_ID_LENGTH,
     UNIT_TYPES,
     Unit,
     UnitDraft,
@@ -119,7 +120,17 @@ def get(
     else:
         output.units(out, found.units)
     if found.missing:
-        raise NotFound(f"no unit {', '.join(found.missing)}")
+        raise NotFound(_why_missing(client, found.missing))
+
+
+def _why_missing(client: Client, missing: list[str]) -> str:
+    """"no unit ID", or for one whole id the daemon's reason (retention archived it)."""
+    if len(missing) == 1 and len(missing[0]) == UNIT_ID_LENGTH:
+        try:
+            client.resolve_unit_ids(missing)
+        except NotFound as exc:
+            return str(exc)
+    return f"no unit {', '.join(missing)}"
 
 
 def _whole_or_missing(client: Client, given: str) -> str:
@@ -242,7 +253,16 @@ def _read_lines(source: BinaryIO, context_id: str | None, keep_ids: bool
                 ) -> Iterator[tuple[int, UnitDraft, str | None, UnitOrigin | None]]:
     import json as jsonlib  # only an import reads JSON; `unit create` starts without it
 
-    for number, line in enumerate(source, start=1):
+    lines = iter(source)
+    number = 0
+    while True:
+        number += 1
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except (OSError, EOFError) as exc:  # a damaged or cut gzip archive
+            raise EngramError(f"line {number}: cannot read the input: {exc}") from None
         if not line.strip():
             continue
         try:
@@ -262,6 +282,16 @@ def _remap(draft: UnitDraft, new_ids: dict[str, str]) -> UnitDraft:
                                            rel.meta) for rel in draft.relationships]
     return requests.draft(draft.context_id, draft.type, draft.payload, meta=draft.meta,
                           relationships=relationships, idempotency_key=draft.idempotency_key)
+
+
+def _unpacked(source: BinaryIO) -> BinaryIO:
+    """*source*, read through gzip when it is gzip's (a retention archive, SPECS §3.4)."""
+    peek = getattr(source, "peek", None)
+    if peek is None or peek(2)[:2] != b"\x1f\x8b":
+        return source
+    import gzip
+
+    return cast(BinaryIO, gzip.GzipFile(fileobj=source, mode="rb"))
 
 
 @app.command("import")
@@ -297,6 +327,7 @@ def import_(
         source: BinaryIO = open(file, "rb") if file else sys.stdin.buffer  # noqa: SIM115
     except OSError as exc:
         raise EngramError(f"cannot read {file}: {exc.strerror}") from None
+    source = _unpacked(source)
     client = cli.client()
     # The id each line's unit has here, where it is not the line's own (a new id).
     renamed: dict[str, str] = {}

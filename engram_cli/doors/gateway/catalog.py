@@ -38,6 +38,7 @@ from engramd.protocol import (
     Search,
     TaskFound,
     TaskPage,
+    UnitsRemoved,
     UnreadCount,
     UpdateContext,
 )
@@ -289,7 +290,7 @@ PATH_PARAMS = {"asset": Annotated[str, msgspec.Meta(
 
 
 STREAM_ITEMS = (views.UnitCreatedView | ContextCreated | ContextUpdated | LockAcquired
-                | LockRenewed | LockReleased | LockExpired)
+                | LockRenewed | LockReleased | LockExpired | UnitsRemoved)
 
 
 HANDSHAKE: tuple[tuple[str, dict[str, Any]], ...] = (
