@@ -125,9 +125,9 @@ class Engine:
         self.read_only: str | None = None
         """Why the journal was opened read-only (a full disk at start), or None."""
         self._walks = trio.CapacityLimiter(1)
-        # (retention.archive_dir, when that key exists: the archive is a part on disk too.)
+        # (The archive retention writes is a part on disk too.)
         self.disk = DiskWatch(
-            functools.partial(measure, config.data_dir, getattr(config, "archive_dir", ""),
+            functools.partial(measure, config.data_dir, config.archive_path,
                               local_log=not self.clustered),
             interval=config.sample_seconds, window=config.growth_window)
 
