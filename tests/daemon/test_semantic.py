@@ -111,7 +111,7 @@ def test_the_vector_index_is_rebuilt_when_deleted_or_its_model_changes(
         wait_until(lambda: caught_up(client), "both indexes to catch up")
     state = json.loads((vectors / "state.json").read_text())
     assert state["rows"] == len(CORPUS) and state["model"].startswith("wordllama")
-    assert (vectors / "vectors.f32").stat().st_size == len(CORPUS) * state["dim"] * 4
+    assert (vectors / "vectors.i8").stat().st_size == len(CORPUS) * state["dim"]
 
     # Another model's index: started over, never mixed.
     (vectors / "state.json").write_text(json.dumps({**state, "model": "another-model"}))
