@@ -85,9 +85,12 @@ class Graph:
         library covering at most *rows* rows and *removed* removals; False otherwise
         (then the graph stays empty and is built again)."""
         pointer = self._pointer()
+        name = (pointer or {}).get("file")
+        for other in os.listdir(self.directory):  # one cut short by a crash or a kill
+            if other.startswith("ann-") and other != name:
+                remove_file(self._path(other))
         if pointer is None:
             return False
-        name = pointer.get("file")
         wanted = {"library": library_version(), "model": self.model, "dim": self.dim}
         if any(pointer.get(key) != value for key, value in wanted.items()) \
                 or not isinstance(name, str) or os.sep in name \

@@ -382,7 +382,7 @@ class VectorIndex:
             if allowed_seqs is None or below or count >= len(graph) \
                     or int(passing.sum()) >= limit:
                 break
-            count *= OVERFETCH
+            count *= 4
             if count > max(self.exact_rows, MIN_FETCH) * OVERFETCH:
                 # The filter keeps too few of the graph's proposals: exact over them.
                 assert allowed_rows is not None
