@@ -316,9 +316,11 @@ class VectorIndex:
         return found
 
     def _score(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
-        """Cosine similarity of *query* with each row of *rows*; NaN for removed ones."""
+        """Cosine similarity of *query* with each row of *rows*, to the 6 decimals a hit
+        reports (so that equal rows tie, whatever lanes the product ran them in, and ties
+        go newest first); NaN for removed ones."""
         vectors, live = _unit_rows(np.asarray(self._vectors[rows]))
-        scores: np.ndarray = vectors @ query
+        scores: np.ndarray = np.round(vectors @ query, 6)
         scores[~live] = np.nan
         return scores
 
@@ -334,12 +336,25 @@ class VectorIndex:
         order = np.lexsort((-seqs, -scores))[:limit]  # best first, then newest
         return len(scores), [(int(seqs[i]), round(float(scores[i]), 6)) for i in order]
 
-    def _exact_all(self, query: np.ndarray, limit: int, min_similarity: float | None,
-                   start: int = 0) -> tuple[int, list[tuple[int, float]]]:
-        """Every row from *start* on scored, a chunk at a time (each chunk's best kept,
-        ties at its last place included, so the newest-first order of ties holds)."""
+    def _exact_all(self, query: np.ndarray, limit: int,
+                   min_similarity: float | None) -> tuple[int, list[tuple[int, float]]]:
+        """Every row scored: by usearch's kernels on a large index (no min_similarity to
+        count by), else a chunk at a time with numpy (each chunk's best kept, ties at its
+        last place included, so the newest-first order of ties holds)."""
+        if min_similarity is None and self.graph is not None:
+            from engramd.ann import exact_top
+
+            count = limit * 2 + 32
+            rows = exact_top(self._vectors, quantize(query[None])[0], count)
+            _, hits = self._best(rows, self._score(rows, query), count, None)
+            # Sure when every row was fetched, or when no removed (zero) row took a place
+            # and no tie with the last hit wanted reaches past what was fetched; otherwise
+            # every row with numpy.
+            if len(rows) == self.rows or (len(hits) == len(rows) > limit
+                                          and hits[limit - 1][1] > hits[-1][1]):
+                return self.live, hits[:limit]
         total, kept_rows, kept_scores = 0, [], []
-        for begin in range(start, self.rows, _CHUNK):
+        for begin in range(0, self.rows, _CHUNK):
             rows = np.arange(begin, min(self.rows, begin + _CHUNK))
             scores = self._score(slice(begin, begin + len(rows)), query)  # type: ignore[arg-type]
             keep = ~np.isnan(scores)

@@ -239,3 +239,23 @@ def test_the_real_models_recall_on_the_journals_kind_of_text(tmp_path: Path) -> 
         found += len(approximate & {seq for seq, _ in index.nearest(query, limit=10,
                                                                     exact=True)[1]})
     assert found / (len(queries) * 10) >= 0.95, found / (len(queries) * 10)
+
+
+@pytest.mark.parametrize("copies", [20, 60])
+def test_exact_search_of_a_large_index_keeps_ties_newest_first(
+        built: VectorIndex, embedder: TableEmbedder, copies: int) -> None:
+    # Twenty copies are all among what usearch's exact search fetches; sixty reach past
+    # it, and every row is then scored with numpy: either way the newest come first.
+    embedder.table["same"] = embedder.table["q5"]
+    seqs = list(range(UNITS + 1, UNITS + copies + 1))
+    built.add(seqs, ["same"] * copies, seqs[-1])
+    total, hits = built.nearest("same", limit=5, exact=True)
+    assert total == UNITS + copies
+    assert [seq for seq, _ in hits] == seqs[::-1][:5]
+    # And what it finds is what scoring every row finds.
+    query = embedder.embed(["q6"])[0]
+    rows = np.fromfile(Path(built.directory, "vectors.i8"), dtype=np.int8).reshape(-1, DIM)
+    rows = rows.astype(np.float32)
+    scores = rows @ query / np.linalg.norm(rows, axis=1)
+    expected = [int(row) + 1 for row in np.argsort(-scores, kind="stable")[:10]]
+    assert [seq for seq, _ in built.nearest("q6", limit=10, exact=True)[1]] == expected
