@@ -105,6 +105,8 @@ class VectorIndex:
             rows, self.indexed_seq = 0, 0
         elif state.get("format") != FORMAT:
             self._convert(rows)  # float32 rows of an earlier engramd
+        elif os.path.exists(self._path(_OLD_VECTORS)):
+            os.unlink(self._path(_OLD_VECTORS))  # converted, and a crash came before this
         self.rows = rows
         if self._size(_VECTORS) < rows * self.dim or self._size(_SEQS) < rows * 8:
             self._reset()  # files shorter than the state says: start over
