@@ -324,3 +324,19 @@ def test_semantic_search_after_a_restart_answers_from_the_saved_approximate_inde
         assert f"approximate index of {len(CORPUS)} rows loaded" in said
     finally:
         assert daemon.stop() == 0
+
+
+def test_the_approximate_index_in_engramds_own_thread_is_saved_and_loaded(
+        env: dict[str, str]) -> None:
+    config = make_config(env, **{"search.semantic": "auto", "search.indexer": "thread",
+                                 "search.exact_rows": "4"})
+    with start_threaded(config), connect(config) as client:
+        write_corpus(client)
+        wait_until(lambda: caught_up(client), "both indexes to catch up")
+        first = client.search("lock timeout", mode="semantic", limit=3).hits
+    pointer = json.loads(Path(config.data_dir, "vectors", "ann.json").read_text())
+    assert pointer["rows"] == len(CORPUS)
+    with start_threaded(config), connect(config) as client:
+        assert client.search("lock timeout", mode="semantic", limit=3).hits == first
+        assert texts(client, "lock timeout", mode="semantic", limit=1) == \
+            [MEANT["lock timeout"]]
