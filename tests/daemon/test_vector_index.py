@@ -142,7 +142,7 @@ def test_the_snapshot_is_loaded_and_the_rows_past_it_added(
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "missing", "pointer"])
 def test_a_damaged_snapshot_is_built_again(tmp_path: Path, embedder: TableEmbedder,
-                                           damage: str) -> None:
+                                           damage: str, caplog: pytest.LogCaptureFixture) -> None:
     directory = Path(tmp_path / "vectors")
     index = VectorIndex(str(directory), embedder, exact_rows=EXACT_ROWS)
     fill(index, 1, 4_000)
@@ -160,9 +160,11 @@ def test_a_damaged_snapshot_is_built_again(tmp_path: Path, embedder: TableEmbedd
     index = VectorIndex(str(directory), embedder, exact_rows=EXACT_ROWS)
     assert index.graph is not None and index.graph.rows == 0  # opened, to be built again
     assert index.nearest("q9", limit=10) == expected  # exact meanwhile
+    caplog.set_level("INFO", "engramd.indexer")
     while index.catch_up():
         pass
     assert len(index.graph) == 4_000
+    assert "the approximate index has every row (4000)" in caplog.text
     assert {seq for seq, _ in index.nearest("q9", limit=10)[1]} & \
         {seq for seq, _ in expected[1]}
 
