@@ -170,6 +170,10 @@ SETTINGS: tuple[Setting, ...] = (
             "own, so indexing and embedding take no turn of the daemon's interpreter lock) "
             "or thread (in engramd itself: one interpreter less in memory).",
             choices=("process", "thread")),
+    Setting("search.exact_rows", int, 10_000,
+            "Semantic search is exact (every vector scored) below this many units, and for "
+            "filters that allow this few; above, an approximate index (HNSW) answers.",
+            minimum=0),
     Setting("store.verify_on_start", bool, True,
             "Read the whole store and search index once after each start, in the background, "
             "so that damage is reported at once (status, log) rather than when a read meets "
@@ -280,6 +284,7 @@ class DaemonConfig:
     semantic: str = "auto"
     embedding: str = "wordllama"
     indexer: str = "process"
+    exact_rows: int = 10_000
     reserve_bytes: int = 64 * 1024 * 1024
     block_cache_bytes: int = 64 * 1024 * 1024
     write_buffer_bytes: int = 64 * 1024 * 1024

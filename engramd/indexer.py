@@ -148,7 +148,8 @@ class Indexer:
         indexes = self.indexes
         stored = self.store.events_after(indexes.wanted_after(), BATCH)
         if not stored:
-            return False
+            # Nothing new: build a slice of the approximate graph if it is behind.
+            return indexes.catch_up()
         full = len(stored) == BATCH
         if budget is not None:
             total = 0
@@ -221,12 +222,12 @@ class Indexer:
                           "'engramd --reindex')") from None
 
     async def nearest(self, text: str, *, limit: int, min_similarity: float | None,
-                      **filters: object) -> tuple[int, list[Hit]]:
+                      exact: bool = False, **filters: object) -> tuple[int, list[Hit]]:
         """Semantic search in the indexes' worker thread: ``(candidates, hits)`` with the
-        cosine similarity as each hit's score."""
+        cosine similarity as each hit's score (*exact*: never the approximate index)."""
         indexes = self.indexes
         return await self._searched(lambda: indexes.nearest(
-            text, limit=limit, min_similarity=min_similarity, **filters))
+            text, limit=limit, min_similarity=min_similarity, exact=exact, **filters))
 
     def close(self) -> None:
         if self._indexes is not None:

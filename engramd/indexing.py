@@ -50,7 +50,8 @@ def open_index(data_dir: str, applied_seq: int, *, rebuild: bool) -> SearchIndex
 
 
 def vector_opener(data_dir: str, embedding: str, *, rebuild: bool,
-                  applied_seq: Callable[[], int]) -> Callable[[], VectorIndex | None] | None:
+                  applied_seq: Callable[[], int],
+                  exact_rows: int) -> Callable[[], VectorIndex | None] | None:
     """What opens the vector index in *data_dir* (when first needed: loading a model takes
     a while), or None when semantic search is not installed. The opener returns None when
     the model cannot load (logged; keyword search goes on)."""
@@ -70,7 +71,7 @@ def vector_opener(data_dir: str, embedding: str, *, rebuild: bool,
                         embedding, exc)
             return None
         try:
-            vectors = VectorIndex(directory, embedder)
+            vectors = VectorIndex(directory, embedder, exact_rows=exact_rows)
             if rebuild or vectors.indexed_seq > applied_seq():
                 vectors.clear()  # asked to, or ahead of the store (a store from elsewhere)
         except OSError:
@@ -78,19 +79,23 @@ def vector_opener(data_dir: str, embedding: str, *, rebuild: bool,
         except Exception:
             log.exception("semantic search is off: its index in %s did not open", directory)
             return None
-        log.info("vector index open: %s, %d units, seq %d", embedder.identity, vectors.rows,
-                 vectors.indexed_seq)
+        graph = vectors.graph
+        log.info("vector index open: %s, %d units, seq %d; %s", embedder.identity, vectors.live,
+                 vectors.indexed_seq, "search exact" if graph is None else
+                 f"approximate index of {graph.rows} rows loaded" if graph.rows else
+                 "approximate index to build")
         return vectors
 
     return open_vectors
 
 
 def open_indexes(data_dir: str, embedding: str | None, *, rebuild: bool,
-                 applied_seq: Callable[[], int]) -> Indexes:
+                 applied_seq: Callable[[], int], exact_rows: int) -> Indexes:
     """The indexes of *data_dir* (*embedding*: the model of semantic search, None for
-    none), started over if asked; *applied_seq* is the store's, as it moves on."""
+    none; *exact_rows*: ``search.exact_rows``), started over if asked; *applied_seq* is
+    the store's, as it moves on."""
     opener = None if embedding is None else vector_opener(
-        data_dir, embedding, rebuild=rebuild, applied_seq=applied_seq)
+        data_dir, embedding, rebuild=rebuild, applied_seq=applied_seq, exact_rows=exact_rows)
     return Indexes(open_index(data_dir, applied_seq(), rebuild=rebuild), opener)
 
 
@@ -210,12 +215,19 @@ class Indexes:
                               up_to)
                 self.vectors = None
 
+    def catch_up(self) -> bool:
+        """A slice of the vector index's approximate graph built (between batches, while
+        it is behind the rows); True if more remains."""
+        vectors = self.vectors
+        return vectors is not None and vectors.catch_up()
+
     def search(self, query: str | None, **filters: object) -> tuple[int, list[Hit]]:
         return self.index.search(query, **filters)  # type: ignore[arg-type]
 
     def nearest(self, text: str, *, limit: int, min_similarity: float | None,
-                **filters: object) -> tuple[int, list[Hit]]:
-        """``(candidates, hits)`` with the cosine similarity as each hit's score."""
+                exact: bool = False, **filters: object) -> tuple[int, list[Hit]]:
+        """``(candidates, hits)`` with the cosine similarity as each hit's score; *exact*:
+        every vector scored, never the approximate index (to measure its recall)."""
         vectors = self._vectors()
         if vectors is None:
             return 0, []
@@ -223,7 +235,7 @@ class Indexes:
         if allowed is not None and not allowed:
             return 0, []
         total, found = vectors.nearest(text, limit=limit, allowed=allowed,
-                                       min_similarity=min_similarity)
+                                       min_similarity=min_similarity, exact=exact)
         ids = self.index.unit_ids(seq for seq, _ in found)
         return total, [Hit(ids[seq], seq, similarity, "") for seq, similarity in found
                        if seq in ids]
@@ -240,3 +252,5 @@ class Indexes:
 
     def close(self) -> None:
         self.index.close()
+        if self.vectors is not None:
+            self.vectors.close()

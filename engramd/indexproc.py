@@ -51,6 +51,7 @@ class Open(msgspec.Struct, tag=True):
     """None: no semantic search."""
     rebuild: bool
     applied_seq: int
+    exact_rows: int = 10_000
 
 
 class WantedAfter(msgspec.Struct, tag=True):
@@ -72,13 +73,18 @@ class Nearest(msgspec.Struct, tag=True):
     limit: int
     min_similarity: float | None
     filters: dict[str, Any]
+    exact: bool = False
 
 
 class StartOver(msgspec.Struct, tag=True):
     pass
 
 
-Request = Open | WantedAfter | Take | Search | Nearest | StartOver
+class CatchUp(msgspec.Struct, tag=True):
+    """A slice of the approximate graph built while it is behind (idle indexer)."""
+
+
+Request = Open | WantedAfter | Take | Search | Nearest | StartOver | CatchUp
 
 
 class Reply(msgspec.Struct):
@@ -86,6 +92,7 @@ class Reply(msgspec.Struct):
     vector_seq: int | None = None
     semantic: bool = False
     wanted_after: int = 0
+    more: bool = False
     total: int = 0
     hits: list[tuple[str, int, float, str]] = []
     failure: str | None = None
@@ -150,7 +157,7 @@ class IndexProcess:
     :class:`~engramd.indexing.Indexes`, called from one thread at a time."""
 
     def __init__(self, data_dir: str, embedding: str | None, *, rebuild: bool,
-                 applied_seq: Callable[[], int]) -> None:
+                 applied_seq: Callable[[], int], exact_rows: int) -> None:
         """Start the process and open the indexes in it.
 
         Raises:
@@ -158,7 +165,7 @@ class IndexProcess:
             OSError: the process cannot start or its indexes cannot be opened.
         """
         self.path = os.path.join(data_dir, "search.db")
-        self._open = Open(data_dir, embedding, rebuild, 0)
+        self._open = Open(data_dir, embedding, rebuild, 0, exact_rows)
         self._applied_seq = applied_seq
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(Reply)
@@ -281,13 +288,16 @@ class IndexProcess:
         if stored:
             self._call(Take(stored))
 
+    def catch_up(self) -> bool:
+        return self._call(CatchUp()).more
+
     def search(self, query: str | None, **filters: object) -> tuple[int, list[Hit]]:
         reply = self._call(Search(query, _filters_out(filters)))
         return reply.total, [Hit(*hit) for hit in reply.hits]
 
     def nearest(self, text: str, *, limit: int, min_similarity: float | None,
-                **filters: object) -> tuple[int, list[Hit]]:
-        reply = self._call(Nearest(text, limit, min_similarity, _filters_out(filters)))
+                exact: bool = False, **filters: object) -> tuple[int, list[Hit]]:
+        reply = self._call(Nearest(text, limit, min_similarity, _filters_out(filters), exact))
         return reply.total, [Hit(*hit) for hit in reply.hits]
 
     def start_over(self) -> None:
@@ -365,7 +375,8 @@ def serve(sock: socket.socket) -> None:
         if isinstance(request, Open):
             applied_seq = request.applied_seq
             indexes = open_indexes(request.data_dir, request.embedding,
-                                   rebuild=request.rebuild, applied_seq=lambda: applied_seq)
+                                   rebuild=request.rebuild, applied_seq=lambda: applied_seq,
+                                   exact_rows=request.exact_rows)
             return {}
         if indexes is None:
             raise RuntimeError("asked before the indexes were opened")
@@ -378,12 +389,15 @@ def serve(sock: socket.socket) -> None:
             case Search(query=query, filters=filters):
                 total, hits = indexes.search(query, **_filters_in(filters))
                 return {"total": total, "hits": [_hit(hit) for hit in hits]}
-            case Nearest(text=text, limit=limit, min_similarity=similarity, filters=filters):
+            case Nearest(text=text, limit=limit, min_similarity=similarity, filters=filters,
+                         exact=exact):
                 total, hits = indexes.nearest(text, limit=limit, min_similarity=similarity,
-                                              **_filters_in(filters))
+                                              exact=exact, **_filters_in(filters))
                 return {"total": total, "hits": [_hit(hit) for hit in hits]}
             case StartOver():
                 indexes.start_over()
+            case CatchUp():
+                return {"more": indexes.catch_up()}
         return {}
 
     while (body := _receive(sock)) is not None:

@@ -119,9 +119,10 @@ def _open_indexes(config: DaemonConfig, store: Store) -> Indexes | IndexProcess:
     embedding = config.embedding if config.semantic == "auto" else None
     if config.indexer == "process":
         return IndexProcess(config.data_dir, embedding, rebuild=config.reindex,
-                            applied_seq=lambda: store.applied_seq)
+                            applied_seq=lambda: store.applied_seq,
+                            exact_rows=config.exact_rows)
     return open_indexes(config.data_dir, embedding, rebuild=config.reindex,
-                        applied_seq=lambda: store.applied_seq)
+                        applied_seq=lambda: store.applied_seq, exact_rows=config.exact_rows)
 
 
 def _open_read_only(config: DaemonConfig, path: str) -> Opened:

@@ -317,6 +317,8 @@ class Queries:
             raise BadRequest("an advanced query needs some FTS5 syntax")
         if request.mode == "keyword" and request.min_similarity is not None:
             raise BadRequest("min_similarity applies to semantic and hybrid search")
+        if request.mode == "keyword" and request.exact:
+            raise BadRequest("exact applies to semantic and hybrid search")
         if request.mode != "keyword":
             if not self.indexer.semantic:
                 raise BadRequest(f"{request.mode} search is not available on this daemon: "
@@ -356,7 +358,8 @@ class Queries:
                                for hit in keyword]
             depth = wanted if request.mode == "semantic" else max(wanted, FUSION_DEPTH)
             total, semantic = await self.indexer.nearest(
-                request.query, limit=depth, min_similarity=request.min_similarity, **filters)
+                request.query, limit=depth, min_similarity=request.min_similarity,
+                exact=request.exact, **filters)
             if request.mode == "semantic":
                 return total, [SearchHit(unit_id=hit.unit_id, seq=hit.seq, score=hit.score,
                                          snippet="", similarity=hit.score)

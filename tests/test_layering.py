@@ -242,13 +242,14 @@ def test_only_the_gateway_imports_the_http_stack() -> None:
 
 
 def test_only_the_vector_index_and_the_embedder_import_numpy_or_a_model() -> None:
-    """The semantic extra: engramd imports it in two modules, loaded only when it is
-    installed and on (tests/test_semantic.py checks that importing the daemon loads none)."""
+    """The semantic extra: engramd imports it in three modules (the vector index, its
+    approximate graph, the embedder), loaded only when it is installed and on
+    (tests/test_semantic.py checks that importing the daemon loads none)."""
     importers = {str(path.relative_to(ROOT)) for package in ("engramd", "engram_cli")
                  for path in modules(package)
-                 if any(name.split(".")[0] in ("numpy", "wordllama")
+                 if any(name.split(".")[0] in ("numpy", "wordllama", "usearch")
                         for name in imports_of(path))}
-    assert importers == {"engramd/vectors.py", "engramd/embedding.py"}
+    assert importers == {"engramd/vectors.py", "engramd/ann.py", "engramd/embedding.py"}
 
 
 FAST_START = ["engram_cli/cli/fast.py", "engram_cli/cli/leanwire.py", "engram_cli/cli/exits.py",

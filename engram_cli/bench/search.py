@@ -17,6 +17,7 @@ from engram_cli.bench.harness import (
     wait_indexed,
 )
 from engram_cli.bench.journal import daemon_rss_mib, fill, fill_text
+from engram_cli.client import Client
 
 
 def two_word_queries() -> Iterator[str]:
@@ -97,7 +98,22 @@ def bench_search_hybrid(target: BenchTarget) -> Measurement:
                 query()
             measurement = timed_loop(own, target.count(500), query)
             rss = daemon_rss_mib(own)
+            recall = semantic_recall(client, [next(queries) for _ in range(50)])
     except SemanticMissing as exc:
         return Measurement([], 0.0, note=f"not run: {exc}")
-    measurement.note = f"{units:,} units; daemon RSS {rss:.0f} MiB"
+    measurement.note = (f"{units:,} units; daemon RSS {rss:.0f} MiB; semantic recall@10 "
+                        f"{recall:.3f} against exact")
     return measurement
+
+
+def semantic_recall(client: Client, queries: list[str], limit: int = 10) -> float:
+    """The share of exact semantic search's top *limit* (``exact``: every vector scored)
+    that the search as served (the approximate index on a large journal) finds too."""
+    found = wanted = 0
+    for query in queries:
+        exact = {hit.seq for hit in client.search(query, mode="semantic", limit=limit,
+                                                   exact=True).hits}
+        served = {hit.seq for hit in client.search(query, mode="semantic", limit=limit).hits}
+        found += len(exact & served)
+        wanted += len(exact)
+    return found / wanted if wanted else 1.0

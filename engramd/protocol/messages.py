@@ -904,6 +904,9 @@ class Search(ClientMessage[SearchResults], tag="search"):
     ``hybrid`` (reciprocal-rank fusion of both)."""
     min_similarity: float | None = None
     """Semantic and hybrid: leave out units less similar than this (cosine, -1 to 1)."""
+    exact: bool = False
+    """Semantic and hybrid: score every vector, never the approximate index (slower on a
+    large journal; what a measure of the approximate index's recall compares with)."""
 
 
 class Reindex(ClientMessage[Done], tag="search.reindex"):

@@ -153,6 +153,8 @@ def test_the_gateway_and_semantic_rows_run(env: dict[str, str]) -> None:
     assert "gateway cpu ms/req" in rows["http.identities300"]["note"]
     assert rows["vector.backfill"]["ops"] == 1000 and "units/s" in rows["vector.backfill"]["note"]
     assert rows["search.hybrid"]["ops"] == 5 and "RSS" in rows["search.hybrid"]["note"]
+    # 1,000 units: exact search both ways, so all of it found.
+    assert "semantic recall@10 1.000 against exact" in rows["search.hybrid"]["note"]
 
 
 def test_the_console_row_runs_in_a_real_browser(env: dict[str, str]) -> None:

@@ -20,6 +20,7 @@ from tests.conftest import (
     WAIT,
     DaemonProcess,
     connect,
+    engramd_log,
     make_config,
     run_cli,
     start_engramd,
@@ -111,7 +112,7 @@ def test_the_vector_index_is_rebuilt_when_deleted_or_its_model_changes(
         wait_until(lambda: caught_up(client), "both indexes to catch up")
     state = json.loads((vectors / "state.json").read_text())
     assert state["rows"] == len(CORPUS) and state["model"].startswith("wordllama")
-    assert (vectors / "vectors.f32").stat().st_size == len(CORPUS) * state["dim"] * 4
+    assert (vectors / "vectors.i8").stat().st_size == len(CORPUS) * state["dim"]
 
     # Another model's index: started over, never mixed.
     (vectors / "state.json").write_text(json.dumps({**state, "model": "another-model"}))
@@ -289,3 +290,53 @@ def test_one_long_payload_among_short_ones_is_embedded_in_bounded_memory() -> No
     assert peak < 256 * 2**20, peak
     assert vectors.shape == (31, embedder.dim)
     assert np.allclose(vectors[1:], embedder.embed(short), atol=1e-6)  # order kept
+
+
+def test_semantic_search_after_a_restart_answers_from_the_saved_approximate_index(
+        env: dict[str, str]) -> None:
+    # Four units or more: the approximate index answers (SPECS §3.7, search.exact_rows).
+    env = {**env, "ENGRAM_SEARCH_SEMANTIC": "auto", "ENGRAM_SEARCH_EXACT_ROWS": "4"}
+    vectors = Path(env["ENGRAM_DATA_DIR"], "vectors")
+    daemon = DaemonProcess(start_engramd(env), env["ENGRAM_SOCKET"], env)
+    try:
+        with connect(daemon.socket) as client:
+            write_corpus(client)
+            wait_until(lambda: caught_up(client), "both indexes to catch up")
+            first = client.search("storage full", mode="semantic", limit=5)
+            assert first.hits and first.hits == \
+                client.search("storage full", mode="semantic", limit=5, exact=True).hits
+    finally:
+        assert daemon.stop() == 0
+    pointer = json.loads((vectors / "ann.json").read_text())  # saved as the process closed
+    assert pointer["rows"] == len(CORPUS) and (vectors / pointer["file"]).exists()
+
+    daemon = DaemonProcess(start_engramd(env), env["ENGRAM_SOCKET"], env)
+    try:
+        with connect(daemon.socket) as client:
+            assert texts(client, "storage full", mode="semantic", limit=1) == \
+                [MEANT["storage full"]]
+            assert client.search("storage full", mode="semantic", limit=5).hits == first.hits
+            assert texts(client, "lock timeout", mode="hybrid", limit=1) == \
+                [MEANT["lock timeout"]]
+            with pytest.raises(BadRequest, match="exact applies to semantic"):
+                client.search("x", exact=True)
+        said = engramd_log(env).read_text()
+        assert f"approximate index of {len(CORPUS)} rows loaded" in said
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_the_approximate_index_in_engramds_own_thread_is_saved_and_loaded(
+        env: dict[str, str]) -> None:
+    config = make_config(env, **{"search.semantic": "auto", "search.indexer": "thread",
+                                 "search.exact_rows": "4"})
+    with start_threaded(config), connect(config) as client:
+        write_corpus(client)
+        wait_until(lambda: caught_up(client), "both indexes to catch up")
+        first = client.search("lock timeout", mode="semantic", limit=3).hits
+    pointer = json.loads(Path(config.data_dir, "vectors", "ann.json").read_text())
+    assert pointer["rows"] == len(CORPUS)
+    with start_threaded(config), connect(config) as client:
+        assert client.search("lock timeout", mode="semantic", limit=3).hits == first
+        assert texts(client, "lock timeout", mode="semantic", limit=1) == \
+            [MEANT["lock timeout"]]

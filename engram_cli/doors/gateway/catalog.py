@@ -225,7 +225,8 @@ RULES: dict[str, dict[str, Any]] = {
         {"required": ["resource_path"]}]},
     "Search": {"allOf": [
         {"if": {"properties": {"mode": {"const": "keyword"}}},
-         "then": {"properties": {"min_similarity": {"type": "null"}}}},
+         "then": {"properties": {"min_similarity": {"type": "null"},
+                                 "exact": {"const": False}}}},
         {"if": {"required": ["mode"], "properties": {"mode": {"enum": ["semantic", "hybrid"]}}},
          "then": {"required": ["query"], "properties": {"query": _WORD}}},
         {"if": {"required": ["advanced"], "properties": {"advanced": {"const": True}}},
@@ -254,7 +255,8 @@ PROPERTIES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 WITHOUT_SEMANTIC: dict[str, dict[str, Any]] = {
-    **BOUNDS, "Search": {**BOUNDS["Search"], "mode": Literal["keyword"], "min_similarity": None}}
+    **BOUNDS, "Search": {**BOUNDS["Search"], "mode": Literal["keyword"], "min_similarity": None,
+                         "exact": Literal[False]}}
 """The bounds in front of a daemon without semantic search (the mode is keyword)."""
 
 
