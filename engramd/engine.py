@@ -375,7 +375,8 @@ class Engine:
             indexed_seq=parts.indexer.indexed_seq, commit_batches=committer.stats.batches,
             commit_entries=committer.stats.entries,
             fsync_seconds=round(committer.stats.fsync_seconds, 6),
-            vector_seq=parts.indexer.vector_seq, read_only=self.read_only is not None,
+            vector_seq=parts.indexer.vector_seq,
+            approximate_lag=parts.indexer.approximate_lag, read_only=self.read_only is not None,
             store_damage=None if parts.store.damage is None else str(parts.store.damage),
             index_paused=None if self.read_only else parts.indexer.paused)
 

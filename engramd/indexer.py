@@ -84,6 +84,11 @@ class Indexer:
         """How far the vector index has taken in the journal; None without semantic search."""
         return None if self._indexes is None else self._indexes.vector_seq
 
+    @property
+    def approximate_lag(self) -> int:
+        """Vectors the approximate index has yet to take in (0 without one)."""
+        return 0 if self._indexes is None else self._indexes.approximate_lag
+
     def wake(self) -> None:
         """New events are durable: index them soon."""
         self._wanted.set()

@@ -153,6 +153,11 @@ class Indexes:
             return self.vectors.indexed_seq
         return 0 if self._open_vectors is not None else None
 
+    @property
+    def approximate_lag(self) -> int:
+        """Vectors the approximate index has yet to take in."""
+        return self.vectors.approximate_lag if self.vectors is not None else 0
+
     def _vectors(self) -> VectorIndex | None:
         """The vector index, opened on first use."""
         if self.vectors is None and self._open_vectors is not None:
@@ -202,7 +207,7 @@ class Indexes:
         if vectors is not None and up_to > vector_seq:
             wanted = [d for d in documents if d.seq > vector_seq and d.text and d.text.strip()]
             try:
-                # (Once per batch: the brute-force index rewrites its files to remove.)
+                # (Once per batch: each removal fsyncs the rows file and its list.)
                 vectors.remove([unit for seq, removed in removals if seq > vector_seq
                                 for unit in removed])
                 vectors.add([d.seq for d in wanted], [d.text or "" for d in wanted], up_to)

@@ -90,6 +90,7 @@ Request = Open | WantedAfter | Take | Search | Nearest | StartOver | CatchUp
 class Reply(msgspec.Struct):
     keyword_seq: int = 0
     vector_seq: int | None = None
+    approximate_lag: int = 0
     semantic: bool = False
     wanted_after: int = 0
     more: bool = False
@@ -173,6 +174,7 @@ class IndexProcess:
         self._socket: socket.socket | None = None
         self.keyword_seq = 0
         self.vector_seq: int | None = None
+        self.approximate_lag = 0
         self.semantic = embedding is not None
         self._start()
         self._open.rebuild = False  # a process started again after a crash keeps the index
@@ -235,6 +237,7 @@ class IndexProcess:
         for level, message in reply.logs:
             log.log(level, "%s", message)
         self.keyword_seq, self.vector_seq = reply.keyword_seq, reply.vector_seq
+        self.approximate_lag = reply.approximate_lag
         self.semantic = reply.semantic
         if reply.failure is not None:
             raise _error(reply)
@@ -407,7 +410,7 @@ def serve(sock: socket.socket) -> None:
             fields = _failure(exc)
         state: dict[str, Any] = {} if indexes is None else {
             "keyword_seq": indexes.keyword_seq, "vector_seq": indexes.vector_seq,
-            "semantic": indexes.semantic}
+            "approximate_lag": indexes.approximate_lag, "semantic": indexes.semantic}
         _send(sock, encoder.encode(Reply(**state, **fields, logs=kept.take())))
     if indexes is not None:
         indexes.close()

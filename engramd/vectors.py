@@ -265,6 +265,12 @@ class VectorIndex:
             log.info("vector index: the approximate index has every row (%d)", graph.rows)
         return behind
 
+    @property
+    def approximate_lag(self) -> int:
+        """Rows the approximate index has yet to take in (searches score them exactly
+        meanwhile); 0 without one."""
+        return 0 if self.graph is None else max(0, self.rows - self.graph.rows)
+
     def remove(self, seqs: Iterable[int]) -> int:
         """Remove the units *seqs*: zeroed in ``vectors.i8``, listed in ``removed.i64``,
         left out of the graph. Durable when it returns; seqs not in (or removed already)
@@ -421,28 +427,6 @@ class VectorIndex:
         if min_similarity is None:
             found = self.live if allowed_rows is None else len(allowed_rows)
         return found, hits
-
-    # -- retention's removal: the brute-force form (an ANN index has its own) -----------
-
-    def remove(self, seqs: Sequence[int]) -> int:
-        """Drop the rows of the units *seqs* (retention removed them) and rewrite the
-        files without them; how many rows went. Seqs without a row are passed over."""
-        if not self.rows or not seqs:
-            return 0
-        keep = ~np.isin(self._seqs[:self.rows], np.asarray(seqs, dtype=np.int64))
-        kept = int(keep.sum())
-        if kept == self.rows:
-            return 0
-        vectors, kept_seqs = self._vectors[:self.rows][keep], self._seqs[:self.rows][keep]
-        self._vectors[:kept], self._seqs[:kept] = vectors, kept_seqs
-        gone, self.rows = self.rows - kept, kept
-        for name, data in ((_VECTORS, vectors), (_SEQS, kept_seqs)):
-            temporary = self._path(name + ".tmp")
-            with open(temporary, "wb") as file:
-                file.write(data.tobytes())
-            os.replace(temporary, self._path(name))
-        self._write_state()
-        return gone
 
     def memory_bytes(self) -> int:
         graph = self.graph.memory_bytes() if self.graph is not None else 0

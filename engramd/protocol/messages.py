@@ -125,6 +125,9 @@ class JournalStatus(msgspec.Struct, frozen=True, kw_only=True):
     vector_seq: int | None = None
     """The vector index (semantic search) has taken in everything up to here; None
     when semantic search is not installed or is off."""
+    approximate_lag: int = 0
+    """Vectors the approximate index has yet to take in (semantic search scores them
+    exactly meanwhile, §2.8)."""
     store_damage: str | None = None
     """The first damage a read of the store met since the start (the file and the fix)."""
     read_only: bool = False
