@@ -168,7 +168,10 @@ def open_rocks(path: str, *, read_only: bool = False,
     options.set_paranoid_checks(True)
     access = AccessType.read_only() if read_only else AccessType.read_write()
     try:
-        db = Rdict(path, options, access_type=access)
+        # The column family's options given as well: without them rocksdict reads the
+        # default family's from the store's OPTIONS file, the ones it was created with
+        # (the block cache became RocksDB's 8 MiB and the memtables never changed).
+        db = Rdict(path, options, column_families={"default": options}, access_type=access)
     except Exception as exc:
         if is_disk_full(exc):
             raise StoreFull(f"the store cannot be opened for writing: the disk is full "

@@ -326,12 +326,13 @@ def memory(target: BenchTarget) -> dict[str, float]:
     """RSS in MiB of engramd and of its index process."""
     with target.client() as client:
         pid = client.status().pid
-    children = []
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as listing:
-            children = [int(child) for child in listing.read().split()]
-    except OSError:
-        pass
+    children = []  # (each thread's children: the index process is started by a worker)
+    for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as listing:
+                children += [int(child) for child in listing.read().split()]
+        except OSError:
+            continue
     return {"rss_engramd_mib": resident_mib(pid),
             "rss_index_mib": sum(resident_mib(child) for child in children)}
 

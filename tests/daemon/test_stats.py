@@ -162,6 +162,13 @@ def test_memory_bounds_are_the_configured_ones(env: dict[str, str]) -> None:
     assert "write_buffer_size=4194304" in written
     assert "max_write_buffer_number=3" in written
     assert "cache_index_and_filter_blocks=true" in written
+    # Other bounds at the next start apply to the store as it is (not its first ones).
+    again = make_config(env, **{"store.block_cache_bytes": str(16 * 2**20),
+                                "store.write_buffer_bytes": str(6 * 2**20)})
+    with start_threaded(again), Client(again.socket, autostart=False) as client:
+        assert client.stats().gauges["store_block_cache_capacity_bytes"] == 16 * 2**20
+    [options] = sorted(Path(config.data_dir, "store").glob("OPTIONS-*"))[-1:]
+    assert "write_buffer_size=6291456" in options.read_text()
 
 
 def test_the_recent_units_stay_within_their_byte_budget(env: dict[str, str]) -> None:
