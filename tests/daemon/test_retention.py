@@ -281,7 +281,14 @@ async def test_an_age_policy_removes_units_once_they_are_older_on_the_virtual_cl
                                               "duration"),
     ('context = "ci/*"', "retention.policy #1 (ci/*): give max_age, max_units or both"),
     ('context = "c*i"\nmax_units = 5', "may hold '*' only at its end"),
-    ('context = "ci/*"\nmax_units = -1', "max_units must be an integer, 0 or more"),
+    ('context = "ci/*"\nmax_units = -1', "max_units must be an integer from 0 to"),
+    ('context = "ci/*"\nmax_units = 99999999999999999999', "max_units must be an integer"),
+    ('context = "ci/*"\nmax_age = nan', "max_age must be more than 0 and finite"),
+    ('context = "ci/*"\nmax_age = inf', "max_age must be more than 0 and finite"),
+    ('context = "ci/*"\nmax_age = 1e300', "max_age must be at most 100 years"),
+    ('context = "ci/*"\nmax_age = "999999999999999d"', "max_age must be at most 100 years"),
+    ('context = "ci/*"\nmax_age = "99999999999w"', "max_age must be at most 100 years"),
+    ('context = "ci/*"\nmax_age = "\u0661\u0662d"', "max_age must be a duration"),
     ('context = "ci/*"\nmax_units = 5\nkeep = true', "unknown key 'keep'"),
 ])
 def test_a_bad_policy_stops_engramd_at_start_with_one_line(
