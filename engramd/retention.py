@@ -39,7 +39,7 @@ from engramd.protocol import (
     agentwork,
 )
 from engramd.protocol.model import Context, UnitsRemoved
-from engramd.retentionpolicy import Policy
+from engramd.retentionpolicy import Policy, shadowed
 from engramd.storage import Store
 from engramd.wal.record import Entry
 
@@ -164,6 +164,12 @@ class Retention:
         self.runs = 0
         """Runs finished since the start (tests wait for one)."""
         self._one_at_a_time = trio.Lock()
+        self.shadowed_by = {id(later): earlier for later, earlier in shadowed(policies)}
+        """Policies that never apply, by the earlier policy that takes all their contexts."""
+        for later, earlier in shadowed(policies):
+            log.warning("retention policy %s covers no context: the earlier policy %s covers "
+                        "every context it could (put the narrower policy first)",
+                        later.context, earlier.context)
 
     async def run(self) -> None:
         """Apply the policies every ``interval`` seconds (none configured: never)."""
@@ -233,7 +239,9 @@ class Retention:
                 seconds: float) -> RetentionReport:
         policies = [RetentionPolicyReport(
             context=policy.context, max_age=policy.max_age, max_units=policy.max_units,
-            contexts=[picked.report() for picked in picks if picked.policy is policy])
+            contexts=[picked.report() for picked in picks if picked.policy is policy],
+            shadowed_by=earlier.context if (earlier := self.shadowed_by.get(id(policy)))
+            else None)
             for policy in self.policies]
         return RetentionReport(
             id=request_id, dry_run=dry_run, policies=policies,

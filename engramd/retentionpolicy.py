@@ -46,6 +46,25 @@ class Policy:
         return context_id == self.context
 
 
+def shadowed(policies: tuple[Policy, ...]) -> list[tuple[Policy, Policy]]:
+    """``(later, earlier)`` for each policy that covers no context because an earlier one
+    covers every context it could (``*`` first, then ``keep/x``): the first that covers a
+    context is its own, so the later one never applies."""
+    found = []
+    for number, later in enumerate(policies):
+        wider = next((earlier for earlier in policies[:number] if _covers_all(earlier, later)),
+                     None)
+        if wider is not None:
+            found.append((later, wider))
+    return found
+
+
+def _covers_all(earlier: Policy, later: Policy) -> bool:
+    if earlier.context.endswith("*"):
+        return later.context.removesuffix("*").startswith(earlier.context[:-1])
+    return earlier.context == later.context
+
+
 def format_duration(seconds: float) -> str:
     """``"30d"``, ``"12h"``, ``"90m"`` or ``"45s"``: the largest unit that divides it."""
     for unit in ("w", "d", "h", "m"):

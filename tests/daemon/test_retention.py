@@ -25,6 +25,7 @@ from tests.conftest import (
     WAIT,
     DaemonProcess,
     connect,
+    engramd_log,
     make_config,
     run_cli,
     start_engramd,
@@ -161,6 +162,26 @@ def test_a_dry_run_says_what_would_go_and_changes_nothing(
         assert len(payloads(engram, "ci/lint")) == 5
     assert before is not None and after is not None
     assert (after.last_seq, after.units) == (before.last_seq, before.units)
+
+
+def test_a_policy_shadowed_by_an_earlier_one_is_said_at_start_and_by_a_dry_run(
+        env: dict[str, str]) -> None:
+    write_config(env, '[[retention.policy]]\ncontext = "*"\nmax_units = 100\n'
+                      '[[retention.policy]]\ncontext = "keep/x"\nmax_units = 5\n'
+                      '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 5\n')
+    daemon = DaemonProcess(start_engramd(env), env["ENGRAM_SOCKET"], env)
+    try:
+        report = gc(env, "--dry-run")
+        said = run_cli(env, "gc", "--dry-run")
+    finally:
+        daemon.stop()
+
+    assert [policy["shadowed_by"] for policy in report["policies"]] == [None, "*", "*"]
+    assert said.stdout.count("covers no context: the earlier policy * covers every context "
+                             "it could") == 2, said.stdout
+    logged = engramd_log(env).read_text()
+    assert logged.count("retention policy keep/x covers no context") == 1, logged
+    assert logged.count("retention policy ci/* covers no context") == 1, logged
 
 
 def test_pinned_units_open_tasks_and_unacknowledged_messages_stay(
