@@ -4,6 +4,7 @@ policies on trio's virtual clock (SPECS §3.4 *Retention*)."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -474,3 +475,64 @@ def test_a_live_subscriber_is_told_of_a_removal(env: dict[str, str]) -> None:
         said = run_cli(env, "gc", "--dry-run")
         assert said.stdout.startswith("policy ci/* (max_age 30d, max_units 1)\n  nothing "
                                       "past it"), said.stdout
+
+
+def test_a_run_without_room_for_its_archive_and_entries_removes_nothing_and_says_why(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from engramd import retention
+
+    write_config(env, '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 0\n')
+    monkeypatch.setattr(retention, "free_bytes", lambda path: 2 * 1024 * 1024, raising=False)
+    config = make_config(env, **{"search.reserve_bytes": str(4 * 1024 * 1024)})
+    with start_threaded(config), connect(config.socket) as engram:
+        for n in range(20):
+            engram.create_unit("ci/x", "MESSAGE", f"m{n}")
+
+        done = run_cli(env, "gc")
+
+        assert done.returncode == 75, done  # disk_full (SPECS §6)
+        assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+        assert "retention removed nothing: 20 unit(s) need about" in done.stderr
+        assert "search.reserve_bytes 4.0 MiB kept free) and 2.0 MiB is free" in done.stderr
+        assert len(payloads(engram, "ci/x")) == 20
+        assert not Path(config.archive_path).exists()
+
+
+def test_a_run_that_the_disk_stops_midway_says_what_it_archived_and_removed(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from engramd import retention
+    from engramd.wal import log as wal_log
+
+    write_config(env, '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 0\n')
+    monkeypatch.setattr(retention, "PER_ENTRY", 10)
+    config = make_config(env)
+    real_write_all = wal_log._write_all
+    written_since_archive = [0]
+
+    def full_once_archived(fd: int, data: bytes) -> None:
+        # (the room check passed: the disk fills up under the run, after its first entry)
+        if list(Path(config.archive_path).glob("*.jsonl.gz")):
+            written_since_archive[0] += 1
+            if written_since_archive[0] > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(fd, data)
+
+    with start_threaded(config), connect(config.socket) as engram:
+        for n in range(30):
+            engram.create_unit("ci/x", "MESSAGE", f"m{n}")
+        monkeypatch.setattr(wal_log, "_write_all", full_once_archived)
+
+        done = run_cli(env, "gc")
+
+        assert done.returncode == 75, done
+        assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+        assert "nothing was written" not in done.stderr
+        (archive,) = Path(config.archive_path).glob("*.jsonl.gz")
+        assert (f"retention stopped midway (the disk is full): 10 unit(s) of ci/x archived "
+                f"in {archive} and removed (its other 20 are in that archive too, and stay "
+                "in the journal)") in done.stderr, done.stderr
+        assert "run gc again once there is room" in done.stderr
+        assert len(payloads(engram, "ci/x")) == 20
+        monkeypatch.setattr(wal_log, "_write_all", real_write_all)
+        assert engram.run_retention().units == 20
+        assert payloads(engram, "ci/x") == []
