@@ -66,7 +66,7 @@ class Setting:
 
     def parse_text(self, text: str, where: str) -> Any:
         """Convert a string from the environment or a flag."""
-        if not text.isascii():
+        if self.kind in (int, float) and not text.isascii():
             # int() and float() take any script's digits ("١٢"); a config value is ASCII.
             raise ConfigError(
                 f"{where}: {self.key} must be {self.kind.__name__} in ASCII digits, "

@@ -166,3 +166,8 @@ def test_engramd_refuses_a_number_it_could_not_use_with_one_line_and_exit_2(
     assert done.returncode == 2, done.stderr
     assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_text_setting_may_hold_any_script(env: dict[str, str]) -> None:
+    env["ENGRAM_RETENTION_ARCHIVE_DIR"] = "/srv/архив"
+    assert load(env).archive_dir == "/srv/архив"
