@@ -214,7 +214,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(a full one is flushed to a table file).", minimum=1024 * 1024),
     Setting("store.write_buffers", int, 2,
             "Most memtables at once (one being written, the others being flushed): the "
-            "store's write memory is at most write_buffer_bytes times this.", minimum=2),
+            "store's write memory is at most write_buffer_bytes times this.", minimum=2,
+            maximum=64),
     Setting("cache.recent_units", int, 128,
             "Newest units kept in memory per context read lately: a unit.list of the newest "
             "N, N below this, is answered from memory.", minimum=2),

@@ -171,3 +171,11 @@ def test_engramd_refuses_a_number_it_could_not_use_with_one_line_and_exit_2(
 def test_a_text_setting_may_hold_any_script(env: dict[str, str]) -> None:
     env["ENGRAM_RETENTION_ARCHIVE_DIR"] = "/srv/архив"
     assert load(env).archive_dir == "/srv/архив"
+
+
+def test_store_write_buffers_has_a_maximum_rocksdb_takes(env: dict[str, str]) -> None:
+    """RocksDB keeps the memtable count in a C int: 2^63-1 passed the general bound and
+    then stopped engramd at start with an OverflowError."""
+    with pytest.raises(ConfigError, match=r"store\.write_buffers must be at most 64"):
+        load(env, overrides={"store.write_buffers": str(2**63 - 1)})
+    assert load(env, overrides={"store.write_buffers": "64"}).write_buffers == 64
