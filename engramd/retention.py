@@ -300,7 +300,6 @@ class Retention:
             seconds=round(seconds, 3))
 
 
-
 def _existing(path: str) -> str:
     """*path*, or its nearest parent that exists (an archive dir not made yet)."""
     while not os.path.exists(path) and os.path.dirname(path) != path:
@@ -319,11 +318,17 @@ def _stopped_midway(picks: list[Pick], exc: Exception) -> str:
     if not done:
         return str(exc)
     why = "the disk is full" if isinstance(exc, DiskFull) else str(exc)
-    said = "; ".join(f"{picked.removed:,} unit(s) of {picked.context_id} archived in "
-                     f"{picked.archive} and removed"
-                     + (f" (its other {len(picked.unit_ids) - picked.removed:,} are in that "
-                        "archive too, and stay in the journal)"
-                        if picked.removed < len(picked.unit_ids) else "")
-                     for picked in done)
+    said = "; ".join(_done(picked) for picked in done)
     return (f"retention stopped midway ({why}): {said}; the rest stays in the journal: run "
             "gc again once there is room")
+
+
+def _done(picked: Pick) -> str:
+    archived = len(picked.unit_ids)
+    if not picked.removed:
+        return (f"{archived:,} unit(s) of {picked.context_id} archived in {picked.archive} "
+                "but none removed")
+    return (f"{picked.removed:,} unit(s) of {picked.context_id} archived in {picked.archive} "
+            "and removed" + (f" (its other {archived - picked.removed:,} are in that archive "
+                             "too, and stay in the journal)"
+                             if picked.removed < archived else ""))
