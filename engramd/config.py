@@ -10,6 +10,7 @@ flag > environment > XDG rules of :mod:`engramd.protocol.address`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -23,11 +24,18 @@ from engramd.protocol import (
     resolve_data_dir,
     resolve_socket_path,
 )
-from engramd.retentionpolicy import Policy, format_duration, parse_policies
+from engramd.retentionpolicy import MAX_DURATION, Policy, format_duration, parse_policies
 
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says which key and why."""
+
+
+INT_MAXIMUM = 2**63 - 1
+"""The largest int setting: what RocksDB, struct and the clock take without overflow."""
+FLOAT_MAXIMUM = MAX_DURATION
+"""The largest float setting (100 years in seconds): trio's deadlines and the ms and ns
+conversions stay finite and within int64 beyond any use."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +47,8 @@ class Setting:
     help: str
     minimum: float | None = None
     choices: tuple[str, ...] = ()
+    maximum: float | None = None
+    """None: :data:`INT_MAXIMUM` for an int, :data:`FLOAT_MAXIMUM` for a float."""
 
     @property
     def env_var(self) -> str:
@@ -48,8 +58,19 @@ class Setting:
     def attr(self) -> str:
         return self.key.rsplit(".", 1)[-1]
 
+    @property
+    def upper_bound(self) -> float:
+        if self.maximum is not None:
+            return self.maximum
+        return INT_MAXIMUM if self.kind is int else FLOAT_MAXIMUM
+
     def parse_text(self, text: str, where: str) -> Any:
         """Convert a string from the environment or a flag."""
+        if self.kind in (int, float) and not text.isascii():
+            # int() and float() take any script's digits ("١٢"); a config value is ASCII.
+            raise ConfigError(
+                f"{where}: {self.key} must be {self.kind.__name__} in ASCII digits, "
+                f"got {text!r}")
         try:
             if self.kind is bool:
                 lowered = text.strip().lower()
@@ -71,8 +92,14 @@ class Setting:
             raise ConfigError(
                 f"{where}: {self.key} must be {self.kind.__name__}, got {value!r}"
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: {self.key} must be a finite number, got {value}")
         if self.minimum is not None and isinstance(value, int | float) and value < self.minimum:
             raise ConfigError(f"{where}: {self.key} must be at least {self.minimum}, got {value}")
+        bound = self.upper_bound
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > bound:
+            shown = bound if isinstance(bound, int) else f"{bound:.0f}"
+            raise ConfigError(f"{where}: {self.key} must be at most {shown}, got {value}")
         if self.choices and value not in self.choices:
             raise ConfigError(
                 f"{where}: {self.key} must be one of {', '.join(self.choices)}, got {value!r}"
@@ -187,7 +214,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(a full one is flushed to a table file).", minimum=1024 * 1024),
     Setting("store.write_buffers", int, 2,
             "Most memtables at once (one being written, the others being flushed): the "
-            "store's write memory is at most write_buffer_bytes times this.", minimum=2),
+            "store's write memory is at most write_buffer_bytes times this.", minimum=2,
+            maximum=64),
     Setting("cache.recent_units", int, 128,
             "Newest units kept in memory per context read lately: a unit.list of the newest "
             "N, N below this, is answered from memory.", minimum=2),

@@ -177,6 +177,10 @@ class DiskWatch:
             self._said = str(exc)
             log.warning("the journal's size could not be measured: %s", exc)
 
+    def growth_known_in(self) -> float:
+        """Seconds until :meth:`growth` has its measures (``disk.sample_seconds`` apart)."""
+        return max(1, MIN_SAMPLES - len(self._samples)) * self.interval
+
     def growth(self) -> Growth | None:
         """The growth rate over the window; None until there are enough samples."""
         samples = self._samples

@@ -472,6 +472,8 @@ class Dispatcher:
         if growth is not None:
             gauges.update(disk_growth_bytes_per_second=round(growth.bytes_per_second, 3),
                           disk_growth_window_seconds=round(growth.seconds, 3))
+        else:
+            gauges["disk_growth_known_in_seconds"] = round(engine.disk.growth_known_in(), 3)
         store = engine.store_figures()
         if store is not None:
             gauges.update(store_sst_bytes=store.sst_bytes,
@@ -505,6 +507,8 @@ class Dispatcher:
                           journal_failed=int(journal.write_error is not None))
             if journal.vector_seq is not None:
                 gauges["vector_lag_events"] = journal.last_seq - journal.vector_seq
+            elif engine.config.semantic == "off":
+                gauges["search_semantic_off"] = 1
             counters.update(commit_batches_total=journal.commit_batches,
                             commit_entries_total=journal.commit_entries)
         cluster = engine.cluster_status()

@@ -217,7 +217,8 @@ class Engine:
                    else opened.read_only)
         committer.clock = now = anchored_clock()
         retention = Retention(store, committer, writer.context, config.policies,
-                              config.archive_path, config.interval, refused=refused, now=now)
+                              config.archive_path, config.interval, refused=refused, now=now,
+                              data_dir=config.data_dir, reserve_bytes=config.reserve_bytes)
         return Parts(store, wal, indexer, hub, committer, leases, writer, queries, mailbox,
                      board, briefing, recent, retention, cluster, marks)
 

@@ -7,7 +7,8 @@ its own), oldest first, and picks the units older than ``max_age`` or beyond the
 is done, a message that asks for acknowledgements until each recipient has given one
 (every broadcast that asks for them). The picked units are written to one archive per
 context and run (:mod:`engramd.archive`), and only then removed by
-:class:`~engramd.protocol.model.UnitsRemoved` entries: durable, replayed after a crash,
+:class:`~engramd.protocol.model.UnitsRemoved` entries (a run first checks that the disk
+has room for both: it removes nothing rather than stop midway): durable, replayed after a crash,
 pushed to subscribers and taken by the search indexes as any entry is. A dry run picks
 and counts, writing nothing.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +41,8 @@ from engramd.protocol import (
     agentwork,
 )
 from engramd.protocol.model import Context, UnitsRemoved
-from engramd.retentionpolicy import Policy
+from engramd.retentionpolicy import Policy, shadowed
+from engramd.runtime import free_bytes
 from engramd.storage import Store
 from engramd.wal.record import Entry
 
@@ -49,6 +52,15 @@ PER_ENTRY = 1000
 """Units one removal entry names at most (one WAL record stays small)."""
 PER_RUN = 100_000
 """Units one run removes from one context at most; the next run goes on."""
+ARCHIVE_BYTES_PER_STORED_BYTE = 1.25
+"""An archive's bytes per stored byte of its units, at most: JSON and gzip shrink text
+several times, but a payload that does not compress is base64'd (4/3) and gzip gets
+that back only in part."""
+ARCHIVE_FILE_BYTES = 64 * 1024
+"""An archive file's own cost (gzip's header, the file system's blocks) in the room check."""
+REMOVAL_BYTES_PER_UNIT = 256
+"""Disk one unit's removal takes: its id and seq in a units.removed WAL entry (about
+50 bytes), then the store's tombstones and archive key for it (a few times that)."""
 _context = msgspec.msgpack.Decoder(Context)
 
 
@@ -79,6 +91,9 @@ class Pick:
     oldest: dt.datetime | None = None
     newest: dt.datetime | None = None
     archive: str = ""
+    removed: int = 0
+    """Units whose removal entries were written (a run that stops midway says so)."""
+    pending: int = 0
 
     def take(self, head: _Head, size: int) -> None:
         self.unit_ids.append(head.id)
@@ -150,7 +165,8 @@ class Retention:
     def __init__(self, store: Store, committer: GroupCommitter,
                  context_of: Callable[[str], Context | None], policies: tuple[Policy, ...],
                  archive_dir: str, interval: float, *, refused: str | None = None,
-                 now: Callable[[], dt.datetime] | None = None) -> None:
+                 now: Callable[[], dt.datetime] | None = None, data_dir: str = "",
+                 reserve_bytes: int = 0) -> None:
         self.store = store
         self.committer = committer
         self.context_of = context_of
@@ -161,9 +177,19 @@ class Retention:
         self.refused = refused
         """Why retention cannot run here (cluster mode, a read-only start), or None."""
         self.now = now or anchored_clock()
+        self.data_dir = data_dir or store.path
+        """Where the removal entries go (the WAL and the store): its disk is checked."""
+        self.reserve_bytes = reserve_bytes
+        """search.reserve_bytes: kept free on the data dir's disk by a run."""
         self.runs = 0
         """Runs finished since the start (tests wait for one)."""
         self._one_at_a_time = trio.Lock()
+        self.shadowed_by = {id(later): earlier for later, earlier in shadowed(policies)}
+        """Policies that never apply, by the earlier policy that takes all their contexts."""
+        for later, earlier in shadowed(policies):
+            log.warning("retention policy %s covers no context: the earlier policy %s covers "
+                        "every context it could (put the narrower policy first)",
+                        later.context, earlier.context)
 
     async def run(self) -> None:
         """Apply the policies every ``interval`` seconds (none configured: never)."""
@@ -188,12 +214,40 @@ class Retention:
             started = time.monotonic()
             now = self.now()
             picks = await trio.to_thread.run_sync(pick_all, self.store, self.policies, now)
-            if not dry_run:
+            if not dry_run and any(picked.unit_ids for picked in picks):
+                await trio.to_thread.run_sync(self._check_room, picks)
                 for picked in picks:
                     if picked.unit_ids:
-                        await self._remove(picked, now)
+                        try:
+                            await self._remove(picked, now)
+                        except (DiskFull, Unavailable) as exc:
+                            raise type(exc)(_stopped_midway(picks, exc)) from None
             self.runs += 1
         return self._report(picks, dry_run, request_id, time.monotonic() - started)
+
+    def _check_room(self, picks: list[Pick]) -> None:
+        """DiskFull, before anything is written, when the archives and the removal
+        entries would not fit with search.reserve_bytes still free."""
+        removing = [picked for picked in picks if picked.unit_ids]
+        units = sum(len(picked.unit_ids) for picked in removing)
+        archives = (int(sum(picked.bytes for picked in removing)
+                        * ARCHIVE_BYTES_PER_STORED_BYTE) + ARCHIVE_FILE_BYTES * len(removing))
+        entries = units * REMOVAL_BYTES_PER_UNIT
+        archive_disk = _existing(self.archive_dir)
+        same_disk = os.stat(archive_disk).st_dev == os.stat(self.data_dir).st_dev
+        needs = [(self.data_dir, entries + self.reserve_bytes + (archives if same_disk else 0))]
+        if not same_disk:
+            needs.append((archive_disk, archives))
+        for path, needed in needs:
+            free = free_bytes(path)
+            if free < needed:
+                raise DiskFull(
+                    f"retention removed nothing: {units:,} unit(s) need about "
+                    f"{_mib(needed)} free on the disk of {path} ({_mib(archives)} of "
+                    f"archives in {self.archive_dir}, {_mib(entries)} of removal entries"
+                    + (f", search.reserve_bytes {_mib(self.reserve_bytes)} kept free"
+                       if path == self.data_dir else "")
+                    + f") and {_mib(free)} is free; free some space and run gc again")
 
     async def _remove(self, picked: Pick, now: dt.datetime) -> None:
         try:
@@ -209,6 +263,7 @@ class Retention:
             await self.committer.commit(self._removal(
                 picked, picked.unit_ids[start:start + PER_ENTRY],
                 picked.seqs[start:start + PER_ENTRY]))
+            picked.removed += picked.pending
 
     def _removal(self, picked: Pick, unit_ids: list[str], seqs: list[int]
                  ) -> Callable[[int, dt.datetime], tuple[Entry | None, None]]:
@@ -219,6 +274,7 @@ class Retention:
             pinned = set(context.pinned_units) if context is not None else set()
             kept = [(unit_id, seq) for unit_id, seq in zip(unit_ids, seqs, strict=True)
                     if unit_id not in pinned]
+            picked.pending = len(kept)
             if not kept:
                 return None, None
             event = UnitsRemoved(seq=first_seq, ts=ts, context_id=picked.context_id,
@@ -233,7 +289,9 @@ class Retention:
                 seconds: float) -> RetentionReport:
         policies = [RetentionPolicyReport(
             context=policy.context, max_age=policy.max_age, max_units=policy.max_units,
-            contexts=[picked.report() for picked in picks if picked.policy is policy])
+            contexts=[picked.report() for picked in picks if picked.policy is policy],
+            shadowed_by=earlier.context if (earlier := self.shadowed_by.get(id(policy)))
+            else None)
             for policy in self.policies]
         return RetentionReport(
             id=request_id, dry_run=dry_run, policies=policies,
@@ -241,3 +299,36 @@ class Retention:
             bytes=sum(picked.bytes for picked in picks), archive_dir=self.archive_dir,
             seconds=round(seconds, 3))
 
+
+def _existing(path: str) -> str:
+    """*path*, or its nearest parent that exists (an archive dir not made yet)."""
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):,.1f} MiB"
+
+
+def _stopped_midway(picks: list[Pick], exc: Exception) -> str:
+    """What a run that stopped did: a write refused after others went through did not
+    leave "nothing written" behind."""
+    done = [picked for picked in picks if picked.archive]
+    if not done:
+        return str(exc)
+    why = "the disk is full" if isinstance(exc, DiskFull) else str(exc)
+    said = "; ".join(_done(picked) for picked in done)
+    return (f"retention stopped midway ({why}): {said}; the rest stays in the journal: run "
+            "gc again once there is room")
+
+
+def _done(picked: Pick) -> str:
+    archived = len(picked.unit_ids)
+    if not picked.removed:
+        return (f"{archived:,} unit(s) of {picked.context_id} archived in {picked.archive} "
+                "but none removed")
+    return (f"{picked.removed:,} unit(s) of {picked.context_id} archived in {picked.archive} "
+            "and removed" + (f" (its other {archived - picked.removed:,} are in that archive "
+                             "too, and stay in the journal)"
+                             if picked.removed < archived else ""))

@@ -15,14 +15,18 @@ and why (the loader makes it a configuration error: exit 2 at start)::
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from engramd.protocol import bounds
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*", re.ASCII)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_DURATION = 100 * 365.25 * 86400
+"""The longest duration taken (100 years): a cutoff of now minus it stays a time."""
+MAX_UNITS = 2**63 - 1
 _FIELDS = ("context", "max_age", "max_units")
 _CONTEXT = re.compile(bounds.CONTEXT_ID_PATTERN)
 
@@ -40,6 +44,25 @@ class Policy:
         if self.context.endswith("*"):
             return context_id.startswith(self.context[:-1])
         return context_id == self.context
+
+
+def shadowed(policies: tuple[Policy, ...]) -> list[tuple[Policy, Policy]]:
+    """``(later, earlier)`` for each policy that covers no context because an earlier one
+    covers every context it could (``*`` first, then ``keep/x``): the first that covers a
+    context is its own, so the later one never applies."""
+    found = []
+    for number, later in enumerate(policies):
+        wider = next((earlier for earlier in policies[:number] if _covers_all(earlier, later)),
+                     None)
+        if wider is not None:
+            found.append((later, wider))
+    return found
+
+
+def _covers_all(earlier: Policy, later: Policy) -> bool:
+    if earlier.context.endswith("*"):
+        return later.context.removesuffix("*").startswith(earlier.context[:-1])
+    return earlier.context == later.context
 
 
 def format_duration(seconds: float) -> str:
@@ -60,8 +83,10 @@ def parse_duration(value: Any, what: str) -> float:
     else:
         raise ValueError(f"{what} must be a duration such as \"30d\", \"12h\", \"90m\" or a "
                          f"number of seconds, got {value!r}")
-    if seconds <= 0:
-        raise ValueError(f"{what} must be more than 0, got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{what} must be more than 0 and finite, got {value!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{what} must be at most 100 years, got {value!r}")
     return seconds
 
 
@@ -93,9 +118,10 @@ def parse_policies(value: Any) -> tuple[Policy, ...]:
         if max_age is None and max_units is None:
             raise ValueError(f"{what} ({context}): give max_age, max_units or both")
         if max_units is not None and (isinstance(max_units, bool)
-                                      or not isinstance(max_units, int) or max_units < 0):
-            raise ValueError(f"{what} ({context}): max_units must be an integer, 0 or more, "
-                             f"got {max_units!r}")
+                                      or not isinstance(max_units, int) or max_units < 0
+                                      or max_units > MAX_UNITS):
+            raise ValueError(f"{what} ({context}): max_units must be an integer from 0 to "
+                             f"{MAX_UNITS}, got {max_units!r}")
         policies.append(Policy(
             context=context,
             max_age=None if max_age is None else parse_duration(

@@ -200,7 +200,9 @@ def engramd_man_page() -> str:
         _roff(
             "Values come from the defaults, then the TOML file, then ENGRAM_<KEY> "
             "environment variables (the key upper-cased, dots as underscores), then "
-            "--set KEY=VALUE flags. Unknown keys and bad values are errors. "
+            "--set KEY=VALUE flags. Unknown keys and bad values are errors; numbers are "
+            "finite, in ASCII digits, an int at most 2^63-1 and a float at most 3155760000 "
+            "(100 years of seconds). "
             "engramd --print-config shows each value and its source."
         ),
     ]

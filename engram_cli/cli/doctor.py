@@ -266,8 +266,13 @@ class Doctor:
         if journal is not None and journal.index_paused and journal.vector_seq is not None:
             # Fed with the search index: its lag is the pause's, said once by that check.
             return Finding("vector index", "skip", "paused with the search index")
+        if self._needs_daemon("vector index") is None and (
+                "search_semantic_off" in self._stats_gauges()):
+            return Finding("vector index", "skip",
+                           "semantic search is off (search.semantic = \"off\" in engramd's "
+                           "config)")
         return self._lag("vector index", "vector_lag_events", absent=(
-            "semantic search is not installed or off",
+            "semantic search is not installed",
             "pip install 'engram-journal[semantic]' for engram search --mode semantic"))
 
     def _lag(self, check: str, gauge: str, absent: tuple[str, str] | None = None) -> Finding:

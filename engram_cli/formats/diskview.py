@@ -35,7 +35,9 @@ def growth_text(gauges: Mapping[str, float]) -> str:
     """The growth rate and what it means, in a phrase."""
     rate = gauges.get("disk_growth_bytes_per_second")
     if rate is None:
-        return "growth not measured yet (engramd samples its parts for a few minutes first)"
+        wait = gauges.get("disk_growth_known_in_seconds")
+        return ("growth not measured yet (engramd measures its parts every "
+                "disk.sample_seconds" + (f": known in about {span(wait)})" if wait else ")"))
     over = f"over the last {span(gauges.get('disk_growth_window_seconds', 0))}"
     days = days_to_full(gauges)
     if days is None:
@@ -86,7 +88,9 @@ def disk_rows(gauges: Mapping[str, float], *, human: bool) -> list[list[str]]:
         if value is None:
             continue
         total += value
-        rows.append([part, shown(value), per_unit(value), _holds(part, gauges)])
+        # (An archive holds units no longer in the journal: per live unit means nothing.)
+        rows.append([part, shown(value), "-" if part == "archive" else per_unit(value),
+                     _holds(part, gauges)])
     if not rows:
         return rows
     rows.append(["total", shown(total), per_unit(total), f"{units:,.0f} units"])

@@ -1257,6 +1257,9 @@ class RetentionPolicyReport(msgspec.Struct, frozen=True, kw_only=True):
     max_units: int | None
     contexts: list[RetentionContext]
     """The contexts it covers that it removes units of (or would), in id order."""
+    shadowed_by: str | None = None
+    """An earlier policy's ``context`` that covers every context this one could: this
+    one never applies (the first policy that covers a context is its own)."""
 
 
 class RetentionReport(Reply, tag="gc.report"):

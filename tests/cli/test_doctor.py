@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -114,3 +115,18 @@ def test_doctor_judges_the_disk_by_the_days_it_lasts(
     assert "100.0 GiB free" in found.detail and "over the last 60 min" in found.detail
     if status == "ok":
         assert found.fix == ""
+
+
+def test_doctor_says_the_real_wait_for_the_growth_rate_and_that_semantic_search_is_off(
+        env: dict[str, str]) -> None:
+    config = make_config(env, **{"disk.sample_seconds": "600"})  # semantic off (conftest)
+    with start_threaded(config), Client(config.socket, autostart=False) as client:
+        doctor = Doctor(client, config.data_dir)
+        assert doctor.daemon().status == "ok"
+        growth, vectors = doctor.growth(), doctor.vectors()
+    assert growth.status == "skip"
+    # 5 measures 10 minutes apart, the first one taken at the start or about to be
+    assert re.search(r"known in about (40|50) min", growth.detail), growth.detail
+    assert "few minutes" not in growth.detail
+    assert vectors.status == "skip" and "semantic search is off" in vectors.detail
+    assert "pip install" not in vectors.fix

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engramd.config import SETTINGS, ConfigError, load_config
 from engramd.main import main
+from tests.conftest import WAIT
 
 
 def load(env: dict[str, str], **kwargs: object):  # type: ignore[no-untyped-def]
@@ -119,3 +123,59 @@ def test_the_settings_table_and_the_config_agree_on_defaults() -> None:
     fields = {field.name: field.default for field in dataclasses.fields(DaemonConfig)}
     for setting in SETTINGS:
         assert fields[setting.attr] == setting.default, setting.key
+
+
+NUMBER_SETTINGS = [setting for setting in SETTINGS if setting.kind in (int, float)]
+
+
+@pytest.mark.parametrize("setting", NUMBER_SETTINGS, ids=lambda setting: setting.key)
+def test_every_number_setting_refuses_what_is_not_a_finite_bounded_number(
+        env: dict[str, str], setting: Any) -> None:
+    bad = ["nan", "inf", "-inf", "1e300"] if setting.kind is float else [
+        str(2**63), "99999999999999999999"]
+    bad.append("\u0661\u0662")  # Arabic-Indic digits, which int() and float() take
+    for text in bad:
+        with pytest.raises(ConfigError, match=setting.key):
+            load(env, overrides={setting.key: text})
+    if setting.kind is float:
+        table, _, name = setting.key.rpartition(".")
+        for text in ("nan", "inf", "1e300"):
+            write_config(env, (f"[{table}]\n" if table else "") + f"{name} = {text}\n")
+            with pytest.raises(ConfigError, match=setting.key):
+                load(env)
+
+
+@pytest.mark.parametrize("config_text, variables, flags, said", [
+    ("[retention]\ninterval = nan\n", {}, [], "retention.interval must be a finite number"),
+    ("", {"ENGRAM_RETENTION_INTERVAL": "nan"}, [], "ENGRAM_RETENTION_INTERVAL"),
+    ("", {}, ["--set", "disk.sample_seconds=nan"], "disk.sample_seconds must be a finite"),
+    ("", {}, ["--set", "shutdown_grace=inf"], "shutdown_grace must be a finite"),
+    ("", {}, ["--set", "store.block_cache_bytes=99999999999999999999"],
+     "store.block_cache_bytes must be at most 9223372036854775807"),
+    ("", {}, ["--set", "search.exact_rows=99999999999999999999"],
+     "search.exact_rows must be at most"),
+    ("", {"ENGRAM_LOCKS_DEFAULT_TTL": "\u0661\u0662"}, [], "in ASCII digits"),
+])
+def test_engramd_refuses_a_number_it_could_not_use_with_one_line_and_exit_2(
+        env: dict[str, str], config_text: str, variables: dict[str, str], flags: list[str],
+        said: str) -> None:
+    if config_text:
+        write_config(env, config_text)
+    done = subprocess.run([sys.executable, "-m", "engramd", *flags], env={**env, **variables},
+                          capture_output=True, text=True, timeout=WAIT, check=False)
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_text_setting_may_hold_any_script(env: dict[str, str]) -> None:
+    env["ENGRAM_RETENTION_ARCHIVE_DIR"] = "/srv/архив"
+    assert load(env).archive_dir == "/srv/архив"
+
+
+def test_store_write_buffers_has_a_maximum_rocksdb_takes(env: dict[str, str]) -> None:
+    """RocksDB keeps the memtable count in a C int: 2^63-1 passed the general bound and
+    then stopped engramd at start with an OverflowError."""
+    with pytest.raises(ConfigError, match=r"store\.write_buffers must be at most 64"):
+        load(env, overrides={"store.write_buffers": str(2**63 - 1)})
+    assert load(env, overrides={"store.write_buffers": "64"}).write_buffers == 64

@@ -4,6 +4,7 @@ policies on trio's virtual clock (SPECS §3.4 *Retention*)."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -25,6 +26,7 @@ from tests.conftest import (
     WAIT,
     DaemonProcess,
     connect,
+    engramd_log,
     make_config,
     run_cli,
     start_engramd,
@@ -163,6 +165,26 @@ def test_a_dry_run_says_what_would_go_and_changes_nothing(
     assert (after.last_seq, after.units) == (before.last_seq, before.units)
 
 
+def test_a_policy_shadowed_by_an_earlier_one_is_said_at_start_and_by_a_dry_run(
+        env: dict[str, str]) -> None:
+    write_config(env, '[[retention.policy]]\ncontext = "*"\nmax_units = 100\n'
+                      '[[retention.policy]]\ncontext = "keep/x"\nmax_units = 5\n'
+                      '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 5\n')
+    daemon = DaemonProcess(start_engramd(env), env["ENGRAM_SOCKET"], env)
+    try:
+        report = gc(env, "--dry-run")
+        said = run_cli(env, "gc", "--dry-run")
+    finally:
+        daemon.stop()
+
+    assert [policy["shadowed_by"] for policy in report["policies"]] == [None, "*", "*"]
+    assert said.stdout.count("covers no context: the earlier policy * covers every context "
+                             "it could") == 2, said.stdout
+    logged = engramd_log(env).read_text()
+    assert logged.count("retention policy keep/x covers no context") == 1, logged
+    assert logged.count("retention policy ci/* covers no context") == 1, logged
+
+
 def test_pinned_units_open_tasks_and_unacknowledged_messages_stay(
         env: dict[str, str]) -> None:
     write_config(env, '[[retention.policy]]\ncontext = "work"\nmax_units = 0\n')
@@ -281,7 +303,14 @@ async def test_an_age_policy_removes_units_once_they_are_older_on_the_virtual_cl
                                               "duration"),
     ('context = "ci/*"', "retention.policy #1 (ci/*): give max_age, max_units or both"),
     ('context = "c*i"\nmax_units = 5', "may hold '*' only at its end"),
-    ('context = "ci/*"\nmax_units = -1', "max_units must be an integer, 0 or more"),
+    ('context = "ci/*"\nmax_units = -1', "max_units must be an integer from 0 to"),
+    ('context = "ci/*"\nmax_units = 99999999999999999999', "max_units must be an integer"),
+    ('context = "ci/*"\nmax_age = nan', "max_age must be more than 0 and finite"),
+    ('context = "ci/*"\nmax_age = inf', "max_age must be more than 0 and finite"),
+    ('context = "ci/*"\nmax_age = 1e300', "max_age must be at most 100 years"),
+    ('context = "ci/*"\nmax_age = "999999999999999d"', "max_age must be at most 100 years"),
+    ('context = "ci/*"\nmax_age = "99999999999w"', "max_age must be at most 100 years"),
+    ('context = "ci/*"\nmax_age = "\u0661\u0662d"', "max_age must be a duration"),
     ('context = "ci/*"\nmax_units = 5\nkeep = true', "unknown key 'keep'"),
 ])
 def test_a_bad_policy_stops_engramd_at_start_with_one_line(
@@ -446,3 +475,64 @@ def test_a_live_subscriber_is_told_of_a_removal(env: dict[str, str]) -> None:
         said = run_cli(env, "gc", "--dry-run")
         assert said.stdout.startswith("policy ci/* (max_age 30d, max_units 1)\n  nothing "
                                       "past it"), said.stdout
+
+
+def test_a_run_without_room_for_its_archive_and_entries_removes_nothing_and_says_why(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from engramd import retention
+
+    write_config(env, '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 0\n')
+    monkeypatch.setattr(retention, "free_bytes", lambda path: 2 * 1024 * 1024, raising=False)
+    config = make_config(env, **{"search.reserve_bytes": str(4 * 1024 * 1024)})
+    with start_threaded(config), connect(config.socket) as engram:
+        for n in range(20):
+            engram.create_unit("ci/x", "MESSAGE", f"m{n}")
+
+        done = run_cli(env, "gc")
+
+        assert done.returncode == 75, done  # disk_full (SPECS §6)
+        assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+        assert "retention removed nothing: 20 unit(s) need about" in done.stderr
+        assert "search.reserve_bytes 4.0 MiB kept free) and 2.0 MiB is free" in done.stderr
+        assert len(payloads(engram, "ci/x")) == 20
+        assert not Path(config.archive_path).exists()
+
+
+def test_a_run_that_the_disk_stops_midway_says_what_it_archived_and_removed(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from engramd import retention
+    from engramd.wal import log as wal_log
+
+    write_config(env, '[[retention.policy]]\ncontext = "ci/*"\nmax_units = 0\n')
+    monkeypatch.setattr(retention, "PER_ENTRY", 10)
+    config = make_config(env)
+    real_write_all = wal_log._write_all
+    written_since_archive = [0]
+
+    def full_once_archived(fd: int, data: bytes) -> None:
+        # (the room check passed: the disk fills up under the run, after its first entry)
+        if list(Path(config.archive_path).glob("*.jsonl.gz")):
+            written_since_archive[0] += 1
+            if written_since_archive[0] > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(fd, data)
+
+    with start_threaded(config), connect(config.socket) as engram:
+        for n in range(30):
+            engram.create_unit("ci/x", "MESSAGE", f"m{n}")
+        monkeypatch.setattr(wal_log, "_write_all", full_once_archived)
+
+        done = run_cli(env, "gc")
+
+        assert done.returncode == 75, done
+        assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+        assert "nothing was written" not in done.stderr
+        (archive,) = Path(config.archive_path).glob("*.jsonl.gz")
+        assert (f"retention stopped midway (the disk is full): 10 unit(s) of ci/x archived "
+                f"in {archive} and removed (its other 20 are in that archive too, and stay "
+                "in the journal)") in done.stderr, done.stderr
+        assert "run gc again once there is room" in done.stderr
+        assert len(payloads(engram, "ci/x")) == 20
+        monkeypatch.setattr(wal_log, "_write_all", real_write_all)
+        assert engram.run_retention().units == 20
+        assert payloads(engram, "ci/x") == []

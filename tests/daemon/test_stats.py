@@ -18,6 +18,7 @@ from tests.conftest import (
     DaemonProcess,
     ThreadedDaemon,
     make_config,
+    on_a_terminal,
     run_cli,
     start_threaded,
     wait_until,
@@ -197,3 +198,28 @@ def test_rocksdbs_own_info_logs_do_not_pile_up_across_starts(env: dict[str, str]
     store = Path(config.data_dir, "store")
     assert len(list(store.glob("LOG.old.*"))) <= 4, "the LOG and four before it"
     assert "max_log_file_size=4194304" in sorted(store.glob("OPTIONS-*"))[-1].read_text()
+
+
+def test_stats_on_a_terminal_show_disk_bytes_as_sizes_and_no_archive_per_unit(
+        env: dict[str, str]) -> None:
+    folder = Path(env["XDG_CONFIG_HOME"]) / "engram"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.toml").write_text('[[retention.policy]]\ncontext = "ci/*"\n'
+                                        'max_units = 10\n')
+    config = make_config(env)
+    with start_threaded(config), Client(config.socket, autostart=False) as client:
+        client.create_units([UnitDraft(context_id="ci/x", type="REASONING",
+                                       payload=b"a line of text %d" % n * 40)
+                             for n in range(100)])
+        assert client.run_retention().units == 90
+        wait_until(lambda: client.stats().gauges.get('disk_bytes{part="archive"}', 0) > 0,
+                   "the archive to be measured")
+        shown = on_a_terminal(env, "stats")
+        piped = run_cli(env, "stats").stdout.splitlines()
+    gauge_lines = [line for line in shown.splitlines() if 'disk_bytes{part="store"}' in line]
+    assert gauge_lines and all(re.search(r"\d (B|KiB|MiB)\b", line) for line in gauge_lines), \
+        shown
+    assert "e+" not in shown
+    rows = {line.split("\t")[0]: line.split("\t") for line in piped if line.count("\t") == 3}
+    assert int(rows["archive"][1]) > 0 and rows["archive"][2] == "-", rows["archive"]
+    assert int(rows["store"][2]) > 0

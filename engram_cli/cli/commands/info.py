@@ -122,8 +122,8 @@ def _count_or_float(value: float) -> int | float:
 
 
 def _gauge(name: str, value: float) -> str:
-    if name.endswith("_bytes"):
-        return f"{value / 2**20:.1f} MiB" if value >= 2**20 else f"{value:g} B"
+    if name.split("{", 1)[0].endswith("_bytes"):  # (disk_bytes{part="wal"} too)
+        return f"{value / 2**20:.1f} MiB" if value >= 2**20 else f"{value:.0f} B"
     return f"{value:g}"
 
 

@@ -76,7 +76,10 @@ def gc(
         limits = [f"max_age {_age(policy.max_age)}" if policy.max_age else "",
                   f"max_units {policy.max_units:,}" if policy.max_units is not None else ""]
         out.line(f"policy {policy.context} ({', '.join(each for each in limits if each)})")
-        if not policy.contexts:
+        if policy.shadowed_by is not None:
+            out.line(f"  covers no context: the earlier policy {policy.shadowed_by} covers "
+                     "every context it could (put the narrower policy first)")
+        elif not policy.contexts:
             out.line("  nothing past it")
         for each in policy.contexts:
             span = (f", {timestamp(each.oldest)} to {timestamp(each.newest)}"
