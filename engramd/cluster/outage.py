@@ -165,7 +165,12 @@ async def worth_waiting(servers: Sequence[str], started: float, patience: float)
         return True
     if now >= started + max(patience, ELECTION_SECONDS):
         return False
-    return await servers_answering(servers) >= len(servers) // 2 + 1
+    quorum = len(servers) // 2 + 1
+    # A second, longer look before giving up: on a loaded machine a connection to a
+    # server that is up may take longer than the first look's 0.3 s (a down server on
+    # this host refuses at once; one across a network lets it time out either way).
+    return (await servers_answering(servers) >= quorum
+            or await servers_answering(servers, within=1.0) >= quorum)
 
 
 class ClusterAway(Unavailable):
