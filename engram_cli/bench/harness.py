@@ -257,9 +257,11 @@ class SemanticMissing(RuntimeError):
     """The daemon has no semantic search (the engram-journal[semantic] extra is not installed)."""
 
 
-def wait_indexed(target: BenchTarget, timeout: float = 1800.0, *,
-                  vectors: bool = False, interval: float = 0.05) -> None:
-    """Until the keyword index (with *vectors*, the vector index) has the whole journal."""
+def wait_indexed(target: BenchTarget, timeout: float = 1800.0, *, vectors: bool = False,
+                  approximate: bool = False, interval: float = 0.05) -> None:
+    """Until the keyword index (with *vectors*, the vector index) has the whole journal;
+    with *approximate*, also until the approximate index holds every vector (until then
+    a semantic search scores the rest exactly, which is not what a row measures)."""
     deadline = time.monotonic() + timeout
     with target.client() as client:
         while True:
@@ -269,7 +271,8 @@ def wait_indexed(target: BenchTarget, timeout: float = 1800.0, *,
                     raise SemanticMissing("semantic search is not installed: "
                                           "pip install 'engram-journal[semantic]'")
                 seq = journal.vector_seq if vectors else journal.indexed_seq
-                if seq is not None and seq >= journal.last_seq:
+                if seq is not None and seq >= journal.last_seq and not (
+                        approximate and journal.approximate_lag):
                     return
             if time.monotonic() > deadline:
                 raise RuntimeError("the search index did not catch up")

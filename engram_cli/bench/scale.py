@@ -187,8 +187,9 @@ def run_scale(units: int, progress: Callable[[str], None]) -> list[Stage]:
             written = size - filler.written
             filler.fill(written)
             wrote = time.perf_counter() - started
-            wait_indexed(target, timeout=6 * 3600, vectors=_semantic(target), interval=1.0)
-            wait_approximate(target)
+            semantic = _semantic(target)
+            wait_indexed(target, timeout=6 * 3600, vectors=semantic, approximate=semantic,
+                         interval=1.0)
             indexed = time.perf_counter() - started
             stage.rows.append(summarize(f"scale.fill@{stage.label}", Measurement(
                 [wrote], wrote, ops=written,
@@ -197,17 +198,6 @@ def run_scale(units: int, progress: Callable[[str], None]) -> list[Stage]:
             measure(target, filler, stage, progress)
             done.append(stage)
     return done
-
-
-def wait_approximate(target: BenchTarget, timeout: float = 6 * 3600) -> None:
-    """Until the approximate index holds every vector (until then a search scores the
-    rest exactly, which is not what is measured)."""
-    deadline = time.monotonic() + timeout
-    with target.client() as client:
-        while (journal := client.status().journal) is not None and journal.approximate_lag:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the approximate index did not catch up")
-            time.sleep(1.0)
 
 
 def _semantic(target: BenchTarget) -> bool:
