@@ -275,12 +275,9 @@ class VectorIndex:
         """Remove the units *seqs*: zeroed in ``vectors.i8``, listed in ``removed.i64``,
         left out of the graph. Durable when it returns; seqs not in (or removed already)
         are nothing to it. Returns how many were removed now."""
-        wanted = np.unique(np.fromiter(seqs, dtype=np.int64))
-        rows = np.searchsorted(self._seqs, wanted)
-        inside = rows < self.rows
-        rows, wanted = rows[inside], wanted[inside]
-        ours = (np.asarray(self._seqs[rows]) == wanted) & ~np.isin(wanted, self._removed)
-        rows, wanted = rows[ours], wanted[ours]
+        rows, wanted = self._rows_of(seqs)
+        fresh = ~np.isin(wanted, self._removed)
+        rows, wanted = rows[fresh], wanted[fresh]
         if not len(wanted):
             return 0
         zero = bytes(self.dim)
@@ -312,7 +309,7 @@ class VectorIndex:
             return 0, []
         query = self.embedder.embed([text])[0].astype(np.float32)
         if allowed is not None:
-            rows = self._rows_of(allowed)
+            rows, _ = self._rows_of(allowed)
             if not len(rows):
                 return 0, []
             if exact or self.graph is None or len(rows) <= self.exact_rows:
@@ -321,14 +318,14 @@ class VectorIndex:
             return self._exact_all(query, limit, min_similarity)
         return self._approximate(query, limit, allowed, min_similarity)
 
-    def _rows_of(self, seqs: set[int]) -> np.ndarray:
-        wanted = np.fromiter(seqs, dtype=np.int64, count=len(seqs))
-        wanted.sort()
+    def _rows_of(self, seqs: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of those of *seqs* that have one, and their seqs (ascending, once)."""
+        wanted = np.unique(np.fromiter(seqs, dtype=np.int64))
         rows = np.searchsorted(self._seqs, wanted)
         inside = rows < self.rows
         rows, wanted = rows[inside], wanted[inside]
-        found: np.ndarray = rows[np.asarray(self._seqs[rows]) == wanted]
-        return found
+        held = np.asarray(self._seqs[rows]) == wanted
+        return rows[held], wanted[held]
 
     def _score(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
         """Cosine similarity of *query* with each row of *rows*, to the 6 decimals a hit
@@ -394,7 +391,7 @@ class VectorIndex:
         in yet scored exactly; asked again for more while a filter leaves too few."""
         graph = self.graph
         assert graph is not None
-        allowed_rows = None if allowed is None else self._rows_of(allowed)
+        allowed_rows = None if allowed is None else self._rows_of(allowed)[0]
         allowed_seqs = None if allowed_rows is None else np.asarray(self._seqs[allowed_rows])
         share = 1.0 if allowed_rows is None else max(len(allowed_rows) / self.live, 1e-6)
         count = int(max(MIN_FETCH, limit * OVERFETCH) / share)
