@@ -26,10 +26,14 @@ LIBRARY = "usearch"
 _POINTER = "ann.json"
 _DIGEST_SPAN = 1 << 16
 CONNECTIVITY = 16
-EXPANSION_ADD = 128
-EXPANSION_SEARCH = 64
-"""HNSW settings (usearch's defaults): measured recall@10 0.98 with the rescoring of
-:mod:`engramd.vectors` on 200,000 clustered 256-dimension vectors (SPECS §2.8)."""
+EXPANSION_ADD = 64
+EXPANSION_SEARCH = 160
+"""HNSW settings. Adding is what costs at millions of units (1,700 adds/s at 7.5M with
+usearch's default 128, the scale bench's slowest part): half the expansion to add and
+more than twice usearch's 64 to search, whose cost is small, measured on a million of
+the scale bench's unit vectors: 1.7 times the adds per second of 128/64 and recall@10
+0.990 with the rescoring of :mod:`engramd.vectors` (0.971 searching at 64), 1.4 ms a
+query (SPECS §2.8)."""
 
 
 def library_version() -> str:
