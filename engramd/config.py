@@ -345,6 +345,12 @@ class DaemonConfig:
         return self.archive_dir or os.path.join(self.data_dir, "archive")
 
     @property
+    def archive_on_disk(self) -> str:
+        """The archive as a part on disk to measure: :attr:`archive_path` once
+        retention may write there (a policy, or a folder named), else ``""``."""
+        return self.archive_path if self.policies or self.archive_dir else ""
+
+    @property
     def cluster_servers(self) -> list[str]:
         """The NATS servers of cluster mode; empty on one machine."""
         return [server.strip() for server in self.servers.split(",") if server.strip()]

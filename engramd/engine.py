@@ -125,11 +125,8 @@ class Engine:
         self.read_only: str | None = None
         """Why the journal was opened read-only (a full disk at start), or None."""
         self._walks = trio.CapacityLimiter(1)
-        # (The archive retention writes is a part on disk too, once it may write one.)
         self.disk = DiskWatch(
-            functools.partial(measure, config.data_dir,
-                              config.archive_path if config.policies or config.archive_dir
-                              else "",
+            functools.partial(measure, config.data_dir, config.archive_on_disk,
                               local_log=not self.clustered),
             interval=config.sample_seconds, window=config.growth_window)
 

@@ -24,7 +24,12 @@ from collections.abc import Callable, Iterator, Mapping
 import msgspec
 
 from engram_cli.client import Client
-from engram_cli.client.autostart import daemon_answers, process_gone, start_daemon
+from engram_cli.client.autostart import (
+    daemon_answers,
+    process_gone,
+    start_daemon,
+    started_process,
+)
 
 
 class BenchResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -214,10 +219,6 @@ def bench_daemon(semantic: str = "off") -> Iterator[BenchTarget]:
         env = {**os.environ, "ENGRAM_SOCKET": socket_path,
                "ENGRAM_DATA_DIR": os.path.join(scratch, "data"), "ENGRAM_NO_AUTOSTART": "1",
                "ENGRAM_SEARCH_SEMANTIC": semantic}
-        start_daemon(socket_path, env=env)
-        with Client(socket_path, autostart=False) as client:
-            client.wait_ready(timeout=600)
-
         def restart(kill: bool) -> float:
             with Client(socket_path, autostart=False) as client:
                 pid = client.status().pid
@@ -235,6 +236,9 @@ def bench_daemon(semantic: str = "off") -> Iterator[BenchTarget]:
         target = BenchTarget(socket_path=socket_path, env=env, scale=1.0,
                              data_dir=env["ENGRAM_DATA_DIR"], restart=restart)
         try:
+            start_daemon(socket_path, env=env)
+            with Client(socket_path, autostart=False) as client:
+                client.wait_ready(timeout=600)
             yield target
         finally:
             with contextlib.suppress(Exception), target.client() as client:
@@ -242,6 +246,11 @@ def bench_daemon(semantic: str = "off") -> Iterator[BenchTarget]:
                 client.shutdown()
                 client.close()
                 wait_gone(socket_path, pid)
+            # One stopped while starting (Ctrl-C, SIGTERM) may not take a shutdown yet.
+            starting = started_process(socket_path)
+            if starting is not None and starting.poll() is None:
+                starting.terminate()
+                starting.wait(60)
 
 
 def wait_gone(socket_path: str, pid: int | None = None, timeout: float = 60.0) -> None:

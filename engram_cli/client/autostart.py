@@ -120,6 +120,11 @@ def lost_while_starting(socket_path: str, env: Mapping[str, str] | None,
     return Unavailable(f"engramd stopped while starting; {why_it_stopped(env)}")
 
 
+def started_process(socket_path: str) -> subprocess.Popen[bytes] | None:
+    """The engramd this process started on *socket_path*, if it did."""
+    return _started.get(socket_path)
+
+
 def ready_polls() -> Iterator[float]:
     """The pauses between polls of a recovering daemon's state: 10 ms at first, then
     longer, up to half a second (a daemon with a request rate of 2/s still answers)."""

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from engram_cli.bench import harness, rows
 from engram_cli.bench.harness import BenchResult
-from tests.conftest import run_cli
+from engram_cli.client.errors import EngramError
+from tests.conftest import connect, run_cli, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -206,3 +211,40 @@ def test_the_scale_rows_run_at_two_sizes_and_judge_the_second(env: dict[str, str
     assert all(part["store"] > 0 and part["wal"] > 0 and part["rss_engramd_mib"] > 0
                for part in parts)
     assert run_cli(env, "bench", "--units", "12").returncode == 2
+
+
+def _writing(socket_path: str) -> bool:
+    try:
+        with connect(socket_path) as client:
+            journal = client.status().journal
+    except EngramError:
+        return False
+    return journal is not None and journal.units > 0
+
+
+@pytest.mark.parametrize("when", ["starting", "writing"])
+def test_a_bench_stopped_by_sigterm_stops_its_daemon(env: dict[str, str], tmp_path: Path,
+                                                      when: str) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    bench = subprocess.Popen([sys.executable, "-m", "engram_cli", "bench", "--units", "1M"],
+                             env={**env, "TMPDIR": str(scratch)}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    locks = str(scratch / "engram-bench-*" / "data" / "engramd.lock")
+    try:
+        wait_until(lambda: bool(glob.glob(locks)), "the bench's daemon", timeout=120)
+        lock = Path(glob.glob(locks)[0])
+        wait_until(lambda: lock.read_text().split()[:1] != [], "its pid in the lock")
+        pid = int(lock.read_text().split()[0])
+        if when == "writing":
+            socket_path = str(lock.parent.parent / "engramd.sock")
+            wait_until(lambda: _writing(socket_path), "the fill", timeout=120)
+
+        bench.send_signal(signal.SIGTERM)
+
+        assert bench.wait(timeout=60) == 130, bench.stderr.read() if bench.stderr else ""
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), "the daemon to stop")
+    assert not glob.glob(str(scratch / "engram-bench-*")), "its scratch dir is left"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import subprocess
 import sys
@@ -179,3 +180,39 @@ def test_context_commands(engramd: DaemonProcess) -> None:
     assert listed[0].split("\t")[0] == "proj"
     missing = cli(engramd, "context", "get", "nope")
     assert missing.returncode == 3
+
+
+def test_a_damaged_gzip_archive_imports_nothing(engramd: DaemonProcess,
+                                                tmp_path: Path) -> None:
+    lines = b"".join(json.dumps({"context_id": "arch", "payload": f"unit {n}"}).encode()
+                     + b"\n" for n in range(1200))
+    packed = bytearray(gzip.compress(lines, mtime=0))
+    packed[-8] ^= 0xFF  # the CRC, which gzip checks only once it has read every line
+    archive = tmp_path / "damaged.jsonl.gz"
+    archive.write_bytes(bytes(packed))
+
+    result = cli(engramd, "unit", "import", "--batch", "100", str(archive))
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("engram: error: the archive is damaged, nothing "
+                                    "imported: CRC check failed"), result.stderr
+    assert cli(engramd, "unit", "list", "-c", "arch").stdout == ""
+    archive.write_bytes(gzip.compress(lines, mtime=0))  # the sound one goes in whole
+    assert "imported 1200 unit(s)" in cli(engramd, "unit", "import", str(archive)).stderr
+
+
+def test_a_line_longer_than_a_request_stops_an_import_unread(engramd: DaemonProcess,
+                                                             tmp_path: Path) -> None:
+    # 64 MiB of one line in 64 KiB of gzip: read no further than a request could carry.
+    bomb = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(bomb, "wb") as file:
+        file.write(b'{"context_id": "bomb", "payload": "ok"}\n{"payload": "')
+        for _ in range(64):
+            file.write(b"a" * (1 << 20))
+
+    result = cli(engramd, "unit", "import", str(bomb))
+
+    assert result.returncode == 1
+    assert result.stderr == ("engram: error: line 2: longer than 16 MiB, more than a "
+                             "unit's request can carry\n")
+    assert cli(engramd, "unit", "list", "-c", "bomb").stdout == ""

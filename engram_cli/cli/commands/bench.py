@@ -63,47 +63,51 @@ def bench(
     # Imported here: the harness pulls in subprocess and tempfile, which an
     # ordinary command should not pay for at start-up.
     from engram_cli.bench import rows
+    from engram_cli.cli.consumer import StopSignals
 
-    cli = context.get(ctx)
-    out = cli.output(json)
-    if list_:
-        for name, workload in rows.WORKLOADS.items():
-            out.line(f"{name}\t{(workload.__doc__ or '').strip()}")
-        return
-    if units is not None:
-        if use_running or soak is not None or compare is not None or only or cluster:
-            raise UsageProblem("--units runs a daemon of its own and no other workload")
-        _scale(cli, _unit_count(units), json)
-        return
-    if soak is not None and cluster:
-        if use_running:
-            raise UsageProblem("--soak --cluster starts machines of its own; drop "
-                               "--use-running")
-        _cluster_soak(cli, _duration(soak), json)
-        return
-    if soak is not None:
-        _soak(cli, use_running, _duration(soak), json)
-        return
-    names = only or [name for name in rows.WORKLOADS
-                     if name not in rows.CLUSTER_WORKLOADS]
-    if cluster:
-        names = [*(only or []), *rows.CLUSTER_WORKLOADS]
-    unknown = [name for name in names if name not in rows.WORKLOADS]
-    if unknown:
-        raise UsageProblem(f"unknown workload {', '.join(unknown)} (see engram bench --list)")
-    if compare is not None:
-        if use_running:
-            raise UsageProblem("--compare starts a daemon for each side; drop --use-running")
-        _compare(out, compare, only, scale, rounds)
-        return
-    with _target(cli, use_running) as target:
-        results = rows.run_workloads(dataclasses.replace(target, scale=scale), names,
-                                      lambda name: note(f"bench: {name}"))
-    if out.json:
-        for result in results:
-            out.json_line(result)
-        return
-    _table(out, results)
+    # SIGTERM and SIGHUP end a bench as Ctrl-C does, through the `finally` that stops
+    # its temporary daemon (Python's default would leave that daemon running).
+    with StopSignals():
+        cli = context.get(ctx)
+        out = cli.output(json)
+        if list_:
+            for name, workload in rows.WORKLOADS.items():
+                out.line(f"{name}\t{(workload.__doc__ or '').strip()}")
+            return
+        if units is not None:
+            if use_running or soak is not None or compare is not None or only or cluster:
+                raise UsageProblem("--units runs a daemon of its own and no other workload")
+            _scale(cli, _unit_count(units), json)
+            return
+        if soak is not None and cluster:
+            if use_running:
+                raise UsageProblem("--soak --cluster starts machines of its own; drop "
+                                   "--use-running")
+            _cluster_soak(cli, _duration(soak), json)
+            return
+        if soak is not None:
+            _soak(cli, use_running, _duration(soak), json)
+            return
+        names = only or [name for name in rows.WORKLOADS
+                         if name not in rows.CLUSTER_WORKLOADS]
+        if cluster:
+            names = [*(only or []), *rows.CLUSTER_WORKLOADS]
+        unknown = [name for name in names if name not in rows.WORKLOADS]
+        if unknown:
+            raise UsageProblem(f"unknown workload {', '.join(unknown)} (see engram bench --list)")
+        if compare is not None:
+            if use_running:
+                raise UsageProblem("--compare starts a daemon for each side; drop --use-running")
+            _compare(out, compare, only, scale, rounds)
+            return
+        with _target(cli, use_running) as target:
+            results = rows.run_workloads(dataclasses.replace(target, scale=scale), names,
+                                          lambda name: note(f"bench: {name}"))
+        if out.json:
+            for result in results:
+                out.json_line(result)
+            return
+        _table(out, results)
 
 
 def _table(out: Output, results: list[BenchResult]) -> None:
@@ -203,10 +207,10 @@ def _scale(cli: context.CliContext, count: int, json: bool) -> None:
         return
     _table(out, results)
     out.table("engram bench --units: memory (MiB) and bytes on disk per unit",
-              ["units", "engramd RSS", "index process RSS", "wal", "store", "fts",
-               "vectors", "other", "total"], scale.part_rows(stages),
-              numeric={"engramd RSS", "index process RSS", "wal", "store", "fts",
-                       "vectors", "other", "total"})
+              ["units", "engramd RSS", "index process RSS", "wal", "store", "search",
+               "vectors", "total"], scale.part_rows(stages),
+              numeric={"engramd RSS", "index process RSS", "wal", "store", "search",
+                       "vectors", "total"})
     verdict = scale.memory_verdict(stages)
     if verdict:
         out.line(verdict)

@@ -5,7 +5,7 @@
 import datetime as dt
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Annotated, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn, cast
 
 import typer
 
@@ -28,12 +28,16 @@ from engram_cli.formats.jsonforms import (
 from engram_cli.formats.text import preview
 from engram_cli.formats.timeparse import parse_time
 from engramd.protocol import (
+    DEFAULT_MAX_FRAME,
     UNIT_ID_LENGTH,
     UNIT_TYPES,
     Unit,
     UnitDraft,
     UnitOrigin,
 )
+
+if TYPE_CHECKING:
+    import gzip
 
 app = typer.Typer(help="Write and read work units.", no_args_is_help=True,
                   add_completion=False)
@@ -249,20 +253,25 @@ def _all_contexts(client: Client) -> list[str]:
         cursor = page.next_cursor
 
 
+MAX_LINE_BYTES = DEFAULT_MAX_FRAME
+"""A line longer than the largest request frame could not be written anyway."""
+
+
 def _read_lines(source: BinaryIO, context_id: str | None, keep_ids: bool
                 ) -> Iterator[tuple[int, UnitDraft, str | None, UnitOrigin | None]]:
     import json as jsonlib  # only an import reads JSON; `unit create` starts without it
 
-    lines = iter(source)
     number = 0
     while True:
         number += 1
         try:
-            line = next(lines)
-        except StopIteration:
-            return
+            line = source.readline(MAX_LINE_BYTES + 1)
         except (OSError, EOFError) as exc:  # a damaged or cut gzip archive
             raise EngramError(f"line {number}: cannot read the input: {exc}") from None
+        if not line:
+            return
+        if len(line) > MAX_LINE_BYTES:  # read no further: it may never end (a gzip bomb)
+            _too_long(number)
         if not line.strip():
             continue
         try:
@@ -285,13 +294,40 @@ def _remap(draft: UnitDraft, new_ids: dict[str, str]) -> UnitDraft:
 
 
 def _unpacked(source: BinaryIO) -> BinaryIO:
-    """*source*, read through gzip when it is gzip's (a retention archive, SPECS §3.4)."""
+    """*source*, read through gzip when it is gzip's (a retention archive, SPECS §3.4).
+
+    An archive in a file is read through once before anything is written: gzip checks
+    its CRC and length only at the end, and a damaged archive should write nothing
+    rather than its units up to the damage. (From stdin it cannot be read twice: the
+    check comes at the end, as for a bad line.)"""
     peek = getattr(source, "peek", None)
     if peek is None or peek(2)[:2] != b"\x1f\x8b":
         return source
     import gzip
 
+    if source.seekable():
+        _check_archive(gzip.GzipFile(fileobj=source, mode="rb"))
+        source.seek(0)
     return cast(BinaryIO, gzip.GzipFile(fileobj=source, mode="rb"))
+
+
+def _check_archive(archive: "gzip.GzipFile") -> None:
+    """Read *archive* to its end, where gzip checks it, stopping at a line too long."""
+    number, line_bytes = 1, 0
+    try:
+        while chunk := archive.read(1 << 20):
+            ends = chunk.count(b"\n")
+            line_bytes = len(chunk) - chunk.rfind(b"\n") - 1 if ends else line_bytes + len(chunk)
+            number += ends
+            if line_bytes > MAX_LINE_BYTES:  # the check below, before reading any further
+                _too_long(number)
+    except (OSError, EOFError) as exc:
+        raise EngramError(f"the archive is damaged, nothing imported: {exc}") from None
+
+
+def _too_long(number: int) -> NoReturn:
+    raise EngramError(f"line {number}: longer than {MAX_LINE_BYTES >> 20} MiB, more than a "
+                      "unit's request can carry")
 
 
 @app.command("import")
@@ -319,7 +355,8 @@ def import_(
     same journal writes nothing and a restore into an empty one gives back the same
     units. A batch holds the lines of every agent, in file order. A bad line stops
     the import with its line number; earlier batches stay written, nothing of the bad
-    one is.
+    one is. A gzip archive (a retention archive) in FILE is checked whole first: a
+    damaged one imports nothing.
     """
     cli = context.get(ctx)
     out = cli.output(json)
