@@ -145,9 +145,6 @@ class Graph:
     def __len__(self) -> int:
         return len(self._index)
 
-    def memory_bytes(self) -> int:
-        return int(self._index.memory_usage)
-
     def save(self) -> None:
         """Write a snapshot of the graph as it is, then name it in ``ann.json``; the
         previous one is deleted after."""

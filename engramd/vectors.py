@@ -425,10 +425,6 @@ class VectorIndex:
             found = self.live if allowed_rows is None else len(allowed_rows)
         return found, hits
 
-    def memory_bytes(self) -> int:
-        graph = self.graph.memory_bytes() if self.graph is not None else 0
-        return int(graph + self._removed.nbytes)
-
     def close(self) -> None:
         """Save the graph if it took rows in since its snapshot."""
         if self.graph is not None and self.graph.rows > self.graph.saved_rows:

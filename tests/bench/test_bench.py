@@ -223,16 +223,20 @@ def _writing(socket_path: str) -> bool:
 
 
 @pytest.mark.parametrize("when", ["starting", "writing"])
-def test_a_bench_stopped_by_sigterm_stops_its_daemon(env: dict[str, str], tmp_path: Path,
+def test_a_bench_stopped_by_sigterm_stops_its_daemon(env: dict[str, str], scratch: str,
                                                       when: str) -> None:
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+    temporary = Path(scratch) / "t"  # the bench's own temporary dir goes in here
+    temporary.mkdir()
     bench = subprocess.Popen([sys.executable, "-m", "engram_cli", "bench", "--units", "1M"],
-                             env={**env, "TMPDIR": str(scratch)}, stdout=subprocess.DEVNULL,
+                             env={**env, "TMPDIR": str(temporary)}, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
-    locks = str(scratch / "engram-bench-*" / "data" / "engramd.lock")
+    locks = str(temporary / "engram-bench-*" / "data" / "engramd.lock")
     try:
-        wait_until(lambda: bool(glob.glob(locks)), "the bench's daemon", timeout=120)
+        def started() -> bool:
+            assert bench.poll() is None, bench.stderr.read() if bench.stderr else ""
+            return bool(glob.glob(locks))
+
+        wait_until(started, "the bench's daemon", timeout=120)
         lock = Path(glob.glob(locks)[0])
         wait_until(lambda: lock.read_text().split()[:1] != [], "its pid in the lock")
         pid = int(lock.read_text().split()[0])
@@ -247,4 +251,4 @@ def test_a_bench_stopped_by_sigterm_stops_its_daemon(env: dict[str, str], tmp_pa
         if bench.poll() is None:
             bench.kill()
     wait_until(lambda: not os.path.exists(f"/proc/{pid}"), "the daemon to stop")
-    assert not glob.glob(str(scratch / "engram-bench-*")), "its scratch dir is left"
+    assert not glob.glob(str(temporary / "engram-bench-*")), "its scratch dir is left"
