@@ -207,10 +207,10 @@ def _scale(cli: context.CliContext, count: int, json: bool) -> None:
         return
     _table(out, results)
     out.table("engram bench --units: memory (MiB) and bytes on disk per unit",
-              ["units", "engramd RSS", "index process RSS", "wal", "store", "search",
-               "vectors", "total"], scale.part_rows(stages),
-              numeric={"engramd RSS", "index process RSS", "wal", "store", "search",
-                       "vectors", "total"})
+              ["units", "engramd RSS", "index process RSS", "wal", "store", "fts",
+               "vectors", "other", "total"], scale.part_rows(stages),
+              numeric={"engramd RSS", "index process RSS", "wal", "store", "fts",
+                       "vectors", "other", "total"})
     verdict = scale.memory_verdict(stages)
     if verdict:
         out.line(verdict)
