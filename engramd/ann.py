@@ -27,13 +27,14 @@ _POINTER = "ann.json"
 _DIGEST_SPAN = 1 << 16
 CONNECTIVITY = 16
 EXPANSION_ADD = 64
-EXPANSION_SEARCH = 160
+EXPANSION_SEARCH = 1024
 """HNSW settings. Adding is what costs at millions of units (1,700 adds/s at 7.5M with
-usearch's default 128, the scale bench's slowest part): half the expansion to add and
-more than twice usearch's 64 to search, whose cost is small, measured on a million of
-the scale bench's unit vectors: 1.7 times the adds per second of 128/64 and recall@10
-0.990 with the rescoring of :mod:`engramd.vectors` (0.971 searching at 64), 1.4 ms a
-query (SPECS §2.8)."""
+usearch's default 128, the scale bench's slowest part): half that to add, 1.7 times the
+adds per second, measured on a million of the scale bench's unit vectors. A graph built
+so needs a wider search as it grows: searching at 64 (usearch's default) gave recall@10
+0.971 at 1M after the rescoring of :mod:`engramd.vectors`, at 160 0.990 at 1M but 0.927
+at 10M (the scale bench). A query's cost is small beside the 50 ms target (p99 3.4 ms at
+10M at 160), so the search is wide (SPECS §2.8)."""
 
 
 def library_version() -> str:

@@ -135,7 +135,7 @@ def _filters(*, contexts: list[str], agents: list[str], types: list[str],
     return where, args
 
 
-RANK_WINDOW = 1_000
+RANK_WINDOW = 500
 """Matches ranked by BM25: the newest this many; older ones follow, newest first. Keeps a
 query's cost flat as the journal grows (SPECS §2.8)."""
 
