@@ -216,3 +216,41 @@ def test_a_line_longer_than_a_request_stops_an_import_unread(engramd: DaemonProc
     assert result.stderr == ("engram: error: line 2: longer than 16 MiB, more than a "
                              "unit's request can carry\n")
     assert cli(engramd, "unit", "list", "-c", "bomb").stdout == ""
+
+
+def test_an_import_of_large_units_batches_them_by_bytes(engramd: DaemonProcess) -> None:
+    # 200 units of 110 KB: 500 to a batch would be a 22 MB request, past the frame's 16 MiB.
+    lines = b"".join(json.dumps({"context_id": "big", "payload": f"{n:03} " + "x" * 110_000})
+                     .encode() + b"\n" for n in range(200))
+
+    result = cli(engramd, "unit", "import", input=lines)
+
+    assert result.returncode == 0, result.stderr
+    assert "imported 200 unit(s)" in result.stderr
+    heads, cursor = [], 0
+    with connect(engramd.socket) as client:
+        while cursor is not None:  # (pages of 50: a page's reply is one frame too)
+            page = client.list_units("big", limit=50, after=cursor)
+            heads += [unit.payload[:3] for unit in page.units]
+            cursor = page.next_cursor
+    assert heads == [f"{n:03}".encode() for n in range(200)]
+
+
+def test_damaged_deflate_data_is_said_as_damage(engramd: DaemonProcess, tmp_path: Path) -> None:
+    packed = bytearray(gzip.compress(b'{"context_id": "z", "payload": "ok"}\n' * 500, mtime=0))
+    packed[12] ^= 0xFF  # inside the deflate stream: zlib's own error, not gzip's
+    archive = tmp_path / "bad.jsonl.gz"
+    archive.write_bytes(bytes(packed))
+
+    from_file = cli(engramd, "unit", "import", str(archive))
+    from_pipe = subprocess.run([sys.executable, "-m", "engram_cli", "unit", "import"],
+                               env=engramd.env, input=bytes(packed), capture_output=True,
+                               timeout=30, check=False)
+
+    assert from_file.returncode == 1
+    assert from_file.stderr.startswith("engram: error: the archive is damaged, nothing "
+                                       "imported: Error -3"), from_file.stderr
+    assert from_pipe.returncode == 1
+    assert from_pipe.stderr.decode().startswith(
+        "engram: error: line 1: cannot read the input: Error -3"), from_pipe.stderr
+    assert "internal error" not in from_file.stderr + from_pipe.stderr.decode()

@@ -3,6 +3,7 @@
 # (No postponed annotations: see engram_cli/app.py.)
 
 import datetime as dt
+import io
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn, cast
@@ -257,16 +258,24 @@ MAX_LINE_BYTES = DEFAULT_MAX_FRAME
 """A line longer than the largest request frame could not be written anyway."""
 
 
+BATCH_BYTES = DEFAULT_MAX_FRAME // 2
+"""A batch ends before its lines pass this many bytes, whatever ``--batch`` says: a
+request (a frame) holds at most :data:`DEFAULT_MAX_FRAME`, and 500 units of 100 KB do not
+fit. (A line's JSON is about the size of its unit in the request, base64 a third more.)"""
+
+
 def _read_lines(source: BinaryIO, context_id: str | None, keep_ids: bool
-                ) -> Iterator[tuple[int, UnitDraft, str | None, UnitOrigin | None]]:
+                ) -> Iterator[tuple[int, int, UnitDraft, str | None, UnitOrigin | None]]:
+    """``(line number, its bytes, draft, agent, origin)`` of each line."""
     import json as jsonlib  # only an import reads JSON; `unit create` starts without it
+    import zlib
 
     number = 0
     while True:
         number += 1
         try:
             line = source.readline(MAX_LINE_BYTES + 1)
-        except (OSError, EOFError) as exc:  # a damaged or cut gzip archive
+        except (OSError, EOFError, zlib.error) as exc:  # a damaged or cut gzip archive
             raise EngramError(f"line {number}: cannot read the input: {exc}") from None
         if not line:
             return
@@ -280,7 +289,7 @@ def _read_lines(source: BinaryIO, context_id: str | None, keep_ids: bool
             origin = origin_from_json(data) if keep_ids else None
         except (ValueError, BadLine) as exc:
             raise EngramError(f"line {number}: {exc}") from None
-        yield number, draft, agent, origin
+        yield number, len(line), draft, agent, origin
 
 
 def _remap(draft: UnitDraft, new_ids: dict[str, str]) -> UnitDraft:
@@ -300,19 +309,50 @@ def _unpacked(source: BinaryIO) -> BinaryIO:
     its CRC and length only at the end, and a damaged archive should write nothing
     rather than its units up to the damage. (From stdin it cannot be read twice: the
     check comes at the end, as for a bad line.)"""
-    peek = getattr(source, "peek", None)
-    if peek is None or peek(2)[:2] != b"\x1f\x8b":
-        return source
     import gzip
 
-    if source.seekable():
-        _check_archive(gzip.GzipFile(fileobj=source, mode="rb"))
-        source.seek(0)
-    return cast(BinaryIO, gzip.GzipFile(fileobj=source, mode="rb"))
+    try:
+        if source.seekable():
+            if source.read(2) != b"\x1f\x8b":
+                source.seek(0)
+                return source
+            source.seek(0)
+            _check_archive(gzip.GzipFile(fileobj=source, mode="rb"))
+            source.seek(0)
+            return cast(BinaryIO, gzip.GzipFile(fileobj=source, mode="rb"))
+        # A pipe: its first read may bring a single byte, which peek would stop at.
+        head = source.read(2)
+    except OSError as exc:
+        raise EngramError(f"cannot read the input: {exc.strerror or exc}") from None
+    joined = cast(BinaryIO, io.BufferedReader(_Rejoined(head, source)))
+    return cast(BinaryIO, gzip.GzipFile(fileobj=joined, mode="rb")) \
+        if head == b"\x1f\x8b" else joined
+
+
+class _Rejoined(io.RawIOBase):
+    """*head*, read off a stream to look at it, then the rest of the stream."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            taken, self._head = self._head[:len(buffer)], self._head[len(buffer):]
+        else:
+            taken = self._rest.read1(len(buffer)) if hasattr(self._rest, "read1") \
+                else self._rest.read(len(buffer))
+        buffer[:len(taken)] = taken
+        return len(taken)
 
 
 def _check_archive(archive: "gzip.GzipFile") -> None:
     """Read *archive* to its end, where gzip checks it, stopping at a line too long."""
+    import zlib
+
     number, line_bytes = 1, 0
     try:
         while chunk := archive.read(1 << 20):
@@ -321,7 +361,7 @@ def _check_archive(archive: "gzip.GzipFile") -> None:
             number += ends
             if line_bytes > MAX_LINE_BYTES:  # the check below, before reading any further
                 _too_long(number)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise EngramError(f"the archive is damaged, nothing imported: {exc}") from None
 
 
@@ -399,17 +439,21 @@ def import_(
     try:
         with output.progress(out, "importing") as advance:
             number = 0
-            for number, draft, agent, origin in _read_lines(source, context_id, not new_ids):
+            run_bytes = 0
+            for number, size, draft, agent, origin in _read_lines(source, context_id,
+                                                                  not new_ids):
                 # A relationship to a unit of the current run that gets a new id needs
                 # that id, which only exists once the run is written. (A unit that
                 # keeps its id is found by it within the run.)
                 refers_back = any(rel.target in run_renamed for rel in draft.relationships)
-                if run and (len(run) >= batch or refers_back):
+                if run and (len(run) >= batch or refers_back
+                            or run_bytes + size > BATCH_BYTES):
                     count = len(run)
                     flush(number)
                     advance(count)
                 if not run:
-                    run_start = number
+                    run_start, run_bytes = number, 0
+                run_bytes += size
                 run.append(draft)
                 run_agents.append(agent or client.agent_id)
                 run_origins.append(origin)
