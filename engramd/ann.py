@@ -3,7 +3,7 @@ int8 vectors by cosine, keyed by the units' seqs, saved as a snapshot.
 
 A snapshot is ``ann-<rows>.usearch`` (the graph of the first *rows* rows of the vector
 index) and ``ann.json`` naming it: the library and its version, model, dimension, the
-rows and removals it covers, its size and a digest of its head and tail. It is written
+rows and removals it covers, its size and its SHA-256. It is written
 beside the one in use and named in ``ann.json`` only once complete, so a crash at any
 point leaves the previous one; one that does not match what ``ann.json`` says (cut,
 overwritten, another library's) is not loaded and the graph is built again from the
@@ -24,7 +24,7 @@ log = logging.getLogger("engramd.indexer")
 
 LIBRARY = "usearch"
 _POINTER = "ann.json"
-_DIGEST_SPAN = 1 << 16
+_DIGEST_CHUNK = 1 << 20
 CONNECTIVITY = 16
 EXPANSION_ADD = 64
 EXPANSION_SEARCH = 1024
@@ -43,15 +43,14 @@ def library_version() -> str:
     return f"{LIBRARY} {usearch.__version__}"
 
 
-def _digest(path: str, size: int) -> str:
-    """A digest of the file's size, head and tail: cheap at gigabytes, and enough to
-    tell a cut or overwritten snapshot from the one that was written."""
-    digest = hashlib.sha256(str(size).encode())
+def _digest(path: str) -> str:
+    """The SHA-256 of the whole file (1.7 GB/s here: 2 s for a 10M-unit graph). A digest
+    of the head and tail alone let a snapshot damaged in its middle load, and usearch
+    then crashed the index process on the first search, at every start."""
+    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        digest.update(file.read(_DIGEST_SPAN))
-        if size > _DIGEST_SPAN:
-            file.seek(max(_DIGEST_SPAN, size - _DIGEST_SPAN))
-            digest.update(file.read(_DIGEST_SPAN))
+        while chunk := file.read(_DIGEST_CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -101,14 +100,15 @@ class Graph:
                 or not isinstance(name, str) or os.sep in name \
                 or not isinstance(pointer.get("rows"), int) \
                 or not isinstance(pointer.get("removed"), int) \
+                or not isinstance(pointer.get("sha256"), str) \
                 or not 0 < pointer["rows"] <= rows or not 0 <= pointer["removed"] <= removed:
-            log.info("vector index: the ANN snapshot is of another model, library or "
-                     "journal; building it again")
+            log.info("vector index: the ANN snapshot is of another model, library, format "
+                     "or journal; building it again")
             return False
         path = self._path(name)
         try:
             size = os.path.getsize(path)
-            sound = size == pointer.get("size") and _digest(path, size) == pointer.get("digest")
+            sound = size == pointer.get("size") and _digest(path) == pointer["sha256"]
             if sound:
                 self._index.load(path)
         except (OSError, RuntimeError, ValueError) as exc:
@@ -159,7 +159,7 @@ class Graph:
         size = os.path.getsize(path)
         pointer = {"library": library_version(), "model": self.model, "dim": self.dim,
                    "rows": self.rows, "removed": self.removed, "file": name, "size": size,
-                   "digest": _digest(path, size)}
+                   "sha256": _digest(path)}
         previous = self._pointer()
         pointer_tmp = self._path(_POINTER + ".tmp")
         with open(pointer_tmp, "w", encoding="utf-8") as file:

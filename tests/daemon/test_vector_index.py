@@ -140,7 +140,7 @@ def test_the_snapshot_is_loaded_and_the_rows_past_it_added(
     assert index.nearest("q7", limit=10) == before  # rows not in the graph were scored exactly
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing", "pointer"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "flipped", "missing", "pointer"])
 def test_a_damaged_snapshot_is_built_again(tmp_path: Path, embedder: TableEmbedder,
                                            damage: str, caplog: pytest.LogCaptureFixture) -> None:
     directory = Path(tmp_path / "vectors")
@@ -153,6 +153,11 @@ def test_a_damaged_snapshot_is_built_again(tmp_path: Path, embedder: TableEmbedd
         os.truncate(snapshot, snapshot.stat().st_size // 2)
     elif damage == "garbage":
         snapshot.write_bytes(os.urandom(snapshot.stat().st_size))
+    elif damage == "flipped":  # the middle only, the size kept: it loaded, then crashed
+        data = bytearray(snapshot.read_bytes())
+        for offset in range(len(data) // 10, len(data) * 9 // 10, len(data) // 40):
+            data[offset] ^= 0x40
+        snapshot.write_bytes(bytes(data))
     elif damage == "missing":
         snapshot.unlink()
     else:
