@@ -36,6 +36,7 @@ from engramd.protocol.bounds import (
     INT64_MAX,
     MAX_DEPTH,
     MAX_PAGE,
+    MAX_PAGE_BYTES,
     MAX_QUERY_CHARS,
     MAX_SEARCH_PAGE,
     MIN_HEARTBEAT,
@@ -198,7 +199,7 @@ class Queries:
         filtering = bool(types or agents or since or until)
         if not filtering and request.before is None and request.after is None:
             newest = self.recent.newest(request.context_id, request.limit)
-            if newest is not None:
+            if newest is not None and sum(map(len, newest[0])) <= MAX_PAGE_BYTES:
                 found, cursor = newest
                 if request.reverse:
                     found.reverse()
@@ -209,6 +210,7 @@ class Queries:
         picked: list[bytes] = []
         last_key = b""
         more = False
+        size = 0
         for key, raw in rows:
             if filtering:
                 header = unit_header(raw)
@@ -217,10 +219,11 @@ class Queries:
                         or (since and header.ts < since)
                         or (until and header.ts > until)):
                     continue
-            if len(picked) == request.limit:
+            if len(picked) == request.limit or (picked and size + len(raw) > MAX_PAGE_BYTES):
                 more = True
                 break
             picked.append(raw)
+            size += len(raw)
             last_key = key
         next_cursor = seq_from(last_key) if more else None
         if forward == request.reverse:  # stored order is the wrong way round

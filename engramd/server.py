@@ -476,8 +476,8 @@ class Server:
 
     def _explain(self, exc: RemoteProtocolError) -> str:
         if isinstance(exc, FrameTooLarge):
-            # Nearly always a unit too big: name the limit a writer can act on.
-            return (f"{exc}; a unit's payload may be at most "
+            # A unit too big, or too many units in one request: name what a writer can act on.
+            return (f"{exc}; send fewer units in a request, and a unit's payload may be at most "
                     f"{self.config.max_payload_bytes} bytes ({PAYLOAD_LIMIT_SETTING})")
         return str(exc)
 

@@ -35,6 +35,9 @@ MAX_KEY = 256
 
 MAX_PAGE = 10_000
 """Most units, contexts or tasks in one page (``limit``), and ids in one ``unit.get``."""
+MAX_PAGE_BYTES = 8 * 1024 * 1024
+"""A page of units ends before its units pass this many bytes (``limit`` or not): the
+reply is one frame, at most 16 MiB, and 200 units of 110 KB would not fit."""
 MAX_INBOX_PAGE = 1_000
 MAX_INBOX_WAIT = 3_600.0
 """Longest ``inbox`` wait, seconds."""
@@ -158,9 +161,10 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES", "DEFAULT_MAX_RELATIONSHIPS", "DEFAULT_MAX_TTL", "DEFAULT_TTL",
     "Depth", "DIRECTIONS", "Direction", "DisplayName", "EventKind", "Heartbeat", "IdempotencyKey",
     "INT64_MAX", "InboxLimit", "InboxWait", "Int64", "MAX_DEPTH", "MAX_ID", "MAX_INBOX_PAGE",
-    "MAX_INBOX_WAIT", "MAX_KEY", "MAX_NAME", "MAX_PAGE", "MAX_QUERY_CHARS", "MAX_RESOURCE_BYTES",
-    "MAX_RESOURCES", "MAX_SEARCH_PAGE", "MAX_TITLE", "MIN_HEARTBEAT", "MIN_TTL", "Meta", "MetaKey",
-    "MetaValue", "Name", "Offset", "PageLimit", "Priority", "Query", "RelationshipType",
-    "Resource", "Resources", "SEARCH_MODES", "SearchLimit", "SearchMode", "Seq", "Similarity",
-    "TaskState", "TaskTitle", "Timestamp", "Ttl", "UnitId", "UnitType", "Wait", "WHITESPACE",
+    "MAX_INBOX_WAIT", "MAX_KEY", "MAX_NAME", "MAX_PAGE", "MAX_PAGE_BYTES", "MAX_QUERY_CHARS",
+    "MAX_RESOURCE_BYTES", "MAX_RESOURCES", "MAX_SEARCH_PAGE", "MAX_TITLE", "MIN_HEARTBEAT",
+    "MIN_TTL", "Meta", "MetaKey", "MetaValue", "Name", "Offset", "PageLimit", "Priority", "Query",
+    "RelationshipType", "Resource", "Resources", "SEARCH_MODES", "SearchLimit", "SearchMode",
+    "Seq", "Similarity", "TaskState", "TaskTitle", "Timestamp", "Ttl", "UnitId", "UnitType",
+    "Wait", "WHITESPACE",
 ]
