@@ -380,7 +380,8 @@ def import_(
         help="Put every unit in this context instead.")
     ] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, max=1000,
-                                       help="Units written per request (all or nothing).")
+                                       help="Units written per request (all or nothing); "
+                                            "fewer when they pass 8 MiB.")
     ] = 500,
     new_ids: Annotated[bool, typer.Option(
         "--new-ids", help="Write copies: new ids and times (a second import of the same "
