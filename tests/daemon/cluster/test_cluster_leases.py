@@ -110,11 +110,13 @@ def start_lock_run(machine: Machine, resource: str, ttl: float, here: Path
 
 
 def alive(pid: int) -> bool:
+    """Whether *pid* still runs: a zombie (stopped, its parent yet to reap it, which a
+    loaded machine can delay) has stopped."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 def test_a_killed_holder_process_is_released_by_its_machine_at_once(
