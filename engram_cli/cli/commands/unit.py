@@ -359,7 +359,7 @@ def _check_archive(archive: "gzip.GzipFile") -> None:
             ends = chunk.count(b"\n")
             line_bytes = len(chunk) - chunk.rfind(b"\n") - 1 if ends else line_bytes + len(chunk)
             number += ends
-            if line_bytes > MAX_LINE_BYTES:  # the check below, before reading any further
+            if line_bytes > MAX_LINE_BYTES:  # _read_lines' bound, found before reading on
                 _too_long(number)
     except (OSError, EOFError, zlib.error) as exc:
         raise EngramError(f"the archive is damaged, nothing imported: {exc}") from None
