@@ -55,13 +55,16 @@ WAIT = 10.0
 """Upper bound for every wait in the tests; reached only when something is broken."""
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll *predicate* (bounded), failing the test with *what* if it never holds."""
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT, *,
+               seen: Callable[[], object] | None = None) -> None:
+    """Poll *predicate* (bounded), failing the test with *what* if it never holds (and
+    what *seen* returns then: the state a failure on a loaded machine needs to be read)."""
     deadline = time.monotonic() + timeout
     delay = 0.002
     while not predicate():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
+            pytest.fail(f"timed out waiting for {what}"
+                        + (f" (seen: {seen()!r})" if seen is not None else ""))
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
 

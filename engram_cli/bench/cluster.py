@@ -12,7 +12,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-from engram_cli.bench.harness import PAYLOAD, BenchTarget, Measurement, percentile, timed_loop
+from engram_cli.bench.harness import (
+    PAYLOAD,
+    BenchTarget,
+    Measurement,
+    percentile,
+    sockets_beside,
+    timed_loop,
+)
 from engram_cli.bench.leases import bench_lock_cycle, handover
 from engram_cli.bench.natslab import NatsCluster
 from engram_cli.bench.stream import fan_out, start_watchers
@@ -42,7 +49,8 @@ def cluster_lab(count: int = 2) -> Iterator[tuple[NatsCluster, list[tuple[str, d
         import nats  # noqa: F401  (only to say plainly what is missing)
     except ImportError:
         raise ClusterMissing("cluster mode needs pip install 'engram-journal[cluster]'") from None
-    with tempfile.TemporaryDirectory(prefix="engram-bench-cluster-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="engram-bench-cluster-") as scratch, \
+            sockets_beside(scratch) as sockets:
         os.chmod(scratch, 0o700)
         try:
             nats_cluster = NatsCluster(os.path.join(scratch, "nats"))
@@ -53,12 +61,12 @@ def cluster_lab(count: int = 2) -> Iterator[tuple[NatsCluster, list[tuple[str, d
         try:
             nats_cluster.wait_healthy()
             for name in "abcdefgh"[:count]:
-                socket_path = os.path.join(scratch, name, "engramd.sock")
+                socket_path = os.path.join(sockets, name, "engramd.sock")
                 env = {**os.environ, "ENGRAM_SOCKET": socket_path,
                        "ENGRAM_DATA_DIR": os.path.join(scratch, name, "data"),
                        "ENGRAM_NO_AUTOSTART": "1", "ENGRAM_SEARCH_SEMANTIC": "off",
                        "ENGRAM_CLUSTER_SERVERS": nats_cluster.servers}
-                os.makedirs(os.path.dirname(socket_path), mode=0o700)
+                os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
                 start_daemon(socket_path, env=env)
                 machines.append((socket_path, env))
                 _wait_connected(socket_path)

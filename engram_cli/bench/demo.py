@@ -19,6 +19,7 @@ import threading
 import time
 
 from engram_cli.bench.cli import engram_command
+from engram_cli.bench.harness import sockets_beside
 
 
 class Demo:
@@ -109,11 +110,12 @@ def tour(demo: Demo) -> None:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="engram-demo-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="engram-demo-") as scratch, \
+            sockets_beside(scratch) as sockets:
         os.chmod(scratch, 0o700)
         env = {
             **os.environ,
-            "ENGRAM_SOCKET": os.path.join(scratch, "engramd.sock"),
+            "ENGRAM_SOCKET": os.path.join(sockets, "engramd.sock"),
             "ENGRAM_DATA_DIR": os.path.join(scratch, "data"),
             "ENGRAM_AGENT": "demo",
         }

@@ -27,6 +27,7 @@ from engram_cli.bench.harness import (
     daemon_cpu,
     ready,
     report,
+    sockets_beside,
     timed_loop,
     timed_processes,
     workers,
@@ -44,9 +45,10 @@ PROCESS = b"p"
 
 
 @contextlib.contextmanager
-def floor_server(directory: str) -> Iterator[tuple[str, int]]:
-    """The floor server on a socket in *directory*: (socket path, pid); killed afterwards."""
-    socket_path = os.path.join(directory, "floor.sock")
+def floor_server(directory: str, sockets: str | None = None) -> Iterator[tuple[str, int]]:
+    """The floor server on a socket in *sockets* (else *directory*), writing in
+    *directory*: (socket path, pid); killed afterwards."""
+    socket_path = os.path.join(sockets or directory, "floor.sock")
     server = subprocess.Popen(
         [sys.executable, "-m", "engramd.floor", socket_path, os.path.join(directory, "floor.log")],
         stdout=subprocess.PIPE, text=True)
@@ -102,7 +104,8 @@ def _on_floor_server(target: BenchTarget,
     """``measure(socket, cpu)`` against the floor server (``engramd.floor``), which fsyncs
     in the data dir's file system; *cpu* reads its CPU seconds."""
     with tempfile.TemporaryDirectory(dir=target.data_dir, prefix="bench-floor-") as scratch, \
-            floor_server(scratch) as (socket_path, pid):
+            sockets_beside(scratch) as sockets, \
+            floor_server(scratch, sockets) as (socket_path, pid):
         return measure(socket_path, lambda: cpu_seconds(pid))
 
 

@@ -30,6 +30,7 @@ from engram_cli.client.autostart import (
     start_daemon,
     started_process,
 )
+from engramd.protocol import MAX_SOCKET_PATH_BYTES
 
 
 class BenchResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -207,15 +208,28 @@ def report(latencies: list[float]) -> None:
 
 
 @contextlib.contextmanager
+def sockets_beside(scratch: str) -> Iterator[str]:
+    """A directory for the Unix sockets of a run in *scratch* (names up to 16 bytes):
+    *scratch* itself, or where a socket there would be longer than bind(2) takes (a deep
+    ``TMPDIR``), a private one under /tmp, removed afterwards. The data stays in *scratch*."""
+    if len(os.fsencode(os.path.join(scratch, "s" * 16))) <= MAX_SOCKET_PATH_BYTES:
+        yield scratch
+        return
+    with tempfile.TemporaryDirectory(prefix="engram-", dir="/tmp") as short:
+        yield short
+
+
+@contextlib.contextmanager
 def bench_daemon(semantic: str = "off") -> Iterator[BenchTarget]:
     """A fresh daemon on a temporary socket and data dir, stopped afterwards.
 
     Semantic search is off unless asked for: only its own rows measure it (they run a
     daemon of their own), and no other row pays for embedding what it writes.
     """
-    with tempfile.TemporaryDirectory(prefix="engram-bench-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="engram-bench-") as scratch, \
+            sockets_beside(scratch) as sockets:
         os.chmod(scratch, 0o700)
-        socket_path = os.path.join(scratch, "engramd.sock")
+        socket_path = os.path.join(sockets, "engramd.sock")
         env = {**os.environ, "ENGRAM_SOCKET": socket_path,
                "ENGRAM_DATA_DIR": os.path.join(scratch, "data"), "ENGRAM_NO_AUTOSTART": "1",
                "ENGRAM_SEARCH_SEMANTIC": semantic}

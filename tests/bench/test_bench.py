@@ -73,6 +73,18 @@ def test_bench_reports_the_daemons_cpu_and_the_target_beside_its_floor(
     assert write["met"] in (True, False)
 
 
+def test_a_bench_under_a_long_tmpdir_puts_only_its_socket_elsewhere(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """A TMPDIR deeper than a socket path may be (107 bytes) stopped the bench at once."""
+    temporary = tmp_path / ("t" * 100)
+    temporary.mkdir()
+    result = run_cli({**env, "TMPDIR": str(temporary)}, "bench", "--only", "write.single",
+                     "--scale", "0.02", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "write.single" in result.stdout
+    assert not list(temporary.iterdir()), "its scratch dir is left"
+
+
 def test_the_design_floors_run_a_server_of_engramds_shape(env: dict[str, str]) -> None:
     result = run_cli(env, "bench", "--only", "floor.roundtrip", "--only",
                      "floor.roundtrip.8procs", "--only", "floor.handoff.thread", "--only",

@@ -604,9 +604,16 @@ def test_a_stalled_view_is_told_by_status_and_doctor_until_it_catches_up(
         doctor = b.cli("doctor")
         assert doctor.returncode != 0 and "not catching up" in doctor.stdout, doctor.stdout
         os.unlink(stall)
-        wait_until(lambda: b.view_seq() >= a.view_seq(), "b to catch up", WAIT * 2)
+
+        def cluster_of(machine: Machine) -> object:
+            with machine.client() as engram:
+                return engram.status().cluster
+
+        wait_until(lambda: b.view_seq() >= a.view_seq(), "b to catch up", WAIT * 2,
+                   seen=lambda: (cluster_of(a), cluster_of(b)))
         # (Polled: on a loaded machine b's next look at the servers may come a moment late.)
-        wait_until(lambda: refused() is None, "b to take writes again", WAIT * 2)
+        wait_until(lambda: refused() is None, "b to take writes again", WAIT * 2,
+                   seen=lambda: (cluster_of(a), cluster_of(b)))
         with b.client() as engram:
             engram.create_unit("c", "MESSAGE", "written once b caught up")
         assert units_of(b, "c") == units_of(a, "c")
