@@ -768,6 +768,28 @@ def test_an_answer_before_the_body_was_read_says_the_connection_closes(
             assert closed
 
 
+def test_a_handshake_with_bytes_behind_it_ends_only_its_own_connection(
+        engramd: DaemonProcess) -> None:
+    """A WebSocket handshake refused (401) with a body, or a request sent behind it: the
+    app's refusal and hypercorn's own 400 collided, and the error ended the gateway."""
+    token = run_cli(engramd.env, "agent", "token", "create", "alice").stdout.strip()
+    handshake = ("GET /stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\nAuthorization: Bearer nope\r\n")
+    with gateway(engramd.env, "--auth", "token") as gw:
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        head = handshake.format(host=host)
+        for behind in ("Content-Length: 5\r\n\r\nhello",
+                       f"\r\nGET /openapi.json HTTP/1.1\r\nHost: {host}\r\n\r\n") * 10:
+            with socket.create_connection((host, int(port)), timeout=WAIT) as conn:
+                conn.sendall((head + behind).encode())
+                assert conn.recv(65536).startswith(b"HTTP/1.1 4")  # 401 or hypercorn's 400
+            assert gw.process.poll() is None, gw.process.stderr.read()  # type: ignore[union-attr]
+        wrote = gw.http.post("/workunit", json={"context_id": "k", "payload": "x"},
+                             headers={"Authorization": f"Bearer {token}"})
+        assert wrote.status_code == 201, wrote.text
+
+
 def test_jwt_only_a_valid_token_is_served(engramd: DaemonProcess, scratch: str) -> None:
     secret = Path(scratch, "jwt.secret")
     secret.write_text(SECRET)

@@ -4,11 +4,13 @@ request framed twice). Each is answered in the one JSON error shape, and the
 connection closed.
 
 hypercorn has no hook for either, so :func:`install` replaces the two methods of its
-HTTP/1.1 protocol that matter (once, and only if they are there: another hypercorn
+HTTP/1.1 protocol that matter, and the one that serves a connection, so that an error on
+one ends that connection alone (once, and only if they are there: another hypercorn
 keeps its own, and the tests that send such requests fail)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -19,6 +21,7 @@ from engram_cli.doors.gateway.policy import NOT_IMPLEMENTED
 from engramd.protocol import BadRequest, TooLarge
 
 _json_encoder = msgspec.json.Encoder()
+log = logging.getLogger("engram.gateway")
 
 TWO_FRAMINGS = ("a request with both Content-Length and Transfer-Encoding: give one "
                 "of them (RFC 9112 §6.1)")
@@ -71,13 +74,35 @@ def install() -> None:
             return
         await create_stream(self, request)  # type: ignore[misc]
 
-    replacements: list[tuple[str, Any, Any]] = [
-        ("_send_error_response", send_error, send_error_response),
-        ("_create_stream", create_stream, refusing_create_stream)]
-    for name, original, replacement in replacements:
+    replacements: list[tuple[Any, str, Any, Any]] = [
+        (H11Protocol, "_send_error_response", send_error, send_error_response),
+        (H11Protocol, "_create_stream", create_stream, refusing_create_stream),
+        _one_connection_at_a_time()]
+    for owner, name, original, replacement in replacements:
         if original is not None and not getattr(original, "engram", False):
             replacement.engram = True
-            setattr(H11Protocol, name, replacement)
+            setattr(owner, name, replacement)
+
+
+def _one_connection_at_a_time() -> tuple[Any, str, Any, Any]:
+    """A connection whose handling fails ends alone, logged; in hypercorn the error ended
+    its whole server. (A WebSocket handshake followed by bytes before it was accepted,
+    a body or a request behind it: hypercorn's own 400 and the app's 401 collided, h11
+    refused the second answer, or the two were written at once.)"""
+    from hypercorn.trio.tcp_server import TCPServer
+
+    run = getattr(TCPServer, "run", None)
+
+    async def run_alone(self: Any) -> None:
+        try:
+            await run(self)  # type: ignore[misc]
+        except Exception as exc:  # (its connection is closed by then: run's own finally)
+            while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]
+            log.warning("a connection ended in an error inside hypercorn, closed (the "
+                        "gateway serves on): %s: %s", type(exc).__name__, exc)
+
+    return TCPServer, "run", run, run_alone
 
 
 async def _answer(protocol: Any, status: int, code: str, message: str) -> None:

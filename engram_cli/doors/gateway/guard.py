@@ -9,6 +9,9 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any
 
+import h11
+import trio
+
 from engram_cli.doors.gateway.policy import Origins, status_for
 from engram_cli.doors.gateway.replies import error_response
 from engramd.protocol import EngramError, Forbidden, InternalError
@@ -108,6 +111,10 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+class _NotWritten(Exception):
+    """hypercorn would not write an answer on the connection (not a bug of the app)."""
+
+
 class Guard:
     """ASGI middleware: refuse what no endpoint should see, count what they answer."""
 
@@ -139,10 +146,19 @@ class Guard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            await send(message)
+            try:
+                await send(message)
+            except (h11.LocalProtocolError, trio.BusyResourceError) as exc:
+                raise _NotWritten(exc) from None
 
         try:
             await self.app(scope, receive, counted)
+        except _NotWritten as exc:
+            # The connection's, not the app's: hypercorn answered it already (its own 400
+            # to a WebSocket handshake with bytes behind it), or is writing to it.
+            log.warning("an answer to %s %s was not written: %s", scope.get("method", "WS"),
+                        scope.get("path", "")[:200], exc)
+            status = status or 500
         except Exception:
             # A bug: logged once with its traceback, answered (if nothing was sent yet)
             # in the one JSON shape, and counted as the 500 it is.
