@@ -82,31 +82,6 @@ class Tally:
         return "\n".join(lines) + "\n"
 
 
-def _closing_unless_read(headers: dict[str, str], receive: Receive, send: Send
-                         ) -> tuple[Receive, Send]:
-    """*receive* and *send* for a request whose answer says ``Connection: close`` when it
-    comes before the request's body was read (a 401 reads none, by design). hypercorn
-    closes such a connection after the answer without saying so, and a client that sent
-    its next request on it meanwhile saw it dropped ("server disconnected") instead."""
-    body_read = not (headers.get("content-length", "0") not in ("", "0")
-                     or "transfer-encoding" in headers)
-
-    async def reading() -> MutableMapping[str, Any]:
-        nonlocal body_read
-        message: MutableMapping[str, Any] = await receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            body_read = True
-        return message
-
-    async def sending(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start" and not body_read:
-            message = {**message, "headers": [*message.get("headers", []),
-                                              (b"connection", b"close")]}
-        await send(message)
-
-    return reading, sending
-
-
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -129,8 +104,6 @@ class Guard:
             return
         headers = {name.decode("latin-1"): value.decode("latin-1")
                    for name, value in scope.get("headers", [])}
-        if scope["type"] == "http":
-            receive, send = _closing_unless_read(headers, receive, send)
         refusal: EngramError | None = self._refusal(headers, scope.get("path", ""))
         if refusal is not None:
             if scope["type"] == "websocket":
