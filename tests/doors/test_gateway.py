@@ -767,8 +767,12 @@ def test_jwt_only_a_valid_token_is_served(engramd: DaemonProcess, scratch: str) 
         assert wrote.status_code == 201, wrote.text
         assert wrote.json()["units"][0]["agent_id"] == "alice"  # X-Agent-ID ignored
         for what, token in cases.items():
+            # (Connection: close: a 401 reads no body, and hypercorn closes a connection
+            # whose body it has not seen whole without saying so; a client that sends its
+            # next request on it first sees "server disconnected". SPECS §gateway.)
             refused = gw.http.post("/workunit", json={"context_id": "j", "payload": "x"},
-                                   headers={"Authorization": f"Bearer {token}"})
+                                   headers={"Authorization": f"Bearer {token}",
+                                            "Connection": "close"})
             assert refused.status_code == 401, what
             assert error_code(refused) == "unauthenticated", what
         missing = gw.http.post("/workunit", json={"context_id": "j", "payload": "x"},
