@@ -559,7 +559,7 @@ def test_a_view_killed_and_restarted_replays_a_long_stream_whole(
         try:
             # (A twentieth: the import writes one unit at a time, 2,000 took over 30 s in
             # a full run beside other work; the replay after the kill is the test's load.)
-            wait_until(lambda: b.view_seq() > count // 20, "b to apply some", WAIT * 3)
+            wait_until(lambda: b.view_seq() > count // 20, "b to apply some", WAIT * 6)
             b.kill()  # in the middle of the import: b's view was applying
             b.start()
         finally:
@@ -569,8 +569,9 @@ def test_a_view_killed_and_restarted_replays_a_long_stream_whole(
             if kill:
                 b.kill()
                 b.start()
+            # (Bounded generously: 6,000 messages replayed on a loaded machine.)
             wait_until(lambda: b.view_seq() >= a.view_seq(), "b to replay the stream",
-                       WAIT * 3)
+                       WAIT * 6)
             with b.client() as engram:
                 assert engram.status().cluster.failure is None  # type: ignore[union-attr]
         with b.client() as engram:
