@@ -739,6 +739,14 @@ def test_a_handshake_with_bytes_behind_it_ends_only_its_own_connection(
                 conn.sendall((head + behind).encode())
                 assert conn.recv(65536).startswith(b"HTTP/1.1 4")  # 401 or hypercorn's 400
             assert gw.process.poll() is None, gw.process.stderr.read()  # type: ignore[union-attr]
+        # With a valid token, hypercorn's 400 left the connection open for good.
+        valid = head.replace("Bearer nope", f"Bearer {token}")
+        with socket.create_connection((host, int(port)), timeout=WAIT) as conn:
+            conn.sendall((valid + "Content-Length: 5\r\n\r\nhello").encode())
+            answer = b""
+            while chunk := conn.recv(65536):  # to the close (a timeout fails the test)
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400") and b"carries no body" in answer, answer
         wrote = gw.http.post("/workunit", json={"context_id": "k", "payload": "x"},
                              headers={"Authorization": f"Bearer {token}"})
         assert wrote.status_code == 201, wrote.text

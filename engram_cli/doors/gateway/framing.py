@@ -25,6 +25,7 @@ log = logging.getLogger("engram.gateway")
 
 TWO_FRAMINGS = ("a request with both Content-Length and Transfer-Encoding: give one "
                 "of them (RFC 9112 §6.1)")
+HANDSHAKE_WITH_BODY = "a WebSocket handshake carries no body (RFC 6455 §4.1)"
 MAX_HEADERS = 16 * 1024
 """A request's headers at most, in bytes: h11's bound on a head that comes in pieces
 (hypercorn's ``h11_max_incomplete_size``), which one that comes whole passes. (A long
@@ -62,9 +63,17 @@ def install() -> None:
         here, before the app has it, and the connection closed; h11 would have read
         on. (Refused by the app, the answer would race h11 reading what follows it.)
         With no stream made, hypercorn's loop stops at the body's first event."""
-        names = {name for name, _ in request.headers}  # (h11 gives them in lower case)
-        if b"content-length" in names and b"transfer-encoding" in names:
+        headers = dict(request.headers)  # (h11 gives the names in lower case)
+        if b"content-length" in headers and b"transfer-encoding" in headers:
             await _answer(self, 400, BadRequest.code, TWO_FRAMINGS)
+            await self.send(Closed())
+            return
+        if headers.get(b"upgrade", b"").strip().lower() == b"websocket" and (
+                headers.get(b"content-length", b"0").strip() != b"0"
+                or b"transfer-encoding" in headers):
+            # hypercorn answers the body itself (400) while the app holds the handshake,
+            # and with a valid token the connection then stayed open for good.
+            await _answer(self, 400, BadRequest.code, HANDSHAKE_WITH_BODY)
             await self.send(Closed())
             return
         if sum(len(name) + len(value) + 4 for name, value in request.headers) > MAX_HEADERS:
